@@ -1,0 +1,73 @@
+"""Wan 2.1 transformer configuration: one typed dataclass and named presets.
+
+Knows nothing of files, ComfyUI or training. Field names follow the original Wan config.
+"""
+from dataclasses import dataclass, fields, asdict
+import json
+
+
+@dataclass(frozen=True)
+class WanConfig:
+    dim: int = 1536                      # model width
+    ffn_dim: int = 8960                  # hidden width of each block's FFN
+    num_heads: int = 12                  # attention heads (head dim = dim / num_heads)
+    num_layers: int = 30                 # transformer blocks
+    patch_size: tuple = (1, 2, 2)        # (pt, ph, pw) patchify of the latent
+    in_dim: int = 16                     # latent channels in
+    out_dim: int = 16                    # latent channels out
+    text_dim: int = 4096                 # text-encoder width (umT5-XXL: 4096)
+    freq_dim: int = 256                  # sinusoidal timestep-embedding width
+    eps: float = 1e-6                    # norm epsilon
+    text_len: int = 512                  # context length the original model pads text to
+    rope_max_len: int = 1024             # RoPE table length (positions per axis must stay below it)
+    rope_theta: float = 10000.0          # RoPE base
+
+    def __post_init__(self):
+        if self.dim % self.num_heads:
+            raise ValueError(f"WanConfig: dim={self.dim} is not divisible by num_heads={self.num_heads}")
+        if self.head_dim % 2:
+            raise ValueError(f"WanConfig: head_dim={self.head_dim} must be even for RoPE")
+        object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+    def to_json(self) -> str:
+        """Serialise for safetensors metadata (our own files store their config)."""
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "WanConfig":
+        """Build from a dict, rejecting unknown keys by name."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"WanConfig: unknown keys {unknown}; expected a subset of {sorted(known)}")
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, s: str) -> "WanConfig":
+        return cls.from_dict(json.loads(s))
+
+
+PRESETS = {
+    "wan2.1-t2v-1.3b": WanConfig(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30),
+    "wan2.1-t2v-14b": WanConfig(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40),
+    # Tiny configs for tests: Wan-shaped, seconds on a CPU.
+    "tiny": WanConfig(dim=64, ffn_dim=128, num_heads=4, num_layers=2, in_dim=4, out_dim=4,
+                      text_dim=32, freq_dim=32, text_len=8),
+    # Head dim 128 like real Wan (so foreign-file loading can infer the head count).
+    "tiny-hd128": WanConfig(dim=256, ffn_dim=256, num_heads=2, num_layers=2, in_dim=16, out_dim=16,
+                            text_dim=64, freq_dim=32, text_len=8),
+    # The toy world's model (pixel latents 3×16×16); see salt_core/toy.
+    "toy": WanConfig(dim=128, ffn_dim=512, num_heads=4, num_layers=4, patch_size=(1, 4, 4), in_dim=3,
+                     out_dim=3, text_dim=32, freq_dim=64, text_len=8),
+}
+
+
+def get_config(name: str) -> WanConfig:
+    """Look up a preset by name with an error listing the choices."""
+    if name not in PRESETS:
+        raise KeyError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name]

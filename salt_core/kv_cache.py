@@ -1,0 +1,219 @@
+"""Preallocated per-layer KV cache for chunk-by-chunk (autoregressive) inference and rollouts.
+
+Policies use LongLive's meaning of the sizes so release configs map one to one:
+- `full`:    every frame since the cache origin is attended; capacity `max_frames`.
+- `rolling`: `local_attn_frames` W most recent frames (the current chunk included).
+- `sink`:    the first `sink_frames` S frames since the origin stay forever, plus the W - S most
+             recent ones (`local_attn_size` = W counts the sink, as in LongLive).
+Storage is a ring of frame slots: slots [0, S) hold the sink, slots [S, C) are a ring over later
+frames, C = W (or max_frames). A chunk attends to every valid slot, so with no grad a step writes
+its K/V and attends to a contiguous prefix of the buffer — no copies. With grad enabled the
+previous frames are gathered before the blocks run, the chunk's own fresh K/V are concatenated,
+and writes are deferred to `commit` — so activation-checkpoint recomputation never reads or writes
+a cache that later chunks have changed.
+
+RoPE: `relative_rope=False` stores K rotated at absolute frame positions (Self Forcing layout);
+`relative_rope=True` stores un-rotated K and rotates the window at attention time with positions
+relative to the window (sink frames keep 0..S-1), so positions never exceed C and streams can be
+unbounded. With no sink, relative and absolute give identical scores.
+
+Knows nothing of the model beyond shapes: the model asks for a `CacheStep` per forward.
+"""
+from dataclasses import dataclass
+import torch
+
+
+@dataclass(frozen=True)
+class CachePolicy:
+    local_attn_frames: int = -1   # W: frames attended incl. sink; -1 = global (no eviction)
+    sink_frames: int = 0          # S: first frames kept forever (LongLive sink_size)
+    max_frames: int = 21          # capacity of a global cache, in latent frames
+    relative_rope: bool = False   # store un-rotated K and rotate inside the window
+
+    def __post_init__(self):
+        if self.local_attn_frames != -1 and self.local_attn_frames < 1:
+            raise ValueError(f"CachePolicy: local_attn_frames={self.local_attn_frames}; use -1 (global) or >= 1")
+        if self.sink_frames < 0:
+            raise ValueError(f"CachePolicy: sink_frames={self.sink_frames} must be >= 0")
+        if self.local_attn_frames != -1 and self.sink_frames >= self.local_attn_frames:
+            raise ValueError(
+                f"CachePolicy: sink_frames={self.sink_frames} must be smaller than local_attn_frames="
+                f"{self.local_attn_frames} (the window counts the sink, as LongLive's local_attn_size)")
+        if self.local_attn_frames == -1 and self.sink_frames:
+            raise ValueError("CachePolicy: a sink needs a window (local_attn_frames >= 1); a global cache keeps all frames")
+        if self.max_frames < 1:
+            raise ValueError(f"CachePolicy: max_frames={self.max_frames} must be >= 1")
+
+    @classmethod
+    def full(cls, max_frames: int = 21, relative_rope: bool = False) -> "CachePolicy":
+        return cls(-1, 0, max_frames, relative_rope)
+
+    @classmethod
+    def rolling(cls, window_frames: int, relative_rope: bool = False) -> "CachePolicy":
+        return cls(window_frames, 0, window_frames, relative_rope)
+
+    @classmethod
+    def sink(cls, window_frames: int, sink_frames: int, relative_rope: bool = False) -> "CachePolicy":
+        return cls(window_frames, sink_frames, window_frames, relative_rope)
+
+    @property
+    def kind(self) -> str:
+        return "full" if self.local_attn_frames == -1 else ("sink" if self.sink_frames else "rolling")
+
+    @property
+    def capacity_frames(self) -> int:
+        return self.max_frames if self.local_attn_frames == -1 else self.local_attn_frames
+
+
+class KVCache:
+    """Self-attention K/V for every layer, (num_layers, B, N, C·T, D), plus per-prompt cross K/V."""
+
+    def __init__(self, num_layers: int, batch: int, num_heads: int, head_dim: int, frame_tokens: int,
+                 policy: CachePolicy, dtype=torch.float32, device="cpu"):
+        self.policy, self.frame_tokens = policy, frame_tokens
+        self.num_layers = num_layers
+        cap = policy.capacity_frames
+        shape = (num_layers, batch, num_heads, cap * frame_tokens, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.cross_k = [None] * num_layers   # (B, N, Lc, D) per layer, filled once per prompt
+        self.cross_v = [None] * num_layers
+        self._context = None
+        self.reset()
+
+    # -- bookkeeping -------------------------------------------------------------------------
+    def reset(self, start_frame: int = 0):
+        """Forget everything; the next chunk must start at `start_frame` (the new origin)."""
+        self.origin = self.end = int(start_frame)
+        self.slot_frame = [-1] * self.policy.capacity_frames  # absolute frame held by each slot
+        self.reset_cross()
+
+    def reset_cross(self):
+        """Forget the cross-attention K/V (call on prompt change; done automatically on a new context)."""
+        self.cross_k = [None] * self.num_layers
+        self.cross_v = [None] * self.num_layers
+        self._context = None
+
+    @property
+    def num_frames(self) -> int:
+        """Frames generated since the origin (the high-water mark)."""
+        return self.end - self.origin
+
+    def slot_of(self, frame: int) -> int:
+        """Slot index holding absolute frame `frame` (sink first, then a ring)."""
+        rel, sink = frame - self.origin, self.policy.sink_frames
+        if rel < sink:
+            return rel
+        ring = self.policy.capacity_frames - sink
+        return sink + (rel - sink) % ring
+
+    def _attended_frames(self, stop: int) -> list:
+        """Absolute frames a chunk ending at `stop` (exclusive) attends to, before the chunk itself."""
+        p, o = self.policy, self.origin
+        if p.local_attn_frames == -1:
+            return list(range(o, stop))
+        sink_end = o + p.sink_frames
+        ring_start = max(sink_end, stop - (p.capacity_frames - p.sink_frames))
+        return list(range(o, min(sink_end, stop))) + list(range(ring_start, stop))
+
+    def _position(self, frame: int, stop: int) -> int:
+        """RoPE time position of `frame` when the newest frame attended is stop-1."""
+        if not self.policy.relative_rope:
+            return frame
+        rel = frame - self.origin
+        if rel < self.policy.sink_frames:
+            return rel
+        return rel - max(0, (stop - self.origin) - self.policy.capacity_frames)
+
+    def step(self, start_frame: int, num_frames: int, write: bool) -> "CacheStep":
+        """Validate a forward over frames [start_frame, start_frame+num_frames) and plan its attention."""
+        f0, n, p = int(start_frame), int(num_frames), self.policy
+        stop = f0 + n
+        if not (self.origin <= f0 <= self.end and stop >= self.end):
+            raise ValueError(
+                f"KVCache: a chunk at frames [{f0}, {stop}) does not continue the cache, which holds frames "
+                f"[{self.origin}, {self.end}); generate chunks in order (re-running the newest chunk is "
+                f"allowed) or call reset(start_frame)")
+        ring = p.capacity_frames - p.sink_frames
+        if p.local_attn_frames != -1 and n > ring:
+            raise ValueError(
+                f"KVCache: chunk of {n} frames does not fit the window: local_attn_frames={p.local_attn_frames} "
+                f"minus sink_frames={p.sink_frames} leaves {ring}; use a window of at least sink + chunk frames")
+        if p.local_attn_frames == -1 and stop - self.origin > p.capacity_frames:
+            raise ValueError(
+                f"KVCache: global cache is full ({p.capacity_frames} frames) and frame {stop - 1} was requested; "
+                f"build the cache with a larger max_frames or use a rolling / sink policy")
+        return CacheStep(self, f0, n, write)
+
+
+class CacheStep:
+    """One forward's view of a KVCache: key positions, the K/V to attend to, deferred writes."""
+
+    def __init__(self, cache: KVCache, start_frame: int, num_frames: int, write: bool):
+        self.cache, self.start, self.n, self.write = cache, start_frame, num_frames, write
+        self.stop = start_frame + num_frames
+        c, T = cache, cache.frame_tokens
+        self.zero_copy = write and not torch.is_grad_enabled()
+        self.query_positions = torch.tensor([c._position(f, self.stop) for f in range(self.start, self.stop)])
+        cur_slots = [c.slot_of(f) for f in range(self.start, self.stop)]
+        self.cur_tokens = _token_index(cur_slots, T, c.k.device)
+        if self.zero_copy:
+            # After writing, the valid slots are always a prefix: the ring fills in order.
+            filled = min(self.stop - c.origin, c.policy.capacity_frames)
+            frames = list(c.slot_frame[:filled])
+            for s, f in zip(cur_slots, range(self.start, self.stop)):
+                frames[s] = f
+            self.prefix_tokens = filled * T
+            self.key_positions = torch.tensor([c._position(f, self.stop) for f in frames])
+            self.prev_k = self.prev_v = None
+        else:
+            prev = [f for f in c._attended_frames(self.stop) if f < self.start]
+            idx = _token_index([c.slot_of(f) for f in prev], T, c.k.device)
+            # Gathered once per forward (a copy), so later cache writes cannot reach saved tensors.
+            self.prev_k = c.k.index_select(3, idx)  # (layers, B, N, P, D)
+            self.prev_v = c.v.index_select(3, idx)
+            self.key_positions = torch.tensor([c._position(f, self.stop) for f in prev + list(range(self.start, self.stop))])
+        self.pending = [None] * c.num_layers
+        self.committed = False
+
+    def keys_values(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """K/V (B, N, S, D) this chunk attends to, given its own k, v (B, N, n·T, D)."""
+        c = self.cache
+        if self.zero_copy:
+            c.k[layer].index_copy_(2, self.cur_tokens, k)
+            c.v[layer].index_copy_(2, self.cur_tokens, v)
+            return c.k[layer, :, :, :self.prefix_tokens], c.v[layer, :, :, :self.prefix_tokens]
+        if self.write and not self.committed:
+            self.pending[layer] = (k.detach(), v.detach())
+        return torch.cat([self.prev_k[layer], k], dim=2), torch.cat([self.prev_v[layer], v], dim=2)
+
+    def commit(self):
+        """Apply deferred writes and advance the cache's high-water mark (once)."""
+        if self.committed:
+            return
+        c = self.cache
+        if self.write:
+            if not self.zero_copy:
+                with torch.no_grad():
+                    for layer, kv in enumerate(self.pending):
+                        c.k[layer].index_copy_(2, self.cur_tokens, kv[0])
+                        c.v[layer].index_copy_(2, self.cur_tokens, kv[1])
+            for f in range(self.start, self.stop):
+                c.slot_frame[c.slot_of(f)] = f
+            c.end = max(c.end, self.stop)
+        self.pending = [None] * c.num_layers
+        self.committed = True
+
+
+def _token_index(slots, frame_tokens: int, device) -> torch.Tensor:
+    """Token indices (len(slots)·T,) of frame slots, in slot-list order."""
+    s = torch.as_tensor(slots, dtype=torch.long, device=device).view(-1, 1)
+    return (s * frame_tokens + torch.arange(frame_tokens, device=device)).view(-1)
+
+
+def bind_context(cache: KVCache, context: torch.Tensor) -> None:
+    """Keep cross K/V only while the same context tensor (same object, unmodified) is passed."""
+    key = (context.data_ptr(), tuple(context.shape), context._version)
+    if cache._context is None or cache._context[0] is not context or cache._context[1] != key:
+        cache.reset_cross()
+        cache._context = (context, key)

@@ -1,0 +1,267 @@
+"""The Wan 2.1 video transformer (weight-compatible, original parameter names), three ways:
+
+- bidirectional: every token sees every token (Wan 2.1 T2V);
+- block-causal over a whole clip: `BlockCausal(chunk_frames, local_attn_frames, sink_frames)` masks
+  frames as the KV-cached stream would see them (training / teacher forcing);
+- chunk by chunk on a `KVCache` (streaming inference and Self-Forcing rollouts).
+
+Timesteps t are (B,) or per frame (B, F) (per-frame modulation, as Self Forcing's causal Wan).
+The model predicts the flow velocity v = ε - x0 for latents x (B, C, F, H, W).
+Knows nothing of files, layouts, samplers or ComfyUI.
+"""
+from dataclasses import dataclass
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+
+from .config import WanConfig
+from .kv_cache import KVCache, CachePolicy, CacheStep, bind_context
+from .rope import RotaryTable, apply_rope
+
+
+@dataclass(frozen=True)
+class BlockCausal:
+    """Block-causal attention over a whole clip, frame sets as a KV-cached stream would attend."""
+    chunk_frames: int = 3          # frames generated per chunk (1 = frame-wise)
+    local_attn_frames: int = -1    # W incl. sink, -1 = global
+    sink_frames: int = 0           # S
+
+    def frame_mask(self, num_frames: int) -> torch.Tensor:
+        """(F, F) bool, True where query frame may attend key frame."""
+        f = torch.arange(num_frames)
+        stop = (f // self.chunk_frames + 1) * self.chunk_frames  # end of each query's chunk
+        q_stop, k = stop.view(-1, 1), f.view(1, -1)
+        allow = k < q_stop
+        if self.local_attn_frames != -1:
+            ring = self.local_attn_frames - self.sink_frames
+            allow &= (k < self.sink_frames) | (k >= q_stop - ring)
+        return allow
+
+
+class RMSNorm(nn.Module):
+    """Wan's RMSNorm over the full width (q/k norm), computed in float32."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
+
+
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in float32 (Wan's WanLayerNorm)."""
+
+    def forward(self, x):
+        w = None if self.weight is None else self.weight.float()
+        b = None if self.bias is None else self.bias.float()
+        return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).to(x.dtype)
+
+
+class Attention(nn.Module):
+    """q/k/v/o projections with q/k RMSNorm (original Wan names: self_attn.* / cross_attn.*)."""
+
+    def __init__(self, dim: int, num_heads: int, eps: float):
+        super().__init__()
+        self.num_heads = num_heads
+        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
+        self.norm_q, self.norm_k = RMSNorm(dim, eps), RMSNorm(dim, eps)
+
+    def heads(self, x):
+        return rearrange(x, "b l (n d) -> b n l d", n=self.num_heads)
+
+    def self_attention(self, x, layer, cos, sin, mask=None, step: CacheStep = None, key_rope=None):
+        """x (B, L, dim) → (B, L, dim); RoPE on q (and k); dense, masked or cached attention."""
+        q = apply_rope(self.heads(self.norm_q(self.q(x))), cos, sin)  # (B, N, L, D)
+        k = self.heads(self.norm_k(self.k(x)))
+        v = self.heads(self.v(x))
+        if step is not None and key_rope is not None:       # relative RoPE: K stored un-rotated
+            k_all, v_all = step.keys_values(layer, k, v)
+            k_all = apply_rope(k_all, *key_rope)
+        else:
+            k = apply_rope(k, cos, sin)
+            k_all, v_all = (k, v) if step is None else step.keys_values(layer, k, v)
+        out = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)
+        return self.o(rearrange(out, "b n l d -> b l (n d)"))
+
+    def cross_attention(self, x, context=None, kv=None):
+        """x (B, L, dim) attends to embedded text context (B, Lc, dim) or cached (k, v)."""
+        q = self.heads(self.norm_q(self.q(x)))
+        if kv is None:
+            kv = self.context_kv(context)
+        out = F.scaled_dot_product_attention(q, *kv)
+        return self.o(rearrange(out, "b n l d -> b l (n d)"))
+
+    def context_kv(self, context):
+        return self.heads(self.norm_k(self.k(context))), self.heads(self.v(context))
+
+
+class WanBlock(nn.Module):
+    """norm1 → self-attn (mod 0,1, gate 2) → norm3 → cross-attn → norm2 → FFN (mod 3,4, gate 5)."""
+
+    def __init__(self, cfg: WanConfig):
+        super().__init__()
+        d = cfg.dim
+        self.norm1 = LayerNorm(d, eps=cfg.eps, elementwise_affine=False)
+        self.self_attn = Attention(d, cfg.num_heads, cfg.eps)
+        self.norm3 = LayerNorm(d, eps=cfg.eps, elementwise_affine=True)
+        self.cross_attn = Attention(d, cfg.num_heads, cfg.eps)
+        self.norm2 = LayerNorm(d, eps=cfg.eps, elementwise_affine=False)
+        self.ffn = nn.Sequential(nn.Linear(d, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, d))
+        self.modulation = nn.Parameter(torch.randn(1, 6, d) / d ** 0.5)
+
+    def forward(self, x, e, frames, layer, cos, sin, context=None, cross_kv=None, mask=None, step=None, key_rope=None):
+        """x (B, L, dim) with L = F·T tokens; e (B, F, 6, dim) float32 per-frame modulation."""
+        mod = (self.modulation.float().unsqueeze(0) + e).unbind(2)  # 6 × (B, F, dim)
+        shift1, scale1, gate1, shift2, scale2, gate2 = (m.unsqueeze(2) for m in mod)  # (B, F, 1, dim)
+
+        def per_frame(t):  # (B, L, dim) <-> (B, F, T, dim)
+            return t.unflatten(1, (frames, -1))
+
+        h = (per_frame(self.norm1(x)).float() * (1 + scale1) + shift1).flatten(1, 2).to(x.dtype)
+        y = self.self_attn.self_attention(h, layer, cos, sin, mask, step, key_rope)
+        x = (per_frame(x).float() + per_frame(y).float() * gate1).flatten(1, 2).to(x.dtype)
+        x = x + self.cross_attn.cross_attention(self.norm3(x), context, cross_kv)
+        h = (per_frame(self.norm2(x)).float() * (1 + scale2) + shift2).flatten(1, 2).to(x.dtype)
+        y = self.ffn(h)
+        return (per_frame(x).float() + per_frame(y).float() * gate2).flatten(1, 2).to(x.dtype)
+
+
+class Head(nn.Module):
+    def __init__(self, cfg: WanConfig):
+        super().__init__()
+        self.norm = LayerNorm(cfg.dim, eps=cfg.eps, elementwise_affine=False)
+        self.head = nn.Linear(cfg.dim, cfg.out_dim * math.prod(cfg.patch_size))
+        self.modulation = nn.Parameter(torch.randn(1, 2, cfg.dim) / cfg.dim ** 0.5)
+
+
+def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Wan's timestep embedding: cat(cos, sin) of t·10000^(-k/(dim/2)), float64. t (...,) → (..., dim)."""
+    half = dim // 2
+    freqs = torch.pow(10000.0, -torch.arange(half, dtype=torch.float64, device=t.device) / half)
+    ang = t.to(torch.float64).unsqueeze(-1) * freqs
+    return torch.cat([ang.cos(), ang.sin()], dim=-1)
+
+
+class WanModel(nn.Module):
+    """Wan 2.1 T2V transformer; parameter names are the original Wan names."""
+
+    def __init__(self, cfg: WanConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.dim
+        self.patch_embedding = nn.Conv3d(cfg.in_dim, d, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        self.text_embedding = nn.Sequential(nn.Linear(cfg.text_dim, d), nn.GELU(approximate="tanh"), nn.Linear(d, d))
+        self.time_embedding = nn.Sequential(nn.Linear(cfg.freq_dim, d), nn.SiLU(), nn.Linear(d, d))
+        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
+        self.blocks = nn.ModuleList(WanBlock(cfg) for _ in range(cfg.num_layers))
+        self.head = Head(cfg)
+        self.rope = RotaryTable(cfg.head_dim, cfg.rope_max_len, cfg.rope_theta)
+        self.gradient_checkpointing = False
+
+    # -- construction helpers ------------------------------------------------------------------
+    def new_cache(self, batch: int, policy: CachePolicy, grid_hw: tuple, dtype=None, device=None) -> KVCache:
+        """A preallocated cache for latents whose (H, W) is `grid_hw` (in latent pixels)."""
+        p = self.cfg.patch_size
+        tokens = (grid_hw[0] // p[1]) * (grid_hw[1] // p[2])
+        ref = self.patch_embedding.weight
+        return KVCache(self.cfg.num_layers, batch, self.cfg.num_heads, self.cfg.head_dim, tokens, policy,
+                       dtype or ref.dtype, device or ref.device)
+
+    def embed_text(self, context: torch.Tensor) -> torch.Tensor:
+        """Text features (B, Lc, text_dim) → (B, Lc, dim)."""
+        return self.text_embedding(context.to(self.patch_embedding.weight.dtype))
+
+    # -- forward -------------------------------------------------------------------------------
+    def forward(self, x, t, context, *, block_causal: BlockCausal = None, attn_mask=None,
+                cache: KVCache = None, start_frame: int = 0, write_cache: bool = True,
+                return_features_at: int = None):
+        """Velocity prediction.
+
+        x (B, C, F, H, W); t (B,) or (B, F) in [0, 1000]; context (B, Lc, text_dim) text features.
+        `block_causal` or a raw token mask `attn_mask` ((L, L) bool, True = attend) for full-clip
+        forwards; or `cache` with this chunk's absolute `start_frame` for incremental ones
+        (`write_cache` stores the chunk's K/V). Returns v (B, C_out, F, H, W), and with
+        `return_features_at=i` also the tokens (B, L, dim) after block i.
+        """
+        cfg = self.cfg
+        B, C, num_f, H, W = x.shape
+        pt, ph, pw = cfg.patch_size
+        if C != cfg.in_dim or num_f % pt or H % ph or W % pw:
+            raise ValueError(f"WanModel: latent of shape {tuple(x.shape)} does not fit in_dim={cfg.in_dim} "
+                             f"and patch {cfg.patch_size}")
+        gf, gh, gw = num_f // pt, H // ph, W // pw
+        dtype = self.patch_embedding.weight.dtype
+        # Patchify as a matmul: (B, C, F, H, W) -> (B, L, C·pt·ph·pw), then the conv weight as a linear map.
+        patches = rearrange(x.to(dtype), "b c (f p) (h q) (w r) -> b (f h w) (c p q r)", p=pt, q=ph, r=pw)
+        tokens = F.linear(patches, self.patch_embedding.weight.flatten(1), self.patch_embedding.bias)
+
+        t = t.reshape(B, -1).to(x.device)
+        if t.shape[1] not in (1, num_f):
+            raise ValueError(f"WanModel: t of shape {tuple(t.shape)}; expected (B,) or (B, F={num_f})")
+        t = t[:, ::pt] if t.shape[1] > 1 else t
+        e = self.time_embedding(sinusoidal_embedding(t, cfg.freq_dim).to(dtype)).float()  # (B, Ft, dim)
+        e_blocks = self.time_projection(e.to(dtype)).float().unflatten(-1, (6, cfg.dim))    # (B, Ft, 6, dim)
+        if e_blocks.shape[1] == 1:
+            e_blocks, e = e_blocks.expand(-1, gf, -1, -1), e.expand(-1, gf, -1)
+
+        step, key_rope, mask = None, None, attn_mask
+        if cache is not None:
+            if pt != 1:
+                raise ValueError("WanModel: KV-cached forward needs temporal patch size 1")
+            step = cache.step(start_frame, gf, write_cache)
+            positions = step.query_positions
+            if cache.policy.relative_rope:
+                key_rope = self.rope.cos_sin(step.key_positions, gh, gw, x.device)
+            bind_context(cache, context)
+        else:
+            positions = torch.arange(gf)
+            if block_causal is not None:
+                fm = block_causal.frame_mask(gf).to(x.device)
+                mask = fm.repeat_interleave(gh * gw, 0).repeat_interleave(gh * gw, 1)
+        cos, sin = self.rope.cos_sin(positions, gh, gw, x.device)
+
+        ctx = None
+        if cache is None or cache.cross_k[0] is None:
+            ctx = self.embed_text(context)
+        features = None
+        for i, block in enumerate(self.blocks):
+            cross_kv = None
+            if cache is not None:
+                if cache.cross_k[i] is None:
+                    cache.cross_k[i], cache.cross_v[i] = block.cross_attn.context_kv(ctx)
+                cross_kv = (cache.cross_k[i], cache.cross_v[i])
+            args = (tokens, e_blocks, gf, i, cos, sin, ctx, cross_kv, mask, step, key_rope)
+            if self.gradient_checkpointing and torch.is_grad_enabled():
+                tokens = torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
+            else:
+                tokens = block(*args)
+            if return_features_at == i:
+                features = tokens
+        if step is not None:
+            step.commit()
+
+        # Head: per-frame shift/scale from the time embedding e (B, F, dim).
+        shift, scale = (self.head.modulation.float().unsqueeze(0) + e.unsqueeze(2)).unbind(2)
+        h = self.head.norm(tokens).unflatten(1, (gf, -1)).float() * (1 + scale.unsqueeze(2)) + shift.unsqueeze(2)
+        out = self.head.head(h.flatten(1, 2).to(dtype))
+        v = rearrange(out, "b (f h w) (p q r c) -> b c (f p) (h q) (w r)", f=gf, h=gh, w=gw, p=pt, q=ph, r=pw)
+        return (v, features) if return_features_at is not None else v
+
+
+def build_model(preset_or_config, dtype=torch.float32, device="cpu", seed: int = None) -> WanModel:
+    """A randomly initialised WanModel from a preset name or a WanConfig (seeded if `seed` is given)."""
+    from .config import get_config
+    cfg = get_config(preset_or_config) if isinstance(preset_or_config, str) else preset_or_config
+    if seed is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = WanModel(cfg)
+    else:
+        model = WanModel(cfg)
+    return model.to(device=device, dtype=dtype)
