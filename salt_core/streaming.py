@@ -1,0 +1,118 @@
+"""Autoregressive chunk-by-chunk generation on a KV cache (Self Forcing / Causal Forcing / LongLive).
+
+Per chunk: K denoising steps (stochastic: fresh re-noise; or deterministic), then one clean-context
+forward at `context_noise` that writes the chunk's K/V into the cache (not counted as an NFE).
+Chunks are yielded as they finish. Prompt switches re-cache the retained window with the new
+prompt (LongLive's KV re-cache). Progress and interruption flow through `callback` (it may raise).
+Knows nothing of ComfyUI or training.
+"""
+from typing import Callable, Iterator, Optional
+
+import torch
+
+from .kv_cache import CachePolicy, KVCache
+from .schedules import add_noise, x0_from_velocity
+
+
+def _frame_t(sigma: float, batch: int, frames: int, device) -> torch.Tensor:
+    """Per-frame timesteps (B, n) at noise level σ."""
+    return torch.full((batch, frames), 1000.0 * float(sigma), dtype=torch.float64, device=device)
+
+
+@torch.no_grad()
+def write_context(model, frames: torch.Tensor, context, cache: KVCache, start_frame: int,
+                  context_noise: float = 0.0, generator=None) -> None:
+    """Write clean (or slightly re-noised) frames (B, C, n, H, W) into the cache at `start_frame`."""
+    x = frames
+    if context_noise > 0:
+        noise = torch.randn(frames.shape, generator=generator, device=frames.device, dtype=frames.dtype)
+        x = add_noise(frames, noise, context_noise)
+    model(x, _frame_t(context_noise, x.shape[0], x.shape[2], x.device), context, cache=cache,
+          start_frame=start_frame, write_cache=True)
+
+
+@torch.no_grad()
+def recache(model, history: torch.Tensor, context, cache: KVCache, end_frame: int, chunk_frames: int,
+            context_noise: float = 0.0, generator=None) -> None:
+    """LongLive KV re-cache: rebuild the cache from the last frames of `history` (B, C, F_hist, H, W)
+    that end at absolute frame `end_frame`, with a new prompt. Keeps min(capacity, F_hist) frames;
+    the retained window becomes the new origin (so its first frames are the new sink)."""
+    keep = min(cache.policy.capacity_frames, history.shape[2])
+    start = end_frame - keep
+    cache.reset(start_frame=start)
+    kept = history[:, :, history.shape[2] - keep:]
+    for off in range(0, keep, chunk_frames):
+        piece = kept[:, :, off:off + chunk_frames]
+        write_context(model, piece, context, cache, start + off, context_noise, generator)
+
+
+@torch.no_grad()
+def rollout_stream(model, noise: torch.Tensor, context: torch.Tensor, sigmas: torch.Tensor, *,
+                   cache: Optional[KVCache] = None, policy: Optional[CachePolicy] = None,
+                   chunk_frames: int = 3, start_frame: int = 0, context_noise: float = 0.0,
+                   stochastic: bool = True, generator: Optional[torch.Generator] = None,
+                   callback: Optional[Callable] = None, prompt_switches: Optional[dict] = None,
+                   first_frames: Optional[torch.Tensor] = None) -> Iterator[torch.Tensor]:
+    """Yield generated chunks x0 (B, C, n, H, W) one by one.
+
+    noise (B, C, F, H, W): initial noise of every chunk, F a multiple of `chunk_frames`;
+    context (B, Lc, text_dim); sigmas (K+1,) ending at 0 (K = NFE per chunk).
+    `cache` (reset to `start_frame` here) or `policy` to allocate one. `prompt_switches`
+    {chunk_index: context} switches prompt before that chunk with a KV re-cache.
+    `first_frames` (B, C, n0, H, W): clean frames written as context before generating and yielded
+    first (the first-chunk conditioning hook, e.g. I2V). callback(dict) gets x, i, sigma, denoised,
+    chunk, num_chunks after every step; it may raise to interrupt between steps.
+    """
+    B, _, num_f, H, W = noise.shape
+    if num_f % chunk_frames:
+        raise ValueError(f"noise has {num_f} frames, not a multiple of chunk_frames={chunk_frames}")
+    sig = [float(s) for s in sigmas]
+    if len(sig) < 2 or sig[-1] != 0.0 or any(b >= a for a, b in zip(sig, sig[1:])):
+        raise ValueError(f"sigmas {sig}: expected a strictly decreasing list ending with 0")
+    if cache is None:
+        if policy is None:
+            raise ValueError("rollout_stream: pass a KVCache (`cache`) or a CachePolicy (`policy`)")
+        cache = model.new_cache(B, policy, (H, W))
+    cache.reset(start_frame)
+    prompt_switches = prompt_switches or {}
+    frame = start_frame
+    history = []
+    if first_frames is not None:
+        write_context(model, first_frames, context, cache, frame, context_noise, generator)
+        history.append(first_frames)
+        frame += first_frames.shape[2]
+        yield first_frames
+    num_chunks = num_f // chunk_frames
+    for c in range(num_chunks):
+        if c in prompt_switches:
+            context = prompt_switches[c]
+            if history:
+                recache(model, torch.cat(history, 2), context, cache, frame, chunk_frames, context_noise, generator)
+        x = noise[:, :, c * chunk_frames:(c + 1) * chunk_frames]
+        for i in range(len(sig) - 1):
+            t = _frame_t(sig[i], B, chunk_frames, x.device)
+            v = model(x, t, context, cache=cache, start_frame=frame, write_cache=True)
+            x0 = x0_from_velocity(x, v, sig[i])
+            if callback is not None:
+                callback({"x": x, "i": i, "sigma": sig[i], "sigma_hat": sig[i], "denoised": x0,
+                          "chunk": c, "num_chunks": num_chunks})
+            nxt = sig[i + 1]
+            if nxt == 0:
+                x = x0
+            elif stochastic:
+                fresh = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+                x = add_noise(x0, fresh, nxt)
+            else:
+                x = (x0.double() + (nxt / sig[i]) * (x.double() - x0.double())).to(x.dtype)
+        write_context(model, x, context, cache, frame, context_noise, generator)
+        # Keep only what a re-cache can use.
+        history.append(x)
+        while sum(h.shape[2] for h in history[1:]) >= cache.policy.capacity_frames:
+            history.pop(0)
+        frame += chunk_frames
+        yield x
+
+
+def stream_video(model, noise, context, sigmas, **kwargs) -> torch.Tensor:
+    """All chunks of `rollout_stream` concatenated along frames: (B, C, F, H, W)."""
+    return torch.cat(list(rollout_stream(model, noise, context, sigmas, **kwargs)), dim=2)
