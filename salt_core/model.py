@@ -186,7 +186,7 @@ class WanModel(nn.Module):
         x (B, C, F, H, W); t (B,) or (B, F) in [0, 1000]; context (B, Lc, text_dim) text features.
         `block_causal` or a raw token mask `attn_mask` ((L, L) bool, True = attend) for full-clip
         forwards; or `cache` with this chunk's absolute `start_frame` for incremental ones
-        (`write_cache` stores the chunk's K/V). Returns v (B, C_out, F, H, W), and with
+        (`write_cache` stores the chunk's K/V). Without a cache, `start_frame` offsets RoPE positions. Returns v (B, C_out, F, H, W), and with
         `return_features_at=i` also the tokens (B, L, dim) after block i.
         """
         cfg = self.cfg
@@ -220,7 +220,7 @@ class WanModel(nn.Module):
                 key_rope = self.rope.cos_sin(step.key_positions, gh, gw, x.device)
             bind_context(cache, context)
         else:
-            positions = torch.arange(gf)
+            positions = torch.arange(gf) + start_frame
             if block_causal is not None:
                 fm = block_causal.frame_mask(gf).to(x.device)
                 mask = fm.repeat_interleave(gh * gw, 0).repeat_interleave(gh * gw, 1)

@@ -1,0 +1,124 @@
+"""AR streaming equals a brute-force rollout that re-runs all history without a cache."""
+import pytest
+import torch
+
+from comfyui_salt.salt_core.kv_cache import CachePolicy
+from comfyui_salt.salt_core.model import build_model
+from comfyui_salt.salt_core.schedules import get_sigmas_fewstep
+from comfyui_salt.salt_core.streaming import rollout_stream, stream_video
+from tests.helpers import assert_close, tiny_inputs
+
+
+def brute_force_rollout(model, noise, ctx, sigmas, chunk, generator, switches=None, window=None):
+    """No cache: each forward re-runs the clean history (t=0) plus the current chunk with a
+    frame mask written out by hand; re-noise draws in the same order as the streamer."""
+    switches = switches or {}
+    B, C, F, H, W = noise.shape
+    tokens = (H // model.cfg.patch_size[1]) * (W // model.cfg.patch_size[2])
+    clean, sig = [], [float(s) for s in sigmas]
+    origin = 0
+    for c in range(F // chunk):
+        if c in switches:
+            ctx = switches[c]
+            if window is not None:
+                origin = max(0, c * chunk - window)
+        x = noise[:, :, c * chunk:(c + 1) * chunk]
+        for i in range(len(sig) - 1):
+            hist = torch.cat(clean[origin // chunk:] + [x], 2) if clean else x
+            nf = hist.shape[2]
+            frame_t = torch.zeros(B, nf, dtype=torch.float64)
+            frame_t[:, -chunk:] = 1000 * sig[i]
+            allow = torch.zeros(nf, nf, dtype=torch.bool)
+            for q in range(nf):
+                allow[q, : (q // chunk + 1) * chunk] = True
+            mask = allow.repeat_interleave(tokens, 0).repeat_interleave(tokens, 1)
+            v = model(hist, frame_t, ctx, attn_mask=mask, start_frame=origin)[:, :, -chunk:]
+            x0 = (x.double() - sig[i] * v.double()).float()
+            if sig[i + 1] > 0:
+                fresh = torch.randn(x.shape, generator=generator)
+                x = ((1 - sig[i + 1]) * x0.double() + sig[i + 1] * fresh.double()).float()
+            else:
+                x = x0
+        clean.append(x)
+    return torch.cat(clean, 2)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = build_model("tiny", seed=4).eval()
+    noise, ctx = tiny_inputs(model.cfg, frames=9)
+    return model, noise, ctx
+
+
+@pytest.mark.parametrize("nfe", [1, 2, 4])
+def test_stochastic_stream_equals_brute_force_rollout_without_cache(setup, nfe):
+    model, noise, ctx = setup
+    sigmas = get_sigmas_fewstep(nfe)
+    with torch.no_grad():
+        ours = stream_video(model, noise, ctx, sigmas, policy=CachePolicy.full(9), chunk_frames=3,
+                            generator=torch.Generator().manual_seed(5))
+        ref = brute_force_rollout(model, noise, ctx, sigmas, 3, torch.Generator().manual_seed(5))
+    assert_close(ours, ref, 1e-5)
+
+
+def test_prompt_switch_recaches_the_window_with_the_new_prompt(setup):
+    model, noise, ctx = setup
+    other = torch.randn(ctx.shape, generator=torch.Generator().manual_seed(9))  # (token order alone would not matter)
+    sigmas = get_sigmas_fewstep(2)
+    noise12 = torch.cat([noise, noise[:, :, :3]], 2)
+    with torch.no_grad():
+        ours = stream_video(model, noise12, ctx, sigmas, policy=CachePolicy.full(12), chunk_frames=3,
+                            generator=torch.Generator().manual_seed(1), prompt_switches={2: other})
+        ref = brute_force_rollout(model, noise12, ctx, sigmas, 3, torch.Generator().manual_seed(1), {2: other})
+        plain = stream_video(model, noise12, ctx, sigmas, policy=CachePolicy.full(12), chunk_frames=3,
+                             generator=torch.Generator().manual_seed(1))
+    assert_close(ours, ref, 1e-5)
+    assert torch.equal(ours[:, :, :6], plain[:, :, :6])
+    assert (ours[:, :, 6:] - plain[:, :, 6:]).abs().max() > 1e-3
+
+
+def test_stream_yields_chunks_calls_back_every_step_and_can_be_interrupted(setup):
+    model, noise, ctx = setup
+    seen = []
+    gen = rollout_stream(model, noise, ctx, get_sigmas_fewstep(4), policy=CachePolicy.rolling(6),
+                         callback=seen.append, generator=torch.Generator().manual_seed(0))
+    first = next(gen)
+    assert first.shape == (2, 4, 3, 8, 8) and len(seen) == 4 and seen[0]["num_chunks"] == 3
+
+    class Interrupted(Exception):
+        pass
+
+    def stop_at_second_chunk(d):
+        if d["chunk"] == 1:
+            raise Interrupted
+    with pytest.raises(Interrupted):
+        stream_video(model, noise, ctx, get_sigmas_fewstep(4), policy=CachePolicy.rolling(6),
+                     callback=stop_at_second_chunk)
+
+
+def test_window_relative_rope_streams_past_frame_1024_with_a_start_offset(setup):
+    model, noise, ctx = setup
+    with torch.no_grad():
+        out = stream_video(model, torch.randn(2, 4, 30, 8, 8), ctx, get_sigmas_fewstep(2), chunk_frames=3,
+                           policy=CachePolicy.sink(9, 3, relative_rope=True), start_frame=1000)
+    assert out.shape[2] == 30 and torch.isfinite(out).all()
+
+
+def test_first_frames_hook_conditions_the_stream(setup):
+    model, noise, ctx = setup
+    first = torch.randn(2, 4, 3, 8, 8)
+    with torch.no_grad():
+        a = stream_video(model, noise, ctx, get_sigmas_fewstep(1), policy=CachePolicy.full(12), first_frames=first)
+        b = stream_video(model, noise, ctx, get_sigmas_fewstep(1), policy=CachePolicy.full(12), first_frames=-first)
+    assert a.shape[2] == 12 and torch.equal(a[:, :, :3], first)
+    assert (a[:, :, 3:] - b[:, :, 3:]).abs().max() > 1e-3
+
+
+def test_bad_stream_arguments_are_rejected(setup):
+    model, noise, ctx = setup
+    with pytest.raises(ValueError, match="multiple of chunk_frames"):
+        stream_video(model, noise[:, :, :7], ctx, get_sigmas_fewstep(2), policy=CachePolicy.full(9))
+    with pytest.raises(ValueError, match="ending with 0"):
+        stream_video(model, noise, ctx, torch.tensor([1.0, 0.5]), policy=CachePolicy.full(9))
+    with pytest.raises(ValueError, match="CachePolicy"):
+        stream_video(model, noise, ctx, get_sigmas_fewstep(2))
