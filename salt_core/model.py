@@ -164,6 +164,21 @@ class WanModel(nn.Module):
         self.rope = RotaryTable(cfg.head_dim, cfg.rope_max_len, cfg.rope_theta)
         self.gradient_checkpointing = False
 
+    def init_weights(self):
+        """Training-from-scratch init (Wan's recipe): xavier linears, zero biases, small embeddings, zero head."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        nn.init.xavier_uniform_(self.patch_embedding.weight.flatten(1))
+        nn.init.zeros_(self.patch_embedding.bias)
+        for seq in (self.text_embedding, self.time_embedding):
+            for m in seq:
+                if isinstance(m, nn.Linear):
+                    nn.init.normal_(m.weight, std=0.02)
+        nn.init.zeros_(self.head.head.weight)
+        return self
+
     # -- construction helpers ------------------------------------------------------------------
     def new_cache(self, batch: int, policy: CachePolicy, grid_hw: tuple, dtype=None, device=None) -> KVCache:
         """A preallocated cache for latents whose (H, W) is `grid_hw` (in latent pixels)."""
@@ -180,13 +195,14 @@ class WanModel(nn.Module):
     # -- forward -------------------------------------------------------------------------------
     def forward(self, x, t, context, *, block_causal: BlockCausal = None, attn_mask=None,
                 cache: KVCache = None, start_frame: int = 0, write_cache: bool = True,
-                return_features_at: int = None):
+                frame_positions: torch.Tensor = None, return_features_at: int = None):
         """Velocity prediction.
 
         x (B, C, F, H, W); t (B,) or (B, F) in [0, 1000]; context (B, Lc, text_dim) text features.
         `block_causal` or a raw token mask `attn_mask` ((L, L) bool, True = attend) for full-clip
         forwards; or `cache` with this chunk's absolute `start_frame` for incremental ones
-        (`write_cache` stores the chunk's K/V). Without a cache, `start_frame` offsets RoPE positions. Returns v (B, C_out, F, H, W), and with
+        (`write_cache` stores the chunk's K/V). Without a cache, `start_frame` offsets RoPE positions,
+        or `frame_positions` (F,) sets them (teacher forcing: a clean and a noisy copy share positions). Returns v (B, C_out, F, H, W), and with
         `return_features_at=i` also the tokens (B, L, dim) after block i.
         """
         cfg = self.cfg
@@ -220,7 +236,7 @@ class WanModel(nn.Module):
                 key_rope = self.rope.cos_sin(step.key_positions, gh, gw, x.device)
             bind_context(cache, context)
         else:
-            positions = torch.arange(gf) + start_frame
+            positions = torch.arange(gf) + start_frame if frame_positions is None else frame_positions.cpu()
             if block_causal is not None:
                 fm = block_causal.frame_mask(gf).to(x.device)
                 mask = fm.repeat_interleave(gh * gw, 0).repeat_interleave(gh * gw, 1)

@@ -19,6 +19,28 @@ def _frame_t(sigma: float, batch: int, frames: int, device) -> torch.Tensor:
     return torch.full((batch, frames), 1000.0 * float(sigma), dtype=torch.float64, device=device)
 
 
+class GuidedModel:
+    """Classifier-free guidance for cached forwards: one batch [cond; uncond] through one cache of 2B.
+
+    Standard form v_u + g·(v_c - v_u). Call `bind(context, uncond)` once per prompt so the doubled
+    context is the same tensor across calls (the cache keeps cross K/V per context tensor).
+    """
+
+    def __init__(self, model, uncond_context, cfg_scale: float):
+        self.model, self.uncond, self.cfg_scale = model, uncond_context, cfg_scale
+        self.cfg = model.cfg
+        self._pair = None
+
+    def new_cache(self, batch, policy, grid_hw):
+        return self.model.new_cache(2 * batch, policy, grid_hw)
+
+    def __call__(self, x, t, context, **kwargs):
+        if self._pair is None or self._pair[0] is not context:
+            self._pair = (context, torch.cat([context, self.uncond.expand_as(context)]))
+        v_c, v_u = self.model(torch.cat([x, x]), torch.cat([t, t]), self._pair[1], **kwargs).chunk(2)
+        return v_u + self.cfg_scale * (v_c - v_u)
+
+
 @torch.no_grad()
 def write_context(model, frames: torch.Tensor, context, cache: KVCache, start_frame: int,
                   context_noise: float = 0.0, generator=None) -> None:
@@ -52,7 +74,8 @@ def rollout_stream(model, noise: torch.Tensor, context: torch.Tensor, sigmas: to
                    chunk_frames: int = 3, start_frame: int = 0, context_noise: float = 0.0,
                    stochastic: bool = True, generator: Optional[torch.Generator] = None,
                    callback: Optional[Callable] = None, prompt_switches: Optional[dict] = None,
-                   first_frames: Optional[torch.Tensor] = None) -> Iterator[torch.Tensor]:
+                   first_frames: Optional[torch.Tensor] = None, cfg_scale: float = 1.0,
+                   uncond_context: Optional[torch.Tensor] = None) -> Iterator[torch.Tensor]:
     """Yield generated chunks x0 (B, C, n, H, W) one by one.
 
     noise (B, C, F, H, W): initial noise of every chunk, F a multiple of `chunk_frames`;
@@ -62,8 +85,14 @@ def rollout_stream(model, noise: torch.Tensor, context: torch.Tensor, sigmas: to
     `first_frames` (B, C, n0, H, W): clean frames written as context before generating and yielded
     first (the first-chunk conditioning hook, e.g. I2V). callback(dict) gets x, i, sigma, denoised,
     chunk, num_chunks after every step; it may raise to interrupt between steps.
+    `cfg_scale` ≠ 1 with `uncond_context` (B, Lc, text_dim): classifier-free guidance (teachers;
+    distilled students run without it).
     """
     B, _, num_f, H, W = noise.shape
+    if cfg_scale != 1.0:
+        if uncond_context is None:
+            raise ValueError(f"cfg_scale={cfg_scale} needs uncond_context (the empty / negative prompt embedding)")
+        model = GuidedModel(model, uncond_context, cfg_scale)
     if num_f % chunk_frames:
         raise ValueError(f"noise has {num_f} frames, not a multiple of chunk_frames={chunk_frames}")
     sig = [float(s) for s in sigmas]

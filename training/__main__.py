@@ -1,0 +1,54 @@
+"""Command line: `python -m comfyui_salt.training <command> --help`.
+
+Commands: `teacher` (toy teacher pre-training). Every flag maps to a config field; the defaults
+are the config's defaults, so `--help` documents them.
+"""
+import argparse
+import dataclasses
+import logging
+import sys
+
+
+def _add_config_flags(parser, cls):
+    """One --flag per dataclass field, typed from its default, help from the default."""
+    for f in dataclasses.fields(cls):
+        default = f.default
+        kind = type(default) if default is not None and not isinstance(default, bool) else str
+        if isinstance(default, bool):
+            parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None,
+                                type=lambda s: s.lower() in ("1", "true", "yes", "on"),
+                                help=f"(bool, default {default})")
+        else:
+            parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None, type=kind,
+                                help=f"(default {default!r})")
+
+
+def _overrides(args, cls) -> dict:
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name) is not None}
+
+
+def main(argv=None):
+    from .teacher import TeacherConfig
+    parser = argparse.ArgumentParser(prog="python -m comfyui_salt.training", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("teacher", help="train the toy teacher (flow matching); resumes automatically")
+    p.add_argument("--out", required=True, help="run folder (checkpoints, metrics.jsonl); rerun to resume")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (schedule unchanged)")
+    p.add_argument("--export", default=None, help="also write the EMA teacher to this .safetensors path at the end")
+    _add_config_flags(p, TeacherConfig)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+
+    if args.command == "teacher":
+        from .teacher import train_teacher, toy_evaluator
+        cfg = TeacherConfig(**_overrides(args, TeacherConfig))
+        model = train_teacher(cfg, args.out, evaluate=toy_evaluator(cfg), max_steps=args.max_steps)
+        if args.export:
+            from .files import save_model
+            save_model(model, args.export, layout="wan")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,152 @@
+"""Loop conventions shared by every Salt training job (teacher pre-training, distillation).
+
+- Each step is seeded from (seed, rank, step): resuming replays exactly the data and noise an
+  uninterrupted run would have drawn; no RNG state needs saving.
+- Checkpoints are written to a temp file in the same folder and renamed, so a kill never leaves a
+  torn one; the newest complete checkpoint is found automatically on restart.
+- Weights go to safetensors; optimizer state and counters to a weights-only torch file.
+Knows nothing of ComfyUI.
+"""
+import json
+import logging
+import math
+import os
+import re
+import time
+from dataclasses import asdict, fields
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+log = logging.getLogger("salt.training")
+
+
+def step_seed(seed: int, rank: int, step: int) -> int:
+    """A 63-bit seed unique to (seed, rank, step)."""
+    return int(np.random.SeedSequence([seed, rank, step]).generate_state(2, dtype=np.uint32).astype(np.uint64)
+               .dot(np.array([1 << 31, 1], dtype=np.uint64)) & np.uint64((1 << 63) - 1))
+
+
+def step_generators(seed: int, rank: int, step: int):
+    """(torch.Generator, numpy Generator) for one step."""
+    s = step_seed(seed, rank, step)
+    return torch.Generator().manual_seed(s), np.random.default_rng(s)
+
+
+def cosine_lr(step: int, base: float, warmup: int, total: int, min_ratio: float) -> float:
+    """Linear warm-up then cosine decay to min_ratio·base."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    p = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+def config_from_dict(cls, d: dict):
+    """Dataclass from a dict, rejecting unknown keys by name (with the known ones listed)."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown keys {unknown}; known keys: {sorted(known)}")
+    return cls(**d)
+
+
+class EMA:
+    """Exponential moving average of parameters (fp32 shadow), started at `start_step`."""
+
+    def __init__(self, model, decay: float):
+        self.decay = decay
+        self.shadow = {k: p.detach().float().clone() for k, p in model.named_parameters()}
+
+    @torch.no_grad()
+    def update(self, model):
+        for k, p in model.named_parameters():
+            self.shadow[k].lerp_(p.detach().float(), 1 - self.decay)
+
+    def state_dict(self) -> dict:
+        return dict(self.shadow)
+
+    def copy_to(self, model):
+        """Load the shadow into a model with the same parameter names."""
+        model.load_state_dict({**model.state_dict(), **{k: v.to(model.state_dict()[k].dtype) for k, v in self.shadow.items()}})
+        return model
+
+
+class CheckpointManager:
+    """`step_XXXXXXXX/` folders holding safetensors weights + a weights-only training-state file."""
+
+    PATTERN = re.compile(r"^step_(\d{8})$")
+
+    def __init__(self, folder: str, keep: int = 2):
+        self.folder, self.keep = folder, keep
+        os.makedirs(folder, exist_ok=True)
+
+    def latest(self):
+        """(step, path) of the newest complete checkpoint, or None."""
+        found = []
+        for name in os.listdir(self.folder):
+            m = self.PATTERN.match(name)
+            if m and os.path.exists(os.path.join(self.folder, name, "COMPLETE")):
+                found.append((int(m.group(1)), os.path.join(self.folder, name)))
+        return max(found) if found else None
+
+    def save(self, step: int, tensors: dict, state: dict, metadata: dict = None) -> str:
+        """Write {name: state_dict} as name.safetensors and `state` as state.pt, atomically."""
+        final = os.path.join(self.folder, f"step_{step:08d}")
+        tmp = final + f".tmp{os.getpid()}"
+        os.makedirs(tmp, exist_ok=True)
+        meta = {k: str(v) for k, v in (metadata or {}).items()}
+        for name, sd in tensors.items():
+            save_file({k: v.detach().contiguous().cpu() for k, v in sd.items()}, os.path.join(tmp, f"{name}.safetensors"), meta)
+        torch.save(state, os.path.join(tmp, "state.pt"))
+        open(os.path.join(tmp, "COMPLETE"), "w").close()
+        if os.path.exists(final):
+            import shutil
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        self._prune()
+        return final
+
+    def load(self, path: str, names) -> tuple:
+        """({name: state_dict}, state) from a checkpoint folder."""
+        tensors = {n: load_file(os.path.join(path, f"{n}.safetensors")) for n in names}
+        state = torch.load(os.path.join(path, "state.pt"), map_location="cpu", weights_only=True)
+        return tensors, state
+
+    def _prune(self):
+        import shutil
+        steps = sorted(int(m.group(1)) for m in (self.PATTERN.match(n) for n in os.listdir(self.folder)) if m)
+        for s in steps[:-self.keep]:
+            shutil.rmtree(os.path.join(self.folder, f"step_{s:08d}"), ignore_errors=True)
+        for n in os.listdir(self.folder):
+            if ".tmp" in n and not n.endswith(f".tmp{os.getpid()}"):
+                shutil.rmtree(os.path.join(self.folder, n), ignore_errors=True)
+
+
+class JsonlLog:
+    """Append-only metrics log, one JSON object per line."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def write(self, **record):
+        record.setdefault("time", time.time())
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def dump_config(cfg) -> str:
+    return json.dumps(asdict(cfg), sort_keys=True)
+
+
+def progress(total: int, initial: int, desc: str, disable: bool = False):
+    """A tqdm bar if tqdm is installed, else a no-op object with update/set_postfix/close."""
+    try:
+        from tqdm.auto import tqdm
+        return tqdm(total=total, initial=initial, desc=desc, disable=disable, dynamic_ncols=True)
+    except ImportError:
+        class _Null:
+            def update(self, *_): pass
+            def set_postfix(self, *_, **__): pass
+            def close(self): pass
+        return _Null()

@@ -1,0 +1,222 @@
+"""Checkpoint files: read and write Wan weights in any layout as safetensors or weights-only torch files.
+
+The file side of `salt_core.layouts` (which never sees a path). Torch files are read with
+`weights_only=True` only: Salt never unpickles arbitrary code. Writes go to a temporary file in the
+target directory and are renamed into place, so an interrupted save never leaves a torn file.
+Knows nothing of training loops, samplers or ComfyUI.
+"""
+import dataclasses
+import json
+import logging
+import os
+import pickle
+import tempfile
+from collections.abc import Mapping
+
+import torch
+import torch.nn as nn
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from ..salt_core import layouts
+from ..salt_core.config import WanConfig, get_config
+from ..salt_core.model import WanModel
+from ..salt_core.rope import RotaryTable
+
+log = logging.getLogger(__name__)
+
+SAFETENSORS_EXTS = (".safetensors",)
+TORCH_EXTS = (".pt", ".pth", ".ckpt", ".bin")
+NESTED_LAYOUTS = ("self_forcing", "longlive")
+NESTED_HEADS = ("generator", "generator_ema", layouts.LORA_KEY)  # first key parts that mark a flattened release
+CONFIG_META, LAYOUT_META, ALIAS_META = "salt_config", "salt_layout", "salt_aliases"
+
+
+def _extension(path: str) -> str:
+    """The lower-case extension of a checkpoint path, validated against the supported ones."""
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in SAFETENSORS_EXTS + TORCH_EXTS:
+        raise ValueError(f"checkpoint path {path!r} has extension {ext!r}; expected one of "
+                         f"{SAFETENSORS_EXTS + TORCH_EXTS} (rename the file if its content is one of those)")
+    return ext
+
+
+# -- nesting for safetensors (which stores one flat dict of tensors) ------------------------------------
+def flatten_release(obj: Mapping) -> dict:
+    """{"generator_ema": {"model.x": t}} → {"generator_ema.model.x": t}; top-level tensors stay as they are."""
+    flat = {}
+    for outer, value in obj.items():
+        if isinstance(value, Mapping):
+            flat.update({f"{outer}.{k}": v for k, v in value.items()})
+        elif isinstance(value, torch.Tensor):
+            flat[outer] = value
+    return flat
+
+
+def unflatten_release(flat: Mapping) -> dict:
+    """Inverse of `flatten_release` for dicts with `generator.` / `generator_ema.` keys; others unchanged."""
+    if not any(k.partition(".")[0] in NESTED_HEADS for k in flat):
+        return dict(flat)
+    nested = {}
+    for key, value in flat.items():
+        outer, dot, inner = key.partition(".")
+        if dot:
+            nested.setdefault(outer, {})[inner] = value
+        else:
+            nested[key] = value
+    return nested
+
+
+def _unshare(sd: Mapping) -> tuple:
+    """(tensors safetensors accepts, {alias key: saved key}): identical views saved once, overlaps cloned."""
+    unique, aliases, views, storages = {}, {}, {}, set()
+    for key, t in sd.items():
+        storage = (t.device, t.untyped_storage().data_ptr())
+        view = storage + (t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+        if view in views:
+            aliases[key] = views[view]
+            continue
+        views[view] = key
+        if storage in storages and t.numel():  # a different view of memory we already save
+            t = t.clone(memory_format=torch.contiguous_format)
+        storages.add(storage)
+        unique[key] = t.contiguous()
+    return unique, aliases
+
+
+# -- reading ------------------------------------------------------------------------------------------
+def _read_safetensors(path: str) -> tuple:
+    """(tensors with release nesting and aliases restored, metadata) of a safetensors file."""
+    try:
+        flat = load_file(path)
+        with safe_open(path, framework="pt") as f:
+            metadata = dict(f.metadata() or {})
+    except SafetensorError as e:
+        raise ValueError(f"read_checkpoint: {path!r} is not a readable safetensors file ({e}); it is "
+                         f"truncated or corrupt — download or save it again") from e
+    for alias, saved in json.loads(metadata.get(ALIAS_META, "{}")).items():
+        flat[alias] = flat[saved]
+    return unflatten_release(flat), metadata
+
+
+def _read_torch(path: str):
+    """The object in a torch file, loaded with weights_only=True (tensors, dicts, lists, numbers only)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        reason = next((ln.strip() for ln in str(e).splitlines() if "WeightsUnpickler error" in ln), str(e)[:200])
+        raise ValueError(
+            f"read_checkpoint: refusing {path!r}: it holds Python objects other than tensors ({reason}). Salt "
+            f"reads torch files with torch.load(weights_only=True) only and never unpickles arbitrary code. If "
+            f"you trust the file, convert it once outside Salt: obj = torch.load(path, weights_only=False), "
+            f"then save its tensors with safetensors.torch.save_file(state_dict, 'model.safetensors')") from e
+    except Exception as e:  # torch reports damaged files as RuntimeError, EOFError, KeyError, … by format
+        first = str(e).splitlines()[0][:200] if str(e) else ""
+        raise ValueError(f"read_checkpoint: cannot read {path!r} as a torch checkpoint ({type(e).__name__}: "
+                         f"{first}); the file is truncated or corrupt — download or save it again") from e
+
+
+def read_checkpoint(path) -> tuple:
+    """(loaded object, metadata dict) of a .safetensors or weights-only .pt/.pth/.ckpt/.bin file.
+
+    Flattened release dicts (`generator_ema.model.blocks…`) come back nested; torch files have no metadata.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"read_checkpoint: no checkpoint file at {path!r}")
+    if _extension(path) in SAFETENSORS_EXTS:
+        return _read_safetensors(path)
+    return _read_torch(path), {}
+
+
+# -- loading a model ----------------------------------------------------------------------------------
+def _choose_config(sd: Mapping, metadata: Mapping, preset, num_heads) -> WanConfig:
+    """The config to build: `preset` if given, else the file's own `salt_config`, else inferred from shapes."""
+    if preset is not None:
+        cfg = get_config(preset) if isinstance(preset, str) else preset
+    elif CONFIG_META in metadata:
+        cfg = WanConfig.from_json(metadata[CONFIG_META])
+    else:
+        cfg = layouts.infer_config(sd, num_heads)
+        if num_heads is None:
+            log.info("load_model: config inferred from shapes; head count assumed dim // %d = %d (pass num_heads "
+                     "if this model differs)", layouts.WAN_HEAD_DIM, cfg.num_heads)
+        return cfg
+    return cfg if num_heads is None else dataclasses.replace(cfg, num_heads=num_heads)
+
+
+def load_model(path, preset=None, use_ema: bool = True, dtype=torch.float32, num_heads: int = None,
+               device="cpu") -> tuple:
+    """(WanModel, detected layout) from a checkpoint file in any layout.
+
+    `preset` (a name or WanConfig) wins over the file's own config, which wins over shape inference
+    (heads: `num_heads` or dim // 128). The model is built on the meta device and takes the file's
+    tensors (cast to `dtype`, moved to `device`) without a second copy in memory.
+    """
+    path = os.fspath(path)
+    obj, metadata = read_checkpoint(path)
+    try:
+        sd, layout = layouts.to_wan_state_dict(obj, use_ema=use_ema)
+        del obj  # unused release entries (critic, the other generator) can be freed now
+        cfg = _choose_config(sd, metadata, preset, num_heads)
+        layouts.check_state_dict(sd, cfg, layout)
+    except layouts.LayoutError as e:
+        raise layouts.LayoutError(f"load_model({path!r}): {e}") from e
+    for key in list(sd):  # one tensor at a time, so peak memory grows by one tensor at most
+        sd[key] = sd[key].to(device=device, dtype=dtype)
+    with torch.device("meta"):
+        model = WanModel(cfg)
+    layouts.adopt_weights(model, sd, layout)
+    # The RoPE table is a plain attribute, not a parameter: the meta build left it without data.
+    model.rope = RotaryTable(cfg.head_dim, cfg.rope_max_len, cfg.rope_theta)
+    return model, layout
+
+
+# -- writing ------------------------------------------------------------------------------------------
+def _atomic_write(path: str, write):
+    """Call write(tmp_path) for a temp file beside `path`, fsync it and rename it onto `path`."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save_model(model_or_sd, path, layout: str = "wan", config: WanConfig = None):
+    """Write a WanModel or an original-name state dict to `path` in `layout`.
+
+    .safetensors: flat layouts as they are, release layouts flattened (`generator_ema.model.…`), with
+    metadata salt_config (when known), salt_layout and salt_aliases (keys stored once, as another key).
+    .pt/.pth/.ckpt/.bin: `torch.save` of the layout's object (no metadata; the config is inferred on load).
+    """
+    path = os.fspath(path)
+    ext = _extension(path)
+    if layout not in layouts.LAYOUTS:
+        raise ValueError(f"save_model: layout={layout!r}; expected one of {layouts.LAYOUTS}")
+    if isinstance(model_or_sd, nn.Module):
+        sd, config = model_or_sd.state_dict(), config or model_or_sd.cfg
+    elif isinstance(model_or_sd, Mapping):
+        sd = model_or_sd
+    else:
+        raise TypeError(f"save_model: model_or_sd is a {type(model_or_sd).__name__}; expected a WanModel or a "
+                        f"state dict with original Wan names")
+    sd = {k: v.detach() for k, v in sd.items()}
+    obj = layouts.from_wan_state_dict(sd, layout)
+    if ext in TORCH_EXTS:
+        _atomic_write(path, lambda tmp: torch.save(obj, tmp))
+        return
+    tensors, aliases = _unshare(flatten_release(obj) if layout in NESTED_LAYOUTS else obj)
+    metadata = {LAYOUT_META: layout}
+    if aliases:
+        metadata[ALIAS_META] = json.dumps(aliases, sort_keys=True)
+    if config is not None:
+        metadata[CONFIG_META] = config.to_json()
+    _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))

@@ -1,0 +1,219 @@
+"""Toy teacher pre-training by flow matching (salt_core's WanModel on the toy world).
+
+Two modes:
+- `teacher_forcing` (default; Causal Forcing's AR-diffusion teacher): the clip is fed twice,
+  [clean | noisy]; noisy chunk c attends to clean chunks < c and to itself, clean chunks are
+  block-causal among themselves, both copies share RoPE positions; every chunk has its own noise
+  level. Sampling is chunk by chunk on a KV cache (salt_core.streaming).
+- `bidirectional`: one noise level per clip, full attention (Wan 2.1 T2V).
+Loss: mean((v - (ε - x0))²) with classifier-free-guidance dropout of the caption.
+Loop conventions (seeding, checkpoints, resume, logs) come from training/common.py.
+"""
+from dataclasses import dataclass, asdict
+import os
+import time
+
+import torch
+
+from ..salt_core.config import get_config
+from ..salt_core.kv_cache import CachePolicy
+from ..salt_core.model import WanModel
+from ..salt_core.schedules import add_noise, get_sigmas_uniform, shift_sigma
+from ..salt_core.streaming import stream_video
+from ..salt_core.denoiser import FlowDenoiser
+from ..salt_core.samplers import sample_euler
+from ..salt_core.toy.text import ToyTextEncoder
+from ..salt_core.toy.world import get_world, sample_batch, sample_params, render, caption
+from .common import (EMA, CheckpointManager, JsonlLog, config_from_dict, cosine_lr, log, progress,
+                     step_generators)
+
+MODES = ("teacher_forcing", "bidirectional")
+
+
+@dataclass
+class TeacherConfig:
+    model_preset: str = "toy"          # salt_core.config preset of the teacher
+    world: str = "default"             # salt_core.toy.world preset
+    mode: str = "teacher_forcing"      # one of MODES
+    chunk_frames: int = 3              # frames per AR chunk (teacher_forcing)
+    batch_size: int = 32               # clips per step
+    total_steps: int = 20000           # optimizer steps (the cosine schedule's length)
+    lr: float = 1e-3                   # AdamW peak learning rate
+    warmup_steps: int = 200            # linear warm-up
+    min_lr_ratio: float = 0.1          # cosine floor as a fraction of lr
+    beta1: float = 0.9                 # AdamW betas
+    beta2: float = 0.99
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0             # max grad norm
+    ema_decay: float = 0.999           # EMA of the weights (the shipped teacher is the EMA)
+    caption_dropout: float = 0.1       # probability of the empty prompt (CFG training)
+    logit_mean: float = 0.0            # σ = shift(sigmoid(N(mean, std)))
+    logit_std: float = 1.0
+    shift: float = 1.0                 # timestep shift applied to training σ (the toy world's shift)
+    seed: int = 0
+    threads: int = 2                   # torch CPU threads (fixed for bit-identical resume)
+    checkpoint_every: int = 250
+    eval_every: int = 500
+    eval_clips: int = 32
+    eval_steps: int = 40               # Euler steps for evaluation samples
+    eval_cfg: float = 3.0              # standard-form CFG scale for evaluation samples
+    log_every: int = 10
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"TeacherConfig.mode={self.mode!r}; expected one of {MODES}")
+
+
+def teacher_forcing_mask(num_frames: int, chunk: int, tokens: int) -> torch.Tensor:
+    """(2L, 2L) bool token mask over [clean | noisy] copies (True = attend)."""
+    f = torch.arange(num_frames)
+    c = f // chunk
+    clean_clean = c.view(-1, 1) >= c.view(1, -1)          # block-causal among clean frames
+    noisy_clean = c.view(-1, 1) > c.view(1, -1)           # noisy chunk sees strictly earlier clean chunks
+    noisy_noisy = c.view(-1, 1) == c.view(1, -1)          # ... and itself
+    top = torch.cat([clean_clean, torch.zeros_like(clean_clean)], 1)
+    bottom = torch.cat([noisy_clean, noisy_noisy], 1)
+    frames = torch.cat([top, bottom], 0)
+    return frames.repeat_interleave(tokens, 0).repeat_interleave(tokens, 1)
+
+
+def sample_sigmas(cfg: TeacherConfig, shape, gen) -> torch.Tensor:
+    """Training noise levels σ ∈ (0, 1): shifted logit-normal."""
+    u = torch.sigmoid(cfg.logit_mean + cfg.logit_std * torch.randn(shape, generator=gen, dtype=torch.float64))
+    return shift_sigma(u, cfg.shift)
+
+
+def flow_loss_step(model, cfg: TeacherConfig, videos, context, gen, mask=None):
+    """Flow-matching loss for one batch. videos (B, 3, F, H, W); context (B, Lc, text_dim)."""
+    B, _, F, H, W = videos.shape
+    noise = torch.randn(videos.shape, generator=gen)
+    if cfg.mode == "bidirectional":
+        sigma = sample_sigmas(cfg, (B,), gen)
+        x_t = add_noise(videos, noise, sigma.view(B, 1, 1, 1, 1))
+        v = model(x_t, 1000 * sigma, context)
+    else:
+        chunks = F // cfg.chunk_frames
+        sigma = sample_sigmas(cfg, (B, chunks), gen).repeat_interleave(cfg.chunk_frames, 1)  # (B, F)
+        x_t = add_noise(videos, noise, sigma.view(B, 1, F, 1, 1))
+        t = torch.cat([torch.zeros(B, F, dtype=torch.float64), 1000 * sigma], 1)
+        pos = torch.cat([torch.arange(F), torch.arange(F)])
+        v = model(torch.cat([videos, x_t], 2), t, context, attn_mask=mask, frame_positions=pos)[:, :, F:]
+    return (v.float() - (noise - videos)).pow(2).mean()
+
+
+@torch.no_grad()
+def sample_teacher(model, mode: str, captions, encoder, world_cfg, steps=40, cfg_scale=3.0, shift=1.0,
+                   seed=0, chunk_frames=3, num_frames=None):
+    """Many-step Euler samples (B, 3, F, H, W) with standard CFG, AR on a KV cache or bidirectional."""
+    B = len(captions)
+    num_frames = num_frames or world_cfg.num_frames
+    ctx, unc = encoder.encode(captions), encoder.empty(B)
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.randn(B, 3, num_frames, world_cfg.height, world_cfg.width, generator=gen)
+    sigmas = get_sigmas_uniform(steps, shift)
+    if mode == "bidirectional":
+        den = FlowDenoiser(model, ctx, unc, cfg_scale)
+        return sample_euler(den, noise, sigmas.float(), disable=True)
+    return stream_video(model, noise, ctx, sigmas, policy=CachePolicy.full(num_frames), chunk_frames=chunk_frames,
+                        stochastic=False, cfg_scale=cfg_scale, uncond_context=unc)
+
+
+def eval_prompts(world_cfg, n: int, seed: int = 1234) -> list:
+    """A fixed, reproducible list of evaluation captions."""
+    return [caption(p) for p in sample_params(world_cfg, seed, n)]
+
+
+def train_teacher(cfg: TeacherConfig, out_dir: str, evaluate=None, max_steps: int = None, quiet: bool = False):
+    """Run (or resume) teacher training in `out_dir`; returns the EMA model.
+
+    evaluate(videos, captions) -> dict of scalars, called every `eval_every` steps on EMA samples.
+    `max_steps` stops early (for tests / time-boxed sessions) without changing the schedule.
+    """
+    torch.set_num_threads(cfg.threads)
+    world = get_world(cfg.world)
+    mcfg = get_config(cfg.model_preset)
+    encoder = ToyTextEncoder(text_dim=mcfg.text_dim, max_tokens=mcfg.text_len, world=world)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = WanModel(mcfg).init_weights()
+    ema = EMA(model, cfg.ema_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+    ckpt = CheckpointManager(os.path.join(out_dir, "checkpoints"))
+    logger = JsonlLog(os.path.join(out_dir, "metrics.jsonl"))
+    step = 0
+    latest = ckpt.latest()
+    if latest:
+        tensors, state = ckpt.load(latest[1], ["model", "ema"])
+        model.load_state_dict(tensors["model"])
+        ema.shadow = {k: v.float() for k, v in tensors["ema"].items()}
+        opt.load_state_dict(state["optimizer"])
+        step = int(state["step"])
+        log.info("resumed from %s (step %d)", latest[1], step)
+    else:
+        with open(os.path.join(out_dir, "config.json"), "w") as f:
+            f.write(str(asdict(cfg)))
+    tokens = (world.height // mcfg.patch_size[1]) * (world.width // mcfg.patch_size[2])
+    mask = teacher_forcing_mask(world.num_frames, cfg.chunk_frames, tokens) if cfg.mode == "teacher_forcing" else None
+    stop = min(cfg.total_steps, max_steps if max_steps is not None else cfg.total_steps)
+    bar = progress(stop, step, "teacher", disable=quiet)
+    meta = {"salt_config": mcfg.to_json(), "salt_layout": "wan", "teacher_mode": cfg.mode}
+
+    def save():
+        ckpt.save(step, {"model": model.state_dict(), "ema": ema.state_dict()},
+                  {"optimizer": opt.state_dict(), "step": step}, meta)
+
+    t0 = time.time()
+    try:
+        while step < stop:
+            gen, rng = step_generators(cfg.seed, 0, step)
+            videos, captions, _ = sample_batch(world, rng, cfg.batch_size)
+            ctx = encoder.encode(captions)
+            drop = torch.rand(cfg.batch_size, generator=gen) < cfg.caption_dropout
+            ctx[drop] = 0.0
+            for g in opt.param_groups:
+                g["lr"] = cosine_lr(step, cfg.lr, cfg.warmup_steps, cfg.total_steps, cfg.min_lr_ratio)
+            loss = flow_loss_step(model, cfg, videos, ctx, gen, mask)
+            if not torch.isfinite(loss):
+                save()
+                raise FloatingPointError(f"teacher loss became {loss.item()} at step {step}; last good state saved in {ckpt.folder}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            ema.update(model)
+            step += 1
+            bar.update(1)
+            if step % cfg.log_every == 0:
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+                logger.write(step=step, loss=loss.item(), grad_norm=float(gnorm), lr=opt.param_groups[0]["lr"],
+                             sec_per_step=(time.time() - t0) / cfg.log_every)
+                t0 = time.time()
+            if step % cfg.checkpoint_every == 0 or step == stop:
+                save()
+            if evaluate is not None and (step % cfg.eval_every == 0 or step == stop):
+                ema_model = ema.copy_to(WanModel(mcfg)).eval()
+                caps = eval_prompts(world, cfg.eval_clips)
+                vids = sample_teacher(ema_model, cfg.mode, caps, encoder, world, cfg.eval_steps, cfg.eval_cfg,
+                                      cfg.shift, seed=0, chunk_frames=cfg.chunk_frames)
+                scores = evaluate(vids, caps)
+                logger.write(step=step, eval=scores)
+                log.info("step %d eval %s", step, scores)
+    except KeyboardInterrupt:
+        save()
+        log.info("interrupted at step %d; checkpoint saved, rerun the same command to resume", step)
+        raise
+    finally:
+        bar.close()
+    return ema.copy_to(WanModel(mcfg)).eval()
+
+
+def toy_evaluator(cfg: TeacherConfig, num_ref: int = 256):
+    """evaluate(videos, captions) -> oracle metric means (incl. Fréchet vs real clips and the toy score)."""
+    from ..salt_core.metrics.frechet import reference_features
+    from ..salt_core.metrics.score import score_table
+    world = get_world(cfg.world)
+    ref = reference_features(world, num_ref)
+
+    def evaluate(videos, captions):
+        return score_table(videos, captions, world, ref)
+    return evaluate
