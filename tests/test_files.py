@@ -1,0 +1,190 @@
+"""training.files: reading, writing and loading checkpoint files in every layout and format."""
+import json
+import os
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from comfyui_salt.salt_core import layouts
+from comfyui_salt.salt_core.model import build_model
+from comfyui_salt.training import files
+
+
+class NotATensor:
+    """A custom class a weights-only load must refuse to construct."""
+
+
+def assert_same_tensors(a, b):
+    """Same keys and bit-identical tensors (dtype included)."""
+    assert set(a) == set(b), sorted(set(a) ^ set(b))[:5]
+    for k in a:
+        assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), k
+
+
+def velocity(model, cfg, seed=0):
+    """The model's prediction on a fixed small input shaped for `cfg`."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, cfg.in_dim, 2, 8, 8, generator=g)
+    context = torch.randn(1, cfg.text_len, cfg.text_dim, generator=g)
+    with torch.no_grad():
+        return model(x, torch.tensor([400.0]), context)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+@pytest.mark.parametrize("layout", layouts.LAYOUTS)
+def test_every_layout_round_trips_through_save_model_and_load_model(tmp_path, layout, suffix):
+    model = build_model("tiny", seed=0)
+    path = tmp_path / f"model{suffix}"
+    files.save_model(model, path, layout=layout)
+    # Torch files carry no config: the head count of 'tiny' (dim 64) must then be given.
+    loaded, found = files.load_model(path, num_heads=None if suffix == ".safetensors" else 4)
+    assert found == ("self_forcing" if layout == "longlive" else layout)
+    assert loaded.cfg == model.cfg or suffix == ".pt"
+    assert_same_tensors(loaded.state_dict(), model.state_dict())
+    # Equal weights, but kernels may take other paths for differently aligned memory (mmap vs fresh).
+    assert torch.allclose(velocity(loaded, model.cfg), velocity(model, model.cfg), rtol=0, atol=1e-5)
+    assert os.listdir(tmp_path) == [path.name]  # no temporary file left behind
+
+
+def test_release_safetensors_store_each_tensor_once_and_read_back_nested(tmp_path):
+    model = build_model("tiny", seed=0)
+    path = tmp_path / "release.safetensors"
+    files.save_model(model, path, layout="self_forcing")
+    with safe_open(str(path), framework="pt") as f:
+        keys, metadata = list(f.keys()), f.metadata()
+    assert keys and all(k.startswith("generator_ema.model.") for k in keys)
+    assert metadata["salt_layout"] == "self_forcing" and json.loads(metadata["salt_config"])["dim"] == 64
+    obj, _ = files.read_checkpoint(path)
+    assert set(obj) == {"generator", "generator_ema"}
+    assert obj["generator"]["model.head.modulation"] is obj["generator_ema"]["model.head.modulation"]
+
+
+def test_aliased_and_overlapping_tensors_save_to_safetensors(tmp_path):
+    base = torch.arange(12.0)
+    sd = {"a": base, "b": base, "c": base[4:8], "d": base.view(3, 4).t()}
+    path = tmp_path / "shared.safetensors"
+    files.save_model(sd, path)
+    assert_same_tensors(files.read_checkpoint(path)[0], sd)
+
+
+def test_load_model_casts_to_the_requested_dtype_and_honours_use_ema(tmp_path):
+    ema, gen = build_model("tiny", seed=0).state_dict(), build_model("tiny", seed=1).state_dict()
+    release = {"generator": layouts.from_wan_state_dict(gen, "self_forcing")["generator"],
+               "generator_ema": layouts.from_wan_state_dict(ema, "self_forcing")["generator_ema"],
+               "critic": {"model.x": torch.zeros(1)}}
+    torch.save(release, tmp_path / "sf.pt")
+    model, layout = files.load_model(tmp_path / "sf.pt", preset="tiny", dtype=torch.bfloat16)
+    assert layout == "self_forcing" and model.patch_embedding.weight.dtype == torch.bfloat16
+    assert torch.equal(model.head.modulation, ema["head.modulation"].to(torch.bfloat16))
+    model, _ = files.load_model(tmp_path / "sf.pt", preset="tiny", use_ema=False)
+    assert torch.equal(model.head.modulation, gen["head.modulation"])
+
+
+def test_a_truncated_file_is_refused_with_its_path_in_the_message(tmp_path):
+    model = build_model("tiny", seed=0)
+    for name in ("model.safetensors", "model.pt"):
+        path = tmp_path / name
+        files.save_model(model, path)
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+        with pytest.raises(ValueError, match="truncated or corrupt") as info:
+            files.load_model(path)
+        assert str(path) in str(info.value)
+
+
+def test_a_missing_file_raises_FileNotFoundError_naming_the_path(tmp_path):
+    path = tmp_path / "nowhere.safetensors"
+    with pytest.raises(FileNotFoundError, match="nowhere.safetensors"):
+        files.read_checkpoint(path)
+
+
+def test_an_unsupported_extension_is_refused_by_name(tmp_path):
+    path = tmp_path / "model.gguf"
+    path.write_bytes(b"GGUF")
+    with pytest.raises(ValueError, match=r"'\.gguf'"):
+        files.read_checkpoint(path)
+
+
+def test_a_checkpoint_of_another_shape_names_the_layout_missing_keys_preset_and_path(tmp_path):
+    path = tmp_path / "tiny.safetensors"
+    files.save_model(build_model("tiny", seed=0), path, layout="comfyui")
+    with pytest.raises(layouts.LayoutError) as info:
+        files.load_model(path, preset="toy")
+    message = str(info.value)
+    for word in (str(path), "'comfyui'", "missing", "shape", "pick preset 'tiny'"):
+        assert word in message, word
+
+
+def test_an_unknown_layout_file_names_its_keys_and_the_supported_layouts(tmp_path):
+    path = tmp_path / "vae.pt"
+    torch.save({"decoder.conv_in.weight": torch.zeros(2), "encoder.conv_in.weight": torch.zeros(2)}, path)
+    with pytest.raises(layouts.LayoutError) as info:
+        files.load_model(path)
+    for word in (str(path), "decoder.conv_in.weight", "self_forcing"):
+        assert word in str(info.value), word
+
+
+def test_a_pickle_holding_a_custom_object_is_refused_without_running_it(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"w": torch.zeros(2), "trainer": NotATensor()}, path)
+    with pytest.raises(ValueError, match="never unpickles arbitrary code") as info:
+        files.read_checkpoint(path)
+    assert str(path) in str(info.value) and "NotATensor" in str(info.value)
+
+
+def test_an_fsdp_wrapped_release_file_loads(tmp_path):
+    model = build_model("tiny", seed=0)
+    wrapped = {f"model._fsdp_wrapped_module.{k}".replace("blocks.0.", "blocks.0._checkpoint_wrapped_module."): v
+               for k, v in model.state_dict().items()}
+    torch.save({"generator": wrapped}, tmp_path / "fsdp.pt")
+    loaded, layout = files.load_model(tmp_path / "fsdp.pt", num_heads=4)
+    assert layout == "self_forcing"
+    assert_same_tensors(loaded.state_dict(), model.state_dict())
+
+
+def test_a_longlive_file_loads_with_its_lora_merged(tmp_path):
+    sd = build_model("tiny", seed=0).state_dict()
+    g = torch.Generator().manual_seed(1)
+    A, B = torch.randn(8, 64, generator=g), torch.randn(64, 8, generator=g)
+    lora = {"base_model.model.blocks.1.self_attn.v.lora_A.weight": A,
+            "base_model.model.blocks.1.self_attn.v.lora_B.weight": B}
+    torch.save(layouts.from_wan_state_dict(sd, "self_forcing") | {"generator_lora": lora}, tmp_path / "ll.pt")
+    model, layout = files.load_model(tmp_path / "ll.pt", preset="tiny")
+    assert layout == "longlive"
+    expected = sd["blocks.1.self_attn.v.weight"] + B @ A  # alpha defaults to the rank
+    assert torch.allclose(model.blocks[1].self_attn.v.weight, expected, atol=1e-5)
+
+
+def test_a_failed_save_leaves_the_previous_file_intact(tmp_path, monkeypatch):
+    path = tmp_path / "model.safetensors"
+    files.save_model(build_model("tiny", seed=0), path)
+    before = path.read_bytes()
+
+    def torn_write(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(b"half a file")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(files, "save_file", torn_write)
+    with pytest.raises(KeyboardInterrupt):
+        files.save_model(build_model("tiny", seed=1), path)
+    assert path.read_bytes() == before and os.listdir(tmp_path) == [path.name]
+
+
+def test_a_diffusers_save_pretrained_file_loads_and_predicts_like_diffusers(tmp_path):
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    reference = diffusers.WanTransformer3DModel(
+        num_attention_heads=2, attention_head_dim=128, in_channels=16, out_channels=16, text_dim=64, freq_dim=32,
+        ffn_dim=256, num_layers=2, cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6).eval()
+    reference.save_pretrained(tmp_path / "transformer")
+    model, layout = files.load_model(tmp_path / "transformer" / "diffusion_pytorch_model.safetensors")
+    assert layout == "diffusers" and model.cfg.num_heads == 2  # inferred: dim 256 // head dim 128
+    g = torch.Generator().manual_seed(0)
+    x, context = torch.randn(1, 16, 2, 8, 8, generator=g), torch.randn(1, 8, 64, generator=g)
+    with torch.no_grad():
+        expected = reference(x, torch.tensor([400.0]), context, return_dict=False)[0]
+        got = model(x, torch.tensor([400.0]), context)
+    err = (got - expected).abs()
+    assert err.max() < 1e-4 * expected.abs().max(), f"max err {err.max():.3g}, mean err {err.mean():.3g}"

@@ -1,0 +1,261 @@
+"""salt_core.layouts: detection, normalisation, export, the diffusers rename table, LoRA merge, checks."""
+import dataclasses
+import json
+import logging
+
+import pytest
+import torch
+
+from comfyui_salt.salt_core import layouts
+from comfyui_salt.salt_core.config import PRESETS
+from comfyui_salt.salt_core.model import WanModel, build_model
+from comfyui_salt.training import files
+
+
+def tiny_sd(preset="tiny", seed=0):
+    """An original-name state dict of a seeded tiny model."""
+    return build_model(preset, seed=seed).state_dict()
+
+
+def diffusers_config(cfg):
+    """The WanTransformer3DModel config with the same shapes as a WanConfig (REFERENCE.md §5.5)."""
+    return dict(num_attention_heads=cfg.num_heads, attention_head_dim=cfg.head_dim, in_channels=cfg.in_dim,
+                out_channels=cfg.out_dim, text_dim=cfg.text_dim, freq_dim=cfg.freq_dim, ffn_dim=cfg.ffn_dim,
+                num_layers=cfg.num_layers, cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=cfg.eps,
+                patch_size=list(cfg.patch_size), rope_max_seq_len=cfg.rope_max_len)
+
+
+def assert_same_tensors(a, b):
+    """Same keys and bit-identical tensors (dtype included)."""
+    assert set(a) == set(b), (sorted(set(a) ^ set(b)))[:5]
+    for k in a:
+        assert a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]), k
+
+
+@pytest.mark.parametrize("layout", layouts.LAYOUTS)
+def test_every_layout_round_trips_to_bit_identical_tensors(layout):
+    sd = tiny_sd()
+    back, found = layouts.to_wan_state_dict(layouts.from_wan_state_dict(sd, layout))
+    assert_same_tensors(back, sd)
+    assert found == ("self_forcing" if layout == "longlive" else layout)
+
+
+def test_exported_layouts_share_tensors_instead_of_copying():
+    sd = tiny_sd()
+    release = layouts.from_wan_state_dict(sd, "self_forcing")
+    key = "blocks.0.self_attn.q.weight"
+    ptrs = {release["generator"]["model." + key].data_ptr(), release["generator_ema"]["model." + key].data_ptr(),
+            layouts.from_wan_state_dict(sd, "diffusers")["blocks.0.attn1.to_q.weight"].data_ptr(),
+            layouts.to_wan_state_dict(release)[0][key].data_ptr()}
+    assert ptrs == {sd[key].data_ptr()}
+
+
+def test_rename_table_inverts_exactly_including_i2v_names():
+    keys = list(tiny_sd()) + ["img_emb.proj.0.weight", "img_emb.proj.1.bias", "img_emb.proj.3.weight",
+                              "img_emb.proj.4.bias", "img_emb.emb_pos", "blocks.3.cross_attn.k_img.weight",
+                              "blocks.3.cross_attn.v_img.bias", "blocks.3.cross_attn.norm_k_img.weight"]
+    hf = [layouts.wan_to_diffusers_key(k) for k in keys]
+    assert len(set(hf)) == len(keys)
+    assert [layouts.diffusers_to_wan_key(k) for k in hf] == keys
+    assert layouts.wan_to_diffusers_key("blocks.3.norm3.weight") == "blocks.3.norm2.weight"
+    assert layouts.wan_to_diffusers_key("blocks.3.cross_attn.k_img.weight") == "blocks.3.attn2.add_k_proj.weight"
+
+
+def test_rename_refuses_names_it_does_not_know():
+    with pytest.raises(layouts.LayoutError, match="blocks.0.norm2.weight"):
+        layouts.wan_to_diffusers_key("blocks.0.norm2.weight")  # Wan's norm2 has no parameters
+    with pytest.raises(layouts.LayoutError, match="attn1.to_q.lora"):
+        layouts.diffusers_to_wan_key("blocks.0.attn1.to_q.lora.weight")
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny-hd128"])
+def test_diffusers_names_and_shapes_equal_an_independently_built_WanTransformer3DModel(preset):
+    diffusers = pytest.importorskip("diffusers")
+    reference = diffusers.WanTransformer3DModel(**diffusers_config(PRESETS[preset])).state_dict()
+    ours = layouts.from_wan_state_dict(tiny_sd(preset), "diffusers")
+    assert set(ours) == set(reference)
+    assert {k: tuple(v.shape) for k, v in ours.items()} == {k: tuple(v.shape) for k, v in reference.items()}
+
+
+@pytest.mark.parametrize("layout", ["wan", "comfyui"])
+def test_diffusers_single_file_loader_reads_our_file_as_our_table_says(tmp_path, layout):
+    diffusers = pytest.importorskip("diffusers")
+    model = build_model("tiny-hd128", seed=1)
+    files.save_model(model, tmp_path / "wan.safetensors", layout=layout)
+    (tmp_path / "config").mkdir()
+    config = dict(_class_name="WanTransformer3DModel", **diffusers_config(model.cfg))
+    (tmp_path / "config" / "config.json").write_text(json.dumps(config))
+    loaded = diffusers.WanTransformer3DModel.from_single_file(
+        str(tmp_path / "wan.safetensors"), config=str(tmp_path / "config"), torch_dtype=torch.float32)
+    assert_same_tensors(loaded.state_dict(), layouts.from_wan_state_dict(model.state_dict(), "diffusers"))
+
+
+def test_a_diffusers_model_normalised_into_ours_predicts_the_same_velocity():
+    diffusers = pytest.importorskip("diffusers")
+    cfg = PRESETS["tiny-hd128"]
+    torch.manual_seed(2)
+    reference = diffusers.WanTransformer3DModel(**diffusers_config(cfg)).eval()
+    sd, layout = layouts.to_wan_state_dict(reference.state_dict())
+    assert layout == "diffusers"
+    model = layouts.load_into(build_model(cfg), sd).eval()
+    x, t, context = torch.randn(1, cfg.in_dim, 3, 8, 8), torch.tensor([700.0]), torch.randn(1, 8, cfg.text_dim)
+    with torch.no_grad():
+        expected = reference(x, t, context, return_dict=False)[0]
+        got = model(x, t, context)
+    err = (got - expected).abs()
+    assert err.max() < 1e-4 * expected.abs().max(), f"max err {err.max():.3g}, mean err {err.mean():.3g}"
+
+
+def test_release_dict_prefers_ema_and_falls_back_to_generator_with_a_warning(caplog):
+    ema, gen = tiny_sd(seed=0), tiny_sd(seed=1)
+    release = {"generator": layouts.from_wan_state_dict(gen, "self_forcing")["generator"],
+               "generator_ema": layouts.from_wan_state_dict(ema, "self_forcing")["generator_ema"], "step": 7}
+    assert_same_tensors(layouts.to_wan_state_dict(release)[0], ema)
+    assert_same_tensors(layouts.to_wan_state_dict(release, use_ema=False)[0], gen)
+    del release["generator_ema"]
+    with caplog.at_level(logging.WARNING):
+        sd, layout = layouts.to_wan_state_dict(release, use_ema=True)
+    assert layout == "self_forcing" and "generator_ema" in caplog.text
+    assert_same_tensors(sd, gen)
+
+
+def test_a_release_with_only_a_model_entry_loads_with_or_without_the_model_prefix():
+    sd = tiny_sd()
+    for inner in ({"model." + k: v for k, v in sd.items()}, sd):
+        back, layout = layouts.to_wan_state_dict({"model": inner}, use_ema=False)
+        assert layout == "self_forcing"
+        assert_same_tensors(back, sd)
+
+
+def test_fsdp_checkpoint_and_compile_artefacts_are_stripped_anywhere_in_keys():
+    sd = tiny_sd()
+
+    def wrapped(key):
+        block, _, rest = key.partition(".")
+        return f"model._orig_mod._fsdp_wrapped_module.{block}._checkpoint_wrapped_module.{rest}"
+
+    release = {"generator_ema": {wrapped(k): v for k, v in sd.items()}}
+    assert layouts.detect_layout(release) == "self_forcing"
+    assert_same_tensors(layouts.to_wan_state_dict(release)[0], sd)
+    flat = {"_orig_mod." + k: v for k, v in sd.items()}
+    assert layouts.to_wan_state_dict(flat) == (sd, "wan")
+
+
+def test_comfyui_full_checkpoints_keep_only_the_diffusion_model():
+    sd = tiny_sd()
+    obj = layouts.from_wan_state_dict(sd, "comfyui") | {"first_stage_model.decoder.weight": torch.zeros(2)}
+    assert_same_tensors(layouts.to_wan_state_dict(obj)[0], sd)
+
+
+def lora_for(sd, rank, module_key, adapter=".default", prefix="base_model.model.", seed=3):
+    """A PEFT-style LoRA (A (r, in), B (out, r)) for one Linear of `sd`."""
+    g = torch.Generator().manual_seed(seed)
+    out_features, in_features = sd[module_key + ".weight"].shape
+    A, B = torch.randn(rank, in_features, generator=g), torch.randn(out_features, rank, generator=g)
+    return {f"{prefix}{module_key}.lora_A{adapter}.weight": A, f"{prefix}{module_key}.lora_B{adapter}.weight": B}, A, B
+
+
+def test_lora_merge_equals_W_plus_B_at_A_times_alpha_over_r():
+    sd = tiny_sd()
+    key = "blocks.1.self_attn.q"
+    lora, A, B = lora_for(sd, rank=4, module_key=key)
+    W = sd[key + ".weight"]
+    by_hand = W + (B @ A) * (4 / 4)
+    assert torch.allclose(layouts.merge_lora(sd, lora)[key + ".weight"], by_hand, atol=1e-6)
+    assert torch.allclose(layouts.merge_lora(sd, lora, alpha=8.0)[key + ".weight"], W + (B @ A) * 2, atol=1e-6)
+    lora[f"base_model.model.{key}.alpha"] = torch.tensor(2.0)  # a stored alpha overrides the argument
+    merged = layouts.merge_lora(sd, lora, alpha=8.0)
+    assert torch.allclose(merged[key + ".weight"], W + (B @ A) * 0.5, atol=1e-6)
+    assert merged["blocks.0.self_attn.q.weight"] is sd["blocks.0.self_attn.q.weight"]
+
+
+def test_longlive_release_merges_its_lora_into_the_chosen_generator():
+    sd = tiny_sd()
+    key = "blocks.0.ffn.0"
+    lora, A, B = lora_for(sd, rank=2, module_key=key, adapter="", prefix="base_model.model.model.")
+    release = layouts.from_wan_state_dict(sd, "self_forcing") | {"generator_lora": lora}
+    assert layouts.detect_layout(release) == "longlive"
+    merged, layout = layouts.to_wan_state_dict(release, lora_alpha=6.0)
+    assert layout == "longlive"
+    assert torch.allclose(merged[key + ".weight"], sd[key + ".weight"] + (B @ A) * 3.0, atol=1e-6)
+
+
+def test_lora_merge_computes_in_float32_and_keeps_the_weight_dtype():
+    sd = {k: v.to(torch.bfloat16) for k, v in tiny_sd().items()}
+    key = "blocks.0.cross_attn.o"
+    lora, A, B = lora_for(sd, rank=3, module_key=key)
+    merged = layouts.merge_lora(sd, lora)[key + ".weight"]
+    assert merged.dtype == torch.bfloat16
+    assert torch.equal(merged, (sd[key + ".weight"].float() + B @ A).to(torch.bfloat16))
+
+
+def test_a_lora_for_another_model_is_refused_by_name():
+    lora = {"base_model.model.decoder.up.lora_A.weight": torch.zeros(2, 4),
+            "base_model.model.decoder.up.lora_B.weight": torch.zeros(4, 2)}
+    with pytest.raises(layouts.LayoutError, match="decoder.up"):
+        layouts.merge_lora(tiny_sd(), lora)
+
+
+def test_an_unknown_layout_error_names_the_keys_and_the_supported_layouts():
+    with pytest.raises(layouts.LayoutError) as info:
+        layouts.to_wan_state_dict({"encoder.layer.0.weight": torch.zeros(1), "decoder.bias": torch.zeros(1)})
+    for word in ("encoder.layer.0.weight", "diffusers", "self_forcing", "longlive"):
+        assert word in str(info.value)
+    with pytest.raises(layouts.LayoutError, match="state_dict"):
+        layouts.detect_layout({"state_dict": {"a": torch.zeros(1)}})
+
+
+def test_i2v_checkpoints_are_refused_as_not_supported_yet():
+    sd = tiny_sd() | {"img_emb.proj.1.weight": torch.zeros(64, 32),
+                      "blocks.0.cross_attn.k_img.weight": torch.zeros(64, 64)}
+    hf, layout = layouts.to_wan_state_dict(layouts.from_wan_state_dict(sd, "diffusers"))
+    assert layout == "diffusers"
+    for call in (lambda: layouts.infer_config(hf), lambda: layouts.check_state_dict(hf, PRESETS["tiny"])):
+        with pytest.raises(layouts.LayoutError, match="I2V checkpoints are not supported yet"):
+            call()
+
+
+def test_infer_config_recovers_every_shape_and_assumes_head_dim_128():
+    cfg = layouts.infer_config(tiny_sd("tiny-hd128"))
+    assert cfg == dataclasses.replace(PRESETS["tiny-hd128"], text_len=cfg.text_len)  # text_len has no weights
+    assert layouts.match_preset(cfg) == "tiny-hd128"
+    assert layouts.infer_config(tiny_sd("tiny"), num_heads=4).num_heads == 4
+    with pytest.raises(layouts.LayoutError, match="num_heads"):
+        layouts.infer_config(tiny_sd("tiny"))  # dim 64 is no multiple of 128
+
+
+def test_check_state_dict_names_missing_unexpected_keys_shapes_and_the_preset_to_pick():
+    sd = tiny_sd("tiny") | {"extra.weight": torch.zeros(1)}
+    with pytest.raises(layouts.LayoutError) as info:
+        layouts.check_state_dict(sd, PRESETS["toy"], layout="comfyui")
+    message = str(info.value)
+    for word in ("'comfyui'", "missing", "blocks.2.", "unexpected", "extra.weight", "shape", "'tiny'"):
+        assert word in message, word
+    layouts.check_state_dict(tiny_sd("toy"), PRESETS["toy"])
+
+
+def test_checking_foreign_names_says_to_normalise_first():
+    hf = layouts.from_wan_state_dict(tiny_sd(), "diffusers")
+    with pytest.raises(layouts.LayoutError, match="'diffusers'.*to_wan_state_dict"):
+        layouts.check_state_dict(hf, PRESETS["tiny"])
+
+
+def test_adopt_weights_makes_the_parameters_the_given_tensors():
+    sd = tiny_sd(seed=5)
+    model = layouts.adopt_weights(build_model("tiny", seed=0), sd)
+    for key, value in model.state_dict().items():
+        assert value.data_ptr() == sd[key].data_ptr(), key
+    assert all(p.requires_grad for p in model.parameters())
+    with torch.device("meta"):
+        meta_model = WanModel(PRESETS["tiny"])
+    layouts.load_into(meta_model, sd)
+    assert meta_model.patch_embedding.weight.data_ptr() == sd["patch_embedding.weight"].data_ptr()
+
+
+def test_load_into_copies_strictly_and_refuses_misfits():
+    sd = tiny_sd(seed=5)
+    model = layouts.load_into(build_model("tiny", seed=0), sd)
+    assert_same_tensors(model.state_dict(), sd)
+    assert model.patch_embedding.weight.data_ptr() != sd["patch_embedding.weight"].data_ptr()
+    with pytest.raises(layouts.LayoutError, match="missing"):
+        layouts.load_into(model, {k: v for k, v in sd.items() if k != "head.modulation"})
