@@ -1,0 +1,28 @@
+"""salt_core: the Wan 2.1 backbone, KV caches, schedules, samplers, losses, metrics and toy world.
+
+Knows nothing of ComfyUI, files or training loops. The stable public API (see README):
+
+    build_model(preset_or_config, dtype, device, seed) -> WanModel
+    to_wan_state_dict(obj) -> (state_dict, layout); from_wan_state_dict(sd, layout) -> obj
+    adopt_weights(model, sd)                       # zero-copy: parameters become the given tensors
+    get_sigmas_fewstep(nfe, shift) / get_sigmas_warped(raw_steps, shift)
+    FlowDenoiser(model, context, ...)              # velocity model -> k-diffusion denoiser
+    sample_fewstep_stochastic / sample_fewstep_deterministic(model, x, sigmas, ...)
+    CachePolicy.full / .rolling / .sink; rollout_stream(...) / stream_video(...)
+"""
+from .config import PRESETS, WanConfig, get_config
+from .denoiser import FlowDenoiser
+from .kv_cache import CachePolicy, KVCache
+from .layouts import (LAYOUTS, LayoutError, adopt_weights, detect_layout, from_wan_state_dict, load_into,
+                      to_wan_state_dict)
+from .model import BlockCausal, WanModel, build_model
+from .samplers import sample_euler, sample_fewstep_deterministic, sample_fewstep_stochastic
+from .schedules import get_sigmas_fewstep, get_sigmas_uniform, get_sigmas_warped, shift_sigma
+from .streaming import rollout_stream, stream_video
+
+__all__ = [
+    "PRESETS", "WanConfig", "get_config", "FlowDenoiser", "CachePolicy", "KVCache", "LAYOUTS", "LayoutError",
+    "adopt_weights", "detect_layout", "from_wan_state_dict", "load_into", "to_wan_state_dict", "BlockCausal",
+    "WanModel", "build_model", "sample_euler", "sample_fewstep_deterministic", "sample_fewstep_stochastic",
+    "get_sigmas_fewstep", "get_sigmas_uniform", "get_sigmas_warped", "shift_sigma", "rollout_stream", "stream_video",
+]

@@ -60,6 +60,9 @@ PRESETS = {
     # Head dim 128 like real Wan (so foreign-file loading can infer the head count).
     "tiny-hd128": WanConfig(dim=256, ffn_dim=256, num_heads=2, num_layers=2, in_dim=16, out_dim=16,
                             text_dim=64, freq_dim=32, text_len=8),
+    # A small Wan-shaped config for CPU benchmarks (head dim 128 like Wan).
+    "small": WanConfig(dim=384, ffn_dim=1024, num_heads=3, num_layers=4, in_dim=16, out_dim=16,
+                       text_dim=64, freq_dim=64, text_len=16),
     # The toy world's model (pixel latents 3×16×16); see salt_core/toy.
     "toy": WanConfig(dim=128, ffn_dim=512, num_heads=4, num_layers=4, patch_size=(1, 4, 4), in_dim=3,
                      out_dim=3, text_dim=32, freq_dim=64, text_len=8),

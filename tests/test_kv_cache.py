@@ -4,7 +4,7 @@ import torch
 
 from comfyui_salt.salt_core.kv_cache import CachePolicy
 from comfyui_salt.salt_core.model import BlockCausal, build_model
-from tests.helpers import assert_close, tiny_inputs
+from helpers import assert_close, tiny_inputs
 
 
 def brute_force_token_mask(num_frames, chunk, tokens, window=-1, sink=0):

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 
 from comfyui_salt.salt_core import layouts
 from comfyui_salt.salt_core.model import build_model
-from tests.helpers import assert_close, tiny_inputs
+from helpers import assert_close, tiny_inputs
 
 diffusers = pytest.importorskip("diffusers")
 

@@ -6,7 +6,7 @@ from comfyui_salt.salt_core.kv_cache import CachePolicy
 from comfyui_salt.salt_core.model import build_model
 from comfyui_salt.salt_core.schedules import get_sigmas_fewstep
 from comfyui_salt.salt_core.streaming import rollout_stream, stream_video
-from tests.helpers import assert_close, tiny_inputs
+from helpers import assert_close, tiny_inputs
 
 
 def brute_force_rollout(model, noise, ctx, sigmas, chunk, generator, switches=None, window=None):

@@ -65,15 +65,18 @@ class TeacherConfig:
 
 
 def teacher_forcing_mask(num_frames: int, chunk: int, tokens: int) -> torch.Tensor:
-    """(2L, 2L) bool token mask over [clean | noisy] copies (True = attend)."""
-    f = torch.arange(num_frames)
-    c = f // chunk
-    clean_clean = c.view(-1, 1) >= c.view(1, -1)          # block-causal among clean frames
-    noisy_clean = c.view(-1, 1) > c.view(1, -1)           # noisy chunk sees strictly earlier clean chunks
-    noisy_noisy = c.view(-1, 1) == c.view(1, -1)          # ... and itself
-    top = torch.cat([clean_clean, torch.zeros_like(clean_clean)], 1)
-    bottom = torch.cat([noisy_clean, noisy_noisy], 1)
-    frames = torch.cat([top, bottom], 0)
+    """Token mask (True = attend) over [clean frames 0..F-chunk-1 | noisy frames 0..F-1].
+
+    The clean copy is block-causal among itself; noisy chunk c sees clean chunks < c and itself.
+    The last clean chunk is dropped: no noisy chunk attends to it.
+    """
+    c = torch.arange(num_frames) // chunk
+    cc = c[: num_frames - chunk]
+    clean_clean = cc.view(-1, 1) >= cc.view(1, -1)
+    noisy_clean = c.view(-1, 1) > cc.view(1, -1)
+    noisy_noisy = c.view(-1, 1) == c.view(1, -1)
+    top = torch.cat([clean_clean, torch.zeros(len(cc), num_frames, dtype=torch.bool)], 1)
+    frames = torch.cat([top, torch.cat([noisy_clean, noisy_noisy], 1)], 0)
     return frames.repeat_interleave(tokens, 0).repeat_interleave(tokens, 1)
 
 
@@ -95,9 +98,10 @@ def flow_loss_step(model, cfg: TeacherConfig, videos, context, gen, mask=None):
         chunks = F // cfg.chunk_frames
         sigma = sample_sigmas(cfg, (B, chunks), gen).repeat_interleave(cfg.chunk_frames, 1)  # (B, F)
         x_t = add_noise(videos, noise, sigma.view(B, 1, F, 1, 1))
-        t = torch.cat([torch.zeros(B, F, dtype=torch.float64), 1000 * sigma], 1)
-        pos = torch.cat([torch.arange(F), torch.arange(F)])
-        v = model(torch.cat([videos, x_t], 2), t, context, attn_mask=mask, frame_positions=pos)[:, :, F:]
+        Fc = F - cfg.chunk_frames  # clean context frames (the last chunk is never context)
+        t = torch.cat([torch.zeros(B, Fc, dtype=torch.float64), 1000 * sigma], 1)
+        pos = torch.cat([torch.arange(Fc), torch.arange(F)])
+        v = model(torch.cat([videos[:, :, :Fc], x_t], 2), t, context, attn_mask=mask, frame_positions=pos)[:, :, Fc:]
     return (v.float() - (noise - videos)).pow(2).mean()
 
 
