@@ -37,6 +37,13 @@ def main(argv=None):
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (schedule unchanged)")
     p.add_argument("--export", default=None, help="also write the EMA teacher to this .safetensors path at the end")
     _add_config_flags(p, TeacherConfig)
+    e = sub.add_parser("export-teacher", help="write the EMA weights of a teacher run's newest checkpoint")
+    e.add_argument("--run", required=True, help="teacher run folder (the --out of `teacher`)")
+    e.add_argument("--out", required=True, help="destination .safetensors (original Wan layout + config metadata)")
+    d = sub.add_parser("demo", help="the main job: toy-world generation, oracle metric table, preview GIF")
+    d.add_argument("--out", default="out/demo", help="folder for preview.gif")
+    d.add_argument("--num-clips", type=int, default=16, help="prompts to generate per row")
+    d.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
@@ -46,7 +53,14 @@ def main(argv=None):
         model = train_teacher(cfg, args.out, evaluate=toy_evaluator(cfg), max_steps=args.max_steps)
         if args.export:
             from .files import save_model
-            save_model(model, args.export, layout="wan")
+            save_model(model, args.export, layout="wan",
+                       extra_metadata={"teacher_mode": cfg.mode, "train_steps": cfg.total_steps})
+    elif args.command == "export-teacher":
+        from .teacher import export_teacher
+        print(export_teacher(args.run, args.out))
+    elif args.command == "demo":
+        from .demo import run_demo
+        run_demo(args.out, args.num_clips, args.threads)
     return 0
 
 

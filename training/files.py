@@ -190,12 +190,13 @@ def _atomic_write(path: str, write):
         raise
 
 
-def save_model(model_or_sd, path, layout: str = "wan", config: WanConfig = None):
+def save_model(model_or_sd, path, layout: str = "wan", config: WanConfig = None, extra_metadata: dict = None):
     """Write a WanModel or an original-name state dict to `path` in `layout`.
 
     .safetensors: flat layouts as they are, release layouts flattened (`generator_ema.model.…`), with
     metadata salt_config (when known), salt_layout and salt_aliases (keys stored once, as another key).
     .pt/.pth/.ckpt/.bin: `torch.save` of the layout's object (no metadata; the config is inferred on load).
+    `extra_metadata` {str: str} is added to safetensors metadata (e.g. how the weights were trained).
     """
     path = os.fspath(path)
     ext = _extension(path)
@@ -214,7 +215,7 @@ def save_model(model_or_sd, path, layout: str = "wan", config: WanConfig = None)
         _atomic_write(path, lambda tmp: torch.save(obj, tmp))
         return
     tensors, aliases = _unshare(flatten_release(obj) if layout in NESTED_LAYOUTS else obj)
-    metadata = {LAYOUT_META: layout}
+    metadata = {**{str(k): str(v) for k, v in (extra_metadata or {}).items()}, LAYOUT_META: layout}
     if aliases:
         metadata[ALIAS_META] = json.dumps(aliases, sort_keys=True)
     if config is not None:

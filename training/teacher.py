@@ -10,6 +10,8 @@ Loss: mean((v - (ε - x0))²) with classifier-free-guidance dropout of the capti
 Loop conventions (seeding, checkpoints, resume, logs) come from training/common.py.
 """
 from dataclasses import dataclass, asdict
+import ast
+import json
 import os
 import time
 
@@ -155,7 +157,7 @@ def train_teacher(cfg: TeacherConfig, out_dir: str, evaluate=None, max_steps: in
         log.info("resumed from %s (step %d)", latest[1], step)
     else:
         with open(os.path.join(out_dir, "config.json"), "w") as f:
-            f.write(str(asdict(cfg)))
+            json.dump(asdict(cfg), f, indent=1, sort_keys=True)
     tokens = (world.height // mcfg.patch_size[1]) * (world.width // mcfg.patch_size[2])
     mask = teacher_forcing_mask(world.num_frames, cfg.chunk_frames, tokens) if cfg.mode == "teacher_forcing" else None
     stop = min(cfg.total_steps, max_steps if max_steps is not None else cfg.total_steps)
@@ -221,3 +223,24 @@ def toy_evaluator(cfg: TeacherConfig, num_ref: int = 256):
     def evaluate(videos, captions):
         return score_table(videos, captions, world, ref)
     return evaluate
+
+
+def export_teacher(run_dir: str, out_path: str) -> str:
+    """Write the EMA weights of the newest checkpoint in `run_dir` to `out_path` (safetensors, Wan layout)."""
+    from .files import save_model
+    latest = CheckpointManager(os.path.join(run_dir, "checkpoints")).latest()
+    if latest is None:
+        raise FileNotFoundError(f"no complete checkpoint in {run_dir}/checkpoints; train first")
+    with open(os.path.join(run_dir, "config.json")) as f:
+        text = f.read()
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError:  # runs started before config.json was JSON hold a Python dict literal
+        raw = ast.literal_eval(text)
+    cfg = config_from_dict(TeacherConfig, raw)
+    tensors, state = CheckpointManager(os.path.join(run_dir, "checkpoints")).load(latest[1], ["ema"])
+    model = WanModel(get_config(cfg.model_preset))
+    model.load_state_dict(tensors["ema"])
+    save_model(model, out_path, layout="wan", extra_metadata={
+        "teacher_mode": cfg.mode, "train_steps": state["step"], "teacher_config": str(asdict(cfg))})
+    return f"wrote {out_path} (EMA at step {state['step']}, {cfg.mode})"

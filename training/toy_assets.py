@@ -1,0 +1,24 @@
+"""The small model files shipped inside the package (toy teacher, later the Salt toy student).
+
+File reading lives here, not in salt_core. Rebuild commands are in the README ("Toy world").
+"""
+import os
+
+from ..salt_core.toy.world import TOY_SHIFT  # noqa: F401  (re-exported for callers of the toy assets)
+from .files import load_model, read_checkpoint
+
+ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "salt_core", "assets")
+TOY_TEACHER = os.path.join(ASSETS, "toy_teacher.safetensors")
+
+
+def load_toy_teacher(path: str = TOY_TEACHER):
+    """(model in eval mode, teacher mode 'teacher_forcing'|'bidirectional', description) of the shipped teacher."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"toy teacher not found at {path}; rebuild it with `python -m comfyui_salt.training teacher "
+            f"--out runs/teacher_tf --export {path}` (see README, 'Toy world')")
+    _, meta = read_checkpoint(path)
+    model, _ = load_model(path)
+    mode = meta.get("teacher_mode", "teacher_forcing")
+    steps = meta.get("train_steps", "?")
+    return model.eval(), mode, f"{os.path.basename(path)} ({mode}, {steps} training steps)"
