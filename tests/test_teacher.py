@@ -3,7 +3,8 @@ import torch
 
 from comfyui_salt.salt_core.kv_cache import CachePolicy
 from comfyui_salt.salt_core.model import build_model
-from comfyui_salt.training.teacher import TeacherConfig, teacher_forcing_mask, train_teacher
+from comfyui_salt.salt_core.scorenet import teacher_forcing_mask
+from comfyui_salt.training.teacher import TeacherConfig, train_teacher
 from helpers import assert_close
 
 

@@ -24,6 +24,7 @@ from ..salt_core.schedules import add_noise, get_sigmas_uniform, shift_sigma
 from ..salt_core.streaming import stream_video
 from ..salt_core.denoiser import FlowDenoiser
 from ..salt_core.samplers import sample_euler
+from ..salt_core.scorenet import teacher_forcing_forward
 from ..salt_core.toy.text import ToyTextEncoder
 from ..salt_core.toy.world import get_world, sample_batch, sample_params, render, caption
 from .common import (EMA, CheckpointManager, JsonlLog, config_from_dict, cosine_lr, log, progress,
@@ -66,29 +67,13 @@ class TeacherConfig:
             raise ValueError(f"TeacherConfig.mode={self.mode!r}; expected one of {MODES}")
 
 
-def teacher_forcing_mask(num_frames: int, chunk: int, tokens: int) -> torch.Tensor:
-    """Token mask (True = attend) over [clean frames 0..F-chunk-1 | noisy frames 0..F-1].
-
-    The clean copy is block-causal among itself; noisy chunk c sees clean chunks < c and itself.
-    The last clean chunk is dropped: no noisy chunk attends to it.
-    """
-    c = torch.arange(num_frames) // chunk
-    cc = c[: num_frames - chunk]
-    clean_clean = cc.view(-1, 1) >= cc.view(1, -1)
-    noisy_clean = c.view(-1, 1) > cc.view(1, -1)
-    noisy_noisy = c.view(-1, 1) == c.view(1, -1)
-    top = torch.cat([clean_clean, torch.zeros(len(cc), num_frames, dtype=torch.bool)], 1)
-    frames = torch.cat([top, torch.cat([noisy_clean, noisy_noisy], 1)], 0)
-    return frames.repeat_interleave(tokens, 0).repeat_interleave(tokens, 1)
-
-
 def sample_sigmas(cfg: TeacherConfig, shape, gen) -> torch.Tensor:
     """Training noise levels σ ∈ (0, 1): shifted logit-normal."""
     u = torch.sigmoid(cfg.logit_mean + cfg.logit_std * torch.randn(shape, generator=gen, dtype=torch.float64))
     return shift_sigma(u, cfg.shift)
 
 
-def flow_loss_step(model, cfg: TeacherConfig, videos, context, gen, mask=None):
+def flow_loss_step(model, cfg: TeacherConfig, videos, context, gen):
     """Flow-matching loss for one batch. videos (B, 3, F, H, W); context (B, Lc, text_dim)."""
     B, _, F, H, W = videos.shape
     noise = torch.randn(videos.shape, generator=gen)
@@ -100,10 +85,7 @@ def flow_loss_step(model, cfg: TeacherConfig, videos, context, gen, mask=None):
         chunks = F // cfg.chunk_frames
         sigma = sample_sigmas(cfg, (B, chunks), gen).repeat_interleave(cfg.chunk_frames, 1)  # (B, F)
         x_t = add_noise(videos, noise, sigma.view(B, 1, F, 1, 1))
-        Fc = F - cfg.chunk_frames  # clean context frames (the last chunk is never context)
-        t = torch.cat([torch.zeros(B, Fc, dtype=torch.float64), 1000 * sigma], 1)
-        pos = torch.cat([torch.arange(Fc), torch.arange(F)])
-        v = model(torch.cat([videos[:, :, :Fc], x_t], 2), t, context, attn_mask=mask, frame_positions=pos)[:, :, Fc:]
+        v = teacher_forcing_forward(model, videos, x_t, 1000 * sigma, context, cfg.chunk_frames)
     return (v.float() - (noise - videos)).pow(2).mean()
 
 
@@ -158,8 +140,6 @@ def train_teacher(cfg: TeacherConfig, out_dir: str, evaluate=None, max_steps: in
     else:
         with open(os.path.join(out_dir, "config.json"), "w") as f:
             json.dump(asdict(cfg), f, indent=1, sort_keys=True)
-    tokens = (world.height // mcfg.patch_size[1]) * (world.width // mcfg.patch_size[2])
-    mask = teacher_forcing_mask(world.num_frames, cfg.chunk_frames, tokens) if cfg.mode == "teacher_forcing" else None
     stop = min(cfg.total_steps, max_steps if max_steps is not None else cfg.total_steps)
     bar = progress(stop, step, "teacher", disable=quiet)
     meta = {"salt_config": mcfg.to_json(), "salt_layout": "wan", "teacher_mode": cfg.mode}
@@ -178,7 +158,7 @@ def train_teacher(cfg: TeacherConfig, out_dir: str, evaluate=None, max_steps: in
             ctx[drop] = 0.0
             for g in opt.param_groups:
                 g["lr"] = cosine_lr(step, cfg.lr, cfg.warmup_steps, cfg.total_steps, cfg.min_lr_ratio)
-            loss = flow_loss_step(model, cfg, videos, ctx, gen, mask)
+            loss = flow_loss_step(model, cfg, videos, ctx, gen)
             if not torch.isfinite(loss):
                 save()
                 raise FloatingPointError(f"teacher loss became {loss.item()} at step {step}; last good state saved in {ckpt.folder}")
