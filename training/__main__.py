@@ -9,18 +9,40 @@ import logging
 import sys
 
 
+def _tuple_of(kind):
+    def parse(s):
+        return tuple(kind(v) for v in s.split(",") if v.strip())
+    parse.__name__ = f"comma-separated {kind.__name__}s"
+    return parse
+
+
+def _field_comments(cls) -> dict:
+    """{field: its trailing `# comment`} read from the dataclass source (the config's documentation)."""
+    import inspect
+    import re
+    out = {}
+    for line in inspect.getsource(cls).splitlines():
+        m = re.match(r"\s+(\w+)\s*:[^=]+=.*?#\s*(.+)$", line)
+        if m:
+            out[m.group(1)] = m.group(2).strip()
+    return out
+
+
 def _add_config_flags(parser, cls):
-    """One --flag per dataclass field, typed from its default, help from the default."""
+    """One --flag per dataclass field, typed from its default; help = the field's comment + default."""
+    notes = _field_comments(cls)
     for f in dataclasses.fields(cls):
         default = f.default
         kind = type(default) if default is not None and not isinstance(default, bool) else str
+        if isinstance(default, tuple):
+            kind = _tuple_of(type(default[0]) if default else str)
         if isinstance(default, bool):
             parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None,
                                 type=lambda s: s.lower() in ("1", "true", "yes", "on"),
-                                help=f"(bool, default {default})")
+                                help=f"{notes.get(f.name, '')} (bool, default {default})")
         else:
             parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None, type=kind,
-                                help=f"(default {default!r})")
+                                help=f"{notes.get(f.name, '')} (default {default!r})")
 
 
 def _overrides(args, cls) -> dict:
@@ -40,6 +62,12 @@ def main(argv=None):
     e = sub.add_parser("export-teacher", help="write the EMA weights of a teacher run's newest checkpoint")
     e.add_argument("--run", required=True, help="teacher run folder (the --out of `teacher`)")
     e.add_argument("--out", required=True, help="destination .safetensors (original Wan layout + config metadata)")
+    q = sub.add_parser("distill", help="DMD / SC-DMD / Salt distillation or ODE-pair init; resumes automatically")
+    q.add_argument("--preset", required=True, help="a preset of training/distill_config.py PRESETS, e.g. toy-salt")
+    q.add_argument("--out", required=True, help="run folder (checkpoints, metrics.jsonl, export/); rerun to resume")
+    q.add_argument("--max-gen-steps", type=int, default=None, help="stop after this many generator steps")
+    from .distill_config import DistillConfig
+    _add_config_flags(q, DistillConfig)
     d = sub.add_parser("demo", help="the main job: toy-world generation, oracle metric table, preview GIF")
     d.add_argument("--out", default="out/demo", help="folder for preview.gif")
     d.add_argument("--num-clips", type=int, default=16, help="prompts to generate per row")
@@ -55,6 +83,14 @@ def main(argv=None):
             from .files import save_model
             save_model(model, args.export, layout="wan",
                        extra_metadata={"teacher_mode": cfg.mode, "train_steps": cfg.total_steps})
+    elif args.command == "distill":
+        from .distill_config import DistillConfig, get_preset
+        from .distill import run_distillation
+        from .files import export_student
+        cfg = get_preset(args.preset, **_overrides(args, DistillConfig))
+        model = run_distillation(cfg, args.out, max_gen_steps=args.max_gen_steps)
+        for path in export_student(model, args.out):
+            print("wrote", path)
     elif args.command == "export-teacher":
         from .teacher import export_teacher
         print(export_teacher(args.run, args.out))

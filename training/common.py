@@ -22,15 +22,15 @@ from safetensors.torch import load_file, save_file
 log = logging.getLogger("salt.training")
 
 
-def step_seed(seed: int, rank: int, step: int) -> int:
-    """A 63-bit seed unique to (seed, rank, step)."""
-    return int(np.random.SeedSequence([seed, rank, step]).generate_state(2, dtype=np.uint32).astype(np.uint64)
+def step_seed(seed: int, rank: int, step: int, *extra: int) -> int:
+    """A 63-bit seed unique to (seed, rank, step, *extra)."""
+    return int(np.random.SeedSequence([seed, rank, step, *extra]).generate_state(2, dtype=np.uint32).astype(np.uint64)
                .dot(np.array([1 << 31, 1], dtype=np.uint64)) & np.uint64((1 << 63) - 1))
 
 
-def step_generators(seed: int, rank: int, step: int):
-    """(torch.Generator, numpy Generator) for one step."""
-    s = step_seed(seed, rank, step)
+def step_generators(seed: int, rank: int, step: int, *extra: int):
+    """(torch.Generator, numpy Generator) for one step (and sub-step `extra`, e.g. micro-batch)."""
+    s = step_seed(seed, rank, step, *extra)
     return torch.Generator().manual_seed(s), np.random.default_rng(s)
 
 

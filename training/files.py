@@ -221,3 +221,14 @@ def save_model(model_or_sd, path, layout: str = "wan", config: WanConfig = None,
     if config is not None:
         metadata[CONFIG_META] = config.to_json()
     _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def export_student(model, run_dir: str) -> list:
+    """Write a trained student as `export/student.safetensors` (original Wan layout + config, loads in
+    ComfyUI and Salt) and `export/student_release.pt` (Self Forcing release format); returns the paths."""
+    folder = os.path.join(run_dir, "export")
+    os.makedirs(folder, exist_ok=True)
+    paths = [os.path.join(folder, "student.safetensors"), os.path.join(folder, "student_release.pt")]
+    save_model(model, paths[0], layout="wan")
+    save_model(model, paths[1], layout="self_forcing")
+    return paths

@@ -1,0 +1,60 @@
+"""Semigroup defect of a few-step student (SALT_METHOD §4; our definition, the paper's formula is unpublished).
+
+D = E[ ‖Ψ^{t_s→t_e}(x) - Ψ^{t_m→t_e}(Ψ^{t_s→t_m}(x))‖ / ‖Ψ^{t_s→t_e}(x) - x‖ ] over consecutive grid
+triplets (s_k, s_{k+1}, s_{k+2}) at real rollout states x, with the Euler operator
+Ψ^{a→b}(x) = x - (σ_a - σ_b)·v(x, a). Norms per sample over all non-batch dims. The caller's
+`velocity_fn(x, sigma) -> v` owns the model, its KV cache and chunk position.
+"""
+import torch
+
+
+def _grid_index(sigma: float, grid: torch.Tensor) -> int:
+    """Index of `sigma` in the grid (tolerance 1e-6), or a ValueError naming the grid."""
+    hits = (grid - sigma).abs() < 1e-6
+    if not hits.any():
+        raise ValueError(f"state sigma={sigma}: not a point of the grid {grid.tolist()}; "
+                         f"pass the rollout states at the grid's noise levels")
+    return int(hits.nonzero()[0, 0])
+
+
+@torch.no_grad()
+def semigroup_defects(velocity_fn, states, sigmas=None) -> torch.Tensor:
+    """Per-triplet, per-sample defects (T, B) float64 for rollout `states` [(σ, x (B, ...)), ...].
+
+    Each state at grid point s_k with two further grid points gives the triplet (s_k, s_{k+1}, s_{k+2}).
+    `sigmas`: the grid SIGMAS (K+1,) ending with 0; default = the states' σ (descending) followed by 0.
+    """
+    states = list(states)
+    if not states:
+        raise ValueError("states=[]: expected rollout states [(sigma, x), ...] at the grid levels")
+    if sigmas is None:
+        levels = [float(s) for s, _ in states]
+        if any(b >= a for a, b in zip(levels, levels[1:])) or levels[-1] <= 0:
+            raise ValueError(f"state sigmas {levels}: expected strictly decreasing positive levels, "
+                             f"or pass the grid as sigmas=")
+        grid = torch.tensor(levels + [0.0], dtype=torch.float64)
+    else:
+        grid = torch.as_tensor(sigmas, dtype=torch.float64).flatten()
+    rows = []
+    for sigma, x in states:
+        k = _grid_index(float(sigma), grid)
+        if k + 2 >= grid.numel():
+            continue                                             # needs two further grid points
+        ss, sm, se = (grid[k + j].item() for j in range(3))
+        xd = x.double()
+        v_s = velocity_fn(x, ss).double()                        # shared by Ψ^{s→e} and Ψ^{s→m}
+        direct = xd - (ss - se) * v_s
+        x_m = xd - (ss - sm) * v_s
+        composed = x_m - (sm - se) * velocity_fn(x_m.to(x.dtype), sm).double()
+        gap = (direct - composed).flatten(1).norm(dim=1)         # (B,)
+        step = (direct - xd).flatten(1).norm(dim=1)              # (B,)
+        rows.append(gap / step.clamp_min(1e-12))
+    if not rows:
+        raise ValueError(f"no state has two further grid points on {grid.tolist()}: "
+                         f"pass states at σ ≥ the third-to-last grid level")
+    return torch.stack(rows)
+
+
+def semigroup_defect(velocity_fn, states, sigmas=None) -> float:
+    """The semigroup defect D (float): mean of semigroup_defects over triplets and samples."""
+    return semigroup_defects(velocity_fn, states, sigmas).mean().item()

@@ -1,0 +1,291 @@
+"""The distillation job: DMD, SC-DMD and Salt's cache-aware training (one function, two front doors).
+
+`run_distillation(cfg, out_dir, ...)` is called by the CLI (`python -m comfyui_salt.training distill`)
+and by the ComfyUI node. Per iteration (SALT_METHOD §1–3, Self Forcing's loop):
+- draw K from the step mixture and the exit index (identical on every rank: seeded from (seed, step));
+- every iteration: one critic update on a fresh no-grad student rollout (flow loss);
+- every `critic_ratio`-th iteration: one generator update — rollout with grad at the exit step,
+  DMD against teacher (standard CFG) and critic, + λ_SC·L_SC on K = sc_steps rollouts, + the
+  feature alignment to a denser reference rollout when K = 2 and exit = 1 after the warm-up.
+Loop conventions (seeding from (seed, rank, step), atomic checkpoints, automatic resume, JSONL log,
+progress bar, NaN stop) come from training/common.py.
+"""
+import copy
+import json
+import logging
+import os
+import time
+from dataclasses import asdict
+
+import torch
+
+from ..salt_core.kv_cache import CachePolicy
+from ..salt_core.losses import (DMDLoss, FeatureAlignmentLoss, SemigroupLoss, critic_flow_loss,
+                                sample_alignment_timesteps, sample_dmd_timesteps, sample_exit_index,
+                                sample_rollout_steps, sc_triplet)
+from ..salt_core.rollout import rollout_bidirectional, rollout_reference, rollout_self_forcing
+from ..salt_core.schedules import add_noise, get_sigmas_fewstep
+from ..salt_core.scorenet import ScoreNet
+from .common import EMA, CheckpointManager, JsonlLog, progress, step_generators, step_seed
+from .distill_config import DistillConfig
+from .distill_eval import evaluate_student
+from .distill_models import build_models, build_prompts
+from .ode_init import run_ode_init
+
+log = logging.getLogger("salt.distill")
+
+
+class Distiller:
+    """Models, optimisers and losses of one run; `iteration(it)` performs one loop iteration."""
+
+    def __init__(self, cfg: DistillConfig, teacher, student, critic, prompts, rank: int = 0):
+        self.cfg, self.rank, self.prompts = cfg, rank, prompts
+        self.teacher, self.student, self.critic = teacher, student, critic
+        self.real = ScoreNet(teacher, cfg.teacher_kind, cfg.chunk_frames)
+        self.fake = ScoreNet(critic, cfg.teacher_kind, cfg.chunk_frames)
+        teacher.requires_grad_(False).eval()
+        student.gradient_checkpointing = critic.gradient_checkpointing = cfg.grad_checkpointing
+        betas = (cfg.beta1, cfg.beta2)
+        self.opt_gen = torch.optim.AdamW(student.parameters(), lr=cfg.lr_gen, betas=betas, weight_decay=cfg.weight_decay)
+        self.opt_critic = torch.optim.AdamW(critic.parameters(), lr=cfg.lr_critic, betas=betas,
+                                            weight_decay=cfg.weight_decay)
+        self.ema = None
+        self.dmd = DMDLoss(cfg.guidance_scale)
+        self.sc = SemigroupLoss(cfg.sc_weight, cfg.sc_symmetric)
+        self.align = FeatureAlignmentLoss(cfg.align_delta, cfg.align_weight)
+        self.policy = CachePolicy(cfg.local_attn_frames, cfg.sink_frames, cfg.num_frames)
+        self.cache = None
+        if cfg.student_kind == "causal":   # preallocated once, reused by every rollout
+            self.cache = student.new_cache(cfg.batch_size, self.policy, (cfg.height, cfg.width))
+            self.ref_cache = student.new_cache(cfg.batch_size, self.policy, (cfg.height, cfg.width))
+        self.gen_step = 0
+
+    # -- pieces ---------------------------------------------------------------------------------
+    def draws(self, it: int) -> dict:
+        """K, exit index and SC triplet of iteration `it`, identical on every rank."""
+        shared = torch.Generator().manual_seed(step_seed(self.cfg.seed, 0, it))
+        K = sample_rollout_steps(shared, self.cfg.step_choices, self.cfg.step_probs)
+        exit_index = sample_exit_index(K, shared)
+        grid = get_sigmas_fewstep(K, self.cfg.shift)
+        triplet = None
+        if self.cfg.sc_weight > 0 and K == self.cfg.sc_steps:
+            triplet = sc_triplet(exit_index, shared, grid)
+        return {"K": K, "exit": exit_index, "grid": grid, "triplet": triplet}
+
+    def rollout(self, noise, context, d, grad, gen, on_exit=None, cache=None):
+        """Student rollout x0 (B, C, F, H, W) for draws `d`."""
+        if self.cfg.student_kind == "bidirectional":
+            return rollout_bidirectional(self.student, noise, context, d["grid"], d["exit"], generator=gen,
+                                         grad=grad, on_exit=on_exit)
+        return rollout_self_forcing(self.student, noise, context, d["grid"], d["exit"], policy=self.policy,
+                                    chunk_frames=self.cfg.chunk_frames, context_noise=self.cfg.context_noise,
+                                    generator=gen, grad=grad, on_exit=on_exit, cache=cache or self.cache)
+
+    def batch(self, rng, gen):
+        """Prompts and initial noise for one micro-batch."""
+        cfg = self.cfg
+        _, ctx, unc = self.prompts.sample(rng, cfg.batch_size)
+        c = self.student.cfg.in_dim
+        noise = torch.randn(cfg.batch_size, c, cfg.num_frames, cfg.height, cfg.width, generator=gen)
+        return ctx, unc, noise
+
+    def _autocast(self):
+        enabled = self.cfg.autocast_bf16 and torch.cuda.is_available()
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=enabled)
+
+    # -- updates --------------------------------------------------------------------------------
+    def generator_loss(self, d, rng, gen):
+        """(total loss, stats) of one generator micro-batch."""
+        cfg = self.cfg
+        ctx, unc, noise = self.batch(rng, gen)
+        sc_terms, stats = [], {}
+
+        def on_exit(chunk, x_s, v1, velocity_fn):
+            if d["triplet"] is not None:
+                loss, st = self.sc(x_s, v1, velocity_fn, d["triplet"])
+                sc_terms.append(loss)
+                stats.update(st)
+        roll = self.rollout(noise, ctx, d, True, gen, on_exit)
+        x = roll.x0
+        sigma = sample_dmd_timesteps(cfg.batch_size, gen, cfg.shift) / 1000.0
+        eps = torch.randn(x.shape, generator=gen, dtype=x.dtype)
+        x_t = add_noise(x.detach(), eps, sigma.view(-1, 1, 1, 1, 1))
+        with torch.no_grad():
+            clean = x.detach()
+            real_c = self.real.x0(x_t, sigma, ctx, clean)
+            real_u = self.real.x0(x_t, sigma, unc, clean)
+            fake = self.fake.x0(x_t, sigma, ctx, clean)
+        total, st = self.dmd(x, real_c, real_u, fake)
+        stats.update(st)
+        if sc_terms:
+            l_sc = torch.stack(sc_terms).mean()
+            total = total + self.sc.weight * l_sc
+            stats["sc_loss"] = l_sc.item()
+        aligned = (cfg.align_weight > 0 and self.gen_step >= cfg.align_start_step and d["exit"] == 1
+                   and (d["K"] == 2 or (cfg.align_k4 and d["K"] == 4)))
+        if aligned:
+            dense = get_sigmas_fewstep(2 * d["K"], cfg.shift)
+            if cfg.student_kind == "causal":
+                ref = rollout_reference(self.student, noise, ctx, d["grid"], d["exit"], dense, roll.renoise,
+                                        policy=self.policy, chunk_frames=cfg.chunk_frames, coupling=cfg.align_coupling,
+                                        context_noise=cfg.context_noise, generator=gen, cache=self.ref_cache)
+            else:
+                with torch.no_grad():
+                    ref = rollout_bidirectional(self.student, noise, ctx, dense, 2 * d["exit"], generator=gen,
+                                                grad=False).x0
+            sigma_f = sample_alignment_timesteps(cfg.batch_size, gen, cfg.shift) / 1000.0
+            eps_f = torch.randn(x.shape, generator=gen, dtype=x.dtype)
+            s5 = sigma_f.view(-1, 1, 1, 1, 1)
+            _, f_stu = self.real.velocity(add_noise(x, eps_f, s5), sigma_f, ctx, x.detach(), cfg.align_block)
+            with torch.no_grad():
+                _, f_ref = self.real.velocity(add_noise(ref, eps_f, s5), sigma_f, ctx, ref, cfg.align_block)
+            l_al, st = self.align(f_stu, f_ref, frames=cfg.num_frames)
+            total = total + self.align.weight * l_al
+            stats.update(st)
+        stats["aligned"] = float(aligned)
+        return total, stats
+
+    def critic_loss(self, d, rng, gen):
+        """(critic flow loss, stats) of one critic micro-batch on a no-grad student rollout."""
+        ctx, _, noise = self.batch(rng, gen)
+        with torch.no_grad():
+            x = self.rollout(noise, ctx, d, False, gen).x0
+        sigma = sample_dmd_timesteps(self.cfg.batch_size, gen, self.cfg.shift) / 1000.0
+        eps = torch.randn(x.shape, generator=gen, dtype=x.dtype)
+        x_t = add_noise(x, eps, sigma.view(-1, 1, 1, 1, 1))
+        fake = self.fake.x0(x_t, sigma, ctx, x)
+        loss = critic_flow_loss(fake, x_t, x, eps, sigma)
+        return loss, {"critic_loss": loss.item()}
+
+    def _step(self, loss_fn, model, opt, it, tag):
+        """Accumulate `grad_accum` micro-batches of loss_fn, clip, step; returns stats."""
+        opt.zero_grad(set_to_none=True)
+        stats = {}
+        for micro in range(self.cfg.grad_accum):
+            gen, rng = step_generators(self.cfg.seed, self.rank, it, micro, int(tag == "gen"))
+            with self._autocast():
+                loss, st = loss_fn(self.draws_cache, rng, gen)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{tag} loss became {loss.item()} at iteration {it}")
+            (loss / self.cfg.grad_accum).backward()
+            stats.update({k: stats.get(k, 0.0) + v / self.cfg.grad_accum for k, v in st.items()})
+        stats[f"{tag}_grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.grad_clip))
+        opt.step()
+        return stats
+
+    def iteration(self, it: int) -> dict:
+        """One loop iteration: a critic update, and a generator update every critic_ratio-th iteration."""
+        self.draws_cache = d = self.draws(it)
+        stats = {"K": d["K"], "exit": d["exit"]}
+        if it % self.cfg.critic_ratio == 0:
+            self.student.train()
+            stats.update(self._step(self.generator_loss, self.student, self.opt_gen, it, "gen"))
+            self.gen_step += 1
+            if self.gen_step >= self.cfg.ema_start:
+                if self.ema is None:
+                    self.ema = EMA(self.student, self.cfg.ema_decay)
+                else:
+                    self.ema.update(self.student)
+        stats.update(self._step(self.critic_loss, self.critic, self.opt_critic, it, "critic"))
+        return stats
+
+    # -- state ----------------------------------------------------------------------------------
+    def state(self):
+        tensors = {"student": self.student.state_dict(), "critic": self.critic.state_dict()}
+        if self.ema is not None:
+            tensors["ema"] = self.ema.state_dict()
+        return tensors, {"opt_gen": self.opt_gen.state_dict(), "opt_critic": self.opt_critic.state_dict(),
+                         "gen_step": self.gen_step}
+
+    def load(self, tensors, state):
+        self.student.load_state_dict(tensors["student"])
+        self.critic.load_state_dict(tensors["critic"])
+        if "ema" in tensors:
+            self.ema = EMA(self.student, self.cfg.ema_decay)
+            self.ema.shadow = {k: v.float() for k, v in tensors["ema"].items()}
+        self.opt_gen.load_state_dict(state["opt_gen"])
+        self.opt_critic.load_state_dict(state["opt_critic"])
+        self.gen_step = int(state["gen_step"])
+
+    def student_for_inference(self):
+        """The EMA student if EMA has started, else a copy of the student, in eval mode."""
+        model = copy.deepcopy(self.student)
+        if self.ema is not None:
+            self.ema.copy_to(model)
+        return model.eval()
+
+
+def run_distillation(cfg: DistillConfig, out_dir: str, *, max_gen_steps: int = None, callback=None,
+                     quiet: bool = False, rank: int = 0):
+    """Run (or resume) a distillation job in `out_dir`; returns the student for inference (EMA if any).
+
+    callback(dict) receives progress after every generator step (gen_step, total, stats) and the
+    preview samples at evaluation time; it may raise (e.g. KeyboardInterrupt) to stop — the job
+    then saves a resumable checkpoint first.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump(asdict(cfg), f, indent=1, sort_keys=True)
+    if cfg.job == "ode_init":
+        return run_ode_init(cfg, out_dir, max_steps=max_gen_steps, callback=callback, quiet=quiet)
+    teacher, student, critic = build_models(cfg)
+    prompts = build_prompts(cfg, teacher, out_dir)
+    job = Distiller(cfg, teacher, student, critic, prompts, rank)
+    ckpt = CheckpointManager(os.path.join(out_dir, "checkpoints"))
+    logger = JsonlLog(os.path.join(out_dir, "metrics.jsonl"))
+    it = 0
+    latest = ckpt.latest()
+    if latest:
+        tensors, state = ckpt.load(latest[1], ["student", "critic"] + (["ema"] if os.path.exists(
+            os.path.join(latest[1], "ema.safetensors")) else []))
+        job.load(tensors, state)
+        it = int(state["iteration"])
+        log.info("resumed from %s (generator step %d)", latest[1], job.gen_step)
+    stop = cfg.gen_steps if max_gen_steps is None else min(cfg.gen_steps, max_gen_steps)
+    bar = progress(stop, job.gen_step, "distill", disable=quiet)
+    meta = {"salt_config": student.cfg.to_json(), "distill_config": json.dumps(asdict(cfg))}
+
+    def save():
+        tensors, state = job.state()
+        state["iteration"] = it
+        ckpt.save(job.gen_step, tensors, state, meta)
+
+    t0 = time.time()
+    at_boundary = True   # True between iterations: only then is the in-memory state consistent to save
+    try:
+        while job.gen_step < stop:
+            before = job.gen_step
+            try:
+                at_boundary = False
+                stats = job.iteration(it)
+            except FloatingPointError as e:
+                save()
+                raise FloatingPointError(f"{e}; the last good state is saved in {ckpt.folder}; lower the learning "
+                                         f"rates or check the teacher") from None
+            it += 1
+            at_boundary = True
+            if job.gen_step == before:
+                continue
+            bar.update(1)
+            if job.gen_step % cfg.log_every == 0:
+                logger.write(gen_step=job.gen_step, iteration=it, sec=time.time() - t0, **stats)
+                bar.set_postfix(dmd=f"{stats.get('dmd_loss', 0):.3g}", critic=f"{stats.get('critic_loss', 0):.3g}")
+            if callback is not None:
+                callback({"gen_step": job.gen_step, "total": stop, "stats": stats})
+            if job.gen_step % cfg.checkpoint_every == 0 or job.gen_step == stop:
+                save()
+            if cfg.eval_every and (job.gen_step % cfg.eval_every == 0 or job.gen_step == stop):
+                scores = evaluate_student(job.student_for_inference(), cfg, callback=callback)
+                logger.write(gen_step=job.gen_step, eval=scores)
+    except KeyboardInterrupt:
+        if at_boundary:
+            save()
+            log.info("interrupted at generator step %d; checkpoint saved, rerun the same command to resume", job.gen_step)
+        else:
+            log.info("interrupted inside an iteration; rerun the same command to resume from the last checkpoint")
+        raise
+    finally:
+        bar.close()
+    return job.student_for_inference()

@@ -1,0 +1,137 @@
+"""Distillation configuration: one typed dataclass, named presets, unknown keys rejected.
+
+Toy presets run on a CPU in the toy world (teacher = the shipped toy teacher, teacher-forced
+scoring). Real-scale presets mirror the released recipes (Self Forcing, Causal Forcing, LongLive
+windows; SALT_METHOD §1, §3); their paths are supplied by the user.
+"""
+from dataclasses import dataclass, replace
+
+from ..salt_core.toy.world import TOY_SHIFT
+from .common import config_from_dict
+
+JOBS = ("dmd", "ode_init")
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    job: str = "dmd"                    # "dmd" (DMD / SC-DMD / Salt) or "ode_init" (regress teacher ODE pairs)
+    # -- models ------------------------------------------------------------------------------
+    teacher: str = "toy"                # "toy" (shipped toy teacher) or a checkpoint path (any layout)
+    teacher_kind: str = "teacher_forcing"  # ScoreNet kind of teacher and critic: teacher_forcing | bidirectional
+    student_init: str = "teacher"       # "teacher" (copy of the teacher weights) or a checkpoint path
+    critic_init: str = "teacher"        # "teacher" or a checkpoint path
+    student_kind: str = "causal"        # "causal" (KV-cached chunk rollouts) | "bidirectional"
+    use_ema_weights: bool = True        # read generator_ema from release files
+    # -- data --------------------------------------------------------------------------------
+    world: str = "default"              # toy world preset (toy runs)
+    prompts_file: str = ""              # one prompt per line (real scale)
+    text_encoder: str = ""              # umT5 path (real scale): embeddings computed once and cached
+    negative_prompt: str = "wan"        # "wan" = Wan's default negative prompt for the unconditional branch
+    num_frames: int = 12                # latent frames per rollout
+    height: int = 16                    # latent height / width (toy: pixels)
+    width: int = 16
+    chunk_frames: int = 3               # frames per AR chunk
+    local_attn_frames: int = -1         # cache window W incl. sink (-1 = global)
+    sink_frames: int = 0                # cache sink S
+    context_noise: float = 0.0          # σ of the clean-context cache pass
+    # -- steps -------------------------------------------------------------------------------
+    shift: float = TOY_SHIFT            # timestep shift of grids and score timesteps (real scale: 5)
+    step_choices: tuple = (4,)          # K options per iteration (Salt: (8, 4, 2))
+    step_probs: tuple = (1.0,)          # their probabilities (Salt: (0.4, 0.4, 0.2))
+    eval_nfe: tuple = (4, 2)            # inference NFEs evaluated
+    # -- losses ------------------------------------------------------------------------------
+    guidance_scale: float = 3.0         # STANDARD CFG of the real score (Self Forcing's 3.0 == 4.0 here)
+    sc_weight: float = 0.0              # λ_SC (Salt: 0.2); 0 disables SC-DMD
+    sc_steps: int = 8                   # SC applies to rollouts with this K (Salt: 8)
+    sc_symmetric: bool = False          # paper's reading: grad through both branches
+    align_weight: float = 0.0           # alignment weight (Salt: 0.1); 0 disables
+    align_delta: float = 0.1            # hinge margin δ
+    align_start_step: int = 0           # generator steps before alignment starts (release: 700/1000/1200)
+    align_block: int = 2                # teacher block whose tokens are aligned (14B: 20)
+    align_coupling: str = "noise_aligned"  # reference noise coupling: noise_aligned | independent
+    align_k4: bool = False              # also align K = 4 to an 8-step reference (paper variant)
+    # -- optimisation ------------------------------------------------------------------------
+    batch_size: int = 8                 # clips per rank per micro-batch
+    grad_accum: int = 1                 # micro-batches per optimizer step
+    gen_steps: int = 200                # generator updates (iterations = gen_steps × critic_ratio)
+    critic_ratio: int = 5               # critic updates per generator update
+    lr_gen: float = 2e-6
+    lr_critic: float = 4e-7
+    beta1: float = 0.0
+    beta2: float = 0.999
+    weight_decay: float = 0.01
+    grad_clip: float = 10.0
+    ema_decay: float = 0.99
+    ema_start: int = 200                # generator step at which EMA starts
+    ode_pairs: int = 512                # ode_init: teacher trajectories generated once
+    ode_teacher_steps: int = 40         # ode_init: Euler steps of the teacher
+    autocast_bf16: bool = False         # bf16 autocast where supported (GPU)
+    grad_checkpointing: bool = False    # activation checkpointing (safe with the KV cache)
+    seed: int = 0
+    threads: int = 2                    # torch CPU threads (fixed for bit-identical resume)
+    checkpoint_every: int = 20          # generator steps
+    eval_every: int = 50                # generator steps; 0 disables
+    eval_clips: int = 32
+    log_every: int = 1
+
+    def __post_init__(self):
+        if self.job not in JOBS:
+            raise ValueError(f"DistillConfig.job={self.job!r}; expected one of {JOBS}")
+        if len(self.step_choices) != len(self.step_probs):
+            raise ValueError(f"step_choices={self.step_choices} and step_probs={self.step_probs} differ in length")
+        if self.student_kind not in ("causal", "bidirectional"):
+            raise ValueError(f"student_kind={self.student_kind!r}; expected 'causal' or 'bidirectional'")
+        if self.num_frames % self.chunk_frames:
+            raise ValueError(f"num_frames={self.num_frames} is not a multiple of chunk_frames={self.chunk_frames}")
+        object.__setattr__(self, "step_choices", tuple(int(k) for k in self.step_choices))
+        object.__setattr__(self, "step_probs", tuple(float(p) for p in self.step_probs))
+        object.__setattr__(self, "eval_nfe", tuple(int(k) for k in self.eval_nfe))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DistillConfig":
+        return config_from_dict(cls, d)
+
+
+_TOY = DistillConfig(lr_gen=1e-4, lr_critic=1e-4, ema_start=20, ema_decay=0.95, gen_steps=200)
+_REAL = DistillConfig(teacher="", teacher_kind="bidirectional", student_init="", critic_init="", world="",
+                      num_frames=21, height=60, width=104, shift=5.0, guidance_scale=4.0, batch_size=1,
+                      gen_steps=120, checkpoint_every=20, eval_every=0, align_block=20, autocast_bf16=True,
+                      grad_checkpointing=True, threads=0)
+
+PRESETS = {
+    # toy world, autoregressive arm
+    "toy-ode-init": replace(_TOY, job="ode_init", lr_gen=3e-4, gen_steps=1000, critic_ratio=1, eval_every=250),
+    "toy-dmd": replace(_TOY, step_choices=(4,), step_probs=(1.0,)),
+    "toy-sc-single-k": replace(_TOY, step_choices=(8,), step_probs=(1.0,), sc_weight=0.2),
+    "toy-salt": replace(_TOY, step_choices=(8, 4, 2), step_probs=(0.4, 0.4, 0.2), sc_weight=0.2, align_weight=0.1,
+                        align_start_step=50),
+    # toy world, bidirectional arm
+    "toy-bidir-dmd": replace(_TOY, student_kind="bidirectional", step_choices=(4,), step_probs=(1.0,)),
+    "toy-bidir-sc-dmd": replace(_TOY, student_kind="bidirectional", step_choices=(8,), step_probs=(1.0,),
+                                sc_weight=0.2, eval_nfe=(4, 2)),
+    "toy-sc-dmd": replace(_TOY, step_choices=(8,), step_probs=(1.0,), sc_weight=0.2),
+    # real scale (Wan 2.1 1.3B student, 14B teacher); paths from the user
+    "self-forcing-dmd": replace(_REAL, step_choices=(4,), step_probs=(1.0,), align_start_step=1000),
+    "causal-forcing-dmd": replace(_REAL, step_choices=(4,), step_probs=(1.0,)),
+    "salt-causal-forcing": replace(_REAL, step_choices=(8, 4, 2), step_probs=(0.4, 0.4, 0.2), sc_weight=0.2,
+                                   align_weight=0.1, align_start_step=700),
+    "salt-self-forcing": replace(_REAL, step_choices=(8, 4, 2), step_probs=(0.4, 0.4, 0.2), sc_weight=0.2,
+                                 align_weight=0.1, align_start_step=1000, align_coupling="independent"),
+    "salt-longlive": replace(_REAL, step_choices=(8, 4, 2), step_probs=(0.4, 0.4, 0.2), sc_weight=0.2,
+                             align_weight=0.1, align_start_step=1200, local_attn_frames=12, sink_frames=3),
+    "salt-wan-bidirectional": replace(_REAL, student_kind="bidirectional", step_choices=(8,), step_probs=(1.0,),
+                                      sc_weight=0.2),
+}
+
+
+def get_preset(name: str, **overrides) -> DistillConfig:
+    """A preset with field overrides (unknown preset or field → an error listing the choices)."""
+    if name not in PRESETS:
+        raise KeyError(f"unknown distillation preset {name!r}; choose one of {sorted(PRESETS)}")
+    base = PRESETS[name]
+    if overrides:
+        unknown = sorted(set(overrides) - set(base.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"unknown DistillConfig keys {unknown}; known keys: {sorted(base.__dataclass_fields__)}")
+        base = replace(base, **overrides)
+    return base

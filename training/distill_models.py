@@ -1,0 +1,44 @@
+"""Build the three networks and the prompt source of a distillation run from its config.
+
+File reading happens here (and in files.py), never in salt_core. The student and critic are
+trainable copies; the teacher stays frozen and is never copied.
+"""
+import copy
+import os
+
+from .distill_config import DistillConfig
+from .files import load_model
+from .prompts import EmbeddedPrompts, ToyPrompts
+
+
+def _load(source: str, cfg: DistillConfig, teacher, what: str):
+    """A model from 'teacher' (a trainable copy of the teacher) or a checkpoint path."""
+    if source == "teacher":
+        return copy.deepcopy(teacher).requires_grad_(True).train()
+    if not source:
+        raise ValueError(f"DistillConfig.{what} is empty: pass a checkpoint path (any supported layout) or 'teacher'")
+    model, _ = load_model(source, use_ema=cfg.use_ema_weights)
+    return model.train()
+
+
+def build_models(cfg: DistillConfig):
+    """(teacher, student, critic) WanModels for a run."""
+    if cfg.teacher == "toy":
+        from .toy_assets import load_toy_teacher
+        teacher, _, _ = load_toy_teacher()
+    elif cfg.teacher:
+        teacher, _ = load_model(cfg.teacher, use_ema=cfg.use_ema_weights)
+    else:
+        raise ValueError("DistillConfig.teacher is empty: pass 'toy' or a teacher checkpoint path")
+    teacher.requires_grad_(False).eval()
+    student = _load(cfg.student_init, cfg, teacher, "student_init")
+    critic = _load(cfg.critic_init, cfg, teacher, "critic_init")
+    return teacher, student, critic
+
+
+def build_prompts(cfg: DistillConfig, teacher, out_dir: str):
+    """The prompt source: toy captions (toy world) or cached umT5 embeddings of a prompt file."""
+    if cfg.world:
+        return ToyPrompts(cfg.world, teacher.cfg.text_dim, teacher.cfg.text_len)
+    return EmbeddedPrompts(cfg.prompts_file, os.path.join(out_dir, "prompt_embeds.safetensors"),
+                           cfg.text_encoder, cfg.negative_prompt)

@@ -1,0 +1,154 @@
+"""ODE-pair initialisation of a few-step student (Self Forcing's first stage; causal ODE pairs as
+Causal Forcing): regress the teacher's deterministic trajectories at the student's grid points
+onto their end points, x0_θ(x_{t_k}, t_k | clean past) ≈ x0_teacher.
+
+Pairs are generated once per run (teacher Euler + CFG, AR on a KV cache for a teacher-forcing
+teacher) and cached in the run folder; each chunk draws its own grid level (CausVid's per-block
+noise), the clean past is the teacher's own output (teacher forcing).
+"""
+import json
+import os
+import time
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..salt_core.denoiser import FlowDenoiser
+from ..salt_core.kv_cache import CachePolicy
+from ..salt_core.samplers import sample_euler
+from ..salt_core.schedules import get_sigmas_fewstep, get_sigmas_uniform, x0_from_velocity
+from ..salt_core.scorenet import ScoreNet
+from ..salt_core.streaming import stream_video
+from .common import EMA, CheckpointManager, JsonlLog, cosine_lr, progress, step_generators
+from .distill_models import build_models, build_prompts
+
+
+@torch.no_grad()
+def generate_ode_pairs(teacher, kind: str, cfg, prompts, num: int, seed: int, batch: int = 64) -> dict:
+    """{"states": (N, K, C, F, H, W) at the K grid levels, "x0": (N, C, F, H, W), "context": (N, L, D)}."""
+    K = cfg.step_choices[0]
+    grid = [float(s) for s in get_sigmas_fewstep(K, cfg.shift)[:-1]]
+    sigmas = get_sigmas_uniform(cfg.ode_teacher_steps, cfg.shift)
+    missing = [s for s in grid if not torch.isclose(sigmas, torch.tensor(s, dtype=torch.float64), atol=1e-9).any()]
+    if missing:
+        raise ValueError(f"ode_teacher_steps={cfg.ode_teacher_steps} does not pass through the {K}-step grid "
+                         f"{grid} (missing {missing}); use a multiple of {K}")
+    out = {"states": [], "x0": [], "context": []}
+    rng_gen = torch.Generator().manual_seed(seed)
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    for start in range(0, num, batch):
+        b = min(batch, num - start)
+        _, ctx, unc = prompts.sample(rng, b)
+        noise = torch.randn(b, teacher.cfg.in_dim, cfg.num_frames, cfg.height, cfg.width, generator=rng_gen)
+        states = torch.zeros(b, K, *noise.shape[1:])
+        level = {round(s, 9): k for k, s in enumerate(grid)}
+
+        def capture(d):
+            k = level.get(round(float(d["sigma"]), 9))
+            if k is not None:
+                f0 = d.get("chunk", 0) * cfg.chunk_frames
+                span = noise.shape[2] if "chunk" not in d else cfg.chunk_frames
+                states[:, k, :, f0:f0 + span] = d["x"]
+        if kind == "teacher_forcing":
+            x0 = stream_video(teacher, noise, ctx, sigmas, policy=CachePolicy.full(cfg.num_frames),
+                              chunk_frames=cfg.chunk_frames, stochastic=False, cfg_scale=cfg.guidance_scale,
+                              uncond_context=unc, callback=capture)
+        else:
+            x0 = sample_euler(FlowDenoiser(teacher, ctx, unc, cfg.guidance_scale), noise, sigmas.float(),
+                              callback=capture, disable=True)
+        out["states"].append(states)
+        out["x0"].append(x0)
+        out["context"].append(ctx)
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def ode_regression_loss(student, kind: str, pairs: dict, idx, levels, grid, chunk: int):
+    """MSE between the student's x0 at the drawn levels and the teacher's end points.
+
+    idx (B,) pair indices; levels (B, F/chunk) grid index per chunk (causal) — one level per clip
+    is used for bidirectional students.
+    """
+    states, x0 = pairs["states"][idx], pairs["x0"][idx]          # (B, K, C, F, H, W), (B, C, F, H, W)
+    B, K, C, F, H, W = states.shape
+    if kind == "bidirectional":
+        levels = levels[:, :1].expand(-1, F // chunk)
+    frame_level = levels.repeat_interleave(chunk, 1)             # (B, F)
+    gather = frame_level.view(B, 1, 1, F, 1, 1).expand(B, 1, C, F, H, W)
+    x_t = states.gather(1, gather).squeeze(1)                    # (B, C, F, H, W)
+    sigma = torch.as_tensor(grid, dtype=torch.float64)[frame_level]   # (B, F)
+    ctx = pairs["context"][idx]
+    if kind == "bidirectional":
+        v = student(x_t, 1000.0 * sigma[:, 0], ctx)
+    else:
+        v = ScoreNet(student, "teacher_forcing", chunk).velocity(x_t, sigma, ctx, clean=x0)
+    pred = x0_from_velocity(x_t, v, sigma.view(B, 1, F, 1, 1))
+    return (pred.float() - x0).pow(2).mean()
+
+
+def run_ode_init(cfg, out_dir: str, max_steps: int = None, callback=None, quiet: bool = False):
+    """Train the student on cached teacher ODE pairs; resumable; returns the (EMA) student."""
+    teacher, student, _ = build_models(cfg)
+    prompts = build_prompts(cfg, teacher, out_dir)
+    kind = "bidirectional" if cfg.student_kind == "bidirectional" else "teacher_forcing"
+    teacher_kind = cfg.teacher_kind
+    pairs_path = os.path.join(out_dir, "ode_pairs.safetensors")
+    if not os.path.exists(pairs_path):
+        t = time.time()
+        pairs = generate_ode_pairs(teacher, teacher_kind, cfg, prompts, cfg.ode_pairs, cfg.seed)
+        tmp = pairs_path + ".tmp"
+        save_file({k: v.contiguous() for k, v in pairs.items()}, tmp)
+        os.replace(tmp, pairs_path)
+        JsonlLog(os.path.join(out_dir, "metrics.jsonl")).write(event="ode_pairs", num=cfg.ode_pairs,
+                                                                seconds=time.time() - t)
+    pairs = load_file(pairs_path)
+    grid = [float(s) for s in get_sigmas_fewstep(cfg.step_choices[0], cfg.shift)[:-1]]
+    opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr_gen, betas=(0.9, 0.99), weight_decay=0.0)
+    ema = EMA(student, 0.999)
+    ckpt = CheckpointManager(os.path.join(out_dir, "checkpoints"))
+    logger = JsonlLog(os.path.join(out_dir, "metrics.jsonl"))
+    step = 0
+    latest = ckpt.latest()
+    if latest:
+        tensors, state = ckpt.load(latest[1], ["student", "ema"])
+        student.load_state_dict(tensors["student"])
+        ema.shadow = {k: v.float() for k, v in tensors["ema"].items()}
+        opt.load_state_dict(state["optimizer"])
+        step = int(state["step"])
+    stop = cfg.gen_steps if max_steps is None else min(cfg.gen_steps, max_steps)
+    bar = progress(stop, step, "ode-init", disable=quiet)
+    meta = {"salt_config": student.cfg.to_json(), "distill_config": json.dumps(cfg.__dict__, default=str)}
+
+    def save():
+        ckpt.save(step, {"student": student.state_dict(), "ema": ema.state_dict()},
+                  {"optimizer": opt.state_dict(), "step": step}, meta)
+    try:
+        while step < stop:
+            gen, rng = step_generators(cfg.seed, 0, step)
+            idx = torch.as_tensor(rng.integers(0, pairs["x0"].shape[0], cfg.batch_size))
+            levels = torch.randint(0, len(grid), (cfg.batch_size, cfg.num_frames // cfg.chunk_frames), generator=gen)
+            for g in opt.param_groups:
+                g["lr"] = cosine_lr(step, cfg.lr_gen, 50, cfg.gen_steps, 0.1)
+            loss = ode_regression_loss(student, kind, pairs, idx, levels, grid, cfg.chunk_frames)
+            if not torch.isfinite(loss):
+                save()
+                raise FloatingPointError(f"ODE regression loss became {loss.item()} at step {step}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+            opt.step()
+            ema.update(student)
+            step += 1
+            bar.update(1)
+            if step % cfg.log_every == 0:
+                logger.write(step=step, ode_loss=loss.item())
+            if callback is not None:
+                callback({"gen_step": step, "total": stop, "stats": {"ode_loss": loss.item()}})
+            if step % cfg.checkpoint_every == 0 or step == stop:
+                save()
+    except KeyboardInterrupt:
+        save()
+        raise
+    finally:
+        bar.close()
+    return ema.copy_to(student).eval()

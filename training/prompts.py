@@ -1,0 +1,78 @@
+"""Prompt sources for distillation: text embeddings for conditional and unconditional branches.
+
+- `ToyPrompts`: captions drawn from the toy world, embedded by the toy text encoder; the
+  unconditional branch is the empty prompt (zeros).
+- `EmbeddedPrompts`: real scale — prompt embeddings computed once (umT5, from a user path) and
+  cached in a safetensors file next to the run; the unconditional branch is Wan's negative prompt.
+Knows nothing of ComfyUI.
+"""
+import os
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..salt_core.toy.text import ToyTextEncoder
+from ..salt_core.toy.world import get_world, sample_params, caption
+
+# Wan 2.1's default negative prompt (Wan: wan/configs/shared_config.py `sample_neg_prompt`; the same
+# text Self Forcing's configs use for the unconditional branch of the real score).
+WAN_NEGATIVE_PROMPT = (
+    "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，"
+    "丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，静止不动的画面，"
+    "杂乱的背景，三条腿，背景人很多，倒着走")
+
+
+class ToyPrompts:
+    """Toy-world captions → (context, uncond) each (B, L, text_dim)."""
+
+    def __init__(self, world: str, text_dim: int, max_tokens: int):
+        self.world = get_world(world)
+        self.encoder = ToyTextEncoder(text_dim=text_dim, max_tokens=max_tokens, world=self.world)
+
+    def sample(self, rng: np.random.Generator, batch: int):
+        """(captions list[str], context (B, L, D), uncond (B, L, D)) for `batch` random toy prompts."""
+        captions = [caption(p) for p in sample_params(self.world, rng, batch)]
+        return captions, self.encoder.encode(captions), self.encoder.empty(batch)
+
+
+class EmbeddedPrompts:
+    """Prompts from a text file with their umT5 embeddings computed once and cached on disk."""
+
+    def __init__(self, prompts_file: str, cache_path: str, text_encoder: str = "", negative_prompt: str = "wan"):
+        if not os.path.exists(prompts_file):
+            raise FileNotFoundError(f"prompts_file {prompts_file!r} does not exist; pass a text file with one prompt per line")
+        with open(prompts_file, encoding="utf-8") as f:
+            self.prompts = [line.strip() for line in f if line.strip()]
+        if not self.prompts:
+            raise ValueError(f"prompts_file {prompts_file!r} holds no prompts")
+        negative = WAN_NEGATIVE_PROMPT if negative_prompt == "wan" else negative_prompt
+        if not os.path.exists(cache_path):
+            if not text_encoder:
+                raise ValueError(f"no cached prompt embeddings at {cache_path!r}; pass text_encoder=<umT5 folder> "
+                                 f"to compute them once")
+            embeds = encode_umt5(text_encoder, self.prompts + [negative])
+            save_file({"embeds": embeds.contiguous()}, cache_path)
+        embeds = load_file(cache_path)["embeds"]
+        self.embeds, self.negative = embeds[:-1], embeds[-1:]
+
+    def sample(self, rng: np.random.Generator, batch: int):
+        idx = rng.integers(0, len(self.prompts), batch)
+        return [self.prompts[i] for i in idx], self.embeds[idx], self.negative.expand(batch, -1, -1)
+
+
+def encode_umt5(path: str, texts: list, max_len: int = 512, batch: int = 8) -> torch.Tensor:
+    """umT5 encoder outputs (N, max_len, 4096), padding positions zeroed (as Wan / Self Forcing)."""
+    try:
+        from transformers import AutoTokenizer, UMT5EncoderModel  # optional: pip install transformers sentencepiece
+    except ImportError as e:
+        raise ImportError("computing umT5 prompt embeddings needs `transformers` and `sentencepiece`") from e
+    tok = AutoTokenizer.from_pretrained(path)
+    enc = UMT5EncoderModel.from_pretrained(path, torch_dtype=torch.float32).eval()
+    outs = []
+    with torch.no_grad():
+        for i in range(0, len(texts), batch):
+            t = tok(texts[i:i + batch], padding="max_length", max_length=max_len, truncation=True, return_tensors="pt")
+            h = enc(input_ids=t.input_ids, attention_mask=t.attention_mask).last_hidden_state
+            outs.append(h * t.attention_mask.unsqueeze(-1))
+    return torch.cat(outs)
