@@ -26,6 +26,13 @@ class Rollout:
     renoise: dict = field(default_factory=dict)   # {(chunk, grid index): fresh noise used to reach that level}
 
 
+def randn_like(x: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+    """Gaussian noise shaped like x, drawn on the generator's device (CPU by default) then moved to x's:
+    the same seed gives the same noise on any accelerator."""
+    dev = generator.device if generator is not None else x.device
+    return torch.randn(x.shape, generator=generator, device=dev, dtype=x.dtype).to(x.device)
+
+
 def _t(sigma: float, x: torch.Tensor) -> torch.Tensor:
     return torch.full((x.shape[0], x.shape[2]), 1000.0 * float(sigma), dtype=torch.float64, device=x.device)
 
@@ -53,7 +60,7 @@ def rollout_self_forcing(model, noise: torch.Tensor, context: torch.Tensor, sigm
         with torch.no_grad():
             for i in range(exit_index):
                 v = model(x, _t(sig[i], x), context, cache=cache, start_frame=f0, write_cache=True)
-                eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+                eps = randn_like(x, generator)
                 renoise[(c, i + 1)] = eps
                 x = add_noise(x0_from_velocity(x, v, sig[i]), eps, sig[i + 1])
         s = sig[exit_index]
@@ -67,7 +74,7 @@ def rollout_self_forcing(model, noise: torch.Tensor, context: torch.Tensor, sigm
         with torch.no_grad():
             ctx_x = x0.detach()
             if context_noise > 0:
-                ctx_x = add_noise(ctx_x, torch.randn(ctx_x.shape, generator=generator, dtype=ctx_x.dtype), context_noise)
+                ctx_x = add_noise(ctx_x, randn_like(ctx_x, generator), context_noise)
             model(ctx_x, _t(context_noise, ctx_x), context, cache=cache, start_frame=f0, write_cache=True)
         outs.append(x0)
     return Rollout(torch.cat(outs, 2), sig[exit_index], renoise)
@@ -110,8 +117,8 @@ def rollout_reference(model, noise: torch.Tensor, context: torch.Tensor, student
             elif coupling == "noise_aligned":
                 x = (x0.double() + (nxt / s) * (x.double() - x0.double())).to(x.dtype)   # Euler step
             else:
-                x = add_noise(x0, torch.randn(x.shape, generator=generator, dtype=x.dtype), nxt)
-        ctx_x = x0 if context_noise == 0 else add_noise(x0, torch.randn(x0.shape, generator=generator, dtype=x0.dtype), context_noise)
+                x = add_noise(x0, randn_like(x, generator), nxt)
+        ctx_x = x0 if context_noise == 0 else add_noise(x0, randn_like(x0, generator), context_noise)
         model(ctx_x, _t(context_noise, ctx_x), context, cache=cache, start_frame=f0, write_cache=True)
         outs.append(x0)
     return torch.cat(outs, 2)
@@ -129,7 +136,7 @@ def rollout_bidirectional(model, noise: torch.Tensor, context: torch.Tensor, sig
     with torch.no_grad():
         for i in range(exit_index):
             v = model(x, 1000.0 * torch.full((x.shape[0],), sig[i], dtype=torch.float64), context)
-            eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            eps = randn_like(x, generator)
             renoise[(0, i + 1)] = eps
             x = add_noise(x0_from_velocity(x, v, sig[i]), eps, sig[i + 1])
     s = sig[exit_index]

@@ -23,13 +23,14 @@ from ..salt_core.kv_cache import CachePolicy
 from ..salt_core.losses import (DMDLoss, FeatureAlignmentLoss, SemigroupLoss, critic_flow_loss,
                                 sample_alignment_timesteps, sample_dmd_timesteps, sample_exit_index,
                                 sample_rollout_steps, sc_triplet)
-from ..salt_core.rollout import rollout_bidirectional, rollout_reference, rollout_self_forcing
+from ..salt_core.rollout import randn_like, rollout_bidirectional, rollout_reference, rollout_self_forcing
 from ..salt_core.schedules import add_noise, get_sigmas_fewstep
 from ..salt_core.scorenet import ScoreNet
 from .common import EMA, CheckpointManager, JsonlLog, progress, step_generators, step_seed
 from .distill_config import DistillConfig
 from .distill_eval import evaluate_student
 from .distill_models import build_models, build_prompts
+from .distributed import average_gradients, process_info
 from .ode_init import run_ode_init
 
 log = logging.getLogger("salt.distill")
@@ -38,8 +39,8 @@ log = logging.getLogger("salt.distill")
 class Distiller:
     """Models, optimisers and losses of one run; `iteration(it)` performs one loop iteration."""
 
-    def __init__(self, cfg: DistillConfig, teacher, student, critic, prompts, rank: int = 0):
-        self.cfg, self.rank, self.prompts = cfg, rank, prompts
+    def __init__(self, cfg: DistillConfig, teacher, student, critic, prompts, rank: int = 0, world_size: int = 1):
+        self.cfg, self.rank, self.world_size, self.prompts = cfg, rank, world_size, prompts
         self.teacher, self.student, self.critic = teacher, student, critic
         self.real = ScoreNet(teacher, cfg.teacher_kind, cfg.chunk_frames)
         self.fake = ScoreNet(critic, cfg.teacher_kind, cfg.chunk_frames)
@@ -87,7 +88,8 @@ class Distiller:
         _, ctx, unc = self.prompts.sample(rng, cfg.batch_size)
         c = self.student.cfg.in_dim
         noise = torch.randn(cfg.batch_size, c, cfg.num_frames, cfg.height, cfg.width, generator=gen)
-        return ctx, unc, noise
+        dev = self.student.patch_embedding.weight.device
+        return ctx.to(dev), unc.to(dev), noise.to(dev)
 
     def _autocast(self):
         enabled = self.cfg.autocast_bf16 and torch.cuda.is_available()
@@ -107,8 +109,8 @@ class Distiller:
                 stats.update(st)
         roll = self.rollout(noise, ctx, d, True, gen, on_exit)
         x = roll.x0
-        sigma = sample_dmd_timesteps(cfg.batch_size, gen, cfg.shift) / 1000.0
-        eps = torch.randn(x.shape, generator=gen, dtype=x.dtype)
+        sigma = (sample_dmd_timesteps(cfg.batch_size, gen, cfg.shift) / 1000.0).to(x.device)
+        eps = randn_like(x, gen)
         x_t = add_noise(x.detach(), eps, sigma.view(-1, 1, 1, 1, 1))
         with torch.no_grad():
             clean = x.detach()
@@ -133,8 +135,8 @@ class Distiller:
                 with torch.no_grad():
                     ref = rollout_bidirectional(self.student, noise, ctx, dense, 2 * d["exit"], generator=gen,
                                                 grad=False).x0
-            sigma_f = sample_alignment_timesteps(cfg.batch_size, gen, cfg.shift) / 1000.0
-            eps_f = torch.randn(x.shape, generator=gen, dtype=x.dtype)
+            sigma_f = (sample_alignment_timesteps(cfg.batch_size, gen, cfg.shift) / 1000.0).to(x.device)
+            eps_f = randn_like(x, gen)
             s5 = sigma_f.view(-1, 1, 1, 1, 1)
             _, f_stu = self.real.velocity(add_noise(x, eps_f, s5), sigma_f, ctx, x.detach(), cfg.align_block)
             with torch.no_grad():
@@ -150,8 +152,8 @@ class Distiller:
         ctx, _, noise = self.batch(rng, gen)
         with torch.no_grad():
             x = self.rollout(noise, ctx, d, False, gen).x0
-        sigma = sample_dmd_timesteps(self.cfg.batch_size, gen, self.cfg.shift) / 1000.0
-        eps = torch.randn(x.shape, generator=gen, dtype=x.dtype)
+        sigma = (sample_dmd_timesteps(self.cfg.batch_size, gen, self.cfg.shift) / 1000.0).to(x.device)
+        eps = randn_like(x, gen)
         x_t = add_noise(x, eps, sigma.view(-1, 1, 1, 1, 1))
         fake = self.fake.x0(x_t, sigma, ctx, x)
         loss = critic_flow_loss(fake, x_t, x, eps, sigma)
@@ -169,6 +171,7 @@ class Distiller:
                 raise FloatingPointError(f"{tag} loss became {loss.item()} at iteration {it}")
             (loss / self.cfg.grad_accum).backward()
             stats.update({k: stats.get(k, 0.0) + v / self.cfg.grad_accum for k, v in st.items()})
+        average_gradients(model, self.world_size)
         stats[f"{tag}_grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.grad_clip))
         opt.step()
         return stats
@@ -216,7 +219,7 @@ class Distiller:
 
 
 def run_distillation(cfg: DistillConfig, out_dir: str, *, max_gen_steps: int = None, callback=None,
-                     quiet: bool = False, rank: int = 0):
+                     quiet: bool = False):
     """Run (or resume) a distillation job in `out_dir`; returns the student for inference (EMA if any).
 
     callback(dict) receives progress after every generator step (gen_step, total, stats) and the
@@ -226,15 +229,18 @@ def run_distillation(cfg: DistillConfig, out_dir: str, *, max_gen_steps: int = N
     os.makedirs(out_dir, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    with open(os.path.join(out_dir, "config.json"), "w") as f:
-        json.dump(asdict(cfg), f, indent=1, sort_keys=True)
+    rank, world_size, device = process_info()
+    if rank == 0:
+        with open(os.path.join(out_dir, "config.json"), "w") as f:
+            json.dump(asdict(cfg), f, indent=1, sort_keys=True)
     if cfg.job == "ode_init":
         return run_ode_init(cfg, out_dir, max_steps=max_gen_steps, callback=callback, quiet=quiet)
     teacher, student, critic = build_models(cfg)
+    teacher, student, critic = (m.to(device) for m in (teacher, student, critic))
     prompts = build_prompts(cfg, teacher, out_dir)
-    job = Distiller(cfg, teacher, student, critic, prompts, rank)
+    job = Distiller(cfg, teacher, student, critic, prompts, rank, world_size)
     ckpt = CheckpointManager(os.path.join(out_dir, "checkpoints"))
-    logger = JsonlLog(os.path.join(out_dir, "metrics.jsonl"))
+    logger = JsonlLog(os.path.join(out_dir, "metrics.jsonl" if rank == 0 else f"metrics_rank{rank}.jsonl"))
     it = 0
     latest = ckpt.latest()
     if latest:
@@ -244,10 +250,12 @@ def run_distillation(cfg: DistillConfig, out_dir: str, *, max_gen_steps: int = N
         it = int(state["iteration"])
         log.info("resumed from %s (generator step %d)", latest[1], job.gen_step)
     stop = cfg.gen_steps if max_gen_steps is None else min(cfg.gen_steps, max_gen_steps)
-    bar = progress(stop, job.gen_step, "distill", disable=quiet)
+    bar = progress(stop, job.gen_step, "distill", disable=quiet or rank != 0)
     meta = {"salt_config": student.cfg.to_json(), "distill_config": json.dumps(asdict(cfg))}
 
     def save():
+        if rank != 0:   # replicas are identical (averaged gradients); rank 0 writes, every rank resumes from it
+            return
         tensors, state = job.state()
         state["iteration"] = it
         ckpt.save(job.gen_step, tensors, state, meta)
