@@ -59,3 +59,17 @@ def test_unknown_keys_and_presets_are_rejected():
         get_preset("toy-nope")
     with pytest.raises(ValueError, match="unknown keys"):
         DistillConfig.from_dict({"bogus": 1})
+
+
+def test_student_defect_and_drift_measures_run_for_both_student_kinds(teacher_path):
+    from comfyui_salt.salt_core.toy.text import ToyTextEncoder
+    from comfyui_salt.training.distill_eval import drift_slopes, student_defect
+    model = build_model("toy", seed=1).eval()
+    caps = ["a red disc moving left on a dark background", "a blue bar moving up on a light background"]
+    ctx = ToyTextEncoder().encode(caps)
+    for kind in ("causal", "bidirectional"):
+        cfg = tiny("toy-dmd", teacher_path, student_kind=kind)
+        d = student_defect(model, cfg, ctx, grid_steps=4)
+        assert 0 < d < 10
+    slopes = drift_slopes(model, tiny("toy-dmd", teacher_path), caps, ctx, nfe=2, length_factor=2)
+    assert len(slopes["sharpness_error"][0]) == 24 and isinstance(slopes["sharpness_error"][1], float)

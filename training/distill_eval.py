@@ -45,3 +45,62 @@ def evaluate_student(model, cfg: DistillConfig, callback=None) -> dict:
         if callback is not None:
             callback({"preview": videos, "nfe": nfe})
     return out
+
+
+@torch.no_grad()
+def student_defect(model, cfg: DistillConfig, context, grid_steps: int = 8, seed: int = 0) -> float:
+    """Semigroup defect (SALT_METHOD §4) on the student's own stochastic rollout states on the
+    `grid_steps` grid; for causal students every chunk is measured on its real KV cache."""
+    from ..salt_core.metrics.semigroup import semigroup_defects
+    from ..salt_core.streaming import rollout_stream
+    sigmas = get_sigmas_fewstep(grid_steps, cfg.shift)
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.randn(context.shape[0], model.cfg.in_dim, cfg.num_frames, cfg.height, cfg.width, generator=gen)
+    rows = []
+    if cfg.student_kind == "bidirectional":
+        den = FlowDenoiser(model, context)
+
+        def velocity(x, s):
+            return den.velocity(x, torch.tensor([s], dtype=torch.float64))
+
+        def collect(d):
+            if float(d["sigma"]) > float(sigmas[-3]):   # states with two further grid points
+                rows.append(semigroup_defects(velocity, [(float(d["sigma"]), d["x"])], sigmas))
+        sample_fewstep_stochastic(den, noise, sigmas, callback=collect, disable=True,
+                                  noise_sampler=lambda *_: torch.randn(noise.shape, generator=gen))
+    else:
+        cache = model.new_cache(noise.shape[0], CachePolicy.full(cfg.num_frames), (cfg.height, cfg.width))
+
+        def collect(d):
+            if float(d["sigma"]) <= float(sigmas[-3]):
+                return
+            f0 = d["chunk"] * cfg.chunk_frames
+
+            def velocity(x, s):
+                t = torch.full((x.shape[0], x.shape[2]), 1000.0 * s, dtype=torch.float64)
+                return model(x, t, context, cache=cache, start_frame=f0, write_cache=False)
+            rows.append(semigroup_defects(velocity, [(float(d["sigma"]), d["x"])], sigmas))
+        for _ in rollout_stream(model, noise, context, sigmas, cache=cache, chunk_frames=cfg.chunk_frames,
+                                generator=gen, callback=collect):
+            pass
+    return torch.cat(rows).mean().item()
+
+
+def drift_slopes(model, cfg: DistillConfig, captions, context, nfe: int, length_factor: int = 3,
+                 window_frames: int = None) -> dict:
+    """Per-frame oracle curves of a `length_factor`× longer rollout on a rolling cache with
+    window-relative RoPE, and their least-squares slopes per frame {name: (curve (F,), slope)}."""
+    from ..salt_core.metrics.oracle import drift_curves
+    world = get_world(cfg.world)
+    frames = cfg.num_frames * length_factor
+    policy = CachePolicy.rolling(window_frames or cfg.num_frames, relative_rope=True)
+    videos = sample_student(model, cfg, context, nfe, num_frames=frames, policy=policy)
+    curves = drift_curves(videos, captions, world)
+    f = torch.arange(frames, dtype=torch.float64)
+    out = {}
+    for name in ("sharpness_error", "path_px", "adherence"):
+        if name in curves:
+            c = torch.as_tensor(curves[name], dtype=torch.float64).mean(0)
+            slope = float(((f - f.mean()) * (c - c.mean())).sum() / ((f - f.mean()) ** 2).sum())
+            out[name] = (c.tolist(), slope)
+    return out
