@@ -285,7 +285,8 @@ def run_distillation(cfg: DistillConfig, out_dir: str, *, max_gen_steps: int = N
             if job.gen_step % cfg.checkpoint_every == 0 or job.gen_step == stop:
                 save()
             if cfg.eval_every and (job.gen_step % cfg.eval_every == 0 or job.gen_step == stop):
-                scores = evaluate_student(job.student_for_inference(), cfg, callback=callback)
+                scores = evaluate_student(job.student_for_inference(), cfg, callback=callback,
+                                          preview_path=os.path.join(out_dir, f"preview_{job.gen_step:06d}.gif"))
                 logger.write(gen_step=job.gen_step, eval=scores)
     except KeyboardInterrupt:
         if at_boundary:

@@ -55,24 +55,24 @@ class DistillConfig:
     grad_accum: int = 1                 # micro-batches per optimizer step
     gen_steps: int = 200                # generator updates (iterations = gen_steps × critic_ratio)
     critic_ratio: int = 5               # critic updates per generator update
-    lr_gen: float = 2e-6
-    lr_critic: float = 4e-7
-    beta1: float = 0.0
-    beta2: float = 0.999
-    weight_decay: float = 0.01
-    grad_clip: float = 10.0
-    ema_decay: float = 0.99
+    lr_gen: float = 2e-6                # generator AdamW learning rate (Self Forcing: 2e-6)
+    lr_critic: float = 4e-7             # critic AdamW learning rate (Self Forcing: 4e-7)
+    beta1: float = 0.0                  # AdamW betas (Self Forcing: (0, 0.999))
+    beta2: float = 0.999                # AdamW beta2
+    weight_decay: float = 0.01          # AdamW weight decay
+    grad_clip: float = 10.0             # max grad norm, generator and critic
+    ema_decay: float = 0.99             # EMA of the generator (exported as generator_ema)
     ema_start: int = 200                # generator step at which EMA starts
     ode_pairs: int = 512                # ode_init: teacher trajectories generated once
     ode_teacher_steps: int = 40         # ode_init: Euler steps of the teacher
     autocast_bf16: bool = False         # bf16 autocast where supported (GPU)
     grad_checkpointing: bool = False    # activation checkpointing (safe with the KV cache)
-    seed: int = 0
+    seed: int = 0                       # every step is seeded from (seed, rank, step)
     threads: int = 2                    # torch CPU threads (fixed for bit-identical resume)
-    checkpoint_every: int = 20          # generator steps
-    eval_every: int = 50                # generator steps; 0 disables
-    eval_clips: int = 32
-    log_every: int = 1
+    checkpoint_every: int = 20          # generator steps between checkpoints
+    eval_every: int = 50                # generator steps between toy evaluations; 0 disables
+    eval_clips: int = 32                # prompts per evaluation
+    log_every: int = 1                  # generator steps between metrics.jsonl lines
 
     def __post_init__(self):
         if self.job not in JOBS:

@@ -28,8 +28,9 @@ def sample_student(model, cfg: DistillConfig, context, nfe: int, seed: int = 0, 
                         context_noise=cfg.context_noise, generator=gen)
 
 
-def evaluate_student(model, cfg: DistillConfig, callback=None) -> dict:
-    """{f"nfe{k}": oracle metric means} for each inference NFE (toy world only; {} otherwise)."""
+def evaluate_student(model, cfg: DistillConfig, callback=None, preview_path: str = None) -> dict:
+    """{f"nfe{k}": oracle metric means} for each inference NFE (toy world only; {} otherwise);
+    writes an animated preview (one row per NFE) to `preview_path` if given."""
     if not cfg.world:
         return {}
     from ..salt_core.metrics.frechet import reference_features
@@ -38,12 +39,16 @@ def evaluate_student(model, cfg: DistillConfig, callback=None) -> dict:
     enc = ToyTextEncoder(text_dim=model.cfg.text_dim, max_tokens=model.cfg.text_len, world=world)
     caps = eval_prompts(world, cfg.eval_clips)
     ref = reference_features(world, 256)
-    out = {}
+    out, rows = {}, {}
     for nfe in cfg.eval_nfe:
         videos = sample_student(model, cfg, enc.encode(caps), nfe)
         out[f"nfe{nfe}"] = score_table(videos, caps, world, ref)
+        rows[f"{nfe} NFE"] = videos[:8]
         if callback is not None:
             callback({"preview": videos, "nfe": nfe})
+    if preview_path:
+        from .preview import save_gif
+        save_gif(rows, preview_path)
     return out
 
 
