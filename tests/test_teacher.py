@@ -37,3 +37,17 @@ def test_teacher_training_resumed_after_interruption_ends_bit_identical(tmp_path
         assert torch.equal(a, b), k
     lines = (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 5
+
+
+def test_the_teacher_sampler_returns_its_ode_trajectory_on_request():
+    from comfyui_salt.salt_core.toy.text import ToyTextEncoder
+    from comfyui_salt.salt_core.toy.world import get_world
+    from comfyui_salt.training.teacher import sample_teacher
+    model = build_model("toy", seed=0).eval()
+    world = get_world("default")
+    caps = ["a red disc moving left on a dark background"]
+    out, traj = sample_teacher(model, "teacher_forcing", caps, ToyTextEncoder(), world, steps=4, return_trajectory=True)
+    again = sample_teacher(model, "teacher_forcing", caps, ToyTextEncoder(), world, steps=4)
+    assert torch.equal(out, again) and len(traj) == 4 * 4          # 4 chunks × 4 steps
+    chunk, sigma, x, x0 = traj[-1]
+    assert chunk == 3 and sigma == 0.25 and torch.equal(x0, out[:, :, 9:])

@@ -91,19 +91,30 @@ def flow_loss_step(model, cfg: TeacherConfig, videos, context, gen):
 
 @torch.no_grad()
 def sample_teacher(model, mode: str, captions, encoder, world_cfg, steps=40, cfg_scale=3.0, shift=1.0,
-                   seed=0, chunk_frames=3, num_frames=None):
-    """Many-step Euler samples (B, 3, F, H, W) with standard CFG, AR on a KV cache or bidirectional."""
+                   seed=0, chunk_frames=3, num_frames=None, return_trajectory: bool = False):
+    """Many-step Euler samples (B, 3, F, H, W) with standard CFG, AR on a KV cache or bidirectional.
+
+    With `return_trajectory`, also the ODE trajectory: a list of (chunk, σ, x_σ, x0_pred) per step
+    (chunk is 0 for bidirectional teachers, whose states span all frames).
+    """
     B = len(captions)
     num_frames = num_frames or world_cfg.num_frames
     ctx, unc = encoder.encode(captions), encoder.empty(B)
     gen = torch.Generator().manual_seed(seed)
     noise = torch.randn(B, 3, num_frames, world_cfg.height, world_cfg.width, generator=gen)
     sigmas = get_sigmas_uniform(steps, shift)
+    trajectory = []
+
+    def record(d):
+        trajectory.append((d.get("chunk", 0), float(d["sigma"]), d["x"].clone(), d["denoised"].clone()))
+    callback = record if return_trajectory else None
     if mode == "bidirectional":
         den = FlowDenoiser(model, ctx, unc, cfg_scale)
-        return sample_euler(den, noise, sigmas.float(), disable=True)
-    return stream_video(model, noise, ctx, sigmas, policy=CachePolicy.full(num_frames), chunk_frames=chunk_frames,
-                        stochastic=False, cfg_scale=cfg_scale, uncond_context=unc)
+        out = sample_euler(den, noise, sigmas.float(), disable=True, callback=callback)
+    else:
+        out = stream_video(model, noise, ctx, sigmas, policy=CachePolicy.full(num_frames), chunk_frames=chunk_frames,
+                           stochastic=False, cfg_scale=cfg_scale, uncond_context=unc, callback=callback)
+    return (out, trajectory) if return_trajectory else out
 
 
 def eval_prompts(world_cfg, n: int, seed: int = 1234) -> list:
