@@ -1,0 +1,37 @@
+"""Salt's ComfyUI nodes (V3 API): few-step SIGMAS / SAMPLER, causal model loaders, KV-cached streaming, toy world.
+
+Nodes are thin and stateless; the work lives in salt_core (math) and training (files). Only `bridge.py`
+imports ComfyUI. Node ids never change once shipped.
+
+| node id | inputs → output |
+|---|---|
+| SaltFewStepSigmas | preset, nfe, shift, custom_steps → SIGMAS |
+| SaltFewStepSampler | mode → SAMPLER (for SamplerCustomAdvanced on a native Wan MODEL) |
+| SaltCacheOptions | chunk_frames, attention, window/sink/max frames, relative_rope, context_noise → SALT_CACHE_OPTIONS |
+| SaltLoadCausalModel | ckpt_name (models/diffusion_models), use_ema, dtype → SALT_MODEL |
+| SaltCausalFromModel | MODEL (native Wan) → SALT_MODEL sharing its weights |
+| SaltStreamingSampler | SALT_MODEL, positive, cache options, SIGMAS, seed, chunks, size, ... → LATENT |
+| SaltToyModel | asset → SALT_MODEL (the shipped toy teacher) |
+| SaltToyTextEncode | text → CONDITIONING (toy text encoder) |
+| SaltToyDecode | LATENT (toy pixels), upscale → IMAGE |
+"""
+from .bridge import ComfyExtension
+from .models import SaltCausalFromModel, SaltLoadCausalModel
+from .sampling import SaltFewStepSampler, SaltFewStepSigmas
+from .streaming import SaltCacheOptions, SaltStreamingSampler
+from .toy import SaltToyDecode, SaltToyModel, SaltToyTextEncode
+
+NODES = [SaltFewStepSigmas, SaltFewStepSampler, SaltCacheOptions, SaltLoadCausalModel, SaltCausalFromModel,
+         SaltStreamingSampler, SaltToyModel, SaltToyTextEncode, SaltToyDecode]
+
+
+class SaltExtension(ComfyExtension):
+    """The pack's node list for ComfyUI."""
+
+    async def get_node_list(self) -> list:
+        return list(NODES)
+
+
+async def comfy_entrypoint() -> SaltExtension:
+    """ComfyUI's V3 entry point (called once at startup)."""
+    return SaltExtension()

@@ -213,7 +213,10 @@ def _token_index(slots, frame_tokens: int, device) -> torch.Tensor:
 
 def bind_context(cache: KVCache, context: torch.Tensor) -> None:
     """Keep cross K/V only while the same context tensor (same object, unmodified) is passed."""
-    key = (context.data_ptr(), tuple(context.shape), context._version)
+    # Inference-mode tensors (ComfyUI runs nodes under torch.inference_mode) cannot be modified in
+    # place and have no version counter: their identity alone is the key.
+    version = 0 if context.is_inference() else context._version
+    key = (context.data_ptr(), tuple(context.shape), version)
     if cache._context is None or cache._context[0] is not context or cache._context[1] != key:
         cache.reset_cross()
         cache._context = (context, key)

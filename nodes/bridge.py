@@ -1,0 +1,105 @@
+"""The one module of the pack that imports ComfyUI: the V3 node API and the few internals the nodes use.
+
+Everything else in `nodes/` imports `io` / `ComfyExtension` and these helpers from here, so a change of
+ComfyUI internals is fixed in one place. Knows nothing of Salt models beyond tensors and modules.
+"""
+import torch
+
+import comfy.latent_formats
+import comfy.model_management
+import comfy.samplers
+import comfy.utils
+import folder_paths
+import latent_preview
+from comfy_api.latest import ComfyExtension, io  # noqa: F401  (re-exported: nodes import them from here)
+
+DIFFUSION_MODELS = "diffusion_models"   # ComfyUI's folder for bare transformer weights (models/diffusion_models)
+PREVIEW_PIXELS = 128                     # previews of tiny pixel latents are upscaled to about this size
+
+
+# -- files ----------------------------------------------------------------------------------------------
+def diffusion_model_files() -> list:
+    """Checkpoint names (relative paths) in ComfyUI's diffusion_models folders."""
+    return folder_paths.get_filename_list(DIFFUSION_MODELS)
+
+
+def diffusion_model_path(name: str) -> str:
+    """Absolute path of a file in the diffusion_models folders; FileNotFoundError naming the folders if absent."""
+    path = folder_paths.get_full_path(DIFFUSION_MODELS, name)
+    if path is None:
+        folders = folder_paths.get_folder_paths(DIFFUSION_MODELS)
+        raise FileNotFoundError(f"no file {name!r} in the diffusion_models folders {folders}; put the checkpoint "
+                                f"there and refresh the node (R), or pick one of {diffusion_model_files()[:8]}")
+    return path
+
+
+# -- devices, interruption, progress --------------------------------------------------------------------
+def torch_device() -> torch.device:
+    """The device ComfyUI computes on (cpu under --cpu)."""
+    return comfy.model_management.get_torch_device()
+
+
+def check_interrupted() -> None:
+    """Raise ComfyUI's interrupt exception if the user pressed Cancel (call between steps)."""
+    comfy.model_management.throw_exception_if_processing_interrupted()
+
+
+def ksampler(sample_fn, **extra_options):
+    """A ComfyUI SAMPLER around a k-diffusion-contract function (works with SamplerCustomAdvanced)."""
+    return comfy.samplers.KSAMPLER(sample_fn, extra_options=extra_options)
+
+
+def _preview_image(x0: torch.Tensor, latent_format: str):
+    """ComfyUI preview tuple of the last frame of sample 0 of x0 (B, C, F, H, W); None if not previewable."""
+    frame = x0[:1, :, -1:].float()                                  # (1, C, 1, H, W)
+    if latent_format == "wan21" and frame.shape[1] == 16:
+        fmt = comfy.latent_formats.Wan21()
+        previewer = latent_preview.Latent2RGBPreviewer(fmt.latent_rgb_factors, fmt.latent_rgb_factors_bias)
+        return previewer.decode_latent_to_preview_image("JPEG", frame)
+    if latent_format != "pixels" or frame.shape[1] != 3:
+        return None
+    rgb = frame[0, :, 0].movedim(0, -1)                             # (H, W, 3) in [-1, 1]
+    scale = max(1, PREVIEW_PIXELS // max(rgb.shape[0], rgb.shape[1]))
+    rgb = rgb.repeat_interleave(scale, 0).repeat_interleave(scale, 1)
+    return ("JPEG", latent_preview.preview_to_image(rgb), latent_preview.MAX_PREVIEW_RESOLUTION)
+
+
+class Progress:
+    """ComfyUI's progress bar for `total` steps, with a latent preview per update."""
+
+    def __init__(self, total: int, latent_format: str):
+        self.bar, self.latent_format = comfy.utils.ProgressBar(total), latent_format
+
+    def update(self, step: int, x0: torch.Tensor = None):
+        """Report `step` of total; x0 (B, C, F, H, W) the current prediction, previewed if possible."""
+        preview = None if x0 is None else _preview_image(x0, self.latent_format)
+        self.bar.update_absolute(step, preview=preview)
+
+
+# -- latents and native models --------------------------------------------------------------------------
+def latent_to_comfy(x: torch.Tensor, latent_format: str) -> torch.Tensor:
+    """Model-space latents (B, C, F, H, W) → ComfyUI's LATENT space (what VAEDecode reads).
+
+    ComfyUI stores Wan latents un-normalised and normalises them inside the model (process_latent_in);
+    Salt models work on normalised latents, so Wan latents are de-normalised here. Pixel latents pass.
+    """
+    if latent_format == "wan21":
+        return comfy.latent_formats.Wan21().process_out(x)
+    return x
+
+
+def native_wan_module(model_patcher) -> torch.nn.Module:
+    """The loaded `comfy.ldm.wan.model.WanModel` of a ComfyUI MODEL, with its patches (LoRAs) applied.
+
+    Loads the model the way a sampler would, so the weights read afterwards are the ones it would use.
+    """
+    inner = getattr(getattr(model_patcher, "model", None), "diffusion_model", None)
+    if inner is None:
+        raise TypeError(f"model: got a {type(model_patcher).__name__}; expected a ComfyUI MODEL (the output of "
+                        f"Load Diffusion Model / UNETLoader or Load Checkpoint)")
+    if type(inner).__name__ != "WanModel" or not type(inner).__module__.startswith("comfy.ldm.wan"):
+        raise TypeError(f"model: its diffusion model is {type(inner).__module__}.{type(inner).__name__}; expected "
+                        f"comfy.ldm.wan.model.WanModel (a Wan 2.1 T2V checkpoint). Load a Wan 2.1 model, or load "
+                        f"a Salt / Self-Forcing file with SaltLoadCausalModel")
+    comfy.model_management.load_models_gpu([model_patcher])
+    return inner

@@ -1,0 +1,134 @@
+"""SALT_MODEL sources: a checkpoint file in any supported layout, or a native ComfyUI Wan MODEL (zero copies).
+
+File reading goes through training.files; the native path adopts the tensors ComfyUI already holds.
+"""
+import dataclasses
+import os
+
+import torch
+
+from ..salt_core.layouts import LayoutError, adopt_weights, infer_config
+from ..salt_core.model import WanModel
+from ..salt_core.rope import RotaryTable
+from ..training.files import load_model
+from .bridge import diffusion_model_files, diffusion_model_path, io, native_wan_module, torch_device
+from .types import SaltModel, SaltModelType, latent_format_for
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+BIDIRECTIONAL_MODES = ("bidirectional",)   # `teacher_mode` metadata values of models not trained causally
+
+
+def file_teacher_mode(path: str) -> str:
+    """The `teacher_mode` our own safetensors files record (None for other files); reads the header only."""
+    if not path.lower().endswith(".safetensors"):
+        return None
+    from safetensors import safe_open
+    try:
+        with safe_open(path, framework="pt") as f:
+            return (f.metadata() or {}).get("teacher_mode")
+    except Exception:  # unreadable files are reported by load_model with the full story
+        return None
+
+
+def load_salt_model(name: str, use_ema: bool, dtype: str) -> SaltModel:
+    """SaltModel from a file in models/diffusion_models, with a node error naming the file and the fix."""
+    if dtype not in DTYPES:
+        raise ValueError(f"SaltLoadCausalModel: dtype={dtype!r}; expected one of {list(DTYPES)}")
+    path = diffusion_model_path(name)
+    try:
+        model, layout = load_model(path, use_ema=use_ema, dtype=DTYPES[dtype], device=torch_device())
+    except (LayoutError, ValueError, KeyError) as e:
+        raise ValueError(f"SaltLoadCausalModel: ckpt_name={name!r} cannot be loaded as a Wan 2.1 T2V transformer: "
+                         f"{e}. (Full ComfyUI checkpoints and other architectures load with ComfyUI's own "
+                         f"loaders.)") from e
+    causal = file_teacher_mode(path) not in BIDIRECTIONAL_MODES
+    return SaltModel(model.eval(), latent_format_for(model), f"{os.path.basename(path)} ({layout} layout)", causal)
+
+
+def salt_from_native(native: torch.nn.Module, name: str = "native MODEL") -> SaltModel:
+    """SaltModel whose parameters *are* the native comfy WanModel's tensors (no copy).
+
+    ComfyUI keeps `patch_embedding` in float32 beside bf16/fp16 blocks; Salt computes in one dtype, so only
+    tensors of another dtype than the blocks (that small conv) are cast, which copies them.
+    """
+    sd = native.state_dict()                                      # original Wan names, shared storage
+    if "blocks.0.self_attn.q.weight" not in sd:
+        raise ValueError(f"SaltCausalFromModel: the model has no 'blocks.0.self_attn.q.weight' ({len(sd)} keys); "
+                         f"expected a Wan 2.1 T2V diffusion model")
+    dtype = sd["blocks.0.self_attn.q.weight"].dtype
+    if dtype not in DTYPES.values():
+        raise ValueError(f"SaltCausalFromModel: the model's weights are {dtype}; Salt computes in bf16, fp16 or "
+                         f"fp32. Load the diffusion model with weight_dtype 'default' (not fp8)")
+    try:
+        cfg = infer_config(sd, num_heads=native.num_heads)
+        cfg = dataclasses.replace(cfg, eps=native.eps, text_len=native.text_len)
+        sd = {k: v if v.dtype == dtype else v.to(dtype) for k, v in sd.items()}
+        with torch.device("meta"):
+            model = WanModel(cfg)
+        adopt_weights(model, sd, "wan")
+    except LayoutError as e:
+        raise ValueError(f"SaltCausalFromModel: {e}") from e
+    # The RoPE table is a plain attribute, not a parameter: the meta build left it without data.
+    model.rope = RotaryTable(cfg.head_dim, cfg.rope_max_len, cfg.rope_theta)
+    return SaltModel(model.eval(), latent_format_for(model), name, causal=True)
+
+
+class SaltLoadCausalModel(io.ComfyNode):
+    """Load a Salt / Self-Forcing / CausVid / LongLive / Wan checkpoint (any layout) as a SALT_MODEL."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SaltLoadCausalModel",
+            display_name="Salt Load Causal Model",
+            category="Salt/loaders",
+            description="Loads a Wan 2.1 T2V transformer from models/diffusion_models in any supported layout "
+                        "(original Wan, ComfyUI, diffusers, Self-Forcing / CausVid / LongLive / Salt releases; "
+                        "LongLive LoRAs are merged) for chunk-by-chunk streaming with SaltStreamingSampler.",
+            inputs=[
+                io.Combo.Input("ckpt_name", options=diffusion_model_files(),
+                               tooltip="A .safetensors or weights-only .pt/.pth file in models/diffusion_models."),
+                io.Boolean.Input("use_ema", default=True,
+                                 tooltip="For release files holding both: load 'generator_ema' (on) or 'generator' "
+                                         "(off). Ignored for plain state dicts."),
+                io.Combo.Input("dtype", options=list(DTYPES), default="bf16",
+                               tooltip="Compute dtype of the loaded weights (bf16 for Wan on a GPU; fp32 on a CPU)."),
+            ],
+            outputs=[SaltModelType.Output(tooltip="The Salt backbone for SaltStreamingSampler.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, ckpt_name) -> bool | str:
+        """Reject a file that is not there when the prompt is queued (ComfyUI 0.3.75 checks no V3 combo value)."""
+        try:
+            ckpt_name is None or diffusion_model_path(ckpt_name)
+        except FileNotFoundError as e:
+            return f"SaltLoadCausalModel: ckpt_name: {e}"
+        return True
+
+    @classmethod
+    def execute(cls, ckpt_name, use_ema, dtype) -> io.NodeOutput:
+        return io.NodeOutput(load_salt_model(ckpt_name, use_ema, dtype))
+
+
+class SaltCausalFromModel(io.ComfyNode):
+    """Wrap a native ComfyUI Wan MODEL as a SALT_MODEL that shares its weights (no second copy in memory)."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SaltCausalFromModel",
+            display_name="Salt Causal From Model",
+            category="Salt/loaders",
+            description="Uses a Wan 2.1 T2V MODEL loaded by ComfyUI (e.g. a Self-Forcing / Salt student saved in "
+                        "ComfyUI layout, with LoRAs applied) for Salt's KV-cached streaming. The Salt model's "
+                        "parameters are the MODEL's tensors, so no weights are copied; it holds them as long as "
+                        "its output is cached.",
+            inputs=[io.Model.Input("model", tooltip="A Wan 2.1 T2V MODEL (Load Diffusion Model, weight_dtype "
+                                                    "default / bf16 / fp16).")],
+            outputs=[SaltModelType.Output(tooltip="The Salt backbone for SaltStreamingSampler.")],
+        )
+
+    @classmethod
+    def execute(cls, model) -> io.NodeOutput:
+        return io.NodeOutput(salt_from_native(native_wan_module(model)))

@@ -1,0 +1,252 @@
+"""Chunk-by-chunk streaming on a KV cache: cache options and the streaming sampler (LATENT out).
+
+The rollout itself is salt_core.streaming.rollout_stream; this module validates the node inputs,
+turns CONDITIONING into text context, and adapts the per-step callback to ComfyUI's progress bar,
+preview and Cancel button. Latents follow ComfyUI's layout (B, C, F, H, W).
+"""
+import logging
+
+import torch
+
+from ..salt_core.kv_cache import CachePolicy
+from ..salt_core.streaming import rollout_stream
+from .bridge import Progress, check_interrupted, io, latent_to_comfy
+from .types import SPATIAL_FACTOR, CacheOptions, CacheOptionsType, SaltModel, SaltModelType
+
+log = logging.getLogger("salt.nodes")
+
+ATTENTION = ("full", "rolling", "sink")
+SAMPLING = ("stochastic", "deterministic")
+MAX_CHUNKS = 1024
+
+
+def cache_options(chunk_frames: int, attention: str, window_frames: int, sink_frames: int, relative_rope: bool,
+                  context_noise: float, max_frames: int) -> CacheOptions:
+    """CacheOptions from the widgets, with errors that name the widget and the fix."""
+    where = "SaltCacheOptions"
+    if chunk_frames < 1:
+        raise ValueError(f"{where}: chunk_frames={chunk_frames}; expected >= 1 (Self Forcing: 3)")
+    if not 0.0 <= context_noise < 1.0:
+        raise ValueError(f"{where}: context_noise={context_noise}; expected a noise level in [0, 1) (Self Forcing: 0)")
+    if attention == "full":
+        if max_frames < chunk_frames:
+            raise ValueError(f"{where}: max_frames={max_frames} < chunk_frames={chunk_frames}; raise max_frames to "
+                             f"the clip length in latent frames (Self Forcing: 21)")
+        policy = CachePolicy.full(max_frames, relative_rope)
+    elif attention == "rolling":
+        if window_frames < chunk_frames:
+            raise ValueError(f"{where}: window_frames={window_frames} < chunk_frames={chunk_frames}; the window "
+                             f"counts the current chunk, so use at least {chunk_frames}")
+        policy = CachePolicy.rolling(window_frames, relative_rope)
+    elif attention == "sink":
+        if sink_frames < 1 or window_frames - sink_frames < chunk_frames:
+            raise ValueError(f"{where}: sink_frames={sink_frames}, window_frames={window_frames}, chunk_frames="
+                             f"{chunk_frames}; a sink needs sink_frames >= 1 and window_frames >= sink_frames + "
+                             f"chunk_frames (LongLive: window 12 with a 3-frame sink)")
+        policy = CachePolicy.sink(window_frames, sink_frames, relative_rope)
+    else:
+        raise ValueError(f"{where}: attention={attention!r}; expected one of {list(ATTENTION)}")
+    return CacheOptions(chunk_frames, policy, float(context_noise))
+
+
+def text_context(conditioning, salt: SaltModel, batch: int, what: str) -> torch.Tensor:
+    """CONDITIONING [[tensor (B, L, text_dim), dict], ...] → context (batch, text_len, text_dim) on the model.
+
+    Shorter contexts are zero-padded to the model's text_len (as Wan pads umT5 output), longer ones cut.
+    """
+    if not conditioning or not isinstance(conditioning[0][0], torch.Tensor):
+        raise ValueError(f"SaltStreamingSampler: {what} is empty or not a CONDITIONING; connect a text encoder "
+                         f"(CLIPTextEncode with umT5 for Wan, SaltToyTextEncode for the toy model)")
+    if len(conditioning) > 1:
+        log.warning("SaltStreamingSampler: %s has %d entries; Salt uses the first as text context", what,
+                    len(conditioning))
+    ctx, cfg = conditioning[0][0], salt.model.cfg
+    if ctx.ndim != 3 or ctx.shape[-1] != cfg.text_dim:
+        raise ValueError(f"SaltStreamingSampler: {what} has shape {tuple(ctx.shape)} but {salt.name} expects text "
+                         f"features (B, L, {cfg.text_dim}); use the text encoder the model was trained with "
+                         f"(umT5-XXL, 4096 wide, for Wan 2.1; SaltToyTextEncode, 32 wide, for the toy model)")
+    if ctx.shape[0] not in (1, batch):
+        raise ValueError(f"SaltStreamingSampler: {what} has batch {ctx.shape[0]} but batch_size={batch}; use one "
+                         f"prompt or as many prompts as batch_size")
+    ctx = ctx[:, :cfg.text_len]
+    ctx = torch.nn.functional.pad(ctx, (0, 0, 0, cfg.text_len - ctx.shape[1]))     # (B, text_len, text_dim)
+    ref = salt.model.patch_embedding.weight
+    return ctx.expand(batch, -1, -1).to(device=ref.device, dtype=ref.dtype).clone()
+
+
+def latent_shape(salt: SaltModel, batch: int, frames: int, width: int, height: int) -> tuple:
+    """(B, C, F, H, W) of the latent for a `width`×`height` pixel video; errors name the size to use."""
+    cfg, factor = salt.model.cfg, SPATIAL_FACTOR[salt.latent_format]
+    unit = (factor * cfg.patch_size[1], factor * cfg.patch_size[2])
+    if height % unit[0] or width % unit[1] or height < unit[0] or width < unit[1]:
+        raise ValueError(f"SaltStreamingSampler: width={width}, height={height}; {salt.name} needs multiples of "
+                         f"{unit[1]}×{unit[0]} pixels (latent 1/{factor} of the pixels, patch {cfg.patch_size}), "
+                         f"e.g. width={max(unit[1], width // unit[1] * unit[1])}, "
+                         f"height={max(unit[0], height // unit[0] * unit[0])}")
+    return (batch, cfg.in_dim, frames, height // factor, width // factor)
+
+
+def check_sigmas(sigmas) -> torch.Tensor:
+    """SIGMAS as a float64 tensor, validated for streaming (strictly decreasing, ending at 0)."""
+    sig = torch.as_tensor(sigmas, dtype=torch.float64).flatten().cpu()
+    if sig.numel() < 2 or sig[-1] != 0 or (sig[1:] >= sig[:-1]).any() or sig[0] > 1:
+        raise ValueError(f"SaltStreamingSampler: sigmas={[round(s, 4) for s in sig.tolist()]}; expected a strictly "
+                         f"decreasing list in [0, 1] ending with 0 (flow SIGMAS), e.g. from SaltFewStepSigmas")
+    return sig
+
+
+def stream(salt: SaltModel, positive, options: CacheOptions, sigmas, seed: int, num_chunks: int, width: int,
+           height: int, batch_size: int = 1, sampling: str = "stochastic", cfg: float = 1.0, negative=None,
+           switch_positive=None, switch_at_chunk: int = 0) -> torch.Tensor:
+    """Generate num_chunks × chunk_frames latent frames; returns model-space latents (B, C, F, H, W) on CPU."""
+    with torch.no_grad():
+        return _stream(salt, positive, options, sigmas, seed, num_chunks, width, height, batch_size, sampling, cfg,
+                       negative, switch_positive, switch_at_chunk)
+
+
+def _stream(salt, positive, options, sigmas, seed, num_chunks, width, height, batch_size, sampling, cfg, negative,
+            switch_positive, switch_at_chunk) -> torch.Tensor:
+    """`stream` without the autograd-mode handling."""
+    if not salt.causal:
+        raise ValueError(f"SaltStreamingSampler: {salt.name} is a bidirectional model (not trained for chunk-by-"
+                         f"chunk generation); use a causal teacher or student, or a native sampler")
+    if sampling not in SAMPLING:
+        raise ValueError(f"SaltStreamingSampler: sampling={sampling!r}; expected one of {list(SAMPLING)}")
+    if not 1 <= num_chunks <= MAX_CHUNKS:
+        raise ValueError(f"SaltStreamingSampler: num_chunks={num_chunks}; expected 1..{MAX_CHUNKS}")
+    frames, policy = num_chunks * options.chunk_frames, options.policy
+    if policy.kind == "full" and frames > policy.max_frames:
+        raise ValueError(f"SaltStreamingSampler: {num_chunks} chunks × {options.chunk_frames} frames = {frames} "
+                         f"latent frames exceed the full cache's max_frames={policy.max_frames}; raise max_frames in "
+                         f"SaltCacheOptions or use a rolling / sink cache for long videos")
+    sig = check_sigmas(sigmas)
+    context = text_context(positive, salt, batch_size, "positive")
+    uncond = None
+    if cfg != 1.0:
+        if negative is None:
+            raise ValueError(f"SaltStreamingSampler: cfg={cfg} needs a negative conditioning; connect one or set "
+                             f"cfg to 1.0 (distilled students run without guidance)")
+        uncond = text_context(negative, salt, batch_size, "negative")
+    switches = {}
+    if switch_positive is not None:
+        if not 1 <= switch_at_chunk < num_chunks:
+            raise ValueError(f"SaltStreamingSampler: switch_at_chunk={switch_at_chunk} with num_chunks={num_chunks}; "
+                             f"expected 1..{num_chunks - 1} (the first chunk that uses switch_positive)")
+        switches[switch_at_chunk] = text_context(switch_positive, salt, batch_size, "switch_positive")
+
+    ref = salt.model.patch_embedding.weight
+    shape = latent_shape(salt, batch_size, frames, width, height)
+    # Initial noise on the CPU from the seed (as ComfyUI's RandomNoise), so results do not depend on the device.
+    noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(ref.device, ref.dtype)
+    renoise = torch.Generator(device=ref.device).manual_seed(seed + 1)
+    steps = len(sig) - 1
+    progress = Progress(num_chunks * steps, salt.latent_format)
+
+    def callback(d):
+        check_interrupted()
+        progress.update(d["chunk"] * steps + d["i"] + 1, d["denoised"])
+
+    chunks = rollout_stream(salt.model, noise, context, sig, policy=policy, chunk_frames=options.chunk_frames,
+                            context_noise=options.context_noise, stochastic=sampling == "stochastic",
+                            generator=renoise, callback=callback, prompt_switches=switches, cfg_scale=cfg,
+                            uncond_context=uncond)
+    return torch.cat([c.float().cpu() for c in chunks], dim=2)
+
+
+class SaltCacheOptions(io.ComfyNode):
+    """KV-cache settings for streaming: chunk size, which frames stay in the cache, RoPE mode, context noise."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SaltCacheOptions",
+            display_name="Salt Cache Options",
+            category="Salt/streaming",
+            description="How SaltStreamingSampler generates: chunk_frames latent frames per chunk, attending to a "
+                        "KV cache of earlier frames. full: every frame (Self Forcing, up to max_frames); rolling: "
+                        "the window_frames most recent (current chunk included); sink: the first sink_frames "
+                        "forever plus the most recent (LongLive; the window counts the sink).",
+            inputs=[
+                io.Int.Input("chunk_frames", default=3, min=1, max=64,
+                             tooltip="Latent frames generated per chunk (Self Forcing: 3; frame-wise models: 1)."),
+                io.Combo.Input("attention", options=list(ATTENTION), default="full",
+                               tooltip="full: attend to every earlier frame (bounded by max_frames); rolling: a "
+                                       "window of recent frames; sink: first frames kept forever + a window."),
+                io.Int.Input("window_frames", default=12, min=1, max=1024,
+                             tooltip="rolling / sink: latent frames attended, current chunk and sink included "
+                                     "(LongLive: 12)."),
+                io.Int.Input("sink_frames", default=3, min=0, max=1023,
+                             tooltip="sink: first latent frames kept forever (LongLive: 3); must leave room for a "
+                                     "chunk in the window."),
+                io.Boolean.Input("relative_rope", default=False,
+                                 tooltip="Rotate keys by their position inside the window instead of the absolute "
+                                         "frame index, so streams can run past the RoPE table (1024 frames)."),
+                io.Float.Input("context_noise", default=0.0, min=0.0, max=0.99, step=0.01,
+                               tooltip="Noise level σ at which finished chunks are re-encoded into the cache "
+                                       "(Self Forcing: 0 = clean)."),
+                io.Int.Input("max_frames", default=21, min=1, max=1024,
+                             tooltip="full: cache capacity in latent frames = the longest video (Self Forcing: 21)."),
+            ],
+            outputs=[CacheOptionsType.Output(tooltip="Cache settings for SaltStreamingSampler.")],
+        )
+
+    @classmethod
+    def execute(cls, chunk_frames, attention, window_frames, sink_frames, relative_rope, context_noise,
+                max_frames) -> io.NodeOutput:
+        return io.NodeOutput(cache_options(chunk_frames, attention, window_frames, sink_frames, relative_rope,
+                                           context_noise, max_frames))
+
+
+class SaltStreamingSampler(io.ComfyNode):
+    """Generate a video chunk by chunk on a KV cache (Self Forcing / LongLive style) → LATENT."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SaltStreamingSampler",
+            display_name="Salt Streaming Sampler",
+            category="Salt/streaming",
+            description="Autoregressive few-step generation: each chunk is denoised with the given SIGMAS while "
+                        "attending to the KV cache of earlier chunks, then written to the cache. Output latent "
+                        "(B, C, num_chunks·chunk_frames, H, W) in ComfyUI's layout: Wan latents for VAEDecode "
+                        "(1/8 of the pixel size, 16 channels; pixel frames = 4·(F-1)+1), RGB pixels for the toy "
+                        "model (SaltToyDecode). Optional prompt switch with a KV re-cache (LongLive).",
+            inputs=[
+                SaltModelType.Input("model", tooltip="A causal Salt model (SaltLoadCausalModel, "
+                                                     "SaltCausalFromModel, SaltToyModel)."),
+                io.Conditioning.Input("positive", tooltip="Text conditioning: umT5 for Wan, SaltToyTextEncode for "
+                                                          "the toy model."),
+                CacheOptionsType.Input("cache_options", tooltip="Chunk size and KV-cache policy (SaltCacheOptions)."),
+                io.Sigmas.Input("sigmas", tooltip="Noise levels per chunk, ending at 0 (SaltFewStepSigmas)."),
+                io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
+                             tooltip="Seed of the initial noise (the re-noising uses seed + 1)."),
+                io.Int.Input("num_chunks", default=4, min=1, max=MAX_CHUNKS,
+                             tooltip="Chunks to generate; the video has num_chunks × chunk_frames latent frames."),
+                io.Int.Input("width", default=832, min=4, max=8192, step=4,
+                             tooltip="Video width in pixels (Wan: a multiple of 16; toy world: 16)."),
+                io.Int.Input("height", default=480, min=4, max=8192, step=4,
+                             tooltip="Video height in pixels (Wan: a multiple of 16; toy world: 16)."),
+                io.Int.Input("batch_size", default=1, min=1, max=64, tooltip="Videos generated at once."),
+                io.Combo.Input("sampling", options=list(SAMPLING), default="stochastic",
+                               tooltip="stochastic: fresh noise between steps (Self Forcing / DMD students); "
+                                       "deterministic: Euler steps (teachers, ODE-distilled students)."),
+                io.Float.Input("cfg", default=1.0, min=0.0, max=30.0, step=0.1,
+                               tooltip="Classifier-free guidance; 1.0 = off (distilled students). Other values "
+                                       "need the negative input and double the compute."),
+                io.Conditioning.Input("negative", optional=True,
+                                      tooltip="Unconditional / negative text, used only when cfg ≠ 1."),
+                io.Conditioning.Input("switch_positive", optional=True,
+                                      tooltip="A second prompt, used from chunk switch_at_chunk on (the cache is "
+                                              "re-encoded with it, as LongLive)."),
+                io.Int.Input("switch_at_chunk", default=2, min=1, max=MAX_CHUNKS - 1, optional=True,
+                             tooltip="First chunk (0-based) generated with switch_positive; ignored without it."),
+            ],
+            outputs=[io.Latent.Output(tooltip="Latent video (B, C, F, H, W).")],
+        )
+
+    @classmethod
+    def execute(cls, model, positive, cache_options, sigmas, seed, num_chunks, width, height, batch_size, sampling,
+                cfg, negative=None, switch_positive=None, switch_at_chunk=2) -> io.NodeOutput:
+        x = stream(model, positive, cache_options, sigmas, seed, num_chunks, width, height, batch_size, sampling,
+                   cfg, negative, switch_positive, switch_at_chunk)
+        return io.NodeOutput({"samples": latent_to_comfy(x, model.latent_format)})

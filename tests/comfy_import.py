@@ -1,0 +1,46 @@
+"""Helpers (not tests): import ComfyUI's modules and the pack's `nodes` package inside a test process.
+
+ComfyUI lives in .venv/comfyui (installed by .ci/setup_comfyui). It is appended to sys.path of the
+calling test process only, with its command line parsed as `--cpu`: otherwise comfy.model_management
+probes CUDA when imported. Tests skip with a message when ComfyUI is not installed.
+"""
+import importlib
+import os
+import pathlib
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+COMFYUI_DIR = pathlib.Path(os.environ.get("SALT_COMFYUI_DIR", ROOT / ".venv" / "comfyui"))
+MISSING = f"ComfyUI is not installed at {COMFYUI_DIR}; run `bash .ci/setup_comfyui` (part of .ci/setup)"
+
+
+def comfyui_installed() -> bool:
+    """True when the ComfyUI tree is present."""
+    return (COMFYUI_DIR / "main.py").is_file() and (COMFYUI_DIR / "comfy_api").is_dir()
+
+
+def import_comfy():
+    """Make `comfy`, `comfy_api`, `folder_paths`, ... importable here (CPU mode); skip the test if absent."""
+    if not comfyui_installed():
+        pytest.skip(MISSING)
+    if "comfy.model_management" in sys.modules:
+        return
+    if str(COMFYUI_DIR) not in sys.path:
+        sys.path.append(str(COMFYUI_DIR))   # appended: ComfyUI's top-level `utils`, `tests`, ... must not shadow ours
+    import comfy.options
+    comfy.options.enable_args_parsing()
+    argv = sys.argv
+    sys.argv = [argv[0], "--cpu"]
+    try:
+        importlib.import_module("comfy.cli_args")
+        importlib.import_module("comfy.model_management")
+    finally:
+        sys.argv = argv
+
+
+def import_nodes():
+    """The pack's `comfyui_salt.nodes` package, imported with ComfyUI available."""
+    import_comfy()
+    return importlib.import_module("comfyui_salt.nodes")

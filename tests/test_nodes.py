@@ -1,0 +1,450 @@
+"""Node tests: each node's `execute` called directly, in-process, with ComfyUI's modules importable.
+
+Independent references where there are some: ComfyUI's own WanModel forward and its native
+SamplerCustomAdvanced / RandomNoise / BasicGuider nodes. Skipped when ComfyUI is not installed.
+"""
+import ast
+import asyncio
+import pathlib
+
+import pytest
+import torch
+
+from comfy_import import import_comfy, import_nodes
+from helpers import assert_close
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+COMFY_MODULES = {"comfy", "comfy_api", "comfy_extras", "comfy_execution", "folder_paths", "latent_preview",
+                 "node_helpers", "server", "execution"}
+# A Wan-shaped model ComfyUI's model detection accepts (head dim 128, freq_dim 256, umT5 width), 1 block.
+NATIVE_WAN = dict(dim=256, ffn_dim=256, num_heads=2, num_layers=1, in_dim=16, out_dim=16, text_dim=4096, freq_dim=256)
+CAPTION = "a red disc moving left on a dark background"
+
+
+@pytest.fixture(scope="module")
+def salt_nodes():
+    return import_nodes()
+
+
+@pytest.fixture(scope="module")
+def toy_salt(salt_nodes):
+    """A SaltModel of the toy preset with random weights (the shipped teacher may not exist yet)."""
+    from comfyui_salt.nodes.types import SaltModel
+    from comfyui_salt.salt_core.model import build_model
+    return SaltModel(build_model("toy", seed=0).eval(), "pixels", "random toy", causal=True)
+
+
+@pytest.fixture
+def models_dir(salt_nodes, tmp_path, monkeypatch):
+    """A temporary models/diffusion_models folder registered with ComfyUI's folder_paths."""
+    import folder_paths
+    folder = tmp_path / "diffusion_models"
+    folder.mkdir()
+    exts = folder_paths.folder_names_and_paths["diffusion_models"][1]
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "diffusion_models", ([str(folder)], exts))
+    monkeypatch.setattr(folder_paths, "filename_list_cache", {})
+    return folder
+
+
+def run(node, **inputs):
+    """The node's outputs (tuple) from a direct `execute` call, under inference mode as ComfyUI runs nodes."""
+    with torch.inference_mode():
+        return node.execute(**inputs).args
+
+
+def toy_options(salt_nodes, attention="full", **kw):
+    args = dict(chunk_frames=3, attention=attention, window_frames=6, sink_frames=3, relative_rope=False,
+                context_noise=0.0, max_frames=12)
+    args.update(kw)
+    return run(salt_nodes.SaltCacheOptions, **args)[0]
+
+
+def stream_inputs(salt_nodes, model, **kw):
+    args = dict(model=model, positive=run(salt_nodes.SaltToyTextEncode, text=CAPTION)[0],
+                cache_options=toy_options(salt_nodes), sigmas=run(salt_nodes.SaltFewStepSigmas, preset="2step",
+                                                                  nfe=2, shift=1.0)[0],
+                seed=7, num_chunks=2, width=16, height=16, batch_size=1, sampling="stochastic", cfg=1.0)
+    args.update(kw)
+    return args
+
+
+# -- structure -------------------------------------------------------------------------------------------
+def _imported_modules(path: pathlib.Path):
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            yield from (a.name.split(".")[0] for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            yield node.module.split(".")[0]
+
+
+def test_only_the_bridge_module_imports_comfyui():
+    offenders = [f"{p.name}: {m}" for p in (ROOT / "nodes").glob("*.py") if p.name != "bridge.py"
+                 for m in _imported_modules(p) if m in COMFY_MODULES]
+    assert offenders == []
+    assert "comfy" in set(_imported_modules(ROOT / "nodes" / "bridge.py"))
+
+
+def test_the_entry_point_lists_every_node_with_a_stable_salt_id_category_and_description(salt_nodes):
+    from comfy_api.latest import ComfyExtension
+    extension = asyncio.run(salt_nodes.comfy_entrypoint())
+    assert isinstance(extension, ComfyExtension)
+    nodes = asyncio.run(extension.get_node_list())
+    ids = [n.GET_SCHEMA().node_id for n in nodes]
+    assert ids == ["SaltFewStepSigmas", "SaltFewStepSampler", "SaltCacheOptions", "SaltLoadCausalModel",
+                   "SaltCausalFromModel", "SaltStreamingSampler", "SaltToyModel", "SaltToyTextEncode", "SaltToyDecode"]
+    for node in nodes:
+        schema = node.GET_SCHEMA()
+        assert schema.category.startswith("Salt/") and schema.description and node.__doc__, schema.node_id
+
+
+def test_every_widget_has_a_tooltip_and_every_number_a_range(salt_nodes):
+    for node in salt_nodes.NODES:
+        info = node.GET_NODE_INFO_V1()
+        for group in info["input"].values():
+            for name, (kind, opts) in group.items():
+                assert opts.get("tooltip"), f"{info['name']}.{name} has no tooltip"
+                if kind in ("INT", "FLOAT"):
+                    assert "min" in opts and "max" in opts, f"{info['name']}.{name} has no range"
+
+
+def test_the_pack_root_loaded_as_comfyui_loads_it_exposes_the_entry_point():
+    """ComfyUI executes the pack folder's __init__.py as a package named after its path."""
+    import importlib.util
+    import sys
+    import_comfy()
+    name = "salt_pack_loaded_as_comfy"
+    spec = importlib.util.spec_from_file_location(name, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+        nodes = asyncio.run(asyncio.run(module.comfy_entrypoint()).get_node_list())
+        assert len(nodes) == 9 and nodes[0].__module__ == f"{name}.nodes.sampling"
+    finally:
+        for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
+            del sys.modules[key]
+
+
+# -- sigmas and the native sampler ----------------------------------------------------------------------
+def test_the_self_forcing_preset_gives_the_warped_four_step_grid(salt_nodes):
+    sigmas = run(salt_nodes.SaltFewStepSigmas, preset="self_forcing_4step", nfe=1, shift=5.0)[0]
+    assert sigmas.dtype == torch.float32
+    assert_close(sigmas, torch.tensor([1.0, 0.9375, 5 / 6, 0.625, 0.0]), 1e-6, "4-step grid")
+
+
+def test_uniform_custom_and_named_presets_agree_where_they_should(salt_nodes):
+    sig = salt_nodes.SaltFewStepSigmas
+    two = run(sig, preset="2step", nfe=1, shift=3.0)[0]
+    assert torch.equal(run(sig, preset="uniform", nfe=2, shift=3.0)[0], two)
+    assert torch.equal(run(sig, preset="custom", nfe=1, shift=3.0, custom_steps="1000, 500")[0], two)
+    assert len(run(sig, preset="training_8step", nfe=1, shift=5.0)[0]) == 9
+    assert_close(run(sig, preset="uniform", nfe=4, shift=1.0)[0], torch.tensor([1, .75, .5, .25, 0.]), 1e-7)
+
+
+@pytest.mark.parametrize("inputs, words", [
+    (dict(preset="uniform", nfe=9, shift=5.0), ["nfe=9", "1..8"]),
+    (dict(preset="custom", nfe=4, shift=5.0, custom_steps="fast please"), ["custom_steps", "1000, 750"]),
+    (dict(preset="custom", nfe=4, shift=5.0, custom_steps="500 750"), ["decreasing"]),
+    (dict(preset="uniform", nfe=4, shift=0.0), ["shift=0.0"]),
+])
+def test_bad_sigma_inputs_raise_errors_naming_the_input_and_the_fix(salt_nodes, inputs, words):
+    with pytest.raises(ValueError) as e:
+        run(salt_nodes.SaltFewStepSigmas, **inputs)
+    assert all(w in str(e.value) for w in ["SaltFewStepSigmas"] + words), str(e.value)
+
+
+def test_the_sampler_is_a_ksampler_that_matches_salt_core_given_comfys_noise_scaling(salt_nodes):
+    import comfy.model_sampling
+    import comfy.samplers
+    from comfyui_salt.salt_core.samplers import sample_fewstep_stochastic
+
+    class Sampling(comfy.model_sampling.ModelSamplingDiscreteFlow, comfy.model_sampling.CONST):
+        pass
+
+    class Wrap:  # stands in for ComfyUI's CFG wrapper: model(x, σ, ...) → x0
+        inner_model = type("Inner", (), {"model_sampling": Sampling()})()
+
+        def __call__(self, x, sigma, **_):
+            return 0.5 * x + 0.1 * sigma.view(-1, 1, 1, 1, 1)
+
+    sampler = run(salt_nodes.SaltFewStepSampler, mode="stochastic")[0]
+    assert isinstance(sampler, comfy.samplers.KSAMPLER)
+    sigmas = run(salt_nodes.SaltFewStepSigmas, preset="self_forcing_4step", nfe=4, shift=5.0)[0]
+    noise, latent = torch.randn(1, 4, 3, 4, 4), torch.randn(1, 4, 3, 4, 4)
+    out = sampler.sample(Wrap(), sigmas, {"seed": 3}, None, noise, latent_image=latent)
+    x = sigmas[0] * noise + (1 - sigmas[0]) * latent
+    ref = sample_fewstep_stochastic(lambda x, s, **_: 0.5 * x + 0.1 * s.view(-1, 1, 1, 1, 1), x, sigmas,
+                                    extra_args={"seed": 3})
+    assert_close(out, ref, 1e-6, "KSAMPLER vs salt_core")
+
+
+def native_wan_patcher(seed=0):
+    """A ComfyUI MODEL (ModelPatcher around comfy's WanModel) loaded from a tiny Wan state dict, as UNETLoader does."""
+    import comfy.sd
+    from comfyui_salt.salt_core.config import WanConfig
+    from comfyui_salt.salt_core.model import build_model
+    sd = {k: v.clone() for k, v in build_model(WanConfig(**NATIVE_WAN), seed=seed).state_dict().items()}
+    return comfy.sd.load_diffusion_model_state_dict(sd)
+
+
+@pytest.mark.parametrize("mode", ["stochastic", "deterministic"])
+def test_the_sampler_runs_in_native_sampler_custom_advanced_like_salts_own_sampler(salt_nodes, mode):
+    """Native path (RandomNoise + BasicGuider + SamplerCustomAdvanced on comfy's WanModel) vs Salt's path
+    (the same weights adopted by SaltCausalFromModel, FlowDenoiser, salt_core sampler, LATENT conversion)."""
+    from comfy_extras import nodes_custom_sampler as ncs
+    from comfyui_salt.nodes.bridge import latent_to_comfy
+    from comfyui_salt.salt_core.denoiser import FlowDenoiser
+    from comfyui_salt.nodes.sampling import SAMPLERS
+    patcher = native_wan_patcher()
+    context = torch.randn(1, 6, NATIVE_WAN["text_dim"], generator=torch.Generator().manual_seed(1))
+    latent = {"samples": torch.zeros(1, 16, 3, 8, 8)}
+    noise = run(ncs.RandomNoise, noise_seed=11)[0]
+    guider = run(ncs.BasicGuider, model=patcher, conditioning=[[context, {}]])[0]
+    sigmas = run(salt_nodes.SaltFewStepSigmas, preset="self_forcing_4step", nfe=4, shift=5.0)[0]
+    sampler = run(salt_nodes.SaltFewStepSampler, mode=mode)[0]
+    native = run(ncs.SamplerCustomAdvanced, noise=noise, guider=guider, sampler=sampler, sigmas=sigmas,
+                 latent_image=latent)[0]["samples"]
+
+    salt = run(salt_nodes.SaltCausalFromModel, model=patcher)[0]
+    x = noise.generate_noise(latent) * sigmas[0]
+    ours = SAMPLERS[mode](FlowDenoiser(salt.model, context), x, sigmas, extra_args={"seed": 11}, disable=True)
+    assert_close(native, latent_to_comfy(ours, salt.latent_format), 1e-4, f"{mode}: native vs Salt")
+
+
+# -- models ----------------------------------------------------------------------------------------------
+def test_causal_from_model_shares_every_weight_with_comfys_wan_model_and_matches_its_forward(salt_nodes):
+    patcher = native_wan_patcher()
+    salt = run(salt_nodes.SaltCausalFromModel, model=patcher)[0]
+    native = patcher.model.diffusion_model
+    theirs = native.state_dict()
+    ours = salt.model.state_dict()
+    assert set(ours) == set(theirs)
+    assert all(ours[k].data_ptr() == theirs[k].data_ptr() for k in ours), "weights were copied"
+    assert salt.latent_format == "wan21" and salt.model.cfg.text_len == native.text_len
+    g = torch.Generator().manual_seed(0)
+    x, ctx = torch.randn(1, 16, 3, 8, 8, generator=g), torch.randn(1, 5, 4096, generator=g)
+    t = torch.tensor([640.0])
+    with torch.no_grad():
+        assert_close(salt.model(x, t, ctx), native(x, t, ctx), 1e-5, "Salt vs ComfyUI WanModel forward")
+
+
+def test_causal_from_model_casts_only_tensors_of_another_dtype(salt_nodes):
+    """ComfyUI keeps patch_embedding in fp32 beside bf16 blocks: only that conv is cast (copied)."""
+    from comfyui_salt.nodes.models import salt_from_native
+    native = native_wan_patcher().model.diffusion_model
+    native.to(torch.bfloat16)
+    native.patch_embedding.float()
+    salt = salt_from_native(native)
+    assert salt.model.patch_embedding.weight.dtype == torch.bfloat16
+    assert salt.model.blocks[0].ffn[0].weight.data_ptr() == native.blocks[0].ffn[0].weight.data_ptr()
+
+
+def test_causal_from_model_rejects_a_model_that_is_not_wan(salt_nodes):
+    patcher = type("Patcher", (), {"model": type("Base", (), {"diffusion_model": torch.nn.Linear(2, 2)})()})()
+    with pytest.raises(TypeError, match="expected comfy.ldm.wan.model.WanModel"):
+        run(salt_nodes.SaltCausalFromModel, model=patcher)
+
+
+@pytest.mark.parametrize("layout, use_ema", [("wan", True), ("comfyui", True), ("self_forcing", False)])
+def test_load_causal_model_reads_any_layout_from_diffusion_models(salt_nodes, models_dir, layout, use_ema):
+    from comfyui_salt.salt_core.model import build_model
+    from comfyui_salt.training.files import save_model
+    model = build_model("toy", seed=1)
+    save_model(model, models_dir / f"toy_{layout}.safetensors", layout=layout)
+    assert f"toy_{layout}.safetensors" in salt_nodes.SaltLoadCausalModel.GET_NODE_INFO_V1()["input"]["required"][
+        "ckpt_name"][1]["options"]
+    salt = run(salt_nodes.SaltLoadCausalModel, ckpt_name=f"toy_{layout}.safetensors", use_ema=use_ema, dtype="fp32")[0]
+    assert salt.causal and salt.latent_format == "pixels" and layout in salt.name
+    assert torch.equal(salt.model.blocks[0].self_attn.q.weight, model.blocks[0].self_attn.q.weight)
+    bf16 = run(salt_nodes.SaltLoadCausalModel, ckpt_name=f"toy_{layout}.safetensors", use_ema=True, dtype="bf16")[0]
+    assert bf16.model.head.head.weight.dtype == torch.bfloat16
+
+
+def test_load_causal_model_explains_an_incompatible_checkpoint(salt_nodes, models_dir):
+    from safetensors.torch import save_file
+    save_file({"conv_in.weight": torch.zeros(4, 4), "down_blocks.0.norm.bias": torch.zeros(4)},
+              str(models_dir / "sd15_unet.safetensors"))
+    with pytest.raises(ValueError) as e:
+        run(salt_nodes.SaltLoadCausalModel, ckpt_name="sd15_unet.safetensors", use_ema=True, dtype="fp32")
+    assert all(w in str(e.value) for w in ["SaltLoadCausalModel", "sd15_unet.safetensors", "Wan 2.1 T2V"]), e.value
+
+
+def test_load_causal_model_explains_a_missing_file(salt_nodes, models_dir):
+    with pytest.raises(FileNotFoundError, match="no file 'gone.safetensors' in the diffusion_models folders"):
+        run(salt_nodes.SaltLoadCausalModel, ckpt_name="gone.safetensors", use_ema=True, dtype="fp32")
+
+
+def test_a_bidirectional_file_is_marked_and_refused_by_the_streaming_sampler(salt_nodes, models_dir):
+    from comfyui_salt.salt_core.model import build_model
+    from comfyui_salt.training.files import save_model
+    save_model(build_model("toy", seed=1), models_dir / "bi.safetensors", extra_metadata={"teacher_mode": "bidirectional"})
+    salt = run(salt_nodes.SaltLoadCausalModel, ckpt_name="bi.safetensors", use_ema=True, dtype="fp32")[0]
+    assert not salt.causal
+    with pytest.raises(ValueError, match="bidirectional"):
+        run(salt_nodes.SaltStreamingSampler, **stream_inputs(salt_nodes, salt))
+
+
+# -- cache options ---------------------------------------------------------------------------------------
+def test_cache_options_build_the_named_policies(salt_nodes):
+    full = toy_options(salt_nodes, "full", max_frames=21)
+    rolling = toy_options(salt_nodes, "rolling", window_frames=9, relative_rope=True)
+    sink = toy_options(salt_nodes, "sink", window_frames=12, sink_frames=3, context_noise=0.05)
+    assert (full.policy.kind, full.policy.capacity_frames) == ("full", 21)
+    assert (rolling.policy.kind, rolling.policy.local_attn_frames, rolling.policy.relative_rope) == ("rolling", 9, True)
+    assert (sink.policy.kind, sink.policy.sink_frames, sink.context_noise) == ("sink", 3, 0.05)
+
+
+@pytest.mark.parametrize("attention, kw, words", [
+    ("rolling", dict(window_frames=2), ["window_frames=2", "at least 3"]),
+    ("sink", dict(window_frames=5, sink_frames=3), ["sink_frames=3", "window_frames >= sink_frames + chunk_frames"]),
+    ("sink", dict(window_frames=6, sink_frames=0), ["sink_frames=0"]),
+    ("full", dict(max_frames=2), ["max_frames=2"]),
+])
+def test_inconsistent_cache_options_name_the_widgets_and_the_fix(salt_nodes, attention, kw, words):
+    with pytest.raises(ValueError) as e:
+        toy_options(salt_nodes, attention, **kw)
+    assert all(w in str(e.value) for w in ["SaltCacheOptions"] + words), str(e.value)
+
+
+# -- streaming -------------------------------------------------------------------------------------------
+def test_streaming_equals_salt_cores_rollout_with_the_seeded_noise(salt_nodes, toy_salt):
+    from comfyui_salt.salt_core.streaming import stream_video
+    inputs = stream_inputs(salt_nodes, toy_salt, cache_options=toy_options(salt_nodes, "rolling", window_frames=6))
+    latent = run(salt_nodes.SaltStreamingSampler, **inputs)[0]["samples"]
+    assert latent.shape == (1, 3, 6, 16, 16) and torch.isfinite(latent).all()
+    noise = torch.randn(1, 3, 6, 16, 16, generator=torch.Generator().manual_seed(7))
+    context = inputs["positive"][0][0].clone()  # a normal tensor: the cache tracks contexts by version
+    ref = stream_video(toy_salt.model, noise, context, inputs["sigmas"].double(),
+                       policy=inputs["cache_options"].policy, chunk_frames=3,
+                       generator=torch.Generator().manual_seed(8))
+    assert_close(latent, ref, 1e-6, "node vs stream_video")
+    again = run(salt_nodes.SaltStreamingSampler, **inputs)[0]["samples"]
+    assert torch.equal(latent, again)
+
+
+def test_streaming_reports_progress_with_a_preview_per_step(salt_nodes, toy_salt, monkeypatch):
+    import comfy.utils
+    calls = []
+    monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK", lambda v, t, p, node_id=None: calls.append((v, t, p)))
+    run(salt_nodes.SaltStreamingSampler, **stream_inputs(salt_nodes, toy_salt, num_chunks=3))
+    assert [(v, t) for v, t, _ in calls] == [(i, 6) for i in range(1, 7)]
+    kind, image, _ = calls[-1][2]
+    assert kind == "JPEG" and image.size == (128, 128)
+
+
+def test_streaming_stops_when_the_user_cancels(salt_nodes, toy_salt):
+    import comfy.model_management as mm
+    mm.interrupt_current_processing(True)
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            run(salt_nodes.SaltStreamingSampler, **stream_inputs(salt_nodes, toy_salt))
+        assert not mm.processing_interrupted()
+    finally:
+        mm.interrupt_current_processing(False)
+
+
+def test_a_prompt_switch_changes_only_the_chunks_from_the_switch_on(salt_nodes, toy_salt):
+    other = run(salt_nodes.SaltToyTextEncode, text="a blue square moving up on a light background")[0]
+    base = stream_inputs(salt_nodes, toy_salt, num_chunks=3, sampling="deterministic")
+    plain = run(salt_nodes.SaltStreamingSampler, **base)[0]["samples"]
+    switched = run(salt_nodes.SaltStreamingSampler, **base, switch_positive=other, switch_at_chunk=2)[0]["samples"]
+    assert torch.equal(plain[:, :, :6], switched[:, :, :6])
+    assert (plain[:, :, 6:] - switched[:, :, 6:]).abs().max() > 1e-3
+
+
+def test_guidance_and_batches_run_with_a_negative_prompt(salt_nodes, toy_salt):
+    negative = run(salt_nodes.SaltToyTextEncode, text="")[0]
+    latent = run(salt_nodes.SaltStreamingSampler, **stream_inputs(salt_nodes, toy_salt, batch_size=2, cfg=3.0,
+                                                                  negative=negative))[0]["samples"]
+    assert latent.shape == (2, 3, 6, 16, 16) and torch.isfinite(latent).all()
+
+
+@pytest.mark.parametrize("kw, words", [
+    (dict(cfg=2.0), ["cfg=2.0", "negative"]),
+    (dict(width=18), ["width=18", "multiples of 4"]),
+    (dict(num_chunks=5), ["15 latent frames", "max_frames=12"]),
+    (dict(positive=[[torch.zeros(1, 8, 4096), {}]]), ["(1, 8, 4096)", "SaltToyTextEncode"]),
+    (dict(switch_at_chunk=2), ["switch_at_chunk=2", "num_chunks=2"]),
+    (dict(sigmas=torch.tensor([1.0, 0.5])), ["ending with 0"]),
+])
+def test_bad_streaming_inputs_raise_errors_naming_the_input_and_the_fix(salt_nodes, toy_salt, kw, words):
+    if "switch_at_chunk" in kw:
+        kw["switch_positive"] = run(salt_nodes.SaltToyTextEncode, text="a blue bar moving up")[0]
+    with pytest.raises(ValueError) as e:
+        run(salt_nodes.SaltStreamingSampler, **stream_inputs(salt_nodes, toy_salt, **kw))
+    assert all(w in str(e.value) for w in ["SaltStreamingSampler"] + words), str(e.value)
+
+
+def test_wan_latents_are_sized_at_one_eighth_and_returned_in_comfys_latent_space(salt_nodes):
+    import comfy.latent_formats
+    from comfyui_salt.nodes.streaming import latent_shape
+    salt = run(salt_nodes.SaltCausalFromModel, model=native_wan_patcher())[0]
+    assert latent_shape(salt, 1, 3, 832, 480) == (1, 16, 3, 60, 104)
+    with pytest.raises(ValueError, match="multiples of 16×16 pixels"):
+        latent_shape(salt, 1, 3, 840, 480)
+    x = torch.randn(1, 16, 3, 4, 4)
+    from comfyui_salt.nodes.bridge import latent_to_comfy
+    assert_close(comfy.latent_formats.Wan21().process_in(latent_to_comfy(x, "wan21")), x, 1e-5, "round trip")
+
+
+# -- toy world -------------------------------------------------------------------------------------------
+def test_toy_text_encode_gives_the_toy_encoders_embeddings(salt_nodes):
+    from comfyui_salt.salt_core.toy.text import ToyTextEncoder
+    cond = run(salt_nodes.SaltToyTextEncode, text=CAPTION)[0]
+    assert len(cond) == 1 and cond[0][1] == {}
+    assert torch.equal(cond[0][0], ToyTextEncoder(text_dim=32, max_tokens=8).encode([CAPTION]))
+    with pytest.raises(ValueError, match="SaltToyTextEncode: text='a purple disc'.*unknown word 'purple'"):
+        run(salt_nodes.SaltToyTextEncode, text="a purple disc")
+
+
+def test_toy_decode_makes_frames_in_zero_one_enlarged_by_nearest_neighbour(salt_nodes):
+    samples = torch.rand(2, 3, 4, 16, 16) * 2.4 - 1.2
+    images = run(salt_nodes.SaltToyDecode, samples={"samples": samples}, upscale=3)[0]
+    assert images.shape == (8, 48, 48, 3) and images.min() >= 0 and images.max() <= 1
+    expected = (samples[1, :, 2].clamp(-1, 1) + 1) / 2                                   # video 1, frame 2
+    assert_close(images[4 + 2, ::3, ::3].permute(2, 0, 1), expected, 1e-6, "frame order")
+    assert torch.equal(images[:, 1::3, 2::3], images[:, ::3, ::3])
+    with pytest.raises(ValueError, match="SaltToyDecode: samples of shape \\(1, 16, 3, 8, 8\\)"):
+        run(salt_nodes.SaltToyDecode, samples={"samples": torch.zeros(1, 16, 3, 8, 8)}, upscale=1)
+
+
+def test_toy_model_loads_the_shipped_teacher_or_explains_how_to_get_it(salt_nodes, tmp_path, monkeypatch):
+    from comfyui_salt.nodes import toy
+    from comfyui_salt.salt_core.model import build_model
+    from comfyui_salt.training.files import save_model
+    from comfyui_salt.training.toy_assets import TOY_TEACHER
+    if not pathlib.Path(TOY_TEACHER).exists():
+        with pytest.raises(FileNotFoundError, match="SaltToyModel: asset='toy_teacher' is not installed"):
+            run(salt_nodes.SaltToyModel, asset="toy_teacher")
+        path = tmp_path / "toy_teacher.safetensors"
+        save_model(build_model("toy", seed=2), path, extra_metadata={"teacher_mode": "teacher_forcing"})
+        monkeypatch.setitem(toy.TOY_ASSETS, "toy_teacher", str(path))
+    salt = run(salt_nodes.SaltToyModel, asset="toy_teacher")[0]
+    assert salt.latent_format == "pixels" and salt.causal and salt.model.cfg.in_dim == 3
+    latent = run(salt_nodes.SaltStreamingSampler, **stream_inputs(salt_nodes, salt))[0]["samples"]
+    assert latent.shape == (1, 3, 6, 16, 16)
+
+
+def test_comfyui_itself_is_importable_in_cpu_mode():
+    import_comfy()
+    import comfy.model_management as mm
+    assert mm.get_torch_device().type == "cpu"
+
+
+def test_load_causal_model_validates_the_file_name_when_the_prompt_is_queued(salt_nodes, models_dir):
+    (models_dir / "there.safetensors").write_bytes(b"")
+    assert salt_nodes.SaltLoadCausalModel.validate_inputs(ckpt_name="there.safetensors") is True
+    message = salt_nodes.SaltLoadCausalModel.validate_inputs(ckpt_name="gone.safetensors")
+    assert "ckpt_name" in message and "gone.safetensors" in message and "diffusion_models" in message
+
+
+def test_wan_latents_are_previewed_through_comfys_latent_to_rgb_factors(salt_nodes, monkeypatch):
+    import comfy.utils
+    from comfyui_salt.nodes.bridge import Progress
+    calls = []
+    monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK", lambda v, t, p, node_id=None: calls.append((v, t, p)))
+    progress = Progress(3, "wan21")
+    progress.update(1, torch.randn(1, 16, 3, 6, 10))
+    progress.update(2, torch.randn(1, 5, 3, 6, 10))       # not previewable as Wan: progress only
+    assert calls[0][:2] == (1, 3) and calls[0][2][0] == "JPEG" and calls[0][2][1].size == (10, 6)
+    assert calls[1] == (2, 3, None)
