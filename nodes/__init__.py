@@ -1,4 +1,5 @@
-"""Salt's ComfyUI nodes (V3 API): few-step SIGMAS / SAMPLER, causal model loaders, KV-cached streaming, toy world.
+"""Salt's ComfyUI nodes (V3 API): few-step SIGMAS / SAMPLER, causal model loaders, KV-cached streaming, toy world,
+distillation in the queue and a metrics report.
 
 Nodes are thin and stateless; the work lives in salt_core (math) and training (files). Only `bridge.py`
 imports ComfyUI. Node ids never change once shipped.
@@ -14,15 +15,19 @@ imports ComfyUI. Node ids never change once shipped.
 | SaltToyModel | asset → SALT_MODEL (the shipped toy teacher) |
 | SaltToyTextEncode | text → CONDITIONING (toy text encoder) |
 | SaltToyDecode | LATENT (toy pixels), upscale → IMAGE |
+| SaltDistill | preset, teacher / student_init / critic_init, gen_steps, batch_size, seed, name, overrides → SALT_MODEL, STRING (export path) |
+| SaltSemigroupDefect | SALT_MODEL, prompts, nfe, grid_steps, seed (+ positive, latent for Wan) → STRING (report) |
 """
 from .bridge import ComfyExtension
+from .distill import SaltDistill
+from .metrics import SaltSemigroupDefect
 from .models import SaltCausalFromModel, SaltLoadCausalModel
 from .sampling import SaltFewStepSampler, SaltFewStepSigmas
 from .streaming import SaltCacheOptions, SaltStreamingSampler
 from .toy import SaltToyDecode, SaltToyModel, SaltToyTextEncode
 
 NODES = [SaltFewStepSigmas, SaltFewStepSampler, SaltCacheOptions, SaltLoadCausalModel, SaltCausalFromModel,
-         SaltStreamingSampler, SaltToyModel, SaltToyTextEncode, SaltToyDecode]
+         SaltStreamingSampler, SaltToyModel, SaltToyTextEncode, SaltToyDecode, SaltDistill, SaltSemigroupDefect]
 
 
 class SaltExtension(ComfyExtension):

@@ -3,6 +3,8 @@
 Everything else in `nodes/` imports `io` / `ComfyExtension` and these helpers from here, so a change of
 ComfyUI internals is fixed in one place. Knows nothing of Salt models beyond tensors and modules.
 """
+import contextlib
+
 import torch
 
 import comfy.latent_formats
@@ -11,7 +13,7 @@ import comfy.samplers
 import comfy.utils
 import folder_paths
 import latent_preview
-from comfy_api.latest import ComfyExtension, io  # noqa: F401  (re-exported: nodes import them from here)
+from comfy_api.latest import ComfyExtension, io, ui  # noqa: F401  (re-exported: nodes import them from here)
 
 DIFFUSION_MODELS = "diffusion_models"   # ComfyUI's folder for bare transformer weights (models/diffusion_models)
 PREVIEW_PIXELS = 128                     # previews of tiny pixel latents are upscaled to about this size
@@ -33,6 +35,16 @@ def diffusion_model_path(name: str) -> str:
     return path
 
 
+def diffusion_models_directory() -> str:
+    """The first (writable) diffusion_models folder, where trained students are published."""
+    return folder_paths.get_folder_paths(DIFFUSION_MODELS)[0]
+
+
+def output_directory() -> str:
+    """ComfyUI's output folder (--output-directory, default <base>/output)."""
+    return folder_paths.get_output_directory()
+
+
 # -- devices, interruption, progress --------------------------------------------------------------------
 def torch_device() -> torch.device:
     """The device ComfyUI computes on (cpu under --cpu)."""
@@ -42,6 +54,30 @@ def torch_device() -> torch.device:
 def check_interrupted() -> None:
     """Raise ComfyUI's interrupt exception if the user pressed Cancel (call between steps)."""
     comfy.model_management.throw_exception_if_processing_interrupted()
+
+
+def interrupt_requested() -> bool:
+    """Whether the user pressed Cancel (the flag stays set; `raise_interrupted` clears it)."""
+    return comfy.model_management.processing_interrupted()
+
+
+def raise_interrupted():
+    """Raise ComfyUI's interrupt exception and clear the Cancel flag, as a cancelled sampler does."""
+    comfy.model_management.interrupt_current_processing(False)
+    raise comfy.model_management.InterruptProcessingException()
+
+
+def free_memory_for_training() -> None:
+    """Unload the models ComfyUI holds (they reload when next used), so a training job has the device memory."""
+    comfy.model_management.unload_all_models()
+    comfy.model_management.soft_empty_cache()
+
+
+@contextlib.contextmanager
+def training_mode():
+    """Autograd on inside a node: ComfyUI runs every node under torch.inference_mode()."""
+    with torch.inference_mode(False), torch.enable_grad():
+        yield
 
 
 def ksampler(sample_fn, **extra_options):

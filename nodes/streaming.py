@@ -49,24 +49,25 @@ def cache_options(chunk_frames: int, attention: str, window_frames: int, sink_fr
     return CacheOptions(chunk_frames, policy, float(context_noise))
 
 
-def text_context(conditioning, salt: SaltModel, batch: int, what: str) -> torch.Tensor:
+def text_context(conditioning, salt: SaltModel, batch: int, what: str,
+                 node: str = "SaltStreamingSampler") -> torch.Tensor:
     """CONDITIONING [[tensor (B, L, text_dim), dict], ...] → context (batch, text_len, text_dim) on the model.
 
     Shorter contexts are zero-padded to the model's text_len (as Wan pads umT5 output), longer ones cut.
     """
     if not conditioning or not isinstance(conditioning[0][0], torch.Tensor):
-        raise ValueError(f"SaltStreamingSampler: {what} is empty or not a CONDITIONING; connect a text encoder "
+        raise ValueError(f"{node}: {what} is empty or not a CONDITIONING; connect a text encoder "
                          f"(CLIPTextEncode with umT5 for Wan, SaltToyTextEncode for the toy model)")
     if len(conditioning) > 1:
-        log.warning("SaltStreamingSampler: %s has %d entries; Salt uses the first as text context", what,
+        log.warning("%s: %s has %d entries; Salt uses the first as text context", node, what,
                     len(conditioning))
     ctx, cfg = conditioning[0][0], salt.model.cfg
     if ctx.ndim != 3 or ctx.shape[-1] != cfg.text_dim:
-        raise ValueError(f"SaltStreamingSampler: {what} has shape {tuple(ctx.shape)} but {salt.name} expects text "
+        raise ValueError(f"{node}: {what} has shape {tuple(ctx.shape)} but {salt.name} expects text "
                          f"features (B, L, {cfg.text_dim}); use the text encoder the model was trained with "
                          f"(umT5-XXL, 4096 wide, for Wan 2.1; SaltToyTextEncode, 32 wide, for the toy model)")
     if ctx.shape[0] not in (1, batch):
-        raise ValueError(f"SaltStreamingSampler: {what} has batch {ctx.shape[0]} but batch_size={batch}; use one "
+        raise ValueError(f"{node}: {what} has batch {ctx.shape[0]} but batch_size={batch}; use one "
                          f"prompt or as many prompts as batch_size")
     ctx = ctx[:, :cfg.text_len]
     ctx = torch.nn.functional.pad(ctx, (0, 0, 0, cfg.text_len - ctx.shape[1]))     # (B, text_len, text_dim)

@@ -115,13 +115,19 @@ def prepare_base(base: pathlib.Path) -> pathlib.Path:
     return models
 
 
-def start_server(base: pathlib.Path, timeout: float = BOOT_TIMEOUT_S) -> ComfyServer:
-    """Boot ComfyUI on a free port with `base` as base directory and wait (bounded) until it answers."""
+def start_server(base: pathlib.Path, timeout: float = BOOT_TIMEOUT_S, threads: int = None) -> ComfyServer:
+    """Boot ComfyUI on a free port with `base` as base directory and wait (bounded) until it answers.
+
+    `threads` caps torch's CPU threads in the server (OMP_NUM_THREADS): the tests' tiny models run several
+    times faster on one thread than on two contended ones.
+    """
     port = free_port()
     log_path = base / "comfyui.log"
     cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
            "--base-directory", str(base), "--disable-auto-launch"]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if threads:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     with open(log_path, "wb") as log:
         process = subprocess.Popen(cmd, cwd=COMFYUI_DIR, stdout=log, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, env=env)

@@ -1,9 +1,17 @@
-"""The pack inside a real ComfyUI 0.3.75 server: import, /object_info, a shipped workflow end to end, errors.
+"""The pack inside a real ComfyUI 0.3.75 server: import, /object_info, every shipped workflow, errors.
 
-One server boot for the module (~40 s on an idle 2-core machine), always stopped by its PID.
-The shipped UI workflow is converted to API format with tests/workflow_convert.py against the
-server's own /object_info. While the toy teacher asset is not built yet, its loader node is
-swapped for SaltLoadCausalModel on a random toy-preset file (same graph otherwise).
+One server boot for the module (~40 s on an idle 2-core machine), always stopped by its PID. Every UI
+workflow in workflows/ is converted to API format with tests/workflow_convert.py against the server's
+own /object_info; those that need no downloaded weights run as shipped, the others on stand-ins the
+test writes:
+- the toy teacher asset, while it is not built: a random toy-preset file loaded by SaltLoadCausalModel
+  (and SaltDistill's teacher 'toy' → that file);
+- Wan 2.1 weights: a tiny random Wan transformer in original layout that ComfyUI's own model detection
+  accepts (head dim 128, freq_dim 256, umT5 width 4096), a Self Forcing-style release file
+  `{"generator_ema": {"model.<name>": tensor}}` of the tiny-hd128 preset (text width 64), and a tiny
+  random Wan 2.1 VAE built from ComfyUI's own WanVAE class;
+- umT5: a test-only node (custom_nodes/salt_test_nodes) that yields a seeded CONDITIONING of the width
+  the transformer expects, with a small latent size, so the graphs run in seconds.
 """
 import json
 import pathlib
@@ -11,30 +19,96 @@ import pathlib
 import pytest
 import torch
 
-from comfy_import import MISSING, comfyui_installed
+from comfy_import import MISSING, comfyui_installed, import_comfy
 from comfy_server import PACK_NAME, history_error, output_files, prepare_base, start_server
 from workflow_convert import convert
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not comfyui_installed(), reason=MISSING)]
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-WORKFLOW = ROOT / "workflows" / "salt_toy_streaming.json"
+WORKFLOWS = ROOT / "workflows"
+WORKFLOW_FILES = sorted(p.name for p in WORKFLOWS.glob("*.json"))
 SALT_NODES = ["SaltFewStepSigmas", "SaltFewStepSampler", "SaltCacheOptions", "SaltLoadCausalModel",
-              "SaltCausalFromModel", "SaltStreamingSampler", "SaltToyModel", "SaltToyTextEncode", "SaltToyDecode"]
+              "SaltCausalFromModel", "SaltStreamingSampler", "SaltToyModel", "SaltToyTextEncode", "SaltToyDecode",
+              "SaltDistill", "SaltSemigroupDefect"]
 RANDOM_TOY, NOT_WAN = "salt_toy_random.safetensors", "not_wan.safetensors"
+WAN_STANDIN, RELEASE_STANDIN, VAE_STANDIN = "tiny_wan_t2v.safetensors", "tiny_self_forcing_dmd.pt", "tiny_wan_vae.safetensors"
+# Wan-shaped and accepted by ComfyUI's model detection: head dim 128, freq_dim 256, umT5 width (4096).
+NATIVE_WAN = dict(dim=256, ffn_dim=256, num_heads=2, num_layers=1, in_dim=16, out_dim=16, text_dim=4096, freq_dim=256)
+RELEASE_PRESET, RELEASE_TEXT_DIM = "tiny-hd128", 64
+# CI size of the distillation workflow (the shipped graph trains 200 steps at batch 8).
+CI_DISTILL = dict(gen_steps=2, batch_size=2, name="ci_distill", overrides="critic_ratio=1; eval_every=0; threads=1")
+TEST_NODES = '''"""Test-only nodes for Salt's server tests (written by tests/test_comfy_server.py)."""
+import torch
+
+
+class SaltTestConditioning:
+    """A seeded random CONDITIONING (1, tokens, width): stands in for umT5 in front of tiny Wan stand-ins."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"width": ("INT", {"default": 64, "min": 1, "max": 8192}),
+                             "tokens": ("INT", {"default": 4, "min": 1, "max": 512}),
+                             "seed": ("INT", {"default": 0, "min": 0, "max": 2 ** 31})}}
+
+    RETURN_TYPES = ("CONDITIONING",)
+    FUNCTION = "encode"
+    CATEGORY = "testing"
+
+    def encode(self, width, tokens, seed):
+        return ([[torch.randn(1, tokens, width, generator=torch.Generator().manual_seed(seed)), {}]],)
+
+
+NODE_CLASS_MAPPINGS = {"SaltTestConditioning": SaltTestConditioning}
+'''
+
+
+def tiny_wan_vae_state_dict(dim: int = 8, seed: int = 3) -> dict:
+    """Random weights for ComfyUI's own Wan 2.1 VAE class (its keys are what ComfyUI's VAE detection reads).
+
+    ComfyUI builds its layers without initialising them, so every tensor is drawn here: RMS-norm gains 1,
+    biases 0, weights N(0, 1/fan_in).
+    """
+    import_comfy()
+    from comfy.ldm.wan.vae import WanVAE
+    shapes = {k: v.shape for k, v in WanVAE(dim=dim, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                                             temperal_downsample=[False, True, True]).state_dict().items()}
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for key, shape in shapes.items():
+        if key.endswith("gamma"):
+            out[key] = torch.ones(shape)
+        elif key.endswith("bias"):
+            out[key] = torch.zeros(shape)
+        else:
+            out[key] = torch.randn(shape, generator=g) / (shape.numel() / shape[0]) ** 0.5
+    return out
+
+
+def write_standins(base: pathlib.Path, models: pathlib.Path) -> None:
+    """Random-weight files for every model a shipped workflow needs, and the test-only node pack."""
+    from safetensors.torch import save_file
+    from comfyui_salt.salt_core.config import WanConfig
+    from comfyui_salt.salt_core.model import build_model
+    from comfyui_salt.training.files import save_model
+    save_model(build_model("toy", seed=0), models / RANDOM_TOY, extra_metadata={"teacher_mode": "teacher_forcing"})
+    save_file({"conv_in.weight": torch.zeros(8, 4), "mid_block.attentions.0.proj.bias": torch.zeros(8)},
+              str(models / NOT_WAN))
+    save_model(build_model(WanConfig(**NATIVE_WAN), seed=1), models / WAN_STANDIN, layout="wan")
+    release = build_model(RELEASE_PRESET, seed=2).state_dict()
+    torch.save({"generator_ema": {f"model.{k}": v.clone() for k, v in release.items()}}, models / RELEASE_STANDIN)
+    (base / "models" / "vae").mkdir(parents=True, exist_ok=True)
+    save_file(tiny_wan_vae_state_dict(), str(base / "models" / "vae" / VAE_STANDIN))
+    pack = base / "custom_nodes" / "salt_test_nodes"
+    pack.mkdir(parents=True, exist_ok=True)
+    (pack / "__init__.py").write_text(TEST_NODES)
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from safetensors.torch import save_file
-    from comfyui_salt.salt_core.model import build_model
-    from comfyui_salt.training.files import save_model
     base = tmp_path_factory.mktemp("comfyui_base")
-    models = prepare_base(base)
-    save_model(build_model("toy", seed=0), models / RANDOM_TOY, extra_metadata={"teacher_mode": "teacher_forcing"})
-    save_file({"conv_in.weight": torch.zeros(8, 4), "mid_block.attentions.0.proj.bias": torch.zeros(8)},
-              str(models / NOT_WAN))
-    srv = start_server(base)
+    write_standins(base, prepare_base(base))
+    srv = start_server(base, threads=1)
     try:
         yield srv
     finally:
@@ -51,15 +125,57 @@ def toy_teacher_installed() -> bool:
     return pathlib.Path(TOY_TEACHER).exists()
 
 
-def toy_prompt(object_info: dict) -> dict:
-    """The shipped toy workflow in API format (node ids as in the UI file: 1 model, 4 sigmas, 5 sampler)."""
-    prompt = convert(json.loads(WORKFLOW.read_text()), object_info)
+def api_prompt(name: str, object_info: dict) -> dict:
+    """A shipped workflow in API format (node ids as in the UI file), the toy teacher swapped while it is missing."""
+    prompt = convert(json.loads((WORKFLOWS / name).read_text()), object_info)
     if not toy_teacher_installed():
-        prompt["1"] = {"class_type": "SaltLoadCausalModel",
-                       "inputs": {"ckpt_name": RANDOM_TOY, "use_ema": True, "dtype": "fp32"}}
+        for node in prompt.values():
+            if node["class_type"] == "SaltToyModel":
+                node.update(class_type="SaltLoadCausalModel",
+                            inputs={"ckpt_name": RANDOM_TOY, "use_ema": True, "dtype": "fp32"})
+            if node["class_type"] == "SaltDistill" and node["inputs"]["teacher"] == "toy":
+                node["inputs"]["teacher"] = RANDOM_TOY
     return prompt
 
 
+def nodes_of(prompt: dict, class_type: str) -> list:
+    return [node for node in prompt.values() if node["class_type"] == class_type]
+
+
+def stand_in_text(prompt: dict, width: int) -> None:
+    """Replace umT5 (CLIPLoader + CLIPTextEncode) by the test node's seeded conditioning of `width`."""
+    for key in [k for k, node in prompt.items() if node["class_type"] == "CLIPLoader"]:
+        del prompt[key]
+    for seed, node in enumerate(nodes_of(prompt, "CLIPTextEncode")):
+        node.update(class_type="SaltTestConditioning", inputs={"width": width, "tokens": 4, "seed": seed})
+
+
+def webp_frames(path: pathlib.Path) -> list:
+    """RGB frames of an animated WEBP as PIL images."""
+    from PIL import Image
+    frames = []
+    with Image.open(path) as webp:
+        for i in range(webp.n_frames):
+            webp.seek(i)
+            frames.append(webp.convert("RGB"))
+    return frames
+
+
+def assert_non_degenerate(frames: list, min_std: float = 5.0) -> None:
+    """Every frame varies in space, and the clip varies in time."""
+    from PIL import ImageStat
+    for i, frame in enumerate(frames):
+        assert max(ImageStat.Stat(frame).stddev) > min_std, f"frame {i} is blank"
+    assert len({f.tobytes() for f in frames}) > 1, "every frame is the same"
+
+
+def run_ok(server, prompt: dict) -> dict:
+    entry = server.run(prompt)
+    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:3000]
+    return entry
+
+
+# -- the pack in the server ------------------------------------------------------------------------------
 def test_the_pack_imports_without_errors(server):
     lines = server.log().splitlines()
     failed = [ln for ln in lines if PACK_NAME in ln and ("IMPORT FAILED" in ln or "Cannot import" in ln
@@ -70,34 +186,111 @@ def test_the_pack_imports_without_errors(server):
 
 
 def test_every_salt_node_is_listed_by_object_info(object_info):
-    missing = [n for n in SALT_NODES if n not in object_info]
+    missing = [n for n in SALT_NODES + ["SaltTestConditioning"] if n not in object_info]
     assert missing == []
     for name in SALT_NODES:
         assert object_info[name]["category"].startswith("Salt/") and object_info[name]["description"], name
     assert RANDOM_TOY in object_info["SaltLoadCausalModel"]["input"]["required"]["ckpt_name"][1]["options"]
+    assert {"toy", RANDOM_TOY} <= set(object_info["SaltDistill"]["input"]["required"]["teacher"][1]["options"])
+    assert object_info["SaltSemigroupDefect"]["output_node"] is True
 
 
+@pytest.mark.parametrize("name", WORKFLOW_FILES)
+def test_every_shipped_workflow_converts_against_the_servers_node_list(object_info, name):
+    prompt = convert(json.loads((WORKFLOWS / name).read_text()), object_info)
+    assert prompt and all(node["class_type"] in object_info for node in prompt.values())
+    assert any(object_info[node["class_type"]]["output_node"] for node in prompt.values()), "nothing is saved"
+
+
+# -- workflows that need no downloads ---------------------------------------------------------------------
 def test_the_toy_streaming_workflow_runs_and_saves_a_twelve_frame_animated_webp(server, object_info):
-    from PIL import Image, ImageStat
-    prompt = toy_prompt(object_info)
+    prompt = api_prompt("salt_toy_streaming.json", object_info)
     assert prompt["5"]["inputs"]["seed"] == 42 and prompt["5"]["inputs"]["num_chunks"] == 4
     assert prompt["3"]["inputs"]["attention"] == "rolling" and "8" not in prompt   # the Note is dropped
-    entry = server.run(prompt)
-    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:2000]
-    files = output_files(server, entry)
+    files = output_files(server, run_ok(server, prompt))
     assert len(files) == 1 and files[0].suffix == ".webp" and files[0].is_file(), files
-    with Image.open(files[0]) as webp:
-        assert webp.n_frames == 12 and webp.size == (128, 128)
-        frames = []
-        for i in range(webp.n_frames):
-            webp.seek(i)
-            frames.append(webp.convert("RGB").tobytes())
-            assert max(ImageStat.Stat(webp.convert("RGB")).stddev) > 5, f"frame {i} is blank"
-    assert len(set(frames)) > 1, "every frame is the same"
+    frames = webp_frames(files[0])
+    assert len(frames) == 12 and frames[0].size == (128, 128)
+    assert_non_degenerate(frames)
 
 
+def test_the_side_by_side_workflow_saves_teacher_and_few_step_columns_in_one_webp(server, object_info):
+    prompt = api_prompt("salt_toy_side_by_side.json", object_info)
+    teacher, four, two = (prompt[k]["inputs"] for k in ("9", "10", "11"))
+    assert (teacher["cfg"], teacher["sampling"], teacher["negative"]) == (3.0, "deterministic", ["4", 0])
+    assert len(prompt["6"]["inputs"]["custom_steps"].split(",")) == 40
+    assert (four["sampling"], four["cfg"], two["cfg"]) == ("stochastic", 1.0, 1.0)
+    files = output_files(server, run_ok(server, prompt))
+    assert len(files) == 1 and files[0].suffix == ".webp", files
+    frames = webp_frames(files[0])
+    assert len(frames) == 12 and frames[0].size == (3 * 128 + 2 * 4, 128)        # three columns, 4 px gaps
+    assert_non_degenerate(frames)
+    columns = [frames[5].crop((i * 132, 0, i * 132 + 128, 128)).tobytes() for i in range(3)]
+    assert len(set(columns)) == 3, "the three samplers gave the same clip"
+
+
+def test_the_distill_workflow_trains_streams_reports_and_publishes_a_loadable_student(server, object_info):
+    prompt = api_prompt("salt_toy_distill.json", object_info)
+    assert prompt["1"]["inputs"]["preset"] == "toy-salt" and prompt["1"]["inputs"]["gen_steps"] == 200
+    prompt["1"]["inputs"].update(CI_DISTILL)
+    entry = run_ok(server, prompt)
+    files = output_files(server, entry)
+    assert [f.suffix for f in files] == [".webp"]
+    frames = webp_frames(files[0])
+    assert len(frames) == 12 and frames[0].size == (128, 128)
+    assert_non_degenerate(frames)
+    export = pathlib.Path(entry["outputs"]["9"]["text"][0])
+    assert export == server.base / "output" / "salt_runs" / "ci_distill" / "export" / "student.safetensors"
+    assert export.is_file() and (export.parent.parent / "checkpoints" / "step_00000002").is_dir()
+    report = entry["outputs"]["8"]["text"][0]
+    assert "semigroup defect: " in report and "toy oracle metrics at 2 NFE (4 clips" in report, report
+
+    # The published student appears in the loader's list and streams in the shipped toy graph.
+    published = "salt/ci_distill.safetensors"
+    info = server.get("/object_info/SaltLoadCausalModel")["SaltLoadCausalModel"]
+    assert published in info["input"]["required"]["ckpt_name"][1]["options"]
+    streaming = api_prompt("salt_toy_streaming.json", object_info)
+    streaming["1"] = {"class_type": "SaltLoadCausalModel",
+                      "inputs": {"ckpt_name": published, "use_ema": True, "dtype": "fp32"}}
+    streaming["7"]["inputs"]["filename_prefix"] = "salt/ci_student"
+    assert len(webp_frames(output_files(server, run_ok(server, streaming))[0])) == 12
+
+
+# -- Wan workflows on stand-ins ---------------------------------------------------------------------------
+def test_the_native_wan_workflow_runs_salts_sampler_on_comfys_wan_model_and_vae(server, object_info):
+    prompt = api_prompt("salt_wan_bidirectional_4step.json", object_info)
+    assert prompt["2"]["inputs"]["shift"] == 5.0 and prompt["10"]["inputs"]["preset"] == "self_forcing_4step"
+    assert prompt["11"]["inputs"]["sampler"] == ["9", 0] and prompt["11"]["inputs"]["sigmas"] == ["10", 0]
+    stand_in_text(prompt, NATIVE_WAN["text_dim"])
+    prompt["1"]["inputs"]["unet_name"] = WAN_STANDIN
+    prompt["5"]["inputs"]["vae_name"] = VAE_STANDIN
+    prompt["6"]["inputs"].update(width=32, height=48, length=9)                   # 3 latent frames of 6×4
+    entry = run_ok(server, prompt)
+    frames = webp_frames(output_files(server, entry)[0])
+    assert len(frames) == 9 and frames[0].size == (32, 48)
+    assert_non_degenerate(frames, min_std=1.0)
+    assert "Requested to load WAN21" in server.log() and "Requested to load WanVAE" in server.log()
+
+
+def test_the_longlive_workflow_streams_a_self_forcing_release_file_through_comfys_vae(server, object_info):
+    prompt = api_prompt("salt_causal_streaming_longlive.json", object_info)
+    cache, sampler = prompt["5"]["inputs"], prompt["7"]["inputs"]
+    assert (cache["attention"], cache["window_frames"], cache["sink_frames"], cache["relative_rope"]) == (
+        "sink", 12, 3, True)
+    assert sampler["switch_positive"] == ["4", 0] and sampler["switch_at_chunk"] == 5
+    stand_in_text(prompt, RELEASE_TEXT_DIM)
+    prompt["1"]["inputs"].update(ckpt_name=RELEASE_STANDIN, dtype="fp32")
+    prompt["8"]["inputs"]["vae_name"] = VAE_STANDIN
+    sampler.update(width=32, height=32, num_chunks=5, switch_at_chunk=3)      # 15 latent frames: past the window
+    entry = run_ok(server, prompt)
+    frames = webp_frames(output_files(server, entry)[0])
+    assert len(frames) == 4 * (5 * 3 - 1) + 1 and frames[0].size == (32, 32)
+    assert_non_degenerate(frames, min_std=1.0)
+
+
+# -- errors ----------------------------------------------------------------------------------------------
 def test_bad_inputs_fail_with_node_errors_and_the_server_keeps_working(server, object_info):
-    base = toy_prompt(object_info)
+    base = api_prompt("salt_toy_streaming.json", object_info)
 
     def changed(node, **inputs):
         prompt = json.loads(json.dumps(base))
@@ -113,6 +306,10 @@ def test_bad_inputs_fail_with_node_errors_and_the_server_keeps_working(server, o
                     "inputs": {"ckpt_name": "missing.safetensors", "use_ema": True, "dtype": "fp32"}}
     status, response = server.queue(missing)
     assert status == 400 and "missing.safetensors" in json.dumps(response["node_errors"]["1"]), response
+    distill = api_prompt("salt_toy_distill.json", object_info)
+    distill["1"]["inputs"]["name"] = "../outside"
+    status, response = server.queue(distill)
+    assert status == 400 and "plain folder name" in json.dumps(response["node_errors"]["1"]), response
 
     # Files and sizes that only fail when run give an execution error from the node that raised.
     wrong = json.loads(json.dumps(missing))
@@ -126,6 +323,5 @@ def test_bad_inputs_fail_with_node_errors_and_the_server_keeps_working(server, o
     server.assert_alive()
     after = changed("5", seed=3, num_chunks=1)
     after["7"]["inputs"]["filename_prefix"] = "salt/after_errors"
-    entry = server.run(after)
-    assert entry["status"]["status_str"] == "success", json.dumps(entry["status"])[:2000]
+    entry = run_ok(server, after)
     assert [f.name.startswith("after_errors") for f in output_files(server, entry)] == [True]

@@ -73,6 +73,14 @@ def test_a_v3_control_after_generate_flag_counts_for_any_name_and_force_input_in
     assert convert(wf, OBJECT_INFO)["1"]["inputs"] == {"noise": 9, "label": "hello"}
 
 
+def test_an_explicit_false_control_flag_turns_the_seed_name_rule_off():
+    info = {"Trainer": {"input": {"required": {"seed": ["INT", {"default": 0, "control_after_generate": False}],
+                                               "name": ["STRING", {}]}},
+                        "input_order": {"required": ["seed", "name"]}, "output": ["STRING"]}}
+    wf = {"nodes": [node(1, "Trainer", [3, "fixed"])], "links": []}
+    assert convert(wf, info)["1"]["inputs"] == {"seed": 3, "name": "fixed"}
+
+
 def test_a_converted_widget_fed_by_a_primitive_node_gets_the_primitive_value():
     prim = node(4, "PrimitiveNode", [123, "fixed"])
     inputs = [socket("model", "MODEL", 1), socket("positive", "CONDITIONING", 2), socket("seed", "INT", 3, widget=True)]
@@ -163,7 +171,7 @@ def test_shipped_workflows_are_consistent_ui_graphs(path):
     for link_id, (origin, out_slot, target, in_slot, kind) in links.items():
         output, inp = nodes[origin]["outputs"][out_slot], nodes[target]["inputs"][in_slot]
         assert link_id in output["links"] and inp["link"] == link_id, f"link {link_id}"
-        assert output["type"] == inp["type"] == kind, f"link {link_id}"
+        assert output["type"] == kind and inp["type"] in (kind, "*"), f"link {link_id}"   # "*": any type (PreviewAny)
     for n in wf["nodes"]:
         assert {"pos", "size", "mode", "widgets_values", "properties"} <= set(n), n["id"]
         for inp in n["inputs"]:

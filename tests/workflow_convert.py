@@ -54,9 +54,12 @@ def ordered_inputs(info: dict) -> list:
 
 
 def has_control_widget(name: str, spec) -> bool:
-    """Whether the frontend adds a control_after_generate widget after this input."""
+    """Whether the frontend adds a control_after_generate widget after this input: as the spec says when it says
+    (an explicit False turns the seed-name rule off, as in the frontend), else for INT seeds by name."""
     opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
-    return bool(opts.get("control_after_generate")) or (spec[0] == "INT" and name in SEED_NAMES)
+    if opts.get("control_after_generate") is not None:
+        return bool(opts["control_after_generate"])
+    return spec[0] == "INT" and name in SEED_NAMES
 
 
 def widget_values(node: dict, info: dict) -> dict:

@@ -288,12 +288,15 @@ def run_distillation(cfg: DistillConfig, out_dir: str, *, max_gen_steps: int = N
                 scores = evaluate_student(job.student_for_inference(), cfg, callback=callback,
                                           preview_path=os.path.join(out_dir, f"preview_{job.gen_step:06d}.gif"))
                 logger.write(gen_step=job.gen_step, eval=scores)
-    except KeyboardInterrupt:
-        if at_boundary:
+    except (KeyboardInterrupt, Exception) as stop_reason:
+        # An interrupt from the callback (ComfyUI's cancel, Ctrl-C between steps) arrives between
+        # iterations, where the in-memory state is consistent: save it so a rerun resumes exactly.
+        if at_boundary and not isinstance(stop_reason, FloatingPointError):
             save()
-            log.info("interrupted at generator step %d; checkpoint saved, rerun the same command to resume", job.gen_step)
+            log.info("stopped at generator step %d (%s); checkpoint saved, rerun the same command to resume",
+                     job.gen_step, type(stop_reason).__name__)
         else:
-            log.info("interrupted inside an iteration; rerun the same command to resume from the last checkpoint")
+            log.info("stopped inside an iteration; rerun the same command to resume from the last checkpoint")
         raise
     finally:
         bar.close()

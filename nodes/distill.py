@@ -1,0 +1,242 @@
+"""Distillation inside the ComfyUI queue: SaltDistill runs training.distill.run_distillation.
+
+The job runs in `<output>/salt_runs/<name>` (checkpoints, metrics.jsonl, preview GIFs, export/); re-queuing
+the same name resumes from its newest checkpoint. Progress and previews flow through the job's callback
+into ComfyUI's progress bar; Cancel is raised from that callback, so the job first saves a resumable
+checkpoint. The trained student is exported (training.files.export_student) and published as
+`models/diffusion_models/salt/<name>.safetensors` for SaltLoadCausalModel. Knows nothing of the losses.
+"""
+import dataclasses
+import json
+import logging
+import os
+import re
+import shutil
+
+from ..training.distill import run_distillation
+from ..training.distill_config import PRESETS, DistillConfig, get_preset
+from ..training.files import export_student, save_model
+from .bridge import (Progress, diffusion_model_files, diffusion_model_path, diffusion_models_directory,
+                     free_memory_for_training, interrupt_requested, io, output_directory, raise_interrupted,
+                     torch_device, training_mode)
+from .types import SaltModel, SaltModelType, latent_format_for
+
+log = logging.getLogger("salt.nodes")
+
+RUNS_FOLDER = "salt_runs"          # under ComfyUI's output folder
+PUBLISH_FOLDER = "salt"            # under models/diffusion_models
+TOY_TEACHER, FROM_TEACHER = "toy", "teacher"
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+# Fields with their own widget (so `overrides` cannot set them) and fields that may change on resume.
+WIDGET_FIELDS = ("teacher", "student_init", "critic_init", "gen_steps", "batch_size", "seed")
+RESUMABLE_FIELDS = ("gen_steps", "threads", "checkpoint_every", "eval_every", "eval_clips", "log_every")
+TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+class TrainingCancelled(KeyboardInterrupt):
+    """Raised from the job's callback on Cancel; run_distillation saves a checkpoint when its callback raises."""
+
+
+def _parse_value(key: str, text: str, default):
+    """One override value typed like the field's default (bool, int, float, str, or a comma tuple)."""
+    try:
+        if isinstance(default, bool):
+            if text.lower() not in TRUE + FALSE:
+                raise ValueError(text)
+            return text.lower() in TRUE
+        if isinstance(default, tuple):
+            kind = type(default[0]) if default else str
+            return tuple(kind(v) for v in text.split(",") if v.strip())
+        return type(default)(text)
+    except ValueError:
+        raise ValueError(f"SaltDistill: overrides: {key}={text!r} is not a valid {type(default).__name__} "
+                         f"(default {default!r}); e.g. critic_ratio=1; step_choices=8,4,2; sc_symmetric=true") from None
+
+
+def parse_overrides(text: str) -> dict:
+    """'key=value; key=value' (or one per line) → typed DistillConfig fields; errors name the key and the fix."""
+    defaults = {f.name: f.default for f in dataclasses.fields(DistillConfig)}
+    out = {}
+    for item in re.split(r"[;\n]", text or ""):
+        if not item.strip():
+            continue
+        key, eq, value = (part.strip() for part in item.partition("="))
+        if not eq or key not in defaults:
+            raise ValueError(f"SaltDistill: overrides: {item.strip()!r} is not `field=value` with a DistillConfig "
+                             f"field; known fields: {sorted(defaults)}")
+        if key in WIDGET_FIELDS:
+            raise ValueError(f"SaltDistill: overrides: {key} has its own widget; set it there instead")
+        out[key] = _parse_value(key, value, defaults[key])
+    return out
+
+
+def _model_source(value: str, allowed: str, what: str) -> str:
+    """A dropdown value → `allowed` ('toy' / 'teacher') as is, or the full path of a diffusion_models file."""
+    if value == allowed:
+        return value
+    try:
+        return diffusion_model_path(value)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"SaltDistill: {what}={value!r}: {e}") from e
+
+
+def distill_config(preset: str, teacher: str, student_init: str, critic_init: str, gen_steps: int, batch_size: int,
+                   seed: int, overrides: str = "") -> DistillConfig:
+    """The job's DistillConfig: preset + widgets + overrides (file names resolved to paths)."""
+    if preset not in PRESETS:
+        raise ValueError(f"SaltDistill: preset={preset!r}; expected one of {list(PRESETS)}")
+    if teacher == TOY_TEACHER and not PRESETS[preset].world:
+        raise ValueError(f"SaltDistill: teacher='toy' with the real-scale preset {preset!r}; pick a Wan 2.1 teacher "
+                         f"file from models/diffusion_models, or a toy-* preset")
+    fields = dict(teacher=_model_source(teacher, TOY_TEACHER, "teacher"),
+                  student_init=_model_source(student_init, FROM_TEACHER, "student_init"),
+                  critic_init=_model_source(critic_init, FROM_TEACHER, "critic_init"),
+                  gen_steps=gen_steps or PRESETS[preset].gen_steps, batch_size=batch_size or PRESETS[preset].batch_size,
+                  seed=seed, threads=0)   # threads 0: keep ComfyUI's
+    try:
+        return get_preset(preset, **{**fields, **parse_overrides(overrides)})
+    except (KeyError, ValueError) as e:
+        raise ValueError(f"SaltDistill: {e}") from e
+
+
+def run_folder(name: str) -> str:
+    """`<output>/salt_runs/<name>`, with an error for names that are not plain folder names."""
+    if not NAME_PATTERN.match(name or "") or ".." in name:
+        raise ValueError(f"SaltDistill: name={name!r}; expected a plain folder name (letters, digits, '_', '-', '.'; "
+                         f"up to 100 characters), e.g. 'toy_salt_run1'")
+    return os.path.join(output_directory(), RUNS_FOLDER, name)
+
+
+def check_resumable(cfg: DistillConfig, folder: str) -> None:
+    """Refuse to resume a run folder whose stored config differs from `cfg` beyond RESUMABLE_FIELDS."""
+    path = os.path.join(folder, "config.json")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        old = json.load(f)
+    new = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    changed = {k: (old.get(k), v) for k, v in new.items() if k not in RESUMABLE_FIELDS and old.get(k) != v}
+    if changed:
+        raise ValueError(f"SaltDistill: {folder} holds a run with other settings {changed} (stored, requested); "
+                         f"queue it with the stored settings to resume it, or pick another name for a new run")
+
+
+def publish_student(model, cfg: DistillConfig, export_path: str, name: str) -> str:
+    """Place the exported student at diffusion_models/salt/<name>.safetensors (hard link, else a copy); returns it.
+
+    Bidirectional students are written with `teacher_mode` metadata so SaltLoadCausalModel marks them.
+    """
+    dest = os.path.join(diffusion_models_directory(), PUBLISH_FOLDER, f"{name}.safetensors")
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    if os.path.lexists(dest):
+        os.remove(dest)
+    if cfg.student_kind == "bidirectional":
+        save_model(model, dest, layout="wan", extra_metadata={"teacher_mode": "bidirectional"})
+        return dest
+    try:
+        os.link(export_path, dest)
+    except OSError:   # another file system, or links not allowed
+        shutil.copyfile(export_path, dest)
+    return dest
+
+
+def distill(cfg: DistillConfig, name: str) -> tuple:
+    """Run (or resume) the job in the queue; returns (SaltModel of the student, path of export/student.safetensors)."""
+    folder = run_folder(name)
+    check_resumable(cfg, folder)
+    free_memory_for_training()
+    progress = Progress(cfg.gen_steps, "pixels" if cfg.world else "wan21")
+    step = [0]
+
+    def callback(d):
+        if "preview" in d:
+            progress.update(step[0], d["preview"])
+        else:
+            step[0] = d["gen_step"]
+            progress.update(step[0])
+        if interrupt_requested():
+            raise TrainingCancelled(f"cancelled at generator step {step[0]}")
+    try:
+        with training_mode():
+            model = run_distillation(cfg, folder, callback=callback)
+    except TrainingCancelled:
+        log.info("SaltDistill: cancelled; %s holds a resumable checkpoint (queue the same name again)", folder)
+        raise_interrupted()
+    model = model.requires_grad_(False).eval()
+    export = export_student(model, folder)[0]
+    published = publish_student(model, cfg, export, name)
+    log.info("SaltDistill: exported %s; load it as %s/%s.safetensors", export, PUBLISH_FOLDER, name)
+    salt = SaltModel(model.to(torch_device()), latent_format_for(model), f"{os.path.basename(published)} "
+                     f"(SaltDistill {name}, {cfg.gen_steps} generator steps)", causal=cfg.student_kind == "causal")
+    return salt, export
+
+
+class SaltDistill(io.ComfyNode):
+    """Distil a few-step student (DMD / SC-DMD / Salt) inside the queue → SALT_MODEL + export path."""
+
+    @classmethod
+    def define_schema(cls):
+        files = diffusion_model_files()
+        return io.Schema(
+            node_id="SaltDistill",
+            display_name="Salt Distill",
+            category="Salt/training",
+            description="Runs a distillation job (training.distill.run_distillation) in <output>/salt_runs/<name>: "
+                        "checkpoints, metrics.jsonl, preview GIFs and export/student.safetensors. Queue the same "
+                        "name again to resume after Cancel (a checkpoint is saved) or to train further with a "
+                        "larger gen_steps. The student is also published as models/diffusion_models/salt/"
+                        "<name>.safetensors for SaltLoadCausalModel. Toy presets run on a CPU; real-scale presets "
+                        "need Wan 2.1 files and overrides prompts_file=...; text_encoder=... (umT5 folder).",
+            inputs=[
+                io.Combo.Input("preset", options=list(PRESETS), default="toy-salt",
+                               tooltip="A training/distill_config.py preset: toy-* in the toy world (CPU), the "
+                                       "others real scale (Self Forcing, Causal Forcing, LongLive, bidirectional)."),
+                io.Combo.Input("teacher", options=[TOY_TEACHER] + files, default=TOY_TEACHER,
+                               tooltip="'toy': the shipped toy teacher; or a teacher file in models/diffusion_models "
+                                       "(any layout)."),
+                io.Combo.Input("student_init", options=[FROM_TEACHER] + files, default=FROM_TEACHER,
+                               tooltip="'teacher': start from a copy of the teacher; or a file (e.g. an ODE-init "
+                                       "student)."),
+                io.Combo.Input("critic_init", options=[FROM_TEACHER] + files, default=FROM_TEACHER,
+                               tooltip="'teacher': start the critic (fake score) from the teacher; or a file."),
+                io.Int.Input("gen_steps", default=0, min=0, max=100000,
+                             tooltip="Generator updates in total (each follows critic_ratio critic updates); 0: the "
+                                     "preset's (toy: 200, real scale: 120). Re-queue with a larger value to continue "
+                                     "a finished run."),
+                io.Int.Input("batch_size", default=0, min=0, max=256,
+                             tooltip="Clips per micro-batch; 0: the preset's (toy: 8, real scale: 1 per GPU)."),
+                io.Int.Input("seed", default=0, min=0, max=2**63 - 1, control_after_generate=False,
+                             tooltip="Every step is seeded from (seed, step): the same seed resumes exactly "
+                                     "(fixed: a changed seed is another run)."),
+                io.String.Input("name", default="toy_salt",
+                                tooltip="Run folder under <output>/salt_runs and the published model name; the same "
+                                        "name resumes that run."),
+                io.String.Input("overrides", default="", multiline=True, optional=True,
+                                placeholder="critic_ratio=1; eval_clips=4",
+                                tooltip="Further DistillConfig fields as field=value, separated by ';' or new lines "
+                                        "(e.g. lr_gen=1e-5; step_choices=8,4,2; eval_every=0). Unknown fields are "
+                                        "rejected with the list of known ones."),
+            ],
+            outputs=[SaltModelType.Output(tooltip="The trained student (EMA weights once EMA has started), for "
+                                                  "SaltStreamingSampler and SaltSemigroupDefect."),
+                     io.String.Output(tooltip="Path of export/student.safetensors (original Wan layout) in the run "
+                                              "folder; export/student_release.pt beside it is the release format.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, name, teacher=None, student_init=None, critic_init=None) -> bool | str:
+        """Reject a bad run name or a missing file when the prompt is queued (0.3.75 checks no V3 combo value)."""
+        try:
+            name is None or run_folder(name)
+            for value, allowed, what in ((teacher, TOY_TEACHER, "teacher"), (student_init, FROM_TEACHER, "student_init"),
+                                         (critic_init, FROM_TEACHER, "critic_init")):
+                value is None or _model_source(value, allowed, what)
+        except (ValueError, FileNotFoundError) as e:
+            return str(e)
+        return True
+
+    @classmethod
+    def execute(cls, preset, teacher, student_init, critic_init, gen_steps, batch_size, seed, name,
+                overrides="") -> io.NodeOutput:
+        cfg = distill_config(preset, teacher, student_init, critic_init, gen_steps, batch_size, seed, overrides)
+        return io.NodeOutput(*distill(cfg, name))

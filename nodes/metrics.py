@@ -1,0 +1,132 @@
+"""Few-step quality report of a SALT_MODEL: semigroup defect and, in the toy world, the oracle metric table.
+
+The measures are training.distill_eval's (student_defect, sample_student) and salt_core.metrics'
+(score_table, format_table); this module only builds their inputs from node widgets and writes the
+report. Toy models are measured on a CPU float32 copy (1.2M parameters): the evaluation helpers draw
+their noise on the CPU. Knows nothing of training loops.
+"""
+import copy
+import dataclasses
+
+import torch
+
+from ..salt_core.metrics.score import format_table, score_table
+from ..salt_core.schedules import MAX_NFE
+from ..salt_core.toy.text import ToyTextEncoder
+from ..salt_core.toy.world import TOY_SHIFT, get_world
+from ..training.distill_config import PRESETS, get_preset
+from ..training.distill_eval import sample_student, student_defect
+from .bridge import io, ui
+from .streaming import text_context
+from .types import SaltModel, SaltModelType
+
+TOY_PRESET, WAN_PRESET = "toy-dmd", "causal-forcing-dmd"   # sizes, shift and chunking of the measured rollouts
+WAN_SHIFT = PRESETS[WAN_PRESET].shift
+COLUMNS = ["toy_score", "sharpness_error", "adherence", "direction_ok", "smoothness_px", "dynamic_px", "flicker"]
+DEFAULT_PROMPTS = ("a red disc moving left on a dark background\na blue square moving up on a light background\n"
+                   "a green bar moving right on a dark background\na yellow disc moving down on a light background")
+MAX_PROMPTS = 64
+
+
+def toy_captions(prompts: str) -> list:
+    """Non-empty lines of `prompts`, at most MAX_PROMPTS, with a node error when there are none."""
+    captions = [line.strip() for line in (prompts or "").splitlines() if line.strip()]
+    if not 1 <= len(captions) <= MAX_PROMPTS:
+        raise ValueError(f"SaltSemigroupDefect: prompts has {len(captions)} captions; expected 1..{MAX_PROMPTS}, one "
+                         f"per line, e.g. 'a red disc moving left on a dark background'")
+    return captions
+
+
+def measure_config(salt: SaltModel, latent=None):
+    """The DistillConfig whose sizes / shift / chunking the rollouts use (toy world, or the LATENT's size for Wan)."""
+    kind = "causal" if salt.causal else "bidirectional"
+    if salt.latent_format == "pixels":
+        return get_preset(TOY_PRESET, student_kind=kind)
+    if latent is None:
+        raise ValueError(f"SaltSemigroupDefect: {salt.name} is not a toy-world model; connect `latent` (e.g. "
+                         f"EmptyHunyuanLatentVideo) to set the video size, and `positive` for the prompt")
+    _, _, frames, height, width = latent["samples"].shape
+    cfg = get_preset(WAN_PRESET, student_kind=kind)
+    if frames % cfg.chunk_frames:
+        raise ValueError(f"SaltSemigroupDefect: latent has {frames} latent frames; expected a multiple of "
+                         f"{cfg.chunk_frames} (pixel length 4·F−3, e.g. 33 → 9 latent frames)")
+    return dataclasses.replace(cfg, num_frames=frames, height=height, width=width)
+
+
+def semigroup_report(salt: SaltModel, prompts: str, nfe: int, grid_steps: int, seed: int, positive=None,
+                     latent=None) -> str:
+    """Markdown report: the semigroup defect on the `grid_steps` grid and (toy world) oracle metrics at `nfe`."""
+    if not 1 <= nfe <= MAX_NFE or not 3 <= grid_steps <= 2 * MAX_NFE:
+        raise ValueError(f"SaltSemigroupDefect: nfe={nfe}, grid_steps={grid_steps}; expected nfe 1..{MAX_NFE} and "
+                         f"grid_steps 3..{2 * MAX_NFE} (a defect needs three grid levels)")
+    cfg = measure_config(salt, latent)
+    toy = salt.latent_format == "pixels"
+    model = copy.deepcopy(salt.model).float().cpu() if toy else salt.model
+    if not toy and model.patch_embedding.weight.device.type != "cpu":
+        raise ValueError(f"SaltSemigroupDefect: {salt.name} is on {model.patch_embedding.weight.device}; the defect "
+                         f"of Wan models is measured on the CPU for now (the toy world runs anywhere)")
+    with torch.no_grad():
+        if toy:
+            captions = toy_captions(prompts)
+            world = get_world(cfg.world)
+            try:
+                context = ToyTextEncoder(model.cfg.text_dim, max_tokens=model.cfg.text_len, world=world).encode(captions)
+            except ValueError as e:
+                raise ValueError(f"SaltSemigroupDefect: prompts: {e}") from e
+        else:
+            context = text_context(positive, salt, 1, "positive", "SaltSemigroupDefect").float()
+        defect = student_defect(model, cfg, context, grid_steps=grid_steps, seed=seed)
+        lines = [f"Salt metrics: {salt.name}",
+                 f"semigroup defect: {defect:.4f} ({grid_steps}-step grid at shift {cfg.shift:g}, "
+                 f"{context.shape[0]} clip(s), {'causal' if salt.causal else 'bidirectional'} rollout states, "
+                 f"seed {seed}; 0 = one big jump equals two small ones)"]
+        if toy:
+            videos = sample_student(model, cfg, context, nfe, seed=seed)
+            table = format_table({f"{nfe} NFE": score_table(videos, captions, world)}, COLUMNS)
+            lines += ["", f"toy oracle metrics at {nfe} NFE ({len(captions)} clips, seed {seed}; Fréchet distance "
+                          f"omitted: it needs dozens of clips):", table]
+        else:
+            lines += ["", "toy oracle metrics: toy-world models only"]
+    return "\n".join(lines)
+
+
+class SaltSemigroupDefect(io.ComfyNode):
+    """Measure a few-step model: semigroup defect + (toy world) oracle metrics of generated clips → STRING."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SaltSemigroupDefect",
+            display_name="Salt Semigroup Defect",
+            category="Salt/metrics",
+            description="Report on a SALT_MODEL: the semigroup defect (how far one big denoising jump is from two "
+                        "smaller jumps to the same level, on the model's own rollout states; Salt trains it down) "
+                        "and, for toy-world models, the oracle metric table (sharpness, prompt adherence, motion, "
+                        "flicker, toy score) of one clip per prompt at `nfe` steps. Toy shift "
+                        f"{TOY_SHIFT:g}; Wan models use shift {WAN_SHIFT:g}, `positive` and `latent`'s size.",
+            inputs=[
+                SaltModelType.Input("model", tooltip="The model to measure (SaltDistill, SaltToyModel, "
+                                                     "SaltLoadCausalModel)."),
+                io.String.Input("prompts", multiline=True, default=DEFAULT_PROMPTS,
+                                tooltip="Toy world: one caption per line, one clip each (colour, shape, direction, "
+                                        "background). Ignored for Wan models."),
+                io.Int.Input("nfe", default=4, min=1, max=MAX_NFE,
+                             tooltip="Denoising steps of the clips scored by the oracle metrics (toy world)."),
+                io.Int.Input("grid_steps", default=8, min=3, max=2 * MAX_NFE,
+                             tooltip="Grid on which the defect is measured (Salt's training grid: 8)."),
+                io.Int.Input("seed", default=0, min=0, max=2**63 - 1, control_after_generate=False,
+                             tooltip="Seed of the noise of every rollout (fixed, so reports compare)."),
+                io.Conditioning.Input("positive", optional=True,
+                                      tooltip="Wan models: the prompt (umT5 CONDITIONING). Unused for the toy world."),
+                io.Latent.Input("latent", optional=True,
+                                tooltip="Wan models: an empty latent whose shape (frames, height, width) sets the "
+                                        "measured video size. Unused for the toy world."),
+            ],
+            outputs=[io.String.Output(tooltip="The report (markdown), also shown on the node.")],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, model, prompts, nfe, grid_steps, seed, positive=None, latent=None) -> io.NodeOutput:
+        report = semigroup_report(model, prompts, nfe, grid_steps, seed, positive, latent)
+        return io.NodeOutput(report, ui=ui.PreviewText(report))

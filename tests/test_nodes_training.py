@@ -1,0 +1,232 @@
+"""SaltDistill and SaltSemigroupDefect called in-process (ComfyUI importable, CPU), and the Wan LATENT scaling.
+
+Distillation runs are CI-sized: a random toy-preset teacher from models/diffusion_models, batch 1,
+one critic update per generator update. Independent reference for the LATENT scaling: ComfyUI's
+own Wan21 latent format (process_in) applied to the streaming sampler's output.
+"""
+import json
+
+import pytest
+import torch
+
+from comfy_import import import_nodes
+from helpers import assert_close
+
+TEACHER = "toy_teacher_random.safetensors"
+# threads=1: two torch threads on a busy 2-core machine are several times slower than one.
+CI_OVERRIDES = "critic_ratio=1; eval_every=0; checkpoint_every=1; threads=1"
+
+
+@pytest.fixture(scope="module")
+def salt_nodes():
+    return import_nodes()
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """One torch thread (tiny models; a busy 2-core machine runs them several times slower with two), restored
+    afterwards: runs with a `threads` override also set the count process-wide."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def comfy_dirs(salt_nodes, tmp_path, monkeypatch):
+    """Temporary diffusion_models and output folders registered with ComfyUI's folder_paths, and a toy teacher."""
+    import folder_paths
+    from comfyui_salt.salt_core.model import build_model
+    from comfyui_salt.training.files import save_model
+    models, output = tmp_path / "diffusion_models", tmp_path / "output"
+    models.mkdir()
+    output.mkdir()
+    exts = folder_paths.folder_names_and_paths["diffusion_models"][1]
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "diffusion_models", ([str(models)], exts))
+    monkeypatch.setattr(folder_paths, "filename_list_cache", {})
+    monkeypatch.setattr(folder_paths, "output_directory", str(output))
+    save_model(build_model("toy", seed=0), models / TEACHER, extra_metadata={"teacher_mode": "teacher_forcing"})
+    return models, output
+
+
+@pytest.fixture
+def progress_calls(salt_nodes, monkeypatch):
+    import comfy.utils
+    calls = []
+    monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK", lambda v, t, p, node_id=None: calls.append((v, t, p)))
+    return calls
+
+
+def run(node, **inputs):
+    """The node's outputs (tuple) from a direct `execute` call, under inference mode as ComfyUI runs nodes."""
+    with torch.inference_mode():
+        return node.execute(**inputs).args
+
+
+def distill_inputs(**kw):
+    args = dict(preset="toy-dmd", teacher=TEACHER, student_init="teacher", critic_init="teacher", gen_steps=1,
+                batch_size=1, seed=0, name="ci_run", overrides=CI_OVERRIDES)
+    args.update(kw)
+    return args
+
+
+def toy_stream(salt_nodes, model, num_chunks=2):
+    sigmas = run(salt_nodes.SaltFewStepSigmas, preset="2step", nfe=2, shift=1.0)[0]
+    options = run(salt_nodes.SaltCacheOptions, chunk_frames=3, attention="full", window_frames=6, sink_frames=3,
+                  relative_rope=False, context_noise=0.0, max_frames=12)[0]
+    positive = run(salt_nodes.SaltToyTextEncode, text="a red disc moving left on a dark background")[0]
+    return run(salt_nodes.SaltStreamingSampler, model=model, positive=positive, cache_options=options, sigmas=sigmas,
+               seed=1, num_chunks=num_chunks, width=16, height=16, batch_size=1, sampling="stochastic",
+               cfg=1.0)[0]["samples"]
+
+
+# -- configuration ---------------------------------------------------------------------------------------
+def test_the_config_is_the_preset_with_widgets_files_and_typed_overrides(salt_nodes, comfy_dirs):
+    from comfyui_salt.nodes.distill import distill_config
+    cfg = distill_config("toy-salt", TEACHER, "teacher", "teacher", 3, 2, 5,
+                         "critic_ratio=1\nstep_choices=8,2; step_probs=0.5,0.5; sc_symmetric=true; lr_gen=1e-5")
+    assert cfg.teacher == str(comfy_dirs[0] / TEACHER) and cfg.student_init == "teacher"
+    assert (cfg.gen_steps, cfg.batch_size, cfg.seed, cfg.critic_ratio) == (3, 2, 5, 1)
+    assert cfg.step_choices == (8, 2) and cfg.step_probs == (0.5, 0.5) and cfg.sc_symmetric and cfg.lr_gen == 1e-5
+    assert cfg.sc_weight == 0.2 and cfg.threads == 0       # the rest from the preset; ComfyUI's threads untouched
+    preset = distill_config("salt-longlive", TEACHER, "teacher", "teacher", 0, 0, 0)
+    assert (preset.gen_steps, preset.batch_size, preset.sink_frames) == (120, 1, 3)   # 0: the preset's values
+
+
+@pytest.mark.parametrize("kw, words", [
+    (dict(overrides="learning_rate=1"), ["learning_rate=1", "known fields", "critic_ratio"]),
+    (dict(overrides="gen_steps=5"), ["gen_steps has its own widget"]),
+    (dict(overrides="critic_ratio=fast"), ["critic_ratio='fast'", "int"]),
+    (dict(overrides="sc_symmetric=maybe"), ["sc_symmetric='maybe'", "bool"]),
+    (dict(preset="salt-longlive", teacher="toy"), ["teacher='toy'", "salt-longlive", "Wan 2.1 teacher file"]),
+    (dict(student_init="gone.safetensors"), ["student_init='gone.safetensors'", "diffusion_models"]),
+    (dict(name="../escape"), ["name='../escape'", "plain folder name"]),
+])
+def test_bad_distill_inputs_raise_errors_naming_the_input_and_the_fix(salt_nodes, comfy_dirs, kw, words):
+    with pytest.raises((ValueError, FileNotFoundError)) as e:
+        run(salt_nodes.SaltDistill, **distill_inputs(**kw))
+    assert all(w in str(e.value) for w in ["SaltDistill"] + words), str(e.value)
+
+
+def test_queue_time_validation_rejects_bad_names_and_missing_files(salt_nodes, comfy_dirs):
+    node = salt_nodes.SaltDistill
+    assert node.validate_inputs(name="run1", teacher="toy", student_init=TEACHER, critic_init="teacher") is True
+    assert "plain folder name" in node.validate_inputs(name="a/b")
+    assert "gone.safetensors" in node.validate_inputs(name="ok", teacher="gone.safetensors")
+
+
+# -- running ---------------------------------------------------------------------------------------------
+def test_distill_trains_in_the_queue_with_progress_previews_and_a_loadable_export(salt_nodes, comfy_dirs,
+                                                                                    progress_calls):
+    models, output = comfy_dirs
+    overrides = "critic_ratio=1; eval_every=1; eval_clips=2; eval_nfe=2; threads=1"
+    salt, export = run(salt_nodes.SaltDistill, **distill_inputs(gen_steps=2, overrides=overrides))
+    assert salt.causal and salt.latent_format == "pixels" and "ci_run" in salt.name
+    assert not any(p.requires_grad for p in salt.model.parameters())
+    folder = output / "salt_runs" / "ci_run"
+    assert export == str(folder / "export" / "student.safetensors") and (folder / "export" / "student_release.pt").exists()
+    assert [(v, t) for v, t, p in progress_calls if p is None] == [(1, 2), (2, 2)]
+    previews = [p for _, _, p in progress_calls if p is not None]
+    assert len(previews) == 2 and previews[0][0] == "JPEG" and previews[0][1].size == (128, 128)
+
+    published = models / "salt" / "ci_run.safetensors"
+    assert published.exists()
+    loaded = run(salt_nodes.SaltLoadCausalModel, ckpt_name="salt/ci_run.safetensors", use_ema=True, dtype="fp32")[0]
+    for (k, a), b in zip(salt.model.state_dict().items(), loaded.model.state_dict().values()):
+        assert torch.equal(a, b), k
+    latent = toy_stream(salt_nodes, salt)
+    assert latent.shape == (1, 3, 6, 16, 16) and torch.isfinite(latent).all()
+
+
+def test_cancel_saves_a_checkpoint_and_queuing_the_same_name_resumes(salt_nodes, comfy_dirs):
+    import comfy.model_management as mm
+    folder = comfy_dirs[1] / "salt_runs" / "ci_run"
+    mm.interrupt_current_processing(True)
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            run(salt_nodes.SaltDistill, **distill_inputs(gen_steps=2))
+        assert not mm.processing_interrupted(), "the Cancel flag was left set"
+    finally:
+        mm.interrupt_current_processing(False)
+    assert [p.name for p in (folder / "checkpoints").iterdir()] == ["step_00000001"]
+    assert not (folder / "export").exists()
+    run(salt_nodes.SaltDistill, **distill_inputs(gen_steps=2))
+    steps = [json.loads(line)["gen_step"] for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2], "the second run did not resume from the saved checkpoint"
+    assert (folder / "export" / "student.safetensors").exists()
+
+
+def test_a_run_name_holding_other_settings_is_refused_with_the_difference(salt_nodes, comfy_dirs):
+    run(salt_nodes.SaltDistill, **distill_inputs())
+    with pytest.raises(ValueError) as e:
+        run(salt_nodes.SaltDistill, **distill_inputs(preset="toy-sc-dmd"))
+    assert all(w in str(e.value) for w in ["SaltDistill", "ci_run", "sc_weight", "another name"]), str(e.value)
+
+
+# -- metrics ---------------------------------------------------------------------------------------------
+def test_the_metrics_report_has_the_defect_and_the_oracle_table(salt_nodes):
+    from comfyui_salt.nodes.types import SaltModel
+    from comfyui_salt.salt_core.model import build_model
+    salt = SaltModel(build_model("toy", seed=0).eval(), "pixels", "random toy", causal=True)
+    prompts = "a red disc moving left on a dark background\na blue bar moving up on a light background"
+    out = salt_nodes.SaltSemigroupDefect.execute(model=salt, prompts=prompts, nfe=2, grid_steps=4, seed=0)
+    report = out.args[0]
+    assert out.ui.as_dict() == {"text": (report,)}
+    lines = report.splitlines()
+    assert lines[0] == "Salt metrics: random toy" and lines[1].startswith("semigroup defect: ")
+    assert 0 < float(lines[1].split()[2]) < 10
+    assert "toy oracle metrics at 2 NFE (2 clips" in report and "| 2 NFE |" in report and "toy_score" in report
+
+
+@pytest.mark.parametrize("kw, words", [
+    (dict(prompts="a purple disc"), ["prompts", "purple"]),
+    (dict(prompts="  \n"), ["prompts has 0 captions"]),
+    (dict(grid_steps=2), ["grid_steps=2", "three grid levels"]),
+])
+def test_bad_metrics_inputs_raise_errors_naming_the_input(salt_nodes, kw, words):
+    from comfyui_salt.nodes.types import SaltModel
+    from comfyui_salt.salt_core.model import build_model
+    salt = SaltModel(build_model("toy", seed=0).eval(), "pixels", "random toy", causal=True)
+    args = {**dict(model=salt, prompts="a red disc moving left", nfe=2, grid_steps=4, seed=0), **kw}
+    with pytest.raises(ValueError) as e:
+        salt_nodes.SaltSemigroupDefect.execute(**args)
+    assert all(w in str(e.value) for w in ["SaltSemigroupDefect"] + words), str(e.value)
+
+
+def test_the_defect_of_a_wan_model_uses_the_prompt_and_the_latent_size(salt_nodes):
+    from comfyui_salt.nodes.types import SaltModel
+    from comfyui_salt.salt_core.model import build_model
+    salt = SaltModel(build_model("tiny-hd128", seed=0).eval(), "wan21", "tiny wan", causal=True)
+    with pytest.raises(ValueError, match="connect `latent`"):
+        salt_nodes.SaltSemigroupDefect.execute(model=salt, prompts="", nfe=2, grid_steps=4, seed=0)
+    positive = [[torch.randn(1, 5, 64, generator=torch.Generator().manual_seed(0)), {}]]
+    latent = {"samples": torch.zeros(1, 16, 6, 4, 4)}
+    report = salt_nodes.SaltSemigroupDefect.execute(model=salt, prompts="", nfe=2, grid_steps=4, seed=0,
+                                                    positive=positive, latent=latent).args[0]
+    assert "semigroup defect: " in report and "at shift 5" in report and "toy-world models only" in report
+
+
+# -- Wan latents -----------------------------------------------------------------------------------------
+def test_streamed_wan_latents_are_in_comfys_latent_space_by_comfys_own_wan21_format(salt_nodes):
+    """ComfyUI's Wan21 process_in (what a native sampler applies before the model) maps the streaming
+    sampler's LATENT back to the model-space rollout: VAEDecode then sees ComfyUI's scaling."""
+    import comfy.latent_formats
+    from comfyui_salt.nodes.types import SaltModel
+    from comfyui_salt.salt_core.model import build_model
+    from comfyui_salt.salt_core.streaming import stream_video
+    salt = SaltModel(build_model("tiny-hd128", seed=0).eval(), "wan21", "tiny wan", causal=True)
+    positive = [[torch.randn(1, 5, 64, generator=torch.Generator().manual_seed(0)), {}]]
+    sigmas = run(salt_nodes.SaltFewStepSigmas, preset="self_forcing_4step", nfe=4, shift=5.0)[0]
+    options = run(salt_nodes.SaltCacheOptions, chunk_frames=3, attention="sink", window_frames=6, sink_frames=3,
+                  relative_rope=True, context_noise=0.0, max_frames=21)[0]
+    latent = run(salt_nodes.SaltStreamingSampler, model=salt, positive=positive, cache_options=options, sigmas=sigmas,
+                 seed=4, num_chunks=3, width=32, height=48, batch_size=1, sampling="stochastic",
+                 cfg=1.0)[0]["samples"]
+    assert latent.shape == (1, 16, 9, 6, 4)
+    noise = torch.randn(1, 16, 9, 6, 4, generator=torch.Generator().manual_seed(4))
+    context = torch.nn.functional.pad(positive[0][0], (0, 0, 0, 3))            # padded to text_len 8
+    ref = stream_video(salt.model, noise, context, sigmas.double(), policy=options.policy, chunk_frames=3,
+                       generator=torch.Generator().manual_seed(5))
+    wan = comfy.latent_formats.Wan21()
+    assert_close(wan.process_in(latent), ref, 1e-5, "process_in(LATENT) vs model-space rollout")
+    assert (latent - ref).abs().max() > 0.1, "the LATENT was not converted to ComfyUI's scale"
