@@ -83,3 +83,12 @@ def test_the_layering_check_catches_an_upward_import(tmp_path, monkeypatch):
     (fake / "bad.py").write_text("from ..training import teacher\nimport comfy.samplers\n")
     monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
     assert len(_violations("salt_core", COMFY | {"training", "nodes"})) == 2
+
+
+def test_pyproject_lists_every_package_of_the_pack():
+    """A subpackage missing from pyproject's explicit `packages` would be left out of built wheels."""
+    import tomllib
+    declared = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {"comfyui_salt." + ".".join(p.parent.relative_to(ROOT).parts)
+             for layer in ("salt_core", "training", "nodes") for p in (ROOT / layer).rglob("__init__.py")}
+    assert found <= declared, f"add {sorted(found - declared)} to [tool.setuptools] packages"
