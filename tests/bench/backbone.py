@@ -93,7 +93,7 @@ def main():
                      f"chunk 2 {per_chunk[1] * 1e3:.0f} ms, chunk 20 {per_chunk[19] * 1e3:.0f} ms"))
 
         # (c) cache vs no cache, 16 chunks, 4 steps, full attention (same semantics)
-        n_chunks, K, hw_c = 16, 4, (16, 16)   # smaller frames: the no-cache reference is quadratic in history
+        n_chunks, K, hw_c = 16, 4, hw
         noise = torch.randn(1, cfg.in_dim, chunk * n_chunks, *hw_c)
         cached = timed(lambda: stream_video(model, noise, ctx, sig4, policy=CachePolicy.full(chunk * n_chunks),
                                             chunk_frames=chunk), max(1, args.repeats // 2))
