@@ -62,6 +62,7 @@ def main(argv=None):
     e = sub.add_parser("export-teacher", help="write the EMA weights of a teacher run's newest checkpoint")
     e.add_argument("--run", required=True, help="teacher run folder (the --out of `teacher`)")
     e.add_argument("--out", required=True, help="destination .safetensors (original Wan layout + config metadata)")
+    e.add_argument("--weights", choices=("ema", "raw"), default="ema", help="EMA (default) or the raw trained weights")
     q = sub.add_parser("distill", help="DMD / SC-DMD / Salt distillation or ODE-pair init; resumes automatically")
     q.add_argument("--preset", required=True, help="a preset of training/distill_config.py PRESETS, e.g. toy-salt")
     q.add_argument("--out", required=True, help="run folder (checkpoints, metrics.jsonl, export/); rerun to resume")
@@ -93,7 +94,7 @@ def main(argv=None):
             print("wrote", path)
     elif args.command == "export-teacher":
         from .teacher import export_teacher
-        print(export_teacher(args.run, args.out))
+        print(export_teacher(args.run, args.out, args.weights))
     elif args.command == "demo":
         from .demo import run_demo
         run_demo(args.out, args.num_clips, args.threads)

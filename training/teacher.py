@@ -216,8 +216,12 @@ def toy_evaluator(cfg: TeacherConfig, num_ref: int = 256):
     return evaluate
 
 
-def export_teacher(run_dir: str, out_path: str) -> str:
-    """Write the EMA weights of the newest checkpoint in `run_dir` to `out_path` (safetensors, Wan layout)."""
+def export_teacher(run_dir: str, out_path: str, weights: str = "ema") -> str:
+    """Write the `weights` ('ema' or 'raw') of the newest checkpoint in `run_dir` to `out_path`
+    (safetensors, Wan layout). Early in training the EMA (decay 0.999) still carries much of the
+    initialisation, so the raw weights can be the better teacher."""
+    if weights not in ("ema", "raw"):
+        raise ValueError(f"weights={weights!r}; expected 'ema' or 'raw'")
     from .files import save_model
     latest = CheckpointManager(os.path.join(run_dir, "checkpoints")).latest()
     if latest is None:
@@ -229,9 +233,11 @@ def export_teacher(run_dir: str, out_path: str) -> str:
     except json.JSONDecodeError:  # runs started before config.json was JSON hold a Python dict literal
         raw = ast.literal_eval(text)
     cfg = config_from_dict(TeacherConfig, raw)
-    tensors, state = CheckpointManager(os.path.join(run_dir, "checkpoints")).load(latest[1], ["ema"])
+    name = "ema" if weights == "ema" else "model"
+    tensors, state = CheckpointManager(os.path.join(run_dir, "checkpoints")).load(latest[1], [name])
     model = WanModel(get_config(cfg.model_preset))
-    model.load_state_dict(tensors["ema"])
+    model.load_state_dict(tensors[name])
     save_model(model, out_path, layout="wan", extra_metadata={
-        "teacher_mode": cfg.mode, "train_steps": state["step"], "teacher_config": str(asdict(cfg))})
-    return f"wrote {out_path} (EMA at step {state['step']}, {cfg.mode})"
+        "teacher_mode": cfg.mode, "train_steps": state["step"], "teacher_weights": weights,
+        "teacher_config": json.dumps(asdict(cfg), sort_keys=True)})
+    return f"wrote {out_path} ({weights} weights at step {state['step']}, {cfg.mode})"

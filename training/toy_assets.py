@@ -20,5 +20,5 @@ def load_toy_teacher(path: str = TOY_TEACHER):
     _, meta = read_checkpoint(path)
     model, _ = load_model(path)
     mode = meta.get("teacher_mode", "teacher_forcing")
-    steps = meta.get("train_steps", "?")
-    return model.eval(), mode, f"{os.path.basename(path)} ({mode}, {steps} training steps)"
+    steps, weights = meta.get("train_steps", "?"), meta.get("teacher_weights", "ema")
+    return model.eval(), mode, f"{os.path.basename(path)} ({mode}, {weights} weights after {steps} training steps)"
