@@ -6,6 +6,15 @@ from dataclasses import dataclass, fields, asdict
 import json
 
 
+def strict_from_dict(cls, d: dict):
+    """A dataclass `cls` from a dict, rejecting unknown keys by name (with the known ones listed)."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown keys {unknown}; expected a subset of {sorted(known)}")
+    return cls(**d)
+
+
 @dataclass(frozen=True)
 class WanConfig:
     dim: int = 1536                      # model width
@@ -40,11 +49,7 @@ class WanConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "WanConfig":
         """Build from a dict, rejecting unknown keys by name."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"WanConfig: unknown keys {unknown}; expected a subset of {sorted(known)}")
-        return cls(**d)
+        return strict_from_dict(cls, d)
 
     @classmethod
     def from_json(cls, s: str) -> "WanConfig":

@@ -13,11 +13,13 @@ import math
 import os
 import re
 import time
-from dataclasses import asdict, fields
+from dataclasses import asdict
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+
+from ..salt_core.config import strict_from_dict
 
 log = logging.getLogger("salt.training")
 
@@ -42,13 +44,7 @@ def cosine_lr(step: int, base: float, warmup: int, total: int, min_ratio: float)
     return base * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * p)))
 
 
-def config_from_dict(cls, d: dict):
-    """Dataclass from a dict, rejecting unknown keys by name (with the known ones listed)."""
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise ValueError(f"{cls.__name__}: unknown keys {unknown}; known keys: {sorted(known)}")
-    return cls(**d)
+config_from_dict = strict_from_dict  # dataclass from a dict, unknown keys rejected by name
 
 
 class EMA:
@@ -106,6 +102,18 @@ class CheckpointManager:
         os.replace(tmp, final)
         self._prune()
         return final
+
+    def resume(self, model, ema, opt, model_name: str = "model"):
+        """Load the newest checkpoint's `model_name` + ema weights and optimizer state; its step, or 0."""
+        latest = self.latest()
+        if latest is None:
+            return 0
+        tensors, state = self.load(latest[1], [model_name, "ema"])
+        model.load_state_dict(tensors[model_name])
+        ema.shadow = {k: v.float() for k, v in tensors["ema"].items()}
+        opt.load_state_dict(state["optimizer"])
+        log.info("resumed from %s (step %d)", latest[1], int(state["step"]))
+        return int(state["step"])
 
     def load(self, path: str, names) -> tuple:
         """({name: state_dict}, state) from a checkpoint folder."""

@@ -10,15 +10,13 @@ import time
 
 import torch
 
-from ..salt_core.config import get_config
 from ..salt_core.metrics.frechet import reference_features
 from ..salt_core.metrics.score import format_table, score_table
-from ..salt_core.model import WanModel
 from ..salt_core.toy.text import ToyTextEncoder
-from ..salt_core.toy.world import get_world, render, sample_params
+from ..salt_core.toy.world import TOY_SHIFT, get_world, render, sample_params
 from .preview import save_gif
-from .teacher import TeacherConfig, eval_prompts, sample_teacher
-from .toy_assets import TOY_SHIFT, load_toy_teacher
+from .teacher import eval_prompts, sample_teacher
+from .toy_assets import load_toy_teacher
 
 log = logging.getLogger("salt.demo")
 

@@ -107,14 +107,7 @@ def run_ode_init(cfg, out_dir: str, max_steps: int = None, callback=None, quiet:
     ema = EMA(student, 0.999)
     ckpt = CheckpointManager(os.path.join(out_dir, "checkpoints"))
     logger = JsonlLog(os.path.join(out_dir, "metrics.jsonl"))
-    step = 0
-    latest = ckpt.latest()
-    if latest:
-        tensors, state = ckpt.load(latest[1], ["student", "ema"])
-        student.load_state_dict(tensors["student"])
-        ema.shadow = {k: v.float() for k, v in tensors["ema"].items()}
-        opt.load_state_dict(state["optimizer"])
-        step = int(state["step"])
+    step = ckpt.resume(student, ema, opt, "student")
     stop = cfg.gen_steps if max_steps is None else min(cfg.gen_steps, max_steps)
     bar = progress(stop, step, "ode-init", disable=quiet)
     meta = {"salt_config": student.cfg.to_json(), "distill_config": json.dumps(cfg.__dict__, default=str)}

@@ -26,7 +26,7 @@ from ..salt_core.denoiser import FlowDenoiser
 from ..salt_core.samplers import sample_euler
 from ..salt_core.scorenet import teacher_forcing_forward
 from ..salt_core.toy.text import ToyTextEncoder
-from ..salt_core.toy.world import get_world, sample_batch, sample_params, render, caption
+from ..salt_core.toy.world import TOY_SHIFT, caption, get_world, sample_batch, sample_params
 from .common import (EMA, CheckpointManager, JsonlLog, config_from_dict, cosine_lr, log, progress,
                      step_generators)
 
@@ -52,7 +52,7 @@ class TeacherConfig:
     caption_dropout: float = 0.1       # probability of the empty prompt (CFG training)
     logit_mean: float = 0.0            # σ = shift(sigmoid(N(mean, std)))
     logit_std: float = 1.0
-    shift: float = 1.0                 # timestep shift applied to training σ (the toy world's shift)
+    shift: float = TOY_SHIFT           # timestep shift applied to training σ (the toy world's shift)
     seed: int = 0
     threads: int = 2                   # torch CPU threads (fixed for bit-identical resume)
     checkpoint_every: int = 250
@@ -90,7 +90,7 @@ def flow_loss_step(model, cfg: TeacherConfig, videos, context, gen):
 
 
 @torch.no_grad()
-def sample_teacher(model, mode: str, captions, encoder, world_cfg, steps=40, cfg_scale=3.0, shift=1.0,
+def sample_teacher(model, mode: str, captions, encoder, world_cfg, steps=40, cfg_scale=3.0, shift=TOY_SHIFT,
                    seed=0, chunk_frames=3, num_frames=None, return_trajectory: bool = False):
     """Many-step Euler samples (B, 3, F, H, W) with standard CFG, AR on a KV cache or bidirectional.
 
@@ -139,16 +139,8 @@ def train_teacher(cfg: TeacherConfig, out_dir: str, evaluate=None, max_steps: in
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
     ckpt = CheckpointManager(os.path.join(out_dir, "checkpoints"))
     logger = JsonlLog(os.path.join(out_dir, "metrics.jsonl"))
-    step = 0
-    latest = ckpt.latest()
-    if latest:
-        tensors, state = ckpt.load(latest[1], ["model", "ema"])
-        model.load_state_dict(tensors["model"])
-        ema.shadow = {k: v.float() for k, v in tensors["ema"].items()}
-        opt.load_state_dict(state["optimizer"])
-        step = int(state["step"])
-        log.info("resumed from %s (step %d)", latest[1], step)
-    else:
+    step = ckpt.resume(model, ema, opt, "model")
+    if step == 0:
         with open(os.path.join(out_dir, "config.json"), "w") as f:
             json.dump(asdict(cfg), f, indent=1, sort_keys=True)
     stop = min(cfg.total_steps, max_steps if max_steps is not None else cfg.total_steps)

@@ -4,7 +4,6 @@ File reading lives here, not in salt_core. Rebuild commands are in the README ("
 """
 import os
 
-from ..salt_core.toy.world import TOY_SHIFT  # noqa: F401  (re-exported for callers of the toy assets)
 from .files import load_model, read_checkpoint
 
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "salt_core", "assets")

@@ -20,9 +20,11 @@ Extending to two sprites: `_sprites_of` lists the sprites of a clip and `render_
 them in order; a second sprite needs a field in `ClipParams` and one more entry there.
 Knows nothing of models, text encoders or metrics.
 """
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 import numpy as np
 import torch
+
+from ..config import strict_from_dict
 
 # The toy world's timestep shift, fixed once and used everywhere in the toy world (teacher training
 # σ distribution, sampling grids, few-step grids, distillation presets). Real-scale Wan keeps 5.
@@ -116,11 +118,7 @@ class ToyWorldConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "ToyWorldConfig":
         """Build from a dict, rejecting unknown keys by name."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"ToyWorldConfig: unknown keys {unknown}; expected a subset of {sorted(known)}")
-        return cls(**d)
+        return strict_from_dict(cls, d)
 
 
 PRESETS = {
