@@ -320,7 +320,7 @@ def test_bad_inputs_fail_with_node_errors_and_the_server_keeps_working(server, o
     error = history_error(server.run(changed("5", width=18)))
     assert error["node_type"] == "SaltStreamingSampler" and "width=18" in error["exception_message"]
 
-    server.assert_alive()
+    server.check_alive()
     after = changed("5", seed=3, num_chunks=1)
     after["7"]["inputs"]["filename_prefix"] = "salt/after_errors"
     entry = run_ok(server, after)

@@ -69,10 +69,14 @@ def main(argv=None):
     q.add_argument("--max-gen-steps", type=int, default=None, help="stop after this many generator steps")
     from .distill_config import DistillConfig
     _add_config_flags(q, DistillConfig)
-    d = sub.add_parser("demo", help="the main job: toy-world generation, oracle metric table, preview GIF")
-    d.add_argument("--out", default="out/demo", help="folder for preview.gif")
+    d = sub.add_parser("demo", help="the main job: toy-world generation, oracle metric table, preview GIF, workflow 1 in ComfyUI")
+    d.add_argument("--out", default="out/demo", help="folder for preview.gif and salt_toy_streaming.webp")
     d.add_argument("--num-clips", type=int, default=16, help="prompts to generate per row")
     d.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    d.add_argument("--teacher", default=None, help="toy teacher .safetensors (default: the shipped asset)")
+    d.add_argument("--no-comfyui", action="store_true",
+                   help="skip running workflows/salt_toy_streaming.json in a headless ComfyUI")
+    d.add_argument("--comfyui", default=None, help="ComfyUI tree to boot (default .venv/comfyui, from .ci/setup)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
@@ -97,7 +101,9 @@ def main(argv=None):
         print(export_teacher(args.run, args.out, args.weights))
     elif args.command == "demo":
         from .demo import run_demo
-        run_demo(args.out, args.num_clips, args.threads)
+        from .toy_assets import TOY_TEACHER
+        run_demo(args.out, args.num_clips, args.threads, teacher=args.teacher or TOY_TEACHER,
+                 comfyui=not args.no_comfyui, comfyui_dir=args.comfyui)
     return 0
 
 

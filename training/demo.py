@@ -2,12 +2,17 @@
 
 Generates clips for fixed prompts with the shipped toy teacher (40 Euler steps + CFG) and with the
 same teacher at 4 and 2 steps (the gap distillation closes), scores them and real clips with the
-oracle metrics, prints the table, and writes an animated preview GIF.
+oracle metrics, prints the table, and writes an animated preview GIF. Then runs workflow 1
+(`workflows/salt_toy_streaming.json`) through a real ComfyUI, headless (`comfy_runner`), copies its animated
+WEBP to `<out>/salt_toy_streaming.webp`, decodes it back to pixels and scores it the same way.
 """
+import json
 import logging
 import os
+import shutil
 import time
 
+import numpy as np
 import torch
 
 from ..salt_core.metrics.frechet import reference_features
@@ -16,17 +21,74 @@ from ..salt_core.toy.text import ToyTextEncoder
 from ..salt_core.toy.world import TOY_SHIFT, get_world, render, sample_params
 from .preview import save_gif
 from .teacher import eval_prompts, sample_teacher
-from .toy_assets import load_toy_teacher
+from .comfy_runner import comfy_server, run_workflow
+from .toy_assets import TOY_TEACHER, load_toy_teacher
 
 log = logging.getLogger("salt.demo")
 
+WORKFLOW_1 = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "workflows",
+                          "salt_toy_streaming.json")
+WORKFLOW_1_ROW = "ComfyUI workflow 1 (streaming, 4 steps, rolling cache)"
+COLUMNS = ["toy_score", "sharpness_error", "adherence", "direction_ok", "smoothness_px", "dynamic_px", "flicker",
+           "frechet", "seconds"]
 
-def run_demo(out_dir: str = "out/demo", num_clips: int = 16, threads: int = 2, seed: int = 0) -> dict:
-    """Run the toy-world demo; returns {row label: metric means} and writes out_dir/preview.gif."""
+
+def widget(workflow: dict, node_type: str, index: int = 0):
+    """widgets_values[index] of the one node of `node_type` in a UI-format workflow."""
+    nodes = [n for n in workflow["nodes"] if n["type"] == node_type]
+    assert len(nodes) == 1, f"expected one {node_type} node in the workflow, found {len(nodes)}"
+    return nodes[0]["widgets_values"][index]
+
+
+def read_webp_video(path: str, upscale: int) -> torch.Tensor:
+    """Animated WEBP of upscaled toy frames → video (1, 3, F, H/upscale, W/upscale) in [-1, 1] (box average, which
+    undoes the nearest-neighbour upscale and averages out the lossy codec)."""
+    from PIL import Image, ImageSequence
+    with Image.open(path) as im:
+        frames = np.stack([np.asarray(f.convert("RGB"), dtype=np.float32) for f in ImageSequence.Iterator(im)])
+    f, h, w, c = frames.shape   # (F, H·upscale, W·upscale, 3)
+    frames = frames.reshape(f, h // upscale, upscale, w // upscale, upscale, c).mean(axis=(2, 4))
+    video = torch.from_numpy(frames).permute(3, 0, 1, 2)[None]   # (1, 3, F, H, W)
+    return video / 127.5 - 1.0
+
+
+def run_workflow_1(out_dir: str, teacher: str, comfyui_dir=None) -> tuple:
+    """Run workflow 1 in a headless ComfyUI; returns (caption, video (1, 3, F, 16, 16), webp path, seconds).
+
+    A teacher other than the shipped asset is linked into models/diffusion_models and loaded with
+    SaltLoadCausalModel in place of SaltToyModel (which only knows the shipped file)."""
+    with open(WORKFLOW_1) as f:
+        workflow = json.load(f)
+    custom = os.path.abspath(teacher) != os.path.abspath(TOY_TEACHER)
+    name = "salt_demo_teacher.safetensors"
+
+    def swap_teacher(prompt):
+        for node in prompt.values():
+            if custom and node["class_type"] == "SaltToyModel":
+                node.update(class_type="SaltLoadCausalModel", inputs={"ckpt_name": name, "use_ema": True,
+                                                                      "dtype": "fp32"})
+
+    t = time.time()
+    with comfy_server(models={name: teacher} if custom else None, threads=1, comfyui_dir=comfyui_dir) as server:
+        boot = time.time() - t
+        t = time.time()
+        files = [p for p in run_workflow(server, workflow, edit=swap_teacher) if str(p).endswith(".webp")]
+        seconds = time.time() - t
+        assert len(files) == 1, f"workflow 1 should save one animated WEBP, saved {files}"
+        webp = shutil.copyfile(files[0], os.path.join(out_dir, "salt_toy_streaming.webp"))
+    log.info("ComfyUI booted in %.1f s, ran workflow 1 in %.1f s", boot, seconds)
+    video = read_webp_video(webp, int(widget(workflow, "SaltToyDecode")))
+    return widget(workflow, "SaltToyTextEncode"), video, webp, seconds
+
+
+def run_demo(out_dir: str = "out/demo", num_clips: int = 16, threads: int = 2, seed: int = 0,
+             teacher: str = TOY_TEACHER, comfyui: bool = True, comfyui_dir: str = None) -> dict:
+    """Run the toy-world demo; returns {row label: metric means} and writes out_dir/preview.gif (and, with
+    `comfyui`, out_dir/salt_toy_streaming.webp from workflow 1 in a real ComfyUI at `comfyui_dir`)."""
     torch.set_num_threads(threads)
     os.makedirs(out_dir, exist_ok=True)
     world = get_world("default")
-    model, mode, source = load_toy_teacher()
+    model, mode, source = load_toy_teacher(teacher)
     encoder = ToyTextEncoder(text_dim=model.cfg.text_dim, max_tokens=model.cfg.text_len, world=world)
     captions = eval_prompts(world, num_clips)
     ref = reference_features(world, 256)
@@ -39,9 +101,15 @@ def run_demo(out_dir: str = "out/demo", num_clips: int = 16, threads: int = 2, s
         timings[label] = time.time() - t
         rows[label] = {**score_table(v, captions, world, ref), "seconds": timings[label]}
         videos[label.split()[1] + " steps"] = v
-    table = format_table(rows, ["toy_score", "sharpness_error", "adherence", "direction_ok", "smoothness_px",
-                                "dynamic_px", "flicker", "frechet", "seconds"])
+    table = format_table(rows, COLUMNS)
     gif = save_gif({k: v[:8] for k, v in videos.items()}, os.path.join(out_dir, "preview.gif"))
     print(f"\nSalt toy world — teacher: {source}\n\n{table}\n\npreview: {gif}  (rows: " +
           ", ".join(videos) + f"; first 8 of {num_clips} prompts)")
+    if comfyui:
+        caption, video, webp, seconds = run_workflow_1(out_dir, teacher, comfyui_dir)
+        # one clip has no covariance: no Fréchet distance, and the toy score leaves that term out
+        rows[WORKFLOW_1_ROW] = {**score_table(video, [caption], world), "seconds": seconds}
+        table = format_table({WORKFLOW_1_ROW: rows[WORKFLOW_1_ROW]}, COLUMNS)
+        print(f"\nThe same teacher in a real ComfyUI, headless: workflows/salt_toy_streaming.json, one clip of "
+              f"{caption!r} (no Fréchet distance for one clip)\n\n{table}\n\nvideo: {webp}")
     return rows
