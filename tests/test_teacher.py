@@ -51,3 +51,19 @@ def test_the_teacher_sampler_returns_its_ode_trajectory_on_request():
     assert torch.equal(out, again) and len(traj) == 4 * 4          # 4 chunks × 4 steps
     chunk, sigma, x, x0 = traj[-1]
     assert chunk == 3 and sigma == 0.25 and torch.equal(x0, out[:, :, 9:])
+
+
+def test_teacher_warm_start_continues_from_shipped_weights_at_a_given_step(tmp_path):
+    from comfyui_salt.training.teacher import export_teacher
+    cfg = TeacherConfig(batch_size=2, threads=1, checkpoint_every=2, total_steps=6, log_every=1)
+    train_teacher(cfg, str(tmp_path / "a"), max_steps=2, quiet=True)
+    export_teacher(str(tmp_path / "a"), str(tmp_path / "w.safetensors"), weights="raw")
+    warm = TeacherConfig(**{**cfg.__dict__, "init_from": str(tmp_path / "w.safetensors"), "init_step": 2})
+    model = train_teacher(warm, str(tmp_path / "b"), max_steps=2, quiet=True)      # nothing left to train
+    from comfyui_salt.training.files import load_model
+    shipped, _ = load_model(str(tmp_path / "w.safetensors"))
+    for (k, a), b in zip(model.state_dict().items(), shipped.state_dict().values()):
+        assert torch.equal(a, b), k
+    train_teacher(warm, str(tmp_path / "b"), max_steps=4, quiet=True)
+    lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    assert [__import__("json").loads(x)["step"] for x in lines] == [3, 4]

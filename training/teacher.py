@@ -61,6 +61,8 @@ class TeacherConfig:
     eval_steps: int = 40               # Euler steps for evaluation samples
     eval_cfg: float = 3.0              # standard-form CFG scale for evaluation samples
     log_every: int = 10
+    init_from: str = ""                # warm start: weights (model and EMA) from this safetensors file
+    init_step: int = 0                 # ... continuing the schedule and data order at this step
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -140,7 +142,14 @@ def train_teacher(cfg: TeacherConfig, out_dir: str, evaluate=None, max_steps: in
     ckpt = CheckpointManager(os.path.join(out_dir, "checkpoints"))
     logger = JsonlLog(os.path.join(out_dir, "metrics.jsonl"))
     step = ckpt.resume(model, ema, opt, "model")
-    if step == 0:
+    if step == 0 and cfg.init_from:
+        from .files import load_model
+        warm, _ = load_model(cfg.init_from)
+        model.load_state_dict(warm.state_dict())
+        ema = EMA(model, cfg.ema_decay)
+        step = cfg.init_step
+        log.info("warm start from %s at step %d (fresh optimizer state)", cfg.init_from, step)
+    if not os.path.exists(os.path.join(out_dir, "config.json")):
         with open(os.path.join(out_dir, "config.json"), "w") as f:
             json.dump(asdict(cfg), f, indent=1, sort_keys=True)
     stop = min(cfg.total_steps, max_steps if max_steps is not None else cfg.total_steps)
