@@ -159,14 +159,14 @@ class Distiller:
         loss = critic_flow_loss(fake, x_t, x, eps, sigma)
         return loss, {"critic_loss": loss.item()}
 
-    def _step(self, loss_fn, model, opt, it, tag):
+    def _step(self, loss_fn, model, opt, it, tag, d):
         """Accumulate `grad_accum` micro-batches of loss_fn, clip, step; returns stats."""
         opt.zero_grad(set_to_none=True)
         stats = {}
         for micro in range(self.cfg.grad_accum):
             gen, rng = step_generators(self.cfg.seed, self.rank, it, micro, int(tag == "gen"))
             with self._autocast():
-                loss, st = loss_fn(self.draws_cache, rng, gen)
+                loss, st = loss_fn(d, rng, gen)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{tag} loss became {loss.item()} at iteration {it}")
             (loss / self.cfg.grad_accum).backward()
@@ -178,18 +178,18 @@ class Distiller:
 
     def iteration(self, it: int) -> dict:
         """One loop iteration: a critic update, and a generator update every critic_ratio-th iteration."""
-        self.draws_cache = d = self.draws(it)
+        d = self.draws(it)
         stats = {"K": d["K"], "exit": d["exit"]}
         if it % self.cfg.critic_ratio == 0:
             self.student.train()
-            stats.update(self._step(self.generator_loss, self.student, self.opt_gen, it, "gen"))
+            stats.update(self._step(self.generator_loss, self.student, self.opt_gen, it, "gen", d))
             self.gen_step += 1
             if self.gen_step >= self.cfg.ema_start:
                 if self.ema is None:
                     self.ema = EMA(self.student, self.cfg.ema_decay)
                 else:
                     self.ema.update(self.student)
-        stats.update(self._step(self.critic_loss, self.critic, self.opt_critic, it, "critic"))
+        stats.update(self._step(self.critic_loss, self.critic, self.opt_critic, it, "critic", d))
         return stats
 
     # -- state ----------------------------------------------------------------------------------

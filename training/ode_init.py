@@ -10,6 +10,7 @@ import json
 import os
 import time
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -35,7 +36,6 @@ def generate_ode_pairs(teacher, kind: str, cfg, prompts, num: int, seed: int, ba
                          f"{grid} (missing {missing}); use a multiple of {K}")
     out = {"states": [], "x0": [], "context": []}
     rng_gen = torch.Generator().manual_seed(seed)
-    import numpy as np
     rng = np.random.default_rng(seed)
     for start in range(0, num, batch):
         b = min(batch, num - start)
