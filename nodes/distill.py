@@ -158,7 +158,7 @@ def distill(cfg: DistillConfig, name: str) -> tuple:
             raise TrainingCancelled(f"cancelled at generator step {step[0]}")
     try:
         with training_mode():
-            model = run_distillation(cfg, folder, callback=callback)
+            model = run_distillation(cfg, folder, callback=callback, device=torch_device())
     except TrainingCancelled:
         log.info("SaltDistill: cancelled; %s holds a resumable checkpoint (queue the same name again)", folder)
         raise_interrupted()

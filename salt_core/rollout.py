@@ -15,7 +15,7 @@ from typing import Callable, Optional
 import torch
 
 from .kv_cache import CachePolicy
-from .schedules import add_noise, x0_from_velocity
+from .schedules import add_noise, randn_like, x0_from_velocity
 
 
 @dataclass
@@ -24,13 +24,6 @@ class Rollout:
     x0: torch.Tensor
     exit_sigma: float
     renoise: dict = field(default_factory=dict)   # {(chunk, grid index): fresh noise used to reach that level}
-
-
-def randn_like(x: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
-    """Gaussian noise shaped like x, drawn on the generator's device (CPU by default) then moved to x's:
-    the same seed gives the same noise on any accelerator."""
-    dev = generator.device if generator is not None else x.device
-    return torch.randn(x.shape, generator=generator, device=dev, dtype=x.dtype).to(x.device)
 
 
 def _t(sigma: float, x: torch.Tensor) -> torch.Tensor:

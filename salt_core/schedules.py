@@ -69,3 +69,10 @@ def add_noise(x0: torch.Tensor, noise: torch.Tensor, sigma) -> torch.Tensor:
     """x_t = (1-σ)·x0 + σ·ε in float64, returned in x0's dtype."""
     s = torch.as_tensor(sigma, dtype=torch.float64, device=x0.device)
     return ((1 - s) * x0.double() + s * noise.double()).to(x0.dtype)
+
+
+def randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Gaussian noise shaped like x, drawn on the generator's device (CPU by default) then moved to x's:
+    the same seed gives the same noise on any accelerator."""
+    dev = generator.device if generator is not None else x.device
+    return torch.randn(x.shape, generator=generator, device=dev, dtype=x.dtype).to(x.device)

@@ -11,7 +11,7 @@ from typing import Callable, Iterator, Optional
 import torch
 
 from .kv_cache import CachePolicy, KVCache
-from .schedules import add_noise, x0_from_velocity
+from .schedules import add_noise, randn_like, x0_from_velocity
 
 
 def _frame_t(sigma: float, batch: int, frames: int, device) -> torch.Tensor:
@@ -47,7 +47,7 @@ def write_context(model, frames: torch.Tensor, context, cache: KVCache, start_fr
     """Write clean (or slightly re-noised) frames (B, C, n, H, W) into the cache at `start_frame`."""
     x = frames
     if context_noise > 0:
-        noise = torch.randn(frames.shape, generator=generator, device=frames.device, dtype=frames.dtype)
+        noise = randn_like(frames, generator)
         x = add_noise(frames, noise, context_noise)
     model(x, _frame_t(context_noise, x.shape[0], x.shape[2], x.device), context, cache=cache,
           start_frame=start_frame, write_cache=True)
@@ -129,7 +129,7 @@ def rollout_stream(model, noise: torch.Tensor, context: torch.Tensor, sigmas: to
             if nxt == 0:
                 x = x0
             elif stochastic:
-                fresh = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+                fresh = randn_like(x, generator)
                 x = add_noise(x0, fresh, nxt)
             else:
                 x = (x0.double() + (nxt / sig[i]) * (x.double() - x0.double())).to(x.dtype)

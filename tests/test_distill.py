@@ -52,6 +52,17 @@ def test_interrupted_distillation_resumes_bit_identically(teacher_path, tmp_path
         assert torch.equal(a, b), k
 
 
+@pytest.mark.parametrize("preset", ["toy-ode-init", "toy-dmd"])
+def test_an_explicit_device_overrides_accelerates_pick(preset, teacher_path, tmp_path, monkeypatch):
+    # accelerate picks CUDA whenever it is present; ComfyUI started with --cpu passes device="cpu".
+    import comfyui_salt.training.distill as job
+    monkeypatch.setattr(job, "process_info", lambda: (0, 1, torch.device("meta")))
+    model = run_distillation(tiny(preset, teacher_path, gen_steps=1), str(tmp_path), quiet=True, device="cpu")
+    assert model.patch_embedding.weight.device.type == "cpu"
+    with pytest.raises((NotImplementedError, RuntimeError), match="meta"):   # the pick is used without a device
+        run_distillation(tiny(preset, teacher_path, gen_steps=1), str(tmp_path / "picked"), quiet=True)
+
+
 def test_unknown_keys_and_presets_are_rejected():
     with pytest.raises(ValueError, match="unknown DistillConfig keys"):
         get_preset("toy-dmd", learning_rate=1.0)

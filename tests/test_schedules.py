@@ -61,3 +61,15 @@ def test_x0_velocity_noise_conversions_are_consistent_in_float64():
     assert torch.allclose(S.x0_from_velocity(x_t, v, sigma), x0, atol=1e-6)
     assert torch.allclose(S.velocity_from_x0(x_t, x0, sigma), v, atol=1e-5)
     assert torch.allclose(S.get_sigmas_uniform(4, 1.0), torch.tensor([1, .75, .5, .25, 0], dtype=torch.float64))
+
+
+def test_randn_like_draws_from_the_generator_then_takes_xs_dtype_and_device():
+    x = torch.zeros(2, 3, 4, dtype=torch.float64)
+    a = S.randn_like(x, torch.Generator().manual_seed(7))
+    b = torch.randn(2, 3, 4, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    assert a.dtype == torch.float64 and a.device == x.device and torch.equal(a, b)
+    assert not torch.equal(a, S.randn_like(x, torch.Generator().manual_seed(8)))
+    torch.manual_seed(3)
+    c = S.randn_like(x, None)
+    torch.manual_seed(3)
+    assert torch.equal(c, S.randn_like(x, None))   # no generator: the global RNG

@@ -23,8 +23,8 @@ from ..salt_core.kv_cache import CachePolicy
 from ..salt_core.losses import (DMDLoss, FeatureAlignmentLoss, SemigroupLoss, critic_flow_loss,
                                 sample_alignment_timesteps, sample_dmd_timesteps, sample_exit_index,
                                 sample_rollout_steps, sc_triplet)
-from ..salt_core.rollout import randn_like, rollout_bidirectional, rollout_reference, rollout_self_forcing
-from ..salt_core.schedules import add_noise, get_sigmas_fewstep
+from ..salt_core.rollout import rollout_bidirectional, rollout_reference, rollout_self_forcing
+from ..salt_core.schedules import add_noise, get_sigmas_fewstep, randn_like
 from ..salt_core.scorenet import ScoreNet
 from .common import EMA, CheckpointManager, JsonlLog, progress, step_generators, step_seed
 from .distill_config import DistillConfig
@@ -219,8 +219,11 @@ class Distiller:
 
 
 def run_distillation(cfg: DistillConfig, out_dir: str, *, max_gen_steps: int = None, callback=None,
-                     quiet: bool = False):
+                     quiet: bool = False, device=None):
     """Run (or resume) a distillation job in `out_dir`; returns the student for inference (EMA if any).
+
+    `device` overrides accelerate's pick (CUDA when present) for a single process, e.g. the ComfyUI
+    node passes ComfyUI's device so `--cpu` is honoured.
 
     callback(dict) receives progress after every generator step (gen_step, total, stats) and the
     preview samples at evaluation time; it may raise (e.g. KeyboardInterrupt) to stop — the job
@@ -229,12 +232,16 @@ def run_distillation(cfg: DistillConfig, out_dir: str, *, max_gen_steps: int = N
     os.makedirs(out_dir, exist_ok=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    rank, world_size, device = process_info()
+    rank, world_size, picked = process_info()
+    if device is not None and world_size > 1:
+        raise ValueError(f"run_distillation(device={device}) with {world_size} processes: accelerate places each "
+                         f"rank; leave device unset under `accelerate launch`")
+    device = torch.device(device) if device is not None else picked
     if rank == 0:
         with open(os.path.join(out_dir, "config.json"), "w") as f:
             json.dump(asdict(cfg), f, indent=1, sort_keys=True)
     if cfg.job == "ode_init":
-        return run_ode_init(cfg, out_dir, max_steps=max_gen_steps, callback=callback, quiet=quiet)
+        return run_ode_init(cfg, out_dir, max_steps=max_gen_steps, callback=callback, quiet=quiet, device=device)
     teacher, student, critic = build_models(cfg)
     teacher, student, critic = (m.to(device) for m in (teacher, student, critic))
     prompts = build_prompts(cfg, teacher, out_dir)

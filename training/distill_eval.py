@@ -1,15 +1,27 @@
-"""Evaluate a few-step student on the toy world: samples at each inference NFE, oracle metrics."""
+"""Evaluate a few-step student on the toy world: samples at each inference NFE, oracle metrics.
+
+Noise is drawn on the CPU from the seed and moved to the model's device, so a seed gives the same
+clips on any device; results come back on the model's device.
+"""
 import torch
 
 from ..salt_core.denoiser import FlowDenoiser
 from ..salt_core.kv_cache import CachePolicy
 from ..salt_core.samplers import sample_fewstep_stochastic
-from ..salt_core.schedules import get_sigmas_fewstep
+from ..salt_core.schedules import get_sigmas_fewstep, randn_like
 from ..salt_core.streaming import stream_video
 from ..salt_core.toy.text import ToyTextEncoder
 from ..salt_core.toy.world import get_world
 from .distill_config import DistillConfig
 from .teacher import eval_prompts
+
+
+def _seeded_noise(model, cfg: DistillConfig, context, num_frames: int, gen) -> tuple:
+    """(noise (B, C, F, H, W), context) on the model's device; the noise drawn from the CPU generator `gen`."""
+    device = model.patch_embedding.weight.device
+    shape = (context.shape[0], model.cfg.in_dim, num_frames, cfg.height, cfg.width)
+    noise = torch.randn(shape, generator=gen).to(device=device, dtype=context.dtype)
+    return noise, context.to(device)
 
 
 @torch.no_grad()
@@ -18,11 +30,11 @@ def sample_student(model, cfg: DistillConfig, context, nfe: int, seed: int = 0, 
     """Few-step samples (B, C, F, H, W) of a student (stochastic Self Forcing sampler)."""
     num_frames = num_frames or cfg.num_frames
     gen = torch.Generator().manual_seed(seed)
-    noise = torch.randn(context.shape[0], model.cfg.in_dim, num_frames, cfg.height, cfg.width, generator=gen)
+    noise, context = _seeded_noise(model, cfg, context, num_frames, gen)
     sigmas = get_sigmas_fewstep(nfe, cfg.shift)
     if cfg.student_kind == "bidirectional":
         return sample_fewstep_stochastic(FlowDenoiser(model, context), noise, sigmas, disable=True,
-                                         noise_sampler=lambda *_: torch.randn(noise.shape, generator=gen))
+                                         noise_sampler=lambda *_: randn_like(noise, gen))
     policy = policy or CachePolicy(cfg.local_attn_frames, cfg.sink_frames, num_frames)
     return stream_video(model, noise, context, sigmas, policy=policy, chunk_frames=cfg.chunk_frames,
                         context_noise=cfg.context_noise, generator=gen)
@@ -60,19 +72,19 @@ def student_defect(model, cfg: DistillConfig, context, grid_steps: int = 8, seed
     from ..salt_core.streaming import rollout_stream
     sigmas = get_sigmas_fewstep(grid_steps, cfg.shift)
     gen = torch.Generator().manual_seed(seed)
-    noise = torch.randn(context.shape[0], model.cfg.in_dim, cfg.num_frames, cfg.height, cfg.width, generator=gen)
+    noise, context = _seeded_noise(model, cfg, context, cfg.num_frames, gen)
     rows = []
     if cfg.student_kind == "bidirectional":
         den = FlowDenoiser(model, context)
 
         def velocity(x, s):
-            return den.velocity(x, torch.tensor([s], dtype=torch.float64))
+            return den.velocity(x, torch.tensor([s], dtype=torch.float64, device=x.device))
 
         def collect(d):
             if float(d["sigma"]) > float(sigmas[-3]):   # states with two further grid points
                 rows.append(semigroup_defects(velocity, [(float(d["sigma"]), d["x"])], sigmas))
         sample_fewstep_stochastic(den, noise, sigmas, callback=collect, disable=True,
-                                  noise_sampler=lambda *_: torch.randn(noise.shape, generator=gen))
+                                  noise_sampler=lambda *_: randn_like(noise, gen))
     else:
         cache = model.new_cache(noise.shape[0], CachePolicy.full(cfg.num_frames), (cfg.height, cfg.width))
 
@@ -82,7 +94,7 @@ def student_defect(model, cfg: DistillConfig, context, grid_steps: int = 8, seed
             f0 = d["chunk"] * cfg.chunk_frames
 
             def velocity(x, s):
-                t = torch.full((x.shape[0], x.shape[2]), 1000.0 * s, dtype=torch.float64)
+                t = torch.full((x.shape[0], x.shape[2]), 1000.0 * s, dtype=torch.float64, device=x.device)
                 return model(x, t, context, cache=cache, start_frame=f0, write_cache=False)
             rows.append(semigroup_defects(velocity, [(float(d["sigma"]), d["x"])], sigmas))
         for _ in rollout_stream(model, noise, context, sigmas, cache=cache, chunk_frames=cfg.chunk_frames,

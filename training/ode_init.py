@@ -37,11 +37,13 @@ def generate_ode_pairs(teacher, kind: str, cfg, prompts, num: int, seed: int, ba
     out = {"states": [], "x0": [], "context": []}
     rng_gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
+    device = teacher.patch_embedding.weight.device
     for start in range(0, num, batch):
         b = min(batch, num - start)
         _, ctx, unc = prompts.sample(rng, b)
-        noise = torch.randn(b, teacher.cfg.in_dim, cfg.num_frames, cfg.height, cfg.width, generator=rng_gen)
-        states = torch.zeros(b, K, *noise.shape[1:])
+        ctx, unc = ctx.to(device), unc.to(device)
+        noise = torch.randn(b, teacher.cfg.in_dim, cfg.num_frames, cfg.height, cfg.width, generator=rng_gen).to(device)
+        states = torch.zeros(b, K, *noise.shape[1:])             # kept on the CPU
         level = {round(s, 9): k for k, s in enumerate(grid)}
 
         def capture(d):
@@ -49,7 +51,7 @@ def generate_ode_pairs(teacher, kind: str, cfg, prompts, num: int, seed: int, ba
             if k is not None:
                 f0 = d.get("chunk", 0) * cfg.chunk_frames
                 span = noise.shape[2] if "chunk" not in d else cfg.chunk_frames
-                states[:, k, :, f0:f0 + span] = d["x"]
+                states[:, k, :, f0:f0 + span] = d["x"].cpu()
         if kind == "teacher_forcing":
             x0 = stream_video(teacher, noise, ctx, sigmas, policy=CachePolicy.full(cfg.num_frames),
                               chunk_frames=cfg.chunk_frames, stochastic=False, cfg_scale=cfg.guidance_scale,
@@ -58,13 +60,14 @@ def generate_ode_pairs(teacher, kind: str, cfg, prompts, num: int, seed: int, ba
             x0 = sample_euler(FlowDenoiser(teacher, ctx, unc, cfg.guidance_scale), noise, sigmas.float(),
                               callback=capture, disable=True)
         out["states"].append(states)
-        out["x0"].append(x0)
-        out["context"].append(ctx)
+        out["x0"].append(x0.cpu())
+        out["context"].append(ctx.cpu())
     return {k: torch.cat(v) for k, v in out.items()}
 
 
 def ode_regression_loss(student, kind: str, pairs: dict, idx, levels, grid, chunk: int):
-    """MSE between the student's x0 at the drawn levels and the teacher's end points.
+    """MSE between the student's x0 at the drawn levels and the teacher's end points (pairs on the CPU,
+    the batch moved to the student's device).
 
     idx (B,) pair indices; levels (B, F/chunk) grid index per chunk (causal) — one level per clip
     is used for bidirectional students.
@@ -78,6 +81,8 @@ def ode_regression_loss(student, kind: str, pairs: dict, idx, levels, grid, chun
     x_t = states.gather(1, gather).squeeze(1)                    # (B, C, F, H, W)
     sigma = torch.as_tensor(grid, dtype=torch.float64)[frame_level]   # (B, F)
     ctx = pairs["context"][idx]
+    device = student.patch_embedding.weight.device
+    x_t, x0, sigma, ctx = (a.to(device) for a in (x_t, x0, sigma, ctx))
     if kind == "bidirectional":
         v = student(x_t, 1000.0 * sigma[:, 0], ctx)
     else:
@@ -86,9 +91,11 @@ def ode_regression_loss(student, kind: str, pairs: dict, idx, levels, grid, chun
     return (pred.float() - x0).pow(2).mean()
 
 
-def run_ode_init(cfg, out_dir: str, max_steps: int = None, callback=None, quiet: bool = False):
-    """Train the student on cached teacher ODE pairs; resumable; returns the (EMA) student."""
+def run_ode_init(cfg, out_dir: str, max_steps: int = None, callback=None, quiet: bool = False,
+                 device: torch.device = torch.device("cpu")):
+    """Train the student on cached teacher ODE pairs on `device`; resumable; returns the (EMA) student."""
     teacher, student, _ = build_models(cfg)
+    teacher, student = teacher.to(device), student.to(device)
     prompts = build_prompts(cfg, teacher, out_dir)
     kind = "bidirectional" if cfg.student_kind == "bidirectional" else "teacher_forcing"
     teacher_kind = cfg.teacher_kind
