@@ -7,6 +7,7 @@ import torch
 
 from ..salt_core.samplers import sample_fewstep_deterministic, sample_fewstep_stochastic
 from ..salt_core.schedules import INFERENCE_GRID_RAW, MAX_NFE, TRAINING_GRID_RAW, get_sigmas_warped, raw_step_list
+from ..salt_core.toy.world import TOY_SHIFT
 from .bridge import io, ksampler
 
 # Raw (un-shifted, 0..1000) timestep lists of the named presets; "uniform" uses `nfe`, "custom" the text.
@@ -37,7 +38,7 @@ def fewstep_sigmas(preset: str, nfe: int, shift: float, custom_steps: str = "") 
     if preset not in PRESETS:
         raise ValueError(f"SaltFewStepSigmas: preset={preset!r}; expected one of {list(PRESETS)}")
     if shift <= 0:
-        raise ValueError(f"SaltFewStepSigmas: shift={shift}; expected > 0 (Wan uses 5.0, the toy world 1.0)")
+        raise ValueError(f"SaltFewStepSigmas: shift={shift}; expected > 0 (Wan uses 5.0, the toy world {TOY_SHIFT:g})")
     if preset == "uniform":
         if not 1 <= nfe <= MAX_NFE:
             raise ValueError(f"SaltFewStepSigmas: nfe={nfe}; expected 1..{MAX_NFE} (few-step students); for more "
@@ -73,7 +74,7 @@ class SaltFewStepSigmas(io.ComfyNode):
                 io.Int.Input("nfe", default=4, min=1, max=MAX_NFE,
                              tooltip="Denoising steps (network evaluations) per chunk, used by the 'uniform' preset."),
                 io.Float.Input("shift", default=5.0, min=0.1, max=20.0, step=0.1,
-                               tooltip="Flow timestep shift s (Wan 2.1: 5.0; the toy world: 1.0)."),
+                               tooltip=f"Flow timestep shift s (Wan 2.1: 5.0; the toy world: {TOY_SHIFT:g})."),
                 io.String.Input("custom_steps", default="", optional=True, placeholder="1000, 750, 500, 250",
                                 tooltip="Raw timesteps in (0, 1000], strictly decreasing, no final 0; used by the "
                                         "'custom' preset."),

@@ -1,4 +1,5 @@
 """Toy teacher job: teacher-forcing training matches cached inference; resume is bit-identical."""
+import pytest
 import torch
 
 from comfyui_salt.salt_core.kv_cache import CachePolicy
@@ -41,7 +42,8 @@ def test_teacher_training_resumed_after_interruption_ends_bit_identical(tmp_path
 
 def test_the_teacher_sampler_returns_its_ode_trajectory_on_request():
     from comfyui_salt.salt_core.toy.text import ToyTextEncoder
-    from comfyui_salt.salt_core.toy.world import get_world
+    from comfyui_salt.salt_core.schedules import shift_sigma
+    from comfyui_salt.salt_core.toy.world import TOY_SHIFT, get_world
     from comfyui_salt.training.teacher import sample_teacher
     model = build_model("toy", seed=0).eval()
     world = get_world("default")
@@ -50,7 +52,8 @@ def test_the_teacher_sampler_returns_its_ode_trajectory_on_request():
     again = sample_teacher(model, "teacher_forcing", caps, ToyTextEncoder(), world, steps=4)
     assert torch.equal(out, again) and len(traj) == 4 * 4          # 4 chunks × 4 steps
     chunk, sigma, x, x0 = traj[-1]
-    assert chunk == 3 and sigma == 0.25 and torch.equal(x0, out[:, :, 9:])
+    assert chunk == 3 and torch.equal(x0, out[:, :, 9:])
+    assert sigma == pytest.approx(float(shift_sigma(torch.tensor(0.25, dtype=torch.float64), TOY_SHIFT)))  # last level
 
 
 def test_teacher_warm_start_continues_from_shipped_weights_at_a_given_step(tmp_path):

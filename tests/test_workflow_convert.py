@@ -178,3 +178,17 @@ def test_shipped_workflows_are_consistent_ui_graphs(path):
             assert inp["link"] is None or inp["link"] in links, f"node {n['id']} input {inp['name']}"
         for out in n["outputs"]:
             assert all(links[l][0] == n["id"] for l in out.get("links") or []), f"node {n['id']} output"
+
+
+def test_shipped_workflows_use_the_toy_shift_for_toy_models_and_shift_5_for_wan():
+    from comfyui_salt.salt_core.toy.world import TOY_SHIFT
+    folder = pathlib.Path(__file__).resolve().parents[1] / "workflows"
+    seen = 0
+    for path in sorted(folder.glob("*.json")):
+        nodes = json.loads(path.read_text())["nodes"]
+        toy = path.name.startswith("salt_toy_")
+        for n in nodes:
+            if n["type"] == "SaltFewStepSigmas":
+                assert n["widgets_values"][2] == (TOY_SHIFT if toy else 5.0), (path.name, n["widgets_values"])
+                seen += 1
+    assert seen >= 6

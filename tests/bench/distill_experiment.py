@@ -38,27 +38,43 @@ ARMS = [  # (run name, preset, student init run, arm)
 ]
 
 
-def run_arm(name, preset, init, out, gen_steps, batch, threads):
+def run_arm(name, preset, init, out, gen_steps, batch, threads, ode_steps, ode_pairs):
     overrides = {"batch_size": batch, "threads": threads, "eval_every": 0}
     if preset == "toy-ode-init":
-        overrides["student_kind"] = "bidirectional" if name.endswith("bidir") else "causal"
+        overrides.update(student_kind="bidirectional" if name.endswith("bidir") else "causal", gen_steps=ode_steps,
+                         ode_pairs=ode_pairs)
     else:
         overrides.update(gen_steps=gen_steps, student_init=os.path.join(out, init, "export", "student.safetensors"))
         if name.startswith("bidir"):
             overrides["student_kind"] = "bidirectional"
     cfg = get_preset(preset, **overrides)
     run_dir = os.path.join(out, name)
+    shared = os.path.join(out, "ode-causal", "ode_pairs.safetensors")
+    if name == "ode-bidir" and os.path.exists(shared) and not os.path.exists(os.path.join(run_dir, "ode_pairs.safetensors")):
+        # the teacher's trajectories do not depend on the student kind: generate them once
+        os.makedirs(run_dir, exist_ok=True)
+        os.link(shared, os.path.join(run_dir, "ode_pairs.safetensors"))
     t = time.time()
     model = run_distillation(cfg, run_dir)
     export_student(model, run_dir)
-    return cfg, time.time() - t
+    return cfg, add_wall_time(run_dir, time.time() - t)
 
 
-def last_wall_time(run_dir):
-    path = os.path.join(run_dir, "metrics.jsonl")
-    rows = [json.loads(line) for line in open(path)] if os.path.exists(path) else []
-    secs = [r["sec"] for r in rows if "sec" in r]
-    return secs[-1] if secs else float("nan")
+def add_wall_time(run_dir, seconds):
+    """Accumulate this call's wall time in <run>/wall_seconds.json (an interrupted arm resumes and adds on)."""
+    path = os.path.join(run_dir, "wall_seconds.json")
+    total = wall_time(run_dir) if os.path.exists(path) else 0.0
+    with open(path, "w") as f:
+        json.dump({"seconds": total + seconds}, f)
+    return total + seconds
+
+
+def wall_time(run_dir):
+    path = os.path.join(run_dir, "wall_seconds.json")
+    if not os.path.exists(path):
+        return float("nan")
+    with open(path) as f:
+        return float(json.load(f)["seconds"])
 
 
 def main():
@@ -68,6 +84,9 @@ def main():
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--eval-clips", type=int, default=64)
+    ap.add_argument("--ode-steps", type=int, default=1000, help="ODE-regression steps of each initialisation")
+    ap.add_argument("--ode-pairs", type=int, default=512, help="teacher trajectories for the ODE initialisation")
+    ap.add_argument("--drift-clips", type=int, default=16, help="prompts of the defect and 3×-length drift rollouts")
     ap.add_argument("--eval-only", action="store_true", help="skip training; evaluate the exported students")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -76,7 +95,8 @@ def main():
         if args.eval_only:
             cfgs[name] = get_preset(preset, student_kind="bidirectional" if "bidir" in name else "causal")
         else:
-            cfgs[name], _ = run_arm(name, preset, init, args.out, args.gen_steps, args.batch, args.threads)
+            cfgs[name], _ = run_arm(name, preset, init, args.out, args.gen_steps, args.batch, args.threads,
+                                    args.ode_steps, args.ode_pairs)
 
     world = get_world("default")
     teacher, mode, source = load_toy_teacher()
@@ -86,26 +106,36 @@ def main():
     ref = reference_features(world, 512)
     rows = {}
     t = time.time()
-    v = sample_teacher(teacher, mode, caps, enc, world, steps=40, cfg_scale=3.0, shift=TOY_SHIFT)
-    rows["teacher 40 steps + CFG"] = {"toy_score@4": score_table(v, caps, world, ref)["toy_score"], "train_s": float("nan")}
+
+    def scored(row, nfe, videos):
+        s = score_table(videos, caps, world, ref)
+        for k in ("toy_score", "sharpness_error", "adherence", "direction_ok", "smoothness_px", "dynamic_px",
+                  "frechet"):
+            row[f"{k}@{nfe}"] = s[k]
+    teacher_row = {}
+    for steps, col in ((40, 40), (4, 4), (2, 2)):
+        scored(teacher_row, col, sample_teacher(teacher, mode, caps, enc, world, steps=steps, cfg_scale=3.0,
+                                                shift=TOY_SHIFT))
+    rows["teacher (@N: N Euler steps + CFG)"] = teacher_row
     for name, preset, init, arm in ARMS:
         cfg = cfgs[name]
         model, _ = load_model(os.path.join(args.out, name, "export", "student.safetensors"))
         model.eval()
         row = {}
         for nfe in (4, 2):
-            s = score_table(sample_student(model, cfg, ctx, nfe), caps, world, ref)
-            row[f"toy_score@{nfe}"] = s["toy_score"]
-            for k in ("sharpness_error", "adherence", "smoothness_px", "dynamic_px", "frechet"):
-                row[f"{k}@{nfe}"] = s[k]
-        row["defect"] = student_defect(model, cfg, ctx[:16])
-        drift = drift_slopes(model, cfg, caps[:16], ctx[:16], nfe=4)
+            scored(row, nfe, sample_student(model, cfg, ctx, nfe))
+        n = args.drift_clips
+        row["defect"] = student_defect(model, cfg, ctx[:n])
+        drift = drift_slopes(model, cfg, caps[:n], ctx[:n], nfe=4)
         row["drift_slope_sharp"] = drift["sharpness_error"][1]
-        row["train_s"] = last_wall_time(os.path.join(args.out, name))
+        row["train_s"] = wall_time(os.path.join(args.out, name))
         rows[f"{arm}: {name}"] = row
-    cols = ["toy_score@4", "toy_score@2", "sharpness_error@4", "sharpness_error@2", "adherence@4", "adherence@2",
-            "smoothness_px@4", "dynamic_px@4", "frechet@4", "defect", "drift_slope_sharp", "train_s"]
-    print(f"\nteacher: {source}; {args.eval_clips} prompts; eval {time.time() - t:.0f} s\n")
+    cols = ["toy_score@40", "toy_score@4", "toy_score@2", "sharpness_error@4", "sharpness_error@2", "adherence@4",
+            "adherence@2", "direction_ok@4", "smoothness_px@4", "dynamic_px@4", "frechet@4", "frechet@2", "defect",
+            "drift_slope_sharp", "train_s"]
+    print(f"\nteacher: {source}; {args.eval_clips} prompts; eval {time.time() - t:.0f} s; columns @N: at N NFE "
+          f"(the teacher's Euler steps with CFG); defect on the 8-step grid; drift slope of sharpness error per "
+          f"frame over a 3×-length rolling-cache rollout at 4 NFE; train_s: wall seconds of the arm\n")
     print(format_table(rows, cols, digits=4))
 
 
