@@ -84,3 +84,55 @@ def test_student_defect_and_drift_measures_run_for_both_student_kinds(teacher_pa
         assert 0 < d < 10
     slopes = drift_slopes(model, tiny("toy-dmd", teacher_path), caps, ctx, nfe=2, length_factor=2)
     assert len(slopes["sharpness_error"][0]) == 24 and isinstance(slopes["sharpness_error"][1], float)
+
+
+def _cli(out, teacher_path, gen_steps=8):
+    import sys
+    return [sys.executable, "-m", "comfyui_salt.training", "distill", "--preset", "toy-salt", "--out", str(out),
+            "--teacher", teacher_path, "--batch-size", "2", "--gen-steps", str(gen_steps), "--critic-ratio", "2",
+            "--eval-every", "0", "--threads", "1", "--checkpoint-every", "1", "--ema-start", "1",
+            "--align-start-step", "0"]
+
+
+def _run_until_checkpoint(cmd, out, step):
+    """Start `cmd`; return the process once checkpoint `step` is complete (asserting it is still running)."""
+    import subprocess
+    import time
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    done = out / "checkpoints" / f"step_{step:08d}" / "COMPLETE"
+    deadline = time.time() + 300
+    while not done.exists():
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.time() < deadline, "no checkpoint within 300 s"
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run finished before it could be interrupted; raise gen_steps"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def straight_cli_run(teacher_path, tmp_path_factory):
+    import subprocess
+    out = tmp_path_factory.mktemp("straight")
+    subprocess.run(_cli(out, teacher_path), check=True, capture_output=True)
+    return out
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+def test_the_cli_job_killed_or_stopped_and_rerun_ends_bit_identical(how, teacher_path, straight_cli_run, tmp_path):
+    import signal
+    import subprocess
+    from safetensors.torch import load_file
+    straight, cut = straight_cli_run, tmp_path / "cut"
+    proc = _run_until_checkpoint(_cli(cut, teacher_path), cut, 2)
+    proc.send_signal(getattr(signal, how))
+    rc = proc.wait(timeout=120)
+    err = proc.stderr.read()
+    if how == "SIGTERM":   # finishes the iteration, saves, exits 130 with a message
+        assert rc == 130 and "rerun the same command to resume" in err, (rc, err[-2000:])
+    else:
+        assert rc == -signal.SIGKILL
+    assert not (cut / "export").exists()
+    subprocess.run(_cli(cut, teacher_path), check=True, capture_output=True)
+    a = load_file(str(straight / "export" / "student.safetensors"))
+    b = load_file(str(cut / "export" / "student.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

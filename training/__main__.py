@@ -79,6 +79,9 @@ def main(argv=None):
     d.add_argument("--comfyui", default=None, help="ComfyUI tree to boot (default .venv/comfyui, from .ci/setup)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.command in ("teacher", "distill"):
+        from .common import install_stop_handlers
+        install_stop_handlers()   # Ctrl-C / kill: finish the step, save, exit; rerun to resume
 
     if args.command == "teacher":
         from .teacher import train_teacher, toy_evaluator
@@ -108,4 +111,9 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt as stop:
+        print(f"stopped ({stop or 'interrupted'}); the last checkpoint is saved: rerun the same command to resume",
+              file=sys.stderr)
+        sys.exit(130)

@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import re
+import signal
 import time
 from dataclasses import asdict
 
@@ -22,6 +23,34 @@ from safetensors.torch import load_file, save_file
 from ..salt_core.config import strict_from_dict
 
 log = logging.getLogger("salt.training")
+
+
+_STOP = {"signal": None}
+
+
+def _request_stop(signum, frame):
+    """Signal handler: the first signal asks the loop to stop at the next step boundary; a second one stops now."""
+    if _STOP["signal"] is not None:
+        raise KeyboardInterrupt(f"signal {signum} (second)")
+    _STOP["signal"] = signum
+    log.info("signal %d: stopping after this step and saving a checkpoint (send it again to stop at once)", signum)
+
+
+def install_stop_handlers() -> None:
+    """Make SIGINT and SIGTERM stop a training loop cleanly at a step boundary (checkpoint saved, rerun resumes).
+
+    Call from the main thread of a command-line job. Also catches a plain `kill` and Ctrl-C in shells that
+    start background jobs with SIGINT ignored.
+    """
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _request_stop)
+
+
+def check_stop() -> None:
+    """At a step boundary: raise KeyboardInterrupt if a stop signal arrived (the loops save, then re-raise)."""
+    if _STOP["signal"] is not None:
+        signum, _STOP["signal"] = _STOP["signal"], None
+        raise KeyboardInterrupt(f"signal {signum}")
 
 
 def step_seed(seed: int, rank: int, step: int, *extra: int) -> int:

@@ -26,7 +26,7 @@ from ..salt_core.losses import (DMDLoss, FeatureAlignmentLoss, SemigroupLoss, cr
 from ..salt_core.rollout import rollout_bidirectional, rollout_reference, rollout_self_forcing
 from ..salt_core.schedules import add_noise, get_sigmas_fewstep, randn_like
 from ..salt_core.scorenet import ScoreNet
-from .common import EMA, CheckpointManager, JsonlLog, progress, step_generators, step_seed
+from .common import EMA, CheckpointManager, JsonlLog, check_stop, progress, step_generators, step_seed
 from .distill_config import DistillConfig
 from .distill_eval import evaluate_student
 from .distill_models import build_models, build_prompts
@@ -271,6 +271,7 @@ def run_distillation(cfg: DistillConfig, out_dir: str, *, max_gen_steps: int = N
     at_boundary = True   # True between iterations: only then is the in-memory state consistent to save
     try:
         while job.gen_step < stop:
+            check_stop()
             before = job.gen_step
             try:
                 at_boundary = False

@@ -20,7 +20,7 @@ from ..salt_core.samplers import sample_euler
 from ..salt_core.schedules import get_sigmas_fewstep, get_sigmas_uniform, x0_from_velocity
 from ..salt_core.scorenet import ScoreNet
 from ..salt_core.streaming import stream_video
-from .common import EMA, CheckpointManager, JsonlLog, cosine_lr, progress, step_generators
+from .common import EMA, CheckpointManager, JsonlLog, check_stop, cosine_lr, progress, step_generators
 from .distill_models import build_models, build_prompts
 
 
@@ -122,8 +122,11 @@ def run_ode_init(cfg, out_dir: str, max_steps: int = None, callback=None, quiet:
     def save():
         ckpt.save(step, {"student": student.state_dict(), "ema": ema.state_dict()},
                   {"optimizer": opt.state_dict(), "step": step}, meta)
+    at_boundary = True   # True between steps: only then is the in-memory state consistent to save
     try:
         while step < stop:
+            check_stop()
+            at_boundary = False
             gen, rng = step_generators(cfg.seed, 0, step)
             idx = torch.as_tensor(rng.integers(0, pairs["x0"].shape[0], cfg.batch_size))
             levels = torch.randint(0, len(grid), (cfg.batch_size, cfg.num_frames // cfg.chunk_frames), generator=gen)
@@ -139,6 +142,7 @@ def run_ode_init(cfg, out_dir: str, max_steps: int = None, callback=None, quiet:
             opt.step()
             ema.update(student)
             step += 1
+            at_boundary = True
             bar.update(1)
             if step % cfg.log_every == 0:
                 logger.write(step=step, ode_loss=loss.item())
@@ -147,7 +151,8 @@ def run_ode_init(cfg, out_dir: str, max_steps: int = None, callback=None, quiet:
             if step % cfg.checkpoint_every == 0 or step == stop:
                 save()
     except KeyboardInterrupt:
-        save()
+        if at_boundary:
+            save()
         raise
     finally:
         bar.close()

@@ -27,7 +27,7 @@ from ..salt_core.samplers import sample_euler
 from ..salt_core.scorenet import teacher_forcing_forward
 from ..salt_core.toy.text import ToyTextEncoder
 from ..salt_core.toy.world import TOY_SHIFT, caption, get_world, sample_batch, sample_params
-from .common import (EMA, CheckpointManager, JsonlLog, config_from_dict, cosine_lr, log, progress,
+from .common import (EMA, CheckpointManager, JsonlLog, check_stop, config_from_dict, cosine_lr, log, progress,
                      step_generators)
 
 MODES = ("teacher_forcing", "bidirectional")
@@ -161,8 +161,11 @@ def train_teacher(cfg: TeacherConfig, out_dir: str, evaluate=None, max_steps: in
                   {"optimizer": opt.state_dict(), "step": step}, meta)
 
     t0 = time.time()
+    at_boundary = True   # True between steps: only then is the in-memory state consistent to save
     try:
         while step < stop:
+            check_stop()
+            at_boundary = False
             gen, rng = step_generators(cfg.seed, 0, step)
             videos, captions, _ = sample_batch(world, rng, cfg.batch_size)
             ctx = encoder.encode(captions)
@@ -180,6 +183,7 @@ def train_teacher(cfg: TeacherConfig, out_dir: str, evaluate=None, max_steps: in
             opt.step()
             ema.update(model)
             step += 1
+            at_boundary = True
             bar.update(1)
             if step % cfg.log_every == 0:
                 bar.set_postfix(loss=f"{loss.item():.4f}")
@@ -197,8 +201,11 @@ def train_teacher(cfg: TeacherConfig, out_dir: str, evaluate=None, max_steps: in
                 logger.write(step=step, eval=scores)
                 log.info("step %d eval %s", step, scores)
     except KeyboardInterrupt:
-        save()
-        log.info("interrupted at step %d; checkpoint saved, rerun the same command to resume", step)
+        if at_boundary:
+            save()
+            log.info("interrupted at step %d; checkpoint saved, rerun the same command to resume", step)
+        else:
+            log.info("interrupted inside step %d; rerun the same command to resume from the last checkpoint", step)
         raise
     finally:
         bar.close()
