@@ -14,8 +14,8 @@ def load_toy_teacher(path: str = TOY_TEACHER):
     """(model in eval mode, teacher mode 'teacher_forcing'|'bidirectional', description) of the shipped teacher."""
     if not os.path.exists(path):
         raise FileNotFoundError(
-            f"toy teacher not found at {path}; rebuild it with `python -m comfyui_salt.training teacher "
-            f"--out runs/teacher_tf --export {path}` (see README, 'Toy world')")
+            f"toy teacher not found at {path}; restore it from git (`git checkout -- salt_core/assets`) or rebuild "
+            f"it with the commands in README, 'Toy world'")
     _, meta = read_checkpoint(path)
     model, _ = load_model(path)
     mode = meta.get("teacher_mode", "teacher_forcing")
