@@ -88,15 +88,21 @@ def main():
     ap.add_argument("--ode-pairs", type=int, default=512, help="teacher trajectories for the ODE initialisation")
     ap.add_argument("--drift-clips", type=int, default=16, help="prompts of the defect and 3×-length drift rollouts")
     ap.add_argument("--eval-only", action="store_true", help="skip training; evaluate the exported students")
+    ap.add_argument("--train-only", nargs="*", default=None, metavar="ARM",
+                    help="train only these arms (all if none named) and skip the evaluation, e.g. ode-causal ode-bidir")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cfgs = {}
     for name, preset, init, arm in ARMS:
+        if args.train_only and name not in args.train_only:
+            continue
         if args.eval_only:
             cfgs[name] = get_preset(preset, student_kind="bidirectional" if "bidir" in name else "causal")
         else:
             cfgs[name], _ = run_arm(name, preset, init, args.out, args.gen_steps, args.batch, args.threads,
                                     args.ode_steps, args.ode_pairs)
+    if args.train_only is not None:
+        return
 
     world = get_world("default")
     teacher, mode, source = load_toy_teacher()
