@@ -25,7 +25,8 @@ from .distill_models import build_models, build_prompts
 
 
 @torch.no_grad()
-def generate_ode_pairs(teacher, kind: str, cfg, prompts, num: int, seed: int, batch: int = 64) -> dict:
+def generate_ode_pairs(teacher, kind: str, cfg, prompts, num: int, seed: int, batch: int = 64,
+                       quiet: bool = False) -> dict:
     """{"states": (N, K, C, F, H, W) at the K grid levels, "x0": (N, C, F, H, W), "context": (N, L, D)}."""
     K = cfg.step_choices[0]
     grid = [float(s) for s in get_sigmas_fewstep(K, cfg.shift)[:-1]]
@@ -38,6 +39,7 @@ def generate_ode_pairs(teacher, kind: str, cfg, prompts, num: int, seed: int, ba
     rng_gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     device = teacher.patch_embedding.weight.device
+    bar = progress(num, 0, "ode-pairs", disable=quiet)
     for start in range(0, num, batch):
         b = min(batch, num - start)
         _, ctx, unc = prompts.sample(rng, b)
@@ -62,6 +64,8 @@ def generate_ode_pairs(teacher, kind: str, cfg, prompts, num: int, seed: int, ba
         out["states"].append(states)
         out["x0"].append(x0.cpu())
         out["context"].append(ctx.cpu())
+        bar.update(b)
+    bar.close()
     return {k: torch.cat(v) for k, v in out.items()}
 
 
@@ -102,7 +106,7 @@ def run_ode_init(cfg, out_dir: str, max_steps: int = None, callback=None, quiet:
     pairs_path = os.path.join(out_dir, "ode_pairs.safetensors")
     if not os.path.exists(pairs_path):
         t = time.time()
-        pairs = generate_ode_pairs(teacher, teacher_kind, cfg, prompts, cfg.ode_pairs, cfg.seed)
+        pairs = generate_ode_pairs(teacher, teacher_kind, cfg, prompts, cfg.ode_pairs, cfg.seed, quiet=quiet)
         tmp = pairs_path + ".tmp"
         save_file({k: v.contiguous() for k, v in pairs.items()}, tmp)
         os.replace(tmp, pairs_path)
