@@ -20,6 +20,7 @@ from comfyui_salt.salt_core.metrics.frechet import reference_features
 from comfyui_salt.salt_core.metrics.score import format_table, score_table
 from comfyui_salt.salt_core.toy.text import ToyTextEncoder
 from comfyui_salt.salt_core.toy.world import TOY_SHIFT, get_world
+from comfyui_salt.training.common import install_stop_handlers
 from comfyui_salt.training.distill import run_distillation
 from comfyui_salt.training.distill_config import get_preset
 from comfyui_salt.training.distill_eval import drift_slopes, sample_student, student_defect
@@ -55,9 +56,12 @@ def run_arm(name, preset, init, out, gen_steps, batch, threads, ode_steps, ode_p
         os.makedirs(run_dir, exist_ok=True)
         os.link(shared, os.path.join(run_dir, "ode_pairs.safetensors"))
     t = time.time()
-    model = run_distillation(cfg, run_dir)
+    try:
+        model = run_distillation(cfg, run_dir)
+    finally:   # a stopped arm (Ctrl-C / kill save a checkpoint first) keeps the time it spent
+        total = add_wall_time(run_dir, time.time() - t)
     export_student(model, run_dir)
-    return cfg, add_wall_time(run_dir, time.time() - t)
+    return cfg, total
 
 
 def add_wall_time(run_dir, seconds):
@@ -92,6 +96,7 @@ def main():
                     help="train only these arms (all if none named) and skip the evaluation, e.g. ode-causal ode-bidir")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    install_stop_handlers()   # Ctrl-C / kill: the running arm saves at a step boundary; rerun to resume
     cfgs = {}
     for name, preset, init, arm in ARMS:
         if args.train_only and name not in args.train_only:
