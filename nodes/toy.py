@@ -7,11 +7,11 @@ import torch
 
 from ..salt_core.config import get_config
 from ..salt_core.toy.text import ToyTextEncoder
-from ..training.toy_assets import TOY_TEACHER, load_toy_teacher
+from ..training.toy_assets import TOY_STUDENT, TOY_TEACHER, load_toy_asset
 from .bridge import io, torch_device
 from .types import SaltModel, SaltModelType
 
-TOY_ASSETS = {"toy_teacher": TOY_TEACHER}   # later: the distilled toy student
+TOY_ASSETS = {"toy_salt_student": TOY_STUDENT, "toy_teacher": TOY_TEACHER}   # first: the default
 TOY_PRESET = "toy"                          # the toy model's WanConfig preset (text_dim 32, text_len 8)
 
 
@@ -20,11 +20,11 @@ def load_toy_model(asset: str, path: str = None) -> SaltModel:
     if asset not in TOY_ASSETS:
         raise ValueError(f"SaltToyModel: asset={asset!r}; expected one of {list(TOY_ASSETS)}")
     try:
-        model, mode, description = load_toy_teacher(path or TOY_ASSETS[asset])
+        model, mode, description = load_toy_asset(path or TOY_ASSETS[asset])
     except FileNotFoundError as e:
         raise FileNotFoundError(
-            f"SaltToyModel: asset={asset!r} is not installed: {e}. Until it ships, load any toy-preset checkpoint "
-            f"from models/diffusion_models with SaltLoadCausalModel") from e
+            f"SaltToyModel: asset={asset!r} is not installed: {e}. Or load any toy-preset checkpoint from "
+            f"models/diffusion_models with SaltLoadCausalModel") from e
     return SaltModel(model.to(torch_device()), "pixels", description, causal=mode != "bidirectional")
 
 
@@ -61,8 +61,9 @@ class SaltToyModel(io.ComfyNode):
             category="Salt/toy",
             description="Loads the toy-world model shipped with the pack: a 4-layer Wan on 16×16 RGB pixel "
                         "latents, trained chunk by chunk (3 frames per chunk, 12-frame clips). Runs on a CPU.",
-            inputs=[io.Combo.Input("asset", options=list(TOY_ASSETS), default="toy_teacher",
-                                   tooltip="Which shipped toy model: the teacher (trained by teacher forcing).")],
+            inputs=[io.Combo.Input("asset", options=list(TOY_ASSETS), default="toy_salt_student",
+                                   tooltip="Which shipped toy model: the Salt student (distilled for 2 and 4 "
+                                           "steps, no CFG) or its teacher (40 steps with CFG 3).")],
             outputs=[SaltModelType.Output(tooltip="The toy model for SaltStreamingSampler.")],
         )
 

@@ -4,8 +4,8 @@ One server boot for the module (~40 s on an idle 2-core machine), always stopped
 workflow in workflows/ is converted to API format with tests/workflow_convert.py against the server's
 own /object_info; those that need no downloaded weights run as shipped, the others on stand-ins the
 test writes:
-- the toy teacher asset, while it is not built: a random toy-preset file loaded by SaltLoadCausalModel
-  (and SaltDistill's teacher 'toy' → that file);
+- a toy asset (teacher, Salt student) that is not built: a random toy-preset file loaded by
+  SaltLoadCausalModel (and SaltDistill's teacher 'toy' → that file);
 - Wan 2.1 weights: a tiny random Wan transformer in original layout that ComfyUI's own model detection
   accepts (head dim 128, freq_dim 256, umT5 width 4096), a Self Forcing-style release file
   `{"generator_ema": {"model.<name>": tensor}}` of the tiny-hd128 preset (text width 64), and a tiny
@@ -120,21 +120,20 @@ def object_info(server):
     return server.get("/object_info", timeout=120)
 
 
-def toy_teacher_installed() -> bool:
-    from comfyui_salt.training.toy_assets import TOY_TEACHER
-    return pathlib.Path(TOY_TEACHER).exists()
+def toy_asset_installed(asset: str = "toy_teacher") -> bool:
+    from comfyui_salt.nodes.toy import TOY_ASSETS
+    return pathlib.Path(TOY_ASSETS[asset]).exists()
 
 
 def api_prompt(name: str, object_info: dict) -> dict:
-    """A shipped workflow in API format (node ids as in the UI file), the toy teacher swapped while it is missing."""
+    """A shipped workflow in API format (node ids as in the UI file), toy assets swapped while they are missing."""
     prompt = convert(json.loads((WORKFLOWS / name).read_text()), object_info)
-    if not toy_teacher_installed():
-        for node in prompt.values():
-            if node["class_type"] == "SaltToyModel":
-                node.update(class_type="SaltLoadCausalModel",
-                            inputs={"ckpt_name": RANDOM_TOY, "use_ema": True, "dtype": "fp32"})
-            if node["class_type"] == "SaltDistill" and node["inputs"]["teacher"] == "toy":
-                node["inputs"]["teacher"] = RANDOM_TOY
+    for node in prompt.values():
+        if node["class_type"] == "SaltToyModel" and not toy_asset_installed(node["inputs"]["asset"]):
+            node.update(class_type="SaltLoadCausalModel",
+                        inputs={"ckpt_name": RANDOM_TOY, "use_ema": True, "dtype": "fp32"})
+        if node["class_type"] == "SaltDistill" and node["inputs"]["teacher"] == "toy" and not toy_asset_installed():
+            node["inputs"]["teacher"] = RANDOM_TOY
     return prompt
 
 

@@ -1,7 +1,7 @@
 """The README's main job end to end: Python rows, then workflow 1 in a real headless ComfyUI (one boot).
 
-Uses the shipped toy teacher when it is built, else a random toy-preset teacher (the metrics are then
-meaningless, the plumbing is what is tested). The WEBP decoder is checked against an upscaled known video.
+Uses the shipped toy teacher and Salt student when they are built, else random toy-preset stand-ins (the
+metrics are then meaningless, the plumbing is what is tested). The WEBP decoder is checked against an upscaled known video.
 """
 import pathlib
 
@@ -11,7 +11,7 @@ import torch
 from comfy_import import COMFYUI_DIR, MISSING, comfyui_installed
 from comfyui_salt.training.comfy_runner import ComfyError, check_comfyui
 from comfyui_salt.training.demo import WORKFLOW_1_ROW, read_webp_video, run_demo
-from comfyui_salt.training.toy_assets import TOY_TEACHER
+from comfyui_salt.training.toy_assets import TOY_STUDENT, TOY_TEACHER
 
 
 def test_the_webp_reader_undoes_the_nearest_upscale_of_a_known_video(tmp_path):
@@ -35,19 +35,23 @@ def test_a_missing_comfyui_says_to_run_the_setup(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(not comfyui_installed(), reason=MISSING)
 def test_the_demo_runs_workflow_1_in_comfyui_and_scores_its_webp(tmp_path, capsys):
-    teacher = TOY_TEACHER
+    from comfyui_salt.salt_core.model import build_model
+    from comfyui_salt.training.files import save_model
+    teacher, student = TOY_TEACHER, TOY_STUDENT
     if not pathlib.Path(teacher).exists():
-        from comfyui_salt.salt_core.model import build_model
-        from comfyui_salt.training.files import save_model
         teacher = str(tmp_path / "random_toy_teacher.safetensors")
         save_model(build_model("toy", seed=0), teacher, extra_metadata={"teacher_mode": "teacher_forcing"})
+    if not pathlib.Path(student).exists():
+        student = str(tmp_path / "random_toy_student.safetensors")
+        save_model(build_model("toy", seed=1), student, extra_metadata={"salt_role": "student"})
     out = tmp_path / "demo"
-    rows = run_demo(str(out), num_clips=2, threads=1, teacher=teacher, comfyui_dir=str(COMFYUI_DIR))
+    rows = run_demo(str(out), num_clips=2, threads=1, teacher=teacher, student=student,
+                    comfyui_dir=str(COMFYUI_DIR))
     printed = capsys.readouterr().out
     assert (out / "preview.gif").is_file() and (out / "salt_toy_streaming.webp").is_file()
-    assert {"real data", "teacher 4 steps", WORKFLOW_1_ROW} <= set(rows)
+    assert {"real data", "teacher 4 steps", "Salt student 4 steps", "Salt student 2 steps", WORKFLOW_1_ROW} <= set(rows)
     assert 0 <= rows[WORKFLOW_1_ROW]["toy_score"] <= 100 and rows[WORKFLOW_1_ROW]["seconds"] > 0
-    assert f"| {WORKFLOW_1_ROW} |" in printed and "| teacher 2 steps |" in printed
+    assert f"| {WORKFLOW_1_ROW} |" in printed and "| Salt student 2 steps |" in printed
 
 
 def test_a_refused_prompt_is_reported_with_each_nodes_error():

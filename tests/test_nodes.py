@@ -409,21 +409,28 @@ def test_toy_decode_makes_frames_in_zero_one_enlarged_by_nearest_neighbour(salt_
         run(salt_nodes.SaltToyDecode, samples={"samples": torch.zeros(1, 16, 3, 8, 8)}, upscale=1)
 
 
-def test_toy_model_loads_the_shipped_teacher_or_explains_how_to_get_it(salt_nodes, tmp_path, monkeypatch):
+@pytest.mark.parametrize("asset, role", [("toy_teacher", "teacher_forcing"), ("toy_salt_student", "student")])
+def test_toy_model_loads_each_shipped_asset(salt_nodes, tmp_path, monkeypatch, asset, role):
     from comfyui_salt.nodes import toy
     from comfyui_salt.salt_core.model import build_model
     from comfyui_salt.training.files import save_model
-    from comfyui_salt.training.toy_assets import TOY_TEACHER
-    if not pathlib.Path(TOY_TEACHER).exists():
-        with pytest.raises(FileNotFoundError, match="SaltToyModel: asset='toy_teacher' is not installed"):
-            run(salt_nodes.SaltToyModel, asset="toy_teacher")
-        path = tmp_path / "toy_teacher.safetensors"
-        save_model(build_model("toy", seed=2), path, extra_metadata={"teacher_mode": "teacher_forcing"})
-        monkeypatch.setitem(toy.TOY_ASSETS, "toy_teacher", str(path))
-    salt = run(salt_nodes.SaltToyModel, asset="toy_teacher")[0]
+    if not pathlib.Path(toy.TOY_ASSETS[asset]).exists():   # not built yet: a random stand-in with the same metadata
+        path = tmp_path / f"{asset}.safetensors"
+        meta = {"salt_role": "student"} if role == "student" else {"teacher_mode": role}
+        save_model(build_model("toy", seed=2), path, extra_metadata=meta)
+        monkeypatch.setitem(toy.TOY_ASSETS, asset, str(path))
+    salt = run(salt_nodes.SaltToyModel, asset=asset)[0]
     assert salt.latent_format == "pixels" and salt.causal and salt.model.cfg.in_dim == 3
+    assert ("causal student" in salt.name) == (role == "student")
     latent = run(salt_nodes.SaltStreamingSampler, **stream_inputs(salt_nodes, salt))[0]["samples"]
     assert latent.shape == (1, 3, 6, 16, 16)
+
+
+def test_a_missing_toy_asset_says_how_to_restore_it(salt_nodes, tmp_path, monkeypatch):
+    from comfyui_salt.nodes import toy
+    monkeypatch.setitem(toy.TOY_ASSETS, "toy_salt_student", str(tmp_path / "gone.safetensors"))
+    with pytest.raises(FileNotFoundError, match="SaltToyModel: asset='toy_salt_student' is not installed.*git checkout"):
+        run(salt_nodes.SaltToyModel, asset="toy_salt_student")
 
 
 def test_comfyui_itself_is_importable_in_cpu_mode():

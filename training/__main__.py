@@ -74,6 +74,9 @@ def main(argv=None):
     d.add_argument("--num-clips", type=int, default=16, help="prompts to generate per row")
     d.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     d.add_argument("--teacher", default=None, help="toy teacher .safetensors (default: the shipped asset)")
+    d.add_argument("--student", default=None,
+                   help="causal toy student .safetensors, e.g. a distill run's export/student.safetensors "
+                        "(default: the shipped Salt toy student); also used by workflow 1")
     d.add_argument("--no-comfyui", action="store_true",
                    help="skip running workflows/salt_toy_streaming.json in a headless ComfyUI")
     d.add_argument("--comfyui", default=None, help="ComfyUI tree to boot (default .venv/comfyui, from .ci/setup)")
@@ -104,9 +107,9 @@ def main(argv=None):
         print(export_teacher(args.run, args.out, args.weights))
     elif args.command == "demo":
         from .demo import run_demo
-        from .toy_assets import TOY_TEACHER
+        from .toy_assets import TOY_STUDENT, TOY_TEACHER
         run_demo(args.out, args.num_clips, args.threads, teacher=args.teacher or TOY_TEACHER,
-                 comfyui=not args.no_comfyui, comfyui_dir=args.comfyui)
+                 student=args.student or TOY_STUDENT, comfyui=not args.no_comfyui, comfyui_dir=args.comfyui)
     return 0
 
 

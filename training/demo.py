@@ -1,10 +1,11 @@
 """The main job on the embedded default: the toy world end to end, on CPU, in a few minutes.
 
-Generates clips for fixed prompts with the shipped toy teacher (40 Euler steps + CFG) and with the
-same teacher at 4 and 2 steps (the gap distillation closes), scores them and real clips with the
-oracle metrics, prints the table, and writes an animated preview GIF. Then runs workflow 1
-(`workflows/salt_toy_streaming.json`) through a real ComfyUI, headless (`comfy_runner`), copies its animated
-WEBP to `<out>/salt_toy_streaming.webp`, decodes it back to pixels and scores it the same way.
+Generates clips for fixed prompts with the shipped toy teacher (40 Euler steps + CFG, then 4 and 2 steps: the
+gap distillation closes) and with the shipped Salt toy student at 4 and 2 steps, scores them and real clips
+with the oracle metrics, prints the table, and writes an animated preview GIF. Then runs workflow 1
+(`workflows/salt_toy_streaming.json`: the Salt student, 4-step streaming) through a real ComfyUI, headless
+(`comfy_runner`), copies its animated WEBP to `<out>/salt_toy_streaming.webp`, decodes it back to pixels and
+scores it the same way.
 """
 import json
 import logging
@@ -20,15 +21,17 @@ from ..salt_core.metrics.score import format_table, score_table
 from ..salt_core.toy.text import ToyTextEncoder
 from ..salt_core.toy.world import TOY_SHIFT, get_world, render, sample_params
 from .preview import save_gif
+from .distill_config import get_preset
+from .distill_eval import sample_student
 from .teacher import eval_prompts, sample_teacher
 from .comfy_runner import comfy_server, run_workflow
-from .toy_assets import TOY_TEACHER, load_toy_teacher
+from .toy_assets import TOY_STUDENT, TOY_TEACHER, load_toy_student, load_toy_teacher
 
 log = logging.getLogger("salt.demo")
 
 WORKFLOW_1 = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "workflows",
                           "salt_toy_streaming.json")
-WORKFLOW_1_ROW = "ComfyUI workflow 1 (streaming, 4 steps, rolling cache)"
+WORKFLOW_1_ROW = "ComfyUI workflow 1 (Salt student, 4 steps, rolling cache)"
 COLUMNS = ["toy_score", "sharpness_error", "adherence", "direction_ok", "smoothness_px", "dynamic_px", "flicker",
            "frechet", "seconds"]
 
@@ -52,27 +55,27 @@ def read_webp_video(path: str, upscale: int) -> torch.Tensor:
     return video / 127.5 - 1.0
 
 
-def run_workflow_1(out_dir: str, teacher: str, comfyui_dir=None) -> tuple:
+def run_workflow_1(out_dir: str, student: str, comfyui_dir=None) -> tuple:
     """Run workflow 1 in a headless ComfyUI; returns (caption, video (1, 3, F, 16, 16), webp path, seconds).
 
-    A teacher other than the shipped asset is linked into models/diffusion_models and loaded with
-    SaltLoadCausalModel in place of SaltToyModel (which only knows the shipped file)."""
+    A model other than the shipped student is linked into models/diffusion_models and loaded with
+    SaltLoadCausalModel in place of SaltToyModel (which only knows the shipped files)."""
     with open(WORKFLOW_1) as f:
         workflow = json.load(f)
-    custom = os.path.abspath(teacher) != os.path.abspath(TOY_TEACHER)
-    name = "salt_demo_teacher.safetensors"
+    custom = os.path.abspath(student) != os.path.abspath(TOY_STUDENT)
+    name = "salt_demo_student.safetensors"
 
-    def swap_teacher(prompt):
+    def swap_model(prompt):
         for node in prompt.values():
             if custom and node["class_type"] == "SaltToyModel":
                 node.update(class_type="SaltLoadCausalModel", inputs={"ckpt_name": name, "use_ema": True,
                                                                       "dtype": "fp32"})
 
     t = time.time()
-    with comfy_server(models={name: teacher} if custom else None, threads=1, comfyui_dir=comfyui_dir) as server:
+    with comfy_server(models={name: student} if custom else None, threads=1, comfyui_dir=comfyui_dir) as server:
         boot = time.time() - t
         t = time.time()
-        files = [p for p in run_workflow(server, workflow, edit=swap_teacher) if str(p).endswith(".webp")]
+        files = [p for p in run_workflow(server, workflow, edit=swap_model) if str(p).endswith(".webp")]
         seconds = time.time() - t
         assert len(files) == 1, f"workflow 1 should save one animated WEBP, saved {files}"
         webp = shutil.copyfile(files[0], os.path.join(out_dir, "salt_toy_streaming.webp"))
@@ -82,34 +85,41 @@ def run_workflow_1(out_dir: str, teacher: str, comfyui_dir=None) -> tuple:
 
 
 def run_demo(out_dir: str = "out/demo", num_clips: int = 16, threads: int = 2, seed: int = 0,
-             teacher: str = TOY_TEACHER, comfyui: bool = True, comfyui_dir: str = None) -> dict:
+             teacher: str = TOY_TEACHER, student: str = TOY_STUDENT, comfyui: bool = True,
+             comfyui_dir: str = None) -> dict:
     """Run the toy-world demo; returns {row label: metric means} and writes out_dir/preview.gif (and, with
     `comfyui`, out_dir/salt_toy_streaming.webp from workflow 1 in a real ComfyUI at `comfyui_dir`)."""
     torch.set_num_threads(threads)
     os.makedirs(out_dir, exist_ok=True)
     world = get_world("default")
     model, mode, source = load_toy_teacher(teacher)
+    salt, salt_source = load_toy_student(student)
     encoder = ToyTextEncoder(text_dim=model.cfg.text_dim, max_tokens=model.cfg.text_len, world=world)
     captions = eval_prompts(world, num_clips)
     ref = reference_features(world, 256)
     real = render(world, sample_params(world, 1234, num_clips))
     rows, videos = {"real data": score_table(real, captions, world, ref)}, {"real": real}
-    timings = {}
-    for label, steps in (("teacher 40 steps + CFG", 40), ("teacher 4 steps", 4), ("teacher 2 steps", 2)):
+    runs = [(label, short, lambda k=steps: sample_teacher(model, mode, captions, encoder, world, steps=k,
+                                                          cfg_scale=3.0, shift=TOY_SHIFT, seed=seed))
+            for label, short, steps in (("teacher 40 steps + CFG", "teacher 40", 40),
+                                        ("teacher 4 steps", "teacher 4", 4), ("teacher 2 steps", "teacher 2", 2))]
+    salt_cfg, context = get_preset("toy-salt"), encoder.encode(captions)
+    runs += [(f"Salt student {k} steps", f"Salt {k}", lambda k=k: sample_student(salt, salt_cfg, context, k, seed=seed))
+             for k in (4, 2)]
+    for label, short, sample in runs:
         t = time.time()
-        v = sample_teacher(model, mode, captions, encoder, world, steps=steps, cfg_scale=3.0, shift=TOY_SHIFT, seed=seed)
-        timings[label] = time.time() - t
-        rows[label] = {**score_table(v, captions, world, ref), "seconds": timings[label]}
-        videos[label.split()[1] + " steps"] = v
+        v = sample()
+        rows[label] = {**score_table(v, captions, world, ref), "seconds": time.time() - t}
+        videos[short] = v
     table = format_table(rows, COLUMNS)
     gif = save_gif({k: v[:8] for k, v in videos.items()}, os.path.join(out_dir, "preview.gif"))
-    print(f"\nSalt toy world — teacher: {source}\n\n{table}\n\npreview: {gif}  (rows: " +
+    print(f"\nSalt toy world — teacher: {source}; student: {salt_source}\n\n{table}\n\npreview: {gif}  (rows: " +
           ", ".join(videos) + f"; first 8 of {num_clips} prompts)")
     if comfyui:
-        caption, video, webp, seconds = run_workflow_1(out_dir, teacher, comfyui_dir)
+        caption, video, webp, seconds = run_workflow_1(out_dir, student, comfyui_dir)
         # one clip has no covariance: no Fréchet distance, and the toy score leaves that term out
         rows[WORKFLOW_1_ROW] = {**score_table(video, [caption], world), "seconds": seconds}
         table = format_table({WORKFLOW_1_ROW: rows[WORKFLOW_1_ROW]}, COLUMNS)
-        print(f"\nThe same teacher in a real ComfyUI, headless: workflows/salt_toy_streaming.json, one clip of "
+        print(f"\nThe same student in a real ComfyUI, headless: workflows/salt_toy_streaming.json, one clip of "
               f"{caption!r} (no Fréchet distance for one clip)\n\n{table}\n\nvideo: {webp}")
     return rows

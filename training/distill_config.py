@@ -92,7 +92,7 @@ class DistillConfig:
         return config_from_dict(cls, d)
 
 
-_TOY = DistillConfig(lr_gen=1e-4, lr_critic=1e-4, ema_start=20, ema_decay=0.95, gen_steps=200)
+_TOY = DistillConfig(lr_gen=2e-5, lr_critic=2e-5, ema_start=20, ema_decay=0.95, gen_steps=200)
 _REAL = DistillConfig(teacher="", teacher_kind="bidirectional", student_init="", critic_init="", world="",
                       num_frames=21, height=60, width=104, shift=5.0, guidance_scale=4.0, batch_size=1,
                       gen_steps=120, checkpoint_every=20, eval_every=0, align_block=20, autocast_bf16=True,

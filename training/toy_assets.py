@@ -1,23 +1,59 @@
-"""The small model files shipped inside the package (toy teacher, later the Salt toy student).
+"""The small model files shipped inside the package: the toy teacher and the Salt toy student.
 
-File reading lives here, not in salt_core. Rebuild commands are in the README ("Toy world").
+File reading lives here, not in salt_core. Rebuild commands are in the README ("Toy world" and "Distillation
+experiment").
 """
 import os
 
-from .files import load_model, read_checkpoint
+from .files import load_model, read_checkpoint, save_model
 
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "salt_core", "assets")
 TOY_TEACHER = os.path.join(ASSETS, "toy_teacher.safetensors")
+TOY_STUDENT = os.path.join(ASSETS, "toy_salt_student.safetensors")
+ROLE_META = "salt_role"   # "teacher" | "student" (files without it are teachers: the first shipped asset)
+
+
+def _missing(path: str, what: str) -> FileNotFoundError:
+    return FileNotFoundError(
+        f"{what} not found at {path}; restore it from git (`git checkout -- salt_core/assets`) or rebuild it with "
+        f"the commands in README, 'Toy world'")
 
 
 def load_toy_teacher(path: str = TOY_TEACHER):
     """(model in eval mode, teacher mode 'teacher_forcing'|'bidirectional', description) of the shipped teacher."""
     if not os.path.exists(path):
-        raise FileNotFoundError(
-            f"toy teacher not found at {path}; restore it from git (`git checkout -- salt_core/assets`) or rebuild "
-            f"it with the commands in README, 'Toy world'")
+        raise _missing(path, "toy teacher")
     _, meta = read_checkpoint(path)
     model, _ = load_model(path)
     mode = meta.get("teacher_mode", "teacher_forcing")
     steps, weights = meta.get("train_steps", "?"), meta.get("teacher_weights", "ema")
     return model.eval(), mode, f"{os.path.basename(path)} ({mode}, {weights} weights after {steps} training steps)"
+
+
+def load_toy_student(path: str = TOY_STUDENT):
+    """(model in eval mode, description) of the shipped Salt toy student (causal, few-step, no CFG)."""
+    if not os.path.exists(path):
+        raise _missing(path, "Salt toy student")
+    _, meta = read_checkpoint(path)
+    model, _ = load_model(path)
+    return model.eval(), (f"{os.path.basename(path)} (causal student, {meta.get('salt_preset', '?')}, "
+                          f"{meta.get('gen_steps', '?')} generator updates)")
+
+
+def load_toy_asset(path: str):
+    """(model, 'student'|teacher mode, description) of any shipped toy asset, by its role metadata."""
+    if not os.path.exists(path):
+        raise _missing(path, "toy asset")
+    _, meta = read_checkpoint(path)
+    if meta.get(ROLE_META) == "student":
+        model, description = load_toy_student(path)
+        return model, "student", description
+    return load_toy_teacher(path)
+
+
+def write_toy_student(student_file: str, dest: str = TOY_STUDENT, preset: str = "toy-salt", gen_steps: int = 0):
+    """Copy an exported student (`<run>/export/student.safetensors`) to `dest` with its role metadata; returns dest."""
+    model, _ = load_model(student_file)
+    save_model(model, dest, layout="wan", config=model.cfg,
+               extra_metadata={ROLE_META: "student", "salt_preset": preset, "gen_steps": gen_steps})
+    return dest

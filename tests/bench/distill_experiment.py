@@ -1,6 +1,7 @@
 """The Salt experiment on the toy world (issue: distillation). Not a test: hours of CPU; resumable.
 
     .venv/bin/python tests/bench/distill_experiment.py --out runs/experiment [--gen-steps 200] [--eval-only]
+    .venv/bin/python tests/bench/distill_experiment.py --out runs/experiment --ship-student ar-salt
 
 Runs, with the same number of generator updates and the same seeds:
   ODE-pair init (causal and bidirectional students) from the shipped toy teacher, then
@@ -26,7 +27,7 @@ from comfyui_salt.training.distill_config import get_preset
 from comfyui_salt.training.distill_eval import drift_slopes, sample_student, student_defect
 from comfyui_salt.training.files import export_student, load_model
 from comfyui_salt.training.teacher import eval_prompts, sample_teacher
-from comfyui_salt.training.toy_assets import load_toy_teacher
+from comfyui_salt.training.toy_assets import TOY_STUDENT, load_toy_teacher, write_toy_student
 
 ARMS = [  # (run name, preset, student init run, arm)
     ("ode-causal", "toy-ode-init", None, "init"),
@@ -94,7 +95,16 @@ def main():
     ap.add_argument("--eval-only", action="store_true", help="skip training; evaluate the exported students")
     ap.add_argument("--train-only", nargs="*", default=None, metavar="ARM",
                     help="train only these arms (all if none named) and skip the evaluation, e.g. ode-causal ode-bidir")
+    ap.add_argument("--ship-student", default=None, metavar="ARM",
+                    help="copy that arm's exported student to the shipped asset (salt_core/assets) and stop")
     args = ap.parse_args()
+    if args.ship_student:
+        preset = {name: p for name, p, _, _ in ARMS}[args.ship_student]
+        run_dir = os.path.join(args.out, args.ship_student)
+        with open(os.path.join(run_dir, "config.json")) as f:
+            gen_steps = json.load(f)["gen_steps"]
+        print(write_toy_student(os.path.join(run_dir, "export", "student.safetensors"), TOY_STUDENT, preset, gen_steps))
+        return
     torch.set_num_threads(args.threads)
     install_stop_handlers()   # Ctrl-C / kill: the running arm saves at a step boundary; rerun to resume
     cfgs = {}
