@@ -3,6 +3,8 @@
     .venv/bin/python tests/bench/distill_experiment.py --out runs/experiment [--gen-steps 200] [--eval-only]
     .venv/bin/python tests/bench/distill_experiment.py --out runs/experiment --ship-student ar-salt
 
+The last run's table: tests/bench/results/distill_experiment.md.
+
 Runs, with the same number of generator updates and the same seeds:
   ODE-pair init (causal and bidirectional students) from the shipped toy teacher, then
   bidirectional arm: DMD (4-step grid) and SC-DMD (8-step grid, 4-step inference);
