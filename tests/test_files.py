@@ -205,3 +205,14 @@ def test_a_student_written_as_the_toy_asset_loads_by_its_role_with_the_same_weig
     assert load_toy_asset(str(teacher))[1] == "teacher_forcing"
     with pytest.raises(FileNotFoundError, match="git checkout -- salt_core/assets"):
         load_toy_asset(str(tmp_path / "gone.safetensors"))
+
+
+def test_read_metadata_reads_the_header_that_safetensors_wrote_and_names_a_corrupt_file(tmp_path):
+    from safetensors.torch import save_file
+    path = tmp_path / "m.safetensors"
+    save_file({"w": torch.zeros(2)}, str(path), metadata={"salt_role": "student", "gen_steps": "200"})
+    assert files.read_metadata(str(path)) == {"salt_role": "student", "gen_steps": "200"}
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(path.read_bytes()[:20])
+    with pytest.raises(ValueError, match="bad.safetensors.*truncated or corrupt"):
+        files.read_metadata(str(bad))

@@ -85,6 +85,16 @@ def _unshare(sd: Mapping) -> tuple:
 
 
 # -- reading ------------------------------------------------------------------------------------------
+def read_metadata(path: str) -> dict:
+    """The metadata of a safetensors file, from its header only (no tensor is read)."""
+    try:
+        with safe_open(path, framework="pt") as f:
+            return dict(f.metadata() or {})
+    except SafetensorError as e:
+        raise ValueError(f"read_metadata: {path!r} is not a readable safetensors file ({e}); it is "
+                         f"truncated or corrupt — download or save it again") from e
+
+
 def _read_safetensors(path: str) -> tuple:
     """(tensors with release nesting and aliases restored, metadata) of a safetensors file."""
     try:

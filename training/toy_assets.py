@@ -5,25 +5,26 @@ experiment").
 """
 import os
 
-from .files import load_model, read_checkpoint, save_model
+from .files import load_model, read_metadata, save_model
 
 ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "salt_core", "assets")
 TOY_TEACHER = os.path.join(ASSETS, "toy_teacher.safetensors")
 TOY_STUDENT = os.path.join(ASSETS, "toy_salt_student.safetensors")
-ROLE_META = "salt_role"   # "teacher" | "student" (files without it are teachers: the first shipped asset)
+ROLE_META = "salt_role"   # "student" on the student; the teacher, shipped first, has no role key
 
 
-def _missing(path: str, what: str) -> FileNotFoundError:
-    return FileNotFoundError(
-        f"{what} not found at {path}; restore it from git (`git checkout -- salt_core/assets`) or rebuild it with "
-        f"the commands in README, 'Toy world'")
+def _metadata(path: str, what: str, section: str) -> dict:
+    """Header metadata of a shipped asset, or an error saying how to restore or rebuild it."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"{what} not found at {path}; restore it from git (`git checkout -- salt_core/assets`) or rebuild it "
+            f"with the commands in README, '{section}'")
+    return read_metadata(path)
 
 
 def load_toy_teacher(path: str = TOY_TEACHER):
     """(model in eval mode, teacher mode 'teacher_forcing'|'bidirectional', description) of the shipped teacher."""
-    if not os.path.exists(path):
-        raise _missing(path, "toy teacher")
-    _, meta = read_checkpoint(path)
+    meta = _metadata(path, "toy teacher", "Toy world")
     model, _ = load_model(path)
     mode = meta.get("teacher_mode", "teacher_forcing")
     steps, weights = meta.get("train_steps", "?"), meta.get("teacher_weights", "ema")
@@ -32,9 +33,7 @@ def load_toy_teacher(path: str = TOY_TEACHER):
 
 def load_toy_student(path: str = TOY_STUDENT):
     """(model in eval mode, description) of the shipped Salt toy student (causal, few-step, no CFG)."""
-    if not os.path.exists(path):
-        raise _missing(path, "Salt toy student")
-    _, meta = read_checkpoint(path)
+    meta = _metadata(path, "Salt toy student", "Distillation experiment")
     model, _ = load_model(path)
     return model.eval(), (f"{os.path.basename(path)} (causal student, {meta.get('salt_preset', '?')}, "
                           f"{meta.get('gen_steps', '?')} generator updates)")
@@ -42,10 +41,7 @@ def load_toy_student(path: str = TOY_STUDENT):
 
 def load_toy_asset(path: str):
     """(model, 'student'|teacher mode, description) of any shipped toy asset, by its role metadata."""
-    if not os.path.exists(path):
-        raise _missing(path, "toy asset")
-    _, meta = read_checkpoint(path)
-    if meta.get(ROLE_META) == "student":
+    if _metadata(path, "toy asset", "Toy world").get(ROLE_META) == "student":
         model, description = load_toy_student(path)
         return model, "student", description
     return load_toy_teacher(path)
@@ -54,6 +50,6 @@ def load_toy_asset(path: str):
 def write_toy_student(student_file: str, dest: str = TOY_STUDENT, preset: str = "toy-salt", gen_steps: int = 0):
     """Copy an exported student (`<run>/export/student.safetensors`) to `dest` with its role metadata; returns dest."""
     model, _ = load_model(student_file)
-    save_model(model, dest, layout="wan", config=model.cfg,
+    save_model(model, dest, layout="wan",
                extra_metadata={ROLE_META: "student", "salt_preset": preset, "gen_steps": gen_steps})
     return dest
