@@ -17,7 +17,7 @@ def teacher_path(tmp_path_factory):
 
 def tiny(preset, teacher_path, **kw):
     base = dict(teacher=teacher_path, batch_size=2, gen_steps=2, critic_ratio=2, eval_every=0, threads=1,
-                checkpoint_every=1, ode_pairs=4, ode_teacher_steps=4, align_start_step=0, ema_start=1)
+                checkpoint_every=1, ode_pairs=4, ode_teacher_steps=4, align_start_iter=0, ema_start_iter=1)
     return get_preset(preset, **{**base, **kw})
 
 
@@ -90,8 +90,8 @@ def _cli(out, teacher_path, gen_steps=8):
     import sys
     return [sys.executable, "-m", "comfyui_salt.training", "distill", "--preset", "toy-salt", "--out", str(out),
             "--teacher", teacher_path, "--batch-size", "2", "--gen-steps", str(gen_steps), "--critic-ratio", "2",
-            "--eval-every", "0", "--threads", "1", "--checkpoint-every", "1", "--ema-start", "1",
-            "--align-start-step", "0"]
+            "--eval-every", "0", "--threads", "1", "--checkpoint-every", "1", "--ema-start-iter", "1",
+            "--align-start-iter", "0"]
 
 
 def _run_until_checkpoint(cmd, out, step):

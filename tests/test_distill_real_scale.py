@@ -47,7 +47,7 @@ def real_cfg(root, **kw):
     base = dict(teacher=str(root / "wan_teacher.safetensors"), critic_init=str(root / "wan_teacher.safetensors"),
                 student_init=str(root / "self_forcing_release.pt"), prompts_file=str(root / "prompts.txt"),
                 text_encoder=str(root / "umt5"), num_frames=6, height=4, width=4, batch_size=1, gen_steps=2,
-                critic_ratio=1, align_start_step=0, align_block=1, threads=1, checkpoint_every=1)
+                critic_ratio=1, align_start_iter=0, align_block=1, threads=1, checkpoint_every=1)
     return get_preset("salt-causal-forcing", **{**base, **kw})
 
 

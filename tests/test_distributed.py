@@ -17,7 +17,7 @@ from comfyui_salt.training.distill import run_distillation
 from comfyui_salt.training.distill_config import get_preset
 out, teacher = sys.argv[1], sys.argv[2]
 cfg = get_preset("toy-salt", teacher=teacher, batch_size=1, gen_steps=3, critic_ratio=2, eval_every=0, threads=1,
-                 checkpoint_every=100, align_start_step=0, ema_start=100, step_choices=(8, 4, 2))
+                 checkpoint_every=100, align_start_iter=0, ema_start_iter=100, step_choices=(8, 4, 2))
 model = run_distillation(cfg, out, quiet=True)
 rank = int(os.environ["RANK"])
 save_file({k: v.contiguous() for k, v in model.state_dict().items()}, os.path.join(out, f"student_rank{rank}.safetensors"))

@@ -1,12 +1,15 @@
 """The distillation job: DMD, SC-DMD and Salt's cache-aware training (one function, two front doors).
 
 `run_distillation(cfg, out_dir, ...)` is called by the CLI (`python -m comfyui_salt.training distill`)
-and by the ComfyUI node. Per iteration (SALT_METHOD §1–3, Self Forcing's loop):
-- draw K from the step mixture and the exit index (identical on every rank: seeded from (seed, step));
+and by the ComfyUI node. Per iteration (SALT_METHOD §1–3, the released trainer's loop; `it` counts iterations):
+- every `critic_ratio`-th iteration first one generator update — rollout with grad at the exit step,
+  DMD against teacher (standard CFG) and critic scoring the whole clip (or chunk by chunk, an option),
+  + λ_SC·L_SC on K = sc_steps rollouts, + the feature alignment to a denser reference rollout when K = 2
+  and exit = 1 from iteration `align_start_iter` on; then the EMA update once the EMA exists;
 - every iteration: one critic update on a fresh no-grad student rollout (flow loss);
-- every `critic_ratio`-th iteration: one generator update — rollout with grad at the exit step,
-  DMD against teacher (standard CFG) and critic, + λ_SC·L_SC on K = sc_steps rollouts, + the
-  feature alignment to a denser reference rollout when K = 2 and exit = 1 after the warm-up.
+- the EMA is created at the end of iteration `ema_start_iter` (released `ema_start_step`).
+The generator step and each critic step draw their own K, exit index and SC triplet (as released),
+identical on every rank: seeded from (seed, iteration, role).
 Loop conventions (seeding from (seed, rank, step), atomic checkpoints, automatic resume, JSONL log,
 progress bar, NaN stop) come from training/common.py.
 """
@@ -29,27 +32,54 @@ from ..salt_core.scorenet import ScoreNet
 from .common import EMA, CheckpointManager, JsonlLog, check_stop, progress, step_generators, step_seed
 from .distill_config import DistillConfig
 from .distill_eval import evaluate_student
-from .distill_models import build_models, build_prompts
+from .distill_models import build_models, build_prompts, resolve_teacher_kind
 from .distributed import average_gradients, process_info
 from .ode_init import run_ode_init
 
 log = logging.getLogger("salt.distill")
+ROLES = ("critic", "gen")   # the step roles of an iteration, in the seed of their draws
+COUNT_KEYS = ("gen_updates", "sc_updates", "align_updates", "sc_ratio_sum", "sc_ratio_n", "align_ratio_sum",
+              "align_ratio_n")
+
+
+def alignment_acts(cfg: DistillConfig, it: int, K: int, exit_index: int) -> bool:
+    """Whether a generator step at iteration `it` with K steps and this exit index carries the feature alignment
+    (SALT_METHOD §3): K = 2 (or K = 4 with align_k4), exit index 1, it ≥ align_start_iter (released mmd_start_step)."""
+    return (cfg.align_weight > 0 and it >= cfg.align_start_iter and exit_index == 1
+            and (K == 2 or (cfg.align_k4 and K == 4)))
+
+
+def ema_due(cfg: DistillConfig, it: int) -> bool:
+    """Whether the EMA exists after iteration `it` (created at the end of iteration ema_start_iter, as released)."""
+    return it >= cfg.ema_start_iter
+
+
+def _grad_norm(loss, x) -> float:
+    """‖∂loss/∂x‖ (float), keeping the graph for the real backward; 0 when loss does not depend on x."""
+    if not (loss.requires_grad and x.requires_grad):
+        return 0.0
+    g = torch.autograd.grad(loss, x, retain_graph=True, allow_unused=True)[0]
+    return 0.0 if g is None else g.double().norm().item()
 
 
 class Distiller:
     """Models, optimisers and losses of one run; `iteration(it)` performs one loop iteration."""
 
-    def __init__(self, cfg: DistillConfig, teacher, student, critic, prompts, rank: int = 0, world_size: int = 1):
+    def __init__(self, cfg: DistillConfig, teacher, student, critic, prompts, rank: int = 0, world_size: int = 1,
+                 score_kind: str = None):
+        """score_kind: how teacher and critic score a clip (a ScoreNet kind); default `cfg.teacher_kind`, which
+        must then not be "auto" (run_distillation resolves it from the teacher file)."""
         self.cfg, self.rank, self.world_size, self.prompts = cfg, rank, world_size, prompts
         self.teacher, self.student, self.critic = teacher, student, critic
-        self.real = ScoreNet(teacher, cfg.teacher_kind, cfg.chunk_frames)
-        self.fake = ScoreNet(critic, cfg.teacher_kind, cfg.chunk_frames)
+        self.score_kind = score_kind or cfg.teacher_kind
+        self.real = ScoreNet(teacher, self.score_kind, cfg.chunk_frames)
+        self.fake = ScoreNet(critic, self.score_kind, cfg.chunk_frames)
         teacher.requires_grad_(False).eval()
         student.gradient_checkpointing = critic.gradient_checkpointing = cfg.grad_checkpointing
-        betas = (cfg.beta1, cfg.beta2)
-        self.opt_gen = torch.optim.AdamW(student.parameters(), lr=cfg.lr_gen, betas=betas, weight_decay=cfg.weight_decay)
-        self.opt_critic = torch.optim.AdamW(critic.parameters(), lr=cfg.lr_critic, betas=betas,
-                                            weight_decay=cfg.weight_decay)
+        self.opt_gen = torch.optim.AdamW(student.parameters(), lr=cfg.lr_gen, betas=(cfg.beta1, cfg.beta2),
+                                         weight_decay=cfg.weight_decay)
+        self.opt_critic = torch.optim.AdamW(critic.parameters(), lr=cfg.lr_critic,
+                                            betas=(cfg.beta1_critic, cfg.beta2_critic), weight_decay=cfg.weight_decay)
         self.ema = None
         self.dmd = DMDLoss(cfg.guidance_scale)
         self.sc = SemigroupLoss(cfg.sc_weight, cfg.sc_symmetric)
@@ -60,18 +90,27 @@ class Distiller:
             self.cache = student.new_cache(cfg.batch_size, self.policy, (cfg.height, cfg.width))
             self.ref_cache = student.new_cache(cfg.batch_size, self.policy, (cfg.height, cfg.width))
         self.gen_step = 0
+        self.counts = dict.fromkeys(COUNT_KEYS, 0.0)   # per-run tallies of what acted (saved with the state)
 
     # -- pieces ---------------------------------------------------------------------------------
-    def draws(self, it: int) -> dict:
-        """K, exit index and SC triplet of iteration `it`, identical on every rank."""
-        shared = torch.Generator().manual_seed(step_seed(self.cfg.seed, 0, it))
+    def draws(self, it: int, role: str) -> dict:
+        """K, exit index and SC triplet of the `role` ("gen" or "critic") step of iteration `it`.
+
+        Each step draws its own (the released trainer samples them inside every generator and critic
+        loss); seeded from (seed, it, role) with rank 0, so every rank draws the same.
+        """
+        shared = torch.Generator().manual_seed(step_seed(self.cfg.seed, 0, it, ROLES.index(role)))
         K = sample_rollout_steps(shared, self.cfg.step_choices, self.cfg.step_probs)
         exit_index = sample_exit_index(K, shared)
         grid = get_sigmas_fewstep(K, self.cfg.shift)
         triplet = None
-        if self.cfg.sc_weight > 0 and K == self.cfg.sc_steps:
+        if role == "gen" and self.cfg.sc_weight > 0 and K == self.cfg.sc_steps:
             triplet = sc_triplet(exit_index, shared, grid)
-        return {"K": K, "exit": exit_index, "grid": grid, "triplet": triplet}
+        return {"K": K, "exit": exit_index, "grid": grid, "triplet": triplet, "it": it}
+
+    def aligns(self, d: dict) -> bool:
+        """Whether the generator step with draws `d` carries the feature alignment."""
+        return alignment_acts(self.cfg, d["it"], d["K"], d["exit"])
 
     def rollout(self, noise, context, d, grad, gen, on_exit=None, cache=None):
         """Student rollout x0 (B, C, F, H, W) for draws `d`."""
@@ -96,20 +135,10 @@ class Distiller:
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=enabled)
 
     # -- updates --------------------------------------------------------------------------------
-    def generator_loss(self, d, rng, gen):
-        """(total loss, stats) of one generator micro-batch."""
-        cfg = self.cfg
-        ctx, unc, noise = self.batch(rng, gen)
-        sc_terms, stats = [], {}
-
-        def on_exit(chunk, x_s, v1, velocity_fn):
-            if d["triplet"] is not None:
-                loss, st = self.sc(x_s, v1, velocity_fn, d["triplet"])
-                sc_terms.append(loss)
-                stats.update(st)
-        roll = self.rollout(noise, ctx, d, True, gen, on_exit)
-        x = roll.x0
-        sigma = (sample_dmd_timesteps(cfg.batch_size, gen, cfg.shift) / 1000.0).to(x.device)
+    def dmd_term(self, x, ctx, unc, gen):
+        """(L_DMD, stats) of student clips x (B, C, F, H, W) WITH grad: noise x at one shifted level per clip and
+        let teacher (cond, uncond; standard CFG) and critic score the noised clip as `score_kind` says."""
+        sigma = (sample_dmd_timesteps(x.shape[0], gen, self.cfg.shift) / 1000.0).to(x.device)
         eps = randn_like(x, gen)
         x_t = add_noise(x.detach(), eps, sigma.view(-1, 1, 1, 1, 1))
         with torch.no_grad():
@@ -117,14 +146,41 @@ class Distiller:
             real_c = self.real.x0(x_t, sigma, ctx, clean)
             real_u = self.real.x0(x_t, sigma, unc, clean)
             fake = self.fake.x0(x_t, sigma, ctx, clean)
-        total, st = self.dmd(x, real_c, real_u, fake)
+        return self.dmd(x, real_c, real_u, fake)
+
+    def generator_loss(self, d, rng, gen):
+        """(total loss, stats) of one generator micro-batch.
+
+        Besides the losses, stats say which terms acted (`sc_acted`, `aligned`) and how strongly: the norm of each
+        weighted term's gradient relative to DMD's, taken at the exit step's network output v1 where the three
+        terms meet (`sc_dmd_grad_ratio`, `align_dmd_grad_ratio`). DMD and alignment reach v1 through
+        x0 = x_s − σ_s·v1, so their ratio is taken at x0 directly; SC's at v1 against σ_s·‖∂L_DMD/∂x0‖.
+        """
+        cfg = self.cfg
+        ctx, unc, noise = self.batch(rng, gen)
+        sc_terms, sc_grads, stats = [], [], {}
+
+        def on_exit(chunk, x_s, v1, velocity_fn):
+            if d["triplet"] is not None:
+                loss, st = self.sc(x_s, v1, velocity_fn, d["triplet"])
+                sc_terms.append(loss)
+                stats.update(st)
+                if v1.requires_grad:
+                    sc_grads.append(torch.autograd.grad(loss, v1, retain_graph=True)[0].double().pow(2).sum())
+        roll = self.rollout(noise, ctx, d, True, gen, on_exit)
+        x = roll.x0
+        total, st = self.dmd_term(x, ctx, unc, gen)
         stats.update(st)
+        dmd_norm = _grad_norm(total, x)
         if sc_terms:
             l_sc = torch.stack(sc_terms).mean()
             total = total + self.sc.weight * l_sc
             stats["sc_loss"] = l_sc.item()
-        aligned = (cfg.align_weight > 0 and self.gen_step >= cfg.align_start_step and d["exit"] == 1
-                   and (d["K"] == 2 or (cfg.align_k4 and d["K"] == 4)))
+            if sc_grads and dmd_norm > 0:   # ∂(λ·mean_c L_c)/∂v1_c = λ/C·∂L_c/∂v1_c
+                sc_norm = self.sc.weight / len(sc_terms) * torch.stack(sc_grads).sum().sqrt().item()
+                stats["sc_dmd_grad_ratio"] = sc_norm / (roll.exit_sigma * dmd_norm)
+        stats["sc_acted"] = float(bool(sc_terms))
+        aligned = self.aligns(d)
         if aligned:
             dense = get_sigmas_fewstep(2 * d["K"], cfg.shift)
             if cfg.student_kind == "causal":
@@ -142,7 +198,10 @@ class Distiller:
             with torch.no_grad():
                 _, f_ref = self.real.velocity(add_noise(ref, eps_f, s5), sigma_f, ctx, ref, cfg.align_block)
             l_al, st = self.align(f_stu, f_ref, frames=cfg.num_frames)
-            total = total + self.align.weight * l_al
+            weighted = self.align.weight * l_al
+            if dmd_norm > 0:
+                stats["align_dmd_grad_ratio"] = _grad_norm(weighted, x) / dmd_norm
+            total = total + weighted
             stats.update(st)
         stats["aligned"] = float(aligned)
         return total, stats
@@ -177,20 +236,46 @@ class Distiller:
         return stats
 
     def iteration(self, it: int) -> dict:
-        """One loop iteration: a critic update, and a generator update every critic_ratio-th iteration."""
-        d = self.draws(it)
-        stats = {"K": d["K"], "exit": d["exit"]}
+        """One loop iteration, in the released order: a generator update every critic_ratio-th iteration (then
+        the EMA update, once the EMA exists), a critic update, and the EMA's creation at `ema_start_iter`."""
+        stats = {}
         if it % self.cfg.critic_ratio == 0:
+            d = self.draws(it, "gen")
+            stats.update(K=d["K"], exit=d["exit"])
             self.student.train()
             stats.update(self._step(self.generator_loss, self.student, self.opt_gen, it, "gen", d))
             self.gen_step += 1
-            if self.gen_step >= self.cfg.ema_start:
-                if self.ema is None:
-                    self.ema = EMA(self.student, self.cfg.ema_decay)
-                else:
-                    self.ema.update(self.student)
+            self.tally(stats)
+            if self.ema is not None:
+                self.ema.update(self.student)
+        d = self.draws(it, "critic")
+        stats.update(critic_K=d["K"], critic_exit=d["exit"])
         stats.update(self._step(self.critic_loss, self.critic, self.opt_critic, it, "critic", d))
+        if self.ema is None and ema_due(self.cfg, it):
+            self.ema = EMA(self.student, self.cfg.ema_decay)
         return stats
+
+    def tally(self, stats: dict) -> None:
+        """Add one generator update's stats to the run's counts of SC / alignment updates and their grad ratios."""
+        c = self.counts
+        c["gen_updates"] += 1
+        for term in ("sc", "align"):
+            acted = stats.get("sc_acted" if term == "sc" else "aligned", 0.0) > 0
+            c[f"{term}_updates"] += acted
+            ratio = stats.get(f"{term}_dmd_grad_ratio")
+            if acted and ratio is not None:
+                c[f"{term}_ratio_sum"] += ratio
+                c[f"{term}_ratio_n"] += 1
+
+    def summary(self) -> dict:
+        """What acted over the run: generator updates, SC and alignment update counts, their mean grad ratios."""
+        c = self.counts
+        out = {"gen_updates": int(c["gen_updates"]), "score_kind": self.score_kind}
+        for term in ("sc", "align"):
+            out[f"{term}_updates"] = int(c[f"{term}_updates"])
+            n = c[f"{term}_ratio_n"]
+            out[f"{term}_dmd_grad_ratio_mean"] = c[f"{term}_ratio_sum"] / n if n else None
+        return out
 
     # -- state ----------------------------------------------------------------------------------
     def state(self):
@@ -198,7 +283,7 @@ class Distiller:
         if self.ema is not None:
             tensors["ema"] = self.ema.state_dict()
         return tensors, {"opt_gen": self.opt_gen.state_dict(), "opt_critic": self.opt_critic.state_dict(),
-                         "gen_step": self.gen_step}
+                         "gen_step": self.gen_step, "counts": dict(self.counts)}
 
     def load(self, tensors, state):
         self.student.load_state_dict(tensors["student"])
@@ -209,6 +294,7 @@ class Distiller:
         self.opt_gen.load_state_dict(state["opt_gen"])
         self.opt_critic.load_state_dict(state["opt_critic"])
         self.gen_step = int(state["gen_step"])
+        self.counts.update(state.get("counts", {}))
 
     def student_for_inference(self):
         """The EMA student if EMA has started, else a copy of the student, in eval mode."""
@@ -245,7 +331,9 @@ def run_distillation(cfg: DistillConfig, out_dir: str, *, max_gen_steps: int = N
     teacher, student, critic = build_models(cfg)
     teacher, student, critic = (m.to(device) for m in (teacher, student, critic))
     prompts = build_prompts(cfg, teacher, out_dir)
-    job = Distiller(cfg, teacher, student, critic, prompts, rank, world_size)
+    job = Distiller(cfg, teacher, student, critic, prompts, rank, world_size, score_kind=resolve_teacher_kind(cfg))
+    log.info("teacher and critic score clips %s", "whole (bidirectional)" if job.score_kind == "bidirectional"
+             else "chunk by chunk given the clean past (teacher forcing)")
     ckpt = CheckpointManager(os.path.join(out_dir, "checkpoints"))
     logger = JsonlLog(os.path.join(out_dir, "metrics.jsonl" if rank == 0 else f"metrics_rank{rank}.jsonl"))
     it = 0
@@ -308,4 +396,9 @@ def run_distillation(cfg: DistillConfig, out_dir: str, *, max_gen_steps: int = N
         raise
     finally:
         bar.close()
+    summary = job.summary()
+    if rank == 0:
+        with open(os.path.join(out_dir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=1, sort_keys=True)
+    log.info("done: %s", summary)
     return job.student_for_inference()

@@ -1,8 +1,13 @@
 """Distillation configuration: one typed dataclass, named presets, unknown keys rejected.
 
-Toy presets run on a CPU in the toy world (teacher = the shipped toy teacher, teacher-forced
-scoring). Real-scale presets mirror the released recipes (Self Forcing, Causal Forcing, LongLive
-windows; SALT_METHOD §1, §3); their paths are supplied by the user.
+Toy presets run on a CPU in the toy world (teacher = the shipped toy teacher; its scoring kind follows the
+teacher file). Real-scale presets mirror the released Salt recipes (XingtongGe/Salt
+`configs/mixed_sc_dmd_trd/*.yaml`, Self Forcing / Causal Forcing / LongLive windows; SALT_METHOD §1, §3);
+their paths are supplied by the user.
+
+Units: `gen_steps` counts generator updates; `ema_start_iter` and `align_start_iter` count **trainer
+iterations**, as the released trainer's `ema_start_step` / `mmd_start_step` do: one iteration per critic
+update, with a generator update on every `critic_ratio`-th iteration (iterations = gen_steps × critic_ratio).
 """
 from dataclasses import dataclass, replace
 
@@ -10,6 +15,10 @@ from ..salt_core.toy.world import TOY_SHIFT
 from .common import config_from_dict
 
 JOBS = ("dmd", "ode_init")
+SCORE_KINDS = ("auto", "bidirectional", "teacher_forcing")
+# Keys renamed when the counters moved to the released unit (trainer iterations): the error says how to convert.
+RENAMED = {"ema_start": "ema_start_iter (trainer iterations = generator updates × critic_ratio)",
+           "align_start_step": "align_start_iter (trainer iterations = generator updates × critic_ratio)"}
 
 
 @dataclass(frozen=True)
@@ -17,7 +26,7 @@ class DistillConfig:
     job: str = "dmd"                    # "dmd" (DMD / SC-DMD / Salt) or "ode_init" (regress teacher ODE pairs)
     # -- models ------------------------------------------------------------------------------
     teacher: str = "toy"                # "toy" (shipped toy teacher) or a checkpoint path (any layout)
-    teacher_kind: str = "teacher_forcing"  # ScoreNet kind of teacher and critic: teacher_forcing | bidirectional
+    teacher_kind: str = "auto"          # how teacher and critic score a clip: bidirectional (whole clip, one level, as released) | teacher_forcing (chunk by chunk given the clean past) | auto (the teacher file's teacher_mode, else bidirectional)
     student_init: str = "teacher"       # "teacher" (copy of the teacher weights) or a checkpoint path
     critic_init: str = "teacher"        # "teacher" or a checkpoint path
     student_kind: str = "causal"        # "causal" (KV-cached chunk rollouts) | "bidirectional"
@@ -46,7 +55,7 @@ class DistillConfig:
     sc_symmetric: bool = False          # paper's reading: grad through both branches
     align_weight: float = 0.0           # alignment weight (Salt: 0.1); 0 disables
     align_delta: float = 0.1            # hinge margin δ
-    align_start_step: int = 0           # generator steps before alignment starts (release: 700/1000/1200)
+    align_start_iter: int = 0           # trainer iteration from which alignment acts (release mmd_start_step: 700/1000/1200)
     align_block: int = 2                # teacher block whose tokens are aligned (14B: 20)
     align_coupling: str = "noise_aligned"  # reference noise coupling: noise_aligned | independent
     align_k4: bool = False              # also align K = 4 to an 8-step reference (paper variant)
@@ -57,12 +66,14 @@ class DistillConfig:
     critic_ratio: int = 5               # critic updates per generator update
     lr_gen: float = 2e-6                # generator AdamW learning rate (Self Forcing: 2e-6)
     lr_critic: float = 4e-7             # critic AdamW learning rate (Self Forcing: 4e-7)
-    beta1: float = 0.0                  # AdamW betas (Self Forcing: (0, 0.999))
-    beta2: float = 0.999                # AdamW beta2
+    beta1: float = 0.0                  # generator AdamW beta1 (released: 0)
+    beta2: float = 0.999                # generator AdamW beta2 (released: 0.999)
+    beta1_critic: float = 0.0           # critic AdamW beta1 (released: 0)
+    beta2_critic: float = 0.999         # critic AdamW beta2 (released: 0.999)
     weight_decay: float = 0.01          # AdamW weight decay
     grad_clip: float = 10.0             # max grad norm, generator and critic
     ema_decay: float = 0.99             # EMA of the generator (exported as generator_ema)
-    ema_start: int = 200                # generator step at which EMA starts
+    ema_start_iter: int = 200           # trainer iteration at which the EMA is created (release ema_start_step: 200)
     ode_pairs: int = 512                # ode_init: teacher trajectories generated once
     ode_teacher_steps: int = 40         # ode_init: Euler steps of the teacher
     autocast_bf16: bool = False         # bf16 autocast where supported (GPU)
@@ -75,6 +86,8 @@ class DistillConfig:
     log_every: int = 1                  # generator steps between metrics.jsonl lines
 
     def __post_init__(self):
+        if self.teacher_kind not in SCORE_KINDS:
+            raise ValueError(f"DistillConfig.teacher_kind={self.teacher_kind!r}; expected one of {SCORE_KINDS}")
         if self.job not in JOBS:
             raise ValueError(f"DistillConfig.job={self.job!r}; expected one of {JOBS}")
         if len(self.step_choices) != len(self.step_probs):
@@ -89,36 +102,54 @@ class DistillConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "DistillConfig":
+        check_renamed(d)
         return config_from_dict(cls, d)
 
 
-_TOY = DistillConfig(lr_gen=2e-5, lr_critic=2e-5, ema_start=20, ema_decay=0.95, gen_steps=200)
+def check_renamed(keys) -> None:
+    """Raise a ValueError naming the new key (and the unit conversion) for any key in RENAMED."""
+    old = sorted(set(keys) & set(RENAMED))
+    if old:
+        raise ValueError("DistillConfig: " + "; ".join(f"{k} was renamed to {RENAMED[k]}" for k in old))
+
+
+# Toy: EMA from iteration 100 (generator update 20) at decay 0.95; the critic's lr from the sweep in README
+# "Distillation" (critic lr sweep).
+_TOY = DistillConfig(lr_gen=2e-5, lr_critic=2e-5, ema_start_iter=100, ema_decay=0.95, gen_steps=200)
 _REAL = DistillConfig(teacher="", teacher_kind="bidirectional", student_init="", critic_init="", world="",
                       num_frames=21, height=60, width=104, shift=5.0, guidance_scale=4.0, batch_size=1,
                       gen_steps=120, checkpoint_every=20, eval_every=0, align_block=20, autocast_bf16=True,
                       grad_checkpointing=True, threads=0)
+_MIXED = dict(step_choices=(8, 4, 2), step_probs=(0.4, 0.4, 0.2), sc_weight=0.2, align_weight=0.1)
+# Released alignment starts (mmd_start_step, trainer iterations) per backbone. The release sets no total length
+# (its loop runs until stopped), so our Salt presets train for twice that: alignment acts on the second half.
+RELEASED_ALIGN_START = {"salt-causal-forcing": 700, "salt-self-forcing": 1000, "salt-longlive": 1200}
+
+
+def _salt_real(name: str, **fields) -> DistillConfig:
+    """A real-scale Salt preset: the released mixed-step SC-DMD + alignment, 2 × the alignment start long."""
+    start = RELEASED_ALIGN_START[name]
+    return replace(_REAL, **_MIXED, align_start_iter=start, gen_steps=2 * start // _REAL.critic_ratio, **fields)
+
 
 PRESETS = {
     # toy world, autoregressive arm
     "toy-ode-init": replace(_TOY, job="ode_init", lr_gen=3e-4, gen_steps=1000, critic_ratio=1, eval_every=250),
     "toy-dmd": replace(_TOY, step_choices=(4,), step_probs=(1.0,)),
     "toy-sc-single-k": replace(_TOY, step_choices=(8,), step_probs=(1.0,), sc_weight=0.2),
-    "toy-salt": replace(_TOY, step_choices=(8, 4, 2), step_probs=(0.4, 0.4, 0.2), sc_weight=0.2, align_weight=0.1,
-                        align_start_step=50),
+    "toy-salt": replace(_TOY, **_MIXED, align_start_iter=250),
     # toy world, bidirectional arm
     "toy-bidir-dmd": replace(_TOY, student_kind="bidirectional", step_choices=(4,), step_probs=(1.0,)),
     "toy-bidir-sc-dmd": replace(_TOY, student_kind="bidirectional", step_choices=(8,), step_probs=(1.0,),
                                 sc_weight=0.2, eval_nfe=(4, 2)),
     "toy-sc-dmd": replace(_TOY, step_choices=(8,), step_probs=(1.0,), sc_weight=0.2),
-    # real scale (Wan 2.1 1.3B student, 14B teacher); paths from the user
-    "self-forcing-dmd": replace(_REAL, step_choices=(4,), step_probs=(1.0,), align_start_step=1000),
+    # real scale (Wan 2.1 1.3B student, 14B teacher); paths from the user. DMD baselines: Self Forcing's
+    # 600 iterations (120 generator updates).
+    "self-forcing-dmd": replace(_REAL, step_choices=(4,), step_probs=(1.0,)),
     "causal-forcing-dmd": replace(_REAL, step_choices=(4,), step_probs=(1.0,)),
-    "salt-causal-forcing": replace(_REAL, step_choices=(8, 4, 2), step_probs=(0.4, 0.4, 0.2), sc_weight=0.2,
-                                   align_weight=0.1, align_start_step=700),
-    "salt-self-forcing": replace(_REAL, step_choices=(8, 4, 2), step_probs=(0.4, 0.4, 0.2), sc_weight=0.2,
-                                 align_weight=0.1, align_start_step=1000, align_coupling="independent"),
-    "salt-longlive": replace(_REAL, step_choices=(8, 4, 2), step_probs=(0.4, 0.4, 0.2), sc_weight=0.2,
-                             align_weight=0.1, align_start_step=1200, local_attn_frames=12, sink_frames=3),
+    "salt-causal-forcing": _salt_real("salt-causal-forcing"),
+    "salt-self-forcing": _salt_real("salt-self-forcing", align_coupling="independent"),
+    "salt-longlive": _salt_real("salt-longlive", local_attn_frames=12, sink_frames=3),
     "salt-wan-bidirectional": replace(_REAL, student_kind="bidirectional", step_choices=(8,), step_probs=(1.0,),
                                       sc_weight=0.2),
 }
@@ -130,6 +161,7 @@ def get_preset(name: str, **overrides) -> DistillConfig:
         raise KeyError(f"unknown distillation preset {name!r}; choose one of {sorted(PRESETS)}")
     base = PRESETS[name]
     if overrides:
+        check_renamed(overrides)
         unknown = sorted(set(overrides) - set(base.__dataclass_fields__))
         if unknown:
             raise ValueError(f"unknown DistillConfig keys {unknown}; known keys: {sorted(base.__dataclass_fields__)}")

@@ -6,8 +6,9 @@ trainable copies; the teacher stays frozen and is never copied.
 import copy
 import os
 
+from ..salt_core.scorenet import KINDS
 from .distill_config import DistillConfig
-from .files import load_model
+from .files import load_model, read_metadata
 from .prompts import EmbeddedPrompts, ToyPrompts
 
 
@@ -34,6 +35,21 @@ def build_models(cfg: DistillConfig):
     student = _load(cfg.student_init, cfg, teacher, "student_init")
     critic = _load(cfg.critic_init, cfg, teacher, "critic_init")
     return teacher, student, critic
+
+
+def resolve_teacher_kind(cfg: DistillConfig) -> str:
+    """How teacher and critic score a clip (a ScoreNet kind): `cfg.teacher_kind`, or for "auto" the teacher file's
+    `teacher_mode` metadata (our teachers record it) and otherwise "bidirectional" (Wan 2.1 teachers score the
+    whole clip, as the released DMD does). Reads the file header only."""
+    if cfg.teacher_kind != "auto":
+        return cfg.teacher_kind
+    if cfg.teacher == "toy":
+        from .toy_assets import TOY_TEACHER
+        path = TOY_TEACHER
+    else:
+        path = cfg.teacher
+    mode = read_metadata(path).get("teacher_mode") if path.endswith(".safetensors") else None
+    return mode if mode in KINDS else "bidirectional"
 
 
 def build_prompts(cfg: DistillConfig, teacher, out_dir: str):

@@ -21,7 +21,7 @@ from ..salt_core.schedules import get_sigmas_fewstep, get_sigmas_uniform, x0_fro
 from ..salt_core.scorenet import ScoreNet
 from ..salt_core.streaming import stream_video
 from .common import EMA, CheckpointManager, JsonlLog, check_stop, cosine_lr, progress, step_generators
-from .distill_models import build_models, build_prompts
+from .distill_models import build_models, build_prompts, resolve_teacher_kind
 
 
 @torch.no_grad()
@@ -102,7 +102,7 @@ def run_ode_init(cfg, out_dir: str, max_steps: int = None, callback=None, quiet:
     teacher, student = teacher.to(device), student.to(device)
     prompts = build_prompts(cfg, teacher, out_dir)
     kind = "bidirectional" if cfg.student_kind == "bidirectional" else "teacher_forcing"
-    teacher_kind = cfg.teacher_kind
+    teacher_kind = resolve_teacher_kind(cfg)
     pairs_path = os.path.join(out_dir, "ode_pairs.safetensors")
     if not os.path.exists(pairs_path):
         t = time.time()

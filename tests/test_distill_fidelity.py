@@ -1,0 +1,197 @@
+"""The distillation job trains what the released Salt code trains (XingtongGe/Salt, `trainer/distillation.py`,
+`model/dmd.py`, `configs/mixed_sc_dmd_trd/*.yaml`): counters in trainer iterations, whole-clip bidirectional
+scoring, the critic's own optimiser settings, separate draws per generator and critic step."""
+import json
+
+import pytest
+import torch
+
+from comfyui_salt.salt_core.model import build_model
+from comfyui_salt.salt_core.schedules import add_noise, randn_like
+from comfyui_salt.salt_core.losses import sample_dmd_timesteps
+from comfyui_salt.training.distill import Distiller, alignment_acts, ema_due, run_distillation
+from comfyui_salt.training.distill_config import PRESETS, DistillConfig, get_preset
+from comfyui_salt.training.files import save_model
+from comfyui_salt.training.common import CheckpointManager
+
+# What the released configs set, read off XingtongGe/Salt configs/mixed_sc_dmd_trd/{causal_forcing,self_forcing,
+# longlive}.yaml (mmd_start_step) and every released config's ema_start_step / lr / lr_critic / betas.
+RELEASED_ALIGN_START = {"salt-causal-forcing": 700, "salt-self-forcing": 1000, "salt-longlive": 1200}
+RELEASED_EMA_START, RELEASED_LR, RELEASED_LR_CRITIC, RELEASED_BETAS = 200, 2e-6, 4e-7, (0.0, 0.999)
+
+
+def first_iteration(cfg: DistillConfig, acts) -> int:
+    """The first trainer iteration of a run of `cfg` at which `acts(it)` holds, walking the loop's iterations."""
+    total = cfg.gen_steps * cfg.critic_ratio
+    return next((it for it in range(total) if acts(it)), None)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_starts_ema_and_alignment_before_its_last_update(name):
+    cfg = PRESETS[name]
+    if cfg.job != "dmd":
+        return
+    last_gen_iteration = (cfg.gen_steps - 1) * cfg.critic_ratio
+    ema_on = first_iteration(cfg, lambda it: ema_due(cfg, it))
+    assert ema_on is not None and ema_on < last_gen_iteration, (name, ema_on, last_gen_iteration)
+    if not name.startswith("toy-"):
+        assert ema_on == RELEASED_EMA_START
+        assert (cfg.lr_gen, cfg.lr_critic) == (RELEASED_LR, RELEASED_LR_CRITIC)
+        assert (cfg.beta1, cfg.beta2) == (cfg.beta1_critic, cfg.beta2_critic) == RELEASED_BETAS
+    if cfg.align_weight > 0:
+        # alignment acts on generator iterations whose draw is K = 2, exit 1
+        align_on = first_iteration(cfg, lambda it: it % cfg.critic_ratio == 0 and alignment_acts(cfg, it, 2, 1))
+        assert align_on is not None and align_on <= last_gen_iteration, name
+        if name in RELEASED_ALIGN_START:
+            assert align_on == RELEASED_ALIGN_START[name]
+            # a real share of training: at least half of the generator updates come after the start
+            assert (last_gen_iteration - align_on) / cfg.critic_ratio + 1 >= cfg.gen_steps / 2
+    if name.startswith("salt-"):
+        assert cfg.align_weight > 0 or cfg.student_kind == "bidirectional", name
+
+
+@pytest.mark.parametrize("name", sorted(n for n in PRESETS if not n.startswith("toy-")))
+def test_real_scale_presets_score_the_whole_clip_bidirectionally(name):
+    assert PRESETS[name].teacher_kind == "bidirectional"
+
+
+def test_old_counter_names_are_refused_with_the_new_name_and_unit():
+    with pytest.raises(ValueError, match="ema_start_iter .*critic_ratio"):
+        get_preset("toy-dmd", ema_start=20)
+    with pytest.raises(ValueError, match="align_start_iter"):
+        DistillConfig.from_dict({"align_start_step": 50})
+    with pytest.raises(ValueError, match="teacher_kind"):
+        DistillConfig(teacher_kind="chunkwise")
+
+
+def _job(score_kind, **cfg_fields):
+    cfg = get_preset("toy-dmd", num_frames=6, batch_size=2, threads=1, **cfg_fields)
+    teacher, student, critic = build_model("toy", seed=0), build_model("toy", seed=1), build_model("toy", seed=2)
+    return Distiller(cfg, teacher, student, critic, prompts=None, score_kind=score_kind)
+
+
+def _brute_force_dmd_grad(job, x, ctx, unc, seed):
+    """∂L_DMD/∂x by hand: noise x at the drawn level, score the whole clip with an explicit all-True attention
+    mask (every frame sees every frame), standard CFG, grad = (fake - real) / mean|x - real|, ∂L/∂x = grad / N."""
+    gen = torch.Generator().manual_seed(seed)
+    sigma = sample_dmd_timesteps(x.shape[0], gen, job.cfg.shift) / 1000.0
+    eps = randn_like(x, gen)
+    s = sigma.view(-1, 1, 1, 1, 1)
+    x_t = add_noise(x.detach(), eps, s)
+    _, ph, pw = job.teacher.cfg.patch_size
+    tokens = x.shape[2] * (x.shape[3] // ph) * (x.shape[4] // pw)
+    full = torch.ones(tokens, tokens, dtype=torch.bool)
+
+    def x0(model, context):
+        v = model(x_t, 1000.0 * sigma, context, attn_mask=full).double()
+        return x_t.double() - s * v
+    with torch.no_grad():
+        cond, uncond, fake = x0(job.teacher, ctx), x0(job.teacher, unc), x0(job.critic, ctx)
+        real = uncond + job.cfg.guidance_scale * (cond - uncond)
+        norm = (x.detach().double() - real).abs().mean(dim=(1, 2, 3, 4), keepdim=True)
+        return (fake - real) / norm / x.numel()
+
+
+def test_bidirectional_dmd_gradient_of_a_two_chunk_clip_matches_brute_force():
+    job = _job("bidirectional")
+    torch.manual_seed(3)
+    x = torch.randn(2, 3, 6, 16, 16, requires_grad=True)     # two 3-frame chunks
+    ctx, unc = torch.randn(2, 8, job.teacher.cfg.text_dim), torch.zeros(2, 8, job.teacher.cfg.text_dim)
+    loss, _ = job.dmd_term(x, ctx, unc, torch.Generator().manual_seed(7))
+    loss.backward()
+    expected = _brute_force_dmd_grad(job, x, ctx, unc, seed=7)
+    err = (x.grad.double() - expected).abs().max().item()
+    assert err <= 1e-6 * expected.abs().max().item(), err
+
+
+@pytest.mark.parametrize("kind, cross_chunk", [("bidirectional", True), ("teacher_forcing", False)])
+def test_only_whole_clip_scoring_lets_a_later_chunk_turn_an_earlier_chunks_gradient(kind, cross_chunk):
+    job = _job(kind)
+    torch.manual_seed(3)
+    base = torch.randn(2, 3, 6, 16, 16)
+    ctx, unc = torch.randn(2, 8, job.teacher.cfg.text_dim), torch.zeros(2, 8, job.teacher.cfg.text_dim)
+    grads = []
+    for shift in (0.0, 0.5):   # change chunk 1 (frames 3-5) only
+        x = base.clone()
+        x[:, :, 3:] += shift
+        x.requires_grad_(True)
+        loss, _ = job.dmd_term(x, ctx, unc, torch.Generator().manual_seed(7))
+        loss.backward()
+        grads.append(x.grad[:, :, :3].clone())
+    # the per-clip normaliser mean|x - real| spans both chunks and rescales every chunk's gradient; the
+    # direction of chunk 0's gradient moves only when chunk 0 is scored together with chunk 1
+    a, b = grads[0].flatten(1).double(), grads[1].flatten(1).double()
+    cosine = torch.nn.functional.cosine_similarity(a, b, dim=1)
+    moved = (1 - cosine).max().item()
+    assert (moved > 1e-6) == cross_chunk, moved
+
+
+def test_generator_and_critic_steps_draw_their_own_k_and_exit_identically_on_every_rank():
+    a = _job("teacher_forcing", step_choices=(8, 4, 2), step_probs=(0.4, 0.4, 0.2), sc_weight=0.2)
+    b = _job("teacher_forcing", step_choices=(8, 4, 2), step_probs=(0.4, 0.4, 0.2), sc_weight=0.2)
+    b.rank = 1
+    gen = [a.draws(it, "gen") for it in range(0, 200, 5)]
+    critic = [a.draws(it, "critic") for it in range(0, 200, 5)]
+    assert [(d["K"], d["exit"]) for d in gen] == [(d["K"], d["exit"]) for d in (b.draws(it, "gen")
+                                                                                  for it in range(0, 200, 5))]
+    differ = sum((g["K"], g["exit"]) != (c["K"], c["exit"]) for g, c in zip(gen, critic))
+    assert differ > len(gen) // 2           # independent draws: most pairs differ
+    assert all(c["triplet"] is None for c in critic)   # the critic has no SC term
+    assert {d["K"] for d in critic} == {8, 4, 2}
+
+
+def test_critic_has_its_own_learning_rate_and_betas():
+    job = _job("teacher_forcing", lr_gen=3e-5, lr_critic=6e-6, beta1=0.1, beta2=0.95, beta1_critic=0.2,
+               beta2_critic=0.9)
+    g, c = job.opt_gen.param_groups[0], job.opt_critic.param_groups[0]
+    assert (g["lr"], g["betas"]) == (3e-5, (0.1, 0.95))
+    assert (c["lr"], c["betas"]) == (6e-6, (0.2, 0.9))
+
+
+@pytest.fixture(scope="module")
+def teacher_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("teacher") / "toy_teacher.safetensors"
+    save_model(build_model("toy", seed=0), path, extra_metadata={"teacher_mode": "teacher_forcing"})
+    return str(path)
+
+
+def test_ema_is_created_at_the_released_iteration_and_updated_after_each_generator_step(teacher_path, tmp_path):
+    # critic ratio 2: generator updates at iterations 0, 2, 4; EMA created at the end of iteration 2
+    cfg = get_preset("toy-dmd", teacher=teacher_path, batch_size=2, gen_steps=3, critic_ratio=2, eval_every=0,
+                     threads=1, checkpoint_every=1, ema_start_iter=2, ema_decay=0.5)
+    ckpt = CheckpointManager(str(tmp_path / "checkpoints"))
+    states = {}
+    for stop in (1, 2, 3):
+        run_distillation(cfg, str(tmp_path), max_gen_steps=stop, quiet=True)
+        folder = ckpt.latest()[1]
+        names = ["student"] + (["ema"] if (tmp_path / "checkpoints" / folder.split("/")[-1] / "ema.safetensors")
+                               .exists() else [])
+        states[stop] = ckpt.load(folder, names)[0]
+    assert "ema" not in states[1]
+    for k, v in states[2]["student"].items():
+        assert torch.equal(states[2]["ema"][k], v.float()), k
+    for k, v in states[3]["student"].items():
+        expected = 0.5 * states[2]["ema"][k] + 0.5 * v.float()
+        assert torch.allclose(states[3]["ema"][k], expected, atol=1e-7), k
+
+
+def test_run_summary_counts_sc_and_alignment_updates_with_their_grad_ratios(teacher_path, tmp_path):
+    cfg = get_preset("toy-salt", teacher=teacher_path, batch_size=2, gen_steps=8, critic_ratio=1, eval_every=0,
+                     threads=1, checkpoint_every=4, align_start_iter=0, step_choices=(8, 2), step_probs=(0.5, 0.5))
+    run_distillation(cfg, str(tmp_path), max_gen_steps=4, quiet=True)
+    run_distillation(cfg, str(tmp_path), quiet=True)       # the counts survive a resume
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if "K" in r]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["gen_updates"] == 8 == len(rows)
+    assert summary["sc_updates"] == sum(r["sc_acted"] for r in rows) > 0
+    assert summary["align_updates"] == sum(r["aligned"] for r in rows) > 0
+    assert summary["score_kind"] == "teacher_forcing"     # "auto" reads the teacher file's teacher_mode
+    for r in rows:
+        assert ("sc_dmd_grad_ratio" in r) == (r["sc_acted"] == 1.0)
+        assert ("align_dmd_grad_ratio" in r) == (r["aligned"] == 1.0)
+        # 0 is legitimate: L_SC is weighted by (1 - σ_s), zero at exit 0; the alignment hinge may be inactive
+        assert all(0 <= r.get(k, 0.0) < float("inf") for k in ("sc_dmd_grad_ratio", "align_dmd_grad_ratio"))
+    assert any(r.get("sc_dmd_grad_ratio", 0.0) > 0 for r in rows)
+    assert summary["sc_dmd_grad_ratio_mean"] == pytest.approx(
+        sum(r["sc_dmd_grad_ratio"] for r in rows if r["sc_acted"]) / summary["sc_updates"])
