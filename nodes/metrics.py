@@ -1,6 +1,6 @@
 """Few-step quality report of a SALT_MODEL: semigroup defect and, in the toy world, the oracle metric table.
 
-The measures are training.distill_eval's (student_defect, sample_student) and salt_core.metrics'
+The measures are training.distill_eval's (defect_report, sample_student) and salt_core.metrics'
 (score_table, format_table); this module only builds their inputs from node widgets and writes the
 report. Toy models are measured on a CPU float32 copy (1.2M parameters): the evaluation helpers draw
 their noise on the CPU. Knows nothing of training loops.
@@ -15,7 +15,7 @@ from ..salt_core.schedules import MAX_NFE
 from ..salt_core.toy.text import ToyTextEncoder
 from ..salt_core.toy.world import TOY_SHIFT, get_world
 from ..training.distill_config import PRESETS, get_preset
-from ..training.distill_eval import sample_student, student_defect
+from ..training.distill_eval import defect_report, format_defect_report, sample_student
 from .bridge import io, ui
 from .streaming import text_context
 from .types import SaltModel, SaltModelType
@@ -73,11 +73,15 @@ def semigroup_report(salt: SaltModel, prompts: str, nfe: int, grid_steps: int, s
         else:
             context = text_context(positive, salt, 1, "positive", "SaltSemigroupDefect").to(
                 model.patch_embedding.weight.dtype)
-        defect = student_defect(model, cfg, context, grid_steps=grid_steps, seed=seed)
+        grids = tuple(dict.fromkeys(g for g in (grid_steps, nfe) if g >= 2))   # a triplet needs 2 steps + the end
+        report = defect_report(model, cfg, context, grids=grids, seed=seed)
+        defect = report[grid_steps]["mean"]
         lines = [f"Salt metrics: {salt.name}",
-                 f"semigroup defect: {defect:.4f} ({grid_steps}-step grid at shift {cfg.shift:g}, "
-                 f"{context.shape[0]} clip(s), {'causal' if salt.causal else 'bidirectional'} rollout states, "
-                 f"seed {seed}; 0 = one big jump equals two small ones)"]
+                 f"semigroup defect: {defect.mean:.4f}, 95 % interval [{defect.lo:.4f}, {defect.hi:.4f}] "
+                 f"({grid_steps}-step grid at shift {cfg.shift:g}, {context.shape[0]} clip(s), "
+                 f"{'causal' if salt.causal else 'bidirectional'} rollout states, seed {seed}; 0 = one big jump "
+                 f"equals two small ones; intervals resample clips — use more prompts to narrow them)",
+                 "", format_defect_report(report)]
         if toy:
             videos = sample_student(model, cfg, context, nfe, seed=seed)
             table = format_table({f"{nfe} NFE": score_table(videos, captions, world)}, COLUMNS)

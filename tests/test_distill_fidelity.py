@@ -195,3 +195,40 @@ def test_run_summary_counts_sc_and_alignment_updates_with_their_grad_ratios(teac
     assert any(r.get("sc_dmd_grad_ratio", 0.0) > 0 for r in rows)
     assert summary["sc_dmd_grad_ratio_mean"] == pytest.approx(
         sum(r["sc_dmd_grad_ratio"] for r in rows if r["sc_acted"]) / summary["sc_updates"])
+
+
+# ------------------------------------------------------------------------ defect numbers with intervals
+def test_bootstrap_interval_matches_the_normal_closed_form_for_many_units():
+    from comfyui_salt.salt_core.metrics.bootstrap import bootstrap_ci
+    values = torch.randn(4000, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 2 + 5
+    ci = bootstrap_ci(values, num_resamples=4000, seed=1)
+    half = 1.959964 * values.std().item() / values.numel() ** 0.5     # CLT: mean ± z·s/√n
+    assert ci.mean == pytest.approx(values.mean().item())
+    assert ci.lo == pytest.approx(ci.mean - half, rel=0, abs=0.1 * half)
+    assert ci.hi == pytest.approx(ci.mean + half, rel=0, abs=0.1 * half)
+    assert bootstrap_ci([3.0]).lo == bootstrap_ci([3.0]).hi == 3.0
+    with pytest.raises(ValueError, match="NaN"):
+        bootstrap_ci([1.0, float("nan")])
+
+
+@pytest.mark.parametrize("kind", ["causal", "bidirectional"])
+def test_defect_report_has_every_consecutive_triplet_of_each_grid_and_intervals_over_clips(kind):
+    from comfyui_salt.salt_core.schedules import get_sigmas_fewstep
+    from comfyui_salt.salt_core.toy.text import ToyTextEncoder
+    from comfyui_salt.training.distill_eval import defect_report, format_defect_report, student_defect
+    model = build_model("toy", seed=1).eval()
+    caps = ["a red disc moving left on a dark background", "a blue bar moving up on a light background"] * 2
+    ctx = ToyTextEncoder().encode(caps)
+    cfg = get_preset("toy-dmd", student_kind=kind)
+    report = defect_report(model, cfg, ctx, grids=(8, 2), num_resamples=200)
+    for g in (8, 2):
+        grid = get_sigmas_fewstep(g, cfg.shift).tolist()
+        expected = [tuple(grid[k:k + 3]) for k in range(g - 1)]       # (s_k, s_k+1, s_k+2), the last ends at 0
+        got = [t for t, _ in report[g]["triplets"]]
+        assert len(got) == len(expected) and all(a == pytest.approx(b) for a, b in zip(got, expected)), got
+        for _, ci in report[g]["triplets"] + [(None, report[g]["mean"])]:
+            assert ci.n == len(caps) and ci.lo <= ci.mean <= ci.hi
+        # the grid mean averages each clip over triplets, then clips: equal to the plain mean of all defects
+        if g == 2:
+            assert report[g]["mean"].mean == pytest.approx(student_defect(model, cfg, ctx, grid_steps=g))
+    assert "mean over triplets" in format_defect_report(report)

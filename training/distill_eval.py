@@ -65,42 +65,82 @@ def evaluate_student(model, cfg: DistillConfig, callback=None, preview_path: str
 
 
 @torch.no_grad()
-def student_defect(model, cfg: DistillConfig, context, grid_steps: int = 8, seed: int = 0) -> float:
-    """Semigroup defect (SALT_METHOD §4) on the student's own stochastic rollout states on the
-    `grid_steps` grid; for causal students every chunk is measured on its real KV cache."""
+def defect_samples(model, cfg: DistillConfig, context, grid_steps: int = 8, seed: int = 0):
+    """Semigroup defects (SALT_METHOD §4) on the student's own stochastic rollout states on the `grid_steps` grid.
+
+    Returns (triplets, D): the K − 1 triplets [(σ_s, σ_m, σ_e), ...] of consecutive grid points (the last one ends
+    at σ = 0, so a 2-step grid has one), and D (T, B) float64,
+    the defect of each triplet for each clip (causal students: averaged over chunks, every chunk measured on
+    its real KV cache).
+    """
     from ..salt_core.metrics.semigroup import semigroup_defects
     from ..salt_core.streaming import rollout_stream
     sigmas = get_sigmas_fewstep(grid_steps, cfg.shift)
     gen = torch.Generator().manual_seed(seed)
     noise, context = _seeded_noise(model, cfg, context, cfg.num_frames, gen)
-    rows = []
+    rows = {}   # triplet index k -> [(B,) per chunk]
+
+    def keep(d, velocity):
+        sigma = float(d["sigma"])
+        if sigma < float(sigmas[-3]) - 1e-9:                 # needs two further grid points (the last may be 0)
+            return
+        k = int((sigmas - sigma).abs().argmin())
+        rows.setdefault(k, []).append(semigroup_defects(velocity, [(sigma, d["x"])], sigmas)[0])
     if cfg.student_kind == "bidirectional":
         den = FlowDenoiser(model, context)
 
         def velocity(x, s):
             return den.velocity(x, torch.tensor([s], dtype=torch.float64, device=x.device))
-
-        def collect(d):
-            if float(d["sigma"]) > float(sigmas[-3]):   # states with two further grid points
-                rows.append(semigroup_defects(velocity, [(float(d["sigma"]), d["x"])], sigmas))
-        sample_fewstep_stochastic(den, noise, sigmas, callback=collect, disable=True,
+        sample_fewstep_stochastic(den, noise, sigmas, callback=lambda d: keep(d, velocity), disable=True,
                                   noise_sampler=lambda *_: randn_like(noise, gen))
     else:
         cache = model.new_cache(noise.shape[0], CachePolicy.full(cfg.num_frames), (cfg.height, cfg.width))
 
         def collect(d):
-            if float(d["sigma"]) <= float(sigmas[-3]):
-                return
             f0 = d["chunk"] * cfg.chunk_frames
 
             def velocity(x, s):
                 t = torch.full((x.shape[0], x.shape[2]), 1000.0 * s, dtype=torch.float64, device=x.device)
                 return model(x, t, context, cache=cache, start_frame=f0, write_cache=False)
-            rows.append(semigroup_defects(velocity, [(float(d["sigma"]), d["x"])], sigmas))
+            keep(d, velocity)
         for _ in rollout_stream(model, noise, context, sigmas, cache=cache, chunk_frames=cfg.chunk_frames,
                                 generator=gen, callback=collect):
             pass
-    return torch.cat(rows).mean().item()
+    ks = sorted(rows)
+    triplets = [tuple(float(sigmas[k + j]) for j in range(3)) for k in ks]
+    return triplets, torch.stack([torch.stack(rows[k]).mean(0) for k in ks]).cpu()
+
+
+def defect_report(model, cfg: DistillConfig, context, grids=(8,), seed: int = 0, num_resamples: int = 2000) -> dict:
+    """{grid_steps: {"triplets": [((σ_s, σ_m, σ_e), Interval), ...], "mean": Interval}} for each grid.
+
+    Every number is a mean over clips with a percentile-bootstrap 95 % interval (clips resampled); "mean"
+    averages each clip over the grid's triplets first. Pass the 8-step training grid and the student's own
+    inference grid (a 4-step student was never trained on half the 8-step levels).
+    """
+    from ..salt_core.metrics.bootstrap import bootstrap_ci
+    out = {}
+    for g in grids:
+        triplets, d = defect_samples(model, cfg, context, grid_steps=g, seed=seed)
+        out[g] = {"triplets": [(t, bootstrap_ci(row, num_resamples, seed=seed)) for t, row in zip(triplets, d)],
+                  "mean": bootstrap_ci(d.mean(0), num_resamples, seed=seed)}
+    return out
+
+
+def format_defect_report(report: dict) -> str:
+    """The defect report as markdown: one row per grid (mean and 95 % interval), then its triplets."""
+    lines = ["| grid | triplet σ_s → σ_m → σ_e | defect | 95 % interval | clips |", "|---|---|---|---|---|"]
+    for g, r in report.items():
+        m = r["mean"]
+        lines.append(f"| {g} steps | **mean over triplets** | **{m.mean:.4f}** | [{m.lo:.4f}, {m.hi:.4f}] | {m.n} |")
+        for (ss, sm, se), ci in r["triplets"]:
+            lines.append(f"| | {ss:.3f} → {sm:.3f} → {se:.3f} | {ci.mean:.4f} | [{ci.lo:.4f}, {ci.hi:.4f}] | {ci.n} |")
+    return "\n".join(lines)
+
+
+def student_defect(model, cfg: DistillConfig, context, grid_steps: int = 8, seed: int = 0) -> float:
+    """Semigroup defect (float): defect_samples averaged over triplets and clips."""
+    return defect_samples(model, cfg, context, grid_steps, seed)[1].mean().item()
 
 
 def drift_slopes(model, cfg: DistillConfig, captions, context, nfe: int, length_factor: int = 3,

@@ -54,16 +54,18 @@ def toy_score(metrics: dict, cfg: ToyWorldConfig, frechet: float | None = None) 
 
 
 def score_table(videos, captions: list, cfg: ToyWorldConfig, ref_features: np.ndarray | None = None,
-                fit: SpriteFit | None = None) -> dict:
-    """Batch means {name: float} of every oracle metric, the Fréchet distance (with a reference) and the toy score."""
+                fit: SpriteFit | None = None, return_clips: bool = False):
+    """Batch means {name: float} of every oracle metric, the Fréchet distance (with a reference) and the toy score;
+    with `return_clips` also the per-clip toy scores (B,) (for intervals over clips)."""
     fit = fit_sprites(videos, cfg) if fit is None else fit
     per_clip = evaluate(videos, captions, cfg, fit)
     fd = None if ref_features is None else frechet_distance(clip_features(videos, cfg, fit), ref_features)
     row = {k: float(np.mean(v)) for k, v in per_clip.items()}
     if fd is not None:
         row["frechet"] = fd
-    row["toy_score"] = float(np.mean(toy_score(per_clip, cfg, fd)))
-    return row
+    clips = toy_score(per_clip, cfg, fd)
+    row["toy_score"] = float(np.mean(clips))
+    return (row, clips) if return_clips else row
 
 
 def format_table(rows: dict, columns: list | None = None, digits: int = 3) -> str:

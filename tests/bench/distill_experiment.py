@@ -26,7 +26,8 @@ from comfyui_salt.salt_core.toy.world import TOY_SHIFT, get_world
 from comfyui_salt.training.common import install_stop_handlers
 from comfyui_salt.training.distill import run_distillation
 from comfyui_salt.training.distill_config import get_preset
-from comfyui_salt.training.distill_eval import drift_slopes, sample_student, student_defect
+from comfyui_salt.salt_core.metrics.bootstrap import bootstrap_ci
+from comfyui_salt.training.distill_eval import defect_report, drift_slopes, format_defect_report, sample_student
 from comfyui_salt.training.files import export_student, load_model
 from comfyui_salt.training.teacher import eval_prompts, sample_teacher
 from comfyui_salt.training.toy_assets import TOY_STUDENT, load_toy_teacher, write_toy_student
@@ -93,7 +94,12 @@ def main():
     ap.add_argument("--eval-clips", type=int, default=64)
     ap.add_argument("--ode-steps", type=int, default=1000, help="ODE-regression steps of each initialisation")
     ap.add_argument("--ode-pairs", type=int, default=512, help="teacher trajectories for the ODE initialisation")
-    ap.add_argument("--drift-clips", type=int, default=16, help="prompts of the defect and 3×-length drift rollouts")
+    ap.add_argument("--drift-clips", type=int, default=16, help="prompts of the 3×-length drift rollouts")
+    ap.add_argument("--defect-clips", type=int, default=64,
+                    help="prompts of the semigroup-defect report (64: interval < 10 %% of the mean on the shipped "
+                         "student; see README)")
+    ap.add_argument("--arms", nargs="*", default=None, metavar="ARM",
+                    help="evaluate only these arms (default all); 'shipped' is the shipped Salt toy student")
     ap.add_argument("--eval-only", action="store_true", help="skip training; evaluate the exported students")
     ap.add_argument("--train-only", nargs="*", default=None, metavar="ARM",
                     help="train only these arms (all if none named) and skip the evaluation, e.g. ode-causal ode-bidir")
@@ -131,35 +137,64 @@ def main():
     t = time.time()
 
     def scored(row, nfe, videos):
-        s = score_table(videos, caps, world, ref)
+        s, clips = score_table(videos, caps, world, ref, return_clips=True)
+        row[f"ci_toy_score@{nfe}"] = bootstrap_ci(clips)
         for k in ("toy_score", "sharpness_error", "adherence", "direction_ok", "smoothness_px", "dynamic_px",
                   "frechet"):
             row[f"{k}@{nfe}"] = s[k]
-    teacher_row = {}
-    for steps, col in ((40, 40), (4, 4), (2, 2)):
-        scored(teacher_row, col, sample_teacher(teacher, mode, caps, enc, world, steps=steps, cfg_scale=3.0,
-                                                shift=TOY_SHIFT))
-    rows["teacher (@N: N Euler steps + CFG)"] = teacher_row
-    for name, preset, init, arm in ARMS:
-        cfg = cfgs[name]
-        model, _ = load_model(os.path.join(args.out, name, "export", "student.safetensors"))
+    if args.arms is None:   # the teacher's row (40 / 4 / 2 Euler steps + CFG) only in the full table
+        teacher_row = {}
+        for steps, col in ((40, 40), (4, 4), (2, 2)):
+            scored(teacher_row, col, sample_teacher(teacher, mode, caps, enc, world, steps=steps, cfg_scale=3.0,
+                                                    shift=TOY_SHIFT))
+        rows["teacher (@N: N Euler steps + CFG)"] = {k: v for k, v in teacher_row.items() if not k.startswith("ci_")}
+    evaluated = [(n, p, a) for n, p, _, a in ARMS if n in cfgs] + [("shipped", "toy-salt", "shipped Salt student")]
+    defects, intervals = {}, {}
+    for name, preset, arm in evaluated:
+        if args.arms is not None and name not in args.arms:
+            continue
+        if name == "shipped":
+            cfg, path = get_preset(preset), TOY_STUDENT
+        else:
+            cfg, path = cfgs[name], os.path.join(args.out, name, "export", "student.safetensors")
+        model, _ = load_model(path)
         model.eval()
         row = {}
         for nfe in (4, 2):
             scored(row, nfe, sample_student(model, cfg, ctx, nfe))
+        defects[name] = defect_report(model, cfg, ctx[:args.defect_clips], grids=(8, 4, 2))
+        row["defect"] = defects[name][8]["mean"].mean
         n = args.drift_clips
-        row["defect"] = student_defect(model, cfg, ctx[:n])
         drift = drift_slopes(model, cfg, caps[:n], ctx[:n], nfe=4)
         row["drift_slope_sharp"] = drift["sharpness_error"][1]
         row["train_s"] = wall_time(os.path.join(args.out, name))
+        summary = os.path.join(args.out, name, "summary.json")
+        if os.path.exists(summary):
+            with open(summary) as f:
+                s = json.load(f)
+            row["sc_updates"], row["align_updates"] = s["sc_updates"], s["align_updates"]
         rows[f"{arm}: {name}"] = row
+        intervals[name] = {k: row.pop(k) for k in list(row) if k.startswith("ci_")}
+        with open(os.path.join(args.out, f"eval_{name}.json"), "w") as f:   # small per-arm record, committed
+            json.dump({"row": row, "intervals": {k: v.__dict__ for k, v in intervals[name].items()},
+                       "defects": {g: {"mean": r["mean"].__dict__,
+                                       "triplets": [[list(t), ci.__dict__] for t, ci in r["triplets"]]}
+                                   for g, r in defects[name].items()}}, f, indent=1)
     cols = ["toy_score@40", "toy_score@4", "toy_score@2", "sharpness_error@4", "sharpness_error@2", "adherence@4",
             "adherence@2", "direction_ok@4", "smoothness_px@4", "dynamic_px@4", "frechet@4", "frechet@2", "defect",
-            "drift_slope_sharp", "train_s"]
+            "drift_slope_sharp", "sc_updates", "align_updates", "train_s"]
     print(f"\nteacher: {source}; {args.eval_clips} prompts; eval {time.time() - t:.0f} s; columns @N: at N NFE "
           f"(the teacher's Euler steps with CFG); defect on the 8-step grid; drift slope of sharpness error per "
           f"frame over a 3×-length rolling-cache rollout at 4 NFE; train_s: wall seconds of the arm\n")
     print(format_table(rows, cols, digits=4))
+    print("\ntoy score, mean [95 % bootstrap interval over the prompts]:\n")
+    print("| arm | @4 | @2 |\n|---|---|---|")
+    for name, ci in intervals.items():
+        print(f"| {name} | {ci.get('ci_toy_score@4', '')} | {ci.get('ci_toy_score@2', '')} |")
+    for name, report in defects.items():
+        print(f"\nsemigroup defect of {name} on the 8-step training grid and the 4- and 2-step inference grids "
+              f"({args.defect_clips} prompts, the student's own stochastic rollout states):\n")
+        print(format_defect_report(report))
 
 
 if __name__ == "__main__":
