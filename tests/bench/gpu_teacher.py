@@ -8,7 +8,7 @@ Recipe (training/teacher.py's job, teacher forcing, shift 3 from the start): mod
 a cosine schedule sized to the time budget (a 30-step probe measures the seconds per step), EMA 0.999.
 Writes to OUT_DIR: teacher_gpu.safetensors (EMA weights, ≤ 16 MB), gpu_teacher.md and gpu_teacher.json (the
 oracle metrics of the new and the shipped teacher on the same 64 prompts, 40 Euler steps + CFG 3 and 4 steps),
-and keeps the resumable run folder in OUT_DIR/run (rerun the same command to train further).
+and keeps the resumable run folder in OUT_DIR/run or --run-dir (rerun the same command to train further).
 Ship the new teacher only if it beats the shipped one; the students then need re-distilling.
 """
 import argparse
@@ -57,6 +57,7 @@ def main():
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--preset", default="toy-gpu", help="salt_core model preset of the teacher")
     ap.add_argument("--clips", type=int, default=64, help="evaluation prompts (64+)")
+    ap.add_argument("--run-dir", default=None, help="resumable run folder (default OUT/run)")
     ap.add_argument("--smoke", action="store_true", help="CPU: a few steps at batch 4, 4 prompts")
     args = ap.parse_args()
     import_package()
@@ -67,7 +68,7 @@ def main():
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
     out = pathlib.Path(args.out)
-    run = out / "run"
+    run = pathlib.Path(args.run_dir) if args.run_dir else out / "run"
     batch = 4 if args.smoke else args.batch
     budget = 20.0 if args.smoke else args.minutes * 60
     base = dict(model_preset=args.preset, batch_size=batch, lr=1e-3, warmup_steps=200, shift=3.0, ema_decay=0.999,
