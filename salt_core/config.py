@@ -71,6 +71,9 @@ PRESETS = {
     # The toy world's model (pixel latents 3×16×16); see salt_core/toy.
     "toy": WanConfig(dim=128, ffn_dim=512, num_heads=4, num_layers=4, patch_size=(1, 4, 4), in_dim=3,
                      out_dim=3, text_dim=32, freq_dim=64, text_len=8),
+    # The GPU teacher recipe (tests/bench/gpu_teacher.py): finer 2×2 patches, wider and deeper; 3.9M params, 14.8 MB in fp32.
+    "toy-gpu": WanConfig(dim=192, ffn_dim=768, num_heads=4, num_layers=6, patch_size=(1, 2, 2), in_dim=3,
+                         out_dim=3, text_dim=32, freq_dim=64, text_len=8),
 }
 
 

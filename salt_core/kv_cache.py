@@ -15,12 +15,17 @@ a cache that later chunks have changed.
 RoPE: `relative_rope=False` stores K rotated at absolute frame positions (Self Forcing layout);
 `relative_rope=True` stores un-rotated K and rotates the window at attention time with positions
 relative to the window (sink frames keep 0..S-1), so positions never exceed C and streams can be
-unbounded. With no sink, relative and absolute give identical scores.
+unbounded. With no sink, relative and absolute give identical scores. Zero-copy steps keep the
+rotated keys in a second buffer `k_rot` and rotate only the slots whose (frame, position) changed
+plus the chunk's own: a window's positions move once per chunk, so its keys are rotated once per
+chunk, not once per denoising step and layer.
 
 Knows nothing of the model beyond shapes: the model asks for a `CacheStep` per forward.
 """
 from dataclasses import dataclass
 import torch
+
+from .rope import apply_rope
 
 
 @dataclass(frozen=True)
@@ -76,6 +81,8 @@ class KVCache:
         shape = (num_layers, batch, num_heads, cap * frame_tokens, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
+        # Relative RoPE: the rotated keys of every slot, allocated on the first zero-copy step.
+        self.k_rot = None
         self.cross_k = [None] * num_layers   # (B, N, Lc, D) per layer, filled once per prompt
         self.cross_v = [None] * num_layers
         self._context = None
@@ -86,6 +93,7 @@ class KVCache:
         """Forget everything; the next chunk must start at `start_frame` (the new origin)."""
         self.origin = self.end = int(start_frame)
         self.slot_frame = [-1] * self.policy.capacity_frames  # absolute frame held by each slot
+        self.slot_rotated = [None] * self.policy.capacity_frames  # (frame, position) k_rot holds per slot
         self.reset_cross()
 
     def reset_cross(self):
@@ -164,8 +172,15 @@ class CacheStep:
             for s, f in zip(cur_slots, range(self.start, self.stop)):
                 frames[s] = f
             self.prefix_tokens = filled * T
-            self.key_positions = torch.tensor([c._position(f, self.stop) for f in frames])
+            positions = [c._position(f, self.stop) for f in frames]
+            self.key_positions = torch.tensor(positions)
             self.prev_k = self.prev_v = None
+            if c.policy.relative_rope:
+                # Rotate the chunk's own slots (rewritten every step) and slots whose position moved.
+                self.rotated = {s: (f, p) for s, (f, p) in enumerate(zip(frames, positions))}
+                todo = [s for s in range(filled) if s in cur_slots or c.slot_rotated[s] != self.rotated[s]]
+                self.rotate_tokens = _token_index(todo, T, c.k.device)
+                self.rope_positions = torch.tensor([positions[s] for s in todo], dtype=torch.long)
         else:
             prev = [f for f in c._attended_frames(self.stop) if f < self.start]
             idx = _token_index([c.slot_of(f) for f in prev], T, c.k.device)
@@ -173,6 +188,9 @@ class CacheStep:
             self.prev_k = c.k.index_select(3, idx)  # (layers, B, N, P, D)
             self.prev_v = c.v.index_select(3, idx)
             self.key_positions = torch.tensor([c._position(f, self.stop) for f in prev + list(range(self.start, self.stop))])
+        if not (self.zero_copy and c.policy.relative_rope):
+            self.rotate_tokens, self.rotated = None, None
+            self.rope_positions = self.key_positions   # relative RoPE rotates every attended key
         self.pending = [None] * c.num_layers
         self.committed = False
 
@@ -187,6 +205,19 @@ class CacheStep:
             self.pending[layer] = (k.detach(), v.detach())
         return torch.cat([self.prev_k[layer], k], dim=2), torch.cat([self.prev_v[layer], v], dim=2)
 
+    def rotated_keys(self, layer: int, k_all: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """Relative RoPE: `k_all` (B, N, S, D) from `keys_values` rotated at the window positions;
+        cos, sin (L, D/2) are the angles of `rope_positions`' tokens."""
+        if self.rotate_tokens is None:
+            return apply_rope(k_all, cos, sin)
+        c = self.cache
+        if c.k_rot is None:
+            with torch.inference_mode(c.k.is_inference()):   # usable wherever the cache itself is
+                c.k_rot = torch.empty_like(c.k)
+        buf = c.k_rot[layer]
+        buf.index_copy_(2, self.rotate_tokens, apply_rope(c.k[layer].index_select(2, self.rotate_tokens), cos, sin))
+        return buf[:, :, :self.prefix_tokens]
+
     def commit(self):
         """Apply deferred writes and advance the cache's high-water mark (once)."""
         if self.committed:
@@ -200,7 +231,11 @@ class CacheStep:
                         c.v[layer].index_copy_(2, self.cur_tokens, kv[1])
             for f in range(self.start, self.stop):
                 c.slot_frame[c.slot_of(f)] = f
+                c.slot_rotated[c.slot_of(f)] = None     # raw K rewritten: its rotation is stale
             c.end = max(c.end, self.stop)
+        if self.rotated is not None:                    # every layer rotated these slots in this forward
+            for s, key in self.rotated.items():
+                c.slot_rotated[s] = key
         self.pending = [None] * c.num_layers
         self.committed = True
 

@@ -82,7 +82,7 @@ class Attention(nn.Module):
         v = self.heads(self.v(x))
         if step is not None and key_rope is not None:       # relative RoPE: K stored un-rotated
             k_all, v_all = step.keys_values(layer, k, v)
-            k_all = apply_rope(k_all, *key_rope)
+            k_all = step.rotated_keys(layer, k_all, *key_rope)
         else:
             k = apply_rope(k, cos, sin)
             k_all, v_all = (k, v) if step is None else step.keys_values(layer, k, v)
@@ -233,7 +233,7 @@ class WanModel(nn.Module):
             step = cache.step(start_frame, gf, write_cache)
             positions = step.query_positions
             if cache.policy.relative_rope:
-                key_rope = self.rope.cos_sin(step.key_positions, gh, gw, x.device)
+                key_rope = self.rope.cos_sin(step.rope_positions, gh, gw, x.device)
             bind_context(cache, context)
         else:
             positions = torch.arange(gf) + start_frame if frame_positions is None else frame_positions.cpu()

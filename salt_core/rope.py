@@ -19,6 +19,7 @@ class RotaryTable:
 
     def __init__(self, head_dim: int, max_len: int = 1024, theta: float = 10000.0):
         self.head_dim, self.max_len = head_dim, max_len
+        self._recent = {}   # (positions, grid, device, dtype) -> (cos, sin): streams ask for the same few again
         self.axis_angles = []  # per axis (max_len, pairs) float64
         for pairs in rope_axis_pairs(head_dim):
             dim = 2 * pairs
@@ -44,9 +45,16 @@ class RotaryTable:
         return torch.cat(parts, dim=-1).reshape(num_f * grid_h * grid_w, -1)
 
     def cos_sin(self, frame_pos, grid_h, grid_w, device, dtype=torch.float32):
-        """(cos, sin) each (L, D/2) in `dtype` on `device` for `apply_rope`."""
-        ang = self.token_angles(frame_pos, grid_h, grid_w)
-        return ang.cos().to(device, dtype), ang.sin().to(device, dtype)
+        """(cos, sin) each (L, D/2) in `dtype` on `device` for `apply_rope` (the last few kept: a stream's
+        denoising steps reuse one chunk's positions, and rebuilding them is host work plus a copy)."""
+        key = (tuple(torch.as_tensor(frame_pos).tolist()), grid_h, grid_w, str(device), dtype,
+               torch.is_inference_mode_enabled())   # inference tensors must not reach autograd
+        if key not in self._recent:
+            ang = self.token_angles(frame_pos, grid_h, grid_w)
+            if len(self._recent) >= 8:
+                self._recent.pop(next(iter(self._recent)))
+            self._recent[key] = (ang.cos().to(device, dtype), ang.sin().to(device, dtype))
+        return self._recent[key]
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -42,7 +42,11 @@ def sample_fewstep_stochastic(model, x, sigmas, extra_args=None, callback=None, 
         denoised = model(x, sigmas[i] * s_in, **extra_args)
         _report(callback, x, i, sigmas[i], denoised)
         nxt = float(sigmas[i + 1])
-        x = denoised if nxt == 0 else ((1 - nxt) * denoised.double() + nxt * noise_sampler(sigmas[i], sigmas[i + 1]).double()).to(x.dtype)
+        if nxt == 0:
+            x = denoised
+        else:  # (1-σ')·x0 + σ'·ε in float64, in place: the same operations as add_noise, fewer buffers
+            noise = noise_sampler(sigmas[i], sigmas[i + 1]).to(torch.float64, copy=True).mul_(nxt)
+            x = denoised.to(torch.float64, copy=True).mul_(1 - nxt).add_(noise).to(x.dtype)
     return x
 
 

@@ -180,3 +180,44 @@ def test_gradient_checkpointing_with_a_cache_mutated_after_forward_gives_the_sam
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
     model.gradient_checkpointing = False
     assert_close(grads[1], grads[0], 1e-5, "checkpointed vs plain gradients")
+
+
+def denoise_chunks(model, x, ctx, policy, steps=4):
+    """Each chunk: `steps` noisy forwards re-running its slots, then a clean forward (the streamer's pattern)."""
+    cache = model.new_cache(2, policy, (8, 8))
+    outs = []
+    for f0 in range(0, x.shape[2], 3):
+        chunk = x[:, :, f0:f0 + 3]
+        for k in range(steps):
+            t = torch.full((2, 3), 1000.0 * (1 - k / steps))
+            outs.append(model(chunk + (1 - k / steps) * torch.sin(chunk), t, ctx, cache=cache, start_frame=f0))
+        outs.append(model(chunk, torch.zeros(2, 3), ctx, cache=cache, start_frame=f0))
+    return torch.cat(outs, 2)
+
+
+@pytest.mark.parametrize("policy", [CachePolicy.sink(9, 3, relative_rope=True), CachePolicy.rolling(6, relative_rope=True)])
+def test_relative_rope_keys_rotated_once_per_chunk_equal_keys_rotated_at_every_forward(setup, policy):
+    model, x, t, ctx = setup
+    x = torch.cat([x, x.flip(2)], 2)   # 24 frames: the window slides five times
+    with torch.no_grad():              # zero-copy steps: rotated keys kept in k_rot
+        kept = denoise_chunks(model, x, ctx, policy)
+    with torch.enable_grad():          # gathered steps: every attended key rotated at every forward
+        every = denoise_chunks(model, x, ctx, policy).detach()
+    assert_close(kept, every, 1e-5, policy.kind)
+
+
+def test_relative_rope_rotates_each_window_key_once_per_chunk(setup, monkeypatch):
+    from comfyui_salt.salt_core import kv_cache
+    model, x, t, ctx = setup
+    rotated = []   # frames rotated per call (16 tokens per frame at 8×8 latents, patch 2×2)
+    real = kv_cache.apply_rope
+    monkeypatch.setattr(kv_cache, "apply_rope", lambda k, cos, sin: rotated.append(k.shape[2] // 16) or real(k, cos, sin))
+    W, S, n, K, layers = 9, 3, 3, 4, model.cfg.num_layers
+    x = torch.cat([x, x.flip(2)], 2)
+    with torch.no_grad():
+        denoise_chunks(model, x, ctx, CachePolicy.sink(W, S, relative_rope=True), steps=K)
+    calls_per_chunk = layers * (K + 1)
+    per_chunk = [sum(rotated[i:i + calls_per_chunk]) // layers for i in range(0, len(rotated), calls_per_chunk)]
+    # Once the window is full, each chunk rotates the W - S - n ring frames that moved once, and its own
+    # n frames at each of its K + 1 forwards; the sink never moves. Rotating every step would be (K+1)·W = 45.
+    assert per_chunk[3:] == [(W - S - n) + (K + 1) * n] * (len(per_chunk) - 3), per_chunk

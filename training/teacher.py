@@ -78,14 +78,14 @@ def sample_sigmas(cfg: TeacherConfig, shape, gen) -> torch.Tensor:
 def flow_loss_step(model, cfg: TeacherConfig, videos, context, gen):
     """Flow-matching loss for one batch. videos (B, 3, F, H, W); context (B, Lc, text_dim)."""
     B, _, F, H, W = videos.shape
-    noise = torch.randn(videos.shape, generator=gen)
+    noise = torch.randn(videos.shape, generator=gen).to(videos.device)   # drawn on CPU: the same on any device
     if cfg.mode == "bidirectional":
-        sigma = sample_sigmas(cfg, (B,), gen)
+        sigma = sample_sigmas(cfg, (B,), gen).to(videos.device)
         x_t = add_noise(videos, noise, sigma.view(B, 1, 1, 1, 1))
         v = model(x_t, 1000 * sigma, context)
     else:
         chunks = F // cfg.chunk_frames
-        sigma = sample_sigmas(cfg, (B, chunks), gen).repeat_interleave(cfg.chunk_frames, 1)  # (B, F)
+        sigma = sample_sigmas(cfg, (B, chunks), gen).repeat_interleave(cfg.chunk_frames, 1).to(videos.device)  # (B, F)
         x_t = add_noise(videos, noise, sigma.view(B, 1, F, 1, 1))
         v = teacher_forcing_forward(model, videos, x_t, 1000 * sigma, context, cfg.chunk_frames)
     return (v.float() - (noise - videos)).pow(2).mean()
@@ -100,23 +100,26 @@ def sample_teacher(model, mode: str, captions, encoder, world_cfg, steps=40, cfg
     (chunk is 0 for bidirectional teachers, whose states span all frames).
     """
     B = len(captions)
+    device = model.patch_embedding.weight.device
     num_frames = num_frames or world_cfg.num_frames
-    ctx, unc = encoder.encode(captions), encoder.empty(B)
+    ctx, unc = encoder.encode(captions).to(device), encoder.empty(B).to(device)
     gen = torch.Generator().manual_seed(seed)
-    noise = torch.randn(B, 3, num_frames, world_cfg.height, world_cfg.width, generator=gen)
+    noise = torch.randn(B, 3, num_frames, world_cfg.height, world_cfg.width, generator=gen).to(device)
     sigmas = get_sigmas_uniform(steps, shift)
     trajectory = []
 
     def record(d):
         trajectory.append((d.get("chunk", 0), float(d["sigma"]), d["x"].clone(), d["denoised"].clone()))
     callback = record if return_trajectory else None
+    if device.type != "cpu" and return_trajectory:
+        raise ValueError("sample_teacher(return_trajectory=True) runs on CPU models only")
     if mode == "bidirectional":
         den = FlowDenoiser(model, ctx, unc, cfg_scale)
         out = sample_euler(den, noise, sigmas.float(), disable=True, callback=callback)
     else:
         out = stream_video(model, noise, ctx, sigmas, policy=CachePolicy.full(num_frames), chunk_frames=chunk_frames,
                            stochastic=False, cfg_scale=cfg_scale, uncond_context=unc, callback=callback)
-    return (out, trajectory) if return_trajectory else out
+    return (out, trajectory) if return_trajectory else out.cpu()
 
 
 def eval_prompts(world_cfg, n: int, seed: int = 1234) -> list:
@@ -124,24 +127,30 @@ def eval_prompts(world_cfg, n: int, seed: int = 1234) -> list:
     return [caption(p) for p in sample_params(world_cfg, seed, n)]
 
 
-def train_teacher(cfg: TeacherConfig, out_dir: str, evaluate=None, max_steps: int = None, quiet: bool = False):
-    """Run (or resume) teacher training in `out_dir`; returns the EMA model.
+def train_teacher(cfg: TeacherConfig, out_dir: str, evaluate=None, max_steps: int = None, quiet: bool = False,
+                  device=None, max_seconds: float = None):
+    """Run (or resume) teacher training in `out_dir`; returns the EMA model (on CPU).
 
     evaluate(videos, captions) -> dict of scalars, called every `eval_every` steps on EMA samples.
-    `max_steps` stops early (for tests / time-boxed sessions) without changing the schedule.
+    `max_steps` stops early (for tests / time-boxed sessions) without changing the schedule;
+    `max_seconds` stops after the step that crosses that much wall time (saving a checkpoint).
+    `device` (default CPU) holds the model, EMA and batches; data and noise are drawn on CPU.
     """
+    device = torch.device(device or "cpu")
+    started = time.time()
     torch.set_num_threads(cfg.threads)
     world = get_world(cfg.world)
     mcfg = get_config(cfg.model_preset)
     encoder = ToyTextEncoder(text_dim=mcfg.text_dim, max_tokens=mcfg.text_len, world=world)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        model = WanModel(mcfg).init_weights()
+        model = WanModel(mcfg).init_weights().to(device)
     ema = EMA(model, cfg.ema_decay)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
     ckpt = CheckpointManager(os.path.join(out_dir, "checkpoints"))
     logger = JsonlLog(os.path.join(out_dir, "metrics.jsonl"))
     step = ckpt.resume(model, ema, opt, "model")
+    ema.shadow = {k: v.to(device) for k, v in ema.shadow.items()}
     if step == 0 and cfg.init_from:
         from .files import load_model
         warm, _ = load_model(cfg.init_from)
@@ -171,6 +180,7 @@ def train_teacher(cfg: TeacherConfig, out_dir: str, evaluate=None, max_steps: in
             ctx = encoder.encode(captions)
             drop = torch.rand(cfg.batch_size, generator=gen) < cfg.caption_dropout
             ctx[drop] = 0.0
+            videos, ctx = videos.to(device), ctx.to(device)
             for g in opt.param_groups:
                 g["lr"] = cosine_lr(step, cfg.lr, cfg.warmup_steps, cfg.total_steps, cfg.min_lr_ratio)
             loss = flow_loss_step(model, cfg, videos, ctx, gen)
@@ -190,16 +200,20 @@ def train_teacher(cfg: TeacherConfig, out_dir: str, evaluate=None, max_steps: in
                 logger.write(step=step, loss=loss.item(), grad_norm=float(gnorm), lr=opt.param_groups[0]["lr"],
                              sec_per_step=(time.time() - t0) / cfg.log_every)
                 t0 = time.time()
-            if step % cfg.checkpoint_every == 0 or step == stop:
+            out_of_time = max_seconds is not None and time.time() - started > max_seconds
+            if step % cfg.checkpoint_every == 0 or step == stop or out_of_time:
                 save()
             if evaluate is not None and (step % cfg.eval_every == 0 or step == stop):
-                ema_model = ema.copy_to(WanModel(mcfg)).eval()
+                ema_model = ema.copy_to(WanModel(mcfg)).to(device).eval()
                 caps = eval_prompts(world, cfg.eval_clips)
                 vids = sample_teacher(ema_model, cfg.mode, caps, encoder, world, cfg.eval_steps, cfg.eval_cfg,
                                       cfg.shift, seed=0, chunk_frames=cfg.chunk_frames)
                 scores = evaluate(vids, caps)
                 logger.write(step=step, eval=scores)
                 log.info("step %d eval %s", step, scores)
+            if out_of_time:
+                log.info("stopped at step %d after %.0f s (max_seconds); rerun to continue", step, time.time() - started)
+                break
     except KeyboardInterrupt:
         if at_boundary:
             save()
