@@ -10,6 +10,7 @@ and by the ComfyUI node. Per iteration (SALT_METHOD §1–3, Self Forcing's loop
 Loop conventions (seeding from (seed, rank, step), atomic checkpoints, automatic resume, JSONL log,
 progress bar, NaN stop) come from training/common.py.
 """
+import contextlib
 import copy
 import json
 import logging
@@ -26,12 +27,15 @@ from ..salt_core.losses import (DMDLoss, FeatureAlignmentLoss, SemigroupLoss, cr
 from ..salt_core.rollout import rollout_bidirectional, rollout_reference, rollout_self_forcing
 from ..salt_core.schedules import add_noise, get_sigmas_fewstep, randn_like
 from ..salt_core.scorenet import ScoreNet
-from .common import EMA, CheckpointManager, JsonlLog, check_stop, progress, step_generators, step_seed
+from ..salt_core.validate import check_count
+from .common import (EMA, CheckpointManager, JsonlLog, check_loss_terms, check_stop, logged_eval_steps, progress,
+                     step_generators, step_seed)
 from .distill_config import DistillConfig
 from .distill_eval import evaluate_student
 from .distill_models import build_models, build_prompts
 from .distributed import average_gradients, process_info
 from .ode_init import run_ode_init
+from .runs import RunLock, check_resumable
 
 log = logging.getLogger("salt.distill")
 
@@ -167,8 +171,7 @@ class Distiller:
             gen, rng = step_generators(self.cfg.seed, self.rank, it, micro, int(tag == "gen"))
             with self._autocast():
                 loss, st = loss_fn(d, rng, gen)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"{tag} loss became {loss.item()} at iteration {it}")
+            check_loss_terms(loss, st, tag, it)
             (loss / self.cfg.grad_accum).backward()
             stats.update({k: stats.get(k, 0.0) + v / self.cfg.grad_accum for k, v in st.items()})
         average_gradients(model, self.world_size)
@@ -219,7 +222,7 @@ class Distiller:
 
 
 def run_distillation(cfg: DistillConfig, out_dir: str, *, max_gen_steps: int = None, callback=None,
-                     quiet: bool = False, device=None):
+                     quiet: bool = False, device=None, allow_changed_settings: bool = False):
     """Run (or resume) a distillation job in `out_dir`; returns the student for inference (EMA if any).
 
     `device` overrides accelerate's pick (CUDA when present) for a single process, e.g. the ComfyUI
@@ -228,8 +231,20 @@ def run_distillation(cfg: DistillConfig, out_dir: str, *, max_gen_steps: int = N
     callback(dict) receives progress after every generator step (gen_step, total, stats) and the
     preview samples at evaluation time; it may raise (e.g. KeyboardInterrupt) to stop — the job
     then saves a resumable checkpoint first.
+
+    A folder holding checkpoints of a run with other settings is refused unless `allow_changed_settings`;
+    one process at a time may use a folder (training.runs).
     """
+    if max_gen_steps is not None:
+        check_count("max_gen_steps", max_gen_steps, where="run_distillation")
     os.makedirs(out_dir, exist_ok=True)
+    check_resumable(cfg, out_dir, allow_changed_settings, "--allow-changed-settings (CLI)")
+    with RunLock(out_dir) if process_info()[0] == 0 else contextlib.nullcontext():
+        return _run_distillation(cfg, out_dir, max_gen_steps, callback, quiet, device)
+
+
+def _run_distillation(cfg, out_dir, max_gen_steps, callback, quiet, device):
+    """`run_distillation` inside the run lock."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     rank, world_size, picked = process_info()
@@ -249,13 +264,12 @@ def run_distillation(cfg: DistillConfig, out_dir: str, *, max_gen_steps: int = N
     ckpt = CheckpointManager(os.path.join(out_dir, "checkpoints"))
     logger = JsonlLog(os.path.join(out_dir, "metrics.jsonl" if rank == 0 else f"metrics_rank{rank}.jsonl"))
     it = 0
-    latest = ckpt.latest()
+    latest = ckpt.load_latest(["student", "critic"], optional=["ema"])
     if latest:
-        tensors, state = ckpt.load(latest[1], ["student", "critic"] + (["ema"] if os.path.exists(
-            os.path.join(latest[1], "ema.safetensors")) else []))
+        path, tensors, state = latest
         job.load(tensors, state)
         it = int(state["iteration"])
-        log.info("resumed from %s (generator step %d)", latest[1], job.gen_step)
+        log.info("resumed from %s (generator step %d)", path, job.gen_step)
     stop = cfg.gen_steps if max_gen_steps is None else min(cfg.gen_steps, max_gen_steps)
     bar = progress(stop, job.gen_step, "distill", disable=quiet or rank != 0)
     meta = {"salt_config": student.cfg.to_json(), "distill_config": json.dumps(asdict(cfg))}
@@ -267,7 +281,18 @@ def run_distillation(cfg: DistillConfig, out_dir: str, *, max_gen_steps: int = N
         state["iteration"] = it
         ckpt.save(job.gen_step, tensors, state, meta)
 
+    def evaluate():
+        scores = evaluate_student(job.student_for_inference(), cfg, callback=callback,
+                                  preview_path=os.path.join(out_dir, f"preview_{job.gen_step:06d}.gif"))
+        logger.write(gen_step=job.gen_step, eval=scores)
+
+    def eval_due():
+        return bool(cfg.eval_every) and job.gen_step > 0 and (job.gen_step % cfg.eval_every == 0 or
+                                                              job.gen_step == stop)
+
     t0 = time.time()
+    if eval_due() and job.gen_step not in logged_eval_steps(logger.path):
+        evaluate()   # the evaluation a Cancel interrupted before the checkpoint it follows
     at_boundary = True   # True between iterations: only then is the in-memory state consistent to save
     try:
         while job.gen_step < stop:
@@ -292,10 +317,8 @@ def run_distillation(cfg: DistillConfig, out_dir: str, *, max_gen_steps: int = N
                 callback({"gen_step": job.gen_step, "total": stop, "stats": stats})
             if job.gen_step % cfg.checkpoint_every == 0 or job.gen_step == stop:
                 save()
-            if cfg.eval_every and (job.gen_step % cfg.eval_every == 0 or job.gen_step == stop):
-                scores = evaluate_student(job.student_for_inference(), cfg, callback=callback,
-                                          preview_path=os.path.join(out_dir, f"preview_{job.gen_step:06d}.gif"))
-                logger.write(gen_step=job.gen_step, eval=scores)
+            if eval_due():
+                evaluate()
     except (KeyboardInterrupt, Exception) as stop_reason:
         # An interrupt from the callback (ComfyUI's cancel, Ctrl-C between steps) arrives between
         # iterations, where the in-memory state is consistent: save it so a rerun resumes exactly.

@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 
 from ..salt_core.toy.world import TOY_SHIFT
 from .common import config_from_dict
+from .validate import validate_distill_config
 
 JOBS = ("dmd", "ode_init")
 
@@ -75,6 +76,7 @@ class DistillConfig:
     log_every: int = 1                  # generator steps between metrics.jsonl lines
 
     def __post_init__(self):
+        validate_distill_config(self)
         if self.job not in JOBS:
             raise ValueError(f"DistillConfig.job={self.job!r}; expected one of {JOBS}")
         if len(self.step_choices) != len(self.step_probs):

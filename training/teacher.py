@@ -27,6 +27,7 @@ from ..salt_core.samplers import sample_euler
 from ..salt_core.scorenet import teacher_forcing_forward
 from ..salt_core.toy.text import ToyTextEncoder
 from ..salt_core.toy.world import TOY_SHIFT, caption, get_world, sample_batch, sample_params
+from .validate import validate_teacher_config
 from .common import (EMA, CheckpointManager, JsonlLog, check_stop, config_from_dict, cosine_lr, log, progress,
                      step_generators)
 
@@ -65,6 +66,7 @@ class TeacherConfig:
     init_step: int = 0                 # ... continuing the schedule and data order at this step
 
     def __post_init__(self):
+        validate_teacher_config(self)
         if self.mode not in MODES:
             raise ValueError(f"TeacherConfig.mode={self.mode!r}; expected one of {MODES}")
 
