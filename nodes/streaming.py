@@ -9,8 +9,8 @@ import logging
 import torch
 
 from ..salt_core.kv_cache import CachePolicy
-from ..salt_core.streaming import rollout_stream
-from ..salt_core.validate import check_context, check_number, check_sigmas
+from ..salt_core.streaming import rollout_stream, stream_memory_bytes
+from ..salt_core.validate import check_context, check_memory, check_number, check_sigmas
 from .bridge import Progress, check_interrupted, free_memory, io, latent_to_comfy
 from .types import SPATIAL_FACTOR, CacheOptions, CacheOptionsType, SaltModel, SaltModelType
 
@@ -128,6 +128,13 @@ def _stream(salt, positive, options, sigmas, seed, num_chunks, width, height, ba
 
     ref = salt.model.patch_embedding.weight
     shape = latent_shape(salt, batch_size, frames, width, height)
+    free = free_memory(ref.device)
+    check_memory(f"{batch_size} × {width}×{height} px × {frames} latent frames ({policy.kind} cache of "
+                 f"{policy.capacity_frames} frames)", stream_memory_bytes(salt.model.cfg, batch_size, frames, shape[-2:],
+                 policy, options.chunk_frames, cfg, ref.dtype), free, where="SaltStreamingSampler",
+                 limit_what=f"ComfyUI's free memory on {ref.device}",
+                 fix="lower width/height, batch_size or num_chunks, or use a rolling / sink cache (SaltCacheOptions) "
+                     "so the cache holds fewer frames")
     # Initial noise on the CPU from the seed (as ComfyUI's RandomNoise), so results do not depend on the device.
     noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(ref.device, ref.dtype)
     renoise = torch.Generator(device=ref.device).manual_seed(seed + 1)
@@ -141,7 +148,7 @@ def _stream(salt, positive, options, sigmas, seed, num_chunks, width, height, ba
     chunks = rollout_stream(salt.model, noise, context, sig, policy=policy, chunk_frames=options.chunk_frames,
                             context_noise=options.context_noise, stochastic=sampling == "stochastic",
                             generator=renoise, callback=callback, prompt_switches=switches, cfg_scale=cfg,
-                            uncond_context=uncond, memory_limit=free_memory(ref.device))
+                            uncond_context=uncond, memory_limit=free)
     return torch.cat([c.float().cpu() for c in chunks], dim=2)
 
 
