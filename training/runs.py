@@ -20,8 +20,9 @@ from .common import CheckpointManager, RunError
 log = logging.getLogger("salt.training")
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-# Fields that may change when a run is resumed (how long, how often, how many threads).
-RESUMABLE_FIELDS = ("gen_steps", "threads", "checkpoint_every", "eval_every", "eval_clips", "log_every")
+# Fields that may change when a run is resumed (how long, how often, how many threads; the text encoder is
+# read once, to fill the run's embedding cache, so a resume may drop or move it).
+RESUMABLE_FIELDS = ("gen_steps", "threads", "checkpoint_every", "eval_every", "eval_clips", "log_every", "text_encoder")
 LOCK_FILE = ".lock"
 
 
