@@ -148,15 +148,37 @@ def test_the_streaming_estimate_grows_with_size_batch_and_guidance():
 
 
 # -- distillation size overrides --------------------------------------------------------------------------------
+@pytest.mark.parametrize("preset", ["toy-dmd", "toy-bidir-dmd"])
 @pytest.mark.parametrize("num_frames", [3 * 10**5, 3 * 10**7])
-def test_a_distillation_num_frames_override_too_large_for_memory_is_refused_before_training(tmp_path, num_frames):
+def test_a_distillation_num_frames_override_too_large_for_memory_is_refused_before_training(tmp_path, preset,
+                                                                                           num_frames):
     teacher = tmp_path / "teacher.safetensors"
     save_model(build_model("toy", seed=0), teacher)
-    cfg = get_preset("toy-dmd", teacher=str(teacher), num_frames=num_frames, batch_size=8, gen_steps=1, threads=1,
+    cfg = get_preset(preset, teacher=str(teacher), num_frames=num_frames, batch_size=8, gen_steps=1, threads=1,
                      eval_every=0)
     before = peak_rss_mib()
-    with pytest.raises(MemoryError, match=r"KV cache of \d+ frames.*needs about .*GiB"):
+    with pytest.raises(MemoryError, match=rf"distillation at batch_size=8, num_frames={num_frames}.*needs about "
+                                          rf".*GiB.*free memory on cpu.*lower num_frames"):
         from comfyui_salt.training.distill import run_distillation
         run_distillation(cfg, str(tmp_path / "run"), quiet=True)
     assert peak_rss_mib() - before < 300
     assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())
+
+
+def test_the_distillation_estimate_of_a_toy_run_is_tens_of_mib_and_grows_with_frames():
+    import dataclasses
+    from comfyui_salt.training.validate import distill_memory_bytes
+    student = build_model("toy", seed=0)
+    cfg = get_preset("toy-dmd")
+    small = distill_memory_bytes(cfg, student, student)
+    assert 10 * 2**20 < small < 500 * 2**20
+    assert distill_memory_bytes(dataclasses.replace(cfg, num_frames=120), student, student) > 5 * small
+    assert distill_memory_bytes(dataclasses.replace(cfg, num_frames=120, grad_checkpointing=True), student,
+                                student) < distill_memory_bytes(dataclasses.replace(cfg, num_frames=120), student,
+                                                                student)
+
+
+def test_a_cache_too_large_for_memory_is_refused_by_the_distillers_cache_too(toy):
+    from comfyui_salt.salt_core.kv_cache import CachePolicy
+    with pytest.raises(MemoryError, match=r"KV cache of 300000 frames"):
+        toy.new_cache(8, CachePolicy(-1, 0, 300000), (16, 16))

@@ -36,6 +36,7 @@ from .distill_models import build_models, build_prompts
 from .distributed import average_gradients, process_info
 from .ode_init import run_ode_init
 from .runs import RunLock, check_resumable
+from .validate import check_distill_memory
 
 log = logging.getLogger("salt.distill")
 
@@ -258,6 +259,7 @@ def _run_distillation(cfg, out_dir, max_gen_steps, callback, quiet, device):
     if cfg.job == "ode_init":
         return run_ode_init(cfg, out_dir, max_steps=max_gen_steps, callback=callback, quiet=quiet, device=device)
     teacher, student, critic = build_models(cfg)
+    check_distill_memory(cfg, student, critic, device)
     teacher, student, critic = (m.to(device) for m in (teacher, student, critic))
     prompts = build_prompts(cfg, teacher, out_dir)
     job = Distiller(cfg, teacher, student, critic, prompts, rank, world_size)

@@ -67,3 +67,35 @@ def validate_teacher_config(cfg) -> None:
                      high_open=high_open)
     for name, minimum in _TEACHER_COUNTS:
         check_count(name, getattr(cfg, name), where="TeacherConfig", minimum=minimum)
+
+
+def distill_memory_bytes(cfg, student, critic) -> int:
+    """Bytes a distillation run will still allocate once its models are built: gradients and AdamW moments of
+    student and critic, the EMA shadow, two KV caches (causal students) and the activations kept for the
+    backward pass of one micro-batch (every block's tokens over the whole clip; one block's with
+    gradient checkpointing). Attention kernels and allocator slack are not counted."""
+    from ..salt_core.validate import kv_cache_bytes
+    item = student.patch_embedding.weight.element_size()
+    mcfg = student.cfg
+    params = sum(p.numel() for p in student.parameters()) + sum(p.numel() for p in critic.parameters())
+    training_state = (3 * params + sum(p.numel() for p in student.parameters())) * 4
+    tokens = (cfg.num_frames // mcfg.patch_size[0]) * (cfg.height // mcfg.patch_size[1]) * (cfg.width // mcfg.patch_size[2])
+    per_block = cfg.batch_size * tokens * (mcfg.ffn_dim + 10 * mcfg.dim) * item
+    activations = per_block * (1 if cfg.grad_checkpointing else mcfg.num_layers)
+    caches = 0
+    if cfg.student_kind == "causal":
+        capacity = cfg.num_frames if cfg.local_attn_frames == -1 else cfg.local_attn_frames
+        caches = 2 * kv_cache_bytes(mcfg.num_layers, cfg.batch_size, mcfg.num_heads, mcfg.head_dim,
+                                    tokens // max(1, cfg.num_frames // mcfg.patch_size[0]), capacity,
+                                    student.patch_embedding.weight.dtype)
+    return training_state + activations + caches
+
+
+def check_distill_memory(cfg, student, critic, device) -> None:
+    """MemoryError before training when the run cannot fit in the free memory of `device`, with the fix."""
+    from ..salt_core.validate import available_memory, check_memory
+    check_memory(f"distillation at batch_size={cfg.batch_size}, num_frames={cfg.num_frames}, "
+                 f"{cfg.height}×{cfg.width} latents", distill_memory_bytes(cfg, student, critic),
+                 available_memory(device), where="DistillConfig", limit_what=f"free memory on {device}",
+                 fix="lower num_frames, height / width or batch_size (use grad_accum for a larger effective batch), "
+                     "or set grad_checkpointing=true")
