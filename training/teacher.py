@@ -27,6 +27,7 @@ from ..salt_core.samplers import sample_euler
 from ..salt_core.scorenet import teacher_forcing_forward
 from ..salt_core.toy.text import ToyTextEncoder
 from ..salt_core.toy.world import TOY_SHIFT, caption, get_world, sample_batch, sample_params
+from .runs import RunLock
 from .validate import validate_teacher_config
 from .common import (EMA, CheckpointManager, JsonlLog, check_stop, config_from_dict, cosine_lr, log, progress,
                      step_generators)
@@ -127,11 +128,17 @@ def eval_prompts(world_cfg, n: int, seed: int = 1234) -> list:
 
 
 def train_teacher(cfg: TeacherConfig, out_dir: str, evaluate=None, max_steps: int = None, quiet: bool = False):
-    """Run (or resume) teacher training in `out_dir`; returns the EMA model.
+    """Run (or resume) teacher training in `out_dir`; returns the EMA model. One process per folder (RunLock).
 
     evaluate(videos, captions) -> dict of scalars, called every `eval_every` steps on EMA samples.
     `max_steps` stops early (for tests / time-boxed sessions) without changing the schedule.
     """
+    with RunLock(out_dir):
+        return _train_teacher(cfg, out_dir, evaluate, max_steps, quiet)
+
+
+def _train_teacher(cfg, out_dir, evaluate, max_steps, quiet):
+    """`train_teacher` inside the run lock."""
     torch.set_num_threads(cfg.threads)
     world = get_world(cfg.world)
     mcfg = get_config(cfg.model_preset)

@@ -56,7 +56,7 @@ _TEACHER_FLOATS = (("lr", 0, None, True, False), ("min_lr_ratio", 0, 1, False, F
                    ("logit_std", 0, None, True, False), ("shift", 0, None, True, False),
                    ("eval_cfg", 0, None, True, False))
 _TEACHER_COUNTS = (("chunk_frames", 1), ("batch_size", 1), ("total_steps", 1), ("warmup_steps", 0), ("seed", 0),
-                   ("threads", 0), ("checkpoint_every", 1), ("eval_every", 0), ("eval_clips", 1),
+                   ("threads", 1), ("checkpoint_every", 1), ("eval_every", 0), ("eval_clips", 1),
                    ("eval_steps", 1), ("log_every", 1), ("init_step", 0))
 
 
