@@ -157,3 +157,24 @@ def test_the_cli_refuses_degenerate_flags_with_a_message_and_no_run(tmp_path, ar
                            str(out)] + args, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and words in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr and not (out / "export").exists()
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["demo", "--num-clips", "0", "--no-comfyui"], "num_clips=0"),
+    (["demo", "--threads", "0", "--no-comfyui"], "threads=0"),
+    (["teacher", "--out", "unused", "--max-steps", "-1"], "max_steps=-1"),
+    (["distill", "--preset", "toy-dmd", "--out", "unused", "--max-gen-steps", "0"], "max_gen_steps=0"),
+])
+def test_cli_step_and_clip_counts_are_checked_before_any_job_starts(tmp_path, monkeypatch, argv, words):
+    from comfyui_salt.training.__main__ import main
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=words):
+        main(argv)
+    assert not (tmp_path / "unused").exists()
+
+
+def test_an_unknown_boolean_word_is_an_argparse_error_in_process(capsys):
+    from comfyui_salt.training.__main__ import main
+    with pytest.raises(SystemExit) as e:
+        main(["distill", "--preset", "toy-dmd", "--out", "unused", "--grad-checkpointing", "ture"])
+    assert e.value.code == 2 and "expected a boolean" in capsys.readouterr().err

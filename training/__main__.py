@@ -95,6 +95,10 @@ def main(argv=None):
                    help="skip running workflows/salt_toy_streaming.json in a headless ComfyUI")
     d.add_argument("--comfyui", default=None, help="ComfyUI tree to boot (default .venv/comfyui, from .ci/setup)")
     args = parser.parse_args(argv)
+    from ..salt_core.validate import check_count
+    for flag in ("max_steps", "max_gen_steps", "num_clips", "threads"):
+        if getattr(args, flag, None) is not None and not (flag == "threads" and args.command != "demo"):
+            check_count(flag, getattr(args, flag), where=f"--{flag.replace('_', '-')}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.command in ("teacher", "distill"):
         from .common import install_stop_handlers
