@@ -4,6 +4,7 @@ Everything else in `nodes/` imports `io` / `ComfyExtension` and these helpers fr
 ComfyUI internals is fixed in one place. Knows nothing of Salt models beyond tensors and modules.
 """
 import contextlib
+import os
 
 import torch
 
@@ -36,8 +37,15 @@ def diffusion_model_path(name: str) -> str:
 
 
 def diffusion_models_directory() -> str:
-    """The first (writable) diffusion_models folder, where trained students are published."""
-    return folder_paths.get_folder_paths(DIFFUSION_MODELS)[0]
+    """The folder where trained students are published: the first one named `diffusion_models` (ComfyUI lists
+    the legacy `models/unet` first), else the first registered one."""
+    folders = folder_paths.get_folder_paths(DIFFUSION_MODELS)
+    return next((f for f in folders if os.path.basename(os.path.normpath(f)) == DIFFUSION_MODELS), folders[0])
+
+
+def free_memory(device) -> int:
+    """Bytes ComfyUI reports free on `device` (device memory, or RAM for the CPU)."""
+    return int(comfy.model_management.get_free_memory(device))
 
 
 def output_directory() -> str:

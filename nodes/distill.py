@@ -7,15 +7,15 @@ checkpoint. The trained student is exported (training.files.export_student) and 
 `models/diffusion_models/salt/<name>.safetensors` for SaltLoadCausalModel. Knows nothing of the losses.
 """
 import dataclasses
-import json
 import logging
 import os
 import re
-import shutil
 
 from ..training.distill import run_distillation
 from ..training.distill_config import PRESETS, DistillConfig, get_preset
-from ..training.files import export_student, save_model
+from ..training.files import export_student
+from ..training.runs import check_run_name, publish_student
+from ..training.validate import parse_bool
 from .bridge import (Progress, diffusion_model_files, diffusion_model_path, diffusion_models_directory,
                      free_memory_for_training, interrupt_requested, io, output_directory, raise_interrupted,
                      torch_device, training_mode)
@@ -26,11 +26,8 @@ log = logging.getLogger("salt.nodes")
 RUNS_FOLDER = "salt_runs"          # under ComfyUI's output folder
 PUBLISH_FOLDER = "salt"            # under models/diffusion_models
 TOY_TEACHER, FROM_TEACHER = "toy", "teacher"
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-# Fields with their own widget (so `overrides` cannot set them) and fields that may change on resume.
+# Fields with their own widget (so `overrides` cannot set them).
 WIDGET_FIELDS = ("teacher", "student_init", "critic_init", "gen_steps", "batch_size", "seed")
-RESUMABLE_FIELDS = ("gen_steps", "threads", "checkpoint_every", "eval_every", "eval_clips", "log_every")
-TRUE, FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
 class TrainingCancelled(KeyboardInterrupt):
@@ -41,9 +38,7 @@ def _parse_value(key: str, text: str, default):
     """One override value typed like the field's default (bool, int, float, str, or a comma tuple)."""
     try:
         if isinstance(default, bool):
-            if text.lower() not in TRUE + FALSE:
-                raise ValueError(text)
-            return text.lower() in TRUE
+            return parse_bool(key, text)
         if isinstance(default, tuple):
             kind = type(default[0]) if default else str
             return tuple(kind(v) for v in text.split(",") if v.strip())
@@ -101,49 +96,17 @@ def distill_config(preset: str, teacher: str, student_init: str, critic_init: st
 
 def run_folder(name: str) -> str:
     """`<output>/salt_runs/<name>`, with an error for names that are not plain folder names."""
-    if not NAME_PATTERN.match(name or "") or ".." in name:
-        raise ValueError(f"SaltDistill: name={name!r}; expected a plain folder name (letters, digits, '_', '-', '.'; "
-                         f"up to 100 characters), e.g. 'toy_salt_run1'")
-    return os.path.join(output_directory(), RUNS_FOLDER, name)
+    return os.path.join(output_directory(), RUNS_FOLDER, check_run_name(name, "SaltDistill"))
 
 
-def check_resumable(cfg: DistillConfig, folder: str) -> None:
-    """Refuse to resume a run folder whose stored config differs from `cfg` beyond RESUMABLE_FIELDS."""
-    path = os.path.join(folder, "config.json")
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        old = json.load(f)
-    new = json.loads(json.dumps(dataclasses.asdict(cfg)))
-    changed = {k: (old.get(k), v) for k, v in new.items() if k not in RESUMABLE_FIELDS and old.get(k) != v}
-    if changed:
-        raise ValueError(f"SaltDistill: {folder} holds a run with other settings {changed} (stored, requested); "
-                         f"queue it with the stored settings to resume it, or pick another name for a new run")
-
-
-def publish_student(model, cfg: DistillConfig, export_path: str, name: str) -> str:
-    """Place the exported student at diffusion_models/salt/<name>.safetensors (hard link, else a copy); returns it.
-
-    Bidirectional students are written with `teacher_mode` metadata so SaltLoadCausalModel marks them.
-    """
-    dest = os.path.join(diffusion_models_directory(), PUBLISH_FOLDER, f"{name}.safetensors")
-    os.makedirs(os.path.dirname(dest), exist_ok=True)
-    if os.path.lexists(dest):
-        os.remove(dest)
-    if cfg.student_kind == "bidirectional":
-        save_model(model, dest, layout="wan", extra_metadata={"teacher_mode": "bidirectional"})
-        return dest
-    try:
-        os.link(export_path, dest)
-    except OSError:   # another file system, or links not allowed
-        shutil.copyfile(export_path, dest)
-    return dest
+def publish_path(name: str) -> str:
+    """Where the student of run `name` is published: <diffusion_models>/salt/<name>.safetensors."""
+    return os.path.join(diffusion_models_directory(), PUBLISH_FOLDER, f"{name}.safetensors")
 
 
 def distill(cfg: DistillConfig, name: str) -> tuple:
     """Run (or resume) the job in the queue; returns (SaltModel of the student, path of export/student.safetensors)."""
     folder = run_folder(name)
-    check_resumable(cfg, folder)
     free_memory_for_training()
     progress = Progress(cfg.gen_steps, "pixels" if cfg.world else "wan21")
     step = [0]
@@ -162,9 +125,11 @@ def distill(cfg: DistillConfig, name: str) -> tuple:
     except TrainingCancelled:
         log.info("SaltDistill: cancelled; %s holds a resumable checkpoint (queue the same name again)", folder)
         raise_interrupted()
+    except ValueError as e:
+        raise ValueError(f"SaltDistill: {e}") from e
     model = model.requires_grad_(False).eval()
     export = export_student(model, folder)[0]
-    published = publish_student(model, cfg, export, name)
+    published = publish_student(model, cfg, export, publish_path(name))
     log.info("SaltDistill: exported %s; load it as %s/%s.safetensors", export, PUBLISH_FOLDER, name)
     salt = SaltModel(model.to(torch_device()), latent_format_for(model), f"{os.path.basename(published)} "
                      f"(SaltDistill {name}, {cfg.gen_steps} generator steps)", causal=cfg.student_kind == "causal")
@@ -224,14 +189,12 @@ class SaltDistill(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, name, teacher=None, student_init=None, critic_init=None) -> bool | str:
-        """Reject a bad run name or a missing file when the prompt is queued (0.3.75 checks no V3 combo value)."""
+    def validate_inputs(cls, name) -> bool | str:
+        """Reject a bad run name when the prompt is queued. ComfyUI attaches the message to every input this
+        method takes, so it takes `name` only; missing files are reported by execute, naming their input."""
         try:
-            name is None or run_folder(name)
-            for value, allowed, what in ((teacher, TOY_TEACHER, "teacher"), (student_init, FROM_TEACHER, "student_init"),
-                                         (critic_init, FROM_TEACHER, "critic_init")):
-                value is None or _model_source(value, allowed, what)
-        except (ValueError, FileNotFoundError) as e:
+            run_folder(name)
+        except ValueError as e:
             return str(e)
         return True
 

@@ -8,6 +8,7 @@ import torch
 from ..salt_core.samplers import sample_fewstep_deterministic, sample_fewstep_stochastic
 from ..salt_core.schedules import INFERENCE_GRID_RAW, MAX_NFE, TRAINING_GRID_RAW, get_sigmas_warped, raw_step_list
 from ..salt_core.toy.world import TOY_SHIFT
+from ..salt_core.validate import check_number
 from .bridge import io, ksampler
 
 # Raw (un-shifted, 0..1000) timestep lists of the named presets; "uniform" uses `nfe`, "custom" the text.
@@ -37,8 +38,8 @@ def fewstep_sigmas(preset: str, nfe: int, shift: float, custom_steps: str = "") 
     """SIGMAS (K+1,) float32 ending at 0 for a preset (or `nfe` uniform steps, or a custom raw list)."""
     if preset not in PRESETS:
         raise ValueError(f"SaltFewStepSigmas: preset={preset!r}; expected one of {list(PRESETS)}")
-    if shift <= 0:
-        raise ValueError(f"SaltFewStepSigmas: shift={shift}; expected > 0 (Wan uses 5.0, the toy world {TOY_SHIFT:g})")
+    check_number("shift", shift, where="SaltFewStepSigmas", low=0, low_open=True,
+                 fix=f"Wan uses 5.0, the toy world {TOY_SHIFT:g}")
     if preset == "uniform":
         if not 1 <= nfe <= MAX_NFE:
             raise ValueError(f"SaltFewStepSigmas: nfe={nfe}; expected 1..{MAX_NFE} (few-step students); for more "

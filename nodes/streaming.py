@@ -9,8 +9,9 @@ import logging
 import torch
 
 from ..salt_core.kv_cache import CachePolicy
-from ..salt_core.streaming import rollout_stream
-from .bridge import Progress, check_interrupted, io, latent_to_comfy
+from ..salt_core.streaming import rollout_stream, stream_memory_bytes
+from ..salt_core.validate import check_context, check_memory, check_number, check_sigmas
+from .bridge import Progress, check_interrupted, free_memory, io, latent_to_comfy
 from .types import SPATIAL_FACTOR, CacheOptions, CacheOptionsType, SaltModel, SaltModelType
 
 log = logging.getLogger("salt.nodes")
@@ -24,6 +25,8 @@ def cache_options(chunk_frames: int, attention: str, window_frames: int, sink_fr
                   context_noise: float, max_frames: int) -> CacheOptions:
     """CacheOptions from the widgets, with errors that name the widget and the fix."""
     where = "SaltCacheOptions"
+    check_number("context_noise", context_noise, where=where, low=0, high=1, high_open=True,
+                 fix="Self Forcing uses 0")
     if chunk_frames < 1:
         raise ValueError(f"{where}: chunk_frames={chunk_frames}; expected >= 1 (Self Forcing: 3)")
     if not 0.0 <= context_noise < 1.0:
@@ -62,13 +65,9 @@ def text_context(conditioning, salt: SaltModel, batch: int, what: str,
         log.warning("%s: %s has %d entries; Salt uses the first as text context", node, what,
                     len(conditioning))
     ctx, cfg = conditioning[0][0], salt.model.cfg
-    if ctx.ndim != 3 or ctx.shape[-1] != cfg.text_dim:
-        raise ValueError(f"{node}: {what} has shape {tuple(ctx.shape)} but {salt.name} expects text "
-                         f"features (B, L, {cfg.text_dim}); use the text encoder the model was trained with "
-                         f"(umT5-XXL, 4096 wide, for Wan 2.1; SaltToyTextEncode, 32 wide, for the toy model)")
-    if ctx.shape[0] not in (1, batch):
-        raise ValueError(f"{node}: {what} has batch {ctx.shape[0]} but batch_size={batch}; use one "
-                         f"prompt or as many prompts as batch_size")
+    check_context(what, ctx, cfg.text_dim, where=f"{node} ({salt.name})", batch=batch,
+                  fix="CLIPTextEncode with umT5-XXL, 4096 wide, for Wan 2.1; SaltToyTextEncode, 32 wide, for the toy "
+                      "model")
     ctx = ctx[:, :cfg.text_len]
     ctx = torch.nn.functional.pad(ctx, (0, 0, 0, cfg.text_len - ctx.shape[1]))     # (B, text_len, text_dim)
     ref = salt.model.patch_embedding.weight
@@ -85,15 +84,6 @@ def latent_shape(salt: SaltModel, batch: int, frames: int, width: int, height: i
                          f"e.g. width={max(unit[1], width // unit[1] * unit[1])}, "
                          f"height={max(unit[0], height // unit[0] * unit[0])}")
     return (batch, cfg.in_dim, frames, height // factor, width // factor)
-
-
-def check_sigmas(sigmas) -> torch.Tensor:
-    """SIGMAS as a float64 tensor, validated for streaming (strictly decreasing, ending at 0)."""
-    sig = torch.as_tensor(sigmas, dtype=torch.float64).flatten().cpu()
-    if sig.numel() < 2 or sig[-1] != 0 or (sig[1:] >= sig[:-1]).any() or sig[0] > 1:
-        raise ValueError(f"SaltStreamingSampler: sigmas={[round(s, 4) for s in sig.tolist()]}; expected a strictly "
-                         f"decreasing list in [0, 1] ending with 0 (flow SIGMAS), e.g. from SaltFewStepSigmas")
-    return sig
 
 
 def stream(salt: SaltModel, positive, options: CacheOptions, sigmas, seed: int, num_chunks: int, width: int,
@@ -120,7 +110,8 @@ def _stream(salt, positive, options, sigmas, seed, num_chunks, width, height, ba
         raise ValueError(f"SaltStreamingSampler: {num_chunks} chunks × {options.chunk_frames} frames = {frames} "
                          f"latent frames exceed the full cache's max_frames={policy.max_frames}; raise max_frames in "
                          f"SaltCacheOptions or use a rolling / sink cache for long videos")
-    sig = check_sigmas(sigmas)
+    sig = check_sigmas(sigmas, where="SaltStreamingSampler")
+    check_number("cfg", cfg, where="SaltStreamingSampler", low=0, fix="1.0 turns guidance off")
     context = text_context(positive, salt, batch_size, "positive")
     uncond = None
     if cfg != 1.0:
@@ -137,6 +128,13 @@ def _stream(salt, positive, options, sigmas, seed, num_chunks, width, height, ba
 
     ref = salt.model.patch_embedding.weight
     shape = latent_shape(salt, batch_size, frames, width, height)
+    free = free_memory(ref.device)
+    check_memory(f"{batch_size} × {width}×{height} px × {frames} latent frames ({policy.kind} cache of "
+                 f"{policy.capacity_frames} frames)", stream_memory_bytes(salt.model.cfg, batch_size, frames, shape[-2:],
+                 policy, options.chunk_frames, cfg, ref.dtype), free, where="SaltStreamingSampler",
+                 limit_what=f"ComfyUI's free memory on {ref.device}",
+                 fix="lower width/height, batch_size or num_chunks, or use a rolling / sink cache (SaltCacheOptions) "
+                     "so the cache holds fewer frames")
     # Initial noise on the CPU from the seed (as ComfyUI's RandomNoise), so results do not depend on the device.
     noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(ref.device, ref.dtype)
     renoise = torch.Generator(device=ref.device).manual_seed(seed + 1)
@@ -150,7 +148,7 @@ def _stream(salt, positive, options, sigmas, seed, num_chunks, width, height, ba
     chunks = rollout_stream(salt.model, noise, context, sig, policy=policy, chunk_frames=options.chunk_frames,
                             context_noise=options.context_noise, stochastic=sampling == "stochastic",
                             generator=renoise, callback=callback, prompt_switches=switches, cfg_scale=cfg,
-                            uncond_context=uncond)
+                            uncond_context=uncond, memory_limit=free)
     return torch.cat([c.float().cpu() for c in chunks], dim=2)
 
 

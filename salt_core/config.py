@@ -5,6 +5,8 @@ Knows nothing of files, ComfyUI or training. Field names follow the original Wan
 from dataclasses import dataclass, fields, asdict
 import json
 
+from .validate import MAX_ROPE_TABLE_BYTES, check_count, check_memory, check_number, rope_table_bytes
+
 
 def strict_from_dict(cls, d: dict):
     """A dataclass `cls` from a dict, rejecting unknown keys by name (with the known ones listed)."""
@@ -32,6 +34,7 @@ class WanConfig:
     rope_theta: float = 10000.0          # RoPE base
 
     def __post_init__(self):
+        validate_wan_config(self)
         if self.dim % self.num_heads:
             raise ValueError(f"WanConfig: dim={self.dim} is not divisible by num_heads={self.num_heads}")
         if self.head_dim % 2:
@@ -54,6 +57,24 @@ class WanConfig:
     @classmethod
     def from_json(cls, s: str) -> "WanConfig":
         return cls.from_dict(json.loads(s))
+
+
+def validate_wan_config(cfg: "WanConfig") -> None:
+    """Every WanConfig field a usable size or number (configs come from user code and file metadata alike)."""
+    where = "WanConfig"
+    for name in ("dim", "ffn_dim", "num_heads", "num_layers", "in_dim", "out_dim", "text_dim", "freq_dim",
+                 "text_len", "rope_max_len"):
+        check_count(name, getattr(cfg, name), where=where)
+    if not isinstance(cfg.patch_size, (tuple, list)) or len(cfg.patch_size) != 3:
+        raise ValueError(f"{where}: patch_size={cfg.patch_size!r}; expected three sizes (pt, ph, pw), e.g. (1, 2, 2)")
+    for p in cfg.patch_size:
+        check_count("patch_size", p, where=where)
+    check_number("eps", cfg.eps, where=where, low=0, low_open=True, high=1)
+    check_number("rope_theta", cfg.rope_theta, where=where, low=1, low_open=True)
+    check_memory(f"the RoPE table for rope_max_len={cfg.rope_max_len}", rope_table_bytes(cfg.dim // cfg.num_heads,
+                 cfg.rope_max_len), MAX_ROPE_TABLE_BYTES, where=where, limit_what="the most a RoPE table may take",
+                 fix="rope_max_len is the number of positions per axis (Wan 2.1: 1024); a larger value in a file's "
+                     "metadata is a corrupt config: fix the salt_config metadata or pass a preset")
 
 
 PRESETS = {

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from .rope import apply_rope
+from .validate import available_memory, check_memory, kv_cache_bytes
 
 
 @dataclass(frozen=True)
@@ -74,10 +75,19 @@ class KVCache:
     """Self-attention K/V for every layer, (num_layers, B, N, C·T, D), plus per-prompt cross K/V."""
 
     def __init__(self, num_layers: int, batch: int, num_heads: int, head_dim: int, frame_tokens: int,
-                 policy: CachePolicy, dtype=torch.float32, device="cpu"):
+                 policy: CachePolicy, dtype=torch.float32, device="cpu", memory_limit: int = None):
+        """Allocate the storage, refused first (MemoryError) if it would exceed `memory_limit` bytes
+        (default: the free memory of `device`)."""
         self.policy, self.frame_tokens = policy, frame_tokens
         self.num_layers = num_layers
         cap = policy.capacity_frames
+        need = kv_cache_bytes(num_layers, batch, num_heads, head_dim, frame_tokens, cap, dtype)
+        free = memory_limit is None
+        check_memory(f"a KV cache of {cap} frames × {frame_tokens} tokens × batch {batch}", need,
+                     available_memory(device) if free else memory_limit, where="KVCache",
+                     limit_what=f"free memory on {device}" if free else "memory_limit",
+                     fix="use fewer frames per cache (a rolling / sink window), a smaller size or batch, or raise "
+                         "memory_limit if you know more will be free")
         shape = (num_layers, batch, num_heads, cap * frame_tokens, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)

@@ -20,6 +20,7 @@ from einops import rearrange
 from .config import WanConfig
 from .kv_cache import KVCache, CachePolicy, CacheStep, bind_context
 from .rope import RotaryTable, apply_rope
+from .validate import check_context, check_latent
 
 
 @dataclass(frozen=True)
@@ -180,13 +181,15 @@ class WanModel(nn.Module):
         return self
 
     # -- construction helpers ------------------------------------------------------------------
-    def new_cache(self, batch: int, policy: CachePolicy, grid_hw: tuple, dtype=None, device=None) -> KVCache:
-        """A preallocated cache for latents whose (H, W) is `grid_hw` (in latent pixels)."""
+    def new_cache(self, batch: int, policy: CachePolicy, grid_hw: tuple, dtype=None, device=None,
+                  memory_limit: int = None) -> KVCache:
+        """A preallocated cache for latents whose (H, W) is `grid_hw` (in latent pixels); refused before
+        allocating when larger than `memory_limit` bytes (default: the device's free memory)."""
         p = self.cfg.patch_size
         tokens = (grid_hw[0] // p[1]) * (grid_hw[1] // p[2])
         ref = self.patch_embedding.weight
         return KVCache(self.cfg.num_layers, batch, self.cfg.num_heads, self.cfg.head_dim, tokens, policy,
-                       dtype or ref.dtype, device or ref.device)
+                       dtype or ref.dtype, device or ref.device, memory_limit)
 
     def embed_text(self, context: torch.Tensor) -> torch.Tensor:
         """Text features (B, Lc, text_dim) → (B, Lc, dim)."""
@@ -206,6 +209,8 @@ class WanModel(nn.Module):
         `return_features_at=i` also the tokens (B, L, dim) after block i.
         """
         cfg = self.cfg
+        check_latent("x", x, cfg.in_dim, where="WanModel", finite=False)   # shapes only: no sync per forward
+        check_context("context", context, cfg.text_dim, where="WanModel", finite=False)
         B, C, num_f, H, W = x.shape
         pt, ph, pw = cfg.patch_size
         if C != cfg.in_dim or num_f % pt or H % ph or W % pw:

@@ -6,6 +6,8 @@ SIGMAS end with 0. Knows nothing of ComfyUI or caches (the AR rollout lives in s
 """
 import torch
 
+from .validate import check_finite_tensor, check_sigmas
+
 try:
     from tqdm.auto import trange
 except ImportError:  # tqdm is optional: progress bars only
@@ -24,6 +26,12 @@ def default_noise_sampler(x: torch.Tensor, seed=None):
     return sample
 
 
+def _check_inputs(x, sigmas, where: str):
+    """A finite x and valid SIGMAS (a split schedule may stop above 0): errors name the sampler."""
+    check_sigmas(sigmas, where=where, end_at_zero=False)
+    check_finite_tensor("x", x, where=where, fix="check the noise and the latent it was added to")
+
+
 def _report(callback, x, i, sigma, denoised):
     if callback is not None:
         callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": denoised})
@@ -35,6 +43,7 @@ def sample_fewstep_stochastic(model, x, sigmas, extra_args=None, callback=None, 
 
     x (B, ...) noised at sigmas[0]; sigmas (K+1,) ending at 0 → sample like x.
     """
+    _check_inputs(x, sigmas, "sample_fewstep_stochastic")
     extra_args = extra_args or {}
     noise_sampler = noise_sampler or default_noise_sampler(x, extra_args.get("seed"))
     s_in = x.new_ones(x.shape[0])
@@ -54,6 +63,7 @@ def sample_fewstep_stochastic(model, x, sigmas, extra_args=None, callback=None, 
 def sample_fewstep_deterministic(model, x, sigmas, extra_args=None, callback=None, disable=None):
     """Deterministic few-step sampler (LightX2V style): re-use the predicted noise, i.e. an Euler step
     x ← x0 + σ_next·(x - x0)/σ. With many steps this is the plain Euler ODE sampler."""
+    _check_inputs(x, sigmas, "sample_fewstep_deterministic")
     extra_args = extra_args or {}
     s_in = x.new_ones(x.shape[0])
     for i in trange(len(sigmas) - 1, disable=disable):

@@ -7,6 +7,8 @@ Knows nothing of models.
 """
 import torch
 
+from .validate import check_count, check_number
+
 MAX_NFE = 8
 
 
@@ -24,8 +26,9 @@ def raw_step_list(nfe: int) -> list:
 
 def warp_timesteps(raw_steps, shift: float) -> torch.Tensor:
     """Warped timesteps (float64, no trailing 0) for a raw list, as Self Forcing's `warp_denoising_step`."""
+    check_number("shift", shift, where="warp_timesteps", low=0, low_open=True, fix="Wan 2.1 uses 5.0, the toy world 3")
     raw = torch.as_tensor(raw_steps, dtype=torch.float64)
-    if raw.ndim != 1 or raw.numel() == 0 or (raw <= 0).any() or (raw > 1000).any():
+    if raw.ndim != 1 or raw.numel() == 0 or not torch.isfinite(raw).all() or (raw <= 0).any() or (raw > 1000).any():
         raise ValueError(f"raw step list {raw.tolist()}: expected values in (0, 1000] (do not include 0)")
     if (raw[1:] >= raw[:-1]).any():
         raise ValueError(f"raw step list {raw.tolist()}: expected strictly decreasing values")
@@ -44,8 +47,8 @@ def get_sigmas_fewstep(nfe: int, shift: float = 5.0) -> torch.Tensor:
 
 def get_sigmas_uniform(num_steps: int, shift: float = 1.0) -> torch.Tensor:
     """Many-step SIGMAS (num_steps+1,): σ = shift(linspace(1, 0)), for teacher sampling."""
-    if num_steps < 1:
-        raise ValueError(f"num_steps={num_steps}: expected >= 1")
+    check_count("num_steps", num_steps, where="get_sigmas_uniform")
+    check_number("shift", shift, where="get_sigmas_uniform", low=0, low_open=True)
     return shift_sigma(torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64), shift)
 
 

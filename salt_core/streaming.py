@@ -12,6 +12,24 @@ import torch
 
 from .kv_cache import CachePolicy, KVCache
 from .schedules import add_noise, randn_like, x0_from_velocity
+from .validate import check_context, check_count, check_latent, check_number, check_sigmas
+
+
+def stream_memory_bytes(model_cfg, batch: int, num_frames: int, latent_hw: tuple, policy: CachePolicy,
+                        chunk_frames: int, cfg_scale: float = 1.0, dtype=torch.float32) -> int:
+    """Estimated bytes of a streaming request before anything is allocated: the initial noise and the output
+    latents (B, C, F, H, W), the KV cache, and one block's activations for a chunk (FFN hidden + q/k/v/o),
+    all doubled in batch under guidance. Attention kernels and weights are not counted."""
+    from .validate import kv_cache_bytes
+    item = torch.empty((), dtype=dtype).element_size()
+    b = batch * (2 if cfg_scale != 1.0 else 1)
+    p = model_cfg.patch_size
+    tokens = (latent_hw[0] // p[1]) * (latent_hw[1] // p[2])
+    latents = 2 * batch * model_cfg.in_dim * num_frames * latent_hw[0] * latent_hw[1] * 4
+    cache = kv_cache_bytes(model_cfg.num_layers, b, model_cfg.num_heads, model_cfg.dim // model_cfg.num_heads, tokens,
+                           policy.capacity_frames, dtype)
+    activations = b * chunk_frames * tokens * (model_cfg.ffn_dim + 6 * model_cfg.dim) * item
+    return latents + cache + activations
 
 
 def _frame_t(sigma: float, batch: int, frames: int, device) -> torch.Tensor:
@@ -31,8 +49,8 @@ class GuidedModel:
         self.cfg = model.cfg
         self._pair = None
 
-    def new_cache(self, batch, policy, grid_hw):
-        return self.model.new_cache(2 * batch, policy, grid_hw)
+    def new_cache(self, batch, policy, grid_hw, memory_limit=None):
+        return self.model.new_cache(2 * batch, policy, grid_hw, memory_limit=memory_limit)
 
     def __call__(self, x, t, context, **kwargs):
         if self._pair is None or self._pair[0] is not context:
@@ -75,7 +93,8 @@ def rollout_stream(model, noise: torch.Tensor, context: torch.Tensor, sigmas: to
                    stochastic: bool = True, generator: Optional[torch.Generator] = None,
                    callback: Optional[Callable] = None, prompt_switches: Optional[dict] = None,
                    first_frames: Optional[torch.Tensor] = None, cfg_scale: float = 1.0,
-                   uncond_context: Optional[torch.Tensor] = None) -> Iterator[torch.Tensor]:
+                   uncond_context: Optional[torch.Tensor] = None,
+                   memory_limit: Optional[int] = None) -> Iterator[torch.Tensor]:
     """Yield generated chunks x0 (B, C, n, H, W) one by one.
 
     noise (B, C, F, H, W): initial noise of every chunk, F a multiple of `chunk_frames`;
@@ -86,22 +105,33 @@ def rollout_stream(model, noise: torch.Tensor, context: torch.Tensor, sigmas: to
     first (the first-chunk conditioning hook, e.g. I2V). callback(dict) gets x, i, sigma, denoised,
     chunk, num_chunks after every step; it may raise to interrupt between steps.
     `cfg_scale` ≠ 1 with `uncond_context` (B, Lc, text_dim): classifier-free guidance (teachers;
-    distilled students run without it).
+    distilled students run without it). A cache allocated here is refused before allocation when it
+    would exceed `memory_limit` bytes (default: the device's free memory).
     """
+    where, mcfg = "rollout_stream", model.cfg
+    check_latent("noise", noise, mcfg.in_dim, where=where)
     B, _, num_f, H, W = noise.shape
+    check_context("context", context, mcfg.text_dim, where=where, batch=B)
+    check_count("chunk_frames", chunk_frames, where=where)
+    check_number("context_noise", context_noise, where=where, low=0, high=1, high_open=True)
+    check_number("cfg_scale", cfg_scale, where=where)
+    for c, ctx in (prompt_switches or {}).items():
+        check_context(f"prompt_switches[{c}]", ctx, mcfg.text_dim, where=where, batch=B)
+    if uncond_context is not None:
+        check_context("uncond_context", uncond_context, mcfg.text_dim, where=where, batch=B)
+    if first_frames is not None:
+        check_latent("first_frames", first_frames, mcfg.in_dim, where=where)
     if cfg_scale != 1.0:
         if uncond_context is None:
             raise ValueError(f"cfg_scale={cfg_scale} needs uncond_context (the empty / negative prompt embedding)")
         model = GuidedModel(model, uncond_context, cfg_scale)
     if num_f % chunk_frames:
         raise ValueError(f"noise has {num_f} frames, not a multiple of chunk_frames={chunk_frames}")
-    sig = [float(s) for s in sigmas]
-    if len(sig) < 2 or sig[-1] != 0.0 or any(b >= a for a, b in zip(sig, sig[1:])):
-        raise ValueError(f"sigmas {sig}: expected a strictly decreasing list ending with 0")
+    sig = check_sigmas(sigmas, where=where).tolist()
     if cache is None:
         if policy is None:
             raise ValueError("rollout_stream: pass a KVCache (`cache`) or a CachePolicy (`policy`)")
-        cache = model.new_cache(B, policy, (H, W))
+        cache = model.new_cache(B, policy, (H, W), memory_limit=memory_limit)
     cache.reset(start_frame)
     prompt_switches = prompt_switches or {}
     frame = start_frame

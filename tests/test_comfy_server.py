@@ -250,6 +250,7 @@ def test_the_distill_workflow_trains_streams_reports_and_publishes_a_loadable_st
 
     # The published student appears in the loader's list and streams in the shipped toy graph.
     published = "salt/ci_distill.safetensors"
+    assert (server.base / "models" / "diffusion_models" / published).is_file()   # not models/unet (listed first)
     info = server.get("/object_info/SaltLoadCausalModel")["SaltLoadCausalModel"]
     assert published in info["input"]["required"]["ckpt_name"][1]["options"]
     streaming = api_prompt("salt_toy_streaming.json", object_info)
@@ -328,3 +329,40 @@ def test_bad_inputs_fail_with_node_errors_and_the_server_keeps_working(server, o
     after["7"]["inputs"]["filename_prefix"] = "salt/after_errors"
     entry = run_ok(server, after)
     assert [f.name.startswith("after_errors") for f in output_files(server, entry)] == [True]
+
+
+def test_bad_numbers_and_sizes_end_in_node_errors_never_in_success(server, object_info):
+    """Issue 11 over HTTP: widget ranges are the UI's; a prompt may carry NaN or any size (JSON allows NaN)."""
+    base = api_prompt("salt_toy_streaming.json", object_info)
+
+    def changed(node, **inputs):
+        prompt = json.loads(json.dumps(base))
+        prompt[node]["inputs"].update(inputs)
+        return prompt
+
+    for node, inputs, words in [
+        ("4", dict(preset="custom", custom_steps="1000, nan, 250"), "raw step list"),   # was an all-black success
+        ("4", dict(shift=float("nan")), "shift=nan"),
+        ("5", dict(cfg=float("nan")), "cfg=nan"),
+        ("5", dict(cfg=float("inf")), "cfg"),        # ComfyUI's own range check refuses inf at queue time
+        ("3", dict(context_noise=float("nan")), "context_noise=nan"),
+    ]:
+        status, response = server.queue(changed(node, **inputs))
+        if status == 400:
+            assert words in json.dumps(response["node_errors"][node]), response
+            continue
+        entry = server.wait(response["prompt_id"])
+        assert entry["status"]["status_str"] == "error", (inputs, entry["status"])
+        error = history_error(entry)
+        assert error["node_id"] == node and words in error["exception_message"], error
+    error = history_error(server.run(changed("5", width=4096, height=4096, batch_size=64)))
+    assert error["node_type"] == "SaltStreamingSampler" and "ComfyUI's free memory" in error["exception_message"]
+    assert error["exception_type"].endswith("MemoryError"), error
+
+    # A bad run name is attached to the `name` input only.
+    distill = api_prompt("salt_toy_distill.json", object_info)
+    distill["1"]["inputs"]["name"] = "../outside"
+    status, response = server.queue(distill)
+    errors = response["node_errors"]["1"]["errors"]
+    assert status == 400 and [e["extra_info"]["input_name"] for e in errors] == ["name"], errors
+    server.check_alive()

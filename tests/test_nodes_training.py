@@ -108,11 +108,16 @@ def test_bad_distill_inputs_raise_errors_naming_the_input_and_the_fix(salt_nodes
     assert all(w in str(e.value) for w in ["SaltDistill"] + words), str(e.value)
 
 
-def test_queue_time_validation_rejects_bad_names_and_missing_files(salt_nodes, comfy_dirs):
+def test_queue_time_validation_rejects_bad_names_and_execute_names_missing_files(salt_nodes, comfy_dirs):
+    """validate_inputs takes `name` only (ComfyUI attaches its message to every input it takes); a missing
+    file is refused by execute before any training, naming its input."""
+    import inspect
     node = salt_nodes.SaltDistill
-    assert node.validate_inputs(name="run1", teacher="toy", student_init=TEACHER, critic_init="teacher") is True
+    assert list(inspect.signature(node.validate_inputs).parameters) == ["name"]
+    assert node.validate_inputs(name="run1") is True
     assert "plain folder name" in node.validate_inputs(name="a/b")
-    assert "gone.safetensors" in node.validate_inputs(name="ok", teacher="gone.safetensors")
+    with pytest.raises(FileNotFoundError, match="teacher='gone.safetensors'"):
+        run(node, **distill_inputs(teacher="gone.safetensors"))
 
 
 # -- running ---------------------------------------------------------------------------------------------

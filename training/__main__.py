@@ -16,6 +16,18 @@ def _tuple_of(kind):
     return parse
 
 
+def _bool(text: str) -> bool:
+    """true/false, yes/no, on/off, 1/0; any other word is an argparse error (never a silent False)."""
+    from .validate import parse_bool
+    try:
+        return parse_bool("value", text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+_bool.__name__ = "boolean"
+
+
 def _field_comments(cls) -> dict:
     """{field: its trailing `# comment`} read from the dataclass source (the config's documentation)."""
     import inspect
@@ -37,8 +49,7 @@ def _add_config_flags(parser, cls):
         if isinstance(default, tuple):
             kind = _tuple_of(type(default[0]) if default else str)
         if isinstance(default, bool):
-            parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None,
-                                type=lambda s: s.lower() in ("1", "true", "yes", "on"),
+            parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None, type=_bool,
                                 help=f"{notes.get(f.name, '')} (bool, default {default})")
         else:
             parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None, type=kind,
@@ -67,6 +78,9 @@ def main(argv=None):
     q.add_argument("--preset", required=True, help="a preset of training/distill_config.py PRESETS, e.g. toy-salt")
     q.add_argument("--out", required=True, help="run folder (checkpoints, metrics.jsonl, export/); rerun to resume")
     q.add_argument("--max-gen-steps", type=int, default=None, help="stop after this many generator steps")
+    q.add_argument("--allow-changed-settings", action="store_true",
+                   help="resume a run folder whose checkpoints were made with other settings (listed in the error "
+                        "without this flag); the restored optimizer state is kept")
     from .distill_config import DistillConfig
     _add_config_flags(q, DistillConfig)
     d = sub.add_parser("demo", help="the main job: toy-world generation, oracle metric table, preview GIF, workflow 1 in ComfyUI")
@@ -81,6 +95,10 @@ def main(argv=None):
                    help="skip running workflows/salt_toy_streaming.json in a headless ComfyUI")
     d.add_argument("--comfyui", default=None, help="ComfyUI tree to boot (default .venv/comfyui, from .ci/setup)")
     args = parser.parse_args(argv)
+    from ..salt_core.validate import check_count
+    for flag in ("max_steps", "max_gen_steps", "num_clips", "threads"):
+        if getattr(args, flag, None) is not None and not (flag == "threads" and args.command != "demo"):
+            check_count(flag, getattr(args, flag), where=f"--{flag.replace('_', '-')}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.command in ("teacher", "distill"):
         from .common import install_stop_handlers
@@ -99,7 +117,8 @@ def main(argv=None):
         from .distill import run_distillation
         from .files import export_student
         cfg = get_preset(args.preset, **_overrides(args, DistillConfig))
-        model = run_distillation(cfg, args.out, max_gen_steps=args.max_gen_steps)
+        model = run_distillation(cfg, args.out, max_gen_steps=args.max_gen_steps,
+                                 allow_changed_settings=args.allow_changed_settings)
         for path in export_student(model, args.out):
             print("wrote", path)
     elif args.command == "export-teacher":
@@ -114,8 +133,13 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    from .common import RunError
     try:
         sys.exit(main())
+    except (ValueError, MemoryError, FloatingPointError, FileNotFoundError, KeyError, RunError) as error:
+        # A refused input or a stopped run: the message says what and how to fix it; no traceback.
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
     except KeyboardInterrupt as stop:
         print(f"stopped ({stop or 'interrupted'}); the last checkpoint is saved: rerun the same command to resume",
               file=sys.stderr)

@@ -25,6 +25,10 @@ from ..salt_core.config import strict_from_dict
 log = logging.getLogger("salt.training")
 
 
+class RunError(RuntimeError):
+    """A run folder that cannot be used as asked (locked by another process, no readable checkpoint)."""
+
+
 _STOP = {"signal": None}
 
 
@@ -106,14 +110,47 @@ class CheckpointManager:
         self.folder, self.keep = folder, keep
         os.makedirs(folder, exist_ok=True)
 
-    def latest(self):
-        """(step, path) of the newest complete checkpoint, or None."""
+    def complete(self) -> list:
+        """[(step, path)] of the complete checkpoints, newest first."""
         found = []
         for name in os.listdir(self.folder):
             m = self.PATTERN.match(name)
             if m and os.path.exists(os.path.join(self.folder, name, "COMPLETE")):
                 found.append((int(m.group(1)), os.path.join(self.folder, name)))
-        return max(found) if found else None
+        return sorted(found, reverse=True)
+
+    def latest(self):
+        """(step, path) of the newest complete checkpoint, or None."""
+        found = self.complete()
+        return found[0] if found else None
+
+    def load_latest(self, names, optional=()) -> tuple:
+        """(path, {name: state_dict}, state) of the newest checkpoint that reads back, or None if there is none.
+
+        A checkpoint that does not read (a truncated file after a disk-full or a copy) is renamed to
+        `<step>.unreadable` (kept for inspection, ignored from then on) and the next older one is tried,
+        with a warning naming both; if none reads, the error names every file and the fix.
+        """
+        failures = []
+        for step, path in self.complete():
+            try:
+                present = [n for n in optional if os.path.exists(os.path.join(path, f"{n}.safetensors"))]
+                tensors, state = self.load(path, list(names) + present)
+            except Exception as e:   # safetensors / torch report damage with several exception types
+                failures.append(f"{path}: {type(e).__name__}: {str(e)[:160]}")
+                log.warning("checkpoint %s does not read (%s: %s); falling back to an older one", path,
+                            type(e).__name__, str(e)[:160])
+                continue
+            for bad in failures:
+                bad_path = bad.split(": ")[0]
+                os.replace(bad_path, bad_path + ".unreadable")
+                log.warning("resuming from %s instead; the unreadable checkpoint was moved to %s.unreadable",
+                            path, bad_path)
+            return path, tensors, state
+        if failures:
+            raise RunError(f"no checkpoint in {self.folder} reads back: {'; '.join(failures)}. Move the damaged "
+                               f"step folders away to start over from scratch, or restore them from a backup")
+        return None
 
     def save(self, step: int, tensors: dict, state: dict, metadata: dict = None) -> str:
         """Write {name: state_dict} as name.safetensors and `state` as state.pt, atomically."""
@@ -133,15 +170,15 @@ class CheckpointManager:
         return final
 
     def resume(self, model, ema, opt, model_name: str = "model"):
-        """Load the newest checkpoint's `model_name` + ema weights and optimizer state; its step, or 0."""
-        latest = self.latest()
+        """Load the newest readable checkpoint's `model_name` + ema weights and optimizer state; its step, or 0."""
+        latest = self.load_latest([model_name, "ema"])
         if latest is None:
             return 0
-        tensors, state = self.load(latest[1], [model_name, "ema"])
+        path, tensors, state = latest
         model.load_state_dict(tensors[model_name])
         ema.shadow = {k: v.float() for k, v in tensors["ema"].items()}
         opt.load_state_dict(state["optimizer"])
-        log.info("resumed from %s (step %d)", latest[1], int(state["step"]))
+        log.info("resumed from %s (step %d)", path, int(state["step"]))
         return int(state["step"])
 
     def load(self, path: str, names) -> tuple:
@@ -151,13 +188,34 @@ class CheckpointManager:
         return tensors, state
 
     def _prune(self):
+        """Keep the `keep` newest complete checkpoints; drop older ones, step folders without COMPLETE (never
+        a finished save: those are renamed into place complete) and other processes' temp folders."""
         import shutil
-        steps = sorted(int(m.group(1)) for m in (self.PATTERN.match(n) for n in os.listdir(self.folder)) if m)
-        for s in steps[:-self.keep]:
-            shutil.rmtree(os.path.join(self.folder, f"step_{s:08d}"), ignore_errors=True)
+        complete = {path for _, path in self.complete()}
+        for _, path in self.complete()[self.keep:]:
+            shutil.rmtree(path, ignore_errors=True)
+        for n in os.listdir(self.folder):
+            path = os.path.join(self.folder, n)
+            if self.PATTERN.match(n) and path not in complete:
+                shutil.rmtree(path, ignore_errors=True)
         for n in os.listdir(self.folder):
             if ".tmp" in n and not n.endswith(f".tmp{os.getpid()}"):
                 shutil.rmtree(os.path.join(self.folder, n), ignore_errors=True)
+
+
+def logged_eval_steps(path: str) -> set:
+    """Generator steps that have an `eval` record in a metrics.jsonl (torn or foreign lines are skipped)."""
+    steps = set()
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(record, dict) and "eval" in record:
+                    steps.add(record.get("gen_step"))
+    return steps
 
 
 class JsonlLog:
@@ -170,6 +228,21 @@ class JsonlLog:
         record.setdefault("time", time.time())
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+
+
+def check_loss_terms(loss, stats: dict, tag: str, it: int, max_nonfinite_frac: float = 0.5) -> None:
+    """FloatingPointError naming the term when a step's loss is non-finite or a loss term reports that more
+    than `max_nonfinite_frac` of its entries were non-finite (`*_nonfinite_frac` stats, e.g. DMD's masked
+    score): such a step would train on nothing while looking finite."""
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"{tag} loss became {loss.item()} at iteration {it}")
+    for key, value in stats.items():
+        if key.endswith("_nonfinite_frac") and not value <= max_nonfinite_frac:
+            term = key[:-len("_nonfinite_frac")]
+            raise FloatingPointError(f"{term} loss: {value:.0%} of its entries were non-finite (NaN/Inf) at iteration "
+                                     f"{it} ({tag} update; more than {max_nonfinite_frac:.0%} is a failed step)")
+        if key.endswith("_loss") and isinstance(value, float) and not math.isfinite(value):
+            raise FloatingPointError(f"{key} became {value} at iteration {it} ({tag} update)")
 
 
 def dump_config(cfg) -> str:

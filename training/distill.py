@@ -13,6 +13,7 @@ identical on every rank: seeded from (seed, iteration, role).
 Loop conventions (seeding from (seed, rank, step), atomic checkpoints, automatic resume, JSONL log,
 progress bar, NaN stop) come from training/common.py.
 """
+import contextlib
 import copy
 import json
 import logging
@@ -29,12 +30,16 @@ from ..salt_core.losses import (DMDLoss, FeatureAlignmentLoss, SemigroupLoss, cr
 from ..salt_core.rollout import rollout_bidirectional, rollout_reference, rollout_self_forcing
 from ..salt_core.schedules import add_noise, get_sigmas_fewstep, randn_like
 from ..salt_core.scorenet import ScoreNet
-from .common import EMA, CheckpointManager, JsonlLog, check_stop, progress, step_generators, step_seed
+from ..salt_core.validate import check_count
+from .common import (EMA, CheckpointManager, JsonlLog, check_loss_terms, check_stop, logged_eval_steps, progress,
+                     step_generators, step_seed)
 from .distill_config import DistillConfig
 from .distill_eval import evaluate_student
 from .distill_models import build_models, build_prompts, resolve_teacher_kind
 from .distributed import average_gradients, process_info
 from .ode_init import run_ode_init
+from .runs import RunLock, check_resumable
+from .validate import check_distill_memory
 
 log = logging.getLogger("salt.distill")
 ROLES = ("critic", "gen")   # the step roles of an iteration, in the seed of their draws
@@ -226,8 +231,7 @@ class Distiller:
             gen, rng = step_generators(self.cfg.seed, self.rank, it, micro, int(tag == "gen"))
             with self._autocast():
                 loss, st = loss_fn(d, rng, gen)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"{tag} loss became {loss.item()} at iteration {it}")
+            check_loss_terms(loss, st, tag, it)
             (loss / self.cfg.grad_accum).backward()
             stats.update({k: stats.get(k, 0.0) + v / self.cfg.grad_accum for k, v in st.items()})
         average_gradients(model, self.world_size)
@@ -305,7 +309,7 @@ class Distiller:
 
 
 def run_distillation(cfg: DistillConfig, out_dir: str, *, max_gen_steps: int = None, callback=None,
-                     quiet: bool = False, device=None):
+                     quiet: bool = False, device=None, allow_changed_settings: bool = False):
     """Run (or resume) a distillation job in `out_dir`; returns the student for inference (EMA if any).
 
     `device` overrides accelerate's pick (CUDA when present) for a single process, e.g. the ComfyUI
@@ -314,8 +318,20 @@ def run_distillation(cfg: DistillConfig, out_dir: str, *, max_gen_steps: int = N
     callback(dict) receives progress after every generator step (gen_step, total, stats) and the
     preview samples at evaluation time; it may raise (e.g. KeyboardInterrupt) to stop — the job
     then saves a resumable checkpoint first.
+
+    A folder holding checkpoints of a run with other settings is refused unless `allow_changed_settings`;
+    one process at a time may use a folder (training.runs).
     """
+    if max_gen_steps is not None:
+        check_count("max_gen_steps", max_gen_steps, where="run_distillation")
     os.makedirs(out_dir, exist_ok=True)
+    check_resumable(cfg, out_dir, allow_changed_settings, "--allow-changed-settings (CLI)")
+    with RunLock(out_dir) if process_info()[0] == 0 else contextlib.nullcontext():
+        return _run_distillation(cfg, out_dir, max_gen_steps, callback, quiet, device)
+
+
+def _run_distillation(cfg, out_dir, max_gen_steps, callback, quiet, device):
+    """`run_distillation` inside the run lock."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     rank, world_size, picked = process_info()
@@ -329,6 +345,7 @@ def run_distillation(cfg: DistillConfig, out_dir: str, *, max_gen_steps: int = N
     if cfg.job == "ode_init":
         return run_ode_init(cfg, out_dir, max_steps=max_gen_steps, callback=callback, quiet=quiet, device=device)
     teacher, student, critic = build_models(cfg)
+    check_distill_memory(cfg, student, critic, device)
     teacher, student, critic = (m.to(device) for m in (teacher, student, critic))
     prompts = build_prompts(cfg, teacher, out_dir)
     job = Distiller(cfg, teacher, student, critic, prompts, rank, world_size, score_kind=resolve_teacher_kind(cfg))
@@ -337,13 +354,12 @@ def run_distillation(cfg: DistillConfig, out_dir: str, *, max_gen_steps: int = N
     ckpt = CheckpointManager(os.path.join(out_dir, "checkpoints"))
     logger = JsonlLog(os.path.join(out_dir, "metrics.jsonl" if rank == 0 else f"metrics_rank{rank}.jsonl"))
     it = 0
-    latest = ckpt.latest()
+    latest = ckpt.load_latest(["student", "critic"], optional=["ema"])
     if latest:
-        tensors, state = ckpt.load(latest[1], ["student", "critic"] + (["ema"] if os.path.exists(
-            os.path.join(latest[1], "ema.safetensors")) else []))
+        path, tensors, state = latest
         job.load(tensors, state)
         it = int(state["iteration"])
-        log.info("resumed from %s (generator step %d)", latest[1], job.gen_step)
+        log.info("resumed from %s (generator step %d)", path, job.gen_step)
     stop = cfg.gen_steps if max_gen_steps is None else min(cfg.gen_steps, max_gen_steps)
     bar = progress(stop, job.gen_step, "distill", disable=quiet or rank != 0)
     meta = {"salt_config": student.cfg.to_json(), "distill_config": json.dumps(asdict(cfg))}
@@ -355,7 +371,18 @@ def run_distillation(cfg: DistillConfig, out_dir: str, *, max_gen_steps: int = N
         state["iteration"] = it
         ckpt.save(job.gen_step, tensors, state, meta)
 
+    def evaluate():
+        scores = evaluate_student(job.student_for_inference(), cfg, callback=callback,
+                                  preview_path=os.path.join(out_dir, f"preview_{job.gen_step:06d}.gif"))
+        logger.write(gen_step=job.gen_step, eval=scores)
+
+    def eval_due():
+        return bool(cfg.eval_every) and job.gen_step > 0 and (job.gen_step % cfg.eval_every == 0 or
+                                                              job.gen_step == stop)
+
     t0 = time.time()
+    if eval_due() and job.gen_step not in logged_eval_steps(logger.path):
+        evaluate()   # the evaluation a Cancel interrupted before the checkpoint it follows
     at_boundary = True   # True between iterations: only then is the in-memory state consistent to save
     try:
         while job.gen_step < stop:
@@ -365,9 +392,15 @@ def run_distillation(cfg: DistillConfig, out_dir: str, *, max_gen_steps: int = N
                 at_boundary = False
                 stats = job.iteration(it)
             except FloatingPointError as e:
-                save()
-                raise FloatingPointError(f"{e}; the last good state is saved in {ckpt.folder}; lower the learning "
-                                         f"rates or check the teacher") from None
+                # The generator step comes first: if it failed, nothing of this iteration was applied and the
+                # in-memory state is the last good one. If the critic failed after a generator update, that
+                # state is half an iteration (a resume would repeat the update): keep the last checkpoint.
+                if job.gen_step == before:
+                    save()
+                    where = f"the last good state is saved in {ckpt.folder}"
+                else:
+                    where = f"the newest checkpoint in {ckpt.folder} is the last good state"
+                raise FloatingPointError(f"{e}; {where}; lower the learning rates or check the teacher") from None
             it += 1
             at_boundary = True
             if job.gen_step == before:
@@ -380,10 +413,8 @@ def run_distillation(cfg: DistillConfig, out_dir: str, *, max_gen_steps: int = N
                 callback({"gen_step": job.gen_step, "total": stop, "stats": stats})
             if job.gen_step % cfg.checkpoint_every == 0 or job.gen_step == stop:
                 save()
-            if cfg.eval_every and (job.gen_step % cfg.eval_every == 0 or job.gen_step == stop):
-                scores = evaluate_student(job.student_for_inference(), cfg, callback=callback,
-                                          preview_path=os.path.join(out_dir, f"preview_{job.gen_step:06d}.gif"))
-                logger.write(gen_step=job.gen_step, eval=scores)
+            if eval_due():
+                evaluate()
     except (KeyboardInterrupt, Exception) as stop_reason:
         # An interrupt from the callback (ComfyUI's cancel, Ctrl-C between steps) arrives between
         # iterations, where the in-memory state is consistent: save it so a rerun resumes exactly.

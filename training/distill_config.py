@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 
 from ..salt_core.toy.world import TOY_SHIFT
 from .common import config_from_dict
+from .validate import validate_distill_config
 
 JOBS = ("dmd", "ode_init")
 SCORE_KINDS = ("auto", "bidirectional", "teacher_forcing")
@@ -88,6 +89,7 @@ class DistillConfig:
     def __post_init__(self):
         if self.teacher_kind not in SCORE_KINDS:
             raise ValueError(f"DistillConfig.teacher_kind={self.teacher_kind!r}; expected one of {SCORE_KINDS}")
+        validate_distill_config(self)
         if self.job not in JOBS:
             raise ValueError(f"DistillConfig.job={self.job!r}; expected one of {JOBS}")
         if len(self.step_choices) != len(self.step_probs):

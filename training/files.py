@@ -104,9 +104,27 @@ def _read_safetensors(path: str) -> tuple:
     except SafetensorError as e:
         raise ValueError(f"read_checkpoint: {path!r} is not a readable safetensors file ({e}); it is "
                          f"truncated or corrupt — download or save it again") from e
-    for alias, saved in json.loads(metadata.get(ALIAS_META, "{}")).items():
+    for alias, saved in _aliases(path, metadata, flat).items():
         flat[alias] = flat[saved]
     return unflatten_release(flat), metadata
+
+
+def _aliases(path: str, metadata: Mapping, flat: Mapping) -> dict:
+    """The file's `salt_aliases` {alias: saved key}, validated: JSON of strings naming tensors in the file."""
+    text = metadata.get(ALIAS_META, "{}")
+    try:
+        aliases = json.loads(text)
+    except ValueError as e:
+        raise ValueError(f"read_checkpoint: {path!r}: metadata field {ALIAS_META!r} is not valid JSON ({e}); the "
+                         f"file's header is damaged — save the model again") from None
+    if not isinstance(aliases, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in aliases.items()):
+        raise ValueError(f"read_checkpoint: {path!r}: metadata field {ALIAS_META!r} is {text[:80]!r}; expected a JSON "
+                         f"object of tensor names — save the model again")
+    missing = sorted(v for v in aliases.values() if v not in flat)
+    if missing:
+        raise ValueError(f"read_checkpoint: {path!r}: metadata field {ALIAS_META!r} points at tensors the file does "
+                         f"not hold: {missing[:5]}; the header is damaged — save the model again")
+    return aliases
 
 
 def _read_torch(path: str):
@@ -145,7 +163,7 @@ def _choose_config(sd: Mapping, metadata: Mapping, preset, num_heads) -> WanConf
     if preset is not None:
         cfg = get_config(preset) if isinstance(preset, str) else preset
     elif CONFIG_META in metadata:
-        cfg = WanConfig.from_json(metadata[CONFIG_META])
+        cfg = _config_from_metadata(metadata[CONFIG_META])
     else:
         cfg = layouts.infer_config(sd, num_heads)
         if num_heads is None:
@@ -153,6 +171,31 @@ def _choose_config(sd: Mapping, metadata: Mapping, preset, num_heads) -> WanConf
                      "if this model differs)", layouts.WAN_HEAD_DIM, cfg.num_heads)
         return cfg
     return cfg if num_heads is None else dataclasses.replace(cfg, num_heads=num_heads)
+
+
+def _config_from_metadata(text: str) -> WanConfig:
+    """The WanConfig stored in a file's `salt_config` metadata, validated like user input."""
+    try:
+        d = json.loads(text)
+    except ValueError as e:
+        raise ValueError(f"metadata field {CONFIG_META!r} is not valid JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"metadata field {CONFIG_META!r} is {text[:80]!r}; expected a JSON object of WanConfig fields")
+    try:
+        return WanConfig.from_dict(d)
+    except TypeError as e:
+        raise ValueError(f"metadata field {CONFIG_META!r}: {e}") from None
+    except (ValueError, MemoryError) as e:
+        raise type(e)(f"metadata field {CONFIG_META!r}: {e}") from None
+
+
+def check_finite_weights(sd: Mapping, path: str) -> None:
+    """Refuse weights holding NaN or Inf, naming the first tensors affected (a broken training run or a bad copy)."""
+    bad = [k for k, t in sd.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise ValueError(f"load_model({path!r}): {len(bad)} tensor(s) hold NaN/Inf, e.g. {bad[:3]}; the weights are "
+                         f"broken (a diverged training run or a damaged copy) — use an earlier checkpoint or "
+                         f"download the file again")
 
 
 def load_model(path, preset=None, use_ema: bool = True, dtype=torch.float32, num_heads: int = None,
@@ -172,6 +215,9 @@ def load_model(path, preset=None, use_ema: bool = True, dtype=torch.float32, num
         layouts.check_state_dict(sd, cfg, layout)
     except layouts.LayoutError as e:
         raise layouts.LayoutError(f"load_model({path!r}): {e}") from e
+    except (ValueError, MemoryError) as e:   # the file's config, validated like user input
+        raise type(e)(f"load_model({path!r}): {e}; fix the file's metadata or pass preset=...") from None
+    check_finite_weights(sd, path)
     for key in list(sd):  # one tensor at a time, so peak memory grows by one tensor at most
         sd[key] = sd[key].to(device=device, dtype=dtype)
     with torch.device("meta"):

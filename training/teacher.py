@@ -27,6 +27,8 @@ from ..salt_core.samplers import sample_euler
 from ..salt_core.scorenet import teacher_forcing_forward
 from ..salt_core.toy.text import ToyTextEncoder
 from ..salt_core.toy.world import TOY_SHIFT, caption, get_world, sample_batch, sample_params
+from .runs import RunLock
+from .validate import validate_teacher_config
 from .common import (EMA, CheckpointManager, JsonlLog, check_stop, config_from_dict, cosine_lr, log, progress,
                      step_generators)
 
@@ -65,6 +67,7 @@ class TeacherConfig:
     init_step: int = 0                 # ... continuing the schedule and data order at this step
 
     def __post_init__(self):
+        validate_teacher_config(self)
         if self.mode not in MODES:
             raise ValueError(f"TeacherConfig.mode={self.mode!r}; expected one of {MODES}")
 
@@ -129,13 +132,19 @@ def eval_prompts(world_cfg, n: int, seed: int = 1234) -> list:
 
 def train_teacher(cfg: TeacherConfig, out_dir: str, evaluate=None, max_steps: int = None, quiet: bool = False,
                   device=None, max_seconds: float = None):
-    """Run (or resume) teacher training in `out_dir`; returns the EMA model (on CPU).
+    """Run (or resume) teacher training in `out_dir`; returns the EMA model (on CPU). One process per folder (RunLock).
 
     evaluate(videos, captions) -> dict of scalars, called every `eval_every` steps on EMA samples.
     `max_steps` stops early (for tests / time-boxed sessions) without changing the schedule;
     `max_seconds` stops after the step that crosses that much wall time (saving a checkpoint).
     `device` (default CPU) holds the model, EMA and batches; data and noise are drawn on CPU.
     """
+    with RunLock(out_dir):
+        return _train_teacher(cfg, out_dir, evaluate, max_steps, quiet, device, max_seconds)
+
+
+def _train_teacher(cfg, out_dir, evaluate, max_steps, quiet, device, max_seconds):
+    """`train_teacher` inside the run lock."""
     device = torch.device(device or "cpu")
     started = time.time()
     torch.set_num_threads(cfg.threads)

@@ -256,7 +256,7 @@ def distillation(rep, device, smoke):
     autocast = device.type == "cuda"
     for preset in ("toy-dmd", "toy-salt"):
         kw = dict(gen_steps=3, eval_every=0, checkpoint_every=3, autocast_bf16=True, grad_checkpointing=True,
-                  ema_start=1, align_start_step=0, threads=0)
+                  ema_start_iter=1, align_start_iter=0, threads=0)
         if smoke:
             kw.update(batch_size=2, critic_ratio=1, threads=1, num_frames=6)
         cfg = get_preset(preset, **kw)

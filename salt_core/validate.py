@@ -1,0 +1,159 @@
+"""Validation rules for numbers, tensors and memory requests, written once and called at every front door.
+
+Each check raises ValueError (MemoryError for sizes) whose message names the argument, the value
+received, what was expected and how to fix it; `where` prefixes it with the caller (a function, a node,
+a config class, a file). The checks are pure: they read values and tensors, never files or ComfyUI.
+Knows nothing of models beyond the sizes a caller passes in.
+"""
+import math
+import os
+
+import torch
+
+GIB = 1 << 30
+MAX_ROPE_TABLE_BYTES = 256 << 20   # RoPE tables larger than this are a corrupt config, not a model (Wan: 0.5 MiB)
+
+
+def _prefix(where: str) -> str:
+    return f"{where}: " if where else ""
+
+
+# -- numbers ---------------------------------------------------------------------------------------------
+def check_number(name: str, value, *, where: str = "", low=None, high=None, low_open: bool = False,
+                 high_open: bool = False, integer: bool = False, fix: str = "") -> float:
+    """`value` as a finite float (or int) inside [low, high] (bounds optional, open with *_open); else ValueError.
+
+    NaN and ±Inf are always refused: comparisons with NaN are False, so range checks alone let it through.
+    """
+    expected = "an integer" if integer else "a finite number"
+    if low is not None and high is not None:
+        expected += f" in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    elif low is not None:
+        expected += f" {'>' if low_open else '>='} {low}"
+    elif high is not None:
+        expected += f" {'<' if high_open else '<='} {high}"
+    try:
+        if isinstance(value, bool) or (integer and float(value) != int(value)):
+            raise TypeError
+        number = int(value) if integer else float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"{_prefix(where)}{name}={value!r}; expected {expected}{'; ' + fix if fix else ''}") from None
+    bad = not math.isfinite(float(number))
+    if not bad and low is not None:
+        bad = number <= low if low_open else number < low
+    if not bad and high is not None:
+        bad = number >= high if high_open else number > high
+    if bad:
+        raise ValueError(f"{_prefix(where)}{name}={value!r}; expected {expected}{'; ' + fix if fix else ''}")
+    return number
+
+
+def check_count(name: str, value, *, where: str = "", minimum: int = 1, maximum: int = None, fix: str = "") -> int:
+    """An integer count >= minimum (and <= maximum); zero and negative sizes end here, not in a division."""
+    return check_number(name, value, where=where, low=minimum, high=maximum, integer=True, fix=fix)
+
+
+def parse_bool(name: str, text, *, where: str = "") -> bool:
+    """'true/false/1/0/yes/no/on/off' (any case) → bool; any other word is an error, never a silent False."""
+    if isinstance(text, bool):
+        return text
+    word = str(text).strip().lower()
+    if word in ("1", "true", "yes", "on"):
+        return True
+    if word in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{_prefix(where)}{name}={text!r}; expected a boolean: true/false, yes/no, on/off or 1/0")
+
+
+# -- tensors ---------------------------------------------------------------------------------------------
+def check_finite_tensor(name: str, t: torch.Tensor, *, where: str = "", fix: str = "") -> torch.Tensor:
+    """Refuse a tensor holding NaN or ±Inf, with the count of bad entries."""
+    if t.is_floating_point() or t.is_complex():
+        bad = int((~torch.isfinite(t)).sum())
+        if bad:
+            raise ValueError(f"{_prefix(where)}{name} holds {bad} non-finite value(s) (NaN/Inf) out of {t.numel()}; "
+                             f"expected finite numbers{'; ' + fix if fix else ''}")
+    return t
+
+
+def check_sigmas(sigmas, *, where: str = "", name: str = "sigmas", end_at_zero: bool = True) -> torch.Tensor:
+    """Flow SIGMAS as a 1-D float64 CPU tensor: ≥ 2 finite levels in [0, 1], strictly decreasing, ending at 0
+    (`end_at_zero=False` accepts a split schedule that stops above 0, as ComfyUI's SplitSigmas makes)."""
+    sig = torch.as_tensor(sigmas, dtype=torch.float64).detach().flatten().cpu()
+    shown = [round(s, 4) for s in sig.tolist()][:12]
+    if (sig.numel() < 2 or not bool(torch.isfinite(sig).all()) or bool((sig[1:] >= sig[:-1]).any())
+            or sig[0] > 1 or sig[-1] < 0 or (end_at_zero and sig[-1] != 0)):
+        raise ValueError(f"{_prefix(where)}{name}={shown}; expected at least two finite noise levels in [0, 1], "
+                         f"strictly decreasing{' and ending with 0' if end_at_zero else ''} (flow SIGMAS), e.g. "
+                         f"get_sigmas_fewstep(4, shift) or SaltFewStepSigmas")
+    return sig
+
+
+def check_latent(name: str, x: torch.Tensor, in_dim: int, *, where: str = "", finite: bool = True) -> torch.Tensor:
+    """A latent video (B, C=in_dim, F, H, W) with no empty axis, finite unless `finite=False` (shape only)."""
+    if not isinstance(x, torch.Tensor) or x.ndim != 5 or x.shape[1] != in_dim or 0 in x.shape:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"{_prefix(where)}{name} has shape {shape}; expected a latent video (B, C={in_dim}, F, H, W) "
+                         f"with every size >= 1 (add the frame axis: x.unsqueeze(2) for one image)")
+    if finite:
+        check_finite_tensor(name, x, where=where, fix="draw the noise again (torch.randn) or check the input")
+    return x
+
+
+def check_context(name: str, ctx: torch.Tensor, text_dim: int, *, where: str = "", batch: int = None,
+                  finite: bool = True, fix: str = "") -> torch.Tensor:
+    """Text features (B, L, text_dim), L >= 1, B equal to `batch` or 1 when given; finite unless `finite=False`."""
+    if not isinstance(ctx, torch.Tensor) or ctx.ndim != 3 or ctx.shape[-1] != text_dim or ctx.shape[1] < 1:
+        shape = tuple(ctx.shape) if isinstance(ctx, torch.Tensor) else type(ctx).__name__
+        raise ValueError(f"{_prefix(where)}{name} has shape {shape}; expected text features (B, L, {text_dim}) from "
+                         f"the text encoder the model was trained with "
+                         f"({fix or 'umT5-XXL, 4096 wide, for Wan 2.1; the toy encoder, 32 wide, for the toy model'})")
+    if batch is not None and ctx.shape[0] not in (1, batch):
+        raise ValueError(f"{_prefix(where)}{name} has batch {ctx.shape[0]}; expected 1 or {batch} (one prompt, or one "
+                         f"per video)")
+    if finite:
+        check_finite_tensor(name, ctx, where=where, fix="re-encode the prompt")
+    return ctx
+
+
+# -- memory ----------------------------------------------------------------------------------------------
+def available_memory(device) -> int:
+    """Bytes free for a new allocation on `device`: CUDA's free memory, else the host's MemAvailable."""
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62   # unknown platform: no limit we can measure
+
+
+def format_bytes(n: float) -> str:
+    return f"{n / GIB:.2f} GiB" if n >= GIB / 10 else f"{n / (1 << 20):.1f} MiB"
+
+
+def check_memory(what: str, need: int, limit: int, *, where: str = "", limit_what: str = "the limit",
+                 fix: str = "") -> None:
+    """MemoryError before allocating when `need` bytes exceed `limit`: the estimate, the limit and the fix."""
+    if need > limit:
+        raise MemoryError(f"{_prefix(where)}{what} needs about {format_bytes(need)}, more than "
+                          f"{format_bytes(limit)} ({limit_what}); {fix}")
+
+
+def rope_table_bytes(head_dim: int, max_len: int) -> int:
+    """Bytes of a RotaryTable: float64 angles (max_len, D/2) plus cos/sin caches of the same size."""
+    return 3 * 8 * max_len * (head_dim // 2)
+
+
+def kv_cache_bytes(num_layers: int, batch: int, num_heads: int, head_dim: int, frame_tokens: int,
+                   capacity_frames: int, dtype=torch.float32) -> int:
+    """Bytes of a KVCache's self-attention K and V: 2 × (layers, B, N, capacity·tokens, D)."""
+    item = torch.empty((), dtype=dtype).element_size()
+    return 2 * num_layers * batch * num_heads * capacity_frames * frame_tokens * head_dim * item

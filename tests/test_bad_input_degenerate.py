@@ -1,0 +1,180 @@
+"""Bad input, class 3: degenerate arguments are errors that name the argument, not arithmetic.
+
+Zero and negative counts, fractional counts, wrong tensor ranks and widths, empty schedules and
+unknown words for booleans, through the Python API, node overrides and the CLI.
+"""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from comfyui_salt.salt_core.kv_cache import CachePolicy
+from comfyui_salt.salt_core.model import build_model
+from comfyui_salt.salt_core.samplers import sample_fewstep_deterministic, sample_fewstep_stochastic
+from comfyui_salt.salt_core.schedules import get_sigmas_fewstep, get_sigmas_uniform
+from comfyui_salt.salt_core.streaming import stream_video
+from comfyui_salt.salt_core.validate import parse_bool
+from comfyui_salt.training.distill_config import DistillConfig, get_preset
+from comfyui_salt.training.teacher import TeacherConfig
+from comfyui_salt.training.validate import _DISTILL_COUNTS
+
+COUNTS_FROM_ONE = [name for name, minimum in _DISTILL_COUNTS if minimum == 1]
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return build_model("toy", seed=0).eval()
+
+
+# -- configs ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("field", COUNTS_FROM_ONE)
+@pytest.mark.parametrize("value", [0, -1])
+def test_every_distillation_count_refuses_zero_and_negative_values(field, value):
+    with pytest.raises(ValueError, match=f"DistillConfig: {field}={value}; expected an integer >= 1"):
+        DistillConfig(**{field: value})
+
+
+@pytest.mark.parametrize("field", ["critic_ratio", "batch_size", "checkpoint_every", "chunk_frames", "gen_steps"])
+@pytest.mark.parametrize("value", [2.5, 10**0.5, "x"])
+def test_counts_refuse_fractions_and_words(field, value):
+    with pytest.raises(ValueError, match=f"{field}="):
+        DistillConfig(**{field: value})
+
+
+@pytest.mark.parametrize("field", ["sink_frames", "ema_start_iter", "eval_every", "seed", "threads", "align_start_iter"])
+def test_counts_that_may_be_zero_refuse_negative_values(field):
+    DistillConfig(**{field: 0})
+    with pytest.raises(ValueError, match=f"{field}=-1; expected an integer >= 0"):
+        DistillConfig(**{field: -1})
+
+
+@pytest.mark.parametrize("kw, words", [
+    (dict(step_choices=(), step_probs=()), "step_choices=()"),
+    (dict(step_choices=(0,), step_probs=(1.0,)), "step_choices=0"),
+    (dict(step_choices=(9,), step_probs=(1.0,)), "step_choices=9"),
+    (dict(eval_nfe=(0,)), "eval_nfe=0"),
+    (dict(local_attn_frames=0), "local_attn_frames=0"),
+    (dict(local_attn_frames=-2), "local_attn_frames=-2"),
+])
+def test_degenerate_step_and_window_settings_are_refused(kw, words):
+    with pytest.raises(ValueError) as e:
+        DistillConfig(**kw)
+    assert words in str(e.value), e.value
+
+
+@pytest.mark.parametrize("field", ["batch_size", "total_steps", "checkpoint_every", "eval_steps", "chunk_frames"])
+def test_teacher_counts_refuse_zero(field):
+    with pytest.raises(ValueError, match=f"TeacherConfig: {field}=0"):
+        TeacherConfig(**{field: 0})
+
+
+def test_max_gen_steps_zero_is_refused_rather_than_exporting_the_untouched_teacher(tmp_path):
+    from comfyui_salt.training.distill import run_distillation
+    with pytest.raises(ValueError, match="max_gen_steps=0"):
+        run_distillation(get_preset("toy-dmd"), str(tmp_path / "run"), max_gen_steps=0)
+    assert not (tmp_path / "run").exists()
+
+
+# -- tensors ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("shape", [(1, 3, 16, 16), (3, 3, 16, 16, 1, 1), (1, 4, 3, 16, 16), (1, 3, 0, 16, 16)])
+def test_the_model_refuses_latents_of_the_wrong_rank_or_channels_naming_the_shape(toy, shape):
+    ctx = torch.randn(1, 8, 32)
+    with pytest.raises(ValueError, match=r"WanModel: x has shape .*expected a latent video \(B, C=3, F, H, W\)"):
+        toy(torch.randn(shape), torch.zeros(1), ctx)
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 64), (1, 8, 4096), (8, 32), (1, 0, 32)])
+def test_the_model_refuses_text_features_of_the_wrong_width_or_rank(toy, shape):
+    with pytest.raises(ValueError, match=r"WanModel: context has shape .*\(B, L, 32\)"):
+        toy(torch.randn(1, 3, 3, 16, 16), torch.zeros(1), torch.randn(shape))
+
+
+@pytest.mark.parametrize("sampler", [sample_fewstep_stochastic, sample_fewstep_deterministic],
+                         ids=lambda f: f.__name__)
+@pytest.mark.parametrize("sigmas", [[], [1.0], [0.0], [0.5, 0.5, 0.0], [0.0, 0.5]])
+def test_samplers_given_empty_or_degenerate_sigmas_fail_instead_of_returning_the_noise(sampler, sigmas):
+    with pytest.raises(ValueError, match="sigmas="):
+        sampler(lambda x, s, **_: x, torch.randn(1, 3, 1, 4, 4), torch.tensor(sigmas))
+
+
+@pytest.mark.parametrize("kw, words", [
+    (dict(chunk_frames=0), "chunk_frames=0"),
+    (dict(chunk_frames=-3), "chunk_frames=-3"),
+    (dict(sigmas=torch.tensor([])), "sigmas=[]"),
+    (dict(sigmas=torch.tensor([1.0])), "sigmas=[1.0]"),
+    (dict(noise=torch.randn(1, 3, 16, 16)), "noise has shape (1, 3, 16, 16)"),
+    (dict(context=torch.randn(1, 8, 64)), "context has shape (1, 8, 64)"),
+    (dict(context=torch.randn(2, 8, 32)), "context has batch 2"),
+])
+def test_stream_video_refuses_degenerate_arguments_naming_them(toy, kw, words):
+    g = torch.Generator().manual_seed(0)
+    args = dict(noise=torch.randn(1, 3, 3, 16, 16, generator=g), context=torch.randn(1, 8, 32, generator=g),
+                sigmas=get_sigmas_fewstep(2, 3.0), chunk_frames=3, policy=CachePolicy.full(3))
+    args.update(kw)
+    with pytest.raises(ValueError) as e:
+        stream_video(toy, args.pop("noise"), args.pop("context"), args.pop("sigmas"), **args)
+    assert words in str(e.value), e.value
+
+
+@pytest.mark.parametrize("n", [0, -1, 2.5])
+def test_uniform_schedules_refuse_non_positive_or_fractional_step_counts(n):
+    with pytest.raises(ValueError, match="num_steps="):
+        get_sigmas_uniform(n)
+
+
+# -- booleans --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("word, value", [("true", True), ("YES", True), ("on", True), ("1", True), ("False", False),
+                                         ("no", False), ("off", False), ("0", False)])
+def test_boolean_words_parse(word, value):
+    assert parse_bool("flag", word) is value
+
+
+@pytest.mark.parametrize("word", ["maybe", "ture", "2", "", "none", "y"])
+def test_unknown_words_for_a_boolean_are_errors_not_false(word):
+    with pytest.raises(ValueError, match="expected a boolean"):
+        parse_bool("flag", word)
+
+
+@pytest.mark.parametrize("text", ["critic_ratio=0", "checkpoint_every=0", "chunk_frames=0", "sc_symmetric=maybe",
+                                  "num_frames=-3", "step_choices=0"])
+def test_node_overrides_with_degenerate_values_are_refused_naming_the_field(text):
+    from comfy_import import import_nodes
+    import_nodes()
+    from comfyui_salt.nodes.distill import distill_config
+    with pytest.raises(ValueError, match=text.split("=")[0]):
+        distill_config("toy-dmd", "toy", "teacher", "teacher", 1, 1, 0, text)
+
+
+# -- the CLI (subprocesses: a few only) ---------------------------------------------------------------------
+@pytest.mark.parametrize("args, words", [
+    (["--gen-steps", "0"], "gen_steps=0"),
+    (["--sc-symmetric", "maybe"], "expected a boolean"),
+])
+def test_the_cli_refuses_degenerate_flags_with_a_message_and_no_run(tmp_path, args, words):
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "comfyui_salt.training", "distill", "--preset", "toy-dmd", "--out",
+                           str(out)] + args, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and words in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and not (out / "export").exists()
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["demo", "--num-clips", "0", "--no-comfyui"], "num_clips=0"),
+    (["demo", "--threads", "0", "--no-comfyui"], "threads=0"),
+    (["teacher", "--out", "unused", "--max-steps", "-1"], "max_steps=-1"),
+    (["distill", "--preset", "toy-dmd", "--out", "unused", "--max-gen-steps", "0"], "max_gen_steps=0"),
+])
+def test_cli_step_and_clip_counts_are_checked_before_any_job_starts(tmp_path, monkeypatch, argv, words):
+    from comfyui_salt.training.__main__ import main
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=words):
+        main(argv)
+    assert not (tmp_path / "unused").exists()
+
+
+def test_an_unknown_boolean_word_is_an_argparse_error_in_process(capsys):
+    from comfyui_salt.training.__main__ import main
+    with pytest.raises(SystemExit) as e:
+        main(["distill", "--preset", "toy-dmd", "--out", "unused", "--grad-checkpointing", "ture"])
+    assert e.value.code == 2 and "expected a boolean" in capsys.readouterr().err

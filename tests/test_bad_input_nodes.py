@@ -1,0 +1,216 @@
+"""Bad input through the ComfyUI nodes (`execute` called directly, as ComfyUI runs them): classes 1, 2, 3 and 5.
+
+Widget ranges are enforced by the UI only: a prompt sent over HTTP may carry NaN, Inf or any size,
+so the nodes apply the same rules as the Python API (salt_core/validate.py) and ComfyUI's own free
+memory is the limit for streaming requests. Class 5: where SaltDistill publishes, and which input
+its run-name error is attached to.
+"""
+import json
+
+import pytest
+import torch
+
+from comfy_import import import_nodes
+
+NAN, INF = float("nan"), float("inf")
+CAPTION = "a red disc moving left on a dark background"
+
+
+@pytest.fixture(scope="module")
+def salt_nodes():
+    return import_nodes()
+
+
+@pytest.fixture(scope="module")
+def toy_salt(salt_nodes):
+    from comfyui_salt.nodes.types import SaltModel
+    from comfyui_salt.salt_core.model import build_model
+    return SaltModel(build_model("toy", seed=0).eval(), "pixels", "random toy", causal=True)
+
+
+@pytest.fixture
+def models_dir(salt_nodes, tmp_path, monkeypatch):
+    """diffusion_models registered as ComfyUI does: the legacy models/unet folder first, then diffusion_models."""
+    import folder_paths
+    unet, folder, output = tmp_path / "unet", tmp_path / "diffusion_models", tmp_path / "output"
+    for f in (unet, folder, output):
+        f.mkdir()
+    exts = folder_paths.folder_names_and_paths["diffusion_models"][1]
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "diffusion_models", ([str(unet), str(folder)], exts))
+    monkeypatch.setattr(folder_paths, "filename_list_cache", {})
+    monkeypatch.setattr(folder_paths, "output_directory", str(output))
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def run(node, **inputs):
+    with torch.inference_mode():
+        return node.execute(**inputs).args
+
+
+def sigmas(salt_nodes):
+    return run(salt_nodes.SaltFewStepSigmas, preset="2step", nfe=2, shift=1.0)[0]
+
+
+def stream_inputs(salt_nodes, model, **kw):
+    options = run(salt_nodes.SaltCacheOptions, chunk_frames=3, attention="full", window_frames=6, sink_frames=3,
+                  relative_rope=False, context_noise=0.0, max_frames=12)[0]
+    args = dict(model=model, positive=run(salt_nodes.SaltToyTextEncode, text=CAPTION)[0], cache_options=options,
+                sigmas=sigmas(salt_nodes), seed=7, num_chunks=2, width=16, height=16, batch_size=1,
+                sampling="stochastic", cfg=1.0)
+    args.update(kw)
+    return args
+
+
+def poisoned(conditioning, value):
+    ctx = conditioning[0][0].clone()
+    ctx.view(-1)[3] = value
+    return [[ctx, conditioning[0][1]]]
+
+
+# -- class 1: non-finite numbers ----------------------------------------------------------------------------
+@pytest.mark.parametrize("steps", ["nan", "1000, nan", "inf, 500", "1000, -inf", "1e309, 500", "NaN NaN", "-inf"])
+def test_custom_steps_with_non_finite_numbers_fail_instead_of_rendering_black(salt_nodes, steps):
+    with pytest.raises(ValueError, match="SaltFewStepSigmas"):
+        run(salt_nodes.SaltFewStepSigmas, preset="custom", nfe=4, shift=5.0, custom_steps=steps)
+
+
+@pytest.mark.parametrize("shift", [NAN, INF, -INF, 0.0, -2.0])
+@pytest.mark.parametrize("preset", ["uniform", "self_forcing_4step"])
+def test_sigma_shifts_that_are_not_finite_and_positive_are_refused(salt_nodes, shift, preset):
+    with pytest.raises(ValueError, match="SaltFewStepSigmas: shift="):
+        run(salt_nodes.SaltFewStepSigmas, preset=preset, nfe=4, shift=shift)
+
+
+@pytest.mark.parametrize("value", [NAN, INF, -INF])
+@pytest.mark.parametrize("which", ["positive", "negative", "switch_positive"])
+def test_text_features_holding_nan_or_inf_are_refused_by_the_streaming_sampler(salt_nodes, toy_salt, value, which):
+    text = run(salt_nodes.SaltToyTextEncode, text=CAPTION)[0]
+    kw = {which: poisoned(text, value)}
+    if which == "negative":
+        kw["cfg"] = 3.0
+    if which == "switch_positive":
+        kw["switch_at_chunk"] = 1
+    with pytest.raises(ValueError, match=f"SaltStreamingSampler.*{which} holds 1 non-finite"):
+        run(salt_nodes.SaltStreamingSampler, **stream_inputs(salt_nodes, toy_salt, **kw))
+
+
+@pytest.mark.parametrize("kw, words", [
+    (dict(cfg=NAN), "cfg=nan"), (dict(cfg=INF), "cfg=inf"), (dict(cfg=-1.0), "cfg=-1.0"),
+    (dict(sigmas=torch.tensor([1.0, NAN, 0.0])), "sigmas="), (dict(sigmas=torch.tensor([INF, 0.0])), "sigmas="),
+    (dict(sigmas=torch.tensor([])), "sigmas=[]"),
+])
+def test_streaming_numbers_that_are_not_finite_are_refused(salt_nodes, toy_salt, kw, words):
+    with pytest.raises(ValueError) as e:
+        run(salt_nodes.SaltStreamingSampler, **stream_inputs(salt_nodes, toy_salt, **kw))
+    assert "SaltStreamingSampler" in str(e.value) and words in str(e.value), e.value
+
+
+@pytest.mark.parametrize("noise", [NAN, INF, -INF, -0.5, 1.0])
+def test_cache_options_refuse_a_context_noise_that_is_not_a_noise_level(salt_nodes, noise):
+    with pytest.raises(ValueError, match="SaltCacheOptions: context_noise="):
+        run(salt_nodes.SaltCacheOptions, chunk_frames=3, attention="full", window_frames=6, sink_frames=3,
+            relative_rope=False, context_noise=noise, max_frames=12)
+
+
+@pytest.mark.parametrize("value", [NAN, INF])
+def test_the_loader_node_refuses_weights_holding_nan_or_inf(salt_nodes, models_dir, value):
+    from comfyui_salt.salt_core.model import build_model
+    from comfyui_salt.training.files import save_model
+    model = build_model("toy", seed=0)
+    with torch.no_grad():
+        model.head.head.weight[0, 0] = value
+    save_model(model, models_dir / "nan.safetensors")
+    with pytest.raises(ValueError, match=r"nan\.safetensors.*NaN/Inf"):
+        run(salt_nodes.SaltLoadCausalModel, ckpt_name="nan.safetensors", use_ema=True, dtype="fp32")
+
+
+@pytest.mark.parametrize("text", ["guidance_scale=nan", "lr_critic=-inf", "ema_decay=inf"])
+def test_distill_overrides_with_non_finite_numbers_fail_before_training(salt_nodes, models_dir, text):
+    with pytest.raises(ValueError, match=f"SaltDistill.*{text.split('=')[0]}="):
+        run(salt_nodes.SaltDistill, preset="toy-dmd", teacher="toy", student_init="teacher", critic_init="teacher",
+            gen_steps=1, batch_size=1, seed=0, name="nan_run", overrides=text)
+    assert not (models_dir.parent / "output" / "salt_runs" / "nan_run").exists()
+
+
+# -- class 2: sizes before memory -----------------------------------------------------------------------------
+@pytest.mark.parametrize("size, batch, chunks", [(4096, 64, 4), (8192, 8, 4), (4096, 1, 1024)])
+def test_a_streaming_request_larger_than_comfys_free_memory_is_refused_before_the_noise_is_drawn(
+        salt_nodes, toy_salt, size, batch, chunks):
+    options = run(salt_nodes.SaltCacheOptions, chunk_frames=3, attention="full", window_frames=6, sink_frames=3,
+                  relative_rope=False, context_noise=0.0, max_frames=3 * chunks)[0]
+    with pytest.raises(MemoryError, match=r"SaltStreamingSampler: .*needs about .*GiB.*ComfyUI's free memory.*lower "
+                                          r"width/height"):
+        run(salt_nodes.SaltStreamingSampler, **stream_inputs(salt_nodes, toy_salt, width=size, height=size,
+                                                             batch_size=batch, num_chunks=chunks,
+                                                             cache_options=options))
+
+
+@pytest.mark.parametrize("change", [dict(rope_max_len=10**9), dict(num_heads=0)])
+def test_the_loader_node_validates_file_metadata_like_user_input(salt_nodes, models_dir, change):
+    from safetensors.torch import load_file, save_file
+    from comfyui_salt.salt_core.config import get_config
+    from comfyui_salt.salt_core.model import build_model
+    from comfyui_salt.training.files import save_model
+    path = models_dir / "meta.safetensors"
+    save_model(build_model("toy", seed=0), path)
+    cfg = {**json.loads(get_config("toy").to_json()), **change}
+    save_file(load_file(str(path)), str(path), metadata={"salt_config": json.dumps(cfg), "salt_layout": "wan"})
+    with pytest.raises((ValueError, MemoryError), match=rf"meta\.safetensors.*{next(iter(change))}="):
+        run(salt_nodes.SaltLoadCausalModel, ckpt_name="meta.safetensors", use_ema=True, dtype="fp32")
+
+
+# -- class 3: degenerate arguments ------------------------------------------------------------------------------
+@pytest.mark.parametrize("text", ["critic_ratio=0", "checkpoint_every=0", "chunk_frames=0", "batch_size=0",
+                                  "sc_symmetric=maybe", "align_k4=nope"])
+def test_distill_overrides_with_degenerate_values_fail_naming_the_field(salt_nodes, models_dir, text):
+    with pytest.raises(ValueError, match=text.split("=")[0]):
+        run(salt_nodes.SaltDistill, preset="toy-dmd", teacher="toy", student_init="teacher", critic_init="teacher",
+            gen_steps=1, batch_size=1, seed=0, name="zero_run", overrides=text)
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 64), (1, 8), (8, 32)])
+def test_text_features_of_the_wrong_rank_or_width_name_the_input(salt_nodes, toy_salt, shape):
+    with pytest.raises(ValueError, match=r"SaltStreamingSampler.*positive has shape"):
+        run(salt_nodes.SaltStreamingSampler, **stream_inputs(salt_nodes, toy_salt, positive=[[torch.zeros(shape), {}]]))
+
+
+# -- class 4 through the node: a refused start does not block the name ---------------------------------------------
+def test_a_run_name_refused_once_for_a_bad_teacher_file_works_with_a_good_one(salt_nodes, models_dir):
+    from comfyui_salt.salt_core.model import build_model
+    from comfyui_salt.training.files import save_model
+    (models_dir / "broken.safetensors").write_bytes(b"garbage")
+    save_model(build_model("toy", seed=0), models_dir / "good.safetensors")
+    args = dict(preset="toy-dmd", student_init="teacher", critic_init="teacher", gen_steps=1, batch_size=1, seed=0,
+                name="retry", overrides="critic_ratio=1; eval_every=0; threads=1")
+    with pytest.raises(ValueError, match="broken.safetensors"):
+        run(salt_nodes.SaltDistill, teacher="broken.safetensors", **args)
+    salt, export = run(salt_nodes.SaltDistill, teacher="good.safetensors", **args)
+    assert export.endswith("student.safetensors")
+
+
+# -- class 5: where the student is published, which input an error names -----------------------------------------
+def test_distill_publishes_under_diffusion_models_salt_even_though_comfy_lists_unet_first(salt_nodes, models_dir):
+    from comfyui_salt.salt_core.model import build_model
+    from comfyui_salt.training.files import save_model
+    save_model(build_model("toy", seed=0), models_dir / "teacher.safetensors")
+    run(salt_nodes.SaltDistill, preset="toy-dmd", teacher="teacher.safetensors", student_init="teacher",
+        critic_init="teacher", gen_steps=1, batch_size=1, seed=0, name="pub",
+        overrides="critic_ratio=1; eval_every=0; threads=1")
+    assert (models_dir / "salt" / "pub.safetensors").is_file()
+    assert not (models_dir.parent / "unet" / "salt").exists()
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", "", ".hidden", "x" * 101, "a..b", "name with space"])
+def test_a_bad_run_name_is_reported_by_validate_inputs_which_takes_only_the_name(salt_nodes, name):
+    import inspect
+    node = salt_nodes.SaltDistill
+    assert list(inspect.signature(node.validate_inputs).parameters) == ["name"]
+    assert "plain folder name" in node.validate_inputs(name=name)

@@ -1,0 +1,187 @@
+"""Bad input, class 4: resume never strands or corrupts a run.
+
+Damaged checkpoints (truncated, emptied, garbage), a folder resumed with other settings, two jobs on
+one folder, stale step folders, a Cancel during an evaluation and a failed start, each through the
+Python API (the node and the CLI share it: training/runs.py), plus one CLI case.
+"""
+import json
+import logging
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from comfyui_salt.salt_core.model import build_model
+from comfyui_salt.training.common import CheckpointManager, RunError
+from comfyui_salt.training.distill import run_distillation
+from comfyui_salt.training.distill_config import get_preset
+from comfyui_salt.training.files import save_model
+from comfyui_salt.training.runs import RunLock
+
+
+@pytest.fixture(scope="module")
+def teacher_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("teacher") / "toy_teacher.safetensors"
+    save_model(build_model("toy", seed=0), path)
+    return str(path)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny(teacher_path, **kw):
+    base = dict(teacher=teacher_path, batch_size=1, gen_steps=2, critic_ratio=1, eval_every=0, threads=1,
+                checkpoint_every=1, ema_start_iter=1)
+    return get_preset("toy-dmd", **{**base, **kw})
+
+
+def steps_in(folder):
+    return sorted(p.name for p in (folder / "checkpoints").iterdir())
+
+
+# -- damaged checkpoints ---------------------------------------------------------------------------------
+def truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 3])
+
+
+def empty(path):
+    path.write_bytes(b"")
+
+
+def garbage(path):
+    path.write_bytes(b"\x00" * 64 + os.urandom(200))
+
+
+@pytest.mark.parametrize("damage, file", [(truncate, "student.safetensors"), (truncate, "critic.safetensors"),
+                                          (truncate, "state.pt"), (empty, "student.safetensors"),
+                                          (garbage, "state.pt")], ids=lambda v: getattr(v, "__name__", v))
+def test_a_damaged_newest_checkpoint_falls_back_to_the_older_intact_one_and_says_so(teacher_path, tmp_path, caplog,
+                                                                                   damage, file):
+    cfg = tiny(teacher_path)
+    run = tmp_path / "run"
+    run_distillation(cfg, str(run), quiet=True)
+    assert steps_in(run) == ["step_00000001", "step_00000002"]
+    damage(run / "checkpoints" / "step_00000002" / file)
+    with caplog.at_level(logging.WARNING, logger="salt.training"):
+        run_distillation(tiny(teacher_path, gen_steps=3), str(run), quiet=True)
+    text = caplog.text
+    assert "step_00000002" in text and "falling back" in text and "step_00000001" in text, text
+    assert (run / "checkpoints" / "step_00000002.unreadable").is_dir()
+    assert (run / "checkpoints" / "step_00000003" / "COMPLETE").exists()
+
+
+def test_when_no_checkpoint_reads_the_error_names_every_file_and_the_fix(teacher_path, tmp_path):
+    run = tmp_path / "run"
+    run_distillation(tiny(teacher_path), str(run), quiet=True)
+    for step in ("step_00000001", "step_00000002"):
+        truncate(run / "checkpoints" / step / "student.safetensors")
+    with pytest.raises(RunError, match=r"step_00000002.*step_00000001.*Move the damaged step folders away"):
+        run_distillation(tiny(teacher_path, gen_steps=3), str(run), quiet=True)
+
+
+def test_a_stale_incomplete_step_folder_does_not_make_pruning_keep_a_single_checkpoint(tmp_path):
+    ckpt = CheckpointManager(str(tmp_path / "checkpoints"), keep=2)
+    (tmp_path / "checkpoints" / "step_00000099").mkdir()          # no COMPLETE: a stale, never-finished folder
+    (tmp_path / "checkpoints" / "step_00000099" / "student.safetensors").write_bytes(b"partial")
+    for step in (1, 2, 3):
+        ckpt.save(step, {"m": {"w": torch.full((2,), float(step))}}, {"step": step})
+    assert steps_in(tmp_path) == ["step_00000002", "step_00000003"]
+    assert ckpt.latest()[0] == 3
+
+
+# -- settings, locks, failed starts -------------------------------------------------------------------------
+@pytest.mark.parametrize("change", [dict(lr_gen=1e-3), dict(seed=5), dict(guidance_scale=2.0),
+                                    dict(step_choices=(2,)), dict(batch_size=2)])
+def test_resuming_with_other_settings_is_refused_listing_the_keys_and_the_fixes(teacher_path, tmp_path, change):
+    run = tmp_path / "run"
+    run_distillation(tiny(teacher_path, gen_steps=1), str(run), quiet=True)
+    stored = (run / "config.json").read_text()
+    with pytest.raises(ValueError) as e:
+        run_distillation(tiny(teacher_path, gen_steps=2, **change), str(run), quiet=True)
+    for key in change:
+        assert f"{key}: stored" in str(e.value), e.value
+    assert "another name" in str(e.value) and "--allow-changed-settings" in str(e.value)
+    assert (run / "config.json").read_text() == stored, "config.json was rewritten by a refused resume"
+
+
+def test_resumable_fields_change_freely_and_an_explicit_override_continues(teacher_path, tmp_path):
+    run = tmp_path / "run"
+    run_distillation(tiny(teacher_path, gen_steps=1), str(run), quiet=True)
+    run_distillation(tiny(teacher_path, gen_steps=2, checkpoint_every=2, log_every=2), str(run), quiet=True)
+    run_distillation(tiny(teacher_path, gen_steps=3, lr_gen=1e-4), str(run), quiet=True, allow_changed_settings=True)
+    assert json.loads((run / "config.json").read_text())["lr_gen"] == 1e-4
+
+
+def test_a_second_job_on_a_locked_run_folder_is_refused_and_the_lock_is_released_after_a_run(teacher_path, tmp_path):
+    run = tmp_path / "run"
+    with RunLock(str(run)):
+        with pytest.raises(RunError, match=r"is in use by pid \d+"):
+            run_distillation(tiny(teacher_path, gen_steps=1), str(run), quiet=True)
+    run_distillation(tiny(teacher_path, gen_steps=1), str(run), quiet=True)
+    with RunLock(str(run)):   # released after the run
+        pass
+
+
+def test_a_lock_held_by_another_process_is_refused_and_dies_with_it(tmp_path):
+    run = tmp_path / "run"
+    code = ("import sys, time; from comfyui_salt.training.runs import RunLock\n"
+            f"with RunLock({str(run)!r}):\n    print('locked', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunError, match=f"pid {holder.pid}"):
+            with RunLock(str(run)):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with RunLock(str(run)):   # the OS released it with the process: never a stale lock
+        pass
+
+
+def test_a_failed_start_never_blocks_the_run_name(teacher_path, tmp_path):
+    bad = tmp_path / "bad_teacher.safetensors"
+    bad.write_bytes(b"not a checkpoint")
+    run = tmp_path / "run"
+    with pytest.raises(ValueError, match="bad_teacher.safetensors"):
+        run_distillation(tiny(str(bad), gen_steps=1), str(run), quiet=True)
+    run_distillation(tiny(teacher_path, gen_steps=1), str(run), quiet=True)   # same folder, good teacher
+    assert steps_in(run) == ["step_00000001"]
+
+
+# -- Cancel during an evaluation ---------------------------------------------------------------------------------
+def test_a_cancel_during_an_evaluation_is_made_up_on_resume(teacher_path, tmp_path):
+    run = tmp_path / "run"
+    cfg = tiny(teacher_path, gen_steps=2, eval_every=1, eval_clips=2, eval_nfe=(2,))
+
+    def cancel_at_first_preview(d):
+        if "preview" in d:
+            raise KeyboardInterrupt("cancel during evaluation")
+    with pytest.raises(KeyboardInterrupt):
+        run_distillation(cfg, str(run), quiet=True, callback=cancel_at_first_preview)
+    evals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert not [r for r in evals if "eval" in r]
+    run_distillation(cfg, str(run), quiet=True)
+    evals = [json.loads(line)["gen_step"] for line in (run / "metrics.jsonl").read_text().splitlines()
+             if "eval" in json.loads(line)]
+    assert evals == [1, 2]
+    assert (run / "preview_000001.gif").exists() and (run / "preview_000002.gif").exists()
+
+
+# -- the CLI door -----------------------------------------------------------------------------------------------
+def test_the_cli_refuses_to_resume_a_folder_with_other_settings_and_names_the_flag(teacher_path, tmp_path):
+    run = tmp_path / "run"
+    run_distillation(tiny(teacher_path, gen_steps=1), str(run), quiet=True)
+    args = [sys.executable, "-m", "comfyui_salt.training", "distill", "--preset", "toy-dmd", "--out", str(run),
+            "--teacher", teacher_path, "--batch-size", "1", "--gen-steps", "1", "--critic-ratio", "1",
+            "--eval-every", "0", "--threads", "1", "--checkpoint-every", "1", "--ema-start", "1", "--lr-gen", "0.001"]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "lr_gen: stored 2e-05, requested 0.001" in proc.stderr, proc.stderr[-2000:]
+    assert "--allow-changed-settings" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,0 +1,184 @@
+"""Bad input, class 2: sizes are checked before memory is taken; metadata is validated like user input.
+
+Each case asks for more memory than the limit (or feeds broken metadata) and checks the refusal
+comes before the allocation — the process does not grow — with the estimate, the limit and the fix.
+"""
+import json
+import resource
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from comfyui_salt.salt_core.config import WanConfig, get_config
+from comfyui_salt.salt_core.kv_cache import CachePolicy
+from comfyui_salt.salt_core.model import build_model
+from comfyui_salt.salt_core.schedules import get_sigmas_fewstep
+from comfyui_salt.salt_core.streaming import stream_memory_bytes, stream_video
+from comfyui_salt.salt_core.validate import kv_cache_bytes
+from comfyui_salt.training.distill_config import get_preset
+from comfyui_salt.training.files import load_model, read_checkpoint, save_model
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return build_model("toy", seed=0).eval()
+
+
+def rewrite_metadata(path, **metadata):
+    """Rewrite a safetensors file with the same tensors and the given metadata (a hostile or damaged header)."""
+    save_file(load_file(str(path)), str(path), metadata={"salt_layout": "wan", **metadata})
+
+
+@pytest.fixture
+def toy_file(tmp_path):
+    path = tmp_path / "toy.safetensors"
+    save_model(build_model("toy", seed=0), path)
+    return path
+
+
+# -- RoPE tables from metadata ----------------------------------------------------------------------------
+@pytest.mark.parametrize("max_len", [2 * 10**7, 10**9, 10**12])
+def test_a_huge_rope_max_len_in_a_files_metadata_is_refused_before_any_table_is_built(toy_file, max_len):
+    cfg = json.loads(get_config("toy").to_json())
+    cfg["rope_max_len"] = max_len
+    rewrite_metadata(toy_file, salt_config=json.dumps(cfg))
+    before = peak_rss_mib()
+    with pytest.raises(MemoryError, match=r"toy\.safetensors.*salt_config.*rope_max_len=\d+ needs about .*GiB.*"
+                                          r"0\.25 GiB.*1024"):
+        load_model(toy_file)
+    assert peak_rss_mib() - before < 200, "the RoPE table was allocated before the refusal"
+
+
+@pytest.mark.parametrize("max_len", [2 * 10**7, 10**9])
+def test_a_huge_rope_max_len_is_refused_for_a_config_built_in_python(max_len):
+    with pytest.raises(MemoryError, match="rope_max_len"):
+        WanConfig(rope_max_len=max_len)
+
+
+# -- metadata validated like user input --------------------------------------------------------------------
+@pytest.mark.parametrize("change, words", [
+    (dict(num_heads=0), "num_heads=0"),
+    (dict(num_heads=-4), "num_heads=-4"),
+    (dict(num_heads=3), "not divisible by num_heads=3"),
+    (dict(dim=0), "dim=0"),
+    (dict(num_layers=-1), "num_layers=-1"),
+    (dict(patch_size=[1, 0, 4]), "patch_size=0"),
+    (dict(patch_size=[1, 4]), "patch_size=[1, 4]"),
+    (dict(text_len=0), "text_len=0"),
+    (dict(bogus_field=1), "unknown keys ['bogus_field']"),
+    (dict(dim="wide"), "dim='wide'"),
+])
+def test_bad_numbers_in_a_files_config_metadata_name_the_field_and_the_file(toy_file, change, words):
+    cfg = {**json.loads(get_config("toy").to_json()), **change}
+    rewrite_metadata(toy_file, salt_config=json.dumps(cfg))
+    with pytest.raises(ValueError) as e:
+        load_model(toy_file)
+    assert "toy.safetensors" in str(e.value) and "salt_config" in str(e.value) and words in str(e.value), e.value
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", "null", "\"dim\""])
+def test_a_config_metadata_that_is_not_a_json_object_names_the_field_and_the_file(toy_file, text):
+    rewrite_metadata(toy_file, salt_config=text)
+    with pytest.raises(ValueError, match=r"toy\.safetensors.*salt_config"):
+        load_model(toy_file)
+
+
+@pytest.mark.parametrize("aliases, words", [
+    ("{broken", "not valid JSON"),
+    ('["a", "b"]', "expected a JSON object"),
+    ('{"alias.weight": "no.such.tensor"}', "no.such.tensor"),
+    ('{"alias.weight": 3}', "expected a JSON object"),
+])
+def test_a_broken_alias_table_names_the_field_and_the_file(toy_file, aliases, words):
+    rewrite_metadata(toy_file, salt_aliases=aliases, salt_config=get_config("toy").to_json())
+    with pytest.raises(ValueError) as e:
+        read_checkpoint(toy_file)
+    assert "toy.safetensors" in str(e.value) and "salt_aliases" in str(e.value) and words in str(e.value), e.value
+
+
+def test_num_heads_zero_passed_by_the_caller_is_an_error_not_a_division(toy_file):
+    with pytest.raises(ValueError, match="num_heads=0"):
+        load_model(toy_file, num_heads=0)
+
+
+# -- KV caches and streaming requests ------------------------------------------------------------------------
+def test_the_cache_estimate_matches_what_a_cache_allocates(toy):
+    cache = toy.new_cache(2, CachePolicy.rolling(6), (16, 16))
+    actual = cache.k.numel() * cache.k.element_size() * 2
+    assert kv_cache_bytes(4, 2, 4, 32, 16, 6) == actual
+
+
+@pytest.mark.parametrize("limit", [0, 1, 10_000, 190_000])
+def test_a_cache_over_an_explicit_memory_limit_is_refused_with_the_estimate_and_the_fix(toy, limit):
+    # the rolling 6-frame cache of batch 2 on 16 tokens/frame takes 196,608 bytes
+    with pytest.raises(MemoryError, match=r"needs about .* \(memory_limit\); use fewer frames"):
+        toy.new_cache(2, CachePolicy.rolling(6), (16, 16), memory_limit=limit)
+
+
+@pytest.mark.parametrize("hw, batch", [((4096, 4096), 64), ((8192, 8192), 8), ((2048, 2048), 1024)])
+def test_a_cache_larger_than_free_memory_is_refused_before_allocating(toy, hw, batch):
+    before = peak_rss_mib()
+    with pytest.raises(MemoryError, match=r"free memory on cpu"):
+        toy.new_cache(batch, CachePolicy.full(21), hw)
+    assert peak_rss_mib() - before < 200
+
+
+def test_stream_video_passes_its_memory_limit_to_the_cache(toy):
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(1, 3, 3, 16, 16, generator=g)
+    ctx = torch.randn(1, 8, 32, generator=g)
+    with pytest.raises(MemoryError, match="memory_limit"):
+        stream_video(toy, noise, ctx, get_sigmas_fewstep(2, 3.0), chunk_frames=3, policy=CachePolicy.full(3),
+                     memory_limit=1000)
+
+
+def test_the_streaming_estimate_grows_with_size_batch_and_guidance():
+    cfg = get_config("wan2.1-t2v-1.3b")
+    small = stream_memory_bytes(cfg, 1, 21, (60, 104), CachePolicy.full(21), 3)
+    assert stream_memory_bytes(cfg, 1, 21, (512, 512), CachePolicy.full(21), 3) > 13 * small
+    assert stream_memory_bytes(cfg, 2, 21, (60, 104), CachePolicy.full(21), 3) > 1.9 * small
+    assert stream_memory_bytes(cfg, 1, 21, (60, 104), CachePolicy.full(21), 3, cfg_scale=3.0) > 1.5 * small
+    # a 4096² Wan stream (512² latent): the KV cache alone is ~tens of GiB
+    assert stream_memory_bytes(cfg, 1, 21, (512, 512), CachePolicy.full(21), 3) > 13 * 2**30
+
+
+# -- distillation size overrides --------------------------------------------------------------------------------
+@pytest.mark.parametrize("preset", ["toy-dmd", "toy-bidir-dmd"])
+@pytest.mark.parametrize("num_frames", [3 * 10**5, 3 * 10**7])
+def test_a_distillation_num_frames_override_too_large_for_memory_is_refused_before_training(tmp_path, preset,
+                                                                                           num_frames):
+    teacher = tmp_path / "teacher.safetensors"
+    save_model(build_model("toy", seed=0), teacher)
+    cfg = get_preset(preset, teacher=str(teacher), num_frames=num_frames, batch_size=8, gen_steps=1, threads=1,
+                     eval_every=0)
+    before = peak_rss_mib()
+    with pytest.raises(MemoryError, match=rf"distillation at batch_size=8, num_frames={num_frames}.*needs about "
+                                          rf".*GiB.*free memory on cpu.*lower num_frames"):
+        from comfyui_salt.training.distill import run_distillation
+        run_distillation(cfg, str(tmp_path / "run"), quiet=True)
+    assert peak_rss_mib() - before < 300
+    assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())
+
+
+def test_the_distillation_estimate_of_a_toy_run_is_tens_of_mib_and_grows_with_frames():
+    import dataclasses
+    from comfyui_salt.training.validate import distill_memory_bytes
+    student = build_model("toy", seed=0)
+    cfg = get_preset("toy-dmd")
+    small = distill_memory_bytes(cfg, student, student)
+    assert 10 * 2**20 < small < 500 * 2**20
+    assert distill_memory_bytes(dataclasses.replace(cfg, num_frames=120), student, student) > 5 * small
+    assert distill_memory_bytes(dataclasses.replace(cfg, num_frames=120, grad_checkpointing=True), student,
+                                student) < distill_memory_bytes(dataclasses.replace(cfg, num_frames=120), student,
+                                                                student)
+
+
+def test_a_cache_too_large_for_memory_is_refused_by_the_distillers_cache_too(toy):
+    from comfyui_salt.salt_core.kv_cache import CachePolicy
+    with pytest.raises(MemoryError, match=r"KV cache of 300000 frames"):
+        toy.new_cache(8, CachePolicy(-1, 0, 300000), (16, 16))
