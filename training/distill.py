@@ -33,7 +33,7 @@ from ..salt_core.scorenet import ScoreNet
 from ..salt_core.validate import check_count
 from .common import (EMA, CheckpointManager, JsonlLog, check_loss_terms, check_stop, logged_eval_steps, progress,
                      step_generators, step_seed)
-from .distill_config import DistillConfig
+from .distill_config import RELEASED_CLIPS_PER_UPDATE, DistillConfig
 from .distill_eval import evaluate_student
 from .distill_models import build_models, build_prompts, resolve_teacher_kind
 from .distributed import average_gradients, process_info
@@ -49,7 +49,7 @@ COUNT_KEYS = ("gen_updates", "sc_updates", "align_updates", "sc_ratio_sum", "sc_
 
 def alignment_acts(cfg: DistillConfig, it: int, K: int, exit_index: int) -> bool:
     """Whether a generator step at iteration `it` with K steps and this exit index carries the feature alignment
-    (SALT_METHOD §3): K = 2 (or K = 4 with align_k4), exit index 1, it ≥ align_start_iter (released mmd_start_step)."""
+    (SALT_METHOD §3): K = 2 (or K = 4 with align_k4), exit index 1, it ≥ align_start_iter (mmd_start_step)."""
     return (cfg.align_weight > 0 and it >= cfg.align_start_iter and exit_index == 1
             and (K == 2 or (cfg.align_k4 and K == 4)))
 
@@ -96,6 +96,7 @@ class Distiller:
             self.ref_cache = student.new_cache(cfg.batch_size, self.policy, (cfg.height, cfg.width))
         self.gen_step = 0
         self.counts = dict.fromkeys(COUNT_KEYS, 0.0)   # per-run tallies of what acted (saved with the state)
+        self._align_probes = []                          # alignment-gradient hooks of the current step
 
     # -- pieces ---------------------------------------------------------------------------------
     def draws(self, it: int, role: str) -> dict:
@@ -158,8 +159,10 @@ class Distiller:
 
         Besides the losses, stats say which terms acted (`sc_acted`, `aligned`) and how strongly: the norm of each
         weighted term's gradient relative to DMD's, taken at the exit step's network output v1 where the three
-        terms meet (`sc_dmd_grad_ratio`, `align_dmd_grad_ratio`). DMD and alignment reach v1 through
-        x0 = x_s − σ_s·v1, so their ratio is taken at x0 directly; SC's at v1 against σ_s·‖∂L_DMD/∂x0‖.
+        terms meet (`sc_dmd_grad_ratio`, `align_dmd_grad_ratio`, the latter filled in by `_step` after the
+        backward). DMD and alignment reach v1 through x0 = x_s − σ_s·v1, so their ratio is taken at x0 directly;
+        SC's at v1 against σ_s·‖∂L_DMD/∂x0‖. All come from gradients the step computes anyway, or from small
+        graphs (DMD's and SC's closed forms), never from an extra backward through a network.
         """
         cfg = self.cfg
         ctx, unc, noise = self.batch(rng, gen)
@@ -199,14 +202,21 @@ class Distiller:
             sigma_f = (sample_alignment_timesteps(cfg.batch_size, gen, cfg.shift) / 1000.0).to(x.device)
             eps_f = randn_like(x, gen)
             s5 = sigma_f.view(-1, 1, 1, 1, 1)
-            _, f_stu = self.real.velocity(add_noise(x, eps_f, s5), sigma_f, ctx, x.detach(), cfg.align_block)
+            # x_al is x as its own graph node: the gradient the real backward leaves at it is ∂(w·L_align)/∂x
+            # alone, read by a hook (no extra backward through the teacher) and turned into a ratio in _step
+            x_al = x.view_as(x)
+            if dmd_norm > 0 and x_al.requires_grad:
+                probe = {"dmd_norm": dmd_norm, "sq": 0.0}
+
+                def record(g, probe=probe):
+                    probe["sq"] += g.double().pow(2).sum().item()
+                x_al.register_hook(record)
+                self._align_probes.append(probe)
+            _, f_stu = self.real.velocity(add_noise(x_al, eps_f, s5), sigma_f, ctx, x.detach(), cfg.align_block)
             with torch.no_grad():
                 _, f_ref = self.real.velocity(add_noise(ref, eps_f, s5), sigma_f, ctx, ref, cfg.align_block)
             l_al, st = self.align(f_stu, f_ref, frames=cfg.num_frames)
-            weighted = self.align.weight * l_al
-            if dmd_norm > 0:
-                stats["align_dmd_grad_ratio"] = _grad_norm(weighted, x) / dmd_norm
-            total = total + weighted
+            total = total + self.align.weight * l_al
             stats.update(st)
         stats["aligned"] = float(aligned)
         return total, stats
@@ -234,6 +244,10 @@ class Distiller:
             check_loss_terms(loss, st, tag, it)
             (loss / self.cfg.grad_accum).backward()
             stats.update({k: stats.get(k, 0.0) + v / self.cfg.grad_accum for k, v in st.items()})
+        if self._align_probes:   # hooks filled during backward (the loss was divided by grad_accum)
+            ratios = [p["sq"] ** 0.5 * self.cfg.grad_accum / p["dmd_norm"] for p in self._align_probes]
+            stats["align_dmd_grad_ratio"] = sum(ratios) / len(ratios)
+            self._align_probes.clear()
         average_gradients(model, self.world_size)
         stats[f"{tag}_grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.grad_clip))
         opt.step()
@@ -351,6 +365,11 @@ def _run_distillation(cfg, out_dir, max_gen_steps, callback, quiet, device):
     job = Distiller(cfg, teacher, student, critic, prompts, rank, world_size, score_kind=resolve_teacher_kind(cfg))
     log.info("teacher and critic score clips %s", "whole (bidirectional)" if job.score_kind == "bidirectional"
              else "chunk by chunk given the clean past (teacher forcing)")
+    clips = cfg.batch_size * cfg.grad_accum * world_size
+    if not cfg.world and clips < RELEASED_CLIPS_PER_UPDATE:
+        log.warning("%d clip(s) per generator update (batch_size × grad_accum × processes); released runs average "
+                    "%d (1 per GPU × 64 GPUs): set --grad-accum %d to match on this many processes", clips,
+                    RELEASED_CLIPS_PER_UPDATE, -(-RELEASED_CLIPS_PER_UPDATE // (cfg.batch_size * world_size)))
     ckpt = CheckpointManager(os.path.join(out_dir, "checkpoints"))
     logger = JsonlLog(os.path.join(out_dir, "metrics.jsonl" if rank == 0 else f"metrics_rank{rank}.jsonl"))
     it = 0

@@ -27,7 +27,7 @@ class DistillConfig:
     job: str = "dmd"                    # "dmd" (DMD / SC-DMD / Salt) or "ode_init" (regress teacher ODE pairs)
     # -- models ------------------------------------------------------------------------------
     teacher: str = "toy"                # "toy" (shipped toy teacher) or a checkpoint path (any layout)
-    teacher_kind: str = "auto"          # how teacher and critic score a clip: bidirectional (whole clip, one level, as released) | teacher_forcing (chunk by chunk given the clean past) | auto (the teacher file's teacher_mode, else bidirectional)
+    teacher_kind: str = "auto"          # scoring: bidirectional (whole clip) | teacher_forcing (chunk) | auto (file)
     student_init: str = "teacher"       # "teacher" (copy of the teacher weights) or a checkpoint path
     critic_init: str = "teacher"        # "teacher" or a checkpoint path
     student_kind: str = "causal"        # "causal" (KV-cached chunk rollouts) | "bidirectional"
@@ -50,13 +50,13 @@ class DistillConfig:
     step_probs: tuple = (1.0,)          # their probabilities (Salt: (0.4, 0.4, 0.2))
     eval_nfe: tuple = (4, 2)            # inference NFEs evaluated
     # -- losses ------------------------------------------------------------------------------
-    guidance_scale: float = 3.0         # STANDARD CFG of the real score (Self Forcing's 3.0 == 4.0 here)
+    guidance_scale: float = 3.0         # standard CFG g (uncond + g·Δ); the released 3.0 (cond + 3·Δ) is 4.0 here
     sc_weight: float = 0.0              # λ_SC (Salt: 0.2); 0 disables SC-DMD
     sc_steps: int = 8                   # SC applies to rollouts with this K (Salt: 8)
     sc_symmetric: bool = False          # paper's reading: grad through both branches
     align_weight: float = 0.0           # alignment weight (Salt: 0.1); 0 disables
     align_delta: float = 0.1            # hinge margin δ
-    align_start_iter: int = 0           # trainer iteration from which alignment acts (release mmd_start_step: 700/1000/1200)
+    align_start_iter: int = 0           # trainer iteration where alignment starts (released: 700/1000/1200)
     align_block: int = 2                # teacher block whose tokens are aligned (14B: 20)
     align_coupling: str = "noise_aligned"  # reference noise coupling: noise_aligned | independent
     align_k4: bool = False              # also align K = 4 to an 8-step reference (paper variant)
@@ -115,8 +115,8 @@ def check_renamed(keys) -> None:
         raise ValueError("DistillConfig: " + "; ".join(f"{k} was renamed to {RENAMED[k]}" for k in old))
 
 
-# Toy: EMA from iteration 100 (generator update 20) at decay 0.95; the critic's lr from the sweep in README
-# "Distillation" (critic lr sweep).
+# Toy: EMA from iteration 100 (after generator update 21) at decay 0.95; the critic's lr from the sweep in README
+# "Distillation experiment" (critic learning rate).
 _TOY = DistillConfig(lr_gen=2e-5, lr_critic=2e-5, ema_start_iter=100, ema_decay=0.95, gen_steps=200)
 _REAL = DistillConfig(teacher="", teacher_kind="bidirectional", student_init="", critic_init="", world="",
                       num_frames=21, height=60, width=104, shift=5.0, guidance_scale=4.0, batch_size=1,
@@ -125,6 +125,7 @@ _REAL = DistillConfig(teacher="", teacher_kind="bidirectional", student_init="",
 _MIXED = dict(step_choices=(8, 4, 2), step_probs=(0.4, 0.4, 0.2), sc_weight=0.2, align_weight=0.1)
 # Released alignment starts (mmd_start_step, trainer iterations) per backbone. The release sets no total length
 # (its loop runs until stopped), so our Salt presets train for twice that: alignment acts on the second half.
+RELEASED_CLIPS_PER_UPDATE = 64   # released total_batch_size: 1 clip per GPU × 64 GPUs, no accumulation
 RELEASED_ALIGN_START = {"salt-causal-forcing": 700, "salt-self-forcing": 1000, "salt-longlive": 1200}
 
 

@@ -41,6 +41,10 @@ ARMS = [  # (run name, preset, student init run, arm)
     ("ar-sc-single-k", "toy-sc-single-k", "ode-causal", "autoregressive"),
     ("ar-salt", "toy-salt", "ode-causal", "autoregressive"),
 ]
+# The toy critic-lr sweep (issue: official-recipe fidelity): Salt arms that differ from ar-salt only in lr_critic.
+# Trained only when named in --train-only (not part of the default run).
+SWEEP = {"ar-salt-critic-4e-6": {"lr_critic": 4e-6}, "ar-salt-critic-1e-4": {"lr_critic": 1e-4}}
+ARMS += [(name, "toy-salt", "ode-causal", "autoregressive") for name in SWEEP]
 
 
 def run_arm(name, preset, init, out, gen_steps, batch, threads, ode_steps, ode_pairs):
@@ -52,7 +56,7 @@ def run_arm(name, preset, init, out, gen_steps, batch, threads, ode_steps, ode_p
         overrides.update(gen_steps=gen_steps, student_init=os.path.join(out, init, "export", "student.safetensors"))
         if name.startswith("bidir"):
             overrides["student_kind"] = "bidirectional"
-    cfg = get_preset(preset, **overrides)
+    cfg = get_preset(preset, **overrides, **SWEEP.get(name, {}))
     run_dir = os.path.join(out, name)
     shared = os.path.join(out, "ode-causal", "ode_pairs.safetensors")
     if name == "ode-bidir" and os.path.exists(shared) and not os.path.exists(os.path.join(run_dir, "ode_pairs.safetensors")):
@@ -117,10 +121,12 @@ def main():
     install_stop_handlers()   # Ctrl-C / kill: the running arm saves at a step boundary; rerun to resume
     cfgs = {}
     for name, preset, init, arm in ARMS:
-        if args.train_only and name not in args.train_only:
+        if args.train_only and name not in args.train_only or (name in SWEEP and not args.train_only
+                                                                  and not os.path.isdir(os.path.join(args.out, name))):
             continue
         if args.eval_only:
-            cfgs[name] = get_preset(preset, student_kind="bidirectional" if "bidir" in name else "causal")
+            cfgs[name] = get_preset(preset, student_kind="bidirectional" if "bidir" in name else "causal",
+                                    **SWEEP.get(name, {}))
         else:
             cfgs[name], _ = run_arm(name, preset, init, args.out, args.gen_steps, args.batch, args.threads,
                                     args.ode_steps, args.ode_pairs)
