@@ -16,6 +16,7 @@ import latent_preview
 from comfy_api.latest import ComfyExtension, io, ui  # noqa: F401  (re-exported: nodes import them from here)
 
 DIFFUSION_MODELS = "diffusion_models"   # ComfyUI's folder for bare transformer weights (models/diffusion_models)
+LORAS = "loras"                          # ComfyUI's LoRA folder (models/loras), read by LoraLoaderModelOnly
 PREVIEW_PIXELS = 128                     # previews of tiny pixel latents are upscaled to about this size
 
 
@@ -38,6 +39,11 @@ def diffusion_model_path(name: str) -> str:
 def diffusion_models_directory() -> str:
     """The first (writable) diffusion_models folder, where trained students are published."""
     return folder_paths.get_folder_paths(DIFFUSION_MODELS)[0]
+
+
+def loras_directory() -> str:
+    """The first (writable) loras folder, where extracted LoRAs are written."""
+    return folder_paths.get_folder_paths(LORAS)[0]
 
 
 def output_directory() -> str:
