@@ -130,8 +130,13 @@ def latent_to_comfy(x: torch.Tensor, latent_format: str) -> torch.Tensor:
     return x
 
 
+# Native Wan backbones with the original Wan parameter names: WanModel (comfy/ldm/wan/model.py) and, in
+# ComfyUI after PR #13082, the weight-compatible autoregressive CausalWanModel (comfy/ldm/wan/ar_model.py).
+NATIVE_WAN_CLASSES = ("WanModel", "CausalWanModel")
+
+
 def native_wan_module(model_patcher) -> torch.nn.Module:
-    """The loaded `comfy.ldm.wan.model.WanModel` of a ComfyUI MODEL, with its patches (LoRAs) applied.
+    """The loaded native Wan backbone (`WanModel` or `CausalWanModel`) of a ComfyUI MODEL, patches (LoRAs) applied.
 
     Loads the model the way a sampler would, so the weights read afterwards are the ones it would use.
     """
@@ -139,9 +144,10 @@ def native_wan_module(model_patcher) -> torch.nn.Module:
     if inner is None:
         raise TypeError(f"model: got a {type(model_patcher).__name__}; expected a ComfyUI MODEL (the output of "
                         f"Load Diffusion Model / UNETLoader or Load Checkpoint)")
-    if type(inner).__name__ != "WanModel" or not type(inner).__module__.startswith("comfy.ldm.wan"):
+    if type(inner).__name__ not in NATIVE_WAN_CLASSES or not type(inner).__module__.startswith("comfy.ldm.wan"):
         raise TypeError(f"model: its diffusion model is {type(inner).__module__}.{type(inner).__name__}; expected "
-                        f"comfy.ldm.wan.model.WanModel (a Wan 2.1 T2V checkpoint). Load a Wan 2.1 model, or load "
-                        f"a Salt / Self-Forcing file with SaltLoadCausalModel")
+                        f"comfy.ldm.wan.model.WanModel or comfy.ldm.wan.ar_model.CausalWanModel (a Wan 2.1 T2V "
+                        f"checkpoint). Load a Wan 2.1 model, or load a Salt / Self-Forcing file with "
+                        f"SaltLoadCausalModel")
     comfy.model_management.load_models_gpu([model_patcher])
     return inner

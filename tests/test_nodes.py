@@ -240,10 +240,55 @@ def test_causal_from_model_casts_only_tensors_of_another_dtype(salt_nodes):
     assert salt.model.blocks[0].ffn[0].weight.data_ptr() == native.blocks[0].ffn[0].weight.data_ptr()
 
 
+def causal_wan_patcher():
+    """A MODEL whose diffusion model stands in for ComfyUI's AR `comfy.ldm.wan.ar_model.CausalWanModel` (PR
+    #13082, not in 0.3.75): same class name and module, same attributes and state dict as WanModel (the real
+    one declares itself weight-compatible with WanModel), plus the cache constructors SamplerARVideo checks."""
+    patcher = native_wan_patcher()
+    inner = patcher.model.diffusion_model
+    inner.__class__ = type("CausalWanModel", (type(inner),), {
+        "__module__": "comfy.ldm.wan.ar_model",
+        "init_kv_caches": lambda self, *a: [], "init_crossattn_caches": lambda self, *a: []})
+    return patcher
+
+
+def test_causal_from_model_accepts_comfys_autoregressive_causal_wan_model(salt_nodes):
+    patcher = causal_wan_patcher()
+    native = patcher.model.diffusion_model
+    assert type(native).__name__ == "CausalWanModel" and type(native).__module__ == "comfy.ldm.wan.ar_model"
+    salt = run(salt_nodes.SaltCausalFromModel, model=patcher)[0]
+    ours, theirs = salt.model.state_dict(), native.state_dict()
+    assert set(ours) == set(theirs) and all(ours[k].data_ptr() == theirs[k].data_ptr() for k in ours)
+    g = torch.Generator().manual_seed(0)
+    x, ctx, t = torch.randn(1, 16, 3, 8, 8, generator=g), torch.randn(1, 5, 4096, generator=g), torch.tensor([640.0])
+    with torch.no_grad():
+        assert_close(salt.model(x, t, ctx), native(x, t, ctx), 1e-5, "Salt vs the CausalWanModel stand-in")
+
+
+def test_salt_sigmas_are_self_forcing_timesteps_under_comfys_flow_sampling_as_sampler_ar_video_uses_them(salt_nodes):
+    """SamplerARVideo (ComfyUI PR #13082) runs every block through the given SIGMAS: model(x, σ_i), then
+    x = (1 − σ_{i+1})·x0 + σ_{i+1}·noise until σ_{i+1} == 0. So a SIGMAS for it must end at exactly 0, and
+    ComfyUI's own flow sampling (ModelSamplingSD3) must turn σ into the student's timesteps."""
+    from comfy_extras.nodes_model_advanced import ModelSamplingSD3
+    patched = ModelSamplingSD3().patch(native_wan_patcher(), shift=5.0)[0]
+    model_sampling = patched.get_model_object("model_sampling")
+    sigmas = run(salt_nodes.SaltFewStepSigmas, preset="self_forcing_4step", nfe=4, shift=5.0)[0]
+    assert sigmas[-1].item() == 0.0 and bool((sigmas[1:] < sigmas[:-1]).all()) and sigmas[0].item() <= 1.0
+    timesteps = model_sampling.timestep(sigmas[:-1])
+    warped = [1000 * 5 * (t / 1000) / (1 + 4 * (t / 1000)) for t in (1000, 750, 500, 250)]   # Self Forcing's warp
+    assert_close(timesteps, torch.tensor(warped), 1e-6, "ComfyUI timesteps vs Self Forcing's warped grid")
+    for preset in ("2step", "training_8step", "uniform"):
+        assert run(salt_nodes.SaltFewStepSigmas, preset=preset, nfe=3, shift=5.0)[0][-1].item() == 0.0
+
+
 def test_causal_from_model_rejects_a_model_that_is_not_wan(salt_nodes):
     patcher = type("Patcher", (), {"model": type("Base", (), {"diffusion_model": torch.nn.Linear(2, 2)})()})()
-    with pytest.raises(TypeError, match="expected comfy.ldm.wan.model.WanModel"):
+    with pytest.raises(TypeError, match="expected comfy.ldm.wan.model.WanModel or .*CausalWanModel"):
         run(salt_nodes.SaltCausalFromModel, model=patcher)
+    elsewhere = type("Patcher", (), {"model": type("Base", (), {"diffusion_model": type(
+        "CausalWanModel", (torch.nn.Module,), {"__module__": "other_pack.model"})()})()})()
+    with pytest.raises(TypeError, match="other_pack.model.CausalWanModel"):
+        run(salt_nodes.SaltCausalFromModel, model=elsewhere)
 
 
 @pytest.mark.parametrize("layout, use_ema", [("wan", True), ("comfyui", True), ("self_forcing", False)])
