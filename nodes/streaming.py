@@ -151,7 +151,11 @@ def _stream(salt, positive, options, sigmas, seed, num_chunks, width, height, ba
                             context_noise=options.context_noise, stochastic=sampling == "stochastic",
                             generator=renoise, callback=callback, prompt_switches=switches, cfg_scale=cfg,
                             uncond_context=uncond)
-    return torch.cat([c.float().cpu() for c in chunks], dim=2)
+    out = []
+    for chunk in chunks:
+        out.append(chunk.float().cpu())
+        progress.show_chunk(len(out) * steps, chunk)       # the finished chunk, decoded as the user previews
+    return torch.cat(out, dim=2)
 
 
 class SaltCacheOptions(io.ComfyNode):

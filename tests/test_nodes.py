@@ -368,14 +368,39 @@ def test_streaming_equals_salt_cores_rollout_with_the_seeded_noise(salt_nodes, t
     assert torch.equal(latent, again)
 
 
-def test_streaming_reports_progress_with_a_preview_per_step(salt_nodes, toy_salt, monkeypatch):
+def set_preview_method(monkeypatch, name: str):
+    """As if ComfyUI had been started with --preview-method <name>."""
+    import comfy.cli_args
+    monkeypatch.setattr(comfy.cli_args.args, "preview_method", comfy.cli_args.LatentPreviewMethod(name))
+
+
+def progress_hook(monkeypatch) -> list:
     import comfy.utils
     calls = []
     monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK", lambda v, t, p, node_id=None: calls.append((v, t, p)))
-    run(salt_nodes.SaltStreamingSampler, **stream_inputs(salt_nodes, toy_salt, num_chunks=3))
-    assert [(v, t) for v, t, _ in calls] == [(i, 6) for i in range(1, 7)]
-    kind, image, _ = calls[-1][2]
-    assert kind == "JPEG" and image.size == (128, 128)
+    return calls
+
+
+def test_streaming_previews_each_step_and_each_finished_chunk_when_previews_are_on(salt_nodes, toy_salt, monkeypatch):
+    set_preview_method(monkeypatch, "auto")
+    calls = progress_hook(monkeypatch)
+    latent = run(salt_nodes.SaltStreamingSampler, **stream_inputs(salt_nodes, toy_salt, num_chunks=3))[0]["samples"]
+    # two steps per chunk, then the finished chunk at the same count
+    assert [(v, t) for v, t, _ in calls] == [(1, 6), (2, 6), (2, 6), (3, 6), (4, 6), (4, 6), (5, 6), (6, 6), (6, 6)]
+    kind, image, _ = calls[0][2]
+    assert kind == "JPEG" and image.size == (128, 128)                 # the current x0's last frame, ×8
+    kind, strip, _ = calls[-1][2]
+    assert kind == "JPEG" and strip.size == (3 * 128, 128)             # the finished chunk's three frames
+    last = latent[0, :, -1].movedim(0, -1)                             # the video's last frame, (16, 16, 3)
+    expected = ((last + 1) / 2).clamp(0, 1).mul(255).to(torch.uint8).repeat_interleave(8, 0).repeat_interleave(8, 1)
+    assert torch.equal(torch.frombuffer(bytearray(strip.tobytes()), dtype=torch.uint8).view(128, 384, 3)[:, 256:], expected)
+
+
+def test_streaming_shows_no_preview_when_comfyui_runs_without_previews(salt_nodes, toy_salt, monkeypatch):
+    set_preview_method(monkeypatch, "none")
+    calls = progress_hook(monkeypatch)
+    run(salt_nodes.SaltStreamingSampler, **stream_inputs(salt_nodes, toy_salt, num_chunks=2))
+    assert len(calls) == 6 and all(p is None for _, _, p in calls)
 
 
 def test_streaming_stops_when_the_user_cancels(salt_nodes, toy_salt):
@@ -492,12 +517,36 @@ def test_load_causal_model_validates_the_file_name_when_the_prompt_is_queued(sal
 
 
 def test_wan_latents_are_previewed_through_comfys_latent_to_rgb_factors(salt_nodes, monkeypatch):
-    import comfy.utils
     from comfyui_salt.nodes.bridge import Progress
-    calls = []
-    monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK", lambda v, t, p, node_id=None: calls.append((v, t, p)))
+    set_preview_method(monkeypatch, "latent2rgb")
+    calls = progress_hook(monkeypatch)
     progress = Progress(3, "wan21")
     progress.update(1, torch.randn(1, 16, 3, 6, 10))
     progress.update(2, torch.randn(1, 5, 3, 6, 10))       # not previewable as Wan: progress only
+    progress.show_chunk(3, torch.randn(1, 16, 3, 6, 10))
     assert calls[0][:2] == (1, 3) and calls[0][2][0] == "JPEG" and calls[0][2][1].size == (10, 6)
     assert calls[1] == (2, 3, None)
+    assert calls[2][2][1].size == (30, 6)
+
+
+def test_wan_previews_use_the_previewer_comfyui_selects_for_wan21(salt_nodes, monkeypatch):
+    """TAESD (lighttaew2_1 in models/vae_approx) or Latent2RGB is ComfyUI's choice: the node asks
+    latent_preview.get_previewer with the Wan21 latent format and shows what that previewer decodes."""
+    import latent_preview
+    from PIL import Image
+    from comfyui_salt.nodes.bridge import Progress
+    set_preview_method(monkeypatch, "taesd")
+    seen = []
+
+    class Stub(latent_preview.LatentPreviewer):
+        def decode_latent_to_preview(self, x0):
+            seen.append(tuple(x0.shape))
+            return Image.new("RGB", (7, 5))
+
+    monkeypatch.setattr(latent_preview, "get_previewer", lambda device, fmt: seen.append(type(fmt).__name__) or Stub())
+    calls = progress_hook(monkeypatch)
+    progress = Progress(2, "wan21")
+    progress.update(1, torch.randn(2, 16, 3, 6, 10))
+    progress.show_chunk(2, torch.randn(2, 16, 3, 6, 10))
+    assert seen == ["Wan21", (1, 16, 1, 6, 10), (1, 16, 1, 6, 10), (1, 16, 1, 6, 10), (1, 16, 1, 6, 10)]
+    assert calls[0][2][1].size == (7, 5) and calls[1][2][1].size == (21, 5)
