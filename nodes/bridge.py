@@ -172,6 +172,25 @@ def latent_to_comfy(x: torch.Tensor, latent_format: str) -> torch.Tensor:
 NATIVE_WAN_CLASSES = ("WanModel", "CausalWanModel")
 
 
+def latent_from_comfy(x: torch.Tensor, latent_format: str) -> torch.Tensor:
+    """ComfyUI's LATENT space (B, C, F, H, W) → Salt's model space: the inverse of `latent_to_comfy`."""
+    if latent_format == "wan21":
+        return comfy.latent_formats.Wan21().process_in(x)
+    return x
+
+
+def resize_image(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """IMAGE (B, H', W', C) → (B, height, width, C), scaled and centre-cropped as ComfyUI's image nodes do."""
+    if image.shape[1:3] == (height, width):
+        return image
+    return comfy.utils.common_upscale(image.movedim(-1, 1), width, height, "bilinear", "center").movedim(1, -1)
+
+
+def encode_image(vae, image: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """IMAGE (B, H', W', C) in [0, 1] → the user's VAE's LATENT samples (B, C, 1, height/8, width/8), resized first."""
+    return vae.encode(resize_image(image, width, height)[..., :3])
+
+
 def native_wan_module(model_patcher) -> torch.nn.Module:
     """The loaded native Wan backbone (`WanModel` or `CausalWanModel`) of a ComfyUI MODEL, patches (LoRAs) applied.
 

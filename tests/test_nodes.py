@@ -458,6 +458,51 @@ def test_wan_latents_are_sized_at_one_eighth_and_returned_in_comfys_latent_space
     assert_close(comfy.latent_formats.Wan21().process_in(latent_to_comfy(x, "wan21")), x, 1e-5, "round trip")
 
 
+# -- image-to-video -------------------------------------------------------------------------------------
+def test_a_toy_start_image_is_cached_first_and_returned_as_frame_zero_like_salt_cores_first_frames(salt_nodes, toy_salt):
+    from comfyui_salt.salt_core.kv_cache import CachePolicy
+    from comfyui_salt.salt_core.streaming import stream_video
+    from comfyui_salt.salt_core.toy.world import get_world, sample_batch
+    clip = sample_batch(get_world("default"), 3, 1)[0]                     # (1, 3, 12, 16, 16) in [-1, 1]
+    image = ((clip[:, :, 0] + 1) / 2).movedim(1, -1)                      # IMAGE (1, 16, 16, 3)
+    inputs = stream_inputs(salt_nodes, toy_salt, start_image=image)
+    latent = run(salt_nodes.SaltStreamingSampler, **inputs)[0]["samples"]
+    assert latent.shape == (1, 3, 1 + 2 * 3, 16, 16)
+    assert_close(latent[:, :, :1], clip[:, :, :1], 1e-6, "frame 0 is the start image")
+    sig = inputs["sigmas"].double()
+    noise = torch.randn(1, 3, 6, 16, 16, generator=torch.Generator().manual_seed(7))
+    ref = stream_video(toy_salt.model, noise, inputs["positive"][0][0], sig, policy=CachePolicy.full(12),
+                       chunk_frames=3, generator=torch.Generator().manual_seed(8), first_frames=clip[:, :, :1])
+    assert_close(latent, ref, 1e-6, "node vs stream_video(first_frames)")
+    plain = run(salt_nodes.SaltStreamingSampler, **stream_inputs(salt_nodes, toy_salt))[0]["samples"]
+    assert not torch.allclose(plain, latent[:, :, 1:], atol=1e-3), "the start image changed nothing"
+
+
+def test_a_wan_start_image_is_encoded_with_the_users_vae_into_comfys_latent_space(salt_nodes):
+    import comfy.sd
+    import comfy.utils
+    from test_comfy_server import tiny_wan_vae_state_dict
+    vae = comfy.sd.VAE(sd=tiny_wan_vae_state_dict())
+    salt = run(salt_nodes.SaltCausalFromModel, model=native_wan_patcher())[0]
+    image = torch.rand(1, 40, 24, 3, generator=torch.Generator().manual_seed(2))      # resized to 32×32
+    context = torch.randn(1, 4, NATIVE_WAN["text_dim"], generator=torch.Generator().manual_seed(1))
+    base = dict(model=salt, positive=[[context, {}]], cache_options=toy_options(salt_nodes), seed=3,
+                sigmas=run(salt_nodes.SaltFewStepSigmas, preset="2step", nfe=2, shift=5.0)[0], num_chunks=1,
+                width=32, height=32, batch_size=1, sampling="stochastic", cfg=1.0)
+    out = run(salt_nodes.SaltStreamingSampler, **base, start_image=image, vae=vae)[0]["samples"]
+    encoded = vae.encode(comfy.utils.common_upscale(image.movedim(-1, 1), 32, 32, "bilinear", "center").movedim(1, -1))
+    assert out.shape == (1, 16, 1 + 3, 4, 4) and encoded.shape == (1, 16, 1, 4, 4)
+    assert_close(out[:, :, :1], encoded, 1e-5, "frame 0 = the VAE's latent of the image, in ComfyUI's space")
+    again = run(salt_nodes.SaltStreamingSampler, **base, start_latent={"samples": encoded})[0]["samples"]
+    assert_close(again, out, 1e-5, "start_latent = start_image through the same VAE")
+    with pytest.raises(ValueError, match="start_image needs the vae input"):
+        run(salt_nodes.SaltStreamingSampler, **base, start_image=image)
+    with pytest.raises(ValueError, match="connect one"):
+        run(salt_nodes.SaltStreamingSampler, **base, start_image=image, vae=vae, start_latent={"samples": encoded})
+    with pytest.raises(ValueError, match=r"expected \(1 or 1, 16, frames, 4, 4\)"):
+        run(salt_nodes.SaltStreamingSampler, **base, start_latent={"samples": torch.zeros(1, 16, 1, 8, 8)})
+
+
 # -- toy world -------------------------------------------------------------------------------------------
 def test_toy_text_encode_gives_the_toy_encoders_embeddings(salt_nodes):
     from comfyui_salt.salt_core.toy.text import ToyTextEncoder
