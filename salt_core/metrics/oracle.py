@@ -103,7 +103,7 @@ def first_frame_agreement(videos, first_frame, cfg: ToyWorldConfig, fit: SpriteF
     the world's speed for a video that continues the frame, larger for one that ignores it.
     """
     fit = _fit(videos, cfg, fit)
-    ref = fit_sprites(first_frame, cfg)
+    ref = fit_sprites(first_frame[:, :, :1].repeat(1, 1, 3, 1, 1), cfg)   # the fit wants >= 3 frames: a still clip
     same = lambda a, b: (a == b[:, :1]).double()   # noqa: E731  (B, F) vs the first frame's (B, 1)
     present = fit.present.double()
     out = {
