@@ -34,6 +34,7 @@ SALT_NODES = ["SaltFewStepSigmas", "SaltFewStepSampler", "SaltCacheOptions", "Sa
               "SaltDistill", "SaltExtractLoRA", "SaltSemigroupDefect"]
 RANDOM_TOY, NOT_WAN = "salt_toy_random.safetensors", "not_wan.safetensors"
 WAN_STANDIN, RELEASE_STANDIN, VAE_STANDIN = "tiny_wan_t2v.safetensors", "tiny_self_forcing_dmd.pt", "tiny_wan_vae.safetensors"
+START_FRAME = "salt_start_frame.png"                        # the I2V workflow's Load Image file (random pixels)
 WAN_STUDENT_STANDIN = "tiny_wan_t2v_student.safetensors"   # WAN_STANDIN with every tensor but the modulation changed
 # Wan-shaped and accepted by ComfyUI's model detection: head dim 128, freq_dim 256, umT5 width (4096).
 NATIVE_WAN = dict(dim=256, ffn_dim=256, num_heads=2, num_layers=1, in_dim=16, out_dim=16, text_dim=4096, freq_dim=256)
@@ -111,6 +112,10 @@ def write_standins(base: pathlib.Path, models: pathlib.Path) -> None:
     torch.save({"generator_ema": {f"model.{k}": v.clone() for k, v in release.items()}}, models / RELEASE_STANDIN)
     (base / "models" / "vae").mkdir(parents=True, exist_ok=True)
     save_file(tiny_wan_vae_state_dict(), str(base / "models" / "vae" / VAE_STANDIN))
+    (base / "input").mkdir(parents=True, exist_ok=True)
+    from PIL import Image
+    Image.fromarray((torch.rand(40, 24, 3, generator=torch.Generator().manual_seed(4)) * 255).byte().numpy()).save(
+        base / "input" / START_FRAME)
     pack = base / "custom_nodes" / "salt_test_nodes"
     pack.mkdir(parents=True, exist_ok=True)
     (pack / "__init__.py").write_text(TEST_NODES)
@@ -354,6 +359,20 @@ def test_the_lora_workflow_applies_an_extracted_full_rank_lora_that_reproduces_t
     assert with_lora.shape == reference.shape == (1, 16, 3, 6, 4)
     assert_close(with_lora, reference, 1e-4, "base + full-rank LoRA vs student")
     assert (without - reference).abs().max() > 100 * (with_lora - reference).abs().max(), "the LoRA did nothing"
+
+
+def test_the_i2v_workflow_encodes_the_start_image_with_comfys_vae_and_streams_after_it(server, object_info):
+    prompt = api_prompt("salt_causal_i2v.json", object_info)
+    sampler = prompt["7"]["inputs"]
+    assert sampler["start_image"] == ["12", 0] and sampler["vae"] == ["8", 0] and "switch_positive" not in sampler
+    assert prompt["12"]["inputs"]["image"] == START_FRAME and prompt["5"]["inputs"]["attention"] == "sink"
+    stand_in_text(prompt, RELEASE_TEXT_DIM)
+    prompt["1"]["inputs"].update(ckpt_name=RELEASE_STANDIN, dtype="fp32")
+    prompt["8"]["inputs"]["vae_name"] = VAE_STANDIN
+    sampler.update(width=32, height=32, num_chunks=2)                       # 1 + 6 latent frames
+    frames = webp_frames(output_files(server, run_ok(server, prompt))[0])
+    assert len(frames) == 4 * (1 + 2 * 3 - 1) + 1 and frames[0].size == (32, 32)
+    assert_non_degenerate(frames, min_std=1.0)
 
 
 # -- errors ----------------------------------------------------------------------------------------------
