@@ -16,7 +16,7 @@ imports ComfyUI. Node ids never change once shipped.
 | SaltToyTextEncode | text → CONDITIONING (toy text encoder) |
 | SaltToyDecode | LATENT (toy pixels), upscale → IMAGE |
 | SaltDistill | preset, teacher / student_init / critic_init, gen_steps, batch_size, seed, name, overrides → SALT_MODEL, STRING (export path) |
-| SaltExtractLoRA | base, student SALT_MODELs, rank, include_diffs, dtype, name → STRING (report; writes models/loras/salt/<name>.safetensors) |
+| SaltExtractLoRA | base, student SALT_MODELs, rank, include_diffs, dtype, name → STRING (report; writes loras/salt/) |
 | SaltSemigroupDefect | SALT_MODEL, prompts, nfe, grid_steps, seed (+ positive, latent for Wan) → STRING (report) |
 """
 from .bridge import ComfyExtension

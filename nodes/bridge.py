@@ -187,7 +187,7 @@ def resize_image(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
 
 
 def encode_image(vae, image: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    """IMAGE (B, H', W', C) in [0, 1] → the user's VAE's LATENT samples (B, C, 1, height/8, width/8), resized first."""
+    """IMAGE (B, H', W', C) in [0, 1], resized first → the VAE's LATENT samples (B, C, 1, height/8, width/8)."""
     return vae.encode(resize_image(image, width, height)[..., :3])
 
 

@@ -151,8 +151,9 @@ def _stream(salt, positive, options, sigmas, seed, num_chunks, width, height, ba
     num_first = 0 if first is None else first.shape[2]
     if policy.kind == "full" and frames + num_first > policy.max_frames:
         raise ValueError(f"SaltStreamingSampler: {num_first} start + {num_chunks} chunks × {options.chunk_frames} "
-                         f"frames = {frames + num_first} latent frames exceed the full cache's max_frames={policy.max_frames}; raise max_frames in "
-                         f"SaltCacheOptions or use a rolling / sink cache for long videos")
+                         f"frames = {frames + num_first} latent frames exceed the full cache's "
+                         f"max_frames={policy.max_frames}; raise max_frames in SaltCacheOptions or use a rolling / "
+                         f"sink cache for long videos")
     sig = check_sigmas(sigmas)
     context = text_context(positive, salt, batch_size, "positive")
     uncond = None
@@ -290,7 +291,7 @@ class SaltStreamingSampler(io.ComfyNode):
                                 tooltip="Image-to-video from an already encoded first frame (or several frames: "
                                         "video continuation), instead of start_image."),
             ],
-            outputs=[io.Latent.Output(tooltip="Latent video (B, C, F, H, W).")],
+            outputs=[io.Latent.Output(tooltip="Latent video (B, C, F, H, W); with a start frame F counts it too.")],
         )
 
     @classmethod

@@ -13,8 +13,9 @@ applies to a native Wan MODEL, whose parameters carry the original Wan names und
 `<module>` is a weight name without `.weight` (`blocks.0.self_attn.q`), `<name>` a parameter name without
 `.weight` (`blocks.0.norm3`, `blocks.0.modulation`). kijai's WanVideoWrapper reads the same keys: its
 `standardize_lora_key_format` keeps `diffusion_model.` keys (and maps LightX2V's `.diff_m` to
-`.modulation.diff`), then applies them with ComfyUI's `load_lora_for_models` (nodes_model_loading.py). Loaders that only take factor pairs ignore `.diff` /
-`.diff_b`: extract with `diffs=False` for them and read what is left out in the report.
+`.modulation.diff`), then applies them with ComfyUI's `load_lora_for_models` (nodes_model_loading.py).
+Loaders that only take factor pairs ignore `.diff` / `.diff_b`: extract with `diffs=False` for them and read
+what is left out in the report.
 
 ComfyUI 0.3.75 accepts `.diff` keys for the modulation tables (`blocks.N.modulation`, `head.modulation`) but
 never applies them: its ModelPatcher patches only parameters of leaf modules, and those tables belong to

@@ -85,7 +85,8 @@ def test_without_diffs_only_factors_are_written_and_the_rest_is_reported_dropped
 
 @pytest.mark.parametrize("change, words", [
     (lambda b, s: (b, s, 0), ["rank=0", ">= 1"]),
-    (lambda b, s: (b, {k: v for k, v in s.items() if k != "head.head.bias"}, 4), ["only in the base", "head.head.bias"]),
+    (lambda b, s: (b, {k: v for k, v in s.items() if k != "head.head.bias"}, 4),
+     ["only in the base", "head.head.bias"]),
     (lambda b, s: (b, dict(s, **{"head.head.bias": torch.zeros(3)}), 4), ["head.head.bias", "same architecture"]),
 ])
 def test_bad_pairs_and_ranks_raise_errors_naming_the_problem(tiny_pair, change, words):

@@ -1,8 +1,8 @@
 """Command line: `python -m comfyui_salt.training <command> --help`.
 
 Commands: `teacher` (toy teacher pre-training), `distill`, `export-teacher`, `export` (a student in another
-layout, or with `--lora` as a LoRA on its base for ComfyUI's LoraLoaderModelOnly), `demo`. Every flag maps to a config field; the defaults
-are the config's defaults, so `--help` documents them.
+layout, or with `--lora` as a LoRA on its base for ComfyUI's LoraLoaderModelOnly), `demo`. Every flag maps
+to a config field; the defaults are the config's defaults, so `--help` documents them.
 """
 import argparse
 import dataclasses

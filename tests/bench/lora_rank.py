@@ -71,7 +71,8 @@ def main():
     cfg = get_preset("toy-salt")
     world = get_world(cfg.world)
     captions = eval_prompts(world, args.clips)
-    context = ToyTextEncoder(text_dim=student.cfg.text_dim, max_tokens=student.cfg.text_len, world=world).encode(captions)
+    encoder = ToyTextEncoder(text_dim=student.cfg.text_dim, max_tokens=student.cfg.text_len, world=world)
+    context = encoder.encode(captions)
     x = sample_student(student, cfg, context, 4, seed=3)            # student clips as the "clean" inputs
     norm = x0_norm(student, x, context)
 
