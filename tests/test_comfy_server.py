@@ -264,6 +264,9 @@ def test_the_distill_workflow_trains_streams_reports_and_publishes_a_loadable_st
     assert export.is_file() and (export.parent.parent / "checkpoints" / "step_00000002").is_dir()
     report = entry["outputs"]["8"]["text"][0]
     assert "semigroup defect: " in report and "toy oracle metrics at 2 NFE (4 clips" in report, report
+    lora = entry["outputs"]["12"]["text"][0]
+    assert "wrote loras/salt/toy_salt_r32.safetensors (rank 32)" in lora and "energy kept" in lora, lora
+    assert (server.base / "models" / "loras" / "salt" / "toy_salt_r32.safetensors").is_file()
 
     # The published student appears in the loader's list and streams in the shipped toy graph.
     published = "salt/ci_distill.safetensors"
