@@ -83,9 +83,9 @@ def main():
         return float((videos - reference).norm() / reference.norm())
 
     base_sd, student_sd = base.state_dict(), student.state_dict()
-    rows = [("student (reference)", "", "", "", 0.0, 0.0, oracle(student), ""),
-            ("base = toy teacher (rank 0)", "", "", "", x0_error(base, student, x, context, norm),
-             x0_error(base, student, x, context, norm), oracle(base), "")]
+    base_err, base_samples = x0_error(base, student, x, context, norm), oracle(base)
+    rows = [("student (reference)", "", "", "", 0.0, 0.0, 0.0, 0.0, ""),
+            ("base = toy teacher (rank 0)", "", "", "", base_err, base_err, base_samples, base_samples, "")]
     for rank in RANKS:
         lora, reports = extract_lora(base_sd, student_sd, rank, dtype=torch.float32)
         s = summarize(reports)
@@ -94,14 +94,15 @@ def main():
         size = sum(v.numel() * 2 for v in lora.values()) / 1024   # KiB in bf16
         rows.append((f"rank {rank}", f"{size:.0f}", f"{s['mean_energy_kept']:.3f}", f"{s['min_energy_kept']:.3f}",
                      x0_error(as_comfy, student, x, context, norm), x0_error(full, student, x, context, norm),
-                     oracle(as_comfy), f"{s['total_energy_kept']:.3f}"))
+                     oracle(as_comfy), oracle(full), f"{s['total_energy_kept']:.3f}"))
     print(f"toy teacher → Salt toy student ({os.path.basename(TOY_STUDENT)}), {args.clips} clips, "
           f"{torch.get_num_threads()} threads; samples: {args.nfe}-step streaming from the same noise\n")
     print("| LoRA | size (KiB, bf16) | energy kept, mean | min | total | x0 rel. error, ComfyUI 0.3.75 | "
-          "x0 rel. error, all keys | {nfe}-step sample rel. difference, ComfyUI |".replace("{nfe}", str(args.nfe)))
-    print("|---|---|---|---|---|---|---|---|")
-    for name, size, mean, mn, err_c, err_f, score, total in rows:
-        print(f"| {name} | {size} | {mean} | {mn} | {total} | {err_c:.4f} | {err_f:.4f} | {score:.4f} |")
+          "x0 rel. error, all keys | {nfe}-step samples rel. difference, ComfyUI | samples, all keys |"
+          .replace("{nfe}", str(args.nfe)))
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, size, mean, mn, err_c, err_f, sam_c, sam_f, total in rows:
+        print(f"| {name} | {size} | {mean} | {mn} | {total} | {err_c:.4f} | {err_f:.4f} | {sam_c:.4f} | {sam_f:.4f} |")
 
 
 if __name__ == "__main__":
