@@ -53,16 +53,17 @@ class LayerReport:
 def low_rank_factors(delta: torch.Tensor, rank: int) -> tuple:
     """(up (out, r), down (r, in), energy kept) of the best rank-r approximation of delta (out, in).
 
-    Truncated SVD in float64, Δ = U·diag(s)·Vᴴ: up = U_r·diag(√s_r), down = diag(√s_r)·Vᴴ_r (balanced, so
-    neither factor is tiny in half precision); r = min(rank, out, in). Energy kept Σ_{i<r} s_i² / Σ s_i²
-    (1.0 for Δ = 0).
+    Truncated SVD in delta's dtype on its device, Δ = U·diag(s)·Vᴴ: up = U_r·diag(√s_r), down =
+    diag(√s_r)·Vᴴ_r (balanced, so neither factor is tiny in half precision); r = min(rank, out, in). Energy
+    kept Σ_{i<r} s_i² / Σ s_i² (1.0 for Δ = 0).
     """
     assert delta.ndim == 2, delta.shape
-    U, s, Vh = torch.linalg.svd(delta.double(), full_matrices=False)
+    U, s, Vh = torch.linalg.svd(delta, full_matrices=False)
     r = min(rank, s.numel())
     root = s[:r].sqrt()
-    total = float((s ** 2).sum())
-    energy = float((s[:r] ** 2).sum()) / total if total > 0 else 1.0
+    power = s.double() ** 2
+    total = float(power.sum())
+    energy = float(power[:r].sum()) / total if total > 0 else 1.0
     return U[:, :r] * root, root[:, None] * Vh[:r], energy
 
 
@@ -85,14 +86,16 @@ def _check_pair(base: Mapping, student: Mapping):
                          f"{tuple(base[k].shape)} in the base; a LoRA needs the same architecture")
 
 
-def extract_lora(base: Mapping, student: Mapping, rank: int, diffs: bool = True, dtype: torch.dtype = None) -> tuple:
+def extract_lora(base: Mapping, student: Mapping, rank: int, diffs: bool = True, dtype: torch.dtype = None,
+                 compute_dtype: torch.dtype = torch.float32) -> tuple:
     """(LoRA state dict in ComfyUI's keys, [LayerReport] per changed tensor) of student − base.
 
     base, student: original-name Wan state dicts of one architecture. Every changed 2-D `.weight` (a
     linear layer) becomes rank-`rank` factors (full rank where the layer is smaller); with `diffs`, changed
     biases become `.diff_b` and every other changed tensor `.diff` (exact), else they are left out and
-    reported as "dropped". Unchanged tensors are skipped. Tensors are stored in `dtype` (default: the
-    student's dtype per tensor); the alpha is float32.
+    reported as "dropped". Unchanged tensors are skipped. One tensor at a time, in `compute_dtype` on the
+    student's device (an exact SVD of a Wan 1.3B FFN matrix takes seconds on a GPU, tens of seconds on a
+    CPU); stored on the CPU in `dtype` (default: the student's dtype per tensor); the alpha is float32.
     """
     if not isinstance(rank, int) or rank < 1:
         raise ValueError(f"extract_lora: rank={rank!r}; expected an integer >= 1 (Wan 1.3B layers are 1536 "
@@ -100,26 +103,27 @@ def extract_lora(base: Mapping, student: Mapping, rank: int, diffs: bool = True,
     _check_pair(base, student)
     lora, reports = {}, []
     for name in sorted(student):
-        s, b = student[name].detach(), base[name].detach()
+        s = student[name].detach()
+        b = base[name].detach().to(s.device)
         if torch.equal(s, b.to(s.dtype)):
             continue
-        delta = s.double() - b.double()
+        delta = s.to(compute_dtype) - b.to(compute_dtype)
         out = dtype or s.dtype
-        norm = float(delta.norm())
+        norm = float(delta.double().norm())
         key = PREFIX + _module(name)
         if delta.ndim == 2 and name.endswith(".weight"):
             up, down, energy = low_rank_factors(delta, rank)
-            lora[f"{key}.lora_up.weight"] = up.to(out).contiguous()
-            lora[f"{key}.lora_down.weight"] = down.to(out).contiguous()
+            lora[f"{key}.lora_up.weight"] = up.to("cpu", out).contiguous()
+            lora[f"{key}.lora_down.weight"] = down.to("cpu", out).contiguous()
             lora[f"{key}.alpha"] = torch.tensor(float(up.shape[1]))
             reports.append(LayerReport(name, "lora", tuple(s.shape), up.shape[1], energy, norm))
         elif not diffs:
             reports.append(LayerReport(name, "dropped", tuple(s.shape), 0, 0.0, norm))
         elif name.endswith(".bias"):
-            lora[f"{PREFIX}{name[:-len('.bias')]}.diff_b"] = delta.to(out)
+            lora[f"{PREFIX}{name[:-len('.bias')]}.diff_b"] = delta.to("cpu", out)
             reports.append(LayerReport(name, "diff_b", tuple(s.shape), 0, 1.0, norm))
         else:
-            lora[f"{key}.diff"] = delta.to(out)
+            lora[f"{key}.diff"] = delta.to("cpu", out)
             reports.append(LayerReport(name, "diff", tuple(s.shape), 0, 1.0, norm))
     return lora, reports
 

@@ -61,8 +61,10 @@ def export(args) -> str:
     if args.base is None:
         raise SystemExit("export --lora: --base is required (the model the student was distilled from)")
     from ..salt_core.lora import format_report
+    import torch
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     path, reports = export_lora(args.base, args.student, args.out, args.rank, diffs=not args.no_diffs,
-                                dtype=args.dtype)
+                                dtype=args.dtype, device=device)
     return f"{format_report(reports, limit=12)}\nwrote {path}"
 
 
@@ -92,6 +94,8 @@ def main(argv=None):
     x.add_argument("--no-diffs", action="store_true", help="with --lora: leave out the full .diff / .diff_b of "
                                                            "biases, norms, modulation and the patch conv")
     x.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="bf16", help="with --lora: tensor dtype")
+    x.add_argument("--device", default=None, help="with --lora: where the SVDs run (default: cuda if available; "
+                                                  "on a CPU, Wan 1.3B takes tens of minutes)")
     x.add_argument("--layout", default="wan", help="without --lora: layout of the written student "
                                                    "(wan, comfyui, diffusers, self_forcing)")
     q = sub.add_parser("distill", help="DMD / SC-DMD / Salt distillation or ODE-pair init; resumes automatically")

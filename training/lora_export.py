@@ -27,13 +27,14 @@ def student_file(path: str) -> str:
     return path
 
 
-def state_dict_of(model_or_path) -> dict:
-    """Original-name float32 state dict of a WanModel, a state dict or a checkpoint file in any layout."""
+def state_dict_of(model_or_path, device="cpu") -> dict:
+    """Original-name state dict of a WanModel or a state dict (as they are), or of a checkpoint file in any
+    layout (float32, loaded onto `device`)."""
     if isinstance(model_or_path, torch.nn.Module):
-        return {k: v.detach().float().cpu() for k, v in model_or_path.state_dict().items()}
+        return model_or_path.state_dict()
     if isinstance(model_or_path, dict):
-        return {k: v.detach().float().cpu() for k, v in model_or_path.items()}
-    model, _ = load_model(student_file(os.fspath(model_or_path)))
+        return model_or_path
+    model, _ = load_model(student_file(os.fspath(model_or_path)), device=device)
     return model.state_dict()
 
 
@@ -48,14 +49,16 @@ def save_lora(lora: dict, reports: list, path: str, metadata: dict = None) -> st
     return path
 
 
-def export_lora(base, student, path: str, rank: int, diffs: bool = True, dtype: str = "fp32") -> tuple:
+def export_lora(base, student, path: str, rank: int, diffs: bool = True, dtype: str = "fp32",
+                device="cpu") -> tuple:
     """(path, [LayerReport]) of student − base written as a rank-`rank` LoRA to `path`.
 
-    base, student: WanModels, state dicts or checkpoint files (any layout; a run folder for the student).
+    base, student: WanModels, state dicts or checkpoint files (any layout; a run folder for the student;
+    files are loaded onto `device`, where the SVDs then run: use a GPU for Wan 1.3B).
     """
     if dtype not in DTYPES:
         raise ValueError(f"export_lora: dtype={dtype!r}; expected one of {list(DTYPES)}")
-    lora, reports = extract_lora(state_dict_of(base), state_dict_of(student), rank, diffs=diffs,
+    lora, reports = extract_lora(state_dict_of(base, device), state_dict_of(student, device), rank, diffs=diffs,
                                  dtype=DTYPES[dtype])
     if not reports:
         raise ValueError("export_lora: the student equals its base (no tensor changed); nothing to export. "
