@@ -199,3 +199,19 @@ def test_the_node_writes_into_models_loras_salt_and_reports_the_energy(tmp_path,
     assert "loras/salt/tiny_r8.safetensors" in report and "energy kept" in report
     assert "salt/tiny_r8.safetensors" in folder_paths.get_filename_list("loras")
     assert "name='../x'" in nodes.SaltExtractLoRA.validate_inputs(name="../x")
+
+
+def test_a_lora_on_the_native_base_reaches_salts_streaming_through_causal_from_model():
+    """UNETLoader (base) → LoraLoaderModelOnly → SaltCausalFromModel: the SALT_MODEL has the student's weights,
+    so a causal student shipped as a LoRA streams with Salt's caches."""
+    from comfy_import import import_nodes
+    nodes = import_nodes()
+    import comfy.sd
+    patcher, student, base = native_pair()
+    lora, _ = extract_lora(base, student, rank=10_000)
+    patched, _ = comfy.sd.load_lora_for_models(patcher, None, lora, 1.0, 0)
+    with torch.inference_mode():
+        salt = nodes.SaltCausalFromModel.execute(model=patched).args[0]
+    ours = salt.model.state_dict()
+    for k in student:
+        assert_close(ours[k], student[k], 1e-5, k)
