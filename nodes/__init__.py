@@ -16,10 +16,12 @@ imports ComfyUI. Node ids never change once shipped.
 | SaltToyTextEncode | text → CONDITIONING (toy text encoder) |
 | SaltToyDecode | LATENT (toy pixels), upscale → IMAGE |
 | SaltDistill | preset, teacher / student_init / critic_init, gen_steps, batch_size, seed, name, overrides → SALT_MODEL, STRING (export path) |
+| SaltExtractLoRA | base, student SALT_MODELs, rank, include_diffs, dtype, name → STRING (report; writes loras/salt/) |
 | SaltSemigroupDefect | SALT_MODEL, prompts, nfe, grid_steps, seed (+ positive, latent for Wan) → STRING (report) |
 """
 from .bridge import ComfyExtension
 from .distill import SaltDistill
+from .lora import SaltExtractLoRA
 from .metrics import SaltSemigroupDefect
 from .models import SaltCausalFromModel, SaltLoadCausalModel
 from .sampling import SaltFewStepSampler, SaltFewStepSigmas
@@ -27,7 +29,7 @@ from .streaming import SaltCacheOptions, SaltStreamingSampler
 from .toy import SaltToyDecode, SaltToyModel, SaltToyTextEncode
 
 NODES = [SaltFewStepSigmas, SaltFewStepSampler, SaltCacheOptions, SaltLoadCausalModel, SaltCausalFromModel,
-         SaltStreamingSampler, SaltToyModel, SaltToyTextEncode, SaltToyDecode, SaltDistill, SaltSemigroupDefect]
+         SaltStreamingSampler, SaltToyModel, SaltToyTextEncode, SaltToyDecode, SaltDistill, SaltExtractLoRA, SaltSemigroupDefect]
 
 
 class SaltExtension(ComfyExtension):

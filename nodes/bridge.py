@@ -7,7 +7,9 @@ import contextlib
 import os
 
 import torch
+from PIL import Image
 
+import comfy.cli_args
 import comfy.latent_formats
 import comfy.model_management
 import comfy.samplers
@@ -17,6 +19,7 @@ import latent_preview
 from comfy_api.latest import ComfyExtension, io, ui  # noqa: F401  (re-exported: nodes import them from here)
 
 DIFFUSION_MODELS = "diffusion_models"   # ComfyUI's folder for bare transformer weights (models/diffusion_models)
+LORAS = "loras"                          # ComfyUI's LoRA folder (models/loras), read by LoraLoaderModelOnly
 PREVIEW_PIXELS = 128                     # previews of tiny pixel latents are upscaled to about this size
 
 
@@ -46,6 +49,11 @@ def diffusion_models_directory() -> str:
 def free_memory(device) -> int:
     """Bytes ComfyUI reports free on `device` (device memory, or RAM for the CPU)."""
     return int(comfy.model_management.get_free_memory(device))
+
+
+def loras_directory() -> str:
+    """The first (writable) loras folder, where extracted LoRAs are written."""
+    return folder_paths.get_folder_paths(LORAS)[0]
 
 
 def output_directory() -> str:
@@ -93,30 +101,65 @@ def ksampler(sample_fn, **extra_options):
     return comfy.samplers.KSAMPLER(sample_fn, extra_options=extra_options)
 
 
-def _preview_image(x0: torch.Tensor, latent_format: str):
-    """ComfyUI preview tuple of the last frame of sample 0 of x0 (B, C, F, H, W); None if not previewable."""
-    frame = x0[:1, :, -1:].float()                                  # (1, C, 1, H, W)
-    if latent_format == "wan21" and frame.shape[1] == 16:
-        fmt = comfy.latent_formats.Wan21()
-        previewer = latent_preview.Latent2RGBPreviewer(fmt.latent_rgb_factors, fmt.latent_rgb_factors_bias)
-        return previewer.decode_latent_to_preview_image("JPEG", frame)
-    if latent_format != "pixels" or frame.shape[1] != 3:
+class PixelPreviewer(latent_preview.LatentPreviewer):
+    """Previews of the toy world's latents, which are RGB pixels in [-1, 1]: shown as they are, enlarged by
+    nearest neighbour to about PREVIEW_PIXELS (ComfyUI has no latent format for them)."""
+
+    def decode_latent_to_preview(self, x0):
+        rgb = x0[0, :, 0].float().movedim(0, -1)                        # (H, W, 3)
+        scale = max(1, PREVIEW_PIXELS // max(rgb.shape[0], rgb.shape[1]))
+        return latent_preview.preview_to_image(rgb.repeat_interleave(scale, 0).repeat_interleave(scale, 1))
+
+
+def get_previewer(latent_format: str):
+    """The previewer the user chose for ComfyUI (--preview-method: none / auto / latent2rgb / taesd, TAESD meaning
+    the Wan 2.1 tiny decoder lighttaew2_1 in models/vae_approx where installed), or None for no previews or latents
+    it cannot show. Salt's Wan latents are model-space, as ComfyUI's own samplers hand them to the previewer."""
+    if comfy.cli_args.args.preview_method == comfy.cli_args.LatentPreviewMethod.NoPreviews:
         return None
-    rgb = frame[0, :, 0].movedim(0, -1)                             # (H, W, 3) in [-1, 1]
-    scale = max(1, PREVIEW_PIXELS // max(rgb.shape[0], rgb.shape[1]))
-    rgb = rgb.repeat_interleave(scale, 0).repeat_interleave(scale, 1)
-    return ("JPEG", latent_preview.preview_to_image(rgb), latent_preview.MAX_PREVIEW_RESOLUTION)
+    if latent_format == "wan21":
+        return latent_preview.get_previewer(torch_device(), comfy.latent_formats.Wan21())
+    if latent_format == "pixels":
+        return PixelPreviewer()
+    return None
+
+
+def _frames_preview(previewer, frames: torch.Tensor):
+    """ComfyUI preview tuple of frames (1, C, n, H, W), decoded one by one and shown side by side."""
+    images = [previewer.decode_latent_to_preview(frames[:, :, i:i + 1]) for i in range(frames.shape[2])]
+    strip = Image.new("RGB", (sum(im.width for im in images), max(im.height for im in images)))
+    x = 0
+    for im in images:
+        strip.paste(im, (x, 0))
+        x += im.width
+    return "JPEG", strip, latent_preview.MAX_PREVIEW_RESOLUTION
 
 
 class Progress:
-    """ComfyUI's progress bar for `total` steps, with a latent preview per update."""
+    """ComfyUI's progress bar for `total` steps, with previews through the user's previewer (`get_previewer`)."""
+
+    MAX_CHUNK_FRAMES = 8    # frames of a finished chunk shown side by side
 
     def __init__(self, total: int, latent_format: str):
         self.bar, self.latent_format = comfy.utils.ProgressBar(total), latent_format
+        self.previewer = get_previewer(latent_format)
+
+    def _previewable(self, x0) -> bool:
+        channels = {"wan21": 16, "pixels": 3}.get(self.latent_format)
+        return self.previewer is not None and x0 is not None and x0.ndim == 5 and x0.shape[1] == channels
 
     def update(self, step: int, x0: torch.Tensor = None):
-        """Report `step` of total; x0 (B, C, F, H, W) the current prediction, previewed if possible."""
-        preview = None if x0 is None else _preview_image(x0, self.latent_format)
+        """Report `step` of total; x0 (B, C, F, H, W) the current prediction: its last frame of sample 0 is shown."""
+        preview = None
+        if self._previewable(x0):
+            preview = self.previewer.decode_latent_to_preview_image("JPEG", x0[:1, :, -1:].float())
+        self.bar.update_absolute(step, preview=preview)
+
+    def show_chunk(self, step: int, chunk: torch.Tensor):
+        """Report `step` with a preview of a finished chunk (B, C, n, H, W): its frames of sample 0 side by side."""
+        preview = None
+        if self._previewable(chunk):
+            preview = _frames_preview(self.previewer, chunk[:1, :, -self.MAX_CHUNK_FRAMES:].float())
         self.bar.update_absolute(step, preview=preview)
 
 
@@ -132,8 +175,32 @@ def latent_to_comfy(x: torch.Tensor, latent_format: str) -> torch.Tensor:
     return x
 
 
+# Native Wan backbones with the original Wan parameter names: WanModel (comfy/ldm/wan/model.py) and, in
+# ComfyUI after PR #13082, the weight-compatible autoregressive CausalWanModel (comfy/ldm/wan/ar_model.py).
+NATIVE_WAN_CLASSES = ("WanModel", "CausalWanModel")
+
+
+def latent_from_comfy(x: torch.Tensor, latent_format: str) -> torch.Tensor:
+    """ComfyUI's LATENT space (B, C, F, H, W) → Salt's model space: the inverse of `latent_to_comfy`."""
+    if latent_format == "wan21":
+        return comfy.latent_formats.Wan21().process_in(x)
+    return x
+
+
+def resize_image(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """IMAGE (B, H', W', C) → (B, height, width, C), scaled and centre-cropped as ComfyUI's image nodes do."""
+    if image.shape[1:3] == (height, width):
+        return image
+    return comfy.utils.common_upscale(image.movedim(-1, 1), width, height, "bilinear", "center").movedim(1, -1)
+
+
+def encode_image(vae, image: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """IMAGE (B, H', W', C) in [0, 1], resized first → the VAE's LATENT samples (B, C, 1, height/8, width/8)."""
+    return vae.encode(resize_image(image, width, height)[..., :3])
+
+
 def native_wan_module(model_patcher) -> torch.nn.Module:
-    """The loaded `comfy.ldm.wan.model.WanModel` of a ComfyUI MODEL, with its patches (LoRAs) applied.
+    """The loaded native Wan backbone (`WanModel` or `CausalWanModel`) of a ComfyUI MODEL, patches (LoRAs) applied.
 
     Loads the model the way a sampler would, so the weights read afterwards are the ones it would use.
     """
@@ -141,9 +208,10 @@ def native_wan_module(model_patcher) -> torch.nn.Module:
     if inner is None:
         raise TypeError(f"model: got a {type(model_patcher).__name__}; expected a ComfyUI MODEL (the output of "
                         f"Load Diffusion Model / UNETLoader or Load Checkpoint)")
-    if type(inner).__name__ != "WanModel" or not type(inner).__module__.startswith("comfy.ldm.wan"):
+    if type(inner).__name__ not in NATIVE_WAN_CLASSES or not type(inner).__module__.startswith("comfy.ldm.wan"):
         raise TypeError(f"model: its diffusion model is {type(inner).__module__}.{type(inner).__name__}; expected "
-                        f"comfy.ldm.wan.model.WanModel (a Wan 2.1 T2V checkpoint). Load a Wan 2.1 model, or load "
-                        f"a Salt / Self-Forcing file with SaltLoadCausalModel")
+                        f"comfy.ldm.wan.model.WanModel or comfy.ldm.wan.ar_model.CausalWanModel (a Wan 2.1 T2V "
+                        f"checkpoint). Load a Wan 2.1 model, or load a Salt / Self-Forcing file with "
+                        f"SaltLoadCausalModel")
     comfy.model_management.load_models_gpu([model_patcher])
     return inner

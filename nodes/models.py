@@ -121,7 +121,8 @@ class SaltCausalFromModel(io.ComfyNode):
             display_name="Salt Causal From Model",
             category="Salt/loaders",
             description="Uses a Wan 2.1 T2V MODEL loaded by ComfyUI (e.g. a Self-Forcing / Salt student saved in "
-                        "ComfyUI layout, with LoRAs applied) for Salt's KV-cached streaming. The Salt model's "
+                        "ComfyUI layout, with LoRAs applied; also the native autoregressive CausalWanModel of newer "
+                        "ComfyUI) for Salt's KV-cached streaming. The Salt model's "
                         "parameters are the MODEL's tensors, so no weights are copied; it holds them as long as "
                         "its output is cached.",
             inputs=[io.Model.Input("model", tooltip="A Wan 2.1 T2V MODEL (Load Diffusion Model, weight_dtype "

@@ -11,7 +11,8 @@ import torch
 from ..salt_core.kv_cache import CachePolicy
 from ..salt_core.streaming import rollout_stream, stream_memory_bytes
 from ..salt_core.validate import check_context, check_memory, check_number, check_sigmas
-from .bridge import Progress, check_interrupted, free_memory, io, latent_to_comfy
+from .bridge import (Progress, check_interrupted, encode_image, free_memory, io, latent_from_comfy, latent_to_comfy,
+                     resize_image)
 from .types import SPATIAL_FACTOR, CacheOptions, CacheOptionsType, SaltModel, SaltModelType
 
 log = logging.getLogger("salt.nodes")
@@ -86,17 +87,48 @@ def latent_shape(salt: SaltModel, batch: int, frames: int, width: int, height: i
     return (batch, cfg.in_dim, frames, height // factor, width // factor)
 
 
+def first_frames(salt: SaltModel, width: int, height: int, batch: int, image=None, vae=None,
+                 latent=None) -> torch.Tensor:
+    """Model-space first frames (batch, C, n0, H, W) from an IMAGE (encoded with `vae`; toy pixels as they are)
+    or a LATENT (ComfyUI space), resized to the video; None without either (text-to-video)."""
+    where = "SaltStreamingSampler"
+    if image is None and latent is None:
+        return None
+    if image is not None and latent is not None:
+        raise ValueError(f"{where}: both start_image and start_latent are connected; connect one")
+    if latent is not None:
+        x = latent["samples"]
+        x = latent_from_comfy(x.unsqueeze(2) if x.ndim == 4 else x, salt.latent_format)
+    elif salt.latent_format == "pixels":
+        x = resize_image(image, width, height)[..., :3].movedim(-1, 1).unsqueeze(2) * 2 - 1   # (B, 3, 1, H, W)
+    elif salt.latent_format == "wan21":
+        if vae is None:
+            raise ValueError(f"{where}: start_image needs the vae input (the Wan 2.1 VAE, as for VAEDecode) to "
+                             f"encode it; or connect an encoded latent to start_latent")
+        x = latent_from_comfy(encode_image(vae, image, width, height), "wan21")
+    else:
+        raise ValueError(f"{where}: start_image is not supported for {salt.name} (latents of unknown format); "
+                         f"connect its latent to start_latent")
+    want = latent_shape(salt, batch, 1, width, height)
+    if x.ndim != 5 or x.shape[1] != want[1] or x.shape[3:] != want[3:] or x.shape[0] not in (1, batch):
+        raise ValueError(f"{where}: the start frame's latent is {tuple(x.shape)}; expected (1 or {batch}, "
+                         f"{want[1]}, frames, {want[3]}, {want[4]}) for a {width}×{height} video from {salt.name}: "
+                         f"encode an image of that size with the model's VAE")
+    return x.float().expand(batch, -1, -1, -1, -1)
+
+
 def stream(salt: SaltModel, positive, options: CacheOptions, sigmas, seed: int, num_chunks: int, width: int,
            height: int, batch_size: int = 1, sampling: str = "stochastic", cfg: float = 1.0, negative=None,
-           switch_positive=None, switch_at_chunk: int = 0) -> torch.Tensor:
-    """Generate num_chunks × chunk_frames latent frames; returns model-space latents (B, C, F, H, W) on CPU."""
+           switch_positive=None, switch_at_chunk: int = 0, first: torch.Tensor = None) -> torch.Tensor:
+    """Generate num_chunks × chunk_frames latent frames, after the clean `first` frames (B, C, n0, H, W) if given
+    (image-to-video: they are written to the cache and returned first); model-space latents on CPU."""
     with torch.no_grad():
         return _stream(salt, positive, options, sigmas, seed, num_chunks, width, height, batch_size, sampling, cfg,
-                       negative, switch_positive, switch_at_chunk)
+                       negative, switch_positive, switch_at_chunk, first)
 
 
 def _stream(salt, positive, options, sigmas, seed, num_chunks, width, height, batch_size, sampling, cfg, negative,
-            switch_positive, switch_at_chunk) -> torch.Tensor:
+            switch_positive, switch_at_chunk, first) -> torch.Tensor:
     """`stream` without the autograd-mode handling."""
     if not salt.causal:
         raise ValueError(f"SaltStreamingSampler: {salt.name} is a bidirectional model (not trained for chunk-by-"
@@ -106,10 +138,12 @@ def _stream(salt, positive, options, sigmas, seed, num_chunks, width, height, ba
     if not 1 <= num_chunks <= MAX_CHUNKS:
         raise ValueError(f"SaltStreamingSampler: num_chunks={num_chunks}; expected 1..{MAX_CHUNKS}")
     frames, policy = num_chunks * options.chunk_frames, options.policy
-    if policy.kind == "full" and frames > policy.max_frames:
-        raise ValueError(f"SaltStreamingSampler: {num_chunks} chunks × {options.chunk_frames} frames = {frames} "
-                         f"latent frames exceed the full cache's max_frames={policy.max_frames}; raise max_frames in "
-                         f"SaltCacheOptions or use a rolling / sink cache for long videos")
+    num_first = 0 if first is None else first.shape[2]
+    if policy.kind == "full" and frames + num_first > policy.max_frames:
+        raise ValueError(f"SaltStreamingSampler: {num_first} start + {num_chunks} chunks × {options.chunk_frames} "
+                         f"frames = {frames + num_first} latent frames exceed the full cache's "
+                         f"max_frames={policy.max_frames}; raise max_frames in SaltCacheOptions or use a rolling / "
+                         f"sink cache for long videos")
     sig = check_sigmas(sigmas, where="SaltStreamingSampler")
     check_number("cfg", cfg, where="SaltStreamingSampler", low=0, fix="1.0 turns guidance off")
     context = text_context(positive, salt, batch_size, "positive")
@@ -129,8 +163,9 @@ def _stream(salt, positive, options, sigmas, seed, num_chunks, width, height, ba
     ref = salt.model.patch_embedding.weight
     shape = latent_shape(salt, batch_size, frames, width, height)
     free = free_memory(ref.device)
-    check_memory(f"{batch_size} × {width}×{height} px × {frames} latent frames ({policy.kind} cache of "
-                 f"{policy.capacity_frames} frames)", stream_memory_bytes(salt.model.cfg, batch_size, frames, shape[-2:],
+    check_memory(f"{batch_size} × {width}×{height} px × {frames + num_first} latent frames ({policy.kind} cache of "
+                 f"{policy.capacity_frames} frames)", stream_memory_bytes(salt.model.cfg, batch_size, frames + num_first,
+                                                                          shape[-2:],
                  policy, options.chunk_frames, cfg, ref.dtype), free, where="SaltStreamingSampler",
                  limit_what=f"ComfyUI's free memory on {ref.device}",
                  fix="lower width/height, batch_size or num_chunks, or use a rolling / sink cache (SaltCacheOptions) "
@@ -148,8 +183,13 @@ def _stream(salt, positive, options, sigmas, seed, num_chunks, width, height, ba
     chunks = rollout_stream(salt.model, noise, context, sig, policy=policy, chunk_frames=options.chunk_frames,
                             context_noise=options.context_noise, stochastic=sampling == "stochastic",
                             generator=renoise, callback=callback, prompt_switches=switches, cfg_scale=cfg,
-                            uncond_context=uncond, memory_limit=free)
-    return torch.cat([c.float().cpu() for c in chunks], dim=2)
+                            uncond_context=uncond, memory_limit=free,
+                            first_frames=None if first is None else first.to(ref.device, ref.dtype))
+    out = []
+    for k, chunk in enumerate(chunks, start=1 if first is None else 0):   # the first frames come back first
+        out.append(chunk.float().cpu())
+        progress.show_chunk(k * steps, chunk)              # the finished chunk, decoded as the user previews
+    return torch.cat(out, dim=2)
 
 
 class SaltCacheOptions(io.ComfyNode):
@@ -209,7 +249,8 @@ class SaltStreamingSampler(io.ComfyNode):
                         "attending to the KV cache of earlier chunks, then written to the cache. Output latent "
                         "(B, C, num_chunks·chunk_frames, H, W) in ComfyUI's layout: Wan latents for VAEDecode "
                         "(1/8 of the pixel size, 16 channels; pixel frames = 4·(F-1)+1), RGB pixels for the toy "
-                        "model (SaltToyDecode). Optional prompt switch with a KV re-cache (LongLive).",
+                        "model (SaltToyDecode). Optional prompt switch with a KV re-cache (LongLive) and optional "
+                        "first frame (image-to-video: the image is encoded, cached, and the video continues it).",
             inputs=[
                 SaltModelType.Input("model", tooltip="A causal Salt model (SaltLoadCausalModel, "
                                                      "SaltCausalFromModel, SaltToyModel)."),
@@ -239,13 +280,24 @@ class SaltStreamingSampler(io.ComfyNode):
                                               "re-encoded with it, as LongLive)."),
                 io.Int.Input("switch_at_chunk", default=2, min=1, max=MAX_CHUNKS - 1, optional=True,
                              tooltip="First chunk (0-based) generated with switch_positive; ignored without it."),
+                io.Image.Input("start_image", optional=True,
+                               tooltip="Image-to-video: the first frame. Encoded with vae (Wan; the toy model takes "
+                                       "pixels as they are), resized to width×height, written to the KV cache "
+                                       "before the first chunk and returned as the video's first latent frame."),
+                io.Vae.Input("vae", optional=True, tooltip="The VAE that encodes start_image (the Wan 2.1 VAE, as "
+                                                          "for VAEDecode)."),
+                io.Latent.Input("start_latent", optional=True,
+                                tooltip="Image-to-video from an already encoded first frame (or several frames: "
+                                        "video continuation), instead of start_image."),
             ],
-            outputs=[io.Latent.Output(tooltip="Latent video (B, C, F, H, W).")],
+            outputs=[io.Latent.Output(tooltip="Latent video (B, C, F, H, W); with a start frame F counts it too.")],
         )
 
     @classmethod
     def execute(cls, model, positive, cache_options, sigmas, seed, num_chunks, width, height, batch_size, sampling,
-                cfg, negative=None, switch_positive=None, switch_at_chunk=2) -> io.NodeOutput:
+                cfg, negative=None, switch_positive=None, switch_at_chunk=2, start_image=None, vae=None,
+                start_latent=None) -> io.NodeOutput:
+        first = first_frames(model, width, height, batch_size, start_image, vae, start_latent)
         x = stream(model, positive, cache_options, sigmas, seed, num_chunks, width, height, batch_size, sampling,
-                   cfg, negative, switch_positive, switch_at_chunk)
+                   cfg, negative, switch_positive, switch_at_chunk, first)
         return io.NodeOutput({"samples": latent_to_comfy(x, model.latent_format)})

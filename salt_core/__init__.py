@@ -9,12 +9,14 @@ Knows nothing of ComfyUI, files or training loops. The stable public API (see RE
     FlowDenoiser(model, context, ...)              # velocity model -> k-diffusion denoiser
     sample_fewstep_stochastic / sample_fewstep_deterministic(model, x, sigmas, ...)
     CachePolicy.full / .rolling / .sink; rollout_stream(...) / stream_video(...)
+    extract_lora(base_sd, student_sd, rank) -> (lora_sd, reports); apply_lora(sd, lora_sd)   # ComfyUI LoRA keys
 """
 from .config import PRESETS, WanConfig, get_config
 from .denoiser import FlowDenoiser
 from .kv_cache import CachePolicy, KVCache
 from .layouts import (LAYOUTS, LayoutError, adopt_weights, detect_layout, from_wan_state_dict, load_into,
                       to_wan_state_dict)
+from .lora import apply_lora, extract_lora
 from .model import BlockCausal, WanModel, build_model
 from .samplers import sample_euler, sample_fewstep_deterministic, sample_fewstep_stochastic
 from .schedules import get_sigmas_fewstep, get_sigmas_uniform, get_sigmas_warped, shift_sigma
@@ -25,4 +27,5 @@ __all__ = [
     "adopt_weights", "detect_layout", "from_wan_state_dict", "load_into", "to_wan_state_dict", "BlockCausal",
     "WanModel", "build_model", "sample_euler", "sample_fewstep_deterministic", "sample_fewstep_stochastic",
     "get_sigmas_fewstep", "get_sigmas_uniform", "get_sigmas_warped", "shift_sigma", "rollout_stream", "stream_video",
+    "extract_lora", "apply_lora",
 ]

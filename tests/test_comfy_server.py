@@ -21,6 +21,7 @@ import torch
 
 from comfy_import import MISSING, comfyui_installed, import_comfy
 from comfy_server import PACK_NAME, history_error, output_files, prepare_base, start_server
+from helpers import assert_close
 from workflow_convert import convert
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not comfyui_installed(), reason=MISSING)]
@@ -30,9 +31,11 @@ WORKFLOWS = ROOT / "workflows"
 WORKFLOW_FILES = sorted(p.name for p in WORKFLOWS.glob("*.json"))
 SALT_NODES = ["SaltFewStepSigmas", "SaltFewStepSampler", "SaltCacheOptions", "SaltLoadCausalModel",
               "SaltCausalFromModel", "SaltStreamingSampler", "SaltToyModel", "SaltToyTextEncode", "SaltToyDecode",
-              "SaltDistill", "SaltSemigroupDefect"]
+              "SaltDistill", "SaltExtractLoRA", "SaltSemigroupDefect"]
 RANDOM_TOY, NOT_WAN = "salt_toy_random.safetensors", "not_wan.safetensors"
 WAN_STANDIN, RELEASE_STANDIN, VAE_STANDIN = "tiny_wan_t2v.safetensors", "tiny_self_forcing_dmd.pt", "tiny_wan_vae.safetensors"
+START_FRAME = "salt_start_frame.png"                        # the I2V workflow's Load Image file (random pixels)
+WAN_STUDENT_STANDIN = "tiny_wan_t2v_student.safetensors"   # WAN_STANDIN with every tensor but the modulation changed
 # Wan-shaped and accepted by ComfyUI's model detection: head dim 128, freq_dim 256, umT5 width (4096).
 NATIVE_WAN = dict(dim=256, ffn_dim=256, num_heads=2, num_layers=1, in_dim=16, out_dim=16, text_dim=4096, freq_dim=256)
 RELEASE_PRESET, RELEASE_TEXT_DIM = "tiny-hd128", 64
@@ -85,6 +88,14 @@ def tiny_wan_vae_state_dict(dim: int = 8, seed: int = 3) -> dict:
     return out
 
 
+def wan_student_standin(base: dict, seed: int = 9, scale: float = 0.05) -> dict:
+    """A 'distilled student' of a Wan stand-in: every tensor changed by full-rank noise, except the modulation
+    tables (ComfyUI 0.3.75's LoRA loader does not patch them; see salt_core/lora.py)."""
+    g = torch.Generator().manual_seed(seed)
+    return {k: v.clone() if k.endswith("modulation") else
+            v + scale * v.abs().mean().clamp_min(1e-3) * torch.randn(v.shape, generator=g) for k, v in base.items()}
+
+
 def write_standins(base: pathlib.Path, models: pathlib.Path) -> None:
     """Random-weight files for every model a shipped workflow needs, and the test-only node pack."""
     from safetensors.torch import save_file
@@ -95,10 +106,16 @@ def write_standins(base: pathlib.Path, models: pathlib.Path) -> None:
     save_file({"conv_in.weight": torch.zeros(8, 4), "mid_block.attentions.0.proj.bias": torch.zeros(8)},
               str(models / NOT_WAN))
     save_model(build_model(WanConfig(**NATIVE_WAN), seed=1), models / WAN_STANDIN, layout="wan")
+    save_model(wan_student_standin(build_model(WanConfig(**NATIVE_WAN), seed=1).state_dict()),
+               models / WAN_STUDENT_STANDIN, layout="wan", config=WanConfig(**NATIVE_WAN))
     release = build_model(RELEASE_PRESET, seed=2).state_dict()
     torch.save({"generator_ema": {f"model.{k}": v.clone() for k, v in release.items()}}, models / RELEASE_STANDIN)
     (base / "models" / "vae").mkdir(parents=True, exist_ok=True)
     save_file(tiny_wan_vae_state_dict(), str(base / "models" / "vae" / VAE_STANDIN))
+    (base / "input").mkdir(parents=True, exist_ok=True)
+    from PIL import Image
+    Image.fromarray((torch.rand(40, 24, 3, generator=torch.Generator().manual_seed(4)) * 255).byte().numpy()).save(
+        base / "input" / START_FRAME)
     pack = base / "custom_nodes" / "salt_test_nodes"
     pack.mkdir(parents=True, exist_ok=True)
     (pack / "__init__.py").write_text(TEST_NODES)
@@ -247,6 +264,9 @@ def test_the_distill_workflow_trains_streams_reports_and_publishes_a_loadable_st
     assert export.is_file() and (export.parent.parent / "checkpoints" / "step_00000002").is_dir()
     report = entry["outputs"]["8"]["text"][0]
     assert "semigroup defect: " in report and "toy oracle metrics at 2 NFE (4 clips" in report, report
+    lora = entry["outputs"]["12"]["text"][0]
+    assert "wrote loras/salt/toy_salt_r32.safetensors (rank 32)" in lora and "energy kept" in lora, lora
+    assert (server.base / "models" / "loras" / "salt" / "toy_salt_r32.safetensors").is_file()
 
     # The published student appears in the loader's list and streams in the shipped toy graph.
     published = "salt/ci_distill.safetensors"
@@ -289,6 +309,73 @@ def test_the_longlive_workflow_streams_a_self_forcing_release_file_through_comfy
     entry = run_ok(server, prompt)
     frames = webp_frames(output_files(server, entry)[0])
     assert len(frames) == 4 * (5 * 3 - 1) + 1 and frames[0].size == (32, 32)
+    assert_non_degenerate(frames, min_std=1.0)
+
+
+def saved_latent(server, entry: dict, node: str) -> torch.Tensor:
+    """The LATENT a SaveLatent node wrote (safetensors key latent_tensor)."""
+    from safetensors.torch import load_file
+    item = entry["outputs"][node]["latents"][0]
+    return load_file(str(server.base / "output" / item["subfolder"] / item["filename"]))["latent_tensor"]
+
+
+def test_the_lora_workflow_applies_an_extracted_full_rank_lora_that_reproduces_the_student(server, object_info):
+    """SaltExtractLoRA (in the server) writes student − base at full rank; the shipped LoRA workflow's
+    LoraLoaderModelOnly on the base then samples what UNETLoader on the student samples (same seed), to 1e-4
+    relative (float32 on CPU; ComfyUI adds the LoRA to the weights in float32)."""
+    extract = {"1": {"class_type": "SaltLoadCausalModel", "inputs": {"ckpt_name": WAN_STANDIN, "use_ema": True,
+                                                                     "dtype": "fp32"}},
+               "2": {"class_type": "SaltLoadCausalModel", "inputs": {"ckpt_name": WAN_STUDENT_STANDIN,
+                                                                     "use_ema": True, "dtype": "fp32"}},
+               "3": {"class_type": "SaltExtractLoRA", "inputs": {"base": ["1", 0], "student": ["2", 0], "rank": 4096,
+                                                                 "include_diffs": True, "dtype": "fp32",
+                                                                 "name": "ci_full"}}}
+    report = run_ok(server, extract)["outputs"]["3"]["text"][0]
+    assert "loras/salt/ci_full.safetensors" in report and "min 1.0000 over factored layers" in report, report
+    loras = server.get("/object_info/LoraLoaderModelOnly")["LoraLoaderModelOnly"]["input"]["required"]["lora_name"][0]
+    assert "salt/ci_full.safetensors" in loras
+
+    prompt = api_prompt("salt_wan_lora_4step.json", object_info)
+    assert prompt["15"]["class_type"] == "LoraLoaderModelOnly" and prompt["2"]["inputs"]["model"] == ["15", 0]
+    assert prompt["15"]["inputs"]["strength_model"] == 1.0 and prompt["15"]["inputs"]["model"] == ["1", 0]
+    stand_in_text(prompt, NATIVE_WAN["text_dim"])
+    prompt["1"]["inputs"]["unet_name"] = WAN_STANDIN
+    prompt["15"]["inputs"]["lora_name"] = "salt/ci_full.safetensors"
+    prompt["5"]["inputs"]["vae_name"] = VAE_STANDIN
+    prompt["6"]["inputs"].update(width=32, height=48, length=9)
+    prompt["20"] = {"class_type": "SaveLatent", "inputs": {"samples": ["11", 0], "filename_prefix": "salt/lora"}}
+    entry = run_ok(server, prompt)
+    frames = webp_frames(output_files(server, entry)[0])
+    assert len(frames) == 9 and frames[0].size == (32, 48)
+    assert_non_degenerate(frames, min_std=1.0)
+    with_lora = saved_latent(server, entry, "20")
+
+    student = json.loads(json.dumps(prompt))
+    student["1"]["inputs"]["unet_name"] = WAN_STUDENT_STANDIN
+    student["2"]["inputs"]["model"] = ["1", 0]
+    del student["15"]
+    student["20"]["inputs"]["filename_prefix"] = "salt/student"
+    reference = saved_latent(server, run_ok(server, student), "20")
+    base = json.loads(json.dumps(prompt))
+    base["15"]["inputs"]["strength_model"] = 0.0
+    base["20"]["inputs"]["filename_prefix"] = "salt/base"
+    without = saved_latent(server, run_ok(server, base), "20")
+    assert with_lora.shape == reference.shape == (1, 16, 3, 6, 4)
+    assert_close(with_lora, reference, 1e-4, "base + full-rank LoRA vs student")
+    assert (without - reference).abs().max() > 100 * (with_lora - reference).abs().max(), "the LoRA did nothing"
+
+
+def test_the_i2v_workflow_encodes_the_start_image_with_comfys_vae_and_streams_after_it(server, object_info):
+    prompt = api_prompt("salt_causal_i2v.json", object_info)
+    sampler = prompt["7"]["inputs"]
+    assert sampler["start_image"] == ["12", 0] and sampler["vae"] == ["8", 0] and "switch_positive" not in sampler
+    assert prompt["12"]["inputs"]["image"] == START_FRAME and prompt["5"]["inputs"]["attention"] == "sink"
+    stand_in_text(prompt, RELEASE_TEXT_DIM)
+    prompt["1"]["inputs"].update(ckpt_name=RELEASE_STANDIN, dtype="fp32")
+    prompt["8"]["inputs"]["vae_name"] = VAE_STANDIN
+    sampler.update(width=32, height=32, num_chunks=2)                       # 1 + 6 latent frames
+    frames = webp_frames(output_files(server, run_ok(server, prompt))[0])
+    assert len(frames) == 4 * (1 + 2 * 3 - 1) + 1 and frames[0].size == (32, 32)
     assert_non_degenerate(frames, min_std=1.0)
 
 

@@ -92,7 +92,7 @@ def test_the_entry_point_lists_every_node_with_a_stable_salt_id_category_and_des
     ids = [n.GET_SCHEMA().node_id for n in nodes]
     assert ids == ["SaltFewStepSigmas", "SaltFewStepSampler", "SaltCacheOptions", "SaltLoadCausalModel",
                    "SaltCausalFromModel", "SaltStreamingSampler", "SaltToyModel", "SaltToyTextEncode", "SaltToyDecode",
-                   "SaltDistill", "SaltSemigroupDefect"]
+                   "SaltDistill", "SaltExtractLoRA", "SaltSemigroupDefect"]
     for node in nodes:
         schema = node.GET_SCHEMA()
         assert schema.category.startswith("Salt/") and schema.description and node.__doc__, schema.node_id
@@ -120,7 +120,7 @@ def test_the_pack_root_loaded_as_comfyui_loads_it_exposes_the_entry_point():
     try:
         spec.loader.exec_module(module)
         nodes = asyncio.run(asyncio.run(module.comfy_entrypoint()).get_node_list())
-        assert len(nodes) == 11 and nodes[0].__module__ == f"{name}.nodes.sampling"
+        assert len(nodes) == 12 and nodes[0].__module__ == f"{name}.nodes.sampling"
     finally:
         for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
             del sys.modules[key]
@@ -240,10 +240,55 @@ def test_causal_from_model_casts_only_tensors_of_another_dtype(salt_nodes):
     assert salt.model.blocks[0].ffn[0].weight.data_ptr() == native.blocks[0].ffn[0].weight.data_ptr()
 
 
+def causal_wan_patcher():
+    """A MODEL whose diffusion model stands in for ComfyUI's AR `comfy.ldm.wan.ar_model.CausalWanModel` (PR
+    #13082, not in 0.3.75): same class name and module, same attributes and state dict as WanModel (the real
+    one declares itself weight-compatible with WanModel), plus the cache constructors SamplerARVideo checks."""
+    patcher = native_wan_patcher()
+    inner = patcher.model.diffusion_model
+    inner.__class__ = type("CausalWanModel", (type(inner),), {
+        "__module__": "comfy.ldm.wan.ar_model",
+        "init_kv_caches": lambda self, *a: [], "init_crossattn_caches": lambda self, *a: []})
+    return patcher
+
+
+def test_causal_from_model_accepts_comfys_autoregressive_causal_wan_model(salt_nodes):
+    patcher = causal_wan_patcher()
+    native = patcher.model.diffusion_model
+    assert type(native).__name__ == "CausalWanModel" and type(native).__module__ == "comfy.ldm.wan.ar_model"
+    salt = run(salt_nodes.SaltCausalFromModel, model=patcher)[0]
+    ours, theirs = salt.model.state_dict(), native.state_dict()
+    assert set(ours) == set(theirs) and all(ours[k].data_ptr() == theirs[k].data_ptr() for k in ours)
+    g = torch.Generator().manual_seed(0)
+    x, ctx, t = torch.randn(1, 16, 3, 8, 8, generator=g), torch.randn(1, 5, 4096, generator=g), torch.tensor([640.0])
+    with torch.no_grad():
+        assert_close(salt.model(x, t, ctx), native(x, t, ctx), 1e-5, "Salt vs the CausalWanModel stand-in")
+
+
+def test_salt_sigmas_are_self_forcing_timesteps_under_comfys_flow_sampling_as_sampler_ar_video_uses_them(salt_nodes):
+    """SamplerARVideo (ComfyUI PR #13082) runs every block through the given SIGMAS: model(x, σ_i), then
+    x = (1 − σ_{i+1})·x0 + σ_{i+1}·noise until σ_{i+1} == 0. So a SIGMAS for it must end at exactly 0, and
+    ComfyUI's own flow sampling (ModelSamplingSD3) must turn σ into the student's timesteps."""
+    from comfy_extras.nodes_model_advanced import ModelSamplingSD3
+    patched = ModelSamplingSD3().patch(native_wan_patcher(), shift=5.0)[0]
+    model_sampling = patched.get_model_object("model_sampling")
+    sigmas = run(salt_nodes.SaltFewStepSigmas, preset="self_forcing_4step", nfe=4, shift=5.0)[0]
+    assert sigmas[-1].item() == 0.0 and bool((sigmas[1:] < sigmas[:-1]).all()) and sigmas[0].item() <= 1.0
+    timesteps = model_sampling.timestep(sigmas[:-1])
+    warped = [1000 * 5 * (t / 1000) / (1 + 4 * (t / 1000)) for t in (1000, 750, 500, 250)]   # Self Forcing's warp
+    assert_close(timesteps, torch.tensor(warped), 1e-6, "ComfyUI timesteps vs Self Forcing's warped grid")
+    for preset in ("2step", "training_8step", "uniform"):
+        assert run(salt_nodes.SaltFewStepSigmas, preset=preset, nfe=3, shift=5.0)[0][-1].item() == 0.0
+
+
 def test_causal_from_model_rejects_a_model_that_is_not_wan(salt_nodes):
     patcher = type("Patcher", (), {"model": type("Base", (), {"diffusion_model": torch.nn.Linear(2, 2)})()})()
-    with pytest.raises(TypeError, match="expected comfy.ldm.wan.model.WanModel"):
+    with pytest.raises(TypeError, match="expected comfy.ldm.wan.model.WanModel or .*CausalWanModel"):
         run(salt_nodes.SaltCausalFromModel, model=patcher)
+    elsewhere = type("Patcher", (), {"model": type("Base", (), {"diffusion_model": type(
+        "CausalWanModel", (torch.nn.Module,), {"__module__": "other_pack.model"})()})()})()
+    with pytest.raises(TypeError, match="other_pack.model.CausalWanModel"):
+        run(salt_nodes.SaltCausalFromModel, model=elsewhere)
 
 
 @pytest.mark.parametrize("layout, use_ema", [("wan", True), ("comfyui", True), ("self_forcing", False)])
@@ -323,14 +368,39 @@ def test_streaming_equals_salt_cores_rollout_with_the_seeded_noise(salt_nodes, t
     assert torch.equal(latent, again)
 
 
-def test_streaming_reports_progress_with_a_preview_per_step(salt_nodes, toy_salt, monkeypatch):
+def set_preview_method(monkeypatch, name: str):
+    """As if ComfyUI had been started with --preview-method <name>."""
+    import comfy.cli_args
+    monkeypatch.setattr(comfy.cli_args.args, "preview_method", comfy.cli_args.LatentPreviewMethod(name))
+
+
+def progress_hook(monkeypatch) -> list:
     import comfy.utils
     calls = []
     monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK", lambda v, t, p, node_id=None: calls.append((v, t, p)))
-    run(salt_nodes.SaltStreamingSampler, **stream_inputs(salt_nodes, toy_salt, num_chunks=3))
-    assert [(v, t) for v, t, _ in calls] == [(i, 6) for i in range(1, 7)]
-    kind, image, _ = calls[-1][2]
-    assert kind == "JPEG" and image.size == (128, 128)
+    return calls
+
+
+def test_streaming_previews_each_step_and_each_finished_chunk_when_previews_are_on(salt_nodes, toy_salt, monkeypatch):
+    set_preview_method(monkeypatch, "auto")
+    calls = progress_hook(monkeypatch)
+    latent = run(salt_nodes.SaltStreamingSampler, **stream_inputs(salt_nodes, toy_salt, num_chunks=3))[0]["samples"]
+    # two steps per chunk, then the finished chunk at the same count
+    assert [(v, t) for v, t, _ in calls] == [(1, 6), (2, 6), (2, 6), (3, 6), (4, 6), (4, 6), (5, 6), (6, 6), (6, 6)]
+    kind, image, _ = calls[0][2]
+    assert kind == "JPEG" and image.size == (128, 128)                 # the current x0's last frame, ×8
+    kind, strip, _ = calls[-1][2]
+    assert kind == "JPEG" and strip.size == (3 * 128, 128)             # the finished chunk's three frames
+    last = latent[0, :, -1].movedim(0, -1)                             # the video's last frame, (16, 16, 3)
+    expected = ((last + 1) / 2).clamp(0, 1).mul(255).to(torch.uint8).repeat_interleave(8, 0).repeat_interleave(8, 1)
+    assert torch.equal(torch.frombuffer(bytearray(strip.tobytes()), dtype=torch.uint8).view(128, 384, 3)[:, 256:], expected)
+
+
+def test_streaming_shows_no_preview_when_comfyui_runs_without_previews(salt_nodes, toy_salt, monkeypatch):
+    set_preview_method(monkeypatch, "none")
+    calls = progress_hook(monkeypatch)
+    run(salt_nodes.SaltStreamingSampler, **stream_inputs(salt_nodes, toy_salt, num_chunks=2))
+    assert len(calls) == 6 and all(p is None for _, _, p in calls)
 
 
 def test_streaming_stops_when_the_user_cancels(salt_nodes, toy_salt):
@@ -386,6 +456,51 @@ def test_wan_latents_are_sized_at_one_eighth_and_returned_in_comfys_latent_space
     x = torch.randn(1, 16, 3, 4, 4)
     from comfyui_salt.nodes.bridge import latent_to_comfy
     assert_close(comfy.latent_formats.Wan21().process_in(latent_to_comfy(x, "wan21")), x, 1e-5, "round trip")
+
+
+# -- image-to-video -------------------------------------------------------------------------------------
+def test_a_toy_start_image_is_cached_first_and_returned_as_frame_zero_like_salt_cores_first_frames(salt_nodes, toy_salt):
+    from comfyui_salt.salt_core.kv_cache import CachePolicy
+    from comfyui_salt.salt_core.streaming import stream_video
+    from comfyui_salt.salt_core.toy.world import get_world, sample_batch
+    clip = sample_batch(get_world("default"), 3, 1)[0]                     # (1, 3, 12, 16, 16) in [-1, 1]
+    image = ((clip[:, :, 0] + 1) / 2).movedim(1, -1)                      # IMAGE (1, 16, 16, 3)
+    inputs = stream_inputs(salt_nodes, toy_salt, start_image=image)
+    latent = run(salt_nodes.SaltStreamingSampler, **inputs)[0]["samples"]
+    assert latent.shape == (1, 3, 1 + 2 * 3, 16, 16)
+    assert_close(latent[:, :, :1], clip[:, :, :1], 1e-6, "frame 0 is the start image")
+    sig = inputs["sigmas"].double()
+    noise = torch.randn(1, 3, 6, 16, 16, generator=torch.Generator().manual_seed(7))
+    ref = stream_video(toy_salt.model, noise, inputs["positive"][0][0], sig, policy=CachePolicy.full(12),
+                       chunk_frames=3, generator=torch.Generator().manual_seed(8), first_frames=clip[:, :, :1])
+    assert_close(latent, ref, 1e-6, "node vs stream_video(first_frames)")
+    plain = run(salt_nodes.SaltStreamingSampler, **stream_inputs(salt_nodes, toy_salt))[0]["samples"]
+    assert not torch.allclose(plain, latent[:, :, 1:], atol=1e-3), "the start image changed nothing"
+
+
+def test_a_wan_start_image_is_encoded_with_the_users_vae_into_comfys_latent_space(salt_nodes):
+    import comfy.sd
+    import comfy.utils
+    from test_comfy_server import tiny_wan_vae_state_dict
+    vae = comfy.sd.VAE(sd=tiny_wan_vae_state_dict())
+    salt = run(salt_nodes.SaltCausalFromModel, model=native_wan_patcher())[0]
+    image = torch.rand(1, 40, 24, 3, generator=torch.Generator().manual_seed(2))      # resized to 32×32
+    context = torch.randn(1, 4, NATIVE_WAN["text_dim"], generator=torch.Generator().manual_seed(1))
+    base = dict(model=salt, positive=[[context, {}]], cache_options=toy_options(salt_nodes), seed=3,
+                sigmas=run(salt_nodes.SaltFewStepSigmas, preset="2step", nfe=2, shift=5.0)[0], num_chunks=1,
+                width=32, height=32, batch_size=1, sampling="stochastic", cfg=1.0)
+    out = run(salt_nodes.SaltStreamingSampler, **base, start_image=image, vae=vae)[0]["samples"]
+    encoded = vae.encode(comfy.utils.common_upscale(image.movedim(-1, 1), 32, 32, "bilinear", "center").movedim(1, -1))
+    assert out.shape == (1, 16, 1 + 3, 4, 4) and encoded.shape == (1, 16, 1, 4, 4)
+    assert_close(out[:, :, :1], encoded, 1e-5, "frame 0 = the VAE's latent of the image, in ComfyUI's space")
+    again = run(salt_nodes.SaltStreamingSampler, **base, start_latent={"samples": encoded})[0]["samples"]
+    assert_close(again, out, 1e-5, "start_latent = start_image through the same VAE")
+    with pytest.raises(ValueError, match="start_image needs the vae input"):
+        run(salt_nodes.SaltStreamingSampler, **base, start_image=image)
+    with pytest.raises(ValueError, match="connect one"):
+        run(salt_nodes.SaltStreamingSampler, **base, start_image=image, vae=vae, start_latent={"samples": encoded})
+    with pytest.raises(ValueError, match=r"expected \(1 or 1, 16, frames, 4, 4\)"):
+        run(salt_nodes.SaltStreamingSampler, **base, start_latent={"samples": torch.zeros(1, 16, 1, 8, 8)})
 
 
 # -- toy world -------------------------------------------------------------------------------------------
@@ -447,12 +562,36 @@ def test_load_causal_model_validates_the_file_name_when_the_prompt_is_queued(sal
 
 
 def test_wan_latents_are_previewed_through_comfys_latent_to_rgb_factors(salt_nodes, monkeypatch):
-    import comfy.utils
     from comfyui_salt.nodes.bridge import Progress
-    calls = []
-    monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK", lambda v, t, p, node_id=None: calls.append((v, t, p)))
+    set_preview_method(monkeypatch, "latent2rgb")
+    calls = progress_hook(monkeypatch)
     progress = Progress(3, "wan21")
     progress.update(1, torch.randn(1, 16, 3, 6, 10))
     progress.update(2, torch.randn(1, 5, 3, 6, 10))       # not previewable as Wan: progress only
+    progress.show_chunk(3, torch.randn(1, 16, 3, 6, 10))
     assert calls[0][:2] == (1, 3) and calls[0][2][0] == "JPEG" and calls[0][2][1].size == (10, 6)
     assert calls[1] == (2, 3, None)
+    assert calls[2][2][1].size == (30, 6)
+
+
+def test_wan_previews_use_the_previewer_comfyui_selects_for_wan21(salt_nodes, monkeypatch):
+    """TAESD (lighttaew2_1 in models/vae_approx) or Latent2RGB is ComfyUI's choice: the node asks
+    latent_preview.get_previewer with the Wan21 latent format and shows what that previewer decodes."""
+    import latent_preview
+    from PIL import Image
+    from comfyui_salt.nodes.bridge import Progress
+    set_preview_method(monkeypatch, "taesd")
+    seen = []
+
+    class Stub(latent_preview.LatentPreviewer):
+        def decode_latent_to_preview(self, x0):
+            seen.append(tuple(x0.shape))
+            return Image.new("RGB", (7, 5))
+
+    monkeypatch.setattr(latent_preview, "get_previewer", lambda device, fmt: seen.append(type(fmt).__name__) or Stub())
+    calls = progress_hook(monkeypatch)
+    progress = Progress(2, "wan21")
+    progress.update(1, torch.randn(2, 16, 3, 6, 10))
+    progress.show_chunk(2, torch.randn(2, 16, 3, 6, 10))
+    assert seen == ["Wan21", (1, 16, 1, 6, 10), (1, 16, 1, 6, 10), (1, 16, 1, 6, 10), (1, 16, 1, 6, 10)]
+    assert calls[0][2][1].size == (7, 5) and calls[1][2][1].size == (21, 5)

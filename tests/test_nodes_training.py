@@ -51,7 +51,10 @@ def comfy_dirs(salt_nodes, tmp_path, monkeypatch):
 
 @pytest.fixture
 def progress_calls(salt_nodes, monkeypatch):
+    """Progress-bar updates, with previews on (as ComfyUI started with --preview-method auto)."""
+    import comfy.cli_args
     import comfy.utils
+    monkeypatch.setattr(comfy.cli_args.args, "preview_method", comfy.cli_args.LatentPreviewMethod.Auto)
     calls = []
     monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK", lambda v, t, p, node_id=None: calls.append((v, t, p)))
     return calls

@@ -202,3 +202,16 @@ def test_a_full_metrics_pass_over_64_clips_is_fast():
     start = time.perf_counter()
     score_table(videos, captions, CFG, ref)
     assert time.perf_counter() - start < 2.0
+
+
+def test_first_frame_agreement_is_perfect_for_the_clips_own_frame_and_low_for_another_clips(real):
+    from comfyui_salt.salt_core.metrics.oracle import first_frame_agreement
+    videos, _, params = real
+    own = first_frame_agreement(videos[:, :, 1:], videos[:, :, :1], CFG)
+    for key in ("colour_ok", "shape_ok", "background_ok"):
+        assert own[key].min() == 1.0, key
+    assert np.allclose(own["start_px"], CFG.speed, atol=0.05)          # one step of the world's motion
+    other = first_frame_agreement(videos[:, :, 1:], videos.roll(1, 0)[:, :, :1], CFG)
+    expected_colour = np.mean([a.colour != b.colour for a, b in zip(params, params[-1:] + params[:-1])])
+    assert other["colour_ok"].mean() == pytest.approx(1 - expected_colour, abs=1e-9)
+    assert np.median(other["start_px"]) > 3 * CFG.speed

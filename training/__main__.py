@@ -1,7 +1,8 @@
 """Command line: `python -m comfyui_salt.training <command> --help`.
 
-Commands: `teacher` (toy teacher pre-training). Every flag maps to a config field; the defaults
-are the config's defaults, so `--help` documents them.
+Commands: `teacher` (toy teacher pre-training), `distill`, `export-teacher`, `export` (a student in another
+layout, or with `--lora` as a LoRA on its base for ComfyUI's LoraLoaderModelOnly), `demo`. Every flag maps
+to a config field; the defaults are the config's defaults, so `--help` documents them.
 """
 import argparse
 import dataclasses
@@ -60,6 +61,24 @@ def _overrides(args, cls) -> dict:
     return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name) is not None}
 
 
+def export(args) -> str:
+    """The `export` command: the student as a LoRA on --base (with its energy report), or in --layout."""
+    from .files import load_model, save_model
+    from .lora_export import export_lora, student_file
+    if not args.lora:
+        model, _ = load_model(student_file(args.student))
+        save_model(model, args.out, layout=args.layout)
+        return f"wrote {args.out} ({args.layout} layout)"
+    if args.base is None:
+        raise SystemExit("export --lora: --base is required (the model the student was distilled from)")
+    from ..salt_core.lora import format_report
+    import torch
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    path, reports = export_lora(args.base, args.student, args.out, args.rank, diffs=not args.no_diffs,
+                                dtype=args.dtype, device=device)
+    return f"{format_report(reports, limit=12)}\nwrote {path}"
+
+
 def main(argv=None):
     from .teacher import TeacherConfig
     parser = argparse.ArgumentParser(prog="python -m comfyui_salt.training", description=__doc__,
@@ -74,6 +93,22 @@ def main(argv=None):
     e.add_argument("--run", required=True, help="teacher run folder (the --out of `teacher`)")
     e.add_argument("--out", required=True, help="destination .safetensors (original Wan layout + config metadata)")
     e.add_argument("--weights", choices=("ema", "raw"), default="ema", help="EMA (default) or the raw trained weights")
+    x = sub.add_parser("export", help="write a student checkpoint in another layout, or (--lora) as a LoRA on its base")
+    x.add_argument("--student", required=True, help="student checkpoint (any layout) or a distillation run folder")
+    x.add_argument("--out", required=True, help="destination file (.safetensors for a LoRA)")
+    x.add_argument("--lora", action="store_true",
+                   help="write student - base as a LoRA (ComfyUI keys: diffusion_model.<module>.lora_up/lora_down/"
+                        "alpha, .diff, .diff_b) for LoraLoaderModelOnly on the base Wan model")
+    x.add_argument("--base", default=None, help="with --lora: the model the student was distilled from")
+    x.add_argument("--rank", type=int, default=64, help="with --lora: rank of each linear layer's factors "
+                                                       "(truncated SVD; >= the layer width keeps it exactly)")
+    x.add_argument("--no-diffs", action="store_true", help="with --lora: leave out the full .diff / .diff_b of "
+                                                           "biases, norms, modulation and the patch conv")
+    x.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="bf16", help="with --lora: tensor dtype")
+    x.add_argument("--device", default=None, help="with --lora: where the SVDs run (default: cuda if available; "
+                                                  "on a CPU, Wan 1.3B takes tens of minutes)")
+    x.add_argument("--layout", default="wan", help="without --lora: layout of the written student "
+                                                   "(wan, comfyui, diffusers, self_forcing)")
     q = sub.add_parser("distill", help="DMD / SC-DMD / Salt distillation or ODE-pair init; resumes automatically")
     q.add_argument("--preset", required=True, help="a preset of training/distill_config.py PRESETS, e.g. toy-salt")
     q.add_argument("--out", required=True, help="run folder (checkpoints, metrics.jsonl, export/); rerun to resume")
@@ -121,6 +156,8 @@ def main(argv=None):
                                  allow_changed_settings=args.allow_changed_settings)
         for path in export_student(model, args.out):
             print("wrote", path)
+    elif args.command == "export":
+        print(export(args))
     elif args.command == "export-teacher":
         from .teacher import export_teacher
         print(export_teacher(args.run, args.out, args.weights))

@@ -229,7 +229,7 @@ def load_model(path, preset=None, use_ema: bool = True, dtype=torch.float32, num
 
 
 # -- writing ------------------------------------------------------------------------------------------
-def _atomic_write(path: str, write):
+def atomic_write(path: str, write):
     """Call write(tmp_path) for a temp file beside `path`, fsync it and rename it onto `path`."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
@@ -268,7 +268,7 @@ def save_model(model_or_sd, path, layout: str = "wan", config: WanConfig = None,
     sd = {k: v.detach() for k, v in sd.items()}
     obj = layouts.from_wan_state_dict(sd, layout)
     if ext in TORCH_EXTS:
-        _atomic_write(path, lambda tmp: torch.save(obj, tmp))
+        atomic_write(path, lambda tmp: torch.save(obj, tmp))
         return
     tensors, aliases = _unshare(flatten_release(obj) if layout in NESTED_LAYOUTS else obj)
     metadata = {**{str(k): str(v) for k, v in (extra_metadata or {}).items()}, LAYOUT_META: layout}
@@ -276,7 +276,7 @@ def save_model(model_or_sd, path, layout: str = "wan", config: WanConfig = None,
         metadata[ALIAS_META] = json.dumps(aliases, sort_keys=True)
     if config is not None:
         metadata[CONFIG_META] = config.to_json()
-    _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def export_student(model, run_dir: str) -> list:

@@ -9,7 +9,9 @@ numpy arrays (B,); curves over frames are (B, F).
 - prompt adherence: share of {colour, shape, direction, background} that match the caption;
 - motion smoothness: RMS distance (px) of the centroids from the best bouncing constant-velocity path;
 - dynamic degree: mean centroid speed (px/frame), ~0 for a frozen clip;
-- flicker: mean |frame-to-frame change| of background pixels.
+- flicker: mean |frame-to-frame change| of background pixels;
+- first-frame agreement (image-to-video): share of frames whose colour / shape / background match a given
+  first frame's, and how far the sprite starts from where that frame has it.
 Knows nothing of models or samplers; the semigroup defect (which needs the model) lives elsewhere.
 """
 import numpy as np
@@ -90,6 +92,27 @@ def prompt_adherence(videos, captions: list, cfg: ToyWorldConfig, fit: SpriteFit
     out = {k: v.double().numpy() for k, v in ok.items()}
     out["adherence"] = np.mean([out[k] for k in ok], axis=0)
     return out
+
+
+def first_frame_agreement(videos, first_frame, cfg: ToyWorldConfig, fit: SpriteFit | None = None) -> dict:
+    """How well videos (B, 3, F, H, W) continue a given first frame (B, 3, 1, H, W) (image-to-video).
+
+    The first frame is fitted like any frame. Per clip (B,): 'colour_ok', 'shape_ok', 'background_ok' =
+    share of the videos' frames (with a sprite, for colour and shape) whose fitted index equals the first
+    frame's; 'start_px' = distance (px) of the first video frame's sprite centre from the first frame's, ≈
+    the world's speed for a video that continues the frame, larger for one that ignores it.
+    """
+    fit = _fit(videos, cfg, fit)
+    ref = fit_sprites(first_frame[:, :, :1].repeat(1, 1, 3, 1, 1), cfg)   # the fit wants >= 3 frames: a still clip
+    same = lambda a, b: (a == b[:, :1]).double()   # noqa: E731  (B, F) vs the first frame's (B, 1)
+    present = fit.present.double()
+    out = {
+        "colour_ok": (same(fit.colour_index, ref.colour_index) * present).sum(1) / present.sum(1).clamp_min(1),
+        "shape_ok": (same(fit.shape_index, ref.shape_index) * present).sum(1) / present.sum(1).clamp_min(1),
+        "background_ok": same(fit.background_index, ref.background_index).mean(1),
+        "start_px": (fit.centre[:, 0] - ref.centre[:, 0]).norm(dim=-1),
+    }
+    return {k: v.double().numpy() for k, v in out.items()}
 
 
 def adherence_curves(videos, captions: list, cfg: ToyWorldConfig, fit: SpriteFit | None = None) -> dict:

@@ -1,0 +1,79 @@
+"""SaltExtractLoRA: a distilled student as a LoRA file on its base, for ComfyUI's own LoraLoaderModelOnly.
+
+The math is `salt_core.lora` (truncated SVD per linear layer), the file `training.lora_export`; this node
+only picks the destination (`models/loras/salt/<name>.safetensors`) and returns the energy report.
+"""
+import os
+import re
+
+from ..salt_core.lora import format_report
+from ..training.lora_export import DTYPES, export_lora
+from .bridge import io, loras_directory, ui
+from .types import SaltModelType
+
+LORA_FOLDER = "salt"                                   # under models/loras
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+REPORT_LINES = 16                                      # worst layers shown in the node's report
+
+
+def lora_path(name: str) -> str:
+    """`<loras>/salt/<name>.safetensors`, with an error for names that are not plain file names."""
+    if not NAME_PATTERN.match(name or "") or ".." in name:
+        raise ValueError(f"SaltExtractLoRA: name={name!r}; expected a plain file name (letters, digits, '_', '-', "
+                         f"'.'; up to 100 characters), e.g. 'salt_wan_4step_r64'")
+    return os.path.join(loras_directory(), LORA_FOLDER, name + ".safetensors")
+
+
+def extract(base, student, rank: int, include_diffs: bool, dtype: str, name: str) -> str:
+    """Write student − base as a LoRA; the report names the file as LoraLoaderModelOnly lists it."""
+    path, reports = export_lora(base.model, student.model, lora_path(name), rank, diffs=include_diffs, dtype=dtype)
+    return f"wrote loras/{LORA_FOLDER}/{os.path.basename(path)} (rank {rank})\n{format_report(reports, REPORT_LINES)}"
+
+
+class SaltExtractLoRA(io.ComfyNode):
+    """student − base as a low-rank LoRA in models/loras/salt, loadable with LoraLoaderModelOnly."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SaltExtractLoRA",
+            display_name="Salt Extract LoRA",
+            category="Salt/training",
+            description="Writes the difference between a distilled student and its base as a LoRA "
+                        "(models/loras/salt/<name>.safetensors): every changed linear layer as rank-r factors "
+                        "(truncated SVD), changed biases / norms / modulation as exact .diff / .diff_b. Load it "
+                        "with LoraLoaderModelOnly on the base Wan model (ComfyUI or WanVideoWrapper). The report "
+                        "lists the energy each layer keeps.",
+            inputs=[
+                SaltModelType.Input("base", tooltip="The model the student was distilled from (SaltLoadCausalModel, "
+                                                    "or SaltCausalFromModel on the native base MODEL)."),
+                SaltModelType.Input("student", tooltip="The distilled student (SaltDistill or SaltLoadCausalModel)."),
+                io.Int.Input("rank", default=64, min=1, max=8192,
+                             tooltip="Rank of each linear layer's factors. Larger keeps more of the student; a rank "
+                                     ">= the layer width (1536 for Wan 1.3B) keeps it exactly."),
+                io.Boolean.Input("include_diffs", default=True,
+                                 tooltip="Also store changed biases, norm gains, modulation tables and the patch conv "
+                                         "as exact .diff / .diff_b keys (ComfyUI and WanVideoWrapper apply them; "
+                                         "off for loaders that read only lora_up / lora_down)."),
+                io.Combo.Input("dtype", options=list(DTYPES), default="bf16", tooltip="Dtype of the stored tensors."),
+                io.String.Input("name", default="salt_student_lora",
+                                tooltip="File name (without .safetensors) under models/loras/salt; an existing file "
+                                        "of that name is replaced."),
+            ],
+            outputs=[io.String.Output(tooltip="Where the LoRA was written and the energy kept per layer.")],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def validate_inputs(cls, name=None) -> bool | str:
+        """Reject a bad file name when the prompt is queued."""
+        try:
+            name is None or lora_path(name)
+        except ValueError as e:
+            return str(e)
+        return True
+
+    @classmethod
+    def execute(cls, base, student, rank, include_diffs, dtype, name) -> io.NodeOutput:
+        report = extract(base, student, rank, include_diffs, dtype, name)
+        return io.NodeOutput(report, ui=ui.PreviewText(report))

@@ -1,0 +1,68 @@
+"""Write a distilled student as a LoRA file on its base (the file side of `salt_core.lora`).
+
+The file is a flat safetensors of ComfyUI LoRA keys (`diffusion_model.<module>.lora_up.weight` / `lora_down` /
+`alpha`, `.diff`, `.diff_b`) for `LoraLoaderModelOnly` on a native Wan MODEL; its metadata records the rank,
+what was diffed and the energy kept. Knows nothing of ComfyUI's modules or of training loops.
+"""
+import json
+import os
+
+import torch
+from safetensors.torch import save_file
+
+from ..salt_core.lora import extract_lora, summarize
+from .files import atomic_write, load_model
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def student_file(path: str) -> str:
+    """A checkpoint path, or a distillation run folder → its `export/student.safetensors`."""
+    if os.path.isdir(path):
+        exported = os.path.join(path, "export", "student.safetensors")
+        if not os.path.isfile(exported):
+            raise FileNotFoundError(f"student={path!r} is a folder without export/student.safetensors; pass the "
+                                    f"student checkpoint file, or a finished distillation run folder")
+        return exported
+    return path
+
+
+def state_dict_of(model_or_path, device="cpu") -> dict:
+    """Original-name state dict of a WanModel or a state dict (as they are), or of a checkpoint file in any
+    layout (float32, loaded onto `device`)."""
+    if isinstance(model_or_path, torch.nn.Module):
+        return model_or_path.state_dict()
+    if isinstance(model_or_path, dict):
+        return model_or_path
+    model, _ = load_model(student_file(os.fspath(model_or_path)), device=device)
+    return model.state_dict()
+
+
+def save_lora(lora: dict, reports: list, path: str, metadata: dict = None) -> str:
+    """Write a LoRA state dict (ComfyUI keys) with its summary as safetensors metadata; returns the path."""
+    path = os.fspath(path)
+    if not path.lower().endswith(".safetensors"):
+        raise ValueError(f"export_lora: out={path!r}; a LoRA is written as .safetensors (ComfyUI's models/loras)")
+    meta = {"salt_lora_summary": json.dumps(summarize(reports), sort_keys=True), **(metadata or {})}
+    tensors = {k: v.contiguous() for k, v in lora.items()}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={k: str(v) for k, v in meta.items()}))
+    return path
+
+
+def export_lora(base, student, path: str, rank: int, diffs: bool = True, dtype: str = "fp32",
+                device="cpu") -> tuple:
+    """(path, [LayerReport]) of student − base written as a rank-`rank` LoRA to `path`.
+
+    base, student: WanModels, state dicts or checkpoint files (any layout; a run folder for the student;
+    files are loaded onto `device`, where the SVDs then run: use a GPU for Wan 1.3B).
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"export_lora: dtype={dtype!r}; expected one of {list(DTYPES)}")
+    lora, reports = extract_lora(state_dict_of(base, device), state_dict_of(student, device), rank, diffs=diffs,
+                                 dtype=DTYPES[dtype])
+    if not reports:
+        raise ValueError("export_lora: the student equals its base (no tensor changed); nothing to export. "
+                         "Pass the distilled student and the model it started from")
+    names = {k: os.path.basename(os.fspath(v)) for k, v in (("salt_base", base), ("salt_student", student))
+             if isinstance(v, (str, os.PathLike))}
+    return save_lora(lora, reports, path, {"salt_rank": rank, "salt_diffs": diffs, **names}), reports
