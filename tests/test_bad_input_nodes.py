@@ -10,22 +10,9 @@ import json
 import pytest
 import torch
 
-from comfy_import import import_nodes
 
 NAN, INF = float("nan"), float("inf")
 CAPTION = "a red disc moving left on a dark background"
-
-
-@pytest.fixture(scope="module")
-def salt_nodes():
-    return import_nodes()
-
-
-@pytest.fixture(scope="module")
-def toy_salt(salt_nodes):
-    from comfyui_salt.nodes.types import SaltModel
-    from comfyui_salt.salt_core.model import build_model
-    return SaltModel(build_model("toy", seed=0).eval(), "pixels", "random toy", causal=True)
 
 
 @pytest.fixture

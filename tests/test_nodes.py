@@ -10,7 +10,7 @@ import pathlib
 import pytest
 import torch
 
-from comfy_import import import_comfy, import_nodes
+from comfy_import import import_comfy
 from helpers import assert_close
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -19,19 +19,6 @@ COMFY_MODULES = {"comfy", "comfy_api", "comfy_extras", "comfy_execution", "folde
 # A Wan-shaped model ComfyUI's model detection accepts (head dim 128, freq_dim 256, umT5 width), 1 block.
 NATIVE_WAN = dict(dim=256, ffn_dim=256, num_heads=2, num_layers=1, in_dim=16, out_dim=16, text_dim=4096, freq_dim=256)
 CAPTION = "a red disc moving left on a dark background"
-
-
-@pytest.fixture(scope="module")
-def salt_nodes():
-    return import_nodes()
-
-
-@pytest.fixture(scope="module")
-def toy_salt(salt_nodes):
-    """A SaltModel of the toy preset with random weights (the shipped teacher may not exist yet)."""
-    from comfyui_salt.nodes.types import SaltModel
-    from comfyui_salt.salt_core.model import build_model
-    return SaltModel(build_model("toy", seed=0).eval(), "pixels", "random toy", causal=True)
 
 
 @pytest.fixture

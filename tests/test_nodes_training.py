@@ -9,17 +9,11 @@ import json
 import pytest
 import torch
 
-from comfy_import import import_nodes
 from helpers import assert_close
 
 TEACHER = "toy_teacher_random.safetensors"
 # threads=1: two torch threads on a busy 2-core machine are several times slower than one.
 CI_OVERRIDES = "critic_ratio=1; eval_every=0; checkpoint_every=1; threads=1"
-
-
-@pytest.fixture(scope="module")
-def salt_nodes():
-    return import_nodes()
 
 
 @pytest.fixture(autouse=True)
