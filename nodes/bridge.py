@@ -199,6 +199,21 @@ def encode_image(vae, image: torch.Tensor, width: int, height: int) -> torch.Ten
     return vae.encode(resize_image(image, width, height)[..., :3])
 
 
+def clip_text_encoder(clip):
+    """A ComfyUI CLIP → an encoder for training.prompts: texts → one (L_i, D) tensor per text.
+
+    Each text is encoded as CLIPTextEncode does (`clip.tokenize` then `clip.encode_from_tokens`). ComfyUI's Wan
+    umT5 pads to 512 tokens and zeroes the padded positions itself; training.prompts cuts or zero-pads to 512.
+    """
+    if not (callable(getattr(clip, "tokenize", None)) and callable(getattr(clip, "encode_from_tokens", None))):
+        raise TypeError(f"clip: got a {type(clip).__name__}; expected a ComfyUI CLIP (the output of Load CLIP with "
+                        f"type 'wan', i.e. umT5-XXL)")
+
+    def encode(texts: list) -> list:
+        return [clip.encode_from_tokens(clip.tokenize(text))[0].float().cpu() for text in texts]   # (1, L, D)[0]
+    return encode
+
+
 def native_wan_module(model_patcher) -> torch.nn.Module:
     """The loaded native Wan backbone (`WanModel` or `CausalWanModel`) of a ComfyUI MODEL, patches (LoRAs) applied.
 

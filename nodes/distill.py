@@ -13,10 +13,11 @@ import re
 
 from ..training.distill import run_distillation
 from ..training.distill_config import PRESETS, DistillConfig, get_preset
+from ..training.distill_models import fill_prompt_cache, prompt_cache_path
 from ..training.files import export_student
 from ..training.runs import check_run_name, publish_student
 from ..training.validate import parse_bool
-from .bridge import (Progress, diffusion_model_files, diffusion_model_path, diffusion_models_directory,
+from .bridge import (Progress, clip_text_encoder, diffusion_model_files, diffusion_model_path, diffusion_models_directory,
                      free_memory_for_training, interrupt_requested, io, output_directory, raise_interrupted,
                      torch_device, training_mode)
 from .types import SaltModel, SaltModelType, latent_format_for
@@ -104,9 +105,27 @@ def publish_path(name: str) -> str:
     return os.path.join(diffusion_models_directory(), PUBLISH_FOLDER, f"{name}.safetensors")
 
 
-def distill(cfg: DistillConfig, name: str) -> tuple:
-    """Run (or resume) the job in the queue; returns (SaltModel of the student, path of export/student.safetensors)."""
+def embed_prompts(cfg: DistillConfig, folder: str, clip=None) -> None:
+    """Fill a real-scale run's prompt-embedding cache from a ComfyUI CLIP (once per run folder), unless the
+    overrides name a Hugging Face umT5 folder (text_encoder=...), which the job then reads itself."""
+    if cfg.world or cfg.text_encoder or os.path.exists(prompt_cache_path(folder)):
+        return
+    if clip is None:
+        raise ValueError(f"SaltDistill: the real-scale preset needs prompt embeddings and {folder!r} has none yet: "
+                         f"connect ComfyUI's umT5 to the clip input (Load CLIP, type 'wan', "
+                         f"umt5_xxl_*.safetensors), or set overrides text_encoder=<Hugging Face umT5 folder>")
+    try:
+        fill_prompt_cache(cfg, folder, clip_text_encoder(clip))
+    except (FileNotFoundError, ValueError) as e:
+        raise type(e)(f"SaltDistill: {e}") from e
+    log.info("SaltDistill: embedded the prompts of %s with the CLIP input into %s", cfg.prompts_file, folder)
+
+
+def distill(cfg: DistillConfig, name: str, clip=None) -> tuple:
+    """Run (or resume) the job in the queue; returns (SaltModel of the student, path of export/student.safetensors).
+    `clip` (a ComfyUI CLIP, optional) embeds a real-scale run's prompts once (see embed_prompts)."""
     folder = run_folder(name)
+    embed_prompts(cfg, folder, clip)
     free_memory_for_training()
     progress = Progress(cfg.gen_steps, "pixels" if cfg.world else "wan21")
     step = [0]
@@ -151,7 +170,8 @@ class SaltDistill(io.ComfyNode):
                         "name again to resume after Cancel (a checkpoint is saved) or to train further with a "
                         "larger gen_steps. The student is also published as models/diffusion_models/salt/"
                         "<name>.safetensors for SaltLoadCausalModel. Toy presets run on a CPU; real-scale presets "
-                        "need Wan 2.1 files and overrides prompts_file=...; text_encoder=... (umT5 folder).",
+                        "need Wan 2.1 files, overrides prompts_file=... and the prompt embeddings: ComfyUI's umT5 on the "
+                        "clip input, or overrides text_encoder=... (a Hugging Face umT5 folder).",
             inputs=[
                 io.Combo.Input("preset", options=list(PRESETS), default="toy-salt",
                                tooltip="A training/distill_config.py preset: toy-* in the toy world (CPU), the "
@@ -181,6 +201,10 @@ class SaltDistill(io.ComfyNode):
                                 tooltip="Further DistillConfig fields as field=value, separated by ';' or new lines "
                                         "(e.g. lr_gen=1e-5; step_choices=8,4,2; eval_every=0). Unknown fields are "
                                         "rejected with the list of known ones."),
+                io.Clip.Input("clip", optional=True,
+                              tooltip="Real-scale presets: ComfyUI's umT5 (Load CLIP, type 'wan') embeds the "
+                                      "prompts_file once into the run folder (a resumed run does not need it). "
+                                      "Ignored by toy presets and when overrides set text_encoder=<umT5 folder>."),
             ],
             outputs=[SaltModelType.Output(tooltip="The trained student (EMA weights once EMA has started), for "
                                                   "SaltStreamingSampler and SaltSemigroupDefect."),
@@ -200,6 +224,6 @@ class SaltDistill(io.ComfyNode):
 
     @classmethod
     def execute(cls, preset, teacher, student_init, critic_init, gen_steps, batch_size, seed, name,
-                overrides="") -> io.NodeOutput:
+                overrides="", clip=None) -> io.NodeOutput:
         cfg = distill_config(preset, teacher, student_init, critic_init, gen_steps, batch_size, seed, overrides)
-        return io.NodeOutput(*distill(cfg, name))
+        return io.NodeOutput(*distill(cfg, name, clip))

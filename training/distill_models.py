@@ -9,7 +9,9 @@ import os
 from ..salt_core.scorenet import KINDS
 from .distill_config import DistillConfig
 from .files import load_model, read_metadata
-from .prompts import EmbeddedPrompts, ToyPrompts
+from .prompts import EmbeddedPrompts, ToyPrompts, cache_prompt_embeddings, read_prompts_file
+
+PROMPT_CACHE = "prompt_embeds.safetensors"   # in the run folder: {"embeds": (prompts + 1, 512, D)}
 
 
 def _load(source: str, cfg: DistillConfig, teacher, what: str):
@@ -52,9 +54,30 @@ def resolve_teacher_kind(cfg: DistillConfig) -> str:
     return mode if mode in KINDS else "bidirectional"
 
 
+def prompt_cache_path(out_dir: str) -> str:
+    """Where a run keeps its prompt embeddings (computed once, then read by every resume)."""
+    return os.path.join(out_dir, PROMPT_CACHE)
+
+
+def fill_prompt_cache(cfg: DistillConfig, out_dir: str, encoder) -> bool:
+    """Embed a real-scale run's prompt file (and negative prompt) with `encoder` (texts → rows (L_i, D)) unless the
+    run folder already holds the cache; returns whether it was written. Toy runs need no cache."""
+    path = prompt_cache_path(out_dir)
+    if cfg.world or os.path.exists(path):
+        return False
+    os.makedirs(out_dir, exist_ok=True)
+    cache_prompt_embeddings(read_prompts_file(cfg.prompts_file), cfg.negative_prompt, path, encoder)
+    return True
+
+
 def build_prompts(cfg: DistillConfig, teacher, out_dir: str):
     """The prompt source: toy captions (toy world) or cached umT5 embeddings of a prompt file."""
     if cfg.world:
         return ToyPrompts(cfg.world, teacher.cfg.text_dim, teacher.cfg.text_len)
-    return EmbeddedPrompts(cfg.prompts_file, os.path.join(out_dir, "prompt_embeds.safetensors"),
-                           cfg.text_encoder, cfg.negative_prompt)
+    prompts = EmbeddedPrompts(cfg.prompts_file, prompt_cache_path(out_dir), cfg.text_encoder, cfg.negative_prompt)
+    width = prompts.embeds.shape[-1]
+    if width != teacher.cfg.text_dim:
+        raise ValueError(f"the prompt embeddings in {prompt_cache_path(out_dir)!r} are {width} wide but the teacher "
+                         f"takes text_dim={teacher.cfg.text_dim}; embed the prompts with the teacher's text encoder "
+                         f"(umT5-XXL for Wan 2.1: 4096) in a new run folder, or delete that file")
+    return prompts

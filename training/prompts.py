@@ -2,8 +2,11 @@
 
 - `ToyPrompts`: captions drawn from the toy world, embedded by the toy text encoder; the
   unconditional branch is the empty prompt (zeros).
-- `EmbeddedPrompts`: real scale — prompt embeddings computed once (umT5, from a user path) and
-  cached in a safetensors file next to the run; the unconditional branch is Wan's negative prompt.
+- `EmbeddedPrompts`: real scale — prompt embeddings computed once and cached in a safetensors file
+  next to the run (`cache_prompt_embeddings`); the unconditional branch is Wan's negative prompt.
+  The embeddings come from an *encoder*: any callable texts → N rows (L_i, D) (a (N, L, D) tensor
+  is one), e.g. `umt5_encoder(<Hugging Face umT5 folder>)` here or, in ComfyUI, the node's adapter
+  around a CLIP object. Rows are cut or zero-padded to Wan's 512 tokens here, in one place.
 Knows nothing of ComfyUI.
 """
 import os
@@ -21,6 +24,7 @@ WAN_NEGATIVE_PROMPT = (
     "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，"
     "丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，静止不动的画面，"
     "杂乱的背景，三条腿，背景人很多，倒着走")
+TEXT_LEN = 512   # Wan's text_len: the context every prompt embedding is cut or zero-padded to
 
 
 class ToyPrompts:
@@ -37,22 +41,21 @@ class ToyPrompts:
 
 
 class EmbeddedPrompts:
-    """Prompts from a text file with their umT5 embeddings computed once and cached on disk."""
+    """Prompts from a text file with their embeddings computed once and cached on disk.
 
-    def __init__(self, prompts_file: str, cache_path: str, text_encoder: str = "", negative_prompt: str = "wan"):
-        if not os.path.exists(prompts_file):
-            raise FileNotFoundError(f"prompts_file {prompts_file!r} does not exist; pass a text file with one prompt per line")
-        with open(prompts_file, encoding="utf-8") as f:
-            self.prompts = [line.strip() for line in f if line.strip()]
-        if not self.prompts:
-            raise ValueError(f"prompts_file {prompts_file!r} holds no prompts")
-        negative = WAN_NEGATIVE_PROMPT if negative_prompt == "wan" else negative_prompt
+    The cache is filled from `encoder` (texts → rows, see the module docstring) or else from the Hugging Face
+    umT5 folder `text_encoder`; once it exists neither is needed (a resumed run reads the cache).
+    """
+
+    def __init__(self, prompts_file: str, cache_path: str, text_encoder: str = "", negative_prompt: str = "wan",
+                 encoder=None):
+        self.prompts = read_prompts_file(prompts_file)
         if not os.path.exists(cache_path):
-            if not text_encoder:
+            if encoder is None and not text_encoder:
                 raise ValueError(f"no cached prompt embeddings at {cache_path!r}; pass text_encoder=<umT5 folder> "
                                  f"to compute them once")
-            embeds = encode_umt5(text_encoder, self.prompts + [negative])
-            save_file({"embeds": embeds.contiguous()}, cache_path)
+            cache_prompt_embeddings(self.prompts, negative_prompt, cache_path,
+                                    encoder if encoder is not None else umt5_encoder(text_encoder))
         embeds = load_file(cache_path)["embeds"]
         self.embeds, self.negative = embeds[:-1], embeds[-1:]
 
@@ -61,7 +64,51 @@ class EmbeddedPrompts:
         return [self.prompts[i] for i in idx], self.embeds[idx], self.negative.expand(batch, -1, -1)
 
 
-def encode_umt5(path: str, texts: list, max_len: int = 512, batch: int = 8) -> torch.Tensor:
+def read_prompts_file(prompts_file: str) -> list:
+    """The non-empty lines of a text file (one prompt each), stripped."""
+    if not prompts_file or not os.path.exists(prompts_file):
+        raise FileNotFoundError(f"prompts_file {prompts_file!r} does not exist; pass a text file with one prompt per line")
+    with open(prompts_file, encoding="utf-8") as f:
+        prompts = [line.strip() for line in f if line.strip()]
+    if not prompts:
+        raise ValueError(f"prompts_file {prompts_file!r} holds no prompts")
+    return prompts
+
+
+def pad_embeddings(rows, max_len: int = TEXT_LEN) -> torch.Tensor:
+    """N rows (L_i, D) → (N, max_len, D) float32: cut after max_len tokens, zero-padded after L_i (Wan pads its
+    context with zeros to text_len; the encoder already zeroed its own padding positions)."""
+    rows = list(rows)
+    width = {tuple(r.shape[1:]) for r in rows}
+    if not rows or len(width) != 1 or any(r.dim() != 2 for r in rows):
+        raise ValueError(f"the text encoder returned rows of shapes {[tuple(r.shape) for r in rows]}; expected one "
+                         f"(tokens, width) tensor per prompt, all of one width")
+    out = torch.zeros(len(rows), max_len, rows[0].shape[-1])
+    for i, r in enumerate(rows):
+        n = min(r.shape[0], max_len)
+        out[i, :n] = r[:n].detach().float().cpu()
+    return out
+
+
+def cache_prompt_embeddings(prompts: list, negative_prompt: str, cache_path: str, encoder) -> torch.Tensor:
+    """Embed `prompts` and the negative prompt ("wan": Wan's) with `encoder` and save them to `cache_path` as
+    {"embeds": (N + 1, 512, D)}, the negative prompt last; returns the tensor."""
+    negative = WAN_NEGATIVE_PROMPT if negative_prompt == "wan" else negative_prompt
+    texts = list(prompts) + [negative]
+    rows = encoder(texts)
+    if len(rows) != len(texts):
+        raise ValueError(f"the text encoder returned {len(rows)} embeddings for {len(texts)} texts")
+    embeds = pad_embeddings(rows)
+    save_file({"embeds": embeds.contiguous()}, cache_path)
+    return embeds
+
+
+def umt5_encoder(path: str):
+    """An encoder (texts → (N, 512, 4096)) reading a Hugging Face umT5 folder (tokenizer + UMT5EncoderModel)."""
+    return lambda texts: encode_umt5(path, texts)
+
+
+def encode_umt5(path: str, texts: list, max_len: int = TEXT_LEN, batch: int = 8) -> torch.Tensor:
     """umT5 encoder outputs (N, max_len, 4096), padding positions zeroed (as Wan / Self Forcing)."""
     try:
         from transformers import AutoTokenizer, UMT5EncoderModel  # optional: pip install transformers sentencepiece
