@@ -140,6 +140,45 @@ def test_distill_trains_in_the_queue_with_progress_previews_and_a_loadable_expor
     assert latent.shape == (1, 3, 6, 16, 16) and torch.isfinite(latent).all()
 
 
+REAL_PROMPTS = ["a cat walks on the beach", "a red car drives in the city at night"]
+# A tiny real-scale run: 6 frames of 4×4 latents, one critic update per generator update.
+REAL_OVERRIDES = ("num_frames=6; height=4; width=4; critic_ratio=1; align_start_iter=0; align_block=1; "
+                  "step_choices=8,2; step_probs=0.5,0.5; eval_every=0; checkpoint_every=1; threads=1")
+
+
+def test_a_real_scale_run_embeds_its_prompts_with_comfys_clip_once_and_resumes_without_it(salt_nodes, comfy_dirs,
+                                                                                           tmp_path):
+    import nodes as comfy_nodes
+    from safetensors.torch import load_file
+    from tiny_clip import tiny_umt5_clip
+    from comfyui_salt.salt_core.model import build_model
+    from comfyui_salt.training.files import save_model
+    from comfyui_salt.training.prompts import WAN_NEGATIVE_PROMPT
+    models, output = comfy_dirs
+    save_model(build_model("tiny-hd128", seed=0), models / "tiny_wan.safetensors", layout="wan")   # text_dim 64
+    (tmp_path / "prompts.txt").write_text("\n".join(REAL_PROMPTS) + "\n")
+    clip = tiny_umt5_clip(REAL_PROMPTS + [WAN_NEGATIVE_PROMPT], width=64)
+    overrides = f"prompts_file={tmp_path / 'prompts.txt'}; {REAL_OVERRIDES}"
+    inputs = distill_inputs(preset="salt-causal-forcing", teacher="tiny_wan.safetensors", name="real_clip",
+                            overrides=overrides)
+    run(salt_nodes.SaltDistill, **inputs, clip=clip)
+    folder = output / "salt_runs" / "real_clip"
+    embeds = load_file(str(folder / "prompt_embeds.safetensors"))["embeds"]
+    assert embeds.shape == (3, 512, 64)
+    for text, row in zip(REAL_PROMPTS + [WAN_NEGATIVE_PROMPT], embeds):       # what CLIPTextEncode gives a Wan model
+        cond = comfy_nodes.CLIPTextEncode().encode(clip, text)[0][0][0][0]
+        n = int((cond.abs().sum(-1) > 0).sum())
+        assert 0 < n < 512 and cond.shape == (512, 64)
+        assert_close(row, cond, what=text[:20])
+    # the cache is in the run folder: queuing the same name again trains on without the CLIP
+    run(salt_nodes.SaltDistill, **{**inputs, "gen_steps": 2})
+    steps = [json.loads(line)["gen_step"] for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2]
+    with pytest.raises(ValueError, match=r"clip input.*text_encoder=<Hugging Face umT5 folder>"):
+        run(salt_nodes.SaltDistill, **{**inputs, "name": "real_no_clip"})
+    assert not (output / "salt_runs" / "real_no_clip").exists()
+
+
 def test_cancel_saves_a_checkpoint_and_queuing_the_same_name_resumes(salt_nodes, comfy_dirs):
     import comfy.model_management as mm
     folder = comfy_dirs[1] / "salt_runs" / "ci_run"

@@ -1,0 +1,87 @@
+"""The prompt-embedding cache of real-scale runs, filled from any encoder callable (texts → rows (L_i, D)).
+
+Independent reference: the fake encoder's own rows, cut or zero-padded by hand to Wan's 512 tokens.
+"""
+from types import SimpleNamespace
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from comfyui_salt.training.distill_config import get_preset
+from comfyui_salt.training.distill_models import build_prompts, fill_prompt_cache, prompt_cache_path
+from comfyui_salt.training.prompts import WAN_NEGATIVE_PROMPT, EmbeddedPrompts
+
+PROMPTS = ["a cat", "a red car drives in the city at night", "x" * 700]   # the last one is longer than 512 tokens
+
+
+class FakeEncoder:
+    """One token per character, seeded random values, rows of different lengths (like ComfyUI's CLIP)."""
+
+    def __init__(self, width=8):
+        self.width, self.calls = width, []
+
+    def row(self, text):
+        g = torch.Generator().manual_seed(len(text))
+        return torch.randn(len(text), self.width, generator=g)
+
+    def __call__(self, texts):
+        self.calls.append(list(texts))
+        return [self.row(t) for t in texts]
+
+
+@pytest.fixture
+def prompts_file(tmp_path):
+    path = tmp_path / "prompts.txt"
+    path.write_text("\n".join(PROMPTS) + "\n\n")
+    return path
+
+
+def real_cfg(prompts_file, **kw):
+    return get_preset("salt-causal-forcing", teacher="unused", prompts_file=str(prompts_file), **kw)
+
+
+def test_the_cache_holds_prompts_and_wans_negative_prompt_cut_or_zero_padded_to_512_tokens(prompts_file, tmp_path):
+    encoder = FakeEncoder()
+    assert fill_prompt_cache(real_cfg(prompts_file), str(tmp_path / "run"), encoder)
+    assert encoder.calls == [PROMPTS + [WAN_NEGATIVE_PROMPT]]
+    embeds = load_file(prompt_cache_path(str(tmp_path / "run")))["embeds"]
+    assert embeds.shape == (len(PROMPTS) + 1, 512, 8) and embeds.dtype == torch.float32
+    for text, got in zip(PROMPTS + [WAN_NEGATIVE_PROMPT], embeds):
+        want = torch.zeros(512, 8)
+        n = min(len(text), 512)
+        want[:n] = encoder.row(text)[:n]
+        assert torch.equal(got, want), text
+
+
+def test_the_cache_is_filled_once_per_run_folder_and_then_read_without_an_encoder(prompts_file, tmp_path):
+    cfg, encoder = real_cfg(prompts_file), FakeEncoder()
+    assert fill_prompt_cache(cfg, str(tmp_path), encoder)
+    assert not fill_prompt_cache(cfg, str(tmp_path), encoder) and len(encoder.calls) == 1
+    prompts = build_prompts(cfg, SimpleNamespace(cfg=SimpleNamespace(text_dim=8)), str(tmp_path))
+    assert prompts.embeds.shape == (3, 512, 8) and prompts.negative.shape == (1, 512, 8)
+    with pytest.raises(ValueError, match="text_encoder"):
+        EmbeddedPrompts(str(prompts_file), str(tmp_path / "other.safetensors"))
+    used = FakeEncoder()
+    EmbeddedPrompts(str(prompts_file), str(tmp_path / "other.safetensors"), encoder=used)
+    assert len(used.calls) == 1
+
+
+def test_toy_runs_need_no_cache(tmp_path):
+    assert not fill_prompt_cache(get_preset("toy-salt"), str(tmp_path), FakeEncoder())
+    assert not list(tmp_path.iterdir())
+
+
+def test_embeddings_of_another_width_than_the_teachers_are_refused_naming_both_widths(prompts_file, tmp_path):
+    cfg = real_cfg(prompts_file)
+    fill_prompt_cache(cfg, str(tmp_path), FakeEncoder(width=8))
+    with pytest.raises(ValueError, match=r"8 wide.*text_dim=4096"):
+        build_prompts(cfg, SimpleNamespace(cfg=SimpleNamespace(text_dim=4096)), str(tmp_path))
+
+
+@pytest.mark.parametrize("rows, words", [([torch.zeros(3, 8)], "1 embeddings for 4 texts"),
+                                         ([torch.zeros(3, 8)] * 3 + [torch.zeros(3, 4)], "all of one width"),
+                                         ([torch.zeros(1, 3, 8)] * 4, "one \\(tokens, width\\)")])
+def test_an_encoder_returning_the_wrong_rows_is_refused(prompts_file, tmp_path, rows, words):
+    with pytest.raises(ValueError, match=words):
+        fill_prompt_cache(real_cfg(prompts_file), str(tmp_path), lambda texts: rows)
