@@ -11,7 +11,8 @@ test writes:
   `{"generator_ema": {"model.<name>": tensor}}` of the tiny-hd128 preset (text width 64), and a tiny
   random Wan 2.1 VAE built from ComfyUI's own WanVAE class;
 - umT5: a test-only node (custom_nodes/salt_test_nodes) that yields a seeded CONDITIONING of the width
-  the transformer expects, with a small latent size, so the graphs run in seconds.
+  the transformer expects, with a small latent size, so the graphs run in seconds; and one that builds a
+  tiny random umT5 CLIP from ComfyUI's own classes (tests/tiny_clip.py) for SaltDistill's clip input.
 """
 import json
 import pathlib
@@ -41,6 +42,10 @@ NATIVE_WAN = dict(dim=256, ffn_dim=256, num_heads=2, num_layers=1, in_dim=16, ou
 RELEASE_PRESET, RELEASE_TEXT_DIM = "tiny-hd128", 64
 # CI size of the distillation workflow (the shipped graph trains 200 steps at batch 8).
 CI_DISTILL = dict(gen_steps=2, batch_size=2, name="ci_distill", overrides="critic_ratio=1; eval_every=0; threads=1")
+# SaltDistill at real scale on the release stand-in (text width 64) with the test umT5 CLIP, CI-sized.
+REAL_PROMPTS, REAL_PROMPTS_FILE = ["a cat walks on the beach", "waves roll onto the beach"], "salt_prompts.txt"
+REAL_OVERRIDES = ("num_frames=6; height=4; width=4; critic_ratio=1; align_start_iter=0; align_block=1; "
+                  "step_choices=8,2; step_probs=0.5,0.5; eval_every=0; checkpoint_every=1; threads=1")
 TEST_NODES = '''"""Test-only nodes for Salt's server tests (written by tests/test_comfy_server.py)."""
 import torch
 
@@ -62,7 +67,24 @@ class SaltTestConditioning:
         return ([[torch.randn(1, tokens, width, generator=torch.Generator().manual_seed(seed)), {}]],)
 
 
-NODE_CLASS_MAPPINGS = {"SaltTestConditioning": SaltTestConditioning}
+class SaltTestUMT5:
+    """A tiny random umT5 CLIP built from ComfyUI's own classes (tiny_clip.py): stands in for Load CLIP (wan)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"width": ("INT", {"default": 64, "min": 8, "max": 4096}),
+                             "texts": ("STRING", {"multiline": True, "default": "a cat"})}}
+
+    RETURN_TYPES = ("CLIP",)
+    FUNCTION = "load"
+    CATEGORY = "testing"
+
+    def load(self, width, texts):
+        from .tiny_clip import tiny_umt5_clip
+        return (tiny_umt5_clip([t for t in texts.splitlines() if t.strip()], width=width),)
+
+
+NODE_CLASS_MAPPINGS = {"SaltTestConditioning": SaltTestConditioning, "SaltTestUMT5": SaltTestUMT5}
 '''
 
 
@@ -119,6 +141,8 @@ def write_standins(base: pathlib.Path, models: pathlib.Path) -> None:
     pack = base / "custom_nodes" / "salt_test_nodes"
     pack.mkdir(parents=True, exist_ok=True)
     (pack / "__init__.py").write_text(TEST_NODES)
+    (pack / "tiny_clip.py").write_text((ROOT / "tests" / "tiny_clip.py").read_text())
+    (base / "input" / REAL_PROMPTS_FILE).write_text("\n".join(REAL_PROMPTS) + "\n")
 
 
 @pytest.fixture(scope="module")
@@ -380,6 +404,33 @@ def test_the_i2v_workflow_encodes_the_start_image_with_comfys_vae_and_streams_af
 
 
 # -- errors ----------------------------------------------------------------------------------------------
+def test_salt_distill_embeds_a_real_scale_runs_prompts_with_a_clip_from_the_graph(server):
+    from safetensors.torch import load_file
+    from comfyui_salt.training.prompts import WAN_NEGATIVE_PROMPT
+    prompts_file = server.base / "input" / REAL_PROMPTS_FILE
+    distill = dict(preset="salt-causal-forcing", teacher=RELEASE_STANDIN, student_init="teacher",
+                   critic_init="teacher", gen_steps=1, batch_size=1, seed=0, name="ci_real_clip",
+                   overrides=f"prompts_file={prompts_file}; {REAL_OVERRIDES}")
+    prompt = {"1": {"class_type": "SaltTestUMT5",
+                    "inputs": {"width": RELEASE_TEXT_DIM, "texts": "\n".join(REAL_PROMPTS + [WAN_NEGATIVE_PROMPT])}},
+              "2": {"class_type": "SaltDistill", "inputs": {**distill, "clip": ["1", 0]}},
+              "3": {"class_type": "PreviewAny", "inputs": {"source": ["2", 1]}}}
+    entry = run_ok(server, prompt)
+    folder = server.base / "output" / "salt_runs" / "ci_real_clip"
+    assert entry["outputs"]["3"]["text"][0] == str(folder / "export" / "student.safetensors")
+    embeds = load_file(str(folder / "prompt_embeds.safetensors"))["embeds"]
+    assert embeds.shape == (len(REAL_PROMPTS) + 1, 512, RELEASE_TEXT_DIM)
+    real = (embeds.abs().sum(-1) > 0).sum(-1)                   # tokens per prompt; the rest is zero padding
+    assert (real > 0).all() and (real < 512).all() and real[-1] > real[:-1].max()   # the negative prompt is longest
+
+    # Without the CLIP, a fresh run name fails naming both fixes, and the queue goes on.
+    entry = server.run({**prompt, "2": {"class_type": "SaltDistill", "inputs": {**distill, "name": "ci_no_clip"}}})
+    assert entry["status"]["status_str"] == "error"
+    error = history_error(entry)
+    assert error["node_type"] == "SaltDistill", error
+    assert "clip input" in error["exception_message"] and "text_encoder=" in error["exception_message"], error
+
+
 def test_bad_inputs_fail_with_node_errors_and_the_server_keeps_working(server, object_info):
     base = api_prompt("salt_toy_streaming.json", object_info)
 
