@@ -60,12 +60,11 @@ def _dense_posterior(world, y, sigma, log_prior):
 
 def test_woodbury_posterior_equals_dense_gaussian_algebra_at_mixed_per_frame_levels(tiny):
     world, _ = tiny
-    caption = torch.tensor([0, 1, -1])
-    sigma = torch.tensor([[0.0, 0.0, 0.5, 0.7, 1.0, 1.0], [0.9, 0.8, 0.6, 0.4, 0.2, 0.05],
-                          [1.0, 0.95, 0.9, 0.9, 0.99, 0.3]], dtype=torch.float64)
+    caption = torch.tensor([0, -1])
+    sigma = torch.tensor([[0.0, 0.0, 0.5, 0.7, 1.0, 1.0], [1.0, 0.95, 0.9, 0.6, 0.2, 0.05]], dtype=torch.float64)
     y, _ = _noised(world, caption, sigma, seed=1)
     post = posterior(world, y, sigma, range(6), world.log_prior(caption))
-    for b in range(3):
+    for b in range(2):
         x0, evidence = _dense_posterior(world, y[b], sigma[b], world.log_prior(caption)[b])
         assert_close(post.x0[b].reshape(-1), x0, 1e-9, f"x0 of clip {b}")
         assert abs(post.log_evidence[b].item() - evidence.item()) < 1e-6 * abs(evidence.item())
@@ -182,9 +181,9 @@ def test_exact_teacher_runs_our_rollouts_streams_and_semigroup_metric_unchanged(
     assert out.x0.shape == noise.shape and torch.isfinite(out.x0).all()
     ref = rollout_reference(teacher, noise, ctx, sig, 3, sig, out.renoise, policy=CachePolicy.full(6))
     assert_close(ref, out.x0, 1e-5, "reference rollout on the student grid reproduces the student")
-    long = stream_video(teacher, torch.randn(2, 3, 18, 8, 8), ctx, get_sigmas_uniform(4, 3.0),
+    long = stream_video(teacher, torch.randn(2, 3, 12, 8, 8), ctx, get_sigmas_uniform(4, 3.0),
                         policy=CachePolicy.rolling(6), cfg_scale=2.0, uncond_context=world.encode(torch.tensor([-1, -1])))
-    assert long.shape[2] == 18 and torch.isfinite(long).all()
+    assert long.shape[2] == 12 and torch.isfinite(long).all()
     cb, states = trajectory_recorder()
     sample_euler(FlowDenoiser(teacher, ctx), noise, sig, callback=cb, disable=True)
     d = semigroup_defect(semigroup_hook(teacher, ctx), [(s, x) for s, x, _ in states], sig)

@@ -264,3 +264,23 @@ class LabWorld:
                              f"{self.cfg.num_captions} captions or all zeros, nothing else); build it with "
                              "LabWorld.encode")
         return torch.where(head.sum(1) > 0, head.argmax(1), torch.full_like(head[:, 0], -1).long())
+
+
+class LabTextEncoder:
+    """Caption ids → lab contexts with ToyTextEncoder's interface (encode / empty / __call__), so a
+    job written for the sprite world's captions runs on the lab's."""
+
+    def __init__(self, world: LabWorld, text_dim: int = 32, max_tokens: int = 8):
+        self.world, self.text_dim, self.max_tokens = world, text_dim, max_tokens
+
+    def encode(self, captions, device=None, dtype=torch.float32) -> torch.Tensor:
+        """Contexts (B, max_tokens, text_dim) for caption ids (a list or (B,) tensor; -1 = empty)."""
+        ids = torch.as_tensor(captions, dtype=torch.long).reshape(-1)
+        return self.world.encode(ids, self.max_tokens, self.text_dim).to(device=device, dtype=dtype)
+
+    def empty(self, batch: int, device=None, dtype=torch.float32) -> torch.Tensor:
+        """All-zero contexts (B, max_tokens, text_dim): the empty prompt."""
+        return torch.zeros(batch, self.max_tokens, self.text_dim, device=device, dtype=dtype)
+
+    def __call__(self, captions, device=None, dtype=torch.float32) -> torch.Tensor:
+        return self.encode(captions, device=device, dtype=dtype)
