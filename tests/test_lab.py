@@ -199,10 +199,10 @@ def test_many_euler_steps_reproduce_the_data_metrics_and_one_step_loses_them(tin
     m_data = evaluate_clips(world, data, caption)
     ode = sample_euler(FlowDenoiser(teacher, ctx), noise, get_sigmas_uniform(100, 1.0), disable=True)
     m_ode = evaluate_clips(world, ode, caption)
-    # sampling error: per-clip energy ~ chi2_r / r (sd 0.33 for r = 18) over 64 clips; TV over 4 modes ~ 0.1
+    # sampling error of var_ratio ~ sqrt(2 / (r (n - modes))) ≈ 0.04; Euler's own bias at 100 steps ≈ -0.05
     for m in (m_data, m_ode):
         assert 0.85 < m["var_ratio"] < 1.15, m
-        assert m["coverage_tv"] < 0.25 and m["switch_clips"] == 0, m
+        assert m["coverage"] < 0.15 and m["mean_err"] < 0.04 and m["switch_clips"] == 0, m
     assert abs(m_ode["loglik_per_dim"] - m_data["loglik_per_dim"]) < 0.1
     one = sample_fewstep_stochastic(FlowDenoiser(teacher, ctx), noise, get_sigmas_uniform(1, 3.0), disable=True)
     assert evaluate_clips(world, one, caption)["var_ratio"] < 0.3

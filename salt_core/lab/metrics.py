@@ -1,13 +1,15 @@
 """Exact, two-sided metrics of generated lab clips against the lab world (pure functions).
 
 - mode assignment: argmax of the exact posterior p(k | clip, caption) (`assign_modes`);
-- coverage: total variation between the assigned mode frequencies and the true π_k|c, per caption,
-  weighted by clips (0 = the data's proportions; sampling noise ~ sqrt(K_c / n) for n clips);
+- coverage: ‖p - π_c‖₂ between the mode frequencies p of the clips' source (assigned modes) and
+  the true π_k|c, per caption, weighted by clips (0 = the data's weights);
 - within-mode variance ratio: in each mode's whitened coordinates w = C^(-1/2) ẑ, ẑ = (UᵀU + τ²I)⁻¹Uᵀ(x - m_k),
   C = (UᵀU + τ²I)⁻¹UᵀU the data's exact Cov(ẑ) (so w ~ N(0, I_r)), the clips' unbiased sample
   variance per mode (mean over pairs of different clips, so bootstrap duplicates do not bias it)
   divided by the data's, pooled over modes — 1 = data, < 1 over-smoothed, > 1 noisy;
-- per-mode mean error: RMS over pixels of (mean of the clips assigned to k) - m_k, pooled;
+- per-mode mean error: RMS over pixels of E[x | assigned k] - m_k, pooled;
+  coverage and mean error are estimated from pairs of different clips (U-statistics), so neither
+  has a sampling floor that grows as clips get fewer, and bootstrap intervals are not biased by it;
 - log-likelihood per dimension (nats; rewards under-dispersion, never report it alone);
 - mode switches: each chunk's mode from its own frames (the chunk's exact marginal); a clip
   switches if consecutive chunks disagree — the same function measures drift along a long
@@ -53,17 +55,32 @@ def mode_switches(modes: torch.Tensor) -> torch.Tensor:
     return (modes[:, 1:] != modes[:, :-1]).sum(1)
 
 
-def coverage_error(world, mode, caption) -> float:
-    """Clip-weighted mean over captions of TV(assigned mode frequencies, π_k|c); 0 = exact proportions."""
+def _pair_mean(vectors: torch.Tensor, counts: torch.Tensor) -> float:
+    """Mean of u_i·u_j over ordered pairs of *different* items, items repeated `counts` times; NaN if none.
+    An unbiased estimate of |E u|² that no sampling floor inflates and bootstrap duplicates do not bias."""
+    pairs = counts.sum() ** 2 - (counts ** 2).sum()
+    if pairs <= 0:
+        return float("nan")
+    total = (counts[:, None] * vectors).sum(0)
+    return ((total.pow(2).sum() - (counts ** 2 * vectors.pow(2).sum(1)).sum()) / pairs).item()
+
+
+def coverage_error(world, mode, caption, counts: torch.Tensor = None) -> float:
+    """Clip-weighted mean over captions of ‖p - π_c‖₂, p the true mode frequencies of the clips'
+    source, estimated without sampling floor (pairs of different clips); 0 = the data's weights.
+    `counts` (B,) repeats clips (a bootstrap draw)."""
     caption = _check_captions(world, caption)
-    total = 0.0
-    for c in caption.unique().tolist():
-        sel = caption == c
-        counts = torch.bincount(mode[sel], minlength=world.num_modes).double()
-        freq = counts / counts.sum()
-        truth = torch.where(world.mode_caption == c, world.mode_weight, torch.zeros_like(world.mode_weight))
-        total += 0.5 * (freq - truth).abs().sum().item() * int(sel.sum())
-    return total / caption.numel()
+    c = torch.ones(len(mode), dtype=torch.float64) if counts is None else counts.double()
+    total = weight = 0.0
+    for cap in caption.unique().tolist():
+        sel = (caption == cap) & (c > 0)
+        truth = torch.where(world.mode_caption == cap, world.mode_weight, torch.zeros_like(world.mode_weight))
+        onehot = torch.nn.functional.one_hot(mode[sel], world.num_modes).double() - truth   # (n, K)
+        sq = _pair_mean(onehot, c[sel])                                 # ‖p - π‖² without the floor
+        if sq == sq:
+            total += max(sq, 0.0) ** 0.5 * c[sel].sum().item()
+            weight += c[sel].sum().item()
+    return total / weight if weight else float("nan")
 
 
 def _whitening(world, positions, k):
@@ -111,13 +128,20 @@ def within_mode_variance(w: torch.Tensor, mode: torch.Tensor, counts: torch.Tens
     return num / den if den else float("nan")
 
 
-def mode_mean_error(world, video, mode, start_frame: int = 0) -> float:
-    """Clip-weighted mean over modes of the RMS (over pixels) of (mean of clips assigned to k) - m_k."""
+def mode_mean_error(world, video, mode, start_frame: int = 0, counts: torch.Tensor = None) -> float:
+    """Clip-weighted mean over modes of the RMS over pixels of E[x | mode k] - m_k, estimated without
+    sampling floor (pairs of different clips); 0 = the data's means. `counts` repeats clips."""
     x = world.to_frames(video).flatten(1)
-    mean, _ = world.basis(range(start_frame, start_frame + video.shape[2]))
-    err = sum((x[mode == k].mean(0) - mean[k].reshape(-1)).pow(2).mean().sqrt().item() * int((mode == k).sum())
-              for k in mode.unique().tolist())
-    return err / mode.numel()
+    mean = torch.stack([world.frame_basis(f)[0] for f in range(start_frame, start_frame + video.shape[2])], 1)
+    c = torch.ones(len(mode), dtype=torch.float64) if counts is None else counts.double()
+    total = weight = 0.0
+    for k in mode.unique().tolist():
+        sel = (mode == k) & (c > 0)
+        sq = _pair_mean(x[sel] - mean[k].reshape(-1), c[sel])
+        if sq == sq:
+            total += max(sq / x.shape[1], 0.0) ** 0.5 * c[sel].sum().item()
+            weight += c[sel].sum().item()
+    return total / weight if weight else float("nan")
 
 
 def evaluate_clips(world, video, caption, start_frame: int = 0) -> dict:
@@ -128,7 +152,7 @@ def evaluate_clips(world, video, caption, start_frame: int = 0) -> dict:
     dims = video[0].numel()
     return {"var_ratio": within_mode_variance(whitened_coordinates(world, video, mode, start_frame), mode),
             "mean_err": mode_mean_error(world, video, mode, start_frame),
-            "coverage_tv": coverage_error(world, mode, caption),
+            "coverage": coverage_error(world, mode, caption),
             "switch_clips": int((switches > 0).sum()), "num_clips": int(caption.numel()),
             "loglik_per_dim": (log_evidence / dims).mean().item()}
 
