@@ -9,7 +9,7 @@ uses the same captions and initial noise (and the stochastic rows the same re-no
 one row per sampler with the exact metrics pooled over seeds and bootstrap 95 % intervals over
 clips, plus a 3×-length rolling-cache rollout with the stochastic sampler (drift: clips whose chunk mode
 ever switches).
-The data row is real clips drawn from the world. Not a test; about a few minutes on 2 cores.
+The data row is real clips drawn from the world. Not a test; about 15 minutes on 2 shared cores.
 """
 import argparse
 import time
