@@ -70,3 +70,17 @@ def test_teacher_warm_start_continues_from_shipped_weights_at_a_given_step(tmp_p
     train_teacher(warm, str(tmp_path / "b"), max_steps=4, quiet=True)
     lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
     assert [__import__("json").loads(x)["step"] for x in lines] == [3, 4]
+
+
+def test_the_teacher_job_draws_lab_world_batches_with_decodable_captions():
+    from comfyui_salt.salt_core.config import get_config
+    from comfyui_salt.salt_core.lab import LabWorld
+    from comfyui_salt.training.common import step_generators
+    from comfyui_salt.training.teacher import TeacherConfig, training_world
+    world_cfg, encoder, draw, eval_captions = training_world(TeacherConfig(world="lab:tiny"), get_config("toy"))
+    videos, captions = draw(step_generators(0, 0, 5)[1], 4)
+    again, _ = draw(step_generators(0, 0, 5)[1], 4)
+    assert videos.shape == (4, 3, world_cfg.num_frames, world_cfg.height, world_cfg.width)
+    assert torch.equal(videos, again)                               # reproducible from the step seed
+    assert LabWorld("tiny").decode(encoder.encode(captions)).tolist() == captions
+    assert eval_captions(3) == [0, 1, 0]

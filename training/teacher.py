@@ -38,7 +38,7 @@ MODES = ("teacher_forcing", "bidirectional")
 @dataclass
 class TeacherConfig:
     model_preset: str = "toy"          # salt_core.config preset of the teacher
-    world: str = "default"             # salt_core.toy.world preset
+    world: str = "default"             # salt_core.toy.world preset, or "lab:<preset>" (the method lab's world)
     mode: str = "teacher_forcing"      # one of MODES
     chunk_frames: int = 3              # frames per AR chunk (teacher_forcing)
     batch_size: int = 32               # clips per step
@@ -125,6 +125,31 @@ def sample_teacher(model, mode: str, captions, encoder, world_cfg, steps=40, cfg
     return (out, trajectory) if return_trajectory else out.cpu()
 
 
+LAB_PREFIX = "lab:"
+
+
+def training_world(cfg: TeacherConfig, mcfg):
+    """(world_cfg, encoder, draw(step rng, n) -> (videos (B, 3, F, H, W), captions), eval_captions(n))
+    for cfg.world: the sprite world by preset name, or the method lab's world as "lab:<preset>"."""
+    if cfg.world.startswith(LAB_PREFIX):
+        from ..salt_core.lab.world import LabTextEncoder, LabWorld
+        lab = LabWorld(cfg.world[len(LAB_PREFIX):])
+        encoder = LabTextEncoder(lab, mcfg.text_dim, mcfg.text_len)
+
+        def draw(rng, n):
+            gen = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
+            captions = torch.randint(lab.cfg.num_captions, (n,), generator=gen)
+            return lab.sample(captions, generator=gen)[0].float(), captions.tolist()
+        return lab.cfg, encoder, draw, lambda n: [i % lab.cfg.num_captions for i in range(n)]
+    world = get_world(cfg.world)
+    encoder = ToyTextEncoder(text_dim=mcfg.text_dim, max_tokens=mcfg.text_len, world=world)
+
+    def draw(rng, n):
+        videos, captions, _ = sample_batch(world, rng, n)
+        return videos, captions
+    return world, encoder, draw, lambda n: eval_prompts(world, n)
+
+
 def eval_prompts(world_cfg, n: int, seed: int = 1234) -> list:
     """A fixed, reproducible list of evaluation captions."""
     return [caption(p) for p in sample_params(world_cfg, seed, n)]
@@ -148,9 +173,8 @@ def _train_teacher(cfg, out_dir, evaluate, max_steps, quiet, device, max_seconds
     device = torch.device(device or "cpu")
     started = time.time()
     torch.set_num_threads(cfg.threads)
-    world = get_world(cfg.world)
     mcfg = get_config(cfg.model_preset)
-    encoder = ToyTextEncoder(text_dim=mcfg.text_dim, max_tokens=mcfg.text_len, world=world)
+    world, encoder, draw, eval_captions = training_world(cfg, mcfg)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         model = WanModel(mcfg).init_weights().to(device)
@@ -185,7 +209,7 @@ def _train_teacher(cfg, out_dir, evaluate, max_steps, quiet, device, max_seconds
             check_stop()
             at_boundary = False
             gen, rng = step_generators(cfg.seed, 0, step)
-            videos, captions, _ = sample_batch(world, rng, cfg.batch_size)
+            videos, captions = draw(rng, cfg.batch_size)
             ctx = encoder.encode(captions)
             drop = torch.rand(cfg.batch_size, generator=gen) < cfg.caption_dropout
             ctx[drop] = 0.0
@@ -214,7 +238,7 @@ def _train_teacher(cfg, out_dir, evaluate, max_steps, quiet, device, max_seconds
                 save()
             if evaluate is not None and (step % cfg.eval_every == 0 or step == stop):
                 ema_model = ema.copy_to(WanModel(mcfg)).to(device).eval()
-                caps = eval_prompts(world, cfg.eval_clips)
+                caps = eval_captions(cfg.eval_clips)
                 vids = sample_teacher(ema_model, cfg.mode, caps, encoder, world, cfg.eval_steps, cfg.eval_cfg,
                                       cfg.shift, seed=0, chunk_frames=cfg.chunk_frames)
                 scores = evaluate(vids, caps)
@@ -236,7 +260,13 @@ def _train_teacher(cfg, out_dir, evaluate, max_steps, quiet, device, max_seconds
 
 
 def toy_evaluator(cfg: TeacherConfig, num_ref: int = 256):
-    """evaluate(videos, captions) -> oracle metric means (incl. Fréchet vs real clips and the toy score)."""
+    """evaluate(videos, captions) -> oracle metric means (incl. Fréchet vs real clips and the toy score);
+    on the lab's world, its exact metrics (salt_core.lab.metrics)."""
+    if cfg.world.startswith(LAB_PREFIX):
+        from ..salt_core.lab.metrics import evaluate_clips
+        from ..salt_core.lab.world import LabWorld
+        lab = LabWorld(cfg.world[len(LAB_PREFIX):])
+        return lambda videos, captions: evaluate_clips(lab, videos, torch.as_tensor(captions))
     from ..salt_core.metrics.frechet import reference_features
     from ..salt_core.metrics.score import score_table
     world = get_world(cfg.world)
