@@ -182,3 +182,20 @@ def test_a_cache_too_large_for_memory_is_refused_by_the_distillers_cache_too(toy
     from comfyui_salt.salt_core.kv_cache import CachePolicy
     with pytest.raises(MemoryError, match=r"KV cache of 300000 frames"):
         toy.new_cache(8, CachePolicy(-1, 0, 300000), (16, 16))
+
+
+@pytest.mark.parametrize("limit_gib, refused", [(1e-4, True), (64.0, False)])
+def test_an_explicit_distillation_memory_limit_overrides_free_memory(tmp_path, limit_gib, refused, monkeypatch):
+    # the estimate of a toy run (tens of MiB) against an explicit limit, whatever the machine has free
+    import comfyui_salt.salt_core.validate as rules
+    from comfyui_salt.training.validate import check_distill_memory
+    monkeypatch.setattr(rules, "available_memory", lambda device: 1)   # the machine "has" 1 byte free
+    student = build_model("toy", seed=0)
+    cfg = get_preset("toy-dmd", memory_limit_gib=limit_gib)
+    if refused:
+        with pytest.raises(MemoryError, match=r"memory_limit_gib=0.0001.*memory_limit_gib \(--memory-limit-gib\)"):
+            check_distill_memory(cfg, student, student, "cpu")
+    else:
+        check_distill_memory(cfg, student, student, "cpu")
+    with pytest.raises(MemoryError, match="free memory on cpu"):
+        check_distill_memory(get_preset("toy-dmd"), student, student, "cpu")

@@ -79,6 +79,7 @@ class DistillConfig:
     ode_teacher_steps: int = 40         # ode_init: Euler steps of the teacher
     autocast_bf16: bool = False         # bf16 autocast where supported (GPU)
     grad_checkpointing: bool = False    # activation checkpointing (safe with the KV cache)
+    memory_limit_gib: float = 0.0       # refuse runs whose estimate exceeds this; 0 = the device's free memory
     seed: int = 0                       # every step is seeded from (seed, rank, step)
     threads: int = 2                    # torch CPU threads (fixed for bit-identical resume)
     checkpoint_every: int = 20          # generator steps between checkpoints

@@ -14,7 +14,7 @@ _DISTILL_FLOATS = (
     ("align_delta", 0, None, False, False), ("lr_gen", 0, None, True, False), ("lr_critic", 0, None, True, False),
     ("beta1", 0, 1, False, True), ("beta2", 0, 1, False, True), ("beta1_critic", 0, 1, False, True),
     ("beta2_critic", 0, 1, False, True), ("weight_decay", 0, None, False, False),
-    ("grad_clip", 0, None, True, False), ("ema_decay", 0, 1, False, True),
+    ("grad_clip", 0, None, True, False), ("ema_decay", 0, 1, False, True), ("memory_limit_gib", 0, None, False, False),
 )
 # DistillConfig counts and their minimum (0 where 0 means "off" / "from the start")
 _DISTILL_COUNTS = (
@@ -95,8 +95,12 @@ def distill_memory_bytes(cfg, student, critic) -> int:
 def check_distill_memory(cfg, student, critic, device) -> None:
     """MemoryError before training when the run cannot fit in the free memory of `device`, with the fix."""
     from ..salt_core.validate import available_memory, check_memory
+    explicit = cfg.memory_limit_gib > 0
+    limit = int(cfg.memory_limit_gib * (1 << 30)) if explicit else available_memory(device)
     check_memory(f"distillation at batch_size={cfg.batch_size}, num_frames={cfg.num_frames}, "
-                 f"{cfg.height}×{cfg.width} latents", distill_memory_bytes(cfg, student, critic),
-                 available_memory(device), where="DistillConfig", limit_what=f"free memory on {device}",
+                 f"{cfg.height}×{cfg.width} latents", distill_memory_bytes(cfg, student, critic), limit,
+                 where="DistillConfig",
+                 limit_what=f"memory_limit_gib={cfg.memory_limit_gib:g}" if explicit else f"free memory on {device}",
                  fix="lower num_frames, height / width or batch_size (use grad_accum for a larger effective batch), "
-                     "or set grad_checkpointing=true")
+                     "or set grad_checkpointing=true; if the estimate is too cautious for your setup, set "
+                     "memory_limit_gib (--memory-limit-gib) to the GiB you allow")
