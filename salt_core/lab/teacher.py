@@ -49,8 +49,10 @@ class ExactTeacher(nn.Module):
             raise ValueError(f"ExactTeacher: cfg has in_dim={self.cfg.in_dim}, out_dim={self.cfg.out_dim}; "
                              f"the lab world has 3 channels")
 
-    def new_cache(self, batch: int, policy: CachePolicy, grid_hw: tuple, dtype=None, device=None) -> FrameCache:
-        """A FrameCache for `batch` clips of the world's frame size (`grid_hw` must match it)."""
+    def new_cache(self, batch: int, policy: CachePolicy, grid_hw: tuple, dtype=None, device=None,
+                  memory_limit: int = None) -> FrameCache:
+        """A FrameCache for `batch` clips of the world's frame size (`grid_hw` must match it); `memory_limit` is
+        accepted for WanModel's signature (a frame cache of the lab's size is a few MiB)."""
         h, w = self.world.cfg.height, self.world.cfg.width
         if tuple(grid_hw) != (h, w):
             raise ValueError(f"ExactTeacher.new_cache: grid_hw={tuple(grid_hw)}; the lab world's frames are {(h, w)}")
