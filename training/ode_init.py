@@ -22,6 +22,7 @@ from ..salt_core.scorenet import ScoreNet
 from ..salt_core.streaming import stream_video
 from .common import EMA, CheckpointManager, JsonlLog, check_stop, cosine_lr, progress, step_generators
 from .distill_models import build_models, build_prompts, resolve_teacher_kind
+from .validate import check_ode_init_memory
 
 
 @torch.no_grad()
@@ -99,6 +100,7 @@ def run_ode_init(cfg, out_dir: str, max_steps: int = None, callback=None, quiet:
                  device: torch.device = torch.device("cpu")):
     """Train the student on cached teacher ODE pairs on `device`; resumable; returns the (EMA) student."""
     teacher, student, _ = build_models(cfg)
+    check_ode_init_memory(cfg, student, device)
     teacher, student = teacher.to(device), student.to(device)
     prompts = build_prompts(cfg, teacher, out_dir)
     kind = "bidirectional" if cfg.student_kind == "bidirectional" else "teacher_forcing"

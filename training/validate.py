@@ -70,7 +70,7 @@ def validate_teacher_config(cfg) -> None:
         check_count(name, getattr(cfg, name), where="TeacherConfig", minimum=minimum)
 
 
-def distill_memory_bytes(cfg, student, critic) -> int:
+def distill_memory_bytes(cfg, student, critic=None) -> int:
     """Bytes a distillation run will still allocate once its models are built: gradients and AdamW moments of
     student and critic, the EMA shadow, two KV caches (causal students) and the activations kept for the
     backward pass of one micro-batch (every block's tokens over the whole clip; one block's with
@@ -78,7 +78,8 @@ def distill_memory_bytes(cfg, student, critic) -> int:
     from ..salt_core.validate import kv_cache_bytes
     item = student.patch_embedding.weight.element_size()
     mcfg = student.cfg
-    params = sum(p.numel() for p in student.parameters()) + sum(p.numel() for p in critic.parameters())
+    params = sum(p.numel() for p in student.parameters()) + (0 if critic is None else
+                                                              sum(p.numel() for p in critic.parameters()))
     training_state = (3 * params + sum(p.numel() for p in student.parameters())) * 4
     tokens = (cfg.num_frames // mcfg.patch_size[0]) * (cfg.height // mcfg.patch_size[1]) * (cfg.width // mcfg.patch_size[2])
     per_block = cfg.batch_size * tokens * (mcfg.ffn_dim + 10 * mcfg.dim) * item
@@ -104,3 +105,24 @@ def check_distill_memory(cfg, student, critic, device) -> None:
                  fix="lower num_frames, height / width or batch_size (use grad_accum for a larger effective batch), "
                      "or set grad_checkpointing=true; if the estimate is too cautious for your setup, set "
                      "memory_limit_gib (--memory-limit-gib) to the GiB you allow")
+
+
+def ode_pairs_bytes(cfg, student) -> int:
+    """Host bytes of the ODE-init pairs: every trajectory's states at the K + 1 grid levels of the largest K,
+    its end point and its text context, in float32."""
+    mcfg = student.cfg
+    clip = mcfg.in_dim * cfg.num_frames * cfg.height * cfg.width
+    return cfg.ode_pairs * ((max(cfg.step_choices) + 2) * clip + mcfg.text_len * mcfg.text_dim) * 4
+
+
+def check_ode_init_memory(cfg, student, device) -> None:
+    """MemoryError before an ODE initialisation when its training state (on `device`) or its cached teacher
+    trajectories (host memory) cannot fit, with the estimate, the limit and the fix."""
+    from ..salt_core.validate import available_memory, check_memory
+    check_distill_memory(cfg, student, None, device)
+    explicit = cfg.memory_limit_gib > 0
+    check_memory(f"{cfg.ode_pairs} ODE pairs of {cfg.num_frames} frames at {cfg.height}×{cfg.width}",
+                 ode_pairs_bytes(cfg, student),
+                 int(cfg.memory_limit_gib * (1 << 30)) if explicit else available_memory("cpu"), where="DistillConfig",
+                 limit_what=f"memory_limit_gib={cfg.memory_limit_gib:g}" if explicit else "free host memory",
+                 fix="lower ode_pairs, num_frames or height / width, or set memory_limit_gib (--memory-limit-gib)")
