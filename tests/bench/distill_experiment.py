@@ -142,9 +142,13 @@ def main():
     rows = {}
     t = time.time()
 
-    def scored(row, nfe, videos):
+    clip_scores = {}   # arm -> {nfe: per-prompt toy scores}, for paired differences
+
+    def scored(row, nfe, videos, name=None):
         s, clips = score_table(videos, caps, world, ref, return_clips=True)
         row[f"ci_toy_score@{nfe}"] = bootstrap_ci(clips)
+        if name is not None:
+            clip_scores.setdefault(name, {})[nfe] = torch.as_tensor(clips, dtype=torch.float64)
         for k in ("toy_score", "sharpness_error", "adherence", "direction_ok", "smoothness_px", "dynamic_px",
                   "frechet"):
             row[f"{k}@{nfe}"] = s[k]
@@ -167,7 +171,7 @@ def main():
         model.eval()
         row = {}
         for nfe in (4, 2):
-            scored(row, nfe, sample_student(model, cfg, ctx, nfe))
+            scored(row, nfe, sample_student(model, cfg, ctx, nfe), name)
         defects[name] = defect_report(model, cfg, ctx[:args.defect_clips], grids=(8, 4, 2))
         row["defect"] = defects[name][8]["mean"].mean
         n = args.drift_clips
@@ -197,6 +201,14 @@ def main():
     print("| arm | @4 | @2 |\n|---|---|---|")
     for name, ci in intervals.items():
         print(f"| {name} | {ci.get('ci_toy_score@4', '')} | {ci.get('ci_toy_score@2', '')} |")
+    if len(clip_scores) > 1:   # same prompts and noise for every arm: paired differences per prompt
+        base = "shipped" if "shipped" in clip_scores else next(iter(clip_scores))
+        print(f"\ntoy score difference to {base}, paired by prompt and noise, mean [95 % bootstrap interval]:\n")
+        print("| arm | @4 | @2 |\n|---|---|---|")
+        for name, scores in clip_scores.items():
+            if name != base:
+                d = {nfe: bootstrap_ci(scores[nfe] - clip_scores[base][nfe]) for nfe in scores}
+                print(f"| {name} − {base} | {d.get(4, '')} | {d.get(2, '')} |")
     for name, report in defects.items():
         print(f"\nsemigroup defect of {name} on the 8-step training grid and the 4- and 2-step inference grids "
               f"({args.defect_clips} prompts, the student's own stochastic rollout states):\n")
