@@ -43,7 +43,8 @@ ARMS = [  # (run name, preset, student init run, arm)
 ]
 # The toy critic-lr sweep (issue: official-recipe fidelity): Salt arms that differ from ar-salt only in lr_critic.
 # Trained only when named in --train-only (not part of the default run).
-SWEEP = {"ar-salt-critic-4e-6": {"lr_critic": 4e-6}, "ar-salt-critic-1e-4": {"lr_critic": 1e-4}}
+# ar-salt itself is the preset's value (1e-4, the sweep's choice).
+SWEEP = {"ar-salt-critic-4e-6": {"lr_critic": 4e-6}, "ar-salt-critic-2e-5": {"lr_critic": 2e-5}}
 ARMS += [(name, "toy-salt", "ode-causal", "autoregressive") for name in SWEEP]
 
 
