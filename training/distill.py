@@ -236,6 +236,7 @@ class Distiller:
     def _step(self, loss_fn, model, opt, it, tag, d):
         """Accumulate `grad_accum` micro-batches of loss_fn, clip, step; returns stats."""
         opt.zero_grad(set_to_none=True)
+        self._align_probes.clear()   # probes of a step that failed before its backward must not leak into this one
         stats = {}
         for micro in range(self.cfg.grad_accum):
             gen, rng = step_generators(self.cfg.seed, self.rank, it, micro, int(tag == "gen"))
