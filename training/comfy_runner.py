@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import pathlib
+import shlex
 import socket
 import subprocess
 import sys
@@ -159,6 +160,8 @@ def start_server(base: pathlib.Path, timeout: float = BOOT_TIMEOUT_S, threads: i
     log_path = base / "comfyui.log"
     cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
            "--base-directory", str(base), "--disable-auto-launch"]
+    # Extra ComfyUI flags for development checks, e.g. another frontend: SALT_COMFYUI_ARGS="--front-end-root DIR"
+    cmd += shlex.split(os.environ.get("SALT_COMFYUI_ARGS", ""))
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if threads:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
