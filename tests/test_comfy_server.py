@@ -14,6 +14,7 @@ test writes:
   the transformer expects, with a small latent size, so the graphs run in seconds; and one that builds a
   tiny random umT5 CLIP from ComfyUI's own classes (tests/tiny_clip.py) for SaltDistill's clip input.
 """
+import functools
 import json
 import pathlib
 
@@ -431,13 +432,16 @@ def test_salt_distill_embeds_a_real_scale_runs_prompts_with_a_clip_from_the_grap
     assert "clip input" in error["exception_message"] and "text_encoder=" in error["exception_message"], error
 
 
+def changed_prompt(base: dict, node: str, **inputs) -> dict:
+    """A deep copy of API prompt `base` with `inputs` set on `node`."""
+    prompt = json.loads(json.dumps(base))
+    prompt[node]["inputs"].update(inputs)
+    return prompt
+
+
 def test_bad_inputs_fail_with_node_errors_and_the_server_keeps_working(server, object_info):
     base = api_prompt("salt_toy_streaming.json", object_info)
-
-    def changed(node, **inputs):
-        prompt = json.loads(json.dumps(base))
-        prompt[node]["inputs"].update(inputs)
-        return prompt
+    changed = functools.partial(changed_prompt, base)
 
     # Out-of-range widgets and unknown files are rejected when the prompt is queued, naming node and input.
     status, response = server.queue(changed("4", preset="uniform", nfe=9))
@@ -471,12 +475,7 @@ def test_bad_inputs_fail_with_node_errors_and_the_server_keeps_working(server, o
 
 def test_bad_numbers_and_sizes_end_in_node_errors_never_in_success(server, object_info):
     """Issue 11 over HTTP: widget ranges are the UI's; a prompt may carry NaN or any size (JSON allows NaN)."""
-    base = api_prompt("salt_toy_streaming.json", object_info)
-
-    def changed(node, **inputs):
-        prompt = json.loads(json.dumps(base))
-        prompt[node]["inputs"].update(inputs)
-        return prompt
+    changed = functools.partial(changed_prompt, api_prompt("salt_toy_streaming.json", object_info))
 
     for node, inputs, words in [
         ("4", dict(preset="custom", custom_steps="1000, nan, 250"), "raw step list"),   # was an all-black success
