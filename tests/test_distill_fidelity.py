@@ -215,7 +215,7 @@ def test_bootstrap_interval_matches_the_normal_closed_form_for_many_units():
 def test_defect_report_has_every_consecutive_triplet_of_each_grid_and_intervals_over_clips(kind):
     from comfyui_salt.salt_core.schedules import get_sigmas_fewstep
     from comfyui_salt.salt_core.toy.text import ToyTextEncoder
-    from comfyui_salt.training.distill_eval import defect_report, format_defect_report, student_defect
+    from comfyui_salt.training.distill_eval import defect_report, format_defect_report
     model = build_model("toy", seed=1).eval()
     caps = ["a red disc moving left on a dark background", "a blue bar moving up on a light background"] * 2
     ctx = ToyTextEncoder().encode(caps)
@@ -228,7 +228,19 @@ def test_defect_report_has_every_consecutive_triplet_of_each_grid_and_intervals_
         assert len(got) == len(expected) and all(a == pytest.approx(b) for a, b in zip(got, expected)), got
         for _, ci in report[g]["triplets"] + [(None, report[g]["mean"])]:
             assert ci.n == len(caps) and ci.lo <= ci.mean <= ci.hi
-        # the grid mean averages each clip over triplets, then clips: equal to the plain mean of all defects
-        if g == 2:
-            assert report[g]["mean"].mean == pytest.approx(student_defect(model, cfg, ctx, grid_steps=g))
+    if kind == "bidirectional":
+        # brute force: the 2-step grid's one triplet (1, σ_1, 0) at the first rollout state, the seeded noise itself
+        x = torch.randn((len(caps), 3, cfg.num_frames, cfg.height, cfg.width),
+                        generator=torch.Generator().manual_seed(0))
+        s1 = get_sigmas_fewstep(2, cfg.shift)[1].item()
+
+        def v(x, s):
+            return model(x, torch.full((x.shape[0],), 1000.0 * s, dtype=torch.float64), ctx).double()
+        with torch.no_grad():
+            v0 = v(x, 1.0)
+            direct = x.double() - v0
+            x_m = x.double() - (1.0 - s1) * v0
+            composed = x_m - s1 * v(x_m.float(), s1)
+            per_clip = (direct - composed).flatten(1).norm(dim=1) / (direct - x.double()).flatten(1).norm(dim=1)
+        assert report[2]["mean"].mean == pytest.approx(per_clip.mean().item(), rel=1e-5)
     assert "mean over triplets" in format_defect_report(report)
