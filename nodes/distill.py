@@ -11,6 +11,7 @@ import logging
 import os
 import re
 
+from ..toy.jobs import distill_world
 from ..training.distill import run_distillation
 from ..training.distill_config import PRESETS, DistillConfig, get_preset
 from ..training.distill_models import fill_prompt_cache, prompt_cache_path
@@ -140,7 +141,7 @@ def distill(cfg: DistillConfig, name: str, clip=None) -> tuple:
             raise TrainingCancelled(f"cancelled at generator step {step[0]}")
     try:
         with training_mode():
-            model = run_distillation(cfg, folder, callback=callback, device=torch_device())
+            model = run_distillation(cfg, folder, callback=callback, device=torch_device(), world=distill_world())
     except TrainingCancelled:
         log.info("SaltDistill: cancelled; %s holds a resumable checkpoint (queue the same name again)", folder)
         raise_interrupted()

@@ -1,7 +1,7 @@
 """Few-step quality report of a SALT_MODEL: semigroup defect and, in the toy world, the oracle metric table.
 
-The measures are training.distill_eval's (defect_report, sample_student) and salt_core.metrics'
-(score_table, format_table); this module only builds their inputs from node widgets and writes the
+The measures are training.distill_eval's (defect_report, sample_student) and the toy wing's oracle metrics
+(toy.metrics: score_table, format_table); this module only builds their inputs from node widgets and writes the
 report. Toy models are measured on a CPU float32 copy (1.2M parameters): the evaluation helpers draw
 their noise on the CPU. Knows nothing of training loops.
 """
@@ -10,10 +10,10 @@ import dataclasses
 
 import torch
 
-from ..salt_core.metrics.score import format_table, score_table
 from ..salt_core.schedules import MAX_NFE
-from ..salt_core.toy.text import ToyTextEncoder
-from ..salt_core.toy.world import TOY_SHIFT, get_world
+from ..toy.metrics.score import format_table, score_table
+from ..toy.text import ToyTextEncoder
+from ..toy.world import TOY_SHIFT, get_world
 from ..training.distill_config import PRESETS, get_preset
 from ..training.distill_eval import defect_report, format_defect_report, sample_student
 from .bridge import io, ui

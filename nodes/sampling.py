@@ -7,7 +7,7 @@ import torch
 
 from ..salt_core.samplers import sample_fewstep_deterministic, sample_fewstep_stochastic
 from ..salt_core.schedules import INFERENCE_GRID_RAW, MAX_NFE, TRAINING_GRID_RAW, get_sigmas_warped, raw_step_list
-from ..salt_core.toy.world import TOY_SHIFT
+from ..salt_core.config import TOY_SHIFT
 from ..salt_core.validate import check_number
 from .bridge import io, ksampler
 

@@ -6,8 +6,8 @@ Runs on a CPU in seconds, with no download.
 import torch
 
 from ..salt_core.config import get_config
-from ..salt_core.toy.text import ToyTextEncoder
-from ..training.toy_assets import TOY_STUDENT, TOY_TEACHER, load_toy_asset
+from ..toy.shipped import TOY_STUDENT, TOY_TEACHER, load_toy_asset
+from ..toy.text import ToyTextEncoder
 from .bridge import io, torch_device
 from .types import SaltModel, SaltModelType
 

@@ -77,6 +77,12 @@ def validate_wan_config(cfg: "WanConfig") -> None:
                      "metadata is a corrupt config: fix the salt_config metadata or pass a preset")
 
 
+# The toy world's timestep shift, fixed once and used everywhere in the toy world (teacher training
+# σ distribution, sampling grids, few-step grids, distillation presets). Real-scale Wan keeps 5.
+# Measured on the teacher: see README "Toy world" (40-step samples at shifts 1, 2, 3). It lives beside the
+# toy preset, not in the toy wing (comfyui_salt.toy), so training's config defaults can read it.
+TOY_SHIFT = 3.0
+
 PRESETS = {
     "wan2.1-t2v-1.3b": WanConfig(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30),
     "wan2.1-t2v-14b": WanConfig(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40),
@@ -89,7 +95,7 @@ PRESETS = {
     # A small Wan-shaped config for CPU benchmarks (head dim 128 like Wan).
     "small": WanConfig(dim=384, ffn_dim=1024, num_heads=3, num_layers=4, in_dim=16, out_dim=16,
                        text_dim=64, freq_dim=64, text_len=16),
-    # The toy world's model (pixel latents 3×16×16); see salt_core/toy.
+    # The toy world's model (pixel latents 3×16×16); see comfyui_salt/toy.
     "toy": WanConfig(dim=128, ffn_dim=512, num_heads=4, num_layers=4, patch_size=(1, 4, 4), in_dim=3,
                      out_dim=3, text_dim=32, freq_dim=64, text_len=8),
     # The GPU teacher recipe (tests/bench/gpu_teacher.py): finer 2×2 patches, wider and deeper; 3.9M params, 14.8 MB in fp32.

@@ -1,24 +1,27 @@
 """Helpers (not tests): import ComfyUI's modules and the pack's `nodes` package inside a test process.
 
-ComfyUI lives in .venv/comfyui (installed by .ci/setup_comfyui). It is appended to sys.path of the
-calling test process only, with its command line parsed as `--cpu`: otherwise comfy.model_management
-probes CUDA when imported. Tests skip with a message when ComfyUI is not installed.
+ComfyUI lives where the dev harness looks for it (`dev/comfy_runner.py`: .venv/comfyui, installed by
+.ci/setup_comfyui, or SALT_COMFYUI_DIR). It is appended to sys.path of the calling test process only, with its
+command line parsed as `--cpu`: otherwise comfy.model_management probes CUDA when imported. Tests skip with a
+message when ComfyUI is not installed.
 """
 import importlib
-import os
-import pathlib
 import sys
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-COMFYUI_DIR = pathlib.Path(os.environ.get("SALT_COMFYUI_DIR", ROOT / ".venv" / "comfyui"))
+from comfyui_salt.dev.comfy_runner import DEFAULT_COMFYUI_DIR as COMFYUI_DIR, ComfyError, check_comfyui
+
 MISSING = f"ComfyUI is not installed at {COMFYUI_DIR}; run `bash .ci/setup_comfyui` (part of .ci/setup)"
 
 
 def comfyui_installed() -> bool:
     """True when the ComfyUI tree is present."""
-    return (COMFYUI_DIR / "main.py").is_file() and (COMFYUI_DIR / "comfy_api").is_dir()
+    try:
+        check_comfyui(COMFYUI_DIR)
+    except ComfyError:
+        return False
+    return True
 
 
 def import_comfy():

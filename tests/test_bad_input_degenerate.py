@@ -70,9 +70,10 @@ def test_teacher_counts_refuse_zero(field):
 
 
 def test_max_gen_steps_zero_is_refused_rather_than_exporting_the_untouched_teacher(tmp_path):
+    from comfyui_salt.toy.jobs import distill_world
     from comfyui_salt.training.distill import run_distillation
     with pytest.raises(ValueError, match="max_gen_steps=0"):
-        run_distillation(get_preset("toy-dmd"), str(tmp_path / "run"), max_gen_steps=0)
+        run_distillation(get_preset("toy-dmd"), str(tmp_path / "run"), max_gen_steps=0, world=distill_world())
     assert not (tmp_path / "run").exists()
 
 

@@ -186,6 +186,7 @@ def test_a_few_non_finite_score_entries_do_not_stop_training():
 def test_a_teacher_that_outputs_nan_stops_distillation_naming_the_dmd_term_after_saving(tmp_path, monkeypatch):
     """Before this check a NaN score was masked to zero and the run 'trained' to the end (dmd_nonfinite_frac 1)."""
     import comfyui_salt.training.distill as job
+    from comfyui_salt.toy.jobs import distill_world
     real_build = job.build_models
 
     def nan_teacher(cfg):
@@ -199,7 +200,7 @@ def test_a_teacher_that_outputs_nan_stops_distillation_naming_the_dmd_term_after
     cfg = get_preset("toy-dmd", teacher=str(teacher_path), batch_size=1, gen_steps=3, critic_ratio=1, eval_every=0,
                      threads=1, checkpoint_every=1)
     with pytest.raises(FloatingPointError, match=r"dmd loss: 100% of its entries were non-finite.*last good state"):
-        job.run_distillation(cfg, str(tmp_path / "run"), quiet=True)
+        job.run_distillation(cfg, str(tmp_path / "run"), quiet=True, world=distill_world())
     assert not (tmp_path / "run" / "export").exists()
     assert list((tmp_path / "run" / "checkpoints").glob("step_*/COMPLETE"))
 

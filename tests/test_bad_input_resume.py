@@ -19,6 +19,9 @@ from comfyui_salt.training.distill import run_distillation
 from comfyui_salt.training.distill_config import get_preset
 from comfyui_salt.training.files import save_model
 from comfyui_salt.training.runs import RunLock
+from comfyui_salt.toy.jobs import distill_world
+
+TOY = distill_world()   # what toy-world runs borrow: the shipped teacher, toy prompts, oracle evaluation
 
 
 @pytest.fixture(scope="module")
@@ -66,11 +69,11 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_older_intact_one_and_says
                                                                                    damage, file):
     cfg = tiny(teacher_path)
     run = tmp_path / "run"
-    run_distillation(cfg, str(run), quiet=True)
+    run_distillation(cfg, str(run), quiet=True, world=TOY)
     assert steps_in(run) == ["step_00000001", "step_00000002"]
     damage(run / "checkpoints" / "step_00000002" / file)
     with caplog.at_level(logging.WARNING, logger="salt.training"):
-        run_distillation(tiny(teacher_path, gen_steps=3), str(run), quiet=True)
+        run_distillation(tiny(teacher_path, gen_steps=3), str(run), quiet=True, world=TOY)
     text = caplog.text
     assert "step_00000002" in text and "falling back" in text and "step_00000001" in text, text
     assert (run / "checkpoints" / "step_00000002.unreadable").is_dir()
@@ -79,11 +82,11 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_older_intact_one_and_says
 
 def test_when_no_checkpoint_reads_the_error_names_every_file_and_the_fix(teacher_path, tmp_path):
     run = tmp_path / "run"
-    run_distillation(tiny(teacher_path), str(run), quiet=True)
+    run_distillation(tiny(teacher_path), str(run), quiet=True, world=TOY)
     for step in ("step_00000001", "step_00000002"):
         truncate(run / "checkpoints" / step / "student.safetensors")
     with pytest.raises(RunError, match=r"step_00000002.*step_00000001.*Move the damaged step folders away"):
-        run_distillation(tiny(teacher_path, gen_steps=3), str(run), quiet=True)
+        run_distillation(tiny(teacher_path, gen_steps=3), str(run), quiet=True, world=TOY)
 
 
 def test_a_stale_incomplete_step_folder_does_not_make_pruning_keep_a_single_checkpoint(tmp_path):
@@ -101,10 +104,10 @@ def test_a_stale_incomplete_step_folder_does_not_make_pruning_keep_a_single_chec
                                     dict(step_choices=(2,)), dict(batch_size=2)])
 def test_resuming_with_other_settings_is_refused_listing_the_keys_and_the_fixes(teacher_path, tmp_path, change):
     run = tmp_path / "run"
-    run_distillation(tiny(teacher_path, gen_steps=1), str(run), quiet=True)
+    run_distillation(tiny(teacher_path, gen_steps=1), str(run), quiet=True, world=TOY)
     stored = (run / "config.json").read_text()
     with pytest.raises(ValueError) as e:
-        run_distillation(tiny(teacher_path, gen_steps=2, **change), str(run), quiet=True)
+        run_distillation(tiny(teacher_path, gen_steps=2, **change), str(run), quiet=True, world=TOY)
     for key in change:
         assert f"{key}: stored" in str(e.value), e.value
     assert "another name" in str(e.value) and "--allow-changed-settings" in str(e.value)
@@ -113,9 +116,10 @@ def test_resuming_with_other_settings_is_refused_listing_the_keys_and_the_fixes(
 
 def test_resumable_fields_change_freely_and_an_explicit_override_continues(teacher_path, tmp_path):
     run = tmp_path / "run"
-    run_distillation(tiny(teacher_path, gen_steps=1), str(run), quiet=True)
-    run_distillation(tiny(teacher_path, gen_steps=2, checkpoint_every=2, log_every=2), str(run), quiet=True)
-    run_distillation(tiny(teacher_path, gen_steps=3, lr_gen=1e-4), str(run), quiet=True, allow_changed_settings=True)
+    run_distillation(tiny(teacher_path, gen_steps=1), str(run), quiet=True, world=TOY)
+    run_distillation(tiny(teacher_path, gen_steps=2, checkpoint_every=2, log_every=2), str(run), quiet=True, world=TOY)
+    run_distillation(tiny(teacher_path, gen_steps=3, lr_gen=1e-4), str(run), quiet=True, allow_changed_settings=True,
+                     world=TOY)
     assert json.loads((run / "config.json").read_text())["lr_gen"] == 1e-4
 
 
@@ -123,8 +127,8 @@ def test_a_second_job_on_a_locked_run_folder_is_refused_and_the_lock_is_released
     run = tmp_path / "run"
     with RunLock(str(run)):
         with pytest.raises(RunError, match=r"is in use by pid \d+"):
-            run_distillation(tiny(teacher_path, gen_steps=1), str(run), quiet=True)
-    run_distillation(tiny(teacher_path, gen_steps=1), str(run), quiet=True)
+            run_distillation(tiny(teacher_path, gen_steps=1), str(run), quiet=True, world=TOY)
+    run_distillation(tiny(teacher_path, gen_steps=1), str(run), quiet=True, world=TOY)
     with RunLock(str(run)):   # released after the run
         pass
 
@@ -151,8 +155,8 @@ def test_a_failed_start_never_blocks_the_run_name(teacher_path, tmp_path):
     bad.write_bytes(b"not a checkpoint")
     run = tmp_path / "run"
     with pytest.raises(ValueError, match="bad_teacher.safetensors"):
-        run_distillation(tiny(str(bad), gen_steps=1), str(run), quiet=True)
-    run_distillation(tiny(teacher_path, gen_steps=1), str(run), quiet=True)   # same folder, good teacher
+        run_distillation(tiny(str(bad), gen_steps=1), str(run), quiet=True, world=TOY)
+    run_distillation(tiny(teacher_path, gen_steps=1), str(run), quiet=True, world=TOY)   # same folder, good teacher
     assert steps_in(run) == ["step_00000001"]
 
 
@@ -165,10 +169,10 @@ def test_a_cancel_during_an_evaluation_is_made_up_on_resume(teacher_path, tmp_pa
         if "preview" in d:
             raise KeyboardInterrupt("cancel during evaluation")
     with pytest.raises(KeyboardInterrupt):
-        run_distillation(cfg, str(run), quiet=True, callback=cancel_at_first_preview)
+        run_distillation(cfg, str(run), quiet=True, callback=cancel_at_first_preview, world=TOY)
     evals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert not [r for r in evals if "eval" in r]
-    run_distillation(cfg, str(run), quiet=True)
+    run_distillation(cfg, str(run), quiet=True, world=TOY)
     evals = [json.loads(line)["gen_step"] for line in (run / "metrics.jsonl").read_text().splitlines()
              if "eval" in json.loads(line)]
     assert evals == [1, 2]
@@ -178,7 +182,7 @@ def test_a_cancel_during_an_evaluation_is_made_up_on_resume(teacher_path, tmp_pa
 # -- the CLI door -----------------------------------------------------------------------------------------------
 def test_the_cli_refuses_to_resume_a_folder_with_other_settings_and_names_the_flag(teacher_path, tmp_path):
     run = tmp_path / "run"
-    run_distillation(tiny(teacher_path, gen_steps=1), str(run), quiet=True)
+    run_distillation(tiny(teacher_path, gen_steps=1), str(run), quiet=True, world=TOY)
     args = [sys.executable, "-m", "comfyui_salt.training", "distill", "--preset", "toy-dmd", "--out", str(run),
             "--teacher", teacher_path, "--batch-size", "1", "--gen-steps", "1", "--critic-ratio", "1",
             "--eval-every", "0", "--threads", "1", "--checkpoint-every", "1", "--ema-start", "1", "--lr-gen", "0.001"]

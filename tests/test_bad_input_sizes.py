@@ -159,8 +159,9 @@ def test_a_distillation_num_frames_override_too_large_for_memory_is_refused_befo
     before = peak_rss_mib()
     with pytest.raises(MemoryError, match=rf"distillation at batch_size=8, num_frames={num_frames}.*needs about "
                                           rf".*GiB.*free memory on cpu.*lower num_frames"):
+        from comfyui_salt.toy.jobs import distill_world
         from comfyui_salt.training.distill import run_distillation
-        run_distillation(cfg, str(tmp_path / "run"), quiet=True)
+        run_distillation(cfg, str(tmp_path / "run"), quiet=True, world=distill_world())
     assert peak_rss_mib() - before < 300
     assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())
 
@@ -205,7 +206,8 @@ def test_an_ode_initialisation_whose_pairs_cannot_fit_in_host_memory_is_refused_
     teacher = tmp_path / "teacher.safetensors"
     save_model(build_model("toy", seed=0), teacher, extra_metadata={"teacher_mode": "teacher_forcing"})
     cfg = get_preset("toy-ode-init", teacher=str(teacher), ode_pairs=10**9, gen_steps=1, threads=1)
+    from comfyui_salt.toy.jobs import distill_world
     from comfyui_salt.training.distill import run_distillation
     with pytest.raises(MemoryError, match=r"1000000000 ODE pairs.*free host memory.*lower ode_pairs"):
-        run_distillation(cfg, str(tmp_path / "run"), quiet=True)
+        run_distillation(cfg, str(tmp_path / "run"), quiet=True, world=distill_world())
     assert not (tmp_path / "run" / "ode_pairs.safetensors").exists()

@@ -6,7 +6,7 @@ One ComfyUI boot for the module; every browser and server is stopped by its own 
   out/test-artifacts/frontend.png;
 - the DevTools protocol (a small client over aiohttp's websocket): load each workflow with the frontend's
   own `app.loadGraphData`, list node types the frontend has not registered, and compare the frontend's own
-  API prompt (`app.graphToPrompt`) with tests/workflow_convert.py's conversion (an independent check of the
+  API prompt (`app.graphToPrompt`) with dev/workflow_api.py's conversion (an independent check of the
   converter and of the widget order in the shipped files). One screenshot per workflow is kept beside it.
 """
 import asyncio
@@ -22,8 +22,8 @@ import time
 import pytest
 
 from comfy_import import MISSING, comfyui_installed
-from comfy_server import prepare_base, start_server
-from workflow_convert import convert
+from comfyui_salt.dev.comfy_runner import prepare_base, start_server
+from comfyui_salt.dev.workflow_api import convert
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "out" / "test-artifacts"

@@ -1,7 +1,7 @@
 """The pack inside a real ComfyUI 0.3.75 server: import, /object_info, every shipped workflow, errors.
 
 One server boot for the module (~40 s on an idle 2-core machine), always stopped by its PID. Every UI
-workflow in workflows/ is converted to API format with tests/workflow_convert.py against the server's
+workflow in workflows/ is converted to API format with dev/workflow_api.py against the server's
 own /object_info; those that need no downloaded weights run as shipped, the others on stand-ins the
 test writes:
 - a toy asset (teacher, Salt student) that is not built: a random toy-preset file loaded by
@@ -22,9 +22,9 @@ import pytest
 import torch
 
 from comfy_import import MISSING, comfyui_installed, import_comfy
-from comfy_server import PACK_NAME, history_error, output_files, prepare_base, start_server
+from comfyui_salt.dev.comfy_runner import PACK_NAME, history_error, output_files, prepare_base, start_server
+from comfyui_salt.dev.workflow_api import convert
 from helpers import assert_close
-from workflow_convert import convert
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not comfyui_installed(), reason=MISSING)]
 

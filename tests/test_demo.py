@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from comfy_import import COMFYUI_DIR, MISSING, comfyui_installed
-from comfyui_salt.training.comfy_runner import ComfyError, check_comfyui
-from comfyui_salt.training.demo import WORKFLOW_1_ROW, read_webp_video, run_demo
-from comfyui_salt.training.toy_assets import TOY_STUDENT, TOY_TEACHER
+from comfyui_salt.dev.comfy_runner import ComfyError, check_comfyui
+from comfyui_salt.dev.demo import WORKFLOW_1_ROW, read_webp_video, run_demo
+from comfyui_salt.toy.shipped import TOY_STUDENT, TOY_TEACHER
 
 
 def test_the_webp_reader_undoes_the_nearest_upscale_of_a_known_video(tmp_path):
@@ -55,7 +55,7 @@ def test_the_demo_runs_workflow_1_in_comfyui_and_scores_its_webp(tmp_path, capsy
 
 
 def test_a_refused_prompt_is_reported_with_each_nodes_error():
-    from comfyui_salt.training.comfy_runner import format_prompt_error
+    from comfyui_salt.dev.comfy_runner import format_prompt_error
     response = {"error": {"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed validation",
                           "details": ""},
                 "node_errors": {"5": {"class_type": "SaltStreamingSampler", "dependent_outputs": ["7"],

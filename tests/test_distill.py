@@ -6,6 +6,9 @@ from comfyui_salt.salt_core.model import build_model
 from comfyui_salt.training.distill import run_distillation
 from comfyui_salt.training.distill_config import PRESETS, DistillConfig, get_preset
 from comfyui_salt.training.files import export_student, load_model, save_model
+from comfyui_salt.toy.jobs import distill_world
+
+TOY = distill_world()   # what toy-world runs borrow: the shipped teacher, toy prompts, oracle evaluation
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +27,7 @@ def tiny(preset, teacher_path, **kw):
 @pytest.mark.parametrize("preset", sorted(p for p in PRESETS if p.startswith("toy-")))
 def test_every_toy_preset_runs_a_few_steps_and_exports(preset, teacher_path, tmp_path):
     cfg = tiny(preset, teacher_path, eval_every=2 if preset == "toy-dmd" else 0, eval_clips=2)
-    model = run_distillation(cfg, str(tmp_path), quiet=True)
+    model = run_distillation(cfg, str(tmp_path), quiet=True, world=TOY)
     assert all(torch.isfinite(p).all() for p in model.parameters())
     paths = export_student(model, str(tmp_path))
     loaded, layout = load_model(paths[1])
@@ -35,7 +38,7 @@ def test_every_toy_preset_runs_a_few_steps_and_exports(preset, teacher_path, tmp
 def test_salt_iteration_exercises_sc_and_alignment(teacher_path, tmp_path):
     import json
     cfg = tiny("toy-salt", teacher_path, step_choices=(8, 2), step_probs=(0.5, 0.5), gen_steps=8, critic_ratio=1)
-    run_distillation(cfg, str(tmp_path), quiet=True)
+    run_distillation(cfg, str(tmp_path), quiet=True, world=TOY)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in rows if "K" in r]
     assert any("sc_loss" in r for r in rows if r["K"] == 8 and r["exit"] < 7)
@@ -45,9 +48,9 @@ def test_salt_iteration_exercises_sc_and_alignment(teacher_path, tmp_path):
 
 def test_interrupted_distillation_resumes_bit_identically(teacher_path, tmp_path):
     cfg = tiny("toy-salt", teacher_path, step_choices=(8, 4, 2), gen_steps=4, critic_ratio=2)
-    run_distillation(cfg, str(tmp_path / "a"), max_gen_steps=2, quiet=True)
-    resumed = run_distillation(cfg, str(tmp_path / "a"), quiet=True)
-    straight = run_distillation(cfg, str(tmp_path / "b"), quiet=True)
+    run_distillation(cfg, str(tmp_path / "a"), max_gen_steps=2, quiet=True, world=TOY)
+    resumed = run_distillation(cfg, str(tmp_path / "a"), quiet=True, world=TOY)
+    straight = run_distillation(cfg, str(tmp_path / "b"), quiet=True, world=TOY)
     for (k, a), b in zip(resumed.state_dict().items(), straight.state_dict().values()):
         assert torch.equal(a, b), k
 
@@ -57,10 +60,11 @@ def test_an_explicit_device_overrides_accelerates_pick(preset, teacher_path, tmp
     # accelerate picks CUDA whenever it is present; ComfyUI started with --cpu passes device="cpu".
     import comfyui_salt.training.distill as job
     monkeypatch.setattr(job, "process_info", lambda: (0, 1, torch.device("meta")))
-    model = run_distillation(tiny(preset, teacher_path, gen_steps=1), str(tmp_path), quiet=True, device="cpu")
+    model = run_distillation(tiny(preset, teacher_path, gen_steps=1), str(tmp_path), quiet=True, device="cpu",
+                             world=TOY)
     assert model.patch_embedding.weight.device.type == "cpu"
     with pytest.raises((NotImplementedError, RuntimeError), match="meta"):   # the pick is used without a device
-        run_distillation(tiny(preset, teacher_path, gen_steps=1), str(tmp_path / "picked"), quiet=True)
+        run_distillation(tiny(preset, teacher_path, gen_steps=1), str(tmp_path / "picked"), quiet=True, world=TOY)
 
 
 def test_unknown_keys_and_presets_are_rejected():
@@ -73,8 +77,9 @@ def test_unknown_keys_and_presets_are_rejected():
 
 
 def test_student_defect_and_drift_measures_run_for_both_student_kinds(teacher_path):
-    from comfyui_salt.salt_core.toy.text import ToyTextEncoder
-    from comfyui_salt.training.distill_eval import drift_slopes, student_defect
+    from comfyui_salt.toy.text import ToyTextEncoder
+    from comfyui_salt.toy.evaluate import drift_slopes
+    from comfyui_salt.training.distill_eval import student_defect
     model = build_model("toy", seed=1).eval()
     caps = ["a red disc moving left on a dark background", "a blue bar moving up on a light background"]
     ctx = ToyTextEncoder().encode(caps)

@@ -9,6 +9,7 @@ import torch
 from comfyui_salt.salt_core.model import build_model
 from comfyui_salt.salt_core.schedules import add_noise, randn_like
 from comfyui_salt.salt_core.losses import sample_dmd_timesteps
+from comfyui_salt.toy.jobs import distill_world
 from comfyui_salt.training.distill import Distiller, alignment_acts, ema_due, run_distillation
 from comfyui_salt.training.distill_config import PRESETS, DistillConfig, get_preset
 from comfyui_salt.training.files import save_model
@@ -162,7 +163,7 @@ def test_ema_is_created_at_the_released_iteration_and_updated_after_each_generat
     ckpt = CheckpointManager(str(tmp_path / "checkpoints"))
     states = {}
     for stop in (1, 2, 3):
-        run_distillation(cfg, str(tmp_path), max_gen_steps=stop, quiet=True)
+        run_distillation(cfg, str(tmp_path), max_gen_steps=stop, quiet=True, world=distill_world())
         folder = ckpt.latest()[1]
         names = ["student"] + (["ema"] if (tmp_path / "checkpoints" / folder.split("/")[-1] / "ema.safetensors")
                                .exists() else [])
@@ -178,8 +179,8 @@ def test_ema_is_created_at_the_released_iteration_and_updated_after_each_generat
 def test_run_summary_counts_sc_and_alignment_updates_with_their_grad_ratios(teacher_path, tmp_path):
     cfg = get_preset("toy-salt", teacher=teacher_path, batch_size=2, gen_steps=8, critic_ratio=1, eval_every=0,
                      threads=1, checkpoint_every=4, align_start_iter=0, step_choices=(8, 2), step_probs=(0.5, 0.5))
-    run_distillation(cfg, str(tmp_path), max_gen_steps=4, quiet=True)
-    run_distillation(cfg, str(tmp_path), quiet=True)       # the counts survive a resume
+    run_distillation(cfg, str(tmp_path), max_gen_steps=4, quiet=True, world=distill_world())
+    run_distillation(cfg, str(tmp_path), quiet=True, world=distill_world())       # the counts survive a resume
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in rows if "K" in r]
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -214,7 +215,7 @@ def test_bootstrap_interval_matches_the_normal_closed_form_for_many_units():
 @pytest.mark.parametrize("kind", ["causal", "bidirectional"])
 def test_defect_report_has_every_consecutive_triplet_of_each_grid_and_intervals_over_clips(kind):
     from comfyui_salt.salt_core.schedules import get_sigmas_fewstep
-    from comfyui_salt.salt_core.toy.text import ToyTextEncoder
+    from comfyui_salt.toy.text import ToyTextEncoder
     from comfyui_salt.training.distill_eval import defect_report, format_defect_report
     model = build_model("toy", seed=1).eval()
     caps = ["a red disc moving left on a dark background", "a blue bar moving up on a light background"] * 2

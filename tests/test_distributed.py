@@ -13,12 +13,13 @@ pytest.importorskip("accelerate")
 WORKER = r"""
 import json, os, sys, torch
 from safetensors.torch import save_file
+from comfyui_salt.toy.jobs import distill_world
 from comfyui_salt.training.distill import run_distillation
 from comfyui_salt.training.distill_config import get_preset
 out, teacher = sys.argv[1], sys.argv[2]
 cfg = get_preset("toy-salt", teacher=teacher, batch_size=1, gen_steps=3, critic_ratio=2, eval_every=0, threads=1,
                  checkpoint_every=100, align_start_iter=0, ema_start_iter=100, step_choices=(8, 4, 2))
-model = run_distillation(cfg, out, quiet=True)
+model = run_distillation(cfg, out, quiet=True, world=distill_world())
 rank = int(os.environ["RANK"])
 save_file({k: v.contiguous() for k, v in model.state_dict().items()}, os.path.join(out, f"student_rank{rank}.safetensors"))
 """

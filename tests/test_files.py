@@ -192,7 +192,7 @@ def test_a_diffusers_save_pretrained_file_loads_and_predicts_like_diffusers(tmp_
 
 def test_a_student_written_as_the_toy_asset_loads_by_its_role_with_the_same_weights(tmp_path):
     from comfyui_salt.training.files import export_student
-    from comfyui_salt.training.toy_assets import load_toy_asset, write_toy_student
+    from comfyui_salt.toy.shipped import load_toy_asset, write_toy_student
     student = build_model("toy", seed=3)
     export = export_student(student, str(tmp_path / "run"))[0]
     dest = write_toy_student(export, str(tmp_path / "toy_salt_student.safetensors"), "toy-salt", 200)
@@ -203,7 +203,7 @@ def test_a_student_written_as_the_toy_asset_loads_by_its_role_with_the_same_weig
     teacher = tmp_path / "teacher.safetensors"
     files.save_model(student, str(teacher), extra_metadata={"teacher_mode": "teacher_forcing"})
     assert load_toy_asset(str(teacher))[1] == "teacher_forcing"
-    with pytest.raises(FileNotFoundError, match="git checkout -- salt_core/assets"):
+    with pytest.raises(FileNotFoundError, match="git checkout -- toy/assets"):
         load_toy_asset(str(tmp_path / "gone.safetensors"))
 
 

@@ -7,8 +7,8 @@ import torch
 
 from comfyui_salt.salt_core.denoiser import FlowDenoiser
 from comfyui_salt.salt_core.kv_cache import CachePolicy
-from comfyui_salt.salt_core.lab import ExactTeacher, LabWorld, posterior
-from comfyui_salt.salt_core.lab.metrics import (assign_modes, bootstrap_intervals, chunk_modes, coverage_error,
+from comfyui_salt.toy.lab import ExactTeacher, LabWorld, posterior
+from comfyui_salt.toy.lab.metrics import (assign_modes, bootstrap_intervals, chunk_modes, coverage_error,
                                                 evaluate_clips, mode_switches, semigroup_hook, whitened_coordinates,
                                                 within_mode_variance)
 from comfyui_salt.salt_core.metrics.semigroup import semigroup_defect

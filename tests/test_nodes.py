@@ -449,7 +449,7 @@ def test_wan_latents_are_sized_at_one_eighth_and_returned_in_comfys_latent_space
 def test_a_toy_start_image_is_cached_first_and_returned_as_frame_zero_like_salt_cores_first_frames(salt_nodes, toy_salt):
     from comfyui_salt.salt_core.kv_cache import CachePolicy
     from comfyui_salt.salt_core.streaming import stream_video
-    from comfyui_salt.salt_core.toy.world import get_world, sample_batch
+    from comfyui_salt.toy.world import get_world, sample_batch
     clip = sample_batch(get_world("default"), 3, 1)[0]                     # (1, 3, 12, 16, 16) in [-1, 1]
     image = ((clip[:, :, 0] + 1) / 2).movedim(1, -1)                      # IMAGE (1, 16, 16, 3)
     inputs = stream_inputs(salt_nodes, toy_salt, start_image=image)
@@ -492,7 +492,7 @@ def test_a_wan_start_image_is_encoded_with_the_users_vae_into_comfys_latent_spac
 
 # -- toy world -------------------------------------------------------------------------------------------
 def test_toy_text_encode_gives_the_toy_encoders_embeddings(salt_nodes):
-    from comfyui_salt.salt_core.toy.text import ToyTextEncoder
+    from comfyui_salt.toy.text import ToyTextEncoder
     cond = run(salt_nodes.SaltToyTextEncode, text=CAPTION)[0]
     assert len(cond) == 1 and cond[0][1] == {}
     assert torch.equal(cond[0][0], ToyTextEncoder(text_dim=32, max_tokens=8).encode([CAPTION]))

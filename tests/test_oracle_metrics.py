@@ -5,11 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from comfyui_salt.salt_core.metrics import (clip_features, drift_curves, evaluate, fit_bounce_path, fit_sprites,
-                                            format_table, frechet_distance, reference_features, score_table,
-                                            toy_score)
-from comfyui_salt.salt_core.toy import corrupt
-from comfyui_salt.salt_core.toy.world import PRESETS, reflect, sample_batch, trajectory, with_frames
+from comfyui_salt.toy.metrics import (clip_features, drift_curves, evaluate, fit_bounce_path, fit_sprites,
+                                      format_table, frechet_distance, reference_features, score_table, toy_score)
+from comfyui_salt.toy import corrupt
+from comfyui_salt.toy.world import PRESETS, reflect, sample_batch, trajectory, with_frames
 
 CFG = PRESETS["default"]
 NUM = 48
@@ -205,7 +204,7 @@ def test_a_full_metrics_pass_over_64_clips_is_fast():
 
 
 def test_first_frame_agreement_is_perfect_for_the_clips_own_frame_and_low_for_another_clips(real):
-    from comfyui_salt.salt_core.metrics.oracle import first_frame_agreement
+    from comfyui_salt.toy.metrics.oracle import first_frame_agreement
     videos, _, params = real
     own = first_frame_agreement(videos[:, :, 1:], videos[:, :, :1], CFG)
     for key in ("colour_ok", "shape_ok", "background_ok"):

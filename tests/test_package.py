@@ -49,10 +49,12 @@ def _imports(path: pathlib.Path):
 
 
 def _violations(layer: str, forbidden: set):
-    """Imports in ROOT/layer that reach a forbidden top-level package or pack layer."""
+    """Imports in ROOT/layer that reach a forbidden top-level package or pack layer (a front door in FRONT_DOORS
+    is held to its own, smaller set)."""
     bad = []
-    for path in (ROOT / layer).rglob("*.py"):
-        package = list(path.relative_to(ROOT).parts[:-1])  # e.g. ["salt_core", "toy"]
+    for path in sorted((ROOT / layer).rglob("*.py")):
+        package = list(path.relative_to(ROOT).parts[:-1])  # e.g. ["toy", "metrics"]
+        forbidden_here = FRONT_DOORS.get(path.relative_to(ROOT).as_posix(), forbidden)
         for module, level in _imports(path):
             if level == 0:
                 parts = module.split(".")
@@ -61,34 +63,62 @@ def _violations(layer: str, forbidden: set):
                 base = package[: len(package) - (level - 1)] if level - 1 <= len(package) else None
                 resolved = (base or []) + [p for p in module.split(".") if p]
                 target = resolved[0] if base is not None and resolved else "<outside the pack>"
-            if target in forbidden or target == "<outside the pack>":
+            if target in forbidden_here or target == "<outside the pack>":
                 bad.append(f"{path.relative_to(ROOT)}: {'.' * level}{module}")
     return bad
 
 
 COMFY = {"comfy", "comfy_api", "comfy_extras", "folder_paths", "latent_preview", "server"}
+# The house, one-way: nodes → toy → training → salt_core. The CLI (training/__main__.py) is a front door like
+# nodes: it may build the toy wing's callbacks and run the dev harness's demo. dev/ (the harness) may import
+# anything and is imported by nothing in the package but that one command.
+FORBIDDEN = {
+    "salt_core": COMFY | {"training", "toy", "nodes", "dev"},
+    "training": COMFY | {"toy", "nodes", "dev"},
+    "toy": COMFY | {"nodes", "dev"},
+    "nodes": {"dev"},
+}
+FRONT_DOORS = {"training/__main__.py": COMFY | {"nodes"}}
 
 
-def test_salt_core_imports_no_training_nodes_or_comfy():
-    assert _violations("salt_core", COMFY | {"training", "nodes"}) == []
+def test_salt_core_imports_no_training_toy_nodes_or_comfy():
+    assert _violations("salt_core", FORBIDDEN["salt_core"]) == []
 
 
-def test_training_imports_no_nodes_or_comfy():
-    assert _violations("training", COMFY | {"nodes"}) == []
+def test_training_imports_no_toy_nodes_dev_or_comfy_except_its_cli():
+    assert _violations("training", FORBIDDEN["training"]) == []
+
+
+def test_the_toy_wing_imports_no_nodes_dev_or_comfy():
+    assert _violations("toy", FORBIDDEN["toy"]) == []
+
+
+def test_nodes_import_no_dev_harness():
+    assert _violations("nodes", FORBIDDEN["nodes"]) == []
 
 
 def test_the_layering_check_catches_an_upward_import(tmp_path, monkeypatch):
     fake = tmp_path / "salt_core"
     fake.mkdir()
-    (fake / "bad.py").write_text("from ..training import teacher\nimport comfy.samplers\n")
+    (fake / "bad.py").write_text("from ..training import teacher\nimport comfy.samplers\nfrom ..toy import world\n")
+    (tmp_path / "training").mkdir()
+    (tmp_path / "training" / "job.py").write_text("from ..toy.jobs import distill_world\n")
+    (tmp_path / "training" / "__main__.py").write_text("from ..toy.jobs import distill_world\nfrom ..dev.demo import run_demo\n")
     monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
-    assert len(_violations("salt_core", COMFY | {"training", "nodes"})) == 2
+    assert len(_violations("salt_core", FORBIDDEN["salt_core"])) == 3
+    assert _violations("training", FORBIDDEN["training"]) == ["training/job.py: ..toy.jobs"]   # the CLI may
 
 
-def test_pyproject_lists_every_package_of_the_pack():
-    """A subpackage missing from pyproject's explicit `packages` would be left out of built wheels."""
+def test_pyproject_lists_every_package_of_the_pack_and_leaves_out_the_dev_harness():
+    """A subpackage missing from pyproject's explicit `packages` would be left out of built wheels; the dev
+    harness must be left out; the shipped toy assets must be package data."""
     import tomllib
-    declared = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    declared = set(setuptools["packages"])
     found = {"comfyui_salt." + ".".join(p.parent.relative_to(ROOT).parts)
-             for layer in ("salt_core", "training", "nodes") for p in (ROOT / layer).rglob("__init__.py")}
+             for layer in FORBIDDEN for p in (ROOT / layer).rglob("__init__.py")}
     assert found <= declared, f"add {sorted(found - declared)} to [tool.setuptools] packages"
+    assert not [name for name in declared if name.split(".")[1:2] == ["dev"]], "dev/ must not ship"
+    assets = sorted(p.name for p in (ROOT / "toy" / "assets").glob("*.safetensors"))
+    assert assets == ["toy_salt_student.safetensors", "toy_teacher.safetensors"]
+    assert "comfyui_salt.toy.assets" in declared and setuptools["package-data"]["comfyui_salt.toy.assets"] == ["*.safetensors"]

@@ -5,6 +5,7 @@ import torch
 from comfyui_salt.salt_core.kv_cache import CachePolicy
 from comfyui_salt.salt_core.model import build_model
 from comfyui_salt.salt_core.scorenet import teacher_forcing_mask
+from comfyui_salt.toy.jobs import teacher_world
 from comfyui_salt.training.teacher import TeacherConfig, train_teacher
 from helpers import assert_close
 
@@ -31,9 +32,10 @@ def test_teacher_forcing_forward_equals_kv_cached_inference_on_clean_context():
 
 def test_teacher_training_resumed_after_interruption_ends_bit_identical(tmp_path):
     cfg = TeacherConfig(batch_size=2, threads=1, checkpoint_every=2, total_steps=5, log_every=1)
-    train_teacher(cfg, str(tmp_path / "a"), max_steps=3, quiet=True)   # "interrupted" after step 3
-    resumed = train_teacher(cfg, str(tmp_path / "a"), quiet=True)
-    straight = train_teacher(cfg, str(tmp_path / "b"), quiet=True)
+    train_teacher(cfg, str(tmp_path / "a"), max_steps=3, quiet=True,
+                  world=teacher_world(cfg))   # "interrupted" after step 3
+    resumed = train_teacher(cfg, str(tmp_path / "a"), quiet=True, world=teacher_world(cfg))
+    straight = train_teacher(cfg, str(tmp_path / "b"), quiet=True, world=teacher_world(cfg))
     for (k, a), b in zip(resumed.state_dict().items(), straight.state_dict().values()):
         assert torch.equal(a, b), k
     lines = (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
@@ -41,9 +43,9 @@ def test_teacher_training_resumed_after_interruption_ends_bit_identical(tmp_path
 
 
 def test_the_teacher_sampler_returns_its_ode_trajectory_on_request():
-    from comfyui_salt.salt_core.toy.text import ToyTextEncoder
+    from comfyui_salt.toy.text import ToyTextEncoder
     from comfyui_salt.salt_core.schedules import shift_sigma
-    from comfyui_salt.salt_core.toy.world import TOY_SHIFT, get_world
+    from comfyui_salt.toy.world import TOY_SHIFT, get_world
     from comfyui_salt.training.teacher import sample_teacher
     model = build_model("toy", seed=0).eval()
     world = get_world("default")
@@ -59,25 +61,25 @@ def test_the_teacher_sampler_returns_its_ode_trajectory_on_request():
 def test_teacher_warm_start_continues_from_shipped_weights_at_a_given_step(tmp_path):
     from comfyui_salt.training.teacher import export_teacher
     cfg = TeacherConfig(batch_size=2, threads=1, checkpoint_every=2, total_steps=6, log_every=1)
-    train_teacher(cfg, str(tmp_path / "a"), max_steps=2, quiet=True)
+    train_teacher(cfg, str(tmp_path / "a"), max_steps=2, quiet=True, world=teacher_world(cfg))
     export_teacher(str(tmp_path / "a"), str(tmp_path / "w.safetensors"), weights="raw")
     warm = TeacherConfig(**{**cfg.__dict__, "init_from": str(tmp_path / "w.safetensors"), "init_step": 2})
-    model = train_teacher(warm, str(tmp_path / "b"), max_steps=2, quiet=True)      # nothing left to train
+    model = train_teacher(warm, str(tmp_path / "b"), max_steps=2, quiet=True,
+                          world=teacher_world(warm))   # nothing left to train
     from comfyui_salt.training.files import load_model
     shipped, _ = load_model(str(tmp_path / "w.safetensors"))
     for (k, a), b in zip(model.state_dict().items(), shipped.state_dict().values()):
         assert torch.equal(a, b), k
-    train_teacher(warm, str(tmp_path / "b"), max_steps=4, quiet=True)
+    train_teacher(warm, str(tmp_path / "b"), max_steps=4, quiet=True, world=teacher_world(warm))
     lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
     assert [__import__("json").loads(x)["step"] for x in lines] == [3, 4]
 
 
 def test_the_teacher_job_draws_lab_world_batches_with_decodable_captions():
     from comfyui_salt.salt_core.config import get_config
-    from comfyui_salt.salt_core.lab import LabWorld
+    from comfyui_salt.toy.lab import LabWorld
     from comfyui_salt.training.common import step_generators
-    from comfyui_salt.training.teacher import TeacherConfig, training_world
-    world_cfg, encoder, draw, eval_captions = training_world(TeacherConfig(world="lab:tiny"), get_config("toy"))
+    world_cfg, encoder, draw, eval_captions = teacher_world(TeacherConfig(world="lab:tiny", model_preset="toy"))
     videos, captions = draw(step_generators(0, 0, 5)[1], 4)
     again, _ = draw(step_generators(0, 0, 5)[1], 4)
     assert videos.shape == (4, 3, world_cfg.num_frames, world_cfg.height, world_cfg.width)

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from comfyui_salt.salt_core.toy import corrupt
-from comfyui_salt.salt_core.toy.text import ToyTextEncoder
-from comfyui_salt.salt_core.toy.world import (DIRECTION_VECTORS, PRESETS, ToyWorldConfig, caption, coverage,
+from comfyui_salt.toy import corrupt
+from comfyui_salt.toy.text import ToyTextEncoder
+from comfyui_salt.toy.world import (DIRECTION_VECTORS, PRESETS, ToyWorldConfig, caption, coverage,
                                               parse_caption, render, sample_batch, sample_params, trajectory,
                                               with_frames)
 

@@ -9,7 +9,7 @@ import pathlib
 
 import pytest
 
-from workflow_convert import ConvertError, convert, parse_links
+from comfyui_salt.dev.workflow_api import ConvertError, convert, parse_links
 
 WORKFLOWS = sorted((pathlib.Path(__file__).resolve().parents[1] / "workflows").glob("*.json"))
 
@@ -181,7 +181,7 @@ def test_shipped_workflows_are_consistent_ui_graphs(path):
 
 
 def test_shipped_workflows_use_the_toy_shift_for_toy_models_and_shift_5_for_wan():
-    from comfyui_salt.salt_core.toy.world import TOY_SHIFT
+    from comfyui_salt.toy.world import TOY_SHIFT
     folder = pathlib.Path(__file__).resolve().parents[1] / "workflows"
     seen = 0
     for path in sorted(folder.glob("*.json")):

@@ -3,6 +3,9 @@
 Commands: `teacher` (toy teacher pre-training), `distill`, `export-teacher`, `export` (a student in another
 layout, or with `--lora` as a LoRA on its base for ComfyUI's LoraLoaderModelOnly), `demo`. Every flag maps
 to a config field; the defaults are the config's defaults, so `--help` documents them.
+
+A front door: it builds the toy world's pieces for the jobs (comfyui_salt.toy.jobs) and, for `demo`, runs the
+development harness (comfyui_salt.dev, present in a checkout, not in a built wheel).
 """
 import argparse
 import dataclasses
@@ -79,6 +82,20 @@ def export(args) -> str:
     return f"{format_report(reports, limit=12)}\nwrote {path}"
 
 
+def _load_demo():
+    """`run_demo` of the development harness (dev/demo.py), or a SystemExit saying it ships only in a checkout."""
+    dev = __package__.rpartition(".")[0] + ".dev"
+    try:
+        from ..dev.demo import run_demo
+    except ModuleNotFoundError as e:
+        if e.name not in (dev, dev + ".demo"):
+            raise
+        raise SystemExit("demo: the development harness (dev/: the demo, the ComfyUI runner) is not part of an "
+                         "installed wheel; run it from a checkout: clone https://github.com/salt-video/comfyui-salt, "
+                         "then `bash .ci/setup && .venv/bin/python -m comfyui_salt.training demo`") from None
+    return run_demo
+
+
 def main(argv=None):
     from .teacher import TeacherConfig
     parser = argparse.ArgumentParser(prog="python -m comfyui_salt.training", description=__doc__,
@@ -140,20 +157,24 @@ def main(argv=None):
         install_stop_handlers()   # Ctrl-C / kill: finish the step, save, exit; rerun to resume
 
     if args.command == "teacher":
-        from .teacher import train_teacher, toy_evaluator
+        from ..toy.evaluate import toy_evaluator
+        from ..toy.jobs import teacher_world
+        from .teacher import train_teacher
         cfg = TeacherConfig(**_overrides(args, TeacherConfig))
-        model = train_teacher(cfg, args.out, evaluate=toy_evaluator(cfg), max_steps=args.max_steps)
+        evaluate = toy_evaluator(cfg.world)
+        model = train_teacher(cfg, args.out, evaluate=evaluate, max_steps=args.max_steps, world=teacher_world(cfg))
         if args.export:
             from .files import save_model
             save_model(model, args.export, layout="wan",
                        extra_metadata={"teacher_mode": cfg.mode, "train_steps": cfg.total_steps})
     elif args.command == "distill":
         from .distill_config import DistillConfig, get_preset
+        from ..toy.jobs import distill_world
         from .distill import run_distillation
         from .files import export_student
         cfg = get_preset(args.preset, **_overrides(args, DistillConfig))
         model = run_distillation(cfg, args.out, max_gen_steps=args.max_gen_steps,
-                                 allow_changed_settings=args.allow_changed_settings)
+                                 allow_changed_settings=args.allow_changed_settings, world=distill_world())
         for path in export_student(model, args.out):
             print("wrote", path)
     elif args.command == "export":
@@ -162,8 +183,8 @@ def main(argv=None):
         from .teacher import export_teacher
         print(export_teacher(args.run, args.out, args.weights))
     elif args.command == "demo":
-        from .demo import run_demo
-        from .toy_assets import TOY_STUDENT, TOY_TEACHER
+        run_demo = _load_demo()
+        from ..toy.shipped import TOY_STUDENT, TOY_TEACHER
         run_demo(args.out, args.num_clips, args.threads, teacher=args.teacher or TOY_TEACHER,
                  student=args.student or TOY_STUDENT, comfyui=not args.no_comfyui, comfyui_dir=args.comfyui)
     return 0

@@ -34,8 +34,7 @@ from ..salt_core.validate import check_count
 from .common import (EMA, CheckpointManager, JsonlLog, check_loss_terms, check_stop, logged_eval_steps, progress,
                      step_generators, step_seed)
 from .distill_config import RELEASED_CLIPS_PER_UPDATE, DistillConfig
-from .distill_eval import evaluate_student
-from .distill_models import build_models, build_prompts, resolve_teacher_kind
+from .distill_models import DistillWorld, build_models, build_prompts, check_world, resolve_teacher_kind
 from .distributed import average_gradients, process_info
 from .ode_init import run_ode_init
 from .runs import RunLock, check_resumable
@@ -324,7 +323,8 @@ class Distiller:
 
 
 def run_distillation(cfg: DistillConfig, out_dir: str, *, max_gen_steps: int = None, callback=None,
-                     quiet: bool = False, device=None, allow_changed_settings: bool = False):
+                     quiet: bool = False, device=None, allow_changed_settings: bool = False,
+                     world: DistillWorld = None):
     """Run (or resume) a distillation job in `out_dir`; returns the student for inference (EMA if any).
 
     `device` overrides accelerate's pick (CUDA when present) for a single process, e.g. the ComfyUI
@@ -334,18 +334,22 @@ def run_distillation(cfg: DistillConfig, out_dir: str, *, max_gen_steps: int = N
     preview samples at evaluation time; it may raise (e.g. KeyboardInterrupt) to stop — the job
     then saves a resumable checkpoint first.
 
+    `world` lends a toy-world run its teacher ("toy"), prompts and evaluation (`toy.jobs.distill_world()`);
+    real-scale runs need none.
+
     A folder holding checkpoints of a run with other settings is refused unless `allow_changed_settings`;
     one process at a time may use a folder (training.runs).
     """
     if max_gen_steps is not None:
         check_count("max_gen_steps", max_gen_steps, where="run_distillation")
+    check_world(cfg, world, "run_distillation")
     os.makedirs(out_dir, exist_ok=True)
     check_resumable(cfg, out_dir, allow_changed_settings, "--allow-changed-settings (CLI)")
     with RunLock(out_dir) if process_info()[0] == 0 else contextlib.nullcontext():
-        return _run_distillation(cfg, out_dir, max_gen_steps, callback, quiet, device)
+        return _run_distillation(cfg, out_dir, max_gen_steps, callback, quiet, device, world)
 
 
-def _run_distillation(cfg, out_dir, max_gen_steps, callback, quiet, device):
+def _run_distillation(cfg, out_dir, max_gen_steps, callback, quiet, device, world):
     """`run_distillation` inside the run lock."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -358,12 +362,14 @@ def _run_distillation(cfg, out_dir, max_gen_steps, callback, quiet, device):
         with open(os.path.join(out_dir, "config.json"), "w") as f:
             json.dump(asdict(cfg), f, indent=1, sort_keys=True)
     if cfg.job == "ode_init":
-        return run_ode_init(cfg, out_dir, max_steps=max_gen_steps, callback=callback, quiet=quiet, device=device)
-    teacher, student, critic = build_models(cfg)
+        return run_ode_init(cfg, out_dir, max_steps=max_gen_steps, callback=callback, quiet=quiet, device=device,
+                            world=world)
+    teacher, student, critic = build_models(cfg, world)
     check_distill_memory(cfg, student, critic, device)
     teacher, student, critic = (m.to(device) for m in (teacher, student, critic))
-    prompts = build_prompts(cfg, teacher, out_dir)
-    job = Distiller(cfg, teacher, student, critic, prompts, rank, world_size, score_kind=resolve_teacher_kind(cfg))
+    prompts = build_prompts(cfg, teacher, out_dir, world)
+    job = Distiller(cfg, teacher, student, critic, prompts, rank, world_size,
+                    score_kind=resolve_teacher_kind(cfg, world))
     log.info("teacher and critic score clips %s", "whole (bidirectional)" if job.score_kind == "bidirectional"
              else "chunk by chunk given the clean past (teacher forcing)")
     clips = cfg.batch_size * cfg.grad_accum * world_size
@@ -392,8 +398,8 @@ def _run_distillation(cfg, out_dir, max_gen_steps, callback, quiet, device):
         ckpt.save(job.gen_step, tensors, state, meta)
 
     def evaluate():
-        scores = evaluate_student(job.student_for_inference(), cfg, callback=callback,
-                                  preview_path=os.path.join(out_dir, f"preview_{job.gen_step:06d}.gif"))
+        scores = {} if world is None else world.evaluate(
+            job.student_for_inference(), cfg, callback, os.path.join(out_dir, f"preview_{job.gen_step:06d}.gif"))
         logger.write(gen_step=job.gen_step, eval=scores)
 
     def eval_due():

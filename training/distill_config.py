@@ -11,7 +11,7 @@ update, with a generator update on every `critic_ratio`-th iteration (iterations
 """
 from dataclasses import dataclass, replace
 
-from ..salt_core.toy.world import TOY_SHIFT
+from ..salt_core.config import TOY_SHIFT
 from .common import config_from_dict
 from .validate import validate_distill_config
 

@@ -1,7 +1,8 @@
-"""Evaluate a few-step student on the toy world: samples at each inference NFE, oracle metrics.
+"""Measure a few-step student on any world: seeded samples at an NFE and semigroup defects with intervals.
 
 Noise is drawn on the CPU from the seed and moved to the model's device, so a seed gives the same
-clips on any device; results come back on the model's device.
+clips on any device; results come back on the model's device. Knows no world: the toy world's
+evaluation (oracle metrics of these samples) is the toy wing's (`toy.evaluate`).
 """
 import torch
 
@@ -10,10 +11,7 @@ from ..salt_core.kv_cache import CachePolicy
 from ..salt_core.samplers import sample_fewstep_stochastic
 from ..salt_core.schedules import get_sigmas_fewstep, randn_like
 from ..salt_core.streaming import stream_video
-from ..salt_core.toy.text import ToyTextEncoder
-from ..salt_core.toy.world import get_world
 from .distill_config import DistillConfig
-from .teacher import eval_prompts
 
 
 def _seeded_noise(model, cfg: DistillConfig, context, num_frames: int, gen) -> tuple:
@@ -38,30 +36,6 @@ def sample_student(model, cfg: DistillConfig, context, nfe: int, seed: int = 0, 
     policy = policy or CachePolicy(cfg.local_attn_frames, cfg.sink_frames, num_frames)
     return stream_video(model, noise, context, sigmas, policy=policy, chunk_frames=cfg.chunk_frames,
                         context_noise=cfg.context_noise, generator=gen)
-
-
-def evaluate_student(model, cfg: DistillConfig, callback=None, preview_path: str = None) -> dict:
-    """{f"nfe{k}": oracle metric means} for each inference NFE (toy world only; {} otherwise);
-    writes an animated preview (one row per NFE) to `preview_path` if given."""
-    if not cfg.world:
-        return {}
-    from ..salt_core.metrics.frechet import reference_features
-    from ..salt_core.metrics.score import score_table
-    world = get_world(cfg.world)
-    enc = ToyTextEncoder(text_dim=model.cfg.text_dim, max_tokens=model.cfg.text_len, world=world)
-    caps = eval_prompts(world, cfg.eval_clips)
-    ref = reference_features(world, 256)
-    out, rows = {}, {}
-    for nfe in cfg.eval_nfe:
-        videos = sample_student(model, cfg, enc.encode(caps), nfe)
-        out[f"nfe{nfe}"] = score_table(videos, caps, world, ref)
-        rows[f"{nfe} NFE"] = videos[:8]
-        if callback is not None:
-            callback({"preview": videos, "nfe": nfe})
-    if preview_path:
-        from .preview import save_gif
-        save_gif(rows, preview_path)
-    return out
 
 
 @torch.no_grad()
@@ -141,23 +115,3 @@ def format_defect_report(report: dict) -> str:
 def student_defect(model, cfg: DistillConfig, context, grid_steps: int = 8, seed: int = 0) -> float:
     """Semigroup defect (float): defect_samples averaged over triplets and clips."""
     return defect_samples(model, cfg, context, grid_steps, seed)[1].mean().item()
-
-
-def drift_slopes(model, cfg: DistillConfig, captions, context, nfe: int, length_factor: int = 3,
-                 window_frames: int = None) -> dict:
-    """Per-frame oracle curves of a `length_factor`× longer rollout on a rolling cache with
-    window-relative RoPE, and their least-squares slopes per frame {name: (curve (F,), slope)}."""
-    from ..salt_core.metrics.oracle import drift_curves
-    world = get_world(cfg.world)
-    frames = cfg.num_frames * length_factor
-    policy = CachePolicy.rolling(window_frames or cfg.num_frames, relative_rope=True)
-    videos = sample_student(model, cfg, context, nfe, num_frames=frames, policy=policy)
-    curves = drift_curves(videos, captions, world)
-    f = torch.arange(frames, dtype=torch.float64)
-    out = {}
-    for name in ("sharpness_error", "path_px", "adherence"):
-        if name in curves:
-            c = torch.as_tensor(curves[name], dtype=torch.float64).mean(0)
-            slope = float(((f - f.mean()) * (c - c.mean())).sum() / ((f - f.mean()) ** 2).sum())
-            out[name] = (c.tolist(), slope)
-    return out

@@ -1,17 +1,43 @@
 """Build the three networks and the prompt source of a distillation run from its config.
 
 File reading happens here (and in files.py), never in salt_core. The student and critic are
-trainable copies; the teacher stays frozen and is never copied.
+trainable copies; the teacher stays frozen and is never copied. A toy-world run (`cfg.world` set, or
+`teacher="toy"`) borrows its teacher, prompts and evaluation from a `DistillWorld` its front door builds
+(the toy wing's `toy.jobs.distill_world()`); this package imports no world.
 """
 import copy
 import os
+from dataclasses import dataclass
+from typing import Callable
 
 from ..salt_core.scorenet import KINDS
 from .distill_config import DistillConfig
 from .files import load_model, read_metadata
-from .prompts import EmbeddedPrompts, ToyPrompts, cache_prompt_embeddings, read_prompts_file
+from .prompts import EmbeddedPrompts, cache_prompt_embeddings, read_prompts_file
 
 PROMPT_CACHE = "prompt_embeds.safetensors"   # in the run folder: {"embeds": (prompts + 1, 512, D)}
+
+
+@dataclass(frozen=True)
+class DistillWorld:
+    """What a synthetic world lends the distillation and ODE-init jobs (built by a front door: the CLI and
+    SaltDistill pass the toy wing's `toy.jobs.distill_world()`). Real-scale runs need none."""
+    teacher_file: str          # the file `teacher="toy"` names (its `teacher_mode` metadata picks the scoring kind)
+    load_teacher: Callable     # () -> that teacher, a WanModel in eval mode
+    prompts: Callable          # (cfg, text_dim, text_len) -> prompt source for cfg.world (see training.prompts)
+    evaluate: Callable         # (model, cfg, callback, preview_path) -> {f"nfe{k}": metric means}
+
+
+def needs_world(cfg: DistillConfig) -> bool:
+    """Whether a run borrows from a world: the toy teacher or toy prompts."""
+    return cfg.teacher == "toy" or bool(cfg.world)
+
+
+def check_world(cfg: DistillConfig, world, where: str) -> None:
+    """A ValueError naming the fix when a toy-world run got no DistillWorld."""
+    if world is None and needs_world(cfg):
+        raise ValueError(f"{where}: teacher={cfg.teacher!r}, world={cfg.world!r} is a toy-world run but world=None; "
+                         f"pass world=comfyui_salt.toy.jobs.distill_world() (the CLI and SaltDistill do)")
 
 
 def _load(source: str, cfg: DistillConfig, teacher, what: str):
@@ -24,11 +50,11 @@ def _load(source: str, cfg: DistillConfig, teacher, what: str):
     return model.train()
 
 
-def build_models(cfg: DistillConfig):
-    """(teacher, student, critic) WanModels for a run."""
+def build_models(cfg: DistillConfig, world: DistillWorld = None):
+    """(teacher, student, critic) WanModels for a run (`world` lends the teacher of teacher="toy")."""
     if cfg.teacher == "toy":
-        from .toy_assets import load_toy_teacher
-        teacher, _, _ = load_toy_teacher()
+        check_world(cfg, world, "build_models")
+        teacher = world.load_teacher()
     elif cfg.teacher:
         teacher, _ = load_model(cfg.teacher, use_ema=cfg.use_ema_weights)
     else:
@@ -39,15 +65,15 @@ def build_models(cfg: DistillConfig):
     return teacher, student, critic
 
 
-def resolve_teacher_kind(cfg: DistillConfig) -> str:
+def resolve_teacher_kind(cfg: DistillConfig, world: DistillWorld = None) -> str:
     """How teacher and critic score a clip (a ScoreNet kind): `cfg.teacher_kind`, or for "auto" the teacher file's
     `teacher_mode` metadata (our teachers record it) and otherwise "bidirectional" (Wan 2.1 teachers score the
     whole clip, as the released DMD does). Reads the file header only."""
     if cfg.teacher_kind != "auto":
         return cfg.teacher_kind
     if cfg.teacher == "toy":
-        from .toy_assets import TOY_TEACHER
-        path = TOY_TEACHER
+        check_world(cfg, world, "resolve_teacher_kind")
+        path = world.teacher_file
     else:
         path = cfg.teacher
     mode = read_metadata(path).get("teacher_mode") if path.endswith(".safetensors") else None
@@ -70,10 +96,11 @@ def fill_prompt_cache(cfg: DistillConfig, out_dir: str, encoder) -> bool:
     return True
 
 
-def build_prompts(cfg: DistillConfig, teacher, out_dir: str):
-    """The prompt source: toy captions (toy world) or cached umT5 embeddings of a prompt file."""
+def build_prompts(cfg: DistillConfig, teacher, out_dir: str, world: DistillWorld = None):
+    """The prompt source: the world's captions (toy world) or cached umT5 embeddings of a prompt file."""
     if cfg.world:
-        return ToyPrompts(cfg.world, teacher.cfg.text_dim, teacher.cfg.text_len)
+        check_world(cfg, world, "build_prompts")
+        return world.prompts(cfg, teacher.cfg.text_dim, teacher.cfg.text_len)
     prompts = EmbeddedPrompts(cfg.prompts_file, prompt_cache_path(out_dir), cfg.text_encoder, cfg.negative_prompt)
     width = prompts.embeds.shape[-1]
     if width != teacher.cfg.text_dim:

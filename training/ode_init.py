@@ -97,14 +97,15 @@ def ode_regression_loss(student, kind: str, pairs: dict, idx, levels, grid, chun
 
 
 def run_ode_init(cfg, out_dir: str, max_steps: int = None, callback=None, quiet: bool = False,
-                 device: torch.device = torch.device("cpu")):
-    """Train the student on cached teacher ODE pairs on `device`; resumable; returns the (EMA) student."""
-    teacher, student, _ = build_models(cfg)
+                 device: torch.device = torch.device("cpu"), world=None):
+    """Train the student on cached teacher ODE pairs on `device`; resumable; returns the (EMA) student.
+    `world`: the DistillWorld of a toy-world run (training.distill_models)."""
+    teacher, student, _ = build_models(cfg, world)
     check_ode_init_memory(cfg, student, device)
     teacher, student = teacher.to(device), student.to(device)
-    prompts = build_prompts(cfg, teacher, out_dir)
+    prompts = build_prompts(cfg, teacher, out_dir, world)
     kind = "bidirectional" if cfg.student_kind == "bidirectional" else "teacher_forcing"
-    teacher_kind = resolve_teacher_kind(cfg)
+    teacher_kind = resolve_teacher_kind(cfg, world)
     pairs_path = os.path.join(out_dir, "ode_pairs.safetensors")
     if not os.path.exists(pairs_path):
         t = time.time()

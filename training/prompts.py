@@ -1,7 +1,8 @@
 """Prompt sources for distillation: text embeddings for conditional and unconditional branches.
 
-- `ToyPrompts`: captions drawn from the toy world, embedded by the toy text encoder; the
-  unconditional branch is the empty prompt (zeros).
+A prompt source has `sample(rng, batch) -> (captions, context (B, L, D), uncond (B, L, D))`. Toy-world runs get
+theirs from the toy wing (`toy.prompts.ToyPrompts`, through the run's DistillWorld); this module holds the
+real-scale one:
 - `EmbeddedPrompts`: real scale — prompt embeddings computed once and cached in a safetensors file
   next to the run (`cache_prompt_embeddings`); the unconditional branch is Wan's negative prompt.
   The embeddings come from an *encoder*: any callable texts → N rows (L_i, D) (a (N, L, D) tensor
@@ -15,8 +16,6 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..salt_core.toy.text import ToyTextEncoder
-from ..salt_core.toy.world import get_world, sample_params, caption
 
 # Wan 2.1's default negative prompt (Wan: wan/configs/shared_config.py `sample_neg_prompt`; the same
 # text Self Forcing's configs use for the unconditional branch of the real score).
@@ -25,19 +24,6 @@ WAN_NEGATIVE_PROMPT = (
     "丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，静止不动的画面，"
     "杂乱的背景，三条腿，背景人很多，倒着走")
 TEXT_LEN = 512   # Wan's text_len: the context every prompt embedding is cut or zero-padded to
-
-
-class ToyPrompts:
-    """Toy-world captions → (context, uncond) each (B, L, text_dim)."""
-
-    def __init__(self, world: str, text_dim: int, max_tokens: int):
-        self.world = get_world(world)
-        self.encoder = ToyTextEncoder(text_dim=text_dim, max_tokens=max_tokens, world=self.world)
-
-    def sample(self, rng: np.random.Generator, batch: int):
-        """(captions list[str], context (B, L, D), uncond (B, L, D)) for `batch` random toy prompts."""
-        captions = [caption(p) for p in sample_params(self.world, rng, batch)]
-        return captions, self.encoder.encode(captions), self.encoder.empty(batch)
 
 
 class EmbeddedPrompts:

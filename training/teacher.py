@@ -7,9 +7,12 @@ Two modes:
   level. Sampling is chunk by chunk on a KV cache (salt_core.streaming).
 - `bidirectional`: one noise level per clip, full attention (Wan 2.1 T2V).
 Loss: mean((v - (ε - x0))²) with classifier-free-guidance dropout of the caption.
+The data come from a `TeacherWorld` the caller builds (the toy wing's `toy.jobs.teacher_world(cfg)`): this
+module imports no world.
 Loop conventions (seeding, checkpoints, resume, logs) come from training/common.py.
 """
 from dataclasses import dataclass, asdict
+from typing import Callable, NamedTuple
 import ast
 import json
 import os
@@ -17,7 +20,7 @@ import time
 
 import torch
 
-from ..salt_core.config import get_config
+from ..salt_core.config import TOY_SHIFT, get_config
 from ..salt_core.kv_cache import CachePolicy
 from ..salt_core.model import WanModel
 from ..salt_core.schedules import add_noise, get_sigmas_uniform, shift_sigma
@@ -25,8 +28,6 @@ from ..salt_core.streaming import stream_video
 from ..salt_core.denoiser import FlowDenoiser
 from ..salt_core.samplers import sample_euler
 from ..salt_core.scorenet import teacher_forcing_forward
-from ..salt_core.toy.text import ToyTextEncoder
-from ..salt_core.toy.world import TOY_SHIFT, caption, get_world, sample_batch, sample_params
 from .runs import RunLock
 from .validate import validate_teacher_config
 from .common import (EMA, CheckpointManager, JsonlLog, check_stop, config_from_dict, cosine_lr, log, progress,
@@ -38,7 +39,7 @@ MODES = ("teacher_forcing", "bidirectional")
 @dataclass
 class TeacherConfig:
     model_preset: str = "toy"          # salt_core.config preset of the teacher
-    world: str = "default"             # salt_core.toy.world preset, or "lab:<preset>" (the method lab's world)
+    world: str = "default"             # world preset, or "lab:<preset>" (the method lab's world); see `world`
     mode: str = "teacher_forcing"      # one of MODES
     chunk_frames: int = 3              # frames per AR chunk (teacher_forcing)
     batch_size: int = 32               # clips per step
@@ -125,56 +126,35 @@ def sample_teacher(model, mode: str, captions, encoder, world_cfg, steps=40, cfg
     return (out, trajectory) if return_trajectory else out.cpu()
 
 
-LAB_PREFIX = "lab:"
-
-
-def training_world(cfg: TeacherConfig, mcfg):
-    """(world_cfg, encoder, draw(step rng, n) -> (videos (B, 3, F, H, W), captions), eval_captions(n))
-    for cfg.world: the sprite world by preset name, or the method lab's world as "lab:<preset>"."""
-    if cfg.world.startswith(LAB_PREFIX):
-        from ..salt_core.lab.world import LabTextEncoder, LabWorld
-        lab = LabWorld(cfg.world[len(LAB_PREFIX):])
-        encoder = LabTextEncoder(lab, mcfg.text_dim, mcfg.text_len)
-
-        def draw(rng, n):
-            gen = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
-            captions = torch.randint(lab.cfg.num_captions, (n,), generator=gen)
-            return lab.sample(captions, generator=gen)[0].float(), captions.tolist()
-        return lab.cfg, encoder, draw, lambda n: [i % lab.cfg.num_captions for i in range(n)]
-    world = get_world(cfg.world)
-    encoder = ToyTextEncoder(text_dim=mcfg.text_dim, max_tokens=mcfg.text_len, world=world)
-
-    def draw(rng, n):
-        videos, captions, _ = sample_batch(world, rng, n)
-        return videos, captions
-    return world, encoder, draw, lambda n: eval_prompts(world, n)
-
-
-def eval_prompts(world_cfg, n: int, seed: int = 1234) -> list:
-    """A fixed, reproducible list of evaluation captions."""
-    return [caption(p) for p in sample_params(world_cfg, seed, n)]
+class TeacherWorld(NamedTuple):
+    """What a world lends the teacher job (built by a front door, e.g. `toy.jobs.teacher_world(cfg)`)."""
+    cfg: object              # the world's config: num_frames, height, width of its clips
+    encoder: object          # captions -> context (B, text_len, text_dim); .empty(B) the unconditional context
+    draw: Callable           # draw(step rng, n) -> (videos (B, 3, F, H, W), captions)
+    eval_captions: Callable  # eval_captions(n) -> a fixed list of n evaluation captions
 
 
 def train_teacher(cfg: TeacherConfig, out_dir: str, evaluate=None, max_steps: int = None, quiet: bool = False,
-                  device=None, max_seconds: float = None):
+                  device=None, max_seconds: float = None, *, world: TeacherWorld):
     """Run (or resume) teacher training in `out_dir`; returns the EMA model (on CPU). One process per folder (RunLock).
 
+    world: the data (a TeacherWorld for cfg.world, e.g. `toy.jobs.teacher_world(cfg)`).
     evaluate(videos, captions) -> dict of scalars, called every `eval_every` steps on EMA samples.
     `max_steps` stops early (for tests / time-boxed sessions) without changing the schedule;
     `max_seconds` stops after the step that crosses that much wall time (saving a checkpoint).
     `device` (default CPU) holds the model, EMA and batches; data and noise are drawn on CPU.
     """
     with RunLock(out_dir):
-        return _train_teacher(cfg, out_dir, evaluate, max_steps, quiet, device, max_seconds)
+        return _train_teacher(cfg, out_dir, world, evaluate, max_steps, quiet, device, max_seconds)
 
 
-def _train_teacher(cfg, out_dir, evaluate, max_steps, quiet, device, max_seconds):
+def _train_teacher(cfg, out_dir, world, evaluate, max_steps, quiet, device, max_seconds):
     """`train_teacher` inside the run lock."""
     device = torch.device(device or "cpu")
     started = time.time()
     torch.set_num_threads(cfg.threads)
     mcfg = get_config(cfg.model_preset)
-    world, encoder, draw, eval_captions = training_world(cfg, mcfg)
+    world, encoder, draw, eval_captions = world
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         model = WanModel(mcfg).init_weights().to(device)
@@ -257,24 +237,6 @@ def _train_teacher(cfg, out_dir, evaluate, max_steps, quiet, device, max_seconds
     finally:
         bar.close()
     return ema.copy_to(WanModel(mcfg)).eval()
-
-
-def toy_evaluator(cfg: TeacherConfig, num_ref: int = 256):
-    """evaluate(videos, captions) -> oracle metric means (incl. Fréchet vs real clips and the toy score);
-    on the lab's world, its exact metrics (salt_core.lab.metrics)."""
-    if cfg.world.startswith(LAB_PREFIX):
-        from ..salt_core.lab.metrics import evaluate_clips
-        from ..salt_core.lab.world import LabWorld
-        lab = LabWorld(cfg.world[len(LAB_PREFIX):])
-        return lambda videos, captions: evaluate_clips(lab, videos, torch.as_tensor(captions))
-    from ..salt_core.metrics.frechet import reference_features
-    from ..salt_core.metrics.score import score_table
-    world = get_world(cfg.world)
-    ref = reference_features(world, num_ref)
-
-    def evaluate(videos, captions):
-        return score_table(videos, captions, world, ref)
-    return evaluate
 
 
 def export_teacher(run_dir: str, out_path: str, weights: str = "ema") -> str:

@@ -1,19 +1,10 @@
-"""Oracle metrics for toy-world videos: per-frame sprite fits and the scores built on them.
+"""World-free measures: a student's semigroup defect and bootstrap intervals.
 
-`fit` fits the sprite model per frame, `oracle` scores sharpness, prompt adherence, motion
-smoothness, dynamic degree and flicker (per clip and per frame), `frechet` measures diversity, and
-`score` aggregates a 0–100 toy score and prints tables. `semigroup` measures a student's semigroup
-defect from a caller-supplied velocity function (SALT_METHOD §4); `bootstrap` puts intervals on means.
+`semigroup` measures a student's semigroup defect from a caller-supplied velocity function (SALT_METHOD §4);
+`bootstrap` puts intervals on means. The toy world's oracle metrics live in the toy wing
+(`comfyui_salt.toy.metrics`), the method lab's exact metrics in `comfyui_salt.toy.lab.metrics`.
 """
 from .bootstrap import Interval, bootstrap_ci
-from .fit import SpriteFit, fit_bounce_path, fit_sprites
-from .frechet import clip_features, feature_names, frechet_distance, reference_features
-from .oracle import (drift_curves, dynamic_degree, evaluate, flicker, motion_smoothness, prompt_adherence,
-                     sharpness_error)
-from .score import format_table, qualities, score_table, toy_score
 from .semigroup import semigroup_defect, semigroup_defects
 
-__all__ = ["Interval", "bootstrap_ci", "SpriteFit", "clip_features", "drift_curves", "dynamic_degree", "evaluate", "feature_names",
-           "fit_bounce_path", "fit_sprites", "flicker", "format_table", "frechet_distance", "motion_smoothness",
-           "prompt_adherence", "qualities", "reference_features", "score_table", "semigroup_defect",
-           "semigroup_defects", "sharpness_error", "toy_score"]
+__all__ = ["Interval", "bootstrap_ci", "semigroup_defect", "semigroup_defects"]

@@ -19,18 +19,21 @@ import time
 
 import torch
 
-from comfyui_salt.salt_core.metrics.frechet import reference_features
-from comfyui_salt.salt_core.metrics.score import format_table, score_table
-from comfyui_salt.salt_core.toy.text import ToyTextEncoder
-from comfyui_salt.salt_core.toy.world import TOY_SHIFT, get_world
+from comfyui_salt.toy.metrics.frechet import reference_features
+from comfyui_salt.toy.metrics.score import format_table, score_table
+from comfyui_salt.toy.text import ToyTextEncoder
+from comfyui_salt.toy.world import TOY_SHIFT, get_world
 from comfyui_salt.training.common import install_stop_handlers
+from comfyui_salt.toy.jobs import distill_world
 from comfyui_salt.training.distill import run_distillation
 from comfyui_salt.training.distill_config import get_preset
 from comfyui_salt.salt_core.metrics.bootstrap import bootstrap_ci
-from comfyui_salt.training.distill_eval import defect_report, drift_slopes, format_defect_report, sample_student
+from comfyui_salt.toy.evaluate import drift_slopes
+from comfyui_salt.training.distill_eval import defect_report, format_defect_report, sample_student
 from comfyui_salt.training.files import export_student, load_model
-from comfyui_salt.training.teacher import eval_prompts, sample_teacher
-from comfyui_salt.training.toy_assets import TOY_STUDENT, load_toy_teacher, write_toy_student
+from comfyui_salt.toy.prompts import eval_prompts
+from comfyui_salt.training.teacher import sample_teacher
+from comfyui_salt.toy.shipped import TOY_STUDENT, load_toy_teacher, write_toy_student
 
 ARMS = [  # (run name, preset, student init run, arm)
     ("ode-causal", "toy-ode-init", None, "init"),
@@ -66,7 +69,7 @@ def run_arm(name, preset, init, out, gen_steps, batch, threads, ode_steps, ode_p
         os.link(shared, os.path.join(run_dir, "ode_pairs.safetensors"))
     t = time.time()
     try:
-        model = run_distillation(cfg, run_dir)
+        model = run_distillation(cfg, run_dir, world=distill_world())
     finally:   # a stopped arm (Ctrl-C / kill save a checkpoint first) keeps the time it spent
         total = add_wall_time(run_dir, time.time() - t)
     export_student(model, run_dir)
@@ -109,7 +112,7 @@ def main():
     ap.add_argument("--train-only", nargs="*", default=None, metavar="ARM",
                     help="train only these arms (all if none named) and skip the evaluation, e.g. ode-causal ode-bidir")
     ap.add_argument("--ship-student", default=None, metavar="ARM",
-                    help="copy that arm's exported student to the shipped asset (salt_core/assets) and stop")
+                    help="copy that arm's exported student to the shipped asset (toy/assets) and stop")
     args = ap.parse_args()
     if args.ship_student:
         preset = {name: p for name, p, _, _ in ARMS}[args.ship_student]

@@ -251,6 +251,7 @@ def correctness(rep, device, smoke):
 
 def distillation(rep, device, smoke):
     """Three generator updates of the toy DMD and Salt presets with bf16 autocast and checkpointing."""
+    from comfyui_salt.toy.jobs import distill_world
     from comfyui_salt.training.distill import run_distillation
     from comfyui_salt.training.distill_config import get_preset
     autocast = device.type == "cuda"
@@ -262,7 +263,7 @@ def distillation(rep, device, smoke):
         cfg = get_preset(preset, **kw)
         with tempfile.TemporaryDirectory() as run:
             start = time.perf_counter()
-            model = run_distillation(cfg, run, quiet=True, device=device)
+            model = run_distillation(cfg, run, quiet=True, device=device, world=distill_world())
             rows = [json.loads(line) for line in open(os.path.join(run, "metrics.jsonl"))]
         losses = [v for r in rows for k, v in r.items() if k.endswith("loss") and isinstance(v, (int, float))]
         finite = all(torch.isfinite(p).all() for p in model.parameters()) and all(abs(v) < float("inf") for v in losses)
@@ -274,10 +275,10 @@ def distillation(rep, device, smoke):
 
 def semigroup(rep, device, smoke):
     """The semigroup-defect report of the shipped toy student on the device vs on CPU."""
-    from comfyui_salt.salt_core.toy.text import ToyTextEncoder
+    from comfyui_salt.toy.text import ToyTextEncoder
     from comfyui_salt.training.distill_config import get_preset
     from comfyui_salt.training.distill_eval import student_defect
-    from comfyui_salt.training.toy_assets import load_toy_student
+    from comfyui_salt.toy.shipped import load_toy_student
     model, _ = load_toy_student()
     cfg = get_preset("toy-salt", num_frames=6 if smoke else 12)
     caps = ["a red disc moving left on a dark background", "a blue bar moving up on a light background"]

@@ -28,11 +28,13 @@ PROBE_STEPS = 30
 def metrics_table(models: dict, device, num_clips: int, steps_list, smoke: bool) -> list:
     """Oracle metrics (toy score, Fréchet, ...) of each teacher on the same prompts and noise."""
     from comfyui_salt.salt_core.config import get_config
-    from comfyui_salt.salt_core.toy.text import ToyTextEncoder
-    from comfyui_salt.salt_core.toy.world import get_world
-    from comfyui_salt.training.teacher import TeacherConfig, eval_prompts, sample_teacher, toy_evaluator
+    from comfyui_salt.toy.text import ToyTextEncoder
+    from comfyui_salt.toy.world import get_world
+    from comfyui_salt.toy.evaluate import toy_evaluator
+    from comfyui_salt.toy.prompts import eval_prompts
+    from comfyui_salt.training.teacher import sample_teacher
     world = get_world("default")
-    evaluate = toy_evaluator(TeacherConfig(), num_ref=32 if smoke else 256)
+    evaluate = toy_evaluator("default", num_ref=32 if smoke else 256)
     caps = eval_prompts(world, num_clips)
     rows = []
     for name, model in models.items():
@@ -62,7 +64,8 @@ def main():
     args = ap.parse_args()
     import_package()
     from comfyui_salt.training.teacher import TeacherConfig, export_teacher, train_teacher
-    from comfyui_salt.training.toy_assets import load_toy_teacher
+    from comfyui_salt.toy.jobs import teacher_world
+    from comfyui_salt.toy.shipped import load_toy_teacher
     from comfyui_salt.training.files import load_model
     device = torch.device("cpu" if args.smoke else "cuda")
     if device.type == "cuda":
@@ -76,12 +79,14 @@ def main():
     start = time.time()
     probe = 3 if args.smoke else PROBE_STEPS
     cfg = TeacherConfig(total_steps=10**6, **base)
-    train_teacher(cfg, str(run), max_steps=probe, quiet=True, device=device)   # warm-up part: independent of total
+    train_teacher(cfg, str(run), max_steps=probe, quiet=True, device=device,
+                  world=teacher_world(cfg))   # warm-up part: independent of total
     per_step = (time.time() - start) / probe
     done_steps = probe
     total = done_steps + max(1, int(0.95 * (budget - (time.time() - start)) / per_step))
     cfg = TeacherConfig(total_steps=total, **base)
-    train_teacher(cfg, str(run), quiet=True, device=device, max_seconds=budget - (time.time() - start))
+    train_teacher(cfg, str(run), quiet=True, device=device, max_seconds=budget - (time.time() - start),
+                  world=teacher_world(cfg))
     train_s = time.time() - start
     weights = out / "teacher_gpu.safetensors"
     print(export_teacher(str(run), str(weights), "ema"), flush=True)

@@ -18,8 +18,8 @@ import torch
 
 from comfyui_salt.salt_core.denoiser import FlowDenoiser
 from comfyui_salt.salt_core.kv_cache import CachePolicy
-from comfyui_salt.salt_core.lab import LAB_SHIFT, ExactTeacher, LabWorld
-from comfyui_salt.salt_core.lab.metrics import (assign_modes, bootstrap_intervals, chunk_modes, coverage_error,
+from comfyui_salt.toy.lab import LAB_SHIFT, ExactTeacher, LabWorld
+from comfyui_salt.toy.lab.metrics import (assign_modes, bootstrap_intervals, chunk_modes, coverage_error,
                                                 mode_mean_error, mode_switches, whitened_coordinates,
                                                 within_mode_variance)
 from comfyui_salt.salt_core.samplers import default_noise_sampler, sample_euler, sample_fewstep_stochastic

@@ -17,12 +17,12 @@ import torch
 
 from comfyui_salt.salt_core.lora import apply_lora, comfy_applied, extract_lora, summarize
 from comfyui_salt.salt_core.model import build_model
-from comfyui_salt.salt_core.toy.text import ToyTextEncoder
-from comfyui_salt.salt_core.toy.world import get_world
+from comfyui_salt.toy.text import ToyTextEncoder
+from comfyui_salt.toy.world import get_world
 from comfyui_salt.training.distill_config import get_preset
 from comfyui_salt.training.distill_eval import sample_student
-from comfyui_salt.training.teacher import eval_prompts
-from comfyui_salt.training.toy_assets import TOY_STUDENT, TOY_TEACHER, load_toy_student, load_toy_teacher
+from comfyui_salt.toy.prompts import eval_prompts
+from comfyui_salt.toy.shipped import TOY_STUDENT, TOY_TEACHER, load_toy_student, load_toy_teacher
 
 RANKS = (1, 2, 4, 8, 16, 32, 64, 128)
 SIGMAS = (1.0, 0.75, 0.5, 0.25)

@@ -16,13 +16,13 @@ import numpy as np
 import torch
 
 from comfyui_salt.salt_core.kv_cache import CachePolicy
-from comfyui_salt.salt_core.metrics.oracle import first_frame_agreement
+from comfyui_salt.toy.metrics.oracle import first_frame_agreement
 from comfyui_salt.salt_core.schedules import get_sigmas_fewstep
 from comfyui_salt.salt_core.streaming import stream_video
-from comfyui_salt.salt_core.toy.text import ToyTextEncoder
-from comfyui_salt.salt_core.toy.world import get_world, sample_batch
+from comfyui_salt.toy.text import ToyTextEncoder
+from comfyui_salt.toy.world import get_world, sample_batch
 from comfyui_salt.training.distill_config import get_preset
-from comfyui_salt.training.toy_assets import TOY_STUDENT, load_toy_student
+from comfyui_salt.toy.shipped import TOY_STUDENT, load_toy_student
 
 COLUMNS = ("colour_ok", "shape_ok", "background_ok", "start_px")
 

@@ -11,12 +11,13 @@ import time
 
 import torch
 
-from comfyui_salt.salt_core.metrics.frechet import reference_features
-from comfyui_salt.salt_core.metrics.score import format_table, score_table
-from comfyui_salt.salt_core.toy.text import ToyTextEncoder
-from comfyui_salt.salt_core.toy.world import get_world
-from comfyui_salt.training.teacher import eval_prompts, sample_teacher
-from comfyui_salt.training.toy_assets import TOY_TEACHER, load_toy_teacher
+from comfyui_salt.toy.metrics.frechet import reference_features
+from comfyui_salt.toy.metrics.score import format_table, score_table
+from comfyui_salt.toy.text import ToyTextEncoder
+from comfyui_salt.toy.world import get_world
+from comfyui_salt.toy.prompts import eval_prompts
+from comfyui_salt.training.teacher import sample_teacher
+from comfyui_salt.toy.shipped import TOY_TEACHER, load_toy_teacher
 
 COLUMNS = ["toy_score", "sharpness_error", "adherence", "shape_ok", "direction_ok", "smoothness_px", "dynamic_px",
            "flicker", "frechet", "seconds"]

@@ -24,12 +24,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from ..config import strict_from_dict
-
-# The toy world's timestep shift, fixed once and used everywhere in the toy world (teacher training
-# σ distribution, sampling grids, few-step grids, distillation presets). Real-scale Wan keeps 5.
-# Measured on the teacher: see README "Toy world" (40-step samples at shifts 1, 2, 3).
-TOY_SHIFT = 3.0
+from ..salt_core.config import TOY_SHIFT, strict_from_dict  # noqa: F401 (TOY_SHIFT: the world's shift, defined
+                                                           # beside the toy model preset so training may read it)
 
 DIRECTION_VECTORS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
 SHAPE_KINDS = ("box", "disc")

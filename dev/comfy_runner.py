@@ -3,7 +3,7 @@
 The server is a subprocess, `python main.py --cpu --listen 127.0.0.1 --port <free> --base-directory <tmp>
 --disable-auto-launch`, started from a ComfyUI tree (default `.venv/comfyui`, installed by `bash .ci/setup`)
 with this pack symlinked into `<tmp>/custom_nodes/comfyui_salt`. Every wait is bounded and the server is
-always stopped by its own PID. Used by the demo (`training/demo.py`) and by the server tests.
+always stopped by its own PID. Used by the demo (`dev/demo.py`) and by the server and browser tests.
 
 Knows nothing of ComfyUI's modules (it only talks HTTP, standard library only) nor of what a workflow
 means: the caller edits the API prompt and reads the files.

@@ -19,7 +19,7 @@ Knows nothing of models; fits once per call.
 """
 import numpy as np
 
-from ..toy.world import ToyWorldConfig
+from ..world import ToyWorldConfig
 from .fit import SpriteFit, fit_sprites
 from .frechet import clip_features, frechet_distance
 from .oracle import evaluate

@@ -21,8 +21,8 @@ Knows nothing of samplers, losses or files.
 import torch
 import torch.nn as nn
 
-from ..config import WanConfig, get_config
-from ..kv_cache import CachePolicy, KVCache
+from ...salt_core.config import WanConfig, get_config
+from ...salt_core.kv_cache import CachePolicy, KVCache
 from .posterior import posterior
 from .world import LabWorld
 

@@ -22,7 +22,7 @@ import math
 
 import torch
 
-from ..config import strict_from_dict
+from ...salt_core.config import strict_from_dict
 
 LAB_SHIFT = 3.0   # the lab's timestep shift (the toy world's, so grids and teacher training match)
 

@@ -16,16 +16,17 @@ import time
 import numpy as np
 import torch
 
-from ..salt_core.metrics.frechet import reference_features
-from ..salt_core.metrics.score import format_table, score_table
-from ..salt_core.toy.text import ToyTextEncoder
-from ..salt_core.toy.world import TOY_SHIFT, get_world, render, sample_params
-from .preview import save_gif
-from .distill_config import get_preset
-from .distill_eval import sample_student
-from .teacher import eval_prompts, sample_teacher
+from ..toy.metrics.frechet import reference_features
+from ..toy.metrics.score import format_table, score_table
+from ..toy.preview import save_gif
+from ..toy.prompts import eval_prompts
+from ..toy.shipped import TOY_STUDENT, TOY_TEACHER, load_toy_student, load_toy_teacher
+from ..toy.text import ToyTextEncoder
+from ..toy.world import TOY_SHIFT, get_world, render, sample_params
+from ..training.distill_config import get_preset
+from ..training.distill_eval import sample_student
+from ..training.teacher import sample_teacher
 from .comfy_runner import comfy_server, run_workflow
-from .toy_assets import TOY_STUDENT, TOY_TEACHER, load_toy_student, load_toy_teacher
 
 log = logging.getLogger("salt.demo")
 

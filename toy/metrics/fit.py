@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from ..toy.world import ToyWorldConfig, coverage, reflect
+from ..world import ToyWorldConfig, coverage, reflect
 
 MIN_CONTRAST = 0.3      # sprite/background colour distance below which a frame has no sprite
 INTERIOR_FRACTION = 0.8  # pixels this close to the farthest one (relative) count as sprite interior

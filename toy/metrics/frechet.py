@@ -8,7 +8,7 @@ the right proportions and large for a collapsed batch. Knows nothing of models.
 import numpy as np
 import torch
 
-from ..toy.world import DIRECTION_VECTORS, ToyWorldConfig, sample_batch
+from ..world import DIRECTION_VECTORS, ToyWorldConfig, sample_batch
 from .fit import SpriteFit, fit_sprites
 from .oracle import _clip_mode, fitted_direction
 

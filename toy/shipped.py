@@ -5,9 +5,9 @@ experiment").
 """
 import os
 
-from .files import load_model, read_metadata, save_model
+from ..training.files import load_model, read_metadata, save_model
 
-ASSETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "salt_core", "assets")
+ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
 TOY_TEACHER = os.path.join(ASSETS, "toy_teacher.safetensors")
 TOY_STUDENT = os.path.join(ASSETS, "toy_salt_student.safetensors")
 ROLE_META = "salt_role"   # "student" on the student; the teacher, shipped first, has no role key
@@ -17,7 +17,7 @@ def _metadata(path: str, what: str, section: str) -> dict:
     """Header metadata of a shipped asset, or an error saying how to restore or rebuild it."""
     if not os.path.exists(path):
         raise FileNotFoundError(
-            f"{what} not found at {path}; restore it from git (`git checkout -- salt_core/assets`) or rebuild it "
+            f"{what} not found at {path}; restore it from git (`git checkout -- toy/assets`) or rebuild it "
             f"with the commands in README, '{section}'")
     return read_metadata(path)
 

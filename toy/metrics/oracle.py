@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..toy.world import DIRECTION_VECTORS, ToyWorldConfig, parse_caption
+from ..world import DIRECTION_VECTORS, ToyWorldConfig, parse_caption
 from .fit import SpriteFit, check_videos, clip_shape_bounds, fit_bounce_path, fit_sprites
 
 BACKGROUND_MARGIN = 2        # px around the fitted sprite excluded from the flicker's background

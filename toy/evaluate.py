@@ -1,0 +1,78 @@
+"""Evaluate generated toy-world clips with the oracle metrics: the teacher job's and the distillation job's
+evaluation callbacks, and drift along long rollouts.
+
+Samples come from training (`sample_teacher` runs inside the teacher job, `training.distill_eval.sample_student`
+here); the scores are toy.metrics' (sprite world) or toy.lab.metrics' (the method lab).
+"""
+import torch
+
+from ..salt_core.kv_cache import CachePolicy
+from ..training.distill_eval import sample_student
+from .prompts import eval_prompts
+from .text import ToyTextEncoder
+from .world import get_world
+
+LAB_PREFIX = "lab:"   # a world name "lab:<preset>" is the method lab's world
+
+
+def toy_evaluator(world: str, num_ref: int = 256):
+    """evaluate(videos, captions) -> oracle metric means (incl. Fréchet vs real clips and the toy score) of
+    the world named `world`; on the lab's world ("lab:<preset>"), its exact metrics (toy.lab.metrics)."""
+    if world.startswith(LAB_PREFIX):
+        from .lab.metrics import evaluate_clips
+        from .lab.world import LabWorld
+        lab = LabWorld(world[len(LAB_PREFIX):])
+        return lambda videos, captions: evaluate_clips(lab, videos, torch.as_tensor(captions))
+    from .metrics.frechet import reference_features
+    from .metrics.score import score_table
+    world_cfg = get_world(world)
+    ref = reference_features(world_cfg, num_ref)
+
+    def evaluate(videos, captions):
+        return score_table(videos, captions, world_cfg, ref)
+    return evaluate
+
+
+def evaluate_student(model, cfg, callback=None, preview_path: str = None) -> dict:
+    """{f"nfe{k}": oracle metric means} for each inference NFE of a DistillConfig `cfg` (toy world only; {}
+    otherwise); writes an animated preview (one row per NFE) to `preview_path` if given. The distillation job's
+    evaluation callback (DistillWorld.evaluate)."""
+    if not cfg.world:
+        return {}
+    from .metrics.frechet import reference_features
+    from .metrics.score import score_table
+    world = get_world(cfg.world)
+    enc = ToyTextEncoder(text_dim=model.cfg.text_dim, max_tokens=model.cfg.text_len, world=world)
+    caps = eval_prompts(world, cfg.eval_clips)
+    ref = reference_features(world, 256)
+    out, rows = {}, {}
+    for nfe in cfg.eval_nfe:
+        videos = sample_student(model, cfg, enc.encode(caps), nfe)
+        out[f"nfe{nfe}"] = score_table(videos, caps, world, ref)
+        rows[f"{nfe} NFE"] = videos[:8]
+        if callback is not None:
+            callback({"preview": videos, "nfe": nfe})
+    if preview_path:
+        from .preview import save_gif
+        save_gif(rows, preview_path)
+    return out
+
+
+def drift_slopes(model, cfg, captions, context, nfe: int, length_factor: int = 3,
+                 window_frames: int = None) -> dict:
+    """Per-frame oracle curves of a `length_factor`× longer rollout on a rolling cache with
+    window-relative RoPE, and their least-squares slopes per frame {name: (curve (F,), slope)}."""
+    from .metrics.oracle import drift_curves
+    world = get_world(cfg.world)
+    frames = cfg.num_frames * length_factor
+    policy = CachePolicy.rolling(window_frames or cfg.num_frames, relative_rope=True)
+    videos = sample_student(model, cfg, context, nfe, num_frames=frames, policy=policy)
+    curves = drift_curves(videos, captions, world)
+    f = torch.arange(frames, dtype=torch.float64)
+    out = {}
+    for name in ("sharpness_error", "path_px", "adherence"):
+        if name in curves:
+            c = torch.as_tensor(curves[name], dtype=torch.float64).mean(0)
+            slope = float(((f - f.mean()) * (c - c.mean())).sum() / ((f - f.mean()) ** 2).sum())
+            out[name] = (c.tolist(), slope)
+    return out

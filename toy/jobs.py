@@ -1,0 +1,47 @@
+"""What the training jobs borrow from a world, built for the front doors (the CLI and the nodes).
+
+training imports no world: `train_teacher` takes a `TeacherWorld` (`teacher_world`) and an evaluation
+callback (`toy.evaluate.toy_evaluator`); `run_distillation` takes a `DistillWorld` (`distill_world`) that lends
+the shipped toy teacher, toy prompts and the oracle-metric evaluation.
+"""
+import torch
+
+from ..salt_core.config import get_config
+from ..training.distill_models import DistillWorld
+from ..training.teacher import TeacherWorld
+from .evaluate import LAB_PREFIX, evaluate_student
+from .prompts import ToyPrompts, eval_prompts
+from .shipped import TOY_TEACHER, load_toy_teacher
+from .text import ToyTextEncoder
+from .world import get_world, sample_batch
+
+
+def teacher_world(cfg) -> TeacherWorld:
+    """The TeacherWorld of a TeacherConfig `cfg`: the sprite world by preset name (cfg.world), or the method lab's
+    world as "lab:<preset>", with a text encoder sized for cfg.model_preset."""
+    mcfg = get_config(cfg.model_preset)
+    if cfg.world.startswith(LAB_PREFIX):
+        from .lab.world import LabTextEncoder, LabWorld
+        lab = LabWorld(cfg.world[len(LAB_PREFIX):])
+        encoder = LabTextEncoder(lab, mcfg.text_dim, mcfg.text_len)
+
+        def draw(rng, n):
+            gen = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
+            captions = torch.randint(lab.cfg.num_captions, (n,), generator=gen)
+            return lab.sample(captions, generator=gen)[0].float(), captions.tolist()
+        return TeacherWorld(lab.cfg, encoder, draw, lambda n: [i % lab.cfg.num_captions for i in range(n)])
+    world = get_world(cfg.world)
+    encoder = ToyTextEncoder(text_dim=mcfg.text_dim, max_tokens=mcfg.text_len, world=world)
+
+    def draw(rng, n):
+        videos, captions, _ = sample_batch(world, rng, n)
+        return videos, captions
+    return TeacherWorld(world, encoder, draw, lambda n: eval_prompts(world, n))
+
+
+def distill_world() -> DistillWorld:
+    """The DistillWorld of toy-world runs: teacher="toy" is the shipped toy teacher, prompts are ToyPrompts of
+    cfg.world, evaluation is `evaluate_student` (oracle metrics at each eval NFE, preview GIFs)."""
+    return DistillWorld(teacher_file=TOY_TEACHER, load_teacher=lambda: load_toy_teacher()[0],
+                        prompts=lambda cfg, text_dim, text_len: ToyPrompts(cfg.world, text_dim, text_len),
+                        evaluate=evaluate_student)

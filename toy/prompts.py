@@ -1,0 +1,27 @@
+"""Toy-world prompts: the distillation jobs' prompt source and the fixed evaluation captions.
+
+Knows nothing of models or training loops.
+"""
+import numpy as np
+
+from .text import ToyTextEncoder
+from .world import caption, get_world, sample_params
+
+
+class ToyPrompts:
+    """Toy-world captions → (context, uncond) each (B, L, text_dim); the unconditional branch is the empty
+    prompt (zeros). A prompt source for training.distill (see training.prompts)."""
+
+    def __init__(self, world: str, text_dim: int, max_tokens: int):
+        self.world = get_world(world)
+        self.encoder = ToyTextEncoder(text_dim=text_dim, max_tokens=max_tokens, world=self.world)
+
+    def sample(self, rng: np.random.Generator, batch: int):
+        """(captions list[str], context (B, L, D), uncond (B, L, D)) for `batch` random toy prompts."""
+        captions = [caption(p) for p in sample_params(self.world, rng, batch)]
+        return captions, self.encoder.encode(captions), self.encoder.empty(batch)
+
+
+def eval_prompts(world_cfg, n: int, seed: int = 1234) -> list:
+    """A fixed, reproducible list of evaluation captions."""
+    return [caption(p) for p in sample_params(world_cfg, seed, n)]
