@@ -64,3 +64,12 @@ def test_a_refused_prompt_is_reported_with_each_nodes_error():
     text = format_prompt_error(response)
     assert "Prompt outputs failed validation" in text
     assert "node 5 (SaltStreamingSampler): Value bigger than max: width 99 > 64" in text
+
+
+def test_the_cli_demo_says_to_use_a_checkout_when_the_dev_harness_is_absent(monkeypatch):
+    """A built wheel has no comfyui_salt.dev: `demo` stops with a message instead of a traceback."""
+    import sys
+    from comfyui_salt.training.__main__ import main
+    monkeypatch.setitem(sys.modules, "comfyui_salt.dev.demo", None)   # import fails as if dev/ were not installed
+    with pytest.raises(SystemExit, match="not part of an installed wheel.*from a checkout"):
+        main(["demo", "--no-comfyui"])

@@ -91,6 +91,13 @@ def test_student_defect_and_drift_measures_run_for_both_student_kinds(teacher_pa
     assert len(slopes["sharpness_error"][0]) == 24 and isinstance(slopes["sharpness_error"][1], float)
 
 
+def test_a_toy_world_run_without_a_world_says_how_to_pass_one(tmp_path, teacher_path):
+    """training imports no world: toy-world runs borrow prompts (and the toy teacher) from the front door's world."""
+    with pytest.raises(ValueError, match=r"world=None; pass world=comfyui_salt\.toy\.jobs\.distill_world\(\)"):
+        run_distillation(tiny("toy-dmd", teacher_path), str(tmp_path / "run"), quiet=True)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 def _cli(out, teacher_path, gen_steps=8):
     import sys
     return [sys.executable, "-m", "comfyui_salt.training", "distill", "--preset", "toy-salt", "--out", str(out),

@@ -2,7 +2,7 @@
 
     .venv/bin/python tests/bench/lab_headroom.py [--clips 48] [--seeds 3] [--steps 40 8 4 2 1] [--window 6]
 
-Samples the exact teacher (salt_core.lab) with 40, 8, 4, 2 and 1 steps on the lab's shifted grid,
+Samples the exact teacher (toy.lab) with 40, 8, 4, 2 and 1 steps on the lab's shifted grid,
 Euler (deterministic) and the Self Forcing stochastic sampler, bidirectionally (samplers.py) and
 chunk by chunk on the teacher's frame cache (streaming.py), on paired noise: every row of one seed
 uses the same captions and initial noise (and the stochastic rows the same re-noise seed). Prints
