@@ -189,8 +189,8 @@ def test_a_teacher_that_outputs_nan_stops_distillation_naming_the_dmd_term_after
     from comfyui_salt.toy.jobs import distill_world
     real_build = job.build_models
 
-    def nan_teacher(cfg):
-        teacher, student, critic = real_build(cfg)
+    def nan_teacher(cfg, world=None):
+        teacher, student, critic = real_build(cfg, world)
         with torch.no_grad():
             teacher.head.head.bias.fill_(NAN)
         return teacher, student, critic
