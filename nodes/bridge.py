@@ -12,6 +12,8 @@ from PIL import Image
 import comfy.cli_args
 import comfy.latent_formats
 import comfy.model_management
+import comfy.model_patcher
+import comfy.ops
 import comfy.samplers
 import comfy.utils
 import folder_paths
@@ -59,6 +61,56 @@ def loras_directory() -> str:
 def output_directory() -> str:
     """ComfyUI's output folder (--output-directory, default <base>/output)."""
     return folder_paths.get_output_directory()
+
+
+# -- model management -----------------------------------------------------------------------------------
+# UNETLoader's weight_dtype options → storage dtype of the linear layers' weights (None: the compute dtype).
+# "_fast" also multiplies in fp8 where the GPU supports it (comfy.ops.fp8_ops); elsewhere it casts like the rest.
+WEIGHT_DTYPES = {"default": None, "fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e4m3fn_fast": torch.float8_e4m3fn,
+                 "fp8_e5m2": torch.float8_e5m2}
+
+
+def model_offload_device() -> torch.device:
+    """Where ComfyUI keeps diffusion models between uses: the CPU (the GPU under --highvram / --gpu-only)."""
+    return comfy.model_management.unet_offload_device()
+
+
+def store_linear_weights(module: torch.nn.Module, weight_dtype: str, compute_dtype: torch.dtype) -> int:
+    """Store every `nn.Linear` weight of `module` in `weight_dtype` (a WEIGHT_DTYPES name), cast to
+    `compute_dtype` layer by layer when used, as UNETLoader's models do; returns the number of layers converted.
+
+    The layers become ComfyUI's own cast-on-use ops (`comfy.ops.pick_operations`: manual_cast, or fp8_ops for
+    *_fast on GPUs with fp8 matmul); biases stay in the compute dtype. Each weight is converted in turn, so
+    memory grows by one layer at most.
+    """
+    storage = WEIGHT_DTYPES[weight_dtype]
+    ops = comfy.ops.pick_operations(storage, compute_dtype, load_device=torch_device(),
+                                    fp8_optimizations=weight_dtype.endswith("_fast"))
+    linears = [(parent, name, child) for parent in module.modules() for name, child in parent.named_children()
+               if type(child) is torch.nn.Linear]
+    for parent, name, old in linears:
+        new = ops.Linear(old.in_features, old.out_features, bias=old.bias is not None, device="meta")
+        new.weight = torch.nn.Parameter(old.weight.detach().to(storage), requires_grad=False)
+        new.bias = old.bias
+        setattr(parent, name, new)
+    return len(linears)
+
+
+def model_patcher(module: torch.nn.Module):
+    """A ComfyUI ModelPatcher for `module` (weights on the offload device): model management loads it onto the
+    compute device when asked (`load_for_sampling`) and offloads it when another model needs the room."""
+    return comfy.model_patcher.ModelPatcher(module, load_device=torch_device(), offload_device=model_offload_device())
+
+
+def load_for_sampling(patcher, memory_required: int = 0) -> None:
+    """Have ComfyUI's model management put a ModelPatcher's module on the compute device, first freeing other
+    models for its weights plus `memory_required` bytes (activations, KV cache); None (unmanaged) is left alone.
+
+    Loaded completely, never partially (lowvram): partial loading leaves some layers on the CPU, and Salt's norms
+    and modulation tables are plain tensors that are not cast to the device on use as ComfyUI's own ops are.
+    """
+    if patcher is not None:
+        comfy.model_management.load_models_gpu([patcher], memory_required=memory_required, force_full_load=True)
 
 
 # -- devices, interruption, progress --------------------------------------------------------------------

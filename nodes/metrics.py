@@ -16,7 +16,7 @@ from ..toy.text import ToyTextEncoder
 from ..toy.world import TOY_SHIFT, get_world
 from ..training.distill_config import PRESETS, get_preset
 from ..training.distill_eval import defect_report, format_defect_report, sample_student
-from .bridge import io, ui
+from .bridge import io, load_for_sampling, ui
 from .streaming import text_context
 from .types import SaltModel, SaltModelType
 
@@ -61,7 +61,9 @@ def semigroup_report(salt: SaltModel, prompts: str, nfe: int, grid_steps: int, s
                          f"grid_steps 3..{2 * MAX_NFE} (a defect needs three grid levels)")
     cfg = measure_config(salt, latent)
     toy = salt.latent_format == "pixels"
-    model = copy.deepcopy(salt.model).float().cpu() if toy else salt.model   # Wan: measured where it lives
+    if not toy:
+        load_for_sampling(salt.patcher)     # Wan: measured on the compute device, loaded as for sampling
+    model = copy.deepcopy(salt.model).float().cpu() if toy else salt.model
     with torch.no_grad():
         if toy:
             captions = toy_captions(prompts)

@@ -11,7 +11,8 @@ from ..salt_core.layouts import LayoutError, adopt_weights, infer_config
 from ..salt_core.model import WanModel
 from ..salt_core.rope import RotaryTable
 from ..training.files import load_model
-from .bridge import diffusion_model_files, diffusion_model_path, io, native_wan_module, torch_device
+from .bridge import (WEIGHT_DTYPES, diffusion_model_files, diffusion_model_path, io, model_offload_device,
+                     model_patcher, native_wan_module, store_linear_weights)
 from .types import SaltModel, SaltModelType, latent_format_for
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -30,19 +31,30 @@ def file_teacher_mode(path: str) -> str:
         return None
 
 
-def load_salt_model(name: str, use_ema: bool, dtype: str) -> SaltModel:
-    """SaltModel from a file in models/diffusion_models, with a node error naming the file and the fix."""
+def load_salt_model(name: str, use_ema: bool, dtype: str, weight_dtype: str = "default") -> SaltModel:
+    """SaltModel from a file in models/diffusion_models, with a node error naming the file and the fix.
+
+    The weights go to ComfyUI's offload device and are managed like UNETLoader's: loaded onto the compute
+    device for sampling, offloaded when another model needs the room; `weight_dtype` fp8 stores the linear
+    layers' weights in fp8 and computes in `dtype`.
+    """
     if dtype not in DTYPES:
         raise ValueError(f"SaltLoadCausalModel: dtype={dtype!r}; expected one of {list(DTYPES)}")
+    if weight_dtype not in WEIGHT_DTYPES:
+        raise ValueError(f"SaltLoadCausalModel: weight_dtype={weight_dtype!r}; expected one of {list(WEIGHT_DTYPES)}")
     path = diffusion_model_path(name)
     try:
-        model, layout = load_model(path, use_ema=use_ema, dtype=DTYPES[dtype], device=torch_device())
+        model, layout = load_model(path, use_ema=use_ema, dtype=DTYPES[dtype], device=model_offload_device())
     except (LayoutError, ValueError, KeyError) as e:
         raise ValueError(f"SaltLoadCausalModel: ckpt_name={name!r} cannot be loaded as a Wan 2.1 T2V transformer: "
                          f"{e}. (Full ComfyUI checkpoints and other architectures load with ComfyUI's own "
                          f"loaders.)") from e
     causal = file_teacher_mode(path) not in BIDIRECTIONAL_MODES
-    return SaltModel(model.eval(), latent_format_for(model), f"{os.path.basename(path)} ({layout} layout)", causal)
+    if WEIGHT_DTYPES[weight_dtype] is not None:
+        store_linear_weights(model, weight_dtype, DTYPES[dtype])
+    model = model.eval()
+    return SaltModel(model, latent_format_for(model), f"{os.path.basename(path)} ({layout} layout)", causal,
+                     model_patcher(model))
 
 
 def salt_from_native(native: torch.nn.Module, name: str = "native MODEL") -> SaltModel:
@@ -93,6 +105,10 @@ class SaltLoadCausalModel(io.ComfyNode):
                                          "(off). Ignored for plain state dicts."),
                 io.Combo.Input("dtype", options=list(DTYPES), default="bf16",
                                tooltip="Compute dtype of the loaded weights (bf16 for Wan on a GPU; fp32 on a CPU)."),
+                io.Combo.Input("weight_dtype", options=list(WEIGHT_DTYPES), default="default", optional=True,
+                               tooltip="Storage of the linear layers' weights, as in Load Diffusion Model: default = "
+                                       "dtype; fp8 halves bf16 memory (a quarter of fp32), each layer cast to dtype "
+                                       "when used; fp8_e4m3fn_fast multiplies in fp8 on GPUs that support it."),
             ],
             outputs=[SaltModelType.Output(tooltip="The Salt backbone for SaltStreamingSampler.")],
         )
@@ -107,8 +123,8 @@ class SaltLoadCausalModel(io.ComfyNode):
         return True
 
     @classmethod
-    def execute(cls, ckpt_name, use_ema, dtype) -> io.NodeOutput:
-        return io.NodeOutput(load_salt_model(ckpt_name, use_ema, dtype))
+    def execute(cls, ckpt_name, use_ema, dtype, weight_dtype="default") -> io.NodeOutput:
+        return io.NodeOutput(load_salt_model(ckpt_name, use_ema, dtype, weight_dtype))
 
 
 class SaltCausalFromModel(io.ComfyNode):

@@ -12,7 +12,7 @@ from ..salt_core.kv_cache import CachePolicy
 from ..salt_core.streaming import rollout_stream, stream_memory_bytes
 from ..salt_core.validate import check_context, check_memory, check_number, check_sigmas
 from .bridge import (Progress, check_interrupted, encode_image, free_memory, io, latent_from_comfy, latent_to_comfy,
-                     resize_image)
+                     load_for_sampling, resize_image)
 from .types import SPATIAL_FACTOR, CacheOptions, CacheOptionsType, SaltModel, SaltModelType
 
 log = logging.getLogger("salt.nodes")
@@ -146,6 +146,10 @@ def _stream(salt, positive, options, sigmas, seed, num_chunks, width, height, ba
                          f"sink cache for long videos")
     sig = check_sigmas(sigmas, where="SaltStreamingSampler")
     check_number("cfg", cfg, where="SaltStreamingSampler", low=0, fix="1.0 turns guidance off")
+    shape = latent_shape(salt, batch_size, frames, width, height)
+    need = stream_memory_bytes(salt.model.cfg, batch_size, frames + num_first, shape[-2:], policy,
+                               options.chunk_frames, cfg, salt.model.patch_embedding.weight.dtype)
+    load_for_sampling(salt.patcher, need)      # as ComfyUI's samplers: onto the compute device, others freed for room
     context = text_context(positive, salt, batch_size, "positive")
     uncond = None
     if cfg != 1.0:
@@ -160,13 +164,10 @@ def _stream(salt, positive, options, sigmas, seed, num_chunks, width, height, ba
                              f"expected 1..{num_chunks - 1} (the first chunk that uses switch_positive)")
         switches[switch_at_chunk] = text_context(switch_positive, salt, batch_size, "switch_positive")
 
-    ref = salt.model.patch_embedding.weight
-    shape = latent_shape(salt, batch_size, frames, width, height)
+    ref = salt.model.patch_embedding.weight      # compute dtype and device (fp8 storage casts to it per layer)
     free = free_memory(ref.device)
     check_memory(f"{batch_size} × {width}×{height} px × {frames + num_first} latent frames ({policy.kind} cache of "
-                 f"{policy.capacity_frames} frames)", stream_memory_bytes(salt.model.cfg, batch_size, frames + num_first,
-                                                                          shape[-2:],
-                 policy, options.chunk_frames, cfg, ref.dtype), free, where="SaltStreamingSampler",
+                 f"{policy.capacity_frames} frames)", need, free, where="SaltStreamingSampler",
                  limit_what=f"ComfyUI's free memory on {ref.device}",
                  fix="lower width/height, batch_size or num_chunks, or use a rolling / sink cache (SaltCacheOptions) "
                      "so the cache holds fewer frames")

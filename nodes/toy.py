@@ -8,7 +8,7 @@ import torch
 from ..salt_core.config import get_config
 from ..toy.shipped import TOY_STUDENT, TOY_TEACHER, load_toy_asset
 from ..toy.text import ToyTextEncoder
-from .bridge import io, torch_device
+from .bridge import io, model_offload_device, model_patcher
 from .types import SaltModel, SaltModelType
 
 TOY_ASSETS = {"toy_salt_student": TOY_STUDENT, "toy_teacher": TOY_TEACHER}   # first: the default
@@ -25,7 +25,8 @@ def load_toy_model(asset: str, path: str = None) -> SaltModel:
         raise FileNotFoundError(
             f"SaltToyModel: asset={asset!r} is not installed: {e}. Or load any toy-preset checkpoint from "
             f"models/diffusion_models with SaltLoadCausalModel") from e
-    return SaltModel(model.to(torch_device()), "pixels", description, causal=mode != "bidirectional")
+    model = model.to(model_offload_device())      # model management moves it to the compute device to sample
+    return SaltModel(model, "pixels", description, mode != "bidirectional", model_patcher(model))
 
 
 def toy_conditioning(text: str) -> list:

@@ -337,6 +337,17 @@ def test_the_longlive_workflow_streams_a_self_forcing_release_file_through_comfy
     assert_non_degenerate(frames, min_std=1.0)
 
 
+def test_a_salt_model_file_streams_with_fp8_weights_loaded_by_comfys_model_management(server, object_info):
+    prompt = api_prompt("salt_causal_streaming_longlive.json", object_info)
+    stand_in_text(prompt, RELEASE_TEXT_DIM)
+    prompt["1"]["inputs"].update(ckpt_name=RELEASE_STANDIN, dtype="fp32", weight_dtype="fp8_e4m3fn")
+    prompt["8"]["inputs"]["vae_name"] = VAE_STANDIN
+    prompt["7"]["inputs"].update(width=32, height=32, num_chunks=2, switch_at_chunk=1)
+    loads = server.log().count("Requested to load WanModel")      # Salt's module, as ComfyUI's log names it
+    frames = webp_frames(output_files(server, run_ok(server, prompt))[0])
+    assert len(frames) == 4 * (2 * 3 - 1) + 1 and server.log().count("Requested to load WanModel") == loads + 1
+
+
 def saved_latent(server, entry: dict, node: str) -> torch.Tensor:
     """The LATENT a SaveLatent node wrote (safetensors key latent_tensor)."""
     from safetensors.torch import load_file

@@ -1,0 +1,190 @@
+"""A SALT_MODEL from a file in ComfyUI's model management, measured on the CPU by what moves.
+
+ComfyUI runs here with --cpu, where the load and offload devices are both the CPU: what is observable is
+ComfyUI's list of loaded models, each ModelPatcher's loaded size, and the parameters' dtypes and bytes.
+On a GPU the same calls move the tensors (not measured here). References: ComfyUI's own model management
+(`current_loaded_models`, `free_memory`, `partially_unload`) and ComfyUI's own ModelPatcher around its own
+WanModel as the "other" model; the fp8 forward against a plain-torch model whose linear weights are
+rounded to fp8 and back.
+"""
+import gc
+
+import pytest
+import torch
+
+from helpers import assert_close
+from test_nodes import models_dir, native_wan_patcher, run, stream_inputs  # noqa: F401  (models_dir: a fixture)
+
+FP8 = {"fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
+# Measured on the random toy-preset model below (seed 1): one forward's max error with fp8 linear weights,
+# relative to the fp32 output's largest value, is 0.031 stored e4m3 and 0.063 stored e5m2; the bounds leave
+# about 2× room (tests/bench/model_memory.py measures the shipped toy student).
+FP8_FORWARD_RTOL = {"fp8_e4m3fn": 0.06, "fp8_e5m2": 0.12}
+
+
+@pytest.fixture
+def toy_file(salt_nodes, models_dir):  # noqa: F811
+    """(name, model, path) of a random toy-preset checkpoint in models/diffusion_models (fp32)."""
+    from comfyui_salt.salt_core.model import build_model
+    from comfyui_salt.training.files import save_model
+    model = build_model("toy", seed=1).eval()
+    save_model(model, models_dir / "toy.safetensors")
+    return "toy.safetensors", model, str(models_dir / "toy.safetensors")
+
+
+@pytest.fixture(autouse=True)
+def nothing_loaded(salt_nodes):
+    """Each test starts and ends with ComfyUI's list of loaded models empty."""
+    import comfy.model_management as mm
+    mm.unload_all_models()
+    yield
+    mm.unload_all_models()
+
+
+def load(salt_nodes, name, dtype="fp32", weight_dtype=None):
+    extra = {} if weight_dtype is None else {"weight_dtype": weight_dtype}
+    return run(salt_nodes.SaltLoadCausalModel, ckpt_name=name, use_ema=True, dtype=dtype, **extra)[0]
+
+
+def loaded_modules():
+    """The torch modules in ComfyUI's list of loaded models."""
+    import comfy.model_management as mm
+    return [m.model for m in mm.loaded_models()]
+
+
+def parameter_bytes(module) -> dict:
+    """{dtype: bytes} of a module's parameters, counted from the tensors."""
+    out = {}
+    for p in module.parameters():
+        out[p.dtype] = out.get(p.dtype, 0) + p.numel() * p.element_size()
+    return out
+
+
+def sample(salt_nodes, salt, **kw):
+    return run(salt_nodes.SaltStreamingSampler, **stream_inputs(salt_nodes, salt, **kw))[0]["samples"]
+
+
+# -- what moves ------------------------------------------------------------------------------------------
+def test_a_loaded_file_joins_comfys_loaded_models_when_sampled_with_all_its_parameter_bytes(salt_nodes, toy_file):
+    import comfy.model_management as mm
+    salt = load(salt_nodes, toy_file[0])
+    assert salt.patcher.load_device == mm.get_torch_device() and salt.patcher.offload_device == mm.unet_offload_device()
+    assert salt.patcher.model is salt.model and salt.patcher.loaded_size() == 0
+    assert salt.model not in loaded_modules()                     # loading the file does not claim the device
+    sample(salt_nodes, salt)
+    assert loaded_modules() == [salt.model]
+    bytes_ = sum(parameter_bytes(salt.model).values())
+    assert salt.patcher.loaded_size() == salt.patcher.model_size() == bytes_ == 4 * sum(
+        p.numel() for p in toy_file[1].parameters())
+
+
+def test_another_models_load_frees_ours_and_the_next_sampling_loads_it_again(salt_nodes, toy_file):
+    import comfy.model_management as mm
+    salt = load(salt_nodes, toy_file[0])
+    first = sample(salt_nodes, salt)
+    native = native_wan_patcher()
+    mm.load_models_gpu([native])                                  # a native MODEL, as a KSampler loads it
+    assert loaded_modules() == [native.model, salt.model]         # model management sees both
+    # What load_models_gpu does on a GPU when the next model needs the room (on the CPU it never needs to).
+    freed = mm.free_memory(1e30, mm.get_torch_device(), keep_loaded=[mm.LoadedModel(native)])
+    assert [m.model for m in freed] == [salt.patcher] and loaded_modules() == [native.model]
+    assert salt.patcher.loaded_size() == 0
+    again = sample(salt_nodes, salt)
+    assert loaded_modules() == [salt.model, native.model] and salt.patcher.loaded_size() == salt.patcher.model_size()
+    assert torch.equal(again, first)
+
+
+def test_a_partially_offloaded_model_is_loaded_completely_before_sampling(salt_nodes, toy_file):
+    salt = load(salt_nodes, toy_file[0])
+    first = sample(salt_nodes, salt)
+    size = salt.patcher.model_size()
+    freed = salt.patcher.partially_unload(salt.patcher.offload_device, memory_to_free=size // 2)
+    assert freed >= size // 2 and salt.patcher.loaded_size() == size - freed and salt.model.model_lowvram
+    again = sample(salt_nodes, salt)
+    assert salt.patcher.loaded_size() == size and not salt.model.model_lowvram
+    assert torch.equal(again, first)
+
+
+def test_the_sampler_asks_model_management_for_room_for_the_weights_and_the_kv_cache(salt_nodes, toy_file,
+                                                                                     monkeypatch):
+    import comfy.model_management as mm
+    from comfyui_salt.salt_core.streaming import stream_memory_bytes
+    calls, real = [], mm.load_models_gpu
+
+    def spy(models, **kw):
+        calls.append((models, kw))
+        return real(models, **kw)
+    monkeypatch.setattr(mm, "load_models_gpu", spy)
+    salt = load(salt_nodes, toy_file[0])
+    inputs = stream_inputs(salt_nodes, salt)
+    sample(salt_nodes, salt)
+    options = inputs["cache_options"]
+    need = stream_memory_bytes(salt.model.cfg, 1, 2 * options.chunk_frames, (16, 16), options.policy,
+                               options.chunk_frames, 1.0, torch.float32)
+    assert calls == [([salt.patcher], {"memory_required": need, "force_full_load": True})]
+
+
+def test_comfys_list_forgets_a_salt_model_once_nothing_holds_it(salt_nodes, toy_file):
+    import comfy.model_management as mm
+    salt = load(salt_nodes, toy_file[0])
+    sample(salt_nodes, salt)
+    assert len(mm.current_loaded_models) == 1
+    del salt                                   # what ComfyUI's cache does when the loader's output is dropped
+    gc.collect()
+    mm.cleanup_models_gc()
+    assert mm.current_loaded_models == []
+
+
+def test_the_toy_model_is_managed_too(salt_nodes, toy_file, monkeypatch):
+    from comfyui_salt.nodes import toy
+    monkeypatch.setitem(toy.TOY_ASSETS, "toy_teacher", toy_file[2])
+    salt = run(salt_nodes.SaltToyModel, asset="toy_teacher")[0]
+    sample(salt_nodes, salt)
+    assert loaded_modules() == [salt.model] and salt.patcher.loaded_size() == salt.patcher.model_size()
+
+
+# -- dtypes ----------------------------------------------------------------------------------------------
+def test_bf16_halves_and_fp8_stores_each_linear_weight_in_one_byte(salt_nodes, toy_file):
+    model = toy_file[1]
+    linear_w = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    total = sum(p.numel() for p in model.parameters())
+    assert parameter_bytes(load(salt_nodes, toy_file[0]).model) == {torch.float32: 4 * total}
+    assert parameter_bytes(load(salt_nodes, toy_file[0], "bf16").model) == {torch.bfloat16: 2 * total}
+    for name, fp8 in FP8.items():
+        for dtype, compute, size in [("fp32", torch.float32, 4), ("bf16", torch.bfloat16, 2)]:
+            salt = load(salt_nodes, toy_file[0], dtype, name)
+            assert parameter_bytes(salt.model) == {fp8: linear_w, compute: size * (total - linear_w)}, (name, dtype)
+            assert salt.patcher.model_size() == linear_w + size * (total - linear_w)
+            assert salt.model.patch_embedding.weight.dtype == compute      # the compute dtype the model reports
+
+
+def test_fp8_layers_are_comfys_cast_on_use_ops_and_compute_what_rounded_weights_compute(salt_nodes, toy_file):
+    import comfy.ops
+    from comfyui_salt.salt_core.model import build_model
+    x = torch.randn(1, 3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    t, ctx = torch.full((1,), 700.0), torch.randn(1, 8, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        exact = toy_file[1](x, t, ctx)
+        for name, fp8 in FP8.items():
+            salt = load(salt_nodes, toy_file[0], "fp32", name)
+            linears = [m for m in salt.model.modules() if isinstance(m, torch.nn.Linear)]
+            assert linears and all(isinstance(m, comfy.ops.manual_cast.Linear) for m in linears)
+            # Independent reference: plain torch layers whose weights went to fp8 and back.
+            rounded = build_model("toy").eval()
+            rounded.load_state_dict({k: v.to(fp8).float() if k.endswith(".weight") and v.ndim == 2 else v   # linears
+                                     for k, v in toy_file[1].state_dict().items()})
+            out = salt.model(x, t, ctx)
+            assert_close(out, rounded(x, t, ctx), 1e-6, f"{name} storage vs rounded weights")
+            assert_close(out, exact, FP8_FORWARD_RTOL[name], f"{name} storage vs fp32")
+
+
+def test_an_unknown_weight_dtype_is_refused_with_the_options(salt_nodes, toy_file):
+    with pytest.raises(ValueError, match="SaltLoadCausalModel: weight_dtype='int4'; expected one of "
+                                         r"\['default', 'fp8_e4m3fn', 'fp8_e4m3fn_fast', 'fp8_e5m2'\]"):
+        load(salt_nodes, toy_file[0], "fp32", "int4")
+
+
+def test_weight_dtype_is_an_optional_last_widget_so_saved_workflows_keep_loading(salt_nodes):
+    info = salt_nodes.SaltLoadCausalModel.GET_NODE_INFO_V1()["input"]
+    assert list(info["required"]) == ["ckpt_name", "use_ema", "dtype"]
+    assert info["optional"]["weight_dtype"][1]["default"] == "default"
