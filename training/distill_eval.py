@@ -35,7 +35,8 @@ def sample_student(model, cfg: DistillConfig, context, nfe: int, seed: int = 0, 
     if cfg.student_kind == "bidirectional":
         return sample_fewstep_stochastic(FlowDenoiser(model, context), noise, sigmas, disable=True,
                                          noise_sampler=lambda *_: randn_like(noise, gen))
-    policy = policy or CachePolicy(cfg.local_attn_frames, cfg.sink_frames, num_frames)
+    policy = policy or CachePolicy(window_frames=cfg.local_attn_frames, sink_frames=cfg.sink_frames,
+                                   max_frames=num_frames)
     return stream_video(model, noise, context, sigmas, policy=policy, chunk_frames=cfg.chunk_frames,
                         context_noise=cfg.context_noise, generator=gen)
 
