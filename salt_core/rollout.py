@@ -31,8 +31,11 @@ class Rollout:
 
 
 def _levels(sigmas, where: str) -> list:
-    """The positive levels of a SIGMAS grid (validated; a trailing 0 dropped) as floats."""
-    return [s for s in check_sigmas(sigmas, where=where, end_at_zero=False).tolist() if s > 0]
+    """The K positive levels (floats) of a grid given as K levels or as SIGMAS (K+1,) ending with 0, validated."""
+    sig = torch.as_tensor(sigmas, dtype=torch.float64).detach().flatten().cpu()
+    if sig.numel() and sig[-1] != 0:
+        sig = torch.cat([sig, sig.new_zeros(1)])
+    return check_sigmas(sig, where=where).tolist()[:-1]
 
 
 def _check_exit(exit_index: int, sig: list) -> None:
