@@ -1,10 +1,13 @@
 """Preallocated per-layer KV cache for chunk-by-chunk (autoregressive) inference and rollouts.
 
-Policies use LongLive's meaning of the sizes so release configs map one to one:
+Policies use LongLive's meaning of the sizes so release configs map one to one (`window_frames` is
+LongLive's `local_attn_size`, `sink_frames` its `sink_size`; the same names from the widget to the cache):
 - `full`:    every frame since the cache origin is attended; capacity `max_frames`.
-- `rolling`: `local_attn_frames` W most recent frames (the current chunk included).
+- `rolling`: `window_frames` W most recent frames (the current chunk included).
 - `sink`:    the first `sink_frames` S frames since the origin stay forever, plus the W - S most
-             recent ones (`local_attn_size` = W counts the sink, as in LongLive).
+             recent ones (W counts the sink, as in LongLive).
+The chunk size is not part of a policy: one cache serves chunks of any size that fits the window
+(first frames, re-cache pieces and generated chunks may differ); `KVCache.step` checks each.
 Storage is a ring of frame slots: slots [0, S) hold the sink, slots [S, C) are a ring over later
 frames, C = W (or max_frames). A chunk attends to every valid slot, so with no grad a step writes
 its K/V and attends to a contiguous prefix of the buffer — no copies. With grad enabled the
@@ -20,7 +23,8 @@ rotated keys in a second buffer `k_rot` and rotate only the slots whose (frame, 
 plus the chunk's own: a window's positions move once per chunk, so its keys are rotated once per
 chunk, not once per denoising step and layer.
 
-Knows nothing of the model beyond shapes: the model asks for a `CacheStep` per forward.
+Knows nothing of the model beyond shapes: the model asks for a `CacheStep` per forward and for the
+cross-attention K/V of a layer (`cross_kv`), which the cache computes once per prompt and owns.
 """
 from dataclasses import dataclass
 import torch
@@ -31,22 +35,22 @@ from .validate import available_memory, check_memory, kv_cache_bytes
 
 @dataclass(frozen=True)
 class CachePolicy:
-    local_attn_frames: int = -1   # W: frames attended incl. sink; -1 = global (no eviction)
+    window_frames: int = -1       # W: frames attended incl. sink (LongLive local_attn_size); -1 = global
     sink_frames: int = 0          # S: first frames kept forever (LongLive sink_size)
     max_frames: int = 21          # capacity of a global cache, in latent frames
     relative_rope: bool = False   # store un-rotated K and rotate inside the window
 
     def __post_init__(self):
-        if self.local_attn_frames != -1 and self.local_attn_frames < 1:
-            raise ValueError(f"CachePolicy: local_attn_frames={self.local_attn_frames}; use -1 (global) or >= 1")
+        if self.window_frames != -1 and self.window_frames < 1:
+            raise ValueError(f"CachePolicy: window_frames={self.window_frames}; use -1 (global) or >= 1")
         if self.sink_frames < 0:
             raise ValueError(f"CachePolicy: sink_frames={self.sink_frames} must be >= 0")
-        if self.local_attn_frames != -1 and self.sink_frames >= self.local_attn_frames:
+        if self.window_frames != -1 and self.sink_frames >= self.window_frames:
             raise ValueError(
-                f"CachePolicy: sink_frames={self.sink_frames} must be smaller than local_attn_frames="
-                f"{self.local_attn_frames} (the window counts the sink, as LongLive's local_attn_size)")
-        if self.local_attn_frames == -1 and self.sink_frames:
-            raise ValueError("CachePolicy: a sink needs a window (local_attn_frames >= 1); a global cache keeps all frames")
+                f"CachePolicy: sink_frames={self.sink_frames} must be smaller than window_frames="
+                f"{self.window_frames} (the window counts the sink, as LongLive's local_attn_size)")
+        if self.window_frames == -1 and self.sink_frames:
+            raise ValueError("CachePolicy: a sink needs a window (window_frames >= 1); a global cache keeps all frames")
         if self.max_frames < 1:
             raise ValueError(f"CachePolicy: max_frames={self.max_frames} must be >= 1")
 
@@ -64,11 +68,12 @@ class CachePolicy:
 
     @property
     def kind(self) -> str:
-        return "full" if self.local_attn_frames == -1 else ("sink" if self.sink_frames else "rolling")
+        return "full" if self.window_frames == -1 else ("sink" if self.sink_frames else "rolling")
 
     @property
     def capacity_frames(self) -> int:
-        return self.max_frames if self.local_attn_frames == -1 else self.local_attn_frames
+        """Frame slots the cache stores: the window W, or `max_frames` for a global cache."""
+        return self.max_frames if self.window_frames == -1 else self.window_frames
 
 
 class KVCache:
@@ -112,6 +117,27 @@ class KVCache:
         self.cross_v = [None] * self.num_layers
         self._context = None
 
+    def bind_context(self, context: torch.Tensor) -> None:
+        """Keep cross K/V only while the same context tensor (same object, unmodified) is passed."""
+        # Inference-mode tensors (ComfyUI runs nodes under torch.inference_mode) cannot be modified in
+        # place and have no version counter: their identity alone is the key.
+        version = 0 if context.is_inference() else context._version
+        key = (context.data_ptr(), tuple(context.shape), version)
+        if self._context is None or self._context[0] is not context or self._context[1] != key:
+            self.reset_cross()
+            self._context = (context, key)
+
+    @property
+    def has_cross_kv(self) -> bool:
+        """Whether the bound context's cross K/V are computed (then the model need not embed the text)."""
+        return self.num_layers > 0 and self.cross_k[0] is not None
+
+    def cross_kv(self, layer: int, project, text: torch.Tensor = None) -> tuple:
+        """Cross-attention (K, V) (B, N, Lc, D) of `layer`: `project(text)` once per bound context, then kept."""
+        if self.cross_k[layer] is None:
+            self.cross_k[layer], self.cross_v[layer] = project(text)
+        return self.cross_k[layer], self.cross_v[layer]
+
     @property
     def num_frames(self) -> int:
         """Frames generated since the origin (the high-water mark)."""
@@ -128,7 +154,7 @@ class KVCache:
     def _attended_frames(self, stop: int) -> list:
         """Absolute frames a chunk ending at `stop` (exclusive) attends to, before the chunk itself."""
         p, o = self.policy, self.origin
-        if p.local_attn_frames == -1:
+        if p.window_frames == -1:
             return list(range(o, stop))
         sink_end = o + p.sink_frames
         ring_start = max(sink_end, stop - (p.capacity_frames - p.sink_frames))
@@ -153,11 +179,11 @@ class KVCache:
                 f"[{self.origin}, {self.end}); generate chunks in order (re-running the newest chunk is "
                 f"allowed) or call reset(start_frame)")
         ring = p.capacity_frames - p.sink_frames
-        if p.local_attn_frames != -1 and n > ring:
+        if p.window_frames != -1 and n > ring:
             raise ValueError(
-                f"KVCache: chunk of {n} frames does not fit the window: local_attn_frames={p.local_attn_frames} "
+                f"KVCache: chunk of {n} frames does not fit the window: window_frames={p.window_frames} "
                 f"minus sink_frames={p.sink_frames} leaves {ring}; use a window of at least sink + chunk frames")
-        if p.local_attn_frames == -1 and stop - self.origin > p.capacity_frames:
+        if p.window_frames == -1 and stop - self.origin > p.capacity_frames:
             raise ValueError(
                 f"KVCache: global cache is full ({p.capacity_frames} frames) and frame {stop - 1} was requested; "
                 f"build the cache with a larger max_frames or use a rolling / sink policy")
@@ -254,14 +280,3 @@ def _token_index(slots, frame_tokens: int, device) -> torch.Tensor:
     """Token indices (len(slots)·T,) of frame slots, in slot-list order."""
     s = torch.as_tensor(slots, dtype=torch.long, device=device).view(-1, 1)
     return (s * frame_tokens + torch.arange(frame_tokens, device=device)).view(-1)
-
-
-def bind_context(cache: KVCache, context: torch.Tensor) -> None:
-    """Keep cross K/V only while the same context tensor (same object, unmodified) is passed."""
-    # Inference-mode tensors (ComfyUI runs nodes under torch.inference_mode) cannot be modified in
-    # place and have no version counter: their identity alone is the key.
-    version = 0 if context.is_inference() else context._version
-    key = (context.data_ptr(), tuple(context.shape), version)
-    if cache._context is None or cache._context[0] is not context or cache._context[1] != key:
-        cache.reset_cross()
-        cache._context = (context, key)

@@ -1,8 +1,8 @@
 """The Wan 2.1 video transformer (weight-compatible, original parameter names), three ways:
 
 - bidirectional: every token sees every token (Wan 2.1 T2V);
-- block-causal over a whole clip: `BlockCausal(chunk_frames, local_attn_frames, sink_frames)` masks
-  frames as the KV-cached stream would see them (training / teacher forcing);
+- block-causal over a whole clip: `BlockCausal(chunk_frames, policy)` masks frames as the KV-cached
+  stream with that CachePolicy would see them (training / teacher forcing);
 - chunk by chunk on a `KVCache` (streaming inference and Self-Forcing rollouts).
 
 Timesteps t are (B,) or per frame (B, F) (per-frame modulation, as Self Forcing's causal Wan).
@@ -18,17 +18,17 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from .config import WanConfig
-from .kv_cache import KVCache, CachePolicy, CacheStep, bind_context
+from .kv_cache import KVCache, CachePolicy, CacheStep
 from .rope import RotaryTable, apply_rope
 from .validate import check_context, check_latent
 
 
 @dataclass(frozen=True)
 class BlockCausal:
-    """Block-causal attention over a whole clip, frame sets as a KV-cached stream would attend."""
-    chunk_frames: int = 3          # frames generated per chunk (1 = frame-wise)
-    local_attn_frames: int = -1    # W incl. sink, -1 = global
-    sink_frames: int = 0           # S
+    """Block-causal attention over a whole clip, frame sets as a KV-cached stream with `policy` would attend
+    (None or a full policy: every earlier frame; its max_frames does not limit a mask)."""
+    chunk_frames: int = 3                  # frames generated per chunk (1 = frame-wise)
+    policy: CachePolicy = None             # window W (incl. sink) and sink S of the stream
 
     def frame_mask(self, num_frames: int) -> torch.Tensor:
         """(F, F) bool, True where query frame may attend key frame."""
@@ -36,9 +36,10 @@ class BlockCausal:
         stop = (f // self.chunk_frames + 1) * self.chunk_frames  # end of each query's chunk
         q_stop, k = stop.view(-1, 1), f.view(1, -1)
         allow = k < q_stop
-        if self.local_attn_frames != -1:
-            ring = self.local_attn_frames - self.sink_frames
-            allow &= (k < self.sink_frames) | (k >= q_stop - ring)
+        p = self.policy
+        if p is not None and p.window_frames != -1:
+            ring = p.window_frames - p.sink_frames
+            allow &= (k < p.sink_frames) | (k >= q_stop - ring)
         return allow
 
 
@@ -239,7 +240,7 @@ class WanModel(nn.Module):
             positions = step.query_positions
             if cache.policy.relative_rope:
                 key_rope = self.rope.cos_sin(step.rope_positions, gh, gw, x.device)
-            bind_context(cache, context)
+            cache.bind_context(context)
         else:
             positions = torch.arange(gf) + start_frame if frame_positions is None else frame_positions.cpu()
             if block_causal is not None:
@@ -248,15 +249,11 @@ class WanModel(nn.Module):
         cos, sin = self.rope.cos_sin(positions, gh, gw, x.device)
 
         ctx = None
-        if cache is None or cache.cross_k[0] is None:
+        if cache is None or not cache.has_cross_kv:
             ctx = self.embed_text(context)
         features = None
         for i, block in enumerate(self.blocks):
-            cross_kv = None
-            if cache is not None:
-                if cache.cross_k[i] is None:
-                    cache.cross_k[i], cache.cross_v[i] = block.cross_attn.context_kv(ctx)
-                cross_kv = (cache.cross_k[i], cache.cross_v[i])
+            cross_kv = None if cache is None else cache.cross_kv(i, block.cross_attn.context_kv, ctx)
             args = (tokens, e_blocks, gf, i, cos, sin, ctx, cross_kv, mask, step, key_rope)
             if self.gradient_checkpointing and torch.is_grad_enabled():
                 tokens = torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)

@@ -14,8 +14,12 @@ from typing import Callable, Optional
 
 import torch
 
+from .denoiser import CachedDenoiser, FlowDenoiser
 from .kv_cache import CachePolicy
-from .schedules import add_noise, randn_like, x0_from_velocity
+from .samplers import fewstep_update
+from .schedules import randn_like, x0_from_velocity
+from .streaming import write_context
+from .validate import check_sigmas
 
 
 @dataclass
@@ -26,8 +30,35 @@ class Rollout:
     renoise: dict = field(default_factory=dict)   # {(chunk, grid index): fresh noise used to reach that level}
 
 
-def _t(sigma: float, x: torch.Tensor) -> torch.Tensor:
-    return torch.full((x.shape[0], x.shape[2]), 1000.0 * float(sigma), dtype=torch.float64, device=x.device)
+def _levels(sigmas, where: str) -> list:
+    """The K positive levels (floats) of a grid given as K levels or as SIGMAS (K+1,) ending with 0, validated."""
+    sig = torch.as_tensor(sigmas, dtype=torch.float64).detach().flatten().cpu()
+    if sig.numel() and sig[-1] != 0:
+        sig = torch.cat([sig, sig.new_zeros(1)])
+    return check_sigmas(sig, where=where).tolist()[:-1]
+
+
+def _check_exit(exit_index: int, sig: list) -> None:
+    if not 0 <= exit_index < len(sig):
+        raise ValueError(f"exit_index={exit_index}: expected 0 <= exit_index < {len(sig)} (steps in the grid)")
+
+
+def _backward_simulation(denoiser, exit_denoiser, x, sig: list, exit_index: int, generator, grad: bool,
+                         renoise: dict, chunk: int):
+    """Self Forcing's steps on one chunk (or clip) x: no-grad steps with fresh re-noise (recorded in
+    `renoise` under (chunk, grid index)) up to the exit, then the exit step with grad if `grad`.
+    Returns (x_s, v1, x0) at the exit level σ_s = sig[exit_index]."""
+    with torch.no_grad():
+        for i in range(exit_index):
+            def fresh(*_, i=i):   # kept for the reference rollout's noise coupling
+                renoise[(chunk, i + 1)] = eps = randn_like(x, generator)
+                return eps
+            x = fewstep_update(x, denoiser(x, sig[i]), sig[i], sig[i + 1], fresh)
+    s = sig[exit_index]
+    with torch.set_grad_enabled(grad):
+        v1 = exit_denoiser.velocity(x, s)
+        x0 = x0_from_velocity(x, v1, s)
+    return x, v1, x0
 
 
 def rollout_self_forcing(model, noise: torch.Tensor, context: torch.Tensor, sigmas, exit_index: int, *,
@@ -41,36 +72,33 @@ def rollout_self_forcing(model, noise: torch.Tensor, context: torch.Tensor, sigm
     Returns Rollout with x0 (B, C, F, H, W) and the fresh re-noise draws (for noise coupling).
     `cache`: reuse a preallocated cache (reset here) instead of allocating one.
     """
-    sig = [float(s) for s in sigmas if float(s) > 0]
-    if not 0 <= exit_index < len(sig):
-        raise ValueError(f"exit_index={exit_index}: expected 0 <= exit_index < {len(sig)} (steps in the grid)")
+    sig = _levels(sigmas, "rollout_self_forcing")
+    _check_exit(exit_index, sig)
     B, C, num_f, H, W = noise.shape
     cache = cache if cache is not None else model.new_cache(B, policy, (H, W))
     cache.reset()
     outs, renoise = [], {}
     for c, f0 in enumerate(range(0, num_f, chunk_frames)):
-        x = noise[:, :, f0:f0 + chunk_frames]
-        with torch.no_grad():
-            for i in range(exit_index):
-                v = model(x, _t(sig[i], x), context, cache=cache, start_frame=f0, write_cache=True)
-                eps = randn_like(x, generator)
-                renoise[(c, i + 1)] = eps
-                x = add_noise(x0_from_velocity(x, v, sig[i]), eps, sig[i + 1])
-        s = sig[exit_index]
-        with torch.set_grad_enabled(grad):
-            v1 = model(x, _t(s, x), context, cache=cache, start_frame=f0, write_cache=False)
-            x0 = x0_from_velocity(x, v1, s)
+        reader = CachedDenoiser(model, context, cache, f0, write=False)   # never writes: SC-DMD reuses it
+        x_s, v1, x0 = _backward_simulation(CachedDenoiser(model, context, cache, f0), reader,
+                                           noise[:, :, f0:f0 + chunk_frames], sig, exit_index, generator, grad,
+                                           renoise, c)
         if on_exit is not None:
-            def velocity_fn(x_m, sigma_m, _f0=f0):
-                return model(x_m, _t(sigma_m, x_m), context, cache=cache, start_frame=_f0, write_cache=False)
-            on_exit(c, x, v1, velocity_fn)
+            on_exit(c, x_s, v1, reader.velocity)
         with torch.no_grad():
-            ctx_x = x0.detach()
-            if context_noise > 0:
-                ctx_x = add_noise(ctx_x, randn_like(ctx_x, generator), context_noise)
-            model(ctx_x, _t(context_noise, ctx_x), context, cache=cache, start_frame=f0, write_cache=True)
+            write_context(model, x0.detach(), context, cache, f0, context_noise, generator)
         outs.append(x0)
     return Rollout(torch.cat(outs, 2), sig[exit_index], renoise)
+
+
+def _student_noise(student_renoise: dict, student_levels: list, chunk: int, level: float):
+    """Noise coupling of a dense step to `level`: a sampler returning the student's own draw there when `level`
+    is on the student's grid, else None (a deterministic Euler step)."""
+    shared = [k for k, s in enumerate(student_levels) if abs(s - level) < 1e-6]
+    if not shared or (chunk, shared[0]) not in student_renoise:
+        return None
+    eps = student_renoise[(chunk, shared[0])]
+    return lambda *_: eps
 
 
 @torch.no_grad()
@@ -87,9 +115,10 @@ def rollout_reference(model, noise: torch.Tensor, context: torch.Tensor, student
     """
     if coupling not in ("noise_aligned", "independent"):
         raise ValueError(f"coupling={coupling!r}; expected 'noise_aligned' or 'independent'")
-    s_sig = [float(s) for s in student_sigmas if float(s) > 0]
+    s_sig = _levels(student_sigmas, "rollout_reference")
+    _check_exit(exit_index, s_sig)
     target = s_sig[exit_index]
-    dense = [float(s) for s in dense_sigmas if float(s) >= target - 1e-9]
+    dense = [s for s in _levels(dense_sigmas, "rollout_reference") if s >= target - 1e-9]
     if abs(dense[-1] - target) > 1e-6:
         raise ValueError(f"dense grid {dense} does not contain the student's exit level {target}")
     B, C, num_f, H, W = noise.shape
@@ -98,21 +127,17 @@ def rollout_reference(model, noise: torch.Tensor, context: torch.Tensor, student
     outs = []
     for c, f0 in enumerate(range(0, num_f, chunk_frames)):
         x = noise[:, :, f0:f0 + chunk_frames]
+        denoiser = CachedDenoiser(model, context, cache, f0)
+
+        def fresh(*_):
+            return randn_like(x, generator)
         for j, s in enumerate(dense):
-            v = model(x, _t(s, x), context, cache=cache, start_frame=f0, write_cache=True)
-            x0 = x0_from_velocity(x, v, s)
+            x0 = denoiser(x, s)
             if j + 1 == len(dense):
                 break
-            nxt = dense[j + 1]
-            shared = [k for k, ss in enumerate(s_sig) if abs(ss - nxt) < 1e-6]
-            if coupling == "noise_aligned" and shared and (c, shared[0]) in student_renoise:
-                x = add_noise(x0, student_renoise[(c, shared[0])], nxt)
-            elif coupling == "noise_aligned":
-                x = (x0.double() + (nxt / s) * (x.double() - x0.double())).to(x.dtype)   # Euler step
-            else:
-                x = add_noise(x0, randn_like(x, generator), nxt)
-        ctx_x = x0 if context_noise == 0 else add_noise(x0, randn_like(x0, generator), context_noise)
-        model(ctx_x, _t(context_noise, ctx_x), context, cache=cache, start_frame=f0, write_cache=True)
+            x = fewstep_update(x, x0, s, dense[j + 1], fresh if coupling == "independent" else
+                               _student_noise(student_renoise, s_sig, c, dense[j + 1]))
+        write_context(model, x0, context, cache, f0, context_noise, generator)
         outs.append(x0)
     return torch.cat(outs, 2)
 
@@ -122,22 +147,11 @@ def rollout_bidirectional(model, noise: torch.Tensor, context: torch.Tensor, sig
                           on_exit: Optional[Callable] = None) -> Rollout:
     """Backward simulation of a bidirectional few-step student (whole clip at once): no-grad steps
     with fresh re-noising up to the exit index, then the exit step with grad. x0 (B, C, F, H, W)."""
-    sig = [float(s) for s in sigmas if float(s) > 0]
-    if not 0 <= exit_index < len(sig):
-        raise ValueError(f"exit_index={exit_index}: expected 0 <= exit_index < {len(sig)} (steps in the grid)")
-    x, renoise = noise, {}
-    with torch.no_grad():
-        for i in range(exit_index):
-            v = model(x, 1000.0 * torch.full((x.shape[0],), sig[i], dtype=torch.float64), context)
-            eps = randn_like(x, generator)
-            renoise[(0, i + 1)] = eps
-            x = add_noise(x0_from_velocity(x, v, sig[i]), eps, sig[i + 1])
-    s = sig[exit_index]
-    with torch.set_grad_enabled(grad):
-        v1 = model(x, 1000.0 * torch.full((x.shape[0],), s, dtype=torch.float64), context)
-        x0 = x0_from_velocity(x, v1, s)
+    sig = _levels(sigmas, "rollout_bidirectional")
+    _check_exit(exit_index, sig)
+    renoise = {}
+    denoiser = FlowDenoiser(model, context)
+    x_s, v1, x0 = _backward_simulation(denoiser, denoiser, noise, sig, exit_index, generator, grad, renoise, 0)
     if on_exit is not None:
-        def velocity_fn(x_m, sigma_m):
-            return model(x_m, 1000.0 * torch.full((x_m.shape[0],), float(sigma_m), dtype=torch.float64), context)
-        on_exit(0, x, v1, velocity_fn)
-    return Rollout(x0, s, renoise)
+        on_exit(0, x_s, v1, denoiser.velocity)
+    return Rollout(x0, sig[exit_index], renoise)

@@ -56,6 +56,21 @@ TRAINING_GRID_RAW = raw_step_list(8)     # SALT_METHOD §0: the 8-step training 
 INFERENCE_GRID_RAW = raw_step_list(4)    # every other 8-grid point
 
 
+def sigma_to_t(sigma, like: torch.Tensor = None, per_frame: bool = False) -> torch.Tensor:
+    """Model timesteps t = 1000·σ in float64 (the one σ → t conversion). σ: a float or a tensor of levels.
+
+    Without `like`: t has σ's shape (on σ's device). With latents `like` (B, C, F, H, W): a scalar or (B,) σ
+    becomes t (B,), or per frame (B, F) with `per_frame`, on like's device.
+    """
+    device = like.device if like is not None else (sigma.device if isinstance(sigma, torch.Tensor) else None)
+    t = 1000.0 * torch.as_tensor(sigma, dtype=torch.float64, device=device)
+    if like is None:
+        return t
+    if per_frame:
+        return t.reshape(-1, 1).expand(like.shape[0], like.shape[2]).contiguous()   # (B, F)
+    return t.reshape(-1).expand(like.shape[0]).contiguous()                          # (B,)
+
+
 def x0_from_velocity(x_t: torch.Tensor, v: torch.Tensor, sigma) -> torch.Tensor:
     """x0 = x_t - σ·v in float64, returned in x_t's dtype. σ scalar or broadcastable (e.g. (B,1,1,1,1))."""
     s = torch.as_tensor(sigma, dtype=torch.float64, device=x_t.device)
@@ -69,9 +84,11 @@ def velocity_from_x0(x_t: torch.Tensor, x0: torch.Tensor, sigma) -> torch.Tensor
 
 
 def add_noise(x0: torch.Tensor, noise: torch.Tensor, sigma) -> torch.Tensor:
-    """x_t = (1-σ)·x0 + σ·ε in float64, returned in x0's dtype."""
+    """x_t = (1-σ)·x0 + σ·ε in float64, returned in x0's dtype; σ scalar or broadcastable to x0 (e.g. (B,1,1,1,1)).
+    In place on two float64 copies: the fewest buffers for the same operations."""
     s = torch.as_tensor(sigma, dtype=torch.float64, device=x0.device)
-    return ((1 - s) * x0.double() + s * noise.double()).to(x0.dtype)
+    scaled_noise = noise.to(torch.float64, copy=True).mul_(s)
+    return x0.to(torch.float64, copy=True).mul_(1 - s).add_(scaled_noise).to(x0.dtype)
 
 
 def randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:

@@ -13,7 +13,7 @@ from functools import lru_cache
 
 import torch
 
-from .schedules import x0_from_velocity
+from .schedules import sigma_to_t, x0_from_velocity
 
 KINDS = ("bidirectional", "teacher_forcing")
 
@@ -68,7 +68,7 @@ class ScoreNet:
 
     def velocity(self, x_t, sigma, context, clean=None, features_at=None):
         """v (B, C, F, H, W) at per-sample noise level sigma (B,); `clean` context for teacher forcing."""
-        t = 1000.0 * sigma.to(torch.float64)
+        t = sigma_to_t(sigma)
         if self.kind == "bidirectional":
             return self.model(x_t, t, context, return_features_at=features_at)
         if clean is None:

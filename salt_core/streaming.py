@@ -10,8 +10,10 @@ from typing import Callable, Iterator, Optional
 
 import torch
 
+from .denoiser import CachedDenoiser, GuidedModel, check_guidance
 from .kv_cache import CachePolicy, KVCache
-from .schedules import add_noise, randn_like, x0_from_velocity
+from .samplers import fewstep_update
+from .schedules import add_noise, randn_like
 from .validate import check_context, check_count, check_latent, check_number, check_sigmas
 
 
@@ -32,43 +34,15 @@ def stream_memory_bytes(model_cfg, batch: int, num_frames: int, latent_hw: tuple
     return latents + cache + activations
 
 
-def _frame_t(sigma: float, batch: int, frames: int, device) -> torch.Tensor:
-    """Per-frame timesteps (B, n) at noise level σ."""
-    return torch.full((batch, frames), 1000.0 * float(sigma), dtype=torch.float64, device=device)
-
-
-class GuidedModel:
-    """Classifier-free guidance for cached forwards: one batch [cond; uncond] through one cache of 2B.
-
-    Standard form v_u + g·(v_c - v_u). Call `bind(context, uncond)` once per prompt so the doubled
-    context is the same tensor across calls (the cache keeps cross K/V per context tensor).
-    """
-
-    def __init__(self, model, uncond_context, cfg_scale: float):
-        self.model, self.uncond, self.cfg_scale = model, uncond_context, cfg_scale
-        self.cfg = model.cfg
-        self._pair = None
-
-    def new_cache(self, batch, policy, grid_hw, memory_limit=None):
-        return self.model.new_cache(2 * batch, policy, grid_hw, memory_limit=memory_limit)
-
-    def __call__(self, x, t, context, **kwargs):
-        if self._pair is None or self._pair[0] is not context:
-            self._pair = (context, torch.cat([context, self.uncond.expand_as(context)]))
-        v_c, v_u = self.model(torch.cat([x, x]), torch.cat([t, t]), self._pair[1], **kwargs).chunk(2)
-        return v_u + self.cfg_scale * (v_c - v_u)
-
-
 @torch.no_grad()
 def write_context(model, frames: torch.Tensor, context, cache: KVCache, start_frame: int,
                   context_noise: float = 0.0, generator=None) -> None:
-    """Write clean (or slightly re-noised) frames (B, C, n, H, W) into the cache at `start_frame`."""
+    """Write clean (or slightly re-noised) frames (B, C, n, H, W) into the cache at `start_frame`: one
+    cache-writing forward at σ = `context_noise` whose output is dropped (not counted as an NFE)."""
     x = frames
     if context_noise > 0:
-        noise = randn_like(frames, generator)
-        x = add_noise(frames, noise, context_noise)
-    model(x, _frame_t(context_noise, x.shape[0], x.shape[2], x.device), context, cache=cache,
-          start_frame=start_frame, write_cache=True)
+        x = add_noise(frames, randn_like(frames, generator), context_noise)
+    CachedDenoiser(model, context, cache, start_frame).velocity(x, context_noise)
 
 
 @torch.no_grad()
@@ -121,9 +95,8 @@ def rollout_stream(model, noise: torch.Tensor, context: torch.Tensor, sigmas: to
         check_context("uncond_context", uncond_context, mcfg.text_dim, where=where, batch=B)
     if first_frames is not None:
         check_latent("first_frames", first_frames, mcfg.in_dim, where=where)
+    check_guidance(cfg_scale, uncond_context)
     if cfg_scale != 1.0:
-        if uncond_context is None:
-            raise ValueError(f"cfg_scale={cfg_scale} needs uncond_context (the empty / negative prompt embedding)")
         model = GuidedModel(model, uncond_context, cfg_scale)
     if num_f % chunk_frames:
         raise ValueError(f"noise has {num_f} frames, not a multiple of chunk_frames={chunk_frames}")
@@ -142,27 +115,22 @@ def rollout_stream(model, noise: torch.Tensor, context: torch.Tensor, sigmas: to
         frame += first_frames.shape[2]
         yield first_frames
     num_chunks = num_f // chunk_frames
+
+    def fresh_noise(*_):
+        return randn_like(noise[:, :, :chunk_frames], generator)
     for c in range(num_chunks):
         if c in prompt_switches:
             context = prompt_switches[c]
             if history:
                 recache(model, torch.cat(history, 2), context, cache, frame, chunk_frames, context_noise, generator)
         x = noise[:, :, c * chunk_frames:(c + 1) * chunk_frames]
+        denoiser = CachedDenoiser(model, context, cache, frame)
         for i in range(len(sig) - 1):
-            t = _frame_t(sig[i], B, chunk_frames, x.device)
-            v = model(x, t, context, cache=cache, start_frame=frame, write_cache=True)
-            x0 = x0_from_velocity(x, v, sig[i])
+            x0 = denoiser(x, sig[i])
             if callback is not None:
                 callback({"x": x, "i": i, "sigma": sig[i], "sigma_hat": sig[i], "denoised": x0,
                           "chunk": c, "num_chunks": num_chunks})
-            nxt = sig[i + 1]
-            if nxt == 0:
-                x = x0
-            elif stochastic:
-                fresh = randn_like(x, generator)
-                x = add_noise(x0, fresh, nxt)
-            else:
-                x = (x0.double() + (nxt / sig[i]) * (x.double() - x0.double())).to(x.dtype)
+            x = fewstep_update(x, x0, sig[i], sig[i + 1], fresh_noise if stochastic else None)
         write_context(model, x, context, cache, frame, context_noise, generator)
         # Keep only what a re-cache can use.
         history.append(x)

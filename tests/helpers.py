@@ -17,3 +17,48 @@ def tiny_inputs(cfg, batch=2, frames=6, hw=(8, 8), seed=0):
     x = torch.randn(batch, cfg.in_dim, frames, *hw, generator=g)
     ctx = torch.randn(batch, cfg.text_len, cfg.text_dim, generator=g)
     return x, ctx
+
+
+def brute_force_rollout(model, noise, ctx, sigmas, chunk, generator=None, switches=None, window=None,
+                        exit_index=None, step_noise=None):
+    """Chunk-by-chunk few-step generation without a cache, written out by hand: each forward re-runs the clean
+    history (t=0) plus the current chunk with a frame mask built pair by pair.
+
+    Per chunk, steps i = 0..exit (default: the last step, σ_{i+1} = 0) and the chunk's output is the x0 of the
+    exit step. Between steps x = (1-σ')·x0 + σ'·ε with ε = step_noise(chunk, i, x) (default: a fresh draw from
+    `generator`, in the streamer's order), or the Euler step x0 + (σ'/σ)·(x - x0) when step_noise returns None.
+    `switches` {chunk: context} changes prompt; with `window`, a switch re-caches only the last `window` frames.
+    """
+    switches = switches or {}
+    B, C, F, H, W = noise.shape
+    tokens = (H // model.cfg.patch_size[1]) * (W // model.cfg.patch_size[2])
+    clean, sig = [], [float(s) for s in sigmas]
+    last = len(sig) - 2 if exit_index is None else exit_index
+    origin = 0
+    for c in range(F // chunk):
+        if c in switches:
+            ctx = switches[c]
+            if window is not None:
+                origin = max(0, c * chunk - window)
+        x = noise[:, :, c * chunk:(c + 1) * chunk]
+        for i in range(last + 1):
+            hist = torch.cat(clean[origin // chunk:] + [x], 2) if clean else x
+            nf = hist.shape[2]
+            frame_t = torch.zeros(B, nf, dtype=torch.float64)
+            frame_t[:, -chunk:] = 1000 * sig[i]
+            allow = torch.zeros(nf, nf, dtype=torch.bool)
+            for q in range(nf):
+                allow[q, : (q // chunk + 1) * chunk] = True
+            mask = allow.repeat_interleave(tokens, 0).repeat_interleave(tokens, 1)
+            v = model(hist, frame_t, ctx, attn_mask=mask, start_frame=origin)[:, :, -chunk:]
+            x0 = (x.double() - sig[i] * v.double()).float()
+            if i == last:
+                x = x0
+                break
+            eps = torch.randn(x.shape, generator=generator) if step_noise is None else step_noise(c, i, x)
+            if eps is None:
+                x = (x0.double() + sig[i + 1] / sig[i] * (x.double() - x0.double())).float()
+            else:
+                x = ((1 - sig[i + 1]) * x0.double() + sig[i + 1] * eps.double()).float()
+        clean.append(x)
+    return torch.cat(clean, 2)

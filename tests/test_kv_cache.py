@@ -55,8 +55,9 @@ def test_rolling_window_and_sink_equal_brute_force_masked_recomputation(setup, w
     mask = brute_force_token_mask(12, chunk, tokens, window, sink)
     with torch.no_grad():
         reference = model(x, t, ctx, attn_mask=mask)
-        full_mask = model(x, t, ctx, block_causal=BlockCausal(chunk, window, sink))
-        stream, _ = streamed(model, x, t, ctx, chunk, CachePolicy.sink(window, sink) if sink else CachePolicy.rolling(window))
+        policy = CachePolicy.sink(window, sink) if sink else CachePolicy.rolling(window)
+        full_mask = model(x, t, ctx, block_causal=BlockCausal(chunk, policy))
+        stream, _ = streamed(model, x, t, ctx, chunk, policy)
     assert_close(full_mask, reference, 1e-6, "BlockCausal mask vs brute force")
     assert_close(stream, reference, 1e-5, f"window {window} sink {sink} chunk {chunk}")
 

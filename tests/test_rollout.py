@@ -1,4 +1,5 @@
-"""Training rollouts: Self Forcing semantics, the reference rollout's own cache and noise coupling."""
+"""Training rollouts against brute-force rollouts without a cache: Self Forcing semantics, the reference
+rollout's own cache and noise coupling, bidirectional backward simulation."""
 import pytest
 import torch
 
@@ -6,8 +7,7 @@ from comfyui_salt.salt_core.kv_cache import CachePolicy
 from comfyui_salt.salt_core.model import build_model
 from comfyui_salt.salt_core.rollout import rollout_bidirectional, rollout_reference, rollout_self_forcing
 from comfyui_salt.salt_core.schedules import get_sigmas_fewstep
-from comfyui_salt.salt_core.streaming import stream_video
-from helpers import assert_close, tiny_inputs
+from helpers import assert_close, brute_force_rollout, tiny_inputs
 
 
 @pytest.fixture(scope="module")
@@ -17,15 +17,28 @@ def setup():
     return model, noise, ctx
 
 
-def test_last_step_exit_equals_the_streaming_sampler(setup):
-    """With the exit at the last step, a Self Forcing rollout is exactly inference-time streaming."""
+def recording(generator, draws):
+    """step_noise for brute_force_rollout: fresh draws from `generator`, kept as {(chunk, i + 1): ε}."""
+    def step_noise(c, i, x):
+        draws[(c, i + 1)] = eps = torch.randn(x.shape, generator=generator)
+        return eps
+    return step_noise
+
+
+@pytest.mark.parametrize("exit_index", [0, 2, 3])
+def test_self_forcing_rollout_equals_a_brute_force_rollout_without_cache(setup, exit_index):
+    """Each chunk: fresh re-noising up to the exit step, whose x0 is the output and the next chunks' clean context."""
     model, noise, ctx = setup
     sig = get_sigmas_fewstep(4)
-    roll = rollout_self_forcing(model, noise, ctx, sig, 3, policy=CachePolicy.full(9),
+    roll = rollout_self_forcing(model, noise, ctx, sig, exit_index, policy=CachePolicy.full(9),
                                 generator=torch.Generator().manual_seed(2), grad=False)
+    draws = {}
     with torch.no_grad():
-        ref = stream_video(model, noise, ctx, sig, policy=CachePolicy.full(9), generator=torch.Generator().manual_seed(2))
+        ref = brute_force_rollout(model, noise, ctx, sig, 3, exit_index=exit_index,
+                                  step_noise=recording(torch.Generator().manual_seed(2), draws))
     assert_close(roll.x0, ref, 1e-5)
+    assert roll.exit_sigma == float(sig[exit_index])
+    assert roll.renoise.keys() == draws.keys() and all(torch.equal(roll.renoise[k], draws[k]) for k in draws)
 
 
 def test_gradient_flows_only_through_the_exit_step(setup):
@@ -52,13 +65,21 @@ def test_on_exit_gets_a_velocity_function_on_the_same_cache_that_leaves_it_uncha
     assert seen == [(0, True, True), (1, True, True), (2, True, True)]
 
 
-def test_reference_rollout_on_the_student_grid_with_aligned_noise_reproduces_the_student(setup):
+def test_noise_aligned_reference_rollout_equals_a_brute_force_euler_and_shared_noise_rollout(setup):
+    """Dense grid (8 steps) down to the student's exit level: the student's own draw at its grid points, Euler
+    steps between them (SALT_METHOD §3), on its own history of dense-rollout outputs."""
     model, noise, ctx = setup
-    sig = get_sigmas_fewstep(4)
-    student = rollout_self_forcing(model, noise, ctx, sig, 2, policy=CachePolicy.full(9), grad=False,
+    sig4, sig8 = get_sigmas_fewstep(4), get_sigmas_fewstep(8)
+    student = rollout_self_forcing(model, noise, ctx, sig4, 2, policy=CachePolicy.full(9), grad=False,
                                    generator=torch.Generator().manual_seed(5))
-    ref = rollout_reference(model, noise, ctx, sig, 2, sig, student.renoise, policy=CachePolicy.full(9))
-    assert_close(ref, student.x0, 1e-5)
+    ref = rollout_reference(model, noise, ctx, sig4, 2, sig8, student.renoise, policy=CachePolicy.full(9))
+
+    def student_noise(c, i, x):   # dense index i+1 = 2k is the student's grid point k
+        return student.renoise[(c, (i + 1) // 2)] if (i + 1) % 2 == 0 else None
+    with torch.no_grad():
+        brute = brute_force_rollout(model, noise, ctx, sig8, 3, exit_index=4, step_noise=student_noise)
+    assert_close(ref, brute, 1e-5)
+    assert float(sig8[4]) == pytest.approx(float(sig4[2]))
 
 
 def test_reference_rollout_uses_its_own_cache_and_the_denser_grid(setup):
@@ -76,15 +97,16 @@ def test_reference_rollout_uses_its_own_cache_and_the_denser_grid(setup):
         rollout_reference(model, noise, ctx, sig2, 1, get_sigmas_fewstep(3), student.renoise, policy=CachePolicy.full(9))
 
 
-def test_bidirectional_backward_simulation_matches_the_few_step_sampler_at_the_last_step(setup):
-    from comfyui_salt.salt_core.denoiser import FlowDenoiser
-    from comfyui_salt.salt_core.samplers import sample_fewstep_stochastic
+@pytest.mark.parametrize("exit_index", [0, 2])
+def test_bidirectional_backward_simulation_equals_a_brute_force_one_chunk_rollout(setup, exit_index):
+    """The whole clip as one chunk with no history: fresh re-noising up to the exit step, its x0 out."""
     model, noise, ctx = setup
     sig = get_sigmas_fewstep(3)
-    g = torch.Generator().manual_seed(1)
-    roll = rollout_bidirectional(model, noise, ctx, sig, 2, generator=g, grad=False)
+    roll = rollout_bidirectional(model, noise, ctx, sig, exit_index, generator=torch.Generator().manual_seed(1),
+                                 grad=False)
+    draws = {}
     with torch.no_grad():
-        g2 = torch.Generator().manual_seed(1)
-        ref = sample_fewstep_stochastic(FlowDenoiser(model, ctx), noise, sig, disable=True,
-                                        noise_sampler=lambda *_: torch.randn(noise.shape, generator=g2))
+        ref = brute_force_rollout(model, noise, ctx, sig, noise.shape[2], exit_index=exit_index,
+                                  step_noise=recording(torch.Generator().manual_seed(1), draws))
     assert_close(roll.x0, ref, 1e-5)
+    assert roll.renoise.keys() == draws.keys()

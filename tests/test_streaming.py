@@ -6,41 +6,7 @@ from comfyui_salt.salt_core.kv_cache import CachePolicy
 from comfyui_salt.salt_core.model import build_model
 from comfyui_salt.salt_core.schedules import get_sigmas_fewstep
 from comfyui_salt.salt_core.streaming import rollout_stream, stream_video
-from helpers import assert_close, tiny_inputs
-
-
-def brute_force_rollout(model, noise, ctx, sigmas, chunk, generator, switches=None, window=None):
-    """No cache: each forward re-runs the clean history (t=0) plus the current chunk with a
-    frame mask written out by hand; re-noise draws in the same order as the streamer."""
-    switches = switches or {}
-    B, C, F, H, W = noise.shape
-    tokens = (H // model.cfg.patch_size[1]) * (W // model.cfg.patch_size[2])
-    clean, sig = [], [float(s) for s in sigmas]
-    origin = 0
-    for c in range(F // chunk):
-        if c in switches:
-            ctx = switches[c]
-            if window is not None:
-                origin = max(0, c * chunk - window)
-        x = noise[:, :, c * chunk:(c + 1) * chunk]
-        for i in range(len(sig) - 1):
-            hist = torch.cat(clean[origin // chunk:] + [x], 2) if clean else x
-            nf = hist.shape[2]
-            frame_t = torch.zeros(B, nf, dtype=torch.float64)
-            frame_t[:, -chunk:] = 1000 * sig[i]
-            allow = torch.zeros(nf, nf, dtype=torch.bool)
-            for q in range(nf):
-                allow[q, : (q // chunk + 1) * chunk] = True
-            mask = allow.repeat_interleave(tokens, 0).repeat_interleave(tokens, 1)
-            v = model(hist, frame_t, ctx, attn_mask=mask, start_frame=origin)[:, :, -chunk:]
-            x0 = (x.double() - sig[i] * v.double()).float()
-            if sig[i + 1] > 0:
-                fresh = torch.randn(x.shape, generator=generator)
-                x = ((1 - sig[i + 1]) * x0.double() + sig[i + 1] * fresh.double()).float()
-            else:
-                x = x0
-        clean.append(x)
-    return torch.cat(clean, 2)
+from helpers import assert_close, brute_force_rollout, tiny_inputs
 
 
 @pytest.fixture(scope="module")

@@ -88,7 +88,8 @@ class Distiller:
         self.dmd = DMDLoss(cfg.guidance_scale)
         self.sc = SemigroupLoss(cfg.sc_weight, cfg.sc_symmetric)
         self.align = FeatureAlignmentLoss(cfg.align_delta, cfg.align_weight)
-        self.policy = CachePolicy(cfg.local_attn_frames, cfg.sink_frames, cfg.num_frames)
+        self.policy = CachePolicy(window_frames=cfg.local_attn_frames, sink_frames=cfg.sink_frames,
+                                  max_frames=cfg.num_frames)
         self.cache = None
         if cfg.student_kind == "causal":   # preallocated once, reused by every rollout
             self.cache = student.new_cache(cfg.batch_size, self.policy, (cfg.height, cfg.width))

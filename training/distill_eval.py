@@ -6,7 +6,7 @@ evaluation (oracle metrics of these samples) is the toy wing's (`toy.evaluate`).
 """
 import torch
 
-from ..salt_core.denoiser import FlowDenoiser
+from ..salt_core.denoiser import CachedDenoiser, FlowDenoiser
 from ..salt_core.kv_cache import CachePolicy
 from ..salt_core.samplers import sample_fewstep_stochastic
 from ..salt_core.schedules import get_sigmas_fewstep, randn_like
@@ -33,7 +33,8 @@ def sample_student(model, cfg: DistillConfig, context, nfe: int, seed: int = 0, 
     if cfg.student_kind == "bidirectional":
         return sample_fewstep_stochastic(FlowDenoiser(model, context), noise, sigmas, disable=True,
                                          noise_sampler=lambda *_: randn_like(noise, gen))
-    policy = policy or CachePolicy(cfg.local_attn_frames, cfg.sink_frames, num_frames)
+    policy = policy or CachePolicy(window_frames=cfg.local_attn_frames, sink_frames=cfg.sink_frames,
+                                   max_frames=num_frames)
     return stream_video(model, noise, context, sigmas, policy=policy, chunk_frames=cfg.chunk_frames,
                         context_noise=cfg.context_noise, generator=gen)
 
@@ -62,21 +63,13 @@ def defect_samples(model, cfg: DistillConfig, context, grid_steps: int = 8, seed
         rows.setdefault(k, []).append(semigroup_defects(velocity, [(sigma, d["x"])], sigmas)[0])
     if cfg.student_kind == "bidirectional":
         den = FlowDenoiser(model, context)
-
-        def velocity(x, s):
-            return den.velocity(x, torch.tensor([s], dtype=torch.float64, device=x.device))
-        sample_fewstep_stochastic(den, noise, sigmas, callback=lambda d: keep(d, velocity), disable=True,
+        sample_fewstep_stochastic(den, noise, sigmas, callback=lambda d: keep(d, den.velocity), disable=True,
                                   noise_sampler=lambda *_: randn_like(noise, gen))
     else:
         cache = model.new_cache(noise.shape[0], CachePolicy.full(cfg.num_frames), (cfg.height, cfg.width))
 
         def collect(d):
-            f0 = d["chunk"] * cfg.chunk_frames
-
-            def velocity(x, s):
-                t = torch.full((x.shape[0], x.shape[2]), 1000.0 * s, dtype=torch.float64, device=x.device)
-                return model(x, t, context, cache=cache, start_frame=f0, write_cache=False)
-            keep(d, velocity)
+            keep(d, CachedDenoiser(model, context, cache, d["chunk"] * cfg.chunk_frames, write=False).velocity)
         for _ in rollout_stream(model, noise, context, sigmas, cache=cache, chunk_frames=cfg.chunk_frames,
                                 generator=gen, callback=collect):
             pass

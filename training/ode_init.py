@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from ..salt_core.denoiser import FlowDenoiser
 from ..salt_core.kv_cache import CachePolicy
 from ..salt_core.samplers import sample_euler
-from ..salt_core.schedules import get_sigmas_fewstep, get_sigmas_uniform, x0_from_velocity
+from ..salt_core.schedules import get_sigmas_fewstep, get_sigmas_uniform, sigma_to_t, x0_from_velocity
 from ..salt_core.scorenet import ScoreNet
 from ..salt_core.streaming import stream_video
 from .common import EMA, CheckpointManager, JsonlLog, check_stop, cosine_lr, progress, step_generators
@@ -89,7 +89,7 @@ def ode_regression_loss(student, kind: str, pairs: dict, idx, levels, grid, chun
     device = student.patch_embedding.weight.device
     x_t, x0, sigma, ctx = (a.to(device) for a in (x_t, x0, sigma, ctx))
     if kind == "bidirectional":
-        v = student(x_t, 1000.0 * sigma[:, 0], ctx)
+        v = student(x_t, sigma_to_t(sigma[:, 0]), ctx)
     else:
         v = ScoreNet(student, "teacher_forcing", chunk).velocity(x_t, sigma, ctx, clean=x0)
     pred = x0_from_velocity(x_t, v, sigma.view(B, 1, F, 1, 1))

@@ -23,7 +23,7 @@ import torch
 from ..salt_core.config import TOY_SHIFT, get_config
 from ..salt_core.kv_cache import CachePolicy
 from ..salt_core.model import WanModel
-from ..salt_core.schedules import add_noise, get_sigmas_uniform, shift_sigma
+from ..salt_core.schedules import add_noise, get_sigmas_uniform, shift_sigma, sigma_to_t
 from ..salt_core.streaming import stream_video
 from ..salt_core.denoiser import FlowDenoiser
 from ..salt_core.samplers import sample_euler
@@ -86,12 +86,12 @@ def flow_loss_step(model, cfg: TeacherConfig, videos, context, gen):
     if cfg.mode == "bidirectional":
         sigma = sample_sigmas(cfg, (B,), gen).to(videos.device)
         x_t = add_noise(videos, noise, sigma.view(B, 1, 1, 1, 1))
-        v = model(x_t, 1000 * sigma, context)
+        v = model(x_t, sigma_to_t(sigma), context)
     else:
         chunks = F // cfg.chunk_frames
         sigma = sample_sigmas(cfg, (B, chunks), gen).repeat_interleave(cfg.chunk_frames, 1).to(videos.device)  # (B, F)
         x_t = add_noise(videos, noise, sigma.view(B, 1, F, 1, 1))
-        v = teacher_forcing_forward(model, videos, x_t, 1000 * sigma, context, cfg.chunk_frames)
+        v = teacher_forcing_forward(model, videos, x_t, sigma_to_t(sigma), context, cfg.chunk_frames)
     return (v.float() - (noise - videos)).pow(2).mean()
 
 

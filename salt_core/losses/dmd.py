@@ -6,6 +6,7 @@ the critic (fake score) and the student. Knows nothing of models, caches or roll
 """
 import torch
 
+from ..denoiser import apply_cfg
 from ..schedules import shift_sigma
 
 
@@ -59,8 +60,7 @@ def real_x0_with_cfg(x0_cond: torch.Tensor, x0_uncond: torch.Tensor, guidance_sc
     (Self Forcing's guidance_scale 3.0 is standard CFG 4.0; REFERENCE §1.2).
     """
     _sample_shape_check("x0_uncond", x0_uncond, x0_cond, "x0_cond")
-    cond, uncond = x0_cond.double(), x0_uncond.double()
-    return uncond + guidance_scale * (cond - uncond)
+    return apply_cfg(x0_cond.double(), x0_uncond.double(), guidance_scale)
 
 
 class DMDLoss:

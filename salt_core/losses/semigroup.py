@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from ..schedules import get_sigmas_fewstep
+from ..validate import check_sigmas
 
 
 def default_training_sigmas() -> torch.Tensor:
@@ -28,15 +29,6 @@ class Triplet:
     sigma_e: float
 
 
-def _check_sigmas(sigmas) -> torch.Tensor:
-    """SIGMAS as a float64 1-D tensor, validated: strictly decreasing, ends with 0, at least 3 entries."""
-    s = torch.as_tensor(sigmas, dtype=torch.float64).flatten()
-    if s.numel() < 3 or s[-1] != 0 or (s[1:] >= s[:-1]).any() or s[0] > 1:
-        raise ValueError(f"sigmas={s.tolist()}: expected a strictly decreasing grid in (0, 1] ending with 0, "
-                         f"e.g. get_sigmas_fewstep(8, shift)")
-    return s
-
-
 def _uniform_choice(options: list, generator: torch.Generator):
     """One element of `options`, uniformly, drawn with `generator` (identical on every seeded rank)."""
     device = generator.device if generator is not None else None
@@ -52,7 +44,7 @@ def sc_triplet(exit_index: int, generator: torch.Generator = None, sigmas=None):
     among the two largest; t_m is uniform among grid points with t_e < s_k < t_s.
     `sigmas` defaults to the warped 8-step grid at shift 5; pass another grid for other shifts.
     """
-    s = _check_sigmas(default_training_sigmas() if sigmas is None else sigmas)
+    s = check_sigmas(default_training_sigmas() if sigmas is None else sigmas, where="sc_triplet")
     num_steps = s.numel() - 1                                    # K
     if not isinstance(exit_index, int) or not 0 <= exit_index < num_steps:
         raise ValueError(f"exit_index={exit_index!r}: expected an integer step index in 0..{num_steps - 1}")

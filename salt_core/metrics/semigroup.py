@@ -7,6 +7,8 @@ triplets (s_k, s_{k+1}, s_{k+2}) at real rollout states x, with the Euler operat
 """
 import torch
 
+from ..validate import check_sigmas
+
 
 def _grid_index(sigma: float, grid: torch.Tensor) -> int:
     """Index of `sigma` in the grid (tolerance 1e-6), or a ValueError naming the grid."""
@@ -34,7 +36,7 @@ def semigroup_defects(velocity_fn, states, sigmas=None) -> torch.Tensor:
                              f"or pass the grid as sigmas=")
         grid = torch.tensor(levels + [0.0], dtype=torch.float64)
     else:
-        grid = torch.as_tensor(sigmas, dtype=torch.float64).flatten()
+        grid = check_sigmas(sigmas, where="semigroup_defects")
     rows = []
     for sigma, x in states:
         k = _grid_index(float(sigma), grid)

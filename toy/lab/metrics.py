@@ -20,6 +20,7 @@ Knows nothing of models or samplers (except the semigroup hook's callable).
 """
 import torch
 
+from ..denoiser import FlowDenoiser
 from .posterior import clean_posterior
 
 
@@ -174,8 +175,5 @@ def bootstrap_intervals(metric_fn, num_items: int, num_resamples: int = 200, see
 
 def semigroup_hook(model, context):
     """velocity_fn(x, σ) -> v for salt_core.metrics.semigroup on a bidirectional velocity model."""
-    def velocity_fn(x, sigma):
-        t = torch.full((x.shape[0],), 1000.0 * float(sigma), dtype=torch.float64)
-        return model(x, t, context)
-    return velocity_fn
+    return FlowDenoiser(model, context).velocity
 
