@@ -20,7 +20,7 @@ Knows nothing of models or samplers (except the semigroup hook's callable).
 """
 import torch
 
-from ..denoiser import FlowDenoiser
+from ...salt_core.denoiser import FlowDenoiser
 from .posterior import clean_posterior
 
 
