@@ -9,9 +9,9 @@ from comfyui_salt.salt_core.metrics import (clip_features, drift_curves, evaluat
                                             format_table, frechet_distance, reference_features, score_table,
                                             toy_score)
 from comfyui_salt.salt_core.toy import corrupt
-from comfyui_salt.salt_core.toy.world import PRESETS, reflect, sample_batch, trajectory, with_frames
+from comfyui_salt.salt_core.toy.world import TOY_WORLD_PRESETS, reflect, sample_batch, trajectory, with_frames
 
-CFG = PRESETS["default"]
+CFG = TOY_WORLD_PRESETS["default"]
 NUM = 48
 
 
