@@ -121,7 +121,7 @@ def check_fields(cfg, where: str) -> None:
         if rule is None:
             continue
         value = getattr(cfg, f.name)
-        for item in (value if isinstance(value, tuple) else (value,)):
+        for item in (value if isinstance(value, (tuple, list)) else (value,)):   # lists: from config.json
             if rule["choices"] and item not in rule["choices"]:
                 raise ValueError(f"{where}: {f.name}={item!r}; expected one of {tuple(rule['choices'])}")
             if rule["count"] is not None:
