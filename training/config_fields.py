@@ -50,7 +50,7 @@ def grouped(group: str):
 
 def _kind(f: dataclasses.Field) -> type:
     """The scalar type of a field's values (a tuple field: the type of its default's items, str if empty)."""
-    if f.type is tuple or isinstance(f.default, tuple):
+    if isinstance(f.default, tuple):
         return type(f.default[0]) if f.default else str
     return f.type if f.type in SCALARS else type(f.default)
 
@@ -68,16 +68,15 @@ def parse_value(f: dataclasses.Field, text: str, *, where: str = ""):
     other word is an error), ints, floats, strings, or a comma tuple ('8,4,2'). Errors name the key, the text,
     what was expected and an example."""
     kind = _kind(f)
-    if kind is bool and not isinstance(f.default, tuple):
+    if f.type is bool:
         return parse_bool(f.name, text, where=where)
     try:
         if isinstance(f.default, tuple):
             return tuple(kind(v.strip()) for v in str(text).split(",") if v.strip())
         return kind(text)
     except ValueError:
-        example = ",".join(str(v) for v in f.default) if isinstance(f.default, tuple) else f.default
         raise ValueError(f"{where + ': ' if where else ''}{f.name}={text!r}; expected {_describe(f)}, e.g. "
-                         f"{f.name}={example}") from None
+                         f"{f.name}={_show(f.default)}") from None
 
 
 def field_map(cls) -> dict:
