@@ -6,18 +6,16 @@ into ComfyUI's progress bar; Cancel is raised from that callback, so the job fir
 checkpoint. The trained student is exported (training.files.export_student) and published as
 `models/diffusion_models/salt/<name>.safetensors` for SaltLoadCausalModel. Knows nothing of the losses.
 """
-import dataclasses
 import logging
 import os
-import re
 
 from ..toy.jobs import distill_world
 from ..training.distill import run_distillation
-from ..training.distill_config import PRESETS, DistillConfig, get_preset
+from ..training.config_fields import parse_overrides
+from ..training.distill_config import DISTILL_PRESETS, RENAMED, DistillConfig, get_preset
 from ..training.distill_models import fill_prompt_cache, prompt_cache_path
 from ..training.files import export_student
 from ..training.runs import check_run_name, publish_student
-from ..training.validate import parse_bool
 from .bridge import (Progress, clip_text_encoder, diffusion_model_files, diffusion_model_path, diffusion_models_directory,
                      free_memory_for_training, interrupt_requested, io, output_directory, raise_interrupted,
                      torch_device, training_mode)
@@ -27,44 +25,13 @@ log = logging.getLogger("salt.nodes")
 
 RUNS_FOLDER = "salt_runs"          # under ComfyUI's output folder
 PUBLISH_FOLDER = "salt"            # under models/diffusion_models
-TOY_TEACHER, FROM_TEACHER = "toy", "teacher"
+TOY_SOURCE, FROM_TEACHER = "toy", "teacher"   # model-source words of the dropdowns (DistillConfig.teacher / *_init)
 # Fields with their own widget (so `overrides` cannot set them).
 WIDGET_FIELDS = ("teacher", "student_init", "critic_init", "gen_steps", "batch_size", "seed")
 
 
 class TrainingCancelled(KeyboardInterrupt):
     """Raised from the job's callback on Cancel; run_distillation saves a checkpoint when its callback raises."""
-
-
-def _parse_value(key: str, text: str, default):
-    """One override value typed like the field's default (bool, int, float, str, or a comma tuple)."""
-    try:
-        if isinstance(default, bool):
-            return parse_bool(key, text)
-        if isinstance(default, tuple):
-            kind = type(default[0]) if default else str
-            return tuple(kind(v) for v in text.split(",") if v.strip())
-        return type(default)(text)
-    except ValueError:
-        raise ValueError(f"SaltDistill: overrides: {key}={text!r} is not a valid {type(default).__name__} "
-                         f"(default {default!r}); e.g. critic_ratio=1; step_choices=8,4,2; sc_symmetric=true") from None
-
-
-def parse_overrides(text: str) -> dict:
-    """'key=value; key=value' (or one per line) → typed DistillConfig fields; errors name the key and the fix."""
-    defaults = {f.name: f.default for f in dataclasses.fields(DistillConfig)}
-    out = {}
-    for item in re.split(r"[;\n]", text or ""):
-        if not item.strip():
-            continue
-        key, eq, value = (part.strip() for part in item.partition("="))
-        if not eq or key not in defaults:
-            raise ValueError(f"SaltDistill: overrides: {item.strip()!r} is not `field=value` with a DistillConfig "
-                             f"field; known fields: {sorted(defaults)}")
-        if key in WIDGET_FIELDS:
-            raise ValueError(f"SaltDistill: overrides: {key} has its own widget; set it there instead")
-        out[key] = _parse_value(key, value, defaults[key])
-    return out
 
 
 def _model_source(value: str, allowed: str, what: str) -> str:
@@ -80,18 +47,22 @@ def _model_source(value: str, allowed: str, what: str) -> str:
 def distill_config(preset: str, teacher: str, student_init: str, critic_init: str, gen_steps: int, batch_size: int,
                    seed: int, overrides: str = "") -> DistillConfig:
     """The job's DistillConfig: preset + widgets + overrides (file names resolved to paths)."""
-    if preset not in PRESETS:
-        raise ValueError(f"SaltDistill: preset={preset!r}; expected one of {list(PRESETS)}")
-    if teacher == TOY_TEACHER and not PRESETS[preset].world:
+    try:
+        base = get_preset(preset)
+    except KeyError as e:
+        raise ValueError(f"SaltDistill: preset={preset!r}: {e.args[0]}") from None
+    if teacher == TOY_SOURCE and not base.world:
         raise ValueError(f"SaltDistill: teacher='toy' with the real-scale preset {preset!r}; pick a Wan 2.1 teacher "
                          f"file from models/diffusion_models, or a toy-* preset")
-    fields = dict(teacher=_model_source(teacher, TOY_TEACHER, "teacher"),
+    fields = dict(teacher=_model_source(teacher, TOY_SOURCE, "teacher"),
                   student_init=_model_source(student_init, FROM_TEACHER, "student_init"),
                   critic_init=_model_source(critic_init, FROM_TEACHER, "critic_init"),
-                  gen_steps=gen_steps or PRESETS[preset].gen_steps, batch_size=batch_size or PRESETS[preset].batch_size,
+                  gen_steps=gen_steps or base.gen_steps, batch_size=batch_size or base.batch_size,
                   seed=seed, threads=0)   # threads 0: keep ComfyUI's
+    typed = parse_overrides(DistillConfig, overrides, where="SaltDistill: overrides", renamed=RENAMED,
+                            reserved={k: "has its own widget; set it there instead" for k in WIDGET_FIELDS})
     try:
-        return get_preset(preset, **{**fields, **parse_overrides(overrides)})
+        return get_preset(preset, **{**fields, **typed})
     except (KeyError, ValueError) as e:
         raise ValueError(f"SaltDistill: {e}") from e
 
@@ -174,10 +145,10 @@ class SaltDistill(io.ComfyNode):
                         "need Wan 2.1 files, overrides prompts_file=... and the prompt embeddings: ComfyUI's umT5 on the "
                         "clip input, or overrides text_encoder=... (a Hugging Face umT5 folder).",
             inputs=[
-                io.Combo.Input("preset", options=list(PRESETS), default="toy-salt",
+                io.Combo.Input("preset", options=list(DISTILL_PRESETS), default="toy-salt",
                                tooltip="A training/distill_config.py preset: toy-* in the toy world (CPU), the "
                                        "others real scale (Self Forcing, Causal Forcing, LongLive, bidirectional)."),
-                io.Combo.Input("teacher", options=[TOY_TEACHER] + files, default=TOY_TEACHER,
+                io.Combo.Input("teacher", options=[TOY_SOURCE] + files, default=TOY_SOURCE,
                                tooltip="'toy': the shipped toy teacher; or a teacher file in models/diffusion_models "
                                        "(any layout)."),
                 io.Combo.Input("student_init", options=[FROM_TEACHER] + files, default=FROM_TEACHER,
@@ -200,8 +171,9 @@ class SaltDistill(io.ComfyNode):
                 io.String.Input("overrides", default="", multiline=True, optional=True,
                                 placeholder="critic_ratio=1; eval_clips=4",
                                 tooltip="Further DistillConfig fields as field=value, separated by ';' or new lines "
-                                        "(e.g. lr_gen=1e-5; step_choices=8,4,2; eval_every=0). Unknown fields are "
-                                        "rejected with the list of known ones."),
+                                        "(e.g. lr_gen=1e-5; step_choices=8,4,2; sc_symmetric=true), parsed as the "
+                                        "CLI's flags are (README 'Settings' lists every field). Unknown fields are "
+                                        "rejected with a did-you-mean and the list of known ones."),
                 io.Clip.Input("clip", optional=True,
                               tooltip="Real-scale presets: ComfyUI's umT5 (Load CLIP, type 'wan') embeds the "
                                       "prompts_file once into the run folder (a resumed run does not need it). "

@@ -14,14 +14,15 @@ from ..salt_core.schedules import MAX_NFE
 from ..toy.metrics.score import format_table, score_table
 from ..toy.text import ToyTextEncoder
 from ..toy.world import TOY_SHIFT, get_world
-from ..training.distill_config import PRESETS, get_preset
+from ..training.distill_config import DISTILL_PRESETS, get_preset
 from ..training.distill_eval import defect_report, format_defect_report, sample_student
 from .bridge import io, load_for_sampling, ui
 from .streaming import text_context
 from .types import SaltModel, SaltModelType
 
-TOY_PRESET, WAN_PRESET = "toy-dmd", "causal-forcing-dmd"   # sizes, shift and chunking of the measured rollouts
-WAN_SHIFT = PRESETS[WAN_PRESET].shift
+# Distillation presets whose sizes, shift and chunking the measured rollouts use.
+TOY_DISTILL_PRESET, WAN_DISTILL_PRESET = "toy-dmd", "self-forcing-dmd"
+WAN_SHIFT = DISTILL_PRESETS[WAN_DISTILL_PRESET].shift
 COLUMNS = ["toy_score", "sharpness_error", "adherence", "direction_ok", "smoothness_px", "dynamic_px", "flicker"]
 DEFAULT_PROMPTS = ("a red disc moving left on a dark background\na blue square moving up on a light background\n"
                    "a green bar moving right on a dark background\na yellow disc moving down on a light background")
@@ -41,12 +42,12 @@ def measure_config(salt: SaltModel, latent=None):
     """The DistillConfig whose sizes / shift / chunking the rollouts use (toy world, or the LATENT's size for Wan)."""
     kind = "causal" if salt.causal else "bidirectional"
     if salt.latent_format == "pixels":
-        return get_preset(TOY_PRESET, student_kind=kind)
+        return get_preset(TOY_DISTILL_PRESET, student_kind=kind)
     if latent is None:
         raise ValueError(f"SaltSemigroupDefect: {salt.name} is not a toy-world model; connect `latent` (e.g. "
                          f"EmptyHunyuanLatentVideo) to set the video size, and `positive` for the prompt")
     _, _, frames, height, width = latent["samples"].shape
-    cfg = get_preset(WAN_PRESET, student_kind=kind)
+    cfg = get_preset(WAN_DISTILL_PRESET, student_kind=kind)
     if frames % cfg.chunk_frames:
         raise ValueError(f"SaltSemigroupDefect: latent has {frames} latent frames; expected a multiple of "
                          f"{cfg.chunk_frames} (pixel length 4·F−3, e.g. 33 → 9 latent frames)")

@@ -12,7 +12,7 @@ from ..salt_core.validate import check_number
 from .bridge import io, ksampler
 
 # Raw (un-shifted, 0..1000) timestep lists of the named presets; "uniform" uses `nfe`, "custom" the text.
-PRESETS = {
+SIGMA_PRESETS = {
     "uniform": None,
     "self_forcing_4step": INFERENCE_GRID_RAW,     # [1000, 750, 500, 250]
     "2step": [1000.0, 500.0],
@@ -36,8 +36,8 @@ def parse_raw_steps(text: str) -> list:
 
 def fewstep_sigmas(preset: str, nfe: int, shift: float, custom_steps: str = "") -> torch.Tensor:
     """SIGMAS (K+1,) float32 ending at 0 for a preset (or `nfe` uniform steps, or a custom raw list)."""
-    if preset not in PRESETS:
-        raise ValueError(f"SaltFewStepSigmas: preset={preset!r}; expected one of {list(PRESETS)}")
+    if preset not in SIGMA_PRESETS:
+        raise ValueError(f"SaltFewStepSigmas: preset={preset!r}; expected one of {list(SIGMA_PRESETS)}")
     check_number("shift", shift, where="SaltFewStepSigmas", low=0, low_open=True,
                  fix=f"Wan uses 5.0, the toy world {TOY_SHIFT:g}")
     if preset == "uniform":
@@ -48,7 +48,7 @@ def fewstep_sigmas(preset: str, nfe: int, shift: float, custom_steps: str = "") 
     elif preset == "custom":
         raw = parse_raw_steps(custom_steps)
     else:
-        raw = PRESETS[preset]
+        raw = SIGMA_PRESETS[preset]
     try:
         return get_sigmas_warped(raw, shift).float()
     except ValueError as e:
@@ -68,7 +68,7 @@ class SaltFewStepSigmas(io.ComfyNode):
                         "shift σ' = sσ/(1+(s-1)σ), ending at 0. self_forcing_4step = [1000, 750, 500, 250]; "
                         "at shift 5 → σ = [1, 0.9375, 0.8333, 0.625, 0].",
             inputs=[
-                io.Combo.Input("preset", options=list(PRESETS), default="self_forcing_4step",
+                io.Combo.Input("preset", options=list(SIGMA_PRESETS), default="self_forcing_4step",
                                tooltip="uniform: `nfe` evenly spaced raw steps; self_forcing_4step: [1000, 750, 500, "
                                        "250]; 2step: [1000, 500]; training_8step: the 8-step training grid; custom: "
                                        "the list in custom_steps."),

@@ -118,16 +118,16 @@ def first_frames(salt: SaltModel, width: int, height: int, batch: int, image=Non
 
 
 def stream(salt: SaltModel, positive, options: CacheOptions, sigmas, seed: int, num_chunks: int, width: int,
-           height: int, batch_size: int = 1, sampling: str = "stochastic", cfg: float = 1.0, negative=None,
+           height: int, batch_size: int = 1, sampling: str = "stochastic", cfg_scale: float = 1.0, negative=None,
            switch_positive=None, switch_at_chunk: int = 0, first: torch.Tensor = None) -> torch.Tensor:
     """Generate num_chunks × chunk_frames latent frames, after the clean `first` frames (B, C, n0, H, W) if given
     (image-to-video: they are written to the cache and returned first); model-space latents on CPU."""
     with torch.no_grad():
-        return _stream(salt, positive, options, sigmas, seed, num_chunks, width, height, batch_size, sampling, cfg,
-                       negative, switch_positive, switch_at_chunk, first)
+        return _stream(salt, positive, options, sigmas, seed, num_chunks, width, height, batch_size, sampling,
+                       cfg_scale, negative, switch_positive, switch_at_chunk, first)
 
 
-def _stream(salt, positive, options, sigmas, seed, num_chunks, width, height, batch_size, sampling, cfg, negative,
+def _stream(salt, positive, options, sigmas, seed, num_chunks, width, height, batch_size, sampling, cfg_scale, negative,
             switch_positive, switch_at_chunk, first) -> torch.Tensor:
     """`stream` without the autograd-mode handling."""
     if not salt.causal:
@@ -145,16 +145,16 @@ def _stream(salt, positive, options, sigmas, seed, num_chunks, width, height, ba
                          f"max_frames={policy.max_frames}; raise max_frames in SaltCacheOptions or use a rolling / "
                          f"sink cache for long videos")
     sig = check_sigmas(sigmas, where="SaltStreamingSampler")
-    check_number("cfg", cfg, where="SaltStreamingSampler", low=0, fix="1.0 turns guidance off")
+    check_number("cfg", cfg_scale, where="SaltStreamingSampler", low=0, fix="1.0 turns guidance off")
     shape = latent_shape(salt, batch_size, frames, width, height)
     need = stream_memory_bytes(salt.model.cfg, batch_size, frames + num_first, shape[-2:], policy,
-                               options.chunk_frames, cfg, salt.model.patch_embedding.weight.dtype)
+                               options.chunk_frames, cfg_scale, salt.model.patch_embedding.weight.dtype)
     load_for_sampling(salt.patcher, need)      # as ComfyUI's samplers: onto the compute device, others freed for room
     context = text_context(positive, salt, batch_size, "positive")
     uncond = None
-    if cfg != 1.0:
+    if cfg_scale != 1.0:
         if negative is None:
-            raise ValueError(f"SaltStreamingSampler: cfg={cfg} needs a negative conditioning; connect one or set "
+            raise ValueError(f"SaltStreamingSampler: cfg={cfg_scale} needs a negative conditioning; connect one or set "
                              f"cfg to 1.0 (distilled students run without guidance)")
         uncond = text_context(negative, salt, batch_size, "negative")
     switches = {}
@@ -183,7 +183,7 @@ def _stream(salt, positive, options, sigmas, seed, num_chunks, width, height, ba
 
     chunks = rollout_stream(salt.model, noise, context, sig, policy=policy, chunk_frames=options.chunk_frames,
                             context_noise=options.context_noise, stochastic=sampling == "stochastic",
-                            generator=renoise, callback=callback, prompt_switches=switches, cfg_scale=cfg,
+                            generator=renoise, callback=callback, prompt_switches=switches, cfg_scale=cfg_scale,
                             uncond_context=uncond, memory_limit=free,
                             first_frames=None if first is None else first.to(ref.device, ref.dtype))
     out = []
@@ -299,6 +299,7 @@ class SaltStreamingSampler(io.ComfyNode):
                 cfg, negative=None, switch_positive=None, switch_at_chunk=2, start_image=None, vae=None,
                 start_latent=None) -> io.NodeOutput:
         first = first_frames(model, width, height, batch_size, start_image, vae, start_latent)
+        # `cfg` is the widget's id (ComfyUI's name for the guidance scale, as on KSampler): stream's cfg_scale
         x = stream(model, positive, cache_options, sigmas, seed, num_chunks, width, height, batch_size, sampling,
                    cfg, negative, switch_positive, switch_at_chunk, first)
         return io.NodeOutput({"samples": latent_to_comfy(x, model.latent_format)})

@@ -12,7 +12,7 @@ from .bridge import io, model_offload_device, model_patcher
 from .types import SaltModel, SaltModelType
 
 TOY_ASSETS = {"toy_salt_student": TOY_STUDENT, "toy_teacher": TOY_TEACHER}   # first: the default
-TOY_PRESET = "toy"                          # the toy model's WanConfig preset (text_dim 32, text_len 8)
+TOY_MODEL_PRESET = "toy"                          # the toy model's WanConfig preset (text_dim 32, text_len 8)
 
 
 def load_toy_model(asset: str, path: str = None) -> SaltModel:
@@ -31,7 +31,7 @@ def load_toy_model(asset: str, path: str = None) -> SaltModel:
 
 def toy_conditioning(text: str) -> list:
     """CONDITIONING [[(1, text_len, text_dim) embeddings, {}]] of one toy caption."""
-    cfg = get_config(TOY_PRESET)
+    cfg = get_config(TOY_MODEL_PRESET)
     encoder = ToyTextEncoder(text_dim=cfg.text_dim, max_tokens=cfg.text_len)
     try:
         return [[encoder.encode([text]), {}]]

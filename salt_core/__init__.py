@@ -11,7 +11,7 @@ Knows nothing of ComfyUI, files or training loops. The stable public API (see RE
     CachePolicy.full / .rolling / .sink; rollout_stream(...) / stream_video(...)
     extract_lora(base_sd, student_sd, rank) -> (lora_sd, reports); apply_lora(sd, lora_sd)   # ComfyUI LoRA keys
 """
-from .config import PRESETS, WanConfig, get_config
+from .config import MODEL_PRESETS, WanConfig, get_config
 from .denoiser import FlowDenoiser
 from .kv_cache import CachePolicy, KVCache
 from .layouts import (LAYOUTS, LayoutError, adopt_weights, detect_layout, from_wan_state_dict, load_into,
@@ -22,8 +22,11 @@ from .samplers import sample_euler, sample_fewstep_deterministic, sample_fewstep
 from .schedules import get_sigmas_fewstep, get_sigmas_uniform, get_sigmas_warped, shift_sigma
 from .streaming import rollout_stream, stream_video
 
+PRESETS = MODEL_PRESETS   # the 0.x name of MODEL_PRESETS, kept for existing imports
+
 __all__ = [
-    "PRESETS", "WanConfig", "get_config", "FlowDenoiser", "CachePolicy", "KVCache", "LAYOUTS", "LayoutError",
+    "MODEL_PRESETS", "PRESETS", "WanConfig", "get_config", "FlowDenoiser", "CachePolicy", "KVCache", "LAYOUTS",
+    "LayoutError",
     "adopt_weights", "detect_layout", "from_wan_state_dict", "load_into", "to_wan_state_dict", "BlockCausal",
     "WanModel", "build_model", "sample_euler", "sample_fewstep_deterministic", "sample_fewstep_stochastic",
     "get_sigmas_fewstep", "get_sigmas_uniform", "get_sigmas_warped", "shift_sigma", "rollout_stream", "stream_video",

@@ -1,19 +1,34 @@
-"""Wan 2.1 transformer configuration: one typed dataclass and named presets.
+"""Wan 2.1 transformer configuration: one typed dataclass and named presets (MODEL_PRESETS); and the one
+unknown-key check every config dataclass uses (check_keys / strict_from_dict).
 
 Knows nothing of files, ComfyUI or training. Field names follow the original Wan config.
 """
 from dataclasses import dataclass, fields, asdict
+import difflib
 import json
 
 from .validate import MAX_ROPE_TABLE_BYTES, check_count, check_memory, check_number, rope_table_bytes
 
 
-def strict_from_dict(cls, d: dict):
-    """A dataclass `cls` from a dict, rejecting unknown keys by name (with the known ones listed)."""
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(d) - known)
+def check_keys(cls, keys, *, where: str = "", renamed: dict | None = None) -> None:
+    """Refuse keys that are not fields of the dataclass `cls`: a renamed key names its new name (`renamed`:
+    {old: "new, and how to convert"}), an unknown one its closest fields (did you mean) and every known field."""
+    keys = list(keys)
+    where = where or cls.__name__
+    old = sorted(k for k in set(keys) if renamed and k in renamed)
+    if old:
+        raise ValueError(f"{where}: " + "; ".join(f"{k} was renamed to {renamed[k]}" for k in old))
+    known = [f.name for f in fields(cls)]
+    unknown = sorted(set(keys) - set(known))
     if unknown:
-        raise ValueError(f"{cls.__name__}: unknown keys {unknown}; expected a subset of {sorted(known)}")
+        close = {k: difflib.get_close_matches(k, known, n=3, cutoff=0.6) for k in unknown}
+        hint = "; ".join(f"{k}: did you mean {' or '.join(c)}?" for k, c in close.items() if c)
+        raise ValueError(f"{where}: unknown keys {unknown}{'; ' + hint if hint else ''}; known keys: {sorted(known)}")
+
+
+def strict_from_dict(cls, d: dict, *, where: str = "", renamed: dict | None = None):
+    """A dataclass `cls` from a dict, unknown keys rejected by check_keys."""
+    check_keys(cls, d, where=where, renamed=renamed)
     return cls(**d)
 
 
@@ -83,7 +98,7 @@ def validate_wan_config(cfg: "WanConfig") -> None:
 # toy preset, not in the toy wing (comfyui_salt.toy), so training's config defaults can read it.
 TOY_SHIFT = 3.0
 
-PRESETS = {
+MODEL_PRESETS = {
     "wan2.1-t2v-1.3b": WanConfig(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30),
     "wan2.1-t2v-14b": WanConfig(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40),
     # Tiny configs for tests: Wan-shaped, seconds on a CPU.
@@ -106,6 +121,6 @@ PRESETS = {
 
 def get_config(name: str) -> WanConfig:
     """Look up a preset by name with an error listing the choices."""
-    if name not in PRESETS:
-        raise KeyError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
-    return PRESETS[name]
+    if name not in MODEL_PRESETS:
+        raise KeyError(f"unknown model preset {name!r}; choose one of {sorted(MODEL_PRESETS)}")
+    return MODEL_PRESETS[name]

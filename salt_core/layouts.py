@@ -18,7 +18,7 @@ from collections.abc import Mapping
 
 import torch
 
-from .config import PRESETS, WanConfig
+from .config import MODEL_PRESETS, WanConfig
 from .model import WanModel
 
 log = logging.getLogger(__name__)
@@ -327,7 +327,7 @@ def infer_config(sd: Mapping, num_heads: int = None) -> WanConfig:
     missing = [k for k in needed if k not in sd]
     if missing:
         raise LayoutError(f"infer_config: cannot infer the model config, missing {missing}; normalise the "
-                          f"checkpoint with to_wan_state_dict first or pick a preset from {sorted(PRESETS)}")
+                          f"checkpoint with to_wan_state_dict first or pick a preset from {sorted(MODEL_PRESETS)}")
     dim, in_dim, *patch = sd["patch_embedding.weight"].shape  # (dim, C, pt, ph, pw)
     blocks = {int(m.group(1)) for m in map(_BLOCK_KEY.match, sd) if m}
     if num_heads is None:
@@ -344,7 +344,7 @@ def infer_config(sd: Mapping, num_heads: int = None) -> WanConfig:
 def match_preset(cfg: WanConfig) -> str:
     """The preset whose weight shapes equal `cfg`'s (head count ignored); None if none does."""
     shape_fields = ("dim", "ffn_dim", "num_layers", "patch_size", "in_dim", "out_dim", "text_dim", "freq_dim")
-    for name, preset in PRESETS.items():
+    for name, preset in MODEL_PRESETS.items():
         if all(getattr(preset, f) == getattr(cfg, f) for f in shape_fields):
             return name
     return None

@@ -3,6 +3,7 @@
 Zero and negative counts, fractional counts, wrong tensor ranks and widths, empty schedules and
 unknown words for booleans, through the Python API, node overrides and the CLI.
 """
+import dataclasses
 import subprocess
 import sys
 
@@ -17,9 +18,10 @@ from comfyui_salt.salt_core.streaming import stream_video
 from comfyui_salt.salt_core.validate import parse_bool
 from comfyui_salt.training.distill_config import DistillConfig, get_preset
 from comfyui_salt.training.teacher import TeacherConfig
-from comfyui_salt.training.validate import _DISTILL_COUNTS
 
-COUNTS_FROM_ONE = [name for name, minimum in _DISTILL_COUNTS if minimum == 1]
+# int fields whose declaration says "a count >= 1" (the rule read from the field metadata, as validation does)
+COUNTS_FROM_ONE = [f.name for f in dataclasses.fields(DistillConfig) if f.metadata["rule"]["count"] == 1
+                   and f.type is int]
 
 
 @pytest.fixture(scope="module")

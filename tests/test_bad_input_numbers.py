@@ -6,6 +6,7 @@ error naming the argument and the value; a training step whose loss terms are mo
 the run with an error naming the term, after saving. The independent reference is the value itself:
 each case feeds a value the rule must refuse and checks the refusal names it.
 """
+import dataclasses
 import json
 import math
 import subprocess
@@ -24,7 +25,9 @@ from comfyui_salt.training.common import check_loss_terms
 from comfyui_salt.training.distill_config import DistillConfig, get_preset
 from comfyui_salt.training.files import load_model, save_model
 from comfyui_salt.training.teacher import TeacherConfig
-from comfyui_salt.training.validate import _DISTILL_FLOATS, _TEACHER_FLOATS
+
+DISTILL_FLOATS = [f.name for f in dataclasses.fields(DistillConfig) if f.type is float]   # every float field
+TEACHER_FLOATS = [f.name for f in dataclasses.fields(TeacherConfig) if f.type is float]
 
 NAN, INF = float("nan"), float("inf")
 NON_FINITE = [NAN, INF, -INF]
@@ -102,7 +105,7 @@ def test_stream_video_refuses_non_finite_arguments(toy, kw):
 
 
 # -- configs ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("field", [f[0] for f in _DISTILL_FLOATS])
+@pytest.mark.parametrize("field", DISTILL_FLOATS)
 @pytest.mark.parametrize("value", NON_FINITE)
 def test_every_float_of_the_distillation_config_refuses_nan_and_inf(field, value):
     with pytest.raises(ValueError, match=f"DistillConfig: {field}="):
@@ -118,7 +121,7 @@ def test_distillation_floats_outside_their_range_are_refused(field, value):
         DistillConfig(**{field: value})
 
 
-@pytest.mark.parametrize("field", [f[0] for f in _TEACHER_FLOATS])
+@pytest.mark.parametrize("field", TEACHER_FLOATS)
 def test_every_float_of_the_teacher_config_refuses_nan(field):
     with pytest.raises(ValueError, match=f"TeacherConfig: {field}=nan"):
         TeacherConfig(**{field: NAN})

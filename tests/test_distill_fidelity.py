@@ -11,7 +11,7 @@ from comfyui_salt.salt_core.schedules import add_noise, randn_like
 from comfyui_salt.salt_core.losses import sample_dmd_timesteps
 from comfyui_salt.toy.jobs import distill_world
 from comfyui_salt.training.distill import Distiller, alignment_acts, ema_due, run_distillation
-from comfyui_salt.training.distill_config import PRESETS, DistillConfig, get_preset
+from comfyui_salt.training.distill_config import DISTILL_PRESETS, DistillConfig, get_preset
 from comfyui_salt.training.files import save_model
 from comfyui_salt.training.common import CheckpointManager
 
@@ -27,9 +27,9 @@ def first_iteration(cfg: DistillConfig, acts) -> int:
     return next((it for it in range(total) if acts(it)), None)
 
 
-@pytest.mark.parametrize("name", sorted(PRESETS))
+@pytest.mark.parametrize("name", sorted(DISTILL_PRESETS))
 def test_every_preset_starts_ema_and_alignment_before_its_last_update(name):
-    cfg = PRESETS[name]
+    cfg = DISTILL_PRESETS[name]
     if cfg.job != "dmd":
         return
     last_gen_iteration = (cfg.gen_steps - 1) * cfg.critic_ratio
@@ -51,9 +51,9 @@ def test_every_preset_starts_ema_and_alignment_before_its_last_update(name):
         assert cfg.align_weight > 0 or cfg.student_kind == "bidirectional", name
 
 
-@pytest.mark.parametrize("name", sorted(n for n in PRESETS if not n.startswith("toy-")))
+@pytest.mark.parametrize("name", sorted(n for n in DISTILL_PRESETS if not n.startswith("toy-")))
 def test_real_scale_presets_score_the_whole_clip_bidirectionally(name):
-    assert PRESETS[name].teacher_kind == "bidirectional"
+    assert DISTILL_PRESETS[name].teacher_kind == "bidirectional"
 
 
 def test_old_counter_names_are_refused_with_the_new_name_and_unit():

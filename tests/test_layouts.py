@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from comfyui_salt.salt_core import layouts
-from comfyui_salt.salt_core.config import PRESETS
+from comfyui_salt.salt_core.config import MODEL_PRESETS
 from comfyui_salt.salt_core.model import WanModel, build_model
 from comfyui_salt.training import files
 
@@ -71,7 +71,7 @@ def test_rename_refuses_names_it_does_not_know():
 @pytest.mark.parametrize("preset", ["tiny", "tiny-hd128"])
 def test_diffusers_names_and_shapes_equal_an_independently_built_WanTransformer3DModel(preset):
     diffusers = pytest.importorskip("diffusers")
-    reference = diffusers.WanTransformer3DModel(**diffusers_config(PRESETS[preset])).state_dict()
+    reference = diffusers.WanTransformer3DModel(**diffusers_config(MODEL_PRESETS[preset])).state_dict()
     ours = layouts.from_wan_state_dict(tiny_sd(preset), "diffusers")
     assert set(ours) == set(reference)
     assert {k: tuple(v.shape) for k, v in ours.items()} == {k: tuple(v.shape) for k, v in reference.items()}
@@ -92,7 +92,7 @@ def test_diffusers_single_file_loader_reads_our_file_as_our_table_says(tmp_path,
 
 def test_a_diffusers_model_normalised_into_ours_predicts_the_same_velocity():
     diffusers = pytest.importorskip("diffusers")
-    cfg = PRESETS["tiny-hd128"]
+    cfg = MODEL_PRESETS["tiny-hd128"]
     torch.manual_seed(2)
     reference = diffusers.WanTransformer3DModel(**diffusers_config(cfg)).eval()
     sd, layout = layouts.to_wan_state_dict(reference.state_dict())
@@ -210,14 +210,14 @@ def test_i2v_checkpoints_are_refused_as_not_supported_yet():
                       "blocks.0.cross_attn.k_img.weight": torch.zeros(64, 64)}
     hf, layout = layouts.to_wan_state_dict(layouts.from_wan_state_dict(sd, "diffusers"))
     assert layout == "diffusers"
-    for call in (lambda: layouts.infer_config(hf), lambda: layouts.check_state_dict(hf, PRESETS["tiny"])):
+    for call in (lambda: layouts.infer_config(hf), lambda: layouts.check_state_dict(hf, MODEL_PRESETS["tiny"])):
         with pytest.raises(layouts.LayoutError, match="I2V checkpoints are not supported yet"):
             call()
 
 
 def test_infer_config_recovers_every_shape_and_assumes_head_dim_128():
     cfg = layouts.infer_config(tiny_sd("tiny-hd128"))
-    assert cfg == dataclasses.replace(PRESETS["tiny-hd128"], text_len=cfg.text_len)  # text_len has no weights
+    assert cfg == dataclasses.replace(MODEL_PRESETS["tiny-hd128"], text_len=cfg.text_len)  # text_len has no weights
     assert layouts.match_preset(cfg) == "tiny-hd128"
     assert layouts.infer_config(tiny_sd("tiny"), num_heads=4).num_heads == 4
     with pytest.raises(layouts.LayoutError, match="num_heads"):
@@ -227,17 +227,17 @@ def test_infer_config_recovers_every_shape_and_assumes_head_dim_128():
 def test_check_state_dict_names_missing_unexpected_keys_shapes_and_the_preset_to_pick():
     sd = tiny_sd("tiny") | {"extra.weight": torch.zeros(1)}
     with pytest.raises(layouts.LayoutError) as info:
-        layouts.check_state_dict(sd, PRESETS["toy"], layout="comfyui")
+        layouts.check_state_dict(sd, MODEL_PRESETS["toy"], layout="comfyui")
     message = str(info.value)
     for word in ("'comfyui'", "missing", "blocks.2.", "unexpected", "extra.weight", "shape", "'tiny'"):
         assert word in message, word
-    layouts.check_state_dict(tiny_sd("toy"), PRESETS["toy"])
+    layouts.check_state_dict(tiny_sd("toy"), MODEL_PRESETS["toy"])
 
 
 def test_checking_foreign_names_says_to_normalise_first():
     hf = layouts.from_wan_state_dict(tiny_sd(), "diffusers")
     with pytest.raises(layouts.LayoutError, match="'diffusers'.*to_wan_state_dict"):
-        layouts.check_state_dict(hf, PRESETS["tiny"])
+        layouts.check_state_dict(hf, MODEL_PRESETS["tiny"])
 
 
 def test_adopt_weights_makes_the_parameters_the_given_tensors():
@@ -247,7 +247,7 @@ def test_adopt_weights_makes_the_parameters_the_given_tensors():
         assert value.data_ptr() == sd[key].data_ptr(), key
     assert all(p.requires_grad for p in model.parameters())
     with torch.device("meta"):
-        meta_model = WanModel(PRESETS["tiny"])
+        meta_model = WanModel(MODEL_PRESETS["tiny"])
     layouts.load_into(meta_model, sd)
     assert meta_model.patch_embedding.weight.data_ptr() == sd["patch_embedding.weight"].data_ptr()
 

@@ -91,7 +91,10 @@ def test_the_config_is_the_preset_with_widgets_files_and_typed_overrides(salt_no
 
 
 @pytest.mark.parametrize("kw, words", [
-    (dict(overrides="learning_rate=1"), ["learning_rate=1", "known fields", "critic_ratio"]),
+    (dict(overrides="learning_rate=1"), ["overrides: unknown keys ['learning_rate']", "known keys", "critic_ratio"]),
+    (dict(overrides="lr_gne=1e-5"), ["unknown keys ['lr_gne']", "did you mean lr_gen"]),
+    (dict(overrides="ema_start=20"), ["ema_start was renamed to ema_start_iter", "critic_ratio"]),
+    (dict(preset="toy-sc-single-k"), ["preset='toy-sc-single-k'", "folded into toy-sc-dmd"]),
     (dict(overrides="gen_steps=5"), ["gen_steps has its own widget"]),
     (dict(overrides="critic_ratio=fast"), ["critic_ratio='fast'", "int"]),
     (dict(overrides="sc_symmetric=maybe"), ["sc_symmetric='maybe'", "bool"]),

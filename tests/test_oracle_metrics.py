@@ -8,9 +8,9 @@ import torch
 from comfyui_salt.toy.metrics import (clip_features, drift_curves, evaluate, fit_bounce_path, fit_sprites,
                                       format_table, frechet_distance, reference_features, score_table, toy_score)
 from comfyui_salt.toy import corrupt
-from comfyui_salt.toy.world import PRESETS, reflect, sample_batch, trajectory, with_frames
+from comfyui_salt.toy.world import TOY_WORLD_PRESETS, reflect, sample_batch, trajectory, with_frames
 
-CFG = PRESETS["default"]
+CFG = TOY_WORLD_PRESETS["default"]
 NUM = 48
 
 

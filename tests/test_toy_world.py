@@ -8,11 +8,11 @@ import torch
 
 from comfyui_salt.toy import corrupt
 from comfyui_salt.toy.text import ToyTextEncoder
-from comfyui_salt.toy.world import (DIRECTION_VECTORS, PRESETS, ToyWorldConfig, caption, coverage,
+from comfyui_salt.toy.world import (DIRECTION_VECTORS, TOY_WORLD_PRESETS, ToyWorldConfig, caption, coverage,
                                               parse_caption, render, sample_batch, sample_params, trajectory,
                                               with_frames)
 
-CFG = PRESETS["default"]
+CFG = TOY_WORLD_PRESETS["default"]
 
 
 def simulate_bounces(start, velocity, lo, hi, num_frames):
@@ -83,7 +83,7 @@ def test_disc_coverage_has_the_area_of_its_radius():
 
 
 def test_trajectory_matches_a_step_by_step_bouncing_simulation():
-    for cfg in (CFG, PRESETS["fast"], ToyWorldConfig(subpixel_starts=True, speed=1.3)):
+    for cfg in (CFG, TOY_WORLD_PRESETS["fast"], ToyWorldConfig(subpixel_starts=True, speed=1.3)):
         for p in sample_params(cfg, 5, 40):
             (lx, hx), (ly, hy) = cfg.bounds(p.shape)
             ref = simulate_bounces(p.start, p.velocity(), (lx, ly), (hx, hy), 60)
@@ -110,7 +110,7 @@ def test_bounces_keep_the_whole_sprite_inside_the_frame():
 
 
 def test_the_caption_direction_is_the_motion_of_the_first_frames():
-    for cfg in (CFG, PRESETS["fast"]):
+    for cfg in (CFG, TOY_WORLD_PRESETS["fast"]):
         k = cfg.clear_frames - 1
         for p in sample_params(cfg, 9, 300):
             travel = trajectory(cfg, p)[k] - trajectory(cfg, p)[0]
@@ -118,7 +118,7 @@ def test_the_caption_direction_is_the_motion_of_the_first_frames():
 
 
 def test_the_sanity_preset_is_one_yellow_square_moving_right_on_dark():
-    params = sample_params(PRESETS["sanity"], 0, 20)
+    params = sample_params(TOY_WORLD_PRESETS["sanity"], 0, 20)
     assert {(p.shape, p.colour, p.direction, p.background) for p in params} == {("square", "yellow", "right", "dark")}
 
 
@@ -129,7 +129,7 @@ def test_world_config_rejects_unknown_keys_and_impossible_worlds():
         ToyWorldConfig(speed=8.0)
     with pytest.raises(ValueError, match="kind"):
         ToyWorldConfig(shapes=(("blob", "star", 2.0, 2.0),))
-    assert ToyWorldConfig.from_dict({"speed": 2.0}) == PRESETS["fast"]
+    assert ToyWorldConfig.from_dict({"speed": 2.0}) == TOY_WORLD_PRESETS["fast"]
 
 
 def test_corruptions_keep_shape_and_range_and_are_seeded():

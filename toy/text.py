@@ -12,7 +12,7 @@ stay exactly zero. Knows nothing of models or of how captions are rendered.
 """
 import torch
 
-from .world import DIRECTION_VECTORS, PRESETS, ToyWorldConfig
+from .world import DIRECTION_VECTORS, TOY_WORLD_PRESETS, ToyWorldConfig
 
 FILLER_WORDS = ("a", "an", "the", "moving", "on", "background", "in", "and", "with")
 POSITION_STD = 0.5   # std of the per-position vectors, relative to the word rows' N(0, 1)
@@ -32,7 +32,7 @@ class ToyTextEncoder:
         if text_dim < 1 or max_tokens < 1:
             raise ValueError(f"ToyTextEncoder: text_dim={text_dim}, max_tokens={max_tokens}; both must be >= 1")
         self.text_dim, self.seed, self.max_tokens = text_dim, seed, max_tokens
-        self.vocabulary = world_vocabulary(world if world is not None else PRESETS["default"])
+        self.vocabulary = world_vocabulary(world if world is not None else TOY_WORLD_PRESETS["default"])
         self.index = {w: i for i, w in enumerate(self.vocabulary)}
         gen = torch.Generator().manual_seed(seed)
         self.table = torch.randn(len(self.vocabulary), text_dim, generator=gen)          # (V, text_dim)

@@ -117,7 +117,7 @@ class ToyWorldConfig:
         return strict_from_dict(cls, d)
 
 
-PRESETS = {
+TOY_WORLD_PRESETS = {
     "default": ToyWorldConfig(),
     # Twice the speed: bounces happen within a 12-frame clip for most starts.
     "fast": ToyWorldConfig(speed=2.0),
@@ -129,9 +129,9 @@ PRESETS = {
 
 def get_world(name: str) -> ToyWorldConfig:
     """Look up a world preset by name with an error listing the choices."""
-    if name not in PRESETS:
-        raise KeyError(f"unknown toy-world preset {name!r}; choose one of {sorted(PRESETS)}")
-    return PRESETS[name]
+    if name not in TOY_WORLD_PRESETS:
+        raise KeyError(f"unknown toy-world preset {name!r}; choose one of {sorted(TOY_WORLD_PRESETS)}")
+    return TOY_WORLD_PRESETS[name]
 
 
 @dataclass(frozen=True)

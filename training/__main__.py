@@ -8,60 +8,10 @@ A front door: it builds the toy world's pieces for the jobs (comfyui_salt.toy.jo
 development harness (comfyui_salt.dev, present in a checkout, not in a built wheel).
 """
 import argparse
-import dataclasses
 import logging
 import sys
 
-
-def _tuple_of(kind):
-    def parse(s):
-        return tuple(kind(v) for v in s.split(",") if v.strip())
-    parse.__name__ = f"comma-separated {kind.__name__}s"
-    return parse
-
-
-def _bool(text: str) -> bool:
-    """true/false, yes/no, on/off, 1/0; any other word is an argparse error (never a silent False)."""
-    from .validate import parse_bool
-    try:
-        return parse_bool("value", text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-_bool.__name__ = "boolean"
-
-
-def _field_comments(cls) -> dict:
-    """{field: its trailing `# comment`} read from the dataclass source (the config's documentation)."""
-    import inspect
-    import re
-    out = {}
-    for line in inspect.getsource(cls).splitlines():
-        m = re.match(r"\s+(\w+)\s*:[^=]+=.*?#\s*(.+)$", line)
-        if m:
-            out[m.group(1)] = m.group(2).strip()
-    return out
-
-
-def _add_config_flags(parser, cls):
-    """One --flag per dataclass field, typed from its default; help = the field's comment + default."""
-    notes = _field_comments(cls)
-    for f in dataclasses.fields(cls):
-        default = f.default
-        kind = type(default) if default is not None and not isinstance(default, bool) else str
-        if isinstance(default, tuple):
-            kind = _tuple_of(type(default[0]) if default else str)
-        if isinstance(default, bool):
-            parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None, type=_bool,
-                                help=f"{notes.get(f.name, '')} (bool, default {default})")
-        else:
-            parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None, type=kind,
-                                help=f"{notes.get(f.name, '')} (default {default!r})")
-
-
-def _overrides(args, cls) -> dict:
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name) is not None}
+from .config_fields import add_config_flags, overrides_from_args
 
 
 def export(args) -> str:
@@ -105,7 +55,7 @@ def main(argv=None):
     p.add_argument("--out", required=True, help="run folder (checkpoints, metrics.jsonl); rerun to resume")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (schedule unchanged)")
     p.add_argument("--export", default=None, help="also write the EMA teacher to this .safetensors path at the end")
-    _add_config_flags(p, TeacherConfig)
+    add_config_flags(p, TeacherConfig)
     e = sub.add_parser("export-teacher", help="write the EMA weights of a teacher run's newest checkpoint")
     e.add_argument("--run", required=True, help="teacher run folder (the --out of `teacher`)")
     e.add_argument("--out", required=True, help="destination .safetensors (original Wan layout + config metadata)")
@@ -127,14 +77,16 @@ def main(argv=None):
     x.add_argument("--layout", default="wan", help="without --lora: layout of the written student "
                                                    "(wan, comfyui, diffusers, self_forcing)")
     q = sub.add_parser("distill", help="DMD / SC-DMD / Salt distillation or ODE-pair init; resumes automatically")
-    q.add_argument("--preset", required=True, help="a preset of training/distill_config.py PRESETS, e.g. toy-salt")
+    from .distill_config import DISTILL_PRESETS, DistillConfig
+    q.add_argument("--preset", required=True, metavar="PRESET",
+                   help=f"one of {', '.join(DISTILL_PRESETS)} (training/distill_config.py DISTILL_PRESETS); every "
+                        f"config flag below overrides one of its fields")
     q.add_argument("--out", required=True, help="run folder (checkpoints, metrics.jsonl, export/); rerun to resume")
     q.add_argument("--max-gen-steps", type=int, default=None, help="stop after this many generator steps")
     q.add_argument("--allow-changed-settings", action="store_true",
                    help="resume a run folder whose checkpoints were made with other settings (listed in the error "
                         "without this flag); the restored optimizer state is kept")
-    from .distill_config import DistillConfig
-    _add_config_flags(q, DistillConfig)
+    add_config_flags(q, DistillConfig)
     d = sub.add_parser("demo", help="the main job: toy-world generation, oracle metric table, preview GIF, workflow 1 in ComfyUI")
     d.add_argument("--out", default="out/demo", help="folder for preview.gif and salt_toy_streaming.webp")
     d.add_argument("--num-clips", type=int, default=16, help="prompts to generate per row")
@@ -160,7 +112,7 @@ def main(argv=None):
         from ..toy.evaluate import toy_evaluator
         from ..toy.jobs import teacher_world
         from .teacher import train_teacher
-        cfg = TeacherConfig(**_overrides(args, TeacherConfig))
+        cfg = TeacherConfig(**overrides_from_args(args, TeacherConfig))
         evaluate = toy_evaluator(cfg.world)
         model = train_teacher(cfg, args.out, evaluate=evaluate, max_steps=args.max_steps, world=teacher_world(cfg))
         if args.export:
@@ -168,11 +120,11 @@ def main(argv=None):
             save_model(model, args.export, layout="wan",
                        extra_metadata={"teacher_mode": cfg.mode, "train_steps": cfg.total_steps})
     elif args.command == "distill":
-        from .distill_config import DistillConfig, get_preset
+        from .distill_config import get_preset
         from ..toy.jobs import distill_world
         from .distill import run_distillation
         from .files import export_student
-        cfg = get_preset(args.preset, **_overrides(args, DistillConfig))
+        cfg = get_preset(args.preset, **overrides_from_args(args, DistillConfig))
         model = run_distillation(cfg, args.out, max_gen_steps=args.max_gen_steps,
                                  allow_changed_settings=args.allow_changed_settings, world=distill_world())
         for path in export_student(model, args.out):

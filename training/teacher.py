@@ -28,6 +28,7 @@ from ..salt_core.streaming import stream_video
 from ..salt_core.denoiser import FlowDenoiser
 from ..salt_core.samplers import sample_euler
 from ..salt_core.scorenet import teacher_forcing_forward
+from .config_fields import grouped
 from .runs import RunLock
 from .validate import validate_teacher_config
 from .common import (EMA, CheckpointManager, JsonlLog, check_stop, config_from_dict, cosine_lr, log, progress,
@@ -36,36 +37,44 @@ from .common import (EMA, CheckpointManager, JsonlLog, check_stop, config_from_d
 MODES = ("teacher_forcing", "bidirectional")
 
 
+_model, _opt = grouped("model and data"), grouped("optimiser and schedule")
+_noise, _runtime, _logs = grouped("training noise"), grouped("runtime"), grouped("checkpoints, evaluation, logs")
+
+
 @dataclass
 class TeacherConfig:
-    model_preset: str = "toy"          # salt_core.config preset of the teacher
-    world: str = "default"             # world preset, or "lab:<preset>" (the method lab's world); see `world`
-    mode: str = "teacher_forcing"      # one of MODES
-    chunk_frames: int = 3              # frames per AR chunk (teacher_forcing)
-    batch_size: int = 32               # clips per step
-    total_steps: int = 20000           # optimizer steps (the cosine schedule's length)
-    lr: float = 1e-3                   # AdamW peak learning rate
-    warmup_steps: int = 200            # linear warm-up
-    min_lr_ratio: float = 0.1          # cosine floor as a fraction of lr
-    beta1: float = 0.9                 # AdamW betas
-    beta2: float = 0.99
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0             # max grad norm
-    ema_decay: float = 0.999           # EMA of the weights (the shipped teacher is the EMA)
-    caption_dropout: float = 0.1       # probability of the empty prompt (CFG training)
-    logit_mean: float = 0.0            # σ = shift(sigmoid(N(mean, std)))
-    logit_std: float = 1.0
-    shift: float = TOY_SHIFT           # timestep shift applied to training σ (the toy world's shift)
-    seed: int = 0
-    threads: int = 2                   # torch CPU threads (fixed for bit-identical resume)
-    checkpoint_every: int = 250
-    eval_every: int = 500
-    eval_clips: int = 32
-    eval_steps: int = 40               # Euler steps for evaluation samples
-    eval_cfg: float = 3.0              # standard-form CFG scale for evaluation samples
-    log_every: int = 10
-    init_from: str = ""                # warm start: weights (model and EMA) from this safetensors file
-    init_step: int = 0                 # ... continuing the schedule and data order at this step
+    model_preset: str = _model("toy", "salt_core.config preset of the teacher")
+    world: str = _model("default", "toy world preset, or lab:<preset> (the method lab's world); see `TeacherWorld`")
+    mode: str = _model("teacher_forcing", "AR chunks attending to a clean copy, or one noise level per clip",
+                       choices=MODES)
+    chunk_frames: int = _model(3, "frames per AR chunk (teacher_forcing)", count=1)
+    batch_size: int = _model(32, "clips per step", count=1)
+    total_steps: int = _opt(20000, "optimizer steps (the cosine schedule's length)", count=1)
+    lr: float = _opt(1e-3, "AdamW peak learning rate", low=0, low_open=True)
+    warmup_steps: int = _opt(200, "linear warm-up", count=0)
+    min_lr_ratio: float = _opt(0.1, "cosine floor as a fraction of lr", low=0, high=1)
+    beta1: float = _opt(0.9, "AdamW beta1", low=0, high=1, high_open=True)
+    beta2: float = _opt(0.99, "AdamW beta2", low=0, high=1, high_open=True)
+    weight_decay: float = _opt(0.0, "AdamW weight decay", low=0)
+    grad_clip: float = _opt(1.0, "max grad norm", low=0, low_open=True)
+    ema_decay: float = _opt(0.999, "EMA of the weights (the shipped teacher is the EMA)", low=0, high=1,
+                            high_open=True)
+    caption_dropout: float = _noise(0.1, "probability of the empty prompt (CFG training)", low=0, high=1,
+                                    high_open=True)
+    logit_mean: float = _noise(0.0, "σ = shift(sigmoid(N(mean, std))): the mean")
+    logit_std: float = _noise(1.0, "... and the std", low=0, low_open=True)
+    shift: float = _noise(TOY_SHIFT, "timestep shift applied to training σ (the toy world's shift)", low=0,
+                          low_open=True)
+    seed: int = _runtime(0, "every step is seeded from (seed, rank, step)", count=0)
+    threads: int = _runtime(2, "torch CPU threads (fixed for bit-identical resume)", count=1)
+    checkpoint_every: int = _logs(250, "steps between checkpoints", count=1)
+    eval_every: int = _logs(500, "steps between evaluations; 0 disables", count=0)
+    eval_clips: int = _logs(32, "prompts per evaluation", count=1)
+    eval_steps: int = _logs(40, "Euler steps for evaluation samples", count=1)
+    eval_cfg: float = _logs(3.0, "standard-form CFG scale for evaluation samples", low=0, low_open=True)
+    log_every: int = _logs(10, "steps between metrics.jsonl lines", count=1)
+    init_from: str = _opt("", "warm start: weights (model and EMA) from this safetensors file")
+    init_step: int = _opt(0, "... continuing the schedule and data order at this step", count=0)
 
     def __post_init__(self):
         validate_teacher_config(self)

@@ -1,73 +1,40 @@
-"""Validation of training configs: every number finite and in range, every size a usable count.
+"""Validation of training configs: every field within the valid values its declaration states, and the rules
+that tie fields together.
 
-Called once from each config's __post_init__, so the CLI, the ComfyUI node, overrides and Python
-callers all meet the same rules (salt_core.validate holds the rules themselves). Errors name the
-field, the value, what was expected and the fix. Knows nothing of files or the loops.
+`validate_distill_config` / `validate_teacher_config` are each config's one validation entry, called from its
+__post_init__, so the CLI, the ComfyUI node, overrides, stored config.json files and Python callers all meet
+the same rules. Per-field rules (choices, counts, ranges) are read from the field metadata (config_fields);
+salt_core.validate holds the checks themselves. Errors name the field, the value, what was expected and the
+fix. Knows nothing of files or the loops.
 """
-from ..salt_core.schedules import MAX_NFE
-from ..salt_core.validate import check_count, check_number, parse_bool  # noqa: F401  (parse_bool: CLI, node)
-
-# (field, low, high, low_open, high_open) of DistillConfig floats
-_DISTILL_FLOATS = (
-    ("context_noise", 0, 1, False, True), ("shift", 0, None, True, False), ("guidance_scale", 0, None, True, False),
-    ("sc_weight", 0, None, False, False), ("align_weight", 0, None, False, False),
-    ("align_delta", 0, None, False, False), ("lr_gen", 0, None, True, False), ("lr_critic", 0, None, True, False),
-    ("beta1", 0, 1, False, True), ("beta2", 0, 1, False, True), ("beta1_critic", 0, 1, False, True),
-    ("beta2_critic", 0, 1, False, True), ("weight_decay", 0, None, False, False),
-    ("grad_clip", 0, None, True, False), ("ema_decay", 0, 1, False, True), ("memory_limit_gib", 0, None, False, False),
-)
-# DistillConfig counts and their minimum (0 where 0 means "off" / "from the start")
-_DISTILL_COUNTS = (
-    ("num_frames", 1), ("height", 1), ("width", 1), ("chunk_frames", 1), ("sink_frames", 0), ("sc_steps", 1),
-    ("align_start_iter", 0), ("align_block", 0), ("batch_size", 1), ("grad_accum", 1), ("gen_steps", 1),
-    ("critic_ratio", 1), ("ema_start_iter", 0), ("ode_pairs", 1), ("ode_teacher_steps", 1), ("seed", 0),
-    ("threads", 0), ("checkpoint_every", 1), ("eval_every", 0), ("eval_clips", 1), ("log_every", 1),
-)
+from ..salt_core.validate import check_count
+from .config_fields import check_fields
 
 
 def validate_distill_config(cfg) -> None:
-    """Refuse a DistillConfig with a non-finite number, a degenerate size or an inconsistent step mixture."""
+    """Refuse a DistillConfig with a field outside its declared values, or inconsistent fields: a cache window
+    that is neither -1 nor a count, an empty or unnormalised step mixture, clips not made of whole chunks."""
     where = "DistillConfig"
-    for name, low, high, low_open, high_open in _DISTILL_FLOATS:
-        check_number(name, getattr(cfg, name), where=where, low=low, high=high, low_open=low_open,
-                     high_open=high_open)
-    for name, minimum in _DISTILL_COUNTS:
-        check_count(name, getattr(cfg, name), where=where, minimum=minimum,
-                    fix="gen_steps counts generator updates (toy presets: 200)" if name == "gen_steps" else "")
+    check_fields(cfg, where)
     if cfg.local_attn_frames != -1:
         check_count("local_attn_frames", cfg.local_attn_frames, where=where, fix="-1 means a global cache")
     if not cfg.step_choices:
         raise ValueError(f"{where}: step_choices=(); expected at least one K, e.g. (4,) or (8, 4, 2)")
-    for k in cfg.step_choices:
-        check_count("step_choices", k, where=where, maximum=MAX_NFE)
-    for p in cfg.step_probs:
-        check_number("step_probs", p, where=where, low=0)
+    if len(cfg.step_choices) != len(cfg.step_probs):
+        raise ValueError(f"{where}: step_choices={tuple(cfg.step_choices)} and step_probs={tuple(cfg.step_probs)} "
+                         f"differ in length; expected one probability per K, e.g. 8,4,2 with 0.4,0.4,0.2")
     total = sum(float(p) for p in cfg.step_probs)
     if abs(total - 1) > 1e-6:
         raise ValueError(f"{where}: step_probs={tuple(cfg.step_probs)} sum to {total:g}; expected probabilities "
                          f"summing to 1, one per step_choices entry (Salt: 0.4,0.4,0.2)")
-    for k in cfg.eval_nfe:
-        check_count("eval_nfe", k, where=where, maximum=MAX_NFE)
-
-
-_TEACHER_FLOATS = (("lr", 0, None, True, False), ("min_lr_ratio", 0, 1, False, False), ("beta1", 0, 1, False, True),
-                   ("beta2", 0, 1, False, True), ("weight_decay", 0, None, False, False),
-                   ("grad_clip", 0, None, True, False), ("ema_decay", 0, 1, False, True),
-                   ("caption_dropout", 0, 1, False, True), ("logit_mean", None, None, False, False),
-                   ("logit_std", 0, None, True, False), ("shift", 0, None, True, False),
-                   ("eval_cfg", 0, None, True, False))
-_TEACHER_COUNTS = (("chunk_frames", 1), ("batch_size", 1), ("total_steps", 1), ("warmup_steps", 0), ("seed", 0),
-                   ("threads", 1), ("checkpoint_every", 1), ("eval_every", 0), ("eval_clips", 1),
-                   ("eval_steps", 1), ("log_every", 1), ("init_step", 0))
+    if cfg.num_frames % cfg.chunk_frames:
+        raise ValueError(f"{where}: num_frames={cfg.num_frames} is not a multiple of chunk_frames="
+                         f"{cfg.chunk_frames}; expected whole chunks, e.g. num_frames=12 with chunk_frames=3")
 
 
 def validate_teacher_config(cfg) -> None:
-    """Refuse a TeacherConfig with a non-finite number or a degenerate size."""
-    for name, low, high, low_open, high_open in _TEACHER_FLOATS:
-        check_number(name, getattr(cfg, name), where="TeacherConfig", low=low, high=high, low_open=low_open,
-                     high_open=high_open)
-    for name, minimum in _TEACHER_COUNTS:
-        check_count(name, getattr(cfg, name), where="TeacherConfig", minimum=minimum)
+    """Refuse a TeacherConfig with a field outside its declared values."""
+    check_fields(cfg, "TeacherConfig")
 
 
 def distill_memory_bytes(cfg, student, critic=None) -> int:

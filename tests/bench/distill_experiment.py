@@ -41,7 +41,7 @@ ARMS = [  # (run name, preset, student init run, arm)
     ("bidir-dmd", "toy-bidir-dmd", "ode-bidir", "bidirectional"),
     ("bidir-sc-dmd", "toy-bidir-sc-dmd", "ode-bidir", "bidirectional"),
     ("ar-dmd", "toy-dmd", "ode-causal", "autoregressive"),
-    ("ar-sc-single-k", "toy-sc-single-k", "ode-causal", "autoregressive"),
+    ("ar-sc-single-k", "toy-sc-dmd", "ode-causal", "autoregressive"),
     ("ar-salt", "toy-salt", "ode-causal", "autoregressive"),
 ]
 # The toy critic-lr sweep (issue: official-recipe fidelity): Salt arms that differ from ar-salt only in lr_critic.

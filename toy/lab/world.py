@@ -83,7 +83,7 @@ class LabWorldConfig:
         return len(PATTERNS) * 3
 
 
-PRESETS = {
+LAB_WORLD_PRESETS = {
     "default": LabWorldConfig(),
     # Small enough for dense reference linear algebra in tests (D·F = 3·8·8·6 = 1152).
     "tiny": LabWorldConfig(height=8, width=8, num_frames=6, colours=((0.9, -0.6, -0.6), (-0.6, -0.6, 0.9)),
@@ -97,9 +97,9 @@ def get_lab_world(name_or_dict) -> LabWorldConfig:
         return name_or_dict
     if isinstance(name_or_dict, dict):
         return strict_from_dict(LabWorldConfig, name_or_dict)
-    if name_or_dict not in PRESETS:
-        raise KeyError(f"unknown lab world {name_or_dict!r}; choose one of {sorted(PRESETS)}")
-    return PRESETS[name_or_dict]
+    if name_or_dict not in LAB_WORLD_PRESETS:
+        raise KeyError(f"unknown lab world {name_or_dict!r}; choose one of {sorted(LAB_WORLD_PRESETS)}")
+    return LAB_WORLD_PRESETS[name_or_dict]
 
 
 class LabWorld:
