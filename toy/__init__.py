@@ -12,10 +12,10 @@
 Layering: nodes → toy → training → salt_core (the CLI, a front door, may use the toy wing too). salt_core and
 training never import this package; it imports both. Importing `comfyui_salt.toy` loads the sprite world only.
 """
-from .world import (DIRECTION_VECTORS, PRESETS, TOY_SHIFT, ClipParams, ToyWorldConfig, caption, coverage, get_world,
+from .world import (DIRECTION_VECTORS, TOY_WORLD_PRESETS, TOY_SHIFT, ClipParams, ToyWorldConfig, caption, coverage, get_world,
                     parse_caption, render, render_centres, sample_batch, sample_params, trajectory, with_frames)
 from .text import ToyTextEncoder
 
-__all__ = ["DIRECTION_VECTORS", "PRESETS", "TOY_SHIFT", "ClipParams", "ToyWorldConfig", "ToyTextEncoder", "caption",
+__all__ = ["DIRECTION_VECTORS", "TOY_WORLD_PRESETS", "TOY_SHIFT", "ClipParams", "ToyWorldConfig", "ToyTextEncoder", "caption",
            "coverage", "get_world", "parse_caption", "render", "render_centres", "sample_batch",
            "sample_params", "trajectory", "with_frames"]

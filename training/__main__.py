@@ -55,6 +55,9 @@ def main(argv=None):
     p.add_argument("--out", required=True, help="run folder (checkpoints, metrics.jsonl); rerun to resume")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (schedule unchanged)")
     p.add_argument("--export", default=None, help="also write the EMA teacher to this .safetensors path at the end")
+    p.add_argument("--allow-changed-settings", action="store_true",
+                   help="resume a run folder whose checkpoints were made with other settings (listed in the error "
+                        "without this flag); the restored optimizer state is kept")
     add_config_flags(p, TeacherConfig)
     e = sub.add_parser("export-teacher", help="write the EMA weights of a teacher run's newest checkpoint")
     e.add_argument("--run", required=True, help="teacher run folder (the --out of `teacher`)")
@@ -113,8 +116,8 @@ def main(argv=None):
         from ..toy.jobs import teacher_world
         from .teacher import train_teacher
         cfg = TeacherConfig(**overrides_from_args(args, TeacherConfig))
-        evaluate = toy_evaluator(cfg.world)
-        model = train_teacher(cfg, args.out, evaluate=evaluate, max_steps=args.max_steps, world=teacher_world(cfg))
+        model = train_teacher(cfg, args.out, evaluate=toy_evaluator(cfg.world), max_steps=args.max_steps,
+                              world=teacher_world(cfg), allow_changed_settings=args.allow_changed_settings)
         if args.export:
             from .files import save_model
             save_model(model, args.export, layout="wan",

@@ -1,11 +1,11 @@
-"""Loop conventions shared by every Salt training job (teacher pre-training, distillation).
+"""Loop conventions shared by every Salt training job (teacher pre-training, ODE init, distillation).
 
 - Each step is seeded from (seed, rank, step): resuming replays exactly the data and noise an
   uninterrupted run would have drawn; no RNG state needs saving.
 - Checkpoints are written to a temp file in the same folder and renamed, so a kill never leaves a
   torn one; the newest complete checkpoint is found automatically on restart.
 - Weights go to safetensors; optimizer state and counters to a weights-only torch file.
-Knows nothing of ComfyUI.
+The loop itself is training/loop.py. Knows nothing of ComfyUI.
 """
 import json
 import logging
@@ -14,11 +14,11 @@ import os
 import re
 import signal
 import time
-from dataclasses import asdict
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ..salt_core.config import strict_from_dict
 
@@ -70,7 +70,13 @@ def step_generators(seed: int, rank: int, step: int, *extra: int):
 
 
 def cosine_lr(step: int, base: float, warmup: int, total: int, min_ratio: float) -> float:
-    """Linear warm-up then cosine decay to min_ratio·base."""
+    """Linear warm-up then cosine decay to min_ratio·base: the learning rate of optimizer step `step` (0-based).
+
+    Kept as a closed form rather than torch.optim.lr_scheduler: LambdaLR can only scale the base rate
+    (base·((step+1)/warmup) rounds differently from base·(step+1)/warmup in 11 of the ODE preset's 50 warm-up
+    steps, so the golden runs would change), CosineAnnealingLR updates recursively and drifts from the closed
+    form, and a scheduler adds a state to checkpoint where the step number already determines the rate.
+    """
     if step < warmup:
         return base * (step + 1) / warmup
     p = min(1.0, (step - warmup) / max(1, total - warmup))
@@ -81,23 +87,42 @@ config_from_dict = strict_from_dict  # dataclass from a dict, unknown keys rejec
 
 
 class EMA:
-    """Exponential moving average of parameters (fp32 shadow), started at `start_step`."""
+    """Exponential moving average of a model's parameters: torch's AveragedModel with its EMA update.
+
+    ema ← lerp(ema, θ, 1 − decay) after each `update` (torch's `_foreach_lerp_`, bit-identical to the per-tensor
+    form), starting from the parameters at construction. The average lives on the model's device in the model's
+    dtype (fp32 in every Salt job: models are built and loaded in fp32). `state_dict()` holds the parameters
+    under the model's own names, so checkpoints' ema.safetensors load into the bare model.
+    """
 
     def __init__(self, model, decay: float):
         self.decay = decay
-        self.shadow = {k: p.detach().float().clone() for k, p in model.named_parameters()}
+        self.average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay))
+        self.average.update_parameters(model)   # the first update copies: the average starts at θ, not at a lerp
 
     @torch.no_grad()
     def update(self, model):
-        for k, p in model.named_parameters():
-            self.shadow[k].lerp_(p.detach().float(), 1 - self.decay)
+        """One EMA step towards `model`'s current parameters."""
+        self.average.update_parameters(model)
 
     def state_dict(self) -> dict:
-        return dict(self.shadow)
+        """{parameter name: averaged tensor} (no buffers, no AveragedModel prefix)."""
+        return {k: p.detach() for k, p in self.average.module.named_parameters()}
+
+    def load_state_dict(self, tensors: dict) -> None:
+        """Restore the average from `state_dict()`'s output (e.g. a checkpoint read on the CPU), on its device."""
+        params = dict(self.average.module.named_parameters())
+        if tensors.keys() != params.keys():
+            raise KeyError(f"EMA state: missing {sorted(params.keys() - tensors.keys())}, "
+                           f"unexpected {sorted(tensors.keys() - params.keys())}")
+        with torch.no_grad():
+            for k, p in params.items():
+                p.copy_(tensors[k])
 
     def copy_to(self, model):
-        """Load the shadow into a model with the same parameter names."""
-        model.load_state_dict({**model.state_dict(), **{k: v.to(model.state_dict()[k].dtype) for k, v in self.shadow.items()}})
+        """Load the average into a model with the same parameter names; returns it."""
+        sd = model.state_dict()
+        model.load_state_dict({**sd, **{k: v.to(sd[k].dtype) for k, v in self.state_dict().items()}})
         return model
 
 
@@ -169,18 +194,6 @@ class CheckpointManager:
         self._prune()
         return final
 
-    def resume(self, model, ema, opt, model_name: str = "model"):
-        """Load the newest readable checkpoint's `model_name` + ema weights and optimizer state; its step, or 0."""
-        latest = self.load_latest([model_name, "ema"])
-        if latest is None:
-            return 0
-        path, tensors, state = latest
-        model.load_state_dict(tensors[model_name])
-        ema.shadow = {k: v.float() for k, v in tensors["ema"].items()}
-        opt.load_state_dict(state["optimizer"])
-        log.info("resumed from %s (step %d)", path, int(state["step"]))
-        return int(state["step"])
-
     def load(self, path: str, names) -> tuple:
         """({name: state_dict}, state) from a checkpoint folder."""
         tensors = {n: load_file(os.path.join(path, f"{n}.safetensors")) for n in names}
@@ -203,8 +216,8 @@ class CheckpointManager:
                 shutil.rmtree(os.path.join(self.folder, n), ignore_errors=True)
 
 
-def logged_eval_steps(path: str) -> set:
-    """Generator steps that have an `eval` record in a metrics.jsonl (torn or foreign lines are skipped)."""
+def logged_eval_steps(path: str, step_key: str = "gen_step") -> set:
+    """Steps (the records' `step_key`) that have an `eval` record in a metrics.jsonl (torn or foreign lines skipped)."""
     steps = set()
     if os.path.exists(path):
         with open(path) as f:
@@ -214,7 +227,7 @@ def logged_eval_steps(path: str) -> set:
                 except ValueError:
                     continue
                 if isinstance(record, dict) and "eval" in record:
-                    steps.add(record.get("gen_step"))
+                    steps.add(record.get(step_key))
     return steps
 
 
@@ -243,20 +256,3 @@ def check_loss_terms(loss, stats: dict, tag: str, it: int, max_nonfinite_frac: f
                                      f"{it} ({tag} update; more than {max_nonfinite_frac:.0%} is a failed step)")
         if key.endswith("_loss") and isinstance(value, float) and not math.isfinite(value):
             raise FloatingPointError(f"{key} became {value} at iteration {it} ({tag} update)")
-
-
-def dump_config(cfg) -> str:
-    return json.dumps(asdict(cfg), sort_keys=True)
-
-
-def progress(total: int, initial: int, desc: str, disable: bool = False):
-    """A tqdm bar if tqdm is installed, else a no-op object with update/set_postfix/close."""
-    try:
-        from tqdm.auto import tqdm
-        return tqdm(total=total, initial=initial, desc=desc, disable=disable, dynamic_ncols=True)
-    except ImportError:
-        class _Null:
-            def update(self, *_): pass
-            def set_postfix(self, *_, **__): pass
-            def close(self): pass
-        return _Null()

@@ -10,15 +10,13 @@ and by the ComfyUI node. Per iteration (SALT_METHOD §1–3, the released traine
 - the EMA is created at the end of iteration `ema_start_iter` (released `ema_start_step`).
 The generator step and each critic step draw their own K, exit index and SC triplet (as released),
 identical on every rank: seeded from (seed, iteration, role).
-Loop conventions (seeding from (seed, rank, step), atomic checkpoints, automatic resume, JSONL log,
-progress bar, NaN stop) come from training/common.py.
+`Distiller` is the job; the loop around it (automatic resume, atomic checkpoints, JSONL log, progress bar,
+stops, NaN stop) is training/loop.py, the run folder training/runs.py, seeding training/common.py.
 """
-import contextlib
 import copy
 import json
 import logging
 import os
-import time
 from dataclasses import asdict
 
 import torch
@@ -31,13 +29,13 @@ from ..salt_core.rollout import rollout_bidirectional, rollout_reference, rollou
 from ..salt_core.schedules import add_noise, get_sigmas_fewstep, randn_like
 from ..salt_core.scorenet import ScoreNet
 from ..salt_core.validate import check_count
-from .common import (EMA, CheckpointManager, JsonlLog, check_loss_terms, check_stop, logged_eval_steps, progress,
-                     step_generators, step_seed)
+from .common import EMA, check_loss_terms, step_generators, step_seed
 from .distill_config import RELEASED_CLIPS_PER_UPDATE, DistillConfig
 from .distill_models import DistillWorld, build_models, build_prompts, check_world, resolve_teacher_kind
 from .distributed import average_gradients, process_info
 from .ode_init import run_ode_init
-from .runs import RunLock, check_resumable
+from .loop import TrainingLoop, stop_step
+from .runs import open_run
 from .validate import check_distill_memory
 
 log = logging.getLogger("salt.distill")
@@ -94,7 +92,8 @@ class Distiller:
         if cfg.student_kind == "causal":   # preallocated once, reused by every rollout
             self.cache = student.new_cache(cfg.batch_size, self.policy, (cfg.height, cfg.width))
             self.ref_cache = student.new_cache(cfg.batch_size, self.policy, (cfg.height, cfg.width))
-        self.gen_step = 0
+        self.gen_step = 0                                # generator updates: the loop's progress counter
+        self.it = 0                                      # trainer iterations done (one critic update each)
         self.counts = dict.fromkeys(COUNT_KEYS, 0.0)   # per-run tallies of what acted (saved with the state)
         self._align_probes = []                          # alignment-gradient hooks of the current step
 
@@ -274,6 +273,19 @@ class Distiller:
             self.ema = EMA(self.student, self.cfg.ema_decay)
         return stats
 
+    # -- the training loop's job protocol (training/loop.py) -----------------------------------
+    @property
+    def step(self) -> int:
+        """The loop's progress counter: generator updates."""
+        return self.gen_step
+
+    def advance(self):
+        """Iteration `it`; its stats (with the iteration count) if it made a generator update, else None."""
+        before = self.gen_step
+        stats = self.iteration(self.it)
+        self.it += 1
+        return {"iteration": self.it, **stats} if self.gen_step != before else None
+
     def tally(self, stats: dict) -> None:
         """Add one generator update's stats to the run's counts of SC / alignment updates and their grad ratios."""
         c = self.counts
@@ -298,21 +310,24 @@ class Distiller:
 
     # -- state ----------------------------------------------------------------------------------
     def state(self):
+        """({student, critic[, ema]: state_dict}, {optimizer states, counters}) for a checkpoint."""
         tensors = {"student": self.student.state_dict(), "critic": self.critic.state_dict()}
         if self.ema is not None:
             tensors["ema"] = self.ema.state_dict()
         return tensors, {"opt_gen": self.opt_gen.state_dict(), "opt_critic": self.opt_critic.state_dict(),
-                         "gen_step": self.gen_step, "counts": dict(self.counts)}
+                         "gen_step": self.gen_step, "counts": dict(self.counts), "iteration": self.it}
 
     def load(self, tensors, state):
+        """Restore `state()`'s output."""
         self.student.load_state_dict(tensors["student"])
         self.critic.load_state_dict(tensors["critic"])
         if "ema" in tensors:
             self.ema = EMA(self.student, self.cfg.ema_decay)
-            self.ema.shadow = {k: v.float() for k, v in tensors["ema"].items()}
+            self.ema.load_state_dict(tensors["ema"])
         self.opt_gen.load_state_dict(state["opt_gen"])
         self.opt_critic.load_state_dict(state["opt_critic"])
         self.gen_step = int(state["gen_step"])
+        self.it = int(state["iteration"])
         self.counts.update(state.get("counts", {}))
 
     def student_for_inference(self):
@@ -339,19 +354,18 @@ def run_distillation(cfg: DistillConfig, out_dir: str, *, max_gen_steps: int = N
     real-scale runs need none.
 
     A folder holding checkpoints of a run with other settings is refused unless `allow_changed_settings`;
-    one process at a time may use a folder (training.runs).
+    one process at a time may use a folder (training.runs.open_run).
     """
     if max_gen_steps is not None:
         check_count("max_gen_steps", max_gen_steps, where="run_distillation")
     check_world(cfg, world, "run_distillation")
-    os.makedirs(out_dir, exist_ok=True)
-    check_resumable(cfg, out_dir, allow_changed_settings, "--allow-changed-settings (CLI)")
-    with RunLock(out_dir) if process_info()[0] == 0 else contextlib.nullcontext():
+    rank = process_info()[0]
+    with open_run(cfg, out_dir, allow_changes=allow_changed_settings, rank=rank):
         return _run_distillation(cfg, out_dir, max_gen_steps, callback, quiet, device, world)
 
 
 def _run_distillation(cfg, out_dir, max_gen_steps, callback, quiet, device, world):
-    """`run_distillation` inside the run lock."""
+    """`run_distillation` inside the run folder: the job, run by training.loop."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     rank, world_size, picked = process_info()
@@ -359,12 +373,9 @@ def _run_distillation(cfg, out_dir, max_gen_steps, callback, quiet, device, worl
         raise ValueError(f"run_distillation(device={device}) with {world_size} processes: accelerate places each "
                          f"rank; leave device unset under `accelerate launch`")
     device = torch.device(device) if device is not None else picked
-    if rank == 0:
-        with open(os.path.join(out_dir, "config.json"), "w") as f:
-            json.dump(asdict(cfg), f, indent=1, sort_keys=True)
     if cfg.job == "ode_init":
         return run_ode_init(cfg, out_dir, max_steps=max_gen_steps, callback=callback, quiet=quiet, device=device,
-                            world=world)
+                            rank=rank, world=world)
     teacher, student, critic = build_models(cfg, world)
     check_distill_memory(cfg, student, critic, device)
     teacher, student, critic = (m.to(device) for m in (teacher, student, critic))
@@ -378,82 +389,17 @@ def _run_distillation(cfg, out_dir, max_gen_steps, callback, quiet, device, worl
         log.warning("%d clip(s) per generator update (batch_size × grad_accum × processes); released runs average "
                     "%d (1 per GPU × 64 GPUs): set --grad-accum %d to match on this many processes", clips,
                     RELEASED_CLIPS_PER_UPDATE, -(-RELEASED_CLIPS_PER_UPDATE // (cfg.batch_size * world_size)))
-    ckpt = CheckpointManager(os.path.join(out_dir, "checkpoints"))
-    logger = JsonlLog(os.path.join(out_dir, "metrics.jsonl" if rank == 0 else f"metrics_rank{rank}.jsonl"))
-    it = 0
-    latest = ckpt.load_latest(["student", "critic"], optional=["ema"])
-    if latest:
-        path, tensors, state = latest
-        job.load(tensors, state)
-        it = int(state["iteration"])
-        log.info("resumed from %s (generator step %d)", path, job.gen_step)
-    stop = cfg.gen_steps if max_gen_steps is None else min(cfg.gen_steps, max_gen_steps)
-    bar = progress(stop, job.gen_step, "distill", disable=quiet or rank != 0)
-    meta = {"salt_config": student.cfg.to_json(), "distill_config": json.dumps(asdict(cfg))}
-
-    def save():
-        if rank != 0:   # replicas are identical (averaged gradients); rank 0 writes, every rank resumes from it
-            return
-        tensors, state = job.state()
-        state["iteration"] = it
-        ckpt.save(job.gen_step, tensors, state, meta)
+    loop = TrainingLoop(out_dir, "distill", rank=rank, quiet=quiet, step_key="gen_step", metadata={
+        "salt_config": student.cfg.to_json(), "distill_config": json.dumps(asdict(cfg))})
+    loop.resume(job, ["student", "critic"], optional=["ema"])
 
     def evaluate():
-        scores = {} if world is None else world.evaluate(
+        return {} if world is None else world.evaluate(
             job.student_for_inference(), cfg, callback, os.path.join(out_dir, f"preview_{job.gen_step:06d}.gif"))
-        logger.write(gen_step=job.gen_step, eval=scores)
-
-    def eval_due():
-        return bool(cfg.eval_every) and job.gen_step > 0 and (job.gen_step % cfg.eval_every == 0 or
-                                                              job.gen_step == stop)
-
-    t0 = time.time()
-    if eval_due() and job.gen_step not in logged_eval_steps(logger.path):
-        evaluate()   # the evaluation a Cancel interrupted before the checkpoint it follows
-    at_boundary = True   # True between iterations: only then is the in-memory state consistent to save
-    try:
-        while job.gen_step < stop:
-            check_stop()
-            before = job.gen_step
-            try:
-                at_boundary = False
-                stats = job.iteration(it)
-            except FloatingPointError as e:
-                # The generator step comes first: if it failed, nothing of this iteration was applied and the
-                # in-memory state is the last good one. If the critic failed after a generator update, that
-                # state is half an iteration (a resume would repeat the update): keep the last checkpoint.
-                if job.gen_step == before:
-                    save()
-                    where = f"the last good state is saved in {ckpt.folder}"
-                else:
-                    where = f"the newest checkpoint in {ckpt.folder} is the last good state"
-                raise FloatingPointError(f"{e}; {where}; lower the learning rates or check the teacher") from None
-            it += 1
-            at_boundary = True
-            if job.gen_step == before:
-                continue
-            bar.update(1)
-            if job.gen_step % cfg.log_every == 0:
-                logger.write(gen_step=job.gen_step, iteration=it, sec=time.time() - t0, **stats)
-                bar.set_postfix(dmd=f"{stats.get('dmd_loss', 0):.3g}", critic=f"{stats.get('critic_loss', 0):.3g}")
-            if callback is not None:
-                callback({"gen_step": job.gen_step, "total": stop, "stats": stats})
-            if job.gen_step % cfg.checkpoint_every == 0 or job.gen_step == stop:
-                save()
-            if eval_due():
-                evaluate()
-    except (KeyboardInterrupt, Exception) as stop_reason:
-        # An interrupt from the callback (ComfyUI's cancel, Ctrl-C between steps) arrives between
-        # iterations, where the in-memory state is consistent: save it so a rerun resumes exactly.
-        if at_boundary and not isinstance(stop_reason, FloatingPointError):
-            save()
-            log.info("stopped at generator step %d (%s); checkpoint saved, rerun the same command to resume",
-                     job.gen_step, type(stop_reason).__name__)
-        else:
-            log.info("stopped inside an iteration; rerun the same command to resume from the last checkpoint")
-        raise
-    finally:
-        bar.close()
+    loop.run(job, stop_step(cfg.gen_steps, max_gen_steps), checkpoint_every=cfg.checkpoint_every,
+             log_every=cfg.log_every, callback=callback, evaluate=evaluate, eval_every=cfg.eval_every,
+             postfix={"dmd": "dmd_loss", "critic": "critic_loss"},
+             nonfinite_hint="lower the learning rates or check the teacher")
     summary = job.summary()
     if rank == 0:
         with open(os.path.join(out_dir, "summary.json"), "w") as f:

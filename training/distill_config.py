@@ -144,7 +144,8 @@ def _salt_real(name: str, **fields) -> DistillConfig:
 
 DISTILL_PRESETS = {
     # toy world, autoregressive arm (the _TOY base is plain DMD with K = 4)
-    "toy-ode-init": replace(_TOY, job="ode_init", lr_gen=3e-4, gen_steps=1000, critic_ratio=1, eval_every=250),
+    "toy-ode-init": replace(_TOY, job="ode_init", lr_gen=3e-4, gen_steps=1000, critic_ratio=1, eval_every=250,
+                            beta1=0.9, beta2=0.99, weight_decay=0.0, grad_clip=1.0, ema_decay=0.999),
     "toy-dmd": _TOY,
     "toy-sc-dmd": replace(_TOY, step_choices=(8,), step_probs=(1.0,), sc_weight=0.2),
     "toy-salt": replace(_TOY, **_MIXED, align_start_iter=250),

@@ -13,6 +13,7 @@ import time
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
 
 from ..salt_core.denoiser import FlowDenoiser
 from ..salt_core.kv_cache import CachePolicy
@@ -20,7 +21,8 @@ from ..salt_core.samplers import sample_euler
 from ..salt_core.schedules import get_sigmas_fewstep, get_sigmas_uniform, sigma_to_t, x0_from_velocity
 from ..salt_core.scorenet import ScoreNet
 from ..salt_core.streaming import stream_video
-from .common import EMA, CheckpointManager, JsonlLog, check_stop, cosine_lr, progress, step_generators
+from .common import JsonlLog, step_generators
+from .loop import RegressionJob, TrainingLoop, stop_step
 from .distill_models import build_models, build_prompts, resolve_teacher_kind
 from .validate import check_ode_init_memory
 
@@ -40,7 +42,7 @@ def generate_ode_pairs(teacher, kind: str, cfg, prompts, num: int, seed: int, ba
     rng_gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
     device = teacher.patch_embedding.weight.device
-    bar = progress(num, 0, "ode-pairs", disable=quiet)
+    bar = tqdm(total=num, desc="ode-pairs", disable=quiet, dynamic_ncols=True)
     for start in range(0, num, batch):
         b = min(batch, num - start)
         _, ctx, unc = prompts.sample(rng, b)
@@ -96,10 +98,21 @@ def ode_regression_loss(student, kind: str, pairs: dict, idx, levels, grid, chun
     return (pred.float() - x0).pow(2).mean()
 
 
+# The ODE init's learning-rate warm-up and cosine floor. DistillConfig has no such fields yet (the distillation
+# job runs at a constant rate); until it has, these are the values the job has always used.
+ODE_WARMUP_STEPS = 50
+ODE_MIN_LR_RATIO = 0.1
+
+
 def run_ode_init(cfg, out_dir: str, max_steps: int = None, callback=None, quiet: bool = False,
-                 device: torch.device = torch.device("cpu"), world=None):
+                 device: torch.device = torch.device("cpu"), rank: int = 0, world=None):
     """Train the student on cached teacher ODE pairs on `device`; resumable; returns the (EMA) student.
-    `world`: the DistillWorld of a toy-world run (training.distill_models)."""
+
+    The optimiser follows the config's generator settings (lr_gen, beta1, beta2, weight_decay, grad_clip) and
+    its ema_decay, with an EMA from step 0 (ema_start_iter is the distillation's); the rate warms up over
+    ODE_WARMUP_STEPS and decays by a cosine to ODE_MIN_LR_RATIO · lr_gen at gen_steps.
+    `world`: the DistillWorld of a toy-world run (training.distill_models).
+    """
     teacher, student, _ = build_models(cfg, world)
     check_ode_init_memory(cfg, student, device)
     teacher, student = teacher.to(device), student.to(device)
@@ -117,50 +130,20 @@ def run_ode_init(cfg, out_dir: str, max_steps: int = None, callback=None, quiet:
                                                                 seconds=time.time() - t)
     pairs = load_file(pairs_path)
     grid = [float(s) for s in get_sigmas_fewstep(cfg.step_choices[0], cfg.shift)[:-1]]
-    opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr_gen, betas=(0.9, 0.99), weight_decay=0.0)
-    ema = EMA(student, 0.999)
-    ckpt = CheckpointManager(os.path.join(out_dir, "checkpoints"))
-    logger = JsonlLog(os.path.join(out_dir, "metrics.jsonl"))
-    step = ckpt.resume(student, ema, opt, "student")
-    stop = cfg.gen_steps if max_steps is None else min(cfg.gen_steps, max_steps)
-    bar = progress(stop, step, "ode-init", disable=quiet)
-    meta = {"salt_config": student.cfg.to_json(), "distill_config": json.dumps(cfg.__dict__, default=str)}
 
-    def save():
-        ckpt.save(step, {"student": student.state_dict(), "ema": ema.state_dict()},
-                  {"optimizer": opt.state_dict(), "step": step}, meta)
-    at_boundary = True   # True between steps: only then is the in-memory state consistent to save
-    try:
-        while step < stop:
-            check_stop()
-            at_boundary = False
-            gen, rng = step_generators(cfg.seed, 0, step)
-            idx = torch.as_tensor(rng.integers(0, pairs["x0"].shape[0], cfg.batch_size))
-            levels = torch.randint(0, len(grid), (cfg.batch_size, cfg.num_frames // cfg.chunk_frames), generator=gen)
-            for g in opt.param_groups:
-                g["lr"] = cosine_lr(step, cfg.lr_gen, 50, cfg.gen_steps, 0.1)
-            loss = ode_regression_loss(student, kind, pairs, idx, levels, grid, cfg.chunk_frames)
-            if not torch.isfinite(loss):
-                save()
-                raise FloatingPointError(f"ODE regression loss became {loss.item()} at step {step}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-            opt.step()
-            ema.update(student)
-            step += 1
-            at_boundary = True
-            bar.update(1)
-            if step % cfg.log_every == 0:
-                logger.write(step=step, ode_loss=loss.item())
-            if callback is not None:
-                callback({"gen_step": step, "total": stop, "stats": {"ode_loss": loss.item()}})
-            if step % cfg.checkpoint_every == 0 or step == stop:
-                save()
-    except KeyboardInterrupt:
-        if at_boundary:
-            save()
-        raise
-    finally:
-        bar.close()
-    return ema.copy_to(student).eval()
+    def loss_fn(step):
+        gen, rng = step_generators(cfg.seed, 0, step)
+        idx = torch.as_tensor(rng.integers(0, pairs["x0"].shape[0], cfg.batch_size))
+        levels = torch.randint(0, len(grid), (cfg.batch_size, cfg.num_frames // cfg.chunk_frames), generator=gen)
+        return ode_regression_loss(student, kind, pairs, idx, levels, grid, cfg.chunk_frames)
+    job = RegressionJob(student, loss_fn, name="student", loss_name="ode_loss", lr=cfg.lr_gen,
+                        betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay, warmup=ODE_WARMUP_STEPS,
+                        total=cfg.gen_steps, min_lr_ratio=ODE_MIN_LR_RATIO, grad_clip=cfg.grad_clip,
+                        ema_decay=cfg.ema_decay)
+    loop = TrainingLoop(out_dir, "ode-init", rank=rank, quiet=quiet, metadata={
+        "salt_config": student.cfg.to_json(), "distill_config": json.dumps(cfg.__dict__, default=str)})
+    loop.resume(job, ["student", "ema"])
+    loop.run(job, stop_step(cfg.gen_steps, max_steps), checkpoint_every=cfg.checkpoint_every,
+             log_every=cfg.log_every, callback=callback, postfix={"loss": "ode_loss"},
+             nonfinite_hint="lower lr_gen or check the teacher")
+    return job.ema.copy_to(student).eval()

@@ -1,6 +1,9 @@
-"""Run folders shared by both front doors (CLI and the ComfyUI node): names, resume checks, a lock, publishing.
+"""Run folders shared by both front doors (CLI and the ComfyUI node) and every job (teacher, ODE init,
+distillation): names, resume checks, a lock, config.json, publishing.
 
-- A run name is a plain folder name; the node turns it into `<output>/salt_runs/<name>`.
+- A run name is a plain folder name; the node turns it into `<output>/salt_runs/<name>`, the CLI takes a path.
+- `open_run` is every job's way in: the settings check, the lock, then config.json (never rewritten by a
+  refused resume; rewritten with the new settings only under the explicit override).
 - A folder holding checkpoints of a run with other settings is refused (only RESUMABLE_FIELDS may
   change), unless the caller says so explicitly; a folder without a checkpoint holds nothing to
   resume, so a failed start (a bad teacher file) never blocks its name.
@@ -8,6 +11,7 @@
   when the process dies, so a killed run never leaves a stale lock).
 Knows nothing of ComfyUI or the losses.
 """
+import contextlib
 import dataclasses
 import json
 import logging
@@ -22,9 +26,13 @@ log = logging.getLogger("salt.training")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 # Fields that may change when a run is resumed (how long, how often, how many threads; the text encoder is
 # read once, to fill the run's embedding cache, so a resume may drop or move it).
+# The teacher's evaluation sampler (eval_steps, eval_cfg) changes what is measured, not what is trained.
 RESUMABLE_FIELDS = ("gen_steps", "threads", "checkpoint_every", "eval_every", "eval_clips", "log_every", "text_encoder",
-                    "memory_limit_gib")
+                    "memory_limit_gib", "eval_steps", "eval_cfg")
 LOCK_FILE = ".lock"
+CONFIG_FILE = "config.json"
+# The explicit override, as each front door spells it (the error names both).
+OVERRIDE_HINT = "--allow-changed-settings (CLI) / allow_changed_settings=True (Python)"
 
 
 def check_run_name(name: str, where: str = "run") -> str:
@@ -43,7 +51,7 @@ def has_checkpoint(folder: str) -> bool:
 
 def changed_settings(cfg, folder: str) -> dict:
     """{field: (stored, requested)} of the settings that differ from the run in `folder`, beyond RESUMABLE_FIELDS."""
-    path = os.path.join(folder, "config.json")
+    path = os.path.join(folder, CONFIG_FILE)
     if not os.path.exists(path) or not has_checkpoint(folder):
         return {}
     try:
@@ -56,11 +64,11 @@ def changed_settings(cfg, folder: str) -> dict:
     return {k: (old.get(k), v) for k, v in new.items() if k not in RESUMABLE_FIELDS and old.get(k) != v}
 
 
-def check_resumable(cfg, folder: str, allow_changes: bool = False, override_hint: str = "") -> None:
+def check_resumable(cfg, folder: str, allow_changes: bool = False, override_hint: str = OVERRIDE_HINT) -> None:
     """Refuse to resume `folder` with settings other than its checkpoints' (beyond RESUMABLE_FIELDS).
 
     `allow_changes=True` continues anyway (logged): the restored optimizer state keeps its old moments.
-    `override_hint` names the front door's explicit override (a CLI flag), added to the error's fixes.
+    `override_hint` names the front doors' explicit override, added to the error's fixes.
     """
     changed = changed_settings(cfg, folder)
     if not changed:
@@ -69,10 +77,36 @@ def check_resumable(cfg, folder: str, allow_changes: bool = False, override_hint
     if allow_changes:
         log.warning("resuming %s with changed settings (%s); the restored optimizer state is kept", folder, listing)
         return
-    fix = "queue it with the stored settings to resume it, or pick another name for a new run"
+    fix = "rerun (or queue) it with the stored settings to resume it, or pick another name for a new run"
     if override_hint:
         fix += f", or pass {override_hint} to continue this run with the new settings"
     raise ValueError(f"run folder {folder} holds checkpoints of a run with other settings ({listing}); {fix}")
+
+
+def write_config(cfg, folder: str) -> str:
+    """Write the dataclass `cfg` as `<folder>/config.json` (sorted keys), atomically; returns the path."""
+    path = os.path.join(folder, CONFIG_FILE)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(dataclasses.asdict(cfg), f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+    return path
+
+
+@contextlib.contextmanager
+def open_run(cfg, folder: str, *, allow_changes: bool = False, rank: int = 0):
+    """Enter run folder `folder` for a job with settings `cfg` (a config dataclass); yields `folder`.
+
+    Refuses checkpoints of other settings (check_resumable; `allow_changes` continues with the new ones),
+    holds the RunLock and records `cfg` in config.json. Under several processes only rank 0 locks and writes;
+    every rank checks.
+    """
+    os.makedirs(folder, exist_ok=True)
+    with RunLock(folder) if rank == 0 else contextlib.nullcontext():
+        check_resumable(cfg, folder, allow_changes, OVERRIDE_HINT)
+        if rank == 0:
+            write_config(cfg, folder)
+        yield folder
 
 
 class RunLock:

@@ -9,14 +9,13 @@ Two modes:
 Loss: mean((v - (ε - x0))²) with classifier-free-guidance dropout of the caption.
 The data come from a `TeacherWorld` the caller builds (the toy wing's `toy.jobs.teacher_world(cfg)`): this
 module imports no world.
-Loop conventions (seeding, checkpoints, resume, logs) come from training/common.py.
+The loop (seeding, checkpoints, resume, logs) is training/loop.py; the run folder training/runs.py.
 """
 from dataclasses import dataclass, asdict
 from typing import Callable, NamedTuple
 import ast
 import json
 import os
-import time
 
 import torch
 
@@ -28,11 +27,11 @@ from ..salt_core.streaming import stream_video
 from ..salt_core.denoiser import FlowDenoiser
 from ..salt_core.samplers import sample_euler
 from ..salt_core.scorenet import teacher_forcing_forward
+from .common import CheckpointManager, config_from_dict, log, step_generators
 from .config_fields import grouped
-from .runs import RunLock
+from .loop import RegressionJob, TrainingLoop, stop_step
+from .runs import open_run
 from .validate import validate_teacher_config
-from .common import (EMA, CheckpointManager, JsonlLog, check_stop, config_from_dict, cosine_lr, log, progress,
-                     step_generators)
 
 MODES = ("teacher_forcing", "bidirectional")
 
@@ -144,108 +143,61 @@ class TeacherWorld(NamedTuple):
 
 
 def train_teacher(cfg: TeacherConfig, out_dir: str, evaluate=None, max_steps: int = None, quiet: bool = False,
-                  device=None, max_seconds: float = None, *, world: TeacherWorld):
-    """Run (or resume) teacher training in `out_dir`; returns the EMA model (on CPU). One process per folder (RunLock).
+                  device=None, max_seconds: float = None, allow_changed_settings: bool = False, *,
+                  world: TeacherWorld):
+    """Run (or resume) teacher training in `out_dir`; returns the EMA model (on CPU).
 
     world: the data (a TeacherWorld for cfg.world, e.g. `toy.jobs.teacher_world(cfg)`).
     evaluate(videos, captions) -> dict of scalars, called every `eval_every` steps on EMA samples.
     `max_steps` stops early (for tests / time-boxed sessions) without changing the schedule;
     `max_seconds` stops after the step that crosses that much wall time (saving a checkpoint).
     `device` (default CPU) holds the model, EMA and batches; data and noise are drawn on CPU.
+    A folder holding checkpoints of a run with other settings is refused unless `allow_changed_settings`;
+    one process at a time may use a folder (training.runs.open_run).
     """
-    with RunLock(out_dir):
+    with open_run(cfg, out_dir, allow_changes=allow_changed_settings):
         return _train_teacher(cfg, out_dir, world, evaluate, max_steps, quiet, device, max_seconds)
 
 
 def _train_teacher(cfg, out_dir, world, evaluate, max_steps, quiet, device, max_seconds):
-    """`train_teacher` inside the run lock."""
+    """`train_teacher` inside the run folder: the job's step and evaluation, run by training.loop."""
     device = torch.device(device or "cpu")
-    started = time.time()
     torch.set_num_threads(cfg.threads)
     mcfg = get_config(cfg.model_preset)
     world, encoder, draw, eval_captions = world
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         model = WanModel(mcfg).init_weights().to(device)
-    ema = EMA(model, cfg.ema_decay)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
-    ckpt = CheckpointManager(os.path.join(out_dir, "checkpoints"))
-    logger = JsonlLog(os.path.join(out_dir, "metrics.jsonl"))
-    step = ckpt.resume(model, ema, opt, "model")
-    ema.shadow = {k: v.to(device) for k, v in ema.shadow.items()}
-    if step == 0 and cfg.init_from:
+
+    def loss_fn(step):
+        gen, rng = step_generators(cfg.seed, 0, step)
+        videos, captions = draw(rng, cfg.batch_size)
+        ctx = encoder.encode(captions)
+        drop = torch.rand(cfg.batch_size, generator=gen) < cfg.caption_dropout
+        ctx[drop] = 0.0
+        return flow_loss_step(model, cfg, videos.to(device), ctx.to(device), gen)
+    job = RegressionJob(model, loss_fn, name="model", loss_name="loss", lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                        weight_decay=cfg.weight_decay, warmup=cfg.warmup_steps, total=cfg.total_steps,
+                        min_lr_ratio=cfg.min_lr_ratio, grad_clip=cfg.grad_clip, ema_decay=cfg.ema_decay)
+    loop = TrainingLoop(out_dir, "teacher", quiet=quiet,
+                        metadata={"salt_config": mcfg.to_json(), "salt_layout": "wan", "teacher_mode": cfg.mode})
+    if not loop.resume(job, ["model", "ema"]) and cfg.init_from:
         from .files import load_model
         warm, _ = load_model(cfg.init_from)
         model.load_state_dict(warm.state_dict())
-        ema = EMA(model, cfg.ema_decay)
-        step = cfg.init_step
-        log.info("warm start from %s at step %d (fresh optimizer state)", cfg.init_from, step)
-    if not os.path.exists(os.path.join(out_dir, "config.json")):
-        with open(os.path.join(out_dir, "config.json"), "w") as f:
-            json.dump(asdict(cfg), f, indent=1, sort_keys=True)
-    stop = min(cfg.total_steps, max_steps if max_steps is not None else cfg.total_steps)
-    bar = progress(stop, step, "teacher", disable=quiet)
-    meta = {"salt_config": mcfg.to_json(), "salt_layout": "wan", "teacher_mode": cfg.mode}
+        job.restart_from(cfg.init_step)
+        log.info("warm start from %s at step %d (fresh optimizer state)", cfg.init_from, job.step)
 
-    def save():
-        ckpt.save(step, {"model": model.state_dict(), "ema": ema.state_dict()},
-                  {"optimizer": opt.state_dict(), "step": step}, meta)
-
-    t0 = time.time()
-    at_boundary = True   # True between steps: only then is the in-memory state consistent to save
-    try:
-        while step < stop:
-            check_stop()
-            at_boundary = False
-            gen, rng = step_generators(cfg.seed, 0, step)
-            videos, captions = draw(rng, cfg.batch_size)
-            ctx = encoder.encode(captions)
-            drop = torch.rand(cfg.batch_size, generator=gen) < cfg.caption_dropout
-            ctx[drop] = 0.0
-            videos, ctx = videos.to(device), ctx.to(device)
-            for g in opt.param_groups:
-                g["lr"] = cosine_lr(step, cfg.lr, cfg.warmup_steps, cfg.total_steps, cfg.min_lr_ratio)
-            loss = flow_loss_step(model, cfg, videos, ctx, gen)
-            if not torch.isfinite(loss):
-                save()
-                raise FloatingPointError(f"teacher loss became {loss.item()} at step {step}; last good state saved in {ckpt.folder}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            ema.update(model)
-            step += 1
-            at_boundary = True
-            bar.update(1)
-            if step % cfg.log_every == 0:
-                bar.set_postfix(loss=f"{loss.item():.4f}")
-                logger.write(step=step, loss=loss.item(), grad_norm=float(gnorm), lr=opt.param_groups[0]["lr"],
-                             sec_per_step=(time.time() - t0) / cfg.log_every)
-                t0 = time.time()
-            out_of_time = max_seconds is not None and time.time() - started > max_seconds
-            if step % cfg.checkpoint_every == 0 or step == stop or out_of_time:
-                save()
-            if evaluate is not None and (step % cfg.eval_every == 0 or step == stop):
-                ema_model = ema.copy_to(WanModel(mcfg)).to(device).eval()
-                caps = eval_captions(cfg.eval_clips)
-                vids = sample_teacher(ema_model, cfg.mode, caps, encoder, world, cfg.eval_steps, cfg.eval_cfg,
-                                      cfg.shift, seed=0, chunk_frames=cfg.chunk_frames)
-                scores = evaluate(vids, caps)
-                logger.write(step=step, eval=scores)
-                log.info("step %d eval %s", step, scores)
-            if out_of_time:
-                log.info("stopped at step %d after %.0f s (max_seconds); rerun to continue", step, time.time() - started)
-                break
-    except KeyboardInterrupt:
-        if at_boundary:
-            save()
-            log.info("interrupted at step %d; checkpoint saved, rerun the same command to resume", step)
-        else:
-            log.info("interrupted inside step %d; rerun the same command to resume from the last checkpoint", step)
-        raise
-    finally:
-        bar.close()
-    return ema.copy_to(WanModel(mcfg)).eval()
+    def evaluate_ema():
+        ema_model = job.ema.copy_to(WanModel(mcfg)).to(device).eval()
+        caps = eval_captions(cfg.eval_clips)
+        vids = sample_teacher(ema_model, cfg.mode, caps, encoder, world, cfg.eval_steps, cfg.eval_cfg, cfg.shift,
+                              seed=0, chunk_frames=cfg.chunk_frames)
+        return evaluate(vids, caps)
+    loop.run(job, stop_step(cfg.total_steps, max_steps), checkpoint_every=cfg.checkpoint_every,
+             log_every=cfg.log_every, max_seconds=max_seconds, evaluate=evaluate_ema if evaluate else None,
+             eval_every=cfg.eval_every, postfix={"loss": "loss"}, nonfinite_hint="lower the learning rate")
+    return job.ema.copy_to(WanModel(mcfg)).eval()
 
 
 def export_teacher(run_dir: str, out_path: str, weights: str = "ema") -> str:

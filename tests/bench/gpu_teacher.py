@@ -86,7 +86,7 @@ def main():
     total = done_steps + max(1, int(0.95 * (budget - (time.time() - start)) / per_step))
     cfg = TeacherConfig(total_steps=total, **base)
     train_teacher(cfg, str(run), quiet=True, device=device, max_seconds=budget - (time.time() - start),
-                  world=teacher_world(cfg))
+                  world=teacher_world(cfg), allow_changed_settings=True)   # the probe ran under a placeholder total_steps
     train_s = time.time() - start
     weights = out / "teacher_gpu.safetensors"
     print(export_teacher(str(run), str(weights), "ema"), flush=True)

@@ -1,0 +1,148 @@
+"""The one training loop (training/loop.py) and run folders (training/runs.py): resume equals uninterrupted,
+interrupts and non-finite losses keep the last good state, every job refuses changed settings on resume."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from comfyui_salt.training.common import EMA, CheckpointManager, step_generators
+from comfyui_salt.training.loop import RegressionJob, TrainingLoop, stop_step
+
+
+def linear_job(poison_at: int = None):
+    """A RegressionJob fitting y = x·w on batches drawn from the step seed; its loss is NaN at `poison_at`."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 1)
+    w = torch.tensor([[1.0], [-2.0], [0.5]])
+
+    def loss_fn(step):
+        gen, _ = step_generators(0, 0, step)
+        x = torch.randn(8, 3, generator=gen)
+        loss = (model(x) - x @ w).pow(2).mean()
+        return loss * float("nan") if step == poison_at else loss
+    return RegressionJob(model, loss_fn, name="model", loss_name="loss", lr=0.1, betas=(0.9, 0.99), weight_decay=0.0,
+                         warmup=2, total=6, min_lr_ratio=0.1, grad_clip=1.0, ema_decay=0.5)
+
+
+def train(folder, stop, job=None, **kw):
+    job = job or linear_job()
+    loop = TrainingLoop(str(folder), "test", quiet=True)
+    loop.resume(job, ["model", "ema"])
+    loop.run(job, stop, checkpoint_every=kw.pop("checkpoint_every", 100), log_every=1, **kw)
+    return job
+
+
+def assert_same_state(a, b):
+    ta, sa = a.state()
+    tb, sb = b.state()
+    for name in ta:
+        for k in ta[name]:
+            assert torch.equal(ta[name][k], tb[name][k]), (name, k)
+    assert sa["step"] == sb["step"]
+
+
+def test_a_run_stopped_by_its_callback_resumes_to_the_uninterrupted_result(tmp_path):
+    straight = train(tmp_path / "straight", 6)
+
+    def cancel_at_3(d):
+        if d["gen_step"] == 3:
+            raise KeyboardInterrupt("cancel")
+    with pytest.raises(KeyboardInterrupt):
+        train(tmp_path / "cut", 6, callback=cancel_at_3)
+    assert CheckpointManager(str(tmp_path / "cut" / "checkpoints")).latest()[0] == 3   # saved at the boundary
+    assert_same_state(train(tmp_path / "cut", 6), straight)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_max_steps_and_max_seconds_stop_with_a_checkpoint_and_keep_the_schedule(tmp_path):
+    assert stop_step(6, None) == 6 and stop_step(6, 2) == 2 and stop_step(6, 9) == 6
+    job = train(tmp_path / "a", 6, max_seconds=0)          # out of time after the first step
+    assert job.step == 1 and CheckpointManager(str(tmp_path / "a" / "checkpoints")).latest()[0] == 1
+    train(tmp_path / "a", stop_step(6, 4))
+    assert_same_state(train(tmp_path / "a", 6), train(tmp_path / "b", 6))
+
+
+def test_a_non_finite_loss_saves_the_last_good_state_and_names_the_fix(tmp_path):
+    with pytest.raises(FloatingPointError, match=r"loss became nan at step 4; the last good state is saved in .*"
+                                                 r"checkpoints; lower the lr"):
+        train(tmp_path / "nan", 6, job=linear_job(poison_at=4), nonfinite_hint="lower the lr")
+    assert CheckpointManager(str(tmp_path / "nan" / "checkpoints")).latest()[0] == 4
+    assert_same_state(train(tmp_path / "nan", 4), train(tmp_path / "ok", 4))
+
+
+def test_the_ema_is_the_lerp_recursion_from_the_initial_weights():
+    model = torch.nn.Linear(4, 2)
+    ema = EMA(model, 0.75)
+    expected = {k: p.detach().clone() for k, p in model.named_parameters()}
+    for i in range(3):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(i)))
+        ema.update(model)
+        for k, p in model.named_parameters():
+            expected[k] = 0.75 * expected[k] + 0.25 * p.detach()
+    for k, v in ema.state_dict().items():
+        assert torch.allclose(v, expected[k], atol=1e-6), k
+    fresh = EMA(torch.nn.Linear(4, 2), 0.75)
+    fresh.load_state_dict({k: v.clone() for k, v in ema.state_dict().items()})
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in ema.state_dict().items())
+    with pytest.raises(KeyError, match="missing"):
+        fresh.load_state_dict({})
+
+
+# -- every job refuses changed settings on resume ---------------------------------------------------------------
+def test_the_teacher_refuses_to_resume_with_other_settings_unless_told_and_never_rewrites_config_json(tmp_path):
+    from comfyui_salt.training.teacher import TeacherConfig, train_teacher
+    cfg = dict(batch_size=2, threads=1, checkpoint_every=1, total_steps=3, log_every=1, eval_every=0)
+    run = tmp_path / "run"
+    train_teacher(TeacherConfig(**cfg), str(run), max_steps=1, quiet=True)
+    stored = (run / "config.json").read_text()
+    with pytest.raises(ValueError) as e:
+        train_teacher(TeacherConfig(**cfg, lr=2e-3), str(run), max_steps=2, quiet=True)
+    assert "lr: stored 0.001, requested 0.002" in str(e.value) and "another name" in str(e.value)
+    assert "--allow-changed-settings" in str(e.value)
+    assert (run / "config.json").read_text() == stored
+    train_teacher(TeacherConfig(**cfg, eval_steps=2), str(run), max_steps=2, quiet=True)   # evaluation only: free
+    train_teacher(TeacherConfig(**cfg, lr=2e-3), str(run), quiet=True, allow_changed_settings=True)
+    assert json.loads((run / "config.json").read_text())["lr"] == 2e-3
+    assert CheckpointManager(str(run / "checkpoints")).latest()[0] == 3
+
+
+def test_the_teacher_cli_refuses_a_changed_setting_with_the_keys_and_the_flag(tmp_path):
+    from comfyui_salt.training.teacher import TeacherConfig, train_teacher
+    run = tmp_path / "run"
+    train_teacher(TeacherConfig(batch_size=2, threads=1, total_steps=2, eval_every=0), str(run), max_steps=1,
+                  quiet=True)
+    stored = (run / "config.json").read_text()
+    args = [sys.executable, "-m", "comfyui_salt.training", "teacher", "--out", str(run), "--batch-size", "2",
+            "--threads", "1", "--total-steps", "2", "--eval-every", "0", "--seed", "3"]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "seed: stored 0, requested 3" in proc.stderr, proc.stderr[-2000:]
+    assert "--allow-changed-settings" in proc.stderr and "Traceback" not in proc.stderr
+    assert (run / "config.json").read_text() == stored
+
+
+# -- ODE init follows the config --------------------------------------------------------------------------------
+def test_ode_init_takes_its_optimiser_ema_and_clip_from_the_config(tmp_path):
+    from comfyui_salt.salt_core.model import build_model
+    from comfyui_salt.training.distill import run_distillation
+    from comfyui_salt.training.distill_config import get_preset
+    from comfyui_salt.training.files import save_model
+    teacher = tmp_path / "teacher.safetensors"
+    save_model(build_model("toy", seed=0), teacher, extra_metadata={"teacher_mode": "teacher_forcing"})
+    cfg = get_preset("toy-ode-init", teacher=str(teacher), batch_size=2, gen_steps=2, ode_pairs=4, ode_teacher_steps=4,
+                     threads=1, checkpoint_every=1, eval_every=0, beta1=0.5, beta2=0.9, weight_decay=0.03,
+                     grad_clip=0.25, ema_decay=0.0)
+    model = run_distillation(cfg, str(tmp_path / "run"), quiet=True)
+    ckpt = CheckpointManager(str(tmp_path / "run" / "checkpoints"))
+    tensors, state = ckpt.load(ckpt.latest()[1], ["student", "ema"])
+    group = state["optimizer"]["param_groups"][0]
+    assert (group["betas"], group["weight_decay"]) == ((0.5, 0.9), 0.03)
+    for k, v in tensors["student"].items():       # decay 0: the average is the latest weights
+        assert torch.equal(tensors["ema"][k], v), k
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in rows if "ode_loss" in r] == pytest.approx([cfg.lr_gen / 50, 2 * cfg.lr_gen / 50])
+    assert all(torch.isfinite(p).all() for p in model.parameters())

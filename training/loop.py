@@ -1,0 +1,187 @@
+"""One resumable training loop for every Salt job (teacher pre-training, ODE init, distillation), as edm2's
+`training_loop`: the jobs differ only in what one step does.
+
+A job is an object with
+- `step`: its progress counter (optimizer steps; generator updates for distillation): checkpoints are named
+  after it and `stop` bounds it;
+- `advance()`: one unit of work; returns its stats (a dict of floats) when `step` moved, None when it did not
+  (a distillation iteration with only a critic update); raises FloatingPointError on a non-finite loss;
+- `state()` → ({name: state_dict} written as safetensors, {optimizer states, counters} written as state.pt)
+  and `load(tensors, state)`, its inverse.
+
+`TrainingLoop` owns everything around the step: resuming from the newest readable checkpoint, stop signals
+(common.check_stop) and interrupts (saved at a step boundary, then re-raised), max_steps / max_seconds,
+checkpoint_every, the progress bar, metrics.jsonl, evaluations (one a Cancel interrupted is made up on
+resume) and the non-finite stop (the last good state saved when the step left one). Rank 0 writes
+checkpoints; every rank logs to its own file. `RegressionJob` is the one-network job of the teacher and
+the ODE init. Knows nothing of the losses, the worlds or ComfyUI.
+"""
+import os
+import time
+
+import torch
+from tqdm.auto import tqdm
+
+from .common import EMA, CheckpointManager, JsonlLog, check_stop, cosine_lr, log, logged_eval_steps
+
+
+def stop_step(total: int, max_steps: int = None) -> int:
+    """Where a run stops: its schedule's `total`, or earlier at `max_steps` (the schedule stays `total` long)."""
+    return total if max_steps is None else min(total, max_steps)
+
+
+class TrainingLoop:
+    """The run folder's checkpoints and metrics log, and the loop that advances a job through them."""
+
+    def __init__(self, folder: str, desc: str, *, rank: int = 0, quiet: bool = False, metadata: dict = None,
+                 step_key: str = "step"):
+        """desc: the progress bar's label; metadata: strings stored in every checkpoint's safetensors header;
+        step_key: the name of the job's counter in metrics.jsonl records."""
+        self.folder, self.desc, self.rank, self.quiet = folder, desc, rank, quiet
+        self.metadata, self.step_key = metadata or {}, step_key
+        self.ckpt = CheckpointManager(os.path.join(folder, "checkpoints"))
+        self.logger = JsonlLog(os.path.join(folder, "metrics.jsonl" if rank == 0 else f"metrics_rank{rank}.jsonl"))
+
+    def resume(self, job, names, optional=()) -> bool:
+        """Load the newest readable checkpoint's `names` (+ `optional` ones present) into `job`; False if none."""
+        latest = self.ckpt.load_latest(names, optional)
+        if latest is None:
+            return False
+        path, tensors, state = latest
+        job.load(tensors, state)
+        log.info("resumed from %s (%s %d)", path, self.step_key, job.step)
+        return True
+
+    def save(self, job) -> None:
+        """A checkpoint of `job` at its step (rank 0 only: the replicas are identical, every rank resumes from it)."""
+        if self.rank == 0:
+            tensors, state = job.state()
+            self.ckpt.save(job.step, tensors, state, self.metadata)
+
+    def run(self, job, stop: int, *, checkpoint_every: int, log_every: int, max_seconds: float = None,
+            callback=None, evaluate=None, eval_every: int = 0, postfix: dict = None, nonfinite_hint: str = "") -> None:
+        """Advance `job` until `job.step` reaches `stop` (or `max_seconds` of wall time have passed).
+
+        After each step that moved the counter, in this order: the log record (every `log_every` steps),
+        `callback({"gen_step", "total", "stats"})` (it may raise KeyboardInterrupt to stop: the state is saved
+        first), a checkpoint (every `checkpoint_every` steps, at `stop`, and when out of time), `evaluate()` → a
+        dict of scores logged as {step_key, "eval"} (every `eval_every` steps and at `stop`; 0 disables).
+        postfix: {bar label: stats key} shown on the progress bar. nonfinite_hint: the fix added to a
+        non-finite stop's message.
+        """
+        started = time.time()
+
+        def eval_due():
+            return (evaluate is not None and eval_every > 0 and job.step > 0
+                    and (job.step % eval_every == 0 or job.step == stop))
+
+        def run_evaluation():
+            scores = evaluate()
+            self.logger.write(**{self.step_key: job.step, "eval": scores})
+            log.info("%s %d eval %s", self.step_key, job.step, scores)
+
+        if eval_due() and job.step not in logged_eval_steps(self.logger.path, self.step_key):
+            run_evaluation()   # the evaluation a Cancel interrupted after the checkpoint it follows
+        bar = tqdm(total=stop, initial=job.step, desc=self.desc, disable=self.quiet or self.rank != 0,
+                   dynamic_ncols=True)
+        last_log, last_logged = time.time(), job.step
+        at_boundary = True   # True between steps: only then is the in-memory state consistent to save
+        try:
+            while job.step < stop:
+                check_stop()
+                before = job.step
+                at_boundary = False
+                try:
+                    stats = job.advance()
+                except FloatingPointError as e:
+                    # A failure before the counter moved left the last good state in memory: save it. After it
+                    # moved (a critic failing after its iteration's generator update), the state is half a unit
+                    # that a resume would repeat: the newest checkpoint is the last good state.
+                    if job.step == before:
+                        self.save(job)
+                        where = f"the last good state is saved in {self.ckpt.folder}"
+                    else:
+                        where = f"the newest checkpoint in {self.ckpt.folder} is the last good state"
+                    raise FloatingPointError(f"{e}; {where}" + (f"; {nonfinite_hint}" if nonfinite_hint else "")) \
+                        from None
+                at_boundary = True
+                if stats is None:
+                    continue
+                bar.update(1)
+                if job.step % log_every == 0:
+                    now = time.time()
+                    self.logger.write(**{self.step_key: job.step}, **stats,
+                                      sec_per_step=(now - last_log) / max(1, job.step - last_logged))
+                    last_log, last_logged = now, job.step
+                    if postfix:
+                        bar.set_postfix({label: f"{stats.get(key, 0.0):.4g}" for label, key in postfix.items()})
+                if callback is not None:
+                    callback({"gen_step": job.step, "total": stop, "stats": stats})
+                out_of_time = max_seconds is not None and time.time() - started > max_seconds
+                if job.step % checkpoint_every == 0 or job.step == stop or out_of_time:
+                    self.save(job)
+                if eval_due():
+                    run_evaluation()
+                if out_of_time:
+                    log.info("stopped at %s %d after %.0f s (max_seconds); rerun to continue", self.step_key,
+                             job.step, time.time() - started)
+                    break
+        except (KeyboardInterrupt, Exception) as reason:
+            # An interrupt (a stop signal, Ctrl-C, the callback's Cancel) or an error in a callback or an
+            # evaluation between steps finds a consistent state: save it so a rerun resumes exactly.
+            if at_boundary and not isinstance(reason, FloatingPointError):
+                self.save(job)
+                log.info("stopped at %s %d (%s); checkpoint saved, rerun the same command to resume", self.step_key,
+                         job.step, type(reason).__name__)
+            else:
+                log.info("stopped inside a step; rerun the same command to resume from the last checkpoint")
+            raise
+        finally:
+            bar.close()
+
+
+class RegressionJob:
+    """One network trained by AdamW on `loss_fn(step)` (a scalar tensor; it draws its own batch from the step),
+    with linear warm-up + cosine learning rate, grad-norm clipping and an EMA from step 0: the teacher's
+    pre-training and the ODE initialisation of a student."""
+
+    def __init__(self, model, loss_fn, *, name: str, loss_name: str, lr: float, betas: tuple, weight_decay: float,
+                 warmup: int, total: int, min_lr_ratio: float, grad_clip: float, ema_decay: float):
+        """name: the checkpoint file of the raw weights ("model", "student"); loss_name: its key in the stats."""
+        self.model, self.loss_fn, self.name, self.loss_name = model, loss_fn, name, loss_name
+        self.schedule = dict(base=lr, warmup=warmup, total=total, min_ratio=min_lr_ratio)
+        self.grad_clip, self.ema_decay = grad_clip, ema_decay
+        self.opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
+        self.ema = EMA(model, ema_decay)
+        self.step = 0
+
+    def advance(self) -> dict:
+        """One optimizer step; FloatingPointError (nothing applied) when the loss is not finite."""
+        lr = cosine_lr(self.step, **self.schedule)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        loss = self.loss_fn(self.step)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{self.loss_name} became {loss.item()} at step {self.step}")
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.opt.step()
+        self.ema.update(self.model)
+        self.step += 1
+        return {self.loss_name: loss.item(), "grad_norm": float(grad_norm), "lr": lr}
+
+    def restart_from(self, step: int) -> None:
+        """Continue a warm start at `step` of the schedule: a fresh optimizer state, the EMA at the current weights."""
+        self.ema = EMA(self.model, self.ema_decay)
+        self.step = step
+
+    def state(self) -> tuple:
+        return ({self.name: self.model.state_dict(), "ema": self.ema.state_dict()},
+                {"optimizer": self.opt.state_dict(), "step": self.step})
+
+    def load(self, tensors: dict, state: dict) -> None:
+        self.model.load_state_dict(tensors[self.name])
+        self.ema.load_state_dict(tensors["ema"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])
