@@ -95,27 +95,30 @@ def test_the_ema_is_the_lerp_recursion_from_the_initial_weights():
 
 # -- every job refuses changed settings on resume ---------------------------------------------------------------
 def test_the_teacher_refuses_to_resume_with_other_settings_unless_told_and_never_rewrites_config_json(tmp_path):
+    from comfyui_salt.toy.jobs import teacher_world
     from comfyui_salt.training.teacher import TeacherConfig, train_teacher
     cfg = dict(batch_size=2, threads=1, checkpoint_every=1, total_steps=3, log_every=1, eval_every=0)
     run = tmp_path / "run"
-    train_teacher(TeacherConfig(**cfg), str(run), max_steps=1, quiet=True)
+    world = teacher_world(TeacherConfig(**cfg))
+    train_teacher(TeacherConfig(**cfg), str(run), max_steps=1, quiet=True, world=world)
     stored = (run / "config.json").read_text()
     with pytest.raises(ValueError) as e:
-        train_teacher(TeacherConfig(**cfg, lr=2e-3), str(run), max_steps=2, quiet=True)
+        train_teacher(TeacherConfig(**cfg, lr=2e-3), str(run), max_steps=2, quiet=True, world=world)
     assert "lr: stored 0.001, requested 0.002" in str(e.value) and "another name" in str(e.value)
     assert "--allow-changed-settings" in str(e.value)
     assert (run / "config.json").read_text() == stored
-    train_teacher(TeacherConfig(**cfg, eval_steps=2), str(run), max_steps=2, quiet=True)   # evaluation only: free
-    train_teacher(TeacherConfig(**cfg, lr=2e-3), str(run), quiet=True, allow_changed_settings=True)
+    train_teacher(TeacherConfig(**cfg, eval_steps=2), str(run), max_steps=2, quiet=True, world=world)   # eval only: free
+    train_teacher(TeacherConfig(**cfg, lr=2e-3), str(run), quiet=True, allow_changed_settings=True, world=world)
     assert json.loads((run / "config.json").read_text())["lr"] == 2e-3
     assert CheckpointManager(str(run / "checkpoints")).latest()[0] == 3
 
 
 def test_the_teacher_cli_refuses_a_changed_setting_with_the_keys_and_the_flag(tmp_path):
+    from comfyui_salt.toy.jobs import teacher_world
     from comfyui_salt.training.teacher import TeacherConfig, train_teacher
     run = tmp_path / "run"
-    train_teacher(TeacherConfig(batch_size=2, threads=1, total_steps=2, eval_every=0), str(run), max_steps=1,
-                  quiet=True)
+    cfg = TeacherConfig(batch_size=2, threads=1, total_steps=2, eval_every=0)
+    train_teacher(cfg, str(run), max_steps=1, quiet=True, world=teacher_world(cfg))
     stored = (run / "config.json").read_text()
     args = [sys.executable, "-m", "comfyui_salt.training", "teacher", "--out", str(run), "--batch-size", "2",
             "--threads", "1", "--total-steps", "2", "--eval-every", "0", "--seed", "3"]
@@ -128,6 +131,7 @@ def test_the_teacher_cli_refuses_a_changed_setting_with_the_keys_and_the_flag(tm
 # -- ODE init follows the config --------------------------------------------------------------------------------
 def test_ode_init_takes_its_optimiser_ema_and_clip_from_the_config(tmp_path):
     from comfyui_salt.salt_core.model import build_model
+    from comfyui_salt.toy.jobs import distill_world
     from comfyui_salt.training.distill import run_distillation
     from comfyui_salt.training.distill_config import get_preset
     from comfyui_salt.training.files import save_model
@@ -136,7 +140,7 @@ def test_ode_init_takes_its_optimiser_ema_and_clip_from_the_config(tmp_path):
     cfg = get_preset("toy-ode-init", teacher=str(teacher), batch_size=2, gen_steps=2, ode_pairs=4, ode_teacher_steps=4,
                      threads=1, checkpoint_every=1, eval_every=0, beta1=0.5, beta2=0.9, weight_decay=0.03,
                      grad_clip=0.25, ema_decay=0.0)
-    model = run_distillation(cfg, str(tmp_path / "run"), quiet=True)
+    model = run_distillation(cfg, str(tmp_path / "run"), quiet=True, world=distill_world())
     ckpt = CheckpointManager(str(tmp_path / "run" / "checkpoints"))
     tensors, state = ckpt.load(ckpt.latest()[1], ["student", "ema"])
     group = state["optimizer"]["param_groups"][0]
