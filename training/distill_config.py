@@ -99,6 +99,8 @@ class DistillConfig:
                                         "200)", count=0)
     ode_pairs: int = _ode(512, "teacher trajectories generated once", count=1)
     ode_teacher_steps: int = _ode(40, "Euler steps of the teacher", count=1)
+    ode_warmup_steps: int = _ode(50, "linear warm-up of lr_gen over these steps", count=0)
+    ode_min_lr_ratio: float = _ode(0.1, "cosine floor at gen_steps, as a fraction of lr_gen", low=0, high=1)
     autocast_bf16: bool = _runtime(False, "bf16 autocast where supported (GPU)")
     grad_checkpointing: bool = _runtime(False, "activation checkpointing (safe with the KV cache)")
     memory_limit_gib: float = _runtime(0.0, "refuse runs whose estimate exceeds this; 0 = the device's free memory",

@@ -98,19 +98,13 @@ def ode_regression_loss(student, kind: str, pairs: dict, idx, levels, grid, chun
     return (pred.float() - x0).pow(2).mean()
 
 
-# The ODE init's learning-rate warm-up and cosine floor. DistillConfig has no such fields yet (the distillation
-# job runs at a constant rate); until it has, these are the values the job has always used.
-ODE_WARMUP_STEPS = 50
-ODE_MIN_LR_RATIO = 0.1
-
-
 def run_ode_init(cfg, out_dir: str, max_steps: int = None, callback=None, quiet: bool = False,
                  device: torch.device = torch.device("cpu"), rank: int = 0, world=None):
     """Train the student on cached teacher ODE pairs on `device`; resumable; returns the (EMA) student.
 
     The optimiser follows the config's generator settings (lr_gen, beta1, beta2, weight_decay, grad_clip) and
     its ema_decay, with an EMA from step 0 (ema_start_iter is the distillation's); the rate warms up over
-    ODE_WARMUP_STEPS and decays by a cosine to ODE_MIN_LR_RATIO · lr_gen at gen_steps.
+    ode_warmup_steps and decays by a cosine to ode_min_lr_ratio · lr_gen at gen_steps.
     `world`: the DistillWorld of a toy-world run (training.distill_models).
     """
     teacher, student, _ = build_models(cfg, world)
@@ -137,8 +131,8 @@ def run_ode_init(cfg, out_dir: str, max_steps: int = None, callback=None, quiet:
         levels = torch.randint(0, len(grid), (cfg.batch_size, cfg.num_frames // cfg.chunk_frames), generator=gen)
         return ode_regression_loss(student, kind, pairs, idx, levels, grid, cfg.chunk_frames)
     job = RegressionJob(student, loss_fn, name="student", loss_name="ode_loss", lr=cfg.lr_gen,
-                        betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay, warmup=ODE_WARMUP_STEPS,
-                        total=cfg.gen_steps, min_lr_ratio=ODE_MIN_LR_RATIO, grad_clip=cfg.grad_clip,
+                        betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay, warmup=cfg.ode_warmup_steps,
+                        total=cfg.gen_steps, min_lr_ratio=cfg.ode_min_lr_ratio, grad_clip=cfg.grad_clip,
                         ema_decay=cfg.ema_decay)
     loop = TrainingLoop(out_dir, "ode-init", rank=rank, quiet=quiet, metadata={
         "salt_config": student.cfg.to_json(), "distill_config": json.dumps(cfg.__dict__, default=str)})
