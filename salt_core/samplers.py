@@ -6,15 +6,10 @@ SIGMAS end with 0. `fewstep_update` is the one denoising update; streaming and t
 call it on a cache-bound denoiser. Knows nothing of ComfyUI or caches (the AR rollout lives in streaming.py).
 """
 import torch
+from tqdm.auto import trange
 
 from .schedules import add_noise
 from .validate import check_finite_tensor, check_sigmas
-
-try:
-    from tqdm.auto import trange
-except ImportError:  # tqdm is optional: progress bars only
-    def trange(n, disable=None, **_):
-        return range(n)
 
 
 def default_noise_sampler(x: torch.Tensor, seed=None):
