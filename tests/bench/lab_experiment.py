@@ -6,7 +6,8 @@ Commands (from the repository root; a learned lab teacher first, README "Method 
 ```bash
 # the teacher snapshot the arms distil (any lab teacher file with teacher_mode metadata)
 .venv/bin/python -m comfyui_salt.training export-teacher --run runs/lab-teacher --out runs/lab_teacher.safetensors
-# run (or resume) every missing stage in the background, then print the table; Ctrl-C saves and stops, rerun resumes
+# run (or resume) every missing stage in the background, then print the table; Ctrl-C or `kill <pid>` saves and
+# stops (the running job checkpoints first), the same command resumes
 nohup .venv/bin/python tests/bench/lab_experiment.py --teacher runs/lab_teacher.safetensors --out runs/lab-exp \
     --seeds 3 --updates 200 > runs/lab-exp.log 2>&1 &
 # the table from finished runs only (runs nothing)
@@ -29,6 +30,7 @@ clips, same resample). Extra settings for every job: `--set key=value` (e.g. tin
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -118,7 +120,8 @@ def run_job(preset: str, run_dir: str, overrides: dict, done: str, in_process: b
     proc = subprocess.Popen(cmd)
     try:
         rc = proc.wait()
-    except KeyboardInterrupt:   # the child got the same Ctrl-C: let it save its checkpoint, then stop
+    except KeyboardInterrupt:   # Ctrl-C or kill: ask the child to stop (it saves its checkpoint), wait, then stop
+        proc.send_signal(signal.SIGINT)
         proc.wait()
         raise
     if rc != 0:
@@ -313,6 +316,9 @@ def main(argv=None) -> int:
     if not args.table:
         if not args.teacher:
             raise SystemExit("--teacher <learned lab teacher file> is needed to run stages (or pass --table)")
+        def stop(signum, frame):
+            raise KeyboardInterrupt(f"signal {signum}")
+        signal.signal(signal.SIGTERM, stop)   # `kill <pid>` stops like Ctrl-C (the running job saves first)
         try:
             run_stages(args, parse_sets(args.set))
         except KeyboardInterrupt:
