@@ -24,8 +24,8 @@ Stages, each skipped where finished and resumed where it stopped:
    student's own rollout states (`training.distill_eval.defect_samples`), mode switches along a 3×-length
    rolling-cache rollout (causal students), and the run's summary.json (SC-acted and aligned update counts).
 `--table` prints, per arm and NFE, means with two-level bootstrap 95 % intervals (seeds, then clips within a seed:
-`salt_core.metrics.bootstrap.nested_bootstrap`) and paired differences against the `dmd` arm (same seeds, same
-clips, same resample). Extra settings for every job: `--set key=value` (e.g. tiny sizes in the CI smoke).
+`salt_core.metrics.bootstrap.nested_bootstrap`) and paired differences against the reference arm of the same
+student kind (`dmd`, or `bidir-dmd` for the bidirectional arms; same seeds, same clips, same resample). Extra settings for every job: `--set key=value` (e.g. tiny sizes in the CI smoke).
 """
 import argparse
 import json
@@ -40,7 +40,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 if ROOT not in sys.path:   # run as a script from a checkout
     sys.path.insert(0, os.path.dirname(ROOT))
 
-REFERENCE = "dmd"          # the arm paired differences are taken against
+REFERENCE = {"causal": "dmd", "bidirectional": "bidir-dmd"}   # the arm paired differences are taken against
 EVAL_NFE = (4, 2)
 EVAL_SEED = 1234           # paired noise: every arm's students sample from this seed
 DEFECT_GRID = 8
@@ -265,26 +265,29 @@ def _fmt(iv, digits=3) -> str:
 
 
 def format_table(results: dict, resamples: int = 1000) -> str:
-    """The markdown table of finished runs: per arm and NFE, means [95 % intervals] and paired Δ vs `dmd`."""
+    """The markdown table of finished runs: per arm and NFE, means [95 % intervals] and paired Δ (arm − reference,
+    same seeds, clips and resamples) against the reference arm of its student kind (`dmd` or `bidir-dmd`)."""
     from comfyui_salt.toy.lab.world import LabWorld
     if not results:
         return "no evaluated runs yet"
     world = LabWorld(next(iter(next(iter(results.values())).values()))["config"]["world"].split(":", 1)[1])
-    head = (["arm", "seeds", "NFE"] + list(METRICS) + [f"Δ{m} vs {REFERENCE}" for m in DIFFS]
+    head = (["arm", "seeds", "NFE"] + list(METRICS) + ["vs"] + [f"Δ{m}" for m in DIFFS]
             + ["SC updates", "aligned updates", "generator updates"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    ref = results.get(REFERENCE, {})
     for arm in [a for a in ARMS if a in results]:
         seeds = sorted(results[arm])
         runs = [results[arm][s] for s in seeds]
+        ref_arm = REFERENCE[runs[0]["config"]["student_kind"]]
+        ref = results.get(ref_arm, {})
         paired = [s for s in seeds if s in ref]
         counts = [sum(r["summary"].get(k, 0) for r in runs) for k in ("sc_updates", "align_updates", "gen_updates")]
         for nfe in EVAL_NFE:
             cells = [arm, str(len(seeds)), str(nfe)]
             for m in METRICS:
                 cells.append(_fmt(interval(runs, metric_fn(m, nfe, world), resamples=resamples)))
+            cells.append(ref_arm if arm != ref_arm and paired else "")
             for m in DIFFS:
-                if arm == REFERENCE or not paired:
+                if arm == ref_arm or not paired:
                     cells.append("")
                     continue
                 cells.append(_fmt(interval([results[arm][s] for s in paired], metric_fn(m, nfe, world),
