@@ -58,6 +58,37 @@ def evaluate_student(model, cfg, callback=None, preview_path: str = None) -> dic
     return out
 
 
+def evaluate_lab_student(model, cfg, callback=None, preview_path: str = None) -> dict:
+    """{f"nfe{k}": the lab's exact metric means} for each inference NFE of a DistillConfig `cfg` on a lab world
+    ("lab:<preset>"): `cfg.eval_clips` clips of the fixed captions (`lab_eval_captions`), sampled with
+    `sample_student` (seed 0) and scored by toy.lab.metrics.evaluate_clips; preview GIF as `evaluate_student`."""
+    from .lab.metrics import evaluate_clips
+    from .lab.world import LabTextEncoder, LabWorld
+    from .prompts import lab_eval_captions
+    lab = LabWorld(cfg.world[len(LAB_PREFIX):])
+    caps = lab_eval_captions(lab, cfg.eval_clips)
+    context = LabTextEncoder(lab, model.cfg.text_dim, model.cfg.text_len).encode(caps)
+    out, rows = {}, {}
+    for nfe in cfg.eval_nfe:
+        videos = sample_student(model, cfg, context, nfe).cpu()
+        out[f"nfe{nfe}"] = evaluate_clips(lab, videos, caps)
+        rows[f"{nfe} NFE"] = videos[:8]
+        if callback is not None:
+            callback({"preview": videos, "nfe": nfe})
+    if preview_path:
+        from .preview import save_gif
+        save_gif(rows, preview_path)
+    return out
+
+
+def evaluate_any_student(model, cfg, callback=None, preview_path: str = None) -> dict:
+    """The distillation job's evaluation callback: the lab's exact metrics on "lab:<preset>" worlds, else the
+    sprite world's oracle metrics (`evaluate_student`)."""
+    if cfg.world.startswith(LAB_PREFIX):
+        return evaluate_lab_student(model, cfg, callback, preview_path)
+    return evaluate_student(model, cfg, callback, preview_path)
+
+
 def drift_slopes(model, cfg, captions, context, nfe: int, length_factor: int = 3,
                  window_frames: int = None) -> dict:
     """Per-frame oracle curves of a `length_factor`× longer rollout on a rolling cache with

@@ -9,8 +9,8 @@ import torch
 from ..salt_core.config import get_config
 from ..training.distill_models import DistillWorld
 from ..training.teacher import TeacherWorld
-from .evaluate import LAB_PREFIX, evaluate_student
-from .prompts import ToyPrompts, eval_prompts
+from .evaluate import LAB_PREFIX, evaluate_any_student
+from .prompts import LabPrompts, ToyPrompts, eval_prompts
 from .shipped import TOY_TEACHER, load_toy_teacher
 from .text import ToyTextEncoder
 from .world import get_world, sample_batch
@@ -39,9 +39,26 @@ def teacher_world(cfg) -> TeacherWorld:
     return TeacherWorld(world, encoder, draw, lambda n: eval_prompts(world, n))
 
 
+def distill_prompts(cfg, text_dim: int, text_len: int):
+    """The prompt source of cfg.world: LabPrompts on "lab:<preset>", else ToyPrompts (sprite captions)."""
+    if cfg.world.startswith(LAB_PREFIX):
+        return LabPrompts(cfg.world[len(LAB_PREFIX):], text_dim, text_len)
+    return ToyPrompts(cfg.world, text_dim, text_len)
+
+
+def exact_teacher(cfg):
+    """teacher="exact": the lab world's ExactTeacher (closed form, no parameters); refused on other worlds."""
+    if not cfg.world.startswith(LAB_PREFIX):
+        raise ValueError(f"teacher='exact' needs a method-lab world (world='lab:<preset>'); world={cfg.world!r} "
+                         f"has no exact teacher: pass 'toy' or a checkpoint path")
+    from .lab.teacher import ExactTeacher
+    from .lab.world import LabWorld
+    return ExactTeacher(LabWorld(cfg.world[len(LAB_PREFIX):]))
+
+
 def distill_world() -> DistillWorld:
-    """The DistillWorld of toy-world runs: teacher="toy" is the shipped toy teacher, prompts are ToyPrompts of
-    cfg.world, evaluation is `evaluate_student` (oracle metrics at each eval NFE, preview GIFs)."""
+    """The DistillWorld of toy-world runs: teacher="toy" is the shipped toy teacher, teacher="exact" the lab's
+    ExactTeacher; prompts and evaluation follow cfg.world — sprite worlds: ToyPrompts and `evaluate_student`
+    (oracle metrics, preview GIFs); "lab:<preset>": LabPrompts and the lab's exact metrics at each eval NFE."""
     return DistillWorld(teacher_file=TOY_TEACHER, load_teacher=lambda: load_toy_teacher()[0],
-                        prompts=lambda cfg, text_dim, text_len: ToyPrompts(cfg.world, text_dim, text_len),
-                        evaluate=evaluate_student)
+                        prompts=distill_prompts, evaluate=evaluate_any_student, exact_teacher=exact_teacher)

@@ -31,7 +31,7 @@ from ..salt_core.scorenet import ScoreNet
 from ..salt_core.validate import check_count
 from .common import EMA, check_loss_terms, step_generators, step_seed
 from .distill_config import RELEASED_CLIPS_PER_UPDATE, DistillConfig
-from .distill_models import DistillWorld, build_models, build_prompts, check_world, resolve_teacher_kind
+from .distill_models import EXACT, DistillWorld, build_models, build_prompts, check_world, resolve_teacher_kind
 from .distributed import average_gradients, process_info
 from .ode_init import run_ode_init
 from .loop import TrainingLoop, stop_step
@@ -68,14 +68,16 @@ class Distiller:
     """Models, optimisers and losses of one run; `iteration(it)` performs one loop iteration."""
 
     def __init__(self, cfg: DistillConfig, teacher, student, critic, prompts, rank: int = 0, world_size: int = 1,
-                 score_kind: str = None):
+                 score_kind: str = None, features=None):
         """score_kind: how teacher and critic score a clip (a ScoreNet kind); default `cfg.teacher_kind`, which
-        must then not be "auto" (run_distillation resolves it from the teacher file)."""
+        must then not be "auto" (run_distillation resolves it from the teacher file). features: the frozen network
+        whose block features the alignment compares (default the teacher; an exact teacher has none)."""
         self.cfg, self.rank, self.world_size, self.prompts = cfg, rank, world_size, prompts
         self.teacher, self.student, self.critic = teacher, student, critic
         self.score_kind = score_kind or cfg.teacher_kind
         self.real = ScoreNet(teacher, self.score_kind, cfg.chunk_frames)
         self.fake = ScoreNet(critic, self.score_kind, cfg.chunk_frames)
+        self.features = self.real if features is None else ScoreNet(features, self.score_kind, cfg.chunk_frames)
         teacher.requires_grad_(False).eval()
         student.gradient_checkpointing = critic.gradient_checkpointing = cfg.grad_checkpointing
         self.opt_gen = torch.optim.AdamW(student.parameters(), lr=cfg.lr_gen, betas=(cfg.beta1, cfg.beta2),
@@ -211,9 +213,9 @@ class Distiller:
                     probe["sq"] += g.double().pow(2).sum().item()
                 x_al.register_hook(record)
                 self._align_probes.append(probe)
-            _, f_stu = self.real.velocity(add_noise(x_al, eps_f, s5), sigma_f, ctx, x.detach(), cfg.align_block)
+            _, f_stu = self.features.velocity(add_noise(x_al, eps_f, s5), sigma_f, ctx, x.detach(), cfg.align_block)
             with torch.no_grad():
-                _, f_ref = self.real.velocity(add_noise(ref, eps_f, s5), sigma_f, ctx, ref, cfg.align_block)
+                _, f_ref = self.features.velocity(add_noise(ref, eps_f, s5), sigma_f, ctx, ref, cfg.align_block)
             l_al, st = self.align(f_stu, f_ref, frames=cfg.num_frames)
             total = total + self.align.weight * l_al
             stats.update(st)
@@ -380,8 +382,10 @@ def _run_distillation(cfg, out_dir, max_gen_steps, callback, quiet, device, worl
     check_distill_memory(cfg, student, critic, device)
     teacher, student, critic = (m.to(device) for m in (teacher, student, critic))
     prompts = build_prompts(cfg, teacher, out_dir, world)
+    # an exact teacher has no features: the alignment compares those of the critic's initial weights (frozen)
+    features = copy.deepcopy(critic).requires_grad_(False).eval() if cfg.teacher == EXACT and cfg.align_weight else None
     job = Distiller(cfg, teacher, student, critic, prompts, rank, world_size,
-                    score_kind=resolve_teacher_kind(cfg, world))
+                    score_kind=resolve_teacher_kind(cfg, world), features=features)
     log.info("teacher and critic score clips %s", "whole (bidirectional)" if job.score_kind == "bidirectional"
              else "chunk by chunk given the clean past (teacher forcing)")
     clips = cfg.batch_size * cfg.grad_accum * world_size

@@ -41,7 +41,8 @@ _runtime, _logs = grouped("runtime"), grouped("checkpoints, evaluation, logs")
 class DistillConfig:
     job: str = _job("dmd", "what the run trains: DMD / SC-DMD / Salt, or ODE-pair regression", choices=JOBS)
     # -- models ------------------------------------------------------------------------------
-    teacher: str = _models("toy", "toy (the shipped toy teacher) or a checkpoint path (any layout)")
+    teacher: str = _models("toy", "toy (the shipped toy teacher), exact (the lab world's closed-form teacher) or a "
+                                  "checkpoint path (any layout)")
     teacher_kind: str = _models("auto", "how teacher and critic score: the whole clip, chunk by chunk, or auto (the "
                                         "teacher file's mode)", choices=SCORE_KINDS)
     student_init: str = _models("teacher", "teacher (a copy of the teacher weights) or a checkpoint path")
@@ -50,7 +51,7 @@ class DistillConfig:
                                 choices=STUDENT_KINDS)
     use_ema_weights: bool = _models(True, "read generator_ema from release files")
     # -- data --------------------------------------------------------------------------------
-    world: str = _data("default", "toy world preset (toy runs)")
+    world: str = _data("default", "toy world preset (toy runs), or lab:<preset> (the method lab)")
     prompts_file: str = _data("", "one prompt per line (real scale)")
     text_encoder: str = _data("", "umT5 path (real scale): embeddings computed once and cached")
     negative_prompt: str = _data("wan", "wan = Wan's default negative prompt for the unconditional branch")
@@ -155,6 +156,7 @@ DISTILL_PRESETS = {
     "toy-bidir-dmd": replace(_TOY, student_kind="bidirectional"),
     "toy-bidir-sc-dmd": replace(_TOY, student_kind="bidirectional", step_choices=(8,), step_probs=(1.0,),
                                 sc_weight=0.2),
+    # the method lab (README "Method lab"): the toy recipes above on the lab's world (filled in below)
     # real scale (Wan 2.1 1.3B student, 14B teacher); paths from the user. The DMD baseline (the _REAL base, K = 4):
     # Self Forcing's 600 iterations (120 generator updates); Causal Forcing's DMD stage is the same recipe from its
     # own ODE-initialised student (student_init).
@@ -165,6 +167,14 @@ DISTILL_PRESETS = {
     "salt-wan-bidirectional": replace(_REAL, student_kind="bidirectional", step_choices=(8,), step_probs=(1.0,),
                                       sc_weight=0.2),
 }
+# The method lab: each toy recipe on the lab world, with guidance 1 (the lab's truth is the conditional law; CFG
+# would sharpen samples away from the data) and the lab's shift (toy.lab.LAB_SHIFT = the toy shift; training cannot
+# import the toy wing, tests/test_lab_experiment.py checks they agree). No default teacher: pass the learned lab
+# teacher's file, or teacher=exact (then student_init and critic_init must be files).
+LAB_FIELDS = dict(world="lab:default", guidance_scale=1.0, shift=TOY_SHIFT, teacher="")
+DISTILL_PRESETS.update({"lab-" + name[len("toy-"):]: replace(DISTILL_PRESETS[name], **LAB_FIELDS)
+                        for name in ("toy-ode-init", "toy-dmd", "toy-sc-dmd", "toy-salt", "toy-bidir-dmd",
+                                     "toy-bidir-sc-dmd")})
 # Names folded into another preset with the same settings: refused with the name to use.
 RENAMED_PRESETS = {
     "toy-sc-single-k": "toy-sc-dmd (the same recipe: SC-DMD on the 8-step grid, single K)",

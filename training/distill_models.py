@@ -2,13 +2,14 @@
 
 File reading happens here (and in files.py), never in salt_core. The student and critic are
 trainable copies; the teacher stays frozen and is never copied. A toy-world run (`cfg.world` set, or
-`teacher="toy"`) borrows its teacher, prompts and evaluation from a `DistillWorld` its front door builds
-(the toy wing's `toy.jobs.distill_world()`); this package imports no world.
+`teacher="toy"` or `"exact"`) borrows its teacher, prompts and evaluation from a `DistillWorld` its front door
+builds (the toy wing's `toy.jobs.distill_world()`); this package imports no world. `teacher="exact"` is a world's
+closed-form teacher (the method lab's): no parameters, so student and critic must come from files.
 """
 import copy
 import os
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 from ..salt_core.scorenet import KINDS
 from .distill_config import DistillConfig
@@ -26,11 +27,16 @@ class DistillWorld:
     load_teacher: Callable     # () -> that teacher, a WanModel in eval mode
     prompts: Callable          # (cfg, text_dim, text_len) -> prompt source for cfg.world (see training.prompts)
     evaluate: Callable         # (model, cfg, callback, preview_path) -> {f"nfe{k}": metric means}
+    exact_teacher: Optional[Callable] = None   # (cfg) -> the closed-form teacher of cfg.world for teacher="exact"
+    #                                            (WanModel's forward signature, no parameters); None = no world has one
+
+
+EXACT = "exact"   # DistillConfig.teacher naming the world's closed-form teacher (scores whole clips by default)
 
 
 def needs_world(cfg: DistillConfig) -> bool:
     """Whether a run borrows from a world: the toy teacher or toy prompts."""
-    return cfg.teacher == "toy" or bool(cfg.world)
+    return cfg.teacher in ("toy", EXACT) or bool(cfg.world)
 
 
 def check_world(cfg: DistillConfig, world, where: str) -> None:
@@ -50,15 +56,31 @@ def _load(source: str, cfg: DistillConfig, teacher, what: str):
     return model.train()
 
 
+def exact_teacher(cfg: DistillConfig, world: DistillWorld):
+    """The world's closed-form teacher for teacher="exact"; a ValueError naming the fix where it cannot be one."""
+    check_world(cfg, world, "build_models")
+    if world.exact_teacher is None:
+        raise ValueError(f"teacher='exact' but this DistillWorld has no exact teacher; pass a teacher checkpoint path")
+    for what in ("student_init", "critic_init"):
+        if getattr(cfg, what) == "teacher":
+            raise ValueError(f"teacher='exact' has no weights to copy, so {what}='teacher' cannot work; pass {what}="
+                             f"<a checkpoint> (the critic: the learned teacher of the same world; the student: its "
+                             f"ODE initialisation)")
+    return world.exact_teacher(cfg)
+
+
 def build_models(cfg: DistillConfig, world: DistillWorld = None):
-    """(teacher, student, critic) WanModels for a run (`world` lends the teacher of teacher="toy")."""
-    if cfg.teacher == "toy":
+    """(teacher, student, critic) WanModels for a run (`world` lends the teacher of teacher="toy" and "exact")."""
+    if cfg.teacher == EXACT:
+        teacher = exact_teacher(cfg, world)
+    elif cfg.teacher == "toy":
         check_world(cfg, world, "build_models")
         teacher = world.load_teacher()
     elif cfg.teacher:
         teacher, _ = load_model(cfg.teacher, use_ema=cfg.use_ema_weights)
     else:
-        raise ValueError("DistillConfig.teacher is empty: pass 'toy' or a teacher checkpoint path")
+        raise ValueError("DistillConfig.teacher is empty: pass 'toy' (the sprite world), 'exact' (the method lab's "
+                         "closed-form teacher) or a teacher checkpoint path")
     teacher.requires_grad_(False).eval()
     student = _load(cfg.student_init, cfg, teacher, "student_init")
     critic = _load(cfg.critic_init, cfg, teacher, "critic_init")
@@ -68,9 +90,11 @@ def build_models(cfg: DistillConfig, world: DistillWorld = None):
 def resolve_teacher_kind(cfg: DistillConfig, world: DistillWorld = None) -> str:
     """How teacher and critic score a clip (a ScoreNet kind): `cfg.teacher_kind`, or for "auto" the teacher file's
     `teacher_mode` metadata (our teachers record it) and otherwise "bidirectional" (Wan 2.1 teachers score the
-    whole clip, as the released DMD does). Reads the file header only."""
+    whole clip, as the released DMD does; so does an exact teacher). Reads the file header only."""
     if cfg.teacher_kind != "auto":
         return cfg.teacher_kind
+    if cfg.teacher == EXACT:
+        return "bidirectional"
     if cfg.teacher == "toy":
         check_world(cfg, world, "resolve_teacher_kind")
         path = world.teacher_file

@@ -23,7 +23,7 @@ from ..salt_core.scorenet import ScoreNet
 from ..salt_core.streaming import stream_video
 from .common import JsonlLog, step_generators
 from .loop import RegressionJob, TrainingLoop, stop_step
-from .distill_models import build_models, build_prompts, resolve_teacher_kind
+from .distill_models import EXACT, build_models, build_prompts, resolve_teacher_kind
 from .validate import check_ode_init_memory
 
 
@@ -107,6 +107,9 @@ def run_ode_init(cfg, out_dir: str, max_steps: int = None, callback=None, quiet:
     ode_warmup_steps and decays by a cosine to ode_min_lr_ratio · lr_gen at gen_steps.
     `world`: the DistillWorld of a toy-world run (training.distill_models).
     """
+    if cfg.teacher == EXACT:
+        raise ValueError("job=ode_init with teacher='exact': ODE pairs come from a network teacher here; pass the "
+                         "learned teacher's checkpoint as teacher (the exact teacher is a real score for job=dmd)")
     teacher, student, _ = build_models(cfg, world)
     check_ode_init_memory(cfg, student, device)
     teacher, student = teacher.to(device), student.to(device)

@@ -129,20 +129,40 @@ def within_mode_variance(w: torch.Tensor, mode: torch.Tensor, counts: torch.Tens
     return num / den if den else float("nan")
 
 
+def mode_residuals(world, video, start_frame: int = 0) -> torch.Tensor:
+    """Per clip and mode, x - m_k over all pixels: (B, K, nD) float64 (the input of the per-mode mean error)."""
+    x = world.to_frames(video).flatten(1)
+    mean = torch.stack([world.frame_basis(f)[0] for f in range(start_frame, start_frame + video.shape[2])], 1)
+    return x[:, None] - mean.flatten(1)[None]
+
+
+def residual_gram(world, video, mode, start_frame: int = 0) -> torch.Tensor:
+    """G (B, B) float64, G_ij = (x_i - m_{k_i})·(x_j - m_{k_j}): all `mode_mean_error_gram` needs of the clips."""
+    r = mode_residuals(world, video, start_frame)[torch.arange(len(mode)), mode]
+    return r @ r.T
+
+
+def mode_mean_error_gram(gram, mode, dims: int, counts: torch.Tensor = None) -> float:
+    """`mode_mean_error` from the residual Gram matrix (B, B) of `residual_gram` and the pixels per clip `dims`."""
+    c = torch.ones(len(mode), dtype=torch.float64) if counts is None else counts.double()
+    gram = torch.as_tensor(gram, dtype=torch.float64)
+    total = weight = 0.0
+    for k in mode.unique().tolist():
+        sel = ((mode == k) & (c > 0)).nonzero().view(-1)
+        ck, g = c[sel], gram[sel][:, sel]
+        pairs = ck.sum() ** 2 - (ck ** 2).sum()
+        if pairs <= 0:
+            continue
+        sq = ((ck @ g @ ck - (ck ** 2 * g.diagonal()).sum()) / pairs).item()
+        total += max(sq / dims, 0.0) ** 0.5 * ck.sum().item()
+        weight += ck.sum().item()
+    return total / weight if weight else float("nan")
+
+
 def mode_mean_error(world, video, mode, start_frame: int = 0, counts: torch.Tensor = None) -> float:
     """Clip-weighted mean over modes of the RMS over pixels of E[x | mode k] - m_k, estimated without
     sampling floor (pairs of different clips); 0 = the data's means. `counts` repeats clips."""
-    x = world.to_frames(video).flatten(1)
-    mean = torch.stack([world.frame_basis(f)[0] for f in range(start_frame, start_frame + video.shape[2])], 1)
-    c = torch.ones(len(mode), dtype=torch.float64) if counts is None else counts.double()
-    total = weight = 0.0
-    for k in mode.unique().tolist():
-        sel = (mode == k) & (c > 0)
-        sq = _pair_mean(x[sel] - mean[k].reshape(-1), c[sel])
-        if sq == sq:
-            total += max(sq / x.shape[1], 0.0) ** 0.5 * c[sel].sum().item()
-            weight += c[sel].sum().item()
-    return total / weight if weight else float("nan")
+    return mode_mean_error_gram(residual_gram(world, video, mode, start_frame), mode, video[0].numel(), counts)
 
 
 def evaluate_clips(world, video, caption, start_frame: int = 0) -> dict:

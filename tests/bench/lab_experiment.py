@@ -1,0 +1,335 @@
+"""The method lab's distillation experiment: every arm × seed from a shared ODE initialisation, resumable, with
+exact metrics on paired noise and two-level bootstrap intervals (README "Method lab", issue 13).
+
+Commands (from the repository root; a learned lab teacher first, README "Method lab"):
+
+```bash
+# the teacher snapshot the arms distil (any lab teacher file with teacher_mode metadata)
+.venv/bin/python -m comfyui_salt.training export-teacher --run runs/lab-teacher --out runs/lab_teacher.safetensors
+# run (or resume) every missing stage in the background, then print the table; Ctrl-C or `kill <pid>` saves and
+# stops (the running job checkpoints first), the same command resumes
+nohup .venv/bin/python tests/bench/lab_experiment.py --teacher runs/lab_teacher.safetensors --out runs/lab-exp \
+    --seeds 3 --updates 200 > runs/lab-exp.log 2>&1 &
+# the table from finished runs only (runs nothing)
+.venv/bin/python tests/bench/lab_experiment.py --out runs/lab-exp --table
+```
+
+Stages, each skipped where finished and resumed where it stopped:
+1. ODE initialisation from the teacher (`lab-ode-init`): causal, and bidirectional for the bidir arms
+   (`<out>/ode-causal`, `<out>/ode-bidir`; seed 0, shared by every arm and seed);
+2. each arm × seed (`<out>/<arm>/seed<s>`) from the matching ODE init: a `python -m comfyui_salt.training distill`
+   subprocess (resumes from its last checkpoint; finished = summary.json);
+3. evaluation of each finished run into `<out>/<arm>/seed<s>/lab_eval.json`: per-clip exact quantities at 4 and 2
+   NFE on paired noise (the same captions and noise seed for every arm), the 8-step semigroup defect per clip on the
+   student's own rollout states (`training.distill_eval.defect_samples`), mode switches along a 3×-length
+   rolling-cache rollout (causal students), and the run's summary.json (SC-acted and aligned update counts).
+`--table` prints, per arm and NFE, means with two-level bootstrap 95 % intervals (seeds, then clips within a seed:
+`salt_core.metrics.bootstrap.nested_bootstrap`) and paired differences against the reference arm of the same
+student kind (`dmd`, or `bidir-dmd` for the bidirectional arms; same seeds, same clips, same resample). Extra settings for every job: `--set key=value` (e.g. tiny sizes in the CI smoke).
+"""
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if ROOT not in sys.path:   # run as a script from a checkout
+    sys.path.insert(0, os.path.dirname(ROOT))
+
+REFERENCE = {"causal": "dmd", "bidirectional": "bidir-dmd"}   # the arm paired differences are taken against
+EVAL_NFE = (4, 2)
+EVAL_SEED = 1234           # paired noise: every arm's students sample from this seed
+DEFECT_GRID = 8
+LENGTH_FACTOR = 3          # drift: a 3×-length rolling-cache rollout
+EXACT = dict(teacher="exact")   # the exact real score; critic_init is the teacher file (set in arm_overrides)
+# arm -> (preset, overrides). The λ_SC dose response is sc0, sc-dmd (0.2, the preset), sc2, sc20 on the single K = 8.
+ARMS = {
+    "dmd": ("lab-dmd", {}),
+    "sc-dmd": ("lab-sc-dmd", {}),
+    "salt": ("lab-salt", {}),
+    "bidir-dmd": ("lab-bidir-dmd", {}),
+    "bidir-sc-dmd": ("lab-bidir-sc-dmd", {}),
+    "sc0": ("lab-sc-dmd", {"sc_weight": 0.0}),
+    "sc2": ("lab-sc-dmd", {"sc_weight": 2.0}),
+    "sc20": ("lab-sc-dmd", {"sc_weight": 20.0}),
+    "dmd-exact": ("lab-dmd", EXACT),
+    "salt-exact": ("lab-salt", EXACT),
+}
+ODE_INITS = {"causal": "ode-causal", "bidirectional": "ode-bidir"}
+METRICS = ("var_ratio", "mean_err", "coverage", "switch", "drift", "loglik", "defect8")
+DIFFS = ("var_ratio", "mean_err", "drift", "defect8")
+
+
+# -- running the stages ------------------------------------------------------------------------------------------
+def _flags(overrides: dict) -> list:
+    out = []
+    for k, v in overrides.items():
+        v = ",".join(str(x) for x in v) if isinstance(v, (tuple, list)) else str(v)
+        out += [f"--{k.replace('_', '-')}", v]
+    return out
+
+
+def parse_sets(pairs) -> dict:
+    """`--set key=value` pairs → {key: value} (values are parsed by the CLI's typed flags)."""
+    out = {}
+    for p in pairs or ():
+        if "=" not in p:
+            raise SystemExit(f"--set {p!r}: expected key=value, e.g. --set batch_size=2")
+        k, v = p.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def student_kind(arm: str) -> str:
+    from comfyui_salt.training.distill_config import get_preset
+    preset, over = ARMS[arm]
+    return over.get("student_kind", get_preset(preset).student_kind)
+
+
+def ode_export(out: str, kind: str) -> str:
+    return os.path.join(out, ODE_INITS[kind], "export", "student.safetensors")
+
+
+def arm_overrides(arm: str, seed: int, out: str, teacher: str, updates: int, extra: dict) -> dict:
+    """Every setting an arm's run gets on top of its preset."""
+    preset, over = ARMS[arm]
+    o = {"teacher": teacher, "student_init": ode_export(out, student_kind(arm)), "seed": seed, **extra, **over}
+    if updates:
+        o["gen_steps"] = updates
+    if o["teacher"] == "exact":
+        o["critic_init"] = teacher   # the critic starts from the learned teacher; the real score is exact
+    return o
+
+
+def run_job(preset: str, run_dir: str, overrides: dict, done: str, in_process: bool = False) -> bool:
+    """Run (or resume) one `distill` subprocess unless `done` exists; True if it is finished. `in_process` calls
+    the CLI's main in this process instead (the same job; the CI smoke saves the interpreter starts)."""
+    if os.path.exists(done):
+        return True
+    argv = ["distill", "--preset", preset, "--out", run_dir, *_flags(overrides)]
+    if in_process:
+        from comfyui_salt.training.__main__ import main as cli
+        cli(argv)
+        return os.path.exists(done)
+    cmd = [sys.executable, "-m", "comfyui_salt.training", *argv]
+    print("run:", " ".join(cmd), flush=True)
+    proc = subprocess.Popen(cmd)
+    try:
+        rc = proc.wait()
+    except KeyboardInterrupt:   # Ctrl-C or kill: ask the child to stop (it saves its checkpoint), wait, then stop
+        proc.send_signal(signal.SIGINT)
+        proc.wait()
+        raise
+    if rc != 0:
+        print(f"failed ({rc}): {run_dir}; rerun to resume", flush=True)
+        return False
+    return os.path.exists(done)
+
+
+def arms_needed(arms) -> set:
+    return {student_kind(a) for a in arms}
+
+
+def run_stages(args, extra: dict) -> None:
+    for kind in sorted(arms_needed(args.arms)):
+        d = os.path.join(args.out, ODE_INITS[kind])
+        o = {"teacher": args.teacher, "student_kind": kind, **extra}
+        if args.ode_updates:
+            o["gen_steps"] = args.ode_updates
+        if not run_job("lab-ode-init", d, o, ode_export(args.out, kind), args.in_process):
+            raise SystemExit(f"the {kind} ODE initialisation did not finish; rerun to resume")
+    for seed in range(args.seeds):
+        for arm in args.arms:
+            run_dir = os.path.join(args.out, arm, f"seed{seed}")
+            ok = run_job(ARMS[arm][0], run_dir, arm_overrides(arm, seed, args.out, args.teacher, args.updates,
+                                                              extra), os.path.join(run_dir, "summary.json"),
+                         args.in_process)
+            if ok:
+                evaluate_run(run_dir, args.clips)
+
+
+# -- evaluation of one run -------------------------------------------------------------------------------------
+def _round(t) -> list:
+    return [float(f"{x:.6g}") for x in t.reshape(-1).tolist()]
+
+
+@torch.no_grad()
+def evaluate_run(run_dir: str, clips: int, force: bool = False) -> dict:
+    """Write (and return) `lab_eval.json` of a finished run: per-clip exact quantities on paired noise."""
+    from comfyui_salt.salt_core.kv_cache import CachePolicy
+    from comfyui_salt.toy.evaluate import LAB_PREFIX
+    from comfyui_salt.toy.lab.metrics import (assign_modes, chunk_modes, mode_switches, residual_gram,
+                                              whitened_coordinates)
+    from comfyui_salt.toy.lab.world import LabTextEncoder, LabWorld
+    from comfyui_salt.toy.prompts import lab_eval_captions
+    from comfyui_salt.training.distill_config import DistillConfig
+    from comfyui_salt.training.distill_eval import defect_samples, sample_student
+    from comfyui_salt.training.files import load_model
+    path = os.path.join(run_dir, "lab_eval.json")
+    if os.path.exists(path) and not force:
+        with open(path) as f:
+            return json.load(f)
+    with open(os.path.join(run_dir, "config.json")) as f:
+        cfg = DistillConfig.from_dict(json.load(f))
+    with open(os.path.join(run_dir, "summary.json")) as f:
+        summary = json.load(f)
+    model, _ = load_model(os.path.join(run_dir, "export", "student.safetensors"))
+    model.eval()
+    lab = LabWorld(cfg.world[len(LAB_PREFIX):])
+    caps = lab_eval_captions(lab, clips)
+    ctx = LabTextEncoder(lab, model.cfg.text_dim, model.cfg.text_len).encode(caps)
+    out = {"config": {"world": cfg.world, "student_kind": cfg.student_kind, "seed": cfg.seed,
+                      "teacher": cfg.teacher, "sc_weight": cfg.sc_weight},
+           "summary": summary, "captions": caps.tolist(), "nfe": {}}
+    for nfe in EVAL_NFE:
+        video = sample_student(model, cfg, ctx, nfe, seed=EVAL_SEED).cpu()
+        mode, _, log_ev = assign_modes(lab, video, caps)
+        row = {"mode": mode.tolist(), "w": [_round(w) for w in whitened_coordinates(lab, video, mode)],
+               "gram": [_round(g) for g in residual_gram(lab, video, mode)], "dims": video[0].numel(),
+               "loglik": _round(log_ev / video[0].numel()),
+               "switch": (mode_switches(chunk_modes(lab, video, caps)) > 0).long().tolist(), "drift": None}
+        if cfg.student_kind == "causal":
+            frames = cfg.num_frames * LENGTH_FACTOR
+            long = sample_student(model, cfg, ctx, nfe, seed=EVAL_SEED, num_frames=frames,
+                                  policy=CachePolicy.rolling(cfg.num_frames, relative_rope=True)).cpu()
+            row["drift"] = (mode_switches(chunk_modes(lab, long, caps)) > 0).long().tolist()
+        out["nfe"][str(nfe)] = row
+    _, defects = defect_samples(model, cfg, ctx, grid_steps=DEFECT_GRID, seed=EVAL_SEED)
+    out["defect8"] = _round(defects.mean(0))
+    with open(path + ".tmp", "w") as f:
+        json.dump(out, f)
+    os.replace(path + ".tmp", path)
+    return out
+
+
+# -- the table --------------------------------------------------------------------------------------------------
+def load_results(out: str, arms=None) -> dict:
+    """{arm: {seed: lab_eval dict}} of every evaluated run under `out`."""
+    res = {}
+    for arm in arms or ARMS:
+        d = os.path.join(out, arm)
+        if not os.path.isdir(d):
+            continue
+        for name in sorted(os.listdir(d)):
+            p = os.path.join(d, name, "lab_eval.json")
+            if name.startswith("seed") and os.path.exists(p):
+                with open(p) as f:
+                    res.setdefault(arm, {})[int(name[4:])] = json.load(f)
+    return res
+
+
+def metric_fn(name: str, nfe: int, world):
+    """f(lab_eval dict, counts (clips,)) -> float: one metric of one run, its clips repeated `counts` times."""
+    from comfyui_salt.toy.lab.metrics import coverage_error, mode_mean_error_gram, within_mode_variance
+    key = str(nfe)
+
+    def weighted(values, c):
+        v = torch.as_tensor(values, dtype=torch.float64)
+        return float((v * c).sum() / c.sum())
+
+    def f(r, c):
+        row = r["nfe"][key]
+        mode = torch.as_tensor(row["mode"])
+        if name == "var_ratio":
+            return within_mode_variance(torch.as_tensor(row["w"], dtype=torch.float64), mode, c)
+        if name == "mean_err":
+            return mode_mean_error_gram(torch.as_tensor(row["gram"]), mode, row["dims"], c)
+        if name == "coverage":
+            return coverage_error(world, mode, torch.as_tensor(r["captions"]), c)
+        if name == "defect8":
+            return weighted(r["defect8"], c)
+        values = row["loglik" if name == "loglik" else name]
+        return float("nan") if values is None else weighted(values, c)
+    return f
+
+
+def interval(runs: list, f, base: list = None, resamples: int = 1000, seed: int = 0):
+    """Two-level interval of mean-over-seeds f (or of f - f(base) paired by seed and clip)."""
+    from comfyui_salt.salt_core.metrics.bootstrap import nested_bootstrap
+    sizes = [len(r["captions"]) for r in runs]
+
+    def stat(draw):
+        vals = [f(runs[g], c) - (f(base[g], c) if base else 0.0) for g, c in draw]
+        return sum(vals) / len(vals)
+    return nested_bootstrap(stat, sizes, resamples, seed=seed)
+
+
+def _fmt(iv, digits=3) -> str:
+    if iv.mean != iv.mean:
+        return ""
+    return f"{iv.mean:.{digits}f} [{iv.lo:.{digits}f}, {iv.hi:.{digits}f}]"
+
+
+def format_table(results: dict, resamples: int = 1000) -> str:
+    """The markdown table of finished runs: per arm and NFE, means [95 % intervals] and paired Δ (arm − reference,
+    same seeds, clips and resamples) against the reference arm of its student kind (`dmd` or `bidir-dmd`)."""
+    from comfyui_salt.toy.lab.world import LabWorld
+    if not results:
+        return "no evaluated runs yet"
+    world = LabWorld(next(iter(next(iter(results.values())).values()))["config"]["world"].split(":", 1)[1])
+    head = (["arm", "seeds", "NFE"] + list(METRICS) + ["vs"] + [f"Δ{m}" for m in DIFFS]
+            + ["SC updates", "aligned updates", "generator updates"])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for arm in [a for a in ARMS if a in results]:
+        seeds = sorted(results[arm])
+        runs = [results[arm][s] for s in seeds]
+        ref_arm = REFERENCE[runs[0]["config"]["student_kind"]]
+        ref = results.get(ref_arm, {})
+        paired = [s for s in seeds if s in ref]
+        counts = [sum(r["summary"].get(k, 0) for r in runs) for k in ("sc_updates", "align_updates", "gen_updates")]
+        for nfe in EVAL_NFE:
+            cells = [arm, str(len(seeds)), str(nfe)]
+            for m in METRICS:
+                cells.append(_fmt(interval(runs, metric_fn(m, nfe, world), resamples=resamples)))
+            cells.append(ref_arm if arm != ref_arm and paired else "")
+            for m in DIFFS:
+                if arm == ref_arm or not paired:
+                    cells.append("")
+                    continue
+                cells.append(_fmt(interval([results[arm][s] for s in paired], metric_fn(m, nfe, world),
+                                           base=[ref[s] for s in paired], resamples=resamples), 4))
+            cells += [str(c) for c in counts]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="runs/lab-exp", help="experiment folder (one subfolder per stage, arm and seed)")
+    p.add_argument("--teacher", default="", help="the learned lab teacher file (teacher_mode metadata)")
+    p.add_argument("--seeds", type=int, default=3, help="training seeds per arm (0..seeds-1)")
+    p.add_argument("--updates", type=int, default=0, help="generator updates per arm (0 = the preset's)")
+    p.add_argument("--ode-updates", type=int, default=0, help="ODE-init steps (0 = the preset's)")
+    p.add_argument("--arms", default=",".join(ARMS), help="comma list of arms (default: all)")
+    p.add_argument("--clips", type=int, default=48, help="evaluation clips per run (paired across arms)")
+    p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a setting for every job")
+    p.add_argument("--table", action="store_true", help="only print the table of finished runs")
+    p.add_argument("--in-process", action="store_true", help="run the jobs in this process (tests; no Ctrl-C resume "
+                                                             "of a single job beyond its checkpoints)")
+    args = p.parse_args(argv)
+    args.arms = [a for a in args.arms.split(",") if a]
+    unknown = [a for a in args.arms if a not in ARMS]
+    if unknown:
+        raise SystemExit(f"--arms: unknown {unknown}; choose from {list(ARMS)}")
+    if not args.table:
+        if not args.teacher:
+            raise SystemExit("--teacher <learned lab teacher file> is needed to run stages (or pass --table)")
+        def stop(signum, frame):
+            raise KeyboardInterrupt(f"signal {signum}")
+        signal.signal(signal.SIGTERM, stop)   # `kill <pid>` stops like Ctrl-C (the running job saves first)
+        try:
+            run_stages(args, parse_sets(args.set))
+        except KeyboardInterrupt:
+            print("stopped; every run saved its last checkpoint: rerun the same command to resume", flush=True)
+            return 130
+    print(format_table(load_results(args.out, args.arms), args.resamples))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

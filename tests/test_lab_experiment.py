@@ -1,0 +1,153 @@
+"""The method lab's distillation plumbing: lab presets, lab prompts, the exact teacher as real score, the exact-metric
+evaluation, and a smoke of tests/bench/lab_experiment.py (every arm 2 updates on a tiny random lab teacher)."""
+import dataclasses
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from comfyui_salt.salt_core.metrics.bootstrap import nested_bootstrap
+from comfyui_salt.salt_core.model import build_model
+from comfyui_salt.toy.jobs import distill_world
+from comfyui_salt.toy.lab import LAB_SHIFT, LabWorld
+from comfyui_salt.toy.lab.metrics import evaluate_clips
+from comfyui_salt.toy.prompts import LabPrompts, lab_eval_captions
+from comfyui_salt.training.distill import Distiller, run_distillation
+from comfyui_salt.training.distill_config import DISTILL_PRESETS, LAB_FIELDS, get_preset
+from comfyui_salt.training.distill_eval import sample_student
+from comfyui_salt.training.distill_models import build_models, build_prompts
+from comfyui_salt.training.files import save_model
+
+WORLD = distill_world()
+BENCH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench", "lab_experiment.py")
+TINY = dict(batch_size=2, critic_ratio=1, ode_pairs=4, ode_teacher_steps=8, eval_every=0, threads=1,
+            checkpoint_every=1, align_start_iter=0, ema_start_iter=1)
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("lab_experiment", BENCH)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def teacher_path(tmp_path_factory):
+    """A tiny random lab teacher: the toy Wan with teacher_mode metadata (what the teacher job records)."""
+    path = tmp_path_factory.mktemp("lab_teacher") / "lab_teacher.safetensors"
+    save_model(build_model("toy", seed=0), path, extra_metadata={"teacher_mode": "bidirectional"})
+    return str(path)
+
+
+def test_each_lab_preset_is_its_toy_recipe_on_the_lab_world():
+    assert LAB_FIELDS["shift"] == LAB_SHIFT and LAB_FIELDS["guidance_scale"] == 1.0
+    names = [n for n in DISTILL_PRESETS if n.startswith("lab-")]
+    assert sorted(names) == sorted(["lab-ode-init", "lab-dmd", "lab-sc-dmd", "lab-salt", "lab-bidir-dmd",
+                                    "lab-bidir-sc-dmd"])
+    for name in names:
+        lab, toy = DISTILL_PRESETS[name], DISTILL_PRESETS["toy-" + name[4:]]
+        assert lab.world == "lab:default" and lab.guidance_scale == 1.0 and lab.shift == LAB_SHIFT
+        assert dataclasses.replace(lab, **{k: getattr(toy, k) for k in LAB_FIELDS}) == toy
+    assert DISTILL_PRESETS["lab-dmd"].step_choices == (4,)
+    assert DISTILL_PRESETS["lab-sc-dmd"].step_choices == (8,) and DISTILL_PRESETS["lab-sc-dmd"].sc_weight == 0.2
+    salt = DISTILL_PRESETS["lab-salt"]
+    assert salt.step_choices == (8, 4, 2) and salt.sc_weight > 0 and salt.align_weight > 0
+
+
+def test_lab_prompts_are_random_caption_ids_with_empty_prompt_uncond():
+    lab = LabWorld("default")
+    src = LabPrompts("default", 32, 8)
+    ids, ctx, unc = src.sample(np.random.default_rng(0), 64)
+    assert ctx.shape == unc.shape == (64, 8, 32)
+    assert torch.equal(lab.decode(ctx), ids)                              # the context names the caption
+    assert torch.equal(lab.decode(unc), torch.full((64,), -1))           # the empty prompt
+    assert set(ids.tolist()) == set(range(lab.cfg.num_captions))          # all captions drawn
+    again, _, _ = src.sample(np.random.default_rng(0), 64)
+    assert torch.equal(ids, again)
+    cfg = get_preset("lab-dmd", teacher="exact")
+    assert isinstance(build_prompts(cfg, build_model("toy", seed=0), "", WORLD), LabPrompts)
+
+
+def test_the_exact_real_score_is_the_closed_form_posterior_mean(teacher_path):
+    """Through the Distiller's real score: at σ = 1 the noisy clip says nothing, so x0 = E[x0 | caption] =
+    Σ_k π_k m_k over the caption's modes; at σ → 0 a data clip is returned as itself."""
+    cfg = get_preset("lab-dmd", teacher="exact", student_init=teacher_path, critic_init=teacher_path, **TINY)
+    teacher, student, critic = build_models(cfg, WORLD)
+    assert not list(teacher.parameters())
+    job = Distiller(cfg, teacher, student, critic, build_prompts(cfg, teacher, "", WORLD), score_kind="bidirectional")
+    lab = teacher.world
+    caps = torch.tensor([0, 3])
+    ctx = lab.encode(caps, student.cfg.text_len, student.cfg.text_dim)
+    x_t = torch.randn(2, 3, cfg.num_frames, cfg.height, cfg.width, generator=torch.Generator().manual_seed(0))
+    x0 = job.real.x0(x_t, torch.ones(2), ctx, None)
+    mean, _ = lab.basis(range(cfg.num_frames))                            # (K, F, D)
+    for b, c in enumerate(caps.tolist()):
+        w = torch.where(lab.mode_caption == c, lab.mode_weight, torch.zeros_like(lab.mode_weight))
+        expect = lab.to_video((w[:, None, None] * mean).sum(0, keepdim=True)).float()[0]
+        torch.testing.assert_close(x0[b], expect, atol=1e-4, rtol=0)
+    clip = lab.sample(caps, generator=torch.Generator().manual_seed(1))[0].float()
+    torch.testing.assert_close(job.real.x0(clip, torch.full((2,), 1e-4), ctx, None), clip, atol=2e-3, rtol=0)
+
+
+def test_exact_teacher_refuses_copies_and_other_worlds(teacher_path, tmp_path):
+    with pytest.raises(ValueError, match="critic_init='teacher' cannot work"):
+        build_models(get_preset("lab-dmd", teacher="exact", student_init=teacher_path), WORLD)
+    with pytest.raises(ValueError, match="needs a method-lab world"):
+        build_models(get_preset("toy-dmd", teacher="exact", student_init=teacher_path, critic_init=teacher_path),
+                     WORLD)
+    with pytest.raises(ValueError, match="ode_init with teacher='exact'"):
+        run_distillation(get_preset("lab-ode-init", teacher="exact", **TINY), str(tmp_path / "r"), quiet=True,
+                         world=WORLD)
+
+
+def test_the_lab_evaluation_callback_scores_the_students_samples_exactly(teacher_path):
+    cfg = get_preset("lab-dmd", teacher=teacher_path, eval_clips=4, eval_nfe=(2,))
+    model = build_model("toy", seed=0).eval()
+    got = WORLD.evaluate(model, cfg, None, None)
+    lab = LabWorld("default")
+    caps = lab_eval_captions(lab, 4)
+    videos = sample_student(model, cfg, lab.encode(caps, model.cfg.text_len, model.cfg.text_dim), 2)
+    expect = evaluate_clips(lab, videos, caps)
+    assert list(got) == ["nfe2"] and got["nfe2"].keys() == expect.keys()
+    for k, v in expect.items():
+        assert got["nfe2"][k] == pytest.approx(v, nan_ok=True)
+
+
+def test_nested_bootstrap_is_the_mean_with_an_interval_that_widens_with_seed_spread():
+    groups = [torch.tensor([1.0, 2.0, 3.0]), torch.tensor([1.0, 2.0, 3.0]) + 10]
+
+    def stat(draw):
+        return sum(float((groups[g] * c).sum() / c.sum()) for g, c in draw) / len(draw)
+    iv = nested_bootstrap(stat, [3, 3], 400)
+    assert iv.mean == pytest.approx(7.0) and iv.n == 2
+    assert iv.lo <= 2.5 and iv.hi >= 11.5                                 # seed-to-seed spread dominates
+    one = nested_bootstrap(lambda d: stat([(0, c) for _, c in d]), [3, 3], 400)
+    assert one.mean == pytest.approx(2.0) and 1.0 <= one.lo < one.hi <= 3.0
+
+
+def test_the_experiment_runs_every_arm_evaluates_and_prints_the_table(teacher_path, tmp_path, monkeypatch, capsys):
+    import comfyui_salt.training.common as common
+    monkeypatch.setattr(common, "install_stop_handlers", lambda: None)   # in-process: keep pytest's Ctrl-C
+    bench = _bench()
+    out = tmp_path / "exp"
+    argv = ["--teacher", teacher_path, "--out", str(out), "--seeds", "1", "--updates", "2", "--ode-updates", "2",
+            "--clips", "8", "--resamples", "20", "--in-process"] + [f"--set={k}={v}" for k, v in TINY.items()]
+    assert bench.main(argv) == 0
+    table = capsys.readouterr().out
+    for arm in bench.ARMS:
+        ev = json.loads((out / arm / "seed0" / "lab_eval.json").read_text())
+        assert ev["summary"]["gen_updates"] == 2
+        assert set(ev["nfe"]) == {"4", "2"} and len(ev["defect8"]) == 8
+        assert (ev["nfe"]["4"]["drift"] is None) == arm.startswith("bidir")
+        assert f"| {arm} | 1 | 4 |" in table and f"| {arm} | 1 | 2 |" in table
+    exact = json.loads((out / "salt-exact" / "seed0" / "config.json").read_text())
+    assert exact["teacher"] == "exact" and exact["critic_init"] == teacher_path
+    assert json.loads((out / "sc20" / "seed0" / "config.json").read_text())["sc_weight"] == 20.0
+    # a rerun finds everything finished and only prints the table
+    before = (out / "dmd" / "seed0" / "lab_eval.json").stat().st_mtime_ns
+    assert bench.main(argv[:4] + ["--table", "--resamples", "20"]) == 0
+    assert (out / "dmd" / "seed0" / "lab_eval.json").stat().st_mtime_ns == before
+    assert "| dmd | 1 | 4 |" in capsys.readouterr().out
