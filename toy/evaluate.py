@@ -45,17 +45,8 @@ def evaluate_student(model, cfg, callback=None, preview_path: str = None) -> dic
     enc = ToyTextEncoder(text_dim=model.cfg.text_dim, max_tokens=model.cfg.text_len, world=world)
     caps = eval_prompts(world, cfg.eval_clips)
     ref = reference_features(world, 256)
-    out, rows = {}, {}
-    for nfe in cfg.eval_nfe:
-        videos = sample_student(model, cfg, enc.encode(caps), nfe)
-        out[f"nfe{nfe}"] = score_table(videos, caps, world, ref)
-        rows[f"{nfe} NFE"] = videos[:8]
-        if callback is not None:
-            callback({"preview": videos, "nfe": nfe})
-    if preview_path:
-        from .preview import save_gif
-        save_gif(rows, preview_path)
-    return out
+    return score_each_nfe(model, cfg, enc.encode(caps), lambda videos: score_table(videos, caps, world, ref),
+                          callback, preview_path)
 
 
 def evaluate_lab_student(model, cfg, callback=None, preview_path: str = None) -> dict:
@@ -68,11 +59,19 @@ def evaluate_lab_student(model, cfg, callback=None, preview_path: str = None) ->
     lab = LabWorld(cfg.world[len(LAB_PREFIX):])
     caps = lab_eval_captions(lab, cfg.eval_clips)
     context = LabTextEncoder(lab, model.cfg.text_dim, model.cfg.text_len).encode(caps)
+    return score_each_nfe(model, cfg, context, lambda videos: evaluate_clips(lab, videos.cpu(), caps), callback,
+                          preview_path)
+
+
+def score_each_nfe(model, cfg, context, score, callback=None, preview_path: str = None) -> dict:
+    """{f"nfe{k}": score(videos)} for the student's samples (sample_student, seed 0) at each `cfg.eval_nfe`, for
+    context (B, L, D); callback({"preview": videos, "nfe": k}) after each; an animated preview (one row per NFE,
+    first 8 clips) to `preview_path` if given."""
     out, rows = {}, {}
     for nfe in cfg.eval_nfe:
-        videos = sample_student(model, cfg, context, nfe).cpu()
-        out[f"nfe{nfe}"] = evaluate_clips(lab, videos, caps)
-        rows[f"{nfe} NFE"] = videos[:8]
+        videos = sample_student(model, cfg, context, nfe)
+        out[f"nfe{nfe}"] = score(videos)
+        rows[f"{nfe} NFE"] = videos[:8].cpu()
         if callback is not None:
             callback({"preview": videos, "nfe": nfe})
     if preview_path:
