@@ -142,7 +142,18 @@ def test_the_experiment_runs_every_arm_evaluates_and_prints_the_table(teacher_pa
         assert ev["summary"]["gen_updates"] == 2
         assert set(ev["nfe"]) == {"4", "2"} and len(ev["defect8"]) == 8
         assert (ev["nfe"]["4"]["drift"] is None) == arm.startswith("bidir")
+        # switch rates: k of the 3 chunk boundaries of 12 frames; drift: k of the 11 of 36 frames
+        for key, n in (("switch", 3), ("drift", 11)):
+            rates = ev["nfe"]["2"][key] or []
+            assert all(0 <= r <= 1 and abs(r * n - round(r * n)) < 1e-4 for r in rates)
         assert f"| {arm} | 1 | 4 |" in table and f"| {arm} | 1 | 2 |" in table
+    for ref in bench.REFERENCES:   # the teachers on the students' captions: 40 Euler steps
+        ev = json.loads((out / ref / "lab_eval.json").read_text())
+        assert list(ev["nfe"]) == ["40"] and ev["captions"] == json.loads(
+            (out / "dmd" / "seed0" / "lab_eval.json").read_text())["captions"]
+        assert f"| {ref} (Euler) |  | 40 |" in table
+    exact = json.loads((out / "exact" / "lab_eval.json").read_text())["nfe"]["40"]
+    assert sum(exact["switch"]) == 0                                      # the exact teacher never switches mode
     exact = json.loads((out / "salt-exact" / "seed0" / "config.json").read_text())
     assert exact["teacher"] == "exact" and exact["critic_init"] == teacher_path
     assert json.loads((out / "sc20" / "seed0" / "config.json").read_text())["sc_weight"] == 20.0
@@ -151,3 +162,42 @@ def test_the_experiment_runs_every_arm_evaluates_and_prints_the_table(teacher_pa
     assert bench.main(argv[:4] + ["--table", "--resamples", "20"]) == 0
     assert (out / "dmd" / "seed0" / "lab_eval.json").stat().st_mtime_ns == before
     assert "| dmd | 1 | 4 |" in capsys.readouterr().out
+
+
+def test_the_runner_runs_claim_arms_first_in_parallel_skips_finished_and_counts_failures(tmp_path, monkeypatch):
+    bench = _bench()
+    order = bench.arm_order(["sc2", "dmd", "salt-exact", "salt"], 2)
+    assert order == [("dmd", 0), ("salt", 0), ("dmd", 1), ("salt", 1), ("sc2", 0), ("salt-exact", 0),
+                     ("sc2", 1), ("salt-exact", 1)]
+    live, peak, started = set(), [0], []
+
+    class FakeJob:   # a `distill` subprocess that finishes on its second poll, writing summary.json unless told to fail
+        def __init__(self, cmd):
+            self.out = cmd[cmd.index("--out") + 1]
+            self.polls, self.returncode = 0, None
+            started.append(os.path.basename(self.out))
+            live.add(self.out)
+            peak[0] = max(peak[0], len(live))
+
+        def poll(self):
+            self.polls += 1
+            if self.polls < 2:
+                return None
+            live.discard(self.out)
+            self.returncode = 1 if self.out.endswith("bad") else 0
+            if not self.returncode:
+                os.makedirs(self.out, exist_ok=True)
+                open(os.path.join(self.out, "summary.json"), "w").close()
+            return self.returncode
+
+    monkeypatch.setattr(bench.subprocess, "Popen", FakeJob)
+    monkeypatch.setattr(bench.time, "sleep", lambda s: None)
+    (tmp_path / "done").mkdir()
+    (tmp_path / "done" / "summary.json").write_text("{}")
+    names = ["a", "done", "b", "bad", "c"]
+    jobs = [("lab-dmd", str(tmp_path / n), {}, str(tmp_path / n / "summary.json")) for n in names]
+    evaluated = []
+    failed = bench.run_jobs(jobs, workers=2, after=lambda d: evaluated.append(os.path.basename(d)))
+    assert failed == 1 and peak[0] == 2
+    assert started == ["a", "b", "bad", "c"]                              # the finished one is not rerun
+    assert sorted(evaluated) == ["a", "b", "c", "done"]                   # every finished run evaluated once
