@@ -154,6 +154,16 @@ def test_the_experiment_runs_every_arm_evaluates_and_prints_the_table(teacher_pa
         assert f"| {ref} (Euler) |  | 40 |" in table
     exact = json.loads((out / "exact" / "lab_eval.json").read_text())["nfe"]["40"]
     assert sum(exact["switch"]) == 0                                      # the exact teacher never switches mode
+    claims = table.split("The paper's claims")[1]
+    for claim, *_ in bench.CLAIMS:                                        # every claim read, with a verdict
+        row = next(line for line in claims.splitlines() if line.startswith(f"| {claim} |"))
+        assert row.split(" | ")[-1].rstrip(" |") in ("reproduces", "does not", "inconclusive", "mixed")
+    # the defect ratio's point estimate is the ratio of the two arms' mean per-clip defects
+    results = bench.load_results(str(out))
+    iv, seeds, ref = bench.paired_interval(results, "sc-dmd", 4, "dmd", 4, "defect8", LabWorld("default"),
+                                           ratio=True, resamples=20)
+    d_sc, d_dmd = (np.mean(results[a][0]["defect8"]) for a in ("sc-dmd", "dmd"))
+    assert seeds == 1 and ref == pytest.approx(d_dmd) and iv.mean == pytest.approx(d_sc / d_dmd)
     exact = json.loads((out / "salt-exact" / "seed0" / "config.json").read_text())
     assert exact["teacher"] == "exact" and exact["critic_init"] == teacher_path
     assert json.loads((out / "sc20" / "seed0" / "config.json").read_text())["sc_weight"] == 20.0
@@ -201,3 +211,25 @@ def test_the_runner_runs_claim_arms_first_in_parallel_skips_finished_and_counts_
     assert failed == 1 and peak[0] == 2
     assert started == ["a", "b", "bad", "c"]                              # the finished one is not rerun
     assert sorted(evaluated) == ["a", "b", "c", "done"]                   # every finished run evaluated once
+
+
+def test_claim_verdicts_follow_the_stated_rules():
+    from comfyui_salt.salt_core.metrics.bootstrap import Interval
+    bench = _bench()
+
+    def iv(lo, hi):
+        return Interval((lo + hi) / 2, lo, hi, 3, 0.95)
+    v = bench.claim_verdict
+    assert v("defect", {"defect8": iv(0.5, 0.8)}, {}) == "reproduces"
+    assert v("defect", {"defect8": iv(0.7, 0.9)}, {}) == "inconclusive"
+    assert v("defect", {"defect8": iv(0.9, 1.1)}, {}) == "does not"
+    assert v("drift", {"drift": iv(-0.2, -0.1)}, {}) == "reproduces"
+    assert v("drift", {"drift": iv(-0.2, 0.1)}, {}) == "inconclusive"
+    assert v("quality", {"mean_err": iv(-2, -1), "var_gap": iv(-1, 1)}, {}) == "reproduces"
+    assert v("quality", {"mean_err": iv(-2, -1), "var_gap": iv(1, 2)}, {}) == "mixed"
+    assert v("quality", {"mean_err": iv(-1, 1), "var_gap": iv(1, 2)}, {}) == "does not"
+    assert v("quality", {"mean_err": iv(-1, 1), "var_gap": iv(-1, 2)}, {}) == "inconclusive"
+    refs = {"mean_err": 1.0, "var_gap": 0.5}
+    assert v("non-inferior", {"mean_err": iv(-0.1, 0.05), "var_gap": iv(-0.3, 0.04)}, refs) == "reproduces"
+    assert v("non-inferior", {"mean_err": iv(-0.1, 0.2), "var_gap": iv(-0.3, 0.04)}, refs) == "inconclusive"
+    assert v("non-inferior", {"mean_err": iv(0.01, 0.2), "var_gap": iv(-0.3, 0.04)}, refs) == "does not"

@@ -349,8 +349,9 @@ def metric_fn(name: str, nfe: int, world):
     def f(r, c):
         row = r["nfe"][key]
         mode = torch.as_tensor(row["mode"])
-        if name == "var_ratio":
-            return within_mode_variance(torch.as_tensor(row["w"], dtype=torch.float64), mode, c)
+        if name in ("var_ratio", "var_gap"):   # var_gap = |var_ratio − 1|: detail lost or noise added
+            v = within_mode_variance(torch.as_tensor(row["w"], dtype=torch.float64), mode, c)
+            return v if name == "var_ratio" else abs(v - 1.0)
         if name == "mean_err":
             return mode_mean_error_gram(torch.as_tensor(row["gram"]), mode, row["dims"], c)
         if name == "coverage":
@@ -419,6 +420,100 @@ def format_table(results: dict, resamples: int = 1000) -> str:
     return "\n".join(lines)
 
 
+# The paper's five claims, read from paired arms: (claim, arm, NFE, reference arm, reference NFE, test).
+# Tests: "quality" = per-mode mean error and |var_ratio − 1|, lower is better; "non-inferior" = the same two, at
+# least as good; "drift" = the switch rate per chunk boundary on the 3×-length rollout; "defect" = the ratio of
+# 8-step semigroup defects. Verdict rules (95 % paired two-level intervals of arm − reference, or arm / reference):
+#   quality: reproduces if one metric is better (interval below 0) and neither is worse (interval above 0); does not
+#            if one is worse and neither better; otherwise inconclusive at this power (or mixed, if one of each);
+#   non-inferior: reproduces if both intervals lie below +10 % of the reference's value; does not if either lies
+#            above 0; otherwise inconclusive;
+#   drift: reproduces if the interval lies below 0, does not if above 0, otherwise inconclusive;
+#   defect: reproduces if the ratio's interval lies at or below 0.82, does not if above it, otherwise inconclusive.
+CLAIMS = (
+    ("SC-DMD's defect ≤ 0.82× DMD's", "sc-dmd", 4, "dmd", 4, "defect"),
+    ("SC-DMD beats DMD, bidirectional, 4 NFE", "bidir-sc-dmd", 4, "bidir-dmd", 4, "quality"),
+    ("SC-DMD beats DMD, bidirectional, 2 NFE", "bidir-sc-dmd", 2, "bidir-dmd", 2, "quality"),
+    ("Salt beats Self-Forcing DMD, 4 NFE", "salt", 4, "dmd", 4, "quality"),
+    ("Salt beats Self-Forcing DMD, 2 NFE", "salt", 2, "dmd", 2, "quality"),
+    ("Salt drifts less on 3× rollouts, 4 NFE", "salt", 4, "dmd", 4, "drift"),
+    ("Salt drifts less on 3× rollouts, 2 NFE", "salt", 2, "dmd", 2, "drift"),
+    ("Salt at 2 NFE ≥ DMD at 4 NFE", "salt", 2, "dmd", 4, "non-inferior"),
+)
+DEFECT_BAR = 0.82
+NON_INFERIOR_MARGIN = 0.10
+
+
+def paired_interval(results: dict, arm: str, nfe: int, ref: str, ref_nfe: int, metric: str, world,
+                    ratio: bool = False, resamples: int = 1000):
+    """(Interval of arm − ref (or arm / ref) on `metric`, seeds used, ref's own value), paired by seed and clip;
+    None when the two arms share no seed."""
+    from comfyui_salt.salt_core.metrics.bootstrap import nested_bootstrap
+    seeds = sorted(set(results.get(arm, {})) & set(results.get(ref, {})))
+    if not seeds:
+        return None
+    a, b = [results[arm][s] for s in seeds], [results[ref][s] for s in seeds]
+    if any(x["captions"] != y["captions"] for x, y in zip(a, b)):
+        raise ValueError(f"{arm} and {ref} were evaluated on different captions: rerun their evaluations")
+    fa, fb = metric_fn(metric, nfe, world), metric_fn(metric, ref_nfe, world)
+
+    def mean(f, runs, draw):
+        return sum(f(runs[g], c) for g, c in draw) / len(draw)
+
+    def stat(draw):
+        x, y = mean(fa, a, draw), mean(fb, b, draw)
+        return x / y if ratio else x - y
+    ones = [(g, torch.ones(len(r["captions"]), dtype=torch.float64)) for g, r in enumerate(b)]
+    return nested_bootstrap(stat, [len(r["captions"]) for r in a], resamples), len(seeds), mean(fb, b, ones)
+
+
+def claim_verdict(test: str, ivs: dict, ref_values: dict) -> str:
+    """The verdict of one claim from its intervals (see CLAIMS)."""
+    if test == "defect":
+        iv = ivs["defect8"]
+        return "reproduces" if iv.hi <= DEFECT_BAR else "does not" if iv.lo > DEFECT_BAR else "inconclusive"
+    if test == "drift":
+        iv = ivs["drift"]
+        return "reproduces" if iv.hi < 0 else "does not" if iv.lo > 0 else "inconclusive"
+    worse = [m for m, iv in ivs.items() if iv.lo > 0]
+    if test == "non-inferior":
+        if worse:
+            return "does not"
+        ok = all(iv.hi < NON_INFERIOR_MARGIN * ref_values[m] for m, iv in ivs.items())
+        return "reproduces" if ok else "inconclusive"
+    better = [m for m, iv in ivs.items() if iv.hi < 0]
+    if better and worse:
+        return "mixed"
+    return "reproduces" if better else "does not" if worse else "inconclusive"
+
+
+def format_claims(results: dict, resamples: int = 1000) -> str:
+    """The verdict table of the paper's claims from finished runs (claims whose arms are missing are skipped)."""
+    from comfyui_salt.toy.lab.world import LabWorld
+    arms = [r for r in results if r not in REFERENCES]
+    if not arms:
+        return ""
+    world = LabWorld(next(iter(results[arms[0]].values()))["config"]["world"].split(":", 1)[1])
+    metrics = {"defect": ("defect8",), "drift": ("drift",), "quality": ("mean_err", "var_gap"),
+               "non-inferior": ("mean_err", "var_gap")}
+    lines = ["| claim | arm @NFE | vs @NFE | seeds | paired intervals | verdict |", "|---|---|---|---|---|---|"]
+    for claim, arm, nfe, ref, ref_nfe, test in CLAIMS:
+        ivs, refs, seeds = {}, {}, 0
+        for m in metrics[test]:
+            got = paired_interval(results, arm, nfe, ref, ref_nfe, m, world, ratio=test == "defect",
+                                  resamples=resamples)
+            if got is None:
+                break
+            ivs[m], seeds, refs[m] = got
+        if not ivs:
+            continue
+        sign = "/" if test == "defect" else "Δ"
+        cells = "; ".join(f"{sign}{m} {_fmt(iv, 4)}" for m, iv in ivs.items())
+        lines.append(f"| {claim} | {arm} @{nfe} | {ref} @{ref_nfe} | {seeds} | {cells} | "
+                     f"{claim_verdict(test, ivs, refs)} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/lab-exp", help="experiment folder (one subfolder per stage, arm and seed)")
@@ -453,7 +548,11 @@ def main(argv=None) -> int:
             return 130
         if failed:
             print(f"{failed} run(s) failed (see above); rerun the same command to resume them", flush=True)
-    print(format_table(load_results(args.out, args.arms), args.resamples))
+    results = load_results(args.out, args.arms)
+    print(format_table(results, args.resamples))
+    claims = format_claims(results, args.resamples)
+    if claims:
+        print("\nThe paper's claims (paired by seed and clip; rules in CLAIMS):\n" + claims)
     return 1 if not args.table and failed else 0
 
 
