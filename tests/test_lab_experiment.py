@@ -179,6 +179,11 @@ def test_the_runner_runs_claim_arms_first_in_parallel_skips_finished_and_counts_
     order = bench.arm_order(["sc2", "dmd", "salt-exact", "salt"], 2)
     assert order == [("dmd", 0), ("salt", 0), ("dmd", 1), ("salt", 1), ("sc2", 0), ("salt-exact", 0),
                      ("sc2", 1), ("salt-exact", 1)]
+    assert bench.arm_order(["sc2", "dmd", "salt"], 2, first=[("sc2", 1), ("sc20", 0)]) == [
+        ("sc2", 1), ("dmd", 0), ("salt", 0), ("dmd", 1), ("salt", 1), ("sc2", 0)]   # sc20 is not among the arms
+    assert bench.parse_first("sc20:0,sc2:1") == [("sc20", 0), ("sc2", 1)]
+    with pytest.raises(SystemExit, match="arm:seed"):
+        bench.parse_first("sc9:0")
     live, peak, started = set(), [0], []
 
     class FakeJob:   # a `distill` subprocess that finishes on its second poll, writing summary.json unless told to fail

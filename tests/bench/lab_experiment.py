@@ -18,7 +18,7 @@ Stages, each skipped where finished and resumed where it stopped:
 1. ODE initialisation from the teacher (`lab-ode-init`): causal, and bidirectional for the bidir arms
    (`<out>/ode-causal`, `<out>/ode-bidir`; seed 0, shared by every arm and seed);
 2. reference rows (`<out>/teacher`, `<out>/exact`): the learned and the exact teacher, 40 Euler steps, on the
-   students' captions and initial noise;
+   students' captions and initial noise; and each ODE initialisation evaluated as the arms are (where they start);
 3. each arm × seed (`<out>/<arm>/seed<s>`) from the matching ODE init: a `python -m comfyui_salt.training distill`
    subprocess (resumes from its last checkpoint; finished = summary.json). The arms the paper's five claims need
    (CLAIM_ARMS) run first, seed by seed, then the λ_SC dose response and the exact-score pair;
@@ -174,11 +174,24 @@ def arms_needed(arms) -> set:
     return {student_kind(a) for a in arms}
 
 
-def arm_order(arms, seeds: int) -> list:
-    """[(arm, seed)] in run order: the claim arms seed by seed, then the others seed by seed."""
-    first = [a for a in arms if a in CLAIM_ARMS]
+def arm_order(arms, seeds: int, first=()) -> list:
+    """[(arm, seed)] in run order: the (arm, seed) pairs of `first`, then the claim arms seed by seed, then the
+    others seed by seed."""
+    claim = [a for a in arms if a in CLAIM_ARMS]
     rest = [a for a in arms if a not in CLAIM_ARMS]
-    return [(a, s) for group in (first, rest) for s in range(seeds) for a in group]
+    order = [(a, s) for a, s in first if a in arms and s < seeds]
+    return order + [(a, s) for group in (claim, rest) for s in range(seeds) for a in group if (a, s) not in order]
+
+
+def parse_first(text: str) -> list:
+    """`--first sc20:0,sc2:0` → [("sc20", 0), ("sc2", 0)]."""
+    out = []
+    for item in filter(None, text.split(",")):
+        arm, _, seed = item.partition(":")
+        if arm not in ARMS or not seed.isdigit():
+            raise SystemExit(f"--first {item!r}: expected arm:seed with an arm of {list(ARMS)}, e.g. sc20:0")
+        out.append((arm, int(seed)))
+    return out
 
 
 def run_stages(args, extra: dict) -> int:
@@ -197,8 +210,10 @@ def run_stages(args, extra: dict) -> int:
         raise SystemExit("an ODE initialisation did not finish; rerun to resume")
     for ref in REFERENCES:
         evaluate_reference(args.out, ref, args.teacher, args.clips)
+    for kind in sorted(arms_needed(args.arms)):   # where every arm starts
+        evaluate_run(os.path.join(args.out, ODE_INITS[kind]), args.clips)
     jobs = []
-    for arm, seed in arm_order(args.arms, args.seeds):
+    for arm, seed in arm_order(args.arms, args.seeds, parse_first(args.first)):
         run_dir = os.path.join(args.out, arm, f"seed{seed}")
         jobs.append((ARMS[arm][0], run_dir, arm_overrides(arm, seed, args.out, args.teacher, args.updates, extra),
                      os.path.join(run_dir, "summary.json")))
@@ -292,8 +307,10 @@ def evaluate_run(run_dir: str, clips: int, force: bool = False) -> dict:
             return done
     with open(os.path.join(run_dir, "config.json")) as f:
         cfg = DistillConfig.from_dict(json.load(f))
-    with open(os.path.join(run_dir, "summary.json")) as f:
-        summary = json.load(f)
+    summary = {}   # an ODE initialisation writes none
+    if os.path.exists(os.path.join(run_dir, "summary.json")):
+        with open(os.path.join(run_dir, "summary.json")) as f:
+            summary = json.load(f)
     model, _ = load_model(os.path.join(run_dir, "export", "student.safetensors"))
     model.eval()
     lab = LabWorld(cfg.world[len(LAB_PREFIX):])
@@ -322,7 +339,7 @@ def load_results(out: str, arms=None) -> dict:
     """{arm: {seed: lab_eval dict}} of every run under `out` with a current evaluation, and the reference rows
     ({"teacher": {0: ...}, "exact": {0: ...}}) where evaluated."""
     res = {}
-    for ref in REFERENCES:
+    for ref in REFERENCES + tuple(ODE_INITS.values()):
         r = _load_eval(os.path.join(out, ref, "lab_eval.json"))
         if r is not None:
             res[ref] = {0: r}
@@ -337,29 +354,34 @@ def load_results(out: str, arms=None) -> dict:
     return res
 
 
+def _tensors(r: dict, key: str) -> dict:
+    """The per-clip lists of one run's NFE row as tensors, converted once (bootstrap draws reuse them)."""
+    cache = r.setdefault("_tensors", {})
+    if key not in cache:
+        row = r["nfe"][key]
+        as64 = lambda v: None if v is None else torch.as_tensor(v, dtype=torch.float64)   # noqa: E731
+        cache[key] = {"mode": torch.as_tensor(row["mode"]), "w": as64(row["w"]), "gram": torch.as_tensor(row["gram"]),
+                      "captions": torch.as_tensor(r["captions"]), "defect8": as64(r["defect8"]),
+                      **{k: as64(row[k]) for k in ("loglik", "switch", "drift")}}
+    return cache[key]
+
+
 def metric_fn(name: str, nfe: int, world):
     """f(lab_eval dict, counts (clips,)) -> float: one metric of one run, its clips repeated `counts` times."""
     from comfyui_salt.toy.lab.metrics import coverage_error, mode_mean_error_gram, within_mode_variance
     key = str(nfe)
 
-    def weighted(values, c):
-        v = torch.as_tensor(values, dtype=torch.float64)
-        return float((v * c).sum() / c.sum())
-
     def f(r, c):
-        row = r["nfe"][key]
-        mode = torch.as_tensor(row["mode"])
+        t = _tensors(r, key)
         if name in ("var_ratio", "var_gap"):   # var_gap = |var_ratio − 1|: detail lost or noise added
-            v = within_mode_variance(torch.as_tensor(row["w"], dtype=torch.float64), mode, c)
+            v = within_mode_variance(t["w"], t["mode"], c)
             return v if name == "var_ratio" else abs(v - 1.0)
         if name == "mean_err":
-            return mode_mean_error_gram(torch.as_tensor(row["gram"]), mode, row["dims"], c)
+            return mode_mean_error_gram(t["gram"], t["mode"], r["nfe"][key]["dims"], c)
         if name == "coverage":
-            return coverage_error(world, mode, torch.as_tensor(r["captions"]), c)
-        if name == "defect8":
-            return float("nan") if r["defect8"] is None else weighted(r["defect8"], c)
-        values = row["loglik" if name == "loglik" else name]
-        return float("nan") if values is None else weighted(values, c)
+            return coverage_error(world, t["mode"], t["captions"], c)
+        values = t[name]
+        return float("nan") if values is None else float((values * c).sum() / c.sum())
     return f
 
 
@@ -390,10 +412,10 @@ def format_table(results: dict, resamples: int = 1000) -> str:
     head = (["arm", "seeds", "NFE"] + list(METRICS) + ["vs"] + [f"Δ{m}" for m in DIFFS]
             + ["SC updates", "aligned updates", "generator updates"])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for ref in [r for r in REFERENCES if r in results]:   # the teachers: no seeds, no differences, no training
+    for ref in [r for r in REFERENCES + tuple(ODE_INITS.values()) if r in results]:   # no seeds, no differences
         run = results[ref][0]
         for key in run["nfe"]:
-            cells = [f"{ref} (Euler)", "", key]
+            cells = [f"{ref} (Euler)" if ref in REFERENCES else ref, "", key]
             cells += [_fmt(interval([run], metric_fn(m, int(key), world), resamples=resamples), DIGITS.get(m, 3))
                       for m in METRICS]
             lines.append("| " + " | ".join(cells + [""] * (len(head) - len(cells))) + " |")
@@ -490,7 +512,7 @@ def claim_verdict(test: str, ivs: dict, ref_values: dict) -> str:
 def format_claims(results: dict, resamples: int = 1000) -> str:
     """The verdict table of the paper's claims from finished runs (claims whose arms are missing are skipped)."""
     from comfyui_salt.toy.lab.world import LabWorld
-    arms = [r for r in results if r not in REFERENCES]
+    arms = [r for r in results if r in ARMS]
     if not arms:
         return ""
     world = LabWorld(next(iter(results[arms[0]].values()))["config"]["world"].split(":", 1)[1])
@@ -526,6 +548,8 @@ def main(argv=None) -> int:
     p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
     p.add_argument("--workers", type=int, default=1, help="jobs at a time (each gets cores / workers threads unless "
                                                           "--set threads=N; 2 on 2 cores: ~1.4× the throughput)")
+    p.add_argument("--first", default="", metavar="ARM:SEED,...", help="runs to do before the claim arms (e.g. "
+                                                                       "the λ_SC dose response on seed 0)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a setting for every job")
     p.add_argument("--table", action="store_true", help="only print the table of finished runs")
     p.add_argument("--in-process", action="store_true", help="run the jobs in this process (tests; no Ctrl-C resume "
