@@ -33,6 +33,7 @@ student kind (`dmd`, or `bidir-dmd` for the bidirectional arms; same seeds, same
 for every job: `--set key=value` (e.g. tiny sizes in the CI smoke).
 """
 import argparse
+import gzip
 import json
 import os
 import signal
@@ -226,12 +227,31 @@ def _round(t) -> list:
 
 
 def _load_eval(path: str):
-    """A current lab_eval.json, or None (absent, or written by an older evaluation: then it is redone)."""
-    if not os.path.exists(path):
+    """A current lab_eval.json (or its gzipped copy from --export), or None (absent, or written by an older
+    evaluation: then it is redone)."""
+    if os.path.exists(path):
+        with open(path) as f:
+            out = json.load(f)
+    elif os.path.exists(path + ".gz"):
+        with gzip.open(path + ".gz", "rt") as f:
+            out = json.load(f)
+    else:
         return None
-    with open(path) as f:
-        out = json.load(f)
     return out if out.get("version") == EVAL_VERSION else None
+
+
+def export_evals(out: str, dest: str) -> int:
+    """Copy every current evaluation under `out` to `dest` in the same layout, gzipped (`--table --out dest` then
+    prints the same table); returns how many were written. What the repository keeps of an experiment."""
+    n = 0
+    for name, runs in load_results(out).items():
+        for seed, r in runs.items():
+            sub = os.path.join(dest, name) if name not in ARMS else os.path.join(dest, name, f"seed{seed}")
+            os.makedirs(sub, exist_ok=True)
+            with gzip.open(os.path.join(sub, "lab_eval.json.gz"), "wt", compresslevel=9) as f:
+                json.dump({k: v for k, v in r.items() if not k.startswith("_")}, f)
+            n += 1
+    return n
 
 
 def _write_eval(path: str, out: dict) -> dict:
@@ -552,6 +572,8 @@ def main(argv=None) -> int:
                                                                        "the λ_SC dose response on seed 0)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a setting for every job")
     p.add_argument("--table", action="store_true", help="only print the table of finished runs")
+    p.add_argument("--export", default="", metavar="DIR", help="with --table: also copy the evaluations, gzipped, to "
+                                                              "DIR (what the repository keeps; --out DIR reprints)")
     p.add_argument("--in-process", action="store_true", help="run the jobs in this process (tests; no Ctrl-C resume "
                                                              "of a single job beyond its checkpoints)")
     args = p.parse_args(argv)
@@ -572,6 +594,8 @@ def main(argv=None) -> int:
             return 130
         if failed:
             print(f"{failed} run(s) failed (see above); rerun the same command to resume them", flush=True)
+    if args.export:
+        print(f"exported {export_evals(args.out, args.export)} evaluations to {args.export}")
     results = load_results(args.out, args.arms)
     print(format_table(results, args.resamples))
     claims = format_claims(results, args.resamples)
