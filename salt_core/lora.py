@@ -33,6 +33,8 @@ PREFIX = "diffusion_model."
 COMFY_SKIPPED = (".modulation.diff",)   # keys ComfyUI 0.3.75 loads but does not apply (see the module docstring)
 KINDS = ("lora", "diff", "diff_b", "dropped")
 
+FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)   # refused: their rounding would swamp the difference
+
 
 @dataclasses.dataclass(frozen=True)
 class LayerReport:
@@ -79,6 +81,13 @@ def _check_pair(base: Mapping, student: Mapping):
         raise ValueError(f"extract_lora: base and student hold different tensors: only in the student "
                          f"{missing[:5]}, only in the base {extra[:5]}; pass the student's own base (the model "
                          f"it was distilled from, same architecture)")
+    for which, sd in (("student", student), ("base", base)):
+        low = [k for k, v in sd.items() if v.dtype in FP8_DTYPES]
+        if low:
+            raise ValueError(f"extract_lora: the {which} stores {len(low)} tensors in fp8 (e.g. {low[0]!r}: "
+                             f"{sd[low[0]].dtype}); fp8 keeps about two significant digits, so a LoRA of the "
+                             f"difference would mostly hold rounding noise. Load both models with full-precision "
+                             f"weights (weight_dtype 'default')")
     shapes = [k for k in student if tuple(student[k].shape) != tuple(base[k].shape)]
     if shapes:
         k = shapes[0]

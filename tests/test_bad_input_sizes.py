@@ -179,6 +179,17 @@ def test_the_distillation_estimate_of_a_toy_run_is_tens_of_mib_and_grows_with_fr
                                                                 student)
 
 
+def test_the_estimate_counts_the_frozen_critic_copy_the_exact_teachers_alignment_keeps():
+    from comfyui_salt.training.validate import distill_memory_bytes
+    student, critic = build_model("toy", seed=0), build_model("toy", seed=1).to(torch.bfloat16)
+    copy_bytes = 2 * sum(p.numel() for p in critic.parameters())               # the frozen copy, bf16
+    learned = distill_memory_bytes(get_preset("lab-salt", teacher="t.safetensors"), student, critic)
+    exact = distill_memory_bytes(get_preset("lab-salt", teacher="exact"), student, critic)
+    assert exact - learned == copy_bytes
+    no_align = get_preset("lab-salt", teacher="exact", align_weight=0.0)
+    assert distill_memory_bytes(no_align, student, critic) == learned
+
+
 def test_a_cache_too_large_for_memory_is_refused_by_the_distillers_cache_too(toy):
     from comfyui_salt.salt_core.kv_cache import CachePolicy
     with pytest.raises(MemoryError, match=r"KV cache of 300000 frames"):

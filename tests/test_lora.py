@@ -88,6 +88,10 @@ def test_without_diffs_only_factors_are_written_and_the_rest_is_reported_dropped
     (lambda b, s: (b, {k: v for k, v in s.items() if k != "head.head.bias"}, 4),
      ["only in the base", "head.head.bias"]),
     (lambda b, s: (b, dict(s, **{"head.head.bias": torch.zeros(3)}), 4), ["head.head.bias", "same architecture"]),
+    (lambda b, s: (b, dict(s, **{"head.head.weight": s["head.head.weight"].to(torch.float8_e4m3fn)}), 4),
+     ["student", "fp8", "head.head.weight", "weight_dtype 'default'"]),
+    (lambda b, s: (dict(b, **{"blocks.0.ffn.0.weight": b["blocks.0.ffn.0.weight"].to(torch.float8_e5m2)}), s, 4),
+     ["base", "fp8", "float8_e5m2"]),
 ])
 def test_bad_pairs_and_ranks_raise_errors_naming_the_problem(tiny_pair, change, words):
     base, student, rank = change(*tiny_pair)

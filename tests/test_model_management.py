@@ -188,3 +188,12 @@ def test_weight_dtype_is_an_optional_last_widget_so_saved_workflows_keep_loading
     info = salt_nodes.SaltLoadCausalModel.GET_NODE_INFO_V1()["input"]
     assert list(info["required"]) == ["ckpt_name", "use_ema", "dtype"]
     assert info["optional"]["weight_dtype"][1]["default"] == "default"
+
+
+def test_extract_lora_refuses_a_model_loaded_with_fp8_weights_and_names_the_fix(salt_nodes, toy_file):
+    """fp8 rounding (~6 % per weight) would swamp a distilled difference: the node says to load full precision."""
+    student = load(salt_nodes, toy_file[0], weight_dtype="fp8_e4m3fn")
+    base = load(salt_nodes, toy_file[0])
+    with pytest.raises(ValueError, match=r"student stores .* in fp8 .*weight_dtype 'default'"):
+        salt_nodes.SaltExtractLoRA.execute(base=base, student=student, rank=4, include_diffs=True, dtype="fp32",
+                                           name="never_written")

@@ -15,6 +15,7 @@ from ..salt_core.scorenet import KINDS
 from .distill_config import DistillConfig
 from .files import load_model, read_metadata
 from .prompts import EmbeddedPrompts, cache_prompt_embeddings, read_prompts_file
+from .validate import EXACT   # DistillConfig.teacher naming a world's closed-form teacher (scores whole clips)
 
 PROMPT_CACHE = "prompt_embeds.safetensors"   # in the run folder: {"embeds": (prompts + 1, 512, D)}
 
@@ -31,7 +32,6 @@ class DistillWorld:
     #                                            (WanModel's forward signature, no parameters); None = no world has one
 
 
-EXACT = "exact"   # DistillConfig.teacher naming the world's closed-form teacher (scores whole clips by default)
 
 
 def needs_world(cfg: DistillConfig) -> bool:

@@ -10,6 +10,8 @@ fix. Knows nothing of files or the loops.
 from ..salt_core.validate import check_count
 from .config_fields import check_fields
 
+EXACT = "exact"   # DistillConfig.teacher naming a world's closed-form teacher (distill_models.EXACT)
+
 
 def validate_distill_config(cfg) -> None:
     """Refuse a DistillConfig with a field outside its declared values, or inconsistent fields: a cache window
@@ -41,7 +43,8 @@ def distill_memory_bytes(cfg, student, critic=None) -> int:
     """Bytes a distillation run will still allocate once its models are built: gradients and AdamW moments of
     student and critic, the EMA shadow, two KV caches (causal students) and the activations kept for the
     backward pass of one micro-batch (every block's tokens over the whole clip; one block's with
-    gradient checkpointing). Attention kernels and allocator slack are not counted."""
+    gradient checkpointing), and, under the exact teacher with alignment, the frozen copy of the critic's
+    initial weights whose features the alignment reads. Attention kernels and allocator slack are not counted."""
     from ..salt_core.validate import kv_cache_bytes
     item = student.patch_embedding.weight.element_size()
     mcfg = student.cfg
@@ -57,7 +60,10 @@ def distill_memory_bytes(cfg, student, critic=None) -> int:
         caches = 2 * kv_cache_bytes(mcfg.num_layers, cfg.batch_size, mcfg.num_heads, mcfg.head_dim,
                                     tokens // max(1, cfg.num_frames // mcfg.patch_size[0]), capacity,
                                     student.patch_embedding.weight.dtype)
-    return training_state + activations + caches
+    frozen_features = 0   # training.distill: the alignment's frozen critic copy when the real score is exact
+    if critic is not None and cfg.teacher == EXACT and cfg.align_weight:
+        frozen_features = sum(p.numel() * p.element_size() for p in critic.parameters())
+    return training_state + activations + caches + frozen_features
 
 
 def check_distill_memory(cfg, student, critic, device) -> None:
