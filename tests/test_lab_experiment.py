@@ -179,6 +179,9 @@ def test_the_experiment_runs_every_arm_evaluates_and_prints_the_table(teacher_pa
     assert (kept / "salt" / "seed0" / "lab_eval.json.gz").exists() and (kept / "exact" / "lab_eval.json.gz").exists()
     assert bench.main(["--out", str(kept), "--table", "--resamples", "20"]) == 0
     assert capsys.readouterr().out == printed.split("\n", 1)[1]   # the same table, without the export line
+    assert bench.main(["--out", str(kept), "--table", "--resamples", "20", "--compact"]) == 0
+    head = capsys.readouterr().out.splitlines()[0]
+    assert head.startswith("| arm | seeds | NFE | var_ratio | mean_err | switch |") and "loglik" not in head
 
 
 def test_the_runner_runs_claim_arms_first_in_parallel_skips_finished_and_counts_failures(tmp_path, monkeypatch):

@@ -75,6 +75,8 @@ EVAL_VERSION = 2           # 2: switch and drift are per-boundary switch rates (
 ODE_INITS = {"causal": "ode-causal", "bidirectional": "ode-bidir"}
 METRICS = ("var_ratio", "mean_err", "coverage", "switch", "drift", "loglik", "defect8")
 DIFFS = ("var_ratio", "mean_err", "drift", "defect8")
+COMPACT_METRICS = ("var_ratio", "mean_err", "switch", "drift", "defect8")   # the README's table
+COMPACT_DIFFS = ("mean_err", "drift", "defect8")
 DIGITS = {"defect8": 4}    # the defect is ~0.02: 3 decimals would hide its interval
 
 
@@ -422,22 +424,25 @@ def _fmt(iv, digits=3) -> str:
     return f"{iv.mean:.{digits}f} [{iv.lo:.{digits}f}, {iv.hi:.{digits}f}]"
 
 
-def format_table(results: dict, resamples: int = 1000) -> str:
+def format_table(results: dict, resamples: int = 1000, compact: bool = False) -> str:
     """The markdown table of finished runs: per arm and NFE, means [95 % intervals] and paired Δ (arm − reference,
-    same seeds, clips and resamples) against the reference arm of its student kind (`dmd` or `bidir-dmd`)."""
+    same seeds, clips and resamples) against the reference arm of its student kind (`dmd` or `bidir-dmd`).
+    `compact`: the README's columns only (COMPACT_METRICS, COMPACT_DIFFS, SC and aligned update counts)."""
     from comfyui_salt.toy.lab.world import LabWorld
     if not results:
         return "no evaluated runs yet"
     world = LabWorld(next(iter(next(iter(results.values())).values()))["config"]["world"].split(":", 1)[1])
-    head = (["arm", "seeds", "NFE"] + list(METRICS) + ["vs"] + [f"Δ{m}" for m in DIFFS]
-            + ["SC updates", "aligned updates", "generator updates"])
+    metrics, diffs = (COMPACT_METRICS, COMPACT_DIFFS) if compact else (METRICS, DIFFS)
+    count_keys = ("sc_updates", "align_updates") + (() if compact else ("gen_updates",))
+    head = (["arm", "seeds", "NFE"] + list(metrics) + ["vs"] + [f"Δ{m}" for m in diffs]
+            + ["SC updates", "aligned updates", "generator updates"][:len(count_keys)])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for ref in [r for r in REFERENCES + tuple(ODE_INITS.values()) if r in results]:   # no seeds, no differences
         run = results[ref][0]
         for key in run["nfe"]:
             cells = [f"{ref} (Euler)" if ref in REFERENCES else ref, "", key]
             cells += [_fmt(interval([run], metric_fn(m, int(key), world), resamples=resamples), DIGITS.get(m, 3))
-                      for m in METRICS]
+                      for m in metrics]
             lines.append("| " + " | ".join(cells + [""] * (len(head) - len(cells))) + " |")
     for arm in [a for a in ARMS if a in results]:
         seeds = sorted(results[arm])
@@ -445,13 +450,13 @@ def format_table(results: dict, resamples: int = 1000) -> str:
         ref_arm = REFERENCE[runs[0]["config"]["student_kind"]]
         ref = results.get(ref_arm, {})
         paired = [s for s in seeds if s in ref]
-        counts = [sum(r["summary"].get(k, 0) for r in runs) for k in ("sc_updates", "align_updates", "gen_updates")]
+        counts = [sum(r["summary"].get(k, 0) for r in runs) for k in count_keys]
         for nfe in EVAL_NFE:
             cells = [arm, str(len(seeds)), str(nfe)]
-            for m in METRICS:
+            for m in metrics:
                 cells.append(_fmt(interval(runs, metric_fn(m, nfe, world), resamples=resamples), DIGITS.get(m, 3)))
             cells.append(ref_arm if arm != ref_arm and paired else "")
-            for m in DIFFS:
+            for m in diffs:
                 if arm == ref_arm or not paired:
                     cells.append("")
                     continue
@@ -572,6 +577,7 @@ def main(argv=None) -> int:
                                                                        "the λ_SC dose response on seed 0)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a setting for every job")
     p.add_argument("--table", action="store_true", help="only print the table of finished runs")
+    p.add_argument("--compact", action="store_true", help="the README's columns only")
     p.add_argument("--export", default="", metavar="DIR", help="with --table: also copy the evaluations, gzipped, to "
                                                               "DIR (what the repository keeps; --out DIR reprints)")
     p.add_argument("--in-process", action="store_true", help="run the jobs in this process (tests; no Ctrl-C resume "
@@ -597,7 +603,7 @@ def main(argv=None) -> int:
     if args.export:
         print(f"exported {export_evals(args.out, args.export)} evaluations to {args.export}")
     results = load_results(args.out, args.arms)
-    print(format_table(results, args.resamples))
+    print(format_table(results, args.resamples, args.compact))
     claims = format_claims(results, args.resamples)
     if claims:
         print("\nThe paper's claims (paired by seed and clip; rules in CLAIMS):\n" + claims)
