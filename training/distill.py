@@ -31,7 +31,7 @@ from ..salt_core.scorenet import ScoreNet
 from ..salt_core.validate import check_count
 from .common import EMA, check_loss_terms, step_generators, step_seed
 from .distill_config import RELEASED_CLIPS_PER_UPDATE, DistillConfig
-from .distill_models import EXACT, DistillWorld, build_models, build_prompts, check_world, resolve_teacher_kind
+from .distill_models import DistillWorld, build_models, build_prompts, check_world, resolve_teacher_kind
 from .distributed import average_gradients, process_info
 from .ode_init import run_ode_init
 from .loop import TrainingLoop, stop_step
@@ -383,7 +383,7 @@ def _run_distillation(cfg, out_dir, max_gen_steps, callback, quiet, device, worl
     teacher, student, critic = (m.to(device) for m in (teacher, student, critic))
     prompts = build_prompts(cfg, teacher, out_dir, world)
     # an exact teacher has no features: the alignment compares those of the critic's initial weights (frozen)
-    features = copy.deepcopy(critic).requires_grad_(False).eval() if cfg.teacher == EXACT and cfg.align_weight else None
+    features = copy.deepcopy(critic).requires_grad_(False).eval() if cfg.aligns_to_frozen_critic else None
     job = Distiller(cfg, teacher, student, critic, prompts, rank, world_size,
                     score_kind=resolve_teacher_kind(cfg, world), features=features)
     log.info("teacher and critic score clips %s", "whole (bidirectional)" if job.score_kind == "bidirectional"

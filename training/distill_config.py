@@ -26,6 +26,7 @@ JOBS = ("dmd", "ode_init")
 SCORE_KINDS = ("auto", "bidirectional", "teacher_forcing")
 STUDENT_KINDS = ("causal", "bidirectional")
 COUPLINGS = ("noise_aligned", "independent")
+EXACT = "exact"   # DistillConfig.teacher naming a world's closed-form teacher (scores whole clips by default)
 # Keys renamed when the counters moved to the released unit (trainer iterations): the error says how to convert.
 RENAMED = {"ema_start": "ema_start_iter (trainer iterations = generator updates × critic_ratio)",
            "align_start_step": "align_start_iter (trainer iterations = generator updates × critic_ratio)"}
@@ -118,6 +119,12 @@ class DistillConfig:
         object.__setattr__(self, "step_choices", tuple(int(k) for k in self.step_choices))
         object.__setattr__(self, "step_probs", tuple(float(p) for p in self.step_probs))
         object.__setattr__(self, "eval_nfe", tuple(int(k) for k in self.eval_nfe))
+
+    @property
+    def aligns_to_frozen_critic(self) -> bool:
+        """The exact teacher has no features: the alignment then reads those of a frozen copy of the critic's
+        initial weights (training.distill builds it; training.validate counts its memory)."""
+        return self.teacher == EXACT and bool(self.align_weight)
 
     @classmethod
     def from_dict(cls, d: dict) -> "DistillConfig":

@@ -12,10 +12,9 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from ..salt_core.scorenet import KINDS
-from .distill_config import DistillConfig
+from .distill_config import EXACT, DistillConfig
 from .files import load_model, read_metadata
 from .prompts import EmbeddedPrompts, cache_prompt_embeddings, read_prompts_file
-from .validate import EXACT   # DistillConfig.teacher naming a world's closed-form teacher (scores whole clips)
 
 PROMPT_CACHE = "prompt_embeds.safetensors"   # in the run folder: {"embeds": (prompts + 1, 512, D)}
 
@@ -30,8 +29,6 @@ class DistillWorld:
     evaluate: Callable         # (model, cfg, callback, preview_path) -> {f"nfe{k}": metric means}
     exact_teacher: Optional[Callable] = None   # (cfg) -> the closed-form teacher of cfg.world for teacher="exact"
     #                                            (WanModel's forward signature, no parameters); None = no world has one
-
-
 
 
 def needs_world(cfg: DistillConfig) -> bool:

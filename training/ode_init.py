@@ -23,7 +23,8 @@ from ..salt_core.scorenet import ScoreNet
 from ..salt_core.streaming import stream_video
 from .common import JsonlLog, step_generators
 from .loop import RegressionJob, TrainingLoop, stop_step
-from .distill_models import EXACT, build_models, build_prompts, resolve_teacher_kind
+from .distill_config import EXACT
+from .distill_models import build_models, build_prompts, resolve_teacher_kind
 from .validate import check_ode_init_memory
 
 

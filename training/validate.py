@@ -10,8 +10,6 @@ fix. Knows nothing of files or the loops.
 from ..salt_core.validate import check_count
 from .config_fields import check_fields
 
-EXACT = "exact"   # DistillConfig.teacher naming a world's closed-form teacher (distill_models.EXACT)
-
 
 def validate_distill_config(cfg) -> None:
     """Refuse a DistillConfig with a field outside its declared values, or inconsistent fields: a cache window
@@ -60,8 +58,8 @@ def distill_memory_bytes(cfg, student, critic=None) -> int:
         caches = 2 * kv_cache_bytes(mcfg.num_layers, cfg.batch_size, mcfg.num_heads, mcfg.head_dim,
                                     tokens // max(1, cfg.num_frames // mcfg.patch_size[0]), capacity,
                                     student.patch_embedding.weight.dtype)
-    frozen_features = 0   # training.distill: the alignment's frozen critic copy when the real score is exact
-    if critic is not None and cfg.teacher == EXACT and cfg.align_weight:
+    frozen_features = 0
+    if critic is not None and cfg.aligns_to_frozen_critic:
         frozen_features = sum(p.numel() * p.element_size() for p in critic.parameters())
     return training_state + activations + caches + frozen_features
 

@@ -407,15 +407,11 @@ def metric_fn(name: str, nfe: int, world):
     return f
 
 
-def interval(runs: list, f, base: list = None, resamples: int = 1000, seed: int = 0):
-    """Two-level interval of mean-over-seeds f (or of f - f(base) paired by seed and clip)."""
+def interval(runs: list, f, resamples: int = 1000, seed: int = 0):
+    """Two-level interval of the mean over seeds of f (paired differences: `paired_interval`)."""
     from comfyui_salt.salt_core.metrics.bootstrap import nested_bootstrap
-    sizes = [len(r["captions"]) for r in runs]
-
-    def stat(draw):
-        vals = [f(runs[g], c) - (f(base[g], c) if base else 0.0) for g, c in draw]
-        return sum(vals) / len(vals)
-    return nested_bootstrap(stat, sizes, resamples, seed=seed)
+    return nested_bootstrap(lambda draw: sum(f(runs[g], c) for g, c in draw) / len(draw),
+                            [len(r["captions"]) for r in runs], resamples, seed=seed)
 
 
 def _fmt(iv, digits=3) -> str:
@@ -460,8 +456,8 @@ def format_table(results: dict, resamples: int = 1000, compact: bool = False) ->
                 if arm == ref_arm or not paired:
                     cells.append("")
                     continue
-                cells.append(_fmt(interval([results[arm][s] for s in paired], metric_fn(m, nfe, world),
-                                           base=[ref[s] for s in paired], resamples=resamples), 4))
+                cells.append(_fmt(paired_interval(results, arm, nfe, ref_arm, nfe, m, world,
+                                                  resamples=resamples)[0], 4))
             cells += [str(c) for c in counts]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
