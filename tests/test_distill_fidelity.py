@@ -245,3 +245,43 @@ def test_defect_report_has_every_consecutive_triplet_of_each_grid_and_intervals_
             per_clip = (direct - composed).flatten(1).norm(dim=1) / (direct - x.double()).flatten(1).norm(dim=1)
         assert report[2]["mean"].mean == pytest.approx(per_clip.mean().item(), rel=1e-5)
     assert "mean over triplets" in format_defect_report(report)
+
+
+@pytest.mark.parametrize("kind", ["causal", "bidirectional"])
+def test_sc_defect_samples_measures_exactly_the_triplets_sc_trains_with_their_training_frequencies(kind):
+    from comfyui_salt.salt_core.losses import sc_triplet_distribution
+    from comfyui_salt.salt_core.schedules import get_sigmas_fewstep
+    from comfyui_salt.toy.text import ToyTextEncoder
+    from comfyui_salt.training.distill_eval import defect_samples, sc_defect_samples
+    model = build_model("toy", seed=1).eval()
+    caps = ["a red disc moving left on a dark background", "a blue bar moving up on a light background"] * 2
+    ctx = ToyTextEncoder().encode(caps)
+    cfg = get_preset("toy-dmd", student_kind=kind)
+    grid = get_sigmas_fewstep(cfg.sc_steps, cfg.shift)
+    triplets, p, d = sc_defect_samples(model, cfg, ctx, seed=0)
+    expected = {(t.sigma_s, t.sigma_m, t.sigma_e): q / (cfg.sc_steps - 1)
+                for i in range(cfg.sc_steps) for t, q in sc_triplet_distribution(i, grid)}
+    assert dict(zip(triplets, p.tolist())) == pytest.approx(expected) and p.sum().item() == pytest.approx(1.0)
+    assert d.shape == (len(triplets), len(caps)) and bool((d >= 0).all())
+    # the trained triplets that are consecutive grid points agree with defect_samples on the same rollout states
+    cons, dc = defect_samples(model, cfg, ctx, grid_steps=cfg.sc_steps, seed=0)
+    shared = [t for t in cons if t in triplets]
+    assert len(shared) == cfg.sc_steps // 2   # (s_k, s_k+1, s_k+2) for even k: the ones ending on the 4-step grid
+    for t in shared:
+        assert torch.allclose(d[triplets.index(t)], dc[cons.index(t)], rtol=1e-9, atol=0)
+    if kind == "bidirectional":
+        # brute force: every triplet from the first state (σ = 1, the seeded noise itself)
+        x = torch.randn((len(caps), 3, cfg.num_frames, cfg.height, cfg.width),
+                        generator=torch.Generator().manual_seed(0))
+
+        def v(x, s):
+            return model(x, torch.full((x.shape[0],), 1000.0 * s, dtype=torch.float64), ctx).double()
+        with torch.no_grad():
+            v0 = v(x, 1.0)
+            for t, _ in sc_triplet_distribution(0, grid):
+                direct = x.double() - (1.0 - t.sigma_e) * v0
+                x_m = x.double() - (1.0 - t.sigma_m) * v0
+                composed = x_m - (t.sigma_m - t.sigma_e) * v(x_m.float(), t.sigma_m)
+                per_clip = (direct - composed).flatten(1).norm(dim=1) / (direct - x.double()).flatten(1).norm(dim=1)
+                got = d[triplets.index((t.sigma_s, t.sigma_m, t.sigma_e))]
+                assert torch.allclose(got, per_clip, rtol=1e-5)

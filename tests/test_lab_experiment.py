@@ -182,6 +182,23 @@ def test_the_experiment_runs_every_arm_evaluates_and_prints_the_table(teacher_pa
     assert bench.main(["--out", str(kept), "--table", "--resamples", "20", "--compact"]) == 0
     head = capsys.readouterr().out.splitlines()[0]
     assert head.startswith("| arm | seeds | NFE | var_ratio | mean_err | switch |") and "loglik" not in head
+    # a longer experiment continues the finished runs (the same init, their last checkpoint) and lands where a
+    # longer first start lands
+    from safetensors.torch import load_file
+    longer, fresh = tmp_path / "longer", tmp_path / "fresh"
+    assert argv[6:8] == ["--updates", "2"]
+    more = argv[:6] + ["--updates", "3"] + argv[8:] + ["--arms", "dmd"]
+    assert bench.main([*more[:3], str(longer), *more[4:], "--extend-from", str(out)]) == 0
+    bench._share_starts(str(out), str(fresh), ["causal"])
+    assert bench.main([*more[:3], str(fresh), *more[4:]]) == 0
+    capsys.readouterr()
+    rows = [json.loads(line) for line in (longer / "dmd" / "seed0" / "metrics.jsonl").read_text().splitlines()]
+    assert json.loads((longer / "dmd" / "seed0" / "summary.json").read_text())["gen_updates"] == 3
+    assert [r for r in rows if "gen_step" in r][:2] == [r for r in (json.loads(line) for line in (
+        out / "dmd" / "seed0" / "metrics.jsonl").read_text().splitlines()) if "gen_step" in r][:2]
+    a, b = (load_file(str(d / "dmd" / "seed0" / "export" / "student.safetensors")) for d in (longer, fresh))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert not bench.extend_from(str(out / "dmd" / "seed0"), str(longer / "dmd" / "seed0"))   # it has checkpoints
 
 
 def test_the_runner_runs_claim_arms_first_in_parallel_skips_finished_and_counts_failures(tmp_path, monkeypatch):

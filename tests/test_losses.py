@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from comfyui_salt.salt_core import build_model
 from comfyui_salt.salt_core.losses import (DMDLoss, FeatureAlignmentLoss, SemigroupLoss, Triplet, critic_flow_loss,
                                            flow_matching_loss, real_x0_with_cfg, sample_alignment_timesteps,
-                                           sample_dmd_timesteps, sample_exit_index, sample_rollout_steps, sc_triplet)
+                                           sample_dmd_timesteps, sample_exit_index, sample_rollout_steps, sc_triplet,
+                                           sc_triplet_distribution)
 from comfyui_salt.salt_core.metrics import semigroup_defect, semigroup_defects
 from comfyui_salt.salt_core.schedules import add_noise, get_sigmas_fewstep
 
@@ -156,6 +157,25 @@ def test_the_end_point_is_uniform_over_the_two_candidates_and_draws_are_seeded()
     assert 0.42 < ends.count(2) / 1000 < 0.58
     g1, g2 = _gen(7), _gen(7)
     assert [sc_triplet(3, g1) for _ in range(20)] == [sc_triplet(3, g2) for _ in range(20)]
+
+
+def test_the_triplet_distribution_lists_the_allowed_combinations_with_their_draw_frequencies():
+    # support: the hand table; probabilities: e uniform over two ends, then m uniform below s_i and above e
+    assert sc_triplet_distribution(7) == []
+    d0 = {(t.m_index, t.e_index): p for t, p in sc_triplet_distribution(0)}
+    assert d0 == pytest.approx({(1, 2): 1 / 2, (1, 4): 1 / 6, (2, 4): 1 / 6, (3, 4): 1 / 6})
+    for i in range(7):
+        dist = sc_triplet_distribution(i)
+        assert {(t.m_index, t.e_index) for t, _ in dist} == ALLOWED[i]
+        assert sum(p for _, p in dist) == pytest.approx(1.0)
+        sigmas = get_sigmas_fewstep(8, 5.0).tolist()
+        assert all(t.s_index == i and (t.sigma_s, t.sigma_m, t.sigma_e) == (sigmas[i], sigmas[t.m_index],
+                                                                            sigmas[t.e_index]) for t, _ in dist)
+    draws = [sc_triplet(2, _gen(seed)) for seed in range(3000)]   # the sampler agrees with the listed p
+    for t, p in sc_triplet_distribution(2):
+        assert abs(draws.count(t) / 3000 - p) < 4 * (p * (1 - p) / 3000) ** 0.5
+    with pytest.raises(ValueError, match="exit_index=8"):
+        sc_triplet_distribution(8)
 
 
 def test_the_triplet_rule_works_on_another_grid_and_rejects_bad_exit_indices():

@@ -39,6 +39,27 @@ def sample_student(model, cfg: DistillConfig, context, nfe: int, seed: int = 0, 
                         context_noise=cfg.context_noise, generator=gen)
 
 
+def _rollout_states(model, cfg: DistillConfig, context, sigmas, seed: int, keep) -> None:
+    """Run the student's seeded stochastic rollout on `sigmas` and call keep(sigma, x (B, ...), velocity_fn) at
+    every state (causal students: every chunk's state, its velocity_fn reading the real KV cache without writing)."""
+    from ..salt_core.streaming import rollout_stream
+    gen = torch.Generator().manual_seed(seed)
+    noise, context = _seeded_noise(model, cfg, context, cfg.num_frames, gen)
+    if cfg.student_kind == "bidirectional":
+        den = FlowDenoiser(model, context)
+        sample_fewstep_stochastic(den, noise, sigmas, callback=lambda d: keep(float(d["sigma"]), d["x"], den.velocity),
+                                  disable=True, noise_sampler=lambda *_: randn_like(noise, gen))
+        return
+    cache = model.new_cache(noise.shape[0], CachePolicy.full(cfg.num_frames), (cfg.height, cfg.width))
+
+    def collect(d):
+        velocity = CachedDenoiser(model, context, cache, d["chunk"] * cfg.chunk_frames, write=False).velocity
+        keep(float(d["sigma"]), d["x"], velocity)
+    for _ in rollout_stream(model, noise, context, sigmas, cache=cache, chunk_frames=cfg.chunk_frames,
+                            generator=gen, callback=collect):
+        pass
+
+
 @torch.no_grad()
 def defect_samples(model, cfg: DistillConfig, context, grid_steps: int = 8, seed: int = 0):
     """Semigroup defects (SALT_METHOD §4) on the student's own stochastic rollout states on the `grid_steps` grid.
@@ -49,33 +70,50 @@ def defect_samples(model, cfg: DistillConfig, context, grid_steps: int = 8, seed
     its real KV cache).
     """
     from ..salt_core.metrics.semigroup import semigroup_defects
-    from ..salt_core.streaming import rollout_stream
     sigmas = get_sigmas_fewstep(grid_steps, cfg.shift)
-    gen = torch.Generator().manual_seed(seed)
-    noise, context = _seeded_noise(model, cfg, context, cfg.num_frames, gen)
     rows = {}   # triplet index k -> [(B,) per chunk]
 
-    def keep(d, velocity):
-        sigma = float(d["sigma"])
+    def keep(sigma, x, velocity):
         if sigma < float(sigmas[-3]) - 1e-9:                 # needs two further grid points (the last may be 0)
             return
         k = int((sigmas - sigma).abs().argmin())
-        rows.setdefault(k, []).append(semigroup_defects(velocity, [(sigma, d["x"])], sigmas)[0])
-    if cfg.student_kind == "bidirectional":
-        den = FlowDenoiser(model, context)
-        sample_fewstep_stochastic(den, noise, sigmas, callback=lambda d: keep(d, den.velocity), disable=True,
-                                  noise_sampler=lambda *_: randn_like(noise, gen))
-    else:
-        cache = model.new_cache(noise.shape[0], CachePolicy.full(cfg.num_frames), (cfg.height, cfg.width))
-
-        def collect(d):
-            keep(d, CachedDenoiser(model, context, cache, d["chunk"] * cfg.chunk_frames, write=False).velocity)
-        for _ in rollout_stream(model, noise, context, sigmas, cache=cache, chunk_frames=cfg.chunk_frames,
-                                generator=gen, callback=collect):
-            pass
+        rows.setdefault(k, []).append(semigroup_defects(velocity, [(sigma, x)], sigmas)[0])
+    _rollout_states(model, cfg, context, sigmas, seed, keep)
     ks = sorted(rows)
     triplets = [tuple(float(sigmas[k + j]) for j in range(3)) for k in ks]
     return triplets, torch.stack([torch.stack(rows[k]).mean(0) for k in ks]).cpu()
+
+
+@torch.no_grad()
+def sc_defect_samples(model, cfg: DistillConfig, context, seed: int = 0):
+    """Semigroup defects of the triplets L_SC trains, on the student's own rollout states on the cfg.sc_steps grid.
+
+    Returns (triplets, p, D): every triplet [(σ_s, σ_m, σ_e), ...] that sc_triplet can draw (any exit step),
+    p (T,) float64 how often a generator step that carries SC trains it (exit uniform, then sc_triplet's rule;
+    sums to 1), and D (T, B) float64 its defect per clip (causal: averaged over chunks). p @ D is the defect SC
+    lowers; defect_samples' consecutive triplets only partly overlap these (for K = 8 the triplets that end on an
+    odd grid point are never trained).
+    """
+    from ..salt_core.losses.semigroup import sc_triplet_distribution
+    from ..salt_core.metrics.semigroup import semigroup_defects
+    sigmas = get_sigmas_fewstep(cfg.sc_steps, cfg.shift)
+    exits = {i: sc_triplet_distribution(i, sigmas) for i in range(cfg.sc_steps)}
+    acting = [i for i, dist in exits.items() if dist]
+    order = [(t, p / len(acting)) for i in acting for t, p in exits[i]]
+    rows = {}   # (s, m, e) index -> [(B,) per chunk]
+
+    def keep(sigma, x, velocity):
+        i = int((sigmas - sigma).abs().argmin())
+        for t, _ in exits.get(i, ()):
+            grid = torch.tensor([t.sigma_s, t.sigma_m, t.sigma_e] + ([0.0] if t.sigma_e > 0 else []),
+                                dtype=torch.float64)
+            rows.setdefault((t.s_index, t.m_index, t.e_index), []).append(semigroup_defects(velocity, [(sigma, x)],
+                                                                                            grid)[0])
+    _rollout_states(model, cfg, context, sigmas, seed, keep)
+    triplets = [(t.sigma_s, t.sigma_m, t.sigma_e) for t, _ in order]
+    p = torch.tensor([q for _, q in order], dtype=torch.float64)
+    d = [torch.stack(rows[(t.s_index, t.m_index, t.e_index)]).mean(0) for t, _ in order]
+    return triplets, p, torch.stack(d).cpu()
 
 
 def defect_report(model, cfg: DistillConfig, context, grids=(8,), seed: int = 0, num_resamples: int = 2000) -> dict:

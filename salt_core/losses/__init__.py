@@ -10,8 +10,10 @@ L_DMD + 0.2·1[K=8]·L_SC + 0.1·1[aligned]·L_align. Knows nothing of models, c
 from .alignment import FeatureAlignmentLoss, sample_alignment_timesteps, token_relations
 from .dmd import DMDLoss, critic_flow_loss, flow_matching_loss, real_x0_with_cfg, sample_dmd_timesteps
 from .mixed_steps import sample_exit_index, sample_rollout_steps
-from .semigroup import SemigroupLoss, Triplet, default_training_sigmas, sc_triplet
+from .semigroup import (SemigroupLoss, Triplet, default_training_sigmas, sc_triplet,
+                        sc_triplet_distribution)
 
 __all__ = ["FeatureAlignmentLoss", "sample_alignment_timesteps", "token_relations", "DMDLoss", "critic_flow_loss",
            "flow_matching_loss", "real_x0_with_cfg", "sample_dmd_timesteps", "sample_exit_index",
-           "sample_rollout_steps", "SemigroupLoss", "Triplet", "default_training_sigmas", "sc_triplet"]
+           "sample_rollout_steps", "SemigroupLoss", "Triplet", "default_training_sigmas", "sc_triplet",
+           "sc_triplet_distribution"]

@@ -36,6 +36,18 @@ def _uniform_choice(options: list, generator: torch.Generator):
     return options[k]
 
 
+def _sc_candidates(exit_index: int, sigmas, where: str):
+    """(grid (K+1,), ends): the end indices sc_triplet chooses t_e from for exit step i (empty for i = K-1)."""
+    s = check_sigmas(default_training_sigmas() if sigmas is None else sigmas, where=where)
+    num_steps = s.numel() - 1                                    # K
+    if not isinstance(exit_index, int) or not 0 <= exit_index < num_steps:
+        raise ValueError(f"exit_index={exit_index!r}: expected an integer step index in 0..{num_steps - 1}")
+    if exit_index == num_steps - 1:
+        return s, []                                             # the last step has nothing below to compose
+    ends = sorted(set(range(0, num_steps, 2)) | {num_steps})     # ascending index = descending σ
+    return s, [k for k in ends if s[k] < s[exit_index + 1]][:2]  # the two largest allowed ends
+
+
 def sc_triplet(exit_index: int, generator: torch.Generator = None, sigmas=None):
     """The SC triplet for exit step i on grid SIGMAS s_0 > … > s_{K-1} > s_K = 0, or None when i = K-1.
 
@@ -44,17 +56,25 @@ def sc_triplet(exit_index: int, generator: torch.Generator = None, sigmas=None):
     among the two largest; t_m is uniform among grid points with t_e < s_k < t_s.
     `sigmas` defaults to the warped 8-step grid at shift 5; pass another grid for other shifts.
     """
-    s = check_sigmas(default_training_sigmas() if sigmas is None else sigmas, where="sc_triplet")
-    num_steps = s.numel() - 1                                    # K
-    if not isinstance(exit_index, int) or not 0 <= exit_index < num_steps:
-        raise ValueError(f"exit_index={exit_index!r}: expected an integer step index in 0..{num_steps - 1}")
-    if exit_index == num_steps - 1:
-        return None                                              # the last step has nothing below to compose
-    ends = sorted(set(range(0, num_steps, 2)) | {num_steps})     # ascending index = descending σ
-    ends = [k for k in ends if s[k] < s[exit_index + 1]][:2]     # the two largest allowed ends
+    s, ends = _sc_candidates(exit_index, sigmas, "sc_triplet")
+    if not ends:
+        return None
     e = _uniform_choice(ends, generator)
     m = _uniform_choice(list(range(exit_index + 1, e)), generator)
     return Triplet(exit_index, m, e, s[exit_index].item(), s[m].item(), s[e].item())
+
+
+def sc_triplet_distribution(exit_index: int, sigmas=None) -> list:
+    """Every triplet sc_triplet can draw for exit step i, with its probability: [(Triplet, p), ...] summing to 1
+    ([] when i = K-1, where SC does not act). What L_SC trains at that exit, for measuring the defect there."""
+    s, ends = _sc_candidates(exit_index, sigmas, "sc_triplet_distribution")
+    out = []
+    for e in ends:
+        mids = range(exit_index + 1, e)
+        for m in mids:
+            trip = Triplet(exit_index, m, e, s[exit_index].item(), s[m].item(), s[e].item())
+            out.append((trip, 1.0 / (len(ends) * len(mids))))
+    return out
 
 
 class SemigroupLoss:

@@ -12,6 +12,9 @@ nohup .venv/bin/python tests/bench/lab_experiment.py --teacher runs/lab_teacher.
     --seeds 3 --updates 300 --workers 2 > runs/lab-exp.log 2>&1 &
 # the table from finished runs only (runs nothing)
 .venv/bin/python tests/bench/lab_experiment.py --out runs/lab-exp --table
+# the long pair: dmd and salt continued from their 300-update runs to 1,000 updates (same init, same seeds)
+nohup .venv/bin/python tests/bench/lab_experiment.py --teacher runs/lab_teacher.safetensors --out runs/lab-exp-long \
+    --extend-from runs/lab-exp --arms dmd,salt --seeds 3 --updates 1000 --workers 2 > runs/lab-exp-long.log 2>&1 &
 ```
 
 Stages, each skipped where finished and resumed where it stopped:
@@ -36,6 +39,7 @@ import argparse
 import gzip
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -197,12 +201,53 @@ def parse_first(text: str) -> list:
     return out
 
 
+def extend_from(src: str, dst: str) -> bool:
+    """Start run folder `dst` where the finished run `src` ended (its config, metrics and newest checkpoint), so a
+    longer `--updates` continues that run instead of repeating its first updates; True if it did. Distillation has
+    no learning-rate schedule and resumes exactly, so the continued run is the run a longer first start would give.
+    Nothing is done when `dst` already holds a checkpoint or `src` has not finished."""
+    from comfyui_salt.training.common import CheckpointManager
+    from comfyui_salt.training.runs import has_checkpoint
+    if has_checkpoint(dst) or not os.path.exists(os.path.join(src, "summary.json")):
+        return False
+    latest = CheckpointManager(os.path.join(src, "checkpoints")).latest()
+    if latest is None:
+        return False
+    os.makedirs(os.path.join(dst, "checkpoints"), exist_ok=True)
+    for name in ("config.json", "metrics.jsonl"):
+        if os.path.exists(os.path.join(src, name)):
+            shutil.copy2(os.path.join(src, name), os.path.join(dst, name))
+    target = os.path.join(dst, "checkpoints", os.path.basename(latest[1]))
+    shutil.copytree(latest[1], target + ".tmp", dirs_exist_ok=True)
+    os.replace(target + ".tmp", target)
+    return True
+
+
+def _share_starts(src: str, dst: str, kinds) -> None:
+    """Copy `src`'s ODE initialisations (export, config, evaluation) and reference evaluations into `dst` where
+    missing: a continued experiment starts every arm from the same init as the one it extends."""
+    for kind in kinds:
+        a, b = os.path.join(src, ODE_INITS[kind]), os.path.join(dst, ODE_INITS[kind])
+        if os.path.exists(ode_export(src, kind)) and not os.path.exists(ode_export(dst, kind)):
+            shutil.copytree(os.path.join(a, "export"), os.path.join(b, "export"), dirs_exist_ok=True)
+            for name in ("config.json", "lab_eval.json"):
+                if os.path.exists(os.path.join(a, name)):
+                    shutil.copy2(os.path.join(a, name), os.path.join(b, name))
+    for ref in REFERENCES:
+        a, b = os.path.join(src, ref, "lab_eval.json"), os.path.join(dst, ref, "lab_eval.json")
+        if os.path.exists(a) and not os.path.exists(b):
+            os.makedirs(os.path.dirname(b), exist_ok=True)
+            shutil.copy2(a, b)
+
+
 def run_stages(args, extra: dict) -> int:
     """Every missing stage (ODE inits, references, arms × seeds, evaluations); returns how many jobs failed."""
     if args.workers > 1 and "threads" not in extra:   # the cores shared out (one thread each on 2 cores)
         extra = {**extra, "threads": max(1, (os.cpu_count() or 1) // args.workers)}
     if int(extra.get("threads", 0)) > 0:   # this process evaluates beside the jobs
         torch.set_num_threads(int(extra["threads"]))
+    if args.extend_from:
+        _share_starts(args.extend_from, args.out, sorted(arms_needed(args.arms)))
     ode = []
     for kind in sorted(arms_needed(args.arms)):
         o = {"teacher": args.teacher, "student_kind": kind, **extra}
@@ -218,7 +263,10 @@ def run_stages(args, extra: dict) -> int:
     jobs = []
     for arm, seed in arm_order(args.arms, args.seeds, parse_first(args.first)):
         run_dir = os.path.join(args.out, arm, f"seed{seed}")
-        jobs.append((ARMS[arm][0], run_dir, arm_overrides(arm, seed, args.out, args.teacher, args.updates, extra),
+        if args.extend_from:
+            extend_from(os.path.join(args.extend_from, arm, f"seed{seed}"), run_dir)
+        init_out = args.extend_from or args.out   # a continued run keeps its init file (a setting of the run)
+        jobs.append((ARMS[arm][0], run_dir, arm_overrides(arm, seed, init_out, args.teacher, args.updates, extra),
                      os.path.join(run_dir, "summary.json")))
     return run_jobs(jobs, args.workers, args.in_process, after=lambda d: evaluate_run(d, args.clips))
 
@@ -572,6 +620,9 @@ def main(argv=None) -> int:
                                                           "--set threads=N; 2 on 2 cores: ~1.4× the throughput)")
     p.add_argument("--first", default="", metavar="ARM:SEED,...", help="runs to do before the claim arms (e.g. "
                                                                        "the λ_SC dose response on seed 0)")
+    p.add_argument("--extend-from", default="", metavar="DIR", help="continue each arm × seed finished in DIR (a "
+                                                                   "shorter experiment) up to --updates, from its "
+                                                                   "ODE init and last checkpoint")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a setting for every job")
     p.add_argument("--table", action="store_true", help="only print the table of finished runs")
     p.add_argument("--compact", action="store_true", help="the README's columns only")

@@ -1,0 +1,146 @@
+"""Which semigroup defect does SC lower? The lab's students measured on the triplets L_SC trains and on the
+consecutive triplets the lab's `defect8` reads (issue 13: the defect did not fall from λ_SC 2 to 20).
+
+L_SC trains, at exit step s_i of an 8-step rollout, a triplet (s_i, s_m, s_e) whose end is on the 4-step grid ∪ {0}
+(`salt_core.losses.sc_triplet`). `defect8` averages the consecutive triplets (s_k, s_k+1, s_k+2) of the 8-step grid:
+those with even k end on the 4-step grid and are trained; those with odd k never are. For each finished run this
+measures, on the same captions, noise and rollout states as the experiment's evaluation:
+- `consecutive`: the mean over all consecutive triplets (the experiment's defect8),
+- `trained consecutive` / `untrained consecutive`: even k / odd k,
+- `SC-weighted`: every triplet SC can draw, weighted by how often a generator step that carries SC draws it
+  (`training.distill_eval.sc_defect_samples`).
+Means over seeds with two-level bootstrap 95 % intervals (seeds, then clips), and each arm's paired ratio to λ_SC = 0.
+
+```bash
+.venv/bin/python tests/bench/lab_sc_triplets.py --out runs/lab-exp           # measure what is missing, print
+.venv/bin/python tests/bench/lab_sc_triplets.py --out runs/lab-exp --table   # print from the cached measurements
+```
+Per run the measurement is cached in `<run>/sc_triplets.json` (redone when missing).
+"""
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if ROOT not in sys.path:   # run as a script from a checkout
+    sys.path.insert(0, os.path.dirname(ROOT))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import lab_experiment as lx  # noqa: E402  (the experiment's arms, captions and noise seed)
+
+ARMS = ("dmd", "sc0", "sc-dmd", "sc2", "sc20", "salt")   # causal arms on the 8-step grid's SC rule
+BASE = "sc0"                                            # λ_SC = 0: K = 8 alone
+COLUMNS = ("consecutive", "trained consecutive", "untrained consecutive", "SC-weighted")
+
+
+@torch.no_grad()
+def measure(run_dir: str, clips: int) -> dict:
+    """Per-clip defects of one finished run: {"consecutive": {triplet: [B]}, "sc": {triplet: [p, [B]]}}, cached."""
+    from comfyui_salt.toy.evaluate import LAB_PREFIX
+    from comfyui_salt.toy.lab.world import LabTextEncoder, LabWorld
+    from comfyui_salt.toy.prompts import lab_eval_captions
+    from comfyui_salt.training.distill_config import DistillConfig
+    from comfyui_salt.training.distill_eval import defect_samples, sc_defect_samples
+    from comfyui_salt.training.files import load_model
+    path = os.path.join(run_dir, "sc_triplets.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    with open(os.path.join(run_dir, "config.json")) as f:
+        cfg = DistillConfig.from_dict(json.load(f))
+    model = load_model(os.path.join(run_dir, "export", "student.safetensors"))[0].eval()
+    lab = LabWorld(cfg.world[len(LAB_PREFIX):])
+    caps = lab_eval_captions(lab, clips)
+    ctx = LabTextEncoder(lab, model.cfg.text_dim, model.cfg.text_len).encode(caps)
+    cons, dc = defect_samples(model, cfg, ctx, grid_steps=lx.DEFECT_GRID, seed=lx.EVAL_SEED)
+    trip, p, ds = sc_defect_samples(model, cfg, ctx, seed=lx.EVAL_SEED)
+    out = {"sc_weight": cfg.sc_weight, "seed": cfg.seed,
+           "consecutive": [[list(t), lx._round(row)] for t, row in zip(cons, dc)],
+           "sc": [[list(t), float(q), lx._round(row)] for t, q, row in zip(trip, p.tolist(), ds)]}
+    with open(path + ".tmp", "w") as f:
+        json.dump(out, f)
+    os.replace(path + ".tmp", path)
+    return out
+
+
+def per_clip(m: dict, sc_grid) -> dict:
+    """{column: (B,) float64} of one run's measurement (`sc_grid`: the 8-step grid, to tell even k from odd)."""
+    cons = [(t, torch.tensor(row, dtype=torch.float64)) for t, row in m["consecutive"]]
+    even = [row for t, row in cons if _index(t[0], sc_grid) % 2 == 0]
+    odd = [row for t, row in cons if _index(t[0], sc_grid) % 2 == 1]
+    weighted = sum(q * torch.tensor(row, dtype=torch.float64) for _, q, row in m["sc"])
+    return {"consecutive": torch.stack([r for _, r in cons]).mean(0), "trained consecutive": torch.stack(even).mean(0),
+            "untrained consecutive": torch.stack(odd).mean(0), "SC-weighted": weighted}
+
+
+def _index(sigma: float, grid) -> int:
+    return int((grid - sigma).abs().argmin())
+
+
+def table(out: str, resamples: int = 1000) -> str:
+    """Markdown: per arm, each column's mean [95 %] over seeds and clips, and its paired ratio to BASE."""
+    from comfyui_salt.salt_core.metrics.bootstrap import nested_bootstrap
+    from comfyui_salt.salt_core.schedules import get_sigmas_fewstep
+    from comfyui_salt.training.distill_config import get_preset
+    grid = get_sigmas_fewstep(lx.DEFECT_GRID, get_preset(lx.ARMS["sc-dmd"][0]).shift)
+    runs, weights = {}, {}
+    for arm in ARMS:
+        for s in range(64):
+            path = os.path.join(out, arm, f"seed{s}", "sc_triplets.json")
+            if os.path.exists(path):
+                with open(path) as f:
+                    m = json.load(f)
+                runs.setdefault(arm, {})[s] = per_clip(m, grid)
+                weights[arm] = m["sc_weight"]
+    if not runs:
+        return "no measured runs yet"
+    head = ["arm", "λ_SC", "seeds"] + list(COLUMNS) + [f"{c} / {BASE}" for c in ("consecutive", "SC-weighted")]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    fmt = lambda iv: f"{iv.mean:.4f} [{iv.lo:.4f}, {iv.hi:.4f}]"   # noqa: E731
+    for arm, by_seed in runs.items():
+        seeds = sorted(by_seed)
+        cells = [arm, f"{weights[arm]:g}", str(len(seeds))]
+        for col in COLUMNS:
+            vals = [by_seed[s][col] for s in seeds]
+            cells.append(fmt(nested_bootstrap(lambda draw: sum((vals[g] * c).sum() / c.sum() for g, c in draw).item()
+                                              / len(draw), [v.numel() for v in vals], resamples)))
+        paired = [s for s in seeds if s in runs.get(BASE, {})]
+        for col in ("consecutive", "SC-weighted"):
+            if arm == BASE or not paired:
+                cells.append("")
+                continue
+            a, b = [by_seed[s][col] for s in paired], [runs[BASE][s][col] for s in paired]
+
+            def ratio(draw, a=a, b=b):
+                return (sum((a[g] * c).sum() / c.sum() for g, c in draw)
+                        / sum((b[g] * c).sum() / c.sum() for g, c in draw)).item()
+            cells.append(fmt(nested_bootstrap(ratio, [v.numel() for v in a], resamples)) + f" ({len(paired)})")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True, help="the experiment's output folder (runs/lab-exp)")
+    p.add_argument("--table", action="store_true", help="print from the cached measurements only")
+    p.add_argument("--clips", type=int, default=48, help="clips per run (the experiment's evaluation: 48)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not args.table:
+        for arm in ARMS:
+            d = os.path.join(args.out, arm)
+            for name in sorted(os.listdir(d)) if os.path.isdir(d) else ():
+                run = os.path.join(d, name)
+                if name.startswith("seed") and os.path.exists(os.path.join(run, "summary.json")):
+                    measure(run, args.clips)
+                    print(f"measured {run}", flush=True)
+    print(table(args.out))
+
+
+if __name__ == "__main__":
+    main()
