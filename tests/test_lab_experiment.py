@@ -92,6 +92,21 @@ def test_the_exact_real_score_is_the_closed_form_posterior_mean(teacher_path):
     torch.testing.assert_close(job.real.x0(clip, torch.full((2,), 1e-4), ctx, None), clip, atol=2e-3, rtol=0)
 
 
+def test_teachers_and_students_draw_the_same_initial_noise_from_one_seed(teacher_path):
+    """The lab's pairing: the exact teacher (no weights) and a student start from identical noise for one seed."""
+    from comfyui_salt.toy.lab import ExactTeacher
+    from comfyui_salt.training.distill_eval import seeded_noise
+    cfg = get_preset("lab-dmd")
+    lab = LabWorld("default")
+    student = build_model("toy", seed=0)
+    ctx = lab.encode(torch.tensor([0, 1, 2]), student.cfg.text_len, student.cfg.text_dim)
+    a, _ = seeded_noise(ExactTeacher(lab), cfg, ctx, cfg.num_frames, torch.Generator().manual_seed(7))
+    b, _ = seeded_noise(student, cfg, ctx, cfg.num_frames, torch.Generator().manual_seed(7))
+    assert a.shape == (3, 3, cfg.num_frames, cfg.height, cfg.width) and torch.equal(a, b)
+    expect = torch.randn(a.shape, generator=torch.Generator().manual_seed(7))   # the seed's first draw
+    assert torch.equal(a, expect)
+
+
 def test_exact_teacher_refuses_copies_and_other_worlds(teacher_path, tmp_path):
     with pytest.raises(ValueError, match="critic_init='teacher' cannot work"):
         build_models(get_preset("lab-dmd", teacher="exact", student_init=teacher_path), WORLD)

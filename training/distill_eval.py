@@ -14,9 +14,12 @@ from ..salt_core.streaming import stream_video
 from .distill_config import DistillConfig
 
 
-def _seeded_noise(model, cfg: DistillConfig, context, num_frames: int, gen) -> tuple:
-    """(noise (B, C, F, H, W), context) on the model's device; the noise drawn from the CPU generator `gen`."""
-    device = model.patch_embedding.weight.device
+def seeded_noise(model, cfg: DistillConfig, context, num_frames: int, gen) -> tuple:
+    """(noise (B, C, F, H, W), context) on the model's device (the context's, for a model without weights such as
+    the lab's exact teacher); the noise drawn from the CPU generator `gen`, so every model evaluated with one seed
+    starts from the same noise (the lab's paired evaluation)."""
+    embed = getattr(model, "patch_embedding", None)
+    device = embed.weight.device if embed is not None else context.device
     shape = (context.shape[0], model.cfg.in_dim, num_frames, cfg.height, cfg.width)
     noise = torch.randn(shape, generator=gen).to(device=device, dtype=context.dtype)
     return noise, context.to(device)
@@ -28,7 +31,7 @@ def sample_student(model, cfg: DistillConfig, context, nfe: int, seed: int = 0, 
     """Few-step samples (B, C, F, H, W) of a student (stochastic Self Forcing sampler)."""
     num_frames = num_frames or cfg.num_frames
     gen = torch.Generator().manual_seed(seed)
-    noise, context = _seeded_noise(model, cfg, context, num_frames, gen)
+    noise, context = seeded_noise(model, cfg, context, num_frames, gen)
     sigmas = get_sigmas_fewstep(nfe, cfg.shift)
     if cfg.student_kind == "bidirectional":
         return sample_fewstep_stochastic(FlowDenoiser(model, context), noise, sigmas, disable=True,
@@ -44,7 +47,7 @@ def _rollout_states(model, cfg: DistillConfig, context, sigmas, seed: int, keep)
     every state (causal students: every chunk's state, its velocity_fn reading the real KV cache without writing)."""
     from ..salt_core.streaming import rollout_stream
     gen = torch.Generator().manual_seed(seed)
-    noise, context = _seeded_noise(model, cfg, context, cfg.num_frames, gen)
+    noise, context = seeded_noise(model, cfg, context, cfg.num_frames, gen)
     if cfg.student_kind == "bidirectional":
         den = FlowDenoiser(model, context)
         sample_fewstep_stochastic(den, noise, sigmas, callback=lambda d: keep(float(d["sigma"]), d["x"], den.velocity),

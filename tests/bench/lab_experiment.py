@@ -338,6 +338,7 @@ def evaluate_reference(out: str, name: str, teacher: str, clips: int, force: boo
     from comfyui_salt.toy.lab import ExactTeacher, LabTextEncoder, LabWorld
     from comfyui_salt.toy.prompts import lab_eval_captions
     from comfyui_salt.training.distill_config import get_preset
+    from comfyui_salt.training.distill_eval import seeded_noise
     from comfyui_salt.training.files import load_model
     path = os.path.join(out, name, "lab_eval.json")
     if not force:
@@ -349,8 +350,7 @@ def evaluate_reference(out: str, name: str, teacher: str, clips: int, force: boo
     model = ExactTeacher(lab) if name == "exact" else load_model(teacher)[0].eval()
     caps = lab_eval_captions(lab, clips)
     ctx = LabTextEncoder(lab, model.cfg.text_dim, model.cfg.text_len).encode(caps)
-    gen = torch.Generator().manual_seed(EVAL_SEED)    # the students' first draw: the same initial noise
-    noise = torch.randn(len(caps), model.cfg.in_dim, cfg.num_frames, cfg.height, cfg.width, generator=gen)
+    noise, ctx = seeded_noise(model, cfg, ctx, cfg.num_frames, torch.Generator().manual_seed(EVAL_SEED))
     video = sample_euler(FlowDenoiser(model, ctx), noise, get_sigmas_uniform(REFERENCE_STEPS, cfg.shift),
                          disable=True).float()
     row = _clip_metrics(lab, video, caps)
