@@ -8,7 +8,10 @@ measures, on the same captions, noise and rollout states as the experiment's eva
 - `consecutive`: the mean over all consecutive triplets (the experiment's defect8),
 - `trained consecutive` / `untrained consecutive`: even k / odd k,
 - `SC-weighted`: every triplet SC can draw, weighted by how often a generator step that carries SC draws it
-  (`training.distill_eval.sc_defect_samples`).
+  (`training.distill_eval.sc_defect_samples`);
+- `loss-weighted`: the same triplets also weighted by L_SC's factor 1 − σ_s (0 at the first exit, σ_s = 1): where
+  the regulariser actually pulls;
+- per exit level σ_s, the SC-weighted defect of that exit's triplets.
 Means over seeds with two-level bootstrap 95 % intervals (seeds, then clips), and each arm's paired ratio to λ_SC = 0.
 
 ```bash
@@ -33,7 +36,7 @@ import lab_experiment as lx  # noqa: E402  (the experiment's arms, captions and 
 
 ARMS = ("dmd", "sc0", "sc-dmd", "sc2", "sc20", "salt")   # causal arms on the 8-step grid's SC rule
 BASE = "sc0"                                            # λ_SC = 0: K = 8 alone
-COLUMNS = ("consecutive", "trained consecutive", "untrained consecutive", "SC-weighted")
+COLUMNS = ("consecutive", "trained consecutive", "untrained consecutive", "SC-weighted", "loss-weighted")
 
 
 @torch.no_grad()
@@ -67,57 +70,88 @@ def measure(run_dir: str, clips: int) -> dict:
 
 
 def per_clip(m: dict, sc_grid) -> dict:
-    """{column: (B,) float64} of one run's measurement (`sc_grid`: the 8-step grid, to tell even k from odd)."""
+    """{column: (B,) float64} of one run's measurement (`sc_grid`: the 8-step grid, to tell even k from odd):
+    the COLUMNS, and per exit level "σ_s=<level>" the SC-weighted defect of that exit's triplets."""
     cons = [(t, torch.tensor(row, dtype=torch.float64)) for t, row in m["consecutive"]]
+    sc = [(t, q, torch.tensor(row, dtype=torch.float64)) for t, q, row in m["sc"]]
     even = [row for t, row in cons if _index(t[0], sc_grid) % 2 == 0]
     odd = [row for t, row in cons if _index(t[0], sc_grid) % 2 == 1]
-    weighted = sum(q * torch.tensor(row, dtype=torch.float64) for _, q, row in m["sc"])
-    return {"consecutive": torch.stack([r for _, r in cons]).mean(0), "trained consecutive": torch.stack(even).mean(0),
-            "untrained consecutive": torch.stack(odd).mean(0), "SC-weighted": weighted}
+    loss_w = [(1.0 - t[0]) * q for t, q, _ in sc]                    # L_SC's (1 − σ_s) weight × draw frequency
+    out = {"consecutive": torch.stack([r for _, r in cons]).mean(0), "trained consecutive": torch.stack(even).mean(0),
+           "untrained consecutive": torch.stack(odd).mean(0), "SC-weighted": sum(q * r for _, q, r in sc),
+           "loss-weighted": sum(w * r for w, (_, _, r) in zip(loss_w, sc)) / sum(loss_w)}
+    for level in sorted({t[0] for t, _, _ in sc}, reverse=True):
+        rows = [(q, r) for t, q, r in sc if t[0] == level]
+        out[f"σ_s={level:.3f}"] = sum(q * r for q, r in rows) / sum(q for q, _ in rows)
+    return out
 
 
 def _index(sigma: float, grid) -> int:
     return int((grid - sigma).abs().argmin())
 
 
-def table(out: str, resamples: int = 1000) -> str:
-    """Markdown: per arm, each column's mean [95 %] over seeds and clips, and its paired ratio to BASE."""
+def _mean(vals: list, resamples: int):
+    """Two-level interval of the mean over seeds of per-clip values [(B,), ...] (one tensor per seed)."""
     from comfyui_salt.salt_core.metrics.bootstrap import nested_bootstrap
+    return nested_bootstrap(lambda draw: sum(((vals[g] * c).sum() / c.sum()).item() for g, c in draw) / len(draw),
+                            [v.numel() for v in vals], resamples)
+
+
+def _ratio(a: list, b: list, resamples: int):
+    """Two-level interval of mean(a) / mean(b), paired by seed and clip."""
+    from comfyui_salt.salt_core.metrics.bootstrap import nested_bootstrap
+
+    def stat(draw):
+        return (sum((a[g] * c).sum() / c.sum() for g, c in draw) / sum((b[g] * c).sum() / c.sum() for g, c in draw)).item()
+    return nested_bootstrap(stat, [v.numel() for v in a], resamples)
+
+
+def load(out: str) -> tuple:
+    """({arm: {seed: per_clip columns}}, {arm: λ_SC}) of every measured run under `out`."""
     from comfyui_salt.salt_core.schedules import get_sigmas_fewstep
     from comfyui_salt.training.distill_config import get_preset
     grid = get_sigmas_fewstep(lx.DEFECT_GRID, get_preset(lx.ARMS["sc-dmd"][0]).shift)
     runs, weights = {}, {}
     for arm in ARMS:
-        for s in range(64):
-            path = os.path.join(out, arm, f"seed{s}", "sc_triplets.json")
-            if os.path.exists(path):
+        d = os.path.join(out, arm)
+        for name in sorted(os.listdir(d)) if os.path.isdir(d) else ():
+            path = os.path.join(d, name, "sc_triplets.json")
+            if name.startswith("seed") and os.path.exists(path):
                 with open(path) as f:
                     m = json.load(f)
-                runs.setdefault(arm, {})[s] = per_clip(m, grid)
+                runs.setdefault(arm, {})[int(name[4:])] = per_clip(m, grid)
                 weights[arm] = m["sc_weight"]
+    return runs, weights
+
+
+def table(out: str, resamples: int = 1000) -> str:
+    """Markdown: per arm, each column's mean [95 %] over seeds and clips and its paired ratio to BASE; then the
+    SC-weighted defect per exit level σ_s, with L_SC's weight 1 − σ_s there."""
+    runs, weights = load(out)
     if not runs:
         return "no measured runs yet"
-    head = ["arm", "λ_SC", "seeds"] + list(COLUMNS) + [f"{c} / {BASE}" for c in ("consecutive", "SC-weighted")]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     fmt = lambda iv: f"{iv.mean:.4f} [{iv.lo:.4f}, {iv.hi:.4f}]"   # noqa: E731
+    ratios = ("consecutive", "SC-weighted", "loss-weighted")
+    head = ["arm", "λ_SC", "seeds"] + list(COLUMNS) + [f"{c} / {BASE} (paired seeds)" for c in ratios]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for arm, by_seed in runs.items():
         seeds = sorted(by_seed)
         cells = [arm, f"{weights[arm]:g}", str(len(seeds))]
-        for col in COLUMNS:
-            vals = [by_seed[s][col] for s in seeds]
-            cells.append(fmt(nested_bootstrap(lambda draw: sum((vals[g] * c).sum() / c.sum() for g, c in draw).item()
-                                              / len(draw), [v.numel() for v in vals], resamples)))
+        cells += [fmt(_mean([by_seed[s][col] for s in seeds], resamples)) for col in COLUMNS]
         paired = [s for s in seeds if s in runs.get(BASE, {})]
-        for col in ("consecutive", "SC-weighted"):
-            if arm == BASE or not paired:
-                cells.append("")
-                continue
-            a, b = [by_seed[s][col] for s in paired], [runs[BASE][s][col] for s in paired]
-
-            def ratio(draw, a=a, b=b):
-                return (sum((a[g] * c).sum() / c.sum() for g, c in draw)
-                        / sum((b[g] * c).sum() / c.sum() for g, c in draw)).item()
-            cells.append(fmt(nested_bootstrap(ratio, [v.numel() for v in a], resamples)) + f" ({len(paired)})")
+        for col in ratios:
+            cells.append("" if arm == BASE or not paired else fmt(_ratio(
+                [by_seed[s][col] for s in paired], [runs[BASE][s][col] for s in paired], resamples))
+                + f" ({len(paired)})")
+        lines.append("| " + " | ".join(cells) + " |")
+    levels = [k for k in next(iter(next(iter(runs.values())).values())) if k.startswith("σ_s=")]
+    head = ["arm", "λ_SC", "seeds"] + [f"{k} (1 − σ_s = {1 - float(k[4:]):.2f})" for k in levels]
+    lines += ["", "SC-weighted defect per exit level σ_s (L_SC's weight there in brackets):", "",
+              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for arm, by_seed in runs.items():
+        seeds = sorted(by_seed)
+        cells = [arm, f"{weights[arm]:g}", str(len(seeds))]
+        cells += [fmt(_mean([by_seed[s][k] for s in seeds], resamples)) for k in levels]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
