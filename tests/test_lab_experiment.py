@@ -197,6 +197,21 @@ def test_the_experiment_runs_every_arm_evaluates_and_prints_the_table(teacher_pa
     assert bench.main(["--out", str(kept), "--table", "--resamples", "20", "--compact"]) == 0
     head = capsys.readouterr().out.splitlines()[0]
     assert head.startswith("| arm | seeds | NFE | var_ratio | mean_err | switch |") and "loglik" not in head
+    # the SC-triplet diagnosis reads the same runs: every causal 8-step arm measured, a table row each, and the
+    # SC-weighted column is the draw-frequency mix of the per-triplet defects it cached
+    spec = importlib.util.spec_from_file_location("lab_sc_triplets", os.path.join(os.path.dirname(BENCH),
+                                                                                 "lab_sc_triplets.py"))
+    diag = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(diag)
+    diag.main(["--out", str(out), "--clips", "4"])
+    printed = capsys.readouterr().out
+    for arm in diag.ARMS:
+        assert f"| {arm} | " in printed
+    m = json.loads((out / "sc20" / "seed0" / "sc_triplets.json").read_text())
+    assert m["sc_weight"] == 20.0 and sum(q for _, q, _ in m["sc"]) == pytest.approx(1.0)
+    mixed = sum(q * np.mean(row) for _, q, row in m["sc"])
+    runs, _ = diag.load(str(out))
+    assert runs["sc20"][0]["SC-weighted"].mean().item() == pytest.approx(mixed, rel=1e-6)
     # a longer experiment continues the finished runs (the same init, their last checkpoint) and lands where a
     # longer first start lands
     from safetensors.torch import load_file
