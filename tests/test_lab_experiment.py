@@ -224,11 +224,15 @@ def test_the_experiment_runs_every_arm_evaluates_and_prints_the_table(teacher_pa
     capsys.readouterr()
     rows = [json.loads(line) for line in (longer / "dmd" / "seed0" / "metrics.jsonl").read_text().splitlines()]
     assert json.loads((longer / "dmd" / "seed0" / "summary.json").read_text())["gen_updates"] == 3
+    steps = [r["gen_step"] for r in rows if "gen_step" in r]
+    assert steps == [1, 2, 3]                     # updates 1-2 copied, only update 3 trained (a restart adds 1-3)
     assert [r for r in rows if "gen_step" in r][:2] == [r for r in (json.loads(line) for line in (
         out / "dmd" / "seed0" / "metrics.jsonl").read_text().splitlines()) if "gen_step" in r][:2]
     a, b = (load_file(str(d / "dmd" / "seed0" / "export" / "student.safetensors")) for d in (longer, fresh))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert not bench.extend_from(str(out / "dmd" / "seed0"), str(longer / "dmd" / "seed0"))   # it has checkpoints
+    assert not bench.extend_from(str(out / "dmd" / "seed0"), str(longer / "dmd" / "seed0"), 4)   # finished there
+    with pytest.raises(SystemExit, match="already made 2 updates"):
+        bench.extend_from(str(out / "dmd" / "seed0"), str(tmp_path / "shorter"), 2)
 
 
 def test_the_runner_runs_claim_arms_first_in_parallel_skips_finished_and_counts_failures(tmp_path, monkeypatch):

@@ -18,8 +18,8 @@ def seeded_noise(model, cfg: DistillConfig, context, num_frames: int, gen) -> tu
     """(noise (B, C, F, H, W), context) on the model's device (the context's, for a model without weights such as
     the lab's exact teacher); the noise drawn from the CPU generator `gen`, so every model evaluated with one seed
     starts from the same noise (the lab's paired evaluation)."""
-    embed = getattr(model, "patch_embedding", None)
-    device = embed.weight.device if embed is not None else context.device
+    weight = next(model.parameters(), None)
+    device = weight.device if weight is not None else context.device
     shape = (context.shape[0], model.cfg.in_dim, num_frames, cfg.height, cfg.width)
     noise = torch.randn(shape, generator=gen).to(device=device, dtype=context.dtype)
     return noise, context.to(device)
@@ -99,6 +99,9 @@ def sc_defect_samples(model, cfg: DistillConfig, context, seed: int = 0):
     """
     from ..salt_core.losses.semigroup import sc_triplet_distribution
     from ..salt_core.metrics.semigroup import semigroup_defects
+    if cfg.sc_steps < 2:
+        raise ValueError(f"sc_steps={cfg.sc_steps}: a 1-step grid has no triplet for SC to train; measure a "
+                         f"student trained with sc_steps ≥ 2 (Salt: 8)")
     sigmas = get_sigmas_fewstep(cfg.sc_steps, cfg.shift)
     exits = {i: sc_triplet_distribution(i, sigmas) for i in range(cfg.sc_steps)}
     acting = [i for i, dist in exits.items() if dist]

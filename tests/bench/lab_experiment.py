@@ -36,6 +36,7 @@ student kind (`dmd`, or `bidir-dmd` for the bidirectional arms; same seeds, same
 for every job: `--set key=value` (e.g. tiny sizes in the CI smoke).
 """
 import argparse
+import filecmp
 import gzip
 import json
 import os
@@ -201,43 +202,60 @@ def parse_first(text: str) -> list:
     return out
 
 
-def extend_from(src: str, dst: str) -> bool:
-    """Start run folder `dst` where the finished run `src` ended (its config, metrics and newest checkpoint), so a
-    longer `--updates` continues that run instead of repeating its first updates; True if it did. Distillation has
-    no learning-rate schedule and resumes exactly, so the continued run is the run a longer first start would give.
-    Nothing is done when `dst` already holds a checkpoint or `src` has not finished."""
+def extend_from(src: str, dst: str, updates: int) -> bool:
+    """Start run folder `dst` where the finished run `src` ended (its config, metrics and newest checkpoint), so
+    `updates` > the updates `src` made continues that run instead of repeating its first updates; True if it did.
+    Distillation has no learning-rate schedule and resumes exactly, so the continued run is the run a longer first
+    start would give. Nothing is done when `dst` already holds a checkpoint or a summary, or `src` has not finished;
+    SystemExit when `src` already made `updates` or more (nothing to continue)."""
     from comfyui_salt.training.common import CheckpointManager
     from comfyui_salt.training.runs import has_checkpoint
-    if has_checkpoint(dst) or not os.path.exists(os.path.join(src, "summary.json")):
+    if has_checkpoint(dst) or os.path.exists(os.path.join(dst, "summary.json")):
         return False
-    latest = CheckpointManager(os.path.join(src, "checkpoints")).latest()
-    if latest is None:
+    if not (os.path.exists(os.path.join(src, "summary.json")) and has_checkpoint(src)):
         return False
+    step, ckpt = CheckpointManager(os.path.join(src, "checkpoints")).latest()
+    if step >= updates:
+        raise SystemExit(f"--extend-from: {src} already made {step} updates; pass --updates above {step} to "
+                         f"continue it, or drop --extend-from")
     os.makedirs(os.path.join(dst, "checkpoints"), exist_ok=True)
     for name in ("config.json", "metrics.jsonl"):
         if os.path.exists(os.path.join(src, name)):
             shutil.copy2(os.path.join(src, name), os.path.join(dst, name))
-    target = os.path.join(dst, "checkpoints", os.path.basename(latest[1]))
-    shutil.copytree(latest[1], target + ".tmp", dirs_exist_ok=True)
+    target = os.path.join(dst, "checkpoints", os.path.basename(ckpt))
+    shutil.copytree(ckpt, target + ".tmp", dirs_exist_ok=True)
     os.replace(target + ".tmp", target)
     return True
 
 
+def _stored_init(run_dir: str):
+    """The student_init a run folder holding checkpoints was started with (a resume must pass the same), or None."""
+    from comfyui_salt.training.runs import CONFIG_FILE, has_checkpoint
+    if not has_checkpoint(run_dir):
+        return None
+    with open(os.path.join(run_dir, CONFIG_FILE)) as f:
+        return json.load(f).get("student_init")
+
+
 def _share_starts(src: str, dst: str, kinds) -> None:
-    """Copy `src`'s ODE initialisations (export, config, evaluation) and reference evaluations into `dst` where
-    missing: a continued experiment starts every arm from the same init as the one it extends."""
+    """Copy `src`'s ODE initialisations (export, config, evaluation; each folder whole, then renamed into place) and
+    reference evaluations into `dst` where missing: a continued experiment starts from the init it extends."""
     for kind in kinds:
         a, b = os.path.join(src, ODE_INITS[kind]), os.path.join(dst, ODE_INITS[kind])
-        if os.path.exists(ode_export(src, kind)) and not os.path.exists(ode_export(dst, kind)):
-            shutil.copytree(os.path.join(a, "export"), os.path.join(b, "export"), dirs_exist_ok=True)
+        if os.path.exists(ode_export(src, kind)) and not os.path.exists(b):
+            shutil.rmtree(b + ".tmp", ignore_errors=True)
+            os.makedirs(b + ".tmp")
+            shutil.copytree(os.path.join(a, "export"), os.path.join(b + ".tmp", "export"))
             for name in ("config.json", "lab_eval.json"):
                 if os.path.exists(os.path.join(a, name)):
-                    shutil.copy2(os.path.join(a, name), os.path.join(b, name))
+                    shutil.copy2(os.path.join(a, name), os.path.join(b + ".tmp", name))
+            os.replace(b + ".tmp", b)
     for ref in REFERENCES:
         a, b = os.path.join(src, ref, "lab_eval.json"), os.path.join(dst, ref, "lab_eval.json")
         if os.path.exists(a) and not os.path.exists(b):
             os.makedirs(os.path.dirname(b), exist_ok=True)
-            shutil.copy2(a, b)
+            shutil.copy2(a, b + ".tmp")
+            os.replace(b + ".tmp", b)
 
 
 def run_stages(args, extra: dict) -> int:
@@ -260,14 +278,20 @@ def run_stages(args, extra: dict) -> int:
         evaluate_reference(args.out, ref, args.teacher, args.clips)
     for kind in sorted(arms_needed(args.arms)):   # where every arm starts
         evaluate_run(os.path.join(args.out, ODE_INITS[kind]), args.clips)
+    if args.extend_from and not args.updates:
+        raise SystemExit("--extend-from needs --updates: how many updates the continued runs end at")
     jobs = []
     for arm, seed in arm_order(args.arms, args.seeds, parse_first(args.first)):
         run_dir = os.path.join(args.out, arm, f"seed{seed}")
-        if args.extend_from:
-            extend_from(os.path.join(args.extend_from, arm, f"seed{seed}"), run_dir)
-        init_out = args.extend_from or args.out   # a continued run keeps its init file (a setting of the run)
-        jobs.append((ARMS[arm][0], run_dir, arm_overrides(arm, seed, init_out, args.teacher, args.updates, extra),
-                     os.path.join(run_dir, "summary.json")))
+        if args.extend_from and extend_from(os.path.join(args.extend_from, arm, f"seed{seed}"), run_dir,
+                                            args.updates):
+            print(f"continues {os.path.join(args.extend_from, arm, f'seed{seed}')}: {run_dir}", flush=True)
+        over = arm_overrides(arm, seed, args.out, args.teacher, args.updates, extra)
+        stored = _stored_init(run_dir)   # a continued run keeps its init file's path (a setting of the run)
+        if stored and os.path.exists(stored) and os.path.exists(over["student_init"]) and filecmp.cmp(
+                stored, over["student_init"], shallow=False):
+            over["student_init"] = stored
+        jobs.append((ARMS[arm][0], run_dir, over, os.path.join(run_dir, "summary.json")))
     return run_jobs(jobs, args.workers, args.in_process, after=lambda d: evaluate_run(d, args.clips))
 
 

@@ -9,8 +9,8 @@ measures, on the same captions, noise and rollout states as the experiment's eva
 - `trained consecutive` / `untrained consecutive`: even k / odd k,
 - `SC-weighted`: every triplet SC can draw, weighted by how often a generator step that carries SC draws it
   (`training.distill_eval.sc_defect_samples`);
-- `loss-weighted`: the same triplets also weighted by L_SC's factor 1 − σ_s (0 at the first exit, σ_s = 1): where
-  the regulariser actually pulls;
+- `loss-weighted`: the same triplets also weighted by L_SC's factor 1 − σ_s (0 at the first exit, σ_s = 1), the
+  exit levels L_SC weights most (its squared gap also scales with (σ_m − σ_e)², not weighted here);
 - per exit level σ_s, the SC-weighted defect of that exit's triplets.
 Means over seeds with two-level bootstrap 95 % intervals (seeds, then clips), and each arm's paired ratio to λ_SC = 0.
 
@@ -18,7 +18,8 @@ Means over seeds with two-level bootstrap 95 % intervals (seeds, then clips), an
 .venv/bin/python tests/bench/lab_sc_triplets.py --out runs/lab-exp           # measure what is missing, print
 .venv/bin/python tests/bench/lab_sc_triplets.py --out runs/lab-exp --table   # print from the cached measurements
 ```
-Per run the measurement is cached in `<run>/sc_triplets.json` (redone when missing).
+Per run the measurement is cached in `<run>/sc_triplets.json` (redone when missing, or when the clip count or
+the run's update count changed).
 """
 import argparse
 import json
@@ -39,9 +40,19 @@ BASE = "sc0"                                            # λ_SC = 0: K = 8 alone
 COLUMNS = ("consecutive", "trained consecutive", "untrained consecutive", "SC-weighted", "loss-weighted")
 
 
+def _gen_updates(run_dir: str):
+    """The generator updates a finished run made (its summary.json), or None."""
+    path = os.path.join(run_dir, "summary.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f).get("gen_updates")
+
+
 @torch.no_grad()
 def measure(run_dir: str, clips: int) -> dict:
-    """Per-clip defects of one finished run: {"consecutive": {triplet: [B]}, "sc": {triplet: [p, [B]]}}, cached."""
+    """Per-clip defects of one finished run, cached in `<run>/sc_triplets.json` (redone when the clip count or the
+    run's update count differs): {"consecutive": [[(σ_s, σ_m, σ_e), [B]], ...], "sc": [[triplet, p, [B]], ...]}."""
     from comfyui_salt.toy.evaluate import LAB_PREFIX
     from comfyui_salt.toy.lab.world import LabTextEncoder, LabWorld
     from comfyui_salt.toy.prompts import lab_eval_captions
@@ -51,7 +62,9 @@ def measure(run_dir: str, clips: int) -> dict:
     path = os.path.join(run_dir, "sc_triplets.json")
     if os.path.exists(path):
         with open(path) as f:
-            return json.load(f)
+            done = json.load(f)
+        if done.get("clips") == clips and done.get("gen_updates") == _gen_updates(run_dir):
+            return done
     with open(os.path.join(run_dir, "config.json")) as f:
         cfg = DistillConfig.from_dict(json.load(f))
     model = load_model(os.path.join(run_dir, "export", "student.safetensors"))[0].eval()
@@ -60,7 +73,7 @@ def measure(run_dir: str, clips: int) -> dict:
     ctx = LabTextEncoder(lab, model.cfg.text_dim, model.cfg.text_len).encode(caps)
     cons, dc = defect_samples(model, cfg, ctx, grid_steps=lx.DEFECT_GRID, seed=lx.EVAL_SEED)
     trip, p, ds = sc_defect_samples(model, cfg, ctx, seed=lx.EVAL_SEED)
-    out = {"sc_weight": cfg.sc_weight, "seed": cfg.seed,
+    out = {"sc_weight": cfg.sc_weight, "seed": cfg.seed, "clips": clips, "gen_updates": _gen_updates(run_dir),
            "consecutive": [[list(t), lx._round(row)] for t, row in zip(cons, dc)],
            "sc": [[list(t), float(q), lx._round(row)] for t, q, row in zip(trip, p.tolist(), ds)]}
     with open(path + ".tmp", "w") as f:
@@ -69,25 +82,34 @@ def measure(run_dir: str, clips: int) -> dict:
     return out
 
 
-def per_clip(m: dict, sc_grid) -> dict:
-    """{column: (B,) float64} of one run's measurement (`sc_grid`: the 8-step grid, to tell even k from odd):
-    the COLUMNS, and per exit level "σ_s=<level>" the SC-weighted defect of that exit's triplets."""
+def _key(triplet) -> tuple:
+    """A triplet of σ as a hashable key, robust to float formatting."""
+    return tuple(round(float(x), 9) for x in triplet)
+
+
+def per_clip(m: dict) -> dict:
+    """{column: (B,) float64} of one run's measurement: the COLUMNS (a consecutive triplet is "trained" when SC can
+    draw it), and per exit level "σ_s=<level>" the SC-weighted defect of that exit's triplets."""
     cons = [(t, torch.tensor(row, dtype=torch.float64)) for t, row in m["consecutive"]]
     sc = [(t, q, torch.tensor(row, dtype=torch.float64)) for t, q, row in m["sc"]]
-    even = [row for t, row in cons if _index(t[0], sc_grid) % 2 == 0]
-    odd = [row for t, row in cons if _index(t[0], sc_grid) % 2 == 1]
+    drawn = {_key(t) for t, _, _ in sc}
+    trained = [row for t, row in cons if _key(t) in drawn]
+    untrained = [row for t, row in cons if _key(t) not in drawn]
     loss_w = [(1.0 - t[0]) * q for t, q, _ in sc]                    # L_SC's (1 − σ_s) weight × draw frequency
-    out = {"consecutive": torch.stack([r for _, r in cons]).mean(0), "trained consecutive": torch.stack(even).mean(0),
-           "untrained consecutive": torch.stack(odd).mean(0), "SC-weighted": sum(q * r for _, q, r in sc),
-           "loss-weighted": sum(w * r for w, (_, _, r) in zip(loss_w, sc)) / sum(loss_w)}
+    nan = torch.full_like(cons[0][1], float("nan"))
+    out = {"consecutive": torch.stack([r for _, r in cons]).mean(0),
+           "trained consecutive": torch.stack(trained).mean(0) if trained else nan,
+           "untrained consecutive": torch.stack(untrained).mean(0) if untrained else nan,
+           "SC-weighted": sum(q * r for _, q, r in sc),
+           "loss-weighted": sum(w * r for w, (_, _, r) in zip(loss_w, sc)) / sum(loss_w) if sum(loss_w) else nan}
     for level in sorted({t[0] for t, _, _ in sc}, reverse=True):
         rows = [(q, r) for t, q, r in sc if t[0] == level]
         out[f"σ_s={level:.3f}"] = sum(q * r for q, r in rows) / sum(q for q, _ in rows)
     return out
 
 
-def _index(sigma: float, grid) -> int:
-    return int((grid - sigma).abs().argmin())
+def _fmt(iv) -> str:
+    return "" if iv.mean != iv.mean else f"{iv.mean:.4f} [{iv.lo:.4f}, {iv.hi:.4f}]"
 
 
 def _mean(vals: list, resamples: int):
@@ -108,9 +130,6 @@ def _ratio(a: list, b: list, resamples: int):
 
 def load(out: str) -> tuple:
     """({arm: {seed: per_clip columns}}, {arm: λ_SC}) of every measured run under `out`."""
-    from comfyui_salt.salt_core.schedules import get_sigmas_fewstep
-    from comfyui_salt.training.distill_config import get_preset
-    grid = get_sigmas_fewstep(lx.DEFECT_GRID, get_preset(lx.ARMS["sc-dmd"][0]).shift)
     runs, weights = {}, {}
     for arm in ARMS:
         d = os.path.join(out, arm)
@@ -119,7 +138,7 @@ def load(out: str) -> tuple:
             if name.startswith("seed") and os.path.exists(path):
                 with open(path) as f:
                     m = json.load(f)
-                runs.setdefault(arm, {})[int(name[4:])] = per_clip(m, grid)
+                runs.setdefault(arm, {})[int(name[4:])] = per_clip(m)
                 weights[arm] = m["sc_weight"]
     return runs, weights
 
@@ -130,17 +149,16 @@ def table(out: str, resamples: int = 1000) -> str:
     runs, weights = load(out)
     if not runs:
         return "no measured runs yet"
-    fmt = lambda iv: f"{iv.mean:.4f} [{iv.lo:.4f}, {iv.hi:.4f}]"   # noqa: E731
     ratios = ("consecutive", "SC-weighted", "loss-weighted")
     head = ["arm", "λ_SC", "seeds"] + list(COLUMNS) + [f"{c} / {BASE} (paired seeds)" for c in ratios]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for arm, by_seed in runs.items():
         seeds = sorted(by_seed)
         cells = [arm, f"{weights[arm]:g}", str(len(seeds))]
-        cells += [fmt(_mean([by_seed[s][col] for s in seeds], resamples)) for col in COLUMNS]
+        cells += [_fmt(_mean([by_seed[s][col] for s in seeds], resamples)) for col in COLUMNS]
         paired = [s for s in seeds if s in runs.get(BASE, {})]
         for col in ratios:
-            cells.append("" if arm == BASE or not paired else fmt(_ratio(
+            cells.append("" if arm == BASE or not paired else _fmt(_ratio(
                 [by_seed[s][col] for s in paired], [runs[BASE][s][col] for s in paired], resamples))
                 + f" ({len(paired)})")
         lines.append("| " + " | ".join(cells) + " |")
@@ -151,12 +169,13 @@ def table(out: str, resamples: int = 1000) -> str:
     for arm, by_seed in runs.items():
         seeds = sorted(by_seed)
         cells = [arm, f"{weights[arm]:g}", str(len(seeds))]
-        cells += [fmt(_mean([by_seed[s][k] for s in seeds], resamples)) for k in levels]
+        cells += [_fmt(_mean([by_seed[s][k] for s in seeds], resamples)) for k in levels]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def main(argv=None):
+    """Measure every finished run of ARMS under --out that lacks a current measurement (unless --table); print."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="the experiment's output folder (runs/lab-exp)")
     p.add_argument("--table", action="store_true", help="print from the cached measurements only")
