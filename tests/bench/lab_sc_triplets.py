@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import lab_experiment as lx  # noqa: E402  (the experiment's arms, captions and noise seed)
 
-ARMS = ("dmd", "sc0", "sc-dmd", "sc2", "sc20", "salt")   # causal arms on the 8-step grid's SC rule
+ARMS = ("dmd", "sc0", "sc-dmd", "sc2", "sc20", "sc2-sym", "salt")   # causal arms on the 8-step grid's SC rule
 BASE = "sc0"                                            # λ_SC = 0: K = 8 alone
 COLUMNS = ("consecutive", "trained consecutive", "untrained consecutive", "SC-weighted", "loss-weighted")
 
