@@ -214,6 +214,10 @@ def test_the_experiment_runs_every_arm_evaluates_and_prints_the_table(teacher_pa
     mixed = sum(q * np.mean(row) for _, q, row in m["sc"])
     runs, _ = diag.load(str(out))
     assert runs["sc20"][0]["SC-weighted"].mean().item() == pytest.approx(mixed, rel=1e-6)
+    diag.main(["--out", str(out), "--table", "--export", str(tmp_path / "kept_sc")])   # kept gzipped: same tables
+    assert capsys.readouterr().out.split("\n", 1)[1] == printed.split("\n", len(diag.ARMS))[-1]
+    diag.main(["--out", str(tmp_path / "kept_sc"), "--table"])
+    assert capsys.readouterr().out == printed.split("\n", len(diag.ARMS))[-1]
     # a longer experiment continues the finished runs (the same init, their last checkpoint) and lands where a
     # longer first start lands
     from safetensors.torch import load_file

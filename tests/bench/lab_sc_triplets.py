@@ -17,11 +17,14 @@ Means over seeds with two-level bootstrap 95 % intervals (seeds, then clips), an
 ```bash
 .venv/bin/python tests/bench/lab_sc_triplets.py --out runs/lab-exp           # measure what is missing, print
 .venv/bin/python tests/bench/lab_sc_triplets.py --out runs/lab-exp --table   # print from the cached measurements
+# the measurements kept in the repository (beside the experiment's evaluations): reprint without any run
+.venv/bin/python tests/bench/lab_sc_triplets.py --out tests/bench/results/lab-exp --table
 ```
 Per run the measurement is cached in `<run>/sc_triplets.json` (redone when missing, or when the clip count or
 the run's update count changed).
 """
 import argparse
+import gzip
 import json
 import os
 import sys
@@ -128,19 +131,44 @@ def _ratio(a: list, b: list, resamples: int):
     return nested_bootstrap(stat, [v.numel() for v in a], resamples)
 
 
+def _read(path: str):
+    """A cached measurement (`sc_triplets.json`, or its gzipped copy from --export), or None."""
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    if os.path.exists(path + ".gz"):
+        with gzip.open(path + ".gz", "rt") as f:
+            return json.load(f)
+    return None
+
+
 def load(out: str) -> tuple:
     """({arm: {seed: per_clip columns}}, {arm: λ_SC}) of every measured run under `out`."""
     runs, weights = {}, {}
     for arm in ARMS:
         d = os.path.join(out, arm)
         for name in sorted(os.listdir(d)) if os.path.isdir(d) else ():
-            path = os.path.join(d, name, "sc_triplets.json")
-            if name.startswith("seed") and os.path.exists(path):
-                with open(path) as f:
-                    m = json.load(f)
+            m = _read(os.path.join(d, name, "sc_triplets.json")) if name.startswith("seed") else None
+            if m is not None:
                 runs.setdefault(arm, {})[int(name[4:])] = per_clip(m)
                 weights[arm] = m["sc_weight"]
     return runs, weights
+
+
+def export(out: str, dest: str) -> int:
+    """Copy every measurement under `out` to `dest` in the same layout, gzipped (`--out dest --table` reprints the
+    tables); returns how many were written."""
+    n = 0
+    for arm in ARMS:
+        d = os.path.join(out, arm)
+        for name in sorted(os.listdir(d)) if os.path.isdir(d) else ():
+            m = _read(os.path.join(d, name, "sc_triplets.json")) if name.startswith("seed") else None
+            if m is not None:
+                os.makedirs(os.path.join(dest, arm, name), exist_ok=True)
+                with gzip.open(os.path.join(dest, arm, name, "sc_triplets.json.gz"), "wt", compresslevel=9) as f:
+                    json.dump(m, f)
+                n += 1
+    return n
 
 
 def table(out: str, resamples: int = 1000) -> str:
@@ -179,6 +207,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, help="the experiment's output folder (runs/lab-exp)")
     p.add_argument("--table", action="store_true", help="print from the cached measurements only")
+    p.add_argument("--export", default="", metavar="DIR", help="also copy the measurements, gzipped, to DIR (what the "
+                                                              "repository keeps; --out DIR --table reprints)")
     p.add_argument("--clips", type=int, default=48, help="clips per run (the experiment's evaluation: 48)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = p.parse_args(argv)
@@ -192,6 +222,8 @@ def main(argv=None):
                 if name.startswith("seed") and os.path.exists(os.path.join(run, "summary.json")):
                     measure(run, args.clips)
                     print(f"measured {run}", flush=True)
+    if args.export:
+        print(f"exported {export(args.out, args.export)} measurements to {args.export}")
     print(table(args.out))
 
 
