@@ -12,7 +12,8 @@ measures, on the same captions, noise and rollout states as the experiment's eva
 - `loss-weighted`: the same triplets also weighted by L_SC's factor 1 − σ_s (0 at the first exit, σ_s = 1), the
   exit levels L_SC weights most (its squared gap also scales with (σ_m − σ_e)², not weighted here);
 - per exit level σ_s, the SC-weighted defect of that exit's triplets.
-Means over seeds with two-level bootstrap 95 % intervals (seeds, then clips), and each arm's paired ratio to λ_SC = 0.
+Means over seeds with two-level bootstrap 95 % intervals (seeds, then clips), and each arm's paired ratios to the
+claims' reference (`dmd`, or `bidir-dmd` for the bidirectional arms) and, for the causal arms, to λ_SC = 0 (`sc0`).
 
 ```bash
 .venv/bin/python tests/bench/lab_sc_triplets.py --out runs/lab-exp           # measure what is missing, print
@@ -38,8 +39,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import lab_experiment as lx  # noqa: E402  (the experiment's arms, captions and noise seed)
 
-ARMS = ("dmd", "sc0", "sc-dmd", "sc2", "sc20", "sc2-sym", "salt")   # causal arms on the 8-step grid's SC rule
-BASE = "sc0"                                            # λ_SC = 0: K = 8 alone
+ARMS = ("dmd", "sc0", "sc-dmd", "sc2", "sc20", "sc2-sym", "salt", "bidir-dmd", "bidir-sc-dmd")
+BASE = "sc0"   # λ_SC = 0: K = 8 alone (causal); the claims' reference (dmd, bidir-dmd) is the other baseline
 COLUMNS = ("consecutive", "trained consecutive", "untrained consecutive", "SC-weighted", "loss-weighted")
 
 
@@ -172,22 +173,26 @@ def export(out: str, dest: str) -> int:
 
 
 def table(out: str, resamples: int = 1000) -> str:
-    """Markdown: per arm, each column's mean [95 %] over seeds and clips and its paired ratio to BASE; then the
-    SC-weighted defect per exit level σ_s, with L_SC's weight 1 − σ_s there."""
+    """Markdown: per arm, each column's mean [95 %] over seeds and clips and its paired ratios (seeds paired in
+    brackets) to the claims' reference of its student kind and, for causal arms, to BASE; then the SC-weighted
+    defect per exit level σ_s, with L_SC's weight 1 − σ_s there."""
     runs, weights = load(out)
     if not runs:
         return "no measured runs yet"
-    ratios = ("consecutive", "SC-weighted", "loss-weighted")
-    head = ["arm", "λ_SC", "seeds"] + list(COLUMNS) + [f"{c} / {BASE} (paired seeds)" for c in ratios]
+    ratios = [(col, base) for base in ("ref", BASE) for col in ("consecutive", "loss-weighted")]
+    head = (["arm", "λ_SC", "seeds"] + list(COLUMNS)
+            + [f"{col} / {'dmd or bidir-dmd' if base == 'ref' else base}" for col, base in ratios])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for arm, by_seed in runs.items():
         seeds = sorted(by_seed)
         cells = [arm, f"{weights[arm]:g}", str(len(seeds))]
         cells += [_fmt(_mean([by_seed[s][col] for s in seeds], resamples)) for col in COLUMNS]
-        paired = [s for s in seeds if s in runs.get(BASE, {})]
-        for col in ratios:
-            cells.append("" if arm == BASE or not paired else _fmt(_ratio(
-                [by_seed[s][col] for s in paired], [runs[BASE][s][col] for s in paired], resamples))
+        for col, base in ratios:
+            kind = lx.student_kind(arm)
+            ref = lx.REFERENCE[kind] if base == "ref" else BASE if kind == "causal" else None
+            paired = [s for s in seeds if s in runs.get(ref, {})]
+            cells.append("" if arm == ref or not paired else _fmt(_ratio(
+                [by_seed[s][col] for s in paired], [runs[ref][s][col] for s in paired], resamples))
                 + f" ({len(paired)})")
         lines.append("| " + " | ".join(cells) + " |")
     levels = [k for k in next(iter(next(iter(runs.values())).values())) if k.startswith("σ_s=")]
