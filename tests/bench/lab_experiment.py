@@ -32,7 +32,8 @@ Stages, each skipped where finished and resumed where it stopped:
    the run's summary.json (SC-acted and aligned update counts). An evaluation from an older EVAL_VERSION is redone.
 `--table` prints, per arm and NFE, means with two-level bootstrap 95 % intervals (seeds, then clips within a seed:
 `salt_core.metrics.bootstrap.nested_bootstrap`) and paired differences against the reference arm of the same
-student kind (`dmd`, or `bidir-dmd` for the bidirectional arms; same seeds, same clips, same resample). Extra settings
+student kind (`dmd`, or `bidir-dmd` for the bidirectional arms; `salt-exact` against `dmd-exact`, the same real
+score; same seeds, same clips, same resample). Extra settings
 for every job: `--set key=value` (e.g. tiny sizes in the CI smoke).
 """
 import argparse
@@ -53,6 +54,7 @@ if ROOT not in sys.path:   # run as a script from a checkout
     sys.path.insert(0, os.path.dirname(ROOT))
 
 REFERENCE = {"causal": "dmd", "bidirectional": "bidir-dmd"}   # the arm paired differences are taken against
+REFERENCE_OF = {"salt-exact": "dmd-exact"}   # arms paired with another arm than their kind's (same real score)
 EVAL_NFE = (4, 2)
 EVAL_SEED = 1234           # paired noise: every arm's students sample from this seed
 DEFECT_GRID = 8
@@ -496,7 +498,8 @@ def _fmt(iv, digits=3) -> str:
 
 def format_table(results: dict, resamples: int = 1000, compact: bool = False) -> str:
     """The markdown table of finished runs: per arm and NFE, means [95 % intervals] and paired Δ (arm − reference,
-    same seeds, clips and resamples) against the reference arm of its student kind (`dmd` or `bidir-dmd`).
+    same seeds, clips and resamples) against the reference arm of its student kind (`dmd` or `bidir-dmd`; REFERENCE_OF
+    for the arms paired otherwise).
     `compact`: the README's columns only (COMPACT_METRICS, COMPACT_DIFFS, SC and aligned update counts)."""
     from comfyui_salt.toy.lab.world import LabWorld
     if not results:
@@ -517,7 +520,7 @@ def format_table(results: dict, resamples: int = 1000, compact: bool = False) ->
     for arm in [a for a in ARMS if a in results]:
         seeds = sorted(results[arm])
         runs = [results[arm][s] for s in seeds]
-        ref_arm = REFERENCE[runs[0]["config"]["student_kind"]]
+        ref_arm = REFERENCE_OF.get(arm, REFERENCE[runs[0]["config"]["student_kind"]])
         ref = results.get(ref_arm, {})
         paired = [s for s in seeds if s in ref]
         counts = [sum(r["summary"].get(k, 0) for r in runs) for k in count_keys]
@@ -557,6 +560,10 @@ CLAIMS = (
     ("Salt drifts less on 3× rollouts, 4 NFE", "salt", 4, "dmd", 4, "drift"),
     ("Salt drifts less on 3× rollouts, 2 NFE", "salt", 2, "dmd", 2, "drift"),
     ("Salt at 2 NFE ≥ DMD at 4 NFE", "salt", 2, "dmd", 4, "non-inferior"),
+    ("Salt beats Self-Forcing DMD, exact real score, 4 NFE", "salt-exact", 4, "dmd-exact", 4, "quality"),
+    ("Salt beats Self-Forcing DMD, exact real score, 2 NFE", "salt-exact", 2, "dmd-exact", 2, "quality"),
+    ("Salt drifts less on 3× rollouts, exact real score, 4 NFE", "salt-exact", 4, "dmd-exact", 4, "drift"),
+    ("Salt drifts less on 3× rollouts, exact real score, 2 NFE", "salt-exact", 2, "dmd-exact", 2, "drift"),
 )
 DEFECT_BAR = 0.82
 NON_INFERIOR_MARGIN = 0.10
