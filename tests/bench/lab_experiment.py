@@ -318,6 +318,13 @@ def _load_eval(path: str):
     return out if out.get("version") == EVAL_VERSION else None
 
 
+def write_gzip_json(path: str, obj) -> None:
+    """`obj` as gzipped JSON with no timestamp in the header: the same content gives the same bytes (no churn in
+    the repository's copies when an export is repeated)."""
+    with open(path, "wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=9, mtime=0) as gz:
+        gz.write(json.dumps(obj).encode())
+
+
 def export_evals(out: str, dest: str) -> int:
     """Copy every current evaluation under `out` to `dest` in the same layout, gzipped (`--table --out dest` then
     prints the same table); returns how many were written. What the repository keeps of an experiment."""
@@ -326,8 +333,7 @@ def export_evals(out: str, dest: str) -> int:
         for seed, r in runs.items():
             sub = os.path.join(dest, name) if name not in ARMS else os.path.join(dest, name, f"seed{seed}")
             os.makedirs(sub, exist_ok=True)
-            with gzip.open(os.path.join(sub, "lab_eval.json.gz"), "wt", compresslevel=9) as f:
-                json.dump({k: v for k, v in r.items() if not k.startswith("_")}, f)
+            write_gzip_json(os.path.join(sub, "lab_eval.json.gz"), {k: v for k, v in r.items() if not k.startswith("_")})
             n += 1
     return n
 

@@ -166,8 +166,7 @@ def export(out: str, dest: str) -> int:
             m = _read(os.path.join(d, name, "sc_triplets.json")) if name.startswith("seed") else None
             if m is not None:
                 os.makedirs(os.path.join(dest, arm, name), exist_ok=True)
-                with gzip.open(os.path.join(dest, arm, name, "sc_triplets.json.gz"), "wt", compresslevel=9) as f:
-                    json.dump(m, f)
+                lx.write_gzip_json(os.path.join(dest, arm, name, "sc_triplets.json.gz"), m)
                 n += 1
     return n
 
