@@ -319,8 +319,7 @@ def _load_eval(path: str):
 
 
 def write_gzip_json(path: str, obj) -> None:
-    """`obj` as gzipped JSON with no timestamp in the header: the same content gives the same bytes (no churn in
-    the repository's copies when an export is repeated)."""
+    """`obj` as gzipped JSON without timestamp or name: a repeated export gives the same bytes."""
     with open(path, "wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=9, mtime=0) as gz:
         gz.write(json.dumps(obj).encode())
 
