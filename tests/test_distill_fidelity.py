@@ -212,6 +212,18 @@ def test_bootstrap_interval_matches_the_normal_closed_form_for_many_units():
         bootstrap_ci([1.0, float("nan")])
 
 
+@torch.no_grad()
+def _brute_force_defect(model, ctx, x, ss, sm, se):
+    """Per-clip defect of one triplet at state x, written out: ‖Ψ^{s→e}x − Ψ^{m→e}Ψ^{s→m}x‖ / ‖Ψ^{s→e}x − x‖."""
+    def v(y, s):
+        return model(y, torch.full((y.shape[0],), 1000.0 * s, dtype=torch.float64), ctx).double()
+    v_s = v(x, ss)
+    direct = x.double() - (ss - se) * v_s
+    x_m = x.double() - (ss - sm) * v_s
+    composed = x_m - (sm - se) * v(x_m.float(), sm)
+    return (direct - composed).flatten(1).norm(dim=1) / (direct - x.double()).flatten(1).norm(dim=1)
+
+
 @pytest.mark.parametrize("kind", ["causal", "bidirectional"])
 def test_defect_report_has_every_consecutive_triplet_of_each_grid_and_intervals_over_clips(kind):
     from comfyui_salt.salt_core.schedules import get_sigmas_fewstep
@@ -234,15 +246,7 @@ def test_defect_report_has_every_consecutive_triplet_of_each_grid_and_intervals_
         x = torch.randn((len(caps), 3, cfg.num_frames, cfg.height, cfg.width),
                         generator=torch.Generator().manual_seed(0))
         s1 = get_sigmas_fewstep(2, cfg.shift)[1].item()
-
-        def v(x, s):
-            return model(x, torch.full((x.shape[0],), 1000.0 * s, dtype=torch.float64), ctx).double()
-        with torch.no_grad():
-            v0 = v(x, 1.0)
-            direct = x.double() - v0
-            x_m = x.double() - (1.0 - s1) * v0
-            composed = x_m - s1 * v(x_m.float(), s1)
-            per_clip = (direct - composed).flatten(1).norm(dim=1) / (direct - x.double()).flatten(1).norm(dim=1)
+        per_clip = _brute_force_defect(model, ctx, x, 1.0, s1, 0.0)
         assert report[2]["mean"].mean == pytest.approx(per_clip.mean().item(), rel=1e-5)
     assert "mean over triplets" in format_defect_report(report)
 
@@ -280,15 +284,6 @@ def test_sc_defect_samples_measures_exactly_the_triplets_sc_trains_with_their_tr
         # brute force: every triplet from the first state (σ = 1, the seeded noise itself)
         x = torch.randn((len(caps), 3, cfg.num_frames, cfg.height, cfg.width),
                         generator=torch.Generator().manual_seed(0))
-
-        def v(x, s):
-            return model(x, torch.full((x.shape[0],), 1000.0 * s, dtype=torch.float64), ctx).double()
-        with torch.no_grad():
-            v0 = v(x, 1.0)
-            for t, _ in sc_triplet_distribution(0, grid):
-                direct = x.double() - (1.0 - t.sigma_e) * v0
-                x_m = x.double() - (1.0 - t.sigma_m) * v0
-                composed = x_m - (t.sigma_m - t.sigma_e) * v(x_m.float(), t.sigma_m)
-                per_clip = (direct - composed).flatten(1).norm(dim=1) / (direct - x.double()).flatten(1).norm(dim=1)
-                got = d[triplets.index((t.sigma_s, t.sigma_m, t.sigma_e))]
-                assert torch.allclose(got, per_clip, rtol=1e-5)
+        for t, _ in sc_triplet_distribution(0, grid):
+            got = d[triplets.index((t.sigma_s, t.sigma_m, t.sigma_e))]
+            assert torch.allclose(got, _brute_force_defect(model, ctx, x, 1.0, t.sigma_m, t.sigma_e), rtol=1e-5)
