@@ -12,7 +12,7 @@ from comfyui_salt.salt_core.losses import (DMDLoss, FeatureAlignmentLoss, Semigr
                                            flow_matching_loss, real_x0_with_cfg, sample_alignment_timesteps,
                                            sample_dmd_timesteps, sample_exit_index, sample_rollout_steps, sc_triplet,
                                            sc_triplet_distribution)
-from comfyui_salt.salt_core.metrics import semigroup_defect, semigroup_defects
+from comfyui_salt.salt_core.metrics import semigroup_defect, semigroup_defects, state_defects
 from comfyui_salt.salt_core.schedules import add_noise, get_sigmas_fewstep
 
 from helpers import assert_close
@@ -318,6 +318,22 @@ def test_semigroup_defect_is_zero_for_a_constant_field_and_positive_for_a_curved
     assert semigroup_defects(lambda x, s: s * x, states[5:6], sigmas=sigmas).shape == (1, 2)
     with pytest.raises(ValueError, match="not a point of the grid"):
         semigroup_defect(lambda x, s: c, [(0.123, c)], sigmas=sigmas)
+
+
+def test_state_defects_match_hand_computations_for_several_triplets_from_one_state():
+    # v(x, σ) = σ·x at x = [2, -1], σ_s = 1: (1, .5, .25) is .25 (above); (1, .75, 0): direct 0·x, composed
+    # .75x·(1 - .75·.75) = .328125x -> .328125|x| / |x|; the velocity evaluated 1 + 2 times, not 2 + 2
+    calls = []
+
+    def v(x, s):
+        calls.append(s)
+        return s * x
+    x = torch.tensor([[2.0, -1.0]])
+    per = state_defects(v, x, 1.0, [(0.5, 0.25), (0.75, 0.0)])
+    assert_close(per[:, 0], torch.tensor([0.25, 0.328125], dtype=torch.float64), rtol=1e-12)
+    assert calls == [1.0, 0.5, 0.75]
+    with pytest.raises(ValueError, match="sigma_s > sigma_m > sigma_e"):
+        state_defects(v, x, 0.5, [(0.75, 0.0)])
 
 
 # ------------------------------------------------------------------------------------ alignment

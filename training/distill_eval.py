@@ -98,7 +98,7 @@ def sc_defect_samples(model, cfg: DistillConfig, context, seed: int = 0):
     odd grid point are never trained).
     """
     from ..salt_core.losses.semigroup import sc_triplet_distribution
-    from ..salt_core.metrics.semigroup import semigroup_defects
+    from ..salt_core.metrics.semigroup import state_defects
     if cfg.sc_steps < 2:
         raise ValueError(f"sc_steps={cfg.sc_steps}: a 1-step grid has no triplet for SC to train; measure a "
                          f"student trained with sc_steps ≥ 2 (Salt: 8)")
@@ -109,12 +109,11 @@ def sc_defect_samples(model, cfg: DistillConfig, context, seed: int = 0):
     rows = {}   # (s, m, e) index -> [(B,) per chunk]
 
     def keep(sigma, x, velocity):
-        i = int((sigmas - sigma).abs().argmin())
-        for t, _ in exits.get(i, ()):
-            grid = torch.tensor([t.sigma_s, t.sigma_m, t.sigma_e] + ([0.0] if t.sigma_e > 0 else []),
-                                dtype=torch.float64)
-            rows.setdefault((t.s_index, t.m_index, t.e_index), []).append(semigroup_defects(velocity, [(sigma, x)],
-                                                                                            grid)[0])
+        dist = exits.get(int((sigmas - sigma).abs().argmin()), ())
+        if dist:   # every triplet of this exit at once: one velocity evaluation at x
+            d = state_defects(velocity, x, sigma, [(t.sigma_m, t.sigma_e) for t, _ in dist])
+            for (t, _), row in zip(dist, d):
+                rows.setdefault((t.s_index, t.m_index, t.e_index), []).append(row)
     _rollout_states(model, cfg, context, sigmas, seed, keep)
     triplets = [(t.sigma_s, t.sigma_m, t.sigma_e) for t, _ in order]
     p = torch.tensor([q for _, q in order], dtype=torch.float64)

@@ -5,6 +5,6 @@
 (`comfyui_salt.toy.metrics`), the method lab's exact metrics in `comfyui_salt.toy.lab.metrics`.
 """
 from .bootstrap import Interval, bootstrap_ci
-from .semigroup import semigroup_defect, semigroup_defects
+from .semigroup import semigroup_defect, semigroup_defects, state_defects
 
-__all__ = ["Interval", "bootstrap_ci", "semigroup_defect", "semigroup_defects"]
+__all__ = ["Interval", "bootstrap_ci", "semigroup_defect", "semigroup_defects", "state_defects"]

@@ -43,17 +43,31 @@ def semigroup_defects(velocity_fn, states, sigmas=None) -> torch.Tensor:
         if k + 2 >= grid.numel():
             continue                                             # needs two further grid points
         ss, sm, se = (grid[k + j].item() for j in range(3))
-        xd = x.double()
-        v_s = velocity_fn(x, ss).double()                        # shared by Ψ^{s→e} and Ψ^{s→m}
-        direct = xd - (ss - se) * v_s
-        x_m = xd - (ss - sm) * v_s
+        rows.append(state_defects(velocity_fn, x, ss, [(sm, se)])[0])
+    if not rows:
+        raise ValueError(f"no state has two further grid points on {grid.tolist()}: "
+                         f"pass states at σ ≥ the third-to-last grid level")
+    return torch.stack(rows)
+
+
+@torch.no_grad()
+def state_defects(velocity_fn, x: torch.Tensor, sigma_s: float, targets) -> torch.Tensor:
+    """Defects (T, B) float64 of the triplets (σ_s, σ_m, σ_e) for each (σ_m, σ_e) in `targets`, all at the state
+    x (B, ...) at σ_s, with one velocity evaluation at x shared by every triplet (σ_s > σ_m > σ_e ≥ 0)."""
+    targets = [(float(sm), float(se)) for sm, se in targets]
+    if not targets or any(not sigma_s > sm > se >= 0 for sm, se in targets):
+        raise ValueError(f"targets={targets} at sigma_s={sigma_s}: expected (sigma_m, sigma_e) pairs with "
+                         f"sigma_s > sigma_m > sigma_e >= 0")
+    xd = x.double()
+    v_s = velocity_fn(x, sigma_s).double()                       # shared by every Ψ^{s→e} and Ψ^{s→m}
+    rows = []
+    for sm, se in targets:
+        direct = xd - (sigma_s - se) * v_s
+        x_m = xd - (sigma_s - sm) * v_s
         composed = x_m - (sm - se) * velocity_fn(x_m.to(x.dtype), sm).double()
         gap = (direct - composed).flatten(1).norm(dim=1)         # (B,)
         step = (direct - xd).flatten(1).norm(dim=1)              # (B,)
         rows.append(gap / step.clamp_min(1e-12))
-    if not rows:
-        raise ValueError(f"no state has two further grid points on {grid.tolist()}: "
-                         f"pass states at σ ≥ the third-to-last grid level")
     return torch.stack(rows)
 
 
