@@ -122,3 +122,27 @@ def test_pyproject_lists_every_package_of_the_pack_and_leaves_out_the_dev_harnes
     assets = sorted(p.name for p in (ROOT / "toy" / "assets").glob("*.safetensors"))
     assert assets == ["toy_salt_student.safetensors", "toy_teacher.safetensors"]
     assert "comfyui_salt.toy.assets" in declared and setuptools["package-data"]["comfyui_salt.toy.assets"] == ["*.safetensors"]
+
+
+def test_pytest_keeps_the_checkout_off_sys_path_whatever_the_folder_is_called(tmp_path):
+    """Runs the real pytest with this project's [tool.pytest.ini_options] in a package folder named like a git
+    clone of the repository (`comfyui-salt`, not an identifier): the default import mode puts that folder on
+    sys.path (the pack's `nodes` then shadows ComfyUI's); ours must not."""
+    import tomllib
+    options = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
+    checkout = tmp_path / "comfyui-salt"
+    (checkout / "tests").mkdir(parents=True)
+    (checkout / "__init__.py").write_text("")
+    ini = "\n".join(f"{key} = {value!r}" if isinstance(value, str) else f"{key} = {list(value)!r}"
+                    for key, value in options.items())
+    (checkout / "pyproject.toml").write_text("[tool.pytest.ini_options]\n" + ini.replace("'", '"') + "\n")
+    (checkout / "tests" / "helpers.py").write_text("VALUE = 1\n")
+    (checkout / "tests" / "test_probe.py").write_text(
+        "import pathlib, sys\nfrom helpers import VALUE\n\n"
+        "def test_probe():\n"
+        "    root = pathlib.Path(__file__).resolve().parents[1]\n"
+        "    assert VALUE == 1\n"
+        "    assert str(root) not in [str(pathlib.Path(p).resolve()) for p in sys.path if p]\n")
+    pytest_script = pathlib.Path(sys.executable).parent / "pytest"   # `python -m pytest` would add the cwd itself
+    out = subprocess.run([str(pytest_script), "-q"], cwd=checkout, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout[-3000:]
