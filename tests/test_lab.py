@@ -8,9 +8,10 @@ import torch
 from comfyui_salt.salt_core.denoiser import FlowDenoiser
 from comfyui_salt.salt_core.kv_cache import CachePolicy
 from comfyui_salt.toy.lab import ExactTeacher, LabWorld, posterior
-from comfyui_salt.toy.lab.metrics import (assign_modes, bootstrap_intervals, chunk_modes, coverage_error,
+from comfyui_salt.toy.lab.metrics import (assign_modes, chunk_modes, coverage_error,
                                                 evaluate_clips, mode_switches, semigroup_hook, whitened_coordinates,
                                                 within_mode_variance)
+from comfyui_salt.salt_core.metrics.bootstrap import nested_bootstrap
 from comfyui_salt.salt_core.metrics.semigroup import semigroup_defect
 from comfyui_salt.salt_core.model import BlockCausal
 from comfyui_salt.salt_core.rollout import rollout_reference, rollout_self_forcing
@@ -231,6 +232,5 @@ def test_metrics_are_two_sided_and_count_switches(tiny):
     assert mode_switches(chunk_modes(world, spliced, caption)).tolist() == [1] * 40
     assert mode_switches(chunk_modes(world, data, caption)).sum() == 0
     full = within_mode_variance(w_data, mode)
-    ci = bootstrap_intervals(lambda idx: {"v": within_mode_variance(w_data, mode, torch.bincount(idx, minlength=40))},
-                             40, 100)
-    assert ci["v"][0] < full < ci["v"][1] and 0.6 < full < 1.4
+    ci = nested_bootstrap(lambda draw: within_mode_variance(w_data, mode, draw[0][1]), [40], 100)
+    assert ci.lo < full < ci.hi and ci.mean == full and 0.6 < full < 1.4

@@ -19,9 +19,9 @@ import torch
 from comfyui_salt.salt_core.denoiser import FlowDenoiser
 from comfyui_salt.salt_core.kv_cache import CachePolicy
 from comfyui_salt.toy.lab import LAB_SHIFT, ExactTeacher, LabWorld
-from comfyui_salt.toy.lab.metrics import (assign_modes, bootstrap_intervals, chunk_modes, coverage_error,
-                                                mode_mean_error, mode_switches, whitened_coordinates,
-                                                within_mode_variance)
+from comfyui_salt.toy.lab.metrics import (assign_modes, chunk_modes, coverage_error, mode_mean_error,
+                                                mode_switches, whitened_coordinates, within_mode_variance)
+from comfyui_salt.salt_core.metrics.bootstrap import nested_bootstrap
 from comfyui_salt.salt_core.samplers import default_noise_sampler, sample_euler, sample_fewstep_stochastic
 from comfyui_salt.salt_core.schedules import get_sigmas_uniform
 from comfyui_salt.salt_core.streaming import stream_video
@@ -48,17 +48,15 @@ def measure(world, video, caption, num_resamples):
     dims = video[0].numel()
     w = whitened_coordinates(world, video, mode)
 
-    def metrics(idx):
-        counts = torch.bincount(idx, minlength=len(caption))
-        return {"var_ratio": within_mode_variance(w, mode, counts),
-                "mean_err": mode_mean_error(world, video, mode, counts=counts),
-                "coverage": coverage_error(world, mode, caption, counts),
-                "switch_frac": (switches[idx] > 0).double().mean().item(),
-                "loglik_dim": (log_ev[idx] / dims).mean().item()}
-
-    full = metrics(torch.arange(len(caption)))
-    ci = bootstrap_intervals(metrics, len(caption), num_resamples)
-    out = {name: (value,) + ci[name] for name, value in full.items()}
+    metrics = {"var_ratio": lambda counts: within_mode_variance(w, mode, counts),
+               "mean_err": lambda counts: mode_mean_error(world, video, mode, counts=counts),
+               "coverage": lambda counts: coverage_error(world, mode, caption, counts),
+               "switch_frac": lambda counts: ((switches > 0).double() * counts).sum().item() / counts.sum().item(),
+               "loglik_dim": lambda counts: ((log_ev / dims) * counts).sum().item() / counts.sum().item()}
+    out = {}
+    for name, f in metrics.items():   # one level: the clips, pooled over seeds (counts: how often each is drawn)
+        iv = nested_bootstrap(lambda draw: f(draw[0][1]), [len(caption)], num_resamples)
+        out[name] = (iv.mean, iv.lo, iv.hi)
     out["switch_clips"] = f"{int((switches > 0).sum())}/{len(caption)}"
     return out
 

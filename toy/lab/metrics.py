@@ -178,21 +178,6 @@ def evaluate_clips(world, video, caption, start_frame: int = 0) -> dict:
             "loglik_per_dim": (log_evidence / dims).mean().item()}
 
 
-def bootstrap_intervals(metric_fn, num_items: int, num_resamples: int = 200, seed: int = 0,
-                        level: float = 0.95) -> dict:
-    """Percentile bootstrap {name: (low, high)} of metric_fn(index (num_items,) long) -> {name: float},
-    resampling the items with replacement (NaN resamples are dropped)."""
-    gen = torch.Generator().manual_seed(seed)
-    draws = [metric_fn(torch.randint(num_items, (num_items,), generator=gen)) for _ in range(num_resamples)]
-    lo, hi = (1 - level) / 2, 1 - (1 - level) / 2
-    out = {}
-    for name in draws[0]:
-        vals = torch.tensor([d[name] for d in draws], dtype=torch.float64)
-        vals = vals[~vals.isnan()]
-        out[name] = (vals.quantile(lo).item(), vals.quantile(hi).item())
-    return out
-
-
 def semigroup_hook(model, context):
     """velocity_fn(x, σ) -> v for salt_core.metrics.semigroup on a bidirectional velocity model."""
     return FlowDenoiser(model, context).velocity
