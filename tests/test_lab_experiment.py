@@ -34,6 +34,12 @@ def _bench():
     return mod
 
 
+def _tables():
+    """tests/bench/lab_tables.py (importable once lab_experiment has put its folder on the path)."""
+    _bench()
+    return importlib.import_module("lab_tables")
+
+
 @pytest.fixture(scope="module")
 def teacher_path(tmp_path_factory):
     """A tiny random lab teacher: the toy Wan with teacher_mode metadata (what the teacher job records)."""
@@ -170,13 +176,14 @@ def test_the_experiment_runs_every_arm_evaluates_and_prints_the_table(teacher_pa
     exact = json.loads((out / "exact" / "lab_eval.json").read_text())["nfe"]["40"]
     assert sum(exact["switch"]) == 0                                      # the exact teacher never switches mode
     claims = table.split("The paper's claims")[1]
-    for claim, *_ in bench.CLAIMS:                                        # every claim read, with a verdict
+    tables = _tables()
+    for claim, *_ in tables.CLAIMS:                                        # every claim read, with a verdict
         row = next(line for line in claims.splitlines() if line.startswith(f"| {claim} |"))
         assert row.split(" | ")[-1].rstrip(" |") in ("reproduces", "does not", "inconclusive", "mixed")
     # the defect ratio's point estimate is the ratio of the two arms' mean per-clip defects
     results = bench.load_results(str(out))
-    iv, seeds, ref = bench.paired_interval(results, "sc-dmd", 4, "dmd", 4, "defect8", LabWorld("default"),
-                                           ratio=True, resamples=20)
+    iv, seeds, ref = tables.paired_interval(results, "sc-dmd", 4, "dmd", 4, "defect8", LabWorld("default"),
+                                            ratio=True, resamples=20)
     d_sc, d_dmd = (np.mean(results[a][0]["defect8"]) for a in ("sc-dmd", "dmd"))
     assert seeds == 1 and ref == pytest.approx(d_dmd) and iv.mean == pytest.approx(d_sc / d_dmd)
     exact = json.loads((out / "salt-exact" / "seed0" / "config.json").read_text())
@@ -287,11 +294,10 @@ def test_the_runner_runs_claim_arms_first_in_parallel_skips_finished_and_counts_
 
 def test_claim_verdicts_follow_the_stated_rules():
     from comfyui_salt.salt_core.metrics.bootstrap import Interval
-    bench = _bench()
 
     def iv(lo, hi):
         return Interval((lo + hi) / 2, lo, hi, 3, 0.95)
-    v = bench.claim_verdict
+    v = _tables().claim_verdict
     assert v("defect", {"defect8": iv(0.5, 0.8)}, {}) == "reproduces"
     assert v("defect", {"defect8": iv(0.7, 0.9)}, {}) == "inconclusive"
     assert v("defect", {"defect8": iv(0.9, 1.1)}, {}) == "does not"

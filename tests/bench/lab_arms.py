@@ -1,0 +1,42 @@
+"""The method lab's experiment, defined: its arms (preset and overrides each), the reference arms paired
+differences are taken against, the reference rows, and the evaluation's fixed settings (NFEs, noise seed, defect
+grid, rollout length). Read by the runner (lab_experiment.py), the tables (lab_tables.py) and the SC-triplet
+diagnosis (lab_sc_triplets.py); knows nothing of running, evaluating or printing.
+"""
+
+REFERENCE = {"causal": "dmd", "bidirectional": "bidir-dmd"}   # the arm paired differences are taken against
+REFERENCE_OF = {"salt-exact": "dmd-exact"}   # arms paired with another arm than their kind's (same real score)
+EVAL_NFE = (4, 2)
+EVAL_SEED = 1234           # paired noise: every arm's students sample from this seed
+DEFECT_GRID = 8
+LENGTH_FACTOR = 3          # drift: a 3×-length rolling-cache rollout
+EXACT = dict(teacher="exact")   # the exact real score; critic_init is the teacher file (set in arm_overrides)
+# arm -> (preset, overrides). The λ_SC dose response is sc0, sc-dmd (0.2, the preset), sc2, sc20 on the single K = 8;
+# sc2-sym is sc2 with L_SC's gradient through both branches (the paper's reading) instead of the released stop-grad.
+ARMS = {
+    "dmd": ("lab-dmd", {}),
+    "sc-dmd": ("lab-sc-dmd", {}),
+    "salt": ("lab-salt", {}),
+    "bidir-dmd": ("lab-bidir-dmd", {}),
+    "bidir-sc-dmd": ("lab-bidir-sc-dmd", {}),
+    "sc0": ("lab-sc-dmd", {"sc_weight": 0.0}),
+    "sc2": ("lab-sc-dmd", {"sc_weight": 2.0}),
+    "sc20": ("lab-sc-dmd", {"sc_weight": 20.0}),
+    "sc2-sym": ("lab-sc-dmd", {"sc_weight": 2.0, "sc_symmetric": True}),   # the paper's reading: grad both branches
+    "dmd-exact": ("lab-dmd", EXACT),
+    "salt-exact": ("lab-salt", EXACT),
+}
+# The arms the five paper claims need run first, every seed, before the dose response and the exact-score pair.
+CLAIM_ARMS = ("dmd", "salt", "sc-dmd", "bidir-dmd", "bidir-sc-dmd")
+# Reference rows on the same captions and noise: the learned teacher and the exact one, 40 Euler steps.
+REFERENCES = ("teacher", "exact")
+REFERENCE_STEPS = 40
+EVAL_VERSION = 2           # 2: switch and drift are per-boundary switch rates (1 stored "ever switched")
+ODE_INITS = {"causal": "ode-causal", "bidirectional": "ode-bidir"}
+
+
+def student_kind(arm: str) -> str:
+    """"causal" or "bidirectional": the student an arm trains (its preset's, unless overridden)."""
+    from comfyui_salt.training.distill_config import get_preset
+    preset, over = ARMS[arm]
+    return over.get("student_kind", get_preset(preset).student_kind)

@@ -1,0 +1,201 @@
+"""The method lab's tables from evaluated runs (`lab_experiment.load_results`): per arm and NFE, means with
+two-level bootstrap 95 % intervals (seeds, then clips within a seed); paired differences against each arm's
+reference (same seeds, clips and resamples); and the paper's claims with a verdict each (rules at CLAIMS).
+Knows nothing of running or evaluating the arms.
+"""
+import torch
+
+from lab_arms import ARMS, EVAL_NFE, ODE_INITS, REFERENCE, REFERENCE_OF, REFERENCES
+
+METRICS = ("var_ratio", "mean_err", "coverage", "switch", "drift", "loglik", "defect8")
+DIFFS = ("var_ratio", "mean_err", "drift", "defect8")
+COMPACT_METRICS = ("var_ratio", "mean_err", "switch", "drift", "defect8")   # the README's table
+COMPACT_DIFFS = ("mean_err", "drift", "defect8")
+DIGITS = {"defect8": 4}    # the defect is ~0.02: 3 decimals would hide its interval
+
+
+def _tensors(r: dict, key: str) -> dict:
+    """The per-clip lists of one run's NFE row as tensors, converted once (bootstrap draws reuse them)."""
+    cache = r.setdefault("_tensors", {})
+    if key not in cache:
+        row = r["nfe"][key]
+        as64 = lambda v: None if v is None else torch.as_tensor(v, dtype=torch.float64)   # noqa: E731
+        cache[key] = {"mode": torch.as_tensor(row["mode"]), "w": as64(row["w"]), "gram": torch.as_tensor(row["gram"]),
+                      "captions": torch.as_tensor(r["captions"]), "defect8": as64(r["defect8"]),
+                      **{k: as64(row[k]) for k in ("loglik", "switch", "drift")}}
+    return cache[key]
+
+
+def metric_fn(name: str, nfe: int, world):
+    """f(lab_eval dict, counts (clips,)) -> float: one metric of one run, its clips repeated `counts` times."""
+    from comfyui_salt.toy.lab.metrics import coverage_error, mode_mean_error_gram, within_mode_variance
+    key = str(nfe)
+
+    def f(r, c):
+        t = _tensors(r, key)
+        if name in ("var_ratio", "var_gap"):   # var_gap = |var_ratio − 1|: detail lost or noise added
+            v = within_mode_variance(t["w"], t["mode"], c)
+            return v if name == "var_ratio" else abs(v - 1.0)
+        if name == "mean_err":
+            return mode_mean_error_gram(t["gram"], t["mode"], r["nfe"][key]["dims"], c)
+        if name == "coverage":
+            return coverage_error(world, t["mode"], t["captions"], c)
+        values = t[name]
+        return float("nan") if values is None else float((values * c).sum() / c.sum())
+    return f
+
+
+def interval(runs: list, f, resamples: int = 1000, seed: int = 0):
+    """Two-level interval of the mean over seeds of f (paired differences: `paired_interval`)."""
+    from comfyui_salt.salt_core.metrics.bootstrap import nested_bootstrap
+    return nested_bootstrap(lambda draw: sum(f(runs[g], c) for g, c in draw) / len(draw),
+                            [len(r["captions"]) for r in runs], resamples, seed=seed)
+
+
+def _fmt(iv, digits=3) -> str:
+    if iv.mean != iv.mean:
+        return ""
+    return f"{iv.mean:.{digits}f} [{iv.lo:.{digits}f}, {iv.hi:.{digits}f}]"
+
+
+def format_table(results: dict, resamples: int = 1000, compact: bool = False) -> str:
+    """The markdown table of finished runs: per arm and NFE, means [95 % intervals] and paired Δ (arm − reference,
+    same seeds, clips and resamples) against the reference arm of its student kind (`dmd` or `bidir-dmd`; REFERENCE_OF
+    for the arms paired otherwise).
+    `compact`: the README's columns only (COMPACT_METRICS, COMPACT_DIFFS, SC and aligned update counts)."""
+    from comfyui_salt.toy.lab.world import LabWorld
+    if not results:
+        return "no evaluated runs yet"
+    world = LabWorld(next(iter(next(iter(results.values())).values()))["config"]["world"].split(":", 1)[1])
+    metrics, diffs = (COMPACT_METRICS, COMPACT_DIFFS) if compact else (METRICS, DIFFS)
+    count_keys = ("sc_updates", "align_updates") + (() if compact else ("gen_updates",))
+    head = (["arm", "seeds", "NFE"] + list(metrics) + ["vs"] + [f"Δ{m}" for m in diffs]
+            + ["SC updates", "aligned updates", "generator updates"][:len(count_keys)])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for ref in [r for r in REFERENCES + tuple(ODE_INITS.values()) if r in results]:   # no seeds, no differences
+        run = results[ref][0]
+        for key in run["nfe"]:
+            cells = [f"{ref} (Euler)" if ref in REFERENCES else ref, "", key]
+            cells += [_fmt(interval([run], metric_fn(m, int(key), world), resamples=resamples), DIGITS.get(m, 3))
+                      for m in metrics]
+            lines.append("| " + " | ".join(cells + [""] * (len(head) - len(cells))) + " |")
+    for arm in [a for a in ARMS if a in results]:
+        seeds = sorted(results[arm])
+        runs = [results[arm][s] for s in seeds]
+        ref_arm = REFERENCE_OF.get(arm, REFERENCE[runs[0]["config"]["student_kind"]])
+        ref = results.get(ref_arm, {})
+        paired = [s for s in seeds if s in ref]
+        counts = [sum(r["summary"].get(k, 0) for r in runs) for k in count_keys]
+        for nfe in EVAL_NFE:
+            cells = [arm, str(len(seeds)), str(nfe)]
+            for m in metrics:
+                cells.append(_fmt(interval(runs, metric_fn(m, nfe, world), resamples=resamples), DIGITS.get(m, 3)))
+            cells.append(ref_arm if arm != ref_arm and paired else "")
+            for m in diffs:
+                if arm == ref_arm or not paired:
+                    cells.append("")
+                    continue
+                cells.append(_fmt(paired_interval(results, arm, nfe, ref_arm, nfe, m, world,
+                                                  resamples=resamples)[0], 4))
+            cells += [str(c) for c in counts]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# The paper's five claims (the first in both student kinds), read from paired arms: (claim, arm, NFE, reference arm, reference NFE, test).
+# Tests: "quality" = per-mode mean error and |var_ratio − 1|, lower is better; "non-inferior" = the same two, at
+# least as good; "drift" = the switch rate per chunk boundary on the 3×-length rollout; "defect" = the ratio of
+# 8-step semigroup defects. Verdict rules (95 % paired two-level intervals of arm − reference, or arm / reference):
+#   quality: reproduces if one metric is better (interval below 0) and neither is worse (interval above 0); does not
+#            if one is worse and neither better; otherwise inconclusive at this power (or mixed, if one of each);
+#   non-inferior: reproduces if both intervals lie below +10 % of the reference's value; does not if either lies
+#            above 0; otherwise inconclusive;
+#   drift: reproduces if the interval lies below 0, does not if above 0, otherwise inconclusive;
+#   defect: reproduces if the ratio's interval lies at or below 0.82, does not if above it, otherwise inconclusive.
+CLAIMS = (
+    ("SC-DMD's defect ≤ 0.82× DMD's, bidirectional", "bidir-sc-dmd", 4, "bidir-dmd", 4, "defect"),
+    ("SC-DMD's defect ≤ 0.82× DMD's, autoregressive", "sc-dmd", 4, "dmd", 4, "defect"),
+    ("SC-DMD beats DMD, bidirectional, 4 NFE", "bidir-sc-dmd", 4, "bidir-dmd", 4, "quality"),
+    ("SC-DMD beats DMD, bidirectional, 2 NFE", "bidir-sc-dmd", 2, "bidir-dmd", 2, "quality"),
+    ("Salt beats Self-Forcing DMD, 4 NFE", "salt", 4, "dmd", 4, "quality"),
+    ("Salt beats Self-Forcing DMD, 2 NFE", "salt", 2, "dmd", 2, "quality"),
+    ("Salt drifts less on 3× rollouts, 4 NFE", "salt", 4, "dmd", 4, "drift"),
+    ("Salt drifts less on 3× rollouts, 2 NFE", "salt", 2, "dmd", 2, "drift"),
+    ("Salt at 2 NFE ≥ DMD at 4 NFE", "salt", 2, "dmd", 4, "non-inferior"),
+    ("Salt beats Self-Forcing DMD, exact real score, 4 NFE", "salt-exact", 4, "dmd-exact", 4, "quality"),
+    ("Salt beats Self-Forcing DMD, exact real score, 2 NFE", "salt-exact", 2, "dmd-exact", 2, "quality"),
+    ("Salt drifts less on 3× rollouts, exact real score, 4 NFE", "salt-exact", 4, "dmd-exact", 4, "drift"),
+    ("Salt drifts less on 3× rollouts, exact real score, 2 NFE", "salt-exact", 2, "dmd-exact", 2, "drift"),
+)
+DEFECT_BAR = 0.82
+NON_INFERIOR_MARGIN = 0.10
+
+
+def paired_interval(results: dict, arm: str, nfe: int, ref: str, ref_nfe: int, metric: str, world,
+                    ratio: bool = False, resamples: int = 1000):
+    """(Interval of arm − ref (or arm / ref) on `metric`, seeds used, ref's own value), paired by seed and clip;
+    None when the two arms share no seed."""
+    from comfyui_salt.salt_core.metrics.bootstrap import nested_bootstrap
+    seeds = sorted(set(results.get(arm, {})) & set(results.get(ref, {})))
+    if not seeds:
+        return None
+    a, b = [results[arm][s] for s in seeds], [results[ref][s] for s in seeds]
+    if any(x["captions"] != y["captions"] for x, y in zip(a, b)):
+        raise ValueError(f"{arm} and {ref} were evaluated on different captions: rerun their evaluations")
+    fa, fb = metric_fn(metric, nfe, world), metric_fn(metric, ref_nfe, world)
+
+    def mean(f, runs, draw):
+        return sum(f(runs[g], c) for g, c in draw) / len(draw)
+
+    def stat(draw):
+        x, y = mean(fa, a, draw), mean(fb, b, draw)
+        return x / y if ratio else x - y
+    ones = [(g, torch.ones(len(r["captions"]), dtype=torch.float64)) for g, r in enumerate(b)]
+    return nested_bootstrap(stat, [len(r["captions"]) for r in a], resamples), len(seeds), mean(fb, b, ones)
+
+
+def claim_verdict(test: str, ivs: dict, ref_values: dict) -> str:
+    """The verdict of one claim from its intervals (see CLAIMS)."""
+    if test == "defect":
+        iv = ivs["defect8"]
+        return "reproduces" if iv.hi <= DEFECT_BAR else "does not" if iv.lo > DEFECT_BAR else "inconclusive"
+    if test == "drift":
+        iv = ivs["drift"]
+        return "reproduces" if iv.hi < 0 else "does not" if iv.lo > 0 else "inconclusive"
+    worse = [m for m, iv in ivs.items() if iv.lo > 0]
+    if test == "non-inferior":
+        if worse:
+            return "does not"
+        ok = all(iv.hi < NON_INFERIOR_MARGIN * ref_values[m] for m, iv in ivs.items())
+        return "reproduces" if ok else "inconclusive"
+    better = [m for m, iv in ivs.items() if iv.hi < 0]
+    if better and worse:
+        return "mixed"
+    return "reproduces" if better else "does not" if worse else "inconclusive"
+
+
+def format_claims(results: dict, resamples: int = 1000) -> str:
+    """The verdict table of the paper's claims from finished runs (claims whose arms are missing are skipped)."""
+    from comfyui_salt.toy.lab.world import LabWorld
+    arms = [r for r in results if r in ARMS]
+    if not arms:
+        return ""
+    world = LabWorld(next(iter(results[arms[0]].values()))["config"]["world"].split(":", 1)[1])
+    metrics = {"defect": ("defect8",), "drift": ("drift",), "quality": ("mean_err", "var_gap"),
+               "non-inferior": ("mean_err", "var_gap")}
+    lines = ["| claim | arm @NFE | vs @NFE | seeds | paired intervals | verdict |", "|---|---|---|---|---|---|"]
+    for claim, arm, nfe, ref, ref_nfe, test in CLAIMS:
+        ivs, refs, seeds = {}, {}, 0
+        for m in metrics[test]:
+            got = paired_interval(results, arm, nfe, ref, ref_nfe, m, world, ratio=test == "defect",
+                                  resamples=resamples)
+            if got is None:
+                break
+            ivs[m], seeds, refs[m] = got
+        if not ivs:
+            continue
+        sign = "/" if test == "defect" else "Δ"
+        cells = "; ".join(f"{sign}{m} {_fmt(iv, 4)}" for m, iv in ivs.items())
+        lines.append(f"| {claim} | {arm} @{nfe} | {ref} @{ref_nfe} | {seeds} | {cells} | "
+                     f"{claim_verdict(test, ivs, refs)} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
