@@ -267,10 +267,8 @@ def clip_text_encoder(clip):
 
 
 def native_wan_module(model_patcher) -> torch.nn.Module:
-    """The loaded native Wan backbone (`WanModel` or `CausalWanModel`) of a ComfyUI MODEL, patches (LoRAs) applied.
-
-    Loads the model the way a sampler would, so the weights read afterwards are the ones it would use.
-    """
+    """The native Wan backbone (`WanModel` or `CausalWanModel`) of a ComfyUI MODEL, checked, as it is now: its
+    LoRA patches are applied only while model management has it loaded (`load_for_sampling`)."""
     inner = getattr(getattr(model_patcher, "model", None), "diffusion_model", None)
     if inner is None:
         raise TypeError(f"model: got a {type(model_patcher).__name__}; expected a ComfyUI MODEL (the output of "
@@ -280,5 +278,4 @@ def native_wan_module(model_patcher) -> torch.nn.Module:
                         f"comfy.ldm.wan.model.WanModel or comfy.ldm.wan.ar_model.CausalWanModel (a Wan 2.1 T2V "
                         f"checkpoint). Load a Wan 2.1 model, or load a Salt / Self-Forcing file with "
                         f"SaltLoadCausalModel")
-    comfy.model_management.load_models_gpu([model_patcher])
     return inner

@@ -17,8 +17,8 @@ from ..training.distill_models import fill_prompt_cache, prompt_cache_path
 from ..training.files import export_student
 from ..training.runs import check_run_name, publish_student
 from .bridge import (Progress, clip_text_encoder, diffusion_model_files, diffusion_model_path, diffusion_models_directory,
-                     free_memory_for_training, interrupt_requested, io, output_directory, raise_interrupted,
-                     torch_device, training_mode)
+                     free_memory_for_training, interrupt_requested, io, model_offload_device, model_patcher,
+                     output_directory, raise_interrupted, torch_device, training_mode)
 from .types import SaltModel, SaltModelType, latent_format_for
 
 log = logging.getLogger("salt.nodes")
@@ -122,8 +122,11 @@ def distill(cfg: DistillConfig, name: str, clip=None) -> tuple:
     export = export_student(model, folder)[0]
     published = publish_student(model, cfg, export, publish_path(name))
     log.info("SaltDistill: exported %s; load it as %s/%s.safetensors", export, PUBLISH_FOLDER, name)
-    salt = SaltModel(model.to(torch_device()), latent_format_for(model), f"{os.path.basename(published)} "
-                     f"(SaltDistill {name}, {cfg.gen_steps} generator steps)", causal=cfg.student_kind == "causal")
+    # managed like a loaded file: offloaded now, loaded onto the compute device by the sampler that uses it
+    model = model.to(model_offload_device())
+    salt = SaltModel(model, latent_format_for(model), f"{os.path.basename(published)} (SaltDistill {name}, "
+                     f"{cfg.gen_steps} generator steps)", causal=cfg.student_kind == "causal",
+                     patcher=model_patcher(model))
     return salt, export
 
 

@@ -16,7 +16,8 @@ from ..toy.text import ToyTextEncoder
 from ..toy.world import TOY_SHIFT, get_world
 from ..training.distill_config import DISTILL_PRESETS, get_preset
 from ..training.distill_eval import defect_report, format_defect_report, sample_student
-from .bridge import io, load_for_sampling, ui
+from .bridge import io, ui
+from .models import salt_in_use
 from .streaming import text_context
 from .types import SaltModel, SaltModelType
 
@@ -62,11 +63,10 @@ def semigroup_report(salt: SaltModel, prompts: str, nfe: int, grid_steps: int, s
                          f"grid_steps 3..{2 * MAX_NFE} (a defect needs three grid levels)")
     cfg = measure_config(salt, latent)
     toy = salt.latent_format == "pixels"
-    if not toy:
-        load_for_sampling(salt.patcher)     # Wan: measured on the compute device, loaded as for sampling
-    model = copy.deepcopy(salt.model).float().cpu() if toy else salt.model
-    with torch.no_grad():
+    # loaded as for sampling (a native MODEL's view bound to it); Wan is measured on the compute device, toy on the CPU
+    with torch.no_grad(), salt_in_use(salt) as model:
         if toy:
+            model = copy.deepcopy(model).float().cpu()
             captions = toy_captions(prompts)
             world = get_world(cfg.world)
             try:

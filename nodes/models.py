@@ -4,6 +4,7 @@ File reading goes through training.files; the native path adopts the tensors Com
 """
 import dataclasses
 import os
+from contextlib import contextmanager
 
 import torch
 
@@ -11,8 +12,8 @@ from ..salt_core.layouts import LayoutError, adopt_weights, infer_config
 from ..salt_core.model import WanModel
 from ..salt_core.rope import RotaryTable
 from ..training.files import load_model
-from .bridge import (WEIGHT_DTYPES, diffusion_model_files, diffusion_model_path, io, model_offload_device,
-                     model_patcher, native_wan_module, store_linear_weights)
+from .bridge import (WEIGHT_DTYPES, diffusion_model_files, diffusion_model_path, io, load_for_sampling,
+                     model_offload_device, model_patcher, native_wan_module, store_linear_weights)
 from .types import SaltModel, SaltModelType, latent_format_for
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -57,13 +58,16 @@ def load_salt_model(name: str, use_ema: bool, dtype: str, weight_dtype: str = "d
                      model_patcher(model))
 
 
-def salt_from_native(native: torch.nn.Module, name: str = "native MODEL") -> SaltModel:
-    """SaltModel whose parameters *are* the native comfy WanModel's tensors (no copy).
+def salt_from_native(native: torch.nn.Module, patcher=None, name: str = "native MODEL") -> SaltModel:
+    """A hollow SaltModel view of a native comfy WanModel, managed by the MODEL's `patcher`: it holds no tensors of
+    its own; `salt_in_use` points its parameters at the native module's current ones while it computes.
 
-    ComfyUI keeps `patch_embedding` in float32 beside bf16/fp16 blocks; Salt computes in one dtype, so only
-    tensors of another dtype than the blocks (that small conv) are cast, which copies them.
+    ComfyUI replaces a weight's Parameter when it applies or removes a LoRA patch, and moves tensors when it loads
+    or offloads, so a view bound once would go stale (or keep unloaded weights alive). ComfyUI keeps
+    `patch_embedding` in float32 beside bf16/fp16 blocks; Salt computes in one dtype, so only tensors of another
+    dtype than the blocks (that small conv) are cast, which copies them while bound.
     """
-    sd = native.state_dict()                                      # original Wan names, shared storage
+    sd = native.state_dict()                                      # original Wan names; shapes and dtypes only
     if "blocks.0.self_attn.q.weight" not in sd:
         raise ValueError(f"SaltCausalFromModel: the model has no 'blocks.0.self_attn.q.weight' ({len(sd)} keys); "
                          f"expected a Wan 2.1 T2V diffusion model")
@@ -74,15 +78,43 @@ def salt_from_native(native: torch.nn.Module, name: str = "native MODEL") -> Sal
     try:
         cfg = infer_config(sd, num_heads=native.num_heads)
         cfg = dataclasses.replace(cfg, eps=native.eps, text_len=native.text_len)
-        sd = {k: v if v.dtype == dtype else v.to(dtype) for k, v in sd.items()}
         with torch.device("meta"):
-            model = WanModel(cfg)
-        adopt_weights(model, sd, "wan")
+            model = WanModel(cfg).to(dtype)
+        model.requires_grad_(False)       # adopting a Parameter sets its requires_grad to ours: keep ComfyUI's off
+        with bound_to(model, native):     # checks every key and shape now, not at the first sampling
+            pass
     except LayoutError as e:
         raise ValueError(f"SaltCausalFromModel: {e}") from e
     # The RoPE table is a plain attribute, not a parameter: the meta build left it without data.
     model.rope = RotaryTable(cfg.head_dim, cfg.rope_max_len, cfg.rope_theta)
-    return SaltModel(model.eval(), latent_format_for(model), name, causal=True)
+    return SaltModel(model.eval(), latent_format_for(model), name, causal=True, patcher=patcher, native=True)
+
+
+@contextmanager
+def bound_to(model: WanModel, native: torch.nn.Module):
+    """`model` (a view built on the meta device) with its parameters *being* `native`'s current Parameter objects
+    (no copy; only tensors of another dtype than `model`'s are cast) for the block, and hollow (meta) again after."""
+    dtype = model.patch_embedding.weight.dtype
+    sd = {k: v if v.dtype == dtype else v.detach().to(dtype) for k, v in native.state_dict(keep_vars=True).items()}
+    adopt_weights(model, sd, "wan")
+    try:
+        yield model
+    finally:
+        model.load_state_dict({k: torch.empty(v.shape, dtype=v.dtype, device="meta")
+                               for k, v in model.state_dict().items()}, assign=True)
+
+
+@contextmanager
+def salt_in_use(salt: SaltModel, memory_required: int = 0):
+    """The SaltModel's module ready to compute: ComfyUI's model management loads it (a native view: the MODEL it
+    views, LoRA patches applied) completely onto the compute device, first freeing other models for its weights
+    plus `memory_required` bytes; a native view is bound to the loaded tensors for the block."""
+    load_for_sampling(salt.patcher, memory_required)
+    if not salt.native:
+        yield salt.model
+        return
+    with bound_to(salt.model, native_wan_module(salt.patcher)) as model:
+        yield model
 
 
 class SaltLoadCausalModel(io.ComfyNode):
@@ -139,8 +171,9 @@ class SaltCausalFromModel(io.ComfyNode):
             description="Uses a Wan 2.1 T2V MODEL loaded by ComfyUI (e.g. a Self-Forcing / Salt student saved in "
                         "ComfyUI layout, with LoRAs applied; also the native autoregressive CausalWanModel of newer "
                         "ComfyUI) for Salt's KV-cached streaming. The Salt model's "
-                        "parameters are the MODEL's tensors, so no weights are copied; it holds them as long as "
-                        "its output is cached.",
+                        "parameters are the MODEL's tensors, so no weights are copied. ComfyUI's model management "
+                        "loads and offloads the MODEL as for its own samplers; the Salt model holds its tensors "
+                        "only while a Salt node computes with it.",
             inputs=[io.Model.Input("model", tooltip="A Wan 2.1 T2V MODEL (Load Diffusion Model, weight_dtype "
                                                     "default / bf16 / fp16).")],
             outputs=[SaltModelType.Output(tooltip="The Salt backbone for SaltStreamingSampler.")],
@@ -148,4 +181,4 @@ class SaltCausalFromModel(io.ComfyNode):
 
     @classmethod
     def execute(cls, model) -> io.NodeOutput:
-        return io.NodeOutput(salt_from_native(native_wan_module(model)))
+        return io.NodeOutput(salt_from_native(native_wan_module(model), model))

@@ -12,7 +12,8 @@ from ..salt_core.kv_cache import CachePolicy
 from ..salt_core.streaming import rollout_stream, stream_memory_bytes
 from ..salt_core.validate import check_context, check_memory, check_number, check_sigmas
 from .bridge import (Progress, check_interrupted, encode_image, free_memory, io, latent_from_comfy, latent_to_comfy,
-                     load_for_sampling, resize_image)
+                     resize_image)
+from .models import salt_in_use
 from .types import SPATIAL_FACTOR, CacheOptions, CacheOptionsType, SaltModel, SaltModelType
 
 log = logging.getLogger("salt.nodes")
@@ -149,48 +150,50 @@ def _stream(salt, positive, options, sigmas, seed, num_chunks, width, height, ba
     shape = latent_shape(salt, batch_size, frames, width, height)
     need = stream_memory_bytes(salt.model.cfg, batch_size, frames + num_first, shape[-2:], policy,
                                options.chunk_frames, cfg_scale, salt.model.patch_embedding.weight.dtype)
-    load_for_sampling(salt.patcher, need)      # as ComfyUI's samplers: onto the compute device, others freed for room
-    context = text_context(positive, salt, batch_size, "positive")
-    uncond = None
-    if cfg_scale != 1.0:
-        if negative is None:
-            raise ValueError(f"SaltStreamingSampler: cfg={cfg_scale} needs a negative conditioning; connect one or set "
-                             f"cfg to 1.0 (distilled students run without guidance)")
-        uncond = text_context(negative, salt, batch_size, "negative")
-    switches = {}
-    if switch_positive is not None:
-        if not 1 <= switch_at_chunk < num_chunks:
-            raise ValueError(f"SaltStreamingSampler: switch_at_chunk={switch_at_chunk} with num_chunks={num_chunks}; "
-                             f"expected 1..{num_chunks - 1} (the first chunk that uses switch_positive)")
-        switches[switch_at_chunk] = text_context(switch_positive, salt, batch_size, "switch_positive")
+    # as ComfyUI's samplers: onto the compute device, others freed for room; a native MODEL's view bound to it
+    with salt_in_use(salt, need):
+        context = text_context(positive, salt, batch_size, "positive")
+        uncond = None
+        if cfg_scale != 1.0:
+            if negative is None:
+                raise ValueError(f"SaltStreamingSampler: cfg={cfg_scale} needs a negative conditioning; connect one "
+                                 f"or set cfg to 1.0 (distilled students run without guidance)")
+            uncond = text_context(negative, salt, batch_size, "negative")
+        switches = {}
+        if switch_positive is not None:
+            if not 1 <= switch_at_chunk < num_chunks:
+                raise ValueError(f"SaltStreamingSampler: switch_at_chunk={switch_at_chunk} with "
+                                 f"num_chunks={num_chunks}; expected 1..{num_chunks - 1} (the first chunk that uses "
+                                 f"switch_positive)")
+            switches[switch_at_chunk] = text_context(switch_positive, salt, batch_size, "switch_positive")
 
-    ref = salt.model.patch_embedding.weight      # compute dtype and device (fp8 storage casts to it per layer)
-    free = free_memory(ref.device)
-    check_memory(f"{batch_size} × {width}×{height} px × {frames + num_first} latent frames ({policy.kind} cache of "
-                 f"{policy.capacity_frames} frames)", need, free, where="SaltStreamingSampler",
-                 limit_what=f"ComfyUI's free memory on {ref.device}",
-                 fix="lower width/height, batch_size or num_chunks, or use a rolling / sink cache (SaltCacheOptions) "
-                     "so the cache holds fewer frames")
-    # Initial noise on the CPU from the seed (as ComfyUI's RandomNoise), so results do not depend on the device.
-    noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(ref.device, ref.dtype)
-    renoise = torch.Generator(device=ref.device).manual_seed(seed + 1)
-    steps = len(sig) - 1
-    progress = Progress(num_chunks * steps, salt.latent_format)
+        ref = salt.model.patch_embedding.weight      # compute dtype and device (fp8 storage casts to it per layer)
+        free = free_memory(ref.device)
+        check_memory(f"{batch_size} × {width}×{height} px × {frames + num_first} latent frames ({policy.kind} "
+                     f"cache of {policy.capacity_frames} frames)", need, free, where="SaltStreamingSampler",
+                     limit_what=f"ComfyUI's free memory on {ref.device}",
+                     fix="lower width/height, batch_size or num_chunks, or use a rolling / sink cache "
+                         "(SaltCacheOptions) so the cache holds fewer frames")
+        # Initial noise on the CPU from the seed (as ComfyUI's RandomNoise), so results do not depend on the device.
+        noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(ref.device, ref.dtype)
+        renoise = torch.Generator(device=ref.device).manual_seed(seed + 1)
+        steps = len(sig) - 1
+        progress = Progress(num_chunks * steps, salt.latent_format)
 
-    def callback(d):
-        check_interrupted()
-        progress.update(d["chunk"] * steps + d["i"] + 1, d["denoised"])
+        def callback(d):
+            check_interrupted()
+            progress.update(d["chunk"] * steps + d["i"] + 1, d["denoised"])
 
-    chunks = rollout_stream(salt.model, noise, context, sig, policy=policy, chunk_frames=options.chunk_frames,
-                            context_noise=options.context_noise, stochastic=sampling == "stochastic",
-                            generator=renoise, callback=callback, prompt_switches=switches, cfg_scale=cfg_scale,
-                            uncond_context=uncond, memory_limit=free,
-                            first_frames=None if first is None else first.to(ref.device, ref.dtype))
-    out = []
-    for k, chunk in enumerate(chunks, start=1 if first is None else 0):   # the first frames come back first
-        out.append(chunk.float().cpu())
-        progress.show_chunk(k * steps, chunk)              # the finished chunk, decoded as the user previews
-    return torch.cat(out, dim=2)
+        chunks = rollout_stream(salt.model, noise, context, sig, policy=policy, chunk_frames=options.chunk_frames,
+                                context_noise=options.context_noise, stochastic=sampling == "stochastic",
+                                generator=renoise, callback=callback, prompt_switches=switches, cfg_scale=cfg_scale,
+                                uncond_context=uncond, memory_limit=free,
+                                first_frames=None if first is None else first.to(ref.device, ref.dtype))
+        out = []
+        for k, chunk in enumerate(chunks, start=1 if first is None else 0):   # the first frames come back first
+            out.append(chunk.float().cpu())
+            progress.show_chunk(k * steps, chunk)              # the finished chunk, decoded as the user previews
+        return torch.cat(out, dim=2)
 
 
 class SaltCacheOptions(io.ComfyNode):

@@ -214,8 +214,10 @@ def test_a_lora_on_the_native_base_reaches_salts_streaming_through_causal_from_m
     patcher, student, base = native_pair()
     lora, _ = extract_lora(base, student, rank=10_000)
     patched, _ = comfy.sd.load_lora_for_models(patcher, None, lora, 1.0, 0)
+    from comfyui_salt.nodes.models import salt_in_use
     with torch.inference_mode():
         salt = nodes.SaltCausalFromModel.execute(model=patched).args[0]
-    ours = salt.model.state_dict()
+        with salt_in_use(salt) as model:
+            ours = {k: v.clone() for k, v in model.state_dict().items()}
     for k in student:
         assert_close(ours[k], student[k], 1e-5, k)

@@ -143,6 +143,53 @@ def test_the_toy_model_is_managed_too(salt_nodes, toy_file, monkeypatch):
     assert loaded_modules() == [salt.model] and salt.patcher.loaded_size() == salt.patcher.model_size()
 
 
+# -- a native MODEL's view (SaltCausalFromModel) --------------------------------------------------------------
+def native_inputs(salt_nodes, salt, seed=7):
+    """SaltStreamingSampler inputs for the tiny native Wan (16 latent channels, 4096-wide text)."""
+    positive = [[torch.randn(1, 6, 4096, generator=torch.Generator().manual_seed(3)), {}]]
+    return stream_inputs(salt_nodes, salt, positive=positive, width=64, height=64, seed=seed)
+
+
+def test_a_native_view_is_loaded_through_its_model_and_holds_no_weight_comfy_unloads(salt_nodes):
+    """SaltCausalFromModel on a LoRA-patched MODEL: the sampler has ComfyUI load the MODEL (patches applied);
+    once ComfyUI unloads it (patches removed, as before another model loads), no tensor of the Salt model still
+    holds the patched weights; the next sampling patches again and gives the same video."""
+    import comfy.model_management as mm
+    base = native_wan_patcher()
+    key = "diffusion_model.blocks.0.self_attn.q.weight"
+    native = base.model.diffusion_model
+    original = native.blocks[0].self_attn.q.weight.detach().clone()
+    patched = base.clone()
+    patched.add_patches({key: (torch.randn(original.shape, generator=torch.Generator().manual_seed(5)),)}, 0.5)
+    salt = run(salt_nodes.SaltCausalFromModel, model=patched)[0]
+    assert loaded_modules() == []                       # wiring the node loads nothing
+    first = run(salt_nodes.SaltStreamingSampler, **native_inputs(salt_nodes, salt))[0]["samples"]
+    assert loaded_modules() == [patched.model] and patched.loaded_size() == patched.model_size()
+    lora_weight = native.blocks[0].self_attn.q.weight
+    assert not torch.equal(lora_weight, original)       # the patch was applied for the sampling
+    mm.unload_all_models()                              # what load_models_gpu does for a model that needs the room
+    assert torch.equal(native.blocks[0].self_attn.q.weight, original)
+    held = {t.untyped_storage().data_ptr() for t in salt.model.state_dict().values() if not t.is_meta}
+    assert lora_weight.untyped_storage().data_ptr() not in held and held == set()
+    again = run(salt_nodes.SaltStreamingSampler, **native_inputs(salt_nodes, salt))[0]["samples"]
+    assert torch.equal(again, first) and loaded_modules() == [patched.model]
+    plain = run(salt_nodes.SaltStreamingSampler, **native_inputs(
+        salt_nodes, run(salt_nodes.SaltCausalFromModel, model=base)[0]))[0]["samples"]
+    assert not torch.equal(plain, first)                # the patch reaches Salt's sampling
+
+
+def test_a_partially_loaded_native_model_is_loaded_completely_before_salt_samples_it(salt_nodes):
+    patcher = native_wan_patcher()
+    salt = run(salt_nodes.SaltCausalFromModel, model=patcher)[0]
+    first = run(salt_nodes.SaltStreamingSampler, **native_inputs(salt_nodes, salt))[0]["samples"]
+    size = patcher.model_size()
+    freed = patcher.partially_unload(patcher.offload_device, memory_to_free=size // 2)
+    assert freed >= size // 2 and patcher.model.model_lowvram
+    again = run(salt_nodes.SaltStreamingSampler, **native_inputs(salt_nodes, salt))[0]["samples"]
+    assert patcher.loaded_size() == size and not patcher.model.model_lowvram
+    assert torch.equal(again, first)
+
+
 # -- dtypes ----------------------------------------------------------------------------------------------
 def test_bf16_halves_and_fp8_stores_each_linear_weight_in_one_byte(salt_nodes, toy_file):
     model = toy_file[1]

@@ -195,38 +195,47 @@ def test_the_sampler_runs_in_native_sampler_custom_advanced_like_salts_own_sampl
     native = run(ncs.SamplerCustomAdvanced, noise=noise, guider=guider, sampler=sampler, sigmas=sigmas,
                  latent_image=latent)[0]["samples"]
 
+    from comfyui_salt.nodes.models import salt_in_use
     salt = run(salt_nodes.SaltCausalFromModel, model=patcher)[0]
     x = noise.generate_noise(latent) * sigmas[0]
-    ours = SAMPLERS[mode](FlowDenoiser(salt.model, context), x, sigmas, extra_args={"seed": 11}, disable=True)
+    with salt_in_use(salt) as model:
+        ours = SAMPLERS[mode](FlowDenoiser(model, context), x, sigmas, extra_args={"seed": 11}, disable=True)
     assert_close(native, latent_to_comfy(ours, salt.latent_format), 1e-4, f"{mode}: native vs Salt")
 
 
 # -- models ----------------------------------------------------------------------------------------------
 def test_causal_from_model_shares_every_weight_with_comfys_wan_model_and_matches_its_forward(salt_nodes):
+    from comfyui_salt.nodes.models import salt_in_use
     patcher = native_wan_patcher()
     salt = run(salt_nodes.SaltCausalFromModel, model=patcher)[0]
     native = patcher.model.diffusion_model
-    theirs = native.state_dict()
-    ours = salt.model.state_dict()
-    assert set(ours) == set(theirs)
-    assert all(ours[k].data_ptr() == theirs[k].data_ptr() for k in ours), "weights were copied"
-    assert salt.latent_format == "wan21" and salt.model.cfg.text_len == native.text_len
+    assert salt.patcher is patcher and salt.native
+    assert all(p.is_meta for p in salt.model.parameters()), "the view holds tensors between uses"
     g = torch.Generator().manual_seed(0)
     x, ctx = torch.randn(1, 16, 3, 8, 8, generator=g), torch.randn(1, 5, 4096, generator=g)
     t = torch.tensor([640.0])
-    with torch.no_grad():
-        assert_close(salt.model(x, t, ctx), native(x, t, ctx), 1e-5, "Salt vs ComfyUI WanModel forward")
+    with salt_in_use(salt) as model, torch.no_grad():
+        theirs = dict(native.named_parameters())
+        ours = dict(model.named_parameters())
+        assert set(ours) == set(theirs)
+        assert all(ours[k] is theirs[k] for k in ours), "weights were copied"
+        assert salt.latent_format == "wan21" and model.cfg.text_len == native.text_len
+        assert_close(model(x, t, ctx), native(x, t, ctx), 1e-5, "Salt vs ComfyUI WanModel forward")
+    assert all(p.is_meta for p in salt.model.parameters()) and not any(p.requires_grad for p in native.parameters())
 
 
 def test_causal_from_model_casts_only_tensors_of_another_dtype(salt_nodes):
     """ComfyUI keeps patch_embedding in fp32 beside bf16 blocks: only that conv is cast (copied)."""
-    from comfyui_salt.nodes.models import salt_from_native
+    from comfyui_salt.nodes.models import bound_to, salt_from_native
     native = native_wan_patcher().model.diffusion_model
     native.to(torch.bfloat16)
     native.patch_embedding.float()
     salt = salt_from_native(native)
-    assert salt.model.patch_embedding.weight.dtype == torch.bfloat16
-    assert salt.model.blocks[0].ffn[0].weight.data_ptr() == native.blocks[0].ffn[0].weight.data_ptr()
+    with bound_to(salt.model, native) as model:
+        assert model.patch_embedding.weight.dtype == torch.bfloat16
+        assert_close(model.patch_embedding.weight.float(), native.patch_embedding.weight, 1e-2, "cast")
+        assert model.blocks[0].ffn[0].weight is native.blocks[0].ffn[0].weight
+    assert native.patch_embedding.weight.dtype == torch.float32      # the MODEL itself is left as it was
 
 
 def causal_wan_patcher():
@@ -245,13 +254,14 @@ def test_causal_from_model_accepts_comfys_autoregressive_causal_wan_model(salt_n
     patcher = causal_wan_patcher()
     native = patcher.model.diffusion_model
     assert type(native).__name__ == "CausalWanModel" and type(native).__module__ == "comfy.ldm.wan.ar_model"
+    from comfyui_salt.nodes.models import salt_in_use
     salt = run(salt_nodes.SaltCausalFromModel, model=patcher)[0]
-    ours, theirs = salt.model.state_dict(), native.state_dict()
-    assert set(ours) == set(theirs) and all(ours[k].data_ptr() == theirs[k].data_ptr() for k in ours)
     g = torch.Generator().manual_seed(0)
     x, ctx, t = torch.randn(1, 16, 3, 8, 8, generator=g), torch.randn(1, 5, 4096, generator=g), torch.tensor([640.0])
-    with torch.no_grad():
-        assert_close(salt.model(x, t, ctx), native(x, t, ctx), 1e-5, "Salt vs the CausalWanModel stand-in")
+    with salt_in_use(salt) as model, torch.no_grad():
+        ours, theirs = model.state_dict(), native.state_dict()
+        assert set(ours) == set(theirs) and all(ours[k].data_ptr() == theirs[k].data_ptr() for k in ours)
+        assert_close(model(x, t, ctx), native(x, t, ctx), 1e-5, "Salt vs the CausalWanModel stand-in")
 
 
 def test_salt_sigmas_are_self_forcing_timesteps_under_comfys_flow_sampling_as_sampler_ar_video_uses_them(salt_nodes):

@@ -139,8 +139,12 @@ def test_distill_trains_in_the_queue_with_progress_previews_and_a_loadable_expor
     loaded = run(salt_nodes.SaltLoadCausalModel, ckpt_name="salt/ci_run.safetensors", use_ema=True, dtype="fp32")[0]
     for (k, a), b in zip(salt.model.state_dict().items(), loaded.model.state_dict().values()):
         assert torch.equal(a, b), k
+    import comfy.model_management as mm
+    assert salt.patcher.model is salt.model and salt.patcher.loaded_size() == 0     # managed, not yet loaded
     latent = toy_stream(salt_nodes, salt)
     assert latent.shape == (1, 3, 6, 16, 16) and torch.isfinite(latent).all()
+    assert salt.model in [m.model for m in mm.loaded_models()]                     # the sampler loaded it
+    mm.unload_all_models()
 
 
 REAL_PROMPTS = ["a cat walks on the beach", "a red car drives in the city at night"]
