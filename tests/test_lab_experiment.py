@@ -246,6 +246,16 @@ def test_the_experiment_runs_every_arm_evaluates_and_prints_the_table(teacher_pa
     assert not bench.extend_from(str(out / "dmd" / "seed0"), str(longer / "dmd" / "seed0"), 4)   # finished there
     with pytest.raises(SystemExit, match="already made 2 updates"):
         bench.extend_from(str(out / "dmd" / "seed0"), str(tmp_path / "shorter"), 2)
+    # what the extra update changed: the continued arm against itself in the shorter experiment, paired by seed and
+    # clip; its two means are each experiment's own
+    assert bench.main(["--out", str(longer), "--table", "--resamples", "20", "--arms", "dmd",
+                       "--compare-to", str(out)]) == 0
+    progress = capsys.readouterr().out.split("What more updates changed")[1]
+    row = next(line for line in progress.splitlines() if line.startswith("| dmd | 1 | 4 |"))
+    mean_err = _tables().metric_fn("mean_err", 4, LabWorld("default"))
+    ones = torch.ones(8, dtype=torch.float64)
+    before, after = (mean_err(bench.load_results(str(d), ["dmd"])["dmd"][0], ones) for d in (out, longer))
+    assert "[2] → [3]" in row and f"{before:.3f} → {after:.3f} ({after - before:.4f} [" in row
 
 
 def test_the_runner_runs_claim_arms_first_in_parallel_skips_finished_and_counts_failures(tmp_path, monkeypatch):

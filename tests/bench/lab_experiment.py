@@ -15,6 +15,8 @@ nohup .venv/bin/python tests/bench/lab_experiment.py --teacher runs/lab_teacher.
 # the long pair: dmd and salt continued from their 300-update runs to 1,000 updates (same init, same seeds)
 nohup .venv/bin/python tests/bench/lab_experiment.py --teacher runs/lab_teacher.safetensors --out runs/lab-exp-long \
     --extend-from runs/lab-exp --arms dmd,salt --seeds 3 --updates 1000 --workers 2 > runs/lab-exp-long.log 2>&1 &
+# its table, and what the 700 more updates changed (each arm against its own 300-update runs, paired)
+.venv/bin/python tests/bench/lab_experiment.py --out runs/lab-exp-long --table --compact --compare-to runs/lab-exp
 ```
 
 Stages, each skipped where finished and resumed where it stopped:
@@ -57,7 +59,7 @@ if ROOT not in sys.path:   # run as a script from a checkout
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))   # lab_arms, lab_tables (also when loaded from a file)
 from lab_arms import (ARMS, CLAIM_ARMS, DEFECT_GRID, EVAL_NFE, EVAL_SEED, EVAL_VERSION,  # noqa: E402
                       LENGTH_FACTOR, ODE_INITS, REFERENCE, REFERENCE_STEPS, REFERENCES, student_kind)
-from lab_tables import format_claims, format_table  # noqa: E402
+from lab_tables import format_claims, format_progress, format_table  # noqa: E402
 
 
 # -- running the stages ------------------------------------------------------------------------------------------
@@ -442,6 +444,9 @@ def main(argv=None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a setting for every job")
     p.add_argument("--table", action="store_true", help="only print the table of finished runs")
     p.add_argument("--compact", action="store_true", help="the README's columns only")
+    p.add_argument("--compare-to", default="", metavar="DIR", help="also print what more updates changed: each arm "
+                                                                    "against the same arm and seeds in DIR (e.g. "
+                                                                    "the 300-update runs the long pair continued)")
     p.add_argument("--export", default="", metavar="DIR", help="with --table: also copy the evaluations, gzipped, to "
                                                               "DIR (what the repository keeps; --out DIR reprints)")
     p.add_argument("--in-process", action="store_true", help="run the jobs in this process (tests; no Ctrl-C resume "
@@ -471,6 +476,10 @@ def main(argv=None) -> int:
     claims = format_claims(results, args.resamples)
     if claims:
         print("\nThe paper's claims (paired by seed and clip; rules at lab_tables.CLAIMS):\n" + claims)
+    if args.compare_to:
+        progress = format_progress(results, load_results(args.compare_to, args.arms), args.resamples)
+        print(f"\nWhat more updates changed (earlier: {args.compare_to}; mean there → here (Δ here − there, paired "
+              f"by seed and clip)):\n" + (progress or "no arm evaluated in both"))
     return 1 if not args.table and failed else 0
 
 

@@ -199,3 +199,36 @@ def format_claims(results: dict, resamples: int = 1000) -> str:
         lines.append(f"| {claim} | {arm} @{nfe} | {ref} @{ref_nfe} | {seeds} | {cells} | "
                      f"{claim_verdict(test, ivs, refs)} |")
     return "\n".join(lines) if len(lines) > 2 else ""
+
+
+PROGRESS_METRICS = ("var_ratio", "var_gap", "mean_err", "switch", "drift", "defect8")
+
+
+def format_progress(results: dict, earlier: dict, resamples: int = 1000) -> str:
+    """The markdown table of what more updates changed: per arm in both and NFE, each metric's mean in `earlier`
+    (the same arms and seeds trained for fewer updates, evaluated on the same clips and noise) and here, and the
+    paired Δ (here − earlier, same seeds, clips and resamples); "" when no arm is in both."""
+    from comfyui_salt.toy.lab.world import LabWorld
+    arms = [a for a in ARMS if a in results and a in earlier]
+    if not arms:
+        return ""
+    world = LabWorld(next(iter(results[arms[0]].values()))["config"]["world"].split(":", 1)[1])
+    head = ["arm", "seeds", "NFE", "updates"] + [f"{m} (Δ)" for m in PROGRESS_METRICS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for arm in arms:
+        both = {arm: results[arm], f"{arm}@earlier": earlier[arm]}
+        updates = [f"{sorted({r['summary'].get('gen_updates', 0) for r in runs.values()})}"
+                   for runs in (earlier[arm], results[arm])]
+        for nfe in EVAL_NFE:
+            cells, seeds = [], 0
+            for m in PROGRESS_METRICS:
+                got = paired_interval(both, arm, nfe, f"{arm}@earlier", nfe, m, world, resamples=resamples)
+                if got is None:
+                    break
+                iv, seeds, before = got
+                digits = DIGITS.get(m, 3)
+                cells.append(f"{before:.{digits}f} → {before + iv.mean:.{digits}f} ({_fmt(iv, digits + 1)})")
+            if cells:
+                lines.append(f"| {arm} | {seeds} | {nfe} | {' → '.join(updates)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
