@@ -109,8 +109,15 @@ def load_for_sampling(patcher, memory_required: int = 0) -> None:
     Loaded completely, never partially (lowvram): partial loading leaves some layers on the CPU, and Salt's norms
     and modulation tables are plain tensors that are not cast to the device on use as ComfyUI's own ops are.
     """
-    if patcher is not None:
-        comfy.model_management.load_models_gpu([patcher], memory_required=memory_required, force_full_load=True)
+    if patcher is None:
+        return
+    comfy.model_management.load_models_gpu([patcher], memory_required=memory_required, force_full_load=True)
+    loaded, size = patcher.loaded_size(), patcher.model_size()
+    if getattr(patcher.model, "model_lowvram", False) or loaded < size:   # --novram: ComfyUI never loads fully
+        raise RuntimeError(f"ComfyUI loaded only {loaded / 2**20:.0f} of {size / 2**20:.0f} MiB of the model onto "
+                           f"{patcher.load_device} (it does under --novram); Salt computes with every weight on the "
+                           f"device, where LoRA patches are applied. Start ComfyUI without --novram (--lowvram "
+                           f"works), or use --cpu")
 
 
 # -- devices, interruption, progress --------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """SALT_MODEL sources: a checkpoint file in any supported layout, or a native ComfyUI Wan MODEL (zero copies).
 
-File reading goes through training.files; the native path adopts the tensors ComfyUI already holds.
+File reading goes through training.files; the native path is a view bound to the tensors ComfyUI holds only while
+a Salt node computes with it (`salt_in_use`, the one way every node gets a SALT_MODEL's module ready).
 """
 import dataclasses
 import os
@@ -8,7 +9,7 @@ from contextlib import contextmanager
 
 import torch
 
-from ..salt_core.layouts import LayoutError, adopt_weights, infer_config
+from ..salt_core.layouts import LayoutError, check_state_dict, infer_config
 from ..salt_core.model import WanModel
 from ..salt_core.rope import RotaryTable
 from ..training.files import load_model
@@ -58,7 +59,7 @@ def load_salt_model(name: str, use_ema: bool, dtype: str, weight_dtype: str = "d
                      model_patcher(model))
 
 
-def salt_from_native(native: torch.nn.Module, patcher=None, name: str = "native MODEL") -> SaltModel:
+def salt_from_native(native: torch.nn.Module, patcher, name: str = "native MODEL") -> SaltModel:
     """A hollow SaltModel view of a native comfy WanModel, managed by the MODEL's `patcher`: it holds no tensors of
     its own; `salt_in_use` points its parameters at the native module's current ones while it computes.
 
@@ -79,8 +80,7 @@ def salt_from_native(native: torch.nn.Module, patcher=None, name: str = "native 
         cfg = infer_config(sd, num_heads=native.num_heads)
         cfg = dataclasses.replace(cfg, eps=native.eps, text_len=native.text_len)
         with torch.device("meta"):
-            model = WanModel(cfg).to(dtype)
-        model.requires_grad_(False)       # adopting a Parameter sets its requires_grad to ours: keep ComfyUI's off
+            model = WanModel(cfg).to(dtype).requires_grad_(False)
         with bound_to(model, native):     # checks every key and shape now, not at the first sampling
             pass
     except LayoutError as e:
@@ -93,15 +93,30 @@ def salt_from_native(native: torch.nn.Module, patcher=None, name: str = "native 
 @contextmanager
 def bound_to(model: WanModel, native: torch.nn.Module):
     """`model` (a view built on the meta device) with its parameters *being* `native`'s current Parameter objects
-    (no copy; only tensors of another dtype than `model`'s are cast) for the block, and hollow (meta) again after."""
-    dtype = model.patch_embedding.weight.dtype
-    sd = {k: v if v.dtype == dtype else v.detach().to(dtype) for k, v in native.state_dict(keep_vars=True).items()}
-    adopt_weights(model, sd, "wan")
+    (no copy, their requires_grad untouched; only tensors of another dtype than `model`'s are cast) for the block,
+    and hollow (meta) again after. Nested blocks on one model share the outer binding."""
+    depth = getattr(model, "_salt_bound_depth", 0)
+    if depth == 0:
+        dtype = model.patch_embedding.weight.dtype
+        sd = {k: v if v.dtype == dtype else torch.nn.Parameter(v.detach().to(dtype), requires_grad=False)
+              for k, v in native.state_dict(keep_vars=True).items()}
+        check_state_dict(sd, model, "wan")
+        _assign(model, sd)
+    model._salt_bound_depth = depth + 1
     try:
         yield model
     finally:
-        model.load_state_dict({k: torch.empty(v.shape, dtype=v.dtype, device="meta")
-                               for k, v in model.state_dict().items()}, assign=True)
+        model._salt_bound_depth = depth
+        if depth == 0:
+            _assign(model, {k: torch.nn.Parameter(torch.empty(v.shape, dtype=v.dtype, device="meta"),
+                                                  requires_grad=False) for k, v in model.named_parameters()})
+
+
+def _assign(model: torch.nn.Module, params: dict) -> None:
+    """Set each named parameter of `model` to the given Parameter object (setattr: no copy, no flag changed)."""
+    for name, param in params.items():
+        owner, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(owner), leaf, param)
 
 
 @contextmanager

@@ -1,6 +1,7 @@
 """The values that flow on Salt's own wires (SALT_MODEL, SALT_CACHE_OPTIONS) and their ComfyUI io types.
 
-Plain frozen dataclasses: nodes never mutate what they receive. Knows nothing of sampling.
+Plain frozen dataclasses: nodes never mutate what they receive (except that a native MODEL's view is bound to
+that MODEL's tensors while a node computes with it: models.salt_in_use). Knows nothing of sampling.
 """
 from dataclasses import dataclass
 

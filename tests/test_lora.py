@@ -221,3 +221,33 @@ def test_a_lora_on_the_native_base_reaches_salts_streaming_through_causal_from_m
             ours = {k: v.clone() for k, v in model.state_dict().items()}
     for k in student:
         assert_close(ours[k], student[k], 1e-5, k)
+
+
+def test_the_node_extracts_a_lora_between_two_views_of_one_native_model(tmp_path, monkeypatch):
+    """base = SaltCausalFromModel(UNETLoader), student = SaltCausalFromModel(LoraLoaderModelOnly on it): two views of
+    one ComfyUI module, each bound to its own MODEL's weights while the node computes. At full rank the extracted
+    LoRA is the one the student was patched with."""
+    from comfy_import import import_nodes
+    nodes = import_nodes()
+    import comfy.model_management as mm
+    import comfy.sd
+    import folder_paths
+    exts = folder_paths.folder_names_and_paths["loras"][1]
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "loras", ([str(tmp_path)], exts))
+    monkeypatch.setattr(folder_paths, "filename_list_cache", {})
+    patcher, student, base = native_pair()
+    lora, _ = extract_lora(base, student, rank=10_000)
+    patched, _ = comfy.sd.load_lora_for_models(patcher, None, lora, 1.0, 0)
+    try:
+        with torch.inference_mode():
+            views = [nodes.SaltCausalFromModel.execute(model=m).args[0] for m in (patcher, patched)]
+            report = nodes.SaltExtractLoRA.execute(base=views[0], student=views[1], rank=10_000, include_diffs=True,
+                                                   dtype="fp32", name="views").args[0]
+    finally:
+        mm.unload_all_models()
+    assert "loras/salt/views.safetensors" in report
+    rebuilt = apply_lora(base, comfy_applied(load_file(str(tmp_path / "salt" / "views.safetensors"))))
+    for k in student:
+        assert_close(rebuilt[k], student[k], 1e-4, k)
+    assert all(p.is_meta for v in views for p in v.model.parameters())
+

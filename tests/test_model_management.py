@@ -190,6 +190,17 @@ def test_a_partially_loaded_native_model_is_loaded_completely_before_salt_sample
     assert torch.equal(again, first)
 
 
+def test_a_model_comfy_will_not_load_completely_is_refused_naming_novram(salt_nodes, toy_file, monkeypatch):
+    """Under --novram ComfyUI loads a model partially even when asked for a full load (LoRA patches then stay lazy
+    on the offload device); Salt refuses rather than sample without them. Simulated: a GPU-like device, NO_VRAM."""
+    import comfy.model_management as mm
+    salt = load(salt_nodes, toy_file[0])
+    monkeypatch.setattr(mm, "is_device_cpu", lambda device: False)
+    monkeypatch.setattr(mm, "vram_state", mm.VRAMState.NO_VRAM)
+    with pytest.raises(RuntimeError, match="--novram"):
+        sample(salt_nodes, salt)
+
+
 # -- dtypes ----------------------------------------------------------------------------------------------
 def test_bf16_halves_and_fp8_stores_each_linear_weight_in_one_byte(salt_nodes, toy_file):
     model = toy_file[1]

@@ -207,8 +207,9 @@ def test_the_sampler_runs_in_native_sampler_custom_advanced_like_salts_own_sampl
 def test_causal_from_model_shares_every_weight_with_comfys_wan_model_and_matches_its_forward(salt_nodes):
     from comfyui_salt.nodes.models import salt_in_use
     patcher = native_wan_patcher()
-    salt = run(salt_nodes.SaltCausalFromModel, model=patcher)[0]
     native = patcher.model.diffusion_model
+    flags = {k: p.requires_grad for k, p in native.named_parameters()}
+    salt = run(salt_nodes.SaltCausalFromModel, model=patcher)[0]
     assert salt.patcher is patcher and salt.native
     assert all(p.is_meta for p in salt.model.parameters()), "the view holds tensors between uses"
     g = torch.Generator().manual_seed(0)
@@ -221,16 +222,21 @@ def test_causal_from_model_shares_every_weight_with_comfys_wan_model_and_matches
         assert all(ours[k] is theirs[k] for k in ours), "weights were copied"
         assert salt.latent_format == "wan21" and model.cfg.text_len == native.text_len
         assert_close(model(x, t, ctx), native(x, t, ctx), 1e-5, "Salt vs ComfyUI WanModel forward")
-    assert all(p.is_meta for p in salt.model.parameters()) and not any(p.requires_grad for p in native.parameters())
+        with salt_in_use(salt) as inner:                  # nested: the outer binding holds until the outer block ends
+            assert inner.blocks[0].ffn[0].weight is native.blocks[0].ffn[0].weight
+        assert model.blocks[0].ffn[0].weight is native.blocks[0].ffn[0].weight
+    assert all(p.is_meta for p in salt.model.parameters())
+    assert {k: p.requires_grad for k, p in native.named_parameters()} == flags   # the MODEL's flags untouched
 
 
 def test_causal_from_model_casts_only_tensors_of_another_dtype(salt_nodes):
     """ComfyUI keeps patch_embedding in fp32 beside bf16 blocks: only that conv is cast (copied)."""
     from comfyui_salt.nodes.models import bound_to, salt_from_native
-    native = native_wan_patcher().model.diffusion_model
+    patcher = native_wan_patcher()
+    native = patcher.model.diffusion_model
     native.to(torch.bfloat16)
     native.patch_embedding.float()
-    salt = salt_from_native(native)
+    salt = salt_from_native(native, patcher)
     with bound_to(salt.model, native) as model:
         assert model.patch_embedding.weight.dtype == torch.bfloat16
         assert_close(model.patch_embedding.weight.float(), native.patch_embedding.weight, 1e-2, "cast")
