@@ -107,7 +107,8 @@ def load_for_sampling(patcher, memory_required: int = 0) -> None:
     models for its weights plus `memory_required` bytes (activations, KV cache); None (unmanaged) is left alone.
 
     Loaded completely, never partially (lowvram): partial loading leaves some layers on the CPU, and Salt's norms
-    and modulation tables are plain tensors that are not cast to the device on use as ComfyUI's own ops are.
+    and modulation tables are plain tensors that are not cast to the device on use as ComfyUI's own ops are. A
+    partial load all the same (ComfyUI does one under --novram whatever is asked) raises RuntimeError.
     """
     if patcher is None:
         return
