@@ -81,8 +81,7 @@ def salt_from_native(native: torch.nn.Module, patcher, name: str = "native MODEL
         cfg = dataclasses.replace(cfg, eps=native.eps, text_len=native.text_len)
         with torch.device("meta"):
             model = WanModel(cfg).to(dtype).requires_grad_(False)
-        with bound_to(model, native):     # checks every key and shape now, not at the first sampling
-            pass
+        check_state_dict(sd, model, "wan")     # every key and shape now, not at the first sampling
     except LayoutError as e:
         raise ValueError(f"SaltCausalFromModel: {e}") from e
     # The RoPE table is a plain attribute, not a parameter: the meta build left it without data.

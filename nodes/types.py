@@ -21,8 +21,7 @@ class SaltModel:
     latent_format: str       # "pixels": RGB in [-1, 1] (toy world); "wan21": Wan 2.1 VAE latents; "raw": as is
     name: str                # what was loaded, for messages
     causal: bool = True      # trained to generate chunk by chunk on a KV cache (False: bidirectional)
-    patcher: object = None   # ComfyUI ModelPatcher that loads / offloads `model` (or the MODEL it views); None: not
-    #                          managed
+    patcher: object = None   # ComfyUI ModelPatcher that loads / offloads `model` (or the MODEL it views), or None
     native: bool = False     # a view of `patcher`'s native Wan: hollow (meta) except inside models.salt_in_use
 
     def __post_init__(self):
