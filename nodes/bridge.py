@@ -11,6 +11,7 @@ from PIL import Image
 
 import comfy.cli_args
 import comfy.latent_formats
+import comfy.lora
 import comfy.model_management
 import comfy.model_patcher
 import comfy.ops
@@ -48,8 +49,12 @@ def diffusion_models_directory() -> str:
     return next((f for f in folders if os.path.basename(os.path.normpath(f)) == DIFFUSION_MODELS), folders[0])
 
 
-def free_memory(device) -> int:
-    """Bytes ComfyUI reports free on `device` (device memory, or RAM for the CPU)."""
+def free_memory(device, patcher=None) -> int:
+    """Bytes ComfyUI reports free on `device` (device memory, or RAM for the CPU): through `patcher`'s own query
+    where ComfyUI has one (0.16+: it adds what Dynamic VRAM can evict), else the module-level one."""
+    query = getattr(patcher, "get_free_memory", None)
+    if query is not None:
+        return int(query(device))
     return int(comfy.model_management.get_free_memory(device))
 
 
@@ -80,10 +85,11 @@ def store_linear_weights(module: torch.nn.Module, weight_dtype: str, compute_dty
     `compute_dtype` layer by layer when used, as UNETLoader's models do; returns the number of layers converted.
 
     The layers become ComfyUI's own cast-on-use ops (`comfy.ops.pick_operations`: manual_cast, or fp8_ops for
-    *_fast on GPUs with fp8 matmul); biases stay in the compute dtype. Each weight is converted in turn, so
-    memory grows by one layer at most.
+    *_fast on GPUs with fp8 matmul; "default" keeps the compute dtype in plain ops that compute as nn.Linear but
+    that Dynamic VRAM can stream); biases stay in the compute dtype. Each weight is converted in turn, so memory
+    grows by one layer at most.
     """
-    storage = WEIGHT_DTYPES[weight_dtype]
+    storage = WEIGHT_DTYPES[weight_dtype] or compute_dtype
     ops = comfy.ops.pick_operations(storage, compute_dtype, load_device=torch_device(),
                                     fp8_optimizations=weight_dtype.endswith("_fast"))
     linears = [(parent, name, child) for parent in module.modules() for name, child in parent.named_children()
@@ -97,28 +103,76 @@ def store_linear_weights(module: torch.nn.Module, weight_dtype: str, compute_dty
 
 
 def model_patcher(module: torch.nn.Module):
-    """A ComfyUI ModelPatcher for `module` (weights on the offload device): model management loads it onto the
-    compute device when asked (`load_for_sampling`) and offloads it when another model needs the room."""
-    return comfy.model_patcher.ModelPatcher(module, load_device=torch_device(), offload_device=model_offload_device())
+    """ComfyUI's core ModelPatcher for `module` (weights on the offload device), as UNETLoader's models get: the
+    Dynamic VRAM one where ComfyUI installed it (0.16+ on NVIDIA), else the classic one. Model management loads it
+    onto the compute device when asked (`load_for_sampling`) and offloads it when another model needs the room."""
+    cls = getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)
+    return cls(module, load_device=torch_device(), offload_device=model_offload_device())
 
 
-def load_for_sampling(patcher, memory_required: int = 0) -> None:
+def is_dynamic(patcher) -> bool:
+    """Whether `patcher` loads dynamically (ComfyUI 0.16+ Dynamic VRAM): its weights stay in host memory, each
+    cast-on-use layer is streamed to the device and LoRA-patched per cast, never written into the Parameter."""
+    query = getattr(patcher, "is_dynamic", None)
+    return bool(query()) if query is not None else False
+
+
+def load_for_sampling(patcher, memory_required: int = 0, complete: bool = True) -> None:
     """Have ComfyUI's model management put a ModelPatcher's module on the compute device, first freeing other
     models for its weights plus `memory_required` bytes (activations, KV cache); None (unmanaged) is left alone.
 
-    Loaded completely, never partially (lowvram): partial loading leaves some layers on the CPU, and Salt's norms
-    and modulation tables are plain tensors that are not cast to the device on use as ComfyUI's own ops are. A
-    partial load all the same (ComfyUI does one under --novram whatever is asked) raises RuntimeError.
+    `complete`: a classic patcher must load every weight (a module whose plain layers are not cast to the device on
+    use, as Salt's own norms and modulation tables are not); a partial load all the same (ComfyUI does one under
+    --novram, or when the device is too small) raises RuntimeError naming the cause. A dynamic patcher (Dynamic VRAM)
+    is loaded as ComfyUI decides: its plain layers are always put on the device, its cast-on-use layers streamed.
+    Otherwise (a native MODEL, all of whose layers ComfyUI casts on use) loaded as ComfyUI's own samplers load it.
     """
     if patcher is None:
         return
-    comfy.model_management.load_models_gpu([patcher], memory_required=memory_required, force_full_load=True)
+    full = complete and not is_dynamic(patcher)
+    comfy.model_management.load_models_gpu([patcher], memory_required=memory_required,
+                                           **({"force_full_load": True} if full else {}))
     loaded, size = patcher.loaded_size(), patcher.model_size()
-    if getattr(patcher.model, "model_lowvram", False) or loaded < size:   # --novram: ComfyUI never loads fully
+    if full and (getattr(patcher.model, "model_lowvram", False) or loaded < size):
         raise RuntimeError(f"ComfyUI loaded only {loaded / 2**20:.0f} of {size / 2**20:.0f} MiB of the model onto "
-                           f"{patcher.load_device} (it does under --novram); Salt computes with every weight on the "
-                           f"device, where LoRA patches are applied. Start ComfyUI without --novram (--lowvram "
-                           f"works), or use --cpu")
+                           f"{patcher.load_device} (a partial 'lowvram' load: ComfyUI makes one under --novram, or "
+                           f"when the device cannot hold the model beside {memory_required / 2**20:.0f} MiB of "
+                           f"activations and KV cache); a Salt model loaded from a file computes with every weight "
+                           f"on the device. Start ComfyUI without --novram, free the device (fewer loaded models, "
+                           f"smaller batch or video), load the file with weight_dtype fp8, or use --cpu")
+
+
+def cast_weight_bias(module: torch.nn.Module, dtype: torch.dtype, device) -> tuple:
+    """(weight, bias) of one of ComfyUI's cast-on-use layers as its own forward would use them: on `device` in
+    `dtype`, with the LoRA patches ComfyUI applies per cast (lowvram / Dynamic VRAM) applied."""
+    return comfy.ops.cast_bias_weight(module, dtype=dtype, device=device, bias_dtype=dtype)
+
+
+def patched_weight(patcher, key: str, dtype: torch.dtype, device) -> torch.Tensor:
+    """Tensor `key` of `patcher`'s model (e.g. 'diffusion_model.blocks.0.ffn.0.weight') as that MODEL computes with
+    it, on `device` in `dtype`: the unpatched original (from the backup clones of one module share, if some clone
+    wrote its patches into it) with `patcher`'s own patches applied by ComfyUI's `calculate_weight` in float32.
+    Tensors stored in fp8 are returned as stored (fp8)."""
+    backup = patcher.backup.get(key)
+    original = backup.weight if backup is not None else comfy.utils.get_attr(patcher.model, key)
+    if original.dtype.itemsize == 1:
+        return original.detach().to(device)
+    patches = patcher.patches.get(key)
+    if not patches:
+        return original.detach().to(device, dtype)
+    return comfy.lora.calculate_weight(patches, original.detach().to(device, torch.float32, copy=True), key).to(dtype)
+
+
+def casts_on_use(module: torch.nn.Module) -> bool:
+    """Whether `module` is one of ComfyUI's cast-on-use ops (comfy.ops layers: what partial and dynamic loads
+    stream to the device and patch per cast)."""
+    return hasattr(module, "comfy_cast_weights")
+
+
+def native_compute_dtype(patcher, stored: torch.dtype) -> torch.dtype:
+    """The dtype a native MODEL computes in: its manual-cast dtype (fp8 or other storage cast per layer), else the
+    dtype its weights are stored in."""
+    return getattr(getattr(patcher, "model", None), "manual_cast_dtype", None) or stored
 
 
 # -- devices, interruption, progress --------------------------------------------------------------------
@@ -238,6 +292,7 @@ def latent_to_comfy(x: torch.Tensor, latent_format: str) -> torch.Tensor:
 # Native Wan backbones with the original Wan parameter names: WanModel (comfy/ldm/wan/model.py) and, in
 # ComfyUI after PR #13082, the weight-compatible autoregressive CausalWanModel (comfy/ldm/wan/ar_model.py).
 NATIVE_WAN_CLASSES = ("WanModel", "CausalWanModel")
+NATIVE_PREFIX = "diffusion_model."      # a native backbone's state-dict keys in its MODEL (patches, backups)
 
 
 def latent_from_comfy(x: torch.Tensor, latent_format: str) -> torch.Tensor:

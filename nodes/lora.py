@@ -9,7 +9,7 @@ import re
 from ..salt_core.lora import format_report
 from ..training.lora_export import DTYPES, export_lora
 from .bridge import io, loras_directory, ui
-from .models import salt_in_use
+from .models import weights_in_use
 from .types import SaltModelType
 
 LORA_FOLDER = "salt"                                   # under models/loras
@@ -28,10 +28,11 @@ def lora_path(name: str) -> str:
 def extract(base, student, rank: int, include_diffs: bool, dtype: str, name: str) -> str:
     """Write student − base as a LoRA; the report names the file as LoraLoaderModelOnly lists it.
 
-    Both are loaded as for sampling, the student last so that the SVDs run on the compute device (the base may be
-    offloaded again to make room: its tensors stay valid, only slower to read)."""
-    with salt_in_use(base) as base_model, salt_in_use(student) as student_model:
-        path, reports = export_lora(base_model, student_model, lora_path(name), rank, diffs=include_diffs,
+    Each layer of both is read onto the compute device as its model computes with it (`weights_in_use`: LoRA
+    patches applied, one layer at a time), so the SVDs run there; a file model is loaded as for sampling, the
+    student last (the base may be offloaded again to make room: its tensors stay valid, only slower to read)."""
+    with weights_in_use(base) as base_weights, weights_in_use(student) as student_weights:
+        path, reports = export_lora(base_weights, student_weights, lora_path(name), rank, diffs=include_diffs,
                                     dtype=dtype)
     return f"wrote loras/{LORA_FOLDER}/{os.path.basename(path)} (rank {rank})\n{format_report(reports, REPORT_LINES)}"
 

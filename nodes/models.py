@@ -1,10 +1,11 @@
 """SALT_MODEL sources: a checkpoint file in any supported layout, or a native ComfyUI Wan MODEL (zero copies).
 
-File reading goes through training.files; the native path is a view bound to the tensors ComfyUI holds only while
-a Salt node computes with it (`salt_in_use`, the one way every node gets a SALT_MODEL's module ready).
+File reading goes through training.files; the native path is a view bound to the MODEL's own layers only while a
+Salt node computes with it (`salt_in_use`, the one way every node gets a SALT_MODEL's module ready).
 """
 import dataclasses
 import os
+from collections.abc import Mapping
 from contextlib import contextmanager
 
 import torch
@@ -13,8 +14,9 @@ from ..salt_core.layouts import LayoutError, check_state_dict, infer_config
 from ..salt_core.model import WanModel
 from ..salt_core.rope import RotaryTable
 from ..training.files import load_model
-from .bridge import (WEIGHT_DTYPES, diffusion_model_files, diffusion_model_path, io, load_for_sampling,
-                     model_offload_device, model_patcher, native_wan_module, store_linear_weights)
+from .bridge import (NATIVE_PREFIX, WEIGHT_DTYPES, cast_weight_bias, casts_on_use, diffusion_model_files, diffusion_model_path, io,
+                     load_for_sampling, model_offload_device, model_patcher, native_compute_dtype, native_wan_module,
+                     patched_weight, store_linear_weights)
 from .types import SaltModel, SaltModelType, latent_format_for
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -37,8 +39,9 @@ def load_salt_model(name: str, use_ema: bool, dtype: str, weight_dtype: str = "d
     """SaltModel from a file in models/diffusion_models, with a node error naming the file and the fix.
 
     The weights go to ComfyUI's offload device and are managed like UNETLoader's: loaded onto the compute
-    device for sampling, offloaded when another model needs the room; `weight_dtype` fp8 stores the linear
-    layers' weights in fp8 and computes in `dtype`.
+    device for sampling (or streamed layer by layer under Dynamic VRAM), offloaded when another model needs the
+    room; the linear layers are ComfyUI's cast-on-use ops, and `weight_dtype` fp8 stores their weights in fp8 and
+    computes in `dtype`.
     """
     if dtype not in DTYPES:
         raise ValueError(f"SaltLoadCausalModel: dtype={dtype!r}; expected one of {list(DTYPES)}")
@@ -52,8 +55,7 @@ def load_salt_model(name: str, use_ema: bool, dtype: str, weight_dtype: str = "d
                          f"{e}. (Full ComfyUI checkpoints and other architectures load with ComfyUI's own "
                          f"loaders.)") from e
     causal = file_teacher_mode(path) not in BIDIRECTIONAL_MODES
-    if WEIGHT_DTYPES[weight_dtype] is not None:
-        store_linear_weights(model, weight_dtype, DTYPES[dtype])
+    store_linear_weights(model, weight_dtype, DTYPES[dtype])
     model = model.eval()
     return SaltModel(model, latent_format_for(model), f"{os.path.basename(path)} ({layout} layout)", causal,
                      model_patcher(model))
@@ -61,21 +63,19 @@ def load_salt_model(name: str, use_ema: bool, dtype: str, weight_dtype: str = "d
 
 def salt_from_native(native: torch.nn.Module, patcher, name: str = "native MODEL") -> SaltModel:
     """A hollow SaltModel view of a native comfy WanModel, managed by the MODEL's `patcher`: it holds no tensors of
-    its own; `salt_in_use` points its parameters at the native module's current ones while it computes.
+    its own; `salt_in_use` binds it to the native module's layers while it computes.
 
-    ComfyUI replaces a weight's Parameter when it applies or removes a LoRA patch, and moves tensors when it loads
-    or offloads, so a view bound once would go stale (or keep unloaded weights alive). ComfyUI keeps
-    `patch_embedding` in float32 beside bf16/fp16 blocks; Salt computes in one dtype, so only tensors of another
-    dtype than the blocks (that small conv) are cast, which copies them while bound.
+    The view computes in the MODEL's compute dtype (bf16 / fp16 / fp32; fp8-stored weights are cast per layer, as
+    ComfyUI's own Wan does).
     """
     sd = native.state_dict()                                      # original Wan names; shapes and dtypes only
     if "blocks.0.self_attn.q.weight" not in sd:
         raise ValueError(f"SaltCausalFromModel: the model has no 'blocks.0.self_attn.q.weight' ({len(sd)} keys); "
                          f"expected a Wan 2.1 T2V diffusion model")
-    dtype = sd["blocks.0.self_attn.q.weight"].dtype
+    dtype = native_compute_dtype(patcher, sd["blocks.0.self_attn.q.weight"].dtype)
     if dtype not in DTYPES.values():
-        raise ValueError(f"SaltCausalFromModel: the model's weights are {dtype}; Salt computes in bf16, fp16 or "
-                         f"fp32. Load the diffusion model with weight_dtype 'default' (not fp8)")
+        raise ValueError(f"SaltCausalFromModel: the model computes in {dtype}; Salt computes in bf16, fp16 or "
+                         f"fp32. Load the diffusion model with weight_dtype 'default', or an fp8 one (cast per layer)")
     try:
         cfg = infer_config(sd, num_heads=native.num_heads)
         cfg = dataclasses.replace(cfg, eps=native.eps, text_len=native.text_len)
@@ -90,45 +90,115 @@ def salt_from_native(native: torch.nn.Module, patcher, name: str = "native MODEL
 
 
 @contextmanager
-def bound_to(model: WanModel, native: torch.nn.Module):
-    """`model` (a view built on the meta device) with its parameters *being* `native`'s current Parameter objects
-    (no copy, their requires_grad untouched; only tensors of another dtype than `model`'s are cast) for the block,
-    and hollow (meta) again after. Nested blocks on one model share the outer binding."""
+def bound_to(model: WanModel, native: torch.nn.Module, device):
+    """`model` (a view built on the meta device) computing with `native`'s weights on `device` for the block, and
+    hollow (meta) again after. Nested blocks on one model share the outer binding.
+
+    The view's linear layers *are* the native module's layers (ComfyUI's cast-on-use ops: no copy; each forward
+    gets its weight as ComfyUI's own Wan does, whether the MODEL is fully loaded with LoRA patches written in, only
+    partly loaded, or streamed by Dynamic VRAM with patches applied per cast). Every other tensor (patch conv,
+    norm gains, modulation tables: under 1 % of Wan's weights) is cast once onto `device` in the view's dtype,
+    with its patches, for the block.
+    """
     depth = getattr(model, "_salt_bound_depth", 0)
+    hollow = {}
     if depth == 0:
         dtype = model.patch_embedding.weight.dtype
-        sd = {k: v if v.dtype == dtype else torch.nn.Parameter(v.detach().to(dtype), requires_grad=False)
-              for k, v in native.state_dict(keep_vars=True).items()}
-        check_state_dict(sd, model, "wan")
-        _assign(model, sd)
+        layers = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+        hollow = {n: model.get_submodule(n) for n in layers}
+        _set(model, {n: native.get_submodule(n) for n in layers})
+        small = _small_tensors(native, set(layers), dtype, device)
+        _set(model, {k: torch.nn.Parameter(small[k], requires_grad=False) for k, _ in model.named_parameters()
+                     if k.rpartition(".")[0] not in hollow})
     model._salt_bound_depth = depth + 1
     try:
         yield model
     finally:
         model._salt_bound_depth = depth
         if depth == 0:
-            _assign(model, {k: torch.nn.Parameter(torch.empty(v.shape, dtype=v.dtype, device="meta"),
-                                                  requires_grad=False) for k, v in model.named_parameters()})
+            _set(model, hollow)
+            _set(model, {k: torch.nn.Parameter(torch.empty(v.shape, dtype=v.dtype, device="meta"),
+                                               requires_grad=False) for k, v in model.named_parameters()})
 
 
-def _assign(model: torch.nn.Module, params: dict) -> None:
-    """Set each named parameter of `model` to the given Parameter object (setattr: no copy, no flag changed)."""
-    for name, param in params.items():
+def _small_tensors(native: torch.nn.Module, skip: set, dtype: torch.dtype, device) -> dict:
+    """{name: tensor on `device` in `dtype`} of `native`'s parameters outside the modules named in `skip`: a
+    cast-on-use layer's through ComfyUI's cast (patches applied), any other one moved as ComfyUI's Wan moves its
+    modulation tables (ComfyUI loads those with their patches wherever it loads a model)."""
+    out = {}
+    for owner, module in native.named_modules():
+        if owner in skip:
+            continue
+        prefix = owner + "." if owner else ""
+        own = dict(module.named_parameters(recurse=False))
+        if own and casts_on_use(module):
+            weight, bias = cast_weight_bias(module, dtype, device)
+            own = {"weight": weight, "bias": bias}
+        out.update({prefix + k: v.detach().to(device, dtype) for k, v in own.items() if v is not None})
+    return out
+
+
+def _set(model: torch.nn.Module, members: dict) -> None:
+    """Set each named member (a Parameter or a module) of `model` to the given object (setattr: no copy, no flag
+    changed)."""
+    for name, member in members.items():
         owner, _, leaf = name.rpartition(".")
-        setattr(model.get_submodule(owner), leaf, param)
+        setattr(model.get_submodule(owner), leaf, member)
+
+
+class LazyWeights(Mapping):
+    """A state dict whose tensors are made when read, `read(name)`: one layer in memory at a time."""
+
+    def __init__(self, names: list, read):
+        self.names, self.read = list(names), read
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self.names:
+            raise KeyError(name)
+        return self.read(name)
+
+    def __iter__(self):
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+def compute_device(salt: SaltModel) -> torch.device:
+    """The device a SaltModel computes on inside `salt_in_use`: its patcher's load device (unmanaged: where its
+    weights are)."""
+    return salt.patcher.load_device if salt.patcher is not None else salt.model.patch_embedding.weight.device
 
 
 @contextmanager
 def salt_in_use(salt: SaltModel, memory_required: int = 0):
     """The SaltModel's module ready to compute: ComfyUI's model management loads it (a native view: the MODEL it
-    views, LoRA patches applied) completely onto the compute device, first freeing other models for its weights
-    plus `memory_required` bytes; a native view is bound to the loaded tensors for the block."""
-    load_for_sampling(salt.patcher, memory_required)
+    views, as ComfyUI's own samplers load it) onto the compute device, first freeing other models for its weights
+    plus `memory_required` bytes; a native view is bound to the MODEL's layers for the block."""
+    load_for_sampling(salt.patcher, memory_required, complete=not salt.native)
     if not salt.native:
         yield salt.model
         return
-    with bound_to(salt.model, native_wan_module(salt.patcher)) as model:
+    with bound_to(salt.model, native_wan_module(salt.patcher), compute_device(salt)) as model:
         yield model
+
+
+@contextmanager
+def weights_in_use(salt: SaltModel):
+    """The SaltModel's state dict (original Wan names, a `LazyWeights`) on its compute device, each tensor as the
+    model computes with it, for reading (LoRA extraction). A native view reads each weight from its MODEL: the
+    unpatched original with that MODEL's own LoRA patches applied by ComfyUI (whether written into the weights,
+    applied per cast, or held by another clone of the same module), so two views of one module read apart. A file
+    model is loaded as for sampling and each tensor moved to the device when read (Dynamic VRAM streams it)."""
+    device = compute_device(salt)
+    names = list(salt.model.state_dict(keep_vars=True))
+    if salt.native:
+        dtype = salt.model.patch_embedding.weight.dtype
+        yield LazyWeights(names, lambda k: patched_weight(salt.patcher, NATIVE_PREFIX + k, dtype, device))
+        return
+    with salt_in_use(salt) as model:
+        sd = model.state_dict()
+        yield LazyWeights(names, lambda k: sd[k].to(device))
 
 
 class SaltLoadCausalModel(io.ComfyNode):

@@ -168,7 +168,7 @@ def _stream(salt, positive, options, sigmas, seed, num_chunks, width, height, ba
             switches[switch_at_chunk] = text_context(switch_positive, salt, batch_size, "switch_positive")
 
         ref = salt.model.patch_embedding.weight      # compute dtype and device (fp8 storage casts to it per layer)
-        free = free_memory(ref.device)
+        free = free_memory(ref.device, salt.patcher)   # under Dynamic VRAM: with what ComfyUI can evict
         check_memory(f"{batch_size} × {width}×{height} px × {frames + num_first} latent frames ({policy.kind} "
                      f"cache of {policy.capacity_frames} frames)", need, free, where="SaltStreamingSampler",
                      limit_what=f"ComfyUI's free memory on {ref.device}",

@@ -178,7 +178,7 @@ def test_a_native_view_is_loaded_through_its_model_and_holds_no_weight_comfy_unl
     assert not torch.equal(plain, first)                # the patch reaches Salt's sampling
 
 
-def test_a_partially_loaded_native_model_is_loaded_completely_before_salt_samples_it(salt_nodes):
+def test_a_partially_loaded_native_model_samples_the_same_video(salt_nodes):
     patcher = native_wan_patcher()
     salt = run(salt_nodes.SaltCausalFromModel, model=patcher)[0]
     first = run(salt_nodes.SaltStreamingSampler, **native_inputs(salt_nodes, salt))[0]["samples"]
@@ -186,18 +186,145 @@ def test_a_partially_loaded_native_model_is_loaded_completely_before_salt_sample
     freed = patcher.partially_unload(patcher.offload_device, memory_to_free=size // 2)
     assert freed >= size // 2 and patcher.model.model_lowvram
     again = run(salt_nodes.SaltStreamingSampler, **native_inputs(salt_nodes, salt))[0]["samples"]
-    assert patcher.loaded_size() == size and not patcher.model.model_lowvram
     assert torch.equal(again, first)
 
 
-def test_a_model_comfy_will_not_load_completely_is_refused_naming_novram(salt_nodes, toy_file, monkeypatch):
-    """Under --novram ComfyUI loads a model partially even when asked for a full load (LoRA patches then stay lazy
-    on the offload device); Salt refuses rather than sample without them. Simulated: a GPU-like device, NO_VRAM."""
+# -- Dynamic VRAM (ComfyUI 0.16+) and partial loads: a stand-in patcher on the CPU (tests/dynamic_vram.py) -----
+def lora_patched(base, seed=5, strength=0.5):
+    """A clone of a native MODEL with full-matrix patches (a LoRA's effect) on q of block 0 and the first FFN layer."""
+    patched = base.clone()
+    native = base.model.diffusion_model
+    g = torch.Generator().manual_seed(seed)
+    patched.add_patches({f"diffusion_model.{k}": (torch.randn(native.get_parameter(k).shape, generator=g),)
+                         for k in ("blocks.0.self_attn.q.weight", "blocks.0.ffn.0.weight")}, strength)
+    return patched
+
+
+def native_sample(salt_nodes, patcher):
+    return run(salt_nodes.SaltStreamingSampler, **native_inputs(
+        salt_nodes, run(salt_nodes.SaltCausalFromModel, model=patcher)[0]))[0]["samples"]
+
+
+@pytest.fixture
+def native_videos(salt_nodes):
+    """(base MODEL, its LoRA-patched clone, the patched clone's video and the base's, both fully loaded)."""
+    import comfy.model_management as mm
+    base = native_wan_patcher()
+    patched = lora_patched(base)
+    with_lora = native_sample(salt_nodes, patched)
+    mm.unload_all_models()
+    plain = native_sample(salt_nodes, base)
+    mm.unload_all_models()
+    assert not torch.allclose(with_lora, plain, atol=1e-3)
+    return base, patched, with_lora, plain
+
+
+def test_under_dynamic_vram_a_native_view_samples_with_its_lora_applied_per_cast(salt_nodes, native_videos):
+    """ComfyUI never loads a dynamic MODEL completely nor writes its LoRA into the weights: Salt's view computes with
+    the MODEL's own cast-on-use layers, so the patches are in effect as they are for ComfyUI's own samplers."""
+    from dynamic_vram import lowvram_layers, make_dynamic
+    base, patched, with_lora, _ = native_videos
+    native = base.model.diffusion_model
+    original = native.blocks[0].self_attn.q.weight.detach().clone()
+    dynamic = make_dynamic(patched.clone())
+    out = native_sample(salt_nodes, dynamic)
+    assert dynamic.loaded_size() < dynamic.model_size()                    # not loaded completely ...
+    assert "blocks.0.self_attn.q" in lowvram_layers(native)                 # ... patched per cast ...
+    assert torch.equal(native.blocks[0].self_attn.q.weight, original)       # ... never written into the weight
+    assert_close(out, with_lora, 1e-5, "Dynamic VRAM vs a full load with the LoRA written in")
+
+
+def test_under_novram_a_native_view_samples_with_its_lora_from_a_partial_load(salt_nodes, native_videos,
+                                                                               monkeypatch):
+    """--novram: ComfyUI loads nothing completely (simulated: a GPU-like device, NO_VRAM); the view samples with
+    the LoRA applied per cast instead of refusing."""
+    import comfy.model_management as mm
+    _, patched, with_lora, _ = native_videos
+    monkeypatch.setattr(mm, "is_device_cpu", lambda device: False)
+    monkeypatch.setattr(mm, "vram_state", mm.VRAMState.NO_VRAM)
+    out = native_sample(salt_nodes, patched)
+    assert patched.model.model_lowvram and patched.loaded_size() < patched.model_size()
+    assert_close(out, with_lora, 1e-5, "--novram partial load vs a full load")
+
+
+def test_under_dynamic_vram_a_loaded_file_samples_as_comfy_loads_it(salt_nodes, toy_file):
+    """A SALT_MODEL from a file gets ComfyUI's core patcher; when that is dynamic it is loaded as ComfyUI decides
+    (its linear layers are cast-on-use ops) and samples the same video, in full precision and fp8 storage."""
+    import comfy.model_management as mm
+    from dynamic_vram import lowvram_layers, make_dynamic
+    for weight_dtype in ("default", "fp8_e4m3fn"):
+        first = sample(salt_nodes, load(salt_nodes, toy_file[0], weight_dtype=weight_dtype))
+        mm.unload_all_models()
+        salt = load(salt_nodes, toy_file[0], weight_dtype=weight_dtype)
+        make_dynamic(salt.patcher)
+        again = sample(salt_nodes, salt)
+        assert salt.patcher.loaded_size() < salt.patcher.model_size() and lowvram_layers(salt.model) == []
+        assert any(getattr(m, "comfy_cast_weights", False) for m in salt.model.modules())
+        assert torch.equal(again, first), weight_dtype
+        mm.unload_all_models()
+
+
+def test_the_sampler_checks_memory_with_the_patchers_own_free_memory_query(salt_nodes, toy_file):
+    """Under Dynamic VRAM the module-level query misses what ComfyUI can evict: the patcher's own one is used."""
+    from dynamic_vram import make_dynamic
+    salt = load(salt_nodes, toy_file[0])
+    make_dynamic(salt.patcher).get_free_memory = lambda device: 1000
+    with pytest.raises(MemoryError, match="more than 0.0 MiB .ComfyUI.s free memory"):
+        sample(salt_nodes, salt)
+
+
+def test_under_dynamic_vram_extract_lora_reads_each_views_own_patches(salt_nodes, tmp_path, monkeypatch):
+    """Two dynamic views of one module (the base MODEL and a LoRA-patched clone): each weight is read with its own
+    MODEL's patches, so at full rank the extracted LoRA rebuilds the patched weights."""
+    import folder_paths
+    from safetensors.torch import load_file
+    from comfyui_salt.salt_core.lora import apply_lora, comfy_applied
+    from dynamic_vram import make_dynamic
+    exts = folder_paths.folder_names_and_paths["loras"][1]
+    monkeypatch.setitem(folder_paths.folder_names_and_paths, "loras", ([str(tmp_path)], exts))
+    monkeypatch.setattr(folder_paths, "filename_list_cache", {})
+    base = native_wan_patcher()
+    patched = lora_patched(base)
+    sd = {k: v.detach().clone() for k, v in base.model.diffusion_model.state_dict().items()}
+    views = [run(salt_nodes.SaltCausalFromModel, model=make_dynamic(m.clone()))[0] for m in (base, patched)]
+    run(salt_nodes.SaltStreamingSampler, **native_inputs(salt_nodes, views[1]))     # the patched clone loaded last
+    run(salt_nodes.SaltExtractLoRA, base=views[0], student=views[1], rank=10_000, include_diffs=True,
+        dtype="fp32", name="dynamic")
+    rebuilt = apply_lora(sd, comfy_applied(load_file(str(tmp_path / "salt" / "dynamic.safetensors"))))
+    for k, (delta,) in ((k[len("diffusion_model."):], [p[1][0] for p in v]) for k, v in patched.patches.items()):
+        assert_close(rebuilt[k], sd[k] + 0.5 * delta, 1e-5, k)
+    unchanged = [k for k in sd if "diffusion_model." + k not in patched.patches]
+    assert all(torch.equal(rebuilt[k], sd[k]) for k in unchanged)
+
+
+def test_a_native_model_stored_in_fp8_samples_what_its_rounded_weights_sample(salt_nodes):
+    """Load Diffusion Model with weight_dtype fp8 (Comfy-Org's fp8 Wan files load this way): the view computes in
+    the MODEL's compute dtype with each layer cast on use; reference: the same weights rounded to fp8 and back."""
+    import comfy.model_management as mm
+    import comfy.sd
+    from comfyui_salt.salt_core.config import WanConfig
+    from comfyui_salt.salt_core.model import build_model
+    from test_nodes import NATIVE_WAN
+    sd = build_model(WanConfig(**NATIVE_WAN), seed=0).state_dict()
+    fp8 = comfy.sd.load_diffusion_model_state_dict({k: v.clone() for k, v in sd.items()},
+                                                   model_options={"dtype": torch.float8_e4m3fn})
+    stored = fp8.model.diffusion_model.state_dict()
+    assert stored["blocks.0.self_attn.q.weight"].dtype == torch.float8_e4m3fn
+    out = native_sample(salt_nodes, fp8)
+    mm.unload_all_models()
+    rounded = comfy.sd.load_diffusion_model_state_dict({k: v.to(stored[k].dtype).float() for k, v in sd.items()})
+    assert_close(out, native_sample(salt_nodes, rounded), 1e-5, "fp8 storage vs rounded weights")
+
+
+def test_a_file_model_comfy_will_not_load_completely_is_refused_naming_the_cause(salt_nodes, toy_file, monkeypatch):
+    """Under --novram a classic patcher loads a model partially even when asked for a full load; a file model's own
+    norms and modulation tables are not cast on use, so Salt refuses, naming the partial load and --novram.
+    Simulated: a GPU-like device, NO_VRAM."""
     import comfy.model_management as mm
     salt = load(salt_nodes, toy_file[0])
     monkeypatch.setattr(mm, "is_device_cpu", lambda device: False)
     monkeypatch.setattr(mm, "vram_state", mm.VRAMState.NO_VRAM)
-    with pytest.raises(RuntimeError, match="--novram"):
+    with pytest.raises(RuntimeError, match=r"partial 'lowvram' load: ComfyUI makes one under --novram"):
         sample(salt_nodes, salt)
 
 

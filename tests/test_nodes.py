@@ -148,8 +148,9 @@ def test_the_sampler_is_a_ksampler_that_matches_the_few_step_recursion_given_com
     class Sampling(comfy.model_sampling.ModelSamplingDiscreteFlow, comfy.model_sampling.CONST):
         pass
 
-    class Wrap:  # stands in for ComfyUI's CFG wrapper: model(x, σ, ...) → x0
+    class Wrap:  # stands in for ComfyUI's CFG guider: model(x, σ, ...) → x0, with the attributes KSAMPLER reads
         inner_model = type("Inner", (), {"model_sampling": Sampling()})()
+        model_patcher, cfg = type("Patcher", (), {"model": inner_model})(), 1.0   # 0.33 logs them at the first step
 
         def __call__(self, x, sigma, **_):
             return 0.5 * x + 0.1 * sigma.view(-1, 1, 1, 1, 1)
@@ -219,7 +220,9 @@ def test_causal_from_model_shares_every_weight_with_comfys_wan_model_and_matches
         theirs = dict(native.named_parameters())
         ours = dict(model.named_parameters())
         assert set(ours) == set(theirs)
-        assert all(ours[k] is theirs[k] for k in ours), "weights were copied"
+        linears = [n for n, m in native.named_modules() if isinstance(m, torch.nn.Linear)]
+        assert linears and all(model.get_submodule(n) is native.get_submodule(n) for n in linears)
+        assert all(ours[k].data_ptr() == theirs[k].data_ptr() for k in ours), "weights were copied"
         assert salt.latent_format == "wan21" and model.cfg.text_len == native.text_len
         assert_close(model(x, t, ctx), native(x, t, ctx), 1e-5, "Salt vs ComfyUI WanModel forward")
         with salt_in_use(salt) as inner:                  # nested: the outer binding holds until the outer block ends
@@ -230,17 +233,19 @@ def test_causal_from_model_shares_every_weight_with_comfys_wan_model_and_matches
 
 
 def test_causal_from_model_casts_only_tensors_of_another_dtype(salt_nodes):
-    """ComfyUI keeps patch_embedding in fp32 beside bf16 blocks: only that conv is cast (copied)."""
+    """ComfyUI keeps patch_embedding in fp32 beside bf16 blocks: only that conv is cast (copied); linear layers
+    are the MODEL's own."""
     from comfyui_salt.nodes.models import bound_to, salt_from_native
     patcher = native_wan_patcher()
     native = patcher.model.diffusion_model
     native.to(torch.bfloat16)
     native.patch_embedding.float()
     salt = salt_from_native(native, patcher)
-    with bound_to(salt.model, native) as model:
+    with bound_to(salt.model, native, torch.device("cpu")) as model:
         assert model.patch_embedding.weight.dtype == torch.bfloat16
         assert_close(model.patch_embedding.weight.float(), native.patch_embedding.weight, 1e-2, "cast")
-        assert model.blocks[0].ffn[0].weight is native.blocks[0].ffn[0].weight
+        assert model.blocks[0].ffn[0] is native.blocks[0].ffn[0]
+        assert model.blocks[0].modulation.data_ptr() == native.blocks[0].modulation.data_ptr()
     assert native.patch_embedding.weight.dtype == torch.float32      # the MODEL itself is left as it was
 
 
@@ -404,7 +409,8 @@ def test_streaming_shows_no_preview_when_comfyui_runs_without_previews(salt_node
     set_preview_method(monkeypatch, "none")
     calls = progress_hook(monkeypatch)
     run(salt_nodes.SaltStreamingSampler, **stream_inputs(salt_nodes, toy_salt, num_chunks=2))
-    assert len(calls) == 6 and all(p is None for _, _, p in calls)
+    # how many plain updates reach the hook is ComfyUI's choice (0.33 throttles them): the bar ends full, no previews
+    assert calls and calls[-1][:2] == (4, 4) and all(p is None for _, _, p in calls)
 
 
 def test_streaming_stops_when_the_user_cancels(salt_nodes, toy_salt):
@@ -573,9 +579,9 @@ def test_wan_latents_are_previewed_through_comfys_latent_to_rgb_factors(salt_nod
     progress.update(1, torch.randn(1, 16, 3, 6, 10))
     progress.update(2, torch.randn(1, 5, 3, 6, 10))       # not previewable as Wan: progress only
     progress.show_chunk(3, torch.randn(1, 16, 3, 6, 10))
-    assert calls[0][:2] == (1, 3) and calls[0][2][0] == "JPEG" and calls[0][2][1].size == (10, 6)
-    assert calls[1] == (2, 3, None)
-    assert calls[2][2][1].size == (30, 6)
+    # step 2 is progress only: ComfyUI may drop such an update (0.33 throttles them), never a preview
+    previews = [(v, t, p[0], p[1].size) for v, t, p in calls if p is not None]
+    assert previews == [(1, 3, "JPEG", (10, 6)), (3, 3, "JPEG", (30, 6))]
 
 
 def test_wan_previews_use_the_previewer_comfyui_selects_for_wan21(salt_nodes, monkeypatch):

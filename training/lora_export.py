@@ -6,6 +6,7 @@ what was diffed and the energy kept. Knows nothing of ComfyUI's modules or of tr
 """
 import json
 import os
+from collections.abc import Mapping
 
 import torch
 from safetensors.torch import save_file
@@ -28,11 +29,11 @@ def student_file(path: str) -> str:
 
 
 def state_dict_of(model_or_path, device="cpu") -> dict:
-    """Original-name state dict of a WanModel or a state dict (as they are), or of a checkpoint file in any
-    layout (float32, loaded onto `device`)."""
+    """Original-name state dict of a WanModel or a state dict / name → tensor Mapping (as they are), or of a
+    checkpoint file in any layout (float32, loaded onto `device`)."""
     if isinstance(model_or_path, torch.nn.Module):
         return model_or_path.state_dict()
-    if isinstance(model_or_path, dict):
+    if isinstance(model_or_path, Mapping):
         return model_or_path
     model, _ = load_model(student_file(os.fspath(model_or_path)), device=device)
     return model.state_dict()
