@@ -119,8 +119,8 @@ def distill(cfg: DistillConfig, name: str, clip=None) -> tuple:
     except ValueError as e:
         raise ValueError(f"SaltDistill: {e}") from e
     model = model.requires_grad_(False).eval()
-    export = export_student(model, folder)[0]
-    published = publish_student(model, cfg, export, publish_path(name))
+    export = export_student(model, folder, causal=cfg.student_kind == "causal")[0]
+    published = publish_student(export, publish_path(name))
     log.info("SaltDistill: exported %s; load it as %s/%s.safetensors", export, PUBLISH_FOLDER, name)
     # managed like a loaded file: offloaded now, loaded onto the compute device by the sampler that uses it
     model = model.to(model_offload_device())

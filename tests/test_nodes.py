@@ -169,13 +169,17 @@ def test_the_sampler_is_a_ksampler_that_matches_the_few_step_recursion_given_com
     assert_close(out, x, 1e-6, "KSAMPLER vs the recursion by hand")
 
 
+def native_wan_state_dict(seed=0) -> dict:
+    """The original-name state dict of a tiny random Wan (NATIVE_WAN)."""
+    from comfyui_salt.salt_core.config import WanConfig
+    from comfyui_salt.salt_core.model import build_model
+    return {k: v.clone() for k, v in build_model(WanConfig(**NATIVE_WAN), seed=seed).state_dict().items()}
+
+
 def native_wan_patcher(seed=0):
     """A ComfyUI MODEL (ModelPatcher around comfy's WanModel) loaded from a tiny Wan state dict, as UNETLoader does."""
     import comfy.sd
-    from comfyui_salt.salt_core.config import WanConfig
-    from comfyui_salt.salt_core.model import build_model
-    sd = {k: v.clone() for k, v in build_model(WanConfig(**NATIVE_WAN), seed=seed).state_dict().items()}
-    return comfy.sd.load_diffusion_model_state_dict(sd)
+    return comfy.sd.load_diffusion_model_state_dict(native_wan_state_dict(seed))
 
 
 @pytest.mark.parametrize("mode", ["stochastic", "deterministic"])
@@ -250,15 +254,41 @@ def test_causal_from_model_casts_only_tensors_of_another_dtype(salt_nodes):
 
 
 def causal_wan_patcher():
-    """A MODEL whose diffusion model stands in for ComfyUI's AR `comfy.ldm.wan.ar_model.CausalWanModel` (PR
-    #13082, not in 0.3.75): same class name and module, same attributes and state dict as WanModel (the real
-    one declares itself weight-compatible with WanModel), plus the cache constructors SamplerARVideo checks."""
+    """A MODEL whose diffusion model is ComfyUI's autoregressive `comfy.ldm.wan.ar_model.CausalWanModel`: core's own
+    class where this ComfyUI has it (0.16+, loaded from a state dict with the `causal_ar` metadata marker Salt's
+    exports carry), else a stand-in for it (0.3.75): same class name and module, same attributes and state dict as
+    WanModel (the real one declares itself weight-compatible with WanModel), plus the cache constructors
+    SamplerARVideo checks."""
+    import comfy.sd
+    import comfy.supported_models
+    from comfyui_salt.training.files import student_metadata
+    if hasattr(comfy.supported_models, "WAN21_CausalAR_T2V"):
+        patcher = comfy.sd.load_diffusion_model_state_dict(native_wan_state_dict(), metadata=student_metadata(True))
+        assert type(patcher.model.diffusion_model).__module__ == "comfy.ldm.wan.ar_model"
+        return patcher
     patcher = native_wan_patcher()
     inner = patcher.model.diffusion_model
     inner.__class__ = type("CausalWanModel", (type(inner),), {
         "__module__": "comfy.ldm.wan.ar_model",
         "init_kv_caches": lambda self, *a: [], "init_crossattn_caches": lambda self, *a: []})
     return patcher
+
+
+def test_a_causal_student_file_loads_as_comfys_causal_wan_model_where_comfyui_has_one(salt_nodes, tmp_path):
+    """Salt's exports carry ComfyUI's `causal_ar` marker: UNETLoader on 0.16+ gives core's CausalWanModel (so
+    SamplerARVideo runs it); 0.3.75 ignores the marker and gives WanModel. Bidirectional students are not marked."""
+    import comfy.sd
+    import comfy.supported_models
+    from comfyui_salt.salt_core.config import WanConfig
+    from comfyui_salt.salt_core.model import build_model
+    from comfyui_salt.training.files import export_student, read_metadata
+    model = build_model(WanConfig(**NATIVE_WAN), seed=0)
+    causal = export_student(model, str(tmp_path / "causal"), causal=True)[0]
+    bidirectional = export_student(model, str(tmp_path / "bidir"), causal=False)[0]
+    assert read_metadata(bidirectional)["teacher_mode"] == "bidirectional" and "config" not in read_metadata(bidirectional)
+    expected = "CausalWanModel" if hasattr(comfy.supported_models, "WAN21_CausalAR_T2V") else "WanModel"
+    assert type(comfy.sd.load_diffusion_model(causal).model.diffusion_model).__name__ == expected
+    assert type(comfy.sd.load_diffusion_model(bidirectional).model.diffusion_model).__name__ == "WanModel"
 
 
 def test_causal_from_model_accepts_comfys_autoregressive_causal_wan_model(salt_nodes):

@@ -130,7 +130,7 @@ def main(argv=None):
         cfg = get_preset(args.preset, **overrides_from_args(args, DistillConfig))
         model = run_distillation(cfg, args.out, max_gen_steps=args.max_gen_steps,
                                  allow_changed_settings=args.allow_changed_settings, world=distill_world())
-        for path in export_student(model, args.out):
+        for path in export_student(model, args.out, causal=cfg.student_kind == "causal"):
             print("wrote", path)
     elif args.command == "export":
         print(export(args))

@@ -30,6 +30,7 @@ TORCH_EXTS = (".pt", ".pth", ".ckpt", ".bin")
 NESTED_LAYOUTS = ("self_forcing", "longlive")
 NESTED_HEADS = ("generator", "generator_ema", layouts.LORA_KEY)  # first key parts that mark a flattened release
 CONFIG_META, LAYOUT_META, ALIAS_META = "salt_config", "salt_layout", "salt_aliases"
+COMFY_CONFIG_META = "config"     # ComfyUI's model-detection overrides ({"transformer": {...}}), read by 0.16+
 
 
 def _extension(path: str) -> str:
@@ -279,12 +280,21 @@ def save_model(model_or_sd, path, layout: str = "wan", config: WanConfig = None,
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
-def export_student(model, run_dir: str) -> list:
-    """Write a trained student as `export/student.safetensors` (original Wan layout + config, loads in
-    ComfyUI and Salt) and `export/student_release.pt` (Self Forcing release format); returns the paths."""
+def student_metadata(causal: bool) -> dict:
+    """Metadata that tells loaders how a student generates: `teacher_mode` (Salt's loaders), and for a causal one
+    the `config` marker ComfyUI 0.16+ reads to load a Wan 2.1 file as its autoregressive CausalWanModel (for
+    SamplerARVideo; earlier ComfyUI ignores it for Wan)."""
+    if not causal:
+        return {"teacher_mode": "bidirectional"}
+    return {"teacher_mode": "causal", COMFY_CONFIG_META: json.dumps({"transformer": {"causal_ar": True}})}
+
+
+def export_student(model, run_dir: str, causal: bool = True) -> list:
+    """Write a trained student as `export/student.safetensors` (original Wan layout + config + `student_metadata`,
+    loads in ComfyUI and Salt) and `export/student_release.pt` (Self Forcing release format); returns the paths."""
     folder = os.path.join(run_dir, "export")
     os.makedirs(folder, exist_ok=True)
     paths = [os.path.join(folder, "student.safetensors"), os.path.join(folder, "student_release.pt")]
-    save_model(model, paths[0], layout="wan")
+    save_model(model, paths[0], layout="wan", extra_metadata=student_metadata(causal))
     save_model(model, paths[1], layout="self_forcing")
     return paths

@@ -159,16 +159,12 @@ except ImportError:   # Windows
         msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
 
 
-def publish_student(model, cfg, export_path: str, dest: str) -> str:
-    """Place an exported student at `dest` (hard link, else a copy); bidirectional students are written
-    with `teacher_mode` metadata so loaders mark them. Returns `dest`."""
-    from .files import save_model
+def publish_student(export_path: str, dest: str) -> str:
+    """Place an exported student (written with its `files.student_metadata`) at `dest` (hard link, else a copy).
+    Returns `dest`."""
     os.makedirs(os.path.dirname(dest), exist_ok=True)
     if os.path.lexists(dest):
         os.remove(dest)
-    if cfg.student_kind == "bidirectional":
-        save_model(model, dest, layout="wan", extra_metadata={"teacher_mode": "bidirectional"})
-        return dest
     try:
         os.link(export_path, dest)
     except OSError:   # another file system, or links not allowed

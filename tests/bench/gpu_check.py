@@ -2,6 +2,8 @@
 
     python3 tests/bench/gpu_check.py OUT_DIR            # on the GPU machine (README "GPU check"), < 8 min
     python3 tests/bench/gpu_check.py OUT_DIR --smoke    # CPU at tiny size, seconds (CI: tests/test_gpu_check.py)
+    python3 tests/bench/gpu_check.py OUT_DIR --comfyui DIR   # + a native Wan MODEL with a LoRA through Salt's nodes
+                                                             #   in the ComfyUI tree DIR under its default flags
     python3 tests/bench/gpu_check.py --fetch-wheels     # here, once: the diffusers wheel into .whl/ (gitignored)
 
 1. Correctness on the device (each check fails loudly and the rest still run): bf16 and fp32 forwards of a
@@ -462,6 +464,7 @@ def main():
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny sizes (CI)")
     ap.add_argument("--fetch-wheels", action="store_true", help="download the diffusers wheel into .whl/ and exit")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
+    ap.add_argument("--comfyui", help="a ComfyUI tree with its packages: adds the ComfyUI section (gpu_comfy.py)")
     args = ap.parse_args()
     if args.fetch_wheels:
         return fetch_wheels()
@@ -492,6 +495,12 @@ def main():
     with rep.section("correctness: semigroup defect", 30) as go:
         if go:
             semigroup(rep, device, args.smoke)
+    if args.comfyui:
+        import gpu_comfy                          # the sibling script (sys.path[0] is this folder)
+        gpu_comfy.import_comfy(pathlib.Path(args.comfyui).resolve(), cpu=args.smoke)
+        with rep.section("ComfyUI: native MODEL + LoRA under default flags", 150) as go:
+            if go:
+                gpu_comfy.comfy_dynamic_vram(rep, args.smoke, pathlib.Path(args.comfyui))
     speed = Speed(device, args.smoke)
     with rep.section("speed: build Wan 1.3B (random bf16)", 60) as go:
         if go:
