@@ -35,6 +35,12 @@ def file_teacher_mode(path: str) -> str:
         return None
 
 
+def stored_weight_dtype(model: torch.nn.Module) -> str:
+    """The WEIGHT_DTYPES name of the fp8 storage of `model`'s linear weights as loaded, else "default"."""
+    stored = {m.weight.dtype for m in model.modules() if type(m) is torch.nn.Linear}
+    return next((name for name, d in WEIGHT_DTYPES.items() if d in stored and not name.endswith("_fast")), "default")
+
+
 def load_salt_model(name: str, use_ema: bool, dtype: str, weight_dtype: str = "default") -> SaltModel:
     """SaltModel from a file in models/diffusion_models, with a node error naming the file and the fix.
 
@@ -49,12 +55,15 @@ def load_salt_model(name: str, use_ema: bool, dtype: str, weight_dtype: str = "d
         raise ValueError(f"SaltLoadCausalModel: weight_dtype={weight_dtype!r}; expected one of {list(WEIGHT_DTYPES)}")
     path = diffusion_model_path(name)
     try:
-        model, layout = load_model(path, use_ema=use_ema, dtype=DTYPES[dtype], device=model_offload_device())
+        model, layout = load_model(path, use_ema=use_ema, dtype=DTYPES[dtype], device=model_offload_device(),
+                                   keep_fp8=weight_dtype == "default")
     except (LayoutError, ValueError, KeyError) as e:
         raise ValueError(f"SaltLoadCausalModel: ckpt_name={name!r} cannot be loaded as a Wan 2.1 T2V transformer: "
                          f"{e}. (Full ComfyUI checkpoints and other architectures load with ComfyUI's own "
                          f"loaders.)") from e
     causal = file_teacher_mode(path) not in BIDIRECTIONAL_MODES
+    if weight_dtype == "default":         # as UNETLoader: "default" keeps an fp8 file's storage, cast per layer
+        weight_dtype = stored_weight_dtype(model)
     store_linear_weights(model, weight_dtype, DTYPES[dtype])
     model = model.eval()
     return SaltModel(model, latent_format_for(model), f"{os.path.basename(path)} ({layout} layout)", causal,

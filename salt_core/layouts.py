@@ -209,6 +209,26 @@ def _pick_release_entry(obj: Mapping, use_ema: bool) -> str:
     return choice
 
 
+SCALED_FP8_MARKER, SCALE_WEIGHT, SCALE_INPUT = "scaled_fp8", ".scale_weight", ".scale_input"
+
+
+def dequantize_scaled_fp8(sd: Mapping) -> Mapping:
+    """ComfyUI's scaled-fp8 storage (an fp8 `<layer>.weight` with a scalar `<layer>.scale_weight` beside it,
+    `<layer>.scale_input`s and a `scaled_fp8` marker, under any prefix) → plain weights weight·scale in float32;
+    a state dict without it is returned as it is (the same object)."""
+    scales = [k for k in sd if k.endswith(SCALE_WEIGHT)]
+    if not scales and not any(k.endswith(SCALED_FP8_MARKER) for k in sd):
+        return sd
+    out = {k: v for k, v in sd.items()
+           if not k.endswith((SCALE_WEIGHT, SCALE_INPUT)) and not k.endswith(SCALED_FP8_MARKER)}
+    for key in scales:
+        weight = key[:-len(SCALE_WEIGHT)] + ".weight"
+        if weight not in out:
+            raise LayoutError(f"dequantize_scaled_fp8: {key!r} has no {weight!r} beside it; the file is damaged")
+        out[weight] = out[weight].float() * sd[key].float()
+    return out
+
+
 def to_wan_state_dict(obj, use_ema: bool = True, lora_alpha: float = None) -> tuple:
     """Normalise any supported layout to (state dict with original Wan names, detected layout).
 

@@ -216,3 +216,55 @@ def test_read_metadata_reads_the_header_that_safetensors_wrote_and_names_a_corru
     bad.write_bytes(path.read_bytes()[:20])
     with pytest.raises(ValueError, match="bad.safetensors.*truncated or corrupt"):
         files.read_metadata(str(bad))
+
+
+# -- fp8 files (Comfy-Org's *_fp8_e4m3fn and *_fp8_scaled Wan files) --------------------------------------
+def fp8_file(tmp_path, scaled: bool = False, nan: bool = False):
+    """(path, reference state dict) of a tiny-hd128 checkpoint in ComfyUI layout whose linear weights are stored
+    in fp8 e4m3fn (scaled: divided by a per-layer scale kept as `scale_weight`, plus `scale_input` and the
+    `scaled_fp8` marker); the reference holds what those bytes mean, in float32."""
+    from safetensors.torch import save_file
+    sd = build_model("tiny-hd128", seed=0).state_dict()
+    stored, reference = {}, {}
+    for k, v in sd.items():
+        key = "model.diffusion_model." + k
+        if v.ndim == 2 and k.endswith(".weight"):
+            scale = torch.tensor(v.abs().max().item() / 200.0) if scaled else torch.tensor(1.0)
+            q = (v / scale).to(torch.float8_e4m3fn)
+            stored[key], reference[k] = q, q.float() * scale
+            if scaled:
+                stored[key[:-len(".weight")] + ".scale_weight"] = scale
+                stored[key[:-len(".weight")] + ".scale_input"] = torch.tensor(1.0)
+        else:
+            stored[key], reference[k] = v, v
+    if scaled:
+        stored["scaled_fp8"] = torch.empty(0, dtype=torch.float8_e4m3fn)
+    if nan:
+        stored["model.diffusion_model.blocks.1.ffn.0.weight"][0, 0] = float("nan")
+    path = tmp_path / ("scaled.safetensors" if scaled else "fp8.safetensors")
+    save_file(stored, str(path))
+    return path, reference
+
+
+@pytest.mark.parametrize("scaled", [False, True], ids=["fp8", "scaled-fp8"])
+def test_an_fp8_file_loads_with_what_its_bytes_mean(tmp_path, scaled):
+    path, reference = fp8_file(tmp_path, scaled)
+    model, layout = files.load_model(path, num_heads=2)
+    assert layout == "comfyui"
+    assert_same_tensors(model.state_dict(), {k: v.float() for k, v in reference.items()})
+
+
+def test_keep_fp8_leaves_an_fp8_files_linear_weights_in_fp8(tmp_path):
+    path, reference = fp8_file(tmp_path)
+    model, _ = files.load_model(path, num_heads=2, dtype=torch.bfloat16, keep_fp8=True)
+    sd = model.state_dict()
+    fp8 = [k for k, v in sd.items() if v.dtype == torch.float8_e4m3fn]
+    assert fp8 == [k for k, v in reference.items() if v.ndim == 2 and k.endswith(".weight")]
+    assert {v.dtype for k, v in sd.items() if k not in fp8} == {torch.bfloat16}
+    assert all(torch.equal(sd[k].float(), reference[k]) for k in fp8)
+
+
+def test_nan_in_an_fp8_file_is_refused_naming_the_tensor(tmp_path):
+    path, _ = fp8_file(tmp_path, nan=True)
+    with pytest.raises(ValueError, match=r"1 tensor\(s\) hold NaN/Inf, e.g. \['blocks.1.ffn.0.weight'\]"):
+        files.load_model(path, num_heads=2)

@@ -259,3 +259,16 @@ def test_load_into_copies_strictly_and_refuses_misfits():
     assert model.patch_embedding.weight.data_ptr() != sd["patch_embedding.weight"].data_ptr()
     with pytest.raises(layouts.LayoutError, match="missing"):
         layouts.load_into(model, {k: v for k, v in sd.items() if k != "head.modulation"})
+
+
+def test_dequantize_scaled_fp8_multiplies_each_weight_by_its_scale_and_drops_the_scales():
+    w = torch.randn(4, 3)
+    q, scale = (w / 0.5).to(torch.float8_e4m3fn), torch.tensor(0.5)
+    sd = {"x.weight": q, "x.scale_weight": scale, "x.scale_input": torch.tensor(1.0), "x.bias": torch.zeros(4),
+          "scaled_fp8": torch.empty(0, dtype=torch.float8_e4m3fn)}
+    out = layouts.dequantize_scaled_fp8(sd)
+    assert set(out) == {"x.weight", "x.bias"} and torch.equal(out["x.weight"], q.float() * 0.5)
+    plain = {"x.weight": w}
+    assert layouts.dequantize_scaled_fp8(plain) is plain
+    with pytest.raises(layouts.LayoutError, match="'y.scale_weight' has no 'y.weight'"):
+        layouts.dequantize_scaled_fp8({"y.scale_weight": scale})

@@ -363,6 +363,22 @@ def test_fp8_layers_are_comfys_cast_on_use_ops_and_compute_what_rounded_weights_
             assert_close(out, exact, FP8_FORWARD_RTOL[name], f"{name} storage vs fp32")
 
 
+def test_an_fp8_stored_file_keeps_its_fp8_storage_and_streams_what_rounded_weights_stream(salt_nodes, toy_file,
+                                                                                          models_dir):  # noqa: F811
+    """Comfy-Org's fp8 Wan files store the linear weights in fp8: weight_dtype 'default' keeps that storage (as
+    UNETLoader does) and the video equals the fp32 file's with weight_dtype fp8_e4m3fn (the same rounding)."""
+    from safetensors.torch import save_file
+    from comfyui_salt.training.files import read_metadata
+    sd = toy_file[1].state_dict()
+    save_file({k: v.to(torch.float8_e4m3fn) if v.ndim == 2 and k.endswith(".weight") else v for k, v in sd.items()},
+              str(models_dir / "toy_fp8.safetensors"), metadata=read_metadata(toy_file[2]))   # the toy config
+    salt = load(salt_nodes, "toy_fp8.safetensors")
+    linear = {m.weight.dtype for m in salt.model.modules() if isinstance(m, torch.nn.Linear)}
+    assert linear == {torch.float8_e4m3fn} and salt.model.patch_embedding.weight.dtype == torch.float32
+    reference = load(salt_nodes, toy_file[0], weight_dtype="fp8_e4m3fn")
+    assert torch.equal(sample(salt_nodes, salt), sample(salt_nodes, reference))
+
+
 def test_an_unknown_weight_dtype_is_refused_with_the_options(salt_nodes, toy_file):
     with pytest.raises(ValueError, match="SaltLoadCausalModel: weight_dtype='int4'; expected one of "
                                          r"\['default', 'fp8_e4m3fn', 'fp8_e4m3fn_fast', 'fp8_e5m2'\]"):

@@ -191,8 +191,10 @@ def _config_from_metadata(text: str) -> WanConfig:
 
 
 def check_finite_weights(sd: Mapping, path: str) -> None:
-    """Refuse weights holding NaN or Inf, naming the first tensors affected (a broken training run or a bad copy)."""
-    bad = [k for k, t in sd.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    """Refuse weights holding NaN or Inf, naming the first tensors affected (a broken training run or a bad copy).
+    fp8 tensors (no isfinite kernel) are checked widened, one at a time."""
+    bad = [k for k, t in sd.items() if t.is_floating_point()
+           and not bool(torch.isfinite(t.float() if t.dtype.itemsize == 1 else t).all())]
     if bad:
         raise ValueError(f"load_model({path!r}): {len(bad)} tensor(s) hold NaN/Inf, e.g. {bad[:3]}; the weights are "
                          f"broken (a diverged training run or a damaged copy) — use an earlier checkpoint or "
@@ -200,15 +202,19 @@ def check_finite_weights(sd: Mapping, path: str) -> None:
 
 
 def load_model(path, preset=None, use_ema: bool = True, dtype=torch.float32, num_heads: int = None,
-               device="cpu") -> tuple:
+               device="cpu", keep_fp8: bool = False) -> tuple:
     """(WanModel, detected layout) from a checkpoint file in any layout.
 
     `preset` (a name or WanConfig) wins over the file's own config, which wins over shape inference
     (heads: `num_heads` or dim // 128). The model is built on the meta device and takes the file's
-    tensors (cast to `dtype`, moved to `device`) without a second copy in memory.
+    tensors (cast to `dtype`, moved to `device`) without a second copy in memory. fp8 files (Comfy-Org's
+    `*_fp8_e4m3fn`) load too: cast to `dtype`, or with `keep_fp8` their linear weights stay fp8 (the caller makes
+    those layers cast on use); scaled-fp8 files are dequantized (weight·scale_weight).
     """
     path = os.fspath(path)
     obj, metadata = read_checkpoint(path)
+    if isinstance(obj, Mapping) and not any(isinstance(v, Mapping) for v in obj.values()):   # a flat state dict
+        obj = layouts.dequantize_scaled_fp8(obj)
     try:
         sd, layout = layouts.to_wan_state_dict(obj, use_ema=use_ema)
         del obj  # unused release entries (critic, the other generator) can be freed now
@@ -220,7 +226,9 @@ def load_model(path, preset=None, use_ema: bool = True, dtype=torch.float32, num
         raise type(e)(f"load_model({path!r}): {e}; fix the file's metadata or pass preset=...") from None
     check_finite_weights(sd, path)
     for key in list(sd):  # one tensor at a time, so peak memory grows by one tensor at most
-        sd[key] = sd[key].to(device=device, dtype=dtype)
+        t = sd[key]
+        keep = keep_fp8 and t.dtype.itemsize == 1 and t.ndim == 2 and key.endswith(".weight")   # a linear layer's
+        sd[key] = t.to(device=device) if keep else t.to(device=device, dtype=dtype)
     with torch.device("meta"):
         model = WanModel(cfg)
     layouts.adopt_weights(model, sd, layout)
