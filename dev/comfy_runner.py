@@ -1,9 +1,11 @@
 """Run UI-format workflows in a real ComfyUI, headless: boot it, queue a prompt, collect the files, stop it.
 
 The server is a subprocess, `python main.py --cpu --listen 127.0.0.1 --port <free> --base-directory <tmp>
---disable-auto-launch`, started from a ComfyUI tree (default `.venv/comfyui`, installed by `bash .ci/setup`)
-with this pack symlinked into `<tmp>/custom_nodes/comfyui_salt`. Every wait is bounded and the server is
-always stopped by its own PID. Used by the demo (`dev/demo.py`) and by the server and browser tests.
+--disable-auto-launch`, started from a ComfyUI tree (default `.venv/comfyui`, 0.3.75, installed by `bash .ci/setup`;
+`COMFYUI_033_DIR` names the newer 0.33 tree from .ci/setup_comfyui_033) with this pack symlinked into
+`<tmp>/custom_nodes/comfyui_salt`; a tree's own packages (`<tree>/site`, e.g. 0.33's newer frontend) come first on
+the server's PYTHONPATH. Every wait is bounded and the server is always stopped by its own PID. Used by the demo
+(`dev/demo.py`) and by the server and browser tests.
 
 Knows nothing of ComfyUI's modules (it only talks HTTP, standard library only) nor of what a workflow
 means: the caller edits the API prompt and reads the files.
@@ -13,6 +15,7 @@ import json
 import logging
 import os
 import pathlib
+import re
 import shlex
 import socket
 import subprocess
@@ -29,6 +32,8 @@ log = logging.getLogger("salt.comfy")
 PACK_NAME = "comfyui_salt"
 PACK_ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_COMFYUI_DIR = pathlib.Path(os.environ.get("SALT_COMFYUI_DIR", PACK_ROOT / ".venv" / "comfyui"))
+# The newer line for tests, beside 0.3.75: absent unless the shared tarball was there at setup.
+COMFYUI_033_DIR = pathlib.Path(os.environ.get("SALT_COMFYUI_033_DIR", PACK_ROOT / ".venv" / "comfyui-0.33"))
 BOOT_TIMEOUT_S = 240     # ~15-40 s on an idle 2-core machine; generous for a busy one
 PROMPT_TIMEOUT_S = 300
 
@@ -51,6 +56,30 @@ def check_comfyui(comfyui_dir) -> pathlib.Path:
         raise ComfyError(f"ComfyUI is not installed at {path} (no main.py / comfy_api there); run `bash .ci/setup` "
                          f"(it installs ComfyUI 0.3.75 into .venv/comfyui) or pass the path of a ComfyUI >= 0.3.75 tree")
     return path
+
+
+def comfyui_version(comfyui_dir) -> str:
+    """The version of a ComfyUI tree as its comfyui_version.py says ("0.3.75", "0.33.0"); "" when it has none."""
+    path = pathlib.Path(comfyui_dir or DEFAULT_COMFYUI_DIR) / "comfyui_version.py"
+    found = re.search(r"""__version__\s*=\s*["']([^"']+)["']""", path.read_text()) if path.is_file() else None
+    return found.group(1) if found else ""
+
+
+def comfyui_site(comfyui_dir):
+    """The tree's own package folder `<tree>/site` (packages it needs at other versions than the venv's, installed
+    there by .ci/setup_comfyui_033) as a Path, or None when it has none."""
+    site = pathlib.Path(comfyui_dir or DEFAULT_COMFYUI_DIR) / "site"
+    return site if site.is_dir() else None
+
+
+def comfyui_env(comfyui_dir, env: dict = None) -> dict:
+    """A copy of `env` (default os.environ) for a process running the tree: its `site` folder first on PYTHONPATH,
+    so its packages win over the venv's."""
+    env = dict(os.environ if env is None else env)
+    site = comfyui_site(comfyui_dir)
+    if site is not None:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(site), env.get("PYTHONPATH", "")) if p)
+    return env
 
 
 class ComfyServer:
@@ -162,7 +191,7 @@ def start_server(base: pathlib.Path, timeout: float = BOOT_TIMEOUT_S, threads: i
            "--base-directory", str(base), "--disable-auto-launch"]
     # Extra ComfyUI flags for development checks, e.g. another frontend: SALT_COMFYUI_ARGS="--front-end-root DIR"
     cmd += shlex.split(os.environ.get("SALT_COMFYUI_ARGS", ""))
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = comfyui_env(comfyui_dir, dict(os.environ, PYTHONUNBUFFERED="1"))
     if threads:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     with open(log_path, "wb") as out:

@@ -1,16 +1,17 @@
 """Helpers (not tests): import ComfyUI's modules and the pack's `nodes` package inside a test process.
 
 ComfyUI lives where the dev harness looks for it (`dev/comfy_runner.py`: .venv/comfyui, installed by
-.ci/setup_comfyui, or SALT_COMFYUI_DIR). It is appended to sys.path of the calling test process only, with its
-command line parsed as `--cpu`: otherwise comfy.model_management probes CUDA when imported. Tests skip with a
-message when ComfyUI is not installed.
+.ci/setup_comfyui, or SALT_COMFYUI_DIR, e.g. .venv/comfyui-0.33). It is appended to sys.path of the calling test
+process only, with its command line parsed as `--cpu`: otherwise comfy.model_management probes CUDA when imported.
+A tree's own packages (`<tree>/site`: 0.33's frontend, comfy-aimdo, ...) go first on sys.path, before
+site-packages, so they win over the venv's versions. Tests skip with a message when ComfyUI is not installed.
 """
 import importlib
 import sys
 
 import pytest
 
-from comfyui_salt.dev.comfy_runner import DEFAULT_COMFYUI_DIR as COMFYUI_DIR, ComfyError, check_comfyui
+from comfyui_salt.dev.comfy_runner import DEFAULT_COMFYUI_DIR as COMFYUI_DIR, ComfyError, check_comfyui, comfyui_site
 
 MISSING = f"ComfyUI is not installed at {COMFYUI_DIR}; run `bash .ci/setup_comfyui` (part of .ci/setup)"
 
@@ -30,6 +31,9 @@ def import_comfy():
         pytest.skip(MISSING)
     if "comfy.model_management" in sys.modules:
         return
+    site = comfyui_site(COMFYUI_DIR)
+    if site is not None and str(site) not in sys.path:
+        sys.path.insert(0, str(site))
     if str(COMFYUI_DIR) not in sys.path:
         sys.path.append(str(COMFYUI_DIR))   # appended: ComfyUI's top-level `utils`, `tests`, ... must not shadow ours
     import comfy.options

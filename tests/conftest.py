@@ -1,7 +1,17 @@
 """Fixtures shared by the node test files (ComfyUI's modules imported in-process; skipped when it is absent)."""
+import os
+import pathlib
+import sys
+
 import pytest
 
-from comfy_import import import_nodes
+# `python -m pytest` puts the working directory on sys.path; from the checkout's root that makes the pack's `nodes`
+# folder shadow ComfyUI's own `nodes` module (and `training`, `toy` other packs' ones). The pack is imported as
+# `comfyui_salt` only, so the root leaves sys.path before any test module is collected.
+_ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path[:] = [p for p in sys.path if pathlib.Path(os.path.abspath(p or os.curdir)) != _ROOT]
+
+from comfy_import import import_nodes  # noqa: E402  (after the sys.path fix above)
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,7 @@ import pytest
 from comfy_import import MISSING, comfyui_installed
 from comfyui_salt.dev.comfy_runner import prepare_base, start_server
 from comfyui_salt.dev.workflow_api import convert
+from helpers import NEEDS_CORE_NODES, missing_core_nodes
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "out" / "test-artifacts"
@@ -178,6 +179,8 @@ async def drive(port: int, url: str, object_info: dict) -> dict:
             await page.screenshot(ARTIFACTS / "frontend_devtools.png")
             results = {}
             for path in WORKFLOWS:
+                if missing_core_nodes(path.name, object_info):
+                    continue                   # needs core nodes of a newer ComfyUI: the tests skip it here
                 wf = json.loads(path.read_text())
                 got = await page.evaluate(LOAD_WORKFLOW % (json.dumps(wf), json.dumps(path.name)))
                 await asyncio.sleep(0.5)       # let the canvas draw before the screenshot
@@ -211,8 +214,14 @@ def loaded_workflows(server):
             stop_browser(process)
 
 
+def skip_if_not_loaded(loaded_workflows: dict, name: str) -> None:
+    if name not in loaded_workflows:
+        pytest.skip(f"{name} needs {NEEDS_CORE_NODES[name]}, core nodes of ComfyUI 0.16+ (the 0.33 line runs it)")
+
+
 @pytest.mark.parametrize("name", [p.name for p in WORKFLOWS])
 def test_the_frontend_loads_each_workflow_with_every_node_type_registered(loaded_workflows, name):
+    skip_if_not_loaded(loaded_workflows, name)
     missing, count, _, _ = loaded_workflows[name]
     assert missing == [], f"{name}: node types the frontend does not know: {missing}"
     assert count == len(json.loads((ROOT / "workflows" / name).read_text())["nodes"])
@@ -221,6 +230,7 @@ def test_the_frontend_loads_each_workflow_with_every_node_type_registered(loaded
 
 @pytest.mark.parametrize("name", [p.name for p in WORKFLOWS])
 def test_the_frontends_own_api_prompt_equals_our_conversion(loaded_workflows, name):
+    skip_if_not_loaded(loaded_workflows, name)
     _, _, theirs, ours = loaded_workflows[name]
     assert set(theirs) == set(ours), f"{name}: node ids differ"
     for node_id, node in ours.items():

@@ -1,4 +1,5 @@
-"""The pack inside a real ComfyUI 0.3.75 server: import, /object_info, every shipped workflow, errors.
+"""The pack inside a real ComfyUI server (0.3.75, or the tree SALT_COMFYUI_DIR names, e.g. .venv/comfyui-0.33):
+import, /object_info, every shipped workflow, errors.
 
 One server boot for the module (~40 s on an idle 2-core machine), always stopped by its PID. Every UI
 workflow in workflows/ is converted to API format with dev/workflow_api.py against the server's
@@ -22,9 +23,10 @@ import pytest
 import torch
 
 from comfy_import import MISSING, comfyui_installed, import_comfy
-from comfyui_salt.dev.comfy_runner import PACK_NAME, history_error, output_files, prepare_base, start_server
+from comfyui_salt.dev.comfy_runner import (DEFAULT_COMFYUI_DIR, PACK_NAME, comfyui_version, history_error, output_files,
+                                           prepare_base, start_server)
 from comfyui_salt.dev.workflow_api import convert
-from helpers import assert_close
+from helpers import assert_close, missing_core_nodes
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not comfyui_installed(), reason=MISSING)]
 
@@ -38,6 +40,7 @@ RANDOM_TOY, NOT_WAN = "salt_toy_random.safetensors", "not_wan.safetensors"
 WAN_STANDIN, RELEASE_STANDIN, VAE_STANDIN = "tiny_wan_t2v.safetensors", "tiny_self_forcing_dmd.pt", "tiny_wan_vae.safetensors"
 START_FRAME = "salt_start_frame.png"                        # the I2V workflow's Load Image file (random pixels)
 WAN_STUDENT_STANDIN = "tiny_wan_t2v_student.safetensors"   # WAN_STANDIN with every tensor but the modulation changed
+WAN_CAUSAL_STANDIN = "tiny_wan_t2v_causal.safetensors"     # WAN_STANDIN exported as a causal student (causal_ar marker)
 # Wan-shaped and accepted by ComfyUI's model detection: head dim 128, freq_dim 256, umT5 width (4096).
 NATIVE_WAN = dict(dim=256, ffn_dim=256, num_heads=2, num_layers=1, in_dim=16, out_dim=16, text_dim=4096, freq_dim=256)
 RELEASE_PRESET, RELEASE_TEXT_DIM = "tiny-hd128", 64
@@ -124,11 +127,13 @@ def write_standins(base: pathlib.Path, models: pathlib.Path) -> None:
     from safetensors.torch import save_file
     from comfyui_salt.salt_core.config import WanConfig
     from comfyui_salt.salt_core.model import build_model
-    from comfyui_salt.training.files import save_model
+    from comfyui_salt.training.files import save_model, student_metadata
     save_model(build_model("toy", seed=0), models / RANDOM_TOY, extra_metadata={"teacher_mode": "teacher_forcing"})
     save_file({"conv_in.weight": torch.zeros(8, 4), "mid_block.attentions.0.proj.bias": torch.zeros(8)},
               str(models / NOT_WAN))
     save_model(build_model(WanConfig(**NATIVE_WAN), seed=1), models / WAN_STANDIN, layout="wan")
+    save_model(build_model(WanConfig(**NATIVE_WAN), seed=1), models / WAN_CAUSAL_STANDIN, layout="wan",
+               extra_metadata=student_metadata(causal=True))
     save_model(wan_student_standin(build_model(WanConfig(**NATIVE_WAN), seed=1).state_dict()),
                models / WAN_STUDENT_STANDIN, layout="wan", config=WanConfig(**NATIVE_WAN))
     release = build_model(RELEASE_PRESET, seed=2).state_dict()
@@ -227,7 +232,8 @@ def test_the_pack_imports_without_errors(server):
                                                          or "comfy_entrypoint" in ln)]
     assert failed == [], "\n".join(failed)
     assert any(PACK_NAME in ln and "seconds" in ln for ln in lines), "the pack is missing from the import times"
-    assert "ComfyUI version: 0.3.75" in server.log()
+    version = comfyui_version(DEFAULT_COMFYUI_DIR)   # the tree the tests booted, whichever line it is
+    assert version and server.get("/system_stats")["system"]["comfyui_version"] == version
 
 
 def test_every_salt_node_is_listed_by_object_info(object_info):
@@ -240,8 +246,17 @@ def test_every_salt_node_is_listed_by_object_info(object_info):
     assert object_info["SaltSemigroupDefect"]["output_node"] is True
 
 
+def skip_without_core_nodes(name: str, object_info: dict) -> None:
+    """Skip a workflow that needs core nodes this ComfyUI lacks (NEEDS_CORE_NODES), saying which."""
+    missing = missing_core_nodes(name, object_info)
+    if missing:
+        pytest.skip(f"{name} needs {missing}, core nodes of ComfyUI 0.16+; this server is "
+                    f"{comfyui_version(DEFAULT_COMFYUI_DIR)} (the 0.33 line runs it)")
+
+
 @pytest.mark.parametrize("name", WORKFLOW_FILES)
 def test_every_shipped_workflow_converts_against_the_servers_node_list(object_info, name):
+    skip_without_core_nodes(name, object_info)
     prompt = convert(json.loads((WORKFLOWS / name).read_text()), object_info)
     assert prompt and all(node["class_type"] in object_info for node in prompt.values())
     assert any(object_info[node["class_type"]]["output_node"] for node in prompt.values()), "nothing is saved"
@@ -319,6 +334,27 @@ def test_the_native_wan_workflow_runs_salts_sampler_on_comfys_wan_model_and_vae(
     assert len(frames) == 9 and frames[0].size == (32, 48)
     assert_non_degenerate(frames, min_std=1.0)
     assert "Requested to load WAN21" in server.log() and "Requested to load WanVAE" in server.log()
+
+
+def test_the_ar_side_by_side_workflow_runs_cores_ar_sampler_and_salts_on_one_causal_model(server, object_info):
+    """ComfyUI 0.16+: UNETLoader loads a causal Salt export as core's CausalWanModel (the causal_ar marker);
+    SamplerARVideo and SaltStreamingSampler both sample it; the two columns are stitched into one WEBP."""
+    name = "salt_wan_ar_side_by_side.json"
+    skip_without_core_nodes(name, object_info)
+    prompt = api_prompt(name, object_info)
+    assert prompt["9"]["inputs"]["num_frame_per_block"] == 3 == prompt["13"]["inputs"]["chunk_frames"]
+    assert prompt["11"]["inputs"]["sigmas"] == ["5", 0] == prompt["14"]["inputs"]["sigmas"]
+    assert prompt["12"]["inputs"]["model"] == ["1", 0] and prompt["6"]["inputs"]["model"] == ["1", 0]
+    stand_in_text(prompt, NATIVE_WAN["text_dim"])
+    prompt["1"]["inputs"]["unet_name"] = WAN_CAUSAL_STANDIN
+    prompt["4"]["inputs"]["vae_name"] = VAE_STANDIN
+    prompt["10"]["inputs"].update(width=32, height=32, length=21)                  # 6 latent frames = 2 chunks
+    prompt["14"]["inputs"].update(width=32, height=32, num_chunks=2)
+    frames = webp_frames(output_files(server, run_ok(server, prompt))[0])
+    assert len(frames) == 21 and frames[0].size == (32 + 4 + 32, 32)             # two columns, a 4 px gap
+    for column in (0, 36):
+        assert_non_degenerate([f.crop((column, 0, column + 32, 32)) for f in frames], min_std=1.0)
+    assert "Requested to load WAN21_CausalAR" in server.log()                   # core's causal model, not WanModel
 
 
 def test_the_longlive_workflow_streams_a_self_forcing_release_file_through_comfys_vae(server, object_info):

@@ -146,3 +146,13 @@ def test_pytest_keeps_the_checkout_off_sys_path_whatever_the_folder_is_called(tm
     pytest_script = pathlib.Path(sys.executable).parent / "pytest"   # `python -m pytest` would add the cwd itself
     out = subprocess.run([str(pytest_script), "-q"], cwd=checkout, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout[-3000:]
+
+
+def test_python_m_pytest_from_the_root_keeps_the_checkout_off_sys_path():
+    """`python -m pytest` puts the working directory on sys.path: tests/conftest.py takes the root off again, so
+    the pack's `nodes` does not shadow ComfyUI's (a test that imports ComfyUI's nodes module passes)."""
+    probe = ("tests/test_nodes.py::"
+             "test_salt_sigmas_are_self_forcing_timesteps_under_comfys_flow_sampling_as_sampler_ar_video_uses_them")
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", probe], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0 and "1 passed" in out.stdout, out.stdout[-3000:]
