@@ -176,6 +176,27 @@ def prepare_base(base: pathlib.Path, models: dict = None) -> pathlib.Path:
     return folder
 
 
+# Flags the harness sets itself: a server bound to loopback on a free port, inside its own temporary folders.
+ISOLATION_FLAGS = ("--listen", "--port", "--base-directory", "--output-directory", "--input-directory",
+                   "--temp-directory", "--user-directory", "--extra-model-paths-config", "--enable-cors-header")
+
+
+def extra_args(text: str) -> list:
+    """Extra ComfyUI flags for development checks (SALT_COMFYUI_ARGS, e.g. "--front-end-root DIR" for another
+    frontend), split as a shell would; a ComfyError for text that does not split (an unbalanced quote) and for flags
+    that would undo the harness's isolation (ISOLATION_FLAGS)."""
+    try:
+        args = shlex.split(text)
+    except ValueError as e:
+        raise ComfyError(f"SALT_COMFYUI_ARGS={text[:80]!r} does not split into flags ({e}); quote as in a shell") \
+            from None
+    taken = [a for a in args if a.split("=", 1)[0] in ISOLATION_FLAGS]
+    if taken:
+        raise ComfyError(f"SALT_COMFYUI_ARGS sets {taken}: the harness binds 127.0.0.1 on a free port in its own "
+                         f"folders, so these flags are refused; drop them")
+    return args
+
+
 def start_server(base: pathlib.Path, timeout: float = BOOT_TIMEOUT_S, threads: int = None,
                  comfyui_dir=None) -> ComfyServer:
     """Boot ComfyUI on a free port with `base` as base directory and wait (bounded) until the pack's nodes answer.
@@ -189,8 +210,7 @@ def start_server(base: pathlib.Path, timeout: float = BOOT_TIMEOUT_S, threads: i
     log_path = base / "comfyui.log"
     cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
            "--base-directory", str(base), "--disable-auto-launch"]
-    # Extra ComfyUI flags for development checks, e.g. another frontend: SALT_COMFYUI_ARGS="--front-end-root DIR"
-    cmd += shlex.split(os.environ.get("SALT_COMFYUI_ARGS", ""))
+    cmd += extra_args(os.environ.get("SALT_COMFYUI_ARGS", ""))
     env = comfyui_env(comfyui_dir, dict(os.environ, PYTHONUNBUFFERED="1"))
     if threads:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))

@@ -21,6 +21,8 @@ import folder_paths
 import latent_preview
 from comfy_api.latest import ComfyExtension, io, ui  # noqa: F401  (re-exported: nodes import them from here)
 
+from ..salt_core.validate import quote
+
 DIFFUSION_MODELS = "diffusion_models"   # ComfyUI's folder for bare transformer weights (models/diffusion_models)
 LORAS = "loras"                          # ComfyUI's LoRA folder (models/loras), read by LoraLoaderModelOnly
 PREVIEW_PIXELS = 128                     # previews of tiny pixel latents are upscaled to about this size
@@ -56,6 +58,40 @@ def free_memory(device, patcher=None) -> int:
     if query is not None:
         return int(query(device))
     return int(comfy.model_management.get_free_memory(device))
+
+
+def _inside(name, base: str, is_kind) -> str:
+    """The real path of `name` (a path relative to `base`) if it stays inside `base` and `is_kind` (os.path.isfile /
+    isdir) holds; else None. Absolute names, `~` and `..` escapes resolve outside and give None."""
+    if not isinstance(name, str) or not name or "\x00" in name or os.path.isabs(name) or name.startswith("~"):
+        return None
+    root = os.path.realpath(base)
+    path = os.path.realpath(os.path.join(root, name))
+    if os.path.commonpath([path, root]) != root or not is_kind(path):
+        return None
+    return path
+
+
+def input_file(name, what: str) -> str:
+    """The path of a file the user uploaded to (or put in) ComfyUI's input folder, by its name there (a subfolder
+    allowed), as LoadImage resolves its files. A missing file and one outside the folder (absolute, `..`) get the
+    same refusal, so a client learns nothing of the server's other files."""
+    path = _inside(name, folder_paths.get_input_directory(), os.path.isfile)
+    if path is None:
+        raise ValueError(f"{what}={quote(name)} is not a file in ComfyUI's input folder; upload it there (or copy it "
+                         f"into ComfyUI/input) and give its name, e.g. prompts.txt")
+    return path
+
+
+def models_subfolder(kind: str, name, what: str) -> str:
+    """The path of a folder inside one of ComfyUI's `kind` model folders (e.g. a Hugging Face umT5 folder in
+    models/text_encoders), by its name there; refused alike when missing or outside."""
+    for base in folder_paths.get_folder_paths(kind):
+        path = _inside(name, base, os.path.isdir)
+        if path is not None:
+            return path
+    raise ValueError(f"{what}={quote(name)} is not a folder in ComfyUI's models/{kind}; put it there and give its "
+                     f"name")
 
 
 def loras_directory() -> str:
@@ -314,6 +350,9 @@ def encode_image(vae, image: torch.Tensor, width: int, height: int) -> torch.Ten
     return vae.encode(resize_image(image, width, height)[..., :3])
 
 
+UMT5_TOKENIZERS = ("WanT5Tokenizer",)   # ComfyUI's tokenizer class of Wan's umT5-XXL (comfy/text_encoders/wan.py)
+
+
 def clip_text_encoder(clip):
     """A ComfyUI CLIP → an encoder for training.prompts: texts → one (L_i, D) tensor per text.
 
@@ -323,6 +362,11 @@ def clip_text_encoder(clip):
     if not (callable(getattr(clip, "tokenize", None)) and callable(getattr(clip, "encode_from_tokens", None))):
         raise TypeError(f"clip: got a {type(clip).__name__}; expected a ComfyUI CLIP (the output of Load CLIP with "
                         f"type 'wan', i.e. umT5-XXL)")
+    tokenizer = type(getattr(clip, "tokenizer", None))
+    if tokenizer.__name__ not in UMT5_TOKENIZERS:
+        raise TypeError(f"clip: a CLIP with the {tokenizer.__name__} tokenizer; Wan needs umT5-XXL (Load CLIP, type "
+                        f"'wan', umt5_xxl_*.safetensors): another text encoder of the same width would train on the "
+                        f"wrong text features")
 
     def encode(texts: list) -> list:
         return [clip.encode_from_tokens(clip.tokenize(text))[0].float().cpu() for text in texts]   # (1, L, D)[0]

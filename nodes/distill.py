@@ -17,8 +17,9 @@ from ..training.distill_models import fill_prompt_cache, prompt_cache_path
 from ..training.files import export_student
 from ..training.runs import check_run_name, publish_student
 from .bridge import (Progress, clip_text_encoder, diffusion_model_files, diffusion_model_path, diffusion_models_directory,
-                     free_memory_for_training, interrupt_requested, io, model_offload_device, model_patcher,
-                     output_directory, raise_interrupted, torch_device, training_mode)
+                     free_memory_for_training, input_file, interrupt_requested, io, model_offload_device,
+                     model_patcher, models_subfolder, output_directory, raise_interrupted, torch_device,
+                     training_mode)
 from .types import SaltModel, SaltModelType, latent_format_for
 
 log = logging.getLogger("salt.nodes")
@@ -61,6 +62,12 @@ def distill_config(preset: str, teacher: str, student_init: str, critic_init: st
                   seed=seed, threads=0)   # threads 0: keep ComfyUI's
     typed = parse_overrides(DistillConfig, overrides, where="SaltDistill: overrides", renamed=RENAMED,
                             reserved={k: "has its own widget; set it there instead" for k in WIDGET_FIELDS})
+    # Paths sent over HTTP resolve inside ComfyUI's folders only (as LoadImage's files do).
+    if typed.get("prompts_file"):
+        typed["prompts_file"] = input_file(typed["prompts_file"], "SaltDistill: overrides: prompts_file")
+    if typed.get("text_encoder"):
+        typed["text_encoder"] = models_subfolder("text_encoders", typed["text_encoder"],
+                                                 "SaltDistill: overrides: text_encoder")
     try:
         return get_preset(preset, **{**fields, **typed})
     except (KeyError, ValueError) as e:
@@ -88,8 +95,10 @@ def embed_prompts(cfg: DistillConfig, folder: str, clip=None) -> None:
                          f"umt5_xxl_*.safetensors), or set overrides text_encoder=<Hugging Face umT5 folder>")
     try:
         fill_prompt_cache(cfg, folder, clip_text_encoder(clip))
-    except (FileNotFoundError, ValueError) as e:
-        raise type(e)(f"SaltDistill: {e}") from e
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"SaltDistill: {e}") from e
+    except ValueError as e:
+        raise ValueError(f"SaltDistill: {e}") from e
     log.info("SaltDistill: embedded the prompts of %s with the CLIP input into %s", cfg.prompts_file, folder)
 
 

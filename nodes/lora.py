@@ -7,6 +7,7 @@ import os
 import re
 
 from ..salt_core.lora import format_report
+from ..salt_core.validate import check_choice, quote
 from ..training.lora_export import DTYPES, export_lora
 from .bridge import io, loras_directory, ui
 from .models import weights_in_use
@@ -18,11 +19,18 @@ REPORT_LINES = 16                                      # worst layers shown in t
 
 
 def lora_path(name: str) -> str:
-    """`<loras>/salt/<name>.safetensors`, with an error for names that are not plain file names."""
-    if not NAME_PATTERN.match(name or "") or ".." in name:
-        raise ValueError(f"SaltExtractLoRA: name={name!r}; expected a plain file name (letters, digits, '_', '-', "
-                         f"'.'; up to 100 characters), e.g. 'salt_wan_4step_r64'")
-    return os.path.join(loras_directory(), LORA_FOLDER, name + ".safetensors")
+    """`<loras>/salt/<name>.safetensors`, or where a file of that name exists the first free
+    `<name>_00001_.safetensors` (the counter ComfyUI's own savers use): a LoRA the user has is never replaced. An
+    error for names that are not plain file names."""
+    if not isinstance(name, str) or not NAME_PATTERN.match(name) or ".." in name:
+        raise ValueError(f"SaltExtractLoRA: name={quote(name)}; expected a plain file name (letters, digits, '_', "
+                         f"'-', '.'; up to 100 characters), e.g. 'salt_wan_4step_r64'")
+    folder = os.path.join(loras_directory(), LORA_FOLDER)
+    path, counter = os.path.join(folder, name + ".safetensors"), 0
+    while os.path.lexists(path):
+        counter += 1
+        path = os.path.join(folder, f"{name}_{counter:05}_.safetensors")
+    return path
 
 
 def extract(base, student, rank: int, include_diffs: bool, dtype: str, name: str) -> str:
@@ -31,9 +39,10 @@ def extract(base, student, rank: int, include_diffs: bool, dtype: str, name: str
     Each layer of both is read onto the compute device as its model computes with it (`weights_in_use`: LoRA
     patches applied, one layer at a time), so the SVDs run there; a file model is loaded as for sampling, the
     student last (the base may be offloaded again to make room: its tensors stay valid, only slower to read)."""
+    check_choice("dtype", dtype, DTYPES, where="SaltExtractLoRA")
+    path = lora_path(name)                                   # checked before any SVD
     with weights_in_use(base) as base_weights, weights_in_use(student) as student_weights:
-        path, reports = export_lora(base_weights, student_weights, lora_path(name), rank, diffs=include_diffs,
-                                    dtype=dtype)
+        path, reports = export_lora(base_weights, student_weights, path, rank, diffs=include_diffs, dtype=dtype)
     return f"wrote loras/{LORA_FOLDER}/{os.path.basename(path)} (rank {rank})\n{format_report(reports, REPORT_LINES)}"
 
 
@@ -65,7 +74,7 @@ class SaltExtractLoRA(io.ComfyNode):
                 io.Combo.Input("dtype", options=list(DTYPES), default="bf16", tooltip="Dtype of the stored tensors."),
                 io.String.Input("name", default="salt_student_lora",
                                 tooltip="File name (without .safetensors) under models/loras/salt; an existing file "
-                                        "of that name is replaced."),
+                                        "of that name is kept and the new one numbered (name_00001_)."),
             ],
             outputs=[io.String.Output(tooltip="Where the LoRA was written and the energy kept per layer.")],
             is_output_node=True,

@@ -13,6 +13,7 @@ import torch
 from ..salt_core.layouts import LayoutError, check_state_dict, infer_config
 from ..salt_core.model import WanModel
 from ..salt_core.rope import RotaryTable
+from ..salt_core.validate import check_choice
 from ..training.files import load_model
 from .bridge import (NATIVE_PREFIX, WEIGHT_DTYPES, cast_weight_bias, casts_on_use, diffusion_model_files, diffusion_model_path, io,
                      load_for_sampling, model_offload_device, model_patcher, native_compute_dtype, native_wan_module,
@@ -49,10 +50,8 @@ def load_salt_model(name: str, use_ema: bool, dtype: str, weight_dtype: str = "d
     room; the linear layers are ComfyUI's cast-on-use ops, and `weight_dtype` fp8 stores their weights in fp8 and
     computes in `dtype`.
     """
-    if dtype not in DTYPES:
-        raise ValueError(f"SaltLoadCausalModel: dtype={dtype!r}; expected one of {list(DTYPES)}")
-    if weight_dtype not in WEIGHT_DTYPES:
-        raise ValueError(f"SaltLoadCausalModel: weight_dtype={weight_dtype!r}; expected one of {list(WEIGHT_DTYPES)}")
+    check_choice("dtype", dtype, DTYPES, where="SaltLoadCausalModel")
+    check_choice("weight_dtype", weight_dtype, WEIGHT_DTYPES, where="SaltLoadCausalModel")
     path = diffusion_model_path(name)
     try:
         model, layout = load_model(path, use_ema=use_ema, dtype=DTYPES[dtype], device=model_offload_device(),

@@ -3,12 +3,14 @@
 SIGMAS are Salt's warped few-step grids (salt_core.schedules); the SAMPLER wraps salt_core's
 k-diffusion-contract samplers in one KSAMPLER, so it drives a native Wan MODEL with no copy of it.
 """
+import functools
+
 import torch
 
 from ..salt_core.samplers import sample_fewstep_deterministic, sample_fewstep_stochastic
 from ..salt_core.schedules import INFERENCE_GRID_RAW, MAX_NFE, TRAINING_GRID_RAW, get_sigmas_warped, raw_step_list
 from ..salt_core.config import TOY_SHIFT
-from ..salt_core.validate import check_number
+from ..salt_core.validate import check_choice, check_finite_tensor, check_number
 from .bridge import io, ksampler
 
 # Raw (un-shifted, 0..1000) timestep lists of the named presets; "uniform" uses `nfe`, "custom" the text.
@@ -19,7 +21,23 @@ SIGMA_PRESETS = {
     "training_8step": TRAINING_GRID_RAW,          # [1000, 875, ..., 125]
     "custom": None,
 }
-SAMPLERS = {"stochastic": sample_fewstep_stochastic, "deterministic": sample_fewstep_deterministic}
+NON_FINITE_FIX = ("the model computed NaN/Inf: check the LoRA strengths (LoraLoaderModelOnly's strength must be a "
+                  "finite number) and that the checkpoint's weights are finite; lower cfg if guidance is very high")
+
+
+def finite_result(sample_fn):
+    """`sample_fn` (k-diffusion contract) whose result must be finite: a NaN LoRA strength or broken weights end in
+    an error naming the likely causes, never in a 'successful' NaN video."""
+    @functools.wraps(sample_fn)
+    def sample(model, x, sigmas, *args, **kwargs):
+        out = sample_fn(model, x, sigmas, *args, **kwargs)
+        check_finite_tensor("the sampled latent", out, where="SaltFewStepSampler", fix=NON_FINITE_FIX)
+        return out
+    return sample
+
+
+SAMPLERS = {"stochastic": finite_result(sample_fewstep_stochastic),
+            "deterministic": finite_result(sample_fewstep_deterministic)}
 
 
 def parse_raw_steps(text: str) -> list:
@@ -36,8 +54,7 @@ def parse_raw_steps(text: str) -> list:
 
 def fewstep_sigmas(preset: str, nfe: int, shift: float, custom_steps: str = "") -> torch.Tensor:
     """SIGMAS (K+1,) float32 ending at 0 for a preset (or `nfe` uniform steps, or a custom raw list)."""
-    if preset not in SIGMA_PRESETS:
-        raise ValueError(f"SaltFewStepSigmas: preset={preset!r}; expected one of {list(SIGMA_PRESETS)}")
+    check_choice("preset", preset, SIGMA_PRESETS, where="SaltFewStepSigmas")
     check_number("shift", shift, where="SaltFewStepSigmas", low=0, low_open=True,
                  fix=f"Wan uses 5.0, the toy world {TOY_SHIFT:g}")
     if preset == "uniform":
@@ -111,6 +128,5 @@ class SaltFewStepSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, mode) -> io.NodeOutput:
-        if mode not in SAMPLERS:
-            raise ValueError(f"SaltFewStepSampler: mode={mode!r}; expected one of {list(SAMPLERS)}")
+        check_choice("mode", mode, SAMPLERS, where="SaltFewStepSampler")
         return io.NodeOutput(ksampler(SAMPLERS[mode]))

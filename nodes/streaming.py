@@ -10,10 +10,12 @@ import torch
 
 from ..salt_core.kv_cache import CachePolicy
 from ..salt_core.streaming import rollout_stream, stream_memory_bytes
-from ..salt_core.validate import check_context, check_memory, check_number, check_sigmas
+from ..salt_core.validate import (check_choice, check_context, check_finite_tensor, check_image, check_memory,
+                                  check_number, check_sigmas)
 from .bridge import (Progress, check_interrupted, encode_image, free_memory, io, latent_from_comfy, latent_to_comfy,
                      resize_image)
 from .models import salt_in_use
+from .sampling import NON_FINITE_FIX
 from .types import SPATIAL_FACTOR, CacheOptions, CacheOptionsType, SaltModel, SaltModelType
 
 log = logging.getLogger("salt.nodes")
@@ -27,6 +29,7 @@ def cache_options(chunk_frames: int, attention: str, window_frames: int, sink_fr
                   context_noise: float, max_frames: int) -> CacheOptions:
     """CacheOptions from the widgets, with errors that name the widget and the fix."""
     where = "SaltCacheOptions"
+    check_choice("attention", attention, ATTENTION, where=where)
     check_number("context_noise", context_noise, where=where, low=0, high=1, high_open=True,
                  fix="Self Forcing uses 0")
     if chunk_frames < 1:
@@ -97,6 +100,8 @@ def first_frames(salt: SaltModel, width: int, height: int, batch: int, image=Non
         return None
     if image is not None and latent is not None:
         raise ValueError(f"{where}: both start_image and start_latent are connected; connect one")
+    if image is not None:
+        check_image("start_image", image, where=where)
     if latent is not None:
         x = latent["samples"]
         x = latent_from_comfy(x.unsqueeze(2) if x.ndim == 4 else x, salt.latent_format)
@@ -134,8 +139,7 @@ def _stream(salt, positive, options, sigmas, seed, num_chunks, width, height, ba
     if not salt.causal:
         raise ValueError(f"SaltStreamingSampler: {salt.name} is a bidirectional model (not trained for chunk-by-"
                          f"chunk generation); use a causal teacher or student, or a native sampler")
-    if sampling not in SAMPLING:
-        raise ValueError(f"SaltStreamingSampler: sampling={sampling!r}; expected one of {list(SAMPLING)}")
+    check_choice("sampling", sampling, SAMPLING, where="SaltStreamingSampler")
     if not 1 <= num_chunks <= MAX_CHUNKS:
         raise ValueError(f"SaltStreamingSampler: num_chunks={num_chunks}; expected 1..{MAX_CHUNKS}")
     frames, policy = num_chunks * options.chunk_frames, options.policy
@@ -193,7 +197,9 @@ def _stream(salt, positive, options, sigmas, seed, num_chunks, width, height, ba
         for k, chunk in enumerate(chunks, start=1 if first is None else 0):   # the first frames come back first
             out.append(chunk.float().cpu())
             progress.show_chunk(k * steps, chunk)              # the finished chunk, decoded as the user previews
-        return torch.cat(out, dim=2)
+        video = torch.cat(out, dim=2)
+        check_finite_tensor("the sampled video", video, where="SaltStreamingSampler", fix=NON_FINITE_FIX)
+        return video
 
 
 class SaltCacheOptions(io.ComfyNode):

@@ -6,6 +6,7 @@ Runs on a CPU in seconds, with no download.
 import torch
 
 from ..salt_core.config import get_config
+from ..salt_core.validate import check_choice
 from ..toy.shipped import TOY_STUDENT, TOY_TEACHER, load_toy_asset
 from ..toy.text import ToyTextEncoder
 from .bridge import io, model_offload_device, model_patcher
@@ -17,8 +18,7 @@ TOY_MODEL_PRESET = "toy"                          # the toy model's WanConfig pr
 
 def load_toy_model(asset: str, path: str = None) -> SaltModel:
     """SaltModel of a shipped toy asset (or of `path`), with a node error saying how to build a missing one."""
-    if asset not in TOY_ASSETS:
-        raise ValueError(f"SaltToyModel: asset={asset!r}; expected one of {list(TOY_ASSETS)}")
+    check_choice("asset", asset, TOY_ASSETS, where="SaltToyModel")
     try:
         model, mode, description = load_toy_asset(path or TOY_ASSETS[asset])
     except FileNotFoundError as e:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, fields, asdict
 import difflib
 import json
 
-from .validate import MAX_ROPE_TABLE_BYTES, check_count, check_memory, check_number, rope_table_bytes
+from .validate import MAX_ROPE_TABLE_BYTES, check_count, check_memory, check_number, quote, rope_table_bytes
 
 
 def check_keys(cls, keys, *, where: str = "", renamed: dict | None = None) -> None:
@@ -21,9 +21,12 @@ def check_keys(cls, keys, *, where: str = "", renamed: dict | None = None) -> No
     known = [f.name for f in fields(cls)]
     unknown = sorted(set(keys) - set(known))
     if unknown:
-        close = {k: difflib.get_close_matches(k, known, n=3, cutoff=0.6) for k in unknown}
+        longest = max(len(k) for k in known)   # a key far longer than any field has no close match (and is not echoed)
+        close = {k: difflib.get_close_matches(k, known, n=3, cutoff=0.6) if len(k) <= 2 * longest else []
+                 for k in unknown[:5]}
         hint = "; ".join(f"{k}: did you mean {' or '.join(c)}?" for k, c in close.items() if c)
-        raise ValueError(f"{where}: unknown keys {unknown}{'; ' + hint if hint else ''}; known keys: {sorted(known)}")
+        shown = ", ".join(quote(k) for k in unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        raise ValueError(f"{where}: unknown keys [{shown}]{'; ' + hint if hint else ''}; known keys: {sorted(known)}")
 
 
 def strict_from_dict(cls, d: dict, *, where: str = "", renamed: dict | None = None):
@@ -122,5 +125,5 @@ MODEL_PRESETS = {
 def get_config(name: str) -> WanConfig:
     """Look up a preset by name with an error listing the choices."""
     if name not in MODEL_PRESETS:
-        raise KeyError(f"unknown model preset {name!r}; choose one of {sorted(MODEL_PRESETS)}")
+        raise KeyError(f"unknown model preset {quote(name)}; choose one of {sorted(MODEL_PRESETS)}")
     return MODEL_PRESETS[name]

@@ -88,6 +88,12 @@ def _check_pair(base: Mapping, student: Mapping):
                              f"{sd[low[0]].dtype}); fp8 keeps about two significant digits, so a LoRA of the "
                              f"difference would mostly hold rounding noise. Load both models with full-precision "
                              f"weights (weight_dtype 'default')")
+    for which, sd in (("student", student), ("base", base)):
+        broken = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if broken:
+            raise ValueError(f"extract_lora: the {which} holds NaN/Inf in {len(broken)} tensor(s), e.g. "
+                             f"{broken[:3]}; a LoRA of it would carry them into every model it is applied to. Use "
+                             f"a checkpoint from before the run diverged, or check the {which} file")
     shapes = [k for k in student if tuple(student[k].shape) != tuple(base[k].shape)]
     if shapes:
         k = shapes[0]

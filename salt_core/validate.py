@@ -14,8 +14,30 @@ GIB = 1 << 30
 MAX_ROPE_TABLE_BYTES = 256 << 20   # RoPE tables larger than this are a corrupt config, not a model (Wan: 0.5 MiB)
 
 
+MAX_QUOTE = 60                     # characters of an input a message quotes; the rest is counted, not echoed
+
+
 def _prefix(where: str) -> str:
     return f"{where}: " if where else ""
+
+
+def quote(value, limit: int = MAX_QUOTE) -> str:
+    """repr(value) for a message, at most `limit` characters of it: a 4 MiB string sent by a client becomes its
+    first characters and its length, never an error as large as the input (errors are stored and broadcast)."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    size = f"{len(value)} characters" if isinstance(value, str) else f"{len(text)} characters shown"
+    return f"{text[:limit]}… ({size})"
+
+
+def check_choice(name: str, value, choices, *, where: str = "") -> str:
+    """`value` if it is one of `choices` (strings: a combo widget's options, a dict's keys); a ValueError naming them
+    otherwise, also for values that are not strings (a JSON object sent for a combo is not hashable)."""
+    options = list(choices)
+    if not isinstance(value, str) or value not in options:
+        raise ValueError(f"{_prefix(where)}{name}={quote(value)}; expected one of {options}")
+    return value
 
 
 # -- numbers ---------------------------------------------------------------------------------------------
@@ -37,14 +59,14 @@ def check_number(name: str, value, *, where: str = "", low=None, high=None, low_
             raise TypeError
         number = int(value) if integer else float(value)
     except (TypeError, ValueError, OverflowError):
-        raise ValueError(f"{_prefix(where)}{name}={value!r}; expected {expected}{'; ' + fix if fix else ''}") from None
+        raise ValueError(f"{_prefix(where)}{name}={quote(value)}; expected {expected}{'; ' + fix if fix else ''}") from None
     bad = not math.isfinite(float(number))
     if not bad and low is not None:
         bad = number <= low if low_open else number < low
     if not bad and high is not None:
         bad = number >= high if high_open else number > high
     if bad:
-        raise ValueError(f"{_prefix(where)}{name}={value!r}; expected {expected}{'; ' + fix if fix else ''}")
+        raise ValueError(f"{_prefix(where)}{name}={quote(value)}; expected {expected}{'; ' + fix if fix else ''}")
     return number
 
 
@@ -62,7 +84,32 @@ def parse_bool(name: str, text, *, where: str = "") -> bool:
         return True
     if word in ("0", "false", "no", "off"):
         return False
-    raise ValueError(f"{_prefix(where)}{name}={text!r}; expected a boolean: true/false, yes/no, on/off or 1/0")
+    raise ValueError(f"{_prefix(where)}{name}={quote(text)}; expected a boolean: true/false, yes/no, on/off or 1/0")
+
+
+def check_device(name: str, value, *, where: str = "") -> torch.device:
+    """A torch device this machine has, from a user's text: None → cuda where available, else cpu; a name torch
+    does not know, or a CUDA device on a machine without one (or without that index), is a ValueError."""
+    if value is None or value == "":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(value)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"{_prefix(where)}{name}={quote(value)}; expected a device such as cpu, cuda or "
+                         f"cuda:1") from None
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        have = f"{torch.cuda.device_count()} CUDA device(s)" if torch.cuda.is_available() else "no CUDA device"
+        raise ValueError(f"{_prefix(where)}{name}={quote(value)}; this machine has {have}: use {name} cpu")
+    if device.type not in ("cpu", "cuda") and not _backend_available(device.type):
+        raise ValueError(f"{_prefix(where)}{name}={quote(value)}; this machine has no {device.type} device: use "
+                         f"{name} cpu")
+    return device
+
+
+def _backend_available(kind: str) -> bool:
+    """Whether torch reports a device backend (mps, xpu, ...) available here."""
+    backend = getattr(torch, kind, None) or getattr(torch.backends, kind, None)
+    return bool(getattr(backend, "is_available", lambda: False)())
 
 
 # -- tensors ---------------------------------------------------------------------------------------------
@@ -74,6 +121,34 @@ def check_finite_tensor(name: str, t: torch.Tensor, *, where: str = "", fix: str
             raise ValueError(f"{_prefix(where)}{name} holds {bad} non-finite value(s) (NaN/Inf) out of {t.numel()}; "
                              f"expected finite numbers{'; ' + fix if fix else ''}")
     return t
+
+
+def check_image(name: str, image, *, where: str = "") -> torch.Tensor:
+    """A ComfyUI IMAGE: a float tensor (B, H, W, C) with C = 3 (RGB) or 4 (RGBA), values in [0, 1], finite; else a
+    ValueError naming what is wrong (bytes 0-255, no batch axis, channels first, one channel) and the fix."""
+    fix = "connect a Load Image (or any IMAGE) output"
+    if not isinstance(image, torch.Tensor):
+        raise ValueError(f"{_prefix(where)}{name} is a {type(image).__name__}; expected an IMAGE tensor "
+                         f"(batch, height, width, 3); {fix}")
+    shape = tuple(image.shape)
+    if image.ndim == 3 and shape[-1] in (3, 4):
+        raise ValueError(f"{_prefix(where)}{name} has shape {shape}, no batch axis; expected (batch, height, width, "
+                         f"{shape[-1]}): add one with image.unsqueeze(0)")
+    if image.ndim != 4 or shape[-1] not in (3, 4) or min(shape) < 1:
+        hint = " (channels first? ComfyUI images are channels last)" if image.ndim == 4 and shape[1] in (1, 3, 4) else ""
+        raise ValueError(f"{_prefix(where)}{name} has shape {shape}; expected (batch, height, width, 3 or 4) with "
+                         f"RGB or RGBA channels last{hint}; a one-channel mask or greyscale image must be made RGB "
+                         f"first (e.g. Convert Mask to Image)")
+    if not image.is_floating_point():
+        raise ValueError(f"{_prefix(where)}{name} holds {image.dtype} values; ComfyUI images are floats in [0, 1]: "
+                         f"divide bytes 0-255 by 255")
+    check_finite_tensor(name, image, where=where, fix=fix)
+    low, high = float(image.min()), float(image.max())
+    if low < -1e-3 or high > 1 + 1e-3:
+        scale = " (bytes 0-255? divide by 255)" if high > 1.5 else ""
+        raise ValueError(f"{_prefix(where)}{name} holds values in [{low:.3g}, {high:.3g}]; ComfyUI images are in "
+                         f"[0, 1]{scale}")
+    return image
 
 
 def check_sigmas(sigmas, *, where: str = "", name: str = "sigmas", end_at_zero: bool = True) -> torch.Tensor:

@@ -47,7 +47,7 @@ def test_counts_refuse_fractions_and_words(field, value):
 @pytest.mark.parametrize("field", ["sink_frames", "ema_start_iter", "eval_every", "seed", "threads", "align_start_iter"])
 def test_counts_that_may_be_zero_refuse_negative_values(field):
     DistillConfig(**{field: 0})
-    with pytest.raises(ValueError, match=f"{field}=-1; expected an integer >= 0"):
+    with pytest.raises(ValueError, match=rf"{field}=-1; expected an integer (>= 0|in \[0, )"):
         DistillConfig(**{field: -1})
 
 

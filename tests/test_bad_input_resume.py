@@ -185,7 +185,7 @@ def test_the_cli_refuses_to_resume_a_folder_with_other_settings_and_names_the_fl
     run_distillation(tiny(teacher_path, gen_steps=1), str(run), quiet=True, world=TOY)
     args = [sys.executable, "-m", "comfyui_salt.training", "distill", "--preset", "toy-dmd", "--out", str(run),
             "--teacher", teacher_path, "--batch-size", "1", "--gen-steps", "1", "--critic-ratio", "1",
-            "--eval-every", "0", "--threads", "1", "--checkpoint-every", "1", "--ema-start", "1", "--lr-gen", "0.001"]
+            "--eval-every", "0", "--threads", "1", "--checkpoint-every", "1", "--ema-start-iter", "1", "--lr-gen", "0.001"]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "lr_gen: stored 2e-05, requested 0.001" in proc.stderr, proc.stderr[-2000:]
     assert "--allow-changed-settings" in proc.stderr and "Traceback" not in proc.stderr

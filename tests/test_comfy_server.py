@@ -455,10 +455,9 @@ def test_the_i2v_workflow_encodes_the_start_image_with_comfys_vae_and_streams_af
 def test_salt_distill_embeds_a_real_scale_runs_prompts_with_a_clip_from_the_graph(server):
     from safetensors.torch import load_file
     from comfyui_salt.training.prompts import WAN_NEGATIVE_PROMPT
-    prompts_file = server.base / "input" / REAL_PROMPTS_FILE
     distill = dict(preset="salt-causal-forcing", teacher=RELEASE_STANDIN, student_init="teacher",
                    critic_init="teacher", gen_steps=1, batch_size=1, seed=0, name="ci_real_clip",
-                   overrides=f"prompts_file={prompts_file}; {REAL_OVERRIDES}")
+                   overrides=f"prompts_file={REAL_PROMPTS_FILE}; {REAL_OVERRIDES}")   # a name in ComfyUI's input/
     prompt = {"1": {"class_type": "SaltTestUMT5",
                     "inputs": {"width": RELEASE_TEXT_DIM, "texts": "\n".join(REAL_PROMPTS + [WAN_NEGATIVE_PROMPT])}},
               "2": {"class_type": "SaltDistill", "inputs": {**distill, "clip": ["1", 0]}},
@@ -549,4 +548,40 @@ def test_bad_numbers_and_sizes_end_in_node_errors_never_in_success(server, objec
     status, response = server.queue(distill)
     errors = response["node_errors"]["1"]["errors"]
     assert status == 400 and [e["extra_info"]["input_name"] for e in errors] == ["name"], errors
+    server.check_alive()
+
+
+def test_hostile_inputs_on_the_newest_surfaces_end_in_short_errors_and_the_server_lives(server, object_info):
+    """Issue 23 over HTTP: client paths resolve inside ComfyUI's folders only (one refusal for missing and outside),
+    a thread count cannot take the server down, an error never echoes a huge input, JSON objects for combos are
+    named; after each the server answers and nothing outside its folders was read."""
+    distill = api_prompt("salt_toy_distill.json", object_info)
+    distill["1"]["inputs"].update(CI_DISTILL)
+    changed = functools.partial(changed_prompt, distill)
+    streaming = functools.partial(changed_prompt, api_prompt("salt_toy_streaming.json", object_info))
+    refusals = []
+    for prompt, node, words in [
+        (changed("1", overrides="prompts_file=/etc/passwd"), "1", "is not a file in ComfyUI's input folder"),
+        (changed("1", overrides="prompts_file=/no/such/file"), "1", "is not a file in ComfyUI's input folder"),
+        (changed("1", overrides="prompts_file=../../etc/passwd"), "1", "is not a file in ComfyUI's input folder"),
+        (changed("1", overrides="threads=4096"), "1", "threads=4096; expected an integer in [0, 256]"),
+        (changed("1", overrides="x" * (4 << 20)), "1", "(4194304 characters) is not `field=value`"),
+        # 0.3.75 leaves V3 combos to the node (our message); 0.33 refuses them at queue time (its own)
+        (streaming("3", attention={"kind": "full"}), "3", ("attention={'kind': 'full'}; expected one of",
+                                                           "attention: {'kind': 'full'} not in ['full'")),
+    ]:
+        status, response = server.queue(prompt)
+        if status == 400:
+            message = json.dumps(response["node_errors"][node])
+        else:
+            error = history_error(server.wait(response["prompt_id"]))
+            assert error["node_id"] == node, error
+            message = error["exception_message"]
+        assert any(w in message for w in ((words,) if isinstance(words, str) else words)), message[:3000]
+        assert len(message) < 2000, message[:3000]
+        refusals.append(message)
+        assert server.get("/system_stats")["system"]["comfyui_version"]          # alive and answering
+    paths = [m.split("prompts_file=")[1].split(" is not")[0] for m in refusals[:3]]
+    assert len({m.replace(p, "NAME") for m, p in zip(refusals[:3], paths)}) == 1     # no existence oracle
+    assert "root:" not in "".join(refusals)                                           # /etc/passwd was not read
     server.check_alive()

@@ -32,9 +32,11 @@ def comfy_dirs(salt_nodes, tmp_path, monkeypatch):
     import folder_paths
     from comfyui_salt.salt_core.model import build_model
     from comfyui_salt.training.files import save_model
-    models, output = tmp_path / "diffusion_models", tmp_path / "output"
+    models, output, inputs = tmp_path / "diffusion_models", tmp_path / "output", tmp_path / "input"
     models.mkdir()
     output.mkdir()
+    inputs.mkdir()
+    monkeypatch.setattr(folder_paths, "input_directory", str(inputs))
     exts = folder_paths.folder_names_and_paths["diffusion_models"][1]
     monkeypatch.setitem(folder_paths.folder_names_and_paths, "diffusion_models", ([str(models)], exts))
     monkeypatch.setattr(folder_paths, "filename_list_cache", {})
@@ -163,9 +165,9 @@ def test_a_real_scale_run_embeds_its_prompts_with_comfys_clip_once_and_resumes_w
     from comfyui_salt.training.prompts import WAN_NEGATIVE_PROMPT
     models, output = comfy_dirs
     save_model(build_model("tiny-hd128", seed=0), models / "tiny_wan.safetensors", layout="wan")   # text_dim 64
-    (tmp_path / "prompts.txt").write_text("\n".join(REAL_PROMPTS) + "\n")
+    (tmp_path / "input" / "prompts.txt").write_text("\n".join(REAL_PROMPTS) + "\n")   # uploaded to ComfyUI's input
     clip = tiny_umt5_clip(REAL_PROMPTS + [WAN_NEGATIVE_PROMPT], width=64)
-    overrides = f"prompts_file={tmp_path / 'prompts.txt'}; {REAL_OVERRIDES}"
+    overrides = f"prompts_file=prompts.txt; {REAL_OVERRIDES}"
     inputs = distill_inputs(preset="salt-causal-forcing", teacher="tiny_wan.safetensors", name="real_clip",
                             overrides=overrides)
     run(salt_nodes.SaltDistill, **inputs, clip=clip)

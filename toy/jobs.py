@@ -7,6 +7,7 @@ the shipped toy teacher, toy prompts and the oracle-metric evaluation.
 import torch
 
 from ..salt_core.config import get_config
+from ..salt_core.validate import quote
 from ..training.distill_models import DistillWorld
 from ..training.teacher import TeacherWorld
 from .evaluate import LAB_PREFIX, evaluate_any_student
@@ -56,9 +57,32 @@ def exact_teacher(cfg):
     return ExactTeacher(LabWorld(cfg.world[len(LAB_PREFIX):]))
 
 
+def check_distill_config(cfg) -> None:
+    """A toy-world run's DistillConfig against its world, before any model loads: the world exists, the clip size
+    is the world's, and the teacher belongs to that world (the sprite teacher cannot score the lab's world)."""
+    lab = cfg.world.startswith(LAB_PREFIX)
+    try:
+        if lab:
+            from .lab.world import get_lab_world
+            world = get_lab_world(cfg.world[len(LAB_PREFIX):])
+        else:
+            world = get_world(cfg.world)
+    except KeyError as e:
+        raise ValueError(f"DistillConfig.world={quote(cfg.world)}: {e.args[0]} (or lab:<preset> for the method "
+                         f"lab)") from None
+    for name in ("height", "width"):
+        if getattr(cfg, name) != getattr(world, name):
+            raise ValueError(f"DistillConfig.{name}={getattr(cfg, name)}; the world {cfg.world!r} is "
+                             f"{world.height}×{world.width} pixels: set {name}={getattr(world, name)}")
+    if lab and cfg.teacher == "toy":
+        raise ValueError(f"DistillConfig.teacher='toy' is the sprite world's teacher; world={cfg.world!r} is the "
+                         f"method lab's: pass teacher='exact' (its closed form) or a teacher trained on that world")
+
+
 def distill_world() -> DistillWorld:
     """The DistillWorld of toy-world runs: teacher="toy" is the shipped toy teacher, teacher="exact" the lab's
     ExactTeacher; prompts and evaluation follow cfg.world — sprite worlds: ToyPrompts and `evaluate_student`
     (oracle metrics, preview GIFs); "lab:<preset>": LabPrompts and the lab's exact metrics at each eval NFE."""
     return DistillWorld(teacher_file=TOY_TEACHER, load_teacher=lambda: load_toy_teacher()[0],
-                        prompts=distill_prompts, evaluate=evaluate_any_student, exact_teacher=exact_teacher)
+                        prompts=distill_prompts, evaluate=evaluate_any_student, exact_teacher=exact_teacher,
+                        check=check_distill_config)

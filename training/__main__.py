@@ -16,17 +16,18 @@ from .config_fields import add_config_flags, overrides_from_args
 
 def export(args) -> str:
     """The `export` command: the student as a LoRA on --base (with its energy report), or in --layout."""
-    from .files import load_model, save_model
+    from .files import check_output, load_model, save_model
     from .lora_export import export_lora, student_file
     if not args.lora:
+        check_output(args.out, "--out", {"--student": student_file(args.student)})
         model, _ = load_model(student_file(args.student))
         save_model(model, args.out, layout=args.layout)
         return f"wrote {args.out} ({args.layout} layout)"
     if args.base is None:
         raise SystemExit("export --lora: --base is required (the model the student was distilled from)")
     from ..salt_core.lora import format_report
-    import torch
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from ..salt_core.validate import check_device
+    device = check_device("--device", args.device, where="export --lora")
     path, reports = export_lora(args.base, args.student, args.out, args.rank, diffs=not args.no_diffs,
                                 dtype=args.dtype, device=device)
     return f"{format_report(reports, limit=12)}\nwrote {path}"
@@ -80,7 +81,7 @@ def main(argv=None):
     x.add_argument("--layout", default="wan", help="without --lora: layout of the written student "
                                                    "(wan, comfyui, diffusers, self_forcing)")
     q = sub.add_parser("distill", help="DMD / SC-DMD / Salt distillation or ODE-pair init; resumes automatically")
-    from .distill_config import DISTILL_PRESETS, DistillConfig
+    from .distill_config import DISTILL_PRESETS, RENAMED as DISTILL_RENAMED, DistillConfig
     q.add_argument("--preset", required=True, metavar="PRESET",
                    help=f"one of {', '.join(DISTILL_PRESETS)} (training/distill_config.py DISTILL_PRESETS); every "
                         f"config flag below overrides one of its fields")
@@ -89,7 +90,7 @@ def main(argv=None):
     q.add_argument("--allow-changed-settings", action="store_true",
                    help="resume a run folder whose checkpoints were made with other settings (listed in the error "
                         "without this flag); the restored optimizer state is kept")
-    add_config_flags(q, DistillConfig)
+    add_config_flags(q, DistillConfig, renamed=DISTILL_RENAMED)
     d = sub.add_parser("demo", help="the main job: toy-world generation, oracle metric table, preview GIF, workflow 1 in ComfyUI")
     d.add_argument("--out", default="out/demo", help="folder for preview.gif and salt_toy_streaming.webp")
     d.add_argument("--num-clips", type=int, default=16, help="prompts to generate per row")
@@ -116,6 +117,9 @@ def main(argv=None):
         from ..toy.jobs import teacher_world
         from .teacher import train_teacher
         cfg = TeacherConfig(**overrides_from_args(args, TeacherConfig))
+        if args.export:
+            from .files import check_output
+            check_output(args.export, "--export")           # before hours of training, not after
         model = train_teacher(cfg, args.out, evaluate=toy_evaluator(cfg.world), max_steps=args.max_steps,
                               world=teacher_world(cfg), allow_changed_settings=args.allow_changed_settings)
         if args.export:

@@ -24,9 +24,13 @@ import dataclasses
 import re
 
 from ..salt_core.config import check_keys, strict_from_dict
-from ..salt_core.validate import check_count, check_number, parse_bool
+from ..salt_core.validate import check_count, check_number, parse_bool, quote
 
 SCALARS = (bool, int, float, str)
+
+
+MAX_THREADS = 256   # torch CPU threads: more is a typo, and thousands make libgomp fail and take a server down
+MAX_ITEMS = 64      # items of a tuple field (step choices, eval NFEs): more is a typo or a hostile request
 
 
 def setting(default, help: str, *, group: str = "", choices: tuple = (), count: int | None = None,
@@ -72,10 +76,14 @@ def parse_value(f: dataclasses.Field, text: str, *, where: str = ""):
         return parse_bool(f.name, text, where=where)
     try:
         if isinstance(f.default, tuple):
-            return tuple(kind(v.strip()) for v in str(text).split(",") if v.strip())
+            items = [v for v in str(text).split(",") if v.strip()]
+            if len(items) > MAX_ITEMS:
+                raise ValueError(f"{where + ': ' if where else ''}{f.name} lists {len(items)} items; at most "
+                                 f"{MAX_ITEMS}, e.g. {f.name}={_show(f.default)}")
+            return tuple(kind(v.strip()) for v in items)
         return kind(text)
     except ValueError:
-        raise ValueError(f"{where + ': ' if where else ''}{f.name}={text!r}; expected {_describe(f)}, e.g. "
+        raise ValueError(f"{where + ': ' if where else ''}{f.name}={quote(text)}; expected {_describe(f)}, e.g. "
                          f"{f.name}={_show(f.default)}") from None
 
 
@@ -92,7 +100,7 @@ def parse_overrides(cls, text: str, *, where: str, renamed: dict | None = None, 
         if item.strip():
             key, eq, value = (part.strip() for part in item.partition("="))
             if not eq or not key:
-                raise ValueError(f"{where}: {item.strip()!r} is not `field=value`; e.g. critic_ratio=1; "
+                raise ValueError(f"{where}: {quote(item.strip())} is not `field=value`; e.g. critic_ratio=1; "
                                  f"step_choices=8,4,2; sc_symmetric=true")
             pairs.append((key, value))
     check_keys(cls, [k for k, _ in pairs], where=where, renamed=renamed)
@@ -120,9 +128,12 @@ def check_fields(cfg, where: str) -> None:
         if rule is None:
             continue
         value = getattr(cfg, f.name)
+        if isinstance(value, (tuple, list)) and len(value) > MAX_ITEMS:
+            raise ValueError(f"{where}: {f.name} holds {len(value)} items; at most {MAX_ITEMS}, e.g. "
+                             f"{f.name}={_show(f.default)}")
         for item in (value if isinstance(value, (tuple, list)) else (value,)):   # lists: from config.json
             if rule["choices"] and item not in rule["choices"]:
-                raise ValueError(f"{where}: {f.name}={item!r}; expected one of {tuple(rule['choices'])}")
+                raise ValueError(f"{where}: {f.name}={quote(item)}; expected one of {tuple(rule['choices'])}")
             if rule["count"] is not None:
                 check_count(f.name, item, where=where, minimum=rule["count"], maximum=rule["maximum"], fix=rule["fix"])
             elif _kind(f) is float or rule["low"] is not None or rule["high"] is not None:
@@ -160,9 +171,25 @@ def _show(value) -> str:
     return ",".join(str(v) for v in value) if isinstance(value, tuple) else repr(value)
 
 
-def add_config_flags(parser: argparse.ArgumentParser, cls) -> None:
+class _RenamedFlag(argparse.Action):
+    """A flag whose field was renamed: using it stops with the new flag's name (hidden from --help)."""
+
+    def __init__(self, option_strings, dest, renamed_to: str = "", **kwargs):
+        super().__init__(option_strings, dest, nargs="?", help=argparse.SUPPRESS, **kwargs)
+        self.renamed_to = renamed_to
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        new, _, why = self.renamed_to.partition(" ")
+        parser.error(f"{option_string} was renamed to --{new.replace('_', '-')} {why}".rstrip())
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls, renamed: dict | None = None) -> None:
     """One --flag per field of `cls`, in one --help section per group; help = the field's help, its choices and
-    default. Flags default to None (= keep the preset's / config's value)."""
+    default. Flags default to None (= keep the preset's / config's value). `renamed` {old field: "new_field (how
+    to convert)"} keeps the old flags, each stopping with its new name."""
+    for old, new in (renamed or {}).items():
+        parser.add_argument(f"--{old.replace('_', '-')}", dest=f"_renamed_{old}", action=_RenamedFlag,
+                            renamed_to=new)
     for group, fields in _groups(cls).items():
         section = parser.add_argument_group(f"{cls.__name__}: {group}" if group else cls.__name__)
         for f in fields:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 
 from ..salt_core.config import TOY_SHIFT
 from ..salt_core.schedules import MAX_NFE
-from .config_fields import from_dict, grouped, with_overrides
+from .config_fields import MAX_THREADS, from_dict, grouped, with_overrides
 from .validate import validate_distill_config
 
 JOBS = ("dmd", "ode_init")
@@ -108,7 +108,8 @@ class DistillConfig:
     memory_limit_gib: float = _runtime(0.0, "refuse runs whose estimate exceeds this; 0 = the device's free memory",
                                        low=0)
     seed: int = _runtime(0, "every step is seeded from (seed, rank, step)", count=0)
-    threads: int = _runtime(2, "torch CPU threads (fixed for bit-identical resume; 0 = leave as is)", count=0)
+    threads: int = _runtime(2, "torch CPU threads (fixed for bit-identical resume; 0 = leave as is)", count=0,
+                            maximum=MAX_THREADS)
     checkpoint_every: int = _logs(20, "generator steps between checkpoints", count=1)
     eval_every: int = _logs(50, "generator steps between toy evaluations; 0 disables", count=0)
     eval_clips: int = _logs(32, "prompts per evaluation", count=1)

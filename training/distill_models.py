@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from ..salt_core.scorenet import KINDS
+from ..salt_core.validate import quote
 from .distill_config import EXACT, DistillConfig
 from .files import load_model, read_metadata
 from .prompts import EmbeddedPrompts, cache_prompt_embeddings, read_prompts_file
@@ -29,6 +30,8 @@ class DistillWorld:
     evaluate: Callable         # (model, cfg, callback, preview_path) -> {f"nfe{k}": metric means}
     exact_teacher: Optional[Callable] = None   # (cfg) -> the closed-form teacher of cfg.world for teacher="exact"
     #                                            (WanModel's forward signature, no parameters); None = no world has one
+    check: Optional[Callable] = None   # (cfg) -> None: ValueError naming the field when cfg does not fit the world
+    #                                    (unknown world, clip size, a teacher of another world), before any model loads
 
 
 def needs_world(cfg: DistillConfig) -> bool:
@@ -37,10 +40,40 @@ def needs_world(cfg: DistillConfig) -> bool:
 
 
 def check_world(cfg: DistillConfig, world, where: str) -> None:
-    """A ValueError naming the fix when a toy-world run got no DistillWorld."""
-    if world is None and needs_world(cfg):
+    """A ValueError naming the fix when a toy-world run got no DistillWorld, or when cfg does not fit its world."""
+    if not needs_world(cfg):
+        return
+    if world is None:
         raise ValueError(f"{where}: teacher={cfg.teacher!r}, world={cfg.world!r} is a toy-world run but world=None; "
                          f"pass world=comfyui_salt.toy.jobs.distill_world() (the CLI and SaltDistill do)")
+    if world.check is not None:
+        world.check(cfg)
+
+
+def check_models_fit(cfg: DistillConfig, teacher, student, critic) -> None:
+    """The three models and the clip size of `cfg` fit together, checked once they are built and before any step:
+    a ValueError naming the field (student_init, critic_init, height, width, num_frames, align_block), not a tensor
+    shape deep in a forward."""
+    ref = teacher.cfg
+    for what, model in (("student_init", student), ("critic_init", critic)):
+        c = model.cfg
+        if (c.in_dim, c.out_dim, c.text_dim, tuple(c.patch_size)) != (ref.in_dim, ref.out_dim, ref.text_dim,
+                                                                    tuple(ref.patch_size)):
+            raise ValueError(f"DistillConfig.{what}={quote(getattr(cfg, what))} is a model with {c.in_dim} latent "
+                             f"channels, text width {c.text_dim} and patch {tuple(c.patch_size)}; the teacher has "
+                             f"{ref.in_dim}, {ref.text_dim} and {tuple(ref.patch_size)}: pass a model of the "
+                             f"teacher's family")
+    pt, ph, pw = ref.patch_size
+    for name, size, patch in (("num_frames", cfg.num_frames, pt), ("height", cfg.height, ph), ("width", cfg.width, pw)):
+        if size % patch:
+            raise ValueError(f"DistillConfig.{name}={size} is not a multiple of the models' patch size {patch}")
+    if cfg.num_frames % cfg.chunk_frames:
+        raise ValueError(f"DistillConfig.num_frames={cfg.num_frames} is not a multiple of chunk_frames="
+                         f"{cfg.chunk_frames}")
+    features = critic if cfg.aligns_to_frozen_critic else teacher
+    if cfg.align_weight > 0 and cfg.align_block >= features.cfg.num_layers:
+        raise ValueError(f"DistillConfig.align_block={cfg.align_block}; the network whose features are aligned has "
+                         f"{features.cfg.num_layers} blocks: expected 0..{features.cfg.num_layers - 1}")
 
 
 def _load(source: str, cfg: DistillConfig, teacher, what: str):
@@ -81,6 +114,7 @@ def build_models(cfg: DistillConfig, world: DistillWorld = None):
     teacher.requires_grad_(False).eval()
     student = _load(cfg.student_init, cfg, teacher, "student_init")
     critic = _load(cfg.critic_init, cfg, teacher, "critic_init")
+    check_models_fit(cfg, teacher, student, critic)
     return teacher, student, critic
 
 

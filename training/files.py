@@ -238,6 +238,44 @@ def load_model(path, preset=None, use_ema: bool = True, dtype=torch.float32, num
 
 
 # -- writing ------------------------------------------------------------------------------------------
+SALT_WRITTEN_META = (LAYOUT_META, "salt_lora_summary")   # metadata fields every safetensors file Salt writes has one of
+
+
+def salt_wrote(path: str) -> bool:
+    """Whether the existing file at `path` is a safetensors file Salt wrote (a model or a LoRA: its metadata says
+    so); torch files carry no metadata, so they never count as ours."""
+    if _extension(path) not in SAFETENSORS_EXTS:
+        return False
+    try:
+        meta = read_metadata(path)
+    except ValueError:
+        return False
+    return any(field in meta for field in SALT_WRITTEN_META)
+
+
+def check_output(path, flag: str = "--out", inputs: Mapping = None) -> str:
+    """`path` as a destination Salt may write, checked before any work: not one of `inputs` ({flag: path} of the
+    files being read), not under a regular file, and not an existing file Salt did not write (a user's model or
+    LoRA is never replaced). Returns the path; a ValueError naming the flag and the fix otherwise."""
+    path = os.fspath(path)
+    real = os.path.realpath(path)
+    for name, source in (inputs or {}).items():
+        if source is not None and os.path.exists(os.fspath(source)) and os.path.realpath(os.fspath(source)) == real:
+            raise ValueError(f"{flag}={path!r} is the {name} file being read; writing there would destroy it. "
+                             f"Choose another {flag}")
+    parent = os.path.dirname(os.path.abspath(path))
+    while parent and not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if parent and not os.path.isdir(parent):
+        raise ValueError(f"{flag}={path!r}: {parent!r} is a file, not a folder; choose a destination in a folder")
+    if os.path.isdir(path):
+        raise ValueError(f"{flag}={path!r} is a folder; give a file name (e.g. {os.path.join(path, 'student.safetensors')!r})")
+    if os.path.exists(path) and not salt_wrote(path):
+        raise ValueError(f"{flag}={path!r} exists and was not written by Salt; it is never replaced. Choose a new "
+                         f"name, or move that file away first")
+    return path
+
+
 def atomic_write(path: str, write):
     """Call write(tmp_path) for a temp file beside `path`, fsync it and rename it onto `path`."""
     folder = os.path.dirname(os.path.abspath(path))

@@ -48,7 +48,14 @@ class TrainingLoop:
         if latest is None:
             return False
         path, tensors, state = latest
-        job.load(tensors, state)
+        try:
+            job.load(tensors, state)
+        except RuntimeError as e:     # load_state_dict: other names or shapes than the models these settings build
+            detail = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln or "key" in ln), str(e))
+            raise ValueError(f"run folder {self.folder}: the checkpoint {os.path.basename(path)} holds models of "
+                             f"another architecture than these settings build ({detail[:300]}); a resume, even "
+                             f"with changed settings, continues the checkpoint's weights, so the model sources and "
+                             f"sizes cannot change. Start a new run folder for the new models") from None
         log.info("resumed from %s (%s %d)", path, self.step_key, job.step)
         return True
 

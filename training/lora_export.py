@@ -12,7 +12,8 @@ import torch
 from safetensors.torch import save_file
 
 from ..salt_core.lora import extract_lora, summarize
-from .files import atomic_write, load_model
+from ..salt_core.validate import check_choice
+from .files import atomic_write, check_output, load_model
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -30,20 +31,27 @@ def student_file(path: str) -> str:
 
 def state_dict_of(model_or_path, device="cpu") -> dict:
     """Original-name state dict of a WanModel or a state dict / name → tensor Mapping (as they are), or of a
-    checkpoint file in any layout (float32, loaded onto `device`)."""
+    checkpoint file in any layout (float32, loaded onto `device`; fp8-stored linear weights stay fp8, which
+    extraction refuses: their rounding noise would be the LoRA)."""
     if isinstance(model_or_path, torch.nn.Module):
         return model_or_path.state_dict()
     if isinstance(model_or_path, Mapping):
         return model_or_path
-    model, _ = load_model(student_file(os.fspath(model_or_path)), device=device)
+    model, _ = load_model(student_file(os.fspath(model_or_path)), device=device, keep_fp8=True)
     return model.state_dict()
+
+
+def check_lora_path(path, inputs: Mapping = None) -> str:
+    """A LoRA destination (.safetensors, `files.check_output`), checked before any SVD."""
+    path = os.fspath(path)
+    if not path.lower().endswith(".safetensors"):
+        raise ValueError(f"export_lora: out={path!r}; a LoRA is written as .safetensors (ComfyUI's models/loras)")
+    return check_output(path, "out", inputs)
 
 
 def save_lora(lora: dict, reports: list, path: str, metadata: dict = None) -> str:
     """Write a LoRA state dict (ComfyUI keys) with its summary as safetensors metadata; returns the path."""
-    path = os.fspath(path)
-    if not path.lower().endswith(".safetensors"):
-        raise ValueError(f"export_lora: out={path!r}; a LoRA is written as .safetensors (ComfyUI's models/loras)")
+    path = check_lora_path(path)
     meta = {"salt_lora_summary": json.dumps(summarize(reports), sort_keys=True), **(metadata or {})}
     tensors = {k: v.contiguous() for k, v in lora.items()}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={k: str(v) for k, v in meta.items()}))
@@ -57,8 +65,8 @@ def export_lora(base, student, path: str, rank: int, diffs: bool = True, dtype: 
     base, student: WanModels, state dicts or checkpoint files (any layout; a run folder for the student;
     files are loaded onto `device`, where the SVDs then run: use a GPU for Wan 1.3B).
     """
-    if dtype not in DTYPES:
-        raise ValueError(f"export_lora: dtype={dtype!r}; expected one of {list(DTYPES)}")
+    check_choice("dtype", dtype, DTYPES, where="export_lora")
+    check_lora_path(path, {k: v for k, v in (("base", base), ("student", student)) if isinstance(v, (str, os.PathLike))})
     lora, reports = extract_lora(state_dict_of(base, device), state_dict_of(student, device), rank, diffs=diffs,
                                  dtype=DTYPES[dtype])
     if not reports:

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..salt_core.validate import quote
+
 
 # Wan 2.1's default negative prompt (Wan: wan/configs/shared_config.py `sample_neg_prompt`; the same
 # text Self Forcing's configs use for the unconditional branch of the real score).
@@ -24,6 +26,9 @@ WAN_NEGATIVE_PROMPT = (
     "丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，静止不动的画面，"
     "杂乱的背景，三条腿，背景人很多，倒着走")
 TEXT_LEN = 512   # Wan's text_len: the context every prompt embedding is cut or zero-padded to
+# A prompt is cut to this many characters before it is tokenized: every token covers at least one character, so
+# the first 512 tokens (all Wan reads) always lie inside it, and a 1 MB line cannot ask for a huge attention.
+MAX_PROMPT_CHARS = 8 * TEXT_LEN
 
 
 class EmbeddedPrompts:
@@ -51,13 +56,18 @@ class EmbeddedPrompts:
 
 
 def read_prompts_file(prompts_file: str) -> list:
-    """The non-empty lines of a text file (one prompt each), stripped."""
-    if not prompts_file or not os.path.exists(prompts_file):
-        raise FileNotFoundError(f"prompts_file {prompts_file!r} does not exist; pass a text file with one prompt per line")
-    with open(prompts_file, encoding="utf-8") as f:
-        prompts = [line.strip() for line in f if line.strip()]
+    """The non-empty lines of a UTF-8 text file (one prompt each), stripped, each cut to MAX_PROMPT_CHARS."""
+    if not prompts_file or not os.path.isfile(prompts_file):
+        raise FileNotFoundError(f"prompts_file {quote(prompts_file)} does not exist; pass a text file with one prompt "
+                                f"per line")
+    try:
+        with open(prompts_file, encoding="utf-8") as f:
+            prompts = [line.strip()[:MAX_PROMPT_CHARS] for line in f if line.strip()]
+    except UnicodeDecodeError as e:
+        raise ValueError(f"prompts_file {quote(os.path.basename(prompts_file))} is not UTF-8 text (byte "
+                         f"{e.object[e.start]:#04x} at position {e.start}); save it as UTF-8") from None
     if not prompts:
-        raise ValueError(f"prompts_file {prompts_file!r} holds no prompts")
+        raise ValueError(f"prompts_file {quote(os.path.basename(prompts_file))} holds no prompts")
     return prompts
 
 

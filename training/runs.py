@@ -86,10 +86,7 @@ def check_resumable(cfg, folder: str, allow_changes: bool = False, override_hint
 def write_config(cfg, folder: str) -> str:
     """Write the dataclass `cfg` as `<folder>/config.json` (sorted keys), atomically; returns the path."""
     path = os.path.join(folder, CONFIG_FILE)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(dataclasses.asdict(cfg), f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    _write_text(path, json.dumps(dataclasses.asdict(cfg), indent=1, sort_keys=True))
     return path
 
 
@@ -101,12 +98,45 @@ def open_run(cfg, folder: str, *, allow_changes: bool = False, rank: int = 0):
     holds the RunLock and records `cfg` in config.json. Under several processes only rank 0 locks and writes;
     every rank checks.
     """
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise ValueError(f"run folder {folder!r} is a file; give a folder (it is created if missing)")
+    parent = os.path.dirname(os.path.abspath(folder))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ValueError(f"run folder {folder!r}: {parent!r} is a file, not a folder; choose a run folder elsewhere")
     os.makedirs(folder, exist_ok=True)
     with RunLock(folder) if rank == 0 else contextlib.nullcontext():
         check_resumable(cfg, folder, allow_changes, OVERRIDE_HINT)
-        if rank == 0:
-            write_config(cfg, folder)
-        yield folder
+        if rank != 0:
+            yield folder
+            return
+        config = os.path.join(folder, CONFIG_FILE)
+        previous = open(config).read() if os.path.isfile(config) else None
+        checkpoints = _checkpoint_names(folder)
+        write_config(cfg, folder)
+        try:
+            yield folder
+        except BaseException:
+            # The job failed before it saved anything with the new settings (e.g. changed settings that do not
+            # fit the checkpoints): config.json goes back to describing the checkpoints the folder holds.
+            if previous is not None and _checkpoint_names(folder) == checkpoints:
+                _write_text(config, previous)
+            raise
+
+
+def _checkpoint_names(folder: str) -> list:
+    """The entries of `<folder>/checkpoints` (what a job has saved so far)."""
+    path = os.path.join(folder, "checkpoints")
+    return sorted(os.listdir(path)) if os.path.isdir(path) else []
+
+
+def _write_text(path: str, text: str) -> None:
+    """Replace `path` with `text` atomically (a temp file beside it, then rename)."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
 
 
 class RunLock:

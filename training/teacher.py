@@ -28,7 +28,7 @@ from ..salt_core.denoiser import FlowDenoiser
 from ..salt_core.samplers import sample_euler
 from ..salt_core.scorenet import teacher_forcing_forward
 from .common import CheckpointManager, config_from_dict, log, step_generators
-from .config_fields import grouped
+from .config_fields import MAX_THREADS, grouped
 from .loop import RegressionJob, TrainingLoop, stop_step
 from .runs import open_run
 from .validate import validate_teacher_config
@@ -65,7 +65,7 @@ class TeacherConfig:
     shift: float = _noise(TOY_SHIFT, "timestep shift applied to training σ (the toy world's shift)", low=0,
                           low_open=True)
     seed: int = _runtime(0, "every step is seeded from (seed, rank, step)", count=0)
-    threads: int = _runtime(2, "torch CPU threads (fixed for bit-identical resume)", count=1)
+    threads: int = _runtime(2, "torch CPU threads (fixed for bit-identical resume)", count=1, maximum=MAX_THREADS)
     checkpoint_every: int = _logs(250, "steps between checkpoints", count=1)
     eval_every: int = _logs(500, "steps between evaluations; 0 disables", count=0)
     eval_clips: int = _logs(32, "prompts per evaluation", count=1)
@@ -204,7 +204,8 @@ def export_teacher(run_dir: str, out_path: str, weights: str = "ema") -> str:
     initialisation, so the raw weights can be the better teacher."""
     if weights not in ("ema", "raw"):
         raise ValueError(f"weights={weights!r}; expected 'ema' or 'raw'")
-    from .files import save_model
+    from .files import check_output, save_model
+    check_output(out_path, "--out")
     latest = CheckpointManager(os.path.join(run_dir, "checkpoints")).latest()
     if latest is None:
         raise FileNotFoundError(f"no complete checkpoint in {run_dir}/checkpoints; train first")
