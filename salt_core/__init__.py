@@ -9,6 +9,7 @@ Knows nothing of ComfyUI, files or training loops. The stable public API (see RE
     FlowDenoiser(model, context, ...)              # velocity model -> k-diffusion denoiser
     sample_fewstep_stochastic / sample_fewstep_deterministic(model, x, sigmas, ...)
     CachePolicy.full / .rolling / .sink; rollout_stream(...) / stream_video(...)
+    ChunkStream(model, cache, context, ...)        # one chunk per step(); set_prompt, write, state / from_state
     extract_lora(base_sd, student_sd, rank) -> (lora_sd, reports); apply_lora(sd, lora_sd)   # ComfyUI LoRA keys
 """
 from .config import MODEL_PRESETS, WanConfig, get_config
@@ -20,7 +21,7 @@ from .lora import apply_lora, extract_lora
 from .model import BlockCausal, WanModel, build_model
 from .samplers import sample_euler, sample_fewstep_deterministic, sample_fewstep_stochastic
 from .schedules import get_sigmas_fewstep, get_sigmas_uniform, get_sigmas_warped, shift_sigma
-from .streaming import rollout_stream, stream_video
+from .streaming import ChunkStream, rollout_stream, stream_video
 
 PRESETS = MODEL_PRESETS   # the 0.x name of MODEL_PRESETS, kept for existing imports
 
@@ -29,6 +30,7 @@ __all__ = [
     "LayoutError",
     "adopt_weights", "detect_layout", "from_wan_state_dict", "load_into", "to_wan_state_dict", "BlockCausal",
     "WanModel", "build_model", "sample_euler", "sample_fewstep_deterministic", "sample_fewstep_stochastic",
-    "get_sigmas_fewstep", "get_sigmas_uniform", "get_sigmas_warped", "shift_sigma", "rollout_stream", "stream_video",
+    "get_sigmas_fewstep", "get_sigmas_uniform", "get_sigmas_warped", "shift_sigma", "ChunkStream", "rollout_stream",
+    "stream_video",
     "extract_lora", "apply_lora",
 ]

@@ -14,11 +14,11 @@ from typing import Callable, Optional
 
 import torch
 
-from .denoiser import CachedDenoiser, FlowDenoiser
+from .denoiser import FlowDenoiser
 from .kv_cache import CachePolicy
 from .samplers import fewstep_update
 from .schedules import randn_like, x0_from_velocity
-from .streaming import write_context
+from .streaming import ChunkStream
 from .validate import check_sigmas
 
 
@@ -76,18 +76,18 @@ def rollout_self_forcing(model, noise: torch.Tensor, context: torch.Tensor, sigm
     _check_exit(exit_index, sig)
     B, C, num_f, H, W = noise.shape
     cache = cache if cache is not None else model.new_cache(B, policy, (H, W))
-    cache.reset()
+    stream = ChunkStream(model, cache, context, chunk_frames=chunk_frames, context_noise=context_noise,
+                         generator=generator)
     outs, renoise = [], {}
     for c, f0 in enumerate(range(0, num_f, chunk_frames)):
-        reader = CachedDenoiser(model, context, cache, f0, write=False)   # never writes: SC-DMD reuses it
-        x_s, v1, x0 = _backward_simulation(CachedDenoiser(model, context, cache, f0), reader,
-                                           noise[:, :, f0:f0 + chunk_frames], sig, exit_index, generator, grad,
-                                           renoise, c)
-        if on_exit is not None:
-            on_exit(c, x_s, v1, reader.velocity)
-        with torch.no_grad():
-            write_context(model, x0.detach(), context, cache, f0, context_noise, generator)
-        outs.append(x0)
+        def produce(stream, c=c, f0=f0):
+            reader = stream.denoiser(write=False)   # never writes: SC-DMD's composed branch reuses it
+            x_s, v1, x0 = _backward_simulation(stream.denoiser(), reader, noise[:, :, f0:f0 + chunk_frames], sig,
+                                               exit_index, generator, grad, renoise, c)
+            if on_exit is not None:
+                on_exit(c, x_s, v1, reader.velocity)
+            return x0, x0
+        outs.append(stream.step(produce))
     return Rollout(torch.cat(outs, 2), sig[exit_index], renoise)
 
 
@@ -123,22 +123,23 @@ def rollout_reference(model, noise: torch.Tensor, context: torch.Tensor, student
         raise ValueError(f"dense grid {dense} does not contain the student's exit level {target}")
     B, C, num_f, H, W = noise.shape
     cache = cache if cache is not None else model.new_cache(B, policy, (H, W))
-    cache.reset()
+    stream = ChunkStream(model, cache, context, chunk_frames=chunk_frames, context_noise=context_noise,
+                         generator=generator)
     outs = []
     for c, f0 in enumerate(range(0, num_f, chunk_frames)):
-        x = noise[:, :, f0:f0 + chunk_frames]
-        denoiser = CachedDenoiser(model, context, cache, f0)
+        def produce(stream, c=c, f0=f0):
+            x, denoiser = noise[:, :, f0:f0 + chunk_frames], stream.denoiser()
 
-        def fresh(*_):
-            return randn_like(x, generator)
-        for j, s in enumerate(dense):
-            x0 = denoiser(x, s)
-            if j + 1 == len(dense):
-                break
-            x = fewstep_update(x, x0, s, dense[j + 1], fresh if coupling == "independent" else
-                               _student_noise(student_renoise, s_sig, c, dense[j + 1]))
-        write_context(model, x0, context, cache, f0, context_noise, generator)
-        outs.append(x0)
+            def fresh(*_):
+                return randn_like(x, generator)
+            for j, s in enumerate(dense):
+                x0 = denoiser(x, s)
+                if j + 1 == len(dense):
+                    break
+                x = fewstep_update(x, x0, s, dense[j + 1], fresh if coupling == "independent" else
+                                   _student_noise(student_renoise, s_sig, c, dense[j + 1]))
+            return x0, x0
+        outs.append(stream.step(produce))
     return torch.cat(outs, 2)
 
 

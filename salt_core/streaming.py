@@ -60,6 +60,106 @@ def recache(model, history: torch.Tensor, context, cache: KVCache, end_frame: in
         write_context(model, piece, context, cache, start + off, context_noise, generator)
 
 
+class ChunkStream:
+    """The one chunk loop: a KV-cached chunk-by-chunk generator holding model, cache, prompt, position and
+    re-noise generator in one place (STYLE 18). Each `step` makes one chunk at the next position and writes it
+    to the cache as context; between steps the prompt may change (`set_prompt`: LongLive's KV re-cache of the
+    retained frames), clean frames may be written (`write`: image-to-video), and the stream may be saved
+    (`state`) and continued later, in another queue run (`from_state`).
+
+    Every caller is a short loop over it: `rollout_stream` (sampling), the Self Forcing and reference training
+    rollouts, the defect measurements. `model` may be a GuidedModel (CFG).
+    """
+
+    def __init__(self, model, cache: KVCache, context: torch.Tensor, *, chunk_frames: int = 3,
+                 context_noise: float = 0.0, generator: Optional[torch.Generator] = None, start_frame: int = 0):
+        """cache: preallocated (reset to `start_frame` here); context (B, Lc, text_dim) the first prompt."""
+        self.model, self.cache, self.context = model, cache, context
+        self.chunk_frames, self.context_noise, self.generator = chunk_frames, context_noise, generator
+        cache.reset(start_frame)
+        self.frame = int(start_frame)   # absolute index of the next frame to generate
+        self.history = []               # the last frames a re-cache can use, (B, C, n, H, W) each
+
+    # -- one chunk ---------------------------------------------------------------------------------
+    def denoiser(self, write: bool = True) -> CachedDenoiser:
+        """The model bound to the cache at the next chunk (write=False: reads the past, never stores)."""
+        return CachedDenoiser(self.model, self.context, self.cache, self.frame, write=write)
+
+    def step(self, produce: Callable) -> torch.Tensor:
+        """One chunk: `produce(stream)` denoises it (through `stream.denoiser()`) and returns (output, frames to
+        write as context (B, C, n, H, W)); those frames are written at the chunk's position (detached) and the
+        position advances. Returns the output (it may carry grad)."""
+        out, frames = produce(self)
+        self.write(frames.detach())
+        return out
+
+    def sample(self, noise: torch.Tensor, sigmas: list, stochastic: bool = True,
+               callback: Optional[Callable] = None) -> torch.Tensor:
+        """One chunk by few-step sampling from `noise` (B, C, n, H, W) down `sigmas` (K+1 floats ending at 0):
+        stochastic re-noise from the stream's generator, or deterministic Euler. callback(i, sigma, x, x0)
+        after each step; it may raise to interrupt. Returns the chunk's x0."""
+        def produce(stream):
+            x, den = noise, stream.denoiser()
+
+            def fresh_noise(*_):
+                return randn_like(noise, stream.generator)
+            for i in range(len(sigmas) - 1):
+                x0 = den(x, sigmas[i])
+                if callback is not None:
+                    callback(i, sigmas[i], x, x0)
+                x = fewstep_update(x, x0, sigmas[i], sigmas[i + 1], fresh_noise if stochastic else None)
+            return x, x
+        return self.step(produce)
+
+    @torch.no_grad()
+    def write(self, frames: torch.Tensor) -> None:
+        """Write clean frames (B, C, n, H, W) as context at the next position (one cache-writing forward at
+        `context_noise`, not an NFE) and advance past them; they join the re-cache history."""
+        write_context(self.model, frames, self.context, self.cache, self.frame, self.context_noise, self.generator)
+        self.frame += frames.shape[2]
+        self.history.append(frames)
+        # Keep only what a re-cache can use: the frames after the oldest chunk fill the cache.
+        while sum(h.shape[2] for h in self.history[1:]) >= self.cache.policy.capacity_frames:
+            self.history.pop(0)
+
+    # -- between chunks ---------------------------------------------------------------------------
+    def set_prompt(self, context: torch.Tensor) -> None:
+        """Switch to prompt `context` (B, Lc, text_dim) from the next chunk on; the retained frames are re-cached
+        with it (LongLive's KV re-cache)."""
+        self.context = context
+        if self.history:
+            recache(self.model, torch.cat(self.history, 2), context, self.cache, self.frame, self.chunk_frames,
+                    self.context_noise, self.generator)
+
+    def state(self) -> dict:
+        """What continues this stream exactly, as tensors and numbers (saveable with torch.save): the position,
+        the prompt, the re-cache history, the cache's contents and the generator's state."""
+        cache = self.cache
+        return {"frame": self.frame, "context": self.context, "history": list(self.history),
+                "generator": None if self.generator is None else self.generator.get_state(),
+                "cache": {"k": cache.k.clone(), "v": cache.v.clone(), "origin": cache.origin, "end": cache.end,
+                          "slot_frame": list(cache.slot_frame)}}
+
+    @classmethod
+    def from_state(cls, model, cache: KVCache, state: dict, *, chunk_frames: int = 3, context_noise: float = 0.0,
+                   generator: Optional[torch.Generator] = None) -> "ChunkStream":
+        """A stream continuing `state` (from `state()`) on `cache` (the same policy and sizes): the next `step`
+        gives what the saved stream's next step would have given."""
+        saved = state["cache"]
+        if tuple(saved["k"].shape) != tuple(cache.k.shape):
+            raise ValueError(f"ChunkStream.from_state: the saved cache is {tuple(saved['k'].shape)}, this cache "
+                             f"{tuple(cache.k.shape)}; continue with the model, policy, batch and size it was made with")
+        stream = cls(model, cache, state["context"], chunk_frames=chunk_frames, context_noise=context_noise,
+                     generator=generator, start_frame=saved["origin"])
+        cache.k.copy_(saved["k"])
+        cache.v.copy_(saved["v"])
+        cache.end, cache.slot_frame = saved["end"], list(saved["slot_frame"])
+        stream.frame, stream.history = int(state["frame"]), list(state["history"])
+        if generator is not None and state["generator"] is not None:
+            generator.set_state(state["generator"])
+        return stream
+
+
 @torch.no_grad()
 def rollout_stream(model, noise: torch.Tensor, context: torch.Tensor, sigmas: torch.Tensor, *,
                    cache: Optional[KVCache] = None, policy: Optional[CachePolicy] = None,
@@ -69,7 +169,7 @@ def rollout_stream(model, noise: torch.Tensor, context: torch.Tensor, sigmas: to
                    first_frames: Optional[torch.Tensor] = None, cfg_scale: float = 1.0,
                    uncond_context: Optional[torch.Tensor] = None,
                    memory_limit: Optional[int] = None) -> Iterator[torch.Tensor]:
-    """Yield generated chunks x0 (B, C, n, H, W) one by one.
+    """Yield generated chunks x0 (B, C, n, H, W) one by one (a loop over a `ChunkStream`).
 
     noise (B, C, F, H, W): initial noise of every chunk, F a multiple of `chunk_frames`;
     context (B, Lc, text_dim); sigmas (K+1,) ending at 0 (K = NFE per chunk).
@@ -105,39 +205,22 @@ def rollout_stream(model, noise: torch.Tensor, context: torch.Tensor, sigmas: to
         if policy is None:
             raise ValueError("rollout_stream: pass a KVCache (`cache`) or a CachePolicy (`policy`)")
         cache = model.new_cache(B, policy, (H, W), memory_limit=memory_limit)
-    cache.reset(start_frame)
-    prompt_switches = prompt_switches or {}
-    frame = start_frame
-    history = []
+    stream = ChunkStream(model, cache, context, chunk_frames=chunk_frames, context_noise=context_noise,
+                         generator=generator, start_frame=start_frame)
     if first_frames is not None:
-        write_context(model, first_frames, context, cache, frame, context_noise, generator)
-        history.append(first_frames)
-        frame += first_frames.shape[2]
+        stream.write(first_frames)
         yield first_frames
     num_chunks = num_f // chunk_frames
-
-    def fresh_noise(*_):
-        return randn_like(noise[:, :, :chunk_frames], generator)
+    switches = prompt_switches or {}
     for c in range(num_chunks):
-        if c in prompt_switches:
-            context = prompt_switches[c]
-            if history:
-                recache(model, torch.cat(history, 2), context, cache, frame, chunk_frames, context_noise, generator)
-        x = noise[:, :, c * chunk_frames:(c + 1) * chunk_frames]
-        denoiser = CachedDenoiser(model, context, cache, frame)
-        for i in range(len(sig) - 1):
-            x0 = denoiser(x, sig[i])
-            if callback is not None:
-                callback({"x": x, "i": i, "sigma": sig[i], "sigma_hat": sig[i], "denoised": x0,
-                          "chunk": c, "num_chunks": num_chunks})
-            x = fewstep_update(x, x0, sig[i], sig[i + 1], fresh_noise if stochastic else None)
-        write_context(model, x, context, cache, frame, context_noise, generator)
-        # Keep only what a re-cache can use.
-        history.append(x)
-        while sum(h.shape[2] for h in history[1:]) >= cache.policy.capacity_frames:
-            history.pop(0)
-        frame += chunk_frames
-        yield x
+        if c in switches:
+            stream.set_prompt(switches[c])
+
+        def report(i, sigma, x, x0, c=c):
+            callback({"x": x, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": x0, "chunk": c,
+                      "num_chunks": num_chunks})
+        yield stream.sample(noise[:, :, c * chunk_frames:(c + 1) * chunk_frames], sig, stochastic,
+                            report if callback is not None else None)
 
 
 def stream_video(model, noise, context, sigmas, **kwargs) -> torch.Tensor:

@@ -88,3 +88,71 @@ def test_bad_stream_arguments_are_rejected(setup):
         stream_video(model, noise, ctx, torch.tensor([1.0, 0.5]), policy=CachePolicy.full(9))
     with pytest.raises(ValueError, match="CachePolicy"):
         stream_video(model, noise, ctx, get_sigmas_fewstep(2))
+
+
+# -- the chunk engine (ChunkStream) --------------------------------------------------------------------------
+def stream_of(model, ctx, policy, seed=3, **kw):
+    from comfyui_salt.salt_core.streaming import ChunkStream
+    cache = model.new_cache(ctx.shape[0], policy, (8, 8))
+    return ChunkStream(model, cache, ctx, chunk_frames=3, generator=torch.Generator().manual_seed(seed), **kw)
+
+
+@pytest.mark.parametrize("switch", [False, True], ids=["same-prompt", "new-prompt"])
+@pytest.mark.parametrize("policy", [CachePolicy.full(18), CachePolicy.sink(9, 3, relative_rope=True)],
+                         ids=["full", "sink-relative"])
+def test_a_saved_stream_continues_exactly_where_it_stopped_in_a_new_cache(setup, policy, switch):
+    """Pause after 3 chunks, save to bytes, continue in a fresh stream on a fresh cache (another queue run):
+    the next chunks, with or without a prompt switch at the resume, equal those of the stream that never
+    stopped."""
+    import io
+    from comfyui_salt.salt_core.streaming import ChunkStream
+    model, noise, ctx = setup
+    other = torch.randn(ctx.shape, generator=torch.Generator().manual_seed(11))
+    chunks = torch.randn(6, 2, 4, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    sig = get_sigmas_fewstep(2).tolist()
+    with torch.no_grad():
+        whole = stream_of(model, ctx, policy, context_noise=0.1)
+        ref = [whole.sample(chunks[c], sig) for c in range(3)]
+        if switch:
+            whole.set_prompt(other)
+        ref += [whole.sample(chunks[c], sig) for c in range(3, 6)]
+
+        first = stream_of(model, ctx, policy, context_noise=0.1)
+        ours = [first.sample(chunks[c], sig) for c in range(3)]
+        buffer = io.BytesIO()
+        torch.save(first.state(), buffer)
+        state = torch.load(io.BytesIO(buffer.getvalue()), weights_only=True)
+        cache = model.new_cache(2, policy, (8, 8))
+        later = ChunkStream.from_state(model, cache, state, chunk_frames=3, context_noise=0.1,
+                                       generator=torch.Generator())
+        if switch:
+            later.set_prompt(other)
+        ours += [later.sample(chunks[c], sig) for c in range(3, 6)]
+    assert all(torch.equal(a, b) for a, b in zip(ours, ref)) and later.frame == whole.frame == 18
+
+
+def test_a_prompt_schedule_with_several_switches_equals_a_brute_force_rollout(setup):
+    model, noise, ctx = setup
+    prompts = [torch.randn(ctx.shape, generator=torch.Generator().manual_seed(20 + i)) for i in range(3)]
+    schedule = {1: prompts[0], 2: prompts[1], 4: prompts[2]}
+    noise15 = torch.randn(2, 4, 15, 8, 8, generator=torch.Generator().manual_seed(8))
+    sigmas = get_sigmas_fewstep(2)
+    with torch.no_grad():
+        ours = stream_video(model, noise15, ctx, sigmas, policy=CachePolicy.full(15), chunk_frames=3,
+                            generator=torch.Generator().manual_seed(1), prompt_switches=schedule)
+        ref = brute_force_rollout(model, noise15, ctx, sigmas, 3, torch.Generator().manual_seed(1), schedule)
+    assert_close(ours, ref, 1e-5)
+
+
+def test_a_stream_step_writes_what_produce_returns_and_advances(setup):
+    """`step` is the one chunk loop: produce gets the stream at the chunk's position; the frames it returns are
+    written as context (the next chunk sees them), its output is returned as is."""
+    model, noise, ctx = setup
+    frames = torch.randn(2, 4, 3, 8, 8, generator=torch.Generator().manual_seed(6))
+    seen = []
+    with torch.no_grad():
+        a, b = stream_of(model, ctx, CachePolicy.full(9)), stream_of(model, ctx, CachePolicy.full(9))
+        out = a.step(lambda s: (seen.append(s.frame) or "output", frames))
+        b.write(frames)
+        after_a, after_b = a.denoiser()(noise[:, :, 3:6], 0.5), b.denoiser()(noise[:, :, 3:6], 0.5)
+    assert out == "output" and seen == [0] and a.frame == b.frame == 3 and torch.equal(after_a, after_b)

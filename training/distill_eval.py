@@ -6,11 +6,12 @@ evaluation (oracle metrics of these samples) is the toy wing's (`toy.evaluate`).
 """
 import torch
 
-from ..salt_core.denoiser import CachedDenoiser, FlowDenoiser
+from ..salt_core.denoiser import FlowDenoiser
 from ..salt_core.kv_cache import CachePolicy
 from ..salt_core.samplers import sample_fewstep_stochastic
 from ..salt_core.schedules import get_sigmas_fewstep, randn_like
-from ..salt_core.streaming import stream_video
+from ..salt_core.streaming import ChunkStream, stream_video
+from ..salt_core.validate import check_sigmas
 from .distill_config import DistillConfig
 
 
@@ -45,7 +46,6 @@ def sample_student(model, cfg: DistillConfig, context, nfe: int, seed: int = 0, 
 def _rollout_states(model, cfg: DistillConfig, context, sigmas, seed: int, keep) -> None:
     """Run the student's seeded stochastic rollout on `sigmas` and call keep(sigma, x (B, ...), velocity_fn) at
     every state (causal students: every chunk's state, its velocity_fn reading the real KV cache without writing)."""
-    from ..salt_core.streaming import rollout_stream
     gen = torch.Generator().manual_seed(seed)
     noise, context = seeded_noise(model, cfg, context, cfg.num_frames, gen)
     if cfg.student_kind == "bidirectional":
@@ -54,13 +54,12 @@ def _rollout_states(model, cfg: DistillConfig, context, sigmas, seed: int, keep)
                                   disable=True, noise_sampler=lambda *_: randn_like(noise, gen))
         return
     cache = model.new_cache(noise.shape[0], CachePolicy.full(cfg.num_frames), (cfg.height, cfg.width))
-
-    def collect(d):
-        velocity = CachedDenoiser(model, context, cache, d["chunk"] * cfg.chunk_frames, write=False).velocity
-        keep(float(d["sigma"]), d["x"], velocity)
-    for _ in rollout_stream(model, noise, context, sigmas, cache=cache, chunk_frames=cfg.chunk_frames,
-                            generator=gen, callback=collect):
-        pass
+    stream = ChunkStream(model, cache, context, chunk_frames=cfg.chunk_frames, generator=gen)
+    levels, n = check_sigmas(sigmas, where="defect rollout").tolist(), cfg.chunk_frames
+    for f0 in range(0, noise.shape[2], n):
+        reader = stream.denoiser(write=False)              # this chunk's real cache, never written
+        stream.sample(noise[:, :, f0:f0 + n], levels,
+                      callback=lambda i, sigma, x, x0, reader=reader: keep(float(sigma), x, reader.velocity))
 
 
 @torch.no_grad()
