@@ -5,6 +5,7 @@ ComfyUI internals is fixed in one place. Knows nothing of Salt models beyond ten
 """
 import contextlib
 import os
+import sys
 
 import torch
 from PIL import Image
@@ -348,6 +349,56 @@ def resize_image(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
 def encode_image(vae, image: torch.Tensor, width: int, height: int) -> torch.Tensor:
     """IMAGE (B, H', W', C) in [0, 1], resized first → the VAE's LATENT samples (B, C, 1, height/8, width/8)."""
     return vae.encode(resize_image(image, width, height)[..., :3])
+
+
+class WanChunkDecoder:
+    """Decodes a stream's Wan 2.1 latent chunks to frames as each chunk finishes, with the graph's own VAE (the
+    one VAEDecode uses): ComfyUI's WanVAE decodes causally, latent frame group by group, carrying a feature cache
+    of its causal convolutions from group to group. This keeps that cache from chunk to chunk, so the frames equal
+    a whole-latent VAEDecode. Groups are the line's own (0.3.75: one latent frame; 0.33: the first frame, then
+    pairs); a chunk ending inside a pair keeps its last frame until the next chunk (one latent frame later).
+
+    The first latent frame gives 1 video frame, each later one 4 (Wan's temporal upsampling).
+    """
+
+    def __init__(self, vae):
+        model = getattr(vae, "first_stage_model", None)
+        if type(model).__module__ != "comfy.ldm.wan.vae" or type(model).__name__ != "WanVAE":
+            raise TypeError(f"vae: a {type(model).__module__}.{type(model).__name__}; live decoding needs the Wan 2.1 "
+                            f"VAE (Load VAE: wan_2.1_vae.safetensors)")
+        module = sys.modules[type(model).__module__]
+        count = getattr(module, "count_cache_layers", None) or module.count_conv3d
+        self.vae, self.model = vae, model
+        self.pairs = hasattr(module, "count_cache_layers")     # 0.33 decodes the first frame, then pairs
+        self.feat_cache = [None] * count(model.decoder)
+        self.pending, self.decoded = None, 0                   # conv2'd frames not yet decoded; frames done
+
+    @torch.no_grad()
+    def push(self, latent: torch.Tensor) -> torch.Tensor:
+        """Latent frames (B, 16, n, H/8, W/8) in ComfyUI's LATENT space → the IMAGE frames they complete
+        (B·frames, H, W, 3) in [0, 1], float32 on ComfyUI's intermediate device (0 frames while a pair waits)."""
+        vae = self.vae
+        if latent.shape[2]:
+            comfy.model_management.load_models_gpu([vae.patcher], memory_required=vae.memory_used_decode(
+                latent.shape, vae.vae_dtype))
+            x = self.model.conv2(latent.to(device=vae.device, dtype=vae.vae_dtype))   # 1×1×1: frame by frame
+            x = x if self.pending is None else torch.cat([self.pending, x], 2)
+        else:
+            x = self.pending if self.pending is not None else latent
+        outs, start = [], 0
+        while start < x.shape[2]:
+            size = 1 if (self.decoded == 0 or not self.pairs) else 2
+            if start + size > x.shape[2]:
+                break
+            out = self.model.decoder(x[:, :, start:start + size], feat_cache=self.feat_cache, feat_idx=[0])
+            outs += out if isinstance(out, list) else [out]
+            start, self.decoded = start + size, self.decoded + size
+        self.pending = x[:, :, start:] if start < x.shape[2] else None
+        if not outs:
+            scale = vae.spacial_compression_decode()
+            return torch.empty(0, x.shape[3] * scale, x.shape[4] * scale, 3)
+        frames = vae.process_output(torch.cat(outs, 2).to(device=vae.output_device, dtype=torch.float32))
+        return frames.movedim(1, -1).flatten(0, 1)                             # (B·frames, H, W, 3)
 
 
 UMT5_TOKENIZERS = ("WanT5Tokenizer",)   # ComfyUI's tokenizer class of Wan's umT5-XXL (comfy/text_encoders/wan.py)
