@@ -178,7 +178,8 @@ def prepare_base(base: pathlib.Path, models: dict = None) -> pathlib.Path:
 
 # Flags the harness sets itself: a server bound to loopback on a free port, inside its own temporary folders.
 ISOLATION_FLAGS = ("--listen", "--port", "--base-directory", "--output-directory", "--input-directory",
-                   "--temp-directory", "--user-directory", "--extra-model-paths-config", "--enable-cors-header")
+                   "--temp-directory", "--user-directory", "--extra-model-paths-config", "--enable-cors-header",
+                   "--database-url", "--tls-keyfile", "--tls-certfile")
 
 
 def extra_args(text: str) -> list:
@@ -190,7 +191,9 @@ def extra_args(text: str) -> list:
     except ValueError as e:
         raise ComfyError(f"SALT_COMFYUI_ARGS={text[:80]!r} does not split into flags ({e}); quote as in a shell") \
             from None
-    taken = [a for a in args if a.split("=", 1)[0] in ISOLATION_FLAGS]
+    # argparse takes any unambiguous prefix of a flag (--liste, --base-dir): a prefix of a guarded flag is refused too
+    taken = [a for a in args if a.startswith("--") and len(a.split("=", 1)[0]) > 2
+             and any(flag.startswith(a.split("=", 1)[0]) for flag in ISOLATION_FLAGS)]
     if taken:
         raise ComfyError(f"SALT_COMFYUI_ARGS sets {taken}: the harness binds 127.0.0.1 on a free port in its own "
                          f"folders, so these flags are refused; drop them")

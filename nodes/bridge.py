@@ -62,15 +62,17 @@ def free_memory(device, patcher=None) -> int:
 
 
 def _inside(name, base: str, is_kind) -> str:
-    """The real path of `name` (a path relative to `base`) if it stays inside `base` and `is_kind` (os.path.isfile /
-    isdir) holds; else None. Absolute names, `~` and `..` escapes resolve outside and give None."""
-    if not isinstance(name, str) or not name or "\x00" in name or os.path.isabs(name) or name.startswith("~"):
+    """The path of `name` (relative to `base`, a subfolder allowed) if it names something inside `base` for which
+    `is_kind` (os.path.isfile / isdir) holds; else None. Decided by the name alone, as ComfyUI's folder_paths does
+    (so a user's symlinks inside the folder work; a client cannot create any): absolute names, drive names, `~`,
+    `..` escapes and NUL are refused."""
+    if not isinstance(name, str) or not name or "\x00" in name or name.startswith("~"):
         return None
-    root = os.path.realpath(base)
-    path = os.path.realpath(os.path.join(root, name))
-    if os.path.commonpath([path, root]) != root or not is_kind(path):
+    norm = os.path.normpath(name)
+    if os.path.isabs(norm) or os.path.splitdrive(norm)[0] or norm == os.pardir or norm.startswith(os.pardir + os.sep):
         return None
-    return path
+    path = os.path.join(base, norm)
+    return path if is_kind(path) else None
 
 
 def input_file(name, what: str) -> str:
@@ -181,17 +183,35 @@ def load_for_sampling(patcher, memory_required: int = 0, complete: bool = True) 
 
 def cast_weight_bias(module: torch.nn.Module, dtype: torch.dtype, device) -> tuple:
     """(weight, bias) of one of ComfyUI's cast-on-use layers as its own forward would use them: on `device` in
-    `dtype`, with the LoRA patches ComfyUI applies per cast (lowvram / Dynamic VRAM) applied."""
-    return comfy.ops.cast_bias_weight(module, dtype=dtype, device=device, bias_dtype=dtype)
+    `dtype`, with the LoRA patches ComfyUI applies per cast (lowvram / Dynamic VRAM) applied. The layer's own
+    tensors when they are already that (no copy); a cast is copied (a Dynamic VRAM cast may live in a shared buffer
+    the next cast reuses, and these small layers are held for a whole sampling); the cast is released as
+    ComfyUI's own ops release it."""
+    weight, bias, stream = comfy.ops.cast_bias_weight(module, dtype=dtype, device=device, bias_dtype=dtype,
+                                                      offloadable=True)
+
+    def hold(t, own):   # the layer's own tensor (already in place): no copy; a cast: a copy of its own
+        return t if t is None or (own is not None and t.data_ptr() == own.data_ptr()) else t.clone()
+    held = (hold(weight, module.weight), hold(bias, module.bias))
+    comfy.ops.uncast_bias_weight(module, weight, bias, stream)
+    return held
 
 
 def patched_weight(patcher, key: str, dtype: torch.dtype, device) -> torch.Tensor:
     """Tensor `key` of `patcher`'s model (e.g. 'diffusion_model.blocks.0.ffn.0.weight') as that MODEL computes with
     it, on `device` in `dtype`: the unpatched original (from the backup clones of one module share, if some clone
     wrote its patches into it) with `patcher`'s own patches applied by ComfyUI's `calculate_weight` in float32.
-    Tensors stored in fp8 are returned as stored (fp8)."""
+    Tensors stored in fp8 are returned as stored (fp8); quantized storage (0.33's scaled fp8) and weight patches
+    that are functions (hooks, wrappers) are refused, naming the cause and the fix."""
     backup = patcher.backup.get(key)
     original = backup.weight if backup is not None else comfy.utils.get_attr(patcher.model, key)
+    if any(c.__name__ == "QuantizedTensor" for c in type(original).__mro__):   # reports its compute dtype
+        raise ValueError(f"the MODEL stores {key!r} quantized ({type(original).__name__}, e.g. a scaled-fp8 file); "
+                         f"a LoRA of it would mostly hold rounding noise: load the full-precision (bf16 / fp16) file")
+    if patcher.weight_wrapper_patches.get(key) or getattr(patcher, "hook_patches", None):
+        raise ValueError(f"the MODEL has hook or weight-wrapper patches on {key!r}, which ComfyUI applies inside its "
+                         f"own forward and Salt cannot read per weight; remove them for the extraction, or start "
+                         f"ComfyUI with --disable-dynamic-vram and apply them as plain LoRAs")
     if original.dtype.itemsize == 1:
         return original.detach().to(device)
     patches = patcher.patches.get(key)

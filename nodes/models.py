@@ -15,9 +15,9 @@ from ..salt_core.model import WanModel
 from ..salt_core.rope import RotaryTable
 from ..salt_core.validate import check_choice
 from ..training.files import load_model
-from .bridge import (NATIVE_PREFIX, WEIGHT_DTYPES, cast_weight_bias, casts_on_use, diffusion_model_files, diffusion_model_path, io,
-                     load_for_sampling, model_offload_device, model_patcher, native_compute_dtype, native_wan_module,
-                     patched_weight, store_linear_weights)
+from .bridge import (NATIVE_PREFIX, WEIGHT_DTYPES, cast_weight_bias, casts_on_use, diffusion_model_files,
+                     diffusion_model_path, io, load_for_sampling, model_offload_device, model_patcher,
+                     native_compute_dtype, native_wan_module, patched_weight, store_linear_weights)
 from .types import SaltModel, SaltModelType, latent_format_for
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -113,26 +113,29 @@ def bound_to(model: WanModel, native: torch.nn.Module, device):
     if depth == 0:
         dtype = model.patch_embedding.weight.dtype
         layers = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
-        hollow = {n: model.get_submodule(n) for n in layers}
-        _set(model, {n: native.get_submodule(n) for n in layers})
-        small = _small_tensors(native, set(layers), dtype, device)
-        _set(model, {k: torch.nn.Parameter(small[k], requires_grad=False) for k, _ in model.named_parameters()
-                     if k.rpartition(".")[0] not in hollow})
-    model._salt_bound_depth = depth + 1
+        small = _small_tensors(native, set(layers), dtype, device)   # before the view changes: may fail alone
     try:
+        if depth == 0:
+            hollow = {n: model.get_submodule(n) for n in layers}
+            _set(model, {n: native.get_submodule(n) for n in layers})
+            _set(model, {k: torch.nn.Parameter(small[k], requires_grad=False) for k, _ in model.named_parameters()
+                         if k.rpartition(".")[0] not in hollow})
+        model._salt_bound_depth = depth + 1
         yield model
     finally:
         model._salt_bound_depth = depth
-        if depth == 0:
+        if depth == 0:   # the view's own placeholders back, whatever failed: the native layers are never touched
             _set(model, hollow)
             _set(model, {k: torch.nn.Parameter(torch.empty(v.shape, dtype=v.dtype, device="meta"),
-                                               requires_grad=False) for k, v in model.named_parameters()})
+                                               requires_grad=False) for k, v in model.named_parameters()
+                         if k.rpartition(".")[0] not in hollow})
 
 
 def _small_tensors(native: torch.nn.Module, skip: set, dtype: torch.dtype, device) -> dict:
     """{name: tensor on `device` in `dtype`} of `native`'s parameters outside the modules named in `skip`: a
     cast-on-use layer's through ComfyUI's cast (patches applied), any other one moved as ComfyUI's Wan moves its
-    modulation tables (ComfyUI loads those with their patches wherever it loads a model)."""
+    modulation tables (as loaded: a classic load writes their patches in; 0.33's Dynamic VRAM casts them without
+    LoRA patches, as for ComfyUI's own samplers)."""
     out = {}
     for owner, module in native.named_modules():
         if owner in skip:
@@ -231,8 +234,9 @@ class SaltLoadCausalModel(io.ComfyNode):
                                tooltip="Compute dtype of the loaded weights (bf16 for Wan on a GPU; fp32 on a CPU)."),
                 io.Combo.Input("weight_dtype", options=list(WEIGHT_DTYPES), default="default", optional=True,
                                tooltip="Storage of the linear layers' weights, as in Load Diffusion Model: default = "
-                                       "dtype; fp8 halves bf16 memory (a quarter of fp32), each layer cast to dtype "
-                                       "when used; fp8_e4m3fn_fast multiplies in fp8 on GPUs that support it."),
+                                       "as the file stores them (dtype, or fp8 for an fp8 file); fp8 halves bf16 "
+                                       "memory (a quarter of fp32), each layer cast to dtype when used; "
+                                       "fp8_e4m3fn_fast multiplies in fp8 on GPUs that support it."),
             ],
             outputs=[SaltModelType.Output(tooltip="The Salt backbone for SaltStreamingSampler.")],
         )
@@ -266,8 +270,8 @@ class SaltCausalFromModel(io.ComfyNode):
                         "parameters are the MODEL's tensors, so no weights are copied. ComfyUI's model management "
                         "loads and offloads the MODEL as for its own samplers; the Salt model holds its tensors "
                         "only while a Salt node computes with it.",
-            inputs=[io.Model.Input("model", tooltip="A Wan 2.1 T2V MODEL (Load Diffusion Model, weight_dtype "
-                                                    "default / bf16 / fp16).")],
+            inputs=[io.Model.Input("model", tooltip="A Wan 2.1 T2V MODEL (Load Diffusion Model, any weight_dtype: "
+                                                    "fp8 layers are cast per use).")],
             outputs=[SaltModelType.Output(tooltip="The Salt backbone for SaltStreamingSampler.")],
         )
 

@@ -212,10 +212,16 @@ def _pick_release_entry(obj: Mapping, use_ema: bool) -> str:
 SCALED_FP8_MARKER, SCALE_WEIGHT, SCALE_INPUT = "scaled_fp8", ".scale_weight", ".scale_input"
 
 
-def dequantize_scaled_fp8(sd: Mapping) -> Mapping:
+def dequantize_scaled_fp8(sd: Mapping, dtype: torch.dtype = torch.float32) -> Mapping:
     """ComfyUI's scaled-fp8 storage (an fp8 `<layer>.weight` with a scalar `<layer>.scale_weight` beside it,
-    `<layer>.scale_input`s and a `scaled_fp8` marker, under any prefix) → plain weights weight·scale in float32;
-    a state dict without it is returned as it is (the same object)."""
+    `<layer>.scale_input`s and a `scaled_fp8` marker, under any prefix) → plain weights weight·scale in `dtype`, one
+    tensor at a time (float32 only per tensor); a state dict without it is returned as it is (the same object).
+    ComfyUI's newer quantized format (`comfy_quant` / `weight_scale` keys) is refused, naming it."""
+    newer = [k for k in sd if k.endswith((".weight_scale", ".comfy_quant"))]
+    if newer:
+        raise LayoutError(f"dequantize_scaled_fp8: {newer[0]!r} belongs to ComfyUI's newer quantized format "
+                          f"(comfy_quant), which Salt does not read; load the file with Load Diffusion Model and "
+                          f"SaltCausalFromModel, or use a bf16 / fp16 / fp8_e4m3fn file")
     scales = [k for k in sd if k.endswith(SCALE_WEIGHT)]
     if not scales and not any(k.endswith(SCALED_FP8_MARKER) for k in sd):
         return sd
@@ -225,7 +231,7 @@ def dequantize_scaled_fp8(sd: Mapping) -> Mapping:
         weight = key[:-len(SCALE_WEIGHT)] + ".weight"
         if weight not in out:
             raise LayoutError(f"dequantize_scaled_fp8: {key!r} has no {weight!r} beside it; the file is damaged")
-        out[weight] = out[weight].float() * sd[key].float()
+        out[weight] = (out[weight].float() * sd[key].float()).to(dtype)
     return out
 
 

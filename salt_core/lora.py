@@ -75,30 +75,39 @@ def _module(name: str) -> str:
 
 
 def _check_pair(base: Mapping, student: Mapping):
-    """Same names and shapes in both state dicts, or a ValueError naming the differences."""
+    """Same names and shapes in both state dicts, full precision and finite, or a ValueError naming the differences.
+    Reads each tensor once (a lazy mapping may cast or patch it on every read)."""
     missing, extra = sorted(set(student) - set(base)), sorted(set(base) - set(student))
     if missing or extra:
         raise ValueError(f"extract_lora: base and student hold different tensors: only in the student "
                          f"{missing[:5]}, only in the base {extra[:5]}; pass the student's own base (the model "
                          f"it was distilled from, same architecture)")
-    for which, sd in (("student", student), ("base", base)):
-        low = [k for k, v in sd.items() if v.dtype in FP8_DTYPES]
-        if low:
-            raise ValueError(f"extract_lora: the {which} stores {len(low)} tensors in fp8 (e.g. {low[0]!r}: "
-                             f"{sd[low[0]].dtype}); fp8 keeps about two significant digits, so a LoRA of the "
-                             f"difference would mostly hold rounding noise. Load both models with full-precision "
-                             f"weights (weight_dtype 'default')")
-    for which, sd in (("student", student), ("base", base)):
-        broken = [k for k, v in sd.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-        if broken:
-            raise ValueError(f"extract_lora: the {which} holds NaN/Inf in {len(broken)} tensor(s), e.g. "
-                             f"{broken[:3]}; a LoRA of it would carry them into every model it is applied to. Use "
-                             f"a checkpoint from before the run diverged, or check the {which} file")
-    shapes = [k for k in student if tuple(student[k].shape) != tuple(base[k].shape)]
-    if shapes:
-        k = shapes[0]
-        raise ValueError(f"extract_lora: {k!r} is {tuple(student[k].shape)} in the student but "
-                         f"{tuple(base[k].shape)} in the base; a LoRA needs the same architecture")
+    low = {"student": [], "base": []}
+    broken = {"student": [], "base": []}
+    shapes = {}
+    for k in student:
+        for which, sd in (("student", student), ("base", base)):
+            v = sd[k]
+            shapes.setdefault(k, []).append(tuple(v.shape))
+            if v.dtype in FP8_DTYPES:
+                low[which].append((k, v.dtype))
+            elif v.is_floating_point() and not bool(torch.isfinite(v).all()):
+                broken[which].append(k)
+    for which in ("student", "base"):
+        if low[which]:
+            (k, dtype), n = low[which][0], len(low[which])
+            raise ValueError(f"extract_lora: the {which} stores {n} tensors in fp8 (e.g. {k!r}: {dtype}); fp8 keeps "
+                             f"about two significant digits, so a LoRA of the difference would mostly hold rounding "
+                             f"noise. Load both models from full-precision (bf16 / fp16 / fp32) files with weight_dtype 'default'")
+        if broken[which]:
+            raise ValueError(f"extract_lora: the {which} holds NaN/Inf in {len(broken[which])} tensor(s), e.g. "
+                             f"{broken[which][:3]}; a LoRA of it would carry them into every model it is applied "
+                             f"to. Use a checkpoint from before the run diverged, or check the {which} file")
+    differ = [k for k, (s, b) in shapes.items() if s != b]
+    if differ:
+        k = differ[0]
+        raise ValueError(f"extract_lora: {k!r} is {shapes[k][0]} in the student but {shapes[k][1]} in the base; a "
+                         f"LoRA needs the same architecture")
 
 
 def extract_lora(base: Mapping, student: Mapping, rank: int, diffs: bool = True, dtype: torch.dtype = None,

@@ -187,12 +187,29 @@ def test_quote_keeps_short_values_and_cuts_long_ones_with_their_length():
     assert len(long) < MAX_QUOTE + 40 and long.endswith("… (10000 characters)")
 
 
-def test_a_one_megabyte_prompt_is_cut_before_it_is_tokenized(tmp_path):
-    from comfyui_salt.training.prompts import MAX_PROMPT_CHARS, read_prompts_file
+def test_a_one_megabyte_prompt_or_negative_prompt_is_cut_before_the_encoder_sees_it(tmp_path):
+    from comfyui_salt.training.prompts import MAX_PROMPT_CHARS, cache_prompt_embeddings, read_prompts_file
     path = tmp_path / "p.txt"
     path.write_text("a" * (1 << 20) + "\nshort\n")
-    prompts = read_prompts_file(str(path))
-    assert [len(p) for p in prompts] == [MAX_PROMPT_CHARS, 5] and MAX_PROMPT_CHARS >= 512
+    seen = []
+
+    def encoder(texts):
+        seen.extend(texts)
+        return [torch.zeros(3, 8) for _ in texts]
+    cache_prompt_embeddings(read_prompts_file(str(path)), "n" * (1 << 20), str(tmp_path / "cache.safetensors"),
+                            encoder)
+    assert [len(t) for t in seen] == [MAX_PROMPT_CHARS, 5, MAX_PROMPT_CHARS] and MAX_PROMPT_CHARS >= 512
+
+
+def test_export_lora_refuses_an_out_inside_a_run_folder_that_is_its_student(pair, tmp_path):
+    """--student RUN reads RUN/export/student.safetensors: --out naming that file is the student being read."""
+    run_dir = tmp_path / "run"
+    (run_dir / "export").mkdir(parents=True)
+    student = run_dir / "export" / "student.safetensors"
+    student.write_bytes(file_bytes(pair[1]))
+    with pytest.raises(ValueError, match="is the student file being read"):
+        export_lora(pair[0], run_dir, student, rank=2)
+    assert file_bytes(student) == file_bytes(pair[1])
 
 
 def test_a_latin1_prompts_file_names_the_encoding(salt_nodes, input_dir, tmp_path):
@@ -212,7 +229,9 @@ def _umt5_like():
 
 
 def test_a_clip_that_is_not_umt5_is_refused_even_when_its_width_would_fit(salt_nodes):
-    from comfyui_salt.nodes.bridge import clip_text_encoder
+    import comfy.text_encoders.wan
+    from comfyui_salt.nodes.bridge import UMT5_TOKENIZERS, clip_text_encoder
+    assert comfy.text_encoders.wan.WanT5Tokenizer.__name__ in UMT5_TOKENIZERS    # the name is ComfyUI's own
     sd15 = type("Clip", (), {"tokenizer": type("SD1Tokenizer", (), {})(), "tokenize": lambda self, t: t,
                              "encode_from_tokens": lambda self, t: None})()
     with pytest.raises(TypeError, match="SD1Tokenizer tokenizer; Wan needs umT5-XXL"):
@@ -384,6 +403,8 @@ def test_teacher_export_is_checked_before_training(tmp_path):
 
 @pytest.mark.parametrize("value, words", [("--listen 0.0.0.0", "sets ['--listen']"), ("--port=8188", "sets ['--port=8188']"),
                                           ("--base-directory /", "sets ['--base-directory']"),
+                                          ("--base-dir /", "sets ['--base-dir']"), ("--liste 0.0.0.0", "sets ['--liste']"),
+                                          ("--database-url sqlite:////tmp/x.db", "sets ['--database-url']"),
                                           ('--front-end-root "/x', "does not split into flags")])
 def test_the_harness_keeps_its_isolation_whatever_salt_comfyui_args_say(value, words):
     from comfyui_salt.dev.comfy_runner import ComfyError, extra_args

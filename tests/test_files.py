@@ -238,7 +238,7 @@ def fp8_file(tmp_path, scaled: bool = False, nan: bool = False):
         else:
             stored[key], reference[k] = v, v
     if scaled:
-        stored["scaled_fp8"] = torch.empty(0, dtype=torch.float8_e4m3fn)
+        stored["model.diffusion_model.scaled_fp8"] = torch.empty(0, dtype=torch.float8_e4m3fn)   # under the prefix
     if nan:
         stored["model.diffusion_model.blocks.1.ffn.0.weight"][0, 0] = float("nan")
     path = tmp_path / ("scaled.safetensors" if scaled else "fp8.safetensors")

@@ -272,3 +272,10 @@ def test_dequantize_scaled_fp8_multiplies_each_weight_by_its_scale_and_drops_the
     assert layouts.dequantize_scaled_fp8(plain) is plain
     with pytest.raises(layouts.LayoutError, match="'y.scale_weight' has no 'y.weight'"):
         layouts.dequantize_scaled_fp8({"y.scale_weight": scale})
+
+
+def test_comfys_newer_quantized_format_is_refused_naming_it():
+    sd = {"blocks.0.ffn.0.weight": torch.zeros(2, 2, dtype=torch.float8_e4m3fn),
+          "blocks.0.ffn.0.weight_scale": torch.tensor(1.0)}
+    with pytest.raises(layouts.LayoutError, match="ComfyUI's newer quantized format \\(comfy_quant\\)"):
+        layouts.dequantize_scaled_fp8(sd)

@@ -189,6 +189,27 @@ def test_a_partially_loaded_native_model_samples_the_same_video(salt_nodes):
     assert torch.equal(again, first)
 
 
+def test_a_bind_or_a_sampling_that_fails_leaves_the_native_model_whole(salt_nodes, monkeypatch):
+    """A cast that fails while binding (e.g. out of memory) or an error while the view computes: the view goes back
+    to its own placeholders and the MODEL keeps its weights; the next sampling works and gives the same video."""
+    from comfyui_salt.nodes import models
+    patcher = native_wan_patcher()
+    native = patcher.model.diffusion_model
+    salt = run(salt_nodes.SaltCausalFromModel, model=patcher)[0]
+    first = run(salt_nodes.SaltStreamingSampler, **native_inputs(salt_nodes, salt))[0]["samples"]
+    real = models.cast_weight_bias
+    monkeypatch.setattr(models, "cast_weight_bias", lambda *a: (_ for _ in ()).throw(RuntimeError("out of memory")))
+    with pytest.raises(RuntimeError, match="out of memory"):
+        run(salt_nodes.SaltStreamingSampler, **native_inputs(salt_nodes, salt))
+    monkeypatch.setattr(models, "cast_weight_bias", real)
+    with pytest.raises(ZeroDivisionError), models.salt_in_use(salt):
+        1 / 0
+    assert all(not p.is_meta for p in native.parameters()) and all(p.is_meta for p in salt.model.parameters())
+    assert all(type(m) is torch.nn.Linear for m in salt.model.modules() if isinstance(m, torch.nn.Linear))
+    again = run(salt_nodes.SaltStreamingSampler, **native_inputs(salt_nodes, salt))[0]["samples"]
+    assert torch.equal(again, first) and all(not p.is_meta for p in native.parameters())
+
+
 # -- Dynamic VRAM (ComfyUI 0.16+) and partial loads: a stand-in patcher on the CPU (tests/dynamic_vram.py) -----
 def lora_patched(base, seed=5, strength=0.5):
     """A clone of a native MODEL with full-matrix patches (a LoRA's effect) on q of block 0 and the first FFN layer."""
@@ -377,6 +398,45 @@ def test_an_fp8_stored_file_keeps_its_fp8_storage_and_streams_what_rounded_weigh
     assert linear == {torch.float8_e4m3fn} and salt.model.patch_embedding.weight.dtype == torch.float32
     reference = load(salt_nodes, toy_file[0], weight_dtype="fp8_e4m3fn")
     assert torch.equal(sample(salt_nodes, salt), sample(salt_nodes, reference))
+
+
+@pytest.mark.parametrize("scaled", [False, True], ids=["fp8", "scaled-fp8"])
+def test_an_fp8_wan_file_computes_what_comfys_own_wan_model_computes_from_it(salt_nodes, models_dir, scaled):
+    """Independent reference for fp8 files: ComfyUI's UNETLoader path (comfy.sd.load_diffusion_model) on the same
+    bytes, its own WanModel forward against SaltLoadCausalModel's (fp32 compute)."""
+    import comfy.sd
+    from safetensors.torch import save_file
+    from comfyui_salt.salt_core.config import WanConfig
+    from comfyui_salt.salt_core.model import build_model
+    from test_nodes import NATIVE_WAN
+    stored = {}
+    sd = build_model(WanConfig(**NATIVE_WAN), seed=3).state_dict()
+    for k, v in sd.items():
+        key = "model.diffusion_model." + k
+        if k.endswith(".bias") and k[:-len(".bias")] + ".weight" in sd and sd[k[:-len(".bias")] + ".weight"].ndim == 2:
+            v = v.to(torch.float8_e4m3fn).float()    # ComfyUI 0.3.75 stores linear biases of fp8 files in fp8 too
+        if v.ndim == 2 and k.endswith(".weight"):
+            scale = torch.tensor(v.abs().max().item() / 200.0) if scaled else torch.tensor(1.0)
+            stored[key] = (v / scale).to(torch.float8_e4m3fn)
+            if scaled:
+                stored[key[:-len(".weight")] + ".scale_weight"] = scale
+                stored[key[:-len(".weight")] + ".scale_input"] = torch.tensor(1.0)
+        else:
+            stored[key] = v
+    if scaled:
+        stored["model.diffusion_model.scaled_fp8"] = torch.empty(0, dtype=torch.float8_e4m3fn)   # under the prefix
+    save_file(stored, str(models_dir / "wan_fp8.safetensors"))
+    g = torch.Generator().manual_seed(0)
+    x, ctx, t = torch.randn(1, 16, 3, 8, 8, generator=g), torch.randn(1, 5, 4096, generator=g), torch.tensor([640.0])
+    salt = load(salt_nodes, "wan_fp8.safetensors", "fp32")
+    patcher = comfy.sd.load_diffusion_model(str(models_dir / "wan_fp8.safetensors"))   # what UNETLoader does
+    native = patcher.model.diffusion_model
+    compute = patcher.model.manual_cast_dtype or torch.float32
+    with torch.no_grad():
+        ours = salt.model(x, t, ctx)
+        theirs = native(x.to(compute), t, ctx.to(compute))
+    # fp32 compute: the same numbers (1e-5); ComfyUI 0.3.75 computes scaled fp8 in bf16 on the CPU: bf16's 2^-8
+    assert_close(ours, theirs, 1e-5 if compute == torch.float32 else 1e-2, f"Salt vs ComfyUI ({compute}) on one file")
 
 
 def test_an_unknown_weight_dtype_is_refused_with_the_options(salt_nodes, toy_file):

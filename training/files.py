@@ -213,9 +213,9 @@ def load_model(path, preset=None, use_ema: bool = True, dtype=torch.float32, num
     """
     path = os.fspath(path)
     obj, metadata = read_checkpoint(path)
-    if isinstance(obj, Mapping) and not any(isinstance(v, Mapping) for v in obj.values()):   # a flat state dict
-        obj = layouts.dequantize_scaled_fp8(obj)
     try:
+        if isinstance(obj, Mapping) and not any(isinstance(v, Mapping) for v in obj.values()):   # a flat state dict
+            obj = layouts.dequantize_scaled_fp8(obj, dtype)
         sd, layout = layouts.to_wan_state_dict(obj, use_ema=use_ema)
         del obj  # unused release entries (critic, the other generator) can be freed now
         cfg = _choose_config(sd, metadata, preset, num_heads)
@@ -253,14 +253,24 @@ def salt_wrote(path: str) -> bool:
     return any(field in meta for field in SALT_WRITTEN_META)
 
 
+def _same_file(a: str, b: str) -> bool:
+    """Whether two paths name one existing file (symlinks, hard links, case aliases), else whether they resolve to
+    the same path."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
 def check_output(path, flag: str = "--out", inputs: Mapping = None) -> str:
     """`path` as a destination Salt may write, checked before any work: not one of `inputs` ({flag: path} of the
     files being read), not under a regular file, and not an existing file Salt did not write (a user's model or
     LoRA is never replaced). Returns the path; a ValueError naming the flag and the fix otherwise."""
     path = os.fspath(path)
-    real = os.path.realpath(path)
+    if not path or "\0" in path:
+        raise ValueError(f"{flag}={path[:80]!r}: expected a file name (no NUL characters)")
     for name, source in (inputs or {}).items():
-        if source is not None and os.path.exists(os.fspath(source)) and os.path.realpath(os.fspath(source)) == real:
+        if source is not None and _same_file(path, os.fspath(source)):
             raise ValueError(f"{flag}={path!r} is the {name} file being read; writing there would destroy it. "
                              f"Choose another {flag}")
     parent = os.path.dirname(os.path.abspath(path))

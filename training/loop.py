@@ -51,6 +51,8 @@ class TrainingLoop:
         try:
             job.load(tensors, state)
         except RuntimeError as e:     # load_state_dict: other names or shapes than the models these settings build
+            if "Error(s) in loading state_dict" not in str(e):
+                raise
             detail = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln or "key" in ln), str(e))
             raise ValueError(f"run folder {self.folder}: the checkpoint {os.path.basename(path)} holds models of "
                              f"another architecture than these settings build ({detail[:300]}); a resume, even "

@@ -66,7 +66,9 @@ def export_lora(base, student, path: str, rank: int, diffs: bool = True, dtype: 
     files are loaded onto `device`, where the SVDs then run: use a GPU for Wan 1.3B).
     """
     check_choice("dtype", dtype, DTYPES, where="export_lora")
-    check_lora_path(path, {k: v for k, v in (("base", base), ("student", student)) if isinstance(v, (str, os.PathLike))})
+    files = {"base": base, "student": student}            # the files actually read (a run folder's export)
+    check_lora_path(path, {k: student_file(os.fspath(v)) if k == "student" else v for k, v in files.items()
+                           if isinstance(v, (str, os.PathLike))})
     lora, reports = extract_lora(state_dict_of(base, device), state_dict_of(student, device), rank, diffs=diffs,
                                  dtype=DTYPES[dtype])
     if not reports:

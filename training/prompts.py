@@ -10,6 +10,7 @@ real-scale one:
   around a CLIP object. Rows are cut or zero-padded to Wan's 512 tokens here, in one place.
 Knows nothing of ComfyUI.
 """
+import logging
 import os
 
 import numpy as np
@@ -25,9 +26,12 @@ WAN_NEGATIVE_PROMPT = (
     "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，JPEG压缩残留，"
     "丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，手指融合，静止不动的画面，"
     "杂乱的背景，三条腿，背景人很多，倒着走")
+log = logging.getLogger("salt.prompts")
+
 TEXT_LEN = 512   # Wan's text_len: the context every prompt embedding is cut or zero-padded to
-# A prompt is cut to this many characters before it is tokenized: every token covers at least one character, so
-# the first 512 tokens (all Wan reads) always lie inside it, and a 1 MB line cannot ask for a huge attention.
+# Every text is cut to this many characters before it is tokenized, so a 1 MB line cannot ask the encoder for a huge
+# attention. umT5's SentencePiece pieces average about 4 characters of English and rarely pass 16, so 8 per token
+# keeps all that Wan reads (512 tokens) of any ordinary prompt; a longer text is cut, and the cut is logged.
 MAX_PROMPT_CHARS = 8 * TEXT_LEN
 
 
@@ -56,13 +60,13 @@ class EmbeddedPrompts:
 
 
 def read_prompts_file(prompts_file: str) -> list:
-    """The non-empty lines of a UTF-8 text file (one prompt each), stripped, each cut to MAX_PROMPT_CHARS."""
+    """The non-empty lines of a UTF-8 text file (one prompt each), stripped (cut to MAX_PROMPT_CHARS when embedded)."""
     if not prompts_file or not os.path.isfile(prompts_file):
         raise FileNotFoundError(f"prompts_file {quote(prompts_file)} does not exist; pass a text file with one prompt "
                                 f"per line")
     try:
         with open(prompts_file, encoding="utf-8") as f:
-            prompts = [line.strip()[:MAX_PROMPT_CHARS] for line in f if line.strip()]
+            prompts = [line.strip() for line in f if line.strip()]
     except UnicodeDecodeError as e:
         raise ValueError(f"prompts_file {quote(os.path.basename(prompts_file))} is not UTF-8 text (byte "
                          f"{e.object[e.start]:#04x} at position {e.start}); save it as UTF-8") from None
@@ -90,13 +94,21 @@ def cache_prompt_embeddings(prompts: list, negative_prompt: str, cache_path: str
     """Embed `prompts` and the negative prompt ("wan": Wan's) with `encoder` and save them to `cache_path` as
     {"embeds": (N + 1, 512, D)}, the negative prompt last; returns the tensor."""
     negative = WAN_NEGATIVE_PROMPT if negative_prompt == "wan" else negative_prompt
-    texts = list(prompts) + [negative]
+    texts = [cut_text(t) for t in list(prompts) + [negative]]
     rows = encoder(texts)
     if len(rows) != len(texts):
         raise ValueError(f"the text encoder returned {len(rows)} embeddings for {len(texts)} texts")
     embeds = pad_embeddings(rows)
     save_file({"embeds": embeds.contiguous()}, cache_path)
     return embeds
+
+
+def cut_text(text: str) -> str:
+    """`text` cut to MAX_PROMPT_CHARS characters (logged when cut): the one place every text is bounded before an
+    encoder sees it."""
+    if len(text) > MAX_PROMPT_CHARS:
+        log.warning("a %d-character prompt was cut to %d characters before encoding", len(text), MAX_PROMPT_CHARS)
+    return text[:MAX_PROMPT_CHARS]
 
 
 def umt5_encoder(path: str):

@@ -112,7 +112,10 @@ def open_run(cfg, folder: str, *, allow_changes: bool = False, rank: int = 0):
             yield folder
             return
         config = os.path.join(folder, CONFIG_FILE)
-        previous = open(config).read() if os.path.isfile(config) else None
+        previous = None
+        if os.path.isfile(config):
+            with open(config) as f:
+                previous = f.read()
         checkpoints = _checkpoint_names(folder)
         write_config(cfg, folder)
         try:
