@@ -585,3 +585,38 @@ def test_hostile_inputs_on_the_newest_surfaces_end_in_short_errors_and_the_serve
     assert len({m.replace(p, "NAME") for m, p in zip(refusals[:3], paths)}) == 1     # no existence oracle
     assert "root:" not in "".join(refusals)                                           # /etc/passwd was not read
     server.check_alive()
+
+
+def test_a_nan_lora_strength_and_a_repeated_lora_name_over_http(server, object_info):
+    """Issue 23 over HTTP: LoraLoaderModelOnly at strength NaN ends in an error (never a NaN 'success'), and
+    SaltExtractLoRA queued twice with one name keeps the first file and numbers the second."""
+    extract = {"1": {"class_type": "SaltLoadCausalModel", "inputs": {"ckpt_name": WAN_STANDIN, "use_ema": True,
+                                                                     "dtype": "fp32"}},
+               "2": {"class_type": "SaltLoadCausalModel", "inputs": {"ckpt_name": WAN_STUDENT_STANDIN,
+                                                                     "use_ema": True, "dtype": "fp32"}},
+               "3": {"class_type": "SaltExtractLoRA", "inputs": {"base": ["1", 0], "student": ["2", 0], "rank": 8,
+                                                                 "include_diffs": True, "dtype": "fp32",
+                                                                 "name": "ci_twice"}}}
+    first = run_ok(server, extract)["outputs"]["3"]["text"][0]
+    written = server.base / "models" / "loras" / "salt" / "ci_twice.safetensors"
+    before = written.read_bytes()
+    extract["3"]["inputs"]["rank"] = 4
+    second = run_ok(server, extract)["outputs"]["3"]["text"][0]
+    assert "salt/ci_twice.safetensors" in first and "salt/ci_twice_00001_.safetensors" in second, second
+    assert written.read_bytes() == before
+
+    prompt = api_prompt("salt_wan_lora_4step.json", object_info)
+    stand_in_text(prompt, NATIVE_WAN["text_dim"])
+    prompt["1"]["inputs"]["unet_name"] = WAN_STANDIN
+    prompt["15"]["inputs"].update(lora_name="salt/ci_twice.safetensors", strength_model=float("nan"))
+    prompt["5"]["inputs"]["vae_name"] = VAE_STANDIN
+    prompt["6"]["inputs"].update(width=32, height=48, length=9)
+    status, response = server.queue(prompt)
+    if status == 400:                          # ComfyUI refused NaN itself
+        assert "strength_model" in json.dumps(response["node_errors"]), response
+    else:
+        entry = server.wait(response["prompt_id"])
+        assert entry["status"]["status_str"] == "error", entry["status"]
+        error = history_error(entry)
+        assert "non-finite" in error["exception_message"] and "LoRA strengths" in error["exception_message"], error
+    assert server.get("/system_stats")["system"]["comfyui_version"]
