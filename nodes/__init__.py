@@ -18,9 +18,11 @@ imports ComfyUI. Node ids never change once shipped.
 | SaltDistill | preset, teacher / student_init / critic_init, gen_steps, batch_size, seed, name, overrides → SALT_MODEL, STRING (export path) |
 | SaltExtractLoRA | base, student SALT_MODELs, rank, include_diffs, dtype, name → STRING (report; writes loras/salt/) |
 | SaltSemigroupDefect | SALT_MODEL, prompts, nfe, grid_steps, seed (+ positive, latent for Wan) → STRING (report) |
+| SaltLiveStream | SALT_MODEL, positive, cache options, SIGMAS, seed, size, max_chunks, stream_id (+ vae, clip) → IMAGE, LATENT; pushes each chunk's frames live |
 """
-from .bridge import ComfyExtension
+from .bridge import ComfyExtension, add_routes
 from .distill import SaltDistill
+from .live import SaltLiveStream, control_request
 from .lora import SaltExtractLoRA
 from .metrics import SaltSemigroupDefect
 from .models import SaltCausalFromModel, SaltLoadCausalModel
@@ -29,7 +31,8 @@ from .streaming import SaltCacheOptions, SaltStreamingSampler
 from .toy import SaltToyDecode, SaltToyModel, SaltToyTextEncode
 
 NODES = [SaltFewStepSigmas, SaltFewStepSampler, SaltCacheOptions, SaltLoadCausalModel, SaltCausalFromModel,
-         SaltStreamingSampler, SaltToyModel, SaltToyTextEncode, SaltToyDecode, SaltDistill, SaltExtractLoRA, SaltSemigroupDefect]
+         SaltStreamingSampler, SaltToyModel, SaltToyTextEncode, SaltToyDecode, SaltDistill, SaltExtractLoRA, SaltSemigroupDefect,
+         SaltLiveStream]
 
 
 class SaltExtension(ComfyExtension):
@@ -40,5 +43,6 @@ class SaltExtension(ComfyExtension):
 
 
 async def comfy_entrypoint() -> SaltExtension:
-    """ComfyUI's V3 entry point (called once at startup)."""
+    """ComfyUI's V3 entry point (called once at startup): the nodes, and the live stream's control routes."""
+    add_routes("/salt/live", control_request)
     return SaltExtension()

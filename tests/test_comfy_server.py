@@ -35,7 +35,7 @@ WORKFLOWS = ROOT / "workflows"
 WORKFLOW_FILES = sorted(p.name for p in WORKFLOWS.glob("*.json"))
 SALT_NODES = ["SaltFewStepSigmas", "SaltFewStepSampler", "SaltCacheOptions", "SaltLoadCausalModel",
               "SaltCausalFromModel", "SaltStreamingSampler", "SaltToyModel", "SaltToyTextEncode", "SaltToyDecode",
-              "SaltDistill", "SaltExtractLoRA", "SaltSemigroupDefect"]
+              "SaltDistill", "SaltExtractLoRA", "SaltSemigroupDefect", "SaltLiveStream"]
 RANDOM_TOY, NOT_WAN = "salt_toy_random.safetensors", "not_wan.safetensors"
 WAN_STANDIN, RELEASE_STANDIN, VAE_STANDIN = "tiny_wan_t2v.safetensors", "tiny_self_forcing_dmd.pt", "tiny_wan_vae.safetensors"
 START_FRAME = "salt_start_frame.png"                        # the I2V workflow's Load Image file (random pixels)
@@ -620,3 +620,90 @@ def test_a_nan_lora_strength_and_a_repeated_lora_name_over_http(server, object_i
         error = history_error(entry)
         assert "non-finite" in error["exception_message"] and "LoRA strengths" in error["exception_message"], error
     assert server.get("/system_stats")["system"]["comfyui_version"]
+
+
+def test_a_live_stream_shows_frames_while_it_runs_obeys_its_routes_and_continues_when_queued_again(server):
+    """SaltLiveStream in the real server: frames arrive over the websocket before the prompt finishes; Pause stops
+    them, Resume and a typed prompt are taken at chunk boundaries, Stop ends the prompt with success, bad route
+    input gets a 4xx; queueing again continues the stream's chunk count."""
+    import asyncio
+    import urllib.request
+    import aiohttp
+
+    def live_prompt(**kw):
+        inputs = dict(model=["1", 0], positive=["2", 0], cache_options=["3", 0], sigmas=["4", 0], seed=3, width=16,
+                      height=16, max_chunks=100000, stream_id="ci_live", continue_stream=True)
+        inputs.update(kw)
+        return {"1": {"class_type": "SaltLoadCausalModel", "inputs": {"ckpt_name": RANDOM_TOY, "use_ema": True,
+                                                                      "dtype": "fp32"}},
+                "2": {"class_type": "SaltToyTextEncode", "inputs": {"text": "a red disc moving left"}},
+                "3": {"class_type": "SaltCacheOptions", "inputs": dict(
+                    chunk_frames=3, attention="sink", window_frames=9, sink_frames=3, relative_rope=True,
+                    context_noise=0.0, max_frames=21)},
+                "4": {"class_type": "SaltFewStepSigmas", "inputs": {"preset": "2step", "nfe": 2, "shift": 3.0,
+                                                                    "custom_steps": ""}},
+                "5": {"class_type": "SaltLiveStream", "inputs": inputs}}
+
+    def control(action, body=None, raw=None):
+        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+        req = urllib.request.Request(f"{server.url}/salt/live/ci_live/{action}", data=data,
+                                     method="GET" if action == "status" else "POST")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    async def scenario():
+        chunks, timeline = [], {}
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(f"{server.url.replace('http', 'ws')}/ws?clientId=ci_live") as ws:
+                status, response = server.queue(live_prompt())
+                assert status == 200, response
+                prompt_id = response["prompt_id"]
+
+                async def until(count, timeout=120):
+                    deadline = asyncio.get_event_loop().time() + timeout
+                    while len(chunks) < count:
+                        msg = await asyncio.wait_for(ws.receive(), deadline - asyncio.get_event_loop().time())
+                        if msg.type == aiohttp.WSMsgType.TEXT:
+                            event = json.loads(msg.data)
+                            if event.get("type") == "salt.live" and event["data"]["stream"] == "ci_live":
+                                assert event["data"]["frames"][0].startswith("data:image/jpeg;base64,")
+                                chunks.append(event["data"]["chunk"])
+                await until(3)
+                timeline["running"] = server.get(f"/history/{prompt_id}").get(prompt_id) is None
+                assert control("pause")[0] == 200
+                await asyncio.sleep(1.0)
+                paused_at = len(chunks)
+                while True:                                 # drain what was in flight
+                    try:
+                        msg = await asyncio.wait_for(ws.receive(), 1.5)
+                    except asyncio.TimeoutError:
+                        break
+                    if msg.type == aiohttp.WSMsgType.TEXT and json.loads(msg.data).get("type") == "salt.live":
+                        chunks.append(json.loads(msg.data)["data"]["chunk"])
+                timeline["paused_extra"] = len(chunks) - paused_at
+                timeline["bad"] = [control("prompt", {"text": ""})[0], control("prompt", raw=b"not json")[0],
+                                   control("explode")[0]]
+                assert control("prompt", {"text": "a blue square moving up"})[0] == 200
+                assert control("resume")[0] == 200
+                await until(len(chunks) + 3)
+                assert control("stop")[0] == 200
+                entry = server.wait(prompt_id)
+                timeline["status"] = entry["status"]["status_str"]
+                timeline["after_stop"] = control("status")[1]
+        return chunks, timeline
+    chunks, timeline = asyncio.run(scenario())
+    assert timeline["running"], "the frames came only after the prompt finished"
+    assert timeline["paused_extra"] <= 1 and timeline["bad"] == [400, 400, 404], timeline
+    assert timeline["status"] == "success" and timeline["after_stop"]["prompt"] == "a blue square moving up"
+    assert chunks == list(range(1, len(chunks) + 1))
+    status, response = server.queue(live_prompt(max_chunks=2))      # queued again: the same stream continues
+    entry = server.wait(response["prompt_id"])
+    before = timeline["after_stop"]["chunks"]                       # ≥ the last chunk seen (one may follow the stop)
+    assert before >= chunks[-1] and entry["status"]["status_str"] == "success"
+    assert control("status")[1]["chunks"] == before + 2
+    status, response = server.request("/salt/live/nope/stop", {})
+    assert status == 404 and "no live stream" in response["error"]
+    server.check_alive()

@@ -79,7 +79,7 @@ def test_the_entry_point_lists_every_node_with_a_stable_salt_id_category_and_des
     ids = [n.GET_SCHEMA().node_id for n in nodes]
     assert ids == ["SaltFewStepSigmas", "SaltFewStepSampler", "SaltCacheOptions", "SaltLoadCausalModel",
                    "SaltCausalFromModel", "SaltStreamingSampler", "SaltToyModel", "SaltToyTextEncode", "SaltToyDecode",
-                   "SaltDistill", "SaltExtractLoRA", "SaltSemigroupDefect"]
+                   "SaltDistill", "SaltExtractLoRA", "SaltSemigroupDefect", "SaltLiveStream"]
     for node in nodes:
         schema = node.GET_SCHEMA()
         assert schema.category.startswith("Salt/") and schema.description and node.__doc__, schema.node_id
@@ -107,7 +107,7 @@ def test_the_pack_root_loaded_as_comfyui_loads_it_exposes_the_entry_point():
     try:
         spec.loader.exec_module(module)
         nodes = asyncio.run(asyncio.run(module.comfy_entrypoint()).get_node_list())
-        assert len(nodes) == 12 and nodes[0].__module__ == f"{name}.nodes.sampling"
+        assert len(nodes) == 13 and nodes[0].__module__ == f"{name}.nodes.sampling"
     finally:
         for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
             del sys.modules[key]

@@ -1,0 +1,232 @@
+"""SaltLiveStream: chunk after chunk until stopped, a chunk budget or Cancel, each chunk's frames pushed to the
+browser as soon as it is decoded, steered between chunks through the pack's own routes; the stream's state stays
+on the server, so queueing again continues the same video.
+
+The engine is salt_core.streaming.ChunkStream; decoding is the graph's VAE (`bridge.WanChunkDecoder`) or the toy
+world's pixels; pushing and the routes go through `bridge` (ComfyUI's PromptServer). The routes only record
+intents (`LiveControl`), which the node applies at the next chunk boundary.
+"""
+import re
+import threading
+import time
+
+import torch
+
+from ..salt_core.streaming import ChunkStream
+from ..salt_core.validate import check_count, check_sigmas, quote
+from .bridge import WanChunkDecoder, check_interrupted, io, latent_to_comfy, push_event
+from .models import salt_in_use
+from .streaming import latent_shape, text_context
+from .toy import toy_conditioning
+from .types import CacheOptionsType, SaltModelType
+
+LIVE_EVENT = "salt.live"                            # websocket event carrying one chunk's frames
+STREAM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+MAX_LIVE_CHUNKS = 100_000
+MAX_PROMPT_TEXT = 2000                              # characters a typed prompt may have
+PUSH_PIXELS = 256                                   # frames are pushed downscaled to about this width
+ACTIONS = ("prompt", "pause", "resume", "stop")
+
+
+class LiveControl:
+    """Intents for one running stream, set by the routes (any thread) and taken by the node at chunk boundaries."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.paused, self.stopped, self.prompt = False, False, None
+        self.status = {"chunks": 0, "frames": 0, "period_ms": None, "running": False, "prompt": None}
+
+    def apply(self, action: str, text: str = None) -> dict:
+        with self.lock:
+            if action == "prompt":
+                self.prompt = text
+            elif action == "pause":
+                self.paused = True
+            elif action == "resume":
+                self.paused = False
+            elif action == "stop":
+                self.stopped = True
+            return dict(self.status, paused=self.paused)
+
+
+class LiveSession:
+    """A stream kept between queue runs: its ChunkStream state, noise generator and control."""
+
+    def __init__(self):
+        self.state, self.noise_gen, self.chunks, self.key = None, None, 0, None
+        self.control = LiveControl()
+
+
+SESSIONS = {}                                       # stream id → LiveSession
+SESSIONS_LOCK = threading.Lock()
+
+
+def check_stream_id(stream_id) -> str:
+    if not isinstance(stream_id, str) or not STREAM_ID.match(stream_id):
+        raise ValueError(f"SaltLiveStream: stream_id={quote(stream_id)}; expected letters, digits, '_' or '-' "
+                         f"(up to 64), e.g. 'live'")
+    return stream_id
+
+
+def control_request(stream_id, action, body) -> tuple:
+    """(HTTP status, JSON reply) of a route call: the intent recorded, or a 4xx naming what is wrong."""
+    if not isinstance(stream_id, str) or not STREAM_ID.match(stream_id) or stream_id not in SESSIONS:
+        return 404, {"error": f"no live stream {quote(stream_id)}; queue a SaltLiveStream with that stream_id"}
+    if action not in ACTIONS + ("status",):
+        return 404, {"error": f"unknown action {quote(action)}; expected one of {list(ACTIONS) + ['status']}"}
+    control = SESSIONS[stream_id].control
+    if action == "status":
+        return 200, control.apply("status")
+    text = None
+    if action == "prompt":
+        text = body.get("text") if isinstance(body, dict) else None
+        if not isinstance(text, str) or not text.strip() or len(text) > MAX_PROMPT_TEXT:
+            return 400, {"error": f"expected JSON {{\"text\": \"...\"}} with 1..{MAX_PROMPT_TEXT} characters"}
+    return 200, control.apply(action, text)
+
+
+def encode_prompt(text: str, salt, clip, batch: int) -> torch.Tensor:
+    """A typed prompt → context on the model: the toy text encoder for toy models, the `clip` input for Wan."""
+    if salt.latent_format == "pixels":
+        conditioning = toy_conditioning(text)
+    elif clip is not None:
+        conditioning = [[clip.encode_from_tokens(clip.tokenize(text)), {}]]
+    else:
+        raise ValueError("SaltLiveStream: a typed prompt for a Wan model needs the clip input (Load CLIP, type wan)")
+    return text_context(conditioning, salt, batch, "prompt", node="SaltLiveStream")
+
+
+def frames_of(chunk: torch.Tensor, salt, decoder) -> torch.Tensor:
+    """One chunk's model-space latents (B, C, n, H, W) → IMAGE frames (N, H', W', 3) in [0, 1] (0 frames while the
+    Wan decoder waits for a pair)."""
+    if salt.latent_format == "pixels":
+        return ((chunk[0].float().clamp(-1, 1) + 1) / 2).movedim(0, -1).cpu()     # (n, H, W, 3)
+    if decoder is None:
+        return torch.empty(0, 1, 1, 3)
+    return decoder.push(latent_to_comfy(chunk[:1].float(), salt.latent_format)).cpu()
+
+
+def live_run(salt, positive, options, sigmas, seed, width, height, max_chunks, stream_id, continue_stream,
+             vae=None, clip=None, node_id=None) -> tuple:
+    """Run the stream (see the module docstring); returns (IMAGE frames of this run, model-space latents)."""
+    check_stream_id(stream_id)
+    check_count("max_chunks", max_chunks, where="SaltLiveStream", maximum=MAX_LIVE_CHUNKS)
+    sig = check_sigmas(sigmas, where="SaltLiveStream").tolist()
+    policy, n = options.policy, options.chunk_frames
+    if policy.kind == "full":
+        raise ValueError("SaltLiveStream: a live stream runs without a length limit: use a rolling or sink cache "
+                         "(SaltCacheOptions attention rolling / sink) so memory stays constant")
+    shape = latent_shape(salt, 1, n, width, height)
+    key = (id(salt.model), stream_id, tuple(shape), policy)
+    with SESSIONS_LOCK:
+        session = SESSIONS.get(stream_id)
+        if session is None or not continue_stream or session.key != key:
+            session = SESSIONS[stream_id] = LiveSession()
+        session.key = key
+    control = session.control
+    with control.lock:
+        control.stopped, control.paused = False, False
+        control.status["running"] = True
+    frames, latents = [], []
+    try:
+        with salt_in_use(salt) as model:
+            context = text_context(positive, salt, 1, "positive", node="SaltLiveStream")
+            ref = model.patch_embedding.weight
+            cache = model.new_cache(1, policy, shape[-2:])
+            gen = torch.Generator(device=ref.device)
+            if session.state is None:
+                gen.manual_seed(seed + 1)
+                session.noise_gen = torch.Generator().manual_seed(seed)
+                stream = ChunkStream(model, cache, context, chunk_frames=n, context_noise=options.context_noise,
+                                     generator=gen)
+            else:
+                stream = ChunkStream.from_state(model, cache, session.state, chunk_frames=n,
+                                                context_noise=options.context_noise, generator=gen)
+            decoder = WanChunkDecoder(vae) if vae is not None and salt.latent_format == "wan21" else None
+            for _ in range(max_chunks):
+                while True:                              # intents, applied at the chunk boundary
+                    check_interrupted()
+                    with control.lock:
+                        stop, paused, text, control.prompt = control.stopped, control.paused, control.prompt, None
+                    if text is not None:
+                        stream.set_prompt(encode_prompt(text, salt, clip, 1))
+                        control.status["prompt"] = text[:80]
+                    if stop or not paused:
+                        break
+                    time.sleep(0.05)
+                if stop:
+                    break
+                noise = torch.randn(shape, generator=session.noise_gen).to(ref.device, ref.dtype)
+                t0 = time.monotonic()
+                chunk = stream.sample(noise, sig, stochastic=True)
+                images = frames_of(chunk, salt, decoder)
+                session.chunks += 1
+                push_event(LIVE_EVENT, {"stream": stream_id, "node": node_id, "chunk": session.chunks,
+                                        "frames": images, "period_ms": round(1000 * (time.monotonic() - t0), 1)},
+                           PUSH_PIXELS)
+                frames.append(images)
+                latents.append(chunk.float().cpu())
+                with control.lock:
+                    control.status.update(chunks=session.chunks, frames=control.status["frames"] + len(images),
+                                          period_ms=round(1000 * (time.monotonic() - t0), 1))
+            session.state = _detached(stream.state())
+    finally:
+        with control.lock:
+            control.status["running"] = False
+    video = torch.cat(frames) if frames else torch.zeros(0, height, width, 3)
+    return video, (torch.cat(latents, 2) if latents else torch.zeros(shape[:2] + (0,) + shape[3:]))
+
+
+def _detached(state: dict) -> dict:
+    """A ChunkStream state kept between queue runs on the CPU (the device is free for other models meanwhile)."""
+    cache = state["cache"]
+    return {**state, "context": state["context"].cpu(), "history": [h.cpu() for h in state["history"]],
+            "cache": {**cache, "k": cache["k"].cpu(), "v": cache["v"].cpu()}}
+
+
+class SaltLiveStream(io.ComfyNode):
+    """Streams chunk after chunk, showing each chunk in the node as it is made, until stopped."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="SaltLiveStream",
+            display_name="Salt Live Stream",
+            category="Salt/sampling",
+            description="Generates chunk after chunk with a rolling or sink KV cache (constant memory) and pushes "
+                        "each chunk's frames to the browser as soon as it is decoded. Steer it while it runs from "
+                        "the node (prompt box, Pause, Resume, Stop) or the routes /salt/live/<stream_id>/<action>; "
+                        "Cancel keeps the stream, and queueing again with continue_stream on continues the video.",
+            inputs=[
+                SaltModelType.Input("model", tooltip="A causal Salt model (SaltToyModel, SaltLoadCausalModel, ...)."),
+                io.Conditioning.Input("positive", tooltip="The first prompt."),
+                CacheOptionsType.Input("cache_options", tooltip="A rolling or sink cache (SaltCacheOptions)."),
+                io.Sigmas.Input("sigmas", tooltip="Noise levels per chunk, ending at 0 (SaltFewStepSigmas)."),
+                io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
+                             tooltip="Seed of a new stream (a continued stream keeps its own generators)."),
+                io.Int.Input("width", default=832, min=4, max=8192, step=4, tooltip="Video width in pixels."),
+                io.Int.Input("height", default=480, min=4, max=8192, step=4, tooltip="Video height in pixels."),
+                io.Int.Input("max_chunks", default=100, min=1, max=MAX_LIVE_CHUNKS,
+                             tooltip="Stop after this many chunks (Stop or Cancel end it sooner)."),
+                io.String.Input("stream_id", default="live", tooltip="Name of the stream for the routes and for "
+                                                                     "continuing it in a later queue run."),
+                io.Boolean.Input("continue_stream", default=True,
+                                 tooltip="Continue the stored stream of this stream_id (same model, size and cache) "
+                                         "instead of starting a new one."),
+                io.Vae.Input("vae", optional=True, tooltip="The Wan 2.1 VAE, to show Wan frames live (toy: none)."),
+                io.Clip.Input("clip", optional=True, tooltip="umT5 (Load CLIP, type wan), to encode prompts typed "
+                                                             "while a Wan stream runs (toy: none)."),
+            ],
+            outputs=[io.Image.Output(tooltip="The frames of this run."),
+                     io.Latent.Output(tooltip="The latents of this run (ComfyUI's LATENT space).")],
+            hidden=[io.Hidden.unique_id],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, model, positive, cache_options, sigmas, seed, width, height, max_chunks, stream_id,
+                continue_stream, vae=None, clip=None) -> io.NodeOutput:
+        video, latents = live_run(model, positive, cache_options, sigmas, seed, width, height, max_chunks,
+                                  stream_id, continue_stream, vae, clip,
+                                  cls.hidden.unique_id if cls.hidden is not None else None)   # None: called directly
+        return io.NodeOutput(video, {"samples": latent_to_comfy(latents, model.latent_format)})

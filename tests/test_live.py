@@ -1,0 +1,78 @@
+"""SaltLiveStream in-process (`execute` as ComfyUI runs it) and its control routes' logic; the real server and
+browser checks are in tests/test_comfy_server.py."""
+import pytest
+import torch
+
+from test_nodes import run, toy_options
+
+
+def live_inputs(salt_nodes, toy_salt, **kw):
+    args = dict(model=toy_salt, positive=run(salt_nodes.SaltToyTextEncode, text="a red disc moving left")[0],
+                cache_options=toy_options(salt_nodes, attention="rolling"),
+                sigmas=run(salt_nodes.SaltFewStepSigmas, preset="2step", nfe=2, shift=1.0)[0], seed=5,
+                width=16, height=16, max_chunks=3, stream_id="t", continue_stream=True)
+    args.update(kw)
+    return args
+
+
+@pytest.fixture(autouse=True)
+def fresh_sessions():
+    from comfyui_salt.nodes import live
+    live.SESSIONS.clear()
+    yield
+    live.SESSIONS.clear()
+
+
+def test_queueing_again_continues_the_video_exactly_where_it_stopped(salt_nodes, toy_salt):
+    """Two runs of 3 chunks on one stream_id give the frames of one 6-chunk run (same seed, new stream id)."""
+    first = run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, stream_id="a"))
+    second = run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, stream_id="a"))
+    whole = run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, stream_id="b", max_chunks=6))
+    assert first[0].shape == (9, 16, 16, 3) and whole[0].shape == (18, 16, 16, 3)
+    assert torch.equal(torch.cat([first[0], second[0]]), whole[0])
+    assert torch.equal(torch.cat([first[1]["samples"], second[1]["samples"]], 2), whole[1]["samples"])
+    fresh = run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, stream_id="a", continue_stream=False))
+    assert torch.equal(fresh[0], first[0])                        # continue_stream off: a new stream from the seed
+
+
+def test_stop_and_a_typed_prompt_are_applied_at_chunk_boundaries(salt_nodes, toy_salt, monkeypatch):
+    from comfyui_salt.nodes import live
+    seen = []
+
+    def push(event, data, pixels):                                 # what the browser would receive
+        seen.append(data["chunk"])
+        if data["chunk"] == 2:
+            assert live.control_request("t", "prompt", {"text": "a blue square moving up"})[0] == 200
+        if data["chunk"] == 4:
+            assert live.control_request("t", "stop", None)[0] == 200
+    monkeypatch.setattr(live, "push_event", push)
+    out = run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, max_chunks=50))
+    assert seen == [1, 2, 3, 4] and out[0].shape[0] == 12
+    plain = run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, stream_id="p", max_chunks=4))
+    assert torch.equal(out[0][:6], plain[0][:6]) and not torch.equal(out[0][6:], plain[0][6:])
+    status = live.control_request("t", "status", None)[1]
+    assert status["chunks"] == 4 and status["prompt"] == "a blue square moving up" and not status["running"]
+
+
+@pytest.mark.parametrize("stream, action, body, code, words", [
+    ("nope", "stop", None, 404, "no live stream 'nope'"),
+    ("../x", "stop", None, 404, "no live stream"),
+    ("t", "explode", None, 404, "unknown action 'explode'"),
+    ("t", "prompt", None, 400, "expected JSON"),
+    ("t", "prompt", {"text": ""}, 400, "1..2000 characters"),
+    ("t", "prompt", {"text": "x" * 2001}, 400, "1..2000 characters"),
+    ("t", "prompt", {"text": 5}, 400, "expected JSON"),
+    ("t", "prompt", ["text"], 400, "expected JSON"),
+])
+def test_bad_control_requests_get_a_4xx_naming_the_problem(salt_nodes, toy_salt, stream, action, body, code, words):
+    from comfyui_salt.nodes import live
+    run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, max_chunks=1))
+    status, reply = live.control_request(stream, action, body)
+    assert status == code and words in reply["error"] and len(reply["error"]) < 300
+
+
+def test_a_live_stream_needs_a_cache_of_constant_size_and_a_plain_stream_id(salt_nodes, toy_salt):
+    with pytest.raises(ValueError, match="use a rolling or sink cache"):
+        run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, cache_options=toy_options(salt_nodes)))
+    with pytest.raises(ValueError, match="stream_id='../x'"):
+        run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, stream_id="../x"))
