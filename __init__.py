@@ -8,6 +8,7 @@ is imported only when ComfyUI's API is present.
 import importlib.util
 
 __version__ = "0.1.0"
+WEB_DIRECTORY = "./web"   # the live view (web/salt_live.js), served by ComfyUI for this pack
 
 if importlib.util.find_spec("comfy_api") is not None:  # running inside ComfyUI
     from .nodes import comfy_entrypoint  # noqa: F401

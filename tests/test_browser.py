@@ -236,3 +236,66 @@ def test_the_frontends_own_api_prompt_equals_our_conversion(loaded_workflows, na
     for node_id, node in ours.items():
         assert theirs[node_id]["class_type"] == node["class_type"], node_id
         assert theirs[node_id]["inputs"] == node["inputs"], f"{name} node {node_id} ({node['class_type']})"
+
+
+LIVE_WORKFLOW = ROOT / "workflows" / "salt_toy_live.json"
+QUEUE_LIVE = """(async () => {
+  window.saltLiveShown = 0; window.saltLiveReceived = 0;
+  await window.app.loadGraphData(%s);
+  const node = window.app.graph.nodes.find(n => n.type === "SaltLiveStream");
+  node.widgets.find(w => w.name === "max_chunks").value = 5000;
+  node.widgets.find(w => w.name === "stream_id").value = "browser_live";
+  await window.app.queuePrompt(0, 1);
+  return node.id;
+})()"""
+RUNNING = "fetch('/queue').then(r => r.json()).then(q => q.queue_running.length)"
+
+
+async def drive_live(port: int, url: str) -> dict:
+    """Queue the toy live workflow from the page; what the page showed while it ran, then Stop from the node."""
+    import aiohttp
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{port}/json/list") as r:
+            target = next(t for t in await r.json() if t["type"] == "page")
+        async with session.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=0) as ws:
+            page = DevTools(ws)
+            await page.send("Page.enable")
+            await page.send("Emulation.setDeviceMetricsOverride", width=1600, height=1000, deviceScaleFactor=1,
+                            mobile=False)
+            await page.send("Page.navigate", url=url)
+            await page.wait_for("!!(window.app && window.app.graph && window.LiteGraph && "
+                                "Object.keys(window.LiteGraph.registered_node_types).length > 100)")
+            await page.evaluate(QUEUE_LIVE % LIVE_WORKFLOW.read_text())
+            await page.wait_for("(window.saltLiveShown || 0) >= 12", timeout=120)
+            seen = {"shown_while_running": await page.evaluate("window.saltLiveShown"),
+                    "running": await page.evaluate(RUNNING),
+                    "img": await page.evaluate("document.querySelector('.salt-live img').src.slice(0, 23)"),
+                    "status": await page.evaluate("document.querySelector('.salt-live div').textContent")}
+            await page.screenshot(ARTIFACTS / "live_node.png")
+            await page.evaluate("document.querySelector('[data-salt-live=stop]').click()")
+            await page.wait_for(f"{RUNNING}.then(n => n === 0)", timeout=60)
+            seen["after_stop"] = await page.evaluate("window.saltLiveReceived")
+            return seen
+
+
+def test_the_live_node_shows_frames_while_the_prompt_runs_and_its_stop_button_ends_it(server):
+    """In headless Chromium with the pack's web extension: the toy live workflow queued from the page; frames play
+    in the node while the prompt is still running (counted before it ends); the node's Stop button ends it."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as profile:
+        process = subprocess.Popen([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0",
+                                    "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            port_file, deadline = pathlib.Path(profile) / "DevToolsActivePort", time.monotonic() + 30
+            while not port_file.exists() or not port_file.read_text().strip():
+                assert process.poll() is None, f"chromium exited with code {process.returncode}"
+                assert time.monotonic() < deadline, "chromium wrote no DevToolsActivePort file"
+                time.sleep(0.2)
+            port = int(port_file.read_text().split()[0])
+            seen = asyncio.run(asyncio.wait_for(drive_live(port, server.url + "/"), BROWSER_TIMEOUT_S + 120))
+        finally:
+            stop_browser(process)
+    assert seen["shown_while_running"] >= 12 and seen["running"] == 1, seen
+    assert seen["img"] == "data:image/jpeg;base64," and seen["status"].startswith("chunk "), seen
+    assert seen["after_stop"] < 5000 * 3                          # stopped long before its chunk budget

@@ -707,3 +707,14 @@ def test_a_live_stream_shows_frames_while_it_runs_obeys_its_routes_and_continues
     status, response = server.request("/salt/live/nope/stop", {})
     assert status == 404 and "no live stream" in response["error"]
     server.check_alive()
+
+
+def test_the_toy_live_workflow_runs_and_saves_the_frames_of_its_run(server, object_info):
+    prompt = api_prompt("salt_toy_live.json", object_info)
+    live = prompt["5"]["inputs"]
+    assert (live["max_chunks"], live["stream_id"], live["continue_stream"]) == (400, "toy_live", True)
+    assert prompt["3"]["inputs"]["attention"] == "sink" and prompt["3"]["inputs"]["relative_rope"] is True
+    live.update(max_chunks=4, stream_id="ci_toy_live")
+    frames = webp_frames(output_files(server, run_ok(server, prompt))[0])
+    assert len(frames) == 12 and frames[0].size == (128, 128)
+    assert_non_degenerate(frames)

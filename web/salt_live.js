@@ -1,0 +1,86 @@
+// Salt live view: plays the frames SaltLiveStream pushes (websocket event "salt.live") inside its node at the
+// video's frame rate, shows the chunk period, and sends intents (a typed prompt, Pause, Resume, Stop) to the pack's
+// routes /salt/live/<stream_id>/<action>. The server owns the stream and checks every message; this page only
+// draws and sends.
+import { app } from "../../scripts/app.js";
+import { api } from "../../scripts/api.js";
+
+const FPS = 16;              // playback rate of pushed frames (Wan 2.1's 16 fps)
+const MAX_QUEUED = 96;       // frames waiting to be shown; older ones are dropped when the page falls behind
+
+function widgetValue(node, name) {
+  const widget = node.widgets?.find((w) => w.name === name);
+  return widget ? widget.value : undefined;
+}
+
+function makeView(node) {
+  const root = document.createElement("div");
+  root.className = "salt-live";
+  root.style.cssText = "display:flex;flex-direction:column;gap:4px;width:100%;";
+  const img = document.createElement("img");
+  img.style.cssText = "width:100%;image-rendering:pixelated;background:#111;min-height:64px;object-fit:contain;";
+  const status = document.createElement("div");
+  status.style.cssText = "font:11px monospace;color:#aaa;";
+  status.textContent = "not streaming";
+  const text = document.createElement("input");
+  text.type = "text";
+  text.placeholder = "new prompt, then Apply";
+  text.style.cssText = "width:100%;";
+  const row = document.createElement("div");
+  row.style.cssText = "display:flex;gap:4px;";
+  const send = async (action, body) => {
+    const stream = widgetValue(node, "stream_id") || "live";
+    const reply = await api.fetchApi(`/salt/live/${encodeURIComponent(stream)}/${action}`, {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body ?? {}),
+    });
+    const data = await reply.json().catch(() => ({}));
+    status.textContent = reply.ok ? `${action}: ok` : `${action}: ${data.error ?? reply.status}`;
+  };
+  for (const [label, action] of [["Apply", "prompt"], ["Pause", "pause"], ["Resume", "resume"], ["Stop", "stop"]]) {
+    const button = document.createElement("button");
+    button.textContent = label;
+    button.dataset.saltLive = action;
+    button.onclick = () => send(action, action === "prompt" ? { text: text.value } : undefined);
+    row.appendChild(button);
+  }
+  root.append(img, status, text, row);
+  const view = { img, status, queue: [], timer: null, shown: 0 };
+  view.play = () => {
+    if (view.timer) return;
+    view.timer = setInterval(() => {
+      const frame = view.queue.shift();
+      if (frame === undefined) { clearInterval(view.timer); view.timer = null; return; }
+      img.src = frame;
+      view.shown += 1;
+      window.saltLiveShown = (window.saltLiveShown ?? 0) + 1;
+    }, 1000 / FPS);
+  };
+  node.saltLive = view;
+  node.addDOMWidget("salt_live_view", "salt_live", root, { serialize: false });
+}
+
+app.registerExtension({
+  name: "salt.live",
+  async beforeRegisterNodeDef(nodeType, nodeData) {
+    if (nodeData.name !== "SaltLiveStream") return;
+    const created = nodeType.prototype.onNodeCreated;
+    nodeType.prototype.onNodeCreated = function () {
+      const result = created?.apply(this, arguments);
+      makeView(this);
+      this.setSize([Math.max(this.size[0], 320), Math.max(this.size[1], 420)]);
+      return result;
+    };
+  },
+  setup() {
+    api.addEventListener("salt.live", ({ detail }) => {
+      const node = app.graph?.getNodeById?.(Number(detail.node)) ?? app.graph?.getNodeById?.(detail.node);
+      const view = node?.saltLive;
+      window.saltLiveReceived = (window.saltLiveReceived ?? 0) + detail.frames.length;
+      if (!view) return;
+      view.queue.push(...detail.frames);
+      if (view.queue.length > MAX_QUEUED) view.queue.splice(0, view.queue.length - MAX_QUEUED);
+      view.status.textContent = `chunk ${detail.chunk} · ${detail.period_ms} ms per chunk · ${detail.frames.length} frames`;
+      view.play();
+    });
+  },
+});
