@@ -6,6 +6,7 @@ The engine is salt_core.streaming.ChunkStream; decoding is the graph's VAE (`bri
 world's pixels; pushing and the routes go through `bridge` (ComfyUI's PromptServer). The routes only record
 intents (`LiveControl`), which the node applies at the next chunk boundary.
 """
+import queue
 import re
 import threading
 import time
@@ -96,6 +97,52 @@ def encode_prompt(text: str, salt, clip, batch: int) -> torch.Tensor:
     return text_context(conditioning, salt, batch, "prompt", node="SaltLiveStream")
 
 
+class FramePusher:
+    """Decodes and pushes chunks on a worker thread beside the next chunk's denoising, in order (a bounded queue of
+    two, so a slow browser or decoder never lets latents pile up); an error there is raised in the node at the next
+    `put` or at `close`. On a GPU the decoder runs on its own CUDA stream."""
+
+    def __init__(self, work, device):
+        self.work, self.jobs, self.error = work, queue.Queue(maxsize=2), None
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self.thread = threading.Thread(target=self._run, name="salt-live-push", daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while True:
+            job = self.jobs.get()
+            if job is None:
+                return
+            try:
+                if self.stream is not None:
+                    self.stream.wait_event(job[1])           # the chunk is computed on the main stream first
+                    with torch.cuda.stream(self.stream):
+                        self.work(job[0])
+                else:
+                    self.work(job[0])
+            except BaseException as e:                       # noqa: BLE001  (re-raised in the node's thread)
+                self.error = e
+
+    def put(self, chunk: torch.Tensor) -> None:
+        self._raise()
+        event = None
+        if self.stream is not None:
+            event = torch.cuda.Event()
+            event.record()
+        self.jobs.put((chunk, event))
+
+    def close(self) -> None:
+        """Wait for the pushes queued so far, then raise what went wrong on the worker, if anything."""
+        self.jobs.put(None)
+        self.thread.join()
+        self._raise()
+
+    def _raise(self):
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+
+
 def frames_of(chunk: torch.Tensor, salt, decoder) -> torch.Tensor:
     """One chunk's model-space latents (B, C, n, H, W) → IMAGE frames (N, H', W', 3) in [0, 1] (0 frames while the
     Wan decoder waits for a pair)."""
@@ -143,32 +190,42 @@ def live_run(salt, positive, options, sigmas, seed, width, height, max_chunks, s
                 stream = ChunkStream.from_state(model, cache, session.state, chunk_frames=n,
                                                 context_noise=options.context_noise, generator=gen)
             decoder = WanChunkDecoder(vae) if vae is not None and salt.latent_format == "wan21" else None
-            for _ in range(max_chunks):
-                while True:                              # intents, applied at the chunk boundary
-                    check_interrupted()
-                    with control.lock:
-                        stop, paused, text, control.prompt = control.stopped, control.paused, control.prompt, None
-                    if text is not None:
-                        stream.set_prompt(encode_prompt(text, salt, clip, 1))
-                        control.status["prompt"] = text[:80]
-                    if stop or not paused:
-                        break
-                    time.sleep(0.05)
-                if stop:
-                    break
-                noise = torch.randn(shape, generator=session.noise_gen).to(ref.device, ref.dtype)
-                t0 = time.monotonic()
-                chunk = stream.sample(noise, sig, stochastic=True)
+            timing = {"last": time.monotonic()}
+
+            def decode_and_push(chunk):                      # on the worker thread, in chunk order
                 images = frames_of(chunk, salt, decoder)
-                session.chunks += 1
-                push_event(LIVE_EVENT, {"stream": stream_id, "node": node_id, "chunk": session.chunks,
-                                        "frames": images, "period_ms": round(1000 * (time.monotonic() - t0), 1)},
-                           PUSH_PIXELS)
-                frames.append(images)
-                latents.append(chunk.float().cpu())
+                now = time.monotonic()
+                period = round(1000 * (now - timing["last"]), 1)
+                timing["last"] = now
                 with control.lock:
+                    session.chunks += 1
                     control.status.update(chunks=session.chunks, frames=control.status["frames"] + len(images),
-                                          period_ms=round(1000 * (time.monotonic() - t0), 1))
+                                          period_ms=period)
+                    number = session.chunks
+                push_event(LIVE_EVENT, {"stream": stream_id, "node": node_id, "chunk": number, "frames": images,
+                                        "period_ms": period}, PUSH_PIXELS)
+                frames.append(images)
+            pusher = FramePusher(decode_and_push, ref.device)
+            try:
+                for _ in range(max_chunks):
+                    while True:                              # intents, applied at the chunk boundary
+                        check_interrupted()
+                        with control.lock:
+                            stop, paused, text, control.prompt = control.stopped, control.paused, control.prompt, None
+                        if text is not None:
+                            stream.set_prompt(encode_prompt(text, salt, clip, 1))
+                            control.status["prompt"] = text[:80]
+                        if stop or not paused:
+                            break
+                        time.sleep(0.05)
+                    if stop:
+                        break
+                    noise = torch.randn(shape, generator=session.noise_gen).to(ref.device, ref.dtype)
+                    chunk = stream.sample(noise, sig, stochastic=True)
+                    latents.append(chunk.float().cpu())
+                    pusher.put(chunk)
+            finally:
+                pusher.close()
             session.state = _detached(stream.state())
     finally:
         with control.lock:

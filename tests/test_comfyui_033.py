@@ -19,7 +19,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Node import, model management, LoRA, previews, training nodes, bad input at the nodes, the real server with every
 # shipped workflow, and the browser checks with 0.33's own frontend.
 COMFY_FACING = ["test_nodes.py", "test_model_management.py", "test_lora.py", "test_nodes_training.py",
-                "test_bad_input_nodes.py", "test_workflow_convert.py", "test_chunk_decode.py", "test_live.py", "test_comfy_server.py",
+                "test_bad_input_nodes.py", "test_workflow_convert.py", "test_chunk_decode.py", "test_live.py",
+                "test_comfy_server.py",
                 "test_browser.py"]
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(
