@@ -206,7 +206,7 @@ def live_run(salt, positive, options, sigmas, seed, width, height, max_chunks, s
                                         "period_ms": period}, PUSH_PIXELS)
                 frames.append(images)
             pusher = FramePusher(decode_and_push, ref.device)
-            try:
+            try:                                             # Cancel, Stop or the budget: the state is kept
                 for _ in range(max_chunks):
                     while True:                              # intents, applied at the chunk boundary
                         check_interrupted()
@@ -225,8 +225,8 @@ def live_run(salt, positive, options, sigmas, seed, width, height, max_chunks, s
                     latents.append(chunk.float().cpu())
                     pusher.put(chunk)
             finally:
+                session.state = _detached(stream.state())
                 pusher.close()
-            session.state = _detached(stream.state())
     finally:
         with control.lock:
             control.status["running"] = False

@@ -83,3 +83,25 @@ def test_a_live_stream_needs_a_cache_of_constant_size_and_a_plain_stream_id(salt
         run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, cache_options=toy_options(salt_nodes)))
     with pytest.raises(ValueError, match="stream_id='../x'"):
         run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, stream_id="../x"))
+
+
+def test_cancel_keeps_the_stream_and_queueing_again_continues_it(salt_nodes, toy_salt, monkeypatch):
+    """ComfyUI's Cancel between chunks (its interrupt exception from check_interrupted): the next queue run
+    continues the video where it stopped, equal to a stream that never stopped."""
+    from comfyui_salt.nodes import live
+    calls = {"n": 0}
+
+    class Interrupted(Exception):
+        pass
+
+    def cancel_at_fourth_boundary():
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise Interrupted
+    monkeypatch.setattr(live, "check_interrupted", cancel_at_fourth_boundary)
+    with pytest.raises(Interrupted):
+        run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, stream_id="c", max_chunks=50))
+    monkeypatch.setattr(live, "check_interrupted", lambda: None)
+    after = run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, stream_id="c", max_chunks=2))
+    whole = run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, stream_id="w", max_chunks=5))
+    assert live.SESSIONS["c"].chunks == 5 and torch.equal(after[0], whole[0][9:])
