@@ -718,3 +718,20 @@ def test_the_toy_live_workflow_runs_and_saves_the_frames_of_its_run(server, obje
     frames = webp_frames(output_files(server, run_ok(server, prompt))[0])
     assert len(frames) == 12 and frames[0].size == (128, 128)
     assert_non_degenerate(frames)
+
+
+def test_the_wan_live_workflow_decodes_each_chunk_with_comfys_vae_as_it_streams(server, object_info):
+    """On stand-ins: a Self Forcing-style release file, the test conditioning, the tiny Wan VAE. The live node's
+    frames are the VAE's chunk by chunk (WanChunkDecoder): 3 chunks of 3 latent frames → 1 + 4·8 = 33 frames (32 on
+    a ComfyUI that decodes pairs, whose last pair is unfinished)."""
+    prompt = api_prompt("salt_wan_live.json", object_info)
+    live = prompt["7"]["inputs"]
+    assert live["vae"] == ["6", 0] and live["clip"] == ["2", 0] and prompt["8"]["inputs"]["images"] == ["7", 0]
+    stand_in_text(prompt, RELEASE_TEXT_DIM)
+    del live["clip"]                                  # the test conditioning replaces the CLIP loader
+    prompt["1"]["inputs"].update(ckpt_name=RELEASE_STANDIN, dtype="fp32")
+    prompt["6"]["inputs"]["vae_name"] = VAE_STANDIN
+    live.update(width=32, height=32, max_chunks=3, stream_id="ci_wan_live")
+    frames = webp_frames(output_files(server, run_ok(server, prompt))[0])
+    assert len(frames) in (32, 33) and frames[0].size == (32, 32)
+    assert_non_degenerate(frames, min_std=1.0)
