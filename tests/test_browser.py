@@ -10,6 +10,7 @@ One ComfyUI boot for the module; every browser and server is stopped by its own 
   converter and of the widget order in the shipped files). One screenshot per workflow is kept beside it.
 """
 import asyncio
+import contextlib
 import json
 import os
 import pathlib
@@ -153,6 +154,17 @@ LOAD_WORKFLOW = """(async () => {
 })()"""
 
 
+async def open_app(ws, url: str) -> "DevTools":
+    """The page behind DevTools socket `ws` at the frontend `url`, once the app has registered its node types."""
+    page = DevTools(ws)
+    await page.send("Page.enable")
+    await page.send("Emulation.setDeviceMetricsOverride", width=1600, height=1000, deviceScaleFactor=1, mobile=False)
+    await page.send("Page.navigate", url=url)
+    await page.wait_for("!!(window.app && window.app.graph && window.LiteGraph && "
+                        "Object.keys(window.LiteGraph.registered_node_types).length > 100)")
+    return page
+
+
 async def drive(port: int, url: str, object_info: dict) -> dict:
     """{workflow name: (missing types, node count, frontend API prompt, our API prompt)}; screenshots saved."""
     import aiohttp
@@ -169,13 +181,7 @@ async def drive(port: int, url: str, object_info: dict) -> dict:
             assert time.monotonic() < deadline, "chromium's DevTools endpoint did not answer"
             await asyncio.sleep(0.25)
         async with session.ws_connect(targets[0]["webSocketDebuggerUrl"], max_msg_size=0) as ws:
-            page = DevTools(ws)
-            await page.send("Page.enable")
-            await page.send("Emulation.setDeviceMetricsOverride", width=1600, height=1000, deviceScaleFactor=1,
-                            mobile=False)
-            await page.send("Page.navigate", url=url)
-            await page.wait_for("!!(window.app && window.app.graph && window.LiteGraph && "
-                                "Object.keys(window.LiteGraph.registered_node_types).length > 100)")
+            page = await open_app(ws, url)
             await page.screenshot(ARTIFACTS / "frontend_devtools.png")
             results = {}
             for path in WORKFLOWS:
@@ -198,6 +204,13 @@ def loaded_workflows(server):
     """Every shipped workflow loaded by the frontend in a headless Chromium driven over DevTools."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     object_info = server.get("/object_info", timeout=120)
+    with devtools_browser() as port:
+        return asyncio.run(asyncio.wait_for(drive(port, server.url + "/", object_info), BROWSER_TIMEOUT_S))
+
+
+@contextlib.contextmanager
+def devtools_browser():
+    """A headless Chromium with a fresh profile and a DevTools endpoint: yields its port; stopped by its PID."""
     with tempfile.TemporaryDirectory() as profile:
         process = subprocess.Popen([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0",
                                     "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -208,8 +221,7 @@ def loaded_workflows(server):
                 assert process.poll() is None, f"chromium exited with code {process.returncode}"
                 assert time.monotonic() < deadline, "chromium wrote no DevToolsActivePort file"
                 time.sleep(0.2)
-            port = int(port_file.read_text().split()[0])
-            return asyncio.run(asyncio.wait_for(drive(port, server.url + "/", object_info), BROWSER_TIMEOUT_S))
+            yield int(port_file.read_text().split()[0])
         finally:
             stop_browser(process)
 
@@ -258,13 +270,7 @@ async def drive_live(port: int, url: str) -> dict:
         async with session.get(f"http://127.0.0.1:{port}/json/list") as r:
             target = next(t for t in await r.json() if t["type"] == "page")
         async with session.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=0) as ws:
-            page = DevTools(ws)
-            await page.send("Page.enable")
-            await page.send("Emulation.setDeviceMetricsOverride", width=1600, height=1000, deviceScaleFactor=1,
-                            mobile=False)
-            await page.send("Page.navigate", url=url)
-            await page.wait_for("!!(window.app && window.app.graph && window.LiteGraph && "
-                                "Object.keys(window.LiteGraph.registered_node_types).length > 100)")
+            page = await open_app(ws, url)
             await page.evaluate(QUEUE_LIVE % LIVE_WORKFLOW.read_text())
             await page.wait_for("(window.saltLiveShown || 0) >= 12", timeout=120)
             seen = {"shown_while_running": await page.evaluate("window.saltLiveShown"),
@@ -282,20 +288,8 @@ def test_the_live_node_shows_frames_while_the_prompt_runs_and_its_stop_button_en
     """In headless Chromium with the pack's web extension: the toy live workflow queued from the page; frames play
     in the node while the prompt is still running (counted before it ends); the node's Stop button ends it."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as profile:
-        process = subprocess.Popen([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0",
-                                    "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                   stdin=subprocess.DEVNULL, start_new_session=True)
-        try:
-            port_file, deadline = pathlib.Path(profile) / "DevToolsActivePort", time.monotonic() + 30
-            while not port_file.exists() or not port_file.read_text().strip():
-                assert process.poll() is None, f"chromium exited with code {process.returncode}"
-                assert time.monotonic() < deadline, "chromium wrote no DevToolsActivePort file"
-                time.sleep(0.2)
-            port = int(port_file.read_text().split()[0])
-            seen = asyncio.run(asyncio.wait_for(drive_live(port, server.url + "/"), BROWSER_TIMEOUT_S + 120))
-        finally:
-            stop_browser(process)
+    with devtools_browser() as port:
+        seen = asyncio.run(asyncio.wait_for(drive_live(port, server.url + "/"), BROWSER_TIMEOUT_S + 120))
     assert seen["shown_while_running"] >= 12 and seen["running"] == 1, seen
     assert seen["img"] == "data:image/jpeg;base64," and seen["status"].startswith("chunk "), seen
     assert seen["after_stop"] < 5000 * 3                          # stopped long before its chunk budget

@@ -391,17 +391,21 @@ def saved_latent(server, entry: dict, node: str) -> torch.Tensor:
     return load_file(str(server.base / "output" / item["subfolder"] / item["filename"]))["latent_tensor"]
 
 
+def extract_prompt(name: str, rank: int) -> dict:
+    """An API prompt: SaltExtractLoRA of the Wan student stand-in on its base, written as loras/salt/<name>."""
+    return {"1": {"class_type": "SaltLoadCausalModel", "inputs": {"ckpt_name": WAN_STANDIN, "use_ema": True,
+                                                                  "dtype": "fp32"}},
+            "2": {"class_type": "SaltLoadCausalModel", "inputs": {"ckpt_name": WAN_STUDENT_STANDIN, "use_ema": True,
+                                                                  "dtype": "fp32"}},
+            "3": {"class_type": "SaltExtractLoRA", "inputs": {"base": ["1", 0], "student": ["2", 0], "rank": rank,
+                                                              "include_diffs": True, "dtype": "fp32", "name": name}}}
+
+
 def test_the_lora_workflow_applies_an_extracted_full_rank_lora_that_reproduces_the_student(server, object_info):
     """SaltExtractLoRA (in the server) writes student − base at full rank; the shipped LoRA workflow's
     LoraLoaderModelOnly on the base then samples what UNETLoader on the student samples (same seed), to 1e-4
     relative (float32 on CPU; ComfyUI adds the LoRA to the weights in float32)."""
-    extract = {"1": {"class_type": "SaltLoadCausalModel", "inputs": {"ckpt_name": WAN_STANDIN, "use_ema": True,
-                                                                     "dtype": "fp32"}},
-               "2": {"class_type": "SaltLoadCausalModel", "inputs": {"ckpt_name": WAN_STUDENT_STANDIN,
-                                                                     "use_ema": True, "dtype": "fp32"}},
-               "3": {"class_type": "SaltExtractLoRA", "inputs": {"base": ["1", 0], "student": ["2", 0], "rank": 4096,
-                                                                 "include_diffs": True, "dtype": "fp32",
-                                                                 "name": "ci_full"}}}
+    extract = extract_prompt("ci_full", 4096)
     report = run_ok(server, extract)["outputs"]["3"]["text"][0]
     assert "loras/salt/ci_full.safetensors" in report and "min 1.0000 over factored layers" in report, report
     loras = server.get("/object_info/LoraLoaderModelOnly")["LoraLoaderModelOnly"]["input"]["required"]["lora_name"][0]
@@ -590,13 +594,7 @@ def test_hostile_inputs_on_the_newest_surfaces_end_in_short_errors_and_the_serve
 def test_a_nan_lora_strength_and_a_repeated_lora_name_over_http(server, object_info):
     """Issue 23 over HTTP: LoraLoaderModelOnly at strength NaN ends in an error (never a NaN 'success'), and
     SaltExtractLoRA queued twice with one name keeps the first file and numbers the second."""
-    extract = {"1": {"class_type": "SaltLoadCausalModel", "inputs": {"ckpt_name": WAN_STANDIN, "use_ema": True,
-                                                                     "dtype": "fp32"}},
-               "2": {"class_type": "SaltLoadCausalModel", "inputs": {"ckpt_name": WAN_STUDENT_STANDIN,
-                                                                     "use_ema": True, "dtype": "fp32"}},
-               "3": {"class_type": "SaltExtractLoRA", "inputs": {"base": ["1", 0], "student": ["2", 0], "rank": 8,
-                                                                 "include_diffs": True, "dtype": "fp32",
-                                                                 "name": "ci_twice"}}}
+    extract = extract_prompt("ci_twice", 8)
     first = run_ok(server, extract)["outputs"]["3"]["text"][0]
     written = server.base / "models" / "loras" / "salt" / "ci_twice.safetensors"
     before = written.read_bytes()
