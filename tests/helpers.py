@@ -71,3 +71,26 @@ def brute_force_rollout(model, noise, ctx, sigmas, chunk, generator=None, switch
                 x = ((1 - sig[i + 1]) * x0.double() + sig[i + 1] * eps.double()).float()
         clean.append(x)
     return torch.cat(clean, 2)
+
+
+def tiny_wan_vae_state_dict(dim: int = 8, seed: int = 3) -> dict:
+    """Random weights for ComfyUI's own Wan 2.1 VAE class (its keys are what ComfyUI's VAE detection reads).
+
+    ComfyUI builds its layers without initialising them, so every tensor is drawn here: RMS-norm gains 1,
+    biases 0, weights N(0, 1/fan_in).
+    """
+    from comfy_import import import_comfy
+    import_comfy()
+    from comfy.ldm.wan.vae import WanVAE
+    shapes = {k: v.shape for k, v in WanVAE(dim=dim, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+                                             temperal_downsample=[False, True, True]).state_dict().items()}
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for key, shape in shapes.items():
+        if key.endswith("gamma"):
+            out[key] = torch.ones(shape)
+        elif key.endswith("bias"):
+            out[key] = torch.zeros(shape)
+        else:
+            out[key] = torch.randn(shape, generator=g) / (shape.numel() / shape[0]) ** 0.5
+    return out

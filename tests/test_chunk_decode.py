@@ -13,7 +13,7 @@ CHUNK_DECODE_RTOL = 1e-5
 @pytest.fixture(scope="module")
 def tiny_vae(salt_nodes):
     import comfy.sd
-    from test_comfy_server import tiny_wan_vae_state_dict
+    from helpers import tiny_wan_vae_state_dict
     vae = comfy.sd.VAE(sd=tiny_wan_vae_state_dict())
     assert type(vae.first_stage_model).__name__ == "WanVAE"
     return vae

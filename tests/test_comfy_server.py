@@ -22,11 +22,11 @@ import pathlib
 import pytest
 import torch
 
-from comfy_import import MISSING, comfyui_installed, import_comfy
+from comfy_import import MISSING, comfyui_installed
 from comfyui_salt.dev.comfy_runner import (DEFAULT_COMFYUI_DIR, PACK_NAME, comfyui_version, history_error, output_files,
                                            prepare_base, start_server)
 from comfyui_salt.dev.workflow_api import convert
-from helpers import assert_close, missing_core_nodes
+from helpers import assert_close, missing_core_nodes, tiny_wan_vae_state_dict  # noqa: F401  (re-exported)
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not comfyui_installed(), reason=MISSING)]
 
@@ -90,28 +90,6 @@ class SaltTestUMT5:
 
 NODE_CLASS_MAPPINGS = {"SaltTestConditioning": SaltTestConditioning, "SaltTestUMT5": SaltTestUMT5}
 '''
-
-
-def tiny_wan_vae_state_dict(dim: int = 8, seed: int = 3) -> dict:
-    """Random weights for ComfyUI's own Wan 2.1 VAE class (its keys are what ComfyUI's VAE detection reads).
-
-    ComfyUI builds its layers without initialising them, so every tensor is drawn here: RMS-norm gains 1,
-    biases 0, weights N(0, 1/fan_in).
-    """
-    import_comfy()
-    from comfy.ldm.wan.vae import WanVAE
-    shapes = {k: v.shape for k, v in WanVAE(dim=dim, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
-                                             temperal_downsample=[False, True, True]).state_dict().items()}
-    g = torch.Generator().manual_seed(seed)
-    out = {}
-    for key, shape in shapes.items():
-        if key.endswith("gamma"):
-            out[key] = torch.ones(shape)
-        elif key.endswith("bias"):
-            out[key] = torch.zeros(shape)
-        else:
-            out[key] = torch.randn(shape, generator=g) / (shape.numel() / shape[0]) ** 0.5
-    return out
 
 
 def wan_student_standin(base: dict, seed: int = 9, scale: float = 0.05) -> dict:

@@ -501,6 +501,9 @@ def main():
         with rep.section("ComfyUI: native MODEL + LoRA under default flags", 150) as go:
             if go:
                 gpu_comfy.comfy_dynamic_vram(rep, args.smoke, pathlib.Path(args.comfyui))
+        with rep.section("ComfyUI: live stream decoded chunk by chunk", 90) as go:
+            if go:
+                gpu_comfy.comfy_live(rep, args.smoke, pathlib.Path(args.comfyui))
     speed = Speed(device, args.smoke)
     with rep.section("speed: build Wan 1.3B (random bf16)", 60) as go:
         if go:

@@ -22,6 +22,7 @@ Nothing here is downloaded; the package is imported from this tree (gpu_check.im
 import argparse
 import os
 import pathlib
+import statistics
 import sys
 import time
 
@@ -165,6 +166,51 @@ def comfy_dynamic_vram(rep: Report, smoke: bool, tree: pathlib.Path):
                                 f"classic patcher: {frames / ref_seconds:.2f} latent frames/s, {ref_peak:.1f} GiB"})
 
 
+def comfy_live(rep: Report, smoke: bool, tree: pathlib.Path):
+    """SaltLiveStream on a native Wan MODEL with a random Wan 2.1 VAE of ComfyUI's own class at real width: chunks
+    decoded on the worker thread (its own CUDA stream on a GPU) equal what VAEDecode gives for the same latents."""
+    import comfy.model_management as mm
+    import comfy.sd
+    import nodes as comfy_nodes
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))     # tests/: the VAE stand-in
+    from helpers import tiny_wan_vae_state_dict
+    salt_nodes = __import__("comfyui_salt.nodes", fromlist=["SaltLiveStream"])
+    live = sys.modules["comfyui_salt.nodes.live"]
+    from comfyui_salt.salt_core.config import WanConfig, get_config
+    from comfyui_salt.salt_core.model import build_model
+    size = SMOKE if smoke else REAL
+    cfg = WanConfig(**size["config"]) if smoke else get_config(size["preset"])
+    with torch.device("cpu"):
+        sd = {k: v.to(size["dtype"]) for k, v in build_model(cfg, seed=0).state_dict().items()}
+    patcher = comfy.sd.load_diffusion_model_state_dict(sd)
+    vae = comfy.sd.VAE(sd=tiny_wan_vae_state_dict(dim=8 if smoke else 96))
+    pushes = []
+    live.push_event = lambda event, data, pixels: pushes.append((time.perf_counter(), data["frames"].shape[0]))
+    salt = salt_nodes.SaltCausalFromModel.execute(model=patcher).args[0]
+    options = salt_nodes.SaltCacheOptions.execute(chunk_frames=3, attention="sink", window_frames=12, sink_frames=3,
+                                                  relative_rope=True, context_noise=0.0, max_frames=21).args[0]
+    sigmas = salt_nodes.SaltFewStepSigmas.execute(preset="self_forcing_4step", nfe=4, shift=5.0).args[0]
+    context = torch.randn(1, 16, cfg.text_dim, generator=torch.Generator().manual_seed(1))
+    chunks = 3 if smoke else 8
+    start = time.perf_counter()
+    with torch.inference_mode():
+        images, latent = salt_nodes.SaltLiveStream.execute(
+            model=salt, positive=[[context, {}]], cache_options=options, sigmas=sigmas, seed=7, width=size["width"],
+            height=size["height"], max_chunks=chunks, stream_id="gpu_check", continue_stream=False, vae=vae).args
+        whole = comfy_nodes.VAEDecode().decode(vae, latent)[0]
+    mm.unload_all_models()
+    rep.close("ComfyUI: SaltLiveStream's chunk-wise frames vs VAEDecode of its latents", images,
+              whole[:images.shape[0]], 1e-3)
+    rep.check("ComfyUI: SaltLiveStream pushed every chunk", len(pushes) == chunks and images.shape[0] >= whole.shape[0] - 4,
+              f"{len(pushes)} pushes of {chunks} chunks, {images.shape[0]} of {whole.shape[0]} frames shown")
+    periods = [b[0] - a[0] for a, b in zip(pushes, pushes[1:])]
+    rep.speed.append({"cache": "SaltLiveStream, sink 3 + window 12, decoded live", "NFE": 4,
+                      "latent frames/s": f"{3 / statistics.median(periods):.2f}" if periods else "",
+                      "detail": f"{size['width']}×{size['height']}; first frame {pushes[0][0] - start:.2f} s after the "
+                                f"start, median chunk period {1000 * statistics.median(periods):.0f} ms"
+                      if periods else ""})
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out", help="output folder for gpu_check.md and gpu_check.json")
@@ -179,6 +225,9 @@ def main():
     with rep.section("ComfyUI: native MODEL + LoRA under default flags", 240) as go:
         if go:
             comfy_dynamic_vram(rep, args.smoke, pathlib.Path(args.comfyui))
+    with rep.section("ComfyUI: live stream decoded chunk by chunk", 120) as go:
+        if go:
+            comfy_live(rep, args.smoke, pathlib.Path(args.comfyui))
     rep.write(f"ComfyUI tree {os.path.abspath(args.comfyui)}; torch {torch.__version__}")
     return 0 if rep.checks and all(c["passed"] for c in rep.checks) else 1
 
