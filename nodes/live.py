@@ -6,6 +6,7 @@ The engine is salt_core.streaming.ChunkStream; decoding is the graph's VAE (`bri
 world's pixels; pushing and the routes go through `bridge` (ComfyUI's PromptServer). The routes only record
 intents (`LiveControl`), which the node applies at the next chunk boundary.
 """
+import collections
 import queue
 import re
 import threading
@@ -58,7 +59,10 @@ class LiveSession:
         self.control = LiveControl()
 
 
-SESSIONS = {}                                       # stream id → LiveSession
+# stream id → LiveSession, least recently run first. A kept Wan stream holds its KV cache on the CPU (GBs at 832×480),
+# so only the newest MAX_SESSIONS are kept: a client cannot grow the server's memory by inventing stream ids.
+SESSIONS = collections.OrderedDict()
+MAX_SESSIONS = 4
 SESSIONS_LOCK = threading.Lock()
 
 
@@ -170,6 +174,9 @@ def live_run(salt, positive, options, sigmas, seed, width, height, max_chunks, s
         if session is None or not continue_stream or session.key != key:
             session = SESSIONS[stream_id] = LiveSession()
         session.key = key
+        SESSIONS.move_to_end(stream_id)
+        while len(SESSIONS) > MAX_SESSIONS:
+            SESSIONS.popitem(last=False)
     control = session.control
     with control.lock:
         control.stopped, control.paused = False, False

@@ -105,3 +105,13 @@ def test_cancel_keeps_the_stream_and_queueing_again_continues_it(salt_nodes, toy
     after = run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, stream_id="c", max_chunks=2))
     whole = run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, stream_id="w", max_chunks=5))
     assert live.SESSIONS["c"].chunks == 5 and torch.equal(after[0], whole[0][9:])
+
+
+def test_only_the_newest_streams_are_kept_so_stream_ids_cannot_grow_the_servers_memory(salt_nodes, toy_salt):
+    from comfyui_salt.nodes import live
+    for i in range(live.MAX_SESSIONS + 2):
+        run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, stream_id=f"s{i}", max_chunks=1))
+    assert list(live.SESSIONS) == [f"s{i}" for i in range(2, live.MAX_SESSIONS + 2)]
+    assert live.control_request("s0", "status", None)[0] == 404
+    run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, stream_id="s2", max_chunks=1))
+    assert list(live.SESSIONS)[-1] == "s2"                          # continuing one makes it the newest
