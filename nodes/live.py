@@ -15,8 +15,9 @@ import time
 import torch
 
 from ..salt_core.streaming import ChunkStream
-from ..salt_core.validate import check_count, check_sigmas, quote
-from .bridge import WanChunkDecoder, check_interrupted, io, latent_to_comfy, push_event
+from ..salt_core.validate import check_count, check_number, check_sigmas, quote
+from .bridge import (WanChunkDecoder, check_interrupted, io, latent_to_comfy, load_tiny_wan_decoder, push_event,
+                     tiny_wan_decoder_files)
 from .models import salt_in_use
 from .streaming import latent_shape, text_context
 from .toy import toy_conditioning
@@ -27,6 +28,8 @@ STREAM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 MAX_LIVE_CHUNKS = 100_000
 MAX_PROMPT_TEXT = 2000                              # characters a typed prompt may have
 PUSH_PIXELS = 256                                   # frames are pushed downscaled to about this width
+FPS = 16                                            # frames per second of a live stream (Wan 2.1's rate)
+MAX_KEEP_SECONDS = 3600.0
 ACTIONS = ("prompt", "pause", "resume", "stop")
 
 
@@ -158,10 +161,16 @@ def frames_of(chunk: torch.Tensor, salt, decoder) -> torch.Tensor:
 
 
 def live_run(salt, positive, options, sigmas, seed, width, height, max_chunks, stream_id, continue_stream,
-             vae=None, clip=None, node_id=None) -> tuple:
-    """Run the stream (see the module docstring); returns (IMAGE frames of this run, model-space latents)."""
+             vae=None, clip=None, node_id=None, switch_noise=0.0, keep_last_seconds=0.0, live_decoder="vae") -> tuple:
+    """Run the stream (see the module docstring); returns (IMAGE frames of this run, model-space latents): the
+    whole run, or with keep_last_seconds > 0 only the chunks that hold its last seconds (at FPS), so a long run's
+    outputs take constant memory. A typed prompt re-caches the kept frames at σ = switch_noise."""
     check_stream_id(stream_id)
     check_count("max_chunks", max_chunks, where="SaltLiveStream", maximum=MAX_LIVE_CHUNKS)
+    switch_noise = check_number("switch_noise", switch_noise, where="SaltLiveStream", low=0, high=1, high_open=True,
+                                fix="0 re-caches clean frames (LongLive); about 0.7 for models not trained to switch")
+    keep_last_seconds = check_number("keep_last_seconds", keep_last_seconds, where="SaltLiveStream", low=0,
+                                     high=MAX_KEEP_SECONDS, fix="0 keeps the whole run")
     sig = check_sigmas(sigmas, where="SaltLiveStream").tolist()
     policy, n = options.policy, options.chunk_frames
     if policy.kind == "full":
@@ -181,7 +190,7 @@ def live_run(salt, positive, options, sigmas, seed, width, height, max_chunks, s
     with control.lock:
         control.stopped, control.paused = False, False
         control.status["running"] = True
-    frames, latents = [], []
+    kept = KeptChunks(round(keep_last_seconds * FPS), 1 if salt.latent_format == "pixels" else 4)
     try:
         with salt_in_use(salt) as model:
             context = text_context(positive, salt, 1, "positive", node="SaltLiveStream")
@@ -196,7 +205,7 @@ def live_run(salt, positive, options, sigmas, seed, width, height, max_chunks, s
             else:
                 stream = ChunkStream.from_state(model, cache, session.state, chunk_frames=n,
                                                 context_noise=options.context_noise, generator=gen)
-            decoder = WanChunkDecoder(vae) if vae is not None and salt.latent_format == "wan21" else None
+            decoder = live_frames_decoder(salt, vae, live_decoder)
             timing = {"last": time.monotonic()}
 
             def decode_and_push(chunk):                      # on the worker thread, in chunk order
@@ -211,7 +220,7 @@ def live_run(salt, positive, options, sigmas, seed, width, height, max_chunks, s
                     number = session.chunks
                 push_event(LIVE_EVENT, {"stream": stream_id, "node": node_id, "chunk": number, "frames": images,
                                         "period_ms": period}, PUSH_PIXELS)
-                frames.append(images)
+                kept.add_frames(images)
             pusher = FramePusher(decode_and_push, ref.device)
             try:                                             # Cancel, Stop or the budget: the state is kept
                 for _ in range(max_chunks):
@@ -220,7 +229,7 @@ def live_run(salt, positive, options, sigmas, seed, width, height, max_chunks, s
                         with control.lock:
                             stop, paused, text, control.prompt = control.stopped, control.paused, control.prompt, None
                         if text is not None:
-                            stream.set_prompt(encode_prompt(text, salt, clip, 1))
+                            stream.set_prompt(encode_prompt(text, salt, clip, 1), noise=switch_noise)
                             control.status["prompt"] = text[:80]
                         if stop or not paused:
                             break
@@ -229,7 +238,7 @@ def live_run(salt, positive, options, sigmas, seed, width, height, max_chunks, s
                         break
                     noise = torch.randn(shape, generator=session.noise_gen).to(ref.device, ref.dtype)
                     chunk = stream.sample(noise, sig, stochastic=True)
-                    latents.append(chunk.float().cpu())
+                    kept.add_latents(chunk.float().cpu())
                     pusher.put(chunk)
             finally:
                 session.state = _detached(stream.state())
@@ -237,8 +246,54 @@ def live_run(salt, positive, options, sigmas, seed, width, height, max_chunks, s
     finally:
         with control.lock:
             control.status["running"] = False
-    video = torch.cat(frames) if frames else torch.zeros(0, height, width, 3)
-    return video, (torch.cat(latents, 2) if latents else torch.zeros(shape[:2] + (0,) + shape[3:]))
+    return kept.video(height, width), kept.latents(shape)
+
+
+class KeptChunks:
+    """The outputs of a run: every chunk's frames and latents, or (keep > 0 frames) only the newest chunks that hold
+    the last `keep` frames; older ones are dropped as new ones arrive, so memory stays constant."""
+
+    def __init__(self, keep: int, frames_per_latent: int):
+        """keep: frames (0 = all); frames_per_latent: 1 for pixel models, 4 for the Wan VAE's latent frames."""
+        self.keep, self.frames_per_latent = keep, frames_per_latent
+        self.frames, self.chunk_latents = collections.deque(), collections.deque()
+
+    def _trim(self, items: collections.deque, count) -> None:
+        while self.keep and len(items) > 1 and sum(count(x) for x in list(items)[1:]) >= self.keep:
+            items.popleft()
+
+    def add_frames(self, images: torch.Tensor) -> None:
+        """images (N, H, W, 3) of one chunk (N may be 0 while a Wan decoder waits)."""
+        self.frames.append(images)
+        self._trim(self.frames, len)
+
+    def add_latents(self, chunk: torch.Tensor) -> None:
+        """chunk (B, C, n, H, W) of model-space latents; kept while its frames may be among the last `keep`."""
+        self.chunk_latents.append(chunk)
+        self._trim(self.chunk_latents, lambda c: self.frames_per_latent * c.shape[2])
+
+    def video(self, height: int, width: int) -> torch.Tensor:
+        """(N, H, W, 3): the kept frames, the last `keep` of them when keep > 0."""
+        if not self.frames:
+            return torch.zeros(0, height, width, 3)
+        video = torch.cat(list(self.frames))
+        return video[-self.keep:] if self.keep else video
+
+    def latents(self, shape: tuple) -> torch.Tensor:
+        """(B, C, n, H, W): the kept chunks' latents (whole chunks)."""
+        if not self.chunk_latents:
+            return torch.zeros(shape[:2] + (0,) + shape[3:])
+        return torch.cat(list(self.chunk_latents), 2)
+
+
+def live_frames_decoder(salt, vae, live_decoder: str):
+    """What turns a Wan stream's latent chunks into frames: the graph's VAE ("vae"), a tiny decoder from
+    models/vae_approx, or nothing (no VAE: latents only); pixel (toy) models need none."""
+    if salt.latent_format != "wan21":
+        return None
+    if live_decoder != "vae":
+        return load_tiny_wan_decoder(live_decoder)
+    return WanChunkDecoder(vae) if vae is not None else None
 
 
 def _detached(state: dict) -> dict:
@@ -277,6 +332,21 @@ class SaltLiveStream(io.ComfyNode):
                 io.Boolean.Input("continue_stream", default=True,
                                  tooltip="Continue the stored stream of this stream_id (same model, size and cache) "
                                          "instead of starting a new one."),
+                io.Float.Input("switch_noise", optional=True, default=0.0, min=0.0, max=0.99, step=0.05,
+                               tooltip="Noise level at which a typed prompt re-caches the kept frames: 0 re-caches "
+                                       "clean frames (LongLive; models trained with prompt switches). A model not "
+                                       "trained to switch keeps copying what it sees: about 0.7 makes it follow the "
+                                       "new prompt at once, with a visible cut."),
+                io.Float.Input("keep_last_seconds", optional=True, default=0.0, min=0.0, max=MAX_KEEP_SECONDS,
+                               step=1.0,
+                               tooltip="Outputs: 0 = every frame of this run; N = only its last N seconds (16 fps), "
+                                       "so long runs keep constant memory."),
+                io.Combo.Input("live_decoder", options=["vae"] + tiny_wan_decoder_files(), optional=True,
+                               default="vae",
+                               tooltip="Wan: decode the shown frames with the vae input, or with a tiny decoder "
+                                       "from models/vae_approx (lighttaew2_1*, taew2_1*: much faster, lower "
+                                       "quality; the IMAGE output is then tiny-decoded too: VAEDecode the LATENT "
+                                       "output for full quality). Toy models ignore it."),
                 io.Vae.Input("vae", optional=True, tooltip="The Wan 2.1 VAE, to show Wan frames live (toy: none)."),
                 io.Clip.Input("clip", optional=True, tooltip="umT5 (Load CLIP, type wan), to encode prompts typed "
                                                              "while a Wan stream runs (toy: none)."),
@@ -289,8 +359,10 @@ class SaltLiveStream(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, positive, cache_options, sigmas, seed, width, height, max_chunks, stream_id,
-                continue_stream, vae=None, clip=None) -> io.NodeOutput:
+                continue_stream, switch_noise=0.0, keep_last_seconds=0.0, live_decoder="vae", vae=None,
+                clip=None) -> io.NodeOutput:
         video, latents = live_run(model, positive, cache_options, sigmas, seed, width, height, max_chunks,
                                   stream_id, continue_stream, vae, clip,
-                                  cls.hidden.unique_id if cls.hidden is not None else None)   # None: called directly
+                                  cls.hidden.unique_id if cls.hidden is not None else None,   # None: called directly
+                                  switch_noise, keep_last_seconds, live_decoder)
         return io.NodeOutput(video, {"samples": latent_to_comfy(latents, model.latent_format)})

@@ -73,6 +73,18 @@ def brute_force_rollout(model, noise, ctx, sigmas, chunk, generator=None, switch
     return torch.cat(clean, 2)
 
 
+def tiny_taehv_state_dict(seed: int = 4) -> dict:
+    """Random weights for ComfyUI's own TAEHV class with 16 latent channels in fp32 (what ComfyUI's VAE detection
+    reads as a Wan 2.1 tiny decoder, lighttaew2_1): biases small, weights N(0, 1/fan_in)."""
+    from comfy_import import import_comfy
+    import_comfy()
+    from comfy.taesd.taehv import TAEHV
+    shapes = {k: v.shape for k, v in TAEHV(latent_channels=16).state_dict().items()}
+    g = torch.Generator().manual_seed(seed)
+    return {key: (0.1 * torch.randn(shape, generator=g) if key.endswith("bias") else
+                  torch.randn(shape, generator=g) / (shape.numel() / shape[0]) ** 0.5) for key, shape in shapes.items()}
+
+
 def tiny_wan_vae_state_dict(dim: int = 8, seed: int = 3) -> dict:
     """Random weights for ComfyUI's own Wan 2.1 VAE class (its keys are what ComfyUI's VAE detection reads).
 

@@ -278,10 +278,55 @@ async def drive_live(port: int, url: str) -> dict:
                     "img": await page.evaluate("document.querySelector('.salt-live img').src.slice(0, 23)"),
                     "status": await page.evaluate("document.querySelector('.salt-live div').textContent")}
             await page.screenshot(ARTIFACTS / "live_node.png")
+            seen["colour_before"] = shown_colour(await page.evaluate(SHOWN))
+            await page.evaluate("document.querySelector('[data-salt-live=pause]').click()")
+            await asyncio.sleep(2.0)                                 # what was in flight arrives
+            paused_at = await page.evaluate("window.saltLiveReceived")
+            await asyncio.sleep(2.0)
+            seen["received_while_paused"] = await page.evaluate("window.saltLiveReceived") - paused_at
+            await page.evaluate("document.querySelector('[data-salt-live=resume]').click()")
+            await page.wait_for(f"window.saltLiveReceived > {paused_at}", timeout=30)
+            await page.evaluate(TYPE_PROMPT % json.dumps(BLUE))
+            start, seen["colour_after"] = time.monotonic(), None
+            while time.monotonic() - start < 30:                     # the frame the page shows, 10 times a second
+                colour = shown_colour(await page.evaluate(SHOWN))
+                if colour == "blue":
+                    seen["colour_after"], seen["switch_ms"] = colour, 1000 * (time.monotonic() - start)
+                    break
+                await asyncio.sleep(0.1)
+            seen["period_ms"] = await page.evaluate(
+                "fetch('/salt/live/browser_live/status').then(r => r.json()).then(s => s.period_ms)")
             await page.evaluate("document.querySelector('[data-salt-live=stop]').click()")
             await page.wait_for(f"{RUNNING}.then(n => n === 0)", timeout=60)
             seen["after_stop"] = await page.evaluate("window.saltLiveReceived")
             return seen
+
+
+SHOWN = "document.querySelector('.salt-live img').src"
+BLUE = "a blue disc moving left on a dark background"
+TYPE_PROMPT = """(() => {
+  const input = document.querySelector('.salt-live input');
+  input.value = %s;
+  input.dispatchEvent(new Event('input'));
+  document.querySelector('[data-salt-live=prompt]').click();
+  return true;
+})()"""
+
+
+def shown_colour(data_url: str) -> str:
+    """The toy oracle's sprite colour of the frame a page shows (a JPEG data URL, scaled back to 16 × 16)."""
+    import base64
+    import io
+    import torch
+    from PIL import Image
+    from comfyui_salt.toy.metrics.fit import fit_sprites
+    from comfyui_salt.toy.world import get_world
+    world = get_world("default")
+    image = Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1]))).convert("RGB")
+    import numpy as np
+    pixels = torch.from_numpy(np.asarray(image.resize((16, 16), Image.BOX), dtype=np.float32))     # (16, 16, 3)
+    clip = (pixels / 127.5 - 1).permute(2, 0, 1)[None, :, None].expand(1, 3, 3, 16, 16)
+    return world.palette[int(fit_sprites(clip, world).colour_index[0, 0])][0]
 
 
 def test_the_live_node_shows_frames_while_the_prompt_runs_and_its_stop_button_ends_it(server):
@@ -293,3 +338,8 @@ def test_the_live_node_shows_frames_while_the_prompt_runs_and_its_stop_button_en
     assert seen["shown_while_running"] >= 12 and seen["running"] == 1, seen
     assert seen["img"] == "data:image/jpeg;base64," and seen["status"].startswith("chunk "), seen
     assert seen["after_stop"] < 5000 * 3                          # stopped long before its chunk budget
+    assert seen["received_while_paused"] == 0, seen               # Pause: no frame arrives; Resume: they do again
+    # a prompt typed in the node's box and applied: the shown video turns from red to blue (switch_noise 0.7 in the
+    # workflow); the page shows at most 2 pushes behind the stream (6 frames at 16 fps)
+    assert seen["colour_before"] == "red" and seen["colour_after"] == "blue", seen
+    print(f"typed prompt → first blue frame shown: {seen['switch_ms']:.0f} ms; chunk period {seen['period_ms']} ms")

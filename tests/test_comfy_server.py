@@ -26,7 +26,8 @@ from comfy_import import MISSING, comfyui_installed
 from comfyui_salt.dev.comfy_runner import (DEFAULT_COMFYUI_DIR, PACK_NAME, comfyui_version, history_error, output_files,
                                            prepare_base, start_server)
 from comfyui_salt.dev.workflow_api import convert
-from helpers import assert_close, missing_core_nodes, tiny_wan_vae_state_dict  # noqa: F401  (re-exported)
+from helpers import (assert_close, missing_core_nodes, tiny_taehv_state_dict,  # noqa: F401  (re-exported)
+                     tiny_wan_vae_state_dict)
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not comfyui_installed(), reason=MISSING)]
 
@@ -38,6 +39,7 @@ SALT_NODES = ["SaltFewStepSigmas", "SaltFewStepSampler", "SaltCacheOptions", "Sa
               "SaltDistill", "SaltExtractLoRA", "SaltSemigroupDefect", "SaltLiveStream"]
 RANDOM_TOY, NOT_WAN = "salt_toy_random.safetensors", "not_wan.safetensors"
 WAN_STANDIN, RELEASE_STANDIN, VAE_STANDIN = "tiny_wan_t2v.safetensors", "tiny_self_forcing_dmd.pt", "tiny_wan_vae.safetensors"
+TINY_DECODER_STANDIN = "lighttaew2_1_standin.safetensors"   # the name ComfyUI's Wan 2.1 previews look for
 START_FRAME = "salt_start_frame.png"                        # the I2V workflow's Load Image file (random pixels)
 WAN_STUDENT_STANDIN = "tiny_wan_t2v_student.safetensors"   # WAN_STANDIN with every tensor but the modulation changed
 WAN_CAUSAL_STANDIN = "tiny_wan_t2v_causal.safetensors"     # WAN_STANDIN exported as a causal student (causal_ar marker)
@@ -118,6 +120,8 @@ def write_standins(base: pathlib.Path, models: pathlib.Path) -> None:
     torch.save({"generator_ema": {f"model.{k}": v.clone() for k, v in release.items()}}, models / RELEASE_STANDIN)
     (base / "models" / "vae").mkdir(parents=True, exist_ok=True)
     save_file(tiny_wan_vae_state_dict(), str(base / "models" / "vae" / VAE_STANDIN))
+    (base / "models" / "vae_approx").mkdir(parents=True, exist_ok=True)
+    save_file(tiny_taehv_state_dict(), str(base / "models" / "vae_approx" / TINY_DECODER_STANDIN))
     (base / "input").mkdir(parents=True, exist_ok=True)
     from PIL import Image
     Image.fromarray((torch.rand(40, 24, 3, generator=torch.Generator().manual_seed(4)) * 255).byte().numpy()).save(
@@ -711,3 +715,18 @@ def test_the_wan_live_workflow_decodes_each_chunk_with_comfys_vae_as_it_streams(
     frames = webp_frames(output_files(server, run_ok(server, prompt))[0])
     assert len(frames) in (32, 33) and frames[0].size == (32, 32)
     assert_non_degenerate(frames, min_std=1.0)
+
+
+def test_the_wan_live_stream_can_show_its_frames_with_a_tiny_decoder_from_vae_approx(server, object_info):
+    """live_decoder lists the Wan 2.1 tiny decoders in models/vae_approx (the name ComfyUI's previews look for);
+    chosen, it decodes the stream without the vae input: 2 chunks of 3 latent frames → 1 + 4·5 = 21 frames."""
+    options = object_info["SaltLiveStream"]["input"]["optional"]["live_decoder"]
+    assert TINY_DECODER_STANDIN in json.dumps(options) and "vae" in json.dumps(options)
+    prompt = api_prompt("salt_wan_live.json", object_info)
+    live = prompt["7"]["inputs"]
+    stand_in_text(prompt, RELEASE_TEXT_DIM)
+    del live["clip"], live["vae"]
+    prompt["1"]["inputs"].update(ckpt_name=RELEASE_STANDIN, dtype="fp32")
+    live.update(width=32, height=32, max_chunks=2, stream_id="ci_wan_tiny", live_decoder=TINY_DECODER_STANDIN)
+    frames = webp_frames(output_files(server, run_ok(server, prompt))[0])
+    assert len(frames) == 21 and frames[0].size == (32, 32)

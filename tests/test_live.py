@@ -115,3 +115,59 @@ def test_only_the_newest_streams_are_kept_so_stream_ids_cannot_grow_the_servers_
     assert live.control_request("s0", "status", None)[0] == 404
     run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, stream_id="s2", max_chunks=1))
     assert list(live.SESSIONS)[-1] == "s2"                          # continuing one makes it the newest
+
+
+def test_keep_last_seconds_returns_the_tail_of_the_run(salt_nodes, toy_salt):
+    """keep_last_seconds=0.5 (8 frames at 16 fps): the outputs are the last 8 frames of the same run's whole output,
+    and the latents of the newest chunks holding them (3 chunks of 3 frames)."""
+    from comfyui_salt.nodes import live
+    whole = run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, stream_id="w", max_chunks=7))
+    tail = run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, stream_id="k", max_chunks=7,
+                                                          keep_last_seconds=0.5))
+    assert live.FPS == 16 and tail[0].shape == (8, 16, 16, 3) and torch.equal(tail[0], whole[0][-8:])
+    assert torch.equal(tail[1]["samples"], whole[1]["samples"][:, :, -9:])
+    with pytest.raises(ValueError, match="keep_last_seconds"):
+        run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, keep_last_seconds=-1.0))
+
+
+def chunk_colours(video: torch.Tensor) -> list:
+    """IMAGE frames (N, 16, 16, 3) of 3-frame toy chunks → each chunk's sprite colour by the toy oracle's fit."""
+    from comfyui_salt.toy.metrics.fit import fit_sprites
+    from comfyui_salt.toy.world import get_world
+    world = get_world("default")
+    index = fit_sprites(video.movedim(-1, 0).unsqueeze(0) * 2 - 1, world).colour_index[0]
+    return [world.palette[int(index[c:c + 3].mode().values)][0] for c in range(0, len(index), 3)]
+
+
+@pytest.mark.parametrize("switch_noise", [0.0, 0.7])
+def test_a_typed_prompt_changes_the_shipped_students_colour_with_switch_noise(salt_nodes, switch_noise, monkeypatch):
+    """The shipped toy Salt student streams 'a red disc'; 'a blue disc' typed while chunk 3 is shown. With
+    switch_noise 0.7 every chunk from the one where it is applied on is blue (the oracle's colour fit); with 0 (clean
+    re-cache, LongLive's form) the student, never trained with prompt switches, keeps copying the red it sees."""
+    from comfyui_salt.nodes import live
+    applied = []
+    real_set_prompt = live.ChunkStream.set_prompt
+
+    def push(event, data, pixels):
+        if data["chunk"] == 3:
+            live.control_request("c", "prompt", {"text": "a blue disc moving left on a dark background"})
+    monkeypatch.setattr(live, "push_event", push)
+    monkeypatch.setattr(live.ChunkStream, "set_prompt",
+                        lambda self, *a, **k: applied.append(self.frame // 3) or real_set_prompt(self, *a, **k))
+    student = run(salt_nodes.SaltToyModel, asset="toy_salt_student")[0]
+    options = run(salt_nodes.SaltCacheOptions, chunk_frames=3, attention="sink", window_frames=9, sink_frames=3,
+                  relative_rope=True, context_noise=0.0, max_frames=21)[0]
+    out = run(salt_nodes.SaltLiveStream, **live_inputs(
+        salt_nodes, student, positive=run(salt_nodes.SaltToyTextEncode, text="a red disc moving left on a dark "
+                                                                             "background")[0],
+        cache_options=options, sigmas=run(salt_nodes.SaltFewStepSigmas, preset="self_forcing_4step", nfe=4,
+                                          shift=3.0)[0],
+        seed=42, stream_id="c", max_chunks=14, switch_noise=switch_noise))
+    colours = chunk_colours(out[0])
+    (at,) = applied
+    assert 3 <= at <= 3 + 4 and colours[:at] == ["red"] * at, (at, colours)
+    after = colours[at:]
+    if switch_noise:
+        assert after == ["blue"] * len(after), (at, colours)
+    else:
+        assert after.count("blue") <= 1, (at, colours)

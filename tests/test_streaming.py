@@ -5,7 +5,7 @@ import torch
 from comfyui_salt.salt_core.kv_cache import CachePolicy
 from comfyui_salt.salt_core.model import build_model
 from comfyui_salt.salt_core.schedules import get_sigmas_fewstep
-from comfyui_salt.salt_core.streaming import rollout_stream, stream_video
+from comfyui_salt.salt_core.streaming import ChunkStream, rollout_stream, stream_video
 from helpers import assert_close, brute_force_rollout, tiny_inputs
 
 
@@ -156,3 +156,33 @@ def test_a_stream_step_writes_what_produce_returns_and_advances(setup):
         b.write(frames)
         after_a, after_b = a.denoiser()(noise[:, :, 3:6], 0.5), b.denoiser()(noise[:, :, 3:6], 0.5)
     assert out == "output" and seen == [0] and a.frame == b.frame == 3 and torch.equal(after_a, after_b)
+
+
+def test_a_noisy_prompt_switch_re_caches_the_kept_frames_written_at_that_level(setup):
+    """set_prompt(context, noise=s) leaves the cache as if the kept frames had been written, chunk by chunk, at σ = s
+    under the new prompt (from the same generator): the next chunk's denoiser output is equal; noise=None keeps the
+    stream's context_noise (0 here), and a level outside [0, 1) is refused."""
+    model, noise, ctx = setup
+    other = torch.randn(ctx.shape, generator=torch.Generator().manual_seed(9))
+    frames = [torch.randn(2, 4, 3, 8, 8, generator=torch.Generator().manual_seed(30 + i)) for i in range(2)]
+    with torch.no_grad():
+        switched = stream_of(model, ctx, CachePolicy.full(9))
+        for f in frames:
+            switched.write(f)
+        switched.generator = torch.Generator().manual_seed(3)
+        switched.set_prompt(other, noise=0.5)
+        ref = ChunkStream(model, model.new_cache(2, CachePolicy.full(9), (8, 8)), other, chunk_frames=3,
+                          context_noise=0.5, generator=torch.Generator().manual_seed(3))
+        for f in frames:
+            ref.write(f)
+        clean = stream_of(model, ctx, CachePolicy.full(9))
+        for f in frames:
+            clean.write(f)
+        clean.set_prompt(other)
+        x = noise[:, :, 3:6]
+        got, want, plain = (s.denoiser(write=False)(x, 0.5) for s in (switched, ref, clean))
+    assert torch.equal(got, want)
+    assert (got - plain).abs().max() > 1e-3                  # the level is used, not the stream's 0
+    for bad in (1.0, -0.1, float("nan")):
+        with pytest.raises(ValueError, match="noise"):
+            clean.set_prompt(other, noise=bad)

@@ -6,7 +6,8 @@ import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
 const FPS = 16;              // playback rate of pushed frames (Wan 2.1's 16 fps)
-const MAX_QUEUED = 96;       // frames waiting to be shown; older ones are dropped when the page falls behind
+const QUEUED_PUSHES = 2;     // at most this many pushes' frames wait to be shown: when the stream runs faster than
+                             // playback, older frames are dropped, so what is shown stays within 2 chunks of now
 
 function widgetValue(node, name) {
   const widget = node.widgets?.find((w) => w.name === name);
@@ -78,7 +79,8 @@ app.registerExtension({
       window.saltLiveReceived = (window.saltLiveReceived ?? 0) + detail.frames.length;
       if (!view) return;
       view.queue.push(...detail.frames);
-      if (view.queue.length > MAX_QUEUED) view.queue.splice(0, view.queue.length - MAX_QUEUED);
+      const most = QUEUED_PUSHES * Math.max(1, detail.frames.length);
+      if (view.queue.length > most) view.queue.splice(0, view.queue.length - most);
       view.status.textContent = `chunk ${detail.chunk} · ${detail.period_ms} ms per chunk · ${detail.frames.length} frames`;
       view.play();
     });

@@ -35,7 +35,7 @@ def rss_mib() -> float:
     return psutil.Process().memory_info().rss / 2 ** 20
 
 
-def part_a(chunks: int) -> dict:
+def part_a(chunks: int, switch_noise: float) -> dict:
     from comfy_import import import_nodes
     nodes = import_nodes()
     from comfyui_salt.nodes import live
@@ -71,7 +71,7 @@ def part_a(chunks: int) -> dict:
     with torch.inference_mode():
         nodes.SaltLiveStream.execute(model=salt, positive=positive, cache_options=options, sigmas=sigmas, seed=1,
                                      width=16, height=16, max_chunks=chunks, stream_id="bench",
-                                     continue_stream=False)
+                                     continue_stream=False, switch_noise=switch_noise)
     ttff = pushes[0][0] - start
     steady = [b[0] - a[0] for a, b in zip(pushes[20:], pushes[21:])]
     period = statistics.median(steady)
@@ -137,14 +137,65 @@ def part_b(chunks: int, clips: int) -> dict:
     return out
 
 
+def part_c(clips: int) -> list:
+    """The prompt-switch trade-off on the shipped student: red for 10 chunks, then blue, re-cached at each
+    switch_noise (or the cache reset): the share of clips whose first chunk after the switch is blue, and the
+    sprite's jump at the switch against an ordinary chunk boundary (px, median over clips)."""
+    from comfyui_salt.salt_core.kv_cache import CachePolicy
+    from comfyui_salt.salt_core.schedules import get_sigmas_fewstep
+    from comfyui_salt.salt_core.streaming import ChunkStream
+    from comfyui_salt.toy.metrics.fit import fit_sprites
+    from comfyui_salt.toy.shipped import TOY_STUDENT, load_toy_asset
+    from comfyui_salt.toy.text import ToyTextEncoder
+    from comfyui_salt.toy.world import get_world
+    world = get_world("default")
+    blue = [name for name, _ in world.palette].index("blue")
+    model = load_toy_asset(TOY_STUDENT)[0].eval()
+    encode = ToyTextEncoder(text_dim=model.cfg.text_dim, max_tokens=model.cfg.text_len).encode
+    red_ctx, blue_ctx = encode([CAPTIONS["red"]] * clips), encode([CAPTIONS["blue"]] * clips)
+    sig = get_sigmas_fewstep(4, 3.0).tolist()
+    rows = []
+    for level in (None, 0.0, 0.3, 0.5, 0.7, 0.9, "reset"):
+        noise_gen = torch.Generator().manual_seed(2)
+        stream = ChunkStream(model, model.new_cache(clips, CachePolicy.sink(9, 3, relative_rope=True), (16, 16)),
+                             red_ctx, chunk_frames=3, generator=torch.Generator().manual_seed(1))
+        chunks = []
+        with torch.inference_mode():
+            for c in range(14):
+                if c == 10 and level == "reset":
+                    stream = ChunkStream(model, stream.cache, blue_ctx, chunk_frames=3, generator=stream.generator,
+                                         start_frame=stream.frame)
+                elif c == 10 and level is not None:
+                    stream.set_prompt(blue_ctx, noise=level)
+                chunks.append(stream.sample(torch.randn(clips, 3, 3, 16, 16, generator=noise_gen), sig))
+        fit = fit_sprites(torch.cat(chunks, 2), world)
+        jump = (fit.centre[:, 1:] - fit.centre[:, :-1]).norm(dim=-1)             # (clips, frames - 1)
+        ordinary = torch.cat([jump[:, 3 * k - 1] for k in range(2, 10)]).median()
+        rows.append({"level": "no switch" if level is None else level,
+                     "blue": float((fit.colour_index[:, 30:33].mode(-1).values == blue).float().mean()),
+                     "blue_later": float((fit.colour_index[:, 33:].mode(-1).values == blue).float().mean()),
+                     "jump": float(jump[:, 29].median()), "ordinary": float(ordinary)})
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--chunks", type=int, default=1000)
     ap.add_argument("--clips", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--switch-noise", type=float, default=0.7, help="the live node's switch_noise in part A")
+    ap.add_argument("--only-switch-table", action="store_true", help="print part C only")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    a = part_a(args.chunks)
+    c = part_c(args.clips)
+    print(f"| switch (sink 3 + window 9, {args.clips} clips, red → blue before chunk 11) | first chunk blue | "
+          f"chunks 12-14 blue | sprite jump at the switch (median px) | ordinary boundary (px) |\n|---|---|---|---|---|")
+    for r in c:
+        name = r["level"] if isinstance(r["level"], str) else f"re-cache at σ {r['level']}"
+        print(f"| {name} | {r['blue']:.2f} | {r['blue_later']:.2f} | {r['jump']:.2f} | {r['ordinary']:.2f} |")
+    if args.only_switch_table:
+        return
+    a = part_a(args.chunks, args.switch_noise)
     print(f"| measure (toy world, CPU, {args.threads} threads, batch 1) | value |\n|---|---|")
     print(f"| time to first frame | {a['ttff_ms']:.0f} ms |")
     print(f"| steady chunk period (median, chunks 21..{a['chunks']}) | {a['period_ms']:.1f} ms |")
@@ -154,7 +205,8 @@ def main():
     per = sorted(v for v in a["periods"] if v is not None)
     if lat:
         p99 = per[min(len(per) - 1, round(0.99 * (len(per) - 1)))]
-        print(f"| prompt switch → first shown chunk of the new colour ({len(lat)} of {len(a['latencies'])} switches "
+        print(f"| prompt switch (switch_noise {args.switch_noise}) → first shown chunk of the new colour "
+              f"({len(lat)} of {len(a['latencies'])} switches "
               f"seen) | p50 {statistics.median(per):.2f}, p99 {p99:.2f} chunk periods "
               f"(p50 {1000 * statistics.median(lat):.0f} ms) |")
     mem = a["memory"]
