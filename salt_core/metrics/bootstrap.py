@@ -1,8 +1,13 @@
-"""Bootstrap confidence intervals of a mean over independent units (clips, seeds).
+"""Confidence intervals of a mean over independent units (clips, seeds).
 
 Percentile bootstrap: resample the units with replacement, take the mean of each resample, and read the
-interval off the quantiles of those means. Pure tensor code; knows nothing of models or worlds.
+interval off the quantiles of those means. With few units (training seeds: 3 to 10) a percentile bootstrap
+under-covers (it treats the units' spread as known; at 3 seeds a nominal 95 % interval covers about 80 %), so
+means over seeds get `seed_t_interval`: Student's t over the per-seed values, exact for normal seed means at any
+count. Pure tensor code; knows nothing of models or worlds.
 """
+import functools
+import math
 from dataclasses import dataclass
 
 import torch
@@ -77,3 +82,49 @@ def nested_bootstrap(stat, group_sizes, num_resamples: int = 1000, level: float 
     alpha = (1 - level) / 2
     lo, hi = torch.quantile(v, torch.tensor([alpha, 1 - alpha], dtype=torch.float64)).tolist()
     return Interval(point, lo, hi, len(sizes), level)
+
+
+@functools.lru_cache(maxsize=256)
+def t_quantile(p: float, df: int) -> float:
+    """The p-quantile of Student's t with `df` ≥ 1 degrees of freedom (0 < p < 1), to about 1e-9: its CDF by
+    Simpson's rule on the density (0 to x, 2,000 intervals), inverted by bisection (cached)."""
+    if not 0 < p < 1 or int(df) != df or df < 1:
+        raise ValueError(f"t_quantile(p={p}, df={df}): expected 0 < p < 1 and an integer df >= 1")
+    if p < 0.5:
+        return -t_quantile(1 - p, df)
+    log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+    grid = torch.linspace(0, 1, 2001, dtype=torch.float64)
+    weights = torch.ones(2001, dtype=torch.float64)
+    weights[1:-1:2], weights[2:-1:2] = 4.0, 2.0
+
+    def cdf(x: float) -> float:
+        t = grid * x
+        density = torch.exp(log_c - (df + 1) / 2 * torch.log1p(t * t / df))
+        return 0.5 + float((weights * density).sum()) * x / (3 * 2000)
+    lo, hi = 0.0, 1.0
+    while cdf(hi) < p:
+        lo, hi = hi, 2 * hi
+    for _ in range(64):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf(mid) < p else (lo, mid)
+    return (lo + hi) / 2
+
+
+def seed_t_interval(values, level: float = 0.95) -> Interval:
+    """The mean of per-seed values (N,) (one number per training seed: a metric over that seed's clips, or a
+    paired difference) with Student's t interval, mean ± t(N − 1) · sd / √N. Its level holds at any seed count when
+    the seed means are normal, whatever the clips within a seed did (they are summarised first). One seed: a NaN
+    interval (no spread to read). A NaN among the values (a metric a run does not define, e.g. drift of a
+    bidirectional student) makes the whole interval NaN; ±inf is refused."""
+    v = torch.as_tensor(values, dtype=torch.float64).flatten()
+    if v.numel() == 0 or v.isinf().any():
+        raise ValueError(f"seed_t_interval(values={v.tolist()}): expected at least one finite value per seed")
+    if v.isnan().any():
+        return Interval(float("nan"), float("nan"), float("nan"), v.numel(), level)
+    if not 0 < level < 1:
+        raise ValueError(f"seed_t_interval(level={level}): expected 0 < level < 1")
+    n, mean = v.numel(), v.mean().item()
+    if n == 1:
+        return Interval(mean, float("nan"), float("nan"), 1, level)
+    half = t_quantile(1 - (1 - level) / 2, n - 1) * v.std(unbiased=True).item() / math.sqrt(n)
+    return Interval(mean, mean - half, mean + half, n, level)

@@ -209,6 +209,26 @@ def comfy_live(rep: Report, smoke: bool, tree: pathlib.Path):
                       "detail": f"{size['width']}×{size['height']}; first frame {pushes[0][0] - start:.2f} s after the "
                                 f"start, median chunk period {1000 * statistics.median(periods):.0f} ms"
                       if periods else ""})
+    # the same stream shown with a tiny decoder (a random TAEHV of ComfyUI's class, as lighttaew2_1 loads)
+    from helpers import tiny_taehv_state_dict
+    tiny = comfy.sd.VAE(sd=tiny_taehv_state_dict())
+    live.load_tiny_wan_decoder = lambda name: sys.modules["comfyui_salt.nodes.bridge"].TinyChunkDecoder(tiny)
+    pushes.clear()
+    start = time.perf_counter()
+    with torch.inference_mode():
+        images, latent = salt_nodes.SaltLiveStream.execute(
+            model=salt, positive=[[context, {}]], cache_options=options, sigmas=sigmas, seed=7, width=size["width"],
+            height=size["height"], max_chunks=chunks, stream_id="gpu_check_tiny", continue_stream=False,
+            live_decoder="lighttaew2_1.safetensors").args
+        whole = comfy_nodes.VAEDecode().decode(tiny, latent)[0]
+    mm.unload_all_models()
+    rep.close("ComfyUI: SaltLiveStream's tiny-decoder frames vs VAEDecode with the tiny decoder", images, whole, 1e-3)
+    periods = [b[0] - a[0] for a, b in zip(pushes, pushes[1:])]
+    rep.speed.append({"cache": "SaltLiveStream, sink 3 + window 12, tiny decoder", "NFE": 4,
+                      "latent frames/s": f"{3 / statistics.median(periods):.2f}" if periods else "",
+                      "detail": f"{size['width']}×{size['height']}; first frame {pushes[0][0] - start:.2f} s after the "
+                                f"start, median chunk period {1000 * statistics.median(periods):.0f} ms"
+                      if periods else ""})
 
 
 def main():

@@ -1,5 +1,5 @@
 """The method lab's distillation experiment: every arm × seed from a shared ODE initialisation, resumable, with
-exact metrics on paired noise and two-level bootstrap intervals (README "Method lab", issue 13).
+exact metrics on paired noise and t intervals over seeds (README "Method lab", issues 13 and 27).
 
 Commands (from the repository root; a learned lab teacher first, README "Method lab"):
 
@@ -32,8 +32,8 @@ Stages, each skipped where finished and resumed where it stopped:
    student's own rollout states (`training.distill_eval.defect_samples`), the rate of chunk-mode switches per chunk
    boundary within the clip (`switch`) and along a 3×-length rolling-cache rollout (`drift`, causal students), and
    the run's summary.json (SC-acted and aligned update counts). An evaluation from an older EVAL_VERSION is redone.
-`--table` prints, per arm and NFE, means with two-level bootstrap 95 % intervals (seeds, then clips within a seed:
-`salt_core.metrics.bootstrap.nested_bootstrap`) and paired differences against the reference arm of the same
+`--table` prints, per arm and NFE, means with 95 % t intervals over the per-seed values
+(`salt_core.metrics.bootstrap.seed_t_interval`; lab_tables.INTERVAL_METHOD) and paired differences against the reference arm of the same
 student kind (`dmd`, or `bidir-dmd` for the bidirectional arms; `salt-exact` against `dmd-exact`, the same real
 score; same seeds, same clips, same resample). Extra settings
 for every job: `--set key=value` (e.g. tiny sizes in the CI smoke). The arms are defined in lab_arms.py; the tables
