@@ -287,3 +287,46 @@ def test_sc_defect_samples_measures_exactly_the_triplets_sc_trains_with_their_tr
         for t, _ in sc_triplet_distribution(0, grid):
             got = d[triplets.index((t.sigma_s, t.sigma_m, t.sigma_e))]
             assert torch.allclose(got, _brute_force_defect(model, ctx, x, 1.0, t.sigma_m, t.sigma_e), rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["teacher_forcing", "bidirectional"])
+def test_the_sc_dmd_gradient_cosine_is_the_cosine_of_the_two_terms_autograd_gradients_at_v1(kind):
+    """sc_dmd_grad_cos against autograd: ∂(λ·L_SC)/∂v1 and ∂L_DMD/∂v1 over the chunks SC acted on, each taken
+    alone from the step's own tensors (v1 captured at the exit step, L_DMD from dmd_term)."""
+    from comfyui_salt.training.common import step_generators
+    cfg = get_preset("toy-sc-dmd", num_frames=6, batch_size=2, threads=1, sc_weight=2.0)
+    if kind == "bidirectional":
+        cfg = get_preset("toy-bidir-sc-dmd", num_frames=6, batch_size=2, threads=1, sc_weight=2.0)
+    teacher, student, critic = build_model("toy", seed=0), build_model("toy", seed=1), build_model("toy", seed=2)
+    text = teacher.cfg.text_dim
+
+    class Prompts:
+        def sample(self, rng, batch):
+            g = torch.Generator().manual_seed(int(rng.integers(1 << 30)))
+            return None, torch.randn(batch, 8, text, generator=g), torch.zeros(batch, 8, text)
+    job = Distiller(cfg, teacher, student, critic, prompts=Prompts(), score_kind=kind)
+    it = next(i for i in range(200) if job.draws(i, "gen")["triplet"] is not None and job.draws(i, "gen")["exit"] > 0)
+    d = job.draws(it, "gen")
+    seen, real_sc, real_dmd = {"v1": [], "sc": [], "dmd": []}, job.sc, job.dmd_term
+
+    class Capture(torch.nn.Module):
+        weight = real_sc.weight
+
+        def forward(self, x_s, v1, velocity_fn, triplet):
+            loss, st = real_sc(x_s, v1, velocity_fn, triplet)
+            seen["v1"].append(v1)
+            seen["sc"].append(loss)
+            return loss, st
+    job.sc = Capture()
+    job.dmd_term = lambda *a: (lambda out: seen["dmd"].append(out[0]) or out)(real_dmd(*a))
+    gen, rng = step_generators(cfg.seed, 0, it, 0, 1)
+    _, stats = job.generator_loss(d, rng, gen)
+    v1 = seen["v1"]
+    g_dmd = torch.autograd.grad(seen["dmd"][0], v1, retain_graph=True)
+    g_sc = torch.autograd.grad(real_sc.weight * torch.stack(seen["sc"]).mean(), v1, retain_graph=True)
+    dot = sum((a.double() * b.double()).sum() for a, b in zip(g_dmd, g_sc))
+    norms = (sum(a.double().pow(2).sum() for a in g_dmd) * sum(b.double().pow(2).sum() for b in g_sc)).sqrt()
+    assert 1e-4 < abs(stats["sc_dmd_grad_cos"]) < 1 and abs(stats["sc_dmd_grad_cos"] - (dot / norms).item()) < 1e-6, (
+        stats["sc_dmd_grad_cos"], dot / norms)
+    ratio = sum(b.double().pow(2).sum() for b in g_sc).sqrt() / sum(a.double().pow(2).sum() for a in g_dmd).sqrt()
+    assert abs(stats["sc_dmd_grad_ratio"] - ratio.item()) < 1e-6 * ratio.item()

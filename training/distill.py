@@ -56,12 +56,12 @@ def ema_due(cfg: DistillConfig, it: int) -> bool:
     return it >= cfg.ema_start_iter
 
 
-def _grad_norm(loss, x) -> float:
-    """‖∂loss/∂x‖ (float), keeping the graph for the real backward; 0 when loss does not depend on x."""
+def _grad(loss, x):
+    """∂loss/∂x (float64), keeping the graph for the real backward; None when loss does not depend on x."""
     if not (loss.requires_grad and x.requires_grad):
-        return 0.0
+        return None
     g = torch.autograd.grad(loss, x, retain_graph=True, allow_unused=True)[0]
-    return 0.0 if g is None else g.double().norm().item()
+    return None if g is None else g.double()
 
 
 class Distiller:
@@ -162,8 +162,10 @@ class Distiller:
         weighted term's gradient relative to DMD's, taken at the exit step's network output v1 where the three
         terms meet (`sc_dmd_grad_ratio`, `align_dmd_grad_ratio`, the latter filled in by `_step` after the
         backward). DMD and alignment reach v1 through x0 = x_s − σ_s·v1, so their ratio is taken at x0 directly;
-        SC's at v1 against σ_s·‖∂L_DMD/∂x0‖. All come from gradients the step computes anyway, or from small
-        graphs (DMD's and SC's closed forms), never from an extra backward through a network.
+        SC's at v1 against σ_s·‖∂L_DMD/∂x0‖, and the cosine between SC's and DMD's gradients at v1
+        (`sc_dmd_grad_cos`: > 0 SC pushes the way DMD does, < 0 against it; over the chunks SC acted on). All come
+        from gradients the step computes anyway, or from small graphs (DMD's and SC's closed forms), never from an
+        extra backward through a network.
         """
         cfg = self.cfg
         ctx, unc, noise = self.batch(rng, gen)
@@ -175,19 +177,25 @@ class Distiller:
                 sc_terms.append(loss)
                 stats.update(st)
                 if v1.requires_grad:
-                    sc_grads.append(torch.autograd.grad(loss, v1, retain_graph=True)[0].double().pow(2).sum())
+                    sc_grads.append((chunk, torch.autograd.grad(loss, v1, retain_graph=True)[0].double()))
         roll = self.rollout(noise, ctx, d, True, gen, on_exit)
         x = roll.x0
         total, st = self.dmd_term(x, ctx, unc, gen)
         stats.update(st)
-        dmd_norm = _grad_norm(total, x)
+        dmd_grad = _grad(total, x)
+        dmd_norm = 0.0 if dmd_grad is None else dmd_grad.norm().item()
         if sc_terms:
             l_sc = torch.stack(sc_terms).mean()
             total = total + self.sc.weight * l_sc
             stats["sc_loss"] = l_sc.item()
             if sc_grads and dmd_norm > 0:   # ∂(λ·mean_c L_c)/∂v1_c = λ/C·∂L_c/∂v1_c
-                sc_norm = self.sc.weight / len(sc_terms) * torch.stack(sc_grads).sum().sqrt().item()
+                sc_norm = self.sc.weight / len(sc_terms) * sum(g.pow(2).sum() for _, g in sc_grads).sqrt().item()
                 stats["sc_dmd_grad_ratio"] = sc_norm / (roll.exit_sigma * dmd_norm)
+                # DMD at v1: ∂L/∂v1 = −σ_s·∂L/∂x0 on the chunk's frames (x0 = x_s − σ_s·v1 at the exit step)
+                dmd_at = [-roll.exit_sigma * dmd_grad[:, :, c * g.shape[2]:(c + 1) * g.shape[2]] for c, g in sc_grads]
+                dot = sum((a * g).sum() for a, (_, g) in zip(dmd_at, sc_grads))
+                norms = (sum(a.pow(2).sum() for a in dmd_at) * sum(g.pow(2).sum() for _, g in sc_grads)).sqrt()
+                stats["sc_dmd_grad_cos"] = (dot / norms).item() if norms > 0 else 0.0
         stats["sc_acted"] = float(bool(sc_terms))
         aligned = self.aligns(d)
         if aligned:
