@@ -4,6 +4,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -51,7 +52,7 @@ def teacher_path(tmp_path_factory):
 def test_each_lab_preset_is_its_toy_recipe_on_the_lab_world():
     assert LAB_FIELDS["shift"] == LAB_SHIFT and LAB_FIELDS["guidance_scale"] == 1.0
     names = [n for n in DISTILL_PRESETS if n.startswith("lab-")]
-    assert sorted(names) == sorted(["lab-ode-init", "lab-dmd", "lab-sc-dmd", "lab-salt", "lab-bidir-dmd",
+    assert sorted(names) == sorted(["lab-ode-init", "lab-dmd", "lab-sc-dmd", "lab-salt", "lab-salt-sym", "lab-bidir-dmd",
                                     "lab-bidir-sc-dmd"])
     for name in names:
         lab, toy = DISTILL_PRESETS[name], DISTILL_PRESETS["toy-" + name[4:]]
@@ -321,3 +322,12 @@ def test_claim_verdicts_follow_the_stated_rules():
     assert v("non-inferior", {"mean_err": iv(-0.1, 0.05), "var_gap": iv(-0.3, 0.04)}, refs) == "reproduces"
     assert v("non-inferior", {"mean_err": iv(-0.1, 0.2), "var_gap": iv(-0.3, 0.04)}, refs) == "inconclusive"
     assert v("non-inferior", {"mean_err": iv(0.01, 0.2), "var_gap": iv(-0.3, 0.04)}, refs) == "does not"
+
+
+def test_the_symmetric_salt_preset_is_released_salt_with_the_symmetric_sc_only():
+    sym, salt = DISTILL_PRESETS["toy-salt-sym"], DISTILL_PRESETS["toy-salt"]
+    assert sym.sc_symmetric and not salt.sc_symmetric
+    assert dataclasses.replace(sym, sc_symmetric=False) == salt
+    bench = _bench()
+    assert bench.ARMS["salt-sym"] == ("lab-salt-sym", {})
+    assert sys.modules["lab_arms"].REFERENCE_OF["salt-sym"] == "salt"

@@ -160,6 +160,9 @@ DISTILL_PRESETS = {
     "toy-dmd": _TOY,
     "toy-sc-dmd": replace(_TOY, step_choices=(8,), step_probs=(1.0,), sc_weight=0.2),
     "toy-salt": replace(_TOY, **_MIXED, align_start_iter=250),
+    # toy-salt with L_SC's gradient through both branches (the paper's equation read literally) instead of the
+    # released stop-gradient on the composed target: this pack's option, not the paper's code (README "Method lab")
+    "toy-salt-sym": replace(_TOY, **_MIXED, align_start_iter=250, sc_symmetric=True),
     # toy world, bidirectional arm
     "toy-bidir-dmd": replace(_TOY, student_kind="bidirectional"),
     "toy-bidir-sc-dmd": replace(_TOY, student_kind="bidirectional", step_choices=(8,), step_probs=(1.0,),
@@ -181,8 +184,8 @@ DISTILL_PRESETS = {
 # teacher's file, or teacher=exact (then student_init and critic_init must be files).
 LAB_FIELDS = dict(world="lab:default", guidance_scale=1.0, shift=TOY_SHIFT, teacher="")
 DISTILL_PRESETS.update({"lab-" + name[len("toy-"):]: replace(DISTILL_PRESETS[name], **LAB_FIELDS)
-                        for name in ("toy-ode-init", "toy-dmd", "toy-sc-dmd", "toy-salt", "toy-bidir-dmd",
-                                     "toy-bidir-sc-dmd")})
+                        for name in ("toy-ode-init", "toy-dmd", "toy-sc-dmd", "toy-salt", "toy-salt-sym",
+                                     "toy-bidir-dmd", "toy-bidir-sc-dmd")})
 # Names folded into another preset with the same settings: refused with the name to use.
 RENAMED_PRESETS = {
     "toy-sc-single-k": "toy-sc-dmd (the same recipe: SC-DMD on the 8-step grid, single K)",

@@ -5,7 +5,8 @@ diagnosis (lab_sc_triplets.py); knows nothing of running, evaluating or printing
 """
 
 REFERENCE = {"causal": "dmd", "bidirectional": "bidir-dmd"}   # the arm paired differences are taken against
-REFERENCE_OF = {"salt-exact": "dmd-exact"}   # arms paired with another arm than their kind's (same real score)
+REFERENCE_OF = {"salt-exact": "dmd-exact",   # arms paired with another arm than their kind's (same real score)
+                "salt-sym": "salt"}          # the symmetric SC head-to-head against released Salt
 EVAL_NFE = (4, 2)
 EVAL_SEED = 1234           # paired noise: every arm's students sample from this seed
 DEFECT_GRID = 8
@@ -25,6 +26,7 @@ ARMS = {
     "sc2-sym": ("lab-sc-dmd", {"sc_weight": 2.0, "sc_symmetric": True}),   # the paper's reading: grad both branches
     "dmd-exact": ("lab-dmd", EXACT),
     "salt-exact": ("lab-salt", EXACT),
+    "salt-sym": ("lab-salt-sym", {}),   # released Salt with the symmetric SC (issue 27's head-to-head)
 }
 # The arms the five paper claims need run first, every seed, before the dose response and the exact-score pair.
 CLAIM_ARMS = ("dmd", "salt", "sc-dmd", "bidir-dmd", "bidir-sc-dmd")
