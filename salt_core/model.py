@@ -117,6 +117,11 @@ class WanBlock(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(d, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, d))
         self.modulation = nn.Parameter(torch.randn(1, 6, d) / d ** 0.5)
 
+    def context_kv(self, context):
+        """The cross-attention's text keys and values (B, heads, Lc, head_dim) each: the block's entry for a KV
+        cache's text cache, so a sharded block gathers its weights for it (FSDP2 forward method)."""
+        return self.cross_attn.context_kv(context)
+
     def forward(self, x, e, frames, layer, cos, sin, context=None, cross_kv=None, mask=None, step=None, key_rope=None):
         """x (B, L, dim) with L = F·T tokens; e (B, F, 6, dim) float32 per-frame modulation."""
         mod = (self.modulation.float().unsqueeze(0) + e).unbind(2)  # 6 × (B, F, dim)
@@ -253,7 +258,7 @@ class WanModel(nn.Module):
             ctx = self.embed_text(context)
         features = None
         for i, block in enumerate(self.blocks):
-            cross_kv = None if cache is None else cache.cross_kv(i, block.cross_attn.context_kv, ctx)
+            cross_kv = None if cache is None else cache.cross_kv(i, block.context_kv, ctx)
             args = (tokens, e_blocks, gf, i, cos, sin, ctx, cross_kv, mask, step, key_rope)
             if self.gradient_checkpointing and torch.is_grad_enabled():
                 tokens = torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)

@@ -56,10 +56,11 @@ def test_interrupted_distillation_resumes_bit_identically(teacher_path, tmp_path
 
 
 @pytest.mark.parametrize("preset", ["toy-ode-init", "toy-dmd"])
-def test_an_explicit_device_overrides_accelerates_pick(preset, teacher_path, tmp_path, monkeypatch):
-    # accelerate picks CUDA whenever it is present; ComfyUI started with --cpu passes device="cpu".
+def test_an_explicit_device_overrides_the_launchers_pick(preset, teacher_path, tmp_path, monkeypatch):
+    # process_info picks CUDA whenever it is present; ComfyUI started with --cpu passes device="cpu".
     import comfyui_salt.training.distill as job
-    monkeypatch.setattr(job, "process_info", lambda: (0, 1, torch.device("meta")))
+    from comfyui_salt.training.distributed import ProcessInfo
+    monkeypatch.setattr(job, "process_info", lambda: ProcessInfo(device=torch.device("meta")))
     model = run_distillation(tiny(preset, teacher_path, gen_steps=1), str(tmp_path), quiet=True, device="cpu",
                              world=TOY)
     assert model.patch_embedding.weight.device.type == "cpu"

@@ -94,6 +94,22 @@ def test_the_ema_is_the_lerp_recursion_from_the_initial_weights():
 
 
 # -- every job refuses changed settings on resume ---------------------------------------------------------------
+def test_the_ema_equals_torchs_averaged_model_with_its_ema_update_bit_for_bit():
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Linear(5, 3))
+    ours, theirs = EMA(model, 0.9), AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.9))
+    theirs.update_parameters(model)
+    for _ in range(5):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        ours.update(model)
+        theirs.update_parameters(model)
+    expected = dict(theirs.module.named_parameters())
+    assert all(torch.equal(v, expected[k]) for k, v in ours.state_dict().items())
+
+
 def test_the_teacher_refuses_to_resume_with_other_settings_unless_told_and_never_rewrites_config_json(tmp_path):
     from comfyui_salt.toy.jobs import teacher_world
     from comfyui_salt.training.teacher import TeacherConfig, train_teacher

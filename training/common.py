@@ -18,7 +18,6 @@ import time
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ..salt_core.config import strict_from_dict
 
@@ -87,40 +86,45 @@ config_from_dict = strict_from_dict  # dataclass from a dict, unknown keys rejec
 
 
 class EMA:
-    """Exponential moving average of a model's parameters: torch's AveragedModel with its EMA update.
+    """Exponential moving average of a model's parameters, kept beside the model in its layout (FSDP2 shards stay
+    shards: each rank averages its own).
 
-    ema ← lerp(ema, θ, 1 − decay) after each `update` (torch's `_foreach_lerp_`, bit-identical to the per-tensor
-    form), starting from the parameters at construction. The average lives on the model's device in the model's
-    dtype (fp32 in every Salt job: models are built and loaded in fp32). `state_dict()` holds the parameters
-    under the model's own names, so checkpoints' ema.safetensors load into the bare model.
+    ema ← lerp(ema, θ, 1 − decay) after each `update` (torch's `_foreach_lerp_`, the op of torch's AveragedModel
+    with get_ema_multi_avg_fn, bit for bit), starting from the parameters at construction. The average lives on
+    the model's device in the model's dtype (fp32 in every Salt job). `state_dict()` holds full tensors under the
+    model's own names, so checkpoints' ema.safetensors load into the bare model.
     """
 
     def __init__(self, model, decay: float):
         self.decay = decay
-        self.average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay))
-        self.average.update_parameters(model)   # the first update copies: the average starts at θ, not at a lerp
+        named = list(model.named_parameters())
+        self.names = [n for n, _ in named]
+        self.params = [p.detach().clone() for _, p in named]   # the first value: θ itself, not a lerp
 
     @torch.no_grad()
     def update(self, model):
         """One EMA step towards `model`'s current parameters."""
-        self.average.update_parameters(model)
+        torch._foreach_lerp_(self.params, [p.detach() for p in model.parameters()], 1 - self.decay)
 
     def state_dict(self) -> dict:
-        """{parameter name: averaged tensor} (no buffers, no AveragedModel prefix)."""
-        return {k: p.detach() for k, p in self.average.module.named_parameters()}
+        """{parameter name: averaged full tensor} (a collective on every rank when the model is sharded)."""
+        return {n: (p.full_tensor() if hasattr(p, "full_tensor") else p) for n, p in zip(self.names, self.params)}
 
     def load_state_dict(self, tensors: dict) -> None:
-        """Restore the average from `state_dict()`'s output (e.g. a checkpoint read on the CPU), on its device."""
-        params = dict(self.average.module.named_parameters())
-        if tensors.keys() != params.keys():
-            raise KeyError(f"EMA state: missing {sorted(params.keys() - tensors.keys())}, "
-                           f"unexpected {sorted(tensors.keys() - params.keys())}")
+        """Restore the average from `state_dict()`'s output (e.g. a checkpoint read on the CPU), in its layout."""
+        if tensors.keys() != set(self.names):
+            raise KeyError(f"EMA state: missing {sorted(set(self.names) - tensors.keys())}, "
+                           f"unexpected {sorted(tensors.keys() - set(self.names))}")
         with torch.no_grad():
-            for k, p in params.items():
-                p.copy_(tensors[k])
+            for n, p in zip(self.names, self.params):
+                t = tensors[n].to(device=p.device, dtype=p.dtype)
+                if hasattr(p, "device_mesh"):
+                    from torch.distributed.tensor import distribute_tensor
+                    t = distribute_tensor(t, p.device_mesh, p.placements)
+                p.copy_(t)
 
     def copy_to(self, model):
-        """Load the average into a model with the same parameter names; returns it."""
+        """Load the average into a plain model with the same parameter names; returns it."""
         sd = model.state_dict()
         model.load_state_dict({**sd, **{k: v.to(sd[k].dtype) for k, v in self.state_dict().items()}})
         return model

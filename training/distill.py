@@ -22,6 +22,7 @@ from dataclasses import asdict
 import torch
 
 from ..salt_core.kv_cache import CachePolicy
+from ..salt_core.model import WanModel
 from ..salt_core.losses import (DMDLoss, FeatureAlignmentLoss, SemigroupLoss, critic_flow_loss,
                                 sample_alignment_timesteps, sample_dmd_timesteps, sample_exit_index,
                                 sample_rollout_steps, sc_triplet)
@@ -32,7 +33,8 @@ from ..salt_core.validate import check_count
 from .common import EMA, check_loss_terms, step_generators, step_seed
 from .distill_config import RELEASED_CLIPS_PER_UPDATE, DistillConfig
 from .distill_models import DistillWorld, build_models, build_prompts, check_world, resolve_teacher_kind
-from .distributed import average_gradients, process_info
+from .distributed import (device_mesh, full_optimizer_state, full_state_dict, is_sharded, load_full_optimizer_state,
+                          load_full_state_dict, process_info, shard_model)
 from .ode_init import run_ode_init
 from .loop import TrainingLoop, stop_step
 from .runs import open_run
@@ -248,7 +250,9 @@ class Distiller:
         self._align_probes.clear()   # probes of a step that failed before its backward must not leak into this one
         stats = {}
         for micro in range(self.cfg.grad_accum):
-            gen, rng = step_generators(self.cfg.seed, self.rank, it, micro, int(tag == "gen"))
+            # the global micro-batch: N ranks see the clips one process sees with N × grad_accum micro-batches
+            gen, rng = step_generators(self.cfg.seed, 0, it, self.rank * self.cfg.grad_accum + micro,
+                                       int(tag == "gen"))
             with self._autocast():
                 loss, st = loss_fn(d, rng, gen)
             check_loss_terms(loss, st, tag, it)
@@ -258,8 +262,9 @@ class Distiller:
             ratios = [p["sq"] ** 0.5 * self.cfg.grad_accum / p["dmd_norm"] for p in self._align_probes]
             stats["align_dmd_grad_ratio"] = sum(ratios) / len(ratios)
             self._align_probes.clear()
-        average_gradients(model, self.world_size)
-        stats[f"{tag}_grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.grad_clip))
+        # sharded models: FSDP2 has reduced the gradients (mean over ranks) during backward; the norm is global
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.grad_clip)
+        stats[f"{tag}_grad_norm"] = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
         opt.step()
         return stats
 
@@ -320,29 +325,38 @@ class Distiller:
 
     # -- state ----------------------------------------------------------------------------------
     def state(self):
-        """({student, critic[, ema]: state_dict}, {optimizer states, counters}) for a checkpoint."""
-        tensors = {"student": self.student.state_dict(), "critic": self.critic.state_dict()}
+        """({student, critic[, ema]: state_dict}, {optimizer states, counters}) for a checkpoint: full tensors, the
+        same for any number of ranks (sharded models: a collective on every rank, rank 0 gets the tensors)."""
+        tensors = {"student": full_state_dict(self.student), "critic": full_state_dict(self.critic)}
         if self.ema is not None:
             tensors["ema"] = self.ema.state_dict()
-        return tensors, {"opt_gen": self.opt_gen.state_dict(), "opt_critic": self.opt_critic.state_dict(),
+        return tensors, {"opt_gen": full_optimizer_state(self.student, self.opt_gen),
+                         "opt_critic": full_optimizer_state(self.critic, self.opt_critic),
                          "gen_step": self.gen_step, "counts": dict(self.counts), "iteration": self.it}
 
     def load(self, tensors, state):
-        """Restore `state()`'s output."""
-        self.student.load_state_dict(tensors["student"])
-        self.critic.load_state_dict(tensors["critic"])
+        """Restore `state()`'s output (read on every rank), into plain or sharded models."""
+        load_full_state_dict(self.student, tensors["student"])
+        load_full_state_dict(self.critic, tensors["critic"])
         if "ema" in tensors:
             self.ema = EMA(self.student, self.cfg.ema_decay)
             self.ema.load_state_dict(tensors["ema"])
-        self.opt_gen.load_state_dict(state["opt_gen"])
-        self.opt_critic.load_state_dict(state["opt_critic"])
+        load_full_optimizer_state(self.student, self.opt_gen, state["opt_gen"])
+        load_full_optimizer_state(self.critic, self.opt_critic, state["opt_critic"])
         self.gen_step = int(state["gen_step"])
         self.it = int(state["iteration"])
         self.counts.update(state.get("counts", {}))
 
     def student_for_inference(self):
-        """The EMA student if EMA has started, else a copy of the student, in eval mode."""
-        model = copy.deepcopy(self.student)
+        """The EMA student if EMA has started, else a copy of the student, in eval mode: a plain (unsharded) model
+        on every rank (sharded: gathered, a collective)."""
+        if is_sharded(self.student):
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+            full = get_model_state_dict(self.student, options=StateDictOptions(full_state_dict=True))
+            model = WanModel(self.student.cfg).to(self.student.patch_embedding.weight.device)
+            model.load_state_dict({k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in full.items()})
+        else:
+            model = copy.deepcopy(self.student)
         if self.ema is not None:
             self.ema.copy_to(model)
         return model.eval()
@@ -369,7 +383,7 @@ def run_distillation(cfg: DistillConfig, out_dir: str, *, max_gen_steps: int = N
     if max_gen_steps is not None:
         check_count("max_gen_steps", max_gen_steps, where="run_distillation")
     check_world(cfg, world, "run_distillation")
-    rank = process_info()[0]
+    rank = process_info().rank
     with open_run(cfg, out_dir, allow_changes=allow_changed_settings, rank=rank):
         return _run_distillation(cfg, out_dir, max_gen_steps, callback, quiet, device, world)
 
@@ -378,11 +392,12 @@ def _run_distillation(cfg, out_dir, max_gen_steps, callback, quiet, device, worl
     """`run_distillation` inside the run folder: the job, run by training.loop."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    rank, world_size, picked = process_info()
+    info = process_info()
+    rank, world_size = info.rank, info.world_size
     if device is not None and world_size > 1:
-        raise ValueError(f"run_distillation(device={device}) with {world_size} processes: accelerate places each "
-                         f"rank; leave device unset under `accelerate launch`")
-    device = torch.device(device) if device is not None else picked
+        raise ValueError(f"run_distillation(device={device}) with {world_size} processes: each rank takes its local "
+                         f"rank's device; leave device unset under torchrun")
+    device = torch.device(device) if device is not None else info.device
     if cfg.job == "ode_init":
         return run_ode_init(cfg, out_dir, max_steps=max_gen_steps, callback=callback, quiet=quiet, device=device,
                             rank=rank, world=world)
@@ -392,6 +407,14 @@ def _run_distillation(cfg, out_dir, max_gen_steps, callback, quiet, device, worl
     prompts = build_prompts(cfg, teacher, out_dir, world)
     # an exact teacher has no features: the alignment compares those of the critic's initial weights (frozen)
     features = copy.deepcopy(critic).requires_grad_(False).eval() if cfg.aligns_to_frozen_critic else None
+    if world_size > 1:   # FSDP2 (training/distributed.py): before the optimisers see the parameters
+        mesh = device_mesh(info, cfg.sharding)
+        bf16 = cfg.autocast_bf16 and device.type == "cuda"
+        for model in (student, critic):
+            shard_model(model, mesh, bf16=bf16)
+        for frozen in (teacher, features):
+            if frozen is not None and list(frozen.parameters()):
+                shard_model(frozen.requires_grad_(False), mesh, bf16=bf16, cpu_offload=cfg.teacher_offload)
     job = Distiller(cfg, teacher, student, critic, prompts, rank, world_size,
                     score_kind=resolve_teacher_kind(cfg, world), features=features)
     log.info("teacher and critic score clips %s", "whole (bidirectional)" if job.score_kind == "bidirectional"

@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from ..salt_core.config import TOY_SHIFT
 from ..salt_core.schedules import MAX_NFE
 from .config_fields import MAX_THREADS, from_dict, grouped, with_overrides
+from .distributed import SHARDINGS
 from .validate import validate_distill_config
 
 JOBS = ("dmd", "ode_init")
@@ -107,7 +108,11 @@ class DistillConfig:
     grad_checkpointing: bool = _runtime(False, "activation checkpointing (safe with the KV cache)")
     memory_limit_gib: float = _runtime(0.0, "refuse runs whose estimate exceeds this; 0 = the device's free memory",
                                        low=0)
-    seed: int = _runtime(0, "every step is seeded from (seed, rank, step)", count=0)
+    seed: int = _runtime(0, "every step is seeded from (seed, iteration, global micro-batch)", count=0)
+    sharding: str = _runtime("full", "FSDP2 under torchrun: full (over every rank), hybrid (within a node, "
+                                     "replicated across nodes), replicate (every rank holds everything)",
+                             choices=SHARDINGS)
+    teacher_offload: bool = _runtime(False, "sharded runs: the frozen teacher's shards wait on the CPU between uses")
     threads: int = _runtime(2, "torch CPU threads (fixed for bit-identical resume; 0 = leave as is)", count=0,
                             maximum=MAX_THREADS)
     checkpoint_every: int = _logs(20, "generator steps between checkpoints", count=1)

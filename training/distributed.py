@@ -1,40 +1,158 @@
-"""Multi-process training through accelerate (DDP-style replicas; FSDP via an accelerate config).
+"""Multi-process training on PyTorch's own FSDP2 (`torch.distributed.fsdp.fully_shard`), launched by torchrun.
 
-Every rank draws the same K / exit index / SC triplet (seeded from (seed, step), no broadcast
-needed) so all ranks run the same number of forwards; data and noise differ per rank (seeded
-from (seed, rank, step)). Gradients are averaged explicitly after each accumulated step: a Self
-Forcing iteration runs several grad-carrying, KV-cached forwards per backward, which a DDP
-wrapper's once-per-forward bookkeeping does not model.
+Each rank reads its place from the launcher's environment (RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE: torchrun
+and `accelerate launch` both set them); its device is its local rank's GPU (or the CPU: gloo). Models are sharded
+per transformer block, then at the root, as the reference trainers do:
+- `sharding="full"`: parameters, gradients and optimizer state split over every rank (FULL_SHARD);
+- `sharding="hybrid"`: split within a node, replicated across nodes (a 2-D mesh: replicate × shard, HSDP);
+- `sharding="replicate"`: every rank holds everything (a replicate-only mesh: FSDP2 as DDP).
+Gradients are reduced by FSDP2 during backward (mean over ranks, in fp32 when the parameters compute in bf16); a
+Self Forcing step's several grad-carrying, KV-cached forwards per backward are FSDP2's normal case (each forward
+gathers the block's parameters, each backward reduces their gradients once the graph is done with them).
 
-Launch: `accelerate launch --num_processes N -m comfyui_salt.training distill ...` (GPU: NCCL;
-CPU tests: gloo). For a 14B teacher use an accelerate FSDP config (FULL_SHARD, bf16 params,
-fp32 reduce, size-based auto-wrap) — see README "Multi-GPU".
+Every rank draws the same K / exit index / SC triplet (seeded from (seed, iteration)), so all ranks run the same
+forwards; data and noise come from the global micro-batch index (rank × grad_accum + micro), so N ranks see the
+clips one process sees with grad_accum × N micro-batches. A rank that dies makes the others fail their next
+collective (gloo: at once; NCCL: within `timeout_s`), and torchrun stops the rest.
 """
+import datetime
+import os
+from dataclasses import dataclass
+
 import torch
 
+SHARDINGS = ("full", "hybrid", "replicate")
+DEFAULT_TIMEOUT_S = 600
 
-def process_info():
-    """(rank, world_size, device) from accelerate's process state (a single process without a launcher)."""
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    """Where this process stands: global rank and size, rank and size within its node, its device."""
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    local_world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def nodes(self) -> int:
+        return max(1, self.world_size // max(1, self.local_world_size))
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "")
+    if not value:
+        return default
     try:
-        from accelerate import PartialState  # optional dependency: pip install accelerate
-    except ImportError:
-        return 0, 1, torch.device("cpu")
-    state = PartialState(cpu=not torch.cuda.is_available())
-    return state.process_index, state.num_processes, state.device
+        return int(value)
+    except ValueError:
+        raise ValueError(f"environment {name}={value!r}: expected an integer (set by torchrun)") from None
 
 
-def average_gradients(module: torch.nn.Module, world_size: int) -> None:
-    """All-reduce (mean) every parameter gradient across ranks; no-op for one process."""
-    if world_size <= 1:
+def process_info(timeout_s: float = DEFAULT_TIMEOUT_S) -> ProcessInfo:
+    """This process's place from the launcher's environment, the process group started when there are several
+    (NCCL on CUDA, gloo on the CPU; collectives fail after `timeout_s`). One process without a launcher: rank 0 of
+    1 on the first GPU, or the CPU."""
+    world = _env_int("WORLD_SIZE", 1)
+    rank, local = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
+    local_world = _env_int("LOCAL_WORLD_SIZE", world)
+    if not (0 <= rank < world and 0 <= local < local_world and world % local_world == 0):
+        raise ValueError(f"launcher environment RANK={rank} WORLD_SIZE={world} LOCAL_RANK={local} "
+                         f"LOCAL_WORLD_SIZE={local_world} is inconsistent; launch with torchrun --nproc-per-node N")
+    cuda = torch.cuda.is_available() and os.environ.get("SALT_FORCE_CPU", "") != "1"
+    device = torch.device("cuda", local % torch.cuda.device_count()) if cuda else torch.device("cpu")
+    if world > 1:
+        import torch.distributed as dist
+        if not dist.is_initialized():
+            if cuda:
+                torch.cuda.set_device(device)
+            dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s))
+    return ProcessInfo(rank, world, local, local_world, device)
+
+
+def device_mesh(info: ProcessInfo, sharding: str):
+    """The mesh FSDP2 shards over: 1-D over every rank ("full"), 2-D (replicate across nodes, shard within one)
+    ("hybrid"), or (ranks, 1) ("replicate": each shard group is one rank, so every rank holds everything)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    if sharding not in SHARDINGS:
+        raise ValueError(f"sharding={sharding!r}; expected one of {SHARDINGS}")
+    kind = info.device.type
+    if sharding == "full":
+        return init_device_mesh(kind, (info.world_size,), mesh_dim_names=("shard",))
+    shape = (info.nodes, info.local_world_size) if sharding == "hybrid" else (info.world_size, 1)
+    return init_device_mesh(kind, shape, mesh_dim_names=("replicate", "shard"))
+
+
+def shard_model(model: torch.nn.Module, mesh, *, bf16: bool = False, reshard_after_forward: bool = True,
+                cpu_offload: bool = False) -> torch.nn.Module:
+    """Shard a Wan-style model in place with FSDP2: each of `model.blocks`, then the root (embeddings, head).
+    bf16: parameters gathered and computed in bf16, gradients reduced in fp32 (the master weights stay fp32).
+    cpu_offload: shards live on the CPU between uses (the frozen teacher on a small GPU)."""
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+    kwargs = {"mesh": mesh, "reshard_after_forward": reshard_after_forward}
+    if bf16:
+        kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    if cpu_offload:
+        kwargs["offload_policy"] = CPUOffloadPolicy()
+    for block in getattr(model, "blocks", ()):
+        fully_shard(block, **kwargs)
+        if hasattr(block, "context_kv"):        # called by a KV cache outside the block's forward
+            register_fsdp_forward_method(block, "context_kv")
+    fully_shard(model, **kwargs)
+    return model
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    """Whether `model`'s parameters are FSDP2 shards (DTensors)."""
+    from torch.distributed.tensor import DTensor
+    return any(isinstance(p, DTensor) for p in model.parameters())
+
+
+def full_state_dict(model: torch.nn.Module) -> dict:
+    """{name: full tensor on the CPU} of a sharded or plain model; a collective on every rank when sharded (rank 0
+    gets the tensors, the others an empty dict)."""
+    if not is_sharded(model):
+        return model.state_dict()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_full_state_dict(model: torch.nn.Module, tensors: dict) -> None:
+    """Load full tensors (as `full_state_dict` gives, on every rank) into a sharded or plain model."""
+    if not is_sharded(model):
+        model.load_state_dict(tensors)
         return
-    import torch.distributed as dist
-    grads = [p.grad for p in module.parameters() if p.grad is not None]
-    if not grads:
-        return
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= world_size
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset:offset + g.numel()].view_as(g))
-        offset += g.numel()
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    set_model_state_dict(model, tensors, options=StateDictOptions(full_state_dict=True))
+
+
+def full_optimizer_state(model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict:
+    """The optimizer's state with full tensors keyed by parameter names (the same for any rank count; a collective
+    when sharded, rank 0 gets the tensors)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+    sharded = is_sharded(model)
+    return get_optimizer_state_dict(model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=sharded))
+
+
+def load_full_optimizer_state(model: torch.nn.Module, opt: torch.optim.Optimizer, state: dict) -> None:
+    """Load `full_optimizer_state`'s output (read on every rank) into the optimizer of a sharded or plain model.
+    A state keyed by parameter index (checkpoints written before sharding existed) is read by model order."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    if any(isinstance(k, int) for k in state.get("state", {})) or any(
+            isinstance(p, int) for g in state.get("param_groups", ()) for p in g.get("params", ())):
+        names = [n for n, _ in model.named_parameters()]
+        state = {"state": {names[int(k)]: v for k, v in state["state"].items()},
+                 "param_groups": [{**g, "params": [names[int(p)] for p in g["params"]]}
+                                  for g in state["param_groups"]]}
+    set_optimizer_state_dict(model, opt, state, options=StateDictOptions(full_state_dict=is_sharded(model)))
+
+
+def local_bytes(model: torch.nn.Module, opt: torch.optim.Optimizer = None) -> int:
+    """Bytes this rank holds of `model`'s parameters and gradients and of `opt`'s state (local shards only)."""
+    def local(t):
+        t = t.to_local() if hasattr(t, "to_local") else t
+        return t.numel() * t.element_size()
+    total = sum(local(p) + (local(p.grad) if p.grad is not None else 0) for p in model.parameters())
+    if opt is not None:
+        total += sum(local(v) for s in opt.state.values() for v in s.values() if torch.is_tensor(v) and v.dim())
+    return total

@@ -62,9 +62,10 @@ class TrainingLoop:
         return True
 
     def save(self, job) -> None:
-        """A checkpoint of `job` at its step (rank 0 only: the replicas are identical, every rank resumes from it)."""
+        """A checkpoint of `job` at its step: every rank gathers (`job.state()` is a collective for sharded models),
+        rank 0 writes full tensors; every rank resumes from them, on any number of ranks."""
+        tensors, state = job.state()
         if self.rank == 0:
-            tensors, state = job.state()
             self.ckpt.save(job.step, tensors, state, self.metadata)
 
     def run(self, job, stop: int, *, checkpoint_every: int, log_every: int, max_seconds: float = None,
