@@ -139,3 +139,34 @@ def test_the_hand_written_gradient_average_is_gone():
     source = open(distributed.__file__).read()
     assert not hasattr(distributed, "average_gradients") and "all_reduce" not in source
     assert torch.distributed.is_available()
+
+
+@pytest.mark.slow
+def test_a_killed_rank_stops_the_other_with_a_clear_error_and_the_rerun_ends_equal(tmp_path, teacher):
+    """SIGKILL of rank 1 after a checkpoint: rank 0 exits within 60 s naming the cause and the fix; the same command
+    again resumes from the last checkpoint and ends equal to an uninterrupted 2-rank run."""
+    import signal
+    import time
+    launch(tmp_path / "straight", teacher, "toy-dmd", ranks=2, accum=1, steps=6)
+    folder = tmp_path / "killed"
+    folder.mkdir()
+    port, procs = free_port(), []
+    for rank in range(2):
+        env = dict(os.environ, OMP_NUM_THREADS="1", SALT_FORCE_CPU="1", MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2")
+        procs.append(subprocess.Popen([sys.executable, "-c", WORKER, str(folder), str(teacher), "toy-dmd", "1", "6",
+                                       "full", "0", "{}"], env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    deadline = time.time() + 300
+    while not list(folder.rglob("step_00000002")) and time.time() < deadline and procs[0].poll() is None:
+        time.sleep(0.2)
+    assert list(folder.rglob("step_00000002")), "no checkpoint appeared"
+    procs[1].send_signal(signal.SIGKILL)
+    killed = time.time()
+    out, _ = procs[0].communicate(timeout=120)
+    procs[1].communicate(timeout=30)
+    assert procs[0].returncode != 0 and time.time() - killed < 60, out[-2000:]      # it did not finish
+    assert "lost contact with another rank" in out and "rerun the same command" in out, out[-2000:]
+    launch(folder, teacher, "toy-dmd", ranks=2, accum=1, steps=6)
+    got, want = load_file(folder / "student.safetensors"), load_file(tmp_path / "straight" / "student.safetensors")
+    assert max((got[k] - want[k]).abs().max().item() for k in got) <= 1e-6

@@ -34,11 +34,11 @@ from .common import EMA, check_loss_terms, step_generators, step_seed
 from .distill_config import RELEASED_CLIPS_PER_UPDATE, DistillConfig
 from .distill_models import DistillWorld, build_models, build_prompts, check_world, resolve_teacher_kind
 from .distributed import (device_mesh, full_optimizer_state, full_state_dict, is_sharded, load_full_optimizer_state,
-                          load_full_state_dict, process_info, shard_model)
+                          load_full_state_dict, peers_lost_message, process_info, shard_model)
 from .ode_init import run_ode_init
 from .loop import TrainingLoop, stop_step
 from .runs import open_run
-from .validate import check_distill_memory
+from .validate import check_distill_memory, shard_count
 
 log = logging.getLogger("salt.distill")
 ROLES = ("critic", "gen")   # the step roles of an iteration, in the seed of their draws
@@ -194,7 +194,8 @@ class Distiller:
                 sc_norm = self.sc.weight / len(sc_terms) * sum(g.pow(2).sum() for _, g in sc_grads).sqrt().item()
                 stats["sc_dmd_grad_ratio"] = sc_norm / (roll.exit_sigma * dmd_norm)
                 # DMD at v1: ∂L/∂v1 = −σ_s·∂L/∂x0 on the chunk's frames (x0 = x_s − σ_s·v1 at the exit step)
-                dmd_at = [-roll.exit_sigma * dmd_grad[:, :, c * g.shape[2]:(c + 1) * g.shape[2]] for c, g in sc_grads]
+                dmd_at = [-roll.exit_sigma * dmd_grad[:, :, c * g.shape[2]:(c + 1) * g.shape[2]]
+                          for c, g in sc_grads]
                 dot = sum((a * g).sum() for a, (_, g) in zip(dmd_at, sc_grads))
                 norms = (sum(a.pow(2).sum() for a in dmd_at) * sum(g.pow(2).sum() for _, g in sc_grads)).sqrt()
                 stats["sc_dmd_grad_cos"] = (dot / norms).item() if norms > 0 else 0.0
@@ -402,12 +403,13 @@ def _run_distillation(cfg, out_dir, max_gen_steps, callback, quiet, device, worl
         return run_ode_init(cfg, out_dir, max_steps=max_gen_steps, callback=callback, quiet=quiet, device=device,
                             rank=rank, world=world)
     teacher, student, critic = build_models(cfg, world)
-    check_distill_memory(cfg, student, critic, device)
-    teacher, student, critic = (m.to(device) for m in (teacher, student, critic))
-    prompts = build_prompts(cfg, teacher, out_dir, world)
+    check_distill_memory(cfg, student, critic, device, teacher=teacher,
+                         shards=shard_count(cfg.sharding, world_size, info.local_world_size))
     # an exact teacher has no features: the alignment compares those of the critic's initial weights (frozen)
     features = copy.deepcopy(critic).requires_grad_(False).eval() if cfg.aligns_to_frozen_critic else None
-    if world_size > 1:   # FSDP2 (training/distributed.py): before the optimisers see the parameters
+    if world_size > 1:
+        # FSDP2 (training/distributed.py), before the optimisers see the parameters: the models are sharded where
+        # they were built (the host) and each rank's shards alone move to its device, so no GPU holds a whole model
         mesh = device_mesh(info, cfg.sharding)
         bf16 = cfg.autocast_bf16 and device.type == "cuda"
         for model in (student, critic):
@@ -415,6 +417,10 @@ def _run_distillation(cfg, out_dir, max_gen_steps, callback, quiet, device, worl
         for frozen in (teacher, features):
             if frozen is not None and list(frozen.parameters()):
                 shard_model(frozen.requires_grad_(False), mesh, bf16=bf16, cpu_offload=cfg.teacher_offload)
+    # FSDP2 has put each rank's shards on its mesh's device (or kept them on the host: teacher_offload)
+    teacher, student, critic = (m if is_sharded(m) else m.to(device) for m in (teacher, student, critic))
+    features = None if features is None or is_sharded(features) else features.to(device)
+    prompts = build_prompts(cfg, teacher, out_dir, world)
     job = Distiller(cfg, teacher, student, critic, prompts, rank, world_size,
                     score_kind=resolve_teacher_kind(cfg, world), features=features)
     log.info("teacher and critic score clips %s", "whole (bidirectional)" if job.score_kind == "bidirectional"
@@ -431,10 +437,11 @@ def _run_distillation(cfg, out_dir, max_gen_steps, callback, quiet, device, worl
     def evaluate():
         return {} if world is None else world.evaluate(
             job.student_for_inference(), cfg, callback, os.path.join(out_dir, f"preview_{job.gen_step:06d}.gif"))
-    loop.run(job, stop_step(cfg.gen_steps, max_gen_steps), checkpoint_every=cfg.checkpoint_every,
-             log_every=cfg.log_every, callback=callback, evaluate=evaluate, eval_every=cfg.eval_every,
-             postfix={"dmd": "dmd_loss", "critic": "critic_loss"},
-             nonfinite_hint="lower the learning rates or check the teacher")
+    with peers_lost_message(rank, world_size, out_dir):
+        loop.run(job, stop_step(cfg.gen_steps, max_gen_steps), checkpoint_every=cfg.checkpoint_every,
+                 log_every=cfg.log_every, callback=callback, evaluate=evaluate, eval_every=cfg.eval_every,
+                 postfix={"dmd": "dmd_loss", "critic": "critic_loss"},
+                 nonfinite_hint="lower the learning rates or check the teacher")
     summary = job.summary()
     if rank == 0:
         with open(os.path.join(out_dir, "summary.json"), "w") as f:

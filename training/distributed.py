@@ -15,6 +15,7 @@ forwards; data and noise come from the global micro-batch index (rank × grad_ac
 clips one process sees with grad_accum × N micro-batches. A rank that dies makes the others fail their next
 collective (gloo: at once; NCCL: within `timeout_s`), and torchrun stops the rest.
 """
+import contextlib
 import datetime
 import os
 from dataclasses import dataclass
@@ -156,3 +157,23 @@ def local_bytes(model: torch.nn.Module, opt: torch.optim.Optimizer = None) -> in
     if opt is not None:
         total += sum(local(v) for s in opt.state.values() for v in s.values() if torch.is_tensor(v) and v.dim())
     return total
+
+
+COMMUNICATION_ERRORS = ("gloo/transport", "Connection reset by peer", "Connection closed by peer", "NCCL",
+                        "Socket Timeout", "timed out", "DistNetworkError", "Broken pipe")
+
+
+@contextlib.contextmanager
+def peers_lost_message(rank: int, world_size: int, folder: str):
+    """Under several ranks: a collective that fails because another rank died or hung becomes one error saying
+    so, naming the fix (the last checkpoint is intact; rerun the same command to resume)."""
+    try:
+        yield
+    except RuntimeError as e:
+        dist_error = getattr(torch.distributed, "DistError", ())
+        if world_size <= 1 or not (isinstance(e, dist_error) or any(m in str(e) for m in COMMUNICATION_ERRORS)):
+            raise
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise RuntimeError(f"rank {rank} of {world_size}: lost contact with another rank ({first}). Another rank "
+                           f"stopped, died or hung: see its log. The last checkpoint in {folder} is intact; rerun "
+                           f"the same command to resume from it") from e

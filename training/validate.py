@@ -37,45 +37,77 @@ def validate_teacher_config(cfg) -> None:
     check_fields(cfg, "TeacherConfig")
 
 
-def distill_memory_bytes(cfg, student, critic=None) -> int:
-    """Bytes a distillation run will still allocate once its models are built: gradients and AdamW moments of
-    student and critic, the EMA shadow, two KV caches (causal students) and the activations kept for the
-    backward pass of one micro-batch (every block's tokens over the whole clip; one block's with
-    gradient checkpointing), and, under the exact teacher with alignment, the frozen copy of the critic's
-    initial weights whose features the alignment reads. Attention kernels and allocator slack are not counted."""
+def shard_count(sharding: str, world_size: int, local_world_size: int) -> int:
+    """Ranks a model's parameters, gradients and optimizer state are split over (training/distributed.py)."""
+    if world_size <= 1 or sharding == "replicate":
+        return 1
+    return local_world_size if sharding == "hybrid" else world_size
+
+
+def _numel(model) -> int:
+    return 0 if model is None else sum(p.numel() for p in model.parameters())
+
+
+def distill_memory_breakdown(cfg, student, critic=None, teacher=None, *, shards: int = 1,
+                             models_on_device: bool = False) -> dict:
+    """Bytes one rank of a distillation run holds, by part. `shards`: ranks the models are split over
+    (`shard_count`). models_on_device: count the models' own parameters too (a GPU run: they are not there yet
+    when this is checked; on the CPU they already are). The parts:
+    - params / grads / optimizer / ema: student and critic in fp32, AdamW's two moments, the EMA shadow, ÷ shards;
+    - teacher: its parameters ÷ shards (0 with teacher_offload: its shards wait on the host);
+    - gathered: the blocks FSDP2 gathers at once (the one in use and the next, prefetched), with shards > 1;
+    - activations: kept for the backward of one micro-batch (every block's tokens; one block's with gradient
+      checkpointing); caches: two KV caches (causal students); features: the frozen critic copy the alignment reads
+      under the exact teacher. Attention kernels and allocator slack are not counted."""
     from ..salt_core.validate import kv_cache_bytes
     item = student.patch_embedding.weight.element_size()
     mcfg = student.cfg
-    params = sum(p.numel() for p in student.parameters()) + (0 if critic is None else
-                                                              sum(p.numel() for p in critic.parameters()))
-    training_state = (3 * params + sum(p.numel() for p in student.parameters())) * 4
-    tokens = (cfg.num_frames // mcfg.patch_size[0]) * (cfg.height // mcfg.patch_size[1]) * (cfg.width // mcfg.patch_size[2])
+    trained = _numel(student) + _numel(critic)
+    out = {"params": (trained * 4 if models_on_device else 0) // shards, "grads": trained * 4 // shards,
+           "optimizer": 2 * trained * 4 // shards, "ema": _numel(student) * 4 // shards}
+    teacher_bytes = 0 if teacher is None else sum(p.numel() * p.element_size() for p in teacher.parameters())
+    out["teacher"] = 0 if (not models_on_device or (shards > 1 and cfg.teacher_offload)) else teacher_bytes // shards
+    blocks = [m.blocks[0] for m in (student, critic, teacher) if m is not None and len(getattr(m, "blocks", ()))]
+    out["gathered"] = 2 * max((sum(p.numel() * p.element_size() for p in b.parameters()) for b in blocks),
+                              default=0) if shards > 1 else 0
+    p = mcfg.patch_size
+    tokens = (cfg.num_frames // p[0]) * (cfg.height // p[1]) * (cfg.width // p[2])
     per_block = cfg.batch_size * tokens * (mcfg.ffn_dim + 10 * mcfg.dim) * item
-    activations = per_block * (1 if cfg.grad_checkpointing else mcfg.num_layers)
-    caches = 0
+    out["activations"] = per_block * (1 if cfg.grad_checkpointing else mcfg.num_layers)
+    out["caches"] = 0
     if cfg.student_kind == "causal":
         capacity = cfg.num_frames if cfg.local_attn_frames == -1 else cfg.local_attn_frames
-        caches = 2 * kv_cache_bytes(mcfg.num_layers, cfg.batch_size, mcfg.num_heads, mcfg.head_dim,
-                                    tokens // max(1, cfg.num_frames // mcfg.patch_size[0]), capacity,
-                                    student.patch_embedding.weight.dtype)
-    frozen_features = 0
+        out["caches"] = 2 * kv_cache_bytes(mcfg.num_layers, cfg.batch_size, mcfg.num_heads, mcfg.head_dim,
+                                           tokens // max(1, cfg.num_frames // mcfg.patch_size[0]), capacity,
+                                           student.patch_embedding.weight.dtype)
+    out["features"] = 0
     if critic is not None and cfg.aligns_to_frozen_critic:
-        frozen_features = sum(p.numel() * p.element_size() for p in critic.parameters())
-    return training_state + activations + caches + frozen_features
+        out["features"] = sum(p.numel() * p.element_size() for p in critic.parameters()) // shards
+    return out
 
 
-def check_distill_memory(cfg, student, critic, device) -> None:
-    """MemoryError before training when the run cannot fit in the free memory of `device`, with the fix."""
+def distill_memory_bytes(cfg, student, critic=None, teacher=None, *, shards: int = 1,
+                         models_on_device: bool = False) -> int:
+    """The total of `distill_memory_breakdown`: bytes one rank still allocates."""
+    return sum(distill_memory_breakdown(cfg, student, critic, teacher, shards=shards,
+                                        models_on_device=models_on_device).values())
+
+
+def check_distill_memory(cfg, student, critic, device, *, teacher=None, shards: int = 1) -> None:
+    """MemoryError before training when one rank's share cannot fit in the free memory of `device`, with the fix."""
     from ..salt_core.validate import available_memory, check_memory
     explicit = cfg.memory_limit_gib > 0
     limit = int(cfg.memory_limit_gib * (1 << 30)) if explicit else available_memory(device)
+    on_device = str(device).startswith("cuda")
     check_memory(f"distillation at batch_size={cfg.batch_size}, num_frames={cfg.num_frames}, "
-                 f"{cfg.height}×{cfg.width} latents", distill_memory_bytes(cfg, student, critic), limit,
-                 where="DistillConfig",
+                 f"{cfg.height}×{cfg.width} latents" + (f", sharded over {shards} ranks" if shards > 1 else ""),
+                 distill_memory_bytes(cfg, student, critic, teacher, shards=shards, models_on_device=on_device),
+                 limit, where="DistillConfig",
                  limit_what=f"memory_limit_gib={cfg.memory_limit_gib:g}" if explicit else f"free memory on {device}",
                  fix="lower num_frames, height / width or batch_size (use grad_accum for a larger effective batch), "
-                     "or set grad_checkpointing=true; if the estimate is too cautious for your setup, set "
-                     "memory_limit_gib (--memory-limit-gib) to the GiB you allow")
+                     "set grad_checkpointing=true, or shard over more GPUs (torchrun, sharding=full) with "
+                     "teacher_offload; if the estimate is too cautious for your setup, set memory_limit_gib "
+                     "(--memory-limit-gib) to the GiB you allow")
 
 
 def ode_pairs_bytes(cfg, student) -> int:
