@@ -395,7 +395,7 @@ def _run_distillation(cfg, out_dir, max_gen_steps, callback, quiet, device, worl
         torch.set_num_threads(cfg.threads)
     info = process_info()
     rank, world_size = info.rank, info.world_size
-    if device is not None and world_size > 1:
+    if device is not None and info.distributed:
         raise ValueError(f"run_distillation(device={device}) with {world_size} processes: each rank takes its local "
                          f"rank's device; leave device unset under torchrun")
     device = torch.device(device) if device is not None else info.device
@@ -407,7 +407,7 @@ def _run_distillation(cfg, out_dir, max_gen_steps, callback, quiet, device, worl
                          shards=shard_count(cfg.sharding, world_size, info.local_world_size))
     # an exact teacher has no features: the alignment compares those of the critic's initial weights (frozen)
     features = copy.deepcopy(critic).requires_grad_(False).eval() if cfg.aligns_to_frozen_critic else None
-    if world_size > 1:
+    if info.distributed:
         # FSDP2 (training/distributed.py), before the optimisers see the parameters: the models are sharded where
         # they were built (the host) and each rank's shards alone move to its device, so no GPU holds a whole model
         mesh = device_mesh(info, cfg.sharding)

@@ -34,6 +34,7 @@ class ProcessInfo:
     local_rank: int = 0
     local_world_size: int = 1
     device: torch.device = torch.device("cpu")
+    distributed: bool = False     # a process group is up (torchrun, even with one process): models are sharded
 
     @property
     def nodes(self) -> int:
@@ -51,9 +52,10 @@ def _env_int(name: str, default: int) -> int:
 
 
 def process_info(timeout_s: float = DEFAULT_TIMEOUT_S) -> ProcessInfo:
-    """This process's place from the launcher's environment, the process group started when there are several
-    (NCCL on CUDA, gloo on the CPU; collectives fail after `timeout_s`). One process without a launcher: rank 0 of
-    1 on the first GPU, or the CPU."""
+    """This process's place from the launcher's environment, the process group started under a launcher (NCCL on
+    CUDA, gloo on the CPU; collectives fail after `timeout_s`): `torchrun --nproc-per-node 1` shards on one GPU
+    (e.g. to keep a 14B teacher's shards on the host: teacher_offload). One process without a launcher: rank 0 of
+    1 on the first GPU, or the CPU, unsharded."""
     world = _env_int("WORLD_SIZE", 1)
     rank, local = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
     local_world = _env_int("LOCAL_WORLD_SIZE", world)
@@ -62,13 +64,14 @@ def process_info(timeout_s: float = DEFAULT_TIMEOUT_S) -> ProcessInfo:
                          f"LOCAL_WORLD_SIZE={local_world} is inconsistent; launch with torchrun --nproc-per-node N")
     cuda = torch.cuda.is_available() and os.environ.get("SALT_FORCE_CPU", "") != "1"
     device = torch.device("cuda", local % torch.cuda.device_count()) if cuda else torch.device("cpu")
-    if world > 1:
+    launched = world > 1 or bool(os.environ.get("MASTER_ADDR") and os.environ.get("WORLD_SIZE"))
+    if launched:
         import torch.distributed as dist
         if not dist.is_initialized():
             if cuda:
                 torch.cuda.set_device(device)
             dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s))
-    return ProcessInfo(rank, world, local, local_world, device)
+    return ProcessInfo(rank, world, local, local_world, device, launched)
 
 
 def device_mesh(info: ProcessInfo, sharding: str):
@@ -94,7 +97,7 @@ def shard_model(model: torch.nn.Module, mesh, *, bf16: bool = False, reshard_aft
     if bf16:
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     if cpu_offload:
-        kwargs["offload_policy"] = CPUOffloadPolicy()
+        kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=torch.cuda.is_available())
     for block in getattr(model, "blocks", ()):
         fully_shard(block, **kwargs)
         if hasattr(block, "context_kv"):        # called by a KV cache outside the block's forward

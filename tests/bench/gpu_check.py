@@ -275,6 +275,67 @@ def distillation(rep, device, smoke):
                   f"{len(rows)} log rows, {len(losses)} finite losses, weights on {on}, {time.perf_counter() - start:.1f} s")
 
 
+def fsdp_one_gpu(rep, device, smoke):
+    """A real-size Salt preset (Wan 1.3B student and critic; the teacher a random Wan 1.3B, not 14B, to fit the
+    device budget) under torchrun's environment with one rank: FSDP2 shards everything to that rank and keeps the
+    teacher's shards on the host between uses (teacher_offload), bf16 compute with fp32 reduction; two generator
+    updates, a checkpoint of full tensors, and the run's own memory estimate against the measured peak."""
+    import socket
+    import torch.distributed as dist
+    from comfyui_salt.salt_core.config import MODEL_PRESETS, WanConfig
+    from comfyui_salt.salt_core.model import build_model
+    from comfyui_salt.training.distill import run_distillation
+    from comfyui_salt.training.distill_config import get_preset
+    from comfyui_salt.training.distill_models import fill_prompt_cache
+    from comfyui_salt.training.files import save_model
+    mcfg = WanConfig(dim=64, ffn_dim=128, num_heads=4, num_layers=2, text_dim=64) if smoke else \
+        MODEL_PRESETS["wan2.1-t2v-1.3b"]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0",
+               LOCAL_WORLD_SIZE="1")
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        with tempfile.TemporaryDirectory() as run:
+            path = os.path.join(run, "random_wan.safetensors")
+            save_model(build_model(mcfg, seed=0).to(torch.bfloat16), path,
+                       extra_metadata={"teacher_mode": "bidirectional"})
+            prompts = os.path.join(run, "prompts.txt")
+            with open(prompts, "w") as f:
+                f.write("a red fox running through snow\na city street at night in the rain\n")
+            kw = dict(teacher=path, student_init=path, critic_init=path, gen_steps=2, critic_ratio=1,
+                      checkpoint_every=2, eval_every=0, teacher_offload=True, align_start_iter=0, ema_start_iter=1,
+                      prompts_file=prompts)
+            if smoke:
+                kw.update(num_frames=3, height=8, width=8, threads=1, autocast_bf16=False, align_block=1)
+            cfg = get_preset("salt-self-forcing", **kw)
+            gen = torch.Generator().manual_seed(0)           # stand-in umT5 rows: the prompt cache a run reads
+            fill_prompt_cache(cfg, os.path.join(run, "out"),
+                              lambda texts: [torch.randn(8, mcfg.text_dim, generator=gen) for _ in texts])
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            start = time.perf_counter()
+            model = run_distillation(cfg, os.path.join(run, "out"), quiet=True)
+            seconds = time.perf_counter() - start
+            peak = torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda" else 0.0
+            rows = [json.loads(line) for line in open(os.path.join(run, "out", "metrics.jsonl"))]
+            saved_ok = os.path.isdir(os.path.join(run, "out", "checkpoints", "step_00000002"))
+        finite = all(torch.isfinite(p).all() for p in model.parameters())
+        rep.check("FSDP2, one rank: 2 updates of salt-self-forcing (1.3B), teacher offloaded, bf16 / fp32 reduce",
+                  finite and saved_ok and sum("K" in r for r in rows) == 2,
+                  f"{seconds:.1f} s, peak {peak:.1f} GiB allocated, checkpoint written: {saved_ok}")
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def semigroup(rep, device, smoke):
     """The semigroup-defect report of the shipped toy student on the device vs on CPU."""
     from comfyui_salt.toy.text import ToyTextEncoder
@@ -495,6 +556,9 @@ def main():
     with rep.section("correctness: semigroup defect", 30) as go:
         if go:
             semigroup(rep, device, args.smoke)
+    with rep.section("FSDP2: one-rank sharded distillation, teacher offloaded", 60 * scale + 180) as go:
+        if go:
+            fsdp_one_gpu(rep, device, args.smoke)
     if args.comfyui:
         import gpu_comfy                          # the sibling script (sys.path[0] is this folder)
         gpu_comfy.import_comfy(pathlib.Path(args.comfyui).resolve(), cpu=args.smoke)
