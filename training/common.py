@@ -198,8 +198,44 @@ class CheckpointManager:
         self._prune()
         return final
 
+    @staticmethod
+    def is_sharded(path: str) -> bool:
+        """Whether a checkpoint folder was written by torch.distributed.checkpoint (a sharded run)."""
+        return os.path.exists(os.path.join(path, ".metadata"))
+
+    def save_sharded(self, step: int, tensors: dict, state: dict, rank: int, metadata: dict = None) -> str:
+        """A sharded run's checkpoint, every rank writing its own shards with torch.distributed.checkpoint
+        (`tensors`: nested state dicts of DTensors, the same keys on every rank), rank 0 the `state` and metadata;
+        written in a temporary folder and renamed into place complete, so an interrupted save never replaces the
+        last good checkpoint. A collective: every rank calls it."""
+        import torch.distributed as dist
+        import torch.distributed.checkpoint as dcp
+        final = os.path.join(self.folder, f"step_{step:08d}")
+        tmp = final + ".tmp_sharded"
+        if rank == 0:
+            import shutil
+            shutil.rmtree(tmp, ignore_errors=True)
+            os.makedirs(tmp)
+        dist.barrier()
+        dcp.save(tensors, checkpoint_id=tmp)
+        if rank == 0:
+            torch.save(state, os.path.join(tmp, "state.pt"))
+            with open(os.path.join(tmp, "metadata.json"), "w") as f:
+                json.dump({k: str(v) for k, v in (metadata or {}).items()}, f)
+            open(os.path.join(tmp, "COMPLETE"), "w").close()
+            if os.path.exists(final):
+                import shutil
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            self._prune()
+        dist.barrier()
+        return final
+
     def load(self, path: str, names) -> tuple:
-        """({name: state_dict}, state) from a checkpoint folder."""
+        """({name: state_dict}, state) from a checkpoint folder; a sharded one gives ({}, state): its tensors are
+        read into the job's own layout (`Distiller.load_sharded`)."""
+        if self.is_sharded(path):
+            return {}, torch.load(os.path.join(path, "state.pt"), map_location="cpu", weights_only=True)
         tensors = {n: load_file(os.path.join(path, f"{n}.safetensors")) for n in names}
         state = torch.load(os.path.join(path, "state.pt"), map_location="cpu", weights_only=True)
         return tensors, state
@@ -216,7 +252,7 @@ class CheckpointManager:
             if self.PATTERN.match(n) and path not in complete:
                 shutil.rmtree(path, ignore_errors=True)
         for n in os.listdir(self.folder):
-            if ".tmp" in n and not n.endswith(f".tmp{os.getpid()}"):
+            if ".tmp" in n and not n.endswith((f".tmp{os.getpid()}", ".tmp_sharded")):
                 shutil.rmtree(os.path.join(self.folder, n), ignore_errors=True)
 
 

@@ -335,6 +335,39 @@ class Distiller:
                          "opt_critic": full_optimizer_state(self.critic, self.opt_critic),
                          "gen_step": self.gen_step, "counts": dict(self.counts), "iteration": self.it}
 
+    @property
+    def sharded(self) -> bool:
+        """Whether the models are FSDP2 shards (checkpoints then go through torch.distributed.checkpoint)."""
+        return is_sharded(self.student)
+
+    def sharded_state(self):
+        """(nested state dicts of this rank's shards: student, critic, their optimizers[, ema]; counters) for
+        torch.distributed.checkpoint: the same keys on every rank, each rank holding its own shards."""
+        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+        tensors = {"student": get_model_state_dict(self.student), "critic": get_model_state_dict(self.critic),
+                   "opt_gen": get_optimizer_state_dict(self.student, self.opt_gen),
+                   "opt_critic": get_optimizer_state_dict(self.critic, self.opt_critic)}
+        if self.ema is not None:
+            tensors["ema"] = dict(zip(self.ema.names, self.ema.params))
+        return tensors, {"gen_step": self.gen_step, "counts": dict(self.counts), "iteration": self.it,
+                         "ema": self.ema is not None}
+
+    def load_sharded(self, path: str, state: dict):
+        """Restore a torch.distributed.checkpoint folder written by `sharded_state` on any number of ranks, into
+        this job's layout (sharded or plain: DCP reshards on read)."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+        if state.get("ema") and self.ema is None:
+            self.ema = EMA(self.student, self.cfg.ema_decay)
+        tensors, _ = self.sharded_state()
+        dcp.load(tensors, checkpoint_id=path)
+        set_model_state_dict(self.student, tensors["student"])
+        set_model_state_dict(self.critic, tensors["critic"])
+        set_optimizer_state_dict(self.student, self.opt_gen, tensors["opt_gen"])
+        set_optimizer_state_dict(self.critic, self.opt_critic, tensors["opt_critic"])
+        self.gen_step, self.it = int(state["gen_step"]), int(state["iteration"])
+        self.counts.update(state.get("counts", {}))
+
     def load(self, tensors, state):
         """Restore `state()`'s output (read on every rank), into plain or sharded models."""
         load_full_state_dict(self.student, tensors["student"])

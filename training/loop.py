@@ -49,7 +49,10 @@ class TrainingLoop:
             return False
         path, tensors, state = latest
         try:
-            job.load(tensors, state)
+            if self.ckpt.is_sharded(path):     # torch.distributed.checkpoint: read into the job's own layout
+                job.load_sharded(path, state)
+            else:
+                job.load(tensors, state)
         except RuntimeError as e:     # load_state_dict: other names or shapes than the models these settings build
             if "Error(s) in loading state_dict" not in str(e):
                 raise
@@ -62,10 +65,14 @@ class TrainingLoop:
         return True
 
     def save(self, job) -> None:
-        """A checkpoint of `job` at its step: every rank gathers (`job.state()` is a collective for sharded models),
-        rank 0 writes full tensors; every rank resumes from them, on any number of ranks."""
-        tensors, state = job.state()
+        """A checkpoint of `job` at its step. A sharded job: every rank writes its shards (torch.distributed.checkpoint,
+        readable on any number of ranks); otherwise rank 0 writes full tensors (replicas are identical)."""
+        if getattr(job, "sharded", False):
+            tensors, state = job.sharded_state()
+            self.ckpt.save_sharded(job.step, tensors, state, self.rank, self.metadata)
+            return
         if self.rank == 0:
+            tensors, state = job.state()
             self.ckpt.save(job.step, tensors, state, self.metadata)
 
     def run(self, job, stop: int, *, checkpoint_every: int, log_every: int, max_seconds: float = None,
