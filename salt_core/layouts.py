@@ -1,6 +1,6 @@
 """Checkpoint layouts: recognise, normalise to original Wan names, export, check and load state dicts.
 
-A *layout* is how a file spells the same Wan 2.1 T2V weights (REFERENCE.md §5.4–5.5):
+A *layout* is how a file spells the same Wan 2.1 T2V weights (docs/method.md §6):
 
 - "wan":          original names, flat (`blocks.0.self_attn.q.weight`);
 - "comfyui":      original names under `model.diffusion_model.`;

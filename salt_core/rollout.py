@@ -1,7 +1,7 @@
 """Training rollouts of a few-step student: Self Forcing chunk rollouts on a KV cache, the Salt
 reference rollout with its own cache, and bidirectional backward simulation.
 
-Self Forcing rollout (REFERENCE §3, SALT_METHOD §3): per chunk, the steps before the exit index
+Self Forcing rollout (docs/method.md §3): per chunk, the steps before the exit index
 run without grad with fresh re-noising; the exit step carries grad and its x0 is the chunk's
 output; then a clean-context forward at `context_noise` writes the chunk's K/V. At the exit step
 `on_exit(chunk, x_s, v1, velocity_fn)` is called while the cache still describes that chunk's
@@ -106,7 +106,7 @@ def rollout_reference(model, noise: torch.Tensor, context: torch.Tensor, student
                       dense_sigmas, student_renoise: dict, *, policy: CachePolicy, chunk_frames: int = 3,
                       coupling: str = "noise_aligned", context_noise: float = 0.0,
                       generator: Optional[torch.Generator] = None, cache=None) -> torch.Tensor:
-    """Salt's reference rollout (SALT_METHOD §3): same initial noise, current weights, no grad, the
+    """Salt's reference rollout (docs/method.md §3): same initial noise, current weights, no grad, the
     denser grid down to the student's exit level, its own KV cache filled from its own outputs.
 
     `noise_aligned`: deterministic Euler steps between dense points off the student grid, the

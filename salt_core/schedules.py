@@ -1,6 +1,6 @@
 """Rectified-flow noise levels: shift, warped few-step lists, x0/velocity conversions (float64).
 
-Notation (SALT_METHOD §0): x_t = (1-σ)·x0 + σ·ε, t = 1000·σ, velocity v = ε - x0, x0 = x_t - σ·v.
+Notation (docs/method.md §0): x_t = (1-σ)·x0 + σ·ε, t = 1000·σ, velocity v = ε - x0, x0 = x_t - σ·v.
 Step lists are given in raw units and *warped*: t_w = 1000·shift(t/1000), shift(σ) = sσ/(1+(s-1)σ).
 SIGMAS follow the k-diffusion convention: a 1-D float tensor of noise levels ending with 0.
 Knows nothing of models.
@@ -52,7 +52,7 @@ def get_sigmas_uniform(num_steps: int, shift: float = 1.0) -> torch.Tensor:
     return shift_sigma(torch.linspace(1.0, 0.0, num_steps + 1, dtype=torch.float64), shift)
 
 
-TRAINING_GRID_RAW = raw_step_list(8)     # SALT_METHOD §0: the 8-step training grid (raw units)
+TRAINING_GRID_RAW = raw_step_list(8)     # docs/method.md §0: the 8-step training grid (raw units)
 INFERENCE_GRID_RAW = raw_step_list(4)    # every other 8-grid point
 
 

@@ -62,7 +62,7 @@ def recache(model, history: torch.Tensor, context, cache: KVCache, end_frame: in
 
 class ChunkStream:
     """The one chunk loop: a KV-cached chunk-by-chunk generator holding model, cache, prompt, position and
-    re-noise generator in one place (STYLE 18). Each `step` makes one chunk at the next position and writes it
+    re-noise generator in one place (one place per idea). Each `step` makes one chunk at the next position and writes it
     to the cache as context; between steps the prompt may change (`set_prompt`: LongLive's KV re-cache of the
     retained frames), clean frames may be written (`write`: image-to-video), and the stream may be saved
     (`state`) and continued later, in another queue run (`from_state`).

@@ -18,7 +18,7 @@ def tiny_sd(preset="tiny", seed=0):
 
 
 def diffusers_config(cfg):
-    """The WanTransformer3DModel config with the same shapes as a WanConfig (REFERENCE.md §5.5)."""
+    """The WanTransformer3DModel config with the same shapes as a WanConfig (docs/method.md §6)."""
     return dict(num_attention_heads=cfg.num_heads, attention_head_dim=cfg.head_dim, in_channels=cfg.in_dim,
                 out_channels=cfg.out_dim, text_dim=cfg.text_dim, freq_dim=cfg.freq_dim, ffn_dim=cfg.ffn_dim,
                 num_layers=cfg.num_layers, cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=cfg.eps,

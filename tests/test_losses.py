@@ -1,4 +1,4 @@
-"""Losses follow SALT_METHOD §1–4: DMD, critic flow loss, the SC triplet rule and L_SC, the semigroup
+"""Losses follow docs/method.md §1–4: DMD, critic flow loss, the SC triplet rule and L_SC, the semigroup
 defect, the token-relation alignment loss and the mixed-step draws. Expected values are computed here
 independently (hand tables, literal two-branch formulas, cosine_similarity) rather than by our helpers."""
 import math

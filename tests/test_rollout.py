@@ -67,7 +67,7 @@ def test_on_exit_gets_a_velocity_function_on_the_same_cache_that_leaves_it_uncha
 
 def test_noise_aligned_reference_rollout_equals_a_brute_force_euler_and_shared_noise_rollout(setup):
     """Dense grid (8 steps) down to the student's exit level: the student's own draw at its grid points, Euler
-    steps between them (SALT_METHOD §3), on its own history of dense-rollout outputs."""
+    steps between them (docs/method.md §3), on its own history of dense-rollout outputs."""
     model, noise, ctx = setup
     sig4, sig8 = get_sigmas_fewstep(4), get_sigmas_fewstep(8)
     student = rollout_self_forcing(model, noise, ctx, sig4, 2, policy=CachePolicy.full(9), grad=False,

@@ -1,4 +1,4 @@
-"""Schedules reproduce the published warped step lists (Self Forcing issue #38, SALT_METHOD §0)."""
+"""Schedules reproduce the published warped step lists (Self Forcing issue #38, docs/method.md §0)."""
 import pytest
 import torch
 

@@ -121,7 +121,7 @@ TOY_WORLD_PRESETS = {
     "default": ToyWorldConfig(),
     # Twice the speed: bounces happen within a 12-frame clip for most starts.
     "fast": ToyWorldConfig(speed=2.0),
-    # One yellow square on dark moving right (TOY_NOTES probe 5): a sanity / curriculum world.
+    # One yellow square on dark moving right: a sanity / curriculum world.
     "sanity": ToyWorldConfig(palette=(("yellow", (0.9, 0.8, -0.8)),), backgrounds=(("dark", (-0.7, -0.7, -0.7)),),
                              shapes=(("square", "box", 2.5, 2.5),), directions=("right",)),
 }

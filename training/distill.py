@@ -1,7 +1,7 @@
 """The distillation job: DMD, SC-DMD and Salt's cache-aware training (one function, two front doors).
 
 `run_distillation(cfg, out_dir, ...)` is called by the CLI (`python -m comfyui_salt.training distill`)
-and by the ComfyUI node. Per iteration (SALT_METHOD §1–3, the released trainer's loop; `it` counts iterations):
+and by the ComfyUI node. Per iteration (docs/method.md §1–3, the released trainer's loop; `it` counts iterations):
 - every `critic_ratio`-th iteration first one generator update — rollout with grad at the exit step,
   DMD against teacher (standard CFG) and critic scoring the whole clip (or chunk by chunk, an option),
   + λ_SC·L_SC on K = sc_steps rollouts, + the feature alignment to a denser reference rollout when K = 2
@@ -48,7 +48,7 @@ COUNT_KEYS = ("gen_updates", "sc_updates", "align_updates", "sc_ratio_sum", "sc_
 
 def alignment_acts(cfg: DistillConfig, it: int, K: int, exit_index: int) -> bool:
     """Whether a generator step at iteration `it` with K steps and this exit index carries the feature alignment
-    (SALT_METHOD §3): K = 2 (or K = 4 with align_k4), exit index 1, it ≥ align_start_iter (mmd_start_step)."""
+    (docs/method.md §3): K = 2 (or K = 4 with align_k4), exit index 1, it ≥ align_start_iter (mmd_start_step)."""
     return (cfg.align_weight > 0 and it >= cfg.align_start_iter and exit_index == 1
             and (K == 2 or (cfg.align_k4 and K == 4)))
 

@@ -7,7 +7,7 @@ the SaltDistill overrides and the validation read one declaration. The config st
 
 Toy presets run on a CPU in the toy world (teacher = the shipped toy teacher; its scoring kind follows the
 teacher file). Real-scale presets mirror the released Salt recipes (XingtongGe/Salt
-`configs/mixed_sc_dmd_trd/*.yaml`, Self Forcing / Causal Forcing / LongLive windows; SALT_METHOD §1, §3);
+`configs/mixed_sc_dmd_trd/*.yaml`, Self Forcing / Causal Forcing / LongLive windows; docs/method.md §1, §3);
 their paths are supplied by the user. One preset per distinct recipe: a name folded into another is refused
 with the name to use (RENAMED_PRESETS).
 

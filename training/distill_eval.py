@@ -64,7 +64,7 @@ def _rollout_states(model, cfg: DistillConfig, context, sigmas, seed: int, keep)
 
 @torch.no_grad()
 def defect_samples(model, cfg: DistillConfig, context, grid_steps: int = 8, seed: int = 0):
-    """Semigroup defects (SALT_METHOD §4) on the student's own stochastic rollout states on the `grid_steps` grid.
+    """Semigroup defects (docs/method.md §4) on the student's own stochastic rollout states on the `grid_steps` grid.
 
     Returns (triplets, D): the K − 1 triplets [(σ_s, σ_m, σ_e), ...] of consecutive grid points (the last one ends
     at σ = 0, so a 2-step grid has one), and D (T, B) float64,

@@ -1,4 +1,4 @@
-"""Training losses in paper notation (SALT_METHOD §1–3), pure tensor code: predictions in, (loss, stats) out.
+"""Training losses in paper notation (docs/method.md §1–3), pure tensor code: predictions in, (loss, stats) out.
 
 - `dmd`: DMD generator loss, critic flow loss, flow matching, score timesteps, standard-form CFG.
 - `semigroup`: the SC-DMD triplet rule and the semigroup regulariser L_SC.

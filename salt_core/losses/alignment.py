@@ -1,4 +1,4 @@
-"""Cache-conditioned feature alignment (SALT_METHOD §3): the spatial token-relation hinge loss.
+"""Cache-conditioned feature alignment (docs/method.md §3): the spatial token-relation hinge loss.
 
 The caller noises the student output (with grad) and the reference rollout (detached) to one t_f with a
 shared ε, runs both through the frozen teacher and hands over the tokens after a middle block. Per latent
@@ -48,7 +48,7 @@ def token_relations(features: torch.Tensor) -> torch.Tensor:
 
 
 class FeatureAlignmentLoss:
-    """L_align = mean(ReLU(|G_f^stu - G_f^ref| - δ)) over batch, frames and token pairs (SALT_METHOD §3).
+    """L_align = mean(ReLU(|G_f^stu - G_f^ref| - δ)) over batch, frames and token pairs (docs/method.md §3).
 
     Returned UNWEIGHTED; the caller adds `self.weight · L_align` (0.1). The reference is detached, so
     gradients reach only the student features; differences within ±δ cost nothing.

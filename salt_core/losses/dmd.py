@@ -1,6 +1,6 @@
-"""Distribution matching (DMD, SALT_METHOD §1): the generator's DMD loss, the critic's flow loss, score timesteps.
+"""Distribution matching (DMD, docs/method.md §1): the generator's DMD loss, the critic's flow loss, score timesteps.
 
-Notation (SALT_METHOD §0): x_t = (1-σ)·x + σ·ε, t = 1000·σ, velocity v = ε - x0.
+Notation (docs/method.md §0): x_t = (1-σ)·x + σ·ε, t = 1000·σ, velocity v = ε - x0.
 Every loss here takes the networks' predictions as tensors: the caller runs the teacher (real score),
 the critic (fake score) and the student. Knows nothing of models, caches or rollouts.
 """
@@ -42,7 +42,7 @@ def sample_dmd_timesteps(batch: int, generator: torch.Generator = None, shift: f
     """Score-network timesteps t (B,) float64: u ~ U{0..999}, t = 1000·shift(u/1000), clamped to [min_t, max_t].
 
     As Self Forcing: one integer draw per sample on the unshifted 1000-step grid, then the flow shift
-    (SALT_METHOD §1). Pass a seeded `generator` for reproducible draws; its device is used.
+    (docs/method.md §1). Pass a seeded `generator` for reproducible draws; its device is used.
     """
     if batch < 1:
         raise ValueError(f"batch={batch}: expected a positive number of samples")
@@ -57,7 +57,7 @@ def real_x0_with_cfg(x0_cond: torch.Tensor, x0_uncond: torch.Tensor, guidance_sc
     """Standard-form classifier-free guidance on x0 predictions: uncond + g·(cond - uncond), float64.
 
     Self Forcing / CausVid write `cond + g_SF·(cond - uncond)`, which is this with g = g_SF + 1
-    (Self Forcing's guidance_scale 3.0 is standard CFG 4.0; REFERENCE §1.2).
+    (Self Forcing's guidance_scale 3.0 is standard CFG 4.0; docs/method.md §1).
     """
     _sample_shape_check("x0_uncond", x0_uncond, x0_cond, "x0_cond")
     return apply_cfg(x0_cond.double(), x0_uncond.double(), guidance_scale)

@@ -1,4 +1,4 @@
-"""Mixed-step training draws (SALT_METHOD §3): the step count K per iteration and the exit index.
+"""Mixed-step training draws (docs/method.md §3): the step count K per iteration and the exit index.
 
 Every rank must run the same number of forwards, so all ranks draw from a torch.Generator seeded
 identically (e.g. from (seed, step)); the draws are then equal without a broadcast.

@@ -1,4 +1,4 @@
-"""SC-DMD (SALT_METHOD §2): the triplet rule and the semigroup (self-consistency) regulariser.
+"""SC-DMD (docs/method.md §2): the triplet rule and the semigroup (self-consistency) regulariser.
 
 The exact flow satisfies Φ^{t_s→t_e} = Φ^{t_m→t_e} ∘ Φ^{t_s→t_m}; the student's one-step Euler operator
 Ψ^{a→b}(x) = x - (σ_a - σ_b)·v_θ(x, a) generally does not, and L_SC penalises the gap at the on-policy
@@ -51,7 +51,7 @@ def _sc_candidates(exit_index: int, sigmas, where: str):
 def sc_triplet(exit_index: int, generator: torch.Generator = None, sigmas=None):
     """The SC triplet for exit step i on grid SIGMAS s_0 > … > s_{K-1} > s_K = 0, or None when i = K-1.
 
-    SALT_METHOD §2: t_s = s_i; candidate ends are the every-other grid points {s_0, s_2, …} ∪ {0}
+    docs/method.md §2: t_s = s_i; candidate ends are the every-other grid points {s_0, s_2, …} ∪ {0}
     (the 4-step inference grid ∪ {0} for K = 8); keep those strictly below s_{i+1}; t_e is uniform
     among the two largest; t_m is uniform among grid points with t_e < s_k < t_s.
     `sigmas` defaults to the warped 8-step grid at shift 5; pass another grid for other shifts.
@@ -78,7 +78,7 @@ def sc_triplet_distribution(exit_index: int, sigmas=None) -> list:
 
 
 class SemigroupLoss:
-    """L_SC = mean_batch[(1 - σ_s)·mean((x̂_e - x̄_e)²)] (SALT_METHOD §2), returned UNWEIGHTED.
+    """L_SC = mean_batch[(1 - σ_s)·mean((x̂_e - x̄_e)²)] (docs/method.md §2), returned UNWEIGHTED.
 
     The caller adds `self.weight · L_SC` (λ_SC = 0.2) to L_DMD. Direct branch (with grad):
     x̂_e = x_s - (σ_s - σ_e)·v1. Composed branch: x_m = x_s - (σ_s - σ_m)·sg(v1), v2 = v_θ(x_m, t_m)

@@ -1,6 +1,6 @@
 """World-free measures: a student's semigroup defect and bootstrap intervals.
 
-`semigroup` measures a student's semigroup defect from a caller-supplied velocity function (SALT_METHOD §4);
+`semigroup` measures a student's semigroup defect from a caller-supplied velocity function (docs/method.md §4);
 `bootstrap` puts intervals on means (t intervals over training seeds). The toy world's oracle metrics live in the toy wing
 (`comfyui_salt.toy.metrics`), the method lab's exact metrics in `comfyui_salt.toy.lab.metrics`.
 """

@@ -1,4 +1,4 @@
-"""Semigroup defect of a few-step student (SALT_METHOD §4; our definition, the paper's formula is unpublished).
+"""Semigroup defect of a few-step student (docs/method.md §4; our definition, the paper's formula is unpublished).
 
 D = E[ ‖Ψ^{t_s→t_e}(x) - Ψ^{t_m→t_e}(Ψ^{t_s→t_m}(x))‖ / ‖Ψ^{t_s→t_e}(x) - x‖ ] over consecutive grid
 triplets (s_k, s_{k+1}, s_{k+2}) at real rollout states x, with the Euler operator

@@ -1,6 +1,6 @@
 """Exact posterior of the lab world's clean frames given frames noised at per-frame levels.
 
-Observation model (rectified flow, SALT_METHOD §0): y_f = a_f·x0_f + σ_f·ε_f, a_f = 1 - σ_f, one
+Observation model (rectified flow, docs/method.md §0): y_f = a_f·x0_f + σ_f·ε_f, a_f = 1 - σ_f, one
 level σ_f per frame: σ = 0 is a clean (teacher-forced) frame, σ = 1 carries no information (an
 unobserved frame), so one formula covers the bidirectional denoiser, the causal conditional
 p(chunk | clean past) and marginals over any frame subset. Per mode, y ~ N(a∘m, V Vᵀ + diag(d))
