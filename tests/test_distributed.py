@@ -1,4 +1,4 @@
-"""Sharded training on FSDP2 with CPU processes on gloo (issue 25): N ranks (2, 4) equal one process with the same
+"""Sharded training on FSDP2 with CPU processes on gloo (issue 25): N ranks (2; 4 as 2 nodes × 2, hybrid) equal one process with the same
 global batch (N × grad_accum micro-batches), for DMD and for Salt (SC + alignment on); each rank holds about 1/N of
 the parameters, gradients and optimizer state; sharded checkpoints (torch.distributed.checkpoint) resume on another
 rank count; a killed rank stops the other with a clear error.
@@ -51,16 +51,18 @@ def free_port():
         return s.getsockname()[1]
 
 
-def launch(folder, teacher, preset, ranks, accum, steps, sharding="full", allow=False, **extra):
+def launch(folder, teacher, preset, ranks, accum, steps, sharding="full", allow=False, nodes=1, **extra):
     """Run the worker on `ranks` processes (torchrun's environment, gloo); returns their outputs. allow: resume with
-    changed settings (another grad_accum keeps the global batch on another rank count)."""
+    changed settings (another grad_accum keeps the global batch on another rank count); nodes: how many nodes the
+    ranks pretend to be on (LOCAL_RANK / LOCAL_WORLD_SIZE as torchrun sets them per node)."""
     folder.mkdir(parents=True, exist_ok=True)
     port, procs = free_port(), []
     for rank in range(ranks):
         env = dict(os.environ, OMP_NUM_THREADS="1", SALT_FORCE_CPU="1")
         if ranks > 1:
+            per_node = ranks // nodes
             env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(ranks),
-                       LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(ranks))
+                       LOCAL_RANK=str(rank % per_node), LOCAL_WORLD_SIZE=str(per_node))
         procs.append(subprocess.Popen([sys.executable, "-c", WORKER, str(folder), str(teacher), preset, str(accum),
                                        str(steps), sharding, "1" if allow else "0", json.dumps(extra)], env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True))
@@ -86,12 +88,15 @@ def teacher(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("preset, ranks", [("toy-dmd", 2), ("toy-salt", 2), ("toy-dmd", 4)])
-def test_sharded_ranks_equal_one_process_with_the_same_global_batch(tmp_path, teacher, preset, ranks):
+@pytest.mark.parametrize("preset, ranks, sharding", [("toy-dmd", 2, "full"), ("toy-salt", 2, "full"),
+                                                     ("toy-dmd", 4, "hybrid")])
+def test_sharded_ranks_equal_one_process_with_the_same_global_batch(tmp_path, teacher, preset, ranks, sharding):
+    """hybrid: 4 ranks as 2 nodes × 2 (a 2-D mesh: shards within a node, replicas across): each holds 1/2."""
     steps = 5 if preset == "toy-salt" else 3        # seed 0: SC acts on update 4, the alignment on update 5
     extra = {"grad_checkpointing": True} if preset == "toy-salt" else {}    # with activation checkpointing too
     launch(tmp_path / "one", teacher, preset, ranks=1, accum=ranks, steps=steps, **extra)
-    launch(tmp_path / "two", teacher, preset, ranks=ranks, accum=1, steps=steps, **extra)
+    launch(tmp_path / "two", teacher, preset, ranks=ranks, accum=1, steps=steps, sharding=sharding,
+           nodes=2 if sharding == "hybrid" else 1, **extra)
     one, two = load_file(tmp_path / "one" / "student.safetensors"), load_file(tmp_path / "two" / "student.safetensors")
     start = load_file(teacher)
     worst = max((one[k] - two[k]).abs().max().item() for k in one)
@@ -108,7 +113,8 @@ def test_sharded_ranks_equal_one_process_with_the_same_global_batch(tmp_path, te
         assert sum(r["sc_acted"] for r in rows_one) and sum(r["aligned"] for r in rows_one)
     one_b = json.loads((tmp_path / "one" / "bytes_rank0.json").read_text())["bytes"]
     held = [json.loads((tmp_path / "two" / f"bytes_rank{r}.json").read_text())["bytes"] for r in range(ranks)]
-    assert all(0.9 / ranks <= b / one_b <= 1.12 / ranks for b in held), (one_b, held)  # ≈ 1/N (uneven splits)
+    shards = 2 if sharding == "hybrid" else ranks
+    assert all(0.9 / shards <= b / one_b <= 1.12 / shards for b in held), (one_b, held)  # ≈ 1/N (uneven splits)
 
 
 @pytest.mark.slow
