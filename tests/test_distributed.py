@@ -1,6 +1,6 @@
-"""Sharded training on FSDP2 with CPU processes on gloo (issue 25): N ranks (2; 4 as 2 nodes × 2, hybrid) equal one process with the same
-global batch (N × grad_accum micro-batches), for DMD and for Salt (SC + alignment on); each rank holds about 1/N of
-the parameters, gradients and optimizer state; sharded checkpoints (torch.distributed.checkpoint) resume on another
+"""Sharded training on FSDP2 with CPU processes on gloo (issue 25): N ranks (2; 4 as 2 nodes × 2, hybrid) equal
+one process with the same global batch (N × grad_accum micro-batches), for DMD and for Salt (SC + alignment on);
+each rank holds about 1/N of the parameters, gradients and optimizer state; sharded checkpoints (torch.distributed.checkpoint) resume on another
 rank count; a killed rank stops the other with a clear error.
 
 Tolerance: the sharded run reduces each gradient as a mean over ranks (reduce-scatter) where one process sums its
