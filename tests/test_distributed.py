@@ -1,7 +1,7 @@
 """Sharded training on FSDP2 with CPU processes on gloo (issue 25): N ranks (2; 4 as 2 nodes × 2, hybrid) equal
 one process with the same global batch (N × grad_accum micro-batches), for DMD and for Salt (SC + alignment on);
-each rank holds about 1/N of the parameters, gradients and optimizer state; sharded checkpoints (torch.distributed.checkpoint) resume on another
-rank count; a killed rank stops the other with a clear error.
+each rank holds about 1/N of the parameters, gradients and optimizer state; sharded checkpoints
+(torch.distributed.checkpoint) resume on another rank count; a killed rank stops the other with a clear error.
 
 Tolerance: the sharded run reduces each gradient as a mean over ranks (reduce-scatter) where one process sums its
 micro-batches' gradients (loss / grad_accum each): the same numbers added in another order, about 1e-7 relative in
@@ -64,7 +64,8 @@ def launch(folder, teacher, preset, ranks, accum, steps, sharding="full", allow=
             env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(ranks),
                        LOCAL_RANK=str(rank % per_node), LOCAL_WORLD_SIZE=str(per_node))
         procs.append(subprocess.Popen([sys.executable, "-c", WORKER, str(folder), str(teacher), preset, str(accum),
-                                       str(steps), sharding, "1" if allow else "0", json.dumps(extra)], env=env, stdout=subprocess.PIPE,
+                                       str(steps), sharding, "1" if allow else "0", json.dumps(extra)], env=env,
+                                      stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True))
     outs = []
     for p in procs:

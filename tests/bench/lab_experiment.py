@@ -33,8 +33,8 @@ Stages, each skipped where finished and resumed where it stopped:
    boundary within the clip (`switch`) and along a 3×-length rolling-cache rollout (`drift`, causal students), and
    the run's summary.json (SC-acted and aligned update counts). An evaluation from an older EVAL_VERSION is redone.
 `--table` prints, per arm and NFE, means with 95 % t intervals over the per-seed values
-(`salt_core.metrics.bootstrap.seed_t_interval`; lab_tables.INTERVAL_METHOD) and paired differences against the reference arm of the same
-student kind (`dmd`, or `bidir-dmd` for the bidirectional arms; `salt-exact` against `dmd-exact`, the same real
+(`salt_core.metrics.bootstrap.seed_t_interval`; lab_tables.INTERVAL_METHOD) and paired differences against the
+reference arm of the same student kind (`dmd`, or `bidir-dmd` for the bidirectional arms; `salt-exact` against `dmd-exact`, the same real
 score; same seeds, same clips, same resample). Extra settings
 for every job: `--set key=value` (e.g. tiny sizes in the CI smoke). The arms are defined in lab_arms.py; the tables
 and the claims' verdict rules are in lab_tables.py.
