@@ -252,7 +252,7 @@ class CheckpointManager:
             if self.PATTERN.match(n) and path not in complete:
                 shutil.rmtree(path, ignore_errors=True)
         for n in os.listdir(self.folder):
-            if ".tmp" in n and not n.endswith((f".tmp{os.getpid()}", ".tmp_sharded")):
+            if ".tmp" in n and not n.endswith(f".tmp{os.getpid()}"):   # rank 0 prunes after its sharded rename
                 shutil.rmtree(os.path.join(self.folder, n), ignore_errors=True)
 
 

@@ -245,6 +245,21 @@ class Distiller:
         loss = critic_flow_loss(fake, x_t, x, eps, sigma)
         return loss, {"critic_loss": loss.item()}
 
+    def _check_finite(self, loss, stats, tag, it):
+        """check_loss_terms; sharded, every rank raises when any rank's terms are not finite (the next collective
+        would otherwise wait for the rank that stopped)."""
+        if not self.sharded:
+            check_loss_terms(loss, stats, tag, it)
+            return
+        from .distributed import any_rank
+        error = None
+        try:
+            check_loss_terms(loss, stats, tag, it)
+        except FloatingPointError as e:
+            error = e
+        if any_rank(error is not None):
+            raise error or FloatingPointError(f"{tag} step at iteration {it}: a non-finite loss on another rank")
+
     def _step(self, loss_fn, model, opt, it, tag, d):
         """Accumulate `grad_accum` micro-batches of loss_fn, clip, step; returns stats."""
         opt.zero_grad(set_to_none=True)
@@ -256,7 +271,7 @@ class Distiller:
                                        int(tag == "gen"))
             with self._autocast():
                 loss, st = loss_fn(d, rng, gen)
-            check_loss_terms(loss, st, tag, it)
+            self._check_finite(loss, st, tag, it)
             (loss / self.cfg.grad_accum).backward()
             stats.update({k: stats.get(k, 0.0) + v / self.cfg.grad_accum for k, v in st.items()})
         if self._align_probes:   # hooks filled during backward (the loss was divided by grad_accum)
@@ -344,13 +359,14 @@ class Distiller:
         """(nested state dicts of this rank's shards: student, critic, their optimizers[, ema]; counters) for
         torch.distributed.checkpoint: the same keys on every rank, each rank holding its own shards."""
         from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
-        tensors = {"student": get_model_state_dict(self.student), "critic": get_model_state_dict(self.critic),
-                   "opt_gen": get_optimizer_state_dict(self.student, self.opt_gen),
-                   "opt_critic": get_optimizer_state_dict(self.critic, self.opt_critic)}
+        tensors = {"student": get_model_state_dict(self.student), "critic": get_model_state_dict(self.critic)}
+        for key, model, opt in (("opt_gen", self.student, self.opt_gen), ("opt_critic", self.critic, self.opt_critic)):
+            if opt.state:   # before its first update an optimizer has nothing to save (and no dummy step is taken)
+                tensors[key] = get_optimizer_state_dict(model, opt)
         if self.ema is not None:
             tensors["ema"] = dict(zip(self.ema.names, self.ema.params))
         return tensors, {"gen_step": self.gen_step, "counts": dict(self.counts), "iteration": self.it,
-                         "ema": self.ema is not None}
+                         "ema": self.ema is not None, "optimizers": [k for k in tensors if k.startswith("opt_")]}
 
     def load_sharded(self, path: str, state: dict):
         """Restore a torch.distributed.checkpoint folder written by `sharded_state` on any number of ranks, into
@@ -359,12 +375,16 @@ class Distiller:
         from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
         if state.get("ema") and self.ema is None:
             self.ema = EMA(self.student, self.cfg.ema_decay)
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
         tensors, _ = self.sharded_state()
+        pairs = {"opt_gen": (self.student, self.opt_gen), "opt_critic": (self.critic, self.opt_critic)}
+        for key in state.get("optimizers", list(pairs)):     # a fresh optimizer's template (its state is replaced)
+            tensors[key] = get_optimizer_state_dict(*pairs[key])
         dcp.load(tensors, checkpoint_id=path)
         set_model_state_dict(self.student, tensors["student"])
         set_model_state_dict(self.critic, tensors["critic"])
-        set_optimizer_state_dict(self.student, self.opt_gen, tensors["opt_gen"])
-        set_optimizer_state_dict(self.critic, self.opt_critic, tensors["opt_critic"])
+        for key in state.get("optimizers", list(pairs)):
+            set_optimizer_state_dict(*pairs[key], tensors[key])
         self.gen_step, self.it = int(state["gen_step"]), int(state["iteration"])
         self.counts.update(state.get("counts", {}))
 
@@ -387,7 +407,8 @@ class Distiller:
         if is_sharded(self.student):
             from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
             full = get_model_state_dict(self.student, options=StateDictOptions(full_state_dict=True))
-            model = WanModel(self.student.cfg).to(self.student.patch_embedding.weight.device)
+            ref = self.student.patch_embedding.weight
+            model = WanModel(self.student.cfg).to(device=ref.device, dtype=ref.dtype)
             model.load_state_dict({k: v.full_tensor() if hasattr(v, "full_tensor") else v for k, v in full.items()})
         else:
             model = copy.deepcopy(self.student)
@@ -437,7 +458,8 @@ def _run_distillation(cfg, out_dir, max_gen_steps, callback, quiet, device, worl
                             rank=rank, world=world)
     teacher, student, critic = build_models(cfg, world)
     check_distill_memory(cfg, student, critic, device, teacher=teacher,
-                         shards=shard_count(cfg.sharding, world_size, info.local_world_size))
+                         shards=shard_count(cfg.sharding, world_size, info.local_world_size),
+                         sharded=info.distributed)
     # an exact teacher has no features: the alignment compares those of the critic's initial weights (frozen)
     features = copy.deepcopy(critic).requires_grad_(False).eval() if cfg.aligns_to_frozen_critic else None
     if info.distributed:

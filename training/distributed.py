@@ -95,7 +95,10 @@ def shard_model(model: torch.nn.Module, mesh, *, bf16: bool = False, reshard_aft
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
     kwargs = {"mesh": mesh, "reshard_after_forward": reshard_after_forward}
     if bf16:
-        kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        # inputs keep their dtypes: the timestep, modulation and RoPE tables are float32 on purpose (autocast
+        # already runs the matmuls in bf16)
+        kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32,
+                                                   cast_forward_inputs=False)
     if cpu_offload:
         kwargs["offload_policy"] = CPUOffloadPolicy(pin_memory=torch.cuda.is_available())
     for block in getattr(model, "blocks", ()):
@@ -134,6 +137,10 @@ def full_optimizer_state(model: torch.nn.Module, opt: torch.optim.Optimizer) -> 
     """The optimizer's state with full tensors keyed by parameter names (the same for any rank count; a collective
     when sharded, rank 0 gets the tensors)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+    if not opt.state:     # before the first update: torch's state-dict helpers would take a dummy step to fill it
+        names = [n for n, _ in model.named_parameters()]
+        return {"state": {}, "param_groups": [{**{k: v for k, v in g.items() if k != "params"},
+                                               "params": names[:len(g["params"])]} for g in opt.param_groups]}
     sharded = is_sharded(model)
     return get_optimizer_state_dict(model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=sharded))
 
@@ -142,6 +149,8 @@ def load_full_optimizer_state(model: torch.nn.Module, opt: torch.optim.Optimizer
     """Load `full_optimizer_state`'s output (read on every rank) into the optimizer of a sharded or plain model.
     A state keyed by parameter index (checkpoints written before sharding existed) is read by model order."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+    if not state.get("state"):        # saved before the first update: the fresh optimizer is that state already
+        return
     if any(isinstance(k, int) for k in state.get("state", {})) or any(
             isinstance(p, int) for g in state.get("param_groups", ()) for p in g.get("params", ())):
         names = [n for n, _ in model.named_parameters()]
@@ -160,6 +169,18 @@ def local_bytes(model: torch.nn.Module, opt: torch.optim.Optimizer = None) -> in
     if opt is not None:
         total += sum(local(v) for s in opt.state.values() for v in s.values() if torch.is_tensor(v) and v.dim())
     return total
+
+
+def any_rank(flag: bool) -> bool:
+    """Whether `flag` holds on any rank (a collective under a process group; the flag itself otherwise): decisions
+    that lead into collectives (stop, save, raise) are taken by every rank together."""
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()):
+        return bool(flag)
+    value = torch.tensor([1.0 if flag else 0.0],
+                         device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item() > 0)
 
 
 COMMUNICATION_ERRORS = ("gloo/transport", "Connection reset by peer", "Connection closed by peer", "NCCL",

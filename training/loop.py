@@ -64,6 +64,23 @@ class TrainingLoop:
         log.info("resumed from %s (%s %d)", path, self.step_key, job.step)
         return True
 
+    @staticmethod
+    def _check_stop(job) -> None:
+        """check_stop at a step boundary; for a sharded job a stop signal on any rank stops every rank there."""
+        if not getattr(job, "sharded", False):
+            check_stop()
+            return
+        from .distributed import any_rank
+        try:
+            check_stop()
+            stopping = False
+        except KeyboardInterrupt:
+            stopping = True
+        if any_rank(stopping):
+            stop = KeyboardInterrupt("a stop signal (on this or another rank)")
+            stop.salt_collective = True
+            raise stop
+
     def save(self, job) -> None:
         """A checkpoint of `job` at its step. A sharded job: every rank writes its shards (torch.distributed.checkpoint,
         readable on any number of ranks); otherwise rank 0 writes full tensors (replicas are identical)."""
@@ -105,7 +122,7 @@ class TrainingLoop:
         at_boundary = True   # True between steps: only then is the in-memory state consistent to save
         try:
             while job.step < stop:
-                check_stop()
+                self._check_stop(job)
                 before = job.step
                 at_boundary = False
                 try:
@@ -146,7 +163,10 @@ class TrainingLoop:
         except (KeyboardInterrupt, Exception) as reason:
             # An interrupt (a stop signal, Ctrl-C, the callback's Cancel) or an error in a callback or an
             # evaluation between steps finds a consistent state: save it so a rerun resumes exactly.
-            if at_boundary and not isinstance(reason, FloatingPointError):
+            # a sharded job saves only where every rank stopped together (a stop signal taken by _check_stop):
+            # a save is a collective, and an error on one rank must not leave the others waiting in it
+            together = not getattr(job, "sharded", False) or getattr(reason, "salt_collective", False)
+            if at_boundary and together and not isinstance(reason, FloatingPointError):
                 self.save(job)
                 log.info("stopped at %s %d (%s); checkpoint saved, rerun the same command to resume", self.step_key,
                          job.step, type(reason).__name__)

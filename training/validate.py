@@ -49,7 +49,7 @@ def _numel(model) -> int:
 
 
 def distill_memory_breakdown(cfg, student, critic=None, teacher=None, *, shards: int = 1,
-                             models_on_device: bool = False) -> dict:
+                             models_on_device: bool = False, sharded: bool = None) -> dict:
     """Bytes one rank of a distillation run holds, by part. `shards`: ranks the models are split over
     (`shard_count`). models_on_device: count the models' own parameters too (a GPU run: they are not there yet
     when this is checked; on the CPU they already are). The parts:
@@ -66,7 +66,9 @@ def distill_memory_breakdown(cfg, student, critic=None, teacher=None, *, shards:
     out = {"params": (trained * 4 if models_on_device else 0) // shards, "grads": trained * 4 // shards,
            "optimizer": 2 * trained * 4 // shards, "ema": _numel(student) * 4 // shards}
     teacher_bytes = 0 if teacher is None else sum(p.numel() * p.element_size() for p in teacher.parameters())
-    out["teacher"] = 0 if (not models_on_device or (shards > 1 and cfg.teacher_offload)) else teacher_bytes // shards
+    sharded = shards > 1 if sharded is None else sharded          # one rank under torchrun is sharded too
+    offloaded = sharded and cfg.teacher_offload
+    out["teacher"] = 0 if (not models_on_device or offloaded) else teacher_bytes // shards
     blocks = [m.blocks[0] for m in (student, critic, teacher) if m is not None and len(getattr(m, "blocks", ()))]
     out["gathered"] = 2 * max((sum(p.numel() * p.element_size() for p in b.parameters()) for b in blocks),
                               default=0) if shards > 1 else 0
@@ -81,19 +83,20 @@ def distill_memory_breakdown(cfg, student, critic=None, teacher=None, *, shards:
                                            tokens // max(1, cfg.num_frames // mcfg.patch_size[0]), capacity,
                                            student.patch_embedding.weight.dtype)
     out["features"] = 0
-    if critic is not None and cfg.aligns_to_frozen_critic:
+    if critic is not None and cfg.aligns_to_frozen_critic and not offloaded:
         out["features"] = sum(p.numel() * p.element_size() for p in critic.parameters()) // shards
     return out
 
 
 def distill_memory_bytes(cfg, student, critic=None, teacher=None, *, shards: int = 1,
-                         models_on_device: bool = False) -> int:
+                         models_on_device: bool = False, sharded: bool = None) -> int:
     """The total of `distill_memory_breakdown`: bytes one rank still allocates."""
     return sum(distill_memory_breakdown(cfg, student, critic, teacher, shards=shards,
-                                        models_on_device=models_on_device).values())
+                                        models_on_device=models_on_device, sharded=sharded).values())
 
 
-def check_distill_memory(cfg, student, critic, device, *, teacher=None, shards: int = 1) -> None:
+def check_distill_memory(cfg, student, critic, device, *, teacher=None, shards: int = 1,
+                         sharded: bool = False) -> None:
     """MemoryError before training when one rank's share cannot fit in the free memory of `device`, with the fix."""
     from ..salt_core.validate import available_memory, check_memory
     explicit = cfg.memory_limit_gib > 0
@@ -101,7 +104,8 @@ def check_distill_memory(cfg, student, critic, device, *, teacher=None, shards: 
     on_device = str(device).startswith("cuda")
     check_memory(f"distillation at batch_size={cfg.batch_size}, num_frames={cfg.num_frames}, "
                  f"{cfg.height}×{cfg.width} latents" + (f", sharded over {shards} ranks" if shards > 1 else ""),
-                 distill_memory_bytes(cfg, student, critic, teacher, shards=shards, models_on_device=on_device),
+                 distill_memory_bytes(cfg, student, critic, teacher, shards=shards, models_on_device=on_device,
+                                      sharded=sharded),
                  limit, where="DistillConfig",
                  limit_what=f"memory_limit_gib={cfg.memory_limit_gib:g}" if explicit else f"free memory on {device}",
                  fix="lower num_frames, height / width or batch_size (use grad_accum for a larger effective batch), "

@@ -279,7 +279,7 @@ def fsdp_one_gpu(rep, device, smoke):
     """A real-size Salt preset (Wan 1.3B student and critic; the teacher a random Wan 1.3B, not 14B, to fit the
     device budget) under torchrun's environment with one rank: FSDP2 shards everything to that rank and keeps the
     teacher's shards on the host between uses (teacher_offload), bf16 compute with fp32 reduction; two generator
-    updates, a checkpoint of full tensors, and the run's own memory estimate against the measured peak."""
+    updates, a sharded (torch.distributed.checkpoint) checkpoint, and the peak memory reported."""
     import socket
     import torch.distributed as dist
     from comfyui_salt.salt_core.config import MODEL_PRESETS, WanConfig
