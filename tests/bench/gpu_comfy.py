@@ -166,6 +166,16 @@ def comfy_dynamic_vram(rep: Report, smoke: bool, tree: pathlib.Path):
                                 f"classic patcher: {frames / ref_seconds:.2f} latent frames/s, {ref_peak:.1f} GiB"})
 
 
+def live_speed_row(rep: Report, how: str, pushes: list, start: float, size: dict) -> None:
+    """The speed table's row of a live stream: latent frames per second, time to first frame, chunk period."""
+    periods = [b[0] - a[0] for a, b in zip(pushes, pushes[1:])]
+    rep.speed.append({"cache": f"SaltLiveStream, sink 3 + window 12, {how}", "NFE": 4,
+                      "latent frames/s": f"{3 / statistics.median(periods):.2f}" if periods else "",
+                      "detail": f"{size['width']}×{size['height']}; first frame {pushes[0][0] - start:.2f} s after the "
+                                f"start, median chunk period {1000 * statistics.median(periods):.0f} ms"
+                      if periods else ""})
+
+
 def comfy_live(rep: Report, smoke: bool, tree: pathlib.Path):
     """SaltLiveStream on a native Wan MODEL with a random Wan 2.1 VAE of ComfyUI's own class at real width: chunks
     decoded on the worker thread (its own CUDA stream on a GPU) equal what VAEDecode gives for the same latents."""
@@ -203,12 +213,7 @@ def comfy_live(rep: Report, smoke: bool, tree: pathlib.Path):
               whole[:images.shape[0]], 1e-3)
     rep.check("ComfyUI: SaltLiveStream pushed every chunk", len(pushes) == chunks and images.shape[0] >= whole.shape[0] - 4,
               f"{len(pushes)} pushes of {chunks} chunks, {images.shape[0]} of {whole.shape[0]} frames shown")
-    periods = [b[0] - a[0] for a, b in zip(pushes, pushes[1:])]
-    rep.speed.append({"cache": "SaltLiveStream, sink 3 + window 12, decoded live", "NFE": 4,
-                      "latent frames/s": f"{3 / statistics.median(periods):.2f}" if periods else "",
-                      "detail": f"{size['width']}×{size['height']}; first frame {pushes[0][0] - start:.2f} s after the "
-                                f"start, median chunk period {1000 * statistics.median(periods):.0f} ms"
-                      if periods else ""})
+    live_speed_row(rep, "decoded live", pushes, start, size)
     # the same stream shown with a tiny decoder (a random TAEHV of ComfyUI's class, as lighttaew2_1 loads)
     from helpers import tiny_taehv_state_dict
     tiny = comfy.sd.VAE(sd=tiny_taehv_state_dict())
@@ -223,12 +228,7 @@ def comfy_live(rep: Report, smoke: bool, tree: pathlib.Path):
         whole = comfy_nodes.VAEDecode().decode(tiny, latent)[0]
     mm.unload_all_models()
     rep.close("ComfyUI: SaltLiveStream's tiny-decoder frames vs VAEDecode with the tiny decoder", images, whole, 1e-3)
-    periods = [b[0] - a[0] for a, b in zip(pushes, pushes[1:])]
-    rep.speed.append({"cache": "SaltLiveStream, sink 3 + window 12, tiny decoder", "NFE": 4,
-                      "latent frames/s": f"{3 / statistics.median(periods):.2f}" if periods else "",
-                      "detail": f"{size['width']}×{size['height']}; first frame {pushes[0][0] - start:.2f} s after the "
-                                f"start, median chunk period {1000 * statistics.median(periods):.0f} ms"
-                      if periods else ""})
+    live_speed_row(rep, "tiny decoder", pushes, start, size)
 
 
 def main():
