@@ -16,6 +16,7 @@ test writes:
   tiny random umT5 CLIP from ComfyUI's own classes (tests/tiny_clip.py) for SaltDistill's clip input.
 """
 import functools
+import time
 import json
 import pathlib
 
@@ -602,6 +603,45 @@ def test_a_nan_lora_strength_and_a_repeated_lora_name_over_http(server, object_i
     assert server.get("/system_stats")["system"]["comfyui_version"]
 
 
+def live_stream_prompt(stream_id: str, **kw) -> dict:
+    """An API prompt streaming the random toy model live (sink cache, 2 steps) until stopped, as `stream_id`."""
+    inputs = dict(model=["1", 0], positive=["2", 0], cache_options=["3", 0], sigmas=["4", 0], seed=3, width=16,
+                  height=16, max_chunks=100000, stream_id=stream_id, continue_stream=True)
+    inputs.update(kw)
+    return {"1": {"class_type": "SaltLoadCausalModel", "inputs": {"ckpt_name": RANDOM_TOY, "use_ema": True,
+                                                                  "dtype": "fp32"}},
+            "2": {"class_type": "SaltToyTextEncode", "inputs": {"text": "a red disc moving left"}},
+            "3": {"class_type": "SaltCacheOptions", "inputs": dict(
+                chunk_frames=3, attention="sink", window_frames=9, sink_frames=3, relative_rope=True,
+                context_noise=0.0, max_frames=21)},
+            "4": {"class_type": "SaltFewStepSigmas", "inputs": {"preset": "2step", "nfe": 2, "shift": 3.0,
+                                                                "custom_steps": ""}},
+            "5": {"class_type": "SaltLiveStream", "inputs": inputs}}
+
+
+def test_comfys_cancel_ends_a_live_stream_and_queueing_again_continues_it(server):
+    """ComfyUI's own Cancel (POST /interrupt) while the stream runs: the prompt ends interrupted, the stream's
+    state stays on the server, and the next queue run continues its chunk count."""
+    status, response = server.queue(live_stream_prompt("ci_cancel"))
+    assert status == 200, response
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        code, state = server.request("/salt/live/ci_cancel/status")
+        if code == 200 and state["chunks"] >= 5:
+            break
+        time.sleep(0.2)
+    assert server.request("/interrupt", {})[0] == 200
+    entry = server.wait(response["prompt_id"])
+    assert entry["status"]["status_str"] == "error"              # ComfyUI records an interrupted prompt so
+    assert any(m[0] == "execution_interrupted" for m in entry["status"]["messages"]), entry["status"]
+    before = server.request("/salt/live/ci_cancel/status")[1]
+    assert before["chunks"] >= 5 and not before["running"]
+    status, response = server.queue(live_stream_prompt("ci_cancel", max_chunks=2))
+    assert server.wait(response["prompt_id"])["status"]["status_str"] == "success"
+    assert server.request("/salt/live/ci_cancel/status")[1]["chunks"] == before["chunks"] + 2
+    server.check_alive()
+
+
 def test_a_live_stream_shows_frames_while_it_runs_obeys_its_routes_and_continues_when_queued_again(server):
     """SaltLiveStream in the real server: frames arrive over the websocket before the prompt finishes; Pause stops
     them, Resume and a typed prompt are taken at chunk boundaries, Stop ends the prompt with success, bad route
@@ -611,18 +651,7 @@ def test_a_live_stream_shows_frames_while_it_runs_obeys_its_routes_and_continues
     import aiohttp
 
     def live_prompt(**kw):
-        inputs = dict(model=["1", 0], positive=["2", 0], cache_options=["3", 0], sigmas=["4", 0], seed=3, width=16,
-                      height=16, max_chunks=100000, stream_id="ci_live", continue_stream=True)
-        inputs.update(kw)
-        return {"1": {"class_type": "SaltLoadCausalModel", "inputs": {"ckpt_name": RANDOM_TOY, "use_ema": True,
-                                                                      "dtype": "fp32"}},
-                "2": {"class_type": "SaltToyTextEncode", "inputs": {"text": "a red disc moving left"}},
-                "3": {"class_type": "SaltCacheOptions", "inputs": dict(
-                    chunk_frames=3, attention="sink", window_frames=9, sink_frames=3, relative_rope=True,
-                    context_noise=0.0, max_frames=21)},
-                "4": {"class_type": "SaltFewStepSigmas", "inputs": {"preset": "2step", "nfe": 2, "shift": 3.0,
-                                                                    "custom_steps": ""}},
-                "5": {"class_type": "SaltLiveStream", "inputs": inputs}}
+        return live_stream_prompt("ci_live", **kw)
 
     def control(action, body=None, raw=None):
         data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
