@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Issue 27: the method lab's claims re-run at 8 seeds (t intervals over seeds), resumable: run it again after any
 # stop and it continues where it stopped (the teacher job, the export and every arm × seed resume or are skipped).
-# Order: the learned lab teacher (8,000 steps, ~2.3 h on one core), then the claim arms and the symmetric-SC arm at
-# 300 updates × 8 seeds (about 48 runs × 10-17 min, two at a time: ~6 h of the two cores), then dmd and salt
-# continued to 1,000 updates. Usage (from the repository root):
+# Order: the learned lab teacher (8,000 steps, ~2.3 h on one core), then at 300 updates × 8 seeds the claim arms and
+# the symmetric-SC arm (48 runs × 10-17 min, two at a time: ~6 h of the two cores; the runner does the claim arms
+# first) and the λ_SC dose response with its per-update SC/DMD gradient cosine (sc0, sc2, sc20, sc2-sym: ~4 h more),
+# then dmd, salt and salt-sym continued to 1,000 updates. Usage (from the repository root):
 #   nohup bash tests/bench/lab_8seeds.sh > runs/lab-8seeds.log 2>&1 &
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -13,7 +14,7 @@ $PY -m comfyui_salt.training teacher --world lab:default --mode bidirectional --
 [ -f runs/lab_teacher.safetensors ] || \
     $PY -m comfyui_salt.training export-teacher --run runs/lab-teacher --out runs/lab_teacher.safetensors
 $PY tests/bench/lab_experiment.py --teacher runs/lab_teacher.safetensors --out runs/lab-exp8 \
-    --arms dmd,salt,sc-dmd,bidir-dmd,bidir-sc-dmd,salt-sym --seeds 8 --updates 300 --workers 2
+    --arms dmd,salt,sc-dmd,bidir-dmd,bidir-sc-dmd,salt-sym,sc0,sc2,sc20,sc2-sym --seeds 8 --updates 300 --workers 2
 $PY tests/bench/lab_experiment.py --teacher runs/lab_teacher.safetensors --out runs/lab-exp8-long \
     --extend-from runs/lab-exp8 --arms dmd,salt,salt-sym --seeds 8 --updates 1000 --workers 2
 $PY tests/bench/lab_experiment.py --out runs/lab-exp8 --table --compact --export tests/bench/results/lab-exp8
