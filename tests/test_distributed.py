@@ -127,6 +127,13 @@ def test_a_sharded_run_resumes_on_one_process_and_ends_equal_to_an_uninterrupted
     sharded = tmp_path / "a" / "checkpoints" / "step_00000002"      # torch.distributed.checkpoint: a shard per rank
     assert (sharded / ".metadata").is_file() and sorted(p.name for p in sharded.glob("*.distcp")) == [
         "__0_0.distcp", "__1_0.distcp"]
+    damaged = tmp_path / "damaged"                                # a truncated shard: a clear error, not a crash
+    import shutil
+    shutil.copytree(tmp_path / "a", damaged)
+    shard = damaged / "checkpoints" / "step_00000002" / "__1_0.distcp"
+    shard.write_bytes(shard.read_bytes()[:100])
+    with pytest.raises(AssertionError, match="does not read into these models.*move that step folder away"):
+        launch(damaged, teacher, "toy-dmd", ranks=1, accum=2, steps=4, allow=True)
     launch(tmp_path / "a", teacher, "toy-dmd", ranks=1, accum=2, steps=4, allow=True)
     launch(tmp_path / "b", teacher, "toy-dmd", ranks=1, accum=2, steps=2)
     launch(tmp_path / "b", teacher, "toy-dmd", ranks=2, accum=1, steps=4, allow=True)

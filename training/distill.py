@@ -489,9 +489,9 @@ def _run_distillation(cfg, out_dir, max_gen_steps, callback, quiet, device, worl
         "salt_config": student.cfg.to_json(), "distill_config": json.dumps(asdict(cfg))})
     loop.resume(job, ["student", "critic"], optional=["ema"])
 
-    def evaluate():
-        return {} if world is None else world.evaluate(
-            job.student_for_inference(), cfg, callback, os.path.join(out_dir, f"preview_{job.gen_step:06d}.gif"))
+    def evaluate():   # every rank evaluates (the inference copy is a collective when sharded); rank 0 writes the GIF
+        preview = os.path.join(out_dir, f"preview_{job.gen_step:06d}.gif") if rank == 0 else None
+        return {} if world is None else world.evaluate(job.student_for_inference(), cfg, callback, preview)
     with peers_lost_message(rank, world_size, out_dir):
         loop.run(job, stop_step(cfg.gen_steps, max_gen_steps), checkpoint_every=cfg.checkpoint_every,
                  log_every=cfg.log_every, callback=callback, evaluate=evaluate, eval_every=cfg.eval_every,

@@ -22,7 +22,7 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from .common import EMA, CheckpointManager, JsonlLog, check_stop, cosine_lr, log, logged_eval_steps
+from .common import EMA, CheckpointManager, JsonlLog, RunError, check_stop, cosine_lr, log, logged_eval_steps
 
 
 def stop_step(total: int, max_steps: int = None) -> int:
@@ -48,11 +48,22 @@ class TrainingLoop:
         if latest is None:
             return False
         path, tensors, state = latest
-        try:
-            if self.ckpt.is_sharded(path):     # torch.distributed.checkpoint: read into the job's own layout
+        if self.ckpt.is_sharded(path):         # torch.distributed.checkpoint: read into the job's own layout
+            try:
                 job.load_sharded(path, state)
-            else:
-                job.load(tensors, state)
+            except BaseException as e:         # noqa: BLE001  (DCP's CheckpointException is a BaseException)
+                if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                    raise
+                lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]   # DCP: the cause comes last
+                raise RunError(f"run folder {self.folder}: the sharded checkpoint {os.path.basename(path)} does not "
+                               f"read into these models ({type(e).__name__}: "
+                               f"{(lines[-1] if lines else '')[:300]}). If it is "
+                               f"damaged, move that step folder away and rerun: the older checkpoint is used; if "
+                               f"the model sources or sizes changed, start a new run folder") from e
+            log.info("resumed from %s (%s %d)", path, self.step_key, job.step)
+            return True
+        try:
+            job.load(tensors, state)
         except RuntimeError as e:     # load_state_dict: other names or shapes than the models these settings build
             if "Error(s) in loading state_dict" not in str(e):
                 raise
