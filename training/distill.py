@@ -33,8 +33,8 @@ from ..salt_core.validate import check_count
 from .common import EMA, check_loss_terms, step_generators, step_seed
 from .distill_config import RELEASED_CLIPS_PER_UPDATE, DistillConfig
 from .distill_models import DistillWorld, build_models, build_prompts, check_world, resolve_teacher_kind
-from .distributed import (device_mesh, full_optimizer_state, full_state_dict, is_sharded, load_full_optimizer_state,
-                          load_full_state_dict, peers_lost_message, process_info, shard_model)
+from .distributed import (any_rank, device_mesh, full_optimizer_state, full_state_dict, is_sharded,
+                          load_full_optimizer_state, load_full_state_dict, peers_lost_message, process_info, shard_model)
 from .ode_init import run_ode_init
 from .loop import TrainingLoop, stop_step
 from .runs import open_run
@@ -251,7 +251,6 @@ class Distiller:
         if not self.sharded:
             check_loss_terms(loss, stats, tag, it)
             return
-        from .distributed import any_rank
         error = None
         try:
             check_loss_terms(loss, stats, tag, it)
@@ -372,10 +371,10 @@ class Distiller:
         """Restore a torch.distributed.checkpoint folder written by `sharded_state` on any number of ranks, into
         this job's layout (sharded or plain: DCP reshards on read)."""
         import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+        from torch.distributed.checkpoint.state_dict import (get_optimizer_state_dict, set_model_state_dict,
+                                                             set_optimizer_state_dict)
         if state.get("ema") and self.ema is None:
             self.ema = EMA(self.student, self.cfg.ema_decay)
-        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
         tensors, _ = self.sharded_state()
         pairs = {"opt_gen": (self.student, self.opt_gen), "opt_critic": (self.critic, self.opt_critic)}
         for key in state.get("optimizers", list(pairs)):     # a fresh optimizer's template (its state is replaced)
