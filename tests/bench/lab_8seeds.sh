@@ -5,7 +5,7 @@
 # the symmetric-SC arm (48 runs × 10-17 min, two at a time: ~6 h of the two cores; the runner does the claim arms
 # first) and the λ_SC dose response with its per-update SC/DMD gradient cosine (sc0, sc2, sc20, sc2-sym: ~4 h more),
 # then dmd, salt and salt-sym continued to 1,000 updates. Usage (from the repository root):
-#   nohup bash tests/bench/lab_8seeds.sh > runs/lab-8seeds.log 2>&1 &
+#   [WORKERS=1] nohup bash tests/bench/lab_8seeds.sh > runs/lab-8seeds.log 2>&1 &
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=.venv/bin/python
@@ -14,9 +14,9 @@ $PY -m comfyui_salt.training teacher --world lab:default --mode bidirectional --
 [ -f runs/lab_teacher.safetensors ] || \
     $PY -m comfyui_salt.training export-teacher --run runs/lab-teacher --out runs/lab_teacher.safetensors
 $PY tests/bench/lab_experiment.py --teacher runs/lab_teacher.safetensors --out runs/lab-exp8 \
-    --arms dmd,salt,sc-dmd,bidir-dmd,bidir-sc-dmd,salt-sym,sc0,sc2,sc20,sc2-sym --seeds 8 --updates 300 --workers 2
+    --arms dmd,salt,sc-dmd,bidir-dmd,bidir-sc-dmd,salt-sym,sc0,sc2,sc20,sc2-sym --seeds 8 --updates 300 --workers "${WORKERS:-2}"
 $PY tests/bench/lab_experiment.py --teacher runs/lab_teacher.safetensors --out runs/lab-exp8-long \
-    --extend-from runs/lab-exp8 --arms dmd,salt,salt-sym --seeds 8 --updates 1000 --workers 2
+    --extend-from runs/lab-exp8 --arms dmd,salt,salt-sym --seeds 8 --updates 1000 --workers "${WORKERS:-2}"
 $PY tests/bench/lab_experiment.py --out runs/lab-exp8 --table --compact --export tests/bench/results/lab-exp8
 $PY tests/bench/lab_experiment.py --out runs/lab-exp8-long --table --compact --export tests/bench/results/lab-exp8-long \
     --compare-to runs/lab-exp8
