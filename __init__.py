@@ -2,7 +2,7 @@
 
 This root is both a ComfyUI custom-node pack (ComfyUI executes this file as a package) and the
 Python package `comfyui_salt` (editable install maps the root to that name). Library users import
-`comfyui_salt.salt_core` / `comfyui_salt.training`; only ComfyUI needs the node entry point, so it
+`comfyui_salt.salt_core` / `comfyui_salt`; only ComfyUI needs the node entry point, so it
 is imported only when ComfyUI's API is present.
 """
 import importlib.util

@@ -9,5 +9,5 @@ absent. Nothing in salt_core, training (beyond that command), toy or nodes impor
 - `comfy_runner`: boot a ComfyUI subprocess (`.venv/comfyui` by default, or SALT_COMFYUI_DIR) with this pack
   linked in, queue UI-format workflows over HTTP, collect their files, stop it;
 - `workflow_api`: convert a UI-format workflow to the API prompt the server executes;
-- `demo`: the main job (`python -m comfyui_salt.training demo`).
+- `demo`: the main job (`python -m comfyui_salt demo`).
 """

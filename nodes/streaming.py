@@ -9,6 +9,7 @@ import logging
 import torch
 
 from ..salt_core.kv_cache import CachePolicy
+from ..salt_core.seeding import seeded_noise
 from ..salt_core.streaming import rollout_stream, stream_memory_bytes
 from ..salt_core.validate import (check_choice, check_context, check_finite_tensor, check_image, check_memory,
                                   check_number, check_sigmas)
@@ -178,9 +179,9 @@ def _stream(salt, positive, options, sigmas, seed, num_chunks, width, height, ba
                      limit_what=f"ComfyUI's free memory on {ref.device}",
                      fix="lower width/height, batch_size or num_chunks, or use a rolling / sink cache "
                          "(SaltCacheOptions) so the cache holds fewer frames")
-        # Initial noise on the CPU from the seed (as ComfyUI's RandomNoise), so results do not depend on the device.
-        noise = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(ref.device, ref.dtype)
-        renoise = torch.Generator(device=ref.device).manual_seed(seed + 1)
+        # The pack's seed convention (salt_core.seeding): the clip's noise, then every re-noise, from one CPU generator
+        # seeded `seed`, so this node, stream_video and sample_student give the same clip for a seed.
+        noise, renoise = seeded_noise(seed, shape, device=ref.device, dtype=ref.dtype)
         steps = len(sig) - 1
         progress = Progress(num_chunks * steps, salt.latent_format)
 
@@ -269,7 +270,8 @@ class SaltStreamingSampler(io.ComfyNode):
                 CacheOptionsType.Input("cache_options", tooltip="Chunk size and KV-cache policy (SaltCacheOptions)."),
                 io.Sigmas.Input("sigmas", tooltip="Noise levels per chunk, ending at 0 (SaltFewStepSigmas)."),
                 io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
-                             tooltip="Seed of the initial noise (the re-noising uses seed + 1)."),
+                             tooltip="Seed of the clip: its initial noise and every re-noise, from one CPU generator "
+                                     "(the same seed gives the same clip on any device and in Salt's other samplers)."),
                 io.Int.Input("num_chunks", default=4, min=1, max=MAX_CHUNKS,
                              tooltip="Chunks to generate; the video has num_chunks × chunk_frames latent frames."),
                 io.Int.Input("width", default=832, min=4, max=8192, step=4,

@@ -1,6 +1,6 @@
 """salt_core: the Wan 2.1 backbone, KV caches, schedules, samplers, losses, metrics and toy world.
 
-Knows nothing of ComfyUI, files or training loops. The stable public API (see README):
+Knows nothing of ComfyUI, files or training loops. The stable public API (README "Python API"):
 
     build_model(preset_or_config, dtype, device, seed) -> WanModel
     to_wan_state_dict(obj) -> (state_dict, layout); from_wan_state_dict(sd, layout) -> obj

@@ -97,7 +97,7 @@ def validate_wan_config(cfg: "WanConfig") -> None:
 
 # The toy world's timestep shift, fixed once and used everywhere in the toy world (teacher training
 # σ distribution, sampling grids, few-step grids, distillation presets). Real-scale Wan keeps 5.
-# Measured on the teacher: see README "Toy world" (40-step samples at shifts 1, 2, 3). It lives beside the
+# Measured on the teacher: see docs/toy_world.md (40-step samples at shifts 1, 2, 3). It lives beside the
 # toy preset, not in the toy wing (comfyui_salt.toy), so training's config defaults can read it.
 TOY_SHIFT = 3.0
 
@@ -116,7 +116,7 @@ MODEL_PRESETS = {
     # The toy world's model (pixel latents 3×16×16); see comfyui_salt/toy.
     "toy": WanConfig(dim=128, ffn_dim=512, num_heads=4, num_layers=4, patch_size=(1, 4, 4), in_dim=3,
                      out_dim=3, text_dim=32, freq_dim=64, text_len=8),
-    # The GPU teacher recipe (tests/bench/gpu_teacher.py): finer 2×2 patches, wider and deeper; 3.9M params, 14.8 MB in fp32.
+    # The GPU teacher recipe (bench/gpu_teacher.py): finer 2×2 patches, wider and deeper; 3.9M params, 14.8 MB in fp32.
     "toy-gpu": WanConfig(dim=192, ffn_dim=768, num_heads=4, num_layers=6, patch_size=(1, 2, 2), in_dim=3,
                          out_dim=3, text_dim=32, freq_dim=64, text_len=8),
 }

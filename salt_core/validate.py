@@ -55,9 +55,14 @@ def check_number(name: str, value, *, where: str = "", low=None, high=None, low_
     elif high is not None:
         expected += f" {'<' if high_open else '<='} {high}"
     try:
-        if isinstance(value, bool) or (integer and float(value) != int(value)):
+        if isinstance(value, bool):
             raise TypeError
-        number = int(value) if integer else float(value)
+        if integer and isinstance(value, int):
+            number = value                       # exact: a float round trip would refuse 2**64 - 1
+        elif integer and float(value) != int(value):
+            raise TypeError
+        else:
+            number = int(value) if integer else float(value)
     except (TypeError, ValueError, OverflowError):
         raise ValueError(f"{_prefix(where)}{name}={quote(value)}; expected {expected}{'; ' + fix if fix else ''}") from None
     bad = not math.isfinite(float(number))

@@ -1,53 +1,19 @@
-"""Helpers (not tests): import ComfyUI's modules and the pack's `nodes` package inside a test process.
-
-ComfyUI lives where the dev harness looks for it (`dev/comfy_runner.py`: .venv/comfyui, installed by
-.ci/setup_comfyui, or SALT_COMFYUI_DIR, e.g. .venv/comfyui-0.33). It is appended to sys.path of the calling test
-process only, with its command line parsed as `--cpu`: otherwise comfy.model_management probes CUDA when imported.
-A tree's own packages (`<tree>/site`: 0.33's frontend, comfy-aimdo, ...) go first on sys.path, before
-site-packages, so they win over the venv's versions. Tests skip with a message when ComfyUI is not installed.
-"""
-import importlib
-import sys
-
+"""Helpers (not tests): ComfyUI's modules and the pack's `nodes` inside a test process (dev/comfy_import.py), or
+the test skipped with a message naming the setup command when ComfyUI is not installed."""
 import pytest
 
-from comfyui_salt.dev.comfy_runner import DEFAULT_COMFYUI_DIR as COMFYUI_DIR, ComfyError, check_comfyui, comfyui_site
-
-MISSING = f"ComfyUI is not installed at {COMFYUI_DIR}; run `bash .ci/setup_comfyui` (part of .ci/setup)"
-
-
-def comfyui_installed() -> bool:
-    """True when the ComfyUI tree is present."""
-    try:
-        check_comfyui(COMFYUI_DIR)
-    except ComfyError:
-        return False
-    return True
+from comfyui_salt.dev import comfy_import as _comfy
+from comfyui_salt.dev.comfy_import import COMFYUI_DIR, MISSING, comfyui_installed  # noqa: F401  (tests use them)
 
 
 def import_comfy():
     """Make `comfy`, `comfy_api`, `folder_paths`, ... importable here (CPU mode); skip the test if absent."""
     if not comfyui_installed():
         pytest.skip(MISSING)
-    if "comfy.model_management" in sys.modules:
-        return
-    site = comfyui_site(COMFYUI_DIR)
-    if site is not None and str(site) not in sys.path:
-        sys.path.insert(0, str(site))
-    if str(COMFYUI_DIR) not in sys.path:
-        sys.path.append(str(COMFYUI_DIR))   # appended: ComfyUI's top-level `utils`, `tests`, ... must not shadow ours
-    import comfy.options
-    comfy.options.enable_args_parsing()
-    argv = sys.argv
-    sys.argv = [argv[0], "--cpu"]
-    try:
-        importlib.import_module("comfy.cli_args")
-        importlib.import_module("comfy.model_management")
-    finally:
-        sys.argv = argv
+    _comfy.import_comfy()
 
 
 def import_nodes():
     """The pack's `comfyui_salt.nodes` package, imported with ComfyUI available."""
     import_comfy()
-    return importlib.import_module("comfyui_salt.nodes")
+    return _comfy.import_nodes()

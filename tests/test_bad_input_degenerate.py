@@ -156,7 +156,7 @@ def test_node_overrides_with_degenerate_values_are_refused_naming_the_field(text
 ])
 def test_the_cli_refuses_degenerate_flags_with_a_message_and_no_run(tmp_path, args, words):
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "comfyui_salt.training", "distill", "--preset", "toy-dmd", "--out",
+    proc = subprocess.run([sys.executable, "-m", "comfyui_salt", "distill", "--preset", "toy-dmd", "--out",
                            str(out)] + args, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and words in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr and not (out / "export").exists()
@@ -169,7 +169,7 @@ def test_the_cli_refuses_degenerate_flags_with_a_message_and_no_run(tmp_path, ar
     (["distill", "--preset", "toy-dmd", "--out", "unused", "--max-gen-steps", "0"], "max_gen_steps=0"),
 ])
 def test_cli_step_and_clip_counts_are_checked_before_any_job_starts(tmp_path, monkeypatch, argv, words):
-    from comfyui_salt.training.__main__ import main
+    from comfyui_salt.__main__ import main
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ValueError, match=words):
         main(argv)
@@ -177,7 +177,7 @@ def test_cli_step_and_clip_counts_are_checked_before_any_job_starts(tmp_path, mo
 
 
 def test_an_unknown_boolean_word_is_an_argparse_error_in_process(capsys):
-    from comfyui_salt.training.__main__ import main
+    from comfyui_salt.__main__ import main
     with pytest.raises(SystemExit) as e:
         main(["distill", "--preset", "toy-dmd", "--out", "unused", "--grad-checkpointing", "ture"])
     assert e.value.code == 2 and "expected a boolean" in capsys.readouterr().err

@@ -220,7 +220,7 @@ def test_node_overrides_with_non_finite_numbers_are_refused(text):
 
 def test_the_cli_refuses_a_nan_guidance_scale_with_a_message_and_no_run(tmp_path):
     out = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-m", "comfyui_salt.training", "distill", "--preset", "toy-dmd", "--out",
+    proc = subprocess.run([sys.executable, "-m", "comfyui_salt", "distill", "--preset", "toy-dmd", "--out",
                            str(out), "--guidance-scale", "nan"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "guidance_scale=nan" in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr and not out.exists()

@@ -183,7 +183,7 @@ def test_a_cancel_during_an_evaluation_is_made_up_on_resume(teacher_path, tmp_pa
 def test_the_cli_refuses_to_resume_a_folder_with_other_settings_and_names_the_flag(teacher_path, tmp_path):
     run = tmp_path / "run"
     run_distillation(tiny(teacher_path, gen_steps=1), str(run), quiet=True, world=TOY)
-    args = [sys.executable, "-m", "comfyui_salt.training", "distill", "--preset", "toy-dmd", "--out", str(run),
+    args = [sys.executable, "-m", "comfyui_salt", "distill", "--preset", "toy-dmd", "--out", str(run),
             "--teacher", teacher_path, "--batch-size", "1", "--gen-steps", "1", "--critic-ratio", "1",
             "--eval-every", "0", "--threads", "1", "--checkpoint-every", "1", "--ema-start-iter", "1", "--lr-gen", "0.001"]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=300)

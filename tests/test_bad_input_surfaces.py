@@ -21,7 +21,7 @@ from comfyui_salt.training.files import save_model
 from comfyui_salt.training.lora_export import export_lora
 from test_bad_input_nodes import models_dir, run, stream_inputs  # noqa: F401  (models_dir: a fixture)
 
-CLI = [sys.executable, "-m", "comfyui_salt.training"]
+CLI = [sys.executable, "-m", "comfyui_salt"]
 
 
 def cli(*args, timeout=300):

@@ -1,5 +1,5 @@
 """Config fields: one parser, one key check and one validation for the CLI, the SaltDistill overrides and stored
-config.json files; --help and the README's settings table come from the field declarations."""
+config.json files; --help and the settings table of docs/training.md come from the field declarations."""
 import argparse
 import dataclasses
 import itertools
@@ -15,7 +15,7 @@ from comfyui_salt.training.distill_config import (DISTILL_PRESETS, RENAMED, RENA
                                                   get_preset)
 from comfyui_salt.training.teacher import TeacherConfig
 
-README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "training.md")
 FIELDS = field_map(DistillConfig)
 
 
@@ -116,11 +116,11 @@ def test_help_prints_one_section_per_group_holding_every_field():
     assert sections["DistillConfig: critic optimiser"] == ["lr_critic", "beta1_critic", "beta2_critic"]
 
 
-def test_the_readme_settings_table_is_generated_from_the_declarations():
+def test_the_docs_settings_table_is_generated_from_the_declarations():
     with open(README, encoding="utf-8") as f:
         readme = f.read()
     assert fields_markdown(DistillConfig) in readme, (
-        "README's DistillConfig settings table is stale: replace the block between the `generated` comments with "
+        "docs/training.md's DistillConfig settings table is stale: replace the block between the `generated` comments with "
         "comfyui_salt.training.config_fields.fields_markdown(DistillConfig)")
 
 

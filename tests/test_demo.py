@@ -69,7 +69,7 @@ def test_a_refused_prompt_is_reported_with_each_nodes_error():
 def test_the_cli_demo_says_to_use_a_checkout_when_the_dev_harness_is_absent(monkeypatch):
     """A built wheel has no comfyui_salt.dev: `demo` stops with a message instead of a traceback."""
     import sys
-    from comfyui_salt.training.__main__ import main
+    from comfyui_salt.__main__ import main
     monkeypatch.setitem(sys.modules, "comfyui_salt.dev.demo", None)   # import fails as if dev/ were not installed
     with pytest.raises(SystemExit, match="not part of an installed wheel.*from a checkout"):
         main(["demo", "--no-comfyui"])

@@ -101,7 +101,7 @@ def test_a_toy_world_run_without_a_world_says_how_to_pass_one(tmp_path, teacher_
 
 def _cli(out, teacher_path, gen_steps=8):
     import sys
-    return [sys.executable, "-m", "comfyui_salt.training", "distill", "--preset", "toy-salt", "--out", str(out),
+    return [sys.executable, "-m", "comfyui_salt", "distill", "--preset", "toy-salt", "--out", str(out),
             "--teacher", teacher_path, "--batch-size", "2", "--gen-steps", str(gen_steps), "--critic-ratio", "2",
             "--eval-every", "0", "--threads", "1", "--checkpoint-every", "1", "--ema-start-iter", "1",
             "--align-start-iter", "0"]

@@ -34,3 +34,68 @@ def test_relative_links_in_readme_and_docs_resolve():
             if not (page.parent / target.split("#")[0]).exists():
                 broken.append((page.relative_to(ROOT).as_posix(), target))
     assert not broken, broken
+
+
+def test_the_readme_is_a_front_door_not_a_log():
+    assert (ROOT / "README.md").stat().st_size <= 25_000
+
+
+def _commands(page: pathlib.Path) -> list:
+    """The shell commands of a page's ```bash blocks: continuation lines joined, comments dropped, `VAR="..."`
+    definitions expanded, each `&&` part apart."""
+    out = []
+    for block in re.findall(r"```bash\n(.*?)```", page.read_text(encoding="utf-8"), re.S):
+        names = {}
+        for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+            line = re.sub(r"(^|\s)#.*", "", line).strip()
+            define = re.fullmatch(r'(\w+)="([^"]*)"', line)
+            if define:
+                names[define.group(1)] = define.group(2)
+                continue
+            for name, value in names.items():
+                line = line.replace("$" + name, value)
+            out += [part.strip() for part in line.split("&&") if part.strip()]
+    return out
+
+
+def _help_call(command: str):
+    """The --help call that shows a command exists: (argv, what) for the pack's CLI and for the bench/ and
+    experiments/ scripts, None for anything else."""
+    import sys
+    words = command.split()
+    while words and (words[0] == "nohup" or re.fullmatch(r"\w+=\S*", words[0])):   # nohup, VAR=value
+        words = words[1:]
+    if not words or words[0] not in (".venv/bin/python", "python3", "python"):
+        return None
+    if words[1:3] == ["-m", "comfyui_salt"] and len(words) > 3:
+        return [sys.executable, "-m", "comfyui_salt", words[3], "--help"], f"comfyui_salt {words[3]}"
+    if len(words) > 1 and words[1].endswith(".py") and words[1].split("/")[0] in ("bench", "experiments"):
+        return [sys.executable, str(ROOT / words[1]), "--help"], words[1]
+    return None
+
+
+def test_every_command_of_the_readme_and_the_docs_runs_at_help_level():
+    """Each CLI command and each bench/ or experiments/ script a page tells the reader to run answers --help
+    (the same command and script once), and the README's setup scripts exist."""
+    import subprocess
+    pages = [ROOT / "README.md"] + sorted((ROOT / "docs").glob("*.md"))
+    commands = [c for page in pages for c in _commands(page)]
+    readme = _commands(ROOT / "README.md")
+    assert "bash .ci/setup" in readme and ".venv/bin/pytest -q" in readme and ".venv/bin/python -m comfyui_salt demo" \
+        in readme
+    assert (ROOT / ".ci" / "setup").is_file() and (ROOT / ".ci" / "run").read_text().strip().endswith(
+        ".venv/bin/pytest -q")
+    scripts = {w for c in commands for w in c.split() if re.fullmatch(r"(bench|experiments|\.ci)/[\w./-]+", w)}
+    assert not [w for w in scripts if not (ROOT / w).exists()], [w for w in scripts if not (ROOT / w).exists()]
+    calls = {}
+    for command in commands:
+        call = _help_call(command)
+        if call:
+            calls.setdefault(call[1], call[0])
+    assert len(calls) >= 8, sorted(calls)
+    failed = []
+    for what, argv in sorted(calls.items()):
+        done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        if done.returncode != 0 or "usage" not in done.stdout.lower():
+            failed.append((what, done.returncode, done.stderr[-300:]))
+    assert not failed, failed

@@ -1,4 +1,4 @@
-"""The GPU check (tests/bench/gpu_check.py) runs its CPU smoke: every correctness check passes and it reports."""
+"""The GPU check (bench/gpu_check.py) runs its CPU smoke: every correctness check passes and it reports."""
 import json
 import pathlib
 import subprocess
@@ -13,7 +13,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def test_gpu_check_smoke_passes_every_check_and_writes_its_table(tmp_path):
     # A fresh interpreter started outside the tree: the script must find the package from the tree itself.
-    done = subprocess.run([sys.executable, str(ROOT / "tests" / "bench" / "gpu_check.py"), str(tmp_path), "--smoke"],
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), str(tmp_path), "--smoke"],
                           capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads((tmp_path / "gpu_check.json").read_text())
@@ -32,10 +32,10 @@ def test_gpu_check_smoke_passes_every_check_and_writes_its_table(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("tree", [DEFAULT_COMFYUI_DIR, COMFYUI_033_DIR], ids=["default-line", "0.33-line"])
 def test_the_comfyui_section_passes_its_smoke_on_each_installed_comfyui(tmp_path, tree):
-    """tests/bench/gpu_comfy.py: a native MODEL + LoRA through Salt's nodes vs the merged weights, in that tree."""
+    """bench/gpu_comfy.py: a native MODEL + LoRA through Salt's nodes vs the merged weights, in that tree."""
     if not (tree / "main.py").is_file():
         pytest.skip(f"no ComfyUI tree at {tree} (bash .ci/setup installs 0.3.75, and 0.33 where ../shared has it)")
-    done = subprocess.run([sys.executable, str(ROOT / "tests" / "bench" / "gpu_comfy.py"), str(tmp_path),
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_comfy.py"), str(tmp_path),
                            "--comfyui", str(tree), "--smoke"], capture_output=True, text=True, timeout=600,
                           cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

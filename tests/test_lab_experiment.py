@@ -1,7 +1,7 @@
 """The method lab's distillation plumbing: lab presets, lab prompts, the exact teacher as real score, the exact-metric
-evaluation, and a smoke of tests/bench/lab_experiment.py (every arm 2 updates on a tiny random lab teacher)."""
+evaluation, and a smoke of experiments/lab_experiment.py (every arm 2 updates on a tiny random lab teacher)."""
 import dataclasses
-import importlib.util
+import importlib
 import json
 import os
 import sys
@@ -23,22 +23,16 @@ from comfyui_salt.training.distill_models import build_models, build_prompts
 from comfyui_salt.training.files import save_model
 
 WORLD = distill_world()
-BENCH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench", "lab_experiment.py")
 TINY = dict(batch_size=2, critic_ratio=1, ode_pairs=4, ode_teacher_steps=8, eval_every=0, threads=1,
             checkpoint_every=1, align_start_iter=0, ema_start_iter=1)
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("lab_experiment", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return importlib.import_module("comfyui_salt.experiments.lab_experiment")
 
 
 def _tables():
-    """tests/bench/lab_tables.py (importable once lab_experiment has put its folder on the path)."""
-    _bench()
-    return importlib.import_module("lab_tables")
+    return importlib.import_module("comfyui_salt.experiments.lab_tables")
 
 
 @pytest.fixture(scope="module")
@@ -102,13 +96,13 @@ def test_the_exact_real_score_is_the_closed_form_posterior_mean(teacher_path):
 def test_teachers_and_students_draw_the_same_initial_noise_from_one_seed(teacher_path):
     """The lab's pairing: the exact teacher (no weights) and a student start from identical noise for one seed."""
     from comfyui_salt.toy.lab import ExactTeacher
-    from comfyui_salt.training.distill_eval import seeded_noise
+    from comfyui_salt.training.distill_eval import student_noise
     cfg = get_preset("lab-dmd")
     lab = LabWorld("default")
     student = build_model("toy", seed=0)
     ctx = lab.encode(torch.tensor([0, 1, 2]), student.cfg.text_len, student.cfg.text_dim)
-    a, _ = seeded_noise(ExactTeacher(lab), cfg, ctx, cfg.num_frames, torch.Generator().manual_seed(7))
-    b, _ = seeded_noise(student, cfg, ctx, cfg.num_frames, torch.Generator().manual_seed(7))
+    a, _, _ = student_noise(ExactTeacher(lab), cfg, ctx, cfg.num_frames, 7)
+    b, _, _ = student_noise(student, cfg, ctx, cfg.num_frames, 7)
     assert a.shape == (3, 3, cfg.num_frames, cfg.height, cfg.width) and torch.equal(a, b)
     expect = torch.randn(a.shape, generator=torch.Generator().manual_seed(7))   # the seed's first draw
     assert torch.equal(a, expect)
@@ -209,10 +203,7 @@ def test_the_experiment_runs_every_arm_evaluates_and_prints_the_table(teacher_pa
     assert head.startswith("| arm | seeds | NFE | var_ratio | mean_err | switch |") and "loglik" not in head
     # the SC-triplet diagnosis reads the same runs: every causal 8-step arm measured, a table row each, and the
     # SC-weighted column is the draw-frequency mix of the per-triplet defects it cached
-    spec = importlib.util.spec_from_file_location("lab_sc_triplets", os.path.join(os.path.dirname(BENCH),
-                                                                                 "lab_sc_triplets.py"))
-    diag = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(diag)
+    diag = importlib.import_module("comfyui_salt.experiments.lab_sc_triplets")
     diag.main(["--out", str(out), "--clips", "4"])
     printed = capsys.readouterr().out
     for arm in diag.ARMS:
@@ -330,4 +321,4 @@ def test_the_symmetric_salt_preset_is_released_salt_with_the_symmetric_sc_only()
     assert dataclasses.replace(sym, sc_symmetric=False) == salt
     bench = _bench()
     assert bench.ARMS["salt-sym"] == ("lab-salt-sym", {})
-    assert sys.modules["lab_arms"].REFERENCE_OF["salt-sym"] == "salt"
+    assert sys.modules["comfyui_salt.experiments.lab_arms"].REFERENCE_OF["salt-sym"] == "salt"

@@ -136,7 +136,7 @@ def test_the_teacher_cli_refuses_a_changed_setting_with_the_keys_and_the_flag(tm
     cfg = TeacherConfig(batch_size=2, threads=1, total_steps=2, eval_every=0)
     train_teacher(cfg, str(run), max_steps=1, quiet=True, world=teacher_world(cfg))
     stored = (run / "config.json").read_text()
-    args = [sys.executable, "-m", "comfyui_salt.training", "teacher", "--out", str(run), "--batch-size", "2",
+    args = [sys.executable, "-m", "comfyui_salt", "teacher", "--out", str(run), "--batch-size", "2",
             "--threads", "1", "--total-steps", "2", "--eval-every", "0", "--seed", "3"]
     proc = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "seed: stored 0, requested 3" in proc.stderr, proc.stderr[-2000:]

@@ -113,7 +113,7 @@ def test_export_writes_a_lora_file_with_its_summary_and_refuses_an_unchanged_stu
 
 
 def test_the_cli_exports_a_lora_from_checkpoint_files_and_a_student_in_another_layout(tmp_path, capsys):
-    from comfyui_salt.training.__main__ import main
+    from comfyui_salt.__main__ import main
     base = build_model("tiny-hd128", seed=0).state_dict()    # head dim 128: the .pt's config is inferred
     student = perturbed(base)
     save_model(base, tmp_path / "base.safetensors")

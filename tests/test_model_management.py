@@ -18,7 +18,7 @@ from test_nodes import models_dir, native_wan_patcher, run, stream_inputs  # noq
 FP8 = {"fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
 # Measured on the random toy-preset model below (seed 1): one forward's max error with fp8 linear weights,
 # relative to the fp32 output's largest value, is 0.031 stored e4m3 and 0.063 stored e5m2; the bounds leave
-# about 2× room (tests/bench/model_memory.py measures the shipped toy student).
+# about 2× room (bench/model_memory.py measures the shipped toy student).
 FP8_FORWARD_RTOL = {"fp8_e4m3fn": 0.06, "fp8_e5m2": 0.12}
 
 

@@ -397,11 +397,11 @@ def test_streaming_equals_a_brute_force_rollout_without_cache_with_the_seeded_no
     inputs = stream_inputs(salt_nodes, toy_salt, cache_options=toy_options(salt_nodes, "rolling", window_frames=6))
     latent = run(salt_nodes.SaltStreamingSampler, **inputs)[0]["samples"]
     assert latent.shape == (1, 3, 6, 16, 16) and torch.isfinite(latent).all()
-    noise = torch.randn(1, 3, 6, 16, 16, generator=torch.Generator().manual_seed(7))
+    gen = torch.Generator().manual_seed(7)    # the seed convention: the noise, then every re-noise, from one generator
+    noise = torch.randn(1, 3, 6, 16, 16, generator=gen)
     context = inputs["positive"][0][0].clone()  # a normal tensor: the cache tracks contexts by version
     with torch.no_grad():   # the 6-frame window never evicts 2 chunks of 3: a full history is the reference
-        ref = brute_force_rollout(toy_salt.model, noise, context, inputs["sigmas"].double(), 3,
-                                  torch.Generator().manual_seed(8))
+        ref = brute_force_rollout(toy_salt.model, noise, context, inputs["sigmas"].double(), 3, gen)
     assert_close(latent, ref, 1e-5, "node vs brute-force rollout")
     again = run(salt_nodes.SaltStreamingSampler, **inputs)[0]["samples"]
     assert torch.equal(latent, again)

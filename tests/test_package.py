@@ -5,6 +5,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -49,12 +51,12 @@ def _imports(path: pathlib.Path):
 
 
 def _violations(layer: str, forbidden: set):
-    """Imports in ROOT/layer that reach a forbidden top-level package or pack layer (a front door in FRONT_DOORS
-    is held to its own, smaller set)."""
+    """Imports in ROOT/layer (a folder, or one file at the root) that reach a forbidden top-level package or pack
+    layer."""
     bad = []
-    for path in sorted((ROOT / layer).rglob("*.py")):
+    paths = [ROOT / layer] if layer.endswith(".py") else sorted((ROOT / layer).rglob("*.py"))
+    for path in paths:
         package = list(path.relative_to(ROOT).parts[:-1])  # e.g. ["toy", "metrics"]
-        forbidden_here = FRONT_DOORS.get(path.relative_to(ROOT).as_posix(), forbidden)
         for module, level in _imports(path):
             if level == 0:
                 parts = module.split(".")
@@ -63,38 +65,34 @@ def _violations(layer: str, forbidden: set):
                 base = package[: len(package) - (level - 1)] if level - 1 <= len(package) else None
                 resolved = (base or []) + [p for p in module.split(".") if p]
                 target = resolved[0] if base is not None and resolved else "<outside the pack>"
-            if target in forbidden_here or target == "<outside the pack>":
+            if target in forbidden or target == "<outside the pack>":
                 bad.append(f"{path.relative_to(ROOT)}: {'.' * level}{module}")
     return bad
 
 
 COMFY = {"comfy", "comfy_api", "comfy_extras", "folder_paths", "latent_preview", "server"}
-# The house, one-way: nodes → toy → training → salt_core. The CLI (training/__main__.py) is a front door like
-# nodes: it may build the toy wing's callbacks and run the dev harness's demo. dev/ (the harness) may import
-# anything and is imported by nothing in the package but that one command.
-FORBIDDEN = {
-    "salt_core": COMFY | {"training", "toy", "nodes", "dev"},
-    "training": COMFY | {"toy", "nodes", "dev"},
-    "toy": COMFY | {"nodes", "dev"},
-    "nodes": {"dev"},
+# The house, one way: nodes → toy → training → salt_core, with the front doors above them: the CLI (the package
+# root's __main__.py), the development harness dev/ (the demo, the ComfyUI runner), bench/ and experiments/. Each
+# layer lists what it may import; everything else of the pack (and ComfyUI, where not listed) is forbidden. No
+# file is excepted.
+PACK = {"salt_core", "training", "toy", "nodes", "dev", "bench", "experiments", "__main__"}
+MAY_IMPORT = {
+    "salt_core": set(),
+    "training": {"salt_core"},
+    "toy": {"salt_core", "training"},
+    "nodes": {"salt_core", "training", "toy"} | COMFY,
+    "dev": {"salt_core", "training", "toy"} | COMFY,
+    "__main__.py": {"salt_core", "training", "toy", "dev"},
+    "bench": {"salt_core", "training", "toy", "nodes", "dev"} | COMFY,
+    "experiments": {"salt_core", "training", "toy", "dev", "__main__"},
 }
-FRONT_DOORS = {"training/__main__.py": COMFY | {"nodes"}}
+FORBIDDEN = {layer: (PACK | COMFY) - allowed - {layer} for layer, allowed in MAY_IMPORT.items()}
+SHIPPED = ("salt_core", "training", "toy", "nodes")
 
 
-def test_salt_core_imports_no_training_toy_nodes_or_comfy():
-    assert _violations("salt_core", FORBIDDEN["salt_core"]) == []
-
-
-def test_training_imports_no_toy_nodes_dev_or_comfy_except_its_cli():
-    assert _violations("training", FORBIDDEN["training"]) == []
-
-
-def test_the_toy_wing_imports_no_nodes_dev_or_comfy():
-    assert _violations("toy", FORBIDDEN["toy"]) == []
-
-
-def test_nodes_import_no_dev_harness():
-    assert _violations("nodes", FORBIDDEN["nodes"]) == []
+@pytest.mark.parametrize("layer", sorted(MAY_IMPORT))
+def test_every_layer_imports_only_the_layers_below_it(layer):
+    assert _violations(layer, FORBIDDEN[layer]) == []
 
 
 def test_the_layering_check_catches_an_upward_import(tmp_path, monkeypatch):
@@ -103,10 +101,16 @@ def test_the_layering_check_catches_an_upward_import(tmp_path, monkeypatch):
     (fake / "bad.py").write_text("from ..training import teacher\nimport comfy.samplers\nfrom ..toy import world\n")
     (tmp_path / "training").mkdir()
     (tmp_path / "training" / "job.py").write_text("from ..toy.jobs import distill_world\n")
-    (tmp_path / "training" / "__main__.py").write_text("from ..toy.jobs import distill_world\nfrom ..dev.demo import run_demo\n")
+    (tmp_path / "training" / "__main__.py").write_text("from ..dev.demo import run_demo\n")
+    (tmp_path / "__main__.py").write_text("from .training.teacher import x\nfrom .nodes import y\n")
+    (tmp_path / "experiments").mkdir()
+    (tmp_path / "experiments" / "run.py").write_text("from comfyui_salt.bench.golden import z\n")
     monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
     assert len(_violations("salt_core", FORBIDDEN["salt_core"])) == 3
-    assert _violations("training", FORBIDDEN["training"]) == ["training/job.py: ..toy.jobs"]   # the CLI may
+    assert _violations("training", FORBIDDEN["training"]) == ["training/__main__.py: ..dev.demo",
+                                                              "training/job.py: ..toy.jobs"]
+    assert _violations("__main__.py", FORBIDDEN["__main__.py"]) == ["__main__.py: .nodes"]
+    assert _violations("experiments", FORBIDDEN["experiments"]) == ["experiments/run.py: comfyui_salt.bench.golden"]
 
 
 def test_pyproject_lists_every_package_of_the_pack_and_leaves_out_the_dev_harness():
@@ -116,9 +120,10 @@ def test_pyproject_lists_every_package_of_the_pack_and_leaves_out_the_dev_harnes
     setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     declared = set(setuptools["packages"])
     found = {"comfyui_salt." + ".".join(p.parent.relative_to(ROOT).parts)
-             for layer in FORBIDDEN for p in (ROOT / layer).rglob("__init__.py")}
+             for layer in SHIPPED for p in (ROOT / layer).rglob("__init__.py")}
     assert found <= declared, f"add {sorted(found - declared)} to [tool.setuptools] packages"
-    assert not [name for name in declared if name.split(".")[1:2] == ["dev"]], "dev/ must not ship"
+    for harness in ("dev", "bench", "experiments"):
+        assert not [name for name in declared if name.split(".")[1:2] == [harness]], f"{harness}/ must not ship"
     assets = sorted(p.name for p in (ROOT / "toy" / "assets").glob("*.safetensors"))
     assert assets == ["toy_salt_student.safetensors", "toy_teacher.safetensors"]
     assert "comfyui_salt.toy.assets" in declared and setuptools["package-data"]["comfyui_salt.toy.assets"] == ["*.safetensors"]

@@ -1,6 +1,6 @@
 """The small model files shipped inside the package: the toy teacher and the Salt toy student.
 
-File reading lives here, not in salt_core. Rebuild commands are in the README ("Toy world" and "Distillation
+File reading lives here, not in salt_core. Rebuild commands are in docs/toy_world.md ("The world and the teacher" and "Distillation
 experiment").
 """
 import os
@@ -18,13 +18,13 @@ def _metadata(path: str, what: str, section: str) -> dict:
     if not os.path.exists(path):
         raise FileNotFoundError(
             f"{what} not found at {path}; restore it from git (`git checkout -- toy/assets`) or rebuild it "
-            f"with the commands in README, '{section}'")
+            f"with the commands in docs/toy_world.md, '{section}'")
     return read_metadata(path)
 
 
 def load_toy_teacher(path: str = TOY_TEACHER):
     """(model in eval mode, teacher mode 'teacher_forcing'|'bidirectional', description) of the shipped teacher."""
-    meta = _metadata(path, "toy teacher", "Toy world")
+    meta = _metadata(path, "toy teacher", "The world and the teacher")
     model, _ = load_model(path)
     mode = meta.get("teacher_mode", "teacher_forcing")
     steps, weights = meta.get("train_steps", "?"), meta.get("teacher_weights", "ema")
@@ -41,7 +41,7 @@ def load_toy_student(path: str = TOY_STUDENT):
 
 def load_toy_asset(path: str):
     """(model, 'student'|teacher mode, description) of any shipped toy asset, by its role metadata."""
-    if _metadata(path, "toy asset", "Toy world").get(ROLE_META) == "student":
+    if _metadata(path, "toy asset", "The world and the teacher").get(ROLE_META) == "student":
         model, description = load_toy_student(path)
         return model, "student", description
     return load_toy_teacher(path)

@@ -9,12 +9,12 @@ A training config (DistillConfig, TeacherConfig) is a flat frozen dataclass whos
 - the key check (unknown keys with a did-you-mean, renamed keys with their new name): `salt_core.config.check_keys`;
 - the per-field validation (choices, counts, number ranges, applied to each item of a tuple): `check_fields`,
   called from the config's one validation entry in training/validate.py;
-- `--help` (one argparse section per group: `add_config_flags`) and the README's settings table (`fields_markdown`).
+- `--help` (one argparse section per group: `add_config_flags`) and the settings table of docs/training.md (`fields_markdown`).
 
 Why groups in metadata and not nested sub-configs: run folders store a flat `config.json` that must keep
 resuming, the CLI flags (`--lr-gen`) and node overrides (`lr_gen=...`) are flat names users already write, and
 the training loops read `cfg.<field>` in many places. Groups give the reader the structure (model sources,
-data, cache, steps, Salt terms, one optimiser per network, ...) in --help, the README and the declaration,
+data, cache, steps, Salt terms, one optimiser per network, ...) in --help, docs/training.md and the declaration,
 while every stored file, flag and attribute stays as it was.
 
 Knows nothing of files, the loops or ComfyUI.
@@ -161,7 +161,7 @@ def _groups(cls) -> dict:
 
 
 def describe(f: dataclasses.Field) -> str:
-    """A field's help text with its choices, as --help and the README print it."""
+    """A field's help text with its choices, as --help and docs/training.md print it."""
     choices = f.metadata.get("rule", {}).get("choices")
     return f.metadata.get("help", "") + (f" (one of: {', '.join(choices)})" if choices else "")
 
@@ -204,7 +204,7 @@ def overrides_from_args(args: argparse.Namespace, cls) -> dict:
 
 
 def fields_markdown(cls) -> str:
-    """The README's settings table of `cls`: one row per field, a heading row per group (from the metadata)."""
+    """The settings table of `cls` (docs/training.md): one row per field, a heading row per group (from the metadata)."""
     rows = [f"| {cls.__name__} field | default | meaning |", "|---|---|---|"]
     for group, fields in _groups(cls).items():
         rows.append(f"| **{group}** | | |")

@@ -1,6 +1,6 @@
 """The distillation job: DMD, SC-DMD and Salt's cache-aware training (one function, two front doors).
 
-`run_distillation(cfg, out_dir, ...)` is called by the CLI (`python -m comfyui_salt.training distill`)
+`run_distillation(cfg, out_dir, ...)` is called by the CLI (`python -m comfyui_salt distill`)
 and by the ComfyUI node. Per iteration (docs/method.md §1–3, the released trainer's loop; `it` counts iterations):
 - every `critic_ratio`-th iteration first one generator update — rollout with grad at the exit step,
   DMD against teacher (standard CFG) and critic scoring the whole clip (or chunk by chunk, an option),

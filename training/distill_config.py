@@ -1,7 +1,7 @@
 """Distillation configuration: one typed dataclass, named presets, unknown keys rejected.
 
 Every field is declared with `config_fields.setting` (through one helper per group): its help text, its
---help section and its valid values live in the field's metadata, so `--help`, the README's settings table,
+--help section and its valid values live in the field's metadata, so `--help`, the settings table of docs/training.md,
 the SaltDistill overrides and the validation read one declaration. The config stays flat (`cfg.lr_gen`,
 `--lr-gen`, a flat `config.json` in every run folder); groups give it structure — see config_fields for why.
 
@@ -139,7 +139,7 @@ class DistillConfig:
 
 
 # Toy: EMA from iteration 100 (after generator update 21) at decay 0.95; the critic 5× faster than the generator,
-# chosen by the sweep in README "The Salt arm re-run with the released recipe" (4e-6 / 2e-5 / 1e-4: 1e-4 best).
+# chosen by the sweep in docs/toy_world.md "The Salt arm re-run with the released recipe" (4e-6 / 2e-5 / 1e-4: 1e-4 best).
 _TOY = DistillConfig(lr_gen=2e-5, lr_critic=1e-4, ema_start_iter=100, ema_decay=0.95, gen_steps=200)
 _REAL = DistillConfig(teacher="", teacher_kind="bidirectional", student_init="", critic_init="", world="",
                       num_frames=21, height=60, width=104, shift=5.0, guidance_scale=4.0, batch_size=1,
@@ -166,13 +166,13 @@ DISTILL_PRESETS = {
     "toy-sc-dmd": replace(_TOY, step_choices=(8,), step_probs=(1.0,), sc_weight=0.2),
     "toy-salt": replace(_TOY, **_MIXED, align_start_iter=250),
     # toy-salt with L_SC's gradient through both branches (the paper's equation read literally) instead of the
-    # released stop-gradient on the composed target: this pack's option, not the paper's code (README "Method lab")
+    # released stop-gradient on the composed target: this pack's option, not the paper's code (docs/method_lab.md)
     "toy-salt-sym": replace(_TOY, **_MIXED, align_start_iter=250, sc_symmetric=True),
     # toy world, bidirectional arm
     "toy-bidir-dmd": replace(_TOY, student_kind="bidirectional"),
     "toy-bidir-sc-dmd": replace(_TOY, student_kind="bidirectional", step_choices=(8,), step_probs=(1.0,),
                                 sc_weight=0.2),
-    # the method lab (README "Method lab"): the toy recipes above on the lab's world (filled in below)
+    # the method lab (docs/method_lab.md): the toy recipes above on the lab's world (filled in below)
     # real scale (Wan 2.1 1.3B student, 14B teacher); paths from the user. The DMD baseline (the _REAL base, K = 4):
     # Self Forcing's 600 iterations (120 generator updates); Causal Forcing's DMD stage is the same recipe from its
     # own ODE-initialised student (student_init).

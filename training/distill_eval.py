@@ -10,20 +10,21 @@ from ..salt_core.denoiser import FlowDenoiser
 from ..salt_core.kv_cache import CachePolicy
 from ..salt_core.samplers import sample_fewstep_stochastic
 from ..salt_core.schedules import get_sigmas_fewstep, randn_like
+from ..salt_core.seeding import seeded_noise
 from ..salt_core.streaming import ChunkStream, stream_video
 from ..salt_core.validate import check_sigmas
 from .distill_config import DistillConfig
 
 
-def seeded_noise(model, cfg: DistillConfig, context, num_frames: int, gen) -> tuple:
-    """(noise (B, C, F, H, W), context) on the model's device (the context's, for a model without weights such as
-    the lab's exact teacher); the noise drawn from the CPU generator `gen`, so every model evaluated with one seed
-    starts from the same noise (the lab's paired evaluation)."""
+def student_noise(model, cfg: DistillConfig, context, num_frames: int, seed: int) -> tuple:
+    """(noise (B, C, F, H, W), context, re-noise generator) on the model's device (the context's, for a model without
+    weights such as the lab's exact teacher), by the pack's seed convention (salt_core.seeding), so every model
+    evaluated with one seed starts from the same noise (the lab's paired evaluation)."""
     weight = next(model.parameters(), None)
     device = weight.device if weight is not None else context.device
     shape = (context.shape[0], model.cfg.in_dim, num_frames, cfg.height, cfg.width)
-    noise = torch.randn(shape, generator=gen).to(device=device, dtype=context.dtype)
-    return noise, context.to(device)
+    noise, gen = seeded_noise(seed, shape, device=device, dtype=context.dtype)
+    return noise, context.to(device), gen
 
 
 @torch.no_grad()
@@ -31,8 +32,7 @@ def sample_student(model, cfg: DistillConfig, context, nfe: int, seed: int = 0, 
                    policy: CachePolicy = None):
     """Few-step samples (B, C, F, H, W) of a student (stochastic Self Forcing sampler)."""
     num_frames = num_frames or cfg.num_frames
-    gen = torch.Generator().manual_seed(seed)
-    noise, context = seeded_noise(model, cfg, context, num_frames, gen)
+    noise, context, gen = student_noise(model, cfg, context, num_frames, seed)
     sigmas = get_sigmas_fewstep(nfe, cfg.shift)
     if cfg.student_kind == "bidirectional":
         return sample_fewstep_stochastic(FlowDenoiser(model, context), noise, sigmas, disable=True,
@@ -46,8 +46,7 @@ def sample_student(model, cfg: DistillConfig, context, nfe: int, seed: int = 0, 
 def _rollout_states(model, cfg: DistillConfig, context, sigmas, seed: int, keep) -> None:
     """Run the student's seeded stochastic rollout on `sigmas` and call keep(sigma, x (B, ...), velocity_fn) at
     every state (causal students: every chunk's state, its velocity_fn reading the real KV cache without writing)."""
-    gen = torch.Generator().manual_seed(seed)
-    noise, context = seeded_noise(model, cfg, context, cfg.num_frames, gen)
+    noise, context, gen = student_noise(model, cfg, context, cfg.num_frames, seed)
     if cfg.student_kind == "bidirectional":
         den = FlowDenoiser(model, context)
         sample_fewstep_stochastic(den, noise, sigmas, callback=lambda d: keep(float(d["sigma"]), d["x"], den.velocity),

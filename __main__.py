@@ -1,0 +1,163 @@
+"""Command line: `python -m comfyui_salt <command> --help`.
+
+Commands: `teacher` (toy teacher pre-training), `distill`, `export-teacher`, `export` (a student in another
+layout, or with `--lora` as a LoRA on its base for ComfyUI's LoraLoaderModelOnly), `demo`. Every flag maps
+to a config field; the defaults are the config's defaults, so `--help` documents them.
+
+A front door: it builds the toy world's pieces for the jobs (comfyui_salt.toy.jobs) and, for `demo`, runs the
+development harness (comfyui_salt.dev, present in a checkout, not in a built wheel).
+"""
+import argparse
+import logging
+import sys
+
+from .training.config_fields import add_config_flags, overrides_from_args
+
+
+def export(args) -> str:
+    """The `export` command: the student as a LoRA on --base (with its energy report), or in --layout."""
+    from .training.files import check_output, load_model, save_model
+    from .training.lora_export import export_lora, student_file
+    if not args.lora:
+        check_output(args.out, "--out", {"--student": student_file(args.student)})
+        model, _ = load_model(student_file(args.student))
+        save_model(model, args.out, layout=args.layout)
+        return f"wrote {args.out} ({args.layout} layout)"
+    if args.base is None:
+        raise SystemExit("export --lora: --base is required (the model the student was distilled from)")
+    from .salt_core.lora import format_report
+    from .salt_core.validate import check_device
+    device = check_device("--device", args.device, where="export --lora")
+    path, reports = export_lora(args.base, args.student, args.out, args.rank, diffs=not args.no_diffs,
+                                dtype=args.dtype, device=device)
+    return f"{format_report(reports, limit=12)}\nwrote {path}"
+
+
+def _load_demo():
+    """`run_demo` of the development harness (dev/demo.py), or a SystemExit saying it ships only in a checkout."""
+    dev = __package__ + ".dev"
+    try:
+        from .dev.demo import run_demo
+    except ModuleNotFoundError as e:
+        if e.name not in (dev, dev + ".demo"):
+            raise
+        raise SystemExit("demo: the development harness (dev/: the demo, the ComfyUI runner) is not part of an "
+                         "installed wheel; run it from a checkout: clone https://github.com/salt-video/comfyui-salt, "
+                         "then `bash .ci/setup && .venv/bin/python -m comfyui_salt demo`") from None
+    return run_demo
+
+
+def main(argv=None):
+    from .training.teacher import TeacherConfig
+    parser = argparse.ArgumentParser(prog="python -m comfyui_salt", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("teacher", help="train the toy teacher (flow matching); resumes automatically")
+    p.add_argument("--out", required=True, help="run folder (checkpoints, metrics.jsonl); rerun to resume")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (schedule unchanged)")
+    p.add_argument("--export", default=None, help="also write the EMA teacher to this .safetensors path at the end")
+    p.add_argument("--allow-changed-settings", action="store_true",
+                   help="resume a run folder whose checkpoints were made with other settings (listed in the error "
+                        "without this flag); the restored optimizer state is kept")
+    add_config_flags(p, TeacherConfig)
+    e = sub.add_parser("export-teacher", help="write the EMA weights of a teacher run's newest checkpoint")
+    e.add_argument("--run", required=True, help="teacher run folder (the --out of `teacher`)")
+    e.add_argument("--out", required=True, help="destination .safetensors (original Wan layout + config metadata)")
+    e.add_argument("--weights", choices=("ema", "raw"), default="ema", help="EMA (default) or the raw trained weights")
+    x = sub.add_parser("export", help="write a student checkpoint in another layout, or (--lora) as a LoRA on its base")
+    x.add_argument("--student", required=True, help="student checkpoint (any layout) or a distillation run folder")
+    x.add_argument("--out", required=True, help="destination file (.safetensors for a LoRA)")
+    x.add_argument("--lora", action="store_true",
+                   help="write student - base as a LoRA (ComfyUI keys: diffusion_model.<module>.lora_up/lora_down/"
+                        "alpha, .diff, .diff_b) for LoraLoaderModelOnly on the base Wan model")
+    x.add_argument("--base", default=None, help="with --lora: the model the student was distilled from")
+    x.add_argument("--rank", type=int, default=64, help="with --lora: rank of each linear layer's factors "
+                                                       "(truncated SVD; >= the layer width keeps it exactly)")
+    x.add_argument("--no-diffs", action="store_true", help="with --lora: leave out the full .diff / .diff_b of "
+                                                           "biases, norms, modulation and the patch conv")
+    x.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="bf16", help="with --lora: tensor dtype")
+    x.add_argument("--device", default=None, help="with --lora: where the SVDs run (default: cuda if available; "
+                                                  "on a CPU, Wan 1.3B takes tens of minutes)")
+    x.add_argument("--layout", default="wan", help="without --lora: layout of the written student "
+                                                   "(wan, comfyui, diffusers, self_forcing)")
+    q = sub.add_parser("distill", help="DMD / SC-DMD / Salt distillation or ODE-pair init; resumes automatically")
+    from .training.distill_config import DISTILL_PRESETS, RENAMED as DISTILL_RENAMED, DistillConfig
+    q.add_argument("--preset", required=True, metavar="PRESET",
+                   help=f"one of {', '.join(DISTILL_PRESETS)} (training/distill_config.py DISTILL_PRESETS); every "
+                        f"config flag below overrides one of its fields")
+    q.add_argument("--out", required=True, help="run folder (checkpoints, metrics.jsonl, export/); rerun to resume")
+    q.add_argument("--max-gen-steps", type=int, default=None, help="stop after this many generator steps")
+    q.add_argument("--allow-changed-settings", action="store_true",
+                   help="resume a run folder whose checkpoints were made with other settings (listed in the error "
+                        "without this flag); the restored optimizer state is kept")
+    add_config_flags(q, DistillConfig, renamed=DISTILL_RENAMED)
+    d = sub.add_parser("demo", help="the main job: toy-world generation, oracle metric table, preview GIF, workflow 1 in ComfyUI")
+    d.add_argument("--out", default="out/demo", help="folder for preview.gif and salt_toy_streaming.webp")
+    d.add_argument("--num-clips", type=int, default=16, help="prompts to generate per row")
+    d.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    d.add_argument("--teacher", default=None, help="toy teacher .safetensors (default: the shipped asset)")
+    d.add_argument("--student", default=None,
+                   help="causal toy student .safetensors, e.g. a distill run's export/student.safetensors "
+                        "(default: the shipped Salt toy student); also used by workflow 1")
+    d.add_argument("--no-comfyui", action="store_true",
+                   help="skip running workflows/salt_toy_streaming.json in a headless ComfyUI")
+    d.add_argument("--comfyui", default=None, help="ComfyUI tree to boot (default .venv/comfyui, from .ci/setup)")
+    args = parser.parse_args(argv)
+    from .salt_core.validate import check_count
+    for flag in ("max_steps", "max_gen_steps", "num_clips", "threads"):
+        if getattr(args, flag, None) is not None and not (flag == "threads" and args.command != "demo"):
+            check_count(flag, getattr(args, flag), where=f"--{flag.replace('_', '-')}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.command in ("teacher", "distill"):
+        from .training.common import install_stop_handlers
+        install_stop_handlers()   # Ctrl-C / kill: finish the step, save, exit; rerun to resume
+
+    if args.command == "teacher":
+        from .toy.evaluate import toy_evaluator
+        from .toy.jobs import teacher_world
+        from .training.teacher import train_teacher
+        cfg = TeacherConfig(**overrides_from_args(args, TeacherConfig))
+        if args.export:
+            from .training.files import check_output
+            check_output(args.export, "--export")           # before hours of training, not after
+        model = train_teacher(cfg, args.out, evaluate=toy_evaluator(cfg.world), max_steps=args.max_steps,
+                              world=teacher_world(cfg), allow_changed_settings=args.allow_changed_settings)
+        if args.export:
+            from .training.files import save_model
+            save_model(model, args.export, layout="wan",
+                       extra_metadata={"teacher_mode": cfg.mode, "train_steps": cfg.total_steps})
+    elif args.command == "distill":
+        from .training.distill_config import get_preset
+        from .toy.jobs import distill_world
+        from .training.distill import run_distillation
+        from .training.files import export_student
+        cfg = get_preset(args.preset, **overrides_from_args(args, DistillConfig))
+        model = run_distillation(cfg, args.out, max_gen_steps=args.max_gen_steps,
+                                 allow_changed_settings=args.allow_changed_settings, world=distill_world())
+        for path in export_student(model, args.out, causal=cfg.student_kind == "causal"):
+            print("wrote", path)
+    elif args.command == "export":
+        print(export(args))
+    elif args.command == "export-teacher":
+        from .training.teacher import export_teacher
+        print(export_teacher(args.run, args.out, args.weights))
+    elif args.command == "demo":
+        run_demo = _load_demo()
+        from .toy.shipped import TOY_STUDENT, TOY_TEACHER
+        run_demo(args.out, args.num_clips, args.threads, teacher=args.teacher or TOY_TEACHER,
+                 student=args.student or TOY_STUDENT, comfyui=not args.no_comfyui, comfyui_dir=args.comfyui)
+    return 0
+
+
+if __name__ == "__main__":
+    from .training.common import RunError
+    try:
+        sys.exit(main())
+    except (ValueError, MemoryError, FloatingPointError, FileNotFoundError, KeyError, RunError) as error:
+        # A refused input or a stopped run: the message says what and how to fix it; no traceback.
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt as stop:
+        print(f"stopped ({stop or 'interrupted'}); the last checkpoint is saved: rerun the same command to resume",
+              file=sys.stderr)
+        sys.exit(130)

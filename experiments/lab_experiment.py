@@ -1,0 +1,483 @@
+"""The method lab's distillation experiment: every arm × seed from a shared ODE initialisation, resumable, with
+exact metrics on paired noise and t intervals over seeds (docs/method_lab.md, issues 13 and 27).
+
+Commands (from the repository root; a learned lab teacher first, docs/method_lab.md):
+
+```bash
+# the teacher snapshot the arms distil (any lab teacher file with teacher_mode metadata)
+.venv/bin/python -m comfyui_salt export-teacher --run runs/lab-teacher --out runs/lab_teacher.safetensors
+# run (or resume) every missing stage in the background, two jobs at a time, then print the table; `kill <pid>` (or
+# Ctrl-C) saves and stops (every running job checkpoints first), the same command resumes
+nohup .venv/bin/python experiments/lab_experiment.py --teacher runs/lab_teacher.safetensors --out runs/lab-exp \
+    --seeds 3 --updates 300 --workers 2 > runs/lab-exp.log 2>&1 &
+# the table from finished runs only (runs nothing)
+.venv/bin/python experiments/lab_experiment.py --out runs/lab-exp --table
+# the long pair: dmd and salt continued from their 300-update runs to 1,000 updates (same init, same seeds)
+nohup .venv/bin/python experiments/lab_experiment.py --teacher runs/lab_teacher.safetensors --out runs/lab-exp-long \
+    --extend-from runs/lab-exp --arms dmd,salt --seeds 3 --updates 1000 --workers 2 > runs/lab-exp-long.log 2>&1 &
+# its table, and what the 700 more updates changed (each arm against its own 300-update runs, paired)
+.venv/bin/python experiments/lab_experiment.py --out runs/lab-exp-long --table --compact --compare-to runs/lab-exp
+```
+
+Stages, each skipped where finished and resumed where it stopped:
+1. ODE initialisation from the teacher (`lab-ode-init`): causal, and bidirectional for the bidir arms
+   (`<out>/ode-causal`, `<out>/ode-bidir`; seed 0, shared by every arm and seed);
+2. reference rows (`<out>/teacher`, `<out>/exact`): the learned and the exact teacher, 40 Euler steps, on the
+   students' captions and initial noise; and each ODE initialisation evaluated as the arms are (where they start);
+3. each arm × seed (`<out>/<arm>/seed<s>`) from the matching ODE init: a `python -m comfyui_salt distill`
+   subprocess (resumes from its last checkpoint; finished = summary.json). The arms the paper's five claims need
+   (CLAIM_ARMS) run first, seed by seed, then the λ_SC dose response and the exact-score pair;
+4. evaluation of each finished run into `<out>/<arm>/seed<s>/lab_eval.json`: per-clip exact quantities at 4 and 2
+   NFE on paired noise (the same captions and noise seed for every arm), the 8-step semigroup defect per clip on the
+   student's own rollout states (`training.distill_eval.defect_samples`), the rate of chunk-mode switches per chunk
+   boundary within the clip (`switch`) and along a 3×-length rolling-cache rollout (`drift`, causal students), and
+   the run's summary.json (SC-acted and aligned update counts). An evaluation from an older EVAL_VERSION is redone.
+`--table` prints, per arm and NFE, means with 95 % t intervals over the per-seed values
+(`salt_core.metrics.bootstrap.seed_t_interval`; lab_tables.INTERVAL_METHOD) and paired differences against the
+reference arm of the same student kind (`dmd`, or `bidir-dmd` for the bidirectional arms; `salt-exact` against `dmd-exact`, the same real
+score; same seeds, same clips, same resample). Extra settings
+for every job: `--set key=value` (e.g. tiny sizes in the CI smoke). The arms are defined in lab_arms.py; the tables
+and the claims' verdict rules are in lab_tables.py.
+"""
+import argparse
+import filecmp
+import gzip
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+
+from comfyui_salt.experiments.lab_arms import (ARMS, CLAIM_ARMS, DEFECT_GRID, EVAL_NFE, EVAL_SEED, EVAL_VERSION,
+                                               LENGTH_FACTOR, ODE_INITS, REFERENCE, REFERENCE_STEPS, REFERENCES,
+                                               student_kind)
+from comfyui_salt.experiments.lab_tables import format_claims, format_progress, format_table
+
+
+# -- running the stages ------------------------------------------------------------------------------------------
+def _flags(overrides: dict) -> list:
+    out = []
+    for k, v in overrides.items():
+        v = ",".join(str(x) for x in v) if isinstance(v, (tuple, list)) else str(v)
+        out += [f"--{k.replace('_', '-')}", v]
+    return out
+
+
+def parse_sets(pairs) -> dict:
+    """`--set key=value` pairs → {key: value} (values are parsed by the CLI's typed flags)."""
+    out = {}
+    for p in pairs or ():
+        if "=" not in p:
+            raise SystemExit(f"--set {p!r}: expected key=value, e.g. --set batch_size=2")
+        k, v = p.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def ode_export(out: str, kind: str) -> str:
+    return os.path.join(out, ODE_INITS[kind], "export", "student.safetensors")
+
+
+def arm_overrides(arm: str, seed: int, out: str, teacher: str, updates: int, extra: dict) -> dict:
+    """Every setting an arm's run gets on top of its preset."""
+    preset, over = ARMS[arm]
+    o = {"teacher": teacher, "student_init": ode_export(out, student_kind(arm)), "seed": seed, **extra, **over}
+    if updates:
+        o["gen_steps"] = updates
+    if o["teacher"] == "exact":
+        o["critic_init"] = teacher   # the critic starts from the learned teacher; the real score is exact
+    return o
+
+
+def _command(preset: str, run_dir: str, overrides: dict) -> list:
+    return ["distill", "--preset", preset, "--out", run_dir, *_flags(overrides)]
+
+
+def run_jobs(jobs: list, workers: int = 1, in_process: bool = False, after=None) -> int:
+    """Run (or resume) `distill` jobs, `workers` subprocesses at a time; returns how many failed.
+
+    jobs: [(preset, run_dir, overrides, done_path)] in order; a job whose done_path exists is skipped. `after(run_dir)`
+    runs in this process for every finished job (skipped ones too), once the freed slots have their next jobs.
+    Ctrl-C or SIGTERM asks every running job to stop (each saves its checkpoint), waits for them, and re-raises.
+    `in_process` runs each job through the CLI's main in this process instead (the CI smoke)."""
+    queue, running, ready, failed = list(jobs), [], [], 0
+    try:
+        while queue or running or ready:
+            for job in list(running):
+                run_dir, done, proc = job
+                if proc.poll() is None:
+                    continue
+                running.remove(job)
+                if proc.returncode == 0 and os.path.exists(done):
+                    ready.append(run_dir)
+                else:
+                    failed += 1
+                    print(f"failed ({proc.returncode}): {run_dir}; rerun to resume", flush=True)
+            while queue and len(running) < max(1, workers):
+                preset, run_dir, overrides, done = queue.pop(0)
+                if not os.path.exists(done) and in_process:
+                    from comfyui_salt.__main__ import main as cli
+                    cli(_command(preset, run_dir, overrides))
+                if os.path.exists(done):
+                    ready.append(run_dir)
+                elif in_process:
+                    failed += 1
+                else:
+                    cmd = [sys.executable, "-m", "comfyui_salt", *_command(preset, run_dir, overrides)]
+                    print("run:", " ".join(cmd), flush=True)
+                    running.append((run_dir, done, subprocess.Popen(cmd)))
+            if ready:          # the freed slots have their next jobs: now one evaluation
+                run_dir = ready.pop(0)
+                if after:
+                    after(run_dir)
+            elif running:
+                time.sleep(2)
+    except KeyboardInterrupt:   # Ctrl-C or kill: ask the children to stop (they save), wait, then stop
+        for _, _, proc in running:
+            proc.send_signal(signal.SIGINT)
+        for _, _, proc in running:
+            proc.wait()
+        raise
+    return failed
+
+
+def arms_needed(arms) -> set:
+    return {student_kind(a) for a in arms}
+
+
+def arm_order(arms, seeds: int, first=()) -> list:
+    """[(arm, seed)] in run order: the (arm, seed) pairs of `first`, then the claim arms seed by seed, then the
+    others seed by seed."""
+    claim = [a for a in arms if a in CLAIM_ARMS]
+    rest = [a for a in arms if a not in CLAIM_ARMS]
+    order = [(a, s) for a, s in first if a in arms and s < seeds]
+    return order + [(a, s) for group in (claim, rest) for s in range(seeds) for a in group if (a, s) not in order]
+
+
+def parse_first(text: str) -> list:
+    """`--first sc20:0,sc2:0` → [("sc20", 0), ("sc2", 0)]."""
+    out = []
+    for item in filter(None, text.split(",")):
+        arm, _, seed = item.partition(":")
+        if arm not in ARMS or not seed.isdigit():
+            raise SystemExit(f"--first {item!r}: expected arm:seed with an arm of {list(ARMS)}, e.g. sc20:0")
+        out.append((arm, int(seed)))
+    return out
+
+
+def extend_from(src: str, dst: str, updates: int) -> bool:
+    """Start run folder `dst` where the finished run `src` ended (its config, metrics and newest checkpoint), so
+    `updates` > the updates `src` made continues that run instead of repeating its first updates; True if it did.
+    Distillation has no learning-rate schedule and resumes exactly, so the continued run is the run a longer first
+    start would give. Nothing is done when `dst` already holds a checkpoint or a summary, or `src` has not finished;
+    SystemExit when `src` already made `updates` or more (nothing to continue)."""
+    from comfyui_salt.training.common import CheckpointManager
+    from comfyui_salt.training.runs import has_checkpoint
+    if has_checkpoint(dst) or os.path.exists(os.path.join(dst, "summary.json")):
+        return False
+    if not (os.path.exists(os.path.join(src, "summary.json")) and has_checkpoint(src)):
+        return False
+    step, ckpt = CheckpointManager(os.path.join(src, "checkpoints")).latest()
+    if step >= updates:
+        raise SystemExit(f"--extend-from: {src} already made {step} updates; pass --updates above {step} to "
+                         f"continue it, or drop --extend-from")
+    os.makedirs(os.path.join(dst, "checkpoints"), exist_ok=True)
+    for name in ("config.json", "metrics.jsonl"):
+        if os.path.exists(os.path.join(src, name)):
+            shutil.copy2(os.path.join(src, name), os.path.join(dst, name))
+    target = os.path.join(dst, "checkpoints", os.path.basename(ckpt))
+    shutil.copytree(ckpt, target + ".tmp", dirs_exist_ok=True)
+    os.replace(target + ".tmp", target)
+    return True
+
+
+def _stored_init(run_dir: str):
+    """The student_init a run folder holding checkpoints was started with (a resume must pass the same), or None."""
+    from comfyui_salt.training.runs import CONFIG_FILE, has_checkpoint
+    if not has_checkpoint(run_dir):
+        return None
+    with open(os.path.join(run_dir, CONFIG_FILE)) as f:
+        return json.load(f).get("student_init")
+
+
+def _share_starts(src: str, dst: str, kinds) -> None:
+    """Copy `src`'s ODE initialisations (export, config, evaluation; each folder whole, then renamed into place) and
+    reference evaluations into `dst` where missing: a continued experiment starts from the init it extends."""
+    for kind in kinds:
+        a, b = os.path.join(src, ODE_INITS[kind]), os.path.join(dst, ODE_INITS[kind])
+        if os.path.exists(ode_export(src, kind)) and not os.path.exists(b):
+            shutil.rmtree(b + ".tmp", ignore_errors=True)
+            os.makedirs(b + ".tmp")
+            shutil.copytree(os.path.join(a, "export"), os.path.join(b + ".tmp", "export"))
+            for name in ("config.json", "lab_eval.json"):
+                if os.path.exists(os.path.join(a, name)):
+                    shutil.copy2(os.path.join(a, name), os.path.join(b + ".tmp", name))
+            os.replace(b + ".tmp", b)
+    for ref in REFERENCES:
+        a, b = os.path.join(src, ref, "lab_eval.json"), os.path.join(dst, ref, "lab_eval.json")
+        if os.path.exists(a) and not os.path.exists(b):
+            os.makedirs(os.path.dirname(b), exist_ok=True)
+            shutil.copy2(a, b + ".tmp")
+            os.replace(b + ".tmp", b)
+
+
+def run_stages(args, extra: dict) -> int:
+    """Every missing stage (ODE inits, references, arms × seeds, evaluations); returns how many jobs failed."""
+    if args.workers > 1 and "threads" not in extra:   # the cores shared out (one thread each on 2 cores)
+        extra = {**extra, "threads": max(1, (os.cpu_count() or 1) // args.workers)}
+    if int(extra.get("threads", 0)) > 0:   # this process evaluates beside the jobs
+        torch.set_num_threads(int(extra["threads"]))
+    if args.extend_from:
+        _share_starts(args.extend_from, args.out, sorted(arms_needed(args.arms)))
+    ode = []
+    for kind in sorted(arms_needed(args.arms)):
+        o = {"teacher": args.teacher, "student_kind": kind, **extra}
+        if args.ode_updates:
+            o["gen_steps"] = args.ode_updates
+        ode.append(("lab-ode-init", os.path.join(args.out, ODE_INITS[kind]), o, ode_export(args.out, kind)))
+    if run_jobs(ode, args.workers, args.in_process):
+        raise SystemExit("an ODE initialisation did not finish; rerun to resume")
+    for ref in REFERENCES:
+        evaluate_reference(args.out, ref, args.teacher, args.clips)
+    for kind in sorted(arms_needed(args.arms)):   # where every arm starts
+        evaluate_run(os.path.join(args.out, ODE_INITS[kind]), args.clips)
+    if args.extend_from and not args.updates:
+        raise SystemExit("--extend-from needs --updates: how many updates the continued runs end at")
+    jobs = []
+    for arm, seed in arm_order(args.arms, args.seeds, parse_first(args.first)):
+        run_dir = os.path.join(args.out, arm, f"seed{seed}")
+        if args.extend_from and extend_from(os.path.join(args.extend_from, arm, f"seed{seed}"), run_dir,
+                                            args.updates):
+            print(f"continues {os.path.join(args.extend_from, arm, f'seed{seed}')}: {run_dir}", flush=True)
+        over = arm_overrides(arm, seed, args.out, args.teacher, args.updates, extra)
+        stored = _stored_init(run_dir)   # a continued run keeps its init file's path (a setting of the run)
+        if stored and os.path.exists(stored) and os.path.exists(over["student_init"]) and filecmp.cmp(
+                stored, over["student_init"], shallow=False):
+            over["student_init"] = stored
+        jobs.append((ARMS[arm][0], run_dir, over, os.path.join(run_dir, "summary.json")))
+    return run_jobs(jobs, args.workers, args.in_process, after=lambda d: evaluate_run(d, args.clips))
+
+
+# -- evaluation of one run -------------------------------------------------------------------------------------
+def _round(t) -> list:
+    return [float(f"{x:.6g}") for x in t.reshape(-1).tolist()]
+
+
+def _load_eval(path: str):
+    """A current lab_eval.json (or its gzipped copy from --export), or None (absent, or written by an older
+    evaluation: then it is redone)."""
+    if os.path.exists(path):
+        with open(path) as f:
+            out = json.load(f)
+    elif os.path.exists(path + ".gz"):
+        with gzip.open(path + ".gz", "rt") as f:
+            out = json.load(f)
+    else:
+        return None
+    return out if out.get("version") == EVAL_VERSION else None
+
+
+def write_gzip_json(path: str, obj) -> None:
+    """`obj` as gzipped JSON without timestamp or name: a repeated export gives the same bytes."""
+    with open(path, "wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=9, mtime=0) as gz:
+        gz.write(json.dumps(obj).encode())
+
+
+def export_evals(out: str, dest: str) -> int:
+    """Copy every current evaluation under `out` to `dest` in the same layout, gzipped (`--table --out dest` then
+    prints the same table); returns how many were written. What the repository keeps of an experiment."""
+    n = 0
+    for name, runs in load_results(out).items():
+        for seed, r in runs.items():
+            sub = os.path.join(dest, name) if name not in ARMS else os.path.join(dest, name, f"seed{seed}")
+            os.makedirs(sub, exist_ok=True)
+            write_gzip_json(os.path.join(sub, "lab_eval.json.gz"), {k: v for k, v in r.items() if not k.startswith("_")})
+            n += 1
+    return n
+
+
+def _write_eval(path: str, out: dict) -> dict:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(out, f)
+    os.replace(path + ".tmp", path)
+    return out
+
+
+def _switch_rate(lab, video, caps) -> list:
+    """Per clip, the fraction of chunk boundaries where the exact chunk mode changes (0 = one mode throughout)."""
+    from comfyui_salt.toy.lab.metrics import chunk_modes, mode_switches
+    modes = chunk_modes(lab, video, caps)
+    return _round(mode_switches(modes).double() / (modes.shape[1] - 1))
+
+
+def _clip_metrics(lab, video, caps) -> dict:
+    """The per-clip quantities the table needs from clips (B, C, F, H, W) of captions `caps`."""
+    from comfyui_salt.toy.lab.metrics import assign_modes, residual_gram, whitened_coordinates
+    mode, _, log_ev = assign_modes(lab, video, caps)
+    return {"mode": mode.tolist(), "w": [_round(w) for w in whitened_coordinates(lab, video, mode)],
+            "gram": [_round(g) for g in residual_gram(lab, video, mode)], "dims": video[0].numel(),
+            "loglik": _round(log_ev / video[0].numel()), "switch": _switch_rate(lab, video, caps), "drift": None}
+
+
+@torch.no_grad()
+def evaluate_reference(out: str, name: str, teacher: str, clips: int, force: bool = False) -> dict:
+    """Write (and return) `<out>/<name>/lab_eval.json`: the learned teacher file (`teacher`) or the exact teacher
+    (`exact`) sampled with REFERENCE_STEPS Euler steps, bidirectionally, on the students' captions and noise."""
+    from comfyui_salt.salt_core.denoiser import FlowDenoiser
+    from comfyui_salt.salt_core.samplers import sample_euler
+    from comfyui_salt.salt_core.schedules import get_sigmas_uniform
+    from comfyui_salt.toy.lab import ExactTeacher, LabTextEncoder, LabWorld
+    from comfyui_salt.toy.prompts import lab_eval_captions
+    from comfyui_salt.training.distill_config import get_preset
+    from comfyui_salt.training.distill_eval import student_noise
+    from comfyui_salt.training.files import load_model
+    path = os.path.join(out, name, "lab_eval.json")
+    if not force:
+        done = _load_eval(path)
+        if done is not None:
+            return done
+    cfg = get_preset(ARMS[REFERENCE["causal"]][0])   # sizes, shift and world of the arms
+    lab = LabWorld(cfg.world.split(":", 1)[1])
+    model = ExactTeacher(lab) if name == "exact" else load_model(teacher)[0].eval()
+    caps = lab_eval_captions(lab, clips)
+    ctx = LabTextEncoder(lab, model.cfg.text_dim, model.cfg.text_len).encode(caps)
+    noise, ctx, _ = student_noise(model, cfg, ctx, cfg.num_frames, EVAL_SEED)
+    video = sample_euler(FlowDenoiser(model, ctx), noise, get_sigmas_uniform(REFERENCE_STEPS, cfg.shift),
+                         disable=True).float()
+    row = _clip_metrics(lab, video, caps)
+    res = {"version": EVAL_VERSION, "config": {"world": cfg.world, "student_kind": "bidirectional", "seed": 0,
+                                               "teacher": teacher if name == "teacher" else "exact"},
+           "summary": {}, "captions": caps.tolist(), "nfe": {str(REFERENCE_STEPS): row}, "defect8": None}
+    return _write_eval(path, res)
+
+
+@torch.no_grad()
+def evaluate_run(run_dir: str, clips: int, force: bool = False) -> dict:
+    """Write (and return) `lab_eval.json` of a finished run: per-clip exact quantities on paired noise."""
+    from comfyui_salt.salt_core.kv_cache import CachePolicy
+    from comfyui_salt.toy.evaluate import LAB_PREFIX
+    from comfyui_salt.toy.lab.world import LabTextEncoder, LabWorld
+    from comfyui_salt.toy.prompts import lab_eval_captions
+    from comfyui_salt.training.distill_config import DistillConfig
+    from comfyui_salt.training.distill_eval import defect_samples, sample_student
+    from comfyui_salt.training.files import load_model
+    path = os.path.join(run_dir, "lab_eval.json")
+    if not force:
+        done = _load_eval(path)
+        if done is not None:
+            return done
+    with open(os.path.join(run_dir, "config.json")) as f:
+        cfg = DistillConfig.from_dict(json.load(f))
+    summary = {}   # an ODE initialisation writes none
+    if os.path.exists(os.path.join(run_dir, "summary.json")):
+        with open(os.path.join(run_dir, "summary.json")) as f:
+            summary = json.load(f)
+    model, _ = load_model(os.path.join(run_dir, "export", "student.safetensors"))
+    model.eval()
+    lab = LabWorld(cfg.world[len(LAB_PREFIX):])
+    caps = lab_eval_captions(lab, clips)
+    ctx = LabTextEncoder(lab, model.cfg.text_dim, model.cfg.text_len).encode(caps)
+    out = {"version": EVAL_VERSION,
+           "config": {"world": cfg.world, "student_kind": cfg.student_kind, "seed": cfg.seed, "teacher": cfg.teacher,
+                      "sc_weight": cfg.sc_weight},
+           "summary": summary, "captions": caps.tolist(), "nfe": {}}
+    for nfe in EVAL_NFE:
+        video = sample_student(model, cfg, ctx, nfe, seed=EVAL_SEED).cpu()
+        row = _clip_metrics(lab, video, caps)
+        if cfg.student_kind == "causal":
+            frames = cfg.num_frames * LENGTH_FACTOR
+            long = sample_student(model, cfg, ctx, nfe, seed=EVAL_SEED, num_frames=frames,
+                                  policy=CachePolicy.rolling(cfg.num_frames, relative_rope=True)).cpu()
+            row["drift"] = _switch_rate(lab, long, caps)
+        out["nfe"][str(nfe)] = row
+    _, defects = defect_samples(model, cfg, ctx, grid_steps=DEFECT_GRID, seed=EVAL_SEED)
+    out["defect8"] = _round(defects.mean(0))
+    return _write_eval(path, out)
+
+
+# -- the table --------------------------------------------------------------------------------------------------
+def load_results(out: str, arms=None) -> dict:
+    """{arm: {seed: lab_eval dict}} of every run under `out` with a current evaluation, and the reference rows
+    ({"teacher": {0: ...}, "exact": {0: ...}}) where evaluated."""
+    res = {}
+    for ref in REFERENCES + tuple(ODE_INITS.values()):
+        r = _load_eval(os.path.join(out, ref, "lab_eval.json"))
+        if r is not None:
+            res[ref] = {0: r}
+    for arm in arms or ARMS:
+        d = os.path.join(out, arm)
+        if not os.path.isdir(d):
+            continue
+        for name in sorted(os.listdir(d)):
+            r = _load_eval(os.path.join(d, name, "lab_eval.json"))
+            if name.startswith("seed") and r is not None:
+                res.setdefault(arm, {})[int(name[4:])] = r
+    return res
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="runs/lab-exp", help="experiment folder (one subfolder per stage, arm and seed)")
+    p.add_argument("--teacher", default="", help="the learned lab teacher file (teacher_mode metadata)")
+    p.add_argument("--seeds", type=int, default=3, help="training seeds per arm (0..seeds-1)")
+    p.add_argument("--updates", type=int, default=0, help="generator updates per arm (0 = the preset's)")
+    p.add_argument("--ode-updates", type=int, default=0, help="ODE-init steps (0 = the preset's)")
+    p.add_argument("--arms", default=",".join(ARMS), help="comma list of arms (default: all)")
+    p.add_argument("--clips", type=int, default=48, help="evaluation clips per run (paired across arms)")
+    p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
+    p.add_argument("--workers", type=int, default=1, help="jobs at a time (each gets cores / workers threads unless "
+                                                          "--set threads=N; 2 on 2 cores: ~1.4× the throughput)")
+    p.add_argument("--first", default="", metavar="ARM:SEED,...", help="runs to do before the claim arms (e.g. "
+                                                                       "the λ_SC dose response on seed 0)")
+    p.add_argument("--extend-from", default="", metavar="DIR", help="continue each arm × seed finished in DIR (a "
+                                                                   "shorter experiment) up to --updates, from its "
+                                                                   "ODE init and last checkpoint")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a setting for every job")
+    p.add_argument("--table", action="store_true", help="only print the table of finished runs")
+    p.add_argument("--compact", action="store_true", help="the columns of the docs' table only")
+    p.add_argument("--compare-to", default="", metavar="DIR", help="also print what more updates changed: each arm "
+                                                                    "against the same arm and seeds in DIR (e.g. "
+                                                                    "the 300-update runs the long pair continued)")
+    p.add_argument("--export", default="", metavar="DIR", help="with --table: also copy the evaluations, gzipped, to "
+                                                              "DIR (what the repository keeps; --out DIR reprints)")
+    p.add_argument("--in-process", action="store_true", help="run the jobs in this process (tests; no Ctrl-C resume "
+                                                             "of a single job beyond its checkpoints)")
+    args = p.parse_args(argv)
+    args.arms = [a for a in args.arms.split(",") if a]
+    unknown = [a for a in args.arms if a not in ARMS]
+    if unknown:
+        raise SystemExit(f"--arms: unknown {unknown}; choose from {list(ARMS)}")
+    if not args.table:
+        if not args.teacher:
+            raise SystemExit("--teacher <learned lab teacher file> is needed to run stages (or pass --table)")
+        def stop(signum, frame):
+            raise KeyboardInterrupt(f"signal {signum}")
+        signal.signal(signal.SIGTERM, stop)   # `kill <pid>` stops like Ctrl-C (the running job saves first)
+        try:
+            failed = run_stages(args, parse_sets(args.set))
+        except KeyboardInterrupt:
+            print("stopped; every run saved its last checkpoint: rerun the same command to resume", flush=True)
+            return 130
+        if failed:
+            print(f"{failed} run(s) failed (see above); rerun the same command to resume them", flush=True)
+    if args.export:
+        print(f"exported {export_evals(args.out, args.export)} evaluations to {args.export}")
+    results = load_results(args.out, args.arms)
+    print(format_table(results, args.resamples, args.compact))
+    claims = format_claims(results, args.resamples)
+    if claims:
+        print("\nThe paper's claims (paired by seed and clip; rules at lab_tables.CLAIMS):\n" + claims)
+    if args.compare_to:
+        progress = format_progress(results, load_results(args.compare_to, args.arms), args.resamples)
+        print(f"\nWhat more updates changed (earlier: {args.compare_to}; mean there → here (Δ here − there, paired "
+              f"by seed and clip)):\n" + (progress or "no arm evaluated in both"))
+    return 1 if not args.table and failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,229 @@
+"""Which semigroup defect does SC lower? The lab's students measured on the triplets L_SC trains and on the
+consecutive triplets the lab's `defect8` reads (issue 13: the defect did not fall from λ_SC 2 to 20).
+
+L_SC trains, at exit step s_i of an 8-step rollout, a triplet (s_i, s_m, s_e) whose end is on the 4-step grid ∪ {0}
+(`salt_core.losses.sc_triplet`). `defect8` averages the consecutive triplets (s_k, s_k+1, s_k+2) of the 8-step grid:
+those with even k end on the 4-step grid and are trained; those with odd k never are. For each finished run this
+measures, on the same captions, noise and rollout states as the experiment's evaluation:
+- `consecutive`: the mean over all consecutive triplets (the experiment's defect8),
+- `trained consecutive` / `untrained consecutive`: even k / odd k,
+- `SC-weighted`: every triplet SC can draw, weighted by how often a generator step that carries SC draws it
+  (`training.distill_eval.sc_defect_samples`);
+- `loss-weighted`: the same triplets also weighted by L_SC's factor 1 − σ_s (0 at the first exit, σ_s = 1), the
+  exit levels L_SC weights most (its squared gap also scales with (σ_m − σ_e)², not weighted here);
+- per exit level σ_s, the SC-weighted defect of that exit's triplets.
+Means over seeds with two-level bootstrap 95 % intervals (seeds, then clips), and each arm's paired ratios to the
+claims' reference (`dmd`, or `bidir-dmd` for the bidirectional arms) and, for the causal arms, to λ_SC = 0 (`sc0`).
+
+```bash
+.venv/bin/python experiments/lab_sc_triplets.py --out runs/lab-exp           # measure what is missing, print
+.venv/bin/python experiments/lab_sc_triplets.py --out runs/lab-exp --table   # print from the cached measurements
+# the measurements kept in the repository (beside the experiment's evaluations): reprint without any run
+.venv/bin/python experiments/lab_sc_triplets.py --out experiments/results/lab-exp --table
+```
+Per run the measurement is cached in `<run>/sc_triplets.json` (redone when missing, or when the clip count or
+the run's update count changed).
+"""
+import argparse
+import gzip
+import json
+import os
+
+import torch
+
+from comfyui_salt.experiments import lab_experiment as lx   # the experiment's arms, captions and noise seed
+
+ARMS = ("dmd", "sc0", "sc-dmd", "sc2", "sc20", "sc2-sym", "salt", "bidir-dmd", "bidir-sc-dmd")
+BASE = "sc0"   # λ_SC = 0: K = 8 alone (causal); the claims' reference (dmd, bidir-dmd) is the other baseline
+COLUMNS = ("consecutive", "trained consecutive", "untrained consecutive", "SC-weighted", "loss-weighted")
+
+
+def _gen_updates(run_dir: str):
+    """The generator updates a finished run made (its summary.json), or None."""
+    path = os.path.join(run_dir, "summary.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f).get("gen_updates")
+
+
+@torch.no_grad()
+def measure(run_dir: str, clips: int) -> dict:
+    """Per-clip defects of one finished run, cached in `<run>/sc_triplets.json` (redone when the clip count or the
+    run's update count differs): {"consecutive": [[(σ_s, σ_m, σ_e), [B]], ...], "sc": [[triplet, p, [B]], ...]}."""
+    from comfyui_salt.toy.evaluate import LAB_PREFIX
+    from comfyui_salt.toy.lab.world import LabTextEncoder, LabWorld
+    from comfyui_salt.toy.prompts import lab_eval_captions
+    from comfyui_salt.training.distill_config import DistillConfig
+    from comfyui_salt.training.distill_eval import defect_samples, sc_defect_samples
+    from comfyui_salt.training.files import load_model
+    path = os.path.join(run_dir, "sc_triplets.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            done = json.load(f)
+        if done.get("clips") == clips and done.get("gen_updates") == _gen_updates(run_dir):
+            return done
+    with open(os.path.join(run_dir, "config.json")) as f:
+        cfg = DistillConfig.from_dict(json.load(f))
+    model = load_model(os.path.join(run_dir, "export", "student.safetensors"))[0].eval()
+    lab = LabWorld(cfg.world[len(LAB_PREFIX):])
+    caps = lab_eval_captions(lab, clips)
+    ctx = LabTextEncoder(lab, model.cfg.text_dim, model.cfg.text_len).encode(caps)
+    cons, dc = defect_samples(model, cfg, ctx, grid_steps=lx.DEFECT_GRID, seed=lx.EVAL_SEED)
+    trip, p, ds = sc_defect_samples(model, cfg, ctx, seed=lx.EVAL_SEED)
+    out = {"sc_weight": cfg.sc_weight, "seed": cfg.seed, "clips": clips, "gen_updates": _gen_updates(run_dir),
+           "consecutive": [[list(t), lx._round(row)] for t, row in zip(cons, dc)],
+           "sc": [[list(t), float(q), lx._round(row)] for t, q, row in zip(trip, p.tolist(), ds)]}
+    with open(path + ".tmp", "w") as f:
+        json.dump(out, f)
+    os.replace(path + ".tmp", path)
+    return out
+
+
+def _key(triplet) -> tuple:
+    """A triplet of σ as a hashable key, robust to float formatting."""
+    return tuple(round(float(x), 9) for x in triplet)
+
+
+def per_clip(m: dict) -> dict:
+    """{column: (B,) float64} of one run's measurement: the COLUMNS (a consecutive triplet is "trained" when SC can
+    draw it), and per exit level "σ_s=<level>" the SC-weighted defect of that exit's triplets."""
+    cons = [(t, torch.tensor(row, dtype=torch.float64)) for t, row in m["consecutive"]]
+    sc = [(t, q, torch.tensor(row, dtype=torch.float64)) for t, q, row in m["sc"]]
+    drawn = {_key(t) for t, _, _ in sc}
+    trained = [row for t, row in cons if _key(t) in drawn]
+    untrained = [row for t, row in cons if _key(t) not in drawn]
+    loss_w = [(1.0 - t[0]) * q for t, q, _ in sc]                    # L_SC's (1 − σ_s) weight × draw frequency
+    nan = torch.full_like(cons[0][1], float("nan"))
+    out = {"consecutive": torch.stack([r for _, r in cons]).mean(0),
+           "trained consecutive": torch.stack(trained).mean(0) if trained else nan,
+           "untrained consecutive": torch.stack(untrained).mean(0) if untrained else nan,
+           "SC-weighted": sum(q * r for _, q, r in sc),
+           "loss-weighted": sum(w * r for w, (_, _, r) in zip(loss_w, sc)) / sum(loss_w) if sum(loss_w) else nan}
+    for level in sorted({t[0] for t, _, _ in sc}, reverse=True):
+        rows = [(q, r) for t, q, r in sc if t[0] == level]
+        out[f"σ_s={level:.3f}"] = sum(q * r for q, r in rows) / sum(q for q, _ in rows)
+    return out
+
+
+def _fmt(iv) -> str:
+    return "" if iv.mean != iv.mean else f"{iv.mean:.4f} [{iv.lo:.4f}, {iv.hi:.4f}]"
+
+
+def _mean(vals: list, resamples: int):
+    """Two-level interval of the mean over seeds of per-clip values [(B,), ...] (one tensor per seed)."""
+    from comfyui_salt.salt_core.metrics.bootstrap import nested_bootstrap
+    return nested_bootstrap(lambda draw: sum(((vals[g] * c).sum() / c.sum()).item() for g, c in draw) / len(draw),
+                            [v.numel() for v in vals], resamples)
+
+
+def _ratio(a: list, b: list, resamples: int):
+    """Two-level interval of mean(a) / mean(b), paired by seed and clip."""
+    from comfyui_salt.salt_core.metrics.bootstrap import nested_bootstrap
+
+    def stat(draw):
+        return (sum((a[g] * c).sum() / c.sum() for g, c in draw) / sum((b[g] * c).sum() / c.sum() for g, c in draw)).item()
+    return nested_bootstrap(stat, [v.numel() for v in a], resamples)
+
+
+def _read(path: str):
+    """A cached measurement (`sc_triplets.json`, or its gzipped copy from --export), or None."""
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    if os.path.exists(path + ".gz"):
+        with gzip.open(path + ".gz", "rt") as f:
+            return json.load(f)
+    return None
+
+
+def load(out: str) -> tuple:
+    """({arm: {seed: per_clip columns}}, {arm: λ_SC}) of every measured run under `out`."""
+    runs, weights = {}, {}
+    for arm in ARMS:
+        d = os.path.join(out, arm)
+        for name in sorted(os.listdir(d)) if os.path.isdir(d) else ():
+            m = _read(os.path.join(d, name, "sc_triplets.json")) if name.startswith("seed") else None
+            if m is not None:
+                runs.setdefault(arm, {})[int(name[4:])] = per_clip(m)
+                weights[arm] = m["sc_weight"]
+    return runs, weights
+
+
+def export(out: str, dest: str) -> int:
+    """Copy every measurement under `out` to `dest` in the same layout, gzipped (`--out dest --table` reprints the
+    tables); returns how many were written."""
+    n = 0
+    for arm in ARMS:
+        d = os.path.join(out, arm)
+        for name in sorted(os.listdir(d)) if os.path.isdir(d) else ():
+            m = _read(os.path.join(d, name, "sc_triplets.json")) if name.startswith("seed") else None
+            if m is not None:
+                os.makedirs(os.path.join(dest, arm, name), exist_ok=True)
+                lx.write_gzip_json(os.path.join(dest, arm, name, "sc_triplets.json.gz"), m)
+                n += 1
+    return n
+
+
+def table(out: str, resamples: int = 1000) -> str:
+    """Markdown: per arm, each column's mean [95 %] over seeds and clips and its paired ratios (seeds paired in
+    brackets) to the claims' reference of its student kind and, for causal arms, to BASE; then the SC-weighted
+    defect per exit level σ_s, with L_SC's weight 1 − σ_s there."""
+    runs, weights = load(out)
+    if not runs:
+        return "no measured runs yet"
+    ratios = [(col, base) for base in ("ref", BASE) for col in ("consecutive", "loss-weighted")]
+    head = (["arm", "λ_SC", "seeds"] + list(COLUMNS)
+            + [f"{col} / {'dmd or bidir-dmd' if base == 'ref' else base}" for col, base in ratios])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for arm, by_seed in runs.items():
+        seeds = sorted(by_seed)
+        cells = [arm, f"{weights[arm]:g}", str(len(seeds))]
+        cells += [_fmt(_mean([by_seed[s][col] for s in seeds], resamples)) for col in COLUMNS]
+        for col, base in ratios:
+            kind = lx.student_kind(arm)
+            ref = lx.REFERENCE[kind] if base == "ref" else BASE if kind == "causal" else None
+            paired = [s for s in seeds if s in runs.get(ref, {})]
+            cells.append("" if arm == ref or not paired else _fmt(_ratio(
+                [by_seed[s][col] for s in paired], [runs[ref][s][col] for s in paired], resamples))
+                + f" ({len(paired)})")
+        lines.append("| " + " | ".join(cells) + " |")
+    levels = [k for k in next(iter(next(iter(runs.values())).values())) if k.startswith("σ_s=")]
+    head = ["arm", "λ_SC", "seeds"] + [f"{k} (1 − σ_s = {1 - float(k[4:]):.2f})" for k in levels]
+    lines += ["", "SC-weighted defect per exit level σ_s (L_SC's weight there in brackets):", "",
+              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for arm, by_seed in runs.items():
+        seeds = sorted(by_seed)
+        cells = [arm, f"{weights[arm]:g}", str(len(seeds))]
+        cells += [_fmt(_mean([by_seed[s][k] for s in seeds], resamples)) for k in levels]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    """Measure every finished run of ARMS under --out that lacks a current measurement (unless --table); print."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True, help="the experiment's output folder (runs/lab-exp)")
+    p.add_argument("--table", action="store_true", help="print from the cached measurements only")
+    p.add_argument("--export", default="", metavar="DIR", help="also copy the measurements, gzipped, to DIR (what the "
+                                                              "repository keeps; --out DIR --table reprints)")
+    p.add_argument("--clips", type=int, default=48, help="clips per run (the experiment's evaluation: 48)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not args.table:
+        for arm in ARMS:
+            d = os.path.join(args.out, arm)
+            for name in sorted(os.listdir(d)) if os.path.isdir(d) else ():
+                run = os.path.join(d, name)
+                if name.startswith("seed") and os.path.exists(os.path.join(run, "summary.json")):
+                    measure(run, args.clips)
+                    print(f"measured {run}", flush=True)
+    if args.export:
+        print(f"exported {export(args.out, args.export)} measurements to {args.export}")
+    print(table(args.out))
+
+
+if __name__ == "__main__":
+    main()

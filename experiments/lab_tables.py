@@ -1,0 +1,275 @@
+"""The method lab's tables from evaluated runs (`lab_experiment.load_results`): per arm and NFE, means over
+training seeds with 95 % Student-t intervals over the per-seed values (INTERVAL_METHOD; each seed's value is the
+metric over its clips); paired differences against each arm's reference (per seed, on the same clips and noise);
+and the paper's claims with a verdict each (rules at CLAIMS). Rows without seeds (the teachers, the ODE inits) get
+a percentile bootstrap over their clips. Knows nothing of running or evaluating the arms.
+
+Why t and not the two-level bootstrap used before (issue 27): with 3 seeds that bootstrap covers a true difference
+about 80 % of the time when the seeds' spread dominates (tests/test_intervals.py), and the lab's Salt − DMD
+differences are such; the t interval holds 95 % at any seed count for normal seed means.
+"""
+import torch
+
+from comfyui_salt.experiments.lab_arms import ARMS, EVAL_NFE, ODE_INITS, REFERENCE, REFERENCE_OF, REFERENCES
+
+INTERVAL_METHOD = ("95 % Student-t over per-seed values (N − 1 df); rows without seeds: percentile bootstrap over "
+                   "clips")
+
+METRICS = ("var_ratio", "mean_err", "coverage", "switch", "drift", "loglik", "defect8")
+DIFFS = ("var_ratio", "mean_err", "drift", "defect8")
+COMPACT_METRICS = ("var_ratio", "mean_err", "switch", "drift", "defect8")   # the docs' table (docs/method_lab.md)
+COMPACT_DIFFS = ("mean_err", "drift", "defect8")
+DIGITS = {"defect8": 4}    # the defect is ~0.02: 3 decimals would hide its interval
+
+
+def _tensors(r: dict, key: str) -> dict:
+    """The per-clip lists of one run's NFE row as tensors, converted once (bootstrap draws reuse them)."""
+    cache = r.setdefault("_tensors", {})
+    if key not in cache:
+        row = r["nfe"][key]
+        as64 = lambda v: None if v is None else torch.as_tensor(v, dtype=torch.float64)   # noqa: E731
+        cache[key] = {"mode": torch.as_tensor(row["mode"]), "w": as64(row["w"]), "gram": torch.as_tensor(row["gram"]),
+                      "captions": torch.as_tensor(r["captions"]), "defect8": as64(r["defect8"]),
+                      **{k: as64(row[k]) for k in ("loglik", "switch", "drift")}}
+    return cache[key]
+
+
+def metric_fn(name: str, nfe: int, world):
+    """f(lab_eval dict, counts (clips,)) -> float: one metric of one run, its clips repeated `counts` times."""
+    from comfyui_salt.toy.lab.metrics import coverage_error, mode_mean_error_gram, within_mode_variance
+    key = str(nfe)
+
+    def f(r, c):
+        t = _tensors(r, key)
+        if name in ("var_ratio", "var_gap"):   # var_gap = |var_ratio − 1|: detail lost or noise added
+            v = within_mode_variance(t["w"], t["mode"], c)
+            return v if name == "var_ratio" else abs(v - 1.0)
+        if name == "mean_err":
+            return mode_mean_error_gram(t["gram"], t["mode"], r["nfe"][key]["dims"], c)
+        if name == "coverage":
+            return coverage_error(world, t["mode"], t["captions"], c)
+        values = t[name]
+        return float("nan") if values is None else float((values * c).sum() / c.sum())
+    return f
+
+
+def seed_values(runs: list, f) -> list:
+    """f of each run (seed) on all its clips once."""
+    return [f(r, torch.ones(len(r["captions"]), dtype=torch.float64)) for r in runs]
+
+
+def interval(runs: list, f, resamples: int = 1000, seed: int = 0, over: str = "seeds"):
+    """The mean over seeds of f with its t interval over the per-seed values (NaN with one seed); over="clips": one
+    run's value with a percentile bootstrap over its clips (reference rows, which have no seeds). Paired
+    differences: `paired_interval`."""
+    from comfyui_salt.salt_core.metrics.bootstrap import nested_bootstrap, seed_t_interval
+    if over == "clips":
+        (run,) = runs
+        return nested_bootstrap(lambda draw: f(run, draw[0][1]), [len(run["captions"])], resamples, seed=seed)
+    return seed_t_interval(seed_values(runs, f))
+
+
+def _fmt(iv, digits=3) -> str:
+    if iv.mean != iv.mean:
+        return ""
+    return f"{iv.mean:.{digits}f} [{iv.lo:.{digits}f}, {iv.hi:.{digits}f}]"
+
+
+def format_table(results: dict, resamples: int = 1000, compact: bool = False) -> str:
+    """The markdown table of finished runs: per arm and NFE, means [95 % intervals] and paired Δ (arm − reference,
+    same seeds, clips and resamples) against the reference arm of its student kind (`dmd` or `bidir-dmd`; REFERENCE_OF
+    for the arms paired otherwise).
+    `compact`: the columns of the docs' table only (COMPACT_METRICS, COMPACT_DIFFS, SC and aligned update counts)."""
+    from comfyui_salt.toy.lab.world import LabWorld
+    if not results:
+        return "no evaluated runs yet"
+    world = LabWorld(next(iter(next(iter(results.values())).values()))["config"]["world"].split(":", 1)[1])
+    metrics, diffs = (COMPACT_METRICS, COMPACT_DIFFS) if compact else (METRICS, DIFFS)
+    count_keys = ("sc_updates", "align_updates") + (() if compact else ("gen_updates",))
+    head = (["arm", "seeds", "NFE"] + list(metrics) + ["vs"] + [f"Δ{m}" for m in diffs]
+            + ["SC updates", "aligned updates", "generator updates"][:len(count_keys)])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for ref in [r for r in REFERENCES + tuple(ODE_INITS.values()) if r in results]:   # no seeds, no differences
+        run = results[ref][0]
+        for key in run["nfe"]:
+            cells = [f"{ref} (Euler)" if ref in REFERENCES else ref, "", key]
+            cells += [_fmt(interval([run], metric_fn(m, int(key), world), resamples=resamples, over="clips"),
+                           DIGITS.get(m, 3)) for m in metrics]
+            lines.append("| " + " | ".join(cells + [""] * (len(head) - len(cells))) + " |")
+    for arm in [a for a in ARMS if a in results]:
+        seeds = sorted(results[arm])
+        runs = [results[arm][s] for s in seeds]
+        ref_arm = REFERENCE_OF.get(arm, REFERENCE[runs[0]["config"]["student_kind"]])
+        ref = results.get(ref_arm, {})
+        paired = [s for s in seeds if s in ref]
+        counts = [sum(r["summary"].get(k, 0) for r in runs) for k in count_keys]
+        for nfe in EVAL_NFE:
+            cells = [arm, str(len(seeds)), str(nfe)]
+            for m in metrics:
+                cells.append(_fmt(interval(runs, metric_fn(m, nfe, world), resamples=resamples), DIGITS.get(m, 3)))
+            cells.append(ref_arm if arm != ref_arm and paired else "")
+            for m in diffs:
+                if arm == ref_arm or not paired:
+                    cells.append("")
+                    continue
+                cells.append(_fmt(paired_interval(results, arm, nfe, ref_arm, nfe, m, world,
+                                                  resamples=resamples)[0], 4))
+            cells += [str(c) for c in counts]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# The paper's five claims (the first in both student kinds), read from paired arms: (claim, arm, NFE, reference arm, reference NFE, test).
+# Tests: "quality" = per-mode mean error and |var_ratio − 1|, lower is better; "non-inferior" = the same two, at
+# least as good; "drift" = the switch rate per chunk boundary on the 3×-length rollout; "defect" = the ratio of
+# 8-step semigroup defects. Verdict rules (95 % paired t intervals over seeds of arm − reference, or arm / reference):
+#   quality: reproduces if one metric is better (interval below 0) and neither is worse (interval above 0); does not
+#            if one is worse and neither better; otherwise inconclusive at this power (or mixed, if one of each);
+#   non-inferior: reproduces if both intervals lie below +10 % of the reference's value; does not if either lies
+#            above 0; otherwise inconclusive;
+#   drift: reproduces if the interval lies below 0, does not if above 0, otherwise inconclusive;
+#   defect: reproduces if the ratio's interval lies at or below 0.82, does not if above it, otherwise inconclusive;
+#   lower-ratio: the defect ratio's interval below 1 (reproduces), above 1 (does not), otherwise inconclusive.
+CLAIMS = (
+    ("SC-DMD's defect ≤ 0.82× DMD's, bidirectional", "bidir-sc-dmd", 4, "bidir-dmd", 4, "defect"),
+    ("SC-DMD's defect ≤ 0.82× DMD's, autoregressive", "sc-dmd", 4, "dmd", 4, "defect"),
+    ("SC-DMD beats DMD, bidirectional, 4 NFE", "bidir-sc-dmd", 4, "bidir-dmd", 4, "quality"),
+    ("SC-DMD beats DMD, bidirectional, 2 NFE", "bidir-sc-dmd", 2, "bidir-dmd", 2, "quality"),
+    ("Salt beats Self-Forcing DMD, 4 NFE", "salt", 4, "dmd", 4, "quality"),
+    ("Salt beats Self-Forcing DMD, 2 NFE", "salt", 2, "dmd", 2, "quality"),
+    ("Salt drifts less on 3× rollouts, 4 NFE", "salt", 4, "dmd", 4, "drift"),
+    ("Salt drifts less on 3× rollouts, 2 NFE", "salt", 2, "dmd", 2, "drift"),
+    ("Salt at 2 NFE ≥ DMD at 4 NFE", "salt", 2, "dmd", 4, "non-inferior"),
+    ("Salt beats Self-Forcing DMD, exact real score, 4 NFE", "salt-exact", 4, "dmd-exact", 4, "quality"),
+    ("Salt beats Self-Forcing DMD, exact real score, 2 NFE", "salt-exact", 2, "dmd-exact", 2, "quality"),
+    ("Salt drifts less on 3× rollouts, exact real score, 4 NFE", "salt-exact", 4, "dmd-exact", 4, "drift"),
+    ("Salt drifts less on 3× rollouts, exact real score, 2 NFE", "salt-exact", 2, "dmd-exact", 2, "drift"),
+    # this pack's symmetric SC against the released form, everything else equal (not the paper's claims)
+    ("Symmetric SC beats released Salt, 4 NFE", "salt-sym", 4, "salt", 4, "quality"),
+    ("Symmetric SC beats released Salt, 2 NFE", "salt-sym", 2, "salt", 2, "quality"),
+    ("Symmetric SC drifts less than released Salt, 4 NFE", "salt-sym", 4, "salt", 4, "drift"),
+    ("Symmetric SC drifts less than released Salt, 2 NFE", "salt-sym", 2, "salt", 2, "drift"),
+    ("Symmetric SC's defect below released Salt's", "salt-sym", 4, "salt", 4, "lower-ratio"),
+)
+DEFECT_BAR = 0.82
+NON_INFERIOR_MARGIN = 0.10
+
+
+def paired_interval(results: dict, arm: str, nfe: int, ref: str, ref_nfe: int, metric: str, world,
+                    ratio: bool = False, resamples: int = 1000):
+    """(Interval of arm − ref (or arm / ref) on `metric`, seeds used, ref's own value): per seed the difference (or
+    ratio) of the two runs' values on the same clips and noise, then the t interval over seeds; None when the two
+    arms share no seed. `resamples` is unused (kept for callers)."""
+    from comfyui_salt.salt_core.metrics.bootstrap import seed_t_interval
+    seeds = sorted(set(results.get(arm, {})) & set(results.get(ref, {})))
+    if not seeds:
+        return None
+    a, b = [results[arm][s] for s in seeds], [results[ref][s] for s in seeds]
+    if any(x["captions"] != y["captions"] for x, y in zip(a, b)):
+        raise ValueError(f"{arm} and {ref} were evaluated on different captions: rerun their evaluations")
+    fa, fb = metric_fn(metric, nfe, world), metric_fn(metric, ref_nfe, world)
+
+    xs, ys = seed_values(a, fa), seed_values(b, fb)
+    per_seed = [x / y if ratio else x - y for x, y in zip(xs, ys)]
+    return seed_t_interval(per_seed), len(seeds), sum(ys) / len(ys)
+
+
+def claim_verdict(test: str, ivs: dict, ref_values: dict) -> str:
+    """The verdict of one claim from its intervals (see CLAIMS)."""
+    if test in ("defect", "lower-ratio"):
+        iv, bar = ivs["defect8"], DEFECT_BAR if test == "defect" else 1.0
+        if iv.lo != iv.lo:                                   # one seed: no interval
+            return "inconclusive"
+        return "reproduces" if iv.hi <= bar else "does not" if iv.lo > bar else "inconclusive"
+    if test == "drift":
+        iv = ivs["drift"]
+        return "reproduces" if iv.hi < 0 else "does not" if iv.lo > 0 else "inconclusive"
+    worse = [m for m, iv in ivs.items() if iv.lo > 0]
+    if test == "non-inferior":
+        if worse:
+            return "does not"
+        ok = all(iv.hi < NON_INFERIOR_MARGIN * ref_values[m] for m, iv in ivs.items())
+        return "reproduces" if ok else "inconclusive"
+    better = [m for m, iv in ivs.items() if iv.hi < 0]
+    if better and worse:
+        return "mixed"
+    return "reproduces" if better else "does not" if worse else "inconclusive"
+
+
+def mean_err_floor(world, captions: list, draws: int = 20, seed: int = 0) -> tuple:
+    """The mean-error metric's finite-sample floor: data clips (the world's own sampler) for the evaluation's
+    `captions`, modes assigned by the exact posterior as the students' are, scored like a student; (median, 95th
+    percentile) over `draws` draws. A mean error (or a difference of two) within this is what perfect samples give."""
+    from comfyui_salt.toy.lab.metrics import assign_modes, mode_mean_error
+    caps = torch.as_tensor(captions)
+    gen, values = torch.Generator().manual_seed(seed), []
+    for _ in range(draws):
+        video = world.sample(caps, generator=gen)[0]
+        values.append(mode_mean_error(world, video, assign_modes(world, video, caps)[0]))
+    values = torch.tensor(values, dtype=torch.float64)
+    return float(values.median()), float(torch.quantile(values, 0.95))
+
+
+def format_claims(results: dict, resamples: int = 1000) -> str:
+    """The verdict table of the paper's claims from finished runs (claims whose arms are missing are skipped)."""
+    from comfyui_salt.toy.lab.world import LabWorld
+    arms = [r for r in results if r in ARMS]
+    if not arms:
+        return ""
+    world = LabWorld(next(iter(results[arms[0]].values()))["config"]["world"].split(":", 1)[1])
+    metrics = {"defect": ("defect8",), "lower-ratio": ("defect8",), "drift": ("drift",),
+               "quality": ("mean_err", "var_gap"), "non-inferior": ("mean_err", "var_gap")}
+    lines = ["| claim | arm @NFE | vs @NFE | seeds | paired intervals | verdict |", "|---|---|---|---|---|---|"]
+    floor = mean_err_floor(world, next(iter(results[arms[0]].values()))["captions"])
+    for claim, arm, nfe, ref, ref_nfe, test in CLAIMS:
+        ivs, refs, seeds = {}, {}, 0
+        for m in metrics[test]:
+            got = paired_interval(results, arm, nfe, ref, ref_nfe, m, world, ratio=test in ("defect", "lower-ratio"),
+                                  resamples=resamples)
+            if got is None:
+                break
+            ivs[m], seeds, refs[m] = got
+        if not ivs:
+            continue
+        sign = "/" if test in ("defect", "lower-ratio") else "Δ"
+        cells = "; ".join(f"{sign}{m} {_fmt(iv, 4)}" for m, iv in ivs.items())
+        if "mean_err" in ivs:
+            cells += f" (mean_err floor {floor[0]:.4f})"
+        lines.append(f"| {claim} | {arm} @{nfe} | {ref} @{ref_nfe} | {seeds} | {cells} | "
+                     f"{claim_verdict(test, ivs, refs)} |")
+    return "\n".join(lines + [f"\nIntervals: {INTERVAL_METHOD}. mean_err's floor (data clips of the same captions "
+                               f"scored against the truth, 20 draws): median {floor[0]:.4f}, 95th percentile "
+                               f"{floor[1]:.4f}."]) if len(lines) > 2 else ""
+
+
+PROGRESS_METRICS = ("var_ratio", "var_gap", "mean_err", "switch", "drift", "defect8")
+
+
+def format_progress(results: dict, earlier: dict, resamples: int = 1000) -> str:
+    """The markdown table of what more updates changed: per arm in both and NFE, each metric's mean in `earlier`
+    (the same arms and seeds trained for fewer updates, evaluated on the same clips and noise) and here, and the
+    paired Δ (here − earlier, same seeds, clips and resamples); "" when no arm is in both."""
+    from comfyui_salt.toy.lab.world import LabWorld
+    arms = [a for a in ARMS if a in results and a in earlier]
+    if not arms:
+        return ""
+    world = LabWorld(next(iter(results[arms[0]].values()))["config"]["world"].split(":", 1)[1])
+    head = ["arm", "seeds", "NFE", "updates"] + [f"{m} (Δ)" for m in PROGRESS_METRICS]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for arm in arms:
+        both = {arm: results[arm], f"{arm}@earlier": earlier[arm]}
+        updates = [f"{sorted({r['summary'].get('gen_updates', 0) for r in runs.values()})}"
+                   for runs in (earlier[arm], results[arm])]
+        for nfe in EVAL_NFE:
+            cells, seeds = [], 0
+            for m in PROGRESS_METRICS:
+                got = paired_interval(both, arm, nfe, f"{arm}@earlier", nfe, m, world, resamples=resamples)
+                if got is None:
+                    break
+                iv, seeds, before = got
+                digits = DIGITS.get(m, 3)
+                cells.append(f"{before:.{digits}f} → {before + iv.mean:.{digits}f} ({_fmt(iv, digits + 1)})")
+            if cells:
+                lines.append(f"| {arm} | {seeds} | {nfe} | {' → '.join(updates)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
