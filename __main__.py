@@ -16,7 +16,7 @@ from .training.config_fields import add_config_flags, overrides_from_args
 
 def export(args) -> str:
     """The `export` command: the student as a LoRA on --base (with its energy report), or in --layout."""
-    from .training.files import check_output, load_model, save_model
+    from .weights.files import check_output, load_model, save_model
     from .training.lora_export import export_lora, student_file
     if not args.lora:
         check_output(args.out, "--out", {"--student": student_file(args.student)})
@@ -118,19 +118,19 @@ def main(argv=None):
         from .training.teacher import train_teacher
         cfg = TeacherConfig(**overrides_from_args(args, TeacherConfig))
         if args.export:
-            from .training.files import check_output
+            from .weights.files import check_output
             check_output(args.export, "--export")           # before hours of training, not after
         model = train_teacher(cfg, args.out, evaluate=toy_evaluator(cfg.world), max_steps=args.max_steps,
                               world=teacher_world(cfg), allow_changed_settings=args.allow_changed_settings)
         if args.export:
-            from .training.files import save_model
+            from .weights.files import save_model
             save_model(model, args.export, layout="wan",
                        extra_metadata={"teacher_mode": cfg.mode, "train_steps": cfg.total_steps})
     elif args.command == "distill":
         from .training.distill_config import get_preset
         from .toy.jobs import distill_world
         from .training.distill import run_distillation
-        from .training.files import export_student
+        from .weights.files import export_student
         cfg = get_preset(args.preset, **overrides_from_args(args, DistillConfig))
         model = run_distillation(cfg, args.out, max_gen_steps=args.max_gen_steps,
                                  allow_changed_settings=args.allow_changed_settings, world=distill_world())

@@ -60,7 +60,7 @@ def library() -> dict:
                                         rollout_stream, sample_euler, sample_fewstep_deterministic,
                                         sample_fewstep_stochastic, stream_video)
     from comfyui_salt.salt_core import rollout as ro
-    from comfyui_salt.training.files import load_model
+    from comfyui_salt.weights.files import load_model
     torch.set_num_threads(2)
     teacher, _ = load_model(asset("toy_teacher.safetensors"))
     student, _ = load_model(asset("toy_salt_student.safetensors"))

@@ -287,7 +287,7 @@ def fsdp_one_gpu(rep, device, smoke):
     from comfyui_salt.training.distill import run_distillation
     from comfyui_salt.training.distill_config import get_preset
     from comfyui_salt.training.distill_models import fill_prompt_cache
-    from comfyui_salt.training.files import save_model
+    from comfyui_salt.weights.files import save_model
     mcfg = WanConfig(dim=64, ffn_dim=128, num_heads=4, num_layers=2, text_dim=64) if smoke else \
         MODEL_PRESETS["wan2.1-t2v-1.3b"]
     with socket.socket() as sock:

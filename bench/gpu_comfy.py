@@ -217,7 +217,7 @@ def comfy_live(rep: Report, smoke: bool, tree: pathlib.Path):
     # the same stream shown with a tiny decoder (a random TAEHV of ComfyUI's class, as lighttaew2_1 loads)
     from helpers import tiny_taehv_state_dict
     tiny = comfy.sd.VAE(sd=tiny_taehv_state_dict())
-    live.load_tiny_wan_decoder = lambda name: sys.modules["comfyui_salt.nodes.bridge"].TinyChunkDecoder(tiny)
+    live.load_tiny_wan_decoder = lambda name: sys.modules["comfyui_salt.nodes.bridge.decoders"].TinyChunkDecoder(tiny)
     pushes.clear()
     start = time.perf_counter()
     with torch.inference_mode():

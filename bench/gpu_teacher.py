@@ -66,7 +66,7 @@ def main():
     from comfyui_salt.training.teacher import TeacherConfig, export_teacher, train_teacher
     from comfyui_salt.toy.jobs import teacher_world
     from comfyui_salt.toy.shipped import load_toy_teacher
-    from comfyui_salt.training.files import load_model
+    from comfyui_salt.weights.files import load_model
     device = torch.device("cpu" if args.smoke else "cuda")
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True

@@ -30,7 +30,7 @@ from comfyui_salt.training.distill_config import get_preset
 from comfyui_salt.salt_core.metrics.bootstrap import bootstrap_ci
 from comfyui_salt.toy.evaluate import drift_slopes
 from comfyui_salt.training.distill_eval import defect_report, format_defect_report, sample_student
-from comfyui_salt.training.files import export_student, load_model
+from comfyui_salt.weights.files import export_student, load_model
 from comfyui_salt.toy.prompts import eval_prompts
 from comfyui_salt.training.teacher import sample_teacher
 from comfyui_salt.toy.shipped import TOY_STUDENT, load_toy_teacher, write_toy_student

@@ -335,7 +335,7 @@ def evaluate_reference(out: str, name: str, teacher: str, clips: int, force: boo
     from comfyui_salt.toy.prompts import lab_eval_captions
     from comfyui_salt.training.distill_config import get_preset
     from comfyui_salt.training.distill_eval import student_noise
-    from comfyui_salt.training.files import load_model
+    from comfyui_salt.weights.files import load_model
     path = os.path.join(out, name, "lab_eval.json")
     if not force:
         done = _load_eval(path)
@@ -365,7 +365,7 @@ def evaluate_run(run_dir: str, clips: int, force: bool = False) -> dict:
     from comfyui_salt.toy.prompts import lab_eval_captions
     from comfyui_salt.training.distill_config import DistillConfig
     from comfyui_salt.training.distill_eval import defect_samples, sample_student
-    from comfyui_salt.training.files import load_model
+    from comfyui_salt.weights.files import load_model
     path = os.path.join(run_dir, "lab_eval.json")
     if not force:
         done = _load_eval(path)

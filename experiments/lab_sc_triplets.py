@@ -56,7 +56,7 @@ def measure(run_dir: str, clips: int) -> dict:
     from comfyui_salt.toy.prompts import lab_eval_captions
     from comfyui_salt.training.distill_config import DistillConfig
     from comfyui_salt.training.distill_eval import defect_samples, sc_defect_samples
-    from comfyui_salt.training.files import load_model
+    from comfyui_salt.weights.files import load_model
     path = os.path.join(run_dir, "sc_triplets.json")
     if os.path.exists(path):
         with open(path) as f:

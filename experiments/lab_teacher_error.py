@@ -16,7 +16,7 @@ import torch
 from comfyui_salt.toy.lab import LAB_SHIFT, ExactTeacher, LabWorld
 from comfyui_salt.salt_core.metrics.bootstrap import bootstrap_ci
 from comfyui_salt.salt_core.schedules import shift_sigma
-from comfyui_salt.training.files import load_model
+from comfyui_salt.weights.files import load_model
 
 SIGMAS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.85, 1.0)
 

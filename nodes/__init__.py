@@ -1,8 +1,8 @@
 """Salt's ComfyUI nodes (V3 API): few-step SIGMAS / SAMPLER, causal model loaders, KV-cached streaming, toy world,
 distillation in the queue and a metrics report.
 
-Nodes are thin and stateless; the work lives in salt_core (math) and training (files). Only `bridge.py`
-imports ComfyUI. Node ids never change once shipped.
+Nodes are thin and stateless; the work lives in salt_core (math), weights (files) and training (jobs). Only the
+`bridge/` package imports ComfyUI. Node ids never change once shipped.
 
 | node id | inputs → output |
 |---|---|
@@ -20,7 +20,8 @@ imports ComfyUI. Node ids never change once shipped.
 | SaltSemigroupDefect | SALT_MODEL, prompts, nfe, grid_steps, seed (+ positive, latent for Wan) → STRING (report) |
 | SaltLiveStream | SALT_MODEL, positive, cache options, SIGMAS, seed, size, max_chunks, stream_id (+ vae, clip) → IMAGE, LATENT; pushes each chunk's frames live |
 """
-from .bridge import ComfyExtension, add_routes
+from .bridge import ComfyExtension
+from .bridge.server import add_routes
 from .distill import SaltDistill
 from .live import SaltLiveStream, control_request
 from .lora import SaltExtractLoRA

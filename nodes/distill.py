@@ -3,7 +3,7 @@
 The job runs in `<output>/salt_runs/<name>` (checkpoints, metrics.jsonl, preview GIFs, export/); re-queuing
 the same name resumes from its newest checkpoint. Progress and previews flow through the job's callback
 into ComfyUI's progress bar; Cancel is raised from that callback, so the job first saves a resumable
-checkpoint. The trained student is exported (training.files.export_student) and published as
+checkpoint. The trained student is exported (weights.files.export_student) and published as
 `models/diffusion_models/salt/<name>.safetensors` for SaltLoadCausalModel. Knows nothing of the losses.
 """
 import logging
@@ -14,12 +14,14 @@ from ..training.distill import run_distillation
 from ..training.config_fields import parse_overrides
 from ..training.distill_config import DISTILL_PRESETS, RENAMED, DistillConfig, get_preset
 from ..training.distill_models import fill_prompt_cache, prompt_cache_path
-from ..training.files import export_student
+from ..weights.files import export_student
 from ..training.runs import check_run_name, publish_student
-from .bridge import (Progress, clip_text_encoder, diffusion_model_files, diffusion_model_path, diffusion_models_directory,
-                     free_memory_for_training, input_file, interrupt_requested, io, model_offload_device,
-                     model_patcher, models_subfolder, output_directory, raise_interrupted, torch_device,
-                     training_mode)
+from .bridge import io
+from .bridge.convert import clip_text_encoder
+from .bridge.memory import free_memory_for_training, model_offload_device, model_patcher, torch_device, training_mode
+from .bridge.paths import (diffusion_model_files, diffusion_model_path, diffusion_models_directory, input_file,
+                           models_subfolder, output_directory)
+from .bridge.progress import Progress, interrupt_requested, raise_interrupted
 from .types import SaltModel, SaltModelType, latent_format_for
 
 log = logging.getLogger("salt.nodes")

@@ -2,8 +2,8 @@
 browser as soon as it is decoded, steered between chunks through the pack's own routes; the stream's state stays
 on the server, so queueing again continues the same video.
 
-The engine is salt_core.streaming.ChunkStream; decoding is the graph's VAE (`bridge.WanChunkDecoder`) or the toy
-world's pixels; pushing and the routes go through `bridge` (ComfyUI's PromptServer). The routes only record
+The engine is salt_core.streaming.ChunkStream; decoding is the graph's VAE (`bridge.decoders.WanChunkDecoder`), a
+tiny decoder or the toy world's pixels; pushing and the routes go through `bridge.server` (ComfyUI's PromptServer). The routes only record
 intents (`LiveControl`), which the node applies at the next chunk boundary.
 """
 import collections
@@ -16,8 +16,11 @@ import torch
 
 from ..salt_core.streaming import ChunkStream
 from ..salt_core.validate import check_count, check_number, check_sigmas, quote
-from .bridge import (WanChunkDecoder, check_interrupted, io, latent_to_comfy, load_tiny_wan_decoder, push_event,
-                     tiny_wan_decoder_files)
+from .bridge import io
+from .bridge.convert import latent_to_comfy
+from .bridge.decoders import WanChunkDecoder, load_tiny_wan_decoder, tiny_wan_decoder_files
+from .bridge.progress import check_interrupted
+from .bridge.server import push_event
 from .models import salt_in_use
 from .streaming import latent_shape, text_context
 from .toy import toy_conditioning

@@ -9,7 +9,8 @@ import re
 from ..salt_core.lora import format_report
 from ..salt_core.validate import check_choice, quote
 from ..training.lora_export import DTYPES, export_lora
-from .bridge import io, loras_directory, ui
+from .bridge import io, ui
+from .bridge.paths import loras_directory
 from .models import weights_in_use
 from .types import SaltModelType
 

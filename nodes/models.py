@@ -1,6 +1,6 @@
 """SALT_MODEL sources: a checkpoint file in any supported layout, or a native ComfyUI Wan MODEL (zero copies).
 
-File reading goes through training.files; the native path is a view bound to the MODEL's own layers only while a
+File reading goes through weights.files; the native path is a view bound to the MODEL's own layers only while a
 Salt node computes with it (`salt_in_use`, the one way every node gets a SALT_MODEL's module ready).
 """
 import dataclasses
@@ -14,10 +14,12 @@ from ..salt_core.layouts import LayoutError, check_state_dict, infer_config
 from ..salt_core.model import WanModel
 from ..salt_core.rope import RotaryTable
 from ..salt_core.validate import check_choice
-from ..training.files import load_model
-from .bridge import (NATIVE_PREFIX, WEIGHT_DTYPES, cast_weight_bias, casts_on_use, diffusion_model_files,
-                     diffusion_model_path, io, load_for_sampling, model_offload_device, model_patcher,
-                     native_compute_dtype, native_wan_module, patched_weight, store_linear_weights)
+from ..weights.files import load_model
+from .bridge import io
+from .bridge.memory import (NATIVE_PREFIX, WEIGHT_DTYPES, cast_weight_bias, casts_on_use, load_for_sampling,
+                            model_offload_device, model_patcher, native_compute_dtype, native_wan_module,
+                            patched_weight, store_linear_weights)
+from .bridge.paths import diffusion_model_files, diffusion_model_path
 from .types import SaltModel, SaltModelType, latent_format_for
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}

@@ -11,7 +11,8 @@ from ..salt_core.samplers import sample_fewstep_deterministic, sample_fewstep_st
 from ..salt_core.schedules import INFERENCE_GRID_RAW, MAX_NFE, TRAINING_GRID_RAW, get_sigmas_warped, raw_step_list
 from ..salt_core.config import TOY_SHIFT
 from ..salt_core.validate import check_choice, check_finite_tensor, check_number
-from .bridge import io, ksampler
+from .bridge import io
+from .bridge.convert import ksampler
 
 # Raw (un-shifted, 0..1000) timestep lists of the named presets; "uniform" uses `nfe`, "custom" the text.
 SIGMA_PRESETS = {

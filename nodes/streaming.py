@@ -13,8 +13,10 @@ from ..salt_core.seeding import seeded_noise
 from ..salt_core.streaming import rollout_stream, stream_memory_bytes
 from ..salt_core.validate import (check_choice, check_context, check_finite_tensor, check_image, check_memory,
                                   check_number, check_sigmas)
-from .bridge import (Progress, check_interrupted, encode_image, free_memory, io, latent_from_comfy, latent_to_comfy,
-                     resize_image)
+from .bridge import io
+from .bridge.convert import encode_image, latent_from_comfy, latent_to_comfy, resize_image
+from .bridge.memory import free_memory
+from .bridge.progress import Progress, check_interrupted
 from .models import salt_in_use
 from .sampling import NON_FINITE_FIX
 from .types import SPATIAL_FACTOR, CacheOptions, CacheOptionsType, SaltModel, SaltModelType

@@ -9,7 +9,8 @@ from ..salt_core.config import get_config
 from ..salt_core.validate import check_choice
 from ..toy.shipped import TOY_STUDENT, TOY_TEACHER, load_toy_asset
 from ..toy.text import ToyTextEncoder
-from .bridge import io, model_offload_device, model_patcher
+from .bridge import io
+from .bridge.memory import model_offload_device, model_patcher
 from .types import SaltModel, SaltModelType
 
 TOY_ASSETS = {"toy_salt_student": TOY_STUDENT, "toy_teacher": TOY_TEACHER}   # first: the default

@@ -11,6 +11,7 @@ Knows nothing of ComfyUI, files or training loops. The stable public API (README
     CachePolicy.full / .rolling / .sink; rollout_stream(...) / stream_video(...)
     ChunkStream(model, cache, context, ...)        # one chunk per step(); set_prompt, write, state / from_state
     extract_lora(base_sd, student_sd, rank) -> (lora_sd, reports); apply_lora(sd, lora_sd)   # ComfyUI LoRA keys
+    seeded_noise(seed, shape, device, dtype) -> (noise, generator)   # the one seed convention: a seed, a clip
 """
 from .config import MODEL_PRESETS, WanConfig, get_config
 from .denoiser import FlowDenoiser
@@ -21,6 +22,7 @@ from .lora import apply_lora, extract_lora
 from .model import BlockCausal, WanModel, build_model
 from .samplers import sample_euler, sample_fewstep_deterministic, sample_fewstep_stochastic
 from .schedules import get_sigmas_fewstep, get_sigmas_uniform, get_sigmas_warped, shift_sigma
+from .seeding import seeded_noise
 from .streaming import ChunkStream, rollout_stream, stream_video
 
 PRESETS = MODEL_PRESETS   # the 0.x name of MODEL_PRESETS, kept for existing imports
@@ -32,5 +34,5 @@ __all__ = [
     "WanModel", "build_model", "sample_euler", "sample_fewstep_deterministic", "sample_fewstep_stochastic",
     "get_sigmas_fewstep", "get_sigmas_uniform", "get_sigmas_warped", "shift_sigma", "ChunkStream", "rollout_stream",
     "stream_video",
-    "extract_lora", "apply_lora",
+    "extract_lora", "apply_lora", "seeded_noise",
 ]

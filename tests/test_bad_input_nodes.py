@@ -110,7 +110,7 @@ def test_cache_options_refuse_a_context_noise_that_is_not_a_noise_level(salt_nod
 @pytest.mark.parametrize("value", [NAN, INF])
 def test_the_loader_node_refuses_weights_holding_nan_or_inf(salt_nodes, models_dir, value):
     from comfyui_salt.salt_core.model import build_model
-    from comfyui_salt.training.files import save_model
+    from comfyui_salt.weights.files import save_model
     model = build_model("toy", seed=0)
     with torch.no_grad():
         model.head.head.weight[0, 0] = value
@@ -145,7 +145,7 @@ def test_the_loader_node_validates_file_metadata_like_user_input(salt_nodes, mod
     from safetensors.torch import load_file, save_file
     from comfyui_salt.salt_core.config import get_config
     from comfyui_salt.salt_core.model import build_model
-    from comfyui_salt.training.files import save_model
+    from comfyui_salt.weights.files import save_model
     path = models_dir / "meta.safetensors"
     save_model(build_model("toy", seed=0), path)
     cfg = {**json.loads(get_config("toy").to_json()), **change}
@@ -172,7 +172,7 @@ def test_text_features_of_the_wrong_rank_or_width_name_the_input(salt_nodes, toy
 # -- class 4 through the node: a refused start does not block the name ---------------------------------------------
 def test_a_run_name_refused_once_for_a_bad_teacher_file_works_with_a_good_one(salt_nodes, models_dir):
     from comfyui_salt.salt_core.model import build_model
-    from comfyui_salt.training.files import save_model
+    from comfyui_salt.weights.files import save_model
     (models_dir / "broken.safetensors").write_bytes(b"garbage")
     save_model(build_model("toy", seed=0), models_dir / "good.safetensors")
     args = dict(preset="toy-dmd", student_init="teacher", critic_init="teacher", gen_steps=1, batch_size=1, seed=0,
@@ -186,7 +186,7 @@ def test_a_run_name_refused_once_for_a_bad_teacher_file_works_with_a_good_one(sa
 # -- class 5: where the student is published, which input an error names -----------------------------------------
 def test_distill_publishes_under_diffusion_models_salt_even_though_comfy_lists_unet_first(salt_nodes, models_dir):
     from comfyui_salt.salt_core.model import build_model
-    from comfyui_salt.training.files import save_model
+    from comfyui_salt.weights.files import save_model
     save_model(build_model("toy", seed=0), models_dir / "teacher.safetensors")
     run(salt_nodes.SaltDistill, preset="toy-dmd", teacher="teacher.safetensors", student_init="teacher",
         critic_init="teacher", gen_steps=1, batch_size=1, seed=0, name="pub",

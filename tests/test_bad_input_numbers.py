@@ -23,7 +23,7 @@ from comfyui_salt.salt_core.schedules import get_sigmas_fewstep, get_sigmas_unif
 from comfyui_salt.salt_core.streaming import stream_video
 from comfyui_salt.training.common import check_loss_terms
 from comfyui_salt.training.distill_config import DistillConfig, get_preset
-from comfyui_salt.training.files import load_model, save_model
+from comfyui_salt.weights.files import load_model, save_model
 from comfyui_salt.training.teacher import TeacherConfig
 
 DISTILL_FLOATS = [f.name for f in dataclasses.fields(DistillConfig) if f.type is float]   # every float field

@@ -17,7 +17,7 @@ from comfyui_salt.salt_core.model import build_model
 from comfyui_salt.training.common import CheckpointManager, RunError
 from comfyui_salt.training.distill import run_distillation
 from comfyui_salt.training.distill_config import get_preset
-from comfyui_salt.training.files import save_model
+from comfyui_salt.weights.files import save_model
 from comfyui_salt.training.runs import RunLock
 from comfyui_salt.toy.jobs import distill_world
 

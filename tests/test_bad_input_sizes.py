@@ -17,7 +17,7 @@ from comfyui_salt.salt_core.schedules import get_sigmas_fewstep
 from comfyui_salt.salt_core.streaming import stream_memory_bytes, stream_video
 from comfyui_salt.salt_core.validate import kv_cache_bytes
 from comfyui_salt.training.distill_config import get_preset
-from comfyui_salt.training.files import load_model, read_checkpoint, save_model
+from comfyui_salt.weights.files import load_model, read_checkpoint, save_model
 
 
 def peak_rss_mib() -> float:

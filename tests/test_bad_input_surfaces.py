@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from comfyui_salt.salt_core.lora import extract_lora
 from comfyui_salt.salt_core.model import build_model
 from comfyui_salt.salt_core.validate import MAX_QUOTE, check_device, check_image, quote
-from comfyui_salt.training.files import save_model
+from comfyui_salt.weights.files import save_model
 from comfyui_salt.training.lora_export import export_lora
 from test_bad_input_nodes import models_dir, run, stream_inputs  # noqa: F401  (models_dir: a fixture)
 
@@ -230,7 +230,7 @@ def _umt5_like():
 
 def test_a_clip_that_is_not_umt5_is_refused_even_when_its_width_would_fit(salt_nodes):
     import comfy.text_encoders.wan
-    from comfyui_salt.nodes.bridge import UMT5_TOKENIZERS, clip_text_encoder
+    from comfyui_salt.nodes.bridge.convert import UMT5_TOKENIZERS, clip_text_encoder
     assert comfy.text_encoders.wan.WanT5Tokenizer.__name__ in UMT5_TOKENIZERS    # the name is ComfyUI's own
     sd15 = type("Clip", (), {"tokenizer": type("SD1Tokenizer", (), {})(), "tokenize": lambda self, t: t,
                              "encode_from_tokens": lambda self, t: None})()

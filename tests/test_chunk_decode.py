@@ -1,4 +1,4 @@
-"""Chunk-wise decoding of a stream's Wan latents with the graph's own VAE (nodes.bridge.WanChunkDecoder) against
+"""Chunk-wise decoding of a stream's Wan latents with the graph's own VAE (nodes.bridge.decoders.WanChunkDecoder) against
 ComfyUI's whole-latent VAEDecode, on a tiny random Wan 2.1 VAE built from ComfyUI's own class (tests/
 test_comfy_server.tiny_wan_vae_state_dict), on whichever ComfyUI line the tests import (0.3.75 or 0.33)."""
 import pytest
@@ -22,7 +22,7 @@ def tiny_vae(salt_nodes):
 @pytest.mark.parametrize("chunks", [(3, 3, 1), (1, 3, 3), (2, 2, 3), (7,), (1,) * 7], ids=lambda c: "-".join(map(str, c)))
 def test_chunk_wise_frames_equal_a_whole_latent_vae_decode(tiny_vae, chunks):
     import nodes as comfy_nodes
-    from comfyui_salt.nodes.bridge import WanChunkDecoder
+    from comfyui_salt.nodes.bridge.decoders import WanChunkDecoder
     latent = torch.randn(1, 16, sum(chunks), 4, 6, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         whole = comfy_nodes.VAEDecode().decode(tiny_vae, {"samples": latent})[0]
@@ -39,7 +39,7 @@ def test_chunk_wise_frames_equal_a_whole_latent_vae_decode(tiny_vae, chunks):
 
 
 def test_chunk_decoding_refuses_a_vae_that_is_not_wan_21(salt_nodes, tiny_vae):
-    from comfyui_salt.nodes.bridge import WanChunkDecoder
+    from comfyui_salt.nodes.bridge.decoders import WanChunkDecoder
     other = type("VAE", (), {"first_stage_model": torch.nn.Identity()})()
     with pytest.raises(TypeError, match="live decoding needs the Wan 2.1 VAE"):
         WanChunkDecoder(other)
@@ -59,7 +59,7 @@ def test_a_tiny_decoder_chunk_by_chunk_equals_its_whole_latent_vae_decode(tiny_t
     """A random Wan 2.1 TAEHV (lighttaew2_1's class and detection in ComfyUI) decoding a stream chunk by chunk, its
     memory blocks carried across chunks, equals VAEDecode of the whole latent with the same VAE."""
     import nodes as comfy_nodes
-    from comfyui_salt.nodes.bridge import TinyChunkDecoder
+    from comfyui_salt.nodes.bridge.decoders import TinyChunkDecoder
     latent = torch.randn(1, 16, sum(chunks), 4, 6, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         whole = comfy_nodes.VAEDecode().decode(tiny_taehv, {"samples": latent})[0]
@@ -79,7 +79,7 @@ def test_the_tiny_decoder_is_found_in_vae_approx_by_comfys_names_and_others_are_
                                                                                           tmp_path, monkeypatch):
     import folder_paths
     from safetensors.torch import save_file
-    from comfyui_salt.nodes import bridge
+    from comfyui_salt.nodes.bridge import decoders as bridge
     from helpers import tiny_taehv_state_dict
     monkeypatch.setitem(folder_paths.folder_names_and_paths, "vae_approx",
                         ([str(tmp_path)], folder_paths.supported_pt_extensions))

@@ -108,7 +108,7 @@ def write_standins(base: pathlib.Path, models: pathlib.Path) -> None:
     from safetensors.torch import save_file
     from comfyui_salt.salt_core.config import WanConfig
     from comfyui_salt.salt_core.model import build_model
-    from comfyui_salt.training.files import save_model, student_metadata
+    from comfyui_salt.weights.files import save_model, student_metadata
     save_model(build_model("toy", seed=0), models / RANDOM_TOY, extra_metadata={"teacher_mode": "teacher_forcing"})
     save_file({"conv_in.weight": torch.zeros(8, 4), "mid_block.attentions.0.proj.bias": torch.zeros(8)},
               str(models / NOT_WAN))

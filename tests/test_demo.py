@@ -36,7 +36,7 @@ def test_a_missing_comfyui_says_to_run_the_setup(tmp_path):
 @pytest.mark.skipif(not comfyui_installed(), reason=MISSING)
 def test_the_demo_runs_workflow_1_in_comfyui_and_scores_its_webp(tmp_path, capsys):
     from comfyui_salt.salt_core.model import build_model
-    from comfyui_salt.training.files import save_model
+    from comfyui_salt.weights.files import save_model
     teacher, student = TOY_TEACHER, TOY_STUDENT
     if not pathlib.Path(teacher).exists():
         teacher = str(tmp_path / "random_toy_teacher.safetensors")

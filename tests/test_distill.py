@@ -5,7 +5,7 @@ import torch
 from comfyui_salt.salt_core.model import build_model
 from comfyui_salt.training.distill import run_distillation
 from comfyui_salt.training.distill_config import DISTILL_PRESETS, DistillConfig, get_preset
-from comfyui_salt.training.files import export_student, load_model, save_model
+from comfyui_salt.weights.files import export_student, load_model, save_model
 from comfyui_salt.toy.jobs import distill_world
 
 TOY = distill_world()   # what toy-world runs borrow: the shipped teacher, toy prompts, oracle evaluation

@@ -12,7 +12,7 @@ from comfyui_salt.salt_core.losses import sample_dmd_timesteps
 from comfyui_salt.toy.jobs import distill_world
 from comfyui_salt.training.distill import Distiller, alignment_acts, ema_due, run_distillation
 from comfyui_salt.training.distill_config import DISTILL_PRESETS, DistillConfig, get_preset
-from comfyui_salt.training.files import save_model
+from comfyui_salt.weights.files import save_model
 from comfyui_salt.training.common import CheckpointManager
 
 # What the released configs set, read off XingtongGe/Salt configs/mixed_sc_dmd_trd/{causal_forcing,self_forcing,

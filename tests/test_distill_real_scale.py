@@ -10,7 +10,7 @@ tokenizers = pytest.importorskip("tokenizers")
 from comfyui_salt.salt_core.model import build_model  # noqa: E402
 from comfyui_salt.training.distill import run_distillation  # noqa: E402
 from comfyui_salt.training.distill_config import get_preset  # noqa: E402
-from comfyui_salt.training.files import export_student, load_model, save_model  # noqa: E402
+from comfyui_salt.weights.files import export_student, load_model, save_model  # noqa: E402
 from comfyui_salt.training.prompts import WAN_NEGATIVE_PROMPT  # noqa: E402
 
 PROMPTS = ["a cat walks on the beach", "a red car drives in the city at night", "waves roll onto the beach"]

@@ -82,7 +82,7 @@ def gen_rows(folder, name="metrics.jsonl"):
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
     from comfyui_salt.salt_core.model import build_model
-    from comfyui_salt.training.files import save_model
+    from comfyui_salt.weights.files import save_model
     path = tmp_path_factory.mktemp("teacher") / "teacher.safetensors"
     save_model(build_model("toy", seed=0), path, extra_metadata={"teacher_mode": "teacher_forcing"})
     return path

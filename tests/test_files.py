@@ -1,4 +1,4 @@
-"""training.files: reading, writing and loading checkpoint files in every layout and format."""
+"""weights.files: reading, writing and loading checkpoint files in every layout and format."""
 import json
 import os
 
@@ -8,7 +8,7 @@ from safetensors import safe_open
 
 from comfyui_salt.salt_core import layouts
 from comfyui_salt.salt_core.model import build_model
-from comfyui_salt.training import files
+from comfyui_salt.weights import files
 
 
 class NotATensor:
@@ -191,7 +191,7 @@ def test_a_diffusers_save_pretrained_file_loads_and_predicts_like_diffusers(tmp_
 
 
 def test_a_student_written_as_the_toy_asset_loads_by_its_role_with_the_same_weights(tmp_path):
-    from comfyui_salt.training.files import export_student
+    from comfyui_salt.weights.files import export_student
     from comfyui_salt.toy.shipped import load_toy_asset, write_toy_student
     student = build_model("toy", seed=3)
     export = export_student(student, str(tmp_path / "run"))[0]

@@ -20,7 +20,7 @@ from comfyui_salt.training.distill import Distiller, run_distillation
 from comfyui_salt.training.distill_config import DISTILL_PRESETS, LAB_FIELDS, get_preset
 from comfyui_salt.training.distill_eval import sample_student
 from comfyui_salt.training.distill_models import build_models, build_prompts
-from comfyui_salt.training.files import save_model
+from comfyui_salt.weights.files import save_model
 
 WORLD = distill_world()
 TINY = dict(batch_size=2, critic_ratio=1, ode_pairs=4, ode_teacher_steps=8, eval_every=0, threads=1,

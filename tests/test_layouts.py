@@ -9,7 +9,7 @@ import torch
 from comfyui_salt.salt_core import layouts
 from comfyui_salt.salt_core.config import MODEL_PRESETS
 from comfyui_salt.salt_core.model import WanModel, build_model
-from comfyui_salt.training import files
+from comfyui_salt.weights import files
 
 
 def tiny_sd(preset="tiny", seed=0):

@@ -150,7 +150,7 @@ def test_ode_init_takes_its_optimiser_ema_and_clip_from_the_config(tmp_path):
     from comfyui_salt.toy.jobs import distill_world
     from comfyui_salt.training.distill import run_distillation
     from comfyui_salt.training.distill_config import get_preset
-    from comfyui_salt.training.files import save_model
+    from comfyui_salt.weights.files import save_model
     teacher = tmp_path / "teacher.safetensors"
     save_model(build_model("toy", seed=0), teacher, extra_metadata={"teacher_mode": "teacher_forcing"})
     cfg = get_preset("toy-ode-init", teacher=str(teacher), batch_size=2, gen_steps=2, ode_pairs=4, ode_teacher_steps=4,

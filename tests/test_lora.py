@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from comfyui_salt.salt_core.config import WanConfig
 from comfyui_salt.salt_core.lora import apply_lora, comfy_applied, extract_lora, low_rank_factors, summarize
 from comfyui_salt.salt_core.model import build_model
-from comfyui_salt.training.files import save_model
+from comfyui_salt.weights.files import save_model
 from comfyui_salt.training.lora_export import export_lora
 from helpers import assert_close
 

@@ -26,7 +26,7 @@ FP8_FORWARD_RTOL = {"fp8_e4m3fn": 0.06, "fp8_e5m2": 0.12}
 def toy_file(salt_nodes, models_dir):  # noqa: F811
     """(name, model, path) of a random toy-preset checkpoint in models/diffusion_models (fp32)."""
     from comfyui_salt.salt_core.model import build_model
-    from comfyui_salt.training.files import save_model
+    from comfyui_salt.weights.files import save_model
     model = build_model("toy", seed=1).eval()
     save_model(model, models_dir / "toy.safetensors")
     return "toy.safetensors", model, str(models_dir / "toy.safetensors")
@@ -389,7 +389,7 @@ def test_an_fp8_stored_file_keeps_its_fp8_storage_and_streams_what_rounded_weigh
     """Comfy-Org's fp8 Wan files store the linear weights in fp8: weight_dtype 'default' keeps that storage (as
     UNETLoader does) and the video equals the fp32 file's with weight_dtype fp8_e4m3fn (the same rounding)."""
     from safetensors.torch import save_file
-    from comfyui_salt.training.files import read_metadata
+    from comfyui_salt.weights.files import read_metadata
     sd = toy_file[1].state_dict()
     save_file({k: v.to(torch.float8_e4m3fn) if v.ndim == 2 and k.endswith(".weight") else v for k, v in sd.items()},
               str(models_dir / "toy_fp8.safetensors"), metadata=read_metadata(toy_file[2]))   # the toy config

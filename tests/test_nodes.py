@@ -64,11 +64,13 @@ def _imported_modules(path: pathlib.Path):
             yield node.module.split(".")[0]
 
 
-def test_only_the_bridge_module_imports_comfyui():
-    offenders = [f"{p.name}: {m}" for p in (ROOT / "nodes").glob("*.py") if p.name != "bridge.py"
-                 for m in _imported_modules(p) if m in COMFY_MODULES]
+def test_only_the_bridge_package_imports_comfyui():
+    offenders = [f"{p.name}: {m}" for p in (ROOT / "nodes").glob("*.py") for m in _imported_modules(p)
+                 if m in COMFY_MODULES]
     assert offenders == []
-    assert "comfy" in set(_imported_modules(ROOT / "nodes" / "bridge.py"))
+    inside = {p.name: set(_imported_modules(p)) & COMFY_MODULES for p in (ROOT / "nodes" / "bridge").glob("*.py")}
+    assert inside["__init__.py"] == {"comfy_api"} and all(inside[f"{m}.py"] for m in
+                                                         ("paths", "memory", "progress", "convert", "decoders"))
 
 
 def test_the_entry_point_lists_every_node_with_a_stable_salt_id_category_and_description(salt_nodes):
@@ -187,7 +189,7 @@ def test_the_sampler_runs_in_native_sampler_custom_advanced_like_salts_own_sampl
     """Native path (RandomNoise + BasicGuider + SamplerCustomAdvanced on comfy's WanModel) vs Salt's path
     (the same weights adopted by SaltCausalFromModel, FlowDenoiser, salt_core sampler, LATENT conversion)."""
     from comfy_extras import nodes_custom_sampler as ncs
-    from comfyui_salt.nodes.bridge import latent_to_comfy
+    from comfyui_salt.nodes.bridge.convert import latent_to_comfy
     from comfyui_salt.salt_core.denoiser import FlowDenoiser
     from comfyui_salt.nodes.sampling import SAMPLERS
     patcher = native_wan_patcher()
@@ -261,7 +263,7 @@ def causal_wan_patcher():
     SamplerARVideo checks."""
     import comfy.sd
     import comfy.supported_models
-    from comfyui_salt.training.files import student_metadata
+    from comfyui_salt.weights.files import student_metadata
     if hasattr(comfy.supported_models, "WAN21_CausalAR_T2V"):
         patcher = comfy.sd.load_diffusion_model_state_dict(native_wan_state_dict(), metadata=student_metadata(True))
         assert type(patcher.model.diffusion_model).__module__ == "comfy.ldm.wan.ar_model"
@@ -281,7 +283,7 @@ def test_a_causal_student_file_loads_as_comfys_causal_wan_model_where_comfyui_ha
     import comfy.supported_models
     from comfyui_salt.salt_core.config import WanConfig
     from comfyui_salt.salt_core.model import build_model
-    from comfyui_salt.training.files import export_student, read_metadata
+    from comfyui_salt.weights.files import export_student, read_metadata
     model = build_model(WanConfig(**NATIVE_WAN), seed=0)
     causal = export_student(model, str(tmp_path / "causal"), causal=True)[0]
     bidirectional = export_student(model, str(tmp_path / "bidir"), causal=False)[0]
@@ -334,7 +336,7 @@ def test_causal_from_model_rejects_a_model_that_is_not_wan(salt_nodes):
 @pytest.mark.parametrize("layout, use_ema", [("wan", True), ("comfyui", True), ("self_forcing", False)])
 def test_load_causal_model_reads_any_layout_from_diffusion_models(salt_nodes, models_dir, layout, use_ema):
     from comfyui_salt.salt_core.model import build_model
-    from comfyui_salt.training.files import save_model
+    from comfyui_salt.weights.files import save_model
     model = build_model("toy", seed=1)
     save_model(model, models_dir / f"toy_{layout}.safetensors", layout=layout)
     assert f"toy_{layout}.safetensors" in salt_nodes.SaltLoadCausalModel.GET_NODE_INFO_V1()["input"]["required"][
@@ -362,7 +364,7 @@ def test_load_causal_model_explains_a_missing_file(salt_nodes, models_dir):
 
 def test_a_bidirectional_file_is_marked_and_refused_by_the_streaming_sampler(salt_nodes, models_dir):
     from comfyui_salt.salt_core.model import build_model
-    from comfyui_salt.training.files import save_model
+    from comfyui_salt.weights.files import save_model
     save_model(build_model("toy", seed=1), models_dir / "bi.safetensors", extra_metadata={"teacher_mode": "bidirectional"})
     salt = run(salt_nodes.SaltLoadCausalModel, ckpt_name="bi.safetensors", use_ema=True, dtype="fp32")[0]
     assert not salt.causal
@@ -494,13 +496,14 @@ def test_wan_latents_are_sized_at_one_eighth_and_returned_in_comfys_latent_space
     with pytest.raises(ValueError, match="multiples of 16×16 pixels"):
         latent_shape(salt, 1, 3, 840, 480)
     x = torch.randn(1, 16, 3, 4, 4)
-    from comfyui_salt.nodes.bridge import latent_to_comfy
+    from comfyui_salt.nodes.bridge.convert import latent_to_comfy
     assert_close(comfy.latent_formats.Wan21().process_in(latent_to_comfy(x, "wan21")), x, 1e-5, "round trip")
 
 
 # -- image-to-video -------------------------------------------------------------------------------------
 def test_a_toy_start_image_is_cached_first_and_returned_as_frame_zero_like_salt_cores_first_frames(salt_nodes, toy_salt):
     from comfyui_salt.salt_core.kv_cache import CachePolicy
+    from comfyui_salt.salt_core.seeding import seeded_noise
     from comfyui_salt.salt_core.streaming import stream_video
     from comfyui_salt.toy.world import get_world, sample_batch
     clip = sample_batch(get_world("default"), 3, 1)[0]                     # (1, 3, 12, 16, 16) in [-1, 1]
@@ -510,9 +513,9 @@ def test_a_toy_start_image_is_cached_first_and_returned_as_frame_zero_like_salt_
     assert latent.shape == (1, 3, 1 + 2 * 3, 16, 16)
     assert_close(latent[:, :, :1], clip[:, :, :1], 1e-6, "frame 0 is the start image")
     sig = inputs["sigmas"].double()
-    noise = torch.randn(1, 3, 6, 16, 16, generator=torch.Generator().manual_seed(7))
+    noise, gen = seeded_noise(7, (1, 3, 6, 16, 16))      # the node's seed convention
     ref = stream_video(toy_salt.model, noise, inputs["positive"][0][0], sig, policy=CachePolicy.full(12),
-                       chunk_frames=3, generator=torch.Generator().manual_seed(8), first_frames=clip[:, :, :1])
+                       chunk_frames=3, generator=gen, first_frames=clip[:, :, :1])
     assert_close(latent, ref, 1e-6, "node vs stream_video(first_frames)")
     plain = run(salt_nodes.SaltStreamingSampler, **stream_inputs(salt_nodes, toy_salt))[0]["samples"]
     assert not torch.allclose(plain, latent[:, :, 1:], atol=1e-3), "the start image changed nothing"
@@ -568,7 +571,7 @@ def test_toy_decode_makes_frames_in_zero_one_enlarged_by_nearest_neighbour(salt_
 def test_toy_model_loads_each_shipped_asset(salt_nodes, tmp_path, monkeypatch, asset, role):
     from comfyui_salt.nodes import toy
     from comfyui_salt.salt_core.model import build_model
-    from comfyui_salt.training.files import save_model
+    from comfyui_salt.weights.files import save_model
     if not pathlib.Path(toy.TOY_ASSETS[asset]).exists():   # not built yet: a random stand-in with the same metadata
         path = tmp_path / f"{asset}.safetensors"
         meta = {"salt_role": "student"} if role == "student" else {"teacher_mode": role}
@@ -602,7 +605,7 @@ def test_load_causal_model_validates_the_file_name_when_the_prompt_is_queued(sal
 
 
 def test_wan_latents_are_previewed_through_comfys_latent_to_rgb_factors(salt_nodes, monkeypatch):
-    from comfyui_salt.nodes.bridge import Progress
+    from comfyui_salt.nodes.bridge.progress import Progress
     set_preview_method(monkeypatch, "latent2rgb")
     calls = progress_hook(monkeypatch)
     progress = Progress(3, "wan21")
@@ -619,7 +622,7 @@ def test_wan_previews_use_the_previewer_comfyui_selects_for_wan21(salt_nodes, mo
     latent_preview.get_previewer with the Wan21 latent format and shows what that previewer decodes."""
     import latent_preview
     from PIL import Image
-    from comfyui_salt.nodes.bridge import Progress
+    from comfyui_salt.nodes.bridge.progress import Progress
     set_preview_method(monkeypatch, "taesd")
     seen = []
 

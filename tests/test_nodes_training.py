@@ -31,7 +31,7 @@ def comfy_dirs(salt_nodes, tmp_path, monkeypatch):
     """Temporary diffusion_models and output folders registered with ComfyUI's folder_paths, and a toy teacher."""
     import folder_paths
     from comfyui_salt.salt_core.model import build_model
-    from comfyui_salt.training.files import save_model
+    from comfyui_salt.weights.files import save_model
     models, output, inputs = tmp_path / "diffusion_models", tmp_path / "output", tmp_path / "input"
     models.mkdir()
     output.mkdir()
@@ -161,7 +161,7 @@ def test_a_real_scale_run_embeds_its_prompts_with_comfys_clip_once_and_resumes_w
     from safetensors.torch import load_file
     from tiny_clip import tiny_umt5_clip
     from comfyui_salt.salt_core.model import build_model
-    from comfyui_salt.training.files import save_model
+    from comfyui_salt.weights.files import save_model
     from comfyui_salt.training.prompts import WAN_NEGATIVE_PROMPT
     models, output = comfy_dirs
     save_model(build_model("tiny-hd128", seed=0), models / "tiny_wan.safetensors", layout="wan")   # text_dim 64

@@ -71,23 +71,24 @@ def _violations(layer: str, forbidden: set):
 
 
 COMFY = {"comfy", "comfy_api", "comfy_extras", "folder_paths", "latent_preview", "server"}
-# The house, one way: nodes → toy → training → salt_core, with the front doors above them: the CLI (the package
+# The house, one way: nodes → toy → training → weights → salt_core, with the front doors above them: the CLI (the package
 # root's __main__.py), the development harness dev/ (the demo, the ComfyUI runner), bench/ and experiments/. Each
 # layer lists what it may import; everything else of the pack (and ComfyUI, where not listed) is forbidden. No
 # file is excepted.
-PACK = {"salt_core", "training", "toy", "nodes", "dev", "bench", "experiments", "__main__"}
+PACK = {"salt_core", "weights", "training", "toy", "nodes", "dev", "bench", "experiments", "__main__"}
 MAY_IMPORT = {
     "salt_core": set(),
-    "training": {"salt_core"},
-    "toy": {"salt_core", "training"},
-    "nodes": {"salt_core", "training", "toy"} | COMFY,
-    "dev": {"salt_core", "training", "toy"} | COMFY,
-    "__main__.py": {"salt_core", "training", "toy", "dev"},
-    "bench": {"salt_core", "training", "toy", "nodes", "dev"} | COMFY,
-    "experiments": {"salt_core", "training", "toy", "dev", "__main__"},
+    "weights": {"salt_core"},
+    "training": {"salt_core", "weights"},
+    "toy": {"salt_core", "weights", "training"},
+    "nodes": {"salt_core", "weights", "training", "toy"} | COMFY,
+    "dev": {"salt_core", "weights", "training", "toy"} | COMFY,
+    "__main__.py": {"salt_core", "weights", "training", "toy", "dev"},
+    "bench": {"salt_core", "weights", "training", "toy", "nodes", "dev"} | COMFY,
+    "experiments": {"salt_core", "weights", "training", "toy", "dev", "__main__"},
 }
 FORBIDDEN = {layer: (PACK | COMFY) - allowed - {layer} for layer, allowed in MAY_IMPORT.items()}
-SHIPPED = ("salt_core", "training", "toy", "nodes")
+SHIPPED = ("salt_core", "weights", "training", "toy", "nodes")
 
 
 @pytest.mark.parametrize("layer", sorted(MAY_IMPORT))

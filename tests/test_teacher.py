@@ -66,7 +66,7 @@ def test_teacher_warm_start_continues_from_shipped_weights_at_a_given_step(tmp_p
     warm = TeacherConfig(**{**cfg.__dict__, "init_from": str(tmp_path / "w.safetensors"), "init_step": 2})
     model = train_teacher(warm, str(tmp_path / "b"), max_steps=2, quiet=True,
                           world=teacher_world(warm))   # nothing left to train
-    from comfyui_salt.training.files import load_model
+    from comfyui_salt.weights.files import load_model
     shipped, _ = load_model(str(tmp_path / "w.safetensors"))
     for (k, a), b in zip(model.state_dict().items(), shipped.state_dict().values()):
         assert torch.equal(a, b), k

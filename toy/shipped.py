@@ -5,7 +5,7 @@ experiment").
 """
 import os
 
-from ..training.files import load_model, read_metadata, save_model
+from ..weights.files import load_model, read_metadata, save_model
 
 ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
 TOY_TEACHER = os.path.join(ASSETS, "toy_teacher.safetensors")

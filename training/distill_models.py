@@ -14,7 +14,7 @@ from typing import Callable, Optional
 from ..salt_core.scorenet import KINDS
 from ..salt_core.validate import quote
 from .distill_config import EXACT, DistillConfig
-from .files import load_model, read_metadata
+from ..weights.files import load_model, read_metadata
 from .prompts import EmbeddedPrompts, cache_prompt_embeddings, read_prompts_file
 
 PROMPT_CACHE = "prompt_embeds.safetensors"   # in the run folder: {"embeds": (prompts + 1, 512, D)}

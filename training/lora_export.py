@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 from ..salt_core.lora import extract_lora, summarize
 from ..salt_core.validate import check_choice
-from .files import atomic_write, check_output, load_model
+from ..weights.files import atomic_write, check_output, load_model
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -180,7 +180,7 @@ def _train_teacher(cfg, out_dir, world, evaluate, max_steps, quiet, device, max_
     loop = TrainingLoop(out_dir, "teacher", quiet=quiet,
                         metadata={"salt_config": mcfg.to_json(), "salt_layout": "wan", "teacher_mode": cfg.mode})
     if not loop.resume(job, ["model", "ema"]) and cfg.init_from:
-        from .files import load_model
+        from ..weights.files import load_model
         warm, _ = load_model(cfg.init_from)
         model.load_state_dict(warm.state_dict())
         job.restart_from(cfg.init_step)
@@ -204,7 +204,7 @@ def export_teacher(run_dir: str, out_path: str, weights: str = "ema") -> str:
     initialisation, so the raw weights can be the better teacher."""
     if weights not in ("ema", "raw"):
         raise ValueError(f"weights={weights!r}; expected 'ema' or 'raw'")
-    from .files import check_output, save_model
+    from ..weights.files import check_output, save_model
     check_output(out_path, "--out")
     latest = CheckpointManager(os.path.join(run_dir, "checkpoints")).latest()
     if latest is None:
