@@ -109,7 +109,7 @@ def main(argv=None):
             check_count(flag, getattr(args, flag), where=f"--{flag.replace('_', '-')}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.command in ("teacher", "distill"):
-        from .training.common import install_stop_handlers
+        from .training.loop import install_stop_handlers
         install_stop_handlers()   # Ctrl-C / kill: finish the step, save, exit; rerun to resume
 
     if args.command == "teacher":
@@ -150,7 +150,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from .training.common import RunError
+    from .training.runs import RunError
     try:
         sys.exit(main())
     except (ValueError, MemoryError, FloatingPointError, FileNotFoundError, KeyError, RunError) as error:

@@ -23,7 +23,7 @@ from comfyui_salt.toy.metrics.frechet import reference_features
 from comfyui_salt.toy.metrics.score import format_table, score_table
 from comfyui_salt.toy.text import ToyTextEncoder
 from comfyui_salt.toy.world import TOY_SHIFT, get_world
-from comfyui_salt.training.common import install_stop_handlers
+from comfyui_salt.training.loop import install_stop_handlers
 from comfyui_salt.toy.jobs import distill_world
 from comfyui_salt.training.distill import run_distillation
 from comfyui_salt.training.distill_config import get_preset

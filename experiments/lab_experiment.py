@@ -175,7 +175,7 @@ def extend_from(src: str, dst: str, updates: int) -> bool:
     Distillation has no learning-rate schedule and resumes exactly, so the continued run is the run a longer first
     start would give. Nothing is done when `dst` already holds a checkpoint or a summary, or `src` has not finished;
     SystemExit when `src` already made `updates` or more (nothing to continue)."""
-    from comfyui_salt.training.common import CheckpointManager
+    from comfyui_salt.training.runs import CheckpointManager
     from comfyui_salt.training.runs import has_checkpoint
     if has_checkpoint(dst) or os.path.exists(os.path.join(dst, "summary.json")):
         return False

@@ -21,7 +21,7 @@ from comfyui_salt.salt_core.model import build_model
 from comfyui_salt.salt_core.samplers import sample_fewstep_deterministic, sample_fewstep_stochastic
 from comfyui_salt.salt_core.schedules import get_sigmas_fewstep, get_sigmas_uniform, get_sigmas_warped
 from comfyui_salt.salt_core.streaming import stream_video
-from comfyui_salt.training.common import check_loss_terms
+from comfyui_salt.training.loop import check_loss_terms
 from comfyui_salt.training.distill_config import DistillConfig, get_preset
 from comfyui_salt.weights.files import load_model, save_model
 from comfyui_salt.training.teacher import TeacherConfig

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from comfyui_salt.salt_core.model import build_model
-from comfyui_salt.training.common import CheckpointManager, RunError
+from comfyui_salt.training.runs import CheckpointManager, RunError
 from comfyui_salt.training.distill import run_distillation
 from comfyui_salt.training.distill_config import get_preset
 from comfyui_salt.weights.files import save_model

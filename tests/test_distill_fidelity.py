@@ -13,7 +13,7 @@ from comfyui_salt.toy.jobs import distill_world
 from comfyui_salt.training.distill import Distiller, alignment_acts, ema_due, run_distillation
 from comfyui_salt.training.distill_config import DISTILL_PRESETS, DistillConfig, get_preset
 from comfyui_salt.weights.files import save_model
-from comfyui_salt.training.common import CheckpointManager
+from comfyui_salt.training.runs import CheckpointManager
 
 # What the released configs set, read off XingtongGe/Salt configs/mixed_sc_dmd_trd/{causal_forcing,self_forcing,
 # longlive}.yaml (mmd_start_step) and every released config's ema_start_step / lr / lr_critic / betas.
@@ -293,7 +293,7 @@ def test_sc_defect_samples_measures_exactly_the_triplets_sc_trains_with_their_tr
 def test_the_sc_dmd_gradient_cosine_is_the_cosine_of_the_two_terms_autograd_gradients_at_v1(kind):
     """sc_dmd_grad_cos against autograd: ∂(λ·L_SC)/∂v1 and ∂L_DMD/∂v1 over the chunks SC acted on, each taken
     alone from the step's own tensors (v1 captured at the exit step, L_DMD from dmd_term)."""
-    from comfyui_salt.training.common import step_generators
+    from comfyui_salt.training.optim import step_generators
     cfg = get_preset("toy-sc-dmd", num_frames=6, batch_size=2, threads=1, sc_weight=2.0)
     if kind == "bidirectional":
         cfg = get_preset("toy-bidir-sc-dmd", num_frames=6, batch_size=2, threads=1, sc_weight=2.0)
@@ -330,3 +330,29 @@ def test_the_sc_dmd_gradient_cosine_is_the_cosine_of_the_two_terms_autograd_grad
         stats["sc_dmd_grad_cos"], dot / norms)
     ratio = sum(b.double().pow(2).sum() for b in g_sc).sqrt() / sum(a.double().pow(2).sum() for a in g_dmd).sqrt()
     assert abs(stats["sc_dmd_grad_ratio"] - ratio.item()) < 1e-6 * ratio.item()
+
+
+def test_the_gradient_probes_change_no_loss_and_are_off_with_their_flag():
+    """training/diagnostics.py behind grad_probes: the generator loss (and its gradient) is the same with the probes
+    on or off; off, no ratio or cosine is logged."""
+    import dataclasses
+    from comfyui_salt.training.optim import step_generators
+    base = get_preset("toy-salt", num_frames=6, batch_size=2, threads=1, sc_weight=2.0, align_start_iter=0)
+
+    class Prompts:
+        def sample(self, rng, batch):
+            g = torch.Generator().manual_seed(int(rng.integers(1 << 30)))
+            return None, torch.randn(batch, 8, 32, generator=g), torch.zeros(batch, 8, 32)
+    out = {}
+    for probes in (True, False):
+        cfg = dataclasses.replace(base, grad_probes=probes)
+        job = Distiller(cfg, build_model("toy", seed=0), build_model("toy", seed=1), build_model("toy", seed=2),
+                        prompts=Prompts(), score_kind="teacher_forcing")
+        it = next(i for i in range(200) if job.draws(i, "gen")["triplet"] is not None and job.draws(i, "gen")["exit"])
+        gen, rng = step_generators(cfg.seed, 0, it, 0, 1)
+        loss, stats = job.generator_loss(job.draws(it, "gen"), rng, gen)
+        loss.backward()
+        out[probes] = (loss.detach(), [p.grad.clone() for p in job.student.parameters() if p.grad is not None], stats)
+    (on_loss, on_grads, on), (off_loss, off_grads, off) = out[True], out[False]
+    assert torch.equal(on_loss, off_loss) and all(torch.equal(a, b) for a, b in zip(on_grads, off_grads))
+    assert "sc_dmd_grad_cos" in on and not {"sc_dmd_grad_ratio", "sc_dmd_grad_cos", "align_dmd_grad_ratio"} & set(off)

@@ -145,7 +145,7 @@ def test_nested_bootstrap_is_the_mean_with_an_interval_that_widens_with_seed_spr
 
 
 def test_the_experiment_runs_every_arm_evaluates_and_prints_the_table(teacher_path, tmp_path, monkeypatch, capsys):
-    import comfyui_salt.training.common as common
+    import comfyui_salt.training.loop as common
     monkeypatch.setattr(common, "install_stop_handlers", lambda: None)   # in-process: keep pytest's Ctrl-C
     bench = _bench()
     out = tmp_path / "exp"

@@ -7,7 +7,8 @@ import sys
 import pytest
 import torch
 
-from comfyui_salt.training.common import EMA, CheckpointManager, step_generators
+from comfyui_salt.training.optim import EMA, step_generators
+from comfyui_salt.training.runs import CheckpointManager, RunFolder
 from comfyui_salt.training.loop import RegressionJob, TrainingLoop, stop_step
 
 
@@ -28,7 +29,7 @@ def linear_job(poison_at: int = None):
 
 def train(folder, stop, job=None, **kw):
     job = job or linear_job()
-    loop = TrainingLoop(str(folder), "test", quiet=True)
+    loop = TrainingLoop(RunFolder(str(folder)), "test", quiet=True)
     loop.resume(job, ["model", "ema"])
     loop.run(job, stop, checkpoint_every=kw.pop("checkpoint_every", 100), log_every=1, **kw)
     return job

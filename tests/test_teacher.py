@@ -78,7 +78,7 @@ def test_teacher_warm_start_continues_from_shipped_weights_at_a_given_step(tmp_p
 def test_the_teacher_job_draws_lab_world_batches_with_decodable_captions():
     from comfyui_salt.salt_core.config import get_config
     from comfyui_salt.toy.lab import LabWorld
-    from comfyui_salt.training.common import step_generators
+    from comfyui_salt.training.optim import step_generators
     world_cfg, encoder, draw, eval_captions = teacher_world(TeacherConfig(world="lab:tiny", model_preset="toy"))
     videos, captions = draw(step_generators(0, 0, 5)[1], 4)
     again, _ = draw(step_generators(0, 0, 5)[1], 4)

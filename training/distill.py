@@ -11,7 +11,7 @@ and by the ComfyUI node. Per iteration (docs/method.md §1–3, the released tra
 The generator step and each critic step draw their own K, exit index and SC triplet (as released),
 identical on every rank: seeded from (seed, iteration, role).
 `Distiller` is the job; the loop around it (automatic resume, atomic checkpoints, JSONL log, progress bar,
-stops, NaN stop) is training/loop.py, the run folder training/runs.py, seeding training/common.py.
+stops, NaN stop) is training/loop.py, the run folder training/runs.py, seeds, EMA and schedules training/optim.py.
 """
 import copy
 import json
@@ -30,13 +30,14 @@ from ..salt_core.rollout import rollout_bidirectional, rollout_reference, rollou
 from ..salt_core.schedules import add_noise, get_sigmas_fewstep, randn_like
 from ..salt_core.scorenet import ScoreNet
 from ..salt_core.validate import check_count
-from .common import EMA, check_loss_terms, step_generators, step_seed
+from .diagnostics import GradProbes
 from .distill_config import RELEASED_CLIPS_PER_UPDATE, DistillConfig
 from .distill_models import DistillWorld, build_models, build_prompts, check_world, resolve_teacher_kind
 from .distributed import (any_rank, device_mesh, full_optimizer_state, full_state_dict, is_sharded,
                           load_full_optimizer_state, load_full_state_dict, peers_lost_message, process_info, shard_model)
+from .loop import TrainingLoop, check_loss_terms, stop_step
 from .ode_init import run_ode_init
-from .loop import TrainingLoop, stop_step
+from .optim import EMA, step_generators, step_seed
 from .runs import open_run
 from .validate import check_distill_memory, shard_count
 
@@ -56,14 +57,6 @@ def alignment_acts(cfg: DistillConfig, it: int, K: int, exit_index: int) -> bool
 def ema_due(cfg: DistillConfig, it: int) -> bool:
     """Whether the EMA exists after iteration `it` (created at the end of iteration ema_start_iter, as released)."""
     return it >= cfg.ema_start_iter
-
-
-def _grad(loss, x):
-    """∂loss/∂x (float64), keeping the graph for the real backward; None when loss does not depend on x."""
-    if not (loss.requires_grad and x.requires_grad):
-        return None
-    g = torch.autograd.grad(loss, x, retain_graph=True, allow_unused=True)[0]
-    return None if g is None else g.double()
 
 
 class Distiller:
@@ -99,7 +92,7 @@ class Distiller:
         self.gen_step = 0                                # generator updates: the loop's progress counter
         self.it = 0                                      # trainer iterations done (one critic update each)
         self.counts = dict.fromkeys(COUNT_KEYS, 0.0)   # per-run tallies of what acted (saved with the state)
-        self._align_probes = []                          # alignment-gradient hooks of the current step
+        self.probes = GradProbes(cfg.grad_probes)       # gradient ratios and cosines (training/diagnostics.py)
 
     # -- pieces ---------------------------------------------------------------------------------
     def draws(self, it: int, role: str) -> dict:
@@ -158,80 +151,57 @@ class Distiller:
         return self.dmd(x, real_c, real_u, fake)
 
     def generator_loss(self, d, rng, gen):
-        """(total loss, stats) of one generator micro-batch.
-
-        Besides the losses, stats say which terms acted (`sc_acted`, `aligned`) and how strongly: the norm of each
-        weighted term's gradient relative to DMD's, taken at the exit step's network output v1 where the three
-        terms meet (`sc_dmd_grad_ratio`, `align_dmd_grad_ratio`, the latter filled in by `_step` after the
-        backward). DMD and alignment reach v1 through x0 = x_s − σ_s·v1, so their ratio is taken at x0 directly;
-        SC's at v1 against σ_s·‖∂L_DMD/∂x0‖, and the cosine between SC's and DMD's gradients at v1
-        (`sc_dmd_grad_cos`: > 0 SC pushes the way DMD does, < 0 against it; over the chunks SC acted on). All come
-        from gradients the step computes anyway, or from small graphs (DMD's and SC's closed forms), never from an
-        extra backward through a network.
-        """
-        cfg = self.cfg
+        """(L_DMD + λ·L_SC + w·L_align, stats) of one generator micro-batch (docs/method.md §1–3): SC on the exit
+        step of the chunks its triplet covers (K = sc_steps), the alignment on the steps `aligns` picks. Stats say
+        which terms acted (`sc_acted`, `aligned`); `self.probes` (training/diagnostics.py) adds how strongly."""
         ctx, unc, noise = self.batch(rng, gen)
-        sc_terms, sc_grads, stats = [], [], {}
+        exits = []                                       # (chunk, L_SC of the chunk, v1) at the exit step
 
         def on_exit(chunk, x_s, v1, velocity_fn):
             if d["triplet"] is not None:
                 loss, st = self.sc(x_s, v1, velocity_fn, d["triplet"])
-                sc_terms.append(loss)
+                exits.append((chunk, loss, v1))
                 stats.update(st)
-                if v1.requires_grad:
-                    sc_grads.append((chunk, torch.autograd.grad(loss, v1, retain_graph=True)[0].double()))
+        stats = {}
         roll = self.rollout(noise, ctx, d, True, gen, on_exit)
         x = roll.x0
         total, st = self.dmd_term(x, ctx, unc, gen)
         stats.update(st)
-        dmd_grad = _grad(total, x)
-        dmd_norm = 0.0 if dmd_grad is None else dmd_grad.norm().item()
-        if sc_terms:
-            l_sc = torch.stack(sc_terms).mean()
+        self.probes.dmd(total, x)
+        if exits:
+            l_sc = torch.stack([loss for _, loss, _ in exits]).mean()
             total = total + self.sc.weight * l_sc
             stats["sc_loss"] = l_sc.item()
-            if sc_grads and dmd_norm > 0:   # ∂(λ·mean_c L_c)/∂v1_c = λ/C·∂L_c/∂v1_c
-                sc_norm = self.sc.weight / len(sc_terms) * sum(g.pow(2).sum() for _, g in sc_grads).sqrt().item()
-                stats["sc_dmd_grad_ratio"] = sc_norm / (roll.exit_sigma * dmd_norm)
-                # DMD at v1: ∂L/∂v1 = −σ_s·∂L/∂x0 on the chunk's frames (x0 = x_s − σ_s·v1 at the exit step)
-                dmd_at = [-roll.exit_sigma * dmd_grad[:, :, c * g.shape[2]:(c + 1) * g.shape[2]]
-                          for c, g in sc_grads]
-                dot = sum((a * g).sum() for a, (_, g) in zip(dmd_at, sc_grads))
-                norms = (sum(a.pow(2).sum() for a in dmd_at) * sum(g.pow(2).sum() for _, g in sc_grads)).sqrt()
-                stats["sc_dmd_grad_cos"] = (dot / norms).item() if norms > 0 else 0.0
-        stats["sc_acted"] = float(bool(sc_terms))
+            self.probes.sc(exits, self.sc.weight, roll.exit_sigma, stats)
+        stats["sc_acted"] = float(bool(exits))
         aligned = self.aligns(d)
         if aligned:
-            dense = get_sigmas_fewstep(2 * d["K"], cfg.shift)
-            if cfg.student_kind == "causal":
-                ref = rollout_reference(self.student, noise, ctx, d["grid"], d["exit"], dense, roll.renoise,
-                                        policy=self.policy, chunk_frames=cfg.chunk_frames, coupling=cfg.align_coupling,
-                                        context_noise=cfg.context_noise, generator=gen, cache=self.ref_cache)
-            else:
-                with torch.no_grad():
-                    ref = rollout_bidirectional(self.student, noise, ctx, dense, 2 * d["exit"], generator=gen,
-                                                grad=False).x0
-            sigma_f = (sample_alignment_timesteps(cfg.batch_size, gen, cfg.shift) / 1000.0).to(x.device)
-            eps_f = randn_like(x, gen)
-            s5 = sigma_f.view(-1, 1, 1, 1, 1)
-            # x_al is x as its own graph node: the gradient the real backward leaves at it is ∂(w·L_align)/∂x
-            # alone, read by a hook (no extra backward through the teacher) and turned into a ratio in _step
-            x_al = x.view_as(x)
-            if dmd_norm > 0 and x_al.requires_grad:
-                probe = {"dmd_norm": dmd_norm, "sq": 0.0}
-
-                def record(g, probe=probe):
-                    probe["sq"] += g.double().pow(2).sum().item()
-                x_al.register_hook(record)
-                self._align_probes.append(probe)
-            _, f_stu = self.features.velocity(add_noise(x_al, eps_f, s5), sigma_f, ctx, x.detach(), cfg.align_block)
-            with torch.no_grad():
-                _, f_ref = self.features.velocity(add_noise(ref, eps_f, s5), sigma_f, ctx, ref, cfg.align_block)
-            l_al, st = self.align(f_stu, f_ref, frames=cfg.num_frames)
+            l_al, st = self.align_term(self.probes.watch_align(x), noise, ctx, d, roll, gen)
             total = total + self.align.weight * l_al
             stats.update(st)
         stats["aligned"] = float(aligned)
         return total, stats
+
+    def align_term(self, x, noise, ctx, d, roll, gen):
+        """(L_align, stats): block features of the student's clips x against those of a denser reference rollout
+        from the same noise (2K steps, the same re-noise up to the exit: docs/method.md §3), both noised alike."""
+        cfg = self.cfg
+        dense = get_sigmas_fewstep(2 * d["K"], cfg.shift)
+        if cfg.student_kind == "causal":
+            ref = rollout_reference(self.student, noise, ctx, d["grid"], d["exit"], dense, roll.renoise,
+                                    policy=self.policy, chunk_frames=cfg.chunk_frames, coupling=cfg.align_coupling,
+                                    context_noise=cfg.context_noise, generator=gen, cache=self.ref_cache)
+        else:
+            with torch.no_grad():
+                ref = rollout_bidirectional(self.student, noise, ctx, dense, 2 * d["exit"], generator=gen,
+                                            grad=False).x0
+        sigma_f = (sample_alignment_timesteps(cfg.batch_size, gen, cfg.shift) / 1000.0).to(x.device)
+        eps_f = randn_like(x, gen)
+        s5 = sigma_f.view(-1, 1, 1, 1, 1)
+        _, f_stu = self.features.velocity(add_noise(x, eps_f, s5), sigma_f, ctx, x.detach(), cfg.align_block)
+        with torch.no_grad():
+            _, f_ref = self.features.velocity(add_noise(ref, eps_f, s5), sigma_f, ctx, ref, cfg.align_block)
+        return self.align(f_stu, f_ref, frames=cfg.num_frames)
 
     def critic_loss(self, d, rng, gen):
         """(critic flow loss, stats) of one critic micro-batch on a no-grad student rollout."""
@@ -262,7 +232,7 @@ class Distiller:
     def _step(self, loss_fn, model, opt, it, tag, d):
         """Accumulate `grad_accum` micro-batches of loss_fn, clip, step; returns stats."""
         opt.zero_grad(set_to_none=True)
-        self._align_probes.clear()   # probes of a step that failed before its backward must not leak into this one
+        self.probes.start_step()   # probes of a step that failed before its backward must not leak into this one
         stats = {}
         for micro in range(self.cfg.grad_accum):
             # the global micro-batch: N ranks see the clips one process sees with N × grad_accum micro-batches
@@ -273,10 +243,7 @@ class Distiller:
             self._check_finite(loss, st, tag, it)
             (loss / self.cfg.grad_accum).backward()
             stats.update({k: stats.get(k, 0.0) + v / self.cfg.grad_accum for k, v in st.items()})
-        if self._align_probes:   # hooks filled during backward (the loss was divided by grad_accum)
-            ratios = [p["sq"] ** 0.5 * self.cfg.grad_accum / p["dmd_norm"] for p in self._align_probes]
-            stats["align_dmd_grad_ratio"] = sum(ratios) / len(ratios)
-            self._align_probes.clear()
+        self.probes.after_backward(self.cfg.grad_accum, stats)
         # sharded models: FSDP2 has reduced the gradients (mean over ranks) during backward; the norm is global
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.grad_clip)
         stats[f"{tag}_grad_norm"] = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
@@ -438,11 +405,12 @@ def run_distillation(cfg: DistillConfig, out_dir: str, *, max_gen_steps: int = N
         check_count("max_gen_steps", max_gen_steps, where="run_distillation")
     check_world(cfg, world, "run_distillation")
     rank = process_info().rank
-    with open_run(cfg, out_dir, allow_changes=allow_changed_settings, rank=rank):
-        return _run_distillation(cfg, out_dir, max_gen_steps, callback, quiet, device, world)
+    with open_run(cfg, out_dir, allow_changes=allow_changed_settings, rank=rank) as run:
+        return _run_distillation(cfg, run, max_gen_steps, callback, quiet, device, world)
 
 
-def _run_distillation(cfg, out_dir, max_gen_steps, callback, quiet, device, world):
+def _run_distillation(cfg, run, max_gen_steps, callback, quiet, device, world):
+    out_dir = run.path
     """`run_distillation` inside the run folder: the job, run by training.loop."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -453,8 +421,8 @@ def _run_distillation(cfg, out_dir, max_gen_steps, callback, quiet, device, worl
                          f"rank's device; leave device unset under torchrun")
     device = torch.device(device) if device is not None else info.device
     if cfg.job == "ode_init":
-        return run_ode_init(cfg, out_dir, max_steps=max_gen_steps, callback=callback, quiet=quiet, device=device,
-                            rank=rank, world=world)
+        return run_ode_init(cfg, run, max_steps=max_gen_steps, callback=callback, quiet=quiet, device=device,
+                            world=world)
     teacher, student, critic = build_models(cfg, world)
     check_distill_memory(cfg, student, critic, device, teacher=teacher,
                          shards=shard_count(cfg.sharding, world_size, info.local_world_size),
@@ -484,7 +452,7 @@ def _run_distillation(cfg, out_dir, max_gen_steps, callback, quiet, device, worl
         log.warning("%d clip(s) per generator update (batch_size × grad_accum × processes); released runs average "
                     "%d (1 per GPU × 64 GPUs): set --grad-accum %d to match on this many processes", clips,
                     RELEASED_CLIPS_PER_UPDATE, -(-RELEASED_CLIPS_PER_UPDATE // (cfg.batch_size * world_size)))
-    loop = TrainingLoop(out_dir, "distill", rank=rank, quiet=quiet, step_key="gen_step", metadata={
+    loop = TrainingLoop(run, "distill", quiet=quiet, step_key="gen_step", metadata={
         "salt_config": student.cfg.to_json(), "distill_config": json.dumps(asdict(cfg))})
     loop.resume(job, ["student", "critic"], optional=["ema"])
 

@@ -119,6 +119,8 @@ class DistillConfig:
     eval_every: int = _logs(50, "generator steps between toy evaluations; 0 disables", count=0)
     eval_clips: int = _logs(32, "prompts per evaluation", count=1)
     log_every: int = _logs(1, "generator steps between metrics.jsonl lines", count=1)
+    grad_probes: bool = _logs(True, "log how strongly SC and the alignment pull against DMD (gradient ratios, the "
+                                    "SC/DMD cosine: training/diagnostics.py); off computes nothing extra")
 
     def __post_init__(self):
         validate_distill_config(self)

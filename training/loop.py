@@ -10,19 +10,68 @@ A job is an object with
   and `load(tensors, state)`, its inverse.
 
 `TrainingLoop` owns everything around the step: resuming from the newest readable checkpoint, stop signals
-(common.check_stop) and interrupts (saved at a step boundary, then re-raised), max_steps / max_seconds,
+(`check_stop`, below) and interrupts (saved at a step boundary, then re-raised), max_steps / max_seconds,
 checkpoint_every, the progress bar, metrics.jsonl, evaluations (one a Cancel interrupted is made up on
 resume) and the non-finite stop (the last good state saved when the step left one). Rank 0 writes
 checkpoints; every rank logs to its own file. `RegressionJob` is the one-network job of the teacher and
 the ODE init. Knows nothing of the losses, the worlds or ComfyUI.
 """
+import logging
+import math
 import os
+import signal
 import time
 
 import torch
 from tqdm.auto import tqdm
 
-from .common import EMA, CheckpointManager, JsonlLog, RunError, check_stop, cosine_lr, log, logged_eval_steps
+from .optim import EMA, cosine_lr
+from .runs import RunError, RunFolder, logged_eval_steps
+
+log = logging.getLogger("salt.training")
+
+
+_STOP = {"signal": None}
+
+
+def _request_stop(signum, frame):
+    """Signal handler: the first signal asks the loop to stop at the next step boundary; a second one stops now."""
+    if _STOP["signal"] is not None:
+        raise KeyboardInterrupt(f"signal {signum} (second)")
+    _STOP["signal"] = signum
+    log.info("signal %d: stopping after this step and saving a checkpoint (send it again to stop at once)", signum)
+
+
+def install_stop_handlers() -> None:
+    """Make SIGINT and SIGTERM stop a training loop cleanly at a step boundary (checkpoint saved, rerun resumes).
+
+    Call from the main thread of a command-line job. Also catches a plain `kill` and Ctrl-C in shells that
+    start background jobs with SIGINT ignored.
+    """
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _request_stop)
+
+
+def check_stop() -> None:
+    """At a step boundary: raise KeyboardInterrupt if a stop signal arrived (the loops save, then re-raise)."""
+    if _STOP["signal"] is not None:
+        signum, _STOP["signal"] = _STOP["signal"], None
+        raise KeyboardInterrupt(f"signal {signum}")
+
+
+def check_loss_terms(loss, stats: dict, tag: str, it: int, max_nonfinite_frac: float = 0.5) -> None:
+    """FloatingPointError naming the term when a step's loss is non-finite or a loss term reports that more
+    than `max_nonfinite_frac` of its entries were non-finite (`*_nonfinite_frac` stats, e.g. DMD's masked
+    score): such a step would train on nothing while looking finite."""
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"{tag} loss became {loss.item()} at iteration {it}")
+    for key, value in stats.items():
+        if key.endswith("_nonfinite_frac") and not value <= max_nonfinite_frac:
+            term = key[:-len("_nonfinite_frac")]
+            raise FloatingPointError(f"{term} loss: {value:.0%} of its entries were non-finite (NaN/Inf) at iteration "
+                                     f"{it} ({tag} update; more than {max_nonfinite_frac:.0%} is a failed step)")
+        if key.endswith("_loss") and isinstance(value, float) and not math.isfinite(value):
+            raise FloatingPointError(f"{key} became {value} at iteration {it} ({tag} update)")
 
 
 def stop_step(total: int, max_steps: int = None) -> int:
@@ -31,16 +80,16 @@ def stop_step(total: int, max_steps: int = None) -> int:
 
 
 class TrainingLoop:
-    """The run folder's checkpoints and metrics log, and the loop that advances a job through them."""
+    """The loop that advances a job through its run folder's checkpoints and metrics log."""
 
-    def __init__(self, folder: str, desc: str, *, rank: int = 0, quiet: bool = False, metadata: dict = None,
+    def __init__(self, run: RunFolder, desc: str, *, quiet: bool = False, metadata: dict = None,
                  step_key: str = "step"):
-        """desc: the progress bar's label; metadata: strings stored in every checkpoint's safetensors header;
-        step_key: the name of the job's counter in metrics.jsonl records."""
-        self.folder, self.desc, self.rank, self.quiet = folder, desc, rank, quiet
+        """run: the RunFolder (`open_run` yields it; its rank decides who writes checkpoints); desc: the progress
+        bar's label; metadata: strings stored in every checkpoint's safetensors header; step_key: the name of the
+        job's counter in metrics.jsonl records."""
+        self.folder, self.desc, self.rank, self.quiet = run.path, desc, run.rank, quiet
         self.metadata, self.step_key = metadata or {}, step_key
-        self.ckpt = CheckpointManager(os.path.join(folder, "checkpoints"))
-        self.logger = JsonlLog(os.path.join(folder, "metrics.jsonl" if rank == 0 else f"metrics_rank{rank}.jsonl"))
+        self.ckpt, self.logger = run.checkpoints, run.metrics
 
     def resume(self, job, names, optional=()) -> bool:
         """Load the newest readable checkpoint's `names` (+ `optional` ones present) into `job`; False if none."""

@@ -21,10 +21,12 @@ from ..salt_core.samplers import sample_euler
 from ..salt_core.schedules import get_sigmas_fewstep, get_sigmas_uniform, sigma_to_t, x0_from_velocity
 from ..salt_core.scorenet import ScoreNet
 from ..salt_core.streaming import stream_video
-from .common import JsonlLog, step_generators
-from .loop import RegressionJob, TrainingLoop, stop_step
+from ..weights.files import atomic_write
 from .distill_config import EXACT
 from .distill_models import build_models, build_prompts, resolve_teacher_kind
+from .loop import RegressionJob, TrainingLoop, stop_step
+from .optim import step_generators
+from .runs import RunFolder
 from .validate import check_ode_init_memory
 
 
@@ -99,8 +101,8 @@ def ode_regression_loss(student, kind: str, pairs: dict, idx, levels, grid, chun
     return (pred.float() - x0).pow(2).mean()
 
 
-def run_ode_init(cfg, out_dir: str, max_steps: int = None, callback=None, quiet: bool = False,
-                 device: torch.device = torch.device("cpu"), rank: int = 0, world=None):
+def run_ode_init(cfg, run: RunFolder, max_steps: int = None, callback=None, quiet: bool = False,
+                 device: torch.device = torch.device("cpu"), world=None):
     """Train the student on cached teacher ODE pairs on `device`; resumable; returns the (EMA) student.
 
     The optimiser follows the config's generator settings (lr_gen, beta1, beta2, weight_decay, grad_clip) and
@@ -111,6 +113,7 @@ def run_ode_init(cfg, out_dir: str, max_steps: int = None, callback=None, quiet:
     if cfg.teacher == EXACT:
         raise ValueError("job=ode_init with teacher='exact': ODE pairs come from a network teacher here; pass the "
                          "learned teacher's checkpoint as teacher (the exact teacher is a real score for job=dmd)")
+    out_dir = run.path
     teacher, student, _ = build_models(cfg, world)
     check_ode_init_memory(cfg, student, device)
     teacher, student = teacher.to(device), student.to(device)
@@ -121,11 +124,8 @@ def run_ode_init(cfg, out_dir: str, max_steps: int = None, callback=None, quiet:
     if not os.path.exists(pairs_path):
         t = time.time()
         pairs = generate_ode_pairs(teacher, teacher_kind, cfg, prompts, cfg.ode_pairs, cfg.seed, quiet=quiet)
-        tmp = pairs_path + ".tmp"
-        save_file({k: v.contiguous() for k, v in pairs.items()}, tmp)
-        os.replace(tmp, pairs_path)
-        JsonlLog(os.path.join(out_dir, "metrics.jsonl")).write(event="ode_pairs", num=cfg.ode_pairs,
-                                                                seconds=time.time() - t)
+        atomic_write(pairs_path, lambda tmp: save_file({k: v.contiguous() for k, v in pairs.items()}, tmp))
+        run.metrics.write(event="ode_pairs", num=cfg.ode_pairs, seconds=time.time() - t)
     pairs = load_file(pairs_path)
     grid = [float(s) for s in get_sigmas_fewstep(cfg.step_choices[0], cfg.shift)[:-1]]
 
@@ -138,7 +138,7 @@ def run_ode_init(cfg, out_dir: str, max_steps: int = None, callback=None, quiet:
                         betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay, warmup=cfg.ode_warmup_steps,
                         total=cfg.gen_steps, min_lr_ratio=cfg.ode_min_lr_ratio, grad_clip=cfg.grad_clip,
                         ema_decay=cfg.ema_decay)
-    loop = TrainingLoop(out_dir, "ode-init", rank=rank, quiet=quiet, metadata={
+    loop = TrainingLoop(run, "ode-init", quiet=quiet, metadata={
         "salt_config": student.cfg.to_json(), "distill_config": json.dumps(cfg.__dict__, default=str)})
     loop.resume(job, ["student", "ema"])
     loop.run(job, stop_step(cfg.gen_steps, max_steps), checkpoint_every=cfg.checkpoint_every,

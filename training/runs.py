@@ -1,5 +1,6 @@
 """Run folders shared by both front doors (CLI and the ComfyUI node) and every job (teacher, ODE init,
-distillation): names, resume checks, a lock, config.json, publishing.
+distillation): one `RunFolder` object holds what a run keeps there (config.json, checkpoints/, metrics.jsonl, the
+lock, publishing a student), and every whole-file write goes through one atomic write (weights.files.atomic_write).
 
 - A run name is a plain folder name; the node turns it into `<output>/salt_runs/<name>`, the CLI takes a path.
 - `open_run` is every job's way in: the settings check, the lock, then config.json (never rewritten by a
@@ -9,6 +10,8 @@ distillation): names, resume checks, a lock, config.json, publishing.
   resume, so a failed start (a bad teacher file) never blocks its name.
 - One process per run folder: `RunLock` holds an OS lock on `<folder>/.lock` (released by the OS
   when the process dies, so a killed run never leaves a stale lock).
+- Checkpoints are `step_XXXXXXXX/` folders written beside their final name and renamed into place complete, so a
+  kill never leaves a torn one; the newest one that reads back is found on restart.
 Knows nothing of ComfyUI or the losses.
 """
 import contextlib
@@ -18,8 +21,12 @@ import logging
 import os
 import re
 import shutil
+import time
 
-from .common import CheckpointManager, RunError
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..weights.files import atomic_write
 
 log = logging.getLogger("salt.training")
 
@@ -27,12 +34,169 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 # Fields that may change when a run is resumed (how long, how often, how many threads; the text encoder is
 # read once, to fill the run's embedding cache, so a resume may drop or move it).
 # The teacher's evaluation sampler (eval_steps, eval_cfg) changes what is measured, not what is trained.
-RESUMABLE_FIELDS = ("gen_steps", "threads", "checkpoint_every", "eval_every", "eval_clips", "log_every", "text_encoder",
-                    "memory_limit_gib", "eval_steps", "eval_cfg")
+RESUMABLE_FIELDS = ("gen_steps", "threads", "checkpoint_every", "eval_every", "eval_clips", "log_every", "grad_probes",
+                    "text_encoder", "memory_limit_gib", "eval_steps", "eval_cfg")
 LOCK_FILE = ".lock"
 CONFIG_FILE = "config.json"
 # The explicit override, as each front door spells it (the error names both).
 OVERRIDE_HINT = "--allow-changed-settings (CLI) / allow_changed_settings=True (Python)"
+
+
+class RunError(RuntimeError):
+    """A run folder that cannot be used as asked (locked by another process, no readable checkpoint)."""
+
+
+class CheckpointManager:
+    """`step_XXXXXXXX/` folders holding safetensors weights + a weights-only training-state file."""
+
+    PATTERN = re.compile(r"^step_(\d{8})$")
+
+    def __init__(self, folder: str, keep: int = 2):
+        self.folder, self.keep = folder, keep
+        os.makedirs(folder, exist_ok=True)
+
+    def complete(self) -> list:
+        """[(step, path)] of the complete checkpoints, newest first."""
+        found = []
+        for name in os.listdir(self.folder):
+            m = self.PATTERN.match(name)
+            if m and os.path.exists(os.path.join(self.folder, name, "COMPLETE")):
+                found.append((int(m.group(1)), os.path.join(self.folder, name)))
+        return sorted(found, reverse=True)
+
+    def latest(self):
+        """(step, path) of the newest complete checkpoint, or None."""
+        found = self.complete()
+        return found[0] if found else None
+
+    def load_latest(self, names, optional=()) -> tuple:
+        """(path, {name: state_dict}, state) of the newest checkpoint that reads back, or None if there is none.
+
+        A checkpoint that does not read (a truncated file after a disk-full or a copy) is renamed to
+        `<step>.unreadable` (kept for inspection, ignored from then on) and the next older one is tried,
+        with a warning naming both; if none reads, the error names every file and the fix.
+        """
+        failures = []
+        for step, path in self.complete():
+            try:
+                present = [n for n in optional if os.path.exists(os.path.join(path, f"{n}.safetensors"))]
+                tensors, state = self.load(path, list(names) + present)
+            except Exception as e:   # safetensors / torch report damage with several exception types
+                failures.append(f"{path}: {type(e).__name__}: {str(e)[:160]}")
+                log.warning("checkpoint %s does not read (%s: %s); falling back to an older one", path,
+                            type(e).__name__, str(e)[:160])
+                continue
+            for bad in failures:
+                bad_path = bad.split(": ")[0]
+                os.replace(bad_path, bad_path + ".unreadable")
+                log.warning("resuming from %s instead; the unreadable checkpoint was moved to %s.unreadable",
+                            path, bad_path)
+            return path, tensors, state
+        if failures:
+            raise RunError(f"no checkpoint in {self.folder} reads back: {'; '.join(failures)}. Move the damaged "
+                               f"step folders away to start over from scratch, or restore them from a backup")
+        return None
+
+    def save(self, step: int, tensors: dict, state: dict, metadata: dict = None) -> str:
+        """Write {name: state_dict} as name.safetensors and `state` as state.pt, atomically."""
+        final = os.path.join(self.folder, f"step_{step:08d}")
+        tmp = final + f".tmp{os.getpid()}"
+        os.makedirs(tmp, exist_ok=True)
+        meta = {k: str(v) for k, v in (metadata or {}).items()}
+        for name, sd in tensors.items():
+            save_file({k: v.detach().contiguous().cpu() for k, v in sd.items()}, os.path.join(tmp, f"{name}.safetensors"), meta)
+        torch.save(state, os.path.join(tmp, "state.pt"))
+        open(os.path.join(tmp, "COMPLETE"), "w").close()
+        if os.path.exists(final):
+            import shutil
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        self._prune()
+        return final
+
+    @staticmethod
+    def is_sharded(path: str) -> bool:
+        """Whether a checkpoint folder was written by torch.distributed.checkpoint (a sharded run)."""
+        return os.path.exists(os.path.join(path, ".metadata"))
+
+    def save_sharded(self, step: int, tensors: dict, state: dict, rank: int, metadata: dict = None) -> str:
+        """A sharded run's checkpoint, every rank writing its own shards with torch.distributed.checkpoint
+        (`tensors`: nested state dicts of DTensors, the same keys on every rank), rank 0 the `state` and metadata;
+        written in a temporary folder and renamed into place complete, so an interrupted save never replaces the
+        last good checkpoint. A collective: every rank calls it."""
+        import torch.distributed as dist
+        import torch.distributed.checkpoint as dcp
+        final = os.path.join(self.folder, f"step_{step:08d}")
+        tmp = final + ".tmp_sharded"
+        if rank == 0:
+            import shutil
+            shutil.rmtree(tmp, ignore_errors=True)
+            os.makedirs(tmp)
+        dist.barrier()
+        dcp.save(tensors, checkpoint_id=tmp)
+        if rank == 0:
+            torch.save(state, os.path.join(tmp, "state.pt"))
+            with open(os.path.join(tmp, "metadata.json"), "w") as f:
+                json.dump({k: str(v) for k, v in (metadata or {}).items()}, f)
+            open(os.path.join(tmp, "COMPLETE"), "w").close()
+            if os.path.exists(final):
+                import shutil
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            self._prune()
+        dist.barrier()
+        return final
+
+    def load(self, path: str, names) -> tuple:
+        """({name: state_dict}, state) from a checkpoint folder; a sharded one gives ({}, state): its tensors are
+        read into the job's own layout (`Distiller.load_sharded`)."""
+        if self.is_sharded(path):
+            return {}, torch.load(os.path.join(path, "state.pt"), map_location="cpu", weights_only=True)
+        tensors = {n: load_file(os.path.join(path, f"{n}.safetensors")) for n in names}
+        state = torch.load(os.path.join(path, "state.pt"), map_location="cpu", weights_only=True)
+        return tensors, state
+
+    def _prune(self):
+        """Keep the `keep` newest complete checkpoints; drop older ones, step folders without COMPLETE (never
+        a finished save: those are renamed into place complete) and other processes' temp folders."""
+        import shutil
+        complete = {path for _, path in self.complete()}
+        for _, path in self.complete()[self.keep:]:
+            shutil.rmtree(path, ignore_errors=True)
+        for n in os.listdir(self.folder):
+            path = os.path.join(self.folder, n)
+            if self.PATTERN.match(n) and path not in complete:
+                shutil.rmtree(path, ignore_errors=True)
+        for n in os.listdir(self.folder):
+            if ".tmp" in n and not n.endswith(f".tmp{os.getpid()}"):   # rank 0 prunes after its sharded rename
+                shutil.rmtree(os.path.join(self.folder, n), ignore_errors=True)
+
+
+def logged_eval_steps(path: str, step_key: str = "gen_step") -> set:
+    """Steps (the records' `step_key`) that have an `eval` record in a metrics.jsonl (torn or foreign lines skipped)."""
+    steps = set()
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(record, dict) and "eval" in record:
+                    steps.add(record.get(step_key))
+    return steps
+
+
+class JsonlLog:
+    """Append-only metrics log, one JSON object per line."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def write(self, **record):
+        record.setdefault("time", time.time())
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
 
 
 def check_run_name(name: str, where: str = "run") -> str:
@@ -92,7 +256,7 @@ def write_config(cfg, folder: str) -> str:
 
 @contextlib.contextmanager
 def open_run(cfg, folder: str, *, allow_changes: bool = False, rank: int = 0):
-    """Enter run folder `folder` for a job with settings `cfg` (a config dataclass); yields `folder`.
+    """Enter run folder `folder` for a job with settings `cfg` (a config dataclass); yields its `RunFolder`.
 
     Refuses checkpoints of other settings (check_resumable; `allow_changes` continues with the new ones),
     holds the RunLock and records `cfg` in config.json. Under several processes only rank 0 locks and writes;
@@ -109,7 +273,7 @@ def open_run(cfg, folder: str, *, allow_changes: bool = False, rank: int = 0):
     with RunLock(folder) if rank == 0 else contextlib.nullcontext():
         check_resumable(cfg, folder, allow_changes, OVERRIDE_HINT)
         if rank != 0:
-            yield folder
+            yield RunFolder(folder, rank)
             return
         config = os.path.join(folder, CONFIG_FILE)
         previous = None
@@ -119,7 +283,7 @@ def open_run(cfg, folder: str, *, allow_changes: bool = False, rank: int = 0):
         checkpoints = _checkpoint_names(folder)
         write_config(cfg, folder)
         try:
-            yield folder
+            yield RunFolder(folder, rank)
         except BaseException:
             # The job failed before it saved anything with the new settings (e.g. changed settings that do not
             # fit the checkpoints): config.json goes back to describing the checkpoints the folder holds.
@@ -135,11 +299,35 @@ def _checkpoint_names(folder: str) -> list:
 
 
 def _write_text(path: str, text: str) -> None:
-    """Replace `path` with `text` atomically (a temp file beside it, then rename)."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    """Replace `path` with `text` atomically (weights.files.atomic_write: a temp file beside it, then rename)."""
+    def write(tmp):
+        with open(tmp, "w") as f:
+            f.write(text)
+    atomic_write(path, write)
+
+
+class RunFolder:
+    """A run folder as one object: `path`, its `checkpoints` (CheckpointManager of `<path>/checkpoints`), its
+    `metrics` log (`metrics.jsonl`; rank r > 0 of a multi-process run writes `metrics_rank<r>.jsonl`), its
+    config.json (`write_config`) and `publish` of an exported student. The lock and the resume check are
+    `open_run`'s, which yields one."""
+
+    def __init__(self, path: str, rank: int = 0):
+        self.path, self.rank = path, rank
+        self.checkpoints = CheckpointManager(os.path.join(path, "checkpoints"))
+        self.metrics = JsonlLog(os.path.join(path, "metrics.jsonl" if rank == 0 else f"metrics_rank{rank}.jsonl"))
+
+    def file(self, name: str) -> str:
+        """The path of `name` inside the folder."""
+        return os.path.join(self.path, name)
+
+    def write_config(self, cfg) -> str:
+        """config.json of the dataclass `cfg`, atomically (write_config)."""
+        return write_config(cfg, self.path)
+
+    def publish(self, export_path: str, dest: str) -> str:
+        """publish_student of an export of this run."""
+        return publish_student(export_path, dest)
 
 
 class RunLock:

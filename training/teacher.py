@@ -11,15 +11,16 @@ The data come from a `TeacherWorld` the caller builds (the toy wing's `toy.jobs.
 module imports no world.
 The loop (seeding, checkpoints, resume, logs) is training/loop.py; the run folder training/runs.py.
 """
-from dataclasses import dataclass, asdict
-from typing import Callable, NamedTuple
 import ast
 import json
+import logging
 import os
+from dataclasses import asdict, dataclass
+from typing import Callable, NamedTuple
 
 import torch
 
-from ..salt_core.config import TOY_SHIFT, get_config
+from ..salt_core.config import TOY_SHIFT, get_config, strict_from_dict
 from ..salt_core.kv_cache import CachePolicy
 from ..salt_core.model import WanModel
 from ..salt_core.schedules import add_noise, get_sigmas_uniform, shift_sigma, sigma_to_t
@@ -27,13 +28,15 @@ from ..salt_core.streaming import stream_video
 from ..salt_core.denoiser import FlowDenoiser
 from ..salt_core.samplers import sample_euler
 from ..salt_core.scorenet import teacher_forcing_forward
-from .common import CheckpointManager, config_from_dict, log, step_generators
 from .config_fields import MAX_THREADS, grouped
 from .loop import RegressionJob, TrainingLoop, stop_step
-from .runs import open_run
+from .optim import step_generators
+from .runs import CheckpointManager, open_run
 from .validate import validate_teacher_config
 
 MODES = ("teacher_forcing", "bidirectional")
+
+log = logging.getLogger("salt.training")
 
 
 _model, _opt = grouped("model and data"), grouped("optimiser and schedule")
@@ -153,11 +156,12 @@ def train_teacher(cfg: TeacherConfig, out_dir: str, evaluate=None, max_steps: in
     A folder holding checkpoints of a run with other settings is refused unless `allow_changed_settings`;
     one process at a time may use a folder (training.runs.open_run).
     """
-    with open_run(cfg, out_dir, allow_changes=allow_changed_settings):
-        return _train_teacher(cfg, out_dir, world, evaluate, max_steps, quiet, device, max_seconds)
+    with open_run(cfg, out_dir, allow_changes=allow_changed_settings) as run:
+        return _train_teacher(cfg, run, world, evaluate, max_steps, quiet, device, max_seconds)
 
 
-def _train_teacher(cfg, out_dir, world, evaluate, max_steps, quiet, device, max_seconds):
+def _train_teacher(cfg, run, world, evaluate, max_steps, quiet, device, max_seconds):
+    out_dir = run.path
     """`train_teacher` inside the run folder: the job's step and evaluation, run by training.loop."""
     device = torch.device(device or "cpu")
     torch.set_num_threads(cfg.threads)
@@ -177,7 +181,7 @@ def _train_teacher(cfg, out_dir, world, evaluate, max_steps, quiet, device, max_
     job = RegressionJob(model, loss_fn, name="model", loss_name="loss", lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                         weight_decay=cfg.weight_decay, warmup=cfg.warmup_steps, total=cfg.total_steps,
                         min_lr_ratio=cfg.min_lr_ratio, grad_clip=cfg.grad_clip, ema_decay=cfg.ema_decay)
-    loop = TrainingLoop(out_dir, "teacher", quiet=quiet,
+    loop = TrainingLoop(run, "teacher", quiet=quiet,
                         metadata={"salt_config": mcfg.to_json(), "salt_layout": "wan", "teacher_mode": cfg.mode})
     if not loop.resume(job, ["model", "ema"]) and cfg.init_from:
         from ..weights.files import load_model
@@ -215,7 +219,7 @@ def export_teacher(run_dir: str, out_path: str, weights: str = "ema") -> str:
         raw = json.loads(text)
     except json.JSONDecodeError:  # runs started before config.json was JSON hold a Python dict literal
         raw = ast.literal_eval(text)
-    cfg = config_from_dict(TeacherConfig, raw)
+    cfg = strict_from_dict(TeacherConfig, raw)
     name = "ema" if weights == "ema" else "model"
     tensors, state = CheckpointManager(os.path.join(run_dir, "checkpoints")).load(latest[1], [name])
     model = WanModel(get_config(cfg.model_preset))
