@@ -29,11 +29,11 @@ def metrics_table(models: dict, device, num_clips: int, steps_list, smoke: bool)
     """Oracle metrics (toy score, Fréchet, ...) of each teacher on the same prompts and noise."""
     from comfyui_salt.salt_core.config import get_config
     from comfyui_salt.toy.text import ToyTextEncoder
-    from comfyui_salt.toy.world import get_world
+    from comfyui_salt.toy.worlds import get_world
     from comfyui_salt.toy.evaluate import toy_evaluator
     from comfyui_salt.toy.prompts import eval_prompts
     from comfyui_salt.training.teacher import sample_teacher
-    world = get_world("default")
+    world = get_world("default").cfg
     evaluate = toy_evaluator("default", num_ref=32 if smoke else 256)
     caps = eval_prompts(world, num_clips)
     rows = []

@@ -38,8 +38,8 @@ def part_a(chunks: int, switch_noise: float) -> dict:
     from comfyui_salt.salt_core.denoiser import CachedDenoiser
     from comfyui_salt.salt_core.kv_cache import CachePolicy
     from comfyui_salt.toy.metrics.fit import fit_sprites
-    from comfyui_salt.toy.world import get_world
-    world = get_world("default")
+    from comfyui_salt.toy.worlds import get_world
+    world = get_world("default").cfg
     colours = [name for name, _ in world.palette]
     salt = nodes.SaltToyModel.execute(asset="toy_salt_student").args[0]
     options = nodes.SaltCacheOptions.execute(chunk_frames=3, attention="sink", window_frames=9, sink_frames=3,
@@ -105,8 +105,8 @@ def part_b(chunks: int, clips: int) -> dict:
     from comfyui_salt.toy.metrics.score import toy_score
     from comfyui_salt.toy.shipped import TOY_STUDENT, load_toy_asset
     from comfyui_salt.toy.text import ToyTextEncoder
-    from comfyui_salt.toy.world import get_world
-    world = get_world("default")
+    from comfyui_salt.toy.worlds import get_world
+    world = get_world("default").cfg
     model = load_toy_asset(TOY_STUDENT)[0].eval()
     cfg = model.cfg
     ctx = ToyTextEncoder(text_dim=cfg.text_dim, max_tokens=cfg.text_len).encode([CAPTIONS["red"]] * clips)
@@ -143,8 +143,8 @@ def part_c(clips: int) -> list:
     from comfyui_salt.toy.metrics.fit import fit_sprites
     from comfyui_salt.toy.shipped import TOY_STUDENT, load_toy_asset
     from comfyui_salt.toy.text import ToyTextEncoder
-    from comfyui_salt.toy.world import get_world
-    world = get_world("default")
+    from comfyui_salt.toy.worlds import get_world
+    world = get_world("default").cfg
     blue = [name for name, _ in world.palette].index("blue")
     model = load_toy_asset(TOY_STUDENT)[0].eval()
     encode = ToyTextEncoder(text_dim=model.cfg.text_dim, max_tokens=model.cfg.text_len).encode

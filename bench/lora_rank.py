@@ -18,7 +18,7 @@ import torch
 from comfyui_salt.salt_core.lora import apply_lora, comfy_applied, extract_lora, summarize
 from comfyui_salt.salt_core.model import build_model
 from comfyui_salt.toy.text import ToyTextEncoder
-from comfyui_salt.toy.world import get_world
+from comfyui_salt.toy.worlds import get_world
 from comfyui_salt.training.distill_config import get_preset
 from comfyui_salt.training.distill_eval import sample_student
 from comfyui_salt.toy.prompts import eval_prompts
@@ -69,7 +69,7 @@ def main():
     base, _, _ = load_toy_teacher(TOY_TEACHER)
     student, _ = load_toy_student(TOY_STUDENT)
     cfg = get_preset("toy-salt")
-    world = get_world(cfg.world)
+    world = get_world(cfg.world).cfg
     captions = eval_prompts(world, args.clips)
     encoder = ToyTextEncoder(text_dim=student.cfg.text_dim, max_tokens=student.cfg.text_len, world=world)
     context = encoder.encode(captions)

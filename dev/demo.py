@@ -22,7 +22,8 @@ from ..toy.preview import save_gif
 from ..toy.prompts import eval_prompts
 from ..toy.shipped import TOY_STUDENT, TOY_TEACHER, load_toy_student, load_toy_teacher
 from ..toy.text import ToyTextEncoder
-from ..toy.world import TOY_SHIFT, get_world, render, sample_params
+from ..toy.world import TOY_SHIFT, render, sample_params
+from ..toy.worlds import get_world
 from ..training.distill_config import get_preset
 from ..training.distill_eval import sample_student
 from ..training.teacher import sample_teacher
@@ -92,7 +93,7 @@ def run_demo(out_dir: str = "out/demo", num_clips: int = 16, threads: int = 2, s
     `comfyui`, out_dir/salt_toy_streaming.webp from workflow 1 in a real ComfyUI at `comfyui_dir`)."""
     torch.set_num_threads(threads)
     os.makedirs(out_dir, exist_ok=True)
-    world = get_world("default")
+    world = get_world("default").cfg
     model, mode, source = load_toy_teacher(teacher)
     salt, salt_source = load_toy_student(student)
     encoder = ToyTextEncoder(text_dim=model.cfg.text_dim, max_tokens=model.cfg.text_len, world=world)

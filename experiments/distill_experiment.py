@@ -22,7 +22,8 @@ import torch
 from comfyui_salt.toy.metrics.frechet import reference_features
 from comfyui_salt.toy.metrics.score import format_table, score_table
 from comfyui_salt.toy.text import ToyTextEncoder
-from comfyui_salt.toy.world import TOY_SHIFT, get_world
+from comfyui_salt.toy.world import TOY_SHIFT
+from comfyui_salt.toy.worlds import get_world
 from comfyui_salt.training.loop import install_stop_handlers
 from comfyui_salt.toy.jobs import distill_world
 from comfyui_salt.training.distill import run_distillation
@@ -137,7 +138,7 @@ def main():
     if args.train_only is not None:
         return
 
-    world = get_world("default")
+    world = get_world("default").cfg
     teacher, mode, source = load_toy_teacher()
     enc = ToyTextEncoder(text_dim=teacher.cfg.text_dim, max_tokens=teacher.cfg.text_len, world=world)
     caps = eval_prompts(world, args.eval_clips)

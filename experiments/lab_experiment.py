@@ -331,8 +331,9 @@ def evaluate_reference(out: str, name: str, teacher: str, clips: int, force: boo
     from comfyui_salt.salt_core.denoiser import FlowDenoiser
     from comfyui_salt.salt_core.samplers import sample_euler
     from comfyui_salt.salt_core.schedules import get_sigmas_uniform
-    from comfyui_salt.toy.lab import ExactTeacher, LabTextEncoder, LabWorld
+    from comfyui_salt.toy.lab import ExactTeacher, LabTextEncoder
     from comfyui_salt.toy.prompts import lab_eval_captions
+    from comfyui_salt.toy.worlds import get_world
     from comfyui_salt.training.distill_config import get_preset
     from comfyui_salt.training.distill_eval import student_noise
     from comfyui_salt.weights.files import load_model
@@ -342,7 +343,7 @@ def evaluate_reference(out: str, name: str, teacher: str, clips: int, force: boo
         if done is not None:
             return done
     cfg = get_preset(ARMS[REFERENCE["causal"]][0])   # sizes, shift and world of the arms
-    lab = LabWorld(cfg.world.split(":", 1)[1])
+    lab = get_world(cfg.world).lab
     model = ExactTeacher(lab) if name == "exact" else load_model(teacher)[0].eval()
     caps = lab_eval_captions(lab, clips)
     ctx = LabTextEncoder(lab, model.cfg.text_dim, model.cfg.text_len).encode(caps)
@@ -360,9 +361,9 @@ def evaluate_reference(out: str, name: str, teacher: str, clips: int, force: boo
 def evaluate_run(run_dir: str, clips: int, force: bool = False) -> dict:
     """Write (and return) `lab_eval.json` of a finished run: per-clip exact quantities on paired noise."""
     from comfyui_salt.salt_core.kv_cache import CachePolicy
-    from comfyui_salt.toy.evaluate import LAB_PREFIX
-    from comfyui_salt.toy.lab.world import LabTextEncoder, LabWorld
+    from comfyui_salt.toy.lab.world import LabTextEncoder
     from comfyui_salt.toy.prompts import lab_eval_captions
+    from comfyui_salt.toy.worlds import get_world
     from comfyui_salt.training.distill_config import DistillConfig
     from comfyui_salt.training.distill_eval import defect_samples, sample_student
     from comfyui_salt.weights.files import load_model
@@ -379,7 +380,7 @@ def evaluate_run(run_dir: str, clips: int, force: bool = False) -> dict:
             summary = json.load(f)
     model, _ = load_model(os.path.join(run_dir, "export", "student.safetensors"))
     model.eval()
-    lab = LabWorld(cfg.world[len(LAB_PREFIX):])
+    lab = get_world(cfg.world).lab
     caps = lab_eval_captions(lab, clips)
     ctx = LabTextEncoder(lab, model.cfg.text_dim, model.cfg.text_len).encode(caps)
     out = {"version": EVAL_VERSION,

@@ -51,9 +51,9 @@ def _gen_updates(run_dir: str):
 def measure(run_dir: str, clips: int) -> dict:
     """Per-clip defects of one finished run, cached in `<run>/sc_triplets.json` (redone when the clip count or the
     run's update count differs): {"consecutive": [[(σ_s, σ_m, σ_e), [B]], ...], "sc": [[triplet, p, [B]], ...]}."""
-    from comfyui_salt.toy.evaluate import LAB_PREFIX
-    from comfyui_salt.toy.lab.world import LabTextEncoder, LabWorld
+    from comfyui_salt.toy.lab.world import LabTextEncoder
     from comfyui_salt.toy.prompts import lab_eval_captions
+    from comfyui_salt.toy.worlds import get_world
     from comfyui_salt.training.distill_config import DistillConfig
     from comfyui_salt.training.distill_eval import defect_samples, sc_defect_samples
     from comfyui_salt.weights.files import load_model
@@ -66,7 +66,7 @@ def measure(run_dir: str, clips: int) -> dict:
     with open(os.path.join(run_dir, "config.json")) as f:
         cfg = DistillConfig.from_dict(json.load(f))
     model = load_model(os.path.join(run_dir, "export", "student.safetensors"))[0].eval()
-    lab = LabWorld(cfg.world[len(LAB_PREFIX):])
+    lab = get_world(cfg.world).lab
     caps = lab_eval_captions(lab, clips)
     ctx = LabTextEncoder(lab, model.cfg.text_dim, model.cfg.text_len).encode(caps)
     cons, dc = defect_samples(model, cfg, ctx, grid_steps=lx.DEFECT_GRID, seed=lx.EVAL_SEED)

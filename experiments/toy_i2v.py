@@ -20,7 +20,8 @@ from comfyui_salt.toy.metrics.oracle import first_frame_agreement
 from comfyui_salt.salt_core.schedules import get_sigmas_fewstep
 from comfyui_salt.salt_core.streaming import stream_video
 from comfyui_salt.toy.text import ToyTextEncoder
-from comfyui_salt.toy.world import get_world, sample_batch
+from comfyui_salt.toy.world import sample_batch
+from comfyui_salt.toy.worlds import get_world
 from comfyui_salt.training.distill_config import get_preset
 from comfyui_salt.toy.shipped import TOY_STUDENT, load_toy_student
 
@@ -47,7 +48,7 @@ def main():
     torch.set_num_threads(args.threads)
     model, description = load_toy_student(TOY_STUDENT)
     cfg = get_preset("toy-salt")
-    world = get_world(cfg.world)
+    world = get_world(cfg.world).cfg
     clips, captions, _ = sample_batch(world, 7, args.clips)
     first = clips[:, :, :1]                                              # (B, 3, 1, H, W)
     enc = ToyTextEncoder(text_dim=model.cfg.text_dim, max_tokens=model.cfg.text_len, world=world)

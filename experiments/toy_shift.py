@@ -14,7 +14,7 @@ import torch
 from comfyui_salt.toy.metrics.frechet import reference_features
 from comfyui_salt.toy.metrics.score import format_table, score_table
 from comfyui_salt.toy.text import ToyTextEncoder
-from comfyui_salt.toy.world import get_world
+from comfyui_salt.toy.worlds import get_world
 from comfyui_salt.toy.prompts import eval_prompts
 from comfyui_salt.training.teacher import sample_teacher
 from comfyui_salt.toy.shipped import TOY_TEACHER, load_toy_teacher
@@ -33,7 +33,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    world = get_world("default")
+    world = get_world("default").cfg
     teacher, mode, source = load_toy_teacher(args.teacher)
     enc = ToyTextEncoder(text_dim=teacher.cfg.text_dim, max_tokens=teacher.cfg.text_len, world=world)
     caps = eval_prompts(world, args.clips)

@@ -13,7 +13,8 @@ import torch
 from ..salt_core.schedules import MAX_NFE
 from ..toy.metrics.score import format_table, score_table
 from ..toy.text import ToyTextEncoder
-from ..toy.world import TOY_SHIFT, get_world
+from ..toy.world import TOY_SHIFT
+from ..toy.worlds import get_world
 from ..training.distill_config import DISTILL_PRESETS, get_preset
 from ..training.distill_eval import defect_report, format_defect_report, sample_student
 from .bridge import io, ui
@@ -68,7 +69,7 @@ def semigroup_report(salt: SaltModel, prompts: str, nfe: int, grid_steps: int, s
         if toy:
             model = copy.deepcopy(model).float().cpu()
             captions = toy_captions(prompts)
-            world = get_world(cfg.world)
+            world = get_world(cfg.world).cfg
             try:
                 context = ToyTextEncoder(model.cfg.text_dim, max_tokens=model.cfg.text_len, world=world).encode(captions)
             except ValueError as e:

@@ -320,8 +320,8 @@ def shown_colour(data_url: str) -> str:
     import torch
     from PIL import Image
     from comfyui_salt.toy.metrics.fit import fit_sprites
-    from comfyui_salt.toy.world import get_world
-    world = get_world("default")
+    from comfyui_salt.toy.worlds import get_world
+    world = get_world("default").cfg
     image = Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1]))).convert("RGB")
     import numpy as np
     pixels = torch.from_numpy(np.asarray(image.resize((16, 16), Image.BOX), dtype=np.float32))     # (16, 16, 3)

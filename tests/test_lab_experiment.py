@@ -60,7 +60,7 @@ def test_each_lab_preset_is_its_toy_recipe_on_the_lab_world():
 
 def test_lab_prompts_are_random_caption_ids_with_empty_prompt_uncond():
     lab = LabWorld("default")
-    src = LabPrompts("default", 32, 8)
+    src = LabPrompts(LabWorld("default"), 32, 8)
     ids, ctx, unc = src.sample(np.random.default_rng(0), 64)
     assert ctx.shape == unc.shape == (64, 8, 32)
     assert torch.equal(lab.decode(ctx), ids)                              # the context names the caption

@@ -133,8 +133,8 @@ def test_keep_last_seconds_returns_the_tail_of_the_run(salt_nodes, toy_salt):
 def chunk_colours(video: torch.Tensor) -> list:
     """IMAGE frames (N, 16, 16, 3) of 3-frame toy chunks → each chunk's sprite colour by the toy oracle's fit."""
     from comfyui_salt.toy.metrics.fit import fit_sprites
-    from comfyui_salt.toy.world import get_world
-    world = get_world("default")
+    from comfyui_salt.toy.worlds import get_world
+    world = get_world("default").cfg
     index = fit_sprites(video.movedim(-1, 0).unsqueeze(0) * 2 - 1, world).colour_index[0]
     return [world.palette[int(index[c:c + 3].mode().values)][0] for c in range(0, len(index), 3)]
 

@@ -505,8 +505,9 @@ def test_a_toy_start_image_is_cached_first_and_returned_as_frame_zero_like_salt_
     from comfyui_salt.salt_core.kv_cache import CachePolicy
     from comfyui_salt.salt_core.seeding import seeded_noise
     from comfyui_salt.salt_core.streaming import stream_video
-    from comfyui_salt.toy.world import get_world, sample_batch
-    clip = sample_batch(get_world("default"), 3, 1)[0]                     # (1, 3, 12, 16, 16) in [-1, 1]
+    from comfyui_salt.toy.world import sample_batch
+    from comfyui_salt.toy.worlds import get_world
+    clip = sample_batch(get_world("default").cfg, 3, 1)[0]                     # (1, 3, 12, 16, 16) in [-1, 1]
     image = ((clip[:, :, 0] + 1) / 2).movedim(1, -1)                      # IMAGE (1, 16, 16, 3)
     inputs = stream_inputs(salt_nodes, toy_salt, start_image=image)
     latent = run(salt_nodes.SaltStreamingSampler, **inputs)[0]["samples"]

@@ -45,10 +45,11 @@ def test_teacher_training_resumed_after_interruption_ends_bit_identical(tmp_path
 def test_the_teacher_sampler_returns_its_ode_trajectory_on_request():
     from comfyui_salt.toy.text import ToyTextEncoder
     from comfyui_salt.salt_core.schedules import shift_sigma
-    from comfyui_salt.toy.world import TOY_SHIFT, get_world
+    from comfyui_salt.toy.world import TOY_SHIFT
+    from comfyui_salt.toy.worlds import get_world
     from comfyui_salt.training.teacher import sample_teacher
     model = build_model("toy", seed=0).eval()
-    world = get_world("default")
+    world = get_world("default").cfg
     caps = ["a red disc moving left on a dark background"]
     out, traj = sample_teacher(model, "teacher_forcing", caps, ToyTextEncoder(), world, steps=4, return_trajectory=True)
     again = sample_teacher(model, "teacher_forcing", caps, ToyTextEncoder(), world, steps=4)

@@ -185,3 +185,31 @@ def test_toy_and_metrics_modules_import_nothing_above_salt_core():
             elif isinstance(node, (ast.Import, ast.ImportFrom)):
                 names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
                 assert all(n.split(".")[0] in allowed for n in names), f"{path.name} imports {names}"
+
+
+def test_get_world_is_the_one_lookup_of_a_world_by_name():
+    import pathlib
+    import re
+    from comfyui_salt.toy.lab.world import LabWorld
+    from comfyui_salt.toy.world import TOY_WORLD_PRESETS
+    from comfyui_salt.toy.worlds import get_world
+    sprite, lab = get_world("fast"), get_world("lab:default")
+    assert (sprite.kind, sprite.cfg, sprite.height) == ("sprite", TOY_WORLD_PRESETS["fast"], 16)
+    assert lab.kind == "lab" and lab.cfg == LabWorld("default").cfg
+    assert torch.equal(lab.lab.mode_start, LabWorld("default").mode_start)
+    rng = np.random.default_rng(3)
+    videos, captions = lab.draw(rng, 4)
+    assert videos.shape[0] == 4 and videos.dtype == torch.float32 and len(captions) == 4
+    assert lab.eval_captions(5) == [i % lab.cfg.num_captions for i in range(5)]
+    for bad, words in (("nope", "unknown toy-world preset"), ("lab:nope", "unknown lab world"), (None, "world=None"),
+                       ("lab:", "unknown lab world")):
+        with pytest.raises(ValueError, match=words):
+            get_world(bad)
+    with pytest.raises(ValueError, match="needs a method-lab world"):
+        sprite.exact_teacher()
+    # nothing else in the package parses a world's name
+    root = pathlib.Path(__file__).resolve().parents[1]
+    parsing = re.compile(r"startswith\(\s*(LAB_PREFIX|[\"']lab)|len\(LAB_PREFIX\)|world\.split\(\s*[\"']:")
+    found = [p.relative_to(root).as_posix() for layer in ("salt_core", "weights", "training", "toy", "nodes", "dev")
+             for p in (root / layer).rglob("*.py") if p.name != "worlds.py" and parsing.search(p.read_text())]
+    assert found == []

@@ -10,27 +10,13 @@ from ..salt_core.kv_cache import CachePolicy
 from ..training.distill_eval import sample_student
 from .prompts import eval_prompts
 from .text import ToyTextEncoder
-from .world import get_world
-
-LAB_PREFIX = "lab:"   # a world name "lab:<preset>" is the method lab's world
+from .worlds import get_world
 
 
 def toy_evaluator(world: str, num_ref: int = 256):
-    """evaluate(videos, captions) -> oracle metric means (incl. Fréchet vs real clips and the toy score) of
-    the world named `world`; on the lab's world ("lab:<preset>"), its exact metrics (toy.lab.metrics)."""
-    if world.startswith(LAB_PREFIX):
-        from .lab.metrics import evaluate_clips
-        from .lab.world import LabWorld
-        lab = LabWorld(world[len(LAB_PREFIX):])
-        return lambda videos, captions: evaluate_clips(lab, videos, torch.as_tensor(captions))
-    from .metrics.frechet import reference_features
-    from .metrics.score import score_table
-    world_cfg = get_world(world)
-    ref = reference_features(world_cfg, num_ref)
-
-    def evaluate(videos, captions):
-        return score_table(videos, captions, world_cfg, ref)
-    return evaluate
+    """evaluate(videos, captions) -> the metric means of the world named `world`: a sprite world's oracle metrics
+    (incl. Fréchet vs `num_ref` real clips and the toy score), the method lab's exact metrics (toy.lab.metrics)."""
+    return get_world(world).evaluator(num_ref)
 
 
 def evaluate_student(model, cfg, callback=None, preview_path: str = None) -> dict:
@@ -41,7 +27,7 @@ def evaluate_student(model, cfg, callback=None, preview_path: str = None) -> dic
         return {}
     from .metrics.frechet import reference_features
     from .metrics.score import score_table
-    world = get_world(cfg.world)
+    world = get_world(cfg.world).cfg
     enc = ToyTextEncoder(text_dim=model.cfg.text_dim, max_tokens=model.cfg.text_len, world=world)
     caps = eval_prompts(world, cfg.eval_clips)
     ref = reference_features(world, 256)
@@ -54,9 +40,9 @@ def evaluate_lab_student(model, cfg, callback=None, preview_path: str = None) ->
     ("lab:<preset>"): `cfg.eval_clips` clips of the fixed captions (`lab_eval_captions`), sampled with
     `sample_student` (seed 0) and scored by toy.lab.metrics.evaluate_clips; preview GIF as `evaluate_student`."""
     from .lab.metrics import evaluate_clips
-    from .lab.world import LabTextEncoder, LabWorld
+    from .lab.world import LabTextEncoder
     from .prompts import lab_eval_captions
-    lab = LabWorld(cfg.world[len(LAB_PREFIX):])
+    lab = get_world(cfg.world).lab
     caps = lab_eval_captions(lab, cfg.eval_clips)
     context = LabTextEncoder(lab, model.cfg.text_dim, model.cfg.text_len).encode(caps)
     return score_each_nfe(model, cfg, context, lambda videos: evaluate_clips(lab, videos.cpu(), caps), callback,
@@ -81,11 +67,11 @@ def score_each_nfe(model, cfg, context, score, callback=None, preview_path: str 
 
 
 def evaluate_any_student(model, cfg, callback=None, preview_path: str = None) -> dict:
-    """The distillation job's evaluation callback: the lab's exact metrics on "lab:<preset>" worlds, else the
-    sprite world's oracle metrics (`evaluate_student`)."""
-    if cfg.world.startswith(LAB_PREFIX):
-        return evaluate_lab_student(model, cfg, callback, preview_path)
-    return evaluate_student(model, cfg, callback, preview_path)
+    """The distillation job's evaluation callback: the world's own (`evaluate_student` on sprite worlds,
+    `evaluate_lab_student` on the method lab's); {} for a run without a world."""
+    if not cfg.world:
+        return {}
+    return get_world(cfg.world).evaluate_student(model, cfg, callback, preview_path)
 
 
 def drift_slopes(model, cfg, captions, context, nfe: int, length_factor: int = 3,
@@ -93,7 +79,7 @@ def drift_slopes(model, cfg, captions, context, nfe: int, length_factor: int = 3
     """Per-frame oracle curves of a `length_factor`× longer rollout on a rolling cache with
     window-relative RoPE, and their least-squares slopes per frame {name: (curve (F,), slope)}."""
     from .metrics.oracle import drift_curves
-    world = get_world(cfg.world)
+    world = get_world(cfg.world).cfg
     frames = cfg.num_frames * length_factor
     policy = CachePolicy.rolling(window_frames or cfg.num_frames, relative_rope=True)
     videos = sample_student(model, cfg, context, nfe, num_frames=frames, policy=policy)

@@ -6,15 +6,16 @@ import numpy as np
 import torch
 
 from .text import ToyTextEncoder
-from .world import caption, get_world, sample_params
+from .world import caption, sample_params
 
 
 class ToyPrompts:
     """Toy-world captions → (context, uncond) each (B, L, text_dim); the unconditional branch is the empty
     prompt (zeros). A prompt source for training.distill (see training.prompts)."""
 
-    def __init__(self, world: str, text_dim: int, max_tokens: int):
-        self.world = get_world(world)
+    def __init__(self, world, text_dim: int, max_tokens: int):
+        """world: a sprite world's ToyWorldConfig (toy.worlds.get_world(name).cfg)."""
+        self.world = world
         self.encoder = ToyTextEncoder(text_dim=text_dim, max_tokens=max_tokens, world=self.world)
 
     def sample(self, rng: np.random.Generator, batch: int):
@@ -28,9 +29,10 @@ class LabPrompts:
     LabTextEncoder contexts, the unconditional branch the empty prompt (zeros). A prompt source for training.distill
     on a world "lab:<preset>"; captions come back as ids (B,) long."""
 
-    def __init__(self, world: str, text_dim: int, max_tokens: int):
-        from .lab.world import LabTextEncoder, LabWorld
-        self.world = LabWorld(world)
+    def __init__(self, world, text_dim: int, max_tokens: int):
+        """world: a LabWorld (toy.worlds.get_world("lab:<preset>").lab)."""
+        from .lab.world import LabTextEncoder
+        self.world = world
         self.encoder = LabTextEncoder(self.world, text_dim, max_tokens)
 
     def sample(self, rng: np.random.Generator, batch: int):

@@ -127,8 +127,9 @@ TOY_WORLD_PRESETS = {
 }
 
 
-def get_world(name: str) -> ToyWorldConfig:
-    """Look up a world preset by name with an error listing the choices."""
+def sprite_world(name: str) -> ToyWorldConfig:
+    """The ToyWorldConfig of a sprite-world preset, KeyError listing the choices (toy.worlds.get_world is the one
+    lookup of a world by its name; this is its sprite half)."""
     if name not in TOY_WORLD_PRESETS:
         raise KeyError(f"unknown toy-world preset {name!r}; choose one of {sorted(TOY_WORLD_PRESETS)}")
     return TOY_WORLD_PRESETS[name]
