@@ -1,0 +1,188 @@
+"""Why λ_SC helps some hops and hurts others: the SC target and the one hop it pulls, each against the exact map.
+
+Issue 27's mechanism of the λ response. On the method lab's world the exact flow map Φ*(s→e) is known (the exact
+teacher's probability-flow ODE, integrated finely), so for every triplet (σ_s, σ_m, σ_e) L_SC trains, at the
+student's own rollout states x_s (K = sc_steps grid, stochastic re-noise as in training), this measures per clip:
+- e1 = ‖x̂_e − x*_e‖ / ‖x*_e − x_s‖: the one hop x̂_e = Ψ(s→e)(x_s) against the exact x*_e = Φ*(s→e)(x_s);
+- e2 = ‖x̄_e − x*_e‖ / ‖x*_e − x_s‖: the released SC target x̄_e = Ψ(m→e)(Ψ(s→m)(x_s)) (stop-gradient) against it;
+- pull·truth: the cosine between SC's pull on the one hop (x̄_e − x̂_e) and the way to the truth (x*_e − x̂_e):
+  > 0, moving x̂_e toward the target also moves it toward the exact map; < 0, away from it;
+- along: ⟨x̄_e − x*_e, x*_e − x_s⟩ / ‖x*_e − x_s‖², the target's signed overshoot along the exact step (its mean
+  over clips is the target's bias, its spread the variance).
+Ψ(a→b)(x) = x − (σ_a − σ_b)·v(x, a) is the student's Euler operator (docs/method.md §2, §4). Causal students are
+measured chunk by chunk: the exact map of a chunk is conditioned on the student's own earlier chunks (clean, as
+its KV cache holds them); later frames are unobserved.
+
+    .venv/bin/python experiments/lab_sc_mechanism.py --runs runs/lab-exp8/sc0/seed0 runs/lab-exp8/sc20/seed0 \
+        [--clips 32] [--flow-steps 64]
+
+Each run's measurement is cached in `<run>/sc_mechanism.json` (redone when the clip count, flow steps or the run's
+update count change); the table prints per triplet the mean over clips (and over the runs given, per arm).
+"""
+import argparse
+import json
+import os
+
+import torch
+
+MECHANISM_VERSION = 1
+
+
+def exact_flow(teacher, prefix: torch.Tensor, x: torch.Tensor, sigma_from: float, sigma_to: float, context,
+               steps: int = 64) -> torch.Tensor:
+    """Φ*(σ_from → σ_to)(x): the chunk x (B, C, n, H, W) carried along the exact probability-flow ODE
+    dx/dσ = v*(x, σ) with `steps` midpoint steps, float64; the frames `prefix` (B, C, f, H, W) before it are clean
+    conditioning (f may be 0). The midpoint rule never evaluates at σ = 0, where the exact teacher returns 0."""
+    if not sigma_from > sigma_to >= 0:
+        raise ValueError(f"exact_flow: sigma_from={sigma_from}, sigma_to={sigma_to}; expected sigma_from > "
+                         f"sigma_to >= 0")
+    B, f, n = x.shape[0], prefix.shape[2], x.shape[2]
+
+    def velocity(y, sigma):
+        t = torch.cat([torch.zeros(B, f, dtype=torch.float64), torch.full((B, n), 1000.0 * sigma,
+                                                                          dtype=torch.float64)], 1)
+        return teacher(torch.cat([prefix.double(), y], 2), t, context)[:, :, f:].double()
+    y, h = x.double(), (sigma_to - sigma_from) / steps
+    for i in range(steps):
+        s = sigma_from + i * h
+        y = y + h * velocity(y + 0.5 * h * velocity(y, s), s + 0.5 * h)
+    return y
+
+
+def hop_measures(x_s, v_s, v_m, x_exact, ss: float, sm: float, se: float) -> dict:
+    """{e1, e2, pull_truth, along} (B,) float64 of one triplet at states x_s (B, ...), from the student's velocity
+    at x_s (v_s) and at x_m = Ψ(s→m)(x_s) (v_m) and the exact x*_e (see the module docstring)."""
+    xs = x_s.double()
+    hop = xs - (ss - se) * v_s.double()                                   # x̂_e
+    target = xs - (ss - sm) * v_s.double() - (sm - se) * v_m.double()     # x̄_e
+    flat = lambda t: t.flatten(1)                                         # noqa: E731
+    step = flat(x_exact - xs)
+    size = step.norm(dim=1).clamp_min(1e-12)
+    pull, truth = flat(target - hop), flat(x_exact - hop)
+    cos = (pull * truth).sum(1) / (pull.norm(dim=1) * truth.norm(dim=1)).clamp_min(1e-30)
+    return {"e1": flat(hop - x_exact).norm(dim=1) / size, "e2": flat(target - x_exact).norm(dim=1) / size,
+            "pull_truth": cos, "along": (flat(target - x_exact) * step).sum(1) / size ** 2}
+
+
+@torch.no_grad()
+def measure_student(model, teacher, cfg, context, seed: int, flow_steps: int = 64) -> dict:
+    """{(σ_s, σ_m, σ_e): {measure: (B,) float64 averaged over chunks}, ...} over every triplet sc_triplet can
+    draw on the cfg.sc_steps grid, at the student's own stochastic rollout states (seed: the rollout's noise, by
+    the pack's seed convention); `teacher` is the world's exact teacher."""
+    from comfyui_salt.salt_core.denoiser import FlowDenoiser
+    from comfyui_salt.salt_core.kv_cache import CachePolicy
+    from comfyui_salt.salt_core.losses.semigroup import sc_triplet_distribution
+    from comfyui_salt.salt_core.samplers import fewstep_update
+    from comfyui_salt.salt_core.schedules import get_sigmas_fewstep, randn_like
+    from comfyui_salt.salt_core.streaming import ChunkStream
+    from comfyui_salt.training.distill_eval import student_noise
+    sigmas = get_sigmas_fewstep(cfg.sc_steps, cfg.shift)
+    levels = sigmas.tolist()
+    exits = {i: sc_triplet_distribution(i, sigmas) for i in range(cfg.sc_steps)}
+    noise, context, gen = student_noise(model, cfg, context, cfg.num_frames, seed)
+    rows = {}
+
+    def keep(i, x, velocity, prefix):
+        for t, _ in exits.get(i, ()):
+            ss, sm, se = t.sigma_s, t.sigma_m, t.sigma_e
+            v_s = velocity(x, ss)
+            x_m = (x.double() - (ss - sm) * v_s.double()).to(x.dtype)
+            x_exact = exact_flow(teacher, prefix, x, ss, se, context.cpu(), flow_steps)
+            m = hop_measures(x, v_s, velocity(x_m, sm), x_exact, ss, sm, se)
+            for name, value in m.items():
+                rows.setdefault((ss, sm, se), {}).setdefault(name, []).append(value)
+    n = cfg.chunk_frames if cfg.student_kind == "causal" else cfg.num_frames
+    if cfg.student_kind == "causal":
+        cache = model.new_cache(noise.shape[0], CachePolicy.full(cfg.num_frames), (cfg.height, cfg.width))
+        stream = ChunkStream(model, cache, context, chunk_frames=n, generator=gen)
+    done = noise[:, :, :0].double()
+    for f0 in range(0, noise.shape[2], n):
+        if cfg.student_kind == "causal":
+            den = stream.denoiser(write=False)
+        else:
+            den = FlowDenoiser(model, context)
+        x = noise[:, :, f0:f0 + n]
+        for i in range(len(levels) - 1):
+            keep(i, x, den.velocity, done)
+            x0 = den(x, levels[i])
+            x = fewstep_update(x, x0, levels[i], levels[i + 1], lambda *_: randn_like(x0, gen))
+        if cfg.student_kind == "causal":
+            stream.write(x)
+        done = torch.cat([done, x.double().cpu()], 2)
+    return {k: {name: torch.stack(v).mean(0) for name, v in cols.items()} for k, cols in rows.items()}
+
+
+def _updates(run_dir: str) -> int:
+    path = os.path.join(run_dir, "summary.json")
+    if not os.path.exists(path):
+        return -1
+    with open(path) as f:
+        return int(json.load(f).get("gen_updates", -1))
+
+
+def measure_run(run_dir: str, clips: int, flow_steps: int) -> dict:
+    """The cached measurement of one finished run (`<run>/sc_mechanism.json`), made if missing or stale."""
+    from comfyui_salt.experiments import lab_experiment as lx
+    from comfyui_salt.toy.lab.world import LabTextEncoder
+    from comfyui_salt.toy.prompts import lab_eval_captions
+    from comfyui_salt.toy.worlds import get_world
+    from comfyui_salt.training.distill_config import DistillConfig
+    from comfyui_salt.weights.files import load_model
+    path = os.path.join(run_dir, "sc_mechanism.json")
+    key = {"version": MECHANISM_VERSION, "clips": clips, "flow_steps": flow_steps, "gen_updates": _updates(run_dir)}
+    if os.path.exists(path):
+        with open(path) as f:
+            done = json.load(f)
+        if all(done.get(k) == v for k, v in key.items()):
+            return done
+    with open(os.path.join(run_dir, "config.json")) as f:
+        cfg = DistillConfig.from_dict(json.load(f))
+    model = load_model(os.path.join(run_dir, "export", "student.safetensors"))[0].eval()
+    world = get_world(cfg.world)
+    caps = lab_eval_captions(world.lab, clips)
+    ctx = LabTextEncoder(world.lab, model.cfg.text_dim, model.cfg.text_len).encode(caps)
+    rows = measure_student(model, world.exact_teacher(), cfg, ctx, lx.EVAL_SEED, flow_steps)
+    out = {**key, "sc_weight": cfg.sc_weight, "sc_symmetric": cfg.sc_symmetric, "seed": cfg.seed,
+           "triplets": [[list(t), {k: [round(float(x), 6) for x in v] for k, v in cols.items()}]
+                        for t, cols in sorted(rows.items(), reverse=True)]}
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(out, f)
+    os.replace(tmp, path)
+    return out
+
+
+def format_table(measured: dict) -> str:
+    """Markdown: per arm (runs grouped by their folder's parent) and triplet, the means over clips and runs."""
+    lines = ["| arm | runs | σ_s → σ_m → σ_e | e1 (one hop) | e2 (SC target) | e2 / e1 | pull·truth | along (bias) |"
+             " along sd |", "|---|---|---|---|---|---|---|---|---|"]
+    arms = {}
+    for run, m in measured.items():
+        arms.setdefault(os.path.basename(os.path.dirname(os.path.normpath(run))) or run, []).append(m)
+    for arm, ms in arms.items():
+        triplets = [t for t, _ in ms[0]["triplets"]]
+        for k, t in enumerate(triplets):
+            col = {name: torch.tensor([x for m in ms for x in m["triplets"][k][1][name]], dtype=torch.float64)
+                   for name in ("e1", "e2", "pull_truth", "along")}
+            e1, e2 = col["e1"].mean().item(), col["e2"].mean().item()
+            lines.append(f"| {arm} | {len(ms)} | {t[0]:.3f} → {t[1]:.3f} → {t[2]:.3f} | {e1:.4f} | {e2:.4f} | "
+                         f"{e2 / e1:.2f} | {col['pull_truth'].mean().item():+.3f} | "
+                         f"{col['along'].mean().item():+.4f} | {col['along'].std().item():.4f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", nargs="+", required=True, help="finished lab distillation run folders")
+    ap.add_argument("--clips", type=int, default=32, help="clips per run (the lab's fixed evaluation captions)")
+    ap.add_argument("--flow-steps", type=int, default=64, help="midpoint steps of the exact flow per hop")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    measured = {run: measure_run(run, args.clips, args.flow_steps) for run in args.runs}
+    print(format_table(measured))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,68 @@
+"""experiments/lab_sc_mechanism.py: the exact flow map it compares against, its per-hop measures (closed-form
+cases), and a smoke of the whole measurement on a tiny causal student of the lab world."""
+import pytest
+import torch
+
+from comfyui_salt.experiments.lab_sc_mechanism import exact_flow, format_table, hop_measures, measure_student
+from comfyui_salt.salt_core.losses.semigroup import sc_triplet_distribution
+from comfyui_salt.salt_core.model import build_model
+from comfyui_salt.salt_core.schedules import get_sigmas_fewstep
+from comfyui_salt.toy.lab import ExactTeacher, LabTextEncoder, LabWorld
+from comfyui_salt.training.distill_config import get_preset
+
+
+@pytest.fixture(scope="module")
+def lab():
+    world = LabWorld("default")
+    return world, ExactTeacher(world)
+
+
+def test_the_exact_flow_converges_and_its_prefix_conditions_the_chunk(lab):
+    world, teacher = lab
+    cfg = get_preset("lab-dmd")
+    ctx = LabTextEncoder(world, 32, 8).encode(torch.tensor([0, 1]))
+    clean, _ = world.sample(torch.tensor([0, 1]), generator=torch.Generator().manual_seed(0))[:2]
+    clean = clean.double()
+    prefix, chunk = clean[:, :, :3], clean[:, :, 3:6]
+    x = 0.1 * chunk + 0.9 * torch.randn(chunk.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    coarse, fine = (exact_flow(teacher, prefix, x, 0.9, 0.4, ctx, steps) for steps in (32, 64))
+    step = (fine - x).norm()
+    assert (coarse - fine).norm() < 1e-3 * step                   # second order: 4× closer at twice the steps
+    alone = exact_flow(teacher, prefix[:, :, :0], x, 0.9, 0.4, ctx, 64)
+    assert (alone - fine).norm() > 1e-2 * step                    # the clean frames before it matter
+    assert cfg.chunk_frames == 3
+    with pytest.raises(ValueError, match="sigma_from"):
+        exact_flow(teacher, prefix, x, 0.4, 0.9, ctx)
+
+
+def test_hop_measures_in_closed_form():
+    g = torch.Generator().manual_seed(0)
+    x_s, v, w = (torch.randn(3, 2, 4, generator=g, dtype=torch.float64) for _ in range(3))
+    ss, sm, se = 0.9, 0.6, 0.3
+    exact = x_s - (ss - se) * v                                   # the one hop is exact, the target off by (sm-se)·w
+    m = hop_measures(x_s, v, v + w, exact, ss, sm, se)
+    step = (exact - x_s).flatten(1).norm(dim=1)
+    assert torch.allclose(m["e1"], torch.zeros(3, dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(m["e2"], (sm - se) * w.flatten(1).norm(dim=1) / step)
+    target = x_s - (ss - sm) * v - (sm - se) * (v + w)
+    m = hop_measures(x_s, v, v + w, target, ss, sm, se)           # the target is exact: SC pulls straight to it
+    assert torch.allclose(m["pull_truth"], torch.ones(3, dtype=torch.float64)) and torch.allclose(m["e2"], torch.zeros(3, dtype=torch.float64), atol=1e-12)
+    m = hop_measures(x_s, v, v + w, 2 * (x_s - (ss - se) * v) - target, ss, sm, se)   # the truth is opposite
+    assert torch.allclose(m["pull_truth"], -torch.ones(3, dtype=torch.float64))
+
+
+def test_the_measurement_covers_every_triplet_sc_trains(lab):
+    world, teacher = lab
+    cfg = get_preset("lab-salt", num_frames=6, sc_steps=4)
+    student = build_model("toy", seed=3).eval()
+    ctx = LabTextEncoder(world, student.cfg.text_dim, student.cfg.text_len).encode(torch.tensor([0, 1]))
+    rows = measure_student(student, teacher, cfg, ctx, seed=0, flow_steps=4)
+    sigmas = get_sigmas_fewstep(4, cfg.shift)
+    want = {(t.sigma_s, t.sigma_m, t.sigma_e) for i in range(4) for t, _ in sc_triplet_distribution(i, sigmas)}
+    assert set(rows) == want and want
+    for cols in rows.values():
+        assert set(cols) == {"e1", "e2", "pull_truth", "along"}
+        assert all(v.shape == (2,) and torch.isfinite(v).all() for v in cols.values())
+    table = format_table({"runs/x/sc2/seed0": {"triplets": [[list(t), {k: v.tolist() for k, v in c.items()}]
+                                                             for t, c in sorted(rows.items(), reverse=True)]}})
+    assert table.count("\n") == len(want) + 1 and "| sc2 | 1 |" in table
