@@ -113,8 +113,7 @@ def main(argv=None):
         install_stop_handlers()   # Ctrl-C / kill: finish the step, save, exit; rerun to resume
 
     if args.command == "teacher":
-        from .toy.evaluate import toy_evaluator
-        from .toy.jobs import teacher_world
+        from .toy.jobs import teacher_world, toy_evaluator
         from .training.teacher import train_teacher
         cfg = TeacherConfig(**overrides_from_args(args, TeacherConfig))
         if args.export:

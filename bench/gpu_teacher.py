@@ -30,7 +30,7 @@ def metrics_table(models: dict, device, num_clips: int, steps_list, smoke: bool)
     from comfyui_salt.salt_core.config import get_config
     from comfyui_salt.toy.text import ToyTextEncoder
     from comfyui_salt.toy.worlds import get_world
-    from comfyui_salt.toy.evaluate import toy_evaluator
+    from comfyui_salt.toy.jobs import toy_evaluator
     from comfyui_salt.toy.prompts import eval_prompts
     from comfyui_salt.training.teacher import sample_teacher
     world = get_world("default").cfg

@@ -1,4 +1,4 @@
-"""salt_core: the Wan 2.1 backbone, KV caches, schedules, samplers, losses, metrics and toy world.
+"""salt_core: the Wan 2.1 backbone, KV caches, schedules, samplers, streaming, losses, metrics and the seed convention.
 
 Knows nothing of ComfyUI, files or training loops. The stable public API (README "Python API"):
 

@@ -10,24 +10,15 @@ from ..salt_core.kv_cache import CachePolicy
 from ..training.distill_eval import sample_student
 from .prompts import eval_prompts
 from .text import ToyTextEncoder
-from .worlds import get_world
+from .world import sprite_world
 
 
-def toy_evaluator(world: str, num_ref: int = 256):
-    """evaluate(videos, captions) -> the metric means of the world named `world`: a sprite world's oracle metrics
-    (incl. Fréchet vs `num_ref` real clips and the toy score), the method lab's exact metrics (toy.lab.metrics)."""
-    return get_world(world).evaluator(num_ref)
-
-
-def evaluate_student(model, cfg, callback=None, preview_path: str = None) -> dict:
-    """{f"nfe{k}": oracle metric means} for each inference NFE of a DistillConfig `cfg` (toy world only; {}
-    otherwise); writes an animated preview (one row per NFE) to `preview_path` if given. The distillation job's
-    evaluation callback (DistillWorld.evaluate)."""
-    if not cfg.world:
-        return {}
+def evaluate_student(model, cfg, world, callback=None, preview_path: str = None) -> dict:
+    """{f"nfe{k}": oracle metric means} for each inference NFE of a DistillConfig `cfg` on the sprite world `world`
+    (a ToyWorldConfig); writes an animated preview (one row per NFE) to `preview_path` if given (SpriteWorld's
+    evaluation of a distillation run)."""
     from .metrics.frechet import reference_features
     from .metrics.score import score_table
-    world = get_world(cfg.world).cfg
     enc = ToyTextEncoder(text_dim=model.cfg.text_dim, max_tokens=model.cfg.text_len, world=world)
     caps = eval_prompts(world, cfg.eval_clips)
     ref = reference_features(world, 256)
@@ -35,14 +26,13 @@ def evaluate_student(model, cfg, callback=None, preview_path: str = None) -> dic
                           callback, preview_path)
 
 
-def evaluate_lab_student(model, cfg, callback=None, preview_path: str = None) -> dict:
-    """{f"nfe{k}": the lab's exact metric means} for each inference NFE of a DistillConfig `cfg` on a lab world
-    ("lab:<preset>"): `cfg.eval_clips` clips of the fixed captions (`lab_eval_captions`), sampled with
+def evaluate_lab_student(model, cfg, lab, callback=None, preview_path: str = None) -> dict:
+    """{f"nfe{k}": the lab's exact metric means} for each inference NFE of a DistillConfig `cfg` on the lab world
+    `lab` (a LabWorld): `cfg.eval_clips` clips of the fixed captions (`lab_eval_captions`), sampled with
     `sample_student` (seed 0) and scored by toy.lab.metrics.evaluate_clips; preview GIF as `evaluate_student`."""
     from .lab.metrics import evaluate_clips
     from .lab.world import LabTextEncoder
     from .prompts import lab_eval_captions
-    lab = get_world(cfg.world).lab
     caps = lab_eval_captions(lab, cfg.eval_clips)
     context = LabTextEncoder(lab, model.cfg.text_dim, model.cfg.text_len).encode(caps)
     return score_each_nfe(model, cfg, context, lambda videos: evaluate_clips(lab, videos.cpu(), caps), callback,
@@ -66,20 +56,12 @@ def score_each_nfe(model, cfg, context, score, callback=None, preview_path: str 
     return out
 
 
-def evaluate_any_student(model, cfg, callback=None, preview_path: str = None) -> dict:
-    """The distillation job's evaluation callback: the world's own (`evaluate_student` on sprite worlds,
-    `evaluate_lab_student` on the method lab's); {} for a run without a world."""
-    if not cfg.world:
-        return {}
-    return get_world(cfg.world).evaluate_student(model, cfg, callback, preview_path)
-
-
 def drift_slopes(model, cfg, captions, context, nfe: int, length_factor: int = 3,
                  window_frames: int = None) -> dict:
     """Per-frame oracle curves of a `length_factor`× longer rollout on a rolling cache with
     window-relative RoPE, and their least-squares slopes per frame {name: (curve (F,), slope)}."""
     from .metrics.oracle import drift_curves
-    world = get_world(cfg.world).cfg
+    world = sprite_world(cfg.world)
     frames = cfg.num_frames * length_factor
     policy = CachePolicy.rolling(window_frames or cfg.num_frames, relative_rope=True)
     videos = sample_student(model, cfg, context, nfe, num_frames=frames, policy=policy)

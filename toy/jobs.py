@@ -1,7 +1,7 @@
 """What the training jobs borrow from a world, built for the front doors (the CLI and the nodes).
 
 training imports no world: `train_teacher` takes a `TeacherWorld` (`teacher_world`) and an evaluation
-callback (`toy.evaluate.toy_evaluator`); `run_distillation` takes a `DistillWorld` (`distill_world`) that lends
+callback (`toy_evaluator`); `run_distillation` takes a `DistillWorld` (`distill_world`) that lends
 the shipped toy teacher, the world's prompts and its evaluation. The world itself comes from its name once,
 through `toy.worlds.get_world`.
 """
@@ -9,7 +9,6 @@ from ..salt_core.config import get_config
 from ..salt_core.validate import quote
 from ..training.distill_models import DistillWorld
 from ..training.teacher import TeacherWorld
-from .evaluate import evaluate_any_student
 from .shipped import TOY_TEACHER, load_toy_teacher
 from .worlds import get_world
 
@@ -20,6 +19,20 @@ def teacher_world(cfg) -> TeacherWorld:
     mcfg = get_config(cfg.model_preset)
     world = get_world(cfg.world)
     return TeacherWorld(world.cfg, world.text_encoder(mcfg.text_dim, mcfg.text_len), world.draw, world.eval_captions)
+
+
+def toy_evaluator(world: str, num_ref: int = 256):
+    """The teacher job's evaluate(videos, captions) -> metric means of the world named `world`: a sprite world's
+    oracle metrics (incl. Fréchet vs `num_ref` real clips and the toy score), the method lab's exact metrics."""
+    return get_world(world).evaluator(num_ref)
+
+
+def evaluate_any_student(model, cfg, callback=None, preview_path: str = None) -> dict:
+    """The distillation job's evaluation callback: the world's own (oracle metrics and preview GIFs on sprite
+    worlds, exact metrics on the method lab's); {} for a run without a world."""
+    if not cfg.world:
+        return {}
+    return get_world(cfg.world).evaluate_student(model, cfg, callback, preview_path)
 
 
 def distill_prompts(cfg, text_dim: int, text_len: int):

@@ -6,6 +6,7 @@ of a run's settings), so nothing else parses a world's name.
 import torch
 
 from ..salt_core.validate import quote
+from .evaluate import evaluate_lab_student, evaluate_student
 from .world import TOY_WORLD_PRESETS, sample_batch, sprite_world
 
 LAB_PREFIX = "lab:"   # a world name "lab:<preset>" is the method lab's world
@@ -47,8 +48,7 @@ class SpriteWorld:
 
     def evaluate_student(self, model, cfg, callback=None, preview_path: str = None) -> dict:
         """The distillation job's evaluation: oracle metric means at each eval NFE (toy.evaluate.evaluate_student)."""
-        from .evaluate import evaluate_student
-        return evaluate_student(model, cfg, callback, preview_path)
+        return evaluate_student(model, cfg, self.cfg, callback, preview_path)
 
     def exact_teacher(self):
         raise ValueError(f"teacher='exact' needs a method-lab world (world='lab:<preset>'); world={self.name!r} has "
@@ -95,8 +95,7 @@ class MethodLabWorld:
 
     def evaluate_student(self, model, cfg, callback=None, preview_path: str = None) -> dict:
         """The distillation job's evaluation: the lab's exact metrics at each eval NFE (evaluate_lab_student)."""
-        from .evaluate import evaluate_lab_student
-        return evaluate_lab_student(model, cfg, callback, preview_path)
+        return evaluate_lab_student(model, cfg, self.lab, callback, preview_path)
 
     def exact_teacher(self):
         from .lab.teacher import ExactTeacher
