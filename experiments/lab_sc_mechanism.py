@@ -152,22 +152,37 @@ def measure_run(run_dir: str, clips: int, flow_steps: int) -> dict:
     return out
 
 
+def arm_of(run: str) -> str:
+    """The arm a run folder belongs to: its parent for `<arm>/seed<s>`, else its own name (e.g. `ode-causal`)."""
+    run = os.path.normpath(run)
+    name = os.path.basename(run)
+    return os.path.basename(os.path.dirname(run)) if name.startswith("seed") else name
+
+
 def format_table(measured: dict) -> str:
-    """Markdown: per arm (runs grouped by their folder's parent) and triplet, the means over clips and runs."""
-    lines = ["| arm | runs | σ_s → σ_m → σ_e | e1 (one hop) | e2 (SC target) | e2 / e1 | pull·truth | along (bias) |"
-             " along sd |", "|---|---|---|---|---|---|---|---|---|"]
+    """Markdown: per arm and triplet, the means of e1, e2, pull·truth and along, with 95 % t intervals of e2 − e1
+    and of pull·truth — over the arm's runs (their clip means: seed-level) when it has several, else over its
+    clips (one student: the interval says how well the clips pin that student's value)."""
+    from comfyui_salt.salt_core.metrics.bootstrap import seed_t_interval
+    lines = ["| arm | runs | σ_s → σ_m → σ_e | e1 (one hop) | e2 (SC target) | e2 − e1 [95 %] | pull·truth [95 %] | "
+             "along (bias) | along sd | interval over |", "|---|---|---|---|---|---|---|---|---|---|"]
     arms = {}
     for run, m in measured.items():
-        arms.setdefault(os.path.basename(os.path.dirname(os.path.normpath(run))) or run, []).append(m)
+        arms.setdefault(arm_of(run), []).append(m)
     for arm, ms in arms.items():
-        triplets = [t for t, _ in ms[0]["triplets"]]
-        for k, t in enumerate(triplets):
-            col = {name: torch.tensor([x for m in ms for x in m["triplets"][k][1][name]], dtype=torch.float64)
-                   for name in ("e1", "e2", "pull_truth", "along")}
-            e1, e2 = col["e1"].mean().item(), col["e2"].mean().item()
-            lines.append(f"| {arm} | {len(ms)} | {t[0]:.3f} → {t[1]:.3f} → {t[2]:.3f} | {e1:.4f} | {e2:.4f} | "
-                         f"{e2 / e1:.2f} | {col['pull_truth'].mean().item():+.3f} | "
-                         f"{col['along'].mean().item():+.4f} | {col['along'].std().item():.4f} |")
+        for k, (t, _) in enumerate(ms[0]["triplets"]):
+            cols = [{n: torch.tensor(v, dtype=torch.float64) for n, v in m["triplets"][k][1].items()} for m in ms]
+            pooled = {n: torch.cat([c[n] for c in cols]) for n in ("e1", "e2", "pull_truth", "along")}
+            if len(ms) > 1:
+                unit, gap = "runs", [(c["e2"] - c["e1"]).mean() for c in cols]
+                pull = [c["pull_truth"].mean() for c in cols]
+            else:
+                unit, gap, pull = "clips", cols[0]["e2"] - cols[0]["e1"], cols[0]["pull_truth"]
+            g, q = seed_t_interval(torch.as_tensor(gap)), seed_t_interval(torch.as_tensor(pull))
+            lines.append(f"| {arm} | {len(ms)} | {t[0]:.3f} → {t[1]:.3f} → {t[2]:.3f} | "
+                         f"{pooled['e1'].mean().item():.4f} | {pooled['e2'].mean().item():.4f} | "
+                         f"{g.mean:+.4f} [{g.lo:+.4f}, {g.hi:+.4f}] | {q.mean:+.3f} [{q.lo:+.3f}, {q.hi:+.3f}] | "
+                         f"{pooled['along'].mean().item():+.4f} | {pooled['along'].std().item():.4f} | {unit} |")
     return "\n".join(lines)
 
 

@@ -3,7 +3,8 @@ cases), and a smoke of the whole measurement on a tiny causal student of the lab
 import pytest
 import torch
 
-from comfyui_salt.experiments.lab_sc_mechanism import exact_flow, format_table, hop_measures, measure_student
+from comfyui_salt.experiments.lab_sc_mechanism import (arm_of, exact_flow, format_table, hop_measures,
+                                                      measure_student)
 from comfyui_salt.salt_core.losses.semigroup import sc_triplet_distribution
 from comfyui_salt.salt_core.model import build_model
 from comfyui_salt.salt_core.schedules import get_sigmas_fewstep
@@ -65,4 +66,8 @@ def test_the_measurement_covers_every_triplet_sc_trains(lab):
         assert all(v.shape == (2,) and torch.isfinite(v).all() for v in cols.values())
     table = format_table({"runs/x/sc2/seed0": {"triplets": [[list(t), {k: v.tolist() for k, v in c.items()}]
                                                              for t, c in sorted(rows.items(), reverse=True)]}})
-    assert table.count("\n") == len(want) + 1 and "| sc2 | 1 |" in table
+    assert table.count("\n") == len(want) + 1 and "| sc2 | 1 |" in table and table.endswith("clips |")
+
+
+def test_a_run_belongs_to_its_arm():
+    assert arm_of("runs/lab-exp8/sc20/seed3") == "sc20" and arm_of("runs/lab-exp8/ode-causal/") == "ode-causal"
