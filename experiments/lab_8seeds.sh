@@ -4,10 +4,11 @@
 # Order: the learned lab teacher (8,000 steps, ~2.3 h on one core), then at 300 updates × 8 seeds the claim arms and
 # the symmetric-SC arm (48 runs × 10-17 min, two at a time: ~6 h of the two cores; the runner does the claim arms
 # first) and the λ_SC dose response with its per-update SC/DMD gradient cosine (sc0, sc2, sc20, sc2-sym: ~4 h more),
-# then dmd, salt and salt-sym continued to 1,000 updates. Usage (from the repository root):
+# then the mechanism table of the λ arms (experiments/lab_sc_mechanism.py), then dmd, salt and salt-sym continued to
+# 1,000 updates. Usage (from the repository root):
 #   [WORKERS=1] nohup bash experiments/lab_8seeds.sh > runs/lab-8seeds.log 2>&1 &
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 $PY -m comfyui_salt teacher --world lab:default --mode bidirectional --eval-cfg 1 \
     --threads 1 --total-steps 8000 --checkpoint-every 100 --eval-every 500 --out runs/lab-teacher
@@ -15,6 +16,12 @@ $PY -m comfyui_salt teacher --world lab:default --mode bidirectional --eval-cfg 
     $PY -m comfyui_salt export-teacher --run runs/lab-teacher --out runs/lab_teacher.safetensors
 $PY experiments/lab_experiment.py --teacher runs/lab_teacher.safetensors --out runs/lab-exp8 \
     --arms dmd,salt,sc-dmd,bidir-dmd,bidir-sc-dmd,salt-sym,sc0,sc2,sc20,sc2-sym --seeds 8 --updates 300 --workers "${WORKERS:-2}"
+# the mechanism of the λ response: the SC target against the exact map per triplet, for the λ arms (docs/method_lab.md)
+MECH="$PY experiments/lab_sc_mechanism.py --clips 16 --flow-steps 32 --threads 1 --runs runs/lab-exp8/ode-causal"
+MECH="$MECH $(echo runs/lab-exp8/{sc0,sc2,sc20,sc2-sym}/seed{0..7})"
+{ echo "Command: \`$MECH\` ($(date -u +%F), $(git rev-parse --short HEAD))"; echo; $MECH; } \
+    > experiments/results/lab_sc_mechanism_8seeds.md.tmp
+mv experiments/results/lab_sc_mechanism_8seeds.md.tmp experiments/results/lab_sc_mechanism_8seeds.md
 $PY experiments/lab_experiment.py --teacher runs/lab_teacher.safetensors --out runs/lab-exp8-long \
     --extend-from runs/lab-exp8 --arms dmd,salt,salt-sym --seeds 8 --updates 1000 --workers "${WORKERS:-2}"
 $PY experiments/lab_experiment.py --out runs/lab-exp8 --table --compact --export experiments/results/lab-exp8

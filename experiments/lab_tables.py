@@ -80,10 +80,10 @@ def format_table(results: dict, resamples: int = 1000, compact: bool = False) ->
     same seeds, clips and resamples) against the reference arm of its student kind (`dmd` or `bidir-dmd`; REFERENCE_OF
     for the arms paired otherwise).
     `compact`: the columns of the docs' table only (COMPACT_METRICS, COMPACT_DIFFS, SC and aligned update counts)."""
-    from comfyui_salt.toy.lab.world import LabWorld
+    from comfyui_salt.toy.worlds import get_world
     if not results:
         return "no evaluated runs yet"
-    world = LabWorld(next(iter(next(iter(results.values())).values()))["config"]["world"].split(":", 1)[1])
+    world = get_world(next(iter(next(iter(results.values())).values()))["config"]["world"]).lab
     metrics, diffs = (COMPACT_METRICS, COMPACT_DIFFS) if compact else (METRICS, DIFFS)
     count_keys = ("sc_updates", "align_updates") + (() if compact else ("gen_updates",))
     head = (["arm", "seeds", "NFE"] + list(metrics) + ["vs"] + [f"Δ{m}" for m in diffs]
@@ -212,11 +212,11 @@ def mean_err_floor(world, captions: list, draws: int = 20, seed: int = 0) -> tup
 
 def format_claims(results: dict, resamples: int = 1000) -> str:
     """The verdict table of the paper's claims from finished runs (claims whose arms are missing are skipped)."""
-    from comfyui_salt.toy.lab.world import LabWorld
+    from comfyui_salt.toy.worlds import get_world
     arms = [r for r in results if r in ARMS]
     if not arms:
         return ""
-    world = LabWorld(next(iter(results[arms[0]].values()))["config"]["world"].split(":", 1)[1])
+    world = get_world(next(iter(results[arms[0]].values()))["config"]["world"]).lab
     metrics = {"defect": ("defect8",), "lower-ratio": ("defect8",), "drift": ("drift",),
                "quality": ("mean_err", "var_gap"), "non-inferior": ("mean_err", "var_gap")}
     lines = ["| claim | arm @NFE | vs @NFE | seeds | paired intervals | verdict |", "|---|---|---|---|---|---|"]
@@ -249,11 +249,11 @@ def format_progress(results: dict, earlier: dict, resamples: int = 1000) -> str:
     """The markdown table of what more updates changed: per arm in both and NFE, each metric's mean in `earlier`
     (the same arms and seeds trained for fewer updates, evaluated on the same clips and noise) and here, and the
     paired Δ (here − earlier, same seeds, clips and resamples); "" when no arm is in both."""
-    from comfyui_salt.toy.lab.world import LabWorld
+    from comfyui_salt.toy.worlds import get_world
     arms = [a for a in ARMS if a in results and a in earlier]
     if not arms:
         return ""
-    world = LabWorld(next(iter(results[arms[0]].values()))["config"]["world"].split(":", 1)[1])
+    world = get_world(next(iter(results[arms[0]].values()))["config"]["world"]).lab
     head = ["arm", "seeds", "NFE", "updates"] + [f"{m} (Δ)" for m in PROGRESS_METRICS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for arm in arms:

@@ -162,3 +162,12 @@ def test_python_m_pytest_from_the_root_keeps_the_checkout_off_sys_path():
     out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", probe], cwd=ROOT,
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0 and "1 passed" in out.stdout, out.stdout[-3000:]
+
+
+def test_the_old_command_line_says_where_the_command_line_went():
+    """`python -m comfyui_salt.training distill ...` (the 0.x form) runs nothing and names the new command."""
+    done = subprocess.run([sys.executable, "-m", "comfyui_salt.training", "distill", "--preset", "toy-dmd"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "python -m comfyui_salt distill --preset toy-dmd" in done.stderr, done.stderr
+    new = subprocess.run([sys.executable, "-m", "comfyui_salt", "--help"], capture_output=True, text=True, timeout=120)
+    assert new.returncode == 0 and "{teacher,export-teacher,export,distill,demo}" in new.stdout
