@@ -6,7 +6,6 @@ the shipped toy teacher, the world's prompts and its evaluation. The world itsel
 through `toy.worlds.get_world`.
 """
 from ..salt_core.config import get_config
-from ..salt_core.validate import quote
 from ..training.distill_models import DistillWorld
 from ..training.teacher import TeacherWorld
 from .shipped import TOY_TEACHER, load_toy_teacher
