@@ -3,8 +3,8 @@ browser as soon as it is decoded, steered between chunks through the pack's own 
 on the server, so queueing again continues the same video.
 
 The engine is salt_core.streaming.ChunkStream; decoding is the graph's VAE (`bridge.decoders.WanChunkDecoder`), a
-tiny decoder or the toy world's pixels; pushing and the routes go through `bridge.server` (ComfyUI's PromptServer). The routes only record
-intents (`LiveControl`), which the node applies at the next chunk boundary.
+tiny decoder or the toy world's pixels; pushing and the routes go through `bridge.server` (ComfyUI's PromptServer).
+The routes only record intents (`LiveControl`), which the node applies at the next chunk boundary.
 """
 import collections
 import queue
@@ -201,7 +201,7 @@ def live_run(salt, positive, options, sigmas, seed, width, height, max_chunks, s
             cache = model.new_cache(1, policy, shape[-2:])
             gen = torch.Generator(device=ref.device)
             if session.state is None:
-                gen.manual_seed(seed + 1)
+                gen.manual_seed((seed + 1) % 2 ** 64)    # the widget allows 2**64 - 1: wrap, do not overflow
                 session.noise_gen = torch.Generator().manual_seed(seed)
                 stream = ChunkStream(model, cache, context, chunk_frames=n, context_noise=options.context_noise,
                                      generator=gen)

@@ -171,3 +171,10 @@ def test_a_typed_prompt_changes_the_shipped_students_colour_with_switch_noise(sa
         assert after == ["blue"] * len(after), (at, colours)
     else:
         assert after.count("blue") <= 1, (at, colours)
+
+
+def test_the_largest_seed_the_widget_allows_streams(salt_nodes, toy_salt):
+    """seed 2**64 − 1 (the seed widget's max): the re-noise seed wraps instead of overflowing torch's manual_seed."""
+    images, latent = run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, seed=0xffffffffffffffff,
+                                                                 max_chunks=1))[:2]
+    assert images.shape == (3, 16, 16, 3) and torch.isfinite(latent["samples"]).all()
