@@ -83,10 +83,12 @@ def measure_student(model, teacher, cfg, context, seed: int, flow_steps: int = 6
     rows = {}
 
     def keep(i, x, velocity, prefix):
+        if not exits.get(i):
+            return
+        v_s = velocity(x, levels[i])                     # one evaluation at the state, shared by its triplets
         exact = {}                                       # σ_e -> x*_e: triplets sharing an end share the flow
-        for t, _ in exits.get(i, ()):
+        for t, _ in exits[i]:
             ss, sm, se = t.sigma_s, t.sigma_m, t.sigma_e
-            v_s = velocity(x, ss)
             x_m = (x.double() - (ss - sm) * v_s.double()).to(x.dtype)
             if se not in exact:
                 exact[se] = exact_flow(teacher, prefix, x, ss, se, context.cpu(), flow_steps)

@@ -186,8 +186,8 @@ class SaltDistill(io.ComfyNode):
                                 placeholder="critic_ratio=1; eval_clips=4",
                                 tooltip="Further DistillConfig fields as field=value, separated by ';' or new lines "
                                         "(e.g. lr_gen=1e-5; step_choices=8,4,2; sc_symmetric=true), parsed as the "
-                                        "CLI's flags are (docs/training.md, 'Settings', lists every field). Unknown fields are "
-                                        "rejected with a did-you-mean and the list of known ones."),
+                                        "CLI's flags are (docs/training.md, 'Settings', lists every field). Unknown "
+                                        "fields are rejected with a did-you-mean and the list of known ones."),
                 io.Clip.Input("clip", optional=True,
                               tooltip="Real-scale presets: ComfyUI's umT5 (Load CLIP, type 'wan') embeds the "
                                       "prompts_file once into the run folder (a resumed run does not need it). "

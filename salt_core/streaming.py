@@ -130,7 +130,8 @@ class ChunkStream:
         A model trained with prompt switches (LongLive) follows the new prompt from clean re-cached frames. One that
         was not copies what it sees in them (the toy student keeps the old colour in 16 of 16 clips): re-noising
         the re-cached frames trades continuity for adherence (toy, σ 0.7: the new colour in 16 of 16 clips at the
-        first chunk, the sprite jumping 4 px at the switch instead of 0.7; docs/comfyui.md "Live streaming in the canvas")."""
+        first chunk, the sprite jumping 4 px at the switch instead of 0.7; docs/comfyui.md "Live streaming in the
+        canvas")."""
         level = self.context_noise if noise is None else check_number(
             "noise", noise, where="ChunkStream.set_prompt", low=0, high=1, high_open=True)
         self.context = context

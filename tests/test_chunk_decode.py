@@ -1,6 +1,6 @@
-"""Chunk-wise decoding of a stream's Wan latents with the graph's own VAE (nodes.bridge.decoders.WanChunkDecoder) against
-ComfyUI's whole-latent VAEDecode, on a tiny random Wan 2.1 VAE built from ComfyUI's own class (tests/
-test_comfy_server.tiny_wan_vae_state_dict), on whichever ComfyUI line the tests import (0.3.75 or 0.33)."""
+"""Chunk-wise decoding of a stream's Wan latents with the graph's own VAE (nodes.bridge.decoders.WanChunkDecoder)
+against ComfyUI's whole-latent VAEDecode, on a tiny random Wan 2.1 VAE built from ComfyUI's own class
+(tests/test_comfy_server.tiny_wan_vae_state_dict), on whichever ComfyUI line the tests import (0.3.75 or 0.33)."""
 import pytest
 import torch
 

@@ -120,8 +120,8 @@ def test_the_docs_settings_table_is_generated_from_the_declarations():
     with open(README, encoding="utf-8") as f:
         readme = f.read()
     assert fields_markdown(DistillConfig) in readme, (
-        "docs/training.md's DistillConfig settings table is stale: replace the block between the `generated` comments with "
-        "comfyui_salt.training.config_fields.fields_markdown(DistillConfig)")
+        "docs/training.md's DistillConfig settings table is stale: replace the block between the `generated` comments "
+        "with comfyui_salt.training.config_fields.fields_markdown(DistillConfig)")
 
 
 def test_no_two_presets_share_their_settings():

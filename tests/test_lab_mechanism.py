@@ -47,7 +47,8 @@ def test_hop_measures_in_closed_form():
     assert torch.allclose(m["e2"], (sm - se) * w.flatten(1).norm(dim=1) / step)
     target = x_s - (ss - sm) * v - (sm - se) * (v + w)
     m = hop_measures(x_s, v, v + w, target, ss, sm, se)           # the target is exact: SC pulls straight to it
-    assert torch.allclose(m["pull_truth"], torch.ones(3, dtype=torch.float64)) and torch.allclose(m["e2"], torch.zeros(3, dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(m["pull_truth"], torch.ones(3, dtype=torch.float64))
+    assert torch.allclose(m["e2"], torch.zeros(3, dtype=torch.float64), atol=1e-12)
     m = hop_measures(x_s, v, v + w, 2 * (x_s - (ss - se) * v) - target, ss, sm, se)   # the truth is opposite
     assert torch.allclose(m["pull_truth"], -torch.ones(3, dtype=torch.float64))
 

@@ -71,8 +71,8 @@ def _violations(layer: str, forbidden: set):
 
 
 COMFY = {"comfy", "comfy_api", "comfy_extras", "folder_paths", "latent_preview", "server"}
-# The house, one way: nodes → toy → training → weights → salt_core, with the front doors above them: the CLI (the package
-# root's __main__.py), the development harness dev/ (the demo, the ComfyUI runner), bench/ and experiments/. Each
+# The house, one way: nodes → toy → training → weights → salt_core, with the front doors above them: the CLI (the
+# package root's __main__.py), the development harness dev/ (the demo, the ComfyUI runner), bench/ and experiments/. Each
 # layer lists what it may import; everything else of the pack (and ComfyUI, where not listed) is forbidden. No
 # file is excepted.
 PACK = {"salt_core", "weights", "training", "toy", "nodes", "dev", "bench", "experiments", "__main__"}

@@ -1,7 +1,7 @@
 """The small model files shipped inside the package: the toy teacher and the Salt toy student.
 
-File reading lives here, not in salt_core. Rebuild commands are in docs/toy_world.md ("The world and the teacher" and "Distillation
-experiment").
+File reading lives here, not in salt_core. Rebuild commands are in docs/toy_world.md ("The world and the teacher"
+and "Distillation experiment").
 """
 import os
 

@@ -9,7 +9,8 @@ A training config (DistillConfig, TeacherConfig) is a flat frozen dataclass whos
 - the key check (unknown keys with a did-you-mean, renamed keys with their new name): `salt_core.config.check_keys`;
 - the per-field validation (choices, counts, number ranges, applied to each item of a tuple): `check_fields`,
   called from the config's one validation entry in training/validate.py;
-- `--help` (one argparse section per group: `add_config_flags`) and the settings table of docs/training.md (`fields_markdown`).
+- `--help` (one argparse section per group: `add_config_flags`) and the settings table of docs/training.md
+  (`fields_markdown`).
 
 Why groups in metadata and not nested sub-configs: run folders store a flat `config.json` that must keep
 resuming, the CLI flags (`--lr-gen`) and node overrides (`lr_gen=...`) are flat names users already write, and
@@ -204,7 +205,8 @@ def overrides_from_args(args: argparse.Namespace, cls) -> dict:
 
 
 def fields_markdown(cls) -> str:
-    """The settings table of `cls` (docs/training.md): one row per field, a heading row per group (from the metadata)."""
+    """The settings table of `cls` (docs/training.md): one row per field, a heading row per group (from the
+    metadata)."""
     rows = [f"| {cls.__name__} field | default | meaning |", "|---|---|---|"]
     for group, fields in _groups(cls).items():
         rows.append(f"| **{group}** | | |")

@@ -34,7 +34,8 @@ from .diagnostics import GradProbes
 from .distill_config import RELEASED_CLIPS_PER_UPDATE, DistillConfig
 from .distill_models import DistillWorld, build_models, build_prompts, check_world, resolve_teacher_kind
 from .distributed import (any_rank, device_mesh, full_optimizer_state, full_state_dict, is_sharded,
-                          load_full_optimizer_state, load_full_state_dict, peers_lost_message, process_info, shard_model)
+                          load_full_optimizer_state, load_full_state_dict, peers_lost_message, process_info,
+                          shard_model)
 from .loop import TrainingLoop, check_loss_terms, stop_step
 from .ode_init import run_ode_init
 from .optim import EMA, step_generators, step_seed
@@ -457,7 +458,7 @@ def _run_distillation(cfg, run, max_gen_steps, callback, quiet, device, world):
     loop.resume(job, ["student", "critic"], optional=["ema"])
 
     def evaluate():   # every rank evaluates (the inference copy is a collective when sharded); rank 0 writes the GIF
-        preview = os.path.join(out_dir, f"preview_{job.gen_step:06d}.gif") if rank == 0 else None
+        preview = run.file(f"preview_{job.gen_step:06d}.gif") if rank == 0 else None
         return {} if world is None else world.evaluate(job.student_for_inference(), cfg, callback, preview)
     with peers_lost_message(rank, world_size, out_dir):
         loop.run(job, stop_step(cfg.gen_steps, max_gen_steps), checkpoint_every=cfg.checkpoint_every,
@@ -466,7 +467,7 @@ def _run_distillation(cfg, run, max_gen_steps, callback, quiet, device, world):
                  nonfinite_hint="lower the learning rates or check the teacher")
     summary = job.summary()
     if rank == 0:
-        with open(os.path.join(out_dir, "summary.json"), "w") as f:
+        with open(run.file("summary.json"), "w") as f:
             json.dump(summary, f, indent=1, sort_keys=True)
     log.info("done: %s", summary)
     return job.student_for_inference()

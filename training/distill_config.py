@@ -141,7 +141,8 @@ class DistillConfig:
 
 
 # Toy: EMA from iteration 100 (after generator update 21) at decay 0.95; the critic 5× faster than the generator,
-# chosen by the sweep in docs/toy_world.md "The Salt arm re-run with the released recipe" (4e-6 / 2e-5 / 1e-4: 1e-4 best).
+# chosen by the sweep in docs/toy_world.md "The Salt arm re-run with the released recipe" (4e-6 / 2e-5 / 1e-4:
+# 1e-4 best).
 _TOY = DistillConfig(lr_gen=2e-5, lr_critic=1e-4, ema_start_iter=100, ema_decay=0.95, gen_steps=200)
 _REAL = DistillConfig(teacher="", teacher_kind="bidirectional", student_init="", critic_init="", world="",
                       num_frames=21, height=60, width=104, shift=5.0, guidance_scale=4.0, batch_size=1,

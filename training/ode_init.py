@@ -113,14 +113,13 @@ def run_ode_init(cfg, run: RunFolder, max_steps: int = None, callback=None, quie
     if cfg.teacher == EXACT:
         raise ValueError("job=ode_init with teacher='exact': ODE pairs come from a network teacher here; pass the "
                          "learned teacher's checkpoint as teacher (the exact teacher is a real score for job=dmd)")
-    out_dir = run.path
     teacher, student, _ = build_models(cfg, world)
     check_ode_init_memory(cfg, student, device)
     teacher, student = teacher.to(device), student.to(device)
-    prompts = build_prompts(cfg, teacher, out_dir, world)
+    prompts = build_prompts(cfg, teacher, run.path, world)
     kind = "bidirectional" if cfg.student_kind == "bidirectional" else "teacher_forcing"
     teacher_kind = resolve_teacher_kind(cfg, world)
-    pairs_path = os.path.join(out_dir, "ode_pairs.safetensors")
+    pairs_path = run.file("ode_pairs.safetensors")
     if not os.path.exists(pairs_path):
         t = time.time()
         pairs = generate_ode_pairs(teacher, teacher_kind, cfg, prompts, cfg.ode_pairs, cfg.seed, quiet=quiet)

@@ -1,6 +1,7 @@
 """Run folders shared by both front doors (CLI and the ComfyUI node) and every job (teacher, ODE init,
-distillation): one `RunFolder` object holds what a run keeps there (config.json, checkpoints/, metrics.jsonl, the
-lock, publishing a student), and every whole-file write goes through one atomic write (weights.files.atomic_write).
+distillation): one `RunFolder` object holds what a run keeps there (checkpoints/, metrics.jsonl, its other files),
+`open_run` the lock and config.json, and every whole-file write goes through one atomic write
+(weights.files.atomic_write).
 
 - A run name is a plain folder name; the node turns it into `<output>/salt_runs/<name>`, the CLI takes a path.
 - `open_run` is every job's way in: the settings check, the lock, then config.json (never rewritten by a
@@ -104,11 +105,11 @@ class CheckpointManager:
         os.makedirs(tmp, exist_ok=True)
         meta = {k: str(v) for k, v in (metadata or {}).items()}
         for name, sd in tensors.items():
-            save_file({k: v.detach().contiguous().cpu() for k, v in sd.items()}, os.path.join(tmp, f"{name}.safetensors"), meta)
+            save_file({k: v.detach().contiguous().cpu() for k, v in sd.items()}, os.path.join(tmp, f"{name}.safetensors"),
+                      meta)
         torch.save(state, os.path.join(tmp, "state.pt"))
         open(os.path.join(tmp, "COMPLETE"), "w").close()
         if os.path.exists(final):
-            import shutil
             shutil.rmtree(final)
         os.replace(tmp, final)
         self._prune()
@@ -129,7 +130,6 @@ class CheckpointManager:
         final = os.path.join(self.folder, f"step_{step:08d}")
         tmp = final + ".tmp_sharded"
         if rank == 0:
-            import shutil
             shutil.rmtree(tmp, ignore_errors=True)
             os.makedirs(tmp)
         dist.barrier()
@@ -140,7 +140,6 @@ class CheckpointManager:
                 json.dump({k: str(v) for k, v in (metadata or {}).items()}, f)
             open(os.path.join(tmp, "COMPLETE"), "w").close()
             if os.path.exists(final):
-                import shutil
                 shutil.rmtree(final)
             os.replace(tmp, final)
             self._prune()
@@ -159,7 +158,6 @@ class CheckpointManager:
     def _prune(self):
         """Keep the `keep` newest complete checkpoints; drop older ones, step folders without COMPLETE (never
         a finished save: those are renamed into place complete) and other processes' temp folders."""
-        import shutil
         complete = {path for _, path in self.complete()}
         for _, path in self.complete()[self.keep:]:
             shutil.rmtree(path, ignore_errors=True)
@@ -308,9 +306,9 @@ def _write_text(path: str, text: str) -> None:
 
 class RunFolder:
     """A run folder as one object: `path`, its `checkpoints` (CheckpointManager of `<path>/checkpoints`), its
-    `metrics` log (`metrics.jsonl`; rank r > 0 of a multi-process run writes `metrics_rank<r>.jsonl`), its
-    config.json (`write_config`) and `publish` of an exported student. The lock and the resume check are
-    `open_run`'s, which yields one."""
+    `metrics` log (`metrics.jsonl`; rank r > 0 of a multi-process run writes `metrics_rank<r>.jsonl`) and `file(name)`
+    for what else a job keeps there. The lock, the resume check and config.json are `open_run`'s, which yields one;
+    publishing an export is `publish_student`'s."""
 
     def __init__(self, path: str, rank: int = 0):
         self.path, self.rank = path, rank
@@ -320,14 +318,6 @@ class RunFolder:
     def file(self, name: str) -> str:
         """The path of `name` inside the folder."""
         return os.path.join(self.path, name)
-
-    def write_config(self, cfg) -> str:
-        """config.json of the dataclass `cfg`, atomically (write_config)."""
-        return write_config(cfg, self.path)
-
-    def publish(self, export_path: str, dest: str) -> str:
-        """publish_student of an export of this run."""
-        return publish_student(export_path, dest)
 
 
 class RunLock:

@@ -161,7 +161,6 @@ def train_teacher(cfg: TeacherConfig, out_dir: str, evaluate=None, max_steps: in
 
 
 def _train_teacher(cfg, run, world, evaluate, max_steps, quiet, device, max_seconds):
-    out_dir = run.path
     """`train_teacher` inside the run folder: the job's step and evaluation, run by training.loop."""
     device = torch.device(device or "cpu")
     torch.set_num_threads(cfg.threads)
