@@ -1,8 +1,9 @@
 """Command line: `python -m comfyui_salt <command> --help`.
 
-Commands: `teacher` (toy teacher pre-training), `distill`, `export-teacher`, `export` (a student in another
-layout, or with `--lora` as a LoRA on its base for ComfyUI's LoraLoaderModelOnly), `demo`. Every flag maps
-to a config field; the defaults are the config's defaults, so `--help` documents them.
+Commands: `teacher` (toy teacher pre-training), `ode-init` (ODE-pair initialisation of a student), `distill`,
+`export-teacher`, `export` (a student in another layout, or with `--lora` as a LoRA on its base for ComfyUI's
+LoraLoaderModelOnly), `demo`. Every flag maps to a config field; the defaults are the config's defaults, so
+`--help` documents them.
 
 A front door: it builds the toy world's pieces for the jobs (comfyui_salt.toy.jobs) and, for `demo`, runs the
 development harness (comfyui_salt.dev, present in a checkout, not in a built wheel).
@@ -31,6 +32,19 @@ def export(args) -> str:
     path, reports = export_lora(args.base, args.student, args.out, args.rank, diffs=not args.no_diffs,
                                 dtype=args.dtype, device=device)
     return f"{format_report(reports, limit=12)}\nwrote {path}"
+
+
+def _student_job_flags(parser: argparse.ArgumentParser, presets: dict, where: str) -> None:
+    """The flags `distill` and `ode-init` share: the preset, the run folder, a step limit, the resume override."""
+    parser.add_argument("--preset", required=True, metavar="PRESET",
+                        help=f"one of {', '.join(presets)} ({where}); every config flag below overrides one of its "
+                             f"fields")
+    parser.add_argument("--out", required=True, help="run folder (checkpoints, metrics.jsonl, export/); rerun to "
+                                                     "resume")
+    parser.add_argument("--max-gen-steps", type=int, default=None, help="stop after this many generator steps")
+    parser.add_argument("--allow-changed-settings", action="store_true",
+                        help="resume a run folder whose checkpoints were made with other settings (listed in the "
+                             "error without this flag); the restored optimizer state is kept")
 
 
 def _load_demo():
@@ -80,17 +94,15 @@ def main(argv=None):
                                                   "on a CPU, Wan 1.3B takes tens of minutes)")
     x.add_argument("--layout", default="wan", help="without --lora: layout of the written student "
                                                    "(wan, comfyui, diffusers, self_forcing)")
-    q = sub.add_parser("distill", help="DMD / SC-DMD / Salt distillation or ODE-pair init; resumes automatically")
     from .training.distill_config import DISTILL_PRESETS, RENAMED as DISTILL_RENAMED, DistillConfig
-    q.add_argument("--preset", required=True, metavar="PRESET",
-                   help=f"one of {', '.join(DISTILL_PRESETS)} (training/distill_config.py DISTILL_PRESETS); every "
-                        f"config flag below overrides one of its fields")
-    q.add_argument("--out", required=True, help="run folder (checkpoints, metrics.jsonl, export/); rerun to resume")
-    q.add_argument("--max-gen-steps", type=int, default=None, help="stop after this many generator steps")
-    q.add_argument("--allow-changed-settings", action="store_true",
-                   help="resume a run folder whose checkpoints were made with other settings (listed in the error "
-                        "without this flag); the restored optimizer state is kept")
+    from .training.ode_init_config import ODE_INIT_PRESETS, OdeInitConfig
+    q = sub.add_parser("distill", help="DMD / SC-DMD / Salt distillation; resumes automatically")
+    _student_job_flags(q, DISTILL_PRESETS, "training/distill_config.py DISTILL_PRESETS")
     add_config_flags(q, DistillConfig, renamed=DISTILL_RENAMED)
+    o = sub.add_parser("ode-init", help="ODE-pair initialisation of a student (the distillation's student_init); "
+                                        "resumes automatically")
+    _student_job_flags(o, ODE_INIT_PRESETS, "training/ode_init_config.py ODE_INIT_PRESETS")
+    add_config_flags(o, OdeInitConfig, renamed=OdeInitConfig.RENAMED)
     d = sub.add_parser("demo", help="the main job: toy-world generation, oracle metric table, preview GIF, workflow 1 in ComfyUI")
     d.add_argument("--out", default="out/demo", help="folder for preview.gif and salt_toy_streaming.webp")
     d.add_argument("--num-clips", type=int, default=16, help="prompts to generate per row")
@@ -108,7 +120,7 @@ def main(argv=None):
         if getattr(args, flag, None) is not None and not (flag == "threads" and args.command != "demo"):
             check_count(flag, getattr(args, flag), where=f"--{flag.replace('_', '-')}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    if args.command in ("teacher", "distill"):
+    if args.command in ("teacher", "distill", "ode-init"):
         from .training.loop import install_stop_handlers
         install_stop_handlers()   # Ctrl-C / kill: finish the step, save, exit; rerun to resume
 
@@ -125,14 +137,19 @@ def main(argv=None):
             from .weights.files import save_model
             save_model(model, args.export, layout="wan",
                        extra_metadata={"teacher_mode": cfg.mode, "train_steps": cfg.total_steps})
-    elif args.command == "distill":
-        from .training.distill_config import get_preset
+    elif args.command in ("distill", "ode-init"):
         from .toy.jobs import distill_world
-        from .training.distill import run_distillation
         from .weights.files import export_student
-        cfg = get_preset(args.preset, **overrides_from_args(args, DistillConfig))
-        model = run_distillation(cfg, args.out, max_gen_steps=args.max_gen_steps,
-                                 allow_changed_settings=args.allow_changed_settings, world=distill_world())
+        if args.command == "distill":
+            from .training.distill import run_distillation as run_job
+            from .training.distill_config import get_preset
+            cfg = get_preset(args.preset, **overrides_from_args(args, DistillConfig))
+        else:
+            from .training.ode_init import run_ode_init as run_job
+            from .training.ode_init_config import get_ode_init_preset
+            cfg = get_ode_init_preset(args.preset, **overrides_from_args(args, OdeInitConfig))
+        model = run_job(cfg, args.out, max_gen_steps=args.max_gen_steps,
+                        allow_changed_settings=args.allow_changed_settings, world=distill_world())
         for path in export_student(model, args.out, causal=cfg.student_kind == "causal"):
             print("wrote", path)
     elif args.command == "export":

@@ -119,8 +119,8 @@ JOBS = {   # name: CLI arguments after the command (tmp = the scratch folder), a
     "teacher lab": (["teacher", "--out", "{tmp}/tl", "--world", "lab:default", "--mode", "bidirectional",
                      "--max-steps", "3", "--batch-size", "4", "--threads", "2", "--eval-every", "100000",
                      "--export", "{tmp}/tl.safetensors"], "{tmp}/tl.safetensors"),
-    "ode init 3": (["distill", "--preset", "toy-ode-init", "--out", "{tmp}/o", "--max-gen-steps", "3", "--ode-pairs", "32",
-                    "--threads", "2", "--eval-every", "0"], "{tmp}/o/export/student.safetensors"),
+    "ode init 3": (["ode-init", "--preset", "toy-ode-init", "--out", "{tmp}/o", "--max-gen-steps", "3",
+                    "--ode-pairs", "32", "--threads", "2"], "{tmp}/o/export/student.safetensors"),
     "distill toy-dmd 3": (["distill", "--preset", "toy-dmd", "--out", "{tmp}/d", "--max-gen-steps", "3",
                            "--threads", "2", "--eval-every", "0"], "{tmp}/d/export/student.safetensors"),
     "distill toy-salt 3 (SC, align, EMA on)": (

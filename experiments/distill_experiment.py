@@ -28,6 +28,9 @@ from comfyui_salt.training.loop import install_stop_handlers
 from comfyui_salt.toy.jobs import distill_world
 from comfyui_salt.training.distill import run_distillation
 from comfyui_salt.training.distill_config import get_preset
+from comfyui_salt.training.job_configs import as_distill_config
+from comfyui_salt.training.ode_init import run_ode_init
+from comfyui_salt.training.ode_init_config import ODE_INIT_PRESETS, get_ode_init_preset
 from comfyui_salt.salt_core.metrics.bootstrap import bootstrap_ci
 from comfyui_salt.toy.evaluate import drift_slopes
 from comfyui_salt.training.distill_eval import defect_report, format_defect_report, sample_student
@@ -53,15 +56,18 @@ ARMS += [(name, "toy-salt", "ode-causal", "autoregressive") for name in SWEEP]
 
 
 def run_arm(name, preset, init, out, gen_steps, batch, threads, ode_steps, ode_pairs):
-    overrides = {"batch_size": batch, "threads": threads, "eval_every": 0}
-    if preset == "toy-ode-init":
+    overrides = {"batch_size": batch, "threads": threads}
+    ode = preset in ODE_INIT_PRESETS
+    if ode:
         overrides.update(student_kind="bidirectional" if name.endswith("bidir") else "causal", gen_steps=ode_steps,
                          ode_pairs=ode_pairs)
+        cfg = get_ode_init_preset(preset, **overrides)
     else:
-        overrides.update(gen_steps=gen_steps, student_init=os.path.join(out, init, "export", "student.safetensors"))
+        overrides.update(gen_steps=gen_steps, student_init=os.path.join(out, init, "export", "student.safetensors"),
+                         eval_every=0)
         if name.startswith("bidir"):
             overrides["student_kind"] = "bidirectional"
-    cfg = get_preset(preset, **overrides, **SWEEP.get(name, {}))
+        cfg = get_preset(preset, **overrides, **SWEEP.get(name, {}))
     run_dir = os.path.join(out, name)
     shared = os.path.join(out, "ode-causal", "ode_pairs.safetensors")
     if name == "ode-bidir" and os.path.exists(shared) and not os.path.exists(os.path.join(run_dir, "ode_pairs.safetensors")):
@@ -70,11 +76,11 @@ def run_arm(name, preset, init, out, gen_steps, batch, threads, ode_steps, ode_p
         os.link(shared, os.path.join(run_dir, "ode_pairs.safetensors"))
     t = time.time()
     try:
-        model = run_distillation(cfg, run_dir, world=distill_world())
+        model = (run_ode_init if ode else run_distillation)(cfg, run_dir, world=distill_world())
     finally:   # a stopped arm (Ctrl-C / kill save a checkpoint first) keeps the time it spent
         total = add_wall_time(run_dir, time.time() - t)
     export_student(model, run_dir)
-    return cfg, total
+    return as_distill_config(cfg), total   # an ODE initialisation's: how its student samples
 
 
 def add_wall_time(run_dir, seconds):
@@ -130,8 +136,11 @@ def main():
                                                                   and not os.path.isdir(os.path.join(args.out, name))):
             continue
         if args.eval_only:
-            cfgs[name] = get_preset(preset, student_kind="bidirectional" if "bidir" in name else "causal",
-                                    **SWEEP.get(name, {}))
+            kind = "bidirectional" if "bidir" in name else "causal"
+            if preset in ODE_INIT_PRESETS:
+                cfgs[name] = as_distill_config(get_ode_init_preset(preset, student_kind=kind))
+            else:
+                cfgs[name] = get_preset(preset, student_kind=kind, **SWEEP.get(name, {}))
         else:
             cfgs[name], _ = run_arm(name, preset, init, args.out, args.gen_steps, args.batch, args.threads,
                                     args.ode_steps, args.ode_pairs)

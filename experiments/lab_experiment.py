@@ -67,13 +67,26 @@ def _flags(overrides: dict) -> list:
     return out
 
 
+def _job_fields(preset: str) -> set:
+    """The settings the job of `preset` takes: an ODE initialisation's (OdeInitConfig) or a distillation's."""
+    import dataclasses
+    from comfyui_salt.training.distill_config import DistillConfig
+    from comfyui_salt.training.ode_init_config import ODE_INIT_PRESETS, OdeInitConfig
+    return {f.name for f in dataclasses.fields(OdeInitConfig if preset in ODE_INIT_PRESETS else DistillConfig)}
+
+
 def parse_sets(pairs) -> dict:
-    """`--set key=value` pairs → {key: value} (values are parsed by the CLI's typed flags)."""
+    """`--set key=value` pairs → {key: value} (values are parsed by the CLI's typed flags). Each job takes the keys
+    its config has (the ODE initialisations take the shared ones and their own); a key no job takes is refused."""
     out = {}
+    known = _job_fields("lab-ode-init") | _job_fields("lab-dmd")
     for p in pairs or ():
         if "=" not in p:
             raise SystemExit(f"--set {p!r}: expected key=value, e.g. --set batch_size=2")
         k, v = p.split("=", 1)
+        if k.strip() not in known:
+            raise SystemExit(f"--set {p!r}: {k.strip()!r} is a setting of neither the distillation nor the ODE "
+                             f"initialisation (docs/training.md lists them)")
         out[k.strip()] = v.strip()
     return out
 
@@ -94,11 +107,16 @@ def arm_overrides(arm: str, seed: int, out: str, teacher: str, updates: int, ext
 
 
 def _command(preset: str, run_dir: str, overrides: dict) -> list:
-    return ["distill", "--preset", preset, "--out", run_dir, *_flags(overrides)]
+    """The CLI arguments of one job: `ode-init` or `distill`, with the overrides its config takes."""
+    from comfyui_salt.training.ode_init_config import ODE_INIT_PRESETS
+    fields = _job_fields(preset)
+    command = "ode-init" if preset in ODE_INIT_PRESETS else "distill"
+    taken = {k: v for k, v in overrides.items() if k in fields}
+    return [command, "--preset", preset, "--out", run_dir, *_flags(taken)]
 
 
 def run_jobs(jobs: list, workers: int = 1, in_process: bool = False, after=None) -> int:
-    """Run (or resume) `distill` jobs, `workers` subprocesses at a time; returns how many failed.
+    """Run (or resume) `distill` / `ode-init` jobs, `workers` subprocesses at a time; returns how many failed.
 
     jobs: [(preset, run_dir, overrides, done_path)] in order; a job whose done_path exists is skipped. `after(run_dir)`
     runs in this process for every finished job (skipped ones too), once the freed slots have their next jobs.
@@ -364,16 +382,15 @@ def evaluate_run(run_dir: str, clips: int, force: bool = False) -> dict:
     from comfyui_salt.toy.lab.world import LabTextEncoder
     from comfyui_salt.toy.prompts import lab_eval_captions
     from comfyui_salt.toy.worlds import get_world
-    from comfyui_salt.training.distill_config import DistillConfig
     from comfyui_salt.training.distill_eval import defect_samples, sample_student
+    from comfyui_salt.training.job_configs import as_distill_config, read_run_config
     from comfyui_salt.weights.files import load_model
     path = os.path.join(run_dir, "lab_eval.json")
     if not force:
         done = _load_eval(path)
         if done is not None:
             return done
-    with open(os.path.join(run_dir, "config.json")) as f:
-        cfg = DistillConfig.from_dict(json.load(f))
+    cfg = as_distill_config(read_run_config(run_dir))   # an ODE initialisation's: how its student samples
     summary = {}   # an ODE initialisation writes none
     if os.path.exists(os.path.join(run_dir, "summary.json")):
         with open(os.path.join(run_dir, "summary.json")) as f:

@@ -130,7 +130,7 @@ def measure_run(run_dir: str, clips: int, flow_steps: int) -> dict:
     from comfyui_salt.toy.lab.world import LabTextEncoder
     from comfyui_salt.toy.prompts import lab_eval_captions
     from comfyui_salt.toy.worlds import get_world
-    from comfyui_salt.training.distill_config import DistillConfig
+    from comfyui_salt.training.job_configs import as_distill_config, read_run_config
     from comfyui_salt.weights.files import load_model
     path = os.path.join(run_dir, "sc_mechanism.json")
     key = {"version": MECHANISM_VERSION, "clips": clips, "flow_steps": flow_steps, "gen_updates": _updates(run_dir)}
@@ -139,8 +139,7 @@ def measure_run(run_dir: str, clips: int, flow_steps: int) -> dict:
             done = json.load(f)
         if all(done.get(k) == v for k, v in key.items()):
             return done
-    with open(os.path.join(run_dir, "config.json")) as f:
-        cfg = DistillConfig.from_dict(json.load(f))
+    cfg = as_distill_config(read_run_config(run_dir))   # an ODE initialisation's: how its student samples
     model = load_model(os.path.join(run_dir, "export", "student.safetensors"))[0].eval()
     world = get_world(cfg.world)
     caps = lab_eval_captions(world.lab, clips)

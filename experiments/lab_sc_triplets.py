@@ -54,7 +54,7 @@ def measure(run_dir: str, clips: int) -> dict:
     from comfyui_salt.toy.lab.world import LabTextEncoder
     from comfyui_salt.toy.prompts import lab_eval_captions
     from comfyui_salt.toy.worlds import get_world
-    from comfyui_salt.training.distill_config import DistillConfig
+    from comfyui_salt.training.job_configs import as_distill_config, read_run_config
     from comfyui_salt.training.distill_eval import defect_samples, sc_defect_samples
     from comfyui_salt.weights.files import load_model
     path = os.path.join(run_dir, "sc_triplets.json")
@@ -63,8 +63,7 @@ def measure(run_dir: str, clips: int) -> dict:
             done = json.load(f)
         if done.get("clips") == clips and done.get("gen_updates") == _gen_updates(run_dir):
             return done
-    with open(os.path.join(run_dir, "config.json")) as f:
-        cfg = DistillConfig.from_dict(json.load(f))
+    cfg = as_distill_config(read_run_config(run_dir))   # an ODE initialisation's: how its student samples
     model = load_model(os.path.join(run_dir, "export", "student.safetensors"))[0].eval()
     lab = get_world(cfg.world).lab
     caps = lab_eval_captions(lab, clips)

@@ -1,4 +1,5 @@
-"""Distillation inside the ComfyUI queue: SaltDistill runs training.distill.run_distillation.
+"""Distillation inside the ComfyUI queue: SaltDistill runs training.distill.run_distillation, or
+training.ode_init.run_ode_init for an ODE-init preset.
 
 The job runs in `<output>/salt_runs/<name>` (checkpoints, metrics.jsonl, preview GIFs, export/); re-queuing
 the same name resumes from its newest checkpoint. Progress and previews flow through the job's callback
@@ -12,8 +13,10 @@ import os
 from ..toy.jobs import distill_world
 from ..training.distill import run_distillation
 from ..training.config_fields import parse_overrides
-from ..training.distill_config import DISTILL_PRESETS, RENAMED, DistillConfig, get_preset
+from ..training.distill_config import DISTILL_PRESETS, DistillConfig, get_preset
 from ..training.distill_models import fill_prompt_cache, prompt_cache_path
+from ..training.ode_init import run_ode_init
+from ..training.ode_init_config import ODE_INIT_PRESETS, OdeInitConfig, get_ode_init_preset
 from ..weights.files import export_student
 from ..training.runs import check_run_name, publish_student
 from .bridge import io
@@ -48,10 +51,14 @@ def _model_source(value: str, allowed: str, what: str) -> str:
 
 
 def distill_config(preset: str, teacher: str, student_init: str, critic_init: str, gen_steps: int, batch_size: int,
-                   seed: int, overrides: str = "") -> DistillConfig:
-    """The job's DistillConfig: preset + widgets + overrides (file names resolved to paths)."""
+                   seed: int, overrides: str = "") -> DistillConfig | OdeInitConfig:
+    """The job's config: preset + widgets + overrides (file names resolved to paths). A distillation preset gives
+    a DistillConfig, an ODE-init preset (toy-ode-init, lab-ode-init, wan-ode-init) an OdeInitConfig, whose job has
+    no critic: critic_init is then ignored."""
+    ode = preset in ODE_INIT_PRESETS
+    cls, get = (OdeInitConfig, get_ode_init_preset) if ode else (DistillConfig, get_preset)
     try:
-        base = get_preset(preset)
+        base = get(preset)
     except KeyError as e:
         raise ValueError(f"SaltDistill: preset={preset!r}: {e.args[0]}") from None
     if teacher == TOY_SOURCE and not base.world:
@@ -59,10 +66,14 @@ def distill_config(preset: str, teacher: str, student_init: str, critic_init: st
                          f"file from models/diffusion_models, or a toy-* preset")
     fields = dict(teacher=_model_source(teacher, TOY_SOURCE, "teacher"),
                   student_init=_model_source(student_init, FROM_TEACHER, "student_init"),
-                  critic_init=_model_source(critic_init, FROM_TEACHER, "critic_init"),
                   gen_steps=gen_steps or base.gen_steps, batch_size=batch_size or base.batch_size,
                   seed=seed, threads=0)   # threads 0: keep ComfyUI's
-    typed = parse_overrides(DistillConfig, overrides, where="SaltDistill: overrides", renamed=RENAMED,
+    if ode:
+        if critic_init != FROM_TEACHER:
+            log.info("SaltDistill: preset %s trains no critic; critic_init=%r is ignored", preset, critic_init)
+    else:
+        fields["critic_init"] = _model_source(critic_init, FROM_TEACHER, "critic_init")
+    typed = parse_overrides(cls, overrides, where="SaltDistill: overrides", renamed=cls.RENAMED,
                             reserved={k: "has its own widget; set it there instead" for k in WIDGET_FIELDS})
     # Paths sent over HTTP resolve inside ComfyUI's folders only (as LoadImage's files do).
     if typed.get("prompts_file"):
@@ -71,7 +82,7 @@ def distill_config(preset: str, teacher: str, student_init: str, critic_init: st
         typed["text_encoder"] = models_subfolder("text_encoders", typed["text_encoder"],
                                                  "SaltDistill: overrides: text_encoder")
     try:
-        return get_preset(preset, **{**fields, **typed})
+        return get(preset, **{**fields, **typed})
     except (KeyError, ValueError) as e:
         raise ValueError(f"SaltDistill: {e}") from e
 
@@ -86,7 +97,7 @@ def publish_path(name: str) -> str:
     return os.path.join(diffusion_models_directory(), PUBLISH_FOLDER, f"{name}.safetensors")
 
 
-def embed_prompts(cfg: DistillConfig, folder: str, clip=None) -> None:
+def embed_prompts(cfg: DistillConfig | OdeInitConfig, folder: str, clip=None) -> None:
     """Fill a real-scale run's prompt-embedding cache from a ComfyUI CLIP (once per run folder), unless the
     overrides name a Hugging Face umT5 folder (text_encoder=...), which the job then reads itself."""
     if cfg.world or cfg.text_encoder or os.path.exists(prompt_cache_path(folder)):
@@ -104,7 +115,7 @@ def embed_prompts(cfg: DistillConfig, folder: str, clip=None) -> None:
     log.info("SaltDistill: embedded the prompts of %s with the CLIP input into %s", cfg.prompts_file, folder)
 
 
-def distill(cfg: DistillConfig, name: str, clip=None) -> tuple:
+def distill(cfg: DistillConfig | OdeInitConfig, name: str, clip=None) -> tuple:
     """Run (or resume) the job in the queue; returns (SaltModel of the student, path of export/student.safetensors).
     `clip` (a ComfyUI CLIP, optional) embeds a real-scale run's prompts once (see embed_prompts)."""
     folder = run_folder(name)
@@ -123,7 +134,8 @@ def distill(cfg: DistillConfig, name: str, clip=None) -> tuple:
             raise TrainingCancelled(f"cancelled at generator step {step[0]}")
     try:
         with training_mode():
-            model = run_distillation(cfg, folder, callback=callback, device=torch_device(), world=distill_world())
+            run_job = run_ode_init if isinstance(cfg, OdeInitConfig) else run_distillation
+            model = run_job(cfg, folder, callback=callback, device=torch_device(), world=distill_world())
     except TrainingCancelled:
         log.info("SaltDistill: cancelled; %s holds a resumable checkpoint (queue the same name again)", folder)
         raise_interrupted()
@@ -159,9 +171,11 @@ class SaltDistill(io.ComfyNode):
                         "need Wan 2.1 files, overrides prompts_file=... and the prompt embeddings: ComfyUI's umT5 on the "
                         "clip input, or overrides text_encoder=... (a Hugging Face umT5 folder).",
             inputs=[
-                io.Combo.Input("preset", options=list(DISTILL_PRESETS), default="toy-salt",
+                io.Combo.Input("preset", options=list(DISTILL_PRESETS) + list(ODE_INIT_PRESETS), default="toy-salt",
                                tooltip="A training/distill_config.py preset: toy-* in the toy world (CPU), the "
-                                       "others real scale (Self Forcing, Causal Forcing, LongLive, bidirectional)."),
+                                       "others real scale (Self Forcing, Causal Forcing, LongLive, bidirectional); "
+                                       "or an ODE-pair initialisation (*-ode-init, training/ode_init_config.py: no "
+                                       "critic, so critic_init is ignored), whose student a later run starts from."),
                 io.Combo.Input("teacher", options=[TOY_SOURCE] + files, default=TOY_SOURCE,
                                tooltip="'toy': the shipped toy teacher; or a teacher file in models/diffusion_models "
                                        "(any layout)."),
@@ -184,7 +198,8 @@ class SaltDistill(io.ComfyNode):
                                         "name resumes that run."),
                 io.String.Input("overrides", default="", multiline=True, optional=True,
                                 placeholder="critic_ratio=1; eval_clips=4",
-                                tooltip="Further DistillConfig fields as field=value, separated by ';' or new lines "
+                                tooltip="Further DistillConfig (OdeInitConfig for *-ode-init) fields as field=value, "
+                                        "separated by ';' or new lines "
                                         "(e.g. lr_gen=1e-5; step_choices=8,4,2; sc_symmetric=true), parsed as the "
                                         "CLI's flags are (docs/training.md, 'Settings', lists every field). Unknown "
                                         "fields are rejected with a did-you-mean and the list of known ones."),

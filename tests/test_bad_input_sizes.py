@@ -216,9 +216,10 @@ def test_an_explicit_distillation_memory_limit_overrides_free_memory(tmp_path, l
 def test_an_ode_initialisation_whose_pairs_cannot_fit_in_host_memory_is_refused_before_generating(tmp_path):
     teacher = tmp_path / "teacher.safetensors"
     save_model(build_model("toy", seed=0), teacher, extra_metadata={"teacher_mode": "teacher_forcing"})
-    cfg = get_preset("toy-ode-init", teacher=str(teacher), ode_pairs=10**9, gen_steps=1, threads=1)
+    from comfyui_salt.training.ode_init_config import get_ode_init_preset
+    cfg = get_ode_init_preset("toy-ode-init", teacher=str(teacher), ode_pairs=10**9, gen_steps=1, threads=1)
     from comfyui_salt.toy.jobs import distill_world
-    from comfyui_salt.training.distill import run_distillation
+    from comfyui_salt.training.ode_init import run_ode_init
     with pytest.raises(MemoryError, match=r"1000000000 ODE pairs.*free host memory.*lower ode_pairs"):
-        run_distillation(cfg, str(tmp_path / "run"), quiet=True, world=distill_world())
+        run_ode_init(cfg, str(tmp_path / "run"), quiet=True, world=distill_world())
     assert not (tmp_path / "run" / "ode_pairs.safetensors").exists()

@@ -119,9 +119,11 @@ def test_help_prints_one_section_per_group_holding_every_field():
 def test_the_docs_settings_table_is_generated_from_the_declarations():
     with open(README, encoding="utf-8") as f:
         readme = f.read()
-    assert fields_markdown(DistillConfig) in readme, (
-        "docs/training.md's DistillConfig settings table is stale: replace the block between the `generated` comments "
-        "with comfyui_salt.training.config_fields.fields_markdown(DistillConfig)")
+    from comfyui_salt.training.ode_init_config import OdeInitConfig
+    for cls in (DistillConfig, OdeInitConfig):
+        assert fields_markdown(cls) in readme, (
+            f"docs/training.md's {cls.__name__} settings table is stale: replace the block between its `generated` "
+            f"comments with comfyui_salt.training.config_fields.fields_markdown({cls.__name__})")
 
 
 def test_no_two_presets_share_their_settings():

@@ -5,6 +5,8 @@ import torch
 from comfyui_salt.salt_core.model import build_model
 from comfyui_salt.training.distill import run_distillation
 from comfyui_salt.training.distill_config import DISTILL_PRESETS, DistillConfig, get_preset
+from comfyui_salt.training.ode_init import run_ode_init
+from comfyui_salt.training.ode_init_config import ODE_INIT_PRESETS, get_ode_init_preset
 from comfyui_salt.weights.files import export_student, load_model, save_model
 from comfyui_salt.toy.jobs import distill_world
 
@@ -19,15 +21,21 @@ def teacher_path(tmp_path_factory):
 
 
 def tiny(preset, teacher_path, **kw):
-    base = dict(teacher=teacher_path, batch_size=2, gen_steps=2, critic_ratio=2, eval_every=0, threads=1,
-                checkpoint_every=1, ode_pairs=4, ode_teacher_steps=4, align_start_iter=0, ema_start_iter=1)
+    """A tiny run of a distillation preset, or of an ODE-init preset (its own config: no critic, no evaluation)."""
+    base = dict(teacher=teacher_path, batch_size=2, gen_steps=2, threads=1, checkpoint_every=1)
+    if preset in ODE_INIT_PRESETS:
+        return get_ode_init_preset(preset, **{**base, "ode_pairs": 4, "ode_teacher_steps": 4, **kw})
+    base.update(critic_ratio=2, eval_every=0, align_start_iter=0, ema_start_iter=1)
     return get_preset(preset, **{**base, **kw})
 
 
-@pytest.mark.parametrize("preset", sorted(p for p in DISTILL_PRESETS if p.startswith("toy-")))
+@pytest.mark.parametrize("preset", sorted(p for p in [*DISTILL_PRESETS, *ODE_INIT_PRESETS] if p.startswith("toy-")))
 def test_every_toy_preset_runs_a_few_steps_and_exports(preset, teacher_path, tmp_path):
-    cfg = tiny(preset, teacher_path, eval_every=2 if preset == "toy-dmd" else 0, eval_clips=2)
-    model = run_distillation(cfg, str(tmp_path), quiet=True, world=TOY)
+    if preset in ODE_INIT_PRESETS:
+        model = run_ode_init(tiny(preset, teacher_path), str(tmp_path), quiet=True, world=TOY)
+    else:
+        cfg = tiny(preset, teacher_path, eval_every=2 if preset == "toy-dmd" else 0, eval_clips=2)
+        model = run_distillation(cfg, str(tmp_path), quiet=True, world=TOY)
     assert all(torch.isfinite(p).all() for p in model.parameters())
     paths = export_student(model, str(tmp_path))
     loaded, layout = load_model(paths[1])
@@ -58,14 +66,15 @@ def test_interrupted_distillation_resumes_bit_identically(teacher_path, tmp_path
 @pytest.mark.parametrize("preset", ["toy-ode-init", "toy-dmd"])
 def test_an_explicit_device_overrides_the_launchers_pick(preset, teacher_path, tmp_path, monkeypatch):
     # process_info picks CUDA whenever it is present; ComfyUI started with --cpu passes device="cpu".
-    import comfyui_salt.training.distill as job
+    import comfyui_salt.training.distill as distill_job
+    import comfyui_salt.training.ode_init as ode_job
     from comfyui_salt.training.distributed import ProcessInfo
+    job, run = (ode_job, run_ode_init) if preset in ODE_INIT_PRESETS else (distill_job, run_distillation)
     monkeypatch.setattr(job, "process_info", lambda: ProcessInfo(device=torch.device("meta")))
-    model = run_distillation(tiny(preset, teacher_path, gen_steps=1), str(tmp_path), quiet=True, device="cpu",
-                             world=TOY)
+    model = run(tiny(preset, teacher_path, gen_steps=1), str(tmp_path), quiet=True, device="cpu", world=TOY)
     assert model.patch_embedding.weight.device.type == "cpu"
     with pytest.raises((NotImplementedError, RuntimeError), match="meta"):   # the pick is used without a device
-        run_distillation(tiny(preset, teacher_path, gen_steps=1), str(tmp_path / "picked"), quiet=True, world=TOY)
+        run(tiny(preset, teacher_path, gen_steps=1), str(tmp_path / "picked"), quiet=True, world=TOY)
 
 
 def test_unknown_keys_and_presets_are_rejected():

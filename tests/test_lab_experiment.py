@@ -23,8 +23,9 @@ from comfyui_salt.training.distill_models import build_models, build_prompts
 from comfyui_salt.weights.files import save_model
 
 WORLD = distill_world()
-TINY = dict(batch_size=2, critic_ratio=1, ode_pairs=4, ode_teacher_steps=8, eval_every=0, threads=1,
-            checkpoint_every=1, align_start_iter=0, ema_start_iter=1)
+TINY = dict(batch_size=2, critic_ratio=1, eval_every=0, threads=1, checkpoint_every=1, align_start_iter=0,
+            ema_start_iter=1)
+TINY_ODE = dict(ode_pairs=4, ode_teacher_steps=8)   # the runner's --set takes both: each job the keys it has
 
 
 def _bench():
@@ -45,11 +46,13 @@ def teacher_path(tmp_path_factory):
 
 def test_each_lab_preset_is_its_toy_recipe_on_the_lab_world():
     assert LAB_FIELDS["shift"] == LAB_SHIFT and LAB_FIELDS["guidance_scale"] == 1.0
-    names = [n for n in DISTILL_PRESETS if n.startswith("lab-")]
+    from comfyui_salt.training.ode_init_config import ODE_INIT_PRESETS
+    presets = {**DISTILL_PRESETS, **ODE_INIT_PRESETS}
+    names = [n for n in presets if n.startswith("lab-")]
     assert sorted(names) == sorted(["lab-ode-init", "lab-dmd", "lab-sc-dmd", "lab-salt", "lab-salt-sym", "lab-bidir-dmd",
                                     "lab-bidir-sc-dmd"])
     for name in names:
-        lab, toy = DISTILL_PRESETS[name], DISTILL_PRESETS["toy-" + name[4:]]
+        lab, toy = presets[name], presets["toy-" + name[4:]]
         assert lab.world == "lab:default" and lab.guidance_scale == 1.0 and lab.shift == LAB_SHIFT
         assert dataclasses.replace(lab, **{k: getattr(toy, k) for k in LAB_FIELDS}) == toy
     assert DISTILL_PRESETS["lab-dmd"].step_choices == (4,)
@@ -114,9 +117,11 @@ def test_exact_teacher_refuses_copies_and_other_worlds(teacher_path, tmp_path):
     with pytest.raises(ValueError, match="needs a method-lab world"):
         build_models(get_preset("toy-dmd", teacher="exact", student_init=teacher_path, critic_init=teacher_path),
                      WORLD)
-    with pytest.raises(ValueError, match="ode_init with teacher='exact'"):
-        run_distillation(get_preset("lab-ode-init", teacher="exact", **TINY), str(tmp_path / "r"), quiet=True,
-                         world=WORLD)
+    from comfyui_salt.training.ode_init import run_ode_init
+    from comfyui_salt.training.ode_init_config import get_ode_init_preset
+    ode = get_ode_init_preset("lab-ode-init", teacher="exact", batch_size=2, ode_pairs=4, ode_teacher_steps=8)
+    with pytest.raises(ValueError, match="OdeInitConfig.teacher='exact'"):
+        run_ode_init(ode, str(tmp_path / "r"), quiet=True, world=WORLD)
 
 
 def test_the_lab_evaluation_callback_scores_the_students_samples_exactly(teacher_path):
@@ -150,7 +155,8 @@ def test_the_experiment_runs_every_arm_evaluates_and_prints_the_table(teacher_pa
     bench = _bench()
     out = tmp_path / "exp"
     argv = ["--teacher", teacher_path, "--out", str(out), "--seeds", "1", "--updates", "2", "--ode-updates", "2",
-            "--clips", "8", "--resamples", "20", "--in-process"] + [f"--set={k}={v}" for k, v in TINY.items()]
+            "--clips", "8", "--resamples", "20", "--in-process"] + [
+            f"--set={k}={v}" for k, v in {**TINY, **TINY_ODE}.items()]
     assert bench.main(argv) == 0
     table = capsys.readouterr().out
     for arm in bench.ARMS:

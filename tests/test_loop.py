@@ -149,15 +149,15 @@ def test_the_teacher_cli_refuses_a_changed_setting_with_the_keys_and_the_flag(tm
 def test_ode_init_takes_its_optimiser_ema_and_clip_from_the_config(tmp_path):
     from comfyui_salt.salt_core.model import build_model
     from comfyui_salt.toy.jobs import distill_world
-    from comfyui_salt.training.distill import run_distillation
-    from comfyui_salt.training.distill_config import get_preset
+    from comfyui_salt.training.ode_init import run_ode_init
+    from comfyui_salt.training.ode_init_config import get_ode_init_preset
     from comfyui_salt.weights.files import save_model
     teacher = tmp_path / "teacher.safetensors"
     save_model(build_model("toy", seed=0), teacher, extra_metadata={"teacher_mode": "teacher_forcing"})
-    cfg = get_preset("toy-ode-init", teacher=str(teacher), batch_size=2, gen_steps=2, ode_pairs=4, ode_teacher_steps=4,
-                     threads=1, checkpoint_every=1, eval_every=0, beta1=0.5, beta2=0.9, weight_decay=0.03,
-                     grad_clip=0.25, ema_decay=0.0)
-    model = run_distillation(cfg, str(tmp_path / "run"), quiet=True, world=distill_world())
+    cfg = get_ode_init_preset("toy-ode-init", teacher=str(teacher), batch_size=2, gen_steps=2, ode_pairs=4,
+                              ode_teacher_steps=4, threads=1, checkpoint_every=1, beta1=0.5, beta2=0.9,
+                              weight_decay=0.03, grad_clip=0.25, ema_decay=0.0)
+    model = run_ode_init(cfg, str(tmp_path / "run"), quiet=True, world=distill_world())
     ckpt = CheckpointManager(str(tmp_path / "run" / "checkpoints"))
     tensors, state = ckpt.load(ckpt.latest()[1], ["student", "ema"])
     group = state["optimizer"]["param_groups"][0]

@@ -92,6 +92,24 @@ def test_the_config_is_the_preset_with_widgets_files_and_typed_overrides(salt_no
     assert (preset.gen_steps, preset.batch_size, preset.sink_frames) == (480, 1, 3)   # 0: the preset's values
 
 
+def test_an_ode_init_preset_runs_its_own_job_in_the_queue_and_ignores_critic_init(salt_nodes, comfy_dirs,
+                                                                                   progress_calls):
+    from comfyui_salt.nodes.distill import distill_config
+    from comfyui_salt.training.ode_init_config import OdeInitConfig
+    cfg = distill_config("toy-ode-init", TEACHER, "teacher", TEACHER, 2, 2, 1, "ode_pairs=4; ode_teacher_steps=4")
+    assert isinstance(cfg, OdeInitConfig) and (cfg.gen_steps, cfg.batch_size, cfg.ode_pairs) == (2, 2, 4)
+    with pytest.raises(ValueError, match=r"SaltDistill: overrides: unknown keys \['critic_ratio'\]"):
+        distill_config("toy-ode-init", TEACHER, "teacher", "teacher", 2, 2, 1, "critic_ratio=1")
+    models, output = comfy_dirs
+    salt, export = run(salt_nodes.SaltDistill, **distill_inputs(
+        preset="toy-ode-init", critic_init=TEACHER, gen_steps=2, batch_size=2, name="ode_run",
+        overrides="ode_pairs=4; ode_teacher_steps=4; checkpoint_every=1; threads=1"))
+    folder = output / "salt_runs" / "ode_run"
+    assert json.loads((folder / "config.json").read_text())["job"] == "ode_init"
+    assert (folder / "ode_pairs.safetensors").exists() and (models / "salt" / "ode_run.safetensors").exists()
+    assert [(v, t) for v, t, p in progress_calls if p is None] == [(1, 2), (2, 2)] and salt.causal
+
+
 @pytest.mark.parametrize("kw, words", [
     (dict(overrides="learning_rate=1"), ["overrides: unknown keys ['learning_rate']", "known keys", "critic_ratio"]),
     (dict(overrides="lr_gne=1e-5"), ["unknown keys ['lr_gne']", "did you mean lr_gen"]),

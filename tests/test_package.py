@@ -170,4 +170,4 @@ def test_the_old_command_line_says_where_the_command_line_went():
                           capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "python -m comfyui_salt distill --preset toy-dmd" in done.stderr, done.stderr
     new = subprocess.run([sys.executable, "-m", "comfyui_salt", "--help"], capture_output=True, text=True, timeout=120)
-    assert new.returncode == 0 and "{teacher,export-teacher,export,distill,demo}" in new.stdout
+    assert new.returncode == 0 and "{teacher,export-teacher,export,distill,ode-init,demo}" in new.stdout

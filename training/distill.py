@@ -37,7 +37,6 @@ from .distributed import (any_rank, device_mesh, full_optimizer_state, full_stat
                           load_full_optimizer_state, load_full_state_dict, peers_lost_message, process_info,
                           shard_model)
 from .loop import TrainingLoop, check_loss_terms, stop_step
-from .ode_init import run_ode_init
 from .optim import EMA, step_generators, step_seed
 from .runs import open_run
 from .validate import check_distill_memory, shard_count
@@ -402,6 +401,10 @@ def run_distillation(cfg: DistillConfig, out_dir: str, *, max_gen_steps: int = N
     A folder holding checkpoints of a run with other settings is refused unless `allow_changed_settings`;
     one process at a time may use a folder (training.runs.open_run).
     """
+    if not isinstance(cfg, DistillConfig):
+        raise TypeError(f"run_distillation takes a DistillConfig, not {type(cfg).__name__}"
+                        + ("; an ODE initialisation runs with training.ode_init.run_ode_init"
+                           if type(cfg).__name__ == "OdeInitConfig" else ""))
     if max_gen_steps is not None:
         check_count("max_gen_steps", max_gen_steps, where="run_distillation")
     check_world(cfg, world, "run_distillation")
@@ -421,9 +424,6 @@ def _run_distillation(cfg, run, max_gen_steps, callback, quiet, device, world):
         raise ValueError(f"run_distillation(device={device}) with {world_size} processes: each rank takes its local "
                          f"rank's device; leave device unset under torchrun")
     device = torch.device(device) if device is not None else info.device
-    if cfg.job == "ode_init":
-        return run_ode_init(cfg, run, max_steps=max_gen_steps, callback=callback, quiet=quiet, device=device,
-                            world=world)
     teacher, student, critic = build_models(cfg, world)
     check_distill_memory(cfg, student, critic, device, teacher=teacher,
                          shards=shard_count(cfg.sharding, world_size, info.local_world_size),

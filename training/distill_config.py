@@ -16,63 +16,43 @@ iterations**, as the released trainer's `ema_start_step` / `mmd_start_step` do: 
 update, with a generator update on every `critic_ratio`-th iteration (iterations = gen_steps × critic_ratio).
 """
 from dataclasses import dataclass, replace
+from typing import ClassVar
 
 from ..salt_core.config import TOY_SHIFT
 from ..salt_core.schedules import MAX_NFE
-from .config_fields import MAX_THREADS, from_dict, grouped, with_overrides
+from .config_fields import grouped, with_overrides
 from .distributed import SHARDINGS
+from .student_config import EXACT, SCORE_KINDS, STUDENT_KINDS, StudentJobConfig  # noqa: F401 (re-exported)
 from .validate import validate_distill_config
 
-JOBS = ("dmd", "ode_init")
-SCORE_KINDS = ("auto", "bidirectional", "teacher_forcing")
-STUDENT_KINDS = ("causal", "bidirectional")
-COUPLINGS = ("noise_aligned", "independent")
-EXACT = "exact"   # DistillConfig.teacher naming a world's closed-form teacher (scores whole clips by default)
 # Keys renamed when the counters moved to the released unit (trainer iterations): the error says how to convert.
 RENAMED = {"ema_start": "ema_start_iter (trainer iterations = generator updates × critic_ratio)",
            "align_start_step": "align_start_iter (trainer iterations = generator updates × critic_ratio)"}
+# Keys of config.json files written before ODE initialisation became its own job (training.ode_init_config):
+# every distillation folder stored them with job="dmd"; they are dropped when such a file is read.
+ODE_KEYS_BEFORE_SPLIT = ("ode_pairs", "ode_teacher_steps", "ode_warmup_steps", "ode_min_lr_ratio")
+COUPLINGS = ("noise_aligned", "independent")
 
-_job, _models, _data, _cache = grouped("job"), grouped("model sources"), grouped("data"), grouped("cache")
+_models, _cache, _length = grouped("model sources"), grouped("cache"), grouped("batch and length")
 _steps, _salt = grouped("step counts K"), grouped("losses: DMD guidance and the Salt terms")
-_length, _gen_opt = grouped("batch and length"), grouped("generator optimiser and EMA")
-_critic_opt, _ode = grouped("critic optimiser"), grouped("ODE initialisation (job=ode_init)")
+_gen_opt, _critic_opt = grouped("generator optimiser and EMA"), grouped("critic optimiser")
 _runtime, _logs = grouped("runtime"), grouped("checkpoints, evaluation, logs")
 
 
 @dataclass(frozen=True)
-class DistillConfig:
-    job: str = _job("dmd", "what the run trains: DMD / SC-DMD / Salt, or ODE-pair regression", choices=JOBS)
-    # -- models ------------------------------------------------------------------------------
-    teacher: str = _models("toy", "toy (the shipped toy teacher), exact (the lab world's closed-form teacher) or a "
-                                  "checkpoint path (any layout)")
-    teacher_kind: str = _models("auto", "how teacher and critic score: the whole clip, chunk by chunk, or auto (the "
-                                        "teacher file's mode)", choices=SCORE_KINDS)
-    student_init: str = _models("teacher", "teacher (a copy of the teacher weights) or a checkpoint path")
+class DistillConfig(StudentJobConfig):
+    """DMD / SC-DMD / Salt: the shared student-job fields (training.student_config) and the distillation's own."""
+    JOB: ClassVar[str] = "dmd"
+    RENAMED: ClassVar[dict] = RENAMED
     critic_init: str = _models("teacher", "teacher or a checkpoint path")
-    student_kind: str = _models("causal", "how the student generates: KV-cached chunk rollouts, or the whole clip",
-                                choices=STUDENT_KINDS)
-    use_ema_weights: bool = _models(True, "read generator_ema from release files")
-    # -- data --------------------------------------------------------------------------------
-    world: str = _data("default", "toy world preset (toy runs), or lab:<preset> (the method lab)")
-    prompts_file: str = _data("", "one prompt per line (real scale)")
-    text_encoder: str = _data("", "umT5 path (real scale): embeddings computed once and cached")
-    negative_prompt: str = _data("wan", "wan = Wan's default negative prompt for the unconditional branch")
-    num_frames: int = _data(12, "latent frames per rollout", count=1)
-    height: int = _data(16, "latent height (toy: pixels)", count=1)
-    width: int = _data(16, "latent width (toy: pixels)", count=1)
-    chunk_frames: int = _cache(3, "frames per AR chunk", count=1)
     local_attn_frames: int = _cache(-1, "cache window W incl. sink (-1 = global)")
     sink_frames: int = _cache(0, "cache sink S", count=0)
     context_noise: float = _cache(0.0, "σ of the clean-context cache pass", low=0, high=1, high_open=True)
     # -- steps -------------------------------------------------------------------------------
-    shift: float = _steps(TOY_SHIFT, "timestep shift of grids and score timesteps (real scale: 5)", low=0,
-                          low_open=True)
     step_choices: tuple = _steps((4,), "K options per iteration (Salt: 8,4,2)", count=1, maximum=MAX_NFE)
     step_probs: tuple = _steps((1.0,), "their probabilities (Salt: 0.4,0.4,0.2)", low=0)
     eval_nfe: tuple = _steps((4, 2), "inference NFEs evaluated", count=1, maximum=MAX_NFE)
     # -- losses ------------------------------------------------------------------------------
-    guidance_scale: float = _salt(3.0, "standard CFG g (uncond + g·Δ); the released 3.0 (cond + 3·Δ) is 4.0 here",
-                                  low=0, low_open=True)
     sc_weight: float = _salt(0.0, "λ_SC (Salt: 0.2); 0 disables SC-DMD", low=0)
     sc_steps: int = _salt(8, "SC applies to rollouts with this K (Salt: 8)", count=1)
     sc_symmetric: bool = _salt(False, "paper's reading: grad through both branches")
@@ -83,42 +63,21 @@ class DistillConfig:
     align_coupling: str = _salt("noise_aligned", "reference noise coupling", choices=COUPLINGS)
     align_k4: bool = _salt(False, "also align K = 4 to an 8-step reference (paper variant)")
     # -- optimisation ------------------------------------------------------------------------
-    batch_size: int = _length(8, "clips per rank per micro-batch", count=1)
     grad_accum: int = _length(1, "micro-batches per optimizer step", count=1)
-    gen_steps: int = _length(200, "generator updates (iterations = gen_steps × critic_ratio)", count=1,
-                             fix="gen_steps counts generator updates (toy presets: 200)")
-    critic_ratio: int = _length(5, "critic updates per generator update", count=1)
-    lr_gen: float = _gen_opt(2e-6, "generator AdamW learning rate (Self Forcing: 2e-6)", low=0, low_open=True)
+    critic_ratio: int = _length(5, "critic updates per generator update (trainer iterations = gen_steps × "
+                                   "critic_ratio)", count=1)
     lr_critic: float = _critic_opt(4e-7, "critic AdamW learning rate (Self Forcing: 4e-7)", low=0, low_open=True)
-    beta1: float = _gen_opt(0.0, "generator AdamW beta1 (released: 0)", low=0, high=1, high_open=True)
-    beta2: float = _gen_opt(0.999, "generator AdamW beta2 (released: 0.999)", low=0, high=1, high_open=True)
     beta1_critic: float = _critic_opt(0.0, "critic AdamW beta1 (released: 0)", low=0, high=1, high_open=True)
     beta2_critic: float = _critic_opt(0.999, "critic AdamW beta2 (released: 0.999)", low=0, high=1, high_open=True)
-    weight_decay: float = _gen_opt(0.01, "AdamW weight decay (generator and critic)", low=0)
-    grad_clip: float = _gen_opt(10.0, "max grad norm (generator and critic)", low=0, low_open=True)
-    ema_decay: float = _gen_opt(0.99, "EMA of the generator (exported as generator_ema)", low=0, high=1,
-                                high_open=True)
     ema_start_iter: int = _gen_opt(200, "trainer iteration at which the EMA is created (release ema_start_step: "
                                         "200)", count=0)
-    ode_pairs: int = _ode(512, "teacher trajectories generated once", count=1)
-    ode_teacher_steps: int = _ode(40, "Euler steps of the teacher", count=1)
-    ode_warmup_steps: int = _ode(50, "linear warm-up of lr_gen over these steps", count=0)
-    ode_min_lr_ratio: float = _ode(0.1, "cosine floor at gen_steps, as a fraction of lr_gen", low=0, high=1)
     autocast_bf16: bool = _runtime(False, "bf16 autocast where supported (GPU)")
-    grad_checkpointing: bool = _runtime(False, "activation checkpointing (safe with the KV cache)")
-    memory_limit_gib: float = _runtime(0.0, "refuse runs whose estimate exceeds this; 0 = the device's free memory",
-                                       low=0)
-    seed: int = _runtime(0, "every step is seeded from (seed, iteration, global micro-batch)", count=0)
     sharding: str = _runtime("full", "FSDP2 under torchrun: full (over every rank), hybrid (within a node, "
                                      "replicated across nodes), replicate (every rank holds everything)",
                              choices=SHARDINGS)
     teacher_offload: bool = _runtime(False, "sharded runs: the frozen teacher's shards wait on the CPU between uses")
-    threads: int = _runtime(2, "torch CPU threads (fixed for bit-identical resume; 0 = leave as is)", count=0,
-                            maximum=MAX_THREADS)
-    checkpoint_every: int = _logs(20, "generator steps between checkpoints", count=1)
     eval_every: int = _logs(50, "generator steps between toy evaluations; 0 disables", count=0)
     eval_clips: int = _logs(32, "prompts per evaluation", count=1)
-    log_every: int = _logs(1, "generator steps between metrics.jsonl lines", count=1)
     grad_probes: bool = _logs(True, "log how strongly SC and the alignment pull against DMD (gradient ratios, the "
                                     "SC/DMD cosine: training/diagnostics.py); off computes nothing extra")
 
@@ -135,9 +94,14 @@ class DistillConfig:
         return self.teacher == EXACT and bool(self.align_weight)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "DistillConfig":
-        """A config from a stored config.json (flat); unknown keys and RENAMED keys refused by name."""
-        return from_dict(cls, d, renamed=RENAMED)
+    def upgrade_stored(cls, d: dict) -> dict:
+        """A stored config.json in this release's keys: a distillation folder written before the ODE-init split
+        holds job="dmd" and the ODE keys (dropped here); an ODE-init folder keeps its job, refused by from_dict."""
+        d = dict(d)
+        if d.get("job", cls.JOB) == cls.JOB:
+            for key in ODE_KEYS_BEFORE_SPLIT:
+                d.pop(key, None)
+        return d
 
 
 # Toy: EMA from iteration 100 (after generator update 21) at decay 0.95; the critic 5× faster than the generator,
@@ -163,8 +127,6 @@ def _salt_real(name: str, **fields) -> DistillConfig:
 
 DISTILL_PRESETS = {
     # toy world, autoregressive arm (the _TOY base is plain DMD with K = 4)
-    "toy-ode-init": replace(_TOY, job="ode_init", lr_gen=3e-4, gen_steps=1000, critic_ratio=1, eval_every=250,
-                            beta1=0.9, beta2=0.99, weight_decay=0.0, grad_clip=1.0, ema_decay=0.999),
     "toy-dmd": _TOY,
     "toy-sc-dmd": replace(_TOY, step_choices=(8,), step_probs=(1.0,), sc_weight=0.2),
     "toy-salt": replace(_TOY, **_MIXED, align_start_iter=250),
@@ -192,7 +154,7 @@ DISTILL_PRESETS = {
 # teacher's file, or teacher=exact (then student_init and critic_init must be files).
 LAB_FIELDS = dict(world="lab:default", guidance_scale=1.0, shift=TOY_SHIFT, teacher="")
 DISTILL_PRESETS.update({"lab-" + name[len("toy-"):]: replace(DISTILL_PRESETS[name], **LAB_FIELDS)
-                        for name in ("toy-ode-init", "toy-dmd", "toy-sc-dmd", "toy-salt", "toy-salt-sym",
+                        for name in ("toy-dmd", "toy-sc-dmd", "toy-salt", "toy-salt-sym",
                                      "toy-bidir-dmd", "toy-bidir-sc-dmd")})
 # Names folded into another preset with the same settings: refused with the name to use.
 RENAMED_PRESETS = {
@@ -200,13 +162,18 @@ RENAMED_PRESETS = {
     "causal-forcing-dmd": "self-forcing-dmd (the same recipe; pass Causal Forcing's ODE-initialised student as "
                           "student_init)",
 }
+# Presets of the ODE initialisation, its own job since (training.ode_init_config): refused with the command to use.
+MOVED_PRESETS = {name: f"`python -m comfyui_salt ode-init --preset {name}` (the ODE initialisation is its own job: "
+                       f"training.ode_init_config)" for name in ("toy-ode-init", "lab-ode-init")}
 
 
 def get_preset(name: str, **overrides) -> DistillConfig:
-    """A preset with field overrides (an unknown preset, renamed preset or unknown field → an error naming the
-    choices or the new name)."""
+    """A preset with field overrides (an unknown preset, renamed or moved preset or unknown field → an error naming
+    the choices, the new name or the command)."""
     if name in RENAMED_PRESETS:
         raise KeyError(f"distillation preset {name!r} was folded into {RENAMED_PRESETS[name]}")
+    if name in MOVED_PRESETS:
+        raise KeyError(f"{name!r} is not a distillation preset; run {MOVED_PRESETS[name]}")
     if name not in DISTILL_PRESETS:
         raise KeyError(f"unknown distillation preset {name!r}; choose one of {sorted(DISTILL_PRESETS)}")
     return with_overrides(DISTILL_PRESETS[name], overrides, where="DistillConfig", renamed=RENAMED)

@@ -1,4 +1,5 @@
-"""Build the three networks and the prompt source of a distillation run from its config.
+"""Build the networks and the prompt source of a student job (a distillation, an ODE initialisation) from its
+config.
 
 File reading happens here (and in files.py), never in salt_core. The student and critic are
 trainable copies; the teacher stays frozen and is never copied. A toy-world run (`cfg.world` set, or
@@ -13,7 +14,8 @@ from typing import Callable, Optional
 
 from ..salt_core.scorenet import KINDS
 from ..salt_core.validate import quote
-from .distill_config import EXACT, DistillConfig
+from .distill_config import DistillConfig
+from .student_config import EXACT, StudentJobConfig
 from ..weights.files import load_model, read_metadata
 from .prompts import EmbeddedPrompts, cache_prompt_embeddings, read_prompts_file
 
@@ -34,12 +36,12 @@ class DistillWorld:
     #                                    (unknown world, clip size, a teacher of another world), before any model loads
 
 
-def needs_world(cfg: DistillConfig) -> bool:
+def needs_world(cfg: StudentJobConfig) -> bool:
     """Whether a run borrows from a world: the toy teacher or toy prompts."""
     return cfg.teacher in ("toy", EXACT) or bool(cfg.world)
 
 
-def check_world(cfg: DistillConfig, world, where: str) -> None:
+def check_world(cfg: StudentJobConfig, world, where: str) -> None:
     """A ValueError naming the fix when a toy-world run got no DistillWorld, or when cfg does not fit its world."""
     if not needs_world(cfg):
         return
@@ -50,38 +52,42 @@ def check_world(cfg: DistillConfig, world, where: str) -> None:
         world.check(cfg)
 
 
-def check_models_fit(cfg: DistillConfig, teacher, student, critic) -> None:
-    """The three models and the clip size of `cfg` fit together, checked once they are built and before any step:
+def check_models_fit(cfg: StudentJobConfig, teacher, student, critic=None) -> None:
+    """The models and the clip size of `cfg` fit together, checked once they are built and before any step:
     a ValueError naming the field (student_init, critic_init, height, width, num_frames, align_block), not a tensor
-    shape deep in a forward."""
-    ref = teacher.cfg
+    shape deep in a forward. `critic` None: a job without one (the ODE initialisation)."""
+    ref, where = teacher.cfg, type(cfg).__name__
     for what, model in (("student_init", student), ("critic_init", critic)):
+        if model is None:
+            continue
         c = model.cfg
         if (c.in_dim, c.out_dim, c.text_dim, tuple(c.patch_size)) != (ref.in_dim, ref.out_dim, ref.text_dim,
                                                                     tuple(ref.patch_size)):
-            raise ValueError(f"DistillConfig.{what}={quote(getattr(cfg, what))} is a model with {c.in_dim} latent "
+            raise ValueError(f"{where}.{what}={quote(getattr(cfg, what))} is a model with {c.in_dim} latent "
                              f"channels, text width {c.text_dim} and patch {tuple(c.patch_size)}; the teacher has "
                              f"{ref.in_dim}, {ref.text_dim} and {tuple(ref.patch_size)}: pass a model of the "
                              f"teacher's family")
     pt, ph, pw = ref.patch_size
     for name, size, patch in (("num_frames", cfg.num_frames, pt), ("height", cfg.height, ph), ("width", cfg.width, pw)):
         if size % patch:
-            raise ValueError(f"DistillConfig.{name}={size} is not a multiple of the models' patch size {patch}")
+            raise ValueError(f"{where}.{name}={size} is not a multiple of the models' patch size {patch}")
     if cfg.num_frames % cfg.chunk_frames:
-        raise ValueError(f"DistillConfig.num_frames={cfg.num_frames} is not a multiple of chunk_frames="
-                         f"{cfg.chunk_frames}")
+        raise ValueError(f"{where}.num_frames={cfg.num_frames} is not a multiple of chunk_frames={cfg.chunk_frames}")
+    if critic is None:
+        return
     features = critic if cfg.aligns_to_frozen_critic else teacher
     if cfg.align_weight > 0 and cfg.align_block >= features.cfg.num_layers:
         raise ValueError(f"DistillConfig.align_block={cfg.align_block}; the network whose features are aligned has "
                          f"{features.cfg.num_layers} blocks: expected 0..{features.cfg.num_layers - 1}")
 
 
-def _load(source: str, cfg: DistillConfig, teacher, what: str):
+def _load(source: str, cfg: StudentJobConfig, teacher, what: str):
     """A model from 'teacher' (a trainable copy of the teacher) or a checkpoint path."""
     if source == "teacher":
         return copy.deepcopy(teacher).requires_grad_(True).train()
     if not source:
-        raise ValueError(f"DistillConfig.{what} is empty: pass a checkpoint path (any supported layout) or 'teacher'")
+        raise ValueError(f"{type(cfg).__name__}.{what} is empty: pass a checkpoint path (any supported layout) or "
+                         f"'teacher'")
     model, _ = load_model(source, use_ema=cfg.use_ema_weights)
     return model.train()
 
@@ -99,8 +105,8 @@ def exact_teacher(cfg: DistillConfig, world: DistillWorld):
     return world.exact_teacher(cfg)
 
 
-def build_models(cfg: DistillConfig, world: DistillWorld = None):
-    """(teacher, student, critic) WanModels for a run (`world` lends the teacher of teacher="toy" and "exact")."""
+def build_teacher(cfg: StudentJobConfig, world: DistillWorld = None):
+    """The frozen teacher of a run, in eval mode (`world` lends the teacher of teacher="toy" and "exact")."""
     if cfg.teacher == EXACT:
         teacher = exact_teacher(cfg, world)
     elif cfg.teacher == "toy":
@@ -109,16 +115,30 @@ def build_models(cfg: DistillConfig, world: DistillWorld = None):
     elif cfg.teacher:
         teacher, _ = load_model(cfg.teacher, use_ema=cfg.use_ema_weights)
     else:
-        raise ValueError("DistillConfig.teacher is empty: pass 'toy' (the sprite world), 'exact' (the method lab's "
-                         "closed-form teacher) or a teacher checkpoint path")
-    teacher.requires_grad_(False).eval()
+        raise ValueError(f"{type(cfg).__name__}.teacher is empty: pass 'toy' (the sprite world), 'exact' (the method "
+                         f"lab's closed-form teacher) or a teacher checkpoint path")
+    return teacher.requires_grad_(False).eval()
+
+
+def build_student(cfg: StudentJobConfig, teacher):
+    """The trainable student of an ODE initialisation (student_init: a copy of `teacher` or a file), checked
+    against the teacher and the clip size."""
+    student = _load(cfg.student_init, cfg, teacher, "student_init")
+    check_models_fit(cfg, teacher, student)
+    return student
+
+
+def build_models(cfg: DistillConfig, world: DistillWorld = None):
+    """(teacher, student, critic) WanModels for a distillation (`world` lends the teacher of teacher="toy" and
+    "exact")."""
+    teacher = build_teacher(cfg, world)
     student = _load(cfg.student_init, cfg, teacher, "student_init")
     critic = _load(cfg.critic_init, cfg, teacher, "critic_init")
     check_models_fit(cfg, teacher, student, critic)
     return teacher, student, critic
 
 
-def resolve_teacher_kind(cfg: DistillConfig, world: DistillWorld = None) -> str:
+def resolve_teacher_kind(cfg: StudentJobConfig, world: DistillWorld = None) -> str:
     """How teacher and critic score a clip (a ScoreNet kind): `cfg.teacher_kind`, or for "auto" the teacher file's
     `teacher_mode` metadata (our teachers record it) and otherwise "bidirectional" (Wan 2.1 teachers score the
     whole clip, as the released DMD does; so does an exact teacher). Reads the file header only."""
@@ -140,7 +160,7 @@ def prompt_cache_path(out_dir: str) -> str:
     return os.path.join(out_dir, PROMPT_CACHE)
 
 
-def fill_prompt_cache(cfg: DistillConfig, out_dir: str, encoder) -> bool:
+def fill_prompt_cache(cfg: StudentJobConfig, out_dir: str, encoder) -> bool:
     """Embed a real-scale run's prompt file (and negative prompt) with `encoder` (texts → rows (L_i, D)) unless the
     run folder already holds the cache; returns whether it was written. Toy runs need no cache."""
     path = prompt_cache_path(out_dir)
@@ -151,7 +171,7 @@ def fill_prompt_cache(cfg: DistillConfig, out_dir: str, encoder) -> bool:
     return True
 
 
-def build_prompts(cfg: DistillConfig, teacher, out_dir: str, world: DistillWorld = None):
+def build_prompts(cfg: StudentJobConfig, teacher, out_dir: str, world: DistillWorld = None):
     """The prompt source: the world's captions (toy world) or cached umT5 embeddings of a prompt file."""
     if cfg.world:
         check_world(cfg, world, "build_prompts")

@@ -9,6 +9,7 @@ noise), the clean past is the teacher's own output (teacher forcing).
 import json
 import os
 import time
+from dataclasses import asdict
 
 import numpy as np
 import torch
@@ -21,12 +22,16 @@ from ..salt_core.samplers import sample_euler
 from ..salt_core.schedules import get_sigmas_fewstep, get_sigmas_uniform, sigma_to_t, x0_from_velocity
 from ..salt_core.scorenet import ScoreNet
 from ..salt_core.streaming import stream_video
+from ..salt_core.validate import check_count
 from ..weights.files import atomic_write
-from .distill_config import EXACT
-from .distill_models import build_models, build_prompts, resolve_teacher_kind
+from .distill_models import (DistillWorld, build_prompts, build_student, build_teacher, check_world,
+                             resolve_teacher_kind)
+from .distributed import process_info
 from .loop import RegressionJob, TrainingLoop, stop_step
+from .ode_init_config import OdeInitConfig
 from .optim import step_generators
-from .runs import RunFolder
+from .runs import RunFolder, open_run
+from .student_config import EXACT
 from .validate import check_ode_init_memory
 
 
@@ -34,7 +39,7 @@ from .validate import check_ode_init_memory
 def generate_ode_pairs(teacher, kind: str, cfg, prompts, num: int, seed: int, batch: int = 64,
                        quiet: bool = False) -> dict:
     """{"states": (N, K, C, F, H, W) at the K grid levels, "x0": (N, C, F, H, W), "context": (N, L, D)}."""
-    K = cfg.step_choices[0]
+    K = cfg.grid_steps
     grid = [float(s) for s in get_sigmas_fewstep(K, cfg.shift)[:-1]]
     sigmas = get_sigmas_uniform(cfg.ode_teacher_steps, cfg.shift)
     missing = [s for s in grid if not torch.isclose(sigmas, torch.tensor(s, dtype=torch.float64), atol=1e-9).any()]
@@ -101,20 +106,47 @@ def ode_regression_loss(student, kind: str, pairs: dict, idx, levels, grid, chun
     return (pred.float() - x0).pow(2).mean()
 
 
-def run_ode_init(cfg, run: RunFolder, max_steps: int = None, callback=None, quiet: bool = False,
-                 device: torch.device = torch.device("cpu"), world=None):
-    """Train the student on cached teacher ODE pairs on `device`; resumable; returns the (EMA) student.
+def run_ode_init(cfg: OdeInitConfig, out_dir: str, *, max_gen_steps: int = None, callback=None, quiet: bool = False,
+                 device=None, allow_changed_settings: bool = False, world: DistillWorld = None):
+    """Run (or resume) an ODE initialisation in `out_dir` on `device` (default: CUDA when present, else the CPU);
+    returns the (EMA) student.
 
     The optimiser follows the config's generator settings (lr_gen, beta1, beta2, weight_decay, grad_clip) and
-    its ema_decay, with an EMA from step 0 (ema_start_iter is the distillation's); the rate warms up over
-    ode_warmup_steps and decays by a cosine to ode_min_lr_ratio · lr_gen at gen_steps.
-    `world`: the DistillWorld of a toy-world run (training.distill_models).
+    its ema_decay, with an EMA from step 0; the rate warms up over ode_warmup_steps and decays by a cosine to
+    ode_min_lr_ratio · lr_gen at gen_steps. The teacher's trajectories are generated once and kept in the run
+    folder (ode_pairs.safetensors). callback(dict) receives progress after every step (gen_step, total, stats) and
+    may raise to stop: a resumable checkpoint is saved first. `world`: the DistillWorld of a toy-world run
+    (training.distill_models). One process: the job is not sharded, so a torchrun launch is refused.
+    A folder holding checkpoints of a run with other settings (or of another job) is refused unless
+    `allow_changed_settings`.
     """
+    if not isinstance(cfg, OdeInitConfig):
+        raise TypeError(f"run_ode_init takes an OdeInitConfig (training.ode_init_config), not {type(cfg).__name__}")
+    if max_gen_steps is not None:
+        check_count("max_gen_steps", max_gen_steps, where="run_ode_init")
     if cfg.teacher == EXACT:
-        raise ValueError("job=ode_init with teacher='exact': ODE pairs come from a network teacher here; pass the "
-                         "learned teacher's checkpoint as teacher (the exact teacher is a real score for job=dmd)")
-    teacher, student, _ = build_models(cfg, world)
-    check_ode_init_memory(cfg, student, device)
+        raise ValueError("OdeInitConfig.teacher='exact': ODE pairs come from a network teacher here; pass the "
+                         "learned teacher's checkpoint as teacher (the exact teacher is a real score for the "
+                         "distillation)")
+    info = process_info()
+    if info.distributed:
+        raise ValueError(f"run_ode_init under torchrun ({info.world_size} processes): the ODE initialisation runs in "
+                         f"one process (its student is small beside the distillation's three networks); launch it "
+                         f"with python, not torchrun")
+    check_world(cfg, world, "run_ode_init")
+    with open_run(cfg, out_dir, allow_changes=allow_changed_settings) as run:
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        device = torch.device(device) if device is not None else info.device
+        return _train(cfg, run, max_gen_steps, callback, quiet, device, world)
+
+
+def _train(cfg: OdeInitConfig, run: RunFolder, max_steps, callback, quiet: bool, device, world):
+    """`run_ode_init` inside its run folder: pairs once, then the regression, run by training.loop."""
+    teacher = build_teacher(cfg, world)
+    student = build_student(cfg, teacher)
+    student.gradient_checkpointing = cfg.grad_checkpointing
+    check_ode_init_memory(cfg, student, device, teacher)
     teacher, student = teacher.to(device), student.to(device)
     prompts = build_prompts(cfg, teacher, run.path, world)
     kind = "bidirectional" if cfg.student_kind == "bidirectional" else "teacher_forcing"
@@ -126,7 +158,7 @@ def run_ode_init(cfg, run: RunFolder, max_steps: int = None, callback=None, quie
         atomic_write(pairs_path, lambda tmp: save_file({k: v.contiguous() for k, v in pairs.items()}, tmp))
         run.metrics.write(event="ode_pairs", num=cfg.ode_pairs, seconds=time.time() - t)
     pairs = load_file(pairs_path)
-    grid = [float(s) for s in get_sigmas_fewstep(cfg.step_choices[0], cfg.shift)[:-1]]
+    grid = [float(s) for s in get_sigmas_fewstep(cfg.grid_steps, cfg.shift)[:-1]]
 
     def loss_fn(step):
         gen, rng = step_generators(cfg.seed, 0, step)
@@ -138,7 +170,7 @@ def run_ode_init(cfg, run: RunFolder, max_steps: int = None, callback=None, quie
                         total=cfg.gen_steps, min_lr_ratio=cfg.ode_min_lr_ratio, grad_clip=cfg.grad_clip,
                         ema_decay=cfg.ema_decay)
     loop = TrainingLoop(run, "ode-init", quiet=quiet, metadata={
-        "salt_config": student.cfg.to_json(), "distill_config": json.dumps(cfg.__dict__, default=str)})
+        "salt_config": student.cfg.to_json(), "distill_config": json.dumps(asdict(cfg), default=str)})
     loop.resume(job, ["student", "ema"])
     loop.run(job, stop_step(cfg.gen_steps, max_steps), checkpoint_every=cfg.checkpoint_every,
              log_every=cfg.log_every, callback=callback, postfix={"loss": "ode_loss"},

@@ -211,8 +211,20 @@ def has_checkpoint(folder: str) -> bool:
     return os.path.isdir(ckpts) and bool(CheckpointManager(ckpts).complete())
 
 
+def stored_settings(cfg) -> dict:
+    """What config.json records of `cfg`: its fields, and the job that wrote it for a config that names one
+    (training.student_config: `JOB`), as JSON types."""
+    d = dataclasses.asdict(cfg)
+    job = getattr(type(cfg), "JOB", "")
+    if job:
+        d["job"] = job
+    return json.loads(json.dumps(d))
+
+
 def changed_settings(cfg, folder: str) -> dict:
-    """{field: (stored, requested)} of the settings that differ from the run in `folder`, beyond RESUMABLE_FIELDS."""
+    """{field: (stored, requested)} of the settings that differ from the run in `folder`, beyond RESUMABLE_FIELDS.
+    A stored file in older keys is read in this release's (the config's `upgrade_stored`); `job` is compared too,
+    so one job never resumes another's folder."""
     path = os.path.join(folder, CONFIG_FILE)
     if not os.path.exists(path) or not has_checkpoint(folder):
         return {}
@@ -222,7 +234,10 @@ def changed_settings(cfg, folder: str) -> dict:
     except (OSError, ValueError) as e:
         raise ValueError(f"run folder {folder}: config.json is unreadable ({e}); it holds checkpoints, so restore the "
                          f"file or start a new run in another folder") from e
-    new = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    upgrade = getattr(type(cfg), "upgrade_stored", None)
+    if upgrade is not None and isinstance(old, dict):
+        old = upgrade(old)
+    new = stored_settings(cfg)
     return {k: (old.get(k), v) for k, v in new.items() if k not in RESUMABLE_FIELDS and old.get(k) != v}
 
 
@@ -235,6 +250,10 @@ def check_resumable(cfg, folder: str, allow_changes: bool = False, override_hint
     changed = changed_settings(cfg, folder)
     if not changed:
         return
+    if "job" in changed:
+        stored, requested = changed["job"]
+        raise ValueError(f"run folder {folder} holds checkpoints of a job={stored!r} run, not {requested!r}; a job "
+                         f"cannot continue another's checkpoints, so pick another folder for this run")
     listing = "; ".join(f"{k}: stored {a!r}, requested {b!r}" for k, (a, b) in sorted(changed.items()))
     if allow_changes:
         log.warning("resuming %s with changed settings (%s); the restored optimizer state is kept", folder, listing)
@@ -246,9 +265,10 @@ def check_resumable(cfg, folder: str, allow_changes: bool = False, override_hint
 
 
 def write_config(cfg, folder: str) -> str:
-    """Write the dataclass `cfg` as `<folder>/config.json` (sorted keys), atomically; returns the path."""
+    """Write the dataclass `cfg` as `<folder>/config.json` (sorted keys; `stored_settings`), atomically; returns
+    the path."""
     path = os.path.join(folder, CONFIG_FILE)
-    _write_text(path, json.dumps(dataclasses.asdict(cfg), indent=1, sort_keys=True))
+    _write_text(path, json.dumps(stored_settings(cfg), indent=1, sort_keys=True))
     return path
 
 

@@ -32,6 +32,20 @@ def validate_distill_config(cfg) -> None:
                          f"{cfg.chunk_frames}; expected whole chunks, e.g. num_frames=12 with chunk_frames=3")
 
 
+def validate_ode_init_config(cfg) -> None:
+    """Refuse an OdeInitConfig with a field outside its declared values, clips not made of whole chunks, or a
+    teacher whose Euler grid misses the student's grid levels."""
+    where = "OdeInitConfig"
+    check_fields(cfg, where)
+    if cfg.num_frames % cfg.chunk_frames:
+        raise ValueError(f"{where}: num_frames={cfg.num_frames} is not a multiple of chunk_frames="
+                         f"{cfg.chunk_frames}; expected whole chunks, e.g. num_frames=12 with chunk_frames=3")
+    if cfg.ode_teacher_steps % cfg.grid_steps:
+        raise ValueError(f"{where}: ode_teacher_steps={cfg.ode_teacher_steps} is not a multiple of grid_steps="
+                         f"{cfg.grid_steps}, so the teacher's Euler grid misses levels of the student's grid; use a "
+                         f"multiple, e.g. ode_teacher_steps={cfg.grid_steps * 10}")
+
+
 def validate_teacher_config(cfg) -> None:
     """Refuse a TeacherConfig with a field outside its declared values."""
     check_fields(cfg, "TeacherConfig")
@@ -49,7 +63,7 @@ def _numel(model) -> int:
 
 
 def distill_memory_breakdown(cfg, student, critic=None, teacher=None, *, shards: int = 1,
-                             models_on_device: bool = False, sharded: bool = None) -> dict:
+                             models_on_device: bool = False, sharded: bool = None, rollouts: bool = True) -> dict:
     """Bytes one rank of a distillation run holds, by part. `shards`: ranks the models are split over
     (`shard_count`). models_on_device: count the models' own parameters too (a GPU run: they are not there yet
     when this is checked; on the CPU they already are). The parts:
@@ -57,7 +71,8 @@ def distill_memory_breakdown(cfg, student, critic=None, teacher=None, *, shards:
     - teacher: its parameters ÷ shards (0 with teacher_offload: its shards wait on the host);
     - gathered: the blocks FSDP2 gathers at once (the one in use and the next, prefetched), with shards > 1;
     - activations: kept for the backward of one micro-batch (every block's tokens; one block's with gradient
-      checkpointing); caches: two KV caches (causal students); features: the frozen critic copy the alignment reads
+      checkpointing); caches: two KV caches (causal students' rollouts; none with rollouts=False, as in the ODE
+      initialisation, which regresses without a cache); features: the frozen critic copy the alignment reads
       under the exact teacher. Attention kernels and allocator slack are not counted."""
     from ..salt_core.validate import kv_cache_bytes
     item = student.patch_embedding.weight.element_size()
@@ -77,7 +92,7 @@ def distill_memory_breakdown(cfg, student, critic=None, teacher=None, *, shards:
     per_block = cfg.batch_size * tokens * (mcfg.ffn_dim + 10 * mcfg.dim) * item
     out["activations"] = per_block * (1 if cfg.grad_checkpointing else mcfg.num_layers)
     out["caches"] = 0
-    if cfg.student_kind == "causal":
+    if rollouts and cfg.student_kind == "causal":
         capacity = cfg.num_frames if cfg.local_attn_frames == -1 else cfg.local_attn_frames
         out["caches"] = 2 * kv_cache_bytes(mcfg.num_layers, cfg.batch_size, mcfg.num_heads, mcfg.head_dim,
                                            tokens // max(1, cfg.num_frames // mcfg.patch_size[0]), capacity,
@@ -89,10 +104,10 @@ def distill_memory_breakdown(cfg, student, critic=None, teacher=None, *, shards:
 
 
 def distill_memory_bytes(cfg, student, critic=None, teacher=None, *, shards: int = 1,
-                         models_on_device: bool = False, sharded: bool = None) -> int:
+                         models_on_device: bool = False, sharded: bool = None, rollouts: bool = True) -> int:
     """The total of `distill_memory_breakdown`: bytes one rank still allocates."""
-    return sum(distill_memory_breakdown(cfg, student, critic, teacher, shards=shards,
-                                        models_on_device=models_on_device, sharded=sharded).values())
+    return sum(distill_memory_breakdown(cfg, student, critic, teacher, shards=shards, models_on_device=models_on_device,
+                                        sharded=sharded, rollouts=rollouts).values())
 
 
 def check_distill_memory(cfg, student, critic, device, *, teacher=None, shards: int = 1,
@@ -115,21 +130,30 @@ def check_distill_memory(cfg, student, critic, device, *, teacher=None, shards: 
 
 
 def ode_pairs_bytes(cfg, student) -> int:
-    """Host bytes of the ODE-init pairs: every trajectory's states at the K + 1 grid levels of the largest K,
-    its end point and its text context, in float32."""
+    """Host bytes of the ODE-init pairs: every trajectory's states at the K grid levels, its end point and its
+    text context, in float32 (K = cfg.grid_steps; one clip of slack)."""
     mcfg = student.cfg
     clip = mcfg.in_dim * cfg.num_frames * cfg.height * cfg.width
-    return cfg.ode_pairs * ((max(cfg.step_choices) + 2) * clip + mcfg.text_len * mcfg.text_dim) * 4
+    return cfg.ode_pairs * ((cfg.grid_steps + 2) * clip + mcfg.text_len * mcfg.text_dim) * 4
 
 
-def check_ode_init_memory(cfg, student, device) -> None:
-    """MemoryError before an ODE initialisation when its training state (on `device`) or its cached teacher
-    trajectories (host memory) cannot fit, with the estimate, the limit and the fix."""
+def check_ode_init_memory(cfg, student, device, teacher=None) -> None:
+    """MemoryError before an ODE initialisation when its training state (the student's weights, gradients, AdamW
+    moments, EMA and activations, and the teacher, on `device`) or its cached teacher trajectories (host memory)
+    cannot fit, with the estimate, the limit and the fix."""
     from ..salt_core.validate import available_memory, check_memory
-    check_distill_memory(cfg, student, None, device)
     explicit = cfg.memory_limit_gib > 0
+    limit_what = f"memory_limit_gib={cfg.memory_limit_gib:g}"
+    on_device = str(device).startswith("cuda")
+    check_memory(f"ODE initialisation at batch_size={cfg.batch_size}, num_frames={cfg.num_frames}, "
+                 f"{cfg.height}×{cfg.width} latents",
+                 distill_memory_bytes(cfg, student, None, teacher, models_on_device=on_device, rollouts=False),
+                 int(cfg.memory_limit_gib * (1 << 30)) if explicit else available_memory(device),
+                 where="OdeInitConfig", limit_what=limit_what if explicit else f"free memory on {device}",
+                 fix="lower num_frames, height / width or batch_size, or set grad_checkpointing=true; if the "
+                     "estimate is too cautious for your setup, set memory_limit_gib (--memory-limit-gib)")
     check_memory(f"{cfg.ode_pairs} ODE pairs of {cfg.num_frames} frames at {cfg.height}×{cfg.width}",
                  ode_pairs_bytes(cfg, student),
-                 int(cfg.memory_limit_gib * (1 << 30)) if explicit else available_memory("cpu"), where="DistillConfig",
-                 limit_what=f"memory_limit_gib={cfg.memory_limit_gib:g}" if explicit else "free host memory",
+                 int(cfg.memory_limit_gib * (1 << 30)) if explicit else available_memory("cpu"),
+                 where="OdeInitConfig", limit_what=limit_what if explicit else "free host memory",
                  fix="lower ode_pairs, num_frames or height / width, or set memory_limit_gib (--memory-limit-gib)")

@@ -1,0 +1,123 @@
+"""ODE initialisation as its own job and config: presets, validation, stored run folders of both jobs (including
+those written before the split), the front doors' refusals, and the sampling view of an ODE student."""
+import dataclasses
+import json
+
+import pytest
+
+from comfyui_salt.salt_core.model import build_model
+from comfyui_salt.toy.jobs import distill_world
+from comfyui_salt.training.distill import run_distillation
+from comfyui_salt.training.distill_config import DISTILL_PRESETS, DistillConfig, get_preset
+from comfyui_salt.training.job_configs import as_distill_config, read_run_config, stored_config
+from comfyui_salt.training.ode_init import run_ode_init
+from comfyui_salt.training.ode_init_config import ODE_INIT_PRESETS, OdeInitConfig, get_ode_init_preset
+from comfyui_salt.training.runs import changed_settings, check_resumable, stored_settings
+from comfyui_salt.training.student_config import SHARED_FIELDS
+from comfyui_salt.weights.files import save_model
+
+TOY = distill_world()
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    path = tmp_path_factory.mktemp("teacher") / "t.safetensors"
+    save_model(build_model("toy", seed=0), path, extra_metadata={"teacher_mode": "teacher_forcing"})
+    return str(path)
+
+
+def tiny(teacher, **kw):
+    return get_ode_init_preset("toy-ode-init", **{**dict(teacher=teacher, batch_size=2, gen_steps=2, ode_pairs=4,
+                                                        ode_teacher_steps=4, threads=1, checkpoint_every=1), **kw})
+
+
+def pre_split_file(cfg: OdeInitConfig) -> dict:
+    """The config.json an ODE-init run wrote before the split: DistillConfig(job="ode_init") — every distillation
+    field at its default, the shared and ODE fields as run, K in step_choices."""
+    old = {**stored_settings(DistillConfig()), "job": "ode_init", "step_choices": [cfg.grid_steps]}
+    old.update({k: v for k, v in stored_settings(cfg).items() if k not in ("grid_steps",)})
+    return old
+
+
+def test_the_presets_are_the_old_recipes_and_the_fields_split_cleanly():
+    toy = ODE_INIT_PRESETS["toy-ode-init"]
+    assert (toy.lr_gen, toy.gen_steps, toy.beta1, toy.beta2, toy.weight_decay, toy.grad_clip, toy.ema_decay) == (
+        3e-4, 1000, 0.9, 0.99, 0.0, 1.0, 0.999)
+    assert toy.grid_steps == 4 and toy.world == "default"
+    wan, sf = ODE_INIT_PRESETS["wan-ode-init"], DISTILL_PRESETS["self-forcing-dmd"]
+    assert all(getattr(wan, f) == getattr(sf, f) for f in SHARED_FIELDS)
+    ode_only = {f.name for f in dataclasses.fields(OdeInitConfig)} - set(SHARED_FIELDS)
+    distill_only = {f.name for f in dataclasses.fields(DistillConfig)} - set(SHARED_FIELDS)
+    assert ode_only == {"grid_steps", "ode_pairs", "ode_teacher_steps", "ode_warmup_steps", "ode_min_lr_ratio"}
+    assert not ode_only & distill_only and "critic_init" in distill_only and "job" not in distill_only
+
+
+def test_bad_settings_are_refused_by_name():
+    with pytest.raises(ValueError, match=r"ode_teacher_steps=30 is not a multiple of grid_steps=4.*=40"):
+        get_ode_init_preset("toy-ode-init", ode_teacher_steps=30)
+    with pytest.raises(ValueError, match=r"step_choices was renamed to grid_steps"):
+        get_ode_init_preset("toy-ode-init", step_choices=(4,))
+    with pytest.raises(ValueError, match=r"OdeInitConfig: unknown keys \['critic_init'\]"):
+        get_ode_init_preset("toy-ode-init", critic_init="teacher")
+    with pytest.raises(KeyError, match=r"ode-init --preset toy-ode-init"):
+        get_preset("toy-ode-init")
+    with pytest.raises(KeyError, match=r"toy-ode-init"):
+        get_ode_init_preset("toy-dmd")
+
+
+def test_each_job_refuses_the_others_config(teacher, tmp_path):
+    with pytest.raises(TypeError, match="run_ode_init"):
+        run_distillation(tiny(teacher), str(tmp_path / "a"), world=TOY)
+    with pytest.raises(TypeError, match="OdeInitConfig"):
+        run_ode_init(get_preset("toy-dmd", teacher=teacher), str(tmp_path / "b"), world=TOY)
+
+
+def test_a_folder_of_one_job_is_never_resumed_by_the_other(teacher, tmp_path):
+    cfg = tiny(teacher, gen_steps=1)
+    run_ode_init(cfg, str(tmp_path), quiet=True, world=TOY)
+    stored = json.loads((tmp_path / "config.json").read_text())
+    assert stored["job"] == "ode_init" and stored["grid_steps"] == 4
+    assert read_run_config(str(tmp_path)) == cfg
+    dmd = get_preset("toy-dmd", teacher=teacher, student_init=teacher)
+    for allow in (False, True):   # not even with the explicit override: the checkpoints hold no critic
+        with pytest.raises(ValueError, match=r"job='ode_init' run, not 'dmd'"):
+            check_resumable(dmd, str(tmp_path), allow_changes=allow)
+
+
+def test_a_pre_split_ode_folder_resumes_as_it_is_and_continues_bit_identically(teacher, tmp_path):
+    import torch
+    cfg = tiny(teacher, gen_steps=2)
+    run_ode_init(cfg, str(tmp_path / "old"), max_gen_steps=1, quiet=True, world=TOY)
+    (tmp_path / "old" / "config.json").write_text(json.dumps(pre_split_file(cfg), indent=1, sort_keys=True))
+    assert stored_config(pre_split_file(cfg)) == cfg
+    assert changed_settings(cfg, str(tmp_path / "old")) == {}
+    assert changed_settings(dataclasses.replace(cfg, grid_steps=2, ode_teacher_steps=4), str(tmp_path / "old")) == {
+        "grid_steps": (4, 2)}
+    resumed = run_ode_init(cfg, str(tmp_path / "old"), quiet=True, world=TOY)
+    straight = run_ode_init(cfg, str(tmp_path / "new"), quiet=True, world=TOY)
+    for (k, a), b in zip(resumed.state_dict().items(), straight.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_a_pre_split_distillation_file_reads_back_without_its_ode_keys():
+    cfg = get_preset("toy-salt")
+    old = {**stored_settings(cfg), "job": "dmd", "ode_pairs": 512, "ode_teacher_steps": 40, "ode_warmup_steps": 50,
+           "ode_min_lr_ratio": 0.1}
+    assert stored_config(old) == cfg and DistillConfig.from_dict(old) == cfg
+    del old["job"]   # older still: no job key at all
+    assert stored_config(old) == cfg
+    with pytest.raises(ValueError, match=r"job='ode_init' run, not 'dmd'"):
+        DistillConfig.from_dict({**stored_settings(cfg), "job": "ode_init"})
+    with pytest.raises(ValueError, match=r"job='teacher'; expected one of \['dmd', 'ode_init'\]"):
+        stored_config({"job": "teacher"})
+
+
+def test_an_ode_student_samples_with_the_distillations_defaults():
+    ode = get_ode_init_preset("lab-ode-init", student_kind="bidirectional", seed=3)
+    view = as_distill_config(ode)
+    assert isinstance(view, DistillConfig) and all(getattr(view, f) == getattr(ode, f) for f in SHARED_FIELDS)
+    base = DistillConfig()
+    assert (view.local_attn_frames, view.sink_frames, view.context_noise, view.sc_weight) == (
+        base.local_attn_frames, base.sink_frames, base.context_noise, 0.0)
+    dmd = get_preset("toy-dmd")
+    assert as_distill_config(dmd) is dmd
