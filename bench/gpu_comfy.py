@@ -121,8 +121,11 @@ def comfy_dynamic_vram(rep: Report, smoke: bool, tree: pathlib.Path):
     lora = random_lora(sd, size["rank"], 0.5)
     context = torch.randn(1, 16, cfg.text_dim, generator=torch.Generator().manual_seed(1))
 
+    views = []
+
     def sample(model):
         salt = nodes.SaltCausalFromModel.execute(model=model).args[0]
+        views.append(salt)
         options = nodes.SaltCacheOptions.execute(chunk_frames=3, attention="sink", window_frames=12, sink_frames=3,
                                                  relative_rope=True, context_noise=0.0, max_frames=21).args[0]
         sigmas = nodes.SaltFewStepSigmas.execute(preset="self_forcing_4step", nfe=4, shift=5.0).args[0]
@@ -146,7 +149,11 @@ def comfy_dynamic_vram(rep: Report, smoke: bool, tree: pathlib.Path):
         rep.check("ComfyUI: the MODEL's patcher is dynamic under default flags", dynamic,
                   f"Dynamic VRAM {state}; patcher {type(patched).__name__}")
     ours, seconds, peak = sample(patched)
+    bound = not any(p.is_meta for p in views[-1].model.parameters())
     mm.unload_all_models()
+    rep.check("ComfyUI: the view's patcher binds it while the MODEL is loaded and frees it when ComfyUI unloads",
+              bound and all(p.is_meta for p in views[-1].model.parameters()),
+              f"patcher {type(views[-1].patcher).__name__}")
     plain, _, _ = sample(base)
     mm.unload_all_models()
     merged = apply_lora({k: v.float() for k, v in sd.items()}, comfy_applied(lora))

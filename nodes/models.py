@@ -1,7 +1,8 @@
 """SALT_MODEL sources: a checkpoint file in any supported layout, or a native ComfyUI Wan MODEL (zero copies).
 
-File reading goes through weights.files; the native path is a view bound to the MODEL's own layers only while a
-Salt node computes with it (`salt_in_use`, the one way every node gets a SALT_MODEL's module ready).
+File reading goes through weights.files; the native path is a view bound to the MODEL's own layers while ComfyUI
+has the MODEL loaded (its ModelPatcher: nodes/bridge/view_patcher.py). `salt_in_use` is the one way every node gets
+a SALT_MODEL's module ready.
 """
 import dataclasses
 import os
@@ -11,14 +12,12 @@ from contextlib import contextmanager
 import torch
 
 from ..salt_core.layouts import LayoutError, check_state_dict, infer_config
-from ..salt_core.model import WanModel
-from ..salt_core.rope import RotaryTable
 from ..salt_core.validate import check_choice
 from ..weights.files import load_model
 from .bridge import io
-from .bridge.memory import (NATIVE_PREFIX, WEIGHT_DTYPES, cast_weight_bias, casts_on_use, load_for_sampling,
-                            model_offload_device, model_patcher, native_compute_dtype, native_wan_module,
-                            patched_weight, store_linear_weights)
+from .bridge.memory import (NATIVE_PREFIX, WEIGHT_DTYPES, load_for_sampling, model_offload_device, model_patcher,
+                            native_compute_dtype, native_wan_module, patched_weight, store_linear_weights)
+from .bridge.view_patcher import hollow_view, view_patcher
 from .bridge.paths import diffusion_model_files, diffusion_model_path
 from .types import SaltModel, SaltModelType, latent_format_for
 
@@ -72,8 +71,9 @@ def load_salt_model(name: str, use_ema: bool, dtype: str, weight_dtype: str = "d
 
 
 def salt_from_native(native: torch.nn.Module, patcher, name: str = "native MODEL") -> SaltModel:
-    """A hollow SaltModel view of a native comfy WanModel, managed by the MODEL's `patcher`: it holds no tensors of
-    its own; `salt_in_use` binds it to the native module's layers while it computes.
+    """A hollow SaltModel view of a native comfy WanModel (checked once, here), managed by a clone of the MODEL's
+    `patcher` that binds the view to the native module's layers while ComfyUI has the MODEL loaded
+    (nodes/bridge/view_patcher.py); it holds no tensors of its own otherwise.
 
     The view computes in the MODEL's compute dtype (bf16 / fp16 / fp32; fp8-stored weights are cast per layer, as
     ComfyUI's own Wan does).
@@ -89,74 +89,12 @@ def salt_from_native(native: torch.nn.Module, patcher, name: str = "native MODEL
     try:
         cfg = infer_config(sd, num_heads=native.num_heads)
         cfg = dataclasses.replace(cfg, eps=native.eps, text_len=native.text_len)
-        with torch.device("meta"):
-            model = WanModel(cfg).to(dtype).requires_grad_(False)
+        model = hollow_view(cfg, dtype)
         check_state_dict(sd, model, "wan")     # every key and shape now, not at the first sampling
     except LayoutError as e:
         raise ValueError(f"SaltCausalFromModel: {e}") from e
-    # The RoPE table is a plain attribute, not a parameter: the meta build left it without data.
-    model.rope = RotaryTable(cfg.head_dim, cfg.rope_max_len, cfg.rope_theta)
-    return SaltModel(model.eval(), latent_format_for(model), name, causal=True, patcher=patcher, native=True)
-
-
-@contextmanager
-def bound_to(model: WanModel, native: torch.nn.Module, device):
-    """`model` (a view built on the meta device) computing with `native`'s weights on `device` for the block, and
-    hollow (meta) again after. Nested blocks on one model share the outer binding.
-
-    The view's linear layers *are* the native module's layers (ComfyUI's cast-on-use ops: no copy; each forward
-    gets its weight as ComfyUI's own Wan does, whether the MODEL is fully loaded with LoRA patches written in, only
-    partly loaded, or streamed by Dynamic VRAM with patches applied per cast). Every other tensor (patch conv,
-    norm gains, modulation tables: under 1 % of Wan's weights) is cast once onto `device` in the view's dtype,
-    with its patches, for the block.
-    """
-    depth = getattr(model, "_salt_bound_depth", 0)
-    hollow = {}
-    if depth == 0:
-        dtype = model.patch_embedding.weight.dtype
-        layers = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
-        small = _small_tensors(native, set(layers), dtype, device)   # before the view changes: may fail alone
-    try:
-        if depth == 0:
-            hollow = {n: model.get_submodule(n) for n in layers}
-            _set(model, {n: native.get_submodule(n) for n in layers})
-            _set(model, {k: torch.nn.Parameter(small[k], requires_grad=False) for k, _ in model.named_parameters()
-                         if k.rpartition(".")[0] not in hollow})
-        model._salt_bound_depth = depth + 1
-        yield model
-    finally:
-        model._salt_bound_depth = depth
-        if depth == 0:   # the view's own placeholders back, whatever failed: the native layers are never touched
-            _set(model, hollow)
-            _set(model, {k: torch.nn.Parameter(torch.empty(v.shape, dtype=v.dtype, device="meta"),
-                                               requires_grad=False) for k, v in model.named_parameters()
-                         if k.rpartition(".")[0] not in hollow})
-
-
-def _small_tensors(native: torch.nn.Module, skip: set, dtype: torch.dtype, device) -> dict:
-    """{name: tensor on `device` in `dtype`} of `native`'s parameters outside the modules named in `skip`: a
-    cast-on-use layer's through ComfyUI's cast (patches applied), any other one moved as ComfyUI's Wan moves its
-    modulation tables (as loaded: a classic load writes their patches in; 0.33's Dynamic VRAM casts them without
-    LoRA patches, as for ComfyUI's own samplers)."""
-    out = {}
-    for owner, module in native.named_modules():
-        if owner in skip:
-            continue
-        prefix = owner + "." if owner else ""
-        own = dict(module.named_parameters(recurse=False))
-        if own and casts_on_use(module):
-            weight, bias = cast_weight_bias(module, dtype, device)
-            own = {"weight": weight, "bias": bias}
-        out.update({prefix + k: v.detach().to(device, dtype) for k, v in own.items() if v is not None})
-    return out
-
-
-def _set(model: torch.nn.Module, members: dict) -> None:
-    """Set each named member (a Parameter or a module) of `model` to the given object (setattr: no copy, no flag
-    changed)."""
-    for name, member in members.items():
-        owner, _, leaf = name.rpartition(".")
-        setattr(model.get_submodule(owner), leaf, member)
+    return SaltModel(model, latent_format_for(model), name, causal=True, patcher=view_patcher(patcher, model),
+                     native=True)
 
 
 class LazyWeights(Mapping):
@@ -186,13 +124,14 @@ def compute_device(salt: SaltModel) -> torch.device:
 @contextmanager
 def salt_in_use(salt: SaltModel, memory_required: int = 0):
     """The SaltModel's module ready to compute: ComfyUI's model management loads it (a native view: the MODEL it
-    views, as ComfyUI's own samplers load it) onto the compute device, first freeing other models for its weights
-    plus `memory_required` bytes; a native view is bound to the MODEL's layers for the block."""
+    views, as ComfyUI's own samplers load it, which binds the view) onto the compute device, first freeing other
+    models for its weights plus `memory_required` bytes. A native view stays bound for the block even if ComfyUI
+    detaches the MODEL meanwhile (view_patcher.SaltViewPatcher.view_in_use)."""
     load_for_sampling(salt.patcher, memory_required, complete=not salt.native)
     if not salt.native:
         yield salt.model
         return
-    with bound_to(salt.model, native_wan_module(salt.patcher), compute_device(salt)) as model:
+    with salt.patcher.view_in_use() as model:
         yield model
 
 

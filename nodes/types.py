@@ -1,7 +1,7 @@
 """The values that flow on Salt's own wires (SALT_MODEL, SALT_CACHE_OPTIONS) and their ComfyUI io types.
 
 Plain frozen dataclasses: nodes never mutate what they receive (except that a native MODEL's view is bound to
-that MODEL's tensors while a node computes with it: models.salt_in_use). Knows nothing of sampling.
+that MODEL's tensors while ComfyUI has it loaded: bridge/view_patcher.py). Knows nothing of sampling.
 """
 from dataclasses import dataclass
 
@@ -22,7 +22,7 @@ class SaltModel:
     name: str                # what was loaded, for messages
     causal: bool = True      # trained to generate chunk by chunk on a KV cache (False: bidirectional)
     patcher: object = None   # ComfyUI ModelPatcher that loads / offloads `model` (or the MODEL it views), or None
-    native: bool = False     # a view of `patcher`'s native Wan: hollow (meta) except inside models.salt_in_use
+    native: bool = False     # a view of `patcher`'s native Wan: hollow (meta) unless ComfyUI has it loaded
 
     def __post_init__(self):
         assert self.latent_format in LATENT_FORMATS, self.latent_format

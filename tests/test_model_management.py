@@ -192,22 +192,66 @@ def test_a_partially_loaded_native_model_samples_the_same_video(salt_nodes):
 def test_a_bind_or_a_sampling_that_fails_leaves_the_native_model_whole(salt_nodes, monkeypatch):
     """A cast that fails while binding (e.g. out of memory) or an error while the view computes: the view goes back
     to its own placeholders and the MODEL keeps its weights; the next sampling works and gives the same video."""
+    import comfy.model_management as mm
     from comfyui_salt.nodes import models
+    from comfyui_salt.nodes.bridge import view_patcher
     patcher = native_wan_patcher()
     native = patcher.model.diffusion_model
     salt = run(salt_nodes.SaltCausalFromModel, model=patcher)[0]
     first = run(salt_nodes.SaltStreamingSampler, **native_inputs(salt_nodes, salt))[0]["samples"]
-    real = models.cast_weight_bias
-    monkeypatch.setattr(models, "cast_weight_bias", lambda *a: (_ for _ in ()).throw(RuntimeError("out of memory")))
-    with pytest.raises(RuntimeError, match="out of memory"):
+    mm.unload_all_models()
+    real = view_patcher.cast_weight_bias
+    monkeypatch.setattr(view_patcher, "cast_weight_bias",
+                        lambda *a: (_ for _ in ()).throw(RuntimeError("out of memory")))
+    with pytest.raises(RuntimeError, match="out of memory"):       # the bind at load fails: the MODEL is detached
         run(salt_nodes.SaltStreamingSampler, **native_inputs(salt_nodes, salt))
-    monkeypatch.setattr(models, "cast_weight_bias", real)
+    assert loaded_modules() == [] and all(p.is_meta for p in salt.model.parameters())
+    monkeypatch.setattr(view_patcher, "cast_weight_bias", real)
     with pytest.raises(ZeroDivisionError), models.salt_in_use(salt):
         1 / 0
+    mm.unload_all_models()
     assert all(not p.is_meta for p in native.parameters()) and all(p.is_meta for p in salt.model.parameters())
     assert all(type(m) is torch.nn.Linear for m in salt.model.modules() if isinstance(m, torch.nn.Linear))
     again = run(salt_nodes.SaltStreamingSampler, **native_inputs(salt_nodes, salt))[0]["samples"]
     assert torch.equal(again, first) and all(not p.is_meta for p in native.parameters())
+
+
+def test_the_views_patcher_binds_on_load_and_frees_when_comfys_own_sampler_loads_the_model(salt_nodes, monkeypatch):
+    """The view's patcher is a clone of the MODEL's, of a subclass of its class: each load binds the view (ComfyUI
+    detaches and reloads a loaded model at every load_models_gpu, so once per sampling, as before the patcher held
+    the binding), loading the original MODEL (what ComfyUI's KSampler does) unloads the clone and leaves the view
+    hollow, and a clone of the view's patcher has a view of its own."""
+    import comfy.model_management as mm
+    from comfyui_salt.nodes.bridge import view_patcher
+    patcher = native_wan_patcher()
+    native = patcher.model.diffusion_model
+    salt = run(salt_nodes.SaltCausalFromModel, model=patcher)[0]
+    assert type(salt.patcher).__name__ == f"SaltView{type(patcher).__name__}" and salt.patcher.is_clone(patcher)
+    casts = []
+    real = view_patcher._small_tensors
+    monkeypatch.setattr(view_patcher, "_small_tensors", lambda *a: casts.append(1) or real(*a))
+    first = run(salt_nodes.SaltStreamingSampler, **native_inputs(salt_nodes, salt))[0]["samples"]
+    again = run(salt_nodes.SaltStreamingSampler, **native_inputs(salt_nodes, salt))[0]["samples"]
+    assert torch.equal(first, again) and len(casts) == 2 and loaded_modules() == [patcher.model]
+    assert salt.model.blocks[0].self_attn.q is native.blocks[0].self_attn.q
+    mm.load_models_gpu([patcher])                        # ComfyUI's own sampler on the original MODEL
+    assert [m for m in mm.loaded_models()] == [patcher] and all(p.is_meta for p in salt.model.parameters())
+    twin = salt.patcher.clone()
+    assert type(twin) is type(salt.patcher) and twin.salt_view is not salt.model and twin.is_clone(patcher)
+    assert all(p.is_meta for p in twin.salt_view.parameters())
+    third = run(salt_nodes.SaltStreamingSampler, **native_inputs(salt_nodes, salt))[0]["samples"]
+    assert torch.equal(third, first) and len(casts) == 3
+
+
+def test_a_partial_unload_frees_the_views_casts_and_the_next_sampling_binds_again(salt_nodes):
+    patcher = native_wan_patcher()
+    salt = run(salt_nodes.SaltCausalFromModel, model=patcher)[0]
+    first = run(salt_nodes.SaltStreamingSampler, **native_inputs(salt_nodes, salt))[0]["samples"]
+    size = salt.patcher.model_size()
+    salt.patcher.partially_unload(salt.patcher.offload_device, memory_to_free=size // 2)
+    assert all(p.is_meta for p in salt.model.parameters())
+    again = run(salt_nodes.SaltStreamingSampler, **native_inputs(salt_nodes, salt))[0]["samples"]
+    assert torch.equal(again, first)
 
 
 # -- Dynamic VRAM (ComfyUI 0.16+) and partial loads: a stand-in patcher on the CPU (tests/dynamic_vram.py) -----

@@ -216,9 +216,10 @@ def test_causal_from_model_shares_every_weight_with_comfys_wan_model_and_matches
     patcher = native_wan_patcher()
     native = patcher.model.diffusion_model
     flags = {k: p.requires_grad for k, p in native.named_parameters()}
+    import comfy.model_management as mm
     salt = run(salt_nodes.SaltCausalFromModel, model=patcher)[0]
-    assert salt.patcher is patcher and salt.native
-    assert all(p.is_meta for p in salt.model.parameters()), "the view holds tensors between uses"
+    assert salt.native and salt.patcher.is_clone(patcher) and isinstance(salt.patcher, type(patcher))
+    assert all(p.is_meta for p in salt.model.parameters()), "the view holds tensors before ComfyUI loads the MODEL"
     g = torch.Generator().manual_seed(0)
     x, ctx = torch.randn(1, 16, 3, 8, 8, generator=g), torch.randn(1, 5, 4096, generator=g)
     t = torch.tensor([640.0])
@@ -231,9 +232,15 @@ def test_causal_from_model_shares_every_weight_with_comfys_wan_model_and_matches
         assert all(ours[k].data_ptr() == theirs[k].data_ptr() for k in ours), "weights were copied"
         assert salt.latent_format == "wan21" and model.cfg.text_len == native.text_len
         assert_close(model(x, t, ctx), native(x, t, ctx), 1e-5, "Salt vs ComfyUI WanModel forward")
-        with salt_in_use(salt) as inner:                  # nested: the outer binding holds until the outer block ends
-            assert inner.blocks[0].ffn[0].weight is native.blocks[0].ffn[0].weight
-        assert model.blocks[0].ffn[0].weight is native.blocks[0].ffn[0].weight
+        with salt_in_use(salt) as inner:                  # nested: one binding, the same view
+            assert inner is model and inner.blocks[0].ffn[0].weight is native.blocks[0].ffn[0].weight
+        mm.unload_all_models()                            # ComfyUI detaches the MODEL while the block computes ...
+        assert model.blocks[0].ffn[0].weight is native.blocks[0].ffn[0].weight   # ... the block keeps its view
+    assert all(p.is_meta for p in salt.model.parameters())   # ... which goes hollow when the block ends
+    with salt_in_use(salt) as model:
+        assert model.blocks[0].ffn[0] is native.blocks[0].ffn[0]
+    assert model.blocks[0].ffn[0] is native.blocks[0].ffn[0]   # bound while ComfyUI has the MODEL loaded
+    mm.unload_all_models()
     assert all(p.is_meta for p in salt.model.parameters())
     assert {k: p.requires_grad for k, p in native.named_parameters()} == flags   # the MODEL's flags untouched
 
@@ -241,13 +248,13 @@ def test_causal_from_model_shares_every_weight_with_comfys_wan_model_and_matches
 def test_causal_from_model_casts_only_tensors_of_another_dtype(salt_nodes):
     """ComfyUI keeps patch_embedding in fp32 beside bf16 blocks: only that conv is cast (copied); linear layers
     are the MODEL's own."""
-    from comfyui_salt.nodes.models import bound_to, salt_from_native
+    from comfyui_salt.nodes.models import salt_from_native, salt_in_use
     patcher = native_wan_patcher()
     native = patcher.model.diffusion_model
     native.to(torch.bfloat16)
     native.patch_embedding.float()
     salt = salt_from_native(native, patcher)
-    with bound_to(salt.model, native, torch.device("cpu")) as model:
+    with salt_in_use(salt) as model:
         assert model.patch_embedding.weight.dtype == torch.bfloat16
         assert_close(model.patch_embedding.weight.float(), native.patch_embedding.weight, 1e-2, "cast")
         assert model.blocks[0].ffn[0] is native.blocks[0].ffn[0]
