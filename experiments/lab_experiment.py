@@ -262,7 +262,7 @@ def run_stages(args, extra: dict) -> int:
     for ref in REFERENCES:
         evaluate_reference(args.out, ref, args.teacher, args.clips)
     for kind in sorted(arms_needed(args.arms)):   # where every arm starts
-        evaluate_run(os.path.join(args.out, ODE_INITS[kind]), args.clips)
+        evaluate_run(os.path.join(args.out, ODE_INITS[kind]), args.clips, sampling=extra)
     if args.extend_from and not args.updates:
         raise SystemExit("--extend-from needs --updates: how many updates the continued runs end at")
     jobs = []
@@ -375,13 +375,21 @@ def evaluate_reference(out: str, name: str, teacher: str, clips: int, force: boo
     return _write_eval(path, res)
 
 
+# What a distillation config adds to how a student samples (the KV-cache settings): an ODE initialisation has none.
+SAMPLING_FIELDS = ("local_attn_frames", "sink_frames", "context_noise")
+
+
 @torch.no_grad()
-def evaluate_run(run_dir: str, clips: int, force: bool = False) -> dict:
-    """Write (and return) `lab_eval.json` of a finished run: per-clip exact quantities on paired noise."""
+def evaluate_run(run_dir: str, clips: int, force: bool = False, sampling: dict = None) -> dict:
+    """Write (and return) `lab_eval.json` of a finished run: per-clip exact quantities on paired noise.
+    `sampling`: the runner's `--set` settings; an ODE initialisation (whose config has no cache settings) samples
+    with those of them a distillation has (local_attn_frames, sink_frames, context_noise), as its arms do."""
     from comfyui_salt.salt_core.kv_cache import CachePolicy
     from comfyui_salt.toy.lab.world import LabTextEncoder
     from comfyui_salt.toy.prompts import lab_eval_captions
     from comfyui_salt.toy.worlds import get_world
+    from comfyui_salt.training.config_fields import parse_overrides, with_overrides
+    from comfyui_salt.training.distill_config import DistillConfig
     from comfyui_salt.training.distill_eval import defect_samples, sample_student
     from comfyui_salt.training.job_configs import as_distill_config, read_run_config
     from comfyui_salt.weights.files import load_model
@@ -390,7 +398,12 @@ def evaluate_run(run_dir: str, clips: int, force: bool = False) -> dict:
         done = _load_eval(path)
         if done is not None:
             return done
-    cfg = as_distill_config(read_run_config(run_dir))   # an ODE initialisation's: how its student samples
+    stored = read_run_config(run_dir)
+    cfg = as_distill_config(stored)          # an ODE initialisation's: how its student samples, as its arms do
+    if cfg is not stored and sampling:
+        cfg = with_overrides(cfg, parse_overrides(
+            DistillConfig, "; ".join(f"{k}={v}" for k, v in sampling.items() if k in SAMPLING_FIELDS),
+            where="--set"))
     summary = {}   # an ODE initialisation writes none
     if os.path.exists(os.path.join(run_dir, "summary.json")):
         with open(os.path.join(run_dir, "summary.json")) as f:

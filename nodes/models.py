@@ -209,8 +209,8 @@ class SaltCausalFromModel(io.ComfyNode):
                         "ComfyUI layout, with LoRAs applied; also the native autoregressive CausalWanModel of newer "
                         "ComfyUI) for Salt's KV-cached streaming. The Salt model's "
                         "parameters are the MODEL's tensors, so no weights are copied. ComfyUI's model management "
-                        "loads and offloads the MODEL as for its own samplers; the Salt model holds its tensors "
-                        "only while a Salt node computes with it.",
+                        "loads and offloads the MODEL as for its own samplers (through a clone of its patcher); the "
+                        "Salt model holds the MODEL's tensors only while ComfyUI has that clone loaded.",
             inputs=[io.Model.Input("model", tooltip="A Wan 2.1 T2V MODEL (Load Diffusion Model, any weight_dtype: "
                                                     "fp8 layers are cast per use).")],
             outputs=[SaltModelType.Output(tooltip="The Salt backbone for SaltStreamingSampler.")],

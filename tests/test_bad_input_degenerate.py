@@ -17,11 +17,14 @@ from comfyui_salt.salt_core.schedules import get_sigmas_fewstep, get_sigmas_unif
 from comfyui_salt.salt_core.streaming import stream_video
 from comfyui_salt.salt_core.validate import parse_bool
 from comfyui_salt.training.distill_config import DistillConfig, get_preset
+from comfyui_salt.training.ode_init_config import OdeInitConfig
 from comfyui_salt.training.teacher import TeacherConfig
 
 # int fields whose declaration says "a count >= 1" (the rule read from the field metadata, as validation does)
 COUNTS_FROM_ONE = [f.name for f in dataclasses.fields(DistillConfig) if f.metadata["rule"]["count"] == 1
                    and f.type is int]
+ODE_COUNTS_FROM_ONE = [f.name for f in dataclasses.fields(OdeInitConfig) if f.metadata["rule"]["count"] == 1
+                       and f.type is int]
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +38,14 @@ def toy():
 def test_every_distillation_count_refuses_zero_and_negative_values(field, value):
     with pytest.raises(ValueError, match=f"DistillConfig: {field}={value}; expected an integer >= 1"):
         DistillConfig(**{field: value})
+
+
+@pytest.mark.parametrize("field", ODE_COUNTS_FROM_ONE)
+@pytest.mark.parametrize("value", [0, -1])
+def test_every_ode_init_count_refuses_zero_and_negative_values(field, value):
+    assert {"grid_steps", "ode_pairs", "ode_teacher_steps"} <= set(ODE_COUNTS_FROM_ONE)
+    with pytest.raises(ValueError, match=rf"OdeInitConfig: {field}={value}; expected an integer (>= 1|in \[1, )"):
+        OdeInitConfig(**{field: value})
 
 
 @pytest.mark.parametrize("field", ["critic_ratio", "batch_size", "checkpoint_every", "chunk_frames", "gen_steps"])

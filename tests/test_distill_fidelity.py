@@ -30,8 +30,6 @@ def first_iteration(cfg: DistillConfig, acts) -> int:
 @pytest.mark.parametrize("name", sorted(DISTILL_PRESETS))
 def test_every_preset_starts_ema_and_alignment_before_its_last_update(name):
     cfg = DISTILL_PRESETS[name]
-    if cfg.job != "dmd":
-        return
     last_gen_iteration = (cfg.gen_steps - 1) * cfg.critic_ratio
     ema_on = first_iteration(cfg, lambda it: ema_due(cfg, it))
     assert ema_on is not None and ema_on < last_gen_iteration, (name, ema_on, last_gen_iteration)

@@ -105,7 +105,7 @@ def test_a_pre_split_distillation_file_reads_back_without_its_ode_keys():
            "ode_min_lr_ratio": 0.1}
     assert stored_config(old) == cfg and DistillConfig.from_dict(old) == cfg
     del old["job"]   # older still: no job key at all
-    assert stored_config(old) == cfg
+    assert stored_config(old) == cfg and DistillConfig.upgrade_stored(old)["job"] == "dmd"
     with pytest.raises(ValueError, match=r"job='ode_init' run, not 'dmd'"):
         DistillConfig.from_dict({**stored_settings(cfg), "job": "ode_init"})
     with pytest.raises(ValueError, match=r"job='teacher'; expected one of \['dmd', 'ode_init'\]"):
@@ -121,3 +121,28 @@ def test_an_ode_student_samples_with_the_distillations_defaults():
         base.local_attn_frames, base.sink_frames, base.context_noise, 0.0)
     dmd = get_preset("toy-dmd")
     assert as_distill_config(dmd) is dmd
+
+
+def test_a_distillation_folder_without_a_job_key_resumes(teacher, tmp_path):
+    from comfyui_salt.training.runs import write_config
+    cfg = get_preset("toy-dmd", teacher=teacher, batch_size=2, gen_steps=1, critic_ratio=1, eval_every=0, threads=1,
+                     checkpoint_every=1)
+    run_distillation(cfg, str(tmp_path), quiet=True, world=TOY)
+    old = {k: v for k, v in stored_settings(cfg).items() if k != "job"}
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    assert changed_settings(cfg, str(tmp_path)) == {}
+    write_config(cfg, str(tmp_path))
+    assert json.loads((tmp_path / "config.json").read_text())["job"] == "dmd"
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["distill", "--preset", "toy-dmd", "--job", "ode_init"], ["--job was renamed", "ode-init --preset wan-ode-init"]),
+    (["distill", "--preset", "wan-ode-init"], ["not a distillation preset", "ode-init --preset wan-ode-init"]),
+    (["ode-init", "--preset", "toy-ode-init", "--step-choices", "4"], ["--step-choices was renamed to --grid-steps"]),
+])
+def test_the_old_ways_to_run_an_ode_init_name_the_new_command(argv, words, tmp_path, capsys):
+    from comfyui_salt.__main__ import main
+    with pytest.raises((SystemExit, KeyError)) as stop:
+        main(argv + ["--out", str(tmp_path / "r")])
+    said = capsys.readouterr().err + (str(stop.value) if isinstance(stop.value, KeyError) else "")
+    assert all(w in said for w in words), said

@@ -45,15 +45,16 @@ def exact_teacher(cfg):
 
 
 def check_distill_config(cfg) -> None:
-    """A toy-world run's DistillConfig against its world, before any model loads: the world exists, the clip size
+    """A toy-world run's config (DistillConfig, OdeInitConfig) against its world, before any model loads: the world exists, the clip size
     is the world's, and the teacher belongs to that world (the sprite teacher cannot score the lab's world)."""
+    where = type(cfg).__name__
     try:
         world = get_world(cfg.world)
     except ValueError as e:
-        raise ValueError(f"DistillConfig.{e}") from None
+        raise ValueError(f"{where}.{e}") from None
     for name in ("height", "width"):
         if getattr(cfg, name) != getattr(world, name):
-            raise ValueError(f"DistillConfig.{name}={getattr(cfg, name)}; the world {cfg.world!r} is "
+            raise ValueError(f"{where}.{name}={getattr(cfg, name)}; the world {cfg.world!r} is "
                              f"{world.height}×{world.width} pixels: set {name}={getattr(world, name)}")
     world.check_teacher(cfg.teacher)
 

@@ -103,7 +103,7 @@ class MethodLabWorld:
 
     def check_teacher(self, teacher: str) -> None:
         if teacher == "toy":
-            raise ValueError(f"DistillConfig.teacher='toy' is the sprite world's teacher; world={self.name!r} is the "
+            raise ValueError(f"teacher='toy' is the sprite world's teacher; world={self.name!r} is the "
                              f"method lab's: pass teacher='exact' (its closed form) or a teacher trained on that "
                              f"world")
 

@@ -27,7 +27,10 @@ from .validate import validate_distill_config
 
 # Keys renamed when the counters moved to the released unit (trainer iterations): the error says how to convert.
 RENAMED = {"ema_start": "ema_start_iter (trainer iterations = generator updates × critic_ratio)",
-           "align_start_step": "align_start_iter (trainer iterations = generator updates × critic_ratio)"}
+           "align_start_step": "align_start_iter (trainer iterations = generator updates × critic_ratio)",
+           # job=ode_init became its own command and config (training.ode_init_config)
+           "job": "ode-init (the ODE initialisation is its own command: `python -m comfyui_salt ode-init --preset "
+                  "wan-ode-init` for real scale, toy-ode-init / lab-ode-init for the toy worlds)"}
 # Keys of config.json files written before ODE initialisation became its own job (training.ode_init_config):
 # every distillation folder stored them with job="dmd"; they are dropped when such a file is read.
 ODE_KEYS_BEFORE_SPLIT = ("ode_pairs", "ode_teacher_steps", "ode_warmup_steps", "ode_min_lr_ratio")
@@ -96,9 +99,11 @@ class DistillConfig(StudentJobConfig):
     @classmethod
     def upgrade_stored(cls, d: dict) -> dict:
         """A stored config.json in this release's keys: a distillation folder written before the ODE-init split
-        holds job="dmd" and the ODE keys (dropped here); an ODE-init folder keeps its job, refused by from_dict."""
+        holds job="dmd" (or, older, no job) and the ODE keys (dropped here); an ODE-init folder keeps its job,
+        refused by from_dict."""
         d = dict(d)
-        if d.get("job", cls.JOB) == cls.JOB:
+        d.setdefault("job", cls.JOB)           # older still: no job recorded, always a distillation
+        if d["job"] == cls.JOB:
             for key in ODE_KEYS_BEFORE_SPLIT:
                 d.pop(key, None)
         return d
@@ -164,7 +169,7 @@ RENAMED_PRESETS = {
 }
 # Presets of the ODE initialisation, its own job since (training.ode_init_config): refused with the command to use.
 MOVED_PRESETS = {name: f"`python -m comfyui_salt ode-init --preset {name}` (the ODE initialisation is its own job: "
-                       f"training.ode_init_config)" for name in ("toy-ode-init", "lab-ode-init")}
+                       f"training.ode_init_config)" for name in ("toy-ode-init", "lab-ode-init", "wan-ode-init")}
 
 
 def get_preset(name: str, **overrides) -> DistillConfig:

@@ -11,11 +11,14 @@ Bound, the view's linear layers *are* the native module's layers (ComfyUI's cast
 gets its weight as ComfyUI's own Wan does, whether the MODEL is fully loaded with LoRA patches written in, only
 partly loaded, or streamed by Dynamic VRAM with patches applied per cast). Every other tensor (patch conv, norm
 gains, modulation tables: under 1 % of Wan's weights) is cast once onto the load device in the view's dtype, with
-its patches. A detach while a Salt node still computes with the view (e.g. a VAE load freeing room mid-stream)
-leaves it bound until that node's block ends (`view_in_use`), as the native layers it computes with stay usable.
+its patches. A detach while a Salt node still computes with the view (another load freeing room mid-block, e.g.
+from the live node's decode thread) leaves the view bound until that node's block ends (`view_in_use`) rather than
+swapping meta tensors in under a running forward; the native layers it holds are then as ComfyUI left them (weights
+a classic unload moved to the offload device, LoRA patches removed), as they would be for ComfyUI's own sampler.
 """
 import contextlib
 import functools
+import threading
 
 import torch
 
@@ -40,6 +43,7 @@ class SaltViewPatcher:
     _salt_hollow = None       # the view's own linear placeholders while bound
     _salt_uses = 0            # Salt blocks computing with the view now (view_in_use, nested)
     _salt_stale = False       # detached during a use: made hollow when the last use ends
+    _salt_lock = threading.RLock()   # uses and releases may come from two threads (the live node's decode worker)
 
     def clone(self, *args, **kwargs):
         """A clone with a hollow view of its own (a view is bound by one patcher at a time)."""
@@ -105,20 +109,23 @@ class SaltViewPatcher:
     def view_in_use(self):
         """The bound view for a Salt block (call after model management has loaded the MODEL); nested blocks share
         it. A bind that fails leaves the view hollow and the MODEL as it was."""
-        self.bind_view()
-        self._salt_uses += 1
+        with self._salt_lock:
+            self.bind_view()
+            self._salt_uses += 1
         try:
             yield self.salt_view
         finally:
-            self._salt_uses -= 1
-            if self._salt_stale and not self._salt_uses:
-                self.unbind_view()
+            with self._salt_lock:
+                self._salt_uses -= 1
+                if self._salt_stale and not self._salt_uses:
+                    self.unbind_view()
 
     def _release_view(self) -> None:
-        if self._salt_uses:
-            self._salt_stale = True
-        else:
-            self.unbind_view()
+        with self._salt_lock:
+            if self._salt_uses:
+                self._salt_stale = True
+            else:
+                self.unbind_view()
 
 
 @functools.cache
