@@ -22,6 +22,10 @@ MECH="$MECH $(echo runs/lab-exp8/{sc0,sc2,sc20,sc2-sym}/seed{0..7})"
 { echo "Command: \`$MECH\` ($(date -u +%F), $(git rev-parse --short HEAD))"; echo; $MECH; } \
     > experiments/results/lab_sc_mechanism_8seeds.md.tmp
 mv experiments/results/lab_sc_mechanism_8seeds.md.tmp experiments/results/lab_sc_mechanism_8seeds.md
+# the same arms' per-update SC/DMD gradient probes over training (from metrics.jsonl; seconds)
+PROBES="$PY experiments/lab_grad_probes.py --out runs/lab-exp8 --arms sc-dmd,sc2,sc20,sc2-sym,salt,salt-sym"
+{ echo "Command: \`$PROBES\` ($(date -u +%F), $(git rev-parse --short HEAD))"; echo; $PROBES; } \
+    > experiments/results/lab_grad_probes_8seeds.md
 $PY experiments/lab_experiment.py --teacher runs/lab_teacher.safetensors --out runs/lab-exp8-long \
     --extend-from runs/lab-exp8 --arms dmd,salt,salt-sym --seeds 8 --updates 1000 --workers "${WORKERS:-2}"
 $PY experiments/lab_experiment.py --out runs/lab-exp8 --table --compact --export experiments/results/lab-exp8

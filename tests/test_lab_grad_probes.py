@@ -1,0 +1,65 @@
+"""experiments/lab_grad_probes.py: per-seed means of the logged SC/DMD gradient probes, by training window and by
+exit level, with Student's t intervals over seeds (checked against the closed form with t(0.975, 2) = 4.302653)."""
+import json
+import math
+
+import pytest
+
+from comfyui_salt.experiments.lab_grad_probes import read_probes, summarise, table
+from comfyui_salt.salt_core.schedules import get_sigmas_fewstep
+
+T_975_2 = 4.302652729911275   # Student's t quantile, 2 degrees of freedom
+
+
+def write_run(path, rows):
+    path.mkdir(parents=True)
+    with open(path / "metrics.jsonl", "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+
+
+def probe_row(step, exit_index, cos, ratio, K=8):
+    sigma_s = float(get_sigmas_fewstep(K, 3.0)[exit_index])
+    return {"gen_step": step, "K": K, "exit": exit_index, "sc_sigma_s": sigma_s, "sc_dmd_grad_cos": cos,
+            "sc_dmd_grad_ratio": ratio}
+
+
+@pytest.fixture
+def lab_out(tmp_path):
+    """Three seeds of one arm: six updates each, two per window; exit 0 (σ_s = 1, weight 0) logs zeros."""
+    for seed, shift in enumerate((0.0, 0.1, 0.3)):
+        rows = [{"gen_step": 1, "K": 4, "exit": 1, "dmd_loss": 0.1}]                   # no SC: no probes
+        rows += [probe_row(step, 2 + step % 2, 0.1 * step + shift, 0.01 * step) for step in range(1, 7)]
+        rows.append(probe_row(3, 0, 0.0, 0.0))                                        # σ_s = 1: left out
+        write_run(tmp_path / "sc2" / f"seed{seed}", rows)
+    return tmp_path
+
+
+def closed_form(values):
+    n, mean = len(values), sum(values) / len(values)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = T_975_2 * sd / math.sqrt(n)
+    return mean, mean - half, mean + half
+
+
+def test_windows_and_exit_levels_are_seed_means_with_t_intervals(lab_out):
+    runs = [read_probes(str(lab_out / "sc2" / f"seed{s}")) for s in range(3)]
+    assert [len(r) for r in runs] == [6, 6, 6]                       # the σ_s = 1 and the no-SC rows are out
+    s = summarise(runs, windows=3, shift=3.0)
+    assert list(s["window"]) == [(1, 2), (3, 4), (5, 6)]
+    # window 1–2: per seed the mean of cos at steps 1 and 2 = 0.15 + shift
+    iv = s["window"][(1, 2)]["sc_dmd_grad_cos"]
+    mean, lo, hi = closed_form([0.15, 0.25, 0.45])
+    assert (iv.mean, iv.lo, iv.hi, iv.n) == pytest.approx((mean, lo, hi, 3))
+    # exit level of index 3 (odd steps 1, 3, 5): ratio mean 0.03 in every seed, so a zero-width interval
+    sigma3 = round(float(get_sigmas_fewstep(8, 3.0)[3]), 4)
+    iv = s["exit"][sigma3]["sc_dmd_grad_ratio"]
+    assert (iv.mean, iv.lo, iv.hi) == pytest.approx((0.03, 0.03, 0.03))
+    assert 1.0 not in s["exit"]
+
+
+def test_the_table_prints_each_arm_and_names_those_without_probes(lab_out):
+    text = table(str(lab_out), ["sc2", "sc20"], windows=3)
+    mean, lo, hi = closed_form([0.15, 0.25, 0.45])
+    assert f"| 1–2 | {mean:+.4f} [{lo:+.4f}, {hi:+.4f}] (n=3) |" in text
+    assert "### sc2 (3 seeds)" in text and "No probes yet: sc20." in text
