@@ -38,6 +38,7 @@ cfg = get_preset(preset, teacher=teacher, batch_size=1, grad_accum=accum, gen_st
                  eval_every=0, threads=1, checkpoint_every=2, align_start_iter=0, ema_start_iter=2,
                  sharding=sharding, **extra)
 model = D.run_distillation(cfg, out, quiet=True, world=distill_world(), allow_changed_settings=allow)
+assert not torch.distributed.is_initialized(), "the finished job left its process group to interpreter exit"
 rank = int(os.environ.get("RANK", "0"))
 json.dump(measured, open(os.path.join(out, f"bytes_rank{rank}.json"), "w"))
 if rank == 0:
@@ -197,3 +198,30 @@ def test_a_killed_rank_stops_the_other_with_a_clear_error_and_the_rerun_ends_equ
     assert steps.count(1) == 1 and steps[-1] == 6, steps                      # resumed, not started over
     got, want = load_file(folder / "student.safetensors"), load_file(tmp_path / "straight" / "student.safetensors")
     assert max((got[k] - want[k]).abs().max().item() for k in got) <= 1e-6
+
+
+ODE_WORKER = r"""
+import sys, torch
+from comfyui_salt.toy.jobs import distill_world
+from comfyui_salt.training.ode_init import run_ode_init
+from comfyui_salt.training.ode_init_config import get_ode_init_preset
+cfg = get_ode_init_preset("toy-ode-init", teacher=sys.argv[2], batch_size=1, gen_steps=1, ode_pairs=2, threads=1)
+try:
+    run_ode_init(cfg, sys.argv[1], quiet=True, world=distill_world())
+except ValueError as e:
+    print("refused:", e)
+print("group left:", torch.distributed.is_initialized())
+"""
+
+
+def test_an_ode_init_under_torchrun_is_refused_on_every_rank_and_ends_its_group(tmp_path, teacher):
+    port, procs = free_port(), []
+    for rank in range(2):
+        env = dict(os.environ, OMP_NUM_THREADS="1", SALT_FORCE_CPU="1", MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2")
+        procs.append(subprocess.Popen([sys.executable, "-c", ODE_WORKER, str(tmp_path / "ode"), str(teacher)], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    for p in procs:
+        out, _ = p.communicate(timeout=300)
+        assert p.returncode == 0 and "refused: run_ode_init under torchrun (2 processes)" in out, out[-3000:]
+        assert "group left: False" in out, out[-3000:]

@@ -33,9 +33,9 @@ from ..salt_core.validate import check_count
 from .diagnostics import GradProbes
 from .distill_config import RELEASED_CLIPS_PER_UPDATE, DistillConfig
 from .distill_models import DistillWorld, build_models, build_prompts, check_world, resolve_teacher_kind
-from .distributed import (any_rank, device_mesh, full_optimizer_state, full_state_dict, is_sharded,
-                          load_full_optimizer_state, load_full_state_dict, peers_lost_message, process_info,
-                          shard_model)
+from .distributed import (any_rank, device_mesh, end_process_group, full_optimizer_state, full_state_dict,
+                          is_sharded, load_full_optimizer_state, load_full_state_dict, peers_lost_message,
+                          process_info, shard_model)
 from .loop import TrainingLoop, check_loss_terms, stop_step
 from .optim import EMA, step_generators, step_seed
 from .runs import open_run
@@ -399,7 +399,8 @@ def run_distillation(cfg: DistillConfig, out_dir: str, *, max_gen_steps: int = N
     real-scale runs need none.
 
     A folder holding checkpoints of a run with other settings is refused unless `allow_changed_settings`;
-    one process at a time may use a folder (training.runs.open_run).
+    one process at a time may use a folder (training.runs.open_run). Under torchrun, a process group this call
+    started ends when the job has finished on every rank (training.distributed.end_process_group).
     """
     if not isinstance(cfg, DistillConfig):
         raise TypeError(f"run_distillation takes a DistillConfig, not {type(cfg).__name__}"
@@ -410,7 +411,9 @@ def run_distillation(cfg: DistillConfig, out_dir: str, *, max_gen_steps: int = N
     check_world(cfg, world, "run_distillation")
     rank = process_info().rank
     with open_run(cfg, out_dir, allow_changes=allow_changed_settings, rank=rank) as run:
-        return _run_distillation(cfg, run, max_gen_steps, callback, quiet, device, world)
+        model = _run_distillation(cfg, run, max_gen_steps, callback, quiet, device, world)
+    end_process_group()   # a finished job on every rank: the group this process started ends with it
+    return model
 
 
 def _run_distillation(cfg, run, max_gen_steps, callback, quiet, device, world):

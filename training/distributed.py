@@ -71,7 +71,26 @@ def process_info(timeout_s: float = DEFAULT_TIMEOUT_S) -> ProcessInfo:
             if cuda:
                 torch.cuda.set_device(device)
             dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s))
+            _STARTED[0] = True
     return ProcessInfo(rank, world, local, local_world, device, launched)
+
+
+_STARTED = [False]   # whether process_info started the default process group (end_process_group then ends it)
+
+
+def end_process_group() -> None:
+    """End the process group `process_info` started, once a job has finished on this rank: every rank waits for
+    the others (a barrier: none may still be in a collective), then destroys it. Left to interpreter exit, gloo's
+    worker threads can abort the process after a finished run (SIGABRT, "terminate called without an active
+    exception"; pytorch/pytorch#190489). Only after a job that finished: a rank that failed leaves the group alone,
+    since destroying it while others wait in a collective can hang them. A group the caller started is left to the
+    caller."""
+    import torch.distributed as dist
+    if not (_STARTED[0] and dist.is_initialized()):
+        return
+    dist.barrier()
+    dist.destroy_process_group()
+    _STARTED[0] = False
 
 
 def device_mesh(info: ProcessInfo, sharding: str):

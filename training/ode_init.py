@@ -26,7 +26,7 @@ from ..salt_core.validate import check_count
 from ..weights.files import atomic_write
 from .distill_models import (DistillWorld, build_prompts, build_student, build_teacher, check_world,
                              resolve_teacher_kind)
-from .distributed import process_info
+from .distributed import end_process_group, process_info
 from .loop import RegressionJob, TrainingLoop, stop_step
 from .ode_init_config import OdeInitConfig
 from .optim import step_generators
@@ -130,6 +130,7 @@ def run_ode_init(cfg: OdeInitConfig, out_dir: str, *, max_gen_steps: int = None,
                          "distillation)")
     info = process_info()
     if info.distributed:
+        end_process_group()      # every rank refuses here: the group process_info started ends first
         raise ValueError(f"run_ode_init under torchrun ({info.world_size} processes): the ODE initialisation runs in "
                          f"one process (its student is small beside the distillation's three networks); launch it "
                          f"with python, not torchrun")
