@@ -22,7 +22,8 @@ class SaltModel:
     name: str                # what was loaded, for messages
     causal: bool = True      # trained to generate chunk by chunk on a KV cache (False: bidirectional)
     patcher: object = None   # ComfyUI ModelPatcher that loads / offloads `model` (or the MODEL it views), or None
-    native: bool = False     # a view of `patcher`'s native Wan: hollow (meta) unless bound by its patcher (bridge/view_patcher.py)
+    native: bool = False     # a view of `patcher`'s native Wan: hollow (meta) unless bound by its patcher
+    #                          (bridge/view_patcher.py)
 
     def __post_init__(self):
         assert self.latent_format in LATENT_FORMATS, self.latent_format

@@ -45,8 +45,9 @@ def exact_teacher(cfg):
 
 
 def check_distill_config(cfg) -> None:
-    """A toy-world run's config (DistillConfig, OdeInitConfig) against its world, before any model loads: the world exists, the clip size
-    is the world's, and the teacher belongs to that world (the sprite teacher cannot score the lab's world)."""
+    """A toy-world run's config (DistillConfig, OdeInitConfig) against its world, before any model loads: the world
+    exists, the clip size is the world's, and the teacher belongs to that world (the sprite teacher cannot score the
+    lab's world)."""
     where = type(cfg).__name__
     try:
         world = get_world(cfg.world)
