@@ -146,3 +146,20 @@ def test_the_old_ways_to_run_an_ode_init_name_the_new_command(argv, words, tmp_p
         main(argv + ["--out", str(tmp_path / "r")])
     said = capsys.readouterr().err + (str(stop.value) if isinstance(stop.value, KeyError) else "")
     assert all(w in said for w in words), said
+
+
+def test_config_files_written_by_the_release_before_the_split_read_back_as_their_presets():
+    """Two config.json files the pre-split code wrote for the method lab's 8-seed run (copied unchanged into
+    tests/data): its causal ODE initialisation (`distill --preset lab-ode-init`) and its dmd seed 0. Each reads back
+    as its preset with the overrides the lab runner passed, so both folders resume under this release."""
+    import pathlib
+    data = pathlib.Path(__file__).parent / "data"
+    ode = json.loads((data / "pre_split_ode_init_config.json").read_text())
+    assert ode["job"] == "ode_init" and "critic_init" in ode and "grid_steps" not in ode
+    assert stored_config(ode) == get_ode_init_preset("lab-ode-init", teacher="runs/lab_teacher.safetensors",
+                                                     student_kind="causal", threads=2)
+    dmd = json.loads((data / "pre_split_dmd_config.json").read_text())
+    assert dmd["job"] == "dmd" and "ode_pairs" in dmd
+    assert stored_config(dmd) == get_preset("lab-dmd", teacher="runs/lab_teacher.safetensors", seed=0, threads=1,
+                                            student_init="runs/lab-exp8/ode-causal/export/student.safetensors",
+                                            gen_steps=300)
