@@ -32,6 +32,7 @@ from ..salt_core.scorenet import ScoreNet
 from ..salt_core.validate import check_count
 from .diagnostics import GradProbes
 from .distill_config import RELEASED_CLIPS_PER_UPDATE, DistillConfig
+from .ode_init_config import OdeInitConfig
 from .distill_models import DistillWorld, build_models, build_prompts, check_world, resolve_teacher_kind
 from .distributed import (any_rank, device_mesh, end_process_group, full_optimizer_state, full_state_dict,
                           is_sharded, load_full_optimizer_state, load_full_state_dict, peers_lost_message,
@@ -405,7 +406,7 @@ def run_distillation(cfg: DistillConfig, out_dir: str, *, max_gen_steps: int = N
     if not isinstance(cfg, DistillConfig):
         raise TypeError(f"run_distillation takes a DistillConfig, not {type(cfg).__name__}"
                         + ("; an ODE initialisation runs with training.ode_init.run_ode_init"
-                           if type(cfg).__name__ == "OdeInitConfig" else ""))
+                           if isinstance(cfg, OdeInitConfig) else ""))
     if max_gen_steps is not None:
         check_count("max_gen_steps", max_gen_steps, where="run_distillation")
     check_world(cfg, world, "run_distillation")

@@ -47,13 +47,8 @@ class SaltViewPatcher:
 
     def clone(self, *args, **kwargs):
         """A clone with a hollow view of its own (a view is bound by one patcher at a time)."""
-        n = super().clone(*args, **kwargs)
-        if not isinstance(n, SaltViewPatcher):       # 0.33's clone(disable_dynamic=True) builds the classic class
-            n.__class__ = view_class(type(n))
         view = self.salt_view
-        n.salt_view = hollow_view(view.cfg, view.patch_embedding.weight.dtype)
-        n._salt_bound, n._salt_hollow, n._salt_uses, n._salt_stale = None, None, 0, False
-        return n
+        return _adopt(super().clone(*args, **kwargs), hollow_view(view.cfg, view.patch_embedding.weight.dtype))
 
     def partially_load(self, device_to, *args, **kwargs):
         """ComfyUI's load (every load_models_gpu comes here), then the view bound to what it loaded. A bind that
@@ -137,8 +132,15 @@ def view_class(base: type) -> type:
 def view_patcher(patcher, view: WanModel):
     """A clone of the MODEL's `patcher` (its patches, options and load device) that binds `view` (a hollow WanModel
     of the MODEL's native Wan, `hollow_view`) while ComfyUI has the MODEL loaded."""
-    n = patcher.clone()
-    n.__class__ = view_class(type(n))
+    return _adopt(patcher.clone(), view)
+
+
+def _adopt(n, view: WanModel):
+    """The patcher `n` (a fresh clone) as a SaltViewPatcher carrying the hollow `view`, with no binding or use of
+    its own. A clone that is one already keeps its class; 0.33's clone(disable_dynamic=True) builds the classic
+    class, which gets its own SaltView subclass."""
+    if not isinstance(n, SaltViewPatcher):
+        n.__class__ = view_class(type(n))
     n.salt_view, n._salt_bound, n._salt_hollow, n._salt_uses, n._salt_stale = view, None, None, 0, False
     return n
 
