@@ -122,14 +122,17 @@ def format_table(results: dict, resamples: int = 1000, compact: bool = False) ->
 # The paper's five claims (the first in both student kinds), read from paired arms: (claim, arm, NFE, reference arm, reference NFE, test).
 # Tests: "quality" = per-mode mean error and |var_ratio − 1|, lower is better; "non-inferior" = the same two, at
 # least as good; "drift" = the switch rate per chunk boundary on the 3×-length rollout; "defect" = the ratio of
-# 8-step semigroup defects. Verdict rules (95 % paired t intervals over seeds of arm − reference, or arm / reference):
-#   quality: reproduces if one metric is better (interval below 0) and neither is worse (interval above 0); does not
-#            if one is worse and neither better; otherwise inconclusive at this power (or mixed, if one of each);
-#   non-inferior: reproduces if both intervals lie below +10 % of the reference's value; does not if either lies
-#            above 0; otherwise inconclusive;
-#   drift: reproduces if the interval lies below 0, does not if above 0, otherwise inconclusive;
-#   defect: reproduces if the ratio's interval lies at or below 0.82, does not if above it, otherwise inconclusive;
-#   lower-ratio: the defect ratio's interval below 1 (reproduces), above 1 (does not), otherwise inconclusive.
+# 8-step semigroup defects. Verdicts, from 95 % paired t intervals over seeds of arm − reference (or arm / reference):
+# "reproduces" (the claimed effect, shown), "opposite" (an effect of the other sign, shown), "does not" (the claimed
+# effect of practical size ruled out: the interval excludes an improvement of MARGIN × the reference's value, or
+# the defect bar), "inconclusive" (none of these at this power); "mixed" where one metric improves and one worsens.
+#   quality: reproduces if one metric is better (interval below 0) and neither is worse; opposite if one is worse
+#            (interval above 0) and neither is better; does not if no metric's interval reaches below −MARGIN × ref;
+#   non-inferior: opposite if an interval lies above +MARGIN × ref (worse by more than the margin); does not if one
+#            lies above 0 (worse, by less); reproduces if both lie below +MARGIN × ref;
+#   drift: reproduces below 0, opposite above 0, does not if the interval lies above −MARGIN × ref;
+#   defect: reproduces if the ratio's interval lies at or below 0.82, opposite above 1, does not above 0.82;
+#   lower-ratio: the ratio's interval below 1 reproduces, above 1 opposite, above 1 − MARGIN does not.
 CLAIMS = (
     ("SC-DMD's defect ≤ 0.82× DMD's, bidirectional", "bidir-sc-dmd", 4, "bidir-dmd", 4, "defect"),
     ("SC-DMD's defect ≤ 0.82× DMD's, autoregressive", "sc-dmd", 4, "dmd", 4, "defect"),
@@ -152,7 +155,7 @@ CLAIMS = (
     ("Symmetric SC's defect below released Salt's", "salt-sym", 4, "salt", 4, "lower-ratio"),
 )
 DEFECT_BAR = 0.82
-NON_INFERIOR_MARGIN = 0.10
+MARGIN = 0.10                                         # the practical effect size, a share of the reference
 
 
 def paired_interval(results: dict, arm: str, nfe: int, ref: str, ref_nfe: int, metric: str, world,
@@ -175,25 +178,32 @@ def paired_interval(results: dict, arm: str, nfe: int, ref: str, ref_nfe: int, m
 
 
 def claim_verdict(test: str, ivs: dict, ref_values: dict) -> str:
-    """The verdict of one claim from its intervals (see CLAIMS)."""
+    """The verdict of one claim from its paired intervals `ivs` (metric → Interval) and the reference arm's values
+    `ref_values` (metric → mean): "reproduces", "opposite", "does not", "mixed" or "inconclusive" (rules at CLAIMS)."""
+    if any(iv.lo != iv.lo for iv in ivs.values()):           # one seed: no interval
+        return "inconclusive"
     if test in ("defect", "lower-ratio"):
-        iv, bar = ivs["defect8"], DEFECT_BAR if test == "defect" else 1.0
-        if iv.lo != iv.lo:                                   # one seed: no interval
-            return "inconclusive"
-        return "reproduces" if iv.hi <= bar else "does not" if iv.lo > bar else "inconclusive"
-    if test == "drift":
-        iv = ivs["drift"]
-        return "reproduces" if iv.hi < 0 else "does not" if iv.lo > 0 else "inconclusive"
+        iv = ivs["defect8"]
+        bar, null_bar = (DEFECT_BAR, DEFECT_BAR) if test == "defect" else (1.0, 1.0 - MARGIN)
+        if iv.hi <= bar and (test == "defect" or iv.hi < bar):
+            return "reproduces"
+        return "opposite" if iv.lo > 1.0 else "does not" if iv.lo > null_bar else "inconclusive"
+    margin = {m: MARGIN * abs(ref_values[m]) for m in ivs}
+    better = [m for m, iv in ivs.items() if iv.hi < 0]
     worse = [m for m, iv in ivs.items() if iv.lo > 0]
     if test == "non-inferior":
+        if any(iv.lo > margin[m] for m, iv in ivs.items()):
+            return "opposite"
         if worse:
             return "does not"
-        ok = all(iv.hi < NON_INFERIOR_MARGIN * ref_values[m] for m, iv in ivs.items())
-        return "reproduces" if ok else "inconclusive"
-    better = [m for m, iv in ivs.items() if iv.hi < 0]
+        return "reproduces" if all(iv.hi < margin[m] for m, iv in ivs.items()) else "inconclusive"
     if better and worse:
         return "mixed"
-    return "reproduces" if better else "does not" if worse else "inconclusive"
+    if better:
+        return "reproduces"
+    if worse:
+        return "opposite"
+    return "does not" if all(iv.lo > -margin[m] for m, iv in ivs.items()) else "inconclusive"
 
 
 def mean_err_floor(world, captions: list, draws: int = 20, seed: int = 0) -> tuple:

@@ -180,7 +180,7 @@ def test_the_experiment_runs_every_arm_evaluates_and_prints_the_table(teacher_pa
     tables = _tables()
     for claim, *_ in tables.CLAIMS:                                        # every claim read, with a verdict
         row = next(line for line in claims.splitlines() if line.startswith(f"| {claim} |"))
-        assert row.split(" | ")[-1].rstrip(" |") in ("reproduces", "does not", "inconclusive", "mixed")
+        assert row.split(" | ")[-1].rstrip(" |") in ("reproduces", "does not", "opposite", "inconclusive", "mixed")
     # the defect ratio's point estimate is the ratio of the two arms' mean per-clip defects
     results = bench.load_results(str(out))
     iv, seeds, ref = tables.paired_interval(results, "sc-dmd", 4, "dmd", 4, "defect8", LabWorld("default"),
@@ -308,17 +308,29 @@ def test_claim_verdicts_follow_the_stated_rules():
     v = _tables().claim_verdict
     assert v("defect", {"defect8": iv(0.5, 0.8)}, {}) == "reproduces"
     assert v("defect", {"defect8": iv(0.7, 0.9)}, {}) == "inconclusive"
-    assert v("defect", {"defect8": iv(0.9, 1.1)}, {}) == "does not"
-    assert v("drift", {"drift": iv(-0.2, -0.1)}, {}) == "reproduces"
-    assert v("drift", {"drift": iv(-0.2, 0.1)}, {}) == "inconclusive"
-    assert v("quality", {"mean_err": iv(-2, -1), "var_gap": iv(-1, 1)}, {}) == "reproduces"
-    assert v("quality", {"mean_err": iv(-2, -1), "var_gap": iv(1, 2)}, {}) == "mixed"
-    assert v("quality", {"mean_err": iv(-1, 1), "var_gap": iv(1, 2)}, {}) == "does not"
-    assert v("quality", {"mean_err": iv(-1, 1), "var_gap": iv(-1, 2)}, {}) == "inconclusive"
+    assert v("defect", {"defect8": iv(0.85, 1.1)}, {}) == "does not"
+    assert v("defect", {"defect8": iv(1.01, 1.1)}, {}) == "opposite"
+    assert v("defect", {"defect8": Interval(0.5, float("nan"), float("nan"), 1, 0.95)}, {}) == "inconclusive"
+    assert v("lower-ratio", {"defect8": iv(0.8, 0.99)}, {}) == "reproduces"
+    assert v("lower-ratio", {"defect8": iv(0.8, 1.05)}, {}) == "inconclusive"
+    assert v("lower-ratio", {"defect8": iv(0.95, 1.05)}, {}) == "does not"
+    assert v("lower-ratio", {"defect8": iv(1.02, 1.05)}, {}) == "opposite"
+    refs = {"drift": 0.1}
+    assert v("drift", {"drift": iv(-0.2, -0.1)}, refs) == "reproduces"
+    assert v("drift", {"drift": iv(-0.2, 0.1)}, refs) == "inconclusive"
+    assert v("drift", {"drift": iv(-0.005, 0.1)}, refs) == "does not"      # any gain is under 10 % of 0.1
+    assert v("drift", {"drift": iv(0.01, 0.1)}, refs) == "opposite"
     refs = {"mean_err": 1.0, "var_gap": 0.5}
+    assert v("quality", {"mean_err": iv(-2, -1), "var_gap": iv(-1, 1)}, refs) == "reproduces"
+    assert v("quality", {"mean_err": iv(-2, -1), "var_gap": iv(1, 2)}, refs) == "mixed"
+    assert v("quality", {"mean_err": iv(-1, 1), "var_gap": iv(1, 2)}, refs) == "opposite"
+    assert v("quality", {"mean_err": iv(-1, 1), "var_gap": iv(-1, 2)}, refs) == "inconclusive"
+    assert v("quality", {"mean_err": iv(-0.05, 0.2), "var_gap": iv(-0.04, 0.3)}, refs) == "does not"
+    assert v("quality", {"mean_err": iv(-0.05, 0.2), "var_gap": iv(-0.06, 0.3)}, refs) == "inconclusive"
     assert v("non-inferior", {"mean_err": iv(-0.1, 0.05), "var_gap": iv(-0.3, 0.04)}, refs) == "reproduces"
     assert v("non-inferior", {"mean_err": iv(-0.1, 0.2), "var_gap": iv(-0.3, 0.04)}, refs) == "inconclusive"
     assert v("non-inferior", {"mean_err": iv(0.01, 0.2), "var_gap": iv(-0.3, 0.04)}, refs) == "does not"
+    assert v("non-inferior", {"mean_err": iv(0.11, 0.2), "var_gap": iv(-0.3, 0.04)}, refs) == "opposite"
 
 
 def test_the_symmetric_salt_preset_is_released_salt_with_the_symmetric_sc_only():
