@@ -16,8 +16,10 @@ $PY -m comfyui_salt teacher --world lab:default --mode bidirectional --eval-cfg 
     $PY -m comfyui_salt export-teacher --run runs/lab-teacher --out runs/lab_teacher.safetensors
 $PY experiments/lab_experiment.py --teacher runs/lab_teacher.safetensors --out runs/lab-exp8 \
     --arms dmd,salt,sc-dmd,bidir-dmd,bidir-sc-dmd,salt-sym,sc0,sc2,sc20,sc2-sym --seeds 8 --updates 300 --workers "${WORKERS:-2}"
-# the mechanism of the λ response: the SC target against the exact map per triplet, for the λ arms (docs/method_lab.md)
-MECH="$PY experiments/lab_sc_mechanism.py --clips 16 --flow-steps 32 --threads 1 --runs runs/lab-exp8/ode-causal"
+# the mechanism of the λ response: the SC target against the exact map per triplet, for the λ arms, after 100, 200
+# and 300 updates (their milestone checkpoints; docs/method_lab.md)
+MECH="$PY experiments/lab_sc_mechanism.py --clips 16 --flow-steps 32 --threads 1 --at-updates 100,200"
+MECH="$MECH --runs runs/lab-exp8/ode-causal"
 MECH="$MECH $(echo runs/lab-exp8/{sc0,sc2,sc20,sc2-sym}/seed{0..7})"
 { echo "Command: \`$MECH\` ($(date -u +%F), $(git rev-parse --short HEAD))"; echo; $MECH; } \
     > experiments/results/lab_sc_mechanism_8seeds.md.tmp

@@ -12,6 +12,8 @@ EVAL_SEED = 1234           # paired noise: every arm's students sample from this
 DEFECT_GRID = 8
 LENGTH_FACTOR = 3          # drift: a 3×-length rolling-cache rollout
 EXACT = dict(teacher="exact")   # the exact real score; critic_init is the teacher file (set in arm_overrides)
+# The λ arms keep their students at every 100 updates, for the mechanism over training (lab_sc_mechanism.py).
+MILESTONES = {"checkpoint_keep_every": 100}
 # arm -> (preset, overrides). The λ_SC dose response is sc0, sc-dmd (0.2, the preset), sc2, sc20 on the single K = 8;
 # sc2-sym is sc2 with L_SC's gradient through both branches (the paper's reading) instead of the released stop-grad.
 ARMS = {
@@ -20,10 +22,10 @@ ARMS = {
     "salt": ("lab-salt", {}),
     "bidir-dmd": ("lab-bidir-dmd", {}),
     "bidir-sc-dmd": ("lab-bidir-sc-dmd", {}),
-    "sc0": ("lab-sc-dmd", {"sc_weight": 0.0}),
-    "sc2": ("lab-sc-dmd", {"sc_weight": 2.0}),
-    "sc20": ("lab-sc-dmd", {"sc_weight": 20.0}),
-    "sc2-sym": ("lab-sc-dmd", {"sc_weight": 2.0, "sc_symmetric": True}),   # the paper's reading: grad both branches
+    "sc0": ("lab-sc-dmd", {"sc_weight": 0.0, **MILESTONES}),
+    "sc2": ("lab-sc-dmd", {"sc_weight": 2.0, **MILESTONES}),
+    "sc20": ("lab-sc-dmd", {"sc_weight": 20.0, **MILESTONES}),
+    "sc2-sym": ("lab-sc-dmd", {"sc_weight": 2.0, "sc_symmetric": True, **MILESTONES}),   # grad through both branches
     "dmd-exact": ("lab-dmd", EXACT),
     "salt-exact": ("lab-salt", EXACT),
     "salt-sym": ("lab-salt-sym", {}),   # released Salt with the symmetric SC (issue 27's head-to-head)

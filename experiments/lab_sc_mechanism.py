@@ -14,10 +14,13 @@ measured chunk by chunk: the exact map of a chunk is conditioned on the student'
 its KV cache holds them); later frames are unobserved.
 
     .venv/bin/python experiments/lab_sc_mechanism.py --runs runs/lab-exp8/sc0/seed0 runs/lab-exp8/sc20/seed0 \
-        [--clips 32] [--flow-steps 64]
+        [--clips 32] [--flow-steps 64] [--at-updates 100,200]
 
 Each run's measurement is cached in `<run>/sc_mechanism.json` (redone when the clip count, flow steps or the run's
 update count change); the table prints per triplet the mean over clips (and over the runs given, per arm).
+`--at-updates` measures the same runs over training too: the student each run had after those updates, read from
+its milestone checkpoints (`checkpoint_keep_every`; the EMA weights once EMA has started, as the export holds),
+cached in `<run>/sc_mechanism_<updates>.json`; the table then has a row group per arm and update count.
 """
 import argparse
 import json
@@ -124,23 +127,48 @@ def _updates(run_dir: str) -> int:
         return int(json.load(f).get("gen_updates", -1))
 
 
-def measure_run(run_dir: str, clips: int, flow_steps: int) -> dict:
-    """The cached measurement of one finished run (`<run>/sc_mechanism.json`), made if missing or stale."""
+def milestone_student(run_dir: str, updates: int):
+    """The student of run `run_dir` after `updates` generator updates, from its milestone checkpoint: the exported
+    model's architecture with the checkpoint's EMA weights (once EMA has started, as the export has them) or its
+    student weights. FileNotFoundError names the missing checkpoint and the setting that keeps them."""
+    from comfyui_salt.training.runs import CheckpointManager
+    from comfyui_salt.weights.files import load_model
+    ckpts = CheckpointManager(os.path.join(run_dir, "checkpoints"))
+    path = dict(ckpts.complete()).get(updates)
+    if path is None:
+        raise FileNotFoundError(f"{run_dir} has no checkpoint at update {updates} (it has "
+                                f"{sorted(s for s, _ in ckpts.complete())}); train with checkpoint_keep_every "
+                                f"dividing {updates} to keep it")
+    state = torch.load(os.path.join(path, "state.pt"), map_location="cpu", weights_only=True)
+    weights = ckpts.load(path, ["ema" if state.get("ema") else "student"])[0]
+    weights = next(iter(weights.values()))
+    model = load_model(os.path.join(run_dir, "export", "student.safetensors"))[0]
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(weights[name])
+    return model.eval()
+
+
+def measure_run(run_dir: str, clips: int, flow_steps: int, at: int = None) -> dict:
+    """The cached measurement of one finished run (`<run>/sc_mechanism.json`), or of its student after `at`
+    updates (`<run>/sc_mechanism_<at>.json`, from its milestone checkpoint), made if missing or stale."""
     from comfyui_salt.experiments import lab_experiment as lx
     from comfyui_salt.toy.lab.world import LabTextEncoder
     from comfyui_salt.toy.prompts import lab_eval_captions
     from comfyui_salt.toy.worlds import get_world
     from comfyui_salt.training.job_configs import as_distill_config, read_run_config
     from comfyui_salt.weights.files import load_model
-    path = os.path.join(run_dir, "sc_mechanism.json")
-    key = {"version": MECHANISM_VERSION, "clips": clips, "flow_steps": flow_steps, "gen_updates": _updates(run_dir)}
+    path = os.path.join(run_dir, "sc_mechanism.json" if at is None else f"sc_mechanism_{at}.json")
+    key = {"version": MECHANISM_VERSION, "clips": clips, "flow_steps": flow_steps,
+           "gen_updates": _updates(run_dir) if at is None else at}
     if os.path.exists(path):
         with open(path) as f:
             done = json.load(f)
         if all(done.get(k) == v for k, v in key.items()):
             return done
     cfg = as_distill_config(read_run_config(run_dir))   # an ODE initialisation's: how its student samples
-    model = load_model(os.path.join(run_dir, "export", "student.safetensors"))[0].eval()
+    model = (load_model(os.path.join(run_dir, "export", "student.safetensors"))[0].eval() if at is None
+             else milestone_student(run_dir, at))
     world = get_world(cfg.world)
     caps = lab_eval_captions(world.lab, clips)
     ctx = LabTextEncoder(world.lab, model.cfg.text_dim, model.cfg.text_len).encode(caps)
@@ -163,15 +191,15 @@ def arm_of(run: str) -> str:
 
 
 def format_table(measured: dict) -> str:
-    """Markdown: per arm and triplet, the means of e1, e2, pull·truth and along, with 95 % t intervals of e2 − e1
-    and of pull·truth — over the arm's runs (their clip means: seed-level) when it has several, else over its
+    """Markdown from {(run, updates or None): measurement}: per arm (and update count, when given) and triplet,
+    the means of e1, e2, pull·truth and along, with 95 % t intervals of e2 − e1 and of pull·truth — over the arm's runs (their clip means: seed-level) when it has several, else over its
     clips (one student: the interval says how well the clips pin that student's value)."""
     from comfyui_salt.salt_core.metrics.bootstrap import seed_t_interval
     lines = ["| arm | runs | σ_s → σ_m → σ_e | e1 (one hop) | e2 (SC target) | e2 − e1 [95 %] | pull·truth [95 %] | "
              "along (bias) | along sd | interval over |", "|---|---|---|---|---|---|---|---|---|---|"]
     arms = {}
-    for run, m in measured.items():
-        arms.setdefault(arm_of(run), []).append(m)
+    for (run, at), m in measured.items():
+        arms.setdefault(arm_of(run) if at is None else f"{arm_of(run)} @{at}", []).append(m)
     for arm, ms in arms.items():
         for k, (t, _) in enumerate(ms[0]["triplets"]):
             cols = [{n: torch.tensor(v, dtype=torch.float64) for n, v in m["triplets"][k][1].items()} for m in ms]
@@ -195,9 +223,17 @@ def main(argv=None) -> int:
     ap.add_argument("--clips", type=int, default=32, help="clips per run (the lab's fixed evaluation captions)")
     ap.add_argument("--flow-steps", type=int, default=64, help="midpoint steps of the exact flow per hop")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    ap.add_argument("--at-updates", default="", help="comma-separated update counts: also measure each run's "
+                    "student at these (its milestone checkpoints), before the finished one")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    measured = {run: measure_run(run, args.clips, args.flow_steps) for run in args.runs}
+    steps = [int(x) for x in args.at_updates.split(",") if x.strip()]
+    measured = {}
+    for at in steps + [None]:
+        for run in args.runs:
+            if at is not None and os.path.basename(os.path.normpath(run)).startswith("ode-"):
+                continue                                 # an ODE init is measured once, as it is
+            measured[(run, at)] = measure_run(run, args.clips, args.flow_steps, at)
     print(format_table(measured))
     return 0
 

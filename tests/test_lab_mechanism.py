@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from comfyui_salt.experiments.lab_sc_mechanism import (arm_of, exact_flow, format_table, hop_measures,
-                                                      measure_student)
+                                                      measure_student, milestone_student)
 from comfyui_salt.salt_core.losses.semigroup import sc_triplet_distribution
 from comfyui_salt.salt_core.model import build_model
 from comfyui_salt.salt_core.schedules import get_sigmas_fewstep
@@ -65,10 +65,32 @@ def test_the_measurement_covers_every_triplet_sc_trains(lab):
     for cols in rows.values():
         assert set(cols) == {"e1", "e2", "pull_truth", "along"}
         assert all(v.shape == (2,) and torch.isfinite(v).all() for v in cols.values())
-    table = format_table({"runs/x/sc2/seed0": {"triplets": [[list(t), {k: v.tolist() for k, v in c.items()}]
-                                                             for t, c in sorted(rows.items(), reverse=True)]}})
+    measured = {"triplets": [[list(t), {k: v.tolist() for k, v in c.items()}] for t, c in sorted(rows.items(),
+                                                                                                reverse=True)]}
+    table = format_table({("runs/x/sc2/seed0", None): measured})
     assert table.count("\n") == len(want) + 1 and "| sc2 | 1 |" in table and table.endswith("clips |")
+    table = format_table({("runs/x/sc2/seed0", 100): measured, ("runs/x/sc2/seed1", 100): measured,
+                          ("runs/x/sc2/seed0", None): measured})
+    assert table.count("| sc2 @100 | 2 |") == len(want) and table.count("| sc2 | 1 |") == len(want)
 
 
 def test_a_run_belongs_to_its_arm():
     assert arm_of("runs/lab-exp8/sc20/seed3") == "sc20" and arm_of("runs/lab-exp8/ode-causal/") == "ode-causal"
+
+
+def test_a_milestone_student_has_the_checkpoints_ema_weights_once_ema_started(tmp_path):
+    from comfyui_salt.training.runs import CheckpointManager
+    from comfyui_salt.weights.files import save_model
+    exported = build_model("toy", seed=1)
+    (tmp_path / "export").mkdir()
+    save_model(exported, str(tmp_path / "export" / "student.safetensors"))
+    student, ema = (build_model("toy", seed=s).state_dict() for s in (2, 3))
+    ckpts = CheckpointManager(str(tmp_path / "checkpoints"), keep=5)
+    ckpts.save(100, {"student": student, "critic": student}, {"ema": False})
+    ckpts.save(200, {"student": student, "critic": student, "ema": ema}, {"ema": True})
+    for at, want in ((100, student), (200, ema)):
+        model = milestone_student(str(tmp_path), at)
+        assert not model.training
+        assert all(torch.equal(p, want[n]) for n, p in model.named_parameters())
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint at update 150 \(it has \[100, 200\]\).*keep_every"):
+        milestone_student(str(tmp_path), 150)

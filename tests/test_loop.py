@@ -167,3 +167,21 @@ def test_ode_init_takes_its_optimiser_ema_and_clip_from_the_config(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["lr"] for r in rows if "ode_loss" in r] == pytest.approx([cfg.lr_gen / 50, 2 * cfg.lr_gen / 50])
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_milestone_checkpoints_are_kept_and_written_even_off_the_checkpoint_cadence(tmp_path):
+    # checkpoint_every 2, milestones every 3: saves at 2, 3, 4, 6, 8, 9, 10; the pruning keeps the newest two
+    # (10, 9) and the multiples of 3 (3, 6, 9), and drops 2, 4, 8; each milestone holds that step's weights
+    straight = {}
+    for stop in (3, 6):
+        straight[stop] = train(tmp_path / f"to{stop}", stop, checkpoint_every=100)
+    train(tmp_path / "run", 10, checkpoint_every=2, keep_every=3)
+    ckpt = CheckpointManager(str(tmp_path / "run" / "checkpoints"))
+    assert [s for s, _ in ckpt.complete()] == [10, 9, 6, 3]
+    for stop in (3, 6):
+        tensors, state = ckpt.load(dict(ckpt.complete())[stop], ["model"])
+        assert state["step"] == stop
+        want = straight[stop].state()[0]["model"]
+        assert all(torch.equal(tensors["model"][k], want[k]) for k in want)
+    train(tmp_path / "plain", 10, checkpoint_every=2)
+    assert [s for s, _ in CheckpointManager(str(tmp_path / "plain" / "checkpoints")).complete()] == [10, 8]

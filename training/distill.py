@@ -466,6 +466,7 @@ def _run_distillation(cfg, run, max_gen_steps, callback, quiet, device, world):
         return {} if world is None else world.evaluate(job.student_for_inference(), cfg, callback, preview)
     with peers_lost_message(rank, world_size, out_dir):
         loop.run(job, stop_step(cfg.gen_steps, max_gen_steps), checkpoint_every=cfg.checkpoint_every,
+                 keep_every=cfg.checkpoint_keep_every,
                  log_every=cfg.log_every, callback=callback, evaluate=evaluate, eval_every=cfg.eval_every,
                  postfix={"dmd": "dmd_loss", "critic": "critic_loss"},
                  nonfinite_hint="lower the learning rates or check the teacher")

@@ -153,17 +153,21 @@ class TrainingLoop:
             self.ckpt.save(job.step, tensors, state, self.metadata)
 
     def run(self, job, stop: int, *, checkpoint_every: int, log_every: int, max_seconds: float = None,
-            callback=None, evaluate=None, eval_every: int = 0, postfix: dict = None, nonfinite_hint: str = "") -> None:
+            callback=None, evaluate=None, eval_every: int = 0, postfix: dict = None, nonfinite_hint: str = "",
+            keep_every: int = 0) -> None:
         """Advance `job` until `job.step` reaches `stop` (or `max_seconds` of wall time have passed).
 
         After each step that moved the counter, in this order: the log record (every `log_every` steps),
         `callback({"gen_step", "total", "stats"})` (it may raise KeyboardInterrupt to stop: the state is saved
-        first), a checkpoint (every `checkpoint_every` steps, at `stop`, and when out of time), `evaluate()` → a
-        dict of scores logged as {step_key, "eval"} (every `eval_every` steps and at `stop`; 0 disables).
+        first), a checkpoint (every `checkpoint_every` steps, at the milestones, at `stop`, and when out of time),
+        `evaluate()` → a dict of scores logged as {step_key, "eval"} (every `eval_every` steps and at `stop`; 0
+        disables).
         postfix: {bar label: stats key} shown on the progress bar. nonfinite_hint: the fix added to a
-        non-finite stop's message.
+        non-finite stop's message. keep_every > 0: the checkpoints at its multiples are kept (milestones), besides
+        the newest two.
         """
         started = time.time()
+        self.ckpt.keep_every = keep_every
 
         def eval_due():
             return (evaluate is not None and eval_every > 0 and job.step > 0
@@ -212,7 +216,8 @@ class TrainingLoop:
                 if callback is not None:
                     callback({"gen_step": job.step, "total": stop, "stats": stats})
                 out_of_time = max_seconds is not None and time.time() - started > max_seconds
-                if job.step % checkpoint_every == 0 or job.step == stop or out_of_time:
+                milestone = keep_every > 0 and job.step % keep_every == 0
+                if job.step % checkpoint_every == 0 or milestone or job.step == stop or out_of_time:
                     self.save(job)
                 if eval_due():
                     run_evaluation()

@@ -174,6 +174,7 @@ def _train(cfg: OdeInitConfig, run: RunFolder, max_steps, callback, quiet: bool,
         "salt_config": student.cfg.to_json(), "distill_config": json.dumps(asdict(cfg), default=str)})
     loop.resume(job, ["student", "ema"])
     loop.run(job, stop_step(cfg.gen_steps, max_steps), checkpoint_every=cfg.checkpoint_every,
+             keep_every=cfg.checkpoint_keep_every,
              log_every=cfg.log_every, callback=callback, postfix={"loss": "ode_loss"},
              nonfinite_hint="lower lr_gen or check the teacher")
     return job.ema.copy_to(student).eval()

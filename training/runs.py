@@ -35,8 +35,8 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 # Fields that may change when a run is resumed (how long, how often, how many threads; the text encoder is
 # read once, to fill the run's embedding cache, so a resume may drop or move it).
 # The teacher's evaluation sampler (eval_steps, eval_cfg) changes what is measured, not what is trained.
-RESUMABLE_FIELDS = ("gen_steps", "threads", "checkpoint_every", "eval_every", "eval_clips", "log_every", "grad_probes",
-                    "text_encoder", "memory_limit_gib", "eval_steps", "eval_cfg")
+RESUMABLE_FIELDS = ("gen_steps", "threads", "checkpoint_every", "checkpoint_keep_every", "eval_every", "eval_clips",
+                    "log_every", "grad_probes", "text_encoder", "memory_limit_gib", "eval_steps", "eval_cfg")
 LOCK_FILE = ".lock"
 CONFIG_FILE = "config.json"
 # The explicit override, as each front door spells it (the error names both).
@@ -52,8 +52,8 @@ class CheckpointManager:
 
     PATTERN = re.compile(r"^step_(\d{8})$")
 
-    def __init__(self, folder: str, keep: int = 2):
-        self.folder, self.keep = folder, keep
+    def __init__(self, folder: str, keep: int = 2, keep_every: int = 0):
+        self.folder, self.keep, self.keep_every = folder, keep, keep_every
         os.makedirs(folder, exist_ok=True)
 
     def complete(self) -> list:
@@ -156,10 +156,13 @@ class CheckpointManager:
         return tensors, state
 
     def _prune(self):
-        """Keep the `keep` newest complete checkpoints; drop older ones, step folders without COMPLETE (never
-        a finished save: those are renamed into place complete) and other processes' temp folders."""
+        """Keep the `keep` newest complete checkpoints and the milestones (steps that are multiples of `keep_every`,
+        when > 0); drop older ones, step folders without COMPLETE (never a finished save: those are renamed into
+        place complete) and other processes' temp folders."""
         complete = {path for _, path in self.complete()}
-        for _, path in self.complete()[self.keep:]:
+        for step, path in self.complete()[self.keep:]:
+            if self.keep_every > 0 and step % self.keep_every == 0:
+                continue
             shutil.rmtree(path, ignore_errors=True)
         for n in os.listdir(self.folder):
             path = os.path.join(self.folder, n)

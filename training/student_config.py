@@ -72,6 +72,8 @@ class StudentJobConfig:
     threads: int = _runtime(2, "torch CPU threads (fixed for bit-identical resume; 0 = leave as is)", count=0,
                             maximum=MAX_THREADS)
     checkpoint_every: int = _logs(20, "generator steps between checkpoints", count=1)
+    checkpoint_keep_every: int = _logs(0, "also keep every checkpoint at a multiple of this many generator steps "
+                                          "(milestones, never pruned; 0 = only the newest two)", count=0)
     log_every: int = _logs(1, "generator steps between metrics.jsonl lines", count=1)
 
     @classmethod

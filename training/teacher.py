@@ -70,6 +70,8 @@ class TeacherConfig:
     seed: int = _runtime(0, "every step is seeded from (seed, rank, step)", count=0)
     threads: int = _runtime(2, "torch CPU threads (fixed for bit-identical resume)", count=1, maximum=MAX_THREADS)
     checkpoint_every: int = _logs(250, "steps between checkpoints", count=1)
+    checkpoint_keep_every: int = _logs(0, "also keep every checkpoint at a multiple of this many steps (milestones, "
+                                          "never pruned; 0 = only the newest two)", count=0)
     eval_every: int = _logs(500, "steps between evaluations; 0 disables", count=0)
     eval_clips: int = _logs(32, "prompts per evaluation", count=1)
     eval_steps: int = _logs(40, "Euler steps for evaluation samples", count=1)
@@ -196,6 +198,7 @@ def _train_teacher(cfg, run, world, evaluate, max_steps, quiet, device, max_seco
                               seed=0, chunk_frames=cfg.chunk_frames)
         return evaluate(vids, caps)
     loop.run(job, stop_step(cfg.total_steps, max_steps), checkpoint_every=cfg.checkpoint_every,
+             keep_every=cfg.checkpoint_keep_every,
              log_every=cfg.log_every, max_seconds=max_seconds, evaluate=evaluate_ema if evaluate else None,
              eval_every=cfg.eval_every, postfix={"loss": "loss"}, nonfinite_hint="lower the learning rate")
     return job.ema.copy_to(WanModel(mcfg)).eval()
