@@ -5,7 +5,8 @@
 # the symmetric-SC arm (48 runs × 10-17 min, two at a time: ~6 h of the two cores; the runner does the claim arms
 # first) and the λ_SC dose response with its per-update SC/DMD gradient cosine (sc0, sc2, sc20, sc2-sym: ~4 h more),
 # then the mechanism table of the λ arms (experiments/lab_sc_mechanism.py), then dmd, salt and salt-sym continued to
-# 1,000 updates, then dmd and salt (4 seeds) to 3,000. Usage (from the repository root):
+# 1,000 updates, then dmd and salt (4 seeds) to 3,000. The exact-real-score pair (dmd-exact, salt-exact) runs at
+# 300 updates after the mechanism tables. Usage (from the repository root):
 #   [WORKERS=1] nohup bash experiments/lab_8seeds.sh > runs/lab-8seeds.log 2>&1 &
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +29,9 @@ mv experiments/results/lab_sc_mechanism_8seeds.md.tmp experiments/results/lab_sc
 PROBES="$PY experiments/lab_grad_probes.py --out runs/lab-exp8 --arms sc-dmd,sc2,sc20,sc2-sym,salt,salt-sym"
 { echo "Command: \`$PROBES\` ($(date -u +%F), $(git rev-parse --short HEAD))"; echo; $PROBES; } \
     > experiments/results/lab_grad_probes_8seeds.md
+# the exact-real-score pair at 300 updates, 8 seeds (16 runs, ~2.5 h of the two cores)
+$PY experiments/lab_experiment.py --teacher runs/lab_teacher.safetensors --out runs/lab-exp8 \
+    --arms dmd-exact,salt-exact --seeds 8 --updates 300 --workers "${WORKERS:-2}"
 $PY experiments/lab_experiment.py --teacher runs/lab_teacher.safetensors --out runs/lab-exp8-long \
     --extend-from runs/lab-exp8 --arms dmd,salt,salt-sym --seeds 8 --updates 1000 --workers "${WORKERS:-2}"
 $PY experiments/lab_experiment.py --out runs/lab-exp8 --table --compact --export experiments/results/lab-exp8
