@@ -43,3 +43,5 @@ $PY experiments/lab_experiment.py --teacher runs/lab_teacher.safetensors --out r
     --extend-from runs/lab-exp8-long --arms dmd,salt --seeds 4 --updates 3000 --workers "${WORKERS:-2}"
 $PY experiments/lab_experiment.py --out runs/lab-exp8-3k --table --compact --export experiments/results/lab-exp8-3k \
     --compare-to runs/lab-exp8-long
+# the verdicts at every budget, in one file, from the kept exports (the one command: experiments/lab_verdicts.py)
+$PY experiments/lab_verdicts.py --write experiments/results/lab_verdicts_8seeds.md

@@ -119,7 +119,8 @@ def format_table(results: dict, resamples: int = 1000, compact: bool = False) ->
     return "\n".join(lines)
 
 
-# The paper's five claims (the first in both student kinds), read from paired arms: (claim, arm, NFE, reference arm, reference NFE, test).
+# The paper's five claims (the first in both student kinds), read from paired arms: (claim, arm, NFE, reference
+# arm, reference NFE, test).
 # Tests: "quality" = per-mode mean error and |var_ratio − 1|, lower is better; "non-inferior" = the same two, at
 # least as good; "drift" = the switch rate per chunk boundary on the 3×-length rollout; "defect" = the ratio of
 # 8-step semigroup defects. Verdicts, from 95 % paired t intervals over seeds of arm − reference (or arm / reference):
@@ -220,36 +221,58 @@ def mean_err_floor(world, captions: list, draws: int = 20, seed: int = 0) -> tup
     return float(values.median()), float(torch.quantile(values, 0.95))
 
 
-def format_claims(results: dict, resamples: int = 1000) -> str:
-    """The verdict table of the paper's claims from finished runs (claims whose arms are missing are skipped)."""
+CLAIM_METRICS = {"defect": ("defect8",), "lower-ratio": ("defect8",), "drift": ("drift",),
+                 "quality": ("mean_err", "var_gap"), "non-inferior": ("mean_err", "var_gap")}
+
+
+def claim_rows(results: dict) -> list:
+    """The claims (CLAIMS) whose arms `results` holds, each a dict: claim, arm, nfe, ref, ref_nfe, test, seeds (the
+    seeds both arms share), ivs ({metric: paired Interval}: arm − ref, or arm / ref for the defect tests),
+    refs ({metric: the reference's mean}) and verdict."""
     from comfyui_salt.toy.worlds import get_world
     arms = [r for r in results if r in ARMS]
     if not arms:
-        return ""
+        return []
     world = get_world(next(iter(results[arms[0]].values()))["config"]["world"]).lab
-    metrics = {"defect": ("defect8",), "lower-ratio": ("defect8",), "drift": ("drift",),
-               "quality": ("mean_err", "var_gap"), "non-inferior": ("mean_err", "var_gap")}
-    lines = ["| claim | arm @NFE | vs @NFE | seeds | paired intervals | verdict |", "|---|---|---|---|---|---|"]
-    floor = mean_err_floor(world, next(iter(results[arms[0]].values()))["captions"])
+    rows = []
     for claim, arm, nfe, ref, ref_nfe, test in CLAIMS:
         ivs, refs, seeds = {}, {}, 0
-        for m in metrics[test]:
-            got = paired_interval(results, arm, nfe, ref, ref_nfe, m, world, ratio=test in ("defect", "lower-ratio"),
-                                  resamples=resamples)
+        for m in CLAIM_METRICS[test]:
+            got = paired_interval(results, arm, nfe, ref, ref_nfe, m, world, ratio=test in ("defect", "lower-ratio"))
             if got is None:
                 break
             ivs[m], seeds, refs[m] = got
-        if not ivs:
-            continue
-        sign = "/" if test in ("defect", "lower-ratio") else "Δ"
-        cells = "; ".join(f"{sign}{m} {_fmt(iv, 4)}" for m, iv in ivs.items())
-        if "mean_err" in ivs:
+        if ivs:
+            rows.append(dict(claim=claim, arm=arm, nfe=nfe, ref=ref, ref_nfe=ref_nfe, test=test, seeds=seeds, ivs=ivs,
+                             refs=refs, verdict=claim_verdict(test, ivs, refs)))
+    return rows
+
+
+def claims_floor(results: dict) -> tuple:
+    """mean_err's finite-sample floor (median, 95th percentile; `mean_err_floor`) on the captions of `results`."""
+    from comfyui_salt.toy.worlds import get_world
+    first = next(iter(results[next(r for r in results if r in ARMS)].values()))
+    return mean_err_floor(get_world(first["config"]["world"]).lab, first["captions"])
+
+
+def format_claims(results: dict, resamples: int = 1000) -> str:
+    """The verdict table of the paper's claims from finished runs (claims whose arms are missing are skipped).
+    `resamples` is unused (kept for callers)."""
+    rows = claim_rows(results)
+    if not rows:
+        return ""
+    floor = claims_floor(results)
+    lines = ["| claim | arm @NFE | vs @NFE | seeds | paired intervals | verdict |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        sign = "/" if r["test"] in ("defect", "lower-ratio") else "Δ"
+        cells = "; ".join(f"{sign}{m} {_fmt(iv, 4)}" for m, iv in r["ivs"].items())
+        if "mean_err" in r["ivs"]:
             cells += f" (mean_err floor {floor[0]:.4f})"
-        lines.append(f"| {claim} | {arm} @{nfe} | {ref} @{ref_nfe} | {seeds} | {cells} | "
-                     f"{claim_verdict(test, ivs, refs)} |")
+        lines.append(f"| {r['claim']} | {r['arm']} @{r['nfe']} | {r['ref']} @{r['ref_nfe']} | {r['seeds']} | {cells} | "
+                     f"{r['verdict']} |")
     return "\n".join(lines + [f"\nIntervals: {INTERVAL_METHOD}. mean_err's floor (data clips of the same captions "
                                f"scored against the truth, 20 draws): median {floor[0]:.4f}, 95th percentile "
-                               f"{floor[1]:.4f}."]) if len(lines) > 2 else ""
+                               f"{floor[1]:.4f}."])
 
 
 PROGRESS_METRICS = ("var_ratio", "var_gap", "mean_err", "switch", "drift", "defect8")

@@ -1,0 +1,115 @@
+"""The method lab's verdicts at every training budget in one file, regenerated from the kept evaluations (issue 27).
+
+One command reads each budget's evaluations (the gzipped `lab_eval.json` files `lab_experiment.py --export` keeps in
+the repository, or live run folders), reads every claim by the rules at `lab_tables.CLAIMS` and writes:
+- one table of the claims against the budgets, a verdict and the seed count per cell (a cell with fewer seeds than
+  `--min-seeds` is marked interim);
+- per budget, the claims with their paired intervals, as `lab_experiment.py --table` prints them.
+
+    .venv/bin/python experiments/lab_verdicts.py --write experiments/results/lab_verdicts_8seeds.md
+    .venv/bin/python experiments/lab_verdicts.py --budget 300=runs/lab-exp8 --budget 1000=runs/lab-exp8-long  # live
+
+Intervals: 95 % Student-t over per-seed values (`lab_tables.INTERVAL_METHOD`), paired by seed, clip and noise.
+"""
+import argparse
+import os
+import subprocess
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# (updates, folder of kept evaluations): the 8-seed re-run's exports (experiments/lab_8seeds.sh)
+BUDGETS = ((300, "experiments/results/lab-exp8"), (1000, "experiments/results/lab-exp8-long"),
+           (3000, "experiments/results/lab-exp8-3k"))
+MIN_SEEDS = 8
+
+
+def parse_budget(text: str) -> tuple:
+    """`300=runs/lab-exp8` → (300, "runs/lab-exp8")."""
+    updates, sep, folder = text.partition("=")
+    if not sep or not updates.strip().isdigit() or not folder.strip():
+        raise SystemExit(f"--budget {text!r}: expected UPDATES=FOLDER, e.g. 300=runs/lab-exp8")
+    return int(updates), folder.strip()
+
+
+def budget_rows(budgets) -> dict:
+    """{updates: (folder, results, claim rows)} of the budgets whose folder holds evaluated runs."""
+    from comfyui_salt.experiments.lab_experiment import load_results
+    from comfyui_salt.experiments.lab_tables import claim_rows
+    out = {}
+    for updates, folder in budgets:
+        path = folder if os.path.isabs(folder) else os.path.join(ROOT, folder)
+        results = load_results(path) if os.path.isdir(path) else {}
+        rows = claim_rows(results)
+        if rows:
+            out[updates] = (folder, results, rows)
+    return out
+
+
+def verdict_matrix(found: dict, min_seeds: int = MIN_SEEDS) -> str:
+    """Markdown: a row per claim (in CLAIMS order), a column per budget; each cell "verdict (n)" with n the paired
+    seeds, "interim" where n < min_seeds, empty where the budget has no such run."""
+    from comfyui_salt.experiments.lab_tables import CLAIMS
+    budgets = sorted(found)
+    by = {u: {r["claim"]: r for r in found[u][2]} for u in budgets}
+    head = ["claim"] + [f"{u:,} updates" for u in budgets]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for claim, *_ in CLAIMS:
+        cells = []
+        for u in budgets:
+            r = by[u].get(claim)
+            interim = ", interim" if r is not None and r["seeds"] < min_seeds else ""
+            cells.append("" if r is None else f"{r['verdict']} ({r['seeds']}{interim})")
+        if any(cells):
+            lines.append(f"| {claim} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def report(found: dict, min_seeds: int = MIN_SEEDS, made_by: str = "") -> str:
+    """The whole file: how it was made, the matrix, and each budget's claims table."""
+    from comfyui_salt.experiments.lab_tables import INTERVAL_METHOD, format_claims
+    if not found:
+        return "No budget has evaluated runs yet: run experiments/lab_8seeds.sh (or name live folders with --budget)."
+    parts = ["# Method lab: the verdicts at every budget (issue 27)", "",
+             f"Made by {made_by}." if made_by else "", "",
+             f"Intervals: {INTERVAL_METHOD}; paired by seed, clip and noise. Verdict words (rules at "
+             "`experiments/lab_tables.py` CLAIMS): reproduces, opposite (the other sign shown), does not (the claimed "
+             "size ruled out by a 10 % margin of the reference), inconclusive at this power, mixed (one metric better, "
+             f"one worse). In brackets: the seeds both arms share; cells with fewer than {min_seeds} are interim.", "",
+             verdict_matrix(found, min_seeds)]
+    for u in sorted(found):
+        folder, results, _ = found[u]
+        parts += ["", f"## {u:,} updates (`{folder}`)", "", format_claims(results)]
+    return "\n".join(parts) + "\n"
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--budget", action="append", type=parse_budget, metavar="UPDATES=FOLDER",
+                    help="a budget and its evaluations (repeatable; default: the kept exports of lab_8seeds.sh)")
+    ap.add_argument("--min-seeds", type=int, default=MIN_SEEDS, help="fewer paired seeds than this: interim")
+    ap.add_argument("--write", default="", help="write the report to this file (default: print it)")
+    args = ap.parse_args(argv)
+    found = budget_rows(args.budget or BUDGETS)
+    shown = " ".join(["experiments/lab_verdicts.py"] + [f"--budget {u}={f}" for u, f in args.budget or ()]
+                     + ([f"--min-seeds {args.min_seeds}"] if args.min_seeds != MIN_SEEDS else []))
+    text = report(found, args.min_seeds, f"`.venv/bin/python {shown}` at {_commit()}")
+    if args.write:
+        tmp = args.write + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, args.write)
+        print(f"wrote {args.write}: {len(found)} budget(s)")
+    else:
+        print(text, end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

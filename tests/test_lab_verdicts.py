@@ -1,0 +1,58 @@
+"""experiments/lab_verdicts.py: the one command that regenerates the lab's verdicts at every budget, run on the
+3-seed evaluations kept in the repository (experiments/results/lab-exp, lab-exp-long)."""
+import pytest
+
+from comfyui_salt.experiments import lab_verdicts as lv
+from comfyui_salt.experiments.lab_tables import CLAIMS
+
+KEPT = ["--budget", "300=experiments/results/lab-exp", "--budget", "1000=experiments/results/lab-exp-long",
+        "--budget", "3000=experiments/results/no-such-folder"]
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    path = tmp_path_factory.mktemp("verdicts") / "v.md"
+    assert lv.main(KEPT + ["--write", str(path)]) == 0
+    return path.read_text(encoding="utf-8")
+
+
+def _matrix(text):
+    rows = {}
+    for line in text.split("\n## ")[0].splitlines():
+        if line.startswith("| ") and not line.startswith("| claim"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            rows[cells[0]] = cells[1:]
+    return rows
+
+
+def _budget_table(text, updates):
+    section = text.split(f"## {updates:,} updates")[1].split("\n## ")[0]
+    return {c[0]: c for c in ([x.strip() for x in line.strip("|").split("|")] for line in section.splitlines()
+                               if line.startswith("| ") and not line.startswith("| claim"))}
+
+
+def test_the_matrix_agrees_with_each_budgets_table_and_marks_interim_cells(report):
+    matrix = _matrix(report)
+    assert "| claim | 300 updates | 1,000 updates |" in report and "3,000" not in report   # the missing budget
+    assert list(matrix) == [c for c, *_ in CLAIMS if c in matrix]                         # CLAIMS order
+    for updates, col in ((300, 0), (1000, 1)):
+        table = _budget_table(report, updates)
+        for claim, cells in matrix.items():
+            if claim not in table:
+                assert cells[col] == ""
+                continue
+            verdict, seeds = table[claim][-1], table[claim][3]
+            assert cells[col] == f"{verdict} ({seeds}, interim)" and seeds == "3"
+    assert len(_budget_table(report, 300)) == 13 and len(_budget_table(report, 1000)) == 5   # the long pair only
+    assert "Student-t" in report and "Made by `.venv/bin/python experiments/lab_verdicts.py --budget 300=" in report
+
+
+def test_enough_seeds_are_not_interim_and_bad_budgets_are_named(capsys):
+    assert lv.main(KEPT[:2] + ["--min-seeds", "3"]) == 0
+    text = capsys.readouterr().out
+    assert "interim" not in text.split("\n## ")[0].split("| claim |")[1] and "reproduces (3)" in text
+    for bad in ("300", "x=runs/a", "300="):
+        with pytest.raises(SystemExit, match="expected UPDATES=FOLDER"):
+            lv.parse_budget(bad)
+    assert lv.main(["--budget", "300=experiments/results/no-such-folder"]) == 0
+    assert "No budget has evaluated runs yet" in capsys.readouterr().out
