@@ -32,11 +32,14 @@ PROBES="$PY experiments/lab_grad_probes.py --out runs/lab-exp8 --arms sc-dmd,sc2
 # the exact-real-score pair at 300 updates, 8 seeds (16 runs, ~2.5 h of the two cores)
 $PY experiments/lab_experiment.py --teacher runs/lab_teacher.safetensors --out runs/lab-exp8 \
     --arms dmd-exact,salt-exact --seeds 8 --updates 300 --workers "${WORKERS:-2}"
+# the 300-update evaluations kept in the repository, and the verdicts so far (rewritten after each budget)
+$PY experiments/lab_experiment.py --out runs/lab-exp8 --table --compact --export experiments/results/lab-exp8
+$PY experiments/lab_verdicts.py --write experiments/results/lab_verdicts_8seeds.md
 $PY experiments/lab_experiment.py --teacher runs/lab_teacher.safetensors --out runs/lab-exp8-long \
     --extend-from runs/lab-exp8 --arms dmd,salt,salt-sym --seeds 8 --updates 1000 --workers "${WORKERS:-2}"
-$PY experiments/lab_experiment.py --out runs/lab-exp8 --table --compact --export experiments/results/lab-exp8
 $PY experiments/lab_experiment.py --out runs/lab-exp8-long --table --compact --export experiments/results/lab-exp8-long \
     --compare-to runs/lab-exp8
+$PY experiments/lab_verdicts.py --write experiments/results/lab_verdicts_8seeds.md
 # the longest budget the CPU allows for the DMD vs Salt pair (issue 27): 3,000 updates, 4 seeds continued from the
 # 1,000-update runs (~2.5 h per run on one core: ~17 h of both cores); rerun to resume
 $PY experiments/lab_experiment.py --teacher runs/lab_teacher.safetensors --out runs/lab-exp8-3k \
