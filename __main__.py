@@ -148,10 +148,12 @@ def main(argv=None):
             from .training.ode_init import run_ode_init as run_job
             from .training.ode_init_config import get_ode_init_preset
             cfg = get_ode_init_preset(args.preset, **overrides_from_args(args, OdeInitConfig))
+        from .training.distributed import launcher_rank
         model = run_job(cfg, args.out, max_gen_steps=args.max_gen_steps,
                         allow_changed_settings=args.allow_changed_settings, world=distill_world())
-        for path in export_student(model, args.out, causal=cfg.student_kind == "causal"):
-            print("wrote", path)
+        if launcher_rank() == 0:   # under torchrun every rank holds the whole student: one writes it
+            for path in export_student(model, args.out, causal=cfg.student_kind == "causal"):
+                print("wrote", path)
     elif args.command == "export":
         print(export(args))
     elif args.command == "export-teacher":

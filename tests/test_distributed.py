@@ -225,3 +225,19 @@ def test_an_ode_init_under_torchrun_is_refused_on_every_rank_and_ends_its_group(
         out, _ = p.communicate(timeout=300)
         assert p.returncode == 0 and "refused: run_ode_init under torchrun (2 processes)" in out, out[-3000:]
         assert "group left: False" in out, out[-3000:]
+
+
+def test_the_cli_under_torchrun_writes_the_export_from_rank_0_only(tmp_path, teacher):
+    """Every rank ends the job holding the whole student; only rank 0 writes export/ (and says so)."""
+    port, procs = free_port(), []
+    for rank in range(2):
+        env = dict(os.environ, OMP_NUM_THREADS="1", SALT_FORCE_CPU="1", MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE="2")
+        procs.append(subprocess.Popen([sys.executable, "-m", "comfyui_salt", "distill", "--preset", "toy-dmd",
+                                       "--teacher", str(teacher), "--out", str(tmp_path / "run"), "--gen-steps", "1",
+                                       "--batch-size", "1", "--critic-ratio", "1", "--eval-every", "0",
+                                       "--threads", "1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
+    assert "wrote" in outs[0] and "wrote" not in outs[1], outs[1][-2000:]
+    assert (tmp_path / "run" / "export" / "student.safetensors").exists()

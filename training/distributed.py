@@ -51,6 +51,12 @@ def _env_int(name: str, default: int) -> int:
         raise ValueError(f"environment {name}={value!r}: expected an integer (set by torchrun)") from None
 
 
+def launcher_rank() -> int:
+    """This process's rank from the launcher's environment (0 without one), starting nothing: what a front door
+    asks after a job, when the job's process group has already ended (only rank 0 writes shared outputs)."""
+    return _env_int("RANK", 0)
+
+
 def process_info(timeout_s: float = DEFAULT_TIMEOUT_S) -> ProcessInfo:
     """This process's place from the launcher's environment, the process group started under a launcher (NCCL on
     CUDA, gloo on the CPU; collectives fail after `timeout_s`): `torchrun --nproc-per-node 1` shards on one GPU
