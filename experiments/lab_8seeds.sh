@@ -21,7 +21,7 @@ $PY experiments/lab_experiment.py --teacher runs/lab_teacher.safetensors --out r
 # and 300 updates (their milestone checkpoints; docs/method_lab.md)
 MECH="$PY experiments/lab_sc_mechanism.py --clips 16 --flow-steps 32 --threads 1 --at-updates 100,200"
 MECH="$MECH --runs runs/lab-exp8/ode-causal"
-MECH="$MECH $(echo runs/lab-exp8/{sc0,sc2,sc20,sc2-sym}/seed{0..7})"
+MECH="$MECH $(echo runs/lab-exp8/{sc0,sc-dmd,sc2,sc20,sc2-sym}/seed{0..7})"   # sc-dmd (λ 0.2): no milestones
 { echo "Command: \`$MECH\` ($(date -u +%F), $(git rev-parse --short HEAD))"; echo; $MECH; } \
     > experiments/results/lab_sc_mechanism_8seeds.md.tmp
 mv experiments/results/lab_sc_mechanism_8seeds.md.tmp experiments/results/lab_sc_mechanism_8seeds.md

@@ -94,3 +94,23 @@ def test_a_milestone_student_has_the_checkpoints_ema_weights_once_ema_started(tm
         assert all(torch.equal(p, want[n]) for n, p in model.named_parameters())
     with pytest.raises(FileNotFoundError, match=r"no checkpoint at update 150 \(it has \[100, 200\]\).*keep_every"):
         milestone_student(str(tmp_path), 150)
+
+
+def test_runs_without_milestones_are_measured_at_their_end_only(monkeypatch, capsys):
+    import comfyui_salt.experiments.lab_sc_mechanism as mech
+    t = [1.0, 0.5, 0.0]
+    fake = {"triplets": [[t, {k: [0.1, 0.2] for k in ("e1", "e2", "pull_truth", "along")}]]}
+    calls = []
+
+    def measure_run(run, clips, flow_steps, at=None):
+        calls.append((run, at))
+        if at is not None and "sc-dmd" in run:
+            raise FileNotFoundError(f"{run} has no checkpoint at update {at}")
+        return fake
+    monkeypatch.setattr(mech, "measure_run", measure_run)
+    assert mech.main(["--runs", "r/ode-causal", "r/sc2/seed0", "r/sc-dmd/seed0", "--at-updates", "100"]) == 0
+    out, err = capsys.readouterr()
+    assert calls == [("r/sc2/seed0", 100), ("r/sc-dmd/seed0", 100), ("r/ode-causal", None), ("r/sc2/seed0", None),
+                     ("r/sc-dmd/seed0", None)]
+    assert "| sc2 @100 | 1 |" in out and "sc-dmd @100" not in out and "| sc-dmd | 1 |" in out
+    assert "skipped: r/sc-dmd/seed0 has no checkpoint at update 100" in err
