@@ -16,7 +16,8 @@ $PY -m comfyui_salt teacher --world lab:default --mode bidirectional --eval-cfg 
 [ -f runs/lab_teacher.safetensors ] || \
     $PY -m comfyui_salt export-teacher --run runs/lab-teacher --out runs/lab_teacher.safetensors
 $PY experiments/lab_experiment.py --teacher runs/lab_teacher.safetensors --out runs/lab-exp8 \
-    --arms dmd,salt,sc-dmd,bidir-dmd,bidir-sc-dmd,salt-sym,sc0,sc2,sc20,sc2-sym --seeds 8 --updates 300 --workers "${WORKERS:-2}"
+    --arms dmd,salt,sc-dmd,bidir-dmd,bidir-sc-dmd,salt-sym,sc0,sc2,sc20,sc2-sym --seeds 8 --updates 300 \
+    --workers "${WORKERS:-2}"
 # the mechanism of the λ response: the SC target against the exact map per triplet, for the λ arms, after 100, 200
 # and 300 updates (their milestone checkpoints; docs/method_lab.md)
 MECH="$PY experiments/lab_sc_mechanism.py --clips 16 --flow-steps 32 --threads 1 --at-updates 100,200"
@@ -37,7 +38,8 @@ $PY experiments/lab_experiment.py --out runs/lab-exp8 --table --compact --export
 $PY experiments/lab_verdicts.py --write experiments/results/lab_verdicts_8seeds.md
 $PY experiments/lab_experiment.py --teacher runs/lab_teacher.safetensors --out runs/lab-exp8-long \
     --extend-from runs/lab-exp8 --arms dmd,salt,salt-sym --seeds 8 --updates 1000 --workers "${WORKERS:-2}"
-$PY experiments/lab_experiment.py --out runs/lab-exp8-long --table --compact --export experiments/results/lab-exp8-long \
+$PY experiments/lab_experiment.py --out runs/lab-exp8-long --table --compact \
+    --export experiments/results/lab-exp8-long \
     --compare-to runs/lab-exp8
 $PY experiments/lab_verdicts.py --write experiments/results/lab_verdicts_8seeds.md
 # the longest budget the CPU allows for the DMD vs Salt pair (issue 27): 3,000 updates, 4 seeds continued from the

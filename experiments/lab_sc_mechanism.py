@@ -29,7 +29,7 @@ import sys
 
 import torch
 
-MECHANISM_VERSION = 1
+MECHANISM_VERSION = 2        # 2: milestone rows read the EMA weights where the checkpoint has them
 
 
 def exact_flow(teacher, prefix: torch.Tensor, x: torch.Tensor, sigma_from: float, sigma_to: float, context,
@@ -128,25 +128,29 @@ def _updates(run_dir: str) -> int:
         return int(json.load(f).get("gen_updates", -1))
 
 
+class MissingMilestone(FileNotFoundError):
+    """A run has no checkpoint at the asked update count (trained without `checkpoint_keep_every` dividing it)."""
+
+
 def milestone_student(run_dir: str, updates: int):
     """The student of run `run_dir` after `updates` generator updates, from its milestone checkpoint: the exported
-    model's architecture with the checkpoint's EMA weights (once EMA has started, as the export has them) or its
-    student weights. FileNotFoundError names the missing checkpoint and the setting that keeps them."""
+    model's architecture with the checkpoint's EMA weights where it holds them (EMA has started: what the export and
+    `Distiller.student_for_inference` use), else its student weights. MissingMilestone names the missing checkpoint
+    and the setting that keeps them; a sharded checkpoint is refused (the lab trains in one process)."""
     from comfyui_salt.training.runs import CheckpointManager
     from comfyui_salt.weights.files import load_model
     ckpts = CheckpointManager(os.path.join(run_dir, "checkpoints"))
     path = dict(ckpts.complete()).get(updates)
     if path is None:
-        raise FileNotFoundError(f"{run_dir} has no checkpoint at update {updates} (it has "
-                                f"{sorted(s for s, _ in ckpts.complete())}); train with checkpoint_keep_every "
-                                f"dividing {updates} to keep it")
-    state = torch.load(os.path.join(path, "state.pt"), map_location="cpu", weights_only=True)
-    weights = ckpts.load(path, ["ema" if state.get("ema") else "student"])[0]
-    weights = next(iter(weights.values()))
+        raise MissingMilestone(f"{run_dir} has no checkpoint at update {updates} (it has "
+                               f"{sorted(s for s, _ in ckpts.complete())}); train with checkpoint_keep_every "
+                               f"dividing {updates} to keep it")
+    if ckpts.is_sharded(path):
+        raise ValueError(f"{path} is a sharded checkpoint (torchrun); measure runs trained in one process")
+    name = "ema" if os.path.exists(os.path.join(path, "ema.safetensors")) else "student"
+    weights = ckpts.load(path, [name])[0][name]
     model = load_model(os.path.join(run_dir, "export", "student.safetensors"))[0]
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.copy_(weights[name])
+    model.load_state_dict({**model.state_dict(), **weights})   # strict: a foreign key or a missing one is named
     return model.eval()
 
 
@@ -193,8 +197,9 @@ def arm_of(run: str) -> str:
 
 def format_table(measured: dict) -> str:
     """Markdown from {(run, updates or None): measurement}: per arm (and update count, when given) and triplet,
-    the means of e1, e2, pull·truth and along, with 95 % t intervals of e2 − e1 and of pull·truth — over the arm's runs (their clip means: seed-level) when it has several, else over its
-    clips (one student: the interval says how well the clips pin that student's value)."""
+    the means of e1, e2, pull·truth and along, with 95 % t intervals of e2 − e1 and of pull·truth — over the arm's
+    runs (their clip means: seed-level) when it has several, else over its clips (one student: the interval says
+    how well the clips pin that student's value)."""
     from comfyui_salt.salt_core.metrics.bootstrap import seed_t_interval
     lines = ["| arm | runs | σ_s → σ_m → σ_e | e1 (one hop) | e2 (SC target) | e2 − e1 [95 %] | pull·truth [95 %] | "
              "along (bias) | along sd | interval over |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -218,6 +223,14 @@ def format_table(measured: dict) -> str:
     return "\n".join(lines)
 
 
+def parse_updates(text: str) -> list:
+    """`--at-updates 100,200` → [100, 200]: positive update counts; SystemExit naming the flag otherwise."""
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    if not all(x.isdigit() and int(x) > 0 for x in items):
+        raise SystemExit(f"--at-updates {text!r}: expected positive update counts separated by commas, e.g. 100,200")
+    return [int(x) for x in items]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", nargs="+", required=True, help="finished lab distillation run folders")
@@ -228,7 +241,7 @@ def main(argv=None) -> int:
                     "student at these (its milestone checkpoints), before the finished one")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    steps = [int(x) for x in args.at_updates.split(",") if x.strip()]
+    steps = parse_updates(args.at_updates)
     measured = {}
     for at in steps + [None]:
         for run in args.runs:
@@ -236,7 +249,7 @@ def main(argv=None) -> int:
                 continue                                 # an ODE init is measured once, as it is
             try:
                 measured[(run, at)] = measure_run(run, args.clips, args.flow_steps, at)
-            except FileNotFoundError as e:
+            except MissingMilestone as e:
                 if at is None:
                     raise
                 print(f"skipped: {e}", file=sys.stderr)   # a run trained without milestones: its end only

@@ -129,11 +129,13 @@ def format_table(results: dict, resamples: int = 1000, compact: bool = False) ->
 # the defect bar), "inconclusive" (none of these at this power); "mixed" where one metric improves and one worsens.
 #   quality: reproduces if one metric is better (interval below 0) and neither is worse; opposite if one is worse
 #            (interval above 0) and neither is better; does not if no metric's interval reaches below −MARGIN × ref;
-#   non-inferior: opposite if an interval lies above +MARGIN × ref (worse by more than the margin); does not if one
-#            lies above 0 (worse, by less); reproduces if both lie below +MARGIN × ref;
+#   non-inferior, in this order: reproduces if both intervals lie below +MARGIN × ref (even if one is above 0:
+#            worse by less than the margin is non-inferior); opposite if one lies above +MARGIN × ref (worse by more);
+#            does not if one lies above 0 (worse, by an amount the interval does not pin against the margin);
 #   drift: reproduces below 0, opposite above 0, does not if the interval lies above −MARGIN × ref;
 #   defect: reproduces if the ratio's interval lies at or below 0.82, opposite above 1, does not above 0.82;
 #   lower-ratio: the ratio's interval below 1 reproduces, above 1 opposite, above 1 − MARGIN does not.
+# A reference value of 0 makes the margin 0: "does not" is then out of reach for quality and drift.
 CLAIMS = (
     ("SC-DMD's defect ≤ 0.82× DMD's, bidirectional", "bidir-sc-dmd", 4, "bidir-dmd", 4, "defect"),
     ("SC-DMD's defect ≤ 0.82× DMD's, autoregressive", "sc-dmd", 4, "dmd", 4, "defect"),
@@ -192,12 +194,12 @@ def claim_verdict(test: str, ivs: dict, ref_values: dict) -> str:
     margin = {m: MARGIN * abs(ref_values[m]) for m in ivs}
     better = [m for m, iv in ivs.items() if iv.hi < 0]
     worse = [m for m, iv in ivs.items() if iv.lo > 0]
-    if test == "non-inferior":
+    if test == "non-inferior":                              # checked in this order
+        if all(iv.hi < margin[m] for m, iv in ivs.items()):
+            return "reproduces"
         if any(iv.lo > margin[m] for m, iv in ivs.items()):
             return "opposite"
-        if worse:
-            return "does not"
-        return "reproduces" if all(iv.hi < margin[m] for m, iv in ivs.items()) else "inconclusive"
+        return "does not" if worse else "inconclusive"
     if better and worse:
         return "mixed"
     if better:

@@ -8,6 +8,7 @@ the repository, or live run folders), reads every claim by the rules at `lab_tab
 
     .venv/bin/python experiments/lab_verdicts.py --write experiments/results/lab_verdicts_8seeds.md
     .venv/bin/python experiments/lab_verdicts.py --budget 300=runs/lab-exp8 --budget 1000=runs/lab-exp8-long  # live
+(`--budget` folders are read relative to the current folder; the default ones under the repository.)
 
 Intervals: 95 % Student-t over per-seed values (`lab_tables.INTERVAL_METHOD`), paired by seed, clip and noise.
 """
@@ -30,13 +31,18 @@ def parse_budget(text: str) -> tuple:
     return int(updates), folder.strip()
 
 
-def budget_rows(budgets) -> dict:
-    """{updates: (folder, results, claim rows)} of the budgets whose folder holds evaluated runs."""
+def budget_rows(budgets, base: str = ROOT, required: bool = False) -> dict:
+    """{updates: (folder, results, claim rows)} of the budgets whose folder holds evaluated runs; relative folders
+    are read under `base`. required: a folder that does not exist is an error (a budget the user named), else it is
+    skipped (the default budgets not run yet)."""
     from comfyui_salt.experiments.lab_experiment import load_results
     from comfyui_salt.experiments.lab_tables import claim_rows
     out = {}
     for updates, folder in budgets:
-        path = folder if os.path.isabs(folder) else os.path.join(ROOT, folder)
+        path = os.path.join(base, folder)
+        if required and not os.path.isdir(path):
+            raise SystemExit(f"--budget {updates}={folder}: {path} is not a folder; name a lab_experiment.py --out "
+                             f"folder or an export of one (e.g. experiments/results/lab-exp8)")
         results = load_results(path) if os.path.isdir(path) else {}
         rows = claim_rows(results)
         if rows:
@@ -65,15 +71,16 @@ def verdict_matrix(found: dict, min_seeds: int = MIN_SEEDS) -> str:
 
 def report(found: dict, min_seeds: int = MIN_SEEDS, made_by: str = "") -> str:
     """The whole file: how it was made, the matrix, and each budget's claims table."""
-    from comfyui_salt.experiments.lab_tables import INTERVAL_METHOD, format_claims
+    from comfyui_salt.experiments.lab_tables import INTERVAL_METHOD, MARGIN, format_claims
     if not found:
         return "No budget has evaluated runs yet: run experiments/lab_8seeds.sh (or name live folders with --budget)."
     parts = ["# Method lab: the verdicts at every budget (issue 27)", "",
              f"Made by {made_by}." if made_by else "", "",
              f"Intervals: {INTERVAL_METHOD}; paired by seed, clip and noise. Verdict words (rules at "
-             "`experiments/lab_tables.py` CLAIMS): reproduces, opposite (the other sign shown), does not (the claimed "
-             "size ruled out by a 10 % margin of the reference), inconclusive at this power, mixed (one metric better, "
-             f"one worse). In brackets: the seeds both arms share; cells with fewer than {min_seeds} are interim.", "",
+             "`experiments/lab_tables.py` CLAIMS): reproduces, opposite (the other sign shown), does not (the "
+             f"claimed size ruled out by a {MARGIN * 100:.0f} % margin of the reference), inconclusive at this "
+             "power, mixed (one metric better, one worse). In brackets: the seeds both arms share; cells with fewer "
+             f"than {min_seeds} are interim.", "",
              verdict_matrix(found, min_seeds)]
     for u in sorted(found):
         folder, results, _ = found[u]
@@ -82,6 +89,7 @@ def report(found: dict, min_seeds: int = MIN_SEEDS, made_by: str = "") -> str:
 
 
 def _commit() -> str:
+    """The repository's short commit, for the report's header ("unknown" outside a git checkout)."""
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                               check=True).stdout.strip()
@@ -96,7 +104,7 @@ def main(argv=None) -> int:
     ap.add_argument("--min-seeds", type=int, default=MIN_SEEDS, help="fewer paired seeds than this: interim")
     ap.add_argument("--write", default="", help="write the report to this file (default: print it)")
     args = ap.parse_args(argv)
-    found = budget_rows(args.budget or BUDGETS)
+    found = budget_rows(args.budget, os.getcwd(), required=True) if args.budget else budget_rows(BUDGETS)
     shown = " ".join(["experiments/lab_verdicts.py"] + [f"--budget {u}={f}" for u, f in args.budget or ()]
                      + ([f"--min-seeds {args.min_seeds}"] if args.min_seeds != MIN_SEEDS else []))
     text = report(found, args.min_seeds, f"`.venv/bin/python {shown}` at {_commit()}")

@@ -236,7 +236,8 @@ def test_the_cli_under_torchrun_writes_the_export_from_rank_0_only(tmp_path, tea
         procs.append(subprocess.Popen([sys.executable, "-m", "comfyui_salt", "distill", "--preset", "toy-dmd",
                                        "--teacher", str(teacher), "--out", str(tmp_path / "run"), "--gen-steps", "1",
                                        "--batch-size", "1", "--critic-ratio", "1", "--eval-every", "0",
-                                       "--threads", "1"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+                                       "--threads", "1"], env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
     assert "wrote" in outs[0] and "wrote" not in outs[1], outs[1][-2000:]

@@ -331,6 +331,10 @@ def test_claim_verdicts_follow_the_stated_rules():
     assert v("non-inferior", {"mean_err": iv(-0.1, 0.2), "var_gap": iv(-0.3, 0.04)}, refs) == "inconclusive"
     assert v("non-inferior", {"mean_err": iv(0.01, 0.2), "var_gap": iv(-0.3, 0.04)}, refs) == "does not"
     assert v("non-inferior", {"mean_err": iv(0.11, 0.2), "var_gap": iv(-0.3, 0.04)}, refs) == "opposite"
+    assert v("non-inferior", {"mean_err": iv(0.01, 0.05), "var_gap": iv(-0.3, 0.04)}, refs) == "reproduces"
+    zero = {"mean_err": 0.0, "var_gap": 0.0}                               # no margin: "does not" is out of reach
+    assert v("quality", {"mean_err": iv(-1e-9, 1e-9), "var_gap": iv(-1e-9, 1e-9)}, zero) == "inconclusive"
+    assert v("non-inferior", {"mean_err": iv(-2e-9, -1e-9), "var_gap": iv(-2e-9, -1e-9)}, zero) == "reproduces"
 
 
 def test_the_symmetric_salt_preset_is_released_salt_with_the_symmetric_sc_only():

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from comfyui_salt.experiments.lab_sc_mechanism import (arm_of, exact_flow, format_table, hop_measures,
-                                                      measure_student, milestone_student)
+                                                      measure_student, milestone_student, MissingMilestone,
+                                                      parse_updates)
 from comfyui_salt.salt_core.losses.semigroup import sc_triplet_distribution
 from comfyui_salt.salt_core.model import build_model
 from comfyui_salt.salt_core.schedules import get_sigmas_fewstep
@@ -86,13 +87,13 @@ def test_a_milestone_student_has_the_checkpoints_ema_weights_once_ema_started(tm
     save_model(exported, str(tmp_path / "export" / "student.safetensors"))
     student, ema = (build_model("toy", seed=s).state_dict() for s in (2, 3))
     ckpts = CheckpointManager(str(tmp_path / "checkpoints"), keep=5)
-    ckpts.save(100, {"student": student, "critic": student}, {"ema": False})
-    ckpts.save(200, {"student": student, "critic": student, "ema": ema}, {"ema": True})
+    ckpts.save(100, {"student": student, "critic": student}, {"gen_step": 100})     # as Distiller.state() writes:
+    ckpts.save(200, {"student": student, "critic": student, "ema": ema}, {"gen_step": 200})   # ema once started
     for at, want in ((100, student), (200, ema)):
         model = milestone_student(str(tmp_path), at)
         assert not model.training
         assert all(torch.equal(p, want[n]) for n, p in model.named_parameters())
-    with pytest.raises(FileNotFoundError, match=r"no checkpoint at update 150 \(it has \[100, 200\]\).*keep_every"):
+    with pytest.raises(MissingMilestone, match=r"no checkpoint at update 150 \(it has \[100, 200\]\).*keep_every"):
         milestone_student(str(tmp_path), 150)
 
 
@@ -105,7 +106,7 @@ def test_runs_without_milestones_are_measured_at_their_end_only(monkeypatch, cap
     def measure_run(run, clips, flow_steps, at=None):
         calls.append((run, at))
         if at is not None and "sc-dmd" in run:
-            raise FileNotFoundError(f"{run} has no checkpoint at update {at}")
+            raise MissingMilestone(f"{run} has no checkpoint at update {at}")
         return fake
     monkeypatch.setattr(mech, "measure_run", measure_run)
     assert mech.main(["--runs", "r/ode-causal", "r/sc2/seed0", "r/sc-dmd/seed0", "--at-updates", "100"]) == 0
@@ -114,3 +115,10 @@ def test_runs_without_milestones_are_measured_at_their_end_only(monkeypatch, cap
                      ("r/sc-dmd/seed0", None)]
     assert "| sc2 @100 | 1 |" in out and "sc-dmd @100" not in out and "| sc-dmd | 1 |" in out
     assert "skipped: r/sc-dmd/seed0 has no checkpoint at update 100" in err
+
+
+def test_update_counts_are_checked():
+    assert parse_updates("100, 200") == [100, 200] and parse_updates("") == []
+    for bad in ("1oo", "0", "-100", "100;200"):
+        with pytest.raises(SystemExit, match="--at-updates .*expected positive update counts"):
+            parse_updates(bad)

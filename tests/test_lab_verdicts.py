@@ -1,12 +1,14 @@
 """experiments/lab_verdicts.py: the one command that regenerates the lab's verdicts at every budget, run on the
 3-seed evaluations kept in the repository (experiments/results/lab-exp, lab-exp-long)."""
+import os
+
 import pytest
 
 from comfyui_salt.experiments import lab_verdicts as lv
 from comfyui_salt.experiments.lab_tables import CLAIMS
 
-KEPT = ["--budget", "300=experiments/results/lab-exp", "--budget", "1000=experiments/results/lab-exp-long",
-        "--budget", "3000=experiments/results/no-such-folder"]
+RESULTS = os.path.join(lv.ROOT, "experiments", "results")
+KEPT = ["--budget", f"300={RESULTS}/lab-exp", "--budget", f"1000={RESULTS}/lab-exp-long"]
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +35,7 @@ def _budget_table(text, updates):
 
 def test_the_matrix_agrees_with_each_budgets_table_and_marks_interim_cells(report):
     matrix = _matrix(report)
-    assert "| claim | 300 updates | 1,000 updates |" in report and "3,000" not in report   # the missing budget
+    assert "| claim | 300 updates | 1,000 updates |" in report and "3,000" not in report
     assert list(matrix) == [c for c, *_ in CLAIMS if c in matrix]                         # CLAIMS order
     for updates, col in ((300, 0), (1000, 1)):
         table = _budget_table(report, updates)
@@ -45,6 +47,7 @@ def test_the_matrix_agrees_with_each_budgets_table_and_marks_interim_cells(repor
             assert cells[col] == f"{verdict} ({seeds}, interim)" and seeds == "3"
     assert len(_budget_table(report, 300)) == 13 and len(_budget_table(report, 1000)) == 5   # the long pair only
     assert "Student-t" in report and "Made by `.venv/bin/python experiments/lab_verdicts.py --budget 300=" in report
+    assert "a 10 % margin" in report
 
 
 def test_enough_seeds_are_not_interim_and_bad_budgets_are_named(capsys):
@@ -54,5 +57,13 @@ def test_enough_seeds_are_not_interim_and_bad_budgets_are_named(capsys):
     for bad in ("300", "x=runs/a", "300="):
         with pytest.raises(SystemExit, match="expected UPDATES=FOLDER"):
             lv.parse_budget(bad)
-    assert lv.main(["--budget", "300=experiments/results/no-such-folder"]) == 0
-    assert "No budget has evaluated runs yet" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="--budget 300=no-such-folder: .* is not a folder"):
+        lv.main(["--budget", "300=no-such-folder"])                     # a budget the user named must exist
+    assert lv.budget_rows([(3000, "experiments/results/no-such-folder")]) == {}   # a default one not run yet
+    assert "No budget has evaluated runs yet" in lv.report({})
+
+
+def test_budget_folders_are_read_relative_to_the_current_folder(monkeypatch, capsys):
+    monkeypatch.chdir(RESULTS)
+    assert lv.main(["--budget", "1000=lab-exp-long", "--min-seeds", "3"]) == 0
+    assert "| Salt at 2 NFE ≥ DMD at 4 NFE | reproduces (3) |" in capsys.readouterr().out

@@ -183,5 +183,7 @@ def test_milestone_checkpoints_are_kept_and_written_even_off_the_checkpoint_cade
         assert state["step"] == stop
         want = straight[stop].state()[0]["model"]
         assert all(torch.equal(tensors["model"][k], want[k]) for k in want)
+    train(tmp_path / "run", 12, checkpoint_every=2)              # resumed without milestones: the old ones stay
+    assert [s for s, _ in ckpt.complete()] == [12, 10, 9, 6, 3]
     train(tmp_path / "plain", 10, checkpoint_every=2)
     assert [s for s, _ in CheckpointManager(str(tmp_path / "plain" / "checkpoints")).complete()] == [10, 8]

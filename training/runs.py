@@ -108,12 +108,20 @@ class CheckpointManager:
             save_file({k: v.detach().contiguous().cpu() for k, v in sd.items()}, os.path.join(tmp, f"{name}.safetensors"),
                       meta)
         torch.save(state, os.path.join(tmp, "state.pt"))
+        self._mark(tmp, step)
         open(os.path.join(tmp, "COMPLETE"), "w").close()
         if os.path.exists(final):
             shutil.rmtree(final)
         os.replace(tmp, final)
         self._prune()
         return final
+
+    MILESTONE = "MILESTONE"
+
+    def _mark(self, folder: str, step: int) -> None:
+        """Mark a checkpoint at a multiple of `keep_every` as a milestone: kept for good, whatever later runs set."""
+        if self.keep_every > 0 and step % self.keep_every == 0:
+            open(os.path.join(folder, self.MILESTONE), "w").close()
 
     @staticmethod
     def is_sharded(path: str) -> bool:
@@ -138,6 +146,7 @@ class CheckpointManager:
             torch.save(state, os.path.join(tmp, "state.pt"))
             with open(os.path.join(tmp, "metadata.json"), "w") as f:
                 json.dump({k: str(v) for k, v in (metadata or {}).items()}, f)
+            self._mark(tmp, step)
             open(os.path.join(tmp, "COMPLETE"), "w").close()
             if os.path.exists(final):
                 shutil.rmtree(final)
@@ -156,14 +165,13 @@ class CheckpointManager:
         return tensors, state
 
     def _prune(self):
-        """Keep the `keep` newest complete checkpoints and the milestones (steps that are multiples of `keep_every`,
-        when > 0); drop older ones, step folders without COMPLETE (never a finished save: those are renamed into
-        place complete) and other processes' temp folders."""
+        """Keep the `keep` newest complete checkpoints and the milestones (marked when saved at a multiple of
+        `keep_every`: a resume with another setting keeps them too); drop older ones, step folders without COMPLETE
+        (never a finished save: those are renamed into place complete) and other processes' temp folders."""
         complete = {path for _, path in self.complete()}
-        for step, path in self.complete()[self.keep:]:
-            if self.keep_every > 0 and step % self.keep_every == 0:
-                continue
-            shutil.rmtree(path, ignore_errors=True)
+        for _, path in self.complete()[self.keep:]:
+            if not os.path.exists(os.path.join(path, self.MILESTONE)):
+                shutil.rmtree(path, ignore_errors=True)
         for n in os.listdir(self.folder):
             path = os.path.join(self.folder, n)
             if self.PATTERN.match(n) and path not in complete:
