@@ -150,7 +150,7 @@ def milestone_student(run_dir: str, updates: int):
     name = "ema" if os.path.exists(os.path.join(path, "ema.safetensors")) else "student"
     weights = ckpts.load(path, [name])[0][name]
     model = load_model(os.path.join(run_dir, "export", "student.safetensors"))[0]
-    model.load_state_dict({**model.state_dict(), **weights})   # strict: a foreign key or a missing one is named
+    model.load_state_dict({**model.state_dict(), **weights})   # strict: a key the model lacks is refused
     return model.eval()
 
 

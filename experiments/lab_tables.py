@@ -187,9 +187,9 @@ def claim_verdict(test: str, ivs: dict, ref_values: dict) -> str:
         return "inconclusive"
     if test in ("defect", "lower-ratio"):
         iv = ivs["defect8"]
-        bar, null_bar = (DEFECT_BAR, DEFECT_BAR) if test == "defect" else (1.0, 1.0 - MARGIN)
-        if iv.hi <= bar and (test == "defect" or iv.hi < bar):
+        if iv.hi <= DEFECT_BAR if test == "defect" else iv.hi < 1.0:
             return "reproduces"
+        null_bar = DEFECT_BAR if test == "defect" else 1.0 - MARGIN
         return "opposite" if iv.lo > 1.0 else "does not" if iv.lo > null_bar else "inconclusive"
     margin = {m: MARGIN * abs(ref_values[m]) for m in ivs}
     better = [m for m, iv in ivs.items() if iv.hi < 0]
@@ -257,10 +257,10 @@ def claims_floor(results: dict) -> tuple:
     return mean_err_floor(get_world(first["config"]["world"]).lab, first["captions"])
 
 
-def format_claims(results: dict, resamples: int = 1000) -> str:
-    """The verdict table of the paper's claims from finished runs (claims whose arms are missing are skipped).
-    `resamples` is unused (kept for callers)."""
-    rows = claim_rows(results)
+def format_claims(results: dict, resamples: int = 1000, rows: list = None) -> str:
+    """The verdict table of the paper's claims from finished runs (claims whose arms are missing are skipped);
+    `rows`: `claim_rows(results)` where the caller has them already. `resamples` is unused (kept for callers)."""
+    rows = claim_rows(results) if rows is None else rows
     if not rows:
         return ""
     floor = claims_floor(results)

@@ -83,8 +83,8 @@ def report(found: dict, min_seeds: int = MIN_SEEDS, made_by: str = "") -> str:
              f"than {min_seeds} are interim.", "",
              verdict_matrix(found, min_seeds)]
     for u in sorted(found):
-        folder, results, _ = found[u]
-        parts += ["", f"## {u:,} updates (`{folder}`)", "", format_claims(results)]
+        folder, results, rows = found[u]
+        parts += ["", f"## {u:,} updates (`{folder}`)", "", format_claims(results, rows=rows)]
     return "\n".join(parts) + "\n"
 
 

@@ -51,6 +51,7 @@ class CheckpointManager:
     """`step_XXXXXXXX/` folders holding safetensors weights + a weights-only training-state file."""
 
     PATTERN = re.compile(r"^step_(\d{8})$")
+    MILESTONE = "MILESTONE"     # the marker file of a checkpoint kept for good (`keep_every`)
 
     def __init__(self, folder: str, keep: int = 2, keep_every: int = 0):
         self.folder, self.keep, self.keep_every = folder, keep, keep_every
@@ -115,8 +116,6 @@ class CheckpointManager:
         os.replace(tmp, final)
         self._prune()
         return final
-
-    MILESTONE = "MILESTONE"
 
     def _mark(self, folder: str, step: int) -> None:
         """Mark a checkpoint at a multiple of `keep_every` as a milestone: kept for good, whatever later runs set."""
