@@ -21,8 +21,14 @@ $PY experiments/lab_experiment.py --teacher runs/lab_teacher.safetensors --out r
 # the mechanism of the λ response: the SC target against the exact map per triplet, for the λ arms, after 100, 200
 # and 300 updates (their milestone checkpoints; docs/method_lab.md)
 MECH="$PY experiments/lab_sc_mechanism.py --clips 16 --flow-steps 32 --threads 1 --at-updates 100,200"
+MECH_WARM="$MECH --runs"
 MECH="$MECH --runs runs/lab-exp8/ode-causal"
 MECH="$MECH $(echo runs/lab-exp8/{sc0,sc-dmd,sc2,sc20,sc2-sym}/seed{0..7})"   # sc-dmd (λ 0.2): no milestones
+# each run's measurements are cached in its folder: fill the caches on both cores (seeds 0-3 and 4-7, ~30 s each
+# on one core), then the command below prints the table from them
+$MECH_WARM $(echo runs/lab-exp8/{sc0,sc-dmd,sc2,sc20,sc2-sym}/seed{0..3}) > /dev/null &
+$MECH_WARM $(echo runs/lab-exp8/{sc0,sc-dmd,sc2,sc20,sc2-sym}/seed{4..7}) > /dev/null
+wait
 { echo "Command: \`$MECH\` ($(date -u +%F), $(git rev-parse --short HEAD))"; echo; $MECH; } \
     > experiments/results/lab_sc_mechanism_8seeds.md.tmp
 mv experiments/results/lab_sc_mechanism_8seeds.md.tmp experiments/results/lab_sc_mechanism_8seeds.md
