@@ -24,14 +24,17 @@ PROBES = ("sc_dmd_grad_cos", "sc_dmd_grad_ratio")
 
 def read_probes(run_dir: str) -> list:
     """[(gen_step, K, exit index, {probe: value})] of the updates of one run whose SC term acted (probes logged)
-    with a non-zero weight (its triplet starts below σ = 1)."""
-    rows = []
+    with a non-zero weight (its triplet starts below σ = 1), in update order. A run resumed from a checkpoint
+    redoes the updates after it and logs them again (on CPU with the same values): each update counts once, as its
+    last training record."""
+    kept = {}
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         for line in f:
             r = json.loads(line)
-            if all(p in r for p in PROBES) and r.get("sc_sigma_s", 0.0) < 1.0:
-                rows.append((int(r["gen_step"]), int(r["K"]), int(r["exit"]), {p: float(r[p]) for p in PROBES}))
-    return rows
+            if "K" in r and "gen_step" in r:                     # a training record (evaluations have no K)
+                kept[int(r["gen_step"])] = r
+    return [(step, int(r["K"]), int(r["exit"]), {p: float(r[p]) for p in PROBES}) for step, r in sorted(kept.items())
+            if all(r.get(p) is not None for p in PROBES) and r.get("sc_sigma_s", 0.0) < 1.0]
 
 
 def _cells(rows: list, key) -> dict:
@@ -72,13 +75,15 @@ def _fmt(iv) -> str:
 
 
 def table(out: str, arms: list, windows: int = 3, shift: float = 3.0) -> str:
-    """Markdown: per arm, the probes over training and by exit level; arms or seeds without probes are listed."""
-    lines, missing = [], []
+    """Markdown: per arm, the probes over training and by exit level, from its finished runs (summary.json written:
+    a run still training would leave its later windows short); arms without probes and unfinished runs are listed."""
+    lines, missing, unfinished = [], [], []
     for arm in arms:
         root = os.path.join(out, arm)
         seeds = sorted(d for d in os.listdir(root) if d.startswith("seed")) if os.path.isdir(root) else []
-        runs = [read_probes(os.path.join(root, s)) for s in seeds
-                if os.path.exists(os.path.join(root, s, "metrics.jsonl"))]
+        done = [s for s in seeds if os.path.exists(os.path.join(root, s, "summary.json"))]
+        unfinished += [f"{arm}/{s}" for s in seeds if s not in done]
+        runs = [read_probes(os.path.join(root, s)) for s in done]
         runs = [r for r in runs if r]
         if not runs:
             missing.append(arm)
@@ -96,6 +101,7 @@ def table(out: str, arms: list, windows: int = 3, shift: float = 3.0) -> str:
             "with updates in the cell; one seed: no interval). Updates whose SC triplet starts at σ_s = 1 are left "
             "out (weight 1 − σ_s = 0: no SC gradient).", ""]
     tail = [f"No probes yet: {', '.join(missing)}."] if missing else []
+    tail += [f"Unfinished, left out: {', '.join(unfinished)}."] if unfinished else []
     return "\n".join(head + lines + tail)
 
 
