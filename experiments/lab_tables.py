@@ -162,10 +162,10 @@ MARGIN = 0.10                                         # the practical effect siz
 
 
 def paired_interval(results: dict, arm: str, nfe: int, ref: str, ref_nfe: int, metric: str, world,
-                    ratio: bool = False, resamples: int = 1000):
+                    ratio: bool = False, resamples: int = 1000, level: float = 0.95):
     """(Interval of arm − ref (or arm / ref) on `metric`, seeds used, ref's own value): per seed the difference (or
-    ratio) of the two runs' values on the same clips and noise, then the t interval over seeds; None when the two
-    arms share no seed. `resamples` is unused (kept for callers)."""
+    ratio) of the two runs' values on the same clips and noise, then the t interval over seeds at `level`; None when
+    the two arms share no seed. `resamples` is unused (kept for callers)."""
     from comfyui_salt.salt_core.metrics.bootstrap import seed_t_interval
     seeds = sorted(set(results.get(arm, {})) & set(results.get(ref, {})))
     if not seeds:
@@ -177,7 +177,7 @@ def paired_interval(results: dict, arm: str, nfe: int, ref: str, ref_nfe: int, m
 
     xs, ys = seed_values(a, fa), seed_values(b, fb)
     per_seed = [x / y if ratio else x - y for x, y in zip(xs, ys)]
-    return seed_t_interval(per_seed), len(seeds), sum(ys) / len(ys)
+    return seed_t_interval(per_seed, level), len(seeds), sum(ys) / len(ys)
 
 
 def claim_verdict(test: str, ivs: dict, ref_values: dict) -> str:
@@ -227,10 +227,10 @@ CLAIM_METRICS = {"defect": ("defect8",), "lower-ratio": ("defect8",), "drift": (
                  "quality": ("mean_err", "var_gap"), "non-inferior": ("mean_err", "var_gap")}
 
 
-def claim_rows(results: dict) -> list:
+def claim_rows(results: dict, level: float = 0.95) -> list:
     """The claims (CLAIMS) whose arms `results` holds, each a dict: claim, arm, nfe, ref, ref_nfe, test, seeds (the
-    seeds both arms share), ivs ({metric: paired Interval}: arm − ref, or arm / ref for the defect tests),
-    refs ({metric: the reference's mean}) and verdict."""
+    seeds both arms share), ivs ({metric: paired Interval at `level`}: arm − ref, or arm / ref for the defect
+    tests), refs ({metric: the reference's mean}) and verdict."""
     from comfyui_salt.toy.worlds import get_world
     arms = [r for r in results if r in ARMS]
     if not arms:
@@ -240,7 +240,8 @@ def claim_rows(results: dict) -> list:
     for claim, arm, nfe, ref, ref_nfe, test in CLAIMS:
         ivs, refs, seeds = {}, {}, 0
         for m in CLAIM_METRICS[test]:
-            got = paired_interval(results, arm, nfe, ref, ref_nfe, m, world, ratio=test in ("defect", "lower-ratio"))
+            got = paired_interval(results, arm, nfe, ref, ref_nfe, m, world, ratio=test in ("defect", "lower-ratio"),
+                                  level=level)
             if got is None:
                 break
             ivs[m], seeds, refs[m] = got

@@ -4,7 +4,10 @@ One command reads each budget's evaluations (the gzipped `lab_eval.json` files `
 the repository, or live run folders), reads every claim by the rules at `lab_tables.CLAIMS` and writes:
 - one table of the claims against the budgets, a verdict and the seed count per cell (a cell with fewer seeds than
   `--min-seeds` is marked interim);
-- per budget, the claims with their paired intervals, as `lab_experiment.py --table` prints them.
+- per budget, the claims with their paired intervals, as `lab_experiment.py --table` prints them;
+- each verdict read again family-wise: Bonferroni over every paired interval of that budget (M of them, each at
+  1 − 0.05 / M), so that the chance of any false "reproduces", "opposite" or "does not" among a budget's claims stays
+  at most 5 %, not 5 % per claim. Where that changes a verdict, both are given.
 
     .venv/bin/python experiments/lab_verdicts.py --write experiments/results/lab_verdicts_8seeds.md
     .venv/bin/python experiments/lab_verdicts.py --budget 300=runs/lab-exp8 --budget 1000=runs/lab-exp8-long  # live
@@ -21,6 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUDGETS = ((300, "experiments/results/lab-exp8"), (1000, "experiments/results/lab-exp8-long"),
            (3000, "experiments/results/lab-exp8-3k"))
 MIN_SEEDS = 8
+FAMILY_ALPHA = 0.05          # the chance of any false verdict among one budget's claims, read family-wise
 
 
 def parse_budget(text: str) -> tuple:
@@ -31,9 +35,17 @@ def parse_budget(text: str) -> tuple:
     return int(updates), folder.strip()
 
 
+def family_level(rows: list) -> tuple:
+    """(M, level) of one budget's claim rows: M = every paired interval their verdicts read (a claim has one per
+    metric), each at level 1 − FAMILY_ALPHA / M (Bonferroni: all M cover at once with probability ≥ 95 %)."""
+    m = sum(len(r["ivs"]) for r in rows)
+    return m, 1.0 - FAMILY_ALPHA / m
+
+
 def budget_rows(budgets, base: str = ROOT, required: bool = False) -> dict:
     """{updates: (folder, results, claim rows)} of the budgets whose folder holds evaluated runs; relative folders
-    are read under `base`. required: a folder that does not exist is an error (a budget the user named), else it is
+    are read under `base`. Each row also has "family": the same claim read with the family-wise intervals
+    (`family_level`). required: a folder that does not exist is an error (a budget the user named), else it is
     skipped (the default budgets not run yet)."""
     from comfyui_salt.experiments.lab_experiment import load_results
     from comfyui_salt.experiments.lab_tables import claim_rows
@@ -46,6 +58,8 @@ def budget_rows(budgets, base: str = ROOT, required: bool = False) -> dict:
         results = load_results(path) if os.path.isdir(path) else {}
         rows = claim_rows(results)
         if rows:
+            for row, family in zip(rows, claim_rows(results, family_level(rows)[1])):
+                row["family"] = family
             out[updates] = (folder, results, rows)
     return out
 
@@ -63,10 +77,24 @@ def verdict_matrix(found: dict, min_seeds: int = MIN_SEEDS) -> str:
         for u in budgets:
             r = by[u].get(claim)
             interim = ", interim" if r is not None and r["seeds"] < min_seeds else ""
-            cells.append("" if r is None else f"{r['verdict']} ({r['seeds']}{interim})")
+            family = f"; family-wise {r['family']['verdict']}" if r and r["family"]["verdict"] != r["verdict"] else ""
+            cells.append("" if r is None else f"{r['verdict']} ({r['seeds']}{interim}{family})")
         if any(cells):
             lines.append(f"| {claim} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def family_note(rows: list) -> str:
+    """One budget's verdicts read family-wise: which change, with their widened intervals."""
+    from comfyui_salt.experiments.lab_tables import _fmt
+    m, level = family_level(rows)
+    head = f"Family-wise (Bonferroni over the {m} paired intervals above, each at {100 * level:.2f} %): "
+    changed = [r for r in rows if r["family"]["verdict"] != r["verdict"]]
+    if not changed:
+        return head + "every verdict holds."
+    return head + "; ".join(f"{r['claim']}: {r['verdict']} → {r['family']['verdict']} ("
+                            + ", ".join(f"{k} {_fmt(iv, 4)}" for k, iv in r["family"]["ivs"].items()) + ")"
+                            for r in changed) + "."
 
 
 def report(found: dict, min_seeds: int = MIN_SEEDS, made_by: str = "") -> str:
@@ -80,11 +108,13 @@ def report(found: dict, min_seeds: int = MIN_SEEDS, made_by: str = "") -> str:
              "`experiments/lab_tables.py` CLAIMS): reproduces, opposite (the other sign shown), does not (the "
              f"claimed size ruled out by a {MARGIN * 100:.0f} % margin of the reference), inconclusive at this "
              "power, mixed (one metric better, one worse). In brackets: the seeds both arms share; cells with fewer "
-             f"than {min_seeds} are interim.", "",
+             f"than {min_seeds} are interim. \"Family-wise\": where the verdict changes when every interval of that "
+             "budget is widened to Bonferroni's level (all of them cover at once with probability ≥ 95 %).", "",
              verdict_matrix(found, min_seeds)]
     for u in sorted(found):
         folder, results, rows = found[u]
-        parts += ["", f"## {u:,} updates (`{folder}`)", "", format_claims(results, rows=rows)]
+        parts += ["", f"## {u:,} updates (`{folder}`)", "", format_claims(results, rows=rows), "",
+                  family_note(rows)]
     return "\n".join(parts) + "\n"
 
 

@@ -1,11 +1,12 @@
 """experiments/lab_verdicts.py: the one command that regenerates the lab's verdicts at every budget, run on the
 3-seed evaluations kept in the repository (experiments/results/lab-exp, lab-exp-long)."""
+import math
 import os
 
 import pytest
 
 from comfyui_salt.experiments import lab_verdicts as lv
-from comfyui_salt.experiments.lab_tables import CLAIMS
+from comfyui_salt.experiments.lab_tables import CLAIMS, claim_verdict
 
 RESULTS = os.path.join(lv.ROOT, "experiments", "results")
 KEPT = ["--budget", f"300={RESULTS}/lab-exp", "--budget", f"1000={RESULTS}/lab-exp-long"]
@@ -27,6 +28,16 @@ def _matrix(text):
     return rows
 
 
+def _family_changes(text, updates):
+    """{claim: family-wise verdict} from one budget's "Family-wise (...): claim: a → b (...); ..." line."""
+    section = text.split(f"## {updates:,} updates")[1].split("\n## ")[0]
+    line = next(x for x in section.splitlines() if x.startswith("Family-wise"))
+    if line.endswith("every verdict holds."):
+        return {}
+    return {c: v for c, v in (item.split(": ", 1)[0:1] + [item.split(" → ")[1].split(" (")[0]]
+                              for item in line.split("): ", 1)[1].split("); "))}
+
+
 def _budget_table(text, updates):
     section = text.split(f"## {updates:,} updates")[1].split("\n## ")[0]
     return {c[0]: c for c in ([x.strip() for x in line.strip("|").split("|")] for line in section.splitlines()
@@ -44,7 +55,9 @@ def test_the_matrix_agrees_with_each_budgets_table_and_marks_interim_cells(repor
                 assert cells[col] == ""
                 continue
             verdict, seeds = table[claim][-1], table[claim][3]
-            assert cells[col] == f"{verdict} ({seeds}, interim)" and seeds == "3"
+            family = _family_changes(report, updates).get(claim)
+            assert cells[col] == f"{verdict} ({seeds}, interim{f'; family-wise {family}' if family else ''})"
+            assert seeds == "3"
     assert len(_budget_table(report, 300)) == 13 and len(_budget_table(report, 1000)) == 5   # the long pair only
     assert "Student-t" in report and "Made by `.venv/bin/python experiments/lab_verdicts.py --budget 300=" in report
     assert "a 10 % margin" in report
@@ -53,7 +66,8 @@ def test_the_matrix_agrees_with_each_budgets_table_and_marks_interim_cells(repor
 def test_enough_seeds_are_not_interim_and_bad_budgets_are_named(capsys):
     assert lv.main(KEPT[:2] + ["--min-seeds", "3"]) == 0
     text = capsys.readouterr().out
-    assert "interim" not in text.split("\n## ")[0].split("| claim |")[1] and "reproduces (3)" in text
+    assert "interim" not in text.split("\n## ")[0].split("| claim |")[1]
+    assert "reproduces (3; family-wise inconclusive)" in text
     for bad in ("300", "x=runs/a", "300="):
         with pytest.raises(SystemExit, match="expected UPDATES=FOLDER"):
             lv.parse_budget(bad)
@@ -66,4 +80,26 @@ def test_enough_seeds_are_not_interim_and_bad_budgets_are_named(capsys):
 def test_budget_folders_are_read_relative_to_the_current_folder(monkeypatch, capsys):
     monkeypatch.chdir(RESULTS)
     assert lv.main(["--budget", "1000=lab-exp-long", "--min-seeds", "3"]) == 0
-    assert "| Salt at 2 NFE ≥ DMD at 4 NFE | reproduces (3) |" in capsys.readouterr().out
+    assert "| Salt at 2 NFE ≥ DMD at 4 NFE | reproduces (3; family-wise inconclusive) |" in capsys.readouterr().out
+
+
+def t_quantile_2df(p):
+    """Student's t quantile with 2 degrees of freedom, in closed form: (2p − 1) / √(2p(1 − p))."""
+    return (2 * p - 1) / math.sqrt(2 * p * (1 - p))
+
+
+def test_family_wise_verdicts_read_every_interval_at_bonferronis_level(report):
+    rows = lv.budget_rows([(300, f"{RESULTS}/lab-exp")])[300][2]
+    m = sum(len(r["ivs"]) for r in rows)
+    assert m == 20                                 # 13 claims: 2 defect + 4 drift (one interval), 7 quality (two)
+    assert t_quantile_2df(0.975) == pytest.approx(4.302652729911275)
+    widen = t_quantile_2df(1 - 0.05 / (2 * m)) / t_quantile_2df(0.975)   # 3 seeds: 2 df; about 4.6×
+    for r in rows:
+        for k, iv in r["ivs"].items():
+            wide = r["family"]["ivs"][k]
+            assert wide.mean == pytest.approx(iv.mean)
+            assert wide.hi - wide.mean == pytest.approx(widen * (iv.hi - iv.mean), rel=1e-9)
+        assert r["family"]["verdict"] == claim_verdict(r["test"], r["family"]["ivs"], r["refs"])
+    changed = {r["claim"]: r["family"]["verdict"] for r in rows if r["family"]["verdict"] != r["verdict"]}
+    assert changed and _family_changes(report, 300) == changed
+    assert f"Bonferroni over the {m} paired intervals above, each at {100 * (1 - 0.05 / m):.2f} %" in report
