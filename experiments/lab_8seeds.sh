@@ -5,8 +5,10 @@
 # the symmetric-SC arm (48 runs × 10-17 min, two at a time: ~6 h of the two cores; the runner does the claim arms
 # first) and the λ_SC dose response with its per-update SC/DMD gradient cosine (sc0, sc2, sc20, sc2-sym: ~4 h more),
 # then the mechanism table of the λ arms (experiments/lab_sc_mechanism.py), then dmd, salt and salt-sym continued to
-# 1,000 updates, then dmd and salt (4 seeds) to 3,000. The exact-real-score pair (dmd-exact, salt-exact) runs at
-# 300 updates after the mechanism tables. Usage (from the repository root):
+# 1,000 updates, then dmd and salt (8 seeds) to 2,000 and on to 3,000. The exact-real-score pair (dmd-exact,
+# salt-exact) runs at 300 updates after the mechanism tables. Hours of the two cores (measured: 3.5-4 s per update
+# with two one-thread jobs): the 300-update stage ~16, the mechanism 0.5, 1,000 updates ~9, 2,000 ~8.5, 3,000 ~8.5.
+# Usage (from the repository root):
 #   [WORKERS=1] nohup bash experiments/lab_8seeds.sh > runs/lab-8seeds.log 2>&1 &
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,11 +50,16 @@ $PY experiments/lab_experiment.py --out runs/lab-exp8-long --table --compact \
     --export experiments/results/lab-exp8-long \
     --compare-to runs/lab-exp8
 $PY experiments/lab_verdicts.py --write experiments/results/lab_verdicts_8seeds.md
-# the longest budget the CPU allows for the DMD vs Salt pair (issue 27): 3,000 updates, 4 seeds continued from the
-# 1,000-update runs (~2.5 h per run on one core: ~17 h of both cores); rerun to resume
-$PY experiments/lab_experiment.py --teacher runs/lab_teacher.safetensors --out runs/lab-exp8-3k \
-    --extend-from runs/lab-exp8-long --arms dmd,salt --seeds 4 --updates 3000 --workers "${WORKERS:-2}"
-$PY experiments/lab_experiment.py --out runs/lab-exp8-3k --table --compact --export experiments/results/lab-exp8-3k \
+# the longer budgets for the DMD vs Salt pair (issue 27), every one at 8 seeds: 2,000 updates continued from the
+# 1,000-update runs, then 3,000 continued from those (~8.5 h of both cores each; rerun to resume)
+$PY experiments/lab_experiment.py --teacher runs/lab_teacher.safetensors --out runs/lab-exp8-2k \
+    --extend-from runs/lab-exp8-long --arms dmd,salt --seeds 8 --updates 2000 --workers "${WORKERS:-2}"
+$PY experiments/lab_experiment.py --out runs/lab-exp8-2k --table --compact --export experiments/results/lab-exp8-2k \
     --compare-to runs/lab-exp8-long
+$PY experiments/lab_verdicts.py --write experiments/results/lab_verdicts_8seeds.md
+$PY experiments/lab_experiment.py --teacher runs/lab_teacher.safetensors --out runs/lab-exp8-3k \
+    --extend-from runs/lab-exp8-2k --arms dmd,salt --seeds 8 --updates 3000 --workers "${WORKERS:-2}"
+$PY experiments/lab_experiment.py --out runs/lab-exp8-3k --table --compact --export experiments/results/lab-exp8-3k \
+    --compare-to runs/lab-exp8-2k
 # the verdicts at every budget, in one file, from the kept exports (the one command: experiments/lab_verdicts.py)
 $PY experiments/lab_verdicts.py --write experiments/results/lab_verdicts_8seeds.md

@@ -22,7 +22,7 @@ import subprocess
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (updates, folder of kept evaluations): the 8-seed re-run's exports (experiments/lab_8seeds.sh)
 BUDGETS = ((300, "experiments/results/lab-exp8"), (1000, "experiments/results/lab-exp8-long"),
-           (3000, "experiments/results/lab-exp8-3k"))
+           (2000, "experiments/results/lab-exp8-2k"), (3000, "experiments/results/lab-exp8-3k"))
 MIN_SEEDS = 8
 FAMILY_ALPHA = 0.05          # the chance of any false verdict among one budget's claims, read family-wise
 
