@@ -20,6 +20,16 @@ $PY -m comfyui_salt teacher --world lab:default --mode bidirectional --eval-cfg 
 $PY experiments/lab_experiment.py --teacher runs/lab_teacher.safetensors --out runs/lab-exp8 \
     --arms dmd,salt,sc-dmd,bidir-dmd,bidir-sc-dmd,salt-sym,sc0,sc2,sc20,sc2-sym --seeds 8 --updates 300 \
     --workers "${WORKERS:-2}"
+# which defect SC lowers: every 8-step arm on the triplets L_SC trains and on defect8's (the dose-response table,
+# t intervals over seeds); each run's measurement is cached in its folder, so two processes fill them (~40 s each on
+# one core), then the table is printed from them and the measurements are kept beside the evaluations
+TRIP="$PY experiments/lab_sc_triplets.py --out runs/lab-exp8 --threads 1"
+$TRIP --arms dmd,sc0,sc-dmd,sc2,salt > /dev/null &
+$TRIP --arms sc20,sc2-sym,bidir-dmd,bidir-sc-dmd > /dev/null
+wait
+{ echo "Command: \`$TRIP --table --export experiments/results/lab-exp8\` ($(date -u +%F), $(git rev-parse --short HEAD))"
+  echo; $TRIP --table --export experiments/results/lab-exp8; } > experiments/results/lab_sc_triplets_8seeds.md.tmp
+mv experiments/results/lab_sc_triplets_8seeds.md.tmp experiments/results/lab_sc_triplets_8seeds.md
 # the mechanism of the λ response: the SC target against the exact map per triplet, for the λ arms, after 100, 200
 # and 300 updates (their milestone checkpoints; docs/method_lab.md)
 MECH="$PY experiments/lab_sc_mechanism.py --clips 16 --flow-steps 32 --threads 1 --at-updates 100,200"

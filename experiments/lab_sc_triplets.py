@@ -12,11 +12,15 @@ measures, on the same captions, noise and rollout states as the experiment's eva
 - `loss-weighted`: the same triplets also weighted by L_SC's factor 1 − σ_s (0 at the first exit, σ_s = 1), the
   exit levels L_SC weights most (its squared gap also scales with (σ_m − σ_e)², not weighted here);
 - per exit level σ_s, the SC-weighted defect of that exit's triplets.
-Means over seeds with two-level bootstrap 95 % intervals (seeds, then clips), and each arm's paired ratios to the
-claims' reference (`dmd`, or `bidir-dmd` for the bidirectional arms) and, for the causal arms, to λ_SC = 0 (`sc0`).
+Means over seeds with 95 % Student-t intervals over the per-seed values (the lab's interval method,
+`lab_tables.INTERVAL_METHOD`; the 3-seed file kept as `experiments/results/lab_sc_triplets.md` was made with the
+earlier two-level bootstrap, which under-covers at 3 seeds), and each arm's paired ratios (per seed, the ratio of
+the two runs' means on the same clips, noise and rollout states; t over seeds) to the claims' reference (`dmd`, or
+`bidir-dmd` for the bidirectional arms) and, for the causal arms, to λ_SC = 0 (`sc0`).
 
 ```bash
 .venv/bin/python experiments/lab_sc_triplets.py --out runs/lab-exp           # measure what is missing, print
+.venv/bin/python experiments/lab_sc_triplets.py --out runs/lab-exp --arms sc20,sc2   # only these arms' runs
 .venv/bin/python experiments/lab_sc_triplets.py --out runs/lab-exp --table   # print from the cached measurements
 # the measurements kept in the repository (beside the experiment's evaluations): reprint without any run
 .venv/bin/python experiments/lab_sc_triplets.py --out experiments/results/lab-exp --table
@@ -106,23 +110,22 @@ def per_clip(m: dict) -> dict:
 
 
 def _fmt(iv) -> str:
-    return "" if iv.mean != iv.mean else f"{iv.mean:.4f} [{iv.lo:.4f}, {iv.hi:.4f}]"
+    if iv.mean != iv.mean:
+        return ""
+    return f"{iv.mean:.4f}" if iv.lo != iv.lo else f"{iv.mean:.4f} [{iv.lo:.4f}, {iv.hi:.4f}]"   # one seed: no interval
 
 
-def _mean(vals: list, resamples: int):
-    """Two-level interval of the mean over seeds of per-clip values [(B,), ...] (one tensor per seed)."""
-    from comfyui_salt.salt_core.metrics.bootstrap import nested_bootstrap
-    return nested_bootstrap(lambda draw: sum(((vals[g] * c).sum() / c.sum()).item() for g, c in draw) / len(draw),
-                            [v.numel() for v in vals], resamples)
+def _mean(vals: list):
+    """The mean over seeds of per-clip values [(B,), ...] (one tensor per seed) with its t interval over the seeds'
+    means."""
+    from comfyui_salt.salt_core.metrics.bootstrap import seed_t_interval
+    return seed_t_interval([v.mean().item() for v in vals])
 
 
-def _ratio(a: list, b: list, resamples: int):
-    """Two-level interval of mean(a) / mean(b), paired by seed and clip."""
-    from comfyui_salt.salt_core.metrics.bootstrap import nested_bootstrap
-
-    def stat(draw):
-        return (sum((a[g] * c).sum() / c.sum() for g, c in draw) / sum((b[g] * c).sum() / c.sum() for g, c in draw)).item()
-    return nested_bootstrap(stat, [v.numel() for v in a], resamples)
+def _ratio(a: list, b: list):
+    """mean(a) / mean(b) per seed (the same clips in both: paired), with the t interval over the seeds' ratios."""
+    from comfyui_salt.salt_core.metrics.bootstrap import seed_t_interval
+    return seed_t_interval([(x.mean() / y.mean()).item() for x, y in zip(a, b)])
 
 
 def _read(path: str):
@@ -164,8 +167,8 @@ def export(out: str, dest: str) -> int:
     return n
 
 
-def table(out: str, resamples: int = 1000) -> str:
-    """Markdown: per arm, each column's mean [95 %] over seeds and clips and its paired ratios (seeds paired in
+def table(out: str) -> str:
+    """Markdown: per arm, each column's mean over seeds [95 % t interval] and its paired ratios (seeds paired in
     brackets) to the claims' reference of its student kind and, for causal arms, to BASE; then the SC-weighted
     defect per exit level σ_s, with L_SC's weight 1 − σ_s there."""
     runs, weights = load(out)
@@ -178,13 +181,13 @@ def table(out: str, resamples: int = 1000) -> str:
     for arm, by_seed in runs.items():
         seeds = sorted(by_seed)
         cells = [arm, f"{weights[arm]:g}", str(len(seeds))]
-        cells += [_fmt(_mean([by_seed[s][col] for s in seeds], resamples)) for col in COLUMNS]
+        cells += [_fmt(_mean([by_seed[s][col] for s in seeds])) for col in COLUMNS]
         for col, base in ratios:
             kind = lx.student_kind(arm)
             ref = lx.REFERENCE[kind] if base == "ref" else BASE if kind == "causal" else None
             paired = [s for s in seeds if s in runs.get(ref, {})]
             cells.append("" if arm == ref or not paired else _fmt(_ratio(
-                [by_seed[s][col] for s in paired], [runs[ref][s][col] for s in paired], resamples))
+                [by_seed[s][col] for s in paired], [runs[ref][s][col] for s in paired]))
                 + f" ({len(paired)})")
         lines.append("| " + " | ".join(cells) + " |")
     levels = [k for k in next(iter(next(iter(runs.values())).values())) if k.startswith("σ_s=")]
@@ -194,7 +197,7 @@ def table(out: str, resamples: int = 1000) -> str:
     for arm, by_seed in runs.items():
         seeds = sorted(by_seed)
         cells = [arm, f"{weights[arm]:g}", str(len(seeds))]
-        cells += [_fmt(_mean([by_seed[s][k] for s in seeds], resamples)) for k in levels]
+        cells += [_fmt(_mean([by_seed[s][k] for s in seeds])) for k in levels]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -208,11 +211,17 @@ def main(argv=None):
                                                               "repository keeps; --out DIR --table reprints)")
     p.add_argument("--clips", type=int, default=48, help="clips per run (the experiment's evaluation: 48)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--arms", default=",".join(ARMS), help="comma-separated arms whose runs to measure (the table "
+                   "reads every measured arm)")
     args = p.parse_args(argv)
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown:
+        raise SystemExit(f"--arms {args.arms!r}: unknown {unknown}; expected some of {','.join(ARMS)}")
     if args.threads:
         torch.set_num_threads(args.threads)
     if not args.table:
-        for arm in ARMS:
+        for arm in arms:
             d = os.path.join(args.out, arm)
             for name in sorted(os.listdir(d)) if os.path.isdir(d) else ():
                 run = os.path.join(d, name)
