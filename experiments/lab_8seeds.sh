@@ -4,10 +4,12 @@
 # Order: the learned lab teacher (8,000 steps, ~2.3 h on one core), then at 300 updates × 8 seeds the claim arms and
 # the symmetric-SC arm (48 runs × 10-17 min, two at a time: ~6 h of the two cores; the runner does the claim arms
 # first) and the λ_SC dose response with its per-update SC/DMD gradient cosine (sc0, sc2, sc20, sc2-sym: ~4 h more),
-# then the mechanism table of the λ arms (experiments/lab_sc_mechanism.py), then dmd, salt and salt-sym continued to
+# then which defect SC lowers (experiments/lab_sc_triplets.py, ~0.5 h) and the mechanism table of the λ arms
+# (experiments/lab_sc_mechanism.py), then dmd, salt and salt-sym continued to
 # 1,000 updates, then dmd and salt (8 seeds) to 2,000 and on to 3,000. The exact-real-score pair (dmd-exact,
 # salt-exact) runs at 300 updates after the mechanism tables. Hours of the two cores (measured: 3.5-4 s per update
-# with two one-thread jobs): the 300-update stage ~16, the mechanism 0.5, 1,000 updates ~9, 2,000 ~8.5, 3,000 ~8.5.
+# with two one-thread jobs): the 300-update stage ~14, the triplets and the mechanism 1, 1,000 updates ~9, 2,000 ~8.5,
+# 3,000 ~8.5.
 # Usage (from the repository root):
 #   [WORKERS=1] nohup bash experiments/lab_8seeds.sh > runs/lab-8seeds.log 2>&1 &
 set -euo pipefail
@@ -20,13 +22,13 @@ $PY -m comfyui_salt teacher --world lab:default --mode bidirectional --eval-cfg 
 $PY experiments/lab_experiment.py --teacher runs/lab_teacher.safetensors --out runs/lab-exp8 \
     --arms dmd,salt,sc-dmd,bidir-dmd,bidir-sc-dmd,salt-sym,sc0,sc2,sc20,sc2-sym --seeds 8 --updates 300 \
     --workers "${WORKERS:-2}"
-# which defect SC lowers: every 8-step arm on the triplets L_SC trains and on defect8's (the dose-response table,
-# t intervals over seeds); each run's measurement is cached in its folder, so two processes fill them (~40 s each on
+# which defect SC lowers: the SC arms and their references on the triplets L_SC trains and on defect8's (the
+# dose-response table, t intervals over seeds); each run's measurement is cached in its folder, so two processes fill them (~40 s each on
 # one core), then the table is printed from them and the measurements are kept beside the evaluations
 TRIP="$PY experiments/lab_sc_triplets.py --out runs/lab-exp8 --threads 1"
-$TRIP --arms dmd,sc0,sc-dmd,sc2,salt > /dev/null &
-$TRIP --arms sc20,sc2-sym,bidir-dmd,bidir-sc-dmd > /dev/null
-wait
+$TRIP --arms dmd,sc0,sc-dmd,sc2,salt > /dev/null & half=$!
+$TRIP --arms sc20,sc2-sym,bidir-dmd,bidir-sc-dmd > /dev/null || { kill "$half"; exit 1; }
+wait "$half"                                        # its exit status: a failed half stops the pipeline (set -e)
 { echo "Command: \`$TRIP --table --export experiments/results/lab-exp8\` ($(date -u +%F), $(git rev-parse --short HEAD))"
   echo; $TRIP --table --export experiments/results/lab-exp8; } > experiments/results/lab_sc_triplets_8seeds.md.tmp
 mv experiments/results/lab_sc_triplets_8seeds.md.tmp experiments/results/lab_sc_triplets_8seeds.md
@@ -38,9 +40,9 @@ MECH="$MECH --runs runs/lab-exp8/ode-causal"
 MECH="$MECH $(echo runs/lab-exp8/{sc0,sc-dmd,sc2,sc20,sc2-sym}/seed{0..7})"   # sc-dmd (λ 0.2): no milestones
 # each run's measurements are cached in its folder: fill the caches on both cores (seeds 0-3 and 4-7, ~30 s each
 # on one core), then the command below prints the table from them
-$MECH_WARM $(echo runs/lab-exp8/{sc0,sc-dmd,sc2,sc20,sc2-sym}/seed{0..3}) > /dev/null &
-$MECH_WARM $(echo runs/lab-exp8/{sc0,sc-dmd,sc2,sc20,sc2-sym}/seed{4..7}) > /dev/null
-wait
+$MECH_WARM runs/lab-exp8/{sc0,sc-dmd,sc2,sc20,sc2-sym}/seed{0..3} > /dev/null & half=$!
+$MECH_WARM runs/lab-exp8/{sc0,sc-dmd,sc2,sc20,sc2-sym}/seed{4..7} > /dev/null || { kill "$half"; exit 1; }
+wait "$half"
 { echo "Command: \`$MECH\` ($(date -u +%F), $(git rev-parse --short HEAD))"; echo; $MECH; } \
     > experiments/results/lab_sc_mechanism_8seeds.md.tmp
 mv experiments/results/lab_sc_mechanism_8seeds.md.tmp experiments/results/lab_sc_mechanism_8seeds.md

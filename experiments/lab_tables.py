@@ -69,9 +69,12 @@ def interval(runs: list, f, resamples: int = 1000, seed: int = 0, over: str = "s
     return seed_t_interval(seed_values(runs, f))
 
 
-def _fmt(iv, digits=3) -> str:
+def fmt_interval(iv, digits=3) -> str:
+    """"mean [lo, hi]"; the mean alone when there is no interval (one seed); "" when there is no mean."""
     if iv.mean != iv.mean:
         return ""
+    if iv.lo != iv.lo:
+        return f"{iv.mean:.{digits}f}"
     return f"{iv.mean:.{digits}f} [{iv.lo:.{digits}f}, {iv.hi:.{digits}f}]"
 
 
@@ -93,7 +96,7 @@ def format_table(results: dict, resamples: int = 1000, compact: bool = False) ->
         run = results[ref][0]
         for key in run["nfe"]:
             cells = [f"{ref} (Euler)" if ref in REFERENCES else ref, "", key]
-            cells += [_fmt(interval([run], metric_fn(m, int(key), world), resamples=resamples, over="clips"),
+            cells += [fmt_interval(interval([run], metric_fn(m, int(key), world), resamples=resamples, over="clips"),
                            DIGITS.get(m, 3)) for m in metrics]
             lines.append("| " + " | ".join(cells + [""] * (len(head) - len(cells))) + " |")
     for arm in [a for a in ARMS if a in results]:
@@ -106,13 +109,13 @@ def format_table(results: dict, resamples: int = 1000, compact: bool = False) ->
         for nfe in EVAL_NFE:
             cells = [arm, str(len(seeds)), str(nfe)]
             for m in metrics:
-                cells.append(_fmt(interval(runs, metric_fn(m, nfe, world), resamples=resamples), DIGITS.get(m, 3)))
+                cells.append(fmt_interval(interval(runs, metric_fn(m, nfe, world), resamples=resamples), DIGITS.get(m, 3)))
             cells.append(ref_arm if arm != ref_arm and paired else "")
             for m in diffs:
                 if arm == ref_arm or not paired:
                     cells.append("")
                     continue
-                cells.append(_fmt(paired_interval(results, arm, nfe, ref_arm, nfe, m, world,
+                cells.append(fmt_interval(paired_interval(results, arm, nfe, ref_arm, nfe, m, world,
                                                   resamples=resamples)[0], 4))
             cells += [str(c) for c in counts]
             lines.append("| " + " | ".join(cells) + " |")
@@ -268,7 +271,7 @@ def format_claims(results: dict, resamples: int = 1000, rows: list = None) -> st
     lines = ["| claim | arm @NFE | vs @NFE | seeds | paired intervals | verdict |", "|---|---|---|---|---|---|"]
     for r in rows:
         sign = "/" if r["test"] in ("defect", "lower-ratio") else "Δ"
-        cells = "; ".join(f"{sign}{m} {_fmt(iv, 4)}" for m, iv in r["ivs"].items())
+        cells = "; ".join(f"{sign}{m} {fmt_interval(iv, 4)}" for m, iv in r["ivs"].items())
         if "mean_err" in r["ivs"]:
             cells += f" (mean_err floor {floor[0]:.4f})"
         lines.append(f"| {r['claim']} | {r['arm']} @{r['nfe']} | {r['ref']} @{r['ref_nfe']} | {r['seeds']} | {cells} | "
@@ -304,7 +307,7 @@ def format_progress(results: dict, earlier: dict, resamples: int = 1000) -> str:
                     break
                 iv, seeds, before = got
                 digits = DIGITS.get(m, 3)
-                cells.append(f"{before:.{digits}f} → {before + iv.mean:.{digits}f} ({_fmt(iv, digits + 1)})")
+                cells.append(f"{before:.{digits}f} → {before + iv.mean:.{digits}f} ({fmt_interval(iv, digits + 1)})")
             if cells:
                 lines.append(f"| {arm} | {seeds} | {nfe} | {' → '.join(updates)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) if len(lines) > 2 else ""

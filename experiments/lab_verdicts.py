@@ -7,7 +7,7 @@ the repository, or live run folders), reads every claim by the rules at `lab_tab
 - per budget, the claims with their paired intervals, as `lab_experiment.py --table` prints them;
 - each verdict read again family-wise: Bonferroni over every paired interval of that budget (M of them, each at
   1 − 0.05 / M), so that the chance of any false "reproduces", "opposite" or "does not" among a budget's claims stays
-  at most 5 %, not 5 % per claim. Where that changes a verdict, both are given.
+  at most 5 %, not 5 % per claim. A verdict that does not survive reads "inconclusive" family-wise; both are given.
 
     .venv/bin/python experiments/lab_verdicts.py --write experiments/results/lab_verdicts_8seeds.md
     .venv/bin/python experiments/lab_verdicts.py --budget 300=runs/lab-exp8 --budget 1000=runs/lab-exp8-long  # live
@@ -42,11 +42,19 @@ def family_level(rows: list) -> tuple:
     return m, 1.0 - FAMILY_ALPHA / m
 
 
+def family_word(verdict: str, widened: str) -> str:
+    """The family-wise word of a claim: its verdict where the widened intervals give the same word, else
+    "inconclusive". Widening can also turn a word into a stronger-looking one ("mixed" into "reproduces" when the
+    worse metric's interval reaches 0; a non-inferior "reproduces" into "does not"): the family reading only asks
+    whether the verdict survives, so it never reports a new word."""
+    return verdict if widened == verdict else "inconclusive"
+
+
 def budget_rows(budgets, base: str = ROOT, required: bool = False) -> dict:
     """{updates: (folder, results, claim rows)} of the budgets whose folder holds evaluated runs; relative folders
     are read under `base`. Each row also has "family": the same claim read with the family-wise intervals
-    (`family_level`). required: a folder that does not exist is an error (a budget the user named), else it is
-    skipped (the default budgets not run yet)."""
+    (`family_level`), its verdict by `family_word`. required: a folder that does not exist is an error (a budget
+    the user named), else it is skipped (the default budgets not run yet)."""
     from comfyui_salt.experiments.lab_experiment import load_results
     from comfyui_salt.experiments.lab_tables import claim_rows
     out = {}
@@ -59,7 +67,7 @@ def budget_rows(budgets, base: str = ROOT, required: bool = False) -> dict:
         rows = claim_rows(results)
         if rows:
             for row, family in zip(rows, claim_rows(results, family_level(rows)[1])):
-                row["family"] = family
+                row["family"] = dict(family, verdict=family_word(row["verdict"], family["verdict"]))
             out[updates] = (folder, results, rows)
     return out
 
@@ -86,14 +94,14 @@ def verdict_matrix(found: dict, min_seeds: int = MIN_SEEDS) -> str:
 
 def family_note(rows: list) -> str:
     """One budget's verdicts read family-wise: which change, with their widened intervals."""
-    from comfyui_salt.experiments.lab_tables import _fmt
+    from comfyui_salt.experiments.lab_tables import fmt_interval
     m, level = family_level(rows)
     head = f"Family-wise (Bonferroni over the {m} paired intervals above, each at {100 * level:.2f} %): "
     changed = [r for r in rows if r["family"]["verdict"] != r["verdict"]]
     if not changed:
         return head + "every verdict holds."
     return head + "; ".join(f"{r['claim']}: {r['verdict']} → {r['family']['verdict']} ("
-                            + ", ".join(f"{k} {_fmt(iv, 4)}" for k, iv in r["family"]["ivs"].items()) + ")"
+                            + ", ".join(f"{k} {fmt_interval(iv, 4)}" for k, iv in r["family"]["ivs"].items()) + ")"
                             for r in changed) + "."
 
 

@@ -30,7 +30,7 @@ def probe_row(step, exit_index, cos, ratio, K=8):
 def lab_out(tmp_path):
     """Three seeds of one arm: six updates each, two per window; exit 0 (σ_s = 1, weight 0) logs zeros."""
     for seed, shift in enumerate((0.0, 0.1, 0.3)):
-        rows = [{"gen_step": 1, "K": 4, "exit": 1, "dmd_loss": 0.1}]                   # no SC: no probes
+        rows = [{"gen_step": 8, "K": 4, "exit": 1, "dmd_loss": 0.1}]                   # no SC: no probes
         rows += [probe_row(step, 2 + step % 2, 0.1 * step + shift, 0.01 * step) for step in range(1, 7)]
         rows.append(probe_row(7, 0, 0.0, 0.0))                                        # σ_s = 1: left out
         write_run(tmp_path / "sc2" / f"seed{seed}", rows)

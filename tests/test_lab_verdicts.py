@@ -99,7 +99,25 @@ def test_family_wise_verdicts_read_every_interval_at_bonferronis_level(report):
             wide = r["family"]["ivs"][k]
             assert wide.mean == pytest.approx(iv.mean)
             assert wide.hi - wide.mean == pytest.approx(widen * (iv.hi - iv.mean), rel=1e-9)
-        assert r["family"]["verdict"] == claim_verdict(r["test"], r["family"]["ivs"], r["refs"])
+    # by hand: bidirectional SC-DMD at 4 NFE reproduces per claim (both intervals below 0); widened, both cover 0
+    # and reach past −10 % of bidir-dmd's value, so the rules say neither "reproduces" nor "does not"
+    r = next(r for r in rows if r["claim"] == "SC-DMD beats DMD, bidirectional, 4 NFE")
+    assert r["verdict"] == "reproduces" and all(iv.hi < 0 for iv in r["ivs"].values())
+    for k, iv in r["ivs"].items():
+        lo, hi = iv.mean - widen * (iv.mean - iv.lo), iv.mean + widen * (iv.hi - iv.mean)
+        assert lo < -0.1 * abs(r["refs"][k]) and hi > 0
+    assert r["family"]["verdict"] == "inconclusive"
     changed = {r["claim"]: r["family"]["verdict"] for r in rows if r["family"]["verdict"] != r["verdict"]}
-    assert changed and _family_changes(report, 300) == changed
+    assert len(changed) == 5 and set(changed.values()) == {"inconclusive"}
+    assert _family_changes(report, 300) == changed
     assert f"Bonferroni over the {m} paired intervals above, each at {100 * (1 - 0.05 / m):.2f} %" in report
+
+
+def test_a_verdict_that_does_not_survive_reads_inconclusive_never_a_new_word():
+    from comfyui_salt.salt_core.metrics.bootstrap import Interval
+    # mixed per claim (mean error better, variance worse); widened, the worse interval reaches 0: the rules alone
+    # would now say "reproduces", which the family reading must not report
+    wide = {"mean_err": Interval(-0.02, -0.03, -0.01, 8, 0.99), "var_gap": Interval(0.1, -0.01, 0.21, 8, 0.99)}
+    assert claim_verdict("quality", wide, {"mean_err": 0.05, "var_gap": 0.5}) == "reproduces"
+    assert lv.family_word("mixed", "reproduces") == "inconclusive"
+    assert lv.family_word("does not", "does not") == "does not"
