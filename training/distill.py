@@ -389,8 +389,9 @@ def run_distillation(cfg: DistillConfig, out_dir: str, *, max_gen_steps: int = N
                      world: DistillWorld = None):
     """Run (or resume) a distillation job in `out_dir`; returns the student for inference (EMA if any).
 
-    `device` overrides accelerate's pick (CUDA when present) for a single process, e.g. the ComfyUI
-    node passes ComfyUI's device so `--cpu` is honoured.
+    `device` overrides the process's own pick (the local rank's GPU when CUDA is present, else the CPU;
+    `training.distributed.process_info`) for a single process, e.g. the ComfyUI node passes ComfyUI's device so
+    `--cpu` is honoured.
 
     callback(dict) receives progress after every generator step (gen_step, total, stats) and the
     preview samples at evaluation time; it may raise (e.g. KeyboardInterrupt) to stop — the job
