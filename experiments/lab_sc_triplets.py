@@ -170,7 +170,7 @@ def export(out: str, dest: str) -> int:
 def table(out: str) -> str:
     """Markdown: per arm, each column's mean over seeds [95 % t interval] and its paired ratios (seeds paired in
     brackets) to the claims' reference of its student kind and, for causal arms, to BASE; then the SC-weighted
-    defect per exit level σ_s, with L_SC's weight 1 − σ_s there."""
+    defect per exit level σ_s, with L_SC's weight 1 − σ_s there, and for causal arms its paired ratio to BASE's."""
     runs, weights = load(out)
     if not runs:
         return "no measured runs yet"
@@ -199,6 +199,18 @@ def table(out: str) -> str:
         cells = [arm, f"{weights[arm]:g}", str(len(seeds))]
         cells += [_fmt(_mean([by_seed[s][k] for s in seeds])) for k in levels]
         lines.append("| " + " | ".join(cells) + " |")
+    base = runs.get(BASE, {})
+    rows = []
+    for arm, by_seed in runs.items():
+        paired = [s for s in sorted(by_seed) if s in base]
+        if arm == BASE or lx.student_kind(arm) != "causal" or not paired:
+            continue
+        cells = [arm, f"{weights[arm]:g}", str(len(paired))]
+        cells += [_fmt(_ratio([by_seed[s][k] for s in paired], [base[s][k] for s in paired])) for k in levels]
+        rows.append("| " + " | ".join(cells) + " |")
+    if rows:
+        lines += ["", f"The same per exit level, as a ratio to {BASE} (λ_SC = 0; paired by seed, clip and rollout "
+                      "state):", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + rows
     return "\n".join(lines)
 
 

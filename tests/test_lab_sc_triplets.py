@@ -44,6 +44,10 @@ def test_means_and_paired_ratios_are_t_intervals_over_the_seeds(tmp_path):
     assert cells[-2] == closed_form(ratios) + " (3)"                              # consecutive / sc0, paired
     one = next(line for line in text.splitlines() if line.startswith("| sc20 | 20 | 1 |"))
     assert "| 0.0600 |" in one and "[" not in one.split("|")[4]
+    # per exit level (the one level here, σ_s = 0.9), as a ratio to sc0 paired by seed: the same closed form
+    per_level = text.split("as a ratio to sc0")[1]
+    row = next(line for line in per_level.splitlines() if line.startswith("| sc2 | 2 | 3 |"))
+    assert row.split("|")[4].strip() == closed_form(ratios)
 
 
 def test_arms_to_measure_are_checked():
