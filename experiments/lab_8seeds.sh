@@ -2,7 +2,7 @@
 # Issue 27: the method lab's claims re-run at 8 seeds (t intervals over seeds), resumable: run it again after any
 # stop and it continues where it stopped (the teacher job, the export and every arm × seed resume or are skipped).
 # Order: the learned lab teacher (8,000 steps, ~2.3 h on one core), then at 300 updates × 8 seeds the claim arms and
-# the symmetric-SC arm (48 runs × 10-17 min, two at a time: ~6 h of the two cores; the runner does the claim arms
+# the symmetric-SC arms (56 runs × 10-17 min, two at a time: ~6 h of the two cores; the runner does the claim arms
 # first) and the λ_SC dose response with its per-update SC/DMD gradient cosine (sc0, sc2, sc20, sc2-sym: ~4 h more),
 # then which defect SC lowers (experiments/lab_sc_triplets.py, ~0.5 h) and the mechanism table of the λ arms
 # (experiments/lab_sc_mechanism.py), then dmd, salt and salt-sym continued to
@@ -20,7 +20,7 @@ $PY -m comfyui_salt teacher --world lab:default --mode bidirectional --eval-cfg 
 [ -f runs/lab_teacher.safetensors ] || \
     $PY -m comfyui_salt export-teacher --run runs/lab-teacher --out runs/lab_teacher.safetensors
 $PY experiments/lab_experiment.py --teacher runs/lab_teacher.safetensors --out runs/lab-exp8 \
-    --arms dmd,salt,sc-dmd,bidir-dmd,bidir-sc-dmd,salt-sym,sc0,sc2,sc20,sc2-sym --seeds 8 --updates 300 \
+    --arms dmd,salt,sc-dmd,bidir-dmd,bidir-sc-dmd,salt-sym,salt-sym2,sc0,sc2,sc20,sc2-sym --seeds 8 --updates 300 \
     --workers "${WORKERS:-2}"
 # which defect SC lowers: the SC arms and their references on the triplets L_SC trains and on defect8's (the
 # dose-response table, t intervals over seeds); each run's measurement is cached in its folder, so two processes fill them (~40 s each on
@@ -47,7 +47,7 @@ wait "$half"
     > experiments/results/lab_sc_mechanism_8seeds.md.tmp
 mv experiments/results/lab_sc_mechanism_8seeds.md.tmp experiments/results/lab_sc_mechanism_8seeds.md
 # the same arms' per-update SC/DMD gradient probes over training (from metrics.jsonl; seconds)
-PROBES="$PY experiments/lab_grad_probes.py --out runs/lab-exp8 --arms sc-dmd,sc2,sc20,sc2-sym,salt,salt-sym"
+PROBES="$PY experiments/lab_grad_probes.py --out runs/lab-exp8 --arms sc-dmd,sc2,sc20,sc2-sym,salt,salt-sym,salt-sym2"
 { echo "Command: \`$PROBES\` ($(date -u +%F), $(git rev-parse --short HEAD))"; echo; $PROBES; } \
     > experiments/results/lab_grad_probes_8seeds.md
 # the exact-real-score pair at 300 updates, 8 seeds (16 runs, ~2.5 h of the two cores)

@@ -159,6 +159,11 @@ CLAIMS = (
     ("Symmetric SC drifts less than released Salt, 4 NFE", "salt-sym", 4, "salt", 4, "drift"),
     ("Symmetric SC drifts less than released Salt, 2 NFE", "salt-sym", 2, "salt", 2, "drift"),
     ("Symmetric SC's defect below released Salt's", "salt-sym", 4, "salt", 4, "lower-ratio"),
+    ("Symmetric SC at λ 2 beats released Salt, 4 NFE", "salt-sym2", 4, "salt", 4, "quality"),
+    ("Symmetric SC at λ 2 beats released Salt, 2 NFE", "salt-sym2", 2, "salt", 2, "quality"),
+    ("Symmetric SC at λ 2 drifts less than released Salt, 4 NFE", "salt-sym2", 4, "salt", 4, "drift"),
+    ("Symmetric SC at λ 2 drifts less than released Salt, 2 NFE", "salt-sym2", 2, "salt", 2, "drift"),
+    ("Symmetric SC at λ 2: defect below released Salt's", "salt-sym2", 4, "salt", 4, "lower-ratio"),
 )
 DEFECT_BAR = 0.82
 MARGIN = 0.10                                         # the practical effect size, a share of the reference

@@ -253,7 +253,7 @@ def test_the_experiment_runs_every_arm_evaluates_and_prints_the_table(teacher_pa
     mean_err = _tables().metric_fn("mean_err", 4, LabWorld("default"))
     ones = torch.ones(8, dtype=torch.float64)
     before, after = (mean_err(bench.load_results(str(d), ["dmd"])["dmd"][0], ones) for d in (out, longer))
-    assert "[2] → [3]" in row and f"{before:.3f} → {after:.3f} ({after - before:.4f} [" in row
+    assert "[2] → [3]" in row and f"{before:.3f} → {after:.3f} ({after - before:.4f})" in row   # one seed: no interval
 
 
 def test_the_runner_runs_claim_arms_first_in_parallel_skips_finished_and_counts_failures(tmp_path, monkeypatch):
@@ -344,3 +344,6 @@ def test_the_symmetric_salt_preset_is_released_salt_with_the_symmetric_sc_only()
     bench = _bench()
     assert bench.ARMS["salt-sym"] == ("lab-salt-sym", {})
     assert sys.modules["comfyui_salt.experiments.lab_arms"].REFERENCE_OF["salt-sym"] == "salt"
+    # and at λ_SC 2: that preset with the SC weight alone changed, against released Salt too
+    assert bench.ARMS["salt-sym2"] == ("lab-salt-sym", {"sc_weight": 2.0})
+    assert sys.modules["comfyui_salt.experiments.lab_arms"].REFERENCE_OF["salt-sym2"] == "salt"
