@@ -37,9 +37,10 @@ def parse_budget(text: str) -> tuple:
 
 def family_level(rows: list) -> tuple:
     """(M, level) of one budget's claim rows: M = every paired interval their verdicts read (a claim has one per
-    metric), each at level 1 − FAMILY_ALPHA / M (Bonferroni: all M cover at once with probability ≥ 95 %)."""
-    m = sum(len(r["ivs"]) for r in rows)
-    return m, 1.0 - FAMILY_ALPHA / m
+    metric; a claim with one seed has none, and reads inconclusive either way), each at level 1 − FAMILY_ALPHA / M
+    (Bonferroni: all M cover at once with probability ≥ 95 %)."""
+    m = sum(1 for r in rows for iv in r["ivs"].values() if iv.lo == iv.lo)
+    return m, 1.0 - FAMILY_ALPHA / max(m, 1)
 
 
 def family_word(verdict: str, widened: str) -> str:

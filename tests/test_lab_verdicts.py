@@ -121,3 +121,7 @@ def test_a_verdict_that_does_not_survive_reads_inconclusive_never_a_new_word():
     assert claim_verdict("quality", wide, {"mean_err": 0.05, "var_gap": 0.5}) == "reproduces"
     assert lv.family_word("mixed", "reproduces") == "inconclusive"
     assert lv.family_word("does not", "does not") == "does not"
+    # a claim with one seed has no interval and does not count in M
+    one = {"ivs": {"drift": Interval(0.01, float("nan"), float("nan"), 1, 0.95)}}
+    two = {"ivs": {"mean_err": Interval(0.0, -0.1, 0.1, 8, 0.95), "var_gap": Interval(0.0, -0.1, 0.1, 8, 0.95)}}
+    assert lv.family_level([one, two]) == (2, pytest.approx(0.975))
