@@ -23,13 +23,15 @@ $PY experiments/lab_experiment.py --teacher runs/lab_teacher.safetensors --out r
     --arms dmd,salt,sc-dmd,bidir-dmd,bidir-sc-dmd,salt-sym,salt-sym2,sc0,sc2,sc20,sc2-sym --seeds 8 --updates 300 \
     --workers "${WORKERS:-2}"
 # which defect SC lowers: the SC arms and their references on the triplets L_SC trains and on defect8's (the
-# dose-response table, t intervals over seeds); each run's measurement is cached in its folder, so two processes fill them (~40 s each on
-# one core), then the table is printed from them and the measurements are kept beside the evaluations
+# dose-response table, t intervals over seeds); each run's measurement is cached in its folder, so two processes
+# fill them (~40 s each on one core), then the table is printed from them and the measurements are kept beside the
+# evaluations
 TRIP="$PY experiments/lab_sc_triplets.py --out runs/lab-exp8 --threads 1"
 $TRIP --arms dmd,sc0,sc-dmd,sc2,salt > /dev/null & half=$!
 $TRIP --arms sc20,sc2-sym,bidir-dmd,bidir-sc-dmd > /dev/null || { kill "$half"; exit 1; }
 wait "$half"                                        # its exit status: a failed half stops the pipeline (set -e)
-{ echo "Command: \`$TRIP --table --export experiments/results/lab-exp8\` ($(date -u +%F), $(git rev-parse --short HEAD))"
+{ echo "Command: \`$TRIP --table --export experiments/results/lab-exp8\`" \
+       "($(date -u +%F), $(git rev-parse --short HEAD))"
   echo; $TRIP --table --export experiments/results/lab-exp8; } > experiments/results/lab_sc_triplets_8seeds.md.tmp
 mv experiments/results/lab_sc_triplets_8seeds.md.tmp experiments/results/lab_sc_triplets_8seeds.md
 # the mechanism of the λ response: the SC target against the exact map per triplet, for the λ arms, after 100, 200

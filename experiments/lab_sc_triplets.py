@@ -110,9 +110,8 @@ def per_clip(m: dict) -> dict:
 
 
 def _fmt(iv) -> str:
-    if iv.mean != iv.mean:
-        return ""
-    return f"{iv.mean:.4f}" if iv.lo != iv.lo else f"{iv.mean:.4f} [{iv.lo:.4f}, {iv.hi:.4f}]"   # one seed: no interval
+    from comfyui_salt.experiments.lab_tables import fmt_interval
+    return fmt_interval(iv, 4)
 
 
 def _mean(vals: list):

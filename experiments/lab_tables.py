@@ -109,7 +109,8 @@ def format_table(results: dict, resamples: int = 1000, compact: bool = False) ->
         for nfe in EVAL_NFE:
             cells = [arm, str(len(seeds)), str(nfe)]
             for m in metrics:
-                cells.append(fmt_interval(interval(runs, metric_fn(m, nfe, world), resamples=resamples), DIGITS.get(m, 3)))
+                cells.append(fmt_interval(interval(runs, metric_fn(m, nfe, world), resamples=resamples),
+                                          DIGITS.get(m, 3)))
             cells.append(ref_arm if arm != ref_arm and paired else "")
             for m in diffs:
                 if arm == ref_arm or not paired:
