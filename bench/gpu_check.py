@@ -40,7 +40,7 @@ import torch
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 WHEEL_DIR = ROOT / ".whl"
 WHEELS = ["diffusers==0.42.1"]   # py3-none-any; its runtime needs are in the GPU image (docs/training.md "GPU check")
-TOTAL_BUDGET_S = 450             # all sections together; the GPU machine's limit is 8 minutes with start-up
+TOTAL_BUDGET_S = 450             # all sections together (--total-s): a lent machine's command limit is 10 minutes
 VIDEO_FRAMES_PER_LATENT = 4      # Wan VAE: 1 + 4·(F - 1) video frames from F latent frames
 
 
@@ -55,6 +55,14 @@ def import_package():
     sys.modules["comfyui_salt"] = module
     spec.loader.exec_module(module)
     return module
+
+
+def free_device_memory():
+    """What a finished or failed section left: collected, and the CUDA cache returned (a no-op on the CPU)."""
+    import gc
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def fetch_wheels():
@@ -97,8 +105,8 @@ class SectionTimeout(Exception):
 class Report:
     """Checks, speed rows and section timings; written as markdown and JSON."""
 
-    def __init__(self, out_dir, smoke):
-        self.out_dir, self.smoke = pathlib.Path(out_dir), smoke
+    def __init__(self, out_dir, smoke, total_s=TOTAL_BUDGET_S):
+        self.out_dir, self.smoke, self.total_s = pathlib.Path(out_dir), smoke, total_s
         self.checks, self.speed, self.sections, self.notes = [], [], [], []
         self.diffusers_ok, self.vae_status = False, "not tried"
         self.t0 = time.perf_counter()
@@ -120,7 +128,7 @@ class Report:
     @contextlib.contextmanager
     def section(self, name, budget_s):
         """Run a block with a time guard: past min(budget, what is left of the total) it is cut."""
-        left = TOTAL_BUDGET_S - (time.perf_counter() - self.t0)
+        left = self.total_s - (time.perf_counter() - self.t0)
         budget = min(budget_s, left)
         start = time.perf_counter()
         if budget <= 1:
@@ -146,6 +154,9 @@ class Report:
             status = f"error: {e!r}"[:300]
             self.check(f"{name} ran", False, status)
             traceback.print_exc()
+            e.__traceback__ = None         # its frames hold the section's tensors: free them for the next section
+            del e
+            free_device_memory()
         finally:
             if use_alarm:
                 signal.setitimer(signal.ITIMER_REAL, 0)
@@ -283,10 +294,11 @@ def fsdp_one_gpu(rep, device, smoke):
     import socket
     import torch.distributed as dist
     from comfyui_salt.salt_core.config import MODEL_PRESETS, WanConfig
-    from comfyui_salt.salt_core.model import build_model
+    from comfyui_salt.salt_core.model import WanModel, build_model
     from comfyui_salt.training.distill import run_distillation
     from comfyui_salt.training.distill_config import get_preset
     from comfyui_salt.training.distill_models import fill_prompt_cache
+    from comfyui_salt.training.validate import distill_memory_bytes
     from comfyui_salt.weights.files import save_model
     mcfg = WanConfig(dim=64, ffn_dim=128, num_heads=4, num_layers=2, text_dim=64) if smoke else \
         MODEL_PRESETS["wan2.1-t2v-1.3b"]
@@ -310,7 +322,13 @@ def fsdp_one_gpu(rep, device, smoke):
                       prompts_file=prompts)
             if smoke:
                 kw.update(num_frames=3, height=8, width=8, threads=1, autocast_bf16=False, align_block=1)
+            else:   # 21 frames on one rank: ~78 GiB measured on an H100 (OOM), the estimator said 73; 9 fit
+                kw.update(num_frames=9)
             cfg = get_preset("salt-self-forcing", **kw)
+            with torch.device("meta"):
+                meta = [WanModel(mcfg) for _ in range(3)]
+            estimate = distill_memory_bytes(cfg, meta[0], meta[1], meta[2].to(torch.bfloat16), models_on_device=True,
+                                            sharded=True) / 2 ** 30
             gen = torch.Generator().manual_seed(0)           # stand-in umT5 rows: the prompt cache a run reads
             fill_prompt_cache(cfg, os.path.join(run, "out"),
                               lambda texts: [torch.randn(8, mcfg.text_dim, generator=gen) for _ in texts])
@@ -325,7 +343,8 @@ def fsdp_one_gpu(rep, device, smoke):
         finite = all(torch.isfinite(p).all() for p in model.parameters())
         rep.check("FSDP2, one rank: 2 updates of salt-self-forcing (1.3B), teacher offloaded, bf16 / fp32 reduce",
                   finite and saved_ok and sum("K" in r for r in rows) == 2,
-                  f"{seconds:.1f} s, peak {peak:.1f} GiB allocated, checkpoint written: {saved_ok}")
+                  f"{cfg.num_frames} latent frames of {cfg.height}×{cfg.width}: {seconds:.1f} s, peak {peak:.1f} GiB "
+                  f"allocated (the run's own estimate {estimate:.2f} GiB), checkpoint written: {saved_ok}")
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -526,7 +545,11 @@ def main():
     ap.add_argument("--fetch-wheels", action="store_true", help="download the diffusers wheel into .whl/ and exit")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
     ap.add_argument("--comfyui", help="a ComfyUI tree with its packages: adds the ComfyUI section (gpu_comfy.py)")
+    ap.add_argument("--total-s", type=float, default=TOTAL_BUDGET_S,
+                    help=f"seconds for all sections together (default {TOTAL_BUDGET_S}); later sections are cut first")
     args = ap.parse_args()
+    if not 10 <= args.total_s <= 3600:
+        ap.error(f"--total-s {args.total_s}: expected 10 to 3600 seconds (a lent machine runs a command 600 s at most)")
     if args.fetch_wheels:
         return fetch_wheels()
     if not args.out:
@@ -538,7 +561,7 @@ def main():
     torch.manual_seed(0)
     if args.smoke:
         torch.set_num_threads(min(2, torch.get_num_threads()))
-    rep = Report(args.out, args.smoke)
+    rep = Report(args.out, args.smoke, args.total_s)
     rep.diffusers_ok, rep.vae_status = ensure_diffusers()
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     header = (f"{name}; package {pathlib.Path(package.__file__).parent}; torch {torch.__version__}, Python {sys.version.split()[0]}; {rep.vae_status}; "

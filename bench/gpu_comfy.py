@@ -18,6 +18,14 @@ VRAM: `enable_dynamic_vram` does what ComfyUI's main.py does at boot (comfy-aimd
 3. checks: the MODEL's patcher is dynamic (real runs), the two videos agree, and the LoRA moved the video far more
    than that disagreement. Times and peak memory go in the speed table.
 Nothing here is downloaded; the package is imported from this tree (gpu_check.import_package).
+
+A lent GPU machine has no ComfyUI and can be sent 64 MiB. `--prepare` (here, with network) lays out the gitignored
+`.gpu/`: the ComfyUI tree without its frontend, templates and tests (~23 MB), the wheels 0.33 needs that the GPU
+image lacks (comfy-aimdo, comfy-kitchen's pure-Python wheel: eager and Triton backends, no CUDA kernels; blake3,
+simpleeval, torchsde, trampoline), and a stand-in for PyAV (a 35 MB wheel; ComfyUI imports it for video files, which
+nothing here reads). The device command is in docs/training.md "GPU check".
+
+    python3 bench/gpu_comfy.py --prepare --comfyui .venv/comfyui-0.33      # here, once: writes .gpu/
 """
 import argparse
 import os
@@ -40,6 +48,7 @@ LORA_LAYERS = ("self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o", "cros
 
 def import_comfy(tree: pathlib.Path, cpu: bool):
     """ComfyUI's modules from `tree` in this process, with ComfyUI's default flags (plus --cpu)."""
+    os.environ.setdefault("SALT_COMFYUI_DIR", str(tree))   # the tests' VAE helpers look for ComfyUI there
     site = tree / "site"
     if site.is_dir():
         sys.path.insert(0, str(site))
@@ -49,9 +58,31 @@ def import_comfy(tree: pathlib.Path, cpu: bool):
     argv, sys.argv = sys.argv, [sys.argv[0]] + (["--cpu"] if cpu else [])
     try:
         import comfy.cli_args
+        aimdo_init()                   # before model_management: comfy-aimdo's modules bind its library on import
         import comfy.model_management  # noqa: F401
     finally:
         sys.argv = argv
+
+
+def aimdo_init():
+    """comfy-aimdo's library loaded where ComfyUI's flags ask for Dynamic VRAM, as main.py does before it imports
+    model management (comfy_aimdo.host_buffer copies `control.lib` when imported: after that, too late)."""
+    import comfy.cli_args
+    if not getattr(comfy.cli_args, "enables_dynamic_vram", lambda: False)():
+        return
+    try:
+        import comfy_aimdo.control
+    except ImportError:
+        return                         # enable_dynamic_vram says so
+    args = comfy.cli_args.args
+    headroom = None if args.reserve_vram is None else int(args.reserve_vram * 1024 ** 3)
+    for kwargs in ({"simple_vram_headroom": headroom, "nvml_pressure": not args.disable_nvml_pressure},
+                   {"simple_vram_headroom": headroom}, {}):           # comfy-aimdo 0.4.11+, 0.4.10, 0.4.9
+        try:
+            comfy_aimdo.control.init(**kwargs)
+            return
+        except TypeError:
+            continue
 
 
 def enable_dynamic_vram() -> str:
@@ -67,14 +98,8 @@ def enable_dynamic_vram() -> str:
     except ImportError as e:
         return f"off: {e} (install comfy-aimdo)"
     args = comfy.cli_args.args
-    headroom = None if args.reserve_vram is None else int(args.reserve_vram * 1024 ** 3)
-    for kwargs in ({"simple_vram_headroom": headroom, "nvml_pressure": not args.disable_nvml_pressure},
-                   {"simple_vram_headroom": headroom}, {}):           # comfy-aimdo 0.4.11+, 0.4.10, 0.4.9
-        try:
-            comfy_aimdo.control.init(**kwargs)
-            break
-        except TypeError:
-            continue
+    if comfy_aimdo.control.lib is None:
+        return "off: comfy-aimdo's library did not load (import_comfy loads it, as ComfyUI's main.py does)"
     if not mm.is_nvidia():
         return "off: not an NVIDIA device"
     devices = mm.get_all_torch_devices()
@@ -164,8 +189,11 @@ def comfy_dynamic_vram(rep: Report, smoke: bool, tree: pathlib.Path):
     rep.close(f"ComfyUI: native MODEL + LoRA ({'dynamic' if dynamic else 'classic'} patcher) through "
               f"SaltStreamingSampler vs the LoRA merged in", ours, ref, size["rtol"])
     moved = float((ref.double() - plain.double()).abs().max() / ref.double().abs().max())
-    rep.check("ComfyUI: the LoRA reaches Salt's sampling", moved > 4 * size["rtol"],
-              f"the LoRA changes the video by {moved:.2e} relative (> 4 × the agreement bound {size['rtol']:.0e})")
+    agree = float((ours.double() - ref.double()).abs().max() / ref.double().abs().max())
+    floor = size["rtol"] / 10                                   # a bf16 run never agrees better than this is worth
+    rep.check("ComfyUI: the LoRA reaches Salt's sampling", moved > 4 * max(agree, floor),
+              f"the LoRA changes the video by {moved:.2e} relative (> 4 × the disagreement above, {agree:.2e}, "
+              f"floored at {floor:.0e})")
     frames = size["chunks"] * 3
     rep.speed.append({"cache": f"ComfyUI MODEL + LoRA, sink 3 + window 12 ({'dynamic' if dynamic else 'classic'})",
                       "NFE": 4, "latent frames/s": f"{frames / seconds:.2f}", "peak GiB": f"{peak:.1f}",
@@ -238,12 +266,68 @@ def comfy_live(rep: Report, smoke: bool, tree: pathlib.Path):
     live_speed_row(rep, "tiny decoder", pushes, start, size)
 
 
+CARRY = pathlib.Path(__file__).resolve().parents[1] / ".gpu"     # gitignored; `carry` it to the GPU machine
+CARRY_SKIP = {"site", "blueprints", "tests", "tests-unit", "comfy_api_nodes", ".github", "openapi.yaml", "__pycache__"}
+CARRY_WHEELS = ["comfy-aimdo==0.4.13", "blake3==1.0.11", "simpleeval==1.0.8", "torchsde==0.2.6", "trampoline==0.1.2"]
+PURE_WHEELS = ["comfy-kitchen==0.2.31"]          # its py3-none-any build: 0.2 MB against 59 MB with CUDA kernels
+AV_MODULES = ("__init__", "container", "error", "filter", "subtitles/__init__", "subtitles/stream", "video/__init__",
+              "video/reformatter", "audio/__init__", "audio/resampler")
+AV_STANDIN = '''"""GPU-check stand-in for PyAV: ComfyUI imports it for video files, which the GPU check never reads."""
+
+
+class _AbsentType(type):
+    def __getattr__(cls, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return cls
+
+
+class _Absent(metaclass=_AbsentType):
+    def __init__(self, *args, **kwargs):
+        raise RuntimeError("PyAV is a stand-in on this GPU check machine: no video files here")
+
+
+def __getattr__(name):
+    if name.startswith("__"):
+        raise AttributeError(name)
+    return _Absent
+'''
+
+
+def prepare_carry(tree: pathlib.Path, dest: pathlib.Path = CARRY):
+    """Write dest/comfyui (the tree without what the check never imports), dest/whl, dest/stubs/av; sizes printed."""
+    import shutil
+    import subprocess
+    if not (tree / "comfy" / "model_management.py").is_file():
+        raise SystemExit(f"--comfyui {tree}: not a ComfyUI tree (no comfy/model_management.py); expected e.g. "
+                         f".venv/comfyui-0.33 (bash .ci/setup_comfyui_033)")
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(tree, dest / "comfyui", ignore=lambda d, names: [n for n in names if n in CARRY_SKIP])
+    pip = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "--python-version",
+           "3.12", "--implementation", "cp", "-d", str(dest / "whl")]
+    platforms = [a for p in ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
+                 for a in ("--platform", p)]
+    subprocess.run(pip + platforms + CARRY_WHEELS, check=True)
+    subprocess.run(pip + ["--platform", "any"] + PURE_WHEELS, check=True)
+    for module in AV_MODULES:
+        path = dest / "stubs" / "av" / f"{module}.py"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(AV_STANDIN)
+    size = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file())
+    print(f"{dest}: {size / 2 ** 20:.1f} MiB (+ the working tree and .whl/ must stay under the 64 MiB a call sends)")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("out", help="output folder for gpu_check.md and gpu_check.json")
+    ap.add_argument("out", nargs="?", help="output folder for gpu_check.md and gpu_check.json")
     ap.add_argument("--comfyui", required=True, help="a ComfyUI tree (e.g. .venv/comfyui-0.33)")
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny sizes (CI)")
+    ap.add_argument("--prepare", action="store_true", help=f"write {CARRY} for a GPU machine and exit")
     args = ap.parse_args()
+    if args.prepare:
+        return prepare_carry(pathlib.Path(args.comfyui).resolve())
+    if not args.out:
+        ap.error("give an output folder (or --prepare)")
     import_package()
     import_comfy(pathlib.Path(args.comfyui).resolve(), cpu=args.smoke)
     if args.smoke:

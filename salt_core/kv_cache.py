@@ -231,15 +231,20 @@ class CacheStep:
         self.committed = False
 
     def keys_values(self, layer: int, k: torch.Tensor, v: torch.Tensor):
-        """K/V (B, N, S, D) this chunk attends to, given its own k, v (B, N, n·T, D)."""
+        """K/V (B, N, S, D) this chunk attends to, given its own k, v (B, N, n·T, D), in k's dtype.
+
+        The cache stores its own dtype: under autocast k and v arrive in the autocast dtype, whatever the cache
+        was allocated with (`new_cache` picks the autocast dtype when autocast is on); casts are no-ops otherwise."""
         c = self.cache
         if self.zero_copy:
-            c.k[layer].index_copy_(2, self.cur_tokens, k)
-            c.v[layer].index_copy_(2, self.cur_tokens, v)
-            return c.k[layer, :, :, :self.prefix_tokens], c.v[layer, :, :, :self.prefix_tokens]
+            c.k[layer].index_copy_(2, self.cur_tokens, k.to(c.k.dtype))
+            c.v[layer].index_copy_(2, self.cur_tokens, v.to(c.v.dtype))
+            return (c.k[layer, :, :, :self.prefix_tokens].to(k.dtype),
+                    c.v[layer, :, :, :self.prefix_tokens].to(v.dtype))
         if self.write and not self.committed:
             self.pending[layer] = (k.detach(), v.detach())
-        return torch.cat([self.prev_k[layer], k], dim=2), torch.cat([self.prev_v[layer], v], dim=2)
+        return (torch.cat([self.prev_k[layer].to(k.dtype), k], dim=2),
+                torch.cat([self.prev_v[layer].to(v.dtype), v], dim=2))
 
     def rotated_keys(self, layer: int, k_all: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         """Relative RoPE: `k_all` (B, N, S, D) from `keys_values` rotated at the window positions;
@@ -263,8 +268,8 @@ class CacheStep:
             if not self.zero_copy:
                 with torch.no_grad():
                     for layer, kv in enumerate(self.pending):
-                        c.k[layer].index_copy_(2, self.cur_tokens, kv[0])
-                        c.v[layer].index_copy_(2, self.cur_tokens, kv[1])
+                        c.k[layer].index_copy_(2, self.cur_tokens, kv[0].to(c.k.dtype))
+                        c.v[layer].index_copy_(2, self.cur_tokens, kv[1].to(c.v.dtype))
             for f in range(self.start, self.stop):
                 c.slot_frame[c.slot_of(f)] = f
                 c.slot_rotated[c.slot_of(f)] = None     # raw K rewritten: its rotation is stale

@@ -190,12 +190,18 @@ class WanModel(nn.Module):
     def new_cache(self, batch: int, policy: CachePolicy, grid_hw: tuple, dtype=None, device=None,
                   memory_limit: int = None) -> KVCache:
         """A preallocated cache for latents whose (H, W) is `grid_hw` (in latent pixels); refused before
-        allocating when larger than `memory_limit` bytes (default: the device's free memory)."""
+        allocating when larger than `memory_limit` bytes (default: the device's free memory).
+
+        dtype: default the weights' dtype, or the autocast dtype where autocast is on for the cache's device (the
+        dtype K and V are computed in there: bf16 training of fp32 weights keeps a bf16 cache, half the memory)."""
         p = self.cfg.patch_size
         tokens = (grid_hw[0] // p[1]) * (grid_hw[1] // p[2])
         ref = self.patch_embedding.weight
+        device = torch.device(device) if device is not None else ref.device
+        if dtype is None:
+            dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else ref.dtype
         return KVCache(self.cfg.num_layers, batch, self.cfg.num_heads, self.cfg.head_dim, tokens, policy,
-                       dtype or ref.dtype, device or ref.device, memory_limit)
+                       dtype, device, memory_limit)
 
     def embed_text(self, context: torch.Tensor) -> torch.Tensor:
         """Text features (B, Lc, text_dim) → (B, Lc, dim)."""

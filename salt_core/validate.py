@@ -198,10 +198,13 @@ def check_context(name: str, ctx: torch.Tensor, text_dim: int, *, where: str = "
 
 # -- memory ----------------------------------------------------------------------------------------------
 def available_memory(device) -> int:
-    """Bytes free for a new allocation on `device`: CUDA's free memory, else the host's MemAvailable."""
+    """Bytes free for a new allocation on `device`: CUDA's free memory plus what PyTorch's caching allocator holds
+    unused there (it hands those blocks out first, and frees them to retry an allocation that fails), else the
+    host's MemAvailable."""
     device = torch.device(device)
     if device.type == "cuda" and torch.cuda.is_available():
-        return int(torch.cuda.mem_get_info(device)[0])
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(torch.cuda.mem_get_info(device)[0]) + max(int(cached), 0)
     try:
         with open("/proc/meminfo") as f:
             for line in f:

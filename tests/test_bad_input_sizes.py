@@ -223,3 +223,17 @@ def test_an_ode_initialisation_whose_pairs_cannot_fit_in_host_memory_is_refused_
     with pytest.raises(MemoryError, match=r"1000000000 ODE pairs.*free host memory.*lower ode_pairs"):
         run_ode_init(cfg, str(tmp_path / "run"), quiet=True, world=distill_world())
     assert not (tmp_path / "run" / "ode_pairs.safetensors").exists()
+
+
+def test_free_cuda_memory_counts_what_the_caching_allocator_holds_unused(monkeypatch):
+    """A process that freed tensors keeps their blocks reserved: the driver calls them used, PyTorch reuses them.
+    Found on an H100: after a section that ran out of memory, a 3.2 GiB KV cache was refused with 1.9 GiB 'free'."""
+    import comfyui_salt.salt_core.validate as rules
+    gib = 1 << 30
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2 * gib, 80 * gib))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 75 * gib)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 5 * gib)
+    assert rules.available_memory("cuda:0") == 72 * gib
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 75 * gib)
+    assert rules.available_memory("cuda:0") == 2 * gib

@@ -222,3 +222,39 @@ def test_relative_rope_rotates_each_window_key_once_per_chunk(setup, monkeypatch
     # Once the window is full, each chunk rotates the W - S - n ring frames that moved once, and its own
     # n frames at each of its K + 1 forwards; the sink never moves. Rotating every step would be (K+1)·W = 45.
     assert per_chunk[3:] == [(W - S - n) + (K + 1) * n] * (len(per_chunk) - 3), per_chunk
+
+
+# -- bf16 autocast over float32 weights (how the job trains on a GPU; CPU autocast runs the same code path) ----------
+@pytest.mark.parametrize("policy", [CachePolicy.full(9), CachePolicy.rolling(6), CachePolicy.sink(6, 3, relative_rope=True)])
+def test_streaming_under_bf16_autocast_keeps_a_bf16_cache_and_follows_the_fp32_stream(setup, policy):
+    from comfyui_salt.salt_core.schedules import get_sigmas_fewstep
+    from comfyui_salt.salt_core.streaming import stream_video
+    model = setup[0]
+    noise, ctx = tiny_inputs(model.cfg, frames=9)
+    run = lambda: stream_video(model, noise, ctx, get_sigmas_fewstep(4), policy=policy, chunk_frames=3,  # noqa: E731
+                               generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        ref = run()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert model.new_cache(2, policy, (8, 8)).k.dtype == torch.bfloat16
+            out = run()
+    assert model.new_cache(2, policy, (8, 8)).k.dtype == torch.float32
+    assert_close(out, ref, 5e-2, "bf16 autocast stream vs fp32 stream:")
+    assert (out - ref).abs().max() > 0          # autocast really ran in bf16
+
+
+def test_a_float32_cache_under_bf16_autocast_trains_through_the_rollout(setup):
+    """A cache allocated outside autocast (fp32) is written with bf16 K/V inside it: cast on write, grads flow."""
+    from comfyui_salt.salt_core.rollout import rollout_self_forcing
+    from comfyui_salt.salt_core.schedules import get_sigmas_fewstep
+    model = build_model("tiny", seed=4)
+    noise, ctx = tiny_inputs(model.cfg, frames=6)
+    for cache in (None, model.new_cache(2, CachePolicy.full(6), (8, 8))):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            roll = rollout_self_forcing(model, noise, ctx, get_sigmas_fewstep(4), 2, policy=CachePolicy.full(6),
+                                        generator=torch.Generator().manual_seed(1), cache=cache)
+        roll.x0.float().square().mean().backward()
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        assert grads and all(torch.isfinite(g).all() for g in grads)
+        assert sum(g.abs().sum() for g in grads) > 0
