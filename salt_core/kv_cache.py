@@ -227,37 +227,17 @@ class CacheStep:
         if not (self.zero_copy and c.policy.relative_rope):
             self.rotate_tokens, self.rotated = None, None
             self.rope_positions = self.key_positions   # relative RoPE rotates every attended key
-        self.pending = [None] * c.num_layers
-        self.committed = False
-
-    def keys_values(self, layer: int, k: torch.Tensor, v: torch.Tensor):
-        """K/V (B, N, S, D) this chunk attends to, given its own k, v (B, N, n·T, D), in k's dtype.
-
-        The cache stores its own dtype: under autocast k and v arrive in the autocast dtype, whatever the cache
-        was allocated with (`new_cache` picks the autocast dtype when autocast is on); casts are no-ops otherwise."""
-        c = self.cache
-        if self.zero_copy:
-            c.k[layer].index_copy_(2, self.cur_tokens, k.to(c.k.dtype))
-            c.v[layer].index_copy_(2, self.cur_tokens, v.to(c.v.dtype))
-            return (c.k[layer, :, :, :self.prefix_tokens].to(k.dtype),
-                    c.v[layer, :, :, :self.prefix_tokens].to(v.dtype))
-        if self.write and not self.committed:
-            self.pending[layer] = (k.detach(), v.detach())
-        return (torch.cat([self.prev_k[layer].to(k.dtype), k], dim=2),
-                torch.cat([self.prev_v[layer].to(v.dtype), v], dim=2))
-
-    def rotated_keys(self, layer: int, k_all: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-        """Relative RoPE: `k_all` (B, N, S, D) from `keys_values` rotated at the window positions;
-        cos, sin (L, D/2) are the angles of `rope_positions`' tokens."""
-        if self.rotate_tokens is None:
-            return apply_rope(k_all, cos, sin)
-        c = self.cache
-        if c.k_rot is None:
+        elif c.k_rot is None:
             with torch.inference_mode(c.k.is_inference()):   # usable wherever the cache itself is
                 c.k_rot = torch.empty_like(c.k)
-        buf = c.k_rot[layer]
-        buf.index_copy_(2, self.rotate_tokens, apply_rope(c.k[layer].index_select(2, self.rotate_tokens), cos, sin))
-        return buf[:, :, :self.prefix_tokens]
+        self.layers = []                                # the LayerSteps handed out, for their deferred writes
+        self.committed = False
+
+    def layer(self, index: int) -> "LayerStep":
+        """Layer `index`'s part of this step (what that layer's attention reads and writes)."""
+        out = LayerStep(self, index)
+        self.layers.append(out)
+        return out
 
     def commit(self):
         """Apply deferred writes and advance the cache's high-water mark (once)."""
@@ -267,9 +247,10 @@ class CacheStep:
         if self.write:
             if not self.zero_copy:
                 with torch.no_grad():
-                    for layer, kv in enumerate(self.pending):
-                        c.k[layer].index_copy_(2, self.cur_tokens, kv[0].to(c.k.dtype))
-                        c.v[layer].index_copy_(2, self.cur_tokens, kv[1].to(c.v.dtype))
+                    for layer in self.layers:
+                        if layer.pending is not None:
+                            layer.k.index_copy_(2, self.cur_tokens, layer.pending[0].to(layer.k.dtype))
+                            layer.v.index_copy_(2, self.cur_tokens, layer.pending[1].to(layer.v.dtype))
             for f in range(self.start, self.stop):
                 c.slot_frame[c.slot_of(f)] = f
                 c.slot_rotated[c.slot_of(f)] = None     # raw K rewritten: its rotation is stale
@@ -277,8 +258,49 @@ class CacheStep:
         if self.rotated is not None:                    # every layer rotated these slots in this forward
             for s, key in self.rotated.items():
                 c.slot_rotated[s] = key
-        self.pending = [None] * c.num_layers
+        self.layers = []
         self.committed = True
+
+
+class LayerStep:
+    """One layer's view of a CacheStep: the layer's cache tensors held as attributes, not reached by its index.
+
+    A compiled block then sees tensors of the same shape at every layer and compiles once; torch.compile
+    specialises on an integer used to index, which cost one graph per layer (and eager layers past its
+    recompile limit of 8: found on an H100, where compiling gave no speed)."""
+
+    def __init__(self, step: CacheStep, index: int):
+        c = step.cache
+        self.step, self.index = step, index
+        self.k, self.v = c.k[index], c.v[index]                        # (B, N, slots·T, D) views of the cache
+        self.k_rot = None if step.rotate_tokens is None else c.k_rot[index]
+        self.prev_k = None if step.prev_k is None else step.prev_k[index]   # (B, N, P, D) gathered copies
+        self.prev_v = None if step.prev_v is None else step.prev_v[index]
+        self.pending = None                                           # (k, v) to write at commit (grad steps)
+
+    def keys_values(self, k: torch.Tensor, v: torch.Tensor):
+        """K/V (B, N, S, D) this chunk attends to, given its own k, v (B, N, n·T, D), in k's dtype.
+
+        The cache stores its own dtype: under autocast k and v arrive in the autocast dtype, whatever the cache
+        was allocated with (`new_cache` picks the autocast dtype when autocast is on); casts are no-ops otherwise."""
+        s = self.step
+        if s.zero_copy:
+            self.k.index_copy_(2, s.cur_tokens, k.to(self.k.dtype))
+            self.v.index_copy_(2, s.cur_tokens, v.to(self.v.dtype))
+            return self.k[:, :, :s.prefix_tokens].to(k.dtype), self.v[:, :, :s.prefix_tokens].to(v.dtype)
+        if s.write and not s.committed:
+            self.pending = (k.detach(), v.detach())
+        return (torch.cat([self.prev_k.to(k.dtype), k], dim=2),
+                torch.cat([self.prev_v.to(v.dtype), v], dim=2))
+
+    def rotated_keys(self, k_all: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """Relative RoPE: `k_all` (B, N, S, D) from `keys_values` rotated at the window positions;
+        cos, sin (L, D/2) are the angles of `rope_positions`' tokens."""
+        s = self.step
+        if s.rotate_tokens is None:
+            return apply_rope(k_all, cos, sin)
+        self.k_rot.index_copy_(2, s.rotate_tokens, apply_rope(self.k.index_select(2, s.rotate_tokens), cos, sin))
+        return self.k_rot[:, :, :s.prefix_tokens]
 
 
 def _token_index(slots, frame_tokens: int, device) -> torch.Tensor:

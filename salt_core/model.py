@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from .config import WanConfig
-from .kv_cache import KVCache, CachePolicy, CacheStep
+from .kv_cache import KVCache, CachePolicy, LayerStep
 from .rope import RotaryTable, apply_rope
 from .validate import check_context, check_latent
 
@@ -77,17 +77,17 @@ class Attention(nn.Module):
     def heads(self, x):
         return rearrange(x, "b l (n d) -> b n l d", n=self.num_heads)
 
-    def self_attention(self, x, layer, cos, sin, mask=None, step: CacheStep = None, key_rope=None):
+    def self_attention(self, x, cos, sin, mask=None, step: LayerStep = None, key_rope=None):
         """x (B, L, dim) → (B, L, dim); RoPE on q (and k); dense, masked or cached attention."""
         q = apply_rope(self.heads(self.norm_q(self.q(x))), cos, sin)  # (B, N, L, D)
         k = self.heads(self.norm_k(self.k(x)))
         v = self.heads(self.v(x))
         if step is not None and key_rope is not None:       # relative RoPE: K stored un-rotated
-            k_all, v_all = step.keys_values(layer, k, v)
-            k_all = step.rotated_keys(layer, k_all, *key_rope)
+            k_all, v_all = step.keys_values(k, v)
+            k_all = step.rotated_keys(k_all, *key_rope)
         else:
             k = apply_rope(k, cos, sin)
-            k_all, v_all = (k, v) if step is None else step.keys_values(layer, k, v)
+            k_all, v_all = (k, v) if step is None else step.keys_values(k, v)
         out = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)
         return self.o(rearrange(out, "b n l d -> b l (n d)"))
 
@@ -122,7 +122,7 @@ class WanBlock(nn.Module):
         cache's text cache, so a sharded block gathers its weights for it (FSDP2 forward method)."""
         return self.cross_attn.context_kv(context)
 
-    def forward(self, x, e, frames, layer, cos, sin, context=None, cross_kv=None, mask=None, step=None, key_rope=None):
+    def forward(self, x, e, frames, cos, sin, context=None, cross_kv=None, mask=None, step=None, key_rope=None):
         """x (B, L, dim) with L = F·T tokens; e (B, F, 6, dim) float32 per-frame modulation."""
         mod = (self.modulation.float().unsqueeze(0) + e).unbind(2)  # 6 × (B, F, dim)
         shift1, scale1, gate1, shift2, scale2, gate2 = (m.unsqueeze(2) for m in mod)  # (B, F, 1, dim)
@@ -131,7 +131,7 @@ class WanBlock(nn.Module):
             return t.unflatten(1, (frames, -1))
 
         h = (per_frame(self.norm1(x)).float() * (1 + scale1) + shift1).flatten(1, 2).to(x.dtype)
-        y = self.self_attn.self_attention(h, layer, cos, sin, mask, step, key_rope)
+        y = self.self_attn.self_attention(h, cos, sin, mask, step, key_rope)
         x = (per_frame(x).float() + per_frame(y).float() * gate1).flatten(1, 2).to(x.dtype)
         x = x + self.cross_attn.cross_attention(self.norm3(x), context, cross_kv)
         h = (per_frame(self.norm2(x)).float() * (1 + scale2) + shift2).flatten(1, 2).to(x.dtype)
@@ -265,7 +265,8 @@ class WanModel(nn.Module):
         features = None
         for i, block in enumerate(self.blocks):
             cross_kv = None if cache is None else cache.cross_kv(i, block.context_kv, ctx)
-            args = (tokens, e_blocks, gf, i, cos, sin, ctx, cross_kv, mask, step, key_rope)
+            layer_step = None if step is None else step.layer(i)
+            args = (tokens, e_blocks, gf, cos, sin, ctx, cross_kv, mask, layer_step, key_rope)
             if self.gradient_checkpointing and torch.is_grad_enabled():
                 tokens = torch.utils.checkpoint.checkpoint(block, *args, use_reentrant=False)
             else:

@@ -258,3 +258,37 @@ def test_a_float32_cache_under_bf16_autocast_trains_through_the_rollout(setup):
         grads = [p.grad for p in model.parameters() if p.grad is not None]
         assert grads and all(torch.isfinite(g).all() for g in grads)
         assert sum(g.abs().sum() for g in grads) > 0
+
+
+def test_compiled_blocks_share_one_graph_across_layers_and_match_eager():
+    """torch.compile of each block (regional compilation, as the GPU check does) must not specialise on the layer:
+    one graph serves every layer. With the layer's cache reached by its index it compiled once per layer, up to
+    dynamo's limit of 8, and ran the rest eagerly (found on an H100). Counted with a backend that records each
+    graph it is given; the compiled stream must equal the eager one."""
+    from comfyui_salt.salt_core.config import WanConfig
+    from comfyui_salt.salt_core.schedules import get_sigmas_fewstep
+    from comfyui_salt.salt_core.streaming import stream_video
+    torch._dynamo.reset()
+    model = build_model(WanConfig(dim=32, ffn_dim=64, num_heads=2, num_layers=10, in_dim=4, out_dim=4, text_dim=16,
+                                  freq_dim=32), seed=0).eval()
+    noise, ctx = torch.randn(1, 4, 9, 4, 4, generator=torch.Generator().manual_seed(0)), torch.randn(1, 3, 16)
+    run = lambda: stream_video(model, noise, ctx, get_sigmas_fewstep(2), policy=CachePolicy.sink(6, 3, relative_rope=True),  # noqa: E731
+                               chunk_frames=3, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        eager = run()
+    graphs = []
+
+    def counting_backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+    try:
+        for block in model.blocks:
+            block.compile(dynamic=True, backend=counting_backend)
+        with torch.no_grad():
+            compiled = run()
+    finally:
+        for block in model.blocks:
+            block._compiled_call_impl = None
+        torch._dynamo.reset()
+    assert 1 <= len(graphs) <= 3, f"{len(graphs)} graphs for 10 layers"
+    assert torch.equal(compiled, eager)
