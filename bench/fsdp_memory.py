@@ -1,7 +1,8 @@
 """Per-GPU memory of the real-scale distillation presets on 1, 8, 16 and 64 GPUs, from the estimator the run checks
 before its first step (training.validate.distill_memory_breakdown): a Wan 2.1 1.3B student and critic (fp32 master
 weights, AdamW, EMA) and the 14B teacher (bf16), sharded with FSDP2 (`sharding=full`: over every GPU; the teacher
-optionally offloaded to the host), at each preset's clip size with activation checkpointing. Prints a markdown table.
+optionally offloaded to the host), at each preset's clip size with activation checkpointing, K/V in bf16 (the GPU's
+autocast). Prints a markdown table.
 
     .venv/bin/python bench/fsdp_memory.py
 """
@@ -26,18 +27,20 @@ def main():
         critic = WanModel(MODEL_PRESETS["wan2.1-t2v-1.3b"])
         teacher = WanModel(MODEL_PRESETS["wan2.1-t2v-14b"]).to(torch.bfloat16)
     print("| preset | GPUs | teacher | params + grads + AdamW + EMA | teacher | gathered blocks | activations + "
-          "caches | per GPU | fits H100 80 GB (79 GiB) | fits H200 141 GB (139 GiB) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "caches | rollout K/V + alignment | per GPU | fits H100 80 GB (79 GiB) | fits H200 141 GB (139 GiB) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for name in PRESETS:
         for gpus in GPUS:
             for offload in ((False, True) if gpus > 1 else (False,)):
                 cfg = dataclasses.replace(get_preset(name), teacher_offload=offload)
-                part = distill_memory_breakdown(cfg, student, critic, teacher, shards=gpus, models_on_device=True)
+                part = distill_memory_breakdown(cfg, student, critic, teacher, shards=gpus, models_on_device=True,
+                                                compute_dtype=torch.bfloat16)
                 total = sum(part.values())
                 state = part["params"] + part["grads"] + part["optimizer"] + part["ema"]
                 print(f"| {name} | {gpus} | {'host' if offload else 'GPU'} | {state / GIB:.1f} GiB | "
                       f"{part['teacher'] / GIB:.1f} GiB | {part['gathered'] / GIB:.2f} GiB | "
                       f"{(part['activations'] + part['caches'] + part['features']) / GIB:.1f} GiB | "
+                      f"{(part['rollout_kv'] + part['align']) / GIB:.1f} GiB | "
                       f"**{total / GIB:.1f} GiB** | " + " | ".join("yes" if total <= cap else "no"
                                                                     for cap in CARDS.values()) + " |")
 

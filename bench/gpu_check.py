@@ -322,13 +322,14 @@ def fsdp_one_gpu(rep, device, smoke):
                       prompts_file=prompts)
             if smoke:
                 kw.update(num_frames=3, height=8, width=8, threads=1, autocast_bf16=False, align_block=1)
-            else:   # 21 frames on one rank: ~78 GiB measured on an H100 (OOM), the estimator said 73; 9 fit
+            else:   # one rank holds everything: 9 frames, estimated 62 GiB (21: 93 GiB; docs/training.md)
                 kw.update(num_frames=9)
             cfg = get_preset("salt-self-forcing", **kw)
             with torch.device("meta"):
                 meta = [WanModel(mcfg) for _ in range(3)]
             estimate = distill_memory_bytes(cfg, meta[0], meta[1], meta[2].to(torch.bfloat16), models_on_device=True,
-                                            sharded=True) / 2 ** 30
+                                            sharded=True, compute_dtype=torch.bfloat16 if not smoke else None) / 2 ** 30
+            print(f"FSDP2 section: {cfg.num_frames} latent frames, the run's estimate {estimate:.1f} GiB", flush=True)
             gen = torch.Generator().manual_seed(0)           # stand-in umT5 rows: the prompt cache a run reads
             fill_prompt_cache(cfg, os.path.join(run, "out"),
                               lambda texts: [torch.randn(8, mcfg.text_dim, generator=gen) for _ in texts])

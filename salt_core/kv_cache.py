@@ -152,13 +152,8 @@ class KVCache:
         return sink + (rel - sink) % ring
 
     def _attended_frames(self, stop: int) -> list:
-        """Absolute frames a chunk ending at `stop` (exclusive) attends to, before the chunk itself."""
-        p, o = self.policy, self.origin
-        if p.window_frames == -1:
-            return list(range(o, stop))
-        sink_end = o + p.sink_frames
-        ring_start = max(sink_end, stop - (p.capacity_frames - p.sink_frames))
-        return list(range(o, min(sink_end, stop))) + list(range(ring_start, stop))
+        """Absolute frames a chunk ending at `stop` (exclusive) attends to, the chunk itself included."""
+        return attended_frames(self.policy, self.origin, stop)
 
     def _position(self, frame: int, stop: int) -> int:
         """RoPE time position of `frame` when the newest frame attended is stop-1."""
@@ -188,6 +183,16 @@ class KVCache:
                 f"KVCache: global cache is full ({p.capacity_frames} frames) and frame {stop - 1} was requested; "
                 f"build the cache with a larger max_frames or use a rolling / sink policy")
         return CacheStep(self, f0, n, write)
+
+
+def attended_frames(policy: CachePolicy, origin: int, stop: int) -> list:
+    """Absolute frames a chunk ending at `stop` (exclusive) attends to under `policy`, the chunk itself included, in
+    a cache whose first frame is `origin`: all of them (global), or the sink frames and the newest ring."""
+    if policy.window_frames == -1:
+        return list(range(origin, stop))
+    sink_end = origin + policy.sink_frames
+    ring_start = max(sink_end, stop - (policy.capacity_frames - policy.sink_frames))
+    return list(range(origin, min(sink_end, stop))) + list(range(ring_start, stop))
 
 
 class CacheStep:

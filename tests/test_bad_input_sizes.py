@@ -187,7 +187,50 @@ def test_the_estimate_counts_the_frozen_critic_copy_the_exact_teachers_alignment
     exact = distill_memory_bytes(get_preset("lab-salt", teacher="exact"), student, critic)
     assert exact - learned == copy_bytes
     no_align = get_preset("lab-salt", teacher="exact", align_weight=0.0)
-    assert distill_memory_bytes(no_align, student, critic) == learned
+    from comfyui_salt.training.validate import distill_memory_breakdown
+    aligned = distill_memory_breakdown(get_preset("lab-salt", teacher="t.safetensors"), student, critic)
+    assert distill_memory_bytes(no_align, student, critic) == learned - aligned["align"] and aligned["align"] > 0
+
+
+def test_the_estimate_counts_what_a_salt_generator_step_keeps_beyond_the_models():
+    """The terms a 1.3B run on one H100 showed missing (it ran out at 74.4 GiB where the estimate said 58.5):
+    the past K/V each grad-carrying chunk forward gathers, and the alignment's forward with grad through the
+    features network. Closed forms on the toy model's shapes (fp32)."""
+    import dataclasses
+    from comfyui_salt.training.validate import distill_memory_breakdown
+    student = build_model("toy", seed=0)
+    m = student.cfg
+    cfg = dataclasses.replace(get_preset("toy-salt"), num_frames=12, chunk_frames=3, batch_size=2,
+                              local_attn_frames=-1, sink_frames=0, height=16, width=16)
+    part = distill_memory_breakdown(cfg, student, student)
+    T = (cfg.height // m.patch_size[1]) * (cfg.width // m.patch_size[2])   # tokens per latent frame
+    kv_frame = 2 * m.num_layers * cfg.batch_size * m.dim * T * 4           # K and V of one frame, every layer
+    assert part["rollout_kv"] == (0 + 3 + 6 + 9) * kv_frame                # global cache: chunk k sees 3k frames
+    sym = distill_memory_breakdown(dataclasses.replace(cfg, sc_symmetric=True), student, student)
+    assert sym["rollout_kv"] == 2 * part["rollout_kv"]                     # the composed branch carries grad too
+    window = distill_memory_breakdown(dataclasses.replace(cfg, local_attn_frames=6), student, student)
+    assert window["rollout_kv"] == (0 + 3 + 3 + 3) * kv_frame              # min(f0, W − chunk) with W = 6
+    tokens, per_block = 12 * T, (m.ffn_dim + 10 * m.dim) * 4
+    assert part["align"] == cfg.batch_size * tokens * per_block * m.num_layers      # every block, no checkpointing
+    ckpt = distill_memory_breakdown(dataclasses.replace(cfg, grad_checkpointing=True), student, student)
+    assert ckpt["align"] == cfg.batch_size * tokens * (per_block + m.dim * 4 * m.num_layers)
+    assert distill_memory_breakdown(dataclasses.replace(cfg, align_weight=0.0), student, student)["align"] == 0
+    half = distill_memory_breakdown(cfg, student, student, compute_dtype=torch.bfloat16)
+    assert 2 * half["caches"] == part["caches"] and 2 * half["rollout_kv"] == part["rollout_kv"]
+
+
+@pytest.mark.parametrize("num_frames, chunk", [(1, 1), (7, 3), (12, 3), (40, 4), (41, 2)])
+def test_the_rollouts_past_frames_in_closed_form_equal_the_caches_own_rule(num_frames, chunk):
+    from comfyui_salt.salt_core.kv_cache import attended_frames
+    from comfyui_salt.training.validate import rollout_past_frames
+    policies = [CachePolicy(max_frames=num_frames)] + [
+        CachePolicy(window_frames=w, sink_frames=s, max_frames=num_frames)
+        for w in range(chunk, 13) for s in range(0, w - chunk + 1)]
+    for policy in policies:
+        brute = sum(sum(f < f0 for f in attended_frames(policy, 0, min(f0 + chunk, num_frames)))
+                    for f0 in range(0, num_frames, chunk))
+        assert rollout_past_frames(policy, num_frames, chunk) == brute, policy
+    assert rollout_past_frames(CachePolicy(window_frames=12, sink_frames=3), 3 * 10**12, 3) > 0   # no loop
 
 
 def test_a_cache_too_large_for_memory_is_refused_by_the_distillers_cache_too(toy):

@@ -292,3 +292,12 @@ def test_compiled_blocks_share_one_graph_across_layers_and_match_eager():
         torch._dynamo.reset()
     assert 1 <= len(graphs) <= 3, f"{len(graphs)} graphs for 10 layers"
     assert torch.equal(compiled, eager)
+
+
+def test_attended_frames_are_the_sink_and_the_newest_ring_or_everything():
+    from comfyui_salt.salt_core.kv_cache import attended_frames
+    assert attended_frames(CachePolicy(max_frames=21), 0, 9) == list(range(9))
+    assert attended_frames(CachePolicy(window_frames=6, sink_frames=2), 0, 12) == [0, 1, 8, 9, 10, 11]
+    assert attended_frames(CachePolicy(window_frames=6, sink_frames=2), 5, 17) == [5, 6, 13, 14, 15, 16]
+    assert attended_frames(CachePolicy(window_frames=6, sink_frames=0), 0, 4) == [0, 1, 2, 3]
+    assert attended_frames(CachePolicy(window_frames=6, sink_frames=3), 0, 2) == [0, 1]

@@ -7,6 +7,8 @@ the same rules. Per-field rules (choices, counts, ranges) are read from the fiel
 salt_core.validate holds the checks themselves. Errors name the field, the value, what was expected and the
 fix. Knows nothing of files or the loops.
 """
+import torch
+
 from ..salt_core.validate import check_count
 from .config_fields import check_fields
 
@@ -63,19 +65,33 @@ def _numel(model) -> int:
 
 
 def distill_memory_breakdown(cfg, student, critic=None, teacher=None, *, shards: int = 1,
-                             models_on_device: bool = False, sharded: bool = None, rollouts: bool = True) -> dict:
+                             models_on_device: bool = False, sharded: bool = None, rollouts: bool = True,
+                             compute_dtype: torch.dtype = None) -> dict:
     """Bytes one rank of a distillation run holds, by part. `shards`: ranks the models are split over
     (`shard_count`). models_on_device: count the models' own parameters too (a GPU run: they are not there yet
-    when this is checked; on the CPU they already are). The parts:
+    when this is checked; on the CPU they already are). compute_dtype: what K and V are computed in (bf16 under
+    the GPU's autocast; default the student's dtype). The parts:
     - params / grads / optimizer / ema: student and critic in fp32, AdamW's two moments, the EMA shadow, ÷ shards;
     - teacher: its parameters ÷ shards (0 with teacher_offload: its shards wait on the host);
     - gathered: the blocks FSDP2 gathers at once (the one in use and the next, prefetched), with shards > 1;
-    - activations: kept for the backward of one micro-batch (every block's tokens; one block's with gradient
-      checkpointing); caches: two KV caches (causal students' rollouts; none with rollouts=False, as in the ODE
-      initialisation, which regresses without a cache); features: the frozen critic copy the alignment reads
-      under the exact teacher. Attention kernels and allocator slack are not counted."""
+    - activations: kept for the backward of one micro-batch (every block's; with gradient checkpointing one
+      block's, recomputed, plus every block's input, kept for the recompute);
+    - caches: two KV caches (causal students' rollouts; none with rollouts=False, as in the ODE initialisation,
+      which regresses without a cache);
+    - rollout_kv: the past K/V each grad-carrying exit forward of a causal rollout gathers (a copy of every
+      layer's, salt_core/kv_cache.py CacheStep) and keeps until the backward, summed over the clip's chunks;
+      twice with the symmetric SC (its composed branch carries grad too);
+    - align: the alignment's feature forward with grad (training/distill.py align_term) through the features
+      network (the teacher, or the frozen critic copy under the exact teacher): activations as above, at its
+      width and depth, over the clip (clean context and noisy clip under teacher forcing);
+    - features: the frozen critic copy the alignment reads under the exact teacher.
+    Attention kernels and allocator slack are not counted. Measured against a 1.3B run on one H100 (out of
+    memory at 74.4 GiB where the estimate without rollout_kv and align was 58.5 GiB) and on the CPU (the
+    alignment's forward 0.66 GiB measured at 4 layers of Wan 1.3B's width, 2,304 tokens)."""
+    from ..salt_core.kv_cache import CachePolicy
     from ..salt_core.validate import kv_cache_bytes
     item = student.patch_embedding.weight.element_size()
+    kv_dtype = compute_dtype or student.patch_embedding.weight.dtype
     mcfg = student.cfg
     trained = _numel(student) + _numel(critic)
     out = {"params": (trained * 4 if models_on_device else 0) // shards, "grads": trained * 4 // shards,
@@ -88,26 +104,63 @@ def distill_memory_breakdown(cfg, student, critic=None, teacher=None, *, shards:
     out["gathered"] = 2 * max((sum(p.numel() * p.element_size() for p in b.parameters()) for b in blocks),
                               default=0) if shards > 1 else 0
     p = mcfg.patch_size
-    tokens = (cfg.num_frames // p[0]) * (cfg.height // p[1]) * (cfg.width // p[2])
-    per_block = cfg.batch_size * tokens * (mcfg.ffn_dim + 10 * mcfg.dim) * item
-    out["activations"] = per_block * (1 if cfg.grad_checkpointing else mcfg.num_layers)
-    out["caches"] = 0
+    frame_tokens = (cfg.height // p[1]) * (cfg.width // p[2])
+    tokens = (cfg.num_frames // p[0]) * frame_tokens
+
+    def activations(net_cfg, n_tokens):
+        per_block = cfg.batch_size * n_tokens * (net_cfg.ffn_dim + 10 * net_cfg.dim) * item
+        if not cfg.grad_checkpointing:
+            return per_block * net_cfg.num_layers
+        return per_block + cfg.batch_size * n_tokens * net_cfg.dim * item * net_cfg.num_layers
+
+    out["activations"] = activations(mcfg, tokens)
+    out["caches"] = out["rollout_kv"] = 0
     if rollouts and cfg.student_kind == "causal":
-        capacity = cfg.num_frames if cfg.local_attn_frames == -1 else cfg.local_attn_frames
+        policy = CachePolicy(window_frames=cfg.local_attn_frames, sink_frames=cfg.sink_frames,
+                             max_frames=cfg.num_frames)
         out["caches"] = 2 * kv_cache_bytes(mcfg.num_layers, cfg.batch_size, mcfg.num_heads, mcfg.head_dim,
-                                           tokens // max(1, cfg.num_frames // mcfg.patch_size[0]), capacity,
-                                           student.patch_embedding.weight.dtype)
+                                           frame_tokens, policy.capacity_frames, kv_dtype)
+        past = rollout_past_frames(policy, cfg.num_frames, cfg.chunk_frames)
+        grad_branches = 2 if (cfg.sc_weight > 0 and cfg.sc_symmetric) else 1
+        out["rollout_kv"] = grad_branches * kv_cache_bytes(mcfg.num_layers, cfg.batch_size, mcfg.num_heads,
+                                                           mcfg.head_dim, frame_tokens, past, kv_dtype)
+    out["align"] = 0
+    if rollouts and cfg.align_weight > 0:
+        shaped = [m for m in ((critic,) if cfg.aligns_to_frozen_critic else (teacher,)) + (critic, student)
+                  if m is not None and hasattr(m, "cfg")]
+        frames = cfg.num_frames
+        if cfg.teacher_kind == "teacher_forcing":        # [clean context | noisy clip], the last clean chunk dropped
+            frames = 2 * cfg.num_frames - cfg.chunk_frames
+        out["align"] = activations(shaped[0].cfg, frames // p[0] * frame_tokens)
     out["features"] = 0
     if critic is not None and cfg.aligns_to_frozen_critic and not offloaded:
         out["features"] = sum(p.numel() * p.element_size() for p in critic.parameters()) // shards
     return out
 
 
+def rollout_past_frames(policy, num_frames: int, chunk_frames: int) -> int:
+    """Past frames the chunks of a `num_frames` rollout attend to, summed over its chunks (what their gathered K/V
+    copies hold), in closed form: a chunk of n frames at f0 sees min(f0, W − n) earlier frames under a window of W
+    frames (salt_core.kv_cache.attended_frames), all f0 under a global cache. Sizes may be hostile: no loop."""
+    full, last = divmod(num_frames, chunk_frames)
+    window = None if policy.window_frames == -1 else policy.capacity_frames
+
+    def chunks(count: int, size: int) -> int:      # Σ_{k<count} min(k·c, W − size)
+        cap = None if window is None else window - size
+        linear = count if cap is None else max(0, min(count, cap // chunk_frames + 1))
+        return chunk_frames * linear * (linear - 1) // 2 + (count - linear) * (cap or 0)
+
+    return chunks(full, chunk_frames) + (0 if last == 0 else
+                                         full * chunk_frames if window is None else min(full * chunk_frames,
+                                                                                          window - last))
+
+
 def distill_memory_bytes(cfg, student, critic=None, teacher=None, *, shards: int = 1,
-                         models_on_device: bool = False, sharded: bool = None, rollouts: bool = True) -> int:
+                         models_on_device: bool = False, sharded: bool = None, rollouts: bool = True,
+                         compute_dtype: torch.dtype = None) -> int:
     """The total of `distill_memory_breakdown`: bytes one rank still allocates."""
     return sum(distill_memory_breakdown(cfg, student, critic, teacher, shards=shards, models_on_device=models_on_device,
-                                        sharded=sharded, rollouts=rollouts).values())
+                                        sharded=sharded, rollouts=rollouts, compute_dtype=compute_dtype).values())
 
 
 def check_distill_memory(cfg, student, critic, device, *, teacher=None, shards: int = 1,
@@ -120,7 +173,8 @@ def check_distill_memory(cfg, student, critic, device, *, teacher=None, shards: 
     check_memory(f"distillation at batch_size={cfg.batch_size}, num_frames={cfg.num_frames}, "
                  f"{cfg.height}×{cfg.width} latents" + (f", sharded over {shards} ranks" if shards > 1 else ""),
                  distill_memory_bytes(cfg, student, critic, teacher, shards=shards, models_on_device=on_device,
-                                      sharded=sharded),
+                                      sharded=sharded,
+                                      compute_dtype=torch.bfloat16 if on_device and cfg.autocast_bf16 else None),
                  limit, where="DistillConfig",
                  limit_what=f"memory_limit_gib={cfg.memory_limit_gib:g}" if explicit else f"free memory on {device}",
                  fix="lower num_frames, height / width or batch_size (use grad_accum for a larger effective batch), "
