@@ -256,6 +256,8 @@ class CacheStep:
                         if layer.pending is not None:
                             layer.k.index_copy_(2, self.cur_tokens, layer.pending[0].to(layer.k.dtype))
                             layer.v.index_copy_(2, self.cur_tokens, layer.pending[1].to(layer.v.dtype))
+        for layer in self.layers:           # a checkpointed block keeps its LayerStep until the backward
+            layer.pending = None
             for f in range(self.start, self.stop):
                 c.slot_frame[c.slot_of(f)] = f
                 c.slot_rotated[c.slot_of(f)] = None     # raw K rewritten: its rotation is stale
@@ -305,7 +307,7 @@ class LayerStep:
         if s.rotate_tokens is None:
             return apply_rope(k_all, cos, sin)
         self.k_rot.index_copy_(2, s.rotate_tokens, apply_rope(self.k.index_select(2, s.rotate_tokens), cos, sin))
-        return self.k_rot[:, :, :s.prefix_tokens]
+        return self.k_rot[:, :, :s.prefix_tokens].to(k_all.dtype)
 
 
 def _token_index(slots, frame_tokens: int, device) -> torch.Tensor:

@@ -69,6 +69,9 @@ def test_counts_that_may_be_zero_refuse_negative_values(field):
     (dict(eval_nfe=(0,)), "eval_nfe=0"),
     (dict(local_attn_frames=0), "local_attn_frames=0"),
     (dict(local_attn_frames=-2), "local_attn_frames=-2"),
+    (dict(local_attn_frames=2, chunk_frames=3, num_frames=21), "local_attn_frames=2 is less than sink_frames=0 + "
+                                                              "chunk_frames=3"),
+    (dict(local_attn_frames=4, sink_frames=2, chunk_frames=3, num_frames=21), "e.g. local_attn_frames=5"),
 ])
 def test_degenerate_step_and_window_settings_are_refused(kw, words):
     with pytest.raises(ValueError) as e:

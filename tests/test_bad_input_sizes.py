@@ -280,3 +280,33 @@ def test_free_cuda_memory_counts_what_the_caching_allocator_holds_unused(monkeyp
     assert rules.available_memory("cuda:0") == 72 * gib
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 75 * gib)
     assert rules.available_memory("cuda:0") == 2 * gib
+
+
+@pytest.mark.parametrize("window, sink", [(-1, 0), (6, 0), (6, 3)])
+def test_the_estimates_rollout_kv_is_what_a_grad_rollout_gathers(window, sink):
+    """The K/V copies the exit forwards with grad of a real causal rollout gather (counted as each CacheStep makes
+    them), against the estimator's rollout_kv for the same clip, batch and window."""
+    import dataclasses
+    from comfyui_salt.salt_core import kv_cache
+    from comfyui_salt.salt_core.rollout import rollout_self_forcing
+    from comfyui_salt.training.validate import distill_memory_breakdown
+    student = build_model("toy", seed=0)
+    cfg = dataclasses.replace(get_preset("toy-dmd"), num_frames=12, chunk_frames=3, batch_size=2,
+                              local_attn_frames=window, sink_frames=sink, height=16, width=16)
+    gathered = []
+    init = kv_cache.CacheStep.__init__
+
+    def counting(self, *args):
+        init(self, *args)
+        if self.prev_k is not None:
+            gathered.append(self.prev_k.numel() * self.prev_k.element_size() * 2)   # K and V
+    policy = CachePolicy(window_frames=window, sink_frames=sink, max_frames=12)
+    noise = torch.randn(2, student.cfg.in_dim, 12, 16, 16, generator=torch.Generator().manual_seed(0))
+    ctx = torch.randn(2, 8, student.cfg.text_dim)
+    kv_cache.CacheStep.__init__ = counting
+    try:
+        rollout_self_forcing(student, noise, ctx, get_sigmas_fewstep(4), 3, policy=policy, chunk_frames=3,
+                             generator=torch.Generator().manual_seed(1), grad=True)
+    finally:
+        kv_cache.CacheStep.__init__ = init
+    assert sum(gathered) == distill_memory_breakdown(cfg, student, student)["rollout_kv"] > 0

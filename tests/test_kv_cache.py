@@ -225,7 +225,8 @@ def test_relative_rope_rotates_each_window_key_once_per_chunk(setup, monkeypatch
 
 
 # -- bf16 autocast over float32 weights (how the job trains on a GPU; CPU autocast runs the same code path) ----------
-@pytest.mark.parametrize("policy", [CachePolicy.full(9), CachePolicy.rolling(6), CachePolicy.sink(6, 3, relative_rope=True)])
+@pytest.mark.parametrize("policy", [CachePolicy.full(9), CachePolicy.rolling(6),
+                                    CachePolicy.sink(6, 3, relative_rope=True)])
 def test_streaming_under_bf16_autocast_keeps_a_bf16_cache_and_follows_the_fp32_stream(setup, policy):
     from comfyui_salt.salt_core.schedules import get_sigmas_fewstep
     from comfyui_salt.salt_core.streaming import stream_video
@@ -272,8 +273,9 @@ def test_compiled_blocks_share_one_graph_across_layers_and_match_eager():
     model = build_model(WanConfig(dim=32, ffn_dim=64, num_heads=2, num_layers=10, in_dim=4, out_dim=4, text_dim=16,
                                   freq_dim=32), seed=0).eval()
     noise, ctx = torch.randn(1, 4, 9, 4, 4, generator=torch.Generator().manual_seed(0)), torch.randn(1, 3, 16)
-    run = lambda: stream_video(model, noise, ctx, get_sigmas_fewstep(2), policy=CachePolicy.sink(6, 3, relative_rope=True),  # noqa: E731
-                               chunk_frames=3, generator=torch.Generator().manual_seed(1))
+    policy = CachePolicy.sink(6, 3, relative_rope=True)
+    run = lambda: stream_video(model, noise, ctx, get_sigmas_fewstep(2), policy=policy, chunk_frames=3,  # noqa: E731
+                               generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         eager = run()
     graphs = []
@@ -301,3 +303,36 @@ def test_attended_frames_are_the_sink_and_the_newest_ring_or_everything():
     assert attended_frames(CachePolicy(window_frames=6, sink_frames=2), 5, 17) == [5, 6, 13, 14, 15, 16]
     assert attended_frames(CachePolicy(window_frames=6, sink_frames=0), 0, 4) == [0, 1, 2, 3]
     assert attended_frames(CachePolicy(window_frames=6, sink_frames=3), 0, 2) == [0, 1]
+
+
+@pytest.mark.parametrize("policy", [CachePolicy.full(9), CachePolicy.rolling(6), CachePolicy.sink(6, 3),
+                                    CachePolicy.sink(6, 3, relative_rope=True)])
+def test_a_cache_in_another_dtype_than_the_compute_serves_keys_in_the_computes_dtype(setup, policy):
+    """A bf16 cache read by a float32 forward without autocast (e.g. made under autocast, used outside it):
+    every policy, the relative-RoPE rotated keys included, hands attention keys in the forward's dtype."""
+    from comfyui_salt.salt_core.schedules import get_sigmas_fewstep
+    from comfyui_salt.salt_core.streaming import stream_video
+    model = setup[0]
+    noise, ctx = tiny_inputs(model.cfg, frames=9)
+    outs = []
+    for dtype in (torch.float32, torch.bfloat16):
+        cache = model.new_cache(2, policy, (8, 8), dtype=dtype)
+        with torch.no_grad():
+            outs.append(stream_video(model, noise, ctx, get_sigmas_fewstep(2), policy=policy, chunk_frames=3,
+                                     generator=torch.Generator().manual_seed(3), cache=cache))
+    assert_close(outs[1], outs[0], 5e-2, "bf16 cache vs float32 cache:")
+
+
+def test_commit_releases_the_deferred_writes_a_checkpointed_block_would_keep():
+    model = build_model("tiny", seed=2)
+    x, ctx = tiny_inputs(model.cfg, frames=6)
+    cache = model.new_cache(2, CachePolicy.full(6), (8, 8))
+    step = cache.step(0, 3, write=True)
+    layers = [step.layer(i) for i in range(model.cfg.num_layers)]
+    k = torch.randn(2, model.cfg.num_heads, 3 * 16, model.cfg.head_dim, requires_grad=True)
+    for layer in layers:
+        layer.keys_values(k, k * 2)                    # a grad step: writes deferred to commit
+    assert all(layer.pending is not None for layer in layers)
+    step.commit()
+    assert all(layer.pending is None for layer in layers)
+    assert torch.equal(cache.k[0, :, :, :48], k.detach()) and torch.equal(cache.v[-1, :, :, :48], 2 * k.detach())

@@ -77,7 +77,8 @@ class Distiller:
         teacher.requires_grad_(False).eval()
         student.gradient_checkpointing = critic.gradient_checkpointing = cfg.grad_checkpointing
         # the alignment's forward through the features network carries grad (align_term): checkpointed too, or it
-        # keeps every block's activations of the clip (~30 GiB of a 1.3B teacher at 9 latent frames of 60×104)
+        # keeps every block's activations of the clip (~30 GiB of a 1.3B teacher at 9 latent frames of 60×104, scaled
+        # from a CPU measurement; docs/training.md "GPU check")
         self.features.model.gradient_checkpointing = cfg.grad_checkpointing
         self.opt_gen = torch.optim.AdamW(student.parameters(), lr=cfg.lr_gen, betas=(cfg.beta1, cfg.beta2),
                                          weight_decay=cfg.weight_decay)
@@ -435,9 +436,10 @@ def _run_distillation(cfg, run, max_gen_steps, callback, quiet, device, world):
                          f"rank's device; leave device unset under torchrun")
     device = torch.device(device) if device is not None else info.device
     teacher, student, critic = build_models(cfg, world)
+    score_kind = resolve_teacher_kind(cfg, world)
     check_distill_memory(cfg, student, critic, device, teacher=teacher,
                          shards=shard_count(cfg.sharding, world_size, info.local_world_size),
-                         sharded=info.distributed)
+                         sharded=info.distributed, score_kind=score_kind)
     # an exact teacher has no features: the alignment compares those of the critic's initial weights (frozen)
     features = copy.deepcopy(critic).requires_grad_(False).eval() if cfg.aligns_to_frozen_critic else None
     if info.distributed:
@@ -455,7 +457,7 @@ def _run_distillation(cfg, run, max_gen_steps, callback, quiet, device, world):
     features = None if features is None or is_sharded(features) else features.to(device)
     prompts = build_prompts(cfg, teacher, out_dir, world)
     job = Distiller(cfg, teacher, student, critic, prompts, rank, world_size,
-                    score_kind=resolve_teacher_kind(cfg, world), features=features)
+                    score_kind=score_kind, features=features)
     log.info("teacher and critic score clips %s", "whole (bidirectional)" if job.score_kind == "bidirectional"
              else "chunk by chunk given the clean past (teacher forcing)")
     clips = cfg.batch_size * cfg.grad_accum * world_size

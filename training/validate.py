@@ -20,6 +20,11 @@ def validate_distill_config(cfg) -> None:
     check_fields(cfg, where)
     if cfg.local_attn_frames != -1:
         check_count("local_attn_frames", cfg.local_attn_frames, where=where, fix="-1 means a global cache")
+        if cfg.local_attn_frames < cfg.sink_frames + cfg.chunk_frames:
+            raise ValueError(f"{where}: local_attn_frames={cfg.local_attn_frames} is less than sink_frames="
+                             f"{cfg.sink_frames} + chunk_frames={cfg.chunk_frames}; expected a window that holds the "
+                             f"sink and a whole chunk, e.g. local_attn_frames={cfg.sink_frames + cfg.chunk_frames} "
+                             f"or more (-1: a global cache)")
     if not cfg.step_choices:
         raise ValueError(f"{where}: step_choices=(); expected at least one K, e.g. (4,) or (8, 4, 2)")
     if len(cfg.step_choices) != len(cfg.step_probs):
@@ -66,16 +71,18 @@ def _numel(model) -> int:
 
 def distill_memory_breakdown(cfg, student, critic=None, teacher=None, *, shards: int = 1,
                              models_on_device: bool = False, sharded: bool = None, rollouts: bool = True,
-                             compute_dtype: torch.dtype = None) -> dict:
+                             compute_dtype: torch.dtype = None, score_kind: str = None) -> dict:
     """Bytes one rank of a distillation run holds, by part. `shards`: ranks the models are split over
     (`shard_count`). models_on_device: count the models' own parameters too (a GPU run: they are not there yet
-    when this is checked; on the CPU they already are). compute_dtype: what K and V are computed in (bf16 under
-    the GPU's autocast; default the student's dtype). The parts:
+    when this is checked; on the CPU they already are). compute_dtype: what K, V and the blocks' outputs are
+    computed in (bf16 under the GPU's autocast; default the student's dtype). score_kind: how the teacher scores a
+    clip, "auto" resolved (default cfg.teacher_kind). The parts:
     - params / grads / optimizer / ema: student and critic in fp32, AdamW's two moments, the EMA shadow, ÷ shards;
     - teacher: its parameters ÷ shards (0 with teacher_offload: its shards wait on the host);
     - gathered: the blocks FSDP2 gathers at once (the one in use and the next, prefetched), with shards > 1;
-    - activations: kept for the backward of one micro-batch (every block's; with gradient checkpointing one
-      block's, recomputed, plus every block's input, kept for the recompute);
+    - activations: kept for the backward of one micro-batch (every block's, counted in float32 whatever the
+      autocast, as mixed-precision blocks keep float32 intermediates; with gradient checkpointing one block's,
+      recomputed, plus every block's input, in compute_dtype, kept for the recompute);
     - caches: two KV caches (causal students' rollouts; none with rollouts=False, as in the ODE initialisation,
       which regresses without a cache);
     - rollout_kv: the past K/V each grad-carrying exit forward of a causal rollout gathers (a copy of every
@@ -85,13 +92,14 @@ def distill_memory_breakdown(cfg, student, critic=None, teacher=None, *, shards:
       network (the teacher, or the frozen critic copy under the exact teacher): activations as above, at its
       width and depth, over the clip (clean context and noisy clip under teacher forcing);
     - features: the frozen critic copy the alignment reads under the exact teacher.
-    Attention kernels and allocator slack are not counted. Measured against a 1.3B run on one H100 (out of
-    memory at 74.4 GiB where the estimate without rollout_kv and align was 58.5 GiB) and on the CPU (the
-    alignment's forward 0.66 GiB measured at 4 layers of Wan 1.3B's width, 2,304 tokens)."""
+    Attention kernels and allocator slack are not counted. rollout_kv equals what a real rollout gathers
+    (tests/test_bad_input_sizes.py); the terms were added after a 1.3B run on one H100 ran out of memory at
+    74.4 GiB where the estimate without them was 58.5 GiB (bench/results/gpu_check_h100.md)."""
     from ..salt_core.kv_cache import CachePolicy
     from ..salt_core.validate import kv_cache_bytes
     item = student.patch_embedding.weight.element_size()
     kv_dtype = compute_dtype or student.patch_embedding.weight.dtype
+    kv_item = torch.empty((), dtype=kv_dtype).element_size()
     mcfg = student.cfg
     trained = _numel(student) + _numel(critic)
     out = {"params": (trained * 4 if models_on_device else 0) // shards, "grads": trained * 4 // shards,
@@ -108,10 +116,11 @@ def distill_memory_breakdown(cfg, student, critic=None, teacher=None, *, shards:
     tokens = (cfg.num_frames // p[0]) * frame_tokens
 
     def activations(net_cfg, n_tokens):
+        """Bytes a forward with grad of a net shaped `net_cfg` over `n_tokens` tokens keeps for its backward."""
         per_block = cfg.batch_size * n_tokens * (net_cfg.ffn_dim + 10 * net_cfg.dim) * item
         if not cfg.grad_checkpointing:
             return per_block * net_cfg.num_layers
-        return per_block + cfg.batch_size * n_tokens * net_cfg.dim * item * net_cfg.num_layers
+        return per_block + cfg.batch_size * n_tokens * net_cfg.dim * kv_item * net_cfg.num_layers
 
     out["activations"] = activations(mcfg, tokens)
     out["caches"] = out["rollout_kv"] = 0
@@ -129,7 +138,7 @@ def distill_memory_breakdown(cfg, student, critic=None, teacher=None, *, shards:
         shaped = [m for m in ((critic,) if cfg.aligns_to_frozen_critic else (teacher,)) + (critic, student)
                   if m is not None and hasattr(m, "cfg")]
         frames = cfg.num_frames
-        if cfg.teacher_kind == "teacher_forcing":        # [clean context | noisy clip], the last clean chunk dropped
+        if (score_kind or cfg.teacher_kind) == "teacher_forcing":   # [clean context | noisy clip], last clean dropped
             frames = 2 * cfg.num_frames - cfg.chunk_frames
         out["align"] = activations(shaped[0].cfg, frames // p[0] * frame_tokens)
     out["features"] = 0
@@ -146,25 +155,27 @@ def rollout_past_frames(policy, num_frames: int, chunk_frames: int) -> int:
     window = None if policy.window_frames == -1 else policy.capacity_frames
 
     def chunks(count: int, size: int) -> int:      # Σ_{k<count} min(k·c, W − size)
-        cap = None if window is None else window - size
+        cap = None if window is None else max(0, window - size)
         linear = count if cap is None else max(0, min(count, cap // chunk_frames + 1))
         return chunk_frames * linear * (linear - 1) // 2 + (count - linear) * (cap or 0)
 
-    return chunks(full, chunk_frames) + (0 if last == 0 else
-                                         full * chunk_frames if window is None else min(full * chunk_frames,
-                                                                                          window - last))
+    if last == 0:
+        return chunks(full, chunk_frames)
+    return chunks(full, chunk_frames) + (full * chunk_frames if window is None else
+                                         min(full * chunk_frames, max(0, window - last)))
 
 
 def distill_memory_bytes(cfg, student, critic=None, teacher=None, *, shards: int = 1,
                          models_on_device: bool = False, sharded: bool = None, rollouts: bool = True,
-                         compute_dtype: torch.dtype = None) -> int:
+                         compute_dtype: torch.dtype = None, score_kind: str = None) -> int:
     """The total of `distill_memory_breakdown`: bytes one rank still allocates."""
     return sum(distill_memory_breakdown(cfg, student, critic, teacher, shards=shards, models_on_device=models_on_device,
-                                        sharded=sharded, rollouts=rollouts, compute_dtype=compute_dtype).values())
+                                        sharded=sharded, rollouts=rollouts, compute_dtype=compute_dtype,
+                                        score_kind=score_kind).values())
 
 
 def check_distill_memory(cfg, student, critic, device, *, teacher=None, shards: int = 1,
-                         sharded: bool = False) -> None:
+                         sharded: bool = False, score_kind: str = None) -> None:
     """MemoryError before training when one rank's share cannot fit in the free memory of `device`, with the fix."""
     from ..salt_core.validate import available_memory, check_memory
     explicit = cfg.memory_limit_gib > 0
@@ -173,7 +184,7 @@ def check_distill_memory(cfg, student, critic, device, *, teacher=None, shards: 
     check_memory(f"distillation at batch_size={cfg.batch_size}, num_frames={cfg.num_frames}, "
                  f"{cfg.height}×{cfg.width} latents" + (f", sharded over {shards} ranks" if shards > 1 else ""),
                  distill_memory_bytes(cfg, student, critic, teacher, shards=shards, models_on_device=on_device,
-                                      sharded=sharded,
+                                      sharded=sharded, score_kind=score_kind,
                                       compute_dtype=torch.bfloat16 if on_device and cfg.autocast_bf16 else None),
                  limit, where="DistillConfig",
                  limit_what=f"memory_limit_gib={cfg.memory_limit_gib:g}" if explicit else f"free memory on {device}",
