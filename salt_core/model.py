@@ -199,7 +199,7 @@ class WanModel(nn.Module):
         ref = self.patch_embedding.weight
         device = torch.device(device) if device is not None else ref.device
         if dtype is None:
-            dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else ref.dtype
+            dtype = torch.get_autocast_dtype(device.type) if _autocast_on(device.type) else ref.dtype
         return KVCache(self.cfg.num_layers, batch, self.cfg.num_heads, self.cfg.head_dim, tokens, policy,
                        dtype, device, memory_limit)
 
@@ -282,6 +282,14 @@ class WanModel(nn.Module):
         out = self.head.head(h.flatten(1, 2).to(dtype))
         v = rearrange(out, "b (f h w) (p q r c) -> b c (f p) (h q) (w r)", f=gf, h=gh, w=gw, p=pt, q=ph, r=pw)
         return (v, features) if return_features_at is not None else v
+
+
+def _autocast_on(device_type: str) -> bool:
+    """Whether autocast is on for `device_type` (False for a type autocast does not know, e.g. meta)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except RuntimeError:
+        return False
 
 
 def build_model(preset_or_config, dtype=torch.float32, device="cpu", seed: int = None) -> WanModel:
