@@ -256,12 +256,12 @@ class CacheStep:
                         if layer.pending is not None:
                             layer.k.index_copy_(2, self.cur_tokens, layer.pending[0].to(layer.k.dtype))
                             layer.v.index_copy_(2, self.cur_tokens, layer.pending[1].to(layer.v.dtype))
-        for layer in self.layers:           # a checkpointed block keeps its LayerStep until the backward
-            layer.pending = None
             for f in range(self.start, self.stop):
                 c.slot_frame[c.slot_of(f)] = f
                 c.slot_rotated[c.slot_of(f)] = None     # raw K rewritten: its rotation is stale
             c.end = max(c.end, self.stop)
+        for layer in self.layers:                       # a checkpointed block keeps its LayerStep until the backward
+            layer.pending = None
         if self.rotated is not None:                    # every layer rotated these slots in this forward
             for s, key in self.rotated.items():
                 c.slot_rotated[s] = key

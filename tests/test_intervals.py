@@ -29,6 +29,8 @@ def test_the_seed_t_interval_is_the_mean_plus_minus_t_times_the_standard_error()
     one = seed_t_interval([0.5])
     assert one.mean == 0.5 and math.isnan(one.lo) and math.isnan(one.hi)
     assert math.isnan(seed_t_interval([1.0, float("nan")]).mean)    # a metric the runs do not define
+    tied = seed_t_interval([0.0019, 0.0019])                          # one switch more in each seed: no spread read
+    assert tied.mean == 0.0019 and tied.n == 2 and math.isnan(tied.lo) and math.isnan(tied.hi)
     for bad in ([], [1.0, float("inf")]):
         with pytest.raises(ValueError, match="seed_t_interval"):
             seed_t_interval(bad)

@@ -342,3 +342,18 @@ def test_commit_releases_the_deferred_writes_a_checkpointed_block_would_keep():
     step.commit()
     assert all(layer.pending is None for layer in layers)
     assert torch.equal(cache.k[0, :, :, :48], k.detach()) and torch.equal(cache.v[-1, :, :, :48], 2 * k.detach())
+
+
+@pytest.mark.parametrize("write", [True, False])
+def test_only_a_writing_step_advances_the_cache_with_or_without_layers(setup, write):
+    """A reading step (write=False: SC's composed branch, the lab teacher's reads) leaves the cache's frames and
+    high-water mark alone; a writing one advances them, whether its layers asked for their views or not."""
+    model = setup[0]
+    for layers in (0, model.cfg.num_layers):
+        cache = model.new_cache(2, CachePolicy.full(6), (8, 8))
+        with torch.no_grad():
+            step = cache.step(0, 3, write=write)
+            for i in range(layers):
+                step.layer(i)
+            step.commit()
+        assert cache.end == (3 if write else 0) and cache.slot_frame[:3] == ([0, 1, 2] if write else [-1] * 3)

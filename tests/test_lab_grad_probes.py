@@ -53,10 +53,10 @@ def test_windows_and_exit_levels_are_seed_means_with_t_intervals(lab_out):
     iv = s["window"][(1, 2)]["sc_dmd_grad_cos"]
     mean, lo, hi = closed_form([0.15, 0.25, 0.45])
     assert (iv.mean, iv.lo, iv.hi, iv.n) == pytest.approx((mean, lo, hi, 3))
-    # exit level of index 3 (odd steps 1, 3, 5): ratio mean 0.03 in every seed, so a zero-width interval
+    # exit level of index 3 (odd steps 1, 3, 5): ratio mean 0.03 in every seed: seeds that tie read no spread
     sigma3 = round(float(get_sigmas_fewstep(8, 3.0)[3]), 4)
     iv = s["exit"][sigma3]["sc_dmd_grad_ratio"]
-    assert (iv.mean, iv.lo, iv.hi) == pytest.approx((0.03, 0.03, 0.03))
+    assert iv.mean == pytest.approx(0.03) and iv.n == 3 and math.isnan(iv.lo) and math.isnan(iv.hi)
     assert 1.0 not in s["exit"]
 
 
