@@ -210,7 +210,7 @@ class WanModel(nn.Module):
     # -- forward -------------------------------------------------------------------------------
     def forward(self, x, t, context, *, block_causal: BlockCausal = None, attn_mask=None,
                 cache: KVCache = None, start_frame: int = 0, write_cache: bool = True,
-                frame_positions: torch.Tensor = None, return_features_at: int = None):
+                frame_positions: torch.Tensor = None, return_features_at: int = None, features_only: bool = False):
         """Velocity prediction.
 
         x (B, C, F, H, W); t (B,) or (B, F) in [0, 1000]; context (B, Lc, text_dim) text features.
@@ -218,7 +218,8 @@ class WanModel(nn.Module):
         forwards; or `cache` with this chunk's absolute `start_frame` for incremental ones
         (`write_cache` stores the chunk's K/V). Without a cache, `start_frame` offsets RoPE positions,
         or `frame_positions` (F,) sets them (teacher forcing: a clean and a noisy copy share positions). Returns v (B, C_out, F, H, W), and with
-        `return_features_at=i` also the tokens (B, L, dim) after block i.
+        `return_features_at=i` also the tokens (B, L, dim) after block i; with `features_only` as well, (None,
+        tokens), the blocks after i and the head not run (a forward that writes a cache runs them all).
         """
         cfg = self.cfg
         check_latent("x", x, cfg.in_dim, where="WanModel", finite=False)   # shapes only: no sync per forward
@@ -273,6 +274,8 @@ class WanModel(nn.Module):
                 tokens = block(*args)
             if return_features_at == i:
                 features = tokens
+                if features_only and step is None:
+                    return None, features
         if step is not None:
             step.commit()
 

@@ -35,11 +35,12 @@ def teacher_forcing_mask(num_frames: int, chunk: int, tokens: int) -> torch.Tens
     return frames.repeat_interleave(tokens, 0).repeat_interleave(tokens, 1)
 
 
-def teacher_forcing_forward(model, clean, noisy, t_noisy, context, chunk: int, features_at: int = None):
+def teacher_forcing_forward(model, clean, noisy, t_noisy, context, chunk: int, features_at: int = None,
+                            features_only: bool = False):
     """Velocity of the noisy clip (B, C, F, H, W) given clean context frames (B, C, F, H, W).
 
     t_noisy (B,) or (B, F). Returns v (B, C, F, H, W), and with `features_at=i` also the noisy
-    copy's tokens after block i, (B, F·T, dim).
+    copy's tokens after block i, (B, F·T, dim); with `features_only` (None, those tokens), later blocks not run.
     """
     B, _, F, H, W = noisy.shape
     ph, pw = model.cfg.patch_size[1:]
@@ -51,11 +52,11 @@ def teacher_forcing_forward(model, clean, noisy, t_noisy, context, chunk: int, f
     pos = torch.cat([torch.arange(Fc), torch.arange(F)])
     mask = teacher_forcing_mask(F, chunk, tokens).to(noisy.device)
     out = model(torch.cat([clean[:, :, :Fc], noisy], 2), t, context, attn_mask=mask, frame_positions=pos,
-                return_features_at=features_at)
+                return_features_at=features_at, **({"features_only": True} if features_only else {}))
     if features_at is None:
         return out[:, :, Fc:]
     v, feats = out
-    return v[:, :, Fc:], feats[:, Fc * tokens:]
+    return (None if v is None else v[:, :, Fc:]), feats[:, Fc * tokens:]
 
 
 class ScoreNet:
@@ -66,14 +67,16 @@ class ScoreNet:
             raise ValueError(f"ScoreNet kind={kind!r}; expected one of {KINDS}")
         self.model, self.kind, self.chunk = model, kind, chunk_frames
 
-    def velocity(self, x_t, sigma, context, clean=None, features_at=None):
-        """v (B, C, F, H, W) at per-sample noise level sigma (B,); `clean` context for teacher forcing."""
+    def velocity(self, x_t, sigma, context, clean=None, features_at=None, features_only=False):
+        """v (B, C, F, H, W) at per-sample noise level sigma (B,); `clean` context for teacher forcing. With
+        `features_at=i`: (v, tokens after block i); with `features_only` as well (None, tokens), sooner."""
         t = sigma_to_t(sigma)
         if self.kind == "bidirectional":
-            return self.model(x_t, t, context, return_features_at=features_at)
+            return self.model(x_t, t, context, return_features_at=features_at,
+                              **({"features_only": True} if features_only else {}))
         if clean is None:
             raise ValueError("ScoreNet(teacher_forcing) needs `clean`: the clip's clean frames as context")
-        return teacher_forcing_forward(self.model, clean, x_t, t, context, self.chunk, features_at)
+        return teacher_forcing_forward(self.model, clean, x_t, t, context, self.chunk, features_at, features_only)
 
     def x0(self, x_t, sigma, context, clean=None):
         """x0 prediction (B, C, F, H, W) in x_t's dtype (conversion in float64)."""

@@ -87,3 +87,29 @@ def test_the_teacher_job_draws_lab_world_batches_with_decodable_captions():
     assert torch.equal(videos, again)                               # reproducible from the step seed
     assert LabWorld("tiny").decode(encoder.encode(captions)).tolist() == captions
     assert eval_captions(3) == [0, 1, 0]
+
+
+@pytest.mark.parametrize("kind", ["bidirectional", "teacher_forcing"])
+def test_a_features_only_forward_stops_after_its_block_with_the_same_features_and_gradient(kind):
+    """The alignment reads the tokens after one block: a features-only forward runs the blocks up to it and not the
+    rest or the head, and gives the full forward's features and their gradient exactly."""
+    from comfyui_salt.salt_core.scorenet import ScoreNet
+    model = build_model("toy", seed=0)
+    net = ScoreNet(model, kind, chunk_frames=3)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, model.cfg.in_dim, 6, 16, 16, generator=g, requires_grad=True)
+    clean, ctx, sigma = torch.randn(x.shape, generator=g), torch.randn(2, 8, model.cfg.text_dim, generator=g), \
+        torch.tensor([0.3, 0.8])
+    ran = []
+    hooks = [b.register_forward_hook(lambda m, a, o, i=i: ran.append(i)) for i, b in enumerate(model.blocks)]
+    try:
+        v, full = net.velocity(x, sigma, ctx, clean, features_at=1)
+        (full_grad,) = torch.autograd.grad(full.square().sum(), x)
+        ran.clear()
+        none, only = net.velocity(x, sigma, ctx, clean, features_at=1, features_only=True)
+        (only_grad,) = torch.autograd.grad(only.square().sum(), x)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert none is None and v is not None and ran == [0, 1]
+    assert torch.equal(only, full) and torch.equal(only_grad, full_grad)

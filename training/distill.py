@@ -204,9 +204,11 @@ class Distiller:
         sigma_f = (sample_alignment_timesteps(cfg.batch_size, gen, cfg.shift) / 1000.0).to(x.device)
         eps_f = randn_like(x, gen)
         s5 = sigma_f.view(-1, 1, 1, 1, 1)
-        _, f_stu = self.features.velocity(add_noise(x, eps_f, s5), sigma_f, ctx, x.detach(), cfg.align_block)
+        _, f_stu = self.features.velocity(add_noise(x, eps_f, s5), sigma_f, ctx, x.detach(), cfg.align_block,
+                                          features_only=True)   # the blocks after align_block and the head: not run
         with torch.no_grad():
-            _, f_ref = self.features.velocity(add_noise(ref, eps_f, s5), sigma_f, ctx, ref, cfg.align_block)
+            _, f_ref = self.features.velocity(add_noise(ref, eps_f, s5), sigma_f, ctx, ref, cfg.align_block,
+                                              features_only=True)
         return self.align(f_stu, f_ref, frames=cfg.num_frames)
 
     def critic_loss(self, d, rng, gen):
