@@ -322,7 +322,7 @@ def fsdp_one_gpu(rep, device, smoke):
                       prompts_file=prompts)
             if smoke:
                 kw.update(num_frames=3, height=8, width=8, threads=1, autocast_bf16=False, align_block=1)
-            else:   # one rank holds everything: 9 frames, estimated 60 GiB (21: 87 GiB; docs/training.md)
+            else:   # one rank holds everything: 9 frames, estimated 59 GiB (21: 86 GiB; docs/training.md)
                 kw.update(num_frames=9)
             cfg = get_preset("salt-self-forcing", **kw)
             with torch.device("meta"):

@@ -211,9 +211,11 @@ def test_the_estimate_counts_what_a_salt_generator_step_keeps_beyond_the_models(
     window = distill_memory_breakdown(dataclasses.replace(cfg, local_attn_frames=6), student, student)
     assert window["rollout_kv"] == (0 + 3 + 3 + 3) * kv_frame              # min(f0, W − chunk) with W = 6
     tokens, per_block = 12 * T, (m.ffn_dim + 10 * m.dim) * 4
-    assert part["align"] == cfg.batch_size * tokens * per_block * m.num_layers      # every block, no checkpointing
+    depth = cfg.align_block + 1                                            # the features forward stops there
+    assert 0 < depth < m.num_layers
+    assert part["align"] == cfg.batch_size * tokens * per_block * depth            # each block run, no checkpointing
     ckpt = distill_memory_breakdown(dataclasses.replace(cfg, grad_checkpointing=True), student, student)
-    assert ckpt["align"] == cfg.batch_size * tokens * (per_block + m.dim * 4 * m.num_layers)
+    assert ckpt["align"] == cfg.batch_size * tokens * (per_block + m.dim * 4 * depth)
     assert distill_memory_breakdown(dataclasses.replace(cfg, align_weight=0.0), student, student)["align"] == 0
     half = distill_memory_breakdown(cfg, student, student, compute_dtype=torch.bfloat16)
     assert 2 * half["caches"] == part["caches"] and 2 * half["rollout_kv"] == part["rollout_kv"]

@@ -90,7 +90,8 @@ def distill_memory_breakdown(cfg, student, critic=None, teacher=None, *, shards:
       twice with the symmetric SC (its composed branch carries grad too);
     - align: the alignment's feature forward with grad (training/distill.py align_term) through the features
       network (the teacher, or the frozen critic copy under the exact teacher): activations as above, at its
-      width and depth, over the clip (clean context and noisy clip under teacher forcing);
+      width, through its blocks up to align_block, over the clip (clean context and noisy clip under teacher
+      forcing);
     - features: the frozen critic copy the alignment reads under the exact teacher.
     Attention kernels and allocator slack are not counted. rollout_kv equals what a real rollout gathers
     (tests/test_bad_input_sizes.py); the terms were added after a 1.3B run on one H100 ran out of memory at
@@ -115,12 +116,14 @@ def distill_memory_breakdown(cfg, student, critic=None, teacher=None, *, shards:
     frame_tokens = (cfg.height // p[1]) * (cfg.width // p[2])
     tokens = (cfg.num_frames // p[0]) * frame_tokens
 
-    def activations(net_cfg, n_tokens):
-        """Bytes a forward with grad of a net shaped `net_cfg` over `n_tokens` tokens keeps for its backward."""
+    def activations(net_cfg, n_tokens, depth=None):
+        """Bytes a forward with grad through `depth` blocks (default all) of a net shaped `net_cfg` over `n_tokens`
+        tokens keeps for its backward."""
+        depth = net_cfg.num_layers if depth is None else depth
         per_block = cfg.batch_size * n_tokens * (net_cfg.ffn_dim + 10 * net_cfg.dim) * item
         if not cfg.grad_checkpointing:
-            return per_block * net_cfg.num_layers
-        return per_block + cfg.batch_size * n_tokens * net_cfg.dim * kv_item * net_cfg.num_layers
+            return per_block * depth
+        return per_block + cfg.batch_size * n_tokens * net_cfg.dim * kv_item * depth
 
     out["activations"] = activations(mcfg, tokens)
     out["caches"] = out["rollout_kv"] = 0
@@ -140,7 +143,8 @@ def distill_memory_breakdown(cfg, student, critic=None, teacher=None, *, shards:
         frames = cfg.num_frames
         if (score_kind or cfg.teacher_kind) == "teacher_forcing":   # [clean context | noisy clip], last clean dropped
             frames = 2 * cfg.num_frames - cfg.chunk_frames
-        out["align"] = activations(shaped[0].cfg, frames // p[0] * frame_tokens)
+        fcfg = shaped[0].cfg                              # the forward stops after align_block (features_only)
+        out["align"] = activations(fcfg, frames // p[0] * frame_tokens, min(cfg.align_block + 1, fcfg.num_layers))
     out["features"] = 0
     if critic is not None and cfg.aligns_to_frozen_critic and not offloaded:
         out["features"] = sum(p.numel() * p.element_size() for p in critic.parameters()) // shards
