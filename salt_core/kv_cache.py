@@ -278,7 +278,7 @@ class LayerStep:
 
     def __init__(self, step: CacheStep, index: int):
         c = step.cache
-        self.step, self.index = step, index
+        self.step = step
         self.k, self.v = c.k[index], c.v[index]                        # (B, N, slots·T, D) views of the cache
         self.k_rot = None if step.rotate_tokens is None else c.k_rot[index]
         self.prev_k = None if step.prev_k is None else step.prev_k[index]   # (B, N, P, D) gathered copies

@@ -71,7 +71,7 @@ class ScoreNet:
         """v (B, C, F, H, W) at per-sample noise level sigma (B,); `clean` context for teacher forcing. With
         `features_at=i`: (v, tokens after block i); with `features_only` as well (None, tokens), sooner."""
         t = sigma_to_t(sigma)
-        if self.kind == "bidirectional":
+        if self.kind == "bidirectional":   # features_only passed only when asked: the lab's exact teacher lacks it
             return self.model(x_t, t, context, return_features_at=features_at,
                               **({"features_only": True} if features_only else {}))
         if clean is None:
