@@ -32,6 +32,8 @@ step = D.Distiller.iteration
 def iteration(self, it):
     stats = step(self, it)
     measured["bytes"] = local_bytes(self.student, self.opt_gen) + local_bytes(self.critic, self.opt_critic)
+    group = getattr(self.teacher, "_get_fsdp_state", None) and self.teacher._get_fsdp_state()._fsdp_param_group
+    measured["teacher_policy"] = type(group.offload_policy).__name__ if group else None
     return stats
 D.Distiller.iteration = iteration
 cfg = get_preset(preset, teacher=teacher, batch_size=1, grad_accum=accum, gen_steps=steps, critic_ratio=2,
@@ -110,15 +112,19 @@ def teacher(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("preset, ranks, sharding", [("toy-dmd", 2, "full"), ("toy-salt", 2, "full"),
-                                                     ("toy-dmd", 4, "hybrid")])
-def test_sharded_ranks_equal_one_process_with_the_same_global_batch(tmp_path, teacher, preset, ranks, sharding):
-    """hybrid: 4 ranks as 2 nodes × 2 (a 2-D mesh: shards within a node, replicas across): each holds 1/2."""
+@pytest.mark.parametrize("preset, ranks, sharding, offload", [
+    ("toy-dmd", 2, "full", False), ("toy-salt", 2, "full", False), ("toy-dmd", 4, "hybrid", False),
+    ("toy-salt", 2, "full", True)])
+def test_sharded_ranks_equal_one_process_with_the_same_global_batch(tmp_path, teacher, preset, ranks, sharding,
+                                                                    offload):
+    """hybrid: 4 ranks as 2 nodes × 2 (a 2-D mesh: shards within a node, replicas across): each holds 1/2.
+    offload: the frozen teacher's shards wait on the host between uses (teacher_offload; FSDP2's CPUOffloadPolicy,
+    which on a CPU mesh keeps them where they are): the same numbers as the sharded teacher."""
     steps = 5 if preset == "toy-salt" else 3        # seed 0: SC acts on update 4, the alignment on update 5
     extra = {"grad_checkpointing": True} if preset == "toy-salt" else {}    # with activation checkpointing too
     launch(tmp_path / "one", teacher, preset, ranks=1, accum=ranks, steps=steps, **extra)
     launch(tmp_path / "two", teacher, preset, ranks=ranks, accum=1, steps=steps, sharding=sharding,
-           nodes=2 if sharding == "hybrid" else 1, **extra)
+           nodes=2 if sharding == "hybrid" else 1, **extra, **({"teacher_offload": True} if offload else {}))
     one, two = load_file(tmp_path / "one" / "student.safetensors"), load_file(tmp_path / "two" / "student.safetensors")
     start = load_file(teacher)
     worst = max((one[k] - two[k]).abs().max().item() for k in one)
@@ -137,6 +143,9 @@ def test_sharded_ranks_equal_one_process_with_the_same_global_batch(tmp_path, te
     held = [json.loads((tmp_path / "two" / f"bytes_rank{r}.json").read_text())["bytes"] for r in range(ranks)]
     shards = 2 if sharding == "hybrid" else ranks
     assert all(0.9 / shards <= b / one_b <= 1.12 / shards for b in held), (one_b, held)  # ≈ 1/N (uneven splits)
+    policies = [json.loads((tmp_path / "two" / f"bytes_rank{r}.json").read_text())["teacher_policy"]
+                for r in range(ranks)]
+    assert policies == ["CPUOffloadPolicy" if offload else "OffloadPolicy"] * ranks, policies
 
 
 @pytest.mark.slow
