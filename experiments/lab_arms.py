@@ -9,7 +9,7 @@ REFERENCE_OF = {"salt-exact": "dmd-exact",   # arms paired with another arm than
                 "salt-sym": "salt",          # the symmetric SC head-to-head against released Salt
                 "salt-sym2": "salt"}
 EVAL_NFE = (4, 2)
-EVAL_SEED = 1234           # paired noise: every arm's students sample from this seed
+EVAL_SEED = 1234           # paired noise: every arm's students of one training seed sample from eval_seed(seed)
 DEFECT_GRID = 8
 LENGTH_FACTOR = 3          # drift: a 3×-length rolling-cache rollout
 EXACT = dict(teacher="exact")   # the exact real score; critic_init is the teacher file (set in arm_overrides)
@@ -39,8 +39,18 @@ CLAIM_ARMS = ("dmd", "salt", "sc-dmd", "bidir-dmd", "bidir-sc-dmd")
 # Reference rows on the same captions and noise: the learned teacher and the exact one, 40 Euler steps.
 REFERENCES = ("teacher", "exact")
 REFERENCE_STEPS = 40
-EVAL_VERSION = 2           # 2: switch and drift are per-boundary switch rates (1 stored "ever switched")
+# 3: each training seed samples its own evaluation noise (eval_seed); 2: one noise (EVAL_SEED) for every seed, so
+# the intervals over seeds left out the clips' own sampling variance; 2 and 3: switch and drift are per-boundary
+# switch rates (1 stored "ever switched")
+EVAL_VERSION = 3
 ODE_INITS = {"causal": "ode-causal", "bidirectional": "ode-bidir"}
+
+
+def eval_seed(seed: int) -> int:
+    """The noise seed a training seed's students are evaluated on: the same for every arm at that seed (paired
+    differences), another for every seed, so the per-seed values are independent draws of training and evaluation
+    noise together and a t interval over seeds covers both. Seed 0 keeps EVAL_SEED (the references' noise)."""
+    return EVAL_SEED + int(seed)
 
 
 def student_kind(arm: str) -> str:

@@ -28,7 +28,8 @@ Stages, each skipped where finished and resumed where it stopped:
    subprocess (resumes from its last checkpoint; finished = summary.json). The arms the paper's five claims need
    (CLAIM_ARMS) run first, seed by seed, then the λ_SC dose response and the exact-score pair;
 4. evaluation of each finished run into `<out>/<arm>/seed<s>/lab_eval.json`: per-clip exact quantities at 4 and 2
-   NFE on paired noise (the same captions and noise seed for every arm), the 8-step semigroup defect per clip on the
+   NFE on paired noise (the same captions for every run; the noise seed lab_arms.eval_seed(seed): the same for
+   every arm at one training seed, another for every seed), the 8-step semigroup defect per clip on the
    student's own rollout states (`training.distill_eval.defect_samples`), the rate of chunk-mode switches per chunk
    boundary within the clip (`switch`) and along a 3×-length rolling-cache rollout (`drift`, causal students), and
    the run's summary.json (SC-acted and aligned update counts). An evaluation from an older EVAL_VERSION is redone.
@@ -52,8 +53,8 @@ import time
 
 import torch
 
-from comfyui_salt.experiments.lab_arms import (ARMS, CLAIM_ARMS, DEFECT_GRID, EVAL_NFE, EVAL_SEED, EVAL_VERSION,
-                                               LENGTH_FACTOR, ODE_INITS, REFERENCE, REFERENCE_STEPS, REFERENCES,
+from comfyui_salt.experiments.lab_arms import (ARMS, CLAIM_ARMS, DEFECT_GRID, EVAL_NFE, EVAL_VERSION, LENGTH_FACTOR,
+                                               ODE_INITS, REFERENCE, REFERENCE_STEPS, REFERENCES, eval_seed,
                                                student_kind)
 from comfyui_salt.experiments.lab_tables import format_claims, format_progress, format_table
 
@@ -285,9 +286,13 @@ def _round(t) -> list:
     return [float(f"{x:.6g}") for x in t.reshape(-1).tolist()]
 
 
-def _load_eval(path: str):
-    """A current lab_eval.json (or its gzipped copy from --export), or None (absent, or written by an older
-    evaluation: then it is redone)."""
+# Versions the tables read: the current one, and 2 (the kept 3-seed exports: one evaluation noise for every seed).
+READABLE_VERSIONS = (2, EVAL_VERSION)
+
+
+def _load_eval(path: str, versions=(EVAL_VERSION,)):
+    """A lab_eval.json (or its gzipped copy from --export) of one of `versions`, or None (absent, or written by
+    another evaluation version: then evaluate_run redoes it)."""
     if os.path.exists(path):
         with open(path) as f:
             out = json.load(f)
@@ -296,7 +301,7 @@ def _load_eval(path: str):
             out = json.load(f)
     else:
         return None
-    return out if out.get("version") == EVAL_VERSION else None
+    return out if out.get("version") in versions else None
 
 
 def write_gzip_json(path: str, obj) -> None:
@@ -365,12 +370,13 @@ def evaluate_reference(out: str, name: str, teacher: str, clips: int, force: boo
     model = ExactTeacher(lab) if name == "exact" else load_model(teacher)[0].eval()
     caps = lab_eval_captions(lab, clips)
     ctx = LabTextEncoder(lab, model.cfg.text_dim, model.cfg.text_len).encode(caps)
-    noise, ctx, _ = student_noise(model, cfg, ctx, cfg.num_frames, EVAL_SEED)
+    noise, ctx, _ = student_noise(model, cfg, ctx, cfg.num_frames, eval_seed(0))
     video = sample_euler(FlowDenoiser(model, ctx), noise, get_sigmas_uniform(REFERENCE_STEPS, cfg.shift),
                          disable=True).float()
     row = _clip_metrics(lab, video, caps)
-    res = {"version": EVAL_VERSION, "config": {"world": cfg.world, "student_kind": "bidirectional", "seed": 0,
-                                               "teacher": teacher if name == "teacher" else "exact"},
+    res = {"version": EVAL_VERSION, "noise_seed": eval_seed(0),
+           "config": {"world": cfg.world, "student_kind": "bidirectional", "seed": 0,
+                      "teacher": teacher if name == "teacher" else "exact"},
            "summary": {}, "captions": caps.tolist(), "nfe": {str(REFERENCE_STEPS): row}, "defect8": None}
     return _write_eval(path, res)
 
@@ -413,41 +419,52 @@ def evaluate_run(run_dir: str, clips: int, force: bool = False, sampling: dict =
     lab = get_world(cfg.world).lab
     caps = lab_eval_captions(lab, clips)
     ctx = LabTextEncoder(lab, model.cfg.text_dim, model.cfg.text_len).encode(caps)
-    out = {"version": EVAL_VERSION,
+    noise_seed = eval_seed(cfg.seed)
+    out = {"version": EVAL_VERSION, "noise_seed": noise_seed,
            "config": {"world": cfg.world, "student_kind": cfg.student_kind, "seed": cfg.seed, "teacher": cfg.teacher,
                       "sc_weight": cfg.sc_weight},
            "summary": summary, "captions": caps.tolist(), "nfe": {}}
     for nfe in EVAL_NFE:
-        video = sample_student(model, cfg, ctx, nfe, seed=EVAL_SEED).cpu()
+        video = sample_student(model, cfg, ctx, nfe, seed=noise_seed).cpu()
         row = _clip_metrics(lab, video, caps)
         if cfg.student_kind == "causal":
             frames = cfg.num_frames * LENGTH_FACTOR
-            long = sample_student(model, cfg, ctx, nfe, seed=EVAL_SEED, num_frames=frames,
+            long = sample_student(model, cfg, ctx, nfe, seed=noise_seed, num_frames=frames,
                                   policy=CachePolicy.rolling(cfg.num_frames, relative_rope=True)).cpu()
             row["drift"] = _switch_rate(lab, long, caps)
         out["nfe"][str(nfe)] = row
-    _, defects = defect_samples(model, cfg, ctx, grid_steps=DEFECT_GRID, seed=EVAL_SEED)
+    _, defects = defect_samples(model, cfg, ctx, grid_steps=DEFECT_GRID, seed=noise_seed)
     out["defect8"] = _round(defects.mean(0))
     return _write_eval(path, out)
 
 
 # -- the table --------------------------------------------------------------------------------------------------
 def load_results(out: str, arms=None) -> dict:
-    """{arm: {seed: lab_eval dict}} of every run under `out` with a current evaluation, and the reference rows
-    ({"teacher": {0: ...}, "exact": {0: ...}}) where evaluated."""
-    res = {}
+    """{arm: {seed: lab_eval dict}} of every evaluated run under `out`, and the reference rows ({"teacher": {0: ...},
+    "exact": {0: ...}}) where evaluated. Evaluations of one version only: where a folder holds the current version
+    and an older readable one (runs not re-evaluated yet), the older ones are left out, with a note on stderr."""
+    found = []
     for ref in REFERENCES + tuple(ODE_INITS.values()):
-        r = _load_eval(os.path.join(out, ref, "lab_eval.json"))
-        if r is not None:
-            res[ref] = {0: r}
+        found.append((ref, 0, _load_eval(os.path.join(out, ref, "lab_eval.json"), READABLE_VERSIONS)))
     for arm in arms or ARMS:
         d = os.path.join(out, arm)
         if not os.path.isdir(d):
             continue
         for name in sorted(os.listdir(d)):
-            r = _load_eval(os.path.join(d, name, "lab_eval.json"))
-            if name.startswith("seed") and r is not None:
-                res.setdefault(arm, {})[int(name[4:])] = r
+            if name.startswith("seed"):
+                found.append((arm, int(name[4:]), _load_eval(os.path.join(d, name, "lab_eval.json"),
+                                                              READABLE_VERSIONS)))
+    found = [f for f in found if f[2] is not None]
+    newest = max((r["version"] for _, _, r in found), default=EVAL_VERSION)
+    stale = [f"{name}/seed{seed}" for name, seed, r in found if r["version"] != newest]
+    if stale:
+        print(f"{out}: left out {len(stale)} evaluation(s) of an older version ({', '.join(stale[:4])}"
+              f"{', ...' if len(stale) > 4 else ''}); rerun lab_experiment.py on the folder to redo them",
+              file=sys.stderr)
+    res = {}
+    for name, seed, r in found:
+        if r["version"] == newest:
+            res.setdefault(name, {})[seed] = r
     return res
 
 

@@ -29,7 +29,7 @@ import sys
 
 import torch
 
-MECHANISM_VERSION = 2        # 2: milestone rows read the EMA weights where the checkpoint has them
+MECHANISM_VERSION = 3        # 3: each seed's rollout noise is lab_arms.eval_seed(seed); 2: milestone rows read EMA
 
 
 def exact_flow(teacher, prefix: torch.Tensor, x: torch.Tensor, sigma_from: float, sigma_to: float, context,
@@ -177,7 +177,7 @@ def measure_run(run_dir: str, clips: int, flow_steps: int, at: int = None) -> di
     world = get_world(cfg.world)
     caps = lab_eval_captions(world.lab, clips)
     ctx = LabTextEncoder(world.lab, model.cfg.text_dim, model.cfg.text_len).encode(caps)
-    rows = measure_student(model, world.exact_teacher(), cfg, ctx, lx.EVAL_SEED, flow_steps)
+    rows = measure_student(model, world.exact_teacher(), cfg, ctx, lx.eval_seed(cfg.seed), flow_steps)
     out = {**key, "sc_weight": cfg.sc_weight, "sc_symmetric": cfg.sc_symmetric, "seed": cfg.seed,
            "triplets": [[list(t), {k: [round(float(x), 6) for x in v] for k, v in cols.items()}]
                         for t, cols in sorted(rows.items(), reverse=True)]}

@@ -53,8 +53,9 @@ def _gen_updates(run_dir: str):
 
 @torch.no_grad()
 def measure(run_dir: str, clips: int) -> dict:
-    """Per-clip defects of one finished run, cached in `<run>/sc_triplets.json` (redone when the clip count or the
-    run's update count differs): {"consecutive": [[(σ_s, σ_m, σ_e), [B]], ...], "sc": [[triplet, p, [B]], ...]}."""
+    """Per-clip defects of one finished run on its seed's evaluation noise (lab_arms.eval_seed), cached in
+    `<run>/sc_triplets.json` (redone when the clip count, the run's update count or the noise seed differs):
+    {"consecutive": [[(σ_s, σ_m, σ_e), [B]], ...], "sc": [[triplet, p, [B]], ...]}."""
     from comfyui_salt.toy.lab.world import LabTextEncoder
     from comfyui_salt.toy.prompts import lab_eval_captions
     from comfyui_salt.toy.worlds import get_world
@@ -65,16 +66,17 @@ def measure(run_dir: str, clips: int) -> dict:
     if os.path.exists(path):
         with open(path) as f:
             done = json.load(f)
-        if done.get("clips") == clips and done.get("gen_updates") == _gen_updates(run_dir):
+        if done.get("clips") == clips and done.get("gen_updates") == _gen_updates(run_dir) and done.get(
+                "noise_seed") == lx.eval_seed(done.get("seed", 0)):
             return done
     cfg = as_distill_config(read_run_config(run_dir))   # an ODE initialisation's: how its student samples
     model = load_model(os.path.join(run_dir, "export", "student.safetensors"))[0].eval()
     lab = get_world(cfg.world).lab
     caps = lab_eval_captions(lab, clips)
     ctx = LabTextEncoder(lab, model.cfg.text_dim, model.cfg.text_len).encode(caps)
-    cons, dc = defect_samples(model, cfg, ctx, grid_steps=lx.DEFECT_GRID, seed=lx.EVAL_SEED)
-    trip, p, ds = sc_defect_samples(model, cfg, ctx, seed=lx.EVAL_SEED)
-    out = {"sc_weight": cfg.sc_weight, "seed": cfg.seed, "clips": clips, "gen_updates": _gen_updates(run_dir),
+    cons, dc = defect_samples(model, cfg, ctx, grid_steps=lx.DEFECT_GRID, seed=lx.eval_seed(cfg.seed))
+    trip, p, ds = sc_defect_samples(model, cfg, ctx, seed=lx.eval_seed(cfg.seed))
+    out = {"sc_weight": cfg.sc_weight, "seed": cfg.seed, "noise_seed": lx.eval_seed(cfg.seed), "clips": clips, "gen_updates": _gen_updates(run_dir),
            "consecutive": [[list(t), lx._round(row)] for t, row in zip(cons, dc)],
            "sc": [[list(t), float(q), lx._round(row)] for t, q, row in zip(trip, p.tolist(), ds)]}
     with open(path + ".tmp", "w") as f:

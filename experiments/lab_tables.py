@@ -10,7 +10,8 @@ differences are such; the t interval holds 95 % at any seed count for normal see
 """
 import torch
 
-from comfyui_salt.experiments.lab_arms import ARMS, EVAL_NFE, ODE_INITS, REFERENCE, REFERENCE_OF, REFERENCES
+from comfyui_salt.experiments.lab_arms import (ARMS, EVAL_NFE, EVAL_SEED, ODE_INITS, REFERENCE, REFERENCE_OF,
+                                               REFERENCES)
 
 INTERVAL_METHOD = ("95 % Student-t over per-seed values (N − 1 df); rows without seeds: percentile bootstrap over "
                    "clips")
@@ -19,6 +20,8 @@ METRICS = ("var_ratio", "mean_err", "coverage", "switch", "drift", "loglik", "de
 DIFFS = ("var_ratio", "mean_err", "drift", "defect8")
 COMPACT_METRICS = ("var_ratio", "mean_err", "switch", "drift", "defect8")   # the docs' table (docs/method_lab.md)
 COMPACT_DIFFS = ("mean_err", "drift", "defect8")
+SHARED_NOISE = ("evaluation noise shared by every seed (evaluations of version 2): the intervals leave out the "
+                "sampling variance of the clips' noise, which all seeds share")
 DIGITS = {"defect8": 4}    # the defect is ~0.02: 3 decimals would hide its interval
 
 
@@ -180,13 +183,26 @@ def paired_interval(results: dict, arm: str, nfe: int, ref: str, ref_nfe: int, m
     if not seeds:
         return None
     a, b = [results[arm][s] for s in seeds], [results[ref][s] for s in seeds]
-    if any(x["captions"] != y["captions"] for x, y in zip(a, b)):
-        raise ValueError(f"{arm} and {ref} were evaluated on different captions: rerun their evaluations")
+    if any(x["captions"] != y["captions"] or noise_seed(x) != noise_seed(y) for x, y in zip(a, b)):
+        raise ValueError(f"{arm} and {ref} were evaluated on different captions or noise at one seed: rerun their "
+                         f"evaluations (lab_experiment.py redoes any of an older version)")
     fa, fb = metric_fn(metric, nfe, world), metric_fn(metric, ref_nfe, world)
 
     xs, ys = seed_values(a, fa), seed_values(b, fb)
     per_seed = [x / y if ratio else x - y for x, y in zip(xs, ys)]
     return seed_t_interval(per_seed, level), len(seeds), sum(ys) / len(ys)
+
+
+def noise_seed(ev: dict) -> int:
+    """The evaluation noise seed of one lab_eval record (version 2 kept none: EVAL_SEED for every seed)."""
+    return ev.get("noise_seed", EVAL_SEED)
+
+
+def noise_note(results: dict) -> str:
+    """"" when the results' seeds were evaluated on their own noise, else the SHARED_NOISE caveat (several seeds of
+    one arm on one noise seed)."""
+    shared = any(len(runs) > 1 and len({noise_seed(r) for r in runs.values()}) == 1 for runs in results.values())
+    return SHARED_NOISE if shared else ""
 
 
 def claim_verdict(test: str, ivs: dict, ref_values: dict) -> str:
@@ -282,9 +298,10 @@ def format_claims(results: dict, resamples: int = 1000, rows: list = None) -> st
             cells += f" (mean_err floor {floor[0]:.4f})"
         lines.append(f"| {r['claim']} | {r['arm']} @{r['nfe']} | {r['ref']} @{r['ref_nfe']} | {r['seeds']} | {cells} | "
                      f"{r['verdict']} |")
-    return "\n".join(lines + [f"\nIntervals: {INTERVAL_METHOD}. mean_err's floor (data clips of the same captions "
-                               f"scored against the truth, 20 draws): median {floor[0]:.4f}, 95th percentile "
-                               f"{floor[1]:.4f}."])
+    note = noise_note(results)
+    return "\n".join(lines + [f"\nIntervals: {INTERVAL_METHOD}{'; ' + note if note else ''}. mean_err's floor (data "
+                               f"clips of the same captions scored against the truth, 20 draws): median "
+                               f"{floor[0]:.4f}, 95th percentile {floor[1]:.4f}."])
 
 
 PROGRESS_METRICS = ("var_ratio", "var_gap", "mean_err", "switch", "drift", "defect8")

@@ -7,13 +7,15 @@ the repository, or live run folders), reads every claim by the rules at `lab_tab
 - per budget, the claims with their paired intervals, as `lab_experiment.py --table` prints them;
 - each verdict read again family-wise: Bonferroni over every paired interval of that budget (M of them, each at
   1 − 0.05 / M), so that the chance of any false "reproduces", "opposite" or "does not" among a budget's claims stays
-  at most 5 %, not 5 % per claim. A verdict that does not survive reads "inconclusive" family-wise; both are given.
+  at most 5 %, not 5 % per claim. A verdict that does not survive reads "inconclusive" family-wise (an "opposite"
+  whose widened intervals still rule out the claimed size: "does not"); both are given.
 
     .venv/bin/python experiments/lab_verdicts.py --write experiments/results/lab_verdicts_8seeds.md
     .venv/bin/python experiments/lab_verdicts.py --budget 300=runs/lab-exp8 --budget 1000=runs/lab-exp8-long  # live
 (`--budget` folders are read relative to the current folder; the default ones under the repository.)
 
-Intervals: 95 % Student-t over per-seed values (`lab_tables.INTERVAL_METHOD`), paired by seed, clip and noise.
+Intervals: 95 % Student-t over per-seed values (`lab_tables.INTERVAL_METHOD`), paired by seed and clip; every arm at
+one training seed samples that seed's evaluation noise (`lab_arms.eval_seed`), another for every seed.
 """
 import argparse
 import os
@@ -44,11 +46,15 @@ def family_level(rows: list) -> tuple:
 
 
 def family_word(verdict: str, widened: str) -> str:
-    """The family-wise word of a claim: its verdict where the widened intervals give the same word, else
-    "inconclusive". Widening can also turn a word into a stronger-looking one ("mixed" into "reproduces" when the
-    worse metric's interval reaches 0; a non-inferior "reproduces" into "does not"): the family reading only asks
-    whether the verdict survives, so it never reports a new word."""
-    return verdict if widened == verdict else "inconclusive"
+    """The family-wise word of a claim: its verdict where the widened intervals give the same word; "does not"
+    where an "opposite" widens to "does not" (the claimed effect is still ruled out, the other sign no longer
+    shown: the weaker of the two statements); else "inconclusive". Widening can also turn a word into a
+    stronger-looking or another one ("mixed" into "reproduces" when the worse metric's interval reaches 0; a
+    non-inferior "reproduces" into "does not"): the family reading only keeps what survives, so it never reports a
+    word the per-claim reading did not imply."""
+    if widened == verdict or (verdict, widened) == ("opposite", "does not"):
+        return widened
+    return "inconclusive"
 
 
 def budget_rows(budgets, base: str = ROOT, required: bool = False) -> dict:
@@ -113,7 +119,9 @@ def report(found: dict, min_seeds: int = MIN_SEEDS, made_by: str = "") -> str:
         return "No budget has evaluated runs yet: run experiments/lab_8seeds.sh (or name live folders with --budget)."
     parts = ["# Method lab: the verdicts at every budget (issue 27)", "",
              f"Made by {made_by}." if made_by else "", "",
-             f"Intervals: {INTERVAL_METHOD}; paired by seed, clip and noise. Verdict words (rules at "
+             f"Intervals: {INTERVAL_METHOD}; paired by seed and clip, every arm at one training seed on that seed's "
+             "evaluation noise (`lab_arms.eval_seed`; a budget whose seeds share one noise says so). Verdict words "
+             "(rules at "
              "`experiments/lab_tables.py` CLAIMS): reproduces, opposite (the other sign shown), does not (the "
              f"claimed size ruled out by a {MARGIN * 100:.0f} % margin of the reference), inconclusive at this "
              "power, mixed (one metric better, one worse). In brackets: the seeds both arms share; cells with fewer "

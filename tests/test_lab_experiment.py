@@ -187,6 +187,22 @@ def test_the_experiment_runs_every_arm_evaluates_and_prints_the_table(teacher_pa
                                             ratio=True, resamples=20)
     d_sc, d_dmd = (np.mean(results[a][0]["defect8"]) for a in ("sc-dmd", "dmd"))
     assert seeds == 1 and ref == pytest.approx(d_dmd) and iv.mean == pytest.approx(d_sc / d_dmd)
+    # each training seed is evaluated on its own noise (shared by every arm at that seed): seed 0 on EVAL_SEED's,
+    # the same run read as seed 3 on EVAL_SEED + 3's, and other samples; a pair on different noise is refused
+    import shutil
+    from comfyui_salt.experiments.lab_arms import EVAL_SEED
+    ev0 = results["dmd"][0]
+    assert ev0["noise_seed"] == bench.eval_seed(0) == EVAL_SEED and results["sc-dmd"][0]["noise_seed"] == EVAL_SEED
+    as3 = tmp_path / "as3"
+    shutil.copytree(out / "dmd" / "seed0", as3)
+    stored = json.loads((as3 / "config.json").read_text())
+    (as3 / "config.json").write_text(json.dumps({**stored, "seed": 3}))
+    ev3 = bench.evaluate_run(str(as3), 8, force=True)
+    assert ev3["noise_seed"] == EVAL_SEED + 3 and ev3["captions"] == ev0["captions"]
+    assert ev3["nfe"]["4"]["w"] != ev0["nfe"]["4"]["w"] and ev3["defect8"] != ev0["defect8"]
+    with pytest.raises(ValueError, match="different captions or noise"):
+        tables.paired_interval({**results, "sc-dmd": {0: ev3}}, "sc-dmd", 4, "dmd", 4, "defect8",
+                               LabWorld("default"), ratio=True)
     exact = json.loads((out / "salt-exact" / "seed0" / "config.json").read_text())
     assert exact["teacher"] == "exact" and exact["critic_init"] == teacher_path
     assert json.loads((out / "sc20" / "seed0" / "config.json").read_text())["sc_weight"] == 20.0
@@ -347,3 +363,16 @@ def test_the_symmetric_salt_preset_is_released_salt_with_the_symmetric_sc_only()
     # and at λ_SC 2: that preset with the SC weight alone changed, against released Salt too
     assert bench.ARMS["salt-sym2"] == ("lab-salt-sym", {"sc_weight": 2.0})
     assert sys.modules["comfyui_salt.experiments.lab_arms"].REFERENCE_OF["salt-sym2"] == "salt"
+
+
+def test_tables_read_one_evaluation_version_and_name_the_older_ones_left_out(tmp_path, capsys):
+    """A folder half re-evaluated (version 2's shared noise beside the current per-seed noise) is read at the newest
+    version only; a folder of version 2 alone (the kept 3-seed exports) is read as it is."""
+    bench = _bench()
+    for arm, seed, version in (("dmd", 0, bench.EVAL_VERSION), ("dmd", 1, 2), ("salt", 0, 2)):
+        (tmp_path / arm / f"seed{seed}").mkdir(parents=True)
+        (tmp_path / arm / f"seed{seed}" / "lab_eval.json").write_text(json.dumps({"version": version}))
+    assert bench.load_results(str(tmp_path)) == {"dmd": {0: {"version": bench.EVAL_VERSION}}}
+    assert "left out 2 evaluation(s) of an older version (dmd/seed1, salt/seed0)" in capsys.readouterr().err
+    (tmp_path / "dmd" / "seed0" / "lab_eval.json").write_text(json.dumps({"version": 1}))   # unreadable: absent
+    assert bench.load_results(str(tmp_path)) == {"dmd": {1: {"version": 2}}, "salt": {0: {"version": 2}}}

@@ -44,6 +44,12 @@ def _budget_table(text, updates):
                                if line.startswith("| ") and not line.startswith("| claim"))}
 
 
+def test_the_kept_3_seed_evaluations_say_their_seeds_shared_one_noise(report):
+    from comfyui_salt.experiments.lab_tables import SHARED_NOISE
+    for updates in (300, 1000):                  # version 2: every seed sampled EVAL_SEED's noise
+        assert SHARED_NOISE in report.split(f"## {updates:,} updates")[1].split("\n## ")[0]
+
+
 def test_the_matrix_agrees_with_each_budgets_table_and_marks_interim_cells(report):
     matrix = _matrix(report)
     assert "| claim | 300 updates | 1,000 updates |" in report and "3,000" not in report
@@ -121,6 +127,12 @@ def test_a_verdict_that_does_not_survive_reads_inconclusive_never_a_new_word():
     assert claim_verdict("quality", wide, {"mean_err": 0.05, "var_gap": 0.5}) == "reproduces"
     assert lv.family_word("mixed", "reproduces") == "inconclusive"
     assert lv.family_word("does not", "does not") == "does not"
+    # an "opposite" whose widened interval crosses 0 but still rules out the claimed size keeps the weaker word
+    drift = {"drift": Interval(0.01, -0.008, 0.028, 8, 0.998)}
+    assert claim_verdict("drift", drift, {"drift": 0.1}) == "does not"
+    assert lv.family_word("opposite", "does not") == "does not"
+    assert lv.family_word("opposite", "inconclusive") == "inconclusive"
+    assert lv.family_word("reproduces", "does not") == "inconclusive"          # non-inferior: another claim
     # a claim with one seed has no interval and does not count in M
     one = {"ivs": {"drift": Interval(0.01, float("nan"), float("nan"), 1, 0.95)}}
     two = {"ivs": {"mean_err": Interval(0.0, -0.1, 0.1, 8, 0.95), "var_gap": Interval(0.0, -0.1, 0.1, 8, 0.95)}}
