@@ -17,7 +17,7 @@ from ..training.distill_config import DISTILL_PRESETS, DistillConfig, get_preset
 from ..training.distill_models import fill_prompt_cache, prompt_cache_path
 from ..training.ode_init import run_ode_init
 from ..training.ode_init_config import ODE_INIT_PRESETS, OdeInitConfig, get_ode_init_preset
-from ..weights.files import export_student
+from ..weights.files import check_output, export_student
 from ..training.runs import check_run_name, publish_student
 from .bridge import io
 from .bridge.convert import clip_text_encoder
@@ -97,6 +97,17 @@ def publish_path(name: str) -> str:
     return os.path.join(diffusion_models_directory(), PUBLISH_FOLDER, f"{name}.safetensors")
 
 
+PUBLISHED = "SaltDistill: the published student"
+
+
+def check_publish(name: str) -> str:
+    """publish_path(name), or a ValueError when a file Salt did not write is there (never replaced)."""
+    try:
+        return check_output(publish_path(name), PUBLISHED)
+    except ValueError as e:
+        raise ValueError(f"{e} (the name input, {name!r}, chooses that file)") from None
+
+
 def embed_prompts(cfg: DistillConfig | OdeInitConfig, folder: str, clip=None) -> None:
     """Fill a real-scale run's prompt-embedding cache from a ComfyUI CLIP (once per run folder), unless the
     overrides name a Hugging Face umT5 folder (text_encoder=...), which the job then reads itself."""
@@ -119,6 +130,7 @@ def distill(cfg: DistillConfig | OdeInitConfig, name: str, clip=None) -> tuple:
     """Run (or resume) the job in the queue; returns (SaltModel of the student, path of export/student.safetensors).
     `clip` (a ComfyUI CLIP, optional) embeds a real-scale run's prompts once (see embed_prompts)."""
     folder = run_folder(name)
+    check_publish(name)                  # before training: the student's file name is free or Salt's own
     embed_prompts(cfg, folder, clip)
     free_memory_for_training()
     progress = Progress(cfg.gen_steps, "pixels" if cfg.world else "wan21")
@@ -143,7 +155,7 @@ def distill(cfg: DistillConfig | OdeInitConfig, name: str, clip=None) -> tuple:
         raise ValueError(f"SaltDistill: {e}") from e
     model = model.requires_grad_(False).eval()
     export = export_student(model, folder, causal=cfg.student_kind == "causal")[0]
-    published = publish_student(export, publish_path(name))
+    published = publish_student(export, publish_path(name), PUBLISHED)
     log.info("SaltDistill: exported %s; load it as %s/%s.safetensors", export, PUBLISH_FOLDER, name)
     # managed like a loaded file: offloaded now, loaded onto the compute device by the sampler that uses it
     model = model.to(model_offload_device())
@@ -220,6 +232,7 @@ class SaltDistill(io.ComfyNode):
         method takes, so it takes `name` only; missing files are reported by execute, naming their input."""
         try:
             run_folder(name)
+            check_publish(name)
         except ValueError as e:
             return str(e)
         return True

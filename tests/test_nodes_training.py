@@ -140,6 +140,27 @@ def test_queue_time_validation_rejects_bad_names_and_execute_names_missing_files
         run(node, **distill_inputs(teacher="gone.safetensors"))
 
 
+def test_a_users_file_at_the_published_name_is_refused_at_queue_time_and_before_training(salt_nodes, comfy_dirs):
+    """<diffusion_models>/salt/<name>.safetensors that Salt did not write is never replaced: validate_inputs and
+    execute (before any training: no run folder) refuse the name, and the file keeps its bytes."""
+    from comfyui_salt.training.runs import publish_student
+    models, output = comfy_dirs
+    mine = models / "salt" / "mine.safetensors"
+    mine.parent.mkdir(parents=True, exist_ok=True)
+    mine.write_bytes(b"a user's model")
+    node = salt_nodes.SaltDistill
+    message = node.validate_inputs(name="mine")
+    assert "was not written by Salt" in message and "name input, 'mine'" in message, message
+    with pytest.raises(ValueError, match="was not written by Salt.*'mine'"):
+        run(node, **distill_inputs(name="mine"))
+    assert mine.read_bytes() == b"a user's model" and not (output / "salt_runs" / "mine").exists()
+    export = output / "student.safetensors"                  # the last line of defence, after a run
+    export.write_bytes(b"student")
+    with pytest.raises(ValueError, match=f"never replaced.*the student stays at '{export}'"):
+        publish_student(str(export), str(mine))
+    assert mine.read_bytes() == b"a user's model"
+
+
 # -- running ---------------------------------------------------------------------------------------------
 def test_distill_trains_in_the_queue_with_progress_previews_and_a_loadable_export(salt_nodes, comfy_dirs,
                                                                                     progress_calls):

@@ -27,7 +27,7 @@ import time
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..weights.files import atomic_write
+from ..weights.files import atomic_write, check_output
 
 log = logging.getLogger("salt.training")
 
@@ -400,9 +400,14 @@ except ImportError:   # Windows
         msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
 
 
-def publish_student(export_path: str, dest: str) -> str:
-    """Place an exported student (written with its `files.student_metadata`) at `dest` (hard link, else a copy).
-    Returns `dest`."""
+def publish_student(export_path: str, dest: str, flag: str = "dest") -> str:
+    """Place an exported student (written with its `files.student_metadata`) at `dest` (hard link, else a copy),
+    replacing only a file Salt wrote there (an earlier publish); a user's file at `dest` is never replaced: a
+    ValueError naming `flag` (the input that chose `dest`) and where the export stays. Returns `dest`."""
+    try:
+        check_output(dest, flag)
+    except ValueError as e:
+        raise ValueError(f"{e}; the student stays at {export_path!r}") from None
     os.makedirs(os.path.dirname(dest), exist_ok=True)
     if os.path.lexists(dest):
         os.remove(dest)
