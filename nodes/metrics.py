@@ -10,7 +10,10 @@ import dataclasses
 
 import torch
 
+from ..salt_core.kv_cache import CachePolicy
 from ..salt_core.schedules import MAX_NFE
+from ..salt_core.streaming import stream_memory_bytes
+from ..salt_core.validate import check_latent, check_memory
 from ..toy.metrics.score import format_table, score_table
 from ..toy.text import ToyTextEncoder
 from ..toy.world import TOY_SHIFT
@@ -18,6 +21,7 @@ from ..toy.worlds import get_world
 from ..training.distill_config import DISTILL_PRESETS, get_preset
 from ..training.distill_eval import defect_report, format_defect_report, sample_student
 from .bridge import io, ui
+from .bridge.memory import free_memory
 from .models import salt_in_use
 from .streaming import text_context
 from .types import SaltModel, SaltModelType
@@ -48,12 +52,22 @@ def measure_config(salt: SaltModel, latent=None):
     if latent is None:
         raise ValueError(f"SaltSemigroupDefect: {salt.name} is not a toy-world model; connect `latent` (e.g. "
                          f"EmptyHunyuanLatentVideo) to set the video size, and `positive` for the prompt")
-    _, _, frames, height, width = latent["samples"].shape
+    samples = latent.get("samples") if isinstance(latent, dict) else None
+    check_latent("latent", samples, salt.model.cfg.in_dim, where="SaltSemigroupDefect", finite=False)   # shape only
+    _, _, frames, height, width = samples.shape
     cfg = get_preset(WAN_DISTILL_PRESET, student_kind=kind)
     if frames % cfg.chunk_frames:
         raise ValueError(f"SaltSemigroupDefect: latent has {frames} latent frames; expected a multiple of "
                          f"{cfg.chunk_frames} (pixel length 4·F−3, e.g. 33 → 9 latent frames)")
     return dataclasses.replace(cfg, num_frames=frames, height=height, width=width)
+
+
+def measure_bytes(salt: SaltModel, cfg) -> int:
+    """Estimated bytes of the measured rollout of one Wan clip of cfg's size (a global cache of every frame; a
+    bidirectional model denoises the whole clip at once), as the streaming sampler estimates its own."""
+    chunk = cfg.chunk_frames if salt.causal else cfg.num_frames
+    return stream_memory_bytes(salt.model.cfg, 1, cfg.num_frames, (cfg.height, cfg.width),
+                               CachePolicy.full(cfg.num_frames), chunk)
 
 
 def semigroup_report(salt: SaltModel, prompts: str, nfe: int, grid_steps: int, seed: int, positive=None,
@@ -64,8 +78,15 @@ def semigroup_report(salt: SaltModel, prompts: str, nfe: int, grid_steps: int, s
                          f"grid_steps 3..{2 * MAX_NFE} (a defect needs three grid levels)")
     cfg = measure_config(salt, latent)
     toy = salt.latent_format == "pixels"
+    need = 0 if toy else measure_bytes(salt, cfg)
     # loaded as for sampling (a native MODEL's view bound to it); Wan is measured on the compute device, toy on the CPU
-    with torch.no_grad(), salt_in_use(salt) as model:
+    with torch.no_grad(), salt_in_use(salt, need) as model:
+        if not toy:
+            device = model.patch_embedding.weight.device
+            check_memory(f"the rollout of {cfg.num_frames} latent frames at {cfg.height}×{cfg.width} latent px", need,
+                         free_memory(device, salt.patcher), where="SaltSemigroupDefect",
+                         limit_what=f"ComfyUI's free memory on {device}",
+                         fix="connect a smaller latent (fewer frames or a lower width/height)")
         if toy:
             model = copy.deepcopy(model).float().cpu()
             captions = toy_captions(prompts)

@@ -6,7 +6,7 @@ Runs on a CPU in seconds, with no download.
 import torch
 
 from ..salt_core.config import get_config
-from ..salt_core.validate import check_choice
+from ..salt_core.validate import available_memory, check_choice, check_count, check_memory
 from ..toy.shipped import TOY_STUDENT, TOY_TEACHER, load_toy_asset
 from ..toy.text import ToyTextEncoder
 from .bridge import io
@@ -46,8 +46,13 @@ def toy_images(samples: torch.Tensor, upscale: int) -> torch.Tensor:
         raise ValueError(f"SaltToyDecode: samples of shape {tuple(samples.shape)}; expected toy pixel latents "
                          f"(B, 3, F, H, W) from SaltStreamingSampler with a toy model (decode Wan latents with "
                          f"VAEDecode)")
-    if upscale < 1:
-        raise ValueError(f"SaltToyDecode: upscale={upscale}; expected >= 1")
+    upscale = check_count("upscale", upscale, where="SaltToyDecode")
+    b, _, f, h, w = samples.shape
+    # the IMAGE (float32) and the half-upscaled tensor repeat_interleave builds on the way
+    need = 4 * 3 * b * f * h * w * upscale * (upscale + 1)
+    check_memory(f"IMAGE of {b * f} frames at {h * upscale}×{w * upscale} px", need,
+                 available_memory(torch.device("cpu")), where="SaltToyDecode", limit_what="the host's free memory",
+                 fix="lower upscale (ComfyUI's image nodes can upscale the decoded frames later)")
     images = ((samples.float().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 4, 1).flatten(0, 1)   # (B·F, H, W, 3)
     return images.repeat_interleave(upscale, 1).repeat_interleave(upscale, 2).cpu()
 

@@ -573,6 +573,14 @@ def test_toy_decode_makes_frames_in_zero_one_enlarged_by_nearest_neighbour(salt_
     assert torch.equal(images[:, 1::3, 2::3], images[:, ::3, ::3])
     with pytest.raises(ValueError, match="SaltToyDecode: samples of shape \\(1, 16, 3, 8, 8\\)"):
         run(salt_nodes.SaltToyDecode, samples={"samples": torch.zeros(1, 16, 3, 8, 8)}, upscale=1)
+    # sizes are checked before memory is taken: the widget's largest upscale on a large latent (a meta tensor:
+    # nothing allocated here), an upscale beyond the widget from a link, and upscales that are not counts
+    for latent, upscale in (((1, 3, 24, 512, 512), 64), ((1, 3, 12, 16, 16), 4096)):
+        with pytest.raises(MemoryError, match="SaltToyDecode: IMAGE of .* needs about .*lower upscale"):
+            run(salt_nodes.SaltToyDecode, samples={"samples": torch.empty(latent, device="meta")}, upscale=upscale)
+    for upscale in (0, -1, 2.5, float("nan")):
+        with pytest.raises(ValueError, match="SaltToyDecode: upscale="):
+            run(salt_nodes.SaltToyDecode, samples={"samples": samples}, upscale=upscale)
 
 
 @pytest.mark.parametrize("asset, role", [("toy_teacher", "teacher_forcing"), ("toy_salt_student", "student")])

@@ -296,6 +296,25 @@ def test_the_defect_of_a_wan_model_uses_the_prompt_and_the_latent_size(salt_node
     assert "semigroup defect: " in report and "at shift 5" in report and "toy-world models only" in report
 
 
+@pytest.mark.parametrize("shape, words", [
+    ((1, 16, 3, 4096, 4096), ["needs about", "smaller latent"]),
+    ((1, 16, 30000, 64, 64), ["needs about", "smaller latent"]),
+    ((1, 16, 64, 64), ["latent has shape (1, 16, 64, 64)", "(B, C=16, F, H, W)"]),
+    ((1, 4, 3, 8, 8), ["C=16"]),
+])
+def test_the_defect_of_a_wan_model_checks_the_latents_shape_and_size_before_any_rollout(salt_nodes, shape, words):
+    """The latent only gives the size (a meta tensor here: nothing is allocated); too large for the free memory is
+    refused with the estimate, a wrong shape names the input."""
+    from comfyui_salt.nodes.types import SaltModel
+    from comfyui_salt.salt_core.model import build_model
+    salt = SaltModel(build_model("tiny-hd128", seed=0).eval(), "wan21", "tiny wan", causal=True)
+    positive = [[torch.randn(1, 5, 64, generator=torch.Generator().manual_seed(0)), {}]]
+    with pytest.raises((ValueError, MemoryError)) as e:
+        salt_nodes.SaltSemigroupDefect.execute(model=salt, prompts="", nfe=2, grid_steps=4, seed=0, positive=positive,
+                                               latent={"samples": torch.empty(shape, device="meta")})
+    assert all(w in str(e.value) for w in ["SaltSemigroupDefect"] + words), str(e.value)
+
+
 # -- Wan latents -----------------------------------------------------------------------------------------
 def test_streamed_wan_latents_are_in_comfys_latent_space_by_comfys_own_wan21_format(salt_nodes):
     """ComfyUI's Wan21 process_in (what a native sampler applies before the model) maps the streaming
