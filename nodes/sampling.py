@@ -10,7 +10,7 @@ import torch
 from ..salt_core.samplers import sample_fewstep_deterministic, sample_fewstep_stochastic
 from ..salt_core.schedules import INFERENCE_GRID_RAW, MAX_NFE, TRAINING_GRID_RAW, get_sigmas_warped, raw_step_list
 from ..salt_core.config import TOY_SHIFT
-from ..salt_core.validate import check_choice, check_finite_tensor, check_number
+from ..salt_core.validate import check_choice, check_finite_tensor, check_number, check_sigmas, quote
 from .bridge import io
 from .bridge.convert import ksampler
 
@@ -48,7 +48,7 @@ def parse_raw_steps(text: str) -> list:
     except ValueError:
         steps = None
     if not steps:
-        raise ValueError(f"SaltFewStepSigmas: custom_steps={text!r} is not a list of numbers; expected raw timesteps "
+        raise ValueError(f"SaltFewStepSigmas: custom_steps={quote(text)} is not a list of numbers; expected raw timesteps "
                          f"in (0, 1000], strictly decreasing, without the final 0, e.g. '1000, 750, 500, 250'")
     return steps
 
@@ -68,9 +68,16 @@ def fewstep_sigmas(preset: str, nfe: int, shift: float, custom_steps: str = "") 
     else:
         raw = SIGMA_PRESETS[preset]
     try:
-        return get_sigmas_warped(raw, shift).float()
+        sigmas = get_sigmas_warped(raw, shift).float()
     except ValueError as e:
         raise ValueError(f"SaltFewStepSigmas: {e}") from e
+    try:   # again in float32, the SIGMAS' dtype: levels closer than its precision merge, a tiny shift overflows
+        check_sigmas(sigmas, where="SaltFewStepSigmas", name=f"the noise levels in float32 (shift={shift:g})")
+    except ValueError as e:
+        raise ValueError(f"{e}. Raw steps {quote(raw)} at shift {shift:g} give levels too close together (or "
+                         f"not finite) in float32: space the custom steps further apart or use a shift nearer "
+                         f"Wan's 5.0") from None
+    return sigmas
 
 
 class SaltFewStepSigmas(io.ComfyNode):

@@ -7,7 +7,7 @@ Knows nothing of models.
 """
 import torch
 
-from .validate import check_count, check_number
+from .validate import check_count, check_number, quote
 
 MAX_NFE = 8
 
@@ -29,9 +29,9 @@ def warp_timesteps(raw_steps, shift: float) -> torch.Tensor:
     check_number("shift", shift, where="warp_timesteps", low=0, low_open=True, fix="Wan 2.1 uses 5.0, the toy world 3")
     raw = torch.as_tensor(raw_steps, dtype=torch.float64)
     if raw.ndim != 1 or raw.numel() == 0 or not torch.isfinite(raw).all() or (raw <= 0).any() or (raw > 1000).any():
-        raise ValueError(f"raw step list {raw.tolist()}: expected values in (0, 1000] (do not include 0)")
+        raise ValueError(f"raw step list {quote(raw.tolist())}: expected values in (0, 1000] (do not include 0)")
     if (raw[1:] >= raw[:-1]).any():
-        raise ValueError(f"raw step list {raw.tolist()}: expected strictly decreasing values")
+        raise ValueError(f"raw step list {quote(raw.tolist())}: expected strictly decreasing values")
     return 1000.0 * shift_sigma(raw / 1000.0, shift)
 
 

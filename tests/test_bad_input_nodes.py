@@ -69,6 +69,22 @@ def test_custom_steps_with_non_finite_numbers_fail_instead_of_rendering_black(sa
         run(salt_nodes.SaltFewStepSigmas, preset="custom", nfe=4, shift=5.0, custom_steps=steps)
 
 
+@pytest.mark.parametrize("steps, shift", [("1000, 1e-50", 5.0), ("1000, 999.99999", 5.0), ("1000, 500", 1e-308),
+                                          ("1000, 750, 500", 1e300)])
+def test_sigmas_that_merge_or_overflow_in_float32_are_refused(salt_nodes, steps, shift):
+    """Checked in float64, these raw steps and shifts pass; the SIGMAS are float32, where they become [1, 0, 0],
+    [1, 1, 0] or [inf, 0, 0] and ComfyUI's samplers would return a non-finite latent without an error."""
+    with pytest.raises(ValueError, match="SaltFewStepSigmas: the noise levels in float32.*too close together"):
+        run(salt_nodes.SaltFewStepSigmas, preset="custom", nfe=4, shift=shift, custom_steps=steps)
+
+
+def test_a_huge_custom_steps_is_quoted_not_echoed(salt_nodes):
+    for text in ("x" * (4 << 20), "1000 " + "2000 " * 100_000):
+        with pytest.raises(ValueError, match="SaltFewStepSigmas") as e:
+            run(salt_nodes.SaltFewStepSigmas, preset="custom", nfe=4, shift=5.0, custom_steps=text)
+        assert len(str(e.value)) < 1000, len(str(e.value))
+
+
 @pytest.mark.parametrize("shift", [NAN, INF, -INF, 0.0, -2.0])
 @pytest.mark.parametrize("preset", ["uniform", "self_forcing_4step"])
 def test_sigma_shifts_that_are_not_finite_and_positive_are_refused(salt_nodes, shift, preset):
