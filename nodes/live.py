@@ -7,6 +7,7 @@ tiny decoder or the toy world's pixels; pushing and the routes go through `bridg
 The routes only record intents (`LiveControl`), which the node applies at the next chunk boundary.
 """
 import collections
+import math
 import queue
 import re
 import threading
@@ -14,11 +15,12 @@ import time
 
 import torch
 
-from ..salt_core.streaming import ChunkStream
-from ..salt_core.validate import check_count, check_number, check_sigmas, quote
+from ..salt_core.streaming import ChunkStream, stream_memory_bytes
+from ..salt_core.validate import available_memory, check_count, check_memory, check_number, check_sigmas, quote
 from .bridge import io
 from .bridge.convert import latent_to_comfy
 from .bridge.decoders import WanChunkDecoder, load_tiny_wan_decoder, tiny_wan_decoder_files
+from .bridge.memory import free_memory
 from .bridge.progress import check_interrupted
 from .bridge.server import push_event
 from .models import salt_in_use
@@ -27,7 +29,7 @@ from .toy import toy_conditioning
 from .types import CacheOptionsType, SaltModelType
 
 LIVE_EVENT = "salt.live"                            # websocket event carrying one chunk's frames
-STREAM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+STREAM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")     # \Z: "$" would take a final newline
 MAX_LIVE_CHUNKS = 100_000
 MAX_PROMPT_TEXT = 2000                              # characters a typed prompt may have
 PUSH_PIXELS = 256                                   # frames are pushed downscaled to about this width
@@ -42,7 +44,10 @@ class LiveControl:
     def __init__(self):
         self.lock = threading.Lock()
         self.paused, self.stopped, self.prompt = False, False, None
-        self.status = {"chunks": 0, "frames": 0, "period_ms": None, "running": False, "prompt": None}
+        self.status = {"chunks": 0, "frames": 0, "period_ms": None, "running": False, "prompt": None,
+                       "prompt_error": None}
+        # the running node's check of a typed prompt (ValueError: refused at the route, the stream untouched)
+        self.check_text = None
 
     def apply(self, action: str, text: str = None) -> dict:
         with self.lock:
@@ -93,13 +98,32 @@ def control_request(stream_id, action, body) -> tuple:
         text = body.get("text") if isinstance(body, dict) else None
         if not isinstance(text, str) or not text.strip() or len(text) > MAX_PROMPT_TEXT:
             return 400, {"error": f"expected JSON {{\"text\": \"...\"}} with 1..{MAX_PROMPT_TEXT} characters"}
+        check = control.check_text
+        try:
+            if check is not None:
+                check(text)
+        except ValueError as e:
+            return 400, {"error": str(e)}
     return 200, control.apply(action, text)
+
+
+def prompt_check(salt, clip):
+    """What a typed prompt must pass before the route accepts it (None: anything the clip encodes): a toy model's
+    words are checked by the toy encoder; a Wan stream without the clip input takes none."""
+    if salt.latent_format == "pixels":
+        return lambda text: toy_conditioning(text, where="SaltLiveStream: prompt")
+    if clip is None:
+        def refuse(text):
+            raise ValueError("SaltLiveStream: this stream has no clip input to encode typed prompts: connect Load "
+                             "CLIP (type wan) to the node's clip input and queue it again")
+        return refuse
+    return None
 
 
 def encode_prompt(text: str, salt, clip, batch: int) -> torch.Tensor:
     """A typed prompt → context on the model: the toy text encoder for toy models, the `clip` input for Wan."""
     if salt.latent_format == "pixels":
-        conditioning = toy_conditioning(text)
+        conditioning = toy_conditioning(text, where="SaltLiveStream: prompt")
     elif clip is not None:
         conditioning = [[clip.encode_from_tokens(clip.tokenize(text)), {}]]
     else:
@@ -193,12 +217,23 @@ def live_run(salt, positive, options, sigmas, seed, width, height, max_chunks, s
     with control.lock:
         control.stopped, control.paused = False, False
         control.status["running"] = True
+        control.check_text = prompt_check(salt, clip)
     kept = KeptChunks(round(keep_last_seconds * FPS), 1 if salt.latent_format == "pixels" else 4)
+    decodes = salt.latent_format == "pixels" or vae is not None or live_decoder != "vae"
+    check_memory(f"keeping {max_chunks} chunks' frames and latents at {width}×{height} px", kept.bytes_needed(
+        max_chunks, shape, (height, width) if decodes else None), available_memory(torch.device("cpu")),
+        where="SaltLiveStream", limit_what="the host's free memory",
+        fix="set keep_last_seconds (e.g. 10) to keep only the last seconds of the run, or lower max_chunks")
+    need = stream_memory_bytes(salt.model.cfg, 1, n, tuple(shape[-2:]), policy, n)
     try:
-        with salt_in_use(salt) as model:
-            context = text_context(positive, salt, 1, "positive", node="SaltLiveStream")
+        with salt_in_use(salt, need) as model:
             ref = model.patch_embedding.weight
-            cache = model.new_cache(1, policy, shape[-2:])
+            free = free_memory(ref.device, salt.patcher)
+            check_memory(f"a {width}×{height} px stream ({policy.kind} cache of {policy.capacity_frames} frames)",
+                         need, free, where="SaltLiveStream", limit_what=f"ComfyUI's free memory on {ref.device}",
+                         fix="lower width/height, or a smaller window_frames in SaltCacheOptions")
+            context = text_context(positive, salt, 1, "positive", node="SaltLiveStream")
+            cache = model.new_cache(1, policy, shape[-2:], memory_limit=free)
             gen = torch.Generator(device=ref.device)
             if session.state is None:
                 gen.manual_seed((seed + 1) % 2 ** 64)    # the widget allows 2**64 - 1: wrap, do not overflow
@@ -231,9 +266,16 @@ def live_run(salt, positive, options, sigmas, seed, width, height, max_chunks, s
                         check_interrupted()
                         with control.lock:
                             stop, paused, text, control.prompt = control.stopped, control.paused, control.prompt, None
-                        if text is not None:
-                            stream.set_prompt(encode_prompt(text, salt, clip, 1), noise=switch_noise)
-                            control.status["prompt"] = text[:80]
+                        if text is not None:        # checked at the route; one the encoder still refuses is
+                            try:                        # reported in the status, the stream goes on unchanged
+                                context = encode_prompt(text, salt, clip, 1)
+                            except ValueError as e:
+                                with control.lock:
+                                    control.status["prompt_error"] = str(e)[:300]
+                            else:
+                                stream.set_prompt(context, noise=switch_noise)
+                                with control.lock:
+                                    control.status.update(prompt=text[:80], prompt_error=None)
                         if stop or not paused:
                             break
                         time.sleep(0.05)
@@ -260,6 +302,14 @@ class KeptChunks:
         """keep: frames (0 = all); frames_per_latent: 1 for pixel models, 4 for the Wan VAE's latent frames."""
         self.keep, self.frames_per_latent = keep, frames_per_latent
         self.frames, self.chunk_latents = collections.deque(), collections.deque()
+
+    def bytes_needed(self, chunks: int, shape: tuple, frame_hw: tuple = None) -> int:
+        """Bytes the outputs of `chunks` chunks of latents `shape` (B, C, n, H, W) take at most, float32, twice
+        (the kept chunks and their concatenation at the end): frames of `frame_hw` (None: no frames decoded)."""
+        per_chunk = self.frames_per_latent * shape[2]
+        kept = chunks if not self.keep else min(chunks, -(-self.keep // per_chunk) + 1)
+        frames = 0 if frame_hw is None else kept * per_chunk * frame_hw[0] * frame_hw[1] * 3
+        return 2 * 4 * (frames + kept * math.prod(shape))
 
     def _trim(self, items: collections.deque, count) -> None:
         while self.keep and len(items) > 1 and sum(count(x) for x in list(items)[1:]) >= self.keep:

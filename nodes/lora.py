@@ -15,7 +15,7 @@ from .models import weights_in_use
 from .types import SaltModelType
 
 LORA_FOLDER = "salt"                                   # under models/loras
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\Z")     # \Z: "$" would take a final newline
 REPORT_LINES = 16                                      # worst layers shown in the node's report
 
 

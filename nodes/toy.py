@@ -6,7 +6,7 @@ Runs on a CPU in seconds, with no download.
 import torch
 
 from ..salt_core.config import get_config
-from ..salt_core.validate import available_memory, check_choice, check_count, check_memory
+from ..salt_core.validate import available_memory, check_choice, check_count, check_memory, quote
 from ..toy.shipped import TOY_STUDENT, TOY_TEACHER, load_toy_asset
 from ..toy.text import ToyTextEncoder
 from .bridge import io
@@ -30,14 +30,14 @@ def load_toy_model(asset: str, path: str = None) -> SaltModel:
     return SaltModel(model, "pixels", description, mode != "bidirectional", model_patcher(model))
 
 
-def toy_conditioning(text: str) -> list:
-    """CONDITIONING [[(1, text_len, text_dim) embeddings, {}]] of one toy caption."""
+def toy_conditioning(text: str, where: str = "SaltToyTextEncode: text") -> list:
+    """CONDITIONING [[(1, text_len, text_dim) embeddings, {}]] of one toy caption; errors name `where`."""
     cfg = get_config(TOY_MODEL_PRESET)
     encoder = ToyTextEncoder(text_dim=cfg.text_dim, max_tokens=cfg.text_len)
     try:
         return [[encoder.encode([text]), {}]]
     except ValueError as e:
-        raise ValueError(f"SaltToyTextEncode: text={text!r}: {e}") from e
+        raise ValueError(f"{where}={quote(text)}: {e}") from e
 
 
 def toy_images(samples: torch.Tensor, upscale: int) -> torch.Tensor:

@@ -653,10 +653,10 @@ def test_a_live_stream_shows_frames_while_it_runs_obeys_its_routes_and_continues
     def live_prompt(**kw):
         return live_stream_prompt("ci_live", **kw)
 
-    def control(action, body=None, raw=None):
+    def control(action, body=None, raw=None, method=None):
         data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
         req = urllib.request.Request(f"{server.url}/salt/live/ci_live/{action}", data=data,
-                                     method="GET" if action == "status" else "POST")
+                                     method=method or ("GET" if action == "status" else "POST"))
         try:
             with urllib.request.urlopen(req, timeout=30) as r:
                 return r.status, json.loads(r.read())
@@ -694,7 +694,9 @@ def test_a_live_stream_shows_frames_while_it_runs_obeys_its_routes_and_continues
                         chunks.append(json.loads(msg.data)["data"]["chunk"])
                 timeline["paused_extra"] = len(chunks) - paused_at
                 timeline["bad"] = [control("prompt", {"text": ""})[0], control("prompt", raw=b"not json")[0],
-                                   control("explode")[0]]
+                                   control("explode")[0], control("stop", method="GET")[0],      # GET only reads
+                                   control("prompt", raw=b"[" * 100_000 + b"]" * 100_000)[0],   # deeper than JSON
+                                   control("prompt", {"text": "a purple elephant"})[0]]         # not toy words
                 assert control("prompt", {"text": "a blue square moving up"})[0] == 200
                 assert control("resume")[0] == 200
                 await until(len(chunks) + 3)
@@ -705,7 +707,7 @@ def test_a_live_stream_shows_frames_while_it_runs_obeys_its_routes_and_continues
         return chunks, timeline
     chunks, timeline = asyncio.run(scenario())
     assert timeline["running"], "the frames came only after the prompt finished"
-    assert timeline["paused_extra"] <= 3 and timeline["bad"] == [400, 400, 404], timeline   # ≤ the pushes in flight
+    assert timeline["paused_extra"] <= 3 and timeline["bad"] == [400, 400, 404, 405, 400, 400], timeline   # ≤ the pushes in flight
     assert timeline["status"] == "success" and timeline["after_stop"]["prompt"] == "a blue square moving up"
     assert chunks == list(range(1, len(chunks) + 1))
     status, response = server.queue(live_prompt(max_chunks=2))      # queued again: the same stream continues

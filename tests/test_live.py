@@ -78,6 +78,61 @@ def test_bad_control_requests_get_a_4xx_naming_the_problem(salt_nodes, toy_salt,
     assert status == code and words in reply["error"] and len(reply["error"]) < 300
 
 
+@pytest.mark.parametrize("text, words", [
+    ("a purple elephant", "SaltLiveStream: prompt='a purple elephant': "),
+    ("x" * 1500, "(1500 characters)"),
+])
+def test_a_typed_prompt_the_model_cannot_encode_is_refused_at_the_route(salt_nodes, toy_salt, text, words):
+    """Checked when sent (a 400 naming the prompt, quoted), not at the next chunk boundary where it used to end the
+    run: the stream keeps its prompt."""
+    from comfyui_salt.nodes import live
+    run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, max_chunks=1))
+    status, reply = live.control_request("t", "prompt", {"text": text})
+    assert status == 400 and words in reply["error"] and len(reply["error"]) < 800, reply      # vocabulary listed
+    assert live.SESSIONS["t"].control.prompt is None
+
+
+def test_a_wan_stream_without_the_clip_input_refuses_typed_prompts_and_one_failing_later_leaves_the_stream_on(
+        salt_nodes, monkeypatch):
+    from comfyui_salt.nodes import live
+    from comfyui_salt.nodes.types import SaltModel
+    from comfyui_salt.salt_core.model import build_model
+    wan = SaltModel(build_model("tiny-hd128", seed=0).eval(), "wan21", "tiny wan", causal=True)
+    check = live.prompt_check(wan, clip=None)
+    with pytest.raises(ValueError, match="no clip input .* connect Load CLIP"):
+        check("a cat")
+    assert live.prompt_check(wan, clip=object()) is None
+    pushed = []
+
+    def push(event, data, pixels):                       # a prompt that passes the route but fails to encode
+        pushed.append(data["chunk"])
+        if data["chunk"] == 1:
+            control = live.SESSIONS["t"].control
+            with control.lock:
+                control.prompt = "a purple elephant"
+    monkeypatch.setattr(live, "push_event", push)
+    toy = run(salt_nodes.SaltToyModel, asset="toy_salt_student")[0]
+    out = run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy, max_chunks=4))
+    status = live.control_request("t", "status", None)[1]
+    assert out[0].shape[0] == 12 and "unknown word" in status["prompt_error"] and status["prompt"] is None
+
+
+def test_what_a_run_keeps_is_checked_against_the_hosts_free_memory_before_the_first_chunk(salt_nodes, toy_salt,
+                                                                                          monkeypatch):
+    """max_chunks 100,000 of 16×16 toy frames keeps 0.6 GiB: refused under a 0.5 GiB host, naming the fix; with
+    keep_last_seconds it keeps a few chunks and runs. The estimate is what KeptChunks holds at most."""
+    from comfyui_salt.nodes import live
+    monkeypatch.setattr(live, "available_memory", lambda device: 1 << 29)
+    pushed = []
+    monkeypatch.setattr(live, "push_event", lambda *a: pushed.append(1))
+    with pytest.raises(MemoryError, match="SaltLiveStream: keeping 100000 chunks.*keep_last_seconds"):
+        run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, max_chunks=100_000))
+    assert not pushed and "t" not in live.SESSIONS or live.SESSIONS["t"].chunks == 0
+    kept = live.KeptChunks(8, 1)
+    assert kept.bytes_needed(100_000, (1, 3, 3, 16, 16), (16, 16)) == 2 * 4 * 4 * 3 * (16 * 16 * 3 + 3 * 16 * 16)
+    assert live.KeptChunks(0, 4).bytes_needed(10, (1, 16, 3, 60, 104), None) == 2 * 4 * 10 * 16 * 3 * 60 * 104
+
+
 def test_a_live_stream_needs_a_cache_of_constant_size_and_a_plain_stream_id(salt_nodes, toy_salt):
     with pytest.raises(ValueError, match="use a rolling or sink cache"):
         run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, cache_options=toy_options(salt_nodes)))

@@ -12,6 +12,7 @@ stay exactly zero. Knows nothing of models or of how captions are rendered.
 """
 import torch
 
+from ..salt_core.validate import quote
 from .world import DIRECTION_VECTORS, TOY_WORLD_PRESETS, ToyWorldConfig
 
 FILLER_WORDS = ("a", "an", "the", "moving", "on", "background", "in", "and", "with")
@@ -45,18 +46,18 @@ class ToyTextEncoder:
             if word in FILLER_WORDS:
                 continue
             if word not in self.index:
-                raise ValueError(f"ToyTextEncoder: unknown word {word!r} in caption {text!r}; the vocabulary is "
-                                 f"{list(self.vocabulary)} (fillers {list(FILLER_WORDS)} are dropped)")
+                raise ValueError(f"ToyTextEncoder: unknown word {quote(word)} in caption {quote(text)}; the "
+                                 f"vocabulary is {list(self.vocabulary)} (fillers {list(FILLER_WORDS)} are dropped)")
             ids.append(self.index[word])
         if len(ids) > self.max_tokens:
-            raise ValueError(f"ToyTextEncoder: caption {text!r} has {len(ids)} content words but max_tokens="
+            raise ValueError(f"ToyTextEncoder: caption {quote(text)} has {len(ids)} content words but max_tokens="
                              f"{self.max_tokens}; shorten it or raise max_tokens")
         return ids
 
     def encode(self, captions: list, device=None, dtype=torch.float32) -> torch.Tensor:
         """Embeddings (B, L=max_tokens, text_dim), zero after each caption's tokens; '' gives all zeros."""
         if isinstance(captions, str):
-            raise TypeError(f"ToyTextEncoder.encode: captions={captions!r} is a str; pass a list of captions")
+            raise TypeError(f"ToyTextEncoder.encode: captions={quote(captions)} is a str; pass a list of captions")
         out = torch.zeros(len(captions), self.max_tokens, self.text_dim)
         for b, text in enumerate(captions):
             ids = self.tokenize(text)

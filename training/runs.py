@@ -31,7 +31,7 @@ from ..weights.files import atomic_write, check_output
 
 log = logging.getLogger("salt.training")
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\Z")     # \Z: "$" would take a final newline
 # Fields that may change when a run is resumed (how long, how often, how many threads; the text encoder is
 # read once, to fill the run's embedding cache, so a resume may drop or move it).
 # The teacher's evaluation sampler (eval_steps, eval_cfg) changes what is measured, not what is trained.

@@ -25,9 +25,11 @@ def push_event(event: str, data: dict, pixels: int) -> None:
     server.send_sync(event, {**data, "frames": urls, "width": frames.shape[2], "height": frames.shape[1]})
 
 
-def add_routes(prefix: str, handler) -> bool:
+def add_routes(prefix: str, handler, read_only=("status",)) -> bool:
     """Register GET and POST `<prefix>/{stream}/{action}` on ComfyUI's server (False without one): `handler(stream,
-    action, body)` → (status, JSON) runs in the server's thread; a body that is not JSON is a 400."""
+    action, body)` → (status, JSON) runs in the server's thread; a body that is not JSON is a 400. GET answers only
+    the `read_only` actions (405 for the others): a cross-site GET (an <img> on any page) carries no Origin header,
+    so ComfyUI's origin check cannot stop it, and it must not change anything."""
     server = getattr(__import__("server").PromptServer, "instance", None) if "server" in sys.modules else None
     if server is None:
         return False
@@ -35,10 +37,13 @@ def add_routes(prefix: str, handler) -> bool:
 
     async def route(request):
         body = None
+        if request.method == "GET" and request.match_info["action"] not in read_only:
+            return web.json_response({"error": f"use POST for this action (GET only reads: {list(read_only)})"},
+                                     status=405, headers={"Allow": "POST"})
         if request.method == "POST" and request.can_read_body:
             try:
                 body = await request.json()
-            except ValueError:
+            except (ValueError, RecursionError):          # not JSON, or nested deeper than the parser recurses
                 return web.json_response({"error": "the body is not JSON"}, status=400)
         status, reply = handler(request.match_info["stream"], request.match_info["action"], body)
         return web.json_response(reply, status=status)
