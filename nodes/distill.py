@@ -10,6 +10,7 @@ checkpoint. The trained student is exported (weights.files.export_student) and p
 import logging
 import os
 
+from ..salt_core.validate import quote
 from ..toy.jobs import distill_world
 from ..training.distill import run_distillation
 from ..training.config_fields import parse_overrides
@@ -47,7 +48,7 @@ def _model_source(value: str, allowed: str, what: str) -> str:
     try:
         return diffusion_model_path(value)
     except FileNotFoundError as e:
-        raise FileNotFoundError(f"SaltDistill: {what}={value!r}: {e}") from e
+        raise FileNotFoundError(f"SaltDistill: {what}={quote(value)}: {e}") from e
 
 
 def distill_config(preset: str, teacher: str, student_init: str, critic_init: str, gen_steps: int, batch_size: int,
@@ -60,9 +61,9 @@ def distill_config(preset: str, teacher: str, student_init: str, critic_init: st
     try:
         base = get(preset)
     except KeyError as e:
-        raise ValueError(f"SaltDistill: preset={preset!r}: {e.args[0]}") from None
+        raise ValueError(f"SaltDistill: preset={quote(preset)}: {e.args[0]}") from None
     if teacher == TOY_SOURCE and not base.world:
-        raise ValueError(f"SaltDistill: teacher='toy' with the real-scale preset {preset!r}; pick a Wan 2.1 teacher "
+        raise ValueError(f"SaltDistill: teacher='toy' with the real-scale preset {quote(preset)}; pick a Wan 2.1 teacher "
                          f"file from models/diffusion_models, or a toy-* preset")
     fields = dict(teacher=_model_source(teacher, TOY_SOURCE, "teacher"),
                   student_init=_model_source(student_init, FROM_TEACHER, "student_init"),
@@ -105,7 +106,7 @@ def check_publish(name: str) -> str:
     try:
         return check_output(publish_path(name), PUBLISHED)
     except ValueError as e:
-        raise ValueError(f"{e} (the name input, {name!r}, chooses that file)") from None
+        raise ValueError(f"{e} (the name input, {quote(name)}, chooses that file)") from None
 
 
 def embed_prompts(cfg: DistillConfig | OdeInitConfig, folder: str, clip=None) -> None:

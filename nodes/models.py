@@ -12,7 +12,7 @@ from contextlib import contextmanager
 import torch
 
 from ..salt_core.layouts import LayoutError, check_state_dict, infer_config
-from ..salt_core.validate import check_choice
+from ..salt_core.validate import check_choice, quote
 from ..weights.files import load_model
 from .bridge import io
 from .bridge.memory import (NATIVE_PREFIX, WEIGHT_DTYPES, load_for_sampling, model_offload_device, model_patcher,
@@ -58,7 +58,7 @@ def load_salt_model(name: str, use_ema: bool, dtype: str, weight_dtype: str = "d
         model, layout = load_model(path, use_ema=use_ema, dtype=DTYPES[dtype], device=model_offload_device(),
                                    keep_fp8=weight_dtype == "default")
     except (LayoutError, ValueError, KeyError) as e:
-        raise ValueError(f"SaltLoadCausalModel: ckpt_name={name!r} cannot be loaded as a Wan 2.1 T2V transformer: "
+        raise ValueError(f"SaltLoadCausalModel: ckpt_name={quote(name)} cannot be loaded as a Wan 2.1 T2V transformer: "
                          f"{e}. (Full ComfyUI checkpoints and other architectures load with ComfyUI's own "
                          f"loaders.)") from e
     causal = file_teacher_mode(path) not in BIDIRECTIONAL_MODES

@@ -12,7 +12,7 @@ from ..salt_core.kv_cache import CachePolicy
 from ..salt_core.seeding import seeded_noise
 from ..salt_core.streaming import rollout_stream, stream_memory_bytes
 from ..salt_core.validate import (check_choice, check_context, check_finite_tensor, check_image, check_memory,
-                                  check_number, check_sigmas)
+                                  check_number, check_sigmas, quote)
 from .bridge import io
 from .bridge.convert import encode_image, latent_from_comfy, latent_to_comfy, resize_image
 from .bridge.memory import free_memory
@@ -56,7 +56,7 @@ def cache_options(chunk_frames: int, attention: str, window_frames: int, sink_fr
                              f"chunk_frames (LongLive: window 12 with a 3-frame sink)")
         policy = CachePolicy.sink(window_frames, sink_frames, relative_rope)
     else:
-        raise ValueError(f"{where}: attention={attention!r}; expected one of {list(ATTENTION)}")
+        raise ValueError(f"{where}: attention={quote(attention)}; expected one of {list(ATTENTION)}")
     return CacheOptions(chunk_frames, policy, float(context_noise))
 
 

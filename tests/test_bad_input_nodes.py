@@ -217,3 +217,34 @@ def test_a_bad_run_name_is_reported_by_validate_inputs_which_takes_only_the_name
     node = salt_nodes.SaltDistill
     assert list(inspect.signature(node.validate_inputs).parameters) == ["name"]
     assert "plain folder name" in node.validate_inputs(name=name)
+
+
+HUGE = "x" * (4 << 20)          # a 4 MiB string sent for an input (ComfyUI 0.3.75 does not check these combos)
+
+
+@pytest.mark.parametrize("node, inputs", [
+    ("SaltDistill", dict(preset=HUGE)),
+    ("SaltDistill", dict(teacher=HUGE)),
+    ("SaltLoadCausalModel", dict(ckpt_name=HUGE, use_ema=True, dtype="fp32")),
+    ("SaltToyTextEncode", dict(text=HUGE)),
+])
+def test_a_huge_string_input_is_quoted_in_the_error_not_echoed(salt_nodes, models_dir, node, inputs):
+    """Errors are stored in the history and broadcast to every browser: a message quotes the first characters of
+    a client's string and its length, never the whole (4 MiB here)."""
+    from test_nodes_training import distill_inputs
+    args = distill_inputs(**inputs) if node == "SaltDistill" else inputs
+    with pytest.raises((ValueError, FileNotFoundError)) as e:
+        run(getattr(salt_nodes, node), **args)
+    assert f"({len(HUGE)} characters)" in str(e.value) and len(str(e.value)) < 2000, str(e.value)[:300]
+    message = salt_nodes.SaltDistill.validate_inputs(name=HUGE)                 # the run name, at queue time
+    assert f"({len(HUGE)} characters)" in message and len(message) < 2000
+
+
+@pytest.mark.parametrize("name", ["nl\n", "run\n", "a\n"])
+def test_a_name_ending_in_a_newline_is_refused(salt_nodes, name):
+    from comfyui_salt.nodes import live, lora
+    assert "plain folder name" in salt_nodes.SaltDistill.validate_inputs(name=name)
+    with pytest.raises(ValueError, match="stream_id"):
+        live.check_stream_id(name)
+    with pytest.raises(ValueError):
+        lora.lora_path(name)

@@ -20,6 +20,7 @@ from typing import ClassVar
 
 from ..salt_core.config import TOY_SHIFT
 from ..salt_core.schedules import MAX_NFE
+from ..salt_core.validate import quote
 from .config_fields import grouped, with_overrides
 from .distributed import SHARDINGS
 from .student_config import EXACT, SCORE_KINDS, STUDENT_KINDS, StudentJobConfig  # noqa: F401 (re-exported)
@@ -180,5 +181,5 @@ def get_preset(name: str, **overrides) -> DistillConfig:
     if name in MOVED_PRESETS:
         raise KeyError(f"{name!r} is not a distillation preset; run {MOVED_PRESETS[name]}")
     if name not in DISTILL_PRESETS:
-        raise KeyError(f"unknown distillation preset {name!r}; choose one of {sorted(DISTILL_PRESETS)}")
+        raise KeyError(f"unknown distillation preset {quote(name)}; choose one of {sorted(DISTILL_PRESETS)}")
     return with_overrides(DISTILL_PRESETS[name], overrides, where="DistillConfig", renamed=RENAMED)

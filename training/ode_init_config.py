@@ -13,6 +13,7 @@ from dataclasses import dataclass, fields, replace
 from typing import ClassVar
 
 from ..salt_core.schedules import MAX_NFE
+from ..salt_core.validate import quote
 from .config_fields import grouped, with_overrides
 from .distill_config import DISTILL_PRESETS, LAB_FIELDS
 from .student_config import SHARED_FIELDS, StudentJobConfig
@@ -71,6 +72,6 @@ ODE_INIT_PRESETS = {
 def get_ode_init_preset(name: str, **overrides) -> OdeInitConfig:
     """An ODE-init preset with field overrides (an unknown preset or field → an error naming the choices)."""
     if name not in ODE_INIT_PRESETS:
-        raise KeyError(f"unknown ODE-init preset {name!r}; choose one of {sorted(ODE_INIT_PRESETS)} (the "
+        raise KeyError(f"unknown ODE-init preset {quote(name)}; choose one of {sorted(ODE_INIT_PRESETS)} (the "
                        f"distillation presets run with `python -m comfyui_salt distill`)")
     return with_overrides(ODE_INIT_PRESETS[name], overrides, where="OdeInitConfig", renamed=OdeInitConfig.RENAMED)

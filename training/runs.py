@@ -27,6 +27,7 @@ import time
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..salt_core.validate import quote
 from ..weights.files import atomic_write, check_output
 
 log = logging.getLogger("salt.training")
@@ -210,7 +211,7 @@ class JsonlLog:
 def check_run_name(name: str, where: str = "run") -> str:
     """`name` if it is a plain folder name (letters, digits, '_', '-', '.'; ≤ 100 characters), else ValueError."""
     if not isinstance(name, str) or not NAME_PATTERN.match(name) or ".." in name:
-        raise ValueError(f"{where}: name={name!r}; expected a plain folder name (letters, digits, '_', '-', '.'; "
+        raise ValueError(f"{where}: name={quote(name)}; expected a plain folder name (letters, digits, '_', '-', '.'; "
                          f"up to 100 characters), e.g. 'toy_salt_run1'")
     return name
 

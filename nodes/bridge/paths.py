@@ -22,7 +22,7 @@ def diffusion_model_path(name: str) -> str:
     path = folder_paths.get_full_path(DIFFUSION_MODELS, name)
     if path is None:
         folders = folder_paths.get_folder_paths(DIFFUSION_MODELS)
-        raise FileNotFoundError(f"no file {name!r} in the diffusion_models folders {folders}; put the checkpoint "
+        raise FileNotFoundError(f"no file {quote(name)} in the diffusion_models folders {folders}; put the checkpoint "
                                 f"there and refresh the node (R), or pick one of {diffusion_model_files()[:8]}")
     return path
 
