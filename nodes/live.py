@@ -193,7 +193,10 @@ def live_run(salt, positive, options, sigmas, seed, width, height, max_chunks, s
     whole run, or with keep_last_seconds > 0 only the chunks that hold its last seconds (at FPS), so a long run's
     outputs take constant memory. A typed prompt re-caches the kept frames at σ = switch_noise."""
     check_stream_id(stream_id)
-    check_count("max_chunks", max_chunks, where="SaltLiveStream", maximum=MAX_LIVE_CHUNKS)
+    max_chunks = check_count("max_chunks", max_chunks, where="SaltLiveStream", maximum=MAX_LIVE_CHUNKS)
+    seed = check_count("seed", seed, where="SaltLiveStream", minimum=0, maximum=2 ** 64 - 1)
+    width = check_count("width", width, where="SaltLiveStream")
+    height = check_count("height", height, where="SaltLiveStream")
     switch_noise = check_number("switch_noise", switch_noise, where="SaltLiveStream", low=0, high=1, high_open=True,
                                 fix="0 re-caches clean frames (LongLive); about 0.7 for models not trained to switch")
     keep_last_seconds = check_number("keep_last_seconds", keep_last_seconds, where="SaltLiveStream", low=0,

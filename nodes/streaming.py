@@ -11,8 +11,8 @@ import torch
 from ..salt_core.kv_cache import CachePolicy
 from ..salt_core.seeding import seeded_noise
 from ..salt_core.streaming import rollout_stream, stream_memory_bytes
-from ..salt_core.validate import (check_choice, check_context, check_finite_tensor, check_image, check_memory,
-                                  check_number, check_sigmas, quote)
+from ..salt_core.validate import (check_choice, check_context, check_count, check_finite_tensor, check_image,
+                                  check_memory, check_number, check_sigmas, quote)
 from .bridge import io
 from .bridge.convert import encode_image, latent_from_comfy, latent_to_comfy, resize_image
 from .bridge.memory import free_memory
@@ -26,6 +26,8 @@ log = logging.getLogger("salt.nodes")
 ATTENTION = ("full", "rolling", "sink")
 SAMPLING = ("stochastic", "deterministic")
 MAX_CHUNKS = 1024
+MAX_CHUNK_FRAMES = 64            # the chunk_frames widget's largest value (latent frames)
+MAX_CACHE_FRAMES = 1024          # the window widgets' largest value (latent frames)
 
 
 def cache_options(chunk_frames: int, attention: str, window_frames: int, sink_frames: int, relative_rope: bool,
@@ -35,8 +37,12 @@ def cache_options(chunk_frames: int, attention: str, window_frames: int, sink_fr
     check_choice("attention", attention, ATTENTION, where=where)
     check_number("context_noise", context_noise, where=where, low=0, high=1, high_open=True,
                  fix="Self Forcing uses 0")
-    if chunk_frames < 1:
-        raise ValueError(f"{where}: chunk_frames={chunk_frames}; expected >= 1 (Self Forcing: 3)")
+    chunk_frames = check_count("chunk_frames", chunk_frames, where=where, maximum=MAX_CHUNK_FRAMES,
+                               fix="Self Forcing uses 3")
+    window_frames = check_count("window_frames", window_frames, where=where, maximum=MAX_CACHE_FRAMES)
+    sink_frames = check_count("sink_frames", sink_frames, where=where, minimum=0, maximum=MAX_CACHE_FRAMES - 1)
+    max_frames = check_count("max_frames", max_frames, where=where, maximum=MAX_CHUNKS * MAX_CHUNK_FRAMES,
+                             fix="Self Forcing uses 21; the memory a full cache takes is checked when it streams")
     if not 0.0 <= context_noise < 1.0:
         raise ValueError(f"{where}: context_noise={context_noise}; expected a noise level in [0, 1) (Self Forcing: 0)")
     if attention == "full":
@@ -143,8 +149,10 @@ def _stream(salt, positive, options, sigmas, seed, num_chunks, width, height, ba
         raise ValueError(f"SaltStreamingSampler: {salt.name} is a bidirectional model (not trained for chunk-by-"
                          f"chunk generation); use a causal teacher or student, or a native sampler")
     check_choice("sampling", sampling, SAMPLING, where="SaltStreamingSampler")
-    if not 1 <= num_chunks <= MAX_CHUNKS:
-        raise ValueError(f"SaltStreamingSampler: num_chunks={num_chunks}; expected 1..{MAX_CHUNKS}")
+    num_chunks = check_count("num_chunks", num_chunks, where="SaltStreamingSampler", maximum=MAX_CHUNKS)
+    batch_size = check_count("batch_size", batch_size, where="SaltStreamingSampler")
+    width = check_count("width", width, where="SaltStreamingSampler")
+    height = check_count("height", height, where="SaltStreamingSampler")
     frames, policy = num_chunks * options.chunk_frames, options.policy
     num_first = 0 if first is None else first.shape[2]
     if policy.kind == "full" and frames + num_first > policy.max_frames:
@@ -159,6 +167,13 @@ def _stream(salt, positive, options, sigmas, seed, num_chunks, width, height, ba
                                options.chunk_frames, cfg_scale, salt.model.patch_embedding.weight.dtype)
     # as ComfyUI's samplers: onto the compute device, others freed for room; a native MODEL's view bound to it
     with salt_in_use(salt, need):
+        ref = salt.model.patch_embedding.weight      # compute dtype and device (fp8 storage casts to it per layer)
+        free = free_memory(ref.device, salt.patcher)   # under Dynamic VRAM: with what ComfyUI can evict
+        check_memory(f"{batch_size} × {width}×{height} px × {frames + num_first} latent frames ({policy.kind} "
+                     f"cache of {policy.capacity_frames} frames)", need, free, where="SaltStreamingSampler",
+                     limit_what=f"ComfyUI's free memory on {ref.device}",
+                     fix="lower width/height, batch_size or num_chunks, or use a rolling / sink cache "
+                         "(SaltCacheOptions) so the cache holds fewer frames")
         context = text_context(positive, salt, batch_size, "positive")
         uncond = None
         if cfg_scale != 1.0:
@@ -174,13 +189,6 @@ def _stream(salt, positive, options, sigmas, seed, num_chunks, width, height, ba
                                  f"switch_positive)")
             switches[switch_at_chunk] = text_context(switch_positive, salt, batch_size, "switch_positive")
 
-        ref = salt.model.patch_embedding.weight      # compute dtype and device (fp8 storage casts to it per layer)
-        free = free_memory(ref.device, salt.patcher)   # under Dynamic VRAM: with what ComfyUI can evict
-        check_memory(f"{batch_size} × {width}×{height} px × {frames + num_first} latent frames ({policy.kind} "
-                     f"cache of {policy.capacity_frames} frames)", need, free, where="SaltStreamingSampler",
-                     limit_what=f"ComfyUI's free memory on {ref.device}",
-                     fix="lower width/height, batch_size or num_chunks, or use a rolling / sink cache "
-                         "(SaltCacheOptions) so the cache holds fewer frames")
         # The pack's seed convention (salt_core.seeding): the clip's noise, then every re-noise, from one CPU generator
         # seeded `seed`, so this node, stream_video and sample_student give the same clip for a seed.
         noise, renoise = seeded_noise(seed, shape, device=ref.device, dtype=ref.dtype)
@@ -219,7 +227,7 @@ class SaltCacheOptions(io.ComfyNode):
                         "the window_frames most recent (current chunk included); sink: the first sink_frames "
                         "forever plus the most recent (LongLive; the window counts the sink).",
             inputs=[
-                io.Int.Input("chunk_frames", default=3, min=1, max=64,
+                io.Int.Input("chunk_frames", default=3, min=1, max=MAX_CHUNK_FRAMES,
                              tooltip="Latent frames generated per chunk (Self Forcing: 3; frame-wise models: 1)."),
                 io.Combo.Input("attention", options=list(ATTENTION), default="full",
                                tooltip="full: attend to every earlier frame (bounded by max_frames); rolling: a "

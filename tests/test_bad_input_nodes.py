@@ -248,3 +248,51 @@ def test_a_name_ending_in_a_newline_is_refused(salt_nodes, name):
         live.check_stream_id(name)
     with pytest.raises(ValueError):
         lora.lora_path(name)
+
+
+@pytest.mark.parametrize("kw, words", [
+    (dict(width=16.5), "width=16.5"), (dict(height=2.5), "height=2.5"), (dict(batch_size=2.5), "batch_size=2.5"),
+    (dict(batch_size=0), "batch_size=0"), (dict(num_chunks=1.5), "num_chunks=1.5"), (dict(width="wide"), "width='wide'"),
+])
+def test_streaming_sizes_that_are_not_counts_are_refused_naming_the_input(salt_nodes, toy_salt, kw, words):
+    """A linked input (a primitive or a math node) reaches execute without the widget's integer check; a whole
+    float (16.0) is the integer it equals."""
+    with pytest.raises(ValueError) as e:
+        run(salt_nodes.SaltStreamingSampler, **stream_inputs(salt_nodes, toy_salt, **kw))
+    assert "SaltStreamingSampler" in str(e.value) and words in str(e.value) and "integer" in str(e.value), e.value
+    whole = run(salt_nodes.SaltStreamingSampler, **stream_inputs(salt_nodes, toy_salt, width=16.0, batch_size=1.0))
+    assert whole[0]["samples"].shape[-1] == 16
+
+
+def test_a_huge_batch_is_refused_by_the_memory_check_before_the_text_context_is_expanded(salt_nodes, toy_salt,
+                                                                                        monkeypatch):
+    from comfyui_salt.nodes import streaming
+    expanded = []
+    real = streaming.text_context
+    monkeypatch.setattr(streaming, "text_context", lambda *a, **k: expanded.append(a[2]) or real(*a, **k))
+    with pytest.raises(MemoryError, match="SaltStreamingSampler: 10000000 × 16×16 px"):
+        run(salt_nodes.SaltStreamingSampler, **stream_inputs(salt_nodes, toy_salt, batch_size=10 ** 7))
+    assert expanded == []
+
+
+@pytest.mark.parametrize("kw, words", [
+    (dict(chunk_frames=2.5), "chunk_frames=2.5"), (dict(max_frames=NAN), "max_frames=nan"),
+    (dict(max_frames=10 ** 12), "max_frames=1000000000000"), (dict(window_frames=-3), "window_frames=-3"),
+    (dict(chunk_frames=65), "chunk_frames=65"), (dict(window_frames=1025), "window_frames=1025"),
+    (dict(sink_frames=1.5), "sink_frames=1.5"),
+])
+def test_cache_options_that_are_not_frame_counts_are_refused(salt_nodes, kw, words):
+    args = dict(chunk_frames=3, attention="full", window_frames=6, sink_frames=3, relative_rope=False,
+                context_noise=0.0, max_frames=12)
+    with pytest.raises(ValueError, match=f"SaltCacheOptions: {words}"):
+        run(salt_nodes.SaltCacheOptions, **{**args, **kw})
+
+
+@pytest.mark.parametrize("kw, words", [
+    (dict(seed=-1), "seed=-1"), (dict(seed=1.5), "seed=1.5"), (dict(seed=2 ** 64), "seed=18446744073709551616"),
+    (dict(width=16.5), "width=16.5"), (dict(max_chunks=2.5), "max_chunks=2.5"),
+])
+def test_live_stream_numbers_that_are_not_counts_are_refused(salt_nodes, toy_salt, kw, words):
+    from test_live import live_inputs
+    with pytest.raises(ValueError, match=f"SaltLiveStream: {words}"):
+        run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, **kw))
