@@ -231,7 +231,16 @@ def dequantize_scaled_fp8(sd: Mapping, dtype: torch.dtype = torch.float32) -> Ma
         weight = key[:-len(SCALE_WEIGHT)] + ".weight"
         if weight not in out:
             raise LayoutError(f"dequantize_scaled_fp8: {key!r} has no {weight!r} beside it; the file is damaged")
-        out[weight] = (out[weight].float() * sd[key].float()).to(dtype)
+        scale, w = sd[key], out[weight]
+        try:
+            fits = scale.is_floating_point() and torch.broadcast_shapes(w.shape, scale.shape) == w.shape
+        except RuntimeError:
+            fits = False
+        if not fits:
+            raise LayoutError(f"dequantize_scaled_fp8: {key!r} is {scale.dtype} of shape {tuple(scale.shape)}, which "
+                              f"does not scale {weight!r} of shape {tuple(w.shape)} (expected a floating scalar or a "
+                              f"shape that broadcasts to the weight's); the file is damaged or of another format")
+        out[weight] = (w.float() * scale.float()).to(dtype)
     return out
 
 
@@ -416,6 +425,11 @@ def check_state_dict(sd: Mapping, model_or_config, layout: str = None):
     unexpected = [k for k in sd if k not in expected]
     shapes = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {expected[k]}"
               for k in expected if k in sd and tuple(sd[k].shape) != expected[k]]
+    kinds = [f"{k} ({sd[k].dtype})" for k in expected if k in sd and not sd[k].is_floating_point()]
+    if kinds:   # int, bool or complex where a weight is: not a model file Salt (or ComfyUI's loaders) can compute with
+        raise LayoutError(f"check_state_dict: checkpoint (layout {layout!r}) has {len(kinds)} weight(s) that are not "
+                          f"floating point, e.g. {_preview(kinds)}; expected float32, float16, bfloat16 or fp8 "
+                          f"weights (an int8 or other quantized file loads with ComfyUI's own loaders)")
     if not (missing or unexpected or shapes):
         return
     parts = [f"check_state_dict: checkpoint (layout {layout!r}) does not fit the model (dim={cfg.dim}, "

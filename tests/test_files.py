@@ -1,6 +1,7 @@
 """weights.files: reading, writing and loading checkpoint files in every layout and format."""
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -267,4 +268,30 @@ def test_keep_fp8_leaves_an_fp8_files_linear_weights_in_fp8(tmp_path):
 def test_nan_in_an_fp8_file_is_refused_naming_the_tensor(tmp_path):
     path, _ = fp8_file(tmp_path, nan=True)
     with pytest.raises(ValueError, match=r"1 tensor\(s\) hold NaN/Inf, e.g. \['blocks.1.ffn.0.weight'\]"):
+        files.load_model(path, num_heads=2)
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.bool, torch.int64, torch.complex64])
+@pytest.mark.parametrize("keep_fp8", [False, True])
+def test_weights_that_are_not_floating_point_are_refused_naming_the_tensor(tmp_path, dtype, keep_fp8):
+    """An int8 / bool / int64 / complex linear weight is no weight Salt computes with: refused at load, naming the
+    tensor and its dtype, whether fp8 weights are kept (weight_dtype fp8, which used to take them) or cast."""
+    from safetensors.torch import save_file
+    sd = {k: v.clone() for k, v in build_model("tiny-hd128", seed=0).state_dict().items()}
+    sd["blocks.1.ffn.0.weight"] = sd["blocks.1.ffn.0.weight"].to(dtype)
+    path = tmp_path / "odd.safetensors"
+    save_file(sd, str(path))
+    with pytest.raises(ValueError, match=rf"not floating point, e.g. 'blocks.1.ffn.0.weight \({dtype}\)'"):
+        files.load_model(path, num_heads=2, keep_fp8=keep_fp8)
+
+
+@pytest.mark.parametrize("shape", [(3,), (7, 5)])
+def test_a_scaled_fp8_scale_that_does_not_fit_its_weight_is_refused_naming_both(tmp_path, shape):
+    from safetensors.torch import load_file, save_file
+    path, _ = fp8_file(tmp_path, scaled=True)
+    stored = load_file(str(path))
+    stored["model.diffusion_model.blocks.0.ffn.0.scale_weight"] = torch.ones(shape)
+    save_file(stored, str(path))
+    with pytest.raises(ValueError, match=r"'model.diffusion_model.blocks.0.ffn.0.scale_weight' is torch.float32 of "
+                                         rf"shape {re.escape(str(shape))}, which does not scale"):
         files.load_model(path, num_heads=2)
