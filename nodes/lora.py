@@ -4,18 +4,17 @@ The math is `salt_core.lora` (truncated SVD per linear layer), the file `trainin
 only picks the destination (`models/loras/salt/<name>.safetensors`) and returns the energy report.
 """
 import os
-import re
 
 from ..salt_core.lora import format_report
 from ..salt_core.validate import check_choice, quote
 from ..training.lora_export import DTYPES, export_lora
+from ..training.runs import NAME_PATTERN          # one rule for the names the pack writes under
 from .bridge import io, ui
 from .bridge.paths import loras_directory
 from .models import weights_in_use
 from .types import SaltModelType
 
 LORA_FOLDER = "salt"                                   # under models/loras
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\Z")     # \Z: "$" would take a final newline
 REPORT_LINES = 16                                      # worst layers shown in the node's report
 
 
