@@ -521,7 +521,11 @@ def main(argv=None) -> int:
     if claims:
         print("\nThe paper's claims (paired by seed and clip; rules at lab_tables.CLAIMS):\n" + claims)
     if args.compare_to:
-        progress = format_progress(results, load_results(args.compare_to, args.arms), args.resamples)
+        try:
+            progress = format_progress(results, load_results(args.compare_to, args.arms), args.resamples)
+        except ValueError as e:    # e.g. evaluations of another version: their seeds sampled other noise
+            print(f"--compare-to {args.compare_to}: {e}", file=sys.stderr)
+            return 2
         print(f"\nWhat more updates changed (earlier: {args.compare_to}; mean there → here (Δ here − there, paired "
               f"by seed and clip)):\n" + (progress or "no arm evaluated in both"))
     return 1 if not args.table and failed else 0

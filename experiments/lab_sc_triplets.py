@@ -25,8 +25,9 @@ the two runs' means on the same clips, noise and rollout states; t over seeds) t
 # the measurements kept in the repository (beside the experiment's evaluations): reprint without any run
 .venv/bin/python experiments/lab_sc_triplets.py --out experiments/results/lab-exp --table
 ```
-Per run the measurement is cached in `<run>/sc_triplets.json` (redone when missing, or when the clip count or
-the run's update count changed).
+Per run the measurement is cached in `<run>/sc_triplets.json` (redone when missing, or when the clip count, the
+run's update count or its evaluation noise changed: each seed on its own, lab_arms.eval_seed; the kept 3-seed
+file was measured with one noise for every seed).
 """
 import argparse
 import gzip
@@ -76,7 +77,8 @@ def measure(run_dir: str, clips: int) -> dict:
     ctx = LabTextEncoder(lab, model.cfg.text_dim, model.cfg.text_len).encode(caps)
     cons, dc = defect_samples(model, cfg, ctx, grid_steps=lx.DEFECT_GRID, seed=lx.eval_seed(cfg.seed))
     trip, p, ds = sc_defect_samples(model, cfg, ctx, seed=lx.eval_seed(cfg.seed))
-    out = {"sc_weight": cfg.sc_weight, "seed": cfg.seed, "noise_seed": lx.eval_seed(cfg.seed), "clips": clips, "gen_updates": _gen_updates(run_dir),
+    out = {"sc_weight": cfg.sc_weight, "seed": cfg.seed, "noise_seed": lx.eval_seed(cfg.seed), "clips": clips,
+           "gen_updates": _gen_updates(run_dir),
            "consecutive": [[list(t), lx._round(row)] for t, row in zip(cons, dc)],
            "sc": [[list(t), float(q), lx._round(row)] for t, q, row in zip(trip, p.tolist(), ds)]}
     with open(path + ".tmp", "w") as f:

@@ -50,8 +50,8 @@ def table(results: dict, resamples: int, seed: int = 0) -> str:
     first = next(iter(next(runs for name, runs in results.items() if name in {c[1] for c in CLAIMS}).values()))
     world = get_world(first["config"]["world"]).lab
     gen = torch.Generator().manual_seed(seed)
-    lines = ["| claim | metric | seeds | mean | t s.e. | shared s.d. | shared / t s.e. | 95 % t | with the shared part |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| claim | metric | seeds | mean | t s.e. | shared s.d. | shared / t s.e. | 95 % t "
+             "| with the shared part |", "|---|---|---|---|---|---|---|---|---|"]
     for claim, arm, nfe, ref, ref_nfe, test in CLAIMS:
         if len(set(results.get(arm, {})) & set(results.get(ref, {}))) < 2:
             continue
@@ -60,9 +60,9 @@ def table(results: dict, resamples: int, seed: int = 0) -> str:
                             resamples, gen)
             v, n = m["values"], len(m["values"])
             q, mean = t_quantile(0.975, n - 1), v.mean().item()
-            wide = q * math.sqrt(m["se_t"] ** 2 + m["shared_sd"] ** 2)
+            half, wide = q * m["se_t"], q * math.sqrt(m["se_t"] ** 2 + m["shared_sd"] ** 2)
             lines.append(f"| {claim} | {metric} | {n} | {mean:+.4f} | {m['se_t']:.4f} | {m['shared_sd']:.4f} | "
-                         f"{m['shared_sd'] / m['se_t']:.2f} | [{mean - q * m['se_t']:+.4f}, {mean + q * m['se_t']:+.4f}]"
+                         f"{m['shared_sd'] / m['se_t']:.2f} | [{mean - half:+.4f}, {mean + half:+.4f}]"
                          f" | [{mean - wide:+.4f}, {mean + wide:+.4f}] |")
     return "\n".join(lines)
 

@@ -63,8 +63,8 @@ def distill_config(preset: str, teacher: str, student_init: str, critic_init: st
     except KeyError as e:
         raise ValueError(f"SaltDistill: preset={quote(preset)}: {e.args[0]}") from None
     if teacher == TOY_SOURCE and not base.world:
-        raise ValueError(f"SaltDistill: teacher='toy' with the real-scale preset {quote(preset)}; pick a Wan 2.1 teacher "
-                         f"file from models/diffusion_models, or a toy-* preset")
+        raise ValueError(f"SaltDistill: teacher='toy' with the real-scale preset {quote(preset)}; pick a Wan 2.1 "
+                         f"teacher file from models/diffusion_models, or a toy-* preset")
     fields = dict(teacher=_model_source(teacher, TOY_SOURCE, "teacher"),
                   student_init=_model_source(student_init, FROM_TEACHER, "student_init"),
                   gen_steps=gen_steps or base.gen_steps, batch_size=batch_size or base.batch_size,

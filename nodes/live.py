@@ -207,6 +207,15 @@ def live_run(salt, positive, options, sigmas, seed, width, height, max_chunks, s
         raise ValueError("SaltLiveStream: a live stream runs without a length limit: use a rolling or sink cache "
                          "(SaltCacheOptions attention rolling / sink) so memory stays constant")
     shape = latent_shape(salt, 1, n, width, height)
+    # before the stream's session is touched: a refused run leaves it as it was
+    kept = KeptChunks(round(keep_last_seconds * FPS), 1 if salt.latent_format == "pixels" else 4)
+    decodes = salt.latent_format == "pixels" or vae is not None or live_decoder != "vae"
+    check_memory(f"keeping {max_chunks} chunks' frames and latents at {width}×{height} px", kept.bytes_needed(
+        max_chunks, shape, (height, width) if decodes else None), available_memory(torch.device("cpu")),
+        where="SaltLiveStream", limit_what="the host's free memory",
+        fix="set keep_last_seconds (e.g. 10) to keep only the last seconds of the run, or lower max_chunks")
+    need = stream_memory_bytes(salt.model.cfg, 1, n, tuple(shape[-2:]), policy, n,
+                               dtype=salt.model.patch_embedding.weight.dtype)   # the compute dtype, as the sampler's
     key = (id(salt.model), stream_id, tuple(shape), policy)
     with SESSIONS_LOCK:
         session = SESSIONS.get(stream_id)
@@ -221,13 +230,6 @@ def live_run(salt, positive, options, sigmas, seed, width, height, max_chunks, s
         control.stopped, control.paused = False, False
         control.status["running"] = True
         control.check_text = prompt_check(salt, clip)
-    kept = KeptChunks(round(keep_last_seconds * FPS), 1 if salt.latent_format == "pixels" else 4)
-    decodes = salt.latent_format == "pixels" or vae is not None or live_decoder != "vae"
-    check_memory(f"keeping {max_chunks} chunks' frames and latents at {width}×{height} px", kept.bytes_needed(
-        max_chunks, shape, (height, width) if decodes else None), available_memory(torch.device("cpu")),
-        where="SaltLiveStream", limit_what="the host's free memory",
-        fix="set keep_last_seconds (e.g. 10) to keep only the last seconds of the run, or lower max_chunks")
-    need = stream_memory_bytes(salt.model.cfg, 1, n, tuple(shape[-2:]), policy, n)
     try:
         with salt_in_use(salt, need) as model:
             ref = model.patch_embedding.weight

@@ -48,8 +48,9 @@ def parse_raw_steps(text: str) -> list:
     except ValueError:
         steps = None
     if not steps:
-        raise ValueError(f"SaltFewStepSigmas: custom_steps={quote(text)} is not a list of numbers; expected raw timesteps "
-                         f"in (0, 1000], strictly decreasing, without the final 0, e.g. '1000, 750, 500, 250'")
+        raise ValueError(f"SaltFewStepSigmas: custom_steps={quote(text)} is not a list of numbers; expected raw "
+                         f"timesteps in (0, 1000], strictly decreasing, without the final 0, e.g. "
+                         f"'1000, 750, 500, 250'")
     return steps
 
 

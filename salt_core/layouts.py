@@ -409,6 +409,17 @@ def _fit_hint(sd: Mapping, cfg: WanConfig) -> str:
     return f"The weights look like {looks}: {pick}."
 
 
+def check_float_weights(sd: Mapping, where: str = "check_float_weights") -> None:
+    """LayoutError naming the tensors of a checkpoint's state dict that are not floating point (int, bool or complex
+    where a weight is: nothing Salt computes with). For files: a quantized MODEL another node pack loaded (GGUF)
+    holds such tensors by design and is read through ComfyUI's own casts instead."""
+    kinds = [f"{k} ({t.dtype})" for k, t in sd.items() if not t.is_floating_point()]
+    if kinds:
+        raise LayoutError(f"{where}: {len(kinds)} weight(s) are not floating point, e.g. {_preview(kinds)}; expected "
+                          f"float32, float16, bfloat16 or fp8 weights (a file quantized otherwise loads with "
+                          f"ComfyUI's own or a node pack's loader, then SaltCausalFromModel)")
+
+
 def check_state_dict(sd: Mapping, model_or_config, layout: str = None):
     """Raise LayoutError naming missing / unexpected keys and shape mismatches against a WanModel or WanConfig.
 
@@ -425,11 +436,6 @@ def check_state_dict(sd: Mapping, model_or_config, layout: str = None):
     unexpected = [k for k in sd if k not in expected]
     shapes = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {expected[k]}"
               for k in expected if k in sd and tuple(sd[k].shape) != expected[k]]
-    kinds = [f"{k} ({sd[k].dtype})" for k in expected if k in sd and not sd[k].is_floating_point()]
-    if kinds:   # int, bool or complex where a weight is: not a model file Salt (or ComfyUI's loaders) can compute with
-        raise LayoutError(f"check_state_dict: checkpoint (layout {layout!r}) has {len(kinds)} weight(s) that are not "
-                          f"floating point, e.g. {_preview(kinds)}; expected float32, float16, bfloat16 or fp8 "
-                          f"weights (an int8 or other quantized file loads with ComfyUI's own loaders)")
     if not (missing or unexpected or shapes):
         return
     parts = [f"check_state_dict: checkpoint (layout {layout!r}) does not fit the model (dim={cfg.dim}, "

@@ -252,7 +252,8 @@ def test_a_name_ending_in_a_newline_is_refused(salt_nodes, name):
 
 @pytest.mark.parametrize("kw, words", [
     (dict(width=16.5), "width=16.5"), (dict(height=2.5), "height=2.5"), (dict(batch_size=2.5), "batch_size=2.5"),
-    (dict(batch_size=0), "batch_size=0"), (dict(num_chunks=1.5), "num_chunks=1.5"), (dict(width="wide"), "width='wide'"),
+    (dict(batch_size=0), "batch_size=0"), (dict(num_chunks=1.5), "num_chunks=1.5"),
+    (dict(width="wide"), "width='wide'"),
 ])
 def test_streaming_sizes_that_are_not_counts_are_refused_naming_the_input(salt_nodes, toy_salt, kw, words):
     """A linked input (a primitive or a math node) reaches execute without the widget's integer check; a whole

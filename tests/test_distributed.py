@@ -90,13 +90,13 @@ def launch(folder, teacher, preset, ranks, accum, steps, sharding="full", allow=
     return outs
 
 
-
 def test_only_the_known_abort_after_the_last_line_counts_as_finished():
     import signal
     abort = -signal.SIGABRT
     assert finished(0, "") and finished(abort, f"log\n{DONE}\n{EXIT_ABORT}\n")
     assert not finished(abort, f"{EXIT_ABORT}\n{DONE}\n")            # aborted before its last line
     assert not finished(abort, f"{DONE}\nSegmentation fault\n") and not finished(1, f"{DONE}\n{EXIT_ABORT}")
+
 
 def gen_rows(folder, name="metrics.jsonl"):
     return [json.loads(line) for line in (folder / name).read_text().splitlines() if '"K"' in line]

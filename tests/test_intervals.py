@@ -36,6 +36,8 @@ def test_the_seed_t_interval_is_the_mean_plus_minus_t_times_the_standard_error()
     near = seed_t_interval([0.0018939375000000258, 0.001893937499999998])
     assert math.isnan(near.lo) and math.isnan(near.hi)
     assert not math.isnan(seed_t_interval([0.89512, 0.89513]).lo)
+    assert math.isnan(seed_t_interval([1e-17, -1e-17, 0.0]).lo)                    # a tie at 0
+    assert not math.isnan(seed_t_interval([1e-9, -1e-9, 0.0]).lo)
     for bad in ([], [1.0, float("inf")]):
         with pytest.raises(ValueError, match="seed_t_interval"):
             seed_t_interval(bad)

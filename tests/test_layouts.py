@@ -279,3 +279,19 @@ def test_comfys_newer_quantized_format_is_refused_naming_it():
           "blocks.0.ffn.0.weight_scale": torch.tensor(1.0)}
     with pytest.raises(layouts.LayoutError, match="ComfyUI's newer quantized format \\(comfy_quant\\)"):
         layouts.dequantize_scaled_fp8(sd)
+
+
+def test_check_float_weights_names_tensors_that_are_not_floating_point_and_check_state_dict_leaves_them_alone():
+    """Files are refused (weights.files.load_model calls it); a native MODEL a node pack quantized (GGUF: uint8
+    tensors with their own casts) is not a file and passes check_state_dict's keys and shapes."""
+    from comfyui_salt.salt_core.layouts import LayoutError, check_float_weights, check_state_dict
+    from comfyui_salt.salt_core.model import build_model
+    model = build_model("tiny-hd128", seed=0)
+    sd = dict(model.state_dict())
+    check_float_weights(sd)
+    for dtype in (torch.uint8, torch.bool, torch.complex64):
+        odd = {**sd, "head.head.weight": sd["head.head.weight"].to(dtype)}
+        with pytest.raises(LayoutError, match=rf"1 weight\(s\) are not floating point, e.g. 'head.head.weight "
+                                              rf"\({dtype}\)'"):
+            check_float_weights(odd)
+        check_state_dict(odd, model)

@@ -119,18 +119,24 @@ def test_a_wan_stream_without_the_clip_input_refuses_typed_prompts_and_one_faili
 
 def test_what_a_run_keeps_is_checked_against_the_hosts_free_memory_before_the_first_chunk(salt_nodes, toy_salt,
                                                                                           monkeypatch):
-    """max_chunks 100,000 of 16×16 toy frames keeps 0.6 GiB: refused under a 0.5 GiB host, naming the fix; with
-    keep_last_seconds it keeps a few chunks and runs. The estimate is what KeptChunks holds at most."""
+    """max_chunks 100,000 of 16×16 toy frames keeps 3.4 GiB (frames and latents, twice): refused under a 0.5 GiB
+    host before the stream's session is touched, naming the fix; with keep_last_seconds the bound is a few chunks.
+    The bound is checked against what KeptChunks really holds over a long run."""
     from comfyui_salt.nodes import live
     monkeypatch.setattr(live, "available_memory", lambda device: 1 << 29)
     pushed = []
     monkeypatch.setattr(live, "push_event", lambda *a: pushed.append(1))
     with pytest.raises(MemoryError, match="SaltLiveStream: keeping 100000 chunks.*keep_last_seconds"):
         run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, max_chunks=100_000))
-    assert not pushed and "t" not in live.SESSIONS or live.SESSIONS["t"].chunks == 0
-    kept = live.KeptChunks(8, 1)
-    assert kept.bytes_needed(100_000, (1, 3, 3, 16, 16), (16, 16)) == 2 * 4 * 4 * 3 * (16 * 16 * 3 + 3 * 16 * 16)
-    assert live.KeptChunks(0, 4).bytes_needed(10, (1, 16, 3, 60, 104), None) == 2 * 4 * 10 * 16 * 3 * 60 * 104
+    assert not pushed and "t" not in live.SESSIONS
+    for keep, per_latent, sizes in ((8, 1, [3] * 40), (37, 4, [9, 8, 16, 8] * 10), (0, 1, [3] * 12)):
+        kept, shape = live.KeptChunks(keep, per_latent), (1, 3, 3, 4, 4)
+        held = 0
+        for size in sizes:                            # frames per chunk as the decoders deliver them (Wan: 9, 8, 16…)
+            kept.add_frames(torch.zeros(size, 4, 4, 3))
+            kept.add_latents(torch.zeros(shape))
+            held = max(held, 4 * (sum(f.numel() for f in kept.frames) + sum(c.numel() for c in kept.chunk_latents)))
+        assert held <= kept.bytes_needed(len(sizes), shape, (4, 4)) / 2, (keep, held)   # once, before the cat
 
 
 def test_a_live_stream_needs_a_cache_of_constant_size_and_a_plain_stream_id(salt_nodes, toy_salt):

@@ -315,6 +315,25 @@ def test_the_defect_of_a_wan_model_checks_the_latents_shape_and_size_before_any_
     assert all(w in str(e.value) for w in ["SaltSemigroupDefect"] + words), str(e.value)
 
 
+def test_the_defect_measurements_estimate_follows_the_compute_dtype_and_counts_a_cache_only_when_causal(salt_nodes):
+    import dataclasses
+    from comfyui_salt.nodes import metrics
+    from comfyui_salt.nodes.types import SaltModel
+    from comfyui_salt.salt_core.model import build_model
+    from comfyui_salt.salt_core.config import get_config
+    model = build_model("tiny-hd128", seed=0).eval()
+    cfg = metrics.measure_config(SaltModel(model, "wan21", "w", causal=True),
+                                 {"samples": torch.empty(1, 16, 21, 60, 104, device="meta")})
+    deeper = build_model(dataclasses.replace(get_config("tiny-hd128"), num_layers=4)).eval()   # tiny-hd128 has 2
+
+    def estimate(m, causal):
+        return metrics.measure_bytes(SaltModel(m, "wan21", "w", causal=causal), cfg)
+    assert estimate(deeper, False) == estimate(model, False)              # no cache: depth does not count
+    assert estimate(deeper, True) > estimate(model, True)                 # a cache per layer
+    half = estimate(model.to(torch.bfloat16), True) / estimate(model.float(), True)
+    assert 0.45 < half < 0.6                                 # bf16: half the cache and activations, latents fp32
+
+
 # -- Wan latents -----------------------------------------------------------------------------------------
 def test_streamed_wan_latents_are_in_comfys_latent_space_by_comfys_own_wan21_format(salt_nodes):
     """ComfyUI's Wan21 process_in (what a native sampler applies before the model) maps the streaming

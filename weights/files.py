@@ -220,6 +220,7 @@ def load_model(path, preset=None, use_ema: bool = True, dtype=torch.float32, num
         del obj  # unused release entries (critic, the other generator) can be freed now
         cfg = _choose_config(sd, metadata, preset, num_heads)
         layouts.check_state_dict(sd, cfg, layout)
+        layouts.check_float_weights(sd, "check_state_dict")
     except layouts.LayoutError as e:
         raise layouts.LayoutError(f"load_model({path!r}): {e}") from e
     except (ValueError, MemoryError) as e:   # the file's config, validated like user input

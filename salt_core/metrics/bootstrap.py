@@ -111,16 +111,20 @@ def t_quantile(p: float, df: int) -> float:
 
 
 TIE_DIGITS = 6      # seed values whose spread is below this many significant digits of the largest tie
+TIE_FLOOR = 1e-12   # and below this absolutely (a tie at 0 summed in two orders: ±1e-17)
 
 
 def seed_t_interval(values, level: float = 0.95) -> Interval:
     """The mean of per-seed values (N,) (one number per training seed: a metric over that seed's clips, or a
     paired difference) with Student's t interval, mean ± t(N − 1) · sd / √N. Its level holds at any seed count when
-    the seed means are normal, whatever the clips within a seed did (they are summarised first). One seed: a NaN
-    interval (no spread to read); likewise seeds whose values tie (a discrete metric, e.g. one mode switch more in
-    every seed: the zero spread is the metric's grain, not a certainty) — equal to TIE_DIGITS significant digits,
-    the precision evaluations are stored with, since one tie summed in two orders differs in the last bits. A NaN among the values (a metric
-    a run does not define, e.g. drift of a bidirectional student) makes the whole interval NaN; ±inf is refused."""
+    the per-seed values are independent normal draws: each seed trained and evaluated on its own noise, so the
+    clips' own variance is in the seeds' spread (evaluated on one shared noise, that part is common to all seeds
+    and the interval leaves it out: tests/test_intervals.py). One seed: a NaN interval (no spread to read);
+    likewise seeds whose values tie (a discrete metric, e.g. one mode switch more in every seed: the zero spread is
+    the metric's grain, not a certainty), equal to TIE_DIGITS significant digits (the precision evaluations are
+    stored with: one tie summed in two orders differs in the last bits) or within TIE_FLOOR. A NaN among the values
+    (a metric a run does not define, e.g. drift of a bidirectional student) makes the whole interval NaN; ±inf is
+    refused."""
     v = torch.as_tensor(values, dtype=torch.float64).flatten()
     if v.numel() == 0 or v.isinf().any():
         raise ValueError(f"seed_t_interval(values={v.tolist()}): expected at least one finite value per seed")
@@ -130,7 +134,7 @@ def seed_t_interval(values, level: float = 0.95) -> Interval:
         raise ValueError(f"seed_t_interval(level={level}): expected 0 < level < 1")
     n, mean = v.numel(), v.mean().item()
     sd = v.std(unbiased=True).item() if n > 1 else 0.0
-    if sd <= 10.0 ** -TIE_DIGITS * v.abs().max().item():
+    if sd <= 10.0 ** -TIE_DIGITS * v.abs().max().item() + TIE_FLOOR:
         return Interval(mean, float("nan"), float("nan"), n, level)
     half = t_quantile(1 - (1 - level) / 2, n - 1) * sd / math.sqrt(n)
     return Interval(mean, mean - half, mean + half, n, level)
