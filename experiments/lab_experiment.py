@@ -312,15 +312,23 @@ def write_gzip_json(path: str, obj) -> None:
 
 def export_evals(out: str, dest: str) -> int:
     """Copy every current evaluation under `out` to `dest` in the same layout, gzipped (`--table --out dest` then
-    prints the same table); returns how many were written. What the repository keeps of an experiment."""
-    n = 0
+    prints the same table); returns how many were written. What the repository keeps of an experiment. Copies in
+    `dest` of another evaluation version than the one exported are removed (the tables would leave them out)."""
+    written, version = set(), None
     for name, runs in load_results(out).items():
         for seed, r in runs.items():
             sub = os.path.join(dest, name) if name not in ARMS else os.path.join(dest, name, f"seed{seed}")
             os.makedirs(sub, exist_ok=True)
-            write_gzip_json(os.path.join(sub, "lab_eval.json.gz"), {k: v for k, v in r.items() if not k.startswith("_")})
-            n += 1
-    return n
+            path = os.path.join(sub, "lab_eval.json.gz")
+            write_gzip_json(path, {k: v for k, v in r.items() if not k.startswith("_")})
+            written.add(os.path.normpath(path))
+            version = r["version"]
+    for folder, _, files in os.walk(dest):
+        path = os.path.normpath(os.path.join(folder, "lab_eval.json.gz"))
+        if "lab_eval.json.gz" in files and path not in written and version is not None and _load_eval(
+                path[:-len(".gz")], (version,)) is None:
+            os.remove(path)
+    return len(written)
 
 
 def _write_eval(path: str, out: dict) -> dict:

@@ -376,3 +376,17 @@ def test_tables_read_one_evaluation_version_and_name_the_older_ones_left_out(tmp
     assert "left out 2 evaluation(s) of an older version (dmd/seed1, salt/seed0)" in capsys.readouterr().err
     (tmp_path / "dmd" / "seed0" / "lab_eval.json").write_text(json.dumps({"version": 1}))   # unreadable: absent
     assert bench.load_results(str(tmp_path)) == {"dmd": {1: {"version": 2}}, "salt": {0: {"version": 2}}}
+
+
+def test_an_export_removes_copies_of_another_evaluation_version(tmp_path):
+    import gzip
+    bench = _bench()
+    out, dest = tmp_path / "runs", tmp_path / "kept"
+    (out / "dmd" / "seed0").mkdir(parents=True)
+    (out / "dmd" / "seed0" / "lab_eval.json").write_text(json.dumps({"version": bench.EVAL_VERSION}))
+    for seed, version in ((0, 2), (1, 2), (2, bench.EVAL_VERSION)):
+        (dest / "dmd" / f"seed{seed}").mkdir(parents=True)
+        with gzip.open(dest / "dmd" / f"seed{seed}" / "lab_eval.json.gz", "wt") as f:
+            json.dump({"version": version}, f)
+    assert bench.export_evals(str(out), str(dest)) == 1
+    assert sorted(p.parent.name for p in dest.rglob("lab_eval.json.gz")) == ["seed0", "seed2"]
