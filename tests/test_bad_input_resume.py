@@ -189,3 +189,27 @@ def test_the_cli_refuses_to_resume_a_folder_with_other_settings_and_names_the_fl
     proc = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "lr_gen: stored 2e-05, requested 0.001" in proc.stderr, proc.stderr[-2000:]
     assert "--allow-changed-settings" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("files", [{"config.json": '{"name": "my project"}'}, {"notes.txt": "mine"},
+                                   {"config.json": "[]", "export/student.safetensors": "USER MODEL"},
+                                   {"checkpoints/step_00000099/weights.bin": "mine"}])
+def test_a_folder_holding_someone_elses_files_is_refused_before_anything_is_written(teacher_path, tmp_path, files):
+    """A run writes config.json, checkpoints and export/ and prunes old checkpoints: a folder of other files (no Salt
+    config.json) is refused, and every file keeps its bytes."""
+    run = tmp_path / "theirs"
+    for name, text in files.items():
+        (run / name).parent.mkdir(parents=True, exist_ok=True)
+        (run / name).write_text(text)
+    with pytest.raises(ValueError, match="holds files that are not a Salt run's .*give a new or empty folder"):
+        run_distillation(tiny(teacher_path, gen_steps=1), str(run), quiet=True, world=TOY)
+    assert sorted(p.relative_to(run).as_posix() for p in run.rglob("*") if p.is_file()) == sorted(files)
+    assert all((run / name).read_text() == text for name, text in files.items())
+
+
+def test_an_empty_folder_and_one_of_salts_own_runs_are_used(teacher_path, tmp_path):
+    run = tmp_path / "empty"
+    run.mkdir()
+    run_distillation(tiny(teacher_path, gen_steps=1), str(run), quiet=True, world=TOY)
+    run_distillation(tiny(teacher_path, gen_steps=2), str(run), quiet=True, world=TOY)      # its own: resumed
+    assert json.loads((run / "config.json").read_text())["gen_steps"] == 2

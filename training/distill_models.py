@@ -18,8 +18,8 @@ from .distill_config import DistillConfig
 from .student_config import EXACT, StudentJobConfig
 from ..weights.files import load_model, read_metadata
 from .prompts import EmbeddedPrompts, cache_prompt_embeddings, read_prompts_file
+from .runs import PROMPT_CACHE
 
-PROMPT_CACHE = "prompt_embeds.safetensors"   # in the run folder: {"embeds": (prompts + 1, 512, D)}
 
 
 @dataclass(frozen=True)

@@ -283,6 +283,36 @@ def write_config(cfg, folder: str) -> str:
     return path
 
 
+# Keys every job's config.json holds (stored_settings of each config class): how a folder is known as a Salt run's.
+RUN_MARKER_KEYS = ("seed", "checkpoint_every", "world")
+PROMPT_CACHE = "prompt_embeds.safetensors"   # in the run folder: {"embeds": (prompts + 1, 512, D)}
+# What a job may find in its folder before its config.json is written: the prompt embeddings the node fills first,
+BEFORE_CONFIG = (PROMPT_CACHE, LOCK_FILE)       # and the lock of a job that is starting there
+
+
+def is_run_folder(folder: str) -> bool:
+    """Whether `folder`'s config.json is a Salt run's (a JSON object with RUN_MARKER_KEYS)."""
+    try:
+        with open(os.path.join(folder, CONFIG_FILE)) as f:
+            stored = json.load(f)
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(stored, dict) and all(k in stored for k in RUN_MARKER_KEYS)
+
+
+def check_own_folder(folder: str) -> None:
+    """Refuse a run folder that holds files of someone else's: a job writes config.json, its checkpoints and export/
+    there and prunes old checkpoints, so it only uses a missing or empty folder, one of its own runs, or one holding
+    only what a job writes before its config (BEFORE_CONFIG)."""
+    if not os.path.isdir(folder) or is_run_folder(folder):
+        return
+    others = sorted(set(os.listdir(folder)) - set(BEFORE_CONFIG))
+    if others:
+        raise ValueError(f"run folder {folder!r} holds files that are not a Salt run's (e.g. {quote(others[:3])}) and "
+                         f"no Salt config.json; a run writes its config, checkpoints and export/ there and prunes old "
+                         f"checkpoints, so give a new or empty folder")
+
+
 @contextlib.contextmanager
 def open_run(cfg, folder: str, *, allow_changes: bool = False, rank: int = 0):
     """Enter run folder `folder` for a job with settings `cfg` (a config dataclass); yields its `RunFolder`.
@@ -298,6 +328,7 @@ def open_run(cfg, folder: str, *, allow_changes: bool = False, rank: int = 0):
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
         raise ValueError(f"run folder {folder!r}: {parent!r} is a file, not a folder; choose a run folder elsewhere")
+    check_own_folder(folder)
     os.makedirs(folder, exist_ok=True)
     with RunLock(folder) if rank == 0 else contextlib.nullcontext():
         check_resumable(cfg, folder, allow_changes, OVERRIDE_HINT)
