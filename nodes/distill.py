@@ -10,7 +10,9 @@ checkpoint. The trained student is exported (weights.files.export_student) and p
 import logging
 import os
 
-from ..salt_core.validate import quote
+import torch
+
+from ..salt_core.validate import GIB, available_memory, format_bytes, quote
 from ..toy.jobs import distill_world
 from ..training.distill import run_distillation
 from ..training.config_fields import parse_overrides
@@ -101,6 +103,19 @@ def publish_path(name: str) -> str:
 PUBLISHED = "SaltDistill: the published student"
 
 
+def check_memory_limit(cfg, device) -> None:
+    """From the node, `memory_limit_gib` may lower the memory check's limit, not raise it above the host's free memory
+    when the job trains on the CPU: a client's number must not let a run take the server's RAM (on a GPU an
+    over-estimate only ends in the job's own out-of-memory error)."""
+    if cfg.memory_limit_gib <= 0 or torch.device(device).type != "cpu":
+        return
+    free = available_memory(torch.device("cpu"))
+    if cfg.memory_limit_gib * GIB > free:
+        raise ValueError(f"SaltDistill: overrides memory_limit_gib={cfg.memory_limit_gib:g} is more than the host's "
+                         f"free memory ({format_bytes(free)}); training on the CPU, the node only lowers the limit: "
+                         f"remove it, or lower num_frames, height / width or batch_size")
+
+
 def check_publish(name: str) -> str:
     """publish_path(name), or a ValueError when a file Salt did not write is there (never replaced)."""
     try:
@@ -132,6 +147,7 @@ def distill(cfg: DistillConfig | OdeInitConfig, name: str, clip=None) -> tuple:
     `clip` (a ComfyUI CLIP, optional) embeds a real-scale run's prompts once (see embed_prompts)."""
     folder = run_folder(name)
     check_publish(name)                  # before training: the student's file name is free or Salt's own
+    check_memory_limit(cfg, torch_device())
     embed_prompts(cfg, folder, clip)
     free_memory_for_training()
     progress = Progress(cfg.gen_steps, "pixels" if cfg.world else "wan21")

@@ -5,6 +5,7 @@ one critic update per generator update. Independent reference for the LATENT sca
 own Wan21 latent format (process_in) applied to the streaming sampler's output.
 """
 import json
+import re
 
 import pytest
 import torch
@@ -359,3 +360,29 @@ def test_streamed_wan_latents_are_in_comfys_latent_space_by_comfys_own_wan21_for
     wan = comfy.latent_formats.Wan21()
     assert_close(wan.process_in(latent), ref, 1e-5, "process_in(LATENT) vs model-space rollout")
     assert (latent - ref).abs().max() > 0.1, "the LATENT was not converted to ComfyUI's scale"
+
+
+@pytest.mark.parametrize("text, words", [
+    ("critic_ratio=1000000000", "critic_ratio=1000000000; expected an integer in [1, 100]"),
+    ("grad_accum=1000000000", "grad_accum=1000000000; expected an integer in [1, 1024]"),
+    ("eval_clips=100000", "eval_clips=100000; expected an integer in [1, 1024]"),
+])
+def test_overrides_that_would_keep_a_job_from_its_next_cancel_check_are_bounded(salt_nodes, comfy_dirs, text, words):
+    """Cancel is checked once per generator update: grad_accum × critic_ratio iterations, or an evaluation of
+    eval_clips clips, lie between two checks, so a client's number must not make that hours."""
+    with pytest.raises(ValueError, match=re.escape(words)):
+        run(salt_nodes.SaltDistill, **distill_inputs(overrides=text))
+
+
+def test_an_ode_init_with_a_huge_teacher_step_count_is_refused(salt_nodes, comfy_dirs):
+    with pytest.raises(ValueError, match=re.escape("ode_teacher_steps=4000000; expected an integer in [1, 1000]")):
+        run(salt_nodes.SaltDistill, **distill_inputs(preset="toy-ode-init",
+                                                     overrides="ode_pairs=1; ode_teacher_steps=4000000"))
+
+
+def test_memory_limit_gib_from_the_node_cannot_raise_the_limit_above_the_hosts_free_memory(salt_nodes, comfy_dirs):
+    models, output = comfy_dirs
+    with pytest.raises(ValueError, match="memory_limit_gib=100000 is more than the host's free memory"):
+        run(salt_nodes.SaltDistill, **distill_inputs(name="big", overrides=f"{CI_OVERRIDES}; num_frames=30000; "
+                                                                           f"memory_limit_gib=100000"))
+    assert not (output / "salt_runs" / "big").exists()

@@ -37,6 +37,11 @@ RENAMED = {"ema_start": "ema_start_iter (trainer iterations = generator updates 
 ODE_KEYS_BEFORE_SPLIT = ("ode_pairs", "ode_teacher_steps", "ode_warmup_steps", "ode_min_lr_ratio")
 COUPLINGS = ("noise_aligned", "independent")
 
+# Bounds a run cannot need and a client must not send: between two Cancel checks (one generator update) a job runs
+# grad_accum micro-batches of critic_ratio iterations; an evaluation samples eval_clips clips at once.
+MAX_GRAD_ACCUM = 1024          # 64 clips per update on one GPU (the released 64 GPUs) is grad_accum 64
+MAX_CRITIC_RATIO = 100         # released: 5
+MAX_EVAL_CLIPS = 1024
 _models, _cache, _length = grouped("model sources"), grouped("cache"), grouped("batch and length")
 _steps, _salt = grouped("step counts K"), grouped("losses: DMD guidance and the Salt terms")
 _gen_opt, _critic_opt = grouped("generator optimiser and EMA"), grouped("critic optimiser")
@@ -67,9 +72,9 @@ class DistillConfig(StudentJobConfig):
     align_coupling: str = _salt("noise_aligned", "reference noise coupling", choices=COUPLINGS)
     align_k4: bool = _salt(False, "also align K = 4 to an 8-step reference (paper variant)")
     # -- optimisation ------------------------------------------------------------------------
-    grad_accum: int = _length(1, "micro-batches per optimizer step", count=1)
+    grad_accum: int = _length(1, "micro-batches per optimizer step", count=1, maximum=MAX_GRAD_ACCUM)
     critic_ratio: int = _length(5, "critic updates per generator update (trainer iterations = gen_steps × "
-                                   "critic_ratio)", count=1)
+                                   "critic_ratio)", count=1, maximum=MAX_CRITIC_RATIO)
     lr_critic: float = _critic_opt(4e-7, "critic AdamW learning rate (Self Forcing: 4e-7)", low=0, low_open=True)
     beta1_critic: float = _critic_opt(0.0, "critic AdamW beta1 (released: 0)", low=0, high=1, high_open=True)
     beta2_critic: float = _critic_opt(0.999, "critic AdamW beta2 (released: 0.999)", low=0, high=1, high_open=True)
@@ -81,7 +86,7 @@ class DistillConfig(StudentJobConfig):
                              choices=SHARDINGS)
     teacher_offload: bool = _runtime(False, "sharded runs: the frozen teacher's shards wait on the CPU between uses")
     eval_every: int = _logs(50, "generator steps between toy evaluations; 0 disables", count=0)
-    eval_clips: int = _logs(32, "prompts per evaluation", count=1)
+    eval_clips: int = _logs(32, "prompts per evaluation", count=1, maximum=MAX_EVAL_CLIPS)
     grad_probes: bool = _logs(True, "log how strongly SC and the alignment pull against DMD (gradient ratios, the "
                                     "SC/DMD cosine: training/diagnostics.py); off computes nothing extra")
 

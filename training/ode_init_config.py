@@ -19,6 +19,7 @@ from .distill_config import DISTILL_PRESETS, LAB_FIELDS
 from .student_config import SHARED_FIELDS, StudentJobConfig
 from .validate import validate_ode_init_config
 
+MAX_TEACHER_STEPS = 1000       # Euler steps per teacher trajectory (the paper: 40); a bound before Cancel is checked
 _grid, _ode = grouped("grid and guidance"), grouped("ODE pairs and schedule")
 
 
@@ -30,7 +31,8 @@ class OdeInitConfig(StudentJobConfig):
     RENAMED: ClassVar[dict] = {"step_choices": "grid_steps (one K: the grid whose levels the pairs are taken at)"}
     grid_steps: int = _grid(4, "K: the student's grid whose levels the pairs are taken at", count=1, maximum=MAX_NFE)
     ode_pairs: int = _ode(512, "teacher trajectories generated once", count=1)
-    ode_teacher_steps: int = _ode(40, "Euler steps of the teacher (a multiple of grid_steps)", count=1)
+    ode_teacher_steps: int = _ode(40, "Euler steps of the teacher (a multiple of grid_steps)", count=1,
+                                  maximum=MAX_TEACHER_STEPS)
     ode_warmup_steps: int = _ode(50, "linear warm-up of lr_gen over these steps", count=0)
     ode_min_lr_ratio: float = _ode(0.1, "cosine floor at gen_steps, as a fraction of lr_gen", low=0, high=1)
 
