@@ -70,6 +70,9 @@ def load_salt_model(name: str, use_ema: bool, dtype: str, weight_dtype: str = "d
                      model_patcher(model))
 
 
+WAN21_CHANNELS = 16     # the Wan 2.1 VAE's latent channels: what a native MODEL must take and make
+
+
 def salt_from_native(native: torch.nn.Module, patcher, name: str = "native MODEL") -> SaltModel:
     """A hollow SaltModel view of a native comfy WanModel (checked once, here), managed by a clone of the MODEL's
     `patcher` that binds the view to the native module's layers while ComfyUI has the MODEL loaded
@@ -89,6 +92,11 @@ def salt_from_native(native: torch.nn.Module, patcher, name: str = "native MODEL
     try:
         cfg = infer_config(sd, num_heads=native.num_heads)
         cfg = dataclasses.replace(cfg, eps=native.eps, text_len=native.text_len)
+        if (cfg.in_dim, cfg.out_dim) != (WAN21_CHANNELS, WAN21_CHANNELS):
+            raise LayoutError(f"the model takes {cfg.in_dim}-channel latents and makes {cfg.out_dim}; expected a Wan "
+                              f"2.1 T2V model ({WAN21_CHANNELS} in, {WAN21_CHANNELS} out: Wan 2.1 1.3B / 14B T2V and "
+                              f"their distilled students). Wan 2.2 5B (48 channels) and Fun / inpaint variants (36 "
+                              f"in) run with ComfyUI's own samplers")
         model = hollow_view(cfg, dtype)
         check_state_dict(sd, model, "wan")     # every key and shape now, not at the first sampling
     except LayoutError as e:

@@ -340,6 +340,20 @@ def test_causal_from_model_rejects_a_model_that_is_not_wan(salt_nodes):
         run(salt_nodes.SaltCausalFromModel, model=elsewhere)
 
 
+@pytest.mark.parametrize("channels", [(36, 16), (48, 48)])
+def test_causal_from_model_refuses_wan_models_of_other_latents(salt_nodes, channels):
+    """A Fun / inpaint Wan (36 channels in) or Wan 2.2 5B (48 in and out), as ComfyUI loads them: refused naming the
+    channels, not wrapped to fail at sampling (36) or to sample latents of the wrong space (48)."""
+    import comfy.sd
+    from comfyui_salt.salt_core.config import WanConfig
+    from comfyui_salt.salt_core.model import build_model
+    cfg = WanConfig(**{**NATIVE_WAN, "in_dim": channels[0], "out_dim": channels[1]})
+    patcher = comfy.sd.load_diffusion_model_state_dict(dict(build_model(cfg, seed=0).state_dict()))
+    with pytest.raises(ValueError, match=f"takes {channels[0]}-channel latents and makes {channels[1]}; expected a "
+                                         f"Wan 2.1 T2V model"):
+        run(salt_nodes.SaltCausalFromModel, model=patcher)
+
+
 @pytest.mark.parametrize("layout, use_ema", [("wan", True), ("comfyui", True), ("self_forcing", False)])
 def test_load_causal_model_reads_any_layout_from_diffusion_models(salt_nodes, models_dir, layout, use_ema):
     from comfyui_salt.salt_core.model import build_model
