@@ -12,7 +12,7 @@ from ..salt_core.kv_cache import CachePolicy
 from ..salt_core.seeding import seeded_noise
 from ..salt_core.streaming import rollout_stream, stream_memory_bytes
 from ..salt_core.validate import (check_choice, check_context, check_count, check_finite_tensor, check_image,
-                                  check_memory, check_number, check_sigmas, quote)
+                                  check_latent, check_memory, check_number, check_sigmas, quote)
 from .bridge import io
 from .bridge.convert import encode_image, latent_from_comfy, latent_to_comfy, resize_image
 from .bridge.memory import free_memory
@@ -112,8 +112,16 @@ def first_frames(salt: SaltModel, width: int, height: int, batch: int, image=Non
     if image is not None:
         check_image("start_image", image, where=where)
     if latent is not None:
-        x = latent["samples"]
-        x = latent_from_comfy(x.unsqueeze(2) if x.ndim == 4 else x, salt.latent_format)
+        x = latent.get("samples") if isinstance(latent, dict) else None
+        if not isinstance(x, torch.Tensor) or x.ndim not in (4, 5):
+            shown = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x if isinstance(latent, dict)
+                                                                                else latent).__name__
+            raise ValueError(f"{where}: start_latent holds {shown}; expected a LATENT of one image (B, C, H, W) or of "
+                             f"frames (B, C, F, H, W), e.g. from VAEEncode")
+        x = x.unsqueeze(2) if x.ndim == 4 else x
+        check_latent("start_latent", x, salt.model.cfg.in_dim, where=where, finite=False)
+        check_finite_tensor("start_latent", x, where=where, fix="encode the start image again (VAEEncode)")
+        x = latent_from_comfy(x, salt.latent_format)
     elif salt.latent_format == "pixels":
         x = resize_image(image, width, height)[..., :3].movedim(-1, 1).unsqueeze(2) * 2 - 1   # (B, 3, 1, H, W)
     elif salt.latent_format == "wan21":
@@ -183,6 +191,7 @@ def _stream(salt, positive, options, sigmas, seed, num_chunks, width, height, ba
             uncond = text_context(negative, salt, batch_size, "negative")
         switches = {}
         if switch_positive is not None:
+            switch_at_chunk = check_count("switch_at_chunk", switch_at_chunk, where="SaltStreamingSampler")
             if not 1 <= switch_at_chunk < num_chunks:
                 raise ValueError(f"SaltStreamingSampler: switch_at_chunk={switch_at_chunk} with "
                                  f"num_chunks={num_chunks}; expected 1..{num_chunks - 1} (the first chunk that uses "

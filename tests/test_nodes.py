@@ -7,6 +7,8 @@ import ast
 import asyncio
 import pathlib
 
+import re
+
 import pytest
 import torch
 
@@ -566,6 +568,20 @@ def test_a_wan_start_image_is_encoded_with_the_users_vae_into_comfys_latent_spac
         run(salt_nodes.SaltStreamingSampler, **base, start_image=image, vae=vae, start_latent={"samples": encoded})
     with pytest.raises(ValueError, match=r"expected \(1 or 1, 16, frames, 4, 4\)"):
         run(salt_nodes.SaltStreamingSampler, **base, start_latent={"samples": torch.zeros(1, 16, 1, 8, 8)})
+    # what a client may send as start_latent: another model's channels, the wrong rank, NaN, no samples at all;
+    # each named before ComfyUI's latent conversion sees it
+    nan = torch.zeros(1, 16, 1, 4, 4)
+    nan[0, 0, 0, 0, 0] = float("nan")
+    for bad, words in ((torch.zeros(1, 4, 1, 4, 4), "C=16"), (torch.zeros(1, 48, 4, 4), "C=16"),
+                       (torch.zeros(16, 4, 4), "start_latent holds (16, 4, 4)"), (nan, "start_latent"),
+                       (None, "start_latent holds NoneType")):
+        with pytest.raises(ValueError, match=re.escape(words)):
+            run(salt_nodes.SaltStreamingSampler, **base, start_latent={"samples": bad} if bad is not None else {})
+    with pytest.raises(ValueError, match="start_latent holds list"):
+        run(salt_nodes.SaltStreamingSampler, **base, start_latent=[1, 2])
+    with pytest.raises(ValueError, match="switch_at_chunk=1.5"):
+        run(salt_nodes.SaltStreamingSampler, **{**base, "num_chunks": 3}, switch_positive=[[context, {}]],
+            switch_at_chunk=1.5)
 
 
 # -- toy world -------------------------------------------------------------------------------------------
