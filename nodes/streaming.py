@@ -111,6 +111,9 @@ def first_frames(salt: SaltModel, width: int, height: int, batch: int, image=Non
         raise ValueError(f"{where}: both start_image and start_latent are connected; connect one")
     if image is not None:
         check_image("start_image", image, where=where)
+        if image.shape[0] not in (1, batch):      # before any resize or VAE encode
+            raise ValueError(f"{where}: start_image holds {image.shape[0]} images for batch_size={batch}; expected 1 "
+                             f"(every video starts from it) or {batch} (one each)")
     if latent is not None:
         x = latent.get("samples") if isinstance(latent, dict) else None
         if not isinstance(x, torch.Tensor) or x.ndim not in (4, 5):

@@ -577,6 +577,11 @@ def test_a_wan_start_image_is_encoded_with_the_users_vae_into_comfys_latent_spac
                        (None, "start_latent holds NoneType")):
         with pytest.raises(ValueError, match=re.escape(words)):
             run(salt_nodes.SaltStreamingSampler, **base, start_latent={"samples": bad} if bad is not None else {})
+    calls = []
+    counting = type("VAE", (), {"encode": lambda self, x: calls.append(x.shape) or vae.encode(x)})()
+    with pytest.raises(ValueError, match="start_image holds 3 images for batch_size=1"):
+        run(salt_nodes.SaltStreamingSampler, **base, start_image=image.expand(3, -1, -1, -1), vae=counting)
+    assert calls == []                                                   # refused before the VAE ran
     with pytest.raises(ValueError, match="start_latent holds list"):
         run(salt_nodes.SaltStreamingSampler, **base, start_latent=[1, 2])
     with pytest.raises(ValueError, match="switch_at_chunk=1.5"):
