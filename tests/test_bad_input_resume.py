@@ -213,3 +213,24 @@ def test_an_empty_folder_and_one_of_salts_own_runs_are_used(teacher_path, tmp_pa
     run_distillation(tiny(teacher_path, gen_steps=1), str(run), quiet=True, world=TOY)
     run_distillation(tiny(teacher_path, gen_steps=2), str(run), quiet=True, world=TOY)      # its own: resumed
     assert json.loads((run / "config.json").read_text())["gen_steps"] == 2
+
+
+@pytest.mark.parametrize("text, words", [("[]", "config.json holds a JSON list"),
+                                         ('"x"', "config.json holds a JSON str"),
+                                         ("[" * 100_000, "config.json is unreadable")])
+def test_a_damaged_config_json_beside_checkpoints_is_named(teacher_path, tmp_path, text, words):
+    run = tmp_path / "run"
+    run_distillation(tiny(teacher_path, gen_steps=1), str(run), quiet=True, world=TOY)
+    (run / "config.json").write_text(text)
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write('{"eval": {}, "gen_step": [1]}\n' + "[" * 100_000 + "\n")      # foreign lines are skipped
+    with pytest.raises(ValueError, match=f"{words}.*restore the file or start a new run"):
+        run_distillation(tiny(teacher_path, gen_steps=2), str(run), quiet=True, world=TOY)
+
+
+def test_foreign_lines_in_metrics_jsonl_are_skipped_when_reading_the_evaluated_steps(tmp_path):
+    from comfyui_salt.training.runs import logged_eval_steps
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"eval": {}, "gen_step": 2}\n{"eval": {}, "gen_step": [1]}\n' + "[" * 100_000 + "\n"
+                    '"text"\n{"eval": {}, "gen_step": 4}\n')
+    assert logged_eval_steps(str(path)) == {2, 4}

@@ -189,10 +189,10 @@ def logged_eval_steps(path: str, step_key: str = "gen_step") -> set:
             for line in f:
                 try:
                     record = json.loads(line)
-                except ValueError:
+                except (ValueError, RecursionError):
                     continue
-                if isinstance(record, dict) and "eval" in record:
-                    steps.add(record.get(step_key))
+                if isinstance(record, dict) and "eval" in record and isinstance(record.get(step_key), int):
+                    steps.add(record[step_key])
     return steps
 
 
@@ -242,9 +242,13 @@ def changed_settings(cfg, folder: str) -> dict:
     try:
         with open(path) as f:
             old = json.load(f)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"run folder {folder}: config.json is unreadable ({e}); it holds checkpoints, so restore the "
-                         f"file or start a new run in another folder") from e
+    except (OSError, ValueError, RecursionError) as e:
+        raise ValueError(f"run folder {folder}: config.json is unreadable ({quote(str(e))}); it holds checkpoints, so "
+                         f"restore the file or start a new run in another folder") from None
+    if not isinstance(old, dict):
+        raise ValueError(f"run folder {folder}: config.json holds a JSON {type(old).__name__}, not the object of a "
+                         f"run's settings; it holds checkpoints, so restore the file or start a new run in another "
+                         f"folder")
     upgrade = getattr(type(cfg), "upgrade_stored", None)
     if upgrade is not None and isinstance(old, dict):
         old = upgrade(old)
@@ -263,9 +267,10 @@ def check_resumable(cfg, folder: str, allow_changes: bool = False, override_hint
         return
     if "job" in changed:
         stored, requested = changed["job"]
-        raise ValueError(f"run folder {folder} holds checkpoints of a job={stored!r} run, not {requested!r}; a job "
-                         f"cannot continue another's checkpoints, so pick another folder for this run")
-    listing = "; ".join(f"{k}: stored {a!r}, requested {b!r}" for k, (a, b) in sorted(changed.items()))
+        raise ValueError(f"run folder {folder} holds checkpoints of a job={quote(stored)} run, not "
+                         f"{quote(requested)}; a job cannot continue another's checkpoints, so pick another folder for "
+                         f"this run")
+    listing = "; ".join(f"{k}: stored {quote(a)}, requested {quote(b)}" for k, (a, b) in sorted(changed.items()))
     if allow_changes:
         log.warning("resuming %s with changed settings (%s); the restored optimizer state is kept", folder, listing)
         return
@@ -304,8 +309,8 @@ def check_own_folder(folder: str) -> None:
     """Refuse a run folder that holds files of someone else's: a job writes config.json, its checkpoints and export/
     there and prunes old checkpoints, so it only uses a missing or empty folder, one of its own runs, or one holding
     only what a job writes before its config (BEFORE_CONFIG)."""
-    if not os.path.isdir(folder) or is_run_folder(folder):
-        return
+    if not os.path.isdir(folder) or is_run_folder(folder) or has_checkpoint(folder):
+        return                # a run of Salt's (one whose config.json is damaged: check_resumable names the file)
     others = sorted(set(os.listdir(folder)) - set(BEFORE_CONFIG))
     if others:
         raise ValueError(f"run folder {folder!r} holds files that are not a Salt run's (e.g. {quote(others[:3])}) and "
