@@ -22,6 +22,8 @@ def lora_path(name: str) -> str:
     """`<loras>/salt/<name>.safetensors`, or where a file of that name exists the first free
     `<name>_00001_.safetensors` (the counter ComfyUI's own savers use): a LoRA the user has is never replaced. An
     error for names that are not plain file names."""
+    if isinstance(name, str) and name.lower().endswith(".safetensors"):    # the extension is the node's to add
+        name = name[:-len(".safetensors")]
     if not isinstance(name, str) or not NAME_PATTERN.match(name) or ".." in name:
         raise ValueError(f"SaltExtractLoRA: name={quote(name)}; expected a plain file name (letters, digits, '_', "
                          f"'-', '.'; up to 100 characters), e.g. 'salt_wan_4step_r64'")

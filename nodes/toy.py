@@ -32,6 +32,8 @@ def load_toy_model(asset: str, path: str = None) -> SaltModel:
 
 def toy_conditioning(text: str, where: str = "SaltToyTextEncode: text") -> list:
     """CONDITIONING [[(1, text_len, text_dim) embeddings, {}]] of one toy caption; errors name `where`."""
+    if not isinstance(text, str):
+        raise ValueError(f"{where}={quote(text)}; expected a caption (a string), e.g. 'a red disc moving left'")
     cfg = get_config(TOY_MODEL_PRESET)
     encoder = ToyTextEncoder(text_dim=cfg.text_dim, max_tokens=cfg.text_len)
     try:

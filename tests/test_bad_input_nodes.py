@@ -297,3 +297,12 @@ def test_live_stream_numbers_that_are_not_counts_are_refused(salt_nodes, toy_sal
     from test_live import live_inputs
     with pytest.raises(ValueError, match=f"SaltLiveStream: {words}"):
         run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, **kw))
+
+
+def test_a_lora_name_with_its_extension_and_a_caption_that_is_not_a_string(salt_nodes):
+    from comfyui_salt.nodes import lora
+    assert lora.lora_path("mine.safetensors").endswith("mine.safetensors")
+    assert not lora.lora_path("mine.safetensors").endswith(".safetensors.safetensors")
+    for text in (None, 5, ["a red disc"]):
+        with pytest.raises(ValueError, match="SaltToyTextEncode: text=.*expected a caption"):
+            run(salt_nodes.SaltToyTextEncode, text=text)

@@ -143,3 +143,12 @@ def test_a_folded_preset_name_is_refused_with_the_name_to_use(old):
 def test_a_stored_flat_config_json_loads_back_to_the_same_config(name):
     stored = json.loads(json.dumps(dataclasses.asdict(DISTILL_PRESETS[name]), indent=1, sort_keys=True))
     assert DistillConfig.from_dict(stored) == DISTILL_PRESETS[name]
+
+
+def test_a_key_given_twice_in_the_overrides_is_refused_naming_it():
+    from comfyui_salt.training.config_fields import parse_overrides
+    from comfyui_salt.training.distill_config import DistillConfig
+    assert parse_overrides(DistillConfig, "lr_gen=1e-5; critic_ratio=2", where="t") == {"lr_gen": 1e-5,
+                                                                                        "critic_ratio": 2}
+    with pytest.raises(ValueError, match="t: lr_gen is set twice in the overrides"):
+        parse_overrides(DistillConfig, "lr_gen=1e-5; lr_gen=2e-5", where="t")

@@ -95,7 +95,8 @@ def field_map(cls) -> dict:
 
 def parse_overrides(cls, text: str, *, where: str, renamed: dict | None = None, reserved: dict | None = None) -> dict:
     """'key=value; key=value' (';' or new lines) → {field: typed value} of `cls`. Unknown and renamed keys are
-    refused by check_keys; `reserved` {field: why} refuses fields set elsewhere (e.g. a node's own widget)."""
+    refused by check_keys, a key given twice too; `reserved` {field: why} refuses fields set elsewhere (e.g. a
+    node's own widget)."""
     fields, pairs = field_map(cls), []
     for item in re.split(r"[;\n]", text or ""):
         if item.strip():
@@ -105,7 +106,11 @@ def parse_overrides(cls, text: str, *, where: str, renamed: dict | None = None, 
                                  f"step_choices=8,4,2; sc_symmetric=true")
             pairs.append((key, value))
     check_keys(cls, [k for k, _ in pairs], where=where, renamed=renamed)
+    seen = set()
     for key, _ in pairs:
+        if key in seen:            # the last would win silently: say which one was meant
+            raise ValueError(f"{where}: {key} is set twice in the overrides; keep one {key}=...")
+        seen.add(key)
         if reserved and key in reserved:
             raise ValueError(f"{where}: {key} {reserved[key]}")
     return {key: parse_value(fields[key], value, where=where) for key, value in pairs}
