@@ -36,7 +36,7 @@ def toy():
 @pytest.mark.parametrize("field", COUNTS_FROM_ONE)
 @pytest.mark.parametrize("value", [0, -1])
 def test_every_distillation_count_refuses_zero_and_negative_values(field, value):
-    with pytest.raises(ValueError, match=f"DistillConfig: {field}={value}; expected an integer >= 1"):
+    with pytest.raises(ValueError, match=rf"DistillConfig: {field}={value}; expected an integer (>= 1|in \[1, )"):
         DistillConfig(**{field: value})
 
 

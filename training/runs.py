@@ -308,10 +308,11 @@ def is_run_folder(folder: str) -> bool:
 def check_own_folder(folder: str) -> None:
     """Refuse a run folder that holds files of someone else's: a job writes config.json, its checkpoints and export/
     there and prunes old checkpoints, so it only uses a missing or empty folder, one of its own runs, or one holding
-    only what a job writes before its config (BEFORE_CONFIG)."""
+    only what a job writes before its config (BEFORE_CONFIG) and empty folders."""
     if not os.path.isdir(folder) or is_run_folder(folder) or has_checkpoint(folder):
         return                # a run of Salt's (one whose config.json is damaged: check_resumable names the file)
-    others = sorted(set(os.listdir(folder)) - set(BEFORE_CONFIG))
+    others = sorted(n for n in set(os.listdir(folder)) - set(BEFORE_CONFIG)       # an empty folder holds nothing
+                    if not (os.path.isdir(os.path.join(folder, n)) and not os.listdir(os.path.join(folder, n))))
     if others:
         raise ValueError(f"run folder {folder!r} holds files that are not a Salt run's (e.g. {quote(others[:3])}) and "
                          f"no Salt config.json; a run writes its config, checkpoints and export/ there and prunes old "
