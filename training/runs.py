@@ -335,6 +335,8 @@ def open_run(cfg, folder: str, *, allow_changes: bool = False, rank: int = 0):
     if not os.path.isdir(parent):
         raise ValueError(f"run folder {folder!r}: {parent!r} is a file, not a folder; choose a run folder elsewhere")
     check_own_folder(folder)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()      # every rank has looked at the folder before rank 0 writes into it
     os.makedirs(folder, exist_ok=True)
     with RunLock(folder) if rank == 0 else contextlib.nullcontext():
         check_resumable(cfg, folder, allow_changes, OVERRIDE_HINT)
