@@ -13,7 +13,7 @@ import torch
 from ..salt_core.kv_cache import CachePolicy
 from ..salt_core.schedules import MAX_NFE
 from ..salt_core.streaming import stream_memory_bytes
-from ..salt_core.validate import check_latent, check_memory, kv_cache_bytes
+from ..salt_core.validate import check_latent, check_memory
 from ..toy.metrics.score import format_table, score_table
 from ..toy.text import ToyTextEncoder
 from ..toy.world import TOY_SHIFT
@@ -66,15 +66,10 @@ def measure_bytes(salt: SaltModel, cfg) -> int:
     """Estimated bytes of the measured rollout of one Wan clip of cfg's size, in the model's compute dtype, by the
     streaming sampler's estimate: a causal model streams chunk by chunk over a cache of every frame; a bidirectional
     one denoises the whole clip at once with no cache."""
-    mc, dtype, hw = salt.model.cfg, salt.model.patch_embedding.weight.dtype, (cfg.height, cfg.width)
-    if salt.causal:
-        return stream_memory_bytes(mc, 1, cfg.num_frames, hw, CachePolicy.full(cfg.num_frames), cfg.chunk_frames,
-                                   dtype=dtype)
-    p = mc.patch_size
-    cache = kv_cache_bytes(mc.num_layers, 1, mc.num_heads, mc.dim // mc.num_heads, (hw[0] // p[1]) * (hw[1] // p[2]),
-                           cfg.num_frames, dtype)
-    return stream_memory_bytes(mc, 1, cfg.num_frames, hw, CachePolicy.full(cfg.num_frames), cfg.num_frames,
-                               dtype=dtype) - cache
+    policy, chunk = ((CachePolicy.full(cfg.num_frames), cfg.chunk_frames) if salt.causal
+                     else (None, cfg.num_frames))
+    return stream_memory_bytes(salt.model.cfg, 1, cfg.num_frames, (cfg.height, cfg.width), policy, chunk,
+                               dtype=salt.model.patch_embedding.weight.dtype)
 
 
 def semigroup_report(salt: SaltModel, prompts: str, nfe: int, grid_steps: int, seed: int, positive=None,

@@ -17,19 +17,21 @@ from .schedules import add_noise, randn_like
 from .validate import check_context, check_count, check_latent, check_number, check_sigmas
 
 
-def stream_memory_bytes(model_cfg, batch: int, num_frames: int, latent_hw: tuple, policy: CachePolicy,
+def stream_memory_bytes(model_cfg, batch: int, num_frames: int, latent_hw: tuple, policy: CachePolicy | None,
                         chunk_frames: int, cfg_scale: float = 1.0, dtype=torch.float32) -> int:
     """Estimated bytes of a streaming request before anything is allocated: the initial noise and the output
-    latents (B, C, F, H, W), the KV cache, and one block's activations for a chunk (FFN hidden + q/k/v/o),
-    all doubled in batch under guidance. Attention kernels and weights are not counted."""
+    latents (B, C, F, H, W), the KV cache (none with `policy` None: a bidirectional forward of the whole clip,
+    `chunk_frames` = num_frames), and one block's activations for a chunk (FFN hidden + q/k/v/o), all doubled in
+    batch under guidance. Attention kernels and weights are not counted."""
     from .validate import kv_cache_bytes
     item = torch.empty((), dtype=dtype).element_size()
     b = batch * (2 if cfg_scale != 1.0 else 1)
     p = model_cfg.patch_size
     tokens = (latent_hw[0] // p[1]) * (latent_hw[1] // p[2])
     latents = 2 * batch * model_cfg.in_dim * num_frames * latent_hw[0] * latent_hw[1] * 4
-    cache = kv_cache_bytes(model_cfg.num_layers, b, model_cfg.num_heads, model_cfg.dim // model_cfg.num_heads, tokens,
-                           policy.capacity_frames, dtype)
+    cache = 0 if policy is None else kv_cache_bytes(model_cfg.num_layers, b, model_cfg.num_heads,
+                                                    model_cfg.dim // model_cfg.num_heads, tokens,
+                                                    policy.capacity_frames, dtype)
     activations = b * chunk_frames * tokens * (model_cfg.ffn_dim + 6 * model_cfg.dim) * item
     return latents + cache + activations
 

@@ -147,6 +147,16 @@ def test_the_streaming_estimate_grows_with_size_batch_and_guidance():
     assert stream_memory_bytes(cfg, 1, 21, (512, 512), CachePolicy.full(21), 3) > 13 * 2**30
 
 
+def test_the_streaming_estimate_without_a_policy_leaves_out_exactly_the_cache_a_policy_allocates(toy):
+    """policy None (a bidirectional forward of the whole clip): the estimate less the bytes of the KV cache the
+    model really allocates for that policy."""
+    policy = CachePolicy.full(12)
+    cache = toy.new_cache(1, policy, (16, 16))
+    held = sum(t.numel() * t.element_size() for t in (cache.k, cache.v))
+    with_cache = stream_memory_bytes(toy.cfg, 1, 12, (16, 16), policy, 12)
+    assert with_cache - stream_memory_bytes(toy.cfg, 1, 12, (16, 16), None, 12) == held > 0
+
+
 # -- distillation size overrides --------------------------------------------------------------------------------
 @pytest.mark.parametrize("preset", ["toy-dmd", "toy-bidir-dmd"])
 @pytest.mark.parametrize("num_frames", [3 * 10**5, 3 * 10**7])
