@@ -34,6 +34,14 @@ ARMS = {
     # gradient, 0.3 % of DMD's, leaves the two forms nearly equal
     "salt-sym2": ("lab-salt-sym", {"sc_weight": 2.0}),
 }
+# Measured as soon as each run finishes (its checkpoints may not outlive the session; experiments/lab_keep.py):
+# the SC-triplet defects (lab_sc_triplets.py) of these arms, and the SC target against the exact map
+# (lab_sc_mechanism.py) of the λ arms at their milestones and end, at these settings.
+TRIPLET_ARMS = ("dmd", "sc0", "sc-dmd", "sc2", "sc20", "sc2-sym", "salt", "bidir-dmd", "bidir-sc-dmd")
+MECHANISM_ARMS = ("sc0", "sc-dmd", "sc2", "sc20", "sc2-sym")
+MECHANISM = dict(clips=16, flow_steps=32, at_updates=(100, 200))
+# The arms whose per-update SC/DMD gradient probes are tabulated (lab_grad_probes.py): their metrics are kept.
+PROBE_ARMS = ("sc-dmd", "sc2", "sc20", "sc2-sym", "salt", "salt-sym", "salt-sym2")
 # The arms the five paper claims need run first, every seed, before the dose response and the exact-score pair.
 CLAIM_ARMS = ("dmd", "salt", "sc-dmd", "bidir-dmd", "bidir-sc-dmd")
 # Reference rows on the same captions and noise: the learned teacher and the exact one, 40 Euler steps.

@@ -53,9 +53,10 @@ import time
 
 import torch
 
+from comfyui_salt.experiments import lab_keep
 from comfyui_salt.experiments.lab_arms import (ARMS, CLAIM_ARMS, DEFECT_GRID, EVAL_NFE, EVAL_VERSION, LENGTH_FACTOR,
-                                               ODE_INITS, REFERENCE, REFERENCE_STEPS, REFERENCES, eval_seed,
-                                               student_kind)
+                                               MECHANISM, MECHANISM_ARMS, ODE_INITS, PROBE_ARMS, REFERENCE,
+                                               REFERENCE_STEPS, REFERENCES, TRIPLET_ARMS, eval_seed, student_kind)
 from comfyui_salt.experiments.lab_tables import format_claims, format_progress, format_table
 
 
@@ -244,12 +245,52 @@ def _share_starts(src: str, dst: str, kinds) -> None:
             os.replace(b + ".tmp", b)
 
 
+def measure_finished(run_dir: str, clips: int) -> None:
+    """The measurements a finished run's checkpoints are needed for, made now (they may not outlive the session):
+    the SC-triplet defects of TRIPLET_ARMS' runs and the SC mechanism of MECHANISM_ARMS' (at their milestones too)
+    and of the causal ODE initialisation; each cached in the run folder."""
+    from comfyui_salt.experiments import lab_sc_mechanism as mech
+    from comfyui_salt.experiments import lab_sc_triplets as trip
+    arm = mech.arm_of(run_dir)
+    if arm in TRIPLET_ARMS:
+        trip.measure(run_dir, clips)
+    if arm in MECHANISM_ARMS or arm == ODE_INITS["causal"]:
+        steps = () if arm == ODE_INITS["causal"] else MECHANISM["at_updates"]
+        for at in (*steps, None):
+            try:
+                mech.measure_run(run_dir, MECHANISM["clips"], MECHANISM["flow_steps"], at)
+            except mech.MissingMilestone as e:
+                print(f"not measured: {e}", file=sys.stderr)   # trained shorter than the milestone (smoke runs)
+
+
+def finish_run(args, run_dir: str) -> None:
+    """After a run finishes: its evaluation, and with --keep its measurements and kept files (lab_keep.py)."""
+    evaluate_run(run_dir, args.clips)
+    if args.keep and not lab_keep.is_restored(run_dir):
+        measure_finished(run_dir, args.clips)
+        rel = os.path.relpath(run_dir, args.out)
+        lab_keep.keep_run(run_dir, os.path.join(args.keep, rel), metrics=rel.split(os.sep)[0] in PROBE_ARMS)
+
+
+def restore_kept(args, kinds) -> None:
+    """--keep: the runs kept in the repository written back under --out where missing (lab_keep.restore_runs); an ODE
+    initialisation kept without its student is made again here (every arm starts from its export)."""
+    for run_dir in lab_keep.restore_runs(args.keep, args.out):
+        print(f"restored from {args.keep}: {run_dir}", flush=True)
+    for kind in kinds:
+        run_dir = os.path.join(args.out, ODE_INITS[kind])
+        if lab_keep.is_restored(run_dir) and not os.path.exists(ode_export(args.out, kind)):
+            shutil.rmtree(run_dir)
+
+
 def run_stages(args, extra: dict) -> int:
     """Every missing stage (ODE inits, references, arms × seeds, evaluations); returns how many jobs failed."""
     if args.workers > 1 and "threads" not in extra:   # the cores shared out (one thread each on 2 cores)
         extra = {**extra, "threads": max(1, (os.cpu_count() or 1) // args.workers)}
     if int(extra.get("threads", 0)) > 0:   # this process evaluates beside the jobs
         torch.set_num_threads(int(extra["threads"]))
+    if args.keep:
+        restore_kept(args, sorted(arms_needed(args.arms)))
     if args.extend_from:
         _share_starts(args.extend_from, args.out, sorted(arms_needed(args.arms)))
     ode = []
@@ -262,13 +303,22 @@ def run_stages(args, extra: dict) -> int:
         raise SystemExit("an ODE initialisation did not finish; rerun to resume")
     for ref in REFERENCES:
         evaluate_reference(args.out, ref, args.teacher, args.clips)
+        if args.keep:
+            lab_keep.keep_run(os.path.join(args.out, ref), os.path.join(args.keep, ref))
     for kind in sorted(arms_needed(args.arms)):   # where every arm starts
-        evaluate_run(os.path.join(args.out, ODE_INITS[kind]), args.clips, sampling=extra)
+        run_dir = os.path.join(args.out, ODE_INITS[kind])
+        evaluate_run(run_dir, args.clips, sampling=extra)
+        if args.keep and not lab_keep.is_restored(run_dir):
+            measure_finished(run_dir, args.clips)
+            # its student too, unless it is the extended experiment's (kept there)
+            lab_keep.keep_run(run_dir, os.path.join(args.keep, ODE_INITS[kind]), weights=not args.extend_from)
     if args.extend_from and not args.updates:
         raise SystemExit("--extend-from needs --updates: how many updates the continued runs end at")
     jobs = []
     for arm, seed in arm_order(args.arms, args.seeds, parse_first(args.first)):
         run_dir = os.path.join(args.out, arm, f"seed{seed}")
+        if lab_keep.is_restored(run_dir):
+            continue                  # finished on an earlier machine: its kept files are its results
         if args.extend_from and extend_from(os.path.join(args.extend_from, arm, f"seed{seed}"), run_dir,
                                             args.updates):
             print(f"continues {os.path.join(args.extend_from, arm, f'seed{seed}')}: {run_dir}", flush=True)
@@ -278,7 +328,7 @@ def run_stages(args, extra: dict) -> int:
                 stored, over["student_init"], shallow=False):
             over["student_init"] = stored
         jobs.append((ARMS[arm][0], run_dir, over, os.path.join(run_dir, "summary.json")))
-    return run_jobs(jobs, args.workers, args.in_process, after=lambda d: evaluate_run(d, args.clips))
+    return run_jobs(jobs, args.workers, args.in_process, after=lambda d: finish_run(args, d))
 
 
 # -- evaluation of one run -------------------------------------------------------------------------------------
@@ -493,6 +543,9 @@ def main(argv=None) -> int:
     p.add_argument("--extend-from", default="", metavar="DIR", help="continue each arm × seed finished in DIR (a "
                                                                    "shorter experiment) up to --updates, from its "
                                                                    "ODE init and last checkpoint")
+    p.add_argument("--keep", default="", metavar="DIR", help="the repository's kept folder of this experiment "
+                   "(e.g. experiments/results/lab-exp8): runs kept there are restored under --out and not rerun, "
+                   "and each run that finishes here is measured and kept there at once (experiments/lab_keep.py)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a setting for every job")
     p.add_argument("--table", action="store_true", help="only print the table of finished runs")
     p.add_argument("--compact", action="store_true", help="the columns of the docs' table only")

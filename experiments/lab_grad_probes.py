@@ -16,6 +16,8 @@ import json
 import math
 import os
 
+from comfyui_salt.experiments.lab_arms import PROBE_ARMS
+from comfyui_salt.experiments.lab_keep import is_restored
 from comfyui_salt.salt_core.metrics.bootstrap import seed_t_interval
 from comfyui_salt.salt_core.schedules import get_sigmas_fewstep
 
@@ -77,12 +79,15 @@ def _fmt(iv) -> str:
 def table(out: str, arms: list, windows: int = 3, shift: float = 3.0) -> str:
     """Markdown: per arm, the probes over training and by exit level, from its finished runs (summary.json written:
     a run still training would leave its later windows short); arms without probes and unfinished runs are listed."""
-    lines, missing, unfinished = [], [], []
+    lines, missing, unfinished, lost = [], [], [], []
     for arm in arms:
         root = os.path.join(out, arm)
         seeds = sorted(d for d in os.listdir(root) if d.startswith("seed")) if os.path.isdir(root) else []
-        done = [s for s in seeds if os.path.exists(os.path.join(root, s, "summary.json"))]
-        unfinished += [f"{arm}/{s}" for s in seeds if s not in done]
+        gone = [s for s in seeds if is_restored(os.path.join(root, s))
+                and not os.path.exists(os.path.join(root, s, "metrics.jsonl"))]
+        lost += [f"{arm}/{s}" for s in gone]
+        done = [s for s in seeds if os.path.exists(os.path.join(root, s, "summary.json")) and s not in gone]
+        unfinished += [f"{arm}/{s}" for s in seeds if s not in done and s not in gone]
         runs = [read_probes(os.path.join(root, s)) for s in done]
         runs = [r for r in runs if r]
         if not runs:
@@ -102,13 +107,14 @@ def table(out: str, arms: list, windows: int = 3, shift: float = 3.0) -> str:
             "out (weight 1 − σ_s = 0: no SC gradient).", ""]
     tail = [f"No probes yet: {', '.join(missing)}."] if missing else []
     tail += [f"Unfinished, left out: {', '.join(unfinished)}."] if unfinished else []
+    tail += [f"Kept from an earlier machine without their metrics, left out: {', '.join(lost)}."] if lost else []
     return "\n".join(head + lines + tail)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="the lab runner's --out (arm/seedN run folders)")
-    p.add_argument("--arms", default="sc-dmd,sc2,sc20,sc2-sym,salt", help="comma-separated arms with an SC term")
+    p.add_argument("--arms", default=",".join(PROBE_ARMS), help="comma-separated arms with an SC term")
     p.add_argument("--windows", type=int, default=3, help="equal spans of updates over training")
     p.add_argument("--shift", type=float, default=3.0, help="the runs' grid shift (the lab's: 3)")
     args = p.parse_args(argv)

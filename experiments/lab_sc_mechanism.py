@@ -154,9 +154,16 @@ def milestone_student(run_dir: str, updates: int):
     return model.eval()
 
 
+class NotMeasured(FileNotFoundError):
+    """A run restored from the repository (experiments/lab_keep.py) without this measurement: its checkpoints and
+    student were left on the machine it ran on."""
+
+
 def measure_run(run_dir: str, clips: int, flow_steps: int, at: int = None) -> dict:
     """The cached measurement of one finished run (`<run>/sc_mechanism.json`), or of its student after `at`
-    updates (`<run>/sc_mechanism_<at>.json`, from its milestone checkpoint), made if missing or stale."""
+    updates (`<run>/sc_mechanism_<at>.json`, from its milestone checkpoint), made if missing or stale.
+    NotMeasured for a restored run without it (nothing to measure it from)."""
+    from comfyui_salt.experiments import lab_keep
     from comfyui_salt.experiments import lab_experiment as lx
     from comfyui_salt.toy.lab.world import LabTextEncoder
     from comfyui_salt.toy.prompts import lab_eval_captions
@@ -171,6 +178,9 @@ def measure_run(run_dir: str, clips: int, flow_steps: int, at: int = None) -> di
             done = json.load(f)
         if all(done.get(k) == v for k, v in key.items()):
             return done
+    if lab_keep.is_restored(run_dir) and not os.path.exists(os.path.join(run_dir, "export", "student.safetensors")):
+        raise NotMeasured(f"{run_dir}: kept without a current {os.path.basename(path)} (its student stayed on the "
+                          f"machine it ran on); rerun the run to measure it")
     cfg = as_distill_config(read_run_config(run_dir))   # an ODE initialisation's: how its student samples
     model = (load_model(os.path.join(run_dir, "export", "student.safetensors"))[0].eval() if at is None
              else milestone_student(run_dir, at))
@@ -247,8 +257,12 @@ def main(argv=None) -> int:
         for run in args.runs:
             if at is not None and os.path.basename(os.path.normpath(run)).startswith("ode-"):
                 continue                                 # an ODE init is measured once, as it is
+            if not os.path.isdir(run):
+                continue                                 # an arm × seed not run yet
             try:
                 measured[(run, at)] = measure_run(run, args.clips, args.flow_steps, at)
+            except NotMeasured as e:
+                print(f"skipped: {e}", file=sys.stderr)   # kept from an earlier machine without this measurement
             except MissingMilestone as e:
                 if at is None:
                     raise

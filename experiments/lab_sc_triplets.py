@@ -37,8 +37,8 @@ import os
 import torch
 
 from comfyui_salt.experiments import lab_experiment as lx   # the experiment's arms, captions and noise seed
+from comfyui_salt.experiments.lab_arms import TRIPLET_ARMS as ARMS   # the arms measured
 
-ARMS = ("dmd", "sc0", "sc-dmd", "sc2", "sc20", "sc2-sym", "salt", "bidir-dmd", "bidir-sc-dmd")
 BASE = "sc0"   # λ_SC = 0: K = 8 alone (causal); the claims' reference (dmd, bidir-dmd) is the other baseline
 COLUMNS = ("consecutive", "trained consecutive", "untrained consecutive", "SC-weighted", "loss-weighted")
 

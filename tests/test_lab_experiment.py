@@ -390,3 +390,71 @@ def test_an_export_removes_copies_of_another_evaluation_version(tmp_path):
             json.dump({"version": version}, f)
     assert bench.export_evals(str(out), str(dest)) == 1
     assert sorted(p.parent.name for p in dest.rglob("lab_eval.json.gz")) == ["seed0", "seed2"]
+
+
+def test_runs_kept_in_the_repository_come_back_on_a_fresh_machine_and_are_not_rerun(teacher_path, tmp_path,
+                                                                                     monkeypatch, capsys):
+    """--keep: each run that finishes is measured (triplets, mechanism) and its small files kept at once; with the
+    run folders gone (a new machine), the same command restores them, reruns nothing and prints the same table."""
+    import comfyui_salt.training.loop as common
+    monkeypatch.setattr(common, "install_stop_handlers", lambda: None)
+    bench = _bench()
+    out, kept = tmp_path / "exp", tmp_path / "kept"
+    argv = ["--teacher", teacher_path, "--out", str(out), "--seeds", "1", "--updates", "2", "--ode-updates", "2",
+            "--clips", "4", "--resamples", "20", "--in-process", "--arms", "dmd,sc2", "--keep", str(kept)] + [
+            f"--set={k}={v}" for k, v in {**TINY, **TINY_ODE}.items()]
+    assert bench.main(argv) == 0
+    first = capsys.readouterr().out
+    sc2 = kept / "sc2" / "seed0"
+    assert sorted(p.name for p in sc2.iterdir()) == ["config.json.gz", "lab_eval.json.gz", "metrics.jsonl.gz",
+                                                     "sc_mechanism.json.gz", "sc_triplets.json.gz",
+                                                     "summary.json.gz"]
+    assert not (kept / "dmd" / "seed0" / "metrics.jsonl.gz").exists()          # dmd's probes are not tabulated
+    assert (kept / "ode-causal" / "student.safetensors").read_bytes() == (
+        out / "ode-causal" / "export" / "student.safetensors").read_bytes()
+    assert (kept / "teacher" / "lab_eval.json.gz").exists() and (kept / "ode-causal" / "sc_mechanism.json.gz").exists()
+    kept_bytes = {p: p.read_bytes() for p in kept.rglob("*") if p.is_file()}
+    import shutil
+    shutil.rmtree(out)                                                           # a new machine
+    ran = []
+    import comfyui_salt.__main__ as cli
+    monkeypatch.setattr(cli, "main", lambda a: ran.append(a))
+    assert bench.main(argv) == 0
+    again = capsys.readouterr().out
+    assert ran == []                                                             # nothing trained again
+    assert "restored from" in again and again.split("| arm |", 1)[1] == first.split("| arm |", 1)[1]
+    assert (out / "sc2" / "seed0" / "kept.json").exists()
+    assert json.loads((out / "sc2" / "seed0" / "sc_triplets.json").read_text())["gen_updates"] == 2
+    assert {p: p.read_bytes() for p in kept.rglob("*") if p.is_file()} == kept_bytes   # kept files untouched
+    # the measurement scripts read the restored runs as finished ones
+    diag = importlib.import_module("comfyui_salt.experiments.lab_sc_triplets")
+    diag.main(["--out", str(out), "--table"])
+    assert "| sc2 | " in capsys.readouterr().out
+    # an ODE init kept without its student (the kept 8-seed evaluations) is made again; a run folder that exists is
+    # left as it is
+    (kept / "ode-causal" / "student.safetensors").unlink()
+    shutil.rmtree(out)
+    (out / "dmd" / "seed0").mkdir(parents=True)
+    restored = importlib.import_module("comfyui_salt.experiments.lab_keep").restore_runs(str(kept), str(out))
+    assert str(out / "dmd" / "seed0") not in restored and str(out / "sc2" / "seed0") in restored
+    assert not (out / "dmd" / "seed0" / "kept.json").exists()
+    shutil.rmtree(out)
+    monkeypatch.undo()
+    monkeypatch.setattr(common, "install_stop_handlers", lambda: None)
+    assert bench.main(argv) == 0
+    assert (out / "ode-causal" / "export" / "student.safetensors").exists()
+    assert not (out / "ode-causal" / "kept.json").exists()
+    # a run kept with its evaluation only (the 8-seed runs before keeping): the tables read it, the measurements
+    # that need its student skip it and say so
+    (kept / "sc2" / "seed1").mkdir()
+    shutil.copy(kept / "sc2" / "seed0" / "lab_eval.json.gz", kept / "sc2" / "seed1" / "lab_eval.json.gz")
+    lab_keep = importlib.import_module("comfyui_salt.experiments.lab_keep")
+    assert lab_keep.restore_runs(str(kept), str(out)) == [str(out / "sc2" / "seed1")]
+    mech = importlib.import_module("comfyui_salt.experiments.lab_sc_mechanism")
+    capsys.readouterr()
+    assert mech.main(["--runs", str(out / "sc2" / "seed0"), str(out / "sc2" / "seed1"), "--clips", "16",
+                      "--flow-steps", "32"]) == 0
+    printed = capsys.readouterr()
+    assert "seed1: kept without a current sc_mechanism.json" in printed.err and "| sc2 | 1 |" in printed.out
+    probes = importlib.import_module("comfyui_salt.experiments.lab_grad_probes").table(str(out), ["sc2"])
+    assert "without their metrics, left out: sc2/seed1" in probes and "Unfinished" not in probes

@@ -1,5 +1,7 @@
 """experiments/lab_sc_mechanism.py: the exact flow map it compares against, its per-hop measures (closed-form
 cases), and a smoke of the whole measurement on a tiny causal student of the lab world."""
+import os
+
 import pytest
 import torch
 
@@ -97,8 +99,11 @@ def test_a_milestone_student_has_the_checkpoints_ema_weights_once_ema_started(tm
         milestone_student(str(tmp_path), 150)
 
 
-def test_runs_without_milestones_are_measured_at_their_end_only(monkeypatch, capsys):
+def test_runs_without_milestones_are_measured_at_their_end_only(monkeypatch, capsys, tmp_path):
     import comfyui_salt.experiments.lab_sc_mechanism as mech
+    monkeypatch.chdir(tmp_path)
+    for run in ("r/ode-causal", "r/sc2/seed0", "r/sc-dmd/seed0"):   # r/sc2/seed1: not run yet, left out
+        os.makedirs(run)
     t = [1.0, 0.5, 0.0]
     fake = {"triplets": [[t, {k: [0.1, 0.2] for k in ("e1", "e2", "pull_truth", "along")}]]}
     calls = []
@@ -109,7 +114,8 @@ def test_runs_without_milestones_are_measured_at_their_end_only(monkeypatch, cap
             raise MissingMilestone(f"{run} has no checkpoint at update {at}")
         return fake
     monkeypatch.setattr(mech, "measure_run", measure_run)
-    assert mech.main(["--runs", "r/ode-causal", "r/sc2/seed0", "r/sc-dmd/seed0", "--at-updates", "100"]) == 0
+    assert mech.main(["--runs", "r/ode-causal", "r/sc2/seed0", "r/sc2/seed1", "r/sc-dmd/seed0", "--at-updates",
+                      "100"]) == 0
     out, err = capsys.readouterr()
     assert calls == [("r/sc2/seed0", 100), ("r/sc-dmd/seed0", 100), ("r/ode-causal", None), ("r/sc2/seed0", None),
                      ("r/sc-dmd/seed0", None)]

@@ -1,0 +1,99 @@
+"""What the repository keeps of each lab run as soon as it finishes, and bringing it back on a fresh machine.
+
+A session's machine can be replaced between sessions: everything under `runs/` (checkpoints, exports, metrics) is
+then gone, and only what the repository holds survives. So each finished run's small files are copied into the
+repository's kept folder at once (`keep_run`), gzipped without timestamps (a repeated keep writes the same bytes):
+its config, summary, evaluation, the SC-triplet and mechanism measurements, and (for the arms whose gradient probes
+are tabulated) its metrics. An ODE initialisation also keeps its exported student: every arm starts from it.
+`restore_runs` writes them back under the experiment folder where a run folder is missing, with a mark
+(`KEPT_MARK`): the runner then treats the run as finished, and the tables and measurement scripts read its files as
+if the run had finished on this machine. A restored run has no checkpoints: a longer budget starts it again from its
+ODE initialisation, which lands where continuing it would (distillation has no learning-rate schedule).
+"""
+import gzip
+import json
+import os
+import shutil
+
+KEPT_MARK = "kept.json"        # in a restored run folder: where its files came from
+SMALL_FILES = ("config.json", "summary.json", "lab_eval.json", "sc_triplets.json")
+MECHANISM_PREFIX = "sc_mechanism"   # sc_mechanism.json and sc_mechanism_<updates>.json
+METRICS = "metrics.jsonl"
+WEIGHTS = os.path.join("export", "student.safetensors")
+
+
+def _gzip_bytes(data: bytes, path: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=9, mtime=0) as gz:
+        gz.write(data)
+    os.replace(tmp, path)
+
+
+def kept_names(run_dir: str, metrics: bool = False) -> list:
+    """The files of `run_dir` the repository keeps (names relative to it), in a fixed order."""
+    names = [n for n in SMALL_FILES if os.path.exists(os.path.join(run_dir, n))]
+    names += sorted(n for n in os.listdir(run_dir) if n.startswith(MECHANISM_PREFIX) and n.endswith(".json"))
+    if metrics and os.path.exists(os.path.join(run_dir, METRICS)):
+        names.append(METRICS)
+    return names
+
+
+def keep_run(run_dir: str, dest: str, metrics: bool = False, weights: bool = False) -> list:
+    """Copy a finished run's small files into `dest` (made if missing) as `<name>.gz`, its metrics too when `metrics`,
+    and its exported student as `student.safetensors` when `weights` (an ODE initialisation); returns the paths
+    written. Nothing is kept of a folder that was itself restored (its kept files are already in place)."""
+    if os.path.exists(os.path.join(run_dir, KEPT_MARK)):
+        return []
+    os.makedirs(dest, exist_ok=True)
+    written = []
+    for name in kept_names(run_dir, metrics):
+        with open(os.path.join(run_dir, name), "rb") as f:
+            _gzip_bytes(f.read(), os.path.join(dest, name + ".gz"))
+        written.append(os.path.join(dest, name + ".gz"))
+    if weights and os.path.exists(os.path.join(run_dir, WEIGHTS)):
+        target = os.path.join(dest, "student.safetensors")
+        shutil.copyfile(os.path.join(run_dir, WEIGHTS), target + ".tmp")
+        os.replace(target + ".tmp", target)
+        written.append(target)
+    return written
+
+
+def _kept_folders(root: str):
+    """(relative folder, [kept file names]) of every folder under `root` holding kept files."""
+    for folder, _, files in sorted(os.walk(root)):
+        names = sorted(f for f in files if f.endswith(".gz") or f == "student.safetensors")
+        if names:
+            yield os.path.relpath(folder, root), names
+
+
+def restore_runs(kept: str, out: str) -> list:
+    """Write the runs kept under `kept` back under `out` where their folder is missing (files un-gzipped to their
+    names; a kept student to export/student.safetensors), each with KEPT_MARK; returns the folders restored.
+    A folder that exists under `out` is left alone: a run that was (re)started here keeps its own files."""
+    restored = []
+    for rel, names in _kept_folders(kept):
+        target = os.path.join(out, rel)
+        if rel == "." or os.path.exists(target):
+            continue
+        tmp = target + ".restoring"
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        for name in names:
+            src = os.path.join(kept, rel, name)
+            if name == "student.safetensors":
+                os.makedirs(os.path.join(tmp, "export"))
+                shutil.copyfile(src, os.path.join(tmp, WEIGHTS))
+            else:
+                with gzip.open(src, "rb") as f, open(os.path.join(tmp, name[:-len(".gz")]), "wb") as g:
+                    shutil.copyfileobj(f, g)
+        with open(os.path.join(tmp, KEPT_MARK), "w") as f:
+            json.dump({"from": os.path.join(kept, rel)}, f)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        os.replace(tmp, target)
+        restored.append(target)
+    return restored
+
+
+def is_restored(run_dir: str) -> bool:
+    """True for a run folder `restore_runs` wrote (finished on an earlier machine; no checkpoints here)."""
+    return os.path.exists(os.path.join(run_dir, KEPT_MARK))
