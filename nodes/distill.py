@@ -64,9 +64,6 @@ def distill_config(preset: str, teacher: str, student_init: str, critic_init: st
         base = get(preset)
     except KeyError as e:
         raise ValueError(f"SaltDistill: preset={quote(preset)}: {e.args[0]}") from None
-    if teacher == TOY_SOURCE and not base.world:
-        raise ValueError(f"SaltDistill: teacher='toy' with the real-scale preset {quote(preset)}; pick a Wan 2.1 "
-                         f"teacher file from models/diffusion_models, or a toy-* preset")
     fields = dict(teacher=_model_source(teacher, TOY_SOURCE, "teacher"),
                   student_init=_model_source(student_init, FROM_TEACHER, "student_init"),
                   gen_steps=gen_steps or base.gen_steps, batch_size=batch_size or base.batch_size,
@@ -78,6 +75,13 @@ def distill_config(preset: str, teacher: str, student_init: str, critic_init: st
         fields["critic_init"] = _model_source(critic_init, FROM_TEACHER, "critic_init")
     typed = parse_overrides(cls, overrides, where="SaltDistill: overrides", renamed=cls.RENAMED,
                             reserved={k: "has its own widget; set it there instead" for k in WIDGET_FIELDS})
+    if teacher == TOY_SOURCE and not typed.get("world", base.world):
+        if base.world:   # a toy preset made real-scale by its overrides
+            raise ValueError(f"SaltDistill: overrides world={quote(typed['world'])} with teacher='toy': the toy "
+                             f"teacher lives in a toy world; remove world= from the overrides, or set it to one of "
+                             f"the toy worlds (e.g. world=default, world=lab:default)")
+        raise ValueError(f"SaltDistill: teacher='toy' with the real-scale preset {quote(preset)}; pick a Wan 2.1 "
+                         f"teacher file from models/diffusion_models, or a toy-* preset")
     # Paths sent over HTTP resolve inside ComfyUI's folders only (as LoadImage's files do).
     if typed.get("prompts_file"):
         typed["prompts_file"] = input_file(typed["prompts_file"], "SaltDistill: overrides: prompts_file")

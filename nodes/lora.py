@@ -6,7 +6,7 @@ only picks the destination (`models/loras/salt/<name>.safetensors`) and returns 
 import os
 
 from ..salt_core.lora import format_report
-from ..salt_core.validate import check_choice, quote
+from ..salt_core.validate import check_choice, check_count, quote
 from ..training.lora_export import DTYPES, export_lora
 from ..training.runs import NAME_PATTERN          # one rule for the names the pack writes under
 from .bridge import io, ui
@@ -42,6 +42,7 @@ def extract(base, student, rank: int, include_diffs: bool, dtype: str, name: str
     patches applied, one layer at a time), so the SVDs run there; a file model is loaded as for sampling, the
     student last (the base may be offloaded again to make room: its tensors stay valid, only slower to read)."""
     check_choice("dtype", dtype, DTYPES, where="SaltExtractLoRA")
+    rank = check_count("rank", rank, where="SaltExtractLoRA")   # a link may send True or 2.5; a large one is full rank
     path = lora_path(name)                                   # checked before any SVD
     with weights_in_use(base) as base_weights, weights_in_use(student) as student_weights:
         path, reports = export_lora(base_weights, student_weights, path, rank, diffs=include_diffs, dtype=dtype)

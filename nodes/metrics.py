@@ -13,7 +13,7 @@ import torch
 from ..salt_core.kv_cache import CachePolicy
 from ..salt_core.schedules import MAX_NFE
 from ..salt_core.streaming import stream_memory_bytes
-from ..salt_core.validate import check_latent, check_memory
+from ..salt_core.validate import check_count, check_latent, check_memory
 from ..toy.metrics.score import format_table, score_table
 from ..toy.text import ToyTextEncoder
 from ..toy.world import TOY_SHIFT
@@ -75,9 +75,11 @@ def measure_bytes(salt: SaltModel, cfg) -> int:
 def semigroup_report(salt: SaltModel, prompts: str, nfe: int, grid_steps: int, seed: int, positive=None,
                      latent=None) -> str:
     """Markdown report: the semigroup defect on the `grid_steps` grid and (toy world) oracle metrics at `nfe`."""
-    if not 1 <= nfe <= MAX_NFE or not 3 <= grid_steps <= 2 * MAX_NFE:
-        raise ValueError(f"SaltSemigroupDefect: nfe={nfe}, grid_steps={grid_steps}; expected nfe 1..{MAX_NFE} and "
-                         f"grid_steps 3..{2 * MAX_NFE} (a defect needs three grid levels)")
+    where = "SaltSemigroupDefect"
+    nfe = check_count("nfe", nfe, where=where, maximum=MAX_NFE)
+    grid_steps = check_count("grid_steps", grid_steps, where=where, minimum=3, maximum=2 * MAX_NFE,
+                             fix="a defect needs three grid levels")
+    seed = check_count("seed", seed, where=where, minimum=0, maximum=2 ** 63 - 1)
     cfg = measure_config(salt, latent)
     toy = salt.latent_format == "pixels"
     need = 0 if toy else measure_bytes(salt, cfg)

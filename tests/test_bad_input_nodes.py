@@ -306,3 +306,34 @@ def test_a_lora_name_with_its_extension_and_a_caption_that_is_not_a_string(salt_
     for text in (None, 5, ["a red disc"]):
         with pytest.raises(ValueError, match="SaltToyTextEncode: text=.*expected a caption"):
             run(salt_nodes.SaltToyTextEncode, text=text)
+
+
+def test_the_audits_last_findings_name_the_input_at_fault(salt_nodes, toy_salt, models_dir):
+    """A cache window far longer than the clip is named in the memory refusal's fix; a sink without a window names
+    sink_frames and local_attn_frames; world= emptied on a toy preset with the toy teacher is named (it used to ask
+    for umT5); the defect node's counts and the LoRA rank are integers (grid_steps=3.5 was reported as nfe=3.5,
+    rank=True was accepted)."""
+    from comfyui_salt.training.distill_config import get_preset
+    from comfyui_salt.training.validate import check_distill_memory
+    cfg = get_preset("toy-salt", local_attn_frames=10 ** 9, memory_limit_gib=1.0)
+    with pytest.raises(MemoryError, match=r"set local_attn_frames to at most num_frames=12 or to -1"):
+        check_distill_memory(cfg, toy_salt.model, None, "cpu")
+    with pytest.raises(MemoryError) as small:        # a window within the clip: the usual fix only
+        check_distill_memory(get_preset("toy-salt", memory_limit_gib=1e-6), toy_salt.model, None, "cpu")
+    assert "local_attn_frames" not in str(small.value)
+    with pytest.raises(ValueError, match=r"sink_frames=5 with local_attn_frames=-1 .*set local_attn_frames"):
+        get_preset("toy-salt", sink_frames=5)
+    for text in ("world=", "world= "):
+        with pytest.raises(ValueError, match=r"overrides world='' with teacher='toy'.*remove world="):
+            run(salt_nodes.SaltDistill, preset="toy-dmd", teacher="toy", student_init="teacher",
+                critic_init="teacher", gen_steps=1, batch_size=1, seed=0, name="world_run", overrides=text)
+    assert not (models_dir.parent / "output" / "salt_runs" / "world_run").exists()
+    for kw, words in ((dict(grid_steps=3.5), "grid_steps=3.5"), (dict(nfe=True), "nfe=True"),
+                      (dict(seed=-1), "seed=-1"), (dict(grid_steps=2), "grid_steps=2")):
+        args = {**dict(model=toy_salt, prompts=CAPTION, nfe=2, grid_steps=4, seed=0), **kw}
+        with pytest.raises(ValueError, match=f"SaltSemigroupDefect: {words}"):
+            run(salt_nodes.SaltSemigroupDefect, **args)
+    for rank in (True, 2.5, 0):
+        with pytest.raises(ValueError, match=f"SaltExtractLoRA: rank={rank}"):
+            run(salt_nodes.SaltExtractLoRA, base=toy_salt, student=toy_salt, rank=rank, include_diffs=False,
+                dtype="fp32", name="r")

@@ -18,6 +18,10 @@ def validate_distill_config(cfg) -> None:
     that is neither -1 nor a count, an empty or unnormalised step mixture, clips not made of whole chunks."""
     where = "DistillConfig"
     check_fields(cfg, where)
+    if cfg.local_attn_frames == -1 and cfg.sink_frames:
+        raise ValueError(f"{where}: sink_frames={cfg.sink_frames} with local_attn_frames=-1 (a global cache, which "
+                         f"keeps every frame); a sink needs a window: set local_attn_frames (e.g. "
+                         f"local_attn_frames={cfg.sink_frames + cfg.chunk_frames}) or sink_frames=0")
     if cfg.local_attn_frames != -1:
         check_count("local_attn_frames", cfg.local_attn_frames, where=where, fix="-1 means a global cache")
         if cfg.local_attn_frames < cfg.sink_frames + cfg.chunk_frames:
@@ -178,6 +182,15 @@ def distill_memory_bytes(cfg, student, critic=None, teacher=None, *, shards: int
                                         score_kind=score_kind).values())
 
 
+def window_fix(cfg) -> str:
+    """The first fix of a memory refusal when the cache window is longer than the clip (its slots are allocated but
+    never filled: a global cache holds the same), else ""."""
+    if cfg.local_attn_frames > cfg.num_frames:
+        return (f"set local_attn_frames to at most num_frames={cfg.num_frames} or to -1 (local_attn_frames="
+                f"{cfg.local_attn_frames} allocates a window the {cfg.num_frames}-frame clip never fills); ")
+    return ""
+
+
 def check_distill_memory(cfg, student, critic, device, *, teacher=None, shards: int = 1,
                          sharded: bool = False, score_kind: str = None) -> None:
     """MemoryError before training when one rank's share cannot fit in the free memory of `device`, with the fix."""
@@ -192,8 +205,8 @@ def check_distill_memory(cfg, student, critic, device, *, teacher=None, shards: 
                                       compute_dtype=torch.bfloat16 if on_device and cfg.autocast_bf16 else None),
                  limit, where="DistillConfig",
                  limit_what=f"memory_limit_gib={cfg.memory_limit_gib:g}" if explicit else f"free memory on {device}",
-                 fix="lower num_frames, height / width or batch_size (use grad_accum for a larger effective batch), "
-                     "set grad_checkpointing=true, or shard over more GPUs (torchrun, sharding=full) with "
+                 fix=window_fix(cfg) + "lower num_frames, height / width or batch_size (use grad_accum for a larger "
+                     "effective batch), set grad_checkpointing=true, or shard over more GPUs (torchrun, sharding=full) with "
                      "teacher_offload; if the estimate is too cautious for your setup, set memory_limit_gib "
                      "(--memory-limit-gib) to the GiB you allow")
 
