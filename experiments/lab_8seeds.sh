@@ -12,7 +12,8 @@
 # cores (measured: 3.5-4 s per update with two one-thread jobs): one 300-update run 0.3, one 1,000-update run 1,
 # one 2,000-update run 2.
 # Usage (from the repository root):
-#   [WORKERS=1] nohup bash experiments/lab_8seeds.sh > runs/lab-8seeds.log 2>&1 &
+#   [WORKERS=1] [FIRST=arm:seed,...] nohup bash experiments/lab_8seeds.sh > runs/lab-8seeds.log 2>&1 &
+# (FIRST: the 300-update runs to do before the others, e.g. FIRST=salt-sym:3,salt-sym2:3)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -27,7 +28,7 @@ if [ ! -f runs/lab_teacher.safetensors ]; then
     $PY -m comfyui_salt export-teacher --run runs/lab-teacher --out runs/lab_teacher.safetensors
 fi
 $PY experiments/lab_experiment.py --teacher runs/lab_teacher.safetensors --out runs/lab-exp8 \
-    --keep $KEPT/lab-exp8 --arms dmd,salt,sc-dmd,bidir-dmd,bidir-sc-dmd,salt-sym,salt-sym2,sc0,sc2,sc20,sc2-sym --seeds 8 --updates 300 \
+    --keep $KEPT/lab-exp8 --first "${FIRST:-}" --arms dmd,salt,sc-dmd,bidir-dmd,bidir-sc-dmd,salt-sym,salt-sym2,sc0,sc2,sc20,sc2-sym --seeds 8 --updates 300 \
     --workers "${WORKERS:-2}"
 # which defect SC lowers (the SC arms and their references on the triplets L_SC trains and on defect8's: the
 # dose-response table, t intervals over seeds) and the mechanism of the λ response (the SC target against the exact

@@ -118,10 +118,15 @@ def _backend_available(kind: str) -> bool:
 
 
 # -- tensors ---------------------------------------------------------------------------------------------
+FINITE_CHUNK = 1 << 24   # elements per pass of check_finite_tensor: its masks stay 16 MiB however large the tensor
+
+
 def check_finite_tensor(name: str, t: torch.Tensor, *, where: str = "", fix: str = "") -> torch.Tensor:
-    """Refuse a tensor holding NaN or ±Inf, with the count of bad entries."""
+    """Refuse a tensor holding NaN or ±Inf, with the count of bad entries. A contiguous tensor is read in chunks of
+    FINITE_CHUNK elements, so the check takes no memory in proportion to a hostile size."""
     if t.is_floating_point() or t.is_complex():
-        bad = int((~torch.isfinite(t)).sum())
+        flat = t.view(-1) if t.is_contiguous() else t.reshape(-1)
+        bad = sum(int((~torch.isfinite(flat[i:i + FINITE_CHUNK])).sum()) for i in range(0, flat.numel(), FINITE_CHUNK))
         if bad:
             raise ValueError(f"{_prefix(where)}{name} holds {bad} non-finite value(s) (NaN/Inf) out of {t.numel()}; "
                              f"expected finite numbers{'; ' + fix if fix else ''}")

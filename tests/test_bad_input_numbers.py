@@ -232,3 +232,18 @@ def test_nan_is_never_a_finite_number_in_the_rules():
         with pytest.raises(ValueError):
             check_number("v", v, low=0)
     assert check_number("v", 2.5, low=0) == 2.5 and math.isfinite(check_number("v", "3", low=0))
+
+
+@pytest.mark.parametrize("chunk", [7, 1 << 24])
+def test_the_finite_check_counts_every_bad_entry_chunk_by_chunk(monkeypatch, chunk):
+    """check_finite_tensor reads a tensor in chunks (its masks stay small however large the tensor): the count is
+    the brute-force count, across chunk edges and for a non-contiguous view."""
+    import comfyui_salt.salt_core.validate as v
+    monkeypatch.setattr(v, "FINITE_CHUNK", chunk)
+    t = torch.zeros(5, 11)
+    t.view(-1)[[0, 6, 7, 13, 54]] = torch.tensor([float("nan"), float("inf"), -float("inf"), float("nan"), 1e39])
+    for x in (t, t.t()):
+        want = int((~torch.isfinite(x)).sum())
+        with pytest.raises(ValueError, match=f"holds {want} non-finite value\\(s\\) \\(NaN/Inf\\) out of 55"):
+            v.check_finite_tensor("x", x)
+    assert v.check_finite_tensor("x", torch.ones(5, 11)) is not None
