@@ -28,8 +28,8 @@ if [ ! -f runs/lab_teacher.safetensors ]; then
     $PY -m comfyui_salt export-teacher --run runs/lab-teacher --out runs/lab_teacher.safetensors
 fi
 $PY experiments/lab_experiment.py --teacher runs/lab_teacher.safetensors --out runs/lab-exp8 \
-    --keep $KEPT/lab-exp8 --first "${FIRST:-}" --arms dmd,salt,sc-dmd,bidir-dmd,bidir-sc-dmd,salt-sym,salt-sym2,sc0,sc2,sc20,sc2-sym --seeds 8 --updates 300 \
-    --workers "${WORKERS:-2}"
+    --keep $KEPT/lab-exp8 --first "${FIRST:-}" --seeds 8 --updates 300 --workers "${WORKERS:-2}" \
+    --arms dmd,salt,sc-dmd,bidir-dmd,bidir-sc-dmd,salt-sym,salt-sym2,sc0,sc2,sc20,sc2-sym
 # which defect SC lowers (the SC arms and their references on the triplets L_SC trains and on defect8's: the
 # dose-response table, t intervals over seeds) and the mechanism of the λ response (the SC target against the exact
 # map per triplet, after 100, 200 and 300 updates): each run was measured as it finished (lab_experiment.py
