@@ -8,9 +8,9 @@
 # missing: 8,000 steps, ~1.4 h of one core), then at 300 updates × 8 seeds the claim arms and the symmetric-SC arms
 # and the λ_SC dose response with its per-update SC/DMD gradient cosine (sc0, sc2, sc20, sc2-sym; the runner does the
 # claim arms first), the SC-triplet and mechanism tables from each run's measurements, the exact-real-score pair
-# (dmd-exact, salt-exact), then dmd, salt and salt-sym to 1,000 updates and dmd and salt to 2,000. Hours of the two
-# cores (measured: 3.5-4 s per update with two one-thread jobs): one 300-update run 0.3, one 1,000-update run 1,
-# one 2,000-update run 2.
+# (dmd-exact, salt-exact), then dmd and salt to 2,000 updates (evaluated at 1,000 too) and salt-sym to 1,000. Hours
+# of one core (measured: 3.5-4 s per update with two one-thread jobs): a 300-update run 0.3, 1,000 updates 1,
+# 2,000 updates 2.
 # Usage (from the repository root):
 #   [WORKERS=1] [FIRST=arm:seed,...] nohup bash experiments/lab_8seeds.sh > runs/lab-8seeds.log 2>&1 &
 # (FIRST: the 300-update runs to do before the others, e.g. FIRST=salt-sym:3,salt-sym2:3)
@@ -54,19 +54,19 @@ $PY experiments/lab_experiment.py --teacher runs/lab_teacher.safetensors --out r
 # the 300-update evaluations kept in the repository, and the verdicts so far (rewritten after each budget)
 $PY experiments/lab_experiment.py --out runs/lab-exp8 --table --compact --export $KEPT/lab-exp8
 $PY experiments/lab_verdicts.py --write $KEPT/lab_verdicts_8seeds.md
-# dmd, salt and salt-sym to 1,000 updates, then dmd and salt to 2,000: the longest budget the CPU allows, because a
-# run must finish on the machine it started on (a session's machine lasts 3 h; 2,000 updates take 1.7-2 h of one
-# core, 3,000 would take 2.6-3 h). A run continues its shorter run where that one finished on this machine, and
-# starts again from the ODE init where it was kept from an earlier one (the same run: no learning-rate schedule).
+# dmd and salt to 2,000 updates, each run also evaluated after 1,000 (its milestone checkpoint, as the 1,000-update
+# result: the same run, distillation has no learning-rate schedule), then salt-sym to 1,000. 2,000 is the longest
+# budget the CPU allows: a run must finish on the machine it started on (a session's machine lasts 3 h; 2,000
+# updates take 1.7-2 h of one core, 3,000 would take 2.6-3 h).
+$PY experiments/lab_experiment.py --teacher runs/lab_teacher.safetensors --out runs/lab-exp8-2k \
+    --keep $KEPT/lab-exp8-2k --extend-from runs/lab-exp8 --arms dmd,salt --seeds 8 --updates 2000 \
+    --set checkpoint_keep_every=1000 --milestone 1000:runs/lab-exp8-long:$KEPT/lab-exp8-long \
+    --workers "${WORKERS:-2}"
 $PY experiments/lab_experiment.py --teacher runs/lab_teacher.safetensors --out runs/lab-exp8-long \
     --keep $KEPT/lab-exp8-long --extend-from runs/lab-exp8 --arms dmd,salt,salt-sym --seeds 8 --updates 1000 \
     --workers "${WORKERS:-2}"
 $PY experiments/lab_experiment.py --out runs/lab-exp8-long --table --compact --export $KEPT/lab-exp8-long \
     --compare-to runs/lab-exp8
-$PY experiments/lab_verdicts.py --write $KEPT/lab_verdicts_8seeds.md
-$PY experiments/lab_experiment.py --teacher runs/lab_teacher.safetensors --out runs/lab-exp8-2k \
-    --keep $KEPT/lab-exp8-2k --extend-from runs/lab-exp8-long --arms dmd,salt --seeds 8 --updates 2000 \
-    --workers "${WORKERS:-2}"
 $PY experiments/lab_experiment.py --out runs/lab-exp8-2k --table --compact --export $KEPT/lab-exp8-2k \
     --compare-to runs/lab-exp8-long
 # the verdicts at every budget, in one file, from the kept exports (the one command: experiments/lab_verdicts.py)

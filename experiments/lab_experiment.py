@@ -264,12 +264,45 @@ def measure_finished(run_dir: str, clips: int) -> None:
 
 
 def finish_run(args, run_dir: str) -> None:
-    """After a run finishes: its evaluation, and with --keep its measurements and kept files (lab_keep.py)."""
+    """After a run finishes: its evaluation, with --keep its measurements and kept files (lab_keep.py), and with
+    --milestone the evaluations of its milestone students as the shorter budgets' results."""
     evaluate_run(run_dir, args.clips)
-    if args.keep and not lab_keep.is_restored(run_dir):
+    if lab_keep.is_restored(run_dir):
+        return
+    rel = os.path.relpath(run_dir, args.out)
+    if args.keep:
         measure_finished(run_dir, args.clips)
-        rel = os.path.relpath(run_dir, args.out)
         lab_keep.keep_run(run_dir, os.path.join(args.keep, rel), metrics=rel.split(os.sep)[0] in PROBE_ARMS)
+    for at, out, keep in args.milestone:
+        evaluate_milestone(run_dir, at, os.path.join(out, rel), args.clips, keep and os.path.join(keep, rel))
+
+
+def evaluate_milestone(run_dir: str, at: int, dest: str, clips: int, keep: str = "") -> None:
+    """The student run `run_dir` had after `at` updates, evaluated as that arm × seed's result in another experiment
+    folder (`dest`: lab_eval.json and lab_keep.MILESTONE_MARK, which the runner there takes as finished), and kept
+    under `keep` when given. Distillation has no learning-rate schedule, so this is the evaluation a run of `at`
+    updates gives (tests/test_lab_experiment.py compares them); nothing is done where `dest` holds a run."""
+    mark = os.path.join(dest, lab_keep.MILESTONE_MARK)
+    if os.path.exists(dest) and not os.path.exists(mark):
+        print(f"--milestone: {dest} holds a run of its own; left as it is", file=sys.stderr)
+        return
+    os.makedirs(dest, exist_ok=True)
+    evaluate_run(run_dir, clips, at=at, dest=dest)
+    with open(mark + ".tmp", "w") as f:
+        json.dump({"of": os.path.normpath(run_dir), "at": at}, f)
+    os.replace(mark + ".tmp", mark)
+    if keep:
+        lab_keep.keep_run(dest, keep)
+
+
+def parse_milestone(text: str) -> tuple:
+    """`1000:runs/lab-exp8-long[:experiments/results/lab-exp8-long]` → (1000, out, keep or "")."""
+    at, _, rest = text.partition(":")
+    out, _, keep = rest.partition(":")
+    if not at.isdigit() or int(at) < 1 or not out:
+        raise SystemExit(f"--milestone {text!r}: expected UPDATES:FOLDER[:KEPT], e.g. "
+                         f"1000:runs/lab-exp8-long:experiments/results/lab-exp8-long")
+    return int(at), out, keep
 
 
 def restore_kept(args, kinds) -> None:
@@ -317,8 +350,8 @@ def run_stages(args, extra: dict) -> int:
     jobs = []
     for arm, seed in arm_order(args.arms, args.seeds, parse_first(args.first)):
         run_dir = os.path.join(args.out, arm, f"seed{seed}")
-        if lab_keep.is_restored(run_dir):
-            continue                  # finished on an earlier machine: its kept files are its results
+        if lab_keep.finished_elsewhere(run_dir):
+            continue                  # kept from an earlier machine, or a longer run's milestone: its result is here
         if args.extend_from and extend_from(os.path.join(args.extend_from, arm, f"seed{seed}"), run_dir,
                                             args.updates):
             print(f"continues {os.path.join(args.extend_from, arm, f'seed{seed}')}: {run_dir}", flush=True)
@@ -444,10 +477,13 @@ SAMPLING_FIELDS = ("local_attn_frames", "sink_frames", "context_noise")
 
 
 @torch.no_grad()
-def evaluate_run(run_dir: str, clips: int, force: bool = False, sampling: dict = None) -> dict:
+def evaluate_run(run_dir: str, clips: int, force: bool = False, sampling: dict = None, at: int = None,
+                 dest: str = None) -> dict:
     """Write (and return) `lab_eval.json` of a finished run: per-clip exact quantities on paired noise.
     `sampling`: the runner's `--set` settings; an ODE initialisation (whose config has no cache settings) samples
-    with those of them a distillation has (local_attn_frames, sink_frames, context_noise), as its arms do."""
+    with those of them a distillation has (local_attn_frames, sink_frames, context_noise), as its arms do.
+    `at`: evaluate instead the student the run had after `at` updates (its milestone checkpoint, with the summary
+    its counts give: what a run stopped there evaluates to), into `dest`/lab_eval.json."""
     from comfyui_salt.salt_core.kv_cache import CachePolicy
     from comfyui_salt.toy.lab.world import LabTextEncoder
     from comfyui_salt.toy.prompts import lab_eval_captions
@@ -457,7 +493,7 @@ def evaluate_run(run_dir: str, clips: int, force: bool = False, sampling: dict =
     from comfyui_salt.training.distill_eval import defect_samples, sample_student
     from comfyui_salt.training.job_configs import as_distill_config, read_run_config
     from comfyui_salt.weights.files import load_model
-    path = os.path.join(run_dir, "lab_eval.json")
+    path = os.path.join(dest or run_dir, "lab_eval.json")
     if not force:
         done = _load_eval(path)
         if done is not None:
@@ -472,8 +508,12 @@ def evaluate_run(run_dir: str, clips: int, force: bool = False, sampling: dict =
     if os.path.exists(os.path.join(run_dir, "summary.json")):
         with open(os.path.join(run_dir, "summary.json")) as f:
             summary = json.load(f)
-    model, _ = load_model(os.path.join(run_dir, "export", "student.safetensors"))
-    model.eval()
+    if at is None:
+        model, _ = load_model(os.path.join(run_dir, "export", "student.safetensors"))
+        model.eval()
+    else:
+        from comfyui_salt.experiments.lab_sc_mechanism import milestone_student, milestone_summary
+        model, summary = milestone_student(run_dir, at), milestone_summary(run_dir, at)
     lab = get_world(cfg.world).lab
     caps = lab_eval_captions(lab, clips)
     ctx = LabTextEncoder(lab, model.cfg.text_dim, model.cfg.text_len).encode(caps)
@@ -546,6 +586,10 @@ def main(argv=None) -> int:
     p.add_argument("--keep", default="", metavar="DIR", help="the repository's kept folder of this experiment "
                    "(e.g. experiments/results/lab-exp8): runs kept there are restored under --out and not rerun, "
                    "and each run that finishes here is measured and kept there at once (experiments/lab_keep.py)")
+    p.add_argument("--milestone", action="append", default=[], type=parse_milestone, metavar="UPDATES:DIR[:KEPT]",
+                   help="also evaluate each finished run's student after UPDATES updates (its milestone checkpoint: "
+                        "--set checkpoint_keep_every=UPDATES) as that arm × seed's result in the experiment folder "
+                        "DIR (kept in KEPT): one run gives a shorter budget too")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a setting for every job")
     p.add_argument("--table", action="store_true", help="only print the table of finished runs")
     p.add_argument("--compact", action="store_true", help="the columns of the docs' table only")

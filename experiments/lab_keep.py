@@ -9,6 +9,7 @@ are tabulated) its metrics. An ODE initialisation also keeps its exported studen
 (`KEPT_MARK`): the runner then treats the run as finished, and the tables and measurement scripts read its files as
 if the run had finished on this machine. A restored run has no checkpoints: a longer budget starts it again from its
 ODE initialisation, which lands where continuing it would (distillation has no learning-rate schedule).
+An evaluation made from a longer run's milestone checkpoint (`MILESTONE_MARK`) is kept the same way.
 """
 import gzip
 import json
@@ -16,7 +17,10 @@ import os
 import shutil
 
 KEPT_MARK = "kept.json"        # in a restored run folder: where its files came from
-SMALL_FILES = ("config.json", "summary.json", "lab_eval.json", "sc_triplets.json")
+# in the folder of an evaluation made from another run's milestone checkpoint (lab_experiment.py --milestone): which
+# run and after how many updates; that arm × seed is finished at this budget without a run of its own
+MILESTONE_MARK = "milestone.json"
+SMALL_FILES = ("config.json", "summary.json", "lab_eval.json", "sc_triplets.json", MILESTONE_MARK)
 MECHANISM_PREFIX = "sc_mechanism"   # sc_mechanism.json and sc_mechanism_<updates>.json
 METRICS = "metrics.jsonl"
 WEIGHTS = os.path.join("export", "student.safetensors")
@@ -97,3 +101,9 @@ def restore_runs(kept: str, out: str) -> list:
 def is_restored(run_dir: str) -> bool:
     """True for a run folder `restore_runs` wrote (finished on an earlier machine; no checkpoints here)."""
     return os.path.exists(os.path.join(run_dir, KEPT_MARK))
+
+
+def finished_elsewhere(run_dir: str) -> bool:
+    """True when an arm × seed needs no run here: restored from the repository, or evaluated from a longer run's
+    milestone checkpoint."""
+    return is_restored(run_dir) or os.path.exists(os.path.join(run_dir, MILESTONE_MARK))

@@ -159,6 +159,21 @@ class NotMeasured(FileNotFoundError):
     student were left on the machine it ran on."""
 
 
+def milestone_summary(run_dir: str, updates: int) -> dict:
+    """The summary.json a run stopped after `updates` generator updates would have written, from its milestone
+    checkpoint's counts (`training.distill.run_summary`); the score kind is the finished run's."""
+    from comfyui_salt.training.distill import run_summary
+    from comfyui_salt.training.runs import CheckpointManager
+    ckpts = CheckpointManager(os.path.join(run_dir, "checkpoints"))
+    path = dict(ckpts.complete()).get(updates)
+    if path is None:
+        raise MissingMilestone(f"{run_dir} has no checkpoint at update {updates}; train with checkpoint_keep_every "
+                               f"dividing {updates} to keep it")
+    with open(os.path.join(run_dir, "summary.json")) as f:
+        score_kind = json.load(f).get("score_kind")
+    return run_summary(ckpts.load(path, [])[1]["counts"], score_kind)
+
+
 def measure_run(run_dir: str, clips: int, flow_steps: int, at: int = None) -> dict:
     """The cached measurement of one finished run (`<run>/sc_mechanism.json`), or of its student after `at`
     updates (`<run>/sc_mechanism_<at>.json`, from its milestone checkpoint), made if missing or stale.

@@ -458,3 +458,32 @@ def test_runs_kept_in_the_repository_come_back_on_a_fresh_machine_and_are_not_re
     assert "seed1: kept without a current sc_mechanism.json" in printed.err and "| sc2 | 1 |" in printed.out
     probes = importlib.import_module("comfyui_salt.experiments.lab_grad_probes").table(str(out), ["sc2"])
     assert "without their metrics, left out: sc2/seed1" in probes and "Unfinished" not in probes
+
+
+def test_a_longer_runs_milestone_is_the_shorter_budgets_result(teacher_path, tmp_path, monkeypatch, capsys):
+    """--milestone: a 2-update run's student after 1 update, evaluated into the 1-update experiment, equals the
+    evaluation of a run of 1 update (summary included); that experiment then runs nothing for it, and it is kept."""
+    import comfyui_salt.training.loop as common
+    monkeypatch.setattr(common, "install_stop_handlers", lambda: None)
+    bench = _bench()
+    short, longer, fresh, kept = (tmp_path / n for n in ("short", "longer", "fresh", "kept"))
+    base = ["--teacher", teacher_path, "--seeds", "1", "--ode-updates", "2", "--clips", "4", "--resamples", "20",
+            "--in-process", "--arms", "salt"] + [f"--set={k}={v}" for k, v in {**TINY, **TINY_ODE}.items()]
+    assert bench.main(base + ["--out", str(longer), "--updates", "2", "--set=checkpoint_keep_every=1",
+                              "--milestone", f"1:{short}:{kept}"]) == 0
+    bench._share_starts(str(longer), str(fresh), ["causal"])
+    assert bench.main(base + ["--out", str(fresh), "--updates", "1"]) == 0
+    got = json.loads((short / "salt" / "seed0" / "lab_eval.json").read_text())
+    want = json.loads((fresh / "salt" / "seed0" / "lab_eval.json").read_text())
+    assert got["summary"]["gen_updates"] == 1 and got["summary"] == want["summary"]
+    assert got["nfe"] == want["nfe"] and got["defect8"] == want["defect8"]
+    assert json.loads((short / "salt" / "seed0" / "milestone.json").read_text())["at"] == 1
+    assert sorted(p.name for p in (kept / "salt" / "seed0").iterdir()) == ["lab_eval.json.gz", "milestone.json.gz"]
+    ran = []
+    import comfyui_salt.__main__ as cli
+    monkeypatch.setattr(cli, "main", lambda a: ran.append(a))
+    bench._share_starts(str(longer), str(short), ["causal"])
+    assert bench.main(base + ["--out", str(short), "--updates", "1"]) == 0
+    assert ran == []                                                  # the milestone is that arm × seed's result
+    with pytest.raises(SystemExit, match="UPDATES:FOLDER"):
+        bench.parse_milestone("x:runs/a")

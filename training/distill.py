@@ -60,6 +60,17 @@ def ema_due(cfg: DistillConfig, it: int) -> bool:
     return it >= cfg.ema_start_iter
 
 
+def run_summary(counts: dict, score_kind: str) -> dict:
+    """A run's summary.json from its counts (`Distiller.tally`'s, also stored in every checkpoint's state): generator
+    updates, SC and alignment update counts, their mean grad ratios (None where the term never acted)."""
+    out = {"gen_updates": int(counts["gen_updates"]), "score_kind": score_kind}
+    for term in ("sc", "align"):
+        out[f"{term}_updates"] = int(counts[f"{term}_updates"])
+        n = counts[f"{term}_ratio_n"]
+        out[f"{term}_dmd_grad_ratio_mean"] = counts[f"{term}_ratio_sum"] / n if n else None
+    return out
+
+
 class Distiller:
     """Models, optimisers and losses of one run; `iteration(it)` performs one loop iteration."""
 
@@ -306,13 +317,7 @@ class Distiller:
 
     def summary(self) -> dict:
         """What acted over the run: generator updates, SC and alignment update counts, their mean grad ratios."""
-        c = self.counts
-        out = {"gen_updates": int(c["gen_updates"]), "score_kind": self.score_kind}
-        for term in ("sc", "align"):
-            out[f"{term}_updates"] = int(c[f"{term}_updates"])
-            n = c[f"{term}_ratio_n"]
-            out[f"{term}_dmd_grad_ratio_mean"] = c[f"{term}_ratio_sum"] / n if n else None
-        return out
+        return run_summary(self.counts, self.score_kind)
 
     # -- state ----------------------------------------------------------------------------------
     def state(self):
