@@ -305,29 +305,37 @@ def parse_milestone(text: str) -> tuple:
     return int(at), out, keep
 
 
-def restore_kept(args, kinds) -> None:
-    """--keep: the runs kept in the repository written back under --out where missing (lab_keep.restore_runs); an ODE
-    initialisation kept without its student is made again here (every arm starts from its export)."""
+def restore_kept(args) -> None:
+    """--keep: the runs kept in the repository written back under --out where missing (lab_keep.restore_runs)."""
     for run_dir in lab_keep.restore_runs(args.keep, args.out):
         print(f"restored from {args.keep}: {run_dir}", flush=True)
-    for kind in kinds:
-        run_dir = os.path.join(args.out, ODE_INITS[kind])
-        if lab_keep.is_restored(run_dir) and not os.path.exists(ode_export(args.out, kind)):
-            shutil.rmtree(run_dir)
+
+
+def pending(args) -> list:
+    """[(arm, seed)] in run order that have no result here yet (not finished elsewhere: kept or a milestone)."""
+    return [(arm, seed) for arm, seed in arm_order(args.arms, args.seeds, parse_first(args.first))
+            if not lab_keep.finished_elsewhere(os.path.join(args.out, arm, f"seed{seed}"))]
 
 
 def run_stages(args, extra: dict) -> int:
-    """Every missing stage (ODE inits, references, arms × seeds, evaluations); returns how many jobs failed."""
+    """Every missing stage (ODE inits, references, arms × seeds, evaluations); returns how many jobs failed.
+    An ODE initialisation is made only for a student kind with runs still to do."""
     if args.workers > 1 and "threads" not in extra:   # the cores shared out (one thread each on 2 cores)
         extra = {**extra, "threads": max(1, (os.cpu_count() or 1) // args.workers)}
     if int(extra.get("threads", 0)) > 0:   # this process evaluates beside the jobs
         torch.set_num_threads(int(extra["threads"]))
     if args.keep:
-        restore_kept(args, sorted(arms_needed(args.arms)))
+        restore_kept(args)
+    todo = pending(args)
+    kinds = sorted({student_kind(arm) for arm, _ in todo})
+    for kind in kinds:   # kept without its student (the evaluation only): made again, every run starts from it
+        run_dir = os.path.join(args.out, ODE_INITS[kind])
+        if lab_keep.is_restored(run_dir) and not os.path.exists(ode_export(args.out, kind)):
+            shutil.rmtree(run_dir)
     if args.extend_from:
-        _share_starts(args.extend_from, args.out, sorted(arms_needed(args.arms)))
+        _share_starts(args.extend_from, args.out, kinds)
     ode = []
-    for kind in sorted(arms_needed(args.arms)):
+    for kind in kinds:
         o = {"teacher": args.teacher, "student_kind": kind, **extra}
         if args.ode_updates:
             o["gen_steps"] = args.ode_updates
@@ -338,7 +346,7 @@ def run_stages(args, extra: dict) -> int:
         evaluate_reference(args.out, ref, args.teacher, args.clips)
         if args.keep:
             lab_keep.keep_run(os.path.join(args.out, ref), os.path.join(args.keep, ref))
-    for kind in sorted(arms_needed(args.arms)):   # where every arm starts
+    for kind in kinds:   # where every arm starts
         run_dir = os.path.join(args.out, ODE_INITS[kind])
         evaluate_run(run_dir, args.clips, sampling=extra)
         if args.keep and not lab_keep.is_restored(run_dir):
@@ -348,10 +356,8 @@ def run_stages(args, extra: dict) -> int:
     if args.extend_from and not args.updates:
         raise SystemExit("--extend-from needs --updates: how many updates the continued runs end at")
     jobs = []
-    for arm, seed in arm_order(args.arms, args.seeds, parse_first(args.first)):
+    for arm, seed in todo:
         run_dir = os.path.join(args.out, arm, f"seed{seed}")
-        if lab_keep.finished_elsewhere(run_dir):
-            continue                  # kept from an earlier machine, or a longer run's milestone: its result is here
         if args.extend_from and extend_from(os.path.join(args.extend_from, arm, f"seed{seed}"), run_dir,
                                             args.updates):
             print(f"continues {os.path.join(args.extend_from, arm, f'seed{seed}')}: {run_dir}", flush=True)

@@ -439,6 +439,10 @@ def test_runs_kept_in_the_repository_come_back_on_a_fresh_machine_and_are_not_re
     assert str(out / "dmd" / "seed0") not in restored and str(out / "sc2" / "seed0") in restored
     assert not (out / "dmd" / "seed0" / "kept.json").exists()
     shutil.rmtree(out)
+    assert bench.main(argv) == 0 and ran == []            # every run kept: the init is not needed, not made again
+    assert (out / "ode-causal" / "kept.json").exists() and (out / "ode-causal" / "lab_eval.json").exists()
+    shutil.rmtree(out)
+    shutil.rmtree(kept / "dmd" / "seed0")                 # a run still to do: its init is made again first
     monkeypatch.undo()
     monkeypatch.setattr(common, "install_stop_handlers", lambda: None)
     assert bench.main(argv) == 0
