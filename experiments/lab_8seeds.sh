@@ -1,19 +1,24 @@
 #!/usr/bin/env bash
-# Issue 27: the method lab's claims re-run at 8 seeds (t intervals over seeds), resumable: run it again after any
-# stop and it continues where it stopped (every arm × seed resumes or is skipped), on this machine or on a new one:
-# each run that finishes is measured and kept in the repository at once (experiments/lab_keep.py; commit
-# experiments/results before the session ends), and a new machine starts from what is kept there (the lab teacher,
-# the ODE inits, every finished run).
-# Order: the learned lab teacher (kept: experiments/results/lab_teacher.safetensors; trained again only where
-# missing: 8,000 steps, ~1.4 h of one core), then at 300 updates × 8 seeds the claim arms and the symmetric-SC arms
-# and the λ_SC dose response with its per-update SC/DMD gradient cosine (sc0, sc2, sc20, sc2-sym; the runner does the
-# claim arms first), the SC-triplet and mechanism tables from each run's measurements, the exact-real-score pair
-# (dmd-exact, salt-exact), then dmd and salt to 2,000 updates (evaluated at 1,000 too) and salt-sym to 1,000. Hours
-# of one core (measured: 3.5-4 s per update with two one-thread jobs): a 300-update run 0.3, 1,000 updates 1,
-# 2,000 updates 2.
+# Issue 27: the method lab's claims at 8 seeds (t intervals over seeds), resumable: run it again after any stop and
+# it continues where it stopped (every arm × seed resumes or is skipped), on this machine or on a new one: each run
+# that finishes is measured and kept in the repository at once (experiments/lab_keep.py; commit experiments/results
+# before the session ends), and a new machine starts from what is kept there (the lab teacher, the ODE init, every
+# finished run).
+#
+# Two teachers. The claim arms' 8 seeds at 300 updates (experiments/results/lab-exp8) distilled the first learned
+# lab teacher, which was lost with its machine; the same recipe trained again on another machine gave a teacher
+# that differs in its last digits (docs/method_lab.md), so runs of the two are never paired. Everything below
+# distils the second teacher, kept as experiments/results/lab_teacher.safetensors.
+#
+# Order, each arm × seed in turn (the head-to-head grows evenly): at 300 updates Salt against the symmetric SC
+# (salt, salt-sym, salt-sym2), then the λ_SC dose response (sc0, sc-dmd, sc2, sc20, sc2-sym: each run measured for
+# the SC-triplet and mechanism tables as it finishes); dmd and salt to 2,000 updates, each run also evaluated after
+# 1,000 (its milestone checkpoint), and salt-sym to 1,000; last, the exact-real-score pair at 300 (dmd, dmd-exact,
+# salt-exact). Hours of one core (measured: 3.5-4 s per update with two one-thread jobs): a 300-update run 0.3,
+# 1,000 updates 1, 2,000 updates 2. 2,000 is the longest budget the CPU allows: a run must finish on the machine it
+# started on (a session's machine lasts 3 h; 3,000 updates would take 2.6-3 h).
 # Usage (from the repository root):
-#   [WORKERS=1] [FIRST=arm:seed,...] nohup bash experiments/lab_8seeds.sh > runs/lab-8seeds.log 2>&1 &
-# (FIRST: the 300-update runs to do before the others, e.g. FIRST=salt-sym:3,salt-sym2:3)
+#   [WORKERS=1] nohup bash experiments/lab_8seeds.sh > runs/lab-8seeds.log 2>&1 &
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -27,47 +32,40 @@ if [ ! -f runs/lab_teacher.safetensors ]; then
         --threads 1 --total-steps 8000 --checkpoint-every 100 --eval-every 500 --out runs/lab-teacher
     $PY -m comfyui_salt export-teacher --run runs/lab-teacher --out runs/lab_teacher.safetensors
 fi
-$PY experiments/lab_experiment.py --teacher runs/lab_teacher.safetensors --out runs/lab-exp8 \
-    --keep $KEPT/lab-exp8 --first "${FIRST:-}" --seeds 8 --updates 300 --workers "${WORKERS:-2}" \
-    --arms dmd,salt,sc-dmd,bidir-dmd,bidir-sc-dmd,salt-sym,salt-sym2,sc0,sc2,sc20,sc2-sym
+# "arm:seed,..." for every seed of the given arms, seed by seed (the runner's --first order)
+by_seed() { for s in 0 1 2 3 4 5 6 7; do for a in "$@"; do printf '%s:%s,' "$a" "$s"; done; done; }
+RUN="$PY experiments/lab_experiment.py --teacher runs/lab_teacher.safetensors --seeds 8 --workers ${WORKERS:-2}"
+B="$RUN --out runs/lab-exp8b --keep $KEPT/lab-exp8b --updates 300"
+$B --arms salt,salt-sym,salt-sym2 --first "$(by_seed salt salt-sym salt-sym2)"
+$B --arms sc0,sc-dmd,sc2,sc20,sc2-sym --first "$(by_seed sc0 sc-dmd sc2 sc20 sc2-sym)"
 # which defect SC lowers (the SC arms and their references on the triplets L_SC trains and on defect8's: the
 # dose-response table, t intervals over seeds) and the mechanism of the λ response (the SC target against the exact
-# map per triplet, after 100, 200 and 300 updates): each run was measured as it finished (lab_experiment.py
-# measure_finished; runs kept from an earlier machine bring their measurements), so these print from the caches
-TRIP="$PY experiments/lab_sc_triplets.py --out runs/lab-exp8 --threads 1"
-{ echo "Command: \`$TRIP --table --export $KEPT/lab-exp8\`" \
-       "($(date -u +%F), $(git rev-parse --short HEAD))"
-  echo; $TRIP --table --export $KEPT/lab-exp8; } > $KEPT/lab_sc_triplets_8seeds.md.tmp
+# map per triplet, after 100, 200 and 300 updates) and the per-update SC/DMD gradient probes: each run was measured
+# as it finished (lab_experiment.py measure_finished; kept runs bring their measurements), so these print from them
+TRIP="$PY experiments/lab_sc_triplets.py --out runs/lab-exp8b --threads 1"
+{ echo "Command: \`$TRIP --table --export $KEPT/lab-exp8b\` ($(date -u +%F), $(git rev-parse --short HEAD))"
+  echo; $TRIP --table --export $KEPT/lab-exp8b; } > $KEPT/lab_sc_triplets_8seeds.md.tmp
 mv $KEPT/lab_sc_triplets_8seeds.md.tmp $KEPT/lab_sc_triplets_8seeds.md
 MECH="$PY experiments/lab_sc_mechanism.py --clips 16 --flow-steps 32 --threads 1 --at-updates 100,200"
-MECH="$MECH --runs runs/lab-exp8/ode-causal $(echo runs/lab-exp8/{sc0,sc-dmd,sc2,sc20,sc2-sym}/seed{0..7})"
+MECH="$MECH --runs runs/lab-exp8b/ode-causal $(echo runs/lab-exp8b/{sc0,sc-dmd,sc2,sc20,sc2-sym}/seed{0..7})"
 { echo "Command: \`$MECH\` ($(date -u +%F), $(git rev-parse --short HEAD))"; echo; $MECH; } \
     > $KEPT/lab_sc_mechanism_8seeds.md.tmp
 mv $KEPT/lab_sc_mechanism_8seeds.md.tmp $KEPT/lab_sc_mechanism_8seeds.md
-# the same arms' per-update SC/DMD gradient probes over training (from metrics.jsonl; seconds)
-PROBES="$PY experiments/lab_grad_probes.py --out runs/lab-exp8 --arms sc-dmd,sc2,sc20,sc2-sym,salt,salt-sym,salt-sym2"
+PROBES="$PY experiments/lab_grad_probes.py --out runs/lab-exp8b"
 { echo "Command: \`$PROBES\` ($(date -u +%F), $(git rev-parse --short HEAD))"; echo; $PROBES; } \
     > $KEPT/lab_grad_probes_8seeds.md
-# the exact-real-score pair at 300 updates, 8 seeds (16 runs, ~2.5 h of the two cores)
-$PY experiments/lab_experiment.py --teacher runs/lab_teacher.safetensors --out runs/lab-exp8 \
-    --keep $KEPT/lab-exp8 --arms dmd-exact,salt-exact --seeds 8 --updates 300 --workers "${WORKERS:-2}"
-# the 300-update evaluations kept in the repository, and the verdicts so far (rewritten after each budget)
-$PY experiments/lab_experiment.py --out runs/lab-exp8 --table --compact --export $KEPT/lab-exp8
 $PY experiments/lab_verdicts.py --write $KEPT/lab_verdicts_8seeds.md
-# dmd and salt to 2,000 updates, each run also evaluated after 1,000 (its milestone checkpoint, as the 1,000-update
-# result: the same run, distillation has no learning-rate schedule), then salt-sym to 1,000. 2,000 is the longest
-# budget the CPU allows: a run must finish on the machine it started on (a session's machine lasts 3 h; 2,000
-# updates take 1.7-2 h of one core, 3,000 would take 2.6-3 h).
-$PY experiments/lab_experiment.py --teacher runs/lab_teacher.safetensors --out runs/lab-exp8-2k \
-    --keep $KEPT/lab-exp8-2k --extend-from runs/lab-exp8 --arms dmd,salt --seeds 8 --updates 2000 \
-    --set checkpoint_keep_every=1000 --milestone 1000:runs/lab-exp8-long:$KEPT/lab-exp8-long \
-    --workers "${WORKERS:-2}"
-$PY experiments/lab_experiment.py --teacher runs/lab_teacher.safetensors --out runs/lab-exp8-long \
-    --keep $KEPT/lab-exp8-long --extend-from runs/lab-exp8 --arms dmd,salt,salt-sym --seeds 8 --updates 1000 \
-    --workers "${WORKERS:-2}"
-$PY experiments/lab_experiment.py --out runs/lab-exp8-long --table --compact --export $KEPT/lab-exp8-long \
-    --compare-to runs/lab-exp8
-$PY experiments/lab_experiment.py --out runs/lab-exp8-2k --table --compact --export $KEPT/lab-exp8-2k \
-    --compare-to runs/lab-exp8-long
-# the verdicts at every budget, in one file, from the kept exports (the one command: experiments/lab_verdicts.py)
+# the DMD–Salt pair at 2,000 updates, and at 1,000 from the same runs; salt-sym at 1,000
+$RUN --out runs/lab-exp8b-2k --keep $KEPT/lab-exp8b-2k --extend-from runs/lab-exp8b --updates 2000 \
+    --arms dmd,salt --first "$(by_seed dmd salt)" --set checkpoint_keep_every=1000 \
+    --milestone 1000:runs/lab-exp8b-1k:$KEPT/lab-exp8b-1k
+$RUN --out runs/lab-exp8b-1k --keep $KEPT/lab-exp8b-1k --extend-from runs/lab-exp8b --updates 1000 \
+    --arms dmd,salt,salt-sym
+$PY experiments/lab_verdicts.py --write $KEPT/lab_verdicts_8seeds.md
+# the exact real score against the learned one, at 300 updates
+$B --arms dmd,dmd-exact,salt-exact --first "$(by_seed dmd dmd-exact salt-exact)"
+# the tables of every stage from the kept evaluations, and the verdicts at every budget in one file
+$PY experiments/lab_experiment.py --out runs/lab-exp8b --table --compact --export $KEPT/lab-exp8b
+$PY experiments/lab_experiment.py --out runs/lab-exp8b-1k --table --compact --compare-to runs/lab-exp8b
+$PY experiments/lab_experiment.py --out runs/lab-exp8b-2k --table --compact --compare-to runs/lab-exp8b-1k
 $PY experiments/lab_verdicts.py --write $KEPT/lab_verdicts_8seeds.md

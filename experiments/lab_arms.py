@@ -19,7 +19,7 @@ MILESTONES = {"checkpoint_keep_every": 100}
 # sc2-sym is sc2 with L_SC's gradient through both branches (the paper's reading) instead of the released stop-grad.
 ARMS = {
     "dmd": ("lab-dmd", {}),
-    "sc-dmd": ("lab-sc-dmd", {}),
+    "sc-dmd": ("lab-sc-dmd", {**MILESTONES}),
     "salt": ("lab-salt", {}),
     "bidir-dmd": ("lab-bidir-dmd", {}),
     "bidir-sc-dmd": ("lab-bidir-sc-dmd", {}),
