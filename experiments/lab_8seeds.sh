@@ -24,13 +24,19 @@ cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 KEPT=experiments/results   # what the repository keeps (experiments/lab_keep.py): a new machine starts from it
 mkdir -p runs
+# the kept teacher, or one trained here and kept at once (copies made whole, then renamed into place)
 if [ ! -f runs/lab_teacher.safetensors ] && [ -f $KEPT/lab_teacher.safetensors ]; then
-    cp $KEPT/lab_teacher.safetensors runs/lab_teacher.safetensors
+    cp $KEPT/lab_teacher.safetensors runs/lab_teacher.safetensors.tmp
+    mv runs/lab_teacher.safetensors.tmp runs/lab_teacher.safetensors
 fi
 if [ ! -f runs/lab_teacher.safetensors ]; then
     $PY -m comfyui_salt teacher --world lab:default --mode bidirectional --eval-cfg 1 \
         --threads 1 --total-steps 8000 --checkpoint-every 100 --eval-every 500 --out runs/lab-teacher
     $PY -m comfyui_salt export-teacher --run runs/lab-teacher --out runs/lab_teacher.safetensors
+fi
+if [ ! -f $KEPT/lab_teacher.safetensors ]; then
+    cp runs/lab_teacher.safetensors $KEPT/lab_teacher.safetensors.tmp
+    mv $KEPT/lab_teacher.safetensors.tmp $KEPT/lab_teacher.safetensors
 fi
 # "arm:seed,..." for every seed of the given arms, seed by seed (the runner's --first order)
 by_seed() { for s in 0 1 2 3 4 5 6 7; do for a in "$@"; do printf '%s:%s,' "$a" "$s"; done; done; }
@@ -39,21 +45,25 @@ B="$RUN --out runs/lab-exp8b --keep $KEPT/lab-exp8b --updates 300"
 $B --arms salt,salt-sym,salt-sym2 --first "$(by_seed salt salt-sym salt-sym2)"
 $B --arms sc0,sc-dmd,sc2,sc20,sc2-sym --first "$(by_seed sc0 sc-dmd sc2 sc20 sc2-sym)"
 # which defect SC lowers (the SC arms and their references on the triplets L_SC trains and on defect8's: the
-# dose-response table, t intervals over seeds) and the mechanism of the λ response (the SC target against the exact
+# dose-response table, t intervals over seeds), the mechanism of the λ response (the SC target against the exact
 # map per triplet, after 100, 200 and 300 updates) and the per-update SC/DMD gradient probes: each run was measured
 # as it finished (lab_experiment.py measure_finished; kept runs bring their measurements), so these print from them
-TRIP="$PY experiments/lab_sc_triplets.py --out runs/lab-exp8b --threads 1"
-{ echo "Command: \`$TRIP --table --export $KEPT/lab-exp8b\` ($(date -u +%F), $(git rev-parse --short HEAD))"
-  echo; $TRIP --table --export $KEPT/lab-exp8b; } > $KEPT/lab_sc_triplets_8seeds.md.tmp
-mv $KEPT/lab_sc_triplets_8seeds.md.tmp $KEPT/lab_sc_triplets_8seeds.md
-MECH="$PY experiments/lab_sc_mechanism.py --clips 16 --flow-steps 32 --threads 1 --at-updates 100,200"
-MECH="$MECH --runs runs/lab-exp8b/ode-causal $(echo runs/lab-exp8b/{sc0,sc-dmd,sc2,sc20,sc2-sym}/seed{0..7})"
-{ echo "Command: \`$MECH\` ($(date -u +%F), $(git rev-parse --short HEAD))"; echo; $MECH; } \
-    > $KEPT/lab_sc_mechanism_8seeds.md.tmp
-mv $KEPT/lab_sc_mechanism_8seeds.md.tmp $KEPT/lab_sc_mechanism_8seeds.md
-PROBES="$PY experiments/lab_grad_probes.py --out runs/lab-exp8b"
-{ echo "Command: \`$PROBES\` ($(date -u +%F), $(git rev-parse --short HEAD))"; echo; $PROBES; } \
-    > $KEPT/lab_grad_probes_8seeds.md
+tables() {
+    local trip="$PY experiments/lab_sc_triplets.py --out runs/lab-exp8b --threads 1"
+    { echo "Command: \`$trip --table --export $KEPT/lab-exp8b\` ($(date -u +%F), $(git rev-parse --short HEAD))"
+      echo; $trip --table --export $KEPT/lab-exp8b; } > $KEPT/lab_sc_triplets_8seeds.md.tmp
+    mv $KEPT/lab_sc_triplets_8seeds.md.tmp $KEPT/lab_sc_triplets_8seeds.md
+    local mech="$PY experiments/lab_sc_mechanism.py --clips 16 --flow-steps 32 --threads 1 --at-updates 100,200"
+    mech="$mech --runs runs/lab-exp8b/ode-causal $(echo runs/lab-exp8b/{sc0,sc-dmd,sc2,sc20,sc2-sym}/seed{0..7})"
+    { echo "Command: \`$mech\` ($(date -u +%F), $(git rev-parse --short HEAD))"; echo; $mech; } \
+        > $KEPT/lab_sc_mechanism_8seeds.md.tmp
+    mv $KEPT/lab_sc_mechanism_8seeds.md.tmp $KEPT/lab_sc_mechanism_8seeds.md
+    local probes="$PY experiments/lab_grad_probes.py --out runs/lab-exp8b"
+    { echo "Command: \`$probes\` ($(date -u +%F), $(git rev-parse --short HEAD))"; echo; $probes; } \
+        > $KEPT/lab_grad_probes_8seeds.md.tmp
+    mv $KEPT/lab_grad_probes_8seeds.md.tmp $KEPT/lab_grad_probes_8seeds.md
+}
+tables
 $PY experiments/lab_verdicts.py --write $KEPT/lab_verdicts_8seeds.md
 # the DMD–Salt pair at 2,000 updates, and at 1,000 from the same runs; salt-sym at 1,000
 $RUN --out runs/lab-exp8b-2k --keep $KEPT/lab-exp8b-2k --extend-from runs/lab-exp8b --updates 2000 \
@@ -64,7 +74,9 @@ $RUN --out runs/lab-exp8b-1k --keep $KEPT/lab-exp8b-1k --extend-from runs/lab-ex
 $PY experiments/lab_verdicts.py --write $KEPT/lab_verdicts_8seeds.md
 # the exact real score against the learned one, at 300 updates
 $B --arms dmd,dmd-exact,salt-exact --first "$(by_seed dmd dmd-exact salt-exact)"
-# the tables of every stage from the kept evaluations, and the verdicts at every budget in one file
+# the tables again (the triplets' reference columns need dmd at 300), every stage's table from the kept
+# evaluations, and the verdicts at every budget in one file
+tables
 $PY experiments/lab_experiment.py --out runs/lab-exp8b --table --compact --export $KEPT/lab-exp8b
 $PY experiments/lab_experiment.py --out runs/lab-exp8b-1k --table --compact --compare-to runs/lab-exp8b
 $PY experiments/lab_experiment.py --out runs/lab-exp8b-2k --table --compact --compare-to runs/lab-exp8b-1k

@@ -270,11 +270,11 @@ def finish_run(args, run_dir: str) -> None:
     if lab_keep.is_restored(run_dir):
         return
     rel = os.path.relpath(run_dir, args.out)
+    for at, out, keep in args.milestone:   # first: once the run is kept, a new machine would not redo them
+        evaluate_milestone(run_dir, at, os.path.join(out, rel), args.clips, keep and os.path.join(keep, rel))
     if args.keep:
         measure_finished(run_dir, args.clips)
         lab_keep.keep_run(run_dir, os.path.join(args.keep, rel), metrics=rel.split(os.sep)[0] in PROBE_ARMS)
-    for at, out, keep in args.milestone:
-        evaluate_milestone(run_dir, at, os.path.join(out, rel), args.clips, keep and os.path.join(keep, rel))
 
 
 def evaluate_milestone(run_dir: str, at: int, dest: str, clips: int, keep: str = "") -> None:
@@ -282,27 +282,41 @@ def evaluate_milestone(run_dir: str, at: int, dest: str, clips: int, keep: str =
     folder (`dest`: lab_eval.json and lab_keep.MILESTONE_MARK, which the runner there takes as finished), and kept
     under `keep` when given. Distillation has no learning-rate schedule, so this is the evaluation a run of `at`
     updates gives (tests/test_lab_experiment.py compares them); nothing is done where `dest` holds a run."""
-    mark = os.path.join(dest, lab_keep.MILESTONE_MARK)
-    if os.path.exists(dest) and not os.path.exists(mark):
+    if os.path.exists(dest) and not lab_keep.finished_elsewhere(dest):
         print(f"--milestone: {dest} holds a run of its own; left as it is", file=sys.stderr)
         return
-    os.makedirs(dest, exist_ok=True)
-    evaluate_run(run_dir, clips, at=at, dest=dest)
-    with open(mark + ".tmp", "w") as f:
-        json.dump({"of": os.path.normpath(run_dir), "at": at}, f)
-    os.replace(mark + ".tmp", mark)
+    if not os.path.exists(dest):   # made whole in a temporary folder, then renamed: an interruption leaves no dest
+        tmp = os.path.join(os.path.dirname(dest), f".milestone-{os.path.basename(dest)}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+        evaluate_run(run_dir, clips, at=at, dest=tmp)
+        with open(os.path.join(tmp, lab_keep.MILESTONE_MARK), "w") as f:
+            json.dump({"of": os.path.normpath(run_dir), "at": at}, f)
+        os.replace(tmp, dest)
     if keep:
         lab_keep.keep_run(dest, keep)
 
 
 def parse_milestone(text: str) -> tuple:
-    """`1000:runs/lab-exp8-long[:experiments/results/lab-exp8-long]` → (1000, out, keep or "")."""
+    """`1000:runs/lab-exp8b-1k[:experiments/results/lab-exp8b-1k]` → (1000, out, keep or "")."""
     at, _, rest = text.partition(":")
     out, _, keep = rest.partition(":")
     if not at.isdigit() or int(at) < 1 or not out:
         raise SystemExit(f"--milestone {text!r}: expected UPDATES:FOLDER[:KEPT], e.g. "
-                         f"1000:runs/lab-exp8-long:experiments/results/lab-exp8-long")
+                         f"1000:runs/lab-exp8b-1k:experiments/results/lab-exp8b-1k")
     return int(at), out, keep
+
+
+def check_milestones(args, extra: dict) -> None:
+    """Before any training: every --milestone below --updates and a multiple of checkpoint_keep_every (--set), so
+    the runs keep the checkpoints it reads."""
+    keep_every = int(extra.get("checkpoint_keep_every", 0) or 0)
+    for at, _, _ in args.milestone:
+        if not args.updates or at >= args.updates:
+            raise SystemExit(f"--milestone {at}: expected fewer updates than --updates={args.updates}")
+        if not keep_every or at % keep_every:
+            raise SystemExit(f"--milestone {at}: the runs keep no checkpoint at update {at}; add "
+                             f"--set checkpoint_keep_every={at} (or a divisor of it)")
 
 
 def restore_kept(args) -> None:
@@ -331,6 +345,13 @@ def run_stages(args, extra: dict) -> int:
     for kind in kinds:   # kept without its student (the evaluation only): made again, every run starts from it
         run_dir = os.path.join(args.out, ODE_INITS[kind])
         if lab_keep.is_restored(run_dir) and not os.path.exists(ode_export(args.out, kind)):
+            kept = [f"{arm}/seed{seed}" for arm in ARMS for seed in range(args.seeds) if student_kind(arm) == kind
+                    and lab_keep.finished_elsewhere(os.path.join(args.out, arm, f"seed{seed}"))]
+            if kept:   # a new init (CPU training does not repeat across machines) would not be theirs
+                raise SystemExit(f"{run_dir}: the {kind} ODE init was kept without its student, and runs started "
+                                 f"from it are kept ({', '.join(kept[:4])}{', ...' if len(kept) > 4 else ''}); "
+                                 f"new runs from a new init would be paired with them. Run this arm set in a new "
+                                 f"--out/--keep folder (or put the init's student.safetensors back in the kept one)")
             shutil.rmtree(run_dir)
     if args.extend_from:
         _share_starts(args.extend_from, args.out, kinds)
@@ -590,8 +611,9 @@ def main(argv=None) -> int:
                                                                    "shorter experiment) up to --updates, from its "
                                                                    "ODE init and last checkpoint")
     p.add_argument("--keep", default="", metavar="DIR", help="the repository's kept folder of this experiment "
-                   "(e.g. experiments/results/lab-exp8): runs kept there are restored under --out and not rerun, "
-                   "and each run that finishes here is measured and kept there at once (experiments/lab_keep.py)")
+                   "(e.g. experiments/results/lab-exp8b; one per teacher): runs kept there are restored under --out "
+                   "and not rerun, and each run that finishes here is measured and kept there at once "
+                   "(experiments/lab_keep.py)")
     p.add_argument("--milestone", action="append", default=[], type=parse_milestone, metavar="UPDATES:DIR[:KEPT]",
                    help="also evaluate each finished run's student after UPDATES updates (its milestone checkpoint: "
                         "--set checkpoint_keep_every=UPDATES) as that arm × seed's result in the experiment folder "
@@ -617,6 +639,7 @@ def main(argv=None) -> int:
         def stop(signum, frame):
             raise KeyboardInterrupt(f"signal {signum}")
         signal.signal(signal.SIGTERM, stop)   # `kill <pid>` stops like Ctrl-C (the running job saves first)
+        check_milestones(args, parse_sets(args.set))
         try:
             failed = run_stages(args, parse_sets(args.set))
         except KeyboardInterrupt:

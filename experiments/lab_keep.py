@@ -8,7 +8,8 @@ are tabulated) its metrics. An ODE initialisation also keeps its exported studen
 `restore_runs` writes them back under the experiment folder where a run folder is missing, with a mark
 (`KEPT_MARK`): the runner then treats the run as finished, and the tables and measurement scripts read its files as
 if the run had finished on this machine. A restored run has no checkpoints: a longer budget starts it again from its
-ODE initialisation, which lands where continuing it would (distillation has no learning-rate schedule).
+ODE initialisation, which is the same run (distillation has no learning-rate schedule) up to the floating point of
+another machine (CPU training repeats on one machine, not across machines; docs/method_lab.md "Two lab teachers").
 An evaluation made from a longer run's milestone checkpoint (`MILESTONE_MARK`) is kept the same way.
 """
 import gzip
@@ -79,7 +80,7 @@ def restore_runs(kept: str, out: str) -> list:
         target = os.path.join(out, rel)
         if rel == "." or os.path.exists(target):
             continue
-        tmp = target + ".restoring"
+        tmp = os.path.join(os.path.dirname(target), f".restoring-{os.path.basename(target)}")   # no seed* name
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
         for name in names:

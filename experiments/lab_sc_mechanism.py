@@ -195,7 +195,8 @@ def measure_run(run_dir: str, clips: int, flow_steps: int, at: int = None) -> di
             return done
     if lab_keep.is_restored(run_dir) and not os.path.exists(os.path.join(run_dir, "export", "student.safetensors")):
         raise NotMeasured(f"{run_dir}: kept without a current {os.path.basename(path)} (its student stayed on the "
-                          f"machine it ran on); rerun the run to measure it")
+                          f"machine it ran on); to measure it, delete the run's kept folder and this restored one "
+                          f"and run it again")
     cfg = as_distill_config(read_run_config(run_dir))   # an ODE initialisation's: how its student samples
     model = (load_model(os.path.join(run_dir, "export", "student.safetensors"))[0].eval() if at is None
              else milestone_student(run_dir, at))

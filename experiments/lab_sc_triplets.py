@@ -38,6 +38,7 @@ import torch
 
 from comfyui_salt.experiments import lab_experiment as lx   # the experiment's arms, captions and noise seed
 from comfyui_salt.experiments.lab_arms import TRIPLET_ARMS as ARMS   # the arms measured
+from comfyui_salt.experiments.lab_keep import is_restored
 
 BASE = "sc0"   # λ_SC = 0: K = 8 alone (causal); the claims' reference (dmd, bidir-dmd) is the other baseline
 COLUMNS = ("consecutive", "trained consecutive", "untrained consecutive", "SC-weighted", "loss-weighted")
@@ -241,6 +242,8 @@ def main(argv=None):
             for name in sorted(os.listdir(d)) if os.path.isdir(d) else ():
                 run = os.path.join(d, name)
                 if name.startswith("seed") and os.path.exists(os.path.join(run, "summary.json")):
+                    if is_restored(run):   # kept from an earlier machine: its measurement is what was kept
+                        continue
                     measure(run, args.clips)
                     print(f"measured {run}", flush=True)
     if args.export:

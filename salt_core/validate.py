@@ -122,11 +122,13 @@ FINITE_CHUNK = 1 << 24   # elements per pass of check_finite_tensor: its masks s
 
 
 def check_finite_tensor(name: str, t: torch.Tensor, *, where: str = "", fix: str = "") -> torch.Tensor:
-    """Refuse a tensor holding NaN or ±Inf, with the count of bad entries. A contiguous tensor is read in chunks of
-    FINITE_CHUNK elements, so the check takes no memory in proportion to a hostile size."""
+    """Refuse a tensor holding NaN or ±Inf, with the count of bad entries. It is read in chunks of about FINITE_CHUNK
+    elements (slices along its first axis, so a non-contiguous view is not copied whole either): the check takes no
+    memory in proportion to a hostile size."""
     if t.is_floating_point() or t.is_complex():
-        flat = t.view(-1) if t.is_contiguous() else t.reshape(-1)
-        bad = sum(int((~torch.isfinite(flat[i:i + FINITE_CHUNK])).sum()) for i in range(0, flat.numel(), FINITE_CHUNK))
+        rows = t.reshape(1, -1) if t.ndim == 0 else t
+        step = max(1, FINITE_CHUNK // max(1, rows[:1].numel()))
+        bad = sum(int((~torch.isfinite(rows[i:i + step])).sum()) for i in range(0, rows.shape[0], step))
         if bad:
             raise ValueError(f"{_prefix(where)}{name} holds {bad} non-finite value(s) (NaN/Inf) out of {t.numel()}; "
                              f"expected finite numbers{'; ' + fix if fix else ''}")

@@ -442,7 +442,11 @@ def test_runs_kept_in_the_repository_come_back_on_a_fresh_machine_and_are_not_re
     assert bench.main(argv) == 0 and ran == []            # every run kept: the init is not needed, not made again
     assert (out / "ode-causal" / "kept.json").exists() and (out / "ode-causal" / "lab_eval.json").exists()
     shutil.rmtree(out)
-    shutil.rmtree(kept / "dmd" / "seed0")                 # a run still to do: its init is made again first
+    shutil.rmtree(kept / "dmd" / "seed0")                 # a run still to do, and sc2 kept from the lost init
+    with pytest.raises(SystemExit, match="kept without its student, and runs started from it are kept .sc2/seed0"):
+        bench.main(argv)
+    shutil.rmtree(out)
+    shutil.rmtree(kept / "sc2" / "seed0")                 # nothing kept from it: the init is made again first
     monkeypatch.undo()
     monkeypatch.setattr(common, "install_stop_handlers", lambda: None)
     assert bench.main(argv) == 0
@@ -452,6 +456,7 @@ def test_runs_kept_in_the_repository_come_back_on_a_fresh_machine_and_are_not_re
     # that need its student skip it and say so
     (kept / "sc2" / "seed1").mkdir()
     shutil.copy(kept / "sc2" / "seed0" / "lab_eval.json.gz", kept / "sc2" / "seed1" / "lab_eval.json.gz")
+    assert not list(out.rglob(".restoring-*"))
     lab_keep = importlib.import_module("comfyui_salt.experiments.lab_keep")
     assert lab_keep.restore_runs(str(kept), str(out)) == [str(out / "sc2" / "seed1")]
     mech = importlib.import_module("comfyui_salt.experiments.lab_sc_mechanism")
@@ -465,29 +470,49 @@ def test_runs_kept_in_the_repository_come_back_on_a_fresh_machine_and_are_not_re
 
 
 def test_a_longer_runs_milestone_is_the_shorter_budgets_result(teacher_path, tmp_path, monkeypatch, capsys):
-    """--milestone: a 2-update run's student after 1 update, evaluated into the 1-update experiment, equals the
-    evaluation of a run of 1 update (summary included); that experiment then runs nothing for it, and it is kept."""
+    """--milestone: a 3-update run's student after 2 updates (its EMA weights), evaluated into the 2-update
+    experiment, equals the evaluation of a run of 2 updates (summary included); that experiment then runs nothing
+    for it, and it is kept. A milestone the runs would not keep is refused before training; an evaluation
+    interrupted halfway leaves nothing that reads as done."""
     import comfyui_salt.training.loop as common
     monkeypatch.setattr(common, "install_stop_handlers", lambda: None)
     bench = _bench()
     short, longer, fresh, kept = (tmp_path / n for n in ("short", "longer", "fresh", "kept"))
     base = ["--teacher", teacher_path, "--seeds", "1", "--ode-updates", "2", "--clips", "4", "--resamples", "20",
-            "--in-process", "--arms", "salt"] + [f"--set={k}={v}" for k, v in {**TINY, **TINY_ODE}.items()]
-    assert bench.main(base + ["--out", str(longer), "--updates", "2", "--set=checkpoint_keep_every=1",
-                              "--milestone", f"1:{short}:{kept}"]) == 0
+            "--in-process", "--arms", "salt"] + [f"--set={k}={v}" for k, v in {**TINY, **TINY_ODE,
+                                                                                 "critic_ratio": 2}.items()]
+    for bad, words in ((["--updates", "2", "--set=checkpoint_keep_every=2"], "fewer updates than --updates=2"),
+                       (["--updates", "3"], "add --set checkpoint_keep_every=2")):
+        with pytest.raises(SystemExit, match=words):
+            bench.main(base + ["--out", str(longer), *bad, "--milestone", f"2:{short}:{kept}"])
+    assert not longer.exists()
+    real = bench.evaluate_run
+
+    def interrupted(*a, **k):
+        if k.get("at"):
+            raise KeyboardInterrupt
+        return real(*a, **k)
+    monkeypatch.setattr(bench, "evaluate_run", interrupted)
+    assert bench.main(base + ["--out", str(longer), "--updates", "3", "--set=checkpoint_keep_every=1",
+                              "--milestone", f"2:{short}:{kept}"]) == 130        # stopped (as by Ctrl-C)
+    assert not (short / "salt" / "seed0").exists()                    # nothing reads as done
+    monkeypatch.setattr(bench, "evaluate_run", real)
+    assert bench.main(base + ["--out", str(longer), "--updates", "3", "--set=checkpoint_keep_every=1",
+                              "--milestone", f"2:{short}:{kept}"]) == 0   # the finished run's after() again
+    assert (longer / "salt" / "seed0" / "checkpoints" / "step_00000002" / "ema.safetensors").exists()
     bench._share_starts(str(longer), str(fresh), ["causal"])
-    assert bench.main(base + ["--out", str(fresh), "--updates", "1"]) == 0
+    assert bench.main(base + ["--out", str(fresh), "--updates", "2"]) == 0
     got = json.loads((short / "salt" / "seed0" / "lab_eval.json").read_text())
     want = json.loads((fresh / "salt" / "seed0" / "lab_eval.json").read_text())
-    assert got["summary"]["gen_updates"] == 1 and got["summary"] == want["summary"]
+    assert got["summary"]["gen_updates"] == 2 and got["summary"] == want["summary"]
     assert got["nfe"] == want["nfe"] and got["defect8"] == want["defect8"]
-    assert json.loads((short / "salt" / "seed0" / "milestone.json").read_text())["at"] == 1
+    assert json.loads((short / "salt" / "seed0" / "milestone.json").read_text())["at"] == 2
     assert sorted(p.name for p in (kept / "salt" / "seed0").iterdir()) == ["lab_eval.json.gz", "milestone.json.gz"]
     ran = []
     import comfyui_salt.__main__ as cli
     monkeypatch.setattr(cli, "main", lambda a: ran.append(a))
     bench._share_starts(str(longer), str(short), ["causal"])
-    assert bench.main(base + ["--out", str(short), "--updates", "1"]) == 0
+    assert bench.main(base + ["--out", str(short), "--updates", "2"]) == 0
     assert ran == []                                                  # the milestone is that arm × seed's result
     with pytest.raises(SystemExit, match="UPDATES:FOLDER"):
         bench.parse_milestone("x:runs/a")
