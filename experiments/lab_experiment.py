@@ -298,12 +298,12 @@ def evaluate_milestone(run_dir: str, at: int, dest: str, clips: int, keep: str =
 
 
 def parse_milestone(text: str) -> tuple:
-    """`1000:runs/lab-exp8b-1k[:experiments/results/lab-exp8b-1k]` → (1000, out, keep or "")."""
+    """`1000:runs/lab-exp8-1k[:experiments/results/lab-exp8-1k]` → (1000, out, keep or "")."""
     at, _, rest = text.partition(":")
     out, _, keep = rest.partition(":")
     if not at.isdigit() or int(at) < 1 or not out:
         raise SystemExit(f"--milestone {text!r}: expected UPDATES:FOLDER[:KEPT], e.g. "
-                         f"1000:runs/lab-exp8b-1k:experiments/results/lab-exp8b-1k")
+                         f"1000:runs/lab-exp8-1k:experiments/results/lab-exp8-1k")
     return int(at), out, keep
 
 
@@ -611,7 +611,7 @@ def main(argv=None) -> int:
                                                                    "shorter experiment) up to --updates, from its "
                                                                    "ODE init and last checkpoint")
     p.add_argument("--keep", default="", metavar="DIR", help="the repository's kept folder of this experiment "
-                   "(e.g. experiments/results/lab-exp8b; one per teacher): runs kept there are restored under --out "
+                   "(e.g. experiments/results/lab-exp8; one per teacher): runs kept there are restored under --out "
                    "and not rerun, and each run that finishes here is measured and kept there at once "
                    "(experiments/lab_keep.py)")
     p.add_argument("--milestone", action="append", default=[], type=parse_milestone, metavar="UPDATES:DIR[:KEPT]",

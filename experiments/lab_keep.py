@@ -9,7 +9,7 @@ are tabulated) its metrics. An ODE initialisation also keeps its exported studen
 (`KEPT_MARK`): the runner then treats the run as finished, and the tables and measurement scripts read its files as
 if the run had finished on this machine. A restored run has no checkpoints: a longer budget starts it again from its
 ODE initialisation, which is the same run (distillation has no learning-rate schedule) up to the floating point of
-another machine (CPU training repeats on one machine, not across machines; docs/method_lab.md "Two lab teachers").
+another machine (about 1e-5; docs/method_lab.md "The teacher trained again reproduces").
 An evaluation made from a longer run's milestone checkpoint (`MILESTONE_MARK`) is kept the same way.
 """
 import gzip

@@ -23,11 +23,10 @@ import subprocess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (budget, folder of kept evaluations): the 8-seed re-run's exports (experiments/lab_8seeds.sh), in the report's order.
-# A budget is its update count, or a label where two experiments share a count: the first lab teacher's runs (the
-# claim arms at 300 updates; that teacher was lost with its machine, docs/method_lab.md) and the second's. 2,000 is
-# the longest budget the CPU allows: a run must finish on the machine it started on, which lasts one 3-hour session.
-BUDGETS = (("300 updates, first teacher", "experiments/results/lab-exp8"), (300, "experiments/results/lab-exp8b"),
-           (1000, "experiments/results/lab-exp8b-1k"), (2000, "experiments/results/lab-exp8b-2k"))
+# A budget is its update count (or, given with --budget, a label). 2,000 is the longest budget the CPU allows: a run
+# must finish on the machine it started on, which lasts one 3-hour session.
+BUDGETS = ((300, "experiments/results/lab-exp8"), (1000, "experiments/results/lab-exp8-1k"),
+           (2000, "experiments/results/lab-exp8-2k"))
 MIN_SEEDS = 8
 FAMILY_ALPHA = 0.05          # the chance of any false verdict among one budget's claims, read family-wise
 
