@@ -347,7 +347,7 @@ def run_stages(args, extra: dict) -> int:
         if lab_keep.is_restored(run_dir) and not os.path.exists(ode_export(args.out, kind)):
             kept = [f"{arm}/seed{seed}" for arm in ARMS for seed in range(args.seeds) if student_kind(arm) == kind
                     and lab_keep.finished_elsewhere(os.path.join(args.out, arm, f"seed{seed}"))]
-            if kept:   # a new init (CPU training does not repeat across machines) would not be theirs
+            if kept:   # a new init repeats the lost one only up to another machine's floating point, unchecked
                 raise SystemExit(f"{run_dir}: the {kind} ODE init was kept without its student, and runs started "
                                  f"from it are kept ({', '.join(kept[:4])}{', ...' if len(kept) > 4 else ''}); "
                                  f"new runs from a new init would be paired with them. Run this arm set in a new "

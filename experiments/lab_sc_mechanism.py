@@ -132,19 +132,26 @@ class MissingMilestone(FileNotFoundError):
     """A run has no checkpoint at the asked update count (trained without `checkpoint_keep_every` dividing it)."""
 
 
-def milestone_student(run_dir: str, updates: int):
-    """The student of run `run_dir` after `updates` generator updates, from its milestone checkpoint: the exported
-    model's architecture with the checkpoint's EMA weights where it holds them (EMA has started: what the export and
-    `Distiller.student_for_inference` use), else its student weights. MissingMilestone names the missing checkpoint
-    and the setting that keeps them; a sharded checkpoint is refused (the lab trains in one process)."""
+def _milestone(run_dir: str, updates: int) -> tuple:
+    """(CheckpointManager, path) of run `run_dir`'s complete checkpoint after `updates` generator updates;
+    MissingMilestone names the checkpoints it has and the setting that keeps them."""
     from comfyui_salt.training.runs import CheckpointManager
-    from comfyui_salt.weights.files import load_model
     ckpts = CheckpointManager(os.path.join(run_dir, "checkpoints"))
     path = dict(ckpts.complete()).get(updates)
     if path is None:
         raise MissingMilestone(f"{run_dir} has no checkpoint at update {updates} (it has "
                                f"{sorted(s for s, _ in ckpts.complete())}); train with checkpoint_keep_every "
                                f"dividing {updates} to keep it")
+    return ckpts, path
+
+
+def milestone_student(run_dir: str, updates: int):
+    """The student of run `run_dir` after `updates` generator updates, from its milestone checkpoint: the exported
+    model's architecture with the checkpoint's EMA weights where it holds them (EMA has started: what the export and
+    `Distiller.student_for_inference` use), else its student weights. MissingMilestone names the missing checkpoint
+    and the setting that keeps them; a sharded checkpoint is refused (the lab trains in one process)."""
+    from comfyui_salt.weights.files import load_model
+    ckpts, path = _milestone(run_dir, updates)
     if ckpts.is_sharded(path):
         raise ValueError(f"{path} is a sharded checkpoint (torchrun); measure runs trained in one process")
     name = "ema" if os.path.exists(os.path.join(path, "ema.safetensors")) else "student"
@@ -163,12 +170,7 @@ def milestone_summary(run_dir: str, updates: int) -> dict:
     """The summary.json a run stopped after `updates` generator updates would have written, from its milestone
     checkpoint's counts (`training.distill.run_summary`); the score kind is the finished run's."""
     from comfyui_salt.training.distill import run_summary
-    from comfyui_salt.training.runs import CheckpointManager
-    ckpts = CheckpointManager(os.path.join(run_dir, "checkpoints"))
-    path = dict(ckpts.complete()).get(updates)
-    if path is None:
-        raise MissingMilestone(f"{run_dir} has no checkpoint at update {updates}; train with checkpoint_keep_every "
-                               f"dividing {updates} to keep it")
+    ckpts, path = _milestone(run_dir, updates)
     with open(os.path.join(run_dir, "summary.json")) as f:
         score_kind = json.load(f).get("score_kind")
     return run_summary(ckpts.load(path, [])[1]["counts"], score_kind)

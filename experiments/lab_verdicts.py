@@ -22,9 +22,8 @@ import os
 import subprocess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# (budget, folder of kept evaluations): the 8-seed re-run's exports (experiments/lab_8seeds.sh), in the report's order.
-# A budget is its update count (or, given with --budget, a label). 2,000 is the longest budget the CPU allows: a run
-# must finish on the machine it started on, which lasts one 3-hour session.
+# (updates, folder of kept evaluations): the 8-seed re-run's exports (experiments/lab_8seeds.sh). 2,000 is the longest
+# budget the CPU allows: a run must finish on the machine it started on, which lasts one 3-hour session.
 BUDGETS = ((300, "experiments/results/lab-exp8"), (1000, "experiments/results/lab-exp8-1k"),
            (2000, "experiments/results/lab-exp8-2k"))
 MIN_SEEDS = 8
@@ -37,11 +36,6 @@ def parse_budget(text: str) -> tuple:
     if not sep or not updates.strip().isdigit() or not folder.strip():
         raise SystemExit(f"--budget {text!r}: expected UPDATES=FOLDER, e.g. 300=runs/lab-exp8")
     return int(updates), folder.strip()
-
-
-def label(budget) -> str:
-    """A budget's name in the report: "1,000 updates" for an update count, else its label as it is."""
-    return f"{budget:,} updates" if isinstance(budget, int) else str(budget)
 
 
 def family_level(rows: list) -> tuple:
@@ -65,8 +59,7 @@ def family_word(verdict: str, widened: str) -> str:
 
 
 def budget_rows(budgets, base: str = ROOT, required: bool = False) -> dict:
-    """{budget: (folder, results, claim rows)} of the budgets whose folder holds evaluated runs, in the order given
-    (a budget: an update count or a label); relative folders
+    """{updates: (folder, results, claim rows)} of the budgets whose folder holds evaluated runs; relative folders
     are read under `base`. Each row also has "family": the same claim read with the family-wise intervals
     (`family_level`), its verdict by `family_word`. required: a folder that does not exist is an error (a budget
     the user named), else it is skipped (the default budgets not run yet)."""
@@ -91,9 +84,9 @@ def verdict_matrix(found: dict, min_seeds: int = MIN_SEEDS) -> str:
     """Markdown: a row per claim (in CLAIMS order), a column per budget; each cell "verdict (n)" with n the paired
     seeds, "interim" where n < min_seeds, empty where the budget has no such run."""
     from comfyui_salt.experiments.lab_tables import CLAIMS
-    budgets = list(found)
+    budgets = sorted(found)
     by = {u: {r["claim"]: r for r in found[u][2]} for u in budgets}
-    head = ["claim"] + [label(u) for u in budgets]
+    head = ["claim"] + [f"{u:,} updates" for u in budgets]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for claim, *_ in CLAIMS:
         cells = []
@@ -136,8 +129,9 @@ def report(found: dict, min_seeds: int = MIN_SEEDS, made_by: str = "") -> str:
              f"than {min_seeds} are interim. \"Family-wise\": where the verdict changes when every interval of that "
              "budget is widened to Bonferroni's level (all of them cover at once with probability ≥ 95 %).", "",
              verdict_matrix(found, min_seeds)]
-    for u, (folder, results, rows) in found.items():
-        parts += ["", f"## {label(u)} (`{folder}`)", "", format_claims(results, rows=rows), "",
+    for u in sorted(found):
+        folder, results, rows = found[u]
+        parts += ["", f"## {u:,} updates (`{folder}`)", "", format_claims(results, rows=rows), "",
                   family_note(rows)]
     return "\n".join(parts) + "\n"
 
