@@ -17,6 +17,10 @@ nohup .venv/bin/python experiments/lab_experiment.py --teacher runs/lab_teacher.
     --extend-from runs/lab-exp --arms dmd,salt --seeds 3 --updates 1000 --workers 2 > runs/lab-exp-long.log 2>&1 &
 # its table, and what the 700 more updates changed (each arm against its own 300-update runs, paired)
 .venv/bin/python experiments/lab_experiment.py --out runs/lab-exp-long --table --compact --compare-to runs/lab-exp
+# runs kept with their evaluation only (their students lost with a machine) trained again, from the same init, for
+# the measurements the tables need (read with `--also runs/lab-exp8-m`), and kept apart
+.venv/bin/python experiments/lab_experiment.py --teacher runs/lab_teacher.safetensors --out runs/lab-exp8-m \
+    --keep experiments/results/lab-exp8-m --remeasure runs/lab-exp8 --arms sc-dmd --seeds 8 --updates 300
 ```
 
 Stages, each skipped where finished and resumed where it stopped:
@@ -233,7 +237,7 @@ def _share_starts(src: str, dst: str, kinds) -> None:
             shutil.rmtree(b + ".tmp", ignore_errors=True)
             os.makedirs(b + ".tmp")
             shutil.copytree(os.path.join(a, "export"), os.path.join(b + ".tmp", "export"))
-            for name in ("config.json", "lab_eval.json"):
+            for name in ("config.json", "lab_eval.json", "sc_mechanism.json"):   # the init's own measurement too
                 if os.path.exists(os.path.join(a, name)):
                     shutil.copy2(os.path.join(a, name), os.path.join(b + ".tmp", name))
             os.replace(b + ".tmp", b)
@@ -261,6 +265,13 @@ def measure_finished(run_dir: str, clips: int) -> None:
                 mech.measure_run(run_dir, MECHANISM["clips"], MECHANISM["flow_steps"], at)
             except mech.MissingMilestone as e:
                 print(f"not measured: {e}", file=sys.stderr)   # trained shorter than the milestone (smoke runs)
+
+
+def unmeasured(run_dir: str, arm: str) -> list:
+    """The files of the measurements `arm`'s runs are kept with (measure_finished's, and the metrics of the probe
+    arms) that `run_dir` lacks: what a run kept with its evaluation only is missing."""
+    need = (("sc_triplets.json", TRIPLET_ARMS), ("sc_mechanism.json", MECHANISM_ARMS), (lab_keep.METRICS, PROBE_ARMS))
+    return [name for name, arms in need if arm in arms and not os.path.exists(os.path.join(run_dir, name))]
 
 
 def finish_run(args, run_dir: str) -> None:
@@ -326,9 +337,28 @@ def restore_kept(args) -> None:
 
 
 def pending(args) -> list:
-    """[(arm, seed)] in run order that have no result here yet (not finished elsewhere: kept or a milestone)."""
-    return [(arm, seed) for arm, seed in arm_order(args.arms, args.seeds, parse_first(args.first))
+    """[(arm, seed)] in run order that have no result here yet (not finished elsewhere: kept or a milestone); with
+    --remeasure only those whose run in that folder was kept without the measurements of its arm (unmeasured)."""
+    todo = [(arm, seed) for arm, seed in arm_order(args.arms, args.seeds, parse_first(args.first))
             if not lab_keep.finished_elsewhere(os.path.join(args.out, arm, f"seed{seed}"))]
+    if args.remeasure:
+        todo = [(arm, seed) for arm, seed in todo if remeasured(args, arm, seed)]
+    return todo
+
+
+def remeasured(args, arm: str, seed: int) -> bool:
+    """--remeasure: True when that folder's run of `arm` × `seed` was kept without its arm's measurements (then
+    this experiment trains it again, from the same ODE init, for them). SystemExit when that run made another
+    number of updates than --updates: the run again would not be the same run."""
+    src = os.path.join(args.remeasure, arm, f"seed{seed}")
+    if not (lab_keep.is_restored(src) and unmeasured(src, arm)):
+        return False
+    with open(os.path.join(src, "lab_eval.json")) as f:
+        made = json.load(f)["summary"].get("gen_updates")
+    if made != args.updates:
+        raise SystemExit(f"--remeasure {args.remeasure}: {src} made {made} updates, not --updates={args.updates}; "
+                         f"pass --updates {made}")
+    return True
 
 
 def run_stages(args, extra: dict) -> int:
@@ -340,10 +370,16 @@ def run_stages(args, extra: dict) -> int:
         torch.set_num_threads(int(extra["threads"]))
     if args.keep:
         restore_kept(args)
+    starts = args.extend_from or args.remeasure   # the experiment whose ODE inits this one starts from
+    if args.remeasure and not os.path.isdir(args.remeasure):
+        raise SystemExit(f"--remeasure {args.remeasure}: no such experiment folder; run that experiment's command "
+                         f"first (with its --keep it restores its kept runs there)")
     todo = pending(args)
     kinds = sorted({student_kind(arm) for arm, _ in todo})
     for kind in kinds:   # kept without its student (the evaluation only): made again, every run starts from it
         run_dir = os.path.join(args.out, ODE_INITS[kind])
+        if starts and lab_keep.is_restored(run_dir) and os.path.exists(ode_export(starts, kind)):
+            shutil.rmtree(run_dir)   # kept here without its student: shared again from the experiment it extends
         if lab_keep.is_restored(run_dir) and not os.path.exists(ode_export(args.out, kind)):
             kept = [f"{arm}/seed{seed}" for arm in ARMS for seed in range(args.seeds) if student_kind(arm) == kind
                     and lab_keep.finished_elsewhere(os.path.join(args.out, arm, f"seed{seed}"))]
@@ -353,8 +389,11 @@ def run_stages(args, extra: dict) -> int:
                                  f"new runs from a new init would be paired with them. Run this arm set in a new "
                                  f"--out/--keep folder (or put the init's student.safetensors back in the kept one)")
             shutil.rmtree(run_dir)
-    if args.extend_from:
-        _share_starts(args.extend_from, args.out, kinds)
+    if starts:
+        if args.remeasure and any(not os.path.exists(ode_export(starts, kind)) for kind in kinds):
+            raise SystemExit(f"--remeasure {starts}: its ODE init has no student here (the runs would start from "
+                             f"another one); run that experiment's command first, which restores it")
+        _share_starts(starts, args.out, kinds)
     ode = []
     for kind in kinds:
         o = {"teacher": args.teacher, "student_kind": kind, **extra}
@@ -373,9 +412,10 @@ def run_stages(args, extra: dict) -> int:
         if args.keep and not lab_keep.is_restored(run_dir):
             measure_finished(run_dir, args.clips)
             # its student too, unless it is the extended experiment's (kept there)
-            lab_keep.keep_run(run_dir, os.path.join(args.keep, ODE_INITS[kind]), weights=not args.extend_from)
-    if args.extend_from and not args.updates:
-        raise SystemExit("--extend-from needs --updates: how many updates the continued runs end at")
+            lab_keep.keep_run(run_dir, os.path.join(args.keep, ODE_INITS[kind]), weights=not starts)
+    if starts and not args.updates:
+        flag = "--extend-from" if args.extend_from else "--remeasure"
+        raise SystemExit(f"{flag} needs --updates: how many updates the runs end at")
     jobs = []
     for arm, seed in todo:
         run_dir = os.path.join(args.out, arm, f"seed{seed}")
@@ -610,6 +650,10 @@ def main(argv=None) -> int:
     p.add_argument("--extend-from", default="", metavar="DIR", help="continue each arm × seed finished in DIR (a "
                                                                    "shorter experiment) up to --updates, from its "
                                                                    "ODE init and last checkpoint")
+    p.add_argument("--remeasure", default="", metavar="DIR", help="train again here only the runs of the experiment "
+                   "DIR (same teacher, --updates and seeds) that were kept with their evaluation only, from DIR's ODE "
+                   "init, for the measurements their arm needs (SC triplets, mechanism, gradient probes); the "
+                   "tables read them with --also here")
     p.add_argument("--keep", default="", metavar="DIR", help="the repository's kept folder of this experiment "
                    "(e.g. experiments/results/lab-exp8; one per teacher): runs kept there are restored under --out "
                    "and not rerun, and each run that finishes here is measured and kept there at once "
@@ -633,6 +677,9 @@ def main(argv=None) -> int:
     unknown = [a for a in args.arms if a not in ARMS]
     if unknown:
         raise SystemExit(f"--arms: unknown {unknown}; choose from {list(ARMS)}")
+    if args.remeasure and args.extend_from:
+        raise SystemExit("--remeasure and --extend-from: pass one (--remeasure trains runs of DIR again at their "
+                         "own --updates; --extend-from continues them to more)")
     if not args.table:
         if not args.teacher:
             raise SystemExit("--teacher <learned lab teacher file> is needed to run stages (or pass --table)")

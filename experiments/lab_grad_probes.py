@@ -4,6 +4,8 @@ against DMD, per update, from the gradient probes every SC run logs (training/di
 metrics.jsonl).
 
     .venv/bin/python experiments/lab_grad_probes.py --out runs/lab-exp8 --arms sc-dmd,sc2,sc20,sc2-sym,salt
+    # runs kept without their metrics, read from their runs trained again (lab_experiment.py --remeasure)
+    .venv/bin/python experiments/lab_grad_probes.py --out runs/lab-exp8 --also runs/lab-exp8-m
 
 Per arm, two tables of seed means with Student's t intervals over seeds (salt_core.metrics.bootstrap.
 seed_t_interval; each seed's value is the mean over its updates in the cell): over training (the run's updates cut
@@ -76,19 +78,32 @@ def _fmt(iv) -> str:
     return f"{iv.mean:+.4f} [{iv.lo:+.4f}, {iv.hi:+.4f}] (n={iv.n})"
 
 
-def table(out: str, arms: list, windows: int = 3, shift: float = 3.0) -> str:
+def _run(folders, arm: str, seed: str):
+    """The run folder of `arm`/`seed` whose probes to read: the first of `folders` where it finished (summary.json)
+    and is not a copy kept without its metrics; None if there is none."""
+    for folder in folders:
+        run = os.path.join(folder, arm, seed)
+        if os.path.exists(os.path.join(run, "summary.json")) and not (
+                is_restored(run) and not os.path.exists(os.path.join(run, "metrics.jsonl"))):
+            return run
+    return None
+
+
+def table(out: str, arms: list, windows: int = 3, shift: float = 3.0, also=()) -> str:
     """Markdown: per arm, the probes over training and by exit level, from its finished runs (summary.json written:
-    a run still training would leave its later windows short); arms without probes and unfinished runs are listed."""
+    a run still training would leave its later windows short); arms without probes and unfinished runs are listed.
+    A run of `out` kept without its metrics is read from the first folder of `also` where it finished (the same run
+    trained again for its measurements: lab_experiment.py --remeasure)."""
     lines, missing, unfinished, lost = [], [], [], []
     for arm in arms:
         root = os.path.join(out, arm)
         seeds = sorted(d for d in os.listdir(root) if d.startswith("seed")) if os.path.isdir(root) else []
-        gone = [s for s in seeds if is_restored(os.path.join(root, s))
-                and not os.path.exists(os.path.join(root, s, "metrics.jsonl"))]
+        found = {s: _run((out, *also), arm, s) for s in seeds}
+        gone = [s for s in seeds if not found[s] and is_restored(os.path.join(root, s))]
         lost += [f"{arm}/{s}" for s in gone]
-        done = [s for s in seeds if os.path.exists(os.path.join(root, s, "summary.json")) and s not in gone]
+        done = [s for s in seeds if found[s]]
         unfinished += [f"{arm}/{s}" for s in seeds if s not in done and s not in gone]
-        runs = [read_probes(os.path.join(root, s)) for s in done]
+        runs = [read_probes(found[s]) for s in done]
         runs = [r for r in runs if r]
         if not runs:
             missing.append(arm)
@@ -117,10 +132,12 @@ def main(argv=None):
     p.add_argument("--arms", default=",".join(PROBE_ARMS), help="comma-separated arms with an SC term")
     p.add_argument("--windows", type=int, default=3, help="equal spans of updates over training")
     p.add_argument("--shift", type=float, default=3.0, help="the runs' grid shift (the lab's: 3)")
+    p.add_argument("--also", action="append", default=[], metavar="DIR", help="an experiment folder whose runs "
+                   "stand in for --out's runs kept without their metrics (lab_experiment.py --remeasure)")
     args = p.parse_args(argv)
     if args.windows < 1:
         raise SystemExit(f"--windows {args.windows}: expected a count >= 1")
-    print(table(args.out, [a for a in args.arms.split(",") if a], args.windows, args.shift))
+    print(table(args.out, [a for a in args.arms.split(",") if a], args.windows, args.shift, args.also))
 
 
 if __name__ == "__main__":

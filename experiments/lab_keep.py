@@ -99,6 +99,18 @@ def restore_runs(kept: str, out: str) -> list:
     return restored
 
 
+def measured_in(folders, rel: str, name: str):
+    """The path of `<folder>/<rel>/<name>` (or its kept `.gz`) in the first of `folders` that has it, or None: an
+    experiment first, then the folders of its runs trained again for the measurements their kept copies lack
+    (lab_experiment.py --remeasure)."""
+    for folder in folders:
+        path = os.path.join(folder, rel, name)
+        for p in (path, path + ".gz"):
+            if os.path.exists(p):
+                return p
+    return None
+
+
 def is_restored(run_dir: str) -> bool:
     """True for a run folder `restore_runs` wrote (finished on an earlier machine; no checkpoints here)."""
     return os.path.exists(os.path.join(run_dir, KEPT_MARK))

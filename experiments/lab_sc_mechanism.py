@@ -197,8 +197,8 @@ def measure_run(run_dir: str, clips: int, flow_steps: int, at: int = None) -> di
             return done
     if lab_keep.is_restored(run_dir) and not os.path.exists(os.path.join(run_dir, "export", "student.safetensors")):
         raise NotMeasured(f"{run_dir}: kept without a current {os.path.basename(path)} (its student stayed on the "
-                          f"machine it ran on); to measure it, delete the run's kept folder and this restored one "
-                          f"and run it again")
+                          f"machine it ran on); to measure it, train it again in another folder (lab_experiment.py "
+                          f"--remeasure) and pass that run too")
     cfg = as_distill_config(read_run_config(run_dir))   # an ODE initialisation's: how its student samples
     model = (load_model(os.path.join(run_dir, "export", "student.safetensors"))[0].eval() if at is None
              else milestone_student(run_dir, at))
@@ -261,7 +261,9 @@ def parse_updates(text: str) -> list:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--runs", nargs="+", required=True, help="finished lab distillation run folders")
+    ap.add_argument("--runs", nargs="+", required=True, help="finished lab distillation run folders (one arm × seed "
+                    "given in two experiments, e.g. a run kept without its measurement and the same run trained "
+                    "again by lab_experiment.py --remeasure: the first measured one counts)")
     ap.add_argument("--clips", type=int, default=32, help="clips per run (the lab's fixed evaluation captions)")
     ap.add_argument("--flow-steps", type=int, default=64, help="midpoint steps of the exact flow per hop")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -270,15 +272,19 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     steps = parse_updates(args.at_updates)
-    measured = {}
+    measured, done = {}, set()
     for at in steps + [None]:
         for run in args.runs:
             if at is not None and os.path.basename(os.path.normpath(run)).startswith("ode-"):
                 continue                                 # an ODE init is measured once, as it is
             if not os.path.isdir(run):
                 continue                                 # an arm × seed not run yet
+            same = (arm_of(run), os.path.basename(os.path.normpath(run)), at)
+            if same in done:
+                continue   # measured already from another experiment's copy of the run (--remeasure's)
             try:
                 measured[(run, at)] = measure_run(run, args.clips, args.flow_steps, at)
+                done.add(same)
             except NotMeasured as e:
                 print(f"skipped: {e}", file=sys.stderr)   # kept from an earlier machine without this measurement
             except MissingMilestone as e:

@@ -38,7 +38,7 @@ import torch
 
 from comfyui_salt.experiments import lab_experiment as lx   # the experiment's arms, captions and noise seed
 from comfyui_salt.experiments.lab_arms import TRIPLET_ARMS as ARMS   # the arms measured
-from comfyui_salt.experiments.lab_keep import is_restored
+from comfyui_salt.experiments.lab_keep import is_restored, measured_in
 
 BASE = "sc0"   # λ_SC = 0: K = 8 alone (causal); the claims' reference (dmd, bidir-dmd) is the other baseline
 COLUMNS = ("consecutive", "trained consecutive", "untrained consecutive", "SC-weighted", "loss-weighted")
@@ -143,13 +143,22 @@ def _read(path: str):
     return None
 
 
-def load(out: str) -> tuple:
-    """({arm: {seed: per_clip columns}}, {arm: λ_SC}) of every measured run under `out`."""
+def _seeds(folders, arm: str) -> list:
+    """The seed folder names of `arm` in any of `folders`, in seed order."""
+    names = {n for f in folders if os.path.isdir(os.path.join(f, arm))
+             for n in os.listdir(os.path.join(f, arm)) if n.startswith("seed") and n[4:].isdigit()}
+    return sorted(names, key=lambda n: int(n[4:]))
+
+
+def load(out: str, also=()) -> tuple:
+    """({arm: {seed: per_clip columns}}, {arm: λ_SC}) of every measured run under `out`; a run measured there
+    neither (kept with its evaluation only) is read from the first of `also` that has it (the same run trained
+    again for its measurements: lab_experiment.py --remeasure)."""
     runs, weights = {}, {}
     for arm in ARMS:
-        d = os.path.join(out, arm)
-        for name in sorted(os.listdir(d)) if os.path.isdir(d) else ():
-            m = _read(os.path.join(d, name, "sc_triplets.json")) if name.startswith("seed") else None
+        for name in _seeds((out, *also), arm):
+            path = measured_in((out, *also), os.path.join(arm, name), "sc_triplets.json")
+            m = _read(path.removesuffix(".gz")) if path else None
             if m is not None:
                 runs.setdefault(arm, {})[int(name[4:])] = per_clip(m)
                 weights[arm] = m["sc_weight"]
@@ -171,11 +180,12 @@ def export(out: str, dest: str) -> int:
     return n
 
 
-def table(out: str) -> str:
+def table(out: str, also=()) -> str:
     """Markdown: per arm, each column's mean over seeds [95 % t interval] and its paired ratios (seeds paired in
     brackets) to the claims' reference of its student kind and, for causal arms, to BASE; then the SC-weighted
-    defect per exit level σ_s, with L_SC's weight 1 − σ_s there, and for causal arms its paired ratio to BASE's."""
-    runs, weights = load(out)
+    defect per exit level σ_s, with L_SC's weight 1 − σ_s there, and for causal arms its paired ratio to BASE's.
+    Runs measured only in a folder of `also` are read from there (load)."""
+    runs, weights = load(out, also)
     if not runs:
         return "no measured runs yet"
     ratios = [(col, base) for base in ("ref", BASE) for col in ("consecutive", "loss-weighted")]
@@ -229,6 +239,9 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--arms", default=",".join(ARMS), help="comma-separated arms whose runs to measure (the table "
                    "reads every measured arm)")
+    p.add_argument("--also", action="append", default=[], metavar="DIR", help="an experiment folder whose runs "
+                   "stand in for --out's runs kept without their measurement (lab_experiment.py --remeasure); "
+                   "the table reads them, --export copies only --out's")
     args = p.parse_args(argv)
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     unknown = [a for a in arms if a not in ARMS]
@@ -248,7 +261,7 @@ def main(argv=None):
                     print(f"measured {run}", flush=True)
     if args.export:
         print(f"exported {export(args.out, args.export)} measurements to {args.export}")
-    print(table(args.out))
+    print(table(args.out, args.also))
 
 
 if __name__ == "__main__":

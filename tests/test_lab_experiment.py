@@ -516,3 +516,75 @@ def test_a_longer_runs_milestone_is_the_shorter_budgets_result(teacher_path, tmp
     assert ran == []                                                  # the milestone is that arm × seed's result
     with pytest.raises(SystemExit, match="UPDATES:FOLDER"):
         bench.parse_milestone("x:runs/a")
+
+
+def test_runs_kept_without_measurements_are_trained_again_apart_for_them(teacher_path, tmp_path, monkeypatch,
+                                                                          capsys):
+    """--remeasure: of an experiment whose runs came back from the repository, only those kept with their
+    evaluation alone are trained again (same ODE init, seed and updates) in another folder, measured and kept
+    there; that run's evaluation repeats the kept one, and the triplet, probe and mechanism tables read its
+    measurements in place of the missing ones. On a new machine both come back without training anything."""
+    import shutil
+    import comfyui_salt.training.loop as common
+    monkeypatch.setattr(common, "install_stop_handlers", lambda: None)
+    bench = _bench()
+    out, kept, again, kept_again = (tmp_path / n for n in ("exp", "kept", "again", "kept-again"))
+    common_args = ["--teacher", teacher_path, "--seeds", "3", "--ode-updates", "2", "--clips", "4", "--resamples",
+                   "20", "--in-process", "--arms", "sc2"] + [f"--set={k}={v}" for k, v in {**TINY, **TINY_ODE}.items()]
+    first = common_args + ["--out", str(out), "--keep", str(kept), "--updates", "2"]
+    assert bench.main(first) == 0
+    want = json.loads((out / "sc2" / "seed1" / "lab_eval.json").read_text())
+    for p in [*(kept / "sc2" / "seed1").iterdir(), *(kept / "sc2" / "seed2").iterdir()]:
+        if p.name != "lab_eval.json.gz":                   # kept before measurements were: the evaluation only
+            p.unlink()
+    shutil.rmtree(out)
+    assert bench.main(first) == 0                          # a new machine: restored, nothing trained
+    assert bench.unmeasured(str(out / "sc2" / "seed1"), "sc2") == ["sc_triplets.json", "sc_mechanism.json",
+                                                                   "metrics.jsonl"]
+    assert bench.unmeasured(str(out / "sc2" / "seed0"), "sc2") == []
+    remeasure = common_args + ["--out", str(again), "--keep", str(kept_again), "--remeasure", str(out)]
+    for bad, words in ((["--updates", "3"], "made 2 updates, not --updates=3"),
+                       (["--updates", "2", "--extend-from", str(out)], "pass one")):
+        with pytest.raises(SystemExit, match=words):
+            bench.main(remeasure + bad)
+    assert bench.main(remeasure + ["--updates", "2"]) == 0
+    assert not (again / "sc2" / "seed0").exists()          # measured where it ran: not trained again
+    got = json.loads((again / "sc2" / "seed1" / "lab_eval.json").read_text())
+    assert got["nfe"] == want["nfe"] and got["defect8"] == want["defect8"]   # the same run
+    assert sorted(p.name for p in (kept_again / "sc2" / "seed1").iterdir()) == [
+        "config.json.gz", "lab_eval.json.gz", "metrics.jsonl.gz", "sc_mechanism.json.gz", "sc_triplets.json.gz",
+        "summary.json.gz"]
+    assert not (kept_again / "ode-causal" / "student.safetensors").exists()   # the init is the experiment's
+    trip = importlib.import_module("comfyui_salt.experiments.lab_sc_triplets")
+    assert "| sc2 | 2 | 1 |" in trip.table(str(out)) and "| sc2 | 2 | 3 |" in trip.table(str(out), [str(again)])
+    probes = importlib.import_module("comfyui_salt.experiments.lab_grad_probes")
+    alone, both = probes.table(str(out), ["sc2"]), probes.table(str(out), ["sc2"], also=[str(again)])
+    assert "left out: sc2/seed1, sc2/seed2" in alone and "left out: sc2" not in both   # (2 updates: a seed may log no probe)
+    assert probes._run([str(out), str(again)], "sc2", "seed1") == str(again / "sc2" / "seed1")
+    assert probes._run([str(out), str(again)], "sc2", "seed0") == str(out / "sc2" / "seed0")
+    mech = importlib.import_module("comfyui_salt.experiments.lab_sc_mechanism")
+    capsys.readouterr()
+    runs = [str(out / "sc2" / "seed0"), str(out / "sc2" / "seed1"), str(again / "sc2" / "seed1"),
+            str(again / "sc2" / "seed1")]
+    assert mech.main(["--runs", *runs, "--clips", "16", "--flow-steps", "32"]) == 0
+    assert "| sc2 | 2 |" in capsys.readouterr().out       # seed 1 counted once
+    shutil.rmtree(out)
+    shutil.rmtree(again)                                    # a new machine again: both come back, nothing trains
+    ran = []
+    import comfyui_salt.__main__ as cli
+    monkeypatch.setattr(cli, "main", lambda a: ran.append(a))
+    assert bench.main(first) == 0 and bench.main(remeasure + ["--updates", "2"]) == 0
+    assert ran == [] and (again / "sc2" / "seed1" / "kept.json").exists()
+    assert "| sc2 | 2 | 3 |" in trip.table(str(out), [str(again)])
+    # a new machine with one of them still to do: the init kept here without its student is shared again from the
+    # experiment (not refused as a lost init beside runs kept from it), and only that run trains
+    monkeypatch.undo()
+    monkeypatch.setattr(common, "install_stop_handlers", lambda: None)
+    shutil.rmtree(out)
+    shutil.rmtree(again)
+    shutil.rmtree(kept_again / "sc2" / "seed2")
+    assert bench.main(first) == 0 and bench.main(remeasure + ["--updates", "2"]) == 0
+    assert (again / "sc2" / "seed1" / "kept.json").exists() and (again / "sc2" / "seed2" / "summary.json").exists()
+    assert (again / "ode-causal" / "export" / "student.safetensors").read_bytes() == (
+        out / "ode-causal" / "export" / "student.safetensors").read_bytes()
+    assert (kept_again / "sc2" / "seed2" / "sc_triplets.json.gz").exists()
