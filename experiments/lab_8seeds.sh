@@ -15,8 +15,7 @@
 # SC against Salt (salt-sym, salt-sym2), then the λ_SC dose response (sc0, sc2, sc20, sc2-sym: each run measured for
 # the SC-triplet and mechanism tables as it finishes), and the λ runs kept without measurements trained again for
 # them (lab-exp8-m); dmd and salt to 2,000 updates, each run also evaluated after 1,000 (its milestone checkpoint),
-# and salt-sym to 1,000; the exact-real-score pair at 300 (dmd-exact, salt-exact); last, dmd and salt trained again
-# for their triplet and probe measurements. Hours of one core (measured: 3.5-4 s per update with two one-thread jobs): a 300-update run 0.3,
+# and salt-sym to 1,000; last, the exact-real-score pair at 300 (dmd-exact, salt-exact). Hours of one core (measured: 3.5-4 s per update with two one-thread jobs): a 300-update run 0.3,
 # 1,000 updates 1, 2,000 updates 2. 2,000 is the longest budget the CPU allows: a run must finish on the machine it
 # started on (a session's machine lasts 3 h; 3,000 updates would take 2.6-3 h).
 # Usage (from the repository root):
@@ -47,12 +46,14 @@ B="$RUN --out runs/lab-exp8 --keep $KEPT/lab-exp8 --updates 300"
 # (one command: no core waits for the last run of a stage)
 $B --arms salt,salt-sym,salt-sym2,sc0,sc-dmd,sc2,sc20,sc2-sym \
     --first "$(by_seed salt-sym salt-sym2)$(by_seed sc0 sc2 sc20 sc2-sym)"
-# the runs the first machine kept with their evaluation only (sc-dmd's 8 seeds, the first 2 of the other λ arms)
-# trained again in lab-exp8-m from the same ODE init, for their triplet, mechanism and probe measurements (the same
-# command repeats a run's evaluation: tests/test_lab_experiment.py; across machines to ~1e-4); the tables read them
-# with --also, the verdicts keep the kept evaluations
+# the runs kept with their evaluation only (the first machine's: sc-dmd, dmd and salt 8 seeds each, the first 2 of
+# the other λ arms, salt-sym 0-2 and salt-sym2 0-1) trained again in lab-exp8-m from the kept ODE init, for their
+# triplet, mechanism and probe measurements (the same command repeats a run's evaluation on one machine:
+# tests/test_lab_experiment.py; across machines to ~1e-4); the tables read them with --also, the verdicts keep the
+# kept evaluations. The λ arms first, then the head-to-head's, then dmd (the triplet table's reference)
 M="$RUN --out runs/lab-exp8-m --keep $KEPT/lab-exp8-m --remeasure runs/lab-exp8 --updates 300"
-$M --arms sc0,sc-dmd,sc2,sc20,sc2-sym --first "$(by_seed sc-dmd sc0 sc2 sc20 sc2-sym)"
+$M --arms sc0,sc-dmd,sc2,sc20,sc2-sym,salt,salt-sym,salt-sym2,dmd \
+    --first "$(by_seed sc-dmd sc0 sc2 sc20 sc2-sym)$(by_seed salt-sym salt-sym2 salt)"
 # which defect SC lowers (the SC arms and their references on the triplets L_SC trains and on defect8's: the
 # dose-response table, t intervals over seeds), the mechanism of the λ response (the SC target against the exact
 # map per triplet, after 100, 200 and 300 updates) and the per-update SC/DMD gradient probes: each run was measured
@@ -83,8 +84,6 @@ $RUN --out runs/lab-exp8-1k --keep $KEPT/lab-exp8-1k --extend-from runs/lab-exp8
 $PY experiments/lab_verdicts.py --write $KEPT/lab_verdicts_8seeds.md
 # the exact real score against the learned one, at 300 updates
 $B --arms dmd,dmd-exact,salt-exact --first "$(by_seed dmd-exact salt-exact)"
-# dmd and salt trained again for their triplet and probe measurements (the references of the triplet table)
-$M --arms dmd,salt --first "$(by_seed dmd salt)"
 # the tables again, every stage's table from the kept evaluations, and the verdicts at every budget in one file
 tables
 $PY experiments/lab_experiment.py --out runs/lab-exp8 --table --compact --export $KEPT/lab-exp8

@@ -228,6 +228,20 @@ def _stored_init(run_dir: str):
         return json.load(f).get("student_init")
 
 
+def _same_init(a: str, b: str) -> bool:
+    """True when the ODE-init folders `a` and `b` hold the same evaluation (every per-clip value): the init an
+    experiment kept without its student is the one the experiment it extends still has."""
+    evals = []
+    for run_dir in (a, b):
+        path = os.path.join(run_dir, "lab_eval.json")
+        if not os.path.exists(path):
+            return False
+        with open(path) as f:
+            ev = json.load(f)
+        evals.append((ev.get("nfe"), ev.get("defect8")))
+    return evals[0] == evals[1] and evals[0][0] is not None
+
+
 def _share_starts(src: str, dst: str, kinds) -> None:
     """Copy `src`'s ODE initialisations (export, config, evaluation; each folder whole, then renamed into place) and
     reference evaluations into `dst` where missing: a continued experiment starts from the init it extends."""
@@ -353,8 +367,15 @@ def remeasured(args, arm: str, seed: int) -> bool:
     src = os.path.join(args.remeasure, arm, f"seed{seed}")
     if not (lab_keep.is_restored(src) and unmeasured(src, arm)):
         return False
-    with open(os.path.join(src, "lab_eval.json")) as f:
-        made = json.load(f)["summary"].get("gen_updates")
+    made = None
+    for name in ("lab_eval.json", "summary.json"):   # the evaluation records the run's summary
+        if os.path.exists(os.path.join(src, name)):
+            with open(os.path.join(src, name)) as f:
+                got = json.load(f)
+            made = made or (got.get("summary", got) or {}).get("gen_updates")
+    if made is None:
+        raise SystemExit(f"--remeasure {args.remeasure}: {src} records no update count (no lab_eval.json or "
+                         f"summary.json with gen_updates); it cannot be trained again as the same run")
     if made != args.updates:
         raise SystemExit(f"--remeasure {args.remeasure}: {src} made {made} updates, not --updates={args.updates}; "
                          f"pass --updates {made}")
@@ -378,7 +399,9 @@ def run_stages(args, extra: dict) -> int:
     kinds = sorted({student_kind(arm) for arm, _ in todo})
     for kind in kinds:   # kept without its student (the evaluation only): made again, every run starts from it
         run_dir = os.path.join(args.out, ODE_INITS[kind])
-        if starts and lab_keep.is_restored(run_dir) and os.path.exists(ode_export(starts, kind)):
+        if (starts and lab_keep.is_restored(run_dir) and not os.path.exists(ode_export(args.out, kind))
+                and os.path.exists(ode_export(starts, kind)) and _same_init(run_dir, os.path.join(starts,
+                                                                                           ODE_INITS[kind]))):
             shutil.rmtree(run_dir)   # kept here without its student: shared again from the experiment it extends
         if lab_keep.is_restored(run_dir) and not os.path.exists(ode_export(args.out, kind)):
             kept = [f"{arm}/seed{seed}" for arm in ARMS for seed in range(args.seeds) if student_kind(arm) == kind
@@ -680,6 +703,12 @@ def main(argv=None) -> int:
     if args.remeasure and args.extend_from:
         raise SystemExit("--remeasure and --extend-from: pass one (--remeasure trains runs of DIR again at their "
                          "own --updates; --extend-from continues them to more)")
+    if args.remeasure and args.milestone:
+        raise SystemExit("--remeasure with --milestone: a run trained again for its measurements gives no other "
+                         "budget's result; drop --milestone")
+    if args.remeasure and os.path.abspath(args.remeasure) == os.path.abspath(args.out):
+        raise SystemExit(f"--remeasure {args.remeasure}: the same folder as --out; train the runs again in "
+                         f"another one (e.g. --out {os.path.normpath(args.out)}-m)")
     if not args.table:
         if not args.teacher:
             raise SystemExit("--teacher <learned lab teacher file> is needed to run stages (or pass --table)")

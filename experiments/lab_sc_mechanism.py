@@ -279,7 +279,7 @@ def main(argv=None) -> int:
                 continue                                 # an ODE init is measured once, as it is
             if not os.path.isdir(run):
                 continue                                 # an arm × seed not run yet
-            same = (arm_of(run), os.path.basename(os.path.normpath(run)), at)
+            same = (arm_of(run), os.path.basename(os.path.normpath(run)), at, _updates(run))   # one budget's
             if same in done:
                 continue   # measured already from another experiment's copy of the run (--remeasure's)
             try:

@@ -542,9 +542,13 @@ def test_runs_kept_without_measurements_are_trained_again_apart_for_them(teacher
     assert bench.unmeasured(str(out / "sc2" / "seed1"), "sc2") == ["sc_triplets.json", "sc_mechanism.json",
                                                                    "metrics.jsonl"]
     assert bench.unmeasured(str(out / "sc2" / "seed0"), "sc2") == []
-    remeasure = common_args + ["--out", str(again), "--keep", str(kept_again), "--remeasure", str(out)]
+    # another --ode-updates: an init made here instead of shared from the experiment would change every evaluation
+    remeasure = [("1" if a == "2" and common_args[i - 1] == "--ode-updates" else a) for i, a in enumerate(
+        common_args)] + ["--out", str(again), "--keep", str(kept_again), "--remeasure", str(out)]
     for bad, words in ((["--updates", "3"], "made 2 updates, not --updates=3"),
-                       (["--updates", "2", "--extend-from", str(out)], "pass one")):
+                       (["--updates", "2", "--extend-from", str(out)], "pass one"),
+                       (["--updates", "2", "--milestone", f"1:{tmp_path / 'm'}"], "drop --milestone"),
+                       (["--updates", "2", "--out", str(out)], "the same folder as --out")):
         with pytest.raises(SystemExit, match=words):
             bench.main(remeasure + bad)
     assert bench.main(remeasure + ["--updates", "2"]) == 0
@@ -557,6 +561,7 @@ def test_runs_kept_without_measurements_are_trained_again_apart_for_them(teacher
     assert not (kept_again / "ode-causal" / "student.safetensors").exists()   # the init is the experiment's
     trip = importlib.import_module("comfyui_salt.experiments.lab_sc_triplets")
     assert "| sc2 | 2 | 1 |" in trip.table(str(out)) and "| sc2 | 2 | 3 |" in trip.table(str(out), [str(again)])
+    assert "| sc2 | 2 | 3 |" in trip.table(str(kept), [str(kept_again)])   # from the kept .gz files alone
     probes = importlib.import_module("comfyui_salt.experiments.lab_grad_probes")
     alone, both = probes.table(str(out), ["sc2"]), probes.table(str(out), ["sc2"], also=[str(again)])
     assert "left out: sc2/seed1, sc2/seed2" in alone and "left out: sc2" not in both   # (2 updates: a seed may log no probe)
@@ -588,3 +593,8 @@ def test_runs_kept_without_measurements_are_trained_again_apart_for_them(teacher
     assert (again / "ode-causal" / "export" / "student.safetensors").read_bytes() == (
         out / "ode-causal" / "export" / "student.safetensors").read_bytes()
     assert (kept_again / "sc2" / "seed2" / "sc_triplets.json.gz").exists()
+    # an init kept here is shared again only if it is the one the extended experiment has (same evaluation)
+    ode = again / "ode-causal" / "lab_eval.json"
+    assert bench._same_init(str(again / "ode-causal"), str(out / "ode-causal"))
+    ode.write_text(json.dumps({**json.loads(ode.read_text()), "defect8": [0.0] * 8}))
+    assert not bench._same_init(str(again / "ode-causal"), str(out / "ode-causal"))
