@@ -20,6 +20,9 @@
 # started on (a session's machine lasts 3 h; 3,000 updates would take 2.6-3 h).
 # Usage (from the repository root):
 #   [WORKERS=1] nohup bash experiments/lab_8seeds.sh > runs/lab-8seeds.log 2>&1 &
+# The whole script is one block, read before it runs: editing this file while it runs cannot change what the
+# running copy does next (bash reads a plain script as it goes).
+{
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -90,3 +93,5 @@ $PY experiments/lab_experiment.py --out runs/lab-exp8 --table --compact --export
 $PY experiments/lab_experiment.py --out runs/lab-exp8-1k --table --compact --compare-to runs/lab-exp8
 $PY experiments/lab_experiment.py --out runs/lab-exp8-2k --table --compact --compare-to runs/lab-exp8-1k
 $PY experiments/lab_verdicts.py --write $KEPT/lab_verdicts_8seeds.md
+exit
+}
