@@ -142,6 +142,8 @@ def format_table(results: dict, resamples: int = 1000, compact: bool = False) ->
 #   drift: reproduces below 0, opposite above 0, does not if the interval lies above −MARGIN × ref;
 #   defect: reproduces if the ratio's interval lies at or below 0.82, opposite above 1, does not above 0.82;
 #   lower-ratio: the ratio's interval below 1 reproduces, above 1 opposite, above 1 − MARGIN does not.
+# A "reproduces" whose intervals also rule out the practical size (below_margin) reads "reproduces, < 10 %": an
+# effect shown to exist and to be small.
 # A reference value of 0 makes the margin 0: "does not" is then out of reach for quality and drift.
 CLAIMS = (
     ("SC-DMD's defect ≤ 0.82× DMD's, bidirectional", "bidir-sc-dmd", 4, "bidir-dmd", 4, "defect"),
@@ -252,6 +254,23 @@ CLAIM_METRICS = {"defect": ("defect8",), "lower-ratio": ("defect8",), "drift": (
                  "quality": ("mean_err", "var_gap"), "non-inferior": ("mean_err", "var_gap")}
 
 
+def below_margin(test: str, ivs: dict, ref_values: dict) -> bool:
+    """True where every interval rules out an effect of practical size: an improvement of MARGIN × the reference's
+    value (quality, drift) or a ratio below 1 − MARGIN (lower-ratio). With a "reproduces" verdict: the effect is
+    shown, and shown to be small. False for the defect bar and non-inferiority (their thresholds are the claim's)."""
+    if test == "lower-ratio":
+        return ivs["defect8"].lo > 1.0 - MARGIN
+    if test in ("quality", "drift"):
+        return all(iv.lo > -MARGIN * abs(ref_values[m]) for m, iv in ivs.items())
+    return False
+
+
+def verdict_text(row: dict) -> str:
+    """A claim row's verdict, with ", < 10 %" where it reproduces by less than the practical size (below_margin)."""
+    small = row["verdict"] == "reproduces" and below_margin(row["test"], row["ivs"], row["refs"])
+    return row["verdict"] + (f", < {MARGIN * 100:.0f} %" if small else "")
+
+
 def claim_rows(results: dict, level: float = 0.95) -> list:
     """The claims (CLAIMS) whose arms `results` holds, each a dict: claim, arm, nfe, ref, ref_nfe, test, seeds (the
     seeds both arms share), ivs ({metric: paired Interval at `level`}: arm − ref, or arm / ref for the defect
@@ -297,7 +316,7 @@ def format_claims(results: dict, resamples: int = 1000, rows: list = None) -> st
         if "mean_err" in r["ivs"]:
             cells += f" (mean_err floor {floor[0]:.4f})"
         lines.append(f"| {r['claim']} | {r['arm']} @{r['nfe']} | {r['ref']} @{r['ref_nfe']} | {r['seeds']} | {cells} | "
-                     f"{r['verdict']} |")
+                     f"{verdict_text(r)} |")
     note = noise_note(results)
     return "\n".join(lines + [f"\nIntervals: {INTERVAL_METHOD}{'; ' + note if note else ''}. mean_err's floor (data "
                                f"clips of the same captions scored against the truth, 20 draws): median "

@@ -83,7 +83,7 @@ def budget_rows(budgets, base: str = ROOT, required: bool = False) -> dict:
 def verdict_matrix(found: dict, min_seeds: int = MIN_SEEDS) -> str:
     """Markdown: a row per claim (in CLAIMS order), a column per budget; each cell "verdict (n)" with n the paired
     seeds, "interim" where n < min_seeds, empty where the budget has no such run."""
-    from comfyui_salt.experiments.lab_tables import CLAIMS
+    from comfyui_salt.experiments.lab_tables import CLAIMS, verdict_text
     budgets = sorted(found)
     by = {u: {r["claim"]: r for r in found[u][2]} for u in budgets}
     head = ["claim"] + [f"{u:,} updates" for u in budgets]
@@ -94,7 +94,7 @@ def verdict_matrix(found: dict, min_seeds: int = MIN_SEEDS) -> str:
             r = by[u].get(claim)
             interim = ", interim" if r is not None and r["seeds"] < min_seeds else ""
             family = f"; family-wise {r['family']['verdict']}" if r and r["family"]["verdict"] != r["verdict"] else ""
-            cells.append("" if r is None else f"{r['verdict']} ({r['seeds']}{interim}{family})")
+            cells.append("" if r is None else f"{verdict_text(r)} ({r['seeds']}{interim}{family})")
         if any(cells):
             lines.append(f"| {claim} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -123,7 +123,9 @@ def report(found: dict, min_seeds: int = MIN_SEEDS, made_by: str = "") -> str:
              f"Intervals: {INTERVAL_METHOD}; paired by seed and clip, every arm at one training seed on that seed's "
              "evaluation noise (`lab_arms.eval_seed`; a budget whose seeds share one noise says so). Verdict words "
              "(rules at "
-             "`experiments/lab_tables.py` CLAIMS): reproduces, opposite (the other sign shown), does not (the "
+             "`experiments/lab_tables.py` CLAIMS): reproduces (\"reproduces, < "
+             f"{MARGIN * 100:.0f} %\": shown, and an effect of the margin's size ruled out), opposite (the other sign "
+             "shown), does not (the "
              f"claimed size ruled out by a {MARGIN * 100:.0f} % margin of the reference), inconclusive at this "
              "power, mixed (one metric better, one worse). In brackets: the seeds both arms share; cells with fewer "
              f"than {min_seeds} are interim. \"Family-wise\": where the verdict changes when every interval of that "

@@ -348,6 +348,17 @@ def test_claim_verdicts_follow_the_stated_rules():
     assert v("non-inferior", {"mean_err": iv(0.01, 0.2), "var_gap": iv(-0.3, 0.04)}, refs) == "does not"
     assert v("non-inferior", {"mean_err": iv(0.11, 0.2), "var_gap": iv(-0.3, 0.04)}, refs) == "opposite"
     assert v("non-inferior", {"mean_err": iv(0.01, 0.05), "var_gap": iv(-0.3, 0.04)}, refs) == "reproduces"
+    b = _tables().below_margin                        # a "reproduces" ruled smaller than the margin: ", < 10 %"
+    assert b("quality", {"mean_err": iv(-0.05, -0.01), "var_gap": iv(-0.04, 0.3)}, refs)
+    assert not b("quality", {"mean_err": iv(-0.11, -0.01), "var_gap": iv(-0.04, 0.3)}, refs)
+    assert not b("quality", {"mean_err": iv(-0.05, -0.01), "var_gap": iv(-0.06, 0.3)}, refs)
+    assert b("drift", {"drift": iv(-0.009, -0.001)}, {"drift": 0.1})
+    assert not b("drift", {"drift": iv(-0.011, -0.001)}, {"drift": 0.1})
+    assert b("lower-ratio", {"defect8": iv(0.95, 0.99)}, {}) and not b("lower-ratio", {"defect8": iv(0.89, 0.99)}, {})
+    assert not b("defect", {"defect8": iv(0.95, 0.99)}, {})
+    row = dict(test="drift", ivs={"drift": iv(-0.009, -0.001)}, refs={"drift": 0.1}, verdict="reproduces")
+    assert _tables().verdict_text(row) == "reproduces, < 10 %"
+    assert _tables().verdict_text({**row, "refs": {"drift": 0.0}}) == "reproduces"
     zero = {"mean_err": 0.0, "var_gap": 0.0}                               # no margin: "does not" is out of reach
     assert v("quality", {"mean_err": iv(-1e-9, 1e-9), "var_gap": iv(-1e-9, 1e-9)}, zero) == "inconclusive"
     assert v("non-inferior", {"mean_err": iv(-2e-9, -1e-9), "var_gap": iv(-2e-9, -1e-9)}, zero) == "reproduces"
