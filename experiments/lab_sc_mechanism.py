@@ -181,7 +181,7 @@ def measure_run(run_dir: str, clips: int, flow_steps: int, at: int = None) -> di
     updates (`<run>/sc_mechanism_<at>.json`, from its milestone checkpoint), made if missing or stale.
     NotMeasured for a restored run without it (nothing to measure it from)."""
     from comfyui_salt.experiments import lab_keep
-    from comfyui_salt.experiments import lab_experiment as lx
+    from comfyui_salt.experiments.lab_arms import eval_seed
     from comfyui_salt.toy.lab.world import LabTextEncoder
     from comfyui_salt.toy.prompts import lab_eval_captions
     from comfyui_salt.toy.worlds import get_world
@@ -205,7 +205,7 @@ def measure_run(run_dir: str, clips: int, flow_steps: int, at: int = None) -> di
     world = get_world(cfg.world)
     caps = lab_eval_captions(world.lab, clips)
     ctx = LabTextEncoder(world.lab, model.cfg.text_dim, model.cfg.text_len).encode(caps)
-    rows = measure_student(model, world.exact_teacher(), cfg, ctx, lx.eval_seed(cfg.seed), flow_steps)
+    rows = measure_student(model, world.exact_teacher(), cfg, ctx, eval_seed(cfg.seed), flow_steps)
     out = {**key, "sc_weight": cfg.sc_weight, "sc_symmetric": cfg.sc_symmetric, "seed": cfg.seed,
            "triplets": [[list(t), {k: [round(float(x), 6) for x in v] for k, v in cols.items()}]
                         for t, cols in sorted(rows.items(), reverse=True)]}

@@ -36,7 +36,8 @@ import os
 
 import torch
 
-from comfyui_salt.experiments import lab_experiment as lx   # the experiment's arms, captions and noise seed
+from comfyui_salt.experiments import lab_arms   # the experiment's reference arms, noise seed and defect grid
+from comfyui_salt.experiments.lab_eval import round6, write_gzip_json
 from comfyui_salt.experiments.lab_arms import TRIPLET_ARMS as ARMS   # the arms measured
 from comfyui_salt.experiments.lab_keep import is_restored, measured_in
 
@@ -69,19 +70,19 @@ def measure(run_dir: str, clips: int) -> dict:
         with open(path) as f:
             done = json.load(f)
         if done.get("clips") == clips and done.get("gen_updates") == _gen_updates(run_dir) and done.get(
-                "noise_seed") == lx.eval_seed(done.get("seed", 0)):
+                "noise_seed") == lab_arms.eval_seed(done.get("seed", 0)):
             return done
     cfg = as_distill_config(read_run_config(run_dir))   # an ODE initialisation's: how its student samples
     model = load_model(os.path.join(run_dir, "export", "student.safetensors"))[0].eval()
     lab = get_world(cfg.world).lab
     caps = lab_eval_captions(lab, clips)
     ctx = LabTextEncoder(lab, model.cfg.text_dim, model.cfg.text_len).encode(caps)
-    cons, dc = defect_samples(model, cfg, ctx, grid_steps=lx.DEFECT_GRID, seed=lx.eval_seed(cfg.seed))
-    trip, p, ds = sc_defect_samples(model, cfg, ctx, seed=lx.eval_seed(cfg.seed))
-    out = {"sc_weight": cfg.sc_weight, "seed": cfg.seed, "noise_seed": lx.eval_seed(cfg.seed), "clips": clips,
+    cons, dc = defect_samples(model, cfg, ctx, grid_steps=lab_arms.DEFECT_GRID, seed=lab_arms.eval_seed(cfg.seed))
+    trip, p, ds = sc_defect_samples(model, cfg, ctx, seed=lab_arms.eval_seed(cfg.seed))
+    out = {"sc_weight": cfg.sc_weight, "seed": cfg.seed, "noise_seed": lab_arms.eval_seed(cfg.seed), "clips": clips,
            "gen_updates": _gen_updates(run_dir),
-           "consecutive": [[list(t), lx._round(row)] for t, row in zip(cons, dc)],
-           "sc": [[list(t), float(q), lx._round(row)] for t, q, row in zip(trip, p.tolist(), ds)]}
+           "consecutive": [[list(t), round6(row)] for t, row in zip(cons, dc)],
+           "sc": [[list(t), float(q), round6(row)] for t, q, row in zip(trip, p.tolist(), ds)]}
     with open(path + ".tmp", "w") as f:
         json.dump(out, f)
     os.replace(path + ".tmp", path)
@@ -175,7 +176,7 @@ def export(out: str, dest: str) -> int:
             m = _read(os.path.join(d, name, "sc_triplets.json")) if name.startswith("seed") else None
             if m is not None:
                 os.makedirs(os.path.join(dest, arm, name), exist_ok=True)
-                lx.write_gzip_json(os.path.join(dest, arm, name, "sc_triplets.json.gz"), m)
+                write_gzip_json(os.path.join(dest, arm, name, "sc_triplets.json.gz"), m)
                 n += 1
     return n
 
@@ -197,8 +198,8 @@ def table(out: str, also=()) -> str:
         cells = [arm, f"{weights[arm]:g}", str(len(seeds))]
         cells += [_fmt(_mean([by_seed[s][col] for s in seeds])) for col in COLUMNS]
         for col, base in ratios:
-            kind = lx.student_kind(arm)
-            ref = lx.REFERENCE[kind] if base == "ref" else BASE if kind == "causal" else None
+            kind = lab_arms.student_kind(arm)
+            ref = lab_arms.REFERENCE[kind] if base == "ref" else BASE if kind == "causal" else None
             paired = [s for s in seeds if s in runs.get(ref, {})]
             cells.append("" if arm == ref or not paired else _fmt(_ratio(
                 [by_seed[s][col] for s in paired], [runs[ref][s][col] for s in paired]))
@@ -217,7 +218,7 @@ def table(out: str, also=()) -> str:
     rows = []
     for arm, by_seed in runs.items():
         paired = [s for s in sorted(by_seed) if s in base]
-        if arm == BASE or lx.student_kind(arm) != "causal" or not paired:
+        if arm == BASE or lab_arms.student_kind(arm) != "causal" or not paired:
             continue
         cells = [arm, f"{weights[arm]:g}", str(len(paired))]
         cells += [_fmt(_ratio([by_seed[s][k] for s in paired], [base[s][k] for s in paired])) for k in levels]

@@ -19,7 +19,7 @@ import sys
 
 import torch
 
-from comfyui_salt.experiments.lab_experiment import load_results
+from comfyui_salt.experiments.lab_eval import load_results
 from comfyui_salt.experiments.lab_tables import CLAIM_METRICS, CLAIMS, metric_fn
 
 

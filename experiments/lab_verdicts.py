@@ -63,7 +63,7 @@ def budget_rows(budgets, base: str = ROOT, required: bool = False) -> dict:
     are read under `base`. Each row also has "family": the same claim read with the family-wise intervals
     (`family_level`), its verdict by `family_word`. required: a folder that does not exist is an error (a budget
     the user named), else it is skipped (the default budgets not run yet)."""
-    from comfyui_salt.experiments.lab_experiment import load_results
+    from comfyui_salt.experiments.lab_eval import load_results
     from comfyui_salt.experiments.lab_tables import claim_rows
     out = {}
     for updates, folder in budgets:

@@ -6,7 +6,7 @@ import os
 import torch
 
 from comfyui_salt.experiments import lab_shared_noise as sn
-from comfyui_salt.experiments.lab_experiment import load_results
+from comfyui_salt.experiments.lab_eval import load_results
 from comfyui_salt.experiments.lab_tables import metric_fn, seed_values
 from comfyui_salt.toy.worlds import get_world
 
