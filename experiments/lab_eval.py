@@ -4,13 +4,13 @@ reading and exporting the evaluations of an experiment folder (docs/method_lab.m
 Used by the runner (lab_experiment.py), the verdicts (lab_verdicts.py) and the SC-triplet diagnosis; knows nothing
 of running jobs.
 """
-import gzip
 import json
 import os
 import sys
 
 import torch
 
+from comfyui_salt.experiments.lab_keep import read_json, write_gzip_json
 from comfyui_salt.experiments.lab_arms import (ARMS, DEFECT_GRID, EVAL_NFE, EVAL_VERSION, LENGTH_FACTOR, ODE_INITS,
                                                REFERENCE, REFERENCE_STEPS, REFERENCES, eval_seed)
 
@@ -27,21 +27,8 @@ READABLE_VERSIONS = (2, EVAL_VERSION)
 def load_eval(path: str, versions=(EVAL_VERSION,)):
     """A lab_eval.json (or its gzipped copy from --export) of one of `versions`, or None (absent, or written by
     another evaluation version: then evaluate_run redoes it)."""
-    if os.path.exists(path):
-        with open(path) as f:
-            out = json.load(f)
-    elif os.path.exists(path + ".gz"):
-        with gzip.open(path + ".gz", "rt") as f:
-            out = json.load(f)
-    else:
-        return None
-    return out if out.get("version") in versions else None
-
-
-def write_gzip_json(path: str, obj) -> None:
-    """`obj` as gzipped JSON without timestamp or name: a repeated export gives the same bytes."""
-    with open(path, "wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=9, mtime=0) as gz:
-        gz.write(json.dumps(obj).encode())
+    out = read_json(path)
+    return out if out is not None and out.get("version") in versions else None
 
 
 def export_evals(out: str, dest: str) -> int:

@@ -32,17 +32,17 @@ Stages, each skipped where finished and resumed where it stopped:
    subprocess (resumes from its last checkpoint; finished = summary.json). The arms the paper's five claims need
    (CLAIM_ARMS) run first, seed by seed, then the λ_SC dose response and the exact-score pair;
 4. evaluation of each finished run (lab_eval.py) into `<out>/<arm>/seed<s>/lab_eval.json`: per-clip exact
-   quantities at 4 and 2 NFE on paired noise (the same captions for every run; the noise seed lab_arms.eval_seed(seed): the same for
-   every arm at one training seed, another for every seed), the 8-step semigroup defect per clip on the
-   student's own rollout states (`training.distill_eval.defect_samples`), the rate of chunk-mode switches per chunk
-   boundary within the clip (`switch`) and along a 3×-length rolling-cache rollout (`drift`, causal students), and
-   the run's summary.json (SC-acted and aligned update counts). An evaluation from an older EVAL_VERSION is redone.
+   quantities at 4 and 2 NFE on paired noise (the same captions for every run; the noise seed
+   lab_arms.eval_seed(seed): the same for every arm at one training seed, another for every seed), the 8-step
+   semigroup defect per clip on the student's own rollout states (`training.distill_eval.defect_samples`), the
+   rate of chunk-mode switches per chunk boundary within the clip (`switch`) and along a 3×-length rolling-cache
+   rollout (`drift`, causal students), and the run's summary.json (SC-acted and aligned update counts). An evaluation from an older EVAL_VERSION is redone.
 `--table` prints, per arm and NFE, means with 95 % t intervals over the per-seed values
 (`salt_core.metrics.bootstrap.seed_t_interval`; lab_tables.INTERVAL_METHOD) and paired differences against the
 reference arm of the same student kind (`dmd`, or `bidir-dmd` for the bidirectional arms; `salt-exact` against
 `dmd-exact`, the same real score; same seeds, same clips, same resample). Extra settings for every job:
-`--set key=value` (e.g. tiny sizes in the CI smoke). The evaluation of one run is lab_eval.py. The arms are defined in lab_arms.py; the tables
-and the claims' verdict rules are in lab_tables.py.
+`--set key=value` (e.g. tiny sizes in the CI smoke). The evaluation of one run is lab_eval.py; the arms are
+defined in lab_arms.py; the tables and the claims' verdict rules are in lab_tables.py.
 """
 import argparse
 import filecmp
@@ -230,15 +230,8 @@ def _stored_init(run_dir: str):
 def _same_init(a: str, b: str) -> bool:
     """True when the ODE-init folders `a` and `b` hold the same evaluation (every per-clip value): the init an
     experiment kept without its student is the one the experiment it extends still has."""
-    evals = []
-    for run_dir in (a, b):
-        path = os.path.join(run_dir, "lab_eval.json")
-        if not os.path.exists(path):
-            return False
-        with open(path) as f:
-            ev = json.load(f)
-        evals.append((ev.get("nfe"), ev.get("defect8")))
-    return evals[0] == evals[1] and evals[0][0] is not None
+    ea, eb = (lab_keep.read_json(os.path.join(run_dir, "lab_eval.json")) or {} for run_dir in (a, b))
+    return ea.get("nfe") is not None and (ea.get("nfe"), ea.get("defect8")) == (eb.get("nfe"), eb.get("defect8"))
 
 
 def _share_starts(src: str, dst: str, kinds) -> None:

@@ -28,10 +28,28 @@ WEIGHTS = os.path.join("export", "student.safetensors")
 
 
 def _gzip_bytes(data: bytes, path: str) -> None:
+    """`data` gzipped into `path` without timestamp or name (a repeated keep writes the same bytes), made whole
+    under a temporary name, then renamed into place."""
     tmp = path + ".tmp"
     with open(tmp, "wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=9, mtime=0) as gz:
         gz.write(data)
     os.replace(tmp, path)
+
+
+def write_gzip_json(path: str, obj) -> None:
+    """`obj` as gzipped JSON at `path` (the kept form of a run's JSON files)."""
+    _gzip_bytes(json.dumps(obj).encode(), path)
+
+
+def read_json(path: str):
+    """The JSON file `path`, or its kept copy `path.gz`, or None when neither exists."""
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    if os.path.exists(path + ".gz"):
+        with gzip.open(path + ".gz", "rt") as f:
+            return json.load(f)
+    return None
 
 
 def kept_names(run_dir: str, metrics: bool = False) -> list:
@@ -100,14 +118,13 @@ def restore_runs(kept: str, out: str) -> list:
 
 
 def measured_in(folders, rel: str, name: str):
-    """The path of `<folder>/<rel>/<name>` (or its kept `.gz`) in the first of `folders` that has it, or None: an
-    experiment first, then the folders of its runs trained again for the measurements their kept copies lack
-    (lab_experiment.py --remeasure)."""
+    """`<folder>/<rel>/<name>` of the first of `folders` that has it or its kept `.gz` (read it with read_json),
+    or None: an experiment first, then the folders of its runs trained again for the measurements their kept
+    copies lack (lab_experiment.py --remeasure)."""
     for folder in folders:
         path = os.path.join(folder, rel, name)
-        for p in (path, path + ".gz"):
-            if os.path.exists(p):
-                return p
+        if os.path.exists(path) or os.path.exists(path + ".gz"):
+            return path
     return None
 
 

@@ -30,16 +30,15 @@ run's update count or its evaluation noise changed: each seed on its own, lab_ar
 file was measured with one noise for every seed).
 """
 import argparse
-import gzip
 import json
 import os
 
 import torch
 
 from comfyui_salt.experiments import lab_arms   # the experiment's reference arms, noise seed and defect grid
-from comfyui_salt.experiments.lab_eval import round6, write_gzip_json
+from comfyui_salt.experiments.lab_eval import round6
 from comfyui_salt.experiments.lab_arms import TRIPLET_ARMS as ARMS   # the arms measured
-from comfyui_salt.experiments.lab_keep import is_restored, measured_in
+from comfyui_salt.experiments.lab_keep import is_restored, measured_in, read_json, write_gzip_json
 
 BASE = "sc0"   # λ_SC = 0: K = 8 alone (causal); the claims' reference (dmd, bidir-dmd) is the other baseline
 COLUMNS = ("consecutive", "trained consecutive", "untrained consecutive", "SC-weighted", "loss-weighted")
@@ -133,17 +132,6 @@ def _ratio(a: list, b: list):
     return seed_t_interval([(x.mean() / y.mean()).item() for x, y in zip(a, b)])
 
 
-def _read(path: str):
-    """A cached measurement (`sc_triplets.json`, or its gzipped copy from --export), or None."""
-    if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f)
-    if os.path.exists(path + ".gz"):
-        with gzip.open(path + ".gz", "rt") as f:
-            return json.load(f)
-    return None
-
-
 def _seeds(folders, arm: str) -> list:
     """The seed folder names of `arm` in any of `folders`, in seed order."""
     names = {n for f in folders if os.path.isdir(os.path.join(f, arm))
@@ -159,7 +147,7 @@ def load(out: str, also=()) -> tuple:
     for arm in ARMS:
         for name in _seeds((out, *also), arm):
             path = measured_in((out, *also), os.path.join(arm, name), "sc_triplets.json")
-            m = _read(path.removesuffix(".gz")) if path else None
+            m = read_json(path) if path else None
             if m is not None:
                 runs.setdefault(arm, {})[int(name[4:])] = per_clip(m)
                 weights[arm] = m["sc_weight"]
@@ -173,7 +161,7 @@ def export(out: str, dest: str) -> int:
     for arm in ARMS:
         d = os.path.join(out, arm)
         for name in sorted(os.listdir(d)) if os.path.isdir(d) else ():
-            m = _read(os.path.join(d, name, "sc_triplets.json")) if name.startswith("seed") else None
+            m = read_json(os.path.join(d, name, "sc_triplets.json")) if name.startswith("seed") else None
             if m is not None:
                 os.makedirs(os.path.join(dest, arm, name), exist_ok=True)
                 write_gzip_json(os.path.join(dest, arm, name, "sc_triplets.json.gz"), m)
