@@ -79,11 +79,13 @@ tables() {
 }
 tables
 $PY experiments/lab_verdicts.py --write $KEPT/lab_verdicts_8seeds.md
-# the DMD–Salt pair at 2,000 updates, and at 1,000 from the same runs; salt-sym at 1,000
-$RUN --out runs/lab-exp8-2k --keep $KEPT/lab-exp8-2k --extend-from runs/lab-exp8 --updates 2000 \
+# the DMD–Salt pair at 2,000 updates, and at 1,000 from the same runs; salt-sym at 1,000. Each run continues its
+# 300-update self from wherever that finished with its checkpoint: here, or trained again in lab-exp8-m (the runs
+# kept from the first machine without their students; the same init, shared from here)
+$RUN --out runs/lab-exp8-2k --keep $KEPT/lab-exp8-2k --extend-from runs/lab-exp8,runs/lab-exp8-m --updates 2000 \
     --arms dmd,salt --first "$(by_seed dmd salt)" --set checkpoint_keep_every=1000 \
     --milestone 1000:runs/lab-exp8-1k:$KEPT/lab-exp8-1k
-$RUN --out runs/lab-exp8-1k --keep $KEPT/lab-exp8-1k --extend-from runs/lab-exp8 --updates 1000 \
+$RUN --out runs/lab-exp8-1k --keep $KEPT/lab-exp8-1k --extend-from runs/lab-exp8,runs/lab-exp8-m --updates 1000 \
     --arms dmd,salt,salt-sym
 $PY experiments/lab_verdicts.py --write $KEPT/lab_verdicts_8seeds.md
 # the exact real score against the learned one, at 300 updates

@@ -36,7 +36,8 @@ Stages, each skipped where finished and resumed where it stopped:
    lab_arms.eval_seed(seed): the same for every arm at one training seed, another for every seed), the 8-step
    semigroup defect per clip on the student's own rollout states (`training.distill_eval.defect_samples`), the
    rate of chunk-mode switches per chunk boundary within the clip (`switch`) and along a 3×-length rolling-cache
-   rollout (`drift`, causal students), and the run's summary.json (SC-acted and aligned update counts). An evaluation from an older EVAL_VERSION is redone.
+   rollout (`drift`, causal students), and the run's summary.json (SC-acted and aligned update counts). An
+   evaluation from an older EVAL_VERSION is redone.
 `--table` prints, per arm and NFE, means with 95 % t intervals over the per-seed values
 (`salt_core.metrics.bootstrap.seed_t_interval`; lab_tables.INTERVAL_METHOD) and paired differences against the
 reference arm of the same student kind (`dmd`, or `bidir-dmd` for the bidirectional arms; `salt-exact` against
@@ -234,6 +235,20 @@ def _same_init(a: str, b: str) -> bool:
     return ea.get("nfe") is not None and (ea.get("nfe"), ea.get("defect8")) == (eb.get("nfe"), eb.get("defect8"))
 
 
+def check_same_starts(first: str, other: str, kinds) -> None:
+    """SystemExit unless experiment folder `other` starts every student kind in `kinds` from the ODE init `first`
+    does (the same exported student, byte for byte; or, where `other` kept it without its student, the same
+    evaluation): runs continued from both are then runs of one experiment."""
+    for kind in kinds:
+        a, b = ode_export(first, kind), ode_export(other, kind)
+        same = (filecmp.cmp(a, b, shallow=False) if os.path.exists(a) and os.path.exists(b)
+                else _same_init(os.path.join(first, ODE_INITS[kind]), os.path.join(other, ODE_INITS[kind])))
+        if not same:
+            raise SystemExit(f"--extend-from {first},{other}: the {kind} ODE init of {other} is not {first}'s; "
+                             f"runs continued from both would not share their start. Extend from one of them, or "
+                             f"from folders made from the same init (--remeasure {first} shares it)")
+
+
 def _share_starts(src: str, dst: str, kinds) -> None:
     """Copy `src`'s ODE initialisations (export, config, evaluation; each folder whole, then renamed into place) and
     reference evaluations into `dst` where missing: a continued experiment starts from the init it extends."""
@@ -383,7 +398,8 @@ def run_stages(args, extra: dict) -> int:
         torch.set_num_threads(int(extra["threads"]))
     if args.keep:
         restore_kept(args)
-    starts = args.extend_from or args.remeasure   # the experiment whose ODE inits this one starts from
+    # the experiment whose ODE inits this one starts from: the first --extend-from folder, or --remeasure's
+    starts = args.extend_from[0] if args.extend_from else args.remeasure
     if args.remeasure and not os.path.isdir(args.remeasure):
         raise SystemExit(f"--remeasure {args.remeasure}: no such experiment folder; run that experiment's command "
                          f"first (with its --keep it restores its kept runs there)")
@@ -405,6 +421,8 @@ def run_stages(args, extra: dict) -> int:
                                  f"--out/--keep folder (or put the init's student.safetensors back in the kept one)")
             shutil.rmtree(run_dir)
     if starts:
+        for other in args.extend_from[1:]:   # continued runs of one experiment share one init
+            check_same_starts(starts, other, kinds)
         if args.remeasure and any(not os.path.exists(ode_export(starts, kind)) for kind in kinds):
             raise SystemExit(f"--remeasure {starts}: its ODE init has no student here (the runs would start from "
                              f"another one); run that experiment's command first, which restores it")
@@ -434,9 +452,10 @@ def run_stages(args, extra: dict) -> int:
     jobs = []
     for arm, seed in todo:
         run_dir = os.path.join(args.out, arm, f"seed{seed}")
-        if args.extend_from and extend_from(os.path.join(args.extend_from, arm, f"seed{seed}"), run_dir,
-                                            args.updates):
-            print(f"continues {os.path.join(args.extend_from, arm, f'seed{seed}')}: {run_dir}", flush=True)
+        for src in args.extend_from:   # the first folder holding this run finished, with its checkpoint
+            if extend_from(os.path.join(src, arm, f"seed{seed}"), run_dir, args.updates):
+                print(f"continues {os.path.join(src, arm, f'seed{seed}')}: {run_dir}", flush=True)
+                break
         over = arm_overrides(arm, seed, args.out, args.teacher, args.updates, extra)
         stored = _stored_init(run_dir)   # a continued run keeps its init file's path (a setting of the run)
         if stored and os.path.exists(stored) and os.path.exists(over["student_init"]) and filecmp.cmp(
@@ -460,9 +479,11 @@ def main(argv=None) -> int:
                                                           "--set threads=N; 2 on 2 cores: ~1.4× the throughput)")
     p.add_argument("--first", default="", metavar="ARM:SEED,...", help="runs to do before the claim arms (e.g. "
                                                                        "the λ_SC dose response on seed 0)")
-    p.add_argument("--extend-from", default="", metavar="DIR", help="continue each arm × seed finished in DIR (a "
-                                                                   "shorter experiment) up to --updates, from its "
-                                                                   "ODE init and last checkpoint")
+    p.add_argument("--extend-from", default="", metavar="DIR[,DIR...]",
+                   help="continue each arm × seed finished in DIR (a shorter experiment) up to --updates, from its "
+                        "ODE init and last checkpoint; with several folders (the same ODE init in each, e.g. an "
+                        "experiment and its --remeasure folder) each run continues from the first that holds it "
+                        "finished with its checkpoint")
     p.add_argument("--remeasure", default="", metavar="DIR", help="train again here only the runs of the experiment "
                    "DIR (same teacher, --updates and seeds) that were kept with their evaluation only, from DIR's ODE "
                    "init, for the measurements their arm needs (SC triplets, mechanism, gradient probes); the "
@@ -487,6 +508,7 @@ def main(argv=None) -> int:
                                                              "of a single job beyond its checkpoints)")
     args = p.parse_args(argv)
     args.arms = [a for a in args.arms.split(",") if a]
+    args.extend_from = [d for d in args.extend_from.split(",") if d]
     unknown = [a for a in args.arms if a not in ARMS]
     if unknown:
         raise SystemExit(f"--arms: unknown {unknown}; choose from {list(ARMS)}")

@@ -246,7 +246,18 @@ def test_the_experiment_runs_every_arm_evaluates_and_prints_the_table(teacher_pa
     longer, fresh = tmp_path / "longer", tmp_path / "fresh"
     assert argv[6:8] == ["--updates", "2"]
     more = argv[:6] + ["--updates", "3"] + argv[8:] + ["--arms", "dmd"]
-    assert bench.main([*more[:3], str(longer), *more[4:], "--extend-from", str(out)]) == 0
+    # several folders: each run continues from the first that holds it finished (here the second; the first shares
+    # the init, as a --remeasure folder does, without the run); one with another init is refused before any job
+    same, other = tmp_path / "same_init", tmp_path / "other_init"
+    bench._share_starts(str(out), str(same), ["causal"])
+    bench._share_starts(str(out), str(other), ["causal"])
+    with open(bench.ode_export(str(other), "causal"), "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(SystemExit, match="ODE init of .*other_init is not"):
+        bench.main([*more[:3], str(tmp_path / "refused"), *more[4:], "--extend-from", f"{out},{other}"])
+    assert not (tmp_path / "refused" / "dmd").exists()
+    assert bench.main([*more[:3], str(longer), *more[4:], "--extend-from", f"{same},{out}"]) == 0
+    assert f"continues {out / 'dmd' / 'seed0'}: " in capsys.readouterr().out
     bench._share_starts(str(out), str(fresh), ["causal"])
     assert bench.main([*more[:3], str(fresh), *more[4:]]) == 0
     capsys.readouterr()
