@@ -17,7 +17,9 @@ its KV cache holds them); later frames are unobserved.
         [--clips 32] [--flow-steps 64] [--at-updates 100,200]
 
 Each run's measurement is cached in `<run>/sc_mechanism.json` (redone when the clip count, flow steps or the run's
-update count change); the table prints per triplet the mean over clips (and over the runs given, per arm).
+update count change); the table prints per triplet the mean over clips (and over the runs given, per arm), after a
+summary by triplet group (GROUPS: from σ 1, the short hops, those to 0) that pairs each arm's one-hop error with
+sc0's (λ_SC 0) by seed at the same update count.
 `--at-updates` measures the same runs over training too: the student each run had after those updates, read from
 its milestone checkpoints (`checkpoint_keep_every`; the EMA weights once EMA has started, as the export holds),
 cached in `<run>/sc_mechanism_<updates>.json`; the table then has a row group per arm and update count.
@@ -251,6 +253,59 @@ def format_table(measured: dict) -> str:
     return "\n".join(lines)
 
 
+# the triplet groups the account of the λ response reads (docs/method_lab.md): (name, test on (σ_s, σ_m, σ_e))
+GROUPS = (("from σ 1", lambda t: t[0] > 0.999),
+          ("short: σ_s < 1 → σ_e ≥ 0.5", lambda t: t[0] <= 0.999 and t[2] >= 0.5),
+          ("to 0: σ_s < 1 → 0", lambda t: t[0] <= 0.999 and t[2] < 1e-6))
+
+
+def group_means(m: dict) -> dict:
+    """{group: {e1, gap, pull}} of one measurement: the mean over the group's triplets (GROUPS) of each triplet's
+    clip means of e1, e2 − e1 and pull·truth; a group none of its triplets is in (a shorter grid) is left out."""
+    out = {}
+    for name, member in GROUPS:
+        rows = [cols for t, cols in m["triplets"] if member(t)]
+        if not rows:
+            continue
+        mean = lambda key: sum(sum(c[key]) / len(c[key]) for c in rows) / len(rows)   # noqa: E731
+        out[name] = {"e1": mean("e1"), "gap": sum(sum(c["e2"]) / len(c["e2"]) for c in rows) / len(rows)
+                     - mean("e1"), "pull": mean("pull_truth")}
+    return out
+
+
+def _cell(values, digits: int, sign: str = "+") -> str:
+    from comfyui_salt.salt_core.metrics.bootstrap import seed_t_interval
+    i = seed_t_interval(torch.as_tensor(values, dtype=torch.float64))
+    f = f"{{:{sign}.{digits}f}}"
+    return f.format(i.mean) + ("" if i.lo != i.lo else f" [{f.format(i.lo)}, {f.format(i.hi)}]")
+
+
+def format_summary(measured: dict, reference: str = "sc0") -> str:
+    """Markdown from {(run, updates or None): measurement}: per arm, update count and triplet group (GROUPS), the
+    mean e1, e1 as a ratio to the `reference` arm's at the same update count (paired by seed: every arm at one seed
+    rolls out from the same noise), e2 − e1 and pull·truth, with 95 % t intervals over seeds (one run: its mean)."""
+    rows = {}
+    for (run, _), m in measured.items():   # an ODE init (no summary: updates -1) first, then by update count
+        rows.setdefault((arm_of(run), max(m.get("gen_updates", -1), 0)), {})[m.get("seed")] = group_means(m)
+    lines = [f"| arm | updates | seeds | triplets | e1 (one hop) | e1 / {reference} [95 %] (seeds) | e2 − e1 [95 %] | "
+             f"pull·truth [95 %] |", "|---|---|---|---|---|---|---|---|"]
+    order = {key: k for k, key in enumerate(rows)}
+    for arm, updates in sorted(rows, key=lambda key: (key[1], order[key])):
+        by_seed = rows[(arm, updates)]
+        ref = rows.get((reference, updates), {}) if arm != reference else {}
+        for name, _ in GROUPS:
+            seeds = [s for s in by_seed if name in by_seed[s]]
+            if not seeds:
+                continue
+            paired = [by_seed[s][name]["e1"] / ref[s][name]["e1"] for s in seeds if name in ref.get(s, {})]
+            ratio = f"{_cell(paired, 3, '')} ({len(paired)})" if paired else ""
+            lines.append(f"| {arm} | {updates} | {len(seeds)} | {name} | "
+                         f"{_cell([by_seed[s][name]['e1'] for s in seeds], 4, '')} | {ratio} | "
+                         f"{_cell([by_seed[s][name]['gap'] for s in seeds], 4)} | "
+                         f"{_cell([by_seed[s][name]['pull'] for s in seeds], 3)} |")
+    return "\n".join(lines)
+
+
 def parse_updates(text: str) -> list:
     """`--at-updates 100,200` → [100, 200]: positive update counts; SystemExit naming the flag otherwise."""
     items = [x.strip() for x in text.split(",") if x.strip()]
@@ -291,7 +346,8 @@ def main(argv=None) -> int:
                 if at is None:
                     raise
                 print(f"skipped: {e}", file=sys.stderr)   # a run trained without milestones: its end only
-    print(format_table(measured))
+    print(f"By triplet group, against sc0 (λ_SC 0) at the same update count:\n\n{format_summary(measured)}\n\n"
+          f"Per triplet:\n\n{format_table(measured)}")
     return 0
 
 

@@ -5,9 +5,9 @@ import os
 import pytest
 import torch
 
-from comfyui_salt.experiments.lab_sc_mechanism import (arm_of, exact_flow, format_table, hop_measures,
-                                                      measure_student, milestone_student, MissingMilestone,
-                                                      parse_updates)
+from comfyui_salt.experiments.lab_sc_mechanism import (arm_of, exact_flow, format_summary, format_table, GROUPS,
+                                                      hop_measures, measure_student, milestone_student,
+                                                      MissingMilestone, parse_updates)
 from comfyui_salt.salt_core.losses.semigroup import sc_triplet_distribution
 from comfyui_salt.salt_core.model import build_model
 from comfyui_salt.salt_core.schedules import get_sigmas_fewstep
@@ -75,6 +75,31 @@ def test_the_measurement_covers_every_triplet_sc_trains(lab):
     table = format_table({("runs/x/sc2/seed0", 100): measured, ("runs/x/sc2/seed1", 100): measured,
                           ("runs/x/sc2/seed0", None): measured})
     assert table.count("| sc2 @100 | 2 |") == len(want) and table.count("| sc2 | 1 |") == len(want)
+
+
+def test_the_summary_pairs_each_arms_hop_error_with_the_reference_by_seed():
+    """format_summary's groups split SC's triplets (every one in exactly one), and its ratio cell is the t interval
+    of per-seed ratios of group means, computed here by hand: seeds 0-2, arm = reference × (1.1, 1.2, 1.3)."""
+    triplets = [(1.0, 0.9, 0.75), (0.9, 0.75, 0.5), (0.75, 0.5, 0.0), (0.5, 0.3, 0.0)]
+    assert all(sum(member(t) for _, member in GROUPS) == 1 for t in triplets)
+
+    def run(seed, scale, updates):
+        cols = lambda k: {"e1": [0.1 * scale * (k + 1 + seed), 0.1 * scale * (k + 1 + seed)],   # noqa: E731
+                          "e2": [0.2, 0.2], "pull_truth": [0.5, -0.5], "along": [0.0, 0.0]}
+        return {"seed": seed, "gen_updates": updates, "triplets": [[list(t), cols(k)] for k, t in
+                                                                   enumerate(triplets)]}
+    measured = {(f"r/sc0/seed{s}", None): run(s, 1.0, 300) for s in range(3)}
+    measured.update({(f"r/sc20/seed{s}", None): run(s, 1.1 + 0.1 * s, 300) for s in range(3)})
+    measured[("r/ode-causal", None)] = run(0, 1.0, -1)
+    lines = format_summary(measured).splitlines()
+    assert len(lines) == 2 + len(GROUPS) * 3 and lines[2].startswith("| ode-causal | 0 | 1 | from σ 1 | 0.1000 |")
+    long_hops = next(line for line in lines if line.startswith("| sc20 | 300 | 3 | to 0"))
+    from comfyui_salt.salt_core.metrics.bootstrap import seed_t_interval
+    i = seed_t_interval(torch.tensor([1.1, 1.2, 1.3], dtype=torch.float64))
+    assert f"| {i.mean:.3f} [{i.lo:.3f}, {i.hi:.3f}] (3) |" in long_hops
+    e1 = [0.1 * (1.1 + 0.1 * s) * (3.5 + s) for s in range(3)]   # the group's two triplets, k = 2 and 3
+    assert long_hops.split(" | ")[4].startswith(f"{sum(e1) / 3:.4f} [")
+    assert "| +0.000 [" not in long_hops and long_hops.endswith("| +0.000 |")   # pull: tied seeds, no interval
 
 
 def test_a_run_belongs_to_its_arm():
