@@ -22,7 +22,8 @@ T975 = (12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622,
         2.1448, 2.1314)
 MARGIN, BAR = 0.10, 0.82     # the header's "10 % margin of the reference" and the paper's defect ratio
 ROW = re.compile(r"^\| (?P<claim>[^|]+) \| (?P<arm>\S+) @(?P<nfe>\d) \| (?P<ref>\S+) @(?P<rnfe>\d) \| "
-                 r"(?P<seeds>\d+) \| (?P<kind>/defect8|Δdrift) (?P<mean>-?[\d.]+) \[(?P<lo>-?[\d.]+), (?P<hi>-?[\d.]+)\] \| "
+                 r"(?P<seeds>\d+) \| (?P<kind>/defect8|Δdrift) "
+                 r"(?P<mean>-?[\d.]+) \[(?P<lo>-?[\d.]+), (?P<hi>-?[\d.]+)\] \| "
                  r"(?P<verdict>[^|]+) \|$")
 
 
