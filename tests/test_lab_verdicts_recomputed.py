@@ -1,11 +1,14 @@
 """The committed 8-seed verdicts, recomputed from the kept evaluations without the lab's code.
 
-experiments/results/lab_verdicts_8seeds.md is what the README and docs/method_lab.md quote. Every row of it that
-rests on the semigroup defect or on drift is recomputed here from the gzipped per-clip evaluations it names (plain
-gzip + json + numpy: per seed the ratio of mean defects or the difference of mean drifts, then a Student-t interval
-with t quantiles from a printed table, not salt_core's t_quantile), and its verdict word from the rules as the
-file's header states them. A result file edited by hand, or made from other evaluations than those kept, or an
-interval or verdict rule that drifts in the lab's code, fails here."""
+experiments/results/lab_verdicts_8seeds.md is what the README and docs/method_lab.md quote. Every row of it is
+recomputed here from the gzipped per-clip evaluations it names, with plain gzip + json + numpy: per seed the ratio
+of mean defects, the difference of mean drifts, or the differences of the two quality metrics written out from
+their definitions over pairs of different clips of one mode (toy/lab/metrics.py's docstrings: the mode-mean error
+from the residual Gram matrix, the pooled within-mode variance of the whitened coordinates), then a Student-t
+interval with t quantiles from a printed table (not salt_core's t_quantile); and each verdict word from the rules
+as experiments/lab_tables.py's CLAIMS comment states them. A result file edited by hand, made from other
+evaluations than those kept, or an interval, metric or verdict rule that drifts in the lab's code fails here, to
+the file's printed precision (4 decimals)."""
 import gzip
 import json
 import math
@@ -22,9 +25,10 @@ T975 = (12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622,
         2.1448, 2.1314)
 MARGIN, BAR = 0.10, 0.82     # the header's "10 % margin of the reference" and the paper's defect ratio
 ROW = re.compile(r"^\| (?P<claim>[^|]+) \| (?P<arm>\S+) @(?P<nfe>\d) \| (?P<ref>\S+) @(?P<rnfe>\d) \| "
-                 r"(?P<seeds>\d+) \| (?P<kind>/defect8|Δdrift) "
-                 r"(?P<mean>-?[\d.]+) \[(?P<lo>-?[\d.]+), (?P<hi>-?[\d.]+)\] \| "
-                 r"(?P<verdict>[^|]+) \|$")
+                 r"(?P<seeds>\d+) \| (?P<cells>[^|]+) \| (?P<verdict>[^|]+) \|$")
+CELL = re.compile(r"(?P<kind>/defect8|Δdrift|Δmean_err|Δvar_gap) (?P<mean>-?[\d.]+) \[(?P<lo>-?[\d.]+), "
+                  r"(?P<hi>-?[\d.]+)\]")
+NON_INFERIOR = ("Salt at 2 NFE ≥ DMD at 4 NFE",)   # the claims CLAIMS tests for non-inferiority
 
 
 def _rows():
@@ -55,10 +59,54 @@ def _kept(folder: str, arm: str) -> dict:
     return runs
 
 
+def _mean_err(ev: dict) -> float:
+    """Clip-weighted mean over modes (with two clips or more) of √(mean over pairs i ≠ j of r_i·r_j / pixels)."""
+    gram, mode = np.asarray(ev["gram"], dtype=np.float64), np.asarray(ev["mode"])
+    total = weight = 0.0
+    for k in np.unique(mode):
+        idx = np.flatnonzero(mode == k)
+        if len(idx) < 2:
+            continue
+        pair_sum = sum(gram[i, j] for i in idx for j in idx if i != j)
+        total += math.sqrt(max(pair_sum / (len(idx) * (len(idx) - 1)) / ev["dims"], 0.0)) * len(idx)
+        weight += len(idx)
+    return total / weight
+
+
+def _var_gap(ev: dict) -> float:
+    """|pooled mean over pairs i ≠ j within a mode of |w_i − w_j|² / 2r − 1|."""
+    w, mode = np.asarray(ev["w"], dtype=np.float64), np.asarray(ev["mode"])
+    num = pairs = 0.0
+    for k in np.unique(mode):
+        wk = w[mode == k]
+        num += sum(np.sum((wk[i] - wk[j]) ** 2) for i in range(len(wk)) for j in range(len(wk)) if i != j)
+        pairs += len(wk) * (len(wk) - 1)
+    return abs(num / (2 * w.shape[1]) / pairs - 1.0)
+
+
 def _t_interval(values):
     v = np.asarray(values, dtype=np.float64)
     half = T975[len(v) - 2] * v.std(ddof=1) / math.sqrt(len(v))
     return v.mean(), v.mean() - half, v.mean() + half
+
+
+def _quality_verdict(claim: str, ivs: dict, refs: dict) -> str:
+    """ivs {metric: (lo, hi)} of arm − reference, refs {metric: the reference's mean}; lower is better."""
+    bar = {m: MARGIN * abs(refs[m]) for m in ivs}
+    if claim in NON_INFERIOR:
+        if all(hi < bar[m] for m, (lo, hi) in ivs.items()):
+            return "reproduces"
+        if any(lo > bar[m] for m, (lo, hi) in ivs.items()):
+            return "opposite"
+        return "does not" if any(lo > 0 for lo, _ in ivs.values()) else "inconclusive"
+    better = any(hi < 0 for _, hi in ivs.values())
+    worse = any(lo > 0 for lo, _ in ivs.values())
+    small = all(lo > -bar[m] for m, (lo, _) in ivs.items())
+    if better and worse:
+        return "mixed"
+    if better:
+        return "reproduces, < 10 %" if small else "reproduces"
+    return "opposite" if worse else "does not" if small else "inconclusive"
 
 
 def _verdict(claim: str, kind: str, lo: float, hi: float, ref: float) -> str:
@@ -78,27 +126,43 @@ def _verdict(claim: str, kind: str, lo: float, hi: float, ref: float) -> str:
 ROWS = _rows()
 
 
-def test_the_verdict_file_has_defect_and_drift_rows_at_8_seeds():
-    assert sum(m.group("kind") == "/defect8" for _, _, m in ROWS) >= 4
-    assert sum(m.group("kind") == "Δdrift" for _, _, m in ROWS) >= 6
+def test_the_verdict_file_has_every_kind_of_row_at_8_seeds():
+    kinds = [[c.group("kind") for c in CELL.finditer(m.group("cells"))] for _, _, m in ROWS]
+    assert kinds.count(["/defect8"]) >= 4 and kinds.count(["Δdrift"]) >= 6
+    assert kinds.count(["Δmean_err", "Δvar_gap"]) >= 9 and len(kinds) == kinds.count(["/defect8"]) + kinds.count(
+        ["Δdrift"]) + kinds.count(["Δmean_err", "Δvar_gap"])
     assert all(int(m.group("seeds")) >= 8 for _, _, m in ROWS)
 
 
+def _per_seed(kind: str, a: dict, b: dict, nfe: str, rnfe: str) -> tuple:
+    """(arm's value − or / the reference's, the reference's value) of one seed's pair of evaluations."""
+    if kind == "/defect8":
+        x, y = np.mean(a["defect8"]), np.mean(b["defect8"])
+        return x / y, y
+    metric = {"Δdrift": lambda ev: np.mean(ev["drift"]), "Δmean_err": _mean_err, "Δvar_gap": _var_gap}[kind]
+    x, y = metric(a["nfe"][nfe]), metric(b["nfe"][rnfe])
+    return x - y, y
+
+
 @pytest.mark.parametrize("budget,folder,row", ROWS, ids=[f"{b}-{m.group('claim')}" for b, _, m in ROWS])
-def test_each_defect_and_drift_verdict_recomputes_from_the_kept_evaluations(budget, folder, row):
+def test_each_verdict_recomputes_from_the_kept_evaluations(budget, folder, row):
     arm, ref = _kept(folder, row.group("arm")), _kept(folder, row.group("ref"))
     seeds = sorted(set(arm) & set(ref))
     assert len(seeds) == int(row.group("seeds"))
     nfe, rnfe = row.group("nfe"), row.group("rnfe")
     for s in seeds:   # paired: the same clips and noise at one seed
         assert arm[s]["captions"] == ref[s]["captions"] and arm[s]["noise_seed"] == ref[s]["noise_seed"]
-    if row.group("kind") == "/defect8":
-        per_seed = [np.mean(arm[s]["defect8"]) / np.mean(ref[s]["defect8"]) for s in seeds]
-        ref_value = np.mean([np.mean(ref[s]["defect8"]) for s in seeds])
+    ivs, refs = {}, {}
+    for cell in CELL.finditer(row.group("cells")):
+        kind = cell.group("kind")
+        pairs = [_per_seed(kind, arm[s], ref[s], nfe, rnfe) for s in seeds]
+        mean, lo, hi = _t_interval([d for d, _ in pairs])
+        printed = [float(cell.group(k)) for k in ("mean", "lo", "hi")]
+        assert printed == pytest.approx([mean, lo, hi], abs=1.5e-4), kind   # printed to 4 decimals; t to 4 digits
+        ivs[kind], refs[kind] = (lo, hi), np.mean([r for _, r in pairs])
+    claim, verdict = row.group("claim"), row.group("verdict").strip()
+    if len(ivs) == 2:
+        assert verdict == _quality_verdict(claim, ivs, refs)
     else:
-        per_seed = [np.mean(arm[s]["nfe"][nfe]["drift"]) - np.mean(ref[s]["nfe"][rnfe]["drift"]) for s in seeds]
-        ref_value = np.mean([np.mean(ref[s]["nfe"][rnfe]["drift"]) for s in seeds])
-    mean, lo, hi = _t_interval(per_seed)
-    printed = [float(row.group(k)) for k in ("mean", "lo", "hi")]
-    assert printed == pytest.approx([mean, lo, hi], abs=1.5e-4)   # printed to 4 decimals; t to 4 digits
-    assert row.group("verdict").strip() == _verdict(row.group("claim"), row.group("kind"), lo, hi, ref_value)
+        ((kind, (lo, hi)),) = ivs.items()
+        assert verdict == _verdict(claim, kind, lo, hi, refs[kind])
