@@ -201,7 +201,7 @@ def extend_from(src: str, dst: str, updates: int) -> bool:
     SystemExit when `src` already made `updates` or more (nothing to continue)."""
     from comfyui_salt.training.runs import CheckpointManager
     from comfyui_salt.training.runs import has_checkpoint
-    if has_checkpoint(dst) or os.path.exists(os.path.join(dst, "summary.json")):
+    if _started(dst):
         return False
     if not (os.path.exists(os.path.join(src, "summary.json")) and has_checkpoint(src)):
         return False
@@ -217,6 +217,12 @@ def extend_from(src: str, dst: str, updates: int) -> bool:
     shutil.copytree(ckpt, target + ".tmp", dirs_exist_ok=True)
     os.replace(target + ".tmp", target)
     return True
+
+
+def _started(run_dir: str) -> bool:
+    """Whether a run folder holds a checkpoint or a finished run's summary (something a job resumes or skips)."""
+    from comfyui_salt.training.runs import has_checkpoint
+    return has_checkpoint(run_dir) or os.path.exists(os.path.join(run_dir, "summary.json"))
 
 
 def _stored_init(run_dir: str):
@@ -456,6 +462,10 @@ def run_stages(args, extra: dict) -> int:
             if extend_from(os.path.join(src, arm, f"seed{seed}"), run_dir, args.updates):
                 print(f"continues {os.path.join(src, arm, f'seed{seed}')}: {run_dir}", flush=True)
                 break
+        else:
+            if args.extend_from and not _started(run_dir):
+                print(f"{run_dir}: no --extend-from folder holds {arm}/seed{seed} finished with its checkpoint; "
+                      f"it trains from the ODE init", flush=True)
         over = arm_overrides(arm, seed, args.out, args.teacher, args.updates, extra)
         stored = _stored_init(run_dir)   # a continued run keeps its init file's path (a setting of the run)
         if stored and os.path.exists(stored) and os.path.exists(over["student_init"]) and filecmp.cmp(

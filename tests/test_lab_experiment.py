@@ -258,6 +258,8 @@ def test_the_experiment_runs_every_arm_evaluates_and_prints_the_table(teacher_pa
     assert not (tmp_path / "refused" / "dmd").exists()
     assert bench.main([*more[:3], str(longer), *more[4:], "--extend-from", f"{same},{out}"]) == 0
     assert f"continues {out / 'dmd' / 'seed0'}: " in capsys.readouterr().out
+    assert bench.main([*more[:3], str(tmp_path / "from_init"), *more[4:], "--extend-from", str(same)]) == 0
+    assert "no --extend-from folder holds dmd/seed0 finished with its checkpoint" in capsys.readouterr().out
     bench._share_starts(str(out), str(fresh), ["causal"])
     assert bench.main([*more[:3], str(fresh), *more[4:]]) == 0
     capsys.readouterr()

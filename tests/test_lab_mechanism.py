@@ -100,6 +100,15 @@ def test_the_summary_pairs_each_arms_hop_error_with_the_reference_by_seed():
     e1 = [0.1 * (1.1 + 0.1 * s) * (3.5 + s) for s in range(3)]   # the group's two triplets, k = 2 and 3
     assert long_hops.split(" | ")[4].startswith(f"{sum(e1) / 3:.4f} [")
     assert "| +0.000 [" not in long_hops and long_hops.endswith("| +0.000 |")   # pull: tied seeds, no interval
+    # a ratio pairs only the same seed at the same update count: sc20 after 100 updates has no sc0 partner (sc0 was
+    # measured at 300 only), and sc20's seed 5 none at 300
+    measured[("r/sc20/seed0", 100)] = run(0, 2.0, 100)
+    measured[("r/sc20/seed5", None)] = run(5, 9.0, 300)
+    lines = format_summary(measured).splitlines()
+    early = next(line for line in lines if line.startswith("| sc20 | 100 | 1 | to 0"))
+    assert early.split(" | ")[5] == ""
+    four = next(line for line in lines if line.startswith("| sc20 | 300 | 4 | to 0"))
+    assert four.split(" | ")[5] == long_hops.split(" | ")[5]   # the same ratio, over the three paired seeds
 
 
 def test_a_run_belongs_to_its_arm():

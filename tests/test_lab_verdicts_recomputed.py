@@ -26,15 +26,19 @@ T975 = (12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622,
 MARGIN, BAR = 0.10, 0.82     # the header's "10 % margin of the reference" and the paper's defect ratio
 ROW = re.compile(r"^\| (?P<claim>[^|]+) \| (?P<arm>\S+) @(?P<nfe>\d) \| (?P<ref>\S+) @(?P<rnfe>\d) \| "
                  r"(?P<seeds>\d+) \| (?P<cells>[^|]+) \| (?P<verdict>[^|]+) \|$")
-CELL = re.compile(r"(?P<kind>/defect8|Δdrift|Δmean_err|Δvar_gap) (?P<mean>-?[\d.]+) \[(?P<lo>-?[\d.]+), "
-                  r"(?P<hi>-?[\d.]+)\]")
+CELL = re.compile(r"(?P<kind>/defect8|Δdrift|Δmean_err|Δvar_gap) (?P<mean>-?[\d.]+)(?: \[(?P<lo>-?[\d.]+), "
+                  r"(?P<hi>-?[\d.]+)\])?")   # one seed (or tied seeds): the mean alone
 NON_INFERIOR = ("Salt at 2 NFE ≥ DMD at 4 NFE",)   # the claims CLAIMS tests for non-inferiority
 
 
-def _rows():
-    """(budget section, kept folder, row match) for every defect and drift row of the verdict file."""
+def _text() -> str:
     with open(VERDICTS, encoding="utf-8") as f:
-        text = f.read()
+        return f.read()
+
+
+def _rows():
+    """(budget section, kept folder, row match) for every claim row of the verdict file's budget sections."""
+    text = _text()
     out = []
     for section in text.split("\n## ")[1:]:
         head = re.match(r"([\d,]+) updates \(`([^`]+)`\)", section)
@@ -86,6 +90,7 @@ def _var_gap(ev: dict) -> float:
 
 def _t_interval(values):
     v = np.asarray(values, dtype=np.float64)
+    assert 2 <= len(v) <= len(T975) + 1, f"{len(v)} seeds: extend T975 (df 1-{len(T975)}) from a printed t table"
     half = T975[len(v) - 2] * v.std(ddof=1) / math.sqrt(len(v))
     return v.mean(), v.mean() - half, v.mean() + half
 
@@ -126,6 +131,33 @@ def _verdict(claim: str, kind: str, lo: float, hi: float, ref: float) -> str:
 ROWS = _rows()
 
 
+def test_the_summary_table_is_each_budgets_verdict_and_seed_count():
+    """The table at the top (what the README quotes): each cell is its budget section's verdict and seed count,
+    marked interim below 8 seeds, with the family-wise verdict where that budget's Family-wise line changes it."""
+    text = _text()
+    lines = [x for x in text.split("\n## ")[0].splitlines() if x.startswith("| ")]
+    budgets = [c.strip().split(" updates")[0] for c in lines[0].strip("|").split("|")[1:]]
+    sections = {b: next(sec for sec in text.split("\n## ")[1:] if sec.startswith(f"{b} updates (")) for b in budgets}
+    rows = {(b, m.group("claim")): m for b, _, m in ROWS}
+    checked = 0
+    for line in lines[1:]:
+        claim, *cells = [c.strip() for c in line.strip("|").split("|")]
+        for budget, cell in zip(budgets, cells):
+            if not cell:
+                assert (budget, claim) not in rows
+                continue
+            row = rows[(budget, claim)]
+            seeds, verdict = int(row.group("seeds")), row.group("verdict").strip()
+            family = next(x for x in sections[budget].splitlines() if x.startswith("Family-wise"))
+            base = verdict.split(",")[0]   # the family-wise line names "reproduces" without its "< 10 %"
+            changed = re.search(re.escape(f"{claim}: {base} → ") + r"([a-z ,<%0-9]+?) \(", family)
+            want = (f"{verdict} ({seeds}{', interim' if seeds < 8 else ''}"
+                    f"{f'; family-wise {changed.group(1)}' if changed else ''})")
+            assert cell == want, (budget, claim)
+            checked += 1
+    assert checked == len(rows)
+
+
 def test_the_verdict_file_has_every_kind_of_row_at_8_seeds():
     kinds = [[c.group("kind") for c in CELL.finditer(m.group("cells"))] for _, _, m in ROWS]
     assert kinds.count(["/defect8"]) >= 4 and kinds.count(["Δdrift"]) >= 6
@@ -153,15 +185,23 @@ def test_each_verdict_recomputes_from_the_kept_evaluations(budget, folder, row):
     for s in seeds:   # paired: the same clips and noise at one seed
         assert arm[s]["captions"] == ref[s]["captions"] and arm[s]["noise_seed"] == ref[s]["noise_seed"]
     ivs, refs = {}, {}
-    for cell in CELL.finditer(row.group("cells")):
+    cells = list(CELL.finditer(row.group("cells")))
+    assert cells, row.group(0)
+    for cell in cells:
         kind = cell.group("kind")
         pairs = [_per_seed(kind, arm[s], ref[s], nfe, rnfe) for s in seeds]
+        if cell.group("lo") is None:   # no interval: one seed, or seeds that tie
+            assert len(seeds) == 1 or np.ptp([d for d, _ in pairs]) < 1e-9
+            assert float(cell.group("mean")) == pytest.approx(np.mean([d for d, _ in pairs]), abs=1.5e-4)
+            continue
         mean, lo, hi = _t_interval([d for d, _ in pairs])
         printed = [float(cell.group(k)) for k in ("mean", "lo", "hi")]
         assert printed == pytest.approx([mean, lo, hi], abs=1.5e-4), kind   # printed to 4 decimals; t to 4 digits
         ivs[kind], refs[kind] = (lo, hi), np.mean([r for _, r in pairs])
     claim, verdict = row.group("claim"), row.group("verdict").strip()
-    if len(ivs) == 2:
+    if len(ivs) < len(cells):   # a metric without an interval decides nothing
+        assert verdict == "inconclusive"
+    elif len(ivs) == 2:
         assert verdict == _quality_verdict(claim, ivs, refs)
     else:
         ((kind, (lo, hi)),) = ivs.items()
