@@ -13,8 +13,8 @@
 #
 # Order, each arm × seed in turn (a head-to-head grows evenly; kept runs are skipped): at 300 updates the symmetric
 # SC against Salt (salt-sym, salt-sym2), then the λ_SC dose response (sc0, sc2, sc20, sc2-sym: each run measured for
-# the SC-triplet and mechanism tables as it finishes), and the runs kept without their measurements trained again
-# for them (lab-exp8-m); dmd and salt to 2,000 updates, each run also evaluated after 1,000 (its milestone
+# the SC-triplet and mechanism tables as it finishes) and its test (sc20-low: λ 20 at the two lowest exits only),
+# and the runs kept without their measurements trained again for them (lab-exp8-m); dmd and salt to 2,000 updates, each run also evaluated after 1,000 (its milestone
 # checkpoint), and salt-sym to 1,000; last, the exact-real-score pair at 300 (dmd-exact, salt-exact). Hours of one
 # core (measured: 3.5-4 s per update with two one-thread jobs): a 300-update run 0.3, 1,000 updates 1, 2,000
 # updates 2. 2,000 is the longest budget the CPU allows: a run must finish on the machine it started on (a session's
@@ -48,8 +48,8 @@ by_seed() { for s in 0 1 2 3 4 5 6 7; do for a in "$@"; do printf '%s:%s,' "$a" 
 RUN="$PY experiments/lab_experiment.py --teacher runs/lab_teacher.safetensors --seeds 8 --workers ${WORKERS:-2}"
 B="$RUN --out runs/lab-exp8 --keep $KEPT/lab-exp8 --updates 300"
 # (one command: no core waits for the last run of a stage)
-$B --arms salt,salt-sym,salt-sym2,sc0,sc-dmd,sc2,sc20,sc2-sym \
-    --first "$(by_seed salt-sym salt-sym2)$(by_seed sc0 sc2 sc20 sc2-sym)"
+$B --arms salt,salt-sym,salt-sym2,sc0,sc-dmd,sc2,sc20,sc2-sym,sc20-low \
+    --first "$(by_seed salt-sym salt-sym2)$(by_seed sc0 sc2 sc20 sc2-sym)$(by_seed sc20-low)"
 # the runs kept with their evaluation only (the first machine's: sc-dmd, dmd and salt 8 seeds each, the first 2 of
 # the other λ arms, salt-sym 0-2 and salt-sym2 0-1) trained again in lab-exp8-m from the kept ODE init, for their
 # triplet, mechanism and probe measurements (the same command repeats a run's evaluation on one machine:
@@ -68,7 +68,8 @@ tables() {
       echo; $trip --table --export $KEPT/lab-exp8; } > $KEPT/lab_sc_triplets_8seeds.md.tmp
     mv $KEPT/lab_sc_triplets_8seeds.md.tmp $KEPT/lab_sc_triplets_8seeds.md
     local mech="$PY experiments/lab_sc_mechanism.py --clips 16 --flow-steps 32 --threads 1 --at-updates 100,200"
-    mech="$mech --runs runs/lab-exp8/ode-causal $(echo runs/lab-exp8{,-m}/{sc0,sc-dmd,sc2,sc20,sc2-sym}/seed{0..7})"
+    mech="$mech --runs runs/lab-exp8/ode-causal"
+    mech="$mech $(echo runs/lab-exp8{,-m}/{sc0,sc-dmd,sc2,sc20,sc2-sym,sc20-low}/seed{0..7})"
     { echo "Command: \`$mech\` ($(date -u +%F), $(git rev-parse --short HEAD))"; echo; $mech; } \
         > $KEPT/lab_sc_mechanism_8seeds.md.tmp
     mv $KEPT/lab_sc_mechanism_8seeds.md.tmp $KEPT/lab_sc_mechanism_8seeds.md

@@ -17,6 +17,7 @@ EXACT = dict(teacher="exact")   # the exact real score; critic_init is the teach
 MILESTONES = {"checkpoint_keep_every": 100}
 # arm -> (preset, overrides). The λ_SC dose response is sc0, sc-dmd (0.2, the preset), sc2, sc20 on the single K = 8;
 # sc2-sym is sc2 with L_SC's gradient through both branches (the paper's reading) instead of the released stop-grad.
+# sc20-low tests the account of the λ response (docs/method_lab.md): sc20 with SC at the two lowest exits only.
 ARMS = {
     "dmd": ("lab-dmd", {}),
     "sc-dmd": ("lab-sc-dmd", {**MILESTONES}),
@@ -27,6 +28,7 @@ ARMS = {
     "sc2": ("lab-sc-dmd", {"sc_weight": 2.0, **MILESTONES}),
     "sc20": ("lab-sc-dmd", {"sc_weight": 20.0, **MILESTONES}),
     "sc2-sym": ("lab-sc-dmd", {"sc_weight": 2.0, "sc_symmetric": True, **MILESTONES}),   # grad through both branches
+    "sc20-low": ("lab-sc-dmd", {"sc_weight": 20.0, "sc_exit_sigma_max": 0.7, **MILESTONES}),   # σ_s 0.643, 0.5
     "dmd-exact": ("lab-dmd", EXACT),
     "salt-exact": ("lab-salt", EXACT),
     "salt-sym": ("lab-salt-sym", {}),   # released Salt with the symmetric SC (issue 27's head-to-head)
@@ -37,11 +39,11 @@ ARMS = {
 # Measured as soon as each run finishes (its checkpoints may not outlive the session; experiments/lab_keep.py):
 # the SC-triplet defects (lab_sc_triplets.py) of these arms, and the SC target against the exact map
 # (lab_sc_mechanism.py) of the λ arms at their milestones and end, at these settings.
-TRIPLET_ARMS = ("dmd", "sc0", "sc-dmd", "sc2", "sc20", "sc2-sym", "salt", "bidir-dmd", "bidir-sc-dmd")
-MECHANISM_ARMS = ("sc0", "sc-dmd", "sc2", "sc20", "sc2-sym")
+TRIPLET_ARMS = ("dmd", "sc0", "sc-dmd", "sc2", "sc20", "sc2-sym", "sc20-low", "salt", "bidir-dmd", "bidir-sc-dmd")
+MECHANISM_ARMS = ("sc0", "sc-dmd", "sc2", "sc20", "sc2-sym", "sc20-low")
 MECHANISM = dict(clips=16, flow_steps=32, at_updates=(100, 200))
 # The arms whose per-update SC/DMD gradient probes are tabulated (lab_grad_probes.py): their metrics are kept.
-PROBE_ARMS = ("sc-dmd", "sc2", "sc20", "sc2-sym", "salt", "salt-sym", "salt-sym2")
+PROBE_ARMS = ("sc-dmd", "sc2", "sc20", "sc2-sym", "sc20-low", "salt", "salt-sym", "salt-sym2")
 # The arms the five paper claims need run first, every seed, before the dose response and the exact-score pair.
 CLAIM_ARMS = ("dmd", "salt", "sc-dmd", "bidir-dmd", "bidir-sc-dmd")
 # Reference rows on the same captions and noise: the learned teacher and the exact one, 40 Euler steps.

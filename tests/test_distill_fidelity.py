@@ -139,6 +139,23 @@ def test_generator_and_critic_steps_draw_their_own_k_and_exit_identically_on_eve
     assert {d["K"] for d in critic} == {8, 4, 2}
 
 
+def test_sc_at_low_exits_only_drops_the_other_triplets_and_keeps_every_draw():
+    """sc_exit_sigma_max (an ablation): a generator step whose triplet starts above it carries no SC; every other
+    draw (K, exit, the triplets kept) is the one the unrestricted run makes, and a run stored before the setting
+    existed resumes as an unrestricted one."""
+    every = _job("teacher_forcing", step_choices=(8, 4, 2), step_probs=(0.4, 0.4, 0.2), sc_weight=0.2)
+    low = _job("teacher_forcing", step_choices=(8, 4, 2), step_probs=(0.4, 0.4, 0.2), sc_weight=0.2,
+               sc_exit_sigma_max=0.7)
+    a, b = ([job.draws(it, "gen") for it in range(400)] for job in (every, low))
+    assert [(d["K"], d["exit"]) for d in a] == [(d["K"], d["exit"]) for d in b]
+    kept = [(x["triplet"], y["triplet"]) for x, y in zip(a, b) if x["triplet"] is not None]
+    assert all(y == (x if x.sigma_s <= 0.7 else None) for x, y in kept)
+    assert {x.sigma_s > 0.7 for x, _ in kept} == {True, False}   # both kinds drawn
+    from comfyui_salt.training.distill_config import DistillConfig
+    stored = {k: v for k, v in DistillConfig().__dict__.items() if k != "sc_exit_sigma_max"}
+    assert DistillConfig.upgrade_stored(stored)["sc_exit_sigma_max"] == 1.0
+
+
 def test_critic_has_its_own_learning_rate_and_betas():
     job = _job("teacher_forcing", lr_gen=3e-5, lr_critic=6e-6, beta1=0.1, beta2=0.95, beta1_critic=0.2,
                beta2_critic=0.9)

@@ -209,6 +209,8 @@ def test_the_experiment_runs_every_arm_evaluates_and_prints_the_table(teacher_pa
     assert json.loads((out / "sc20" / "seed0" / "config.json").read_text())["sc_weight"] == 20.0
     sym = json.loads((out / "sc2-sym" / "seed0" / "config.json").read_text())
     assert sym["sc_weight"] == 2.0 and sym["sc_symmetric"] is True
+    low = json.loads((out / "sc20-low" / "seed0" / "config.json").read_text())
+    assert low["sc_weight"] == 20.0 and low["sc_exit_sigma_max"] == 0.7 and not low["sc_symmetric"]
     # a rerun finds everything finished and only prints the table
     before = (out / "dmd" / "seed0" / "lab_eval.json").stat().st_mtime_ns
     assert bench.main(argv[:4] + ["--table", "--resamples", "20"]) == 0

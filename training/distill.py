@@ -125,6 +125,8 @@ class Distiller:
         triplet = None
         if role == "gen" and self.cfg.sc_weight > 0 and K == self.cfg.sc_steps:
             triplet = sc_triplet(exit_index, shared, grid)
+            if triplet is not None and triplet.sigma_s > self.cfg.sc_exit_sigma_max:   # drawn all the same
+                triplet = None
         return {"K": K, "exit": exit_index, "grid": grid, "triplet": triplet, "it": it}
 
     def aligns(self, d: dict) -> bool:

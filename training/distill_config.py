@@ -48,6 +48,11 @@ _gen_opt, _critic_opt = grouped("generator optimiser and EMA"), grouped("critic 
 _runtime, _logs = grouped("runtime"), grouped("checkpoints, evaluation, logs")
 
 
+# Settings added after runs were stored, with the value that trains as those runs did: a stored config.json
+# without one resumes (changed_settings) as if it held it.
+ADDED_LATER = {"sc_exit_sigma_max": 1.0}
+
+
 @dataclass(frozen=True)
 class DistillConfig(StudentJobConfig):
     """DMD / SC-DMD / Salt: the shared student-job fields (training.student_config) and the distillation's own."""
@@ -65,6 +70,8 @@ class DistillConfig(StudentJobConfig):
     sc_weight: float = _salt(0.0, "λ_SC (Salt: 0.2); 0 disables SC-DMD", low=0)
     sc_steps: int = _salt(8, "SC applies to rollouts with this K (Salt: 8)", count=1)
     sc_symmetric: bool = _salt(False, "paper's reading: grad through both branches")
+    sc_exit_sigma_max: float = _salt(1.0, "SC only at exits with σ_s ≤ this (an ablation; 1 = every exit)", low=0,
+                                     high=1, low_open=True)
     align_weight: float = _salt(0.0, "alignment weight (Salt: 0.1); 0 disables", low=0)
     align_delta: float = _salt(0.1, "hinge margin δ", low=0)
     align_start_iter: int = _salt(0, "trainer iteration where alignment starts (released: 700/1000/1200)", count=0)
@@ -112,6 +119,8 @@ class DistillConfig(StudentJobConfig):
         if d["job"] == cls.JOB:
             for key in ODE_KEYS_BEFORE_SPLIT:
                 d.pop(key, None)
+            for key, value in ADDED_LATER.items():   # trained before the setting existed: as its default does
+                d.setdefault(key, value)
         return d
 
 
