@@ -14,11 +14,11 @@
 # Order, each arm × seed in turn (a head-to-head grows evenly; kept runs are skipped): at 300 updates the symmetric
 # SC against Salt (salt-sym, salt-sym2), then the λ_SC dose response (sc0, sc2, sc20, sc2-sym: each run measured for
 # the SC-triplet and mechanism tables as it finishes) and its test (sc20-low: λ 20 at the two lowest exits only),
-# and the runs kept without their measurements trained again for them (lab-exp8-m); dmd and salt to 2,000 updates, each run also evaluated after 1,000 (its milestone
-# checkpoint), and salt-sym to 1,000; last, the exact-real-score pair at 300 (dmd-exact, salt-exact). Hours of one
-# core (measured: 3.5-4 s per update with two one-thread jobs): a 300-update run 0.3, 1,000 updates 1, 2,000
-# updates 2. 2,000 is the longest budget the CPU allows: a run must finish on the machine it started on (a session's
-# machine lasts 3 h; 3,000 updates would take 2.6-3 h).
+# and the runs kept without their measurements trained again for them (lab-exp8-m); dmd and salt to 2,000 updates,
+# each run also evaluated after 1,000 (its milestone checkpoint), and salt-sym to 1,000; last, the exact-real-score
+# pair at 300 (dmd-exact, salt-exact). Hours of one core (measured: 3.5-4 s per update with two one-thread jobs): a
+# 300-update run 0.3, 1,000 updates 1, 2,000 updates 2. 2,000 is the longest budget the CPU allows: a run must
+# finish on the machine it started on (a session's machine lasts 3 h; 3,000 updates would take 2.6-3 h).
 # Usage (from the repository root):
 #   [WORKERS=1] nohup bash experiments/lab_8seeds.sh > runs/lab-8seeds.log 2>&1 &
 # The whole script is one block, read before it runs: editing this file while it runs cannot change what the

@@ -267,9 +267,8 @@ def group_means(m: dict) -> dict:
         rows = [cols for t, cols in m["triplets"] if member(t)]
         if not rows:
             continue
-        mean = lambda key: sum(sum(c[key]) / len(c[key]) for c in rows) / len(rows)   # noqa: E731
-        out[name] = {"e1": mean("e1"), "gap": sum(sum(c["e2"]) / len(c["e2"]) for c in rows) / len(rows)
-                     - mean("e1"), "pull": mean("pull_truth")}
+        mean = {key: sum(sum(c[key]) / len(c[key]) for c in rows) / len(rows) for key in ("e1", "e2", "pull_truth")}
+        out[name] = {"e1": mean["e1"], "gap": mean["e2"] - mean["e1"], "pull": mean["pull_truth"]}
     return out
 
 
