@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from comfyui_salt.salt_core.kv_cache import CachePolicy
+from comfyui_salt.salt_core.losses import sc_triplet
 from comfyui_salt.salt_core.model import build_model
 from comfyui_salt.salt_core.samplers import sample_fewstep_deterministic, sample_fewstep_stochastic
 from comfyui_salt.salt_core.schedules import get_sigmas_fewstep, get_sigmas_uniform
@@ -77,6 +78,35 @@ def test_degenerate_step_and_window_settings_are_refused(kw, words):
     with pytest.raises(ValueError) as e:
         DistillConfig(**kw)
     assert words in str(e.value), e.value
+
+
+@pytest.mark.parametrize("kw, words", [
+    (dict(sc_steps=4, step_choices=(8,), step_probs=(1.0,)), "sc_steps=4 is not a K the rollouts draw"),
+    (dict(step_probs=(0.0, 0.5, 0.5)), "sc_steps=8 is not a K the rollouts draw"),   # drawn with probability 0
+    (dict(sc_steps=1, step_choices=(1,), step_probs=(1.0,)), "sc_steps=1: a 1-step rollout has no triplet"),
+    (dict(sc_exit_sigma_max=0.49), "sc_exit_sigma_max=0.49 is below every exit where L_SC can act"),
+    (dict(sc_exit_sigma_max=0.49, shift=5.0), "expected sc_exit_sigma_max >= 0.625"),
+])
+def test_sc_settings_under_which_sc_never_acts_are_refused_unless_sc_is_off(kw, words):
+    """sc_weight > 0 that would train plain DMD (L_SC never acts) is refused naming the setting and the fix; the same
+    settings with sc_weight=0 are plain DMD and accepted."""
+    with pytest.raises(ValueError) as e:
+        get_preset("toy-salt", **kw)
+    assert words in str(e.value) and "or sc_weight=0 for plain DMD" in str(e.value), e.value
+    get_preset("toy-salt", sc_weight=0.0, align_weight=0.0, **kw)
+
+
+@pytest.mark.parametrize("shift", [3.0, 5.0])
+def test_the_lowest_sc_exit_accepted_is_the_lowest_exit_sc_triplet_draws_a_triplet_for(shift):
+    """The bound the refusal states, against sc_triplet itself (the sampler training draws with): below the lowest
+    σ_s that draws a triplet the config is refused, at it accepted."""
+    grid = get_sigmas_fewstep(8, shift)
+    gen = torch.Generator().manual_seed(0)
+    drawn = [float(grid[i]) for i in range(8) if sc_triplet(i, gen, grid) is not None]
+    lowest = min(drawn)
+    get_preset("toy-salt", shift=shift, sc_exit_sigma_max=lowest)
+    with pytest.raises(ValueError, match=f"sc_exit_sigma_max >= {lowest:.3f}"):
+        get_preset("toy-salt", shift=shift, sc_exit_sigma_max=lowest * 0.999)
 
 
 @pytest.mark.parametrize("field", ["batch_size", "total_steps", "checkpoint_every", "eval_steps", "chunk_frames"])

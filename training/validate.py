@@ -9,6 +9,8 @@ fix. Knows nothing of files or the loops.
 """
 import torch
 
+from ..salt_core.losses.semigroup import sc_triplet_distribution
+from ..salt_core.schedules import get_sigmas_fewstep
 from ..salt_core.validate import check_count
 from .config_fields import check_fields
 
@@ -41,6 +43,38 @@ def validate_distill_config(cfg) -> None:
     if cfg.num_frames % cfg.chunk_frames:
         raise ValueError(f"{where}: num_frames={cfg.num_frames} is not a multiple of chunk_frames="
                          f"{cfg.chunk_frames}; expected whole chunks, e.g. num_frames=12 with chunk_frames=3")
+    if cfg.sc_weight > 0:
+        check_sc_can_act(cfg, where)
+
+
+def sc_exit_sigmas(cfg, sigma_max: float = None) -> list:
+    """σ_s of the exit steps of the cfg.sc_steps grid (at cfg.shift) where L_SC can act: those with a triplet
+    (sc_triplet: every exit but the last) at or below sigma_max (default cfg.sc_exit_sigma_max). Descending."""
+    top = cfg.sc_exit_sigma_max if sigma_max is None else sigma_max
+    grid = get_sigmas_fewstep(cfg.sc_steps, cfg.shift)
+    return [float(grid[i]) for i in range(cfg.sc_steps) if sc_triplet_distribution(i, grid) and float(grid[i]) <= top]
+
+
+def check_sc_can_act(cfg, where: str) -> None:
+    """Refuse sc_weight > 0 with settings under which L_SC never acts (a run that would train plain DMD while its
+    config says SC-DMD): sc_steps not a K the rollouts draw, or no exit of its grid at or below sc_exit_sigma_max."""
+    drawn = [k for k, p in zip(cfg.step_choices, cfg.step_probs) if float(p) > 0]
+    if cfg.sc_steps not in drawn:
+        raise ValueError(f"{where}: sc_weight={cfg.sc_weight:g} but sc_steps={cfg.sc_steps} is not a K the rollouts "
+                         f"draw (step_choices={tuple(cfg.step_choices)}, step_probs={tuple(cfg.step_probs)}); L_SC "
+                         f"acts only on K = sc_steps rollouts, so it would never act. Expected sc_steps among the "
+                         f"drawn K (Salt: sc_steps=8 with step_choices=8,4,2), or sc_weight=0 for plain DMD")
+    if sc_exit_sigmas(cfg):
+        return
+    if cfg.sc_steps < 2:
+        raise ValueError(f"{where}: sc_weight={cfg.sc_weight:g} with sc_steps={cfg.sc_steps}: a 1-step rollout has "
+                         f"no triplet for L_SC (its one step ends at σ 0), so it would never act; expected sc_steps "
+                         f">= 2 (Salt: 8, with 8 in step_choices), or sc_weight=0 for plain DMD")
+    every = sc_exit_sigmas(cfg, 1.0)
+    raise ValueError(f"{where}: sc_exit_sigma_max={cfg.sc_exit_sigma_max:g} is below every exit where L_SC can act "
+                     f"(σ_s {', '.join(f'{s:.3f}' for s in every)} on the {cfg.sc_steps}-step grid at shift="
+                     f"{cfg.shift:g}), so it would never act; expected sc_exit_sigma_max >= {min(every):.3f} "
+                     f"(1 = every exit), or sc_weight=0 for plain DMD")
 
 
 def validate_ode_init_config(cfg) -> None:
@@ -206,9 +240,9 @@ def check_distill_memory(cfg, student, critic, device, *, teacher=None, shards: 
                  limit, where="DistillConfig",
                  limit_what=f"memory_limit_gib={cfg.memory_limit_gib:g}" if explicit else f"free memory on {device}",
                  fix=window_fix(cfg) + "lower num_frames, height / width or batch_size (use grad_accum for a larger "
-                     "effective batch), set grad_checkpointing=true, or shard over more GPUs (torchrun, sharding=full) with "
-                     "teacher_offload; if the estimate is too cautious for your setup, set memory_limit_gib "
-                     "(--memory-limit-gib) to the GiB you allow")
+                     "effective batch), set grad_checkpointing=true, or shard over more GPUs (torchrun, "
+                     "sharding=full) with teacher_offload; if the estimate is too cautious for your setup, set "
+                     "memory_limit_gib (--memory-limit-gib) to the GiB you allow")
 
 
 def ode_pairs_bytes(cfg, student) -> int:
