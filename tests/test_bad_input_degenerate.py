@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from comfyui_salt.salt_core.kv_cache import CachePolicy
-from comfyui_salt.salt_core.losses import sc_triplet
+from comfyui_salt.salt_core.losses import sample_exit_index, sample_rollout_steps, sc_triplet
 from comfyui_salt.salt_core.model import build_model
 from comfyui_salt.salt_core.samplers import sample_fewstep_deterministic, sample_fewstep_stochastic
 from comfyui_salt.salt_core.schedules import get_sigmas_fewstep, get_sigmas_uniform
@@ -83,8 +83,9 @@ def test_degenerate_step_and_window_settings_are_refused(kw, words):
 @pytest.mark.parametrize("kw, words", [
     (dict(sc_steps=4, step_choices=(8,), step_probs=(1.0,)), "sc_steps=4 is not a K the rollouts draw"),
     (dict(step_probs=(0.0, 0.5, 0.5)), "sc_steps=8 is not a K the rollouts draw"),   # drawn with probability 0
-    (dict(sc_steps=1, step_choices=(1,), step_probs=(1.0,)), "sc_steps=1: a 1-step rollout has no triplet"),
-    (dict(sc_exit_sigma_max=0.49), "sc_exit_sigma_max=0.49 is below every exit where L_SC can act"),
+    (dict(sc_steps=1, step_choices=(1,), step_probs=(1.0,)), "sc_steps=1: that grid has no triplet"),
+    (dict(sc_steps=2, step_choices=(8, 2), step_probs=(0.5, 0.5)), "sc_steps=2: that grid has no triplet"),
+    (dict(sc_exit_sigma_max=0.49), "sc_exit_sigma_max=0.49 is below every exit where L_SC acts"),
     (dict(sc_exit_sigma_max=0.49, shift=5.0), "expected sc_exit_sigma_max >= 0.625"),
 ])
 def test_sc_settings_under_which_sc_never_acts_are_refused_unless_sc_is_off(kw, words):
@@ -94,6 +95,54 @@ def test_sc_settings_under_which_sc_never_acts_are_refused_unless_sc_is_off(kw, 
         get_preset("toy-salt", **kw)
     assert words in str(e.value) and "or sc_weight=0 for plain DMD" in str(e.value), e.value
     get_preset("toy-salt", sc_weight=0.0, align_weight=0.0, **kw)
+
+
+@pytest.mark.parametrize("kw", [dict(step_choices=(8, 4), step_probs=(0.5, 0.5)), dict(step_probs=(0.5, 0.5, 0.0)),
+                                dict(step_choices=(8,), step_probs=(1.0,), align_k4=True)])
+def test_an_alignment_no_drawn_rollout_carries_is_refused_unless_it_is_off(kw):
+    """align_weight > 0 acts only on K = 2 rollouts (K = 4 too with align_k4, training/distill.py alignment_acts):
+    a mixture that never draws one is refused naming the fix; with align_weight=0 it is accepted, and align_k4 makes
+    a mixture drawing 4 valid."""
+    with pytest.raises(ValueError) as e:
+        get_preset("toy-salt", **kw)
+    assert "would never act" in str(e.value) and "or align_weight=0" in str(e.value), e.value
+    get_preset("toy-salt", align_weight=0.0, **kw)
+    if 4 in kw.get("step_choices", (8, 4, 2)) and kw.get("step_probs", (1,) * 3)[1] > 0:
+        get_preset("toy-salt", align_k4=True, **kw)
+
+
+def _acts_in_draws(choices, probs, sc_steps, sc_max, align_k4, draws=300):
+    """(SC acts, alignment acts) in any of `draws` generator steps drawn as training draws them (K, exit index,
+    triplet: salt_core.losses), by brute force: the reference the config's refusals must agree with."""
+    gen, grids, sc, align = torch.Generator().manual_seed(1), {}, False, False
+    for _ in range(draws):
+        k = sample_rollout_steps(gen, choices, probs)
+        i = sample_exit_index(k, gen)
+        grid = grids.setdefault(k, get_sigmas_fewstep(k, 3.0))
+        t = sc_triplet(i, gen, grid) if k == sc_steps else None
+        sc = sc or (t is not None and t.sigma_s < 1 and t.sigma_s <= sc_max)   # L_SC's weight: 1 − σ_s
+        align = align or (i == 1 and (k == 2 or (align_k4 and k == 4)))
+    return sc, align
+
+
+@pytest.mark.parametrize("choices, probs", [((8, 4, 2), (0.4, 0.4, 0.2)), ((8, 4), (0.5, 0.5)), ((4, 2), (0.5, 0.5)),
+                                            ((8,), (1.0,)), ((2,), (1.0,)), ((1,), (1.0,)), ((8, 2), (1.0, 0.0)),
+                                            ((8, 2), (0.0, 1.0)), ((4, 1), (0.5, 0.5))])
+@pytest.mark.parametrize("sc_steps, sc_max, align_k4", [(8, 1.0, False), (8, 0.45, True), (4, 1.0, True),
+                                                        (2, 1.0, False), (1, 1.0, False), (4, 0.4, False)])
+def test_a_salt_config_is_accepted_exactly_when_sc_and_alignment_each_act_in_training_draws(choices, probs, sc_steps,
+                                                                                            sc_max, align_k4):
+    kw = dict(step_choices=choices, step_probs=probs, sc_steps=sc_steps, sc_exit_sigma_max=sc_max, align_k4=align_k4)
+    sc, align = _acts_in_draws(choices, probs, sc_steps, sc_max, align_k4)
+    for sc_weight, align_weight in ((0.2, 0.0), (0.0, 0.1)):
+        acts = sc if sc_weight else align
+        try:
+            get_preset("toy-salt", sc_weight=sc_weight, align_weight=align_weight, **kw)
+            accepted = True
+        except ValueError as e:
+            assert "would never act" in str(e), e
+            accepted = False
+        assert accepted == acts, (kw, sc_weight, align_weight)
 
 
 @pytest.mark.parametrize("shift", [3.0, 5.0])

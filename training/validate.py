@@ -45,33 +45,55 @@ def validate_distill_config(cfg) -> None:
                          f"{cfg.chunk_frames}; expected whole chunks, e.g. num_frames=12 with chunk_frames=3")
     if cfg.sc_weight > 0:
         check_sc_can_act(cfg, where)
+    if cfg.align_weight > 0:
+        check_alignment_can_act(cfg, where)
+
+
+def drawn_steps(cfg) -> list:
+    """The rollout step counts K the generator draws: step_choices with a probability above 0."""
+    return [k for k, p in zip(cfg.step_choices, cfg.step_probs) if float(p) > 0]
+
+
+def check_alignment_can_act(cfg, where: str) -> None:
+    """Refuse align_weight > 0 when no drawn K carries the alignment (K = 2, or K = 4 with align_k4; training/
+    distill.py alignment_acts): the run would train without it while its config says Salt."""
+    acts_on = (2, 4) if cfg.align_k4 else (2,)
+    if not set(acts_on) & set(drawn_steps(cfg)):
+        raise ValueError(f"{where}: align_weight={cfg.align_weight:g} but the feature alignment acts only on K = "
+                         f"{' or '.join(map(str, acts_on))} rollouts (align_k4={cfg.align_k4}), and the rollouts "
+                         f"draw step_choices={tuple(cfg.step_choices)} with step_probs={tuple(cfg.step_probs)}, so "
+                         f"it would never act. Expected 2 among the drawn K (Salt: step_choices=8,4,2 with "
+                         f"step_probs=0.4,0.4,0.2), align_k4=true with 4 drawn, or align_weight=0")
 
 
 def sc_exit_sigmas(cfg, sigma_max: float = None) -> list:
-    """σ_s of the exit steps of the cfg.sc_steps grid (at cfg.shift) where L_SC can act: those with a triplet
-    (sc_triplet: every exit but the last) at or below sigma_max (default cfg.sc_exit_sigma_max). Descending."""
+    """σ_s of the exit steps of the cfg.sc_steps grid (at cfg.shift) where L_SC acts: those with a triplet (sc_triplet:
+    every exit but the last) that L_SC weighs above 0 (σ_s < 1: its weight is 1 − σ_s), at or below sigma_max (default
+    cfg.sc_exit_sigma_max). Descending."""
     top = cfg.sc_exit_sigma_max if sigma_max is None else sigma_max
     grid = get_sigmas_fewstep(cfg.sc_steps, cfg.shift)
-    return [float(grid[i]) for i in range(cfg.sc_steps) if sc_triplet_distribution(i, grid) and float(grid[i]) <= top]
+    return [float(grid[i]) for i in range(cfg.sc_steps)
+            if sc_triplet_distribution(i, grid) and float(grid[i]) < 1 and float(grid[i]) <= top]
 
 
 def check_sc_can_act(cfg, where: str) -> None:
     """Refuse sc_weight > 0 with settings under which L_SC never acts (a run that would train plain DMD while its
-    config says SC-DMD): sc_steps not a K the rollouts draw, or no exit of its grid at or below sc_exit_sigma_max."""
-    drawn = [k for k, p in zip(cfg.step_choices, cfg.step_probs) if float(p) > 0]
-    if cfg.sc_steps not in drawn:
+    config says SC-DMD): sc_steps not a K the rollouts draw, a grid without a triplet L_SC weighs, or no exit of its
+    grid at or below sc_exit_sigma_max."""
+    if cfg.sc_steps not in drawn_steps(cfg):
         raise ValueError(f"{where}: sc_weight={cfg.sc_weight:g} but sc_steps={cfg.sc_steps} is not a K the rollouts "
                          f"draw (step_choices={tuple(cfg.step_choices)}, step_probs={tuple(cfg.step_probs)}); L_SC "
                          f"acts only on K = sc_steps rollouts, so it would never act. Expected sc_steps among the "
                          f"drawn K (Salt: sc_steps=8 with step_choices=8,4,2), or sc_weight=0 for plain DMD")
     if sc_exit_sigmas(cfg):
         return
-    if cfg.sc_steps < 2:
-        raise ValueError(f"{where}: sc_weight={cfg.sc_weight:g} with sc_steps={cfg.sc_steps}: a 1-step rollout has "
-                         f"no triplet for L_SC (its one step ends at σ 0), so it would never act; expected sc_steps "
-                         f">= 2 (Salt: 8, with 8 in step_choices), or sc_weight=0 for plain DMD")
     every = sc_exit_sigmas(cfg, 1.0)
-    raise ValueError(f"{where}: sc_exit_sigma_max={cfg.sc_exit_sigma_max:g} is below every exit where L_SC can act "
+    if not every:
+        raise ValueError(f"{where}: sc_weight={cfg.sc_weight:g} with sc_steps={cfg.sc_steps}: that grid has no triplet "
+                         f"L_SC weighs above 0 (a 1-step grid has none; a 2-step grid's one starts at σ 1, where the "
+                         f"weight 1 − σ_s is 0), so it would never act; expected sc_steps >= 3 (Salt: 8, with 8 in "
+                         f"step_choices), or sc_weight=0 for plain DMD")
+    raise ValueError(f"{where}: sc_exit_sigma_max={cfg.sc_exit_sigma_max:g} is below every exit where L_SC acts "
                      f"(σ_s {', '.join(f'{s:.3f}' for s in every)} on the {cfg.sc_steps}-step grid at shift="
                      f"{cfg.shift:g}), so it would never act; expected sc_exit_sigma_max >= {min(every):.3f} "
                      f"(1 = every exit), or sc_weight=0 for plain DMD")
