@@ -4,14 +4,16 @@ Zero and negative counts, fractional counts, wrong tensor ranks and widths, empt
 unknown words for booleans, through the Python API, node overrides and the CLI.
 """
 import dataclasses
+import re
 import subprocess
 import sys
+import types
 
 import pytest
 import torch
 
 from comfyui_salt.salt_core.kv_cache import CachePolicy
-from comfyui_salt.salt_core.losses import sample_exit_index, sample_rollout_steps, sc_triplet
+from comfyui_salt.salt_core.losses import sc_triplet
 from comfyui_salt.salt_core.model import build_model
 from comfyui_salt.salt_core.samplers import sample_fewstep_deterministic, sample_fewstep_stochastic
 from comfyui_salt.salt_core.schedules import get_sigmas_fewstep, get_sigmas_uniform
@@ -68,6 +70,7 @@ def test_counts_that_may_be_zero_refuse_negative_values(field):
     (dict(step_choices=(0,), step_probs=(1.0,)), "step_choices=0"),
     (dict(step_choices=(9,), step_probs=(1.0,)), "step_choices=9"),
     (dict(eval_nfe=(0,)), "eval_nfe=0"),
+    (dict(shift=1e17), "shift=1e+17; expected a finite number in (0, 100]"),   # the grid's levels would collapse to 1
     (dict(local_attn_frames=0), "local_attn_frames=0"),
     (dict(local_attn_frames=-2), "local_attn_frames=-2"),
     (dict(local_attn_frames=2, chunk_frames=3, num_frames=21), "local_attn_frames=2 is less than sink_frames=0 + "
@@ -111,17 +114,19 @@ def test_an_alignment_no_drawn_rollout_carries_is_refused_unless_it_is_off(kw):
         get_preset("toy-salt", align_k4=True, **kw)
 
 
-def _acts_in_draws(choices, probs, sc_steps, sc_max, align_k4, draws=300):
-    """(SC acts, alignment acts) in any of `draws` generator steps drawn as training draws them (K, exit index,
-    triplet: salt_core.losses), by brute force: the reference the config's refusals must agree with."""
-    gen, grids, sc, align = torch.Generator().manual_seed(1), {}, False, False
-    for _ in range(draws):
-        k = sample_rollout_steps(gen, choices, probs)
-        i = sample_exit_index(k, gen)
-        grid = grids.setdefault(k, get_sigmas_fewstep(k, 3.0))
-        t = sc_triplet(i, gen, grid) if k == sc_steps else None
-        sc = sc or (t is not None and t.sigma_s < 1 and t.sigma_s <= sc_max)   # L_SC's weight: 1 − σ_s
-        align = align or (i == 1 and (k == 2 or (align_k4 and k == 4)))
+def _acts_in_draws(kw, draws=300):
+    """(SC acts, alignment acts) with settings `kw` in any of `draws` generator steps, by brute force through
+    training's own rules: `Distiller.draws` (K, exit index, SC triplet) and `alignment_acts`, on an unvalidated
+    namespace of the toy-salt fields (a refused config cannot be built); L_SC weighs a triplet 1 − σ_s."""
+    from comfyui_salt.training.distill import Distiller, alignment_acts
+    fields = {**dataclasses.asdict(get_preset("toy-salt")), **kw, "sc_weight": 0.2, "align_weight": 0.1,
+              "align_start_iter": 0}
+    job = types.SimpleNamespace(cfg=types.SimpleNamespace(**fields))
+    sc = align = False
+    for it in range(draws):
+        d = Distiller.draws(job, it, "gen")
+        sc = sc or (d["triplet"] is not None and d["triplet"].sigma_s < 1)
+        align = align or alignment_acts(job.cfg, it, d["K"], d["exit"])
     return sc, align
 
 
@@ -130,10 +135,12 @@ def _acts_in_draws(choices, probs, sc_steps, sc_max, align_k4, draws=300):
                                             ((8, 2), (0.0, 1.0)), ((4, 1), (0.5, 0.5))])
 @pytest.mark.parametrize("sc_steps, sc_max, align_k4", [(8, 1.0, False), (8, 0.45, True), (4, 1.0, True),
                                                         (2, 1.0, False), (1, 1.0, False), (4, 0.4, False)])
+@pytest.mark.parametrize("shift", [3.0, 5.0])
 def test_a_salt_config_is_accepted_exactly_when_sc_and_alignment_each_act_in_training_draws(choices, probs, sc_steps,
-                                                                                            sc_max, align_k4):
-    kw = dict(step_choices=choices, step_probs=probs, sc_steps=sc_steps, sc_exit_sigma_max=sc_max, align_k4=align_k4)
-    sc, align = _acts_in_draws(choices, probs, sc_steps, sc_max, align_k4)
+                                                                                            sc_max, align_k4, shift):
+    kw = dict(step_choices=choices, step_probs=probs, sc_steps=sc_steps, sc_exit_sigma_max=sc_max, align_k4=align_k4,
+              shift=shift)
+    sc, align = _acts_in_draws(kw)
     for sc_weight, align_weight in ((0.2, 0.0), (0.0, 0.1)):
         acts = sc if sc_weight else align
         try:
@@ -145,17 +152,25 @@ def test_a_salt_config_is_accepted_exactly_when_sc_and_alignment_each_act_in_tra
         assert accepted == acts, (kw, sc_weight, align_weight)
 
 
-@pytest.mark.parametrize("shift", [3.0, 5.0])
-def test_the_lowest_sc_exit_accepted_is_the_lowest_exit_sc_triplet_draws_a_triplet_for(shift):
-    """The bound the refusal states, against sc_triplet itself (the sampler training draws with): below the lowest
-    σ_s that draws a triplet the config is refused, at it accepted."""
-    grid = get_sigmas_fewstep(8, shift)
+@pytest.mark.parametrize("shift", [3.0, 5.0, 7.5])
+@pytest.mark.parametrize("sc_steps", [3, 4, 8])
+def test_the_sc_exit_bound_a_refusal_states_is_accepted_and_anything_below_the_lowest_exit_is_not(shift, sc_steps):
+    """The refusal's "expected sc_exit_sigma_max >= b": b itself is accepted (rounded up, never down to below the
+    exit), and b is within 0.001 above the lowest exit where sc_triplet draws a triplet L_SC weighs (σ_s < 1)."""
+    grid = get_sigmas_fewstep(sc_steps, shift)
     gen = torch.Generator().manual_seed(0)
-    drawn = [float(grid[i]) for i in range(8) if sc_triplet(i, gen, grid) is not None]
-    lowest = min(drawn)
-    get_preset("toy-salt", shift=shift, sc_exit_sigma_max=lowest)
-    with pytest.raises(ValueError, match=f"sc_exit_sigma_max >= {lowest:.3f}"):
-        get_preset("toy-salt", shift=shift, sc_exit_sigma_max=lowest * 0.999)
+    lowest = min(float(grid[i]) for i in range(sc_steps) if (t := sc_triplet(i, gen, grid)) and t.sigma_s < 1)
+    kw = dict(shift=shift, sc_steps=sc_steps, step_choices=(sc_steps, 2), step_probs=(0.5, 0.5))
+    with pytest.raises(ValueError) as e:
+        get_preset("toy-salt", sc_exit_sigma_max=lowest * 0.999, **kw)
+    bound = float(re.search(r"expected sc_exit_sigma_max >= ([0-9.]+)", str(e.value)).group(1))
+    assert lowest <= bound < lowest + 0.001, (bound, lowest)
+    get_preset("toy-salt", sc_exit_sigma_max=bound, **kw)
+    get_preset("toy-salt", sc_exit_sigma_max=lowest, **kw)
+
+
+def test_sc_steps_sent_as_a_whole_float_is_accepted_as_before():
+    assert get_preset("toy-salt", sc_steps=8.0).sc_steps == 8
 
 
 @pytest.mark.parametrize("field", ["batch_size", "total_steps", "checkpoint_every", "eval_steps", "chunk_frames"])

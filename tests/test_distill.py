@@ -54,6 +54,25 @@ def test_salt_iteration_exercises_sc_and_alignment(teacher_path, tmp_path):
     assert all(r["aligned"] == 0.0 for r in rows if not (r["K"] == 2 and r["exit"] == 1))
 
 
+@pytest.mark.parametrize("start, warned", [(4, True), (3, False), (0, False)])
+def test_an_alignment_starting_after_the_last_update_is_warned_of_and_does_not_act(teacher_path, tmp_path, caplog,
+                                                                                  start, warned):
+    """gen_steps=4, critic_ratio=1: generator updates at trainer iterations 0-3. align_start_iter=4 is valid (a longer
+    run reaches it) but does nothing in this one: said at the start, and no update aligns; at 3 or 0 no warning, and
+    the alignment acts (K = 2 always: exit index 1 on some of the 4 updates with this seed)."""
+    import json
+    import logging
+    cfg = tiny("toy-salt", teacher_path, step_choices=(2,), step_probs=(1.0,), sc_weight=0.0, gen_steps=4,
+               critic_ratio=1, align_start_iter=start, ema_start_iter=0)
+    with caplog.at_level(logging.WARNING, logger="salt.distill"):
+        run_distillation(cfg, str(tmp_path), quiet=True, world=TOY)
+    said = [r.getMessage() for r in caplog.records if "align_start_iter" in r.getMessage()]
+    assert bool(said) == warned, said
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    aligned = [r["iteration"] - 1 for r in rows if r.get("aligned") == 1.0]
+    assert (not aligned) if warned else (aligned and min(aligned) >= start), aligned
+
+
 def test_interrupted_distillation_resumes_bit_identically(teacher_path, tmp_path):
     cfg = tiny("toy-salt", teacher_path, step_choices=(8, 4, 2), gen_steps=4, critic_ratio=2)
     run_distillation(cfg, str(tmp_path / "a"), max_gen_steps=2, quiet=True, world=TOY)

@@ -40,7 +40,7 @@ from .distributed import (any_rank, device_mesh, end_process_group, full_optimiz
 from .loop import TrainingLoop, check_loss_terms, stop_step
 from .optim import EMA, step_generators, step_seed
 from .runs import open_run
-from .validate import check_distill_memory, shard_count
+from .validate import check_distill_memory, inactive_terms, shard_count
 
 log = logging.getLogger("salt.distill")
 ROLES = ("critic", "gen")   # the step roles of an iteration, in the seed of their draws
@@ -469,6 +469,8 @@ def _run_distillation(cfg, run, max_gen_steps, callback, quiet, device, world):
                     score_kind=score_kind, features=features)
     log.info("teacher and critic score clips %s", "whole (bidirectional)" if job.score_kind == "bidirectional"
              else "chunk by chunk given the clean past (teacher forcing)")
+    for sentence in inactive_terms(cfg):   # valid, but not what the config reads as: said before the first step
+        log.warning(sentence)
     clips = cfg.batch_size * cfg.grad_accum * world_size
     if not cfg.world and clips < RELEASED_CLIPS_PER_UPDATE:
         log.warning("%d clip(s) per generator update (batch_size × grad_accum × processes); released runs average "

@@ -51,7 +51,7 @@ class StudentJobConfig:
     chunk_frames: int = _cache(3, "frames per AR chunk", count=1)
     # -- grid and guidance -------------------------------------------------------------------
     shift: float = _grid(TOY_SHIFT, "timestep shift of grids and score timesteps (real scale: 5)", low=0,
-                         low_open=True)
+                         low_open=True, high=100)   # above ~1e16 the grid's levels collapse to 1
     guidance_scale: float = _grid(3.0, "standard CFG g (uncond + g·Δ) of the teacher; the released 3.0 (cond + 3·Δ) "
                                        "is 4.0 here", low=0, low_open=True)
     # -- optimisation ------------------------------------------------------------------------

@@ -7,6 +7,8 @@ the same rules. Per-field rules (choices, counts, ranges) are read from the fiel
 salt_core.validate holds the checks themselves. Errors name the field, the value, what was expected and the
 fix. Knows nothing of files or the loops.
 """
+import math
+
 import torch
 
 from ..salt_core.losses.semigroup import sc_triplet_distribution
@@ -54,6 +56,24 @@ def drawn_steps(cfg) -> list:
     return [k for k, p in zip(cfg.step_choices, cfg.step_probs) if float(p) > 0]
 
 
+def inactive_terms(cfg) -> list:
+    """What a valid DistillConfig sets but its run will not do, as sentences for a warning at the start: a term or
+    the EMA whose start iteration comes after the run's last generator update (iteration critic_ratio × (gen_steps
+    − 1): generator updates fall on every critic_ratio-th trainer iteration from 0). Not refused: a shorter first run
+    extended later (more gen_steps) reaches them."""
+    last = cfg.critic_ratio * (cfg.gen_steps - 1)
+    out = []
+    if cfg.align_weight > 0 and cfg.align_start_iter > last:
+        out.append(f"align_start_iter={cfg.align_start_iter} comes after this run's last generator update (trainer "
+                   f"iteration {last} = critic_ratio × (gen_steps − 1)): the feature alignment will not act; lower "
+                   f"align_start_iter (e.g. {last // 2}) or raise gen_steps")
+    if cfg.ema_start_iter > last:
+        out.append(f"ema_start_iter={cfg.ema_start_iter} comes after this run's last iteration ({last}): no EMA is "
+                   f"made, and the student is exported as trained (use_ema_weights has no effect); lower "
+                   f"ema_start_iter or raise gen_steps")
+    return out
+
+
 def check_alignment_can_act(cfg, where: str) -> None:
     """Refuse align_weight > 0 when no drawn K carries the alignment (K = 2, or K = 4 with align_k4; training/
     distill.py alignment_acts): the run would train without it while its config says Salt."""
@@ -71,8 +91,9 @@ def sc_exit_sigmas(cfg, sigma_max: float = None) -> list:
     every exit but the last) that L_SC weighs above 0 (σ_s < 1: its weight is 1 − σ_s), at or below sigma_max (default
     cfg.sc_exit_sigma_max). Descending."""
     top = cfg.sc_exit_sigma_max if sigma_max is None else sigma_max
-    grid = get_sigmas_fewstep(cfg.sc_steps, cfg.shift)
-    return [float(grid[i]) for i in range(cfg.sc_steps)
+    steps = int(cfg.sc_steps)   # a count, possibly sent as 8.0 (check_fields accepts whole floats)
+    grid = get_sigmas_fewstep(steps, cfg.shift)
+    return [float(grid[i]) for i in range(steps)
             if sc_triplet_distribution(i, grid) and float(grid[i]) < 1 and float(grid[i]) <= top]
 
 
@@ -88,6 +109,7 @@ def check_sc_can_act(cfg, where: str) -> None:
     if sc_exit_sigmas(cfg):
         return
     every = sc_exit_sigmas(cfg, 1.0)
+    lowest = math.ceil(min(every or [0]) * 1000) / 1000   # the bound as printed, rounded up: setting it is accepted
     if not every:
         raise ValueError(f"{where}: sc_weight={cfg.sc_weight:g} with sc_steps={cfg.sc_steps}: that grid has no triplet "
                          f"L_SC weighs above 0 (a 1-step grid has none; a 2-step grid's one starts at σ 1, where the "
@@ -95,7 +117,7 @@ def check_sc_can_act(cfg, where: str) -> None:
                          f"step_choices), or sc_weight=0 for plain DMD")
     raise ValueError(f"{where}: sc_exit_sigma_max={cfg.sc_exit_sigma_max:g} is below every exit where L_SC acts "
                      f"(σ_s {', '.join(f'{s:.3f}' for s in every)} on the {cfg.sc_steps}-step grid at shift="
-                     f"{cfg.shift:g}), so it would never act; expected sc_exit_sigma_max >= {min(every):.3f} "
+                     f"{cfg.shift:g}), so it would never act; expected sc_exit_sigma_max >= {lowest:.3f} "
                      f"(1 = every exit), or sc_weight=0 for plain DMD")
 
 
