@@ -323,6 +323,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--at-updates", default="", help="comma-separated update counts: also measure each run's "
                     "student at these (its milestone checkpoints), before the finished one")
+    ap.add_argument("--versus", default="", metavar="ARM", help="also summarise the groups against this arm "
+                    "(paired by seed at the same update count), e.g. sc20 beside sc20-low")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     steps = parse_updates(args.at_updates)
@@ -345,8 +347,10 @@ def main(argv=None) -> int:
                 if at is None:
                     raise
                 print(f"skipped: {e}", file=sys.stderr)   # a run trained without milestones: its end only
+    versus = (f"By triplet group, against {args.versus} at the same update count:\n\n"
+              f"{format_summary(measured, args.versus)}\n\n") if args.versus else ""
     print(f"By triplet group, against sc0 (λ_SC 0) at the same update count:\n\n{format_summary(measured)}\n\n"
-          f"Per triplet:\n\n{format_table(measured)}")
+          f"{versus}Per triplet:\n\n{format_table(measured)}")
     return 0
 
 

@@ -169,11 +169,12 @@ def export(out: str, dest: str) -> int:
     return n
 
 
-def table(out: str, also=()) -> str:
+def table(out: str, also=(), versus: str = "") -> str:
     """Markdown: per arm, each column's mean over seeds [95 % t interval] and its paired ratios (seeds paired in
     brackets) to the claims' reference of its student kind and, for causal arms, to BASE; then the SC-weighted
-    defect per exit level σ_s, with L_SC's weight 1 − σ_s there, and for causal arms its paired ratio to BASE's.
-    Runs measured only in a folder of `also` are read from there (load)."""
+    defect per exit level σ_s, with L_SC's weight 1 − σ_s there, and for causal arms its paired ratio to BASE's
+    (and, given `versus`, to that arm's too: consecutive defect and each level). Runs measured only in a folder of
+    `also` are read from there (load)."""
     runs, weights = load(out, also)
     if not runs:
         return "no measured runs yet"
@@ -202,19 +203,30 @@ def table(out: str, also=()) -> str:
         cells = [arm, f"{weights[arm]:g}", str(len(seeds))]
         cells += [_fmt(_mean([by_seed[s][k] for s in seeds])) for k in levels]
         lines.append("| " + " | ".join(cells) + " |")
-    base = runs.get(BASE, {})
-    rows = []
-    for arm, by_seed in runs.items():
-        paired = [s for s in sorted(by_seed) if s in base]
-        if arm == BASE or lab_arms.student_kind(arm) != "causal" or not paired:
-            continue
-        cells = [arm, f"{weights[arm]:g}", str(len(paired))]
-        cells += [_fmt(_ratio([by_seed[s][k] for s in paired], [base[s][k] for s in paired])) for k in levels]
-        rows.append("| " + " | ".join(cells) + " |")
+    rows = _ratio_rows(runs, weights, BASE, levels)
     if rows:
         lines += ["", f"The same per exit level, as a ratio to {BASE} (λ_SC = 0; paired by seed, clip and rollout "
                       "state):", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + rows
+    if versus:
+        rows = _ratio_rows(runs, weights, versus, ["consecutive"] + levels)
+        lines += ["", f"The consecutive defect and each exit level as a ratio to {versus} (paired by seed, clip and "
+                      f"rollout state):", "", "| " + " | ".join(head[:3] + ["consecutive"] + head[3:]) + " |",
+                  "|" + "---|" * (len(head) + 1)] + (rows or [f"| (no causal arm shares a measured seed with "
+                                                               f"{versus}) |"])
     return "\n".join(lines)
+
+
+def _ratio_rows(runs: dict, weights: dict, base_arm: str, columns: list) -> list:
+    """Markdown rows: each causal arm's `columns` as ratios to `base_arm`'s, paired by seed (the seeds both have)."""
+    base, rows = runs.get(base_arm, {}), []
+    for arm, by_seed in runs.items():
+        paired = [s for s in sorted(by_seed) if s in base]
+        if arm == base_arm or lab_arms.student_kind(arm) != "causal" or not paired:
+            continue
+        cells = [arm, f"{weights[arm]:g}", str(len(paired))]
+        cells += [_fmt(_ratio([by_seed[s][k] for s in paired], [base[s][k] for s in paired])) for k in columns]
+        rows.append("| " + " | ".join(cells) + " |")
+    return rows
 
 
 def main(argv=None):
@@ -231,7 +243,11 @@ def main(argv=None):
     p.add_argument("--also", action="append", default=[], metavar="DIR", help="an experiment folder whose runs "
                    "stand in for --out's runs kept without their measurement (lab_experiment.py --remeasure); "
                    "the table reads them, --export copies only --out's")
+    p.add_argument("--versus", default="", metavar="ARM", help="also print each causal arm's defect as a ratio to "
+                   "this arm's, paired by seed (e.g. sc20 beside sc20-low)")
     args = p.parse_args(argv)
+    if args.versus and args.versus not in ARMS:
+        raise SystemExit(f"--versus {args.versus!r}: not a measured arm; expected one of {','.join(ARMS)}")
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     unknown = [a for a in arms if a not in ARMS]
     if unknown:
@@ -250,7 +266,7 @@ def main(argv=None):
                     print(f"measured {run}", flush=True)
     if args.export:
         print(f"exported {export(args.out, args.export)} measurements to {args.export}")
-    print(table(args.out, args.also))
+    print(table(args.out, args.also, args.versus))
 
 
 if __name__ == "__main__":

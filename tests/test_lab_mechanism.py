@@ -109,6 +109,12 @@ def test_the_summary_pairs_each_arms_hop_error_with_the_reference_by_seed():
     assert early.split(" | ")[5] == ""
     four = next(line for line in lines if line.startswith("| sc20 | 300 | 4 | to 0"))
     assert four.split(" | ")[5] == long_hops.split(" | ")[5]   # the same ratio, over the three paired seeds
+    # against another arm (--versus sc20): sc0 over sc20 is the reciprocal of each seed's ratio, sc20 has no cell
+    lines = format_summary(measured, "sc20").splitlines()
+    back = next(line for line in lines if line.startswith("| sc0 | 300 | 3 | to 0"))
+    i = seed_t_interval(torch.tensor([1 / 1.1, 1 / 1.2, 1 / 1.3], dtype=torch.float64))
+    assert f"| {i.mean:.3f} [{i.lo:.3f}, {i.hi:.3f}] (3) |" in back and "e1 / sc20 [95 %]" in lines[0]
+    assert next(line for line in lines if line.startswith("| sc20 | 300 | 4 | to 0")).split(" | ")[5] == ""
 
 
 def test_a_run_belongs_to_its_arm():

@@ -50,6 +50,27 @@ def test_means_and_paired_ratios_are_t_intervals_over_the_seeds(tmp_path):
     assert row.split("|")[4].strip() == closed_form(ratios)
 
 
+def test_versus_prints_the_consecutive_defect_and_each_level_as_paired_ratios_to_another_arm(tmp_path):
+    """--versus ARM: every causal arm against ARM, paired by the seeds both have, by the same closed form."""
+    sc20 = [[0.030, 0.050], [0.020, 0.040], [0.036, 0.044]]      # per-seed means 0.040, 0.030, 0.040
+    low = [[0.040, 0.050], [0.030, 0.030]]                       # 0.045, 0.030 (seeds 0, 1: two pairs)
+    for seed in range(3):
+        write_measurement(tmp_path, "sc20", seed, sc20[seed], 20.0)
+    for seed in range(2):
+        write_measurement(tmp_path, "sc20-low", seed, low[seed], 20.0)
+    text = trip.table(str(tmp_path), versus="sc20")
+    part = text.split("each exit level as a ratio to sc20")[1]
+    row = next(line for line in part.splitlines() if line.startswith("| sc20-low | 20 | 2 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    ratios = [0.045 / 0.040, 0.030 / 0.030]
+    mean, half = sum(ratios) / 2, 12.706204736174696 * abs(ratios[0] - ratios[1]) / 2   # t(0.975, 1) · s / √2
+    expected = f"{mean:.4f} [{mean - half:.4f}, {mean + half:.4f}]"
+    assert cells[3] == expected and cells[4] == expected   # consecutive, and the one level (σ_s = 0.9)
+    assert "| sc20 | 20 |" not in part                     # not against itself
+    with pytest.raises(SystemExit, match="--versus 'nope'"):
+        trip.main(["--out", str(tmp_path), "--table", "--versus", "nope"])
+
+
 def test_arms_to_measure_are_checked():
     with pytest.raises(SystemExit, match="unknown \\['nope'\\]"):
         trip.main(["--out", "nowhere", "--arms", "sc2,nope"])
