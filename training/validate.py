@@ -109,7 +109,6 @@ def check_sc_can_act(cfg, where: str) -> None:
     if sc_exit_sigmas(cfg):
         return
     every = sc_exit_sigmas(cfg, 1.0)
-    lowest = math.ceil(min(every or [0]) * 1000) / 1000   # the bound as printed, rounded up: setting it is accepted
     if not every:
         raise ValueError(f"{where}: sc_weight={cfg.sc_weight:g} with sc_steps={cfg.sc_steps}: that grid has no triplet "
                          f"L_SC weighs above 0 (a 1-step grid has none; a 2-step grid's one starts at σ 1, where the "
@@ -117,7 +116,8 @@ def check_sc_can_act(cfg, where: str) -> None:
                          f"step_choices), or sc_weight=0 for plain DMD")
     raise ValueError(f"{where}: sc_exit_sigma_max={cfg.sc_exit_sigma_max:g} is below every exit where L_SC acts "
                      f"(σ_s {', '.join(f'{s:.3f}' for s in every)} on the {cfg.sc_steps}-step grid at shift="
-                     f"{cfg.shift:g}), so it would never act; expected sc_exit_sigma_max >= {lowest:.3f} "
+                     f"{cfg.shift:g}), so it would never act; expected sc_exit_sigma_max >= "
+                     f"{math.ceil(min(every) * 1000) / 1000:.3f} "   # rounded up: the bound as printed is accepted
                      f"(1 = every exit), or sc_weight=0 for plain DMD")
 
 
