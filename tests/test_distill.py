@@ -73,6 +73,61 @@ def test_an_alignment_starting_after_the_last_update_is_warned_of_and_does_not_a
     assert (not aligned) if warned else (aligned and min(aligned) >= start), aligned
 
 
+# (preset, the run's own settings, one change): changes INERT_UNLESS says no part of the run reads (warned of at the
+# start, the trained weights bit-identical to the run without it), and the same fields where they act (no warning,
+# other weights). Every run: 4 generator updates at critic_ratio 1, so SC (K = 8, exits 0-6) and the alignment (K = 2,
+# exit 1) act on some of them with this seed (test_salt_iteration_exercises_sc_and_alignment's draws).
+_ALIGN_K2 = dict(step_choices=(2,), step_probs=(1.0,), align_weight=0.1)
+_INERT = [("toy-bidir-dmd", {}, {"local_attn_frames": 6}),
+          ("toy-bidir-dmd", {}, {"local_attn_frames": 6, "sink_frames": 3}),
+          ("toy-bidir-dmd", {}, {"context_noise": 0.2}),
+          ("toy-bidir-dmd", _ALIGN_K2, {"align_coupling": "independent"}),
+          ("toy-dmd", {}, {"sc_symmetric": True}), ("toy-dmd", {}, {"sc_exit_sigma_max": 0.5}),
+          ("toy-dmd", {}, {"sc_steps": 4}), ("toy-dmd", {}, {"align_delta": 0.5}), ("toy-dmd", {}, {"align_k4": True}),
+          ("toy-dmd", {}, {"align_coupling": "independent"}), ("toy-dmd", {}, {"align_start_iter": 3}),
+          ("toy-dmd", {}, {"teacher_offload": True}), ("toy-dmd", {}, {"sharding": "hybrid"})]
+_ACTIVE = [("toy-dmd", {}, {"local_attn_frames": 6}), ("toy-dmd", {}, {"context_noise": 0.2}),
+           ("toy-sc-dmd", {}, {"sc_symmetric": True}), ("toy-dmd", _ALIGN_K2, {"align_coupling": "independent"}),
+           ("toy-dmd", _ALIGN_K2, {"align_delta": 0.0})]   # no margin: every distance pulls
+
+
+@pytest.fixture(scope="module")
+def _trained(teacher_path, tmp_path_factory):
+    """(preset, own settings, change) -> (trained weights, the run's warnings), each run once per module."""
+    import logging
+    done = {}
+
+    def train(preset, own, change):
+        key = (preset, repr(sorted(own.items())), repr(sorted(change.items())))
+        if key not in done:
+            cfg = tiny(preset, teacher_path, gen_steps=4, critic_ratio=1, ema_start_iter=0, **own, **change)
+            said = []
+            handler = logging.Handler()
+            handler.emit = lambda record: said.append(record.getMessage())
+            logger = logging.getLogger("salt.distill")
+            logger.addHandler(handler)
+            try:
+                model = run_distillation(cfg, str(tmp_path_factory.mktemp("run")), quiet=True, world=TOY)
+            finally:
+                logger.removeHandler(handler)
+            done[key] = (model.state_dict(), [s for s in said if "no effect in this run" in s])
+        return done[key]
+    return train
+
+
+@pytest.mark.parametrize("preset, own, change", _INERT + _ACTIVE)
+def test_a_setting_is_warned_of_exactly_when_the_run_never_reads_it(_trained, preset, own, change):
+    """Independent of INERT_UNLESS's reasoning: a changed field is warned of iff the weights trained with it are
+    bit-identical to those trained without it."""
+    inert = (preset, own, change) in _INERT
+    base, _ = _trained(preset, own, {})
+    weights, said = _trained(preset, own, change)
+    same = all(torch.equal(weights[k], base[k]) for k in base)
+    assert same == inert, f"{change} on {preset} {own}: weights {'unchanged' if same else 'changed'}"
+    assert bool(said) == inert, said
+    assert all(f"{name}={value}" in said[0] for name, value in change.items()) if inert else True
+
+
 def test_interrupted_distillation_resumes_bit_identically(teacher_path, tmp_path):
     cfg = tiny("toy-salt", teacher_path, step_choices=(8, 4, 2), gen_steps=4, critic_ratio=2)
     run_distillation(cfg, str(tmp_path / "a"), max_gen_steps=2, quiet=True, world=TOY)

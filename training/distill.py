@@ -469,7 +469,7 @@ def _run_distillation(cfg, run, max_gen_steps, callback, quiet, device, world):
                     score_kind=score_kind, features=features)
     log.info("teacher and critic score clips %s", "whole (bidirectional)" if job.score_kind == "bidirectional"
              else "chunk by chunk given the clean past (teacher forcing)")
-    for sentence in inactive_terms(cfg):   # valid, but not what the config reads as: said before the first step
+    for sentence in inactive_terms(cfg, info.distributed):   # valid, but not what it reads as: said before step 1
         log.warning(sentence)
     clips = cfg.batch_size * cfg.grad_accum * world_size
     if not cfg.world and clips < RELEASED_CLIPS_PER_UPDATE:

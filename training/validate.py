@@ -7,6 +7,7 @@ the same rules. Per-field rules (choices, counts, ranges) are read from the fiel
 salt_core.validate holds the checks themselves. Errors name the field, the value, what was expected and the
 fix. Knows nothing of files or the loops.
 """
+import dataclasses
 import math
 
 import torch
@@ -56,11 +57,30 @@ def drawn_steps(cfg) -> list:
     return [k for k, p in zip(cfg.step_choices, cfg.step_probs) if float(p) > 0]
 
 
-def inactive_terms(cfg) -> list:
-    """What a valid DistillConfig sets but its run will not do, as sentences for a warning at the start: a term or
-    the EMA whose start iteration comes after the run's last generator update (iteration critic_ratio × (gen_steps
-    − 1): generator updates fall on every critic_ratio-th trainer iteration from 0). Not refused: a shorter first run
-    extended later (more gen_steps) reaches them."""
+# Settings a run reads only where something else holds: (the condition, as a sentence; the test on the config;
+# the fields it governs). A field in a group whose test is False keeps whatever value it is sent and changes nothing
+# in the run (tests/test_distill.py trains with each one changed and compares the weights bit for bit).
+INERT_UNLESS = (
+    ("a causal student (student_kind=bidirectional denoises the whole clip at once, with no KV cache)",
+     lambda cfg, distributed: cfg.student_kind == "causal",
+     ("local_attn_frames", "sink_frames", "context_noise", "align_coupling")),
+    ("sc_weight > 0 (SC-DMD)", lambda cfg, distributed: cfg.sc_weight > 0,
+     ("sc_steps", "sc_symmetric", "sc_exit_sigma_max")),
+    ("align_weight > 0 (the feature alignment)", lambda cfg, distributed: cfg.align_weight > 0,
+     ("align_delta", "align_start_iter", "align_coupling", "align_k4")),   # align_block: the backbone's (presets)
+    ("a sharded run under torchrun (one process without a launcher trains unsharded)",
+     lambda cfg, distributed: distributed, ("sharding", "teacher_offload")),
+)
+
+
+def inactive_terms(cfg, distributed: bool = False) -> list:
+    """What a valid DistillConfig sets but its run will not do, as sentences for a warning at the start. Not
+    refused (a later run may reach them, or the config is shared between runs):
+    - a term or the EMA whose start iteration comes after the run's last generator update (iteration
+      critic_ratio × (gen_steps − 1): generator updates fall on every critic_ratio-th trainer iteration from 0);
+    - a field changed from its default where nothing reads it (INERT_UNLESS), e.g. a cache window on a
+      bidirectional student or sc_symmetric with sc_weight=0; `distributed`: whether this process is one of a
+      torchrun launch (training.distributed.process_info)."""
     last = cfg.critic_ratio * (cfg.gen_steps - 1)
     out = []
     if cfg.align_weight > 0 and cfg.align_start_iter > last:
@@ -71,6 +91,13 @@ def inactive_terms(cfg) -> list:
         out.append(f"ema_start_iter={cfg.ema_start_iter} comes after this run's last iteration ({last}): no EMA is "
                    f"made, and the student is exported as trained (use_ema_weights has no effect); lower "
                    f"ema_start_iter or raise gen_steps")
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
+    for needs, holds, names in INERT_UNLESS:
+        changed = [f"{name}={getattr(cfg, name)}" for name in names if getattr(cfg, name) != defaults[name]]
+        if changed and not holds(cfg, distributed):
+            dropped = ", ".join(f"{name}={defaults[name]}" for name in names if getattr(cfg, name) != defaults[name])
+            out.append(f"{', '.join(changed)}: no effect in this run, read only with {needs}; set that, or leave "
+                       f"the default ({dropped})")
     return out
 
 
