@@ -62,23 +62,7 @@ $M --arms sc0,sc-dmd,sc2,sc20,sc2-sym,salt,salt-sym,salt-sym2,dmd \
 # dose-response table, t intervals over seeds), the mechanism of the λ response (the SC target against the exact
 # map per triplet, after 100, 200 and 300 updates) and the per-update SC/DMD gradient probes: each run was measured
 # as it finished (lab_experiment.py measure_finished; kept runs bring their measurements), so these print from them
-tables() {
-    local trip="$PY experiments/lab_sc_triplets.py --out runs/lab-exp8 --also runs/lab-exp8-m --threads 1 --versus sc20"
-    { echo "Command: \`$trip --table --export $KEPT/lab-exp8\` ($(date -u +%F), $(git rev-parse --short HEAD))"
-      echo; $trip --table --export $KEPT/lab-exp8; } > $KEPT/lab_sc_triplets_8seeds.md.tmp
-    mv $KEPT/lab_sc_triplets_8seeds.md.tmp $KEPT/lab_sc_triplets_8seeds.md
-    local mech="$PY experiments/lab_sc_mechanism.py --clips 16 --flow-steps 32 --threads 1 --at-updates 100,200"
-    mech="$mech --versus sc20"   # sc20-low, the test of the λ account, against sc20 (paired by seed)
-    mech="$mech --runs runs/lab-exp8/ode-causal"
-    mech="$mech $(echo runs/lab-exp8{,-m}/{sc0,sc-dmd,sc2,sc20,sc2-sym,sc20-low}/seed{0..7})"
-    { echo "Command: \`$mech\` ($(date -u +%F), $(git rev-parse --short HEAD))"; echo; $mech; } \
-        > $KEPT/lab_sc_mechanism_8seeds.md.tmp
-    mv $KEPT/lab_sc_mechanism_8seeds.md.tmp $KEPT/lab_sc_mechanism_8seeds.md
-    local probes="$PY experiments/lab_grad_probes.py --out runs/lab-exp8 --also runs/lab-exp8-m"
-    { echo "Command: \`$probes\` ($(date -u +%F), $(git rev-parse --short HEAD))"; echo; $probes; } \
-        > $KEPT/lab_grad_probes_8seeds.md.tmp
-    mv $KEPT/lab_grad_probes_8seeds.md.tmp $KEPT/lab_grad_probes_8seeds.md
-}
+tables() { bash experiments/lab_8seeds_tables.sh; }
 tables
 $PY experiments/lab_verdicts.py --write $KEPT/lab_verdicts_8seeds.md
 # the DMD–Salt pair at 2,000 updates, and at 1,000 from the same runs; salt-sym at 1,000. Each run continues its

@@ -326,6 +326,7 @@ def main(argv=None) -> int:
     ap.add_argument("--versus", default="", metavar="ARM", help="also summarise the groups against this arm "
                     "(paired by seed at the same update count), e.g. sc20 beside sc20-low")
     args = ap.parse_args(argv)
+    from comfyui_salt.experiments import lab_keep
     torch.set_num_threads(args.threads)
     steps = parse_updates(args.at_updates)
     measured, done = {}, set()
@@ -335,6 +336,10 @@ def main(argv=None) -> int:
                 continue                                 # an ODE init is measured once, as it is
             if not os.path.isdir(run):
                 continue                                 # an arm × seed not run yet
+            if (not arm_of(run).startswith("ode-") and _updates(run) < 0
+                    and not lab_keep.is_restored(run)):   # still training (lab_8seeds_tables.sh mid-stage)
+                print(f"skipped: {run} has not finished (no summary.json)", file=sys.stderr)
+                continue
             same = (arm_of(run), os.path.basename(os.path.normpath(run)), at, _updates(run))   # one budget's
             if same in done:
                 continue   # measured already from another experiment's copy of the run (--remeasure's)

@@ -1,5 +1,6 @@
 """experiments/lab_sc_mechanism.py: the exact flow map it compares against, its per-hop measures (closed-form
 cases), and a smoke of the whole measurement on a tiny causal student of the lab world."""
+import json
 import os
 
 import pytest
@@ -142,8 +143,11 @@ def test_a_milestone_student_has_the_checkpoints_ema_weights_once_ema_started(tm
 def test_runs_without_milestones_are_measured_at_their_end_only(monkeypatch, capsys, tmp_path):
     import comfyui_salt.experiments.lab_sc_mechanism as mech
     monkeypatch.chdir(tmp_path)
-    for run in ("r/ode-causal", "r/sc2/seed0", "r/sc-dmd/seed0"):   # r/sc2/seed1: not run yet, left out
+    for run in ("r/ode-causal", "r/sc2/seed0", "r/sc-dmd/seed0", "r/sc20/seed0"):   # r/sc2/seed1: not run yet
         os.makedirs(run)
+    for run in ("r/sc2/seed0", "r/sc-dmd/seed0"):   # finished (r/sc20/seed0 is still training: left out)
+        with open(os.path.join(run, "summary.json"), "w") as f:
+            json.dump({"gen_updates": 300}, f)
     t = [1.0, 0.5, 0.0]
     fake = {"triplets": [[t, {k: [0.1, 0.2] for k in ("e1", "e2", "pull_truth", "along")}]]}
     calls = []
@@ -154,13 +158,14 @@ def test_runs_without_milestones_are_measured_at_their_end_only(monkeypatch, cap
             raise MissingMilestone(f"{run} has no checkpoint at update {at}")
         return fake
     monkeypatch.setattr(mech, "measure_run", measure_run)
-    assert mech.main(["--runs", "r/ode-causal", "r/sc2/seed0", "r/sc2/seed1", "r/sc-dmd/seed0", "--at-updates",
-                      "100"]) == 0
+    assert mech.main(["--runs", "r/ode-causal", "r/sc2/seed0", "r/sc2/seed1", "r/sc-dmd/seed0", "r/sc20/seed0",
+                      "--at-updates", "100"]) == 0
     out, err = capsys.readouterr()
     assert calls == [("r/sc2/seed0", 100), ("r/sc-dmd/seed0", 100), ("r/ode-causal", None), ("r/sc2/seed0", None),
                      ("r/sc-dmd/seed0", None)]
     assert "| sc2 @100 | 1 |" in out and "sc-dmd @100" not in out and "| sc-dmd | 1 |" in out
     assert "skipped: r/sc-dmd/seed0 has no checkpoint at update 100" in err
+    assert "skipped: r/sc20/seed0 has not finished" in err and "sc20" not in out
 
 
 def test_update_counts_are_checked():
