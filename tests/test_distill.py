@@ -128,6 +128,14 @@ def test_a_setting_is_warned_of_exactly_when_the_run_never_reads_it(_trained, pr
     assert all(f"{name}={value}" in said[0] for name, value in change.items()) if inert else True
 
 
+def test_an_unread_setting_is_named_once_with_its_default():
+    from comfyui_salt.training.validate import inactive_terms
+    said = inactive_terms(get_preset("toy-bidir-dmd", align_coupling="independent", sc_symmetric=True))
+    assert len(said) == 2 and sum("align_coupling=independent" in s for s in said) == 1, said
+    assert "(align_coupling=noise_aligned)" in said[0] and "(sc_symmetric=False)" in said[1], said
+    assert inactive_terms(get_preset("toy-dmd", teacher_offload=True), distributed=True) == []
+
+
 def test_interrupted_distillation_resumes_bit_identically(teacher_path, tmp_path):
     cfg = tiny("toy-salt", teacher_path, step_choices=(8, 4, 2), gen_steps=4, critic_ratio=2)
     run_distillation(cfg, str(tmp_path / "a"), max_gen_steps=2, quiet=True, world=TOY)

@@ -92,12 +92,14 @@ def inactive_terms(cfg, distributed: bool = False) -> list:
                    f"made, and the student is exported as trained (use_ema_weights has no effect); lower "
                    f"ema_start_iter or raise gen_steps")
     defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
+    said = set()   # a field two conditions govern (align_coupling) is named once
     for needs, holds, names in INERT_UNLESS:
-        changed = [f"{name}={getattr(cfg, name)}" for name in names if getattr(cfg, name) != defaults[name]]
+        changed = [name for name in names if name not in said and getattr(cfg, name) != defaults[name]]
         if changed and not holds(cfg, distributed):
-            dropped = ", ".join(f"{name}={defaults[name]}" for name in names if getattr(cfg, name) != defaults[name])
-            out.append(f"{', '.join(changed)}: no effect in this run, read only with {needs}; set that, or leave "
-                       f"the default ({dropped})")
+            sent, default = (", ".join(f"{n}={v[n]}" for n in changed) for v in (vars(cfg), defaults))
+            out.append(f"{sent}: no effect in this run, read only with {needs}; set that, or leave the default "
+                       f"({default})")
+            said.update(changed)
     return out
 
 
