@@ -114,6 +114,25 @@ def test_resuming_with_other_settings_is_refused_listing_the_keys_and_the_fixes(
     assert (run / "config.json").read_text() == stored, "config.json was rewritten by a refused resume"
 
 
+@pytest.mark.parametrize("first, then, refused", [
+    (dict(sc_symmetric=True), {}, False),   # nothing reads it (sc_weight 0): following the run's warning resumes
+    (dict(prompts_file="prompts.txt", align_delta=0.5), {}, False),   # a toy world's own captions; no alignment
+    (dict(step_choices=(8,), sc_weight=0.2, sc_symmetric=True), dict(step_choices=(8,), sc_weight=0.2), True),
+    (dict(step_choices=(2,), align_weight=0.1, align_delta=0.5), dict(step_choices=(2,), align_weight=0.1), True)])
+def test_a_setting_nothing_reads_may_change_on_resume_and_one_that_is_read_may_not(teacher_path, tmp_path, first,
+                                                                                  then, refused):
+    run = tmp_path / "run"
+    run_distillation(tiny(teacher_path, gen_steps=1, **first), str(run), quiet=True, world=TOY)
+    again = lambda: run_distillation(tiny(teacher_path, gen_steps=2, **then), str(run), quiet=True, world=TOY)
+    if refused:
+        changed = next(k for k in first if k not in then)
+        with pytest.raises(ValueError, match=f"{changed}: stored"):
+            again()
+    else:
+        again()
+        assert json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["gen_step"] == 2
+
+
 def test_resumable_fields_change_freely_and_an_explicit_override_continues(teacher_path, tmp_path):
     run = tmp_path / "run"
     run_distillation(tiny(teacher_path, gen_steps=1), str(run), quiet=True, world=TOY)

@@ -73,10 +73,11 @@ def test_an_alignment_starting_after_the_last_update_is_warned_of_and_does_not_a
     assert (not aligned) if warned else (aligned and min(aligned) >= start), aligned
 
 
-# (preset, the run's own settings, one change): changes INERT_UNLESS says no part of the run reads (warned of at the
-# start, the trained weights bit-identical to the run without it), and the same fields where they act (no warning,
-# other weights). Every run: 4 generator updates at critic_ratio 1, so SC (K = 8, exits 0-6) and the alignment (K = 2,
-# exit 1) act on some of them with this seed (test_salt_iteration_exercises_sc_and_alignment's draws).
+# (preset, the run's own settings, one change): changes training.validate.READ_ONLY_WITH says nothing in the run
+# reads (warned of at the start; the student, its EMA and the critic bit-identical to the run without the change),
+# and each field's control where it is read (no warning, other weights). Every run: 4 generator updates at
+# critic_ratio 1, so SC (K = 8, exits 0-6) and the alignment (K = 2, exit 1) act on some of them with this seed
+# (test_salt_iteration_exercises_sc_and_alignment's draws).
 _ALIGN_K2 = dict(step_choices=(2,), step_probs=(1.0,), align_weight=0.1)
 _INERT = [("toy-bidir-dmd", {}, {"local_attn_frames": 6}),
           ("toy-bidir-dmd", {}, {"local_attn_frames": 6, "sink_frames": 3}),
@@ -84,17 +85,27 @@ _INERT = [("toy-bidir-dmd", {}, {"local_attn_frames": 6}),
           ("toy-bidir-dmd", _ALIGN_K2, {"align_coupling": "independent"}),
           ("toy-dmd", {}, {"sc_symmetric": True}), ("toy-dmd", {}, {"sc_exit_sigma_max": 0.5}),
           ("toy-dmd", {}, {"sc_steps": 4}), ("toy-dmd", {}, {"align_delta": 0.5}), ("toy-dmd", {}, {"align_k4": True}),
+          ("toy-dmd", _ALIGN_K2, {"align_k4": True}),   # aligned, but 4 is never drawn
           ("toy-dmd", {}, {"align_coupling": "independent"}), ("toy-dmd", {}, {"align_start_iter": 3}),
-          ("toy-dmd", {}, {"teacher_offload": True}), ("toy-dmd", {}, {"sharding": "hybrid"})]
-_ACTIVE = [("toy-dmd", {}, {"local_attn_frames": 6}), ("toy-dmd", {}, {"context_noise": 0.2}),
-           ("toy-sc-dmd", {}, {"sc_symmetric": True}), ("toy-dmd", _ALIGN_K2, {"align_coupling": "independent"}),
-           ("toy-dmd", _ALIGN_K2, {"align_delta": 0.0})]   # no margin: every distance pulls
+          ("toy-dmd", {}, {"teacher_offload": True}), ("toy-dmd", {}, {"sharding": "hybrid"}),
+          ("toy-dmd", {}, {"prompts_file": "prompts.txt"}), ("toy-dmd", {}, {"negative_prompt": "blurry"})]
+_ACTIVE = [("toy-dmd", {}, {"local_attn_frames": 6}), ("toy-dmd", {"local_attn_frames": 6}, {"sink_frames": 3}),
+           ("toy-dmd", {}, {"context_noise": 0.2}),
+           ("toy-sc-dmd", {}, {"sc_symmetric": True}), ("toy-sc-dmd", {}, {"sc_exit_sigma_max": 0.5}),
+           ("toy-salt", {}, {"sc_steps": 4}),
+           ("toy-dmd", _ALIGN_K2, {"align_coupling": "independent"}),
+           ("toy-dmd", _ALIGN_K2, {"align_delta": 0.0}),   # no margin: every distance pulls
+           ("toy-dmd", dict(_ALIGN_K2, align_delta=0.0), {"align_start_iter": 3}),   # δ 0.1: no pull here yet
+           ("toy-dmd", dict(_ALIGN_K2, step_choices=(4, 2), step_probs=(0.5, 0.5), align_delta=0.0),
+            {"align_k4": True})]
 
 
 @pytest.fixture(scope="module")
 def _trained(teacher_path, tmp_path_factory):
-    """(preset, own settings, change) -> (trained weights, the run's warnings), each run once per module."""
+    """(preset, own settings, change) -> (the last checkpoint's tensors: student, EMA, critic; the run's warnings),
+    each run once per module."""
     import logging
+    from safetensors.torch import load_file
     done = {}
 
     def train(preset, own, change):
@@ -106,11 +117,15 @@ def _trained(teacher_path, tmp_path_factory):
             handler.emit = lambda record: said.append(record.getMessage())
             logger = logging.getLogger("salt.distill")
             logger.addHandler(handler)
+            out = tmp_path_factory.mktemp("run")
             try:
-                model = run_distillation(cfg, str(tmp_path_factory.mktemp("run")), quiet=True, world=TOY)
+                run_distillation(cfg, str(out), quiet=True, world=TOY)
             finally:
                 logger.removeHandler(handler)
-            done[key] = (model.state_dict(), [s for s in said if "no effect in this run" in s])
+            last = sorted((out / "checkpoints").iterdir())[-1]
+            weights = {f"{net}.{k}": v for net in ("student", "ema", "critic")
+                       for k, v in load_file(str(last / f"{net}.safetensors")).items()}
+            done[key] = (weights, [s for s in said if "no effect in this run" in s])
         return done[key]
     return train
 
@@ -126,14 +141,16 @@ def test_a_setting_is_warned_of_exactly_when_the_run_never_reads_it(_trained, pr
     assert same == inert, f"{change} on {preset} {own}: weights {'unchanged' if same else 'changed'}"
     assert bool(said) == inert, said
     assert all(f"{name}={value}" in said[0] for name, value in change.items()) if inert else True
+    assert len(base) > 3 * 10   # the student's, its EMA's and the critic's tensors
 
 
 def test_an_unread_setting_is_named_once_with_its_default():
     from comfyui_salt.training.validate import inactive_terms
     said = inactive_terms(get_preset("toy-bidir-dmd", align_coupling="independent", sc_symmetric=True))
     assert len(said) == 2 and sum("align_coupling=independent" in s for s in said) == 1, said
-    assert "(align_coupling=noise_aligned)" in said[0] and "(sc_symmetric=False)" in said[1], said
-    assert inactive_terms(get_preset("toy-dmd", teacher_offload=True), distributed=True) == []
+    assert "(sc_symmetric=False)" in said[0] and "(align_coupling=noise_aligned)" in said[1], said
+    assert "student_kind=causal" in said[1] and "and align_weight > 0" in said[1], said   # every need it lacks
+    assert inactive_terms(get_preset("toy-dmd", teacher_offload=True), launched=True) == []
 
 
 def test_interrupted_distillation_resumes_bit_identically(teacher_path, tmp_path):

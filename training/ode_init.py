@@ -7,6 +7,7 @@ teacher) and cached in the run folder; each chunk draws its own grid level (Caus
 noise), the clean past is the teacher's own output (teacher forcing).
 """
 import json
+import logging
 import os
 import time
 from dataclasses import asdict
@@ -32,7 +33,9 @@ from .ode_init_config import OdeInitConfig
 from .optim import step_generators
 from .runs import RunFolder, open_run
 from .student_config import EXACT
-from .validate import check_ode_init_memory
+from .validate import check_ode_init_memory, inactive_terms
+
+log = logging.getLogger("salt.ode_init")
 
 
 @torch.no_grad()
@@ -150,6 +153,8 @@ def _train(cfg: OdeInitConfig, run: RunFolder, max_steps, callback, quiet: bool,
     check_ode_init_memory(cfg, student, device, teacher)
     teacher, student = teacher.to(device), student.to(device)
     prompts = build_prompts(cfg, teacher, run.path, world)
+    for sentence in inactive_terms(cfg):   # valid, but not what it reads as: said before the pairs
+        log.warning(sentence)
     kind = "bidirectional" if cfg.student_kind == "bidirectional" else "teacher_forcing"
     teacher_kind = resolve_teacher_kind(cfg, world)
     pairs_path = run.file("ode_pairs.safetensors")

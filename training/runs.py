@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from ..salt_core.validate import quote
 from ..weights.files import atomic_write, check_output
+from .validate import unread_fields
 
 log = logging.getLogger("salt.training")
 
@@ -233,7 +234,9 @@ def stored_settings(cfg) -> dict:
 
 
 def changed_settings(cfg, folder: str) -> dict:
-    """{field: (stored, requested)} of the settings that differ from the run in `folder`, beyond RESUMABLE_FIELDS.
+    """{field: (stored, requested)} of the settings that differ from the run in `folder`, beyond RESUMABLE_FIELDS
+    and the fields nothing in the run reads (training.validate.unread_fields: e.g. sc_symmetric with sc_weight 0;
+    what they need is compared, so they are unread in the stored run too).
     A stored file in older keys is read in this release's (the config's `upgrade_stored`); `job` is compared too,
     so one job never resumes another's folder."""
     path = os.path.join(folder, CONFIG_FILE)
@@ -252,8 +255,9 @@ def changed_settings(cfg, folder: str) -> dict:
     upgrade = getattr(type(cfg), "upgrade_stored", None)
     if upgrade is not None and isinstance(old, dict):
         old = upgrade(old)
-    new = stored_settings(cfg)
-    return {k: (old.get(k), v) for k, v in new.items() if k not in RESUMABLE_FIELDS and old.get(k) != v}
+    new, unread = stored_settings(cfg), unread_fields(cfg) if dataclasses.is_dataclass(cfg) else {}
+    return {k: (old.get(k), v) for k, v in new.items()
+            if k not in RESUMABLE_FIELDS and k not in unread and old.get(k) != v}
 
 
 def check_resumable(cfg, folder: str, allow_changes: bool = False, override_hint: str = OVERRIDE_HINT) -> None:

@@ -57,49 +57,73 @@ def drawn_steps(cfg) -> list:
     return [k for k, p in zip(cfg.step_choices, cfg.step_probs) if float(p) > 0]
 
 
-# Settings a run reads only where something else holds: (the condition, as a sentence; the test on the config;
-# the fields it governs). A field in a group whose test is False keeps whatever value it is sent and changes nothing
-# in the run (tests/test_distill.py trains with each one changed and compares the weights bit for bit).
-INERT_UNLESS = (
-    ("a causal student (student_kind=bidirectional denoises the whole clip at once, with no KV cache)",
-     lambda cfg, distributed: cfg.student_kind == "causal",
-     ("local_attn_frames", "sink_frames", "context_noise", "align_coupling")),
-    ("sc_weight > 0 (SC-DMD)", lambda cfg, distributed: cfg.sc_weight > 0,
-     ("sc_steps", "sc_symmetric", "sc_exit_sigma_max")),
-    ("align_weight > 0 (the feature alignment)", lambda cfg, distributed: cfg.align_weight > 0,
-     ("align_delta", "align_start_iter", "align_coupling", "align_k4")),   # align_block: the backbone's (presets)
-    ("a sharded run under torchrun (one process without a launcher trains unsharded)",
-     lambda cfg, distributed: distributed, ("sharding", "teacher_offload")),
-)
+# What a setting needs to be read at all: (the need, as the fix a warning names; its test on the config and on
+# whether this process is one of a torchrun launch, None where unknown, e.g. on resume). A field whose need fails
+# keeps whatever value it is sent and changes nothing the run trains (tests/test_distill.py trains with each one
+# changed and compares the weights bit for bit).
+_CAUSAL = ("student_kind=causal (a bidirectional student denoises the whole clip at once: no KV cache, and its "
+           "alignment reference draws fresh noise at every step)", lambda cfg, launched: cfg.student_kind == "causal")
+_SC = ("sc_weight > 0", lambda cfg, launched: cfg.sc_weight > 0)
+_ALIGN = ("align_weight > 0", lambda cfg, launched: cfg.align_weight > 0)
+_K4 = ("4 among the drawn K (step_choices with a probability above 0)",
+       lambda cfg, launched: 4 in drawn_steps(cfg))
+_TORCHRUN = ("a torchrun launch (one process without a launcher trains unsharded)",
+             lambda cfg, launched: launched is not False)
+_REAL = ("a real-scale run (world empty: a toy or lab world brings its own captions)",
+         lambda cfg, launched: not cfg.world)
+# field -> what it needs (every one). align_block is not here: presets set it as their backbone's (the 14B's 20),
+# whether or not they align.
+READ_ONLY_WITH = {
+    "local_attn_frames": (_CAUSAL,), "sink_frames": (_CAUSAL,), "context_noise": (_CAUSAL,),
+    "sc_steps": (_SC,), "sc_symmetric": (_SC,), "sc_exit_sigma_max": (_SC,),
+    "align_delta": (_ALIGN,), "align_start_iter": (_ALIGN,), "align_coupling": (_CAUSAL, _ALIGN),
+    "align_k4": (_ALIGN, _K4),
+    "sharding": (_TORCHRUN,), "teacher_offload": (_TORCHRUN,),
+    "prompts_file": (_REAL,), "text_encoder": (_REAL,), "negative_prompt": (_REAL,),
+}
 
 
-def inactive_terms(cfg, distributed: bool = False) -> list:
-    """What a valid DistillConfig sets but its run will not do, as sentences for a warning at the start. Not
-    refused (a later run may reach them, or the config is shared between runs):
-    - a term or the EMA whose start iteration comes after the run's last generator update (iteration
+def unread_fields(cfg, launched: bool = None) -> dict:
+    """{field: the needs it lacks} for the fields of READ_ONLY_WITH that `cfg` has (a distillation's, an ODE
+    initialisation's) and that nothing in its run reads, whatever their value. `launched`: whether this process is
+    one of a torchrun launch (training.distributed.process_info), None where unknown (those fields count as read)."""
+    names = {f.name for f in dataclasses.fields(cfg)}
+    out = {}
+    for name, needs in READ_ONLY_WITH.items():
+        if name in names:
+            lacking = [need for need, holds in needs if not holds(cfg, launched)]
+            if lacking:
+                out[name] = lacking
+    return out
+
+
+def inactive_terms(cfg, launched: bool = False) -> list:
+    """What a valid config sets but its run will not do, as sentences for a warning at the start. Not refused (a
+    later run may reach them, or the config is shared between runs):
+    - a distillation's term or EMA whose start iteration comes after the run's last generator update (iteration
       critic_ratio × (gen_steps − 1): generator updates fall on every critic_ratio-th trainer iteration from 0);
-    - a field changed from its default where nothing reads it (INERT_UNLESS), e.g. a cache window on a
-      bidirectional student or sc_symmetric with sc_weight=0; `distributed`: whether this process is one of a
-      torchrun launch (training.distributed.process_info)."""
-    last = cfg.critic_ratio * (cfg.gen_steps - 1)
+    - a field changed from its default that nothing reads (unread_fields), e.g. a cache window on a bidirectional
+      student or sc_symmetric with sc_weight=0; `launched`: whether this process is one of a torchrun launch."""
     out = []
-    if cfg.align_weight > 0 and cfg.align_start_iter > last:
-        out.append(f"align_start_iter={cfg.align_start_iter} comes after this run's last generator update (trainer "
-                   f"iteration {last} = critic_ratio × (gen_steps − 1)): the feature alignment will not act; lower "
-                   f"align_start_iter (e.g. {last // 2}) or raise gen_steps")
-    if cfg.ema_start_iter > last:
-        out.append(f"ema_start_iter={cfg.ema_start_iter} comes after this run's last iteration ({last}): no EMA is "
-                   f"made, and the student is exported as trained (use_ema_weights has no effect); lower "
-                   f"ema_start_iter or raise gen_steps")
+    if hasattr(cfg, "align_weight"):   # a distillation (an ODE initialisation has no critic, terms or EMA start)
+        last = cfg.critic_ratio * (cfg.gen_steps - 1)
+        if cfg.align_weight > 0 and cfg.align_start_iter > last:
+            out.append(f"align_start_iter={cfg.align_start_iter} comes after this run's last generator update "
+                       f"(trainer iteration {last} = critic_ratio × (gen_steps − 1)): the feature alignment will not "
+                       f"act; lower align_start_iter (e.g. {last // 2}) or raise gen_steps")
+        if cfg.ema_start_iter > last:
+            out.append(f"ema_start_iter={cfg.ema_start_iter} comes after this run's last iteration ({last}): no EMA "
+                       f"is made, and the student is exported as trained; lower ema_start_iter or raise gen_steps")
     defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
-    said = set()   # a field two conditions govern (align_coupling) is named once
-    for needs, holds, names in INERT_UNLESS:
-        changed = [name for name in names if name not in said and getattr(cfg, name) != defaults[name]]
-        if changed and not holds(cfg, distributed):
-            sent, default = (", ".join(f"{n}={v[n]}" for n in changed) for v in (vars(cfg), defaults))
-            out.append(f"{sent}: no effect in this run, read only with {needs}; set that, or leave the default "
-                       f"({default})")
-            said.update(changed)
+    groups = {}   # the needs lacking -> the changed fields that lack them, in READ_ONLY_WITH's order
+    for name, lacking in unread_fields(cfg, launched).items():
+        if getattr(cfg, name) != defaults[name]:
+            groups.setdefault(tuple(lacking), []).append(name)
+    for lacking, names in groups.items():
+        sent, default = (", ".join(f"{n}={v[n] if v[n] != '' else chr(34) * 2}" for n in names)
+                         for v in (vars(cfg), defaults))
+        out.append(f"{sent}: no effect in this run, read only with {' and '.join(lacking)}; leave the default "
+                   f"({default}) or run with {'that' if len(lacking) == 1 else 'those'}")
     return out
 
 
@@ -291,8 +315,8 @@ def distill_memory_bytes(cfg, student, critic=None, teacher=None, *, shards: int
 
 def window_fix(cfg) -> str:
     """The first fix of a memory refusal when the cache window is longer than the clip (its slots are allocated but
-    never filled: a global cache holds the same), else ""."""
-    if cfg.local_attn_frames > cfg.num_frames:
+    never filled: a global cache holds the same), else "" (also for a bidirectional student, which has no cache)."""
+    if cfg.student_kind == "causal" and cfg.local_attn_frames > cfg.num_frames:
         return (f"set local_attn_frames to at most num_frames={cfg.num_frames} or to -1 (local_attn_frames="
                 f"{cfg.local_attn_frames} allocates a window the {cfg.num_frames}-frame clip never fills); ")
     return ""
