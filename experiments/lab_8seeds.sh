@@ -14,11 +14,11 @@
 # Order, each arm × seed in turn (a head-to-head grows evenly; kept runs are skipped): at 300 updates the symmetric
 # SC against Salt (salt-sym, salt-sym2), then the λ_SC dose response (sc0, sc2, sc20, sc2-sym: each run measured for
 # the SC-triplet and mechanism tables as it finishes) and its test (sc20-low: λ 20 at the two lowest exits only),
-# and the runs kept without their measurements trained again for them (lab-exp8-m); dmd and salt to 2,000 updates,
-# each run also evaluated after 1,000 (its milestone checkpoint), and salt-sym to 1,000; last, the exact-real-score
-# pair at 300 (dmd-exact, salt-exact). Hours of one core (measured: 3.5-4 s per update with two one-thread jobs): a
-# 300-update run 0.3, 1,000 updates 1, 2,000 updates 2. 2,000 is the longest budget the CPU allows: a run must
-# finish on the machine it started on (a session's machine lasts 3 h; 3,000 updates would take 2.6-3 h).
+# and the runs kept without their measurements trained again for them (lab-exp8-m); dmd, salt and salt-sym to 1,000
+# updates (the budget every verdict needs), the exact-real-score pair at 300 (dmd-exact, salt-exact), and last dmd
+# and salt to 2,000, each continued from its 1,000-update self. Hours of one core (measured: 3.5-4 s per update with
+# two one-thread jobs): a 300-update run 0.3, 300 -> 1,000 updates 0.8, 1,000 -> 2,000 1.1. 2,000 is the longest
+# budget the CPU allows (docs/method_lab.md "The longest budget"; 3,000 updates would take 2.6-3 h of one core).
 # Usage (from the repository root):
 #   [WORKERS=1] nohup bash experiments/lab_8seeds.sh > runs/lab-8seeds.log 2>&1 &
 # The whole script is one block, read before it runs: editing this file while it runs cannot change what the
@@ -65,17 +65,18 @@ $M --arms sc0,sc-dmd,sc2,sc20,sc2-sym,salt,salt-sym,salt-sym2,dmd \
 tables() { bash experiments/lab_8seeds_tables.sh; }
 tables
 $PY experiments/lab_verdicts.py --write $KEPT/lab_verdicts_8seeds.md
-# the DMD–Salt pair at 2,000 updates, and at 1,000 from the same runs; salt-sym at 1,000. Each run continues its
-# 300-update self from wherever that finished with its checkpoint: here, or trained again in lab-exp8-m (the runs
-# kept from the first machine without their students; the same init, shared from here)
-$RUN --out runs/lab-exp8-2k --keep $KEPT/lab-exp8-2k --extend-from runs/lab-exp8,runs/lab-exp8-m --updates 2000 \
-    --arms dmd,salt --first "$(by_seed dmd salt)" --set checkpoint_keep_every=1000 \
-    --milestone 1000:runs/lab-exp8-1k:$KEPT/lab-exp8-1k
+# dmd, salt and salt-sym at 1,000 updates, each run continuing its 300-update self from wherever that finished with
+# its checkpoint: here, or trained again in lab-exp8-m (the runs kept from the first machine without their students;
+# the same init, shared from here). First, since every verdict needs this budget; the 2,000-update leg comes last.
 $RUN --out runs/lab-exp8-1k --keep $KEPT/lab-exp8-1k --extend-from runs/lab-exp8,runs/lab-exp8-m --updates 1000 \
-    --arms dmd,salt,salt-sym
+    --arms dmd,salt,salt-sym --first "$(by_seed dmd salt salt-sym)"
 $PY experiments/lab_verdicts.py --write $KEPT/lab_verdicts_8seeds.md
 # the exact real score against the learned one, at 300 updates
 $B --arms dmd,dmd-exact,salt-exact --first "$(by_seed dmd-exact salt-exact)"
+# the DMD–Salt pair at 2,000 updates, each run continuing its 1,000-update self (or, where that stayed on a lost
+# machine, its 300-update self)
+$RUN --out runs/lab-exp8-2k --keep $KEPT/lab-exp8-2k --extend-from runs/lab-exp8-1k,runs/lab-exp8,runs/lab-exp8-m \
+    --updates 2000 --arms dmd,salt --first "$(by_seed dmd salt)"
 # the tables again, every stage's table from the kept evaluations, and the verdicts at every budget in one file
 tables
 $PY experiments/lab_experiment.py --out runs/lab-exp8 --table --compact --export $KEPT/lab-exp8
