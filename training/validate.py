@@ -97,6 +97,11 @@ def unread_fields(cfg, launched: bool = None) -> dict:
     return out
 
 
+def _shown(value) -> str:
+    """A setting's value as a flag takes it (an empty string as "")."""
+    return '""' if value == "" else str(value)
+
+
 def inactive_terms(cfg, launched: bool = False) -> list:
     """What a valid config sets but its run will not do, as sentences for a warning at the start. Not refused (a
     later run may reach them, or the config is shared between runs):
@@ -120,8 +125,7 @@ def inactive_terms(cfg, launched: bool = False) -> list:
         if getattr(cfg, name) != defaults[name]:
             groups.setdefault(tuple(lacking), []).append(name)
     for lacking, names in groups.items():
-        sent, default = (", ".join(f"{n}={v[n] if v[n] != '' else chr(34) * 2}" for n in names)
-                         for v in (vars(cfg), defaults))
+        sent, default = (", ".join(f"{n}={_shown(v[n])}" for n in names) for v in (vars(cfg), defaults))
         out.append(f"{sent}: no effect in this run, read only with {' and '.join(lacking)}; leave the default "
                    f"({default}) or run with {'that' if len(lacking) == 1 else 'those'}")
     return out
