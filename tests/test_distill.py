@@ -88,7 +88,11 @@ _INERT = [("toy-bidir-dmd", {}, {"local_attn_frames": 6}),
           ("toy-dmd", _ALIGN_K2, {"align_k4": True}),   # aligned, but 4 is never drawn
           ("toy-dmd", {}, {"align_coupling": "independent"}), ("toy-dmd", {}, {"align_start_iter": 3}),
           ("toy-dmd", {}, {"teacher_offload": True}), ("toy-dmd", {}, {"sharding": "hybrid"}),
-          ("toy-dmd", {}, {"prompts_file": "prompts.txt"}), ("toy-dmd", {}, {"negative_prompt": "blurry"})]
+          ("toy-dmd", {}, {"prompts_file": "prompts.txt"}), ("toy-dmd", {}, {"negative_prompt": "blurry"}),
+          ("toy-dmd", {"teacher": "toy"}, {"use_ema_weights": False}),   # no model file: nothing to pick EMA from
+          # eval_every=0: no evaluation. Where one runs (toy/evaluate.py reads them) these fields shape what is
+          # measured, not what is trained, so they have no control here
+          ("toy-dmd", {}, {"eval_clips": 4}), ("toy-dmd", {}, {"eval_nfe": (2,)})]
 _ACTIVE = [("toy-dmd", {}, {"local_attn_frames": 6}), ("toy-dmd", {"local_attn_frames": 6}, {"sink_frames": 3}),
            ("toy-dmd", {}, {"context_noise": 0.2}),
            ("toy-sc-dmd", {}, {"sc_symmetric": True}), ("toy-sc-dmd", {}, {"sc_exit_sigma_max": 0.5}),

@@ -71,6 +71,12 @@ _TORCHRUN = ("a torchrun launch (one process without a launcher trains unsharded
              lambda cfg, launched: launched is not False)
 _REAL = ("a real-scale run (world empty: a toy or lab world brings its own captions)",
          lambda cfg, launched: not cfg.world)
+_EVAL = ("evaluations (eval_every > 0 on a toy or lab world; a real-scale run has none)",
+         lambda cfg, launched: bool(cfg.world) and cfg.eval_every > 0)
+_FILE = ("a model file among teacher, student_init and critic_init (the shipped toy teacher, the exact one and "
+         "copies of the teacher are read whole)",
+         lambda cfg, launched: cfg.teacher not in ("toy", "exact") or cfg.student_init != "teacher"
+         or getattr(cfg, "critic_init", "teacher") != "teacher")
 # field -> what it needs (every one). align_block is not here: presets set it as their backbone's (the 14B's 20),
 # whether or not they align.
 READ_ONLY_WITH = {
@@ -80,6 +86,8 @@ READ_ONLY_WITH = {
     "align_k4": (_ALIGN, _K4),
     "sharding": (_TORCHRUN,), "teacher_offload": (_TORCHRUN,),
     "prompts_file": (_REAL,), "text_encoder": (_REAL,), "negative_prompt": (_REAL,),
+    "eval_nfe": (_EVAL,), "eval_clips": (_EVAL,),   # what is measured, not what is trained
+    "use_ema_weights": (_FILE,),
 }
 
 
