@@ -82,7 +82,7 @@ _ALIGN_K2 = dict(step_choices=(2,), step_probs=(1.0,), align_weight=0.1)
 _INERT = [("toy-bidir-dmd", {}, {"local_attn_frames": 6}),
           ("toy-bidir-dmd", {}, {"local_attn_frames": 6, "sink_frames": 3}),
           ("toy-bidir-dmd", {}, {"context_noise": 0.2}),
-          ("toy-bidir-dmd", _ALIGN_K2, {"align_coupling": "independent"}),
+          ("toy-bidir-dmd", dict(_ALIGN_K2, align_delta=0.0), {"align_coupling": "independent"}),   # it pulls
           ("toy-dmd", {}, {"sc_symmetric": True}), ("toy-dmd", {}, {"sc_exit_sigma_max": 0.5}),
           ("toy-dmd", {}, {"sc_steps": 4}), ("toy-dmd", {}, {"align_delta": 0.5}), ("toy-dmd", {}, {"align_k4": True}),
           ("toy-dmd", _ALIGN_K2, {"align_k4": True}),   # aligned, but 4 is never drawn
@@ -136,7 +136,7 @@ def _trained(teacher_path, tmp_path_factory):
 
 @pytest.mark.parametrize("preset, own, change", _INERT + _ACTIVE)
 def test_a_setting_is_warned_of_exactly_when_the_run_never_reads_it(_trained, preset, own, change):
-    """Independent of INERT_UNLESS's reasoning: a changed field is warned of iff the weights trained with it are
+    """Independent of READ_ONLY_WITH's reasoning: a changed field is warned of iff the weights trained with it are
     bit-identical to those trained without it."""
     inert = (preset, own, change) in _INERT
     base, _ = _trained(preset, own, {})
@@ -146,6 +146,13 @@ def test_a_setting_is_warned_of_exactly_when_the_run_never_reads_it(_trained, pr
     assert bool(said) == inert, said
     assert all(f"{name}={value}" in said[0] for name, value in change.items()) if inert else True
     assert len(base) > 3 * 10   # the student's, its EMA's and the critic's tensors
+
+
+def test_a_memory_refusal_offers_a_shorter_cache_window_only_to_a_causal_student():
+    from comfyui_salt.training.validate import window_fix
+    long_window = dict(local_attn_frames=15, num_frames=12)
+    assert "local_attn_frames to at most num_frames=12" in window_fix(get_preset("toy-dmd", **long_window))
+    assert window_fix(get_preset("toy-bidir-dmd", **long_window)) == ""
 
 
 def test_an_unread_setting_is_named_once_with_its_default():

@@ -236,7 +236,8 @@ def stored_settings(cfg) -> dict:
 def changed_settings(cfg, folder: str) -> dict:
     """{field: (stored, requested)} of the settings that differ from the run in `folder`, beyond RESUMABLE_FIELDS
     and the fields nothing in the run reads (training.validate.unread_fields: e.g. sc_symmetric with sc_weight 0;
-    what they need is compared, so they are unread in the stored run too).
+    what they need is compared too, so they were unread in the stored run as well, except eval_every, itself
+    resumable: eval_nfe / eval_clips then change what a later evaluation measures, never what is trained).
     A stored file in older keys is read in this release's (the config's `upgrade_stored`); `job` is compared too,
     so one job never resumes another's folder."""
     path = os.path.join(folder, CONFIG_FILE)
@@ -255,7 +256,7 @@ def changed_settings(cfg, folder: str) -> dict:
     upgrade = getattr(type(cfg), "upgrade_stored", None)
     if upgrade is not None and isinstance(old, dict):
         old = upgrade(old)
-    new, unread = stored_settings(cfg), unread_fields(cfg) if dataclasses.is_dataclass(cfg) else {}
+    new, unread = stored_settings(cfg), unread_fields(cfg)
     return {k: (old.get(k), v) for k, v in new.items()
             if k not in RESUMABLE_FIELDS and k not in unread and old.get(k) != v}
 
