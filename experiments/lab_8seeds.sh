@@ -62,8 +62,7 @@ $M --arms sc0,sc-dmd,sc2,sc20,sc2-sym,salt,salt-sym,salt-sym2,dmd \
 # dose-response table, t intervals over seeds), the mechanism of the λ response (the SC target against the exact
 # map per triplet, after 100, 200 and 300 updates) and the per-update SC/DMD gradient probes: each run was measured
 # as it finished (lab_experiment.py measure_finished; kept runs bring their measurements), so these print from them
-tables() { bash experiments/lab_8seeds_tables.sh; }
-tables
+bash experiments/lab_8seeds_tables.sh
 $PY experiments/lab_verdicts.py --write $KEPT/lab_verdicts_8seeds.md
 # dmd, salt and salt-sym at 1,000 updates, each run continuing its 300-update self from wherever that finished with
 # its checkpoint: here, or trained again in lab-exp8-m (the runs kept from the first machine without their students;
@@ -78,7 +77,7 @@ $B --arms dmd,dmd-exact,salt-exact --first "$(by_seed dmd-exact salt-exact)"
 $RUN --out runs/lab-exp8-2k --keep $KEPT/lab-exp8-2k --extend-from runs/lab-exp8-1k,runs/lab-exp8,runs/lab-exp8-m \
     --updates 2000 --arms dmd,salt --first "$(by_seed dmd salt)"
 # the tables again, every stage's table from the kept evaluations, and the verdicts at every budget in one file
-tables
+bash experiments/lab_8seeds_tables.sh
 $PY experiments/lab_experiment.py --out runs/lab-exp8 --table --compact --export $KEPT/lab-exp8
 $PY experiments/lab_experiment.py --out runs/lab-exp8-1k --table --compact --compare-to runs/lab-exp8
 $PY experiments/lab_experiment.py --out runs/lab-exp8-2k --table --compact --compare-to runs/lab-exp8-1k
