@@ -56,9 +56,10 @@ def measure_config(salt: SaltModel, latent=None):
     check_latent("latent", samples, salt.model.cfg.in_dim, where="SaltSemigroupDefect", finite=False)   # shape only
     _, _, frames, height, width = samples.shape
     cfg = get_preset(WAN_DISTILL_PRESET, student_kind=kind)
-    if frames % cfg.chunk_frames:
-        raise ValueError(f"SaltSemigroupDefect: latent has {frames} latent frames; expected a multiple of "
-                         f"{cfg.chunk_frames} (pixel length 4·F−3, e.g. 33 → 9 latent frames)")
+    if salt.causal and frames % cfg.chunk_frames:   # a bidirectional model denoises the whole clip: any length
+        raise ValueError(f"SaltSemigroupDefect: latent has {frames} latent frames; a causal model streams chunks of "
+                         f"{cfg.chunk_frames}, so expected a multiple of {cfg.chunk_frames} (pixel length 4·F−3, "
+                         f"e.g. 33 → 9 latent frames)")
     return dataclasses.replace(cfg, num_frames=frames, height=height, width=width)
 
 

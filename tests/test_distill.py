@@ -92,7 +92,11 @@ _INERT = [("toy-bidir-dmd", {}, {"local_attn_frames": 6}),
           ("toy-dmd", {"teacher": "toy"}, {"use_ema_weights": False}),   # no model file: nothing to pick EMA from
           # eval_every=0: no evaluation. Where one runs (toy/evaluate.py reads them) these fields shape what is
           # measured, not what is trained, so they have no control here
-          ("toy-dmd", {}, {"eval_clips": 4}), ("toy-dmd", {}, {"eval_nfe": (2,)})]
+          ("toy-dmd", {}, {"eval_clips": 4}), ("toy-dmd", {}, {"eval_nfe": (2,)}),
+          # a bidirectional student scored whole reads no chunks: any chunk size, whole (4) or not (5 of 12 frames)
+          ("toy-bidir-dmd", {"teacher_kind": "bidirectional"}, {"chunk_frames": 4}),
+          ("toy-bidir-dmd", {"teacher_kind": "bidirectional"}, {"chunk_frames": 5}),
+          *([] if torch.cuda.is_available() else [("toy-dmd", {}, {"autocast_bf16": True})])]   # CPU: no autocast
 _ACTIVE = [("toy-dmd", {}, {"local_attn_frames": 6}), ("toy-dmd", {"local_attn_frames": 6}, {"sink_frames": 3}),
            ("toy-dmd", {}, {"context_noise": 0.2}),
            ("toy-sc-dmd", {}, {"sc_symmetric": True}), ("toy-sc-dmd", {}, {"sc_exit_sigma_max": 0.5}),
@@ -101,7 +105,9 @@ _ACTIVE = [("toy-dmd", {}, {"local_attn_frames": 6}), ("toy-dmd", {"local_attn_f
            ("toy-dmd", _ALIGN_K2, {"align_delta": 0.0}),   # no margin: every distance pulls
            ("toy-dmd", dict(_ALIGN_K2, align_delta=0.0), {"align_start_iter": 3}),   # δ 0.1: no pull here yet
            ("toy-dmd", dict(_ALIGN_K2, step_choices=(4, 2), step_probs=(0.5, 0.5), align_delta=0.0),
-            {"align_k4": True})]
+            {"align_k4": True}),
+           ("toy-dmd", {}, {"chunk_frames": 4}),
+           ("toy-bidir-dmd", {}, {"chunk_frames": 4})]   # teacher_kind auto: the teacher file scores chunk by chunk
 
 
 @pytest.fixture(scope="module")
@@ -146,6 +152,52 @@ def test_a_setting_is_warned_of_exactly_when_the_run_never_reads_it(_trained, pr
     assert bool(said) == inert, said
     assert all(f"{name}={value}" in said[0] for name, value in change.items()) if inert else True
     assert len(base) > 3 * 10   # the student's, its EMA's and the critic's tensors
+
+
+@pytest.mark.parametrize("kw, refused", [
+    (dict(), "the causal student rolls out chunk by chunk"),
+    (dict(student_kind="bidirectional", teacher_kind="teacher_forcing"), "teacher_kind=teacher_forcing scores"),
+    (dict(student_kind="bidirectional"), "or teacher_kind=bidirectional for a teacher that scores the whole clip"),
+    (dict(student_kind="bidirectional", teacher_kind="bidirectional"), None),
+    (dict(student_kind="bidirectional", teacher="exact"), None),   # auto: the exact teacher scores whole
+])
+@pytest.mark.parametrize("make", [get_preset, lambda preset, **kw: get_ode_init_preset("toy-ode-init", **kw)])
+def test_clips_must_be_whole_chunks_exactly_where_chunks_are_read(make, kw, refused):
+    window = dict(local_attn_frames=2, sink_frames=1) if make is get_preset else {}   # distillation: a cache window
+    if refused is None:   # nor is the cache window, smaller than sink + chunk, tied to the unread chunk size
+        assert make("toy-dmd", num_frames=7, chunk_frames=3, **window, **kw).num_frames == 7
+        return
+    with pytest.raises(ValueError, match=r"num_frames=7 is not a multiple of chunk_frames=3, and ") as e:
+        make("toy-dmd", num_frames=7, chunk_frames=3, **kw)
+    assert refused in str(e.value) and "expected whole chunks" in str(e.value)
+    if window and kw.get("student_kind", "causal") == "causal":
+        with pytest.raises(ValueError, match="local_attn_frames=2 is less than sink_frames=1"):
+            make("toy-dmd", **window, **kw)
+
+
+def test_a_bidirectional_student_trains_on_clips_of_any_length(tmp_path):
+    """7 frames, chunk_frames 3, scored whole: the ODE initialisation's regression (one level per clip) and the
+    distillation run; the regression is the hand-made MSE at the drawn level."""
+    from comfyui_salt.salt_core.schedules import sigma_to_t
+    from comfyui_salt.training.ode_init import ode_regression_loss
+    student = build_model("toy", seed=0)
+    B, K, F = 2, 3, 7
+    gen = torch.Generator().manual_seed(0)
+    pairs = {"states": torch.randn(B, K, 3, F, 8, 8, generator=gen), "x0": torch.randn(B, 3, F, 8, 8, generator=gen),
+             "context": torch.randn(B, 4, student.cfg.text_dim, generator=gen)}
+    grid, levels = [1.0, 0.8, 0.5], torch.tensor([[2, 0, 1], [1, 2, 0]])   # one column per started chunk
+    loss = ode_regression_loss(student, "bidirectional", pairs, torch.arange(B), levels, grid, 3)
+    x_t = torch.stack([pairs["states"][0, 2], pairs["states"][1, 1]])
+    sigma = torch.tensor([0.5, 0.8], dtype=torch.float64)
+    with torch.no_grad():
+        v = student(x_t, sigma_to_t(sigma), pairs["context"])
+        want = (x_t - sigma.view(B, 1, 1, 1, 1) * v - pairs["x0"]).pow(2).mean()
+    assert torch.allclose(loss.detach(), want.float(), rtol=1e-5), (loss, want)
+    cfg = dict(student_kind="bidirectional", teacher_kind="bidirectional", num_frames=7, gen_steps=1, batch_size=1,
+               threads=1, checkpoint_every=1, ode_pairs=2, ode_teacher_steps=4)
+    run_ode_init(get_ode_init_preset("toy-ode-init", **cfg), str(tmp_path / "ode"), quiet=True, world=TOY)
+    cfg = {k: v for k, v in cfg.items() if not k.startswith("ode_")}
+    run_distillation(get_preset("toy-bidir-dmd", eval_every=0, **cfg), str(tmp_path / "dmd"), quiet=True, world=TOY)
 
 
 def test_a_memory_refusal_offers_a_shorter_cache_window_only_to_a_causal_student():

@@ -284,17 +284,23 @@ def test_bad_metrics_inputs_raise_errors_naming_the_input(salt_nodes, kw, words)
     assert all(w in str(e.value) for w in ["SaltSemigroupDefect"] + words), str(e.value)
 
 
-def test_the_defect_of_a_wan_model_uses_the_prompt_and_the_latent_size(salt_nodes):
+@pytest.mark.parametrize("causal, frames", [(True, 6), (False, 6), (False, 5)])
+def test_the_defect_of_a_wan_model_uses_the_prompt_and_the_latent_size(salt_nodes, causal, frames):
+    """Any length for a bidirectional model (it denoises the whole clip); whole chunks for a causal one."""
     from comfyui_salt.nodes.types import SaltModel
     from comfyui_salt.salt_core.model import build_model
-    salt = SaltModel(build_model("tiny-hd128", seed=0).eval(), "wan21", "tiny wan", causal=True)
+    salt = SaltModel(build_model("tiny-hd128", seed=0).eval(), "wan21", "tiny wan", causal=causal)
     with pytest.raises(ValueError, match="connect `latent`"):
         salt_nodes.SaltSemigroupDefect.execute(model=salt, prompts="", nfe=2, grid_steps=4, seed=0)
     positive = [[torch.randn(1, 5, 64, generator=torch.Generator().manual_seed(0)), {}]]
-    latent = {"samples": torch.zeros(1, 16, 6, 4, 4)}
+    latent = {"samples": torch.zeros(1, 16, frames, 4, 4)}
     report = salt_nodes.SaltSemigroupDefect.execute(model=salt, prompts="", nfe=2, grid_steps=4, seed=0,
                                                     positive=positive, latent=latent).args[0]
     assert "semigroup defect: " in report and "at shift 5" in report and "toy-world models only" in report
+    if causal:
+        with pytest.raises(ValueError, match="latent has 5 latent frames; a causal model streams chunks of 3"):
+            salt_nodes.SaltSemigroupDefect.execute(model=salt, prompts="", nfe=2, grid_steps=4, seed=0,
+                                                   positive=positive, latent={"samples": torch.zeros(1, 16, 5, 4, 4)})
 
 
 @pytest.mark.parametrize("shape, words", [

@@ -71,8 +71,6 @@ def check_models_fit(cfg: StudentJobConfig, teacher, student, critic=None) -> No
     for name, size, patch in (("num_frames", cfg.num_frames, pt), ("height", cfg.height, ph), ("width", cfg.width, pw)):
         if size % patch:
             raise ValueError(f"{where}.{name}={size} is not a multiple of the models' patch size {patch}")
-    if cfg.num_frames % cfg.chunk_frames:
-        raise ValueError(f"{where}.num_frames={cfg.num_frames} is not a multiple of chunk_frames={cfg.chunk_frames}")
     if critic is None:
         return
     features = critic if cfg.aligns_to_frozen_critic else teacher

@@ -87,14 +87,15 @@ def ode_regression_loss(student, kind: str, pairs: dict, idx, levels, grid, chun
     """MSE between the student's x0 at the drawn levels and the teacher's end points (pairs on the CPU,
     the batch moved to the student's device).
 
-    idx (B,) pair indices; levels (B, F/chunk) grid index per chunk (causal) — one level per clip
-    is used for bidirectional students.
+    idx (B,) pair indices; levels (B, ⌈F/chunk⌉) grid index per chunk (causal; F whole chunks) — bidirectional
+    students use one level per clip, the first column, and take any F.
     """
     states, x0 = pairs["states"][idx], pairs["x0"][idx]          # (B, K, C, F, H, W), (B, C, F, H, W)
     B, K, C, F, H, W = states.shape
     if kind == "bidirectional":
-        levels = levels[:, :1].expand(-1, F // chunk)
-    frame_level = levels.repeat_interleave(chunk, 1)             # (B, F)
+        frame_level = levels[:, :1].expand(-1, F)                # (B, F)
+    else:
+        frame_level = levels.repeat_interleave(chunk, 1)         # (B, F)
     gather = frame_level.view(B, 1, 1, F, 1, 1).expand(B, 1, C, F, H, W)
     x_t = states.gather(1, gather).squeeze(1)                    # (B, C, F, H, W)
     sigma = torch.as_tensor(grid, dtype=torch.float64)[frame_level]   # (B, F)
@@ -169,7 +170,8 @@ def _train(cfg: OdeInitConfig, run: RunFolder, max_steps, callback, quiet: bool,
     def loss_fn(step):
         gen, rng = step_generators(cfg.seed, 0, step)
         idx = torch.as_tensor(rng.integers(0, pairs["x0"].shape[0], cfg.batch_size))
-        levels = torch.randint(0, len(grid), (cfg.batch_size, cfg.num_frames // cfg.chunk_frames), generator=gen)
+        chunks = -(-cfg.num_frames // cfg.chunk_frames)   # whole chunks but for a bidirectional student
+        levels = torch.randint(0, len(grid), (cfg.batch_size, chunks), generator=gen)
         return ode_regression_loss(student, kind, pairs, idx, levels, grid, cfg.chunk_frames)
     job = RegressionJob(student, loss_fn, name="student", loss_name="ode_loss", lr=cfg.lr_gen,
                         betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay, warmup=cfg.ode_warmup_steps,

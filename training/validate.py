@@ -16,6 +16,7 @@ from ..salt_core.losses.semigroup import sc_triplet_distribution
 from ..salt_core.schedules import get_sigmas_fewstep
 from ..salt_core.validate import check_count
 from .config_fields import check_fields
+from .student_config import EXACT
 
 
 def validate_distill_config(cfg) -> None:
@@ -23,13 +24,14 @@ def validate_distill_config(cfg) -> None:
     that is neither -1 nor a count, an empty or unnormalised step mixture, clips not made of whole chunks."""
     where = "DistillConfig"
     check_fields(cfg, where)
-    if cfg.local_attn_frames == -1 and cfg.sink_frames:
+    unread = unread_fields(cfg)   # fields nothing in this run reads: their values are not tied to the others
+    if cfg.local_attn_frames == -1 and cfg.sink_frames and "sink_frames" not in unread:
         raise ValueError(f"{where}: sink_frames={cfg.sink_frames} with local_attn_frames=-1 (a global cache, which "
                          f"keeps every frame); a sink needs a window: set local_attn_frames (e.g. "
                          f"local_attn_frames={cfg.sink_frames + cfg.chunk_frames}) or sink_frames=0")
     if cfg.local_attn_frames != -1:
         check_count("local_attn_frames", cfg.local_attn_frames, where=where, fix="-1 means a global cache")
-        if cfg.local_attn_frames < cfg.sink_frames + cfg.chunk_frames:
+        if cfg.local_attn_frames < cfg.sink_frames + cfg.chunk_frames and "local_attn_frames" not in unread:
             raise ValueError(f"{where}: local_attn_frames={cfg.local_attn_frames} is less than sink_frames="
                              f"{cfg.sink_frames} + chunk_frames={cfg.chunk_frames}; expected a window that holds the "
                              f"sink and a whole chunk, e.g. local_attn_frames={cfg.sink_frames + cfg.chunk_frames} "
@@ -43,13 +45,28 @@ def validate_distill_config(cfg) -> None:
     if abs(total - 1) > 1e-6:
         raise ValueError(f"{where}: step_probs={tuple(cfg.step_probs)} sum to {total:g}; expected probabilities "
                          f"summing to 1, one per step_choices entry (Salt: 0.4,0.4,0.2)")
-    if cfg.num_frames % cfg.chunk_frames:
-        raise ValueError(f"{where}: num_frames={cfg.num_frames} is not a multiple of chunk_frames="
-                         f"{cfg.chunk_frames}; expected whole chunks, e.g. num_frames=12 with chunk_frames=3")
+    check_whole_chunks(cfg, where)
     if cfg.sc_weight > 0:
         check_sc_can_act(cfg, where)
     if cfg.align_weight > 0:
         check_alignment_can_act(cfg, where)
+
+
+def check_whole_chunks(cfg, where: str) -> None:
+    """Refuse clips that are not whole chunks where chunks are read (a causal student's rollouts, a teacher that
+    scores chunk by chunk); a bidirectional student scored whole takes any frame count."""
+    if not cfg.num_frames % cfg.chunk_frames or "chunk_frames" in unread_fields(cfg):
+        return
+    fix = ""
+    if cfg.student_kind == "causal":
+        why = "the causal student rolls out chunk by chunk"
+    elif cfg.teacher_kind == "teacher_forcing":
+        why = "teacher_kind=teacher_forcing scores chunk by chunk"
+    else:
+        why = "teacher_kind=auto may score chunk by chunk (the teacher file's metadata decides)"
+        fix = ", or teacher_kind=bidirectional for a teacher that scores the whole clip"
+    raise ValueError(f"{where}: num_frames={cfg.num_frames} is not a multiple of chunk_frames={cfg.chunk_frames}, "
+                     f"and {why}; expected whole chunks, e.g. num_frames=12 with chunk_frames=3{fix}")
 
 
 def drawn_steps(cfg) -> list:
@@ -63,6 +80,12 @@ def drawn_steps(cfg) -> list:
 # changed and compares the weights bit for bit).
 _CAUSAL = ("student_kind=causal (a bidirectional student denoises the whole clip at once: no KV cache, and its "
            "alignment reference draws fresh noise at every step)", lambda cfg, launched: cfg.student_kind == "causal")
+_CHUNKED = ("student_kind=causal or a teacher that scores chunk by chunk (teacher_kind=teacher_forcing, or auto "
+            "with a teacher file other than the exact one: its metadata may say so)",
+            lambda cfg, launched: cfg.student_kind == "causal" or cfg.teacher_kind == "teacher_forcing"
+            or (cfg.teacher_kind == "auto" and cfg.teacher != EXACT))
+_CUDA = ("a CUDA device (on the CPU every model computes in its own dtype)",
+         lambda cfg, launched: torch.cuda.is_available())
 _SC = ("sc_weight > 0", lambda cfg, launched: cfg.sc_weight > 0)
 _ALIGN = ("align_weight > 0", lambda cfg, launched: cfg.align_weight > 0)
 _K4 = ("4 among the drawn K (step_choices with a probability above 0)",
@@ -81,6 +104,7 @@ _FILE = ("a model file among teacher, student_init and critic_init (the shipped 
 # whether or not they align.
 READ_ONLY_WITH = {
     "local_attn_frames": (_CAUSAL,), "sink_frames": (_CAUSAL,), "context_noise": (_CAUSAL,),
+    "chunk_frames": (_CHUNKED,), "autocast_bf16": (_CUDA,),
     "sc_steps": (_SC,), "sc_symmetric": (_SC,), "sc_exit_sigma_max": (_SC,),
     "align_delta": (_ALIGN,), "align_start_iter": (_ALIGN,), "align_coupling": (_CAUSAL, _ALIGN),
     "align_k4": (_ALIGN, _K4),
@@ -191,9 +215,7 @@ def validate_ode_init_config(cfg) -> None:
     teacher whose Euler grid misses the student's grid levels."""
     where = "OdeInitConfig"
     check_fields(cfg, where)
-    if cfg.num_frames % cfg.chunk_frames:
-        raise ValueError(f"{where}: num_frames={cfg.num_frames} is not a multiple of chunk_frames="
-                         f"{cfg.chunk_frames}; expected whole chunks, e.g. num_frames=12 with chunk_frames=3")
+    check_whole_chunks(cfg, where)
     if cfg.ode_teacher_steps % cfg.grid_steps:
         raise ValueError(f"{where}: ode_teacher_steps={cfg.ode_teacher_steps} is not a multiple of grid_steps="
                          f"{cfg.grid_steps}, so the teacher's Euler grid misses levels of the student's grid; use a "
