@@ -75,13 +75,13 @@ def distill_config(preset: str, teacher: str, student_init: str, critic_init: st
         fields["critic_init"] = _model_source(critic_init, FROM_TEACHER, "critic_init")
     typed = parse_overrides(cls, overrides, where="SaltDistill: overrides", renamed=cls.RENAMED,
                             reserved={k: "has its own widget; set it there instead" for k in WIDGET_FIELDS})
-    if teacher == TOY_SOURCE and not base.world:
+    if teacher == TOY_SOURCE and not typed.get("world", base.world):   # the run's world, overrides included
+        if "world" in typed:   # a toy preset made real-scale by overrides
+            raise ValueError(f"SaltDistill: overrides world={quote(typed['world'])} with teacher='toy': the toy "
+                             f"teacher lives in a toy world; remove world= from the overrides, or set it to one of "
+                             f"the toy worlds (e.g. world=default, world=lab:default)")
         raise ValueError(f"SaltDistill: teacher='toy' with the real-scale preset {quote(preset)}; pick a Wan 2.1 "
                          f"teacher file from models/diffusion_models, or a toy-* preset")
-    if teacher == TOY_SOURCE and not typed.get("world", base.world):   # a toy preset made real-scale by overrides
-        raise ValueError(f"SaltDistill: overrides world={quote(typed['world'])} with teacher='toy': the toy teacher "
-                         f"lives in a toy world; remove world= from the overrides, or set it to one of the toy "
-                         f"worlds (e.g. world=default, world=lab:default)")
     # Paths sent over HTTP resolve inside ComfyUI's folders only (as LoadImage's files do).
     if typed.get("prompts_file"):
         typed["prompts_file"] = input_file(typed["prompts_file"], "SaltDistill: overrides: prompts_file")

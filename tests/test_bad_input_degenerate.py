@@ -257,6 +257,18 @@ def test_node_overrides_with_degenerate_values_are_refused_naming_the_field(text
         distill_config("toy-dmd", "toy", "teacher", "teacher", 1, 1, 0, text)
 
 
+def test_the_toy_teacher_goes_where_the_runs_world_is_a_toy_one_overrides_included():
+    """A real-scale preset made a toy-world run by its overrides takes the toy teacher (it was refused by the
+    preset's own world); without a world, the refusal names the preset."""
+    from comfy_import import import_nodes
+    import_nodes()
+    from comfyui_salt.nodes.distill import distill_config
+    cfg = distill_config("self-forcing-dmd", "toy", "teacher", "teacher", 1, 1, 0, "world=default; height=16; width=16")
+    assert (cfg.world, cfg.teacher) == ("default", "toy")
+    with pytest.raises(ValueError, match=r"teacher='toy' with the real-scale preset 'self-forcing-dmd'"):
+        distill_config("self-forcing-dmd", "toy", "teacher", "teacher", 1, 1, 0, "")
+
+
 # -- the CLI (subprocesses: a few only) ---------------------------------------------------------------------
 @pytest.mark.parametrize("args, words", [
     (["--gen-steps", "0"], "gen_steps=0"),

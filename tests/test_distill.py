@@ -157,7 +157,7 @@ def test_a_setting_is_warned_of_exactly_when_the_run_never_reads_it(_trained, pr
 @pytest.mark.parametrize("kw, refused", [
     (dict(), "the causal student rolls out chunk by chunk"),
     (dict(student_kind="bidirectional", teacher_kind="teacher_forcing"), "teacher_kind=teacher_forcing scores"),
-    (dict(student_kind="bidirectional"), "or teacher_kind=bidirectional for a teacher that scores the whole clip"),
+    (dict(student_kind="bidirectional"), None),   # auto: the teacher file decides, at the run's start
     (dict(student_kind="bidirectional", teacher_kind="bidirectional"), None),
     (dict(student_kind="bidirectional", teacher="exact"), None),   # auto: the exact teacher scores whole
 ])
@@ -169,10 +169,38 @@ def test_clips_must_be_whole_chunks_exactly_where_chunks_are_read(make, kw, refu
         return
     with pytest.raises(ValueError, match=r"num_frames=7 is not a multiple of chunk_frames=3, and ") as e:
         make("toy-dmd", num_frames=7, chunk_frames=3, **kw)
-    assert refused in str(e.value) and "expected whole chunks" in str(e.value)
+    assert refused in str(e.value) and "expected whole chunks: num_frames=6 or 9, or a chunk_frames" in str(e.value)
     if window and kw.get("student_kind", "causal") == "causal":
         with pytest.raises(ValueError, match="local_attn_frames=2 is less than sink_frames=1"):
             make("toy-dmd", **window, **kw)
+
+
+@pytest.mark.parametrize("ode", [False, True])
+def test_a_teacher_file_that_scores_by_chunks_refuses_a_partial_chunk_at_the_runs_start(teacher_path, tmp_path, ode):
+    """teacher_kind=auto: the file's teacher_mode=teacher_forcing, read when the run starts, ties the clip to whole
+    chunks (a bidirectional student, 7 frames)."""
+    cfg = tiny("toy-ode-init" if ode else "toy-bidir-dmd", teacher_path, student_kind="bidirectional", num_frames=7)
+    with pytest.raises(ValueError, match=r"num_frames=7 .* the teacher \('.*\) scores chunk by chunk \(its file "
+                                         r"records teacher_mode=teacher_forcing\); expected whole chunks: num_frames=6 or 9"):
+        (run_ode_init if ode else run_distillation)(cfg, str(tmp_path), quiet=True, world=TOY)
+
+
+def test_an_unread_chunk_size_leaves_a_bidirectional_ode_initialisation_bit_identical(teacher_path, tmp_path):
+    """Two clips per step, so a level drawn per chunk would differ between chunk sizes (it used to)."""
+    from comfyui_salt.training.ode_init import log as ode_log
+    runs, said = {}, []
+    handler = __import__("logging").Handler()
+    handler.emit = lambda record: said.append(record.getMessage())
+    ode_log.addHandler(handler)
+    try:
+        for n in (3, 4):
+            cfg = tiny("toy-ode-init", teacher_path, student_kind="bidirectional", teacher_kind="bidirectional",
+                       chunk_frames=n, batch_size=2, gen_steps=2)
+            runs[n] = run_ode_init(cfg, str(tmp_path / str(n)), quiet=True, world=TOY).state_dict()
+    finally:
+        ode_log.removeHandler(handler)
+    assert all(torch.equal(runs[3][k], runs[4][k]) for k in runs[3])
+    assert any("chunk_frames=4: no effect in this run" in s for s in said), said
 
 
 def test_a_bidirectional_student_trains_on_clips_of_any_length(tmp_path):

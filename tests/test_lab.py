@@ -234,3 +234,16 @@ def test_metrics_are_two_sided_and_count_switches(tiny):
     full = within_mode_variance(w_data, mode)
     ci = nested_bootstrap(lambda draw: within_mode_variance(w_data, mode, draw[0][1]), [40], 100)
     assert ci.lo < full < ci.hi and ci.mean == full and 0.6 < full < 1.4
+
+
+def test_a_lab_run_that_evaluates_needs_clips_of_whole_mode_chunks_and_one_that_does_not_takes_any_length():
+    """The lab's metrics read a mode per chunk of its law (3 frames): a 7-frame bidirectional run is refused by
+    the world check naming num_frames and eval_every (it used to fail at its first evaluation); without
+    evaluations it is accepted."""
+    from comfyui_salt.toy.jobs import check_distill_config
+    from comfyui_salt.training.distill_config import get_preset
+    kw = dict(teacher="exact", student_kind="bidirectional", num_frames=7)
+    with pytest.raises(ValueError, match=r"DistillConfig.num_frames=7; the world 'lab:default' measures its modes in "
+                                         r"chunks of 3 frames .*eval_every=50\): set num_frames=6 or 9, or eval_every=0"):
+        check_distill_config(get_preset("lab-bidir-dmd", **kw))
+    check_distill_config(get_preset("lab-bidir-dmd", eval_every=0, **kw))

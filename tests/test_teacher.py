@@ -42,6 +42,20 @@ def test_teacher_training_resumed_after_interruption_ends_bit_identical(tmp_path
     assert len(lines) == 5
 
 
+@pytest.mark.parametrize("world, frames", [("default", 12), ("lab:default", 12)])
+def test_a_teacher_forcing_chunk_that_does_not_divide_the_worlds_clips_is_refused_before_the_run(tmp_path, world,
+                                                                                                  frames):
+    cfg = TeacherConfig(world=world, mode="teacher_forcing", chunk_frames=5, total_steps=1, threads=1)
+    assert teacher_world(cfg).cfg.num_frames == frames
+    with pytest.raises(ValueError, match=rf"chunk_frames=5 with mode=teacher_forcing; the world '{world}' has clips "
+                                         rf"of {frames} frames.*divides {frames} \(1, 2, 3, 4, 6, 12\)"):
+        train_teacher(cfg, str(tmp_path / "run"), quiet=True, world=teacher_world(cfg))
+    assert not (tmp_path / "run").exists()
+    bidirectional = TeacherConfig(world=world, mode="bidirectional", chunk_frames=5, total_steps=1, threads=1,
+                                  batch_size=1, checkpoint_every=1)
+    train_teacher(bidirectional, str(tmp_path / "whole"), quiet=True, world=teacher_world(bidirectional))
+
+
 def test_the_teacher_sampler_returns_its_ode_trajectory_on_request():
     from comfyui_salt.toy.text import ToyTextEncoder
     from comfyui_salt.salt_core.schedules import shift_sigma

@@ -46,8 +46,8 @@ def exact_teacher(cfg):
 
 def check_distill_config(cfg) -> None:
     """A toy-world run's config (DistillConfig, OdeInitConfig) against its world, before any model loads: the world
-    exists, the clip size is the world's, and the teacher belongs to that world (the sprite teacher cannot score the
-    lab's world)."""
+    exists, the clip size is the world's (the lab's: whole chunks of its modes where evaluations measure them), and
+    the teacher belongs to that world (the sprite teacher cannot score the lab's world)."""
     where = type(cfg).__name__
     try:
         world = get_world(cfg.world)
@@ -57,6 +57,12 @@ def check_distill_config(cfg) -> None:
         if getattr(cfg, name) != getattr(world, name):
             raise ValueError(f"{where}.{name}={getattr(cfg, name)}; the world {cfg.world!r} is "
                              f"{world.height}×{world.width} pixels: set {name}={getattr(world, name)}")
+    modes = getattr(world.cfg, "chunk_frames", None)   # the lab's metrics read a mode per chunk of its law
+    if modes and getattr(cfg, "eval_every", 0) > 0 and cfg.num_frames % modes:
+        whole = [m for m in (cfg.num_frames // modes * modes, cfg.num_frames // modes * modes + modes) if m > 0]
+        raise ValueError(f"{where}.num_frames={cfg.num_frames}; the world {cfg.world!r} measures its modes in chunks "
+                         f"of {modes} frames at every evaluation (eval_every={cfg.eval_every}): set num_frames="
+                         f"{' or '.join(map(str, whole))}, or eval_every=0 to train without evaluations")
     world.check_teacher(cfg.teacher)
 
 

@@ -40,7 +40,7 @@ from .distributed import (any_rank, device_mesh, end_process_group, full_optimiz
 from .loop import TrainingLoop, check_loss_terms, stop_step
 from .optim import EMA, step_generators, step_seed
 from .runs import open_run
-from .validate import check_distill_memory, inactive_terms, shard_count
+from .validate import check_distill_memory, check_whole_chunks, inactive_terms, shard_count
 
 log = logging.getLogger("salt.distill")
 ROLES = ("critic", "gen")   # the step roles of an iteration, in the seed of their draws
@@ -446,6 +446,7 @@ def _run_distillation(cfg, run, max_gen_steps, callback, quiet, device, world):
     device = torch.device(device) if device is not None else info.device
     teacher, student, critic = build_models(cfg, world)
     score_kind = resolve_teacher_kind(cfg, world)
+    check_whole_chunks(cfg, "DistillConfig", score_kind)   # "auto" known now
     check_distill_memory(cfg, student, critic, device, teacher=teacher,
                          shards=shard_count(cfg.sharding, world_size, info.local_world_size),
                          sharded=info.distributed, score_kind=score_kind)

@@ -33,7 +33,7 @@ from .ode_init_config import OdeInitConfig
 from .optim import step_generators
 from .runs import RunFolder, open_run
 from .student_config import EXACT
-from .validate import check_ode_init_memory, inactive_terms
+from .validate import check_ode_init_memory, check_whole_chunks, inactive_terms
 
 log = logging.getLogger("salt.ode_init")
 
@@ -87,8 +87,8 @@ def ode_regression_loss(student, kind: str, pairs: dict, idx, levels, grid, chun
     """MSE between the student's x0 at the drawn levels and the teacher's end points (pairs on the CPU,
     the batch moved to the student's device).
 
-    idx (B,) pair indices; levels (B, ⌈F/chunk⌉) grid index per chunk (causal; F whole chunks) — bidirectional
-    students use one level per clip, the first column, and take any F.
+    idx (B,) pair indices; levels (B, F/chunk) grid index per chunk (causal: F whole chunks); a bidirectional
+    student takes any F and one level per clip, levels' first column.
     """
     states, x0 = pairs["states"][idx], pairs["x0"][idx]          # (B, K, C, F, H, W), (B, C, F, H, W)
     B, K, C, F, H, W = states.shape
@@ -158,6 +158,7 @@ def _train(cfg: OdeInitConfig, run: RunFolder, max_steps, callback, quiet: bool,
         log.warning(sentence)
     kind = "bidirectional" if cfg.student_kind == "bidirectional" else "teacher_forcing"
     teacher_kind = resolve_teacher_kind(cfg, world)
+    check_whole_chunks(cfg, "OdeInitConfig", teacher_kind)   # "auto" known now
     pairs_path = run.file("ode_pairs.safetensors")
     if not os.path.exists(pairs_path):
         t = time.time()
@@ -170,7 +171,7 @@ def _train(cfg: OdeInitConfig, run: RunFolder, max_steps, callback, quiet: bool,
     def loss_fn(step):
         gen, rng = step_generators(cfg.seed, 0, step)
         idx = torch.as_tensor(rng.integers(0, pairs["x0"].shape[0], cfg.batch_size))
-        chunks = -(-cfg.num_frames // cfg.chunk_frames)   # whole chunks but for a bidirectional student
+        chunks = 1 if kind == "bidirectional" else cfg.num_frames // cfg.chunk_frames   # one level per clip, or chunk
         levels = torch.randint(0, len(grid), (cfg.batch_size, chunks), generator=gen)
         return ode_regression_loss(student, kind, pairs, idx, levels, grid, cfg.chunk_frames)
     job = RegressionJob(student, loss_fn, name="student", loss_name="ode_loss", lr=cfg.lr_gen,

@@ -158,6 +158,12 @@ def train_teacher(cfg: TeacherConfig, out_dir: str, evaluate=None, max_steps: in
     A folder holding checkpoints of a run with other settings is refused unless `allow_changed_settings`;
     one process at a time may use a folder (training.runs.open_run).
     """
+    frames = world.cfg.num_frames
+    if cfg.mode == "teacher_forcing" and frames % cfg.chunk_frames:
+        divisors = [d for d in range(1, frames + 1) if not frames % d]
+        raise ValueError(f"TeacherConfig.chunk_frames={cfg.chunk_frames} with mode=teacher_forcing; the world "
+                         f"{cfg.world!r} has clips of {frames} frames, and teacher forcing trains on whole chunks: "
+                         f"expected a chunk_frames that divides {frames} ({', '.join(map(str, divisors))})")
     with open_run(cfg, out_dir, allow_changes=allow_changed_settings) as run:
         return _train_teacher(cfg, run, world, evaluate, max_steps, quiet, device, max_seconds)
 

@@ -14,9 +14,9 @@ import torch
 
 from ..salt_core.losses.semigroup import sc_triplet_distribution
 from ..salt_core.schedules import get_sigmas_fewstep
-from ..salt_core.validate import check_count
+from ..salt_core.validate import check_count, quote
 from .config_fields import check_fields
-from .student_config import EXACT
+from .student_config import EXACT, StudentJobConfig
 
 
 def validate_distill_config(cfg) -> None:
@@ -52,21 +52,27 @@ def validate_distill_config(cfg) -> None:
         check_alignment_can_act(cfg, where)
 
 
-def check_whole_chunks(cfg, where: str) -> None:
-    """Refuse clips that are not whole chunks where chunks are read (a causal student's rollouts, a teacher that
-    scores chunk by chunk); a bidirectional student scored whole takes any frame count."""
-    if not cfg.num_frames % cfg.chunk_frames or "chunk_frames" in unread_fields(cfg):
+def check_whole_chunks(cfg, where: str, score_kind: str = None) -> None:
+    """Refuse clips that are not whole chunks where chunks are read: a causal student's rollouts, a teacher that
+    scores chunk by chunk. A bidirectional student scored whole takes any frame count. score_kind: how the teacher
+    scores, "auto" resolved (training.distill_models.resolve_teacher_kind, at the run's start); None:
+    cfg.teacher_kind, whose "auto" (the teacher file's metadata decides) waits for the run's start."""
+    frames, n = cfg.num_frames, cfg.chunk_frames
+    if not frames % n:
         return
-    fix = ""
+    kind = score_kind or cfg.teacher_kind
     if cfg.student_kind == "causal":
         why = "the causal student rolls out chunk by chunk"
-    elif cfg.teacher_kind == "teacher_forcing":
-        why = "teacher_kind=teacher_forcing scores chunk by chunk"
+    elif kind == "teacher_forcing":
+        why = ("teacher_kind=teacher_forcing scores chunk by chunk" if cfg.teacher_kind == kind else
+               f"the teacher ({quote(cfg.teacher)}) scores chunk by chunk (its file records "
+               f"teacher_mode=teacher_forcing)")
     else:
-        why = "teacher_kind=auto may score chunk by chunk (the teacher file's metadata decides)"
-        fix = ", or teacher_kind=bidirectional for a teacher that scores the whole clip"
-    raise ValueError(f"{where}: num_frames={cfg.num_frames} is not a multiple of chunk_frames={cfg.chunk_frames}, "
-                     f"and {why}; expected whole chunks, e.g. num_frames=12 with chunk_frames=3{fix}")
+        return
+    whole = [m for m in (frames // n * n, frames // n * n + n) if m > 0]
+    raise ValueError(f"{where}: num_frames={frames} is not a multiple of chunk_frames={n}, and {why}; expected "
+                     f"whole chunks: num_frames={' or '.join(map(str, whole))}, or a chunk_frames that divides "
+                     f"{frames}")
 
 
 def drawn_steps(cfg) -> list:
@@ -85,7 +91,7 @@ _CHUNKED = ("student_kind=causal or a teacher that scores chunk by chunk (teache
             lambda cfg, launched: cfg.student_kind == "causal" or cfg.teacher_kind == "teacher_forcing"
             or (cfg.teacher_kind == "auto" and cfg.teacher != EXACT))
 _CUDA = ("a CUDA device (on the CPU every model computes in its own dtype)",
-         lambda cfg, launched: torch.cuda.is_available())
+         lambda cfg, launched: launched is None or torch.cuda.is_available())   # None: the machine may change
 _SC = ("sc_weight > 0", lambda cfg, launched: cfg.sc_weight > 0)
 _ALIGN = ("align_weight > 0", lambda cfg, launched: cfg.align_weight > 0)
 _K4 = ("4 among the drawn K (step_choices with a probability above 0)",
@@ -118,7 +124,10 @@ READ_ONLY_WITH = {
 def unread_fields(cfg, launched: bool = None) -> dict:
     """{field: the needs it lacks} for the fields of READ_ONLY_WITH that `cfg` has (a distillation's, an ODE
     initialisation's) and that nothing in its run reads, whatever their value. `launched`: whether this process is
-    one of a torchrun launch (training.distributed.process_info), None where unknown (those fields count as read)."""
+    one of a torchrun launch (training.distributed.process_info), None where unknown, e.g. comparing a stored run's
+    settings, which may resume on another machine (the fields needing a launch or a CUDA device then count as read)."""
+    if not isinstance(cfg, StudentJobConfig):   # the teacher's job reads all it has
+        return {}
     names = {f.name for f in dataclasses.fields(cfg)}
     out = {}
     for name, needs in READ_ONLY_WITH.items():
