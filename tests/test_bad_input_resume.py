@@ -118,7 +118,9 @@ def test_resuming_with_other_settings_is_refused_listing_the_keys_and_the_fixes(
     (dict(sc_symmetric=True), {}, False),   # nothing reads it (sc_weight 0): following the run's warning resumes
     (dict(prompts_file="prompts.txt", align_delta=0.5), {}, False),   # a toy world's own captions; no alignment
     (dict(step_choices=(8,), sc_weight=0.2, sc_symmetric=True), dict(step_choices=(8,), sc_weight=0.2), True),
-    (dict(step_choices=(2,), align_weight=0.1, align_delta=0.5), dict(step_choices=(2,), align_weight=0.1), True)])
+    (dict(step_choices=(2,), align_weight=0.1, align_delta=0.5), dict(step_choices=(2,), align_weight=0.1), True),
+    # unread on a CPU machine, but the run may go on on a GPU: a need of the machine's is compared whatever this one is
+    (dict(autocast_bf16=True), {}, True)])
 def test_a_setting_nothing_reads_may_change_on_resume_and_one_that_is_read_may_not(teacher_path, tmp_path, first,
                                                                                   then, refused):
     run = tmp_path / "run"
