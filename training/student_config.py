@@ -48,7 +48,8 @@ class StudentJobConfig:
     num_frames: int = _data(12, "latent frames per rollout", count=1)
     height: int = _data(16, "latent height (toy: pixels)", count=1)
     width: int = _data(16, "latent width (toy: pixels)", count=1)
-    chunk_frames: int = _cache(3, "frames per AR chunk", count=1)
+    chunk_frames: int = _cache(3, "frames per AR chunk: a causal student's, or a teacher's that scores chunk by chunk "
+                                  "(num_frames a multiple of it there; unread otherwise)", count=1)
     # -- grid and guidance -------------------------------------------------------------------
     shift: float = _grid(TOY_SHIFT, "timestep shift of grids and score timesteps (real scale: 5)", low=0,
                          low_open=True, high=100)   # above ~1e16 the grid's levels collapse to 1
