@@ -116,9 +116,11 @@ def main(argv=None):
     d.add_argument("--comfyui", default=None, help="ComfyUI tree to boot (default .venv/comfyui, from .ci/setup)")
     args = parser.parse_args(argv)
     from .salt_core.validate import check_count
+    from .training.config_fields import MAX_THREADS
     for flag in ("max_steps", "max_gen_steps", "num_clips", "threads"):
         if getattr(args, flag, None) is not None and not (flag == "threads" and args.command != "demo"):
-            check_count(flag, getattr(args, flag), where=f"--{flag.replace('_', '-')}")
+            check_count(flag, getattr(args, flag), where=f"--{flag.replace('_', '-')}",
+                        maximum=MAX_THREADS if flag == "threads" else None)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.command in ("teacher", "distill", "ode-init"):
         from .training.loop import install_stop_handlers

@@ -63,10 +63,11 @@ class LiveControl:
 
 
 class LiveSession:
-    """A stream kept between queue runs: its ChunkStream state, noise generator and control."""
+    """A stream kept between queue runs: its ChunkStream state, noise generator and control, and the `positive`
+    context its last run was given (a continuation whose positive differs switches to it)."""
 
     def __init__(self):
-        self.state, self.noise_gen, self.chunks, self.key = None, None, 0, None
+        self.state, self.noise_gen, self.chunks, self.key, self.positive = None, None, 0, None, None
         self.control = LiveControl()
 
 
@@ -208,7 +209,8 @@ def live_run(salt, positive, options, sigmas, seed, width, height, max_chunks, s
                          "(SaltCacheOptions attention rolling / sink) so memory stays constant")
     shape = latent_shape(salt, 1, n, width, height)
     # before the stream's session is touched: a refused run leaves it as it was
-    kept = KeptChunks(round(keep_last_seconds * FPS), 1 if salt.latent_format == "pixels" else 4)
+    frames = max(1, round(keep_last_seconds * FPS)) if keep_last_seconds > 0 else 0   # 0 keeps all: never by rounding
+    kept = KeptChunks(frames, 1 if salt.latent_format == "pixels" else 4)
     decodes = salt.latent_format == "pixels" or vae is not None or live_decoder != "vae"
     check_memory(f"keeping {max_chunks} chunks' frames and latents at {width}×{height} px", kept.bytes_needed(
         max_chunks, shape, (height, width) if decodes else None), available_memory(torch.device("cpu")),
@@ -248,6 +250,10 @@ def live_run(salt, positive, options, sigmas, seed, width, height, max_chunks, s
             else:
                 stream = ChunkStream.from_state(model, cache, session.state, chunk_frames=n,
                                                 context_noise=options.context_noise, generator=gen)
+                given = session.positive
+                if given is not None and (given.shape != context.shape or not torch.equal(given, context.cpu())):
+                    stream.set_prompt(context, noise=switch_noise)   # positive changed between runs: switch to it
+            session.positive = context.detach().cpu()
             decoder = live_frames_decoder(salt, vae, live_decoder)
             timing = {"last": time.monotonic()}
 

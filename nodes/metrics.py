@@ -63,14 +63,21 @@ def measure_config(salt: SaltModel, latent=None):
     return dataclasses.replace(cfg, num_frames=frames, height=height, width=width)
 
 
-def measure_bytes(salt: SaltModel, cfg) -> int:
-    """Estimated bytes of the measured rollout of one Wan clip of cfg's size, in the model's compute dtype, by the
-    streaming sampler's estimate: a causal model streams chunk by chunk over a cache of every frame; a bidirectional
-    one denoises the whole clip at once with no cache."""
+def measure_bytes(salt: SaltModel, cfg, clips: int = 1) -> int:
+    """Estimated bytes of the measured rollouts of `clips` Wan clips of cfg's size (one batch), in the model's
+    compute dtype, by the streaming sampler's estimate: a causal model streams chunk by chunk over a cache of every
+    frame; a bidirectional one denoises the whole clip at once with no cache."""
     policy, chunk = ((CachePolicy.full(cfg.num_frames), cfg.chunk_frames) if salt.causal
                      else (None, cfg.num_frames))
-    return stream_memory_bytes(salt.model.cfg, 1, cfg.num_frames, (cfg.height, cfg.width), policy, chunk,
+    return stream_memory_bytes(salt.model.cfg, clips, cfg.num_frames, (cfg.height, cfg.width), policy, chunk,
                                dtype=salt.model.patch_embedding.weight.dtype)
+
+
+def wan_clips(latent) -> int:
+    """How many clips a Wan measurement rolls out: the LATENT's batch (measure_config has checked its shape), at
+    most MAX_PROMPTS."""
+    return check_count("latent batch", latent["samples"].shape[0], where="SaltSemigroupDefect", maximum=MAX_PROMPTS,
+                       fix="one clip per latent in the batch; a few (4-8) give an interval")
 
 
 def semigroup_report(salt: SaltModel, prompts: str, nfe: int, grid_steps: int, seed: int, positive=None,
@@ -83,7 +90,8 @@ def semigroup_report(salt: SaltModel, prompts: str, nfe: int, grid_steps: int, s
     seed = check_count("seed", seed, where=where, minimum=0, maximum=2 ** 63 - 1)
     cfg = measure_config(salt, latent)
     toy = salt.latent_format == "pixels"
-    need = 0 if toy else measure_bytes(salt, cfg)
+    clips = None if toy else wan_clips(latent)
+    need = 0 if toy else measure_bytes(salt, cfg, clips)
     # loaded as for sampling (a native MODEL's view bound to it); Wan is measured on the compute device, toy on the CPU
     with torch.no_grad(), salt_in_use(salt, need) as model:
         if not toy:
@@ -101,17 +109,21 @@ def semigroup_report(salt: SaltModel, prompts: str, nfe: int, grid_steps: int, s
             except ValueError as e:
                 raise ValueError(f"SaltSemigroupDefect: prompts: {e}") from e
         else:
-            context = text_context(positive, salt, 1, "positive", "SaltSemigroupDefect").to(
-                model.patch_embedding.weight.dtype)
+            context = text_context(positive, salt, clips, "positive", "SaltSemigroupDefect").to(
+                model.patch_embedding.weight.dtype)   # one prompt for every clip, or one each
         grids = tuple(dict.fromkeys(g for g in (grid_steps, nfe) if g >= 2))   # a triplet needs 2 steps + the end
         report = defect_report(model, cfg, context, grids=grids, seed=seed)
         defect = report[grid_steps]["mean"]
+        more = "more prompts" if toy else "a latent batch of more clips"
+        verb = "" if toy else "s"
+        interval = (f"95 % interval [{defect.lo:.4f}, {defect.hi:.4f}]" if defect.lo == defect.lo else
+                    f"no interval from one clip ({more} give{verb} one)")
         lines = [f"Salt metrics: {salt.name}",
-                 f"semigroup defect: {defect.mean:.4f}, 95 % interval [{defect.lo:.4f}, {defect.hi:.4f}] "
+                 f"semigroup defect: {defect.mean:.4f}, {interval} "
                  f"({grid_steps}-step grid at shift {cfg.shift:g}, {context.shape[0]} clip(s), "
                  f"{'causal' if salt.causal else 'bidirectional'} rollout states, seed {seed}; 0 = one big jump "
-                 f"equals two small ones; intervals resample clips — use more prompts to narrow them)",
-                 "", format_defect_report(report)]
+                 f"equals two small ones; Student-t intervals over clips, each on its own noise: {more} "
+                 f"narrow{verb} them)", "", format_defect_report(report)]
         if toy:
             videos = sample_student(model, cfg, context, nfe, seed=seed)
             table = format_table({f"{nfe} NFE": score_table(videos, captions, world)}, COLUMNS)

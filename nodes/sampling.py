@@ -42,11 +42,15 @@ SAMPLERS = {"stochastic": finite_result(sample_fewstep_stochastic),
 
 
 def parse_raw_steps(text: str) -> list:
-    """'1000, 750, 500, 250' → [1000.0, 750.0, 500.0, 250.0] (commas or spaces), with a node-level error."""
+    """'1000, 750, 500, 250' → [1000.0, 750.0, 500.0, 250.0] (commas or spaces; in brackets, as the node's own
+    description writes them, and with the final 0 of a whole schedule, which the levels end with anyway), with a
+    node-level error."""
     try:
-        steps = [float(s) for s in text.replace(",", " ").split()]
+        steps = [float(s) for s in text.strip().strip("[]()").replace(",", " ").split()]
     except ValueError:
         steps = None
+    if steps and len(steps) > 1 and steps[-1] == 0:
+        steps = steps[:-1]
     if not steps:
         raise ValueError(f"SaltFewStepSigmas: custom_steps={quote(text)} is not a list of numbers; expected raw "
                          f"timesteps in (0, 1000], strictly decreasing, without the final 0, e.g. "

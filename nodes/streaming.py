@@ -4,7 +4,6 @@ The rollout itself is salt_core.streaming.rollout_stream; this module validates 
 turns CONDITIONING into text context, and adapts the per-step callback to ComfyUI's progress bar,
 preview and Cancel button. Latents follow ComfyUI's layout (B, C, F, H, W).
 """
-import logging
 
 import torch
 
@@ -21,7 +20,6 @@ from .models import salt_in_use
 from .sampling import NON_FINITE_FIX
 from .types import SPATIAL_FACTOR, CacheOptions, CacheOptionsType, SaltModel, SaltModelType
 
-log = logging.getLogger("salt.nodes")
 
 ATTENTION = ("full", "rolling", "sink")
 SAMPLING = ("stochastic", "deterministic")
@@ -75,9 +73,10 @@ def text_context(conditioning, salt: SaltModel, batch: int, what: str,
     if not conditioning or not isinstance(conditioning[0][0], torch.Tensor):
         raise ValueError(f"{node}: {what} is empty or not a CONDITIONING; connect a text encoder "
                          f"(CLIPTextEncode with umT5 for Wan, SaltToyTextEncode for the toy model)")
-    if len(conditioning) > 1:
-        log.warning("%s: %s has %d entries; Salt uses the first as text context", node, what,
-                    len(conditioning))
+    if len(conditioning) > 1:   # ComfyUI's samplers mix several by area and strength; a Salt model reads one
+        raise ValueError(f"{node}: {what} holds {len(conditioning)} conditionings (e.g. from ConditioningCombine); "
+                         f"Salt conditions on one text context: connect one text encoder's output, or join the "
+                         f"prompts with ConditioningConcat")
     ctx, cfg = conditioning[0][0], salt.model.cfg
     check_context(what, ctx, cfg.text_dim, where=f"{node} ({salt.name})", batch=batch,
                   fix="CLIPTextEncode with umT5-XXL, 4096 wide, for Wan 2.1; SaltToyTextEncode, 32 wide, for the toy "
@@ -195,6 +194,10 @@ def _stream(salt, positive, options, sigmas, seed, num_chunks, width, height, ba
         switches = {}
         if switch_positive is not None:
             switch_at_chunk = check_count("switch_at_chunk", switch_at_chunk, where="SaltStreamingSampler")
+            if num_chunks < 2:
+                raise ValueError(f"SaltStreamingSampler: switch_positive is connected with num_chunks={num_chunks}; a "
+                                 f"switch needs a chunk before it and one after: raise num_chunks to 2 or more, or "
+                                 f"disconnect switch_positive")
             if not 1 <= switch_at_chunk < num_chunks:
                 raise ValueError(f"SaltStreamingSampler: switch_at_chunk={switch_at_chunk} with "
                                  f"num_chunks={num_chunks}; expected 1..{num_chunks - 1} (the first chunk that uses "

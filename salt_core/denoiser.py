@@ -41,9 +41,12 @@ class GuidedModel:
         return self.model.new_cache(2 * batch, policy, grid_hw, memory_limit=memory_limit)
 
     def __call__(self, x, t, context, **kwargs):
-        """Guided velocity (B, C, F, H, W) for x (B, C, F, H, W), t (B,) or (B, F), context (B, Lc, text_dim)."""
-        if self._pair is None or self._pair[0] is not context:
-            self._pair = (context, torch.cat([context, self.uncond.expand_as(context)]))
+        """Guided velocity (B, C, F, H, W) for x (B, C, F, H, W), t (B,) or (B, F), context and the unconditional
+        context (1 or B, Lc, text_dim) each (a batch of 1 serves every sample)."""
+        B = x.shape[0]
+        if self._pair is None or self._pair[0] is not context or self._pair[1].shape[0] != 2 * B:
+            size = (B, *context.shape[1:])
+            self._pair = (context, torch.cat([context.expand(size), self.uncond.expand(size)]))
         v_c, v_u = self.model(torch.cat([x, x]), torch.cat([t, t]), self._pair[1], **kwargs).chunk(2)
         return apply_cfg(v_c, v_u, self.cfg_scale)
 

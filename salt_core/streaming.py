@@ -116,7 +116,14 @@ class ChunkStream:
     @torch.no_grad()
     def write(self, frames: torch.Tensor) -> None:
         """Write clean frames (B, C, n, H, W) as context at the next position (one cache-writing forward at
-        `context_noise`, not an NFE) and advance past them; they join the re-cache history."""
+        `context_noise`, not an NFE) and advance past them; they join the re-cache history. More frames than a
+        chunk (a video to continue) are written chunk by chunk, as the stream would have written them and as a
+        re-cache does, so a rolling or sink cache takes any length."""
+        n = self.chunk_frames
+        if frames.shape[2] > n:
+            for off in range(0, frames.shape[2], n):
+                self.write(frames[:, :, off:off + n])
+            return
         write_context(self.model, frames, self.context, self.cache, self.frame, self.context_noise, self.generator)
         self.frame += frames.shape[2]
         self.history.append(frames)
@@ -197,6 +204,7 @@ def rollout_stream(model, noise: torch.Tensor, context: torch.Tensor, sigmas: to
     B, _, num_f, H, W = noise.shape
     check_context("context", context, mcfg.text_dim, where=where, batch=B)
     check_count("chunk_frames", chunk_frames, where=where)
+    check_count("start_frame", start_frame, where=where, minimum=0, fix="the absolute index of the first frame")
     check_number("context_noise", context_noise, where=where, low=0, high=1, high_open=True)
     check_number("cfg_scale", cfg_scale, where=where)
     for c, ctx in (prompt_switches or {}).items():
@@ -205,11 +213,22 @@ def rollout_stream(model, noise: torch.Tensor, context: torch.Tensor, sigmas: to
         check_context("uncond_context", uncond_context, mcfg.text_dim, where=where, batch=B)
     if first_frames is not None:
         check_latent("first_frames", first_frames, mcfg.in_dim, where=where)
+        if first_frames.shape[0] not in (1, B) or first_frames.shape[3:] != noise.shape[3:]:
+            raise ValueError(f"{where}: first_frames has shape {tuple(first_frames.shape)} and noise "
+                             f"{tuple(noise.shape)}; expected (1 or {B}, {mcfg.in_dim}, n, {H}, {W}): the noise's "
+                             f"batch (1: every video starts from them) and frame size")
+        first_frames = first_frames.expand(B, *first_frames.shape[1:])
     check_guidance(cfg_scale, uncond_context)
     if cfg_scale != 1.0:
         model = GuidedModel(model, uncond_context, cfg_scale)
     if num_f % chunk_frames:
         raise ValueError(f"noise has {num_f} frames, not a multiple of chunk_frames={chunk_frames}")
+    num_chunks, switches = num_f // chunk_frames, prompt_switches or {}
+    stray = [c for c in switches if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < num_chunks]
+    if stray:
+        raise ValueError(f"{where}: prompt_switches has chunk indices {stray}; expected whole numbers in "
+                         f"0..{num_chunks - 1} (the {num_chunks} chunks of the noise), each the first chunk of its "
+                         f"prompt")
     sig = check_sigmas(sigmas, where=where).tolist()
     if cache is None:
         if policy is None:
@@ -220,8 +239,6 @@ def rollout_stream(model, noise: torch.Tensor, context: torch.Tensor, sigmas: to
     if first_frames is not None:
         stream.write(first_frames)
         yield first_frames
-    num_chunks = num_f // chunk_frames
-    switches = prompt_switches or {}
     for c in range(num_chunks):
         if c in switches:
             stream.set_prompt(switches[c])

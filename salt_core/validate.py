@@ -165,11 +165,14 @@ def check_image(name: str, image, *, where: str = "") -> torch.Tensor:
 
 def check_sigmas(sigmas, *, where: str = "", name: str = "sigmas", end_at_zero: bool = True) -> torch.Tensor:
     """Flow SIGMAS as a 1-D float64 CPU tensor: ≥ 2 finite levels in [0, 1], strictly decreasing, ending at 0
-    (`end_at_zero=False` accepts a split schedule that stops above 0, as ComfyUI's SplitSigmas makes)."""
+    (`end_at_zero=False` accepts a split schedule that stops above 0, as ComfyUI's SplitSigmas makes, and the
+    lone [0] of a split at its last step: no step left, the latent is done; a lone level above 0 stays refused, as
+    it would return its noisy input as the sample)."""
     sig = torch.as_tensor(sigmas, dtype=torch.float64).detach().flatten().cpu()
     shown = [round(s, 4) for s in sig.tolist()][:12]
-    if (sig.numel() < 2 or not bool(torch.isfinite(sig).all()) or bool((sig[1:] >= sig[:-1]).any())
-            or sig[0] > 1 or sig[-1] < 0 or (end_at_zero and sig[-1] != 0)):
+    done = not end_at_zero and sig.numel() == 1 and sig.item() == 0
+    if not done and (sig.numel() < 2 or not bool(torch.isfinite(sig).all()) or bool((sig[1:] >= sig[:-1]).any())
+                     or sig[0] > 1 or sig[-1] < 0 or (end_at_zero and sig[-1] != 0)):
         raise ValueError(f"{_prefix(where)}{name}={shown}; expected at least two finite noise levels in [0, 1], "
                          f"strictly decreasing{' and ending with 0' if end_at_zero else ''} (flow SIGMAS), e.g. "
                          f"get_sigmas_fewstep(4, shift) or SaltFewStepSigmas")
@@ -196,8 +199,9 @@ def check_context(name: str, ctx: torch.Tensor, text_dim: int, *, where: str = "
                          f"the text encoder the model was trained with "
                          f"({fix or 'umT5-XXL, 4096 wide, for Wan 2.1; the toy encoder, 32 wide, for the toy model'})")
     if batch is not None and ctx.shape[0] not in (1, batch):
-        raise ValueError(f"{_prefix(where)}{name} has batch {ctx.shape[0]}; expected 1 or {batch} (one prompt, or one "
-                         f"per video)")
+        raise ValueError(f"{_prefix(where)}{name} has batch {ctx.shape[0]}; expected "
+                         + ("1 (one prompt for the one video)" if batch == 1 else
+                            f"1 or {batch} (one prompt, or one per video)"))
     if finite:
         check_finite_tensor(name, ctx, where=where, fix="re-encode the prompt")
     return ctx

@@ -203,7 +203,7 @@ def test_the_model_refuses_text_features_of_the_wrong_width_or_rank(toy, shape):
 
 @pytest.mark.parametrize("sampler", [sample_fewstep_stochastic, sample_fewstep_deterministic],
                          ids=lambda f: f.__name__)
-@pytest.mark.parametrize("sigmas", [[], [1.0], [0.0], [0.5, 0.5, 0.0], [0.0, 0.5]])
+@pytest.mark.parametrize("sigmas", [[], [1.0], [0.5, 0.5, 0.0], [0.0, 0.5]])   # [0.0]: a split's done tail
 def test_samplers_given_empty_or_degenerate_sigmas_fail_instead_of_returning_the_noise(sampler, sigmas):
     with pytest.raises(ValueError, match="sigmas="):
         sampler(lambda x, s, **_: x, torch.randn(1, 3, 1, 4, 4), torch.tensor(sigmas))
@@ -285,6 +285,7 @@ def test_the_cli_refuses_degenerate_flags_with_a_message_and_no_run(tmp_path, ar
 @pytest.mark.parametrize("argv, words", [
     (["demo", "--num-clips", "0", "--no-comfyui"], "num_clips=0"),
     (["demo", "--threads", "0", "--no-comfyui"], "threads=0"),
+    (["demo", "--threads", "100000", "--no-comfyui"], "threads=100000.*256"),   # the training configs' cap
     (["teacher", "--out", "unused", "--max-steps", "-1"], "max_steps=-1"),
     (["distill", "--preset", "toy-dmd", "--out", "unused", "--max-gen-steps", "0"], "max_gen_steps=0"),
 ])

@@ -78,6 +78,16 @@ def test_sigmas_that_merge_or_overflow_in_float32_are_refused(salt_nodes, steps,
         run(salt_nodes.SaltFewStepSigmas, preset="custom", nfe=4, shift=shift, custom_steps=steps)
 
 
+@pytest.mark.parametrize("steps", ["[1000, 750, 500, 250]", "1000, 750, 500, 250, 0", "(1000 750 500 250)",
+                                   " [1000,750,500,250,0] "])
+def test_custom_steps_as_the_nodes_description_writes_them_give_the_preset(salt_nodes, steps):
+    """In brackets (the node's description writes self_forcing_4step = [1000, 750, 500, 250]) and with the final 0
+    of a whole schedule: the same SIGMAS as the preset (both were refused)."""
+    want = run(salt_nodes.SaltFewStepSigmas, preset="self_forcing_4step", nfe=4, shift=5.0)[0]
+    got = run(salt_nodes.SaltFewStepSigmas, preset="custom", nfe=4, shift=5.0, custom_steps=steps)[0]
+    assert torch.equal(got, want)
+
+
 def test_a_huge_custom_steps_is_quoted_not_echoed(salt_nodes):
     for text in ("x" * (4 << 20), "1000 " + "2000 " * 100_000):
         with pytest.raises(ValueError, match="SaltFewStepSigmas") as e:

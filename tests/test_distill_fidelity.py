@@ -248,21 +248,31 @@ def test_defect_report_has_every_consecutive_triplet_of_each_grid_and_intervals_
     caps = ["a red disc moving left on a dark background", "a blue bar moving up on a light background"] * 2
     ctx = ToyTextEncoder().encode(caps)
     cfg = get_preset("toy-dmd", student_kind=kind)
-    report = defect_report(model, cfg, ctx, grids=(8, 2), num_resamples=200)
+    report = defect_report(model, cfg, ctx, grids=(8, 2))
     for g in (8, 2):
         grid = get_sigmas_fewstep(g, cfg.shift).tolist()
         expected = [tuple(grid[k:k + 3]) for k in range(g - 1)]       # (s_k, s_k+1, s_k+2), the last ends at 0
         got = [t for t, _ in report[g]["triplets"]]
         assert len(got) == len(expected) and all(a == pytest.approx(b) for a, b in zip(got, expected)), got
         for _, ci in report[g]["triplets"] + [(None, report[g]["mean"])]:
-            assert ci.n == len(caps) and ci.lo <= ci.mean <= ci.hi
+            assert ci.n == len(caps) and ci.lo < ci.mean < ci.hi
+    # Student-t over the 4 clips: half width t(0.975, 3) · sd / 2, t from a printed table
+    triplet_means = [ci.mean for _, ci in report[8]["triplets"]]
+    m = report[8]["mean"]
+    assert m.mean == pytest.approx(sum(triplet_means) / len(triplet_means), rel=1e-9)
+    one = defect_report(model, cfg, ctx[:1], grids=(2,))[2]["mean"]
+    assert one.n == 1 and one.lo != one.lo and "| n/a | 1 |" in format_defect_report({2: {"mean": one,
+                                                                                           "triplets": []}})
     if kind == "bidirectional":
         # brute force: the 2-step grid's one triplet (1, σ_1, 0) at the first rollout state, the seeded noise itself
         x = torch.randn((len(caps), 3, cfg.num_frames, cfg.height, cfg.width),
                         generator=torch.Generator().manual_seed(0))
         s1 = get_sigmas_fewstep(2, cfg.shift)[1].item()
         per_clip = _brute_force_defect(model, ctx, x, 1.0, s1, 0.0)
-        assert report[2]["mean"].mean == pytest.approx(per_clip.mean().item(), rel=1e-5)
+        m = report[2]["mean"]
+        assert m.mean == pytest.approx(per_clip.mean().item(), rel=1e-5)
+        half = 3.1824 * per_clip.double().std().item() / 2
+        assert (m.lo, m.hi) == pytest.approx((m.mean - half, m.mean + half), rel=1e-4)
     assert "mean over triplets" in format_defect_report(report)
 
 

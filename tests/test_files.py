@@ -173,6 +173,22 @@ def test_a_failed_save_leaves_the_previous_file_intact(tmp_path, monkeypatch):
     assert path.read_bytes() == before and os.listdir(tmp_path) == [path.name]
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_a_saved_file_has_the_mode_any_new_file_gets(tmp_path, umask):
+    """0666 less the umask, as a plain open() gives (ComfyUI's own outputs): a server running as another user
+    reads an export or a LoRA (a private temp file's 0600 was kept by the rename)."""
+    old = os.umask(umask)
+    try:
+        files.save_model(build_model("tiny", seed=0), tmp_path / "model.safetensors")
+        with open(tmp_path / "plain", "w"):
+            pass
+    finally:
+        os.umask(old)
+    mode = lambda name: os.stat(tmp_path / name).st_mode & 0o777
+    assert mode("model.safetensors") == mode("plain") == 0o666 & ~umask
+    assert sorted(os.listdir(tmp_path)) == ["model.safetensors", "plain"]
+
+
 def test_a_diffusers_save_pretrained_file_loads_and_predicts_like_diffusers(tmp_path):
     diffusers = pytest.importorskip("diffusers")
     torch.manual_seed(0)

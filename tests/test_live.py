@@ -187,6 +187,10 @@ def test_keep_last_seconds_returns_the_tail_of_the_run(salt_nodes, toy_salt):
                                                           keep_last_seconds=0.5))
     assert live.FPS == 16 and tail[0].shape == (8, 16, 16, 3) and torch.equal(tail[0], whole[0][-8:])
     assert torch.equal(tail[1]["samples"], whole[1]["samples"][:, :, -9:])
+    # under half a frame (0.03 s = 0.48 frames) keeps the last frame, not the whole run (0 means "keep all")
+    least = run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, stream_id="l", max_chunks=7,
+                                                           keep_last_seconds=0.03))
+    assert torch.equal(least[0], whole[0][-1:]) and torch.equal(least[1]["samples"], whole[1]["samples"][:, :, -3:])
     with pytest.raises(ValueError, match="keep_last_seconds"):
         run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, keep_last_seconds=-1.0))
 
@@ -239,3 +243,20 @@ def test_the_largest_seed_the_widget_allows_streams(salt_nodes, toy_salt):
     images, latent = run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, seed=0xffffffffffffffff,
                                                                  max_chunks=1))[:2]
     assert images.shape == (3, 16, 16, 3) and torch.isfinite(latent["samples"]).all()
+
+
+def test_a_continuation_whose_positive_changed_switches_to_it_as_a_typed_prompt_would(salt_nodes, toy_salt):
+    """Queueing again with another `positive` continues the video under the new prompt (it was kept under the old
+    one in silence): the same frames as continuing with the old positive and typing the new prompt before the run
+    (the canvas's switch, applied at the first chunk boundary); with the positive unchanged, nothing switches."""
+    from comfyui_salt.nodes import live
+    blue = run(salt_nodes.SaltToyTextEncode, text="a blue square moving up")[0]
+    out = {}
+    for name in ("changed", "typed", "same"):
+        run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, stream_id=name))
+        if name == "typed":
+            assert live.control_request("typed", "prompt", {"text": "a blue square moving up"})[0] == 200
+        kw = dict(positive=blue) if name == "changed" else {}
+        out[name] = run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, stream_id=name, **kw))[0]
+    assert torch.equal(out["changed"], out["typed"])
+    assert not torch.equal(out["changed"], out["same"])

@@ -284,19 +284,27 @@ def test_bad_metrics_inputs_raise_errors_naming_the_input(salt_nodes, kw, words)
     assert all(w in str(e.value) for w in ["SaltSemigroupDefect"] + words), str(e.value)
 
 
-@pytest.mark.parametrize("causal, frames", [(True, 6), (False, 6), (False, 5)])
-def test_the_defect_of_a_wan_model_uses_the_prompt_and_the_latent_size(salt_nodes, causal, frames):
-    """Any length for a bidirectional model (it denoises the whole clip); whole chunks for a causal one."""
+@pytest.mark.parametrize("causal, frames, clips", [(True, 6, 1), (False, 6, 3), (False, 5, 1)])
+def test_the_defect_of_a_wan_model_uses_the_prompt_and_the_latent_size(salt_nodes, causal, frames, clips):
+    """Any length for a bidirectional model (it denoises the whole clip); whole chunks for a causal one. One clip
+    per latent in the batch, one prompt for all: an interval from 2 clips on (it measured one clip whatever the
+    batch, with a zero-width interval)."""
     from comfyui_salt.nodes.types import SaltModel
     from comfyui_salt.salt_core.model import build_model
     salt = SaltModel(build_model("tiny-hd128", seed=0).eval(), "wan21", "tiny wan", causal=causal)
     with pytest.raises(ValueError, match="connect `latent`"):
         salt_nodes.SaltSemigroupDefect.execute(model=salt, prompts="", nfe=2, grid_steps=4, seed=0)
     positive = [[torch.randn(1, 5, 64, generator=torch.Generator().manual_seed(0)), {}]]
-    latent = {"samples": torch.zeros(1, 16, frames, 4, 4)}
+    latent = {"samples": torch.zeros(clips, 16, frames, 4, 4)}
     report = salt_nodes.SaltSemigroupDefect.execute(model=salt, prompts="", nfe=2, grid_steps=4, seed=0,
                                                     positive=positive, latent=latent).args[0]
     assert "semigroup defect: " in report and "at shift 5" in report and "toy-world models only" in report
+    assert f"{clips} clip(s)" in report and f"| {clips} |" in report
+    assert ("95 % interval [" in report) == (clips > 1)
+    assert ("no interval from one clip (a latent batch of more clips gives one)" in report) == (clips == 1)
+    with pytest.raises(ValueError, match="positive holds 2 conditionings .*ConditioningConcat"):
+        salt_nodes.SaltSemigroupDefect.execute(model=salt, prompts="", nfe=2, grid_steps=4, seed=0,
+                                               positive=positive * 2, latent=latent)
     if causal:
         with pytest.raises(ValueError, match="latent has 5 latent frames; a causal model streams chunks of 3"):
             salt_nodes.SaltSemigroupDefect.execute(model=salt, prompts="", nfe=2, grid_steps=4, seed=0,

@@ -78,3 +78,18 @@ def test_trajectory_recorder_returns_the_teacher_trajectory():
     sigmas = get_sigmas_fewstep(4).float()
     SM.sample_euler(LinearDenoiser(), torch.randn(1, 2, 2, 2), sigmas, callback=callback, disable=True)
     assert [round(s, 4) for s, _, _ in states] == [round(float(s), 4) for s in sigmas[:-1]]
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_a_split_at_the_last_step_leaves_one_level_and_its_half_returns_the_latent(sampler):
+    """ComfyUI's SplitSigmas(step=K) on a K-step schedule gives [σ_0..0] and [0]: the second half has no step, and
+    the sampler returns its latent as ComfyUI's own samplers do (it was refused as "at least two levels")."""
+    sigmas = get_sigmas_fewstep(4).float()
+    high, low = sigmas[:5], sigmas[4:]
+    x = torch.randn(2, 3, 4, 4)
+    out = sampler(LinearDenoiser(), x, high, extra_args={"seed": 3}, disable=True)
+    model = LinearDenoiser()
+    assert torch.equal(sampler(model, out, low, extra_args={"seed": 3}, disable=True), out) and not model.calls
+    for lone in (sigmas[:0], sigmas[:1]):   # nothing, or a lone level above 0: its noisy input is no sample
+        with pytest.raises(ValueError, match="at least two finite noise levels"):
+            sampler(LinearDenoiser(), x, lone, disable=True)

@@ -186,3 +186,55 @@ def test_a_noisy_prompt_switch_re_caches_the_kept_frames_written_at_that_level(s
     for bad in (1.0, -0.1, float("nan")):
         with pytest.raises(ValueError, match="noise"):
             clean.set_prompt(other, noise=bad)
+
+
+@pytest.mark.parametrize("policy", [CachePolicy.full(15), CachePolicy.sink(9, 3, relative_rope=True),
+                                    CachePolicy.rolling(6, relative_rope=True)], ids=["full", "sink", "rolling"])
+def test_a_video_written_as_context_continues_as_the_stream_that_made_it(setup, policy):
+    """Continuation (start_latent of several frames): writing a stream's 12 frames in one call leaves the cache as
+    the stream that generated them chunk by chunk left it, so the next chunk is the same; a rolling or sink cache
+    takes more frames than its window (it refused a write longer than window − sink)."""
+    model, noise, ctx = setup
+    chunks = torch.randn(5, 2, 4, 3, 8, 8, generator=torch.Generator().manual_seed(12))
+    sig = get_sigmas_fewstep(2).tolist()
+    with torch.no_grad():
+        made = stream_of(model, ctx, policy)
+        video = torch.cat([made.sample(chunks[c], sig) for c in range(4)], 2)     # (2, 4, 12, 8, 8)
+        want = made.sample(chunks[4], sig, stochastic=False)
+        written = stream_of(model, ctx, policy)
+        written.write(video)
+        got = written.sample(chunks[4], sig, stochastic=False)
+    assert written.frame == made.frame == 15 and torch.equal(got, want)
+
+
+def test_guidance_with_one_prompt_for_a_batch_equals_each_video_on_its_own(setup):
+    """A context and an unconditional context of batch 1 serve every video under CFG (it failed on the batch)."""
+    model, noise, ctx = setup
+    unc = torch.zeros_like(ctx[:1])
+    kw = dict(policy=CachePolicy.full(9), chunk_frames=3, stochastic=False, cfg_scale=2.0, uncond_context=unc)
+    sig = get_sigmas_fewstep(2)
+    with torch.no_grad():
+        both = stream_video(model, noise, ctx[:1], sig, **kw)
+        each = torch.cat([stream_video(model, noise[i:i + 1], ctx[:1], sig, **kw) for i in range(2)])
+    assert_close(both, each, 1e-5)
+
+
+def test_first_frames_of_one_video_start_every_video_and_a_mismatched_or_stray_input_is_named(setup):
+    model, noise, ctx = setup
+    first = torch.randn(1, 4, 1, 8, 8, generator=torch.Generator().manual_seed(13))
+    kw = dict(policy=CachePolicy.full(10), chunk_frames=3, stochastic=False)
+    sig = get_sigmas_fewstep(2)
+    with torch.no_grad():
+        both = stream_video(model, noise, ctx, sig, first_frames=first, **kw)
+        each = torch.cat([stream_video(model, noise[i:i + 1], ctx[i:i + 1], sig, first_frames=first, **kw)
+                          for i in range(2)])
+        assert_close(both, each, 1e-5)
+        for bad in (torch.zeros(3, 4, 1, 8, 8), torch.zeros(1, 4, 1, 4, 4)):
+            with pytest.raises(ValueError, match=r"first_frames has shape .*expected \(1 or 2, 4, n, 8, 8\)"):
+                stream_video(model, noise, ctx, sig, first_frames=bad, **kw)
+        with pytest.raises(ValueError, match="rollout_stream: start_frame=-2"):
+            stream_video(model, noise, ctx, sig, start_frame=-2, **kw)
+        for key in (3, -1, "1", True):
+            with pytest.raises(ValueError, match=r"prompt_switches has chunk indices \[.*\]; expected whole numbers "
+                                                 r"in 0..2"):
+                stream_video(model, noise, ctx, sig, prompt_switches={key: ctx}, **kw)

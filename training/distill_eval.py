@@ -119,20 +119,27 @@ def sc_defect_samples(model, cfg: DistillConfig, context, seed: int = 0):
     return triplets, p, torch.stack(d).cpu()
 
 
-def defect_report(model, cfg: DistillConfig, context, grids=(8,), seed: int = 0, num_resamples: int = 2000) -> dict:
+def defect_report(model, cfg: DistillConfig, context, grids=(8,), seed: int = 0) -> dict:
     """{grid_steps: {"triplets": [((σ_s, σ_m, σ_e), Interval), ...], "mean": Interval}} for each grid.
 
-    Every number is a mean over clips with a percentile-bootstrap 95 % interval (clips resampled); "mean"
-    averages each clip over the grid's triplets first. Pass the 8-step training grid and the student's own
-    inference grid (a 4-step student was never trained on half the 8-step levels).
+    Every number is a mean over clips (one per context row, each on its own seeded noise: independent units) with a
+    95 % Student-t interval, which holds its level at a few clips where a percentile bootstrap over them does not
+    (docs/method_lab.md, issue 27); one clip gives a NaN interval (no spread to read). "mean" averages each clip
+    over the grid's triplets first. Pass the 8-step training grid and the student's own inference grid (a 4-step
+    student was never trained on half the 8-step levels).
     """
-    from ..salt_core.metrics.bootstrap import bootstrap_ci
+    from ..salt_core.metrics.bootstrap import seed_t_interval
     out = {}
     for g in grids:
         triplets, d = defect_samples(model, cfg, context, grid_steps=g, seed=seed)
-        out[g] = {"triplets": [(t, bootstrap_ci(row, num_resamples, seed=seed)) for t, row in zip(triplets, d)],
-                  "mean": bootstrap_ci(d.mean(0), num_resamples, seed=seed)}
+        out[g] = {"triplets": [(t, seed_t_interval(row)) for t, row in zip(triplets, d)],
+                  "mean": seed_t_interval(d.mean(0))}
     return out
+
+
+def _interval(ci) -> str:
+    """[lo, hi], or n/a where the interval is NaN (one clip)."""
+    return "n/a" if ci.lo != ci.lo else f"[{ci.lo:.4f}, {ci.hi:.4f}]"
 
 
 def format_defect_report(report: dict) -> str:
@@ -140,9 +147,9 @@ def format_defect_report(report: dict) -> str:
     lines = ["| grid | triplet σ_s → σ_m → σ_e | defect | 95 % interval | clips |", "|---|---|---|---|---|"]
     for g, r in report.items():
         m = r["mean"]
-        lines.append(f"| {g} steps | **mean over triplets** | **{m.mean:.4f}** | [{m.lo:.4f}, {m.hi:.4f}] | {m.n} |")
+        lines.append(f"| {g} steps | **mean over triplets** | **{m.mean:.4f}** | {_interval(m)} | {m.n} |")
         for (ss, sm, se), ci in r["triplets"]:
-            lines.append(f"| | {ss:.3f} → {sm:.3f} → {se:.3f} | {ci.mean:.4f} | [{ci.lo:.4f}, {ci.hi:.4f}] | {ci.n} |")
+            lines.append(f"| | {ss:.3f} → {sm:.3f} → {se:.3f} | {ci.mean:.4f} | {_interval(ci)} | {ci.n} |")
     return "\n".join(lines)
 
 

@@ -10,7 +10,7 @@ import json
 import logging
 import os
 import pickle
-import tempfile
+import secrets
 from collections.abc import Mapping
 
 import torch
@@ -288,13 +288,22 @@ def check_output(path, flag: str = "--out", inputs: Mapping = None) -> str:
 
 
 def atomic_write(path: str, write):
-    """Call write(tmp_path) for a temp file beside `path`, fsync it and rename it onto `path`."""
+    """Call write(tmp_path) for a temp file beside `path`, fsync it and rename it onto `path`. The file gets the
+    permissions any new file of this process gets (0666 less the umask, as ComfyUI's own outputs), not the owner-only
+    0600 of a private temp file: a ComfyUI running as another user reads what the pack writes."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    os.close(fd)
+    while True:   # a fresh name, created here (O_EXCL) with the mode a new file gets
+        tmp = os.path.join(folder, f".{os.path.basename(path)}.{secrets.token_hex(8)}.tmp")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            break
+        except FileExistsError:
+            continue
     try:
+        mode = os.stat(tmp).st_mode & 0o777
         write(tmp)
+        os.chmod(tmp, mode)   # safetensors writes its files owner-only, whatever the umask
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
