@@ -240,6 +240,7 @@ def live_run(salt, positive, options, sigmas, seed, width, height, max_chunks, s
                          need, free, where="SaltLiveStream", limit_what=f"ComfyUI's free memory on {ref.device}",
                          fix="lower width/height, or a smaller window_frames in SaltCacheOptions")
             context = text_context(positive, salt, 1, "positive", node="SaltLiveStream")
+            given_now = context.detach().cpu()   # the input's prompt (a typed one may replace `context` below)
             cache = model.new_cache(1, policy, shape[-2:], memory_limit=free)
             gen = torch.Generator(device=ref.device)
             if session.state is None:
@@ -251,9 +252,8 @@ def live_run(salt, positive, options, sigmas, seed, width, height, max_chunks, s
                 stream = ChunkStream.from_state(model, cache, session.state, chunk_frames=n,
                                                 context_noise=options.context_noise, generator=gen)
                 given = session.positive
-                if given is not None and (given.shape != context.shape or not torch.equal(given, context.cpu())):
+                if given is not None and (given.shape != given_now.shape or not torch.equal(given, given_now)):
                     stream.set_prompt(context, noise=switch_noise)   # positive changed between runs: switch to it
-            session.positive = context.detach().cpu()
             decoder = live_frames_decoder(salt, vae, live_decoder)
             timing = {"last": time.monotonic()}
 
@@ -296,8 +296,8 @@ def live_run(salt, positive, options, sigmas, seed, width, height, max_chunks, s
                     chunk = stream.sample(noise, sig, stochastic=True)
                     kept.add_latents(chunk.float().cpu())
                     pusher.put(chunk)
-            finally:
-                session.state = _detached(stream.state())
+            finally:   # the stream and the positive it now follows, kept together
+                session.state, session.positive = _detached(stream.state()), given_now
                 pusher.close()
     finally:
         with control.lock:

@@ -77,7 +77,8 @@ def wan_clips(latent) -> int:
     """How many clips a Wan measurement rolls out: the LATENT's batch (measure_config has checked its shape), at
     most MAX_PROMPTS."""
     return check_count("latent batch", latent["samples"].shape[0], where="SaltSemigroupDefect", maximum=MAX_PROMPTS,
-                       fix="one clip per latent in the batch; a few (4-8) give an interval")
+                       fix=f"one clip is measured per latent in the batch: a batch of 4-8 gives an interval, at "
+                           f"most {MAX_PROMPTS}")
 
 
 def semigroup_report(salt: SaltModel, prompts: str, nfe: int, grid_steps: int, seed: int, positive=None,
@@ -96,10 +97,10 @@ def semigroup_report(salt: SaltModel, prompts: str, nfe: int, grid_steps: int, s
     with torch.no_grad(), salt_in_use(salt, need) as model:
         if not toy:
             device = model.patch_embedding.weight.device
-            check_memory(f"the rollout of {cfg.num_frames} latent frames at {cfg.height}×{cfg.width} latent px", need,
-                         free_memory(device, salt.patcher), where="SaltSemigroupDefect",
+            check_memory(f"the rollouts of {clips} clip(s) of {cfg.num_frames} latent frames at {cfg.height}×"
+                         f"{cfg.width} latent px", need, free_memory(device, salt.patcher), where="SaltSemigroupDefect",
                          limit_what=f"ComfyUI's free memory on {device}",
-                         fix="connect a smaller latent (fewer frames or a lower width/height)")
+                         fix="connect a smaller latent (a batch of fewer clips, fewer frames or a lower width/height)")
         if toy:
             model = copy.deepcopy(model).float().cpu()
             captions = toy_captions(prompts)
@@ -116,8 +117,12 @@ def semigroup_report(salt: SaltModel, prompts: str, nfe: int, grid_steps: int, s
         defect = report[grid_steps]["mean"]
         more = "more prompts" if toy else "a latent batch of more clips"
         verb = "" if toy else "s"
-        interval = (f"95 % interval [{defect.lo:.4f}, {defect.hi:.4f}]" if defect.lo == defect.lo else
-                    f"no interval from one clip ({more} give{verb} one)")
+        if defect.lo == defect.lo:
+            interval = f"95 % interval [{defect.lo:.4f}, {defect.hi:.4f}]"
+        elif defect.n == 1:
+            interval = f"no interval from one clip ({more} give{verb} one)"
+        else:   # seed_t_interval: every clip the same value (e.g. 0), or a NaN among them
+            interval = f"no interval: the {defect.n} clips' defects tie or one is not a number"
         lines = [f"Salt metrics: {salt.name}",
                  f"semigroup defect: {defect.mean:.4f}, {interval} "
                  f"({grid_steps}-step grid at shift {cfg.shift:g}, {context.shape[0]} clip(s), "

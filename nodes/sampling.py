@@ -46,14 +46,17 @@ def parse_raw_steps(text: str) -> list:
     description writes them, and with the final 0 of a whole schedule, which the levels end with anyway), with a
     node-level error."""
     try:
-        steps = [float(s) for s in text.strip().strip("[]()").replace(",", " ").split()]
+        body = text.strip()
+        if body[:1] + body[-1:] in ("[]", "()"):   # one matching pair of brackets
+            body = body[1:-1]
+        steps = [float(s) for s in body.replace(",", " ").split()]
     except ValueError:
         steps = None
     if steps and len(steps) > 1 and steps[-1] == 0:
         steps = steps[:-1]
     if not steps:
         raise ValueError(f"SaltFewStepSigmas: custom_steps={quote(text)} is not a list of numbers; expected raw "
-                         f"timesteps in (0, 1000], strictly decreasing, without the final 0, e.g. "
+                         f"timesteps in (0, 1000], strictly decreasing (a final 0 may end them), e.g. "
                          f"'1000, 750, 500, 250'")
     return steps
 
@@ -107,7 +110,7 @@ class SaltFewStepSigmas(io.ComfyNode):
                 io.Float.Input("shift", default=5.0, min=0.1, max=20.0, step=0.1,
                                tooltip=f"Flow timestep shift s (Wan 2.1: 5.0; the toy world: {TOY_SHIFT:g})."),
                 io.String.Input("custom_steps", default="", optional=True, placeholder="1000, 750, 500, 250",
-                                tooltip="Raw timesteps in (0, 1000], strictly decreasing, no final 0; used by the "
+                                tooltip="Raw timesteps in (0, 1000], strictly decreasing (the final 0 optional); used by the "
                                         "'custom' preset."),
             ],
             outputs=[io.Sigmas.Output(tooltip="1-D noise levels ending at 0, for SaltStreamingSampler or "

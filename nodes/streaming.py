@@ -75,8 +75,8 @@ def text_context(conditioning, salt: SaltModel, batch: int, what: str,
                          f"(CLIPTextEncode with umT5 for Wan, SaltToyTextEncode for the toy model)")
     if len(conditioning) > 1:   # ComfyUI's samplers mix several by area and strength; a Salt model reads one
         raise ValueError(f"{node}: {what} holds {len(conditioning)} conditionings (e.g. from ConditioningCombine); "
-                         f"Salt conditions on one text context: connect one text encoder's output, or join the "
-                         f"prompts with ConditioningConcat")
+                         f"Salt conditions on one text context: connect one text encoder's output, with every "
+                         f"prompt written into its one text")
     ctx, cfg = conditioning[0][0], salt.model.cfg
     check_context(what, ctx, cfg.text_dim, where=f"{node} ({salt.name})", batch=batch,
                   fix="CLIPTextEncode with umT5-XXL, 4096 wide, for Wan 2.1; SaltToyTextEncode, 32 wide, for the toy "

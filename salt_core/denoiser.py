@@ -25,8 +25,8 @@ def check_guidance(cfg_scale: float, uncond_context) -> None:
 
 class GuidedModel:
     """Classifier-free guidance for a velocity model: one batch [cond; uncond], so a cached forward runs through
-    one cache of 2B (`new_cache` allocates it). The doubled context is built once per context tensor, so the
-    cache (which keeps cross K/V per context tensor) sees the same tensor across calls.
+    one cache of 2B (`new_cache` allocates it). The doubled context is built once per context tensor and batch,
+    so the cache (which keeps cross K/V per context tensor) sees the same tensor across calls.
     """
 
     def __init__(self, model, uncond_context, cfg_scale: float):

@@ -6,6 +6,7 @@ Chunks are yielded as they finish. Prompt switches re-cache the retained window 
 prompt (LongLive's KV re-cache). Progress and interruption flow through `callback` (it may raise).
 Knows nothing of ComfyUI or training.
 """
+import operator
 from typing import Callable, Iterator, Optional
 
 import torch
@@ -117,12 +118,15 @@ class ChunkStream:
     def write(self, frames: torch.Tensor) -> None:
         """Write clean frames (B, C, n, H, W) as context at the next position (one cache-writing forward at
         `context_noise`, not an NFE) and advance past them; they join the re-cache history. More frames than a
-        chunk (a video to continue) are written chunk by chunk, as the stream would have written them and as a
-        re-cache does, so a rolling or sink cache takes any length."""
-        n = self.chunk_frames
-        if frames.shape[2] > n:
-            for off in range(0, frames.shape[2], n):
-                self.write(frames[:, :, off:off + n])
+        chunk (a video to continue) are written chunk by chunk, a shorter remainder first (a start frame, then
+        whole chunks: the layout of a stream that began from an image), as the stream that made them wrote them
+        (at context_noise 0 its next chunk is the same) and as a re-cache does; a rolling or sink cache takes
+        any length."""
+        n, total = self.chunk_frames, frames.shape[2]
+        if total > n:
+            cuts = [0] + list(range(total % n or n, total + 1, n))
+            for a, b in zip(cuts, cuts[1:]):
+                self.write(frames[:, :, a:b])
             return
         write_context(self.model, frames, self.context, self.cache, self.frame, self.context_noise, self.generator)
         self.frame += frames.shape[2]
@@ -177,6 +181,16 @@ class ChunkStream:
         return stream
 
 
+def _chunk_index(key, num_chunks: int) -> bool:
+    """Whether a prompt-switch key is a whole number (int, numpy integer; not a bool or a string) in 0..num_chunks-1."""
+    if isinstance(key, bool):
+        return False
+    try:
+        return 0 <= operator.index(key) < num_chunks
+    except TypeError:
+        return False
+
+
 @torch.no_grad()
 def rollout_stream(model, noise: torch.Tensor, context: torch.Tensor, sigmas: torch.Tensor, *,
                    cache: Optional[KVCache] = None, policy: Optional[CachePolicy] = None,
@@ -189,13 +203,13 @@ def rollout_stream(model, noise: torch.Tensor, context: torch.Tensor, sigmas: to
     """Yield generated chunks x0 (B, C, n, H, W) one by one (a loop over a `ChunkStream`).
 
     noise (B, C, F, H, W): initial noise of every chunk, F a multiple of `chunk_frames`;
-    context (B, Lc, text_dim); sigmas (K+1,) ending at 0 (K = NFE per chunk).
+    context (1 or B, Lc, text_dim); sigmas (K+1,) ending at 0 (K = NFE per chunk); start_frame >= 0.
     `cache` (reset to `start_frame` here) or `policy` to allocate one. `prompt_switches`
-    {chunk_index: context} switches prompt before that chunk with a KV re-cache.
-    `first_frames` (B, C, n0, H, W): clean frames written as context before generating and yielded
-    first (the first-chunk conditioning hook, e.g. I2V). callback(dict) gets x, i, sigma, denoised,
-    chunk, num_chunks after every step; it may raise to interrupt between steps.
-    `cfg_scale` ≠ 1 with `uncond_context` (B, Lc, text_dim): classifier-free guidance (teachers;
+    {chunk_index in 0..F/chunk_frames − 1: context} switches prompt before that chunk with a KV re-cache.
+    `first_frames` (1 or B, C, n0, H, W): clean frames written as context before generating and yielded
+    first, expanded to B (the first-chunk conditioning hook, e.g. I2V). callback(dict) gets x, i, sigma,
+    denoised, chunk, num_chunks after every step; it may raise to interrupt between steps.
+    `cfg_scale` ≠ 1 with `uncond_context` (1 or B, Lc, text_dim): classifier-free guidance (teachers;
     distilled students run without it). A cache allocated here is refused before allocation when it
     would exceed `memory_limit` bytes (default: the device's free memory).
     """
@@ -224,7 +238,7 @@ def rollout_stream(model, noise: torch.Tensor, context: torch.Tensor, sigmas: to
     if num_f % chunk_frames:
         raise ValueError(f"noise has {num_f} frames, not a multiple of chunk_frames={chunk_frames}")
     num_chunks, switches = num_f // chunk_frames, prompt_switches or {}
-    stray = [c for c in switches if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c < num_chunks]
+    stray = [c for c in switches if not _chunk_index(c, num_chunks)]
     if stray:
         raise ValueError(f"{where}: prompt_switches has chunk indices {stray}; expected whole numbers in "
                          f"0..{num_chunks - 1} (the {num_chunks} chunks of the noise), each the first chunk of its "

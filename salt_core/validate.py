@@ -173,7 +173,8 @@ def check_sigmas(sigmas, *, where: str = "", name: str = "sigmas", end_at_zero: 
     done = not end_at_zero and sig.numel() == 1 and sig.item() == 0
     if not done and (sig.numel() < 2 or not bool(torch.isfinite(sig).all()) or bool((sig[1:] >= sig[:-1]).any())
                      or sig[0] > 1 or sig[-1] < 0 or (end_at_zero and sig[-1] != 0)):
-        raise ValueError(f"{_prefix(where)}{name}={shown}; expected at least two finite noise levels in [0, 1], "
+        raise ValueError(f"{_prefix(where)}{name}={shown}; expected at least two finite noise levels in [0, 1]"
+                         f"{'' if end_at_zero else ' (or the lone [0] of a finished split)'}, "
                          f"strictly decreasing{' and ending with 0' if end_at_zero else ''} (flow SIGMAS), e.g. "
                          f"get_sigmas_fewstep(4, shift) or SaltFewStepSigmas")
     return sig

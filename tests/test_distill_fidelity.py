@@ -243,7 +243,7 @@ def _brute_force_defect(model, ctx, x, ss, sm, se):
 def test_defect_report_has_every_consecutive_triplet_of_each_grid_and_intervals_over_clips(kind):
     from comfyui_salt.salt_core.schedules import get_sigmas_fewstep
     from comfyui_salt.toy.text import ToyTextEncoder
-    from comfyui_salt.training.distill_eval import defect_report, format_defect_report
+    from comfyui_salt.training.distill_eval import defect_report, defect_samples, format_defect_report
     model = build_model("toy", seed=1).eval()
     caps = ["a red disc moving left on a dark background", "a blue bar moving up on a light background"] * 2
     ctx = ToyTextEncoder().encode(caps)
@@ -256,10 +256,13 @@ def test_defect_report_has_every_consecutive_triplet_of_each_grid_and_intervals_
         assert len(got) == len(expected) and all(a == pytest.approx(b) for a, b in zip(got, expected)), got
         for _, ci in report[g]["triplets"] + [(None, report[g]["mean"])]:
             assert ci.n == len(caps) and ci.lo < ci.mean < ci.hi
-    # Student-t over the 4 clips: half width t(0.975, 3) · sd / 2, t from a printed table
-    triplet_means = [ci.mean for _, ci in report[8]["triplets"]]
+    # Student-t over the 4 clips: half width t(0.975, 3) · sd / 2, t from a printed table, sd of the clips' own
+    # defects (defect_samples: the measurement, not the interval)
+    _, per_triplet = defect_samples(model, cfg, ctx, grid_steps=8)
+    per_clip = per_triplet.double().mean(0)
+    half = 3.1824 * per_clip.std().item() / 2
     m = report[8]["mean"]
-    assert m.mean == pytest.approx(sum(triplet_means) / len(triplet_means), rel=1e-9)
+    assert (m.mean, m.lo, m.hi) == pytest.approx((per_clip.mean().item(), m.mean - half, m.mean + half), rel=1e-4)
     one = defect_report(model, cfg, ctx[:1], grids=(2,))[2]["mean"]
     assert one.n == 1 and one.lo != one.lo and "| n/a | 1 |" in format_defect_report({2: {"mean": one,
                                                                                            "triplets": []}})

@@ -173,6 +173,7 @@ def test_a_failed_save_leaves_the_previous_file_intact(tmp_path, monkeypatch):
     assert path.read_bytes() == before and os.listdir(tmp_path) == [path.name]
 
 
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes and umask")
 @pytest.mark.parametrize("umask", [0o022, 0o077])
 def test_a_saved_file_has_the_mode_any_new_file_gets(tmp_path, umask):
     """0666 less the umask, as a plain open() gives (ComfyUI's own outputs): a server running as another user

@@ -302,7 +302,7 @@ def test_the_defect_of_a_wan_model_uses_the_prompt_and_the_latent_size(salt_node
     assert f"{clips} clip(s)" in report and f"| {clips} |" in report
     assert ("95 % interval [" in report) == (clips > 1)
     assert ("no interval from one clip (a latent batch of more clips gives one)" in report) == (clips == 1)
-    with pytest.raises(ValueError, match="positive holds 2 conditionings .*ConditioningConcat"):
+    with pytest.raises(ValueError, match="positive holds 2 conditionings .*every prompt written into its one text"):
         salt_nodes.SaltSemigroupDefect.execute(model=salt, prompts="", nfe=2, grid_steps=4, seed=0,
                                                positive=positive * 2, latent=latent)
     if causal:

@@ -196,15 +196,19 @@ def test_a_video_written_as_context_continues_as_the_stream_that_made_it(setup, 
     takes more frames than its window (it refused a write longer than window − sink)."""
     model, noise, ctx = setup
     chunks = torch.randn(5, 2, 4, 3, 8, 8, generator=torch.Generator().manual_seed(12))
+    image = torch.randn(2, 4, 1, 8, 8, generator=torch.Generator().manual_seed(14))
     sig = get_sigmas_fewstep(2).tolist()
-    with torch.no_grad():
-        made = stream_of(model, ctx, policy)
-        video = torch.cat([made.sample(chunks[c], sig) for c in range(4)], 2)     # (2, 4, 12, 8, 8)
-        want = made.sample(chunks[4], sig, stochastic=False)
-        written = stream_of(model, ctx, policy)
-        written.write(video)
-        got = written.sample(chunks[4], sig, stochastic=False)
-    assert written.frame == made.frame == 15 and torch.equal(got, want)
+    for start in ([], [image]):   # from noise (4 chunks), or from an image as I2V starts (1 + 3 chunks)
+        with torch.no_grad():
+            made = stream_of(model, ctx, policy)
+            for frames in start:
+                made.write(frames)
+            video = torch.cat(start + [made.sample(chunks[c], sig) for c in range(4 - len(start))], 2)
+            want = made.sample(chunks[4], sig, stochastic=False)
+            written = stream_of(model, ctx, policy)
+            written.write(video)                          # (2, 4, 12 or 10, 8, 8) in one call
+            got = written.sample(chunks[4], sig, stochastic=False)
+        assert written.frame == made.frame == video.shape[2] + 3 and torch.equal(got, want)
 
 
 def test_guidance_with_one_prompt_for_a_batch_equals_each_video_on_its_own(setup):

@@ -293,13 +293,14 @@ def atomic_write(path: str, write):
     0600 of a private temp file: a ComfyUI running as another user reads what the pack writes."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    while True:   # a fresh name, created here (O_EXCL) with the mode a new file gets
+    for attempt in range(100):   # a fresh name (64 random bits), created here (O_EXCL) with a new file's mode
         tmp = os.path.join(folder, f".{os.path.basename(path)}.{secrets.token_hex(8)}.tmp")
         try:
             os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
             break
         except FileExistsError:
-            continue
+            if attempt == 99:
+                raise
     try:
         mode = os.stat(tmp).st_mode & 0o777
         write(tmp)
