@@ -166,10 +166,12 @@ class SaltSemigroupDefect(io.ComfyNode):
                 io.Int.Input("seed", default=0, min=0, max=2**63 - 1, control_after_generate=False,
                              tooltip="Seed of the noise of every rollout (fixed, so reports compare)."),
                 io.Conditioning.Input("positive", optional=True,
-                                      tooltip="Wan models: the prompt (umT5 CONDITIONING). Unused for the toy world."),
+                                      tooltip="Wan models: the prompt (umT5 CONDITIONING), one for every clip or one "
+                                              "per latent in the batch. Unused for the toy world."),
                 io.Latent.Input("latent", optional=True,
                                 tooltip="Wan models: an empty latent whose shape (frames, height, width) sets the "
-                                        "measured video size. Unused for the toy world."),
+                                        "measured video size and whose batch the number of clips (one rollout "
+                                        "each, on its own noise; 4-8 give an interval). Unused for the toy world."),
             ],
             outputs=[io.String.Output(tooltip="The report (markdown), also shown on the node.")],
             is_output_node=True,
