@@ -173,8 +173,9 @@ if __name__ == "__main__":
     from .training.runs import RunError
     try:
         sys.exit(main())
-    except (ValueError, MemoryError, FloatingPointError, FileNotFoundError, KeyError, RunError) as error:
-        # A refused input or a stopped run: the message says what and how to fix it; no traceback.
+    except (ValueError, MemoryError, FloatingPointError, OSError, KeyError, RunError) as error:
+        # A refused input, a stopped run or a file the system refuses (read-only, full disk; its message names
+        # the path): the message says what and how to fix it; no traceback.
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt as stop:

@@ -297,6 +297,45 @@ def test_cli_step_and_clip_counts_are_checked_before_any_job_starts(tmp_path, mo
     assert not (tmp_path / "unused").exists()
 
 
+@pytest.mark.parametrize("make, kw, words", [
+    ("distill", dict(eval_clips=1), "eval_clips=1 with eval_every=50.*eval_clips >= 2"),
+    ("distill", dict(eval_nfe=()), "eval_nfe is empty with eval_every=50"),
+    ("teacher", dict(eval_clips=1), "eval_clips=1 with eval_every=500"),
+])
+def test_evaluations_of_one_clip_or_no_nfe_are_refused_before_training_and_allowed_without_evaluations(make, kw,
+                                                                                                       words):
+    """They used to train, then fail at the first evaluation (a Fréchet distance of one clip; max() of nothing)."""
+    from comfyui_salt.training.distill_config import get_preset
+    from comfyui_salt.training.teacher import TeacherConfig
+    build = (lambda **k: get_preset("toy-dmd", **k)) if make == "distill" else (lambda **k: TeacherConfig(**k))
+    with pytest.raises(ValueError, match=words):
+        build(**kw)
+    build(eval_every=0, **kw)
+
+
+def test_export_teacher_refuses_a_folder_that_is_no_run_and_a_destination_inside_a_checkpoint(tmp_path):
+    from comfyui_salt.training.teacher import export_teacher
+    with pytest.raises(FileNotFoundError, match="is not a teacher run folder"):
+        export_teacher(str(tmp_path / "typo" / "deep"), str(tmp_path / "t.safetensors"))
+    assert not (tmp_path / "typo").exists()                     # no checkpoints/ made on the way
+    step = tmp_path / "run" / "checkpoints" / "step_00000001"
+    step.mkdir(parents=True)
+    with pytest.raises(ValueError, match="inside a run's checkpoint; an export never replaces"):
+        export_teacher(str(tmp_path / "run"), str(step / "ema.safetensors"))
+
+
+def test_a_folder_the_system_refuses_is_an_error_naming_the_path_not_a_traceback():
+    """Linux's /sys refuses new folders to every user, root included (as a read-only mount or a full disk would):
+    the CLI says so with the path (it printed an OSError traceback)."""
+    import os
+    if not sys.platform.startswith("linux") or os.access("/sys", os.W_OK) and os.path.exists("/sys/salt_run"):
+        pytest.skip("needs Linux's /sys")
+    proc = subprocess.run([sys.executable, "-m", "comfyui_salt", "distill", "--preset", "toy-dmd", "--out",
+                           "/sys/salt_run", "--gen-steps", "1"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "error:" in proc.stderr and "/sys/salt_run" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+
+
 def test_an_unknown_boolean_word_is_an_argparse_error_in_process(capsys):
     from comfyui_salt.__main__ import main
     with pytest.raises(SystemExit) as e:

@@ -212,6 +212,15 @@ def test_export_lora_refuses_an_out_inside_a_run_folder_that_is_its_student(pair
     assert file_bytes(student) == file_bytes(pair[1])
 
 
+def test_a_byte_order_mark_is_no_part_of_the_first_prompt(tmp_path):
+    from comfyui_salt.training.prompts import read_prompts_file
+    (tmp_path / "p.txt").write_bytes("\ufeffa cat walks\nrain\n".encode("utf-8"))
+    assert read_prompts_file(str(tmp_path / "p.txt")) == ["a cat walks", "rain"]
+    (tmp_path / "bom.txt").write_bytes("\ufeff\n".encode("utf-8"))
+    with pytest.raises(ValueError, match="holds no prompts"):
+        read_prompts_file(str(tmp_path / "bom.txt"))
+
+
 def test_a_latin1_prompts_file_names_the_encoding(salt_nodes, input_dir, tmp_path):
     from comfyui_salt.nodes.distill import embed_prompts
     (input_dir / "p.txt").write_bytes("caf\xe9 au lait\n".encode("latin-1"))

@@ -348,3 +348,12 @@ def test_the_cli_job_killed_or_stopped_and_rerun_ends_bit_identical(how, teacher
     a = load_file(str(straight / "export" / "student.safetensors"))
     b = load_file(str(cut / "export" / "student.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_teacher_files_mode_is_read_whatever_the_case_of_its_extension(teacher_path, tmp_path):
+    import shutil
+    from comfyui_salt.training.distill_models import resolve_teacher_kind
+    upper = tmp_path / "T.SAFETENSORS"
+    shutil.copy(teacher_path, upper)
+    for path in (teacher_path, str(upper)):   # the same bytes: the same mode (upper case read as bidirectional)
+        assert resolve_teacher_kind(get_preset("toy-dmd", teacher=path)) == "teacher_forcing"

@@ -110,6 +110,13 @@ def test_export_writes_a_lora_file_with_its_summary_and_refuses_an_unchanged_stu
         assert '"lora": 26' in f.metadata()["salt_lora_summary"] and f.metadata()["salt_rank"] == "4"
     with pytest.raises(ValueError, match="equals its base"):
         export_lora(base, base, tmp_path / "same.safetensors", rank=4)
+    # only biases and norms changed, and no diffs: the LoRA would hold nothing (it was written, empty)
+    linear = {k for k, v in base.items() if v.ndim == 2 and k.endswith(".weight")}
+    tuned = {k: (v if k in linear else student[k]) for k, v in base.items()}
+    with pytest.raises(ValueError, match=r"only in \d+ tensor\(s\) that are no linear weight.*without --no-diffs"):
+        export_lora(base, tuned, tmp_path / "empty.safetensors", rank=4, diffs=False)
+    assert not (tmp_path / "empty.safetensors").exists()
+    export_lora(base, tuned, tmp_path / "diffs.safetensors", rank=4)   # with the diffs: exact, not empty
 
 
 def test_the_cli_exports_a_lora_from_checkpoint_files_and_a_student_in_another_layout(tmp_path, capsys):

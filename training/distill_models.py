@@ -149,7 +149,7 @@ def resolve_teacher_kind(cfg: StudentJobConfig, world: DistillWorld = None) -> s
         path = world.teacher_file
     else:
         path = cfg.teacher
-    mode = read_metadata(path).get("teacher_mode") if path.endswith(".safetensors") else None
+    mode = read_metadata(path).get("teacher_mode") if path.lower().endswith(".safetensors") else None
     return mode if mode in KINDS else "bidirectional"
 
 

@@ -74,6 +74,11 @@ def export_lora(base, student, path: str, rank: int, diffs: bool = True, dtype: 
     if not reports:
         raise ValueError("export_lora: the student equals its base (no tensor changed); nothing to export. "
                          "Pass the distilled student and the model it started from")
+    if not lora:
+        raise ValueError(f"export_lora: the student differs from its base only in {len(reports)} tensor(s) that are "
+                         f"no linear weight (biases, norms: no low-rank factors), and diffs=False leaves those out, "
+                         f"so the LoRA would be empty; export with the diffs (SaltExtractLoRA include_diffs on; the "
+                         f"CLI without --no-diffs)")
     names = {k: os.path.basename(os.fspath(v)) for k, v in (("salt_base", base), ("salt_student", student))
              if isinstance(v, (str, os.PathLike))}
     return save_lora(lora, reports, path, {"salt_rank": rank, "salt_diffs": diffs, **names}), reports

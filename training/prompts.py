@@ -65,7 +65,7 @@ def read_prompts_file(prompts_file: str) -> list:
         raise FileNotFoundError(f"prompts_file {quote(prompts_file)} does not exist; pass a text file with one prompt "
                                 f"per line")
     try:
-        with open(prompts_file, encoding="utf-8") as f:
+        with open(prompts_file, encoding="utf-8-sig") as f:   # a byte-order mark is no part of a prompt
             prompts = [line.strip() for line in f if line.strip()]
     except UnicodeDecodeError as e:
         raise ValueError(f"prompts_file {quote(os.path.basename(prompts_file))} is not UTF-8 text (byte "

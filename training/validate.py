@@ -46,6 +46,7 @@ def validate_distill_config(cfg) -> None:
         raise ValueError(f"{where}: step_probs={tuple(cfg.step_probs)} sum to {total:g}; expected probabilities "
                          f"summing to 1, one per step_choices entry (Salt: 0.4,0.4,0.2)")
     check_whole_chunks(cfg, where)
+    check_evaluation(cfg, where, bool(cfg.world) and cfg.eval_every > 0)   # a real-scale run has none
     if cfg.sc_weight > 0:
         check_sc_can_act(cfg, where)
     if cfg.align_weight > 0:
@@ -232,8 +233,23 @@ def validate_ode_init_config(cfg) -> None:
 
 
 def validate_teacher_config(cfg) -> None:
-    """Refuse a TeacherConfig with a field outside its declared values."""
+    """Refuse a TeacherConfig with a field outside its declared values, or evaluations of fewer than two clips."""
     check_fields(cfg, "TeacherConfig")
+    check_evaluation(cfg, "TeacherConfig", cfg.eval_every > 0)
+
+
+def check_evaluation(cfg, where: str, evaluates: bool) -> None:
+    """Where evaluations run: at least two clips (the Fréchet distance and the lab's pairwise errors compare clips
+    with one another) and, for a distillation, at least one NFE to evaluate."""
+    if not evaluates:
+        return
+    if cfg.eval_clips < 2:
+        raise ValueError(f"{where}: eval_clips={cfg.eval_clips} with eval_every={cfg.eval_every}; an evaluation "
+                         f"compares clips with one another (Fréchet distance, pairwise errors), so expected "
+                         f"eval_clips >= 2 (e.g. 32), or eval_every=0 for no evaluation")
+    if not getattr(cfg, "eval_nfe", (1,)):
+        raise ValueError(f"{where}: eval_nfe is empty with eval_every={cfg.eval_every}; expected the NFEs to "
+                         f"evaluate, e.g. eval_nfe=4,2, or eval_every=0 for no evaluation")
 
 
 def shard_count(sharding: str, world_size: int, local_world_size: int) -> int:

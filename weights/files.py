@@ -281,6 +281,11 @@ def check_output(path, flag: str = "--out", inputs: Mapping = None) -> str:
         raise ValueError(f"{flag}={path!r}: {parent!r} is a file, not a folder; choose a destination in a folder")
     if os.path.isdir(path):
         raise ValueError(f"{flag}={path!r} is a folder; give a file name (e.g. {os.path.join(path, 'student.safetensors')!r})")
+    step, checkpoints = (os.path.basename(p) for p in (os.path.dirname(os.path.abspath(path)),
+                                                        os.path.dirname(os.path.dirname(os.path.abspath(path)))))
+    if checkpoints == "checkpoints" and step.startswith("step_"):   # a run's state (training/runs.py), Salt's own
+        raise ValueError(f"{flag}={path!r} is inside a run's checkpoint; an export never replaces what a run resumes "
+                         f"from: choose a path outside checkpoints/ (e.g. the run's export/ folder)")
     if os.path.exists(path) and not salt_wrote(path):
         raise ValueError(f"{flag}={path!r} exists and was not written by Salt; it is never replaced. Choose a new "
                          f"name, or move that file away first")
