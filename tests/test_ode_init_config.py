@@ -4,6 +4,7 @@ import dataclasses
 import json
 
 import pytest
+import torch
 
 from comfyui_salt.salt_core.model import build_model
 from comfyui_salt.toy.jobs import distill_world
@@ -163,3 +164,31 @@ def test_config_files_written_by_the_release_before_the_split_read_back_as_their
     assert stored_config(dmd) == get_preset("lab-dmd", teacher="runs/lab_teacher.safetensors", seed=0, threads=1,
                                             student_init="runs/lab-exp8/ode-causal/export/student.safetensors",
                                             gen_steps=300)
+
+
+def test_pairs_made_with_other_settings_are_made_again_and_the_same_settings_reuse_them(tmp_path, caplog):
+    """A folder whose run stopped after making its ODE pairs and before a checkpoint takes new settings: the pairs
+    are those a fresh folder makes with them (they were reused, from the old teacher and grid, in silence);
+    unchanged settings read the kept file again."""
+    import shutil
+    from safetensors.torch import load_file
+    from comfyui_salt.toy.jobs import distill_world
+    from comfyui_salt.training.ode_init import run_ode_init
+    teacher = str(tmp_path / "t.safetensors")
+    save_model(build_model("toy", seed=0), teacher, extra_metadata={"teacher_mode": "teacher_forcing"})
+    kw = dict(teacher=teacher, batch_size=2, gen_steps=1, ode_pairs=2, ode_teacher_steps=4, threads=1,
+              checkpoint_every=1)
+    run, fresh = tmp_path / "run", tmp_path / "fresh"
+    run_ode_init(get_ode_init_preset("toy-ode-init", **kw), str(run), quiet=True, world=distill_world())
+    shutil.rmtree(run / "checkpoints")                          # stopped before its first checkpoint
+    first = (run / "ode_pairs.safetensors").read_bytes()
+    run_ode_init(get_ode_init_preset("toy-ode-init", **kw), str(run), quiet=True, world=distill_world())
+    assert (run / "ode_pairs.safetensors").read_bytes() == first   # the same settings: reused
+    shutil.rmtree(run / "checkpoints")
+    changed = dict(kw, ode_pairs=3, guidance_scale=2.0)
+    with caplog.at_level("WARNING", logger="salt.ode_init"):
+        run_ode_init(get_ode_init_preset("toy-ode-init", **changed), str(run), quiet=True, world=distill_world())
+    assert "made with other settings (guidance_scale: 3.0 -> 2.0, ode_pairs: 2 -> 3)" in caplog.text, caplog.text
+    run_ode_init(get_ode_init_preset("toy-ode-init", **changed), str(fresh), quiet=True, world=distill_world())
+    got, want = (load_file(str(f / "ode_pairs.safetensors")) for f in (run, fresh))
+    assert got["x0"].shape[0] == 3 and all(torch.equal(got[k], want[k]) for k in want)

@@ -6,6 +6,7 @@ Pairs are generated once per run (teacher Euler + CFG, AR on a KV cache for a te
 teacher) and cached in the run folder; each chunk draws its own grid level (CausVid's per-block
 noise), the clean past is the teacher's own output (teacher forcing).
 """
+import hashlib
 import json
 import logging
 import os
@@ -24,7 +25,7 @@ from ..salt_core.schedules import get_sigmas_fewstep, get_sigmas_uniform, sigma_
 from ..salt_core.scorenet import ScoreNet
 from ..salt_core.streaming import stream_video
 from ..salt_core.validate import check_count
-from ..weights.files import atomic_write
+from ..weights.files import atomic_write, read_metadata
 from .distill_models import (DistillWorld, build_prompts, build_student, build_teacher, check_world,
                              resolve_teacher_kind)
 from .distributed import end_process_group, process_info
@@ -81,6 +82,34 @@ def generate_ode_pairs(teacher, kind: str, cfg, prompts, num: int, seed: int, ba
         bar.update(b)
     bar.close()
     return {k: torch.cat(v) for k, v in out.items()}
+
+
+def file_digest(path: str, span: int = 1 << 20):
+    """[size, sha256 of the first and last `span` bytes] of a file (seconds for any size), None for no file."""
+    if not path or not os.path.isfile(path):
+        return None
+    size, digest = os.path.getsize(path), hashlib.sha256()
+    with open(path, "rb") as f:
+        digest.update(f.read(span))
+        f.seek(max(0, size - span))
+        digest.update(f.read(span))
+    return [size, digest.hexdigest()]
+
+
+PAIRS_KEY = "salt_ode_pairs"   # the pairs file's metadata: the settings that made them (pairs_settings)
+
+
+def pairs_settings(cfg: OdeInitConfig, teacher_kind: str, world: DistillWorld = None) -> dict:
+    """What the teacher's ODE pairs depend on, as JSON values: the teacher (its file's size and a digest of its first
+    and last MiB: another file or a retrained one, not a copy), how it scores, its Euler grid and guidance, the
+    clips, the prompts' source and the seed. A run folder's pairs are made again when these differ (a folder with
+    no checkpoint takes new settings)."""
+    source = world.teacher_file if cfg.teacher == "toy" and world is not None else cfg.teacher
+    return {"teacher": cfg.teacher, "teacher_file": file_digest(source), "teacher_kind": teacher_kind,
+            "grid_steps": cfg.grid_steps, "ode_teacher_steps": cfg.ode_teacher_steps, "shift": cfg.shift,
+            "guidance_scale": cfg.guidance_scale, "negative_prompt": cfg.negative_prompt, "ode_pairs": cfg.ode_pairs,
+            "clip": [cfg.num_frames, cfg.height, cfg.width, cfg.chunk_frames], "world": cfg.world,
+            "prompts_file": cfg.prompts_file, "seed": cfg.seed}
 
 
 def ode_regression_loss(student, kind: str, pairs: dict, idx, levels, grid, chunk: int):
@@ -160,10 +189,17 @@ def _train(cfg: OdeInitConfig, run: RunFolder, max_steps, callback, quiet: bool,
     teacher_kind = resolve_teacher_kind(cfg, world)
     check_whole_chunks(cfg, "OdeInitConfig", teacher_kind)   # "auto" known now
     pairs_path = run.file("ode_pairs.safetensors")
-    if not os.path.exists(pairs_path):
+    made_with = json.dumps(pairs_settings(cfg, teacher_kind, world), sort_keys=True)
+    stored = read_metadata(pairs_path).get(PAIRS_KEY) if os.path.exists(pairs_path) else None
+    if stored is not None and stored != made_with:   # a folder without a checkpoint took new settings
+        old, new = json.loads(stored), json.loads(made_with)
+        log.warning("ode_pairs.safetensors was made with other settings (%s); making the pairs again",
+                    ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(new) if old.get(k) != new[k]))
+    if not os.path.exists(pairs_path) or (stored is not None and stored != made_with):
         t = time.time()
         pairs = generate_ode_pairs(teacher, teacher_kind, cfg, prompts, cfg.ode_pairs, cfg.seed, quiet=quiet)
-        atomic_write(pairs_path, lambda tmp: save_file({k: v.contiguous() for k, v in pairs.items()}, tmp))
+        atomic_write(pairs_path, lambda tmp: save_file({k: v.contiguous() for k, v in pairs.items()}, tmp,
+                                                       metadata={PAIRS_KEY: made_with}))
         run.metrics.write(event="ode_pairs", num=cfg.ode_pairs, seconds=time.time() - t)
     pairs = load_file(pairs_path)
     grid = [float(s) for s in get_sigmas_fewstep(cfg.grid_steps, cfg.shift)[:-1]]
