@@ -85,3 +85,23 @@ def test_embeddings_of_another_width_than_the_teachers_are_refused_naming_both_w
 def test_an_encoder_returning_the_wrong_rows_is_refused(prompts_file, tmp_path, rows, words):
     with pytest.raises(ValueError, match=words):
         fill_prompt_cache(real_cfg(prompts_file), str(tmp_path), lambda texts: rows)
+
+
+def test_a_prompts_file_edited_after_the_cache_was_made_is_embedded_again_or_refused_without_an_encoder(
+        prompts_file, tmp_path, caplog):
+    """The cache keeps a digest of the texts it embeds: lines added (it failed deep in sampling, an index past the
+    cache) or edited (it trained on the old embeddings in silence) are embedded again where an encoder is at hand
+    (the node, the CLI's text_encoder), and refused by name where none is; unchanged prompts read the cache."""
+    cfg, encoder = real_cfg(prompts_file), FakeEncoder()
+    fill_prompt_cache(cfg, str(tmp_path), encoder)
+    for text in (PROMPTS + ["a dog", "rain"], ["a cat", "a blue car drives in the city at night", "x" * 700]):
+        prompts_file.write_text("\n".join(text) + "\n")
+        with pytest.raises(ValueError, match="were made from other prompts.*text_encoder"):
+            build_prompts(cfg, SimpleNamespace(cfg=SimpleNamespace(text_dim=8)), str(tmp_path))
+        with caplog.at_level("WARNING"):
+            assert fill_prompt_cache(cfg, str(tmp_path), encoder)
+        assert "the prompts changed since" in caplog.text and encoder.calls[-1] == text + [WAN_NEGATIVE_PROMPT]
+        prompts = build_prompts(cfg, SimpleNamespace(cfg=SimpleNamespace(text_dim=8)), str(tmp_path))
+        assert prompts.embeds.shape[0] == len(text) and torch.equal(prompts.embeds[1, :5], encoder.row(text[1])[:5])
+    assert not fill_prompt_cache(real_cfg(prompts_file, negative_prompt="wan"), str(tmp_path), encoder)
+    assert fill_prompt_cache(real_cfg(prompts_file, negative_prompt="blurry"), str(tmp_path), encoder)

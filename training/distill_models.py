@@ -8,6 +8,7 @@ builds (the toy wing's `toy.jobs.distill_world()`); this package imports no worl
 closed-form teacher (the method lab's): no parameters, so student and critic must come from files.
 """
 import copy
+import logging
 import os
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -17,8 +18,10 @@ from ..salt_core.validate import quote
 from .distill_config import DistillConfig
 from .student_config import EXACT, StudentJobConfig
 from ..weights.files import load_model, read_metadata
-from .prompts import EmbeddedPrompts, cache_prompt_embeddings, read_prompts_file
+from .prompts import EmbeddedPrompts, cache_is_current, cache_prompt_embeddings, read_prompts_file
 from .runs import PROMPT_CACHE
+
+log = logging.getLogger("salt.distill")
 
 
 
@@ -162,10 +165,16 @@ def fill_prompt_cache(cfg: StudentJobConfig, out_dir: str, encoder) -> bool:
     """Embed a real-scale run's prompt file (and negative prompt) with `encoder` (texts → rows (L_i, D)) unless the
     run folder already holds the cache; returns whether it was written. Toy runs need no cache."""
     path = prompt_cache_path(out_dir)
-    if cfg.world or os.path.exists(path):
+    if cfg.world:
         return False
+    prompts = read_prompts_file(cfg.prompts_file)
+    if os.path.exists(path):
+        if cache_is_current(path, prompts, cfg.negative_prompt):
+            return False
+        log.warning("the prompts changed since %s was made (prompts file or negative_prompt); embedding them again",
+                    path)
     os.makedirs(out_dir, exist_ok=True)
-    cache_prompt_embeddings(read_prompts_file(cfg.prompts_file), cfg.negative_prompt, path, encoder)
+    cache_prompt_embeddings(prompts, cfg.negative_prompt, path, encoder)
     return True
 
 

@@ -10,11 +10,13 @@ real-scale one:
   around a CLIP object. Rows are cut or zero-padded to Wan's 512 tokens here, in one place.
 Knows nothing of ComfyUI.
 """
+import hashlib
 import logging
 import os
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ..salt_core.validate import quote
@@ -45,10 +47,18 @@ class EmbeddedPrompts:
     def __init__(self, prompts_file: str, cache_path: str, text_encoder: str = "", negative_prompt: str = "wan",
                  encoder=None):
         self.prompts = read_prompts_file(prompts_file)
-        if not os.path.exists(cache_path):
+        current = os.path.exists(cache_path) and cache_is_current(cache_path, self.prompts, negative_prompt)
+        if not current:
             if encoder is None and not text_encoder:
+                if os.path.exists(cache_path):
+                    raise ValueError(f"the cached prompt embeddings at {cache_path!r} were made from other prompts "
+                                     f"(the prompts file or negative_prompt changed); pass text_encoder=<umT5 "
+                                     f"folder> to compute them again, or restore the prompts the run started with")
                 raise ValueError(f"no cached prompt embeddings at {cache_path!r}; pass text_encoder=<umT5 folder> "
                                  f"to compute them once")
+            if os.path.exists(cache_path):
+                log.warning("the prompts changed since %s was made (prompts file or negative_prompt); embedding "
+                            "them again", cache_path)
             cache_prompt_embeddings(self.prompts, negative_prompt, cache_path,
                                     encoder if encoder is not None else umt5_encoder(text_encoder))
         embeds = load_file(cache_path)["embeds"]
@@ -90,16 +100,40 @@ def pad_embeddings(rows, max_len: int = TEXT_LEN) -> torch.Tensor:
     return out
 
 
+PROMPTS_KEY = "salt_prompts"   # the cache's metadata: a digest of the texts it embeds (prompt_digest)
+
+
+def prompt_digest(prompts: list, negative_prompt: str) -> str:
+    """sha256 of the texts a cache embeds, as the encoder sees them (cut, the negative prompt resolved) and in order."""
+    negative = WAN_NEGATIVE_PROMPT if negative_prompt == "wan" else negative_prompt
+    digest = hashlib.sha256()
+    for text in list(prompts) + [negative]:
+        digest.update(text[:MAX_PROMPT_CHARS].encode("utf-8") + b"\0")
+    return digest.hexdigest()
+
+
+def cache_is_current(cache_path: str, prompts: list, negative_prompt: str) -> bool:
+    """Whether the cache at `cache_path` embeds these prompts and this negative prompt: its digest, or for a cache
+    of an earlier version (no digest) its count, N + 1 rows, all there is to compare."""
+    with safe_open(cache_path, framework="pt") as f:
+        stored = (f.metadata() or {}).get(PROMPTS_KEY)
+        rows = f.get_slice("embeds").get_shape()[0]
+    if stored is not None:
+        return stored == prompt_digest(prompts, negative_prompt)
+    return rows == len(prompts) + 1
+
+
 def cache_prompt_embeddings(prompts: list, negative_prompt: str, cache_path: str, encoder) -> torch.Tensor:
     """Embed `prompts` and the negative prompt ("wan": Wan's) with `encoder` and save them to `cache_path` as
-    {"embeds": (N + 1, 512, D)}, the negative prompt last; returns the tensor."""
+    {"embeds": (N + 1, 512, D)}, the negative prompt last, with the texts' digest; returns the tensor."""
     negative = WAN_NEGATIVE_PROMPT if negative_prompt == "wan" else negative_prompt
     texts = [cut_text(t) for t in list(prompts) + [negative]]
     rows = encoder(texts)
     if len(rows) != len(texts):
         raise ValueError(f"the text encoder returned {len(rows)} embeddings for {len(texts)} texts")
     embeds = pad_embeddings(rows)
-    save_file({"embeds": embeds.contiguous()}, cache_path)
+    save_file({"embeds": embeds.contiguous()}, cache_path,
+              metadata={PROMPTS_KEY: prompt_digest(prompts, negative_prompt)})
     return embeds
 
 
