@@ -166,6 +166,12 @@ def _choose_config(sd: Mapping, metadata: Mapping, preset, num_heads) -> WanConf
     elif CONFIG_META in metadata:
         cfg = _config_from_metadata(metadata[CONFIG_META])
     else:
+        cfg = layouts.infer_config(sd, 1 if num_heads is None else num_heads)   # 1 head: shapes alone
+        preset = layouts.match_preset(cfg) if num_heads is None else None
+        if preset is not None:   # a file without metadata (.pt) of a known shape: the preset's heads, text_len, eps
+            log.info("load_model: no config in the file; its shapes are the %r preset's, whose config is used",
+                     preset)
+            return get_config(preset)
         cfg = layouts.infer_config(sd, num_heads)
         if num_heads is None:
             log.info("load_model: config inferred from shapes; head count assumed dim // %d = %d (pass num_heads "
@@ -324,7 +330,8 @@ def save_model(model_or_sd, path, layout: str = "wan", config: WanConfig = None,
 
     .safetensors: flat layouts as they are, release layouts flattened (`generator_ema.model.…`), with
     metadata salt_config (when known), salt_layout and salt_aliases (keys stored once, as another key).
-    .pt/.pth/.ckpt/.bin: `torch.save` of the layout's object (no metadata; the config is inferred on load).
+    .pt/.pth/.ckpt/.bin: `torch.save` of the layout's object (no metadata; on load the config is the preset whose
+    shapes the weights have, else inferred from them).
     `extra_metadata` {str: str} is added to safetensors metadata (e.g. how the weights were trained).
     """
     path = os.fspath(path)
