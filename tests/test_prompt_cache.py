@@ -105,3 +105,18 @@ def test_a_prompts_file_edited_after_the_cache_was_made_is_embedded_again_or_ref
         assert prompts.embeds.shape[0] == len(text) and torch.equal(prompts.embeds[1, :5], encoder.row(text[1])[:5])
     assert not fill_prompt_cache(real_cfg(prompts_file, negative_prompt="wan"), str(tmp_path), encoder)
     assert fill_prompt_cache(real_cfg(prompts_file, negative_prompt="blurry"), str(tmp_path), encoder)
+
+
+def test_a_prompts_file_too_large_to_embed_in_the_hosts_memory_is_refused_before_the_encoder_runs(prompts_file,
+                                                                                                  tmp_path,
+                                                                                                  monkeypatch):
+    """8 MiB per prompt at umT5's width (a 10,000-line file: 78 GiB in the cache, twice that while embedded)."""
+    from comfyui_salt.training import prompts
+    monkeypatch.setattr(prompts, "available_memory", lambda device: 3 * 2 * 512 * 4096 * 4)   # 3 prompts' worth
+    encoder = FakeEncoder()
+    with pytest.raises(MemoryError, match=r"prompts_file: embedding 3 prompts .* needs about 64(\.0)? MiB.*fewer "
+                                          r"prompts \(each takes 16(\.0)? MiB while embedded"):
+        fill_prompt_cache(real_cfg(prompts_file), str(tmp_path), encoder)
+    assert not encoder.calls
+    prompts_file.write_text("a cat\nrain\n")
+    assert fill_prompt_cache(real_cfg(prompts_file), str(tmp_path), encoder)   # 2 + the negative: they fit

@@ -19,7 +19,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from ..salt_core.validate import quote
+from ..salt_core.validate import available_memory, check_memory, format_bytes, quote
 
 
 # Wan 2.1's default negative prompt (Wan: wan/configs/shared_config.py `sample_neg_prompt`; the same
@@ -31,6 +31,7 @@ WAN_NEGATIVE_PROMPT = (
 log = logging.getLogger("salt.prompts")
 
 TEXT_LEN = 512   # Wan's text_len: the context every prompt embedding is cut or zero-padded to
+UMT5_WIDTH = 4096   # umT5-XXL's output width, Wan 2.1's text_dim: the size a cache of N prompts is checked at
 # Every text is cut to this many characters before it is tokenized, so a 1 MB line cannot ask the encoder for a huge
 # attention. umT5's SentencePiece pieces average about 4 characters of English and rarely pass 16, so 8 per token
 # keeps all that Wan reads (512 tokens) of any ordinary prompt; a longer text is cut, and the cut is logged.
@@ -128,6 +129,11 @@ def cache_prompt_embeddings(prompts: list, negative_prompt: str, cache_path: str
     {"embeds": (N + 1, 512, D)}, the negative prompt last, with the texts' digest; returns the tensor."""
     negative = WAN_NEGATIVE_PROMPT if negative_prompt == "wan" else negative_prompt
     texts = [cut_text(t) for t in list(prompts) + [negative]]
+    need = 2 * len(texts) * TEXT_LEN * UMT5_WIDTH * 4   # the encoder's rows and the padded cache, float32
+    check_memory(f"embedding {len(prompts)} prompts ({TEXT_LEN} tokens × {UMT5_WIDTH} wide each, float32)", need,
+                 available_memory(torch.device("cpu")), where="prompts_file", limit_what="the host's free memory",
+                 fix=f"use fewer prompts (each takes {format_bytes(2 * TEXT_LEN * UMT5_WIDTH * 4)} while embedded, "
+                     f"{format_bytes(TEXT_LEN * UMT5_WIDTH * 4)} in the cache)")
     rows = encoder(texts)
     if len(rows) != len(texts):
         raise ValueError(f"the text encoder returned {len(rows)} embeddings for {len(texts)} texts")
