@@ -174,8 +174,10 @@ if __name__ == "__main__":
     try:
         sys.exit(main())
     except (ValueError, MemoryError, FloatingPointError, OSError, KeyError, RunError) as error:
-        # A refused input, a stopped run or a file the system refuses (read-only, full disk; its message names
-        # the path): the message says what and how to fix it; no traceback.
+        # A refused input, a stopped run or a path the system refuses (read-only, missing): the message says what
+        # and how to fix it; no traceback. Other OS errors (a full disk mid-write, a network failure) keep theirs.
+        if isinstance(error, OSError) and not isinstance(error, FileNotFoundError) and not error.filename:
+            raise
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt as stop:

@@ -18,6 +18,7 @@ from ..training.distill import run_distillation
 from ..training.config_fields import parse_overrides
 from ..training.distill_config import DISTILL_PRESETS, DistillConfig, get_preset
 from ..training.distill_models import fill_prompt_cache, prompt_cache_path
+from ..training.prompts import cache_is_current, read_prompts_file
 from ..training.ode_init import run_ode_init
 from ..training.ode_init_config import ODE_INIT_PRESETS, OdeInitConfig, get_ode_init_preset
 from ..weights.files import check_output, export_student
@@ -129,12 +130,21 @@ def check_publish(name: str) -> str:
 
 
 def embed_prompts(cfg: DistillConfig | OdeInitConfig, folder: str, clip=None) -> None:
-    """Fill a real-scale run's prompt-embedding cache from a ComfyUI CLIP (once per run folder), unless the
-    overrides name a Hugging Face umT5 folder (text_encoder=...), which the job then reads itself."""
-    if cfg.world or cfg.text_encoder or os.path.exists(prompt_cache_path(folder)):
+    """Fill a real-scale run's prompt-embedding cache from a ComfyUI CLIP (once per run folder, and again when the
+    prompts changed), unless the overrides name a Hugging Face umT5 folder (text_encoder=...), which the job then
+    reads itself."""
+    if cfg.world or cfg.text_encoder:
         return
+    cache = prompt_cache_path(folder)
+    if os.path.exists(cache):
+        try:
+            if cache_is_current(cache, read_prompts_file(cfg.prompts_file), cfg.negative_prompt):
+                return
+        except (FileNotFoundError, ValueError) as e:
+            raise type(e)(f"SaltDistill: {e}") from e
     if clip is None:
-        raise ValueError(f"SaltDistill: the real-scale preset needs prompt embeddings and {folder!r} has none yet: "
+        state = "holds embeddings of other prompts" if os.path.exists(cache) else "has none yet"
+        raise ValueError(f"SaltDistill: the real-scale preset needs prompt embeddings and {folder!r} {state}: "
                          f"connect ComfyUI's umT5 to the clip input (Load CLIP, type 'wan', "
                          f"umt5_xxl_*.safetensors), or set overrides text_encoder=<Hugging Face umT5 folder>")
     try:

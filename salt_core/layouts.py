@@ -377,12 +377,12 @@ def infer_config(sd: Mapping, num_heads: int = None) -> WanConfig:
 
 
 def match_preset(cfg: WanConfig) -> str:
-    """The preset whose weight shapes equal `cfg`'s (head count ignored); None if none does."""
+    """The preset whose weight shapes equal `cfg`'s (head count ignored); None if none does, or if several do (the
+    shapes would not tell their head counts apart)."""
     shape_fields = ("dim", "ffn_dim", "num_layers", "patch_size", "in_dim", "out_dim", "text_dim", "freq_dim")
-    for name, preset in MODEL_PRESETS.items():
-        if all(getattr(preset, f) == getattr(cfg, f) for f in shape_fields):
-            return name
-    return None
+    names = [name for name, preset in MODEL_PRESETS.items()
+             if all(getattr(preset, f) == getattr(cfg, f) for f in shape_fields)]
+    return names[0] if len(names) == 1 else None
 
 
 def _expected_shapes(model_or_config) -> tuple:

@@ -315,13 +315,18 @@ def test_evaluations_of_one_clip_or_no_nfe_are_refused_before_training_and_allow
 
 def test_export_teacher_refuses_a_folder_that_is_no_run_and_a_destination_inside_a_checkpoint(tmp_path):
     from comfyui_salt.training.teacher import export_teacher
-    with pytest.raises(FileNotFoundError, match="is not a teacher run folder"):
+    with pytest.raises(FileNotFoundError, match=r"run_dir \(--run\) .* is no run folder"):
         export_teacher(str(tmp_path / "typo" / "deep"), str(tmp_path / "t.safetensors"))
     assert not (tmp_path / "typo").exists()                     # no checkpoints/ made on the way
     step = tmp_path / "run" / "checkpoints" / "step_00000001"
     step.mkdir(parents=True)
-    with pytest.raises(ValueError, match="inside a run's checkpoint; an export never replaces"):
-        export_teacher(str(tmp_path / "run"), str(step / "ema.safetensors"))
+    for inside in (step / "ema.safetensors", step / "sub" / "x.safetensors"):
+        with pytest.raises(ValueError, match="inside a run's checkpoint; an export never replaces"):
+            export_teacher(str(tmp_path / "run"), str(inside))
+    link = tmp_path / "elsewhere"
+    link.symlink_to(step, target_is_directory=True)              # the same folder by another name
+    with pytest.raises(ValueError, match="inside a run's checkpoint"):
+        export_teacher(str(tmp_path / "run"), str(link / "ema.safetensors"))
 
 
 def test_a_folder_the_system_refuses_is_an_error_naming_the_path_not_a_traceback():

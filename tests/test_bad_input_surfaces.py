@@ -230,6 +230,28 @@ def test_a_latin1_prompts_file_names_the_encoding(salt_nodes, input_dir, tmp_pat
         embed_prompts(cfg, str(tmp_path / "run"), clip=_umt5_like())
 
 
+def test_the_node_embeds_edited_prompts_again_with_its_clip_and_names_the_cause_without_one(salt_nodes, input_dir,
+                                                                                         tmp_path, monkeypatch):
+    """SaltDistill's clip input re-embeds a prompts file edited after the run folder's cache was made (it stopped at
+    the cache's existence and the job then asked for a text_encoder folder)."""
+    from comfyui_salt.nodes import distill as node
+    calls = []
+    monkeypatch.setattr(node, "clip_text_encoder", lambda clip: lambda texts: calls.append(texts) or
+                        [torch.ones(2, 8) for _ in texts])
+    (input_dir / "p.txt").write_text("a cat\n")
+    cfg = distill_config(salt_nodes, "prompts_file=p.txt")
+    cfg = cfg.__class__(**{**cfg.__dict__, "world": ""})                  # a real-scale run embeds its prompts
+    folder = str(tmp_path / "run")
+    node.embed_prompts(cfg, folder, clip=object())
+    node.embed_prompts(cfg, folder, clip=object())                        # unchanged: the cache is read
+    assert len(calls) == 1
+    (input_dir / "p.txt").write_text("a cat\nrain\n")
+    with pytest.raises(ValueError, match="holds embeddings of other prompts: connect ComfyUI's umT5"):
+        node.embed_prompts(cfg, folder)
+    node.embed_prompts(cfg, folder, clip=object())
+    assert calls[-1][:2] == ["a cat", "rain"] and len(calls) == 2
+
+
 def _umt5_like():
     """A CLIP whose tokenizer is Wan's (what the encoder adapter accepts); never asked to encode here."""
     tokenizer = type("WanT5Tokenizer", (), {})()

@@ -328,3 +328,11 @@ def test_a_torch_file_without_metadata_of_a_presets_shapes_loads_as_that_preset(
     ctx = torch.randn(1, model.cfg.text_len, model.cfg.text_dim, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         assert torch.equal(loaded.eval()(x, torch.tensor([500.0]), ctx), model(x, torch.tensor([500.0]), ctx))
+
+
+def test_no_two_model_presets_share_their_weight_shapes():
+    """A file without metadata is matched to a preset by its shapes (the head count is not in them): two presets of
+    one shape would make the match a guess, and match_preset then declines."""
+    from comfyui_salt.salt_core.config import MODEL_PRESETS
+    names = [layouts.match_preset(cfg) for cfg in MODEL_PRESETS.values()]
+    assert names == list(MODEL_PRESETS)

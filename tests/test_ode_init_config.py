@@ -192,3 +192,11 @@ def test_pairs_made_with_other_settings_are_made_again_and_the_same_settings_reu
     run_ode_init(get_ode_init_preset("toy-ode-init", **changed), str(fresh), quiet=True, world=distill_world())
     got, want = (load_file(str(f / "ode_pairs.safetensors")) for f in (run, fresh))
     assert got["x0"].shape[0] == 3 and all(torch.equal(got[k], want[k]) for k in want)
+    # with checkpoints, pairs their training read are not replaced unasked: a teacher written again at its path
+    save_model(build_model("toy", seed=1), teacher, extra_metadata={"teacher_mode": "teacher_forcing"})
+    again = get_ode_init_preset("toy-ode-init", **dict(changed, gen_steps=2))
+    with pytest.raises(ValueError, match=r"its ODE pairs were made with other settings \(teacher_file: .*"
+                                         r"--allow-changed-settings"):
+        run_ode_init(again, str(fresh), quiet=True, world=distill_world())
+    run_ode_init(again, str(fresh), quiet=True, world=distill_world(), allow_changed_settings=True)
+    assert not torch.equal(load_file(str(fresh / "ode_pairs.safetensors"))["x0"], want["x0"])

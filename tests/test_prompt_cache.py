@@ -114,7 +114,7 @@ def test_a_prompts_file_too_large_to_embed_in_the_hosts_memory_is_refused_before
     from comfyui_salt.training import prompts
     monkeypatch.setattr(prompts, "available_memory", lambda device: 3 * 2 * 512 * 4096 * 4)   # 3 prompts' worth
     encoder = FakeEncoder()
-    with pytest.raises(MemoryError, match=r"prompts_file: embedding 3 prompts .* needs about 64(\.0)? MiB.*fewer "
+    with pytest.raises(MemoryError, match=r"prompts_file: embedding 3 prompts and the negative prompt .* needs about 64(\.0)? MiB.*fewer "
                                           r"prompts \(each takes 16(\.0)? MiB while embedded"):
         fill_prompt_cache(real_cfg(prompts_file), str(tmp_path), encoder)
     assert not encoder.calls

@@ -32,7 +32,8 @@ from .distributed import end_process_group, process_info
 from .loop import RegressionJob, TrainingLoop, stop_step
 from .ode_init_config import OdeInitConfig
 from .optim import step_generators
-from .runs import RunFolder, open_run
+from .prompts import prompt_digest, read_prompts_file
+from .runs import OVERRIDE_HINT, RunFolder, has_checkpoint, open_run
 from .student_config import EXACT
 from .validate import check_ode_init_memory, check_whole_chunks, inactive_terms
 
@@ -102,14 +103,16 @@ PAIRS_KEY = "salt_ode_pairs"   # the pairs file's metadata: the settings that ma
 def pairs_settings(cfg: OdeInitConfig, teacher_kind: str, world: DistillWorld = None) -> dict:
     """What the teacher's ODE pairs depend on, as JSON values: the teacher (its file's size and a digest of its first
     and last MiB: another file or a retrained one, not a copy), how it scores, its Euler grid and guidance, the
-    clips, the prompts' source and the seed. A run folder's pairs are made again when these differ (a folder with
-    no checkpoint takes new settings)."""
+    clips, the prompts (a real-scale run's: a digest of its prompts file's texts and negative prompt; a world's: its
+    name) and the seed. A run folder's pairs are made again when one of these differs (a folder with no checkpoint
+    takes new settings; one with checkpoints only when allowed to change them)."""
     source = world.teacher_file if cfg.teacher == "toy" and world is not None else cfg.teacher
     return {"teacher": cfg.teacher, "teacher_file": file_digest(source), "teacher_kind": teacher_kind,
             "grid_steps": cfg.grid_steps, "ode_teacher_steps": cfg.ode_teacher_steps, "shift": cfg.shift,
             "guidance_scale": cfg.guidance_scale, "negative_prompt": cfg.negative_prompt, "ode_pairs": cfg.ode_pairs,
             "clip": [cfg.num_frames, cfg.height, cfg.width, cfg.chunk_frames], "world": cfg.world,
-            "prompts_file": cfg.prompts_file, "seed": cfg.seed}
+            "prompts": None if cfg.world else prompt_digest(read_prompts_file(cfg.prompts_file), cfg.negative_prompt),
+            "seed": cfg.seed}
 
 
 def ode_regression_loss(student, kind: str, pairs: dict, idx, levels, grid, chunk: int):
@@ -172,10 +175,11 @@ def run_ode_init(cfg: OdeInitConfig, out_dir: str, *, max_gen_steps: int = None,
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         device = torch.device(device) if device is not None else info.device
-        return _train(cfg, run, max_gen_steps, callback, quiet, device, world)
+        return _train(cfg, run, max_gen_steps, callback, quiet, device, world, allow_changed_settings)
 
 
-def _train(cfg: OdeInitConfig, run: RunFolder, max_steps, callback, quiet: bool, device, world):
+def _train(cfg: OdeInitConfig, run: RunFolder, max_steps, callback, quiet: bool, device, world,
+           allow_changes: bool = False):
     """`run_ode_init` inside its run folder: pairs once, then the regression, run by training.loop."""
     teacher = build_teacher(cfg, world)
     student = build_student(cfg, teacher)
@@ -189,17 +193,22 @@ def _train(cfg: OdeInitConfig, run: RunFolder, max_steps, callback, quiet: bool,
     teacher_kind = resolve_teacher_kind(cfg, world)
     check_whole_chunks(cfg, "OdeInitConfig", teacher_kind)   # "auto" known now
     pairs_path = run.file("ode_pairs.safetensors")
-    made_with = json.dumps(pairs_settings(cfg, teacher_kind, world), sort_keys=True)
+    now = pairs_settings(cfg, teacher_kind, world)
     stored = read_metadata(pairs_path).get(PAIRS_KEY) if os.path.exists(pairs_path) else None
-    if stored is not None and stored != made_with:   # a folder without a checkpoint took new settings
-        old, new = json.loads(stored), json.loads(made_with)
+    old = json.loads(stored) if stored is not None else {}
+    changed = [f"{k}: {old[k]!r} -> {now[k]!r}" for k in sorted(now) if k in old and old[k] != now[k]]
+    if changed and has_checkpoint(run.path) and not allow_changes:   # the pairs its checkpoints trained on
+        raise ValueError(f"run folder {run.path}: its ODE pairs were made with other settings ({', '.join(changed)}) "
+                         f"and its checkpoints trained on them; resume with what made them, start a new run in "
+                         f"another folder, or pass {OVERRIDE_HINT} to make the pairs again")
+    if changed:   # a folder without a checkpoint took new settings
         log.warning("ode_pairs.safetensors was made with other settings (%s); making the pairs again",
-                    ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(new) if old.get(k) != new[k]))
-    if not os.path.exists(pairs_path) or (stored is not None and stored != made_with):
+                    ", ".join(changed))
+    if not os.path.exists(pairs_path) or changed:
         t = time.time()
         pairs = generate_ode_pairs(teacher, teacher_kind, cfg, prompts, cfg.ode_pairs, cfg.seed, quiet=quiet)
         atomic_write(pairs_path, lambda tmp: save_file({k: v.contiguous() for k, v in pairs.items()}, tmp,
-                                                       metadata={PAIRS_KEY: made_with}))
+                                                       metadata={PAIRS_KEY: json.dumps(now, sort_keys=True)}))
         run.metrics.write(event="ode_pairs", num=cfg.ode_pairs, seconds=time.time() - t)
     pairs = load_file(pairs_path)
     grid = [float(s) for s in get_sigmas_fewstep(cfg.grid_steps, cfg.shift)[:-1]]

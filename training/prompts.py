@@ -109,7 +109,7 @@ def prompt_digest(prompts: list, negative_prompt: str) -> str:
     negative = WAN_NEGATIVE_PROMPT if negative_prompt == "wan" else negative_prompt
     digest = hashlib.sha256()
     for text in list(prompts) + [negative]:
-        digest.update(text[:MAX_PROMPT_CHARS].encode("utf-8") + b"\0")
+        digest.update(cut_text(text, quiet=True).encode("utf-8") + b"\0")
     return digest.hexdigest()
 
 
@@ -130,7 +130,8 @@ def cache_prompt_embeddings(prompts: list, negative_prompt: str, cache_path: str
     negative = WAN_NEGATIVE_PROMPT if negative_prompt == "wan" else negative_prompt
     texts = [cut_text(t) for t in list(prompts) + [negative]]
     need = 2 * len(texts) * TEXT_LEN * UMT5_WIDTH * 4   # the encoder's rows and the padded cache, float32
-    check_memory(f"embedding {len(prompts)} prompts ({TEXT_LEN} tokens × {UMT5_WIDTH} wide each, float32)", need,
+    check_memory(f"embedding {len(prompts)} prompts and the negative prompt ({TEXT_LEN} tokens × {UMT5_WIDTH} wide "
+                 f"each, float32)", need,
                  available_memory(torch.device("cpu")), where="prompts_file", limit_what="the host's free memory",
                  fix=f"use fewer prompts (each takes {format_bytes(2 * TEXT_LEN * UMT5_WIDTH * 4)} while embedded, "
                      f"{format_bytes(TEXT_LEN * UMT5_WIDTH * 4)} in the cache)")
@@ -143,10 +144,10 @@ def cache_prompt_embeddings(prompts: list, negative_prompt: str, cache_path: str
     return embeds
 
 
-def cut_text(text: str) -> str:
-    """`text` cut to MAX_PROMPT_CHARS characters (logged when cut): the one place every text is bounded before an
-    encoder sees it."""
-    if len(text) > MAX_PROMPT_CHARS:
+def cut_text(text: str, quiet: bool = False) -> str:
+    """`text` cut to MAX_PROMPT_CHARS characters (logged when cut, unless `quiet`): the one place every text is
+    bounded before an encoder sees it."""
+    if len(text) > MAX_PROMPT_CHARS and not quiet:
         log.warning("a %d-character prompt was cut to %d characters before encoding", len(text), MAX_PROMPT_CHARS)
     return text[:MAX_PROMPT_CHARS]
 

@@ -37,8 +37,10 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}\Z")     # \Z: "$" w
 # Fields that may change when a run is resumed (how long, how often, how many threads; the text encoder is
 # read once, to fill the run's embedding cache, so a resume may drop or move it).
 # The teacher's evaluation sampler (eval_steps, eval_cfg) changes what is measured, not what is trained.
+# A distillation's eval_nfe, like eval_clips, says what an evaluation measures.
 RESUMABLE_FIELDS = ("gen_steps", "threads", "checkpoint_every", "checkpoint_keep_every", "eval_every", "eval_clips",
-                    "log_every", "grad_probes", "text_encoder", "memory_limit_gib", "eval_steps", "eval_cfg")
+                    "eval_nfe", "log_every", "grad_probes", "text_encoder", "memory_limit_gib", "eval_steps",
+                    "eval_cfg")
 LOCK_FILE = ".lock"
 CONFIG_FILE = "config.json"
 # The explicit override, as each front door spells it (the error names both).

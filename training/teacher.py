@@ -219,8 +219,8 @@ def export_teacher(run_dir: str, out_path: str, weights: str = "ema") -> str:
     from ..weights.files import check_output, save_model
     check_output(out_path, "--out")
     if not os.path.isdir(os.path.join(run_dir, "checkpoints")):   # before CheckpointManager makes the folder
-        raise FileNotFoundError(f"--run {run_dir!r} is not a teacher run folder (no checkpoints/ in it); pass the "
-                                f"--out folder of a 'teacher' run")
+        raise FileNotFoundError(f"run_dir (--run) {run_dir!r} is no run folder (no checkpoints/ in it); pass the "
+                                f"folder a 'teacher' run wrote (its --out)")
     latest = CheckpointManager(os.path.join(run_dir, "checkpoints")).latest()
     if latest is None:
         raise FileNotFoundError(f"no complete checkpoint in {run_dir}/checkpoints; train first")

@@ -46,7 +46,7 @@ def validate_distill_config(cfg) -> None:
         raise ValueError(f"{where}: step_probs={tuple(cfg.step_probs)} sum to {total:g}; expected probabilities "
                          f"summing to 1, one per step_choices entry (Salt: 0.4,0.4,0.2)")
     check_whole_chunks(cfg, where)
-    check_evaluation(cfg, where, bool(cfg.world) and cfg.eval_every > 0)   # a real-scale run has none
+    check_evaluation(cfg, where, bool(cfg.world) and cfg.eval_every > 0, cfg.eval_nfe)   # real scale: none
     if cfg.sc_weight > 0:
         check_sc_can_act(cfg, where)
     if cfg.align_weight > 0:
@@ -238,16 +238,16 @@ def validate_teacher_config(cfg) -> None:
     check_evaluation(cfg, "TeacherConfig", cfg.eval_every > 0)
 
 
-def check_evaluation(cfg, where: str, evaluates: bool) -> None:
+def check_evaluation(cfg, where: str, evaluates: bool, nfe: tuple = None) -> None:
     """Where evaluations run: at least two clips (the Fréchet distance and the lab's pairwise errors compare clips
-    with one another) and, for a distillation, at least one NFE to evaluate."""
+    with one another) and, for a distillation (`nfe`: its eval_nfe), at least one NFE to evaluate."""
     if not evaluates:
         return
     if cfg.eval_clips < 2:
         raise ValueError(f"{where}: eval_clips={cfg.eval_clips} with eval_every={cfg.eval_every}; an evaluation "
                          f"compares clips with one another (Fréchet distance, pairwise errors), so expected "
                          f"eval_clips >= 2 (e.g. 32), or eval_every=0 for no evaluation")
-    if not getattr(cfg, "eval_nfe", (1,)):
+    if nfe is not None and not nfe:
         raise ValueError(f"{where}: eval_nfe is empty with eval_every={cfg.eval_every}; expected the NFEs to "
                          f"evaluate, e.g. eval_nfe=4,2, or eval_every=0 for no evaluation")
 

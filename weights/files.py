@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import pickle
+import re
 import secrets
 from collections.abc import Mapping
 
@@ -166,13 +167,13 @@ def _choose_config(sd: Mapping, metadata: Mapping, preset, num_heads) -> WanConf
     elif CONFIG_META in metadata:
         cfg = _config_from_metadata(metadata[CONFIG_META])
     else:
-        cfg = layouts.infer_config(sd, 1 if num_heads is None else num_heads)   # 1 head: shapes alone
-        preset = layouts.match_preset(cfg) if num_heads is None else None
+        shapes = layouts.infer_config(sd, 1 if num_heads is None else num_heads)   # 1 head: shapes alone
+        preset = layouts.match_preset(shapes) if num_heads is None else None
         if preset is not None:   # a file without metadata (.pt) of a known shape: the preset's heads, text_len, eps
             log.info("load_model: no config in the file; its shapes are the %r preset's, whose config is used",
                      preset)
             return get_config(preset)
-        cfg = layouts.infer_config(sd, num_heads)
+        cfg = layouts.infer_config(sd, num_heads)   # Wan's head count, dim // 128 (a LayoutError naming num_heads)
         if num_heads is None:
             log.info("load_model: config inferred from shapes; head count assumed dim // %d = %d (pass num_heads "
                      "if this model differs)", layouts.WAN_HEAD_DIM, cfg.num_heads)
@@ -287,15 +288,19 @@ def check_output(path, flag: str = "--out", inputs: Mapping = None) -> str:
         raise ValueError(f"{flag}={path!r}: {parent!r} is a file, not a folder; choose a destination in a folder")
     if os.path.isdir(path):
         raise ValueError(f"{flag}={path!r} is a folder; give a file name (e.g. {os.path.join(path, 'student.safetensors')!r})")
-    step, checkpoints = (os.path.basename(p) for p in (os.path.dirname(os.path.abspath(path)),
-                                                        os.path.dirname(os.path.dirname(os.path.abspath(path)))))
-    if checkpoints == "checkpoints" and step.startswith("step_"):   # a run's state (training/runs.py), Salt's own
+    if _in_checkpoint(path):   # a run's state (training/runs.py), Salt's own
         raise ValueError(f"{flag}={path!r} is inside a run's checkpoint; an export never replaces what a run resumes "
                          f"from: choose a path outside checkpoints/ (e.g. the run's export/ folder)")
     if os.path.exists(path) and not salt_wrote(path):
         raise ValueError(f"{flag}={path!r} exists and was not written by Salt; it is never replaced. Choose a new "
                          f"name, or move that file away first")
     return path
+
+
+def _in_checkpoint(path: str) -> bool:
+    """Whether `path` (links resolved) lies in a run's checkpoint folder, …/checkpoints/step_<8 digits>/…."""
+    parts = [os.path.normcase(p) for p in os.path.realpath(path).split(os.sep)]
+    return any(a == "checkpoints" and re.fullmatch(r"step_\d{8}", b) for a, b in zip(parts, parts[1:]))
 
 
 def atomic_write(path: str, write):
