@@ -201,6 +201,10 @@ def test_an_unread_chunk_size_leaves_a_bidirectional_ode_initialisation_bit_iden
         ode_log.removeHandler(handler)
     assert all(torch.equal(runs[3][k], runs[4][k]) for k in runs[3])
     assert any("chunk_frames=4: no effect in this run" in s for s in said), said
+    # and in one folder, resumed with the other (unread) chunk size: not a change of the pairs either
+    cfg = tiny("toy-ode-init", teacher_path, student_kind="bidirectional", teacher_kind="bidirectional",
+               chunk_frames=4, batch_size=2, gen_steps=3)
+    run_ode_init(cfg, str(tmp_path / "3"), quiet=True, world=TOY)
 
 
 def test_a_bidirectional_student_trains_on_clips_of_any_length(tmp_path):

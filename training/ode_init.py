@@ -110,7 +110,9 @@ def pairs_settings(cfg: OdeInitConfig, teacher_kind: str, world: DistillWorld = 
     return {"teacher": cfg.teacher, "teacher_file": file_digest(source), "teacher_kind": teacher_kind,
             "grid_steps": cfg.grid_steps, "ode_teacher_steps": cfg.ode_teacher_steps, "shift": cfg.shift,
             "guidance_scale": cfg.guidance_scale, "negative_prompt": cfg.negative_prompt, "ode_pairs": cfg.ode_pairs,
-            "clip": [cfg.num_frames, cfg.height, cfg.width, cfg.chunk_frames], "world": cfg.world,
+            "clip": [cfg.num_frames, cfg.height, cfg.width] + ([cfg.chunk_frames] if teacher_kind == "teacher_forcing"
+                                                                 else []),   # chunks: a teacher's that reads them
+            "world": cfg.world,
             "prompts": None if cfg.world else prompt_digest(read_prompts_file(cfg.prompts_file), cfg.negative_prompt),
             "seed": cfg.seed}
 
