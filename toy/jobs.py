@@ -8,6 +8,7 @@ through `toy.worlds.get_world`.
 from ..salt_core.config import get_config
 from ..training.distill_models import DistillWorld
 from ..training.teacher import TeacherWorld
+from ..training.validate import whole_lengths
 from .shipped import TOY_TEACHER, load_toy_teacher
 from .worlds import get_world
 
@@ -59,10 +60,9 @@ def check_distill_config(cfg) -> None:
                              f"{world.height}×{world.width} pixels: set {name}={getattr(world, name)}")
     modes = getattr(world.cfg, "chunk_frames", None)   # the lab's metrics read a mode per chunk of its law
     if modes and getattr(cfg, "eval_every", 0) > 0 and cfg.num_frames % modes:
-        whole = [m for m in (cfg.num_frames // modes * modes, cfg.num_frames // modes * modes + modes) if m > 0]
         raise ValueError(f"{where}.num_frames={cfg.num_frames}; the world {cfg.world!r} measures its modes in chunks "
                          f"of {modes} frames at every evaluation (eval_every={cfg.eval_every}): set num_frames="
-                         f"{' or '.join(map(str, whole))}, or eval_every=0 to train without evaluations")
+                         f"{whole_lengths(cfg.num_frames, modes)}, or eval_every=0 to train without evaluations")
     world.check_teacher(cfg.teacher)
 
 

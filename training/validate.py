@@ -53,6 +53,12 @@ def validate_distill_config(cfg) -> None:
         check_alignment_can_act(cfg, where)
 
 
+def whole_lengths(frames: int, chunk: int) -> str:
+    """The whole-chunk frame counts nearest `frames` (positive), as a fix names them: "6 or 9" for 7 and 3."""
+    below = frames // chunk * chunk
+    return " or ".join(str(m) for m in (below, below + chunk) if m > 0)
+
+
 def check_whole_chunks(cfg, where: str, score_kind: str = None) -> None:
     """Refuse clips that are not whole chunks where chunks are read: a causal student's rollouts, a teacher that
     scores chunk by chunk. A bidirectional student scored whole takes any frame count. score_kind: how the teacher
@@ -70,9 +76,8 @@ def check_whole_chunks(cfg, where: str, score_kind: str = None) -> None:
                f"teacher_mode=teacher_forcing)")
     else:
         return
-    whole = [m for m in (frames // n * n, frames // n * n + n) if m > 0]
     raise ValueError(f"{where}: num_frames={frames} is not a multiple of chunk_frames={n}, and {why}; expected "
-                     f"whole chunks: num_frames={' or '.join(map(str, whole))}, or a chunk_frames that divides "
+                     f"whole chunks: num_frames={whole_lengths(frames, n)}, or a chunk_frames that divides "
                      f"{frames}")
 
 
