@@ -4,10 +4,12 @@ The rollout itself is salt_core.streaming.rollout_stream; this module validates 
 turns CONDITIONING into text context, and adapts the per-step callback to ComfyUI's progress bar,
 preview and Cancel button. Latents follow ComfyUI's layout (B, C, F, H, W).
 """
+import logging
 
 import torch
 
 from ..salt_core.kv_cache import CachePolicy
+from ..salt_core.model import fit_context
 from ..salt_core.seeding import seeded_noise
 from ..salt_core.streaming import rollout_stream, stream_memory_bytes
 from ..salt_core.validate import (check_choice, check_context, check_count, check_finite_tensor, check_image,
@@ -20,6 +22,8 @@ from .models import salt_in_use
 from .sampling import NON_FINITE_FIX
 from .types import SPATIAL_FACTOR, CacheOptions, CacheOptionsType, SaltModel, SaltModelType
 
+
+log = logging.getLogger("salt.nodes")
 
 ATTENTION = ("full", "rolling", "sink")
 SAMPLING = ("stochastic", "deterministic")
@@ -68,7 +72,8 @@ def text_context(conditioning, salt: SaltModel, batch: int, what: str,
                  node: str = "SaltStreamingSampler") -> torch.Tensor:
     """CONDITIONING [[tensor (B, L, text_dim), dict], ...] → context (batch, text_len, text_dim) on the model.
 
-    Shorter contexts are zero-padded to the model's text_len (as Wan pads umT5 output), longer ones cut.
+    Shorter contexts are zero-padded to the model's text_len (as Wan pads umT5 output), longer ones cut (logged when
+    the cut drops words: salt_core.model.fit_context).
     """
     if not conditioning or not isinstance(conditioning[0][0], torch.Tensor):
         raise ValueError(f"{node}: {what} is empty or not a CONDITIONING; connect a text encoder "
@@ -81,8 +86,10 @@ def text_context(conditioning, salt: SaltModel, batch: int, what: str,
     check_context(what, ctx, cfg.text_dim, where=f"{node} ({salt.name})", batch=batch,
                   fix="CLIPTextEncode with umT5-XXL, 4096 wide, for Wan 2.1; SaltToyTextEncode, 32 wide, for the toy "
                       "model")
-    ctx = ctx[:, :cfg.text_len]
-    ctx = torch.nn.functional.pad(ctx, (0, 0, 0, cfg.text_len - ctx.shape[1]))     # (B, text_len, text_dim)
+    ctx, dropped = fit_context(ctx, cfg.text_len)                                  # (B, text_len, text_dim)
+    if dropped:
+        log.warning("%s: the %s text is %d tokens longer than the %d %s reads; its end is cut (as Wan and diffusers "
+                    "cut it): shorten the prompt to keep it", node, what, dropped, cfg.text_len, salt.name)
     ref = salt.model.patch_embedding.weight
     return ctx.expand(batch, -1, -1).to(device=ref.device, dtype=ref.dtype).clone()
 

@@ -155,6 +155,16 @@ def sinusoidal_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([ang.cos(), ang.sin()], dim=-1)
 
 
+def fit_context(ctx: torch.Tensor, text_len: int) -> tuple:
+    """Text features (B, L, D) → ((B, text_len, D), dropped): cut after `text_len` tokens, or zero-padded to it as
+    Wan pads umT5's output. `dropped` is the most tokens cut from one row that hold any non-zero feature: the words of
+    a text longer than Wan reads (an encoder's own zeroed padding is not counted), 0 when nothing is lost."""
+    tail = ctx[:, text_len:]
+    dropped = int((tail != 0).any(-1).sum(1).max()) if tail.shape[1] else 0
+    ctx = ctx[:, :text_len]
+    return F.pad(ctx, (0, 0, 0, text_len - ctx.shape[1])), dropped
+
+
 class WanModel(nn.Module):
     """Wan 2.1 T2V transformer; parameter names are the original Wan names."""
 

@@ -347,3 +347,22 @@ def test_the_audits_last_findings_name_the_input_at_fault(salt_nodes, toy_salt, 
         with pytest.raises(ValueError, match=f"SaltExtractLoRA: rank={rank}"):
             run(salt_nodes.SaltExtractLoRA, base=toy_salt, student=toy_salt, rank=rank, include_diffs=False,
                 dtype="fp32", name="r")
+
+
+def test_a_text_longer_than_the_model_reads_is_cut_with_a_warning_and_zero_padding_is_not(salt_nodes, toy_salt,
+                                                                                           caplog):
+    """ComfyUI's umT5 pads to at least 512 tokens and never cuts: a context past text_len is cut as Wan cuts it,
+    said in the log only when the cut drops words (non-zero rows), counted in the longest row."""
+    from comfyui_salt.nodes.streaming import text_context
+    n = toy_salt.model.cfg.text_len
+    words = torch.randn(2, n + 5, 32, generator=torch.Generator().manual_seed(0))
+    words[1, n + 2:] = 0                                   # row 1 loses 2 tokens, row 0 loses 5
+    padded = torch.cat([words[:, :n], torch.zeros(2, 7, 32)], 1)
+    with caplog.at_level("WARNING", logger="salt.nodes"):
+        quiet = text_context([[padded, {}]], toy_salt, 2, "positive")
+        assert not caplog.records
+        cut = text_context([[words, {}]], toy_salt, 2, "positive")
+    assert torch.equal(quiet, words[:, :n]) and torch.equal(cut, words[:, :n])
+    assert [r.getMessage() for r in caplog.records] == [
+        f"SaltStreamingSampler: the positive text is 5 tokens longer than the {n} random toy reads; its end is cut "
+        f"(as Wan and diffusers cut it): shorten the prompt to keep it"]

@@ -1,6 +1,7 @@
 """The one training loop (training/loop.py) and run folders (training/runs.py): resume equals uninterrupted,
 interrupts and non-finite losses keep the last good state, every job refuses changed settings on resume."""
 import json
+import os
 import subprocess
 import sys
 
@@ -187,3 +188,25 @@ def test_milestone_checkpoints_are_kept_and_written_even_off_the_checkpoint_cade
     assert [s for s, _ in ckpt.complete()] == [12, 10, 9, 6, 3]
     train(tmp_path / "plain", 10, checkpoint_every=2)
     assert [s for s, _ in CheckpointManager(str(tmp_path / "plain" / "checkpoints")).complete()] == [10, 8]
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="POSIX file modes and umask; Linux's /proc")
+def test_every_checkpoint_file_has_the_mode_any_new_file_gets_and_is_synced_before_complete(tmp_path, monkeypatch):
+    """safetensors writes its files owner-only (0600) whatever the umask; a checkpoint's files get 0666 less the
+    umask, as state.pt and a plain open() do, and each is fsynced before COMPLETE is written."""
+    import os
+    from comfyui_salt.weights import files
+    synced, real = [], os.fsync
+    monkeypatch.setattr(files.os, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")) or real(fd))
+    old = os.umask(0o022)
+    try:
+        train(tmp_path / "run", 2, checkpoint_every=2)
+        with open(tmp_path / "plain", "w"):
+            pass
+    finally:
+        os.umask(old)
+    (step,) = [p for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.startswith("step_")]
+    written = sorted(p.name for p in step.iterdir())
+    assert written == ["COMPLETE", "ema.safetensors", "model.safetensors", "state.pt"]
+    assert {p.name: os.stat(p).st_mode & 0o777 for p in step.iterdir()} == dict.fromkeys(written, 0o644)
+    assert sorted(os.path.basename(p).split(".")[1] for p in synced) == ["ema", "model", "state"]

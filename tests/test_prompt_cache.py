@@ -120,3 +120,69 @@ def test_a_prompts_file_too_large_to_embed_in_the_hosts_memory_is_refused_before
     assert not encoder.calls
     prompts_file.write_text("a cat\nrain\n")
     assert fill_prompt_cache(real_cfg(prompts_file), str(tmp_path), encoder)   # 2 + the negative: they fit
+
+
+def test_a_text_longer_than_wan_reads_is_cut_with_a_warning_that_counts_the_lost_tokens(prompts_file, tmp_path,
+                                                                                         caplog):
+    """The 700-token prompt loses 188 tokens (Wan and diffusers cut at 512 too): said once, by its row; the others,
+    and an encoder's own zeroed padding past 512 (ComfyUI pads to at least 512), are not reported."""
+    padded = lambda texts: [torch.cat([r, torch.zeros(600, r.shape[1])]) for r in FakeEncoder()(texts)]
+    with caplog.at_level("WARNING"):
+        fill_prompt_cache(real_cfg(prompts_file), str(tmp_path), padded)
+    cuts = [r.getMessage() for r in caplog.records if "longer than" in r.getMessage()]
+    assert cuts == ["text 3 of 4 (the last is the negative prompt) is 188 tokens longer than the 512 Wan reads; its "
+                    "end is cut (as Wan and diffusers cut it): shorten it to keep it"]
+
+
+def test_an_interrupted_cache_write_leaves_the_old_cache_whole(prompts_file, tmp_path, monkeypatch):
+    """Killed while writing (here: the writer raises half-way), the old cache still reads back and nothing else is
+    left in the folder; without the atomic write a torn file stood at the cache's name."""
+    from comfyui_salt.training import prompts
+    cfg = real_cfg(prompts_file)
+    fill_prompt_cache(cfg, str(tmp_path), FakeEncoder())
+    before = load_file(prompt_cache_path(str(tmp_path)))["embeds"]
+    listing = sorted(p.name for p in tmp_path.iterdir())
+
+    def torn(tensors, path, metadata=None):
+        with open(path, "wb") as f:
+            f.write(b"\0" * 100)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(prompts, "save_file", torn)
+    prompts_file.write_text("a dog\n")
+    with pytest.raises(KeyboardInterrupt):
+        fill_prompt_cache(cfg, str(tmp_path), FakeEncoder())
+    assert torch.equal(load_file(prompt_cache_path(str(tmp_path)))["embeds"], before)
+    assert sorted(p.name for p in tmp_path.iterdir()) == listing
+
+
+@pytest.mark.parametrize("length", [1, 5, 8, 13])
+def test_fit_context_cuts_or_zero_pads_to_text_len_and_counts_only_the_lost_words(length):
+    """Brute force, row by row: the first 8 tokens kept, zeros after a short row; `dropped` is the most non-zero
+    tokens past 8 in one row (a row's own zero padding past 8 does not count)."""
+    from comfyui_salt.salt_core.model import fit_context
+    ctx = torch.randn(3, length, 4, generator=torch.Generator().manual_seed(length))
+    ctx[1, 9:] = 0                                          # row 1: at most one word past 8
+    ctx[2, 10:12] = 0                                       # row 2: a gap inside its words
+    got, dropped = fit_context(ctx, 8)
+    assert got.shape == (3, 8, 4)
+    want, lost = torch.zeros(3, 8, 4), []
+    for b in range(3):
+        want[b, :min(length, 8)] = ctx[b, :8]
+        lost.append(sum(bool(ctx[b, i].abs().sum() > 0) for i in range(8, length)))
+    assert torch.equal(got, want) and dropped == max(lost)
+
+
+def test_a_umt5_folder_too_large_for_the_hosts_memory_is_refused_before_the_encoder_loads(tmp_path, monkeypatch):
+    """4 bytes per parameter counted in the safetensors headers (two shards, bf16 on disk: 14 parameters, 56 bytes
+    in float32, twice the 28 on disk), refused by name before transformers is imported or a weight read."""
+    from safetensors.torch import save_file
+    from comfyui_salt.training import prompts
+    save_file({"a": torch.zeros(2, 3, dtype=torch.bfloat16)}, str(tmp_path / "model-00001-of-00002.safetensors"))
+    save_file({"b": torch.zeros(8, dtype=torch.bfloat16)}, str(tmp_path / "model-00002-of-00002.safetensors"))
+    (tmp_path / "tokenizer.json").write_text("{}")
+    assert prompts.encoder_weight_bytes(str(tmp_path)) == 4 * 14
+    monkeypatch.setattr(prompts, "available_memory", lambda device: 55)
+    monkeypatch.setitem(__import__("sys").modules, "transformers", None)   # importing it would fail
+    with pytest.raises(MemoryError, match=r"text_encoder: loading the umT5 encoder of .* in float32 needs about .*"
+                                          r"host's free memory.*SaltDistill's `clip` input"):
+        prompts.encode_umt5(str(tmp_path), ["a cat"])

@@ -19,7 +19,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from ..salt_core.model import fit_context
 from ..salt_core.validate import available_memory, check_memory, format_bytes, quote
+from ..weights.files import atomic_write
 
 
 # Wan 2.1's default negative prompt (Wan: wan/configs/shared_config.py `sample_neg_prompt`; the same
@@ -87,8 +89,8 @@ def read_prompts_file(prompts_file: str) -> list:
 
 
 def pad_embeddings(rows, max_len: int = TEXT_LEN) -> torch.Tensor:
-    """N rows (L_i, D) → (N, max_len, D) float32: cut after max_len tokens, zero-padded after L_i (Wan pads its
-    context with zeros to text_len; the encoder already zeroed its own padding positions)."""
+    """N rows (L_i, D) → (N, max_len, D) float32: cut after max_len tokens (logged when words are cut), zero-padded
+    after L_i (Wan pads its context with zeros to text_len; the encoder already zeroed its own padding positions)."""
     rows = list(rows)
     width = {tuple(r.shape[1:]) for r in rows}
     if not rows or len(width) != 1 or any(r.dim() != 2 for r in rows):
@@ -96,8 +98,11 @@ def pad_embeddings(rows, max_len: int = TEXT_LEN) -> torch.Tensor:
                          f"(tokens, width) tensor per prompt, all of one width")
     out = torch.zeros(len(rows), max_len, rows[0].shape[-1])
     for i, r in enumerate(rows):
-        n = min(r.shape[0], max_len)
-        out[i, :n] = r[:n].detach().float().cpu()
+        out[i], dropped = fit_context(r[None].detach().float().cpu(), max_len)
+        if dropped:
+            log.warning("text %d of %d (the last is the negative prompt) is %d tokens longer than the %d Wan reads; "
+                        "its end is cut (as Wan and diffusers cut it): shorten it to keep it", i + 1, len(rows),
+                        dropped, max_len)
     return out
 
 
@@ -139,8 +144,8 @@ def cache_prompt_embeddings(prompts: list, negative_prompt: str, cache_path: str
     if len(rows) != len(texts):
         raise ValueError(f"the text encoder returned {len(rows)} embeddings for {len(texts)} texts")
     embeds = pad_embeddings(rows)
-    save_file({"embeds": embeds.contiguous()}, cache_path,
-              metadata={PROMPTS_KEY: prompt_digest(prompts, negative_prompt)})
+    meta = {PROMPTS_KEY: prompt_digest(prompts, negative_prompt)}   # written whole: a killed run leaves no torn cache
+    atomic_write(cache_path, lambda path: save_file({"embeds": embeds.contiguous()}, path, metadata=meta))
     return embeds
 
 
@@ -157,8 +162,29 @@ def umt5_encoder(path: str):
     return lambda texts: encode_umt5(path, texts)
 
 
+def encoder_weight_bytes(path: str) -> int:
+    """Bytes a Hugging Face model folder's weights take loaded in float32: 4 per parameter counted in its
+    .safetensors headers (nothing read but the headers); a folder of .bin files only, their size on disk (a float32
+    file's own size, half of what a bf16 one will take)."""
+    names = sorted(os.listdir(path)) if os.path.isdir(path) else []
+    tensors = [os.path.join(path, n) for n in names if n.lower().endswith(".safetensors")]
+    if not tensors:
+        return sum(os.path.getsize(os.path.join(path, n)) for n in names if n.lower().endswith(".bin"))
+    count = 0
+    for file in tensors:
+        with safe_open(file, framework="pt") as f:
+            count += sum(int(np.prod(f.get_slice(k).get_shape(), dtype=np.int64)) for k in f.keys())
+    return 4 * count
+
+
 def encode_umt5(path: str, texts: list, max_len: int = TEXT_LEN, batch: int = 8) -> torch.Tensor:
-    """umT5 encoder outputs (N, max_len, 4096), padding positions zeroed (as Wan / Self Forcing)."""
+    """umT5 encoder outputs (N, max_len, 4096), padding positions zeroed (as Wan / Self Forcing); the float32
+    weights are checked against the host's free memory before they are loaded (umT5-XXL's take about 21 GiB)."""
+    check_memory(f"loading the umT5 encoder of {quote(path)} in float32", encoder_weight_bytes(path),
+                 available_memory(torch.device("cpu")), where="text_encoder", limit_what="the host's free memory",
+                 fix="free host memory, or fill the run's prompt cache where there is more (the cache, "
+                     "prompt_embeds.safetensors in the run folder, is all a run reads once it exists), or embed the "
+                     "prompts in ComfyUI: SaltDistill's `clip` input (Load CLIP, type 'wan') fills the same cache")
     try:
         from transformers import AutoTokenizer, UMT5EncoderModel  # optional: pip install transformers sentencepiece
     except ImportError as e:

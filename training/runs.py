@@ -104,15 +104,16 @@ class CheckpointManager:
         return None
 
     def save(self, step: int, tensors: dict, state: dict, metadata: dict = None) -> str:
-        """Write {name: state_dict} as name.safetensors and `state` as state.pt, atomically."""
+        """Write {name: state_dict} as name.safetensors and `state` as state.pt, atomically: every file synced to
+        disk before COMPLETE marks the folder and the rename puts it in place."""
         final = os.path.join(self.folder, f"step_{step:08d}")
         tmp = final + f".tmp{os.getpid()}"
         os.makedirs(tmp, exist_ok=True)
         meta = {k: str(v) for k, v in (metadata or {}).items()}
-        for name, sd in tensors.items():
-            save_file({k: v.detach().contiguous().cpu() for k, v in sd.items()}, os.path.join(tmp, f"{name}.safetensors"),
-                      meta)
-        torch.save(state, os.path.join(tmp, "state.pt"))
+        for name, sd in tensors.items():   # each file written whole and synced (a new file's mode, as state.pt's)
+            cpu = {k: v.detach().contiguous().cpu() for k, v in sd.items()}
+            atomic_write(os.path.join(tmp, f"{name}.safetensors"), lambda path, cpu=cpu: save_file(cpu, path, meta))
+        atomic_write(os.path.join(tmp, "state.pt"), lambda path: torch.save(state, path))
         self._mark(tmp, step)
         open(os.path.join(tmp, "COMPLETE"), "w").close()
         if os.path.exists(final):
