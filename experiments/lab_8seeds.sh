@@ -8,7 +8,7 @@
 # The teacher. The run folders of this re-run's first machine were lost with it, after the claim arms' 8 seeds at
 # 300 updates had finished (their evaluations were kept); the teacher trained again by the same command reproduces
 # its reference row in every stored digit, and salt seed 0 run again from it reproduces its kept evaluation to
-# 1e-5 (docs/method_lab.md "Runs kept in the repository"), so the re-run goes on in the same folders. The teacher
+# about 1e-4 (docs/method_lab.md "Runs kept in the repository"), so the re-run goes on in the same folders. The teacher
 # is now kept as experiments/results/lab_teacher.safetensors, the causal ODE init in lab-exp8/ode-causal.
 #
 # Order, each arm × seed in turn (a head-to-head grows evenly; kept runs are skipped): at 300 updates the symmetric
@@ -17,7 +17,8 @@
 # and the runs kept without their measurements trained again for them (lab-exp8-m); dmd, salt and salt-sym to 1,000
 # updates (the budget every verdict needs), the exact-real-score pair at 300 (dmd-exact, salt-exact), and last dmd
 # and salt to 2,000, each continued from its 1,000-update self. Hours of one core (measured: 3.5-4 s per update with
-# two one-thread jobs): a 300-update run 0.3, 300 -> 1,000 updates 0.8, 1,000 -> 2,000 1.1. 2,000 is the longest
+# two one-thread jobs and nothing else running; about twice that with tests beside): a 300-update run 0.3,
+# 300 -> 1,000 updates 0.8, 1,000 -> 2,000 1.1. 2,000 is the longest
 # budget the CPU allows (docs/method_lab.md "The longest budget"; 3,000 updates would take 2.6-3 h of one core).
 # Usage (from the repository root):
 #   [WORKERS=1] nohup bash experiments/lab_8seeds.sh > runs/lab-8seeds.log 2>&1 &
