@@ -36,9 +36,9 @@ def iteration(self, it):
     measured["teacher_policy"] = type(group.offload_policy).__name__ if group else None
     return stats
 D.Distiller.iteration = iteration
-cfg = get_preset(preset, teacher=teacher, batch_size=1, grad_accum=accum, gen_steps=steps, critic_ratio=2,
-                 eval_every=0, threads=1, checkpoint_every=2, align_start_iter=0, ema_start_iter=2,
-                 sharding=sharding, **extra)
+kw = dict(batch_size=1, grad_accum=accum, gen_steps=steps, critic_ratio=2, eval_every=0, threads=1,
+          checkpoint_every=2, align_start_iter=0, ema_start_iter=2, sharding=sharding)
+cfg = get_preset(preset, teacher=teacher, **{**kw, **extra})
 model = D.run_distillation(cfg, out, quiet=True, world=distill_world(), allow_changed_settings=allow)
 assert not torch.distributed.is_initialized(), "the finished job left its process group to interpreter exit"
 rank = int(os.environ.get("RANK", "0"))
@@ -66,7 +66,8 @@ def free_port():
         return s.getsockname()[1]
 
 
-def launch(folder, teacher, preset, ranks, accum, steps, sharding="full", allow=False, nodes=1, **extra):
+def launch(folder, teacher, preset, ranks, accum, steps, sharding="full", allow=False, nodes=1, timeout=900,
+           **extra):
     """Run the worker on `ranks` processes (torchrun's environment, gloo); returns their outputs. allow: resume with
     changed settings (another grad_accum keeps the global batch on another rank count); nodes: how many nodes the
     ranks pretend to be on (LOCAL_RANK / LOCAL_WORLD_SIZE as torchrun sets them per node)."""
@@ -84,7 +85,12 @@ def launch(folder, teacher, preset, ranks, accum, steps, sharding="full", allow=
                                       stderr=subprocess.STDOUT, text=True))
     outs = []
     for p in procs:
-        out, _ = p.communicate(timeout=900)
+        try:
+            out, _ = p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise AssertionError(f"the ranks did not finish within {timeout} s (a hang in a collective?)") from None
         assert finished(p.returncode, out), out[-4000:]
         outs.append(out)
     return outs
@@ -134,9 +140,10 @@ def test_sharded_ranks_equal_one_process_with_the_same_global_batch(tmp_path, te
     per_rank = [gen_rows(tmp_path / "two", "metrics.jsonl" if r == 0 else f"metrics_rank{r}.jsonl")
                 for r in range(ranks)]
     assert all([r["K"] for r in rows] == [r["K"] for r in rows_one] for rows in per_rank)
-    for i, a in enumerate(rows_one):                       # one process's loss: the mean over its micro-batches
-        mean = sum(rows[i]["dmd_loss"] for rows in per_rank) / ranks
-        assert abs(a["dmd_loss"] - mean) <= 1e-5 * abs(a["dmd_loss"])
+    for i, a in enumerate(rows_one):   # one process logs the mean over its micro-batches; every rank the same mean
+        for rows in per_rank:          # (rank 0's own losses were logged, of its clips alone)
+            assert abs(a["dmd_loss"] - rows[i]["dmd_loss"]) <= 1e-5 * abs(a["dmd_loss"]), (i, a, rows[i])
+            assert rows[i]["K"] == a["K"] and isinstance(rows[i]["K"], int)
     if preset == "toy-salt":
         assert sum(r["sc_acted"] for r in rows_one) and sum(r["aligned"] for r in rows_one)
     one_b = json.loads((tmp_path / "one" / "bytes_rank0.json").read_text())["bytes"]
@@ -154,6 +161,10 @@ def test_a_sharded_run_resumes_on_one_process_and_ends_equal_to_an_uninterrupted
     reverse: the end equals 1 process straight to 4."""
     launch(tmp_path / "straight", teacher, "toy-dmd", ranks=1, accum=2, steps=4)
     launch(tmp_path / "a", teacher, "toy-dmd", ranks=2, accum=1, steps=2)
+    # the same command on one process would average 1 clip per update where the checkpoint's averaged 2: refused
+    with pytest.raises(AssertionError, match=r"averaged 2 clips; these settings give 1 \(batch_size 1 × grad_accum 1 × "
+                                             r"1 process\)\. To go on, allow changed settings .* set --grad-accum 2"):
+        launch(tmp_path / "a", teacher, "toy-dmd", ranks=1, accum=1, steps=4)
     sharded = tmp_path / "a" / "checkpoints" / "step_00000002"      # torch.distributed.checkpoint: a shard per rank
     assert (sharded / ".metadata").is_file() and sorted(p.name for p in sharded.glob("*.distcp")) == [
         "__0_0.distcp", "__1_0.distcp"]
@@ -175,6 +186,31 @@ def test_a_sharded_run_resumes_on_one_process_and_ends_equal_to_an_uninterrupted
         assert worst <= 1e-6, (name, worst)
 
 
+def eval_steps(folder, name):
+    return [r["gen_step"] for r in map(json.loads, (folder / name).read_text().splitlines()) if "eval" in r]
+
+
+@pytest.mark.slow
+def test_an_evaluation_missing_from_one_ranks_log_is_redone_by_every_rank_or_by_none(tmp_path, teacher):
+    """A kill between a checkpoint and its evaluation's log line may leave the line in one rank's log and not in
+    another's. The evaluation gathers the sharded student (a collective): rank 0's log decides for every rank. It
+    hung when each rank decided from its own log (one gathering, the other training)."""
+    run = tmp_path / "run"
+    args = dict(teacher=teacher, preset="toy-dmd", ranks=2, accum=1, eval_every=2, eval_clips=2, timeout=240)
+    launch(run, steps=2, **args)
+    assert eval_steps(run, "metrics.jsonl") == eval_steps(run, "metrics_rank1.jsonl") == [2]
+
+    def drop_eval(name, step):
+        lines = (run / name).read_text().splitlines(keepends=True)
+        (run / name).write_text("".join(ln for ln in lines if not ('"eval"' in ln and json.loads(ln)["gen_step"] == step)))
+    drop_eval("metrics_rank1.jsonl", 2)                  # rank 0 has it: nobody evaluates again
+    launch(run, steps=4, **args)
+    assert eval_steps(run, "metrics.jsonl") == [2, 4] and eval_steps(run, "metrics_rank1.jsonl") == [4]
+    drop_eval("metrics.jsonl", 4)                        # rank 0 lacks it: every rank evaluates again
+    launch(run, steps=4, **args)
+    assert eval_steps(run, "metrics.jsonl") == [2, 4] and eval_steps(run, "metrics_rank1.jsonl") == [4, 4]
+
+
 @pytest.mark.slow
 def test_replicate_mode_keeps_everything_on_every_rank_and_trains_the_same(tmp_path, teacher):
     launch(tmp_path / "one", teacher, "toy-dmd", ranks=1, accum=2, steps=2)
@@ -187,12 +223,17 @@ def test_replicate_mode_keeps_everything_on_every_rank_and_trains_the_same(tmp_p
 
 
 def test_the_hand_written_gradient_average_is_gone():
-    """No gradient all-reduce of our own: the only all_reduce left is any_rank's one-number vote."""
+    """No gradient all-reduce of our own: the only all_reduces left are any_rank's one-number vote and the logged
+    numbers' mean (mean_over_ranks), neither touching a gradient."""
+    import inspect
     import comfyui_salt.training.distill as distill
     import comfyui_salt.training.distributed as distributed
+    import comfyui_salt.training.loop as loop
     assert not hasattr(distributed, "average_gradients")
-    assert "all_reduce" not in open(distill.__file__).read()
-    assert open(distributed.__file__).read().count("all_reduce(") == 1
+    assert "all_reduce" not in open(distill.__file__).read() and "all_reduce" not in open(loop.__file__).read()
+    assert open(distributed.__file__).read().count("all_reduce(") == 2
+    for f in (distributed.any_rank, distributed.mean_over_ranks):
+        assert "all_reduce(" in inspect.getsource(f) and "grad" not in inspect.getsource(f)
     assert not distributed.any_rank(False) and distributed.any_rank(True)     # one process: the flag itself
 
 
@@ -271,3 +312,58 @@ def test_the_cli_under_torchrun_writes_the_export_from_rank_0_only(tmp_path, tea
     assert [p.returncode for p in procs] == [0, 0], outs[0][-3000:] + outs[1][-3000:]
     assert "wrote" in outs[0] and "wrote" not in outs[1], outs[1][-2000:]
     assert (tmp_path / "run" / "export" / "student.safetensors").exists()
+
+
+def test_a_resume_that_would_average_another_number_of_clips_is_refused_naming_the_grad_accum_that_keeps_it(caplog):
+    """The rank count is no setting in config.json: a checkpoint of 2 processes × grad_accum 4 resumed on 8 keeps
+    its 8 clips per update with grad_accum 1, resumed on 3 no grad_accum does; allowed to change, it says so."""
+    from types import SimpleNamespace
+    from comfyui_salt.training.distill import check_clips_per_update
+    job = lambda before, procs, accum: SimpleNamespace(
+        resumed_clips=before, clips_per_update=accum * procs, world_size=procs,
+        cfg=SimpleNamespace(batch_size=1, grad_accum=accum))
+    check_clips_per_update(job(None, 8, 4), False, False)           # fresh, or a checkpoint of an older version
+    check_clips_per_update(job(8, 8, 1), False, False)              # the same clips on another rank count
+    with pytest.raises(ValueError, match=r"averaged 8 clips; these settings give 32 \(batch_size 1 × grad_accum 4 × 8 "
+                                         r"processes\)\. To go on, allow changed settings \(--allow-changed-settings "
+                                         r".*\) and set --grad-accum 1 to keep 8, or leave it to train on 32"):
+        check_clips_per_update(job(8, 8, 4), False, False)
+    with pytest.raises(ValueError, match=r"no grad_accum keeps 8 on 3 processes at batch_size 1"):
+        check_clips_per_update(job(8, 3, 4), False, False)
+    with caplog.at_level("WARNING"):
+        check_clips_per_update(job(8, 3, 4), True, False)
+    assert "going on with 12 (allowed to change settings)" in caplog.text
+
+
+def test_a_teacher_under_torchrun_is_refused_by_name_before_any_rank_takes_the_run_folder(tmp_path, monkeypatch):
+    """It was refused by the run lock on rank 1 ('in use by pid …' of its sibling) while rank 0 started training."""
+    from comfyui_salt.toy.jobs import teacher_world
+    from comfyui_salt.training.teacher import TeacherConfig, train_teacher
+    cfg = TeacherConfig(total_steps=1)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match=r"train_teacher under torchrun \(2 processes\): the teacher trains in one "
+                                         r"process .* launch it with python, not torchrun"):
+        train_teacher(cfg, str(tmp_path / "t"), world=teacher_world(cfg))
+    assert not (tmp_path / "t").exists()
+
+
+def test_a_teacher_file_stored_in_bf16_leaves_the_trained_copies_in_float32_from_the_files_own_weights(teacher):
+    """Under torchrun with bf16 compute the frozen teacher is stored in bf16 (FSDP2 gathers it in bf16 for every
+    forward anyway): half its bytes, the RoPE table as it was; student and critic initialised from 'teacher'
+    read the file's weights in float32, not the bf16-rounded copy."""
+    from comfyui_salt.training.distill_config import get_preset
+    from comfyui_salt.training.distill_models import build_models
+    cfg = get_preset("toy-dmd", teacher=str(teacher), student_init="teacher", critic_init="teacher")
+    plain, _, _ = build_models(cfg)
+    half, student, critic = build_models(cfg, teacher_dtype=torch.bfloat16)
+    size = lambda m: sum(p.numel() * p.element_size() for p in m.parameters())
+    assert {p.dtype for p in half.parameters()} == {torch.bfloat16} and 2 * size(half) == size(plain)
+    assert {a.dtype for a in half.rope.axis_angles} == {torch.float64}          # the RoPE angles are untouched
+    file = load_file(teacher)
+    for model in (student, critic):
+        assert {p.dtype for p in model.parameters()} == {torch.float32} and model.training
+        assert all(p.requires_grad for p in model.parameters())
+        sd = model.state_dict()
+        assert all(torch.equal(sd[k], plain.state_dict()[k]) for k in sd)
+    assert any(not torch.equal(p.float(), q) for p, q in zip(half.parameters(), plain.parameters()))   # rounded
+    assert not any(p.requires_grad for p in half.parameters())

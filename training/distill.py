@@ -39,7 +39,7 @@ from .distributed import (any_rank, device_mesh, end_process_group, full_optimiz
                           process_info, shard_model)
 from .loop import TrainingLoop, check_loss_terms, stop_step
 from .optim import EMA, step_generators, step_seed
-from .runs import open_run
+from .runs import OVERRIDE_HINT, open_run
 from .validate import check_distill_memory, check_whole_chunks, inactive_terms, shard_count
 
 log = logging.getLogger("salt.distill")
@@ -80,6 +80,8 @@ class Distiller:
         must then not be "auto" (run_distillation resolves it from the teacher file). features: the frozen network
         whose block features the alignment compares (default the teacher; an exact teacher has none)."""
         self.cfg, self.rank, self.world_size, self.prompts = cfg, rank, world_size, prompts
+        self.clips_per_update = cfg.batch_size * cfg.grad_accum * world_size   # what one generator update averages
+        self.resumed_clips = None   # the clips per update of the checkpoint resumed from (None: fresh, or older)
         self.teacher, self.student, self.critic = teacher, student, critic
         self.score_kind = score_kind or cfg.teacher_kind
         self.real = ScoreNet(teacher, self.score_kind, cfg.chunk_frames)
@@ -330,7 +332,8 @@ class Distiller:
             tensors["ema"] = self.ema.state_dict()
         return tensors, {"opt_gen": full_optimizer_state(self.student, self.opt_gen),
                          "opt_critic": full_optimizer_state(self.critic, self.opt_critic),
-                         "gen_step": self.gen_step, "counts": dict(self.counts), "iteration": self.it}
+                         "gen_step": self.gen_step, "counts": dict(self.counts), "iteration": self.it,
+                         "clips_per_update": self.clips_per_update}
 
     @property
     def sharded(self) -> bool:
@@ -348,7 +351,7 @@ class Distiller:
         if self.ema is not None:
             tensors["ema"] = dict(zip(self.ema.names, self.ema.params))
         return tensors, {"gen_step": self.gen_step, "counts": dict(self.counts), "iteration": self.it,
-                         "ema": self.ema is not None, "optimizers": [k for k in tensors if k.startswith("opt_")]}
+                         "clips_per_update": self.clips_per_update, "ema": self.ema is not None, "optimizers": [k for k in tensors if k.startswith("opt_")]}
 
     def load_sharded(self, path: str, state: dict):
         """Restore a torch.distributed.checkpoint folder written by `sharded_state` on any number of ranks, into
@@ -369,6 +372,7 @@ class Distiller:
             set_optimizer_state_dict(*pairs[key], tensors[key])
         self.gen_step, self.it = int(state["gen_step"]), int(state["iteration"])
         self.counts.update(state.get("counts", {}))
+        self.resumed_clips = state.get("clips_per_update")
 
     def load(self, tensors, state):
         """Restore `state()`'s output (read on every rank), into plain or sharded models."""
@@ -382,6 +386,7 @@ class Distiller:
         self.gen_step = int(state["gen_step"])
         self.it = int(state["iteration"])
         self.counts.update(state.get("counts", {}))
+        self.resumed_clips = state.get("clips_per_update")
 
     def student_for_inference(self):
         """The EMA student if EMA has started, else a copy of the student, in eval mode: a plain (unsharded) model
@@ -428,12 +433,34 @@ def run_distillation(cfg: DistillConfig, out_dir: str, *, max_gen_steps: int = N
     check_world(cfg, world, "run_distillation")
     rank = process_info().rank
     with open_run(cfg, out_dir, allow_changes=allow_changed_settings, rank=rank) as run:
-        model = _run_distillation(cfg, run, max_gen_steps, callback, quiet, device, world)
+        model = _run_distillation(cfg, run, max_gen_steps, callback, quiet, device, world, allow_changed_settings)
     end_process_group()   # a finished job on every rank: the group this process started ends with it
     return model
 
 
-def _run_distillation(cfg, run, max_gen_steps, callback, quiet, device, world):
+def check_clips_per_update(job, allow_changes: bool, distributed: bool) -> None:
+    """A resume whose generator updates would average another number of clips than the checkpoint's did (another
+    process count, batch_size or grad_accum): refused, naming the `--grad-accum` that keeps the old number where one
+    does, unless settings may change (then said). Every rank decides alike (a refusal ends the process group first)."""
+    before, now = job.resumed_clips, job.clips_per_update
+    if before is None or before == now:
+        return
+    cfg, procs = job.cfg, job.world_size
+    said = (f"the checkpoint's generator updates averaged {before} clips; these settings give {now} "
+            f"(batch_size {cfg.batch_size} × grad_accum {cfg.grad_accum} × {procs} process{'es' * (procs != 1)})")
+    if allow_changes:
+        log.warning("%s: going on with %d (allowed to change settings)", said, now)
+        return
+    keep, rem = divmod(before, cfg.batch_size * procs)
+    fix = (f"set --grad-accum {keep} to keep {before}" if keep >= 1 and not rem else
+           f"no grad_accum keeps {before} on {procs} process{'es' * (procs != 1)} at batch_size {cfg.batch_size}")
+    if distributed:
+        end_process_group()      # every rank refuses here: the group process_info started ends first
+    raise ValueError(f"{said}. To go on, allow changed settings ({OVERRIDE_HINT}) and {fix}, or leave it to train on "
+                     f"{now}")
+
+
+def _run_distillation(cfg, run, max_gen_steps, callback, quiet, device, world, allow_changes=False):
     out_dir = run.path
     """`run_distillation` inside the run folder: the job, run by training.loop."""
     if cfg.threads:
@@ -444,7 +471,10 @@ def _run_distillation(cfg, run, max_gen_steps, callback, quiet, device, world):
         raise ValueError(f"run_distillation(device={device}) with {world_size} processes: each rank takes its local "
                          f"rank's device; leave device unset under torchrun")
     device = torch.device(device) if device is not None else info.device
-    teacher, student, critic = build_models(cfg, world)
+    # Sharded with bf16 compute, FSDP2 gathers every parameter in bf16 for its forward (shard_model's mp_policy): a
+    # frozen teacher stored in bf16 computes the same numbers in half the host and GPU memory (14B: 28 GB, not 56)
+    bf16_teacher = info.distributed and cfg.autocast_bf16 and device.type == "cuda"
+    teacher, student, critic = build_models(cfg, world, torch.bfloat16 if bf16_teacher else torch.float32)
     score_kind = resolve_teacher_kind(cfg, world)
     check_whole_chunks(cfg, "DistillConfig", score_kind)   # "auto" known now
     check_distill_memory(cfg, student, critic, device, teacher=teacher,
@@ -465,7 +495,12 @@ def _run_distillation(cfg, run, max_gen_steps, callback, quiet, device, world):
     # FSDP2 has put each rank's shards on its mesh's device (or kept them on the host: teacher_offload)
     teacher, student, critic = (m if is_sharded(m) else m.to(device) for m in (teacher, student, critic))
     features = None if features is None or is_sharded(features) else features.to(device)
+    # rank 0 embeds a real-scale run's prompts once (umT5-XXL: ~21 GiB of host memory), the others read its cache
+    if info.distributed and rank != 0:
+        torch.distributed.barrier()
     prompts = build_prompts(cfg, teacher, out_dir, world)
+    if info.distributed and rank == 0:
+        torch.distributed.barrier()
     job = Distiller(cfg, teacher, student, critic, prompts, rank, world_size,
                     score_kind=score_kind, features=features)
     log.info("teacher and critic score clips %s", "whole (bidirectional)" if job.score_kind == "bidirectional"
@@ -480,6 +515,7 @@ def _run_distillation(cfg, run, max_gen_steps, callback, quiet, device, world):
     loop = TrainingLoop(run, "distill", quiet=quiet, step_key="gen_step", metadata={
         "salt_config": student.cfg.to_json(), "distill_config": json.dumps(asdict(cfg))})
     loop.resume(job, ["student", "critic"], optional=["ema"])
+    check_clips_per_update(job, allow_changes, info.distributed)
 
     def evaluate():   # every rank evaluates (the inference copy is a collective when sharded); rank 0 writes the GIF
         preview = run.file(f"preview_{job.gen_step:06d}.gif") if rank == 0 else None

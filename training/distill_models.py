@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+import torch
+
 from ..salt_core.scorenet import KINDS
 from ..salt_core.validate import quote
 from .distill_config import DistillConfig
@@ -85,7 +87,10 @@ def check_models_fit(cfg: StudentJobConfig, teacher, student, critic=None) -> No
 def _load(source: str, cfg: StudentJobConfig, teacher, what: str):
     """A model from 'teacher' (a trainable copy of the teacher) or a checkpoint path."""
     if source == "teacher":
-        return copy.deepcopy(teacher).requires_grad_(True).train()
+        if any(p.dtype != torch.float32 for p in teacher.parameters()):   # a teacher file stored in bf16: the
+            source = cfg.teacher     # trained copy reads the file's own weights in float32 (its master weights)
+        else:
+            return copy.deepcopy(teacher).requires_grad_(True).train()
     if not source:
         raise ValueError(f"{type(cfg).__name__}.{what} is empty: pass a checkpoint path (any supported layout) or "
                          f"'teacher'")
@@ -106,15 +111,16 @@ def exact_teacher(cfg: DistillConfig, world: DistillWorld):
     return world.exact_teacher(cfg)
 
 
-def build_teacher(cfg: StudentJobConfig, world: DistillWorld = None):
-    """The frozen teacher of a run, in eval mode (`world` lends the teacher of teacher="toy" and "exact")."""
+def build_teacher(cfg: StudentJobConfig, world: DistillWorld = None, dtype=torch.float32):
+    """The frozen teacher of a run, in eval mode (`world` lends the teacher of teacher="toy" and "exact"); a teacher
+    file's weights are stored in `dtype` (the RoPE table stays float32)."""
     if cfg.teacher == EXACT:
         teacher = exact_teacher(cfg, world)
     elif cfg.teacher == "toy":
         check_world(cfg, world, "build_models")
         teacher = world.load_teacher()
     elif cfg.teacher:
-        teacher, _ = load_model(cfg.teacher, use_ema=cfg.use_ema_weights)
+        teacher, _ = load_model(cfg.teacher, use_ema=cfg.use_ema_weights, dtype=dtype)
     else:
         raise ValueError(f"{type(cfg).__name__}.teacher is empty: pass 'toy' (the sprite world), 'exact' (the method "
                          f"lab's closed-form teacher) or a teacher checkpoint path")
@@ -129,10 +135,10 @@ def build_student(cfg: StudentJobConfig, teacher):
     return student
 
 
-def build_models(cfg: DistillConfig, world: DistillWorld = None):
+def build_models(cfg: DistillConfig, world: DistillWorld = None, teacher_dtype=torch.float32):
     """(teacher, student, critic) WanModels for a distillation (`world` lends the teacher of teacher="toy" and
-    "exact")."""
-    teacher = build_teacher(cfg, world)
+    "exact"); a teacher file's weights in `teacher_dtype`, student and critic in float32 whatever it is."""
+    teacher = build_teacher(cfg, world, teacher_dtype)
     student = _load(cfg.student_init, cfg, teacher, "student_init")
     critic = _load(cfg.critic_init, cfg, teacher, "critic_init")
     check_models_fit(cfg, teacher, student, critic)

@@ -57,6 +57,12 @@ def launcher_rank() -> int:
     return _env_int("RANK", 0)
 
 
+def launcher_world_size() -> int:
+    """How many processes the launcher started (WORLD_SIZE; 1 without one), starting nothing: how a one-process job
+    refuses a torchrun launch before its ranks contend for one run folder."""
+    return _env_int("WORLD_SIZE", 1)
+
+
 def process_info(timeout_s: float = DEFAULT_TIMEOUT_S) -> ProcessInfo:
     """This process's place from the launcher's environment, the process group started under a launcher (NCCL on
     CUDA, gloo on the CPU; collectives fail after `timeout_s`): `torchrun --nproc-per-node 1` shards on one GPU
@@ -206,6 +212,26 @@ def any_rank(flag: bool) -> bool:
                          device="cuda" if dist.get_backend() == "nccl" else "cpu")
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item() > 0)
+
+
+def mean_over_ranks(stats: dict) -> dict:
+    """`stats` with every number (int or float, not bool) replaced by its mean over the ranks, the rest as this rank
+    has it: what a multi-process run logs (each rank's losses are of its own clips). A collective under a process
+    group: every rank calls it with the same keys (checked: other keys on some rank raise, naming them)."""
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return dict(stats)
+    keys = sorted(k for k, v in stats.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
+    every = [None] * dist.get_world_size()
+    dist.all_gather_object(every, keys)
+    if any(k != keys for k in every):
+        raise RuntimeError(f"ranks log different numbers: {sorted(set(map(tuple, every)))}")
+    values = torch.tensor([float(stats[k]) for k in keys], dtype=torch.float64,
+                          device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    means = dict(zip(keys, (values / dist.get_world_size()).tolist()))
+    # a count every rank agrees on (K, an update counter) stays an int
+    return {**stats, **{k: int(v) if isinstance(stats[k], int) and v.is_integer() else v for k, v in means.items()}}
 
 
 COMMUNICATION_ERRORS = ("gloo/transport", "Connection reset by peer", "Connection closed by peer", "NCCL",

@@ -25,6 +25,7 @@ import time
 import torch
 from tqdm.auto import tqdm
 
+from .distributed import any_rank, mean_over_ranks
 from .optim import EMA, cosine_lr
 from .runs import RunError, RunFolder, logged_eval_steps
 
@@ -130,7 +131,6 @@ class TrainingLoop:
         if not getattr(job, "sharded", False):
             check_stop()
             return
-        from .distributed import any_rank
         try:
             check_stop()
             stopping = False
@@ -168,6 +168,7 @@ class TrainingLoop:
         """
         started = time.time()
         self.ckpt.keep_every = keep_every
+        sharded = getattr(job, "sharded", False)
 
         def eval_due():
             return (evaluate is not None and eval_every > 0 and job.step > 0
@@ -178,8 +179,12 @@ class TrainingLoop:
             self.logger.write(**{self.step_key: job.step, "eval": scores})
             log.info("%s %d eval %s", self.step_key, job.step, scores)
 
-        if eval_due() and job.step not in logged_eval_steps(self.logger.path, self.step_key):
-            run_evaluation()   # the evaluation a Cancel interrupted after the checkpoint it follows
+        if eval_due():         # the evaluation a Cancel interrupted after the checkpoint it follows
+            missing = job.step not in logged_eval_steps(self.logger.path, self.step_key)
+            if sharded:        # rank 0's log decides for every rank (an evaluation may be a collective)
+                missing = any_rank(self.rank == 0 and missing)
+            if missing:
+                run_evaluation()
         bar = tqdm(total=stop, initial=job.step, desc=self.desc, disable=self.quiet or self.rank != 0,
                    dynamic_ncols=True)
         last_log, last_logged = time.time(), job.step
@@ -208,11 +213,12 @@ class TrainingLoop:
                 bar.update(1)
                 if job.step % log_every == 0:
                     now = time.time()
-                    self.logger.write(**{self.step_key: job.step}, **stats,
+                    logged = mean_over_ranks(stats) if sharded else stats   # each rank's losses are of its clips
+                    self.logger.write(**{self.step_key: job.step}, **logged,
                                       sec_per_step=(now - last_log) / max(1, job.step - last_logged))
                     last_log, last_logged = now, job.step
                     if postfix:
-                        bar.set_postfix({label: f"{stats.get(key, 0.0):.4g}" for label, key in postfix.items()})
+                        bar.set_postfix({label: f"{logged.get(key, 0.0):.4g}" for label, key in postfix.items()})
                 if callback is not None:
                     callback({"gen_step": job.step, "total": stop, "stats": stats})
                 out_of_time = max_seconds is not None and time.time() - started > max_seconds

@@ -94,7 +94,10 @@ class CheckpointManager:
                 continue
             for bad in failures:
                 bad_path = bad.split(": ")[0]
-                os.replace(bad_path, bad_path + ".unreadable")
+                try:
+                    os.replace(bad_path, bad_path + ".unreadable")
+                except FileNotFoundError:   # another rank of a multi-process run moved it first
+                    pass
                 log.warning("resuming from %s instead; the unreadable checkpoint was moved to %s.unreadable",
                             path, bad_path)
             return path, tensors, state

@@ -29,6 +29,7 @@ from ..salt_core.denoiser import FlowDenoiser
 from ..salt_core.samplers import sample_euler
 from ..salt_core.scorenet import teacher_forcing_forward
 from .config_fields import MAX_THREADS, grouped
+from .distributed import launcher_world_size
 from .loop import RegressionJob, TrainingLoop, stop_step
 from .optim import step_generators
 from .runs import CheckpointManager, open_run
@@ -156,8 +157,12 @@ def train_teacher(cfg: TeacherConfig, out_dir: str, evaluate=None, max_steps: in
     `max_seconds` stops after the step that crosses that much wall time (saving a checkpoint).
     `device` (default CPU) holds the model, EMA and batches; data and noise are drawn on CPU.
     A folder holding checkpoints of a run with other settings is refused unless `allow_changed_settings`;
-    one process at a time may use a folder (training.runs.open_run).
+    one process at a time may use a folder (training.runs.open_run); a torchrun launch of several is refused.
     """
+    processes = launcher_world_size()
+    if processes > 1:        # every rank refuses here, before any of them locks the run folder
+        raise ValueError(f"train_teacher under torchrun ({processes} processes): the teacher trains in one process "
+                         f"(toy worlds: a small model on the CPU or one GPU); launch it with python, not torchrun")
     frames = world.cfg.num_frames
     if cfg.mode == "teacher_forcing" and frames % cfg.chunk_frames:
         divisors = [d for d in range(1, frames + 1) if not frames % d]
