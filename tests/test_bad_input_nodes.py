@@ -88,6 +88,15 @@ def test_custom_steps_as_the_nodes_description_writes_them_give_the_preset(salt_
     assert torch.equal(got, want)
 
 
+@pytest.mark.parametrize("steps", ["[1000, 750)", "[[1000, 750, 500, 250]]", "(1000, 750, 500, 250", "[]",
+                                   "1000, 750, 500, 250]", "{1000, 750}"])
+def test_custom_steps_in_unmatched_or_nested_brackets_are_refused_naming_the_form(salt_nodes, steps):
+    """One matching pair of brackets around the list is all that is taken off."""
+    with pytest.raises(ValueError, match=r"SaltFewStepSigmas: custom_steps=.* is not a list of numbers; expected raw "
+                                         r"timesteps in \(0, 1000\]"):
+        run(salt_nodes.SaltFewStepSigmas, preset="custom", nfe=4, shift=5.0, custom_steps=steps)
+
+
 def test_a_huge_custom_steps_is_quoted_not_echoed(salt_nodes):
     for text in ("x" * (4 << 20), "1000 " + "2000 " * 100_000):
         with pytest.raises(ValueError, match="SaltFewStepSigmas") as e:
@@ -256,7 +265,7 @@ def test_a_name_ending_in_a_newline_is_refused(salt_nodes, name):
     assert "plain folder name" in salt_nodes.SaltDistill.validate_inputs(name=name)
     with pytest.raises(ValueError, match="stream_id"):
         live.check_stream_id(name)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"SaltExtractLoRA: name=.*; expected a plain file name"):
         lora.lora_path(name)
 
 

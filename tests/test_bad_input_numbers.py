@@ -192,8 +192,8 @@ def test_a_teacher_that_outputs_nan_stops_distillation_naming_the_dmd_term_after
     from comfyui_salt.toy.jobs import distill_world
     real_build = job.build_models
 
-    def nan_teacher(cfg, world=None):
-        teacher, student, critic = real_build(cfg, world)
+    def nan_teacher(cfg, world=None, *dtype):
+        teacher, student, critic = real_build(cfg, world, *dtype)
         with torch.no_grad():
             teacher.head.head.bias.fill_(NAN)
         return teacher, student, critic
@@ -242,8 +242,13 @@ def test_the_finite_check_counts_every_bad_entry_chunk_by_chunk(monkeypatch, chu
     monkeypatch.setattr(v, "FINITE_CHUNK", chunk)
     t = torch.zeros(5, 11)
     t.view(-1)[[0, 6, 7, 13, 54]] = torch.tensor([float("nan"), float("inf"), -float("inf"), float("nan"), 1e39])
+    seen, real = [], torch.isfinite
+    monkeypatch.setattr(v.torch, "isfinite", lambda x: seen.append(x.numel()) or real(x))
     for x in (t, t.t()):
-        want = int((~torch.isfinite(x)).sum())
+        want = int((~real(x)).sum())
+        seen.clear()
         with pytest.raises(ValueError, match=f"holds {want} non-finite value\\(s\\) \\(NaN/Inf\\) out of 55"):
             v.check_finite_tensor("x", x)
+        row = x[:1].numel()          # whole rows of the first axis, as many as fit a chunk (one at least)
+        assert sum(seen) == 55 and max(seen) == max(row, chunk // row * row if chunk < 55 else 55), (seen, row)
     assert v.check_finite_tensor("x", torch.ones(5, 11)) is not None

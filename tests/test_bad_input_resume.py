@@ -229,8 +229,11 @@ def test_a_folder_holding_someone_elses_files_is_refused_before_anything_is_writ
 
 
 def test_an_empty_folder_and_one_of_salts_own_runs_are_used(teacher_path, tmp_path):
+    """Empty, or holding only empty folders (an `export/` made by hand, a run whose first start failed before it
+    wrote anything): nothing in it to overwrite."""
     run = tmp_path / "empty"
-    run.mkdir()
+    (run / "export").mkdir(parents=True)
+    (run / "checkpoints").mkdir()
     run_distillation(tiny(teacher_path, gen_steps=1), str(run), quiet=True, world=TOY)
     run_distillation(tiny(teacher_path, gen_steps=2), str(run), quiet=True, world=TOY)      # its own: resumed
     assert json.loads((run / "config.json").read_text())["gen_steps"] == 2
@@ -255,3 +258,23 @@ def test_foreign_lines_in_metrics_jsonl_are_skipped_when_reading_the_evaluated_s
     path.write_text('{"eval": {}, "gen_step": 2}\n{"eval": {}, "gen_step": [1]}\n' + "[" * 100_000 + "\n"
                     '"text"\n{"eval": {}, "gen_step": 4}\n')
     assert logged_eval_steps(str(path)) == {2, 4}
+
+
+def test_an_unreadable_checkpoint_another_rank_moved_aside_first_does_not_stop_this_one(tmp_path, monkeypatch):
+    """Every rank of a sharded run falls back on its own: the second to move `step_N` to `step_N.unreadable` found it
+    gone and crashed with FileNotFoundError. Here the other rank's rename happens just before this one's."""
+    from comfyui_salt.training import runs
+    ckpt = CheckpointManager(str(tmp_path / "checkpoints"))
+    for step in (1, 2):
+        ckpt.save(step, {"student": {"w": torch.full((2,), float(step))}}, {"step": step})
+    garbage(tmp_path / "checkpoints" / "step_00000002" / "state.pt")
+    real = os.replace
+
+    def other_rank_first(src, dst):
+        real(src, dst)          # the other rank's rename
+        real(src, dst)          # this rank's: the source is gone
+    monkeypatch.setattr(runs.os, "replace", other_rank_first)
+    path, tensors, state = ckpt.load_latest(["student"])
+    assert path.endswith("step_00000001") and state["step"] == 1 and torch.equal(tensors["student"]["w"],
+                                                                                 torch.ones(2))
+    assert (tmp_path / "checkpoints" / "step_00000002.unreadable").is_dir()

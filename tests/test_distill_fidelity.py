@@ -263,6 +263,11 @@ def test_defect_report_has_every_consecutive_triplet_of_each_grid_and_intervals_
     half = 3.1824 * per_clip.std().item() / 2
     m = report[8]["mean"]
     assert (m.mean, m.lo, m.hi) == pytest.approx((per_clip.mean().item(), m.mean - half, m.mean + half), rel=1e-4)
+    for k, (_, ci) in enumerate(report[8]["triplets"]):            # each triplet's interval, by the same rule
+        clips = per_triplet[k].double()
+        half = 3.1824 * clips.std().item() / 2
+        assert (ci.mean, ci.lo, ci.hi) == pytest.approx((clips.mean().item(), ci.mean - half, ci.mean + half),
+                                                        rel=1e-4), k
     one = defect_report(model, cfg, ctx[:1], grids=(2,))[2]["mean"]
     assert one.n == 1 and one.lo != one.lo and "| n/a | 1 |" in format_defect_report({2: {"mean": one,
                                                                                            "triplets": []}})

@@ -336,3 +336,15 @@ def test_no_two_model_presets_share_their_weight_shapes():
     from comfyui_salt.salt_core.config import MODEL_PRESETS
     names = [layouts.match_preset(cfg) for cfg in MODEL_PRESETS.values()]
     assert names == list(MODEL_PRESETS)
+
+
+def test_match_preset_declines_shapes_two_presets_share_and_shapes_none_has(monkeypatch):
+    """The head count is not in the weights: a second preset of the toy's shapes with other heads makes the match a
+    guess (None), and so does a width no preset has."""
+    import dataclasses
+    from comfyui_salt.salt_core.config import MODEL_PRESETS
+    toy = MODEL_PRESETS["toy"]
+    assert layouts.match_preset(dataclasses.replace(toy, num_heads=2 * toy.num_heads)) == "toy"   # heads ignored
+    assert layouts.match_preset(dataclasses.replace(toy, dim=toy.dim + 8)) is None
+    monkeypatch.setitem(layouts.MODEL_PRESETS, "toy-twin", dataclasses.replace(toy, num_heads=2 * toy.num_heads))
+    assert layouts.match_preset(toy) is None

@@ -372,6 +372,9 @@ def test_claim_verdicts_follow_the_stated_rules():
     assert not b("drift", {"drift": iv(-0.011, -0.001)}, {"drift": 0.1})
     assert b("lower-ratio", {"defect8": iv(0.95, 0.99)}, {}) and not b("lower-ratio", {"defect8": iv(0.89, 0.99)}, {})
     assert not b("defect", {"defect8": iv(0.95, 0.99)}, {})
+    # on the margin itself an effect of 10 % is not ruled out: not small
+    assert not b("lower-ratio", {"defect8": iv(0.9, 0.99)}, {})
+    assert not b("quality", {"mean_err": iv(-0.1 * abs(refs["mean_err"]), -0.01), "var_gap": iv(-0.04, 0.3)}, refs)
     row = dict(test="drift", ivs={"drift": iv(-0.009, -0.001)}, refs={"drift": 0.1}, verdict="reproduces")
     assert _tables().verdict_text(row) == "reproduces, < 10 %"
     assert _tables().verdict_text({**row, "refs": {"drift": 0.0}}) == "reproduces"

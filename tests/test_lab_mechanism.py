@@ -89,7 +89,7 @@ def test_the_summary_pairs_each_arms_hop_error_with_the_reference_by_seed():
                           "e2": [0.2, 0.2], "pull_truth": [0.5, -0.5], "along": [0.0, 0.0]}
         return {"seed": seed, "gen_updates": updates, "triplets": [[list(t), cols(k)] for k, t in
                                                                    enumerate(triplets)]}
-    measured = {(f"r/sc0/seed{s}", None): run(s, 1.0, 300) for s in range(3)}
+    measured = {(f"r/sc0/seed{s}", None): run(s, 1.0, 300) for s in (2, 0, 1)}   # found in another order
     measured.update({(f"r/sc20/seed{s}", None): run(s, 1.1 + 0.1 * s, 300) for s in range(3)})
     measured[("r/ode-causal", None)] = run(0, 1.0, -1)
     lines = format_summary(measured).splitlines()

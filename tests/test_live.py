@@ -137,6 +137,11 @@ def test_what_a_run_keeps_is_checked_against_the_hosts_free_memory_before_the_fi
             kept.add_latents(torch.zeros(shape))
             held = max(held, 4 * (sum(f.numel() for f in kept.frames) + sum(c.numel() for c in kept.chunk_latents)))
         assert held <= kept.bytes_needed(len(sizes), shape, (4, 4)) / 2, (keep, held)   # once, before the cat
+    few = live.KeptChunks(8, 1)   # the last 8 frames of 3-frame chunks (144 pixels, 144 latents): the newest 4 chunks
+    shape = (1, 3, 3, 4, 4)
+    assert few.bytes_needed(100_000, shape, (4, 4)) == few.bytes_needed(4, shape, (4, 4)) == 2 * 4 * 4 * (144 + 144)
+    assert live.KeptChunks(0, 1).bytes_needed(100_000, shape, (4, 4)) == 100_000 // 4 * few.bytes_needed(4, shape,
+                                                                                                          (4, 4))
 
 
 def test_a_live_stream_needs_a_cache_of_constant_size_and_a_plain_stream_id(salt_nodes, toy_salt):
@@ -245,18 +250,25 @@ def test_the_largest_seed_the_widget_allows_streams(salt_nodes, toy_salt):
     assert images.shape == (3, 16, 16, 3) and torch.isfinite(latent["samples"]).all()
 
 
-def test_a_continuation_whose_positive_changed_switches_to_it_as_a_typed_prompt_would(salt_nodes, toy_salt):
+def test_a_continuation_whose_positive_changed_switches_to_it_as_a_typed_prompt_would(salt_nodes, toy_salt,
+                                                                                      monkeypatch):
     """Queueing again with another `positive` continues the video under the new prompt (it was kept under the old
     one in silence): the same frames as continuing with the old positive and typing the new prompt before the run
     (the canvas's switch, applied at the first chunk boundary); with the positive unchanged, nothing switches."""
     from comfyui_salt.nodes import live
+    from comfyui_salt.salt_core.streaming import ChunkStream
+    switched, real = [], ChunkStream.set_prompt
+    monkeypatch.setattr(ChunkStream, "set_prompt", lambda self, *a, **k: switched.append(1) or real(self, *a, **k))
     blue = run(salt_nodes.SaltToyTextEncode, text="a blue square moving up")[0]
-    out = {}
+    out, switches = {}, {}
     for name in ("changed", "typed", "same"):
         run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, stream_id=name))
         if name == "typed":
             assert live.control_request("typed", "prompt", {"text": "a blue square moving up"})[0] == 200
         kw = dict(positive=blue) if name == "changed" else {}
+        switched.clear()
         out[name] = run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, stream_id=name, **kw))[0]
+        switches[name] = len(switched)
     assert torch.equal(out["changed"], out["typed"])
     assert not torch.equal(out["changed"], out["same"])
+    assert switches == {"changed": 1, "typed": 1, "same": 0}, switches

@@ -573,7 +573,7 @@ def test_a_wan_start_image_is_encoded_with_the_users_vae_into_comfys_latent_spac
     nan = torch.zeros(1, 16, 1, 4, 4)
     nan[0, 0, 0, 0, 0] = float("nan")
     for bad, words in ((torch.zeros(1, 4, 1, 4, 4), "C=16"), (torch.zeros(1, 48, 4, 4), "C=16"),
-                       (torch.zeros(16, 4, 4), "start_latent holds (16, 4, 4)"), (nan, "start_latent"),
+                       (torch.zeros(16, 4, 4), "start_latent holds (16, 4, 4)"), (nan, "start_latent holds 1 non-finite value(s) (NaN/Inf)"),
                        (None, "start_latent holds NoneType")):
         with pytest.raises(ValueError, match=re.escape(words)):
             run(salt_nodes.SaltStreamingSampler, **base, start_latent={"samples": bad} if bad is not None else {})

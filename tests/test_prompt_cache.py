@@ -169,6 +169,7 @@ def test_fit_context_cuts_or_zero_pads_to_text_len_and_counts_only_the_lost_word
     for b in range(3):
         want[b, :min(length, 8)] = ctx[b, :8]
         lost.append(sum(bool(ctx[b, i].abs().sum() > 0) for i in range(8, length)))
+        assert fit_context(ctx[b:b + 1], 8)[1] == lost[b], b          # each row's own count: its padding is no word
     assert torch.equal(got, want) and dropped == max(lost)
 
 
@@ -186,3 +187,19 @@ def test_a_umt5_folder_too_large_for_the_hosts_memory_is_refused_before_the_enco
     with pytest.raises(MemoryError, match=r"text_encoder: loading the umT5 encoder of .* in float32 needs about .*"
                                           r"host's free memory.*SaltDistill's `clip` input"):
         prompts.encode_umt5(str(tmp_path), ["a cat"])
+
+
+def test_the_caches_digest_is_of_the_texts_in_order_and_an_older_cache_without_one_is_compared_by_its_rows(
+        prompts_file, tmp_path):
+    """Rows are sampled by index: the same lines in another order are other embeddings per index. A cache written
+    before the digest existed holds N + 1 rows and nothing else to compare."""
+    from safetensors.torch import save_file
+    from comfyui_salt.training.prompts import cache_is_current
+    fill_prompt_cache(real_cfg(prompts_file), str(tmp_path), FakeEncoder())
+    path = prompt_cache_path(str(tmp_path))
+    assert cache_is_current(path, PROMPTS, "wan")
+    assert not cache_is_current(path, PROMPTS[::-1], "wan") and not cache_is_current(path, PROMPTS, "blurry")
+    old = str(tmp_path / "old.safetensors")
+    save_file({"embeds": torch.zeros(len(PROMPTS) + 1, 4, 8)}, old)               # no metadata: an older cache
+    assert cache_is_current(old, PROMPTS[::-1], "anything")
+    assert not cache_is_current(old, PROMPTS + ["one more"], "wan") and not cache_is_current(old, PROMPTS[:2], "wan")
