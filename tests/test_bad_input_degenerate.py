@@ -126,7 +126,7 @@ def _acts_in_draws(kw, draws=300):
     for it in range(draws):
         d = Distiller.draws(job, it, "gen")
         sc = sc or (d["triplet"] is not None and d["triplet"].sigma_s < 1)
-        align = align or alignment_acts(job.cfg, it, d["K"], d["exit"])
+        align = align or alignment_acts(job.cfg, it, d["K"], d["exit"], d.get("ref8", True))
     return sc, align
 
 

@@ -436,3 +436,28 @@ def test_checkpointing_the_alignments_features_forward_keeps_less_and_changes_no
         saved.append(sum(sizes))
     assert torch.allclose(grads[1], grads[0], rtol=1e-5, atol=1e-8)
     assert saved[1] < 0.8 * saved[0], saved
+
+
+def test_align_k4_aligns_k4_rollouts_past_the_first_exit_on_a_seeded_half_and_leaves_the_other_draws_alone():
+    """The release's K = 4 branch (commented out there; `align_k4` here): its gate is exit index ≠ 0, and it takes
+    the 8-step reference on a coin's half of those steps. The coin is drawn after K, the exit and the SC triplet, so
+    a run without align_k4 draws exactly as before."""
+    from types import SimpleNamespace
+    plain = get_preset("toy-salt", align_start_iter=0)
+    k4 = get_preset("toy-salt", align_start_iter=0, align_k4=True)
+    coins, acting_exits = [], set()
+    for it in range(600):
+        a = Distiller.draws(SimpleNamespace(cfg=plain), it, "gen")
+        b = Distiller.draws(SimpleNamespace(cfg=k4), it, "gen")
+        assert (a["K"], a["exit"], a["triplet"]) == (b["K"], b["exit"], b["triplet"]) and "ref8" not in a
+        assert ("ref8" in b) == (b["K"] == 4)
+        acts = alignment_acts(k4, it, b["K"], b["exit"], b.get("ref8", True))
+        if b["K"] == 4:
+            coins.append(b["ref8"])
+            assert acts == (b["exit"] >= 1 and b["ref8"])
+            if acts:
+                acting_exits.add(b["exit"])
+        else:
+            assert acts == (b["K"] == 2 and b["exit"] == 1)
+        assert alignment_acts(plain, it, a["K"], a["exit"]) == (a["K"] == 2 and a["exit"] == 1)
+    assert acting_exits == {1, 2, 3} and 0.4 < sum(coins) / len(coins) < 0.6, (acting_exits, sum(coins), len(coins))

@@ -31,7 +31,7 @@ from ..salt_core.schedules import add_noise, get_sigmas_fewstep, randn_like
 from ..salt_core.scorenet import ScoreNet
 from ..salt_core.validate import check_count
 from .diagnostics import GradProbes
-from .distill_config import RELEASED_CLIPS_PER_UPDATE, DistillConfig
+from .distill_config import CONFIGS_TOTAL_BATCH, RELEASED_CLIPS_PER_UPDATE, DistillConfig
 from .ode_init_config import OdeInitConfig
 from .distill_models import DistillWorld, build_models, build_prompts, check_world, resolve_teacher_kind
 from .distributed import (any_rank, device_mesh, end_process_group, full_optimizer_state, full_state_dict,
@@ -48,11 +48,13 @@ COUNT_KEYS = ("gen_updates", "sc_updates", "align_updates", "sc_ratio_sum", "sc_
               "align_ratio_n")
 
 
-def alignment_acts(cfg: DistillConfig, it: int, K: int, exit_index: int) -> bool:
+def alignment_acts(cfg: DistillConfig, it: int, K: int, exit_index: int, ref8: bool = True) -> bool:
     """Whether a generator step at iteration `it` with K steps and this exit index carries the feature alignment
-    (docs/method.md §3): K = 2 (or K = 4 with align_k4), exit index 1, it ≥ align_start_iter (mmd_start_step)."""
-    return (cfg.align_weight > 0 and it >= cfg.align_start_iter and exit_index == 1
-            and (K == 2 or (cfg.align_k4 and K == 4)))
+    (docs/method.md §3): it ≥ align_start_iter (mmd_start_step), an exit past the first (the release's gate,
+    exit index ≠ 0), and K = 2, or with align_k4 K = 4 on the steps whose coin `ref8` came up (the release's
+    commented-out K = 4 branch takes an 8-step reference on half of them)."""
+    return (cfg.align_weight > 0 and it >= cfg.align_start_iter and exit_index >= 1
+            and (K == 2 or (cfg.align_k4 and K == 4 and ref8)))
 
 
 def ema_due(cfg: DistillConfig, it: int) -> bool:
@@ -129,11 +131,14 @@ class Distiller:
             triplet = sc_triplet(exit_index, shared, grid)
             if triplet is not None and triplet.sigma_s > self.cfg.sc_exit_sigma_max:   # drawn all the same
                 triplet = None
-        return {"K": K, "exit": exit_index, "grid": grid, "triplet": triplet, "it": it}
+        out = {"K": K, "exit": exit_index, "grid": grid, "triplet": triplet, "it": it}
+        if role == "gen" and self.cfg.align_k4 and K == 4:     # drawn last: the other draws stay as without it
+            out["ref8"] = bool(torch.rand((), generator=shared) < 0.5)
+        return out
 
     def aligns(self, d: dict) -> bool:
         """Whether the generator step with draws `d` carries the feature alignment."""
-        return alignment_acts(self.cfg, d["it"], d["K"], d["exit"])
+        return alignment_acts(self.cfg, d["it"], d["K"], d["exit"], d.get("ref8", True))
 
     def rollout(self, noise, context, d, grad, gen, on_exit=None, cache=None):
         """Student rollout x0 (B, C, F, H, W) for draws `d`."""
@@ -509,9 +514,12 @@ def _run_distillation(cfg, run, max_gen_steps, callback, quiet, device, world, a
         log.warning(sentence)
     clips = cfg.batch_size * cfg.grad_accum * world_size
     if not cfg.world and clips < RELEASED_CLIPS_PER_UPDATE:
-        log.warning("%d clip(s) per generator update (batch_size × grad_accum × processes); released runs average "
-                    "%d (1 per GPU × 64 GPUs): set --grad-accum %d to match on this many processes", clips,
-                    RELEASED_CLIPS_PER_UPDATE, -(-RELEASED_CLIPS_PER_UPDATE // (cfg.batch_size * world_size)))
+        per_pass = cfg.batch_size * world_size
+        log.warning("%d clip(s) per generator update (batch_size × grad_accum × processes); the release's launch "
+                    "script averages %d (8 GPUs × batch 1) and its configs name %d (total_batch_size, Self Forcing's "
+                    "64-GPU recipe, not read by its trainer): --grad-accum %d matches the first on this many "
+                    "processes, %d the second", clips, RELEASED_CLIPS_PER_UPDATE, CONFIGS_TOTAL_BATCH,
+                    -(-RELEASED_CLIPS_PER_UPDATE // per_pass), -(-CONFIGS_TOTAL_BATCH // per_pass))
     loop = TrainingLoop(run, "distill", quiet=quiet, step_key="gen_step", metadata={
         "salt_config": student.cfg.to_json(), "distill_config": json.dumps(asdict(cfg))})
     loop.resume(job, ["student", "critic"], optional=["ema"])

@@ -39,7 +39,7 @@ COUPLINGS = ("noise_aligned", "independent")
 
 # Bounds a run cannot need and a client must not send: between two Cancel checks (one generator update) a job runs
 # grad_accum micro-batches of critic_ratio iterations; an evaluation samples eval_clips clips at once.
-MAX_GRAD_ACCUM = 1024          # 64 clips per update on one GPU (the released 64 GPUs) is grad_accum 64
+MAX_GRAD_ACCUM = 1024          # Self Forcing's 64 clips per update on one GPU is grad_accum 64
 MAX_CRITIC_RATIO = 100         # released: 5
 MAX_EVAL_CLIPS = 1024
 _models, _cache, _length = grouped("model sources"), grouped("cache"), grouped("batch and length")
@@ -77,7 +77,8 @@ class DistillConfig(StudentJobConfig):
     align_start_iter: int = _salt(0, "trainer iteration where alignment starts (released: 700/1000/1200)", count=0)
     align_block: int = _salt(2, "teacher block whose tokens are aligned (14B: 20)", count=0)
     align_coupling: str = _salt("noise_aligned", "reference noise coupling", choices=COUPLINGS)
-    align_k4: bool = _salt(False, "also align K = 4 to an 8-step reference (paper variant)")
+    align_k4: bool = _salt(False, "also align K = 4 rollouts (exits 1-3, half of them) to an 8-step reference "
+                                  "(paper variant)")
     # -- optimisation ------------------------------------------------------------------------
     grad_accum: int = _length(1, "micro-batches per optimizer step", count=1, maximum=MAX_GRAD_ACCUM)
     critic_ratio: int = _length(5, "critic updates per generator update (trainer iterations = gen_steps × "
@@ -135,7 +136,11 @@ _REAL = DistillConfig(teacher="", teacher_kind="bidirectional", student_init="",
 _MIXED = dict(step_choices=(8, 4, 2), step_probs=(0.4, 0.4, 0.2), sc_weight=0.2, align_weight=0.1)
 # Released alignment starts (mmd_start_step, trainer iterations) per backbone. The release sets no total length
 # (its loop runs until stopped), so our Salt presets train for twice that: alignment acts on the second half.
-RELEASED_CLIPS_PER_UPDATE = 64   # released total_batch_size: 1 clip per GPU × 64 GPUs, no accumulation
+# Clips a released generator update averages: its trainer reads batch_size (1) per GPU, with no accumulation, and its
+# launch script (scripts/train.sh) starts one node of 8 GPUs. Its configs' total_batch_size (64, Self Forcing's 64-GPU
+# recipe) is a key the trainer never reads.
+RELEASED_CLIPS_PER_UPDATE = 8
+CONFIGS_TOTAL_BATCH = 64
 RELEASED_ALIGN_START = {"salt-causal-forcing": 700, "salt-self-forcing": 1000, "salt-longlive": 1200}
 
 
