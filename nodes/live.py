@@ -69,6 +69,8 @@ class LiveSession:
     def __init__(self):
         self.state, self.noise_gen, self.chunks, self.key, self.positive = None, None, 0, None, None
         self.control = LiveControl()
+        # the frames decoder and what made it: its carried state continues the video's decoding in the next run
+        self.decoder, self.decoder_key = None, None
 
 
 # stream id → LiveSession, least recently run first. A kept Wan stream holds its KV cache on the CPU (GBs at 832×480),
@@ -87,11 +89,15 @@ def check_stream_id(stream_id) -> str:
 
 def control_request(stream_id, action, body) -> tuple:
     """(HTTP status, JSON reply) of a route call: the intent recorded, or a 4xx naming what is wrong."""
-    if not isinstance(stream_id, str) or not STREAM_ID.match(stream_id) or stream_id not in SESSIONS:
+    session = None
+    if isinstance(stream_id, str) and STREAM_ID.match(stream_id):
+        with SESSIONS_LOCK:          # a session evicted by a run starting meanwhile is simply gone
+            session = SESSIONS.get(stream_id)
+    if session is None:
         return 404, {"error": f"no live stream {quote(stream_id)}; queue a SaltLiveStream with that stream_id"}
     if action not in ACTIONS + ("status",):
         return 404, {"error": f"unknown action {quote(action)}; expected one of {list(ACTIONS) + ['status']}"}
-    control = SESSIONS[stream_id].control
+    control = session.control
     if action == "status":
         return 200, control.apply("status")
     text = None
@@ -222,16 +228,9 @@ def live_run(salt, positive, options, sigmas, seed, width, height, max_chunks, s
     with SESSIONS_LOCK:
         session = SESSIONS.get(stream_id)
         if session is None or not continue_stream or session.key != key:
-            session = SESSIONS[stream_id] = LiveSession()
+            session = LiveSession()      # installed once the run's checks pass: a refused run keeps the old one
         session.key = key
-        SESSIONS.move_to_end(stream_id)
-        while len(SESSIONS) > MAX_SESSIONS:
-            SESSIONS.popitem(last=False)
     control = session.control
-    with control.lock:
-        control.stopped, control.paused = False, False
-        control.status["running"] = True
-        control.check_text = prompt_check(salt, clip)
     try:
         with salt_in_use(salt, need) as model:
             ref = model.patch_embedding.weight
@@ -241,6 +240,20 @@ def live_run(salt, positive, options, sigmas, seed, width, height, max_chunks, s
                          fix="lower width/height, or a smaller window_frames in SaltCacheOptions")
             context = text_context(positive, salt, 1, "positive", node="SaltLiveStream")
             given_now = context.detach().cpu()   # the input's prompt (a typed one may replace `context` below)
+            decoder_key = (live_decoder, id(vae) if live_decoder == "vae" else None)
+            if session.decoder is None or session.decoder_key != decoder_key:
+                session.decoder = live_frames_decoder(salt, vae, live_decoder)   # a new stream, or another VAE
+                session.decoder_key = decoder_key
+            decoder = session.decoder
+            with SESSIONS_LOCK:
+                SESSIONS[stream_id] = session
+                SESSIONS.move_to_end(stream_id)
+                while len(SESSIONS) > MAX_SESSIONS:
+                    SESSIONS.popitem(last=False)
+            with control.lock:
+                control.stopped, control.paused = False, False
+                control.status["running"] = True
+                control.check_text = prompt_check(salt, clip)
             cache = model.new_cache(1, policy, shape[-2:], memory_limit=free)
             gen = torch.Generator(device=ref.device)
             if session.state is None:
@@ -254,7 +267,6 @@ def live_run(salt, positive, options, sigmas, seed, width, height, max_chunks, s
                 given = session.positive
                 if given is not None and (given.shape != given_now.shape or not torch.equal(given, given_now)):
                     stream.set_prompt(context, noise=switch_noise)   # positive changed between runs: switch to it
-            decoder = live_frames_decoder(salt, vae, live_decoder)
             timing = {"last": time.monotonic()}
 
             def decode_and_push(chunk):                      # on the worker thread, in chunk order
@@ -296,9 +308,13 @@ def live_run(salt, positive, options, sigmas, seed, width, height, max_chunks, s
                     chunk = stream.sample(noise, sig, stochastic=True)
                     kept.add_latents(chunk.float().cpu())
                     pusher.put(chunk)
-            finally:   # the stream and the positive it now follows, kept together
-                session.state, session.positive = _detached(stream.state()), given_now
-                pusher.close()
+            finally:   # the stream and the positive it now follows, kept together; the decoder's state on the CPU
+                try:
+                    session.state, session.positive = _detached(stream.state()), given_now
+                finally:
+                    pusher.close()
+                    if decoder is not None and hasattr(decoder, "park"):
+                        decoder.park()
     finally:
         with control.lock:
             control.status["running"] = False
@@ -420,6 +436,12 @@ class SaltLiveStream(io.ComfyNode):
             hidden=[io.Hidden.unique_id],
             is_output_node=True,
         )
+
+    @classmethod
+    def fingerprint_inputs(cls, **kwargs):
+        """Never the same: queueing the same inputs again continues the stream (ComfyUI would reuse the last output
+        of a node whose inputs did not change)."""
+        return float("nan")
 
     @classmethod
     def execute(cls, model, positive, cache_options, sigmas, seed, width, height, max_chunks, stream_id,

@@ -659,14 +659,15 @@ def test_a_live_stream_shows_frames_while_it_runs_obeys_its_routes_and_continues
                                      method=method or ("GET" if action == "status" else "POST"))
         try:
             with urllib.request.urlopen(req, timeout=30) as r:
-                return r.status, json.loads(r.read())
+                return r.status, json.loads(r.read() or b"{}")
         except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read())
+            return e.code, json.loads(e.read() or b"{}")        # HEAD: no body
 
     async def scenario():
         chunks, timeline = [], {}
         async with aiohttp.ClientSession() as session:
-            async with session.ws_connect(f"{server.url.replace('http', 'ws')}/ws?clientId=ci_live") as ws:
+            # the client that queues (the runner queues as "salt"): frames go to it, as ComfyUI's previews do
+            async with session.ws_connect(f"{server.url.replace('http', 'ws')}/ws?clientId=salt") as ws:
                 status, response = server.queue(live_prompt())
                 assert status == 200, response
                 prompt_id = response["prompt_id"]
@@ -695,8 +696,10 @@ def test_a_live_stream_shows_frames_while_it_runs_obeys_its_routes_and_continues
                 timeline["paused_extra"] = len(chunks) - paused_at
                 timeline["bad"] = [control("prompt", {"text": ""})[0], control("prompt", raw=b"not json")[0],
                                    control("explode")[0], control("stop", method="GET")[0],      # GET only reads
-                                   control("prompt", raw=b"[" * 100_000 + b"]" * 100_000)[0],   # deeper than JSON
-                                   control("prompt", {"text": "a purple elephant"})[0]]         # not toy words
+                                   control("prompt", raw=b"[" * 30_000 + b"]" * 30_000)[0],     # deeper than JSON
+                                   control("prompt", raw=b" " * (65 << 10) + b"{}")[0],        # over 64 KiB
+                                   control("prompt", {"text": "a purple elephant"})[0],         # not toy words
+                                   control("stop", method="HEAD")[0]]                          # HEAD changes nothing
                 assert control("prompt", {"text": "a blue square moving up"})[0] == 200
                 assert control("resume")[0] == 200
                 await until(len(chunks) + 3)
@@ -708,7 +711,7 @@ def test_a_live_stream_shows_frames_while_it_runs_obeys_its_routes_and_continues
     chunks, timeline = asyncio.run(scenario())
     assert timeline["running"], "the frames came only after the prompt finished"
     assert timeline["paused_extra"] <= 3, timeline                                # ≤ the pushes in flight
-    assert timeline["bad"] == [400, 400, 404, 405, 400, 400], timeline
+    assert timeline["bad"] == [400, 400, 404, 405, 400, 413, 400, 405], timeline
     assert timeline["status"] == "success" and timeline["after_stop"]["prompt"] == "a blue square moving up"
     assert chunks == list(range(1, len(chunks) + 1))
     status, response = server.queue(live_prompt(max_chunks=2))      # queued again: the same stream continues
@@ -716,6 +719,9 @@ def test_a_live_stream_shows_frames_while_it_runs_obeys_its_routes_and_continues
     before = timeline["after_stop"]["chunks"]                       # ≥ the last chunk seen (one may follow the stop)
     assert before >= chunks[-1] and entry["status"]["status_str"] == "success"
     assert control("status")[1]["chunks"] == before + 2
+    status, response = server.queue(live_prompt(max_chunks=2))      # the same inputs again: not a cached output
+    assert server.wait(response["prompt_id"])["status"]["status_str"] == "success"
+    assert control("status")[1]["chunks"] == before + 4
     status, response = server.request("/salt/live/nope/stop", {})
     assert status == 404 and "no live stream" in response["error"]
     server.check_alive()

@@ -104,8 +104,8 @@ _ACTIVE = [("toy-dmd", {}, {"local_attn_frames": 6}), ("toy-dmd", {"local_attn_f
            ("toy-dmd", _ALIGN_K2, {"align_coupling": "independent"}),
            ("toy-dmd", _ALIGN_K2, {"align_delta": 0.0}),   # no margin: every distance pulls
            ("toy-dmd", dict(_ALIGN_K2, align_delta=0.0), {"align_start_iter": 3}),   # δ 0.1: no pull here yet
-           ("toy-dmd", dict(_ALIGN_K2, step_choices=(4, 2), step_probs=(0.5, 0.5), align_delta=0.0),
-            {"align_k4": True}),
+           ("toy-dmd", dict(_ALIGN_K2, step_choices=(4, 2), step_probs=(0.5, 0.5), align_delta=0.0, seed=9),
+            {"align_k4": True}),   # seed 9: update 2 draws K = 4, exit 3, and the 8-step reference's coin
            ("toy-dmd", {}, {"chunk_frames": 4}),
            ("toy-bidir-dmd", {}, {"chunk_frames": 4})]   # teacher_kind auto: the teacher file scores chunk by chunk
 

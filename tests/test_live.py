@@ -272,3 +272,79 @@ def test_a_continuation_whose_positive_changed_switches_to_it_as_a_typed_prompt_
     assert torch.equal(out["changed"], out["typed"])
     assert not torch.equal(out["changed"], out["same"])
     assert switches == {"changed": 1, "typed": 1, "same": 0}, switches
+
+
+@pytest.fixture(scope="module")
+def tiny_wan_vae(salt_nodes):
+    import comfy.sd
+    from helpers import tiny_wan_vae_state_dict
+    return comfy.sd.VAE(sd=tiny_wan_vae_state_dict())
+
+
+def test_a_wan_stream_queued_twice_decodes_the_frames_of_one_run_with_the_graphs_vae(salt_nodes, tiny_wan_vae):
+    """The Wan VAE decodes causally, carrying a cache (and on 0.33 a frame waiting for its pair) from chunk to chunk:
+    the decoder stays with the stream between queue runs, so 2 + 2 chunks give the frames of one 4-chunk run, bit for
+    bit, and the run's frames equal VAEDecode of its latents up to a frame still waiting for its pair. A fresh
+    decoder per run started the video's decoding again (34 frames for 41, values off by up to 1)."""
+    import nodes as comfy_nodes
+    from comfyui_salt.nodes.types import SaltModel
+    from comfyui_salt.salt_core.model import build_model
+    wan = SaltModel(build_model("tiny-hd128", seed=0).eval(), "wan21", "tiny wan", causal=True)
+    positive = [[torch.randn(1, 8, 64, generator=torch.Generator().manual_seed(1)), {}]]
+    args = dict(model=wan, positive=positive, cache_options=toy_options(salt_nodes, attention="rolling"),
+                sigmas=run(salt_nodes.SaltFewStepSigmas, preset="2step", nfe=2, shift=1.0)[0], seed=3, width=32,
+                height=32, vae=tiny_wan_vae, continue_stream=True)
+    whole = run(salt_nodes.SaltLiveStream, **args, stream_id="one", max_chunks=4)
+    parts = [run(salt_nodes.SaltLiveStream, **args, stream_id="two", max_chunks=2) for _ in range(2)]
+    assert torch.equal(torch.cat([p[1]["samples"] for p in parts], 2), whole[1]["samples"])
+    assert torch.equal(torch.cat([p[0] for p in parts]), whole[0]), [p[0].shape for p in parts] + [whole[0].shape]
+    with torch.inference_mode():
+        decoded = comfy_nodes.VAEDecode().decode(tiny_wan_vae, whole[1])[0]
+    frames = whole[0].shape[0]
+    assert decoded.shape[0] - 4 <= frames <= decoded.shape[0] and torch.allclose(whole[0], decoded[:frames],
+                                                                                 atol=1e-5)
+
+
+def test_the_live_node_runs_again_whenever_it_is_queued(salt_nodes):
+    """ComfyUI reuses a node's last output while its fingerprint stays the same: queued again with the same inputs
+    (a fixed seed, as the shipped workflows have) it continued nothing. NaN never equals itself."""
+    value = salt_nodes.SaltLiveStream.fingerprint_inputs(seed=0, stream_id="live")
+    assert value != value
+
+
+class _Request:
+    """What the route reads of an aiohttp request: method, match_info, can_read_body, content_length, content."""
+
+    def __init__(self, method, action, raw=b"", length=None):
+        class Content:
+            async def read(self, n):
+                return raw[:n]
+        self.method, self.match_info, self.can_read_body = method, {"stream": "t", "action": action}, bool(raw)
+        self.content_length, self.content = len(raw) if length is None else length, Content()
+
+
+@pytest.mark.parametrize("method, action, raw, length, status", [
+    ("HEAD", "stop", b"", None, 405), ("GET", "pause", b"", None, 405), ("PUT", "stop", b"{}", None, 405),
+    ("GET", "status", b"", None, 200), ("POST", "stop", b"", None, 200),
+    ("POST", "prompt", b'{"text": "' + b"a" * (70 << 10) + b'"}', None, 413),      # over 64 KiB: not read
+    ("POST", "prompt", b'{"text": "' + b"a" * (70 << 10) + b'"}', 0, 413),         # a length that lies
+    ("POST", "prompt", b"\xff\xfe{}", None, 400), ("POST", "prompt", b"not json", None, 400),
+    ("POST", "prompt", b'{"text": "a blue square moving up"}', None, 200)])
+def test_only_post_changes_a_stream_and_a_body_is_read_only_up_to_its_limit(salt_nodes, method, action, raw, length,
+                                                                            status):
+    """A HEAD request reached the handler (aiohttp adds HEAD to every GET route) and could stop or pause a stream; a
+    body was parsed whole (up to ComfyUI's 100 MB) before anything was checked, and a bogus charset was a 500."""
+    import asyncio
+    import json
+    from comfyui_salt.nodes.bridge.server import make_route
+    seen = []
+    route = make_route(lambda stream, act, body: seen.append((act, body)) or (200, {"ok": True}))
+    reply = asyncio.run(route(_Request(method, action, raw, length)))
+    assert reply.status == status, json.loads(reply.body)
+    assert bool(seen) == (status == 200)
+
+
+def test_a_pushed_frame_is_about_256_pixels_wide_whatever_its_size(salt_nodes):
+    from comfyui_salt.nodes.bridge.server import shown_size
+    assert shown_size(832, 480, 256) == (256, 148) and shown_size(16, 16, 256) == (256, 256)
+    assert shown_size(100, 60, 256) == (200, 120) and shown_size(256, 144, 256) == (256, 144)

@@ -31,9 +31,15 @@ function makeView(node) {
   row.style.cssText = "display:flex;gap:4px;";
   const send = async (action, body) => {
     const stream = widgetValue(node, "stream_id") || "live";
-    const reply = await api.fetchApi(`/salt/live/${encodeURIComponent(stream)}/${action}`, {
-      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body ?? {}),
-    });
+    let reply;
+    try {
+      reply = await api.fetchApi(`/salt/live/${encodeURIComponent(stream)}/${action}`, {
+        method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body ?? {}),
+      });
+    } catch (error) {          // the server is gone (stopped, restarting): say so where the click was
+      status.textContent = `${action}: no reply from the server (${error?.message ?? error})`;
+      return;
+    }
     const data = await reply.json().catch(() => ({}));
     status.textContent = reply.ok ? `${action}: ok` : `${action}: ${data.error ?? reply.status}`;
   };

@@ -34,6 +34,11 @@ class WanChunkDecoder:
         self.feat_cache = [None] * count(model.decoder)
         self.pending, self.decoded = None, 0                   # conv2'd frames not yet decoded; frames done
 
+    def park(self) -> None:
+        """Move the carried state to the CPU between queue runs of a stream (the next push takes it back)."""
+        self.feat_cache = [_moved(t, "cpu") for t in self.feat_cache]
+        self.pending = _moved(self.pending, "cpu")
+
     @torch.no_grad()
     def push(self, latent: torch.Tensor) -> torch.Tensor:
         """Latent frames (B, 16, n, H/8, W/8) in ComfyUI's LATENT space → the IMAGE frames they complete
@@ -42,6 +47,9 @@ class WanChunkDecoder:
         if latent.shape[2]:
             comfy.model_management.load_models_gpu([vae.patcher], memory_required=vae.memory_used_decode(
                 latent.shape, vae.vae_dtype))
+        self.feat_cache = [_moved(t, vae.device) for t in self.feat_cache]   # a parked stream's state, back
+        self.pending = _moved(self.pending, vae.device)
+        if latent.shape[2]:
             x = self.model.conv2(latent.to(device=vae.device, dtype=vae.vae_dtype))   # 1×1×1: frame by frame
             x = x if self.pending is None else torch.cat([self.pending, x], 2)
         else:
@@ -60,6 +68,11 @@ class WanChunkDecoder:
             return torch.empty(0, x.shape[3] * scale, x.shape[4] * scale, 3)
         frames = vae.process_output(torch.cat(outs, 2).to(device=vae.output_device, dtype=torch.float32))
         return frames.movedim(1, -1).flatten(0, 1)                             # (B·frames, H, W, 3)
+
+
+def _moved(value, device):
+    """A carried tensor on `device` (anything else, e.g. the Wan VAE's "Rep" cache marks or None, as it is)."""
+    return value.to(device) if isinstance(value, torch.Tensor) else value
 
 
 # Tiny Wan 2.1 decoders in models/vae_approx, by the prefixes ComfyUI 0.3.75 and later look for: latent previews
@@ -107,6 +120,10 @@ class TinyChunkDecoder:
         self.memory = [None] * len(model.decoder)       # per layer: a MemBlock's last input, a TPool's pending frames
         self.to_trim = model.frames_to_trim
 
+    def park(self) -> None:
+        """Move the carried memories to the CPU between queue runs of a stream (the next push takes them back)."""
+        self.memory = [_moved(t, "cpu") for t in self.memory]
+
     def _layers(self, frame: torch.Tensor) -> list:
         """One latent frame (B, C, h, w) through the decoder, depth first as ComfyUI's sequential decode goes (each
         frame a TGrow makes is finished before the next), the memories kept; returns its output frames in order."""
@@ -141,6 +158,7 @@ class TinyChunkDecoder:
         comfy.model_management.load_models_gpu([vae.patcher], memory_required=vae.memory_used_decode(
             latent.shape, vae.vae_dtype))
         x = model.process_in(latent.to(device=vae.device, dtype=vae.vae_dtype))
+        self.memory = [_moved(t, vae.device) for t in self.memory]
         outs = []
         for t in range(x.shape[2]):
             outs += self._layers(x[:, :, t])

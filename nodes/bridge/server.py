@@ -2,14 +2,27 @@
 """
 import base64
 import io as io_module
+import json
 import sys
 
 from PIL import Image
 
+MAX_BODY = 64 << 10     # bytes a route's JSON body may have (a typed prompt is at most a few KB)
+
+
+def shown_size(width: int, height: int, pixels: int) -> tuple:
+    """The (width, height) a frame is pushed at: about `pixels` wide, the aspect kept (wider frames shrunk, smaller
+    ones enlarged by a whole factor, so a toy's 16 px frames stay sharp)."""
+    if width > pixels:
+        return pixels, max(1, round(height * pixels / width))
+    scale = max(1, pixels // max(1, width))
+    return width * scale, height * scale
+
 
 def push_event(event: str, data: dict, pixels: int) -> None:
-    """Send `data` to every browser over ComfyUI's websocket as `event` (no server: nothing). Its "frames" IMAGE
-    (N, H, W, 3) goes as JPEG data URLs, scaled to about `pixels` wide."""
+    """Send `data` over ComfyUI's websocket as `event` to the browser that queued the prompt (ComfyUI's own previews
+    go there; every browser when the prompt names none; no server: nothing). Its "frames" IMAGE (N, H, W, 3) goes as
+    JPEG data URLs about `pixels` wide (shown_size)."""
     server = getattr(__import__("server").PromptServer, "instance", None) if "server" in sys.modules else None
     if server is None:
         return
@@ -17,36 +30,51 @@ def push_event(event: str, data: dict, pixels: int) -> None:
     urls = []
     for frame in frames:
         image = Image.fromarray((frame.clamp(0, 1) * 255).round().byte().numpy())
-        scale = max(1, pixels // max(1, image.width))
-        image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+        size = shown_size(image.width, image.height, pixels)
+        image = image.resize(size, Image.BILINEAR if size[0] < image.width else Image.NEAREST)
         out = io_module.BytesIO()
         image.save(out, "JPEG", quality=85)
         urls.append("data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode())
-    server.send_sync(event, {**data, "frames": urls, "width": frames.shape[2], "height": frames.shape[1]})
+    server.send_sync(event, {**data, "frames": urls, "width": frames.shape[2], "height": frames.shape[1]},
+                     getattr(server, "client_id", None))
 
 
 def add_routes(prefix: str, handler, read_only=("status",)) -> bool:
     """Register GET and POST `<prefix>/{stream}/{action}` on ComfyUI's server (False without one): `handler(stream,
-    action, body)` → (status, JSON) runs in the server's thread; a body that is not JSON is a 400. GET answers only
-    the `read_only` actions (405 for the others): a cross-site GET (an <img> on any page) carries no Origin header,
-    so ComfyUI's origin check cannot stop it, and it must not change anything."""
+    action, body)` → (status, JSON) runs in the server's thread (make_route). GET answers only the `read_only`
+    actions (405 for the others): a cross-site GET (an <img> on any page) carries no Origin header, so ComfyUI's
+    origin check cannot stop it, and it must not change anything. (aiohttp also answers HEAD on a GET route, and
+    ComfyUI's copy of each route under /api takes no `allow_head=False`: make_route refuses HEAD itself.)"""
     server = getattr(__import__("server").PromptServer, "instance", None) if "server" in sys.modules else None
     if server is None:
         return False
+    route = make_route(handler, read_only)
+    server.routes.get(prefix + "/{stream}/{action}")(route)   # (aiohttp adds HEAD: make_route refuses it)
+    server.routes.post(prefix + "/{stream}/{action}")(route)
+    return True
+
+
+def make_route(handler, read_only=("status",)):
+    """The aiohttp handler `add_routes` registers: only POST changes anything (GET, and any other method, answers
+    the `read_only` actions alone: 405 otherwise); a body is read only up to MAX_BODY bytes (413 past it) and must be
+    UTF-8 JSON (400 otherwise, whatever charset the request names)."""
     from aiohttp import web
 
     async def route(request):
         body = None
-        if request.method == "GET" and request.match_info["action"] not in read_only:
+        if request.method != "POST" and request.match_info["action"] not in read_only:
             return web.json_response({"error": f"use POST for this action (GET only reads: {list(read_only)})"},
                                      status=405, headers={"Allow": "POST"})
         if request.method == "POST" and request.can_read_body:
+            if (request.content_length or 0) > MAX_BODY:
+                return web.json_response({"error": f"the body is over {MAX_BODY} bytes"}, status=413)
+            raw = await request.content.read(MAX_BODY + 1)
+            if len(raw) > MAX_BODY:
+                return web.json_response({"error": f"the body is over {MAX_BODY} bytes"}, status=413)
             try:
-                body = await request.json()
-            except (ValueError, RecursionError):          # not JSON, or nested deeper than the parser recurses
+                body = json.loads(raw.decode("utf-8")) if raw else None
+            except (ValueError, RecursionError):     # not UTF-8, not JSON, or nested deeper than the parser recurses
                 return web.json_response({"error": "the body is not JSON"}, status=400)
         status, reply = handler(request.match_info["stream"], request.match_info["action"], body)
         return web.json_response(reply, status=status)
-    server.routes.get(prefix + "/{stream}/{action}")(route)
-    server.routes.post(prefix + "/{stream}/{action}")(route)
-    return True
+    return route
