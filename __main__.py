@@ -25,7 +25,7 @@ def export(args) -> str:
         save_model(model, args.out, layout=args.layout)
         return f"wrote {args.out} ({args.layout} layout)"
     if args.base is None:
-        raise SystemExit("export --lora: --base is required (the model the student was distilled from)")
+        raise ValueError("export --lora: --base is required (the model the student was distilled from)")
     from .salt_core.lora import format_report
     from .salt_core.validate import check_device
     device = check_device("--device", args.device, where="export --lora")
@@ -41,7 +41,9 @@ def _student_job_flags(parser: argparse.ArgumentParser, presets: dict, where: st
                              f"fields")
     parser.add_argument("--out", required=True, help="run folder (checkpoints, metrics.jsonl, export/); rerun to "
                                                      "resume")
-    parser.add_argument("--max-gen-steps", type=int, default=None, help="stop after this many generator steps")
+    parser.add_argument("--max-gen-steps", type=int, default=None,
+                        help="stop when the run reaches this generator step, counted from its start (a resumed run "
+                             "already past it stops at once); the schedule stays --gen-steps long")
     parser.add_argument("--allow-changed-settings", action="store_true",
                         help="resume a run folder whose checkpoints were made with other settings (listed in the "
                              "error without this flag); the restored optimizer state is kept")
@@ -98,11 +100,11 @@ def main(argv=None):
     from .training.ode_init_config import ODE_INIT_PRESETS, OdeInitConfig
     q = sub.add_parser("distill", help="DMD / SC-DMD / Salt distillation; resumes automatically")
     _student_job_flags(q, DISTILL_PRESETS, "training/distill_config.py DISTILL_PRESETS")
-    add_config_flags(q, DistillConfig, renamed=DISTILL_RENAMED)
+    add_config_flags(q, DistillConfig, renamed=DISTILL_RENAMED, presets=True)
     o = sub.add_parser("ode-init", help="ODE-pair initialisation of a student (the distillation's student_init); "
                                         "resumes automatically")
     _student_job_flags(o, ODE_INIT_PRESETS, "training/ode_init_config.py ODE_INIT_PRESETS")
-    add_config_flags(o, OdeInitConfig, renamed=OdeInitConfig.RENAMED)
+    add_config_flags(o, OdeInitConfig, renamed=OdeInitConfig.RENAMED, presets=True)
     d = sub.add_parser("demo", help="the main job: toy-world generation, oracle metric table, preview GIF, workflow 1 in ComfyUI")
     d.add_argument("--out", default="out/demo", help="folder for preview.gif and salt_toy_streaming.webp")
     d.add_argument("--num-clips", type=int, default=16, help="prompts to generate per row")
@@ -163,9 +165,19 @@ def main(argv=None):
         print(export_teacher(args.run, args.out, args.weights))
     elif args.command == "demo":
         run_demo = _load_demo()
+        import os
+        from .dev.comfy_runner import ComfyError
         from .toy.shipped import TOY_STUDENT, TOY_TEACHER
-        run_demo(args.out, args.num_clips, args.threads, teacher=args.teacher or TOY_TEACHER,
-                 student=args.student or TOY_STUDENT, comfyui=not args.no_comfyui, comfyui_dir=args.comfyui)
+        for flag, path in (("--teacher", args.teacher), ("--student", args.student)):
+            if path is not None and not os.path.isfile(path):
+                raise ValueError(f"demo {flag} {path!r}: no such file; give a toy-world model file (a teacher or "
+                                 f"student the teacher/distill commands exported), or leave {flag} out for the "
+                                 f"shipped one")
+        try:
+            run_demo(args.out, args.num_clips, args.threads, teacher=args.teacher or TOY_TEACHER,
+                     student=args.student or TOY_STUDENT, comfyui=not args.no_comfyui, comfyui_dir=args.comfyui)
+        except ComfyError as e:               # ComfyUI missing or failing: a line naming it, as other refusals
+            raise ValueError(f"demo: {e}") from None
     return 0
 
 
@@ -178,7 +190,8 @@ if __name__ == "__main__":
         # and how to fix it; no traceback. Other OS errors (a full disk mid-write, a network failure) keep theirs.
         if isinstance(error, OSError) and not isinstance(error, FileNotFoundError) and not error.filename:
             raise
-        print(f"error: {error}", file=sys.stderr)
+        text = error.args[0] if isinstance(error, KeyError) and error.args else error   # str(KeyError) quotes it
+        print(f"error: {text}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt as stop:
         print(f"stopped ({stop or 'interrupted'}); the last checkpoint is saved: rerun the same command to resume",

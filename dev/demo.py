@@ -27,7 +27,7 @@ from ..toy.worlds import get_world
 from ..training.distill_config import get_preset
 from ..training.distill_eval import sample_student
 from ..training.teacher import sample_teacher
-from .comfy_runner import comfy_server, run_workflow
+from .comfy_runner import check_comfyui, comfy_server, run_workflow
 
 log = logging.getLogger("salt.demo")
 
@@ -92,10 +92,12 @@ def run_demo(out_dir: str = "out/demo", num_clips: int = 16, threads: int = 2, s
     """Run the toy-world demo; returns {row label: metric means} and writes out_dir/preview.gif (and, with
     `comfyui`, out_dir/salt_toy_streaming.webp from workflow 1 in a real ComfyUI at `comfyui_dir`)."""
     torch.set_num_threads(threads)
-    os.makedirs(out_dir, exist_ok=True)
+    if comfyui:
+        check_comfyui(comfyui_dir)        # before minutes of sampling, not after
     world = get_world("default").cfg
     model, mode, source = load_toy_teacher(teacher)
     salt, salt_source = load_toy_student(student)
+    os.makedirs(out_dir, exist_ok=True)   # once the inputs load: a refused run leaves no folder behind
     encoder = ToyTextEncoder(text_dim=model.cfg.text_dim, max_tokens=model.cfg.text_len, world=world)
     captions = eval_prompts(world, num_clips)
     ref = reference_features(world, 256)

@@ -443,3 +443,49 @@ def test_the_harness_keeps_its_isolation_whatever_salt_comfyui_args_say(value, w
         extra_args(value)
     assert extra_args("--front-end-root /x --preview-method auto") == ["--front-end-root", "/x", "--preview-method",
                                                                          "auto"]
+
+
+def test_cli_refusals_found_by_an_outside_audit_are_one_line_naming_the_input(tmp_path):
+    """Each was a traceback, a quoted KeyError, exit 1, or a refusal only after the work: an export into a folder
+    that cannot be written (checked before training now), an unknown preset, `export --lora` without `--base`,
+    export-teacher of a damaged config.json or of a student's run, a demo student that does not exist."""
+    import json
+    import subprocess
+    import sys
+    readonly = tmp_path / "ro"
+    readonly.mkdir()
+    readonly.chmod(0o555)
+    probe = readonly / "probe"
+    try:
+        probe.write_text("x")
+        writable = True           # root: permission bits do not stop it; a read-only mount would
+    except OSError:
+        writable = False
+    run = tmp_path / "run"
+    (run / "checkpoints" / "step_00000001").mkdir(parents=True)
+    (run / "checkpoints" / "step_00000001" / "COMPLETE").write_text("")
+    (run / "config.json").write_text("{'total_steps': ")
+    student_run = tmp_path / "student_run"
+    (student_run / "checkpoints" / "step_00000001").mkdir(parents=True)
+    (student_run / "checkpoints" / "step_00000001" / "COMPLETE").write_text("")
+    (student_run / "config.json").write_text(json.dumps({"gen_steps": 3, "sc_weight": 0.2}))
+    cases = [(["distill", "--preset", "nope", "--out", str(tmp_path / "x")],
+              "error: unknown distillation preset 'nope'"),
+             (["export", "--lora", "--student", str(tmp_path), "--out", str(tmp_path / "l.safetensors")],
+              "error: export --lora: --base is required"),
+             (["export-teacher", "--run", str(run), "--out", str(tmp_path / "t.safetensors")],
+              "config.json: unreadable (SyntaxError); restore it"),
+             (["export-teacher", "--run", str(student_run), "--out", str(tmp_path / "t.safetensors")],
+              "is a student's run (distill or ode-init), not a teacher's"),
+             (["demo", "--student", str(tmp_path / "nope.safetensors"), "--out", str(tmp_path / "demo")],
+              "demo --student")]
+    if not writable:
+        cases.append((["teacher", "--out", str(tmp_path / "teach"), "--total-steps", "1", "--export",
+                       str(readonly / "t.safetensors")], "cannot be written"))
+    for args, words in cases:
+        proc = subprocess.run([sys.executable, "-m", "comfyui_salt", *args], capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 2 and words in proc.stderr and "Traceback" not in proc.stderr, (args,
+                                                                                                  proc.stderr[-800:])
+    assert not (tmp_path / "demo").exists() and not (tmp_path / "teach").exists()
+    readonly.chmod(0o755)

@@ -348,3 +348,18 @@ def test_match_preset_declines_shapes_two_presets_share_and_shapes_none_has(monk
     assert layouts.match_preset(dataclasses.replace(toy, dim=toy.dim + 8)) is None
     monkeypatch.setitem(layouts.MODEL_PRESETS, "toy-twin", dataclasses.replace(toy, num_heads=2 * toy.num_heads))
     assert layouts.match_preset(toy) is None
+
+
+def test_an_output_in_a_folder_that_cannot_be_written_is_refused_before_any_work(tmp_path, monkeypatch):
+    """Tried with an anonymous temporary file (permission bits do not tell for root or a read-only mount): the
+    teacher's --export was refused only after training, naming an internal temp file, not the flag."""
+    import tempfile
+
+    def refuse(dir=None, **kw):
+        raise PermissionError(13, "Permission denied", dir)
+    assert files.check_output(tmp_path / "new" / "m.safetensors", "--export")      # a folder made on writing
+    monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
+    with pytest.raises(ValueError, match=r"--export=.*: the folder .* cannot be written \(permissions or a "
+                                         r"read-only file system\); choose a destination you can write to"):
+        files.check_output(tmp_path / "new" / "m.safetensors", "--export")
+    assert not (tmp_path / "new").exists()

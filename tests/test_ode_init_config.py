@@ -200,3 +200,21 @@ def test_pairs_made_with_other_settings_are_made_again_and_the_same_settings_reu
         run_ode_init(again, str(fresh), quiet=True, world=distill_world())
     run_ode_init(again, str(fresh), quiet=True, world=distill_world(), allow_changed_settings=True)
     assert not torch.equal(load_file(str(fresh / "ode_pairs.safetensors"))["x0"], want["x0"])
+
+
+def test_a_stop_signal_while_the_pairs_are_made_stops_at_the_next_batch(teacher, tmp_path, monkeypatch):
+    """Ctrl-C while the teacher makes its ODE pairs (minutes at real scale) was noted and then ignored until every
+    pair was made; it stops at the next batch now (the pairs are drawn again from the seed on the rerun)."""
+    from comfyui_salt.training import loop, ode_init
+    batches = []
+    real = ode_init.check_stop
+
+    def stop_at_second():
+        batches.append(1)
+        if len(batches) == 2:
+            loop._STOP["signal"] = 2        # as the handler records Ctrl-C
+        real()
+    monkeypatch.setattr(ode_init, "check_stop", stop_at_second)
+    with pytest.raises(KeyboardInterrupt, match="signal 2"):
+        run_ode_init(tiny(teacher, ode_pairs=130), str(tmp_path / "run"), quiet=True, world=TOY)
+    assert len(batches) == 2                # the first batch made, the second not started

@@ -189,15 +189,18 @@ class _RenamedFlag(argparse.Action):
         parser.error(f"{option_string} was renamed to --{new.replace('_', '-')} {why}".rstrip())
 
 
-def add_config_flags(parser: argparse.ArgumentParser, cls, renamed: dict | None = None) -> None:
+def add_config_flags(parser: argparse.ArgumentParser, cls, renamed: dict | None = None, presets: bool = False) -> None:
     """One --flag per field of `cls`, in one --help section per group; help = the field's help, its choices and
-    default. Flags default to None (= keep the preset's / config's value). `renamed` {old field: "new_field (how
-    to convert)"} keeps the old flags, each stopping with its new name."""
+    default. Flags default to None (= keep the preset's / config's value); `presets`: the command starts from a
+    preset, so the default shown is the config's and a preset may set another (said in each section's title).
+    `renamed` {old field: "new_field (how to convert)"} keeps the old flags, each stopping with its new name."""
     for old, new in (renamed or {}).items():
         parser.add_argument(f"--{old.replace('_', '-')}", dest=f"_renamed_{old}", action=_RenamedFlag,
                             renamed_to=new)
     for group, fields in _groups(cls).items():
-        section = parser.add_argument_group(f"{cls.__name__}: {group}" if group else cls.__name__)
+        title = f"{cls.__name__}: {group}" if group else cls.__name__
+        section = parser.add_argument_group(title + (" (defaults shown are the config's: --preset may set others)"
+                                                     if presets else ""))
         for f in fields:
             section.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None, type=_flag_type(f),
                                  metavar=f.name.upper() if f.type is not bool else "BOOL",

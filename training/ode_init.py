@@ -29,7 +29,7 @@ from ..weights.files import atomic_write, read_metadata
 from .distill_models import (DistillWorld, build_prompts, build_student, build_teacher, check_world,
                              resolve_teacher_kind)
 from .distributed import end_process_group, process_info
-from .loop import RegressionJob, TrainingLoop, stop_step
+from .loop import RegressionJob, TrainingLoop, check_stop, stop_step
 from .ode_init_config import OdeInitConfig
 from .optim import step_generators
 from .prompts import prompt_digest, read_prompts_file
@@ -57,6 +57,7 @@ def generate_ode_pairs(teacher, kind: str, cfg, prompts, num: int, seed: int, ba
     device = teacher.patch_embedding.weight.device
     bar = tqdm(total=num, desc="ode-pairs", disable=quiet, dynamic_ncols=True)
     for start in range(0, num, batch):
+        check_stop()    # Ctrl-C / kill between batches (the pairs are drawn again from the seed on the rerun)
         b = min(batch, num - start)
         _, ctx, unc = prompts.sample(rng, b)
         ctx, unc = ctx.to(device), unc.to(device)

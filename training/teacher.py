@@ -229,12 +229,24 @@ def export_teacher(run_dir: str, out_path: str, weights: str = "ema") -> str:
     latest = CheckpointManager(os.path.join(run_dir, "checkpoints")).latest()
     if latest is None:
         raise FileNotFoundError(f"no complete checkpoint in {run_dir}/checkpoints; train first")
-    with open(os.path.join(run_dir, "config.json")) as f:
+    config = os.path.join(run_dir, "config.json")
+    if not os.path.isfile(config):
+        raise FileNotFoundError(f"run_dir (--run) {run_dir!r} has checkpoints but no config.json (the settings the "
+                                f"teacher was trained with); restore it from a backup of the run folder")
+    with open(config) as f:
         text = f.read()
     try:
         raw = json.loads(text)
     except json.JSONDecodeError:  # runs started before config.json was JSON hold a Python dict literal
-        raw = ast.literal_eval(text)
+        try:
+            raw = ast.literal_eval(text)
+        except (ValueError, SyntaxError, MemoryError, RecursionError) as e:
+            raise ValueError(f"{config}: unreadable ({type(e).__name__}); restore it from a backup of the run "
+                             f"folder") from None
+    if isinstance(raw, dict) and {"gen_steps", "sc_weight"} & set(raw):
+        raise ValueError(f"run_dir (--run) {run_dir!r} is a student's run (distill or ode-init), not a teacher's; "
+                         f"its student is exported by the run itself (export/student.safetensors), or with "
+                         f"`export --student {run_dir}` in another layout")
     cfg = strict_from_dict(TeacherConfig, raw)
     name = "ema" if weights == "ema" else "model"
     tensors, state = CheckpointManager(os.path.join(run_dir, "checkpoints")).load(latest[1], [name])

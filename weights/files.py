@@ -12,6 +12,7 @@ import os
 import pickle
 import re
 import secrets
+import tempfile
 from collections.abc import Mapping
 
 import torch
@@ -286,6 +287,9 @@ def check_output(path, flag: str = "--out", inputs: Mapping = None) -> str:
         parent = os.path.dirname(parent)
     if parent and not os.path.isdir(parent):
         raise ValueError(f"{flag}={path!r}: {parent!r} is a file, not a folder; choose a destination in a folder")
+    if parent and not _writable(parent):
+        raise ValueError(f"{flag}={path!r}: the folder {parent!r} cannot be written (permissions or a read-only "
+                         f"file system); choose a destination you can write to")
     if os.path.isdir(path):
         raise ValueError(f"{flag}={path!r} is a folder; give a file name (e.g. {os.path.join(path, 'student.safetensors')!r})")
     if _in_checkpoint(path):   # a run's state (training/runs.py), Salt's own
@@ -295,6 +299,16 @@ def check_output(path, flag: str = "--out", inputs: Mapping = None) -> str:
         raise ValueError(f"{flag}={path!r} exists and was not written by Salt; it is never replaced. Choose a new "
                          f"name, or move that file away first")
     return path
+
+
+def _writable(folder: str) -> bool:
+    """Whether a new file can be made in `folder`: tried with an anonymous temporary file (nothing is left behind;
+    permission bits alone do not tell for root or a read-only mount)."""
+    try:
+        tempfile.TemporaryFile(dir=folder).close()
+        return True
+    except OSError:
+        return False
 
 
 def _in_checkpoint(path: str) -> bool:
