@@ -86,6 +86,34 @@ def run_workflow_1(out_dir: str, student: str, comfyui_dir=None) -> tuple:
     return widget(workflow, "SaltToyTextEncode"), video, webp, seconds
 
 
+DEMO_OUTPUTS = ("preview.gif", "salt_toy_streaming.webp")
+DEMO_MARK = ".salt_demo"      # in --out: the files a demo wrote there (a rerun replaces those, and only those)
+
+
+def _written(out_dir: str) -> set:
+    path = os.path.join(out_dir, DEMO_MARK)
+    return set(open(path, encoding="utf-8").read().split()) if os.path.isfile(path) else set()
+
+
+def check_demo_outputs(out_dir: str, comfyui: bool) -> None:
+    """Refuse an --out holding a file of a demo output's name that no demo wrote (a user's file is never replaced),
+    before any sampling."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"demo --out {out_dir!r} is a file; give a folder (it is created if missing)")
+    ours = _written(out_dir)
+    for name in DEMO_OUTPUTS[:2 if comfyui else 1]:
+        if os.path.exists(os.path.join(out_dir, name)) and name not in ours:
+            raise ValueError(f"demo --out {out_dir!r} holds a {name} the demo did not write; it is never replaced: "
+                             f"choose another --out, or move that file away")
+
+
+def mark_demo_outputs(out_dir: str, comfyui: bool) -> None:
+    """Record the outputs this demo is about to write (check_demo_outputs lets a rerun replace them)."""
+    names = sorted(_written(out_dir) | set(DEMO_OUTPUTS[:2 if comfyui else 1]))
+    with open(os.path.join(out_dir, DEMO_MARK), "w", encoding="utf-8") as f:
+        f.write("\n".join(names) + "\n")
+
+
 def run_demo(out_dir: str = "out/demo", num_clips: int = 16, threads: int = 2, seed: int = 0,
              teacher: str = TOY_TEACHER, student: str = TOY_STUDENT, comfyui: bool = True,
              comfyui_dir: str = None) -> dict:
@@ -97,6 +125,7 @@ def run_demo(out_dir: str = "out/demo", num_clips: int = 16, threads: int = 2, s
     world = get_world("default").cfg
     model, mode, source = load_toy_teacher(teacher)
     salt, salt_source = load_toy_student(student)
+    check_demo_outputs(out_dir, comfyui)
     os.makedirs(out_dir, exist_ok=True)   # once the inputs load: a refused run leaves no folder behind
     encoder = ToyTextEncoder(text_dim=model.cfg.text_dim, max_tokens=model.cfg.text_len, world=world)
     captions = eval_prompts(world, num_clips)
@@ -116,6 +145,7 @@ def run_demo(out_dir: str = "out/demo", num_clips: int = 16, threads: int = 2, s
         rows[label] = {**score_table(v, captions, world, ref), "seconds": time.time() - t}
         videos[short] = v
     table = format_table(rows, COLUMNS)
+    mark_demo_outputs(out_dir, comfyui)
     gif = save_gif({k: v[:8] for k, v in videos.items()}, os.path.join(out_dir, "preview.gif"))
     print(f"\nSalt toy world — teacher: {source}; student: {salt_source}\n\n{table}\n\npreview: {gif}  (rows: " +
           ", ".join(videos) + f"; first 8 of {num_clips} prompts)")

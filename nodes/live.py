@@ -343,7 +343,10 @@ class KeptChunks:
             items.popleft()
 
     def add_frames(self, images: torch.Tensor) -> None:
-        """images (N, H, W, 3) of one chunk (N may be 0 while a Wan decoder waits)."""
+        """images (N, H, W, 3) of one chunk (N may be 0 while a Wan decoder waits, or without one: not kept, so the
+        IMAGE output of a stream without frames is (0, height, width, 3))."""
+        if not len(images):
+            return
         self.frames.append(images)
         self._trim(self.frames, len)
 

@@ -73,3 +73,25 @@ def test_the_cli_demo_says_to_use_a_checkout_when_the_dev_harness_is_absent(monk
     monkeypatch.setitem(sys.modules, "comfyui_salt.dev.demo", None)   # import fails as if dev/ were not installed
     with pytest.raises(SystemExit, match="not part of an installed wheel.*from a checkout"):
         main(["demo", "--no-comfyui"])
+
+
+def test_the_demo_replaces_its_own_outputs_and_never_a_users_file_of_the_same_name(tmp_path):
+    """A rerun into the same --out replaces the preview it wrote; a preview.gif it did not write stops the demo
+    before any sampling (it was overwritten in silence)."""
+    from comfyui_salt.dev.demo import check_demo_outputs, mark_demo_outputs
+    out = tmp_path / "demo"
+    out.mkdir()
+    check_demo_outputs(str(out), comfyui=True)                        # empty: fine
+    (out / "preview.gif").write_bytes(b"GIF89a mine")
+    with pytest.raises(ValueError, match="holds a preview.gif the demo did not write; it is never replaced"):
+        check_demo_outputs(str(out), comfyui=False)
+    (out / "preview.gif").unlink()
+    mark_demo_outputs(str(out), comfyui=False)
+    (out / "preview.gif").write_bytes(b"GIF89a the demo's")
+    check_demo_outputs(str(out), comfyui=False)                       # its own: replaced on the rerun
+    (out / "salt_toy_streaming.webp").write_bytes(b"RIFF mine")
+    with pytest.raises(ValueError, match="salt_toy_streaming.webp the demo did not write"):
+        check_demo_outputs(str(out), comfyui=True)
+    check_demo_outputs(str(out), comfyui=False)                       # not written without ComfyUI: not checked
+    with pytest.raises(ValueError, match="is a file; give a folder"):
+        check_demo_outputs(str(out / "preview.gif"), comfyui=False)

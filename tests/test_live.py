@@ -303,6 +303,8 @@ def test_a_wan_stream_queued_twice_decodes_the_frames_of_one_run_with_the_graphs
     frames = whole[0].shape[0]
     assert decoded.shape[0] - 4 <= frames <= decoded.shape[0] and torch.allclose(whole[0], decoded[:frames],
                                                                                  atol=1e-5)
+    blind = run(salt_nodes.SaltLiveStream, **{**args, "vae": None}, stream_id="no_vae", max_chunks=2)
+    assert blind[0].shape == (0, 32, 32, 3) and blind[1]["samples"].shape[2] == 2 * 3   # latents only: no frames
 
 
 def test_the_live_node_runs_again_whenever_it_is_queued(salt_nodes):
