@@ -278,3 +278,14 @@ def test_an_unreadable_checkpoint_another_rank_moved_aside_first_does_not_stop_t
     assert path.endswith("step_00000001") and state["step"] == 1 and torch.equal(tensors["student"]["w"],
                                                                                  torch.ones(2))
     assert (tmp_path / "checkpoints" / "step_00000002.unreadable").is_dir()
+
+
+@pytest.mark.parametrize("field", ["teacher", "student_init", "critic_init"])
+def test_a_model_source_that_names_no_file_is_refused_before_the_run_folder_is_made(teacher_path, tmp_path, field):
+    """The start was refused only when the models were built, inside the run folder: config.json, .lock and
+    checkpoints/ were left behind for a typo'd path."""
+    cfg = tiny(teacher_path, **{field: str(tmp_path / "typo.safetensors")})
+    with pytest.raises(FileNotFoundError, match=rf"DistillConfig\.{field}='.*: no such file or folder; pass a "
+                                                rf"checkpoint path"):
+        run_distillation(cfg, str(tmp_path / "run"), quiet=True, world=TOY)
+    assert not (tmp_path / "run").exists()

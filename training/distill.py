@@ -40,7 +40,7 @@ from .distributed import (any_rank, device_mesh, end_process_group, full_optimiz
 from .loop import TrainingLoop, check_loss_terms, stop_step
 from .optim import EMA, step_generators, step_seed
 from .runs import OVERRIDE_HINT, open_run
-from .validate import check_distill_memory, check_whole_chunks, inactive_terms, shard_count
+from .validate import check_distill_memory, check_model_sources, check_whole_chunks, inactive_terms, shard_count
 
 log = logging.getLogger("salt.distill")
 ROLES = ("critic", "gen")   # the step roles of an iteration, in the seed of their draws
@@ -436,6 +436,7 @@ def run_distillation(cfg: DistillConfig, out_dir: str, *, max_gen_steps: int = N
     if max_gen_steps is not None:
         check_count("max_gen_steps", max_gen_steps, where="run_distillation")
     check_world(cfg, world, "run_distillation")
+    check_model_sources(cfg, type(cfg).__name__)
     rank = process_info().rank
     with open_run(cfg, out_dir, allow_changes=allow_changed_settings, rank=rank) as run:
         model = _run_distillation(cfg, run, max_gen_steps, callback, quiet, device, world, allow_changed_settings)

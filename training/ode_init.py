@@ -35,7 +35,7 @@ from .optim import step_generators
 from .prompts import prompt_digest, read_prompts_file
 from .runs import OVERRIDE_HINT, RunFolder, has_checkpoint, open_run
 from .student_config import EXACT
-from .validate import check_ode_init_memory, check_whole_chunks, inactive_terms
+from .validate import check_model_sources, check_ode_init_memory, check_whole_chunks, inactive_terms
 
 log = logging.getLogger("salt.ode_init")
 
@@ -174,6 +174,7 @@ def run_ode_init(cfg: OdeInitConfig, out_dir: str, *, max_gen_steps: int = None,
                          f"one process (its student is small beside the distillation's three networks); launch it "
                          f"with python, not torchrun")
     check_world(cfg, world, "run_ode_init")
+    check_model_sources(cfg, type(cfg).__name__)
     with open_run(cfg, out_dir, allow_changes=allow_changed_settings) as run:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)

@@ -9,6 +9,7 @@ fix. Knows nothing of files or the loops.
 """
 import dataclasses
 import math
+import os
 
 import torch
 
@@ -434,3 +435,18 @@ def check_ode_init_memory(cfg, student, device, teacher=None) -> None:
                  int(cfg.memory_limit_gib * (1 << 30)) if explicit else available_memory("cpu"),
                  where="OdeInitConfig", limit_what=limit_what if explicit else "free host memory",
                  fix="lower ode_pairs, num_frames or height / width, or set memory_limit_gib (--memory-limit-gib)")
+
+
+MODEL_SOURCES = ("teacher", "student_init", "critic_init")
+NAMED_SOURCES = ("toy", EXACT, "teacher")    # a world's teacher, the closed form, a copy of the teacher
+
+
+def check_model_sources(cfg, where: str) -> None:
+    """Refuse a model source that names no file or folder, before a run folder is entered (a refused start left
+    config.json, .lock and checkpoints/ behind); the named sources (`toy`, `exact`, `teacher`) pass."""
+    for name in MODEL_SOURCES:
+        value = getattr(cfg, name, None)
+        if value and value not in NAMED_SOURCES and not os.path.exists(value):
+            named = "'toy' or 'exact'" if name == "teacher" else "'teacher' (a trainable copy of the teacher)"
+            raise FileNotFoundError(f"{where}.{name}={quote(value)}: no such file or folder; pass a checkpoint "
+                                    f"path (any supported layout) or {named}")
