@@ -289,3 +289,17 @@ def test_a_model_source_that_names_no_file_is_refused_before_the_run_folder_is_m
                                                 rf"checkpoint path"):
         run_distillation(cfg, str(tmp_path / "run"), quiet=True, world=TOY)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_resume_already_past_max_gen_steps_says_it_trains_nothing(teacher_path, tmp_path, caplog):
+    """max_gen_steps is a step of the run, not a count of more steps: a rerun with one at or below where the run
+    stands trained nothing and finished in silence."""
+    cfg = tiny(teacher_path, gen_steps=4)
+    run_distillation(cfg, str(tmp_path / "run"), max_gen_steps=2, quiet=True, world=TOY)
+    with caplog.at_level(logging.WARNING, logger="salt.distill"):
+        run_distillation(cfg, str(tmp_path / "run"), max_gen_steps=3, quiet=True, world=TOY)
+    assert "at or past" not in caplog.text and steps_in(tmp_path / "run")[-1] == "step_00000003"
+    with caplog.at_level(logging.WARNING, logger="salt.distill"):
+        run_distillation(cfg, str(tmp_path / "run"), max_gen_steps=2, quiet=True, world=TOY)
+    assert "the run is at generator step 3, at or past max_gen_steps=2" in caplog.text
+    assert steps_in(tmp_path / "run")[-1] == "step_00000003"

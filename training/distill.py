@@ -525,6 +525,9 @@ def _run_distillation(cfg, run, max_gen_steps, callback, quiet, device, world, a
         "salt_config": student.cfg.to_json(), "distill_config": json.dumps(asdict(cfg))})
     loop.resume(job, ["student", "critic"], optional=["ema"])
     check_clips_per_update(job, allow_changes, info.distributed)
+    if max_gen_steps is not None and max_gen_steps <= job.gen_step < cfg.gen_steps:
+        log.warning("the run is at generator step %d, at or past max_gen_steps=%d (a step of the run, counted from "
+                    "its start): nothing to train; give a larger one to go on", job.gen_step, max_gen_steps)
 
     def evaluate():   # every rank evaluates (the inference copy is a collective when sharded); rank 0 writes the GIF
         preview = run.file(f"preview_{job.gen_step:06d}.gif") if rank == 0 else None
