@@ -7,6 +7,7 @@ tiny decoder or the toy world's pixels; pushing and the routes go through `bridg
 The routes only record intents (`LiveControl`), which the node applies at the next chunk boundary.
 """
 import collections
+import logging
 import math
 import queue
 import re
@@ -16,7 +17,8 @@ import time
 import torch
 
 from ..salt_core.streaming import ChunkStream, stream_memory_bytes
-from ..salt_core.validate import available_memory, check_count, check_memory, check_number, check_sigmas, quote
+from ..salt_core.validate import (available_memory, check_count, check_memory, check_number, check_sigmas,
+                                  format_bytes, quote)
 from .bridge import io
 from .bridge.convert import latent_to_comfy
 from .bridge.decoders import WanChunkDecoder, load_tiny_wan_decoder, tiny_wan_decoder_files
@@ -27,6 +29,8 @@ from .models import salt_in_use
 from .streaming import latent_shape, text_context
 from .toy import toy_conditioning
 from .types import CacheOptionsType, SaltModelType
+
+log = logging.getLogger("salt.nodes")
 
 LIVE_EVENT = "salt.live"                            # websocket event carrying one chunk's frames
 STREAM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")     # \Z: "$" would take a final newline
@@ -310,7 +314,15 @@ def live_run(salt, positive, options, sigmas, seed, width, height, max_chunks, s
                     pusher.put(chunk)
             finally:   # the stream and the positive it now follows, kept together; the decoder's state on the CPU
                 try:
-                    session.state, session.positive = _detached(stream.state()), given_now
+                    state = stream.state()
+                    held = sum(t.numel() * t.element_size() for t in (state["cache"]["k"], state["cache"]["v"]))
+                    if held > available_memory(torch.device("cpu")):   # kept on the host between runs: not there
+                        log.warning("SaltLiveStream: stream %r is not kept for a later run: its KV cache (%s) does not "
+                                    "fit the host's free memory; the next run starts it again from its seed "
+                                    "(a smaller window_frames or size keeps it)", stream_id, format_bytes(held))
+                        session.state, session.positive, session.decoder = None, None, None
+                    else:
+                        session.state, session.positive = _detached(state), given_now
                 finally:
                     pusher.close()
                     if decoder is not None and hasattr(decoder, "park"):

@@ -350,3 +350,23 @@ def test_a_pushed_frame_is_about_256_pixels_wide_whatever_its_size(salt_nodes):
     from comfyui_salt.nodes.bridge.server import shown_size
     assert shown_size(832, 480, 256) == (256, 148) and shown_size(16, 16, 256) == (256, 256)
     assert shown_size(100, 60, 256) == (200, 120) and shown_size(256, 144, 256) == (256, 144)
+
+
+def test_a_stream_whose_cache_does_not_fit_the_hosts_memory_is_not_kept_and_says_so(salt_nodes, toy_salt,
+                                                                                    monkeypatch, caplog):
+    """Between runs a stream's KV cache waits on the host (GBs for Wan at 832×480): where it does not fit, the run
+    still returns its outputs, the stream is not kept (the next run starts it from its seed) and the log says why;
+    the copy was made regardless and could take the server down."""
+    from comfyui_salt.nodes import live
+    monkeypatch.setattr(live, "available_memory", lambda device: 1 << 40)
+    first = run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, stream_id="a"))
+    asked = []                        # the run's own checks first, then the host's memory once the run ends: full
+    monkeypatch.setattr(live, "available_memory", lambda device: asked.append(1) or (1 << 40 if len(asked) == 1
+                                                                                       else 1000))
+    with caplog.at_level("WARNING", logger="salt.nodes"):
+        second = run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, stream_id="a"))
+    assert "stream 'a' is not kept for a later run" in caplog.text and live.SESSIONS["a"].state is None
+    assert second[0].shape[0] > 0
+    monkeypatch.setattr(live, "available_memory", lambda device: 1 << 40)
+    third = run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, stream_id="a"))
+    assert torch.equal(third[0], first[0])                           # started again from the seed
