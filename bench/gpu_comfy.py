@@ -256,6 +256,17 @@ def comfy_live(rep: Report, smoke: bool, tree: pathlib.Path):
     rep.check("ComfyUI: SaltLiveStream pushed every chunk", len(pushes) == chunks and images.shape[0] >= whole.shape[0] - 4,
               f"{len(pushes)} pushes of {chunks} chunks, {images.shape[0]} of {whole.shape[0]} frames shown")
     live_speed_row(rep, "decoded live", pushes, start, size)
+    # queued again: the stream's decoder, parked on the host between runs, goes on where it stopped
+    with torch.inference_mode():
+        more, more_latent = salt_nodes.SaltLiveStream.execute(
+            model=salt, positive=[[context, {}]], cache_options=options, sigmas=sigmas, seed=7, width=size["width"],
+            height=size["height"], max_chunks=2, stream_id="gpu_check", continue_stream=True, vae=vae).args
+        both = torch.cat([latent["samples"], more_latent["samples"]], 2)
+        whole = comfy_nodes.VAEDecode().decode(vae, {"samples": both})[0]
+    mm.unload_all_models()
+    shown = torch.cat([images, more])
+    rep.close("ComfyUI: SaltLiveStream queued again: both runs' frames vs VAEDecode of both runs' latents", shown,
+              whole[:shown.shape[0]], 1e-3)
     # the same stream shown with a tiny decoder (a random TAEHV of ComfyUI's class, as lighttaew2_1 loads)
     from helpers import tiny_taehv_state_dict
     tiny = comfy.sd.VAE(sd=tiny_taehv_state_dict())

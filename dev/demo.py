@@ -91,8 +91,12 @@ DEMO_MARK = ".salt_demo"      # in --out: the files a demo wrote there (a rerun 
 
 
 def _written(out_dir: str) -> set:
+    """The names DEMO_MARK lists in `out_dir` (none without it)."""
     path = os.path.join(out_dir, DEMO_MARK)
-    return set(open(path, encoding="utf-8").read().split()) if os.path.isfile(path) else set()
+    if not os.path.isfile(path):
+        return set()
+    with open(path, encoding="utf-8") as f:
+        return set(f.read().split())
 
 
 def check_demo_outputs(out_dir: str, comfyui: bool) -> None:

@@ -356,7 +356,8 @@ class Distiller:
         if self.ema is not None:
             tensors["ema"] = dict(zip(self.ema.names, self.ema.params))
         return tensors, {"gen_step": self.gen_step, "counts": dict(self.counts), "iteration": self.it,
-                         "clips_per_update": self.clips_per_update, "ema": self.ema is not None, "optimizers": [k for k in tensors if k.startswith("opt_")]}
+                         "clips_per_update": self.clips_per_update, "ema": self.ema is not None,
+                         "optimizers": [k for k in tensors if k.startswith("opt_")]}
 
     def load_sharded(self, path: str, state: dict):
         """Restore a torch.distributed.checkpoint folder written by `sharded_state` on any number of ranks, into

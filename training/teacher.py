@@ -243,7 +243,7 @@ def export_teacher(run_dir: str, out_path: str, weights: str = "ema") -> str:
         except (ValueError, SyntaxError, MemoryError, RecursionError) as e:
             raise ValueError(f"{config}: unreadable ({type(e).__name__}); restore it from a backup of the run "
                              f"folder") from None
-    if isinstance(raw, dict) and {"gen_steps", "sc_weight"} & set(raw):
+    if isinstance(raw, dict) and ("job" in raw or "gen_steps" in raw):   # a student job records its job (older: steps)
         raise ValueError(f"run_dir (--run) {run_dir!r} is a student's run (distill or ode-init), not a teacher's; "
                          f"its student is exported by the run itself (export/student.safetensors), or with "
                          f"`export --student {run_dir}` in another layout")

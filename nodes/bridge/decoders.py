@@ -44,12 +44,11 @@ class WanChunkDecoder:
         """Latent frames (B, 16, n, H/8, W/8) in ComfyUI's LATENT space → the IMAGE frames they complete
         (B·frames, H, W, 3) in [0, 1], float32 on ComfyUI's intermediate device (0 frames while a pair waits)."""
         vae = self.vae
-        if latent.shape[2]:
-            comfy.model_management.load_models_gpu([vae.patcher], memory_required=vae.memory_used_decode(
-                latent.shape, vae.vae_dtype))
         self.feat_cache = [_moved(t, vae.device) for t in self.feat_cache]   # a parked stream's state, back
         self.pending = _moved(self.pending, vae.device)
         if latent.shape[2]:
+            comfy.model_management.load_models_gpu([vae.patcher], memory_required=vae.memory_used_decode(
+                latent.shape, vae.vae_dtype))
             x = self.model.conv2(latent.to(device=vae.device, dtype=vae.vae_dtype))   # 1×1×1: frame by frame
             x = x if self.pending is None else torch.cat([self.pending, x], 2)
         else:
