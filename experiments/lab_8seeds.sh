@@ -12,14 +12,16 @@
 # is now kept as experiments/results/lab_teacher.safetensors, the causal ODE init in lab-exp8/ode-causal.
 #
 # Order, each arm × seed in turn (a head-to-head grows evenly; kept runs are skipped): at 300 updates the symmetric
-# SC against Salt (salt-sym, salt-sym2), then the λ_SC dose response (sc0, sc2, sc20, sc2-sym: each run measured for
-# the SC-triplet and mechanism tables as it finishes) and its test (sc20-low: λ 20 at the two lowest exits only),
-# and the runs kept without their measurements trained again for them (lab-exp8-m); dmd, salt and salt-sym to 1,000
-# updates (the budget every verdict needs), the exact-real-score pair at 300 (dmd-exact, salt-exact), and last dmd
-# and salt to 2,000, each continued from its 1,000-update self. Hours of one core (measured: 3.5-4 s per update with
-# two one-thread jobs and nothing else running; about twice that with tests beside): a 300-update run 0.3,
-# 300 -> 1,000 updates 0.8, 1,000 -> 2,000 1.1. 2,000 is the longest
-# budget the CPU allows (docs/method_lab.md "The longest budget"; 3,000 updates would take 2.6-3 h of one core).
+# SC against Salt (salt-sym, salt-sym2), the λ_SC dose response (sc0, sc2, sc20, sc2-sym: each run measured for the
+# SC-triplet and mechanism tables as it finishes) and its test (sc20-low: λ 20 at the two lowest exits only) (all
+# done by 2026-12-06); then dmd and salt straight through to 2,000 updates from the ODE init, each giving its
+# 1,000-update result on the way (--milestone), seed by seed: the longest budget, and a run that finishes inside
+# one session's machine (2 of them per session with both cores); the runs kept without their measurements trained
+# again for them (lab-exp8-m: dmd 3-7 left); salt-sym to 1,000 updates; the exact-real-score pair at 300 (dmd-exact,
+# salt-exact). Hours of one core (measured: 3.5-4 s per update with two one-thread jobs and nothing else running;
+# about twice that with tests beside): a 300-update run 0.3, a 1,000-update run 1.0, a 2,000-update run 2.1. 2,000
+# is the longest budget the CPU allows (docs/method_lab.md "The longest budget": a machine that may not outlive a
+# three-hour session; 3,000 updates would take 3.1 h of one core).
 # Usage (from the repository root):
 #   [WORKERS=1] nohup bash experiments/lab_8seeds.sh > runs/lab-8seeds.log 2>&1 &
 # The whole script is one block, read before it runs: editing this file while it runs cannot change what the
@@ -51,6 +53,15 @@ B="$RUN --out runs/lab-exp8 --keep $KEPT/lab-exp8 --updates 300"
 # (one command: no core waits for the last run of a stage)
 $B --arms salt,salt-sym,salt-sym2,sc0,sc-dmd,sc2,sc20,sc2-sym,sc20-low \
     --first "$(by_seed salt-sym salt-sym2)$(by_seed sc0 sc2 sc20 sc2-sym)$(by_seed sc20-low)"
+# The DMD–Salt pair at 2,000 updates, first (the longest budget, and the pair's 1,000-update verdicts): each run
+# trained straight through from the kept ODE init (shared from runs/lab-exp8), its 1,000-update checkpoint evaluated
+# as that arm × seed's 1,000-update result (--milestone; with no learning-rate schedule it is the run a 1,000-update
+# start gives, tests/test_lab_experiment.py). Straight through, not in legs from the 300- and 1,000-update runs:
+# the machine of 2026-12-07 came without the earlier machine's checkpoints, and a run that must finish within one
+# session's machine finishes there (2.1 h of one core), with its shorter budget on the way.
+$RUN --out runs/lab-exp8-2k --keep $KEPT/lab-exp8-2k --extend-from runs/lab-exp8 --updates 2000 \
+    --milestone 1000:runs/lab-exp8-1k:$KEPT/lab-exp8-1k --set checkpoint_keep_every=1000 \
+    --arms dmd,salt --first "$(by_seed dmd salt)"
 # the runs kept with their evaluation only (the first machine's: sc-dmd, dmd and salt 8 seeds each, the first 2 of
 # the other λ arms, salt-sym 0-2 and salt-sym2 0-1) trained again in lab-exp8-m from the kept ODE init, for their
 # triplet, mechanism and probe measurements (the same command repeats a run's evaluation on one machine:
@@ -65,18 +76,13 @@ $M --arms sc0,sc-dmd,sc2,sc20,sc2-sym,salt,salt-sym,salt-sym2,dmd \
 # as it finished (lab_experiment.py measure_finished; kept runs bring their measurements), so these print from them
 bash experiments/lab_8seeds_tables.sh
 $PY experiments/lab_verdicts.py --write $KEPT/lab_verdicts_8seeds.md
-# dmd, salt and salt-sym at 1,000 updates, each run continuing its 300-update self from wherever that finished with
-# its checkpoint: here, or trained again in lab-exp8-m (the runs kept from the first machine without their students;
-# the same init, shared from here). First, since every verdict needs this budget; the 2,000-update leg comes last.
+# salt-sym at 1,000 updates (dmd and salt have theirs from the pair's milestones), each run continuing its
+# 300-update self where a folder here holds it finished with its checkpoint, else from the ODE init
 $RUN --out runs/lab-exp8-1k --keep $KEPT/lab-exp8-1k --extend-from runs/lab-exp8,runs/lab-exp8-m --updates 1000 \
-    --arms dmd,salt,salt-sym --first "$(by_seed dmd salt salt-sym)"
+    --arms dmd,salt,salt-sym --first "$(by_seed salt-sym)"
 $PY experiments/lab_verdicts.py --write $KEPT/lab_verdicts_8seeds.md
 # the exact real score against the learned one, at 300 updates
 $B --arms dmd,dmd-exact,salt-exact --first "$(by_seed dmd-exact salt-exact)"
-# the DMD–Salt pair at 2,000 updates, each run continuing its 1,000-update self (or, where that stayed on a lost
-# machine, its 300-update self)
-$RUN --out runs/lab-exp8-2k --keep $KEPT/lab-exp8-2k --extend-from runs/lab-exp8-1k,runs/lab-exp8,runs/lab-exp8-m \
-    --updates 2000 --arms dmd,salt --first "$(by_seed dmd salt)"
 # the tables again, every stage's table from the kept evaluations, and the verdicts at every budget in one file
 bash experiments/lab_8seeds_tables.sh
 $PY experiments/lab_experiment.py --out runs/lab-exp8 --table --compact --export $KEPT/lab-exp8
