@@ -179,6 +179,14 @@ def test_teacher_counts_refuse_zero(field):
         TeacherConfig(**{field: 0})
 
 
+def test_a_teacher_warm_start_step_without_weights_or_past_the_last_step_is_refused():
+    with pytest.raises(ValueError, match="init_step=5 without init_from"):
+        TeacherConfig(init_step=5)
+    with pytest.raises(ValueError, match="init_step=100 with total_steps=100"):
+        TeacherConfig(init_from="w.safetensors", init_step=100, total_steps=100)
+    assert TeacherConfig(init_from="w.safetensors", init_step=99, total_steps=100).init_step == 99
+
+
 def test_max_gen_steps_zero_is_refused_rather_than_exporting_the_untouched_teacher(tmp_path):
     from comfyui_salt.toy.jobs import distill_world
     from comfyui_salt.training.distill import run_distillation

@@ -242,6 +242,13 @@ def validate_teacher_config(cfg) -> None:
     """Refuse a TeacherConfig with a field outside its declared values, or evaluations of fewer than two clips."""
     check_fields(cfg, "TeacherConfig")
     check_evaluation(cfg, "TeacherConfig", cfg.eval_every > 0)
+    if cfg.init_step and not cfg.init_from:
+        raise ValueError(f"TeacherConfig: init_step={cfg.init_step} without init_from; the step a warm start continues "
+                         f"from needs the weights it continues: pass init_from=<teacher .safetensors>, or init_step=0")
+    if cfg.init_from and cfg.init_step >= cfg.total_steps:
+        raise ValueError(f"TeacherConfig: init_step={cfg.init_step} with total_steps={cfg.total_steps}; a warm start "
+                         f"at or past the last step trains nothing: expected init_step < total_steps (raise "
+                         f"total_steps to train on from there)")
 
 
 def check_evaluation(cfg, where: str, evaluates: bool, nfe: tuple = None) -> None:
