@@ -39,6 +39,9 @@ MAX_PROMPT_TEXT = 2000                              # characters a typed prompt 
 PUSH_PIXELS = 256                                   # frames are pushed downscaled to about this width
 FPS = 16                                            # frames per second of a live stream (Wan 2.1's rate)
 MAX_KEEP_SECONDS = 3600.0
+# A stream paused this long ends its run as Stop would (the stream kept; queueing again continues it): a paused run
+# holds ComfyUI's queue, and a browser closed on a paused stream would otherwise hold it for good.
+PAUSE_LIMIT_SECONDS = 600.0
 ACTIONS = ("prompt", "pause", "resume", "stop")
 
 
@@ -49,7 +52,7 @@ class LiveControl:
         self.lock = threading.Lock()
         self.paused, self.stopped, self.prompt = False, False, None
         self.status = {"chunks": 0, "frames": 0, "period_ms": None, "running": False, "prompt": None,
-                       "prompt_error": None}
+                       "prompt_error": None, "ended": None}
         # the running node's check of a typed prompt (ValueError: refused at the route, the stream untouched)
         self.check_text = None
 
@@ -256,7 +259,7 @@ def live_run(salt, positive, options, sigmas, seed, width, height, max_chunks, s
                     SESSIONS.popitem(last=False)
             with control.lock:
                 control.stopped, control.paused = False, False
-                control.status["running"] = True
+                control.status.update(running=True, ended=None)
                 control.check_text = prompt_check(salt, clip)
             cache = model.new_cache(1, policy, shape[-2:], memory_limit=free)
             gen = torch.Generator(device=ref.device)
@@ -287,8 +290,10 @@ def live_run(salt, positive, options, sigmas, seed, width, height, max_chunks, s
                                         "period_ms": period}, PUSH_PIXELS)
                 kept.add_frames(images)
             pusher = FramePusher(decode_and_push, ref.device)
+            ended = "cancel"   # why the run ended, in the status: an exception out of the loop is Cancel (or an error)
             try:                                             # Cancel, Stop or the budget: the state is kept
                 for _ in range(max_chunks):
+                    paused_since, timed_out = None, False
                     while True:                              # intents, applied at the chunk boundary
                         check_interrupted()
                         with control.lock:
@@ -305,13 +310,22 @@ def live_run(salt, positive, options, sigmas, seed, width, height, max_chunks, s
                                     control.status.update(prompt=text[:80], prompt_error=None)
                         if stop or not paused:
                             break
+                        paused_since = paused_since or time.monotonic()
+                        if time.monotonic() - paused_since > PAUSE_LIMIT_SECONDS:
+                            log.info("SaltLiveStream: stream %r paused for over %.0f s; the run ends and the stream is "
+                                     "kept (queue again to continue it)", stream_id, PAUSE_LIMIT_SECONDS)
+                            stop, timed_out = True, True
+                            break
                         time.sleep(0.05)
                     if stop:
+                        ended = "paused too long" if timed_out else "stop"
                         break
                     noise = torch.randn(shape, generator=session.noise_gen).to(ref.device, ref.dtype)
                     chunk = stream.sample(noise, sig, stochastic=True)
                     kept.add_latents(chunk.float().cpu())
                     pusher.put(chunk)
+                else:
+                    ended = "max_chunks"
             finally:   # the stream and the positive it now follows, kept together; the decoder's state on the CPU
                 try:
                     state = stream.state()
@@ -327,6 +341,8 @@ def live_run(salt, positive, options, sigmas, seed, width, height, max_chunks, s
                     pusher.close()
                     if decoder is not None and hasattr(decoder, "park"):
                         decoder.park()
+                    with control.lock:
+                        control.status["ended"] = ended
     finally:
         with control.lock:
             control.status["running"] = False

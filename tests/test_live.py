@@ -59,6 +59,7 @@ def test_stop_and_a_typed_prompt_are_applied_at_chunk_boundaries(salt_nodes, toy
     assert differ and 2 <= differ[0] <= 2 + 4 and differ == list(range(differ[0], chunks)), differ
     status = live.control_request("t", "status", None)[1]
     assert status["chunks"] == chunks and status["prompt"] == "a blue square moving up" and not status["running"]
+    assert status["ended"] == "stop"
 
 
 @pytest.mark.parametrize("stream, action, body, code, words", [
@@ -149,6 +150,48 @@ def test_a_live_stream_needs_a_cache_of_constant_size_and_a_plain_stream_id(salt
         run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, cache_options=toy_options(salt_nodes)))
     with pytest.raises(ValueError, match="stream_id='../x'"):
         run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, stream_id="../x"))
+
+
+def test_a_stream_paused_past_the_limit_ends_its_run_and_queueing_again_continues_it(salt_nodes, toy_salt,
+                                                                                      monkeypatch):
+    """A paused run holds ComfyUI's queue: past PAUSE_LIMIT_SECONDS it ends as Stop would (the stream kept, the
+    status says why), and the next run continues the video as if it had never paused; a run that resumes in time
+    goes on to its budget."""
+    import threading
+    import time
+    from comfyui_salt.nodes import live
+    monkeypatch.setattr(live, "PAUSE_LIMIT_SECONDS", 0.3)
+    # without the limit the run would wait for this resume (and then run to its budget), so a broken limit fails
+    late_resume = threading.Timer(20.0, live.control_request, ("z", "resume", None))
+    late_resume.daemon = True
+
+    def pause_at_second_chunk(event, data, pixels):
+        if data["chunk"] == 2:
+            assert live.control_request("z", "pause", None)[0] == 200
+            late_resume.start()
+    monkeypatch.setattr(live, "push_event", pause_at_second_chunk)
+    start = time.monotonic()
+    try:
+        first = run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, stream_id="z", max_chunks=50))
+    finally:
+        late_resume.cancel()
+    assert time.monotonic() - start >= 0.3
+    chunks = first[0].shape[0] // 3
+    assert 2 <= chunks <= 2 + 4 and live.control_request("z", "status", None)[1]["ended"] == "paused too long"
+    monkeypatch.setattr(live, "push_event", lambda *a: None)
+    after = run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, stream_id="z", max_chunks=2))
+    assert live.control_request("z", "status", None)[1]["ended"] == "max_chunks"
+    whole = run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, stream_id="w",
+                                                         max_chunks=chunks + 2))
+    assert torch.equal(torch.cat([first[0], after[0]]), whole[0])
+
+    def pause_then_resume(event, data, pixels):                    # resumed well inside the limit
+        if data["chunk"] == 1:
+            live.control_request("r", "pause", None)
+            threading.Timer(0.1, live.control_request, ("r", "resume", None)).start()
+    monkeypatch.setattr(live, "push_event", pause_then_resume)
+    resumed = run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, stream_id="r", max_chunks=6))
+    assert resumed[0].shape[0] == 18 and live.control_request("r", "status", None)[1]["ended"] == "max_chunks"
 
 
 def test_cancel_keeps_the_stream_and_queueing_again_continues_it(salt_nodes, toy_salt, monkeypatch):
