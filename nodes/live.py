@@ -290,12 +290,14 @@ def live_run(salt, positive, options, sigmas, seed, width, height, max_chunks, s
                                         "period_ms": period}, PUSH_PIXELS)
                 kept.add_frames(images)
             pusher = FramePusher(decode_and_push, ref.device)
-            ended = "cancel"   # why the run ended, in the status: an exception out of the loop is Cancel (or an error)
+            ended = "error"    # why the run ended, in the status (an exception out of the loop: Cancel, or an error)
             try:                                             # Cancel, Stop or the budget: the state is kept
                 for _ in range(max_chunks):
                     paused_since, timed_out = None, False
                     while True:                              # intents, applied at the chunk boundary
+                        ended = "cancel"
                         check_interrupted()
+                        ended = "error"
                         with control.lock:
                             stop, paused, text, control.prompt = control.stopped, control.paused, control.prompt, None
                         if text is not None:        # checked at the route; one the encoder still refuses is
@@ -338,11 +340,11 @@ def live_run(salt, positive, options, sigmas, seed, width, height, max_chunks, s
                     else:
                         session.state, session.positive = _detached(state), given_now
                 finally:
+                    with control.lock:
+                        control.status["ended"] = ended
                     pusher.close()
                     if decoder is not None and hasattr(decoder, "park"):
                         decoder.park()
-                    with control.lock:
-                        control.status["ended"] = ended
     finally:
         with control.lock:
             control.status["running"] = False

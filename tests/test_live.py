@@ -185,6 +185,8 @@ def test_a_stream_paused_past_the_limit_ends_its_run_and_queueing_again_continue
                                                          max_chunks=chunks + 2))
     assert torch.equal(torch.cat([first[0], after[0]]), whole[0])
 
+    monkeypatch.setattr(live, "PAUSE_LIMIT_SECONDS", 30.0)
+
     def pause_then_resume(event, data, pixels):                    # resumed well inside the limit
         if data["chunk"] == 1:
             live.control_request("r", "pause", None)
@@ -210,10 +212,24 @@ def test_cancel_keeps_the_stream_and_queueing_again_continues_it(salt_nodes, toy
     monkeypatch.setattr(live, "check_interrupted", cancel_at_fourth_boundary)
     with pytest.raises(Interrupted):
         run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, stream_id="c", max_chunks=50))
+    assert live.control_request("c", "status", None)[1]["ended"] == "cancel"
     monkeypatch.setattr(live, "check_interrupted", lambda: None)
     after = run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, stream_id="c", max_chunks=2))
     whole = run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, stream_id="w", max_chunks=5))
     assert live.SESSIONS["c"].chunks == 5 and torch.equal(after[0], whole[0][9:])
+    assert live.control_request("c", "status", None)[1]["ended"] == "max_chunks"
+
+
+def test_a_run_that_fails_says_so_in_the_status(salt_nodes, toy_salt, monkeypatch):
+    from comfyui_salt.nodes import live
+
+    def broken_push(event, data, pixels):
+        raise RuntimeError("the websocket went away")
+    monkeypatch.setattr(live, "push_event", broken_push)
+    with pytest.raises(RuntimeError, match="websocket went away"):
+        run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, stream_id="e", max_chunks=50))
+    status = live.control_request("e", "status", None)[1]
+    assert status["ended"] == "error" and not status["running"]
 
 
 def test_only_the_newest_streams_are_kept_so_stream_ids_cannot_grow_the_servers_memory(salt_nodes, toy_salt):

@@ -88,6 +88,11 @@ def test_teacher_warm_start_continues_from_shipped_weights_at_a_given_step(tmp_p
     train_teacher(warm, str(tmp_path / "b"), max_steps=4, quiet=True, world=teacher_world(warm))
     lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
     assert [__import__("json").loads(x)["step"] for x in lines] == [3, 4]
+    # a folder recorded before the warm-start refusals (a step without init_from, ignored then) still exports
+    config = tmp_path / "a" / "config.json"
+    config.write_text(config.read_text().replace('"init_step": 0', '"init_step": 5'))
+    assert "init_step\": 5" in config.read_text()
+    assert "wrote" in export_teacher(str(tmp_path / "a"), str(tmp_path / "old.safetensors"), weights="raw")
 
 
 def test_the_teacher_job_draws_lab_world_batches_with_decodable_captions():

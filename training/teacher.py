@@ -247,6 +247,11 @@ def export_teacher(run_dir: str, out_path: str, weights: str = "ema") -> str:
         raise ValueError(f"run_dir (--run) {run_dir!r} is a student's run (distill or ode-init), not a teacher's; "
                          f"its student is exported by the run itself (export/student.safetensors), or with "
                          f"`export --student {run_dir}` in another layout")
+    last = raw.get("total_steps", TeacherConfig.total_steps) if isinstance(raw, dict) else 0
+    if isinstance(raw, dict) and (not raw.get("init_from") or raw.get("init_step", 0) >= last):
+        # a warm-start step the run ignored (no init_from) or refused today: not part of the weights, and exported
+        # folders made before the refusal still export
+        raw = {**raw, "init_step": 0}
     cfg = strict_from_dict(TeacherConfig, raw)
     name = "ema" if weights == "ema" else "model"
     tensors, state = CheckpointManager(os.path.join(run_dir, "checkpoints")).load(latest[1], [name])
