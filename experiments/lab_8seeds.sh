@@ -18,10 +18,11 @@
 # 1,000-update result on the way (--milestone), seed by seed: the longest budget, and a run that finishes inside
 # one session's machine (2 of them per session with both cores); the runs kept without their measurements trained
 # again for them (lab-exp8-m: dmd 3-7 left); salt-sym to 1,000 updates; the exact-real-score pair at 300 (dmd-exact,
-# salt-exact). Hours of one core (measured: 3.5-4 s per update with two one-thread jobs and nothing else running;
-# about twice that with tests beside): a 300-update run 0.3, a 1,000-update run 1.0, a 2,000-update run 2.1. 2,000
-# is the longest budget the CPU allows (docs/method_lab.md "The longest budget": a machine that may not outlive a
-# three-hour session; 3,000 updates would take 3.1 h of one core).
+# salt-exact). Hours of one core (measured: 3.5-4 s per update with two one-thread jobs and nothing else running
+# on 2026-12-05, 4.5 s for dmd and 5.0 s for salt on 2026-12-07's machine; about twice that with tests beside): a
+# 300-update run 0.3, a 1,000-update run 1.0-1.4, a 2,000-update run 2.1-2.8. 2,000 is the longest budget the CPU
+# allows (docs/method_lab.md "The longest budget": a machine that may not outlive a three-hour session; 3,000
+# updates would take 3.1-4.2 h of one core).
 # Usage (from the repository root):
 #   [WORKERS=1] nohup bash experiments/lab_8seeds.sh > runs/lab-8seeds.log 2>&1 &
 # The whole script is one block, read before it runs: editing this file while it runs cannot change what the
@@ -55,8 +56,8 @@ $B --arms salt,salt-sym,salt-sym2,sc0,sc-dmd,sc2,sc20,sc2-sym,sc20-low \
     --first "$(by_seed salt-sym salt-sym2)$(by_seed sc0 sc2 sc20 sc2-sym)$(by_seed sc20-low)"
 # The DMD–Salt pair at 2,000 updates, first (the longest budget, and the pair's 1,000-update verdicts): each run
 # trained straight through from the kept ODE init (shared from runs/lab-exp8), its 1,000-update checkpoint evaluated
-# as that arm × seed's 1,000-update result (--milestone; with no learning-rate schedule it is the run a 1,000-update
-# start gives, tests/test_lab_experiment.py). Straight through, not in legs from the 300- and 1,000-update runs:
+# as that arm × seed's 1,000-update result as soon as the run reaches it (--milestone; with no learning-rate schedule
+# it is the run a 1,000-update start gives, tests/test_lab_experiment.py). Straight through, not in legs from the 300- and 1,000-update runs:
 # the machine of 2026-12-07 came without the earlier machine's checkpoints, and a run that must finish within one
 # session's machine finishes there (2.1 h of one core), with its shorter budget on the way.
 $RUN --out runs/lab-exp8-2k --keep $KEPT/lab-exp8-2k --extend-from runs/lab-exp8 --updates 2000 \

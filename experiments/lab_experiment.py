@@ -121,11 +121,12 @@ def _command(preset: str, run_dir: str, overrides: dict) -> list:
     return [command, "--preset", preset, "--out", run_dir, *_flags(taken)]
 
 
-def run_jobs(jobs: list, workers: int = 1, in_process: bool = False, after=None) -> int:
+def run_jobs(jobs: list, workers: int = 1, in_process: bool = False, after=None, during=None) -> int:
     """Run (or resume) `distill` / `ode-init` jobs, `workers` subprocesses at a time; returns how many failed.
 
     jobs: [(preset, run_dir, overrides, done_path)] in order; a job whose done_path exists is skipped. `after(run_dir)`
-    runs in this process for every finished job (skipped ones too), once the freed slots have their next jobs.
+    runs in this process for every finished job (skipped ones too), once the freed slots have their next jobs;
+    `during(run_dir)` for every running one at each look (every 2 s): it must return at once when it has nothing to do.
     Ctrl-C or SIGTERM asks every running job to stop (each saves its checkpoint), waits for them, and re-raises.
     `in_process` runs each job through the CLI's main in this process instead (the CI smoke)."""
     queue, running, ready, failed = list(jobs), [], [], 0
@@ -134,6 +135,8 @@ def run_jobs(jobs: list, workers: int = 1, in_process: bool = False, after=None)
             for job in list(running):
                 run_dir, done, proc = job
                 if proc.poll() is None:
+                    if during:
+                        during(run_dir)
                     continue
                 running.remove(job)
                 if proc.returncode == 0 and os.path.exists(done):
@@ -315,6 +318,21 @@ def finish_run(args, run_dir: str) -> None:
         lab_keep.keep_run(run_dir, os.path.join(args.keep, rel), metrics=rel.split(os.sep)[0] in PROBE_ARMS)
 
 
+def evaluate_reached_milestones(milestones: list, out: str, run_dir: str, clips: int) -> None:
+    """--milestone while run `run_dir` (of experiment `out`) trains: each milestone checkpoint it has reached is
+    evaluated (and kept) at once, as finish_run would at the end, so a run left unfinished by a lost machine still
+    gives its shorter budgets. Returns at once where there is nothing new (a milestone evaluated, or not reached)."""
+    from comfyui_salt.training.runs import CheckpointManager
+    rel = os.path.relpath(run_dir, out)
+    for at, folder, keep in milestones:
+        dest = os.path.join(folder, rel)
+        if os.path.exists(dest) or not os.path.isdir(os.path.join(run_dir, "checkpoints")):
+            continue
+        if at in dict(CheckpointManager(os.path.join(run_dir, "checkpoints")).complete()):
+            print(f"--milestone: {run_dir} reached update {at}; evaluating it now into {dest}", flush=True)
+            evaluate_milestone(run_dir, at, dest, clips, keep and os.path.join(keep, rel))
+
+
 def evaluate_milestone(run_dir: str, at: int, dest: str, clips: int, keep: str = "") -> None:
     """The student run `run_dir` had after `at` updates, evaluated as that arm × seed's result in another experiment
     folder (`dest`: lab_eval.json and lab_keep.MILESTONE_MARK, which the runner there takes as finished), and kept
@@ -472,7 +490,8 @@ def run_stages(args, extra: dict) -> int:
                 stored, over["student_init"], shallow=False):
             over["student_init"] = stored
         jobs.append((ARMS[arm][0], run_dir, over, os.path.join(run_dir, "summary.json")))
-    return run_jobs(jobs, args.workers, args.in_process, after=lambda d: finish_run(args, d))
+    return run_jobs(jobs, args.workers, args.in_process, after=lambda d: finish_run(args, d),
+                    during=lambda d: evaluate_reached_milestones(args.milestone, args.out, d, args.clips))
 
 
 def main(argv=None) -> int:

@@ -158,9 +158,23 @@ def milestone_student(run_dir: str, updates: int):
         raise ValueError(f"{path} is a sharded checkpoint (torchrun); measure runs trained in one process")
     name = "ema" if os.path.exists(os.path.join(path, "ema.safetensors")) else "student"
     weights = ckpts.load(path, [name])[0][name]
-    model = load_model(os.path.join(run_dir, "export", "student.safetensors"))[0]
+    model = load_model(_architecture(run_dir))[0]
     model.load_state_dict({**model.state_dict(), **weights})   # strict: a key the model lacks is refused
     return model.eval()
+
+
+def _architecture(run_dir: str) -> str:
+    """A student file with run `run_dir`'s architecture: its export, or while it still trains (no export yet) the
+    student it started from (its student_init: the same model, other weights)."""
+    from comfyui_salt.training.job_configs import read_run_config
+    export = os.path.join(run_dir, "export", "student.safetensors")
+    if os.path.exists(export):
+        return export
+    init = getattr(read_run_config(run_dir), "student_init", None)
+    if not init or not os.path.exists(init):
+        raise MissingMilestone(f"{run_dir} has no export yet and its student_init ({init!r}) is not here: the "
+                               f"architecture its milestone checkpoints hold weights for is unknown")
+    return init
 
 
 class NotMeasured(FileNotFoundError):
@@ -170,11 +184,17 @@ class NotMeasured(FileNotFoundError):
 
 def milestone_summary(run_dir: str, updates: int) -> dict:
     """The summary.json a run stopped after `updates` generator updates would have written, from its milestone
-    checkpoint's counts (`training.distill.run_summary`); the score kind is the finished run's."""
+    checkpoint's counts (`training.distill.run_summary`); the score kind is the run's (recorded when it finished,
+    else resolved from its config as the run did)."""
     from comfyui_salt.training.distill import run_summary
     ckpts, path = _milestone(run_dir, updates)
-    with open(os.path.join(run_dir, "summary.json")) as f:
-        score_kind = json.load(f).get("score_kind")
+    if os.path.exists(os.path.join(run_dir, "summary.json")):
+        with open(os.path.join(run_dir, "summary.json")) as f:
+            score_kind = json.load(f).get("score_kind")
+    else:   # the run still trains: the kind it resolved at its start
+        from comfyui_salt.training.distill_models import resolve_teacher_kind
+        from comfyui_salt.training.job_configs import as_distill_config, read_run_config
+        score_kind = resolve_teacher_kind(as_distill_config(read_run_config(run_dir)))
     return run_summary(ckpts.load(path, [])[1]["counts"], score_kind)
 
 

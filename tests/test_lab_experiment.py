@@ -325,11 +325,13 @@ def test_the_runner_runs_claim_arms_first_in_parallel_skips_finished_and_counts_
     (tmp_path / "done" / "summary.json").write_text("{}")
     names = ["a", "done", "b", "bad", "c"]
     jobs = [("lab-dmd", str(tmp_path / n), {}, str(tmp_path / n / "summary.json")) for n in names]
-    evaluated = []
-    failed = bench.run_jobs(jobs, workers=2, after=lambda d: evaluated.append(os.path.basename(d)))
+    evaluated, looked = [], []
+    failed = bench.run_jobs(jobs, workers=2, after=lambda d: evaluated.append(os.path.basename(d)),
+                            during=lambda d: looked.append(os.path.basename(d)))
     assert failed == 1 and peak[0] == 2
     assert started == ["a", "b", "bad", "c"]                              # the finished one is not rerun
     assert sorted(evaluated) == ["a", "b", "c", "done"]                   # every finished run evaluated once
+    assert sorted(looked) == ["a", "b", "bad", "c"]                       # each running one looked at while it ran
 
 
 def test_claim_verdicts_follow_the_stated_rules():
@@ -538,6 +540,23 @@ def test_a_longer_runs_milestone_is_the_shorter_budgets_result(teacher_path, tmp
     assert got["nfe"] == want["nfe"] and got["defect8"] == want["defect8"]
     assert json.loads((short / "salt" / "seed0" / "milestone.json").read_text())["at"] == 2
     assert sorted(p.name for p in (kept / "salt" / "seed0").iterdir()) == ["lab_eval.json.gz", "milestone.json.gz"]
+    # while a run still trains (no summary, no export yet), the milestone it has reached is evaluated at once, to
+    # the same result; one it has not reached, or one evaluated already, is left alone
+    import shutil
+    training = tmp_path / "training"
+    shutil.copytree(longer / "salt" / "seed0", training / "salt" / "seed0")
+    shutil.rmtree(training / "salt" / "seed0" / "export")
+    (training / "salt" / "seed0" / "summary.json").unlink()
+    early, early_kept = tmp_path / "early", tmp_path / "early-kept"
+    bench.evaluate_reached_milestones([(2, str(early), str(early_kept)), (7, str(tmp_path / "never"), "")],
+                                      str(training), str(training / "salt" / "seed0"), 4)
+    now = json.loads((early / "salt" / "seed0" / "lab_eval.json").read_text())
+    assert now["summary"] == got["summary"] and now["nfe"] == got["nfe"] and now["defect8"] == got["defect8"]
+    assert (early_kept / "salt" / "seed0" / "lab_eval.json.gz").exists() and not (tmp_path / "never").exists()
+    monkeypatch.setattr(bench, "evaluate_run", lambda *a, **k: pytest.fail("evaluated twice"))
+    bench.evaluate_reached_milestones([(2, str(early), str(early_kept))], str(training),
+                                      str(training / "salt" / "seed0"), 4)
+    monkeypatch.setattr(bench, "evaluate_run", real)
     ran = []
     import comfyui_salt.__main__ as cli
     monkeypatch.setattr(cli, "main", lambda a: ran.append(a))
