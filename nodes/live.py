@@ -33,6 +33,7 @@ from .types import CacheOptionsType, SaltModelType
 log = logging.getLogger("salt.nodes")
 
 LIVE_EVENT = "salt.live"                            # websocket event carrying one chunk's frames
+LIVE_END_EVENT = "salt.live.end"                    # ... and the one saying a run ended, and why
 STREAM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")     # \Z: "$" would take a final newline
 MAX_LIVE_CHUNKS = 100_000
 MAX_PROMPT_TEXT = 2000                              # characters a typed prompt may have
@@ -342,9 +343,13 @@ def live_run(salt, positive, options, sigmas, seed, width, height, max_chunks, s
                 finally:
                     with control.lock:
                         control.status["ended"] = ended
-                    pusher.close()
-                    if decoder is not None and hasattr(decoder, "park"):
-                        decoder.park()
+                    try:
+                        pusher.close()
+                        if decoder is not None and hasattr(decoder, "park"):
+                            decoder.park()
+                    finally:   # after the last chunk's frames: the node shows why the stream stopped
+                        push_event(LIVE_END_EVENT, {"stream": stream_id, "node": node_id, "ended": ended,
+                                                    "chunk": session.chunks}, PUSH_PIXELS)
     finally:
         with control.lock:
             control.status["running"] = False

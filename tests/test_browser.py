@@ -299,6 +299,8 @@ async def drive_live(port: int, url: str) -> dict:
             await page.evaluate("document.querySelector('[data-salt-live=stop]').click()")
             await page.wait_for(f"{RUNNING}.then(n => n === 0)", timeout=60)
             seen["after_stop"] = await page.evaluate("window.saltLiveReceived")
+            await page.wait_for("window.saltLiveEnded === 'stop'", timeout=30)   # the end event, after the frames
+            seen["status_after_stop"] = await page.evaluate("document.querySelector('.salt-live div').textContent")
             return seen
 
 
@@ -338,6 +340,7 @@ def test_the_live_node_shows_frames_while_the_prompt_runs_and_its_stop_button_en
     assert seen["shown_while_running"] >= 12 and seen["running"] == 1, seen
     assert seen["img"] == "data:image/jpeg;base64," and seen["status"].startswith("chunk "), seen
     assert seen["after_stop"] < 5000 * 3                          # stopped long before its chunk budget
+    assert seen["status_after_stop"].startswith("ended (stop) after chunk "), seen   # and the node says so
     assert seen["received_while_paused"] == 0, seen               # Pause: no frame arrives; Resume: they do again
     # a prompt typed in the node's box and applied: the shown video turns from red to blue (switch_noise 0.7 in the
     # workflow); the page shows at most 2 pushes behind the stream (6 frames at 16 fps)

@@ -40,9 +40,12 @@ def test_stop_and_a_typed_prompt_are_applied_at_chunk_boundaries(salt_nodes, toy
     up to that boundary and differs after it (decoding runs on a worker thread, so the node may be up to the
     queue's depth ahead of what is shown: at most 4 chunks here)."""
     from comfyui_salt.nodes import live
-    seen, asked = [], {}
+    seen, asked, ends = [], {}, []
 
     def push(event, data, pixels):                                 # what the browser would receive
+        if event == live.LIVE_END_EVENT:
+            ends.append((len(seen), data))
+            return
         seen.append(data["chunk"])
         if data["chunk"] == 2:
             asked["prompt"] = 2
@@ -59,7 +62,8 @@ def test_stop_and_a_typed_prompt_are_applied_at_chunk_boundaries(salt_nodes, toy
     assert differ and 2 <= differ[0] <= 2 + 4 and differ == list(range(differ[0], chunks)), differ
     status = live.control_request("t", "status", None)[1]
     assert status["chunks"] == chunks and status["prompt"] == "a blue square moving up" and not status["running"]
-    assert status["ended"] == "stop"
+    assert status["ended"] == "stop"                               # and the page was told, after the last frames
+    assert ends[0] == (chunks, {"stream": "t", "node": None, "ended": "stop", "chunk": chunks}), ends
 
 
 @pytest.mark.parametrize("stream, action, body, code, words", [
@@ -106,6 +110,8 @@ def test_a_wan_stream_without_the_clip_input_refuses_typed_prompts_and_one_faili
     pushed = []
 
     def push(event, data, pixels):                       # a prompt that passes the route but fails to encode
+        if event != live.LIVE_EVENT:
+            return
         pushed.append(data["chunk"])
         if data["chunk"] == 1:
             control = live.SESSIONS["t"].control
@@ -166,7 +172,7 @@ def test_a_stream_paused_past_the_limit_ends_its_run_and_queueing_again_continue
     late_resume.daemon = True
 
     def pause_at_second_chunk(event, data, pixels):
-        if data["chunk"] == 2:
+        if event == live.LIVE_EVENT and data["chunk"] == 2:
             assert live.control_request("z", "pause", None)[0] == 200
             late_resume.start()
     monkeypatch.setattr(live, "push_event", pause_at_second_chunk)
@@ -188,7 +194,7 @@ def test_a_stream_paused_past_the_limit_ends_its_run_and_queueing_again_continue
     monkeypatch.setattr(live, "PAUSE_LIMIT_SECONDS", 30.0)
 
     def pause_then_resume(event, data, pixels):                    # resumed well inside the limit
-        if data["chunk"] == 1:
+        if event == live.LIVE_EVENT and data["chunk"] == 1:
             live.control_request("r", "pause", None)
             threading.Timer(0.1, live.control_request, ("r", "resume", None)).start()
     monkeypatch.setattr(live, "push_event", pause_then_resume)
@@ -278,7 +284,7 @@ def test_a_typed_prompt_changes_the_shipped_students_colour_with_switch_noise(sa
     real_set_prompt = live.ChunkStream.set_prompt
 
     def push(event, data, pixels):
-        if data["chunk"] == 3:
+        if event == live.LIVE_EVENT and data["chunk"] == 3:
             live.control_request("c", "prompt", {"text": "a blue disc moving left on a dark background"})
     monkeypatch.setattr(live, "push_event", push)
     monkeypatch.setattr(live.ChunkStream, "set_prompt",

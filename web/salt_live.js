@@ -90,5 +90,13 @@ app.registerExtension({
       view.status.textContent = `chunk ${detail.chunk} · ${detail.period_ms} ms per chunk · ${detail.frames.length} frames`;
       view.play();
     });
+    api.addEventListener("salt.live.end", ({ detail }) => {
+      const node = app.graph?.getNodeById?.(Number(detail.node)) ?? app.graph?.getNodeById?.(detail.node);
+      const view = node?.saltLive;
+      window.saltLiveEnded = detail.ended;
+      if (!view) return;
+      const again = detail.ended === "paused too long" ? " · queue again to continue" : "";
+      view.status.textContent = `ended (${detail.ended}) after chunk ${detail.chunk}${again}`;
+    });
   },
 });

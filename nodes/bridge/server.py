@@ -22,9 +22,12 @@ def shown_size(width: int, height: int, pixels: int) -> tuple:
 def push_event(event: str, data: dict, pixels: int) -> None:
     """Send `data` over ComfyUI's websocket as `event` to the browser that queued the prompt (ComfyUI's own previews
     go there; every browser when the prompt names none; no server: nothing). Its "frames" IMAGE (N, H, W, 3) goes as
-    JPEG data URLs about `pixels` wide (shown_size)."""
+    JPEG data URLs about `pixels` wide (shown_size); data without "frames" goes as it is."""
     server = getattr(__import__("server").PromptServer, "instance", None) if "server" in sys.modules else None
     if server is None:
+        return
+    if "frames" not in data:
+        server.send_sync(event, data, getattr(server, "client_id", None))
         return
     frames = data.pop("frames")
     urls = []
