@@ -11,18 +11,18 @@
 # about 1e-4 (docs/method_lab.md "Runs kept in the repository"), so the re-run goes on in the same folders. The teacher
 # is now kept as experiments/results/lab_teacher.safetensors, the causal ODE init in lab-exp8/ode-causal.
 #
-# Order, each arm × seed in turn (a head-to-head grows evenly; kept runs are skipped): at 300 updates the symmetric
-# SC against Salt (salt-sym, salt-sym2), the λ_SC dose response (sc0, sc2, sc20, sc2-sym: each run measured for the
-# SC-triplet and mechanism tables as it finishes) and its test (sc20-low: λ 20 at the two lowest exits only) (all
-# done by 2026-12-06); then dmd and salt straight through to 2,000 updates from the ODE init, each giving its
-# 1,000-update result on the way (--milestone), seed by seed: the longest budget, and a run that finishes inside
-# one session's machine (2 of them per session with both cores); the runs kept without their measurements trained
+# Order, each arm × seed in turn (a head-to-head grows evenly; kept runs are skipped): at 300 updates the symmetric SC
+# against Salt (salt-sym, salt-sym2), the λ_SC dose response (sc0, sc2, sc20, sc2-sym: each run measured for the
+# SC-triplet and mechanism tables as it finishes) and its test (sc20-low: λ 20 at the two lowest exits only) (all done
+# by 2026-12-06); then dmd and salt straight through to 2,000 updates from the ODE init, each giving its 1,000-update
+# result on the way (--milestone), seed by seed: the longest budget; the runs kept without their measurements trained
 # again for them (lab-exp8-m: dmd 3-7 left); salt-sym to 1,000 updates; the exact-real-score pair at 300 (dmd-exact,
-# salt-exact). Hours of one core (measured: 3.5-4 s per update with two one-thread jobs and nothing else running
-# on 2026-12-05, 4.5 s for dmd and 5.0 s for salt on 2026-12-07's machine; about twice that with tests beside): a
-# 300-update run 0.3, a 1,000-update run 1.0-1.4, a 2,000-update run 2.1-2.8. 2,000 is the longest budget the CPU
-# allows (docs/method_lab.md "The longest budget": a machine that may not outlive a three-hour session; 3,000
-# updates would take 3.1-4.2 h of one core).
+# salt-exact). Hours of one core (measured: 3.5-4 s per update with two one-thread jobs and nothing else running on
+# 2026-12-05; on 2026-12-07's machine about 5.2 s for dmd and 5.9 s for salt over hours; about twice that with tests
+# beside): a 300-update run 0.3-0.5, a 1,000-update run 1.0-1.6, a 2,000-update run 2.1-3.3 (longer than a session: it
+# continues on the next session's machine where the machine is kept, its 1,000-update result kept as soon as reached).
+# 2,000 is the longest budget the CPU allows (docs/method_lab.md "The longest budget": the pair's 16 runs cost about 50
+# core-hours; 3,000 updates about 75).
 # Usage (from the repository root):
 #   [WORKERS=1] nohup bash experiments/lab_8seeds.sh > runs/lab-8seeds.log 2>&1 &
 # The whole script is one block, read before it runs: editing this file while it runs cannot change what the
@@ -57,9 +57,9 @@ $B --arms salt,salt-sym,salt-sym2,sc0,sc-dmd,sc2,sc20,sc2-sym,sc20-low \
 # The DMD–Salt pair at 2,000 updates, first (the longest budget, and the pair's 1,000-update verdicts): each run
 # trained straight through from the kept ODE init (shared from runs/lab-exp8), its 1,000-update checkpoint evaluated
 # as that arm × seed's 1,000-update result as soon as the run reaches it (--milestone; with no learning-rate schedule
-# it is the run a 1,000-update start gives, tests/test_lab_experiment.py). Straight through, not in legs from the 300- and 1,000-update runs:
-# the machine of 2026-12-07 came without the earlier machine's checkpoints, and a run that must finish within one
-# session's machine finishes there (2.1 h of one core), with its shorter budget on the way.
+# it is the run a 1,000-update start gives, tests/test_lab_experiment.py). Straight through, not in legs from the
+# 300- and 1,000-update runs: the machine of 2026-12-07 came without the earlier machine's checkpoints; a run's
+# 1,000-update result is kept once reached, whether or not its machine outlives the session.
 $RUN --out runs/lab-exp8-2k --keep $KEPT/lab-exp8-2k --extend-from runs/lab-exp8 --updates 2000 \
     --milestone 1000:runs/lab-exp8-1k:$KEPT/lab-exp8-1k --set checkpoint_keep_every=1000 \
     --arms dmd,salt --first "$(by_seed dmd salt)"
