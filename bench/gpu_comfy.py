@@ -237,7 +237,8 @@ def comfy_live(rep: Report, smoke: bool, tree: pathlib.Path):
     patcher = comfy.sd.load_diffusion_model_state_dict(sd)
     vae = comfy.sd.VAE(sd=tiny_wan_vae_state_dict(dim=8 if smoke else 96))
     pushes = []
-    live.push_event = lambda event, data, pixels: pushes.append((time.perf_counter(), data["frames"].shape[0]))
+    live.push_event = lambda event, data, pixels: (event == live.LIVE_EVENT    # the frame pushes (not the run's end)
+                                                   and pushes.append((time.perf_counter(), data["frames"].shape[0])))
     salt = salt_nodes.SaltCausalFromModel.execute(model=patcher).args[0]
     options = salt_nodes.SaltCacheOptions.execute(chunk_frames=3, attention="sink", window_frames=12, sink_frames=3,
                                                   relative_rope=True, context_noise=0.0, max_frames=21).args[0]

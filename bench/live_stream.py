@@ -50,6 +50,8 @@ def part_a(chunks: int, switch_noise: float) -> dict:
     start = time.perf_counter()
 
     def push(event, data, pixels):
+        if event != live.LIVE_EVENT:                               # the run's end: no frames
+            return
         now = time.perf_counter()
         frames = data["frames"]                                    # (3, 16, 16, 3) in [0, 1]
         video = (frames.movedim(-1, 0).unsqueeze(0) * 2 - 1)      # (1, 3, F, H, W) in [-1, 1]
