@@ -79,9 +79,11 @@ app.registerExtension({
     };
   },
   setup() {
+    // the live view of the node an event names (its id comes as a string or a number), or undefined
+    const viewOf = (detail) =>
+      (app.graph?.getNodeById?.(Number(detail.node)) ?? app.graph?.getNodeById?.(detail.node))?.saltLive;
     api.addEventListener("salt.live", ({ detail }) => {
-      const node = app.graph?.getNodeById?.(Number(detail.node)) ?? app.graph?.getNodeById?.(detail.node);
-      const view = node?.saltLive;
+      const view = viewOf(detail);
       window.saltLiveReceived = (window.saltLiveReceived ?? 0) + detail.frames.length;
       if (!view) return;
       view.queue.push(...detail.frames);
@@ -91,8 +93,7 @@ app.registerExtension({
       view.play();
     });
     api.addEventListener("salt.live.end", ({ detail }) => {
-      const node = app.graph?.getNodeById?.(Number(detail.node)) ?? app.graph?.getNodeById?.(detail.node);
-      const view = node?.saltLive;
+      const view = viewOf(detail);
       window.saltLiveEnded = detail.ended;
       if (!view) return;
       const again = detail.ended === "paused too long" ? " · queue again to continue" : "";
