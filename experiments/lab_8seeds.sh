@@ -14,10 +14,11 @@
 # Order, each arm × seed in turn (a head-to-head grows evenly; kept runs are skipped): at 300 updates the symmetric SC
 # against Salt (salt-sym, salt-sym2), the λ_SC dose response (sc0, sc2, sc20, sc2-sym: each run measured for the
 # SC-triplet and mechanism tables as it finishes) and its test (sc20-low: λ 20 at the two lowest exits only) (all done
-# by 2026-12-06); then dmd and salt straight through to 2,000 updates from the ODE init, each giving its 1,000-update
-# result on the way (--milestone), seed by seed: the longest budget; the runs kept without their measurements trained
-# again for them (lab-exp8-m: dmd 3-7 left); salt-sym to 1,000 updates; the exact-real-score pair at 300 (dmd-exact,
-# salt-exact). Hours of one core (measured: 3.5-4 s per update with two one-thread jobs and nothing else running on
+# by 2026-12-06); then dmd and salt seed 0 straight through to 2,000 updates from the ODE init, each giving its
+# 1,000-update result on the way (--milestone); the runs kept without their measurements trained again for them
+# (lab-exp8-m: dmd 3-7 left); the pair's other seeds to 1,000 updates, then each continued to 2,000 (the longest
+# budget); the exact-real-score pair at 300 (dmd-exact, salt-exact); salt-sym to 1,000 updates.
+# Hours of one core (measured: 3.5-4 s per update with two one-thread jobs and nothing else running on
 # 2026-12-05; on 2026-12-07's machine about 5.2 s for dmd and 5.9 s for salt over hours; about twice that with tests
 # beside): a 300-update run 0.3-0.5, a 1,000-update run 1.0-1.6, a 2,000-update run 2.1-3.3 (longer than a session: it
 # continues on the next session's machine where the machine is kept, its 1,000-update result kept as soon as reached).
@@ -54,20 +55,19 @@ B="$RUN --out runs/lab-exp8 --keep $KEPT/lab-exp8 --updates 300"
 # (one command: no core waits for the last run of a stage)
 $B --arms salt,salt-sym,salt-sym2,sc0,sc-dmd,sc2,sc20,sc2-sym,sc20-low \
     --first "$(by_seed salt-sym salt-sym2)$(by_seed sc0 sc2 sc20 sc2-sym)$(by_seed sc20-low)"
-# The DMD–Salt pair at 2,000 updates, first (the longest budget, and the pair's 1,000-update verdicts): each run
-# trained straight through from the kept ODE init (shared from runs/lab-exp8), its 1,000-update checkpoint evaluated
-# as that arm × seed's 1,000-update result as soon as the run reaches it (--milestone; with no learning-rate schedule
-# it is the run a 1,000-update start gives, tests/test_lab_experiment.py). Straight through, not in legs from the
-# 300- and 1,000-update runs: the machine of 2026-12-07 came without the earlier machine's checkpoints; a run's
-# 1,000-update result is kept once reached, whether or not its machine outlives the session.
-$RUN --out runs/lab-exp8-2k --keep $KEPT/lab-exp8-2k --extend-from runs/lab-exp8 --updates 2000 \
-    --milestone 1000:runs/lab-exp8-1k:$KEPT/lab-exp8-1k --set checkpoint_keep_every=1000 \
-    --arms dmd,salt --first "$(by_seed dmd salt)"
+# The DMD–Salt pair at 2,000 updates, seed 0 (started 2026-12-07 straight through from the kept ODE init, shared
+# from runs/lab-exp8; its 1,000-update checkpoint evaluated as that arm × seed's 1,000-update result as soon as the
+# run reaches it: --milestone; with no learning-rate schedule it is the run a 1,000-update start gives,
+# tests/test_lab_experiment.py)
+PAIR2K="$RUN --out runs/lab-exp8-2k --keep $KEPT/lab-exp8-2k --updates 2000 --arms dmd,salt \
+    --milestone 1000:runs/lab-exp8-1k:$KEPT/lab-exp8-1k --set checkpoint_keep_every=1000"
+$PAIR2K --extend-from runs/lab-exp8 --seeds 1 --first dmd:0,salt:0
 # the runs kept with their evaluation only (the first machine's: sc-dmd, dmd and salt 8 seeds each, the first 2 of
 # the other λ arms, salt-sym 0-2 and salt-sym2 0-1) trained again in lab-exp8-m from the kept ODE init, for their
 # triplet, mechanism and probe measurements (the same command repeats a run's evaluation on one machine:
 # tests/test_lab_experiment.py; across machines to ~1e-4); the tables read them with --also, the verdicts keep the
-# kept evaluations. The λ arms first, then the head-to-head's, then dmd (the triplet table's reference)
+# kept evaluations. The λ arms first, then the head-to-head's, then dmd (the triplet table's reference; dmd 3-7 are
+# left on 2026-12-07); each ends with its checkpoint, which the pair's 1,000-update runs below continue
 M="$RUN --out runs/lab-exp8-m --keep $KEPT/lab-exp8-m --remeasure runs/lab-exp8 --updates 300"
 $M --arms sc0,sc-dmd,sc2,sc20,sc2-sym,salt,salt-sym,salt-sym2,dmd \
     --first "$(by_seed sc-dmd sc0 sc2 sc20 sc2-sym)$(by_seed salt-sym salt-sym2 salt)"
@@ -77,13 +77,23 @@ $M --arms sc0,sc-dmd,sc2,sc20,sc2-sym,salt,salt-sym,salt-sym2,dmd \
 # as it finished (lab_experiment.py measure_finished; kept runs bring their measurements), so these print from them
 bash experiments/lab_8seeds_tables.sh
 $PY experiments/lab_verdicts.py --write $KEPT/lab_verdicts_8seeds.md
-# salt-sym at 1,000 updates (dmd and salt have theirs from the pair's milestones), each run continuing its
-# 300-update self where a folder here holds it finished with its checkpoint, else from the ODE init
+# The rest of the pair in legs (changed on 2026-12-07 from straight through: the issue's 1,000-update budget at 8
+# seeds in half the hours): every seed to 1,000 updates, each continuing its 300-update run where a folder here
+# holds it finished (lab-exp8-m: dmd 3-7), else from the ODE init; then each of them continued to 2,000. A run
+# continued from its finished shorter self is the run a longer first start gives (extend_from;
+# tests/test_lab_experiment.py). Where a new machine lost the 1,000-update checkpoints, the 2,000-update run trains
+# from the ODE init, and its milestone finds the 1,000-update result kept and leaves it.
 $RUN --out runs/lab-exp8-1k --keep $KEPT/lab-exp8-1k --extend-from runs/lab-exp8,runs/lab-exp8-m --updates 1000 \
-    --arms dmd,salt,salt-sym --first "$(by_seed salt-sym)"
+    --arms dmd,salt --first "$(by_seed dmd salt)"
+$PY experiments/lab_verdicts.py --write $KEPT/lab_verdicts_8seeds.md
+$PAIR2K --extend-from runs/lab-exp8,runs/lab-exp8-1k --first "$(by_seed dmd salt)"
 $PY experiments/lab_verdicts.py --write $KEPT/lab_verdicts_8seeds.md
 # the exact real score against the learned one, at 300 updates
 $B --arms dmd,dmd-exact,salt-exact --first "$(by_seed dmd-exact salt-exact)"
+# salt-sym at 1,000 updates, each run continuing its 300-update self where a folder here holds it finished with
+# its checkpoint, else from the ODE init
+$RUN --out runs/lab-exp8-1k --keep $KEPT/lab-exp8-1k --extend-from runs/lab-exp8,runs/lab-exp8-m --updates 1000 \
+    --arms dmd,salt,salt-sym --first "$(by_seed salt-sym)"
 # the tables again, every stage's table from the kept evaluations, and the verdicts at every budget in one file
 bash experiments/lab_8seeds_tables.sh
 $PY experiments/lab_experiment.py --out runs/lab-exp8 --table --compact --export $KEPT/lab-exp8
