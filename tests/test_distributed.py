@@ -223,16 +223,16 @@ def test_replicate_mode_keeps_everything_on_every_rank_and_trains_the_same(tmp_p
 
 
 def test_the_hand_written_gradient_average_is_gone():
-    """No gradient all-reduce of our own: the only all_reduces left are any_rank's one-number vote and the logged
-    numbers' mean (mean_over_ranks), neither touching a gradient."""
+    """No gradient all-reduce of our own: the only all_reduces left are any_rank's one-number vote, the logged
+    numbers' mean (mean_over_ranks) and in_turns' vote on a failed turn, none touching a gradient."""
     import inspect
     import comfyui_salt.training.distill as distill
     import comfyui_salt.training.distributed as distributed
     import comfyui_salt.training.loop as loop
     assert not hasattr(distributed, "average_gradients")
     assert "all_reduce" not in open(distill.__file__).read() and "all_reduce" not in open(loop.__file__).read()
-    assert open(distributed.__file__).read().count("all_reduce(") == 2
-    for f in (distributed.any_rank, distributed.mean_over_ranks):
+    assert open(distributed.__file__).read().count("all_reduce(") == 3
+    for f in (distributed.any_rank, distributed.mean_over_ranks, distributed.in_turns):
         assert "all_reduce(" in inspect.getsource(f) and "grad" not in inspect.getsource(f)
     assert not distributed.any_rank(False) and distributed.any_rank(True)     # one process: the flag itself
 
@@ -367,3 +367,59 @@ def test_a_teacher_file_stored_in_bf16_leaves_the_trained_copies_in_float32_from
         assert all(torch.equal(sd[k], plain.state_dict()[k]) for k in sd)
     assert any(not torch.equal(p.float(), q) for p, q in zip(half.parameters(), plain.parameters()))   # rounded
     assert not any(p.requires_grad for p in half.parameters())
+
+
+TURNS_WORKER = r"""
+import json, sys, time, torch
+import torch.distributed as dist
+from torch.distributed.fsdp import fully_shard
+from comfyui_salt.training.distributed import device_mesh, in_turns, process_info
+info = process_info()
+mesh = device_mesh(info, "full")
+def build():
+    start = time.monotonic()
+    model = torch.nn.Sequential(torch.nn.Linear(512, 512), torch.nn.Linear(512, 512))   # whole, on the host
+    time.sleep(0.4)
+    fully_shard(model, mesh=mesh)
+    held = sum(p.to_local().untyped_storage().nbytes() for p in model.parameters())
+    return {"start": start, "end": time.monotonic(), "held": held, "rank": info.rank, "local": info.local_rank}
+record = in_turns(info, build)
+def fails():
+    if info.rank == int(sys.argv[1]):
+        raise ValueError("this rank's teacher file is damaged")
+    return "built"
+try:
+    in_turns(info, fails)
+    said = "no error"
+except Exception as e:
+    said = f"{type(e).__name__}: {e}"
+print("RESULT " + json.dumps({**record, "said": said}), flush=True)
+"""
+
+
+def test_the_ranks_of_a_node_build_their_models_one_at_a_time_and_keep_only_shards():
+    """in_turns (training/distributed.py): 4 ranks as 2 nodes × 2. Within a node the builds do not overlap in
+    time, local rank 0 first; across nodes the same local rank builds at once (one whole model set per node at a
+    time); after sharding a rank's parameters hold a quarter of the model's bytes (the whole copy is freed). A
+    turn that raises stops every rank: that rank with its own error, the others naming it."""
+    port, procs, whole = free_port(), [], 2 * (512 * 512 + 512) * 4
+    for rank in range(4):
+        env = dict(os.environ, OMP_NUM_THREADS="1", SALT_FORCE_CPU="1", MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="4", LOCAL_RANK=str(rank % 2),
+                   LOCAL_WORLD_SIZE="2")
+        procs.append(subprocess.Popen([sys.executable, "-c", TURNS_WORKER, "3"], env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+    records = []
+    for p in procs:
+        out, _ = p.communicate(timeout=300)
+        assert finished(p.returncode, out), out[-3000:]
+        records.append(json.loads(out.split("RESULT ", 1)[1].splitlines()[0]))
+    for node in (records[:2], records[2:]):
+        first, second = sorted(node, key=lambda r: r["local"])
+        assert first["end"] <= second["start"], node                   # one at a time, local rank 0 first
+    assert records[0]["start"] < records[3]["end"] and records[2]["start"] < records[1]["end"]   # nodes at once
+    assert all(whole / 4 <= r["held"] <= whole / 4 + 4096 for r in records), records   # 1/4 each: 4 shards
+    assert records[3]["said"] == "ValueError: this rank's teacher file is damaged"
+    for r in records[:3]:
+        assert r["said"] == (f"RuntimeError: rank {r['rank']} of 4: rank 3 could not build its models (its error "
+                             f"is in its log); every rank stops before training"), r

@@ -34,7 +34,7 @@ from .diagnostics import GradProbes
 from .distill_config import CONFIGS_TOTAL_BATCH, RELEASED_CLIPS_PER_UPDATE, DistillConfig
 from .ode_init_config import OdeInitConfig
 from .distill_models import DistillWorld, build_models, build_prompts, check_world, resolve_teacher_kind
-from .distributed import (any_rank, device_mesh, end_process_group, full_optimizer_state, full_state_dict,
+from .distributed import (any_rank, device_mesh, end_process_group, full_optimizer_state, full_state_dict, in_turns,
                           is_sharded, load_full_optimizer_state, load_full_state_dict, peers_lost_message,
                           process_info, shard_model)
 from .loop import TrainingLoop, check_loss_terms, stop_step
@@ -467,6 +467,33 @@ def check_clips_per_update(job, allow_changes: bool, distributed: bool) -> None:
                      f"{now}")
 
 
+def _models_on_rank(cfg, world, info, device, mesh):
+    """(teacher, student, critic, features, score_kind) of this rank: built whole on the host, checked against
+    `device`'s memory, then (under a launcher) sharded over `mesh` with FSDP2 (training/distributed.py) before the
+    optimisers see the parameters, so no GPU holds a whole model and the host keeps only the shards; features: the
+    critic's frozen initial copy the alignment reads (an exact teacher has none), else None."""
+    # Sharded with bf16 compute, FSDP2 gathers every parameter in bf16 for its forward (shard_model's mp_policy): a
+    # frozen teacher stored in bf16 computes the same numbers in half the host and GPU memory (14B: 28 GB, not 56)
+    bf16_teacher = info.distributed and cfg.autocast_bf16 and device.type == "cuda"
+    teacher, student, critic = build_models(cfg, world, torch.bfloat16 if bf16_teacher else torch.float32)
+    score_kind = resolve_teacher_kind(cfg, world)
+    check_whole_chunks(cfg, "DistillConfig", score_kind)   # "auto" known now
+    check_distill_memory(cfg, student, critic, device, teacher=teacher,
+                         shards=shard_count(cfg.sharding, info.world_size, info.local_world_size),
+                         sharded=info.distributed, score_kind=score_kind)
+    features = copy.deepcopy(critic).requires_grad_(False).eval() if cfg.aligns_to_frozen_critic else None
+    if info.distributed:   # each rank's shards alone move to its device (or stay on the host: teacher_offload)
+        bf16 = cfg.autocast_bf16 and device.type == "cuda"
+        for model in (student, critic):
+            shard_model(model, mesh, bf16=bf16)
+        for frozen in (teacher, features):
+            if frozen is not None and list(frozen.parameters()):
+                shard_model(frozen.requires_grad_(False), mesh, bf16=bf16, cpu_offload=cfg.teacher_offload)
+    teacher, student, critic = (m if is_sharded(m) else m.to(device) for m in (teacher, student, critic))
+    features = None if features is None or is_sharded(features) else features.to(device)
+    return teacher, student, critic, features, score_kind
+
+
 def _run_distillation(cfg, run, max_gen_steps, callback, quiet, device, world, allow_changes=False):
     out_dir = run.path
     """`run_distillation` inside the run folder: the job, run by training.loop."""
@@ -478,30 +505,10 @@ def _run_distillation(cfg, run, max_gen_steps, callback, quiet, device, world, a
         raise ValueError(f"run_distillation(device={device}) with {world_size} processes: each rank takes its local "
                          f"rank's device; leave device unset under torchrun")
     device = torch.device(device) if device is not None else info.device
-    # Sharded with bf16 compute, FSDP2 gathers every parameter in bf16 for its forward (shard_model's mp_policy): a
-    # frozen teacher stored in bf16 computes the same numbers in half the host and GPU memory (14B: 28 GB, not 56)
-    bf16_teacher = info.distributed and cfg.autocast_bf16 and device.type == "cuda"
-    teacher, student, critic = build_models(cfg, world, torch.bfloat16 if bf16_teacher else torch.float32)
-    score_kind = resolve_teacher_kind(cfg, world)
-    check_whole_chunks(cfg, "DistillConfig", score_kind)   # "auto" known now
-    check_distill_memory(cfg, student, critic, device, teacher=teacher,
-                         shards=shard_count(cfg.sharding, world_size, info.local_world_size),
-                         sharded=info.distributed, score_kind=score_kind)
-    # an exact teacher has no features: the alignment compares those of the critic's initial weights (frozen)
-    features = copy.deepcopy(critic).requires_grad_(False).eval() if cfg.aligns_to_frozen_critic else None
-    if info.distributed:
-        # FSDP2 (training/distributed.py), before the optimisers see the parameters: the models are sharded where
-        # they were built (the host) and each rank's shards alone move to its device, so no GPU holds a whole model
-        mesh = device_mesh(info, cfg.sharding)
-        bf16 = cfg.autocast_bf16 and device.type == "cuda"
-        for model in (student, critic):
-            shard_model(model, mesh, bf16=bf16)
-        for frozen in (teacher, features):
-            if frozen is not None and list(frozen.parameters()):
-                shard_model(frozen.requires_grad_(False), mesh, bf16=bf16, cpu_offload=cfg.teacher_offload)
-    # FSDP2 has put each rank's shards on its mesh's device (or kept them on the host: teacher_offload)
-    teacher, student, critic = (m if is_sharded(m) else m.to(device) for m in (teacher, student, critic))
-    features = None if features is None or is_sharded(features) else features.to(device)
+    mesh = device_mesh(info, cfg.sharding) if info.distributed else None   # made by every rank at once
+    # the processes of a node build their models whole on the host and shard them one at a time (in_turns)
+    teacher, student, critic, features, score_kind = in_turns(info, lambda: _models_on_rank(cfg, world, info, device,
+                                                                                            mesh))
     # rank 0 embeds a real-scale run's prompts once (umT5-XXL: ~21 GiB of host memory), the others read its cache
     if info.distributed and rank != 0:
         torch.distributed.barrier()

@@ -105,6 +105,40 @@ def end_process_group() -> None:
     _STARTED[0] = False
 
 
+TURN_TIMEOUT_S = 6 * 3600   # how long a process waits for the ones of its node before it (a 14B set per turn)
+
+
+def in_turns(info: ProcessInfo, work):
+    """`work()`'s result, run by one process of each node at a time (local rank 0 first, every node alike): what a
+    process builds whole on the host before sharding it (a 14B model set: about 170 GB in float32) is held by one
+    process per node at a time, not by all of them at once; `work` should leave only shards behind. `work` must not
+    enter a collective. After each turn every rank learns whether a turn failed (a gloo group of its own, whose
+    timeout `TURN_TIMEOUT_S` lets a turn read files far longer than a collective may wait); then the rank whose
+    `work` raised re-raises its error and every other rank raises a RuntimeError pointing at it. Without a process
+    group (one process) `work()` runs at once."""
+    if not info.distributed or info.local_world_size <= 1:
+        return work()
+    import torch.distributed as dist
+    turns = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=TURN_TIMEOUT_S))
+    result, error = None, None
+    for turn in range(info.local_world_size):
+        if info.local_rank == turn:
+            try:
+                result = work()
+            except Exception as e:   # every rank stops together below (Ctrl-C / SystemExit end the process)
+                error = e
+        failed = torch.tensor([info.rank if error is not None else -1])
+        dist.all_reduce(failed, op=dist.ReduceOp.MAX, group=turns)
+        if failed.item() >= 0:
+            dist.destroy_process_group(turns)
+            if error is not None:
+                raise error
+            raise RuntimeError(f"rank {info.rank} of {info.world_size}: rank {failed.item()} could not build its "
+                               f"models (its error is in its log); every rank stops before training")
+    dist.destroy_process_group(turns)
+    return result
+
+
 def device_mesh(info: ProcessInfo, sharding: str):
     """The mesh FSDP2 shards over: 1-D over every rank ("full"), 2-D (replicate across nodes, shard within one)
     ("hybrid"), or (ranks, 1) ("replicate": each shard group is one rank, so every rank holds everything)."""
