@@ -37,6 +37,24 @@ def _tables():
     return importlib.import_module("comfyui_salt.experiments.lab_tables")
 
 
+@pytest.fixture(autouse=True)
+def smoke_sized_mechanism(monkeypatch):
+    """The runner's SC-mechanism measurement (measure_finished) at a smoke's size: 4 clips and 8 exact-flow steps
+    (the lab's: 16 and 32), the same code for a sixteenth of the exact-flow work, which made most of this file's
+    time. The measurements read back below name the same sizes (MECHANISM_SIZE)."""
+    _smoke_mechanism(monkeypatch)
+
+
+def _smoke_mechanism(monkeypatch):
+    """smoke_sized_mechanism's change (again after a test's monkeypatch.undo())."""
+    from comfyui_salt.experiments.lab_arms import MECHANISM
+    monkeypatch.setitem(MECHANISM, "clips", 4)
+    monkeypatch.setitem(MECHANISM, "flow_steps", 8)
+
+
+MECHANISM_SIZE = ["--clips", "4", "--flow-steps", "8"]   # lab_sc_mechanism.py's flags for the sizes above
+
+
 @pytest.fixture(scope="module")
 def teacher_path(tmp_path_factory):
     """A tiny random lab teacher: the toy Wan with teacher_mode metadata (what the teacher job records)."""
@@ -480,6 +498,7 @@ def test_runs_kept_in_the_repository_come_back_on_a_fresh_machine_and_are_not_re
     shutil.rmtree(out)
     shutil.rmtree(kept / "sc2" / "seed0")                 # nothing kept from it: the init is made again first
     monkeypatch.undo()
+    _smoke_mechanism(monkeypatch)
     monkeypatch.setattr(common, "install_stop_handlers", lambda: None)
     assert bench.main(argv) == 0
     assert (out / "ode-causal" / "export" / "student.safetensors").exists()
@@ -493,8 +512,7 @@ def test_runs_kept_in_the_repository_come_back_on_a_fresh_machine_and_are_not_re
     assert lab_keep.restore_runs(str(kept), str(out)) == [str(out / "sc2" / "seed1")]
     mech = importlib.import_module("comfyui_salt.experiments.lab_sc_mechanism")
     capsys.readouterr()
-    assert mech.main(["--runs", str(out / "sc2" / "seed0"), str(out / "sc2" / "seed1"), "--clips", "16",
-                      "--flow-steps", "32"]) == 0
+    assert mech.main(["--runs", str(out / "sc2" / "seed0"), str(out / "sc2" / "seed1"), *MECHANISM_SIZE]) == 0
     printed = capsys.readouterr()
     assert "seed1: kept without a current sc_mechanism.json" in printed.err and "| sc2 | 1 |" in printed.out
     probes = importlib.import_module("comfyui_salt.experiments.lab_grad_probes").table(str(out), ["sc2"])
@@ -621,7 +639,7 @@ def test_runs_kept_without_measurements_are_trained_again_apart_for_them(teacher
     capsys.readouterr()
     runs = [str(out / "sc2" / "seed0"), str(out / "sc2" / "seed1"), str(again / "sc2" / "seed1"),
             str(again / "sc2" / "seed1")]
-    assert mech.main(["--runs", *runs, "--clips", "16", "--flow-steps", "32"]) == 0
+    assert mech.main(["--runs", *runs, *MECHANISM_SIZE]) == 0
     assert "| sc2 | 2 |" in capsys.readouterr().out       # seed 1 counted once
     shutil.rmtree(out)
     shutil.rmtree(again)                                    # a new machine again: both come back, nothing trains
@@ -634,6 +652,7 @@ def test_runs_kept_without_measurements_are_trained_again_apart_for_them(teacher
     # a new machine with one of them still to do: the init kept here without its student is shared again from the
     # experiment (not refused as a lost init beside runs kept from it), and only that run trains
     monkeypatch.undo()
+    _smoke_mechanism(monkeypatch)
     monkeypatch.setattr(common, "install_stop_handlers", lambda: None)
     shutil.rmtree(out)
     shutil.rmtree(again)
