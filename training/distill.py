@@ -495,8 +495,8 @@ def _models_on_rank(cfg, world, info, device, mesh):
 
 
 def _run_distillation(cfg, run, max_gen_steps, callback, quiet, device, world, allow_changes=False):
-    out_dir = run.path
     """`run_distillation` inside the run folder: the job, run by training.loop."""
+    out_dir = run.path
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     info = process_info()
@@ -507,8 +507,8 @@ def _run_distillation(cfg, run, max_gen_steps, callback, quiet, device, world, a
     device = torch.device(device) if device is not None else info.device
     mesh = device_mesh(info, cfg.sharding) if info.distributed else None   # made by every rank at once
     # the processes of a node build their models whole on the host and shard them one at a time (in_turns)
-    teacher, student, critic, features, score_kind = in_turns(info, lambda: _models_on_rank(cfg, world, info, device,
-                                                                                            mesh))
+    built = in_turns(info, lambda: _models_on_rank(cfg, world, info, device, mesh))
+    teacher, student, critic, features, score_kind = built
     # rank 0 embeds a real-scale run's prompts once (umT5-XXL: ~21 GiB of host memory), the others read its cache
     if info.distributed and rank != 0:
         torch.distributed.barrier()
