@@ -209,20 +209,27 @@ def check_context(name: str, ctx: torch.Tensor, text_dim: int, *, where: str = "
 
 
 # -- memory ----------------------------------------------------------------------------------------------
-def available_memory(device) -> int:
+MEMINFO = "/proc/meminfo"   # the host's memory counters (Linux)
+
+
+def available_memory(device, swap: bool = False) -> int:
     """Bytes free for a new allocation on `device`: CUDA's free memory plus what PyTorch's caching allocator holds
     unused there (it hands those blocks out first, and frees them to retry an allocation that fails), else the
-    host's MemAvailable."""
+    host's MemAvailable, plus its SwapFree where `swap` (what the host can give before the OS kills the process:
+    the limit for a refusal that must never stop a load that would only be slow)."""
     device = torch.device(device)
     if device.type == "cuda" and torch.cuda.is_available():
         cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
         return int(torch.cuda.mem_get_info(device)[0]) + max(int(cached), 0)
     try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
+        with open(MEMINFO) as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+        if "MemAvailable" in fields:
+            kib = int(fields["MemAvailable"].split()[0])
+            if swap and "SwapFree" in fields:
+                kib += int(fields["SwapFree"].split()[0])
+            return kib * 1024
+    except (OSError, ValueError, IndexError):
         pass
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")

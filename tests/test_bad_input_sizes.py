@@ -60,6 +60,72 @@ def test_a_huge_rope_max_len_is_refused_for_a_config_built_in_python(max_len):
         WanConfig(rope_max_len=max_len)
 
 
+# -- a model file's host memory, before it is read ------------------------------------------------------------
+LOAD_PEAK = r"""
+import json, sys, torch
+from comfyui_salt.weights.files import load_model
+def rss(field):
+    with open("/proc/self/status") as f:
+        return next(int(l.split()[1]) * 1024 for l in f if l.startswith(field + ":"))
+load_model(sys.argv[1])          # the first load's one-off costs (imports, allocator pools) before the measurement
+before = rss("VmRSS")
+model, _ = load_model(sys.argv[2], dtype=getattr(torch, sys.argv[3]), keep_fp8=sys.argv[4] == "1")
+print(json.dumps(rss("VmHWM") - before))
+"""
+
+
+@pytest.mark.parametrize("stored, dtype, keep_fp8", [("float32", "float32", False), ("bfloat16", "float32", False),
+                                                     ("float8_e4m3fn", "bfloat16", True),
+                                                     ("float8_e4m3fn", "float32", False)])
+def test_the_host_bytes_a_load_takes_are_those_measured_in_a_fresh_process(tmp_path, toy_file, stored, dtype,
+                                                                           keep_fp8):
+    """The estimate checked before a file is read (load_host_bytes) against the peak resident memory a fresh process
+    actually gains loading it: what was measured (to a few MiB), and not more than a quarter above it (an estimate
+    too cautious would refuse loads that fit). Resident memory counts the mapped file's pages too: those of the tensors
+    that were cast are left out (the kernel drops them under pressure; with none cast, they are the weights)."""
+    import subprocess
+    import sys
+    from comfyui_salt.weights.files import load_host_bytes
+    cfg = WanConfig(dim=768, ffn_dim=3072, num_heads=6, num_layers=3, text_dim=64, freq_dim=64)
+    sd = {k: (v.to(getattr(torch, stored)) if v.ndim == 2 and k.endswith(".weight") and "blocks" in k else v)
+          for k, v in build_model(cfg, seed=0).state_dict().items()}
+    path = tmp_path / f"big-{stored}.safetensors"
+    save_model(sd, path, config=cfg)
+    del sd
+    estimate = load_host_bytes(path, getattr(torch, dtype), keep_fp8)
+    out = subprocess.run([sys.executable, "-c", LOAD_PEAK, str(toy_file), str(path), dtype, "1" if keep_fp8 else "0"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    measured = json.loads(out.stdout.strip().splitlines()[-1])
+    kept = {torch.float8_e4m3fn} if keep_fp8 else {getattr(torch, dtype)}
+    measured -= sum(t.numel() * t.element_size() for t in load_file(str(path)).values() if t.dtype not in kept)
+    assert measured > 24 << 20, f"the load measured {measured} bytes: the model is too small to measure"
+    # beside the weights: the modules' own objects and the RoPE table, a few MiB whatever the model's size
+    assert measured - (8 << 20) <= estimate <= 1.25 * measured, (estimate / 2**20, measured / 2**20)
+
+
+def test_a_file_the_host_cannot_hold_is_refused_before_it_is_read(toy_file, monkeypatch):
+    import comfyui_salt.weights.files as files
+    need = files.load_host_bytes(toy_file)
+    monkeypatch.setattr(files, "available_memory", lambda device, swap=False: need if swap else 0)
+    assert load_model(toy_file)[0] is not None   # exactly enough, counted with the host's free swap
+    monkeypatch.setattr(files, "available_memory", lambda device, swap=False: need - 1)
+    monkeypatch.setattr(files, "read_checkpoint", lambda *a: pytest.fail("the file was read before the refusal"))
+    with pytest.raises(MemoryError, match=r"load_model: reading '.*toy\.safetensors' in float32 needs about .*MiB.*"
+                                          r"host's free memory and swap.*bf16 or fp8"):
+        load_model(toy_file)
+
+
+@pytest.mark.parametrize("swap", [False, True])
+def test_the_hosts_free_memory_is_mem_available_and_with_swap_swap_free_too(tmp_path, monkeypatch, swap):
+    import comfyui_salt.salt_core.validate as rules
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       24000000 kB\nMemFree:  100 kB\nMemAvailable:   5000000 kB\n"
+                       "SwapTotal:       8000000 kB\nSwapFree:        3000000 kB\n")
+    monkeypatch.setattr(rules, "MEMINFO", str(meminfo))
+    assert rules.available_memory("cpu", swap=swap) == (5000000 + 3000000 * swap) * 1024
+
+
 # -- metadata validated like user input --------------------------------------------------------------------
 @pytest.mark.parametrize("change, words", [
     (dict(num_heads=0), "num_heads=0"),

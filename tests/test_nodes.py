@@ -380,6 +380,23 @@ def test_load_causal_model_explains_an_incompatible_checkpoint(salt_nodes, model
     assert all(w in str(e.value) for w in ["SaltLoadCausalModel", "sd15_unet.safetensors", "Wan 2.1 T2V"]), e.value
 
 
+def test_a_file_too_large_for_the_host_is_refused_by_the_loader_and_its_fix_loads_it(salt_nodes, models_dir,
+                                                                                      monkeypatch):
+    """Before a byte is read (the server stays up), naming the node, the file and the node's own fix; the fix named
+    (bf16: half the bytes of fp32) then loads within the same limit."""
+    import comfyui_salt.weights.files as files
+    from comfyui_salt.salt_core.model import build_model
+    from comfyui_salt.weights.files import save_model
+    save_model(build_model("toy", seed=1), models_dir / "big.safetensors")
+    fp32 = files.load_host_bytes(models_dir / "big.safetensors", torch.float32)
+    monkeypatch.setattr(files, "available_memory", lambda device, swap=False: fp32 - 1)
+    with pytest.raises(MemoryError, match=r"SaltLoadCausalModel: ckpt_name='big\.safetensors': load_model: reading "
+                                          r".* in float32 needs about .*\(here: dtype=bf16"):
+        run(salt_nodes.SaltLoadCausalModel, ckpt_name="big.safetensors", use_ema=True, dtype="fp32")
+    salt = run(salt_nodes.SaltLoadCausalModel, ckpt_name="big.safetensors", use_ema=True, dtype="bf16")[0]
+    assert salt.model.head.head.weight.dtype == torch.bfloat16
+
+
 def test_load_causal_model_explains_a_missing_file(salt_nodes, models_dir):
     with pytest.raises(FileNotFoundError, match="no file 'gone.safetensors' in the diffusion_models folders"):
         run(salt_nodes.SaltLoadCausalModel, ckpt_name="gone.safetensors", use_ema=True, dtype="fp32")

@@ -24,6 +24,7 @@ from ..salt_core import layouts
 from ..salt_core.config import WanConfig, get_config
 from ..salt_core.model import WanModel
 from ..salt_core.rope import RotaryTable
+from ..salt_core.validate import available_memory, check_memory
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +162,54 @@ def read_checkpoint(path) -> tuple:
 
 
 # -- loading a model ----------------------------------------------------------------------------------
+SAFETENSORS_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I64": 8, "I32": 4,
+                        "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+FLOAT_CODES = ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2")
+
+
+def safetensors_entries(path: str) -> dict:
+    """{name: (dtype code, shape, stored bytes)} from a safetensors file's header alone (8-byte length, JSON); {} when
+    the header cannot be read (read_checkpoint then reports the file with the full story)."""
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if not 2 <= n <= min(os.path.getsize(path) - 8, 100 << 20):
+                return {}
+            header = json.loads(f.read(n))
+        return {k: (v["dtype"], tuple(v["shape"]), int(v["data_offsets"][1]) - int(v["data_offsets"][0]))
+                for k, v in header.items() if k != "__metadata__"}
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
+        return {}
+
+
+def load_host_bytes(path, dtype=torch.float32, keep_fp8: bool = False, device="cpu") -> int:
+    """Host bytes load_model(path, dtype=, keep_fp8=, device=) holds at its peak: the weights as loaded. safetensors
+    maps its file and each tensor is cast from the mapped pages (clean file pages, which the kernel drops under
+    pressure: not counted), or kept as those pages where it is stored as loaded (the model's weights: counted). A
+    torch file (read whole into memory) or a release's nested entries: the file's bytes, a lower bound (what is
+    cast, and what is left of a release, is known only once read); on a GPU `device` the host holds the file."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        return 0
+    entries = safetensors_entries(path) if _extension(path) in SAFETENSORS_EXTS else {}
+    if not entries:
+        return os.path.getsize(path)
+    stored = sum(b for _, _, b in entries.values())
+    nested = any(k.split(".", 1)[0] in NESTED_HEADS for k in entries)
+    if torch.device(device).type != "cpu" or nested:
+        return stored
+    item, target = torch.empty((), dtype=dtype).element_size(), _SAFETENSORS_CODE.get(dtype)
+    total = 0
+    for key, (code, shape, b) in entries.items():
+        kept = code not in FLOAT_CODES or code == target or (keep_fp8 and code.startswith("F8") and len(shape) == 2
+                                                             and key.endswith(".weight"))
+        total += b if kept else b // SAFETENSORS_ITEMSIZE.get(code, 1) * item
+    return total
+
+
+_SAFETENSORS_CODE = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
+
+
 def _choose_config(sd: Mapping, metadata: Mapping, preset, num_heads) -> WanConfig:
     """The config to build: `preset` if given, else the file's own `salt_config`, else inferred from shapes."""
     if preset is not None:
@@ -198,11 +247,24 @@ def _config_from_metadata(text: str) -> WanConfig:
         raise type(e)(f"metadata field {CONFIG_META!r}: {e}") from None
 
 
+FINITE_CHUNK = 1 << 22   # elements of an fp8 tensor widened at once to check it (16 MiB of float32)
+
+
+def _finite(t: torch.Tensor) -> bool:
+    """Whether a floating tensor holds no NaN or Inf, in one pass and a few bytes beside it: its min and max (NaN
+    propagates through both, an Inf is one of them); fp8 (no kernel) widened a chunk at a time."""
+    flat, narrow = t.reshape(-1), t.dtype.itemsize == 1
+    for part in flat.split(FINITE_CHUNK) if narrow else (flat,):
+        part = part.float() if narrow else part
+        if part.numel() and not all(bool(torch.isfinite(x)) for x in torch.aminmax(part)):
+            return False
+    return True
+
+
 def check_finite_weights(sd: Mapping, path: str) -> None:
-    """Refuse weights holding NaN or Inf, naming the first tensors affected (a broken training run or a bad copy).
-    fp8 tensors (no isfinite kernel) are checked widened, one at a time."""
-    bad = [k for k, t in sd.items() if t.is_floating_point()
-           and not bool(torch.isfinite(t.float() if t.dtype.itemsize == 1 else t).all())]
+    """Refuse weights holding NaN or Inf, naming the first tensors affected (a broken training run or a bad copy),
+    taking no memory the size of a tensor (a load's peak is its weights: load_host_bytes)."""
+    bad = [k for k, t in sd.items() if t.is_floating_point() and not _finite(t)]
     if bad:
         raise ValueError(f"load_model({path!r}): {len(bad)} tensor(s) hold NaN/Inf, e.g. {bad[:3]}; the weights are "
                          f"broken (a diverged training run or a damaged copy) — use an earlier checkpoint or "
@@ -217,9 +279,15 @@ def load_model(path, preset=None, use_ema: bool = True, dtype=torch.float32, num
     (heads: `num_heads` or dim // 128). The model is built on the meta device and takes the file's
     tensors (cast to `dtype`, moved to `device`) without a second copy in memory. fp8 files (Comfy-Org's
     `*_fp8_e4m3fn`) load too: cast to `dtype`, or with `keep_fp8` their linear weights stay fp8 (the caller makes
-    those layers cast on use); scaled-fp8 files are dequantized (weight·scale_weight).
+    those layers cast on use); scaled-fp8 files are dequantized (weight·scale_weight). A file the host cannot hold
+    (load_host_bytes against its free memory and swap) is refused with a MemoryError before any tensor is read.
     """
     path = os.fspath(path)
+    check_memory(f"reading {path!r} in {str(dtype).removeprefix('torch.')}",
+                 load_host_bytes(path, dtype, keep_fp8, device), available_memory(torch.device("cpu"), swap=True),
+                 where="load_model", limit_what="the host's free memory and swap",
+                 fix="free host memory (other programs, other loaded models) or load a smaller file (a bf16 or fp8 "
+                     "one) or in a smaller dtype")
     obj, metadata = read_checkpoint(path)
     try:
         if isinstance(obj, Mapping) and not any(isinstance(v, Mapping) for v in obj.values()):   # a flat state dict
