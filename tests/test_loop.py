@@ -210,3 +210,38 @@ def test_every_checkpoint_file_has_the_mode_any_new_file_gets_and_is_synced_befo
     assert written == ["COMPLETE", "ema.safetensors", "model.safetensors", "state.pt"]
     assert {p.name: os.stat(p).st_mode & 0o777 for p in step.iterdir()} == dict.fromkeys(written, 0o644)
     assert sorted(os.path.basename(p).split(".")[1] for p in synced) == ["ema", "model", "state"]
+
+
+@pytest.mark.parametrize("env, save_s, warned", [
+    ({}, 20.0, False),                                                         # not launched by torchrun
+    ({"TORCHELASTIC_RUN_ID": "r"}, 14.0, False),                               # within half the default 30 s
+    ({"TORCHELASTIC_RUN_ID": "r"}, 16.0, True),
+    ({"TORCHELASTIC_RUN_ID": "r", "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "100"}, 40.0, False),
+    ({"TORCHELASTIC_RUN_ID": "r", "PET_SHUTDOWN_TIMEOUT": "60", "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "600"}, 40.0, True),
+])
+def test_a_checkpoint_slower_than_half_of_torchruns_stop_grace_is_reported_once_with_the_launch_fix(
+        tmp_path, monkeypatch, caplog, env, save_s, warned):
+    """torchrun kills its workers --shutdown-timeout seconds (default 30) after forwarding Ctrl-C; its environment
+    forms are all a worker sees (PET_SHUTDOWN_TIMEOUT wins, as torchrun reads them)."""
+    import comfyui_salt.training.loop as loop_module
+    for name in ("TORCHELASTIC_RUN_ID", "PET_SHUTDOWN_TIMEOUT", "TORCH_ELASTIC_SHUTDOWN_TIMEOUT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    import time
+    from types import SimpleNamespace
+    ticks = {"now": 0.0}   # the loop's clock alone: each checkpoint takes save_s
+    monkeypatch.setattr(loop_module, "time", SimpleNamespace(time=time.time, monotonic=lambda: ticks["now"]))
+    real = CheckpointManager.save
+
+    def slow_save(self, *a, **k):
+        real(self, *a, **k)
+        ticks["now"] += save_s
+    monkeypatch.setattr(CheckpointManager, "save", slow_save)
+    with caplog.at_level("WARNING", logger="salt.training"):
+        train(tmp_path / "run", 6, checkpoint_every=2)
+    said = [r.getMessage() for r in caplog.records if "torchrun kills" in r.getMessage()]
+    assert len(said) == (1 if warned else 0), said
+    if warned:
+        advice = max(60, 10 * -(-4 * save_s // 10))
+        assert f"took {save_s:.0f} s" in said[0] and f"PET_SHUTDOWN_TIMEOUT={advice:.0f} torchrun" in said[0], said

@@ -63,6 +63,24 @@ def launcher_world_size() -> int:
     return _env_int("WORLD_SIZE", 1)
 
 
+TORCHRUN_GRACE_S = 30      # torchrun's default wait between the stop signal it forwards and SIGKILL
+GRACE_ENV = ("PET_SHUTDOWN_TIMEOUT", "TORCH_ELASTIC_SHUTDOWN_TIMEOUT")   # the environment forms of --shutdown-timeout
+
+
+def torchrun_grace_s():
+    """Seconds torchrun leaves its workers after forwarding a stop signal (Ctrl-C) before it kills them, or None
+    when no torchrun launched this process (no TORCHELASTIC_RUN_ID). Its --shutdown-timeout reaches the workers only
+    in its environment forms (PET_SHUTDOWN_TIMEOUT first, as torchrun reads them); else its default, 30 s."""
+    if not os.environ.get("TORCHELASTIC_RUN_ID"):
+        return None
+    for name in GRACE_ENV:
+        try:
+            return float(os.environ[name])
+        except (KeyError, ValueError):
+            continue
+    return float(TORCHRUN_GRACE_S)
+
+
 def process_info(timeout_s: float = DEFAULT_TIMEOUT_S) -> ProcessInfo:
     """This process's place from the launcher's environment, the process group started under a launcher (NCCL on
     CUDA, gloo on the CPU; collectives fail after `timeout_s`): `torchrun --nproc-per-node 1` shards on one GPU

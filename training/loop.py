@@ -25,7 +25,7 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from .distributed import any_rank, mean_over_ranks
+from .distributed import any_rank, mean_over_ranks, torchrun_grace_s
 from .optim import EMA, cosine_lr
 from .runs import RunError, RunFolder, logged_eval_steps
 
@@ -90,6 +90,7 @@ class TrainingLoop:
         job's counter in metrics.jsonl records."""
         self.folder, self.desc, self.rank, self.quiet = run.path, desc, run.rank, quiet
         self.metadata, self.step_key = metadata or {}, step_key
+        self.warned_grace = False   # a checkpoint slower than half of torchrun's stop grace was reported
         self.ckpt, self.logger = run.checkpoints, run.metrics
 
     def resume(self, job, names, optional=()) -> bool:
@@ -144,13 +145,28 @@ class TrainingLoop:
     def save(self, job) -> None:
         """A checkpoint of `job` at its step. A sharded job: every rank writes its shards (torch.distributed.checkpoint,
         readable on any number of ranks); otherwise rank 0 writes full tensors (replicas are identical)."""
+        started = time.monotonic()
         if getattr(job, "sharded", False):
             tensors, state = job.sharded_state()
             self.ckpt.save_sharded(job.step, tensors, state, self.rank, self.metadata)
-            return
-        if self.rank == 0:
+        elif self.rank == 0:
             tensors, state = job.state()
             self.ckpt.save(job.step, tensors, state, self.metadata)
+        self._check_save_time(job.step, time.monotonic() - started)
+
+    def _check_save_time(self, step: int, seconds: float) -> None:
+        """Warn once (rank 0) when a checkpoint takes more than half of torchrun's grace after a stop signal: the save
+        a Ctrl-C starts would be killed midway (the previous checkpoint stays: a rerun loses the steps since)."""
+        grace = torchrun_grace_s()
+        if grace is None or self.rank != 0 or self.warned_grace or seconds <= grace / 2:
+            return
+        self.warned_grace = True
+        advice = max(60, 10 * math.ceil(4 * seconds / 10))
+        log.warning("the checkpoint at %s %d took %.0f s; torchrun kills its workers %.0f s after a stop signal "
+                    "(Ctrl-C), so the save a stop starts could be cut (the previous checkpoint stays, and a rerun "
+                    "loses the steps since): launch as PET_SHUTDOWN_TIMEOUT=%d torchrun ... (the workers see "
+                    "torchrun's --shutdown-timeout only in its environment form)", self.step_key, step, seconds,
+                    grace, advice)
 
     def run(self, job, stop: int, *, checkpoint_every: int, log_every: int, max_seconds: float = None,
             callback=None, evaluate=None, eval_every: int = 0, postfix: dict = None, nonfinite_hint: str = "",
