@@ -1,5 +1,7 @@
 """SaltLiveStream in-process (`execute` as ComfyUI runs it) and its control routes' logic; the real server and
 browser checks are in tests/test_comfy_server.py."""
+import sys
+
 import pytest
 import torch
 
@@ -415,6 +417,34 @@ def test_a_pushed_frame_is_about_256_pixels_wide_whatever_its_size(salt_nodes):
     from comfyui_salt.nodes.bridge.server import shown_size
     assert shown_size(832, 480, 256) == (256, 148) and shown_size(16, 16, 256) == (256, 256)
     assert shown_size(100, 60, 256) == (200, 120) and shown_size(256, 144, 256) == (256, 144)
+
+
+@pytest.mark.parametrize("waiting, sent_frames", [(0, True), (4, True), (5, False), (None, True)])
+def test_a_push_behind_a_backlog_of_messages_goes_without_its_frames(salt_nodes, monkeypatch, waiting, sent_frames):
+    """ComfyUI sends its queue of messages one at a time, each waiting on the socket: behind a browser slower than
+    the stream, frames would pile up in the server and the view fall ever further behind. Past MAX_BACKLOG waiting
+    messages a push carries its frame count instead (None: a server without that queue pushes every frame)."""
+    import asyncio
+    import types
+    from comfyui_salt.nodes.bridge import server as bridge
+    sent = []
+    fake = types.SimpleNamespace(client_id="browser", send_sync=lambda event, data, sid: sent.append((event, data,
+                                                                                                     sid)))
+    if waiting is not None:
+        fake.messages = asyncio.Queue()     # ComfyUI's PromptServer.messages
+        for i in range(waiting):
+            fake.messages.put_nowait(("status", {}, None))
+    monkeypatch.setitem(sys.modules, "server", types.SimpleNamespace(PromptServer=types.SimpleNamespace(
+        instance=fake)))
+    bridge.push_event("salt.live", {"chunk": 3, "frames": torch.rand(5, 16, 24, 3)}, 256)
+    (event, data, sid), = sent
+    assert event == "salt.live" and sid == "browser" and data["chunk"] == 3
+    assert (data["width"], data["height"]) == (24, 16)
+    if sent_frames:
+        assert len(data["frames"]) == 5 and all(f.startswith("data:image/jpeg;base64,") for f in data["frames"])
+        assert "skipped" not in data
+    else:
+        assert data["frames"] == [] and data["skipped"] == 5
 
 
 def test_a_stream_whose_cache_does_not_fit_the_hosts_memory_is_not_kept_and_says_so(salt_nodes, toy_salt,

@@ -89,7 +89,9 @@ app.registerExtension({
       view.queue.push(...detail.frames);
       const most = QUEUED_PUSHES * Math.max(1, detail.frames.length);
       if (view.queue.length > most) view.queue.splice(0, view.queue.length - most);
-      view.status.textContent = `chunk ${detail.chunk} · ${detail.period_ms} ms per chunk · ${detail.frames.length} frames`;
+      const skipped = detail.skipped ? ` · ${detail.skipped} skipped (the connection is slower than the stream)` : "";
+      view.status.textContent =
+        `chunk ${detail.chunk} · ${detail.period_ms} ms per chunk · ${detail.frames.length} frames${skipped}`;
       view.play();
     });
     api.addEventListener("salt.live.end", ({ detail }) => {

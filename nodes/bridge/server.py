@@ -19,10 +19,26 @@ def shown_size(width: int, height: int, pixels: int) -> tuple:
     return width * scale, height * scale
 
 
+MAX_BACKLOG = 4   # messages waiting in ComfyUI's send queue beyond which a push goes without its frames
+
+
+def backlog(server) -> int:
+    """Messages waiting in ComfyUI's send queue (one coroutine sends them in turn, waiting on each socket: a slow
+    browser holds every message behind it); 0 where the server has no such queue."""
+    messages = getattr(server, "messages", None)
+    try:
+        return int(messages.qsize()) if messages is not None else 0
+    except (AttributeError, TypeError, ValueError):
+        return 0
+
+
 def push_event(event: str, data: dict, pixels: int) -> None:
     """Send `data` over ComfyUI's websocket as `event` to the browser that queued the prompt (ComfyUI's own previews
     go there; every browser when the prompt names none; no server: nothing). Its "frames" IMAGE (N, H, W, 3) goes as
-    JPEG data URLs about `pixels` wide (shown_size); data without "frames" goes as it is."""
+    JPEG data URLs about `pixels` wide (shown_size); data without "frames" goes as it is. While more than
+    MAX_BACKLOG messages wait to be sent (a browser slower than the stream), the frames are left out and counted as
+    "skipped": the view stays live instead of falling further behind, and the server's memory stays bounded (the
+    node's IMAGE output keeps every frame)."""
     server = getattr(__import__("server").PromptServer, "instance", None) if "server" in sys.modules else None
     if server is None:
         return
@@ -30,6 +46,10 @@ def push_event(event: str, data: dict, pixels: int) -> None:
         server.send_sync(event, data, getattr(server, "client_id", None))
         return
     frames = data.pop("frames")
+    if backlog(server) > MAX_BACKLOG:
+        server.send_sync(event, {**data, "frames": [], "skipped": len(frames), "width": frames.shape[2],
+                                 "height": frames.shape[1]}, getattr(server, "client_id", None))
+        return
     urls = []
     for frame in frames:
         image = Image.fromarray((frame.clamp(0, 1) * 255).round().byte().numpy())
