@@ -13,7 +13,7 @@ import torch
 
 from ..salt_core.layouts import LayoutError, check_state_dict, infer_config
 from ..salt_core.validate import check_choice, quote
-from ..weights.files import load_model
+from ..weights.files import HostMemoryError, load_model
 from .bridge import io
 from .bridge.memory import (NATIVE_PREFIX, WEIGHT_DTYPES, load_for_sampling, model_offload_device, model_patcher,
                             native_compute_dtype, native_wan_module, patched_weight, store_linear_weights)
@@ -61,9 +61,9 @@ def load_salt_model(name: str, use_ema: bool, dtype: str, weight_dtype: str = "d
         raise ValueError(f"SaltLoadCausalModel: ckpt_name={quote(name)} cannot be loaded as a Wan 2.1 T2V transformer: "
                          f"{e}. (Full ComfyUI checkpoints and other architectures load with ComfyUI's own "
                          f"loaders.)") from e
-    except MemoryError as e:   # refused before the file is read (load_host_bytes): ComfyUI's server stays up
-        raise MemoryError(f"SaltLoadCausalModel: ckpt_name={quote(name)}: {e} (here: dtype=bf16, or an fp8 file with "
-                          f"weight_dtype=default)") from None
+    except HostMemoryError as e:   # refused before the file is read (load_host_bytes): ComfyUI's server stays up
+        raise HostMemoryError(f"SaltLoadCausalModel: ckpt_name={quote(name)}: {e} (here: dtype=bf16, or an unscaled "
+                              f"fp8 file with weight_dtype=default)") from None
     causal = file_teacher_mode(path) not in BIDIRECTIONAL_MODES
     if weight_dtype == "default":         # as UNETLoader: "default" keeps an fp8 file's storage, cast per layer
         weight_dtype = stored_weight_dtype(model)

@@ -209,32 +209,118 @@ def check_context(name: str, ctx: torch.Tensor, text_dim: int, *, where: str = "
 
 
 # -- memory ----------------------------------------------------------------------------------------------
-MEMINFO = "/proc/meminfo"   # the host's memory counters (Linux)
+MEMINFO = "/proc/meminfo"          # the host's memory counters (Linux)
+SELF_CGROUP = "/proc/self/cgroup"  # this process's control groups (a container's memory limit is one)
+CGROUP_ROOT = "/sys/fs/cgroup"     # where they are mounted: v2 at the root, v1's memory controller in memory/
+UNLIMITED = 1 << 60                # a cgroup v1 limit at least this large is no limit (it writes 2^63 rounded)
+
+
+def _cgroup_number(folder: str, name: str):
+    """An integer cgroup file of `folder`, None where it is absent, unreadable or unlimited ("max", ≥ 2^60)."""
+    try:
+        with open(os.path.join(folder, name)) as f:
+            value = int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+    return value if value < UNLIMITED else None
+
+
+def _file_cache(folder: str, names: tuple) -> int:
+    """Bytes of page cache a cgroup's memory.stat counts under `names`: charged to it, but the kernel reclaims it
+    before it kills anything (so not taken)."""
+    try:
+        with open(os.path.join(folder, "memory.stat")) as f:
+            stat = {k: v for k, v in (line.split(None, 1) for line in f if line.strip()) if k in names}
+        return sum(int(v) for v in stat.values())
+    except (OSError, ValueError):
+        return 0
+
+
+def _memory_cgroups() -> list:
+    """(folder, version) of every memory cgroup that may limit this process: v2 (`0::<path>`) and v1 (`<n>:memory:
+    <path>`), from its mount's root (what a container sees as its own) down every folder of the path SELF_CGROUP
+    names (a limit on a parent binds its children)."""
+    try:
+        with open(SELF_CGROUP) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return []
+    found = []
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        if parts[0] == "0" and not parts[1]:
+            base, version = CGROUP_ROOT, 2
+        elif "memory" in parts[1].split(","):
+            base, version = os.path.join(CGROUP_ROOT, "memory"), 1
+        else:
+            continue
+        folder = os.path.normpath(base)
+        for step in [""] + [p for p in parts[2].strip().split("/") if p not in ("", ".", "..")]:
+            folder = os.path.join(folder, step) if step else folder
+            if os.path.isdir(folder) and (folder, version) not in found:
+                found.append((folder, version))
+    return found
+
+
+def _least(a, b):
+    """The smaller of two optional bounds (None: no bound)."""
+    return b if a is None else a if b is None else min(a, b)
+
+
+def cgroup_room() -> tuple:
+    """(memory, swap) bytes this process's memory cgroups (a container's limit) still let it take: their limit less
+    what is charged to them, page cache left out (the kernel reclaims it first), the tightest of them; None where
+    none limits it."""
+    memory = swap = None
+    for folder, version in _memory_cgroups():
+        if version == 2:
+            limit, used = _cgroup_number(folder, "memory.max"), _cgroup_number(folder, "memory.current")
+            cache = _file_cache(folder, ("active_file", "inactive_file"))
+            swap_limit = _cgroup_number(folder, "memory.swap.max")
+            swap_here = None if swap_limit is None else max(
+                swap_limit - (_cgroup_number(folder, "memory.swap.current") or 0), 0)
+        else:   # v1: memsw is memory and swap together
+            limit, used = (_cgroup_number(folder, "memory.limit_in_bytes"),
+                           _cgroup_number(folder, "memory.usage_in_bytes"))
+            cache = _file_cache(folder, ("total_active_file", "total_inactive_file"))
+            both_limit = _cgroup_number(folder, "memory.memsw.limit_in_bytes")
+            both = None if both_limit is None else both_limit - max(
+                (_cgroup_number(folder, "memory.memsw.usage_in_bytes") or 0) - cache, 0)
+        memory_here = None if limit is None else max(limit - max((used or 0) - cache, 0), 0)
+        if version == 1:
+            swap_here = None if both is None else max(both - (memory_here or 0), 0)
+        memory, swap = _least(memory, memory_here), _least(swap, swap_here)
+    return memory, swap
 
 
 def available_memory(device, swap: bool = False) -> int:
     """Bytes free for a new allocation on `device`: CUDA's free memory plus what PyTorch's caching allocator holds
     unused there (it hands those blocks out first, and frees them to retry an allocation that fails), else the
     host's MemAvailable, plus its SwapFree where `swap` (what the host can give before the OS kills the process:
-    the limit for a refusal that must never stop a load that would only be slow)."""
+    the limit for a refusal that must never stop a load that would only be slow), each bounded by what the memory
+    cgroups (a container's limit) leave this process (cgroup_room)."""
     device = torch.device(device)
     if device.type == "cuda" and torch.cuda.is_available():
         cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
         return int(torch.cuda.mem_get_info(device)[0]) + max(int(cached), 0)
+    host = host_swap = None
     try:
         with open(MEMINFO) as f:
             fields = dict(line.split(":", 1) for line in f if ":" in line)
         if "MemAvailable" in fields:
-            kib = int(fields["MemAvailable"].split()[0])
-            if swap and "SwapFree" in fields:
-                kib += int(fields["SwapFree"].split()[0])
-            return kib * 1024
+            host = int(fields["MemAvailable"].split()[0]) * 1024
+            host_swap = int(fields.get("SwapFree", "0 kB").split()[0]) * 1024
     except (OSError, ValueError, IndexError):
         pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 1 << 62   # unknown platform: no limit we can measure
+    if host is None:
+        try:
+            host = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            host = 1 << 62   # unknown platform: no limit we can measure
+    memory, swap_room = cgroup_room()
+    return _least(host, memory) + (_least(host_swap or 0, swap_room) if swap else 0)
 
 
 def format_bytes(n: float) -> str:

@@ -74,34 +74,90 @@ print(json.dumps(rss("VmHWM") - before))
 """
 
 
-@pytest.mark.parametrize("stored, dtype, keep_fp8", [("float32", "float32", False), ("bfloat16", "float32", False),
-                                                     ("float8_e4m3fn", "bfloat16", True),
-                                                     ("float8_e4m3fn", "float32", False)])
+def big_file(tmp_path, stored: str):
+    """A 3-block Wan of about 30 M parameters whose block linear weights are stored as `stored`: a dtype name, "fp8"
+    (e4m3fn), "scaled-fp8" (ComfyUI layout: fp8 weight / scale, its scale_weight and scale_input, the marker) or
+    "release-<dtype>" (a Self Forcing release of that dtype: generator_ema, generator an alias of it)."""
+    from safetensors.torch import save_file
+    cfg = WanConfig(dim=768, ffn_dim=3072, num_heads=6, num_layers=3, text_dim=64, freq_dim=64)
+    path = tmp_path / f"big-{stored}.safetensors"
+    linear = lambda k, v: v.ndim == 2 and k.endswith(".weight") and "blocks" in k
+    sd = build_model(cfg, seed=0).state_dict()
+    if stored == "scaled-fp8":
+        out = {}
+        for k, v in sd.items():
+            key = "model.diffusion_model." + k
+            if linear(k, v):
+                scale = torch.tensor(v.abs().max().item() / 200.0)
+                out[key] = (v / scale).to(torch.float8_e4m3fn)
+                out[key[:-len(".weight")] + ".scale_weight"] = scale
+                out[key[:-len(".weight")] + ".scale_input"] = torch.tensor(1.0)
+            else:
+                out[key] = v
+        out["model.diffusion_model.scaled_fp8"] = torch.empty(0, dtype=torch.float8_e4m3fn)
+        save_file(out, str(path))
+        return path
+    dtype = getattr(torch, "float8_e4m3fn" if stored == "fp8" else stored.removeprefix("release-"))
+    save_model({k: v.to(dtype) if linear(k, v) else v for k, v in sd.items()}, path, config=cfg,
+               layout="self_forcing" if stored.startswith("release-") else "wan")
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stored, dtype, keep_fp8", [
+    ("float32", "float32", False), ("bfloat16", "float32", False), ("fp8", "bfloat16", True), ("fp8", "float32", False),
+    ("scaled-fp8", "bfloat16", True), ("release-bfloat16", "float32", False), ("release-float32", "bfloat16", False)])
 def test_the_host_bytes_a_load_takes_are_those_measured_in_a_fresh_process(tmp_path, toy_file, stored, dtype,
                                                                            keep_fp8):
     """The estimate checked before a file is read (load_host_bytes) against the peak resident memory a fresh process
     actually gains loading it: what was measured (to a few MiB), and not more than a quarter above it (an estimate
-    too cautious would refuse loads that fit). Resident memory counts the mapped file's pages too: those of the tensors
-    that were cast are left out (the kernel drops them under pressure; with none cast, they are the weights)."""
+    too cautious would refuse loads that fit). Resident memory counts the mapped file's pages too: those of the
+    tensors not kept as stored (cast, dequantized, dropped) are left out (the kernel drops them under pressure; the
+    kept ones are the weights). Scaled fp8 is dequantized whatever keep_fp8; a release loads one head."""
     import subprocess
     import sys
     from comfyui_salt.weights.files import load_host_bytes
-    cfg = WanConfig(dim=768, ffn_dim=3072, num_heads=6, num_layers=3, text_dim=64, freq_dim=64)
-    sd = {k: (v.to(getattr(torch, stored)) if v.ndim == 2 and k.endswith(".weight") and "blocks" in k else v)
-          for k, v in build_model(cfg, seed=0).state_dict().items()}
-    path = tmp_path / f"big-{stored}.safetensors"
-    save_model(sd, path, config=cfg)
-    del sd
+    path = big_file(tmp_path, stored)
     estimate = load_host_bytes(path, getattr(torch, dtype), keep_fp8)
     out = subprocess.run([sys.executable, "-c", LOAD_PEAK, str(toy_file), str(path), dtype, "1" if keep_fp8 else "0"],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     measured = json.loads(out.stdout.strip().splitlines()[-1])
-    kept = {torch.float8_e4m3fn} if keep_fp8 else {getattr(torch, dtype)}
+    kept = {getattr(torch, dtype)} | ({torch.float8_e4m3fn} if keep_fp8 and stored == "fp8" else set())
     measured -= sum(t.numel() * t.element_size() for t in load_file(str(path)).values() if t.dtype not in kept)
     assert measured > 24 << 20, f"the load measured {measured} bytes: the model is too small to measure"
     # beside the weights: the modules' own objects and the RoPE table, a few MiB whatever the model's size
     assert measured - (8 << 20) <= estimate <= 1.25 * measured, (estimate / 2**20, measured / 2**20)
+
+
+def test_off_the_host_a_load_holds_only_what_it_dequantizes_there(tmp_path):
+    """With a GPU offload device (ComfyUI's --gpu-only / --highvram) each tensor goes from the mapped file to the GPU;
+    scaled-fp8 weights are dequantized on the host first, in float32 one at a time, then the compute dtype."""
+    from comfyui_salt.weights.files import load_host_bytes
+    plain, scaled = big_file(tmp_path, "bfloat16"), big_file(tmp_path, "scaled-fp8")
+    assert load_host_bytes(plain, torch.bfloat16, device="cuda:0") == 0
+    weights = [t for k, t in load_file(str(scaled)).items() if k.endswith(".weight") and t.dtype == torch.float8_e4m3fn]
+    want = sum(2 * t.numel() for t in weights) + 4 * max(t.numel() for t in weights)
+    assert load_host_bytes(scaled, torch.bfloat16, keep_fp8=True, device="cuda:0") == want
+
+
+@pytest.mark.parametrize("header", [
+    b'{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,Infinity]}}',          # OverflowError in int()
+    b"[" * 100000 + b"]" * 100000,                                              # RecursionError in json
+    b'{"a":{"dtype":"F32","shape":[1000000000],"data_offsets":[0,4000000000]}}',  # past the file's end
+    b'{"a":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}}',
+    b'{"__metadata__":[1],"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}',
+    b'{"a":{"dtype":7,"shape":[2],"data_offsets":[8,0]}}',
+])
+def test_a_hostile_header_is_reported_as_a_damaged_file_not_as_memory_or_a_crash(tmp_path, header):
+    """The size check reads the header before safetensors does: a header that is not one leaves the file to
+    read_checkpoint, which names it damaged (never an OverflowError, a RecursionError or a huge 'needs about')."""
+    from comfyui_salt.weights.files import load_host_bytes
+    path = tmp_path / "hostile.safetensors"
+    path.write_bytes(len(header).to_bytes(8, "little") + header + bytes(8))
+    assert load_host_bytes(path) == path.stat().st_size
+    with pytest.raises(ValueError, match="not a readable safetensors file.*truncated or corrupt"):
+        load_model(path)
 
 
 def test_a_file_the_host_cannot_hold_is_refused_before_it_is_read(toy_file, monkeypatch):
@@ -111,8 +167,8 @@ def test_a_file_the_host_cannot_hold_is_refused_before_it_is_read(toy_file, monk
     assert load_model(toy_file)[0] is not None   # exactly enough, counted with the host's free swap
     monkeypatch.setattr(files, "available_memory", lambda device, swap=False: need - 1)
     monkeypatch.setattr(files, "read_checkpoint", lambda *a: pytest.fail("the file was read before the refusal"))
-    with pytest.raises(MemoryError, match=r"load_model: reading '.*toy\.safetensors' in float32 needs about .*MiB.*"
-                                          r"host's free memory and swap.*bf16 or fp8"):
+    with pytest.raises(files.HostMemoryError, match=r"load_model: reading '.*toy\.safetensors' in float32 needs "
+                                                    r"about .*MiB.*host's free memory and swap.*bf16 or an unscaled fp8"):
         load_model(toy_file)
 
 
@@ -123,7 +179,55 @@ def test_the_hosts_free_memory_is_mem_available_and_with_swap_swap_free_too(tmp_
     meminfo.write_text("MemTotal:       24000000 kB\nMemFree:  100 kB\nMemAvailable:   5000000 kB\n"
                        "SwapTotal:       8000000 kB\nSwapFree:        3000000 kB\n")
     monkeypatch.setattr(rules, "MEMINFO", str(meminfo))
+    monkeypatch.setattr(rules, "SELF_CGROUP", str(tmp_path / "no_cgroup"))   # this machine's limits left out
     assert rules.available_memory("cpu", swap=swap) == (5000000 + 3000000 * swap) * 1024
+
+
+GIB = 1 << 30
+
+
+def fake_host(tmp_path, monkeypatch, self_cgroup: str, files: dict):
+    """A host of 20 GiB MemAvailable and 10 GiB SwapFree whose /proc/self/cgroup says `self_cgroup` and whose cgroup
+    mount holds `files` ({relative path: text})."""
+    import comfyui_salt.salt_core.validate as rules
+    (tmp_path / "meminfo").write_text(f"MemAvailable: {20 * GIB // 1024} kB\nSwapFree: {10 * GIB // 1024} kB\n")
+    (tmp_path / "self_cgroup").write_text(self_cgroup)
+    for name, text in files.items():
+        (tmp_path / "cg" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "cg" / name).write_text(text)
+    (tmp_path / "cg").mkdir(exist_ok=True)
+    monkeypatch.setattr(rules, "MEMINFO", str(tmp_path / "meminfo"))
+    monkeypatch.setattr(rules, "SELF_CGROUP", str(tmp_path / "self_cgroup"))
+    monkeypatch.setattr(rules, "CGROUP_ROOT", str(tmp_path / "cg"))
+    return rules
+
+
+@pytest.mark.parametrize("self_cgroup, files, memory, swap", [
+    # a container on cgroup v2: 8 GiB limit, 5 GiB charged of which 2 GiB page cache; 2 GiB of swap, 0.5 used
+    ("0::/\n", {"memory.max": str(8 * GIB), "memory.current": str(5 * GIB),
+                "memory.stat": f"anon {3 * GIB}\nactive_file {GIB}\ninactive_file {GIB}\n",
+                "memory.swap.max": str(2 * GIB), "memory.swap.current": str(GIB // 2)}, 5 * GIB, 1.5 * GIB),
+    # a limit on a parent folder binds the child (systemd slices); "max" is none
+    ("0::/a/b\n", {"a/memory.max": str(4 * GIB), "a/memory.current": str(GIB), "a/b/memory.max": "max",
+                   "a/b/memory.current": str(GIB)}, 3 * GIB, 10 * GIB),
+    # cgroup v1 (Docker on older hosts): memory 6 GiB, 4 charged, 1 of it cache; memory + swap 7 GiB, 4.5 charged
+    ("4:memory:/docker/x\n0::/\n", {"memory/memory.limit_in_bytes": str(6 * GIB),
+                                     "memory/memory.usage_in_bytes": str(4 * GIB),
+                                     "memory/memory.stat": f"cache {GIB}\ntotal_inactive_file {GIB}\n",
+                                     "memory/memory.memsw.limit_in_bytes": str(7 * GIB),
+                                     "memory/memory.memsw.usage_in_bytes": str(9 * GIB // 2)}, 3 * GIB, GIB // 2),
+    # v1 without a limit writes 2^63 rounded down to a page
+    ("4:memory:/\n", {"memory/memory.limit_in_bytes": "9223372036854771712", "memory/memory.usage_in_bytes": "5"},
+     20 * GIB, 10 * GIB),
+    ("", {}, 20 * GIB, 10 * GIB),                                          # no cgroup file at all: the host's
+])
+def test_a_containers_memory_limit_bounds_the_free_memory_page_cache_left_out(tmp_path, monkeypatch, self_cgroup,
+                                                                              files, memory, swap):
+    """MemAvailable is the whole host's; inside a container the cgroup kills at its own limit. What the cgroups
+    leave (limit less charged, less the page cache the kernel reclaims first), the tightest of them, bounds it."""
+    rules = fake_host(tmp_path, monkeypatch, self_cgroup, files)
+    assert rules.available_memory("cpu") == memory
+    assert rules.available_memory("cpu", swap=True) == memory + swap
 
 
 # -- metadata validated like user input --------------------------------------------------------------------

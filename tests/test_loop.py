@@ -212,36 +212,45 @@ def test_every_checkpoint_file_has_the_mode_any_new_file_gets_and_is_synced_befo
     assert sorted(os.path.basename(p).split(".")[1] for p in synced) == ["ema", "model", "state"]
 
 
-@pytest.mark.parametrize("env, save_s, warned", [
-    ({}, 20.0, False),                                                         # not launched by torchrun
-    ({"TORCHELASTIC_RUN_ID": "r"}, 14.0, False),                               # within half the default 30 s
-    ({"TORCHELASTIC_RUN_ID": "r"}, 16.0, True),
-    ({"TORCHELASTIC_RUN_ID": "r", "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "100"}, 40.0, False),
-    ({"TORCHELASTIC_RUN_ID": "r", "PET_SHUTDOWN_TIMEOUT": "60", "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "600"}, 40.0, True),
+RUN = {"TORCHELASTIC_RUN_ID": "r"}
+
+
+@pytest.mark.parametrize("env, save_s, warned, rank, settable", [
+    ({}, 20.0, False, 0, True),                                                # not launched by torchrun
+    (RUN, 14.0, False, 0, True),                                               # within half the default 30 s
+    (RUN, 16.0, True, 0, True),
+    (RUN, 16.0, False, 1, True),                                               # rank 0 alone says it
+    ({**RUN, "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "100"}, 40.0, False, 0, True),
+    ({**RUN, "PET_SHUTDOWN_TIMEOUT": "60", "TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "600"}, 40.0, True, 0, True),
+    ({**RUN, "PET_SHUTDOWN_TIMEOUT": "600"}, 40.0, True, 0, False),            # a torchrun without the setting
 ])
 def test_a_checkpoint_slower_than_half_of_torchruns_stop_grace_is_reported_once_with_the_launch_fix(
-        tmp_path, monkeypatch, caplog, env, save_s, warned):
+        tmp_path, monkeypatch, caplog, env, save_s, warned, rank, settable):
     """torchrun kills its workers --shutdown-timeout seconds (default 30) after forwarding Ctrl-C; its environment
-    forms are all a worker sees (PET_SHUTDOWN_TIMEOUT wins, as torchrun reads them)."""
+    forms are all a worker sees (PET_SHUTDOWN_TIMEOUT wins, as torchrun reads them); a torch whose torchrun has no
+    such setting kills after 30 s whatever they say."""
+    import comfyui_salt.training.distributed as distributed
     import comfyui_salt.training.loop as loop_module
+    assert distributed.grace_is_settable()                                     # the pinned torch has it
+    monkeypatch.setattr(distributed, "grace_is_settable", lambda: settable)
+    monkeypatch.setattr(loop_module, "grace_is_settable", lambda: settable)
     for name in ("TORCHELASTIC_RUN_ID", "PET_SHUTDOWN_TIMEOUT", "TORCH_ELASTIC_SHUTDOWN_TIMEOUT"):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
+    import itertools
     import time
     from types import SimpleNamespace
-    ticks = {"now": 0.0}   # the loop's clock alone: each checkpoint takes save_s
-    monkeypatch.setattr(loop_module, "time", SimpleNamespace(time=time.time, monotonic=lambda: ticks["now"]))
-    real = CheckpointManager.save
-
-    def slow_save(self, *a, **k):
-        real(self, *a, **k)
-        ticks["now"] += save_s
-    monkeypatch.setattr(CheckpointManager, "save", slow_save)
+    ticks = itertools.count()   # the loop's clock alone, read twice per save (on every rank): each save takes save_s
+    monkeypatch.setattr(loop_module, "time", SimpleNamespace(time=time.time, monotonic=lambda: next(ticks) * save_s))
+    job = linear_job()
+    loop = TrainingLoop(RunFolder(str(tmp_path / "run"), rank=rank), "test", quiet=True)
     with caplog.at_level("WARNING", logger="salt.training"):
-        train(tmp_path / "run", 6, checkpoint_every=2)
+        loop.run(job, 6, checkpoint_every=2, log_every=1)
     said = [r.getMessage() for r in caplog.records if "torchrun kills" in r.getMessage()]
     assert len(said) == (1 if warned else 0), said
     if warned:
         advice = max(60, 10 * -(-4 * save_s // 10))
-        assert f"took {save_s:.0f} s" in said[0] and f"PET_SHUTDOWN_TIMEOUT={advice:.0f} torchrun" in said[0], said
+        fix = f"PET_SHUTDOWN_TIMEOUT={advice:.0f} torchrun" if settable else "pkill -TERM -f 'comfyui_salt distill'"
+        assert f"took {save_s:.0f} s" in said[0] and "after a stop signal" in said[0] and fix in said[0], said
+        assert ("kills its workers 30 s" in said[0]) == (not settable or "PET_SHUTDOWN_TIMEOUT" not in env), said

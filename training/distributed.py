@@ -16,6 +16,7 @@ clips one process sees with grad_accum × N micro-batches. A rank that dies make
 collective (gloo: at once; NCCL: within `timeout_s`), and torchrun stops the rest.
 """
 import contextlib
+import dataclasses
 import datetime
 import os
 from dataclasses import dataclass
@@ -67,13 +68,24 @@ TORCHRUN_GRACE_S = 30      # torchrun's default wait between the stop signal it 
 GRACE_ENV = ("PET_SHUTDOWN_TIMEOUT", "TORCH_ELASTIC_SHUTDOWN_TIMEOUT")   # the environment forms of --shutdown-timeout
 
 
+def grace_is_settable() -> bool:
+    """Whether this torch's torchrun takes --shutdown-timeout (older ones kill their workers 30 s after a stop
+    signal whatever the environment says)."""
+    try:
+        from torch.distributed.launcher.api import LaunchConfig
+        return "shutdown_timeout" in {f.name for f in dataclasses.fields(LaunchConfig)}
+    except Exception:   # noqa: BLE001  (no launcher module, not a dataclass: a torchrun without the setting)
+        return False
+
+
 def torchrun_grace_s():
     """Seconds torchrun leaves its workers after forwarding a stop signal (Ctrl-C) before it kills them, or None
     when no torchrun launched this process (no TORCHELASTIC_RUN_ID). Its --shutdown-timeout reaches the workers only
-    in its environment forms (PET_SHUTDOWN_TIMEOUT first, as torchrun reads them); else its default, 30 s."""
+    in its environment forms (PET_SHUTDOWN_TIMEOUT first, as torchrun reads them); else, or where this torch's
+    torchrun has no such setting (grace_is_settable), its default, 30 s."""
     if not os.environ.get("TORCHELASTIC_RUN_ID"):
         return None
-    for name in GRACE_ENV:
+    for name in GRACE_ENV if grace_is_settable() else ():
         try:
             return float(os.environ[name])
         except (KeyError, ValueError):

@@ -25,7 +25,7 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from .distributed import any_rank, mean_over_ranks, torchrun_grace_s
+from .distributed import any_rank, grace_is_settable, mean_over_ranks, torchrun_grace_s
 from .optim import EMA, cosine_lr
 from .runs import RunError, RunFolder, logged_eval_steps
 
@@ -161,12 +161,15 @@ class TrainingLoop:
         if grace is None or self.rank != 0 or self.warned_grace or seconds <= grace / 2:
             return
         self.warned_grace = True
-        advice = max(60, 10 * math.ceil(4 * seconds / 10))
+        if grace_is_settable():
+            fix = (f"launch as PET_SHUTDOWN_TIMEOUT={max(60, 10 * math.ceil(4 * seconds / 10))} torchrun ... (the "
+                   f"workers see torchrun's --shutdown-timeout only in its environment form)")
+        else:
+            fix = ("this torch's torchrun cannot wait longer (a newer one has --shutdown-timeout): stop the run with "
+                   "SIGTERM to its worker processes (pkill -TERM -f 'comfyui_salt distill'), not Ctrl-C to torchrun")
         log.warning("the checkpoint at %s %d took %.0f s; torchrun kills its workers %.0f s after a stop signal "
                     "(Ctrl-C), so the save a stop starts could be cut (the previous checkpoint stays, and a rerun "
-                    "loses the steps since): launch as PET_SHUTDOWN_TIMEOUT=%d torchrun ... (the workers see "
-                    "torchrun's --shutdown-timeout only in its environment form)", self.step_key, step, seconds,
-                    grace, advice)
+                    "loses the steps since): %s", self.step_key, step, seconds, grace, fix)
 
     def run(self, job, stop: int, *, checkpoint_every: int, log_every: int, max_seconds: float = None,
             callback=None, evaluate=None, eval_every: int = 0, postfix: dict = None, nonfinite_hint: str = "",

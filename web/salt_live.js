@@ -86,12 +86,18 @@ app.registerExtension({
       const view = viewOf(detail);
       window.saltLiveReceived = (window.saltLiveReceived ?? 0) + detail.frames.length;
       if (!view) return;
+      // nothing new to show (the server left the frames out, its send queue behind a slow connection, or a Wan
+      // chunk waits for its pair): what is queued plays on
+      if (!detail.frames.length) {
+        const what = detail.skipped ? `${detail.skipped} frames skipped (the connection is slower than the stream)`
+          : "0 frames";
+        view.status.textContent = `chunk ${detail.chunk} · ${detail.period_ms} ms per chunk · ${what}`;
+        return;
+      }
       view.queue.push(...detail.frames);
-      const most = QUEUED_PUSHES * Math.max(1, detail.frames.length);
+      const most = QUEUED_PUSHES * detail.frames.length;
       if (view.queue.length > most) view.queue.splice(0, view.queue.length - most);
-      const skipped = detail.skipped ? ` · ${detail.skipped} skipped (the connection is slower than the stream)` : "";
-      view.status.textContent =
-        `chunk ${detail.chunk} · ${detail.period_ms} ms per chunk · ${detail.frames.length} frames${skipped}`;
+      view.status.textContent = `chunk ${detail.chunk} · ${detail.period_ms} ms per chunk · ${detail.frames.length} frames`;
       view.play();
     });
     api.addEventListener("salt.live.end", ({ detail }) => {

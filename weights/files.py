@@ -165,49 +165,88 @@ def read_checkpoint(path) -> tuple:
 SAFETENSORS_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I64": 8, "I32": 4,
                         "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 FLOAT_CODES = ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2")
+_SAFETENSORS_CODE = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
+MAX_HEADER = 100 << 20   # bytes of a safetensors header we read (the format's own reader allows 100 MB)
 
 
-def safetensors_entries(path: str) -> dict:
-    """{name: (dtype code, shape, stored bytes)} from a safetensors file's header alone (8-byte length, JSON); {} when
-    the header cannot be read (read_checkpoint then reports the file with the full story)."""
+class HostMemoryError(MemoryError):
+    """A model file refused before it is read: the host cannot hold its weights (load_host_bytes)."""
+
+
+def safetensors_header(path: str):
+    """({name: (dtype code, shape, stored bytes)}, metadata) from a safetensors file's header alone (8-byte length,
+    JSON), or None when the header is not one (unreadable, hostile, or pointing past the file's end: read_checkpoint
+    then reports the file with the full story)."""
     try:
+        size = os.path.getsize(path)
         with open(path, "rb") as f:
             n = int.from_bytes(f.read(8), "little")
-            if not 2 <= n <= min(os.path.getsize(path) - 8, 100 << 20):
-                return {}
+            if not 2 <= n <= min(size - 8, MAX_HEADER):
+                return None
             header = json.loads(f.read(n))
-        return {k: (v["dtype"], tuple(v["shape"]), int(v["data_offsets"][1]) - int(v["data_offsets"][0]))
-                for k, v in header.items() if k != "__metadata__"}
-    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
-        return {}
+        metadata = header.pop("__metadata__", None) or {}
+        if not isinstance(metadata, dict):
+            return None
+        entries = {}
+        for name, v in header.items():
+            start, end = (int(x) for x in v["data_offsets"])
+            shape = tuple(int(d) for d in v["shape"])
+            if not (0 <= start <= end <= size - 8 - n and min(shape, default=0) >= 0 and isinstance(v["dtype"], str)):
+                return None
+            entries[name] = (v["dtype"], shape, end - start)
+        return entries, metadata
+    except Exception:   # noqa: BLE001  (a hostile header: RecursionError, OverflowError, TypeError, … all mean "not one")
+        return None
 
 
-def load_host_bytes(path, dtype=torch.float32, keep_fp8: bool = False, device="cpu") -> int:
-    """Host bytes load_model(path, dtype=, keep_fp8=, device=) holds at its peak: the weights as loaded. safetensors
-    maps its file and each tensor is cast from the mapped pages (clean file pages, which the kernel drops under
-    pressure: not counted), or kept as those pages where it is stored as loaded (the model's weights: counted). A
-    torch file (read whole into memory) or a release's nested entries: the file's bytes, a lower bound (what is
-    cast, and what is left of a release, is known only once read); on a GPU `device` the host holds the file."""
+def _loaded_entries(entries: dict, metadata: Mapping, use_ema: bool) -> dict:
+    """The entries of a header that load_model keeps: all of a flat file; of a release (generator_ema / generator
+    heads, the aliases of `salt_aliases` resolved), the head _pick_release_entry takes and a LoRA head."""
+    try:
+        aliases = json.loads(metadata.get(ALIAS_META, "{}"))
+        aliases = {a: t for a, t in aliases.items() if isinstance(a, str) and t in entries}
+    except (ValueError, TypeError, AttributeError):
+        aliases = {}
+    named = {**entries, **{a: entries[t] for a, t in aliases.items()}}
+    heads = {k.split(".", 1)[0] for k in named}
+    if not heads & set(NESTED_HEADS):
+        return entries
+    wanted = "generator_ema" if use_ema else "generator"
+    head = wanted if wanted in heads else next((h for h in ("generator", "generator_ema") if h in heads), None)
+    return {k: v for k, v in named.items() if k.split(".", 1)[0] in (head, layouts.LORA_KEY)}
+
+
+def load_host_bytes(path, dtype=torch.float32, keep_fp8: bool = False, device="cpu", use_ema: bool = True) -> int:
+    """Host bytes load_model(path, dtype=, keep_fp8=, device=, use_ema=) holds at its peak: the weights as loaded.
+    safetensors maps its file and each tensor is cast from the mapped pages (clean file pages, which the kernel drops
+    under pressure: not counted), or kept as those pages where it is stored as loaded (the model's weights: counted);
+    of a release, the head it loads. Scaled-fp8 weights are dequantized on the host (float32 one at a time, then
+    `dtype`), whatever `device` and keep_fp8; on a GPU `device` the rest goes there, the host holding mapped pages
+    only. A torch file: its size (torch.load reads it whole; a lower bound, what is cast is known once read)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         return 0
-    entries = safetensors_entries(path) if _extension(path) in SAFETENSORS_EXTS else {}
-    if not entries:
+    header = safetensors_header(path) if _extension(path) in SAFETENSORS_EXTS else None
+    if header is None:
         return os.path.getsize(path)
-    stored = sum(b for _, _, b in entries.values())
-    nested = any(k.split(".", 1)[0] in NESTED_HEADS for k in entries)
-    if torch.device(device).type != "cpu" or nested:
-        return stored
+    entries = _loaded_entries(*header, use_ema)
+    scaled = any(k.endswith((layouts.SCALE_WEIGHT, layouts.SCALED_FP8_MARKER)) for k in entries)
     item, target = torch.empty((), dtype=dtype).element_size(), _SAFETENSORS_CODE.get(dtype)
-    total = 0
+    on_host = torch.device(device).type == "cpu"
+    total, transient = 0, 0
     for key, (code, shape, b) in entries.items():
+        if scaled and key.endswith((layouts.SCALE_WEIGHT, layouts.SCALE_INPUT, layouts.SCALED_FP8_MARKER)):
+            continue                                   # read, then dropped
+        count = b // SAFETENSORS_ITEMSIZE.get(code, 1)
+        if scaled and key.endswith(".weight") and key[:-len(".weight")] + layouts.SCALE_WEIGHT in entries:
+            total += count * item                      # weight·scale in float32, then `dtype`, on the host
+            transient = max(transient, 4 * count)
+            continue
         kept = code not in FLOAT_CODES or code == target or (keep_fp8 and code.startswith("F8") and len(shape) == 2
                                                              and key.endswith(".weight"))
-        total += b if kept else b // SAFETENSORS_ITEMSIZE.get(code, 1) * item
-    return total
+        total += (b if kept else count * item) if on_host else 0
+    return total + transient
 
-
-_SAFETENSORS_CODE = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
 
 
 def _choose_config(sd: Mapping, metadata: Mapping, preset, num_heads) -> WanConfig:
@@ -283,11 +322,15 @@ def load_model(path, preset=None, use_ema: bool = True, dtype=torch.float32, num
     (load_host_bytes against its free memory and swap) is refused with a MemoryError before any tensor is read.
     """
     path = os.fspath(path)
-    check_memory(f"reading {path!r} in {str(dtype).removeprefix('torch.')}",
-                 load_host_bytes(path, dtype, keep_fp8, device), available_memory(torch.device("cpu"), swap=True),
-                 where="load_model", limit_what="the host's free memory and swap",
-                 fix="free host memory (other programs, other loaded models) or load a smaller file (a bf16 or fp8 "
-                     "one) or in a smaller dtype")
+    try:
+        check_memory(f"reading {path!r} in {str(dtype).removeprefix('torch.')}",
+                     load_host_bytes(path, dtype, keep_fp8, device, use_ema),
+                     available_memory(torch.device("cpu"), swap=True), where="load_model",
+                     limit_what="the host's free memory and swap",
+                     fix="free host memory (other programs, other loaded models) or load a smaller file (a bf16 or "
+                         "an unscaled fp8 one) or in a smaller dtype")
+    except MemoryError as e:
+        raise HostMemoryError(str(e)) from None
     obj, metadata = read_checkpoint(path)
     try:
         if isinstance(obj, Mapping) and not any(isinstance(v, Mapping) for v in obj.values()):   # a flat state dict
