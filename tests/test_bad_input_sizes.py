@@ -228,6 +228,9 @@ def test_a_containers_memory_limit_bounds_the_free_memory_page_cache_left_out(tm
     rules = fake_host(tmp_path, monkeypatch, self_cgroup, files)
     assert rules.available_memory("cpu") == memory
     assert rules.available_memory("cpu", swap=True) == memory + swap
+    limited = files.get("memory.max") or files.get("a/memory.max") or files.get("memory/memory.limit_in_bytes", "")
+    assert (rules.cgroup_room()[0] is None) == (memory == 20 * GIB)   # the host's figure: no cgroup limits it
+    assert rules.cgroup_room()[0] in (None, memory) and (limited != "") >= (rules.cgroup_room()[0] is not None)
 
 
 # -- metadata validated like user input --------------------------------------------------------------------
