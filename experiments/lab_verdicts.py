@@ -104,6 +104,8 @@ def family_note(rows: list) -> str:
     """One budget's verdicts read family-wise: which change, with their widened intervals."""
     from comfyui_salt.experiments.lab_tables import fmt_interval
     m, level = family_level(rows)
+    if m == 0:   # one seed everywhere: no interval to widen
+        return "Family-wise: no paired intervals yet (one seed), nothing to widen."
     head = f"Family-wise (Bonferroni over the {m} paired intervals above, each at {100 * level:.2f} %): "
     changed = [r for r in rows if r["family"]["verdict"] != r["verdict"]]
     if not changed:
