@@ -16,12 +16,13 @@
 # SC-triplet and mechanism tables as it finishes) and its test (sc20-low: λ 20 at the two lowest exits only) (all done
 # by 2026-12-06); then dmd and salt seed 0 straight through to 2,000 updates from the ODE init, each giving its
 # 1,000-update result on the way (--milestone); the runs kept without their measurements trained again for them
-# (lab-exp8-m: dmd 3-7 left); the pair's other seeds to 1,000 updates, then each continued to 2,000 (the longest
-# budget); the exact-real-score pair at 300 (dmd-exact, salt-exact); salt-sym to 1,000 updates.
+# (lab-exp8-m: dmd 3-7 done on 2026-12-07); the pair's other seeds to 1,000 updates, then each continued to 2,000
+# (the longest budget); the exact-real-score pair at 300 (dmd-exact, salt-exact); salt-sym to 1,000 updates.
 # Hours of one core (measured: 3.5-4 s per update with two one-thread jobs and nothing else running on
 # 2026-12-05; on 2026-12-07's machine about 5.2 s for dmd and 5.9 s for salt over hours; about twice that with tests
 # beside): a 300-update run 0.3-0.5, a 1,000-update run 1.0-1.6, a 2,000-update run 2.1-3.3 (longer than a session: it
-# continues on the next session's machine where the machine is kept, its 1,000-update result kept as soon as reached).
+# continues on the next session's machine where the machine is kept, its 1,000-update result kept as soon as reached);
+# on the third session's machine of 2026-12-07 about 2.85 s per update (a 1,000-update run about 48 minutes).
 # 2,000 is the longest budget the CPU allows (docs/method_lab.md "The longest budget": the pair's 16 runs cost about 50
 # core-hours; 3,000 updates about 75).
 # Usage (from the repository root):
@@ -67,7 +68,7 @@ $PAIR2K --extend-from runs/lab-exp8 --seeds 1 --first dmd:0,salt:0
 # triplet, mechanism and probe measurements (the same command repeats a run's evaluation on one machine:
 # tests/test_lab_experiment.py; across machines to ~1e-4); the tables read them with --also, the verdicts keep the
 # kept evaluations. The λ arms first, then the head-to-head's, then dmd (the triplet table's reference; dmd 3-7 are
-# left on 2026-12-07); each ends with its checkpoint, which the pair's 1,000-update runs below continue
+# done on 2026-12-07); each ends with its checkpoint, which the pair's 1,000-update runs below continue
 M="$RUN --out runs/lab-exp8-m --keep $KEPT/lab-exp8-m --remeasure runs/lab-exp8 --updates 300"
 $M --arms sc0,sc-dmd,sc2,sc20,sc2-sym,salt,salt-sym,salt-sym2,dmd \
     --first "$(by_seed sc-dmd sc0 sc2 sc20 sc2-sym)$(by_seed salt-sym salt-sym2 salt)"
