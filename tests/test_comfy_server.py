@@ -727,6 +727,45 @@ def test_a_live_stream_shows_frames_while_it_runs_obeys_its_routes_and_continues
     server.check_alive()
 
 
+def test_a_browser_slower_than_the_stream_gets_chunks_without_frames_and_nothing_piles_up(server):
+    """A websocket client that reads nothing while 1,000 chunks stream (a connection slower than the stream): once
+    the connection's buffers are full, ComfyUI's one sending coroutine waits on that socket and pushes queue behind
+    it in the server; past the backlog the node pushes chunks without their frames. Once the client reads, every
+    chunk is announced in order, the late ones with their frame count as "skipped"."""
+    import asyncio
+    import aiohttp
+
+    async def scenario():
+        events = []
+        async with aiohttp.ClientSession() as session:
+            async with session.ws_connect(f"{server.url.replace('http', 'ws')}/ws?clientId=salt",
+                                          max_msg_size=0) as ws:
+                status, response = server.queue(live_stream_prompt("ci_slow", max_chunks=1000))
+                assert status == 200, response
+                entry = await asyncio.to_thread(server.wait, response["prompt_id"])   # reading nothing meanwhile
+                while True:
+                    try:
+                        msg = await asyncio.wait_for(ws.receive(), 10)
+                    except asyncio.TimeoutError:
+                        break
+                    if msg.type != aiohttp.WSMsgType.TEXT:
+                        continue
+                    event = json.loads(msg.data)
+                    if event.get("type") == "salt.live" and event["data"]["stream"] == "ci_slow":
+                        events.append(event["data"])
+                    if event.get("type") == "salt.live.end":
+                        break
+        return entry, events
+    entry, events = asyncio.run(scenario())
+    assert entry["status"]["status_str"] == "success"
+    assert [e["chunk"] for e in events] == list(range(1, 1001))
+    skipped = [e for e in events if e.get("skipped")]
+    assert skipped and all(e["frames"] == [] and e["skipped"] == 3 for e in skipped), events[-1]
+    shown = [e for e in events if e["frames"]]
+    assert shown and len(shown) < 1000 and all(len(e["frames"]) == 3 for e in shown)
+    server.check_alive()
+
+
 def test_the_toy_live_workflow_runs_and_saves_the_frames_of_its_run(server, object_info):
     prompt = api_prompt("salt_toy_live.json", object_info)
     live = prompt["5"]["inputs"]
