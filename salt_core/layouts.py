@@ -240,7 +240,7 @@ def dequantize_scaled_fp8(sd: Mapping, dtype: torch.dtype = torch.float32) -> Ma
             raise LayoutError(f"dequantize_scaled_fp8: {key!r} is {scale.dtype} of shape {tuple(scale.shape)}, which "
                               f"does not scale {weight!r} of shape {tuple(w.shape)} (expected a floating scalar or a "
                               f"shape that broadcasts to the weight's); the file is damaged or of another format")
-        out[weight] = w.float().mul_(scale.float()).to(dtype)   # one float32 copy beside the result
+        out[weight] = w.to(torch.float32, copy=True).mul_(scale.float()).to(dtype)   # one float32 copy, never `sd`'s
     return out
 
 

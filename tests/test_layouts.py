@@ -270,6 +270,10 @@ def test_dequantize_scaled_fp8_multiplies_each_weight_by_its_scale_and_drops_the
     assert set(out) == {"x.weight", "x.bias"} and torch.equal(out["x.weight"], q.float() * 0.5)
     plain = {"x.weight": w}
     assert layouts.dequantize_scaled_fp8(plain) is plain
+    # a scaled weight already in float32: scaled into a copy, the state dict it came from left as it was
+    kept = w.clone()
+    out = layouts.dequantize_scaled_fp8({"x.weight": w, "x.scale_weight": scale})
+    assert torch.equal(w, kept) and torch.equal(out["x.weight"], kept * 0.5)
     with pytest.raises(layouts.LayoutError, match="'y.scale_weight' has no 'y.weight'"):
         layouts.dequantize_scaled_fp8({"y.scale_weight": scale})
 
