@@ -8,6 +8,7 @@ Knows nothing of training loops, samplers or ComfyUI.
 import dataclasses
 import json
 import logging
+import math
 import os
 import pickle
 import re
@@ -166,7 +167,6 @@ SAFETENSORS_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "
                         "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 FLOAT_CODES = ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2")
 _SAFETENSORS_CODE = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
-MAX_HEADER = 100 << 20   # bytes of a safetensors header we read (the format's own reader allows 100 MB)
 
 
 class HostMemoryError(MemoryError):
@@ -174,28 +174,18 @@ class HostMemoryError(MemoryError):
 
 
 def safetensors_header(path: str):
-    """({name: (dtype code, shape, stored bytes)}, metadata) from a safetensors file's header alone (8-byte length,
-    JSON), or None when the header is not one (unreadable, hostile, or pointing past the file's end: read_checkpoint
-    then reports the file with the full story)."""
+    """({name: (dtype code, shape, stored bytes)}, metadata) from a safetensors file's header alone, as safetensors
+    reads and validates it (offsets inside the file, known dtypes), or None when it is not one: read_checkpoint then
+    reports the file with the full story."""
     try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            if not 2 <= n <= min(size - 8, MAX_HEADER):
-                return None
-            header = json.loads(f.read(n))
-        metadata = header.pop("__metadata__", None) or {}
-        if not isinstance(metadata, dict):
-            return None
-        entries = {}
-        for name, v in header.items():
-            start, end = (int(x) for x in v["data_offsets"])
-            shape = tuple(int(d) for d in v["shape"])
-            if not (0 <= start <= end <= size - 8 - n and min(shape, default=0) >= 0 and isinstance(v["dtype"], str)):
-                return None
-            entries[name] = (v["dtype"], shape, end - start)
-        return entries, metadata
-    except Exception:   # noqa: BLE001  (a hostile header: RecursionError, OverflowError, TypeError, … all mean "not one")
+        with safe_open(path, framework="pt") as f:
+            entries = {}
+            for name in f.keys():
+                view = f.get_slice(name)
+                code, shape = view.get_dtype(), tuple(view.get_shape())
+                entries[name] = (code, shape, math.prod(shape) * SAFETENSORS_ITEMSIZE.get(code, 1))
+            return entries, dict(f.metadata() or {})
+    except Exception:   # noqa: BLE001  (SafetensorError, or anything a hostile header raises: "not one")
         return None
 
 
@@ -246,7 +236,6 @@ def load_host_bytes(path, dtype=torch.float32, keep_fp8: bool = False, device="c
                                                              and key.endswith(".weight"))
         total += (b if kept else count * item) if on_host else 0
     return total + transient
-
 
 
 def _choose_config(sd: Mapping, metadata: Mapping, preset, num_heads) -> WanConfig:
