@@ -84,10 +84,11 @@ $PY experiments/lab_verdicts.py --write $KEPT/lab_verdicts_8seeds.md
 # continued from its finished shorter self is the run a longer first start gives (extend_from;
 # tests/test_lab_experiment.py). Where a new machine lost the 1,000-update checkpoints, the 2,000-update run trains
 # from the ODE init, and its milestone finds the 1,000-update result kept and leaves it.
-# (seed 1 first, as started; then the runs that continue a re-measured 300-update run, dmd 3-7, while this machine
-# still holds those checkpoints: 700 updates each, not 1,000; then the rest seed by seed)
+# (seed by seed, each pair together, so the paired comparison grows evenly: seed 1 is kept; the re-measured dmd 3-7
+# checkpoints that would have saved 300 updates each were lost with the second machine of 2026-12-07, so no run
+# order gains from them any more)
 $RUN --out runs/lab-exp8-1k --keep $KEPT/lab-exp8-1k --extend-from runs/lab-exp8,runs/lab-exp8-m --updates 1000 \
-    --arms dmd,salt --first "dmd:1,salt:1,dmd:3,dmd:4,dmd:5,dmd:6,dmd:7"
+    --arms dmd,salt --first "$(by_seed dmd salt)"
 $PY experiments/lab_verdicts.py --write $KEPT/lab_verdicts_8seeds.md
 $PAIR2K --extend-from runs/lab-exp8,runs/lab-exp8-1k --first "$(by_seed dmd salt)"
 $PY experiments/lab_verdicts.py --write $KEPT/lab_verdicts_8seeds.md
