@@ -303,3 +303,62 @@ def test_a_resume_already_past_max_gen_steps_says_it_trains_nothing(teacher_path
         run_distillation(cfg, str(tmp_path / "run"), max_gen_steps=2, quiet=True, world=TOY)
     assert "the run is at generator step 3, at or past max_gen_steps=2" in caplog.text
     assert steps_in(tmp_path / "run")[-1] == "step_00000003"
+
+
+# -- a resume the host cannot hold ---------------------------------------------------------------------------
+def _held_bytes(obj) -> int:
+    """Bytes of every tensor inside `obj` (dicts, lists, tuples), each storage once: what a load holds."""
+    seen, total, todo = set(), 0, [obj]
+    while todo:
+        x = todo.pop()
+        if isinstance(x, torch.Tensor):
+            key = x.untyped_storage().data_ptr()
+            if key not in seen:
+                seen.add(key)
+                total += x.untyped_storage().nbytes()
+        elif isinstance(x, dict):
+            todo.extend(x.values())
+        elif isinstance(x, (list, tuple)):
+            todo.extend(x)
+    return total
+
+
+def test_a_resumes_host_estimate_bounds_what_the_load_holds_from_above_and_closely(teacher_path, tmp_path):
+    """The estimate (file sizes) against the tensors the load really returns, counted storage by storage: never
+    below them, and within the files' headers and pickling (a few KB) above."""
+    run = tmp_path / "run"
+    run_distillation(tiny(teacher_path), str(run), quiet=True, world=TOY)
+    ckpt = CheckpointManager(str(run / "checkpoints"))
+    step, path = ckpt.latest()
+    names = [p.stem for p in (run / "checkpoints" / "step_00000002").glob("*.safetensors")]
+    assert {"student", "critic"} <= set(names)
+    tensors, state = ckpt.load(path, names)
+    held, need = _held_bytes(tensors) + _held_bytes(state), ckpt.load_host_bytes(path, names)
+    assert held > 100_000 and held <= need <= held + 64 * 1024 * (len(names) + 1), (held, need)
+
+
+def test_a_resume_the_host_cannot_hold_is_refused_before_reading_and_keeps_the_checkpoint(teacher_path, tmp_path,
+                                                                                       monkeypatch):
+    from comfyui_salt.training import runs
+    run = tmp_path / "run"
+    run_distillation(tiny(teacher_path), str(run), quiet=True, world=TOY)
+    ckpt = CheckpointManager(str(run / "checkpoints"))
+    need = ckpt.load_host_bytes(ckpt.latest()[1], ["student", "critic"])
+    monkeypatch.setattr(runs, "available_memory", lambda device, swap=False: need // 2)
+    monkeypatch.setattr(runs.CheckpointManager, "load", lambda *a: pytest.fail("read before the memory check"))
+    with pytest.raises(MemoryError, match=r"resume: resuming from .*step_00000002.* needs about .*host's free memory "
+                                          r"and swap.*free host memory.*more memory"):
+        run_distillation(tiny(teacher_path, gen_steps=3), str(run), quiet=True, world=TOY)
+    assert steps_in(run) == ["step_00000001", "step_00000002"]    # nothing moved aside as unreadable
+
+
+def test_a_resume_that_fits_reads_on(teacher_path, tmp_path, monkeypatch):
+    from comfyui_salt.training import runs
+    run = tmp_path / "run"
+    run_distillation(tiny(teacher_path), str(run), quiet=True, world=TOY)
+    ckpt = CheckpointManager(str(run / "checkpoints"))
+    path = ckpt.latest()[1]
+    need = ckpt.load_host_bytes(path, [p.stem for p in (run / "checkpoints" / "step_00000002").glob("*.safetensors")])
+    monkeypatch.setattr(runs, "available_memory", lambda device, swap=False: need)   # every file the job may read
+    run_distillation(tiny(teacher_path, gen_steps=3), str(run), quiet=True, world=TOY)
+    assert (run / "checkpoints" / "step_00000003" / "COMPLETE").exists()

@@ -27,7 +27,7 @@ import time
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..salt_core.validate import quote
+from ..salt_core.validate import available_memory, check_memory, quote
 from ..weights.files import atomic_write, check_output
 from .validate import unread_fields
 
@@ -84,8 +84,9 @@ class CheckpointManager:
         """
         failures = []
         for step, path in self.complete():
+            present = [n for n in optional if os.path.exists(os.path.join(path, f"{n}.safetensors"))]
+            check_resume_memory(path, self.load_host_bytes(path, list(names) + present))
             try:
-                present = [n for n in optional if os.path.exists(os.path.join(path, f"{n}.safetensors"))]
                 tensors, state = self.load(path, list(names) + present)
             except Exception as e:   # safetensors / torch report damage with several exception types
                 failures.append(f"{path}: {type(e).__name__}: {str(e)[:160]}")
@@ -162,6 +163,16 @@ class CheckpointManager:
         dist.barrier()
         return final
 
+    def load_host_bytes(self, path: str, names) -> int:
+        """Host bytes `load(path, names)` holds at its peak beside the job's models: each named safetensors file's
+        tensors (load_file copies them out of the mapped file: the file's size bounds them) and the training state
+        (state.pt, read whole by torch.load: its size on disk, the optimizer's moments among it); of a sharded
+        checkpoint the state alone (its tensors are read into the job's own shards). Missing files count 0 (the
+        load then names them)."""
+        files = ["state.pt"] + ([] if self.is_sharded(path) else [f"{n}.safetensors" for n in names])
+        sizes = (os.path.getsize(f) for f in (os.path.join(path, n) for n in files) if os.path.isfile(f))
+        return sum(sizes)
+
     def load(self, path: str, names) -> tuple:
         """({name: state_dict}, state) from a checkpoint folder; a sharded one gives ({}, state): its tensors are
         read into the job's own layout (`Distiller.load_sharded`)."""
@@ -186,6 +197,15 @@ class CheckpointManager:
         for n in os.listdir(self.folder):
             if ".tmp" in n and not n.endswith(f".tmp{os.getpid()}"):   # rank 0 prunes after its sharded rename
                 shutil.rmtree(os.path.join(self.folder, n), ignore_errors=True)
+
+
+def check_resume_memory(path: str, need: int) -> None:
+    """MemoryError before a checkpoint is read when the host's free memory and swap cannot hold `need` bytes of it
+    beside the models already built (the OS would kill the job, or ComfyUI's server running it, mid-read)."""
+    check_memory(f"resuming from {path!r}", need, available_memory(torch.device("cpu"), swap=True),
+                 where="resume", limit_what="the host's free memory and swap",
+                 fix="free host memory (other programs, other loaded models) and rerun: the run continues from this "
+                     "checkpoint; or continue the run folder on a host with more memory")
 
 
 def logged_eval_steps(path: str, step_key: str = "gen_step") -> set:
