@@ -358,7 +358,69 @@ def test_a_resume_that_fits_reads_on(teacher_path, tmp_path, monkeypatch):
     run_distillation(tiny(teacher_path), str(run), quiet=True, world=TOY)
     ckpt = CheckpointManager(str(run / "checkpoints"))
     path = ckpt.latest()[1]
-    need = ckpt.load_host_bytes(path, [p.stem for p in (run / "checkpoints" / "step_00000002").glob("*.safetensors")])
+    names = [p.stem for p in (run / "checkpoints" / "step_00000002").glob("*.safetensors")]
+    need = ckpt.load_host_bytes(path, names)
     monkeypatch.setattr(runs, "available_memory", lambda device, swap=False: need)   # every file the job may read
     run_distillation(tiny(teacher_path, gen_steps=3), str(run), quiet=True, world=TOY)
     assert (run / "checkpoints" / "step_00000003" / "COMPLETE").exists()
+
+
+def test_the_ranks_of_a_node_resuming_at_once_need_the_checkpoint_once_each(tmp_path, monkeypatch):
+    """An unsharded checkpoint resumed by a node's ranks is read by each of them at once (readers)."""
+    from comfyui_salt.training import runs
+    ckpt = CheckpointManager(str(tmp_path / "checkpoints"))
+    ckpt.save(1, {"student": {"w": torch.zeros(1 << 16)}}, {"step": 1})
+    path = ckpt.latest()[1]
+    need = ckpt.load_host_bytes(path, ["student"])
+    monkeypatch.setattr(runs, "available_memory", lambda device, swap=False: 3 * need)
+    assert ckpt.load_latest(["student"], readers=3)[2] == {"step": 1}
+    with pytest.raises(MemoryError, match=r"step_00000001' in 4 processes of this host needs about"):
+        ckpt.load_latest(["student"], readers=4)
+
+
+RESUME_VOTE = r"""
+import sys, torch
+import torch.distributed as dist
+from comfyui_salt.training import runs
+from comfyui_salt.training.loop import TrainingLoop
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+if rank == int(sys.argv[2]):   # this rank's host has less free memory than the checkpoint
+    runs.available_memory = lambda device, swap=False: 1
+class Job:
+    sharded, step = True, 0
+    def load(self, tensors, state):
+        self.step = state["step"]
+loop = TrainingLoop(runs.RunFolder(sys.argv[1], rank), "resume")
+try:
+    loop.resume(Job(), ["student"])
+    said = "resumed"
+except MemoryError as e:
+    said = f"MemoryError: {e}"
+dist.barrier()
+print("RESULT " + said, flush=True)
+"""
+
+
+def test_a_rank_that_cannot_hold_the_checkpoint_stops_every_rank_before_any_reads_on(tmp_path):
+    """Ranks see their own free memory: one refused while the others went on into the collectives of training
+    would leave them waiting until NCCL's timeout. Two gloo ranks, rank 1 refused: both stop, rank 0 naming it."""
+    import subprocess
+    import sys
+    from test_distributed import finished, free_port
+    CheckpointManager(str(tmp_path / "checkpoints")).save(1, {"student": {"w": torch.zeros(8)}}, {"step": 1})
+    port, procs = free_port(), []
+    for rank in range(2):
+        env = dict(os.environ, OMP_NUM_THREADS="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                   WORLD_SIZE="2")
+        procs.append(subprocess.Popen([sys.executable, "-c", RESUME_VOTE, str(tmp_path), "1"], env=env,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    said = []
+    for p in procs:
+        out, _ = p.communicate(timeout=120)
+        assert finished(p.returncode, out), out[-3000:]
+        said.append(out.split("RESULT ", 1)[1].splitlines()[0])
+    assert said[0] == ("MemoryError: rank 0: another rank of this run cannot hold the checkpoint it resumes from "
+                       "(its error is in its log); every rank stops"), said
+    assert said[1].startswith("MemoryError: resume: resuming from") and "needs about" in said[1], said
+    assert (tmp_path / "checkpoints" / "step_00000001" / "COMPLETE").exists()

@@ -531,7 +531,7 @@ def _run_distillation(cfg, run, max_gen_steps, callback, quiet, device, world, a
                     -(-RELEASED_CLIPS_PER_UPDATE // per_pass), -(-CONFIGS_TOTAL_BATCH // per_pass))
     loop = TrainingLoop(run, "distill", quiet=quiet, step_key="gen_step", metadata={
         "salt_config": student.cfg.to_json(), "distill_config": json.dumps(asdict(cfg))})
-    loop.resume(job, ["student", "critic"], optional=["ema"])
+    loop.resume(job, ["student", "critic"], optional=["ema"], readers=info.local_world_size if info.distributed else 1)
     check_clips_per_update(job, allow_changes, info.distributed)
     if max_gen_steps is not None and max_gen_steps <= job.gen_step < cfg.gen_steps:
         log.warning("the run is at generator step %d, at or past max_gen_steps=%d (a step of the run, counted from "

@@ -75,8 +75,12 @@ class CheckpointManager:
         found = self.complete()
         return found[0] if found else None
 
-    def load_latest(self, names, optional=()) -> tuple:
+    def load_latest(self, names, optional=(), readers: int = 1) -> tuple:
         """(path, {name: state_dict}, state) of the newest checkpoint that reads back, or None if there is none.
+
+        Before it is read, the host must hold it `readers` times (the processes of this host reading it at once:
+        the ranks of a node resuming a run) beside what they have built: else a MemoryError names both sizes and
+        the fix (check_resume_memory), and the checkpoint stays where it is.
 
         A checkpoint that does not read (a truncated file after a disk-full or a copy) is renamed to
         `<step>.unreadable` (kept for inspection, ignored from then on) and the next older one is tried,
@@ -85,7 +89,7 @@ class CheckpointManager:
         failures = []
         for step, path in self.complete():
             present = [n for n in optional if os.path.exists(os.path.join(path, f"{n}.safetensors"))]
-            check_resume_memory(path, self.load_host_bytes(path, list(names) + present))
+            check_resume_memory(path, readers * self.load_host_bytes(path, list(names) + present), readers)
             try:
                 tensors, state = self.load(path, list(names) + present)
             except Exception as e:   # safetensors / torch report damage with several exception types
@@ -199,10 +203,12 @@ class CheckpointManager:
                 shutil.rmtree(os.path.join(self.folder, n), ignore_errors=True)
 
 
-def check_resume_memory(path: str, need: int) -> None:
+def check_resume_memory(path: str, need: int, readers: int = 1) -> None:
     """MemoryError before a checkpoint is read when the host's free memory and swap cannot hold `need` bytes of it
-    beside the models already built (the OS would kill the job, or ComfyUI's server running it, mid-read)."""
-    check_memory(f"resuming from {path!r}", need, available_memory(torch.device("cpu"), swap=True),
+    (all `readers` processes' reads) beside the models already built (the OS would kill the job, or ComfyUI's
+    server running it, mid-read)."""
+    what = f"resuming from {path!r}" + (f" in {readers} processes of this host" if readers > 1 else "")
+    check_memory(what, need, available_memory(torch.device("cpu"), swap=True),
                  where="resume", limit_what="the host's free memory and swap",
                  fix="free host memory (other programs, other loaded models) and rerun: the run continues from this "
                      "checkpoint; or continue the run folder on a host with more memory")
