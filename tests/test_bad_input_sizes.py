@@ -130,6 +130,27 @@ def test_the_host_bytes_a_load_takes_are_those_measured_in_a_fresh_process(tmp_p
     assert measured - (8 << 20) <= estimate <= 1.25 * measured, (estimate / 2**20, measured / 2**20)
 
 
+def test_the_header_counts_each_tensor_at_the_bytes_its_file_stores_for_every_dtype(tmp_path):
+    """safetensors_header's bytes per tensor (shape × item size by dtype code) against the span the file's own
+    header gives it (data_offsets, read here from the raw JSON), for every dtype torch writes: the unsigned and
+    complex ones counted 1 byte per element (8× low for U64) until their codes were listed."""
+    import struct
+    from comfyui_salt.weights.files import safetensors_header
+    dtypes = [d for d in (torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.float8_e4m3fn,
+                          torch.float8_e5m2, getattr(torch, "float8_e8m0fnu", None), torch.complex64, torch.int64,
+                          torch.int32, torch.int16, torch.int8, torch.uint64, torch.uint32, torch.uint16, torch.uint8,
+                          torch.bool) if d is not None]
+    path = tmp_path / "every.safetensors"
+    save_file({str(d): torch.zeros(3, 5, dtype=d) for d in dtypes}, str(path))
+    raw = path.read_bytes()
+    spans = json.loads(raw[8:8 + struct.unpack("<Q", raw[:8])[0]])
+    entries, _ = safetensors_header(str(path))
+    assert len(entries) == len(dtypes)
+    for name, (code, shape, stored) in entries.items():
+        start, end = spans[name]["data_offsets"]
+        assert stored == end - start, (name, code, stored, end - start)
+
+
 def test_off_the_host_a_load_holds_only_what_it_dequantizes_there(tmp_path):
     """With a GPU offload device (ComfyUI's --gpu-only / --highvram) each tensor goes from the mapped file to the GPU;
     scaled-fp8 weights are dequantized on the host first, in float32 one at a time, then the compute dtype."""

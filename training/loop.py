@@ -97,6 +97,8 @@ class TrainingLoop:
         """Load the newest readable checkpoint's `names` (+ `optional` ones present) into `job`; False if none.
         readers: the processes of this host reading it at once (a node's ranks), for the host-memory check."""
         refused, latest = None, None
+        if getattr(job, "sharded", False):   # every rank checks before any reads: none counts another's state.pt
+            any_rank(False)
         try:
             latest = self.ckpt.load_latest(names, optional, readers)
         except MemoryError as e:          # check_resume_memory, before a byte is read
@@ -176,7 +178,8 @@ class TrainingLoop:
                    f"workers see torchrun's --shutdown-timeout only in its environment form)")
         else:
             fix = ("this torch's torchrun cannot wait longer (a newer one has --shutdown-timeout): stop the run with "
-                   "SIGTERM to its worker processes (pkill -TERM -f 'comfyui_salt distill'), not Ctrl-C to torchrun")
+                   f"SIGTERM to its worker processes on each node (here: pkill -TERM -P {os.getppid()}, the "
+                   f"children of this node's torchrun), not Ctrl-C or a signal to torchrun itself")
         log.warning("the checkpoint at %s %d took %.0f s; torchrun kills its workers %.0f s after a stop signal "
                     "(Ctrl-C), so the save a stop starts could be cut (the previous checkpoint stays, and a rerun "
                     "loses the steps since): %s", self.step_key, step, seconds, grace, fix)

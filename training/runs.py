@@ -89,10 +89,12 @@ class CheckpointManager:
         failures = []
         for step, path in self.complete():
             present = [n for n in optional if os.path.exists(os.path.join(path, f"{n}.safetensors"))]
-            check_resume_memory(path, readers * self.load_host_bytes(path, list(names) + present), readers)
+            check_resume_memory(path, readers * self.load_host_bytes(path), readers)
             try:
                 tensors, state = self.load(path, list(names) + present)
             except Exception as e:   # safetensors / torch report damage with several exception types
+                if out_of_memory(e):     # the host, not the checkpoint: it stays the newest
+                    raise
                 failures.append(f"{path}: {type(e).__name__}: {str(e)[:160]}")
                 log.warning("checkpoint %s does not read (%s: %s); falling back to an older one", path,
                             type(e).__name__, str(e)[:160])
@@ -167,15 +169,14 @@ class CheckpointManager:
         dist.barrier()
         return final
 
-    def load_host_bytes(self, path: str, names) -> int:
-        """Host bytes `load(path, names)` holds at its peak beside the job's models: each named safetensors file's
-        tensors (load_file copies them out of the mapped file: the file's size bounds them) and the training state
-        (state.pt, read whole by torch.load: its size on disk, the optimizer's moments among it); of a sharded
-        checkpoint the state alone (its tensors are read into the job's own shards). Missing files count 0 (the
-        load then names them)."""
-        files = ["state.pt"] + ([] if self.is_sharded(path) else [f"{n}.safetensors" for n in names])
-        sizes = (os.path.getsize(f) for f in (os.path.join(path, n) for n in files) if os.path.isfile(f))
-        return sum(sizes)
+    @staticmethod
+    def load_host_bytes(path: str) -> int:
+        """Host bytes `load(path, ...)` holds beside the job's models: the training state (state.pt, read whole by
+        torch.load: its size on disk, an unsharded run's optimizer moments among it; 0 when missing: the load then
+        names it). The weight files count nothing: safetensors maps them, and their clean file pages, copied into
+        the models, are the kernel's to drop under pressure (as in weights.files.load_host_bytes)."""
+        state = os.path.join(path, "state.pt")
+        return os.path.getsize(state) if os.path.isfile(state) else 0
 
     def load(self, path: str, names) -> tuple:
         """({name: state_dict}, state) from a checkpoint folder; a sharded one gives ({}, state): its tensors are
@@ -201,6 +202,13 @@ class CheckpointManager:
         for n in os.listdir(self.folder):
             if ".tmp" in n and not n.endswith(f".tmp{os.getpid()}"):   # rank 0 prunes after its sharded rename
                 shutil.rmtree(os.path.join(self.folder, n), ignore_errors=True)
+
+
+def out_of_memory(error: BaseException) -> bool:
+    """Whether `error` is the host or a device running out of memory (Python's MemoryError, torch's CUDA
+    OutOfMemoryError, its CPU allocator's RuntimeError), not damage of what was being read."""
+    return isinstance(error, (MemoryError, torch.OutOfMemoryError)) or (
+        isinstance(error, RuntimeError) and "can't allocate memory" in str(error))
 
 
 def check_resume_memory(path: str, need: int, readers: int = 1) -> None:

@@ -163,8 +163,10 @@ def read_checkpoint(path) -> tuple:
 
 
 # -- loading a model ----------------------------------------------------------------------------------
-SAFETENSORS_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I64": 8, "I32": 4,
-                        "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+# bytes per element of every safetensors dtype code (0.8: the sub-byte F4 / F6 ones rounded up to a byte)
+SAFETENSORS_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1, "F6_E2M3": 1,
+                        "F6_E3M2": 1, "F4": 1, "C64": 8, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4,
+                        "U16": 2, "U8": 1, "BOOL": 1}
 FLOAT_CODES = ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2")
 _SAFETENSORS_CODE = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
 
