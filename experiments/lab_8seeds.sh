@@ -78,19 +78,16 @@ $M --arms sc0,sc-dmd,sc2,sc20,sc2-sym,salt,salt-sym,salt-sym2,dmd \
 # as it finished (lab_experiment.py measure_finished; kept runs bring their measurements), so these print from them
 bash experiments/lab_8seeds_tables.sh
 $PY experiments/lab_verdicts.py --write $KEPT/lab_verdicts_8seeds.md
-# The rest of the pair in legs (changed on 2026-12-07 from straight through: the issue's 1,000-update budget at 8
-# seeds in half the hours): every seed to 1,000 updates, each continuing its 300-update run where a folder here
-# holds it finished (lab-exp8-m: dmd 3-7), else from the ODE init; then each of them continued to 2,000. A run
-# continued from its finished shorter self is the run a longer first start gives (extend_from;
-# tests/test_lab_experiment.py). Where a new machine lost the 1,000-update checkpoints, the 2,000-update run trains
-# from the ODE init, and its milestone finds the 1,000-update result kept and leaves it.
-# (seed by seed, each pair together, so the paired comparison grows evenly: seed 1 is kept; the re-measured dmd 3-7
-# checkpoints that would have saved 300 updates each were lost with the second machine of 2026-12-07, so no run
-# order gains from them any more)
-$RUN --out runs/lab-exp8-1k --keep $KEPT/lab-exp8-1k --extend-from runs/lab-exp8,runs/lab-exp8-m --updates 1000 \
-    --arms dmd,salt --first "$(by_seed dmd salt)"
-$PY experiments/lab_verdicts.py --write $KEPT/lab_verdicts_8seeds.md
-$PAIR2K --extend-from runs/lab-exp8,runs/lab-exp8-1k --first "$(by_seed dmd salt)"
+# The rest of the pair: each seed straight through to 2,000 updates, its 1,000-update result kept on the way
+# (--milestone), the pair of a seed together (changed on 2026-12-07, fourth session, from legs: every seed to 1,000
+# first, then each continued to 2,000). Legs needed the 1,000-update checkpoints on the machine that continues
+# them, and every new session's machine has lost them (33 MB a run: not kept in the repository), so each seed's
+# 2,000-update run would have trained again from the ODE init: 3,000 updates a run instead of 2,000. Seeds 0 and 1
+# (and 2) reached 1,000 updates in legs; a run here continues its finished 1,000-update self where a folder on this
+# machine holds it (extend_from: the run a longer first start gives; tests/test_lab_experiment.py), so a seed whose
+# 1,000-update leg this machine holds goes first (seed 2, on 2026-12-07's fourth machine), else it trains from the
+# ODE init and its milestone finds the 1,000-update result kept and leaves it.
+$PAIR2K --extend-from runs/lab-exp8,runs/lab-exp8-1k --first "dmd:2,salt:2,$(by_seed dmd salt)"
 $PY experiments/lab_verdicts.py --write $KEPT/lab_verdicts_8seeds.md
 # the exact real score against the learned one, at 300 updates
 $B --arms dmd,dmd-exact,salt-exact --first "$(by_seed dmd-exact salt-exact)"
