@@ -26,7 +26,7 @@
 # 2,000 is the longest budget the CPU allows (docs/method_lab.md "The longest budget": the pair's 16 runs cost about 50
 # core-hours; 3,000 updates about 75).
 # Usage (from the repository root):
-#   [WORKERS=1] nohup bash experiments/lab_8seeds.sh > runs/lab-8seeds.log 2>&1 &
+#   [WORKERS=1] [LAB_DEADLINE=$(date -d 13:45 +%s)] nohup bash experiments/lab_8seeds.sh > runs/lab-8seeds.log 2>&1 &
 # The whole script is one block, read before it runs: editing this file while it runs cannot change what the
 # running copy does next (bash reads a plain script as it goes).
 {
@@ -51,7 +51,11 @@ if [ ! -f $KEPT/lab_teacher.safetensors ]; then
 fi
 # "arm:seed,..." for every seed of the given arms, seed by seed (the runner's --first order)
 by_seed() { for s in 0 1 2 3 4 5 6 7; do for a in "$@"; do printf '%s:%s,' "$a" "$s"; done; done; }
+# LAB_DEADLINE (a Unix time, e.g. $(date -d 13:45 +%s): when this session's machine goes): no run is started that
+# would not end by then; it is deferred to the next session, and the runs that fit go first (lab_experiment.py
+# --deadline, at LAB_S_PER_UPDATE seconds per update, 3.5 unless set)
 RUN="$PY experiments/lab_experiment.py --teacher runs/lab_teacher.safetensors --seeds 8 --workers ${WORKERS:-2}"
+RUN="$RUN${LAB_DEADLINE:+ --deadline $LAB_DEADLINE --seconds-per-update ${LAB_S_PER_UPDATE:-3.5}}"
 B="$RUN --out runs/lab-exp8 --keep $KEPT/lab-exp8 --updates 300"
 # (one command: no core waits for the last run of a stage)
 $B --arms salt,salt-sym,salt-sym2,sc0,sc-dmd,sc2,sc20,sc2-sym,sc20-low \

@@ -121,10 +121,26 @@ def _command(preset: str, run_dir: str, overrides: dict) -> list:
     return [command, "--preset", preset, "--out", run_dir, *_flags(taken)]
 
 
-def run_jobs(jobs: list, workers: int = 1, in_process: bool = False, after=None, during=None) -> int:
+EVAL_S = 300   # seconds a finished run's evaluation and measurements may take beside a running job (an estimate)
+
+
+def job_seconds(run_dir: str, overrides: dict, per_update: float, milestones=()) -> float:
+    """Seconds a distill job in `run_dir` still needs: the updates from its newest checkpoint (or a continued run's
+    copied one) to `overrides["gen_steps"]` at `per_update` seconds each, plus its evaluation and one more per
+    milestone (UPDATES, ...) still ahead of it."""
+    from comfyui_salt.training.runs import CheckpointManager, has_checkpoint
+    done = CheckpointManager(os.path.join(run_dir, "checkpoints")).latest()[0] if has_checkpoint(run_dir) else 0
+    total = int(overrides.get("gen_steps", 0))
+    ahead = sum(1 for at in milestones if done < at < total)
+    return max(0, total - done) * per_update + EVAL_S * (1 + ahead)
+
+
+def run_jobs(jobs: list, workers: int = 1, in_process: bool = False, after=None, during=None, fits=None) -> int:
     """Run (or resume) `distill` / `ode-init` jobs, `workers` subprocesses at a time; returns how many failed.
 
-    jobs: [(preset, run_dir, overrides, done_path)] in order; a job whose done_path exists is skipped. `after(run_dir)`
+    jobs: [(preset, run_dir, overrides, done_path)] in order; a job whose done_path exists is skipped, and one for
+    which `fits(run_dir, overrides)` is False when its turn comes is deferred (not started, said, not a failure:
+    a job that cannot end before a machine goes would lose its hours). `after(run_dir)`
     runs in this process for every finished job (skipped ones too), once the freed slots have their next jobs;
     `during(run_dir)` for every running one at each look (every 2 s): it must return at once when it has nothing to do.
     Ctrl-C or SIGTERM asks every running job to stop (each saves its checkpoint), waits for them, and re-raises.
@@ -153,6 +169,9 @@ def run_jobs(jobs: list, workers: int = 1, in_process: bool = False, after=None,
                     ready.append(run_dir)
                 elif in_process:
                     failed += 1
+                elif fits is not None and not fits(run_dir, overrides):
+                    print(f"deferred: {run_dir} (it would not end before --deadline; rerun later to run it)",
+                          flush=True)
                 else:
                     cmd = [sys.executable, "-m", "comfyui_salt", *_command(preset, run_dir, overrides)]
                     print("run:", " ".join(cmd), flush=True)
@@ -490,8 +509,17 @@ def run_stages(args, extra: dict) -> int:
                 stored, over["student_init"], shallow=False):
             over["student_init"] = stored
         jobs.append((ARMS[arm][0], run_dir, over, os.path.join(run_dir, "summary.json")))
+    fits = None
+    if args.deadline:
+        def fits(run_dir, overrides):
+            need = job_seconds(run_dir, overrides, args.seconds_per_update, [at for at, _, _ in args.milestone])
+            left = args.deadline - time.time()
+            if need > left:
+                print(f"{run_dir}: needs about {need / 60:.0f} min at {args.seconds_per_update} s per update, "
+                      f"{max(0, left) / 60:.0f} min left before --deadline", flush=True)
+            return need <= left
     return run_jobs(jobs, args.workers, args.in_process, after=lambda d: finish_run(args, d),
-                    during=lambda d: evaluate_reached_milestones(args.milestone, args.out, d, args.clips))
+                    during=lambda d: evaluate_reached_milestones(args.milestone, args.out, d, args.clips), fits=fits)
 
 
 def main(argv=None) -> int:
@@ -525,6 +553,11 @@ def main(argv=None) -> int:
                    help="also evaluate each finished run's student after UPDATES updates (its milestone checkpoint: "
                         "--set checkpoint_keep_every=UPDATES) as that arm × seed's result in the experiment folder "
                         "DIR (kept in KEPT): one run gives a shorter budget too")
+    p.add_argument("--deadline", type=float, default=0, metavar="UNIX_TIME", help="start no run that would not "
+                   "end (with its evaluations) by then, e.g. $(date -d 13:45 +%%s) before a machine goes: each is "
+                   "deferred, said, to a later rerun, and the next one that fits goes first")
+    p.add_argument("--seconds-per-update", type=float, default=3.5, metavar="S", help="with --deadline: the time "
+                   "one update of a run takes with the other workers beside it (about 3 s on 2 cores, 2026-12-07)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a setting for every job")
     p.add_argument("--table", action="store_true", help="only print the table of finished runs")
     p.add_argument("--compact", action="store_true", help="the columns of the docs' table only")

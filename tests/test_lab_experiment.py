@@ -1,5 +1,6 @@
 """The method lab's distillation plumbing: lab presets, lab prompts, the exact teacher as real score, the exact-metric
 evaluation, and a smoke of experiments/lab_experiment.py (every arm 2 updates on a tiny random lab teacher)."""
+import argparse
 import dataclasses
 import importlib
 import json
@@ -350,6 +351,55 @@ def test_the_runner_runs_claim_arms_first_in_parallel_skips_finished_and_counts_
     assert started == ["a", "b", "bad", "c"]                              # the finished one is not rerun
     assert sorted(evaluated) == ["a", "b", "c", "done"]                   # every finished run evaluated once
     assert sorted(looked) == ["a", "b", "bad", "c"]                       # each running one looked at while it ran
+
+
+def test_a_run_that_would_not_end_before_the_deadline_is_deferred_and_the_next_that_fits_runs(tmp_path, monkeypatch,
+                                                                                              capsys):
+    """--deadline: a machine that goes at the session's end loses a run's hours since its last checkpoint, so a run
+    is started only when the updates it has left (from its newest checkpoint), its evaluation and its milestones'
+    end before then; the others are deferred, in order, and the runner goes on to the next that fits."""
+    bench = _bench()
+    from comfyui_salt.training.runs import CheckpointManager
+    half = tmp_path / "lab" / "dmd" / "seed1"
+    CheckpointManager(str(half / "checkpoints")).save(600, {"student": {"w": torch.zeros(1)}}, {})
+    (half / "config.json").write_text(json.dumps({"student_init": "elsewhere.safetensors"}))
+    assert bench.job_seconds(str(half), {"gen_steps": 2000}, 3.0, [1000]) == 1400 * 3.0 + 2 * bench.EVAL_S
+    assert bench.job_seconds(str(half), {"gen_steps": 2000}, 3.0, [500]) == 1400 * 3.0 + bench.EVAL_S
+    assert bench.job_seconds(str(tmp_path / "new"), {"gen_steps": 300}, 2.0) == 600 + bench.EVAL_S
+    started = []
+
+    class FakeJob:   # finishes at once, writing summary.json
+        def __init__(self, cmd):
+            self.out = cmd[cmd.index("--out") + 1]
+            started.append(os.path.relpath(self.out, tmp_path / "lab"))
+            self.returncode = 0
+            os.makedirs(self.out, exist_ok=True)
+            open(os.path.join(self.out, "summary.json"), "w").close()
+
+        def poll(self):
+            return 0
+    monkeypatch.setattr(bench.subprocess, "Popen", FakeJob)
+    monkeypatch.setattr(bench.time, "sleep", lambda s: None)
+    monkeypatch.setattr(bench, "restore_kept", lambda args: None)
+    monkeypatch.setattr(bench, "finish_run", lambda args, d: None)
+    monkeypatch.setattr(bench, "evaluate_reference", lambda *a, **k: None)
+    monkeypatch.setattr(bench, "evaluate_run", lambda *a, **k: None)
+    for kind in ("causal", "bidirectional"):   # the ODE inits, finished
+        init = tmp_path / "lab" / bench.ODE_INITS[kind]
+        (init / "export").mkdir(parents=True)
+        (init / "export" / "student.safetensors").write_bytes(b"")
+        (init / "summary.json").write_text("{}")
+    args = argparse.Namespace(workers=1, keep="", extend_from=[], remeasure="", arms=["dmd", "salt"], seeds=2,
+                              first="dmd:1,salt:1", out=str(tmp_path / "lab"), teacher="t.safetensors", clips=4,
+                              ode_updates=0, updates=2000, in_process=False, milestone=[(1000, "x", "")],
+                              seconds_per_update=3.0, deadline=bench.time.time() + 1400 * 3.0 + 2 * bench.EVAL_S + 60)
+    assert bench.run_stages(args, {}) == 0
+    assert started == ["dmd/seed1"]          # 2,000 updates from the start fit no run; dmd seed 1's 1,400 left do
+    said = capsys.readouterr().out
+    for run in ("salt/seed1", "dmd/seed0", "salt/seed0"):
+        assert f"deferred: {tmp_path / 'lab' / run}" in said and "min left before --deadline" in said, said
+    args.deadline = 0                        # none: every run in turn
+    assert bench.run_stages(args, {}) == 0 and started == ["dmd/seed1", "salt/seed1", "dmd/seed0", "salt/seed0"]
 
 
 def test_claim_verdicts_follow_the_stated_rules():
