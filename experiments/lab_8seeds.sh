@@ -53,9 +53,9 @@ fi
 by_seed() { for s in 0 1 2 3 4 5 6 7; do for a in "$@"; do printf '%s:%s,' "$a" "$s"; done; done; }
 # LAB_DEADLINE (a Unix time, e.g. $(date -d 13:45 +%s): when this session's machine goes): no run is started that
 # would not end by then; it is deferred to the next session, and the runs that fit go first (lab_experiment.py
-# --deadline, at LAB_S_PER_UPDATE seconds per update, 3.5 unless set)
+# --deadline: at the pace measured on this machine, else LAB_S_PER_UPDATE seconds per update, 4.5 unless set)
 RUN="$PY experiments/lab_experiment.py --teacher runs/lab_teacher.safetensors --seeds 8 --workers ${WORKERS:-2}"
-RUN="$RUN${LAB_DEADLINE:+ --deadline $LAB_DEADLINE --seconds-per-update ${LAB_S_PER_UPDATE:-3.5}}"
+RUN="$RUN${LAB_DEADLINE:+ --deadline $LAB_DEADLINE --seconds-per-update ${LAB_S_PER_UPDATE:-4.5}}"
 B="$RUN --out runs/lab-exp8 --keep $KEPT/lab-exp8 --updates 300"
 # (one command: no core waits for the last run of a stage)
 $B --arms salt,salt-sym,salt-sym2,sc0,sc-dmd,sc2,sc20,sc2-sym,sc20-low \

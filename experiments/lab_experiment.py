@@ -51,6 +51,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -124,15 +125,38 @@ def _command(preset: str, run_dir: str, overrides: dict) -> list:
 EVAL_S = 300   # seconds a finished run's evaluation and measurements may take beside a running job (an estimate)
 
 
-def job_seconds(run_dir: str, overrides: dict, per_update: float, milestones=()) -> float:
+def measured_pace(run_dirs, last: int = 100, least: int = 20):
+    """Seconds per update of the first of `run_dirs` whose metrics log holds at least `least` of them (the median
+    of its last `last` `sec_per_step` records: the pace on this machine with what ran beside it), or None."""
+    for run_dir in run_dirs:
+        path = os.path.join(run_dir, "metrics.jsonl")
+        if not os.path.exists(path):
+            continue
+        paces = []
+        with open(path) as f:
+            for line in f:
+                try:
+                    value = json.loads(line).get("sec_per_step")
+                except (ValueError, AttributeError):
+                    continue
+                if isinstance(value, (int, float)) and value > 0:
+                    paces.append(float(value))
+        if len(paces) >= least:
+            return float(statistics.median(paces[-last:]))
+    return None
+
+
+def job_seconds(run_dir: str, overrides: dict, per_update: float, milestones=(), pace_from=()) -> float:
     """Seconds a distill job in `run_dir` still needs: the updates from its newest checkpoint (or a continued run's
-    copied one) to `overrides["gen_steps"]` at `per_update` seconds each, plus its evaluation and one more per
-    milestone (UPDATES, ...) still ahead of it."""
+    copied one) to `overrides["gen_steps"]`, plus its evaluation and one more per milestone (UPDATES, ...) still
+    ahead of it. An update takes the pace measured in the run's own metrics, else in the first of `pace_from` (runs
+    of the same arm on this machine) that has one (measured_pace), else `per_update` seconds."""
     from comfyui_salt.training.runs import CheckpointManager, has_checkpoint
     done = CheckpointManager(os.path.join(run_dir, "checkpoints")).latest()[0] if has_checkpoint(run_dir) else 0
     total = int(overrides.get("gen_steps", 0))
     ahead = sum(1 for at in milestones if done < at < total)
-    return max(0, total - done) * per_update + EVAL_S * (1 + ahead)
+    pace = measured_pace([run_dir, *pace_from]) or per_update
+    return max(0, total - done) * pace + EVAL_S * (1 + ahead)
 
 
 def run_jobs(jobs: list, workers: int = 1, in_process: bool = False, after=None, during=None, fits=None) -> int:
@@ -512,11 +536,15 @@ def run_stages(args, extra: dict) -> int:
     fits = None
     if args.deadline:
         def fits(run_dir, overrides):
-            need = job_seconds(run_dir, overrides, args.seconds_per_update, [at for at, _, _ in args.milestone])
+            arm_dir = os.path.dirname(run_dir)   # the arm's other runs here: their pace, this run's estimate
+            others = sorted(os.path.join(arm_dir, d) for d in (os.listdir(arm_dir) if os.path.isdir(arm_dir) else ())
+                            if d.startswith("seed"))
+            need = job_seconds(run_dir, overrides, args.seconds_per_update, [at for at, _, _ in args.milestone],
+                               pace_from=[d for d in others if d != run_dir])
             left = args.deadline - time.time()
             if need > left:
-                print(f"{run_dir}: needs about {need / 60:.0f} min at {args.seconds_per_update} s per update, "
-                      f"{max(0, left) / 60:.0f} min left before --deadline", flush=True)
+                print(f"{run_dir}: needs about {need / 60:.0f} min, {max(0, left) / 60:.0f} min left before "
+                      f"--deadline", flush=True)
             return need <= left
     return run_jobs(jobs, args.workers, args.in_process, after=lambda d: finish_run(args, d),
                     during=lambda d: evaluate_reached_milestones(args.milestone, args.out, d, args.clips), fits=fits)
@@ -556,8 +584,9 @@ def main(argv=None) -> int:
     p.add_argument("--deadline", type=float, default=0, metavar="UNIX_TIME", help="start no run that would not "
                    "end (with its evaluations) by then, e.g. $(date -d 13:45 +%%s) before a machine goes: each is "
                    "deferred, said, to a later rerun, and the next one that fits goes first")
-    p.add_argument("--seconds-per-update", type=float, default=3.5, metavar="S", help="with --deadline: the time "
-                   "one update of a run takes with the other workers beside it (about 3 s on 2 cores, 2026-12-07)")
+    p.add_argument("--seconds-per-update", type=float, default=4.5, metavar="S", help="with --deadline: the time "
+                   "one update takes with the other workers beside it, for a run without a measured pace (its own "
+                   "metrics', else its arm's other runs' here; 3.3-4.3 s for dmd and salt on 2 cores, 2026-12-07)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a setting for every job")
     p.add_argument("--table", action="store_true", help="only print the table of finished runs")
     p.add_argument("--compact", action="store_true", help="the columns of the docs' table only")
