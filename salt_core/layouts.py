@@ -240,7 +240,28 @@ def dequantize_scaled_fp8(sd: Mapping, dtype: torch.dtype = torch.float32) -> Ma
             raise LayoutError(f"dequantize_scaled_fp8: {key!r} is {scale.dtype} of shape {tuple(scale.shape)}, which "
                               f"does not scale {weight!r} of shape {tuple(w.shape)} (expected a floating scalar or a "
                               f"shape that broadcasts to the weight's); the file is damaged or of another format")
-        out[weight] = w.to(torch.float32, copy=True).mul_(scale.float()).to(dtype)   # one float32 copy, never `sd`'s
+        out[weight] = scaled_weight(w, scale, dtype)
+    return out
+
+
+DEQUANT_CHUNK = 1 << 18   # elements of a weight scaled in float32 at once beside its result (1 MiB)
+
+
+def scaled_weight(w: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """w·scale in `dtype`, a new tensor (never `w`'s storage), computed in float32 over rows of at most
+    DEQUANT_CHUNK elements (or one row): beside the result the host holds one such chunk, not a float32 copy of
+    the whole weight (the allocator keeps freed blocks of that size, so the copy's size could count twice).
+    w: any shape; scale: floating, broadcasting to w's shape (a scalar, per row, per column). The same numbers
+    as (w.float() * scale.float()).to(dtype): the products are taken element by element either way."""
+    scale = scale.float()
+    if dtype == torch.float32 or w.dim() == 0:   # the float32 copy is the result
+        return w.to(torch.float32, copy=True).mul_(scale).to(dtype)
+    out = torch.empty(w.shape, dtype=dtype)
+    rows = max(1, DEQUANT_CHUNK // max(1, w[0].numel()))
+    per_row = scale.dim() == w.dim() and scale.shape[0] == w.shape[0] and w.shape[0] > 1
+    for start in range(0, w.shape[0], rows):
+        part = slice(start, start + rows)
+        out[part] = w[part].to(torch.float32, copy=True).mul_(scale[part] if per_row else scale)
     return out
 
 

@@ -153,12 +153,14 @@ def test_the_header_counts_each_tensor_at_the_bytes_its_file_stores_for_every_dt
 
 def test_off_the_host_a_load_holds_only_what_it_dequantizes_there(tmp_path):
     """With a GPU offload device (ComfyUI's --gpu-only / --highvram) each tensor goes from the mapped file to the GPU;
-    scaled-fp8 weights are dequantized on the host first, in float32 one at a time, then the compute dtype."""
+    scaled-fp8 weights are dequantized on the host first, into the compute dtype through one float32 chunk of
+    rows (1 MiB here: a row of this model is 3 KiB to 12 KiB)."""
     from comfyui_salt.weights.files import load_host_bytes
     plain, scaled = big_file(tmp_path, "bfloat16"), big_file(tmp_path, "scaled-fp8")
     assert load_host_bytes(plain, torch.bfloat16, device="cuda:0") == 0
     weights = [t for k, t in load_file(str(scaled)).items() if k.endswith(".weight") and t.dtype == torch.float8_e4m3fn]
-    want = sum(2 * t.numel() for t in weights) + 4 * max(t.numel() for t in weights)
+    assert max(t.numel() for t in weights) > 2 * (1 << 18)                       # each larger than a chunk
+    want = sum(2 * t.numel() for t in weights) + (1 << 20)
     assert load_host_bytes(scaled, torch.bfloat16, keep_fp8=True, device="cuda:0") == want
 
 

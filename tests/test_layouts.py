@@ -278,6 +278,26 @@ def test_dequantize_scaled_fp8_multiplies_each_weight_by_its_scale_and_drops_the
         layouts.dequantize_scaled_fp8({"y.scale_weight": scale})
 
 
+@pytest.mark.parametrize("stored", [torch.float8_e4m3fn, torch.float8_e5m2, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("scale_shape", [(), (7, 1), (1, 5), (7, 5), (5,)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_a_scaled_weight_is_scaled_in_chunks_to_the_numbers_of_one_whole_float32_product(monkeypatch, stored,
+                                                                                        scale_shape, dtype):
+    """scaled_weight over row chunks (DEQUANT_CHUNK made small: 2 rows of 5, and part of a row: one row at a time)
+    against the product of the whole weight in float32, cast once: equal bit for bit; the stored weight untouched
+    and never the result's storage, whatever the scale's broadcast (scalar, per row, per column, elementwise)."""
+    gen = torch.Generator().manual_seed(3)
+    w = (torch.randn(7, 5, generator=gen) * 4).to(stored)
+    scale = torch.rand(scale_shape, generator=gen) + 0.5
+    want = (w.float() * scale.float()).to(dtype)
+    kept = w.clone()
+    for chunk in (10, 3, 1 << 18):
+        monkeypatch.setattr(layouts, "DEQUANT_CHUNK", chunk)
+        got = layouts.scaled_weight(w, scale, dtype)
+        assert got.dtype == dtype and torch.equal(got, want), (chunk, (got.float() - want.float()).abs().max())
+        assert torch.equal(w.float(), kept.float()) and got.data_ptr() != w.data_ptr()
+
+
 def test_comfys_newer_quantized_format_is_refused_naming_it():
     sd = {"blocks.0.ffn.0.weight": torch.zeros(2, 2, dtype=torch.float8_e4m3fn),
           "blocks.0.ffn.0.weight_scale": torch.tensor(1.0)}

@@ -212,8 +212,8 @@ def load_host_bytes(path, dtype=torch.float32, keep_fp8: bool = False, device="c
     """Host bytes load_model(path, dtype=, keep_fp8=, device=, use_ema=) holds at its peak: the weights as loaded.
     safetensors maps its file and each tensor is cast from the mapped pages (clean file pages, which the kernel drops
     under pressure: not counted), or kept as those pages where it is stored as loaded (the model's weights: counted);
-    of a release, the head it loads. Scaled-fp8 weights are dequantized on the host (float32 one at a time, then
-    `dtype`), whatever `device` and keep_fp8; on a GPU `device` the rest goes there, the host holding mapped pages
+    of a release, the head it loads. Scaled-fp8 weights are dequantized on the host (into `dtype`, through float32
+    a chunk of rows at a time: layouts.scaled_weight), whatever `device` and keep_fp8; on a GPU `device` the rest goes there, the host holding mapped pages
     only. A torch file: its size (torch.load reads it whole; a lower bound, what is cast is known once read)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -231,8 +231,10 @@ def load_host_bytes(path, dtype=torch.float32, keep_fp8: bool = False, device="c
             continue                                   # read, then dropped
         count = b // SAFETENSORS_ITEMSIZE.get(code, 1)
         if scaled and key.endswith(".weight") and key[:-len(".weight")] + layouts.SCALE_WEIGHT in entries:
-            total += count * item                      # weight·scale in float32, then `dtype`, on the host
-            transient = max(transient, 4 * count)
+            total += count * item                      # weight·scale in `dtype`, on the host (layouts.scaled_weight)
+            if dtype != torch.float32 and shape:       # beside it, one chunk of rows in float32
+                row = math.prod(shape[1:])
+                transient = max(transient, 4 * min(count, max(layouts.DEQUANT_CHUNK, row)))
             continue
         kept = code not in FLOAT_CODES or code == target or (keep_fp8 and code.startswith("F8") and len(shape) == 2
                                                              and key.endswith(".weight"))
