@@ -125,12 +125,13 @@ def _command(preset: str, run_dir: str, overrides: dict) -> list:
 EVAL_S = 300   # seconds a finished run's evaluation and measurements may take beside a running job (an estimate)
 
 
-def measured_pace(run_dirs, last: int = 100, least: int = 20):
-    """Seconds per update of the first of `run_dirs` whose metrics log holds at least `least` of them (the median
-    of its last `last` `sec_per_step` records: the pace on this machine with what ran beside it), or None."""
+def measured_pace(run_dirs, least: int = 20):
+    """Seconds per update of the first of `run_dirs` trained on this machine (not restored from the repository)
+    whose metrics log holds at least `least` of them: the lower quartile of its `sec_per_step` records, the pace
+    it keeps while nothing else takes the cores (tests or CI beside a run double it for a while); or None."""
     for run_dir in run_dirs:
         path = os.path.join(run_dir, "metrics.jsonl")
-        if not os.path.exists(path):
+        if lab_keep.is_restored(run_dir) or not os.path.exists(path):
             continue
         paces = []
         with open(path) as f:
@@ -142,7 +143,7 @@ def measured_pace(run_dirs, last: int = 100, least: int = 20):
                 if isinstance(value, (int, float)) and value > 0:
                     paces.append(float(value))
         if len(paces) >= least:
-            return float(statistics.median(paces[-last:]))
+            return statistics.quantiles(paces, n=4)[0]
     return None
 
 
@@ -150,7 +151,7 @@ def job_seconds(run_dir: str, overrides: dict, per_update: float, milestones=(),
     """Seconds a distill job in `run_dir` still needs: the updates from its newest checkpoint (or a continued run's
     copied one) to `overrides["gen_steps"]`, plus its evaluation and one more per milestone (UPDATES, ...) still
     ahead of it. An update takes the pace measured in the run's own metrics, else in the first of `pace_from` (runs
-    of the same arm on this machine) that has one (measured_pace), else `per_update` seconds."""
+    of the same arm) that has one (measured_pace), else `per_update` seconds."""
     from comfyui_salt.training.runs import CheckpointManager, has_checkpoint
     done = CheckpointManager(os.path.join(run_dir, "checkpoints")).latest()[0] if has_checkpoint(run_dir) else 0
     total = int(overrides.get("gen_steps", 0))

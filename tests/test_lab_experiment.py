@@ -366,14 +366,18 @@ def test_a_run_that_would_not_end_before_the_deadline_is_deferred_and_the_next_t
     assert bench.job_seconds(str(half), {"gen_steps": 2000}, 3.0, [1000]) == 1400 * 3.0 + 2 * bench.EVAL_S
     assert bench.job_seconds(str(half), {"gen_steps": 2000}, 3.0, [500]) == 1400 * 3.0 + bench.EVAL_S
     assert bench.job_seconds(str(tmp_path / "new"), {"gen_steps": 300}, 2.0) == 600 + bench.EVAL_S
-    # the pace measured in a run's metrics (the median of its last 100 updates) wins over the flag's
+    # the pace a run keeps on this machine (the lower quartile of its metrics' sec_per_step: the updates slowed by
+    # tests beside it count less) wins over the flag's; a run restored from the repository was not trained here
     paced = tmp_path / "paced"
     paced.mkdir()
-    rows = [{"gen_step": i, "sec_per_step": 9.0 if i < 50 else (4.0 if i % 2 else 5.0)} for i in range(150)]
+    rows = [{"gen_step": i, "sec_per_step": 8.0 if i % 3 else 3.0} for i in range(120)]   # 40 at 3 s, 80 at 8 s
     (paced / "metrics.jsonl").write_text("\n".join(map(json.dumps, rows)) + "\nnot json\n{\"eval\": 1}\n")
-    assert bench.measured_pace([str(tmp_path / "new"), str(paced)]) == 4.5
+    assert bench.measured_pace([str(tmp_path / "new"), str(paced)]) == 3.0
     assert bench.job_seconds(str(tmp_path / "new"), {"gen_steps": 300}, 2.0, pace_from=[str(paced)]) == (
-        300 * 4.5 + bench.EVAL_S)
+        300 * 3.0 + bench.EVAL_S)
+    (paced / bench.lab_keep.KEPT_MARK).write_text("{}")
+    assert bench.measured_pace([str(paced)]) is None                     # restored: another machine's pace
+    (paced / bench.lab_keep.KEPT_MARK).unlink()
     (paced / "metrics.jsonl").write_text("\n".join(map(json.dumps, rows[:19])))
     assert bench.measured_pace([str(paced)]) is None                     # too few to trust
     started = []
