@@ -96,14 +96,14 @@ class TrainingLoop:
     def resume(self, job, names, optional=(), readers: int = 1) -> bool:
         """Load the newest readable checkpoint's `names` (+ `optional` ones present) into `job`; False if none.
         readers: the processes of this host reading it at once (a node's ranks), for the host-memory check."""
-        refused, latest = None, None
-        if getattr(job, "sharded", False):   # every rank checks before any reads: none counts another's state.pt
+        refused, latest, sharded = None, None, getattr(job, "sharded", False)
+        if sharded:                       # every rank checks before any reads: none counts another's state.pt
             any_rank(False)
         try:
             latest = self.ckpt.load_latest(names, optional, readers)
         except MemoryError as e:          # check_resume_memory, before a byte is read
             refused = e
-        if getattr(job, "sharded", False) and any_rank(refused is not None):   # ranks whose free memory differs
+        if sharded and any_rank(refused is not None):   # ranks whose free memory differs
             raise refused or MemoryError(f"rank {self.rank}: another rank of this run cannot hold the checkpoint it "
                                          f"resumes from (its error is in its log); every rank stops")
         if refused is not None:

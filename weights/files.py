@@ -213,8 +213,9 @@ def load_host_bytes(path, dtype=torch.float32, keep_fp8: bool = False, device="c
     safetensors maps its file and each tensor is cast from the mapped pages (clean file pages, which the kernel drops
     under pressure: not counted), or kept as those pages where it is stored as loaded (the model's weights: counted);
     of a release, the head it loads. Scaled-fp8 weights are dequantized on the host (into `dtype`, through float32
-    a chunk of rows at a time: layouts.scaled_weight), whatever `device` and keep_fp8; on a GPU `device` the rest goes there, the host holding mapped pages
-    only. A torch file: its size (torch.load reads it whole; a lower bound, what is cast is known once read)."""
+    a chunk of rows at a time: layouts.scaled_weight), whatever `device` and keep_fp8; on a GPU `device` the rest
+    goes there, the host holding mapped pages only. A torch file: its size (torch.load reads it whole; a lower
+    bound, what is cast is known once read)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         return 0
