@@ -12,8 +12,8 @@ from ..salt_core.kv_cache import CachePolicy
 from ..salt_core.model import fit_context
 from ..salt_core.seeding import seeded_noise
 from ..salt_core.streaming import rollout_stream, stream_memory_bytes
-from ..salt_core.validate import (check_choice, check_context, check_count, check_finite_tensor, check_image,
-                                  check_latent, check_memory, check_number, check_sigmas, quote)
+from ..salt_core.validate import (available_memory, check_choice, check_context, check_count, check_finite_tensor,
+                                  check_image, check_latent, check_memory, check_number, check_sigmas, quote)
 from .bridge import io
 from .bridge.convert import encode_image, latent_from_comfy, latent_to_comfy, resize_image
 from .bridge.memory import free_memory
@@ -106,6 +106,12 @@ def latent_shape(salt: SaltModel, batch: int, frames: int, width: int, height: i
     return (batch, cfg.in_dim, frames, height // factor, width // factor)
 
 
+def resize_bytes(image: torch.Tensor, width: int, height: int) -> int:
+    """Host bytes the start image (B, H', W', C) takes at the video's size: the scaled copy, then the model-space
+    frames made from it (x·2, then x·2 − 1), each (B, C, height, width) at the image's dtype, at least float32."""
+    return 3 * image.shape[0] * image.shape[-1] * height * width * max(image.element_size(), 4)
+
+
 def first_frames(salt: SaltModel, width: int, height: int, batch: int, image=None, vae=None,
                  latent=None) -> torch.Tensor:
     """Model-space first frames (batch, C, n0, H, W) from an IMAGE (encoded with `vae`; toy pixels as they are)
@@ -115,11 +121,20 @@ def first_frames(salt: SaltModel, width: int, height: int, batch: int, image=Non
         return None
     if image is not None and latent is not None:
         raise ValueError(f"{where}: both start_image and start_latent are connected; connect one")
+    # sizes before any resize or VAE encode (a linked INT skips the widgets' ranges)
+    batch = check_count("batch_size", batch, where=where)
+    width = check_count("width", width, where=where)
+    height = check_count("height", height, where=where)
+    want = latent_shape(salt, batch, 1, width, height)
     if image is not None:
         check_image("start_image", image, where=where)
-        if image.shape[0] not in (1, batch):      # before any resize or VAE encode
+        if image.shape[0] not in (1, batch):
             raise ValueError(f"{where}: start_image holds {image.shape[0]} images for batch_size={batch}; expected 1 "
                              f"(every video starts from it) or {batch} (one each)")
+        check_memory(f"start_image resized to {image.shape[0]} × {width}×{height} px",
+                     resize_bytes(image, width, height), available_memory(torch.device("cpu")), where=where,
+                     limit_what="the host's free memory",
+                     fix="lower width/height, or give one start image for the whole batch")
     if latent is not None:
         x = latent.get("samples") if isinstance(latent, dict) else None
         if not isinstance(x, torch.Tensor) or x.ndim not in (4, 5):
@@ -141,7 +156,6 @@ def first_frames(salt: SaltModel, width: int, height: int, batch: int, image=Non
     else:
         raise ValueError(f"{where}: start_image is not supported for {salt.name} (latents of unknown format); "
                          f"connect its latent to start_latent")
-    want = latent_shape(salt, batch, 1, width, height)
     if x.ndim != 5 or x.shape[1] != want[1] or x.shape[3:] != want[3:] or x.shape[0] not in (1, batch):
         raise ValueError(f"{where}: the start frame's latent is {tuple(x.shape)}; expected (1 or {batch}, "
                          f"{want[1]}, frames, {want[3]}, {want[4]}) for a {width}×{height} video from {salt.name}: "

@@ -295,6 +295,32 @@ def test_a_huge_batch_is_refused_by_the_memory_check_before_the_text_context_is_
     assert expanded == []
 
 
+@pytest.mark.parametrize("batch, size", [(64, 65536), (1, 2 ** 20)])
+def test_a_start_image_is_not_resized_to_a_size_the_host_cannot_hold(salt_nodes, toy_salt, monkeypatch, batch, size):
+    import comfy.utils
+    resized = []
+    real = comfy.utils.common_upscale
+    monkeypatch.setattr(comfy.utils, "common_upscale", lambda *a, **k: resized.append(a[1:3]) or real(*a, **k))
+    image = torch.rand(batch, 16, 16, 3)        # e.g. EmptyImage 16×16, batch 64, through a linked INT
+    with pytest.raises(MemoryError, match=rf"SaltStreamingSampler: start_image resized to {batch} × {size}×{size} "
+                                          rf"px needs about .*GiB.*the host's free memory.*lower width/height"):
+        run(salt_nodes.SaltStreamingSampler, **stream_inputs(salt_nodes, toy_salt, width=size, height=size,
+                                                             batch_size=batch, start_image=image))
+    assert resized == []
+    small = run(salt_nodes.SaltStreamingSampler, **stream_inputs(salt_nodes, toy_salt, width=32, height=32,
+                                                                 batch_size=1, start_image=image[:1]))
+    assert resized == [(32, 32)] and small[0]["samples"].shape[-2:] == (32, 32)
+
+
+def test_a_start_image_of_a_size_the_model_cannot_take_is_refused_before_it_is_resized(salt_nodes, toy_salt,
+                                                                                      monkeypatch):
+    import comfy.utils
+    monkeypatch.setattr(comfy.utils, "common_upscale", lambda *a, **k: pytest.fail("resized before the check"))
+    with pytest.raises(ValueError, match="SaltStreamingSampler: width=17, height=16; .*needs multiples"):
+        run(salt_nodes.SaltStreamingSampler, **stream_inputs(salt_nodes, toy_salt, width=17, height=16,
+                                                             start_image=torch.rand(1, 16, 16, 3)))
+
+
 @pytest.mark.parametrize("kw, words", [
     (dict(chunk_frames=2.5), "chunk_frames=2.5"), (dict(max_frames=NAN), "max_frames=nan"),
     (dict(max_frames=10 ** 12), "max_frames=1000000000000"), (dict(window_frames=-3), "window_frames=-3"),
