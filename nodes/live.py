@@ -4,7 +4,9 @@ on the server, so queueing again continues the same video.
 
 The engine is salt_core.streaming.ChunkStream; decoding is the graph's VAE (`bridge.decoders.WanChunkDecoder`), a
 tiny decoder or the toy world's pixels; pushing and the routes go through `bridge.server` (ComfyUI's PromptServer).
-The routes only record intents (`LiveControl`), which the node applies at the next chunk boundary.
+The routes only record intents (`LiveControl`), which the node applies at the next chunk boundary; Stop and
+ComfyUI's Cancel are also looked at between a chunk's steps, the chunk then dropped and the stream left before it
+(a schedule may have any number of steps).
 """
 import collections
 import logging
@@ -37,7 +39,7 @@ LIVE_END_EVENT = "salt.live.end"                    # ... and the one saying a r
 STREAM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")     # \Z: "$" would take a final newline
 MAX_LIVE_CHUNKS = 100_000
 MAX_PROMPT_TEXT = 2000                              # characters a typed prompt may have
-PUSH_PIXELS = 256                                   # frames are pushed downscaled to about this width
+PUSH_PIXELS = 256                                   # frames are pushed with their longer side about this
 FPS = 16                                            # frames per second of a live stream (Wan 2.1's rate)
 MAX_KEEP_SECONDS = 3600.0
 # A stream paused this long ends its run as Stop would (the stream kept; queueing again continues it): a paused run
@@ -202,6 +204,10 @@ def frames_of(chunk: torch.Tensor, salt, decoder) -> torch.Tensor:
     return decoder.push(latent_to_comfy(chunk[:1].float(), salt.latent_format)).cpu()
 
 
+class StoppedMidChunk(Exception):
+    """Stop arrived between two steps of a chunk: the chunk is dropped and the stream left before it."""
+
+
 def live_run(salt, positive, options, sigmas, seed, width, height, max_chunks, stream_id, continue_stream,
              vae=None, clip=None, node_id=None, switch_noise=0.0, keep_last_seconds=0.0, live_decoder="vae") -> tuple:
     """Run the stream (see the module docstring); returns (IMAGE frames of this run, model-space latents): the
@@ -292,6 +298,15 @@ def live_run(salt, positive, options, sigmas, seed, width, height, max_chunks, s
                 kept.add_frames(images)
             pusher = FramePusher(decode_and_push, ref.device)
             ended = "error"    # why the run ended, in the status (an exception out of the loop: Cancel, or an error)
+
+            def between_steps(*_):                   # a chunk of many steps still answers Cancel and Stop
+                nonlocal ended
+                ended = "cancel"
+                check_interrupted()
+                ended = "error"
+                with control.lock:
+                    if control.stopped:
+                        raise StoppedMidChunk
             try:                                             # Cancel, Stop or the budget: the state is kept
                 for _ in range(max_chunks):
                     paused_since, timed_out = None, False
@@ -323,8 +338,18 @@ def live_run(salt, positive, options, sigmas, seed, width, height, max_chunks, s
                     if stop:
                         ended = "paused too long" if timed_out else "stop"
                         break
+                    # the generators as the chunk finds them: a chunk left midway leaves the stream as it was
+                    drawn = (session.noise_gen.get_state(), stream.generator.get_state())
                     noise = torch.randn(shape, generator=session.noise_gen).to(ref.device, ref.dtype)
-                    chunk = stream.sample(noise, sig, stochastic=True)
+                    try:
+                        chunk = stream.sample(noise, sig, stochastic=True, callback=between_steps)
+                    except BaseException as e:           # Cancel or Stop between steps (any number of sigmas)
+                        session.noise_gen.set_state(drawn[0])
+                        stream.generator.set_state(drawn[1])
+                        if not isinstance(e, StoppedMidChunk):
+                            raise
+                        ended = "stop"
+                        break
                     kept.add_latents(chunk.float().cpu())
                     pusher.put(chunk)
                 else:

@@ -653,10 +653,11 @@ def test_a_live_stream_shows_frames_while_it_runs_obeys_its_routes_and_continues
     def live_prompt(**kw):
         return live_stream_prompt("ci_live", **kw)
 
-    def control(action, body=None, raw=None, method=None):
+    def control(action, body=None, raw=None, method=None, content_type="application/json"):
         data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
         req = urllib.request.Request(f"{server.url}/salt/live/ci_live/{action}", data=data,
-                                     method=method or ("GET" if action == "status" else "POST"))
+                                     method=method or ("GET" if action == "status" else "POST"),
+                                     headers={"Content-Type": content_type} if content_type else {})
         try:
             with urllib.request.urlopen(req, timeout=30) as r:
                 return r.status, json.loads(r.read() or b"{}")
@@ -699,7 +700,9 @@ def test_a_live_stream_shows_frames_while_it_runs_obeys_its_routes_and_continues
                                    control("prompt", raw=b"[" * 30_000 + b"]" * 30_000)[0],     # deeper than JSON
                                    control("prompt", raw=b" " * (65 << 10) + b"{}")[0],        # over 64 KiB
                                    control("prompt", {"text": "a purple elephant"})[0],         # not toy words
-                                   control("stop", method="HEAD")[0]]                          # HEAD changes nothing
+                                   control("stop", method="HEAD")[0],                          # HEAD changes nothing
+                                   control("stop", raw=b"{}", content_type="text/plain")[0],    # a cross-site form
+                                   control("pause", content_type=None)[0]]                      # or an empty POST
                 assert control("prompt", {"text": "a blue square moving up"})[0] == 200
                 assert control("resume")[0] == 200
                 await until(len(chunks) + 3)
@@ -711,7 +714,7 @@ def test_a_live_stream_shows_frames_while_it_runs_obeys_its_routes_and_continues
     chunks, timeline = asyncio.run(scenario())
     assert timeline["running"], "the frames came only after the prompt finished"
     assert timeline["paused_extra"] <= 3, timeline                                # ≤ the pushes in flight
-    assert timeline["bad"] == [400, 400, 404, 405, 400, 413, 400, 405], timeline
+    assert timeline["bad"] == [400, 400, 404, 405, 400, 413, 400, 405, 415, 415], timeline
     assert timeline["status"] == "success" and timeline["after_stop"]["prompt"] == "a blue square moving up"
     assert chunks == list(range(1, len(chunks) + 1))
     status, response = server.queue(live_prompt(max_chunks=2))      # queued again: the same stream continues

@@ -40,7 +40,8 @@ def test_queueing_again_continues_the_video_exactly_where_it_stopped(salt_nodes,
 def test_stop_and_a_typed_prompt_are_applied_at_chunk_boundaries(salt_nodes, toy_salt, monkeypatch):
     """Intents sent while chunk k is shown take effect at a later chunk boundary: the video equals the plain stream
     up to that boundary and differs after it (decoding runs on a worker thread, so the node may be up to the
-    queue's depth ahead of what is shown: at most 4 chunks here)."""
+    queue's depth ahead of what is shown: at most 4 chunks here). Stop may also land between a chunk's steps,
+    which drops that chunk: the run may end with chunk k itself."""
     from comfyui_salt.nodes import live
     seen, asked, ends = [], {}, []
 
@@ -58,7 +59,7 @@ def test_stop_and_a_typed_prompt_are_applied_at_chunk_boundaries(salt_nodes, toy
     monkeypatch.setattr(live, "push_event", push)
     out = run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, max_chunks=50))
     chunks = out[0].shape[0] // 3
-    assert seen == list(range(1, chunks + 1)) and 8 < chunks <= 8 + 4
+    assert seen == list(range(1, chunks + 1)) and 8 <= chunks <= 8 + 4
     plain = run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, stream_id="p", max_chunks=chunks))
     differ = [c for c in range(chunks) if not torch.equal(out[0][3 * c:3 * c + 3], plain[0][3 * c:3 * c + 3])]
     assert differ and 2 <= differ[0] <= 2 + 4 and differ == list(range(differ[0], chunks)), differ
@@ -204,28 +205,60 @@ def test_a_stream_paused_past_the_limit_ends_its_run_and_queueing_again_continue
     assert resumed[0].shape[0] == 18 and live.control_request("r", "status", None)[1]["ended"] == "max_chunks"
 
 
-def test_cancel_keeps_the_stream_and_queueing_again_continues_it(salt_nodes, toy_salt, monkeypatch):
-    """ComfyUI's Cancel between chunks (its interrupt exception from check_interrupted): the next queue run
-    continues the video where it stopped, equal to a stream that never stopped."""
+@pytest.mark.parametrize("cancel_at", [4, 5, 9, 11])
+def test_cancel_keeps_the_stream_and_queueing_again_continues_it(salt_nodes, toy_salt, monkeypatch, cancel_at):
+    """ComfyUI's Cancel (its interrupt exception from check_interrupted), looked at before each chunk and between its
+    two steps (3 looks a chunk: calls 4 and 10 are boundaries, 5, 9 and 11 inside a chunk): the next queue run
+    continues the video from the last whole chunk, equal to a stream that never stopped."""
     from comfyui_salt.nodes import live
     calls = {"n": 0}
 
     class Interrupted(Exception):
         pass
 
-    def cancel_at_fourth_boundary():
+    def cancel_at_call():
         calls["n"] += 1
-        if calls["n"] == 4:
+        if calls["n"] == cancel_at:
             raise Interrupted
-    monkeypatch.setattr(live, "check_interrupted", cancel_at_fourth_boundary)
+    monkeypatch.setattr(live, "check_interrupted", cancel_at_call)
     with pytest.raises(Interrupted):
         run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, stream_id="c", max_chunks=50))
-    assert live.control_request("c", "status", None)[1]["ended"] == "cancel"
+    done = live.SESSIONS["c"].chunks
+    assert done == (cancel_at - 1) // 3 and live.control_request("c", "status", None)[1]["ended"] == "cancel"
     monkeypatch.setattr(live, "check_interrupted", lambda: None)
     after = run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, stream_id="c", max_chunks=2))
-    whole = run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, stream_id="w", max_chunks=5))
-    assert live.SESSIONS["c"].chunks == 5 and torch.equal(after[0], whole[0][9:])
+    whole = run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, stream_id="w", max_chunks=done + 2))
+    assert live.SESSIONS["c"].chunks == done + 2 and torch.equal(after[0], whole[0][3 * done:])
     assert live.control_request("c", "status", None)[1]["ended"] == "max_chunks"
+
+
+def test_stop_between_the_steps_of_a_long_schedule_ends_the_run_within_a_step(salt_nodes, toy_salt, monkeypatch):
+    """A schedule of any length (ComfyUI's schedulers give up to 10,000 steps): Stop sent while a chunk is halfway
+    ends the run at the next step, not after the chunk; the chunk is dropped and the stream continues from before
+    it, equal to a stream that never stopped."""
+    from comfyui_salt.nodes import live
+    steps = {"n": 0}
+    sigmas = torch.linspace(1, 0, 41)                        # 40 steps a chunk
+    real_sample = live.ChunkStream.sample
+
+    def sample(self, noise, sigmas, stochastic=True, callback=None):
+        def counted(*a):
+            steps["n"] += 1
+            if steps["n"] == 50:                             # a quarter into the second chunk
+                assert live.control_request("s", "stop", None)[0] == 200
+            callback(*a)
+        return real_sample(self, noise, sigmas, stochastic, counted)
+    monkeypatch.setattr(live.ChunkStream, "sample", sample)
+    out = run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, stream_id="s", max_chunks=5,
+                                                        sigmas=sigmas))
+    assert steps["n"] == 50 and out[0].shape[0] == 3 and live.SESSIONS["s"].chunks == 1
+    assert live.control_request("s", "status", None)[1]["ended"] == "stop"
+    monkeypatch.setattr(live.ChunkStream, "sample", real_sample)
+    after = run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, stream_id="s", max_chunks=1,
+                                                          sigmas=sigmas))
+    whole = run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, stream_id="w", max_chunks=2,
+                                                          sigmas=sigmas))
+    assert torch.equal(torch.cat([out[0], after[0]]), whole[0])
 
 
 def test_a_run_that_fails_says_so_in_the_status(salt_nodes, toy_salt, monkeypatch):
@@ -382,13 +415,18 @@ def test_the_live_node_runs_again_whenever_it_is_queued(salt_nodes):
 
 
 class _Request:
-    """What the route reads of an aiohttp request: method, match_info, can_read_body, content_length, content."""
+    """What the route reads of an aiohttp request: method, match_info, content_type, content_length, content (its
+    reads return at most 1000 bytes each, as a body arriving in pieces does)."""
 
-    def __init__(self, method, action, raw=b"", length=None):
+    def __init__(self, method, action, raw=b"", length=None, content_type="application/json"):
         class Content:
+            at = 0
+
             async def read(self, n):
-                return raw[:n]
-        self.method, self.match_info, self.can_read_body = method, {"stream": "t", "action": action}, bool(raw)
+                piece = raw[self.at:self.at + min(n, 1000)]
+                self.at += len(piece)
+                return piece
+        self.method, self.match_info, self.content_type = method, {"stream": "t", "action": action}, content_type
         self.content_length, self.content = len(raw) if length is None else length, Content()
 
 
@@ -398,7 +436,8 @@ class _Request:
     ("POST", "prompt", b'{"text": "' + b"a" * (70 << 10) + b'"}', None, 413),      # over 64 KiB: not read
     ("POST", "prompt", b'{"text": "' + b"a" * (70 << 10) + b'"}', 0, 413),         # a length that lies
     ("POST", "prompt", b"\xff\xfe{}", None, 400), ("POST", "prompt", b"not json", None, 400),
-    ("POST", "prompt", b'{"text": "a blue square moving up"}', None, 200)])
+    ("POST", "prompt", b'{"text": "a blue square moving up"}', None, 200),
+    ("POST", "prompt", b'{"text": "' + b"a" * (60 << 10) + b'"}', None, 200)])     # in 62 pieces, under 64 KiB
 def test_only_post_changes_a_stream_and_a_body_is_read_only_up_to_its_limit(salt_nodes, method, action, raw, length,
                                                                             status):
     """A HEAD request reached the handler (aiohttp adds HEAD to every GET route) and could stop or pause a stream; a
@@ -411,12 +450,92 @@ def test_only_post_changes_a_stream_and_a_body_is_read_only_up_to_its_limit(salt
     reply = asyncio.run(route(_Request(method, action, raw, length)))
     assert reply.status == status, json.loads(reply.body)
     assert bool(seen) == (status == 200)
+    if status == 200 and raw:
+        assert seen == [(action, json.loads(raw))]
 
 
-def test_a_pushed_frame_is_about_256_pixels_wide_whatever_its_size(salt_nodes):
+def test_the_routes_over_http_take_only_json_read_whole_however_it_arrives(salt_nodes):
+    """Through aiohttp's own server: a body sent in two TCP writes, a pause apart, is read whole (one read took what
+    had arrived: valid JSON got 400); a form or text POST, which a page on any site may send without asking first
+    (no CORS preflight), is refused with 415 and changes nothing; a chunked body over 64 KiB gets 413."""
+    import asyncio
+    from aiohttp import web
+    from comfyui_salt.nodes.bridge.server import make_route
+    seen = []
+    route = make_route(lambda stream, act, body: seen.append((act, body)) or (200, {"ok": True}))
+
+    async def exchange(port, request: bytes, pause_after: int = None) -> int:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        cut = len(request) if pause_after is None else pause_after
+        writer.write(request[:cut])
+        await writer.drain()
+        await asyncio.sleep(0.3)
+        writer.write(request[cut:])
+        await writer.drain()
+        status = int((await reader.readline()).split()[1])
+        writer.close()
+        return status
+
+    def post(action, body: bytes, content_type="application/json", chunked=False) -> bytes:
+        head = f"POST /salt/live/t/{action} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+        head += f"Content-Type: {content_type}\r\n" if content_type else ""
+        if chunked:
+            pieces = [body[i:i + 4096] for i in range(0, len(body), 4096)]
+            payload = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
+            return (head + "Transfer-Encoding: chunked\r\n\r\n").encode() + payload
+        return (head + f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+    async def main():
+        app = web.Application()
+        app.router.add_post("/salt/live/{stream}/{action}", route)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        body = b'{"text": "a blue square moving up"}'
+        try:
+            split = post("prompt", body)
+            return [await exchange(port, split, pause_after=len(split) - 10),
+                    await exchange(port, post("prompt", body, "text/plain")),
+                    await exchange(port, post("stop", b"", None)),
+                    await exchange(port, post("prompt", body, "application/x-www-form-urlencoded")),
+                    await exchange(port, post("prompt", b'{"text": "' + b"a" * (70 << 10) + b'"}', chunked=True)),
+                    await exchange(port, post("stop", b"{}", "application/json; charset=utf-8"))]
+        finally:
+            await runner.cleanup()
+    assert asyncio.run(main()) == [200, 415, 415, 415, 413, 200]
+    assert seen == [("prompt", {"text": "a blue square moving up"}), ("stop", {})]
+
+
+def test_a_pushed_frames_longer_side_is_about_256_pixels_whatever_its_size(salt_nodes):
     from comfyui_salt.nodes.bridge.server import shown_size
     assert shown_size(832, 480, 256) == (256, 148) and shown_size(16, 16, 256) == (256, 256)
     assert shown_size(100, 60, 256) == (200, 120) and shown_size(256, 144, 256) == (256, 144)
+    assert shown_size(480, 832, 256) == (148, 256) and shown_size(60, 100, 256) == (120, 200)
+    assert shown_size(4, 8192, 256) == (1, 256) and shown_size(16, 4096, 256) == (1, 256)
+    assert shown_size(4, 64, 256) == (16, 256) and shown_size(8192, 4, 256) == (256, 1)
+
+
+@pytest.mark.parametrize("height, width", [(4096, 16), (16, 4096), (8192, 4), (4, 4)])
+def test_a_tall_or_wide_frame_is_pushed_as_a_small_jpeg(salt_nodes, monkeypatch, height, width):
+    """The frames a toy stream of any allowed size pushes are encoded (JPEG takes at most 65,500 px a side) at no
+    more than 256 px a side: a 16 × 4096 stream ended in an error, enlarged to 256 × 65,536."""
+    import base64
+    import io
+    import types
+    from PIL import Image
+    from comfyui_salt.nodes.bridge import server as bridge
+    sent = []
+    fake = types.SimpleNamespace(client_id=None, send_sync=lambda event, data, sid: sent.append(data))
+    monkeypatch.setitem(sys.modules, "server", types.SimpleNamespace(PromptServer=types.SimpleNamespace(
+        instance=fake)))
+    bridge.push_event("salt.live", {"chunk": 1, "frames": torch.rand(2, height, width, 3)}, 256)
+    (data,) = sent
+    assert (data["width"], data["height"]) == (width, height) and len(data["frames"]) == 2
+    for url in data["frames"]:
+        image = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+        assert max(image.size) == 256 and min(image.size) >= 1, image.size
 
 
 @pytest.mark.parametrize("waiting, sent_frames", [(0, True), (4, True), (5, False), (None, True)])

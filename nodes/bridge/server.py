@@ -8,14 +8,18 @@ import sys
 from PIL import Image
 
 MAX_BODY = 64 << 10     # bytes a route's JSON body may have (a typed prompt is at most a few KB)
+JSON_TYPE = "application/json"    # the only body a route takes (a cross-site page must ask first to send it)
 
 
 def shown_size(width: int, height: int, pixels: int) -> tuple:
-    """The (width, height) a frame is pushed at: about `pixels` wide, the aspect kept (wider frames shrunk, smaller
-    ones enlarged by a whole factor, so a toy's 16 px frames stay sharp)."""
-    if width > pixels:
-        return pixels, max(1, round(height * pixels / width))
-    scale = max(1, pixels // max(1, width))
+    """The (width, height) a frame is pushed at: its longer side about `pixels`, the aspect kept (larger frames
+    shrunk, smaller ones enlarged by a whole factor, so a toy's 16 px frames stay sharp). Both sides end at most
+    `pixels`: a tall, narrow frame enlarged by its width alone (4 × 8192 → 256 × 524,288) took hundreds of MiB and
+    was past JPEG's 65,500 px."""
+    longer = max(1, width, height)
+    if longer > pixels:
+        return max(1, round(width * pixels / longer)), max(1, round(height * pixels / longer))
+    scale = max(1, pixels // longer)
     return width * scale, height * scale
 
 
@@ -79,8 +83,11 @@ def add_routes(prefix: str, handler, read_only=("status",)) -> bool:
 
 def make_route(handler, read_only=("status",)):
     """The aiohttp handler `add_routes` registers: only POST changes anything (GET, and any other method, answers
-    the `read_only` actions alone: 405 otherwise); a body is read only up to MAX_BODY bytes (413 past it) and must be
-    UTF-8 JSON (400 otherwise, whatever charset the request names)."""
+    the `read_only` actions alone: 405 otherwise). A POST must say `Content-Type: application/json` (415
+    otherwise): a web page on another site can send a form or text POST without asking the server first (no CORS
+    preflight), and ComfyUI checks such a request's origin only when it is reached by a loopback address. Its body
+    is read to its end but no further than MAX_BODY bytes (413 past it; it may arrive in several pieces) and must
+    be UTF-8 JSON (400 otherwise, whatever charset the request names)."""
     from aiohttp import web
 
     async def route(request):
@@ -88,10 +95,18 @@ def make_route(handler, read_only=("status",)):
         if request.method != "POST" and request.match_info["action"] not in read_only:
             return web.json_response({"error": f"use POST for this action (GET only reads: {list(read_only)})"},
                                      status=405, headers={"Allow": "POST"})
-        if request.method == "POST" and request.can_read_body:
+        if request.method == "POST":
+            if request.content_type != JSON_TYPE:      # the media type alone, lower case (aiohttp)
+                return web.json_response({"error": f"send the body as JSON with Content-Type: {JSON_TYPE} (e.g. "
+                                                   f"{{}} for stop, pause and resume)"}, status=415)
             if (request.content_length or 0) > MAX_BODY:
                 return web.json_response({"error": f"the body is over {MAX_BODY} bytes"}, status=413)
-            raw = await request.content.read(MAX_BODY + 1)
+            raw = bytearray()
+            while len(raw) <= MAX_BODY:          # one read returns what has arrived so far: read to the end
+                piece = await request.content.read(MAX_BODY + 1 - len(raw))
+                if not piece:
+                    break
+                raw += piece
             if len(raw) > MAX_BODY:
                 return web.json_response({"error": f"the body is over {MAX_BODY} bytes"}, status=413)
             try:
