@@ -167,18 +167,24 @@ def distill(cfg: DistillConfig | OdeInitConfig, name: str, clip=None) -> tuple:
     progress = Progress(cfg.gen_steps, "pixels" if cfg.world else "wan21")
     step = [0]
 
+    def cancel():                        # before every trainer iteration and after every step
+        if interrupt_requested():
+            raise TrainingCancelled(f"cancelled at generator step {step[0]}")
+
     def callback(d):
         if "preview" in d:
             progress.update(step[0], d["preview"])
         else:
             step[0] = d["gen_step"]
             progress.update(step[0])
-        if interrupt_requested():
-            raise TrainingCancelled(f"cancelled at generator step {step[0]}")
+        cancel()
     try:
         with training_mode():
-            run_job = run_ode_init if isinstance(cfg, OdeInitConfig) else run_distillation
-            model = run_job(cfg, folder, callback=callback, device=torch_device(), world=distill_world())
+            if isinstance(cfg, OdeInitConfig):     # one optimizer step a loop step: the callback answers Cancel
+                model = run_ode_init(cfg, folder, callback=callback, device=torch_device(), world=distill_world())
+            else:
+                model = run_distillation(cfg, folder, callback=callback, device=torch_device(), world=distill_world(),
+                                         interrupt=cancel)
     except TrainingCancelled:
         log.info("SaltDistill: cancelled; %s holds a resumable checkpoint (queue the same name again)", folder)
         raise_interrupted()

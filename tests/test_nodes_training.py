@@ -238,12 +238,56 @@ def test_cancel_saves_a_checkpoint_and_queuing_the_same_name_resumes(salt_nodes,
         assert not mm.processing_interrupted(), "the Cancel flag was left set"
     finally:
         mm.interrupt_current_processing(False)
-    assert [p.name for p in (folder / "checkpoints").iterdir()] == ["step_00000001"]
+    assert [p.name for p in (folder / "checkpoints").iterdir()] == ["step_00000000"]   # before the first iteration
     assert not (folder / "export").exists()
     run(salt_nodes.SaltDistill, **distill_inputs(gen_steps=2))
     steps = [json.loads(line)["gen_step"] for line in (folder / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2], "the second run did not resume from the saved checkpoint"
     assert (folder / "export" / "student.safetensors").exists()
+
+
+def test_cancel_between_generator_updates_stops_at_the_next_critic_iteration_and_resumes_exactly(salt_nodes,
+                                                                                                 comfy_dirs,
+                                                                                                 monkeypatch):
+    """critic_ratio 3: generator updates at iterations 0 and 3. Cancel pressed during iteration 4 (the critic's
+    alone) stops before iteration 5, not after the next generator update (Cancel was looked at only there: up to
+    critic_ratio × grad_accum micro-batches later); the checkpoint holds iteration 5, and queueing again gives
+    the student of a run never cancelled, bit for bit."""
+    import comfy.model_management as mm
+    from safetensors.torch import load_file
+    from comfyui_salt.training import distill
+    real, pressed = distill.Distiller.iteration, []
+
+    def iteration(self, it):
+        stats = real(self, it)
+        if it == 4 and not pressed:                  # once: the first run only
+            pressed.append(it)
+            mm.interrupt_current_processing(True)
+        return stats
+    monkeypatch.setattr(distill.Distiller, "iteration", iteration)
+    overrides = "critic_ratio=3; eval_every=0; checkpoint_every=1; threads=1"
+    folder = comfy_dirs[1] / "salt_runs" / "ci_run"
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            run(salt_nodes.SaltDistill, **distill_inputs(gen_steps=3, overrides=overrides))
+    finally:
+        mm.interrupt_current_processing(False)
+    state = torch.load(folder / "checkpoints" / "step_00000002" / "state.pt", weights_only=True)
+    assert (state["gen_step"], state["iteration"]) == (2, 5)
+    assert "step_00000003" not in {p.name for p in (folder / "checkpoints").iterdir()}
+    run(salt_nodes.SaltDistill, **distill_inputs(gen_steps=3, overrides=overrides))
+    run(salt_nodes.SaltDistill, **distill_inputs(gen_steps=3, overrides=overrides, name="uncancelled"))
+    resumed, whole = (load_file(comfy_dirs[1] / "salt_runs" / n / "export" / "student.safetensors")
+                      for n in ("ci_run", "uncancelled"))
+    assert resumed.keys() == whole.keys() and all(torch.equal(resumed[k], whole[k]) for k in whole)
+
+
+def test_a_threads_override_holds_for_its_run_only(salt_nodes, comfy_dirs):
+    """The job sets torch's thread count (fixed for a bit-identical resume); inside ComfyUI's process it was left
+    set for every later prompt of every user."""
+    torch.set_num_threads(2)
+    run(salt_nodes.SaltDistill, **distill_inputs(overrides="critic_ratio=1; eval_every=0; threads=3"))
+    assert torch.get_num_threads() == 2
 
 
 def test_a_run_name_holding_other_settings_is_refused_with_the_difference(salt_nodes, comfy_dirs):

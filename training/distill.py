@@ -37,7 +37,7 @@ from .distill_models import DistillWorld, build_models, build_prompts, check_wor
 from .distributed import (any_rank, device_mesh, end_process_group, full_optimizer_state, full_state_dict, in_turns,
                           is_sharded, load_full_optimizer_state, load_full_state_dict, peers_lost_message,
                           process_info, shard_model)
-from .loop import TrainingLoop, check_loss_terms, stop_step
+from .loop import TrainingLoop, check_loss_terms, stop_step, torch_threads
 from .optim import EMA, step_generators, step_seed
 from .runs import OVERRIDE_HINT, open_run
 from .validate import check_distill_memory, check_model_sources, check_whole_chunks, inactive_terms, shard_count
@@ -412,7 +412,7 @@ class Distiller:
 
 def run_distillation(cfg: DistillConfig, out_dir: str, *, max_gen_steps: int = None, callback=None,
                      quiet: bool = False, device=None, allow_changed_settings: bool = False,
-                     world: DistillWorld = None):
+                     world: DistillWorld = None, interrupt=None):
     """Run (or resume) a distillation job in `out_dir`; returns the student for inference (EMA if any).
 
     `device` overrides the process's own pick (the local rank's GPU when CUDA is present, else the CPU;
@@ -421,7 +421,8 @@ def run_distillation(cfg: DistillConfig, out_dir: str, *, max_gen_steps: int = N
 
     callback(dict) receives progress after every generator step (gen_step, total, stats) and the
     preview samples at evaluation time; it may raise (e.g. KeyboardInterrupt) to stop — the job
-    then saves a resumable checkpoint first.
+    then saves a resumable checkpoint first. interrupt() is called before every trainer iteration (the critic's
+    too: critic_ratio of them a generator step) and may raise KeyboardInterrupt the same way (a UI's Cancel).
 
     `world` lends a toy-world run its teacher ("toy"), prompts and evaluation (`toy.jobs.distill_world()`);
     real-scale runs need none.
@@ -439,8 +440,9 @@ def run_distillation(cfg: DistillConfig, out_dir: str, *, max_gen_steps: int = N
     check_world(cfg, world, "run_distillation")
     check_model_sources(cfg, type(cfg).__name__)
     rank = process_info().rank
-    with open_run(cfg, out_dir, allow_changes=allow_changed_settings, rank=rank) as run:
-        model = _run_distillation(cfg, run, max_gen_steps, callback, quiet, device, world, allow_changed_settings)
+    with open_run(cfg, out_dir, allow_changes=allow_changed_settings, rank=rank) as run, torch_threads(cfg.threads):
+        model = _run_distillation(cfg, run, max_gen_steps, callback, quiet, device, world, allow_changed_settings,
+                                  interrupt)
     end_process_group()   # a finished job on every rank: the group this process started ends with it
     return model
 
@@ -494,11 +496,9 @@ def _models_on_rank(cfg, world, info, device, mesh):
     return teacher, student, critic, features, score_kind
 
 
-def _run_distillation(cfg, run, max_gen_steps, callback, quiet, device, world, allow_changes=False):
+def _run_distillation(cfg, run, max_gen_steps, callback, quiet, device, world, allow_changes=False, interrupt=None):
     """`run_distillation` inside the run folder: the job, run by training.loop."""
     out_dir = run.path
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     info = process_info()
     rank, world_size = info.rank, info.world_size
     if device is not None and info.distributed:
@@ -544,7 +544,7 @@ def _run_distillation(cfg, run, max_gen_steps, callback, quiet, device, world, a
         loop.run(job, stop_step(cfg.gen_steps, max_gen_steps), checkpoint_every=cfg.checkpoint_every,
                  keep_every=cfg.checkpoint_keep_every,
                  log_every=cfg.log_every, callback=callback, evaluate=evaluate, eval_every=cfg.eval_every,
-                 postfix={"dmd": "dmd_loss", "critic": "critic_loss"},
+                 postfix={"dmd": "dmd_loss", "critic": "critic_loss"}, interrupt=interrupt,
                  nonfinite_hint="lower the learning rates or check the teacher")
     summary = job.summary()
     if rank == 0:

@@ -16,6 +16,7 @@ resume) and the non-finite stop (the last good state saved when the step left on
 checkpoints; every rank logs to its own file. `RegressionJob` is the one-network job of the teacher and
 the ODE init. Knows nothing of the losses, the worlds or ComfyUI.
 """
+import contextlib
 import logging
 import math
 import os
@@ -51,6 +52,20 @@ def install_stop_handlers() -> None:
     """
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _request_stop)
+
+
+@contextlib.contextmanager
+def torch_threads(count: int):
+    """Torch's intra-op thread count at `count` while a job runs (0: left as it is), restored after it: a job run
+    inside a server (the ComfyUI node, whose overrides may set `threads`) must not change the prompts after it."""
+    before = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        if count:
+            torch.set_num_threads(before)
 
 
 def check_stop() -> None:
@@ -186,7 +201,7 @@ class TrainingLoop:
 
     def run(self, job, stop: int, *, checkpoint_every: int, log_every: int, max_seconds: float = None,
             callback=None, evaluate=None, eval_every: int = 0, postfix: dict = None, nonfinite_hint: str = "",
-            keep_every: int = 0) -> None:
+            keep_every: int = 0, interrupt=None) -> None:
         """Advance `job` until `job.step` reaches `stop` (or `max_seconds` of wall time have passed).
 
         After each step that moved the counter, in this order: the log record (every `log_every` steps),
@@ -196,7 +211,10 @@ class TrainingLoop:
         disables).
         postfix: {bar label: stats key} shown on the progress bar. nonfinite_hint: the fix added to a
         non-finite stop's message. keep_every > 0: the checkpoints at its multiples are kept (milestones), besides
-        the newest two.
+        the newest two. interrupt(): called before every unit of work, also those that do not move the counter (a
+        distillation's critic-only iterations: up to critic_ratio − 1 between generator updates); it may raise
+        KeyboardInterrupt to stop there, the state saved first (a single-process job's Cancel: a sharded job's
+        ranks would have to agree, as stop signals do).
         """
         started = time.time()
         self.ckpt.keep_every = keep_every
@@ -224,6 +242,8 @@ class TrainingLoop:
         try:
             while job.step < stop:
                 self._check_stop(job)
+                if interrupt is not None:
+                    interrupt()
                 before = job.step
                 at_boundary = False
                 try:

@@ -29,7 +29,7 @@ from ..weights.files import atomic_write, read_metadata
 from .distill_models import (DistillWorld, build_prompts, build_student, build_teacher, check_world,
                              resolve_teacher_kind)
 from .distributed import end_process_group, process_info
-from .loop import RegressionJob, TrainingLoop, check_stop, stop_step
+from .loop import RegressionJob, TrainingLoop, check_stop, stop_step, torch_threads
 from .ode_init_config import OdeInitConfig
 from .optim import step_generators
 from .prompts import prompt_digest, read_prompts_file
@@ -175,9 +175,7 @@ def run_ode_init(cfg: OdeInitConfig, out_dir: str, *, max_gen_steps: int = None,
                          f"with python, not torchrun")
     check_world(cfg, world, "run_ode_init")
     check_model_sources(cfg, type(cfg).__name__)
-    with open_run(cfg, out_dir, allow_changes=allow_changed_settings) as run:
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
+    with open_run(cfg, out_dir, allow_changes=allow_changed_settings) as run, torch_threads(cfg.threads):
         device = torch.device(device) if device is not None else info.device
         return _train(cfg, run, max_gen_steps, callback, quiet, device, world, allow_changed_settings)
 

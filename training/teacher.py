@@ -30,7 +30,7 @@ from ..salt_core.samplers import sample_euler
 from ..salt_core.scorenet import teacher_forcing_forward
 from .config_fields import MAX_THREADS, grouped
 from .distributed import launcher_world_size
-from .loop import RegressionJob, TrainingLoop, stop_step
+from .loop import RegressionJob, TrainingLoop, stop_step, torch_threads
 from .optim import step_generators
 from .runs import CheckpointManager, open_run
 from .validate import validate_teacher_config
@@ -169,14 +169,13 @@ def train_teacher(cfg: TeacherConfig, out_dir: str, evaluate=None, max_steps: in
         raise ValueError(f"TeacherConfig.chunk_frames={cfg.chunk_frames} with mode=teacher_forcing; the world "
                          f"{cfg.world!r} has clips of {frames} frames, and teacher forcing trains on whole chunks: "
                          f"expected a chunk_frames that divides {frames} ({', '.join(map(str, divisors))})")
-    with open_run(cfg, out_dir, allow_changes=allow_changed_settings) as run:
+    with open_run(cfg, out_dir, allow_changes=allow_changed_settings) as run, torch_threads(cfg.threads):
         return _train_teacher(cfg, run, world, evaluate, max_steps, quiet, device, max_seconds)
 
 
 def _train_teacher(cfg, run, world, evaluate, max_steps, quiet, device, max_seconds):
     """`train_teacher` inside the run folder: the job's step and evaluation, run by training.loop."""
     device = torch.device(device or "cpu")
-    torch.set_num_threads(cfg.threads)
     mcfg = get_config(cfg.model_preset)
     world_cfg, encoder, draw, eval_captions = world
     with torch.random.fork_rng(devices=[]):
