@@ -584,3 +584,50 @@ def test_a_stream_whose_cache_does_not_fit_the_hosts_memory_is_not_kept_and_says
     monkeypatch.setattr(live, "available_memory", lambda device: 1 << 40)
     third = run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, stream_id="a"))
     assert torch.equal(third[0], first[0])                           # started again from the seed
+
+
+HARNESS = """
+import { registered, listeners, graph } from "./scripts/app.js";
+await import("./extensions/salt/salt_live.js");
+registered[0].setup();
+const shown = {};
+const view = (name) => ({ queue: [], status: {}, play() { shown[name] = this.queue.length; } });
+const node = (id, extra) => ({ id, ...extra });
+const inner = { nodes: [node(5, { saltLive: view("inner") })] };
+inner.getNodeById = (id) => inner.nodes.find((n) => n.id === id);
+const deeper = { nodes: [node(7, { saltLive: view("deeper") })] };
+deeper.getNodeById = (id) => deeper.nodes.find((n) => n.id === id);
+inner.nodes.push(node(6, { subgraph: deeper }));
+graph.nodes.push(node(3, { saltLive: view("root") }), node(12, { subgraph: inner }));
+for (const id of [3, "3", "12:5", "12:6:7", "12:9", "99", "12", null])
+  listeners["salt.live"]({ detail: { node: id, chunk: 1, period_ms: 5, frames: ["a", "b", "c"] } });
+console.log(JSON.stringify(shown));
+"""
+APP_STUB = """
+export const registered = [], listeners = {};
+export const graph = { nodes: [] };
+graph.getNodeById = (id) => graph.nodes.find((n) => n.id === id);
+export const app = { graph, registerExtension: (e) => registered.push(e) };
+export const api = { addEventListener: (name, f) => { listeners[name] = f; } };
+globalThis.window = globalThis;
+"""
+
+
+@pytest.mark.skipif(not __import__("shutil").which("node"), reason="needs node.js to run the web extension")
+def test_the_live_view_finds_its_node_on_the_root_graph_and_inside_subgraphs(salt_nodes, tmp_path):
+    """web/salt_live.js run by node.js against a stub of the frontend's app and api: a push names its node by the
+    server's execution id, "12:5" for node 5 inside subgraph node 12; the view looked on the root graph only, so
+    a live node inside a subgraph stayed blank. Ids naming no live node show nothing."""
+    import json
+    import pathlib
+    import subprocess
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / "app.js").write_text(APP_STUB)
+    (tmp_path / "scripts" / "api.js").write_text('export { api } from "./app.js";\n')
+    (tmp_path / "extensions" / "salt").mkdir(parents=True)
+    source = pathlib.Path(__file__).parent.parent / "web" / "salt_live.js"
+    (tmp_path / "extensions" / "salt" / "salt_live.js").write_text(source.read_text())
+    (tmp_path / "run.mjs").write_text(HARNESS)
+    out = subprocess.run(["node", str(tmp_path / "run.mjs")], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"root": 6, "inner": 3, "deeper": 3}

@@ -79,9 +79,18 @@ app.registerExtension({
     };
   },
   setup() {
-    // the live view of the node an event names (its id comes as a string or a number), or undefined
-    const viewOf = (detail) =>
-      (app.graph?.getNodeById?.(Number(detail.node)) ?? app.graph?.getNodeById?.(detail.node))?.saltLive;
+    // the live view of the node an event names, or undefined: its id is the server's execution id, "12" on the
+    // root graph, "12:5" node 5 inside subgraph node 12 (and so on, one id per level), a string or a number
+    const viewOf = (detail) => {
+      let graph = app.graph;
+      let node;
+      for (const part of String(detail.node ?? "").split(":")) {
+        if (node) graph = node.subgraph;
+        node = graph?.getNodeById?.(Number(part)) ?? graph?.getNodeById?.(part);
+        if (!node) return undefined;
+      }
+      return node?.saltLive;
+    };
     api.addEventListener("salt.live", ({ detail }) => {
       const view = viewOf(detail);
       window.saltLiveReceived = (window.saltLiveReceived ?? 0) + detail.frames.length;
