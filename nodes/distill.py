@@ -21,8 +21,8 @@ from ..training.distill_models import fill_prompt_cache, prompt_cache_path
 from ..training.prompts import cache_is_current, read_prompts_file
 from ..training.ode_init import run_ode_init
 from ..training.ode_init_config import ODE_INIT_PRESETS, OdeInitConfig, get_ode_init_preset
-from ..weights.files import check_output, export_student
-from ..training.runs import check_run_name, publish_student
+from ..weights.files import export_student
+from ..training.runs import check_publish_dest, check_run_name, publish_student, run_identity
 from .bridge import io
 from .bridge.convert import clip_text_encoder
 from .bridge.memory import free_memory_for_training, model_offload_device, model_patcher, torch_device, training_mode
@@ -121,10 +121,11 @@ def check_memory_limit(cfg, device) -> None:
                          f"remove it, or lower num_frames, height / width or batch_size")
 
 
-def check_publish(name: str) -> str:
-    """publish_path(name), or a ValueError when a file Salt did not write is there (never replaced)."""
+def check_publish(name: str) -> bool:
+    """Whether publish_path(name) holds a student run `name` published (replaced by its next one); a ValueError
+    when a file is there that Salt did not write, or that another run published (never replaced)."""
     try:
-        return check_output(publish_path(name), PUBLISHED)
+        return check_publish_dest(publish_path(name), run_folder(name), PUBLISHED)
     except ValueError as e:
         raise ValueError(f"{e} (the name input, {quote(name)}, chooses that file)") from None
 
@@ -160,7 +161,7 @@ def distill(cfg: DistillConfig | OdeInitConfig, name: str, clip=None) -> tuple:
     """Run (or resume) the job in the queue; returns (SaltModel of the student, path of export/student.safetensors).
     `clip` (a ComfyUI CLIP, optional) embeds a real-scale run's prompts once (see embed_prompts)."""
     folder = run_folder(name)
-    check_publish(name)                  # before training: the student's file name is free or Salt's own
+    ours = check_publish(name)           # before training: the student's file name is free or this run's own
     check_memory_limit(cfg, torch_device())
     embed_prompts(cfg, folder, clip)
     free_memory_for_training()
@@ -191,8 +192,9 @@ def distill(cfg: DistillConfig | OdeInitConfig, name: str, clip=None) -> tuple:
     except ValueError as e:
         raise ValueError(f"SaltDistill: {e}") from e
     model = model.requires_grad_(False).eval()
-    export = export_student(model, folder, causal=cfg.student_kind == "causal")[0]
-    published = publish_student(export, publish_path(name), PUBLISHED)
+    export = export_student(model, folder, causal=cfg.student_kind == "causal",
+                            run_id=run_identity(folder, create=True))[0]
+    published = publish_student(export, publish_path(name), PUBLISHED, folder=folder, ours=ours)
     log.info("SaltDistill: exported %s; load it as %s/%s.safetensors", export, PUBLISH_FOLDER, name)
     # managed like a loaded file: offloaded now, loaded onto the compute device by the sampler that uses it
     model = model.to(model_offload_device())

@@ -162,6 +162,58 @@ def test_a_users_file_at_the_published_name_is_refused_at_queue_time_and_before_
     assert mine.read_bytes() == b"a user's model"
 
 
+def test_a_student_another_run_published_is_never_replaced_and_a_runs_own_is(salt_nodes, comfy_dirs):
+    """Publishing replaces only the student this run published (its id in the file's metadata): queueing a name
+    whose run folder was deleted (its student kept), or one a CLI export was put at, is refused at queue time and
+    before training, the file kept; the same run queued again replaces its own."""
+    import shutil
+    from safetensors.torch import load_file, save_file
+    from comfyui_salt.weights.files import RUN_META, read_metadata
+    models, output = comfy_dirs
+    published, folder = models / "salt" / "kept.safetensors", output / "salt_runs" / "kept"
+    run(salt_nodes.SaltDistill, **distill_inputs(name="kept"))
+    first = published.read_bytes()
+    run_id = (folder / "run_id").read_text().strip()
+    assert read_metadata(str(published))[RUN_META] == run_id and len(run_id) == 32
+    run(salt_nodes.SaltDistill, **distill_inputs(name="kept", gen_steps=2))       # the same run, trained further
+    assert published.read_bytes() != first and read_metadata(str(published))[RUN_META] == run_id
+    kept = published.read_bytes()
+    shutil.rmtree(folder)                                   # its run folder deleted, its student kept
+    message = salt_nodes.SaltDistill.validate_inputs(name="kept")
+    assert "did not publish" in message and "never replaced" in message and "'kept'" in message, message
+    with pytest.raises(ValueError, match="did not publish.*never replaced"):
+        run(salt_nodes.SaltDistill, **distill_inputs(name="kept"))
+    assert published.read_bytes() == kept and not folder.exists()
+    cli = models / "salt" / "cli.safetensors"
+    run(salt_nodes.SaltDistill, **distill_inputs(name="cli"))
+    cli.unlink()                                            # replaced by a CLI export: Salt's metadata, no run id
+    save_file(load_file(str(published)), str(cli),
+              {k: v for k, v in read_metadata(str(published)).items() if k != RUN_META})
+    with pytest.raises(ValueError, match="did not publish"):
+        run(salt_nodes.SaltDistill, **distill_inputs(name="cli", gen_steps=2))
+    assert read_metadata(str(cli)).get(RUN_META) is None
+
+
+def test_a_student_published_before_runs_had_ids_is_replaced_by_its_own_run(salt_nodes, comfy_dirs):
+    """A run folder and its published student from before this release: no run id anywhere, the published file a
+    hard link of the run's export. Queueing the run again trains on and replaces it (and the new one has an id)."""
+    import os
+    from safetensors.torch import load_file, save_file
+    from comfyui_salt.weights.files import RUN_META, read_metadata
+    models, output = comfy_dirs
+    published, folder = models / "salt" / "old.safetensors", output / "salt_runs" / "old"
+    run(salt_nodes.SaltDistill, **distill_inputs(name="old"))
+    export = folder / "export" / "student.safetensors"
+    legacy = {k: v for k, v in read_metadata(str(export)).items() if k != RUN_META}
+    save_file(load_file(str(export)), str(export), legacy)
+    (folder / "run_id").unlink()
+    published.unlink()
+    os.link(export, published)
+    assert salt_nodes.SaltDistill.validate_inputs(name="old") is True
+    run(salt_nodes.SaltDistill, **distill_inputs(name="old", gen_steps=2))
+    assert read_metadata(str(published))[RUN_META] == (folder / "run_id").read_text().strip()
+
+
 # -- running ---------------------------------------------------------------------------------------------
 def test_distill_trains_in_the_queue_with_progress_previews_and_a_loadable_export(salt_nodes, comfy_dirs,
                                                                                     progress_calls):

@@ -23,12 +23,13 @@ import os
 import re
 import shutil
 import time
+import uuid
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from ..salt_core.validate import available_memory, check_memory, quote
-from ..weights.files import atomic_write, check_output
+from ..weights.files import atomic_write, check_output, published_run
 from .validate import unread_fields
 
 log = logging.getLogger("salt.training")
@@ -485,12 +486,66 @@ except ImportError:   # Windows
         msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
 
 
-def publish_student(export_path: str, dest: str, flag: str = "dest") -> str:
+RUN_ID_FILE = "run_id"   # in a run folder: the run's id (32 hex digits), carried by the students it exports
+
+
+def run_identity(folder: str, create: bool = False) -> str:
+    """Run folder `folder`'s id, from its RUN_ID_FILE; made once (random, written whole) where `create`, else ""
+    when it has none yet (a run that has not exported, or one exported before runs had ids)."""
+    path = os.path.join(folder, RUN_ID_FILE)
+    try:
+        with open(path) as f:
+            found = f.read().strip()
+        if re.fullmatch(r"[0-9a-f]{32}", found):
+            return found
+    except FileNotFoundError:
+        pass
+    if not create:
+        return ""
+    made = uuid.uuid4().hex
+    _write_text(path, made + "\n")
+    return made
+
+
+def published_here_by(dest: str, folder: str) -> bool:
+    """Whether the file at `dest` is a student the run in `folder` published: it carries the run's id
+    (files.RUN_META), or, from a run that exported before runs had ids, it is still a hard link of that run's
+    export."""
+    mine = run_identity(folder)
+    if mine and published_run(dest) == mine:
+        return True
+    export = os.path.join(folder, "export", "student.safetensors")
+    try:
+        return not published_run(dest) and not mine and os.path.samefile(dest, export)
+    except OSError:
+        return False
+
+
+def check_publish_dest(dest: str, folder: str, flag: str = "dest") -> bool:
+    """Before a run trains: `dest` may take the student of the run in `folder` (files.check_output: never a file
+    Salt did not write) and, when a file is there, the run published it (published_here_by): a student another
+    run published, one whose run folder is gone, or one exported by the CLI is never replaced. Returns whether
+    there is such a file of this run's (publish_student then replaces it); a ValueError naming `flag` otherwise."""
+    check_output(dest, flag)
+    if not os.path.lexists(dest):
+        return False
+    if published_here_by(dest, folder):
+        return True
+    raise ValueError(f"{flag}={dest!r} holds a student that the run in {folder!r} did not publish (another run's, "
+                     f"one whose run folder is gone, or a file exported by hand); it is never replaced. Choose a "
+                     f"new name, or move that file away first")
+
+
+def publish_student(export_path: str, dest: str, flag: str = "dest", folder: str = None, ours: bool = False) -> str:
     """Place an exported student (written with its `files.student_metadata`) at `dest` (hard link, else a copy),
-    replacing only a file Salt wrote there (an earlier publish); a user's file at `dest` is never replaced: a
-    ValueError naming `flag` (the input that chose `dest`) and where the export stays. Returns `dest`."""
+    replacing only a file Salt wrote there; a user's file at `dest` is never replaced: a ValueError naming `flag`
+    (the input that chose `dest`) and where the export stays. With the run's `folder`, a file there is replaced only
+    when that run published it (published_here_by), or when `ours` (check_publish_dest found it this run's before
+    training; the export since made anew is no longer a link of it). Returns `dest`."""
     try:
         check_output(dest, flag)
+        if folder is not None and os.path.lexists(dest) and not (ours or published_here_by(dest, folder)):
+            check_publish_dest(dest, folder, flag)
     except ValueError as e:
         raise ValueError(f"{e}; the student stays at {export_path!r}") from None
     os.makedirs(os.path.dirname(dest), exist_ok=True)

@@ -492,12 +492,26 @@ def student_metadata(causal: bool) -> dict:
     return {"teacher_mode": "causal", COMFY_CONFIG_META: json.dumps({"transformer": {"causal_ar": True}})}
 
 
-def export_student(model, run_dir: str, causal: bool = True) -> list:
+RUN_META = "salt_run"   # metadata field of an exported student: the id of the run that trained it (training.runs)
+
+
+def published_run(path: str) -> str:
+    """The run id a safetensors file Salt exported carries (RUN_META), or "" (none: another file, or one exported
+    before runs had ids)."""
+    try:
+        return str(read_metadata(path).get(RUN_META, "")) if _extension(path) in SAFETENSORS_EXTS else ""
+    except (ValueError, OSError):
+        return ""
+
+
+def export_student(model, run_dir: str, causal: bool = True, run_id: str = "") -> list:
     """Write a trained student as `export/student.safetensors` (original Wan layout + config + `student_metadata`,
-    loads in ComfyUI and Salt) and `export/student_release.pt` (Self Forcing release format); returns the paths."""
+    and `run_id` as RUN_META where given; loads in ComfyUI and Salt) and `export/student_release.pt` (Self Forcing
+    release format); returns the paths."""
     folder = os.path.join(run_dir, "export")
     os.makedirs(folder, exist_ok=True)
     paths = [os.path.join(folder, "student.safetensors"), os.path.join(folder, "student_release.pt")]
-    save_model(model, paths[0], layout="wan", extra_metadata=student_metadata(causal))
+    save_model(model, paths[0], layout="wan",
+               extra_metadata={**student_metadata(causal), **({RUN_META: run_id} if run_id else {})})
     save_model(model, paths[1], layout="self_forcing")
     return paths
