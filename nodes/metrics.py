@@ -7,6 +7,7 @@ their noise on the CPU. Knows nothing of training loops.
 """
 import copy
 import dataclasses
+import re
 
 import torch
 
@@ -37,9 +38,15 @@ MAX_PROMPTS = 64
 
 def toy_captions(prompts: str) -> list:
     """Non-empty lines of `prompts`, at most MAX_PROMPTS, with a node error when there are none."""
-    captions = [line.strip() for line in (prompts or "").splitlines() if line.strip()]
+    captions = []
+    for match in re.finditer(r"[^\r\n]+", prompts or ""):    # one line at a time, at most one past the limit
+        if match.group().strip():
+            captions.append(match.group().strip())
+            if len(captions) > MAX_PROMPTS:
+                break
     if not 1 <= len(captions) <= MAX_PROMPTS:
-        raise ValueError(f"SaltSemigroupDefect: prompts has {len(captions)} captions; expected 1..{MAX_PROMPTS}, one "
+        many = f"more than {MAX_PROMPTS}" if captions else "0"
+        raise ValueError(f"SaltSemigroupDefect: prompts has {many} captions; expected 1..{MAX_PROMPTS}, one "
                          f"per line, e.g. 'a red disc moving left on a dark background'")
     return captions
 

@@ -212,6 +212,58 @@ def test_export_lora_refuses_an_out_inside_a_run_folder_that_is_its_student(pair
     assert file_bytes(student) == file_bytes(pair[1])
 
 
+def python_peak_bytes(fn) -> tuple:
+    """(fn's result or the exception it raised, the peak bytes Python objects took while it ran: tracemalloc, an
+    independent measure of what a list of strings holds)."""
+    import tracemalloc
+    tracemalloc.start()
+    try:
+        try:
+            out = fn()
+        except (ValueError, MemoryError) as e:
+            out = e
+        return out, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("line", ["a cat walks\n", "ab\n", "猫が歩く\n", "a 🐈 walks\n", "\n", "x" * 300 + "\n"])
+def test_the_memory_a_prompts_files_lines_take_is_counted_before_they_are_read(tmp_path, monkeypatch, line):
+    """A prompts file of many short lines takes ~23× its size as a Python list (a 100 MB upload into ComfyUI's
+    input folder: about 2.3 GB). prompts_bytes counts it from the file (never under what tracemalloc measures;
+    ASCII at most 1.5× over, other text 4×), and a file over the host's free memory is refused before the list is
+    built."""
+    from comfyui_salt.training import prompts
+    path = tmp_path / "p.txt"
+    path.write_text(line * 20000 + "last")
+    estimate = prompts.prompts_bytes(str(path))
+    result, measured = python_peak_bytes(lambda: prompts.read_prompts_file(str(path)))
+    if line.strip():
+        assert isinstance(result, list) and len(result) == 20001
+        assert measured <= estimate <= (1.5 if line.isascii() else 4.0) * measured + (64 << 10), (estimate, measured)
+    monkeypatch.setattr(prompts, "available_memory", lambda device: estimate - 1)
+    refused, measured = python_peak_bytes(lambda: prompts.read_prompts_file(str(path)))
+    assert isinstance(refused, MemoryError) and "p.txt" in str(refused) and "split the file" in str(refused)
+    assert measured < 64 << 10, measured
+
+
+def test_a_million_line_override_text_or_caption_list_is_refused_without_building_its_list(salt_nodes):
+    """The overrides and the defect node's prompts are a client's text of any length: each is read one item at a
+    time and refused once it has more items than there can be (a config's fields; 64 captions)."""
+    from comfyui_salt.nodes.metrics import toy_captions
+    from comfyui_salt.training.config_fields import parse_overrides
+    from comfyui_salt.training.distill_config import DistillConfig
+    text = "critic_ratio=1;" * 10 ** 6
+    refused, measured = python_peak_bytes(lambda: parse_overrides(DistillConfig, text, where="t"))
+    assert isinstance(refused, ValueError) and "critic_ratio is set twice" in str(refused)
+    assert measured < 1 << 20, measured
+    lines = "a red disc moving left\n" * 10 ** 6
+    refused, measured = python_peak_bytes(lambda: toy_captions(lines))
+    assert isinstance(refused, ValueError) and "more than 64 captions" in str(refused), refused
+    assert measured < 1 << 20, measured
+    assert toy_captions("a\n\n b \r\nc") == ["a", "b", "c"]
+
+
 def test_a_byte_order_mark_is_no_part_of_the_first_prompt(tmp_path):
     from comfyui_salt.training.prompts import read_prompts_file
     (tmp_path / "p.txt").write_bytes("\ufeffa cat walks\nrain\n".encode("utf-8"))

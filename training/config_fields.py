@@ -98,13 +98,16 @@ def parse_overrides(cls, text: str, *, where: str, renamed: dict | None = None, 
     refused by check_keys, a key given twice too; `reserved` {field: why} refuses fields set elsewhere (e.g. a
     node's own widget)."""
     fields, pairs = field_map(cls), []
-    for item in re.split(r"[;\n]", text or ""):
+    for match in re.finditer(r"[^;\n]+", text or ""):    # one item at a time: a client's text may be any length
+        item = match.group()
         if item.strip():
             key, eq, value = (part.strip() for part in item.partition("="))
             if not eq or not key:
                 raise ValueError(f"{where}: {quote(item.strip())} is not `field=value`; e.g. critic_ratio=1; "
                                  f"step_choices=8,4,2; sc_symmetric=true")
             pairs.append((key, value))
+            if len(pairs) > len(fields):    # some key is then unknown or given twice: say which below
+                break
     check_keys(cls, [k for k, _ in pairs], where=where, renamed=renamed)
     seen = set()
     for key, _ in pairs:

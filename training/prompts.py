@@ -72,11 +72,29 @@ class EmbeddedPrompts:
         return [self.prompts[i] for i in idx], self.embeds[idx], self.negative.expand(batch, -1, -1)
 
 
+def prompts_bytes(prompts_file: str) -> int:
+    """Host bytes the list of a prompts file's lines takes in Python, counted from the file in one streamed pass
+    (nothing kept): each line a str object (49 bytes and one per ASCII character; 76 and four per character
+    where it is not ASCII, an upper bound) and its list entry (8 bytes, 16 while the list grows), and 64 KiB of
+    read buffers."""
+    total = 64 << 10
+    with open(prompts_file, "rb") as f:
+        for line in f:
+            total += 65 + len(line) if line.isascii() else 92 + 4 * len(line)
+    return total
+
+
 def read_prompts_file(prompts_file: str) -> list:
-    """The non-empty lines of a UTF-8 text file (one prompt each), stripped (cut to MAX_PROMPT_CHARS when embedded)."""
+    """The non-empty lines of a UTF-8 text file (one prompt each), stripped (cut to MAX_PROMPT_CHARS when embedded);
+    the memory their list takes (prompts_bytes) checked against the host's free memory before it is built (the node
+    reads a file of ComfyUI's input folder, where any client may upload 100 MB)."""
     if not prompts_file or not os.path.isfile(prompts_file):
         raise FileNotFoundError(f"prompts_file {quote(prompts_file)} does not exist; pass a text file with one prompt "
                                 f"per line")
+    name = quote(os.path.basename(prompts_file))
+    check_memory(f"prompts_file {name} ({format_bytes(os.path.getsize(prompts_file))}) read as a list of lines",
+                 prompts_bytes(prompts_file), available_memory("cpu"), limit_what="the host's free memory",
+                 fix="split the file, or keep the prompts the run needs")
     try:
         with open(prompts_file, encoding="utf-8-sig") as f:   # a byte-order mark is no part of a prompt
             prompts = [line.strip() for line in f if line.strip()]
