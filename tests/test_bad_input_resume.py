@@ -171,6 +171,22 @@ def test_a_lock_held_by_another_process_is_refused_and_dies_with_it(tmp_path):
         pass
 
 
+@pytest.mark.skipif(not hasattr(__import__("os"), "O_NOFOLLOW"), reason="POSIX: no O_NOFOLLOW here")
+@pytest.mark.parametrize("planted", [".lock", "metrics.jsonl"])
+def test_a_run_never_writes_through_a_symbolic_link_planted_in_its_folder(teacher_path, tmp_path, planted):
+    """A link at the lock or the metrics log (the lock was truncated and rewritten through it, the log appended to)
+    points into someone's file: the run is refused naming the link, and that file keeps its bytes."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("a user's notes\n")
+    run = tmp_path / "run"
+    run_distillation(tiny(teacher_path, gen_steps=1), str(run), quiet=True, world=TOY)
+    (run / planted).unlink()
+    (run / planted).symlink_to(victim)                       # then resumed for one more step
+    with pytest.raises(RunError, match=rf"{planted}' is a symbolic link.*remove the link"):
+        run_distillation(tiny(teacher_path, gen_steps=2), str(run), quiet=True, world=TOY)
+    assert victim.read_text() == "a user's notes\n"
+
+
 def test_a_failed_start_never_blocks_the_run_name(teacher_path, tmp_path):
     bad = tmp_path / "bad_teacher.safetensors"
     bad.write_bytes(b"not a checkpoint")

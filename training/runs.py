@@ -246,8 +246,23 @@ class JsonlLog:
 
     def write(self, **record):
         record.setdefault("time", time.time())
-        with open(self.path, "a") as f:
+        with os.fdopen(open_own(self.path, os.O_WRONLY | os.O_APPEND), "a") as f:
             f.write(json.dumps(record) + "\n")
+
+
+NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)   # POSIX; Windows has no such flag (nor symlinks a user can make freely)
+
+
+def open_own(path: str, flags: int) -> int:
+    """os.open of a file a run keeps in its folder (created if missing), never through a symbolic link: a link
+    planted there would make the run write into a file it did not make. A RunError naming it otherwise."""
+    try:
+        return os.open(path, flags | os.O_CREAT | NO_FOLLOW, 0o644)
+    except OSError as e:
+        if os.path.islink(path):
+            raise RunError(f"{path!r} is a symbolic link; a run writes its own files there and never through a link: "
+                           f"remove the link") from None
+        raise
 
 
 def check_run_name(name: str, where: str = "run") -> str:
@@ -447,7 +462,7 @@ class RunLock:
 
     def __enter__(self):
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_own(self.path, os.O_RDWR)
         try:
             _lock(fd)
         except OSError:
