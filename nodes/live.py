@@ -84,7 +84,8 @@ class LiveSession:
 
 
 # stream id → LiveSession, least recently run first. A kept Wan stream holds its KV cache on the CPU (GBs at 832×480),
-# so only the newest MAX_SESSIONS are kept: a client cannot grow the server's memory by inventing stream ids.
+# so only the newest MAX_SESSIONS are kept (a client cannot grow the server's memory by inventing stream ids), their
+# caches together within half the host's free memory (make_room_to_keep).
 SESSIONS = collections.OrderedDict()
 MAX_SESSIONS = 4
 SESSIONS_LOCK = threading.Lock()
@@ -358,10 +359,11 @@ def live_run(salt, positive, options, sigmas, seed, width, height, max_chunks, s
                 try:
                     state = stream.state()
                     held = sum(t.numel() * t.element_size() for t in (state["cache"]["k"], state["cache"]["v"]))
-                    if held > available_memory(torch.device("cpu")):   # kept on the host between runs: not there
-                        log.warning("SaltLiveStream: stream %r is not kept for a later run: its KV cache (%s) does not "
-                                    "fit the host's free memory; the next run starts it again from its seed "
-                                    "(a smaller window_frames or size keeps it)", stream_id, format_bytes(held))
+                    if not make_room_to_keep(session, held):   # kept on the host between runs: not there
+                        log.warning("SaltLiveStream: stream %r is not kept for a later run: its KV cache (%s) is more "
+                                    "than half the host's free memory, with every other kept stream let go; the next "
+                                    "run starts it again from its seed (a smaller window_frames or size keeps it)",
+                                    stream_id, format_bytes(held))
                         session.state, session.positive, session.decoder = None, None, None
                     else:
                         session.state, session.positive = _detached(state), given_now
@@ -437,6 +439,31 @@ def live_frames_decoder(salt, vae, live_decoder: str):
     if live_decoder != "vae":
         return load_tiny_wan_decoder(live_decoder)
     return WanChunkDecoder(vae) if vae is not None else None
+
+
+def kept_bytes(session) -> int:
+    """Host bytes a kept stream's KV cache holds between runs (0 when it keeps none)."""
+    cache = (session.state or {}).get("cache")
+    return 0 if cache is None else sum(t.numel() * t.element_size() for t in (cache["k"], cache["v"]))
+
+
+def make_room_to_keep(session, held: int) -> bool:
+    """Whether `session`'s stream, whose cache takes `held` bytes, may be kept on the host between runs: at most half
+    the host's free memory (the rest stays for the models and work of later prompts), the other kept streams let go
+    to make room, least recently run first (each then starts again from its seed), and none when even all of them
+    would not make room. Streams kept together thus never take more than about half of what the host had free."""
+    with SESSIONS_LOCK:
+        older = [s for s in SESSIONS.values() if s is not session and s.state is not None]
+    if held > (available_memory(torch.device("cpu")) + sum(map(kept_bytes, older))) / 2:
+        return False
+    while held > available_memory(torch.device("cpu")) / 2:
+        if not older:
+            return False
+        oldest = older.pop(0)
+        log.info("SaltLiveStream: a kept stream (%s of KV cache) is let go to keep the newest one",
+                 format_bytes(kept_bytes(oldest)))
+        oldest.state, oldest.positive, oldest.decoder = None, None, None
+    return True
 
 
 def _detached(state: dict) -> dict:

@@ -631,3 +631,28 @@ def test_the_live_view_finds_its_node_on_the_root_graph_and_inside_subgraphs(sal
     out = subprocess.run(["node", str(tmp_path / "run.mjs")], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == {"root": 6, "inner": 3, "deeper": 3}
+
+
+def test_kept_streams_take_at_most_half_the_hosts_free_memory_the_least_recently_run_let_go(salt_nodes, monkeypatch):
+    """Each stream kept between runs (up to MAX_SESSIONS) was checked alone against the host's free memory, so four
+    could hold nearly all of it. Now one is kept only within half of what is free, older ones let go first (least
+    recently run): with 4 MiB free less what the kept caches hold, and 1 MiB caches, a fourth stream lets the first
+    go; one larger than half of all free memory is not kept, and then nothing else is let go for it."""
+    from comfyui_salt.nodes import live
+    mib = 1 << 20
+    monkeypatch.setattr(live, "available_memory",
+                        lambda device: 4 * mib - sum(live.kept_bytes(s) for s in live.SESSIONS.values()))
+
+    def keep(name, size):                                   # as a run's end does: room first, then the state
+        s = live.LiveSession()
+        live.SESSIONS[name] = s
+        if live.make_room_to_keep(s, size):
+            k = torch.zeros(size // 8, dtype=torch.float32)                   # k and v: size bytes together
+            s.state = {"cache": {"k": k, "v": k.clone()}}
+        return s
+    a, b, c = (keep(name, mib) for name in "abc")                           # 1 MiB ≤ half of 4, 3, 2 MiB free
+    assert all(s.state is not None for s in (a, b, c))
+    d = keep("d", mib)                                                       # half of 1 MiB: a let go for it
+    assert a.state is None and all(s.state is not None for s in (b, c, d))
+    e = keep("e", 3 * mib)                                                   # over half of 1 + 3 MiB: not kept,
+    assert e.state is None and all(s.state is not None for s in (b, c, d))  # and nothing let go for it
