@@ -123,8 +123,8 @@ def patched_weight(patcher, key: str, dtype: torch.dtype, device) -> torch.Tenso
                          f"a LoRA of it would mostly hold rounding noise: load the full-precision (bf16 / fp16) file")
     if patcher.weight_wrapper_patches.get(key) or getattr(patcher, "hook_patches", None):
         raise ValueError(f"the MODEL has hook or weight-wrapper patches on {key!r}, which ComfyUI applies inside its "
-                         f"own forward and Salt cannot read per weight; remove them for the extraction, or start "
-                         f"ComfyUI with --disable-dynamic-vram and apply them as plain LoRAs")
+                         f"own forward and Salt cannot read per weight; remove them for the extraction, or apply "
+                         f"the same LoRAs as plain patches (LoraLoaderModelOnly) instead of hooks")
     if original.dtype.itemsize == 1:
         return original.detach().to(device)
     patches = patcher.patches.get(key)
