@@ -8,7 +8,7 @@ import os
 from ..salt_core.lora import format_report
 from ..salt_core.validate import check_choice, check_count, quote
 from ..training.lora_export import DTYPES, export_lora
-from ..training.runs import NAME_PATTERN          # one rule for the names the pack writes under
+from ..training.runs import is_plain_name          # one rule for the names the pack writes under
 from .bridge import io, ui
 from .bridge.paths import loras_directory
 from .models import weights_in_use
@@ -24,9 +24,10 @@ def lora_path(name: str) -> str:
     error for names that are not plain file names."""
     if isinstance(name, str) and name.lower().endswith(".safetensors"):    # the extension is the node's to add
         name = name[:-len(".safetensors")]
-    if not isinstance(name, str) or not NAME_PATTERN.match(name) or ".." in name:
+    if not is_plain_name(name):
         raise ValueError(f"SaltExtractLoRA: name={quote(name)}; expected a plain file name (letters, digits, '_', "
-                         f"'-', '.'; up to 100 characters), e.g. 'salt_wan_4step_r64'")
+                         f"'-', '.'; up to 100 characters, not ending in '.', not a device name such as CON or NUL), "
+                         f"e.g. 'salt_wan_4step_r64'")
     folder = os.path.join(loras_directory(), LORA_FOLDER)
     path, counter = os.path.join(folder, name + ".safetensors"), 0
     while os.path.lexists(path):

@@ -269,6 +269,23 @@ def test_a_name_ending_in_a_newline_is_refused(salt_nodes, name):
         lora.lora_path(name)
 
 
+@pytest.mark.parametrize("name", ["CON", "nul", "Com1.run", "lpt9", "run.", "a.b."])
+def test_a_file_name_windows_cannot_hold_is_refused(salt_nodes, name):
+    """A Windows device name (any case, any extension: the file opens the device) or a final '.' (Windows drops
+    it: two names, one file), for the names the pack writes files and folders under."""
+    from comfyui_salt.nodes import lora
+    assert "not a device name such as CON" in salt_nodes.SaltDistill.validate_inputs(name=name)
+    with pytest.raises(ValueError, match=r"SaltExtractLoRA: name=.*; expected a plain file name.*CON or NUL"):
+        lora.lora_path(name)
+
+
+@pytest.mark.parametrize("name", ["console", "nul_run", "com10", "run.1", "CONx", "a.b"])
+def test_names_that_only_look_like_device_names_are_taken(salt_nodes, name):
+    from comfyui_salt.nodes import lora
+    assert salt_nodes.SaltDistill.validate_inputs(name=name) is True
+    assert lora.lora_path(name).endswith(name + ".safetensors")
+
+
 @pytest.mark.parametrize("kw, words", [
     (dict(width=16.5), "width=16.5"), (dict(height=2.5), "height=2.5"), (dict(batch_size=2.5), "batch_size=2.5"),
     (dict(batch_size=0), "batch_size=0"), (dict(num_chunks=1.5), "num_chunks=1.5"),

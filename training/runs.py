@@ -265,11 +265,23 @@ def open_own(path: str, flags: int) -> int:
         raise
 
 
+# Windows device names: a file or folder named so (any extension, any case) opens the device, not a file
+WINDOWS_DEVICES = {"CON", "PRN", "AUX", "NUL", *(f"{p}{i}" for p in ("COM", "LPT") for i in range(1, 10))}
+
+
+def is_plain_name(name) -> bool:
+    """Whether `name` can name a file or folder the pack writes, on every OS: NAME_PATTERN (letters, digits, '_',
+    '-', '.'; up to 100 characters), no '..', no final '.' (Windows drops it), no Windows device name (CON, NUL...)."""
+    return (isinstance(name, str) and bool(NAME_PATTERN.match(name)) and ".." not in name and not name.endswith(".")
+            and name.split(".")[0].upper() not in WINDOWS_DEVICES)
+
+
 def check_run_name(name: str, where: str = "run") -> str:
-    """`name` if it is a plain folder name (letters, digits, '_', '-', '.'; ≤ 100 characters), else ValueError."""
-    if not isinstance(name, str) or not NAME_PATTERN.match(name) or ".." in name:
+    """`name` if it is a plain folder name (is_plain_name), else ValueError."""
+    if not is_plain_name(name):
         raise ValueError(f"{where}: name={quote(name)}; expected a plain folder name (letters, digits, '_', '-', '.'; "
-                         f"up to 100 characters), e.g. 'toy_salt_run1'")
+                         f"up to 100 characters, not ending in '.', not a device name such as CON or NUL), e.g. "
+                         f"'toy_salt_run1'")
     return name
 
 
