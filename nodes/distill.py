@@ -41,7 +41,8 @@ WIDGET_FIELDS = ("teacher", "student_init", "critic_init", "gen_steps", "batch_s
 
 
 class TrainingCancelled(KeyboardInterrupt):
-    """Raised from the job's callback on Cancel; run_distillation saves a checkpoint when its callback raises."""
+    """Raised on Cancel from the job's callback or its interrupt hook (before every trainer iteration); the job saves
+    a checkpoint first when it has trained since its last one."""
 
 
 def _model_source(value: str, allowed: str, what: str) -> str:

@@ -358,7 +358,7 @@ def live_run(salt, positive, options, sigmas, seed, width, height, max_chunks, s
             finally:   # the stream and the positive it now follows, kept together; the decoder's state on the CPU
                 try:
                     state = stream.state()
-                    held = sum(t.numel() * t.element_size() for t in (state["cache"]["k"], state["cache"]["v"]))
+                    held = cache_bytes(state)
                     if not make_room_to_keep(session, held):   # kept on the host between runs: not there
                         log.warning("SaltLiveStream: stream %r is not kept for a later run: its KV cache (%s) is more "
                                     "than half the host's free memory, with every other kept stream let go; the next "
@@ -441,24 +441,29 @@ def live_frames_decoder(salt, vae, live_decoder: str):
     return WanChunkDecoder(vae) if vae is not None else None
 
 
-def kept_bytes(session) -> int:
-    """Host bytes a kept stream's KV cache holds between runs (0 when it keeps none)."""
-    cache = (session.state or {}).get("cache")
+def cache_bytes(state) -> int:
+    """Host bytes of the KV cache a ChunkStream state holds (0 for none)."""
+    cache = (state or {}).get("cache")
     return 0 if cache is None else sum(t.numel() * t.element_size() for t in (cache["k"], cache["v"]))
 
 
+def kept_bytes(session) -> int:
+    """Host bytes a kept stream's KV cache holds between runs (0 when it keeps none)."""
+    return cache_bytes(session.state)
+
+
 def make_room_to_keep(session, held: int) -> bool:
-    """Whether `session`'s stream, whose cache takes `held` bytes, may be kept on the host between runs: at most half
-    the host's free memory (the rest stays for the models and work of later prompts), the other kept streams let go
-    to make room, least recently run first (each then starts again from its seed), and none when even all of them
-    would not make room. Streams kept together thus never take more than about half of what the host had free."""
+    """Whether `session`'s stream, whose new cache takes `held` bytes, may be kept on the host between runs. The kept
+    streams together, this one's new cache included, stay within half of what the host would have free without any
+    of them (its free memory now plus what they hold, this stream's previous state too, which the new one replaces):
+    the rest stays for the models and work of later prompts. Other kept streams are let go to make room, least
+    recently run first (each then starts again from its seed), and none when this one alone is over the half."""
     with SESSIONS_LOCK:
         older = [s for s in SESSIONS.values() if s is not session and s.state is not None]
-    if held > (available_memory(torch.device("cpu")) + sum(map(kept_bytes, older))) / 2:
+    budget = (available_memory(torch.device("cpu")) + kept_bytes(session) + sum(map(kept_bytes, older))) / 2
+    if held > budget:
         return False
-    while held > available_memory(torch.device("cpu")) / 2:
-        if not older:
-            return False
+    while held + sum(map(kept_bytes, older)) > budget:
         oldest = older.pop(0)
         log.info("SaltLiveStream: a kept stream (%s of KV cache) is let go to keep the newest one",
                  format_bytes(kept_bytes(oldest)))

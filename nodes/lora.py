@@ -8,7 +8,7 @@ import os
 from ..salt_core.lora import format_report
 from ..salt_core.validate import check_choice, check_count, quote
 from ..training.lora_export import DTYPES, export_lora
-from ..training.runs import is_plain_name          # one rule for the names the pack writes under
+from ..training.runs import WINDOWS_NAME_RULE, is_plain_name   # one rule for the names the pack writes under
 from .bridge import io, ui
 from .bridge.paths import loras_directory
 from .models import weights_in_use
@@ -26,8 +26,7 @@ def lora_path(name: str) -> str:
         name = name[:-len(".safetensors")]
     if not is_plain_name(name):
         raise ValueError(f"SaltExtractLoRA: name={quote(name)}; expected a plain file name (letters, digits, '_', "
-                         f"'-', '.'; up to 100 characters, not ending in '.', not a device name such as CON or NUL), "
-                         f"e.g. 'salt_wan_4step_r64'")
+                         f"'-', '.'; up to 100 characters{WINDOWS_NAME_RULE}), e.g. 'salt_wan_4step_r64'")
     folder = os.path.join(loras_directory(), LORA_FOLDER)
     path, counter = os.path.join(folder, name + ".safetensors"), 0
     while os.path.lexists(path):

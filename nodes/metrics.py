@@ -34,12 +34,13 @@ COLUMNS = ["toy_score", "sharpness_error", "adherence", "direction_ok", "smoothn
 DEFAULT_PROMPTS = ("a red disc moving left on a dark background\na blue square moving up on a light background\n"
                    "a green bar moving right on a dark background\na yellow disc moving down on a light background")
 MAX_PROMPTS = 64
+LINE = re.compile("[^\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]+")   # a line as str.splitlines ends it
 
 
 def toy_captions(prompts: str) -> list:
     """Non-empty lines of `prompts`, at most MAX_PROMPTS, with a node error when there are none."""
     captions = []
-    for match in re.finditer(r"[^\r\n]+", prompts or ""):    # one line at a time, at most one past the limit
+    for match in re.finditer(LINE, prompts or ""):    # one line at a time, at most one past the limit
         if match.group().strip():
             captions.append(match.group().strip())
             if len(captions) > MAX_PROMPTS:

@@ -270,11 +270,16 @@ def test_a_name_ending_in_a_newline_is_refused(salt_nodes, name):
 
 
 @pytest.mark.parametrize("name", ["CON", "nul", "Com1.run", "lpt9", "run.", "a.b."])
-def test_a_file_name_windows_cannot_hold_is_refused(salt_nodes, name):
-    """A Windows device name (any case, any extension: the file opens the device) or a final '.' (Windows drops
-    it: two names, one file), for the names the pack writes files and folders under."""
+def test_a_file_name_windows_cannot_hold_is_refused_there_and_taken_elsewhere(salt_nodes, monkeypatch, name):
+    """On Windows, a device name (any case, any extension: the file opens the device) or a final '.' (Windows drops
+    it: two names, one file), for the names the pack writes files and folders under; elsewhere they are plain names
+    (a run folder `aux` made on Linux keeps resuming)."""
     from comfyui_salt.nodes import lora
-    assert "not a device name such as CON" in salt_nodes.SaltDistill.validate_inputs(name=name)
+    from comfyui_salt.training import runs
+    if not runs.ON_WINDOWS:
+        assert salt_nodes.SaltDistill.validate_inputs(name=name) is True
+    monkeypatch.setattr(runs, "ON_WINDOWS", True)
+    assert "on Windows not ending in '.' nor a device name" in salt_nodes.SaltDistill.validate_inputs(name=name)
     with pytest.raises(ValueError, match=r"SaltExtractLoRA: name=.*; expected a plain file name.*CON or NUL"):
         lora.lora_path(name)
 

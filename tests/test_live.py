@@ -635,24 +635,29 @@ def test_the_live_view_finds_its_node_on_the_root_graph_and_inside_subgraphs(sal
 
 def test_kept_streams_take_at_most_half_the_hosts_free_memory_the_least_recently_run_let_go(salt_nodes, monkeypatch):
     """Each stream kept between runs (up to MAX_SESSIONS) was checked alone against the host's free memory, so four
-    could hold nearly all of it. Now one is kept only within half of what is free, older ones let go first (least
-    recently run): with 4 MiB free less what the kept caches hold, and 1 MiB caches, a fourth stream lets the first
-    go; one larger than half of all free memory is not kept, and then nothing else is let go for it."""
+    could hold nearly all of it. Now the kept caches together stay within half of what the host would have free
+    without them: on an 8 MiB host (free = 8 MiB less what the kept caches hold) the streams never hold more than
+    4 MiB; a newer stream lets the least recently run go; a stream continued run after run is kept every time (its
+    previous cache is replaced, not added); one over the half alone is not kept, and nothing is let go for it."""
     from comfyui_salt.nodes import live
     mib = 1 << 20
-    monkeypatch.setattr(live, "available_memory",
-                        lambda device: 4 * mib - sum(live.kept_bytes(s) for s in live.SESSIONS.values()))
+    held = lambda: sum(live.kept_bytes(s) for s in live.SESSIONS.values())         # noqa: E731
+    monkeypatch.setattr(live, "available_memory", lambda device: 8 * mib - held())
 
     def keep(name, size):                                   # as a run's end does: room first, then the state
-        s = live.LiveSession()
+        s = live.SESSIONS.get(name) or live.LiveSession()
         live.SESSIONS[name] = s
+        live.SESSIONS.move_to_end(name)
         if live.make_room_to_keep(s, size):
             k = torch.zeros(size // 8, dtype=torch.float32)                   # k and v: size bytes together
             s.state = {"cache": {"k": k, "v": k.clone()}}
+        assert held() <= 4 * mib, held()
         return s
-    a, b, c = (keep(name, mib) for name in "abc")                           # 1 MiB ≤ half of 4, 3, 2 MiB free
-    assert all(s.state is not None for s in (a, b, c))
-    d = keep("d", mib)                                                       # half of 1 MiB: a let go for it
-    assert a.state is None and all(s.state is not None for s in (b, c, d))
-    e = keep("e", 3 * mib)                                                   # over half of 1 + 3 MiB: not kept,
-    assert e.state is None and all(s.state is not None for s in (b, c, d))  # and nothing let go for it
+    a, b = keep("a", 2 * mib), keep("b", 2 * mib)                           # 4 MiB kept: the half
+    assert a.state is not None and b.state is not None
+    c = keep("c", mib)                                                       # a let go for it
+    assert a.state is None and b.state is not None and c.state is not None
+    for _ in range(4):                                                       # b continued, run after run
+        assert keep("b", 2 * mib).state is not None and c.state is not None
+    e = keep("e", 5 * mib)                                                   # over the half alone: not kept,
+    assert e.state is None and b.state is not None and c.state is not None  # and nothing let go for it

@@ -190,6 +190,63 @@ def test_milestone_checkpoints_are_kept_and_written_even_off_the_checkpoint_cade
     assert [s for s, _ in CheckpointManager(str(tmp_path / "plain" / "checkpoints")).complete()] == [10, 8]
 
 
+class TwoPhaseJob:
+    """A job whose every other unit of work does not move the counter (as a distillation's critic-only iterations):
+    `linear_job` steps on the odd units; the even ones add to a count that the checkpoint keeps."""
+
+    def __init__(self):
+        self.inner, self.units = linear_job(), 0
+
+    @property
+    def step(self):
+        return self.inner.step
+
+    def advance(self):
+        self.units += 1
+        return self.inner.advance() if self.units % 2 == 0 else None
+
+    def state(self):
+        tensors, state = self.inner.state()
+        return tensors, {**state, "units": self.units}
+
+    def load(self, tensors, state):
+        self.inner.load(tensors, state)
+        self.units = state["units"]
+
+    def restart_from(self, step):
+        self.inner.restart_from(step)
+
+
+def test_a_stop_between_counter_moves_keeps_the_milestone_and_a_stop_with_nothing_new_saves_nothing(tmp_path):
+    """Stopped after a unit that did not move the counter, the job saves step N again, over step N's milestone:
+    the milestone stays one (a run resumed with another keep_every dropped the marker, and a later prune the
+    checkpoint). Stopped before any new work, nothing is written."""
+    folder = tmp_path / "run"
+    train(folder, 2, job=TwoPhaseJob(), checkpoint_every=1, keep_every=2)
+    ckpt = CheckpointManager(str(folder / "checkpoints"))
+    milestone = folder / "checkpoints" / "step_00000002"
+    assert (milestone / CheckpointManager.MILESTONE).exists()
+    before = (milestone / "state.pt").stat().st_mtime_ns
+
+    def stop_now():
+        raise KeyboardInterrupt("cancel")
+    with pytest.raises(KeyboardInterrupt):                          # nothing new: nothing written
+        train(folder, 6, job=TwoPhaseJob(), checkpoint_every=1, interrupt=stop_now)
+    assert (milestone / "state.pt").stat().st_mtime_ns == before
+    calls = []
+
+    def stop_after_one_unit():
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("cancel")
+    with pytest.raises(KeyboardInterrupt):                          # one unit that does not move the counter
+        train(folder, 6, job=TwoPhaseJob(), checkpoint_every=1, interrupt=stop_after_one_unit)
+    assert torch.load(milestone / "state.pt", weights_only=True)["units"] == 5
+    assert (milestone / CheckpointManager.MILESTONE).exists()
+    train(folder, 6, job=TwoPhaseJob(), checkpoint_every=1)        # pruning keeps it
+    assert [s for s, _ in ckpt.complete()] == [6, 5, 2]
+
+
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="POSIX file modes and umask; Linux's /proc")
 def test_every_checkpoint_file_has_the_mode_any_new_file_gets_and_is_synced_before_complete(tmp_path, monkeypatch):
     """safetensors writes its files owner-only (0600) whatever the umask; a checkpoint's files get 0666 less the

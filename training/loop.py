@@ -239,6 +239,7 @@ class TrainingLoop:
                    dynamic_ncols=True)
         last_log, last_logged = time.time(), job.step
         at_boundary = True   # True between steps: only then is the in-memory state consistent to save
+        unsaved = False      # work done since the state was loaded or saved (a stop with none saves nothing)
         try:
             while job.step < stop:
                 self._check_stop(job)
@@ -259,7 +260,7 @@ class TrainingLoop:
                         where = f"the newest checkpoint in {self.ckpt.folder} is the last good state"
                     raise FloatingPointError(f"{e}; {where}" + (f"; {nonfinite_hint}" if nonfinite_hint else "")) \
                         from None
-                at_boundary = True
+                at_boundary, unsaved = True, True
                 if stats is None:
                     continue
                 bar.update(1)
@@ -277,6 +278,7 @@ class TrainingLoop:
                 milestone = keep_every > 0 and job.step % keep_every == 0
                 if job.step % checkpoint_every == 0 or milestone or job.step == stop or out_of_time:
                     self.save(job)
+                    unsaved = False
                 if eval_due():
                     run_evaluation()
                 if out_of_time:
@@ -290,9 +292,10 @@ class TrainingLoop:
             # a save is a collective, and an error on one rank must not leave the others waiting in it
             together = not getattr(job, "sharded", False) or getattr(reason, "salt_collective", False)
             if at_boundary and together and not isinstance(reason, FloatingPointError):
-                self.save(job)
-                log.info("stopped at %s %d (%s); checkpoint saved, rerun the same command to resume", self.step_key,
-                         job.step, type(reason).__name__)
+                if unsaved:
+                    self.save(job)
+                log.info("stopped at %s %d (%s); %s, rerun the same command to resume", self.step_key, job.step,
+                         type(reason).__name__, "checkpoint saved" if unsaved else "nothing new since the last save")
             else:
                 log.info("stopped inside a step; rerun the same command to resume from the last checkpoint")
             raise

@@ -13,6 +13,7 @@ Knows nothing of ComfyUI.
 import hashlib
 import logging
 import os
+import sys
 
 import numpy as np
 import torch
@@ -73,15 +74,19 @@ class EmbeddedPrompts:
 
 
 def prompts_bytes(prompts_file: str) -> int:
-    """Host bytes the list of a prompts file's lines takes in Python, counted from the file in one streamed pass
-    (nothing kept): each line a str object (49 bytes and one per ASCII character; 76 and four per character
-    where it is not ASCII, an upper bound) and its list entry (8 bytes, 16 while the list grows), and 64 KiB of
-    read buffers."""
-    total = 64 << 10
-    with open(prompts_file, "rb") as f:
+    """Host bytes reading a prompts file as a list of its lines takes in Python, counted in one streamed pass that
+    splits and strips the lines as read_prompts_file does (text mode: '\\n', '\\r\\n' and a lone '\\r' end a line):
+    each kept line's str object and its list entry (8 bytes, 16 while the list grows), the longest line twice more
+    (as read and as stripped, while it is the one being read), and 64 KiB of read buffers. The pass itself holds one
+    line at a time (a file of one huge line: that line twice)."""
+    total, longest = 64 << 10, 0
+    with open(prompts_file, encoding="utf-8-sig", errors="replace") as f:   # undecodable bytes: named by the read
         for line in f:
-            total += 65 + len(line) if line.isascii() else 92 + 4 * len(line)
-    return total
+            stripped = line.strip()
+            if stripped:
+                total += sys.getsizeof(stripped) + 16
+            longest = max(longest, sys.getsizeof(line))
+    return total + 2 * longest
 
 
 def read_prompts_file(prompts_file: str) -> list:

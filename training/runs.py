@@ -17,6 +17,7 @@ Knows nothing of ComfyUI or the losses.
 """
 import contextlib
 import dataclasses
+import filecmp
 import json
 import logging
 import os
@@ -134,8 +135,11 @@ class CheckpointManager:
         return final
 
     def _mark(self, folder: str, step: int) -> None:
-        """Mark a checkpoint at a multiple of `keep_every` as a milestone: kept for good, whatever later runs set."""
-        if self.keep_every > 0 and step % self.keep_every == 0:
+        """Mark a checkpoint at a multiple of `keep_every` as a milestone: kept for good, whatever later runs set; so
+        is one that replaces a milestone of the same step (saved again after critic-only iterations, or by a run
+        resumed with another keep_every)."""
+        again = os.path.join(self.folder, f"step_{step:08d}", self.MILESTONE)
+        if (self.keep_every > 0 and step % self.keep_every == 0) or os.path.exists(again):
             open(os.path.join(folder, self.MILESTONE), "w").close()
 
     @staticmethod
@@ -250,14 +254,14 @@ class JsonlLog:
             f.write(json.dumps(record) + "\n")
 
 
-NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)   # POSIX; Windows has no such flag (nor symlinks a user can make freely)
+NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)   # POSIX; Windows has no such flag (its links need Developer Mode or admin)
 
 
 def open_own(path: str, flags: int) -> int:
     """os.open of a file a run keeps in its folder (created if missing), never through a symbolic link: a link
     planted there would make the run write into a file it did not make. A RunError naming it otherwise."""
     try:
-        return os.open(path, flags | os.O_CREAT | NO_FOLLOW, 0o644)
+        return os.open(path, flags | os.O_CREAT | NO_FOLLOW | getattr(os, "O_BINARY", 0), 0o644)   # Windows: no CRLF
     except OSError as e:
         if os.path.islink(path):
             raise RunError(f"{path!r} is a symbolic link; a run writes its own files there and never through a link: "
@@ -267,21 +271,27 @@ def open_own(path: str, flags: int) -> int:
 
 # Windows device names: a file or folder named so (any extension, any case) opens the device, not a file
 WINDOWS_DEVICES = {"CON", "PRN", "AUX", "NUL", *(f"{p}{i}" for p in ("COM", "LPT") for i in range(1, 10))}
+WINDOWS_NAME_RULE = "; on Windows not ending in '.' nor a device name such as CON or NUL"
 
 
-def is_plain_name(name) -> bool:
-    """Whether `name` can name a file or folder the pack writes, on every OS: NAME_PATTERN (letters, digits, '_',
-    '-', '.'; up to 100 characters), no '..', no final '.' (Windows drops it), no Windows device name (CON, NUL...)."""
-    return (isinstance(name, str) and bool(NAME_PATTERN.match(name)) and ".." not in name and not name.endswith(".")
-            and name.split(".")[0].upper() not in WINDOWS_DEVICES)
+ON_WINDOWS = os.name == "nt"
+
+
+def is_plain_name(name, windows: bool = None) -> bool:
+    """Whether `name` can name a file or folder the pack writes: NAME_PATTERN (letters, digits, '_', '-', '.'; up to
+    100 characters) and no '..'; on Windows also no final '.' (Windows drops it: two names, one file) and no device
+    name (CON, NUL...: the name opens the device). Elsewhere those stay plain names (a run folder named `aux` made
+    there keeps resuming)."""
+    if not (isinstance(name, str) and NAME_PATTERN.match(name) and ".." not in name):
+        return False
+    return not (ON_WINDOWS if windows is None else windows) or not (name.endswith(".") or name.split(".")[0].upper() in WINDOWS_DEVICES)
 
 
 def check_run_name(name: str, where: str = "run") -> str:
     """`name` if it is a plain folder name (is_plain_name), else ValueError."""
     if not is_plain_name(name):
         raise ValueError(f"{where}: name={quote(name)}; expected a plain folder name (letters, digits, '_', '-', '.'; "
-                         f"up to 100 characters, not ending in '.', not a device name such as CON or NUL), e.g. "
-                         f"'toy_salt_run1'")
+                         f"up to 100 characters{WINDOWS_NAME_RULE}), e.g. 'toy_salt_run1'")
     return name
 
 
@@ -536,14 +546,17 @@ def run_identity(folder: str, create: bool = False) -> str:
 
 def published_here_by(dest: str, folder: str) -> bool:
     """Whether the file at `dest` is a student the run in `folder` published: it carries the run's id
-    (files.RUN_META), or, from a run that exported before runs had ids, it is still a hard link of that run's
-    export."""
+    (files.RUN_META), or, from a run that exported before runs had ids, it is still that run's export (a hard
+    link of it, or a byte-identical copy: a models folder on another file system)."""
     mine = run_identity(folder)
     if mine and published_run(dest) == mine:
         return True
     export = os.path.join(folder, "export", "student.safetensors")
+    if mine or published_run(dest) or not os.path.isfile(export):
+        return False
     try:
-        return not published_run(dest) and not mine and os.path.samefile(dest, export)
+        return os.path.samefile(dest, export) or (os.path.getsize(dest) == os.path.getsize(export)
+                                                  and filecmp.cmp(dest, export, shallow=False))
     except OSError:
         return False
 
@@ -558,9 +571,13 @@ def check_publish_dest(dest: str, folder: str, flag: str = "dest") -> bool:
         return False
     if published_here_by(dest, folder):
         return True
-    raise ValueError(f"{flag}={dest!r} holds a student that the run in {folder!r} did not publish (another run's, "
-                     f"one whose run folder is gone, or a file exported by hand); it is never replaced. Choose a "
-                     f"new name, or move that file away first")
+    if published_run(dest):
+        whose = f"another run's (run id {published_run(dest)[:8]}…; its run folder may be gone)"
+    else:
+        whose = ("a student without a run id (a CLI export, or one published by a release before run ids whose run "
+                 "folder no longer holds it)")
+    raise ValueError(f"{flag}={dest!r} holds {whose}, not one the run in {folder!r} published; it is never "
+                     f"replaced. Choose a new name, or move that file away first")
 
 
 def publish_student(export_path: str, dest: str, flag: str = "dest", folder: str = None, ours: bool = False) -> str:
@@ -571,7 +588,8 @@ def publish_student(export_path: str, dest: str, flag: str = "dest", folder: str
     training; the export since made anew is no longer a link of it). Returns `dest`."""
     try:
         check_output(dest, flag)
-        if folder is not None and os.path.lexists(dest) and not (ours or published_here_by(dest, folder)):
+        theirs = published_run(dest) not in ("", run_identity(folder)) if folder is not None else False
+        if folder is not None and os.path.lexists(dest) and (theirs or not (ours or published_here_by(dest, folder))):
             check_publish_dest(dest, folder, flag)
     except ValueError as e:
         raise ValueError(f"{e}; the student stays at {export_path!r}") from None

@@ -97,8 +97,9 @@ def make_route(handler, read_only=("status",)):
                                      status=405, headers={"Allow": "POST"})
         if request.method == "POST":
             if request.content_type != JSON_TYPE:      # the media type alone, lower case (aiohttp)
-                return web.json_response({"error": f"send the body as JSON with Content-Type: {JSON_TYPE} (e.g. "
-                                                   f"{{}} for stop, pause and resume)"}, status=415)
+                return web.json_response({"error": f"Content-Type {request.content_type[:60]!r}; send the body as "
+                                                   f"JSON with Content-Type: {JSON_TYPE} (e.g. {{}} for stop, pause "
+                                                   f"and resume)"}, status=415)
             if (request.content_length or 0) > MAX_BODY:
                 return web.json_response({"error": f"the body is over {MAX_BODY} bytes"}, status=413)
             raw = bytearray()
