@@ -591,7 +591,8 @@ import { registered, listeners, graph } from "./scripts/app.js";
 await import("./extensions/salt/salt_live.js");
 registered[0].setup();
 const shown = {};
-const view = (name) => ({ queue: [], status: {}, play() { shown[name] = this.queue.length; } });
+const view = (name) => ({ queue: [], status: {}, say(text) { this.status.textContent = text; },
+                          play() { shown[name] = this.queue.length; } });
 const node = (id, extra) => ({ id, ...extra });
 const inner = { nodes: [node(5, { saltLive: view("inner") })] };
 inner.getNodeById = (id) => inner.nodes.find((n) => n.id === id);
@@ -602,6 +603,44 @@ graph.nodes.push(node(3, { saltLive: view("root") }), node(12, { subgraph: inner
 for (const id of [3, "3", "12:5", "12:6:7", "12:9", "99", "12", null])
   listeners["salt.live"]({ detail: { node: id, chunk: 1, period_ms: 5, frames: ["a", "b", "c"] } });
 console.log(JSON.stringify(shown));
+"""
+RACE_HARNESS = """
+import { registered, listeners, graph, api } from "./scripts/app.js";
+const element = () => ({ style: {}, dataset: {}, kids: [], appendChild(c) { this.kids.push(c); },
+                         append(...c) { this.kids.push(...c); } });
+globalThis.document = { createElement: element };
+await import("./extensions/salt/salt_live.js");
+registered[0].setup();
+let root;
+function Node() { this.id = 4; this.size = [100, 100]; this.widgets = [{ name: "stream_id", value: "s" }]; }
+Node.prototype.addDOMWidget = (name, type, element) => { root = element; };
+Node.prototype.setSize = function (size) { this.size = size; };
+await registered[0].beforeRegisterNodeDef(Node, { name: "SaltLiveStream" });
+const node = new Node();
+node.onNodeCreated();
+graph.nodes.push(node);
+const find = (e, action) => e.dataset?.saltLive === action ? e : e.kids?.map((k) => find(k, action)).find(Boolean);
+const stop = find(root, "stop");
+let answer;
+api.fetchApi = () => new Promise((resolve) => { answer = resolve; });
+const tick = () => new Promise((resolve) => setTimeout(resolve, 20));
+const status = () => node.saltLive.status.textContent;
+const out = {};
+stop.onclick();                                         // the run ends before Stop's reply comes back
+listeners["salt.live.end"]({ detail: { node: 4, ended: "stop", chunk: 4 } });
+answer({ ok: true, json: async () => ({ applied: "stop" }) });
+await tick();
+out.ended_first = status();
+stop.onclick();                                         // nothing in between: the reply is the news
+answer({ ok: true, json: async () => ({}) });
+await tick();
+out.reply_only = status();
+stop.onclick();                                         // an error is shown whatever came in between
+listeners["salt.live"]({ detail: { node: 4, chunk: 5, period_ms: 1, frames: [] } });
+answer({ ok: false, status: 404, json: async () => ({ error: "no live stream 's'" }) });
+await tick();
+out.error = status();
+console.log(JSON.stringify(out));
 """
 APP_STUB = """
 export const registered = [], listeners = {};
@@ -631,6 +670,27 @@ def test_the_live_view_finds_its_node_on_the_root_graph_and_inside_subgraphs(sal
     out = subprocess.run(["node", str(tmp_path / "run.mjs")], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout) == {"root": 6, "inner": 3, "deeper": 3}
+
+
+@pytest.mark.skipif(not __import__("shutil").which("node"), reason="needs node.js to run the web extension")
+def test_a_buttons_ok_never_hides_the_streams_own_news_that_came_after_the_click(salt_nodes, tmp_path):
+    """Stop acts between a chunk's steps, so the run's end event often reaches the page before the Stop request's
+    reply; the reply's "stop: ok" then overwrote "ended (stop) after chunk 4" (seen in the browser test). A reply
+    with nothing newer shows; an error shows whatever came in between."""
+    import json
+    import pathlib
+    import subprocess
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / "app.js").write_text(APP_STUB)
+    (tmp_path / "scripts" / "api.js").write_text('export { api } from "./app.js";\n')
+    (tmp_path / "extensions" / "salt").mkdir(parents=True)
+    source = pathlib.Path(__file__).parent.parent / "web" / "salt_live.js"
+    (tmp_path / "extensions" / "salt" / "salt_live.js").write_text(source.read_text())
+    (tmp_path / "race.mjs").write_text(RACE_HARNESS)
+    out = subprocess.run(["node", str(tmp_path / "race.mjs")], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"ended_first": "ended (stop) after chunk 4", "reply_only": "stop: ok",
+                                      "error": "stop: no live stream 's'"}
 
 
 def test_kept_streams_take_at_most_half_the_hosts_free_memory_the_least_recently_run_let_go(salt_nodes, monkeypatch):

@@ -31,6 +31,7 @@ function makeView(node) {
   row.style.cssText = "display:flex;gap:4px;";
   const send = async (action, body) => {
     const stream = widgetValue(node, "stream_id") || "live";
+    const news = view.news;
     let reply;
     try {
       reply = await api.fetchApi(`/salt/live/${encodeURIComponent(stream)}/${action}`, {
@@ -41,6 +42,9 @@ function makeView(node) {
       return;
     }
     const data = await reply.json().catch(() => ({}));
+    // the stream's own news since the click (a chunk, the run's end: Stop acts between steps, often before this
+    // reply) is newer than "ok": it stays
+    if (reply.ok && view.news !== news) return;
     status.textContent = reply.ok ? `${action}: ok` : `${action}: ${data.error ?? reply.status}`;
   };
   for (const [label, action] of [["Apply", "prompt"], ["Pause", "pause"], ["Resume", "resume"], ["Stop", "stop"]]) {
@@ -51,7 +55,8 @@ function makeView(node) {
     row.appendChild(button);
   }
   root.append(img, status, text, row);
-  const view = { img, status, queue: [], timer: null, shown: 0 };
+  const view = { img, status, queue: [], timer: null, shown: 0, news: 0 };
+  view.say = (text) => { view.news += 1; status.textContent = text; };   // what the stream itself reports
   view.play = () => {
     if (view.timer) return;
     view.timer = setInterval(() => {
@@ -100,13 +105,13 @@ app.registerExtension({
       if (!detail.frames.length) {
         const what = detail.skipped ? `${detail.skipped} frames skipped (the connection is slower than the stream)`
           : "0 frames";
-        view.status.textContent = `chunk ${detail.chunk} · ${detail.period_ms} ms per chunk · ${what}`;
+        view.say(`chunk ${detail.chunk} · ${detail.period_ms} ms per chunk · ${what}`);
         return;
       }
       view.queue.push(...detail.frames);
       const most = QUEUED_PUSHES * detail.frames.length;
       if (view.queue.length > most) view.queue.splice(0, view.queue.length - most);
-      view.status.textContent = `chunk ${detail.chunk} · ${detail.period_ms} ms per chunk · ${detail.frames.length} frames`;
+      view.say(`chunk ${detail.chunk} · ${detail.period_ms} ms per chunk · ${detail.frames.length} frames`);
       view.play();
     });
     api.addEventListener("salt.live.end", ({ detail }) => {
@@ -114,7 +119,7 @@ app.registerExtension({
       window.saltLiveEnded = detail.ended;
       if (!view) return;
       const again = detail.ended === "paused too long" ? " · queue again to continue" : "";
-      view.status.textContent = `ended (${detail.ended}) after chunk ${detail.chunk}${again}`;
+      view.say(`ended (${detail.ended}) after chunk ${detail.chunk}${again}`);
     });
   },
 });
