@@ -89,9 +89,12 @@ $PY experiments/lab_verdicts.py --write $KEPT/lab_verdicts_8seeds.md
 # 2,000-update run would have trained again from the ODE init: 3,000 updates a run instead of 2,000. Seeds 0 and 1
 # (and 2) reached 1,000 updates in legs; a run here continues its finished 1,000-update self where a folder on this
 # machine holds it (extend_from: the run a longer first start gives; tests/test_lab_experiment.py), so a seed whose
-# 1,000-update leg this machine holds goes first (seed 2, on 2026-12-07's fourth machine), else it trains from the
-# ODE init and its milestone finds the 1,000-update result kept and leaves it.
-$PAIR2K --extend-from runs/lab-exp8,runs/lab-exp8-1k --first "dmd:2,salt:2,$(by_seed dmd salt)"
+# 1,000-update leg this machine holds went first (seed 2, on 2026-12-07's fourth machine, finished on the fifth, which
+# was the same machine), else it trains from the ODE init and its milestone finds the 1,000-update result kept and
+# leaves it. (Seed 2 named first and again in by_seed's list ran twice at once on the fifth machine, the second
+# copy refused by the run folder's lock and the script stopped by its "1 run failed": arm_order now runs a pair
+# named twice once.)
+$PAIR2K --extend-from runs/lab-exp8,runs/lab-exp8-1k --first "$(by_seed dmd salt)"
 $PY experiments/lab_verdicts.py --write $KEPT/lab_verdicts_8seeds.md
 # the exact real score against the learned one, at 300 updates
 $B --arms dmd,dmd-exact,salt-exact --first "$(by_seed dmd-exact salt-exact)"

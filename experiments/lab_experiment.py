@@ -221,11 +221,12 @@ def arms_needed(arms) -> set:
 
 
 def arm_order(arms, seeds: int, first=()) -> list:
-    """[(arm, seed)] in run order: the (arm, seed) pairs of `first`, then the claim arms seed by seed, then the
-    others seed by seed."""
+    """[(arm, seed)] in run order, each once: the (arm, seed) pairs of `first` (a pair named twice runs at its first
+    place: run twice, its second copy would start while the first still trains, refused by the run folder's lock,
+    and the runner would count a failure), then the claim arms seed by seed, then the others seed by seed."""
     claim = [a for a in arms if a in CLAIM_ARMS]
     rest = [a for a in arms if a not in CLAIM_ARMS]
-    order = [(a, s) for a, s in first if a in arms and s < seeds]
+    order = list(dict.fromkeys((a, s) for a, s in first if a in arms and s < seeds))
     return order + [(a, s) for group in (claim, rest) for s in range(seeds) for a in group if (a, s) not in order]
 
 

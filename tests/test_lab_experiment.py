@@ -314,6 +314,10 @@ def test_the_runner_runs_claim_arms_first_in_parallel_skips_finished_and_counts_
                      ("sc2", 1), ("salt-exact", 1)]
     assert bench.arm_order(["sc2", "dmd", "salt"], 2, first=[("sc2", 1), ("sc20", 0)]) == [
         ("sc2", 1), ("dmd", 0), ("salt", 0), ("dmd", 1), ("salt", 1), ("sc2", 0)]   # sc20 is not among the arms
+    # a pair named twice (lab_8seeds.sh put seed 2 first, then every seed: salt:2 started again while it trained)
+    assert bench.arm_order(["dmd", "salt"], 3, first=[("dmd", 2), ("salt", 2), ("dmd", 0), ("salt", 0), ("dmd", 2),
+                                                      ("salt", 2)]) == [
+        ("dmd", 2), ("salt", 2), ("dmd", 0), ("salt", 0), ("dmd", 1), ("salt", 1)]
     assert bench.parse_first("sc20:0,sc2:1") == [("sc20", 0), ("sc2", 1)]
     with pytest.raises(SystemExit, match="arm:seed"):
         bench.parse_first("sc9:0")
