@@ -652,11 +652,9 @@ globalThis.window = globalThis;
 """
 
 
-@pytest.mark.skipif(not __import__("shutil").which("node"), reason="needs node.js to run the web extension")
-def test_the_live_view_finds_its_node_on_the_root_graph_and_inside_subgraphs(salt_nodes, tmp_path):
-    """web/salt_live.js run by node.js against a stub of the frontend's app and api: a push names its node by the
-    server's execution id, "12:5" for node 5 inside subgraph node 12; the view looked on the root graph only, so
-    a live node inside a subgraph stayed blank. Ids naming no live node show nothing."""
+def run_web_harness(tmp_path, script: str) -> dict:
+    """Run `script` (an ES module) with node.js beside web/salt_live.js laid out as ComfyUI serves it
+    (extensions/salt/) and APP_STUB as the frontend's scripts/app.js and api.js; its printed JSON."""
     import json
     import pathlib
     import subprocess
@@ -666,10 +664,18 @@ def test_the_live_view_finds_its_node_on_the_root_graph_and_inside_subgraphs(sal
     (tmp_path / "extensions" / "salt").mkdir(parents=True)
     source = pathlib.Path(__file__).parent.parent / "web" / "salt_live.js"
     (tmp_path / "extensions" / "salt" / "salt_live.js").write_text(source.read_text())
-    (tmp_path / "run.mjs").write_text(HARNESS)
+    (tmp_path / "run.mjs").write_text(script)
     out = subprocess.run(["node", str(tmp_path / "run.mjs")], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout) == {"root": 6, "inner": 3, "deeper": 3}
+    return json.loads(out.stdout)
+
+
+@pytest.mark.skipif(not __import__("shutil").which("node"), reason="needs node.js to run the web extension")
+def test_the_live_view_finds_its_node_on_the_root_graph_and_inside_subgraphs(salt_nodes, tmp_path):
+    """web/salt_live.js run by node.js against a stub of the frontend's app and api: a push names its node by the
+    server's execution id, "12:5" for node 5 inside subgraph node 12; the view looked on the root graph only, so
+    a live node inside a subgraph stayed blank. Ids naming no live node show nothing."""
+    assert run_web_harness(tmp_path, HARNESS) == {"root": 6, "inner": 3, "deeper": 3}
 
 
 @pytest.mark.skipif(not __import__("shutil").which("node"), reason="needs node.js to run the web extension")
@@ -677,19 +683,7 @@ def test_a_buttons_ok_never_hides_the_streams_own_news_that_came_after_the_click
     """Stop acts between a chunk's steps, so the run's end event often reaches the page before the Stop request's
     reply; the reply's "stop: ok" then overwrote "ended (stop) after chunk 4" (seen in the browser test). A reply
     with nothing newer shows; an error shows whatever came in between."""
-    import json
-    import pathlib
-    import subprocess
-    (tmp_path / "scripts").mkdir()
-    (tmp_path / "scripts" / "app.js").write_text(APP_STUB)
-    (tmp_path / "scripts" / "api.js").write_text('export { api } from "./app.js";\n')
-    (tmp_path / "extensions" / "salt").mkdir(parents=True)
-    source = pathlib.Path(__file__).parent.parent / "web" / "salt_live.js"
-    (tmp_path / "extensions" / "salt" / "salt_live.js").write_text(source.read_text())
-    (tmp_path / "race.mjs").write_text(RACE_HARNESS)
-    out = subprocess.run(["node", str(tmp_path / "race.mjs")], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout) == {"ended_first": "ended (stop) after chunk 4", "reply_only": "stop: ok",
+    assert run_web_harness(tmp_path, RACE_HARNESS) == {"ended_first": "ended (stop) after chunk 4", "reply_only": "stop: ok",
                                       "error": "stop: no live stream 's'"}
 
 
