@@ -41,8 +41,9 @@ def toy_captions(prompts: str) -> list:
     """Non-empty lines of `prompts`, at most MAX_PROMPTS, with a node error when there are none."""
     captions = []
     for match in re.finditer(LINE, prompts or ""):    # one line at a time, at most one past the limit
-        if match.group().strip():
-            captions.append(match.group().strip())
+        line = match.group().strip()
+        if line:
+            captions.append(line)
             if len(captions) > MAX_PROMPTS:
                 break
     if not 1 <= len(captions) <= MAX_PROMPTS:

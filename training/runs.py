@@ -118,7 +118,7 @@ class CheckpointManager:
     def save(self, step: int, tensors: dict, state: dict, metadata: dict = None) -> str:
         """Write {name: state_dict} as name.safetensors and `state` as state.pt, atomically: every file synced to
         disk before COMPLETE marks the folder and the rename puts it in place."""
-        final = os.path.join(self.folder, f"step_{step:08d}")
+        final = self.step_folder(step)
         tmp = final + f".tmp{os.getpid()}"
         os.makedirs(tmp, exist_ok=True)
         meta = {k: str(v) for k, v in (metadata or {}).items()}
@@ -134,11 +134,15 @@ class CheckpointManager:
         self._prune()
         return final
 
+    def step_folder(self, step: int) -> str:
+        """The folder of the checkpoint at `step` (it may not exist)."""
+        return os.path.join(self.folder, f"step_{step:08d}")
+
     def _mark(self, folder: str, step: int) -> None:
         """Mark a checkpoint at a multiple of `keep_every` as a milestone: kept for good, whatever later runs set; so
         is one that replaces a milestone of the same step (saved again after critic-only iterations, or by a run
         resumed with another keep_every)."""
-        again = os.path.join(self.folder, f"step_{step:08d}", self.MILESTONE)
+        again = os.path.join(self.step_folder(step), self.MILESTONE)
         if (self.keep_every > 0 and step % self.keep_every == 0) or os.path.exists(again):
             open(os.path.join(folder, self.MILESTONE), "w").close()
 
@@ -154,7 +158,7 @@ class CheckpointManager:
         last good checkpoint. A collective: every rank calls it."""
         import torch.distributed as dist
         import torch.distributed.checkpoint as dcp
-        final = os.path.join(self.folder, f"step_{step:08d}")
+        final = self.step_folder(step)
         tmp = final + ".tmp_sharded"
         if rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -272,19 +276,17 @@ def open_own(path: str, flags: int) -> int:
 # Windows device names: a file or folder named so (any extension, any case) opens the device, not a file
 WINDOWS_DEVICES = {"CON", "PRN", "AUX", "NUL", *(f"{p}{i}" for p in ("COM", "LPT") for i in range(1, 10))}
 WINDOWS_NAME_RULE = "; on Windows not ending in '.' nor a device name such as CON or NUL"
-
-
 ON_WINDOWS = os.name == "nt"
 
 
-def is_plain_name(name, windows: bool = None) -> bool:
+def is_plain_name(name) -> bool:
     """Whether `name` can name a file or folder the pack writes: NAME_PATTERN (letters, digits, '_', '-', '.'; up to
     100 characters) and no '..'; on Windows also no final '.' (Windows drops it: two names, one file) and no device
     name (CON, NUL...: the name opens the device). Elsewhere those stay plain names (a run folder named `aux` made
     there keeps resuming)."""
     if not (isinstance(name, str) and NAME_PATTERN.match(name) and ".." not in name):
         return False
-    return not (ON_WINDOWS if windows is None else windows) or not (name.endswith(".") or name.split(".")[0].upper() in WINDOWS_DEVICES)
+    return not ON_WINDOWS or not (name.endswith(".") or name.split(".")[0].upper() in WINDOWS_DEVICES)
 
 
 def check_run_name(name: str, where: str = "run") -> str:
@@ -588,9 +590,10 @@ def publish_student(export_path: str, dest: str, flag: str = "dest", folder: str
     training; the export since made anew is no longer a link of it). Returns `dest`."""
     try:
         check_output(dest, flag)
-        theirs = published_run(dest) not in ("", run_identity(folder)) if folder is not None else False
-        if folder is not None and os.path.lexists(dest) and (theirs or not (ours or published_here_by(dest, folder))):
-            check_publish_dest(dest, folder, flag)
+        mine = folder is None or not os.path.lexists(dest) or published_here_by(dest, folder) or (
+            ours and not published_run(dest))          # `ours`: a pre-id run's own file, found so before training
+        if not mine:
+            check_publish_dest(dest, folder, flag)     # refuses, saying whose file it is
     except ValueError as e:
         raise ValueError(f"{e}; the student stays at {export_path!r}") from None
     os.makedirs(os.path.dirname(dest), exist_ok=True)
