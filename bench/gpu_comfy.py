@@ -268,6 +268,32 @@ def comfy_live(rep: Report, smoke: bool, tree: pathlib.Path):
     shown = torch.cat([images, more])
     rep.close("ComfyUI: SaltLiveStream queued again: both runs' frames vs VAEDecode of both runs' latents", shown,
               whole[:shown.shape[0]], 1e-3)
+    # Cancel between two steps of the second chunk: the device generator's state is restored, so queueing again
+    # continues as a stream never cancelled (one boundary look and 4 step looks a chunk: look 8 is in chunk 2)
+    looks, real_check = [], live.check_interrupted
+
+    def cancel_mid_chunk():
+        looks.append(1)
+        if len(looks) == 8:
+            raise mm.InterruptProcessingException()
+    live.check_interrupted = cancel_mid_chunk
+    runs = dict(model=salt, positive=[[context, {}]], cache_options=options, sigmas=sigmas, seed=7,
+                width=size["width"], height=size["height"], vae=None, live_decoder="vae")
+    try:
+        with torch.inference_mode():
+            salt_nodes.SaltLiveStream.execute(**runs, max_chunks=3, stream_id="gpu_cancel", continue_stream=False)
+    except mm.InterruptProcessingException:
+        pass
+    finally:
+        live.check_interrupted = real_check
+    with torch.inference_mode():
+        after = salt_nodes.SaltLiveStream.execute(**runs, max_chunks=2, stream_id="gpu_cancel",
+                                                  continue_stream=True).args[1]["samples"]
+        never = salt_nodes.SaltLiveStream.execute(**runs, max_chunks=3, stream_id="gpu_never",
+                                                  continue_stream=False).args[1]["samples"]
+    mm.unload_all_models()
+    rep.close("ComfyUI: SaltLiveStream cancelled between steps, then queued again, vs never cancelled (latents)",
+              after, never[:, :, -after.shape[2]:], 1e-3)
     # the same stream shown with a tiny decoder (a random TAEHV of ComfyUI's class, as lighttaew2_1 loads)
     from helpers import tiny_taehv_state_dict
     tiny = comfy.sd.VAE(sd=tiny_taehv_state_dict())
