@@ -41,8 +41,8 @@ WIDGET_FIELDS = ("teacher", "student_init", "critic_init", "gen_steps", "batch_s
 
 
 class TrainingCancelled(KeyboardInterrupt):
-    """Raised on Cancel from the job's callback or its interrupt hook (before every trainer iteration); the job saves
-    a checkpoint first when it has trained since its last one."""
+    """Raised on Cancel from the job's callback or its interrupt hook (before every trainer iteration and between the
+    micro-batches of its first update); the job saves a checkpoint first when it has trained since its last one."""
 
 
 def _model_source(value: str, allowed: str, what: str) -> str:
@@ -169,7 +169,7 @@ def distill(cfg: DistillConfig | OdeInitConfig, name: str, clip=None) -> tuple:
     progress = Progress(cfg.gen_steps, "pixels" if cfg.world else "wan21")
     step = [0]
 
-    def cancel():                        # before every trainer iteration and after every step
+    def cancel():                        # before every trainer iteration, between micro-batches, after every step
         if interrupt_requested():
             raise TrainingCancelled(f"cancelled at generator step {step[0]}")
 

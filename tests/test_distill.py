@@ -257,6 +257,33 @@ def test_interrupted_distillation_resumes_bit_identically(teacher_path, tmp_path
         assert torch.equal(a, b), k
 
 
+def test_a_cancel_between_micro_batches_throws_the_iteration_away_and_resumes_bit_identically(teacher_path,
+                                                                                              tmp_path):
+    """grad_accum 3, critic_ratio 2: the hook runs before each iteration and before micro-batches 2 and 3 of its
+    first update, not in the critic's update of a generator iteration (the generator has stepped: half an
+    iteration cannot be saved). Raised in iteration 2's generator update, it leaves the checkpoint at generator
+    step 1 before iteration 2, and the resumed run's student is the uncancelled run's, bit for bit."""
+    cfg = tiny("toy-salt", teacher_path, step_choices=(8, 4, 2), gen_steps=2, critic_ratio=2, grad_accum=3,
+               checkpoint_every=1, eval_every=0)
+    calls = []
+    straight = run_distillation(cfg, str(tmp_path / "b"), quiet=True, world=TOY, interrupt=lambda: calls.append(1))
+    assert len(calls) == 3 * 3, calls             # iterations 0 (generator), 1 (critic), 2 (generator)
+
+    def cancel_in_iteration_2():
+        calls.append(1)
+        if len(calls) == 8:                       # 7: before iteration 2; 8: before its generator's micro-batch 2
+            raise KeyboardInterrupt("cancel")
+    calls.clear()
+    with pytest.raises(KeyboardInterrupt):
+        run_distillation(cfg, str(tmp_path / "a"), quiet=True, world=TOY, interrupt=cancel_in_iteration_2)
+    state = torch.load(tmp_path / "a" / "checkpoints" / "step_00000001" / "state.pt", weights_only=True)
+    assert (state["gen_step"], state["iteration"]) == (1, 2)
+    assert not (tmp_path / "a" / "checkpoints" / "step_00000002").exists()
+    resumed = run_distillation(cfg, str(tmp_path / "a"), quiet=True, world=TOY)
+    for (k, a), b in zip(resumed.state_dict().items(), straight.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
 @pytest.mark.parametrize("preset", ["toy-ode-init", "toy-dmd"])
 def test_an_explicit_device_overrides_the_launchers_pick(preset, teacher_path, tmp_path, monkeypatch):
     # process_info picks CUDA whenever it is present; ComfyUI started with --cpu passes device="cpu".

@@ -201,7 +201,7 @@ class TwoPhaseJob:
     def step(self):
         return self.inner.step
 
-    def advance(self):
+    def advance(self, interrupt=None):
         self.units += 1
         return self.inner.advance() if self.units % 2 == 0 else None
 

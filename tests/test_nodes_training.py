@@ -313,8 +313,8 @@ def test_cancel_between_generator_updates_stops_at_the_next_critic_iteration_and
     from comfyui_salt.training import distill
     real, pressed = distill.Distiller.iteration, []
 
-    def iteration(self, it):
-        stats = real(self, it)
+    def iteration(self, it, interrupt=None):
+        stats = real(self, it, interrupt)
         if it == 4 and not pressed:                  # once: the first run only
             pressed.append(it)
             mm.interrupt_current_processing(True)
@@ -481,8 +481,9 @@ def test_streamed_wan_latents_are_in_comfys_latent_space_by_comfys_own_wan21_for
     ("eval_clips=100000", "eval_clips=100000; expected an integer in [1, 1024]"),
 ])
 def test_overrides_that_would_keep_a_job_from_its_next_cancel_check_are_bounded(salt_nodes, comfy_dirs, text, words):
-    """Cancel is checked once per generator update: grad_accum × critic_ratio iterations, or an evaluation of
-    eval_clips clips, lie between two checks, so a client's number must not make that hours."""
+    """Cancel is checked before every iteration and between an iteration's first micro-batches; the critic's
+    grad_accum micro-batches after a generator update, or an evaluation of eval_clips clips, lie between two checks,
+    so a client's number must not make that hours (critic_ratio is bounded beside them)."""
     with pytest.raises(ValueError, match=re.escape(words)):
         run(salt_nodes.SaltDistill, **distill_inputs(overrides=text))
 

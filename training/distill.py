@@ -37,7 +37,7 @@ from .distill_models import DistillWorld, build_models, build_prompts, check_wor
 from .distributed import (any_rank, device_mesh, end_process_group, full_optimizer_state, full_state_dict, in_turns,
                           is_sharded, load_full_optimizer_state, load_full_state_dict, peers_lost_message,
                           process_info, shard_model)
-from .loop import TrainingLoop, check_loss_terms, stop_step, torch_threads
+from .loop import TrainingLoop, check_loss_terms, mark_at_boundary, stop_step, torch_threads
 from .optim import EMA, step_generators, step_seed
 from .runs import OVERRIDE_HINT, open_run
 from .validate import check_distill_memory, check_model_sources, check_whole_chunks, inactive_terms, shard_count
@@ -257,12 +257,23 @@ class Distiller:
         if any_rank(error is not None):
             raise error or FloatingPointError(f"{tag} step at iteration {it}: a non-finite loss on another rank")
 
-    def _step(self, loss_fn, model, opt, it, tag, d):
-        """Accumulate `grad_accum` micro-batches of loss_fn, clip, step; returns stats."""
+    def _step(self, loss_fn, model, opt, it, tag, d, interrupt=None):
+        """Accumulate `grad_accum` micro-batches of loss_fn, clip, step; returns stats.
+
+        interrupt (None: not called): called before every micro-batch after the first, where the iteration has
+        changed nothing yet (the caller passes none once an optimizer of this iteration has stepped); what it
+        raises leaves the gradients cleared, marked for the loop as raised at the iteration's boundary.
+        """
         opt.zero_grad(set_to_none=True)
         self.probes.start_step()   # probes of a step that failed before its backward must not leak into this one
         stats = {}
         for micro in range(self.cfg.grad_accum):
+            if micro > 0 and interrupt is not None:
+                try:
+                    interrupt()
+                except KeyboardInterrupt as reason:
+                    opt.zero_grad(set_to_none=True)
+                    raise mark_at_boundary(reason)
             # the global micro-batch: N ranks see the clips one process sees with N × grad_accum micro-batches
             gen, rng = step_generators(self.cfg.seed, 0, it, self.rank * self.cfg.grad_accum + micro,
                                        int(tag == "gen"))
@@ -279,22 +290,26 @@ class Distiller:
         opt.zero_grad(set_to_none=True)   # not held through the other model's step (5.3 GiB for a 1.3B critic)
         return stats
 
-    def iteration(self, it: int) -> dict:
+    def iteration(self, it: int, interrupt=None) -> dict:
         """One loop iteration, in the released order: a generator update every critic_ratio-th iteration (then
-        the EMA update, once the EMA exists), a critic update, and the EMA's creation at `ema_start_iter`."""
+        the EMA update, once the EMA exists), a critic update, and the EMA's creation at `ema_start_iter`.
+        interrupt: called between the micro-batches of the first update (`_step`); a Cancel in the critic's
+        update of a generator iteration waits for the iteration's end (half a unit cannot be saved)."""
         stats = {}
-        if it % self.cfg.critic_ratio == 0:
+        generator = it % self.cfg.critic_ratio == 0
+        if generator:
             d = self.draws(it, "gen")
             stats.update(K=d["K"], exit=d["exit"])
             self.student.train()
-            stats.update(self._step(self.generator_loss, self.student, self.opt_gen, it, "gen", d))
+            stats.update(self._step(self.generator_loss, self.student, self.opt_gen, it, "gen", d, interrupt))
             self.gen_step += 1
             self.tally(stats)
             if self.ema is not None:
                 self.ema.update(self.student)
         d = self.draws(it, "critic")
         stats.update(critic_K=d["K"], critic_exit=d["exit"])
-        stats.update(self._step(self.critic_loss, self.critic, self.opt_critic, it, "critic", d))
+        stats.update(self._step(self.critic_loss, self.critic, self.opt_critic, it, "critic", d,
+                                None if generator else interrupt))
         if self.ema is None and ema_due(self.cfg, it):
             self.ema = EMA(self.student, self.cfg.ema_decay)
         return stats
@@ -305,10 +320,11 @@ class Distiller:
         """The loop's progress counter: generator updates."""
         return self.gen_step
 
-    def advance(self):
-        """Iteration `it`; its stats (with the iteration count) if it made a generator update, else None."""
+    def advance(self, interrupt=None):
+        """Iteration `it`; its stats (with the iteration count) if it made a generator update, else None.
+        interrupt: see `iteration`."""
         before = self.gen_step
-        stats = self.iteration(self.it)
+        stats = self.iteration(self.it, interrupt)
         self.it += 1
         return {"iteration": self.it, **stats} if self.gen_step != before else None
 
@@ -422,7 +438,8 @@ def run_distillation(cfg: DistillConfig, out_dir: str, *, max_gen_steps: int = N
     callback(dict) receives progress after every generator step (gen_step, total, stats) and the
     preview samples at evaluation time; it may raise (e.g. KeyboardInterrupt) to stop — the job
     then saves a resumable checkpoint first. interrupt() is called before every trainer iteration (the critic's
-    too: critic_ratio of them a generator step) and may raise KeyboardInterrupt the same way (a UI's Cancel).
+    too: critic_ratio of them a generator step) and between the micro-batches of an iteration's first update, and
+    may raise KeyboardInterrupt the same way (a UI's Cancel): the iteration it stops is thrown away whole.
 
     `world` lends a toy-world run its teacher ("toy"), prompts and evaluation (`toy.jobs.distill_world()`);
     real-scale runs need none.

@@ -4,8 +4,10 @@
 A job is an object with
 - `step`: its progress counter (optimizer steps; generator updates for distillation): checkpoints are named
   after it and `stop` bounds it;
-- `advance()`: one unit of work; returns its stats (a dict of floats) when `step` moved, None when it did not
-  (a distillation iteration with only a critic update); raises FloatingPointError on a non-finite loss;
+- `advance(interrupt)`: one unit of work; returns its stats (a dict of floats) when `step` moved, None when it did
+  not (a distillation iteration with only a critic update); raises FloatingPointError on a non-finite loss. A job
+  whose unit is long may call `interrupt` (None: nothing to call) inside it, only where it has changed nothing
+  yet (between micro-batches, before any optimizer step), and mark what that raises with `mark_at_boundary` (below);
 - `state()` → ({name: state_dict} written as safetensors, {optimizer states, counters} written as state.pt)
   and `load(tensors, state)`, its inverse.
 
@@ -34,6 +36,13 @@ log = logging.getLogger("salt.training")
 
 
 _STOP = {"signal": None}
+
+
+def mark_at_boundary(reason: BaseException) -> BaseException:
+    """`reason` marked as raised inside `advance()` with the job's state still the last boundary's (what it
+    accumulated thrown away): the loop then saves and stops as if it had been raised before the unit."""
+    reason.salt_at_boundary = True
+    return reason
 
 
 def _request_stop(signum, frame):
@@ -212,9 +221,10 @@ class TrainingLoop:
         postfix: {bar label: stats key} shown on the progress bar. nonfinite_hint: the fix added to a
         non-finite stop's message. keep_every > 0: the checkpoints at its multiples are kept (milestones), besides
         the newest two. interrupt(): called before every unit of work, also those that do not move the counter (a
-        distillation's critic-only iterations: up to critic_ratio − 1 between generator updates); it may raise
-        KeyboardInterrupt to stop there, the state saved first (a single-process job's Cancel: a sharded job's
-        ranks would have to agree, as stop signals do).
+        distillation's critic-only iterations: up to critic_ratio − 1 between generator updates), and passed to
+        `job.advance` for the points inside a unit where nothing has changed yet; it may raise KeyboardInterrupt to
+        stop there, the state saved first (a single-process job's Cancel: a sharded job's ranks would have to
+        agree, as stop signals do).
         """
         started = time.time()
         self.ckpt.keep_every = keep_every
@@ -248,7 +258,10 @@ class TrainingLoop:
                 before = job.step
                 at_boundary = False
                 try:
-                    stats = job.advance()
+                    stats = job.advance(interrupt)
+                except KeyboardInterrupt as e:
+                    at_boundary = getattr(e, "salt_at_boundary", False)
+                    raise
                 except FloatingPointError as e:
                     # A failure before the counter moved left the last good state in memory: save it. After it
                     # moved (a critic failing after its iteration's generator update), the state is half a unit
@@ -318,8 +331,9 @@ class RegressionJob:
         self.ema = EMA(model, ema_decay)
         self.step = 0
 
-    def advance(self) -> dict:
-        """One optimizer step; FloatingPointError (nothing applied) when the loss is not finite."""
+    def advance(self, interrupt=None) -> dict:
+        """One optimizer step; FloatingPointError (nothing applied) when the loss is not finite. One forward and
+        backward: `interrupt` is not called inside."""
         lr = cosine_lr(self.step, **self.schedule)
         for g in self.opt.param_groups:
             g["lr"] = lr
