@@ -22,7 +22,7 @@ from ..training.prompts import cache_is_current, read_prompts_file
 from ..training.ode_init import run_ode_init
 from ..training.ode_init_config import ODE_INIT_PRESETS, OdeInitConfig, get_ode_init_preset
 from ..weights.files import export_student
-from ..training.runs import check_publish_dest, check_run_name, publish_student, run_identity
+from ..training.runs import check_publish_dest, check_run_name, claim_published, publish_student, run_identity
 from .bridge import io
 from .bridge.convert import clip_text_encoder
 from .bridge.memory import free_memory_for_training, model_offload_device, model_patcher, torch_device, training_mode
@@ -162,7 +162,8 @@ def distill(cfg: DistillConfig | OdeInitConfig, name: str, clip=None) -> tuple:
     """Run (or resume) the job in the queue; returns (SaltModel of the student, path of export/student.safetensors).
     `clip` (a ComfyUI CLIP, optional) embeds a real-scale run's prompts once (see embed_prompts)."""
     folder = run_folder(name)
-    ours = check_publish(name)           # before training: the student's file name is free or this run's own
+    check_publish(name)                  # before training: the student's file name is free or this run's own
+    claim_published(publish_path(name), folder)   # a student of this run's without a run id stays its own
     check_memory_limit(cfg, torch_device())
     embed_prompts(cfg, folder, clip)
     free_memory_for_training()
@@ -195,7 +196,7 @@ def distill(cfg: DistillConfig | OdeInitConfig, name: str, clip=None) -> tuple:
     model = model.requires_grad_(False).eval()
     export = export_student(model, folder, causal=cfg.student_kind == "causal",
                             run_id=run_identity(folder, create=True))[0]
-    published = publish_student(export, publish_path(name), PUBLISHED, folder=folder, ours=ours)
+    published = publish_student(export, publish_path(name), PUBLISHED, folder=folder)
     log.info("SaltDistill: exported %s; load it as %s/%s.safetensors", export, PUBLISH_FOLDER, name)
     # managed like a loaded file: offloaded now, loaded onto the compute device by the sampler that uses it
     model = model.to(model_offload_device())

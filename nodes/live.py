@@ -341,10 +341,10 @@ def live_run(salt, positive, options, sigmas, seed, width, height, max_chunks, s
                         break
                     # the generators as the chunk finds them: a chunk left midway leaves the stream as it was
                     drawn = (session.noise_gen.get_state(), stream.generator.get_state())
-                    noise = torch.randn(shape, generator=session.noise_gen).to(ref.device, ref.dtype)
                     try:
+                        noise = torch.randn(shape, generator=session.noise_gen).to(ref.device, ref.dtype)
                         chunk = stream.sample(noise, sig, stochastic=True, callback=between_steps)
-                    except BaseException as e:           # Cancel or Stop between steps (any number of sigmas)
+                    except BaseException as e:           # Cancel or Stop between steps; an error (out of memory)
                         session.noise_gen.set_state(drawn[0])
                         stream.generator.set_state(drawn[1])
                         if not isinstance(e, StoppedMidChunk):

@@ -16,7 +16,7 @@ from ..salt_core.validate import (available_memory, check_choice, check_context,
                                   check_image, check_latent, check_memory, check_number, check_sigmas, quote)
 from .bridge import io
 from .bridge.convert import encode_image, latent_from_comfy, latent_to_comfy, resize_image
-from .bridge.memory import free_memory
+from .bridge.memory import free_memory, torch_device, total_memory
 from .bridge.progress import Progress, check_interrupted
 from .models import salt_in_use
 from .sampling import NON_FINITE_FIX
@@ -173,38 +173,49 @@ def stream(salt: SaltModel, positive, options: CacheOptions, sigmas, seed: int, 
                        cfg_scale, negative, switch_positive, switch_at_chunk, first)
 
 
-def _stream(salt, positive, options, sigmas, seed, num_chunks, width, height, batch_size, sampling, cfg_scale, negative,
-            switch_positive, switch_at_chunk, first) -> torch.Tensor:
-    """`stream` without the autograd-mode handling."""
+def stream_plan(salt: SaltModel, options: CacheOptions, num_chunks: int, width: int, height: int, batch_size: int,
+                cfg_scale: float, num_first: int) -> tuple:
+    """The checks of a stream's sizes, then (frames, latent shape (B, C, frames, H, W), device bytes it needs:
+    stream_memory_bytes) for `num_chunks` chunks after `num_first` clean start frames; ValueError naming the input."""
     if not salt.causal:
         raise ValueError(f"SaltStreamingSampler: {salt.name} is a bidirectional model (not trained for chunk-by-"
                          f"chunk generation); use a causal teacher or student, or a native sampler")
-    check_choice("sampling", sampling, SAMPLING, where="SaltStreamingSampler")
     num_chunks = check_count("num_chunks", num_chunks, where="SaltStreamingSampler", maximum=MAX_CHUNKS)
     batch_size = check_count("batch_size", batch_size, where="SaltStreamingSampler")
     width = check_count("width", width, where="SaltStreamingSampler")
     height = check_count("height", height, where="SaltStreamingSampler")
     frames, policy = num_chunks * options.chunk_frames, options.policy
-    num_first = 0 if first is None else first.shape[2]
     if policy.kind == "full" and frames + num_first > policy.max_frames:
         raise ValueError(f"SaltStreamingSampler: {num_first} start + {num_chunks} chunks × {options.chunk_frames} "
                          f"frames = {frames + num_first} latent frames exceed the full cache's "
                          f"max_frames={policy.max_frames}; raise max_frames in SaltCacheOptions or use a rolling / "
                          f"sink cache for long videos")
-    sig = check_sigmas(sigmas, where="SaltStreamingSampler")
     check_number("cfg", cfg_scale, where="SaltStreamingSampler", low=0, fix="1.0 turns guidance off")
     shape = latent_shape(salt, batch_size, frames, width, height)
     need = stream_memory_bytes(salt.model.cfg, batch_size, frames + num_first, shape[-2:], policy,
                                options.chunk_frames, cfg_scale, salt.model.patch_embedding.weight.dtype)
+    return frames, shape, need
+
+
+STREAM_MEMORY_FIX = ("lower width/height, batch_size or num_chunks, or use a rolling / sink cache (SaltCacheOptions) "
+                     "so the cache holds fewer frames")
+
+
+def _stream(salt, positive, options, sigmas, seed, num_chunks, width, height, batch_size, sampling, cfg_scale, negative,
+            switch_positive, switch_at_chunk, first) -> torch.Tensor:
+    """`stream` without the autograd-mode handling."""
+    check_choice("sampling", sampling, SAMPLING, where="SaltStreamingSampler")
+    num_first = 0 if first is None else first.shape[2]
+    frames, shape, need = stream_plan(salt, options, num_chunks, width, height, batch_size, cfg_scale, num_first)
+    num_chunks, batch_size, policy = shape[2] // options.chunk_frames, shape[0], options.policy
+    sig = check_sigmas(sigmas, where="SaltStreamingSampler")
     # as ComfyUI's samplers: onto the compute device, others freed for room; a native MODEL's view bound to it
     with salt_in_use(salt, need):
         ref = salt.model.patch_embedding.weight      # compute dtype and device (fp8 storage casts to it per layer)
         free = free_memory(ref.device, salt.patcher)   # under Dynamic VRAM: with what ComfyUI can evict
         check_memory(f"{batch_size} × {width}×{height} px × {frames + num_first} latent frames ({policy.kind} "
                      f"cache of {policy.capacity_frames} frames)", need, free, where="SaltStreamingSampler",
-                     limit_what=f"ComfyUI's free memory on {ref.device}",
-                     fix="lower width/height, batch_size or num_chunks, or use a rolling / sink cache "
-                         "(SaltCacheOptions) so the cache holds fewer frames")
+                     limit_what=f"ComfyUI's free memory on {ref.device}", fix=STREAM_MEMORY_FIX)
         context = text_context(positive, salt, batch_size, "positive")
         uncond = None
         if cfg_scale != 1.0:
@@ -355,6 +366,12 @@ class SaltStreamingSampler(io.ComfyNode):
     def execute(cls, model, positive, cache_options, sigmas, seed, num_chunks, width, height, batch_size, sampling,
                 cfg, negative=None, switch_positive=None, switch_at_chunk=2, start_image=None, vae=None,
                 start_latent=None) -> io.NodeOutput:
+        if start_image is not None:   # before its resize and VAE encode: a video no memory of the device holds
+            need = stream_plan(model, cache_options, num_chunks, width, height, batch_size, cfg, num_first=1)[2]
+            device = torch_device()
+            check_memory(f"{batch_size} × {width}×{height} px × {num_chunks} chunks and the start frame", need,
+                         total_memory(device), where="SaltStreamingSampler", limit_what=f"all of {device}'s memory",
+                         fix=STREAM_MEMORY_FIX)
         first = first_frames(model, width, height, batch_size, start_image, vae, start_latent)
         # `cfg` is the widget's id (ComfyUI's name for the guidance scale, as on KSampler): stream's cfg_scale
         x = stream(model, positive, cache_options, sigmas, seed, num_chunks, width, height, batch_size, sampling,

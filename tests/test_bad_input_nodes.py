@@ -320,6 +320,8 @@ def test_a_huge_batch_is_refused_by_the_memory_check_before_the_text_context_is_
 @pytest.mark.parametrize("batch, size", [(64, 65536), (1, 2 ** 20)])
 def test_a_start_image_is_not_resized_to_a_size_the_host_cannot_hold(salt_nodes, toy_salt, monkeypatch, batch, size):
     import comfy.utils
+    from comfyui_salt.nodes import streaming
+    monkeypatch.setattr(streaming, "total_memory", lambda device: 2 ** 80)   # a device that holds any video
     resized = []
     real = comfy.utils.common_upscale
     monkeypatch.setattr(comfy.utils, "common_upscale", lambda *a, **k: resized.append(a[1:3]) or real(*a, **k))
@@ -332,6 +334,24 @@ def test_a_start_image_is_not_resized_to_a_size_the_host_cannot_hold(salt_nodes,
     small = run(salt_nodes.SaltStreamingSampler, **stream_inputs(salt_nodes, toy_salt, width=32, height=32,
                                                                  batch_size=1, start_image=image[:1]))
     assert resized == [(32, 32)] and small[0]["samples"].shape[-2:] == (32, 32)
+
+
+def test_a_start_image_is_not_resized_nor_encoded_for_a_video_no_memory_of_the_device_holds(salt_nodes, toy_salt,
+                                                                                            monkeypatch):
+    """8192 × 8192 (the widgets' largest) fits the host's resize of one image, then the VAE encoded a 67-megapixel
+    frame (minutes, its tiled fallback after running out of memory) before the stream's own memory check refused
+    the video. Now refused first: the stream's bytes against all the device's memory, named with the fix."""
+    import comfy.utils
+    from comfyui_salt.nodes import streaming
+    monkeypatch.setattr(comfy.utils, "common_upscale", lambda *a, **k: pytest.fail("resized before the check"))
+    monkeypatch.setattr(streaming, "encode_image", lambda *a, **k: pytest.fail("encoded before the check"))
+    image = torch.rand(1, 16, 16, 3)
+    total = streaming.total_memory(streaming.torch_device())
+    size = 16 * (int((total / 4) ** 0.5) // 16 + 16)          # more pixels than the device holds float32 numbers
+    with pytest.raises(MemoryError, match=rf"SaltStreamingSampler: 1 × {size}×{size} px × 3 chunks and the start "
+                                          rf"frame needs about .*all of cpu's memory.*lower width/height"):
+        run(salt_nodes.SaltStreamingSampler, **stream_inputs(salt_nodes, toy_salt, width=size, height=size,
+                                                             num_chunks=3, start_image=image))
 
 
 def test_a_start_image_of_a_size_the_model_cannot_take_is_refused_before_it_is_resized(salt_nodes, toy_salt,

@@ -187,6 +187,32 @@ def test_a_run_never_writes_through_a_symbolic_link_planted_in_its_folder(teache
     assert victim.read_text() == "a user's notes\n"
 
 
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="POSIX: FIFOs and O_NOFOLLOW")
+def test_a_run_never_reads_through_a_link_nor_waits_on_a_fifo_planted_in_its_folder(tmp_path):
+    """The metrics log read on resume (logged_eval_steps) and written (JsonlLog), the run id read at export:
+    a FIFO there held the job forever (its open waits for a writer or a reader), a link to /dev/zero fed it without
+    end, a link to another run's id made this run claim that run's students. Refused naming the file, or (the id)
+    taken as none and a new one written in place of the link."""
+    from comfyui_salt.training.runs import JsonlLog, logged_eval_steps, run_identity
+    log = tmp_path / "metrics.jsonl"
+    os.mkfifo(log)
+    with pytest.raises(RunError, match="metrics.jsonl' is not a plain file.*remove it"):
+        logged_eval_steps(str(log))
+    with pytest.raises(RunError, match="metrics.jsonl' is not a plain file.*remove it"):
+        JsonlLog(str(log)).write(gen_step=1)
+    log.unlink()
+    log.symlink_to("/dev/zero")
+    with pytest.raises(RunError, match="metrics.jsonl' is a symbolic link; a run reads its own files"):
+        logged_eval_steps(str(log))
+    other = tmp_path / "other_run_id"
+    other.write_text("0123456789abcdef0123456789abcdef\n")
+    (tmp_path / "run_id").symlink_to(other)
+    assert run_identity(str(tmp_path)) == ""
+    made = run_identity(str(tmp_path), create=True)
+    assert made != "0123456789abcdef0123456789abcdef" and not (tmp_path / "run_id").is_symlink()
+    assert other.read_text() == "0123456789abcdef0123456789abcdef\n" and run_identity(str(tmp_path)) == made
+
+
 def test_a_failed_start_never_blocks_the_run_name(teacher_path, tmp_path):
     bad = tmp_path / "bad_teacher.safetensors"
     bad.write_bytes(b"not a checkpoint")

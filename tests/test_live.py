@@ -232,6 +232,32 @@ def test_cancel_keeps_the_stream_and_queueing_again_continues_it(salt_nodes, toy
     assert live.control_request("c", "status", None)[1]["ended"] == "max_chunks"
 
 
+def test_an_error_after_a_chunks_noise_is_drawn_leaves_the_stream_as_before_the_chunk(salt_nodes, toy_salt,
+                                                                                        monkeypatch):
+    """The noise of chunk 3 drawn, then its move to the device fails (out of memory there): the run fails, the
+    stream is kept, and the next queue continues it equal to a stream that never failed (the noise generator
+    used to stay one draw ahead)."""
+    from comfyui_salt.nodes import live
+    real_randn, draws = torch.randn, []
+
+    def randn(*shape, generator=None, **kw):
+        out = real_randn(*shape, generator=generator, **kw)
+        session = live.SESSIONS.get("o")
+        if session is not None and generator is session.noise_gen:
+            draws.append(1)
+            if len(draws) == 3:
+                raise torch.OutOfMemoryError("CUDA out of memory (moving the chunk's noise)")
+        return out
+    monkeypatch.setattr(live.torch, "randn", randn)
+    with pytest.raises(torch.OutOfMemoryError):
+        run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, stream_id="o", max_chunks=5))
+    monkeypatch.setattr(live.torch, "randn", real_randn)
+    assert live.SESSIONS["o"].chunks == 2
+    after = run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, stream_id="o", max_chunks=2))
+    whole = run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, stream_id="w", max_chunks=4))
+    assert torch.equal(after[0], whole[0][6:])
+
+
 def test_stop_between_the_steps_of_a_long_schedule_ends_the_run_within_a_step(salt_nodes, toy_salt, monkeypatch):
     """A schedule of any length (ComfyUI's schedulers give up to 10,000 steps): Stop sent while a chunk is halfway
     ends the run at the next step, not after the chunk; the chunk is dropped and the stream continues from before

@@ -247,6 +247,39 @@ def test_a_stop_between_counter_moves_keeps_the_milestone_and_a_stop_with_nothin
     assert [s for s, _ in ckpt.complete()] == [6, 5, 2]
 
 
+def test_a_checkpoint_saved_again_at_its_step_survives_a_save_cut_between_its_renames(tmp_path, monkeypatch):
+    """A step saved again (after critic-only iterations) replaces its folder: a save killed after the old one was
+    moved aside and before the new one was in place leaves `step_N.old`, which resumes (it used to be deleted first:
+    a kill then left only the older checkpoints, and a milestone was lost for good). The next save of that step
+    keeps the milestone and leaves one folder."""
+    from comfyui_salt.training import runs
+    folder = tmp_path / "ckpts"
+    ckpt = CheckpointManager(str(folder), keep_every=2)
+    weights = {"model": {"w": torch.ones(2)}}
+    ckpt.save(1, weights, {"step": 1})
+    ckpt.save(2, weights, {"step": 2, "units": 4})
+    real, renames = os.replace, []
+
+    def killed_at_second_rename(src, dst):    # of a folder (each file is written to a temporary name and renamed)
+        if os.path.basename(dst).startswith("step_"):
+            renames.append(dst)
+            if len(renames) == 2:
+                raise KeyboardInterrupt("killed")
+        real(src, dst)
+    monkeypatch.setattr(runs.os, "replace", killed_at_second_rename)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save(2, {"model": {"w": torch.zeros(2)}}, {"step": 2, "units": 5})
+    monkeypatch.setattr(runs.os, "replace", real)
+    again = CheckpointManager(str(folder))
+    assert [(s, os.path.basename(p)) for s, p in again.complete()] == [(2, "step_00000002.old"), (1, "step_00000001")]
+    path, tensors, state = again.load_latest(["model"])
+    assert state["units"] == 4 and torch.equal(tensors["model"]["w"], torch.ones(2))
+    again.save(2, weights, {"step": 2, "units": 5})        # resumed without keep_every: still a milestone
+    assert sorted(os.listdir(folder)) == ["step_00000001", "step_00000002"]
+    assert (folder / "step_00000002" / CheckpointManager.MILESTONE).exists()
+    assert torch.load(folder / "step_00000002" / "state.pt", weights_only=True)["units"] == 5
+
+
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="POSIX file modes and umask; Linux's /proc")
 def test_every_checkpoint_file_has_the_mode_any_new_file_gets_and_is_synced_before_complete(tmp_path, monkeypatch):
     """safetensors writes its files owner-only (0600) whatever the umask; a checkpoint's files get 0666 less the

@@ -217,6 +217,43 @@ def test_a_student_published_before_runs_had_ids_is_replaced_by_its_own_run(salt
     assert read_metadata(str(published))[RUN_META] == (folder / "run_id").read_text().strip()
 
 
+def test_a_student_published_before_run_ids_stays_its_runs_own_after_a_failed_export(salt_nodes, comfy_dirs,
+                                                                                   monkeypatch):
+    """The run id is made at export time; an export that fails after it (a full disk) used to leave the run's
+    own id-less published file looking like a stranger's: every later queue of the name was refused. The claim
+    recorded before training (its file's identity) keeps it the run's; a user's file put there later is not."""
+    import os
+    import sys
+    from safetensors.torch import load_file, save_file
+    from comfyui_salt.weights.files import RUN_META, read_metadata
+    models, output = comfy_dirs
+    published, folder = models / "salt" / "old.safetensors", output / "salt_runs" / "old"
+    run(salt_nodes.SaltDistill, **distill_inputs(name="old"))
+    export = folder / "export" / "student.safetensors"
+    save_file(load_file(str(export)), str(export),
+              {k: v for k, v in read_metadata(str(export)).items() if k != RUN_META})
+    (folder / "run_id").unlink()
+    published.unlink()
+    os.link(export, published)
+    node_module = sys.modules[salt_nodes.SaltDistill.__module__]
+    real = node_module.export_student
+
+    def disk_full(model, run_dir, causal=True, run_id=""):
+        save_file({"x": torch.zeros(1)}, os.path.join(run_dir, "export", "student.safetensors"), {RUN_META: run_id})
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(node_module, "export_student", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        run(salt_nodes.SaltDistill, **distill_inputs(name="old", gen_steps=2))
+    monkeypatch.setattr(node_module, "export_student", real)
+    assert (folder / "run_id").exists() and not read_metadata(str(published)).get(RUN_META)
+    assert salt_nodes.SaltDistill.validate_inputs(name="old") is True
+    run(salt_nodes.SaltDistill, **distill_inputs(name="old", gen_steps=3))
+    assert read_metadata(str(published))[RUN_META] == (folder / "run_id").read_text().strip()
+    published.unlink()                                        # a user's file there now: not the claimed one
+    save_file({"x": torch.zeros(1)}, str(published), {})
+    assert "never replaced" in str(salt_nodes.SaltDistill.validate_inputs(name="old"))
+
+
 # -- running ---------------------------------------------------------------------------------------------
 def test_distill_trains_in_the_queue_with_progress_previews_and_a_loadable_export(salt_nodes, comfy_dirs,
                                                                                     progress_calls):

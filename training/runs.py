@@ -23,6 +23,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import time
 import uuid
 
@@ -57,6 +58,9 @@ class CheckpointManager:
     """`step_XXXXXXXX/` folders holding safetensors weights + a weights-only training-state file."""
 
     PATTERN = re.compile(r"^step_(\d{8})$")
+    # a checkpoint being replaced by one of its own step: its folder is renamed so, the new one renamed into place,
+    # then it is deleted; read only when a save was cut between the two renames (no step_N beside it)
+    REPLACED = re.compile(r"^step_(\d{8})\.old$")
     MILESTONE = "MILESTONE"     # the marker file of a checkpoint kept for good (`keep_every`)
 
     def __init__(self, folder: str, keep: int = 2, keep_every: int = 0):
@@ -64,13 +68,14 @@ class CheckpointManager:
         os.makedirs(folder, exist_ok=True)
 
     def complete(self) -> list:
-        """[(step, path)] of the complete checkpoints, newest first."""
-        found = []
+        """[(step, path)] of the complete checkpoints, newest first: `step_N`, or where a save at step N was cut
+        between its renames (`save`) and no complete `step_N` exists, the `step_N.old` it was replacing."""
+        found, replaced = {}, {}
         for name in os.listdir(self.folder):
-            m = self.PATTERN.match(name)
+            m = self.PATTERN.match(name) or self.REPLACED.match(name)
             if m and os.path.exists(os.path.join(self.folder, name, "COMPLETE")):
-                found.append((int(m.group(1)), os.path.join(self.folder, name)))
-        return sorted(found, reverse=True)
+                (found if m.re is self.PATTERN else replaced)[int(m.group(1))] = os.path.join(self.folder, name)
+        return sorted({**replaced, **found}.items(), reverse=True)
 
     def latest(self):
         """(step, path) of the newest complete checkpoint, or None."""
@@ -128,11 +133,30 @@ class CheckpointManager:
         atomic_write(os.path.join(tmp, "state.pt"), lambda path: torch.save(state, path))
         self._mark(tmp, step)
         open(os.path.join(tmp, "COMPLETE"), "w").close()
-        if os.path.exists(final):
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        self._put_in_place(tmp, final)
         self._prune()
         return final
+
+    def _put_in_place(self, tmp: str, final: str) -> None:
+        """Rename the complete folder `tmp` to `final`. A checkpoint already at `final` (the same step saved again:
+        after critic-only iterations, or by a resumed run) is renamed to `final.old` first and deleted only after
+        the new one is in place: a save killed at any point leaves a complete checkpoint of that step (`complete`),
+        never only the one before it (deleting a large checkpoint takes seconds)."""
+        old = final + ".old"
+        if os.path.exists(final):
+            self._remove(old)             # left beside it by a save cut after its second rename
+            os.replace(final, old)
+        os.replace(tmp, final)
+        self._remove(old)
+
+    @staticmethod
+    def _remove(folder: str) -> None:
+        """Delete a checkpoint folder, its COMPLETE marker first (a delete cut midway leaves no complete-looking
+        remnant)."""
+        if os.path.isdir(folder):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(folder, "COMPLETE"))
+            shutil.rmtree(folder, ignore_errors=True)
 
     def step_folder(self, step: int) -> str:
         """The folder of the checkpoint at `step` (it may not exist)."""
@@ -141,9 +165,9 @@ class CheckpointManager:
     def _mark(self, folder: str, step: int) -> None:
         """Mark a checkpoint at a multiple of `keep_every` as a milestone: kept for good, whatever later runs set; so
         is one that replaces a milestone of the same step (saved again after critic-only iterations, or by a run
-        resumed with another keep_every)."""
-        again = os.path.join(self.step_folder(step), self.MILESTONE)
-        if (self.keep_every > 0 and step % self.keep_every == 0) or os.path.exists(again):
+        resumed with another keep_every; or resumed from the `.old` folder of a save that was cut)."""
+        again = [os.path.join(self.step_folder(step) + tail, self.MILESTONE) for tail in ("", ".old")]
+        if (self.keep_every > 0 and step % self.keep_every == 0) or any(map(os.path.exists, again)):
             open(os.path.join(folder, self.MILESTONE), "w").close()
 
     @staticmethod
@@ -171,9 +195,7 @@ class CheckpointManager:
                 json.dump({k: str(v) for k, v in (metadata or {}).items()}, f)
             self._mark(tmp, step)
             open(os.path.join(tmp, "COMPLETE"), "w").close()
-            if os.path.exists(final):
-                shutil.rmtree(final)
-            os.replace(tmp, final)
+            self._put_in_place(tmp, final)
             self._prune()
         dist.barrier()
         return final
@@ -206,7 +228,7 @@ class CheckpointManager:
                 shutil.rmtree(path, ignore_errors=True)
         for n in os.listdir(self.folder):
             path = os.path.join(self.folder, n)
-            if self.PATTERN.match(n) and path not in complete:
+            if (self.PATTERN.match(n) or self.REPLACED.match(n)) and path not in complete:
                 shutil.rmtree(path, ignore_errors=True)
         for n in os.listdir(self.folder):
             if ".tmp" in n and not n.endswith(f".tmp{os.getpid()}"):   # rank 0 prunes after its sharded rename
@@ -235,7 +257,7 @@ def logged_eval_steps(path: str, step_key: str = "gen_step") -> set:
     """Steps (the records' `step_key`) that have an `eval` record in a metrics.jsonl (torn or foreign lines skipped)."""
     steps = set()
     if os.path.exists(path):
-        with open(path) as f:
+        with open_own_to_read(path) as f:
             for line in f:
                 try:
                     record = json.loads(line)
@@ -254,7 +276,8 @@ class JsonlLog:
 
     def write(self, **record):
         record.setdefault("time", time.time())
-        with os.fdopen(open_own(self.path, os.O_WRONLY | os.O_APPEND), "a") as f:
+        fd = open_own(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        with os.fdopen(fd, "a", encoding="utf-8", newline="\n") as f:
             f.write(json.dumps(record) + "\n")
 
 
@@ -262,15 +285,32 @@ NO_FOLLOW = getattr(os, "O_NOFOLLOW", 0)   # POSIX; Windows has no such flag (it
 
 
 def open_own(path: str, flags: int) -> int:
-    """os.open of a file a run keeps in its folder (created if missing), never through a symbolic link: a link
-    planted there would make the run write into a file it did not make. A RunError naming it otherwise."""
+    """os.open of a file a run keeps in its folder (created if missing with O_CREAT in `flags`), never through a
+    symbolic link and only a plain file: a link planted there would make the run write into (or read) a file it did
+    not make, a FIFO or a device would hold it forever or feed it without end. A RunError naming it otherwise."""
+    verb = "reads" if flags & (os.O_WRONLY | os.O_RDWR) == 0 else "writes"
     try:
-        return os.open(path, flags | os.O_CREAT | NO_FOLLOW | getattr(os, "O_BINARY", 0), 0o644)   # Windows: no CRLF
-    except OSError as e:
-        if os.path.islink(path):
-            raise RunError(f"{path!r} is a symbolic link; a run writes its own files there and never through a link: "
-                           f"remove the link") from None
+        # O_NONBLOCK: opening a FIFO does not wait for its other end (a plain file ignores the flag); O_BINARY: the
+        # Windows C runtime writes a text-mode descriptor's '\n' as CRLF (Python's newline= is a layer above it)
+        fd = os.open(path, flags | NO_FOLLOW | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0), 0o644)
+    except FileNotFoundError:
         raise
+    except OSError:
+        if os.path.islink(path):
+            raise RunError(f"{path!r} is a symbolic link; a run {verb} its own files there and never through a "
+                           f"link: remove the link") from None
+        if not os.path.isfile(path):
+            raise RunError(f"{path!r} is not a plain file; a run keeps its own files there: remove it") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise RunError(f"{path!r} is not a plain file; a run keeps its own files there: remove it")
+    return fd
+
+
+def open_own_to_read(path: str):
+    """A text file a run keeps in its folder, opened to read (open_own): FileNotFoundError when missing."""
+    return os.fdopen(open_own(path, os.O_RDONLY), encoding="utf-8", errors="replace")
 
 
 # Windows device names: a file or folder named so (any extension, any case) opens the device, not a file
@@ -486,7 +526,7 @@ class RunLock:
 
     def __enter__(self):
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        fd = open_own(self.path, os.O_RDWR)
+        fd = open_own(self.path, os.O_RDWR | os.O_CREAT)
         try:
             _lock(fd)
         except OSError:
@@ -526,19 +566,18 @@ except ImportError:   # Windows
 
 
 RUN_ID_FILE = "run_id"   # in a run folder: the run's id (32 hex digits), carried by the students it exports
+# in a run folder: the identity of a student without a run id that the run published (before runs had ids),
+# recorded before it trains on: the proof that outlives the export made anew (published_here_by)
+CLAIM_FILE = "published_without_id"
 
 
 def run_identity(folder: str, create: bool = False) -> str:
     """Run folder `folder`'s id, from its RUN_ID_FILE; made once (random, written whole) where `create`, else ""
     when it has none yet (a run that has not exported, or one exported before runs had ids)."""
     path = os.path.join(folder, RUN_ID_FILE)
-    try:
-        with open(path) as f:
-            found = f.read().strip()
-        if re.fullmatch(r"[0-9a-f]{32}", found):
-            return found
-    except FileNotFoundError:
-        pass
+    found = _read_small(path)
+    if re.fullmatch(r"[0-9a-f]{32}", found):
+        return found
     if not create:
         return ""
     made = uuid.uuid4().hex
@@ -550,17 +589,49 @@ def published_here_by(dest: str, folder: str) -> bool:
     """Whether the file at `dest` is a student the run in `folder` published: it carries the run's id
     (files.RUN_META), or, from a run that exported before runs had ids, it is still that run's export (a hard
     link of it, or a byte-identical copy: a models folder on another file system)."""
-    mine = run_identity(folder)
-    if mine and published_run(dest) == mine:
+    mine, theirs = run_identity(folder), published_run(dest)
+    if theirs:
+        return theirs == mine
+    if _file_identity(dest) == _read_small(os.path.join(folder, CLAIM_FILE)):   # claimed before this run trained on
         return True
     export = os.path.join(folder, "export", "student.safetensors")
-    if mine or published_run(dest) or not os.path.isfile(export):
+    if mine or not os.path.isfile(export):
         return False
     try:
         return os.path.samefile(dest, export) or (os.path.getsize(dest) == os.path.getsize(export)
                                                   and filecmp.cmp(dest, export, shallow=False))
     except OSError:
         return False
+
+
+def claim_published(dest: str, folder: str) -> None:
+    """Before the run in `folder` trains on: when the file at `dest` is a student without a run id that the run
+    published (published_here_by: still its export), record that file's identity (device, inode, size,
+    modification time) in the run folder. The export made anew no longer matches it, and the run id written at
+    export time ends the first rule: without the record, an export or a publish that failed (a full disk) would
+    leave the run refused its own file for good."""
+    if os.path.lexists(dest) and not published_run(dest) and published_here_by(dest, folder):
+        _write_text(os.path.join(folder, CLAIM_FILE), _file_identity(dest))
+
+
+def _file_identity(path: str) -> str:
+    """'device:inode:size:mtime_ns' of a file (another file put at `path`, or this one rewritten, changes it);
+    "" when it cannot be read."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ""
+    return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def _read_small(path: str, limit: int = 256) -> str:
+    """The first `limit` characters of a small text file the run keeps, stripped; "" when missing, a link or not a
+    plain file (open_own_to_read)."""
+    try:
+        with open_own_to_read(path) as f:
+            return f.read(limit).strip()
+    except (OSError, RunError):
+        return ""
 
 
 def check_publish_dest(dest: str, folder: str, flag: str = "dest") -> bool:
@@ -582,16 +653,15 @@ def check_publish_dest(dest: str, folder: str, flag: str = "dest") -> bool:
                      f"replaced. Choose a new name, or move that file away first")
 
 
-def publish_student(export_path: str, dest: str, flag: str = "dest", folder: str = None, ours: bool = False) -> str:
+def publish_student(export_path: str, dest: str, flag: str = "dest", folder: str = None) -> str:
     """Place an exported student (written with its `files.student_metadata`) at `dest` (hard link, else a copy),
     replacing only a file Salt wrote there; a user's file at `dest` is never replaced: a ValueError naming `flag`
     (the input that chose `dest`) and where the export stays. With the run's `folder`, a file there is replaced only
-    when that run published it (published_here_by), or when `ours` (check_publish_dest found it this run's before
-    training; the export since made anew is no longer a link of it). Returns `dest`."""
+    when that run published it (published_here_by; a student without a run id: claimed by claim_published before
+    the run trained on). Returns `dest`."""
     try:
         check_output(dest, flag)
-        mine = folder is None or not os.path.lexists(dest) or published_here_by(dest, folder) or (
-            ours and not published_run(dest))          # `ours`: a pre-id run's own file, found so before training
+        mine = folder is None or not os.path.lexists(dest) or published_here_by(dest, folder)
         if not mine:
             check_publish_dest(dest, folder, flag)     # refuses, saying whose file it is
     except ValueError as e:

@@ -21,6 +21,11 @@ def free_memory(device, patcher=None) -> int:
     return int(comfy.model_management.get_free_memory(device))
 
 
+def total_memory(device) -> int:
+    """Bytes of all of `device`'s memory (RAM for the CPU), as ComfyUI counts them: what no eviction can exceed."""
+    return int(comfy.model_management.get_total_memory(device))
+
+
 # UNETLoader's weight_dtype options → storage dtype of the linear layers' weights (None: the compute dtype).
 # "_fast" also multiplies in fp8 where the GPU supports it (comfy.ops.fp8_ops); elsewhere it casts like the rest.
 WEIGHT_DTYPES = {"default": None, "fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e4m3fn_fast": torch.float8_e4m3fn,
