@@ -328,7 +328,9 @@ def test_export_teacher_refuses_a_folder_that_is_no_run_and_a_destination_inside
     assert not (tmp_path / "typo").exists()                     # no checkpoints/ made on the way
     step = tmp_path / "run" / "checkpoints" / "step_00000001"
     step.mkdir(parents=True)
-    for inside in (step / "ema.safetensors", step / "sub" / "x.safetensors"):
+    (tmp_path / "run" / "checkpoints" / "step_00000002.old").mkdir()   # a checkpoint a cut save was replacing
+    for inside in (step / "ema.safetensors", step / "sub" / "x.safetensors",
+                   tmp_path / "run" / "checkpoints" / "step_00000002.old" / "ema.safetensors"):
         with pytest.raises(ValueError, match="inside a run's checkpoint; an export never replaces"):
             export_teacher(str(tmp_path / "run"), str(inside))
     link = tmp_path / "elsewhere"

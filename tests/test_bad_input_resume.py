@@ -213,6 +213,71 @@ def test_a_run_never_reads_through_a_link_nor_waits_on_a_fifo_planted_in_its_fol
     assert other.read_text() == "0123456789abcdef0123456789abcdef\n" and run_identity(str(tmp_path)) == made
 
 
+def test_a_run_id_that_does_not_read_is_an_error_never_an_id_made_anew(tmp_path, monkeypatch):
+    """Only a missing run id (or a link, a FIFO) is "none": a run id that exists but does not read (permissions,
+    another program holding it on Windows) was taken as none and a new id written over it at export, and every
+    student the run had published became a stranger's."""
+    from comfyui_salt.training import runs
+    made = runs.run_identity(str(tmp_path), create=True)
+    real = runs.os.open
+
+    def held(path, *a, **k):
+        if os.path.basename(path) == runs.RUN_ID_FILE:
+            raise PermissionError(13, "Permission denied", path)
+        return real(path, *a, **k)
+    monkeypatch.setattr(runs.os, "open", held)
+    with pytest.raises(PermissionError):
+        runs.run_identity(str(tmp_path), create=True)
+    monkeypatch.setattr(runs.os, "open", real)
+    assert runs.run_identity(str(tmp_path)) == made
+
+
+def test_a_dangling_link_at_the_published_name_is_never_taken_for_the_runs_own(tmp_path):
+    """A link at the name whose target is gone (a model on a drive not mounted) and a run with no claim: both
+    identities read "" and compared equal, so the run replaced the user's link."""
+    from comfyui_salt.training.runs import check_publish_dest, run_identity
+    folder, dest = tmp_path / "run", tmp_path / "salt" / "name.safetensors"
+    folder.mkdir()
+    run_identity(str(folder), create=True)
+    dest.parent.mkdir()
+    dest.symlink_to(tmp_path / "unmounted" / "model.safetensors")
+    with pytest.raises(ValueError, match="never replaced"):
+        check_publish_dest(str(dest), str(folder), "name")
+    assert dest.is_symlink()
+
+
+def test_a_publish_cut_midway_leaves_the_previous_student_at_the_name(tmp_path, monkeypatch):
+    """The published file was deleted, then linked or copied: a copy (another file system) cut by a full disk
+    left a torn file there, no longer Salt's by its header, and the name refused for good. Now placed whole by a
+    rename, or not at all."""
+    import shutil
+    from safetensors.torch import save_file
+    from comfyui_salt.training import runs
+    from comfyui_salt.weights.files import LAYOUT_META
+    export, dest = tmp_path / "export.safetensors", tmp_path / "salt" / "name.safetensors"
+    save_file({"w": torch.ones(4)}, str(export), {LAYOUT_META: "wan"})   # Salt's, as its metadata says
+    runs.publish_student(str(export), str(dest))
+    before = dest.read_bytes()
+    save_file({"w": torch.zeros(4)}, str(export), {LAYOUT_META: "wan"})
+
+    def no_link(src, dst):
+        raise OSError(18, "Invalid cross-device link")
+
+    def disk_full(src, dst):
+        with open(dst, "wb") as f:
+            f.write(b"\x08\x00")
+        raise OSError(28, "No space left on device")
+    real_copy = shutil.copyfile
+    monkeypatch.setattr(runs.os, "link", no_link)
+    monkeypatch.setattr(runs.shutil, "copyfile", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        runs.publish_student(str(export), str(dest))
+    assert dest.read_bytes() == before and sorted(os.listdir(dest.parent)) == ["name.safetensors"]
+    monkeypatch.setattr(runs.shutil, "copyfile", real_copy)   # a copy, whole this time
+    runs.publish_student(str(export), str(dest))
+    assert dest.read_bytes() == export.read_bytes()
+
+
 def test_a_failed_start_never_blocks_the_run_name(teacher_path, tmp_path):
     bad = tmp_path / "bad_teacher.safetensors"
     bad.write_bytes(b"not a checkpoint")

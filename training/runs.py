@@ -12,7 +12,8 @@ distillation): one `RunFolder` object holds what a run keeps there (checkpoints/
 - One process per run folder: `RunLock` holds an OS lock on `<folder>/.lock` (released by the OS
   when the process dies, so a killed run never leaves a stale lock).
 - Checkpoints are `step_XXXXXXXX/` folders written beside their final name and renamed into place complete, so a
-  kill never leaves a torn one; the newest one that reads back is found on restart.
+  kill never leaves a torn one (one saved again at its step replaces the old by renames: `step_XXXXXXXX.old` while
+  it does); the newest one that reads back is found on restart.
 Knows nothing of ComfyUI or the losses.
 """
 import contextlib
@@ -55,7 +56,8 @@ class RunError(RuntimeError):
 
 
 class CheckpointManager:
-    """`step_XXXXXXXX/` folders holding safetensors weights + a weights-only training-state file."""
+    """`step_XXXXXXXX/` folders holding safetensors weights + a weights-only training-state file (and, for a save
+    cut while replacing a checkpoint of its own step, the `step_XXXXXXXX.old` it was replacing: `complete`)."""
 
     PATTERN = re.compile(r"^step_(\d{8})$")
     # a checkpoint being replaced by one of its own step: its folder is renamed so, the new one renamed into place,
@@ -144,19 +146,19 @@ class CheckpointManager:
         never only the one before it (deleting a large checkpoint takes seconds)."""
         old = final + ".old"
         if os.path.exists(final):
-            self._remove(old)             # left beside it by a save cut after its second rename
+            self._remove(old)             # left beside it by a save cut after its second rename: its own error
             os.replace(final, old)
         os.replace(tmp, final)
-        self._remove(old)
+        self._remove(old, strict=False)   # saved: what is left of it is superseded, _prune retries
 
     @staticmethod
-    def _remove(folder: str) -> None:
+    def _remove(folder: str, strict: bool = True) -> None:
         """Delete a checkpoint folder, its COMPLETE marker first (a delete cut midway leaves no complete-looking
-        remnant)."""
+        remnant); `strict`: a file that cannot be deleted raises its own error."""
         if os.path.isdir(folder):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(os.path.join(folder, "COMPLETE"))
-            shutil.rmtree(folder, ignore_errors=True)
+            shutil.rmtree(folder, ignore_errors=not strict)
 
     def step_folder(self, step: int) -> str:
         """The folder of the checkpoint at `step` (it may not exist)."""
@@ -221,7 +223,8 @@ class CheckpointManager:
     def _prune(self):
         """Keep the `keep` newest complete checkpoints and the milestones (marked when saved at a multiple of
         `keep_every`: a resume with another setting keeps them too); drop older ones, step folders without COMPLETE
-        (never a finished save: those are renamed into place complete) and other processes' temp folders."""
+        (never a finished save: those are renamed into place complete), `.old` folders a complete checkpoint of
+        their step supersedes, and other processes' temp folders."""
         complete = {path for _, path in self.complete()}
         for _, path in self.complete()[self.keep:]:
             if not os.path.exists(os.path.join(path, self.MILESTONE)):
@@ -587,12 +590,14 @@ def run_identity(folder: str, create: bool = False) -> str:
 
 def published_here_by(dest: str, folder: str) -> bool:
     """Whether the file at `dest` is a student the run in `folder` published: it carries the run's id
-    (files.RUN_META), or, from a run that exported before runs had ids, it is still that run's export (a hard
-    link of it, or a byte-identical copy: a models folder on another file system)."""
+    (files.RUN_META), or, from a run that exported before runs had ids, it is the file `claim_published` recorded
+    before the run trained on, or still that run's export (a hard link of it, or a byte-identical copy: a models
+    folder on another file system)."""
     mine, theirs = run_identity(folder), published_run(dest)
     if theirs:
         return theirs == mine
-    if _file_identity(dest) == _read_small(os.path.join(folder, CLAIM_FILE)):   # claimed before this run trained on
+    claim = _read_small(os.path.join(folder, CLAIM_FILE))      # recorded before this run trained on (claim_published)
+    if claim and _file_identity(dest) == claim:
         return True
     export = os.path.join(folder, "export", "student.safetensors")
     if mine or not os.path.isfile(export):
@@ -606,8 +611,8 @@ def published_here_by(dest: str, folder: str) -> bool:
 
 def claim_published(dest: str, folder: str) -> None:
     """Before the run in `folder` trains on: when the file at `dest` is a student without a run id that the run
-    published (published_here_by: still its export), record that file's identity (device, inode, size,
-    modification time) in the run folder. The export made anew no longer matches it, and the run id written at
+    published (published_here_by: still its export), record that file's identity (inode, size, modification
+    time) in the run folder. The export made anew no longer matches it, and the run id written at
     export time ends the first rule: without the record, an export or a publish that failed (a full disk) would
     leave the run refused its own file for good."""
     if os.path.lexists(dest) and not published_run(dest) and published_here_by(dest, folder):
@@ -615,22 +620,23 @@ def claim_published(dest: str, folder: str) -> None:
 
 
 def _file_identity(path: str) -> str:
-    """'device:inode:size:mtime_ns' of a file (another file put at `path`, or this one rewritten, changes it);
-    "" when it cannot be read."""
+    """'inode:size:mtime_ns' of a file (another file put at `path`, or this one rewritten, changes it; the device
+    number is left out: a network or FUSE file system may renumber it at a remount); "" when it cannot be read."""
     try:
         st = os.stat(path)
     except OSError:
         return ""
-    return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+    return f"{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
 
 
 def _read_small(path: str, limit: int = 256) -> str:
     """The first `limit` characters of a small text file the run keeps, stripped; "" when missing, a link or not a
-    plain file (open_own_to_read)."""
+    plain file (open_own_to_read). Any other error reading it (permissions, another program holding it) is raised:
+    taken as no file, a run id would be made anew over the one its published students carry."""
     try:
         with open_own_to_read(path) as f:
             return f.read(limit).strip()
-    except (OSError, RunError):
+    except (FileNotFoundError, RunError):
         return ""
 
 
@@ -666,11 +672,11 @@ def publish_student(export_path: str, dest: str, flag: str = "dest", folder: str
             check_publish_dest(dest, folder, flag)     # refuses, saying whose file it is
     except ValueError as e:
         raise ValueError(f"{e}; the student stays at {export_path!r}") from None
-    os.makedirs(os.path.dirname(dest), exist_ok=True)
-    if os.path.lexists(dest):
-        os.remove(dest)
-    try:
-        os.link(export_path, dest)
-    except OSError:   # another file system, or links not allowed
-        shutil.copyfile(export_path, dest)
+    def place(tmp):                   # whole or not at all: a copy cut by a full disk never takes the name
+        os.remove(tmp)
+        try:
+            os.link(export_path, tmp)
+        except OSError:               # another file system, or links not allowed
+            shutil.copyfile(export_path, tmp)
+    atomic_write(dest, place)
     return dest

@@ -417,9 +417,10 @@ def _writable(folder: str) -> bool:
 
 
 def _in_checkpoint(path: str) -> bool:
-    """Whether `path` (links resolved) lies in a run's checkpoint folder, …/checkpoints/step_<8 digits>/…."""
+    """Whether `path` (links resolved) lies in a run's checkpoint folder, …/checkpoints/step_<8 digits>[.old]/…
+    (`.old`: one being replaced, the only copy of its step while a save is cut)."""
     parts = [os.path.normcase(p) for p in os.path.realpath(path).split(os.sep)]
-    return any(a == "checkpoints" and re.fullmatch(r"step_\d{8}", b) for a, b in zip(parts, parts[1:]))
+    return any(a == "checkpoints" and re.fullmatch(r"step_\d{8}(\.old)?", b) for a, b in zip(parts, parts[1:]))
 
 
 def atomic_write(path: str, write):
