@@ -22,7 +22,8 @@ from ..training.prompts import cache_is_current, read_prompts_file
 from ..training.ode_init import run_ode_init
 from ..training.ode_init_config import ODE_INIT_PRESETS, OdeInitConfig, get_ode_init_preset
 from ..weights.files import export_student
-from ..training.runs import check_publish_dest, check_run_name, claim_published, publish_student, run_identity
+from ..training.publish import check_publish_dest, claim_published, publish_student, run_identity
+from ..training.runs import check_run_name
 from .bridge import io
 from .bridge.convert import clip_text_encoder
 from .bridge.memory import free_memory_for_training, model_offload_device, model_patcher, torch_device, training_mode

@@ -193,7 +193,8 @@ def test_a_run_never_reads_through_a_link_nor_waits_on_a_fifo_planted_in_its_fol
     a FIFO there held the job forever (its open waits for a writer or a reader), a link to /dev/zero fed it without
     end, a link to another run's id made this run claim that run's students. Refused naming the file, or (the id)
     taken as none and a new one written in place of the link."""
-    from comfyui_salt.training.runs import JsonlLog, logged_eval_steps, run_identity
+    from comfyui_salt.training.publish import run_identity
+    from comfyui_salt.training.runs import JsonlLog, logged_eval_steps
     log = tmp_path / "metrics.jsonl"
     os.mkfifo(log)
     with pytest.raises(RunError, match="metrics.jsonl' is not a plain file.*remove it"):
@@ -217,25 +218,25 @@ def test_a_run_id_that_does_not_read_is_an_error_never_an_id_made_anew(tmp_path,
     """Only a missing run id (or a link, a FIFO) is "none": a run id that exists but does not read (permissions,
     another program holding it on Windows) was taken as none and a new id written over it at export, and every
     student the run had published became a stranger's."""
-    from comfyui_salt.training import runs
-    made = runs.run_identity(str(tmp_path), create=True)
-    real = runs.os.open
+    from comfyui_salt.training import publish
+    made = publish.run_identity(str(tmp_path), create=True)
+    real = publish.os.open
 
     def held(path, *a, **k):
-        if os.path.basename(path) == runs.RUN_ID_FILE:
+        if os.path.basename(path) == publish.RUN_ID_FILE:
             raise PermissionError(13, "Permission denied", path)
         return real(path, *a, **k)
-    monkeypatch.setattr(runs.os, "open", held)
+    monkeypatch.setattr(publish.os, "open", held)
     with pytest.raises(PermissionError):
-        runs.run_identity(str(tmp_path), create=True)
-    monkeypatch.setattr(runs.os, "open", real)
-    assert runs.run_identity(str(tmp_path)) == made
+        publish.run_identity(str(tmp_path), create=True)
+    monkeypatch.setattr(publish.os, "open", real)
+    assert publish.run_identity(str(tmp_path)) == made
 
 
 def test_a_dangling_link_at_the_published_name_is_never_taken_for_the_runs_own(tmp_path):
     """A link at the name whose target is gone (a model on a drive not mounted) and a run with no claim: both
     identities read "" and compared equal, so the run replaced the user's link."""
-    from comfyui_salt.training.runs import check_publish_dest, run_identity
+    from comfyui_salt.training.publish import check_publish_dest, run_identity
     folder, dest = tmp_path / "run", tmp_path / "salt" / "name.safetensors"
     folder.mkdir()
     run_identity(str(folder), create=True)
@@ -252,11 +253,11 @@ def test_a_publish_cut_midway_leaves_the_previous_student_at_the_name(tmp_path, 
     rename, or not at all."""
     import shutil
     from safetensors.torch import save_file
-    from comfyui_salt.training import runs
+    from comfyui_salt.training import publish
     from comfyui_salt.weights.files import LAYOUT_META
     export, dest = tmp_path / "export.safetensors", tmp_path / "salt" / "name.safetensors"
     save_file({"w": torch.ones(4)}, str(export), {LAYOUT_META: "wan"})   # Salt's, as its metadata says
-    runs.publish_student(str(export), str(dest))
+    publish.publish_student(str(export), str(dest))
     before = dest.read_bytes()
     save_file({"w": torch.zeros(4)}, str(export), {LAYOUT_META: "wan"})
 
@@ -268,13 +269,13 @@ def test_a_publish_cut_midway_leaves_the_previous_student_at_the_name(tmp_path, 
             f.write(b"\x08\x00")
         raise OSError(28, "No space left on device")
     real_copy = shutil.copyfile
-    monkeypatch.setattr(runs.os, "link", no_link)
-    monkeypatch.setattr(runs.shutil, "copyfile", disk_full)
+    monkeypatch.setattr(publish.os, "link", no_link)
+    monkeypatch.setattr(publish.shutil, "copyfile", disk_full)
     with pytest.raises(OSError, match="No space left"):
-        runs.publish_student(str(export), str(dest))
+        publish.publish_student(str(export), str(dest))
     assert dest.read_bytes() == before and sorted(os.listdir(dest.parent)) == ["name.safetensors"]
-    monkeypatch.setattr(runs.shutil, "copyfile", real_copy)   # a copy, whole this time
-    runs.publish_student(str(export), str(dest))
+    monkeypatch.setattr(publish.shutil, "copyfile", real_copy)   # a copy, whole this time
+    publish.publish_student(str(export), str(dest))
     assert dest.read_bytes() == export.read_bytes()
 
 

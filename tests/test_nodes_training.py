@@ -144,7 +144,7 @@ def test_queue_time_validation_rejects_bad_names_and_execute_names_missing_files
 def test_a_users_file_at_the_published_name_is_refused_at_queue_time_and_before_training(salt_nodes, comfy_dirs):
     """<diffusion_models>/salt/<name>.safetensors that Salt did not write is never replaced: validate_inputs and
     execute (before any training: no run folder) refuse the name, and the file keeps its bytes."""
-    from comfyui_salt.training.runs import publish_student
+    from comfyui_salt.training.publish import publish_student
     models, output = comfy_dirs
     mine = models / "salt" / "mine.safetensors"
     mine.parent.mkdir(parents=True, exist_ok=True)
