@@ -194,6 +194,21 @@ def comfy_dynamic_vram(rep: Report, smoke: bool, tree: pathlib.Path):
     rep.check("ComfyUI: the LoRA reaches Salt's sampling", moved > 4 * max(agree, floor),
               f"the LoRA changes the video by {moved:.2e} relative (> 4 × the disagreement above, {agree:.2e}, "
               f"floored at {floor:.0e})")
+    # a start image for a video no memory of the device holds: refused before its resize and VAE encode (no vae given)
+    options = nodes.SaltCacheOptions.execute(chunk_frames=3, attention="sink", window_frames=12, sink_frames=3,
+                                             relative_rope=True, context_noise=0.0, max_frames=21).args[0]
+    sigmas = nodes.SaltFewStepSigmas.execute(preset="self_forcing_4step", nfe=4, shift=5.0).args[0]
+    try:
+        nodes.SaltStreamingSampler.execute(
+            model=nodes.SaltCausalFromModel.execute(model=base).args[0], positive=[[context, {}]],
+            cache_options=options, sigmas=sigmas, seed=7, num_chunks=4, width=65536, height=65536, batch_size=1,
+            sampling="stochastic", cfg=1.0, start_image=torch.rand(1, 64, 64, 3))
+        refused = "not refused"
+    except MemoryError as e:
+        refused = str(e)
+    device = mm.get_torch_device()
+    rep.check("ComfyUI: a start image for a video beyond the device's memory is refused before its resize and encode",
+              f"all of {device}'s memory" in refused, refused[:240])
     frames = size["chunks"] * 3
     warm = []            # each MODEL sampled twice in a row, the second timed: loading and CUDA warm-up left out
     for model in (patched, reference):
