@@ -29,8 +29,8 @@ out, teacher, preset, accum, steps = sys.argv[1], sys.argv[2], sys.argv[3], int(
 sharding, allow, extra = sys.argv[6], sys.argv[7] == "1", json.loads(sys.argv[8])
 measured = {}
 step = D.Distiller.iteration
-def iteration(self, it):
-    stats = step(self, it)
+def iteration(self, it, interrupt=None):
+    stats = step(self, it, interrupt)
     measured["bytes"] = local_bytes(self.student, self.opt_gen) + local_bytes(self.critic, self.opt_critic)
     group = getattr(self.teacher, "_get_fsdp_state", None) and self.teacher._get_fsdp_state()._fsdp_param_group
     measured["teacher_policy"] = type(group.offload_policy).__name__ if group else None
