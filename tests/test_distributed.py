@@ -394,6 +394,7 @@ try:
 except Exception as e:
     said = f"{type(e).__name__}: {e}"
 print("RESULT " + json.dumps({**record, "said": said}), flush=True)
+print("worker: every file written", flush=True)   # DONE: gloo's known abort at exit may follow (finished)
 """
 
 
