@@ -1,7 +1,9 @@
 """The one training loop (training/loop.py) and run folders (training/runs.py): resume equals uninterrupted,
 interrupts and non-finite losses keep the last good state, every job refuses changed settings on resume."""
 import json
+import logging
 import os
+import shutil
 import subprocess
 import sys
 
@@ -278,6 +280,29 @@ def test_a_checkpoint_saved_again_at_its_step_survives_a_save_cut_between_its_re
     assert sorted(os.listdir(folder)) == ["step_00000001", "step_00000002"]
     assert (folder / "step_00000002" / CheckpointManager.MILESTONE).exists()
     assert torch.load(folder / "step_00000002" / "state.pt", weights_only=True)["units"] == 5
+
+
+def test_a_step_that_does_not_read_falls_back_to_the_step_n_old_beside_it_before_an_older_step(tmp_path, caplog):
+    """A save cut after its second rename leaves `step_N` and the `step_N.old` it replaced, both complete: when
+    `step_N` does not read, the resume takes `step_N.old` (same step), not step N-1, and moves the damaged one to
+    `step_N.unreadable`, or `.unreadable2` where one of that step is kept there from before."""
+    folder = tmp_path / "ckpts"
+    ckpt = CheckpointManager(str(folder))
+    ckpt.save(1, {"model": {"w": torch.zeros(2)}}, {"step": 1})
+    ckpt.save(2, {"model": {"w": torch.ones(2)}}, {"step": 2, "units": 4})
+    shutil.copytree(folder / "step_00000002", tmp_path / "replaced")
+    ckpt.save(2, {"model": {"w": torch.full((2,), 2.0)}}, {"step": 2, "units": 5})   # saved again at its step
+    shutil.copytree(tmp_path / "replaced", folder / "step_00000002.old")      # as a save cut before deleting it
+    (folder / "step_00000002" / "model.safetensors").write_bytes(b"\x00" * 40)  # damaged after its save
+    (folder / "step_00000002.unreadable").mkdir()                                # an earlier damaged one, kept
+    (folder / "step_00000002.unreadable" / "note").write_text("kept")
+    assert [os.path.basename(p) for _, p in ckpt.complete()] == ["step_00000002", "step_00000001"]
+    with caplog.at_level(logging.WARNING, logger="salt.training"):
+        path, tensors, state = CheckpointManager(str(folder)).load_latest(["model"])
+    assert os.path.basename(path) == "step_00000002.old" and state["units"] == 4
+    assert (folder / "step_00000002.unreadable" / "note").read_text() == "kept"
+    assert (folder / "step_00000002.unreadable2" / "model.safetensors").exists()
+    assert "step_00000002.unreadable2" in caplog.text
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="POSIX file modes and umask; Linux's /proc")

@@ -19,6 +19,7 @@ Knows nothing of ComfyUI or the losses.
 """
 import contextlib
 import dataclasses
+import itertools
 import json
 import logging
 import os
@@ -68,15 +69,21 @@ class CheckpointManager:
         self.folder, self.keep, self.keep_every = folder, keep, keep_every
         os.makedirs(folder, exist_ok=True)
 
-    def complete(self) -> list:
+    def complete(self, superseded: bool = False) -> list:
         """[(step, path)] of the complete checkpoints, newest first: `step_N`, or where a save at step N was cut
-        between its renames (`save`) and no complete `step_N` exists, the `step_N.old` it was replacing."""
+        between its renames (`save`) and no complete `step_N` exists, the `step_N.old` it was replacing.
+        `superseded`: also a complete `step_N.old` beside a complete `step_N` (a save cut after its second rename),
+        listed right after it: the order `load_latest` tries, so a `step_N` that does not read falls back to the
+        checkpoint of the same step it replaced before an older step."""
         found, replaced = {}, {}
         for name in os.listdir(self.folder):
             m = self.PATTERN.match(name) or self.REPLACED.match(name)
             if m and os.path.exists(os.path.join(self.folder, name, "COMPLETE")):
                 (found if m.re is self.PATTERN else replaced)[int(m.group(1))] = os.path.join(self.folder, name)
-        return sorted({**replaced, **found}.items(), reverse=True)
+        if not superseded:
+            return sorted({**replaced, **found}.items(), reverse=True)
+        ranked = [(step, 1, path) for step, path in found.items()] + [(step, 0, path) for step, path in replaced.items()]
+        return [(step, path) for step, _, path in sorted(ranked, reverse=True)]
 
     def latest(self):
         """(step, path) of the newest complete checkpoint, or None."""
@@ -91,11 +98,12 @@ class CheckpointManager:
         the fix (check_resume_memory), and the checkpoint stays where it is.
 
         A checkpoint that does not read (a truncated file after a disk-full or a copy) is renamed to
-        `<step>.unreadable` (kept for inspection, ignored from then on) and the next older one is tried,
-        with a warning naming both; if none reads, the error names every file and the fix.
+        `<step>.unreadable` (kept for inspection, ignored from then on) and the next older one is tried (first a
+        `step_N.old` of the same step, where a cut save left one: `complete(superseded=True)`), with a warning
+        naming both; if none reads, the error names every file and the fix.
         """
         failures = []
-        for step, path in self.complete():
+        for step, path in self.complete(superseded=True):
             present = [n for n in optional if os.path.exists(os.path.join(path, f"{n}.safetensors"))]
             check_resume_memory(path, readers * self.load_host_bytes(path), readers)
             try:
@@ -103,23 +111,34 @@ class CheckpointManager:
             except Exception as e:   # safetensors / torch report damage with several exception types
                 if out_of_memory(e):     # the host, not the checkpoint: it stays the newest
                     raise
-                failures.append(f"{path}: {type(e).__name__}: {str(e)[:160]}")
+                failures.append((path, f"{path}: {type(e).__name__}: {str(e)[:160]}"))
                 log.warning("checkpoint %s does not read (%s: %s); falling back to an older one", path,
                             type(e).__name__, str(e)[:160])
                 continue
-            for bad in failures:
-                bad_path = bad.split(": ")[0]
-                try:
-                    os.replace(bad_path, bad_path + ".unreadable")
-                except FileNotFoundError:   # another rank of a multi-process run moved it first
-                    pass
-                log.warning("resuming from %s instead; the unreadable checkpoint was moved to %s.unreadable",
-                            path, bad_path)
+            for bad_path, _ in failures:
+                moved = self._set_aside(bad_path)
+                log.warning("resuming from %s instead; the unreadable checkpoint was moved to %s", path,
+                            moved or bad_path + ".unreadable")
             return path, tensors, state
         if failures:
-            raise RunError(f"no checkpoint in {self.folder} reads back: {'; '.join(failures)}. Move the damaged "
-                               f"step folders away to start over from scratch, or restore them from a backup")
+            raise RunError(f"no checkpoint in {self.folder} reads back: {'; '.join(m for _, m in failures)}. Move "
+                           f"the damaged step folders away to start over from scratch, or restore them from a backup")
         return None
+
+    @staticmethod
+    def _set_aside(path: str):
+        """Rename an unreadable checkpoint folder to `<path>.unreadable` (`.unreadable2`, … where an earlier one of
+        that step is kept there already); the new path, or None when another rank of a multi-process run moved
+        it first."""
+        for n in itertools.count(1):
+            target = path + ".unreadable" + (str(n) if n > 1 else "")
+            if os.path.lexists(target):
+                continue
+            try:
+                os.replace(path, target)
+            except FileNotFoundError:
+                return None
+            return target
 
     def save(self, step: int, tensors: dict, state: dict, metadata: dict = None) -> str:
         """Write {name: state_dict} as name.safetensors and `state` as state.pt, atomically: every file synced to
