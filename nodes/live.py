@@ -25,7 +25,7 @@ from .bridge import io
 from .bridge.convert import latent_to_comfy
 from .bridge.decoders import WanChunkDecoder, load_tiny_wan_decoder, tiny_wan_decoder_files
 from .bridge.memory import free_memory
-from .bridge.progress import check_interrupted
+from .bridge.progress import check_interrupted, is_interrupt
 from .bridge.server import push_event
 from .models import salt_in_use
 from .streaming import latent_shape, text_context
@@ -116,6 +116,11 @@ def control_request(stream_id, action, body) -> tuple:
         text = body.get("text") if isinstance(body, dict) else None
         if not isinstance(text, str) or not text.strip() or len(text) > MAX_PROMPT_TEXT:
             return 400, {"error": f"expected JSON {{\"text\": \"...\"}} with 1..{MAX_PROMPT_TEXT} characters"}
+        try:                     # JSON's "\ud800" decodes to a lone surrogate, which no tokenizer takes
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            return 400, {"error": f"the prompt is not valid Unicode ({e.reason} at character {e.start}); send "
+                                  f"UTF-8 text"}
         check = control.check_text
         try:
             if check is not None:
@@ -317,12 +322,15 @@ def live_run(salt, positive, options, sigmas, seed, width, height, max_chunks, s
                         ended = "error"
                         with control.lock:
                             stop, paused, text, control.prompt = control.stopped, control.paused, control.prompt, None
-                        if text is not None:        # checked at the route; one the encoder still refuses is
-                            try:                        # reported in the status, the stream goes on unchanged
-                                context = encode_prompt(text, salt, clip, 1)
-                            except ValueError as e:
+                        if text is not None:        # checked at the route; one the encoder still refuses (a
+                            try:                        # tokenizer's own error type) is reported in the status,
+                                context = encode_prompt(text, salt, clip, 1)   # the stream goes on unchanged
+                            except Exception as e:      # noqa: BLE001  (but Cancel, let through)
+                                if is_interrupt(e):
+                                    ended = "cancel"
+                                    raise
                                 with control.lock:
-                                    control.status["prompt_error"] = str(e)[:300]
+                                    control.status["prompt_error"] = f"{type(e).__name__}: {e}"[:300]
                             else:
                                 stream.set_prompt(context, noise=switch_noise)
                                 with control.lock:

@@ -9,6 +9,7 @@ tests/test_package.py; the server's survival of these inputs in tests/test_comfy
 import dataclasses
 import subprocess
 import sys
+import types
 
 import pytest
 import torch
@@ -145,6 +146,34 @@ def test_prompts_file_resolves_inside_comfys_input_folder_and_refuses_the_rest_a
             distill_config(salt_nodes, f"prompts_file={name}")
         messages.add(str(refused.value).replace(quote(name), "NAME"))
     assert len(messages) == 1, messages
+
+
+def windows_path_module(isabs_since_313: bool):
+    """ntpath as Windows' Python has it; `isabs_since_313`: 3.13's isabs, under which a rooted name without a drive
+    (`\\x`, `/x`) is not absolute (3.12's counted it absolute)."""
+    import ntpath
+
+    def isabs(p):
+        drive, rest = ntpath.splitdrive(p)
+        return bool(drive) and rest[:1] in ("\\", "/") or drive.startswith(("\\\\", "//"))
+    return types.SimpleNamespace(**{n: getattr(ntpath, n) for n in ("normpath", "join", "splitdrive", "abspath",
+                                                                     "commonpath", "sep", "pardir")},
+                                 isabs=isabs if isabs_since_313 else ntpath.isabs)
+
+
+@pytest.mark.parametrize("isabs_since_313", [False, True], ids=["py3.12", "py3.13"])
+def test_a_rooted_name_on_windows_is_refused_whatever_pythons_isabs_says(salt_nodes, isabs_since_313, monkeypatch):
+    """On Windows since Python 3.13 `\\Users\\me\\x` is not absolute, yet joined to the input folder it lands at the
+    drive's root: every rooted, drive or UNC name is refused whichever isabs the server's Python has (the file
+    test sees every path as existing, so only the name decides)."""
+    from comfyui_salt.nodes.bridge import paths
+    monkeypatch.setattr(paths, "os", types.SimpleNamespace(path=windows_path_module(isabs_since_313), sep="\\",
+                                                           pardir=".."))
+    base = "C:\\ComfyUI\\input"
+    for name in ("\\Users\\me\\secret.txt", "/Windows/win.ini", "\\\\srv\\share\\x", "C:\\x", "C:x", "..\\x",
+                 "sub\\..\\..\\x", "\\..\\x"):
+        assert paths._inside(name, base, lambda p: True) is None, name
+    assert paths._inside("sub\\prompts.txt", base, lambda p: True) == "C:\\ComfyUI\\input\\sub\\prompts.txt"
 
 
 def test_a_bare_prompts_file_name_is_read_from_comfys_input_folder(salt_nodes, input_dir, tmp_path, monkeypatch):

@@ -127,6 +127,60 @@ def test_a_wan_stream_without_the_clip_input_refuses_typed_prompts_and_one_faili
     assert out[0].shape[0] == 12 and "unknown word" in status["prompt_error"] and status["prompt"] is None
 
 
+def test_a_prompt_no_tokenizer_takes_is_refused_at_the_route_and_one_that_gets_past_it_leaves_the_stream_on(
+        salt_nodes, monkeypatch):
+    """JSON's "\\ud800" is valid and decodes to a lone surrogate, on which umT5's sentencepiece tokenizer (ComfyUI's,
+    through a tiny clip) raises RuntimeError, not ValueError: the route answers 400 naming it; one that reaches the
+    encoder anyway (any exception type) is reported in the status and the stream goes on to its budget."""
+    import json
+    from tiny_clip import tiny_umt5_clip
+    from comfyui_salt.nodes import live
+    from comfyui_salt.nodes.types import SaltModel
+    from comfyui_salt.salt_core.model import build_model
+    clip = tiny_umt5_clip(["a cat walking on a beach", "a dog running in snow"], width=64)
+    lone = json.loads('{"text": "a cat \\ud800"}')["text"]
+    with pytest.raises(RuntimeError):                    # the tokenizer's own refusal
+        clip.encode_from_tokens(clip.tokenize(lone))
+    wan = SaltModel(build_model("tiny-hd128", seed=0).eval(), "wan21", "tiny wan", causal=True)
+    replies = []
+
+    def push(event, data, pixels):
+        if event != live.LIVE_EVENT or data["chunk"] != 1:
+            return
+        replies.append(live.control_request("w", "prompt", {"text": lone}))
+        control = live.SESSIONS["w"].control
+        with control.lock:                               # past the route, as a check that missed it would let it
+            control.prompt = lone
+    monkeypatch.setattr(live, "push_event", push)
+    positive = [[clip.encode_from_tokens(clip.tokenize("a cat walking on a beach")), {}]]
+    run(salt_nodes.SaltLiveStream, model=wan, positive=positive, clip=clip,
+        **{k: v for k, v in live_inputs(salt_nodes, None, max_chunks=4, width=32, height=32,
+                                        stream_id="w").items() if k not in ("model", "positive")})
+    status = live.control_request("w", "status", None)[1]
+    assert replies[0][0] == 400 and "not valid Unicode" in replies[0][1]["error"], replies
+    assert status["ended"] == "max_chunks" and status["chunks"] == 4, status
+    assert status["prompt_error"].startswith("RuntimeError") and status["prompt"] is None, status
+
+
+def test_cancel_raised_while_a_typed_prompt_encodes_ends_the_run_as_cancel(salt_nodes, toy_salt, monkeypatch):
+    """The encoder's errors are reported and the stream goes on, but ComfyUI's interrupt exception is Cancel."""
+    import comfy.model_management
+    from comfyui_salt.nodes import live
+
+    def encode(*args):
+        raise comfy.model_management.InterruptProcessingException()
+
+    def push(event, data, pixels):
+        if event == live.LIVE_EVENT and data["chunk"] == 1:
+            with live.SESSIONS["t"].control.lock:
+                live.SESSIONS["t"].control.prompt = "a blue square moving up"
+    monkeypatch.setattr(live, "encode_prompt", encode)
+    monkeypatch.setattr(live, "push_event", push)
+    with pytest.raises(comfy.model_management.InterruptProcessingException):
+        run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, max_chunks=6))
+    assert live.control_request("t", "status", None)[1]["ended"] == "cancel"
+
+
 def test_what_a_run_keeps_is_checked_against_the_hosts_free_memory_before_the_first_chunk(salt_nodes, toy_salt,
                                                                                           monkeypatch):
     """max_chunks 100,000 of 16×16 toy frames keeps 3.4 GiB (frames and latents, twice): refused under a 0.5 GiB

@@ -38,13 +38,19 @@ def _inside(name, base: str, is_kind) -> str:
     """The path of `name` (relative to `base`, a subfolder allowed) if it names something inside `base` for which
     `is_kind` (os.path.isfile / isdir) holds; else None. Decided by the name alone, as ComfyUI's folder_paths does
     (so a user's symlinks inside the folder work; a client cannot create any): absolute names, drive names, `~`,
-    `..` escapes and NUL are refused."""
+    `..` escapes and NUL are refused; so is a rooted name (a leading `/` or `\\`): on Windows since Python 3.13 `\\x`
+    is not absolute, yet joining it to `base` lands at the drive's root. Last, the joined path must lie inside `base`
+    (as ComfyUI's upload route checks it)."""
     if not isinstance(name, str) or not name or "\x00" in name or name.startswith("~"):
         return None
     norm = os.path.normpath(name)
-    if os.path.isabs(norm) or os.path.splitdrive(norm)[0] or norm == os.pardir or norm.startswith(os.pardir + os.sep):
+    if (os.path.isabs(norm) or os.path.splitdrive(norm)[0] or norm.startswith(("/", "\\")) or norm == os.pardir
+            or norm.startswith(os.pardir + os.sep)):
         return None
     path = os.path.join(base, norm)
+    root = os.path.abspath(base)
+    if os.path.commonpath([root, os.path.abspath(path)]) != root:
+        return None
     return path if is_kind(path) else None
 
 

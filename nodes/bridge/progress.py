@@ -25,6 +25,11 @@ def interrupt_requested() -> bool:
     return comfy.model_management.processing_interrupted()
 
 
+def is_interrupt(error: BaseException) -> bool:
+    """Whether `error` is ComfyUI's interrupt exception (Cancel), which a handler of other errors must let through."""
+    return isinstance(error, comfy.model_management.InterruptProcessingException)
+
+
 def raise_interrupted():
     """Raise ComfyUI's interrupt exception and clear the Cancel flag, as a cancelled sampler does."""
     comfy.model_management.interrupt_current_processing(False)
