@@ -23,7 +23,7 @@ from ..salt_core.validate import (available_memory, check_count, check_memory, c
                                   format_bytes, quote)
 from .bridge import io
 from .bridge.convert import latent_to_comfy
-from .bridge.decoders import WanChunkDecoder, load_tiny_wan_decoder, tiny_wan_decoder_files
+from .bridge.decoders import WanChunkDecoder, carried_bytes, load_tiny_wan_decoder, tiny_wan_decoder_files
 from .bridge.memory import free_memory
 from .bridge.progress import check_interrupted, is_interrupt
 from .bridge.server import push_event
@@ -58,9 +58,29 @@ class LiveControl:
                        "prompt_error": None, "ended": None}
         # the running node's check of a typed prompt (ValueError: refused at the route, the stream untouched)
         self.check_text = None
+        # a run of the stream is starting (its model loading: a Stop then ends it before its first chunk) or running:
+        # Pause, Resume and Stop are taken only then (they used to be acknowledged between runs and then dropped when
+        # the next run started); a typed prompt is taken any time, a run's last word: sent between runs, it switches
+        # the next run at its first chunk boundary, after a changed `positive`
+        self.active = False
 
-    def apply(self, action: str, text: str = None) -> dict:
+    def begin(self, check_text) -> None:
+        """A run of this stream starts: it takes the intents sent from now on, checking typed prompts `check_text`."""
         with self.lock:
+            self.paused, self.stopped, self.active, self.check_text = False, False, True, check_text
+
+    def end(self) -> None:
+        """The run ended: a Pause or Stop it did not take goes with it."""
+        with self.lock:
+            self.paused, self.stopped, self.active = False, False, False
+            self.status["running"] = False
+
+    def apply(self, action: str, text: str = None):
+        """The status after recording `action` ("status": nothing recorded), or None for Pause, Resume or Stop when
+        no run is starting or running to take it."""
+        with self.lock:
+            if action in ("pause", "resume", "stop") and not self.active:
+                return None
             if action == "prompt":
                 self.prompt = text
             elif action == "pause":
@@ -84,8 +104,9 @@ class LiveSession:
 
 
 # stream id → LiveSession, least recently run first. A kept Wan stream holds its KV cache on the CPU (GBs at 832×480),
-# so only the newest MAX_SESSIONS are kept (a client cannot grow the server's memory by inventing stream ids), their
-# caches together within half the host's free memory (make_room_to_keep).
+# and its frames decoder's carried state (the Wan VAE's feature cache: GBs too), so only the newest MAX_SESSIONS are
+# kept (a client cannot grow the server's memory by inventing stream ids), together within half the host's free
+# memory (make_room_to_keep).
 SESSIONS = collections.OrderedDict()
 MAX_SESSIONS = 4
 SESSIONS_LOCK = threading.Lock()
@@ -127,7 +148,13 @@ def control_request(stream_id, action, body) -> tuple:
                 check(text)
         except ValueError as e:
             return 400, {"error": str(e)}
-    return 200, control.apply(action, text)
+    status = control.apply(action, text)
+    return (200, status) if status is not None else (409, not_running(stream_id, action))
+
+
+def not_running(stream_id: str, action: str) -> dict:
+    return {"error": f"live stream {quote(stream_id)} is not running, so there is nothing to {action}; queue its "
+                     f"SaltLiveStream (continue_stream on) to run it again"}
 
 
 def prompt_check(salt, clip):
@@ -251,6 +278,7 @@ def live_run(salt, positive, options, sigmas, seed, width, height, max_chunks, s
             session = LiveSession()      # installed once the run's checks pass: a refused run keeps the old one
         session.key = key
     control = session.control
+    control.begin(prompt_check(salt, clip))   # before the model loads: a Stop sent meanwhile ends the run at once
     try:
         with salt_in_use(salt, need) as model:
             ref = model.patch_embedding.weight
@@ -271,9 +299,7 @@ def live_run(salt, positive, options, sigmas, seed, width, height, max_chunks, s
                 while len(SESSIONS) > MAX_SESSIONS:
                     SESSIONS.popitem(last=False)
             with control.lock:
-                control.stopped, control.paused = False, False
                 control.status.update(running=True, ended=None)
-                control.check_text = prompt_check(salt, clip)
             cache = model.new_cache(1, policy, shape[-2:], memory_limit=free)
             gen = torch.Generator(device=ref.device)
             if session.state is None:
@@ -363,32 +389,37 @@ def live_run(salt, positive, options, sigmas, seed, width, height, max_chunks, s
                     pusher.put(chunk)
                 else:
                     ended = "max_chunks"
-            finally:   # the stream and the positive it now follows, kept together; the decoder's state on the CPU
+            finally:
                 try:
-                    state = stream.state()
-                    held = cache_bytes(state)
-                    if not make_room_to_keep(session, held):   # kept on the host between runs: not there
-                        log.warning("SaltLiveStream: stream %r is not kept for a later run: its KV cache (%s) is more "
-                                    "than half the host's free memory, with every other kept stream let go; the next "
-                                    "run starts it again from its seed (a smaller window_frames or size keeps it)",
-                                    stream_id, format_bytes(held))
-                        session.state, session.positive, session.decoder = None, None, None
-                    else:
-                        session.state, session.positive = _detached(state), given_now
-                finally:
-                    with control.lock:
-                        control.status["ended"] = ended
                     try:
-                        pusher.close()
+                        pusher.close()                   # every chunk's frames decoded: the decoder's state is final
+                    finally:
                         if decoder is not None and hasattr(decoder, "park"):
-                            decoder.park()
-                    finally:   # after the last chunk's frames: the node shows why the stream stopped
-                        push_event(LIVE_END_EVENT, {"stream": stream_id, "node": node_id, "ended": ended,
-                                                    "chunk": session.chunks}, PUSH_PIXELS)
+                            decoder.park()               # its state on the CPU
+                        keep_stream(session, stream, decoder, given_now, stream_id)
+                        with control.lock:
+                            control.status["ended"] = ended
+                finally:   # after the last chunk's frames: the node shows why the stream stopped
+                    push_event(LIVE_END_EVENT, {"stream": stream_id, "node": node_id, "ended": ended,
+                                                "chunk": session.chunks}, PUSH_PIXELS)
     finally:
-        with control.lock:
-            control.status["running"] = False
+        control.end()
     return kept.video(height, width), kept.latents(shape)
+
+
+def keep_stream(session, stream, decoder, given_now, stream_id) -> None:
+    """Keep the stream's state and the positive it now follows together on the host for a later run, with its
+    decoder (parked), if they fit beside the other kept streams (make_room_to_keep); else let them go."""
+    state = stream.state()
+    held = cache_bytes(state) + decoder_bytes(decoder)
+    if not make_room_to_keep(session, held):
+        log.warning("SaltLiveStream: stream %r is not kept for a later run: its KV cache and frames decoder state "
+                    "(%s) are more than half the host's free memory, with every other kept stream let go; the next "
+                    "run starts it again from its seed (a smaller window_frames or size keeps it)", stream_id,
+                    format_bytes(held))
+        session.state, session.positive, session.decoder = None, None, None
+    else:
+        session.state, session.positive = _detached(state), given_now
 
 
 class KeptChunks:
@@ -449,19 +480,26 @@ def live_frames_decoder(salt, vae, live_decoder: str):
     return WanChunkDecoder(vae) if vae is not None else None
 
 
-def cache_bytes(state) -> int:
-    """Host bytes of the KV cache a ChunkStream state holds (0 for none)."""
+def cache_bytes(state, device=None) -> int:
+    """Bytes of the KV cache a ChunkStream state holds (0 for none); on `device` only when given."""
     cache = (state or {}).get("cache")
-    return 0 if cache is None else sum(t.numel() * t.element_size() for t in (cache["k"], cache["v"]))
+    return 0 if cache is None else carried_bytes((cache["k"], cache["v"]), device)
+
+
+def decoder_bytes(decoder, device=None) -> int:
+    """Bytes of the state a stream's frames decoder carries from chunk to chunk (0 for none); on `device` only."""
+    return 0 if decoder is None else decoder.held_bytes(device)
 
 
 def kept_bytes(session) -> int:
-    """Host bytes a kept stream's KV cache holds between runs (0 when it keeps none)."""
-    return cache_bytes(session.state)
+    """Host bytes a kept stream holds between runs: its KV cache and its frames decoder's carried state (the Wan
+    VAE's feature cache: larger than a rolling window's KV cache at the same size), 0 when it keeps none."""
+    cpu = torch.device("cpu")
+    return cache_bytes(session.state, cpu) + decoder_bytes(session.decoder, cpu)
 
 
 def make_room_to_keep(session, held: int) -> bool:
-    """Whether `session`'s stream, whose new cache takes `held` bytes, may be kept on the host between runs. The kept
+    """Whether `session`'s stream, whose new cache and decoder state take `held` bytes, may be kept on the host between runs. The kept
     streams together, this one's new cache included, stay within half of what the host would have free without any
     of them (its free memory now plus what they hold, this stream's previous state too, which the new one replaces):
     the rest stays for the models and work of later prompts. Other kept streams are let go to make room, least
@@ -473,7 +511,7 @@ def make_room_to_keep(session, held: int) -> bool:
         return False
     while held + sum(map(kept_bytes, older)) > budget:
         oldest = older.pop(0)
-        log.info("SaltLiveStream: a kept stream (%s of KV cache) is let go to keep the newest one",
+        log.info("SaltLiveStream: a kept stream (%s of KV cache and decoder state) is let go to keep the newest one",
                  format_bytes(kept_bytes(oldest)))
         oldest.state, oldest.positive, oldest.decoder = None, None, None
     return True

@@ -46,6 +46,8 @@ def test_stop_and_a_typed_prompt_are_applied_at_chunk_boundaries(salt_nodes, toy
     seen, asked, ends = [], {}, []
 
     def push(event, data, pixels):                                 # what the browser would receive
+        if data["stream"] != "t":
+            return
         if event == live.LIVE_END_EVENT:
             ends.append((len(seen), data))
             return
@@ -67,6 +69,33 @@ def test_stop_and_a_typed_prompt_are_applied_at_chunk_boundaries(salt_nodes, toy
     assert status["chunks"] == chunks and status["prompt"] == "a blue square moving up" and not status["running"]
     assert status["ended"] == "stop"                               # and the page was told, after the last frames
     assert ends[0] == (chunks, {"stream": "t", "node": None, "ended": "stop", "chunk": chunks}), ends
+
+
+def test_a_stop_sent_while_the_next_run_loads_ends_it_and_one_between_runs_is_refused(salt_nodes, toy_salt,
+                                                                                      monkeypatch):
+    """Between runs Stop, Pause and Resume got 200 and were then dropped when the next run started, after its model
+    loaded: a Stop clicked while a continued stream's run was loading let it go to max_chunks. Now one sent between
+    runs gets a 409 saying the stream is not running, and one sent while the next run loads ends it before its
+    first chunk (as a Stop between chunks would; the stream kept as it was)."""
+    from comfyui_salt.nodes import live
+    first = run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, max_chunks=2))
+    code, reply = live.control_request("t", "stop", None)
+    assert code == 409 and "is not running" in reply["error"] and "queue" in reply["error"], reply
+    assert live.control_request("t", "pause", {})[0] == 409
+    replies, real = [], live.free_memory
+
+    def loading(*args):                                  # the model being loaded: the run has begun
+        replies.append(live.control_request("t", "stop", {}))
+        return real(*args)
+    monkeypatch.setattr(live, "free_memory", loading)
+    second = run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, max_chunks=6))
+    assert replies[0][0] == 200 and second[0].shape[0] == 0, (replies, second[0].shape)
+    status = live.control_request("t", "status", None)[1]
+    assert status["ended"] == "stop" and status["chunks"] == 2 and not status["running"], status
+    monkeypatch.setattr(live, "free_memory", real)       # queued again: it continues from chunk 2, not stopped
+    third = run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, max_chunks=1))
+    whole = run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, stream_id="w", max_chunks=3))
+    assert torch.equal(torch.cat([first[0], third[0]]), whole[0])
 
 
 @pytest.mark.parametrize("stream, action, body, code, words", [
@@ -485,6 +514,33 @@ def test_a_wan_stream_queued_twice_decodes_the_frames_of_one_run_with_the_graphs
                                                                                  atol=1e-5)
     blind = run(salt_nodes.SaltLiveStream, **{**args, "vae": None}, stream_id="no_vae", max_chunks=2)
     assert blind[0].shape == (0, 32, 32, 3) and blind[1]["samples"].shape[2] == 2 * 3   # latents only: no frames
+
+
+def test_a_kept_wan_stream_counts_its_decoders_carried_state_against_the_hosts_memory(salt_nodes, tiny_wan_vae,
+                                                                                     monkeypatch):
+    """The Wan VAE's feature cache a kept stream's decoder carries between runs (about 3.5 GiB in float32 at 832×480,
+    more than a rolling window's KV cache) was not counted: the kept streams' budget saw only their KV caches. Its
+    bytes, counted tensor by tensor from ComfyUI's own feat_cache list, now are: with the host's free memory set so
+    that the KV cache alone fits in the half and the two together do not, the stream is not kept."""
+    from comfyui_salt.nodes import live
+    from comfyui_salt.nodes.types import SaltModel
+    from comfyui_salt.salt_core.model import build_model
+    wan = SaltModel(build_model("tiny-hd128", seed=0).eval(), "wan21", "tiny wan", causal=True)
+    args = dict(model=wan, positive=[[torch.randn(1, 8, 64, generator=torch.Generator().manual_seed(1)), {}]],
+                cache_options=toy_options(salt_nodes, attention="rolling"), seed=3, width=32, height=32,
+                sigmas=run(salt_nodes.SaltFewStepSigmas, preset="2step", nfe=2, shift=1.0)[0], vae=tiny_wan_vae,
+                continue_stream=True, stream_id="w", max_chunks=2)
+    run(salt_nodes.SaltLiveStream, **args)
+    session = live.SESSIONS["w"]
+    kv = sum(t.numel() * t.element_size() for t in (session.state["cache"]["k"], session.state["cache"]["v"]))
+    carried = [t for t in session.decoder.feat_cache + [session.decoder.pending] if isinstance(t, torch.Tensor)]
+    state = sum(t.numel() * t.element_size() for t in carried)
+    assert carried and all(t.device.type == "cpu" for t in carried) and state > kv > 0, (state, kv)
+    assert live.kept_bytes(session) == kv + state
+    free = 2 * (kv + state) - 1 - live.kept_bytes(session)       # the half, less one byte, once this one is let go
+    monkeypatch.setattr(live, "available_memory", lambda device: free if device.type == "cpu" else 1 << 40)
+    run(salt_nodes.SaltLiveStream, **args)
+    assert session.state is None and session.decoder is None       # not kept: the next run starts from its seed
 
 
 def test_the_live_node_runs_again_whenever_it_is_queued(salt_nodes):

@@ -39,6 +39,11 @@ class WanChunkDecoder:
         self.feat_cache = [_moved(t, "cpu") for t in self.feat_cache]
         self.pending = _moved(self.pending, "cpu")
 
+    def held_bytes(self, device=None) -> int:
+        """Bytes of the carried state (the causal convolutions' feature cache, a frame waiting for its pair): at
+        832×480 about 3.5 GiB in float32; on `device` only when given."""
+        return carried_bytes(self.feat_cache + [self.pending], device)
+
     @torch.no_grad()
     def push(self, latent: torch.Tensor) -> torch.Tensor:
         """Latent frames (B, 16, n, H/8, W/8) in ComfyUI's LATENT space → the IMAGE frames they complete
@@ -67,6 +72,13 @@ class WanChunkDecoder:
             return torch.empty(0, x.shape[3] * scale, x.shape[4] * scale, 3)
         frames = vae.process_output(torch.cat(outs, 2).to(device=vae.output_device, dtype=torch.float32))
         return frames.movedim(1, -1).flatten(0, 1)                             # (B·frames, H, W, 3)
+
+
+def carried_bytes(values, device=None) -> int:
+    """Bytes of the tensors among `values` (a decoder's carried state; other entries count nothing), only those on
+    `device` when given (e.g. torch.device("cpu"): what a parked stream holds on the host)."""
+    return sum(v.numel() * v.element_size() for v in values
+               if isinstance(v, torch.Tensor) and (device is None or v.device.type == device.type))
 
 
 def _moved(value, device):
@@ -122,6 +134,10 @@ class TinyChunkDecoder:
     def park(self) -> None:
         """Move the carried memories to the CPU between queue runs of a stream (the next push takes them back)."""
         self.memory = [_moved(t, "cpu") for t in self.memory]
+
+    def held_bytes(self, device=None) -> int:
+        """Bytes of the carried memories; on `device` only when given."""
+        return carried_bytes(self.memory, device)
 
     def _layers(self, frame: torch.Tensor) -> list:
         """One latent frame (B, C, h, w) through the decoder, depth first as ComfyUI's sequential decode goes (each
