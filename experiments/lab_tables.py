@@ -134,11 +134,15 @@ def format_table(results: dict, resamples: int = 1000, compact: bool = False) ->
 # "reproduces" (the claimed effect, shown), "opposite" (an effect of the other sign, shown), "does not" (the claimed
 # effect of practical size ruled out: the interval excludes an improvement of MARGIN × the reference's value, or
 # the defect bar), "inconclusive" (none of these at this power); "mixed" where one metric improves and one worsens.
-#   quality: reproduces if one metric is better (interval below 0) and neither is worse; opposite if one is worse
-#            (interval above 0) and neither is better; does not if no metric's interval reaches below −MARGIN × ref;
+#   quality: reproduces if one metric is better (interval below 0) and every other one lies below +MARGIN × ref
+#            (not worse by the practical size: "not shown worse" alone let a metric of any width pass); opposite if
+#            one is worse (interval above 0) and neither is better; does not if no metric's interval reaches below
+#            −MARGIN × ref;
 #   non-inferior, in this order: reproduces if both intervals lie below +MARGIN × ref (even if one is above 0:
-#            worse by less than the margin is non-inferior); opposite if one lies above +MARGIN × ref (worse by more);
-#            does not if one lies above 0 (worse, by an amount the interval does not pin against the margin);
+#            worse by less than the margin is non-inferior); opposite if one lies above +MARGIN × ref (worse by
+#            more: the claim ruled out); else inconclusive (an interval above 0 that reaches past the margin is
+#            worse by an amount it does not pin: it used to read "does not", which a wider interval then reached
+#            more easily);
 #   drift: reproduces below 0, opposite above 0, does not if the interval lies above −MARGIN × ref;
 #   defect: reproduces if the ratio's interval lies at or below 0.82, opposite above 1, does not above 0.82;
 #   lower-ratio: the ratio's interval below 1 reproduces, above 1 opposite, above 1 − MARGIN does not.
@@ -224,13 +228,11 @@ def claim_verdict(test: str, ivs: dict, ref_values: dict) -> str:
     if test == "non-inferior":                              # checked in this order
         if all(iv.hi < margin[m] for m, iv in ivs.items()):
             return "reproduces"
-        if any(iv.lo > margin[m] for m, iv in ivs.items()):
-            return "opposite"
-        return "does not" if worse else "inconclusive"
+        return "opposite" if any(iv.lo > margin[m] for m, iv in ivs.items()) else "inconclusive"
     if better and worse:
         return "mixed"
     if better:
-        return "reproduces"
+        return "reproduces" if all(iv.hi < margin[m] for m, iv in ivs.items() if m not in better) else "inconclusive"
     if worse:
         return "opposite"
     return "does not" if all(iv.lo > -margin[m] for m, iv in ivs.items()) else "inconclusive"

@@ -19,6 +19,16 @@ def test_t_quantiles_match_scipy(p, df):
     assert abs(t_quantile(p, df) - stats.t.ppf(p, df)) < 1e-9
 
 
+@pytest.mark.parametrize("df", [1, 2, 3, 7, 100])
+@pytest.mark.parametrize("intervals", [34, 68, 200, 400])
+def test_t_quantiles_at_bonferroni_levels_match_scipy(intervals, df):
+    """The family-wise reading's levels, 1 − 0.05 / (2 M): at 1 degree of freedom t runs into the thousands, where
+    integrating the density in t itself gave 5,706 for 866 (M = 68)."""
+    stats = pytest.importorskip("scipy.stats")
+    p = 1 - 0.05 / (2 * intervals)
+    assert abs(t_quantile(p, df) / stats.t.ppf(p, df) - 1) < 1e-9
+
+
 def test_the_seed_t_interval_is_the_mean_plus_minus_t_times_the_standard_error():
     values = [0.31, 0.27, 0.36, 0.30]
     iv = seed_t_interval(values)

@@ -441,7 +441,8 @@ def test_claim_verdicts_follow_the_stated_rules():
     assert v("drift", {"drift": iv(-0.005, 0.1)}, refs) == "does not"      # any gain is under 10 % of 0.1
     assert v("drift", {"drift": iv(0.01, 0.1)}, refs) == "opposite"
     refs = {"mean_err": 1.0, "var_gap": 0.5}
-    assert v("quality", {"mean_err": iv(-2, -1), "var_gap": iv(-1, 1)}, refs) == "reproduces"
+    assert v("quality", {"mean_err": iv(-2, -1), "var_gap": iv(-1, 0.04)}, refs) == "reproduces"
+    assert v("quality", {"mean_err": iv(-2, -1), "var_gap": iv(-1, 1)}, refs) == "inconclusive"   # may be worse
     assert v("quality", {"mean_err": iv(-2, -1), "var_gap": iv(1, 2)}, refs) == "mixed"
     assert v("quality", {"mean_err": iv(-1, 1), "var_gap": iv(1, 2)}, refs) == "opposite"
     assert v("quality", {"mean_err": iv(-1, 1), "var_gap": iv(-1, 2)}, refs) == "inconclusive"
@@ -449,7 +450,7 @@ def test_claim_verdicts_follow_the_stated_rules():
     assert v("quality", {"mean_err": iv(-0.05, 0.2), "var_gap": iv(-0.06, 0.3)}, refs) == "inconclusive"
     assert v("non-inferior", {"mean_err": iv(-0.1, 0.05), "var_gap": iv(-0.3, 0.04)}, refs) == "reproduces"
     assert v("non-inferior", {"mean_err": iv(-0.1, 0.2), "var_gap": iv(-0.3, 0.04)}, refs) == "inconclusive"
-    assert v("non-inferior", {"mean_err": iv(0.01, 0.2), "var_gap": iv(-0.3, 0.04)}, refs) == "does not"
+    assert v("non-inferior", {"mean_err": iv(0.01, 0.2), "var_gap": iv(-0.3, 0.04)}, refs) == "inconclusive"
     assert v("non-inferior", {"mean_err": iv(0.11, 0.2), "var_gap": iv(-0.3, 0.04)}, refs) == "opposite"
     assert v("non-inferior", {"mean_err": iv(0.01, 0.05), "var_gap": iv(-0.3, 0.04)}, refs) == "reproduces"
     b = _tables().below_margin                        # a "reproduces" ruled smaller than the margin: ", < 10 %"

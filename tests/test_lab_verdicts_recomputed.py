@@ -102,15 +102,15 @@ def _quality_verdict(claim: str, ivs: dict, refs: dict) -> str:
     if claim in NON_INFERIOR:
         if all(hi < bar[m] for m, (lo, hi) in ivs.items()):
             return "reproduces"
-        if any(lo > bar[m] for m, (lo, hi) in ivs.items()):
-            return "opposite"
-        return "does not" if any(lo > 0 for lo, _ in ivs.values()) else "inconclusive"
-    better = any(hi < 0 for _, hi in ivs.values())
+        return "opposite" if any(lo > bar[m] for m, (lo, hi) in ivs.items()) else "inconclusive"
+    better = [m for m, (_, hi) in ivs.items() if hi < 0]
     worse = any(lo > 0 for lo, _ in ivs.values())
     small = all(lo > -bar[m] for m, (lo, _) in ivs.items())
     if better and worse:
         return "mixed"
     if better:
+        if any(hi >= bar[m] for m, (_, hi) in ivs.items() if m not in better):   # may be worse by the margin
+            return "inconclusive"
         return "reproduces, < 10 %" if small else "reproduces"
     return "opposite" if worse else "does not" if small else "inconclusive"
 

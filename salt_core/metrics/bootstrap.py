@@ -86,28 +86,27 @@ def nested_bootstrap(stat, group_sizes, num_resamples: int = 1000, level: float 
 
 @functools.lru_cache(maxsize=256)
 def t_quantile(p: float, df: int) -> float:
-    """The p-quantile of Student's t with `df` ≥ 1 degrees of freedom (0 < p < 1), to about 1e-9: its CDF by
-    Simpson's rule on the density (0 to x, 2,000 intervals), inverted by bisection (cached)."""
+    """The p-quantile of Student's t with `df` ≥ 1 degrees of freedom (0 < p < 1), to about 1e-9 relative, far into
+    the tails (Bonferroni levels at 1 degree of freedom: t in the thousands). With t = √df·tan θ the CDF is
+    1/2 + c·∫₀^θ cos^(df−1) u du, c = Γ((df+1)/2) / (Γ(df/2)·√π): a bounded, smooth integrand on [0, π/2), taken by
+    Simpson's rule (2,000 intervals) and inverted by bisection in θ (cached). (Integrating the density in t itself
+    lost accuracy past t ≈ 400: 1 degree of freedom at p = 1 − 0.05/136 gave 5,706 for 866.)"""
     if not 0 < p < 1 or int(df) != df or df < 1:
         raise ValueError(f"t_quantile(p={p}, df={df}): expected 0 < p < 1 and an integer df >= 1")
     if p < 0.5:
         return -t_quantile(1 - p, df)
-    log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+    c = math.exp(math.lgamma((df + 1) / 2) - math.lgamma(df / 2)) / math.sqrt(math.pi)
     grid = torch.linspace(0, 1, 2001, dtype=torch.float64)
     weights = torch.ones(2001, dtype=torch.float64)
     weights[1:-1:2], weights[2:-1:2] = 4.0, 2.0
 
-    def cdf(x: float) -> float:
-        t = grid * x
-        density = torch.exp(log_c - (df + 1) / 2 * torch.log1p(t * t / df))
-        return 0.5 + float((weights * density).sum()) * x / (3 * 2000)
-    lo, hi = 0.0, 1.0
-    while cdf(hi) < p:
-        lo, hi = hi, 2 * hi
-    for _ in range(64):
+    def cdf(theta: float) -> float:
+        return 0.5 + c * float((weights * torch.cos(grid * theta) ** (df - 1)).sum()) * theta / (3 * 2000)
+    lo, hi = 0.0, math.pi / 2
+    for _ in range(80):
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if cdf(mid) < p else (lo, mid)
-    return (lo + hi) / 2
+    return math.sqrt(df) * math.tan((lo + hi) / 2)
 
 
 TIE_DIGITS = 6      # seed values whose spread is below this many significant digits of the largest tie
