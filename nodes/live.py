@@ -15,6 +15,7 @@ import queue
 import re
 import threading
 import time
+import weakref
 
 import torch
 
@@ -271,7 +272,9 @@ def live_run(salt, positive, options, sigmas, seed, width, height, max_chunks, s
         fix="set keep_last_seconds (e.g. 10) to keep only the last seconds of the run, or lower max_chunks")
     need = stream_memory_bytes(salt.model.cfg, 1, n, tuple(shape[-2:]), policy, n,
                                dtype=salt.model.patch_embedding.weight.dtype)   # the compute dtype, as the sampler's
-    key = (id(salt.model), stream_id, tuple(shape), policy)
+    # the model by a weak reference, not id(): a model freed and another made at its address would continue the
+    # stream (its KV cache written by the first); a dead reference equals no live one
+    key = (weakref.ref(salt.model), stream_id, tuple(shape), policy)
     with SESSIONS_LOCK:
         session = SESSIONS.get(stream_id)
         if session is None or not continue_stream or session.key != key:
@@ -288,7 +291,7 @@ def live_run(salt, positive, options, sigmas, seed, width, height, max_chunks, s
                          fix="lower width/height, or a smaller window_frames in SaltCacheOptions")
             context = text_context(positive, salt, 1, "positive", node="SaltLiveStream")
             given_now = context.detach().cpu()   # the input's prompt (a typed one may replace `context` below)
-            decoder_key = (live_decoder, id(vae) if live_decoder == "vae" else None)
+            decoder_key = (live_decoder, weakref.ref(vae) if live_decoder == "vae" and vae is not None else None)
             if session.decoder is None or session.decoder_key != decoder_key:
                 session.decoder = live_frames_decoder(salt, vae, live_decoder)   # a new stream, or another VAE
                 session.decoder_key = decoder_key

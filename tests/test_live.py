@@ -452,6 +452,21 @@ def test_a_typed_prompt_changes_the_shipped_students_colour_with_switch_noise(sa
         assert after.count("blue") <= 1, (at, colours)
 
 
+def test_a_stream_continued_with_another_model_at_a_reused_address_starts_again(salt_nodes, toy_salt, monkeypatch):
+    """The stream's key named its model by id(): a model freed and another built at its address (CPython reuses
+    them) continued the first one's stream, its KV cache written by other weights. Simulated by an id() that gives
+    every object one address; the key now holds a weak reference, so the other model starts its own stream."""
+    from comfyui_salt.nodes import live
+    from comfyui_salt.nodes.types import SaltModel
+    from comfyui_salt.salt_core.model import build_model
+    other = SaltModel(build_model("toy", seed=1).eval(), "pixels", "another toy", causal=True)
+    monkeypatch.setattr(live, "id", lambda obj: 0, raising=False)
+    run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, max_chunks=2))
+    continued = run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, other, max_chunks=2))[0]
+    fresh = run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, other, stream_id="f", max_chunks=2))[0]
+    assert torch.equal(continued, fresh)
+
+
 def test_the_largest_seed_the_widget_allows_streams(salt_nodes, toy_salt):
     """seed 2**64 − 1 (the seed widget's max): the re-noise seed wraps instead of overflowing torch's manual_seed."""
     images, latent = run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, seed=0xffffffffffffffff,
