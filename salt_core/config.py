@@ -77,12 +77,21 @@ class WanConfig:
         return cls.from_dict(json.loads(s))
 
 
+MAX_LAYERS = 512          # transformer blocks a config may have (Wan 2.1: 30 and 40)
+MAX_TEXT_LEN = 8192       # text tokens a config may pad to (Wan 2.1: 512)
+
+
 def validate_wan_config(cfg: "WanConfig") -> None:
     """Every WanConfig field a usable size or number (configs come from user code and file metadata alike)."""
     where = "WanConfig"
-    for name in ("dim", "ffn_dim", "num_heads", "num_layers", "in_dim", "out_dim", "text_dim", "freq_dim",
-                 "text_len", "rope_max_len"):
+    for name in ("dim", "ffn_dim", "num_heads", "in_dim", "out_dim", "text_dim", "freq_dim", "rope_max_len"):
         check_count(name, getattr(cfg, name), where=where)
+    # bounded: a checker builds the model on the meta device (about 125 KiB and 3 ms a layer) before any weight is
+    # compared, and the text context is padded to text_len per prompt
+    check_count("num_layers", cfg.num_layers, where=where, maximum=MAX_LAYERS,
+                fix=f"Wan 2.1 has 30 (1.3B) or 40 (14B) blocks; a larger value in a file's metadata is a corrupt config")
+    check_count("text_len", cfg.text_len, where=where, maximum=MAX_TEXT_LEN,
+                fix="Wan 2.1 reads 512 umT5 tokens; a larger value in a file's metadata is a corrupt config")
     if not isinstance(cfg.patch_size, (tuple, list)) or len(cfg.patch_size) != 3:
         raise ValueError(f"{where}: patch_size={cfg.patch_size!r}; expected three sizes (pt, ph, pw), e.g. (1, 2, 2)")
     for p in cfg.patch_size:

@@ -386,6 +386,11 @@ def infer_config(sd: Mapping, num_heads: int = None) -> WanConfig:
                           f"checkpoint with to_wan_state_dict first or pick a preset from {sorted(MODEL_PRESETS)}")
     dim, in_dim, *patch = sd["patch_embedding.weight"].shape  # (dim, C, pt, ph, pw)
     blocks = {int(m.group(1)) for m in map(_BLOCK_KEY.match, sd) if m}
+    if blocks != set(range(len(blocks))):   # one stray "blocks.4000.*" key would size a 4,001-block model
+        first = [i for i in range(len(blocks) + 1) if i not in blocks][:4]    # never a set as large as the index
+        raise LayoutError(f"infer_config: the checkpoint's blocks are numbered {min(blocks)}..{max(blocks)} with "
+                          f"{max(blocks) + 1 - len(blocks)} missing (first {first}); expected blocks 0..N-1 without "
+                          f"gaps. The file is damaged or not one model: check its keys ('blocks.<i>.')")
     if num_heads is None:
         if dim % WAN_HEAD_DIM:
             raise LayoutError(f"infer_config: head count cannot be inferred from shapes and dim={dim} is not a "

@@ -60,6 +60,36 @@ def test_a_huge_rope_max_len_is_refused_for_a_config_built_in_python(max_len):
         WanConfig(rope_max_len=max_len)
 
 
+@pytest.mark.parametrize("field, value", [("num_layers", 8000), ("text_len", 10**7)])
+def test_a_huge_layer_count_or_text_length_in_a_files_metadata_is_refused_before_a_model_is_built(toy_file, field,
+                                                                                                    value):
+    """A checker builds the model on the meta device before it compares a weight: 8,000 layers took 23 s and
+    +519 MiB before the refusal (about 125 KiB a layer: a million would end the server)."""
+    cfg = json.loads(get_config("toy").to_json())
+    cfg[field] = value
+    rewrite_metadata(toy_file, salt_config=json.dumps(cfg))
+    with pytest.raises(ValueError, match=rf"toy\.safetensors.*{field}={value}; expected an integer in \[1, \d+\]"):
+        load_model(toy_file)
+
+
+@pytest.mark.parametrize("index", [4000, 10**12])
+def test_one_stray_block_key_in_a_foreign_file_is_refused_before_a_model_of_that_depth_is_built(tmp_path, index):
+    """A file without our metadata is sized from its keys: one 16-byte `blocks.4000.*` tensor made a 4,001-block
+    model on the meta device (12 s, +499 MiB) before the stray key was reported. Blocks must be numbered 0..N-1."""
+    from comfyui_salt.salt_core.layouts import LayoutError, infer_config
+    sd = build_model("tiny-hd128", seed=0).state_dict()
+    sd[f"blocks.{index}.norm3.weight"] = torch.zeros(4)
+    before = peak_rss_mib()
+    with pytest.raises(LayoutError, match=rf"blocks are numbered 0\.\.{index} with {index - 2} missing \(first "
+                                          r"\[2, 3\]\); expected blocks 0\.\.N-1"):
+        infer_config(sd)
+    path = tmp_path / "stray.safetensors"
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
+    with pytest.raises(ValueError, match="blocks are numbered"):
+        load_model(path)
+    assert peak_rss_mib() - before < 100
+
+
 # -- a model file's host memory, before it is read ------------------------------------------------------------
 LOAD_PEAK = r"""
 import json, sys, torch
