@@ -17,12 +17,16 @@ from .training.config_fields import add_config_flags, overrides_from_args
 
 def export(args) -> str:
     """The `export` command: the student as a LoRA on --base (with its energy report), or in --layout."""
-    from .weights.files import check_output, load_model, save_model
+    from .weights.files import COMFY_CONFIG_META, check_output, file_metadata, load_model, save_model
     from .training.lora_export import export_lora, student_file
     if not args.lora:
-        check_output(args.out, "--out", {"--student": student_file(args.student)})
-        model, _ = load_model(student_file(args.student))
-        save_model(model, args.out, layout=args.layout)
+        source = student_file(args.student)
+        check_output(args.out, "--out", {"--student": source})
+        model, _ = load_model(source)
+        # how the student generates goes with it (causal or bidirectional: Salt's and ComfyUI's loaders read it);
+        # not its run id, which marks the run's own published student
+        marks = {k: v for k, v in file_metadata(source).items() if k in ("teacher_mode", COMFY_CONFIG_META)}
+        save_model(model, args.out, layout=args.layout, extra_metadata=marks)
         return f"wrote {args.out} ({args.layout} layout)"
     if args.base is None:
         raise ValueError("export --lora: --base is required (the model the student was distilled from)")

@@ -13,7 +13,7 @@ import torch
 
 from ..salt_core.layouts import LayoutError, check_state_dict, infer_config
 from ..salt_core.validate import check_choice, quote
-from ..weights.files import HostMemoryError, load_model
+from ..weights.files import HostMemoryError, file_metadata, load_model
 from .bridge import io
 from .bridge.memory import (NATIVE_PREFIX, WEIGHT_DTYPES, load_for_sampling, model_offload_device, model_patcher,
                             native_compute_dtype, native_wan_module, patched_weight, store_linear_weights)
@@ -26,15 +26,9 @@ BIDIRECTIONAL_MODES = ("bidirectional",)   # `teacher_mode` metadata values of m
 
 
 def file_teacher_mode(path: str) -> str:
-    """The `teacher_mode` our own safetensors files record (None for other files); reads the header only."""
-    if not path.lower().endswith(".safetensors"):
-        return None
-    from safetensors import safe_open
-    try:
-        with safe_open(path, framework="pt") as f:
-            return (f.metadata() or {}).get("teacher_mode")
-    except Exception:  # unreadable files are reported by load_model with the full story
-        return None
+    """The `teacher_mode` our own files record (a safetensors header's, a release .pt's metadata entry; None for
+    other files): no tensor data is read."""
+    return file_metadata(path).get("teacher_mode")
 
 
 def stored_weight_dtype(model: torch.nn.Module) -> str:
@@ -64,6 +58,9 @@ def load_salt_model(name: str, use_ema: bool, dtype: str, weight_dtype: str = "d
     except HostMemoryError as e:   # refused before the file is read (load_host_bytes): ComfyUI's server stays up
         raise HostMemoryError(f"SaltLoadCausalModel: ckpt_name={quote(name)}: {e} (here: dtype=bf16, or an unscaled "
                               f"fp8 file with weight_dtype=default)") from None
+    cfg = model.cfg
+    if cfg.in_dim != cfg.out_dim or cfg.in_dim == WAN22_CHANNELS:   # other families (tiny test models: any n → n)
+        raise ValueError(f"SaltLoadCausalModel: ckpt_name={quote(name)}: {other_family(cfg)}")
     causal = file_teacher_mode(path) not in BIDIRECTIONAL_MODES
     if weight_dtype == "default":         # as UNETLoader: "default" keeps an fp8 file's storage, cast per layer
         weight_dtype = stored_weight_dtype(model)
@@ -74,6 +71,15 @@ def load_salt_model(name: str, use_ema: bool, dtype: str, weight_dtype: str = "d
 
 
 WAN21_CHANNELS = 16     # the Wan 2.1 VAE's latent channels: what a native MODEL must take and make
+WAN22_CHANNELS = 48     # the Wan 2.2 VAE's (the 5B TI2V model's)
+
+
+def other_family(cfg) -> str:
+    """Why a model of `cfg`'s channels is not a Wan 2.1 T2V one (the message both loaders give)."""
+    return (f"the model takes {cfg.in_dim}-channel latents and makes {cfg.out_dim}; expected a Wan 2.1 T2V model "
+            f"({WAN21_CHANNELS} in, {WAN21_CHANNELS} out: Wan 2.1 1.3B / 14B T2V and their distilled students). Wan "
+            f"2.2 5B ({WAN22_CHANNELS} channels) and I2V / Fun / inpaint variants (36 in) run with ComfyUI's own "
+            f"samplers")
 
 
 def salt_from_native(native: torch.nn.Module, patcher, name: str = "native MODEL") -> SaltModel:
@@ -96,10 +102,7 @@ def salt_from_native(native: torch.nn.Module, patcher, name: str = "native MODEL
         cfg = infer_config(sd, num_heads=native.num_heads)
         cfg = dataclasses.replace(cfg, eps=native.eps, text_len=native.text_len)
         if (cfg.in_dim, cfg.out_dim) != (WAN21_CHANNELS, WAN21_CHANNELS):
-            raise LayoutError(f"the model takes {cfg.in_dim}-channel latents and makes {cfg.out_dim}; expected a Wan "
-                              f"2.1 T2V model ({WAN21_CHANNELS} in, {WAN21_CHANNELS} out: Wan 2.1 1.3B / 14B T2V and "
-                              f"their distilled students). Wan 2.2 5B (48 channels) and Fun / inpaint variants (36 "
-                              f"in) run with ComfyUI's own samplers")
+            raise LayoutError(other_family(cfg))
         model = hollow_view(cfg, dtype)
         check_state_dict(sd, model, "wan")     # every key and shape now, not at the first sampling
     except LayoutError as e:

@@ -142,6 +142,21 @@ def test_cache_options_refuse_a_context_noise_that_is_not_a_noise_level(salt_nod
             relative_rope=False, context_noise=noise, max_frames=12)
 
 
+@pytest.mark.parametrize("channels", [(48, 48), (36, 16)], ids=["wan2.2-5b", "i2v-36-in"])
+def test_the_loader_node_refuses_a_wan_22_or_i2v_shaped_file_by_its_channels(salt_nodes, models_dir, channels):
+    """SaltCausalFromModel refused other families by their channels; the file loader took a 48→48 (Wan 2.2 TI2V-5B)
+    or 36→16 (I2V-A14B, Fun) file as a T2V model in raw latents, to fail later or make garbage."""
+    from comfyui_salt.salt_core.config import WanConfig
+    from comfyui_salt.salt_core.model import WanModel
+    from comfyui_salt.weights.files import save_model
+    cfg = WanConfig(dim=256, ffn_dim=256, num_heads=2, num_layers=2, in_dim=channels[0], out_dim=channels[1],
+                    text_dim=64, freq_dim=32)
+    save_model(WanModel(cfg), models_dir / "other.safetensors")
+    with pytest.raises(ValueError, match=rf"other\.safetensors.*takes {channels[0]}-channel latents and makes "
+                                         rf"{channels[1]}; expected a Wan 2.1 T2V model"):
+        run(salt_nodes.SaltLoadCausalModel, ckpt_name="other.safetensors", use_ema=True, dtype="fp32")
+
+
 @pytest.mark.parametrize("value", [NAN, INF])
 def test_the_loader_node_refuses_weights_holding_nan_or_inf(salt_nodes, models_dir, value):
     from comfyui_salt.salt_core.model import build_model

@@ -72,6 +72,56 @@ def test_a_huge_layer_count_or_text_length_in_a_files_metadata_is_refused_before
         load_model(toy_file)
 
 
+def test_weights_past_fp16s_range_are_refused_when_loaded_in_fp16_and_load_in_bf16(tmp_path):
+    """NaN/Inf were checked before the cast to the asked dtype: a bf16 weight of 1e5 loaded in fp16 became Inf."""
+    model = build_model("toy", seed=0).to(torch.bfloat16)
+    with torch.no_grad():
+        model.head.head.weight[0, 0] = 1e5
+    path = tmp_path / "big.safetensors"
+    save_model(model, path)
+    with pytest.raises(ValueError, match=r"1 tensor\(s\) hold values past float16's range \(±65504\), e.g. "
+                                         r"\['head\.head\.weight'\].*load in bf16 or fp32"):
+        load_model(path, dtype=torch.float16)
+    loaded, _ = load_model(path, dtype=torch.bfloat16)
+    assert torch.isfinite(loaded.head.head.weight).all()
+
+
+@pytest.mark.parametrize("field", ["salt_config", "salt_aliases"])
+def test_metadata_json_nested_past_the_parsers_depth_is_refused_naming_the_field(toy_file, field):
+    """`[[[[…` 100,000 deep raised RecursionError, which is not a ValueError: it escaped the loader node's wrapping
+    that names the file and the fix."""
+    rewrite_metadata(toy_file, **{field: "[" * 100_000})
+    with pytest.raises(ValueError, match=rf"{field}.*not valid JSON \(RecursionError"):
+        load_model(toy_file)
+
+
+def test_an_alias_in_the_metadata_never_replaces_a_tensor_the_file_stores(toy_file):
+    """salt_aliases maps names save_model did not store to ones it did; one naming a stored tensor silently made q
+    a copy of k."""
+    rewrite_metadata(toy_file, salt_aliases=json.dumps({"blocks.0.self_attn.q.weight": "blocks.0.self_attn.k.weight"}))
+    with pytest.raises(ValueError, match=r"would replace tensors the file stores: \['blocks\.0\.self_attn\.q\.weight'\]"):
+        load_model(toy_file)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="POSIX FIFOs")
+def test_a_fifo_at_a_model_path_is_refused_without_being_opened(tmp_path):
+    """safe_open on a FIFO waits for a writer for good: the metadata readers behind SaltDistill's publish check,
+    `export --out` and the loader node's mode check now refuse it first (run in a subprocess with a timeout)."""
+    import os
+    import subprocess
+    import sys
+    fifo = tmp_path / "model.safetensors"
+    os.mkfifo(fifo)
+    code = ("import sys; from comfyui_salt.weights.files import check_output, file_metadata, read_metadata, "
+            "salt_wrote, safetensors_header\n"
+            "p = sys.argv[1]\n"
+            "assert not salt_wrote(p) and file_metadata(p) == {} and safetensors_header(p) is None\n"
+            "try:\n    read_metadata(p)\nexcept ValueError as e:\n    assert 'not a regular file' in str(e)\n"
+            "try:\n    check_output(p, '--out')\nexcept ValueError as e:\n    print('refused:', e)\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(fifo)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "refused:" in proc.stdout, proc.stderr[-2000:]
+
+
 @pytest.mark.parametrize("index", [4000, 10**12])
 def test_one_stray_block_key_in_a_foreign_file_is_refused_before_a_model_of_that_depth_is_built(tmp_path, index):
     """A file without our metadata is sized from its keys: one 16-byte `blocks.4000.*` tensor made a 4,001-block

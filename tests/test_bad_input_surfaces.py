@@ -61,6 +61,29 @@ def test_export_in_another_layout_refuses_to_write_over_its_own_student(pair, tm
     assert file_bytes(pair[1]) == before
 
 
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
+def test_a_student_keeps_how_it_generates_through_export_and_in_its_release_file(salt_nodes, tmp_path, causal):
+    """`export --layout` wrote the student without its marks: a causal student lost `teacher_mode` and ComfyUI's
+    `causal_ar` config (0.33 then loads it as a plain bidirectional WanModel), a bidirectional one loaded as causal
+    in Salt; and `student_release.pt` carried no mark at all, so a bidirectional student's loaded as causal. Both now
+    carry them (not the run id: a CLI export is never a run's published student)."""
+    from comfyui_salt.weights.files import (COMFY_CONFIG_META, RUN_META, export_student, file_metadata,
+                                            read_metadata, student_metadata)
+    from comfyui_salt.nodes.models import file_teacher_mode
+    run_dir = tmp_path / "run"
+    student, release = export_student(build_model("tiny-hd128", seed=1), str(run_dir), causal=causal, run_id="abc")
+    marks = student_metadata(causal)
+    assert file_metadata(release) == marks and file_teacher_mode(release) == marks["teacher_mode"]
+    for layout in ("comfyui", "wan", "diffusers"):
+        out = tmp_path / f"{layout}.safetensors"
+        proc = cli("export", "--student", student, "--out", out, "--layout", layout)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        meta = read_metadata(str(out))
+        assert {k: meta.get(k) for k in ("teacher_mode", COMFY_CONFIG_META)} == {
+            "teacher_mode": marks["teacher_mode"], COMFY_CONFIG_META: marks.get(COMFY_CONFIG_META)}
+        assert RUN_META not in meta
+
+
 def test_export_lora_never_replaces_a_file_salt_did_not_write_but_rewrites_its_own_lora(pair, tmp_path):
     foreign = tmp_path / "my_lora.safetensors"
     save_file({"x": torch.ones(2)}, str(foreign))                  # someone's LoRA: no Salt metadata

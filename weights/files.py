@@ -35,6 +35,9 @@ NESTED_LAYOUTS = ("self_forcing", "longlive")
 NESTED_HEADS = ("generator", "generator_ema", layouts.LORA_KEY)  # first key parts that mark a flattened release
 CONFIG_META, LAYOUT_META, ALIAS_META = "salt_config", "salt_layout", "salt_aliases"
 COMFY_CONFIG_META = "config"     # ComfyUI's model-detection overrides ({"transformer": {...}}), read by 0.16+
+# a release torch file's metadata ({str: str}, e.g. a student's teacher_mode): an entry beside the release's heads,
+# which Self Forcing's loaders, reading those heads by name, pass over
+TORCH_META_KEY = "salt_metadata"
 
 
 def _extension(path: str) -> str:
@@ -91,7 +94,11 @@ def _unshare(sd: Mapping) -> tuple:
 
 # -- reading ------------------------------------------------------------------------------------------
 def read_metadata(path: str) -> dict:
-    """The metadata of a safetensors file, from its header only (no tensor is read)."""
+    """The metadata of a safetensors file, from its header only (no tensor is read). A path that is not a regular file
+    (a FIFO: opening it would wait for a writer for good; a device) is a ValueError, as an unreadable file is."""
+    if not os.path.isfile(path):
+        raise ValueError(f"read_metadata: {path!r} is not a regular file (missing, a folder, a FIFO or a device); a "
+                         f"model file is expected there")
     try:
         with safe_open(path, framework="pt") as f:
             return dict(f.metadata() or {})
@@ -119,9 +126,10 @@ def _aliases(path: str, metadata: Mapping, flat: Mapping) -> dict:
     text = metadata.get(ALIAS_META, "{}")
     try:
         aliases = json.loads(text)
-    except ValueError as e:
-        raise ValueError(f"read_checkpoint: {path!r}: metadata field {ALIAS_META!r} is not valid JSON ({e}); the "
-                         f"file's header is damaged — save the model again") from None
+    except (ValueError, RecursionError) as e:    # RecursionError: "[[[[…" nested past the parser's depth
+        raise ValueError(f"read_checkpoint: {path!r}: metadata field {ALIAS_META!r} is not valid JSON "
+                         f"({type(e).__name__}: {str(e)[:80]}); the file's header is damaged — save the model "
+                         f"again") from None
     if not isinstance(aliases, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in aliases.items()):
         raise ValueError(f"read_checkpoint: {path!r}: metadata field {ALIAS_META!r} is {text[:80]!r}; expected a JSON "
                          f"object of tensor names — save the model again")
@@ -129,6 +137,10 @@ def _aliases(path: str, metadata: Mapping, flat: Mapping) -> dict:
     if missing:
         raise ValueError(f"read_checkpoint: {path!r}: metadata field {ALIAS_META!r} points at tensors the file does "
                          f"not hold: {missing[:5]}; the header is damaged — save the model again")
+    stored = sorted(a for a in aliases if a in flat)   # save_model aliases only names it did not store
+    if stored:
+        raise ValueError(f"read_checkpoint: {path!r}: metadata field {ALIAS_META!r} would replace tensors the file "
+                         f"stores: {stored[:5]}; the header is damaged or forged — save the model again")
     return aliases
 
 
@@ -159,7 +171,30 @@ def read_checkpoint(path) -> tuple:
         raise FileNotFoundError(f"read_checkpoint: no checkpoint file at {path!r}")
     if _extension(path) in SAFETENSORS_EXTS:
         return _read_safetensors(path)
-    return _read_torch(path), {}
+    obj = _read_torch(path)
+    return _without_torch_metadata(obj)
+
+
+def _without_torch_metadata(obj) -> tuple:
+    """(obj without its TORCH_META_KEY entry, that entry's {str: str}) of a loaded torch file ({} when none)."""
+    if not isinstance(obj, dict) or not isinstance(obj.get(TORCH_META_KEY), dict):
+        return obj, {}
+    obj = dict(obj)
+    return obj, {str(k): str(v) for k, v in obj.pop(TORCH_META_KEY).items()}
+
+
+def file_metadata(path: str) -> dict:
+    """The metadata of a model file without reading its tensors: a safetensors header's, or a release torch file's
+    TORCH_META_KEY entry (the file memory-mapped: its pickle read, no tensor data); {} for a file without any, one
+    that does not read or is not a regular file (the loaders report those with the full story)."""
+    try:
+        if _extension(path) in SAFETENSORS_EXTS:
+            return read_metadata(path)
+        if not os.path.isfile(path):
+            return {}
+        return _without_torch_metadata(torch.load(path, map_location="cpu", weights_only=True, mmap=True))[1]
+    except Exception:   # noqa: BLE001  (an old-format torch file cannot be mapped; damaged files raise any type)
+        return {}
 
 
 # -- loading a model ----------------------------------------------------------------------------------
@@ -178,7 +213,9 @@ class HostMemoryError(MemoryError):
 def safetensors_header(path: str):
     """({name: (dtype code, shape, stored bytes)}, metadata) from a safetensors file's header alone, as safetensors
     reads and validates it (offsets inside the file, known dtypes), or None when it is not one: read_checkpoint then
-    reports the file with the full story."""
+    reports the file with the full story (a FIFO or device: None without opening it)."""
+    if not os.path.isfile(path):
+        return None
     try:
         with safe_open(path, framework="pt") as f:
             entries = {}
@@ -197,7 +234,7 @@ def _loaded_entries(entries: dict, metadata: Mapping, use_ema: bool) -> dict:
     try:
         aliases = json.loads(metadata.get(ALIAS_META, "{}"))
         aliases = {a: t for a, t in aliases.items() if isinstance(a, str) and t in entries}
-    except (ValueError, TypeError, AttributeError):
+    except (ValueError, TypeError, AttributeError, RecursionError):
         aliases = {}
     named = {**entries, **{a: entries[t] for a, t in aliases.items()}}
     heads = {k.split(".", 1)[0] for k in named}
@@ -268,8 +305,9 @@ def _config_from_metadata(text: str) -> WanConfig:
     """The WanConfig stored in a file's `salt_config` metadata, validated like user input."""
     try:
         d = json.loads(text)
-    except ValueError as e:
-        raise ValueError(f"metadata field {CONFIG_META!r} is not valid JSON ({e})") from None
+    except (ValueError, RecursionError) as e:    # RecursionError: "[[[[…" nested past the parser's depth
+        raise ValueError(f"metadata field {CONFIG_META!r} is not valid JSON ({type(e).__name__}: "
+                         f"{str(e)[:80]})") from None
     if not isinstance(d, dict):
         raise ValueError(f"metadata field {CONFIG_META!r} is {text[:80]!r}; expected a JSON object of WanConfig fields")
     try:
@@ -339,10 +377,19 @@ def load_model(path, preset=None, use_ema: bool = True, dtype=torch.float32, num
     except (ValueError, MemoryError) as e:   # the file's config, validated like user input
         raise type(e)(f"load_model({path!r}): {e}; fix the file's metadata or pass preset=...") from None
     check_finite_weights(sd, path)
+    overflowed = []
     for key in list(sd):  # one tensor at a time, so peak memory grows by one tensor at most
         t = sd[key]
         keep = keep_fp8 and t.dtype.itemsize == 1 and t.ndim == 2 and key.endswith(".weight")   # a linear layer's
         sd[key] = t.to(device=device) if keep else t.to(device=device, dtype=dtype)
+        narrower = (t.is_floating_point() and dtype.is_floating_point and not keep
+                    and torch.finfo(dtype).max < torch.finfo(t.dtype).max)   # e.g. bf16 or fp32 into fp16
+        if narrower and not _finite(sd[key]):
+            overflowed.append(key)
+    if overflowed:
+        raise ValueError(f"load_model({path!r}): {len(overflowed)} tensor(s) hold values past "
+                         f"{str(dtype).removeprefix('torch.')}'s range (±{torch.finfo(dtype).max:g}), e.g. "
+                         f"{overflowed[:3]}: cast, they would be Inf; load in bf16 or fp32")
     with torch.device("meta"):
         model = WanModel(cfg)
     layouts.adopt_weights(model, sd, layout)
@@ -455,9 +502,10 @@ def save_model(model_or_sd, path, layout: str = "wan", config: WanConfig = None,
 
     .safetensors: flat layouts as they are, release layouts flattened (`generator_ema.model.…`), with
     metadata salt_config (when known), salt_layout and salt_aliases (keys stored once, as another key).
-    .pt/.pth/.ckpt/.bin: `torch.save` of the layout's object (no metadata; on load the config is the preset whose
+    .pt/.pth/.ckpt/.bin: `torch.save` of the layout's object (no config; on load the config is the preset whose
     shapes the weights have, else inferred from them).
-    `extra_metadata` {str: str} is added to safetensors metadata (e.g. how the weights were trained).
+    `extra_metadata` {str: str} is added to safetensors metadata (e.g. how the weights were trained), and to a
+    release torch file as its TORCH_META_KEY entry (file_metadata reads both).
     """
     path = os.fspath(path)
     ext = _extension(path)
@@ -473,6 +521,8 @@ def save_model(model_or_sd, path, layout: str = "wan", config: WanConfig = None,
     sd = {k: v.detach() for k, v in sd.items()}
     obj = layouts.from_wan_state_dict(sd, layout)
     if ext in TORCH_EXTS:
+        if extra_metadata and layout in NESTED_LAYOUTS:     # a flat torch file has no place for it
+            obj = {**obj, TORCH_META_KEY: {str(k): str(v) for k, v in extra_metadata.items()}}
         atomic_write(path, lambda tmp: torch.save(obj, tmp))
         return
     tensors, aliases = _unshare(flatten_release(obj) if layout in NESTED_LAYOUTS else obj)
@@ -514,5 +564,5 @@ def export_student(model, run_dir: str, causal: bool = True, run_id: str = "") -
     paths = [os.path.join(folder, "student.safetensors"), os.path.join(folder, "student_release.pt")]
     save_model(model, paths[0], layout="wan",
                extra_metadata={**student_metadata(causal), **({RUN_META: run_id} if run_id else {})})
-    save_model(model, paths[1], layout="self_forcing")
+    save_model(model, paths[1], layout="self_forcing", extra_metadata=student_metadata(causal))
     return paths
