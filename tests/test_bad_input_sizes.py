@@ -212,6 +212,26 @@ def test_the_host_bytes_a_load_takes_are_those_measured_in_a_fresh_process(tmp_p
     assert measured - (10 << 20) <= estimate <= 1.25 * measured, (estimate / 2**20, measured / 2**20)
 
 
+def test_a_torch_file_of_expanded_tensors_is_refused_before_it_is_cast(tmp_path):
+    """A torch file was estimated at its size on disk: a 37 KB .pt of stride-0 `expand`ed tensors with 1.3B-wide
+    shapes cast to 406 MiB (a 14B-shaped one: about 28 GB) past the host check. Its pickle, read memory-mapped,
+    shows the shapes: such views are refused, and a real file's estimate adds what its loaded head takes cast."""
+    from comfyui_salt.weights.files import load_host_bytes
+    sd = build_model("toy", seed=0).state_dict()
+    fake = tmp_path / "expand.pt"
+    torch.save({k: torch.zeros((1,) * v.ndim).expand(v.shape) for k, v in sd.items()}, fake)
+    before = peak_rss_mib()
+    with pytest.raises(ValueError, match=r"expand\.pt.*tensor\(s\) are views holding fewer values than their "
+                                         r"shapes"):
+        load_model(fake, dtype=torch.bfloat16)
+    assert peak_rss_mib() - before < 50
+    real = tmp_path / "release.pt"
+    save_model(build_model("toy", seed=0), real, layout="self_forcing")     # two heads of float32 weights
+    head = sum(t.numel() for t in sd.values())
+    assert load_host_bytes(real, torch.bfloat16) == real.stat().st_size + 2 * head   # one head cast to bf16
+    assert load_host_bytes(real, torch.float32) == real.stat().st_size               # kept as read
+
+
 def test_the_header_counts_each_tensor_at_the_bytes_its_file_stores_for_every_dtype(tmp_path):
     """safetensors_header's bytes per tensor (shape × item size by dtype code) against the span the file's own
     header gives it (data_offsets, read here from the raw JSON), for every dtype torch writes: the unsigned and

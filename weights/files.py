@@ -251,14 +251,16 @@ def load_host_bytes(path, dtype=torch.float32, keep_fp8: bool = False, device="c
     under pressure: not counted), or kept as those pages where it is stored as loaded (the model's weights: counted);
     of a release, the head it loads. Scaled-fp8 weights are dequantized on the host (into `dtype`, through float32
     a chunk of rows at a time: layouts.scaled_weight), whatever `device` and keep_fp8; on a GPU `device` the rest
-    goes there, the host holding mapped pages only. A torch file: its size (torch.load reads it whole; a lower
-    bound, what is cast is known once read)."""
+    goes there, the host holding mapped pages only. A torch file: its size (torch.load reads it whole) and, from its
+    pickle read memory-mapped (no tensor data), the loaded head's tensors cast to `dtype` (`_torch_cast_bytes`;
+    a file that cannot be mapped, of torch's old format: its size alone)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         return 0
     header = safetensors_header(path) if _extension(path) in SAFETENSORS_EXTS else None
     if header is None:
-        return os.path.getsize(path)
+        return os.path.getsize(path) + (_torch_cast_bytes(path, dtype, use_ema) if _extension(path) in TORCH_EXTS
+                                        else 0)
     entries = _loaded_entries(*header, use_ema)
     scaled = any(k.endswith((layouts.SCALE_WEIGHT, layouts.SCALED_FP8_MARKER)) for k in entries)
     item, target = torch.empty((), dtype=dtype).element_size(), _SAFETENSORS_CODE.get(dtype)
@@ -278,6 +280,28 @@ def load_host_bytes(path, dtype=torch.float32, keep_fp8: bool = False, device="c
                                                              and key.endswith(".weight"))
         total += (b if kept else count * item) if on_host else 0
     return total + transient
+
+
+def _torch_cast_bytes(path: str, dtype, use_ema: bool) -> int:
+    """Bytes the tensors of a torch file's loaded head take cast to `dtype` (those already in it: 0, they stay the
+    file's), read from its pickle memory-mapped. A tensor whose storage is smaller than its elements (a stride-0
+    `expand`: a 37 KB file held 1.3B-wide shapes and cast to 406 MiB) is refused with a ValueError: no checkpoint
+    stores one."""
+    try:
+        obj = _without_torch_metadata(torch.load(path, map_location="cpu", weights_only=True, mmap=True))[0]
+    except Exception:   # noqa: BLE001  (torch's old format cannot be mapped; damage: read_checkpoint's to report)
+        return 0
+    if isinstance(obj, Mapping):   # a release: the head load_model takes (layouts._pick_release_entry's order)
+        order = ("generator_ema" if use_ema else "generator", "generator", "generator_ema", "model")
+        obj = next((obj[k] for k in order if isinstance(obj.get(k), Mapping)), obj)
+    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)} if isinstance(obj, Mapping) else {}
+    short = [k for k, t in tensors.items() if t.untyped_storage().nbytes() < t.numel() * t.element_size()]
+    if short:
+        raise ValueError(f"load_model({path!r}): {len(short)} tensor(s) are views holding fewer values than their "
+                         f"shapes (e.g. {short[:3]}: an expanded or overlapping tensor, not a checkpoint's weights); "
+                         f"save the real weights")
+    item = torch.empty((), dtype=dtype).element_size()
+    return sum(t.numel() * item for t in tensors.values() if t.is_floating_point() and t.dtype != dtype)
 
 
 def _choose_config(sd: Mapping, metadata: Mapping, preset, num_heads) -> WanConfig:
