@@ -72,6 +72,9 @@ def load_salt_model(name: str, use_ema: bool, dtype: str, weight_dtype: str = "d
 
 WAN21_CHANNELS = 16     # the Wan 2.1 VAE's latent channels: what a native MODEL must take and make
 WAN22_CHANNELS = 48     # the Wan 2.2 VAE's (the 5B TI2V model's)
+# state-dict key endings of a native MODEL whose layers scale their weights in their own forward: scaled fp8
+# (0.3.75: scale_weight / scale_input) and the quantized formats of later lines (weight_scale, comfy_quant)
+SCALED_NATIVE_KEYS = (".scale_weight", ".scale_input", ".weight_scale", ".comfy_quant", "scaled_fp8")
 
 
 def other_family(cfg) -> str:
@@ -94,6 +97,13 @@ def salt_from_native(native: torch.nn.Module, patcher, name: str = "native MODEL
     if "blocks.0.self_attn.q.weight" not in sd:
         raise ValueError(f"SaltCausalFromModel: the model has no 'blocks.0.self_attn.q.weight' ({len(sd)} keys); "
                          f"expected a Wan 2.1 T2V diffusion model")
+    scaled = sorted(k for k in sd if k.endswith(SCALED_NATIVE_KEYS))
+    if scaled:   # ComfyUI applies these scales in its layers' own forward, which Salt's view does not call
+        raise ValueError(f"SaltCausalFromModel: the model's weights are scaled or quantized ({len(scaled)} scale keys, "
+                         f"e.g. {scaled[0]!r}: a *_fp8_scaled file, or one of ComfyUI's quantized formats); Salt's "
+                         f"view of a native MODEL reads plain weights. Load the file with Salt Load Causal Model "
+                         f"(SaltLoadCausalModel), which dequantizes scaled fp8 exactly, or use a bf16 / unscaled fp8 "
+                         f"file")
     dtype = native_compute_dtype(patcher, sd["blocks.0.self_attn.q.weight"].dtype)
     if dtype not in DTYPES.values():
         raise ValueError(f"SaltCausalFromModel: the model computes in {dtype}; Salt computes in bf16, fp16 or "

@@ -481,6 +481,10 @@ def test_an_fp8_wan_file_computes_what_comfys_own_wan_model_computes_from_it(sal
         theirs = native(x.to(compute), t, ctx.to(compute))
     # fp32 compute: the same numbers (1e-5); ComfyUI 0.3.75 computes scaled fp8 in bf16 on the CPU: bf16's 2^-8
     assert_close(ours, theirs, 1e-5 if compute == torch.float32 else 1e-2, f"Salt vs ComfyUI ({compute}) on one file")
+    if scaled:   # the same file as a native MODEL: its layers scale in their own forward, which Salt's view skips
+        from comfyui_salt.nodes.models import salt_from_native
+        with pytest.raises(ValueError, match=r"scaled or quantized \(\d+ scale keys.*SaltLoadCausalModel"):
+            salt_from_native(native, patcher)
 
 
 def test_an_unknown_weight_dtype_is_refused_with_the_options(salt_nodes, toy_file):
