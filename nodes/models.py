@@ -15,8 +15,9 @@ from ..salt_core.layouts import LayoutError, check_state_dict, infer_config
 from ..salt_core.validate import check_choice, quote
 from ..weights.files import HostMemoryError, file_metadata, load_model
 from .bridge import io
-from .bridge.memory import (NATIVE_PREFIX, WEIGHT_DTYPES, load_for_sampling, model_offload_device, model_patcher,
-                            native_compute_dtype, native_wan_module, patched_weight, store_linear_weights)
+from .bridge.memory import (NATIVE_PREFIX, WEIGHT_DTYPES, load_for_sampling, mmap_disabled, model_offload_device,
+                            model_patcher, native_compute_dtype, native_wan_module, patched_weight,
+                            store_linear_weights)
 from .bridge.view_patcher import hollow_view, view_patcher
 from .bridge.paths import diffusion_model_files, diffusion_model_path
 from .types import SaltModel, SaltModelType, latent_format_for
@@ -50,7 +51,7 @@ def load_salt_model(name: str, use_ema: bool, dtype: str, weight_dtype: str = "d
     path = diffusion_model_path(name)
     try:
         model, layout = load_model(path, use_ema=use_ema, dtype=DTYPES[dtype], device=model_offload_device(),
-                                   keep_fp8=weight_dtype == "default")
+                                   keep_fp8=weight_dtype == "default", copy=mmap_disabled())
     except (LayoutError, ValueError, KeyError) as e:
         raise ValueError(f"SaltLoadCausalModel: ckpt_name={quote(name)} cannot be loaded as a Wan 2.1 T2V transformer: "
                          f"{e}. (Full ComfyUI checkpoints and other architectures load with ComfyUI's own "

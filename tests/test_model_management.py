@@ -487,6 +487,32 @@ def test_an_fp8_wan_file_computes_what_comfys_own_wan_model_computes_from_it(sal
             salt_from_native(native, patcher)
 
 
+def test_comfys_disable_mmap_copies_the_weights_out_of_the_files_mapping(salt_nodes, models_dir, monkeypatch):
+    """A weight loaded in the file's own dtype stays a view of its memory map, as ComfyUI keeps it: the file rewritten
+    in place changes the model (truncated: SIGBUS). With ComfyUI's --disable-mmap the node copies it out, as
+    ComfyUI's loaders then do: the model no longer sees the file."""
+    import struct
+    import comfy.utils
+    from comfyui_salt.salt_core.model import build_model
+    from comfyui_salt.weights.files import save_model
+    path = models_dir / "mapped.safetensors"
+    save_model(build_model("toy", seed=0), path)
+    raw = path.read_bytes()
+    data = 8 + struct.unpack("<Q", raw[:8])[0]                 # the tensors' bytes start after the header
+    seen = {}
+    for disabled in (False, True):
+        monkeypatch.setattr(comfy.utils, "DISABLE_MMAP", disabled)
+        salt = load(salt_nodes, "mapped.safetensors", "fp32")
+        before = [p.detach().clone() for p in salt.model.parameters()]
+        with open(path, "r+b") as f:                           # zeroed in place: the same inode, the same mapping
+            f.seek(data)
+            f.write(bytes(len(raw) - data))
+        seen[disabled] = all(torch.equal(p, q) for p, q in zip(salt.model.parameters(), before))
+        del salt, before
+        path.write_bytes(raw)                                  # as it was, for the next pass
+    assert seen == {False: False, True: True}, seen
+
+
 def test_an_unknown_weight_dtype_is_refused_with_the_options(salt_nodes, toy_file):
     with pytest.raises(ValueError, match="SaltLoadCausalModel: weight_dtype='int4'; expected one of "
                                          r"\['default', 'fp8_e4m3fn', 'fp8_e4m3fn_fast', 'fp8_e5m2'\]"):

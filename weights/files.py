@@ -367,7 +367,7 @@ def check_finite_weights(sd: Mapping, path: str) -> None:
 
 
 def load_model(path, preset=None, use_ema: bool = True, dtype=torch.float32, num_heads: int = None,
-               device="cpu", keep_fp8: bool = False) -> tuple:
+               device="cpu", keep_fp8: bool = False, copy: bool = False) -> tuple:
     """(WanModel, detected layout) from a checkpoint file in any layout.
 
     `preset` (a name or WanConfig) wins over the file's own config, which wins over shape inference
@@ -376,6 +376,8 @@ def load_model(path, preset=None, use_ema: bool = True, dtype=torch.float32, num
     `*_fp8_e4m3fn`) load too: cast to `dtype`, or with `keep_fp8` their linear weights stay fp8 (the caller makes
     those layers cast on use); scaled-fp8 files are dequantized (weight·scale_weight). A file the host cannot hold
     (load_host_bytes against its free memory and swap) is refused with a MemoryError before any tensor is read.
+    A safetensors tensor already in `dtype` stays a view of the file's memory map (as ComfyUI keeps it): the file
+    then must not change while the model is used; `copy` copies it out (ComfyUI's --disable-mmap).
     """
     path = os.fspath(path)
     try:
@@ -405,7 +407,7 @@ def load_model(path, preset=None, use_ema: bool = True, dtype=torch.float32, num
     for key in list(sd):  # one tensor at a time, so peak memory grows by one tensor at most
         t = sd[key]
         keep = keep_fp8 and t.dtype.itemsize == 1 and t.ndim == 2 and key.endswith(".weight")   # a linear layer's
-        sd[key] = t.to(device=device) if keep else t.to(device=device, dtype=dtype)
+        sd[key] = t.to(device=device, copy=copy) if keep else t.to(device=device, dtype=dtype, copy=copy)
         narrower = (t.is_floating_point() and dtype.is_floating_point and not keep
                     and torch.finfo(dtype).max < torch.finfo(t.dtype).max)   # e.g. bf16 or fp32 into fp16
         if narrower and not _finite(sd[key]):

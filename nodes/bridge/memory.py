@@ -37,6 +37,11 @@ def model_offload_device() -> torch.device:
     return comfy.model_management.unet_offload_device()
 
 
+def mmap_disabled() -> bool:
+    """Whether ComfyUI runs with --disable-mmap (its loaders then copy each tensor out of the file's mapping)."""
+    return bool(getattr(comfy.utils, "DISABLE_MMAP", False))
+
+
 def store_linear_weights(module: torch.nn.Module, weight_dtype: str, compute_dtype: torch.dtype) -> int:
     """Store every `nn.Linear` weight of `module` in `weight_dtype` (a WEIGHT_DTYPES name), cast to
     `compute_dtype` layer by layer when used, as UNETLoader's models do; returns the number of layers converted.
