@@ -158,12 +158,17 @@ def summarize(reports: list) -> dict:
     factored = [r for r in reports if r.kind == "lora"]
     total = sum(r.delta_norm ** 2 for r in reports)
     kept = sum(r.energy_kept * r.delta_norm ** 2 for r in reports)
+    skipped = [r for r in reports if r.kind == "diff" and f"{r.name}.diff".endswith(COMFY_SKIPPED)]
+    lost = sum(r.energy_kept * r.delta_norm ** 2 for r in skipped)
     return {
         "changed": len(reports),
         **{kind: sum(r.kind == kind for r in reports) for kind in KINDS},
         "mean_energy_kept": sum(r.energy_kept for r in factored) / len(factored) if factored else 1.0,
         "min_energy_kept": min((r.energy_kept for r in factored), default=1.0),
         "total_energy_kept": kept / total if total > 0 else 1.0,
+        # what ComfyUI 0.3.75's loader applies of it: the diffs it leaves out (comfy_applied) count as dropped
+        "comfy_skipped": len(skipped),
+        "comfy_energy_kept": (kept - lost) / total if total > 0 else 1.0,
     }
 
 
@@ -178,6 +183,9 @@ def format_report(reports: list, limit: int = None) -> str:
     lines.append(f"{s['changed']} changed tensors: {s['lora']} as LoRA factors, {s['diff']} .diff, {s['diff_b']} "
                  f".diff_b, {s['dropped']} left out; energy kept: mean {s['mean_energy_kept']:.4f}, min "
                  f"{s['min_energy_kept']:.4f} over factored layers, {s['total_energy_kept']:.4f} over everything")
+    if s["comfy_skipped"]:
+        lines.append(f"ComfyUI 0.3.75's LoraLoaderModelOnly leaves out the {s['comfy_skipped']} modulation .diff "
+                     f"tensors: it applies {s['comfy_energy_kept']:.4f} of the energy (loaders that read them: all)")
     return "\n".join(lines)
 
 

@@ -11,7 +11,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from comfyui_salt.salt_core.config import WanConfig
-from comfyui_salt.salt_core.lora import apply_lora, comfy_applied, extract_lora, low_rank_factors, summarize
+from comfyui_salt.salt_core.lora import (apply_lora, comfy_applied, extract_lora, format_report, low_rank_factors,
+                                         summarize)
 from comfyui_salt.salt_core.model import build_model
 from comfyui_salt.weights.files import save_model
 from comfyui_salt.training.lora_export import export_lora
@@ -81,6 +82,22 @@ def test_without_diffs_only_factors_are_written_and_the_rest_is_reported_dropped
     dropped = {r.name for r in reports if r.kind == "dropped"}
     assert "blocks.0.norm3.weight" in dropped and "blocks.0.self_attn.q.bias" in dropped
     assert summarize(reports)["total_energy_kept"] < 1.0
+
+
+def test_the_report_gives_the_energy_comfy_applies_measured_on_the_applied_weights(tiny_pair):
+    """ComfyUI 0.3.75 loads the modulation .diff tensors but does not apply them; the report's total said 1.0000
+    "over everything" all the same. Its ComfyUI line is checked against the weights comfy_applied's part of the
+    LoRA gives: Σ‖applied − base‖² / Σ‖student − base‖²."""
+    base, student = tiny_pair
+    lora, reports = extract_lora(base, student, rank=4)
+    s = summarize(reports)
+    applied = apply_lora(base, comfy_applied(lora))
+    moved = sum(float(((applied[k].double() - base[k].double()) ** 2).sum()) for k in base)
+    total = sum(float(((student[k].double() - base[k].double()) ** 2).sum()) for k in base)
+    assert s["comfy_skipped"] == sum(k.endswith(".modulation.diff") for k in lora) > 0
+    assert s["comfy_energy_kept"] == pytest.approx(moved / total, rel=1e-4) and s["comfy_energy_kept"] < \
+        s["total_energy_kept"]
+    assert f"applies {s['comfy_energy_kept']:.4f} of the energy" in format_report(reports)
 
 
 @pytest.mark.parametrize("change, words", [
