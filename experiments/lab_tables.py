@@ -133,11 +133,13 @@ def format_table(results: dict, resamples: int = 1000, compact: bool = False) ->
 # 8-step semigroup defects. Verdicts, from 95 % paired t intervals over seeds of arm − reference (or arm / reference):
 # "reproduces" (the claimed effect, shown), "opposite" (an effect of the other sign, shown), "does not" (the claimed
 # effect of practical size ruled out: the interval excludes an improvement of MARGIN × the reference's value, or
-# the defect bar), "inconclusive" (none of these at this power); "mixed" where one metric improves and one worsens.
-#   quality: reproduces if one metric is better (interval below 0) and every other one lies below +MARGIN × ref
-#            (not worse by the practical size: "not shown worse" alone let a metric of any width pass); opposite if
-#            one is worse (interval above 0) and neither is better; does not if no metric's interval reaches below
-#            −MARGIN × ref;
+# the defect bar), "inconclusive" (none of these at this power); "mixed" where one metric improves and one worsens
+# by the practical size.
+#   quality: with one metric better (interval below 0): reproduces if every other one lies below +MARGIN × ref
+#            (not worse by the practical size: "not shown worse" alone let a metric of any width pass), mixed if one
+#            lies above it (worse by that size, shown), else inconclusive (so a wider interval never gives a
+#            stronger word); with none better: opposite if one is worse (interval above 0), does not if no metric's
+#            interval reaches below −MARGIN × ref;
 #   non-inferior, in this order: reproduces if both intervals lie below +MARGIN × ref (even if one is above 0:
 #            worse by less than the margin is non-inferior); opposite if one lies above +MARGIN × ref (worse by
 #            more: the claim ruled out); else inconclusive (an interval above 0 that reaches past the margin is
@@ -229,10 +231,11 @@ def claim_verdict(test: str, ivs: dict, ref_values: dict) -> str:
         if all(iv.hi < margin[m] for m, iv in ivs.items()):
             return "reproduces"
         return "opposite" if any(iv.lo > margin[m] for m, iv in ivs.items()) else "inconclusive"
-    if better and worse:
-        return "mixed"
-    if better:
-        return "reproduces" if all(iv.hi < margin[m] for m, iv in ivs.items() if m not in better) else "inconclusive"
+    if better:   # the others: worse by the margin, shown (mixed); under it (reproduces); else not pinned
+        others = [(m, iv) for m, iv in ivs.items() if m not in better]
+        if any(iv.lo > margin[m] for m, iv in others):
+            return "mixed"
+        return "reproduces" if all(iv.hi < margin[m] for m, iv in others) else "inconclusive"
     if worse:
         return "opposite"
     return "does not" if all(iv.lo > -margin[m] for m, iv in ivs.items()) else "inconclusive"

@@ -49,10 +49,9 @@ def family_level(rows: list) -> tuple:
 def family_word(verdict: str, widened: str) -> str:
     """The family-wise word of a claim: its verdict where the widened intervals give the same word; "does not"
     where an "opposite" widens to "does not" (the claimed effect is still ruled out, the other sign no longer
-    shown: the weaker of the two statements); else "inconclusive". Widening can also turn a word into a
-    stronger-looking or another one ("mixed" into "reproduces" when the worse metric's interval reaches 0; a
-    non-inferior "reproduces" into "does not"): the family reading only keeps what survives, so it never reports a
-    word the per-claim reading did not imply."""
+    shown: the weaker of the two statements); else "inconclusive". The rules are built so that widening never gives
+    a stronger word (tests/test_lab_verdicts.py), but the family reading does not lean on that: it only keeps what
+    survives, so it never reports a word the per-claim reading did not imply."""
     if widened == verdict or (verdict, widened) == ("opposite", "does not"):
         return widened
     return "inconclusive"
@@ -129,8 +128,9 @@ def report(found: dict, min_seeds: int = MIN_SEEDS, made_by: str = "") -> str:
              f"{MARGIN * 100:.0f} %\": shown, and an effect of the margin's size ruled out), opposite (the other sign "
              "shown), does not (the "
              f"claimed size ruled out by a {MARGIN * 100:.0f} % margin of the reference), inconclusive at this "
-             "power, mixed (one metric better, one worse). In brackets: the seeds both arms share; cells with fewer "
-             f"than {min_seeds} are interim. \"Family-wise\": where the verdict changes when every interval of that "
+             "power, mixed (one metric better, one worse by the margin). In brackets: the seeds both arms share; "
+             f"cells with fewer than {min_seeds} are interim. "
+             "\"Family-wise\": where the verdict changes when every interval of that "
              "budget is widened to Bonferroni's level (all of them cover at once with probability ≥ 95 %).", "",
              verdict_matrix(found, min_seeds)]
     for u in sorted(found):

@@ -111,6 +111,7 @@ class LiveSession:
 SESSIONS = collections.OrderedDict()
 MAX_SESSIONS = 4
 SESSIONS_LOCK = threading.Lock()
+STARTING = {}     # stream id → the session of its run now starting or running (a new stream is in SESSIONS later)
 
 
 def check_stream_id(stream_id) -> str:
@@ -125,7 +126,7 @@ def control_request(stream_id, action, body) -> tuple:
     session = None
     if isinstance(stream_id, str) and STREAM_ID.match(stream_id):
         with SESSIONS_LOCK:          # a session evicted by a run starting meanwhile is simply gone
-            session = SESSIONS.get(stream_id)
+            session = STARTING.get(stream_id) or SESSIONS.get(stream_id)
     if session is None:
         return 404, {"error": f"no live stream {quote(stream_id)}; queue a SaltLiveStream with that stream_id"}
     if action not in ACTIONS + ("status",):
@@ -281,7 +282,9 @@ def live_run(salt, positive, options, sigmas, seed, width, height, max_chunks, s
             session = LiveSession()      # installed once the run's checks pass: a refused run keeps the old one
         session.key = key
     control = session.control
-    control.begin(prompt_check(salt, clip))   # before the model loads: a Stop sent meanwhile ends the run at once
+    control.begin(prompt_check(salt, clip))   # before the model loads: a Stop sent meanwhile ends the run at once,
+    with SESSIONS_LOCK:                       # a new stream's too (the routes find it among the starting ones)
+        STARTING[stream_id] = session
     try:
         with salt_in_use(salt, need) as model:
             ref = model.patch_embedding.weight
@@ -397,15 +400,23 @@ def live_run(salt, positive, options, sigmas, seed, width, height, max_chunks, s
                     try:
                         pusher.close()                   # every chunk's frames decoded: the decoder's state is final
                     finally:
-                        if decoder is not None and hasattr(decoder, "park"):
-                            decoder.park()               # its state on the CPU
-                        keep_stream(session, stream, decoder, given_now, stream_id)
-                        with control.lock:
-                            control.status["ended"] = ended
+                        try:
+                            if decoder is not None and hasattr(decoder, "park"):
+                                decoder.park()           # its state on the CPU
+                            keep_stream(session, stream, decoder, given_now, stream_id)
+                        except BaseException:            # (out of memory moving them) the kept state and the
+                            session.state, session.positive, session.decoder = None, None, None   # decoder's
+                            raise                        # no longer agree: the next run starts from its seed
+                        finally:
+                            with control.lock:
+                                control.status["ended"] = ended
                 finally:   # after the last chunk's frames: the node shows why the stream stopped
                     push_event(LIVE_END_EVENT, {"stream": stream_id, "node": node_id, "ended": ended,
                                                 "chunk": session.chunks}, PUSH_PIXELS)
     finally:
+        with SESSIONS_LOCK:
+            if STARTING.get(stream_id) is session:
+                del STARTING[stream_id]
         control.end()
     return kept.video(height, width), kept.latents(shape)
 
@@ -502,11 +513,11 @@ def kept_bytes(session) -> int:
 
 
 def make_room_to_keep(session, held: int) -> bool:
-    """Whether `session`'s stream, whose new cache and decoder state take `held` bytes, may be kept on the host between runs. The kept
-    streams together, this one's new cache included, stay within half of what the host would have free without any
-    of them (its free memory now plus what they hold, this stream's previous state too, which the new one replaces):
-    the rest stays for the models and work of later prompts. Other kept streams are let go to make room, least
-    recently run first (each then starts again from its seed), and none when this one alone is over the half."""
+    """Whether `session`'s stream, whose new cache and decoder state take `held` bytes, may be kept on the host between
+    runs. The kept streams together, this one's new cache included, stay within half of what the host would have free
+    without any of them (its free memory now plus what they hold, this stream's previous state too, which the new one
+    replaces): the rest stays for the models and work of later prompts. Other kept streams are let go to make room,
+    least recently run first (each then starts again from its seed), and none when this one alone is over the half."""
     with SESSIONS_LOCK:
         older = [s for s in SESSIONS.values() if s is not session and s.state is not None]
     budget = (available_memory(torch.device("cpu")) + kept_bytes(session) + sum(map(kept_bytes, older))) / 2

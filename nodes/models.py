@@ -15,9 +15,9 @@ from ..salt_core.layouts import LayoutError, check_state_dict, infer_config
 from ..salt_core.validate import check_choice, quote
 from ..weights.files import HostMemoryError, file_metadata, load_model
 from .bridge import io
-from .bridge.memory import (NATIVE_PREFIX, WEIGHT_DTYPES, load_for_sampling, mmap_disabled, model_offload_device,
-                            model_patcher, native_compute_dtype, native_wan_module, patched_weight,
-                            store_linear_weights)
+from .bridge.memory import (NATIVE_PREFIX, WEIGHT_DTYPES, is_quantized, load_for_sampling, mmap_disabled,
+                            model_offload_device, model_patcher, native_compute_dtype, native_wan_module,
+                            patched_weight, store_linear_weights)
 from .bridge.view_patcher import hollow_view, view_patcher
 from .bridge.paths import diffusion_model_files, diffusion_model_path
 from .types import SaltModel, SaltModelType, latent_format_for
@@ -74,8 +74,10 @@ def load_salt_model(name: str, use_ema: bool, dtype: str, weight_dtype: str = "d
 WAN21_CHANNELS = 16     # the Wan 2.1 VAE's latent channels: what a native MODEL must take and make
 WAN22_CHANNELS = 48     # the Wan 2.2 VAE's (the 5B TI2V model's)
 # state-dict key endings of a native MODEL whose layers scale their weights in their own forward: scaled fp8
-# (0.3.75: scale_weight / scale_input) and the quantized formats of later lines (weight_scale, comfy_quant)
-SCALED_NATIVE_KEYS = (".scale_weight", ".scale_input", ".weight_scale", ".comfy_quant", "scaled_fp8")
+# (scale_weight / scale_input: SaltLoadCausalModel dequantizes the file) and ComfyUI's quantized formats
+# (weight_scale, input_scale, comfy_quant, or QuantizedTensor weights: Salt reads none of them)
+SCALED_NATIVE_KEYS = (".scale_weight", ".scale_input", "scaled_fp8")
+QUANTIZED_NATIVE_KEYS = (".weight_scale", ".input_scale", ".comfy_quant")
 
 
 def other_family(cfg) -> str:
@@ -98,13 +100,18 @@ def salt_from_native(native: torch.nn.Module, patcher, name: str = "native MODEL
     if "blocks.0.self_attn.q.weight" not in sd:
         raise ValueError(f"SaltCausalFromModel: the model has no 'blocks.0.self_attn.q.weight' ({len(sd)} keys); "
                          f"expected a Wan 2.1 T2V diffusion model")
+    # ComfyUI applies these scales in its layers' own forward, which Salt's view of the layers does not call
+    quantized = sorted(k for k, v in sd.items() if k.endswith(QUANTIZED_NATIVE_KEYS) or is_quantized(v))
+    if quantized:
+        raise ValueError(f"SaltCausalFromModel: the model's weights are in one of ComfyUI's quantized formats "
+                         f"({len(quantized)} tensors, e.g. {quantized[0]!r}), which Salt does not read; load a bf16, "
+                         f"fp16 or unscaled fp8 file of the model (or a *_fp8_scaled one with SaltLoadCausalModel)")
     scaled = sorted(k for k in sd if k.endswith(SCALED_NATIVE_KEYS))
-    if scaled:   # ComfyUI applies these scales in its layers' own forward, which Salt's view does not call
-        raise ValueError(f"SaltCausalFromModel: the model's weights are scaled or quantized ({len(scaled)} scale keys, "
-                         f"e.g. {scaled[0]!r}: a *_fp8_scaled file, or one of ComfyUI's quantized formats); Salt's "
-                         f"view of a native MODEL reads plain weights. Load the file with Salt Load Causal Model "
-                         f"(SaltLoadCausalModel), which dequantizes scaled fp8 exactly, or use a bf16 / unscaled fp8 "
-                         f"file")
+    if scaled:
+        raise ValueError(f"SaltCausalFromModel: the model's weights are scaled fp8 ({len(scaled)} scale tensors, e.g. "
+                         f"{scaled[0]!r}: a *_fp8_scaled file); Salt's view of a native MODEL reads plain weights. "
+                         f"Load the file with Salt Load Causal Model (SaltLoadCausalModel), which dequantizes scaled "
+                         f"fp8 exactly, or use a bf16 / unscaled fp8 file")
     dtype = native_compute_dtype(patcher, sd["blocks.0.self_attn.q.weight"].dtype)
     if dtype not in DTYPES.values():
         raise ValueError(f"SaltCausalFromModel: the model computes in {dtype}; Salt computes in bf16, fp16 or "

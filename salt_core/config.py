@@ -89,7 +89,8 @@ def validate_wan_config(cfg: "WanConfig") -> None:
     # bounded: a checker builds the model on the meta device (about 125 KiB and 3 ms a layer) before any weight is
     # compared, and the text context is padded to text_len per prompt
     check_count("num_layers", cfg.num_layers, where=where, maximum=MAX_LAYERS,
-                fix=f"Wan 2.1 has 30 (1.3B) or 40 (14B) blocks; a larger value in a file's metadata is a corrupt config")
+                fix="Wan 2.1 has 30 (1.3B) or 40 (14B) blocks; a larger value in a file's metadata is a corrupt "
+                    "config")
     check_count("text_len", cfg.text_len, where=where, maximum=MAX_TEXT_LEN,
                 fix="Wan 2.1 reads 512 umT5 tokens; a larger value in a file's metadata is a corrupt config")
     if not isinstance(cfg.patch_size, (tuple, list)) or len(cfg.patch_size) != 3:

@@ -220,8 +220,8 @@ def dequantize_scaled_fp8(sd: Mapping, dtype: torch.dtype = torch.float32) -> Ma
     newer = [k for k in sd if k.endswith((".weight_scale", ".comfy_quant"))]
     if newer:
         raise LayoutError(f"dequantize_scaled_fp8: {newer[0]!r} belongs to ComfyUI's newer quantized format "
-                          f"(comfy_quant), which Salt does not read; load the file with Load Diffusion Model and "
-                          f"SaltCausalFromModel, or use a bf16 / fp16 / fp8_e4m3fn file")
+                          f"(comfy_quant), which Salt does not read (neither from the file nor as a native MODEL); "
+                          f"use a bf16 / fp16 / fp8_e4m3fn file of the model, or its *_fp8_scaled one")
     scales = [k for k in sd if k.endswith(SCALE_WEIGHT)]
     if not scales and not any(k.endswith(SCALED_FP8_MARKER) for k in sd):
         return sd

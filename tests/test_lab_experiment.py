@@ -444,6 +444,7 @@ def test_claim_verdicts_follow_the_stated_rules():
     assert v("quality", {"mean_err": iv(-2, -1), "var_gap": iv(-1, 0.04)}, refs) == "reproduces"
     assert v("quality", {"mean_err": iv(-2, -1), "var_gap": iv(-1, 1)}, refs) == "inconclusive"   # may be worse
     assert v("quality", {"mean_err": iv(-2, -1), "var_gap": iv(1, 2)}, refs) == "mixed"
+    assert v("quality", {"mean_err": iv(-2, -1), "var_gap": iv(0.01, 0.04)}, refs) == "reproduces"   # under 0.05
     assert v("quality", {"mean_err": iv(-1, 1), "var_gap": iv(1, 2)}, refs) == "opposite"
     assert v("quality", {"mean_err": iv(-1, 1), "var_gap": iv(-1, 2)}, refs) == "inconclusive"
     assert v("quality", {"mean_err": iv(-0.05, 0.2), "var_gap": iv(-0.04, 0.3)}, refs) == "does not"

@@ -142,11 +142,11 @@ def test_a_verdict_that_does_not_survive_reads_inconclusive_never_a_new_word():
 
 
 def test_a_wider_interval_never_gives_a_stronger_verdict_on_non_inferiority_or_quality():
-    """Two rules the statistics audit of 2026-12-07 (seventh session) found weak, on DMD@4's real values: for
-    "Salt@2 ≥ DMD@4" an interval above 0 that reaches past the margin (0.0043) read "does not" while a narrower one
-    with the same lower end read "reproduces"; it leaves differences under the margin possible: inconclusive. A
-    quality "reproduces" needed the other metric only "not shown worse", so an interval of any width passed; now it
-    must lie below its margin."""
+    """Rules the statistics audit and the change review of 2026-12-07 (seventh session) found weak, on DMD@4's real
+    values: for "Salt@2 ≥ DMD@4" an interval above 0 that reaches past the margin (0.0043) read "does not" while a
+    narrower one with the same lower end read "reproduces"; it leaves differences under the margin possible:
+    inconclusive. A quality "reproduces" needed the other metric only "not shown worse", so an interval of any width
+    passed; now it must lie below its margin."""
     from comfyui_salt.salt_core.metrics.bootstrap import Interval
     refs = {"mean_err": 0.043, "var_gap": 0.40}
     iv = lambda lo, hi: Interval((lo + hi) / 2, lo, hi, 8, 0.95)           # noqa: E731
@@ -155,6 +155,10 @@ def test_a_wider_interval_never_gives_a_stronger_verdict_on_non_inferiority_or_q
     assert [noninf(h) for h in (0.004, 0.005, 0.020)] == ["reproduces", "inconclusive", "inconclusive"]
     assert claim_verdict("non-inferior", {"mean_err": iv(0.005, 0.02), "var_gap": iv(-0.01, 0.01)}, refs) == \
         "opposite"
-    quality = lambda hi: claim_verdict("quality", {"mean_err": iv(-0.008, -0.001), "var_gap": iv(-0.5, hi)},
-                                       refs)                                    # noqa: E731
-    assert [quality(h) for h in (0.03, 0.6)] == ["reproduces", "inconclusive"]
+    quality = lambda lo, hi: claim_verdict("quality", {"mean_err": iv(-0.008, -0.001), "var_gap": iv(lo, hi)},
+                                           refs)                                # noqa: E731
+    assert [quality(-0.5, h) for h in (0.03, 0.6)] == ["reproduces", "inconclusive"]
+    # the other metric worse: by less than its margin (0.04) shown, reproduces; by more, mixed; widened, never a
+    # stronger word (mixed → inconclusive, reproduces → inconclusive)
+    assert [quality(0.01, 0.03), quality(-0.01, 0.03), quality(0.01, 0.2), quality(0.05, 0.2),
+            quality(0.03, 0.2)] == ["reproduces", "reproduces", "inconclusive", "mixed", "inconclusive"]

@@ -106,10 +106,11 @@ def _quality_verdict(claim: str, ivs: dict, refs: dict) -> str:
     better = [m for m, (_, hi) in ivs.items() if hi < 0]
     worse = any(lo > 0 for lo, _ in ivs.values())
     small = all(lo > -bar[m] for m, (lo, _) in ivs.items())
-    if better and worse:
-        return "mixed"
     if better:
-        if any(hi >= bar[m] for m, (_, hi) in ivs.items() if m not in better):   # may be worse by the margin
+        others = {m: v for m, v in ivs.items() if m not in better}
+        if any(lo > bar[m] for m, (lo, _) in others.items()):                   # worse by the margin
+            return "mixed"
+        if any(hi >= bar[m] for m, (_, hi) in others.items()):                  # may be worse by the margin
             return "inconclusive"
         return "reproduces, < 10 %" if small else "reproduces"
     return "opposite" if worse else "does not" if small else "inconclusive"

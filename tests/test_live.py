@@ -21,8 +21,10 @@ def live_inputs(salt_nodes, toy_salt, **kw):
 def fresh_sessions():
     from comfyui_salt.nodes import live
     live.SESSIONS.clear()
+    live.STARTING.clear()
     yield
     live.SESSIONS.clear()
+    live.STARTING.clear()
 
 
 def test_queueing_again_continues_the_video_exactly_where_it_stopped(salt_nodes, toy_salt):
@@ -85,13 +87,16 @@ def test_a_stop_sent_while_the_next_run_loads_ends_it_and_one_between_runs_is_re
     replies, real = [], live.free_memory
 
     def loading(*args):                                  # the model being loaded: the run has begun
-        replies.append(live.control_request("t", "stop", {}))
+        replies.append(live.control_request("n" if replies else "t", "stop", {}))
         return real(*args)
     monkeypatch.setattr(live, "free_memory", loading)
     second = run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, max_chunks=6))
     assert replies[0][0] == 200 and second[0].shape[0] == 0, (replies, second[0].shape)
     status = live.control_request("t", "status", None)[1]
     assert status["ended"] == "stop" and status["chunks"] == 2 and not status["running"], status
+    fresh = run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, stream_id="n", max_chunks=6))
+    assert replies[1][0] == 200 and fresh[0].shape[0] == 0      # a new stream's first run too (it was a 404)
+    assert live.control_request("n", "status", None)[1]["ended"] == "stop"
     monkeypatch.setattr(live, "free_memory", real)       # queued again: it continues from chunk 2, not stopped
     third = run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, max_chunks=1))
     whole = run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, stream_id="w", max_chunks=3))

@@ -483,8 +483,23 @@ def test_an_fp8_wan_file_computes_what_comfys_own_wan_model_computes_from_it(sal
     assert_close(ours, theirs, 1e-5 if compute == torch.float32 else 1e-2, f"Salt vs ComfyUI ({compute}) on one file")
     if scaled:   # the same file as a native MODEL: its layers scale in their own forward, which Salt's view skips
         from comfyui_salt.nodes.models import salt_from_native
-        with pytest.raises(ValueError, match=r"scaled or quantized \(\d+ scale keys.*SaltLoadCausalModel"):
+        with pytest.raises(ValueError, match=r"scaled fp8 \(\d+ scale tensors.*SaltLoadCausalModel"):
             salt_from_native(native, patcher)
+
+
+def test_a_native_model_in_a_quantized_format_is_refused_naming_it_not_sent_to_the_other_loader(salt_nodes):
+    """ComfyUI's quantized formats show as `weight_scale` / `input_scale` / `comfy_quant` keys (0.33) or as
+    QuantizedTensor weights whose scales live inside them (0.3.75's mixed precision): refused as a format Salt does
+    not read (the file loader refuses them too, so neither points to the other)."""
+    from comfyui_salt.nodes.models import salt_from_native
+    for extra in (".weight_scale", ".input_scale", ".comfy_quant"):
+        native = torch.nn.Module()
+        native.register_buffer("q", torch.zeros(2, 2))
+        sd_keys = {"blocks.0.self_attn.q.weight": torch.zeros(2, 2), "blocks.0.self_attn.q" + extra: torch.ones(())}
+        native.state_dict = lambda sd=sd_keys: sd
+        with pytest.raises(ValueError, match=r"quantized formats \(1 tensors, e\.g\. 'blocks\.0\.self_attn\.q"
+                                             r".*which Salt does not read"):
+            salt_from_native(native, None)
 
 
 def test_comfys_disable_mmap_copies_the_weights_out_of_the_files_mapping(salt_nodes, models_dir, monkeypatch):

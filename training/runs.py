@@ -82,7 +82,8 @@ class CheckpointManager:
                 (found if m.re is self.PATTERN else replaced)[int(m.group(1))] = os.path.join(self.folder, name)
         if not superseded:
             return sorted({**replaced, **found}.items(), reverse=True)
-        ranked = [(step, 1, path) for step, path in found.items()] + [(step, 0, path) for step, path in replaced.items()]
+        ranked = [(step, 1, path) for step, path in found.items()]
+        ranked += [(step, 0, path) for step, path in replaced.items()]
         return [(step, path) for step, _, path in sorted(ranked, reverse=True)]
 
     def latest(self):

@@ -164,7 +164,8 @@ def _read_torch(path: str):
 def read_checkpoint(path) -> tuple:
     """(loaded object, metadata dict) of a .safetensors or weights-only .pt/.pth/.ckpt/.bin file.
 
-    Flattened release dicts (`generator_ema.model.blocks…`) come back nested; torch files have no metadata.
+    Flattened release dicts (`generator_ema.model.blocks…`) come back nested; a torch file's metadata is its
+    TORCH_META_KEY entry (taken out of the object), else {}.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -430,7 +431,7 @@ SALT_WRITTEN_META = (LAYOUT_META, "salt_lora_summary")   # metadata fields every
 
 def salt_wrote(path: str) -> bool:
     """Whether the existing file at `path` is a safetensors file Salt wrote (a model or a LoRA: its metadata says
-    so); torch files carry no metadata, so they never count as ours."""
+    so); torch files never count as ours (a release one carries only how a student generates)."""
     if _extension(path) not in SAFETENSORS_EXTS:
         return False
     try:
@@ -547,8 +548,12 @@ def save_model(model_or_sd, path, layout: str = "wan", config: WanConfig = None,
     sd = {k: v.detach() for k, v in sd.items()}
     obj = layouts.from_wan_state_dict(sd, layout)
     if ext in TORCH_EXTS:
-        if extra_metadata and layout in NESTED_LAYOUTS:     # a flat torch file has no place for it
+        if extra_metadata and layout in NESTED_LAYOUTS:
             obj = {**obj, TORCH_META_KEY: {str(k): str(v) for k, v in extra_metadata.items()}}
+        elif extra_metadata:                                 # a flat torch file has no place for it
+            log.warning("save_model: %s is a torch file in the %r layout, which has no place for metadata: %s left "
+                        "out (write .safetensors, or the self_forcing layout, to keep them)", path, layout,
+                        sorted(extra_metadata))
         atomic_write(path, lambda tmp: torch.save(obj, tmp))
         return
     tensors, aliases = _unshare(flatten_release(obj) if layout in NESTED_LAYOUTS else obj)

@@ -120,6 +120,12 @@ def cast_weight_bias(module: torch.nn.Module, dtype: torch.dtype, device) -> tup
     return held
 
 
+def is_quantized(tensor) -> bool:
+    """Whether `tensor` is one of ComfyUI's QuantizedTensor weights (its mixed-precision and quantized formats: the
+    scales live inside it, so the state dict shows no scale key for it)."""
+    return any(c.__name__ == "QuantizedTensor" for c in type(tensor).__mro__)
+
+
 def patched_weight(patcher, key: str, dtype: torch.dtype, device) -> torch.Tensor:
     """Tensor `key` of `patcher`'s model (e.g. 'diffusion_model.blocks.0.ffn.0.weight') as that MODEL computes with
     it, on `device` in `dtype`: the unpatched original (from the backup clones of one module share, if some clone
@@ -128,7 +134,7 @@ def patched_weight(patcher, key: str, dtype: torch.dtype, device) -> torch.Tenso
     that are functions (hooks, wrappers) are refused, naming the cause and the fix."""
     backup = patcher.backup.get(key)
     original = backup.weight if backup is not None else comfy.utils.get_attr(patcher.model, key)
-    if any(c.__name__ == "QuantizedTensor" for c in type(original).__mro__):   # reports its compute dtype
+    if is_quantized(original):   # reports its compute dtype
         raise ValueError(f"the MODEL stores {key!r} quantized ({type(original).__name__}, e.g. a scaled-fp8 file); "
                          f"a LoRA of it would mostly hold rounding noise: load the full-precision (bf16 / fp16) file")
     if patcher.weight_wrapper_patches.get(key) or getattr(patcher, "hook_patches", None):
