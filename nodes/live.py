@@ -357,9 +357,11 @@ def live_run(salt, positive, options, sigmas, seed, width, height, max_chunks, s
                         if text is not None:        # checked at the route; one the encoder still refuses (a
                             try:                        # tokenizer's own error type) is reported in the status,
                                 context = encode_prompt(text, salt, clip, 1)   # the stream goes on unchanged
-                            except Exception as e:      # noqa: BLE001  (but Cancel, let through)
-                                if is_interrupt(e):
+                            except BaseException as e:  # noqa: BLE001  (Cancel and exits let through: 0.33's
+                                if is_interrupt(e):         # interrupt is a BaseException, 0.3.75's an Exception)
                                     ended = "cancel"
+                                    raise
+                                if not isinstance(e, Exception):
                                     raise
                                 with control.lock:
                                     control.status["prompt_error"] = f"{type(e).__name__}: {e}"[:300]
