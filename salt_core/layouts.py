@@ -197,14 +197,19 @@ def _normalise_flat(obj: Mapping, what: str) -> tuple:
     return sd, layout
 
 
+def release_entry(obj: Mapping, use_ema: bool):
+    """Which entry of a release dict loads: generator_ema if asked and present, else generator, else generator_ema,
+    else model; None for a dict without any (not a release)."""
+    wanted = "generator_ema" if use_ema else "generator"
+    return next((k for k in (wanted, "generator", "generator_ema", "model") if isinstance(obj.get(k), Mapping)), None)
+
+
 def _pick_release_entry(obj: Mapping, use_ema: bool) -> str:
-    """Which release entry to load: generator_ema if asked and present, else generator, else model."""
+    """release_entry, with a warning when the asked entry is missing and another loads."""
     present = [k for k in RELEASE_KEYS if isinstance(obj.get(k), Mapping)]
     wanted = "generator_ema" if use_ema else "generator"
-    if wanted in present:
-        return wanted
-    choice = next(k for k in ("generator", "generator_ema", "model") if k in present)
-    if use_ema or choice != "model":
+    choice = release_entry(obj, use_ema)
+    if choice != wanted and (use_ema or choice != "model"):
         log.warning("checkpoint has no %r weights; loading %r instead (entries present: %s)", wanted, choice, present)
     return choice
 

@@ -119,6 +119,16 @@ def test_release_dict_prefers_ema_and_falls_back_to_generator_with_a_warning(cap
     assert_same_tensors(sd, gen)
 
 
+@pytest.mark.parametrize("present, use_ema, expected", [
+    (("generator", "generator_ema", "model"), True, "generator_ema"),
+    (("generator", "generator_ema"), False, "generator"), (("generator",), True, "generator"), (("generator_ema",), False, "generator_ema"), (("model",), True, "model"),
+    ((), True, None)])
+def test_release_entry_names_the_head_that_loads_or_none_for_a_flat_dict(present, use_ema, expected):
+    """The head order load_model and the host estimate of a torch file share (the warning is _pick_release_entry's)."""
+    obj = {k: {"model.x": torch.zeros(1)} for k in present} | {"step": 7, "blocks.0.x": torch.zeros(1)}
+    assert layouts.release_entry(obj, use_ema) == expected
+
+
 def test_a_release_with_only_a_model_entry_loads_with_or_without_the_model_prefix():
     sd = tiny_sd()
     for inner in ({"model." + k: v for k, v in sd.items()}, sd):

@@ -292,9 +292,8 @@ def _torch_cast_bytes(path: str, dtype, use_ema: bool) -> int:
         obj = _without_torch_metadata(torch.load(path, map_location="cpu", weights_only=True, mmap=True))[0]
     except Exception:   # noqa: BLE001  (torch's old format cannot be mapped; damage: read_checkpoint's to report)
         return 0
-    if isinstance(obj, Mapping):   # a release: the head load_model takes (layouts._pick_release_entry's order)
-        order = ("generator_ema" if use_ema else "generator", "generator", "generator_ema", "model")
-        obj = next((obj[k] for k in order if isinstance(obj.get(k), Mapping)), obj)
+    entry = layouts.release_entry(obj, use_ema) if isinstance(obj, Mapping) else None
+    obj = obj[entry] if entry is not None else obj    # a release: the head load_model takes
     tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)} if isinstance(obj, Mapping) else {}
     short = [k for k, t in tensors.items() if t.untyped_storage().nbytes() < t.numel() * t.element_size()]
     if short:
