@@ -80,10 +80,8 @@ class CheckpointManager:
             m = self.PATTERN.match(name) or self.REPLACED.match(name)
             if m and os.path.exists(os.path.join(self.folder, name, "COMPLETE")):
                 (found if m.re is self.PATTERN else replaced)[int(m.group(1))] = os.path.join(self.folder, name)
-        if not superseded:
-            return sorted({**replaced, **found}.items(), reverse=True)
         ranked = [(step, 1, path) for step, path in found.items()]
-        ranked += [(step, 0, path) for step, path in replaced.items()]
+        ranked += [(step, 0, path) for step, path in replaced.items() if superseded or step not in found]
         return [(step, path) for step, _, path in sorted(ranked, reverse=True)]
 
     def latest(self):

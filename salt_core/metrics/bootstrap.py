@@ -87,10 +87,11 @@ def nested_bootstrap(stat, group_sizes, num_resamples: int = 1000, level: float 
 @functools.lru_cache(maxsize=256)
 def t_quantile(p: float, df: int) -> float:
     """The p-quantile of Student's t with `df` ≥ 1 degrees of freedom (0 < p < 1): within 1e-10 relative of SciPy's
-    up to p = 1 − 1e-4 (Bonferroni levels at 1 degree of freedom: t in the thousands), 1e-5 at p = 1 − 1e-9. With t = √df·tan θ the CDF is
-    1/2 + c·∫₀^θ cos^(df−1) u du, c = Γ((df+1)/2) / (Γ(df/2)·√π): a bounded, smooth integrand on [0, π/2), taken by
-    Simpson's rule (2,000 intervals) and inverted by bisection in θ (cached). (Integrating the density in t itself
-    lost accuracy past t ≈ 400: 1 degree of freedom at p = 1 − 0.05/136 gave 5,706 for 866.)"""
+    up to p = 1 − 1e-4 (Bonferroni levels at 1 degree of freedom: t in the thousands), 1e-5 at p = 1 − 1e-9.
+    With t = √df·tan θ the CDF is 1/2 + c·∫₀^θ cos^(df−1) u du, c = Γ((df+1)/2) / (Γ(df/2)·√π): a bounded, smooth
+    integrand on [0, π/2), taken by Simpson's rule (2,000 intervals) and inverted by bisection in θ (cached).
+    (Integrating the density in t itself lost accuracy past t ≈ 400: 1 degree of freedom at p = 1 − 0.05/136 gave
+    5,706 for 866.)"""
     if not 0 < p < 1 or int(df) != df or df < 1:
         raise ValueError(f"t_quantile(p={p}, df={df}): expected 0 < p < 1 and an integer df >= 1")
     if p < 0.5:
