@@ -132,3 +132,23 @@ def test_a_features_only_forward_stops_after_its_block_with_the_same_features_an
             h.remove()
     assert none is None and v is not None and ran == [0, 1]
     assert torch.equal(only, full) and torch.equal(only_grad, full_grad)
+
+
+def test_teacher_export_falls_back_to_the_copy_a_cut_save_left_when_the_newest_does_not_read(tmp_path):
+    """A save of step N cut after its second rename leaves step_N.old beside step_N; where step_N then does not read
+    (a truncated file), the export reads the .old copy, as a resumed run does, instead of failing."""
+    import shutil
+    from comfyui_salt.training.teacher import export_teacher
+    from comfyui_salt.weights.files import load_model
+    cfg = TeacherConfig(batch_size=2, threads=1, checkpoint_every=2, total_steps=6, log_every=1)
+    train_teacher(cfg, str(tmp_path / "a"), max_steps=2, quiet=True, world=teacher_world(cfg))
+    export_teacher(str(tmp_path / "a"), str(tmp_path / "whole.safetensors"), weights="raw")
+    step = tmp_path / "a" / "checkpoints" / "step_00000002"
+    shutil.copytree(step, str(step) + ".old")
+    data = (step / "model.safetensors").read_bytes()
+    (step / "model.safetensors").write_bytes(data[: len(data) // 2])
+    assert "wrote" in export_teacher(str(tmp_path / "a"), str(tmp_path / "fallback.safetensors"), weights="raw")
+    whole, _ = load_model(str(tmp_path / "whole.safetensors"))
+    fallback, _ = load_model(str(tmp_path / "fallback.safetensors"))
+    for (k, a), b in zip(whole.state_dict().items(), fallback.state_dict().values()):
+        assert torch.equal(a, b), k
