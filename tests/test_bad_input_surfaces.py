@@ -84,6 +84,25 @@ def test_a_student_keeps_how_it_generates_through_export_and_in_its_release_file
         assert RUN_META not in meta
 
 
+def test_release_file_marks_read_as_absent_only_when_the_file_is_at_fault(tmp_path, monkeypatch):
+    """A damaged torch file has no marks ({}: the loader then reports it); a host out of memory while the pickle is
+    read is no property of the file and must not turn a bidirectional release .pt into a causal one."""
+    from comfyui_salt.weights import files
+    path = tmp_path / "student_release.pt"
+    torch.save({"x": torch.ones(2), files.TORCH_META_KEY: {"teacher_mode": "bidirectional"}}, str(path))
+    assert files.file_metadata(str(path)) == {"teacher_mode": "bidirectional"}
+
+    def fails(error):
+        def load(*args, **kwargs):
+            raise error
+        return load
+    monkeypatch.setattr(files.torch, "load", fails(RuntimeError("PytorchStreamReader failed reading zip archive")))
+    assert files.file_metadata(str(path)) == {}
+    monkeypatch.setattr(files.torch, "load", fails(MemoryError("cannot allocate")))
+    with pytest.raises(MemoryError):
+        files.file_metadata(str(path))
+
+
 def test_export_lora_never_replaces_a_file_salt_did_not_write_but_rewrites_its_own_lora(pair, tmp_path):
     foreign = tmp_path / "my_lora.safetensors"
     save_file({"x": torch.ones(2)}, str(foreign))                  # someone's LoRA: no Salt metadata

@@ -187,13 +187,16 @@ def _without_torch_metadata(obj) -> tuple:
 def file_metadata(path: str) -> dict:
     """The metadata of a model file without reading its tensors: a safetensors header's, or a release torch file's
     TORCH_META_KEY entry (the file memory-mapped: its pickle read, no tensor data); {} for a file without any, one
-    that does not read or is not a regular file (the loaders report those with the full story)."""
+    that does not read or is not a regular file (the loaders report those with the full story). A MemoryError is
+    the host's, not the file's: it is raised (read as "no marks", a bidirectional release .pt would load as causal)."""
     try:
         if _extension(path) in SAFETENSORS_EXTS:
             return read_metadata(path)
         if not os.path.isfile(path):
             return {}
         return _without_torch_metadata(torch.load(path, map_location="cpu", weights_only=True, mmap=True))[1]
+    except MemoryError:
+        raise
     except Exception:   # noqa: BLE001  (an old-format torch file cannot be mapped; damaged files raise any type)
         return {}
 
