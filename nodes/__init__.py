@@ -9,13 +9,13 @@ Nodes are thin and stateless; the work lives in salt_core (math), weights (files
 | SaltFewStepSigmas | preset, nfe, shift, custom_steps → SIGMAS |
 | SaltFewStepSampler | mode → SAMPLER (for SamplerCustomAdvanced on a native Wan MODEL) |
 | SaltCacheOptions | chunk_frames, attention, window/sink/max frames, relative_rope, context_noise → SALT_CACHE_OPTIONS |
-| SaltLoadCausalModel | ckpt_name (models/diffusion_models), use_ema, dtype → SALT_MODEL |
+| SaltLoadCausalModel | ckpt_name (models/diffusion_models), use_ema, dtype, weight_dtype → SALT_MODEL |
 | SaltCausalFromModel | MODEL (native Wan) → SALT_MODEL sharing its weights |
 | SaltStreamingSampler | SALT_MODEL, positive, cache options, SIGMAS, seed, chunks, size, ... → LATENT |
-| SaltToyModel | asset → SALT_MODEL (the shipped toy teacher) |
+| SaltToyModel | asset → SALT_MODEL (a shipped toy model: the Salt student by default, or the teacher) |
 | SaltToyTextEncode | text → CONDITIONING (toy text encoder) |
 | SaltToyDecode | LATENT (toy pixels), upscale → IMAGE |
-| SaltDistill | preset, teacher / student_init / critic_init, gen_steps, batch_size, seed, name, overrides → SALT_MODEL, STRING (export path) |
+| SaltDistill | preset, teacher / student_init / critic_init, gen_steps, batch_size, seed, name, overrides (+ clip) → SALT_MODEL, STRING (export path) |
 | SaltExtractLoRA | base, student SALT_MODELs, rank, include_diffs, dtype, name → STRING (report; writes loras/salt/) |
 | SaltSemigroupDefect | SALT_MODEL, prompts, nfe, grid_steps, seed (+ positive, latent for Wan) → STRING (report) |
 | SaltLiveStream | SALT_MODEL, positive, cache options, SIGMAS, seed, size, max_chunks, stream_id (+ vae, clip) → IMAGE, LATENT; pushes each chunk's frames live |

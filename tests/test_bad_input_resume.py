@@ -393,8 +393,15 @@ def test_a_model_source_that_names_no_file_is_refused_before_the_run_folder_is_m
     """The start was refused only when the models were built, inside the run folder: config.json, .lock and
     checkpoints/ were left behind for a typo'd path."""
     cfg = tiny(teacher_path, **{field: str(tmp_path / "typo.safetensors")})
-    with pytest.raises(FileNotFoundError, match=rf"DistillConfig\.{field}='.*: no such file or folder; pass a "
-                                                rf"checkpoint path"):
+    with pytest.raises(FileNotFoundError, match=rf"DistillConfig\.{field}='.*: no such file; pass a "
+                                                rf"checkpoint file"):
+        run_distillation(cfg, str(tmp_path / "run"), quiet=True, world=TOY)
+    assert not (tmp_path / "run").exists()
+    # a folder (a sharded release, the docs' old example) passed this check and failed once the models were built
+    (tmp_path / "Wan2.1-T2V-14B").mkdir()
+    cfg = tiny(teacher_path, **{field: str(tmp_path / "Wan2.1-T2V-14B")})
+    with pytest.raises(IsADirectoryError, match=rf"DistillConfig\.{field}='.* is a folder; a model "
+                                                rf"is read from one checkpoint file"):
         run_distillation(cfg, str(tmp_path / "run"), quiet=True, world=TOY)
     assert not (tmp_path / "run").exists()
 

@@ -36,6 +36,44 @@ def test_relative_links_in_readme_and_docs_resolve():
     assert not broken, broken
 
 
+def _anchors(page: pathlib.Path) -> set:
+    """The fragments a page's headings give links on GitHub (text lower-cased, markup and punctuation but '-' and
+    '_' dropped, spaces to '-', '-1', '-2', … for repeats), headings inside code fences left out, and explicit
+    <a id="…"> / <a name="…"> anchors."""
+    found, seen, fenced = set(), {}, False
+    for line in page.read_text(encoding="utf-8").splitlines():
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+            continue
+        heading = None if fenced else re.match(r"#{1,6}\s+(.*?)\s*#*\s*$", line)
+        if heading:
+            text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading.group(1)).lower()
+            slug = re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+            n = seen.get(slug, 0)
+            seen[slug] = n + 1
+            found.add(slug if n == 0 else f"{slug}-{n}")
+        found.update(re.findall(r"<a\s+(?:id|name)=\"([^\"]+)\"", line))
+    return found
+
+
+def test_links_to_a_section_name_one_that_exists():
+    """A link's #fragment must be a heading's (or an explicit anchor's) of the page it points to: a renamed or bold-
+    text "section" left links that open the page at its top."""
+    pages = [ROOT / "README.md"] + sorted((ROOT / "docs").rglob("*.md"))
+    broken = []
+    for page in pages:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text(encoding="utf-8")):
+            if re.match(r"[a-z]+:", target) or "#" not in target:
+                continue
+            file, fragment = target.split("#", 1)
+            dest = page.parent / file if file else page
+            if dest.suffix == ".md" and dest.exists() and fragment not in _anchors(dest):
+                broken.append((page.relative_to(ROOT).as_posix(), target))
+    assert not broken, broken
+    assert {"results-nvidia-h100-80gb-hbm3-2026-12-05", "files-larger-than-the-host"} <= (
+        _anchors(ROOT / "docs" / "training.md") | _anchors(ROOT / "docs" / "comfyui.md"))
+
+
 def test_the_readme_is_a_front_door_not_a_log():
     assert (ROOT / "README.md").stat().st_size <= 25_000
 

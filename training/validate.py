@@ -449,11 +449,18 @@ NAMED_SOURCES = ("toy", EXACT, "teacher")    # a world's teacher, the closed for
 
 
 def check_model_sources(cfg, where: str) -> None:
-    """Refuse a model source that names no file or folder, before a run folder is entered (a refused start left
-    config.json, .lock and checkpoints/ behind); the named sources (`toy`, `exact`, `teacher`) pass."""
+    """Refuse a model source that names no file, before a run folder is entered (a refused start left config.json,
+    .lock and checkpoints/ behind): a missing path, or a folder (a model is read from one file: a folder of shards
+    failed only once the models were built); the named sources (`toy`, `exact`, `teacher`) pass."""
     for name in MODEL_SOURCES:
         value = getattr(cfg, name, None)
-        if value and value not in NAMED_SOURCES and not os.path.exists(value):
-            named = "'toy' or 'exact'" if name == "teacher" else "'teacher' (a trainable copy of the teacher)"
-            raise FileNotFoundError(f"{where}.{name}={quote(value)}: no such file or folder; pass a checkpoint "
-                                    f"path (any supported layout) or {named}")
+        if not value or value in NAMED_SOURCES or os.path.isfile(value):
+            continue
+        named = "'toy' or 'exact'" if name == "teacher" else "'teacher' (a trainable copy of the teacher)"
+        if os.path.isdir(value):
+            raise IsADirectoryError(
+                f"{where}.{name}={quote(value)} is a folder; a model is read from one checkpoint file (any supported "
+                f"layout): pass the file, e.g. ComfyUI's single-file wan2.1_t2v_14B_bf16.safetensors for a teacher "
+                f"whose release is split into shards, or {named}")
+        raise FileNotFoundError(f"{where}.{name}={quote(value)}: no such file; pass a checkpoint file (any "
+                                f"supported layout) or {named}")
