@@ -152,3 +152,28 @@ def test_teacher_export_falls_back_to_the_copy_a_cut_save_left_when_the_newest_d
     fallback, _ = load_model(str(tmp_path / "fallback.safetensors"))
     for (k, a), b in zip(whole.state_dict().items(), fallback.state_dict().values()):
         assert torch.equal(a, b), k
+    assert sorted(p.name for p in step.parent.iterdir()) == ["step_00000002", "step_00000002.old"]   # read only
+
+
+def test_teacher_export_refuses_a_newest_step_that_does_not_read_and_moves_nothing(tmp_path, monkeypatch):
+    """Export used the resume's fallback: a newest step that failed to read once (a file held by another program,
+    a damaged copy) was renamed .unreadable and an older teacher written with a warning; the next resume then lost
+    those steps. Now the export names the file and the fix and leaves the folder as it was."""
+    from comfyui_salt.training import runs
+    from comfyui_salt.training.teacher import export_teacher
+    cfg = TeacherConfig(batch_size=2, threads=1, checkpoint_every=2, total_steps=6, log_every=1)
+    train_teacher(cfg, str(tmp_path / "a"), max_steps=4, quiet=True, world=teacher_world(cfg))
+    folder = tmp_path / "a" / "checkpoints"
+    before = sorted(p.name for p in folder.iterdir())
+    assert before == ["step_00000002", "step_00000004"]
+    real = runs.load_file
+
+    def held(path, *args, **kwargs):
+        if "step_00000004" in str(path):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path, *args, **kwargs)
+    monkeypatch.setattr(runs, "load_file", held)
+    with pytest.raises(runs.RunError, match=r"newest checkpoint .* \(step 4\) does not read: .*PermissionError.*retry "
+                                            r"once it is done"):
+        export_teacher(str(tmp_path / "a"), str(tmp_path / "t.safetensors"))
+    assert sorted(p.name for p in folder.iterdir()) == before and not (tmp_path / "t.safetensors").exists()

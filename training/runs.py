@@ -124,6 +124,35 @@ class CheckpointManager:
                            f"the damaged step folders away to start over from scratch, or restore them from a backup")
         return None
 
+    def load_newest(self, names) -> tuple:
+        """(path, {name: state_dict}, state) of the newest step, read only, or None if there is no checkpoint: where
+        `step_N` does not read, the `step_N.old` a cut save left beside it (the same step). Nothing is renamed or
+        deleted (a reader beside a training run, or a transient read error, must not move a run's checkpoint aside),
+        and an older step is never taken in its place: if no copy of the newest step reads, a RunError names each
+        file and the fix. For exports; a resume uses load_latest."""
+        found = self.complete(superseded=True)
+        newest = found[0][0] if found else None
+        failures = []
+        for step, path in found:
+            if step != newest:
+                break
+            try:
+                tensors, state = self.load(path, names)
+            except Exception as e:   # safetensors / torch report damage with several exception types
+                if out_of_memory(e):
+                    raise
+                failures.append(f"{path}: {type(e).__name__}: {str(e)[:160]}")
+                continue
+            if failures:
+                log.warning("checkpoint %s does not read; read the copy of the same step at %s", failures[0], path)
+            return path, tensors, state
+        if failures:
+            raise RunError(f"the newest checkpoint in {self.folder} (step {newest}) does not read: "
+                           f"{'; '.join(failures)}. If another program holds it, retry once it is done; if it is "
+                           f"damaged, resume the run to write that step again, or move the step folder away to use "
+                           f"the step before it")
+        return None
+
     @staticmethod
     def _set_aside(path: str):
         """Rename an unreadable checkpoint folder to `<path>.unreadable` (`.unreadable2`, … where an earlier one of

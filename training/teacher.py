@@ -215,9 +215,9 @@ def _train_teacher(cfg, run, world, evaluate, max_steps, quiet, device, max_seco
 
 
 def export_teacher(run_dir: str, out_path: str, weights: str = "ema") -> str:
-    """Write the `weights` ('ema' or 'raw') of the newest checkpoint in `run_dir` that reads back to `out_path`
-    (safetensors, Wan layout). Early in training the EMA (decay 0.999) still carries much of the
-    initialisation, so the raw weights can be the better teacher."""
+    """Write the `weights` ('ema' or 'raw') of the newest checkpoint in `run_dir` (or the copy of its step a cut
+    save left) to `out_path` (safetensors, Wan layout). Early in training the EMA (decay 0.999) still carries much
+    of the initialisation, so the raw weights can be the better teacher."""
     if weights not in ("ema", "raw"):
         raise ValueError(f"weights={weights!r}; expected 'ema' or 'raw'")
     from ..weights.files import check_output, save_model
@@ -253,9 +253,9 @@ def export_teacher(run_dir: str, out_path: str, weights: str = "ema") -> str:
         raw = {**raw, "init_step": 0}
     cfg = strict_from_dict(TeacherConfig, raw)
     name = "ema" if weights == "ema" else "model"
-    # the newest checkpoint that reads: a step_N that does not falls back to the step_N.old a cut save left beside
-    # it, then to older steps, as a resumed run does (load_latest)
-    _, tensors, state = CheckpointManager(os.path.join(run_dir, "checkpoints")).load_latest([name])
+    # the newest step, read only: a step_N that does not read falls back to the step_N.old a cut save left beside it,
+    # never to an older step and never moving anything (load_newest)
+    _, tensors, state = CheckpointManager(os.path.join(run_dir, "checkpoints")).load_newest([name])
     model = WanModel(get_config(cfg.model_preset))
     model.load_state_dict(tensors[name])
     save_model(model, out_path, layout="wan", extra_metadata={
