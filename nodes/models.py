@@ -57,8 +57,9 @@ def load_salt_model(name: str, use_ema: bool, dtype: str, weight_dtype: str = "d
                          f"{e}. (Full ComfyUI checkpoints and other architectures load with ComfyUI's own "
                          f"loaders.)") from e
     except HostMemoryError as e:   # refused before the file is read (load_host_bytes): ComfyUI's server stays up
-        raise HostMemoryError(f"SaltLoadCausalModel: ckpt_name={quote(name)}: {e} (here: dtype=bf16, or an unscaled "
-                              f"fp8 file with weight_dtype=default)") from None
+        smaller = "dtype=bf16, or " if dtype == "fp32" else ""    # bf16 (the default) and fp16: already half
+        raise HostMemoryError(f"SaltLoadCausalModel: ckpt_name={quote(name)}: {e} (here: {smaller}an unscaled fp8 "
+                              f"file of the model with weight_dtype=default)") from None
     cfg = model.cfg
     if cfg.in_dim != cfg.out_dim or cfg.in_dim == WAN22_CHANNELS:   # other families (tiny test models: any n → n)
         raise ValueError(f"SaltLoadCausalModel: ckpt_name={quote(name)}: {other_family(cfg)}")

@@ -245,7 +245,10 @@ def dequantize_scaled_fp8(sd: Mapping, dtype: torch.dtype = torch.float32) -> Ma
             raise LayoutError(f"dequantize_scaled_fp8: {key!r} is {scale.dtype} of shape {tuple(scale.shape)}, which "
                               f"does not scale {weight!r} of shape {tuple(w.shape)} (expected a floating scalar or a "
                               f"shape that broadcasts to the weight's); the file is damaged or of another format")
-        out[weight] = scaled_weight(w, scale, dtype)
+        try:
+            out[weight] = scaled_weight(w, scale, dtype)
+        except OverflowError as e:
+            raise OverflowError(f"{weight!r}: {e}") from None
     return out
 
 
@@ -257,17 +260,32 @@ def scaled_weight(w: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> t
     DEQUANT_CHUNK elements (or one row): beside the result the host holds one such chunk, not a float32 copy of
     the whole weight (the allocator keeps freed blocks of that size, so the copy's size could count twice).
     w: any shape; scale: floating, broadcasting to w's shape (a scalar, per row, per column). The same numbers
-    as (w.float() * scale.float()).to(dtype): the products are taken element by element either way."""
+    as (w.float() * scale.float()).to(dtype): the products are taken element by element either way. Into a dtype
+    narrower than bfloat16 (float16), a finite product past its range raises an OverflowError (cast, it would be
+    Inf and read as a broken file)."""
     scale = scale.float()
     if dtype == torch.float32 or w.dim() == 0:   # the float32 copy is the result
-        return w.to(torch.float32, copy=True).mul_(scale).to(dtype)
+        return _within_range(w.to(torch.float32, copy=True).mul_(scale), dtype).to(dtype)
     out = torch.empty(w.shape, dtype=dtype)
     rows = max(1, DEQUANT_CHUNK // max(1, w[0].numel()))
     per_row = scale.dim() == w.dim() and scale.shape[0] == w.shape[0] and w.shape[0] > 1
     for start in range(0, w.shape[0], rows):
         part = slice(start, start + rows)
-        out[part] = w[part].to(torch.float32, copy=True).mul_(scale[part] if per_row else scale)
+        out[part] = _within_range(w[part].to(torch.float32, copy=True).mul_(scale[part] if per_row else scale), dtype)
     return out
+
+
+def _within_range(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """`x` (float32), or an OverflowError where a finite value of it lies past the range of `dtype` (checked only
+    for dtypes narrower than bfloat16: every other one holds float32's finite values or is float32)."""
+    limit = torch.finfo(dtype).max
+    if dtype.is_floating_point and limit < torch.finfo(torch.bfloat16).max and x.numel():
+        finite = x.abs().nan_to_num(nan=0.0, posinf=0.0)
+        peak = float(finite.max())
+        if peak > limit:
+            raise OverflowError(f"w·scale reaches {peak:g}, past {str(dtype).removeprefix('torch.')}'s range "
+                                f"(±{limit:g})")
+    return x
 
 
 def to_wan_state_dict(obj, use_ema: bool = True, lora_alpha: float = None) -> tuple:

@@ -86,6 +86,34 @@ def test_weights_past_fp16s_range_are_refused_when_loaded_in_fp16_and_load_in_bf
     assert torch.isfinite(loaded.head.head.weight).all()
 
 
+@pytest.mark.parametrize("scale_shape", [(), (-1, 1)], ids=["scalar", "per-row"])
+def test_scaled_fp8_weights_past_fp16s_range_name_the_range_not_a_broken_file(tmp_path, scale_shape):
+    """Scaled fp8 was dequantized straight into fp16: a weight·scale past 65,504 became Inf there and was reported
+    as a broken file to download again. Now the range and the dtypes that hold it are named; bf16 loads it."""
+    from safetensors.torch import save_file
+    from comfyui_salt.salt_core.layouts import scaled_weight
+    sd = build_model("toy", seed=0).state_dict()
+    out = {}
+    for k, v in sd.items():
+        key = "model.diffusion_model." + k
+        if v.ndim == 2 and k.endswith(".weight") and "blocks" in k:
+            scale = v.abs().amax(dim=1, keepdim=True) / 200.0 if scale_shape else v.abs().max() / 200.0
+            out[key] = (v / scale).to(torch.float8_e4m3fn)
+            out[key[:-len(".weight")] + ".scale_weight"] = scale * (1e7 if k == "blocks.0.ffn.0.weight" else 1)
+        else:
+            out[key] = v
+    out["model.diffusion_model.scaled_fp8"] = torch.empty(0, dtype=torch.float8_e4m3fn)
+    path = tmp_path / "scaled.safetensors"
+    save_file(out, str(path))
+    with pytest.raises(ValueError, match=r"'model\.diffusion_model\.blocks\.0\.ffn\.0\.weight': w·scale reaches .*, past "
+                                         r"float16's range \(±65504\): cast, it would be Inf; load in bf16 or fp32"):
+        load_model(path, dtype=torch.float16)
+    loaded, _ = load_model(path, dtype=torch.bfloat16)
+    assert torch.isfinite(loaded.blocks[0].ffn[0].weight).all()
+    w, s = out["model.diffusion_model.blocks.1.ffn.0.weight"], out["model.diffusion_model.blocks.1.ffn.0.scale_weight"]
+    assert torch.equal(scaled_weight(w, s, torch.float16), (w.float() * s.float()).to(torch.float16))   # in range
+
+
 @pytest.mark.parametrize("field", ["salt_config", "salt_aliases"])
 def test_metadata_json_nested_past_the_parsers_depth_is_refused_naming_the_field(toy_file, field):
     """`[[[[…` 100,000 deep raised RecursionError, which is not a ValueError: it escaped the loader node's wrapping
@@ -156,10 +184,13 @@ print(json.dumps(rss("VmHWM") - before))
 def big_file(tmp_path, stored: str):
     """A 3-block Wan of about 30 M parameters whose block linear weights are stored as `stored`: a dtype name, "fp8"
     (e4m3fn), "scaled-fp8" (ComfyUI layout: fp8 weight / scale, its scale_weight and scale_input, the marker) or
-    "release-<dtype>" (a Self Forcing release of that dtype: generator_ema, generator an alias of it)."""
+    "release-<dtype>" (a Self Forcing release of that dtype: generator_ema, generator an alias of it); "pt-…": the
+    same as a torch file."""
     from safetensors.torch import save_file
     cfg = WanConfig(dim=768, ffn_dim=3072, num_heads=6, num_layers=3, text_dim=64, freq_dim=64)
-    path = tmp_path / f"big-{stored}.safetensors"
+    torch_file = stored.startswith("pt-")
+    stored = stored.removeprefix("pt-")
+    path = tmp_path / f"big-{stored}.{'pt' if torch_file else 'safetensors'}"
     linear = lambda k, v: v.ndim == 2 and k.endswith(".weight") and "blocks" in k
     sd = build_model(cfg, seed=0).state_dict()
     if stored == "scaled-fp8":
@@ -185,7 +216,9 @@ def big_file(tmp_path, stored: str):
 @pytest.mark.slow
 @pytest.mark.parametrize("stored, dtype, keep_fp8", [
     ("float32", "float32", False), ("bfloat16", "float32", False), ("fp8", "bfloat16", True), ("fp8", "float32", False),
-    ("scaled-fp8", "bfloat16", True), ("release-bfloat16", "float32", False), ("release-float32", "bfloat16", False)])
+    ("scaled-fp8", "bfloat16", True), ("release-bfloat16", "float32", False), ("release-float32", "bfloat16", False),
+    ("pt-float32", "bfloat16", False), ("pt-bfloat16", "float32", False), ("pt-release-float32", "bfloat16", False),
+    ("pt-release-float32", "float32", False)])
 def test_the_host_bytes_a_load_takes_are_those_measured_in_a_fresh_process(tmp_path, toy_file, stored, dtype,
                                                                            keep_fp8):
     """The estimate checked before a file is read (load_host_bytes) against the peak resident memory a fresh process
@@ -203,7 +236,8 @@ def test_the_host_bytes_a_load_takes_are_those_measured_in_a_fresh_process(tmp_p
     assert out.returncode == 0, out.stderr[-2000:]
     measured = json.loads(out.stdout.strip().splitlines()[-1])
     kept = {getattr(torch, dtype)} | ({torch.float8_e4m3fn} if keep_fp8 and stored == "fp8" else set())
-    measured -= sum(t.numel() * t.element_size() for t in load_file(str(path)).values() if t.dtype not in kept)
+    if path.suffix == ".safetensors":   # a torch file is read into the process's own memory, not mapped
+        measured -= sum(t.numel() * t.element_size() for t in load_file(str(path)).values() if t.dtype not in kept)
     assert measured > 24 << 20, f"the load measured {measured} bytes: the model is too small to measure"
     # beside the weights: the modules' own objects, the RoPE table and the allocator's pools, a few MiB whatever the
     # model's size (fp8 kept, bfloat16 compute: 44.5–45.3 MiB measured over runs on a busy 2-core machine against an
@@ -211,22 +245,48 @@ def test_the_host_bytes_a_load_takes_are_those_measured_in_a_fresh_process(tmp_p
     assert measured - (10 << 20) <= estimate <= 1.25 * measured, (estimate / 2**20, measured / 2**20)
 
 
-def test_a_torch_file_of_expanded_tensors_is_refused_before_it_is_cast(tmp_path):
+@pytest.mark.parametrize("zipped", [True, False], ids=["zip", "legacy"])
+def test_a_torch_file_of_expanded_tensors_is_refused_before_it_is_cast(tmp_path, zipped):
     """A torch file was estimated at its size on disk: a 37 KB .pt of stride-0 `expand`ed tensors with 1.3B-wide
     shapes cast to 406 MiB (a 14B-shaped one: about 28 GB) past the host check. Its pickle, read memory-mapped,
-    shows the shapes: such views are refused, and a real file's estimate adds what its loaded head takes cast."""
+    shows the shapes: such views are refused. Torch's old (non-zip) format cannot be mapped: such a file passed the
+    estimate at its size and loaded, cast to full size; it is refused once read, before anything is computed."""
     from comfyui_salt.weights.files import load_host_bytes
     sd = build_model("toy", seed=0).state_dict()
     fake = tmp_path / "expand.pt"
-    torch.save({k: torch.zeros((1,) * v.ndim).expand(v.shape) for k, v in sd.items()}, fake)
+    torch.save({k: torch.zeros((1,) * v.ndim).expand(v.shape) for k, v in sd.items()}, fake,
+               _use_new_zipfile_serialization=zipped)
     with pytest.raises(ValueError, match=r"expand\.pt.*tensor\(s\) are views holding fewer values than their "
                                          r"shapes"):                      # (it loaded, cast to full size, before)
         load_model(fake, dtype=torch.bfloat16)
+    release = tmp_path / "release.pt"
+    torch.save({"generator": {k: v.expand(2, *v.shape) for k, v in sd.items()}}, release,
+               _use_new_zipfile_serialization=zipped)
+    with pytest.raises(ValueError, match=r"views holding fewer values"):   # in a release's head too
+        load_model(release, dtype=torch.bfloat16)
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_a_torch_files_estimate_is_its_peak_not_its_size_plus_every_cast(tmp_path, device):
+    """The torch-file estimate added the loaded head's cast to the file size (1.26-1.46× the measured peak, past the
+    quarter allowed: real .pt releases refused). load_model reads the file whole, drops the other heads, then casts
+    one tensor at a time, each original freed as its cast replaces it: max(file, head as stored or as cast + one
+    cast tensor) on the host; off the host (`device`: the casts go there) the file alone. The measured rows are in
+    test_the_host_bytes_a_load_takes_are_those_measured_in_a_fresh_process."""
+    from comfyui_salt.weights.files import load_host_bytes
+    sd = build_model("toy", seed=0).state_dict()
+    head = sum(t.numel() for t in sd.values())
+    largest = max(t.numel() for t in sd.values())
     real = tmp_path / "release.pt"
     save_model(build_model("toy", seed=0), real, layout="self_forcing")     # two heads of float32 weights
-    head = sum(t.numel() for t in sd.values())
-    assert load_host_bytes(real, torch.bfloat16) == real.stat().st_size + 2 * head   # one head cast to bf16
-    assert load_host_bytes(real, torch.float32) == real.stat().st_size               # kept as read
+    size = real.stat().st_size
+    on_host = device == "cpu"
+    assert load_host_bytes(real, torch.bfloat16, device=device) == max(size, 4 * head + 2 * largest) if on_host else size
+    assert load_host_bytes(real, torch.float32, device=device) == size                    # kept as read: the file
+    flat = tmp_path / "flat.pt"
+    torch.save({k: v.to(torch.bfloat16) for k, v in sd.items()}, flat)
+    expected = max(flat.stat().st_size, 4 * head + 4 * largest) if on_host else flat.stat().st_size
+    assert load_host_bytes(flat, torch.float32, device=device) == expected              # widened: the cast head
 
 
 def test_the_header_counts_each_tensor_at_the_bytes_its_file_stores_for_every_dtype(tmp_path):

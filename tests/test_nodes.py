@@ -395,6 +395,10 @@ def test_a_file_too_large_for_the_host_is_refused_by_the_loader_and_its_fix_load
         run(salt_nodes.SaltLoadCausalModel, ckpt_name="big.safetensors", use_ema=True, dtype="fp32")
     salt = run(salt_nodes.SaltLoadCausalModel, ckpt_name="big.safetensors", use_ema=True, dtype="bf16")[0]
     assert salt.model.head.head.weight.dtype == torch.bfloat16
+    monkeypatch.setattr(files, "available_memory", lambda device, swap=False: 1 << 10)
+    with pytest.raises(MemoryError, match=r"\(here: an unscaled fp8 file") as e:   # bf16 is not offered again
+        run(salt_nodes.SaltLoadCausalModel, ckpt_name="big.safetensors", use_ema=True, dtype="bf16")
+    assert "dtype=bf16" not in str(e.value)
 
 
 def test_load_causal_model_explains_a_missing_file(salt_nodes, models_dir):

@@ -255,16 +255,15 @@ def load_host_bytes(path, dtype=torch.float32, keep_fp8: bool = False, device="c
     under pressure: not counted), or kept as those pages where it is stored as loaded (the model's weights: counted);
     of a release, the head it loads. Scaled-fp8 weights are dequantized on the host (into `dtype`, through float32
     a chunk of rows at a time: layouts.scaled_weight), whatever `device` and keep_fp8; on a GPU `device` the rest
-    goes there, the host holding mapped pages only. A torch file: its size (torch.load reads it whole) and, from its
-    pickle read memory-mapped (no tensor data), the loaded head's tensors cast to `dtype` (`_torch_cast_bytes`;
-    a file that cannot be mapped, of torch's old format: its size alone)."""
+    goes there, the host holding mapped pages only. A torch file: `_torch_load_bytes` (torch.load reads it whole;
+    its pickle, read memory-mapped without tensor data, gives the loaded head's shapes)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         return 0
     header = safetensors_header(path) if _extension(path) in SAFETENSORS_EXTS else None
     if header is None:
-        return os.path.getsize(path) + (_torch_cast_bytes(path, dtype, use_ema) if _extension(path) in TORCH_EXTS
-                                        else 0)
+        return (_torch_load_bytes(path, dtype, keep_fp8, device, use_ema) if _extension(path) in TORCH_EXTS
+                else os.path.getsize(path))
     entries = _loaded_entries(*header, use_ema)
     scaled = any(k.endswith((layouts.SCALE_WEIGHT, layouts.SCALED_FP8_MARKER)) for k in entries)
     item, target = torch.empty((), dtype=dtype).element_size(), _SAFETENSORS_CODE.get(dtype)
@@ -286,25 +285,62 @@ def load_host_bytes(path, dtype=torch.float32, keep_fp8: bool = False, device="c
     return total + transient
 
 
-def _torch_cast_bytes(path: str, dtype, use_ema: bool) -> int:
-    """Bytes the tensors of a torch file's loaded head take cast to `dtype` (those already in it: 0, they stay the
-    file's), read from its pickle memory-mapped. A tensor whose storage is smaller than its elements (a stride-0
-    `expand`: a 37 KB file held 1.3B-wide shapes and cast to 406 MiB) is refused with a ValueError: no checkpoint
-    stores one."""
+def _torch_load_bytes(path: str, dtype, keep_fp8: bool, device, use_ema: bool) -> int:
+    """Host bytes load_model holds at its peak reading a torch file: torch.load reads the whole file (its size); the
+    other heads of a release are dropped, then the loaded head is cast one tensor at a time, each original freed as
+    its cast replaces it, so on the host the peak is max(file size, head as stored + one cast tensor, head as cast
+    + one cast tensor) (measured: tests/test_bad_input_sizes.py); off the host the casts go to `device`. Tensors
+    already in `dtype`, and with keep_fp8 fp8 linear weights, stay as read. The shapes come from the pickle read
+    memory-mapped (no tensor data): a file that cannot be mapped (torch's old format) counts its size, and
+    load_model checks its casts once it is read (`_check_views`, `_cast_bytes`)."""
+    size = os.path.getsize(path)
     try:
         obj = _without_torch_metadata(torch.load(path, map_location="cpu", weights_only=True, mmap=True))[0]
     except Exception:   # noqa: BLE001  (torch's old format cannot be mapped; damage: read_checkpoint's to report)
-        return 0
+        return size
     entry = layouts.release_entry(obj, use_ema) if isinstance(obj, Mapping) else None
     obj = obj[entry] if entry is not None else obj    # a release: the head load_model takes
     tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)} if isinstance(obj, Mapping) else {}
+    _check_views(tensors, path)
+    if torch.device(device).type != "cpu":
+        return size
+    stored, cast, largest = _cast_bytes(tensors, dtype, keep_fp8)
+    return max(size, max(stored, cast) + largest)
+
+
+def _check_views(tensors: Mapping, path: str) -> None:
+    """Refuse tensors whose storage is smaller than their elements (a stride-0 `expand`: a 37 KB file held 1.3B-wide
+    shapes and cast to 406 MiB) with a ValueError: no checkpoint stores one. Reads no tensor data."""
     short = [k for k, t in tensors.items() if t.untyped_storage().nbytes() < t.numel() * t.element_size()]
     if short:
         raise ValueError(f"load_model({path!r}): {len(short)} tensor(s) are views holding fewer values than their "
                          f"shapes (e.g. {short[:3]}: an expanded or overlapping tensor, not a checkpoint's weights); "
                          f"save the real weights")
+
+
+def _tensors_in(obj, prefix: str = "", depth: int = 0):
+    """(dotted key, tensor) of every tensor in a loaded torch object: nested dicts and lists (a release's heads)."""
+    if isinstance(obj, torch.Tensor):
+        yield prefix, obj
+    elif depth < 8 and isinstance(obj, (Mapping, list, tuple)):
+        for k, v in (obj.items() if isinstance(obj, Mapping) else enumerate(obj)):
+            yield from _tensors_in(v, f"{prefix}.{k}" if prefix else str(k), depth + 1)
+
+
+def _kept_as_read(key: str, t: torch.Tensor, dtype, keep_fp8: bool) -> bool:
+    """Whether load_model keeps tensor `key` in the dtype it was read in: not floating, already `dtype`, or with
+    keep_fp8 an fp8 linear weight (2-D `.weight`, cast on use)."""
+    return (not t.is_floating_point() or t.dtype == dtype
+            or (keep_fp8 and t.dtype.itemsize == 1 and t.ndim == 2 and key.endswith(".weight")))
+
+
+def _cast_bytes(tensors: Mapping, dtype, keep_fp8: bool) -> tuple:
+    """(bytes as stored, bytes as load_model casts them, largest single cast) of {key: tensor}; no data is read."""
     item = torch.empty((), dtype=dtype).element_size()
-    return sum(t.numel() * item for t in tensors.values() if t.is_floating_point() and t.dtype != dtype)
+    stored = sum(t.numel() * t.element_size() for t in tensors.values())
+    casts = {k: t.numel() * item for k, t in tensors.items() if not _kept_as_read(k, t, dtype, keep_fp8)}
+    cast = sum(casts.values()) + sum(t.numel() * t.element_size() for k, t in tensors.items() if k not in casts)
+    return stored, cast, max(casts.values(), default=0)
 
 
 def _choose_config(sd: Mapping, metadata: Mapping, preset, num_heads) -> WanConfig:
@@ -393,6 +429,8 @@ def load_model(path, preset=None, use_ema: bool = True, dtype=torch.float32, num
     except MemoryError as e:
         raise HostMemoryError(str(e)) from None
     obj, metadata = read_checkpoint(path)
+    if _extension(path) in TORCH_EXTS:   # before anything is computed from them (dequantized, checked, cast)
+        _check_views(dict(_tensors_in(obj)), path)
     try:
         if isinstance(obj, Mapping) and not any(isinstance(v, Mapping) for v in obj.values()):   # a flat state dict
             obj = layouts.dequantize_scaled_fp8(obj, dtype)
@@ -403,8 +441,20 @@ def load_model(path, preset=None, use_ema: bool = True, dtype=torch.float32, num
         layouts.check_float_weights(sd, "check_state_dict")
     except layouts.LayoutError as e:
         raise layouts.LayoutError(f"load_model({path!r}): {e}") from e
+    except OverflowError as e:   # scaled fp8 dequantized into fp16
+        raise ValueError(f"load_model({path!r}): {e}: cast, it would be Inf; load in bf16 or fp32") from None
     except (ValueError, MemoryError) as e:   # the file's config, validated like user input
         raise type(e)(f"load_model({path!r}): {e}; fix the file's metadata or pass preset=...") from None
+    if _extension(path) in TORCH_EXTS:   # the casts counted before any is made (a file torch cannot map, of its old
+        stored, cast, largest = _cast_bytes(sd, dtype, keep_fp8)
+        if torch.device(device).type == "cpu" and cast + largest > stored:
+            try:
+                check_memory(f"casting {path!r} to {str(dtype).removeprefix('torch.')}", cast + largest - stored,
+                             available_memory(torch.device("cpu"), swap=True), where="load_model",
+                             limit_what="the host's free memory and swap",
+                             fix="free host memory or load the file in a smaller dtype")
+            except MemoryError as e:   # format, was counted at its size alone)
+                raise HostMemoryError(str(e)) from None
     check_finite_weights(sd, path)
     overflowed = []
     for key in list(sd):  # one tensor at a time, so peak memory grows by one tensor at most
