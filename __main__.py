@@ -10,6 +10,7 @@ development harness (comfyui_salt.dev, present in a checkout, not in a built whe
 """
 import argparse
 import logging
+import os
 import sys
 
 from .training.config_fields import add_config_flags, overrides_from_args
@@ -17,15 +18,21 @@ from .training.config_fields import add_config_flags, overrides_from_args
 
 def export(args) -> str:
     """The `export` command: the student as a LoRA on --base (with its energy report), or in --layout."""
-    from .weights.files import COMFY_CONFIG_META, check_output, file_metadata, load_model, save_model
+    from .weights.files import (COMFY_CONFIG_META, NESTED_LAYOUTS, TORCH_EXTS, check_output, file_metadata,
+                                load_model, save_model, student_metadata)
     from .training.lora_export import export_lora, student_file
     if not args.lora:
         source = student_file(args.student)
         check_output(args.out, "--out", {"--student": source})
-        model, _ = load_model(source)
         # how the student generates goes with it (causal or bidirectional: Salt's and ComfyUI's loaders read it);
         # not its run id, which marks the run's own published student
         marks = {k: v for k, v in file_metadata(source).items() if k in ("teacher_mode", COMFY_CONFIG_META)}
+        flat_torch = os.path.splitext(args.out)[1].lower() in TORCH_EXTS and args.layout not in NESTED_LAYOUTS
+        if flat_torch and marks.get("teacher_mode") == student_metadata(False)["teacher_mode"]:
+            raise ValueError(f"--out {args.out!r}: a flat torch file (--layout {args.layout}) has no place for how "
+                             f"the student generates, and this bidirectional student would load as causal; write "
+                             f".safetensors, or --layout self_forcing (its .pt carries it)")
+        model, _ = load_model(source)
         save_model(model, args.out, layout=args.layout, extra_metadata=marks)
         return f"wrote {args.out} ({args.layout} layout)"
     if args.base is None:

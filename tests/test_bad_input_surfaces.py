@@ -82,6 +82,14 @@ def test_a_student_keeps_how_it_generates_through_export_and_in_its_release_file
         assert {k: meta.get(k) for k in ("teacher_mode", COMFY_CONFIG_META)} == {
             "teacher_mode": marks["teacher_mode"], COMFY_CONFIG_META: marks.get(COMFY_CONFIG_META)}
         assert RUN_META not in meta
+    # a flat .pt has no place for the marks: unmarked files load as causal, so a bidirectional student is refused
+    flat = tmp_path / "flat.pt"
+    proc = cli("export", "--student", student, "--out", flat, "--layout", "wan")
+    if causal:
+        assert proc.returncode == 0 and file_teacher_mode(str(flat)) is None, proc.stderr[-2000:]
+    else:
+        assert proc.returncode == 2 and "this bidirectional student would load as causal" in proc.stderr, proc.stderr
+        assert not flat.exists()
 
 
 def test_release_file_marks_read_as_absent_only_when_the_file_is_at_fault(tmp_path, monkeypatch):
