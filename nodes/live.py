@@ -279,7 +279,9 @@ def live_run(salt, positive, options, sigmas, seed, width, height, max_chunks, s
     with SESSIONS_LOCK:
         session = SESSIONS.get(stream_id)
         if session is None or not continue_stream or session.key != key:
+            typed = session.control.prompt if session is not None else None
             session = LiveSession()      # installed once the run's checks pass: a refused run keeps the old one
+            session.control.prompt = typed   # typed between runs (answered 200): the next run's, a new stream too
         session.key = key
     control = session.control
     control.begin(prompt_check(salt, clip))   # before the model loads: a Stop sent meanwhile ends the run at once,

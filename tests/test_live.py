@@ -73,6 +73,20 @@ def test_stop_and_a_typed_prompt_are_applied_at_chunk_boundaries(salt_nodes, toy
     assert ends[0] == (chunks, {"stream": "t", "node": None, "ended": "stop", "chunk": chunks}), ends
 
 
+@pytest.mark.parametrize("change", ["continue_off", "other_size"])
+def test_a_prompt_typed_between_runs_switches_the_next_run_when_it_starts_a_new_stream(salt_nodes, toy_salt, change):
+    """A prompt typed after a run ended was answered 200 and then dropped when the next run started a new stream
+    (continue_stream off, or another size: a new session): it now goes to the next run of that stream id."""
+    from comfyui_salt.nodes import live
+    run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, max_chunks=2))
+    assert live.control_request("t", "prompt", {"text": "a blue square moving up"})[0] == 200
+    new = dict(continue_stream=False) if change == "continue_off" else dict(width=24)
+    typed = run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, max_chunks=3, **new))
+    plain = run(salt_nodes.SaltLiveStream, **live_inputs(salt_nodes, toy_salt, stream_id="p", max_chunks=3, **new))
+    assert typed[0].shape == plain[0].shape and not torch.equal(typed[0], plain[0])
+    assert live.control_request("t", "status", None)[1]["prompt"] == "a blue square moving up"
+
+
 def test_a_stop_sent_while_the_next_run_loads_ends_it_and_one_between_runs_is_refused(salt_nodes, toy_salt,
                                                                                       monkeypatch):
     """Between runs Stop, Pause and Resume got 200 and were then dropped when the next run started, after its model
