@@ -21,12 +21,15 @@ def export(args) -> str:
     from .weights.files import (COMFY_CONFIG_META, NESTED_LAYOUTS, TORCH_EXTS, check_output, file_metadata,
                                 load_model, save_model, student_metadata)
     from .training.lora_export import export_lora, student_file
+    from .salt_core.layouts import LAYOUTS
+    from .salt_core.validate import check_choice
     if not args.lora:
         source = student_file(args.student)
         check_output(args.out, "--out", {"--student": source})
         # how the student generates goes with it (causal or bidirectional: Salt's and ComfyUI's loaders read it);
         # not its run id, which marks the run's own published student
         marks = {k: v for k, v in file_metadata(source).items() if k in ("teacher_mode", COMFY_CONFIG_META)}
+        check_choice("--layout", args.layout, LAYOUTS, where="export")
         flat_torch = os.path.splitext(args.out)[1].lower() in TORCH_EXTS and args.layout not in NESTED_LAYOUTS
         if flat_torch and marks.get("teacher_mode") == student_metadata(False)["teacher_mode"]:
             raise ValueError(f"--out {args.out!r}: a flat torch file (--layout {args.layout}) has no place for how "

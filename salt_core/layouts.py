@@ -276,13 +276,13 @@ def scaled_weight(w: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> t
 
 
 def _within_range(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """`x` (float32), or an OverflowError where a finite value of it lies past the range of `dtype` (checked only
-    for dtypes narrower than bfloat16: every other one holds float32's finite values or is float32)."""
+    """`x` (float32), or an OverflowError where a finite value of it rounds to Inf in `dtype` (checked only for
+    dtypes narrower than bfloat16: every other one holds float32's finite values or is float32)."""
     limit = torch.finfo(dtype).max
     if dtype.is_floating_point and limit < torch.finfo(torch.bfloat16).max and x.numel():
         finite = x.abs().nan_to_num(nan=0.0, posinf=0.0)
         peak = float(finite.max())
-        if peak > limit:
+        if torch.tensor(peak).to(dtype).isinf():   # fp16: from 65,520 (below, it rounds to 65,504)
             raise OverflowError(f"w·scale reaches {peak:g}, past {str(dtype).removeprefix('torch.')}'s range "
                                 f"(±{limit:g})")
     return x

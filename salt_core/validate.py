@@ -323,6 +323,15 @@ def available_memory(device, swap: bool = False) -> int:
     return _least(host, memory) + (_least(host_swap or 0, swap_room) if swap else 0)
 
 
+def out_of_memory(error: BaseException) -> bool:
+    """Whether `error` is the host or a device running out of memory (Python's MemoryError, torch's CUDA
+    OutOfMemoryError, its CPU allocator's RuntimeError, a memory map refused for want of memory: ENOMEM), not damage
+    of what was being read."""
+    return isinstance(error, (MemoryError, torch.OutOfMemoryError)) or (
+        isinstance(error, RuntimeError) and any(s in str(error) for s in ("can't allocate memory",
+                                                                          "Cannot allocate memory")))
+
+
 def format_bytes(n: float) -> str:
     return f"{n / GIB:.2f} GiB" if n >= GIB / 10 else f"{n / (1 << 20):.1f} MiB"
 

@@ -404,6 +404,10 @@ def test_a_model_source_that_names_no_file_is_refused_before_the_run_folder_is_m
                                                 rf"is read from one checkpoint file"):
         run_distillation(cfg, str(tmp_path / "run"), quiet=True, world=TOY)
     assert not (tmp_path / "run").exists()
+    (tmp_path / "Wan2.1-T2V-14B" / "export").mkdir()     # a run folder: its exported student is named
+    (tmp_path / "Wan2.1-T2V-14B" / "export" / "student.safetensors").write_bytes(b"x")
+    with pytest.raises(IsADirectoryError, match=r"<that folder>/export/student\.safetensors \(the run's student\)"):
+        run_distillation(cfg, str(tmp_path / "run"), quiet=True, world=TOY)
 
 
 def test_a_resume_already_past_max_gen_steps_says_it_trains_nothing(teacher_path, tmp_path, caplog):

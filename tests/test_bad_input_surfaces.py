@@ -90,6 +90,8 @@ def test_a_student_keeps_how_it_generates_through_export_and_in_its_release_file
     else:
         assert proc.returncode == 2 and "this bidirectional student would load as causal" in proc.stderr, proc.stderr
         assert not flat.exists()
+        proc = cli("export", "--student", student, "--out", flat, "--layout", "wna")      # the typo is what is named
+        assert proc.returncode == 2 and "--layout='wna'" in proc.stderr and "causal" not in proc.stderr, proc.stderr
 
 
 def test_release_file_marks_read_as_absent_only_when_the_file_is_at_fault(tmp_path, monkeypatch):
@@ -108,6 +110,10 @@ def test_release_file_marks_read_as_absent_only_when_the_file_is_at_fault(tmp_pa
     assert files.file_metadata(str(path)) == {}
     monkeypatch.setattr(files.torch, "load", fails(MemoryError("cannot allocate")))
     with pytest.raises(MemoryError):
+        files.file_metadata(str(path))
+    mapped = RuntimeError(f"unable to mmap 1234 bytes from file <{path}>: Cannot allocate memory (12)")   # ENOMEM
+    monkeypatch.setattr(files.torch, "load", fails(mapped))
+    with pytest.raises(RuntimeError, match="Cannot allocate memory"):
         files.file_metadata(str(path))
 
 

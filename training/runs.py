@@ -31,7 +31,7 @@ import time
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..salt_core.validate import available_memory, check_memory, quote
+from ..salt_core.validate import available_memory, check_memory, out_of_memory, quote
 from ..weights.files import atomic_write
 from .validate import unread_fields
 
@@ -282,13 +282,6 @@ class CheckpointManager:
         for n in os.listdir(self.folder):
             if ".tmp" in n and not n.endswith(f".tmp{os.getpid()}"):   # rank 0 prunes after its sharded rename
                 shutil.rmtree(os.path.join(self.folder, n), ignore_errors=True)
-
-
-def out_of_memory(error: BaseException) -> bool:
-    """Whether `error` is the host or a device running out of memory (Python's MemoryError, torch's CUDA
-    OutOfMemoryError, its CPU allocator's RuntimeError), not damage of what was being read."""
-    return isinstance(error, (MemoryError, torch.OutOfMemoryError)) or (
-        isinstance(error, RuntimeError) and "can't allocate memory" in str(error))
 
 
 def check_resume_memory(path: str, need: int, readers: int = 1) -> None:

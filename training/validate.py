@@ -448,6 +448,12 @@ MODEL_SOURCES = ("teacher", "student_init", "critic_init")
 NAMED_SOURCES = ("toy", EXACT, "teacher")    # a world's teacher, the closed form, a copy of the teacher
 
 
+FILE_EXAMPLES = {   # what a folder given as a model source should have been (a sharded release is not read)
+    "teacher": "ComfyUI's single-file wan2.1_t2v_14B_bf16.safetensors (a release split into shards is not read)",
+    "student_init": "<an ode-init run>/export/student.safetensors",
+    "critic_init": "wan2.1_t2v_1.3B_bf16.safetensors"}
+
+
 def check_model_sources(cfg, where: str) -> None:
     """Refuse a model source that names no file, before a run folder is entered (a refused start left config.json,
     .lock and checkpoints/ behind): a missing path, or a folder (a model is read from one file: a folder of shards
@@ -458,9 +464,11 @@ def check_model_sources(cfg, where: str) -> None:
             continue
         named = "'toy' or 'exact'" if name == "teacher" else "'teacher' (a trainable copy of the teacher)"
         if os.path.isdir(value):
+            exported = os.path.join(value, "export", "student.safetensors")
+            example = ("<that folder>/export/student.safetensors (the run's student)" if os.path.isfile(exported) else
+                       FILE_EXAMPLES[name])
             raise IsADirectoryError(
                 f"{where}.{name}={quote(value)} is a folder; a model is read from one checkpoint file (any supported "
-                f"layout): pass the file, e.g. ComfyUI's single-file wan2.1_t2v_14B_bf16.safetensors for a teacher "
-                f"whose release is split into shards, or {named}")
+                f"layout): pass the file, e.g. {example}, or {named}")
         raise FileNotFoundError(f"{where}.{name}={quote(value)}: no such file; pass a checkpoint file (any "
                                 f"supported layout) or {named}")

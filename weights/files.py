@@ -25,7 +25,7 @@ from ..salt_core import layouts
 from ..salt_core.config import WanConfig, get_config
 from ..salt_core.model import WanModel
 from ..salt_core.rope import RotaryTable
-from ..salt_core.validate import available_memory, check_memory
+from ..salt_core.validate import available_memory, check_memory, out_of_memory
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +156,8 @@ def _read_torch(path: str):
             f"you trust the file, convert it once outside Salt: obj = torch.load(path, weights_only=False), "
             f"then save its tensors with safetensors.torch.save_file(state_dict, 'model.safetensors')") from e
     except Exception as e:  # torch reports damaged files as RuntimeError, EOFError, KeyError, … by format
+        if out_of_memory(e):   # the host's, not the file's
+            raise
         first = str(e).splitlines()[0][:200] if str(e) else ""
         raise ValueError(f"read_checkpoint: cannot read {path!r} as a torch checkpoint ({type(e).__name__}: "
                          f"{first}); the file is truncated or corrupt — download or save it again") from e
@@ -187,17 +189,18 @@ def _without_torch_metadata(obj) -> tuple:
 def file_metadata(path: str) -> dict:
     """The metadata of a model file without reading its tensors: a safetensors header's, or a release torch file's
     TORCH_META_KEY entry (the file memory-mapped: its pickle read, no tensor data); {} for a file without any, one
-    that does not read or is not a regular file (the loaders report those with the full story). A MemoryError is
-    the host's, not the file's: it is raised (read as "no marks", a bidirectional release .pt would load as causal)."""
+    that does not read or is not a regular file (the loaders report those with the full story). The host out of
+    memory (a MemoryError, a map refused: out_of_memory) is not the file's fault: it is raised (read as "no marks", a
+    bidirectional release .pt would load as causal)."""
     try:
         if _extension(path) in SAFETENSORS_EXTS:
             return read_metadata(path)
         if not os.path.isfile(path):
             return {}
         return _without_torch_metadata(torch.load(path, map_location="cpu", weights_only=True, mmap=True))[1]
-    except MemoryError:
-        raise
-    except Exception:   # noqa: BLE001  (an old-format torch file cannot be mapped; damaged files raise any type)
+    except Exception as e:   # noqa: BLE001  (an old-format torch file cannot be mapped; damaged files raise any type)
+        if out_of_memory(e):
+            raise
         return {}
 
 
@@ -290,9 +293,11 @@ def _torch_load_bytes(path: str, dtype, keep_fp8: bool, device, use_ema: bool) -
     other heads of a release are dropped, then the loaded head is cast one tensor at a time, each original freed as
     its cast replaces it, so on the host the peak is max(file size, head as stored + one cast tensor, head as cast
     + one cast tensor) (measured: tests/test_bad_input_sizes.py); off the host the casts go to `device`. Tensors
-    already in `dtype`, and with keep_fp8 fp8 linear weights, stay as read. The shapes come from the pickle read
-    memory-mapped (no tensor data): a file that cannot be mapped (torch's old format) counts its size, and
-    load_model checks its casts once it is read (`_check_views`, `_cast_bytes`)."""
+    already in `dtype`, and with keep_fp8 fp8 linear weights, stay as read. Scaled-fp8 weights (a flat file) are
+    dequantized into `dtype` on the host beside the whole file, whatever `device` and keep_fp8. A LongLive
+    release's LoRA merge is not counted. The shapes come from the pickle read memory-mapped (no tensor data): a
+    file that cannot be mapped (torch's old format) counts its size, and load_model checks its casts once it is
+    read (`_check_views`, `_cast_bytes`)."""
     size = os.path.getsize(path)
     try:
         obj = _without_torch_metadata(torch.load(path, map_location="cpu", weights_only=True, mmap=True))[0]
@@ -301,17 +306,35 @@ def _torch_load_bytes(path: str, dtype, keep_fp8: bool, device, use_ema: bool) -
     entry = layouts.release_entry(obj, use_ema) if isinstance(obj, Mapping) else None
     obj = obj[entry] if entry is not None else obj    # a release: the head load_model takes
     tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)} if isinstance(obj, Mapping) else {}
-    _check_views(tensors, path)
+    _check_views(tensors.items(), path)
+    scaled = {k for k in tensors if k.endswith(".weight") and k[:-len(".weight")] + layouts.SCALE_WEIGHT in tensors}
+    item = torch.empty((), dtype=dtype).element_size()
+    dequantized, transient = 0, 0
+    if entry is None and scaled:                      # layouts.dequantize_scaled_fp8: the whole file held beside it
+        for k in scaled:
+            t = tensors[k]
+            dequantized += t.numel() * item
+            if dtype != torch.float32 and t.ndim:     # beside the result, one chunk of rows in float32
+                transient = max(transient, 4 * min(t.numel(), max(layouts.DEQUANT_CHUNK, t[0].numel())))
+        tensors = {k: t for k, t in tensors.items() if k not in scaled and not k.endswith(
+            (layouts.SCALE_WEIGHT, layouts.SCALE_INPUT, layouts.SCALED_FP8_MARKER))}
     if torch.device(device).type != "cpu":
-        return size
+        return size + dequantized + transient
     stored, cast, largest = _cast_bytes(tensors, dtype, keep_fp8)
-    return max(size, max(stored, cast) + largest)
+    return max(size + dequantized + transient, dequantized + max(stored, cast) + largest)
 
 
-def _check_views(tensors: Mapping, path: str) -> None:
-    """Refuse tensors whose storage is smaller than their elements (a stride-0 `expand`: a 37 KB file held 1.3B-wide
-    shapes and cast to 406 MiB) with a ValueError: no checkpoint stores one. Reads no tensor data."""
-    short = [k for k, t in tensors.items() if t.untyped_storage().nbytes() < t.numel() * t.element_size()]
+def _check_views(tensors, path: str) -> None:
+    """Refuse, from (key, tensor) pairs, tensors whose storage is smaller than their elements (a stride-0 `expand`:
+    a 37 KB file held 1.3B-wide shapes and cast to 406 MiB) and tensors of another layout than strided (sparse:
+    they have no storage to measure) with a ValueError: no checkpoint stores one. Reads no tensor data."""
+    tensors = list(tensors)
+    other = [k for k, t in tensors if t.layout != torch.strided]
+    if other:
+        raise ValueError(f"load_model({path!r}): {len(other)} tensor(s) are not dense (e.g. {other[:3]}: "
+                         f"{tensors[[k for k, _ in tensors].index(other[0])][1].layout}), which no checkpoint's "
+                         f"weights are; save them dense")
+    short = [k for k, t in tensors if t.untyped_storage().nbytes() < t.numel() * t.element_size()]
     if short:
         raise ValueError(f"load_model({path!r}): {len(short)} tensor(s) are views holding fewer values than their "
                          f"shapes (e.g. {short[:3]}: an expanded or overlapping tensor, not a checkpoint's weights); "
@@ -430,7 +453,7 @@ def load_model(path, preset=None, use_ema: bool = True, dtype=torch.float32, num
         raise HostMemoryError(str(e)) from None
     obj, metadata = read_checkpoint(path)
     if _extension(path) in TORCH_EXTS:   # before anything is computed from them (dequantized, checked, cast)
-        _check_views(dict(_tensors_in(obj)), path)
+        _check_views(_tensors_in(obj), path)   # pairs: two entries with one dotted name are both checked
     try:
         if isinstance(obj, Mapping) and not any(isinstance(v, Mapping) for v in obj.values()):   # a flat state dict
             obj = layouts.dequantize_scaled_fp8(obj, dtype)
