@@ -458,6 +458,17 @@ def test_a_resumes_host_estimate_is_the_memory_a_fresh_process_gains_reading_the
     assert measured - (4 << 20) <= estimate <= 1.25 * measured, (estimate / 2**20, measured / 2**20)
 
 
+@pytest.mark.parametrize("error, host", [
+    (MemoryError(), True), (torch.OutOfMemoryError("CUDA out of memory"), True),
+    (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8 bytes"), True),
+    (RuntimeError("unable to mmap 64 bytes from file <x.pt>: Cannot allocate memory (12)"), True),
+    (RuntimeError("PytorchStreamReader failed reading zip archive: failed finding central directory"), False),
+    (ValueError("incomplete metadata"), False), (OSError(28, "No space left on device"), False)])
+def test_out_of_memory_tells_the_hosts_failure_from_a_damaged_file(error, host):
+    from comfyui_salt.salt_core.validate import out_of_memory
+    assert out_of_memory(error) is host
+
+
 def test_running_out_of_memory_while_reading_keeps_the_checkpoint_the_newest(tmp_path, monkeypatch):
     """An allocation that fails mid-read (the estimate passed; other programs took the memory) is the host's
     failure: the checkpoint is not set aside as unreadable and the run does not fall back to an older one."""
