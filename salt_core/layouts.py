@@ -344,12 +344,10 @@ def _lora_target(module: str, sd: Mapping) -> str:
     return module + ".weight"
 
 
-def merge_lora(sd: Mapping, lora: Mapping, alpha: float = None) -> dict:
-    """W' = W + (α/r)·B@A for every PEFT LoRA pair (A (r, in), B (out, r)), in float32, cast back.
-
-    α is a per-module `.alpha` tensor if present, else `alpha`, else r (LongLive: r = α = 256).
-    Returns a new dict; unadapted tensors are shared with `sd`.
-    """
+def lora_factors(lora: Mapping) -> tuple:
+    """({module: {"A": (r, in) tensor, "B": (out, r) tensor}}, {module: α}) of a PEFT LoRA state dict (lora_A /
+    lora_B or lora_down / lora_up factors, optional `.alpha` tensors); a LayoutError for any other key or for
+    several adapters. A module may lack a factor (merge_lora refuses it)."""
     factors, alphas, adapters = {}, {}, set()
     for key, value in lora.items():
         key = strip_wrapper_artefacts(key)
@@ -365,6 +363,16 @@ def merge_lora(sd: Mapping, lora: Mapping, alpha: float = None) -> dict:
                               f"'<module>.lora_B.weight' or '<module>.alpha'")
     if len(adapters) > 1:
         raise LayoutError(f"merge_lora: the LoRA holds several adapters {sorted(map(str, adapters))}; save one")
+    return factors, alphas
+
+
+def merge_lora(sd: Mapping, lora: Mapping, alpha: float = None) -> dict:
+    """W' = W + (α/r)·B@A for every PEFT LoRA pair (A (r, in), B (out, r)), in float32, cast back.
+
+    α is a per-module `.alpha` tensor if present, else `alpha`, else r (LongLive: r = α = 256).
+    Returns a new dict; unadapted tensors are shared with `sd`.
+    """
+    factors, alphas = lora_factors(lora)
     merged = dict(sd)
     for module, pair in factors.items():
         if set(pair) != {"A", "B"}:
@@ -376,7 +384,8 @@ def merge_lora(sd: Mapping, lora: Mapping, alpha: float = None) -> dict:
             raise LayoutError(f"merge_lora: {module!r}: B {tuple(B.shape)} @ A {tuple(A.shape)} does not fit "
                               f"{target!r} {tuple(W.shape)}")
         scale = alphas.get(module, alpha if alpha is not None else rank) / rank
-        merged[target] = (W.float() + scale * (B.float() @ A.float())).to(W.dtype)
+        # in place on one float32 copy of W (W + scale·B@A as one addmm): beside it only the small factors
+        merged[target] = W.to(torch.float32, copy=True).addmm_(B.float(), A.float(), alpha=scale).to(W.dtype)
     log.info("merge_lora: merged %d LoRA modules", len(factors))
     return merged
 

@@ -189,7 +189,8 @@ def big_file(tmp_path, stored: str):
     """A 3-block Wan of about 30 M parameters whose block linear weights are stored as `stored`: a dtype name, "fp8"
     (e4m3fn), "scaled-fp8" (ComfyUI layout: fp8 weight / scale, its scale_weight and scale_input, the marker) or
     "release-<dtype>" (a Self Forcing release of that dtype: generator_ema, generator an alias of it); "pt-…": the
-    same as a torch file."""
+    same as a torch file; "pt-longlive-<dtype>": a LongLive release (its head of that dtype, a rank-32 LoRA of every
+    block linear layer in `generator_lora`)."""
     from safetensors.torch import save_file
     cfg = WanConfig(dim=768, ffn_dim=3072, num_heads=6, num_layers=3, text_dim=64, freq_dim=64)
     torch_file = stored.startswith("pt-")
@@ -211,6 +212,17 @@ def big_file(tmp_path, stored: str):
         out["model.diffusion_model.scaled_fp8"] = torch.empty(0, dtype=torch.float8_e4m3fn)
         torch.save(out, path) if torch_file else save_file(out, str(path))
         return path
+    if stored.startswith("longlive-"):
+        dtype = getattr(torch, stored.removeprefix("longlive-"))
+        sd = {k: v.to(dtype) for k, v in sd.items()}
+        lora = {}
+        for k, v in sd.items():
+            if linear(k, v):
+                lora[f"base_model.model.{k[:-len('.weight')]}.lora_A.weight"] = torch.randn(32, v.shape[1]).to(dtype)
+                lora[f"base_model.model.{k[:-len('.weight')]}.lora_B.weight"] = torch.randn(v.shape[0], 32).to(dtype)
+        from comfyui_salt.salt_core import layouts
+        torch.save({**layouts.from_wan_state_dict(sd, "self_forcing"), layouts.LORA_KEY: lora}, path)
+        return path
     dtype = getattr(torch, "float8_e4m3fn" if stored == "fp8" else stored.removeprefix("release-"))
     save_model({k: v.to(dtype) if linear(k, v) else v for k, v in sd.items()}, path, config=cfg,
                layout="self_forcing" if stored.startswith("release-") else "wan")
@@ -222,7 +234,8 @@ def big_file(tmp_path, stored: str):
     ("float32", "float32", False), ("bfloat16", "float32", False), ("fp8", "bfloat16", True), ("fp8", "float32", False),
     ("scaled-fp8", "bfloat16", True), ("release-bfloat16", "float32", False), ("release-float32", "bfloat16", False),
     ("pt-float32", "bfloat16", False), ("pt-bfloat16", "float32", False), ("pt-release-float32", "bfloat16", False),
-    ("pt-release-float32", "float32", False), ("pt-scaled-fp8", "bfloat16", True), ("pt-scaled-fp8", "float32", False)])
+    ("pt-release-float32", "float32", False), ("pt-scaled-fp8", "bfloat16", True), ("pt-scaled-fp8", "float32", False),
+    ("pt-longlive-bfloat16", "bfloat16", False), ("pt-longlive-bfloat16", "float32", False)])
 def test_the_host_bytes_a_load_takes_are_those_measured_in_a_fresh_process(tmp_path, toy_file, stored, dtype,
                                                                            keep_fp8):
     """The estimate checked before a file is read (load_host_bytes) against the peak resident memory a fresh process

@@ -294,8 +294,9 @@ def _torch_load_bytes(path: str, dtype, keep_fp8: bool, device, use_ema: bool) -
     its cast replaces it, so on the host the peak is max(file size, head as stored + one cast tensor, head as cast
     + one cast tensor) (measured: tests/test_bad_input_sizes.py); off the host the casts go to `device`. Tensors
     already in `dtype`, and with keep_fp8 fp8 linear weights, stay as read. Scaled-fp8 weights (a flat file) are
-    dequantized into `dtype` on the host beside the whole file, whatever `device` and keep_fp8. A LongLive
-    release's LoRA merge is not counted. The shapes come from the pickle read memory-mapped (no tensor data): a
+    dequantized into `dtype` on the host beside the whole file, whatever `device` and keep_fp8; a LongLive release's
+    LoRA is merged there too, each adapted weight made anew beside the file (`_lora_merge_bytes`). The shapes come
+    from the pickle read memory-mapped (no tensor data): a
     file that cannot be mapped (torch's old format) counts its size, and load_model checks its casts once it is
     read (`_check_views`, `_cast_bytes`)."""
     size = os.path.getsize(path)
@@ -304,9 +305,11 @@ def _torch_load_bytes(path: str, dtype, keep_fp8: bool, device, use_ema: bool) -
     except Exception:   # noqa: BLE001  (torch's old format cannot be mapped; damage: read_checkpoint's to report)
         return size
     entry = layouts.release_entry(obj, use_ema) if isinstance(obj, Mapping) else None
+    lora = obj.get(layouts.LORA_KEY) if entry is not None else None
     obj = obj[entry] if entry is not None else obj    # a release: the head load_model takes
     tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)} if isinstance(obj, Mapping) else {}
     _check_views(tensors.items(), path)
+    merge = _lora_merge_bytes(lora, tensors) if isinstance(lora, Mapping) else 0
     scaled = {k for k in tensors if k.endswith(".weight") and k[:-len(".weight")] + layouts.SCALE_WEIGHT in tensors}
     item = torch.empty((), dtype=dtype).element_size()
     dequantized, transient = 0, 0
@@ -319,9 +322,26 @@ def _torch_load_bytes(path: str, dtype, keep_fp8: bool, device, use_ema: bool) -
         tensors = {k: t for k, t in tensors.items() if k not in scaled and not k.endswith(
             (layouts.SCALE_WEIGHT, layouts.SCALE_INPUT, layouts.SCALED_FP8_MARKER))}
     if torch.device(device).type != "cpu":
-        return size + dequantized + transient
+        return size + dequantized + transient + merge
     stored, cast, largest = _cast_bytes(tensors, dtype, keep_fp8)
-    return max(size + dequantized + transient, dequantized + max(stored, cast) + largest)
+    # after a merge the allocator keeps what it freed, and the casts reuse it but for about one tensor (measured)
+    return max(size + dequantized + transient + merge + (largest if merge else 0),
+               dequantized + max(stored, cast) + largest)
+
+
+def _lora_merge_bytes(lora: Mapping, head: Mapping) -> int:
+    """Host bytes layouts.merge_lora takes beside a loaded file: each adapted weight made anew in the head's weight
+    dtype, and four float32 copies of the largest (the one it merges in, and the allocator's spare blocks of that
+    size: measured, tests/test_bad_input_sizes.py). 0 for a LoRA that will not merge (load_model reports it)."""
+    try:
+        factors, _ = layouts.lora_factors(lora)
+    except layouts.LayoutError:
+        return 0
+    sizes = [p["B"].shape[0] * p["A"].shape[-1] for p in factors.values() if set(p) == {"A", "B"}
+             and isinstance(p["A"], torch.Tensor) and isinstance(p["B"], torch.Tensor) and p["A"].ndim == 2
+             and p["B"].ndim == 2]
+    item = max((t.element_size() for t in head.values() if t.is_floating_point()), default=4)
+    return sum(sizes) * item + 4 * 4 * max(sizes, default=0)
 
 
 def _check_views(tensors, path: str) -> None:
