@@ -105,8 +105,8 @@ def test_scaled_fp8_weights_past_fp16s_range_name_the_range_not_a_broken_file(tm
     out["model.diffusion_model.scaled_fp8"] = torch.empty(0, dtype=torch.float8_e4m3fn)
     path = tmp_path / "scaled.safetensors"
     save_file(out, str(path))
-    with pytest.raises(ValueError, match=r"'model\.diffusion_model\.blocks\.0\.ffn\.0\.weight': w·scale reaches .*, past "
-                                         r"float16's range \(±65504\): cast, it would be Inf; load in bf16 or fp32"):
+    with pytest.raises(ValueError, match=r"'model\.diffusion_model\.blocks\.0\.ffn\.0\.weight': w·scale reaches .*, "
+                                         r"past float16's range \(±65504\): cast, it would be Inf; load in bf16 or fp32"):
         load_model(path, dtype=torch.float16)
     loaded, _ = load_model(path, dtype=torch.bfloat16)
     assert torch.isfinite(loaded.blocks[0].ffn[0].weight).all()
@@ -309,7 +309,8 @@ def test_a_torch_files_estimate_is_its_peak_not_its_size_plus_every_cast(tmp_pat
     save_model(build_model("toy", seed=0), real, layout="self_forcing")     # two heads of float32 weights
     size = real.stat().st_size
     on_host = device == "cpu"
-    assert load_host_bytes(real, torch.bfloat16, device=device) == max(size, 4 * head + 2 * largest) if on_host else size
+    expected = max(size, 4 * head + 2 * largest) if on_host else size
+    assert load_host_bytes(real, torch.bfloat16, device=device) == expected
     assert load_host_bytes(real, torch.float32, device=device) == size                    # kept as read: the file
     flat = tmp_path / "flat.pt"
     torch.save({k: v.to(torch.bfloat16) for k, v in sd.items()}, flat)

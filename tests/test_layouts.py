@@ -165,6 +165,23 @@ def lora_for(sd, rank, module_key, adapter=".default", prefix="base_model.model.
     return {f"{prefix}{module_key}.lora_A{adapter}.weight": A, f"{prefix}{module_key}.lora_B{adapter}.weight": B}, A, B
 
 
+def test_lora_factors_pairs_each_modules_factors_under_every_naming_and_refuses_the_rest():
+    A, B = torch.zeros(2, 5), torch.zeros(3, 2)
+    factors, alphas = layouts.lora_factors({"base_model.model.blocks.0.q.lora_A.default.weight": A,
+                                            "base_model.model.blocks.0.q.lora_B.default.weight": B,
+                                            "base_model.model.blocks.0.q.alpha": torch.tensor(4.0),
+                                            "blocks.1.k.lora_B.default.weight": B})
+    assert set(factors) == {"base_model.model.blocks.0.q", "blocks.1.k"}
+    assert alphas == {"base_model.model.blocks.0.q": 4.0}
+    assert factors["base_model.model.blocks.0.q"]["A"] is A and factors["blocks.1.k"] == {"B": B}   # a lone factor
+    down_up, _ = layouts.lora_factors({"m.lora_down.weight": A, "m.lora_up.weight": B})
+    assert down_up == {"m": {"A": A, "B": B}}
+    with pytest.raises(layouts.LayoutError, match="several adapters"):
+        layouts.lora_factors({"m.lora_A.one.weight": A, "m.lora_B.two.weight": B})
+    with pytest.raises(layouts.LayoutError, match="unexpected LoRA key 'm.bias'"):
+        layouts.lora_factors({"m.bias": A})
+
+
 def test_lora_merge_equals_W_plus_B_at_A_times_alpha_over_r():
     sd = tiny_sd()
     key = "blocks.1.self_attn.q"
