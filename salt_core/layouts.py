@@ -13,6 +13,7 @@ Pure: takes and returns dicts of tensors; knows nothing of paths, file formats o
 I2V weights are renamed but cannot be loaded: the model has no image branch.
 """
 import logging
+import math
 import re
 from collections.abc import Mapping
 
@@ -346,24 +347,44 @@ def _lora_target(module: str, sd: Mapping) -> str:
 
 def lora_factors(lora: Mapping) -> tuple:
     """({module: {"A": (r, in) tensor, "B": (out, r) tensor}}, {module: α}) of a PEFT LoRA state dict (lora_A /
-    lora_B or lora_down / lora_up factors, optional `.alpha` tensors); a LayoutError for any other key or for
-    several adapters. A module may lack a factor (merge_lora refuses it)."""
+    lora_B or lora_down / lora_up factors, optional `.alpha` tensors or numbers); a LayoutError naming the key for
+    any other key, a factor that is no 2-D floating tensor, an α that is no single finite number, or several
+    adapters. A module may lack a factor (merge_lora refuses it)."""
     factors, alphas, adapters = {}, {}, set()
     for key, value in lora.items():
+        if not isinstance(key, str):
+            raise LayoutError(f"merge_lora: LoRA key {key!r} is no string; expected '<module>.lora_A.weight', "
+                              f"'<module>.lora_B.weight' or '<module>.alpha'")
         key = strip_wrapper_artefacts(key)
         match = _LORA_FACTOR.match(key)
         if match:
+            if not (isinstance(value, torch.Tensor) and value.ndim == 2 and value.is_floating_point()):
+                raise LayoutError(f"merge_lora: LoRA factor {key!r} is "
+                                  f"{_describe(value)}; expected a 2-D floating tensor")
             adapters.add(match.group("adapter"))
             kind = "A" if match.group("kind") in ("lora_A", "lora_down") else "B"
             factors.setdefault(match.group("module"), {})[kind] = value
         elif key.endswith(".alpha"):
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not (number or (isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_complex())):
+                raise LayoutError(f"merge_lora: LoRA alpha {key!r} is {_describe(value)}; expected one number")
             alphas[key[:-len(".alpha")]] = float(value)
+            if not math.isfinite(alphas[key[:-len(".alpha")]]):
+                raise LayoutError(f"merge_lora: LoRA alpha {key!r} is {alphas[key[:-len('.alpha')]]}; expected a "
+                                  f"finite number")
         else:
             raise LayoutError(f"merge_lora: unexpected LoRA key {key!r}; expected '<module>.lora_A.weight', "
                               f"'<module>.lora_B.weight' or '<module>.alpha'")
     if len(adapters) > 1:
         raise LayoutError(f"merge_lora: the LoRA holds several adapters {sorted(map(str, adapters))}; save one")
     return factors, alphas
+
+
+def _describe(value) -> str:
+    """A short account of a value found where a tensor or number was expected, for error messages."""
+    if isinstance(value, torch.Tensor):
+        return f"a {value.ndim}-D {str(value.dtype).removeprefix('torch.')} tensor of shape {tuple(value.shape)}"
+    return f"a {type(value).__name__}"
 
 
 def merge_lora(sd: Mapping, lora: Mapping, alpha: float = None) -> dict:

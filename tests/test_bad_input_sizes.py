@@ -106,7 +106,8 @@ def test_scaled_fp8_weights_past_fp16s_range_name_the_range_not_a_broken_file(tm
     path = tmp_path / "scaled.safetensors"
     save_file(out, str(path))
     with pytest.raises(ValueError, match=r"'model\.diffusion_model\.blocks\.0\.ffn\.0\.weight': w·scale reaches .*, "
-                                         r"past float16's range \(±65504\): cast, it would be Inf; load in bf16 or fp32"):
+                                         r"past float16's range \(±65504\): cast, it would be Inf; load in bf16 or "
+                                         r"fp32"):
         load_model(path, dtype=torch.float16)
     loaded, _ = load_model(path, dtype=torch.bfloat16)
     assert torch.isfinite(loaded.blocks[0].ffn[0].weight).all()
@@ -189,8 +190,8 @@ def big_file(tmp_path, stored: str):
     """A 3-block Wan of about 30 M parameters whose block linear weights are stored as `stored`: a dtype name, "fp8"
     (e4m3fn), "scaled-fp8" (ComfyUI layout: fp8 weight / scale, its scale_weight and scale_input, the marker) or
     "release-<dtype>" (a Self Forcing release of that dtype: generator_ema, generator an alias of it); "pt-…": the
-    same as a torch file; "pt-longlive-<dtype>": a LongLive release (its head of that dtype, a rank-32 LoRA of every
-    block linear layer in `generator_lora`)."""
+    same as a torch file; "pt-longlive-<dtype>": a LongLive release (its block linear weights of that dtype, the rest
+    float32, and a rank-32 LoRA of every block linear layer in `generator_lora`)."""
     from safetensors.torch import save_file
     cfg = WanConfig(dim=768, ffn_dim=3072, num_heads=6, num_layers=3, text_dim=64, freq_dim=64)
     torch_file = stored.startswith("pt-")
@@ -214,7 +215,7 @@ def big_file(tmp_path, stored: str):
         return path
     if stored.startswith("longlive-"):
         dtype = getattr(torch, stored.removeprefix("longlive-"))
-        sd = {k: v.to(dtype) for k, v in sd.items()}
+        sd = {k: v.to(dtype) if linear(k, v) else v for k, v in sd.items()}
         lora = {}
         for k, v in sd.items():
             if linear(k, v):

@@ -155,6 +155,13 @@ def test_a_longlive_file_loads_with_its_lora_merged(tmp_path):
     assert layout == "longlive"
     expected = sd["blocks.1.self_attn.v.weight"] + B @ A  # alpha defaults to the rank
     assert torch.allclose(model.blocks[1].self_attn.v.weight, expected, atol=1e-5)
+    # a malformed alpha is reported with the file and the key (the host estimate reads the LoRA first: it raised a
+    # bare ValueError naming neither)
+    lora["base_model.model.blocks.1.self_attn.v.alpha"] = torch.ones(3)
+    torch.save(layouts.from_wan_state_dict(sd, "self_forcing") | {"generator_lora": lora}, tmp_path / "bad.pt")
+    with pytest.raises(layouts.LayoutError, match=r"load_model\('.*bad\.pt'\): merge_lora: LoRA alpha "
+                                                 r"'base_model\.model\.blocks\.1\.self_attn\.v\.alpha' is a 1-D"):
+        files.load_model(tmp_path / "bad.pt", preset="tiny")
 
 
 def test_a_failed_save_leaves_the_previous_file_intact(tmp_path, monkeypatch):

@@ -2,6 +2,7 @@
 import dataclasses
 import json
 import logging
+import re
 
 import pytest
 import torch
@@ -182,6 +183,22 @@ def test_lora_factors_pairs_each_modules_factors_under_every_naming_and_refuses_
         layouts.lora_factors({"m.bias": A})
 
 
+@pytest.mark.parametrize("entry, words", [
+    ({5: torch.zeros(2, 2)}, "LoRA key 5 is no string"),
+    ({"m.lora_A.weight": torch.zeros(4)}, "factor 'm.lora_A.weight' is a 1-D float32 tensor of shape (4,)"),
+    ({"m.lora_B.weight": torch.zeros(4, 2, dtype=torch.int64)}, "a 2-D int64 tensor"),
+    ({"m.lora_B.weight": "weights"}, "factor 'm.lora_B.weight' is a str"),
+    ({"m.alpha": torch.ones(2)}, "alpha 'm.alpha' is a 1-D float32 tensor of shape (2,); expected one number"),
+    ({"m.alpha": "4"}, "alpha 'm.alpha' is a str"),
+    ({"m.alpha": None}, "alpha 'm.alpha' is a NoneType"),
+    ({"m.alpha": torch.tensor(float("inf"))}, "alpha 'm.alpha' is inf; expected a finite number")])
+def test_a_malformed_lora_entry_is_refused_naming_its_key(entry, words):
+    """A bad alpha or factor escaped as a bare TypeError / AttributeError / ValueError naming neither the LoRA nor the
+    key (and, from the host estimate, not the file either)."""
+    with pytest.raises(layouts.LayoutError, match=re.escape(words)):
+        layouts.lora_factors(entry)
+
+
 def test_lora_merge_equals_W_plus_B_at_A_times_alpha_over_r():
     sd = tiny_sd()
     key = "blocks.1.self_attn.q"
@@ -213,7 +230,10 @@ def test_lora_merge_computes_in_float32_and_keeps_the_weight_dtype():
     lora, A, B = lora_for(sd, rank=3, module_key=key)
     merged = layouts.merge_lora(sd, lora)[key + ".weight"]
     assert merged.dtype == torch.bfloat16
-    assert torch.equal(merged, (sd[key + ".weight"].float() + B @ A).to(torch.bfloat16))
+    exact = sd[key + ".weight"].double() + B.double() @ A.double()      # within one bf16 step of the exact sum (the
+    assert torch.allclose(merged.double(), exact, rtol=2 ** -7, atol=1e-6)   # float32 order may move the last bit)
+    in_bf16 = sd[key + ".weight"] + B.to(torch.bfloat16) @ A.to(torch.bfloat16)
+    assert (merged.double() - exact).abs().sum() < (in_bf16.double() - exact).abs().sum()   # not computed in bf16
 
 
 def test_a_lora_for_another_model_is_refused_by_name():
