@@ -5,6 +5,7 @@ The file side of `salt_core.layouts` (which never sees a path). Torch files are 
 target directory and are renamed into place, so an interrupted save never leaves a torn file.
 Knows nothing of training loops, samplers or ComfyUI.
 """
+import collections
 import dataclasses
 import json
 import logging
@@ -331,17 +332,19 @@ def _torch_load_bytes(path: str, dtype, keep_fp8: bool, device, use_ema: bool) -
 
 def _lora_merge_bytes(lora: Mapping, head: Mapping) -> int:
     """Host bytes layouts.merge_lora takes beside a loaded file: each adapted weight made anew in its own dtype (that
-    of the head's weights of its shape, B's rows × A's columns), and four float32 copies of the largest (the one it
+    of most of the head's weights of its shape, B's rows × A's columns: the blocks' linear layers outnumber any
+    other matrix of their shape, an embedding kept in float32), and four float32 copies of the largest (the one it
     merges in, and the allocator's spare blocks of that size: measured, tests/test_bad_input_sizes.py). 0 for a LoRA
     that will not merge (load_model reports it with the file's name)."""
     try:
         factors, _ = layouts.lora_factors(lora)
     except layouts.LayoutError:
         return 0
-    item = {}                                        # a weight's shape → the widest dtype of the head's of that shape
-    for t in head.values():
-        if t.is_floating_point() and t.ndim == 2:
-            item[tuple(t.shape)] = max(item.get(tuple(t.shape), 0), t.element_size())
+    counts = collections.Counter((tuple(t.shape), t.element_size()) for t in head.values()
+                                 if t.is_floating_point() and t.ndim == 2)
+    item = {}                                        # a weight's shape → the head's most common itemsize for it
+    for (shape, size), n in sorted(counts.items(), key=lambda c: (c[1], c[0][1])):
+        item[shape] = size                           # the most common last (ties: the wider)
     shapes = [(p["B"].shape[0], p["A"].shape[1]) for p in factors.values() if set(p) == {"A", "B"}]
     return (sum(math.prod(s) * item.get(s, 4) for s in shapes)
             + 4 * 4 * max((math.prod(s) for s in shapes), default=0))
