@@ -355,11 +355,10 @@ def _check_views(tensors, path: str) -> None:
     a 37 KB file held 1.3B-wide shapes and cast to 406 MiB) and tensors of another layout than strided (sparse:
     they have no storage to measure) with a ValueError: no checkpoint stores one. Reads no tensor data."""
     tensors = list(tensors)
-    other = [k for k, t in tensors if t.layout != torch.strided]
+    other = [(k, t.layout) for k, t in tensors if t.layout != torch.strided]
     if other:
-        raise ValueError(f"load_model({path!r}): {len(other)} tensor(s) are not dense (e.g. {other[:3]}: "
-                         f"{tensors[[k for k, _ in tensors].index(other[0])][1].layout}), which no checkpoint's "
-                         f"weights are; save them dense")
+        raise ValueError(f"load_model({path!r}): {len(other)} tensor(s) are not dense (e.g. "
+                         f"{[k for k, _ in other[:3]]}: {other[0][1]}), which no checkpoint's weights are; save them dense")
     short = [k for k, t in tensors if t.untyped_storage().nbytes() < t.numel() * t.element_size()]
     if short:
         raise ValueError(f"load_model({path!r}): {len(short)} tensor(s) are views holding fewer values than their "
@@ -494,7 +493,9 @@ def load_model(path, preset=None, use_ema: bool = True, dtype=torch.float32, num
         raise ValueError(f"load_model({path!r}): {e}: cast, it would be Inf; load in bf16 or fp32") from None
     except (ValueError, MemoryError) as e:   # the file's config, validated like user input
         raise type(e)(f"load_model({path!r}): {e}; fix the file's metadata or pass preset=...") from None
-    if _extension(path) in TORCH_EXTS:   # the casts counted before any is made (a file torch cannot map, of its old
+    # a torch file's casts counted before any is made (one torch cannot map, of its old format, was estimated at its
+    # size alone)
+    if _extension(path) in TORCH_EXTS:
         stored, cast, largest = _cast_bytes(sd, dtype, keep_fp8)
         if torch.device(device).type == "cpu" and cast + largest > stored:
             try:
@@ -502,7 +503,7 @@ def load_model(path, preset=None, use_ema: bool = True, dtype=torch.float32, num
                              available_memory(torch.device("cpu"), swap=True), where="load_model",
                              limit_what="the host's free memory and swap",
                              fix="free host memory or load the file in a smaller dtype")
-            except MemoryError as e:   # format, was counted at its size alone)
+            except MemoryError as e:
                 raise HostMemoryError(str(e)) from None
     check_finite_weights(sd, path)
     overflowed = []
